@@ -1,0 +1,159 @@
+"""The hermesx exception tree (DESIGN.md §9).
+
+Every error a user of hermesx can see is a ``HermesError``. Errors of the
+libraries underneath (grpc, kazoo, lmdb, wasmtime) are translated where they
+are caught, with ``raise ... from exc``, into the most specific branch::
+
+    HermesError
+    ├── CommunicationError          a peer did not answer or the wire failed
+    │   ├── UnreachableError        no path to the atom (chain broken, no fallback)
+    │   └── CallTimeoutError        the call's overall deadline passed
+    ├── NamingError
+    │   ├── NameNotFoundError       no atom / node / storesite by that name
+    │   ├── NameTakenError          a unique name is already registered
+    │   ├── InvalidNameError        empty, too long, or with forbidden characters
+    │   ├── InvalidPatternError     a lookup pattern that is invalid or too costly
+    │   └── NoQuorumError           the name service cannot be reached in time
+    ├── AtomError
+    │   ├── BadModuleError          module rejected at load (missing export, bad ABI)
+    │   ├── AtomTrapError           the atom trapped
+    │   ├── DeadlineExceededError   the call ran past its CPU deadline
+    │   ├── MemoryLimitError        the atom hit its memory cap
+    │   ├── MethodError             the atom returned an error status (unknown method, bad args)
+    │   ├── CallCycleError          a call cycle came back into a non-reentrant atom
+    │   └── PayloadTooLargeError    arguments or result over the size limit
+    ├── MigrationError              a move was refused or aborted
+    ├── StorageError                storesite / LMDB failure, unknown checkpoint or module
+    └── ConfigurationError          bad configuration or command-line input
+
+Errors that cross the wire keep their kind (``error.kind``) and message:
+:func:`error_from_wire` rebuilds the same class on the other side.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AtomError",
+    "AtomTrapError",
+    "BadModuleError",
+    "CallCycleError",
+    "CallTimeoutError",
+    "CommunicationError",
+    "ConfigurationError",
+    "DeadlineExceededError",
+    "HermesError",
+    "InvalidNameError",
+    "InvalidPatternError",
+    "MemoryLimitError",
+    "MethodError",
+    "MigrationError",
+    "NameNotFoundError",
+    "NameTakenError",
+    "NamingError",
+    "NoQuorumError",
+    "PayloadTooLargeError",
+    "StorageError",
+    "UnreachableError",
+    "error_from_wire",
+]
+
+
+class HermesError(Exception):
+    """Root of every hermesx error. ``kind`` names the class on the wire."""
+
+    kind = "hermes"
+
+
+class CommunicationError(HermesError):
+    kind = "communication"
+
+
+class UnreachableError(CommunicationError):
+    kind = "unreachable"
+
+
+class CallTimeoutError(CommunicationError):
+    kind = "timeout"
+
+
+class NamingError(HermesError):
+    kind = "naming"
+
+
+class NameNotFoundError(NamingError):
+    kind = "not_found"
+
+
+class NameTakenError(NamingError):
+    kind = "name_taken"
+
+
+class InvalidNameError(NamingError):
+    kind = "invalid_name"
+
+
+class InvalidPatternError(NamingError):
+    kind = "invalid_pattern"
+
+
+class NoQuorumError(NamingError):
+    kind = "no_quorum"
+
+
+class AtomError(HermesError):
+    kind = "atom"
+
+
+class BadModuleError(AtomError):
+    kind = "bad_module"
+
+
+class AtomTrapError(AtomError):
+    kind = "trap"
+
+
+class DeadlineExceededError(AtomError):
+    kind = "deadline"
+
+
+class MemoryLimitError(AtomError):
+    kind = "memory"
+
+
+class MethodError(AtomError):
+    kind = "method"
+
+
+class CallCycleError(AtomError):
+    kind = "call_cycle"
+
+
+class PayloadTooLargeError(AtomError):
+    kind = "payload_too_large"
+
+
+class MigrationError(HermesError):
+    kind = "migration"
+
+
+class StorageError(HermesError):
+    kind = "storage"
+
+
+class ConfigurationError(HermesError):
+    kind = "configuration"
+
+
+def _all_subclasses(cls: type[HermesError]) -> list[type[HermesError]]:
+    found: list[type[HermesError]] = [cls]
+    for sub in cls.__subclasses__():
+        found.extend(_all_subclasses(sub))
+    return found
+
+
+_BY_KIND: dict[str, type[HermesError]] = {c.kind: c for c in _all_subclasses(HermesError)}
+
+
+def error_from_wire(kind: str, message: str) -> HermesError:
+    """Rebuild the error a peer sent, keeping its class when we know the kind."""
+    return _BY_KIND.get(kind, HermesError)(message)

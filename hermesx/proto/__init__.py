@@ -1,0 +1,1 @@
+"""Generated wire code (from protos/); do not edit."""

@@ -1,0 +1,410 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class TAD(_message.Message):
+    __slots__ = ("node", "age")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    AGE_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    age: int
+    def __init__(self, node: _Optional[str] = ..., age: _Optional[int] = ...) -> None: ...
+
+class Error(_message.Message):
+    __slots__ = ("kind", "message")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    message: str
+    def __init__(self, kind: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class Hop(_message.Message):
+    __slots__ = ("node", "tad", "event", "detail")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    TAD_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    tad: TAD
+    event: str
+    detail: str
+    def __init__(self, node: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., event: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class CheckpointPolicy(_message.Message):
+    __slots__ = ("mode", "every_calls", "every_seconds")
+    class Mode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        ON_REQUEST: _ClassVar[CheckpointPolicy.Mode]
+        EVERY_CALL: _ClassVar[CheckpointPolicy.Mode]
+        PERIODIC: _ClassVar[CheckpointPolicy.Mode]
+    ON_REQUEST: CheckpointPolicy.Mode
+    EVERY_CALL: CheckpointPolicy.Mode
+    PERIODIC: CheckpointPolicy.Mode
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    EVERY_CALLS_FIELD_NUMBER: _ClassVar[int]
+    EVERY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    mode: CheckpointPolicy.Mode
+    every_calls: int
+    every_seconds: float
+    def __init__(self, mode: _Optional[_Union[CheckpointPolicy.Mode, str]] = ..., every_calls: _Optional[int] = ..., every_seconds: _Optional[float] = ...) -> None: ...
+
+class AtomMeta(_message.Message):
+    __slots__ = ("name", "module_hash", "checkpoint", "reentrant", "tags", "idle_passivate_seconds", "placement")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODULE_HASH_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    REENTRANT_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    IDLE_PASSIVATE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    module_hash: str
+    checkpoint: CheckpointPolicy
+    reentrant: bool
+    tags: _containers.RepeatedScalarFieldContainer[str]
+    idle_passivate_seconds: float
+    placement: str
+    def __init__(self, name: _Optional[str] = ..., module_hash: _Optional[str] = ..., checkpoint: _Optional[_Union[CheckpointPolicy, _Mapping]] = ..., reentrant: _Optional[bool] = ..., tags: _Optional[_Iterable[str]] = ..., idle_passivate_seconds: _Optional[float] = ..., placement: _Optional[str] = ...) -> None: ...
+
+class InvokeRequest(_message.Message):
+    __slots__ = ("guid", "method", "args", "request_id", "hops", "hop_limit", "chain", "timeout", "trace", "caller_node")
+    GUID_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    HOPS_FIELD_NUMBER: _ClassVar[int]
+    HOP_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    TRACE_FIELD_NUMBER: _ClassVar[int]
+    CALLER_NODE_FIELD_NUMBER: _ClassVar[int]
+    guid: str
+    method: str
+    args: bytes
+    request_id: str
+    hops: int
+    hop_limit: int
+    chain: _containers.RepeatedScalarFieldContainer[str]
+    timeout: float
+    trace: bool
+    caller_node: str
+    def __init__(self, guid: _Optional[str] = ..., method: _Optional[str] = ..., args: _Optional[bytes] = ..., request_id: _Optional[str] = ..., hops: _Optional[int] = ..., hop_limit: _Optional[int] = ..., chain: _Optional[_Iterable[str]] = ..., timeout: _Optional[float] = ..., trace: _Optional[bool] = ..., caller_node: _Optional[str] = ...) -> None: ...
+
+class InvokeReply(_message.Message):
+    __slots__ = ("result", "error", "moved", "tad", "trace")
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    MOVED_FIELD_NUMBER: _ClassVar[int]
+    TAD_FIELD_NUMBER: _ClassVar[int]
+    TRACE_FIELD_NUMBER: _ClassVar[int]
+    result: bytes
+    error: Error
+    moved: TAD
+    tad: TAD
+    trace: _containers.RepeatedCompositeFieldContainer[Hop]
+    def __init__(self, result: _Optional[bytes] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., moved: _Optional[_Union[TAD, _Mapping]] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., trace: _Optional[_Iterable[_Union[Hop, _Mapping]]] = ...) -> None: ...
+
+class SendRequest(_message.Message):
+    __slots__ = ("guid", "code", "payload", "sender", "seq", "hops", "hop_limit")
+    GUID_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    HOPS_FIELD_NUMBER: _ClassVar[int]
+    HOP_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    guid: str
+    code: int
+    payload: bytes
+    sender: str
+    seq: int
+    hops: int
+    hop_limit: int
+    def __init__(self, guid: _Optional[str] = ..., code: _Optional[int] = ..., payload: _Optional[bytes] = ..., sender: _Optional[str] = ..., seq: _Optional[int] = ..., hops: _Optional[int] = ..., hop_limit: _Optional[int] = ...) -> None: ...
+
+class SendReply(_message.Message):
+    __slots__ = ("error", "moved", "tad")
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    MOVED_FIELD_NUMBER: _ClassVar[int]
+    TAD_FIELD_NUMBER: _ClassVar[int]
+    error: Error
+    moved: TAD
+    tad: TAD
+    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., moved: _Optional[_Union[TAD, _Mapping]] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ...) -> None: ...
+
+class CreateRequest(_message.Message):
+    __slots__ = ("module", "meta", "init_args", "aliases")
+    MODULE_FIELD_NUMBER: _ClassVar[int]
+    META_FIELD_NUMBER: _ClassVar[int]
+    INIT_ARGS_FIELD_NUMBER: _ClassVar[int]
+    ALIASES_FIELD_NUMBER: _ClassVar[int]
+    module: bytes
+    meta: AtomMeta
+    init_args: bytes
+    aliases: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, module: _Optional[bytes] = ..., meta: _Optional[_Union[AtomMeta, _Mapping]] = ..., init_args: _Optional[bytes] = ..., aliases: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CreateReply(_message.Message):
+    __slots__ = ("guid", "tad")
+    GUID_FIELD_NUMBER: _ClassVar[int]
+    TAD_FIELD_NUMBER: _ClassVar[int]
+    guid: str
+    tad: TAD
+    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ...) -> None: ...
+
+class LocateRequest(_message.Message):
+    __slots__ = ("guid",)
+    GUID_FIELD_NUMBER: _ClassVar[int]
+    guid: str
+    def __init__(self, guid: _Optional[str] = ...) -> None: ...
+
+class LocateReply(_message.Message):
+    __slots__ = ("tad", "active_here")
+    TAD_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_HERE_FIELD_NUMBER: _ClassVar[int]
+    tad: TAD
+    active_here: bool
+    def __init__(self, tad: _Optional[_Union[TAD, _Mapping]] = ..., active_here: _Optional[bool] = ...) -> None: ...
+
+class MigrateRequest(_message.Message):
+    __slots__ = ("guid", "destination")
+    GUID_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    guid: str
+    destination: str
+    def __init__(self, guid: _Optional[str] = ..., destination: _Optional[str] = ...) -> None: ...
+
+class MigrateReply(_message.Message):
+    __slots__ = ("tad", "state_bytes", "held_ms", "total_ms")
+    TAD_FIELD_NUMBER: _ClassVar[int]
+    STATE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    HELD_MS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    tad: TAD
+    state_bytes: int
+    held_ms: float
+    total_ms: float
+    def __init__(self, tad: _Optional[_Union[TAD, _Mapping]] = ..., state_bytes: _Optional[int] = ..., held_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
+
+class AcceptRequest(_message.Message):
+    __slots__ = ("guid", "tad", "snapshot", "meta", "source", "commit")
+    GUID_FIELD_NUMBER: _ClassVar[int]
+    TAD_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    META_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_FIELD_NUMBER: _ClassVar[int]
+    guid: str
+    tad: TAD
+    snapshot: bytes
+    meta: AtomMeta
+    source: str
+    commit: bool
+    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., meta: _Optional[_Union[AtomMeta, _Mapping]] = ..., source: _Optional[str] = ..., commit: _Optional[bool] = ...) -> None: ...
+
+class AcceptReply(_message.Message):
+    __slots__ = ("ok",)
+    OK_FIELD_NUMBER: _ClassVar[int]
+    ok: bool
+    def __init__(self, ok: _Optional[bool] = ...) -> None: ...
+
+class ActivateRequest(_message.Message):
+    __slots__ = ("guid", "tad", "snapshot", "meta")
+    GUID_FIELD_NUMBER: _ClassVar[int]
+    TAD_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    META_FIELD_NUMBER: _ClassVar[int]
+    guid: str
+    tad: TAD
+    snapshot: bytes
+    meta: AtomMeta
+    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., meta: _Optional[_Union[AtomMeta, _Mapping]] = ...) -> None: ...
+
+class ActivateReply(_message.Message):
+    __slots__ = ("tad",)
+    TAD_FIELD_NUMBER: _ClassVar[int]
+    tad: TAD
+    def __init__(self, tad: _Optional[_Union[TAD, _Mapping]] = ...) -> None: ...
+
+class GuidRequest(_message.Message):
+    __slots__ = ("guid",)
+    GUID_FIELD_NUMBER: _ClassVar[int]
+    guid: str
+    def __init__(self, guid: _Optional[str] = ...) -> None: ...
+
+class Empty(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class NodeStatus(_message.Message):
+    __slots__ = ("name", "active_atoms", "stash_entries", "pid", "rss_bytes", "tags")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_ATOMS_FIELD_NUMBER: _ClassVar[int]
+    STASH_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    active_atoms: int
+    stash_entries: int
+    pid: int
+    rss_bytes: int
+    tags: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., active_atoms: _Optional[int] = ..., stash_entries: _Optional[int] = ..., pid: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., tags: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class StashPutRequest(_message.Message):
+    __slots__ = ("guid", "tad")
+    GUID_FIELD_NUMBER: _ClassVar[int]
+    TAD_FIELD_NUMBER: _ClassVar[int]
+    guid: str
+    tad: TAD
+    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ...) -> None: ...
+
+class ModuleBytes(_message.Message):
+    __slots__ = ("module",)
+    MODULE_FIELD_NUMBER: _ClassVar[int]
+    module: bytes
+    def __init__(self, module: _Optional[bytes] = ...) -> None: ...
+
+class ModuleHash(_message.Message):
+    __slots__ = ("hash",)
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    hash: str
+    def __init__(self, hash: _Optional[str] = ...) -> None: ...
+
+class RegisterAtomRequest(_message.Message):
+    __slots__ = ("guid", "meta", "tad", "snapshot")
+    GUID_FIELD_NUMBER: _ClassVar[int]
+    META_FIELD_NUMBER: _ClassVar[int]
+    TAD_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    guid: str
+    meta: AtomMeta
+    tad: TAD
+    snapshot: bytes
+    def __init__(self, guid: _Optional[str] = ..., meta: _Optional[_Union[AtomMeta, _Mapping]] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ...) -> None: ...
+
+class CheckpointRequest(_message.Message):
+    __slots__ = ("guid", "tad", "snapshot", "seq")
+    GUID_FIELD_NUMBER: _ClassVar[int]
+    TAD_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    guid: str
+    tad: TAD
+    snapshot: bytes
+    seq: int
+    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., seq: _Optional[int] = ...) -> None: ...
+
+class CheckpointData(_message.Message):
+    __slots__ = ("guid", "tad", "snapshot", "meta", "seq")
+    GUID_FIELD_NUMBER: _ClassVar[int]
+    TAD_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    META_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    guid: str
+    tad: TAD
+    snapshot: bytes
+    meta: AtomMeta
+    seq: int
+    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., meta: _Optional[_Union[AtomMeta, _Mapping]] = ..., seq: _Optional[int] = ...) -> None: ...
+
+class LocationReply(_message.Message):
+    __slots__ = ("tad", "dormant", "forwarded_to")
+    TAD_FIELD_NUMBER: _ClassVar[int]
+    DORMANT_FIELD_NUMBER: _ClassVar[int]
+    FORWARDED_TO_FIELD_NUMBER: _ClassVar[int]
+    tad: TAD
+    dormant: bool
+    forwarded_to: str
+    def __init__(self, tad: _Optional[_Union[TAD, _Mapping]] = ..., dormant: _Optional[bool] = ..., forwarded_to: _Optional[str] = ...) -> None: ...
+
+class PrepareRequest(_message.Message):
+    __slots__ = ("guid", "source", "destination")
+    GUID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    guid: str
+    source: TAD
+    destination: str
+    def __init__(self, guid: _Optional[str] = ..., source: _Optional[_Union[TAD, _Mapping]] = ..., destination: _Optional[str] = ...) -> None: ...
+
+class PrepareReply(_message.Message):
+    __slots__ = ("age",)
+    AGE_FIELD_NUMBER: _ClassVar[int]
+    age: int
+    def __init__(self, age: _Optional[int] = ...) -> None: ...
+
+class CommitRequest(_message.Message):
+    __slots__ = ("guid", "tad", "snapshot")
+    GUID_FIELD_NUMBER: _ClassVar[int]
+    TAD_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    guid: str
+    tad: TAD
+    snapshot: bytes
+    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ...) -> None: ...
+
+class AbortRequest(_message.Message):
+    __slots__ = ("guid", "age")
+    GUID_FIELD_NUMBER: _ClassVar[int]
+    AGE_FIELD_NUMBER: _ClassVar[int]
+    guid: str
+    age: int
+    def __init__(self, guid: _Optional[str] = ..., age: _Optional[int] = ...) -> None: ...
+
+class PassivatedRequest(_message.Message):
+    __slots__ = ("guid", "tad", "snapshot")
+    GUID_FIELD_NUMBER: _ClassVar[int]
+    TAD_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    guid: str
+    tad: TAD
+    snapshot: bytes
+    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ...) -> None: ...
+
+class StoreMoveRequest(_message.Message):
+    __slots__ = ("guid", "destination")
+    GUID_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    guid: str
+    destination: str
+    def __init__(self, guid: _Optional[str] = ..., destination: _Optional[str] = ...) -> None: ...
+
+class AtomRecord(_message.Message):
+    __slots__ = ("guid", "tad", "dormant", "meta", "checkpoints")
+    GUID_FIELD_NUMBER: _ClassVar[int]
+    TAD_FIELD_NUMBER: _ClassVar[int]
+    DORMANT_FIELD_NUMBER: _ClassVar[int]
+    META_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    guid: str
+    tad: TAD
+    dormant: bool
+    meta: AtomMeta
+    checkpoints: int
+    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., dormant: _Optional[bool] = ..., meta: _Optional[_Union[AtomMeta, _Mapping]] = ..., checkpoints: _Optional[int] = ...) -> None: ...
+
+class AtomList(_message.Message):
+    __slots__ = ("atoms",)
+    ATOMS_FIELD_NUMBER: _ClassVar[int]
+    atoms: _containers.RepeatedCompositeFieldContainer[AtomRecord]
+    def __init__(self, atoms: _Optional[_Iterable[_Union[AtomRecord, _Mapping]]] = ...) -> None: ...
+
+class StoresiteStatus(_message.Message):
+    __slots__ = ("id", "atoms", "modules", "checkpoints")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ATOMS_FIELD_NUMBER: _ClassVar[int]
+    MODULES_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    atoms: int
+    modules: int
+    checkpoints: int
+    def __init__(self, id: _Optional[str] = ..., atoms: _Optional[int] = ..., modules: _Optional[int] = ..., checkpoints: _Optional[int] = ...) -> None: ...
