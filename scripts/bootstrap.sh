@@ -27,4 +27,4 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q -e '.[dev]'
   touch "$stamp"
 fi
-.venv/bin/python -m hermesx.atoms_build --quiet
+.venv/bin/python -m hermesx.build --examples --quiet
