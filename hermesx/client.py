@@ -1,0 +1,291 @@
+"""The Python client: invoke atoms by name from outside the cluster (DESIGN.md §4, §8).
+
+    with Client() as client:            # HERMESX_ZK / HERMESX_CLUSTER, or the local cluster
+        counter = client.atom("c1")
+        counter.incr(5)                  # -> 5, wherever c1 runs
+
+Arguments are packed with msgpack: one positional argument is sent as it
+is, several as an array, keywords as a map.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pathlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from hermesx import codec
+from hermesx.config import ClusterAddress, resolve_cluster
+from hermesx.errors import ConfigurationError, HermesError, NameNotFoundError, UnreachableError
+from hermesx.identity import TAD
+from hermesx.invocation import InvokeOutcome, Invoker
+from hermesx.naming import Member, Naming
+from hermesx.proto import hermesx_pb2 as pb
+from hermesx.proto import hermesx_pb2_grpc as pbg
+from hermesx.wire import ChannelPool, error_from_rpc, tad_from_pb
+
+__all__ = ["AtomProxy", "Client", "Location"]
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    guid: str
+    node: str
+    age: int
+    storesite: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"guid": self.guid, "node": self.node, "age": self.age, "storesite": self.storesite}
+
+
+class AtomProxy:
+    """``client.atom("c1").incr(5)``: attribute access names the method."""
+
+    def __init__(self, client: Client, target: str) -> None:
+        self._client = client
+        self._target = target
+
+    def __getattr__(self, method: str) -> Any:
+        if method.startswith("_"):
+            raise AttributeError(method)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self._client.call(self._target, method, *args, **kwargs)
+
+        return call
+
+
+class Client:
+    def __init__(
+        self,
+        zk: str | None = None,
+        cluster: str | None = None,
+        *,
+        timeout: float = 30.0,
+        hop_limit: int = 4,
+    ) -> None:
+        self.address: ClusterAddress = resolve_cluster(zk, cluster)
+        self.naming = Naming(self.address.zk, self.address.cluster)
+        self.channels = ChannelPool()
+        self.invoker = Invoker(self.naming, self.channels, deadline=timeout, hop_limit=hop_limit)
+        self._started = False
+
+    def __enter__(self) -> Client:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        if not self._started:
+            self.naming.start()
+            self._started = True
+
+    def close(self) -> None:
+        if self._started:
+            self.naming.close()
+            self._started = False
+        self.channels.close()
+
+    # ------------------------------------------------------------ invoke
+
+    def atom(self, target: str) -> AtomProxy:
+        return AtomProxy(self, target)
+
+    def call(self, target: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        if kwargs and args:
+            raise ConfigurationError("pass either positional or keyword arguments, not both")
+        payload: Any = kwargs if kwargs else (args[0] if len(args) == 1 else list(args) or None)
+        outcome = self.invoke(target, method, codec.pack(payload))
+        return codec.unpack(outcome.result)
+
+    def invoke(
+        self,
+        target: str,
+        method: str,
+        args: bytes,
+        *,
+        request_id: str = "",
+        via: str | None = None,
+        trace: bool = False,
+        timeout: float | None = None,
+    ) -> InvokeOutcome:
+        self.start()
+        return self.invoker.invoke(
+            target, method, args, request_id=request_id, via=via, trace=trace, timeout=timeout
+        )
+
+    # ------------------------------------------------------------ nodes
+
+    def nodes(self) -> dict[str, Member]:
+        self.start()
+        return self.naming.nodes()
+
+    def node_stub(self, node: str) -> pbg.SupervisorStub:
+        self.start()
+        return self.invoker.node_stub(node)
+
+    def node_status(self, node: str, timeout: float = 5.0) -> pb.NodeStatus:
+        try:
+            status: pb.NodeStatus = self.node_stub(node).Status(pb.Empty(), timeout=timeout)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"node {node}") from exc
+        return status
+
+    def pick_node(self, tags: Sequence[str] = ()) -> str:
+        """A live node carrying ``tags``, the least loaded one."""
+        candidates = [m for m in self.nodes().values() if set(tags) <= set(m.tags)]
+        if not candidates:
+            want = f" with tags {','.join(tags)}" if tags else ""
+            raise UnreachableError(f"no live node{want} in cluster {self.address.cluster}")
+        loads: list[tuple[int, str]] = []
+        for member in candidates:
+            try:
+                loads.append((self.node_status(member.name).active_atoms, member.name))
+            except HermesError:
+                continue
+        if not loads:
+            raise UnreachableError("no live node answered")
+        return min(loads)[1]
+
+    # ------------------------------------------------------------ atoms
+
+    def create(
+        self,
+        wasm: bytes | pathlib.Path,
+        *,
+        name: str = "",
+        on: str | None = None,
+        aliases: Sequence[str] = (),
+        init: Any = None,
+        checkpoint: str = "every-call",
+        reentrant: bool = False,
+        tags: Sequence[str] = (),
+        idle_passivate_seconds: float = 0.0,
+    ) -> str:
+        """Create an atom and return its GUID."""
+        if isinstance(wasm, pathlib.Path):
+            path = wasm
+            try:
+                wasm = path.read_bytes()
+            except OSError as exc:
+                raise ConfigurationError(f"cannot read module {path}: {exc.strerror}") from exc
+        meta = pb.AtomMeta(
+            name=name,
+            checkpoint=parse_checkpoint_policy(checkpoint),
+            reentrant=reentrant,
+            tags=list(tags),
+            idle_passivate_seconds=idle_passivate_seconds,
+        )
+        node = on or self.pick_node(tags)
+        request = pb.CreateRequest(
+            module=wasm,
+            meta=meta,
+            init_args=codec.pack(init) if init is not None else b"",
+            aliases=list(aliases),
+        )
+        try:
+            reply: pb.CreateReply = self.node_stub(node).Create(request, timeout=60.0)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"node {node}") from exc
+        tad = tad_from_pb(reply.tad)
+        if tad is not None:
+            self.invoker.stash.update(reply.guid, tad)
+        return reply.guid
+
+    def guid_of(self, target: str) -> str:
+        self.start()
+        return self.naming.guid_of(target)
+
+    def locate(self, target: str) -> Location:
+        guid = self.guid_of(target)
+        tad = self.invoker.locate(guid)
+        storesite = self.naming.home(guid) or guid.rpartition(":")[0]
+        return Location(guid, tad.node, tad.age, storesite)
+
+    def _on_node_of(self, target: str) -> tuple[str, TAD, pbg.SupervisorStub]:
+        guid = self.guid_of(target)
+        tad = self.invoker.locate(guid)
+        return guid, tad, self.node_stub(tad.node)
+
+    def migrate(self, target: str, node: str) -> pb.MigrateReply:
+        """Move an atom to ``node``; the source node coordinates the move."""
+        guid = self.guid_of(target)
+        if node not in self.nodes():
+            raise NameNotFoundError(f"node {node!r} is not a live member of the cluster")
+        last: HermesError | None = None
+        for _ in range(3):  # the atom may move between locate and migrate
+            guid, tad, stub = self._on_node_of(guid)
+            try:
+                reply: pb.MigrateReply = stub.Migrate(
+                    pb.MigrateRequest(guid=guid, destination=node), timeout=120.0
+                )
+            except grpc.RpcError as exc:
+                last = error_from_rpc(exc, f"node {tad.node}")
+                if "is not active on node" in str(last):
+                    continue
+                raise last from exc
+            new = tad_from_pb(reply.tad)
+            if new is not None:
+                self.invoker.stash.update(guid, new)
+            return reply
+        assert last is not None
+        raise last
+
+    def checkpoint(self, target: str) -> TAD | None:
+        guid, tad, stub = self._on_node_of(target)
+        try:
+            return tad_from_pb(stub.Checkpoint(pb.GuidRequest(guid=guid), timeout=60.0))
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"node {tad.node}") from exc
+
+    def passivate(self, target: str) -> TAD | None:
+        guid, tad, stub = self._on_node_of(target)
+        try:
+            return tad_from_pb(stub.Passivate(pb.GuidRequest(guid=guid), timeout=60.0))
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"node {tad.node}") from exc
+
+    def stash_of(self, node: str, target: str) -> TAD | None:
+        """The TAD ``node``'s stash holds for an atom (None when it knows nothing)."""
+        guid = self.guid_of(target)
+        try:
+            reply = self.node_stub(node).Locate(pb.LocateRequest(guid=guid), timeout=5.0)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"node {node}") from exc
+        return tad_from_pb(reply.tad)
+
+    def lookup(self, pattern: str, *, scope: str | None = None, all: bool = False) -> list[str]:
+        self.start()
+        return self.naming.lookup(pattern, scope=scope, all=all)
+
+    def lookup_names(self, pattern: str, *, all: bool = False) -> list[tuple[str, str]]:
+        self.start()
+        return self.naming.lookup_names(pattern, all=all)
+
+    def names(self) -> dict[str, str]:
+        self.start()
+        return self.naming.names()
+
+
+def parse_checkpoint_policy(text: str) -> pb.CheckpointPolicy:
+    """``every-call``, ``on-request``, ``every:N`` (calls) or ``every:Ts`` (seconds)."""
+    policy = pb.CheckpointPolicy
+    if text == "every-call":
+        return policy(mode=policy.EVERY_CALL)
+    if text == "on-request":
+        return policy(mode=policy.ON_REQUEST)
+    kind, _, value = text.partition(":")
+    if kind == "every" and value:
+        with contextlib.suppress(ValueError):
+            if value.endswith("s"):
+                return policy(mode=policy.PERIODIC, every_seconds=float(value[:-1]))
+            return policy(mode=policy.PERIODIC, every_calls=int(value))
+    raise ConfigurationError(
+        f"checkpoint policy {text!r} is not one of every-call, on-request, every:N, every:Ts"
+    )

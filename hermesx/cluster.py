@@ -1,0 +1,352 @@
+"""A local cluster of real processes: ZooKeeper, storesites, nodes (DESIGN.md §8 `up` / `down`).
+
+``hermesx up`` starts each part as a background process in its own session
+(so it outlives the command), waits until every part has registered in the
+name service, and writes where they run to ``$HERMESX_HOME/clusters/NAME``.
+``hermesx down`` stops them all. Tests and the demo use the same class, so
+they run the very processes a user runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hermesx.config import cluster_dir
+from hermesx.errors import ConfigurationError, HermesError, UnreachableError
+from hermesx.identity import validate_name
+from hermesx.naming import Naming
+
+__all__ = ["LocalCluster", "NodeSpec"]
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSpec:
+    name: str
+    tags: tuple[str, ...] = ()
+
+
+@dataclass
+class LocalCluster:
+    name: str = "local"
+    session_timeout: float = 4.0
+    test_hooks: bool = False
+    procs: dict[str, int] = field(default_factory=dict)  # part -> pid
+    zk: str = ""
+    node_specs: dict[str, NodeSpec] = field(default_factory=dict)
+    storesite_ids: list[str] = field(default_factory=list)
+
+    @property
+    def dir(self) -> pathlib.Path:
+        return cluster_dir(self.name)
+
+    @property
+    def state_file(self) -> pathlib.Path:
+        return self.dir / "cluster.json"
+
+    # ------------------------------------------------------------ state
+
+    @classmethod
+    def load(cls, name: str) -> LocalCluster:
+        state = cluster_dir(name) / "cluster.json"
+        try:
+            data = json.loads(state.read_text())
+        except FileNotFoundError:
+            raise ConfigurationError(f"no local cluster {name!r} is running (no {state})") from None
+        except (OSError, ValueError) as exc:
+            raise ConfigurationError(f"local cluster state {state} is unreadable: {exc}") from exc
+        return cls(
+            name=name,
+            session_timeout=float(data.get("session_timeout", 4.0)),
+            test_hooks=bool(data.get("test_hooks", False)),
+            procs={k: int(v) for k, v in data.get("pids", {}).items()},
+            zk=str(data["zk"]),
+            node_specs={
+                n["name"]: NodeSpec(n["name"], tuple(n.get("tags", ()))) for n in data["nodes"]
+            },
+            storesite_ids=list(data.get("storesites", [])),
+        )
+
+    def save(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        data: dict[str, Any] = {
+            "cluster": self.name,
+            "zk": self.zk,
+            "session_timeout": self.session_timeout,
+            "test_hooks": self.test_hooks,
+            "pids": self.procs,
+            "nodes": [{"name": s.name, "tags": list(s.tags)} for s in self.node_specs.values()],
+            "storesites": self.storesite_ids,
+        }
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.replace(self.state_file)
+
+    # ------------------------------------------------------------ up / down
+
+    def up(
+        self,
+        nodes: Sequence[NodeSpec],
+        *,
+        storesites: Sequence[str] = ("s1",),
+        zk: str | None = None,
+        progress: Progress | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        say = progress or (lambda _msg: None)
+        validate_name(self.name, "cluster name")
+        if self.state_file.exists():
+            running = LocalCluster.load(self.name)
+            if any(_alive(pid) for pid in running.procs.values()):
+                raise ConfigurationError(
+                    f"local cluster {self.name!r} is already running (hermesx down first)"
+                )
+        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            if zk is None:
+                say("starting ZooKeeper")
+                self.zk = self._start_zookeeper(timeout)
+            else:
+                self.zk = zk
+            self.save()
+            for sid in storesites:
+                say(f"starting storesite {sid}")
+                self.start_storesite(sid)
+            for spec in nodes:
+                say(f"starting node {spec.name}")
+                self.start_node(spec)
+            self.wait_registered(timeout, say)
+        except BaseException:
+            self.down()
+            raise
+
+    def _spawn(self, part: str, argv: list[str]) -> int:
+        log_path = self.dir / f"{part}.log"
+        with open(log_path, "ab") as log_file:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        self.procs[part] = proc.pid
+        self.save()
+        return proc.pid
+
+    def _start_zookeeper(self, timeout: float) -> str:
+        zk_dir = self.dir / "zookeeper"
+        connect_file = zk_dir / "connect"
+        connect_file.unlink(missing_ok=True)
+        zk_dir.mkdir(parents=True, exist_ok=True)
+        pid = self._spawn(
+            "zookeeper", [sys.executable, "-m", "hermesx.cluster", "zookeeper", str(zk_dir)]
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if connect_file.exists():
+                return connect_file.read_text().strip()
+            if not _alive(pid):
+                raise UnreachableError(f"ZooKeeper did not start; see {self.dir / 'zookeeper.log'}")
+            time.sleep(0.1)
+        raise UnreachableError(f"ZooKeeper did not start within {timeout:.0f}s")
+
+    def _common_args(self) -> list[str]:
+        return ["--zk", self.zk, "--cluster", self.name]
+
+    def start_storesite(self, sid: str) -> int:
+        if sid not in self.storesite_ids:
+            self.storesite_ids.append(sid)
+        argv = [
+            sys.executable,
+            "-m",
+            "hermesx",
+            "storesite",
+            "serve",
+            "--id",
+            sid,
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            str(self.dir / f"storesite-{sid}"),
+            "--session-timeout",
+            str(self.session_timeout),
+            *self._common_args(),
+        ]
+        return self._spawn(f"storesite-{sid}", argv)
+
+    def start_node(self, spec: NodeSpec) -> int:
+        self.node_specs[spec.name] = spec
+        argv = [
+            sys.executable,
+            "-m",
+            "hermesx",
+            "node",
+            "serve",
+            "--name",
+            spec.name,
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            str(self.dir / f"node-{spec.name}"),
+            "--session-timeout",
+            str(self.session_timeout),
+            *self._common_args(),
+        ]
+        if spec.tags:
+            argv += ["--tags", ",".join(spec.tags)]
+        if self.test_hooks:
+            argv.append("--test-hooks")
+        return self._spawn(f"node-{spec.name}", argv)
+
+    def wait_registered(
+        self,
+        timeout: float = 60.0,
+        progress: Progress | None = None,
+        nodes: Sequence[str] | None = None,
+    ) -> None:
+        want_nodes = set(nodes if nodes is not None else self.node_specs)
+        want_sites = set(self.storesite_ids) if nodes is None else set()
+        naming = Naming(self.zk, self.name)
+        naming.start()
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                missing = sorted(want_nodes - set(naming.nodes())) + sorted(
+                    want_sites - set(naming.storesites())
+                )
+                if not missing:
+                    if progress:
+                        progress("all parts registered")
+                    return
+                for part in missing:
+                    key = f"node-{part}" if part in want_nodes else f"storesite-{part}"
+                    pid = self.procs.get(key)
+                    if pid is not None and not _alive(pid):
+                        raise UnreachableError(
+                            f"{key} exited during start-up; see {self.dir / (key + '.log')}: "
+                            f"{_last_line(self.dir / (key + '.log'))}"
+                        )
+                if time.monotonic() > deadline:
+                    raise UnreachableError(
+                        f"not registered within {timeout:.0f}s: {', '.join(missing)}"
+                    )
+                time.sleep(0.1)
+        finally:
+            naming.close()
+
+    def kill(self, part: str, sig: int = signal.SIGKILL) -> None:
+        pid = self.procs.get(part)
+        if pid is None:
+            raise ConfigurationError(f"cluster {self.name!r} has no part {part!r}")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        _reap(pid, 5.0)
+
+    def down(self, progress: Progress | None = None, timeout: float = 10.0) -> list[str]:
+        """Stop every part (nodes first, ZooKeeper last); returns what was stopped."""
+        say = progress or (lambda _msg: None)
+        order = sorted(self.procs, key=lambda p: (p == "zookeeper", p.startswith("storesite"), p))
+        stopped: list[str] = []
+        for part in order:
+            pid = self.procs[part]
+            if _alive(pid):
+                say(f"stopping {part}")
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+                stopped.append(part)
+        deadline = time.monotonic() + timeout
+        for part in order:
+            pid = self.procs[part]
+            if not _reap(pid, max(deadline - time.monotonic(), 0.1)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                _reap(pid, 2.0)
+        self.procs.clear()
+        with contextlib.suppress(FileNotFoundError):
+            self.state_file.unlink()
+        return stopped
+
+
+def _alive(pid: int) -> bool:
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][:1] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _reap(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _last_line(path: pathlib.Path) -> str:
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+def _serve_zookeeper(zk_dir: pathlib.Path) -> None:
+    """Run a ZooKeeper server until SIGTERM; write its connect string when ready."""
+    from nameservice import ZooKeeperServer
+
+    server = ZooKeeperServer(data_dir=zk_dir / "data")
+    stop = False
+
+    def on_term(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    server.start()
+    try:
+        (zk_dir / "connect").write_text(server.connect_string)
+        while not stop:
+            time.sleep(0.2)
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "zookeeper":
+        try:
+            _serve_zookeeper(pathlib.Path(sys.argv[2]))
+        except Exception as exc:  # the launcher's own errors are not HermesErrors
+            sys.exit(f"error: {exc}")
+    else:
+        sys.exit("usage: python -m hermesx.cluster zookeeper DIR")

@@ -1,0 +1,350 @@
+"""Location-independent invocation, the caller's side (DESIGN.md §4).
+
+An :class:`Invoker` turns "call METHOD on NAME" into RPCs: it resolves the
+name to a GUID, starts from the newest TAD its stash holds, follows
+``MOVED`` answers, and when the chain is broken (a dead node, a node with no
+record, no progress) asks the atom's storesite where the atom is — the single
+fallback point, :meth:`Invoker.locate`. Retries are bounded in attempts and
+by an overall deadline, and they reuse the call's request id, so a retried
+call returns the first reply instead of running twice.
+
+Clients use an Invoker with an in-memory stash; every node uses one with its
+persistent stash for atom-to-atom calls, and for ``--via``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import NoReturn, TypeVar
+
+import grpc
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
+from tenacity.wait import wait_exponential
+
+from hermesx.errors import (
+    CallTimeoutError,
+    HermesError,
+    NameNotFoundError,
+    UnreachableError,
+    error_from_wire,
+)
+from hermesx.identity import GUID, TAD
+from hermesx.naming import Naming
+from hermesx.proto import hermesx_pb2 as pb
+from hermesx.proto import hermesx_pb2_grpc as pbg
+from hermesx.stash import Stash
+from hermesx.wire import ChannelPool, error_from_rpc, tad_from_pb, tad_to_pb
+
+__all__ = ["InvokeOutcome", "Invoker", "LocalDispatch"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Error kinds a node answers with when it cannot serve the atom but another
+# place may: the caller then asks the storesite and tries again.
+RETRYABLE_KINDS = frozenset({"unreachable", "timeout"})
+
+DEFAULT_HOP_LIMIT = 4
+DEFAULT_DEADLINE_S = 30.0
+DEFAULT_ATTEMPTS = 10
+
+# A node that calls into itself skips gRPC: (request) -> reply.
+LocalDispatch = Callable[[pb.InvokeRequest], pb.InvokeReply]
+LocalSend = Callable[[pb.SendRequest], pb.SendReply]
+
+
+@dataclass(slots=True)
+class InvokeOutcome:
+    result: bytes
+    guid: str
+    tad: TAD | None
+    trace: list[pb.Hop] = field(default_factory=list)
+
+
+class _Broken(Exception):
+    """This attempt hit a broken chain; the next one starts from the storesite."""
+
+
+@dataclass(slots=True)
+class _Call:
+    guid: str
+    deadline: float
+    tad: TAD | None
+    via: str | None
+    trace: list[pb.Hop]
+    want_trace: bool
+    last_error: str = ""
+    tried: list[TAD] = field(default_factory=list)
+    need_locate: bool = False
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def note(self, node: str, event: str, detail: str = "", tad: TAD | None = None) -> None:
+        if self.want_trace:
+            hop = pb.Hop(node=node, event=event, detail=detail)
+            if tad is not None:
+                hop.tad.CopyFrom(tad_to_pb(tad))
+            self.trace.append(hop)
+
+
+class Invoker:
+    def __init__(
+        self,
+        naming: Naming,
+        channels: ChannelPool,
+        stash: Stash | None = None,
+        *,
+        self_node: str | None = None,
+        local_invoke: LocalDispatch | None = None,
+        local_send: LocalSend | None = None,
+        hop_limit: int = DEFAULT_HOP_LIMIT,
+        deadline: float = DEFAULT_DEADLINE_S,
+        attempts: int = DEFAULT_ATTEMPTS,
+    ) -> None:
+        self.naming = naming
+        self.channels = channels
+        self.stash = stash if stash is not None else Stash()
+        self.self_node = self_node
+        self.local_invoke = local_invoke
+        self.local_send = local_send
+        self.hop_limit = hop_limit
+        self.deadline = deadline
+        self.attempts = attempts
+
+    # ------------------------------------------------------------ addresses
+
+    def node_address(self, node: str) -> str:
+        member = self.naming.nodes().get(node)
+        if member is None:
+            raise UnreachableError(f"node {node!r} is not a live member of the cluster")
+        return member.address
+
+    def node_stub(self, node: str) -> pbg.SupervisorStub:
+        return pbg.SupervisorStub(self.channels.get(self.node_address(node)))
+
+    def storesite_address(self, guid: str) -> tuple[str, str]:
+        """(storesite id, address) of the storesite that knows where ``guid`` is."""
+        home = self.naming.home(guid) or GUID.parse(guid).home
+        member = self.naming.storesites().get(home)
+        if member is None:
+            raise UnreachableError(
+                f"atom {guid}: its storesite {home!r} is not a live member of the cluster"
+            )
+        return home, member.address
+
+    # ------------------------------------------------------------ fallback
+
+    def locate(self, guid: str, timeout: float = 10.0) -> TAD:
+        """Ask the atom's storesite where it is (activating it if dormant)."""
+        sid, address = self.storesite_address(guid)
+        stub = pbg.StoresiteStub(self.channels.get(address))
+        for _ in range(4):  # follow a moved home a few times at most
+            try:
+                reply = stub.Locate(pb.GuidRequest(guid=guid), timeout=timeout)
+            except grpc.RpcError as exc:
+                raise error_from_rpc(exc, f"storesite {sid} at {address}") from exc
+            if reply.forwarded_to:
+                sid = reply.forwarded_to
+                member = self.naming.storesites().get(sid)
+                if member is None:
+                    raise UnreachableError(f"atom {guid}: its storesite moved to {sid!r}, not live")
+                stub = pbg.StoresiteStub(self.channels.get(member.address))
+                continue
+            tad = tad_from_pb(reply.tad)
+            if tad is None:
+                raise UnreachableError(f"atom {guid}: storesite {sid} has no location for it")
+            self.stash.update(guid, tad)
+            return tad
+        raise UnreachableError(f"atom {guid}: storesite homes forward in a circle")
+
+    # ------------------------------------------------------------ invoke
+
+    def invoke(
+        self,
+        target: str,
+        method: str,
+        args: bytes,
+        *,
+        request_id: str = "",
+        chain: tuple[str, ...] = (),
+        timeout: float | None = None,
+        via: str | None = None,
+        trace: bool = False,
+    ) -> InvokeOutcome:
+        guid = self.naming.guid_of(target)
+        call = _Call(
+            guid=guid,
+            deadline=time.monotonic() + (timeout or self.deadline),
+            tad=self.stash.get(guid),
+            via=via,
+            trace=[],
+            want_trace=trace,
+        )
+        request = pb.InvokeRequest(
+            guid=guid,
+            method=method,
+            args=args,
+            request_id=request_id or uuid.uuid4().hex,
+            hop_limit=self.hop_limit,
+            chain=list(chain),
+            trace=trace,
+            caller_node=self.self_node or "",
+        )
+
+        def attempt() -> InvokeOutcome:
+            node = self._entry_node(call)
+            request.hops = 0
+            request.timeout = max(call.remaining(), 0.01)
+            reply = self._invoke_at(node, request, call)
+            which = reply.WhichOneof("outcome")
+            if trace:
+                call.trace.extend(reply.trace)
+            newest = tad_from_pb(reply.tad)
+            if newest is not None:
+                self.stash.update(guid, newest)
+            if which == "result":
+                return InvokeOutcome(reply.result, guid, newest, call.trace)
+            if which == "moved":
+                self._follow_moved(call, tad_from_pb(reply.moved), node)
+                raise _Broken()
+            err = error_from_wire(reply.error.kind, reply.error.message)
+            if reply.error.kind in RETRYABLE_KINDS:
+                self._broken(call, node, str(err))
+            raise err
+
+        return self._retrying(call, attempt, target)
+
+    def _invoke_at(self, node: str, request: pb.InvokeRequest, call: _Call) -> pb.InvokeReply:
+        if node == self.self_node and self.local_invoke is not None:
+            return self.local_invoke(request)
+        try:
+            stub = self.node_stub(node)
+            return stub.Invoke(request, timeout=max(call.remaining(), 0.01))
+        except UnreachableError as exc:
+            self._broken(call, node, str(exc))
+        except grpc.RpcError as exc:
+            err = error_from_rpc(exc, f"node {node}")
+            if isinstance(err, UnreachableError | CallTimeoutError):
+                self.channels.drop(self.node_address_or_empty(node))
+                self._broken(call, node, str(err))
+            raise err from exc
+
+    def node_address_or_empty(self, node: str) -> str:
+        member = self.naming.nodes().get(node)
+        return member.address if member else ""
+
+    # ------------------------------------------------------------ send
+
+    def send(
+        self, target: str, code: int, payload: bytes, *, sender: str = "", seq: int = 0
+    ) -> None:
+        """One-way message to ``target``'s interrupt ``code``; returns once it is queued there."""
+        guid = self.naming.guid_of(target)
+        call = _Call(
+            guid=guid,
+            deadline=time.monotonic() + self.deadline,
+            tad=self.stash.get(guid),
+            via=None,
+            trace=[],
+            want_trace=False,
+        )
+        request = pb.SendRequest(
+            guid=guid, code=code, payload=payload, sender=sender, seq=seq, hop_limit=self.hop_limit
+        )
+
+        def attempt() -> None:
+            node = self._entry_node(call)
+            request.hops = 0
+            if node == self.self_node and self.local_send is not None:
+                reply = self.local_send(request)
+            else:
+                try:
+                    reply = self.node_stub(node).Send(request, timeout=max(call.remaining(), 0.01))
+                except UnreachableError as exc:
+                    self._broken(call, node, str(exc))
+                except grpc.RpcError as exc:
+                    err = error_from_rpc(exc, f"node {node}")
+                    if isinstance(err, UnreachableError | CallTimeoutError):
+                        self._broken(call, node, str(err))
+                    raise err from exc
+            newest = tad_from_pb(reply.tad)
+            if newest is not None:
+                self.stash.update(guid, newest)
+            which = reply.WhichOneof("outcome")
+            if which is None:
+                return
+            if which == "moved":
+                self._follow_moved(call, tad_from_pb(reply.moved), node)
+                raise _Broken()
+            err = error_from_wire(reply.error.kind, reply.error.message)
+            if reply.error.kind in RETRYABLE_KINDS:
+                self._broken(call, node, str(err))
+            raise err
+
+        self._retrying(call, attempt, target)
+
+    # ------------------------------------------------------------ routing
+
+    def _entry_node(self, call: _Call) -> str:
+        if call.via is not None:
+            node, call.via = call.via, None
+            call.note(node, "enter", "via")
+            return node
+        if call.need_locate or call.tad is None:
+            call.need_locate = False
+            try:
+                call.tad = self.locate(call.guid, timeout=max(min(call.remaining(), 10.0), 0.01))
+            except NameNotFoundError:
+                raise
+            except HermesError as exc:
+                call.last_error = str(exc)
+                call.note("storesite", "storesite", f"locate failed: {exc}")
+                raise _Broken() from exc
+            call.note("storesite", "storesite", f"located at {call.tad}", call.tad)
+        call.tried.append(call.tad)
+        return call.tad.node
+
+    def _follow_moved(self, call: _Call, moved: TAD | None, node: str) -> None:
+        call.note(node, "moved", f"retry from {moved}", moved)
+        if moved is None or (call.tad is not None and moved.age <= call.tad.age):
+            # No progress along the chain: the storesite knows better.
+            call.need_locate = True
+            call.last_error = f"forwarding from {node} made no progress"
+            return
+        call.tad = moved
+
+    def _broken(self, call: _Call, node: str, why: str) -> NoReturn:
+        call.last_error = why
+        call.need_locate = True
+        call.note(node, "broken", why)
+        raise _Broken()
+
+    def _retrying(self, call: _Call, attempt: Callable[[], T], target: str) -> T:
+        retrying = Retrying(
+            stop=stop_after_attempt(self.attempts) | stop_after_delay(max(call.remaining(), 0.0)),
+            wait=wait_exponential(multiplier=0.02, max=0.5),
+            retry=retry_if_exception_type(_Broken),
+            reraise=True,
+        )
+        try:
+            for trying in retrying:
+                with trying:
+                    return attempt()
+        except _Broken:
+            pass
+        last = call.tried[-1] if call.tried else None
+        reason = f": {call.last_error}" if call.last_error else ""
+        if call.remaining() <= 0:
+            raise CallTimeoutError(
+                f"atom {target} ({call.guid}): no reply within the call deadline; "
+                f"last TAD tried {last}{reason}"
+            )
+        raise UnreachableError(
+            f"atom {target} ({call.guid}): unreachable; last TAD tried {last}{reason}"
+        )

@@ -1,0 +1,893 @@
+"""The supervisor: one `hermesx node` process (DESIGN.md §4, §5, §6).
+
+It hosts active atoms with the runtime, serves invocations, forwards calls
+along TADs, keeps its stash, coordinates migrations of its atoms as the
+source, installs atoms sent to it (migration, activation, recovery), and
+fences itself when its name-service session is in doubt: a node that may
+have been declared dead must not serve, or two copies of an atom could run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pathlib
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+
+import grpc
+
+from hermesx.errors import (
+    ConfigurationError,
+    HermesError,
+    MigrationError,
+    NameNotFoundError,
+    StorageError,
+    UnreachableError,
+)
+from hermesx.host import CallContext
+from hermesx.identity import GUID, TAD, validate_name
+from hermesx.invocation import Invoker
+from hermesx.naming import Naming
+from hermesx.proto import hermesx_pb2 as pb
+from hermesx.proto import hermesx_pb2_grpc as pbg
+from hermesx.runtime import Atom, LoadedModule, Runtime
+from hermesx.stash import Stash
+from hermesx.wire import (
+    CHANNEL_OPTIONS,
+    ChannelPool,
+    abort_with,
+    error_from_rpc,
+    pb_error,
+    tad_from_pb,
+    tad_to_pb,
+)
+
+__all__ = ["NodeConfig", "Supervisor"]
+
+log = logging.getLogger(__name__)
+
+EVERY_CALL = pb.CheckpointPolicy.EVERY_CALL
+PERIODIC = pb.CheckpointPolicy.PERIODIC
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    name: str
+    listen: str = "127.0.0.1:0"
+    zk: str = "127.0.0.1:2181"
+    cluster: str = "default"
+    tags: tuple[str, ...] = ()
+    data_dir: pathlib.Path | None = None
+    hop_limit: int = 4
+    session_timeout: float = 4.0
+    deadline_ms: int = 5000
+    memory_limit_bytes: int = 64 * 2**20
+    max_payload_bytes: int = 4 * 2**20
+    test_hooks: bool = False
+    workers: int = 64
+
+
+@dataclass(eq=False)
+class ActiveAtom:
+    """An atom running here, with what the supervisor tracks about it."""
+
+    guid: str
+    atom: Atom
+    meta: pb.AtomMeta
+    tad: TAD
+    state: str = "active"  # active | moving | gone
+    inflight: int = 0
+    checkpoint_seq: int = 0
+    checkpointed_generation: int = 0
+    last_checkpoint: float = field(default_factory=time.monotonic)
+    last_used: float = field(default_factory=time.monotonic)
+    move_request: str | None = None
+    checkpoint_request: bool = False
+    cond: threading.Condition = field(default_factory=threading.Condition)
+
+    @contextlib.contextmanager
+    def fixed(self, wait: float) -> Iterator[bool]:
+        """Fix the atom for one call; yields False if it left (or is leaving for too long)."""
+        deadline = time.monotonic() + wait
+        with self.cond:
+            while self.state == "moving":
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.cond.wait(left)
+            if self.state != "active":
+                yield False
+                return
+            self.inflight += 1
+        try:
+            yield True
+        finally:
+            with self.cond:
+                self.inflight -= 1
+                self.last_used = time.monotonic()
+                self.cond.notify_all()
+
+
+class NodeHost:
+    """The AtomHost of this node's atoms: their syscalls that leave the atom."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._sup = supervisor
+        self._seq_lock = threading.Lock()
+        self._send_seq: dict[tuple[str, str], int] = {}
+        # One lock per sender so its messages leave in order (FIFO per pair).
+        self._send_locks: dict[str, threading.Lock] = {}
+
+    @property
+    def node_name(self) -> str:
+        return self._sup.config.name
+
+    def invoke(self, ctx: CallContext, target: str, method: str, args: bytes) -> bytes:
+        outcome = self._sup.invoker.invoke(
+            target, method, args, chain=ctx.chain, timeout=ctx.timeout
+        )
+        return outcome.result
+
+    def send(self, ctx: CallContext, target: str, code: int, payload: bytes) -> None:
+        with self._seq_lock:
+            lock = self._send_locks.setdefault(ctx.caller_guid, threading.Lock())
+        with lock:
+            key = (ctx.caller_guid, target)
+            seq = self._send_seq.get(key, 0) + 1
+            self._send_seq[key] = seq
+            self._sup.invoker.send(target, code, payload, sender=ctx.caller_guid, seq=seq)
+
+    def lookup(self, ctx: CallContext, mode: str, pattern: str, scope: str | None) -> list[str]:
+        naming = self._sup.naming
+        if mode == "exact":
+            if scope is None:
+                try:
+                    return [naming.resolve(pattern)]
+                except NameNotFoundError:
+                    return []
+            return sorted(naming.aliases(scope).get(pattern, []))
+        return naming.lookup(pattern, scope=scope, all=(mode == "all"))
+
+    def alias_add(self, ctx: CallContext, scope: str, alias: str) -> None:
+        self._sup.naming.alias_add(scope, alias, ctx.caller_guid)
+
+    def alias_remove(self, ctx: CallContext, scope: str, alias: str) -> None:
+        self._sup.naming.alias_remove(scope, alias, ctx.caller_guid)
+
+    def move_to(self, ctx: CallContext, node: str) -> None:
+        active = self._sup.atoms.get(ctx.caller_guid)
+        if active is not None:
+            active.move_request = validate_name(node, "node name")
+
+    def checkpoint(self, ctx: CallContext) -> None:
+        active = self._sup.atoms.get(ctx.caller_guid)
+        if active is not None:
+            active.checkpoint_request = True
+
+
+class Supervisor(pbg.SupervisorServicer):
+    def __init__(self, config: NodeConfig) -> None:
+        validate_name(config.name, "node name")
+        self.config = config
+        self.name = config.name
+        self.atoms: dict[str, ActiveAtom] = {}
+        self._atoms_lock = threading.Lock()
+        self._staged: dict[str, tuple[pb.AcceptRequest, Atom]] = {}
+        self._modules: dict[str, LoadedModule] = {}
+        self._module_lock = threading.Lock()
+        self.channels = ChannelPool()
+        data = config.data_dir
+        self.stash = Stash(data / "stash" if data is not None else None)
+        self.runtime = Runtime(
+            node_name=config.name,
+            cache_dir=data / "module-cache" if data is not None else None,
+            deadline_ms=config.deadline_ms,
+            memory_limit_bytes=config.memory_limit_bytes,
+            max_payload_bytes=config.max_payload_bytes,
+        )
+        self.naming = Naming(config.zk, config.cluster, session_timeout=config.session_timeout)
+        self.host = NodeHost(self)
+        self.invoker = Invoker(
+            self.naming,
+            self.channels,
+            self.stash,
+            self_node=config.name,
+            local_invoke=self.dispatch_invoke,
+            local_send=self.dispatch_send,
+            hop_limit=config.hop_limit,
+        )
+        self.address = ""
+        self.fenced = False
+        self._suspended_at: float | None = None
+        self._stopping = threading.Event()
+        self._server: grpc.Server | None = None
+        self._background = futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="node-bg")
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> str:
+        """Serve and register; returns the address we listen on."""
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(
+                max_workers=self.config.workers, thread_name_prefix="node-rpc"
+            ),
+            options=CHANNEL_OPTIONS,
+        )
+        pbg.add_SupervisorServicer_to_server(self, self._server)
+        host, _, _ = self.config.listen.rpartition(":")
+        port = self._server.add_insecure_port(self.config.listen)
+        if port == 0:
+            raise UnreachableError(f"node {self.name}: cannot listen on {self.config.listen}")
+        self.address = f"{host}:{port}"
+        self._server.start()
+        self.naming.start()
+        self.naming.add_state_listener(self._on_session_state)
+        self._register()
+        threading.Thread(target=self._housekeeping, name="node-housekeeping", daemon=True).start()
+        log.info("node %s serving on %s (cluster %s)", self.name, self.address, self.config.cluster)
+        return self.address
+
+    def _register(self) -> None:
+        self.naming.register_node(self.name, self.address, self.config.tags, {"pid": os.getpid()})
+
+    def stop(self) -> None:
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        if self._server is not None:
+            self._server.stop(grace=1.0).wait(2.0)
+        with contextlib.suppress(HermesError):
+            self.naming.close()
+        for active in list(self.atoms.values()):
+            active.atom.close()
+        self.atoms.clear()
+        self._background.shutdown(wait=False, cancel_futures=True)
+        self.runtime.close()
+        self.stash.close()
+        self.channels.close()
+
+    def wait(self) -> None:
+        self._stopping.wait()
+
+    # ------------------------------------------------------------ fencing
+
+    def _on_session_state(self, state: str) -> None:
+        if state == "suspended":
+            # We may be partitioned: stop serving now; the housekeeping thread
+            # drops our atoms if this lasts long enough for the session to expire.
+            if self._suspended_at is None:
+                self._suspended_at = time.monotonic()
+            self.fenced = True
+            log.warning("node %s: name-service connection suspended; not serving", self.name)
+        elif state == "lost":
+            self._fence_drop("name-service session lost")
+        elif state == "connected":
+            self._suspended_at = None
+            if self.fenced:
+                log.info("node %s: name-service session back; serving again", self.name)
+            self.fenced = False
+            self._background.submit(self._reregister)
+
+    def _reregister(self) -> None:
+        try:
+            if self.name not in self.naming.nodes():
+                self._register()
+        except HermesError as exc:
+            log.warning("node %s: could not register again: %s", self.name, exc)
+
+    def _fence_drop(self, why: str) -> None:
+        self.fenced = True
+        with self._atoms_lock:
+            dropped = list(self.atoms.values())
+            self.atoms.clear()
+        for active in dropped:
+            with active.cond:
+                active.state = "gone"
+                active.cond.notify_all()
+            active.atom.close()
+        if dropped:
+            log.warning("node %s fenced (%s): dropped %d atoms", self.name, why, len(dropped))
+
+    def _housekeeping(self) -> None:
+        while not self._stopping.wait(0.2):
+            suspended = self._suspended_at
+            if suspended is not None and time.monotonic() - suspended > self.config.session_timeout:
+                self._fence_drop("suspended longer than the session timeout")
+            now = time.monotonic()
+            for active in list(self.atoms.values()):
+                try:
+                    self._periodic_duties(active, now)
+                except HermesError as exc:
+                    log.warning("atom %s: background duty failed: %s", active.guid, exc)
+
+    def _periodic_duties(self, active: ActiveAtom, now: float) -> None:
+        if self.fenced or active.state != "active":
+            return
+        policy = active.meta.checkpoint
+        if (
+            policy.mode == PERIODIC
+            and policy.every_seconds > 0
+            and active.atom.generation != active.checkpointed_generation
+            and now - active.last_checkpoint >= policy.every_seconds
+        ):
+            self.checkpoint_atom(active)
+        idle = active.meta.idle_passivate_seconds
+        if idle > 0 and active.inflight == 0 and now - active.last_used >= idle:
+            self.passivate_atom(active)
+
+    # ------------------------------------------------------------ helpers
+
+    def _unavailable(self) -> pb.Error:
+        return pb_error(
+            UnreachableError(f"node {self.name} is fenced (its name-service session is in doubt)")
+        )
+
+    def storesite_stub(self, guid: str) -> tuple[str, pbg.StoresiteStub]:
+        sid, address = self.invoker.storesite_address(guid)
+        return sid, pbg.StoresiteStub(self.channels.get(address))
+
+    def _storesite_call(
+        self, guid: str, method: str, request: object, timeout: float = 10.0
+    ) -> object:
+        sid, stub = self.storesite_stub(guid)
+        try:
+            return getattr(stub, method)(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"storesite {sid} ({method} of atom {guid})") from exc
+
+    def module(self, module_hash: str, guid: str, wasm: bytes = b"") -> LoadedModule:
+        """The compiled module with this hash, fetched from the storesite if we lack it."""
+        loaded = self._modules.get(module_hash)
+        if loaded is not None:
+            return loaded
+        with self._module_lock:
+            loaded = self._modules.get(module_hash)
+            if loaded is not None:
+                return loaded
+            if not wasm:
+                reply = self._storesite_call(guid, "GetModule", pb.ModuleHash(hash=module_hash))
+                assert isinstance(reply, pb.ModuleBytes)
+                wasm = reply.module
+            loaded = self.runtime.load(wasm)
+            if loaded.hash != module_hash:
+                raise StorageError(
+                    f"module of atom {guid}: expected hash {module_hash}, got {loaded.hash}"
+                )
+            self._modules[module_hash] = loaded
+            return loaded
+
+    def install(self, guid: str, atom: Atom, meta: pb.AtomMeta, tad: TAD) -> ActiveAtom:
+        active = ActiveAtom(guid, atom, meta, tad, checkpointed_generation=atom.generation)
+        with self._atoms_lock:
+            old = self.atoms.get(guid)
+            if old is not None:
+                if old.tad.age >= tad.age:
+                    atom.close()
+                    raise MigrationError(
+                        f"atom {guid} is already active on {self.name} at age {old.tad.age}"
+                    )
+                with old.cond:
+                    old.state = "gone"
+                    old.cond.notify_all()
+                old.atom.close()
+            self.atoms[guid] = active
+        self.stash.update(guid, tad)
+        return active
+
+    def drop(self, active: ActiveAtom, forward_to: TAD | None) -> None:
+        with self._atoms_lock:
+            if self.atoms.get(active.guid) is active:
+                del self.atoms[active.guid]
+        if forward_to is not None:
+            self.stash.update(active.guid, forward_to)
+        with active.cond:
+            active.state = "gone"
+            active.cond.notify_all()
+        active.atom.close()
+
+    # ------------------------------------------------------------ invocation
+
+    def dispatch_invoke(self, request: pb.InvokeRequest) -> pb.InvokeReply:
+        if self.fenced:
+            return pb.InvokeReply(error=self._unavailable())
+        guid = request.guid
+        active = self.atoms.get(guid)
+        if active is not None:
+            reply = self._run_here(active, request)
+            if reply is not None:
+                return reply
+        tad = self.stash.get(guid)
+        if tad is not None and tad.node != self.name:
+            limit = request.hop_limit or self.config.hop_limit
+            if request.hops < limit:
+                return self._forward(request, tad)
+            reply = pb.InvokeReply(moved=tad_to_pb(tad), tad=tad_to_pb(tad))
+            if request.trace:
+                reply.trace.append(pb.Hop(node=self.name, tad=tad_to_pb(tad), event="moved"))
+            return reply
+        reply = pb.InvokeReply(
+            error=pb_error(UnreachableError(f"node {self.name} has no record of atom {guid}"))
+        )
+        if tad is not None:
+            reply.tad.CopyFrom(tad_to_pb(tad))
+        return reply
+
+    def _run_here(self, active: ActiveAtom, request: pb.InvokeRequest) -> pb.InvokeReply | None:
+        wait = request.timeout if request.timeout > 0 else 30.0
+        with active.fixed(wait) as ok:
+            if not ok:
+                return None  # it left while we waited: forward along the new TAD
+            reply = pb.InvokeReply(tad=tad_to_pb(active.tad))
+            try:
+                reply.result = active.atom.invoke(
+                    request.method,
+                    request.args,
+                    request_id=request.request_id,
+                    chain=tuple(request.chain),
+                    timeout=request.timeout or None,
+                )
+            except HermesError as exc:
+                reply.error.CopyFrom(pb_error(exc))
+            if request.trace:
+                reply.trace.append(pb.Hop(node=self.name, tad=tad_to_pb(active.tad), event="ran"))
+            self._after_call(active, reply)
+        if active.move_request is not None:
+            node, active.move_request = active.move_request, None
+            self._background.submit(self._move_quietly, active.guid, node)
+        return reply
+
+    def _after_call(self, active: ActiveAtom, reply: pb.InvokeReply) -> None:
+        """Checkpoints due after a call; for every-call atoms, before the reply leaves."""
+        policy = active.meta.checkpoint
+        due = active.checkpoint_request
+        if policy.mode == EVERY_CALL:
+            due = True
+        elif policy.mode == PERIODIC and policy.every_calls > 0:
+            due = due or (
+                active.atom.generation - active.checkpointed_generation >= policy.every_calls
+            )
+        if not due or active.atom.generation == active.checkpointed_generation:
+            return
+        active.checkpoint_request = False
+        try:
+            self.checkpoint_atom(active, fixed=True)
+        except HermesError as exc:
+            if policy.mode == EVERY_CALL and reply.WhichOneof("outcome") == "result":
+                # The call ran but is not durable: the caller must not take it as acknowledged.
+                reply.error.CopyFrom(
+                    pb_error(
+                        StorageError(f"atom {active.guid}: call ran but checkpoint failed: {exc}")
+                    )
+                )
+            else:
+                log.warning("atom %s: checkpoint failed: %s", active.guid, exc)
+
+    def _forward(self, request: pb.InvokeRequest, tad: TAD) -> pb.InvokeReply:
+        forwarded = pb.InvokeRequest()
+        forwarded.CopyFrom(request)
+        forwarded.hops = request.hops + 1
+        try:
+            address = self.invoker.node_address(tad.node)
+            stub = pbg.SupervisorStub(self.channels.get(address))
+            reply: pb.InvokeReply = stub.Invoke(forwarded, timeout=request.timeout or 30.0)
+        except HermesError as exc:
+            reply = pb.InvokeReply(error=pb_error(exc), tad=tad_to_pb(tad))
+        except grpc.RpcError as exc:
+            err = error_from_rpc(exc, f"node {tad.node} (forwarded from {self.name})")
+            reply = pb.InvokeReply(error=pb_error(err), tad=tad_to_pb(tad))
+        newest = tad_from_pb(reply.tad)
+        if newest is not None:
+            self.stash.update(request.guid, newest)
+        if request.trace:
+            reply.trace.insert(0, pb.Hop(node=self.name, tad=tad_to_pb(tad), event="forward"))
+        return reply
+
+    def Invoke(self, request: pb.InvokeRequest, context: grpc.ServicerContext) -> pb.InvokeReply:
+        return self.dispatch_invoke(request)
+
+    def dispatch_send(self, request: pb.SendRequest) -> pb.SendReply:
+        if self.fenced:
+            return pb.SendReply(error=self._unavailable())
+        active = self.atoms.get(request.guid)
+        if active is not None:
+            with active.cond:
+                while active.state == "moving":
+                    active.cond.wait(1.0)
+                if active.state == "active":
+                    active.atom.deliver(request.code, request.payload)
+                    return pb.SendReply(tad=tad_to_pb(active.tad))
+        tad = self.stash.get(request.guid)
+        if tad is not None and tad.node != self.name:
+            limit = request.hop_limit or self.config.hop_limit
+            if request.hops >= limit:
+                return pb.SendReply(moved=tad_to_pb(tad), tad=tad_to_pb(tad))
+            forwarded = pb.SendRequest()
+            forwarded.CopyFrom(request)
+            forwarded.hops = request.hops + 1
+            try:
+                stub = pbg.SupervisorStub(self.channels.get(self.invoker.node_address(tad.node)))
+                reply: pb.SendReply = stub.Send(forwarded, timeout=30.0)
+            except HermesError as exc:
+                return pb.SendReply(error=pb_error(exc), tad=tad_to_pb(tad))
+            except grpc.RpcError as exc:
+                err = error_from_rpc(exc, f"node {tad.node} (forwarded from {self.name})")
+                return pb.SendReply(error=pb_error(err), tad=tad_to_pb(tad))
+            newest = tad_from_pb(reply.tad)
+            if newest is not None:
+                self.stash.update(request.guid, newest)
+            return reply
+        return pb.SendReply(
+            error=pb_error(
+                UnreachableError(f"node {self.name} has no record of atom {request.guid}")
+            )
+        )
+
+    def Send(self, request: pb.SendRequest, context: grpc.ServicerContext) -> pb.SendReply:
+        return self.dispatch_send(request)
+
+    # ------------------------------------------------------------ create
+
+    def Create(self, request: pb.CreateRequest, context: grpc.ServicerContext) -> pb.CreateReply:
+        try:
+            guid, tad = self.create_atom(request)
+        except HermesError as exc:
+            abort_with(context, exc)
+        return pb.CreateReply(guid=guid, tad=tad_to_pb(tad))
+
+    def create_atom(self, request: pb.CreateRequest) -> tuple[str, TAD]:
+        if self.fenced:
+            raise UnreachableError(f"node {self.name} is fenced; cannot create atoms")
+        meta = pb.AtomMeta()
+        meta.CopyFrom(request.meta)
+        aliases = [_parse_alias(a) for a in request.aliases]
+        if meta.name:
+            validate_name(meta.name, "atom name")
+        loaded = self.runtime.load(request.module)
+        meta.module_hash = loaded.hash
+        storesites = self.naming.storesites()
+        if not storesites:
+            raise UnreachableError("no storesite is running in this cluster; cannot create atoms")
+        sid = sorted(storesites)[hash(loaded.hash) % len(storesites)]
+        guid = str(GUID.new(sid))
+        stub = pbg.StoresiteStub(self.channels.get(storesites[sid].address))
+        if meta.name:
+            self.naming.bind(meta.name, guid)
+        try:
+            atom = self.runtime.create(
+                loaded, guid, self.host, request.init_args, reentrant=meta.reentrant
+            )
+            tad = TAD(self.name, 1)
+            try:
+                stub.PutModule(pb.ModuleBytes(module=request.module), timeout=10.0)
+                stub.RegisterAtom(
+                    pb.RegisterAtomRequest(
+                        guid=guid, meta=meta, tad=tad_to_pb(tad), snapshot=atom.snapshot()
+                    ),
+                    timeout=10.0,
+                )
+            except grpc.RpcError as exc:
+                atom.close()
+                raise error_from_rpc(exc, f"storesite {sid} (create of atom {guid})") from exc
+            self._modules.setdefault(loaded.hash, loaded)
+            active = self.install(guid, atom, meta, tad)
+            active.checkpoint_seq = 1
+            for scope, alias in aliases:
+                self.naming.alias_add(scope, alias, guid)
+        except BaseException:
+            if meta.name:
+                with contextlib.suppress(HermesError):
+                    self.naming.unbind(meta.name)
+            raise
+        log.info("created atom %s (%s) at %s", meta.name or "-", guid, tad)
+        return guid, tad
+
+    # ------------------------------------------------------------ locate / status
+
+    def Locate(self, request: pb.LocateRequest, context: grpc.ServicerContext) -> pb.LocateReply:
+        reply = pb.LocateReply(active_here=request.guid in self.atoms)
+        tad = self.stash.get(request.guid)
+        if tad is not None:
+            reply.tad.CopyFrom(tad_to_pb(tad))
+        return reply
+
+    def Status(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.NodeStatus:
+        return pb.NodeStatus(
+            name=self.name,
+            active_atoms=len(self.atoms),
+            stash_entries=len(self.stash),
+            pid=os.getpid(),
+            rss_bytes=_rss_bytes(),
+            tags=list(self.config.tags),
+        )
+
+    def StashPut(self, request: pb.StashPutRequest, context: grpc.ServicerContext) -> pb.Empty:
+        if not self.config.test_hooks:
+            abort_with(context, HermesError(f"node {self.name}: test hooks are not enabled"))
+        tad = tad_from_pb(request.tad)
+        if tad is None:
+            abort_with(context, HermesError("StashPut needs a TAD"))
+        active = self.atoms.get(request.guid)
+        if active is not None and tad.node != self.name:
+            # Test-only relocation: the atom goes to tad.node through the same
+            # Accept path a migration uses, without the storesite's consent.
+            self._relocate_for_test(active, tad)
+        self.stash.force(request.guid, tad)
+        return pb.Empty()
+
+    def _relocate_for_test(self, active: ActiveAtom, tad: TAD) -> None:
+        snapshot = self._freeze(active, wait=10.0)
+        accept = pb.AcceptRequest(
+            guid=active.guid,
+            tad=tad_to_pb(tad),
+            snapshot=snapshot,
+            meta=active.meta,
+            source=self.name,
+            commit=True,
+        )
+        try:
+            self.invoker.node_stub(tad.node).Accept(accept, timeout=30.0)
+        except grpc.RpcError as exc:
+            self._thaw(active)
+            raise error_from_rpc(exc, f"node {tad.node}") from exc
+        self.drop(active, tad)
+
+    # ------------------------------------------------------------ checkpoint / passivate
+
+    def checkpoint_atom(self, active: ActiveAtom, *, fixed: bool = False) -> TAD:
+        generation = active.atom.generation
+        snapshot = active.atom.snapshot()
+        with active.cond:
+            active.checkpoint_seq += 1
+            seq = active.checkpoint_seq
+        self._storesite_call(
+            active.guid,
+            "PutCheckpoint",
+            pb.CheckpointRequest(
+                guid=active.guid, tad=tad_to_pb(active.tad), snapshot=snapshot, seq=seq
+            ),
+        )
+        active.checkpointed_generation = max(active.checkpointed_generation, generation)
+        active.last_checkpoint = time.monotonic()
+        return active.tad
+
+    def Checkpoint(self, request: pb.GuidRequest, context: grpc.ServicerContext) -> pb.TAD:
+        active = self._active_or_abort(request.guid, context)
+        try:
+            with active.fixed(30.0) as ok:
+                if not ok:
+                    raise MigrationError(f"atom {request.guid} left node {self.name}")
+                return tad_to_pb(self.checkpoint_atom(active, fixed=True))
+        except HermesError as exc:
+            abort_with(context, exc)
+
+    def passivate_atom(self, active: ActiveAtom) -> TAD:
+        snapshot = self._freeze(active, wait=30.0)
+        try:
+            self._storesite_call(
+                active.guid,
+                "Passivated",
+                pb.PassivatedRequest(
+                    guid=active.guid, tad=tad_to_pb(active.tad), snapshot=snapshot
+                ),
+            )
+        except HermesError:
+            self._thaw(active)
+            raise
+        self.drop(active, None)
+        log.info("atom %s passivated", active.guid)
+        return active.tad
+
+    def Passivate(self, request: pb.GuidRequest, context: grpc.ServicerContext) -> pb.TAD:
+        active = self._active_or_abort(request.guid, context)
+        try:
+            return tad_to_pb(self.passivate_atom(active))
+        except HermesError as exc:
+            abort_with(context, exc)
+
+    def _active_or_abort(self, guid: str, context: grpc.ServicerContext) -> ActiveAtom:
+        active = self.atoms.get(guid)
+        if active is None or active.state != "active":
+            abort_with(context, UnreachableError(f"atom {guid} is not active on node {self.name}"))
+        return active
+
+    # ------------------------------------------------------------ migration (source)
+
+    def _freeze(self, active: ActiveAtom, wait: float) -> bytes:
+        """Mark moving (new calls wait), wait for unfix, snapshot."""
+        deadline = time.monotonic() + wait
+        with active.cond:
+            if active.state != "active":
+                raise MigrationError(f"atom {active.guid} is already {active.state}")
+            active.state = "moving"
+            while active.inflight > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    active.state = "active"
+                    active.cond.notify_all()
+                    raise MigrationError(
+                        f"atom {active.guid} stayed fixed by a running call for {wait:.0f}s"
+                    )
+                active.cond.wait(left)
+        try:
+            return active.atom.snapshot()
+        except HermesError:
+            self._thaw(active)
+            raise
+
+    def _thaw(self, active: ActiveAtom) -> None:
+        with active.cond:
+            if active.state == "moving":
+                active.state = "active"
+            active.cond.notify_all()
+
+    def migrate_atom(self, guid: str, destination: str) -> pb.MigrateReply:
+        started = time.perf_counter()
+        validate_name(destination, "node name")
+        active = self.atoms.get(guid)
+        if active is None or active.state != "active":
+            raise MigrationError(f"atom {guid} is not active on node {self.name}")
+        if destination == self.name:
+            raise MigrationError(f"atom {guid} is already on node {destination}")
+        if destination not in self.naming.nodes():
+            raise MigrationError(f"node {destination!r} is not a live member of the cluster")
+        snapshot = self._freeze(active, wait=30.0)
+        held_from = time.perf_counter()
+        try:
+            prepared = self._storesite_call(
+                guid,
+                "Prepare",
+                pb.PrepareRequest(guid=guid, source=tad_to_pb(active.tad), destination=destination),
+            )
+            assert isinstance(prepared, pb.PrepareReply)
+            new_tad = TAD(destination, int(prepared.age))
+        except HermesError as exc:
+            self._thaw(active)
+            raise MigrationError(f"atom {guid}: storesite refused the move: {exc}") from exc
+        accept = pb.AcceptRequest(
+            guid=guid,
+            tad=tad_to_pb(new_tad),
+            snapshot=snapshot,
+            meta=active.meta,
+            source=self.name,
+            commit=False,
+        )
+        try:
+            dst = self.invoker.node_stub(destination)
+            dst.Accept(accept, timeout=60.0)
+        except (grpc.RpcError, HermesError) as exc:
+            err = (
+                exc if isinstance(exc, HermesError) else error_from_rpc(exc, f"node {destination}")
+            )
+            with contextlib.suppress(HermesError):
+                self._storesite_call(guid, "Abort", pb.AbortRequest(guid=guid, age=new_tad.age))
+            self._thaw(active)
+            raise MigrationError(f"atom {guid}: destination {destination} refused: {err}") from exc
+        try:
+            self._storesite_call(
+                guid,
+                "Commit",
+                pb.CommitRequest(guid=guid, tad=tad_to_pb(new_tad), snapshot=snapshot),
+            )
+        except HermesError as exc:
+            with contextlib.suppress(HermesError):
+                self._storesite_call(guid, "Abort", pb.AbortRequest(guid=guid, age=new_tad.age))
+            with contextlib.suppress(grpc.RpcError):
+                accept.commit = False
+                accept.snapshot = b""
+                dst.Accept(accept, timeout=5.0)  # empty snapshot = discard the staged copy
+            self._thaw(active)
+            raise MigrationError(f"atom {guid}: commit at the storesite failed: {exc}") from exc
+        # Committed: the destination is where the atom lives now.
+        self.drop(active, new_tad)
+        accept.commit = True
+        accept.snapshot = b""
+        try:
+            dst.Accept(accept, timeout=30.0)
+        except grpc.RpcError as exc:
+            # The storesite has the checkpoint and the location; if the
+            # destination died it will be recovered from there.
+            log.warning("atom %s: activation at %s failed after commit: %s", guid, destination, exc)
+        held_ms = (time.perf_counter() - held_from) * 1000
+        total_ms = (time.perf_counter() - started) * 1000
+        log.info(
+            "atom %s moved to %s in %.1f ms (%d bytes)", guid, new_tad, total_ms, len(snapshot)
+        )
+        return pb.MigrateReply(
+            tad=tad_to_pb(new_tad), state_bytes=len(snapshot), held_ms=held_ms, total_ms=total_ms
+        )
+
+    def _move_quietly(self, guid: str, destination: str) -> None:
+        try:
+            self.migrate_atom(guid, destination)
+        except HermesError as exc:
+            log.warning("atom %s: move_to %s failed: %s", guid, destination, exc)
+
+    def Migrate(self, request: pb.MigrateRequest, context: grpc.ServicerContext) -> pb.MigrateReply:
+        try:
+            return self.migrate_atom(request.guid, request.destination)
+        except HermesError as exc:
+            abort_with(context, exc)
+
+    # ------------------------------------------------------------ destination
+
+    def Accept(self, request: pb.AcceptRequest, context: grpc.ServicerContext) -> pb.AcceptReply:
+        try:
+            self.accept_atom(request)
+        except HermesError as exc:
+            abort_with(context, exc)
+        return pb.AcceptReply(ok=True)
+
+    def accept_atom(self, request: pb.AcceptRequest) -> None:
+        guid = request.guid
+        tad = tad_from_pb(request.tad)
+        if tad is None or tad.node != self.name:
+            raise MigrationError(f"atom {guid}: node {self.name} was sent a TAD for {tad}")
+        if self.fenced:
+            raise UnreachableError(f"node {self.name} is fenced; cannot accept atom {guid}")
+        if not request.commit:
+            if not request.snapshot:
+                staged = self._staged.pop(guid, None)
+                if staged is not None:
+                    staged[1].close()
+                return
+            module = self.module(request.meta.module_hash, guid)
+            atom = self.runtime.restore(
+                module, guid, self.host, request.snapshot, reentrant=request.meta.reentrant
+            )
+            old = self._staged.pop(guid, None)
+            if old is not None:
+                old[1].close()
+            self._staged[guid] = (request, atom)
+            return
+        staged = self._staged.pop(guid, None)
+        if staged is not None and staged[0].tad.age == tad.age:
+            meta, atom = staged[0].meta, staged[1]
+        else:
+            if not request.snapshot:
+                raise MigrationError(
+                    f"atom {guid}: nothing staged on {self.name} for age {tad.age}"
+                )
+            module = self.module(request.meta.module_hash, guid)
+            atom = self.runtime.restore(
+                module, guid, self.host, request.snapshot, reentrant=request.meta.reentrant
+            )
+            meta = request.meta
+        self.install(guid, atom, meta, tad)
+        log.info("atom %s active here at %s (from %s)", guid, tad, request.source or "storesite")
+
+    def Activate(
+        self, request: pb.ActivateRequest, context: grpc.ServicerContext
+    ) -> pb.ActivateReply:
+        accept = pb.AcceptRequest(
+            guid=request.guid,
+            tad=request.tad,
+            snapshot=request.snapshot,
+            meta=request.meta,
+            source="",
+            commit=True,
+        )
+        try:
+            self.accept_atom(accept)
+        except HermesError as exc:
+            abort_with(context, exc)
+        return pb.ActivateReply(tad=request.tad)
+
+
+def _parse_alias(text: str) -> tuple[str, str]:
+    scope, sep, alias = text.partition("=")
+    if not sep:
+        raise ConfigurationError(f"alias {text!r} must be SCOPE=ALIAS")
+    return validate_name(scope, "alias scope"), validate_name(alias, "alias")
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0

@@ -1,0 +1,127 @@
+"""gRPC plumbing shared by nodes, storesites and clients (DESIGN.md §4, §9).
+
+Errors cross the wire as gRPC status details of the form ``<kind>: <message>``
+so the receiving side rebuilds the same :class:`HermesError` class. Transport
+failures become :class:`UnreachableError` / :class:`CallTimeoutError` naming
+the peer. Channels are cached per address: opening one costs milliseconds,
+reusing one costs nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, NoReturn
+
+import grpc
+
+from hermesx.errors import (
+    CallTimeoutError,
+    CommunicationError,
+    HermesError,
+    PayloadTooLargeError,
+    UnreachableError,
+    error_from_wire,
+)
+from hermesx.identity import TAD
+from hermesx.proto import hermesx_pb2 as pb
+
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "ChannelPool",
+    "abort_with",
+    "error_from_rpc",
+    "pb_error",
+    "tad_from_pb",
+    "tad_to_pb",
+]
+
+# Snapshots of large atoms travel in one message; 16 MiB states compress but
+# can still be large, so allow well above that.
+MAX_MESSAGE_BYTES = 256 * 2**20
+
+CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.enable_retries", 0),
+    # Fail fast on a dead peer instead of waiting for a long reconnect backoff.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.keepalive_time_ms", 10_000),
+]
+
+
+def tad_to_pb(tad: TAD) -> pb.TAD:
+    return pb.TAD(node=tad.node, age=tad.age)
+
+
+def tad_from_pb(msg: pb.TAD) -> TAD | None:
+    """The TAD in ``msg``, or None when the field was left empty."""
+    if not msg.node:
+        return None
+    return TAD(msg.node, int(msg.age))
+
+
+def pb_error(err: HermesError) -> pb.Error:
+    return pb.Error(kind=err.kind, message=str(err))
+
+
+def abort_with(context: grpc.ServicerContext, err: HermesError) -> NoReturn:
+    """End an RPC with ``err``, keeping its kind for the caller."""
+    code = grpc.StatusCode.UNKNOWN
+    if isinstance(err, UnreachableError):
+        code = grpc.StatusCode.UNAVAILABLE
+    elif isinstance(err, CallTimeoutError):
+        code = grpc.StatusCode.DEADLINE_EXCEEDED
+    context.abort(code, f"{err.kind}: {err}")
+    raise AssertionError("context.abort returned")  # pragma: no cover
+
+
+def error_from_rpc(exc: grpc.RpcError, peer: str) -> HermesError:
+    """Translate a failed RPC to ``peer`` (a description like ``node n1 at ADDR``)."""
+    code = exc.code() if hasattr(exc, "code") else None
+    details = (exc.details() if hasattr(exc, "details") else None) or ""
+    kind, sep, message = details.partition(": ")
+    if sep and kind and " " not in kind and code not in (None,):
+        rebuilt = error_from_wire(kind, message)
+        if type(rebuilt) is not HermesError:
+            return rebuilt
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return UnreachableError(f"{peer} is unreachable ({details or 'connection failed'})")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return CallTimeoutError(f"{peer} did not answer in time")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return PayloadTooLargeError(f"{peer} refused the message: {details}")
+    return CommunicationError(f"{peer} failed: {details or code}")
+
+
+class ChannelPool:
+    """One gRPC channel per address, shared by all threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._channels: dict[str, grpc.Channel] = {}
+
+    def get(self, address: str) -> grpc.Channel:
+        channel = self._channels.get(address)
+        if channel is not None:
+            return channel
+        with self._lock:
+            channel = self._channels.get(address)
+            if channel is None:
+                channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+                self._channels[address] = channel
+            return channel
+
+    def drop(self, address: str) -> None:
+        with self._lock:
+            channel = self._channels.pop(address, None)
+        if channel is not None:
+            channel.close()
+
+    def close(self) -> None:
+        with self._lock:
+            channels = list(self._channels.values())
+            self._channels.clear()
+        for channel in channels:
+            channel.close()
