@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hermesx.config import cluster_dir
-from hermesx.errors import ConfigurationError, HermesError, UnreachableError
+from hermesx.errors import ConfigurationError, UnreachableError
 from hermesx.identity import validate_name
 from hermesx.naming import Naming
 
