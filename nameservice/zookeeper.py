@@ -1,0 +1,402 @@
+"""Launch real ZooKeeper servers for local clusters and tests (DESIGN.md §7, §8).
+
+``hermesx up`` and the test suite run ZooKeeper from Debian's ``zookeeper``
+package as a child JVM: one standalone server (:class:`ZooKeeperServer`) or a
+loopback ensemble (:class:`ZooKeeperEnsemble`). Each server gets a generated
+``zoo.cfg`` that binds the client port to 127.0.0.1 only, turns the admin HTTP
+server off and whitelists the four-letter words we poll. Readiness is judged
+by ``srvr`` (``ruok`` answers before the server takes sessions).
+
+The JVM writes its log to ``zookeeper.log`` in its directory; a failed start
+raises :class:`ZooKeeperError` with the log's last lines. A server must not
+outlive the process that started it: it runs in its own process group, is
+stopped at interpreter exit, and (when started from the main thread) gets
+SIGKILL from the kernel if its parent dies.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import logging
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from nameservice.errors import ZooKeeperError
+
+__all__ = ["ZooKeeperEnsemble", "ZooKeeperServer", "find_zookeeper", "four_letter", "free_port"]
+
+log = logging.getLogger(__name__)
+
+_JAVA_DIR = pathlib.Path("/usr/share/java")
+_CLASSPATH_ENV = "HERMESX_ZOOKEEPER_CLASSPATH"
+_JVM_FLAGS = (
+    "-Xms16m",
+    "-Xmx128m",
+    "-XX:+UseSerialGC",
+    "-XX:TieredStopAtLevel=1",
+    "-Djava.net.preferIPv4Stack=true",
+    "-Dzookeeper.admin.enableServer=false",
+)
+_STANDALONE_MAIN = "org.apache.zookeeper.server.ZooKeeperServerMain"
+_QUORUM_MAIN = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
+_PR_SET_PDEATHSIG = 1
+_LOG_TAIL_LINES = 30
+
+
+def find_zookeeper() -> tuple[str, ...]:
+    """Classpath parts for the local ZooKeeper install (Debian's ``zookeeper``).
+
+    ``HERMESX_ZOOKEEPER_CLASSPATH`` (``:``-separated) overrides the search.
+    """
+    override = os.environ.get(_CLASSPATH_ENV)
+    if override:
+        return tuple(part for part in override.split(os.pathsep) if part)
+    if shutil.which("java") is None:
+        raise ZooKeeperError("java is not installed: apt-get install zookeeper (pulls in Java)")
+    jar = _JAVA_DIR / "zookeeper.jar"
+    if not jar.exists():
+        raise ZooKeeperError(
+            f"ZooKeeper is not installed ({jar} missing): apt-get install zookeeper"
+        )
+    parts = [str(jar)]
+    # The server logs through slf4j; without a binding it logs nothing at all.
+    for binding in ("slf4j-simple.jar", "slf4j-log4j12.jar", "slf4j-nop.jar"):
+        if (_JAVA_DIR / binding).exists():
+            parts.append(str(_JAVA_DIR / binding))
+            break
+    return tuple(parts)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def four_letter(port: int, word: str, timeout: float = 1.0) -> str:
+    """Send a four-letter word to 127.0.0.1:port and return the answer ('' on failure)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.sendall(word.encode())
+            chunks = []
+            while True:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+    except OSError:
+        return ""
+    return b"".join(chunks).decode(errors="replace")
+
+
+def _serving(port: int) -> bool:
+    answer = four_letter(port, "srvr")
+    return "Zookeeper version" in answer and "not currently serving" not in answer
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: the kernel sends SIGKILL when
+    # the thread that forked us exits, so only used from the main thread.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+class _ServerProcess:
+    """One ZooKeeper JVM with its own directory, config and log."""
+
+    def __init__(
+        self,
+        directory: pathlib.Path,
+        config: str,
+        main_class: str,
+        client_port: int,
+        *,
+        die_with_parent: bool,
+    ) -> None:
+        self.directory = directory
+        self.config = config
+        self.main_class = main_class
+        self.client_port = client_port
+        self.die_with_parent = die_with_parent
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_path(self) -> pathlib.Path:
+        return self.directory / "zookeeper.log"
+
+    def launch(self) -> None:
+        (self.directory / "data").mkdir(parents=True, exist_ok=True)
+        config_path = self.directory / "zoo.cfg"
+        config_path.write_text(self.config)
+        command = [
+            "java",
+            *_JVM_FLAGS,
+            "-cp",
+            os.pathsep.join(find_zookeeper()),
+            self.main_class,
+            str(config_path),
+        ]
+        pdeathsig = self.die_with_parent and threading.current_thread() is threading.main_thread()
+        preexec: Callable[[], None] | None = _die_with_parent if pdeathsig else None
+        with open(self.log_path, "ab") as log_file:
+            try:
+                self.process = subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    cwd=self.directory,
+                    start_new_session=True,
+                    preexec_fn=preexec,
+                )
+            except OSError as exc:
+                raise ZooKeeperError(
+                    f"cannot start ZooKeeper on port {self.client_port}: {exc}"
+                ) from exc
+        log.info("ZooKeeper starting on 127.0.0.1:%s (pid %s)", self.client_port, self.pid)
+
+    @property
+    def pid(self) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return None
+        return self.process.pid
+
+    def exited(self) -> bool:
+        return self.process is None or self.process.poll() is not None
+
+    def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def fail(self, why: str) -> ZooKeeperError:
+        return ZooKeeperError(
+            f"ZooKeeper on port {self.client_port} {why}; last lines of {self.log_path}:\n"
+            f"{self.log_tail()}"
+        )
+
+    def signal_group(self, sig: int) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, sig)
+
+    def stop(self, grace: float = 5.0) -> None:
+        if self.process is None:
+            return
+        self.signal_group(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            self.signal_group(signal.SIGKILL)
+            self.process.wait(timeout=grace)
+        self.process = None
+
+    def kill(self) -> None:
+        if self.process is None:
+            return
+        self.signal_group(signal.SIGKILL)
+        self.process.wait(timeout=10.0)
+        self.process = None
+
+
+def _base_config(directory: pathlib.Path, client_port: int, tick_ms: int) -> list[str]:
+    return [
+        f"tickTime={tick_ms}",
+        f"dataDir={directory / 'data'}",
+        f"clientPort={client_port}",
+        "clientPortAddress=127.0.0.1",
+        "admin.enableServer=false",
+        "4lw.commands.whitelist=ruok,srvr,mntr,stat",
+        "maxClientCnxns=0",
+        # Short sessions (1-10 s with tickTime=500) let tests see expiry fast.
+        "minSessionTimeout=1000",
+        "maxSessionTimeout=60000",
+    ]
+
+
+def _wait_serving(servers: Sequence[_ServerProcess], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    pending = list(servers)
+    while pending:
+        for server in list(pending):
+            if server.exited():
+                raise server.fail("exited during start")
+            if _serving(server.client_port):
+                pending.remove(server)
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise pending[0].fail(f"did not serve within {timeout:.0f}s")
+        time.sleep(0.1)
+
+
+class ZooKeeperServer:
+    """A standalone ZooKeeper on 127.0.0.1, run as a child process."""
+
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        data_dir: pathlib.Path | None = None,
+        tick_ms: int = 500,
+        die_with_parent: bool = True,
+    ) -> None:
+        self._port = port if port is not None else free_port()
+        self._own_dir = data_dir is None
+        directory = (
+            pathlib.Path(tempfile.mkdtemp(prefix="hermesx-zk-"))
+            if data_dir is None
+            else pathlib.Path(data_dir)
+        )
+        directory.mkdir(parents=True, exist_ok=True)
+        config = "\n".join(_base_config(directory, self._port, tick_ms)) + "\n"
+        self._server = _ServerProcess(
+            directory, config, _STANDALONE_MAIN, self._port, die_with_parent=die_with_parent
+        )
+        self._die_with_parent = die_with_parent
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start the server and wait until it answers ``srvr``."""
+        self._server.launch()
+        if self._die_with_parent:
+            atexit.register(self.stop)
+        try:
+            _wait_serving([self._server], timeout)
+        except ZooKeeperError:
+            self._server.kill()
+            raise
+        log.info("ZooKeeper serving at %s", self.connect_string)
+
+    def stop(self) -> None:
+        """Terminate the server (SIGKILL if it lingers) and remove a data dir it made."""
+        atexit.unregister(self.stop)
+        self._server.stop()
+        if self._own_dir:
+            shutil.rmtree(self._server.directory, ignore_errors=True)
+
+    def kill(self) -> None:
+        """SIGKILL the server (fault tests); its data dir stays for a restart."""
+        self._server.kill()
+
+    @property
+    def connect_string(self) -> str:
+        return f"127.0.0.1:{self._port}"
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def pid(self) -> int | None:
+        return self._server.pid
+
+    @property
+    def data_dir(self) -> pathlib.Path:
+        return self._server.directory
+
+    @property
+    def log_path(self) -> pathlib.Path:
+        return self._server.log_path
+
+    def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
+        return self._server.log_tail(lines)
+
+    def __enter__(self) -> ZooKeeperServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class ZooKeeperEnsemble:
+    """``size`` ZooKeeper servers forming one quorum on loopback ports."""
+
+    def __init__(self, size: int = 3, *, base_dir: pathlib.Path | None = None) -> None:
+        if size < 1:
+            raise ValueError(f"ensemble size must be at least 1, not {size}")
+        self._own_dir = base_dir is None
+        self._base = (
+            pathlib.Path(tempfile.mkdtemp(prefix="hermesx-zk-ensemble-"))
+            if base_dir is None
+            else pathlib.Path(base_dir)
+        )
+        ports = [(free_port(), free_port(), free_port()) for _ in range(size)]
+        peers = [
+            f"server.{i + 1}=127.0.0.1:{peer}:{election}"
+            for i, (_, peer, election) in enumerate(ports)
+        ]
+        self._servers: list[_ServerProcess] = []
+        for i, (client, _, _) in enumerate(ports):
+            directory = self._base / f"zk{i + 1}"
+            (directory / "data").mkdir(parents=True, exist_ok=True)
+            (directory / "data" / "myid").write_text(f"{i + 1}\n")
+            config = [*_base_config(directory, client, 500), "initLimit=10", "syncLimit=5", *peers]
+            self._servers.append(
+                _ServerProcess(
+                    directory, "\n".join(config) + "\n", _QUORUM_MAIN, client, die_with_parent=True
+                )
+            )
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start every server and wait until each serves (a quorum has formed)."""
+        atexit.register(self.stop)
+        for server in self._servers:
+            server.launch()
+        try:
+            _wait_serving(self._servers, timeout)
+        except ZooKeeperError:
+            for server in self._servers:
+                server.kill()
+            raise
+        log.info("ZooKeeper ensemble serving at %s", self.connect_string)
+
+    def stop(self) -> None:
+        atexit.unregister(self.stop)
+        for server in self._servers:
+            server.stop()
+        if self._own_dir:
+            shutil.rmtree(self._base, ignore_errors=True)
+
+    def kill(self, index: int) -> None:
+        """SIGKILL server ``index`` (0-based)."""
+        self._servers[index].kill()
+
+    def restart(self, index: int, timeout: float = 60.0) -> None:
+        """Start server ``index`` again (after kill) and wait until it serves."""
+        server = self._servers[index]
+        server.kill()
+        server.launch()
+        _wait_serving([server], timeout)
+
+    def pid(self, index: int) -> int | None:
+        return self._servers[index].pid
+
+    @property
+    def connect_string(self) -> str:
+        return ",".join(f"127.0.0.1:{server.client_port}" for server in self._servers)
+
+    def log_tail(self, index: int, lines: int = _LOG_TAIL_LINES) -> str:
+        return self._servers[index].log_tail(lines)
+
+    def __enter__(self) -> ZooKeeperEnsemble:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
