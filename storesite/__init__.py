@@ -1,0 +1,27 @@
+"""The storesite: checkpoints, location records, modules and recovery (DESIGN.md §6).
+
+Public face: :class:`StoresiteClient` for callers, :func:`serve` for the
+process, :class:`AtomStore` and :class:`Storesite` for embedding and tests.
+"""
+
+from __future__ import annotations
+
+from storesite.client import AtomInfo, CheckpointInfo, Location, StoresiteClient, StoresiteInfo
+from storesite.server import StoresiteServer, serve
+from storesite.service import Directory, Storesite
+from storesite.store import AtomState, AtomStore, Checkpoint
+
+__all__ = [
+    "AtomInfo",
+    "AtomState",
+    "AtomStore",
+    "Checkpoint",
+    "CheckpointInfo",
+    "Directory",
+    "Location",
+    "Storesite",
+    "StoresiteClient",
+    "StoresiteInfo",
+    "StoresiteServer",
+    "serve",
+]

@@ -1,0 +1,54 @@
+"""``python -m storesite``: run one storesite process (DESIGN.md §8).
+
+The same as ``hermesx storesite serve``; tests start storesites this way.
+Prints ``storesite <id> listening on <HOST:PORT>`` once it serves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import pathlib
+import sys
+
+from hermesx.errors import HermesError
+from storesite.server import serve
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m storesite", description=__doc__)
+    parser.add_argument("--id", required=True, help="storesite id (the home part of GUIDs)")
+    parser.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT, port 0 = any")
+    parser.add_argument("--data", required=True, type=pathlib.Path, help="data directory")
+    parser.add_argument("--zk", default=os.environ.get("HERMESX_ZK", "127.0.0.1:2181"))
+    parser.add_argument("--cluster", default=os.environ.get("HERMESX_CLUSTER", "local"))
+    parser.add_argument("--max-checkpoint-bytes", type=int, default=64 * 2**20)
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+    def ready(address: str) -> None:
+        print(f"storesite {args.id} listening on {address}", flush=True)
+
+    try:
+        serve(
+            args.id,
+            args.listen,
+            args.data,
+            args.zk,
+            args.cluster,
+            max_checkpoint_bytes=args.max_checkpoint_bytes,
+            ready=ready,
+        )
+    except HermesError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

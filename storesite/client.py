@@ -1,0 +1,199 @@
+"""Typed client of the Storesite gRPC service (DESIGN.md §4 steps 3 and 4, §5, §6).
+
+Supervisors, the CLI and other storesites use it. Every method takes and
+returns Python values (:class:`~hermesx.identity.TAD`, ``pb.AtomMeta``) and
+raises HermesErrors: the storesite's own error with its kind and message, or
+:class:`UnreachableError` / :class:`CallTimeoutError` naming the storesite
+and its address.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+
+from hermesx.identity import TAD
+from hermesx.proto import hermesx_pb2 as pb
+from hermesx.proto import hermesx_pb2_grpc as pbg
+from storesite.nodes import CHANNEL_OPTIONS
+from storesite.rpcerrors import error_from_rpc
+
+__all__ = ["AtomInfo", "CheckpointInfo", "Location", "StoresiteClient", "StoresiteInfo"]
+
+_Reply = TypeVar("_Reply")
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where an atom is, as its storesite knows it.
+
+    ``forwarded_to`` is set when the atom's home moved to another storesite:
+    ask that one. ``dormant`` is set only by calls that do not activate.
+    """
+
+    tad: TAD
+    dormant: bool = False
+    forwarded_to: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointInfo:
+    guid: str
+    tad: TAD
+    snapshot: bytes
+    meta: pb.AtomMeta
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class AtomInfo:
+    guid: str
+    tad: TAD
+    dormant: bool
+    meta: pb.AtomMeta
+    checkpoints: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoresiteInfo:
+    id: str
+    atoms: int
+    modules: int
+    checkpoints: int
+
+
+def _tad(msg: pb.TAD) -> TAD:
+    return TAD(msg.node, msg.age)
+
+
+def _pb_tad(tad: TAD) -> pb.TAD:
+    return pb.TAD(node=tad.node, age=tad.age)
+
+
+def location_from_pb(reply: pb.LocationReply) -> Location:
+    return Location(_tad(reply.tad), reply.dormant, reply.forwarded_to)
+
+
+class StoresiteClient:
+    """One channel to one storesite; thread-safe, cheap to keep around."""
+
+    def __init__(self, address: str, *, sid: str = "", timeout: float = 5.0) -> None:
+        self.address = address
+        self.sid = sid
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._stub = pbg.StoresiteStub(self._channel)
+        self._peer = f"storesite {sid} at {address}" if sid else f"storesite at {address}"
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> StoresiteClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(
+        self,
+        method: Callable[..., _Reply],
+        request: Any,
+        what: str,
+        timeout: float | None = None,
+    ) -> _Reply:
+        try:
+            return method(request, timeout=self.timeout if timeout is None else timeout)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, self._peer, what) from exc
+
+    # --------------------------------------------------------------- modules
+
+    def put_module(self, module: bytes) -> str:
+        """Store module bytes; returns their hash (hex sha256)."""
+        reply = self._call(self._stub.PutModule, pb.ModuleBytes(module=module), "PutModule")
+        return str(reply.hash)
+
+    def get_module(self, module_hash: str) -> bytes:
+        reply = self._call(
+            self._stub.GetModule, pb.ModuleHash(hash=module_hash), f"GetModule({module_hash})"
+        )
+        return bytes(reply.module)
+
+    # ----------------------------------------------------------------- atoms
+
+    def register_atom(self, guid: str, meta: pb.AtomMeta, tad: TAD, snapshot: bytes) -> Location:
+        request = pb.RegisterAtomRequest(guid=guid, meta=meta, tad=_pb_tad(tad), snapshot=snapshot)
+        return location_from_pb(
+            self._call(self._stub.RegisterAtom, request, f"RegisterAtom({guid})")
+        )
+
+    def put_checkpoint(self, guid: str, tad: TAD, snapshot: bytes, seq: int) -> None:
+        request = pb.CheckpointRequest(guid=guid, tad=_pb_tad(tad), snapshot=snapshot, seq=seq)
+        self._call(self._stub.PutCheckpoint, request, f"PutCheckpoint({guid})")
+
+    def get_checkpoint(self, guid: str) -> CheckpointInfo:
+        reply = self._call(
+            self._stub.GetCheckpoint, pb.GuidRequest(guid=guid), f"GetCheckpoint({guid})"
+        )
+        return CheckpointInfo(reply.guid, _tad(reply.tad), reply.snapshot, reply.meta, reply.seq)
+
+    def locate(self, guid: str, *, timeout: float | None = None) -> Location:
+        """Where the atom is now; the storesite activates a dormant atom first.
+
+        Activation can take longer than a plain lookup: pass a longer
+        ``timeout`` when the atom may be dormant.
+        """
+        reply = self._call(self._stub.Locate, pb.GuidRequest(guid=guid), f"Locate({guid})", timeout)
+        return location_from_pb(reply)
+
+    def prepare(self, guid: str, source: TAD, destination: str) -> int:
+        """Reserve a move; returns the age the atom will have at ``destination``."""
+        request = pb.PrepareRequest(guid=guid, source=_pb_tad(source), destination=destination)
+        return int(self._call(self._stub.Prepare, request, f"Prepare({guid})").age)
+
+    def commit(self, guid: str, tad: TAD, snapshot: bytes) -> Location:
+        request = pb.CommitRequest(guid=guid, tad=_pb_tad(tad), snapshot=snapshot)
+        return location_from_pb(self._call(self._stub.Commit, request, f"Commit({guid})"))
+
+    def abort(self, guid: str, age: int) -> None:
+        self._call(self._stub.Abort, pb.AbortRequest(guid=guid, age=age), f"Abort({guid})")
+
+    def passivated(self, guid: str, tad: TAD, snapshot: bytes) -> None:
+        request = pb.PassivatedRequest(guid=guid, tad=_pb_tad(tad), snapshot=snapshot)
+        self._call(self._stub.Passivated, request, f"Passivated({guid})")
+
+    def forget(self, guid: str) -> None:
+        self._call(self._stub.Forget, pb.GuidRequest(guid=guid), f"Forget({guid})")
+
+    def move_home(self, guid: str, destination: str, *, timeout: float | None = None) -> Location:
+        request = pb.StoreMoveRequest(guid=guid, destination=destination)
+        return location_from_pb(
+            self._call(self._stub.MoveHome, request, f"MoveHome({guid})", timeout)
+        )
+
+    def adopt_atom(self, data: CheckpointInfo, *, dormant: bool = False) -> Location:
+        """Hand an atom (records + latest checkpoint) to this storesite as its new home.
+
+        The wire has no dormant flag yet: a dormant atom travels with an
+        empty node in its TAD.
+        """
+        tad = TAD("", data.tad.age) if dormant else data.tad
+        request = pb.CheckpointData(
+            guid=data.guid, tad=_pb_tad(tad), snapshot=data.snapshot, meta=data.meta, seq=data.seq
+        )
+        return location_from_pb(
+            self._call(self._stub.AdoptAtom, request, f"AdoptAtom({data.guid})")
+        )
+
+    def list_atoms(self) -> list[AtomInfo]:
+        reply = self._call(self._stub.ListAtoms, pb.Empty(), "ListAtoms")
+        return [
+            AtomInfo(a.guid, _tad(a.tad), a.dormant, a.meta, a.checkpoints) for a in reply.atoms
+        ]
+
+    def status(self) -> StoresiteInfo:
+        reply = self._call(self._stub.Status, pb.Empty(), "Status")
+        return StoresiteInfo(reply.id, reply.atoms, reply.modules, reply.checkpoints)

@@ -1,0 +1,86 @@
+"""The storesite's calls to supervisors: activate an atom, ask for load (DESIGN.md §4, §6).
+
+Channels are kept per node address. Failures come back as HermesErrors:
+the node's own error (details ``"<kind>: <message>"``) or
+:class:`UnreachableError` / :class:`CallTimeoutError` naming the node.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import grpc
+
+from hermesx.errors import HermesError
+from hermesx.identity import TAD
+from hermesx.proto import hermesx_pb2 as pb
+from hermesx.proto import hermesx_pb2_grpc as pbg
+from storesite.placement import Member
+from storesite.rpcerrors import error_from_rpc
+
+__all__ = ["MAX_MESSAGE_BYTES", "SupervisorLink"]
+
+log = logging.getLogger(__name__)
+
+# Snapshots travel in one message; the storesite's own checkpoint limit is lower.
+MAX_MESSAGE_BYTES = 256 * 2**20
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+]
+
+
+class SupervisorLink:
+    """Stubs for the nodes of a cluster, one channel per address."""
+
+    def __init__(self, *, timeout: float = 5.0, activate_timeout: float = 30.0) -> None:
+        self._timeout = timeout
+        self._activate_timeout = activate_timeout
+        self._lock = threading.Lock()
+        self._channels: dict[str, tuple[grpc.Channel, pbg.SupervisorStub]] = {}
+
+    def _stub(self, address: str) -> pbg.SupervisorStub:
+        with self._lock:
+            entry = self._channels.get(address)
+            if entry is None:
+                channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+                entry = (channel, pbg.SupervisorStub(channel))
+                self._channels[address] = entry
+            return entry[1]
+
+    def activate(
+        self, member: Member, guid: str, tad: TAD, snapshot: bytes, meta: pb.AtomMeta
+    ) -> TAD:
+        """Ask ``member`` to run ``guid`` from ``snapshot`` at ``tad``."""
+        request = pb.ActivateRequest(
+            guid=guid, tad=pb.TAD(node=tad.node, age=tad.age), snapshot=snapshot, meta=meta
+        )
+        try:
+            reply = self._stub(member.address).Activate(request, timeout=self._activate_timeout)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(
+                exc, f"node {member.name} at {member.address}", f"Activate({guid})"
+            ) from exc
+        if reply.HasField("tad") and reply.tad.node:
+            return TAD(reply.tad.node, reply.tad.age)
+        return tad
+
+    def active_atoms(self, member: Member) -> int | None:
+        """The node's active-atom count, or None when it does not answer."""
+        try:
+            status = self._stub(member.address).Status(pb.Empty(), timeout=self._timeout)
+        except grpc.RpcError as exc:
+            err: HermesError = error_from_rpc(
+                exc, f"node {member.name} at {member.address}", "Status"
+            )
+            log.warning("no load from node %s: %s", member.name, err)
+            return None
+        return int(status.active_atoms)
+
+    def close(self) -> None:
+        with self._lock:
+            channels = list(self._channels.values())
+            self._channels.clear()
+        for channel, _ in channels:
+            channel.close()

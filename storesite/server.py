@@ -1,0 +1,382 @@
+"""The Storesite gRPC service and the storesite process (DESIGN.md §4, §5, §6, §8).
+
+:class:`StoresiteServicer` maps the wire onto :class:`storesite.service.Storesite`;
+a HermesError aborts the RPC with details ``"<kind>: <message>"``.
+:class:`StoresiteServer` runs it on a port. :func:`serve` is the process
+main behind ``hermesx storesite serve`` and ``python -m storesite``: it opens
+the data dir, joins the name service as ``storesites/<id>``, watches the
+nodes for recovery and blocks until SIGTERM / SIGINT.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent import futures
+from typing import TypeVar
+
+import grpc
+
+from hermesx.errors import (
+    ConfigurationError,
+    HermesError,
+    NameNotFoundError,
+    NamingError,
+    error_from_wire,
+)
+from hermesx.identity import TAD, validate_name
+from hermesx.proto import hermesx_pb2 as pb
+from hermesx.proto import hermesx_pb2_grpc as pbg
+from nameservice import NameService, NameServiceError, NameTakenError
+from storesite.client import CheckpointInfo, Location
+from storesite.nodes import CHANNEL_OPTIONS
+from storesite.placement import Member
+from storesite.rpcerrors import status_for
+from storesite.service import Storesite
+from storesite.store import AtomStore
+
+__all__ = ["NameServiceDirectory", "StoresiteServer", "StoresiteServicer", "serve"]
+
+log = logging.getLogger(__name__)
+
+_Reply = TypeVar("_Reply")
+
+# Seconds to wait for a crashed predecessor's registration to expire.
+REGISTER_PATIENCE = 15.0
+
+
+def _tad(msg: pb.TAD) -> TAD:
+    return TAD(msg.node, msg.age)
+
+
+def _pb_tad(tad: TAD) -> pb.TAD:
+    return pb.TAD(node=tad.node, age=tad.age)
+
+
+def _location(location: Location) -> pb.LocationReply:
+    return pb.LocationReply(
+        tad=_pb_tad(location.tad), dormant=location.dormant, forwarded_to=location.forwarded_to
+    )
+
+
+class StoresiteServicer(pbg.StoresiteServicer):
+    """The wire face of one :class:`Storesite`."""
+
+    def __init__(self, site: Storesite) -> None:
+        self.site = site
+
+    def _run(
+        self, context: grpc.ServicerContext, method: str, body: Callable[[], _Reply]
+    ) -> _Reply:
+        try:
+            return body()
+        except HermesError as err:
+            log.debug("%s failed: %s: %s", method, err.kind, err)
+            context.abort(status_for(err), f"{err.kind}: {err}")
+            raise  # abort raises; this keeps type checkers honest
+        except Exception as exc:
+            log.exception("%s failed unexpectedly", method)
+            context.abort(
+                grpc.StatusCode.INTERNAL,
+                f"storage: storesite {self.site.sid} failed in {method}: {exc}",
+            )
+            raise
+
+    def PutModule(self, request: pb.ModuleBytes, context: grpc.ServicerContext) -> pb.ModuleHash:
+        return self._run(
+            context, "PutModule", lambda: pb.ModuleHash(hash=self.site.put_module(request.module))
+        )
+
+    def GetModule(self, request: pb.ModuleHash, context: grpc.ServicerContext) -> pb.ModuleBytes:
+        return self._run(
+            context,
+            "GetModule",
+            lambda: pb.ModuleBytes(module=self.site.get_module(request.hash)),
+        )
+
+    def RegisterAtom(
+        self, request: pb.RegisterAtomRequest, context: grpc.ServicerContext
+    ) -> pb.LocationReply:
+        return self._run(
+            context,
+            "RegisterAtom",
+            lambda: _location(
+                self.site.register_atom(
+                    request.guid, request.meta, _tad(request.tad), request.snapshot
+                )
+            ),
+        )
+
+    def PutCheckpoint(
+        self, request: pb.CheckpointRequest, context: grpc.ServicerContext
+    ) -> pb.Empty:
+        def body() -> pb.Empty:
+            self.site.put_checkpoint(request.guid, _tad(request.tad), request.snapshot, request.seq)
+            return pb.Empty()
+
+        return self._run(context, "PutCheckpoint", body)
+
+    def GetCheckpoint(
+        self, request: pb.GuidRequest, context: grpc.ServicerContext
+    ) -> pb.CheckpointData:
+        def body() -> pb.CheckpointData:
+            ck = self.site.get_checkpoint(request.guid)
+            return pb.CheckpointData(
+                guid=ck.guid, tad=_pb_tad(ck.tad), snapshot=ck.snapshot, meta=ck.meta, seq=ck.seq
+            )
+
+        return self._run(context, "GetCheckpoint", body)
+
+    def Locate(self, request: pb.GuidRequest, context: grpc.ServicerContext) -> pb.LocationReply:
+        return self._run(context, "Locate", lambda: _location(self.site.locate(request.guid)))
+
+    def Prepare(self, request: pb.PrepareRequest, context: grpc.ServicerContext) -> pb.PrepareReply:
+        return self._run(
+            context,
+            "Prepare",
+            lambda: pb.PrepareReply(
+                age=self.site.prepare(request.guid, _tad(request.source), request.destination)
+            ),
+        )
+
+    def Commit(self, request: pb.CommitRequest, context: grpc.ServicerContext) -> pb.LocationReply:
+        return self._run(
+            context,
+            "Commit",
+            lambda: _location(self.site.commit(request.guid, _tad(request.tad), request.snapshot)),
+        )
+
+    def Abort(self, request: pb.AbortRequest, context: grpc.ServicerContext) -> pb.Empty:
+        def body() -> pb.Empty:
+            self.site.abort(request.guid, request.age)
+            return pb.Empty()
+
+        return self._run(context, "Abort", body)
+
+    def Passivated(self, request: pb.PassivatedRequest, context: grpc.ServicerContext) -> pb.Empty:
+        def body() -> pb.Empty:
+            self.site.passivated(request.guid, _tad(request.tad), request.snapshot)
+            return pb.Empty()
+
+        return self._run(context, "Passivated", body)
+
+    def Forget(self, request: pb.GuidRequest, context: grpc.ServicerContext) -> pb.Empty:
+        def body() -> pb.Empty:
+            self.site.forget(request.guid)
+            return pb.Empty()
+
+        return self._run(context, "Forget", body)
+
+    def MoveHome(
+        self, request: pb.StoreMoveRequest, context: grpc.ServicerContext
+    ) -> pb.LocationReply:
+        return self._run(
+            context,
+            "MoveHome",
+            lambda: _location(self.site.move_home(request.guid, request.destination)),
+        )
+
+    def AdoptAtom(
+        self, request: pb.CheckpointData, context: grpc.ServicerContext
+    ) -> pb.LocationReply:
+        data = CheckpointInfo(
+            request.guid, _tad(request.tad), request.snapshot, request.meta, request.seq
+        )
+        return self._run(context, "AdoptAtom", lambda: _location(self.site.adopt_atom(data)))
+
+    def ListAtoms(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.AtomList:
+        def body() -> pb.AtomList:
+            return pb.AtomList(
+                atoms=[
+                    pb.AtomRecord(
+                        guid=s.guid,
+                        tad=_pb_tad(s.location),
+                        dormant=s.dormant,
+                        meta=s.meta,
+                        checkpoints=s.checkpoints,
+                    )
+                    for s in self.site.list_atoms()
+                ]
+            )
+
+        return self._run(context, "ListAtoms", body)
+
+    def Status(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.StoresiteStatus:
+        def body() -> pb.StoresiteStatus:
+            st = self.site.status()
+            return pb.StoresiteStatus(
+                id=self.site.sid, atoms=st.atoms, modules=st.modules, checkpoints=st.checkpoints
+            )
+
+        return self._run(context, "Status", body)
+
+
+class StoresiteServer:
+    """A gRPC server for one :class:`Storesite` on ``listen`` (``HOST:PORT``, port 0 = any)."""
+
+    def __init__(self, site: Storesite, listen: str, *, workers: int = 16) -> None:
+        self.site = site
+        self._listen = listen
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(workers, thread_name_prefix="storesite-rpc"),
+            options=CHANNEL_OPTIONS,
+        )
+        pbg.add_StoresiteServicer_to_server(StoresiteServicer(site), self._server)
+        self.address = ""
+
+    def start(self) -> str:
+        """Bind and start serving; returns the bound ``HOST:PORT``."""
+        host, sep, _ = self._listen.rpartition(":")
+        if not sep or not host:
+            raise ConfigurationError(f"listen address {self._listen!r} is not HOST:PORT")
+        try:
+            port = self._server.add_insecure_port(self._listen)
+        except RuntimeError as exc:
+            raise ConfigurationError(
+                f"storesite {self.site.sid} cannot listen on {self._listen}: {exc}"
+            ) from exc
+        if port == 0:
+            raise ConfigurationError(f"storesite {self.site.sid} cannot listen on {self._listen}")
+        self._server.start()
+        self.address = f"{host}:{port}"
+        log.info("storesite %s listening on %s", self.site.sid, self.address)
+        return self.address
+
+    def stop(self, grace: float = 1.0) -> None:
+        self._server.stop(grace).wait()
+
+
+class NameServiceDirectory:
+    """:class:`Directory` over the name service (package ``nameservice``).
+
+    Name-service errors become the hermesx error of the same kind.
+    """
+
+    def __init__(self, names: NameService) -> None:
+        self._names = names
+
+    def nodes(self) -> Mapping[str, Member]:
+        try:
+            nodes = self._names.nodes()
+        except NameServiceError as exc:
+            raise _naming_error(exc, "cannot list live nodes") from exc
+        return nodes
+
+    def storesite_address(self, sid: str) -> str:
+        try:
+            members = self._names.storesites()
+        except NameServiceError as exc:
+            raise _naming_error(exc, f"cannot find storesite {sid}") from exc
+        member = members.get(sid)
+        if member is None:
+            raise NameNotFoundError(f"no live storesite {sid} in the name service")
+        return member.address
+
+    def set_home(self, guid: str, sid: str) -> None:
+        try:
+            self._names.set_home(guid, sid)
+        except NameServiceError as exc:
+            raise _naming_error(exc, f"cannot record storesite {sid} as home of {guid}") from exc
+
+
+def _naming_error(exc: NameServiceError, what: str) -> HermesError:
+    err = error_from_wire(exc.kind, f"{what}: {exc}")
+    return err if type(err) is not HermesError else NamingError(f"{what}: {exc}")
+
+
+def serve(
+    sid: str,
+    listen: str,
+    data_dir: pathlib.Path,
+    zk: str,
+    cluster: str,
+    *,
+    max_checkpoint_bytes: int = 64 * 2**20,
+    ready: Callable[[str], None] | None = None,
+    stop: threading.Event | None = None,
+) -> None:
+    """Run storesite ``sid`` until SIGTERM / SIGINT (or ``stop`` is set).
+
+    ``ready`` is called with the bound address once the storesite is
+    registered in the name service and watching the nodes.
+    """
+    validate_name(sid, "storesite id")
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+    try:
+        names = NameService(zk, cluster)
+    except NameServiceError as exc:
+        raise _naming_error(exc, f"storesite {sid} cannot use cluster {cluster!r}") from exc
+    store = AtomStore(sid, data_dir, max_checkpoint_bytes=max_checkpoint_bytes)
+    site = Storesite(store, NameServiceDirectory(names))
+    server = StoresiteServer(site, listen)
+    try:
+        try:
+            names.start()
+            address = server.start()
+            _register(names, sid, address, stop)
+            names.add_state_listener(_reregister_after_loss(names, sid, address, stop))
+            names.watch_nodes(site.on_nodes)
+        except NameServiceError as exc:
+            raise _naming_error(
+                exc, f"storesite {sid} cannot join the name service at {zk} (cluster {cluster})"
+            ) from exc
+        log.info("storesite %s serving %s (cluster %s) from %s", sid, address, cluster, data_dir)
+        if ready is not None:
+            ready(address)
+        stop.wait()
+        log.info("storesite %s stopping", sid)
+    finally:
+        server.stop()
+        site.close()
+        names.close()
+        store.close()
+
+
+def _register(names: NameService, sid: str, address: str, stop: threading.Event) -> None:
+    """Register ``storesites/<sid>``, waiting out the entry of our own previous run.
+
+    A storesite restarted right after a crash finds its old ephemeral entry
+    until that session expires (a few seconds); only a live other process
+    keeps it longer.
+    """
+    deadline = time.monotonic() + REGISTER_PATIENCE
+    while True:
+        try:
+            names.register_storesite(sid, address)
+            return
+        except NameTakenError:
+            if time.monotonic() > deadline or stop.is_set():
+                raise
+            log.info("storesite id %s is still registered; waiting for it to expire", sid)
+            stop.wait(0.5)
+
+
+def _reregister_after_loss(
+    names: NameService, sid: str, address: str, stop: threading.Event
+) -> Callable[[str], None]:
+    """A state listener that registers again once a new session replaces a lost one."""
+    lost = threading.Event()
+
+    def again() -> None:
+        try:
+            _register(names, sid, address, stop)
+            log.info("storesite %s registered again after its session was lost", sid)
+        except NameServiceError as exc:
+            log.error("storesite %s could not register again: %s", sid, exc)
+
+    def listener(state: str) -> None:
+        if state == "lost":
+            lost.set()
+        elif state == "connected" and lost.is_set():
+            lost.clear()
+            # Not on the name service's delivery thread: registering may wait.
+            threading.Thread(target=again, name=f"register-{sid}", daemon=True).start()
+
+    return listener

@@ -1,0 +1,314 @@
+"""The storesite's behaviour: location, activation, recovery, moving home (DESIGN.md §4, §5, §6).
+
+:class:`Storesite` joins the durable records (:mod:`storesite.store`), the
+cluster's membership (a :class:`Directory`, normally the name service) and
+the supervisors (:class:`~storesite.nodes.SupervisorLink`). The gRPC
+servicer in :mod:`storesite.server` is a thin layer over it.
+
+Everything that changes one atom's records runs under that atom's lock, so
+two concurrent Locates of a dormant atom activate it once, a recovery and a
+commit never interleave, and a move home sees no checkpoint slip past it.
+
+Recovery (§6): when a node leaves the name service (its session expired —
+supervisors fence themselves), every non-dormant atom recorded on it is
+restarted from its latest checkpoint on a live node with a higher age, in
+parallel on a bounded pool. An atom whose node is alive is never recovered.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Protocol
+
+from hermesx.errors import (
+    CallTimeoutError,
+    HermesError,
+    MigrationError,
+    NameNotFoundError,
+    StorageError,
+    UnreachableError,
+)
+from hermesx.identity import TAD
+from hermesx.proto import hermesx_pb2 as pb
+from storesite.client import CheckpointInfo, Location, StoresiteClient
+from storesite.nodes import SupervisorLink
+from storesite.placement import LoadCache, Member, rank_nodes
+from storesite.store import AtomState, AtomStore, Checkpoint, StoreStatus
+
+__all__ = ["Directory", "Storesite"]
+
+log = logging.getLogger(__name__)
+
+
+class Directory(Protocol):
+    """What the storesite needs from the name service."""
+
+    def nodes(self) -> Mapping[str, Member]:
+        """Live nodes by name."""
+        ...
+
+    def storesite_address(self, sid: str) -> str:
+        """Address of a live storesite; NameNotFoundError if there is none."""
+        ...
+
+    def set_home(self, guid: str, sid: str) -> None: ...
+
+
+class Storesite:
+    """One storesite's logic over its store, its directory and the nodes."""
+
+    def __init__(
+        self,
+        store: AtomStore,
+        directory: Directory,
+        *,
+        supervisors: SupervisorLink | None = None,
+        recovery_workers: int = 8,
+        load_ttl: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.directory = directory
+        self.supervisors = supervisors or SupervisorLink()
+        self._loads = LoadCache(self.supervisors.active_atoms, ttl=load_ttl)
+        self._locks_guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+        self._pool = ThreadPoolExecutor(recovery_workers, thread_name_prefix="recovery")
+        self._members_guard = threading.Lock()
+        # Node name -> address as of the last membership change; None before the first.
+        self._members: dict[str, str] | None = None
+        self._closed = False
+
+    @property
+    def sid(self) -> str:
+        return self.store.sid
+
+    def close(self) -> None:
+        self._closed = True
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self.supervisors.close()
+
+    @contextmanager
+    def _atom_lock(self, guid: str) -> Iterator[None]:
+        with self._locks_guard:
+            lock = self._locks.setdefault(guid, threading.Lock())
+        with lock:
+            yield
+
+    # ------------------------------------------------------ plain records
+
+    def put_module(self, module: bytes) -> str:
+        return self.store.put_module(module)
+
+    def get_module(self, module_hash: str) -> bytes:
+        return self.store.get_module(module_hash)
+
+    def register_atom(self, guid: str, meta: pb.AtomMeta, tad: TAD, snapshot: bytes) -> Location:
+        with self._atom_lock(guid):
+            state = self.store.register_atom(guid, meta, tad, snapshot)
+        return Location(state.location)
+
+    def put_checkpoint(self, guid: str, tad: TAD, snapshot: bytes, seq: int) -> bool:
+        with self._atom_lock(guid):
+            return self.store.put_checkpoint(guid, tad, seq, snapshot)
+
+    def get_checkpoint(self, guid: str) -> Checkpoint:
+        return self.store.latest_checkpoint(guid)
+
+    def forget(self, guid: str) -> None:
+        with self._atom_lock(guid):
+            self.store.forget(guid)
+        with self._locks_guard:
+            self._locks.pop(guid, None)
+
+    def list_atoms(self) -> list[AtomState]:
+        return [s for s in self.store.atoms() if not s.forwarded_to]
+
+    def status(self) -> StoreStatus:
+        return self.store.status()
+
+    # ---------------------------------------------------------- migration
+
+    def prepare(self, guid: str, source: TAD, destination: str) -> int:
+        with self._atom_lock(guid):
+            if destination not in self.directory.nodes():
+                raise MigrationError(
+                    f"cannot move atom {guid} to {destination}: no live node by that name"
+                )
+            return self.store.prepare(guid, source, destination)
+
+    def commit(self, guid: str, tad: TAD, snapshot: bytes) -> Location:
+        with self._atom_lock(guid):
+            state = self.store.commit(guid, tad, snapshot)
+        self._loads.bump(tad.node)
+        return Location(state.location)
+
+    def abort(self, guid: str, age: int) -> None:
+        with self._atom_lock(guid):
+            self.store.abort(guid, age)
+
+    def passivated(self, guid: str, tad: TAD, snapshot: bytes) -> None:
+        with self._atom_lock(guid):
+            self.store.passivated(guid, tad, snapshot)
+
+    # ------------------------------------------------------------- locate
+
+    def locate(self, guid: str) -> Location:
+        """Where the atom is now: activates a dormant atom and recovers one whose node died."""
+        with self._atom_lock(guid):
+            state = self.store.get(guid)
+            if state.forwarded_to:
+                return Location(state.location, state.dormant, state.forwarded_to)
+            if state.dormant:
+                return self._place(state, "dormant")
+            nodes = self.directory.nodes()
+            if state.location.node in nodes:
+                return Location(state.location)
+            return self._place(state, f"node {state.location.node} is dead")
+
+    def _place(self, state: AtomState, reason: str) -> Location:
+        """Activate ``state``'s atom on the best live node. Caller holds the atom lock."""
+        guid = state.guid
+        meta = state.meta
+        started = time.monotonic()
+        nodes = self.directory.nodes()
+        fitting = rank_nodes(nodes, meta.tags, {})
+        candidates = rank_nodes(nodes, meta.tags, self._loads.loads(fitting))
+        last: HermesError | None = None
+        for member in candidates:
+            age, checkpoint = self.store.reserve_age(guid)
+            tad = TAD(member.name, age)
+            try:
+                self.supervisors.activate(member, guid, tad, checkpoint.snapshot, meta)
+            except CallTimeoutError:
+                # The node may have activated it after all; trying another node
+                # could leave two copies. Leave it to the next Locate.
+                self.store.mark_dormant(guid)
+                raise
+            except HermesError as err:
+                log.warning("node %s refused atom %s (%s): %s", member.name, guid, tad, err)
+                self._loads.forget(member.name)
+                last = err
+                continue
+            self.store.activated(guid, tad)
+            self._loads.bump(member.name)
+            log.info(
+                "activated atom %s on %s (%s) in %.1f ms",
+                guid,
+                tad,
+                reason,
+                (time.monotonic() - started) * 1000,
+            )
+            return Location(tad)
+        self.store.mark_dormant(guid)
+        tags = f" with tags {sorted(meta.tags)}" if meta.tags else ""
+        if last is None:
+            raise UnreachableError(f"atom {guid} is {reason} and no live node{tags} can take it")
+        raise UnreachableError(f"atom {guid} is {reason} and no live node{tags} took it: {last}")
+
+    # ----------------------------------------------------------- recovery
+
+    def on_nodes(self, members: Mapping[str, Member]) -> None:
+        """Name-service watch callback: the full set of live nodes after a change."""
+        current = {name: m.address for name, m in members.items()}
+        with self._members_guard:
+            previous = self._members
+            self._members = current
+        if self._closed:
+            return
+        if previous is None:
+            # At start every atom on a node that is not live is orphaned: its
+            # node died while this storesite was down.
+            gone: set[str] | None = None
+        else:
+            gone = {
+                name
+                for name, address in previous.items()
+                if current.get(name) != address  # left, or a new incarnation
+            }
+            if not gone:
+                return
+            log.warning("nodes gone: %s", ", ".join(sorted(gone)))
+        self._pool.submit(self._recover_nodes, gone, set(current))
+
+    def _recover_nodes(self, gone: set[str] | None, live: set[str]) -> None:
+        orphans = [
+            s
+            for s in self.store.atoms()
+            if not s.forwarded_to
+            and not s.dormant
+            and (s.location.node in gone if gone is not None else s.location.node not in live)
+        ]
+        for state in orphans:
+            if self._closed:
+                return
+            self._pool.submit(self._recover_one, state.guid, state.location)
+
+    def _recover_one(self, guid: str, dead: TAD) -> None:
+        started = time.monotonic()
+        with self._atom_lock(guid):
+            try:
+                state = self.store.get(guid)
+            except NameNotFoundError:
+                return
+            if state.forwarded_to or state.dormant or state.location != dead:
+                return  # moved, passivated or already recovered meanwhile
+            try:
+                location = self._place(state, f"on dead node {dead.node}")
+            except HermesError as err:
+                log.warning("atom %s stays dormant after losing node %s: %s", guid, dead.node, err)
+                return
+        log.info(
+            "recovered atom %s from %s onto %s in %.1f ms",
+            guid,
+            dead,
+            location.tad,
+            (time.monotonic() - started) * 1000,
+        )
+
+    # ---------------------------------------------------------- move home
+
+    def move_home(self, guid: str, destination: str) -> Location:
+        """Hand ``guid``'s records to storesite ``destination``; keep a forwarding record."""
+        if destination == self.sid:
+            raise StorageError(f"atom {guid} is already homed at storesite {destination}")
+        with self._atom_lock(guid):
+            state = self.store.get(guid)
+            if state.forwarded_to:
+                raise StorageError(
+                    f"atom {guid} already moved from storesite {self.sid} to {state.forwarded_to}"
+                )
+            if state.pending is not None:
+                raise MigrationError(
+                    f"atom {guid} is moving to node {state.pending.node}; its home cannot move now"
+                )
+            checkpoint = self.store.latest_checkpoint(guid)
+            address = self.directory.storesite_address(destination)
+            seq = checkpoint.seq if checkpoint.tad == state.location else 0
+            data = CheckpointInfo(guid, state.location, checkpoint.snapshot, state.meta, seq)
+            with StoresiteClient(address, sid=destination, timeout=30.0) as peer:
+                module_hash = state.meta.module_hash
+                if module_hash and self.store.has_module(module_hash):
+                    peer.put_module(self.store.get_module(module_hash))
+                peer.adopt_atom(data, dormant=state.dormant)
+            self.directory.set_home(guid, destination)
+            state = self.store.set_forwarded(guid, destination)
+        log.info("atom %s is now homed at storesite %s", guid, destination)
+        return Location(state.location, state.dormant, destination)
+
+    def adopt_atom(self, data: CheckpointInfo) -> Location:
+        """Become the home of an atom another storesite hands over.
+
+        An empty node in the TAD marks a dormant atom (see
+        :meth:`StoresiteClient.adopt_atom`).
+        """
+        dormant = not data.tad.node
+        with self._atom_lock(data.guid):
+            state = self.store.adopt_atom(
+                data.guid, data.meta, data.tad, data.seq, data.snapshot, dormant=dormant
+            )
+        return Location(state.location, state.dormant)

@@ -1,0 +1,229 @@
+"""A real storesite process on a real ZooKeeper (DESIGN.md §6, §8).
+
+The storesite runs as ``python -m storesite``; the nodes are small fake
+Supervisor servicers in this process, registered in the name service with
+their own sessions, so a node's death is a real session ending.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+
+import grpc
+import pytest
+
+from hermesx.identity import GUID, TAD
+from hermesx.proto import hermesx_pb2 as pb
+from hermesx.proto import hermesx_pb2_grpc as pbg
+from nameservice import NameService, ZooKeeperServer
+from storesite.client import StoresiteClient
+
+pytestmark = pytest.mark.integration
+
+_counter = 0
+
+
+@pytest.fixture(scope="module")
+def zk(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The session's ZooKeeper when the suite provides one, else our own."""
+    try:
+        server = request.getfixturevalue("zk_server")
+        yield str(server.connect_string)
+        return
+    except pytest.FixtureLookupError:
+        pass
+    own = ZooKeeperServer()
+    own.start()
+    try:
+        yield own.connect_string
+    finally:
+        own.stop()
+
+
+@pytest.fixture
+def cluster_name() -> str:
+    global _counter
+    _counter += 1
+    return f"ss{os.getpid()}x{_counter}"
+
+
+class FakeSupervisor(pbg.SupervisorServicer):
+    def __init__(self) -> None:
+        self.activations: list[pb.ActivateRequest] = []
+
+    def Activate(
+        self, request: pb.ActivateRequest, context: grpc.ServicerContext
+    ) -> pb.ActivateReply:
+        self.activations.append(request)
+        return pb.ActivateReply(tad=request.tad)
+
+    def Status(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.NodeStatus:
+        return pb.NodeStatus(active_atoms=len(self.activations))
+
+
+class FakeNode:
+    """A Supervisor servicer plus its own name-service session (its life in the cluster)."""
+
+    def __init__(self, name: str, zk: str, cluster: str) -> None:
+        self.name = name
+        self.servicer = FakeSupervisor()
+        self.server = grpc.server(futures.ThreadPoolExecutor(2))
+        pbg.add_SupervisorServicer_to_server(self.servicer, self.server)
+        port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+        self.names = NameService(zk, cluster, session_timeout=2.0)
+        self.names.start()
+        self.names.register_node(name, f"127.0.0.1:{port}")
+
+    def die(self) -> None:
+        """End the session: the name service drops the node at once, as after expiry."""
+        self.names.close()
+
+    def stop(self) -> None:
+        self.names.close()
+        self.server.stop(0)
+
+
+class StoresiteProcess:
+    def __init__(self, sid: str, data: pathlib.Path, zk: str, cluster: str) -> None:
+        self.sid = sid
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "storesite",
+                "--id",
+                sid,
+                "--listen",
+                "127.0.0.1:0",
+                "--data",
+                str(data),
+                "--zk",
+                zk,
+                "--cluster",
+                cluster,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.address = ""
+
+    def wait_ready(self, timeout: float = 30.0) -> str:
+        assert self.proc.stdout is not None
+        lines: queue.Queue[str] = queue.Queue()
+        stdout = self.proc.stdout
+        threading.Thread(target=lambda: lines.put(stdout.readline()), daemon=True).start()
+        line = lines.get(timeout=timeout)
+        prefix = f"storesite {self.sid} listening on "
+        assert line.startswith(prefix), f"unexpected output {line!r}: {self.stderr_tail()}"
+        self.address = line[len(prefix) :].strip()
+        return self.address
+
+    def stderr_tail(self) -> str:
+        if self.proc.poll() is None or self.proc.stderr is None:
+            return ""
+        return self.proc.stderr.read()[-2000:]
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        return self.proc.returncode
+
+
+@pytest.fixture
+def processes() -> Iterator[list[StoresiteProcess | FakeNode]]:
+    started: list[StoresiteProcess | FakeNode] = []
+    yield started
+    for item in reversed(started):
+        item.stop()
+
+
+def wait_for(predicate: Callable[[], bool], what: str, attempts: int = 300) -> None:
+    for _ in range(attempts):
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_storesite_process_registers_and_serves(
+    zk: str, cluster_name: str, tmp_path: pathlib.Path, processes: list[StoresiteProcess | FakeNode]
+) -> None:
+    site = StoresiteProcess("s1", tmp_path / "s1", zk, cluster_name)
+    processes.append(site)
+    address = site.wait_ready()
+    with NameService(zk, cluster_name) as names:
+        assert names.storesites()["s1"].address == address
+    with StoresiteClient(address, sid="s1") as client:
+        assert client.status().id == "s1"
+    assert site.stop() == 0
+    with NameService(zk, cluster_name) as names:
+        assert "s1" not in names.storesites()
+
+
+def test_node_death_recovers_atoms_on_a_live_node(
+    zk: str, cluster_name: str, tmp_path: pathlib.Path, processes: list[StoresiteProcess | FakeNode]
+) -> None:
+    doomed = FakeNode("doomed", zk, cluster_name)
+    survivor = FakeNode("survivor", zk, cluster_name)
+    processes.extend([doomed, survivor])
+    site = StoresiteProcess("s1", tmp_path / "s1", zk, cluster_name)
+    processes.append(site)
+    with StoresiteClient(site.wait_ready(), sid="s1") as client:
+        guids = [str(GUID.new("s1")) for _ in range(3)]
+        for guid in guids:
+            client.register_atom(guid, pb.AtomMeta(name=guid[-6:]), TAD("doomed", 1), b"s0")
+        client.put_checkpoint(guids[0], TAD("doomed", 1), b"latest", seq=1)
+
+        doomed.die()
+        wait_for(lambda: len(survivor.servicer.activations) == 3, "three recoveries")
+        locations = {a.guid: a.tad for a in client.list_atoms()}
+        assert all(locations[g] == TAD("survivor", 2) for g in guids)
+        snapshots = {r.guid: r.snapshot for r in survivor.servicer.activations}
+        assert snapshots[guids[0]] == b"latest"
+        assert client.locate(guids[1]).tad == TAD("survivor", 2)
+
+
+def test_restart_keeps_records_and_refuses_a_second_process(
+    zk: str, cluster_name: str, tmp_path: pathlib.Path, processes: list[StoresiteProcess | FakeNode]
+) -> None:
+    node = FakeNode("n1", zk, cluster_name)
+    processes.append(node)
+    data = tmp_path / "s1"
+    first = StoresiteProcess("s1", data, zk, cluster_name)
+    processes.append(first)
+    guid = str(GUID.new("s1"))
+    with StoresiteClient(first.wait_ready(), sid="s1") as client:
+        client.register_atom(guid, pb.AtomMeta(name="kept"), TAD("n1", 1), b"s0")
+        client.put_checkpoint(guid, TAD("n1", 1), b"s1", seq=1)
+
+    second = StoresiteProcess("s2", data, zk, cluster_name)
+    processes.append(second)
+    assert second.proc.wait(timeout=30) != 0
+    assert "held by storesite s1" in second.stderr_tail()
+
+    first.proc.kill()  # crash: its registration lingers until the session expires
+    first.proc.wait(timeout=10)
+    again = StoresiteProcess("s1", data, zk, cluster_name)
+    processes.append(again)
+    with StoresiteClient(again.wait_ready(), sid="s1") as client:
+        ck = client.get_checkpoint(guid)
+        assert (ck.snapshot, ck.tad, ck.meta.name) == (b"s1", TAD("n1", 1), "kept")
+        # The node is alive: the restart must not have recovered the atom.
+        assert client.locate(guid).tad == TAD("n1", 1)
+    assert node.servicer.activations == []

@@ -1,0 +1,376 @@
+"""The storesite over real gRPC on 127.0.0.1, with small fake supervisors (DESIGN.md §4, §5, §6).
+
+The name service is replaced by an in-memory directory; the nodes are fake
+Supervisor servicers that record what the storesite asks of them.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent import futures
+from dataclasses import dataclass, field
+
+import grpc
+import pytest
+
+from hermesx.errors import (
+    CallTimeoutError,
+    MigrationError,
+    NameNotFoundError,
+    StorageError,
+    UnreachableError,
+)
+from hermesx.identity import GUID, TAD
+from hermesx.proto import hermesx_pb2 as pb
+from hermesx.proto import hermesx_pb2_grpc as pbg
+from storesite.client import StoresiteClient
+from storesite.server import StoresiteServer
+from storesite.service import Storesite
+from storesite.store import AtomStore
+
+
+@dataclass(frozen=True, slots=True)
+class FakeMember:
+    name: str
+    address: str
+    tags: tuple[str, ...] = ()
+
+
+@dataclass
+class FakeDirectory:
+    members: dict[str, FakeMember] = field(default_factory=dict)
+    storesites: dict[str, str] = field(default_factory=dict)
+    homes: dict[str, str] = field(default_factory=dict)
+
+    def nodes(self) -> Mapping[str, FakeMember]:
+        return dict(self.members)
+
+    def storesite_address(self, sid: str) -> str:
+        if sid not in self.storesites:
+            raise NameNotFoundError(f"no live storesite {sid}")
+        return self.storesites[sid]
+
+    def set_home(self, guid: str, sid: str) -> None:
+        self.homes[guid] = sid
+
+
+class FakeSupervisor(pbg.SupervisorServicer):
+    """Records activations; ``refuse`` makes it fail them like a real node would."""
+
+    def __init__(self, name: str, load: int) -> None:
+        self.name = name
+        self.load = load
+        self.activations: list[pb.ActivateRequest] = []
+        self.refuse = ""
+        self.delay = 0.0
+        self._lock = threading.Lock()
+
+    def Activate(
+        self, request: pb.ActivateRequest, context: grpc.ServicerContext
+    ) -> pb.ActivateReply:
+        if self.delay:
+            time.sleep(self.delay)
+        if self.refuse:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, self.refuse)
+        with self._lock:
+            self.activations.append(request)
+            self.load += 1
+        return pb.ActivateReply(tad=request.tad)
+
+    def Status(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.NodeStatus:
+        return pb.NodeStatus(name=self.name, active_atoms=self.load)
+
+
+class Cluster:
+    def __init__(self, tmp: pathlib.Path) -> None:
+        self.tmp = tmp
+        self.directory = FakeDirectory()
+        self.nodes: dict[str, FakeSupervisor] = {}
+        self._grpc_servers: list[grpc.Server] = []
+        self._storesites: list[tuple[StoresiteServer, Storesite, AtomStore]] = []
+        self.clients: list[StoresiteClient] = []
+
+    def add_node(self, name: str, load: int = 0, tags: tuple[str, ...] = ()) -> FakeSupervisor:
+        servicer = FakeSupervisor(name, load)
+        server = grpc.server(futures.ThreadPoolExecutor(4))
+        pbg.add_SupervisorServicer_to_server(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        self._grpc_servers.append(server)
+        self.nodes[name] = servicer
+        self.directory.members[name] = FakeMember(name, f"127.0.0.1:{port}", tags)
+        return servicer
+
+    def kill_node(self, name: str) -> None:
+        del self.directory.members[name]
+
+    def add_storesite(self, sid: str, **kwargs: int) -> tuple[Storesite, StoresiteClient]:
+        store = AtomStore(sid, self.tmp / sid, **kwargs)
+        site = Storesite(store, self.directory, load_ttl=0.0)
+        server = StoresiteServer(site, "127.0.0.1:0")
+        address = server.start()
+        self._storesites.append((server, site, store))
+        self.directory.storesites[sid] = address
+        client = StoresiteClient(address, sid=sid, timeout=10.0)
+        self.clients.append(client)
+        return site, client
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+        for server, site, store in self._storesites:
+            server.stop(0)
+            site.close()
+            store.close()
+        for grpc_server in self._grpc_servers:
+            grpc_server.stop(0)
+
+
+@pytest.fixture
+def cluster(tmp_path: pathlib.Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def register(client: StoresiteClient, node: str, tags: tuple[str, ...] = ()) -> str:
+    guid = str(GUID.new(client.sid))
+    meta = pb.AtomMeta(name="counter", module_hash="", tags=list(tags))
+    client.register_atom(guid, meta, TAD(node, 1), b"snap-1")
+    return guid
+
+
+def wait_for(predicate: Callable[[], bool], what: str, attempts: int = 200) -> None:
+    for _ in range(attempts):
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_checkpoints_round_trip_over_grpc(cluster: Cluster) -> None:
+    cluster.add_node("n1")
+    _, client = cluster.add_storesite("s1")
+    guid = register(client, "n1")
+    client.put_checkpoint(guid, TAD("n1", 1), b"state-2", seq=2)
+    client.put_checkpoint(guid, TAD("n1", 1), b"state-1", seq=1)  # late, ignored
+    ck = client.get_checkpoint(guid)
+    assert (ck.snapshot, ck.seq, ck.tad, ck.meta.name) == (b"state-2", 2, TAD("n1", 1), "counter")
+    digest = client.put_module(b"\0asm")
+    assert client.get_module(digest) == b"\0asm"
+    assert client.status().atoms == 1
+    [info] = client.list_atoms()
+    assert (info.guid, info.tad, info.dormant, info.checkpoints) == (guid, TAD("n1", 1), False, 2)
+
+
+def test_errors_keep_their_kind_and_name_the_atom(cluster: Cluster) -> None:
+    cluster.add_node("n1")
+    cluster.add_node("n2")
+    _, client = cluster.add_storesite("s1", max_checkpoint_bytes=1000)
+    unknown = str(GUID.new("s1"))
+    with pytest.raises(NameNotFoundError, match=unknown):
+        client.get_checkpoint(unknown)
+    guid = register(client, "n1")
+    client.prepare(guid, TAD("n1", 1), "n2")
+    with pytest.raises(MigrationError, match="already moving to n2"):
+        client.prepare(guid, TAD("n1", 1), "n2")
+    with pytest.raises(StorageError, match=f"checkpoint of atom {guid} is 1001 bytes"):
+        client.put_checkpoint(guid, TAD("n1", 1), b"x" * 1001, seq=1)
+    with pytest.raises(MigrationError, match="no live node by that name"):
+        client.prepare(register(client, "n1"), TAD("n1", 1), "nowhere")
+
+
+def test_migration_commit_and_abort_over_grpc(cluster: Cluster) -> None:
+    cluster.add_node("n1")
+    cluster.add_node("n2")
+    _, client = cluster.add_storesite("s1")
+    guid = register(client, "n1")
+    age = client.prepare(guid, TAD("n1", 1), "n2")
+    client.abort(guid, age)
+    assert client.locate(guid).tad == TAD("n1", 1)
+    age2 = client.prepare(guid, TAD("n1", 1), "n2")
+    assert age2 > age
+    assert client.commit(guid, TAD("n2", age2), b"moved").tad == TAD("n2", age2)
+    assert client.locate(guid).tad == TAD("n2", age2)
+    assert client.get_checkpoint(guid).snapshot == b"moved"
+
+
+def test_locate_activates_dormant_atom_on_least_loaded_node_with_tags(cluster: Cluster) -> None:
+    cluster.add_node("busy", load=5, tags=("gpu",))
+    idle = cluster.add_node("idle", load=1, tags=("gpu",))
+    cluster.add_node("untagged", load=0)
+    _, client = cluster.add_storesite("s1")
+    guid = register(client, "busy", tags=("gpu",))
+    client.passivated(guid, TAD("busy", 1), b"final")
+    location = client.locate(guid)
+    assert location.tad == TAD("idle", 2)
+    assert not location.dormant
+    [request] = idle.activations
+    assert (request.guid, request.snapshot, request.tad.age) == (guid, b"final", 2)
+    assert list(request.meta.tags) == ["gpu"]
+    # Active now: a second Locate answers without activating again.
+    assert client.locate(guid).tad == TAD("idle", 2)
+    assert len(idle.activations) == 1
+
+
+def test_concurrent_locates_activate_a_dormant_atom_once(cluster: Cluster) -> None:
+    node = cluster.add_node("n1")
+    node.delay = 0.2
+    _, client = cluster.add_storesite("s1")
+    guid = register(client, "n1")
+    client.passivated(guid, TAD("n1", 1), b"final")
+    with futures.ThreadPoolExecutor(6) as pool:
+        tads = list(pool.map(lambda _: client.locate(guid).tad, range(6)))
+    assert len(node.activations) == 1
+    assert set(tads) == {TAD("n1", 2)}
+
+
+def test_activation_refused_by_one_node_goes_to_the_next(cluster: Cluster) -> None:
+    first = cluster.add_node("a", load=0)
+    first.refuse = "bad_module: node a cannot load module"
+    second = cluster.add_node("b", load=3)
+    _, client = cluster.add_storesite("s1")
+    guid = register(client, "a")
+    client.passivated(guid, TAD("a", 1), b"final")
+    # Age 2 went to the refused attempt and is never reused.
+    assert client.locate(guid).tad == TAD("b", 3)
+    assert len(second.activations) == 1
+
+
+def test_dormant_atom_without_fitting_node_stays_dormant(cluster: Cluster) -> None:
+    cluster.add_node("n1")
+    site, client = cluster.add_storesite("s1")
+    guid = register(client, "n1", tags=("gpu",))
+    client.passivated(guid, TAD("n1", 1), b"final")
+    with pytest.raises(UnreachableError, match=r"no live node with tags \['gpu'\]"):
+        client.locate(guid)
+    assert site.store.get(guid).dormant
+    gpu = cluster.add_node("g1", tags=("gpu",))
+    assert client.locate(guid).tad.node == "g1"
+    assert len(gpu.activations) == 1
+
+
+def test_node_death_recovers_its_atoms_on_live_nodes(cluster: Cluster) -> None:
+    cluster.add_node("doomed")
+    survivor = cluster.add_node("survivor")
+    site, client = cluster.add_storesite("s1")
+    site.on_nodes(cluster.directory.nodes())
+    lost = [register(client, "doomed") for _ in range(5)]
+    kept = register(client, "survivor")
+    client.put_checkpoint(lost[0], TAD("doomed", 1), b"latest", seq=1)
+    age = client.prepare(lost[1], TAD("doomed", 1), "survivor")  # dies mid-move
+
+    cluster.kill_node("doomed")
+    site.on_nodes(cluster.directory.nodes())
+    wait_for(lambda: len(survivor.activations) == 5, "five recoveries")
+
+    for guid in lost:
+        state = site.store.get(guid)
+        assert state.location.node == "survivor"
+        assert state.location.age > 1
+        assert state.pending is None
+    assert site.store.get(lost[1]).location.age > age
+    by_guid = {r.guid: r for r in survivor.activations}
+    assert by_guid[lost[0]].snapshot == b"latest"
+    assert kept not in by_guid
+    assert client.locate(kept).tad == TAD("survivor", 1)
+
+
+def test_node_death_without_live_node_leaves_atoms_dormant(cluster: Cluster) -> None:
+    cluster.add_node("only")
+    site, client = cluster.add_storesite("s1")
+    site.on_nodes(cluster.directory.nodes())
+    guid = register(client, "only")
+    cluster.kill_node("only")
+    site.on_nodes(cluster.directory.nodes())
+    wait_for(lambda: site.store.get(guid).dormant, "atom to go dormant")
+    fresh = cluster.add_node("fresh")
+    assert client.locate(guid).tad.node == "fresh"
+    assert len(fresh.activations) == 1
+
+
+def test_locate_recovers_atom_whose_node_is_gone(cluster: Cluster) -> None:
+    cluster.add_node("gone")
+    other = cluster.add_node("other")
+    _, client = cluster.add_storesite("s1")
+    guid = register(client, "gone")
+    cluster.kill_node("gone")  # no watch callback: Locate finds out itself
+    assert client.locate(guid).tad == TAD("other", 2)
+    assert len(other.activations) == 1
+
+
+def test_startup_recovers_atoms_of_nodes_that_died_meanwhile(cluster: Cluster) -> None:
+    cluster.add_node("gone")
+    other = cluster.add_node("other")
+    site, client = cluster.add_storesite("s1")
+    guid = register(client, "gone")
+    cluster.kill_node("gone")
+    site.on_nodes(cluster.directory.nodes())  # first membership the storesite sees
+    wait_for(lambda: len(other.activations) == 1, "recovery at start")
+    assert site.store.get(guid).location == TAD("other", 2)
+
+
+def test_move_home_hands_atom_to_another_storesite(cluster: Cluster) -> None:
+    cluster.add_node("n1")
+    _, source = cluster.add_storesite("s1")
+    _, destination = cluster.add_storesite("s2")
+    digest = source.put_module(b"\0asm-code")
+    guid = str(GUID.new("s1"))
+    source.register_atom(guid, pb.AtomMeta(name="a", module_hash=digest), TAD("n1", 1), b"s0")
+    source.put_checkpoint(guid, TAD("n1", 1), b"s3", seq=3)
+
+    moved = source.move_home(guid, "s2")
+    assert moved.forwarded_to == "s2"
+    assert cluster.directory.homes[guid] == "s2"
+    assert source.locate(guid).forwarded_to == "s2"
+    assert destination.locate(guid).tad == TAD("n1", 1)
+    ck = destination.get_checkpoint(guid)
+    assert (ck.snapshot, ck.seq) == (b"s3", 3)
+    assert destination.get_module(digest) == b"\0asm-code"
+    with pytest.raises(StorageError, match="now homed at storesite s2"):
+        source.put_checkpoint(guid, TAD("n1", 1), b"late", seq=4)
+    destination.put_checkpoint(guid, TAD("n1", 1), b"s4", seq=4)
+    assert destination.get_checkpoint(guid).snapshot == b"s4"
+
+
+def test_move_home_of_dormant_atom_keeps_it_dormant(cluster: Cluster) -> None:
+    node = cluster.add_node("n1")
+    _, source = cluster.add_storesite("s1")
+    _, destination = cluster.add_storesite("s2")
+    guid = register(source, "n1")
+    source.passivated(guid, TAD("n1", 1), b"final")
+    source.move_home(guid, "s2")
+    [info] = destination.list_atoms()
+    assert info.dormant
+    assert destination.locate(guid).tad == TAD("n1", 2)
+    assert node.activations[0].snapshot == b"final"
+
+
+def test_register_of_foreign_guid_is_refused(cluster: Cluster) -> None:
+    _, client = cluster.add_storesite("s1")
+    with pytest.raises(StorageError, match="homed at storesite elsewhere"):
+        client.register_atom(str(GUID.new("elsewhere")), pb.AtomMeta(), TAD("n1", 1), b"")
+
+
+def test_forget_removes_atom(cluster: Cluster) -> None:
+    cluster.add_node("n1")
+    _, client = cluster.add_storesite("s1")
+    guid = register(client, "n1")
+    client.forget(guid)
+    with pytest.raises(NameNotFoundError, match=guid):
+        client.locate(guid)
+
+
+def test_unreachable_storesite_names_id_and_address() -> None:
+    expected = re.escape("storesite s9 at 127.0.0.1:1")
+    with (
+        StoresiteClient("127.0.0.1:1", sid="s9", timeout=2.0) as client,
+        pytest.raises((UnreachableError, CallTimeoutError), match=expected),
+    ):
+        client.status()
