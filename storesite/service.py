@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Protocol
@@ -233,7 +233,14 @@ class Storesite:
             if not gone:
                 return
             log.warning("nodes gone: %s", ", ".join(sorted(gone)))
-        self._pool.submit(self._recover_nodes, gone, set(current))
+        self._submit(self._recover_nodes, gone, set(current))
+
+    def _submit(self, task: Callable[..., None], *args: object) -> None:
+        try:
+            self._pool.submit(task, *args)
+        except RuntimeError:
+            # Shut down meanwhile: the next start recovers what is left.
+            log.debug("storesite %s is closing; recovery task dropped", self.sid)
 
     def _recover_nodes(self, gone: set[str] | None, live: set[str]) -> None:
         orphans = [
@@ -246,7 +253,7 @@ class Storesite:
         for state in orphans:
             if self._closed:
                 return
-            self._pool.submit(self._recover_one, state.guid, state.location)
+            self._submit(self._recover_one, state.guid, state.location)
 
     def _recover_one(self, guid: str, dead: TAD) -> None:
         started = time.monotonic()
