@@ -1,0 +1,1076 @@
+"""The atom runtime: load, run, guard, snapshot and restore atoms (DESIGN.md §3).
+
+A :class:`Runtime` owns one wasmtime engine, its epoch ticker (CPU deadlines),
+a pool that runs the atoms' outgoing syscalls (``invoke``, ``invoke_async``) and
+a small pool that delivers interrupts to idle reactive atoms. An :class:`Atom`
+is one instance of a :class:`LoadedModule` with its own store, KV, reply table
+and mailbox.
+
+Execution model (Radon's cooperative model): one thread runs an atom at a
+time. Calls to a busy atom queue FIFO. A blocking syscall (``invoke``,
+``recv``, ``yield``) pumps the atom's mailbox, so interrupt and future handlers
+(and, for reentrant and daemon atoms, incoming invocations) run re-entrantly on
+the blocked thread at that point and at no other. The CPU deadline of a call
+counts only the time its own code runs: it is paused while the atom waits in a
+syscall.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import logging
+import math
+import os
+import pathlib
+import tempfile
+import threading
+import time
+import weakref
+from collections import OrderedDict, deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, cast
+
+import wasmtime
+from wasmtime import _bindings as ffi
+
+from hermesx import abi
+from hermesx.errors import (
+    AtomTrapError,
+    BadModuleError,
+    CallCycleError,
+    CallTimeoutError,
+    ConfigurationError,
+    DeadlineExceededError,
+    HermesError,
+    MemoryLimitError,
+    MethodError,
+    PayloadTooLargeError,
+    StorageError,
+    UnreachableError,
+    error_from_wire,
+)
+from hermesx.host import AtomHost, CallContext, StandaloneHost
+from hermesx.identity import GUID
+from hermesx.snapshot import AtomState, ReplyRecord, decode_state, encode_state, memory_segments
+from hermesx.wasm_rewrite import export_mutable_globals
+
+__all__ = ["Atom", "LoadedModule", "Runtime", "run_once"]
+
+logger = logging.getLogger(__name__)
+
+_MSGPACK_NIL = b"\xc0"
+_PAGE = 65536
+_set_epoch_deadline = ffi.wasmtime_context_set_epoch_deadline
+# Serialized modules only load into an engine with the same version and config.
+_CACHE_TAG = f"wasmtime{wasmtime.__version__ if hasattr(wasmtime, '__version__') else ''}-hx1"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class LoadedModule:
+    """A validated, rewritten and compiled atom module."""
+
+    hash: str  # hex sha256 of the ORIGINAL module bytes
+    wasm: bytes  # the original bytes
+    compiled: wasmtime.Module
+    imports: tuple[str, ...]  # hx import names, in the module's import order
+    optional_exports: frozenset[str]
+    # (export name, value type) of every mutable global, in index order.
+    mutable_globals: tuple[tuple[str, str], ...]
+
+    @property
+    def is_daemon(self) -> bool:
+        return "hx_main" in self.optional_exports
+
+    @property
+    def has_init(self) -> bool:
+        return "hx_init" in self.optional_exports
+
+    @property
+    def has_interrupt(self) -> bool:
+        return "hx_interrupt" in self.optional_exports
+
+    @property
+    def has_future(self) -> bool:
+        return "hx_future" in self.optional_exports
+
+
+class _NoSyscalls:
+    """Syscalls while validating a module: a start function gets none."""
+
+    guid = "validation"
+    node_name = "validation"
+    kv: dict[bytes, bytes] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        def refuse(*_args: Any) -> Any:
+            raise BadModuleError(f"the start function calls a syscall ({name}) while loading")
+
+        return refuse
+
+
+class Runtime:
+    """One wasmtime engine plus the threads that serve its atoms."""
+
+    def __init__(
+        self,
+        *,
+        node_name: str = "local",
+        cache_dir: pathlib.Path | None = None,
+        deadline_ms: int = 5000,
+        memory_limit_bytes: int = 64 * 2**20,
+        max_payload_bytes: int = 4 * 2**20,
+        reply_table_size: int = 1024,
+    ) -> None:
+        if deadline_ms <= 0:
+            raise ConfigurationError(f"deadline_ms must be positive, not {deadline_ms}")
+        if memory_limit_bytes < _PAGE:
+            raise ConfigurationError(f"memory_limit_bytes must be at least {_PAGE}")
+        self.node_name = node_name
+        self.cache_dir = cache_dir
+        self.deadline_ms = deadline_ms
+        self.memory_limit_bytes = memory_limit_bytes
+        self.max_payload_bytes = max_payload_bytes
+        self.reply_table_size = reply_table_size
+
+        config = wasmtime.Config()
+        config.epoch_interruption = True
+        # The runtime caches each memory's base address between calls.
+        config.memory_may_move = False
+        self.engine = wasmtime.Engine(config)
+
+        # A tick of 1-10 ms keeps deadline granularity under ~5% of the deadline
+        # without waking the ticker more than needed.
+        self.tick_s = min(0.010, max(0.001, deadline_ms / 1000 / 50))
+        self._stop = threading.Event()
+        self._ticker = threading.Thread(
+            target=self._tick, name=f"hx-epoch-{node_name}", daemon=True
+        )
+        self._ticker.start()
+        self._modules: dict[str, LoadedModule] = {}
+        self._modules_lock = threading.Lock()
+        self.syscall_pool = ThreadPoolExecutor(32, thread_name_prefix=f"hx-syscall-{node_name}")
+        self.idle_pool = ThreadPoolExecutor(2, thread_name_prefix=f"hx-idle-{node_name}")
+        self._atoms: weakref.WeakSet[Atom] = weakref.WeakSet()
+        self._closed = False
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.tick_s):
+            self.engine.increment_epoch()
+
+    def ticks_for(self, seconds: float) -> int:
+        """Epoch ticks that cover ``seconds`` of CPU time (at least one full tick)."""
+        return max(1, math.ceil(seconds / self.tick_s)) + 1
+
+    # -- modules ------------------------------------------------------------
+
+    def load(self, wasm: bytes) -> LoadedModule:
+        """Validate, rewrite and compile ``wasm``; cached by content hash."""
+        digest = hashlib.sha256(wasm).hexdigest()
+        with self._modules_lock:
+            cached = self._modules.get(digest)
+        if cached is not None:
+            return cached
+        rewritten = export_mutable_globals(wasm)
+        compiled = self._compile(digest, rewritten.wasm)
+        imports, optional = abi.validate_module_types(compiled)
+        export_types = {exp.name: exp.type for exp in compiled.exports}
+        globals_: list[tuple[str, str]] = []
+        for name in rewritten.mutable_globals:
+            gtype = export_types.get(name)
+            kind = str(gtype.content) if isinstance(gtype, wasmtime.GlobalType) else "?"
+            if kind not in ("i32", "i64", "f32", "f64"):
+                raise BadModuleError(
+                    f"module {digest[:12]} has a mutable global {name!r} of type {kind}, "
+                    "which snapshots cannot hold"
+                )
+            globals_.append((name, kind))
+        module = LoadedModule(digest, bytes(wasm), compiled, imports, optional, tuple(globals_))
+        self._check_abi_version(module)
+        with self._modules_lock:
+            return self._modules.setdefault(digest, module)
+
+    def _compile(self, digest: str, wasm: bytes) -> wasmtime.Module:
+        path = self.cache_dir / f"{digest}.{_CACHE_TAG}.cwasm" if self.cache_dir else None
+        if path is not None and path.exists():
+            try:
+                return wasmtime.Module.deserialize_file(self.engine, str(path))
+            except wasmtime.WasmtimeError as exc:
+                logger.warning("module cache %s unusable, compiling again: %s", path, exc)
+        try:
+            compiled = wasmtime.Module(self.engine, wasm)
+        except wasmtime.WasmtimeError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid"
+            raise BadModuleError(f"module {digest[:12]} is not valid WebAssembly: {first}") from exc
+        if path is not None:
+            self._store_compiled(path, compiled)
+        return compiled
+
+    @staticmethod
+    def _store_compiled(path: pathlib.Path, compiled: wasmtime.Module) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            with os.fdopen(fd, "wb") as f:
+                f.write(compiled.serialize())
+            os.replace(tmp, path)
+        except OSError as exc:
+            # The cache only saves compile time; running without it is fine.
+            logger.warning("cannot write module cache %s: %s", path, exc)
+
+    def _check_abi_version(self, module: LoadedModule) -> None:
+        store = wasmtime.Store(self.engine)
+        store.set_limits(memory_size=self.memory_limit_bytes)
+        inst = abi.WasmInstance(store, self.max_payload_bytes)
+        funcs, _keep = abi.make_imports(inst, module.imports, cast(abi.Syscalls, _NoSyscalls()))
+        store.set_epoch_deadline(self.ticks_for(self.deadline_ms / 1000))
+        label = f"module {module.hash[:12]}"
+        instance = _instantiate(store, module, funcs, label, self)
+        inst.bind(instance)
+        try:
+            version = inst.call("hx_abi_version", (), True)
+        except abi.WasmFault as fault:
+            raise BadModuleError(f"{label}: hx_abi_version trapped: {fault.message}") from fault
+        if version != abi.ABI_VERSION:
+            raise BadModuleError(
+                f"{label} implements ABI version {version}; this runtime speaks {abi.ABI_VERSION}"
+            )
+
+    # -- atoms --------------------------------------------------------------
+
+    def create(
+        self,
+        module: LoadedModule,
+        guid: str,
+        host: AtomHost,
+        init_args: bytes = b"",
+        *,
+        reentrant: bool = False,
+    ) -> Atom:
+        """Instantiate ``module`` as atom ``guid`` and run its ``hx_init``."""
+        self._check_open()
+        if len(init_args) > self.max_payload_bytes:
+            raise PayloadTooLargeError(
+                f"atom {guid}: init arguments of {len(init_args)} bytes exceed "
+                f"the {self.max_payload_bytes}-byte limit"
+            )
+        atom = Atom(self, module, guid, host, reentrant)
+        if module.has_init:
+            atom._run_init(init_args)
+        self._start(atom)
+        return atom
+
+    def restore(
+        self,
+        module: LoadedModule,
+        guid: str,
+        host: AtomHost,
+        snapshot: bytes,
+        *,
+        reentrant: bool = False,
+    ) -> Atom:
+        """Rebuild atom ``guid`` from a snapshot taken by :meth:`Atom.snapshot`."""
+        self._check_open()
+        state = decode_state(snapshot)
+        if state.module_hash != module.hash:
+            raise StorageError(
+                f"snapshot of atom {guid} belongs to module {state.module_hash[:12]}, "
+                f"not {module.hash[:12]}"
+            )
+        if state.guid != guid:
+            raise StorageError(f"snapshot belongs to atom {state.guid}, not {guid}")
+        atom = Atom(self, module, guid, host, reentrant)
+        atom._apply_state(state)
+        self._start(atom)
+        return atom
+
+    def _start(self, atom: Atom) -> None:
+        self._atoms.add(atom)
+        if atom.module.is_daemon:
+            atom._start_daemon()
+        elif atom._has_mail():
+            atom._schedule_idle()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ConfigurationError(f"runtime of node {self.node_name} is closed")
+
+    def close(self) -> None:
+        """Close every atom (stopping daemons), then the ticker and the pools."""
+        if self._closed:
+            return
+        self._closed = True
+        for atom in list(self._atoms):
+            atom.close()
+        self._stop.set()
+        self._ticker.join(timeout=5)
+        self.syscall_pool.shutdown(wait=False, cancel_futures=True)
+        self.idle_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _instantiate(
+    store: wasmtime.Store,
+    module: LoadedModule,
+    funcs: list[wasmtime.Func],
+    label: str,
+    runtime: Runtime,
+) -> wasmtime.Instance:
+    try:
+        return wasmtime.Instance(store, module.compiled, funcs)
+    except wasmtime.Trap as exc:
+        if exc.trap_code == wasmtime.TrapCode.INTERRUPT:
+            raise BadModuleError(
+                f"{label}: the start function ran past the {runtime.deadline_ms} ms deadline"
+            ) from exc
+        raise BadModuleError(f"{label}: the start function trapped: {exc.message}") from exc
+    except wasmtime.WasmtimeError as exc:
+        text = str(exc)
+        if "memory" in text and ("limit" in text or "minimum" in text or "grow" in text):
+            raise MemoryLimitError(
+                f"{label} needs more memory than the cap of {runtime.memory_limit_bytes} bytes"
+            ) from exc
+        raise BadModuleError(f"{label} cannot be instantiated: {text.splitlines()[0]}") from exc
+
+
+class _Frame:
+    """One activation of the atom's code: a call, a handler or ``hx_main``."""
+
+    __slots__ = (
+        "budget",
+        "chain",
+        "deadline",
+        "method",
+        "per_segment",
+        "reply",
+        "seg_start",
+        "too_large",
+        "used",
+    )
+
+    def __init__(
+        self, method: str, chain: tuple[str, ...], budget: float, deadline: float | None
+    ) -> None:
+        self.method = method
+        self.chain = chain
+        self.budget = budget  # CPU seconds this activation may use
+        self.used = 0.0
+        self.seg_start = 0.0
+        self.deadline = deadline  # monotonic time the caller gives up, if any
+        self.reply: bytes | None = None
+        self.too_large = 0
+        # hx_main's budget renews at each blocking point.
+        self.per_segment = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Interrupt:
+    code: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _FutureDone:
+    future_id: int
+    status: int
+    payload: bytes
+
+
+_PENDING, _TAKEN, _DONE = 0, 1, 2
+
+
+class _Job:
+    """Work handed to the atom's own thread at a blocking point.
+
+    Used for invocations of reentrant and daemon atoms while they are busy,
+    and for snapshots of daemon atoms (their thread never leaves ``hx_main``).
+    """
+
+    __slots__ = (
+        "args",
+        "chain",
+        "deadline",
+        "error",
+        "method",
+        "request_id",
+        "result",
+        "snapshot",
+        "state",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        args: bytes,
+        request_id: str,
+        chain: tuple[str, ...],
+        deadline: float | None,
+        snapshot: bool = False,
+    ) -> None:
+        self.method = method
+        self.args = args
+        self.request_id = request_id
+        self.chain = chain
+        self.deadline = deadline
+        self.snapshot = snapshot
+        self.state = _PENDING
+        self.result: bytes = b""
+        self.error: HermesError | None = None
+
+
+_Mail = _Interrupt | _FutureDone | _Job
+
+
+class Atom:
+    """A running atom. Thread-safe; see the module docstring for the model."""
+
+    def __init__(
+        self, runtime: Runtime, module: LoadedModule, guid: str, host: AtomHost, reentrant: bool
+    ) -> None:
+        self.guid = guid
+        self.module = module
+        self.reentrant = reentrant
+        self.kv: dict[bytes, bytes] = {}
+        self._rt = runtime
+        self._host = host
+        self._cv = threading.Condition(threading.Lock())
+        self._running = False
+        self._waiters: deque[object] = deque()
+        self._mail: deque[_Mail] = deque()
+        self._closed = False
+        self._replies: OrderedDict[str, ReplyRecord] = OrderedDict()
+        self._generation = 0
+        self._frames: list[_Frame] = []
+        self._next_future = 1
+        self._sync_results: dict[int, tuple[int, bytes]] = {}
+        self._idle_scheduled = False
+        self._daemon: threading.Thread | None = None
+        self._budget_s = runtime.deadline_ms / 1000
+
+        store = wasmtime.Store(runtime.engine)
+        store.set_limits(memory_size=runtime.memory_limit_bytes)
+        self._store = store
+        self._inst = abi.WasmInstance(store, runtime.max_payload_bytes)
+        funcs, self._keep = abi.make_imports(self._inst, module.imports, self)
+        _set_epoch_deadline(self._inst.ctx, runtime.ticks_for(self._budget_s))
+        instance = _instantiate(store, module, funcs, f"atom {guid}", runtime)
+        self._inst.bind(instance)
+        exports = instance.exports(store)
+        self._globals: list[tuple[str, str, wasmtime.Global]] = []
+        for name, kind in module.mutable_globals:
+            item = exports[name]
+            assert isinstance(item, wasmtime.Global)
+            self._globals.append((name, kind, item))
+
+    # -- public -------------------------------------------------------------
+
+    @property
+    def generation(self) -> int:
+        """Completed calls and handler runs (replays of request ids excluded)."""
+        return self._generation
+
+    @property
+    def busy(self) -> bool:
+        return self._running
+
+    @property
+    def node_name(self) -> str:
+        return self._host.node_name
+
+    def invoke(
+        self,
+        method: str,
+        args: bytes,
+        *,
+        request_id: str = "",
+        chain: tuple[str, ...] = (),
+        timeout: float | None = None,
+    ) -> bytes:
+        """Run ``method`` with msgpack ``args``; return the msgpack result."""
+        if request_id:
+            record = self._replies.get(request_id)
+            if record is not None:
+                return _replay(record)
+        if self.guid in chain and not self.reentrant:
+            raise CallCycleError(
+                f"call cycle: atom {self.guid} is already on the call path "
+                f"({' -> '.join(chain)}) and is not reentrant (method {method})"
+            )
+        if len(args) > self._rt.max_payload_bytes:
+            raise PayloadTooLargeError(
+                f"atom {self.guid}: arguments of {method} are {len(args)} bytes, over the "
+                f"{self._rt.max_payload_bytes}-byte limit"
+            )
+        deadline = None if timeout is None else time.monotonic() + timeout
+        job: _Job | None = None
+        if self.reentrant or self.module.is_daemon:
+            job = _Job(method, args, request_id, chain, deadline)
+        if not self._enter(job, deadline, method):
+            assert job is not None
+            if job.error is not None:
+                raise job.error
+            return job.result
+        try:
+            return self._run_recorded(method, args, request_id, chain, deadline)
+        finally:
+            self._leave()
+
+    def deliver(self, code: int, payload: bytes) -> None:
+        """Queue an interrupt for the atom's ``hx_interrupt`` (from ``send``)."""
+        with self._cv:
+            if self._closed:
+                raise UnreachableError(f"atom {self.guid} is closed on node {self.node_name}")
+            self._mail.append(_Interrupt(code, payload))
+            self._cv.notify_all()
+            idle = not self._running and not self.module.is_daemon
+        if idle:
+            self._schedule_idle()
+
+    def snapshot(self) -> bytes:
+        """The atom's whole state, taken when no call runs (see hermesx.snapshot)."""
+        job = _Job("snapshot", b"", "", (), None, snapshot=True) if self.module.is_daemon else None
+        if not self._enter(job, None, "snapshot"):
+            assert job is not None
+            if job.error is not None:
+                raise job.error
+            return job.result
+        try:
+            return encode_state(self._capture_state())
+        finally:
+            self._leave()
+
+    def close(self) -> None:
+        """Stop a daemon, refuse further calls, fail the queued ones."""
+        with self._cv:
+            if self._closed:
+                return
+            self._closed = True
+            self._cv.notify_all()
+        daemon = self._daemon
+        if daemon is not None and daemon is not threading.current_thread():
+            daemon.join(timeout=self._budget_s + 1)
+            if daemon.is_alive():
+                logger.warning("atom %s: daemon did not stop within its deadline", self.guid)
+
+    # -- entering and leaving ----------------------------------------------
+
+    def _closed_error(self) -> UnreachableError:
+        return UnreachableError(f"atom {self.guid} is closed on node {self.node_name}")
+
+    def _enter(self, job: _Job | None, deadline: float | None, method: str) -> bool:
+        """Take the atom for this thread (True), or return False once the atom's
+        own thread ran ``job`` at a blocking point."""
+        with self._cv:
+            if self._closed:
+                raise self._closed_error()
+            if not self._running and not self._waiters:
+                self._running = True
+                return True
+            ticket: object = job if job is not None else object()
+            self._waiters.append(ticket)
+            if job is not None:
+                self._mail.append(job)
+                self._cv.notify_all()
+            try:
+                while True:
+                    if job is not None and job.state == _DONE:
+                        return False
+                    if job is None or job.state == _PENDING:
+                        if self._closed:
+                            raise self._closed_error()
+                        if not self._running and self._waiters[0] is ticket:
+                            if job is not None:
+                                self._mail.remove(job)
+                                job.state = _TAKEN
+                            self._running = True
+                            return True
+                    wait: float | None = None
+                    if deadline is not None and (job is None or job.state == _PENDING):
+                        wait = deadline - time.monotonic()
+                        if wait <= 0:
+                            if job is not None:
+                                self._mail.remove(job)
+                            raise CallTimeoutError(
+                                f"atom {self.guid} stayed busy: {method} waited past its timeout"
+                            )
+                    self._cv.wait(wait)
+            finally:
+                self._waiters.remove(ticket)
+                self._cv.notify_all()
+
+    def _leave(self) -> None:
+        with self._cv:
+            self._running = False
+            self._cv.notify_all()
+            pending = bool(self._mail) and not self._closed and not self.module.is_daemon
+        if pending:
+            self._schedule_idle()
+
+    def _has_mail(self) -> bool:
+        with self._cv:
+            return bool(self._mail)
+
+    # -- running code -------------------------------------------------------
+
+    def _run_recorded(
+        self,
+        method: str,
+        args: bytes,
+        request_id: str,
+        chain: tuple[str, ...],
+        deadline: float | None,
+    ) -> bytes:
+        if request_id:
+            # A duplicate may have queued behind the first run of this id.
+            record = self._replies.get(request_id)
+            if record is not None:
+                return _replay(record)
+        try:
+            result = self._execute(method, args, chain, deadline)
+        except HermesError as exc:
+            self._generation += 1
+            if request_id:
+                self._record(ReplyRecord(request_id, exc.kind, str(exc).encode("utf-8")))
+            raise
+        self._generation += 1
+        if request_id:
+            self._record(ReplyRecord(request_id, "", result))
+        return result
+
+    def _record(self, record: ReplyRecord) -> None:
+        replies = self._replies
+        replies[record.request_id] = record
+        while len(replies) > self._rt.reply_table_size:
+            replies.popitem(last=False)
+
+    def _execute(
+        self, method: str, args: bytes, chain: tuple[str, ...], deadline: float | None
+    ) -> bytes:
+        inst = self._inst
+        name = method.encode("utf-8")
+        budget = self._budget_s
+        if deadline is not None:
+            budget = min(budget, max(0.0, deadline - time.monotonic()))
+        frame = _Frame(method, (*chain, self.guid), budget, deadline)
+        frames = self._frames
+        frames.append(frame)
+        frame.seg_start = time.monotonic()
+        _set_epoch_deadline(inst.ctx, self._rt.ticks_for(budget))
+        try:
+            ptr = inst.alloc_write(name + args)
+            status = inst.call("hx_invoke", (ptr, len(name), ptr + len(name), len(args)), True)
+        except abi.WasmFault as fault:
+            raise self._translate(fault, method) from fault
+        finally:
+            frames.pop()
+            if frames:
+                self._resume()
+        if frame.too_large:
+            raise PayloadTooLargeError(
+                f"atom {self.guid}: result of {method} is {frame.too_large} bytes, over the "
+                f"{self._rt.max_payload_bytes}-byte limit"
+            )
+        reply = frame.reply
+        if status != 0:
+            text = reply.decode("utf-8", errors="replace") if reply else f"status {status}"
+            raise MethodError(f"atom {self.guid}: {method} failed: {text}")
+        return reply if reply is not None else _MSGPACK_NIL
+
+    def _translate(self, fault: abi.WasmFault, what: str) -> HermesError:
+        cause = fault.cause
+        if isinstance(cause, HermesError):
+            return cause
+        limit = self._rt.memory_limit_bytes
+        if fault.interrupted:
+            return DeadlineExceededError(
+                f"atom {self.guid}: {what} ran past its {self._rt.deadline_ms} ms CPU deadline"
+            )
+        # memory.grow fails silently (-1) at the cap and the atom then traps or
+        # its hx_alloc fails; wasmtime-py does not report the refused grow. A
+        # trap with the memory within an eighth of the cap is taken as that case.
+        if (
+            isinstance(cause, MemoryError)
+            or self._inst.memory_size + max(_PAGE, limit // 8) > limit
+        ):
+            return MemoryLimitError(
+                f"atom {self.guid}: {what} hit the memory cap of {limit} bytes ({fault.message})"
+            )
+        return AtomTrapError(f"atom {self.guid}: {what} trapped: {fault.message}")
+
+    def _run_init(self, init_args: bytes) -> None:
+        inst = self._inst
+        frame = _Frame("hx_init", (self.guid,), self._budget_s, None)
+        self._frames.append(frame)
+        frame.seg_start = time.monotonic()
+        _set_epoch_deadline(inst.ctx, self._rt.ticks_for(self._budget_s))
+        self._running = True
+        try:
+            ptr = inst.alloc_write(init_args) if init_args else 0
+            status = inst.call("hx_init", (ptr, len(init_args)), True)
+        except abi.WasmFault as fault:
+            raise self._translate(fault, "hx_init") from fault
+        finally:
+            self._frames.pop()
+            self._running = False
+        if status != 0:
+            text = frame.reply.decode("utf-8", errors="replace") if frame.reply else ""
+            raise MethodError(f"atom {self.guid}: hx_init failed (status {status}): {text}")
+
+    def _run_handler(self, item: _Interrupt | _FutureDone) -> None:
+        inst = self._inst
+        if isinstance(item, _Interrupt):
+            export, label = "hx_interrupt", f"interrupt {item.code}"
+        else:
+            export, label = "hx_future", f"future {item.future_id}"
+        if not inst.has(export):
+            logger.warning("atom %s has no %s: %s dropped", self.guid, export, label)
+            return
+        frame = _Frame(label, (self.guid,), self._budget_s, None)
+        self._frames.append(frame)
+        frame.seg_start = time.monotonic()
+        _set_epoch_deadline(inst.ctx, self._rt.ticks_for(self._budget_s))
+        try:
+            ptr = inst.alloc_write(item.payload)
+            if isinstance(item, _Interrupt):
+                inst.call(export, (item.code, ptr, len(item.payload)), False)
+            else:
+                inst.call(export, (item.future_id, item.status, ptr, len(item.payload)), False)
+        except abi.WasmFault as fault:
+            error = self._translate(fault, label)
+            logger.warning("atom %s: handler failed: %s", self.guid, error)
+        finally:
+            self._frames.pop()
+            self._generation += 1
+            if self._frames:
+                self._resume()
+
+    def _pause(self) -> None:
+        if self._frames:
+            frame = self._frames[-1]
+            frame.used += time.monotonic() - frame.seg_start
+
+    def _resume(self) -> None:
+        frame = self._frames[-1]
+        if frame.per_segment:
+            frame.used = 0.0
+        frame.seg_start = time.monotonic()
+        remaining = max(0.0, frame.budget - frame.used)
+        _set_epoch_deadline(self._inst.ctx, self._rt.ticks_for(remaining))
+
+    @contextlib.contextmanager
+    def _blocked(self) -> Iterator[None]:
+        """The atom waits outside its own code: its CPU deadline stands still."""
+        self._pause()
+        try:
+            yield
+        finally:
+            if self._frames:
+                self._resume()
+
+    def _pump(self, *, block: bool, timeout_s: float | None, wait_sync: int | None) -> int:
+        """Run mailbox items on this (the atom's) thread; see module docstring.
+
+        Returns how many ran; -1 when the atom is stopping (for ``recv``).
+        """
+        ran = 0
+        end = None if timeout_s is None else time.monotonic() + timeout_s
+        cv = self._cv
+        while True:
+            with cv:
+                if wait_sync is not None:
+                    if wait_sync in self._sync_results:
+                        return ran
+                elif self._closed:
+                    return -1 if ran == 0 and block else ran
+                if self._mail:
+                    item = self._mail.popleft()
+                    if isinstance(item, _Job):
+                        item.state = _TAKEN
+                else:
+                    if wait_sync is None and (ran > 0 or not block):
+                        return ran
+                    wait = None if end is None else end - time.monotonic()
+                    if wait is not None and wait <= 0:
+                        return ran
+                    cv.wait(wait)
+                    continue
+            ran += 1
+            self._dispatch(item)
+
+    def _dispatch(self, item: _Mail) -> None:
+        if not isinstance(item, _Job):
+            self._run_handler(item)
+            return
+        try:
+            if item.snapshot:
+                item.result = encode_state(self._capture_state())
+            else:
+                item.result = self._run_recorded(
+                    item.method, item.args, item.request_id, item.chain, item.deadline
+                )
+        except HermesError as exc:
+            item.error = exc
+        except Exception as exc:
+            logger.exception("atom %s: %s failed inside the runtime", self.guid, item.method)
+            item.error = AtomTrapError(f"atom {self.guid}: {item.method} failed: {exc}")
+        with self._cv:
+            item.state = _DONE
+            self._cv.notify_all()
+
+    # -- reactive idle delivery and daemons ----------------------------------
+
+    def _schedule_idle(self) -> None:
+        with self._cv:
+            if self._idle_scheduled or self._closed:
+                return
+            self._idle_scheduled = True
+        try:
+            self._rt.idle_pool.submit(self._deliver_idle)
+        except RuntimeError:
+            logger.debug("atom %s: runtime closed; interrupts stay queued", self.guid)
+
+    def _deliver_idle(self) -> None:
+        with self._cv:
+            self._idle_scheduled = False
+            if not self._mail or self._closed:
+                return
+        try:
+            self._enter(None, None, "interrupt delivery")
+        except HermesError:
+            return
+        try:
+            self._pump(block=False, timeout_s=None, wait_sync=None)
+        except Exception:
+            logger.exception("atom %s: interrupt delivery failed", self.guid)
+        finally:
+            self._leave()
+
+    def _start_daemon(self) -> None:
+        with self._cv:
+            self._running = True
+        self._daemon = threading.Thread(
+            target=self._daemon_main, name=f"hx-daemon-{self.guid}", daemon=True
+        )
+        self._daemon.start()
+
+    def _daemon_main(self) -> None:
+        inst = self._inst
+        frame = _Frame("hx_main", (self.guid,), self._budget_s, None)
+        frame.per_segment = True
+        self._frames.append(frame)
+        frame.seg_start = time.monotonic()
+        _set_epoch_deadline(inst.ctx, self._rt.ticks_for(self._budget_s))
+        try:
+            inst.call("hx_main", (), False)
+            logger.info("atom %s: hx_main returned", self.guid)
+        except abi.WasmFault as fault:
+            logger.error(
+                "atom %s: daemon stopped: %s", self.guid, self._translate(fault, "hx_main")
+            )
+        except Exception:
+            logger.exception("atom %s: daemon failed inside the runtime", self.guid)
+        finally:
+            self._frames.pop()
+            self._leave()
+
+    # -- syscalls (abi.Syscalls) -------------------------------------------------
+
+    def _context(self) -> CallContext:
+        if not self._frames:
+            return CallContext(self.guid, (self.guid,), None)
+        frame = self._frames[-1]
+        timeout = None if frame.deadline is None else max(0.0, frame.deadline - time.monotonic())
+        return CallContext(self.guid, frame.chain, timeout)
+
+    def sys_reply(self, data: bytes) -> None:
+        if self._frames:
+            frame = self._frames[-1]
+            frame.reply = data
+            frame.too_large = 0
+
+    def sys_reply_too_large(self, length: int) -> None:
+        if self._frames:
+            self._frames[-1].too_large = length
+
+    def sys_log(self, level: int, text: str) -> None:
+        logger.log(abi._LOG_LEVELS.get(level, logging.INFO), "atom %s: %s", self.guid, text)
+
+    def _start_host_invoke(self, target: str, method: str, args: bytes, sync: bool) -> int:
+        ctx = self._context()
+        host = self._host
+        with self._cv:
+            future_id = self._next_future
+            self._next_future += 1
+
+        def run() -> None:
+            try:
+                status, data = 0, host.invoke(ctx, target, method, args)
+            except HermesError as exc:
+                status, data = 1, f"{exc.kind}: {exc}".encode()
+            except Exception as exc:
+                logger.exception(
+                    "atom %s: invoke %s.%s failed in the host", self.guid, target, method
+                )
+                status, data = 1, f"hermes: {exc}".encode()
+            with self._cv:
+                if sync:
+                    self._sync_results[future_id] = (status, data)
+                else:
+                    self._mail.append(_FutureDone(future_id, status, data))
+                self._cv.notify_all()
+                idle = not sync and not self._running and not self.module.is_daemon
+            if idle:
+                self._schedule_idle()
+
+        try:
+            self._rt.syscall_pool.submit(run)
+        except RuntimeError as exc:
+            raise UnreachableError(f"atom {self.guid}: runtime is closed") from exc
+        return future_id
+
+    def sys_invoke(self, target: str, method: str, args: bytes) -> tuple[int, bytes]:
+        future_id = self._start_host_invoke(target, method, args, sync=True)
+        with self._blocked():
+            self._pump(block=True, timeout_s=None, wait_sync=future_id)
+        with self._cv:
+            return self._sync_results.pop(future_id)
+
+    def sys_invoke_async(self, target: str, method: str, args: bytes) -> int:
+        return self._start_host_invoke(target, method, args, sync=False)
+
+    def sys_send(self, target: str, code: int, payload: bytes) -> int:
+        with self._blocked():
+            try:
+                self._host.send(self._context(), target, code, payload)
+            except HermesError as exc:
+                logger.info("atom %s: send to %s failed: %s", self.guid, target, exc)
+                return abi.STATUS_ERROR
+        return abi.STATUS_OK
+
+    def sys_recv(self, timeout_ms: int) -> int:
+        with self._blocked():
+            timeout = None if timeout_ms < 0 else timeout_ms / 1000
+            return self._pump(block=True, timeout_s=timeout, wait_sync=None)
+
+    def sys_yield(self) -> int:
+        with self._blocked():
+            return max(0, self._pump(block=False, timeout_s=None, wait_sync=None))
+
+    def sys_lookup(self, mode: str, scope: str | None, pattern: str) -> tuple[int, bytes]:
+        with self._blocked():
+            try:
+                found = self._host.lookup(self._context(), mode, pattern, scope)
+            except HermesError as exc:
+                return abi.STATUS_ERROR, f"{exc.kind}: {exc}".encode()
+        return abi.STATUS_OK, abi.pack_strings(found)
+
+    def sys_alias(self, add: bool, scope: str, alias: str) -> int:
+        with self._blocked():
+            try:
+                if add:
+                    self._host.alias_add(self._context(), scope, alias)
+                else:
+                    self._host.alias_remove(self._context(), scope, alias)
+            except HermesError as exc:
+                logger.info("atom %s: alias %s/%s: %s", self.guid, scope, alias, exc)
+                return abi.STATUS_ERROR
+        return abi.STATUS_OK
+
+    def sys_move_to(self, node: str) -> int:
+        try:
+            self._host.move_to(self._context(), node)
+        except HermesError as exc:
+            logger.info("atom %s: move_to %s refused: %s", self.guid, node, exc)
+            return abi.STATUS_ERROR
+        return abi.STATUS_OK
+
+    def sys_checkpoint(self) -> int:
+        try:
+            self._host.checkpoint(self._context())
+        except HermesError as exc:
+            logger.info("atom %s: checkpoint refused: %s", self.guid, exc)
+            return abi.STATUS_ERROR
+        return abi.STATUS_OK
+
+    # -- state ------------------------------------------------------------------
+
+    def _capture_state(self) -> AtomState:
+        inst = self._inst
+        size = inst.memory_size
+        memory = ctypes.string_at(inst.base, size)
+        globals_ = tuple((name, kind, g.value(self._store)) for name, kind, g in self._globals)
+        with self._cv:
+            interrupts = tuple((m.code, m.payload) for m in self._mail if isinstance(m, _Interrupt))
+            futures = tuple(
+                (m.future_id, m.status, m.payload) for m in self._mail if isinstance(m, _FutureDone)
+            )
+            next_future = self._next_future
+        return AtomState(
+            module_hash=self.module.hash,
+            guid=self.guid,
+            memory_size=size,
+            memory=memory_segments(memory),
+            globals=globals_,
+            kv=dict(self.kv),
+            replies=tuple(self._replies.values()),
+            interrupts=interrupts,
+            futures=futures,
+            next_future_id=next_future,
+            generation=self._generation,
+        )
+
+    def _apply_state(self, state: AtomState) -> None:
+        inst = self._inst
+        memory = inst.memory
+        current = inst.memory_size
+        # Data segments were written at instantiation; the snapshot replaces them.
+        ctypes.memset(inst.base, 0, current)
+        if state.memory_size > current:
+            try:
+                memory.grow(self._store, (state.memory_size - current) // _PAGE)
+            except wasmtime.WasmtimeError as exc:
+                raise MemoryLimitError(
+                    f"atom {self.guid}: snapshot memory of {state.memory_size} bytes exceeds "
+                    f"the cap of {self._rt.memory_limit_bytes} bytes"
+                ) from exc
+            current = inst.refresh_memory()
+        for offset, data in state.memory:
+            if offset + len(data) > current:
+                raise StorageError(f"snapshot of atom {self.guid} is damaged: memory out of range")
+            ctypes.memmove(inst.base + offset, data, len(data))
+        saved = {name: value for name, _kind, value in state.globals}
+        for name, _kind, g in self._globals:
+            if name not in saved:
+                raise StorageError(f"snapshot of atom {self.guid} lacks global {name}")
+            g.set_value(self._store, saved[name])
+        self.kv = dict(state.kv)
+        self._replies = OrderedDict((r.request_id, r) for r in state.replies)
+        for code, payload in state.interrupts:
+            self._mail.append(_Interrupt(code, payload))
+        for future_id, status, payload in state.futures:
+            self._mail.append(_FutureDone(future_id, status, payload))
+        self._next_future = state.next_future_id
+        self._generation = state.generation
+
+
+def _replay(record: ReplyRecord) -> bytes:
+    if not record.error_kind:
+        return record.payload
+    raise error_from_wire(record.error_kind, record.payload.decode("utf-8", errors="replace"))
+
+
+def run_once(wasm_path: pathlib.Path, method: str, args: bytes, init_args: bytes = b"") -> bytes:
+    """``hermesx run``: create the atom in-process (no cluster) and call one method."""
+    try:
+        wasm = pathlib.Path(wasm_path).read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read module {wasm_path}: {exc.strerror}") from exc
+    runtime = Runtime()
+    try:
+        module = runtime.load(wasm)
+        atom = runtime.create(module, str(GUID.new("local")), StandaloneHost(), init_args)
+        return atom.invoke(method, args)
+    finally:
+        runtime.close()
