@@ -51,7 +51,7 @@ RETRYABLE_KINDS = frozenset({"unreachable", "timeout"})
 
 DEFAULT_HOP_LIMIT = 4
 DEFAULT_DEADLINE_S = 30.0
-DEFAULT_ATTEMPTS = 10
+DEFAULT_ATTEMPTS = 60
 
 # A node that calls into itself skips gRPC: (request) -> reply.
 LocalDispatch = Callable[[pb.InvokeRequest], pb.InvokeReply]

@@ -1,0 +1,189 @@
+"""`hermesx bench invoke`: remote invocation against a bare gRPC echo, in one run.
+
+It starts a private local cluster (ZooKeeper, a storesite, four nodes) and a
+bare grpcio unary echo server in its own process, then measures, with the
+same client machinery: p50/p99 latency and calls/s with 1 and 8 concurrent
+clients for ``counter.incr`` by name and for the echo, their ratios, and the
+cost of a first call that has to follow k = 1, 2, 3 forwarding hops.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent import futures
+
+import grpc
+
+from hermesx import codec
+from hermesx.proto import hermesx_pb2 as pb
+from hermesx.proto import hermesx_pb2_grpc as pbg
+
+__all__ = ["run"]
+
+Progress = Callable[[str], None]
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _measure(call: Callable[[], object], seconds: float, threads: int) -> tuple[list[float], float]:
+    """Latencies (µs) and calls/s of ``call`` run by ``threads`` callers for ``seconds``."""
+    latencies: list[list[float]] = [[] for _ in range(threads)]
+    stop = time.monotonic() + seconds
+
+    def worker(i: int) -> None:
+        own = latencies[i]
+        while time.monotonic() < stop:
+            t0 = time.perf_counter()
+            call()
+            own.append((time.perf_counter() - t0) * 1e6)
+
+    started = time.perf_counter()
+    workers = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    elapsed = time.perf_counter() - started
+    flat = [x for lat in latencies for x in lat]
+    return flat, len(flat) / elapsed
+
+
+class _Echo(pbg.SupervisorServicer):
+    def Invoke(self, request: pb.InvokeRequest, context: grpc.ServicerContext) -> pb.InvokeReply:
+        return pb.InvokeReply(result=request.args)
+
+
+def serve_echo() -> None:
+    """A bare grpcio unary echo server (run in its own process by the benchmark)."""
+    from hermesx.wire import CHANNEL_OPTIONS
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=64), options=CHANNEL_OPTIONS)
+    pbg.add_SupervisorServicer_to_server(_Echo(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    print(port, flush=True)
+    sys.stdin.read()  # until the benchmark closes our stdin
+    server.stop(0)
+
+
+def run(progress: Progress | None = None, seconds: float = 3.0) -> dict[str, float]:
+    from hermesx.build import build_examples
+    from hermesx.client import Client
+    from hermesx.cluster import LocalCluster, NodeSpec
+    from hermesx.wire import CHANNEL_OPTIONS
+
+    say = progress or (lambda _m: None)
+    figures: dict[str, float] = {}
+    wasm = next(p for p in build_examples(quiet=True) if p.stem == "counter").read_bytes()
+    with tempfile.TemporaryDirectory(prefix="hermesx-bench-") as home:
+        old_home = os.environ.get("HERMESX_HOME")
+        os.environ["HERMESX_HOME"] = home
+        cluster = LocalCluster(f"bench{os.getpid()}", test_hooks=True)
+        echo = subprocess.Popen(
+            [sys.executable, "-m", "hermesx.bench_invoke", "echo-server"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            say("starting a local cluster of 4 nodes")
+            cluster.up([NodeSpec(f"n{i}") for i in range(1, 5)], progress=say)
+            assert echo.stdout is not None
+            echo_port = int(echo.stdout.readline())
+            channel = grpc.insecure_channel(f"127.0.0.1:{echo_port}", options=CHANNEL_OPTIONS)
+            echo_stub = pbg.SupervisorStub(channel)
+            with Client(cluster.zk, cluster.name) as client:
+                client.create(wasm, name="bench-counter", on="n4", checkpoint="on-request")
+                one = codec.pack(1)
+                request = pb.InvokeRequest(guid="x", method="incr", args=one)
+
+                def hx_call() -> object:
+                    return client.invoke("bench-counter", "incr", one)
+
+                def echo_call() -> object:
+                    return echo_stub.Invoke(request, timeout=10)
+
+                for _ in range(200):  # warm both paths
+                    hx_call()
+                    echo_call()
+                for threads in (1, 8):
+                    say(f"measuring with {threads} concurrent client(s)")
+                    hx_lat, hx_rate = _measure(hx_call, seconds, threads)
+                    echo_lat, echo_rate = _measure(echo_call, seconds, threads)
+                    tag = f"c{threads}"
+                    figures[f"invoke_{tag}_p50_us"] = statistics.median(hx_lat)
+                    figures[f"invoke_{tag}_p99_us"] = _percentile(hx_lat, 0.99)
+                    figures[f"invoke_{tag}_calls_per_s"] = hx_rate
+                    figures[f"grpc_echo_{tag}_p50_us"] = statistics.median(echo_lat)
+                    figures[f"grpc_echo_{tag}_p99_us"] = _percentile(echo_lat, 0.99)
+                    figures[f"grpc_echo_{tag}_calls_per_s"] = echo_rate
+                    figures[f"remote_over_grpc_{tag}_p50_ratio"] = statistics.median(
+                        hx_lat
+                    ) / statistics.median(echo_lat)
+                    figures[f"remote_over_grpc_{tag}_rate_ratio"] = hx_rate / echo_rate
+                say("measuring first calls through forwarding chains")
+                figures.update(_forwarding_costs(client))
+            channel.close()
+        finally:
+            if echo.stdin is not None:
+                echo.stdin.close()
+            echo.wait(10)
+            cluster.down()
+            if old_home is None:
+                os.environ.pop("HERMESX_HOME", None)
+            else:
+                os.environ["HERMESX_HOME"] = old_home
+    return figures
+
+
+def _forwarding_costs(client: object, rounds: int = 60) -> dict[str, float]:
+    """First call entering at a node k hops away from the atom (stashes reset each round)."""
+    from hermesx.client import Client
+    from hermesx.identity import TAD
+
+    assert isinstance(client, Client)
+    guid = client.guid_of("bench-counter")
+    age = client.locate(guid).age
+    one = codec.pack(1)
+    chain = ["n1", "n2", "n3", "n4"]  # the atom is on n4
+    out: dict[str, float] = {}
+    for k in range(0, 4):
+        entry = chain[3 - k]
+        samples = []
+        for _ in range(rounds):
+            # Stale pointers along the path: n1 -> n2 -> n3 -> n4 (older ages).
+            for i, node in enumerate(chain[:-1]):
+                stub = client.node_stub(node)
+                stale = TAD(chain[i + 1], max(age - 3 + i, 0))
+                stub.StashPut(
+                    pb.StashPutRequest(guid=guid, tad=pb.TAD(node=stale.node, age=stale.age))
+                )
+            t0 = time.perf_counter()
+            client.invoke(guid, "incr", one, via=entry)
+            samples.append((time.perf_counter() - t0) * 1e6)
+        out[f"first_call_{k}_hops_p50_us"] = statistics.median(samples)
+    for k in (1, 2, 3):
+        out[f"first_call_{k}_hops_over_direct_ratio"] = (
+            out[f"first_call_{k}_hops_p50_us"] / out["first_call_0_hops_p50_us"]
+        )
+    return out
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["echo-server"]:
+        serve_echo()
+    else:
+        sys.exit("usage: python -m hermesx.bench_invoke echo-server")
