@@ -227,9 +227,19 @@ class LocalCluster:
         try:
             deadline = time.monotonic() + timeout
             while True:
-                missing = sorted(want_nodes - set(naming.nodes())) + sorted(
-                    want_sites - set(naming.storesites())
-                )
+                # A part counts once *this* process registered (a killed
+                # predecessor's registration lingers until its session expires).
+                live_nodes = {
+                    n
+                    for n, m in naming.nodes().items()
+                    if m.data.get("pid") == self.procs.get(f"node-{n}")
+                }
+                live_sites = {
+                    s
+                    for s, m in naming.storesites().items()
+                    if m.data.get("pid") in (None, self.procs.get(f"storesite-{s}"))
+                }
+                missing = sorted(want_nodes - live_nodes) + sorted(want_sites - live_sites)
                 if not missing:
                     if progress:
                         progress("all parts registered")

@@ -26,6 +26,7 @@ from hermesx.errors import (
     HermesError,
     MigrationError,
     NameNotFoundError,
+    NameTakenError,
     StorageError,
     UnreachableError,
 )
@@ -233,7 +234,20 @@ class Supervisor(pbg.SupervisorServicer):
         return self.address
 
     def _register(self) -> None:
-        self.naming.register_node(self.name, self.address, self.config.tags, {"pid": os.getpid()})
+        # A restarted node finds its previous registration alive until that
+        # session expires (the old process may have been killed): wait it out.
+        deadline = time.monotonic() + 2 * self.config.session_timeout + 5.0
+        while True:
+            try:
+                self.naming.register_node(
+                    self.name, self.address, self.config.tags, {"pid": os.getpid()}
+                )
+                return
+            except NameTakenError:
+                if time.monotonic() > deadline or self._stopping.is_set():
+                    raise
+                log.info("node %s: waiting for the previous registration to expire", self.name)
+                time.sleep(0.25)
 
     def stop(self) -> None:
         if self._stopping.is_set():
