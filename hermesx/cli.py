@@ -436,9 +436,19 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from examples.expense_voucher.demo import run_demo
+    import importlib.util
 
-    run_demo(json_output=args.json, progress=_progress(args))
+    # The demo lives with its atoms in examples/, beside the package.
+    script = (
+        pathlib.Path(__file__).resolve().parent.parent / "examples" / "expense_voucher" / "demo.py"
+    )
+    spec = importlib.util.spec_from_file_location("hermesx_demo_expense_voucher", script)
+    if spec is None or spec.loader is None or not script.exists():
+        raise ConfigurationError(f"the demo is not installed here (no {script})")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    module.run_demo(json_output=args.json, progress=_progress(args))
 
 
 # ---------------------------------------------------------------- parser
