@@ -139,10 +139,12 @@ class NameService:
         self._data: dict[str, Any] = {}
         self._children: dict[str, NameIndex] = {}
         self._generations: dict[str, int] = {}
+        # Bumped whenever every cache is dropped (new connection, lost session).
+        self._epoch = 0
         # Final lookup answers, valid while the version of their area (names
         # dir or one alias scope) is unchanged.
         self._versions: dict[str, int] = {}
-        self._lookups: dict[tuple[str, str, bool], tuple[int, Any]] = {}
+        self._lookups: dict[tuple[str, str, bool], tuple[tuple[int, int], Any]] = {}
         # Membership watchers and state listeners, served by our worker thread.
         self._member_watchers: dict[str, list[Callable[[dict[str, Member]], None]]] = {
             _NODES: [],
@@ -150,7 +152,6 @@ class NameService:
         }
         self._delivered: dict[str, dict[str, Member] | None] = {_NODES: None, _STORESITES: None}
         self._refresh_queued: set[str] = set()
-        self._refresh_failed: set[str] = set()
         self._deliver_lock = threading.RLock()
         self._state_listeners: list[Callable[[str], None]] = []
         self._work: queue.Queue[Callable[[], None] | None] = queue.Queue()
@@ -408,11 +409,12 @@ class NameService:
         """
         compiled = compile_pattern(pattern)
         if scope is None:
-            return [guid for _, guid in self._lookup_names(compiled.text, all=all)]
+            pairs = self._lookup_names(compiled.text, all=all)
+            return sorted({guid for _, guid in pairs}) if all else [guid for _, guid in pairs[:1]]
         validate_name(scope, "alias scope")
         area = f"{self._aliases_dir}/{scope}"
         key = (area, compiled.text, all)
-        version = self._versions.get(area, 0)
+        version = self._lookup_version(area)
         hit = self._lookups.get(key)
         if hit is not None and hit[0] == version:
             return list(hit[1])
@@ -518,10 +520,9 @@ class NameService:
     def _on_watch(self, event: WatchedEvent) -> None:
         # Runs on kazoo's callback thread: drop entries, never block.
         if event.path is None:
-            with self._lock:
-                self._drop_all()
-            self._schedule_member_refresh(_NODES)
-            self._schedule_member_refresh(_STORESITES)
+            # Kazoo forgets every watch when the connection drops and fires
+            # them with no path. The cached answers stay servable while
+            # suspended (possibly stale); they are dropped on reconnection.
             return
         self._invalidate(event.path)
 
@@ -553,19 +554,23 @@ class NameService:
         return None
 
     def _drop_all(self) -> None:
-        for path in list(self._data) + list(self._children):
-            self._generations[path] = self._generations.get(path, 0) + 1
+        # Caller holds the lock. The epoch makes reads in flight discard
+        # their answers: the watches they set may be gone with the connection.
+        self._epoch += 1
         self._data.clear()
         self._children.clear()
         self._lookups.clear()
-        for area in list(self._versions):
-            self._versions[area] += 1
 
-    def _store(self, cache: dict[str, Any], path: str, generation: int, value: Any) -> None:
+    def _snapshot(self, path: str) -> tuple[int, int]:
+        return (self._epoch, self._generations.get(path, 0))
+
+    def _store(
+        self, cache: dict[str, Any], path: str, generation: tuple[int, int], value: Any
+    ) -> None:
         with self._lock:
             # A notification since the read started means the value may be
             # stale: leave the entry empty so the next read fetches again.
-            if self._generations.get(path, 0) == generation:
+            if self._snapshot(path) == generation:
                 cache[path] = value
 
     def _read_data(self, path: str, parse: Callable[[str, bytes], Any]) -> Any:
@@ -580,13 +585,13 @@ class NameService:
         """Data of every path (parsed, or _ABSENT), fetching the uncached ones in one batch."""
         client = self._require_client()
         result: dict[str, Any] = {}
-        missing: list[tuple[str, int, Any]] = []
+        missing: list[tuple[str, tuple[int, int], Any]] = []
         for path in paths:
             value = self._data.get(path)
             if value is not None:
                 result[path] = value
                 continue
-            generation = self._generations.get(path, 0)
+            generation = self._snapshot(path)
             missing.append((path, generation, client.get_async(path, watch=self._on_watch)))
         deadline = time.monotonic() + self._timeout
         for path, generation, pending in missing:
@@ -639,13 +644,13 @@ class NameService:
     def _read_children_many(self, paths: Iterable[str]) -> dict[str, NameIndex]:
         client = self._require_client()
         result: dict[str, NameIndex] = {}
-        missing: list[tuple[str, int, Any]] = []
+        missing: list[tuple[str, tuple[int, int], Any]] = []
         for path in paths:
             index = self._children.get(path)
             if index is not None:
                 result[path] = index
                 continue
-            generation = self._generations.get(path, 0)
+            generation = self._snapshot(path)
             missing.append(
                 (path, generation, client.get_children_async(path, watch=self._on_watch))
             )
@@ -674,7 +679,7 @@ class NameService:
     def _lookup_names(self, pattern: str, *, all: bool) -> list[tuple[str, str]]:
         compiled = compile_pattern(pattern)
         key = (self._names_dir, pattern, all)
-        version = self._versions.get(self._names_dir, 0)
+        version = self._lookup_version(self._names_dir)
         hit = self._lookups.get(key)
         if hit is not None and hit[0] == version:
             return list(hit[1])
@@ -688,9 +693,14 @@ class NameService:
         self._remember_lookup(key, version, tuple(pairs))
         return pairs
 
-    def _remember_lookup(self, key: tuple[str, str, bool], version: int, result: Any) -> None:
+    def _lookup_version(self, area: str) -> tuple[int, int]:
+        return (self._epoch, self._versions.get(area, 0))
+
+    def _remember_lookup(
+        self, key: tuple[str, str, bool], version: tuple[int, int], result: Any
+    ) -> None:
         with self._lock:
-            if self._versions.get(key[0], 0) != version:
+            if self._lookup_version(key[0]) != version:
                 return
             if len(self._lookups) >= 1024:
                 self._lookups.clear()
@@ -764,9 +774,7 @@ class NameService:
                     members = self._members(kind)
                 except NameServiceError as exc:
                     log.warning("cannot refresh %s of cluster %s: %s", kind, self._cluster, exc)
-                    self._refresh_failed.add(kind)
                     return
-                self._refresh_failed.discard(kind)
                 if members == self._delivered[kind]:
                     return
                 self._delivered[kind] = members
@@ -791,7 +799,8 @@ class NameService:
         }.get(state, "lost")
         with self._lock:
             self._state = name
-            if name == "lost":
+            if name != "suspended":
+                # Watches did not survive the disconnection: refill from scratch.
                 self._drop_all()
             self._current.notify_all()
         log.info("name service session for cluster %s is %s", self._cluster, name)
@@ -799,8 +808,9 @@ class NameService:
 
     def _announce_state(self, state: str) -> None:
         if state == "connected":
-            for kind in list(self._refresh_failed):
-                self._schedule_member_refresh(kind)
+            # Membership may have changed while we were away.
+            self._schedule_member_refresh(_NODES)
+            self._schedule_member_refresh(_STORESITES)
         for callback in list(self._state_listeners):
             try:
                 callback(state)
