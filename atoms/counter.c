@@ -28,9 +28,10 @@ static int32_t init(hx_mpr *args) {
 }
 
 static int32_t incr(hx_mpr *args) {
-    int64_t n;
+    int64_t n, sum;
     if (!optional_int(args, 1, &n)) return hx_fail("incr: expected an int");
-    if (__builtin_add_overflow(value, n, &value)) return hx_fail("incr: counter would overflow");
+    if (__builtin_add_overflow(value, n, &sum)) return hx_fail("incr: counter would overflow");
+    value = sum;
     hx_reply_int(value);
     return 0;
 }
