@@ -63,6 +63,7 @@ __all__ = ["Atom", "LoadedModule", "Runtime", "run_once"]
 logger = logging.getLogger(__name__)
 
 _MSGPACK_NIL = b"\xc0"
+_STACK_POINTER = "__stack_pointer"
 _PAGE = 65536
 _set_epoch_deadline = ffi.wasmtime_context_set_epoch_deadline
 # Serialized modules only load into an engine with the same version and config.
@@ -463,6 +464,13 @@ class Atom:
             item = exports[name]
             assert isinstance(item, wasmtime.Global)
             self._globals.append((name, kind, item))
+        # ABI.md: after a trap the runtime puts the C stack pointer back where
+        # the trapped entry found it, or every trap would leak stack frames.
+        sp = exports.get(_STACK_POINTER)
+        self._sp: wasmtime.Global | None = sp if isinstance(sp, wasmtime.Global) else None
+        self._initial_sp = self._read_sp()
+        # The stack pointer whenever no entry of the atom runs.
+        self._idle_sp = self._initial_sp
 
     # -- public -------------------------------------------------------------
 
@@ -654,6 +662,7 @@ class Atom:
         if deadline is not None:
             budget = min(budget, max(0.0, deadline - time.monotonic()))
         frame = _Frame(method, (*chain, self.guid), budget, deadline)
+        sp = self._entry_sp()
         frames = self._frames
         frames.append(frame)
         frame.seg_start = time.monotonic()
@@ -662,6 +671,7 @@ class Atom:
             ptr = inst.alloc_write(name + args)
             status = inst.call("hx_invoke", (ptr, len(name), ptr + len(name), len(args)), True)
         except abi.WasmFault as fault:
+            self._unwind_stack(sp)
             raise self._translate(fault, method) from fault
         finally:
             frames.pop()
@@ -702,6 +712,7 @@ class Atom:
     def _run_init(self, init_args: bytes) -> None:
         inst = self._inst
         frame = _Frame("hx_init", (self.guid,), self._budget_s, None)
+        sp = self._entry_sp()
         self._frames.append(frame)
         frame.seg_start = time.monotonic()
         _set_epoch_deadline(inst.ctx, self._rt.ticks_for(self._budget_s))
@@ -710,6 +721,7 @@ class Atom:
             ptr = inst.alloc_write(init_args) if init_args else 0
             status = inst.call("hx_init", (ptr, len(init_args)), True)
         except abi.WasmFault as fault:
+            self._unwind_stack(sp)
             raise self._translate(fault, "hx_init") from fault
         finally:
             self._frames.pop()
@@ -728,6 +740,7 @@ class Atom:
             logger.warning("atom %s has no %s: %s dropped", self.guid, export, label)
             return
         frame = _Frame(label, (self.guid,), self._budget_s, None)
+        sp = self._entry_sp()
         self._frames.append(frame)
         frame.seg_start = time.monotonic()
         _set_epoch_deadline(inst.ctx, self._rt.ticks_for(self._budget_s))
@@ -738,6 +751,7 @@ class Atom:
             else:
                 inst.call(export, (item.future_id, item.status, ptr, len(item.payload)), False)
         except abi.WasmFault as fault:
+            self._unwind_stack(sp)
             error = self._translate(fault, label)
             logger.warning("atom %s: handler failed: %s", self.guid, error)
         finally:
@@ -745,6 +759,20 @@ class Atom:
             self._generation += 1
             if self._frames:
                 self._resume()
+
+    def _read_sp(self) -> int:
+        if self._sp is None:
+            return 0
+        value = self._sp.value(self._store)
+        return int(value) if isinstance(value, int) else 0
+
+    def _entry_sp(self) -> int:
+        """Stack pointer an entry starts with (cheap for an entry from idle)."""
+        return self._read_sp() if self._frames else self._idle_sp
+
+    def _unwind_stack(self, sp: int) -> None:
+        if self._sp is not None:
+            self._sp.set_value(self._store, sp)
 
     def _pause(self) -> None:
         if self._frames:
@@ -859,6 +887,7 @@ class Atom:
         inst = self._inst
         frame = _Frame("hx_main", (self.guid,), self._budget_s, None)
         frame.per_segment = True
+        sp = self._entry_sp()
         self._frames.append(frame)
         frame.seg_start = time.monotonic()
         _set_epoch_deadline(inst.ctx, self._rt.ticks_for(self._budget_s))
@@ -866,6 +895,7 @@ class Atom:
             inst.call("hx_main", (), False)
             logger.info("atom %s: hx_main returned", self.guid)
         except abi.WasmFault as fault:
+            self._unwind_stack(sp)
             logger.error(
                 "atom %s: daemon stopped: %s", self.guid, self._translate(fault, "hx_main")
             )
@@ -926,12 +956,17 @@ class Atom:
 
         try:
             self._rt.syscall_pool.submit(run)
-        except RuntimeError as exc:
-            raise UnreachableError(f"atom {self.guid}: runtime is closed") from exc
+        except RuntimeError:
+            logger.info(
+                "atom %s: invoke %s.%s not started: runtime closed", self.guid, target, method
+            )
+            return -1
         return future_id
 
     def sys_invoke(self, target: str, method: str, args: bytes) -> tuple[int, bytes]:
         future_id = self._start_host_invoke(target, method, args, sync=True)
+        if future_id < 0:
+            return abi.STATUS_ERROR, f"unreachable: node {self.node_name} is shutting down".encode()
         with self._blocked():
             self._pump(block=True, timeout_s=None, wait_sync=future_id)
         with self._cv:
@@ -1045,6 +1080,9 @@ class Atom:
             if name not in saved:
                 raise StorageError(f"snapshot of atom {self.guid} lacks global {name}")
             g.set_value(self._store, saved[name])
+        # A daemon's snapshot is taken inside hx_main, which restarts from
+        # scratch: give it a fresh stack (for other atoms this is a no-op).
+        self._unwind_stack(self._initial_sp)
         self.kv = dict(state.kv)
         self._replies = OrderedDict((r.request_id, r) for r in state.replies)
         for code, payload in state.interrupts:

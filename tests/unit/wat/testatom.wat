@@ -13,6 +13,9 @@
 ;;   kvput X -> kv["k"] = X                        kvget -> kv["k"] or status 1
 ;;   fill -> grows memory by 1 MiB and fills it    guid -> self_guid as msgpack str
 ;;   log -> logs "hello" at info level
+;;   deeptrap -> pushes a 1 KiB frame on the shadow stack, then traps
+;;   spinyield N -> spins, calls hx.yield, then replies ints
+;;   sp -> the shadow stack pointer (exported as __stack_pointer)
 ;; Interrupts: count++ at 1024, last code at 1028, payload stored in kv["i"].
 ;; Futures: count++ at 1032, last status at 1036, payload stored in kv["f"].
 (module
@@ -28,6 +31,8 @@
   (memory (export "memory") 2)
   (global $counter (mut i32) (i32.const 0))
   (global $heap (mut i32) (i32.const 8192))
+  ;; A C-style shadow stack: 2048..8192, growing down.
+  (global $sp (export "__stack_pointer") (mut i32) (i32.const 8192))
   (data (i32.const 16) "incr")   ;; 16
   (data (i32.const 20) "get")    ;; 20
   (data (i32.const 24) "echo")   ;; 24
@@ -56,6 +61,9 @@
   (data (i32.const 145) "i")     ;; 145
   (data (i32.const 146) "f")     ;; 146
   (data (i32.const 147) "\c0")   ;; 147 msgpack nil
+  (data (i32.const 148) "deeptrap") ;; 148
+  (data (i32.const 156) "sp")    ;; 156
+  (data (i32.const 160) "spinyield") ;; 160
 
   (func (export "hx_abi_version") (result i32) (i32.const 1))
 
@@ -222,6 +230,18 @@
         (return (i32.const 0))))
     (if (call $eq (local.get $m) (local.get $ml) (i32.const 120) (i32.const 3)) ;; log
       (then (call $log (i32.const 1) (i32.const 136) (i32.const 5)) (return (i32.const 0))))
+    (if (call $eq (local.get $m) (local.get $ml) (i32.const 148) (i32.const 8)) ;; deeptrap
+      (then
+        (global.set $sp (i32.sub (global.get $sp) (i32.const 1024)))
+        (i32.store (global.get $sp) (i32.const 7))
+        (unreachable)))
+    (if (call $eq (local.get $m) (local.get $ml) (i32.const 156) (i32.const 2)) ;; sp
+      (then (call $reply_uint (global.get $sp)) (return (i32.const 0))))
+    (if (call $eq (local.get $m) (local.get $ml) (i32.const 160) (i32.const 9)) ;; spinyield
+      (then
+        (call $spin (i32.mul (call $uint (local.get $a) (local.get $al)) (i32.const 1000)))
+        (drop (call $yield))
+        (call $reply_uint (i32.load (i32.const 1024))) (return (i32.const 0))))
     (call $reply (i32.const 124) (i32.const 4))
     (i32.const 2))
 )

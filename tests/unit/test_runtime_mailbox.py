@@ -1,0 +1,208 @@
+"""Atom runtime: interrupts, futures, blocking syscalls, reentrancy, daemons."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from wat.runtime_helpers import GUID_A, GUID_B, ScriptedHost, example, wat
+
+from hermesx import codec
+from hermesx.errors import MethodError
+from hermesx.host import CallContext, StandaloneHost
+from hermesx.runtime import Atom, Runtime
+
+
+@pytest.fixture
+def runtime() -> Iterator[Runtime]:
+    rt = Runtime(deadline_ms=2000)
+    yield rt
+    rt.close()
+
+
+def call(atom: Atom, method: str, arg: object = None) -> object:
+    return codec.unpack(atom.invoke(method, codec.pack(arg)))
+
+
+def wait_for(predicate: Callable[[], bool], what: str) -> None:
+    for _ in range(500):
+        if predicate():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_interrupt_to_an_idle_reactive_atom_runs_soon(runtime: Runtime) -> None:
+    atom = runtime.create(runtime.load(wat("testatom")), GUID_A, StandaloneHost())
+    atom.deliver(7, b"payload")
+    wait_for(lambda: atom.generation == 1, "idle delivery")
+    assert call(atom, "ints") == 1
+    assert atom.kv[b"i"] == b"payload"
+
+
+def test_interrupts_arriving_mid_call_wait_for_a_blocking_point(runtime: Runtime) -> None:
+    atom = runtime.create(runtime.load(wat("testatom")), GUID_A, StandaloneHost())
+    result: list[object] = []
+    t = threading.Thread(target=lambda: result.append(call(atom, "slowints", 150000)))
+    t.start()
+    wait_for(lambda: atom.busy, "the call to start")
+    atom.deliver(1, b"x")
+    t.join(timeout=30)
+    # The handler did not run inside the call (no blocking point there) ...
+    assert result == [0]
+    # ... but right after it, while the atom was idle.
+    wait_for(lambda: call(atom, "ints") == 1, "idle delivery after the call")
+
+
+def test_interrupt_runs_while_blocked_in_recv(runtime: Runtime) -> None:
+    atom = runtime.create(runtime.load(wat("testatom")), GUID_A, StandaloneHost())
+    result: list[object] = []
+    t = threading.Thread(target=lambda: result.append(call(atom, "recv")))
+    t.start()
+    wait_for(lambda: atom.busy, "the call to block in recv")
+    time.sleep(0.05)
+    atom.deliver(3, b"hi")
+    t.join(timeout=30)
+    assert result == [1]
+
+
+def test_recv_times_out_with_nothing_to_do(runtime: Runtime) -> None:
+    atom = runtime.create(runtime.load(wat("testatom")), GUID_A, StandaloneHost())
+    assert call(atom, "recv") == 0
+
+
+def test_yield_runs_interrupts_that_arrived_mid_call(runtime: Runtime) -> None:
+    atom = runtime.create(runtime.load(wat("testatom")), GUID_A, StandaloneHost())
+    result: list[object] = []
+    t = threading.Thread(target=lambda: result.append(call(atom, "spinyield", 150000)))
+    t.start()
+    wait_for(lambda: atom.busy, "the call to start")
+    atom.deliver(1, b"x")
+    t.join(timeout=30)
+    assert result == [1]
+
+
+def test_interrupt_runs_while_blocked_in_invoke(runtime: Runtime) -> None:
+    box: dict[str, Atom] = {}
+    seen_during_block: list[int] = []
+
+    def host_invoke(ctx: CallContext, target: str, method: str, args: bytes) -> bytes:
+        atom = box["atom"]
+        before = atom.generation
+        atom.deliver(5, b"during")
+        # Returns only once the handler ran on the blocked atom's thread.
+        wait_for(lambda: atom.generation > before, "handler at the blocking point")
+        seen_during_block.append(atom.generation - before)
+        return codec.pack(99)
+
+    host = ScriptedHost(host_invoke)
+    atom = runtime.create(runtime.load(wat("testatom")), GUID_A, host)
+    box["atom"] = atom
+    assert call(atom, "call") == 99
+    assert seen_during_block == [1]
+    assert atom.kv[b"i"] == b"during"
+    ctx = host.contexts[0]
+    assert ctx.caller_guid == GUID_A
+    assert ctx.chain == (GUID_A,)
+
+
+def test_blocked_invoke_does_not_spend_the_cpu_deadline() -> None:
+    rt = Runtime(deadline_ms=200)
+    try:
+
+        def slow_host(ctx: CallContext, target: str, method: str, args: bytes) -> bytes:
+            time.sleep(0.5)
+            return codec.pack(1)
+
+        atom = rt.create(rt.load(wat("testatom")), GUID_A, ScriptedHost(slow_host))
+        assert codec.unpack(atom.invoke("call", codec.pack(None))) == 1
+    finally:
+        rt.close()
+
+
+def test_failed_outgoing_invoke_gives_the_atom_the_error(runtime: Runtime) -> None:
+    atom = runtime.create(runtime.load(wat("testatom")), GUID_A, StandaloneHost())
+    with pytest.raises(MethodError, match=r"unreachable: .*no cluster"):
+        atom.invoke("call", codec.pack(None))
+
+
+def test_future_completes_at_a_blocking_point_or_when_idle(runtime: Runtime) -> None:
+    host = ScriptedHost(lambda ctx, target, method, args: codec.pack("done"))
+    atom = runtime.create(runtime.load(wat("testatom")), GUID_A, host)
+    future_id = call(atom, "async")
+    assert isinstance(future_id, int) and future_id > 0
+    wait_for(lambda: atom.kv.get(b"f") == codec.pack("done"), "future handler")
+    assert call(atom, "futs") == 1
+
+
+def test_future_is_delivered_inside_recv(runtime: Runtime) -> None:
+    gate = threading.Event()
+
+    def host_invoke(ctx: CallContext, target: str, method: str, args: bytes) -> bytes:
+        gate.wait(10)
+        return codec.pack(5)
+
+    atom = runtime.create(runtime.load(wat("testatom")), GUID_A, ScriptedHost(host_invoke))
+    call(atom, "async")
+    t = threading.Thread(target=lambda: atom.invoke("recv", b""))
+    t.start()
+    wait_for(lambda: atom.busy, "recv to block")
+    gate.set()
+    t.join(timeout=30)
+    assert call(atom, "futs") == 1
+
+
+def test_caller_example_calls_another_atom(runtime: Runtime) -> None:
+    counter = runtime.create(runtime.load(example("counter")), GUID_B, StandaloneHost())
+
+    def route(ctx: CallContext, target: str, method: str, args: bytes) -> bytes:
+        assert target == "counter"
+        return counter.invoke(method, args, chain=ctx.chain)
+
+    caller = runtime.create(runtime.load(example("caller")), GUID_A, ScriptedHost(route))
+    assert codec.unpack(caller.invoke("call", codec.pack(["counter", "incr", 4]))) == 4
+    assert codec.unpack(caller.invoke("call_async", codec.pack(["counter", "incr", 1]))) == 5
+
+
+def test_cycle_through_the_host_comes_back_as_call_cycle(runtime: Runtime) -> None:
+    box: dict[str, Atom] = {}
+
+    def back_to_self(ctx: CallContext, target: str, method: str, args: bytes) -> bytes:
+        return box["atom"].invoke(method, args, chain=ctx.chain)
+
+    atom = runtime.create(runtime.load(wat("testatom")), GUID_A, ScriptedHost(back_to_self))
+    box["atom"] = atom
+    with pytest.raises(MethodError, match="call_cycle"):
+        atom.invoke("call", codec.pack(None))
+    assert call(atom, "get") == 0
+
+
+def test_reentrant_atom_serves_a_call_back_at_its_blocking_point(runtime: Runtime) -> None:
+    box: dict[str, Atom] = {}
+
+    def back_to_self(ctx: CallContext, target: str, method: str, args: bytes) -> bytes:
+        return box["atom"].invoke("incr", codec.pack(10), chain=ctx.chain)
+
+    atom = runtime.create(
+        runtime.load(wat("testatom")), GUID_A, ScriptedHost(back_to_self), reentrant=True
+    )
+    box["atom"] = atom
+    assert call(atom, "call") == 10
+    assert call(atom, "get") == 10
+
+
+def test_daemon_handles_interrupts_on_its_own_thread_and_stops_on_close(runtime: Runtime) -> None:
+    atom = runtime.create(runtime.load(example("daemon")), GUID_A, StandaloneHost())
+    assert atom._daemon is not None and atom._daemon.is_alive()
+    for i in range(3):
+        atom.deliver(i, codec.pack(i))
+    wait_for(lambda: call(atom, "count") == 3, "daemon to count 3 interrupts")
+    snap = atom.snapshot()
+    atom.close()
+    assert not atom._daemon.is_alive()
+    restored = runtime.restore(runtime.load(example("daemon")), GUID_A, StandaloneHost(), snap)
+    assert call(restored, "count") == 3
+    restored.deliver(9, codec.pack(9))
+    wait_for(lambda: call(restored, "count") == 4, "restored daemon to count")
