@@ -267,12 +267,17 @@ static void hx_reply_int(int64_t v) {
     hx__sys_reply(buf, w.len);
 }
 
-static void hx_reply_str(const char *s, uint32_t n) {
+static int32_t hx_fail(const char *msg);
+
+/* Returns 0, or an error status when there is no memory left for the reply. */
+static int32_t hx_reply_str(const char *s, uint32_t n) {
     hx_mpw w;
     uint32_t cap = n + 5;
     hx_mpw_init(&w, hx_scratch(cap), cap);
     hx_mpw_str(&w, s, n);
+    if (w.err) return hx_fail("out of memory for the reply");
     hx__sys_reply(w.p, w.len);
+    return 0;
 }
 
 /* Error status with a one-line message; `return hx_fail("...")` from a method. */
@@ -299,6 +304,7 @@ static inline void hx_mpw_scratch(hx_mpw *w, uint32_t cap) {
 
 /* Replies with what the writer holds, or fails when it overflowed. */
 static int32_t hx_reply_mpw(const hx_mpw *w) {
+    if (w->err && !w->p) return hx_fail("out of memory for the reply");
     if (w->err) return hx_fail("result does not fit the reply buffer");
     hx__sys_reply(w->p, w->len);
     return 0;

@@ -10,8 +10,7 @@ static int64_t bumps;
 static int32_t reply_node(void) {
     hx_buf node;
     if (!hx_node_name_scratch(&node)) return hx_fail("cannot read the node name");
-    hx_reply_str((const char *)node.ptr, node.len);
-    return 0;
+    return hx_reply_str((const char *)node.ptr, node.len);
 }
 
 static int32_t go(hx_mpr *args) {
