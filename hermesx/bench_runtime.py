@@ -78,7 +78,7 @@ def _module(name: str) -> tuple[bytes, bool]:
     path = _BUILD_DIR / f"{name}.wasm"
     if path.exists():
         return path.read_bytes(), True
-    return wasmtime.wat2wasm(_BENCH_WAT), False
+    return bytes(wasmtime.wat2wasm(_BENCH_WAT)), False
 
 
 def _timed(fn: Callable[[], object], n: int) -> list[float]:
