@@ -449,6 +449,7 @@ class Atom:
         self._idle_scheduled = False
         self._daemon: threading.Thread | None = None
         self._budget_s = runtime.deadline_ms / 1000
+        self._budget_ticks = runtime.ticks_for(self._budget_s)
 
         store = wasmtime.Store(runtime.engine)
         store.set_limits(memory_size=runtime.memory_limit_bytes)
@@ -611,7 +612,9 @@ class Atom:
     def _leave(self) -> None:
         with self._cv:
             self._running = False
-            self._cv.notify_all()
+            # Only queued callers wait for this (the atom's own thread is us).
+            if self._waiters:
+                self._cv.notify_all()
             pending = bool(self._mail) and not self._closed and not self.module.is_daemon
         if pending:
             self._schedule_idle()
@@ -666,7 +669,8 @@ class Atom:
         frames = self._frames
         frames.append(frame)
         frame.seg_start = time.monotonic()
-        _set_epoch_deadline(inst.ctx, self._rt.ticks_for(budget))
+        ticks = self._budget_ticks if budget == self._budget_s else self._rt.ticks_for(budget)
+        _set_epoch_deadline(inst.ctx, ticks)
         try:
             ptr = inst.alloc_write(name + args)
             status = inst.call("hx_invoke", (ptr, len(name), ptr + len(name), len(args)), True)
