@@ -96,7 +96,7 @@ _call_unchecked = ffi._wasmtime_func_call_unchecked
 _memory_data = ffi._wasmtime_memory_data
 _memory_data_size = ffi._wasmtime_memory_data_size
 _trap_new = ffi._wasmtime_trap_new
-_RawArray4 = ffi.wasmtime_val_raw_t * 8
+_RawArgs = ffi.wasmtime_val_raw_t * 8
 _TrapPtr = ctypes.POINTER(ffi.wasm_trap_t)
 _Callback = ffi.wasmtime_func_unchecked_callback_t
 _Finalizer = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
@@ -186,7 +186,7 @@ class WasmInstance:
         self.ctx = store._context()
         self.max_payload = max_payload_bytes
         self.host_error: BaseException | None = None
-        self._raw = _RawArray4()
+        self._raw = _RawArgs()
         self._memory: Any = None
         self._memory_ref: Any = None
         self._base = 0

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import importlib.metadata
 import logging
 import math
 import os
@@ -67,7 +68,7 @@ _STACK_POINTER = "__stack_pointer"
 _PAGE = 65536
 _set_epoch_deadline = ffi.wasmtime_context_set_epoch_deadline
 # Serialized modules only load into an engine with the same version and config.
-_CACHE_TAG = f"wasmtime{wasmtime.__version__ if hasattr(wasmtime, '__version__') else ''}-hx1"
+_CACHE_TAG = f"wasmtime{importlib.metadata.version('wasmtime')}-hx1"
 
 
 @dataclass(frozen=True, slots=True, eq=False)

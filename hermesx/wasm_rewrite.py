@@ -143,11 +143,10 @@ def _skip_const_expr(r: _Reader) -> None:
         op = r.byte()
         if op == 0x0B:
             return
-        if op in (0x41, 0x42, 0x23, 0xD2):  # i32.const, i64.const, global.get, ref.func
-            if op == 0x23 or op == 0xD2:
-                r.uleb()
-            else:
-                r.sleb()
+        if op in (0x41, 0x42):  # i32.const, i64.const
+            r.sleb()
+        elif op in (0x23, 0xD2):  # global.get, ref.func
+            r.uleb()
         elif op == 0x43:
             r.take(4)
         elif op == 0x44:
