@@ -41,7 +41,6 @@ _JAVA_DIR = pathlib.Path("/usr/share/java")
 _CLASSPATH_ENV = "HERMESX_ZOOKEEPER_CLASSPATH"
 _JVM_FLAGS = (
     "-Xms16m",
-    "-Xmx128m",
     "-XX:+UseSerialGC",
     "-XX:TieredStopAtLevel=1",
     "-Djava.net.preferIPv4Stack=true",
@@ -124,12 +123,14 @@ class _ServerProcess:
         client_port: int,
         *,
         die_with_parent: bool,
+        heap_mb: int = 128,
     ) -> None:
         self.directory = directory
         self.config = config
         self.main_class = main_class
         self.client_port = client_port
         self.die_with_parent = die_with_parent
+        self.heap_mb = heap_mb
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -143,6 +144,7 @@ class _ServerProcess:
         command = [
             "java",
             *_JVM_FLAGS,
+            f"-Xmx{self.heap_mb}m",
             "-cp",
             os.pathsep.join(find_zookeeper()),
             self.main_class,
@@ -255,6 +257,7 @@ class ZooKeeperServer:
         data_dir: pathlib.Path | None = None,
         tick_ms: int = 500,
         die_with_parent: bool = True,
+        heap_mb: int = 128,
     ) -> None:
         self._port = port if port is not None else free_port()
         self._own_dir = data_dir is None
@@ -265,8 +268,14 @@ class ZooKeeperServer:
         )
         directory.mkdir(parents=True, exist_ok=True)
         config = "\n".join(_base_config(directory, self._port, tick_ms)) + "\n"
+        # 128 MiB holds ~100,000 znodes; large benchmarks need more.
         self._server = _ServerProcess(
-            directory, config, _STANDALONE_MAIN, self._port, die_with_parent=die_with_parent
+            directory,
+            config,
+            _STANDALONE_MAIN,
+            self._port,
+            die_with_parent=die_with_parent,
+            heap_mb=heap_mb,
         )
         self._die_with_parent = die_with_parent
 

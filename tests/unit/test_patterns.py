@@ -135,3 +135,38 @@ def test_index_agrees_with_matching_each_name(
     expected = tuple(n for n in sorted(set(entries)) if re.fullmatch(pattern, n))
     got = NameIndex(entries).match(compile_pattern(pattern), all=all_matches)
     assert got == (expected if all_matches else expected[:1])
+
+
+def test_public_surface_and_error_kinds_are_the_contract() -> None:
+    import nameservice
+    from nameservice import errors
+
+    assert sorted(nameservice.__all__) == sorted(
+        [
+            "InvalidNameError",
+            "InvalidPatternError",
+            "Member",
+            "NameNotFoundError",
+            "NameService",
+            "NameServiceError",
+            "NameTakenError",
+            "NoQuorumError",
+            "ZooKeeperEnsemble",
+            "ZooKeeperError",
+            "ZooKeeperServer",
+            "compile_pattern",
+            "find_zookeeper",
+            "validate_guid",
+            "validate_name",
+        ]
+    )
+    kinds = {
+        errors.NameNotFoundError: "not_found",
+        errors.NameTakenError: "name_taken",
+        errors.InvalidNameError: "invalid_name",
+        errors.InvalidPatternError: "invalid_pattern",
+        errors.NoQuorumError: "no_quorum",
+    }
+    for cls, kind in kinds.items():
+        assert cls.kind == kind
+        assert issubclass(cls, errors.NameServiceError)
