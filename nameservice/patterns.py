@@ -143,8 +143,10 @@ class NameIndex:
 
     def __init__(self, names: Iterable[str]) -> None:
         self._names: tuple[str, ...] = tuple(sorted(set(names)))
-        self._buffer = "\n".join(self._names).encode()
-        self._results: dict[tuple[str, bool], tuple[str, ...]] = {}
+        # Built on the first pattern lookup: most indexes (an alias's GUIDs)
+        # are only ever listed, and 100,000 of them must stay small.
+        self._buffer: bytes | None = None
+        self._results: dict[tuple[str, bool], tuple[str, ...]] | None = None
 
     def __len__(self) -> int:
         return len(self._names)
@@ -156,6 +158,8 @@ class NameIndex:
     def match(self, pattern: CompiledPattern, *, all: bool) -> tuple[str, ...]:
         """Names that fully match ``pattern``, sorted; with ``all=False`` at most the first."""
         key = (pattern.text, all)
+        if self._results is None:
+            self._results = {}
         cached = self._results.get(key)
         if cached is not None:
             return cached
@@ -167,6 +171,8 @@ class NameIndex:
 
     def _scan(self, pattern: CompiledPattern, *, all: bool) -> tuple[str, ...]:
         if pattern.buffer is not None and self._names:
+            if self._buffer is None:
+                self._buffer = "\n".join(self._names).encode()
             if all:
                 found = pattern.buffer.findall(self._buffer)
             else:
