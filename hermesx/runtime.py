@@ -66,6 +66,10 @@ logger = logging.getLogger(__name__)
 _MSGPACK_NIL = b"\xc0"
 _STACK_POINTER = "__stack_pointer"
 _PAGE = 65536
+# Tables are not counted in the memory cap: without a bound of their own, one
+# `(table 100000000 funcref)` costs the node ~1 GiB per instance. C atoms use
+# a table only for function pointers, a few hundred entries at most.
+MAX_TABLE_ELEMENTS = 1 << 16
 _set_epoch_deadline = ffi.wasmtime_context_set_epoch_deadline
 # Serialized modules only load into an engine with the same version and config.
 _CACHE_TAG = f"wasmtime{importlib.metadata.version('wasmtime')}-hx1"
@@ -176,9 +180,16 @@ class Runtime:
             cached = self._modules.get(digest)
         if cached is not None:
             return cached
-        rewritten = export_mutable_globals(wasm)
-        compiled = self._compile(digest, rewritten.wasm)
-        imports, optional = abi.validate_module_types(compiled)
+        label = f"module {digest[:12]} ({len(wasm)} bytes)"
+        try:
+            rewritten = export_mutable_globals(wasm)
+            compiled = self._compile(digest, rewritten.wasm)
+            imports, optional = abi.validate_module_types(compiled)
+        except BadModuleError as exc:
+            # The checks above describe the defect; the user needs to know which module.
+            if str(exc).startswith(f"module {digest[:12]}"):
+                raise
+            raise BadModuleError(f"{label}: {exc}") from exc
         export_types = {exp.name: exp.type for exp in compiled.exports}
         globals_: list[tuple[str, str]] = []
         for name in rewritten.mutable_globals:
@@ -225,7 +236,7 @@ class Runtime:
 
     def _check_abi_version(self, module: LoadedModule) -> None:
         store = wasmtime.Store(self.engine)
-        store.set_limits(memory_size=self.memory_limit_bytes)
+        store.set_limits(memory_size=self.memory_limit_bytes, table_elements=MAX_TABLE_ELEMENTS)
         inst = abi.WasmInstance(store, self.max_payload_bytes)
         funcs, _keep = abi.make_imports(inst, module.imports, cast(abi.Syscalls, _NoSyscalls()))
         store.set_epoch_deadline(self.ticks_for(self.deadline_ms / 1000))
@@ -327,7 +338,10 @@ def _instantiate(
             raise BadModuleError(
                 f"{label}: the start function ran past the {runtime.deadline_ms} ms deadline"
             ) from exc
-        raise BadModuleError(f"{label}: the start function trapped: {exc.message}") from exc
+        # wasmtime puts a backtrace first and the reason ("wasm trap: ...") last.
+        lines = [line.strip() for line in exc.message.splitlines() if line.strip()]
+        reason = lines[-1] if lines else "trap"
+        raise BadModuleError(f"{label}: the start function trapped: {reason}") from exc
     except wasmtime.WasmtimeError as exc:
         text = str(exc)
         if "memory" in text and ("limit" in text or "minimum" in text or "grow" in text):
@@ -453,7 +467,7 @@ class Atom:
         self._budget_ticks = runtime.ticks_for(self._budget_s)
 
         store = wasmtime.Store(runtime.engine)
-        store.set_limits(memory_size=runtime.memory_limit_bytes)
+        store.set_limits(memory_size=runtime.memory_limit_bytes, table_elements=MAX_TABLE_ELEMENTS)
         self._store = store
         self._inst = abi.WasmInstance(store, runtime.max_payload_bytes)
         funcs, self._keep = abi.make_imports(self._inst, module.imports, self)
