@@ -417,7 +417,7 @@ class Supervisor(pbg.SupervisorServicer):
                 return reply
         tad = self.stash.get(guid)
         if tad is not None and tad.node != self.name:
-            limit = request.hop_limit or self.config.hop_limit
+            limit = self._hop_limit(request.hop_limit)
             if request.hops < limit:
                 return self._forward(request, tad)
             reply = pb.InvokeReply(moved=tad_to_pb(tad), tad=tad_to_pb(tad))
@@ -430,6 +430,18 @@ class Supervisor(pbg.SupervisorServicer):
         if tad is not None:
             reply.tad.CopyFrom(tad_to_pb(tad))
         return reply
+
+    def _hop_limit(self, requested: int) -> int:
+        """Hops this node forwards a request before answering MOVED.
+
+        A caller may ask for fewer hops than the node allows, never more: every
+        hop of a forwarding chain holds a worker on each node it passes, so a
+        request carrying a huge limit into a forwarding loop would take every
+        worker of the nodes on the loop until the call's deadline.
+        """
+        if requested <= 0:
+            return self.config.hop_limit
+        return min(requested, self.config.hop_limit)
 
     def _run_here(self, active: ActiveAtom, request: pb.InvokeRequest) -> pb.InvokeReply | None:
         wait = request.timeout if request.timeout > 0 else 30.0
@@ -517,7 +529,7 @@ class Supervisor(pbg.SupervisorServicer):
                     return pb.SendReply(tad=tad_to_pb(active.tad))
         tad = self.stash.get(request.guid)
         if tad is not None and tad.node != self.name:
-            limit = request.hop_limit or self.config.hop_limit
+            limit = self._hop_limit(request.hop_limit)
             if request.hops >= limit:
                 return pb.SendReply(moved=tad_to_pb(tad), tad=tad_to_pb(tad))
             forwarded = pb.SendRequest()
