@@ -1,35 +1,32 @@
-# The few commands a newcomer needs. `make demo` and `make test` set up
-# everything they need first (see scripts/bootstrap.sh).
-VENV := .venv/bin
-
+# Shortcuts; ./dev holds the real commands (it sets everything up first).
 .PHONY: setup demo test lint fmt unit integration proto clean
 
 setup:
 	@scripts/bootstrap.sh
 
-demo: setup
-	$(VENV)/hermesx demo expense-voucher
+demo:
+	./dev demo
+
+test:
+	./dev test
 
 lint: setup
-	$(VENV)/ruff check .
-	$(VENV)/ruff format --check .
-	$(VENV)/mypy hermesx storesite nameservice
-
-test: lint
-	$(VENV)/pytest -q tests
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy hermesx storesite nameservice
 
 unit: setup
-	$(VENV)/pytest -q tests/unit
+	.venv/bin/pytest -q tests/unit
 
 integration: setup
-	$(VENV)/pytest -q tests/integration
+	.venv/bin/pytest -q tests/integration
 
 fmt:
-	$(VENV)/ruff format .
-	$(VENV)/ruff check --fix .
+	.venv/bin/ruff format .
+	.venv/bin/ruff check --fix .
 
 proto:
-	$(VENV)/python protos/generate.py
+	.venv/bin/python protos/generate.py
 
 clean:
 	rm -rf .venv build *.egg-info atoms/build

@@ -52,6 +52,8 @@ RETRYABLE_KINDS = frozenset({"unreachable", "timeout"})
 DEFAULT_HOP_LIMIT = 4
 DEFAULT_DEADLINE_S = 30.0
 DEFAULT_ATTEMPTS = 60
+# How long a call waits for an absent storesite to come back (a restart).
+STORESITE_GRACE_S = 5.0
 
 # A node that calls into itself skips gRPC: (request) -> reply.
 LocalDispatch = Callable[[pb.InvokeRequest], pb.InvokeReply]
@@ -64,6 +66,10 @@ class InvokeOutcome:
     guid: str
     tad: TAD | None
     trace: list[pb.Hop] = field(default_factory=list)
+
+
+class StoresiteAbsentError(UnreachableError):
+    """The atom's storesite is not registered in the name service."""
 
 
 class _Broken(Exception):
@@ -81,6 +87,7 @@ class _Call:
     last_error: str = ""
     tried: list[TAD] = field(default_factory=list)
     need_locate: bool = False
+    storesite_absent_since: float | None = None
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -133,7 +140,7 @@ class Invoker:
         home = self.naming.home(guid) or GUID.parse(guid).home
         member = self.naming.storesites().get(home)
         if member is None:
-            raise UnreachableError(
+            raise StoresiteAbsentError(
                 f"atom {guid}: its storesite {home!r} is not a live member of the cluster"
             )
         return home, member.address
@@ -225,7 +232,8 @@ class Invoker:
             return self.local_invoke(request)
         try:
             stub = self.node_stub(node)
-            return stub.Invoke(request, timeout=max(call.remaining(), 0.01))
+            reply: pb.InvokeReply = stub.Invoke(request, timeout=max(call.remaining(), 0.01))
+            return reply
         except UnreachableError as exc:
             self._broken(call, node, str(exc))
         except grpc.RpcError as exc:
@@ -302,6 +310,14 @@ class Invoker:
                 call.tad = self.locate(call.guid, timeout=max(min(call.remaining(), 10.0), 0.01))
             except NameNotFoundError:
                 raise
+            except StoresiteAbsentError as exc:
+                # A storesite may be restarting; one that stays away is not coming.
+                if call.storesite_absent_since is None:
+                    call.storesite_absent_since = time.monotonic()
+                elif time.monotonic() - call.storesite_absent_since > STORESITE_GRACE_S:
+                    raise
+                call.last_error = str(exc)
+                raise _Broken() from exc
             except HermesError as exc:
                 call.last_error = str(exc)
                 call.note("storesite", "storesite", f"locate failed: {exc}")

@@ -18,7 +18,15 @@ fi
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
-  "$PY" -m venv .venv
+  if ! "$PY" -m venv .venv >/dev/null 2>&1; then
+    # Debian ships venv support separately.
+    rm -rf .venv
+    echo "setup: installing python3-venv (apt)"
+    if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
+    "$PY" -m venv .venv
+  fi
 fi
 stamp=.venv/.hermesx-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
