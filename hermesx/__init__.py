@@ -35,6 +35,7 @@ __all__ = [
     "BadModuleError",
     "CallCycleError",
     "CallTimeoutError",
+    "Client",
     "CommunicationError",
     "ConfigurationError",
     "DeadlineExceededError",
@@ -52,3 +53,17 @@ __all__ = [
     "StorageError",
     "UnreachableError",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The client pulls in gRPC and kazoo; load it only when asked for, so
+    # that `hermesx run` and the runtime stay light.
+    if name == "Client":
+        from hermesx.client import Client
+
+        return Client
+    raise AttributeError(f"module 'hermesx' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | {"Client"})
