@@ -291,7 +291,11 @@ class WasmInstance:
         error = _call_unchecked(self.ctx, self._func_refs[export], raw, 8, ctypes.byref(trap))
         if error:
             err = wasmtime.WasmtimeError._from_ptr(error)
-            raise WasmFault(f"{export}: {err}", interrupted=False, cause=self._take_host_error())
+            cause = self._take_host_error()
+            # wasmtime's text is a backtrace plus the cause; the cause is the news.
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+            reason = str(cause) if cause is not None else (lines[-1] if lines else "failed")
+            raise WasmFault(f"{export}: {reason}", interrupted=False, cause=cause)
         if trap:
             raise self._fault(export, wasmtime.Trap._from_ptr(trap))
         return raw[0].i32 if has_result else None

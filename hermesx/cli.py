@@ -319,7 +319,7 @@ def cmd_ls(args: argparse.Namespace) -> None:
         names = {g: n for n, g in client.names().items()}
         rows: list[dict[str, Any]] = []
         for sid, member in sorted(client.naming.storesites().items()):
-            stub = pbg.StoresiteStub(client.channels.get(member.address))
+            stub = client.channels.stub(member.address, pbg.StoresiteStub)
             try:
                 listing = stub.ListAtoms(pb.Empty(), timeout=10.0)
             except grpc.RpcError as exc:

@@ -133,7 +133,7 @@ class Invoker:
         return member.address
 
     def node_stub(self, node: str) -> pbg.SupervisorStub:
-        return pbg.SupervisorStub(self.channels.get(self.node_address(node)))
+        return self.channels.stub(self.node_address(node), pbg.SupervisorStub)
 
     def storesite_address(self, guid: str) -> tuple[str, str]:
         """(storesite id, address) of the storesite that knows where ``guid`` is."""
@@ -150,7 +150,7 @@ class Invoker:
     def locate(self, guid: str, timeout: float = 10.0) -> TAD:
         """Ask the atom's storesite where it is (activating it if dormant)."""
         sid, address = self.storesite_address(guid)
-        stub = pbg.StoresiteStub(self.channels.get(address))
+        stub = self.channels.stub(address, pbg.StoresiteStub)
         for _ in range(4):  # follow a moved home a few times at most
             try:
                 reply = stub.Locate(pb.GuidRequest(guid=guid), timeout=timeout)
@@ -161,7 +161,7 @@ class Invoker:
                 member = self.naming.storesites().get(sid)
                 if member is None:
                     raise UnreachableError(f"atom {guid}: its storesite moved to {sid!r}, not live")
-                stub = pbg.StoresiteStub(self.channels.get(member.address))
+                stub = self.channels.stub(member.address, pbg.StoresiteStub)
                 continue
             tad = tad_from_pb(reply.tad)
             if tad is None:
@@ -342,6 +342,10 @@ class Invoker:
         raise _Broken()
 
     def _retrying(self, call: _Call, attempt: Callable[[], T], target: str) -> T:
+        try:
+            return attempt()  # the common case, without the retry machinery's cost
+        except _Broken:
+            pass
         retrying = Retrying(
             stop=stop_after_attempt(self.attempts) | stop_after_delay(max(call.remaining(), 0.0)),
             wait=wait_exponential(multiplier=0.02, max=0.5),

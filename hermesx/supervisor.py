@@ -343,7 +343,7 @@ class Supervisor(pbg.SupervisorServicer):
 
     def storesite_stub(self, guid: str) -> tuple[str, pbg.StoresiteStub]:
         sid, address = self.invoker.storesite_address(guid)
-        return sid, pbg.StoresiteStub(self.channels.get(address))
+        return sid, self.channels.stub(address, pbg.StoresiteStub)
 
     def _storesite_call(
         self, guid: str, method: str, request: object, timeout: float = 10.0
@@ -499,7 +499,7 @@ class Supervisor(pbg.SupervisorServicer):
         forwarded.hops = request.hops + 1
         try:
             address = self.invoker.node_address(tad.node)
-            stub = pbg.SupervisorStub(self.channels.get(address))
+            stub = self.channels.stub(address, pbg.SupervisorStub)
             reply: pb.InvokeReply = stub.Invoke(forwarded, timeout=request.timeout or 30.0)
         except HermesError as exc:
             reply = pb.InvokeReply(error=pb_error(exc), tad=tad_to_pb(tad))
@@ -536,7 +536,7 @@ class Supervisor(pbg.SupervisorServicer):
             forwarded.CopyFrom(request)
             forwarded.hops = request.hops + 1
             try:
-                stub = pbg.SupervisorStub(self.channels.get(self.invoker.node_address(tad.node)))
+                stub = self.channels.stub(self.invoker.node_address(tad.node), pbg.SupervisorStub)
                 reply: pb.SendReply = stub.Send(forwarded, timeout=30.0)
             except HermesError as exc:
                 return pb.SendReply(error=pb_error(exc), tad=tad_to_pb(tad))
@@ -580,7 +580,7 @@ class Supervisor(pbg.SupervisorServicer):
             raise UnreachableError("no storesite is running in this cluster; cannot create atoms")
         sid = sorted(storesites)[hash(loaded.hash) % len(storesites)]
         guid = str(GUID.new(sid))
-        stub = pbg.StoresiteStub(self.channels.get(storesites[sid].address))
+        stub = self.channels.stub(storesites[sid].address, pbg.StoresiteStub)
         if meta.name:
             self.naming.bind(meta.name, guid)
         try:
