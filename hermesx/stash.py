@@ -57,15 +57,16 @@ class Stash:
             current = self._tads.get(guid)
             if current is not None and current.age >= tad.age:
                 return False
-            self._tads[guid] = tad
+            # Disk first: a refused write must not leave a pointer a restart forgets.
             self._write(guid, tad)
+            self._tads[guid] = tad
             return True
 
     def force(self, guid: str, tad: TAD) -> None:
         """Set ``tad`` regardless of age (test hook for building chains and loops)."""
         with self._lock:
-            self._tads[guid] = tad
             self._write(guid, tad)
+            self._tads[guid] = tad
 
     def _write(self, guid: str, tad: TAD) -> None:
         if self._env is None:
