@@ -44,6 +44,10 @@ def json_to_msgpack(text: str) -> bytes:
         return pack(None)
     try:
         value = json.loads(text)
+    except RecursionError as exc:
+        raise ConfigurationError(
+            f"arguments of {len(text)} characters nest too deeply to be read as JSON"
+        ) from exc
     except json.JSONDecodeError as exc:
         shown = text if len(text) <= 60 else text[:57] + "..."
         raise ConfigurationError(
@@ -76,4 +80,11 @@ def _key(key: Any) -> str:
 
 def msgpack_to_python(data: bytes) -> object:
     """A JSON-printable Python value of msgpack ``data`` (see module docstring)."""
-    return _printable(unpack(data))
+    value = unpack(data)
+    try:
+        return _printable(value)
+    except RecursionError as exc:
+        # msgpack allows deeper nesting than Python's stack does here.
+        raise ConfigurationError(
+            f"msgpack value of {len(data)} bytes nests too deeply to print as JSON"
+        ) from exc
