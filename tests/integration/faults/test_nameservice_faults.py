@@ -1,0 +1,163 @@
+"""Name-service faults under load (DESIGN.md §6, §7).
+
+Scenario 3: kill -9 of one member (the leader) of a 3-server ZooKeeper
+ensemble: the cluster keeps working. Scenario 4: a node cut off from
+ZooKeeper while clients still reach it must fence itself before the
+storesite recovers its atom elsewhere, so two copies never serve.
+
+The cut of scenario 4 is a userspace TCP proxy between that node and
+ZooKeeper (``faultkit.TcpProxy``) in ``blackhole`` mode: connections stay
+open and every byte is dropped, which is what a partition looks like to
+both ends. Network namespaces would need an address outside 127.0.0.0/8 in
+the root namespace to reach the test's ZooKeeper and clients; the proxy
+cuts exactly one process's name-service traffic and nothing else.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from faultkit import (
+    RAN_NOT_DURABLE,
+    ClusterStarter,
+    CopyWatcher,
+    LoadGenerator,
+    Tally,
+    TcpProxy,
+    assert_nothing_lost,
+    final_value,
+    serves_here,
+    tally,
+    wait_until,
+)
+
+from hermesx.client import Client
+from nameservice.zookeeper import ZooKeeperEnsemble, ZooKeeperServer, four_letter
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+Report = Callable[[Tally], None]
+
+
+@pytest.fixture(scope="module")
+def ensemble() -> Iterator[ZooKeeperEnsemble]:
+    servers = ZooKeeperEnsemble(3)
+    servers.start()
+    try:
+        yield servers
+    finally:
+        servers.stop()
+
+
+def _leader(ensemble: ZooKeeperEnsemble) -> int:
+    ports = [int(hp.rpartition(":")[2]) for hp in ensemble.connect_string.split(",")]
+    for i, port in enumerate(ports):
+        if "Mode: leader" in four_letter(port, "srvr"):
+            return i
+    raise AssertionError("no ZooKeeper server says it leads")
+
+
+def test_kill_one_zookeeper_member(
+    start_cluster: ClusterStarter,
+    ensemble: ZooKeeperEnsemble,
+    atoms: dict[str, pathlib.Path],
+    report: Report,
+) -> None:
+    cluster = start_cluster(["n1", "n2"], zk=ensemble.connect_string, session_timeout=4.0)
+    leader = _leader(ensemble)
+    try:
+        with Client(cluster.zk, cluster.name) as client:
+            client.create(atoms["counter"], name="c", on="n1", checkpoint="every-call")
+            load = LoadGenerator(client.address.zk, client.address.cluster, "c")
+            with load:
+                load.wait_acks(30)
+                ensemble.kill(leader)
+                killed_at = time.monotonic()
+                load.wait_acks(30, since=killed_at)
+                # Names and membership still work: create, bind and call a new atom.
+                client.create(atoms["counter"], name="born-after", on="n2")
+                assert client.atom("born-after").incr(2) == 2
+                load.wait_acks(10, since=time.monotonic())
+            final = final_value(client, "c")
+            where = client.locate("c")
+    finally:
+        ensemble.restart(leader)
+    records = load.records
+    t = tally("3 kill -9 ZooKeeper leader", records, final)
+    t.notes.update(killed_member=leader, located=f"{where.node}@{where.age}")
+    report(t)
+    assert_nothing_lost(t)
+    # Losing one of three servers is not an outage: no call failed, the atom stayed put.
+    assert t.failed_clear == 0, t.errors_by_kind
+    assert where.node == "n1" and where.age == 1, where
+
+
+def test_node_partitioned_from_zookeeper_fences_before_recovery(
+    start_cluster: ClusterStarter,
+    zk_server: ZooKeeperServer,
+    atoms: dict[str, pathlib.Path],
+    report: Report,
+) -> None:
+    with TcpProxy(zk_server.connect_string) as zk_link:
+        cluster = start_cluster(
+            ["n1", "n2", "n3"],
+            zk=zk_server.connect_string,
+            session_timeout=2.0,
+            node_zk={"n1": zk_link.address},
+        )
+        with Client(cluster.zk, cluster.name) as client:
+            guid = client.create(atoms["counter"], name="c", on="n1", checkpoint="every-call")
+            addresses = {name: m.address for name, m in client.nodes().items()}
+            load = LoadGenerator(client.address.zk, client.address.cluster, "c")
+            with load, CopyWatcher(addresses, guid) as watcher:
+                load.wait_acks(30)
+                zk_link.cut("blackhole")
+                cut_at = time.monotonic()
+                wait_until(
+                    "the storesite to recover the atom on another node",
+                    lambda: any(r.ok and r.node != "n1" for r in load.records),
+                    timeout=60.0,
+                )
+                load.wait_acks(30, since=time.monotonic())
+                # n1 is still up and reachable by clients (it answers), yet does not serve.
+                assert serves_here(watcher.stubs["n1"], guid) is False
+            final = final_value(client, "c")
+            where = client.locate("c")
+            zk_link.heal()
+            healed_at = time.monotonic()
+            # Back in the name service, n1 registers again and holds no copy.
+            cluster.wait_registered(nodes=["n1"])
+            n1_watch = CopyWatcher({"n1": addresses["n1"]}, guid)
+            n1_after_heal = n1_watch.probe_once()
+            n1_watch.close()
+            assert final_value(client, "c") == final
+    records = load.records
+    t = tally("4 node cut from ZooKeeper", records, final)
+    old = [r for r in records if r.ok and r.node == "n1"]
+    new = [r for r in records if r.ok and r.node != "n1"]
+    first_new_end = min(r.ended for r in new)
+    ran_late_on_old = [
+        r for r in records if not r.ok and RAN_NOT_DURABLE in r.error and r.started > first_new_end
+    ]
+    t.notes.update(
+        recovered_on=f"{where.node}@{where.age}",
+        last_old_answer_after_cut_s=round(max(r.ended for r in old) - cut_at, 2),
+        first_new_answer_after_cut_s=round(first_new_end - cut_at, 2),
+        probe_rounds=len(watcher.rounds),
+        most_serving=watcher.most_serving(),
+        most_holding=watcher.most_active(),
+        rejoined_after_heal_s=round(time.monotonic() - healed_at, 2),
+    )
+    report(t)
+    assert_nothing_lost(t)
+    assert where.node in ("n2", "n3") and where.age > 1, where
+    # At no moment did two copies serve ...
+    assert watcher.rounds, "the copy watcher never completed a round"
+    assert watcher.most_serving() <= 1, [r for r in watcher.rounds if len(r.serving) > 1][:3]
+    # ... and no call was answered (or even run) by the old copy once the recovered one answered.
+    assert max(r.started for r in old) < first_new_end
+    assert not ran_late_on_old, ran_late_on_old[:3]
+    assert n1_after_heal.active == () and n1_after_heal.serving == (), n1_after_heal
