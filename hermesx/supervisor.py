@@ -208,6 +208,7 @@ class Supervisor(pbg.SupervisorServicer):
         self._stopping = threading.Event()
         self._server: grpc.Server | None = None
         self._background = futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="node-bg")
+        self._transfers = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="transfer")
 
     # ------------------------------------------------------------ lifecycle
 
@@ -261,6 +262,7 @@ class Supervisor(pbg.SupervisorServicer):
             active.atom.close()
         self.atoms.clear()
         self._background.shutdown(wait=False, cancel_futures=True)
+        self._transfers.shutdown(wait=False, cancel_futures=True)
         self.runtime.close()
         self.stash.close()
         self.channels.close()
@@ -761,8 +763,9 @@ class Supervisor(pbg.SupervisorServicer):
             raise MigrationError(f"atom {guid} is already on node {destination}")
         if destination not in self.naming.nodes():
             raise MigrationError(f"node {destination!r} is not a live member of the cluster")
-        snapshot = self._freeze(active, wait=30.0)
         held_from = time.perf_counter()
+        snapshot = self._freeze(active, wait=30.0)
+        phases = {"snapshot": time.perf_counter()}
         try:
             prepared = self._storesite_call(
                 guid,
@@ -770,6 +773,7 @@ class Supervisor(pbg.SupervisorServicer):
                 pb.PrepareRequest(guid=guid, source=tad_to_pb(active.tad), destination=destination),
             )
             assert isinstance(prepared, pb.PrepareReply)
+            phases["prepare"] = time.perf_counter()
             new_tad = TAD(destination, int(prepared.age))
         except HermesError as exc:
             self._thaw(active)
@@ -782,32 +786,39 @@ class Supervisor(pbg.SupervisorServicer):
             source=self.name,
             commit=False,
         )
+        # The two copies travel at once: the destination stages its copy while
+        # the storesite stages the checkpoint-to-be, so COMMIT carries no state.
+        staging = self._transfers.submit(
+            self._storesite_call,
+            guid,
+            "Stage",
+            pb.CommitRequest(guid=guid, tad=tad_to_pb(new_tad), snapshot=snapshot),
+            60.0,
+        )
+        dst = None
         try:
             dst = self.invoker.node_stub(destination)
             dst.Accept(accept, timeout=60.0)
+            staging.result()
+            phases["transfer"] = time.perf_counter()
         except (grpc.RpcError, HermesError) as exc:
             err = (
                 exc if isinstance(exc, HermesError) else error_from_rpc(exc, f"node {destination}")
             )
             with contextlib.suppress(HermesError):
-                self._storesite_call(guid, "Abort", pb.AbortRequest(guid=guid, age=new_tad.age))
+                staging.result()
+            self._abort_move(guid, new_tad, dst, accept)
             self._thaw(active)
-            raise MigrationError(f"atom {guid}: destination {destination} refused: {err}") from exc
+            raise MigrationError(f"atom {guid}: move to {destination} failed: {err}") from exc
         try:
             self._storesite_call(
-                guid,
-                "Commit",
-                pb.CommitRequest(guid=guid, tad=tad_to_pb(new_tad), snapshot=snapshot),
+                guid, "Commit", pb.CommitRequest(guid=guid, tad=tad_to_pb(new_tad))
             )
         except HermesError as exc:
-            with contextlib.suppress(HermesError):
-                self._storesite_call(guid, "Abort", pb.AbortRequest(guid=guid, age=new_tad.age))
-            with contextlib.suppress(grpc.RpcError):
-                accept.commit = False
-                accept.snapshot = b""
-                dst.Accept(accept, timeout=5.0)  # empty snapshot = discard the staged copy
+            self._abort_move(guid, new_tad, dst, accept)
             self._thaw(active)
             raise MigrationError(f"atom {guid}: commit at the storesite failed: {exc}") from exc
+        phases["commit"] = time.perf_counter()
         # Committed: the destination is where the atom lives now.
         self.drop(active, new_tad)
         accept.commit = True
@@ -818,14 +829,38 @@ class Supervisor(pbg.SupervisorServicer):
             # The storesite has the checkpoint and the location; if the
             # destination died it will be recovered from there.
             log.warning("atom %s: activation at %s failed after commit: %s", guid, destination, exc)
+        phases["activate"] = time.perf_counter()
         held_ms = (time.perf_counter() - held_from) * 1000
         total_ms = (time.perf_counter() - started) * 1000
+        steps, last = [], held_from
+        for step, at in phases.items():
+            steps.append(f"{step} {(at - last) * 1000:.1f}")
+            last = at
         log.info(
-            "atom %s moved to %s in %.1f ms (%d bytes)", guid, new_tad, total_ms, len(snapshot)
+            "atom %s moved to %s in %.1f ms (%d bytes; ms: %s)",
+            guid,
+            new_tad,
+            total_ms,
+            len(snapshot),
+            ", ".join(steps),
         )
         return pb.MigrateReply(
             tad=tad_to_pb(new_tad), state_bytes=len(snapshot), held_ms=held_ms, total_ms=total_ms
         )
+
+    def _abort_move(
+        self, guid: str, tad: TAD, dst: pbg.SupervisorStub | None, accept: pb.AcceptRequest
+    ) -> None:
+        """Before COMMIT: the storesite forgets the move, the destination its staged copy."""
+        with contextlib.suppress(HermesError):
+            self._storesite_call(guid, "Abort", pb.AbortRequest(guid=guid, age=tad.age))
+        if dst is not None:
+            discard = pb.AcceptRequest()
+            discard.CopyFrom(accept)
+            discard.commit = False
+            discard.snapshot = b""  # empty snapshot = discard the staged copy
+            with contextlib.suppress(grpc.RpcError):
+                dst.Accept(discard, timeout=5.0)
 
     def _move_quietly(self, guid: str, destination: str) -> None:
         try:

@@ -150,6 +150,13 @@ class StoresiteServicer(pbg.StoresiteServicer):
             lambda: _location(self.site.commit(request.guid, _tad(request.tad), request.snapshot)),
         )
 
+    def Stage(self, request: pb.CommitRequest, context: grpc.ServicerContext) -> pb.Empty:
+        def body() -> pb.Empty:
+            self.site.stage(request.guid, _tad(request.tad), request.snapshot)
+            return pb.Empty()
+
+        return self._run(context, "Stage", body)
+
     def Abort(self, request: pb.AbortRequest, context: grpc.ServicerContext) -> pb.Empty:
         def body() -> pb.Empty:
             self.site.abort(request.guid, request.age)

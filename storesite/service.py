@@ -141,6 +141,10 @@ class Storesite:
                 )
             return self.store.prepare(guid, source, destination)
 
+    def stage(self, guid: str, tad: TAD, snapshot: bytes) -> None:
+        with self._atom_lock(guid):
+            self.store.stage(guid, tad, snapshot)
+
     def commit(self, guid: str, tad: TAD, snapshot: bytes) -> Location:
         with self._atom_lock(guid):
             state = self.store.commit(guid, tad, snapshot)

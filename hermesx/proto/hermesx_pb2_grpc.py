@@ -571,6 +571,11 @@ class StoresiteStub:
                 request_serializer=hermesx__pb2.PrepareRequest.SerializeToString,
                 response_deserializer=hermesx__pb2.PrepareReply.FromString,
                 _registered_method=True)
+        self.Stage = channel.unary_unary(
+                '/hermesx.v1.Storesite/Stage',
+                request_serializer=hermesx__pb2.CommitRequest.SerializeToString,
+                response_deserializer=hermesx__pb2.Empty.FromString,
+                _registered_method=True)
         self.Commit = channel.unary_unary(
                 '/hermesx.v1.Storesite/Commit',
                 request_serializer=hermesx__pb2.CommitRequest.SerializeToString,
@@ -655,6 +660,14 @@ class StoresiteServicer:
 
     def Prepare(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Stage(self, request, context):
+        """Holds the snapshot of a pending move, sent while the destination gets
+        its copy; a COMMIT with an empty snapshot then uses it.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -744,6 +757,11 @@ def add_StoresiteServicer_to_server(servicer, server):
                     servicer.Prepare,
                     request_deserializer=hermesx__pb2.PrepareRequest.FromString,
                     response_serializer=hermesx__pb2.PrepareReply.SerializeToString,
+            ),
+            'Stage': grpc.unary_unary_rpc_method_handler(
+                    servicer.Stage,
+                    request_deserializer=hermesx__pb2.CommitRequest.FromString,
+                    response_serializer=hermesx__pb2.Empty.SerializeToString,
             ),
             'Commit': grpc.unary_unary_rpc_method_handler(
                     servicer.Commit,
@@ -975,6 +993,33 @@ class Storesite:
             '/hermesx.v1.Storesite/Prepare',
             hermesx__pb2.PrepareRequest.SerializeToString,
             hermesx__pb2.PrepareReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hermesx.v1.Storesite/Stage',
+            hermesx__pb2.CommitRequest.SerializeToString,
+            hermesx__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

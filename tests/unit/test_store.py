@@ -128,6 +128,41 @@ def test_prepare_commit_moves_location_and_checkpoint(store: AtomStore) -> None:
     assert (ck.tad, ck.snapshot) == (TAD("n2", 2), b"at n2")
 
 
+def test_a_staged_snapshot_becomes_the_checkpoint_only_at_commit(store: AtomStore) -> None:
+    guid = new_atom(store)
+    before = store.latest_checkpoint(guid).snapshot
+    age = store.prepare(guid, TAD("n1", 1), "n2")
+    store.stage(guid, TAD("n2", age), b"staged state")
+    # Until COMMIT the old checkpoint is the latest, and the staged one is not listed.
+    assert store.latest_checkpoint(guid).snapshot == before
+    assert all(ck.snapshot != b"staged state" for ck in store.checkpoint_history(guid))
+    # Nothing else may write checkpoints of a moving atom.
+    with pytest.raises(MigrationError, match="moving to n2"):
+        store.put_checkpoint(guid, TAD("n1", 1), 99, b"late")
+    store.commit(guid, TAD("n2", age), b"")
+    latest = store.latest_checkpoint(guid)
+    assert (latest.tad, latest.snapshot) == (TAD("n2", age), b"staged state")
+    assert store.get(guid).location == TAD("n2", age)
+
+
+def test_commit_without_a_staged_snapshot_is_refused(store: AtomStore) -> None:
+    guid = new_atom(store)
+    age = store.prepare(guid, TAD("n1", 1), "n2")
+    with pytest.raises(MigrationError, match="no snapshot was staged"):
+        store.commit(guid, TAD("n2", age), b"")
+    assert store.get(guid).location == TAD("n1", 1)
+
+
+def test_an_aborted_stage_never_becomes_a_checkpoint(store: AtomStore) -> None:
+    guid = new_atom(store)
+    age = store.prepare(guid, TAD("n1", 1), "n2")
+    store.stage(guid, TAD("n2", age), b"abandoned")
+    store.abort(guid, age)
+    store.put_checkpoint(guid, TAD("n1", 1), 5, b"kept")
+    assert store.latest_checkpoint(guid).snapshot == b"kept"
+    assert all(ck.snapshot != b"abandoned" for ck in store.checkpoint_history(guid))
+
+
 def test_concurrent_prepare_is_refused(store: AtomStore) -> None:
     guid = new_atom(store)
     store.prepare(guid, TAD("n1", 1), "n2")
@@ -138,7 +173,7 @@ def test_concurrent_prepare_is_refused(store: AtomStore) -> None:
 def test_stale_source_is_refused(store: AtomStore) -> None:
     guid = new_atom(store)
     age = store.prepare(guid, TAD("n1", 1), "n2")
-    store.commit(guid, TAD("n2", age), b"")
+    store.commit(guid, TAD("n2", age), b"moved")
     with pytest.raises(MigrationError, match="stale move"):
         store.prepare(guid, TAD("n1", 1), "n3")
 
@@ -155,7 +190,7 @@ def test_abort_keeps_location_and_ages_never_go_back(store: AtomStore) -> None:
     assert second > first
     # A commit for the aborted attempt cannot land.
     with pytest.raises(MigrationError, match="does not match"):
-        store.commit(guid, TAD("n2", first), b"")
+        store.commit(guid, TAD("n2", first), b"moved")
     assert not store.abort(guid, first)  # stale abort leaves the live attempt alone
     assert store.get(guid).pending == TAD("n2", second)
 
@@ -163,7 +198,7 @@ def test_abort_keeps_location_and_ages_never_go_back(store: AtomStore) -> None:
 def test_commit_without_prepare_is_refused(store: AtomStore) -> None:
     guid = new_atom(store)
     with pytest.raises(MigrationError, match="no move"):
-        store.commit(guid, TAD("n2", 2), b"")
+        store.commit(guid, TAD("n2", 2), b"moved")
 
 
 def test_passivate_marks_dormant_and_activation_uses_next_age(store: AtomStore) -> None:
@@ -186,7 +221,7 @@ def test_passivate_marks_dormant_and_activation_uses_next_age(store: AtomStore) 
 def test_passivation_from_stale_location_is_refused(store: AtomStore) -> None:
     guid = new_atom(store)
     age = store.prepare(guid, TAD("n1", 1), "n2")
-    store.commit(guid, TAD("n2", age), b"")
+    store.commit(guid, TAD("n2", age), b"moved")
     with pytest.raises(MigrationError, match="stale passivation"):
         store.passivated(guid, TAD("n1", 1), b"old")
     assert not store.get(guid).dormant
