@@ -193,13 +193,22 @@ def cmd_create(args: argparse.Namespace) -> None:
             name=args.name or "",
             on=args.on,
             aliases=args.alias or [],
-            init=json.loads(args.init) if args.init is not None else None,
+            init=_json_value(args.init, "init arguments") if args.init is not None else None,
             checkpoint=args.checkpoint,
             reentrant=args.reentrant,
             tags=[t for t in (args.tags or "").split(",") if t],
             idle_passivate_seconds=args.idle_passivate,
         )
     _emit(args, {"guid": guid, "name": args.name}, guid)
+
+
+def _json_value(text: str, what: str) -> Any:
+    """The value of JSON ``text`` typed by the user; a clear error when it is not JSON."""
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        shown = text if len(text) <= 60 else text[:57] + "..."
+        raise ConfigurationError(f"{what} {shown!r} are not valid JSON: {exc}") from exc
 
 
 def cmd_invoke(args: argparse.Namespace) -> None:
