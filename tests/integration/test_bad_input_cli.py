@@ -1,0 +1,152 @@
+"""Bad input through the command line: one line `error: ...`, a non-zero exit, JSON with --json.
+
+Each case runs ``python -m hermesx`` as a user would (DESIGN.md §8: exit status
+0 on success, non-zero with a one-line ``error: …`` on failure).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+import wasmtime
+
+from hermesx.client import Client
+from hermesx.cluster import LocalCluster
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def env(cluster: LocalCluster) -> dict[str, str]:
+    return {**os.environ, "HERMESX_ZK": cluster.zk, "HERMESX_CLUSTER": cluster.name}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pathlib.Path]:
+    """Hostile module files for `hermesx create` / `hermesx run`."""
+    root = tmp_path_factory.mktemp("bad-modules")
+    base = (
+        '(memory (export "memory") {pages})'
+        ' (func (export "hx_abi_version") (result i32) (i32.const 1))'
+        ' (func (export "hx_alloc") (param i32) (result i32) (i32.const 1024))'
+        ' (func (export "hx_invoke") (param i32 i32 i32 i32) (result i32) (i32.const 0))'
+    )
+    modules = {
+        "empty": b"",
+        "text": b"this is not a module\n",
+        "hugemem": wasmtime.wat2wasm(f"(module {base.format(pages=4000)})"),
+        "start-traps": wasmtime.wat2wasm(
+            f"(module {base.format(pages=1)} (func $s (unreachable)) (start $s))"
+        ),
+        "env-import": wasmtime.wat2wasm(
+            f'(module (import "env" "exit" (func (param i32))) {base.format(pages=1)})'
+        ),
+    }
+    paths = {}
+    for name, data in modules.items():
+        path = root / f"{name}.wasm"
+        path.write_bytes(bytes(data))
+        paths[name] = path
+    return paths
+
+
+@pytest.fixture(scope="module")
+def resident(cluster: LocalCluster, atoms: dict[str, pathlib.Path]) -> Iterator[str]:
+    """Atoms the cases talk to: a counter and a trap atom, on n1."""
+    with Client(cluster.zk, cluster.name) as client:
+        client.create(atoms["counter"], name="cli-counter", on="n1")
+        client.create(atoms["trap"], name="cli-trap", on="n1")
+    yield "cli-counter"
+
+
+def hermesx(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hermesx", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+# (argv with {placeholders}, expected kind, a word the message must hold)
+CASES: dict[str, tuple[list[str], str, str]] = {
+    "create-empty-file": (["create", "{empty}", "--on", "n1"], "bad_module", "magic"),
+    "create-text-file": (["create", "{text}", "--on", "n1"], "bad_module", "magic"),
+    "create-missing-file": (["create", "{missing}"], "configuration", "missing.wasm"),
+    "create-huge-memory": (["create", "{hugemem}", "--on", "n2"], "memory", "cap"),
+    "create-start-traps": (["create", "{start-traps}", "--on", "n2"], "bad_module", "start"),
+    "create-env-import": (["create", "{env-import}", "--on", "n3"], "bad_module", "env.exit"),
+    "create-no-hx_invoke": (["create", "{noexport}", "--on", "n3"], "bad_module", "hx_invoke"),
+    "create-unknown-node": (["create", "{counter}", "--on", "n9"], "unreachable", "n9"),
+    "create-bad-name": (["create", "{counter}", "--name", "a/b"], "invalid_name", "a/b"),
+    "create-bad-init-json": (["create", "{counter}", "--init", "{{nope"], "configuration", "JSON"),
+    "invoke-unknown-atom": (["invoke", "no-such-atom", "get"], "not_found", "no-such-atom"),
+    "invoke-unknown-guid": (["invoke", "s1:" + "e" * 32, "get"], "not_found", "s1:"),
+    "invoke-unknown-method": (["invoke", "cli-counter", "frobnicate"], "method", "frobnicate"),
+    "invoke-bad-json": (["invoke", "cli-counter", "incr", "{{nope"], "configuration", "JSON"),
+    "invoke-deep-json": (["invoke", "cli-counter", "incr", "{deep}"], "configuration", "deep"),
+    "invoke-wrong-type": (["invoke", "cli-counter", "incr", '"five"'], "method", "incr"),
+    "invoke-trap": (["invoke", "cli-trap", "boom"], "trap", "boom"),
+    "invoke-bad-name": (["invoke", "bad/name", "get"], "invalid_name", "bad/name"),
+    "lookup-invalid-regex": (["lookup", "("], "invalid_pattern", "("),
+    "lookup-10k-pattern": (["lookup", "{long}"], "invalid_pattern", "longer"),
+    "migrate-unknown-node": (["migrate", "cli-counter", "n9"], "not_found", "n9"),
+    "locate-unknown-atom": (["locate", "no-such-atom"], "not_found", "no-such-atom"),
+    "run-empty-file": (["run", "{empty}", "get"], "bad_module", "magic"),
+    "run-trap": (["run", "{trap}", "boom"], "trap", "boom"),
+}
+
+
+def _argv(
+    template: list[str], files: dict[str, pathlib.Path], atoms: dict[str, pathlib.Path]
+) -> list[str]:
+    values = {name: str(path) for name, path in {**atoms, **files}.items()}
+    values["missing"] = str(next(iter(files.values())).parent / "missing.wasm")
+    values["deep"] = "[" * 60_000 + "]" * 60_000
+    values["long"] = "a" * 10_240
+    return [part.format(**values) for part in template]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_is_one_error_line_and_a_json_error(
+    env: dict[str, str],
+    files: dict[str, pathlib.Path],
+    atoms: dict[str, pathlib.Path],
+    resident: str,
+    case: str,
+) -> None:
+    template, kind, word = CASES[case]
+    proc = hermesx(env, *_argv(template, files, atoms), "--json", "-q")
+    assert proc.returncode != 0, proc.stdout
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
+    assert word in lines[0]
+    reply = json.loads(proc.stdout)
+    assert isinstance(reply, dict) and reply["error"] == lines[0].removeprefix("error: ")
+    if kind:
+        assert reply["kind"] == kind, reply
+
+
+def test_without_json_stdout_stays_empty_on_failure(
+    env: dict[str, str], resident: str, files: dict[str, pathlib.Path]
+) -> None:
+    proc = hermesx(env, "create", str(files["empty"]), "--on", "n1")
+    assert proc.returncode != 0
+    assert proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ")
+
+
+def test_the_cluster_still_answers_after_the_bad_input(env: dict[str, str], resident: str) -> None:
+    hostile = hermesx(env, "lookup", "(a*)*b", "--all", "--json")
+    assert hostile.returncode == 0, hostile.stderr
+    assert json.loads(hostile.stdout) == []
+    proc = hermesx(env, "invoke", resident, "incr", "3", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["result"] >= 3
