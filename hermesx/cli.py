@@ -404,6 +404,17 @@ def cmd_storesite_serve(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_storesite_move(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        old = client.move_home(args.target, args.storesite)
+        guid = client.guid_of(args.target)
+    _emit(
+        args,
+        {"guid": guid, "from": old, "storesite": args.storesite},
+        f"{args.target} is now homed at storesite {args.storesite} (was {old})",
+    )
+
+
 def _stop_on_signals(stop: Callable[[], None]) -> None:
     def handler(signum: int, frame: object) -> None:
         threading.Thread(target=stop, daemon=True).start()
@@ -567,6 +578,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", default="127.0.0.1:0")
     p.add_argument("--data", required=True)
     p.add_argument("--session-timeout", type=float, default=4.0)
+    p = store.add_parser("move", parents=[common], help="make another storesite an atom's home")
+    p.set_defaults(func=cmd_storesite_move)
+    p.add_argument("target", help="atom name or GUID")
+    p.add_argument("storesite", help="id of the new home storesite")
 
     p = verb("bench", cmd_bench, "run a benchmark and print its figures")
     p.add_argument("what", choices=["runtime", "naming", "invoke", "storesite", "migrate"])

@@ -251,6 +251,19 @@ class Client:
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, f"node {tad.node}") from exc
 
+    def move_home(self, target: str, storesite: str) -> str:
+        """Make ``storesite`` the atom's home; the old home keeps a forwarding record."""
+        guid = self.guid_of(target)
+        sid, address = self.invoker.storesite_address(guid)
+        if storesite not in self.naming.storesites():
+            raise NameNotFoundError(f"storesite {storesite!r} is not a live member of the cluster")
+        stub = self.channels.stub(address, pbg.StoresiteStub)
+        try:
+            stub.MoveHome(pb.StoreMoveRequest(guid=guid, destination=storesite), timeout=120.0)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"storesite {sid}") from exc
+        return sid
+
     def stash_of(self, node: str, target: str) -> TAD | None:
         """The TAD ``node``'s stash holds for an atom (None when it knows nothing)."""
         guid = self.guid_of(target)
