@@ -36,7 +36,10 @@ def _all_kinds() -> dict[str, type[HermesError]]:
     todo: list[type[HermesError]] = [HermesError]
     while todo:
         cls = todo.pop()
-        found[cls.kind] = cls
+        # Internal refinements (e.g. a subclass for one retry rule) share
+        # their parent's kind; the wire rebuilds the class that owns the kind.
+        if "kind" in vars(cls):
+            found[cls.kind] = cls
         todo.extend(cls.__subclasses__())
     return found
 
