@@ -438,9 +438,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
         figures = run_invoke(progress=_progress(args))
     elif args.what == "storesite":
-        from storesite.bench import run as run_storesite
+        from hermesx.bench_storesite import run as run_storesite
 
-        figures = run_storesite()
+        figures = run_storesite(progress=_progress(args), atoms=args.atoms)
     else:
         from hermesx.bench_migrate import run as run_migrate
 
@@ -585,6 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("bench", cmd_bench, "run a benchmark and print its figures")
     p.add_argument("what", choices=["runtime", "naming", "invoke", "storesite", "migrate"])
+    p.add_argument(
+        "--atoms", type=int, default=10_000, help="storesite: how many dormant atoms to create"
+    )
 
     p = verb("demo", cmd_demo, "run a demo")
     p.add_argument("name", choices=["expense-voucher"])
