@@ -247,9 +247,12 @@ class Client:
     def passivate(self, target: str) -> TAD | None:
         guid, tad, stub = self._on_node_of(target)
         try:
-            return tad_from_pb(stub.Passivate(pb.GuidRequest(guid=guid), timeout=60.0))
+            last = tad_from_pb(stub.Passivate(pb.GuidRequest(guid=guid), timeout=60.0))
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, f"node {tad.node}") from exc
+        # Active nowhere now: the next call asks the storesite, which activates it.
+        self.invoker.stash.forget(guid)
+        return last
 
     def move_home(self, target: str, storesite: str) -> str:
         """Make ``storesite`` the atom's home; the old home keeps a forwarding record."""

@@ -302,6 +302,10 @@ class Invoker:
     def _entry_node(self, call: _Call) -> str:
         if call.via is not None:
             node, call.via = call.via, None
+            if node != self.self_node and node not in self.naming.nodes():
+                raise NameNotFoundError(
+                    f"node {node!r} (--via) is not a live member of the cluster"
+                )
             call.note(node, "enter", "via")
             return node
         if call.need_locate or call.tad is None:

@@ -68,6 +68,19 @@ class Stash:
             self._write(guid, tad)
             self._tads[guid] = tad
 
+    def forget(self, guid: str) -> None:
+        """Drop what we know of ``guid`` (it went dormant: ask its storesite next time)."""
+        with self._lock:
+            if self._env is not None:
+                try:
+                    with self._env.begin(write=True) as txn:
+                        txn.delete(guid.encode())
+                except lmdb.Error as exc:
+                    raise StorageError(
+                        f"cannot drop the stash entry of atom {guid}: {exc}"
+                    ) from exc
+            self._tads.pop(guid, None)
+
     def _write(self, guid: str, tad: TAD) -> None:
         if self._env is None:
             return
