@@ -16,6 +16,13 @@ arriving while a read is in flight makes the read's (possibly stale) answer be
 thrown away instead of cached. Our own writes drop the entries they touch, so a
 client always reads its own writes.
 
+With ``auth=(user, password)`` the cluster's tree is protected by ZooKeeper's
+digest scheme: the cluster root and everything under it get an ACL giving all
+permissions to that identity and nothing to anyone else, so only cluster
+members (who hold the secret) can read or write the cluster. ``/hermesx``
+itself stays open so that other clusters can make their roots beside it.
+A client without the secret gets :class:`NotAuthorizedError`.
+
 Kazoo's synchronous calls block forever without quorum, so every call here is
 ``*_async(...).get(timeout)`` and fails with :class:`NoQuorumError` after
 ``timeout`` seconds. Membership watchers and state listeners are called from
@@ -40,6 +47,7 @@ from kazoo.exceptions import (
     ConnectionClosedError,
     ConnectionLoss,
     KazooException,
+    NoAuthError,
     NodeExistsError,
     NoNodeError,
     NotEmptyError,
@@ -47,6 +55,7 @@ from kazoo.exceptions import (
 )
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import WatchedEvent
+from kazoo.security import ACL, OPEN_ACL_UNSAFE, make_digest_acl
 
 from nameservice.errors import (
     InvalidNameError,
@@ -54,6 +63,7 @@ from nameservice.errors import (
     NameServiceError,
     NameTakenError,
     NoQuorumError,
+    NotAuthorizedError,
 )
 from nameservice.patterns import NameIndex, compile_pattern, validate_guid, validate_name
 
@@ -106,6 +116,21 @@ def _parse_member(name: str, raw: bytes) -> Member:
     )
 
 
+def _validate_auth(auth: Any, cluster: str) -> tuple[str, str] | None:
+    if auth is None:
+        return None
+    if (
+        not isinstance(auth, tuple)
+        or len(auth) != 2
+        or not all(isinstance(part, str) and part for part in auth)
+        or ":" in auth[0]
+    ):
+        raise InvalidNameError(
+            f"auth of cluster {cluster!r} must be (user, password), non-empty, no ':' in user"
+        )
+    return (auth[0], auth[1])
+
+
 def _validate_address(address: Any, what: str) -> str:
     if not isinstance(address, str) or ":" not in address or address.startswith(":"):
         raise InvalidNameError(f"address {address!r} of {what} is not host:port")
@@ -122,8 +147,14 @@ class NameService:
         *,
         timeout: float = 5.0,
         session_timeout: float = 4.0,
+        auth: tuple[str, str] | None = None,
     ) -> None:
         self._hosts = hosts
+        self._auth = _validate_auth(auth, cluster)
+        # The ACL of every znode this client creates under the cluster root.
+        self._acl: list[ACL] | None = (
+            [make_digest_acl(auth[0], auth[1], all=True)] if auth is not None else None
+        )
         self._cluster = validate_name(cluster, "cluster name")
         self._timeout = timeout
         self._session_timeout = session_timeout
@@ -170,6 +201,9 @@ class NameService:
             timeout=self._session_timeout,
             # Reconnect quickly after an outage instead of backing off to 60 s.
             connection_retry={"max_tries": -1, "delay": 0.1, "backoff": 2, "max_delay": 1.0},
+            default_acl=self._acl,
+            # Sent again by kazoo on every reconnection.
+            auth_data=[("digest", f"{self._auth[0]}:{self._auth[1]}")] if self._auth else None,
         )
         client.add_listener(self._on_kazoo_state)
         self._worker = threading.Thread(
@@ -186,11 +220,52 @@ class NameService:
             )
         self._client = client
         self._state = "connected"
+        try:
+            self._make_tree(client)
+        except BaseException:
+            self.close()
+            raise
+        log.info("name service connected to %s, cluster %s", self._hosts, self._cluster)
+
+    def _make_tree(self, client: KazooClient) -> None:
+        if self._acl is not None:
+            # /hermesx is shared by every cluster: it must stay open for
+            # the others to make their roots in it.
+            self._call(f"create {ROOT}", client.ensure_path_async, ROOT, acl=OPEN_ACL_UNSAFE)
+            self._call(f"create {self._root}", client.ensure_path_async, self._root)
+            self._protect(client)
         for area in (_NODES, _STORESITES, _NAMES, _ALIASES, _HOMES):
             self._call(
                 f"create {self._root}/{area}", client.ensure_path_async, f"{self._root}/{area}"
             )
-        log.info("name service connected to %s, cluster %s", self._hosts, self._cluster)
+            if self._acl is not None:
+                self._protect(client, f"{self._root}/{area}")
+        if self._acl is None:
+            # A protected cluster lets anyone see that its znodes exist, not
+            # read them: fail here, with a clear error, not on first use.
+            self._call(f"list {self._root}", client.get_children_async, self._root)
+
+    def _protect(self, client: KazooClient, path: str | None = None) -> None:
+        """Give ``path`` (default: the cluster root) our ACL if it has another one.
+
+        A cluster first run without a secret keeps open znodes; protecting the
+        root and its area directories stops outsiders from creating or deleting
+        entries in them (ZooKeeper checks those rights on the parent).
+        """
+        if self._acl is None:
+            return
+        path = path or self._root
+        acls, _ = self._call(f"read the ACL of {path}", client.get_acls_async, path)
+        if list(acls) == self._acl:
+            return
+        # Any version: two members protecting at once set the same ACL.
+        self._call(f"protect {path}", client.set_acls_async, path, self._acl)
+        log.info("name service: protected %s of cluster %s with its secret", path, self._cluster)
+
+    @property
+    def protected(self) -> bool:
+        """True when this client creates and reads the cluster with the cluster's secret."""
+        return self._acl is not None
 
     def close(self) -> None:
         """End the session: this client's registrations vanish at once."""
@@ -505,6 +580,12 @@ class NameService:
             raise self._no_quorum(what) from exc
         except (NoNodeError, NodeExistsError, NotEmptyError, *_RETRYABLE):
             raise
+        except NoAuthError as exc:
+            raise NotAuthorizedError(
+                f"name service at {self._hosts} refused to {what}: cluster {self._cluster} "
+                "is protected and this client "
+                + ("has another secret" if self._auth else "has no secret")
+            ) from exc
         except KazooException as exc:
             raise NameServiceError(
                 f"name service at {self._hosts} failed to {what}: {exc!r}"

@@ -10,6 +10,7 @@ the kinds below are a contract::
     ├── InvalidNameError        "invalid_name"     empty, too long, or forbidden characters
     ├── InvalidPatternError     "invalid_pattern"  a pattern that is invalid or over the limits
     ├── NoQuorumError           "no_quorum"        ZooKeeper did not answer in time
+    ├── NotAuthorizedError      "not_authorized"   the cluster ACL refuses this client (no secret)
     └── ZooKeeperError          "zookeeper"        a local ZooKeeper could not be found or started
 
 Messages are one line and name what was wrong.
@@ -24,6 +25,7 @@ __all__ = [
     "NameServiceError",
     "NameTakenError",
     "NoQuorumError",
+    "NotAuthorizedError",
     "ZooKeeperError",
 ]
 
@@ -52,6 +54,12 @@ class InvalidPatternError(NameServiceError):
 
 class NoQuorumError(NameServiceError):
     kind = "no_quorum"
+
+
+class NotAuthorizedError(NameServiceError):
+    """The cluster root is protected by an ACL and this client lacks its secret."""
+
+    kind = "not_authorized"
 
 
 class ZooKeeperError(NameServiceError):
