@@ -11,7 +11,8 @@ processes; §7 for the name service's access control):
   secret is kept, so every process of a cluster may call it at start.
 * Every process certificate carries ``IP:127.0.0.1``, ``DNS:localhost``,
   ``DNS:<name>`` (when a valid host name), ``DNS:hermesx`` and the cluster
-  marker ``URI:hermesx://<cluster>/<name>`` (plus ``OU=<cluster>``).
+  marker ``URI:hermesx://<cluster>/<name>`` (plus ``OU=<cluster>``); the CA
+  carries ``URI:hermesx://<cluster>``.
 * :func:`server_credentials` *requires* a client certificate signed by this
   cluster's CA; :func:`channel_credentials` presents the process's own
   certificate and trusts only the cluster CA. Nodes move between machines and
@@ -172,7 +173,7 @@ def load_certs(directory: pathlib.Path, cluster: str | None = None) -> ClusterCe
         ) from exc
     except (OSError, ValueError) as exc:
         raise ConfigurationError(f"cluster CA {ca_path} cannot be read: {exc}") from exc
-    found = _cluster_of(ca.subject)
+    found = _cluster_of(ca)
     if found is None:
         raise ConfigurationError(f"{ca_path} is not the CA of a hermesx cluster")
     if cluster is not None and found != cluster:
@@ -198,8 +199,8 @@ def _ensure_ca(certs: ClusterCerts) -> None:
     subject = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "hermesx"),
-            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, certs.cluster),
-            x509.NameAttribute(NameOID.COMMON_NAME, f"hermesx cluster {certs.cluster} CA"),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, _short(certs.cluster)),
+            x509.NameAttribute(NameOID.COMMON_NAME, _short(f"hermesx cluster {certs.cluster} CA")),
         ]
     )
     now = _now()
@@ -212,6 +213,12 @@ def _ensure_ca(certs: ClusterCerts) -> None:
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=_CA_DAYS))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(f"{_URI_SCHEME}{certs.cluster}")]
+            ),
+            critical=False,
+        )
         .add_extension(
             x509.KeyUsage(
                 digital_signature=False,
@@ -259,8 +266,8 @@ def _ensure_cert(certs: ClusterCerts, name: str) -> None:
             x509.Name(
                 [
                     x509.NameAttribute(NameOID.ORGANIZATION_NAME, "hermesx"),
-                    x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, certs.cluster),
-                    x509.NameAttribute(NameOID.COMMON_NAME, name),
+                    x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, _short(certs.cluster)),
+                    x509.NameAttribute(NameOID.COMMON_NAME, _short(name)),
                 ]
             )
         )
@@ -298,10 +305,22 @@ def _still_good(cert_path: pathlib.Path, ca_cert: x509.Certificate) -> bool:
     return cert.not_valid_after_utc > _now() + datetime.timedelta(days=_RENEW_DAYS)
 
 
-def _cluster_of(subject: x509.Name) -> str | None:
-    units = subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
-    value = units[0].value if units else None
-    return value if isinstance(value, str) and value else None
+def _cluster_of(ca: x509.Certificate) -> str | None:
+    """The cluster a CA belongs to, from its ``hermesx://<cluster>`` marker."""
+    try:
+        sans = ca.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    for uri in sans.get_values_for_type(x509.UniformResourceIdentifier):
+        if uri.startswith(_URI_SCHEME) and "/" not in uri[len(_URI_SCHEME) :]:
+            return uri[len(_URI_SCHEME) :] or None
+    return None
+
+
+def _short(text: str) -> str:
+    # X.509 caps these attributes at 64 characters; names may hold 128. The
+    # full names live in the URI markers, which have no such cap.
+    return text if len(text) <= 64 else text[:63] + "~"
 
 
 def _now() -> datetime.datetime:

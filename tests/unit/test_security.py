@@ -253,3 +253,15 @@ def test_interceptor_admits_members_of_its_cluster() -> None:
 
     assert wrapped.unary_unary("req", _context("hermesx://blue/n2")) == "ok"
     assert served == ["req"]
+
+
+def test_names_of_the_longest_allowed_length_work(tmp_path: pathlib.Path) -> None:
+    cluster, name = "c" * 128, "n" * 128
+
+    certs = security.init_certs(tmp_path, cluster, [name])
+
+    assert security.load_certs(tmp_path).cluster == cluster
+    sans = _cert(certs.cert(name)).extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    assert sans.value.get_values_for_type(x509.UniformResourceIdentifier) == [
+        f"hermesx://{cluster}/{name}"
+    ]
