@@ -131,11 +131,13 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     tr.section("fault suite: what happened to every call")
     width = max(len(t.scenario) for t in _TALLIES)
     tr.write_line(f"{'scenario':<{width}}  " + "  ".join(f"{c:>12}" for c in COLUMNS))
-    for t in _TALLIES:
+    for t in sorted(_TALLIES, key=lambda t: t.scenario):
         tr.write_line(
             f"{t.scenario:<{width}}  " + "  ".join(f"{getattr(t, c):>12}" for c in COLUMNS)
         )
     base = config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
     path = pathlib.Path(base) / SUMMARY_FILE
     path.write_text(json.dumps([t.as_dict() for t in _TALLIES], indent=2, sort_keys=True))
+    if any(t.lost < 0 for t in _TALLIES):
+        tr.write_line("(-1: the atom could not be read at the end, so lost / twice are unknown)")
     tr.write_line(f"(details: {path})")

@@ -435,7 +435,7 @@ class Tally:
         return asdict(self)
 
 
-def tally(scenario: str, records: Sequence[CallRecord], final: int, start: int = 0) -> Tally:
+def tally(scenario: str, records: Sequence[CallRecord], final: int | None, start: int = 0) -> Tally:
     """Judge the final counter value against every call's outcome.
 
     * lost: acknowledged increments the final value does not hold. Witnesses:
@@ -444,16 +444,22 @@ def tally(scenario: str, records: Sequence[CallRecord], final: int, start: int =
       or an acknowledged value above the final one.
     * twice: increments beyond what acknowledged calls plus calls that
       failed ambiguously (may have run) can explain.
+
+    ``final`` is None when the atom could not be read at the end: lost and
+    twice are then unknown (-1), which :func:`assert_nothing_lost` rejects.
     """
     acked = [r for r in records if r.ok]
     failed = [r for r in records if not r.ok]
     values = [r.value for r in acked if r.value is not None]
     duplicates = len(values) - len(set(values))
-    above = sum(1 for v in values if v > final)
-    grown = final - start
     ambiguous = sum(1 for r in failed if r.error_kind not in NOT_EXECUTED_KINDS)
-    lost = max(0, len(acked) - grown, duplicates + above)
-    twice = max(0, grown - len(acked) - ambiguous)
+    if final is None:
+        lost = twice = -1
+    else:
+        grown = final - start
+        above = sum(1 for v in values if v > final)
+        lost = max(0, len(acked) - grown, duplicates + above)
+        twice = max(0, grown - len(acked) - ambiguous)
     return Tally(
         scenario=scenario,
         attempted=len(records),
@@ -463,7 +469,7 @@ def tally(scenario: str, records: Sequence[CallRecord], final: int, start: int =
         twice=twice,
         unclear_failures=sum(1 for r in failed if not r.clear),
         ambiguous_failures=ambiguous,
-        final_value=final,
+        final_value=-1 if final is None else final,
         duplicate_values=duplicates,
         errors_by_kind=_error_summary(records),
     )
