@@ -66,6 +66,8 @@ logger = logging.getLogger(__name__)
 _MSGPACK_NIL = b"\xc0"
 _STACK_POINTER = "__stack_pointer"
 _PAGE = 65536
+# The reply table's payloads, at most (it moves and checkpoints with the atom).
+REPLY_TABLE_MAX_BYTES = 8 * 2**20
 # Tables are not counted in the memory cap: without a bound of their own, one
 # `(table 100000000 funcref)` costs the node ~1 GiB per instance. C atoms use
 # a table only for function pointers, a few hundred entries at most.
@@ -457,6 +459,7 @@ class Atom:
         self._mail: deque[_Mail] = deque()
         self._closed = False
         self._replies: OrderedDict[str, ReplyRecord] = OrderedDict()
+        self._reply_bytes = 0
         self._generation = 0
         self._frames: list[_Frame] = []
         self._next_future = 1
@@ -667,9 +670,18 @@ class Atom:
 
     def _record(self, record: ReplyRecord) -> None:
         replies = self._replies
+        old = replies.pop(record.request_id, None)
+        if old is not None:
+            self._reply_bytes -= len(old.payload)
         replies[record.request_id] = record
-        while len(replies) > self._rt.reply_table_size:
-            replies.popitem(last=False)
+        self._reply_bytes += len(record.payload)
+        # Bounded in count and in bytes (it travels in every snapshot); the
+        # newest reply always stays.
+        while len(replies) > 1 and (
+            len(replies) > self._rt.reply_table_size or self._reply_bytes > REPLY_TABLE_MAX_BYTES
+        ):
+            _, dropped = replies.popitem(last=False)
+            self._reply_bytes -= len(dropped.payload)
 
     def _execute(
         self, method: str, args: bytes, chain: tuple[str, ...], deadline: float | None
@@ -1104,6 +1116,7 @@ class Atom:
         self._unwind_stack(self._initial_sp)
         self.kv = dict(state.kv)
         self._replies = OrderedDict((r.request_id, r) for r in state.replies)
+        self._reply_bytes = sum(len(r.payload) for r in state.replies)
         for code, payload in state.interrupts:
             self._mail.append(_Interrupt(code, payload))
         for future_id, status, payload in state.futures:

@@ -14,6 +14,7 @@ import sys
 
 from hermesx.errors import HermesError
 from storesite.server import serve
+from storesite.store import DEFAULT_MAX_CHECKPOINT_BYTES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, type=pathlib.Path, help="data directory")
     parser.add_argument("--zk", default=os.environ.get("HERMESX_ZK", "127.0.0.1:2181"))
     parser.add_argument("--cluster", default=os.environ.get("HERMESX_CLUSTER", "local"))
-    parser.add_argument("--max-checkpoint-bytes", type=int, default=64 * 2**20)
+    parser.add_argument("--max-checkpoint-bytes", type=int, default=DEFAULT_MAX_CHECKPOINT_BYTES)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -37,7 +37,7 @@ from storesite.nodes import CHANNEL_OPTIONS
 from storesite.placement import Member
 from storesite.rpcerrors import status_for
 from storesite.service import Storesite
-from storesite.store import AtomStore
+from storesite.store import DEFAULT_MAX_CHECKPOINT_BYTES, AtomStore
 
 __all__ = ["NameServiceDirectory", "StoresiteServer", "StoresiteServicer", "serve"]
 
@@ -302,7 +302,7 @@ def serve(
     zk: str,
     cluster: str,
     *,
-    max_checkpoint_bytes: int = 64 * 2**20,
+    max_checkpoint_bytes: int = DEFAULT_MAX_CHECKPOINT_BYTES,
     ready: Callable[[str], None] | None = None,
     stop: threading.Event | None = None,
 ) -> None:

@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 
 # Checkpoints kept besides the latest one, for an operator who needs to roll back.
 KEEP_PREVIOUS_CHECKPOINTS = 3
+# Room for an atom at a node's 64 MiB memory cap plus its KV and its reply
+# table (8 MiB), well under the wire's 256 MiB message limit.
+DEFAULT_MAX_CHECKPOINT_BYTES = 192 * 2**20
 DEFAULT_MAP_SIZE = 1 << 35  # 32 GiB of address space; the file grows only as used
 LOCK_FILE = "storesite.lock"
 
@@ -143,6 +146,11 @@ def module_hash(module: bytes) -> str:
     return hashlib.sha256(module).hexdigest()
 
 
+def _check_guid(guid: str) -> None:
+    """Refuse text that is not a GUID before it becomes an LMDB key."""
+    GUID.parse(guid)
+
+
 def _checkpoint_key(guid: str, number: int) -> bytes:
     return guid.encode() + b"/" + number.to_bytes(8, "big")
 
@@ -194,7 +202,7 @@ class AtomStore:
         sid: str,
         data_dir: pathlib.Path,
         *,
-        max_checkpoint_bytes: int = 64 * 2**20,
+        max_checkpoint_bytes: int = DEFAULT_MAX_CHECKPOINT_BYTES,
         map_size: int = DEFAULT_MAP_SIZE,
     ) -> None:
         self.sid = sid
@@ -346,6 +354,7 @@ class AtomStore:
 
     def get(self, guid: str) -> AtomState:
         """The record of ``guid`` (also for atoms whose home moved away)."""
+        _check_guid(guid)
         with self._env.begin(db=self._atoms) as txn:
             raw = txn.get(guid.encode())
         if raw is None:
@@ -659,6 +668,7 @@ class _WriteTxn:
     """A durable write transaction that turns LMDB failures into StorageError."""
 
     def __init__(self, store: AtomStore, guid: str) -> None:
+        _check_guid(guid)
         self._store = store
         self._guid = guid
         self._txn: lmdb.Transaction | None = None

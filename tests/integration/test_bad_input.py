@@ -182,11 +182,6 @@ def test_memory_cap_hit_of_an_on_request_atom_leaves_it_serving(
     still_serves(client, resident)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a snapshot of an atom at the 64 MiB memory cap exceeds the storesite's 64 MiB "
-    "checkpoint limit: every later call of an every-call atom ran but fails with StorageError",
-)
 def test_memory_cap_hit_of_a_durable_atom_leaves_it_serving(
     client: Client, atoms: dict[str, pathlib.Path], resident: str, unique_name: str
 ) -> None:
@@ -429,11 +424,6 @@ def test_undecodable_or_empty_requests_get_a_status_on_every_rpc(
     still_serves(client, resident)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="storesite RPCs pass an empty GUID to LMDB and answer with LMDB's MDB_BAD_VALSIZE "
-    "text as a storage error instead of refusing the GUID as invalid",
-)
 def test_storesite_refuses_an_empty_guid_as_invalid(client: Client) -> None:
     address = _addresses(client)["storesite"]
     with grpc.insecure_channel(address) as channel:

@@ -269,6 +269,11 @@ def test_node_death_recovers_its_atoms_on_live_nodes(cluster: Cluster) -> None:
     cluster.kill_node("doomed")
     site.on_nodes(cluster.directory.nodes())
     wait_for(lambda: len(survivor.activations) == 5, "five recoveries")
+    # The location is recorded once the node has answered the activation.
+    wait_for(
+        lambda: all(site.store.get(g).location.node == "survivor" for g in lost),
+        "five recorded locations",
+    )
 
     for guid in lost:
         state = site.store.get(guid)
