@@ -157,3 +157,12 @@ def test_a_forwarding_loop_is_broken_through_the_storesite(
     events = _events(outcome.trace)
     assert any(event == "storesite" for _, event in events), events
     assert events[-1] == ("n3", "ran")
+
+
+def test_entering_at_a_node_that_is_not_live_is_a_clear_error(
+    client: Client, atoms: dict[str, pathlib.Path], unique_name: str
+) -> None:
+    client.create(atoms["counter"], name=unique_name, on="n1")
+    with pytest.raises(NameNotFoundError, match="n9"):
+        client.invoke(unique_name, "incr", codec.pack(1), via="n9")
+    assert client.atom(unique_name).get() == 0
