@@ -183,6 +183,9 @@ class _FakeContext:
     def auth_context(self) -> dict[str, list[bytes]]:
         return self._auth
 
+    def peer_identities(self) -> list[bytes] | None:
+        return self._auth.get("x509_subject_alternative_name")
+
     def peer(self) -> str:
         return "ipv4:127.0.0.1:40000"
 
@@ -195,6 +198,7 @@ def _context(uri: str | None) -> Any:
     auth: dict[str, list[bytes]] = {"transport_security_type": [b"ssl"]}
     if uri is not None:
         auth["peer_uri"] = [uri.encode()]
+        auth["x509_subject_alternative_name"] = [b"hermesx", b"127.0.0.1", uri.encode()]
         auth["x509_subject"] = [b"CN=n2,OU=blue"]
     return _FakeContext(auth)
 
