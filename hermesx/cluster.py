@@ -237,7 +237,7 @@ class LocalCluster:
                 live_sites = {
                     s
                     for s, m in naming.storesites().items()
-                    if m.data.get("pid") in (None, self.procs.get(f"storesite-{s}"))
+                    if m.data.get("pid") == self.procs.get(f"storesite-{s}")
                 }
                 missing = sorted(want_nodes - live_nodes) + sorted(want_sites - live_sites)
                 if not missing:

@@ -114,6 +114,21 @@ class ActiveAtom:
                 self.cond.notify_all()
 
 
+@dataclass(eq=False)
+class StagedCopy:
+    """A copy sent here by a move's source, waiting for that move's COMMIT."""
+
+    tad: TAD
+    meta: pb.AtomMeta
+    atom: Atom
+    since: float = field(default_factory=time.monotonic)
+
+
+# A staged copy nobody activated or discarded for this long is checked
+# against the storesite (its source may have died after COMMIT).
+STAGED_RESOLVE_AFTER_S = 5.0
+
+
 class NodeHost:
     """The AtomHost of this node's atoms: their syscalls that leave the atom."""
 
@@ -178,7 +193,12 @@ class Supervisor(pbg.SupervisorServicer):
         self.name = config.name
         self.atoms: dict[str, ActiveAtom] = {}
         self._atoms_lock = threading.Lock()
-        self._staged: dict[str, tuple[pb.AcceptRequest, Atom]] = {}
+        self._staged: dict[str, StagedCopy] = {}
+        self._staged_lock = threading.Lock()
+        # Aborts the storesite did not hear (it was down): retried until it does.
+        self._unsent_aborts: dict[str, int] = {}
+        # Test hooks: step of the next migration -> seconds to pause there.
+        self._pauses: dict[str, float] = {}
         self._modules: dict[str, LoadedModule] = {}
         self._module_lock = threading.Lock()
         self.channels = ChannelPool()
@@ -298,6 +318,8 @@ class Supervisor(pbg.SupervisorServicer):
 
     def _fence_drop(self, why: str) -> None:
         self.fenced = True
+        for guid in list(self._staged):
+            self._discard_staged(guid)
         with self._atoms_lock:
             dropped = list(self.atoms.values())
             self.atoms.clear()
@@ -315,6 +337,11 @@ class Supervisor(pbg.SupervisorServicer):
             if suspended is not None and time.monotonic() - suspended > self.config.session_timeout:
                 self._fence_drop("suspended longer than the session timeout")
             now = time.monotonic()
+            if self._unsent_aborts and not self.fenced:
+                self._retry_aborts()
+            for guid, staged in list(self._staged.items()):
+                if now - staged.since > STAGED_RESOLVE_AFTER_S and not self.fenced:
+                    self.resolve_staged(guid)
             for active in list(self.atoms.values()):
                 try:
                     self._periodic_duties(active, now)
@@ -426,6 +453,12 @@ class Supervisor(pbg.SupervisorServicer):
             if request.trace:
                 reply.trace.append(pb.Hop(node=self.name, tad=tad_to_pb(tad), event="moved"))
             return reply
+        if guid in self._staged and self.resolve_staged(guid):
+            active = self.atoms.get(guid)
+            if active is not None:
+                settled = self._run_here(active, request)
+                if settled is not None:
+                    return settled
         reply = pb.InvokeReply(
             error=pb_error(UnreachableError(f"node {self.name} has no record of atom {guid}"))
         )
@@ -483,7 +516,15 @@ class Supervisor(pbg.SupervisorServicer):
             return
         active.checkpoint_request = False
         try:
-            self.checkpoint_atom(active, fixed=True)
+            try:
+                self.checkpoint_atom(active, fixed=True)
+            except MigrationError:
+                if active.guid not in self._unsent_aborts:
+                    raise
+                # The storesite is back but has not heard our abort of a move
+                # yet, so it still thinks the atom is moving: tell it, retry.
+                self._retry_aborts()
+                self.checkpoint_atom(active, fixed=True)
         except HermesError as exc:
             if policy.mode == EVERY_CALL and reply.WhichOneof("outcome") == "result":
                 # The call ran but is not durable: the caller must not take it as acknowledged.
@@ -774,6 +815,7 @@ class Supervisor(pbg.SupervisorServicer):
             )
             assert isinstance(prepared, pb.PrepareReply)
             phases["prepare"] = time.perf_counter()
+            self._test_pause("prepared")
             new_tad = TAD(destination, int(prepared.age))
         except HermesError as exc:
             self._thaw(active)
@@ -801,6 +843,7 @@ class Supervisor(pbg.SupervisorServicer):
             dst.Accept(accept, timeout=60.0)
             staging.result()
             phases["transfer"] = time.perf_counter()
+            self._test_pause("transferred")
         except (grpc.RpcError, HermesError) as exc:
             err = (
                 exc if isinstance(exc, HermesError) else error_from_rpc(exc, f"node {destination}")
@@ -819,6 +862,7 @@ class Supervisor(pbg.SupervisorServicer):
             self._thaw(active)
             raise MigrationError(f"atom {guid}: commit at the storesite failed: {exc}") from exc
         phases["commit"] = time.perf_counter()
+        self._test_pause("committed")
         # Committed: the destination is where the atom lives now.
         self.drop(active, new_tad)
         accept.commit = True
@@ -852,8 +896,12 @@ class Supervisor(pbg.SupervisorServicer):
         self, guid: str, tad: TAD, dst: pbg.SupervisorStub | None, accept: pb.AcceptRequest
     ) -> None:
         """Before COMMIT: the storesite forgets the move, the destination its staged copy."""
-        with contextlib.suppress(HermesError):
-            self._storesite_call(guid, "Abort", pb.AbortRequest(guid=guid, age=tad.age))
+        try:
+            self._storesite_call(guid, "Abort", pb.AbortRequest(guid=guid, age=tad.age), 5.0)
+        except HermesError as exc:
+            # Until it hears this, the storesite refuses our checkpoints.
+            log.warning("atom %s: abort not heard by the storesite (%s); will retry", guid, exc)
+            self._unsent_aborts[guid] = tad.age
         if dst is not None:
             discard = pb.AcceptRequest()
             discard.CopyFrom(accept)
@@ -892,23 +940,27 @@ class Supervisor(pbg.SupervisorServicer):
             raise UnreachableError(f"node {self.name} is fenced; cannot accept atom {guid}")
         if not request.commit:
             if not request.snapshot:
-                staged = self._staged.pop(guid, None)
-                if staged is not None:
-                    staged[1].close()
+                self._discard_staged(guid)
                 return
             module = self.module(request.meta.module_hash, guid)
             atom = self.runtime.restore(
                 module, guid, self.host, request.snapshot, reentrant=request.meta.reentrant
             )
-            old = self._staged.pop(guid, None)
+            meta = pb.AtomMeta()
+            meta.CopyFrom(request.meta)
+            with self._staged_lock:
+                old = self._staged.pop(guid, None)
+                self._staged[guid] = StagedCopy(tad, meta, atom)
             if old is not None:
-                old[1].close()
-            self._staged[guid] = (request, atom)
+                old.atom.close()
             return
-        staged = self._staged.pop(guid, None)
-        if staged is not None and staged[0].tad.age == tad.age:
-            meta, atom = staged[0].meta, staged[1]
+        with self._staged_lock:
+            staged = self._staged.pop(guid, None)
+        if staged is not None and staged.tad.age == tad.age:
+            meta, atom = staged.meta, staged.atom
         else:
+            if staged is not None:
+                staged.atom.close()
             if not request.snapshot:
                 raise MigrationError(
                     f"atom {guid}: nothing staged on {self.name} for age {tad.age}"
@@ -920,6 +972,75 @@ class Supervisor(pbg.SupervisorServicer):
             meta = request.meta
         self.install(guid, atom, meta, tad)
         log.info("atom %s active here at %s (from %s)", guid, tad, request.source or "storesite")
+
+    def _discard_staged(self, guid: str) -> None:
+        with self._staged_lock:
+            staged = self._staged.pop(guid, None)
+        if staged is not None:
+            staged.atom.close()
+
+    def resolve_staged(self, guid: str) -> bool:
+        """Settle a staged copy whose source went quiet; True if it is now active here.
+
+        The source tells us after COMMIT; if it died in between, the storesite
+        says where the atom is: here at the staged age (committed: activate
+        the copy), somewhere newer (discard it), or still older (the move may
+        still commit: keep it).
+        """
+        staged = self._staged.get(guid)
+        if staged is None:
+            return False
+        try:
+            where = self.invoker.locate(guid)
+        except HermesError as exc:
+            log.debug("atom %s: cannot settle the staged copy yet: %s", guid, exc)
+            return False
+        with self._staged_lock:
+            if self._staged.get(guid) is not staged:
+                return guid in self.atoms
+            if where == staged.tad:
+                del self._staged[guid]
+            elif where.age > staged.tad.age:
+                del self._staged[guid]
+                staged.atom.close()
+                log.info(
+                    "atom %s: dropped a staged copy for %s, it is at %s", guid, staged.tad, where
+                )
+                return False
+            else:
+                return False
+        self.install(guid, staged.atom, staged.meta, staged.tad)
+        log.warning(
+            "atom %s: its move to %s was committed but the source went quiet; "
+            "activated the staged copy",
+            guid,
+            staged.tad,
+        )
+        return True
+
+    def _test_pause(self, step: str) -> None:
+        seconds = self._pauses.pop(step, 0.0)
+        if seconds > 0:
+            log.warning("test hook: paused at %s for %.1f s", step, seconds)
+            self._stopping.wait(seconds)
+
+    def TestHook(self, request: pb.TestHookRequest, context: grpc.ServicerContext) -> pb.Empty:
+        if not self.config.test_hooks:
+            abort_with(context, HermesError(f"node {self.name}: test hooks are not enabled"))
+        if request.pause_at not in ("prepared", "transferred", "committed"):
+            abort_with(context, ConfigurationError(f"unknown pause step {request.pause_at!r}"))
+        self._pauses[request.pause_at] = request.seconds
+        return pb.Empty()
+
+    def _retry_aborts(self) -> None:
+        for guid, age in list(self._unsent_aborts.items()):
+            try:
+                self._storesite_call(guid, "Abort", pb.AbortRequest(guid=guid, age=age), 2.0)
+            except HermesError:
+                continue
+            if self._unsent_aborts.get(guid) == age:
+                del self._unsent_aborts[guid]
+            log.info("atom %s: the storesite heard the abort of the move at age %d", guid, age)
 
     def Activate(
         self, request: pb.ActivateRequest, context: grpc.ServicerContext

@@ -11,6 +11,7 @@ nodes for recovery and blocks until SIGTERM / SIGINT.
 from __future__ import annotations
 
 import logging
+import os
 import pathlib
 import signal
 import threading
@@ -356,7 +357,7 @@ def _register(names: NameService, sid: str, address: str, stop: threading.Event)
     deadline = time.monotonic() + REGISTER_PATIENCE
     while True:
         try:
-            names.register_storesite(sid, address)
+            names.register_storesite(sid, address, data={"pid": os.getpid()})
             return
         except NameTakenError:
             if time.monotonic() > deadline or stop.is_set():

@@ -31,6 +31,7 @@ import hashlib
 import logging
 import os
 import pathlib
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -48,6 +49,8 @@ log = logging.getLogger(__name__)
 
 # Checkpoints kept besides the latest one, for an operator who needs to roll back.
 KEEP_PREVIOUS_CHECKPOINTS = 3
+# A move not committed within this long is off (sources time out well before).
+PENDING_LEASE_S = 120.0
 # Room for an atom at a node's 64 MiB memory cap plus its KV and its reply
 # table (8 MiB), well under the wire's 256 MiB message limit.
 DEFAULT_MAX_CHECKPOINT_BYTES = 192 * 2**20
@@ -83,6 +86,8 @@ class AtomState:
     checkpoint_no: int
     forwarded_to: str
     adopted: bool
+    # Wall-clock time of PREPARE: a pending move is a lease, not a lock.
+    pending_since: float = 0.0
 
     @property
     def meta(self) -> pb.AtomMeta:
@@ -110,6 +115,7 @@ class AtomState:
                 "ck_no": self.checkpoint_no,
                 "fwd": self.forwarded_to,
                 "adopted": self.adopted,
+                "pending_since": self.pending_since,
             },
             use_bin_type=True,
         )
@@ -131,6 +137,7 @@ class AtomState:
             checkpoint_no=d["ck_no"],
             forwarded_to=d["fwd"],
             adopted=d["adopted"],
+            pending_since=float(d.get("pending_since", 0.0)),
         )
 
 
@@ -458,7 +465,9 @@ class AtomStore:
             if destination == source.node:
                 raise MigrationError(f"atom {guid} is already on {destination}")
             age = state.next_age
-            state = replace(state, next_age=age + 1, pending=TAD(destination, age))
+            state = replace(
+                state, next_age=age + 1, pending=TAD(destination, age), pending_since=time.time()
+            )
             self._put_state(txn, state)
         log.info("prepared move of %s from %s to %s@%s", guid, source, destination, age)
         return age
@@ -586,6 +595,11 @@ class AtomStore:
         if raw is None:
             raise NameNotFoundError(f"storesite {self.sid} has no atom {guid}")
         state = AtomState.from_bytes(bytes(raw))
+        if state.pending is not None and time.time() - state.pending_since > PENDING_LEASE_S:
+            # Its coordinator never committed nor aborted (it died, or its
+            # abort was lost): the move is off and the atom stays where it is.
+            log.warning("move of %s to %s expired unfinished", guid, state.pending)
+            state = replace(state, pending=None)
         if state.forwarded_to:
             raise StorageError(
                 f"atom {guid} is now homed at storesite {state.forwarded_to}, not {self.sid}"

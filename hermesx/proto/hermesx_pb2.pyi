@@ -265,6 +265,14 @@ class StashPutRequest(_message.Message):
     tad: TAD
     def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ...) -> None: ...
 
+class TestHookRequest(_message.Message):
+    __slots__ = ("pause_at", "seconds")
+    PAUSE_AT_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    pause_at: str
+    seconds: float
+    def __init__(self, pause_at: _Optional[str] = ..., seconds: _Optional[float] = ...) -> None: ...
+
 class ModuleBytes(_message.Message):
     __slots__ = ("module",)
     MODULE_FIELD_NUMBER: _ClassVar[int]

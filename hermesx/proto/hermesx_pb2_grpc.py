@@ -89,6 +89,11 @@ class SupervisorStub:
                 request_serializer=hermesx__pb2.StashPutRequest.SerializeToString,
                 response_deserializer=hermesx__pb2.Empty.FromString,
                 _registered_method=True)
+        self.TestHook = channel.unary_unary(
+                '/hermesx.v1.Supervisor/TestHook',
+                request_serializer=hermesx__pb2.TestHookRequest.SerializeToString,
+                response_deserializer=hermesx__pb2.Empty.FromString,
+                _registered_method=True)
 
 
 class SupervisorServicer:
@@ -160,6 +165,12 @@ class SupervisorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TestHook(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SupervisorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -216,6 +227,11 @@ def add_SupervisorServicer_to_server(servicer, server):
             'StashPut': grpc.unary_unary_rpc_method_handler(
                     servicer.StashPut,
                     request_deserializer=hermesx__pb2.StashPutRequest.FromString,
+                    response_serializer=hermesx__pb2.Empty.SerializeToString,
+            ),
+            'TestHook': grpc.unary_unary_rpc_method_handler(
+                    servicer.TestHook,
+                    request_deserializer=hermesx__pb2.TestHookRequest.FromString,
                     response_serializer=hermesx__pb2.Empty.SerializeToString,
             ),
     }
@@ -515,6 +531,33 @@ class Supervisor:
             target,
             '/hermesx.v1.Supervisor/StashPut',
             hermesx__pb2.StashPutRequest.SerializeToString,
+            hermesx__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TestHook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hermesx.v1.Supervisor/TestHook',
+            hermesx__pb2.TestHookRequest.SerializeToString,
             hermesx__pb2.Empty.FromString,
             options,
             channel_credentials,

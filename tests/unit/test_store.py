@@ -333,3 +333,20 @@ def test_forwarded_atom_refuses_updates(store: AtomStore) -> None:
     with pytest.raises(StorageError, match="now homed at storesite s2"):
         store.put_checkpoint(guid, TAD("n1", 1), 1, b"")
     assert store.status().checkpoints == 0
+
+
+def test_a_move_never_committed_expires_and_the_atom_stays(
+    store: AtomStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import storesite.store as store_module
+
+    guid = new_atom(store)
+    age = store.prepare(guid, TAD("n1", 1), "n2")
+    monkeypatch.setattr(store_module, "PENDING_LEASE_S", 0.0)
+    # The coordinator went quiet: its checkpoints are taken again, a new move may start.
+    assert store.put_checkpoint(guid, TAD("n1", 1), 7, b"after the lease")
+    with pytest.raises(MigrationError, match="no move"):
+        store.commit(guid, TAD("n2", age), b"late commit")
+    assert store.get(guid).location == TAD("n1", 1)
+    monkeypatch.setattr(store_module, "PENDING_LEASE_S", 120.0)
+    assert store.prepare(guid, TAD("n1", 1), "n3") > age
