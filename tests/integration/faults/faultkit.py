@@ -429,6 +429,7 @@ class Tally:
     final_value: int
     duplicate_values: int
     errors_by_kind: dict[str, int] = field(default_factory=dict)
+    sample_errors: list[str] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -472,6 +473,7 @@ def tally(scenario: str, records: Sequence[CallRecord], final: int | None, start
         final_value=-1 if final is None else final,
         duplicate_values=duplicates,
         errors_by_kind=_error_summary(records),
+        sample_errors=list(dict.fromkeys(r.error[:300] for r in failed))[:3],
     )
 
 

@@ -77,7 +77,7 @@ def test_slow_storesite(
     )
     report(t)
     assert_nothing_lost(t)
-    assert t.failed_clear == 0, t.errors_by_kind
+    assert t.failed_clear == 0, t
     assert where.node == "n2" and where.age == 2, where
     # Both nodes (and the client's locates) really went through the delay.
     assert connections >= 2 and through_proxy > 0
