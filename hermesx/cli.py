@@ -50,7 +50,7 @@ def _progress(args: argparse.Namespace) -> Callable[[str], None]:
 def _client(args: argparse.Namespace) -> Any:
     from hermesx.client import Client
 
-    return Client(args.zk, args.cluster)
+    return Client(args.zk, args.cluster, tls=args.tls)
 
 
 def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
@@ -94,7 +94,10 @@ def cmd_up(args: argparse.Namespace) -> None:
 
     address = resolve_cluster("-", args.cluster)
     cluster = LocalCluster(
-        address.cluster, session_timeout=args.session_timeout, test_hooks=args.test_hooks
+        address.cluster,
+        session_timeout=args.session_timeout,
+        test_hooks=args.test_hooks,
+        secure=not args.insecure,
     )
     specs = [NodeSpec(f"n{i + 1}") for i in range(args.nodes)]
     if args.node:
@@ -371,7 +374,7 @@ def cmd_ls(args: argparse.Namespace) -> None:
 def cmd_node_serve(args: argparse.Namespace) -> None:
     from hermesx.supervisor import NodeConfig, Supervisor
 
-    address = resolve_cluster(args.zk, args.cluster)
+    address = resolve_cluster(args.zk, args.cluster, args.tls)
     config = NodeConfig(
         name=args.name,
         listen=args.listen,
@@ -382,6 +385,7 @@ def cmd_node_serve(args: argparse.Namespace) -> None:
         hop_limit=args.hop_limit,
         session_timeout=args.session_timeout,
         test_hooks=args.test_hooks,
+        tls_dir=address.tls,
     )
     supervisor = Supervisor(config)
     _stop_on_signals(supervisor.stop)
@@ -393,7 +397,7 @@ def cmd_node_serve(args: argparse.Namespace) -> None:
 def cmd_storesite_serve(args: argparse.Namespace) -> None:
     from storesite.server import serve
 
-    address = resolve_cluster(args.zk, args.cluster)
+    address = resolve_cluster(args.zk, args.cluster, args.tls)
     serve(
         args.id,
         args.listen,
@@ -401,6 +405,24 @@ def cmd_storesite_serve(args: argparse.Namespace) -> None:
         address.zk,
         address.cluster,
         ready=lambda where: print(f"storesite {args.id} serving on {where}", flush=True),
+        tls_dir=address.tls,
+    )
+
+
+def cmd_certs_init(args: argparse.Namespace) -> None:
+    from hermesx import security
+    from hermesx.config import DEFAULT_CLUSTER, cluster_dir
+
+    cluster = args.cluster or os.environ.get("HERMESX_CLUSTER") or DEFAULT_CLUSTER
+    directory = pathlib.Path(args.dir) if args.dir else cluster_dir(cluster) / "tls"
+    names = [n for n in (args.names or "").split(",") if n] + ["client"]
+    certs = security.init_certs(directory, cluster, names)
+    made = certs.names()
+    _emit(
+        args,
+        {"cluster": cluster, "dir": str(directory), "names": made},
+        f"cluster {cluster!r}: CA and certificates for {', '.join(made)} in {directory}\n"
+        f"give each process its own NAME.pem/NAME.key, ca.pem and zk.secret; keep ca.key safe",
     )
 
 
@@ -481,6 +503,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--zk", help="ZooKeeper connect string (default: $HERMESX_ZK or the local cluster)"
     )
     common.add_argument("--cluster", help="cluster name (default: $HERMESX_CLUSTER or 'local')")
+    common.add_argument(
+        "--tls",
+        help="cluster certificate directory (default: $HERMESX_TLS or the local cluster's)",
+    )
     common.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     common.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
 
@@ -512,6 +538,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storesite", action="append", help="storesite id (repeatable; default s1)")
     p.add_argument("--session-timeout", type=float, default=4.0)
     p.add_argument("--test-hooks", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--insecure", action="store_true", help="no mutual TLS and no name-service secret"
+    )
 
     verb("down", cmd_down, "stop the local cluster")
     verb("nodes", cmd_nodes, "list the live nodes")
@@ -582,6 +611,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_storesite_move)
     p.add_argument("target", help="atom name or GUID")
     p.add_argument("storesite", help="id of the new home storesite")
+
+    certs = sub.add_parser("certs", help="cluster certificates").add_subparsers(
+        dest="what", required=True, parser_class=_Parser
+    )
+    p = certs.add_parser(
+        "init", parents=[common], help="make a cluster CA and certificates for its processes"
+    )
+    p.set_defaults(func=cmd_certs_init)
+    p.add_argument("--dir", help="where (default: the local cluster's tls directory)")
+    p.add_argument("--names", help="process names to certify, comma-separated")
 
     p = verb("bench", cmd_bench, "run a benchmark and print its figures")
     p.add_argument("what", choices=["runtime", "naming", "invoke", "storesite", "migrate"])

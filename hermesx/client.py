@@ -26,9 +26,12 @@ from hermesx.invocation import InvokeOutcome, Invoker
 from hermesx.naming import Member, Naming
 from hermesx.proto import hermesx_pb2 as pb
 from hermesx.proto import hermesx_pb2_grpc as pbg
-from hermesx.wire import ChannelPool, error_from_rpc, tad_from_pb
+from hermesx.wire import ChannelPool, TLSIdentity, error_from_rpc, tad_from_pb
 
-__all__ = ["AtomProxy", "Client", "Location"]
+__all__ = ["CLIENT_CERT_NAME", "AtomProxy", "Client", "Location"]
+
+# Clients of a cluster share one certificate name.
+CLIENT_CERT_NAME = "client"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,10 +70,18 @@ class Client:
         *,
         timeout: float = 30.0,
         hop_limit: int = 4,
+        tls: str | pathlib.Path | None = None,
     ) -> None:
-        self.address: ClusterAddress = resolve_cluster(zk, cluster)
-        self.naming = Naming(self.address.zk, self.address.cluster)
-        self.channels = ChannelPool()
+        self.address: ClusterAddress = resolve_cluster(zk, cluster, tls)
+        self.naming = Naming(self.address.zk, self.address.cluster, tls=self.address.tls)
+        identity = None
+        if self.address.tls is not None:
+            from hermesx import security
+
+            identity = TLSIdentity(self.address.tls, CLIENT_CERT_NAME, self.address.cluster)
+            if not security.load_certs(self.address.tls).cert(CLIENT_CERT_NAME).exists():
+                security.issue_cert(self.address.tls, self.address.cluster, CLIENT_CERT_NAME)
+        self.channels = ChannelPool(identity)
         self.invoker = Invoker(self.naming, self.channels, deadline=timeout, hop_limit=hop_limit)
         self._started = False
 

@@ -45,6 +45,8 @@ class LocalCluster:
     name: str = "local"
     session_timeout: float = 4.0
     test_hooks: bool = False
+    # Mutual TLS between every process and a name-service secret (the default).
+    secure: bool = True
     procs: dict[str, int] = field(default_factory=dict)  # part -> pid
     zk: str = ""
     node_specs: dict[str, NodeSpec] = field(default_factory=dict)
@@ -73,6 +75,7 @@ class LocalCluster:
             name=name,
             session_timeout=float(data.get("session_timeout", 4.0)),
             test_hooks=bool(data.get("test_hooks", False)),
+            secure=bool(data.get("secure", False)),
             procs={k: int(v) for k, v in data.get("pids", {}).items()},
             zk=str(data["zk"]),
             node_specs={
@@ -88,6 +91,7 @@ class LocalCluster:
             "zk": self.zk,
             "session_timeout": self.session_timeout,
             "test_hooks": self.test_hooks,
+            "secure": self.secure,
             "pids": self.procs,
             "nodes": [{"name": s.name, "tags": list(s.tags)} for s in self.node_specs.values()],
             "storesites": self.storesite_ids,
@@ -116,6 +120,15 @@ class LocalCluster:
                     f"local cluster {self.name!r} is already running (hermesx down first)"
                 )
         self.dir.mkdir(parents=True, exist_ok=True)
+        if self.secure:
+            from hermesx import security
+
+            say("making the cluster's certificates")
+            security.init_certs(
+                self.tls_dir,
+                self.name,
+                [spec.name for spec in nodes] + list(storesites) + ["client"],
+            )
         try:
             if zk is None:
                 say("starting ZooKeeper")
@@ -166,10 +179,18 @@ class LocalCluster:
             time.sleep(0.1)
         raise UnreachableError(f"ZooKeeper did not start within {timeout:.0f}s")
 
+    @property
+    def tls_dir(self) -> pathlib.Path:
+        return self.dir / "tls"
+
     def _common_args(self) -> list[str]:
-        return ["--zk", self.zk, "--cluster", self.name]
+        args = ["--zk", self.zk, "--cluster", self.name]
+        if self.secure:
+            args += ["--tls", str(self.tls_dir)]
+        return args
 
     def start_storesite(self, sid: str) -> int:
+        self._ensure_cert(sid)
         if sid not in self.storesite_ids:
             self.storesite_ids.append(sid)
         argv = [
@@ -190,7 +211,14 @@ class LocalCluster:
         ]
         return self._spawn(f"storesite-{sid}", argv)
 
+    def _ensure_cert(self, name: str) -> None:
+        if self.secure:
+            from hermesx import security
+
+            security.issue_cert(self.tls_dir, self.name, name)
+
     def start_node(self, spec: NodeSpec) -> int:
+        self._ensure_cert(spec.name)
         self.node_specs[spec.name] = spec
         argv = [
             sys.executable,
@@ -222,7 +250,7 @@ class LocalCluster:
     ) -> None:
         want_nodes = set(nodes if nodes is not None else self.node_specs)
         want_sites = set(self.storesite_ids) if nodes is None else set()
-        naming = Naming(self.zk, self.name)
+        naming = Naming(self.zk, self.name, tls=self.tls_dir if self.secure else None)
         naming.start()
         try:
             deadline = time.monotonic() + timeout

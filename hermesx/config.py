@@ -24,16 +24,22 @@ __all__ = [
     "cluster_dir",
     "hermesx_home",
     "resolve_cluster",
+    "resolve_tls",
 ]
 
 DEFAULT_CLUSTER = "local"
-KNOWN_ENV = frozenset({"HERMESX_ZK", "HERMESX_CLUSTER", "HERMESX_HOME", "HERMESX_LOG"})
+KNOWN_ENV = frozenset(
+    {"HERMESX_ZK", "HERMESX_CLUSTER", "HERMESX_HOME", "HERMESX_LOG", "HERMESX_TLS"}
+)
 
 
 @dataclass(frozen=True, slots=True)
 class ClusterAddress:
     zk: str
     cluster: str
+    # The cluster's certificate directory (mutual TLS, name-service secret);
+    # None for a cluster that runs without them.
+    tls: pathlib.Path | None = None
 
 
 def check_environment() -> None:
@@ -52,7 +58,21 @@ def cluster_dir(cluster: str) -> pathlib.Path:
     return hermesx_home() / "clusters" / cluster
 
 
-def resolve_cluster(zk: str | None = None, cluster: str | None = None) -> ClusterAddress:
+def resolve_tls(cluster: str, tls: str | pathlib.Path | None = None) -> pathlib.Path | None:
+    """The certificate directory: flag, then HERMESX_TLS, then the local cluster's."""
+    chosen = tls or os.environ.get("HERMESX_TLS")
+    if chosen:
+        path = pathlib.Path(chosen)
+        if not (path / "ca.pem").exists():
+            raise ConfigurationError(f"{path} holds no cluster certificates (no ca.pem)")
+        return path
+    local = cluster_dir(cluster) / "tls"
+    return local if (local / "ca.pem").exists() else None
+
+
+def resolve_cluster(
+    zk: str | None = None, cluster: str | None = None, tls: str | pathlib.Path | None = None
+) -> ClusterAddress:
     name = cluster or os.environ.get("HERMESX_CLUSTER") or DEFAULT_CLUSTER
     connect = zk or os.environ.get("HERMESX_ZK")
     if not connect:
@@ -66,4 +86,4 @@ def resolve_cluster(zk: str | None = None, cluster: str | None = None) -> Cluste
             ) from None
         except (OSError, ValueError, KeyError) as exc:
             raise ConfigurationError(f"local cluster state {state} is unreadable: {exc}") from exc
-    return ClusterAddress(connect, name)
+    return ClusterAddress(connect, name, resolve_tls(name, tls))

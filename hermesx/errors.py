@@ -7,7 +7,8 @@ are caught, with ``raise ... from exc``, into the most specific branch::
     HermesError
     ├── CommunicationError          a peer did not answer or the wire failed
     │   ├── UnreachableError        no path to the atom (chain broken, no fallback)
-    │   └── CallTimeoutError        the call's overall deadline passed
+    │   ├── CallTimeoutError        the call's overall deadline passed
+    │   └── NotAuthorizedError      refused: no certificate or secret of this cluster
     ├── NamingError
     │   ├── NameNotFoundError       no atom / node / storesite by that name
     │   ├── NameTakenError          a unique name is already registered
@@ -51,6 +52,7 @@ __all__ = [
     "NameTakenError",
     "NamingError",
     "NoQuorumError",
+    "NotAuthorizedError",
     "PayloadTooLargeError",
     "StorageError",
     "UnreachableError",
@@ -74,6 +76,10 @@ class UnreachableError(CommunicationError):
 
 class CallTimeoutError(CommunicationError):
     kind = "timeout"
+
+
+class NotAuthorizedError(CommunicationError):
+    kind = "not_authorized"
 
 
 class NamingError(HermesError):

@@ -7,6 +7,7 @@ their kind (not found, name taken, invalid pattern, no quorum, ...).
 
 from __future__ import annotations
 
+import pathlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -35,12 +36,24 @@ class Naming:
     """The name service as hermesx uses it."""
 
     def __init__(
-        self, hosts: str, cluster: str, *, timeout: float = 5.0, session_timeout: float = 4.0
+        self,
+        hosts: str,
+        cluster: str,
+        *,
+        timeout: float = 5.0,
+        session_timeout: float = 4.0,
+        tls: pathlib.Path | None = None,
     ) -> None:
         self.hosts = hosts
         self.cluster = cluster
+        auth = None
+        if tls is not None:
+            from hermesx import security
+
+            # Only holders of the cluster's secret may read or write its root.
+            auth = security.zk_auth(tls)
         self._ns = nameservice.NameService(
-            hosts, cluster, timeout=timeout, session_timeout=session_timeout
+            hosts, cluster, timeout=timeout, session_timeout=session_timeout, auth=auth
         )
 
     def start(self) -> None:

@@ -41,9 +41,13 @@ from hermesx.stash import Stash
 from hermesx.wire import (
     CHANNEL_OPTIONS,
     ChannelPool,
+    TLSIdentity,
     abort_with,
+    add_server_port,
     error_from_rpc,
     pb_error,
+    server_interceptors,
+    set_process_tls,
     tad_from_pb,
     tad_to_pb,
 )
@@ -71,6 +75,8 @@ class NodeConfig:
     max_payload_bytes: int = 4 * 2**20
     test_hooks: bool = False
     workers: int = 64
+    # Cluster certificate directory: mutual TLS and the name-service secret.
+    tls_dir: pathlib.Path | None = None
 
 
 @dataclass(eq=False)
@@ -201,7 +207,11 @@ class Supervisor(pbg.SupervisorServicer):
         self._pauses: dict[str, float] = {}
         self._modules: dict[str, LoadedModule] = {}
         self._module_lock = threading.Lock()
-        self.channels = ChannelPool()
+        self.tls = (
+            TLSIdentity(config.tls_dir, config.name, config.cluster) if config.tls_dir else None
+        )
+        set_process_tls(self.tls)
+        self.channels = ChannelPool(self.tls)
         data = config.data_dir
         self.stash = Stash(data / "stash" if data is not None else None)
         self.runtime = Runtime(
@@ -211,7 +221,9 @@ class Supervisor(pbg.SupervisorServicer):
             memory_limit_bytes=config.memory_limit_bytes,
             max_payload_bytes=config.max_payload_bytes,
         )
-        self.naming = Naming(config.zk, config.cluster, session_timeout=config.session_timeout)
+        self.naming = Naming(
+            config.zk, config.cluster, session_timeout=config.session_timeout, tls=config.tls_dir
+        )
         self.host = NodeHost(self)
         self.invoker = Invoker(
             self.naming,
@@ -224,7 +236,6 @@ class Supervisor(pbg.SupervisorServicer):
         )
         self.address = ""
         self.fenced = False
-        self._suspended_at: float | None = None
         self._stopping = threading.Event()
         self._server: grpc.Server | None = None
         self._background = futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="node-bg")
@@ -239,10 +250,11 @@ class Supervisor(pbg.SupervisorServicer):
                 max_workers=self.config.workers, thread_name_prefix="node-rpc"
             ),
             options=CHANNEL_OPTIONS,
+            interceptors=server_interceptors(self.tls, f"node {self.name}"),
         )
         pbg.add_SupervisorServicer_to_server(self, self._server)
         host, _, _ = self.config.listen.rpartition(":")
-        port = self._server.add_insecure_port(self.config.listen)
+        port = add_server_port(self._server, self.config.listen, self.tls)
         if port == 0:
             raise UnreachableError(f"node {self.name}: cannot listen on {self.config.listen}")
         self.address = f"{host}:{port}"
@@ -294,16 +306,14 @@ class Supervisor(pbg.SupervisorServicer):
 
     def _on_session_state(self, state: str) -> None:
         if state == "suspended":
-            # We may be partitioned: stop serving now; the housekeeping thread
-            # drops our atoms if this lasts long enough for the session to expire.
-            if self._suspended_at is None:
-                self._suspended_at = time.monotonic()
+            # We may be partitioned: stop serving now. Our atoms are dropped
+            # only when the session is reported lost: without a quorum no
+            # session expires, and then nobody recovers them elsewhere.
             self.fenced = True
             log.warning("node %s: name-service connection suspended; not serving", self.name)
         elif state == "lost":
             self._fence_drop("name-service session lost")
         elif state == "connected":
-            self._suspended_at = None
             if self.fenced:
                 log.info("node %s: name-service session back; serving again", self.name)
             self.fenced = False
@@ -333,9 +343,6 @@ class Supervisor(pbg.SupervisorServicer):
 
     def _housekeeping(self) -> None:
         while not self._stopping.wait(0.2):
-            suspended = self._suspended_at
-            if suspended is not None and time.monotonic() - suspended > self.config.session_timeout:
-                self._fence_drop("suspended longer than the session timeout")
             now = time.monotonic()
             if self._unsent_aborts and not self.fenced:
                 self._retry_aborts()
@@ -483,6 +490,8 @@ class Supervisor(pbg.SupervisorServicer):
         with active.fixed(wait) as ok:
             if not ok:
                 return None  # it left while we waited: forward along the new TAD
+            if self.fenced:  # fenced while this call waited its turn
+                return pb.InvokeReply(error=self._unavailable())
             reply = pb.InvokeReply(tad=tad_to_pb(active.tad))
             try:
                 reply.result = active.atom.invoke(

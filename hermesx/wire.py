@@ -9,8 +9,10 @@ reusing one costs nothing.
 
 from __future__ import annotations
 
+import pathlib
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -19,6 +21,7 @@ from hermesx.errors import (
     CallTimeoutError,
     CommunicationError,
     HermesError,
+    NotAuthorizedError,
     PayloadTooLargeError,
     UnreachableError,
     error_from_wire,
@@ -31,9 +34,14 @@ S = TypeVar("S")
 __all__ = [
     "MAX_MESSAGE_BYTES",
     "ChannelPool",
+    "TLSIdentity",
     "abort_with",
+    "add_server_port",
     "error_from_rpc",
+    "open_channel",
     "pb_error",
+    "server_interceptors",
+    "set_process_tls",
     "tad_from_pb",
     "tad_to_pb",
 ]
@@ -46,9 +54,11 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.enable_retries", 0),
-    # Fail fast on a dead peer instead of waiting for a long reconnect backoff.
+    # Retry a dead peer soon instead of after a long reconnect backoff. The
+    # minimum is also the floor of a connection attempt's deadline: a TLS
+    # handshake over a slow link needs several round trips, so keep it long.
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 5000),
     ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.keepalive_time_ms", 10_000),
 ]
@@ -93,9 +103,72 @@ def error_from_rpc(exc: grpc.RpcError, peer: str) -> HermesError:
         return UnreachableError(f"{peer} is unreachable ({details or 'connection failed'})")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return CallTimeoutError(f"{peer} did not answer in time")
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return NotAuthorizedError(f"{peer} refused us: {details or 'not authenticated'}")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return PayloadTooLargeError(f"{peer} refused the message: {details}")
     return CommunicationError(f"{peer} failed: {details or code}")
+
+
+@dataclass(frozen=True, slots=True)
+class TLSIdentity:
+    """Who this process is in its cluster: the certificate directory and its name there."""
+
+    directory: pathlib.Path
+    name: str
+    cluster: str
+
+
+# A node or storesite process has one identity, set at start-up; every channel
+# it opens without an explicit identity uses it.
+_process_tls: TLSIdentity | None = None
+_credentials: dict[TLSIdentity, grpc.ChannelCredentials] = {}
+_credentials_lock = threading.Lock()
+
+
+def set_process_tls(identity: TLSIdentity | None) -> None:
+    global _process_tls
+    _process_tls = identity
+
+
+def open_channel(
+    address: str,
+    options: list[tuple[str, Any]] | None = None,
+    tls: TLSIdentity | None = None,
+) -> grpc.Channel:
+    """A channel to ``address``: mutual TLS when this process has a cluster identity."""
+    identity = tls or _process_tls
+    opts = list(options if options is not None else CHANNEL_OPTIONS)
+    if identity is None:
+        return grpc.insecure_channel(address, options=opts)
+    from hermesx import security
+
+    with _credentials_lock:
+        creds = _credentials.get(identity)
+        if creds is None:
+            creds = _credentials[identity] = security.channel_credentials(
+                identity.directory, identity.name
+            )
+    return grpc.secure_channel(address, creds, options=[*opts, *security.channel_options()])
+
+
+def add_server_port(server: grpc.Server, listen: str, tls: TLSIdentity | None) -> int:
+    """Bind ``listen``; with TLS, clients must show a certificate of the cluster CA."""
+    if tls is None:
+        return int(server.add_insecure_port(listen))
+    from hermesx import security
+
+    creds = security.server_credentials(tls.directory, tls.name)
+    return int(server.add_secure_port(listen, creds))
+
+
+def server_interceptors(tls: TLSIdentity | None, server: str) -> list[grpc.ServerInterceptor]:
+    """With TLS, refuse and log every call whose certificate is not of this cluster."""
+    if tls is None:
+        return []
+    from hermesx import security
+
+    return [security.PeerCheckInterceptor(tls.cluster, server=server)]
 
 
 class ChannelPool:
@@ -105,7 +178,8 @@ class ChannelPool:
     whole remote call.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, tls: TLSIdentity | None = None) -> None:
+        self._tls = tls
         self._lock = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[tuple[str, object], Any] = {}
@@ -124,7 +198,7 @@ class ChannelPool:
         with self._lock:
             channel = self._channels.get(address)
             if channel is None:
-                channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+                channel = open_channel(address, CHANNEL_OPTIONS, self._tls)
                 self._channels[address] = channel
             return channel
 

@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--zk", default=os.environ.get("HERMESX_ZK", "127.0.0.1:2181"))
     parser.add_argument("--cluster", default=os.environ.get("HERMESX_CLUSTER", "local"))
     parser.add_argument("--max-checkpoint-bytes", type=int, default=DEFAULT_MAX_CHECKPOINT_BYTES)
+    parser.add_argument("--tls", type=pathlib.Path, help="cluster certificate directory")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             args.cluster,
             max_checkpoint_bytes=args.max_checkpoint_bytes,
             ready=ready,
+            tls_dir=args.tls,
         )
     except HermesError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -18,6 +18,7 @@ import grpc
 from hermesx.identity import TAD
 from hermesx.proto import hermesx_pb2 as pb
 from hermesx.proto import hermesx_pb2_grpc as pbg
+from hermesx.wire import open_channel
 from storesite.nodes import CHANNEL_OPTIONS
 from storesite.rpcerrors import error_from_rpc
 
@@ -84,7 +85,7 @@ class StoresiteClient:
         self.address = address
         self.sid = sid
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._channel = open_channel(address, CHANNEL_OPTIONS)
         self._stub = pbg.StoresiteStub(self._channel)
         self._peer = f"storesite {sid} at {address}" if sid else f"storesite at {address}"
 

@@ -16,19 +16,17 @@ from hermesx.errors import HermesError
 from hermesx.identity import TAD
 from hermesx.proto import hermesx_pb2 as pb
 from hermesx.proto import hermesx_pb2_grpc as pbg
+from hermesx.wire import CHANNEL_OPTIONS as WIRE_CHANNEL_OPTIONS
+from hermesx.wire import open_channel
 from storesite.placement import Member
 from storesite.rpcerrors import error_from_rpc
 
-__all__ = ["MAX_MESSAGE_BYTES", "SupervisorLink"]
+__all__ = ["CHANNEL_OPTIONS", "SupervisorLink"]
 
 log = logging.getLogger(__name__)
 
-# Snapshots travel in one message; the storesite's own checkpoint limit is lower.
-MAX_MESSAGE_BYTES = 256 * 2**20
-CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-]
+# One set of channel options for every process (message sizes, reconnects).
+CHANNEL_OPTIONS = WIRE_CHANNEL_OPTIONS
 
 
 class SupervisorLink:
@@ -44,7 +42,7 @@ class SupervisorLink:
         with self._lock:
             entry = self._channels.get(address)
             if entry is None:
-                channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+                channel = open_channel(address, CHANNEL_OPTIONS)
                 entry = (channel, pbg.SupervisorStub(channel))
                 self._channels[address] = entry
             return entry[1]

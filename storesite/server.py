@@ -32,6 +32,8 @@ from hermesx.errors import (
 from hermesx.identity import TAD, validate_name
 from hermesx.proto import hermesx_pb2 as pb
 from hermesx.proto import hermesx_pb2_grpc as pbg
+from hermesx.security import zk_auth
+from hermesx.wire import TLSIdentity, add_server_port, server_interceptors, set_process_tls
 from nameservice import NameService, NameServiceError, NameTakenError
 from storesite.client import CheckpointInfo, Location
 from storesite.nodes import CHANNEL_OPTIONS
@@ -226,12 +228,16 @@ class StoresiteServicer(pbg.StoresiteServicer):
 class StoresiteServer:
     """A gRPC server for one :class:`Storesite` on ``listen`` (``HOST:PORT``, port 0 = any)."""
 
-    def __init__(self, site: Storesite, listen: str, *, workers: int = 16) -> None:
+    def __init__(
+        self, site: Storesite, listen: str, *, workers: int = 16, tls: TLSIdentity | None = None
+    ) -> None:
         self.site = site
         self._listen = listen
+        self._tls = tls
         self._server = grpc.server(
             futures.ThreadPoolExecutor(workers, thread_name_prefix="storesite-rpc"),
             options=CHANNEL_OPTIONS,
+            interceptors=server_interceptors(tls, f"storesite {site.sid}"),
         )
         pbg.add_StoresiteServicer_to_server(StoresiteServicer(site), self._server)
         self.address = ""
@@ -242,7 +248,7 @@ class StoresiteServer:
         if not sep or not host:
             raise ConfigurationError(f"listen address {self._listen!r} is not HOST:PORT")
         try:
-            port = self._server.add_insecure_port(self._listen)
+            port = add_server_port(self._server, self._listen, self._tls)
         except RuntimeError as exc:
             raise ConfigurationError(
                 f"storesite {self.site.sid} cannot listen on {self._listen}: {exc}"
@@ -306,6 +312,7 @@ def serve(
     max_checkpoint_bytes: int = DEFAULT_MAX_CHECKPOINT_BYTES,
     ready: Callable[[str], None] | None = None,
     stop: threading.Event | None = None,
+    tls_dir: pathlib.Path | None = None,
 ) -> None:
     """Run storesite ``sid`` until SIGTERM / SIGINT (or ``stop`` is set).
 
@@ -317,13 +324,15 @@ def serve(
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
+    tls = TLSIdentity(tls_dir, sid, cluster) if tls_dir is not None else None
+    set_process_tls(tls)
     try:
-        names = NameService(zk, cluster)
+        names = NameService(zk, cluster, auth=zk_auth(tls_dir) if tls_dir is not None else None)
     except NameServiceError as exc:
         raise _naming_error(exc, f"storesite {sid} cannot use cluster {cluster!r}") from exc
     store = AtomStore(sid, data_dir, max_checkpoint_bytes=max_checkpoint_bytes)
     site = Storesite(store, NameServiceDirectory(names))
-    server = StoresiteServer(site, listen)
+    server = StoresiteServer(site, listen, tls=tls)
     try:
         try:
             names.start()

@@ -61,3 +61,9 @@ def pytest_runtest_makereport(
         server = item.funcargs.get("zk_server") if hasattr(item, "funcargs") else None
         if isinstance(server, ZooKeeperServer):
             report.sections.append(("ZooKeeper log (last lines)", server.log_tail(40)))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--soak", action="store_true", default=False, help="run the long fault soak (minutes)"
+    )

@@ -28,12 +28,6 @@ _counter = 0
 SUMMARY_FILE = "fault-summary.json"
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption(
-        "--soak", action="store_true", default=False, help="run the long fault soak (minutes)"
-    )
-
-
 def soak_enabled(config: pytest.Config) -> bool:
     return bool(config.getoption("soak", default=False)) or os.environ.get("FAULT_SOAK") == "1"
 

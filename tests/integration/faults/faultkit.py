@@ -32,9 +32,12 @@ from kazoo.client import KazooClient
 from hermesx import codec
 from hermesx.client import Client
 from hermesx.cluster import LocalCluster
+from hermesx.config import resolve_tls
 from hermesx.errors import HermesError
 from hermesx.proto import hermesx_pb2 as pb
 from hermesx.proto import hermesx_pb2_grpc as pbg
+from hermesx.security import zk_auth
+from hermesx.wire import TLSIdentity, open_channel
 
 log = logging.getLogger(__name__)
 
@@ -545,8 +548,11 @@ class CopyWatcher:
     that dropped out of it (partitioned, session expired) is still watched.
     """
 
-    def __init__(self, nodes: Mapping[str, str], guid: str, period: float = 0.1) -> None:
-        self.channels = {node: grpc.insecure_channel(address) for node, address in nodes.items()}
+    def __init__(
+        self, nodes: Mapping[str, str], guid: str, period: float = 0.1, *, cluster: str = ""
+    ) -> None:
+        tls = _client_tls(cluster)
+        self.channels = {node: open_channel(address, tls=tls) for node, address in nodes.items()}
         self.stubs = {node: pbg.SupervisorStub(ch) for node, ch in self.channels.items()}
         self.guid = guid
         self.period = period
@@ -600,9 +606,20 @@ def wait_until(
         time.sleep(every)
 
 
+def _client_tls(cluster: str) -> TLSIdentity | None:
+    """The client identity of a local cluster that runs with certificates."""
+    directory = resolve_tls(cluster) if cluster else None
+    return TLSIdentity(directory, "client", cluster) if directory is not None else None
+
+
 @contextlib.contextmanager
-def zookeeper(connect: str) -> Iterator[KazooClient]:
-    zk = KazooClient(hosts=connect, timeout=10.0)
+def zookeeper(connect: str, cluster: str = "") -> Iterator[KazooClient]:
+    directory = resolve_tls(cluster) if cluster else None
+    auth = None
+    if directory is not None:
+        user, secret = zk_auth(directory)
+        auth = [("digest", f"{user}:{secret}")]
+    zk = KazooClient(hosts=connect, timeout=10.0, auth_data=auth)
     zk.start(timeout=15.0)
     try:
         yield zk
@@ -618,7 +635,7 @@ def advertise_storesite(connect: str, cluster: str, sid: str, address: str) -> s
     address every node and client reads from it changes.
     """
     path = f"/hermesx/{cluster}/storesites/{sid}"
-    with zookeeper(connect) as zk:
+    with zookeeper(connect, cluster) as zk:
         raw, stat = zk.get(path)
         data = json.loads(raw.decode())
         old = str(data["address"])

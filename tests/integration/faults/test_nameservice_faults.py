@@ -95,15 +95,6 @@ def test_kill_one_zookeeper_member(
     assert where.node == "n1" and where.age == 1, where
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "a node drops its atoms once suspended longer than the session timeout "
-        "(Supervisor._housekeeping), but without a quorum its session cannot expire: "
-        "it comes back with the same session, no recovery happens, and the atom is "
-        "unreachable until that node restarts"
-    ),
-)
 def test_quorum_lost_longer_than_the_session_timeout(
     start_cluster: ClusterStarter,
     ensemble: ZooKeeperEnsemble,
@@ -170,7 +161,7 @@ def test_node_partitioned_from_zookeeper_fences_before_recovery(
             guid = client.create(atoms["counter"], name="c", on="n1", checkpoint="every-call")
             addresses = {name: m.address for name, m in client.nodes().items()}
             load = LoadGenerator(client.address.zk, client.address.cluster, "c")
-            with load, CopyWatcher(addresses, guid) as watcher:
+            with load, CopyWatcher(addresses, guid, cluster=cluster.name) as watcher:
                 load.wait_acks(30)
                 zk_link.cut("blackhole")
                 cut_at = time.monotonic()
@@ -188,7 +179,7 @@ def test_node_partitioned_from_zookeeper_fences_before_recovery(
             healed_at = time.monotonic()
             # Back in the name service, n1 registers again and holds no copy.
             cluster.wait_registered(nodes=["n1"])
-            n1_watch = CopyWatcher({"n1": addresses["n1"]}, guid)
+            n1_watch = CopyWatcher({"n1": addresses["n1"]}, guid, cluster=cluster.name)
             n1_after_heal = n1_watch.probe_once()
             n1_watch.close()
             assert final_value(client, "c") == final
