@@ -201,6 +201,7 @@ def cmd_create(args: argparse.Namespace) -> None:
             reentrant=args.reentrant,
             tags=[t for t in (args.tags or "").split(",") if t],
             idle_passivate_seconds=args.idle_passivate,
+            placement="" if args.placement == "none" else args.placement,
         )
     _emit(args, {"guid": guid, "name": args.name}, guid)
 
@@ -557,6 +558,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reentrant", action="store_true")
     p.add_argument("--tags", help="placement: nodes must carry these tags")
     p.add_argument("--idle-passivate", type=float, default=0.0, metavar="SECONDS")
+    p.add_argument(
+        "--placement",
+        choices=["none", "follow-caller"],
+        default="none",
+        help="follow-caller: move toward the node whose atoms call it most",
+    )
 
     p = verb("invoke", cmd_invoke, "invoke a method of an atom by name or GUID")
     p.add_argument("target")

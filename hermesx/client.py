@@ -178,6 +178,7 @@ class Client:
         reentrant: bool = False,
         tags: Sequence[str] = (),
         idle_passivate_seconds: float = 0.0,
+        placement: str = "",
     ) -> str:
         """Create an atom and return its GUID."""
         if isinstance(wasm, pathlib.Path):
@@ -192,6 +193,7 @@ class Client:
             reentrant=reentrant,
             tags=list(tags),
             idle_passivate_seconds=idle_passivate_seconds,
+            placement=placement,
         )
         node = on or self.pick_node(tags)
         request = pb.CreateRequest(

@@ -9,6 +9,7 @@ have been declared dead must not serve, or two copies of an atom could run.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -56,6 +57,13 @@ __all__ = ["NodeConfig", "Supervisor"]
 
 log = logging.getLogger(__name__)
 
+# Placement policy "follow-caller": after every FOLLOW_WINDOW calls, move to
+# the node that made at least FOLLOW_SHARE of them (calls from atoms there).
+FOLLOW_CALLER = "follow-caller"
+FOLLOW_WINDOW = 20
+FOLLOW_SHARE = 0.75
+PLACEMENTS = ("", FOLLOW_CALLER)
+
 EVERY_CALL = pb.CheckpointPolicy.EVERY_CALL
 PERIODIC = pb.CheckpointPolicy.PERIODIC
 
@@ -95,6 +103,8 @@ class ActiveAtom:
     last_used: float = field(default_factory=time.monotonic)
     move_request: str | None = None
     checkpoint_request: bool = False
+    # Placement "follow-caller": which nodes the recent calls came from.
+    callers: collections.Counter[str] = field(default_factory=collections.Counter)
     cond: threading.Condition = field(default_factory=threading.Condition)
 
     @contextlib.contextmanager
@@ -506,6 +516,8 @@ class Supervisor(pbg.SupervisorServicer):
             if request.trace:
                 reply.trace.append(pb.Hop(node=self.name, tad=tad_to_pb(active.tad), event="ran"))
             self._after_call(active, reply)
+            if active.meta.placement == FOLLOW_CALLER:
+                self._follow_caller(active, request.caller_node)
         if active.move_request is not None:
             node, active.move_request = active.move_request, None
             self._background.submit(self._move_quietly, active.guid, node)
@@ -544,6 +556,29 @@ class Supervisor(pbg.SupervisorServicer):
                 )
             else:
                 log.warning("atom %s: checkpoint failed: %s", active.guid, exc)
+
+    def _follow_caller(self, active: ActiveAtom, caller_node: str) -> None:
+        """Placement policy: move toward the node that makes most of the calls."""
+        active.callers[caller_node] += 1
+        if active.callers.total() < FOLLOW_WINDOW:
+            return
+        node, calls = active.callers.most_common(1)[0]
+        active.callers.clear()
+        if (
+            node
+            and node != self.name
+            and calls >= FOLLOW_SHARE * FOLLOW_WINDOW
+            and active.move_request is None
+            and node in self.naming.nodes()
+        ):
+            log.info(
+                "atom %s follows its caller: %d of %d calls from %s",
+                active.guid,
+                calls,
+                FOLLOW_WINDOW,
+                node,
+            )
+            active.move_request = node
 
     def _forward(self, request: pb.InvokeRequest, tad: TAD) -> pb.InvokeReply:
         forwarded = pb.InvokeRequest()
@@ -625,6 +660,10 @@ class Supervisor(pbg.SupervisorServicer):
         aliases = [_parse_alias(a) for a in request.aliases]
         if meta.name:
             validate_name(meta.name, "atom name")
+        if meta.placement not in PLACEMENTS:
+            raise ConfigurationError(
+                f"placement {meta.placement!r} is not one of: none, {FOLLOW_CALLER}"
+            )
         loaded = self.runtime.load(request.module)
         meta.module_hash = loaded.hash
         storesites = self.naming.storesites()

@@ -9,6 +9,7 @@ still serve.
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import socket
 import time
@@ -395,6 +396,13 @@ def test_raw_tcp_garbage_does_not_stop_node_or_storesite(client: Client, residen
     still_serves(client, resident)
 
 
+def _cluster_channel(
+    client: Client, address: str
+) -> contextlib.AbstractContextManager[grpc.Channel]:
+    """A channel with the client's cluster certificate (the pool keeps it open)."""
+    return contextlib.nullcontext(client.channels.get(address))
+
+
 @pytest.mark.parametrize("payload", [b"\xff\xff\xff\x07garbage", b"\x0a\xff\xff\xff\xff\x0f", b""])
 def test_undecodable_or_empty_requests_get_a_status_on_every_rpc(
     client: Client, resident: str, payload: bytes
@@ -403,7 +411,7 @@ def test_undecodable_or_empty_requests_get_a_status_on_every_rpc(
         ("Supervisor", _addresses(client)["node"]),
         ("Storesite", _addresses(client)["storesite"]),
     ]:
-        with grpc.insecure_channel(address) as channel:
+        with _cluster_channel(client, address) as channel:
             for method in pb.DESCRIPTOR.services_by_name[service].methods:
                 call = channel.unary_unary(
                     f"/{pb.DESCRIPTOR.package}.{service}/{method.name}",
@@ -426,7 +434,7 @@ def test_undecodable_or_empty_requests_get_a_status_on_every_rpc(
 
 def test_storesite_refuses_an_empty_guid_as_invalid(client: Client) -> None:
     address = _addresses(client)["storesite"]
-    with grpc.insecure_channel(address) as channel:
+    with _cluster_channel(client, address) as channel:
         locate = channel.unary_unary(
             f"/{pb.DESCRIPTOR.package}.Storesite/Locate",
             request_serializer=pb.GuidRequest.SerializeToString,

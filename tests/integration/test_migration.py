@@ -158,3 +158,26 @@ def test_move_to_syscall_moves_the_atom_with_its_state(
     assert client.atom(unique_name).where() == "n3"
     assert client.atom(unique_name).bump() == 2
     assert codec.unpack(client.invoke(unique_name, "where", codec.pack(None)).result) == "n3"
+
+
+def test_follow_caller_placement_moves_an_atom_to_the_node_that_calls_it(
+    client: Client, atoms: dict[str, pathlib.Path], unique_name: str
+) -> None:
+    target = f"{unique_name}-target"
+    client.create(atoms["counter"], name=target, on="n3", placement="follow-caller")
+    client.create(atoms["caller"], name=unique_name, on="n1")
+    for i in range(25):
+        assert client.atom(unique_name).call([target, "incr", 1]) == i + 1
+    for _ in range(100):  # the move happens right after the deciding call
+        if client.locate(target).node == "n1":
+            break
+        threading.Event().wait(0.05)
+    assert client.locate(target).node == "n1"
+    assert client.atom(target).get() == 25
+
+
+def test_an_unknown_placement_policy_is_refused(
+    client: Client, atoms: dict[str, pathlib.Path], unique_name: str
+) -> None:
+    with pytest.raises(HermesError, match="placement"):
+        client.create(atoms["counter"], name=unique_name, placement="random-walk")
