@@ -9,12 +9,10 @@ cost of a first call that has to follow k = 1, 2, 3 forwarding hops.
 
 from __future__ import annotations
 
-import os
 import pathlib
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -22,13 +20,17 @@ from concurrent import futures
 
 import grpc
 
-from hermesx import codec
+from hermesx import codec, security
+from hermesx.client import CLIENT_CERT_NAME
 from hermesx.proto import hermesx_pb2 as pb
 from hermesx.proto import hermesx_pb2_grpc as pbg
+from hermesx.wire import CHANNEL_OPTIONS, TLSIdentity, add_server_port, open_channel
 
 __all__ = ["run"]
 
 Progress = Callable[[str], None]
+
+ECHO_NAME = "bench-echo"
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -66,13 +68,11 @@ class _Echo(pbg.SupervisorServicer):
         return pb.InvokeReply(result=request.args)
 
 
-def serve_echo() -> None:
+def serve_echo(tls: TLSIdentity | None) -> None:
     """A bare grpcio unary echo server (run in its own process by the benchmark)."""
-    from hermesx.wire import CHANNEL_OPTIONS
-
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=64), options=CHANNEL_OPTIONS)
     pbg.add_SupervisorServicer_to_server(_Echo(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = add_server_port(server, "127.0.0.1:0", tls)
     server.start()
     print(port, flush=True)
     sys.stdin.read()  # until the benchmark closes our stdin
@@ -82,28 +82,33 @@ def serve_echo() -> None:
 def run(progress: Progress | None = None, seconds: float = 3.0) -> dict[str, float]:
     from hermesx.build import build_examples
     from hermesx.client import Client
-    from hermesx.cluster import LocalCluster, NodeSpec
-    from hermesx.wire import CHANNEL_OPTIONS
+    from hermesx.cluster import NodeSpec, private_cluster
 
     say = progress or (lambda _m: None)
     figures: dict[str, float] = {}
     wasm = next(p for p in build_examples(quiet=True) if p.stem == "counter").read_bytes()
-    with tempfile.TemporaryDirectory(prefix="hermesx-bench-") as home:
-        old_home = os.environ.get("HERMESX_HOME")
-        os.environ["HERMESX_HOME"] = home
-        cluster = LocalCluster(f"bench{os.getpid()}", test_hooks=True)
+    nodes = [NodeSpec(f"n{i}") for i in range(1, 5)]
+    with private_cluster("bench", nodes, progress=say, test_hooks=True) as cluster:
+        # The echo speaks the same mutual TLS as the cluster: like for like.
+        security.issue_cert(cluster.tls_dir, cluster.name, ECHO_NAME)
         echo = subprocess.Popen(
-            [sys.executable, "-m", "hermesx.bench_invoke", "echo-server"],
+            [
+                sys.executable,
+                "-m",
+                "hermesx.bench_invoke",
+                "echo-server",
+                str(cluster.tls_dir),
+                cluster.name,
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
         try:
-            say("starting a local cluster of 4 nodes")
-            cluster.up([NodeSpec(f"n{i}") for i in range(1, 5)], progress=say)
             assert echo.stdout is not None
             echo_port = int(echo.stdout.readline())
-            channel = grpc.insecure_channel(f"127.0.0.1:{echo_port}", options=CHANNEL_OPTIONS)
+            identity = TLSIdentity(cluster.tls_dir, CLIENT_CERT_NAME, cluster.name)
+            channel = open_channel(f"127.0.0.1:{echo_port}", CHANNEL_OPTIONS, identity)
             echo_stub = pbg.SupervisorStub(channel)
             with Client(cluster.zk, cluster.name) as client:
                 client.create(wasm, name="bench-counter", on="n4", checkpoint="on-request")
@@ -141,11 +146,6 @@ def run(progress: Progress | None = None, seconds: float = 3.0) -> dict[str, flo
             if echo.stdin is not None:
                 echo.stdin.close()
             echo.wait(10)
-            cluster.down()
-            if old_home is None:
-                os.environ.pop("HERMESX_HOME", None)
-            else:
-                os.environ["HERMESX_HOME"] = old_home
     return figures
 
 
@@ -183,7 +183,8 @@ def _forwarding_costs(client: object, rounds: int = 60) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["echo-server"]:
-        serve_echo()
+    if sys.argv[1:2] == ["echo-server"] and len(sys.argv) in (2, 4):
+        tls_dir = sys.argv[2] if len(sys.argv) == 4 else None
+        serve_echo(TLSIdentity(pathlib.Path(tls_dir), ECHO_NAME, sys.argv[3]) if tls_dir else None)
     else:
-        sys.exit("usage: python -m hermesx.bench_invoke echo-server")
+        sys.exit("usage: python -m hermesx.bench_invoke echo-server [TLS_DIR CLUSTER]")

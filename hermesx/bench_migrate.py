@@ -9,9 +9,7 @@ overlapped a move, as p50 and max.
 
 from __future__ import annotations
 
-import os
 import statistics
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -28,28 +26,18 @@ SIZES_KIB = {"64kib": 64, "1mib": 1024, "16mib": 16 * 1024}
 def run(progress: Progress | None = None, moves: int = 10) -> dict[str, float]:
     from hermesx.build import build_examples
     from hermesx.client import Client
-    from hermesx.cluster import LocalCluster, NodeSpec
+    from hermesx.cluster import NodeSpec, private_cluster
 
     say = progress or (lambda _m: None)
     wasm = next(p for p in build_examples(quiet=True) if p.stem == "memhog").read_bytes()
     figures: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix="hermesx-bench-") as home:
-        old_home = os.environ.get("HERMESX_HOME")
-        os.environ["HERMESX_HOME"] = home
-        cluster = LocalCluster(f"benchmig{os.getpid()}")
-        try:
-            say("starting a local cluster of 2 nodes")
-            cluster.up([NodeSpec("n1"), NodeSpec("n2")], progress=say)
-            with Client(cluster.zk, cluster.name) as client:
-                for label, kib in SIZES_KIB.items():
-                    say(f"moving a {label} atom {moves} times under calls")
-                    figures.update(_bench_size(client, wasm, label, kib, moves))
-        finally:
-            cluster.down()
-            if old_home is None:
-                os.environ.pop("HERMESX_HOME", None)
-            else:
-                os.environ["HERMESX_HOME"] = old_home
+    with (
+        private_cluster("benchmig", [NodeSpec("n1"), NodeSpec("n2")], progress=say) as cluster,
+        Client(cluster.zk, cluster.name) as client,
+    ):
+        for label, kib in SIZES_KIB.items():
+            say(f"moving a {label} atom {moves} times under calls")
+            figures.update(_bench_size(client, wasm, label, kib, moves))
     return figures
 
 

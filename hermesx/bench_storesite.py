@@ -11,11 +11,9 @@ leaves the name service) and restore (until the atom answers again).
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 
@@ -31,29 +29,20 @@ def run(
 ) -> dict[str, float]:
     from hermesx.build import build_examples
     from hermesx.client import Client
-    from hermesx.cluster import LocalCluster, NodeSpec
+    from hermesx.cluster import NodeSpec, private_cluster
     from storesite.bench import run as run_checkpoints
 
     say = progress or (lambda _m: None)
     say("measuring checkpoints on the storesite alone")
     figures = dict(run_checkpoints())
     wasm = next(p for p in build_examples(quiet=True) if p.stem == "counter").read_bytes()
-    with tempfile.TemporaryDirectory(prefix="hermesx-bench-") as home:
-        old_home = os.environ.get("HERMESX_HOME")
-        os.environ["HERMESX_HOME"] = home
-        cluster = LocalCluster(f"benchss{os.getpid()}", session_timeout=session_timeout)
-        try:
-            say("starting a local cluster of 3 nodes")
-            cluster.up([NodeSpec(f"n{i}") for i in (1, 2, 3)], progress=say)
-            with Client(cluster.zk, cluster.name) as client:
-                figures.update(_dormant(client, wasm, atoms, say))
-                figures.update(_recovery(client, cluster, wasm, session_timeout, say))
-        finally:
-            cluster.down()
-            if old_home is None:
-                os.environ.pop("HERMESX_HOME", None)
-            else:
-                os.environ["HERMESX_HOME"] = old_home
+    nodes = [NodeSpec(f"n{i}") for i in (1, 2, 3)]
+    with (
+        private_cluster("benchss", nodes, progress=say, session_timeout=session_timeout) as cluster,
+        Client(cluster.zk, cluster.name) as client,
+    ):
+        figures.update(_dormant(client, wasm, atoms, say))
+        figures.update(_recovery(client, cluster, wasm, session_timeout, say))
     return figures
 
 

@@ -17,8 +17,9 @@ import pathlib
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +28,7 @@ from hermesx.errors import ConfigurationError, UnreachableError
 from hermesx.identity import validate_name
 from hermesx.naming import Naming
 
-__all__ = ["LocalCluster", "NodeSpec"]
+__all__ = ["LocalCluster", "NodeSpec", "private_cluster"]
 
 log = logging.getLogger(__name__)
 
@@ -319,6 +320,35 @@ class LocalCluster:
         with contextlib.suppress(FileNotFoundError):
             self.state_file.unlink()
         return stopped
+
+
+@contextlib.contextmanager
+def private_cluster(
+    prefix: str,
+    nodes: Sequence[NodeSpec],
+    *,
+    progress: Progress | None = None,
+    session_timeout: float = 4.0,
+    test_hooks: bool = False,
+) -> Iterator[LocalCluster]:
+    """A throwaway local cluster in a HERMESX_HOME of its own, always stopped and removed."""
+    with tempfile.TemporaryDirectory(prefix="hermesx-") as home:
+        old_home = os.environ.get("HERMESX_HOME")
+        os.environ["HERMESX_HOME"] = home
+        cluster = LocalCluster(
+            f"{prefix}{os.getpid()}", session_timeout=session_timeout, test_hooks=test_hooks
+        )
+        try:
+            if progress is not None:
+                progress(f"starting a local cluster of {len(nodes)} nodes")
+            cluster.up(nodes, progress=progress)
+            yield cluster
+        finally:
+            cluster.down()
+            if old_home is None:
+                os.environ.pop("HERMESX_HOME", None)
+            else:
+                os.environ["HERMESX_HOME"] = old_home
 
 
 def _alive(pid: int) -> bool:
