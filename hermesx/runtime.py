@@ -399,6 +399,15 @@ class _FutureDone:
 _PENDING, _TAKEN, _DONE = 0, 1, 2
 
 
+class _Turn:
+    """A plain caller's place in an atom's FIFO queue."""
+
+    __slots__ = ("event",)
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+
 class _Job:
     """Work handed to the atom's own thread at a blocking point.
 
@@ -575,6 +584,9 @@ class Atom:
                 return
             self._closed = True
             self._cv.notify_all()
+            for waiter in self._waiters:
+                if isinstance(waiter, _Turn):
+                    waiter.event.set()
         daemon = self._daemon
         if daemon is not None and daemon is not threading.current_thread():
             daemon.join(timeout=self._budget_s + 1)
@@ -595,44 +607,83 @@ class Atom:
             if not self._running and not self._waiters:
                 self._running = True
                 return True
-            ticket: object = job if job is not None else object()
+            if job is None:
+                turn = _Turn()
+                self._waiters.append(turn)
+        if job is None:
+            return self._wait_turn(turn, deadline, method)
+        with self._cv:
+            ticket: object = job
             self._waiters.append(ticket)
-            if job is not None:
-                self._mail.append(job)
-                self._cv.notify_all()
+            self._mail.append(job)
+            self._cv.notify_all()
             try:
                 while True:
-                    if job is not None and job.state == _DONE:
+                    if job.state == _DONE:
                         return False
-                    if job is None or job.state == _PENDING:
+                    if job.state == _PENDING:
                         if self._closed:
                             raise self._closed_error()
                         if not self._running and self._waiters[0] is ticket:
-                            if job is not None:
-                                self._mail.remove(job)
-                                job.state = _TAKEN
+                            self._mail.remove(job)
+                            job.state = _TAKEN
                             self._running = True
                             return True
                     wait: float | None = None
-                    if deadline is not None and (job is None or job.state == _PENDING):
+                    if deadline is not None and job.state == _PENDING:
                         wait = deadline - time.monotonic()
                         if wait <= 0:
-                            if job is not None:
-                                self._mail.remove(job)
+                            self._mail.remove(job)
                             raise CallTimeoutError(
                                 f"atom {self.guid} stayed busy: {method} waited past its timeout"
                             )
                     self._cv.wait(wait)
             finally:
                 self._waiters.remove(ticket)
-                self._cv.notify_all()
+                self._wake_next()
+
+    def _wait_turn(self, turn: _Turn, deadline: float | None, method: str) -> bool:
+        """Queue in FIFO order; only the head of the queue is woken when the atom frees up
+        (waking every queued caller on each call costs a thread switch apiece)."""
+        took = False
+        try:
+            while True:
+                with self._cv:
+                    if self._closed:
+                        raise self._closed_error()
+                    if not self._running and self._waiters[0] is turn:
+                        self._running = True
+                        took = True
+                        return True
+                    turn.event.clear()
+                wait: float | None = None
+                if deadline is not None:
+                    wait = deadline - time.monotonic()
+                    if wait <= 0:
+                        raise CallTimeoutError(
+                            f"atom {self.guid} stayed busy: {method} waited past its timeout"
+                        )
+                turn.event.wait(wait)
+        finally:
+            with self._cv:
+                self._waiters.remove(turn)
+                if not took:
+                    self._wake_next()
+
+    def _wake_next(self) -> None:
+        """Under ``_cv``: let the head of the queue look again."""
+        if not self._waiters:
+            return
+        head = self._waiters[0]
+        if isinstance(head, _Turn):
+            head.event.set()
+        else:
+            self._cv.notify_all()
 
     def _leave(self) -> None:
         with self._cv:
             self._running = False
-            # Only queued callers wait for this (the atom's own thread is us).
-            if self._waiters:
-                self._cv.notify_all()
+            self._wake_next()
             pending = bool(self._mail) and not self._closed and not self.module.is_daemon
         if pending:
             self._schedule_idle()
