@@ -168,7 +168,7 @@ class Client:
 
     def create(
         self,
-        wasm: bytes | pathlib.Path,
+        wasm: bytes | bytearray | memoryview | pathlib.Path,
         *,
         name: str = "",
         on: str | None = None,
@@ -181,6 +181,8 @@ class Client:
         placement: str = "",
     ) -> str:
         """Create an atom and return its GUID."""
+        if isinstance(wasm, bytearray | memoryview):
+            wasm = bytes(wasm)
         if isinstance(wasm, pathlib.Path):
             path = wasm
             try:

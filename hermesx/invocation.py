@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
@@ -27,6 +27,7 @@ from tenacity.wait import wait_exponential
 
 from hermesx.errors import (
     CallTimeoutError,
+    ConfigurationError,
     HermesError,
     NameNotFoundError,
     UnreachableError,
@@ -66,6 +67,20 @@ class InvokeOutcome:
     guid: str
     tad: TAD | None
     trace: list[pb.Hop] = field(default_factory=list)
+
+
+MAX_METHOD_LEN = 256
+
+
+def _check_method(method: str) -> None:
+    try:
+        encoded = method.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigurationError(f"method name {method!r} is not valid text") from None
+    if not encoded or len(encoded) > MAX_METHOD_LEN:
+        raise ConfigurationError(
+            f"method name {method[:40]!r} must be 1 to {MAX_METHOD_LEN} bytes long"
+        )
 
 
 class StoresiteAbsentError(UnreachableError):
@@ -184,6 +199,7 @@ class Invoker:
         via: str | None = None,
         trace: bool = False,
     ) -> InvokeOutcome:
+        _check_method(method)
         guid = self.naming.guid_of(target)
         call = _Call(
             guid=guid,
@@ -208,44 +224,13 @@ class Invoker:
             node = self._entry_node(call)
             request.hops = 0
             request.timeout = max(call.remaining(), 0.01)
-            reply = self._invoke_at(node, request, call)
-            which = reply.WhichOneof("outcome")
+            reply = self._rpc_at(node, call, "Invoke", request, self.local_invoke)
             if trace:
                 call.trace.extend(reply.trace)
-            newest = tad_from_pb(reply.tad)
-            if newest is not None:
-                self.stash.update(guid, newest)
-            if which == "result":
-                return InvokeOutcome(reply.result, guid, newest, call.trace)
-            if which == "moved":
-                self._follow_moved(call, tad_from_pb(reply.moved), node)
-                raise _Broken()
-            err = error_from_wire(reply.error.kind, reply.error.message)
-            if reply.error.kind in RETRYABLE_KINDS:
-                self._broken(call, node, str(err))
-            raise err
+            self._settle(call, node, reply)
+            return InvokeOutcome(reply.result, guid, tad_from_pb(reply.tad), call.trace)
 
         return self._retrying(call, attempt, target)
-
-    def _invoke_at(self, node: str, request: pb.InvokeRequest, call: _Call) -> pb.InvokeReply:
-        if node == self.self_node and self.local_invoke is not None:
-            return self.local_invoke(request)
-        try:
-            stub = self.node_stub(node)
-            reply: pb.InvokeReply = stub.Invoke(request, timeout=max(call.remaining(), 0.01))
-            return reply
-        except UnreachableError as exc:
-            self._broken(call, node, str(exc))
-        except grpc.RpcError as exc:
-            err = error_from_rpc(exc, f"node {node}")
-            if isinstance(err, UnreachableError | CallTimeoutError):
-                self.channels.drop(self.node_address_or_empty(node))
-                self._broken(call, node, str(err))
-            raise err from exc
-
-    def node_address_or_empty(self, node: str) -> str:
-        member = self.naming.nodes().get(node)
-        return member.address if member else ""
 
     # ------------------------------------------------------------ send
 
@@ -269,33 +254,48 @@ class Invoker:
         def attempt() -> None:
             node = self._entry_node(call)
             request.hops = 0
-            if node == self.self_node and self.local_send is not None:
-                reply = self.local_send(request)
-            else:
-                try:
-                    reply = self.node_stub(node).Send(request, timeout=max(call.remaining(), 0.01))
-                except UnreachableError as exc:
-                    self._broken(call, node, str(exc))
-                except grpc.RpcError as exc:
-                    err = error_from_rpc(exc, f"node {node}")
-                    if isinstance(err, UnreachableError | CallTimeoutError):
-                        self._broken(call, node, str(err))
-                    raise err from exc
-            newest = tad_from_pb(reply.tad)
-            if newest is not None:
-                self.stash.update(guid, newest)
-            which = reply.WhichOneof("outcome")
-            if which is None:
-                return
-            if which == "moved":
-                self._follow_moved(call, tad_from_pb(reply.moved), node)
-                raise _Broken()
+            self._settle(call, node, self._rpc_at(node, call, "Send", request, self.local_send))
+
+        self._retrying(call, attempt, target)
+
+    # ------------------------------------------------------------ one node
+
+    def _rpc_at(
+        self, node: str, call: _Call, method: str, request: Any, local: Callable[[Any], Any] | None
+    ) -> Any:
+        """Send ``request`` to ``node`` (in-process when it is us); a dead node breaks the chain."""
+        if node == self.self_node and local is not None:
+            return local(request)
+        try:
+            stub = self.node_stub(node)
+            return getattr(stub, method)(request, timeout=max(call.remaining(), 0.01))
+        except UnreachableError as exc:
+            self._broken(call, node, str(exc))
+        except grpc.RpcError as exc:
+            err = error_from_rpc(exc, f"node {node}")
+            if isinstance(err, UnreachableError | CallTimeoutError):
+                self.channels.drop(self.node_address_or_empty(node))
+                self._broken(call, node, str(err))
+            raise err from exc
+
+    def _settle(self, call: _Call, node: str, reply: Any) -> None:
+        """Learn the newest TAD from a reply; MOVED and retryable errors go on from elsewhere."""
+        newest = tad_from_pb(reply.tad)
+        if newest is not None:
+            self.stash.update(call.guid, newest)
+        which = reply.WhichOneof("outcome")
+        if which == "moved":
+            self._follow_moved(call, tad_from_pb(reply.moved), node)
+            raise _Broken()
+        if which == "error":
             err = error_from_wire(reply.error.kind, reply.error.message)
             if reply.error.kind in RETRYABLE_KINDS:
                 self._broken(call, node, str(err))
             raise err
 
-        self._retrying(call, attempt, target)
+    def node_address_or_empty(self, node: str) -> str:
+        member = self.naming.nodes().get(node)
+        return member.address if member else ""
 
     # ------------------------------------------------------------ routing
 
