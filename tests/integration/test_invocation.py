@@ -166,3 +166,17 @@ def test_entering_at_a_node_that_is_not_live_is_a_clear_error(
     with pytest.raises(NameNotFoundError, match="n9"):
         client.invoke(unique_name, "incr", codec.pack(1), via="n9")
     assert client.atom(unique_name).get() == 0
+
+
+def test_a_call_cycle_back_into_an_atom_fails_fast_with_a_clear_error(
+    client: Client, atoms: dict[str, pathlib.Path], unique_name: str
+) -> None:
+    first, second = f"{unique_name}-a", f"{unique_name}-b"
+    client.create(atoms["caller"], name=first, on="n1")
+    client.create(atoms["caller"], name=second, on="n2")
+    # first -> second -> first: the inner call would wait forever for first to be free.
+    with pytest.raises(MethodError, match="call cycle"):
+        client.atom(first).call([second, "call", [first, "lookup", [0, "", "x"]]])
+    # Both atoms keep serving.
+    assert client.atom(second).lookup([0, "", unique_name]) == []
+    assert client.atom(first).lookup([0, "", first]) == [client.guid_of(first)]
