@@ -8,9 +8,9 @@ storesite recovers its atom elsewhere, so two copies never serve.
 The cut of scenario 4 is a userspace TCP proxy between that node and
 ZooKeeper (``faultkit.TcpProxy``) in ``blackhole`` mode: connections stay
 open and every byte is dropped, which is what a partition looks like to
-both ends. Network namespaces would need an address outside 127.0.0.0/8 in
-the root namespace to reach the test's ZooKeeper and clients; the proxy
-cuts exactly one process's name-service traffic and nothing else.
+both ends; it cuts exactly one process's name-service traffic and nothing
+else. ``test_netns_faults.py`` makes the same cut in the kernel, with
+nftables inside a network namespace the test creates.
 """
 
 from __future__ import annotations
