@@ -245,7 +245,9 @@ class Supervisor(pbg.SupervisorServicer):
             hop_limit=config.hop_limit,
         )
         self.address = ""
-        self.fenced = False
+        # Set while we may serve: our name-service session is not in doubt.
+        self._serving = threading.Event()
+        self._serving.set()
         self._stopping = threading.Event()
         self._server: grpc.Server | None = None
         self._background = futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="node-bg")
@@ -313,6 +315,22 @@ class Supervisor(pbg.SupervisorServicer):
         self._stopping.wait()
 
     # ------------------------------------------------------------ fencing
+
+    @property
+    def fenced(self) -> bool:
+        return not self._serving.is_set()
+
+    @fenced.setter
+    def fenced(self, value: bool) -> None:
+        if value:
+            self._serving.clear()
+        else:
+            self._serving.set()
+
+    def _wait_serving(self, what: str) -> None:
+        """A suspension usually ends within a ZooKeeper failover: wait for it, briefly."""
+        if not self._serving.wait(self.config.session_timeout):
+            raise UnreachableError(f"node {self.name} is fenced; {what}")
 
     def _on_session_state(self, state: str) -> None:
         if state == "suspended":
@@ -653,8 +671,7 @@ class Supervisor(pbg.SupervisorServicer):
         return pb.CreateReply(guid=guid, tad=tad_to_pb(tad))
 
     def create_atom(self, request: pb.CreateRequest) -> tuple[str, TAD]:
-        if self.fenced:
-            raise UnreachableError(f"node {self.name} is fenced; cannot create atoms")
+        self._wait_serving("cannot create atoms")
         meta = pb.AtomMeta()
         meta.CopyFrom(request.meta)
         aliases = [_parse_alias(a) for a in request.aliases]
@@ -984,8 +1001,7 @@ class Supervisor(pbg.SupervisorServicer):
         tad = tad_from_pb(request.tad)
         if tad is None or tad.node != self.name:
             raise MigrationError(f"atom {guid}: node {self.name} was sent a TAD for {tad}")
-        if self.fenced:
-            raise UnreachableError(f"node {self.name} is fenced; cannot accept atom {guid}")
+        self._wait_serving(f"cannot accept atom {guid}")
         if not request.commit:
             if not request.snapshot:
                 self._discard_staged(guid)
