@@ -8,6 +8,7 @@ and exit non-zero; with ``--json`` the error is also a JSON object on stdout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -15,7 +16,8 @@ import pathlib
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from hermesx import codec
@@ -261,7 +263,8 @@ def cmd_migrate(args: argparse.Namespace) -> None:
     with _client(args) as client:
         before = client.locate(args.target)
         say(f"moving {args.target} from {before.node} (age {before.age}) to {args.node}")
-        reply = client.migrate(args.target, args.node)
+        with _ticking(say, "still moving"):
+            reply = client.migrate(args.target, args.node)
     data = {
         "guid": before.guid,
         "from": before.node,
@@ -278,6 +281,25 @@ def cmd_migrate(args: argparse.Namespace) -> None:
         f"{reply.state_bytes} bytes, calls held {reply.held_ms:.1f} ms, "
         f"total {reply.total_ms:.1f} ms",
     )
+
+
+@contextlib.contextmanager
+def _ticking(say: Callable[[str], None], what: str, every: float = 1.0) -> Iterator[None]:
+    """Say ``what`` with the elapsed time every ``every`` seconds until the block ends."""
+    done = threading.Event()
+    started = time.monotonic()
+
+    def tick() -> None:
+        while not done.wait(every):
+            say(f"{what} ({time.monotonic() - started:.0f} s)")
+
+    ticker = threading.Thread(target=tick, daemon=True)
+    ticker.start()
+    try:
+        yield
+    finally:
+        done.set()
+        ticker.join()
 
 
 def cmd_checkpoint(args: argparse.Namespace) -> None:
