@@ -318,7 +318,8 @@ def test_startup_recovers_atoms_of_nodes_that_died_meanwhile(cluster: Cluster) -
     cluster.kill_node("gone")
     site.on_nodes(cluster.directory.nodes())  # first membership the storesite sees
     wait_for(lambda: len(other.activations) == 1, "recovery at start")
-    assert site.store.get(guid).location == TAD("other", 2)
+    # The location is recorded once the node has answered the activation.
+    wait_for(lambda: site.store.get(guid).location == TAD("other", 2), "the recorded location")
 
 
 def test_move_home_hands_atom_to_another_storesite(cluster: Cluster) -> None:
