@@ -556,14 +556,14 @@ class Supervisor(pbg.SupervisorServicer):
         active.checkpoint_request = False
         try:
             try:
-                self.checkpoint_atom(active, fixed=True)
+                self.checkpoint_atom(active)
             except MigrationError:
                 if active.guid not in self._unsent_aborts:
                     raise
                 # The storesite is back but has not heard our abort of a move
                 # yet, so it still thinks the atom is moving: tell it, retry.
                 self._retry_aborts()
-                self.checkpoint_atom(active, fixed=True)
+                self.checkpoint_atom(active)
         except HermesError as exc:
             if policy.mode == EVERY_CALL and reply.WhichOneof("outcome") == "result":
                 # The call ran but is not durable: the caller must not take it as acknowledged.
@@ -772,7 +772,7 @@ class Supervisor(pbg.SupervisorServicer):
 
     # ------------------------------------------------------------ checkpoint / passivate
 
-    def checkpoint_atom(self, active: ActiveAtom, *, fixed: bool = False) -> TAD:
+    def checkpoint_atom(self, active: ActiveAtom) -> TAD:
         generation = active.atom.generation
         snapshot = active.atom.snapshot()
         with active.cond:
@@ -795,7 +795,7 @@ class Supervisor(pbg.SupervisorServicer):
             with active.fixed(30.0) as ok:
                 if not ok:
                     raise MigrationError(f"atom {request.guid} left node {self.name}")
-                return tad_to_pb(self.checkpoint_atom(active, fixed=True))
+                return tad_to_pb(self.checkpoint_atom(active))
         except HermesError as exc:
             abort_with(context, exc)
 
