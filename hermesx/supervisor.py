@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from hermesx.errors import (
+    CapacityError,
     ConfigurationError,
     HermesError,
     MigrationError,
@@ -34,6 +35,7 @@ from hermesx.errors import (
 from hermesx.host import CallContext
 from hermesx.identity import GUID, TAD, validate_name
 from hermesx.invocation import Invoker
+from hermesx.liveness import ServeWatchdog
 from hermesx.naming import Naming
 from hermesx.proto import hermesx_pb2 as pb
 from hermesx.proto import hermesx_pb2_grpc as pbg
@@ -63,6 +65,8 @@ FOLLOW_CALLER = "follow-caller"
 FOLLOW_WINDOW = 20
 FOLLOW_SHARE = 0.75
 PLACEMENTS = ("", FOLLOW_CALLER)
+# How much earlier than its caller a call's waits in an atom end (at most).
+DEADLINE_MARGIN_S = 0.25
 
 EVERY_CALL = pb.CheckpointPolicy.EVERY_CALL
 PERIODIC = pb.CheckpointPolicy.PERIODIC
@@ -83,6 +87,12 @@ class NodeConfig:
     max_payload_bytes: int = 4 * 2**20
     test_hooks: bool = False
     workers: int = 64
+    # Invocations one atom may have waiting for it or running in it at once
+    # (0: a quarter of the workers), so one slow atom cannot take every worker.
+    max_calls_per_atom: int = 0
+    # A node that cannot answer its own Status for this long gives up its
+    # name-service session (0: three session timeouts, at least 10 s).
+    unresponsive_limit_s: float = 0.0
     # Cluster certificate directory: mutual TLS and the name-service secret.
     tls_dir: pathlib.Path | None = None
 
@@ -97,6 +107,8 @@ class ActiveAtom:
     tad: TAD
     state: str = "active"  # active | moving | gone
     inflight: int = 0
+    # Invocations here for this atom: waiting to fix it, queued or running.
+    calls: int = 0
     checkpoint_seq: int = 0
     checkpointed_generation: int = 0
     last_checkpoint: float = field(default_factory=time.monotonic)
@@ -161,7 +173,7 @@ class NodeHost:
 
     def invoke(self, ctx: CallContext, target: str, method: str, args: bytes) -> bytes:
         outcome = self._sup.invoker.invoke(
-            target, method, args, chain=ctx.chain, timeout=ctx.timeout
+            target, method, args, chain=ctx.chain, timeout=ctx.timeout, open_chain=ctx.open_chain
         )
         return outcome.result
 
@@ -172,7 +184,9 @@ class NodeHost:
             key = (ctx.caller_guid, target)
             seq = self._send_seq.get(key, 0) + 1
             self._send_seq[key] = seq
-            self._sup.invoker.send(target, code, payload, sender=ctx.caller_guid, seq=seq)
+            self._sup.invoker.send(
+                target, code, payload, sender=ctx.caller_guid, seq=seq, timeout=ctx.timeout
+            )
 
     def lookup(self, ctx: CallContext, mode: str, pattern: str, scope: str | None) -> list[str]:
         naming = self._sup.naming
@@ -245,6 +259,13 @@ class Supervisor(pbg.SupervisorServicer):
             hop_limit=config.hop_limit,
         )
         self.address = ""
+        workers = max(1, config.workers)
+        # Workers kept free of invocations, for Status and the other control RPCs.
+        self._reserved_workers = min(workers - 1, max(4, workers // 8))
+        self._max_invokes = workers - self._reserved_workers
+        self._max_calls_per_atom = config.max_calls_per_atom or max(1, workers // 4)
+        self._invokes = 0  # Invoke RPCs being served
+        self._invokes_lock = threading.Lock()
         # Set while we may serve: our name-service session is not in doubt.
         self._serving = threading.Event()
         self._serving.set()
@@ -275,6 +296,11 @@ class Supervisor(pbg.SupervisorServicer):
         self.naming.add_state_listener(self._on_session_state)
         self._register()
         threading.Thread(target=self._housekeeping, name="node-housekeeping", daemon=True).start()
+        limit = self.config.unresponsive_limit_s or max(10.0, 3 * self.config.session_timeout)
+        self._watchdog = ServeWatchdog(
+            self._probe_self, limit, self._give_up_session, stopping=self._stopping
+        )
+        self._watchdog.start()
         log.info("node %s serving on %s (cluster %s)", self.name, self.address, self.config.cluster)
         return self.address
 
@@ -346,6 +372,28 @@ class Supervisor(pbg.SupervisorServicer):
                 log.info("node %s: name-service session back; serving again", self.name)
             self.fenced = False
             self._background.submit(self._reregister)
+
+    def _probe_self(self, timeout: float) -> None:
+        """Ask our own Status through our gRPC server, as a client would."""
+        stub = self.channels.stub(self.address, pbg.SupervisorStub)
+        stub.Status(pb.Empty(), timeout=timeout)
+
+    def _give_up_session(self, why: str) -> None:
+        """We cannot serve: let the cluster declare us dead so our atoms are recovered elsewhere.
+
+        Holding the session would keep every atom here unreachable, and no
+        storesite recovers an atom from a node whose session is alive.
+        """
+        log.error(
+            "node %s gives up its name-service session and stops: %s "
+            "(%d invocations in atoms, %d workers)",
+            self.name,
+            why,
+            self._invokes,
+            self.config.workers,
+        )
+        self._fence_drop(why)
+        self.stop()
 
     def _reregister(self) -> None:
         try:
@@ -514,8 +562,32 @@ class Supervisor(pbg.SupervisorServicer):
         return min(requested, self.config.hop_limit)
 
     def _run_here(self, active: ActiveAtom, request: pb.InvokeRequest) -> pb.InvokeReply | None:
+        with active.cond:
+            if active.calls >= self._max_calls_per_atom:
+                return pb.InvokeReply(
+                    error=pb_error(
+                        CapacityError(
+                            f"atom {active.guid} on node {self.name} already has "
+                            f"{active.calls} calls waiting or running (limit "
+                            f"{self._max_calls_per_atom}); {request.method} refused, try later"
+                        )
+                    ),
+                    tad=tad_to_pb(active.tad),
+                )
+            active.calls += 1
+        try:
+            return self._run_fixed(active, request)
+        finally:
+            with active.cond:
+                active.calls -= 1
+
+    def _run_fixed(self, active: ActiveAtom, request: pb.InvokeRequest) -> pb.InvokeReply | None:
         wait = request.timeout if request.timeout > 0 else 30.0
-        with active.fixed(wait) as ok:
+        # The atom's waits end a little before the caller's, so the caller
+        # hears why its call ended instead of only that its deadline passed.
+        timeout = wait - min(DEADLINE_MARGIN_S, wait / 10)
+        started = time.monotonic()
+        with active.fixed(timeout) as ok:
             if not ok:
                 return None  # it left while we waited: forward along the new TAD
             if self.fenced:  # fenced while this call waited its turn
@@ -527,7 +599,8 @@ class Supervisor(pbg.SupervisorServicer):
                     request.args,
                     request_id=request.request_id,
                     chain=tuple(request.chain),
-                    timeout=request.timeout or None,
+                    timeout=max(0.001, timeout - (time.monotonic() - started)),
+                    open_chain=tuple(request.chain_open),
                 )
             except HermesError as exc:
                 reply.error.CopyFrom(pb_error(exc))
@@ -619,7 +692,27 @@ class Supervisor(pbg.SupervisorServicer):
         return reply
 
     def Invoke(self, request: pb.InvokeRequest, context: grpc.ServicerContext) -> pb.InvokeReply:
-        return self.dispatch_invoke(request)
+        with self._invokes_lock:
+            if self._invokes >= self._max_invokes:
+                busy = True
+            else:
+                busy = False
+                self._invokes += 1
+        if busy:
+            return pb.InvokeReply(
+                error=pb_error(
+                    CapacityError(
+                        f"node {self.name} is serving {self._max_invokes} invocations, its "
+                        f"limit ({self._reserved_workers} of {self.config.workers} workers stay "
+                        "free for control calls); try later"
+                    )
+                )
+            )
+        try:
+            return self.dispatch_invoke(request)
+        finally:
+            with self._invokes_lock:
+                self._invokes -= 1
 
     def dispatch_send(self, request: pb.SendRequest) -> pb.SendReply:
         if self.fenced:
@@ -737,6 +830,7 @@ class Supervisor(pbg.SupervisorServicer):
             pid=os.getpid(),
             rss_bytes=_rss_bytes(),
             tags=list(self.config.tags),
+            atom_calls=sum(a.calls for a in list(self.atoms.values())),
         )
 
     def StashPut(self, request: pb.StashPutRequest, context: grpc.ServicerContext) -> pb.Empty:
