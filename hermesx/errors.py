@@ -18,7 +18,7 @@ are caught, with ``raise ... from exc``, into the most specific branch::
     ├── AtomError
     │   ├── BadModuleError          module rejected at load (missing export, bad ABI)
     │   ├── AtomTrapError           the atom trapped
-    │   ├── DeadlineExceededError   the call ran past its CPU deadline
+    │   ├── DeadlineExceededError   the call ran past its CPU deadline, or waited past its deadline
     │   ├── MemoryLimitError        the atom hit its memory cap
     │   ├── MethodError             the atom returned an error status (unknown method, bad args)
     │   ├── CallCycleError          a call cycle came back into a non-reentrant atom

@@ -283,7 +283,11 @@ class Invoker:
         except grpc.RpcError as exc:
             err = error_from_rpc(exc, f"node {node}")
             if isinstance(err, UnreachableError | CallTimeoutError):
-                self.channels.drop(self.node_address_or_empty(node))
+                # Only a dead connection is dropped: a call past its deadline
+                # says nothing of the channel, and closing it would cancel every
+                # other call in flight on it.
+                if isinstance(err, UnreachableError):
+                    self.channels.drop(self.node_address_or_empty(node))
                 self._broken(call, node, str(err))
             raise err from exc
 

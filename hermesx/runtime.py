@@ -51,7 +51,6 @@ from hermesx.errors import (
     AtomTrapError,
     BadModuleError,
     CallCycleError,
-    CallTimeoutError,
     ConfigurationError,
     DeadlineExceededError,
     HermesError,
@@ -694,7 +693,7 @@ class Atom:
                         wait = deadline - time.monotonic()
                         if wait <= 0:
                             self._mail.remove(job)
-                            raise CallTimeoutError(
+                            raise DeadlineExceededError(
                                 f"atom {self.guid} stayed busy: {method} waited past its "
                                 "deadline for its turn"
                             )
@@ -738,7 +737,8 @@ class Atom:
                 if deadline is not None:
                     wait = deadline - time.monotonic()
                     if wait <= 0:
-                        raise CallTimeoutError(
+                        # Not a "timeout": retrying elsewhere would only queue here again.
+                        raise DeadlineExceededError(
                             f"atom {self.guid} stayed busy: {method} waited past its "
                             "deadline for its turn"
                         )

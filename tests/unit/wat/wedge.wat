@@ -6,6 +6,8 @@
 ;;   relay TARGET -> holds the atom in hx.recv(300 ms), then invokes
 ;;                   TARGET.ping (TARGET a msgpack str); replies its result
 ;;   spinyield    -> loops on hx.yield for ever (until the call's deadline)
+;;   bounce [TARGET, X] -> invokes TARGET.relay X (X a msgpack str), replies its
+;;                   result: with X this atom's GUID, a callback into this atom
 (module
   (import "hx" "reply" (func $reply (param i32 i32)))
   (import "hx" "invoke" (func $invoke (param i32 i32 i32 i32 i32 i32 i32) (result i32)))
@@ -20,6 +22,7 @@
   (data (i32.const 32) "relay")      ;; 32
   (data (i32.const 40) "spinyield")  ;; 40
   (data (i32.const 52) "\c0")        ;; 52 msgpack nil
+  (data (i32.const 56) "bounce")     ;; 56
 
   (func (export "hx_abi_version") (result i32) (i32.const 1))
 
@@ -44,6 +47,15 @@
       (local.set $i (i32.add (local.get $i) (i32.const 1)))
       (br $l)))
     (i32.const 1))
+
+  ;; Length of the msgpack str at $p, its bytes at $p + header.
+  (func $str_header (param $p i32) (result i32)
+    (if (result i32) (i32.eq (i32.and (i32.load8_u (local.get $p)) (i32.const 0xe0)) (i32.const 0xa0))
+      (then (i32.const 1)) (else (i32.const 2))))
+  (func $str_len (param $p i32) (result i32)
+    (if (result i32) (i32.eq (i32.and (i32.load8_u (local.get $p)) (i32.const 0xe0)) (i32.const 0xa0))
+      (then (i32.and (i32.load8_u (local.get $p)) (i32.const 0x1f)))
+      (else (i32.load8_u (i32.add (local.get $p) (i32.const 1))))))
 
   (func $reply_uint (param $n i32)
     (if (i32.lt_u (local.get $n) (i32.const 128))
@@ -77,6 +89,19 @@
         (drop (call $recv (i32.const 300)))
         (local.set $status (call $invoke (local.get $tp) (local.get $tl) (i32.const 24) (i32.const 4)
                                          (i32.const 52) (i32.const 1) (i32.const 8)))
+        (call $reply (i32.load (i32.const 8)) (i32.load (i32.const 12)))
+        (return (local.get $status))))
+    (if (call $eq (local.get $m) (local.get $ml) (i32.const 56) (i32.const 6)) ;; bounce
+      (then
+        ;; [TARGET, X]: skip the fixarray byte
+        (local.set $tp (i32.add (local.get $a) (i32.const 1)))
+        (local.set $tl (call $str_len (local.get $tp)))
+        (local.set $b (i32.add (i32.add (local.get $tp) (call $str_header (local.get $tp))) (local.get $tl)))
+        (local.set $status (call $invoke
+          (i32.add (local.get $tp) (call $str_header (local.get $tp))) (local.get $tl)
+          (i32.const 32) (i32.const 5)
+          (local.get $b) (i32.add (call $str_header (local.get $b)) (call $str_len (local.get $b)))
+          (i32.const 8)))
         (call $reply (i32.load (i32.const 8)) (i32.load (i32.const 12)))
         (return (local.get $status))))
     (if (call $eq (local.get $m) (local.get $ml) (i32.const 40) (i32.const 9)) ;; spinyield
