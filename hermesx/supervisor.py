@@ -219,6 +219,17 @@ class NodeHost:
 class Supervisor(pbg.SupervisorServicer):
     def __init__(self, config: NodeConfig) -> None:
         validate_name(config.name, "node name")
+        if config.workers < 2:
+            raise ConfigurationError(f"workers must be at least 2, not {config.workers}")
+        if config.max_calls_per_atom < 0:
+            raise ConfigurationError(
+                f"max_calls_per_atom must be 0 (default) or more, not {config.max_calls_per_atom}"
+            )
+        if not 0 <= config.unresponsive_limit_s < float("inf"):
+            raise ConfigurationError(
+                "unresponsive_limit_s must be 0 (default) or a positive number of seconds, "
+                f"not {config.unresponsive_limit_s}"
+            )
         self.config = config
         self.name = config.name
         self.atoms: dict[str, ActiveAtom] = {}
@@ -259,7 +270,7 @@ class Supervisor(pbg.SupervisorServicer):
             hop_limit=config.hop_limit,
         )
         self.address = ""
-        workers = max(1, config.workers)
+        workers = config.workers
         # Workers kept free of invocations, for Status and the other control RPCs.
         self._reserved_workers = min(workers - 1, max(4, workers // 8))
         self._max_invokes = workers - self._reserved_workers

@@ -6,7 +6,9 @@ tests/unit/wat/wedge.wat (``block`` waits in ``recv(-1)``).
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -161,3 +163,58 @@ def test_two_chains_waiting_on_each_other_fail_fast_with_a_clear_error(
     # Both atoms keep serving.
     assert codec.unpack(client.invoke(first, "ping", NIL).result) >= 1
     assert codec.unpack(client.invoke(second, "ping", NIL).result) >= 1
+
+
+def _start_small_node(cluster: LocalCluster, name: str, *extra: str) -> None:
+    """A node with a handful of workers, so a test can occupy all of them."""
+    cluster._ensure_cert(name)
+    cluster.node_specs[name] = NodeSpec(name)
+    argv = [
+        sys.executable,
+        "-m",
+        "hermesx",
+        "node",
+        "serve",
+        "--name",
+        name,
+        "--data",
+        str(cluster.dir / f"node-{name}"),
+        "--session-timeout",
+        str(cluster.session_timeout),
+        *cluster._common_args(),
+        *extra,
+    ]
+    cluster._spawn(f"node-{name}", argv)
+    cluster.wait_registered(nodes=[name])
+
+
+def test_a_node_whose_workers_are_all_stuck_gives_up_its_session(
+    cluster: LocalCluster, client: Client, unique_name: str
+) -> None:
+    _start_small_node(cluster, "n4", "--workers", "2", "--unresponsive-limit", "4")
+    wedged = client.create(WEDGE, name=f"{unique_name}-w", on="n4")
+    hostage = client.create(WEDGE, name=f"{unique_name}-h", on="n4")
+    assert codec.unpack(client.invoke(hostage, "ping", NIL).result) == 1
+    pool = ThreadPoolExecutor(2)
+    try:
+        # Worker 1: a call blocked in recv(-1); worker 2: a checkpoint waiting
+        # for that atom's turn. The node's own Status then finds no worker.
+        blocked = pool.submit(client.invoke, wedged, "block", NIL, timeout=20.0)
+        wait_until("the call to block", lambda: client.node_status("n4").atom_calls >= 1)
+        checkpoint = pool.submit(client.checkpoint, wedged)
+        stuck_at = time.monotonic()
+        wait_until("n4 to leave the cluster", lambda: "n4" not in client.nodes(), timeout=30)
+        gone_s = time.monotonic() - stuck_at
+        # Its atoms are not held hostage: the storesite recovers them elsewhere.
+        assert codec.unpack(client.invoke(hostage, "ping", NIL).result) == 2
+        assert client.locate(hostage).node in ("n1", "n2", "n3")
+        for done in (blocked, checkpoint):
+            with contextlib.suppress(HermesError):
+                done.result(timeout=40)
+    finally:
+        pool.shutdown(wait=True)
+    log = (cluster.dir / "node-n4.log").read_text(errors="replace")
+    assert "gives up its name-service session and stops" in log
+    assert "every worker is stuck" in log
+    assert gone_s < 4 + 10, f"n4 left {gone_s:.1f} s after its workers were stuck"
+    print(f"stuck node left the cluster {gone_s:.1f} s after its last worker was taken")
