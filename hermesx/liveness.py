@@ -53,7 +53,7 @@ class ServeWatchdog:
                 log.warning("node did not answer its own Status for %.1f s: %s", silent, exc)
                 if silent >= self._limit_s and not self._stopping.is_set():
                     self._on_stuck(
-                        f"it answered no call for {silent:.0f} s (limit {self._limit_s:.0f} s): "
+                        f"it answered no call for {silent:.1f} s (limit {self._limit_s:g} s): "
                         "every worker is stuck"
                     )
                     return
