@@ -67,6 +67,8 @@ FOLLOW_SHARE = 0.75
 PLACEMENTS = ("", FOLLOW_CALLER)
 # How much earlier than its caller a call's waits in an atom end (at most).
 DEADLINE_MARGIN_S = 0.25
+# Calls one atom may have in flight while the node is under pressure.
+PRESSED_CALLS_PER_ATOM = 2
 
 EVERY_CALL = pb.CheckpointPolicy.EVERY_CALL
 PERIODIC = pb.CheckpointPolicy.PERIODIC
@@ -275,6 +277,10 @@ class Supervisor(pbg.SupervisorServicer):
         self._reserved_workers = min(workers - 1, max(4, workers // 8))
         self._max_invokes = workers - self._reserved_workers
         self._max_calls_per_atom = config.max_calls_per_atom or max(1, workers // 4)
+        # Past this many invocations the node is under pressure: an atom that
+        # already has PRESSED_CALLS_PER_ATOM calls gets no more, so several slow
+        # atoms together (a tenant of them) cannot take the workers of the rest.
+        self._pressure_invokes = max(1, self._max_invokes * 3 // 4)
         self._invokes = 0  # Invoke RPCs being served
         self._invokes_lock = threading.Lock()
         # Set while we may serve: our name-service session is not in doubt.
@@ -573,14 +579,18 @@ class Supervisor(pbg.SupervisorServicer):
         return min(requested, self.config.hop_limit)
 
     def _run_here(self, active: ActiveAtom, request: pb.InvokeRequest) -> pb.InvokeReply | None:
+        limit = self._max_calls_per_atom
+        if self._invokes >= self._pressure_invokes:
+            limit = min(limit, PRESSED_CALLS_PER_ATOM)
         with active.cond:
-            if active.calls >= self._max_calls_per_atom:
+            if active.calls >= limit:
+                pressed = " while the node is busy" if limit < self._max_calls_per_atom else ""
                 return pb.InvokeReply(
                     error=pb_error(
                         CapacityError(
                             f"atom {active.guid} on node {self.name} already has "
-                            f"{active.calls} calls waiting or running (limit "
-                            f"{self._max_calls_per_atom}); {request.method} refused, try later"
+                            f"{active.calls} calls waiting or running (limit {limit}{pressed}); "
+                            f"{request.method} refused, try later"
                         )
                     ),
                     tad=tad_to_pb(active.tad),
