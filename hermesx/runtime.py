@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import hashlib
 import importlib.metadata
 import logging
@@ -38,7 +39,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, cast
@@ -423,6 +424,8 @@ class _FutureDone:
 _PENDING, _TAKEN, _DONE = 0, 1, 2
 # How often a caller queued behind a busy atom looks again for a wait cycle.
 CYCLE_RECHECK_S = 0.2
+# Outgoing invokes one atom may have on the node's syscall pool at once.
+MAX_OUTGOING_PER_ATOM = 8
 
 
 class _Turn:
@@ -507,6 +510,9 @@ class Atom:
         self._outgoing: dict[int, str] = {}
         # Blocking invokes given up at their deadline: their late results are dropped.
         self._abandoned: set[int] = set()
+        # Outgoing invokes on the syscall pool, and those waiting for a slot there.
+        self._outgoing_running = 0
+        self._outgoing_queue: deque[Callable[[], None]] = deque()
         self._idle_scheduled = False
         self._daemon: threading.Thread | None = None
         self._budget_s = runtime.deadline_ms / 1000
@@ -1162,6 +1168,7 @@ class Atom:
 
     def _start_host_invoke(self, target: str, method: str, args: bytes, sync: bool) -> int:
         ctx = self._context()
+        end = None if ctx.timeout is None else time.monotonic() + ctx.timeout
         host = self._host
         with self._cv:
             future_id = self._next_future
@@ -1172,7 +1179,17 @@ class Atom:
 
         def run() -> None:
             try:
-                status, data = 0, host.invoke(ctx, target, method, args)
+                call_ctx = ctx
+                if end is not None:
+                    # It may have waited for one of the atom's outgoing slots.
+                    left = end - time.monotonic()
+                    if left <= 0:
+                        raise DeadlineExceededError(
+                            f"atom {self.guid}: invoke of {target}.{method} waited past "
+                            "its deadline for a free outgoing slot"
+                        )
+                    call_ctx = dataclasses.replace(ctx, timeout=left)
+                status, data = 0, host.invoke(call_ctx, target, method, args)
             except HermesError as exc:
                 status, data = 1, f"{exc.kind}: {exc}".encode()
             except Exception as exc:
@@ -1182,6 +1199,8 @@ class Atom:
                 status, data = 1, f"hermes: {exc}".encode()
             with self._cv:
                 if sync:
+                    # Answered: no longer a wait of this atom.
+                    self._outgoing.pop(future_id, None)
                     if future_id in self._abandoned:
                         self._abandoned.discard(future_id)
                     else:
@@ -1193,9 +1212,7 @@ class Atom:
             if idle:
                 self._schedule_idle()
 
-        try:
-            self._rt.syscall_pool.submit(run)
-        except RuntimeError:
+        if not self._submit_outgoing(run):
             logger.info(
                 "atom %s: invoke %s.%s not started: runtime closed", self.guid, target, method
             )
@@ -1203,6 +1220,36 @@ class Atom:
                 self._outgoing.pop(future_id, None)
             return -1
         return future_id
+
+    def _submit_outgoing(self, run: Callable[[], None]) -> bool:
+        """Run ``run`` on the shared syscall pool, at most MAX_OUTGOING_PER_ATOM at once.
+
+        An atom's further invokes wait in its own FIFO, not in the pool's
+        queue: one atom calling a slow target cannot take the threads every
+        other atom of the node needs for its own outgoing calls.
+        """
+        with self._cv:
+            if self._outgoing_running >= MAX_OUTGOING_PER_ATOM:
+                self._outgoing_queue.append(run)
+                return True
+            self._outgoing_running += 1
+        try:
+            self._rt.syscall_pool.submit(self._outgoing_slot, run)
+        except RuntimeError:
+            with self._cv:
+                self._outgoing_running -= 1
+            return False
+        return True
+
+    def _outgoing_slot(self, run: Callable[[], None] | None) -> None:
+        while run is not None:
+            try:
+                run()
+            finally:
+                with self._cv:
+                    run = self._outgoing_queue.popleft() if self._outgoing_queue else None
+                    if run is None:
+                        self._outgoing_running -= 1
 
     def sys_invoke(self, target: str, method: str, args: bytes) -> tuple[int, bytes]:
         end = self._wait_deadline()

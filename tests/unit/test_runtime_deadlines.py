@@ -203,3 +203,41 @@ def test_a_reentrant_atom_on_the_chain_is_not_a_wait_cycle(runtime: Runtime) -> 
             atom._check_wait_cycle(frozenset({GUID_B}), (GUID_B,), "ping")
     finally:
         atom._outgoing.clear()
+
+
+def test_one_atoms_outgoing_calls_to_a_slow_target_leave_threads_for_the_others(
+    runtime: Runtime,
+) -> None:
+    release = threading.Event()
+    lock = threading.Lock()
+    running = {"now": 0, "most": 0}
+
+    def host_invoke(ctx: CallContext, target: str, method: str, args: bytes) -> bytes:
+        if ctx.caller_guid == GUID_B:
+            return codec.pack(42)
+        with lock:
+            running["now"] += 1
+            running["most"] = max(running["most"], running["now"])
+        release.wait(10)
+        with lock:
+            running["now"] -= 1
+        return codec.pack(1)
+
+    host = ScriptedHost(host_invoke)
+    fan = runtime.create(runtime.load(wat("testatom")), GUID_A, host)
+    other = runtime.create(runtime.load(wat("testatom")), GUID_B, host)
+    try:
+        # More invoke_async calls than the node's syscall pool has threads.
+        for _ in range(40):
+            fan.invoke("async", codec.pack(None), timeout=20.0)
+        started = time.monotonic()
+        assert codec.unpack(other.invoke("call", codec.pack(None), timeout=5.0)) == 42
+        assert time.monotonic() - started < 1.0
+        assert running["most"] <= 8
+    finally:
+        release.set()
+    # The queued ones run in turn once the slow target answers.
+    deadline = time.monotonic() + 10
+    while codec.unpack(fan.invoke("futs", codec.pack(None))) < 40:
+        assert time.monotonic() < deadline, "the queued outgoing calls did not all complete"
+        time.sleep(0.05)
