@@ -1103,10 +1103,12 @@ class Atom:
             self._idle_scheduled = False
             if not self._mail or self._closed:
                 return
-        try:
-            self._enter(None, None, "interrupt delivery")
-        except HermesError:
-            return
+            if self._running or self._waiters:
+                # Never wait for a busy atom here (a call may hold it until its
+                # deadline, and this pool serves every atom): the holder's
+                # blocking points deliver the mail, and its _leave schedules us again.
+                return
+            self._running = True
         try:
             self._pump(block=False, timeout_s=None, wait_sync=None)
         except Exception:

@@ -241,3 +241,35 @@ def test_one_atoms_outgoing_calls_to_a_slow_target_leave_threads_for_the_others(
     while codec.unpack(fan.invoke("futs", codec.pack(None))) < 40:
         assert time.monotonic() < deadline, "the queued outgoing calls did not all complete"
         time.sleep(0.05)
+
+
+def test_idle_delivery_never_waits_for_a_busy_atom() -> None:
+    rt = Runtime(deadline_ms=3000)
+    try:
+        busy = rt.create(rt.load(wat("testatom")), GUID_A, StandaloneHost())
+        idle = rt.create(rt.load(wat("testatom")), GUID_B, StandaloneHost())
+        spinning = threading.Thread(
+            target=timed, args=(busy.invoke, "slowints", codec.pack(10**6)), daemon=True
+        )
+        spinning.start()
+        deadline = time.monotonic() + 5
+        while not busy.busy and time.monotonic() < deadline:
+            time.sleep(0.01)
+        busy.deliver(1, b"x")
+        # Mail raced with the atom becoming busy: the shared delivery threads look at it.
+        busy._schedule_idle()
+        busy._idle_scheduled = False
+        busy._schedule_idle()
+        started = time.monotonic()
+        idle.deliver(1, b"y")
+        while codec.unpack(idle.invoke("ints", codec.pack(None))) < 1:
+            assert time.monotonic() - started < 1.0, "an idle atom's interrupt waited"
+            time.sleep(0.01)
+        spinning.join(10)
+        # The busy atom gets its interrupt once free.
+        deadline = time.monotonic() + 5
+        while codec.unpack(busy.invoke("ints", codec.pack(None))) < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        rt.close()
