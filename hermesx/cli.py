@@ -22,7 +22,7 @@ from typing import Any
 
 from hermesx import codec
 from hermesx.config import check_environment, resolve_cluster
-from hermesx.errors import ConfigurationError, HermesError
+from hermesx.errors import ConfigurationError, HermesError, UnreachableError
 
 __all__ = ["main"]
 
@@ -418,6 +418,9 @@ def cmd_node_serve(args: argparse.Namespace) -> None:
     address_bound = supervisor.start()
     print(f"node {config.name} serving on {address_bound}", flush=True)
     supervisor.wait()
+    if supervisor.gave_up is not None:
+        # Non-zero, so a service manager restarts it as a new incarnation.
+        raise UnreachableError(f"node {config.name} gave up serving: {supervisor.gave_up}")
 
 
 def cmd_storesite_serve(args: argparse.Namespace) -> None:

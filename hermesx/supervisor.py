@@ -288,6 +288,8 @@ class Supervisor(pbg.SupervisorServicer):
         self._serving.set()
         self._stopping = threading.Event()
         self._server: grpc.Server | None = None
+        # Why the node stopped serving on its own, if it did (see _give_up_session).
+        self.gave_up: str | None = None
         self._background = futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="node-bg")
         self._transfers = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="transfer")
 
@@ -409,6 +411,7 @@ class Supervisor(pbg.SupervisorServicer):
             self._invokes,
             self.config.workers,
         )
+        self.gave_up = why
         self._fence_drop(why)
         self.stop()
 

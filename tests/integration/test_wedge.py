@@ -18,7 +18,7 @@ import wasmtime
 
 from hermesx import codec
 from hermesx.client import Client
-from hermesx.cluster import LocalCluster, NodeSpec
+from hermesx.cluster import LocalCluster, NodeSpec, _alive
 from hermesx.errors import (
     CapacityError,
     DeadlineExceededError,
@@ -252,8 +252,12 @@ def test_a_node_whose_workers_are_all_stuck_gives_up_its_session(
                 done.result(timeout=40)
     finally:
         pool.shutdown(wait=True)
+    # The process itself ends: nothing is left holding its port or its threads.
+    pid = cluster.procs["node-n4"]
+    wait_until("n4's process to exit", lambda: not _alive(pid), timeout=20)
     log = (cluster.dir / "node-n4.log").read_text(errors="replace")
     assert "gives up its name-service session and stops" in log
     assert "every worker is stuck" in log
+    assert "error: node n4 gave up serving" in log
     assert gone_s < 4 + 10, f"n4 left {gone_s:.1f} s after its workers were stuck"
     print(f"stuck node left the cluster {gone_s:.1f} s after its last worker was taken")
