@@ -1170,6 +1170,10 @@ class Atom:
 
     def _start_host_invoke(self, target: str, method: str, args: bytes, sync: bool) -> int:
         ctx = self._context()
+        if not sync:
+            # Nobody on the chain waits for an asynchronous call: none of them
+            # is stuck behind it (for the wait-cycle check of its target).
+            ctx = dataclasses.replace(ctx, open_chain=ctx.chain)
         end = None if ctx.timeout is None else time.monotonic() + ctx.timeout
         host = self._host
         with self._cv:

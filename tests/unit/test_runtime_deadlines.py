@@ -273,3 +273,21 @@ def test_idle_delivery_never_waits_for_a_busy_atom() -> None:
             time.sleep(0.01)
     finally:
         rt.close()
+
+
+def test_an_asynchronous_call_marks_its_whole_chain_as_not_waiting(runtime: Runtime) -> None:
+    seen: list[CallContext] = []
+
+    def record(ctx: CallContext, target: str, method: str, args: bytes) -> bytes:
+        seen.append(ctx)
+        return codec.pack(1)
+
+    atom = runtime.create(runtime.load(wat("testatom")), GUID_A, ScriptedHost(record))
+    atom.invoke("call", codec.pack(None), chain=(GUID_B,))
+    atom.invoke("async", codec.pack(None), chain=(GUID_B,))
+    deadline = time.monotonic() + 5
+    while len(seen) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    sync_ctx, async_ctx = seen
+    assert sync_ctx.chain == (GUID_B, GUID_A) and sync_ctx.open_chain == ()
+    assert set(async_ctx.open_chain) == {GUID_B, GUID_A}
