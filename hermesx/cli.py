@@ -22,7 +22,7 @@ from typing import Any
 
 from hermesx import codec
 from hermesx.config import check_environment, resolve_cluster
-from hermesx.errors import ConfigurationError, HermesError
+from hermesx.errors import ConfigurationError, HermesError, UnreachableError
 
 __all__ = ["main"]
 
@@ -409,12 +409,18 @@ def cmd_node_serve(args: argparse.Namespace) -> None:
         session_timeout=args.session_timeout,
         test_hooks=args.test_hooks,
         tls_dir=address.tls,
+        workers=args.workers,
+        max_calls_per_atom=args.max_calls_per_atom,
+        unresponsive_limit_s=args.unresponsive_limit,
     )
     supervisor = Supervisor(config)
     _stop_on_signals(supervisor.stop)
     address_bound = supervisor.start()
     print(f"node {config.name} serving on {address_bound}", flush=True)
     supervisor.wait()
+    if supervisor.gave_up is not None:
+        # Non-zero, so a service manager restarts it as a new incarnation.
+        raise UnreachableError(f"node {config.name} gave up serving: {supervisor.gave_up}")
 
 
 def cmd_storesite_serve(args: argparse.Namespace) -> None:
@@ -625,6 +631,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="node-local data directory (stash, module cache)")
     p.add_argument("--hop-limit", type=int, default=4)
     p.add_argument("--session-timeout", type=float, default=4.0)
+    p.add_argument(
+        "--workers", type=int, default=64, help="threads serving RPCs (default 64, at least 2)"
+    )
+    p.add_argument(
+        "--max-calls-per-atom",
+        type=int,
+        default=0,
+        help="invocations one atom may have waiting or running (default: a quarter of --workers)",
+    )
+    p.add_argument(
+        "--unresponsive-limit",
+        type=float,
+        default=0.0,
+        help="seconds without answering its own Status before the node gives up its "
+        "name-service session and stops (default: 3 session timeouts, at least 10)",
+    )
     p.add_argument("--test-hooks", action="store_true", help=argparse.SUPPRESS)
 
     store = sub.add_parser("storesite", help="run a storesite process").add_subparsers(

@@ -27,6 +27,9 @@ class CallContext:
     chain: tuple[str, ...]
     # Seconds left of the overall deadline of the call being served, if any.
     timeout: float | None = None
+    # Atoms of ``chain`` that take incoming calls while blocked (reentrant or
+    # daemon), so a call to one of them cannot be stuck behind the chain.
+    open_chain: tuple[str, ...] = ()
 
 
 class AtomHost(Protocol):

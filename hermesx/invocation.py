@@ -198,6 +198,7 @@ class Invoker:
         timeout: float | None = None,
         via: str | None = None,
         trace: bool = False,
+        open_chain: tuple[str, ...] = (),
     ) -> InvokeOutcome:
         _check_method(method)
         guid = self.naming.guid_of(target)
@@ -218,6 +219,7 @@ class Invoker:
             chain=list(chain),
             trace=trace,
             caller_node=self.self_node or "",
+            chain_open=list(open_chain),
         )
 
         def attempt() -> InvokeOutcome:
@@ -235,13 +237,20 @@ class Invoker:
     # ------------------------------------------------------------ send
 
     def send(
-        self, target: str, code: int, payload: bytes, *, sender: str = "", seq: int = 0
+        self,
+        target: str,
+        code: int,
+        payload: bytes,
+        *,
+        sender: str = "",
+        seq: int = 0,
+        timeout: float | None = None,
     ) -> None:
         """One-way message to ``target``'s interrupt ``code``; returns once it is queued there."""
         guid = self.naming.guid_of(target)
         call = _Call(
             guid=guid,
-            deadline=time.monotonic() + self.deadline,
+            deadline=time.monotonic() + (timeout or self.deadline),
             tad=self.stash.get(guid),
             via=None,
             trace=[],
@@ -274,7 +283,11 @@ class Invoker:
         except grpc.RpcError as exc:
             err = error_from_rpc(exc, f"node {node}")
             if isinstance(err, UnreachableError | CallTimeoutError):
-                self.channels.drop(self.node_address_or_empty(node))
+                # Only a dead connection is dropped: a call past its deadline
+                # says nothing of the channel, and closing it would cancel every
+                # other call in flight on it.
+                if isinstance(err, UnreachableError):
+                    self.channels.drop(self.node_address_or_empty(node))
                 self._broken(call, node, str(err))
             raise err from exc
 

@@ -13,12 +13,21 @@ time. Calls to a busy atom queue FIFO. A blocking syscall (``invoke``,
 the blocked thread at that point and at no other. The CPU deadline of a call
 counts only the time its own code runs: it is paused while the atom waits in a
 syscall.
+
+Deadlines are absolute (DESIGN.md §4): besides its CPU budget every activation
+has a wall-clock deadline, the caller's (or ``default_timeout_s`` when the
+caller gave none); a nested activation never outlives the one it runs inside.
+Every wait of the atom (``recv``, ``invoke``, ``yield``, its queue, a snapshot's
+wait for a turn) ends there with a clear error, and a blocked syscall abandoned
+at its deadline unwinds the atom's wasm stack like a trap. Only ``hx_main``'s
+own ``recv`` waits without a deadline.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import hashlib
 import importlib.metadata
 import logging
@@ -30,7 +39,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, cast
@@ -43,7 +52,6 @@ from hermesx.errors import (
     AtomTrapError,
     BadModuleError,
     CallCycleError,
-    CallTimeoutError,
     ConfigurationError,
     DeadlineExceededError,
     HermesError,
@@ -132,6 +140,7 @@ class Runtime:
         memory_limit_bytes: int = 64 * 2**20,
         max_payload_bytes: int = 4 * 2**20,
         reply_table_size: int = 1024,
+        default_timeout_s: float = 30.0,
     ) -> None:
         if deadline_ms <= 0:
             raise ConfigurationError(f"deadline_ms must be positive, not {deadline_ms}")
@@ -143,6 +152,13 @@ class Runtime:
         self.memory_limit_bytes = memory_limit_bytes
         self.max_payload_bytes = max_payload_bytes
         self.reply_table_size = reply_table_size
+        if not default_timeout_s > 0 or math.isinf(default_timeout_s):
+            raise ConfigurationError(
+                f"default_timeout_s must be a positive number of seconds, not {default_timeout_s}"
+            )
+        # The wall-clock deadline of a call whose caller gave none, and of
+        # interrupt and future handlers run while the atom is idle.
+        self.default_timeout_s = default_timeout_s
 
         config = wasmtime.Config()
         config.epoch_interruption = True
@@ -361,6 +377,7 @@ class _Frame:
         "chain",
         "deadline",
         "method",
+        "open_chain",
         "per_segment",
         "reply",
         "seg_start",
@@ -369,10 +386,18 @@ class _Frame:
     )
 
     def __init__(
-        self, method: str, chain: tuple[str, ...], budget: float, deadline: float | None
+        self,
+        method: str,
+        chain: tuple[str, ...],
+        budget: float,
+        deadline: float | None,
+        open_chain: frozenset[str] = frozenset(),
     ) -> None:
         self.method = method
         self.chain = chain
+        # Atoms of the chain that run incoming calls while blocked (reentrant
+        # or daemon): a call waiting on one of them is not stuck behind it.
+        self.open_chain = open_chain
         self.budget = budget  # CPU seconds this activation may use
         self.used = 0.0
         self.seg_start = 0.0
@@ -397,6 +422,10 @@ class _FutureDone:
 
 
 _PENDING, _TAKEN, _DONE = 0, 1, 2
+# How often a caller queued behind a busy atom looks again for a wait cycle.
+CYCLE_RECHECK_S = 0.2
+# Outgoing invokes one atom may have on the node's syscall pool at once.
+MAX_OUTGOING_PER_ATOM = 8
 
 
 class _Turn:
@@ -421,6 +450,7 @@ class _Job:
         "deadline",
         "error",
         "method",
+        "open_chain",
         "request_id",
         "result",
         "snapshot",
@@ -435,12 +465,14 @@ class _Job:
         chain: tuple[str, ...],
         deadline: float | None,
         snapshot: bool = False,
+        open_chain: frozenset[str] = frozenset(),
     ) -> None:
         self.method = method
         self.args = args
         self.request_id = request_id
         self.chain = chain
         self.deadline = deadline
+        self.open_chain = open_chain
         self.snapshot = snapshot
         self.state = _PENDING
         self.result: bytes = b""
@@ -473,6 +505,14 @@ class Atom:
         self._frames: list[_Frame] = []
         self._next_future = 1
         self._sync_results: dict[int, tuple[int, bytes]] = {}
+        # Blocking invokes under way: future id -> target (name or GUID), for
+        # the wait-for check of callers queued behind this atom.
+        self._outgoing: dict[int, str] = {}
+        # Blocking invokes given up at their deadline: their late results are dropped.
+        self._abandoned: set[int] = set()
+        # Outgoing invokes on the syscall pool, and those waiting for a slot there.
+        self._outgoing_running = 0
+        self._outgoing_queue: deque[Callable[[], None]] = deque()
         self._idle_scheduled = False
         self._daemon: threading.Thread | None = None
         self._budget_s = runtime.deadline_ms / 1000
@@ -523,8 +563,14 @@ class Atom:
         request_id: str = "",
         chain: tuple[str, ...] = (),
         timeout: float | None = None,
+        open_chain: frozenset[str] | tuple[str, ...] = frozenset(),
     ) -> bytes:
-        """Run ``method`` with msgpack ``args``; return the msgpack result."""
+        """Run ``method`` with msgpack ``args``; return the msgpack result.
+
+        ``timeout`` (seconds; the runtime's ``default_timeout_s`` when None)
+        bounds the whole call, waits included. ``open_chain`` names the atoms of
+        ``chain`` that take calls while blocked (reentrant or daemon atoms).
+        """
         if request_id:
             record = self._replies.get(request_id)
             if record is not None:
@@ -539,17 +585,19 @@ class Atom:
                 f"atom {self.guid}: arguments of {method} are {len(args)} bytes, over the "
                 f"{self._rt.max_payload_bytes}-byte limit"
             )
-        deadline = None if timeout is None else time.monotonic() + timeout
+        wait = self._rt.default_timeout_s if timeout is None else timeout
+        deadline = time.monotonic() + wait
+        opened = frozenset(open_chain)
         job: _Job | None = None
         if self.reentrant or self.module.is_daemon:
-            job = _Job(method, args, request_id, chain, deadline)
-        if not self._enter(job, deadline, method):
+            job = _Job(method, args, request_id, chain, deadline, open_chain=opened)
+        if not self._enter(job, deadline, method, chain, opened):
             assert job is not None
             if job.error is not None:
                 raise job.error
             return job.result
         try:
-            return self._run_recorded(method, args, request_id, chain, deadline)
+            return self._run_recorded(method, args, request_id, chain, deadline, opened)
         finally:
             self._leave()
 
@@ -564,10 +612,20 @@ class Atom:
         if idle:
             self._schedule_idle()
 
-    def snapshot(self) -> bytes:
-        """The atom's whole state, taken when no call runs (see hermesx.snapshot)."""
-        job = _Job("snapshot", b"", "", (), None, snapshot=True) if self.module.is_daemon else None
-        if not self._enter(job, None, "snapshot"):
+    def snapshot(self, timeout: float | None = None) -> bytes:
+        """The atom's whole state (see hermesx.snapshot).
+
+        Taken when no call runs; for daemon and reentrant atoms also at a
+        blocking point of a running call (a reentrant atom's call may wait on
+        a callback whose own checkpoint needs this snapshot). Waits for its
+        turn at most ``timeout`` seconds (the runtime's default when None).
+        """
+        wait = self._rt.default_timeout_s if timeout is None else timeout
+        deadline = time.monotonic() + wait
+        job = None
+        if self.module.is_daemon or self.reentrant:
+            job = _Job("snapshot", b"", "", (), deadline, snapshot=True)
+        if not self._enter(job, deadline, "snapshot"):
             assert job is not None
             if job.error is not None:
                 raise job.error
@@ -598,7 +656,14 @@ class Atom:
     def _closed_error(self) -> UnreachableError:
         return UnreachableError(f"atom {self.guid} is closed on node {self.node_name}")
 
-    def _enter(self, job: _Job | None, deadline: float | None, method: str) -> bool:
+    def _enter(
+        self,
+        job: _Job | None,
+        deadline: float | None,
+        method: str,
+        chain: tuple[str, ...] = (),
+        open_chain: frozenset[str] = frozenset(),
+    ) -> bool:
         """Take the atom for this thread (True), or return False once the atom's
         own thread ran ``job`` at a blocking point."""
         with self._cv:
@@ -611,7 +676,7 @@ class Atom:
                 turn = _Turn()
                 self._waiters.append(turn)
         if job is None:
-            return self._wait_turn(turn, deadline, method)
+            return self._wait_turn(turn, deadline, method, chain, open_chain)
         with self._cv:
             ticket: object = job
             self._waiters.append(ticket)
@@ -634,20 +699,38 @@ class Atom:
                         wait = deadline - time.monotonic()
                         if wait <= 0:
                             self._mail.remove(job)
-                            raise CallTimeoutError(
-                                f"atom {self.guid} stayed busy: {method} waited past its timeout"
+                            raise DeadlineExceededError(
+                                f"atom {self.guid} stayed busy: {method} waited past its "
+                                "deadline for its turn"
                             )
                     self._cv.wait(wait)
             finally:
                 self._waiters.remove(ticket)
                 self._wake_next()
 
-    def _wait_turn(self, turn: _Turn, deadline: float | None, method: str) -> bool:
+    def _wait_turn(
+        self,
+        turn: _Turn,
+        deadline: float | None,
+        method: str,
+        chain: tuple[str, ...],
+        open_chain: frozenset[str],
+    ) -> bool:
         """Queue in FIFO order; only the head of the queue is woken when the atom frees up
-        (waking every queued caller on each call costs a thread switch apiece)."""
+        (waking every queued caller on each call costs a thread switch apiece).
+
+        A caller that is itself an atom (``chain``) checks, on arrival and then
+        every ``CYCLE_RECHECK_S``, that the call holding this atom does not wait
+        on an atom of its chain: that is a wait cycle across call chains, and
+        it fails fast instead of waiting out the deadline.
+        """
+        # Atoms of the caller's chain that wait for this call and take no other.
+        stuck = frozenset(chain) - open_chain - {self.guid}
         took = False
         try:
             while True:
+                if stuck:
+                    self._check_wait_cycle(stuck, chain, method)
                 with self._cv:
                     if self._closed:
                         raise self._closed_error()
@@ -660,15 +743,52 @@ class Atom:
                 if deadline is not None:
                     wait = deadline - time.monotonic()
                     if wait <= 0:
-                        raise CallTimeoutError(
-                            f"atom {self.guid} stayed busy: {method} waited past its timeout"
+                        # Not a "timeout": retrying elsewhere would only queue here again.
+                        raise DeadlineExceededError(
+                            f"atom {self.guid} stayed busy: {method} waited past its "
+                            "deadline for its turn"
                         )
+                if stuck:
+                    wait = CYCLE_RECHECK_S if wait is None else min(wait, CYCLE_RECHECK_S)
                 turn.event.wait(wait)
         finally:
             with self._cv:
                 self._waiters.remove(turn)
                 if not took:
                     self._wake_next()
+
+    def _check_wait_cycle(self, stuck: frozenset[str], chain: tuple[str, ...], method: str) -> None:
+        """Raise CallCycleError if the call holding this atom waits on an atom in ``stuck``.
+
+        Sound without any global view: every atom of ``stuck`` is blocked in a
+        synchronous invoke that (through the chain) waits for this queued
+        call, takes no other call meanwhile, and this call can start only when
+        the holder finishes; if the holder waits on one of them, none of them
+        can ever go on. A target is registered before its request leaves, so of
+        two calls crossing each other at least one finds the other's wait.
+        Longer cycles (through atoms on neither chain) still end at the deadline.
+        """
+        with self._cv:
+            targets = list(self._outgoing.values())
+        for target in targets:
+            guid = self._target_guid(target)
+            if guid in stuck:
+                raise CallCycleError(
+                    f"wait cycle: atom {self.guid} is busy with a call that waits on atom "
+                    f"{guid}, which waits (call path {' -> '.join(chain)}) for this call to "
+                    f"{self.guid} ({method}); neither could ever go on"
+                )
+
+    def _target_guid(self, target: str) -> str:
+        if GUID.looks_like(target):
+            return target
+        try:
+            found = self._host.lookup(
+                CallContext(self.guid, (self.guid,), None), "exact", target, None
+            )
+        except HermesError:
+            return ""
+        return found[0] if found else ""
 
     def _wake_next(self) -> None:
         """Under ``_cv``: let the head of the queue look again."""
@@ -701,6 +821,7 @@ class Atom:
         request_id: str,
         chain: tuple[str, ...],
         deadline: float | None,
+        open_chain: frozenset[str] = frozenset(),
     ) -> bytes:
         if request_id:
             # A duplicate may have queued behind the first run of this id.
@@ -708,7 +829,7 @@ class Atom:
             if record is not None:
                 return _replay(record)
         try:
-            result = self._execute(method, args, chain, deadline)
+            result = self._execute(method, args, chain, deadline, open_chain)
         except HermesError as exc:
             self._generation += 1
             if request_id:
@@ -735,14 +856,22 @@ class Atom:
             self._reply_bytes -= len(dropped.payload)
 
     def _execute(
-        self, method: str, args: bytes, chain: tuple[str, ...], deadline: float | None
+        self,
+        method: str,
+        args: bytes,
+        chain: tuple[str, ...],
+        deadline: float | None,
+        open_chain: frozenset[str] = frozenset(),
     ) -> bytes:
         inst = self._inst
         name = method.encode("utf-8")
+        deadline = self._nested_deadline(deadline)
         budget = self._budget_s
         if deadline is not None:
             budget = min(budget, max(0.0, deadline - time.monotonic()))
-        frame = _Frame(method, (*chain, self.guid), budget, deadline)
+        if self.reentrant or self.module.is_daemon:
+            open_chain = open_chain | {self.guid}
+        frame = _Frame(method, (*chain, self.guid), budget, deadline, open_chain)
         sp = self._entry_sp()
         frames = self._frames
         frames.append(frame)
@@ -770,6 +899,24 @@ class Atom:
             raise MethodError(f"atom {self.guid}: {method} failed: {text}")
         return reply if reply is not None else _MSGPACK_NIL
 
+    def _nested_deadline(self, deadline: float | None) -> float | None:
+        """An activation inside another (at its blocking point) ends by the outer one's deadline."""
+        if self._frames:
+            outer = self._frames[-1].deadline
+            if outer is not None and (deadline is None or outer < deadline):
+                return outer
+        return deadline
+
+    def _wait_deadline(self) -> float | None:
+        """When the running activation's waits must end (None: hx_main's own waits)."""
+        return self._frames[-1].deadline if self._frames else None
+
+    def _deadline_error(self, what: str) -> DeadlineExceededError:
+        method = self._frames[-1].method if self._frames else "?"
+        return DeadlineExceededError(
+            f"atom {self.guid}: {method} was still waiting in {what} at its call's deadline"
+        )
+
     def _translate(self, fault: abi.WasmFault, what: str) -> HermesError:
         cause = fault.cause
         if isinstance(cause, HermesError):
@@ -793,7 +940,8 @@ class Atom:
 
     def _run_init(self, init_args: bytes) -> None:
         inst = self._inst
-        frame = _Frame("hx_init", (self.guid,), self._budget_s, None)
+        deadline = time.monotonic() + self._rt.default_timeout_s
+        frame = _Frame("hx_init", (self.guid,), self._budget_s, deadline)
         sp = self._entry_sp()
         self._frames.append(frame)
         frame.seg_start = time.monotonic()
@@ -821,7 +969,11 @@ class Atom:
         if not inst.has(export):
             logger.warning("atom %s has no %s: %s dropped", self.guid, export, label)
             return
-        frame = _Frame(label, (self.guid,), self._budget_s, None)
+        # A handler run at a call's blocking point ends by that call's deadline.
+        deadline = self._nested_deadline(None)
+        if deadline is None:
+            deadline = time.monotonic() + self._rt.default_timeout_s
+        frame = _Frame(label, (self.guid,), self._budget_s, deadline)
         sp = self._entry_sp()
         self._frames.append(frame)
         frame.seg_start = time.monotonic()
@@ -918,7 +1070,12 @@ class Atom:
                 item.result = encode_state(self._capture_state())
             else:
                 item.result = self._run_recorded(
-                    item.method, item.args, item.request_id, item.chain, item.deadline
+                    item.method,
+                    item.args,
+                    item.request_id,
+                    item.chain,
+                    item.deadline,
+                    item.open_chain,
                 )
         except HermesError as exc:
             item.error = exc
@@ -946,10 +1103,12 @@ class Atom:
             self._idle_scheduled = False
             if not self._mail or self._closed:
                 return
-        try:
-            self._enter(None, None, "interrupt delivery")
-        except HermesError:
-            return
+            if self._running or self._waiters:
+                # Never wait for a busy atom here (a call may hold it until its
+                # deadline, and this pool serves every atom): the holder's
+                # blocking points deliver the mail, and its _leave schedules us again.
+                return
+            self._running = True
         try:
             self._pump(block=False, timeout_s=None, wait_sync=None)
         except Exception:
@@ -994,7 +1153,7 @@ class Atom:
             return CallContext(self.guid, (self.guid,), None)
         frame = self._frames[-1]
         timeout = None if frame.deadline is None else max(0.0, frame.deadline - time.monotonic())
-        return CallContext(self.guid, frame.chain, timeout)
+        return CallContext(self.guid, frame.chain, timeout, tuple(sorted(frame.open_chain)))
 
     def sys_reply(self, data: bytes) -> None:
         if self._frames:
@@ -1011,14 +1170,32 @@ class Atom:
 
     def _start_host_invoke(self, target: str, method: str, args: bytes, sync: bool) -> int:
         ctx = self._context()
+        if not sync:
+            # Nobody on the chain waits for an asynchronous call: none of them
+            # is stuck behind it (for the wait-cycle check of its target).
+            ctx = dataclasses.replace(ctx, open_chain=ctx.chain)
+        end = None if ctx.timeout is None else time.monotonic() + ctx.timeout
         host = self._host
         with self._cv:
             future_id = self._next_future
             self._next_future += 1
+            if sync:
+                # Registered before the request leaves (see _check_wait_cycle).
+                self._outgoing[future_id] = target
 
         def run() -> None:
             try:
-                status, data = 0, host.invoke(ctx, target, method, args)
+                call_ctx = ctx
+                if end is not None:
+                    # It may have waited for one of the atom's outgoing slots.
+                    left = end - time.monotonic()
+                    if left <= 0:
+                        raise DeadlineExceededError(
+                            f"atom {self.guid}: invoke of {target}.{method} waited past "
+                            "its deadline for a free outgoing slot"
+                        )
+                    call_ctx = dataclasses.replace(ctx, timeout=left)
+                status, data = 0, host.invoke(call_ctx, target, method, args)
             except HermesError as exc:
                 status, data = 1, f"{exc.kind}: {exc}".encode()
             except Exception as exc:
@@ -1028,7 +1205,12 @@ class Atom:
                 status, data = 1, f"hermes: {exc}".encode()
             with self._cv:
                 if sync:
-                    self._sync_results[future_id] = (status, data)
+                    # Answered: no longer a wait of this atom.
+                    self._outgoing.pop(future_id, None)
+                    if future_id in self._abandoned:
+                        self._abandoned.discard(future_id)
+                    else:
+                        self._sync_results[future_id] = (status, data)
                 else:
                     self._mail.append(_FutureDone(future_id, status, data))
                 self._cv.notify_all()
@@ -1036,23 +1218,67 @@ class Atom:
             if idle:
                 self._schedule_idle()
 
-        try:
-            self._rt.syscall_pool.submit(run)
-        except RuntimeError:
+        if not self._submit_outgoing(run):
             logger.info(
                 "atom %s: invoke %s.%s not started: runtime closed", self.guid, target, method
             )
+            with self._cv:
+                self._outgoing.pop(future_id, None)
             return -1
         return future_id
 
+    def _submit_outgoing(self, run: Callable[[], None]) -> bool:
+        """Run ``run`` on the shared syscall pool, at most MAX_OUTGOING_PER_ATOM at once.
+
+        An atom's further invokes wait in its own FIFO, not in the pool's
+        queue: one atom calling a slow target cannot take the threads every
+        other atom of the node needs for its own outgoing calls.
+        """
+        with self._cv:
+            if self._outgoing_running >= MAX_OUTGOING_PER_ATOM:
+                self._outgoing_queue.append(run)
+                return True
+            self._outgoing_running += 1
+        try:
+            self._rt.syscall_pool.submit(self._outgoing_slot, run)
+        except RuntimeError:
+            with self._cv:
+                self._outgoing_running -= 1
+            return False
+        return True
+
+    def _outgoing_slot(self, run: Callable[[], None] | None) -> None:
+        while run is not None:
+            try:
+                run()
+            finally:
+                with self._cv:
+                    run = self._outgoing_queue.popleft() if self._outgoing_queue else None
+                    if run is None:
+                        self._outgoing_running -= 1
+
     def sys_invoke(self, target: str, method: str, args: bytes) -> tuple[int, bytes]:
+        end = self._wait_deadline()
+        if end is not None and end <= time.monotonic():
+            raise self._deadline_error(f"invoke of {target}.{method}")
         future_id = self._start_host_invoke(target, method, args, sync=True)
         if future_id < 0:
             return abi.STATUS_ERROR, f"unreachable: node {self.node_name} is shutting down".encode()
-        with self._blocked():
-            self._pump(block=True, timeout_s=None, wait_sync=future_id)
-        with self._cv:
-            return self._sync_results.pop(future_id)
+        try:
+            with self._blocked():
+                timeout = None if end is None else max(0.0, end - time.monotonic())
+                self._pump(block=True, timeout_s=timeout, wait_sync=future_id)
+            with self._cv:
+                result = self._sync_results.pop(future_id, None)
+                if result is None:
+                    self._abandoned.add(future_id)
+        finally:
+            with self._cv:
+                self._outgoing.pop(future_id, None)
+        if result is None:
+            # Raised through the atom's frames like a trap: they unwind, the call fails.
+            raise self._deadline_error(f"invoke of {target}.{method}")
+        return result
 
     def sys_invoke_async(self, target: str, method: str, args: bytes) -> int:
         return self._start_host_invoke(target, method, args, sync=False)
@@ -1067,11 +1293,27 @@ class Atom:
         return abi.STATUS_OK
 
     def sys_recv(self, timeout_ms: int) -> int:
+        timeout = None if timeout_ms < 0 else timeout_ms / 1000
+        end = self._wait_deadline()
+        if end is None:  # hx_main's own recv: a daemon may wait for ever
+            with self._blocked():
+                return self._pump(block=True, timeout_s=timeout, wait_sync=None)
+        left = end - time.monotonic()
+        what = f"recv({timeout_ms})"
+        if left <= 0:
+            raise self._deadline_error(what)
+        capped = timeout is None or timeout >= left
         with self._blocked():
-            timeout = None if timeout_ms < 0 else timeout_ms / 1000
-            return self._pump(block=True, timeout_s=timeout, wait_sync=None)
+            ran = self._pump(block=True, timeout_s=left if capped else timeout, wait_sync=None)
+        if ran == 0 and capped:
+            # Raised through the atom's frames like a trap: they unwind, the call fails.
+            raise self._deadline_error(what)
+        return ran
 
     def sys_yield(self) -> int:
+        end = self._wait_deadline()
+        if end is not None and end <= time.monotonic():
+            raise self._deadline_error("a yield loop")
         with self._blocked():
             return max(0, self._pump(block=False, timeout_s=None, wait_sync=None))
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from hermesx.errors import (
+    CapacityError,
     ConfigurationError,
     HermesError,
     MigrationError,
@@ -34,6 +35,7 @@ from hermesx.errors import (
 from hermesx.host import CallContext
 from hermesx.identity import GUID, TAD, validate_name
 from hermesx.invocation import Invoker
+from hermesx.liveness import ServeWatchdog
 from hermesx.naming import Naming
 from hermesx.proto import hermesx_pb2 as pb
 from hermesx.proto import hermesx_pb2_grpc as pbg
@@ -63,6 +65,10 @@ FOLLOW_CALLER = "follow-caller"
 FOLLOW_WINDOW = 20
 FOLLOW_SHARE = 0.75
 PLACEMENTS = ("", FOLLOW_CALLER)
+# How much earlier than its caller a call's waits in an atom end (at most).
+DEADLINE_MARGIN_S = 0.25
+# Calls one atom may have in flight while the node is under pressure.
+PRESSED_CALLS_PER_ATOM = 2
 
 EVERY_CALL = pb.CheckpointPolicy.EVERY_CALL
 PERIODIC = pb.CheckpointPolicy.PERIODIC
@@ -83,6 +89,12 @@ class NodeConfig:
     max_payload_bytes: int = 4 * 2**20
     test_hooks: bool = False
     workers: int = 64
+    # Invocations one atom may have waiting for it or running in it at once
+    # (0: a quarter of the workers), so one slow atom cannot take every worker.
+    max_calls_per_atom: int = 0
+    # A node that cannot answer its own Status for this long gives up its
+    # name-service session (0: three session timeouts, at least 10 s).
+    unresponsive_limit_s: float = 0.0
     # Cluster certificate directory: mutual TLS and the name-service secret.
     tls_dir: pathlib.Path | None = None
 
@@ -97,6 +109,8 @@ class ActiveAtom:
     tad: TAD
     state: str = "active"  # active | moving | gone
     inflight: int = 0
+    # Invocations here for this atom: waiting to fix it, queued or running.
+    calls: int = 0
     checkpoint_seq: int = 0
     checkpointed_generation: int = 0
     last_checkpoint: float = field(default_factory=time.monotonic)
@@ -161,7 +175,7 @@ class NodeHost:
 
     def invoke(self, ctx: CallContext, target: str, method: str, args: bytes) -> bytes:
         outcome = self._sup.invoker.invoke(
-            target, method, args, chain=ctx.chain, timeout=ctx.timeout
+            target, method, args, chain=ctx.chain, timeout=ctx.timeout, open_chain=ctx.open_chain
         )
         return outcome.result
 
@@ -172,7 +186,9 @@ class NodeHost:
             key = (ctx.caller_guid, target)
             seq = self._send_seq.get(key, 0) + 1
             self._send_seq[key] = seq
-            self._sup.invoker.send(target, code, payload, sender=ctx.caller_guid, seq=seq)
+            self._sup.invoker.send(
+                target, code, payload, sender=ctx.caller_guid, seq=seq, timeout=ctx.timeout
+            )
 
     def lookup(self, ctx: CallContext, mode: str, pattern: str, scope: str | None) -> list[str]:
         naming = self._sup.naming
@@ -205,6 +221,17 @@ class NodeHost:
 class Supervisor(pbg.SupervisorServicer):
     def __init__(self, config: NodeConfig) -> None:
         validate_name(config.name, "node name")
+        if config.workers < 2:
+            raise ConfigurationError(f"workers must be at least 2, not {config.workers}")
+        if config.max_calls_per_atom < 0:
+            raise ConfigurationError(
+                f"max_calls_per_atom must be 0 (default) or more, not {config.max_calls_per_atom}"
+            )
+        if not 0 <= config.unresponsive_limit_s < float("inf"):
+            raise ConfigurationError(
+                "unresponsive_limit_s must be 0 (default) or a positive number of seconds, "
+                f"not {config.unresponsive_limit_s}"
+            )
         self.config = config
         self.name = config.name
         self.atoms: dict[str, ActiveAtom] = {}
@@ -245,11 +272,24 @@ class Supervisor(pbg.SupervisorServicer):
             hop_limit=config.hop_limit,
         )
         self.address = ""
+        workers = config.workers
+        # Workers kept free of invocations, for Status and the other control RPCs.
+        self._reserved_workers = min(workers - 1, max(4, workers // 8))
+        self._max_invokes = workers - self._reserved_workers
+        self._max_calls_per_atom = config.max_calls_per_atom or max(1, workers // 4)
+        # Past this many invocations the node is under pressure: an atom that
+        # already has PRESSED_CALLS_PER_ATOM calls gets no more, so several slow
+        # atoms together (a tenant of them) cannot take the workers of the rest.
+        self._pressure_invokes = max(1, self._max_invokes * 3 // 4)
+        self._invokes = 0  # Invoke RPCs being served
+        self._invokes_lock = threading.Lock()
         # Set while we may serve: our name-service session is not in doubt.
         self._serving = threading.Event()
         self._serving.set()
         self._stopping = threading.Event()
         self._server: grpc.Server | None = None
+        # Why the node stopped serving on its own, if it did (see _give_up_session).
+        self.gave_up: str | None = None
         self._background = futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="node-bg")
         self._transfers = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="transfer")
 
@@ -275,6 +315,11 @@ class Supervisor(pbg.SupervisorServicer):
         self.naming.add_state_listener(self._on_session_state)
         self._register()
         threading.Thread(target=self._housekeeping, name="node-housekeeping", daemon=True).start()
+        limit = self.config.unresponsive_limit_s or max(10.0, 3 * self.config.session_timeout)
+        self._watchdog = ServeWatchdog(
+            self._probe_self, limit, self._give_up_session, stopping=self._stopping
+        )
+        self._watchdog.start()
         log.info("node %s serving on %s (cluster %s)", self.name, self.address, self.config.cluster)
         return self.address
 
@@ -346,6 +391,29 @@ class Supervisor(pbg.SupervisorServicer):
                 log.info("node %s: name-service session back; serving again", self.name)
             self.fenced = False
             self._background.submit(self._reregister)
+
+    def _probe_self(self, timeout: float) -> None:
+        """Ask our own Status through our gRPC server, as a client would."""
+        stub = self.channels.stub(self.address, pbg.SupervisorStub)
+        stub.Status(pb.Empty(), timeout=timeout)
+
+    def _give_up_session(self, why: str) -> None:
+        """We cannot serve: let the cluster declare us dead so our atoms are recovered elsewhere.
+
+        Holding the session would keep every atom here unreachable, and no
+        storesite recovers an atom from a node whose session is alive.
+        """
+        log.error(
+            "node %s gives up its name-service session and stops: %s "
+            "(%d invocations in atoms, %d workers)",
+            self.name,
+            why,
+            self._invokes,
+            self.config.workers,
+        )
+        self.gave_up = why
+        self._fence_drop(why)
+        self.stop()
 
     def _reregister(self) -> None:
         try:
@@ -514,8 +582,36 @@ class Supervisor(pbg.SupervisorServicer):
         return min(requested, self.config.hop_limit)
 
     def _run_here(self, active: ActiveAtom, request: pb.InvokeRequest) -> pb.InvokeReply | None:
+        limit = self._max_calls_per_atom
+        if self._invokes >= self._pressure_invokes:
+            limit = min(limit, PRESSED_CALLS_PER_ATOM)
+        with active.cond:
+            if active.calls >= limit:
+                pressed = " while the node is busy" if limit < self._max_calls_per_atom else ""
+                return pb.InvokeReply(
+                    error=pb_error(
+                        CapacityError(
+                            f"atom {active.guid} on node {self.name} already has "
+                            f"{active.calls} calls waiting or running (limit {limit}{pressed}); "
+                            f"{request.method} refused, try later"
+                        )
+                    ),
+                    tad=tad_to_pb(active.tad),
+                )
+            active.calls += 1
+        try:
+            return self._run_fixed(active, request)
+        finally:
+            with active.cond:
+                active.calls -= 1
+
+    def _run_fixed(self, active: ActiveAtom, request: pb.InvokeRequest) -> pb.InvokeReply | None:
         wait = request.timeout if request.timeout > 0 else 30.0
-        with active.fixed(wait) as ok:
+        # The atom's waits end a little before the caller's, so the caller
+        # hears why its call ended instead of only that its deadline passed.
+        timeout = wait - min(DEADLINE_MARGIN_S, wait / 10)
+        started = time.monotonic()
+        with active.fixed(timeout) as ok:
             if not ok:
                 return None  # it left while we waited: forward along the new TAD
             if self.fenced:  # fenced while this call waited its turn
@@ -527,7 +623,8 @@ class Supervisor(pbg.SupervisorServicer):
                     request.args,
                     request_id=request.request_id,
                     chain=tuple(request.chain),
-                    timeout=request.timeout or None,
+                    timeout=max(0.001, timeout - (time.monotonic() - started)),
+                    open_chain=tuple(request.chain_open),
                 )
             except HermesError as exc:
                 reply.error.CopyFrom(pb_error(exc))
@@ -619,7 +716,27 @@ class Supervisor(pbg.SupervisorServicer):
         return reply
 
     def Invoke(self, request: pb.InvokeRequest, context: grpc.ServicerContext) -> pb.InvokeReply:
-        return self.dispatch_invoke(request)
+        with self._invokes_lock:
+            if self._invokes >= self._max_invokes:
+                busy = True
+            else:
+                busy = False
+                self._invokes += 1
+        if busy:
+            return pb.InvokeReply(
+                error=pb_error(
+                    CapacityError(
+                        f"node {self.name} is serving {self._max_invokes} invocations, its "
+                        f"limit ({self._reserved_workers} of {self.config.workers} workers stay "
+                        "free for control calls); try later"
+                    )
+                )
+            )
+        try:
+            return self.dispatch_invoke(request)
+        finally:
+            with self._invokes_lock:
+                self._invokes -= 1
 
     def dispatch_send(self, request: pb.SendRequest) -> pb.SendReply:
         if self.fenced:
@@ -737,6 +854,7 @@ class Supervisor(pbg.SupervisorServicer):
             pid=os.getpid(),
             rss_bytes=_rss_bytes(),
             tags=list(self.config.tags),
+            atom_calls=sum(a.calls for a in list(self.atoms.values())),
         )
 
     def StashPut(self, request: pb.StashPutRequest, context: grpc.ServicerContext) -> pb.Empty:

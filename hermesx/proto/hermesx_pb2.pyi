@@ -72,7 +72,7 @@ class AtomMeta(_message.Message):
     def __init__(self, name: _Optional[str] = ..., module_hash: _Optional[str] = ..., checkpoint: _Optional[_Union[CheckpointPolicy, _Mapping]] = ..., reentrant: _Optional[bool] = ..., tags: _Optional[_Iterable[str]] = ..., idle_passivate_seconds: _Optional[float] = ..., placement: _Optional[str] = ...) -> None: ...
 
 class InvokeRequest(_message.Message):
-    __slots__ = ("guid", "method", "args", "request_id", "hops", "hop_limit", "chain", "timeout", "trace", "caller_node")
+    __slots__ = ("guid", "method", "args", "request_id", "hops", "hop_limit", "chain", "timeout", "trace", "caller_node", "chain_open")
     GUID_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +83,7 @@ class InvokeRequest(_message.Message):
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     TRACE_FIELD_NUMBER: _ClassVar[int]
     CALLER_NODE_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_OPEN_FIELD_NUMBER: _ClassVar[int]
     guid: str
     method: str
     args: bytes
@@ -93,7 +94,8 @@ class InvokeRequest(_message.Message):
     timeout: float
     trace: bool
     caller_node: str
-    def __init__(self, guid: _Optional[str] = ..., method: _Optional[str] = ..., args: _Optional[bytes] = ..., request_id: _Optional[str] = ..., hops: _Optional[int] = ..., hop_limit: _Optional[int] = ..., chain: _Optional[_Iterable[str]] = ..., timeout: _Optional[float] = ..., trace: _Optional[bool] = ..., caller_node: _Optional[str] = ...) -> None: ...
+    chain_open: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, guid: _Optional[str] = ..., method: _Optional[str] = ..., args: _Optional[bytes] = ..., request_id: _Optional[str] = ..., hops: _Optional[int] = ..., hop_limit: _Optional[int] = ..., chain: _Optional[_Iterable[str]] = ..., timeout: _Optional[float] = ..., trace: _Optional[bool] = ..., caller_node: _Optional[str] = ..., chain_open: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class InvokeReply(_message.Message):
     __slots__ = ("result", "error", "moved", "tad", "trace")
@@ -242,20 +244,22 @@ class Empty(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("name", "active_atoms", "stash_entries", "pid", "rss_bytes", "tags")
+    __slots__ = ("name", "active_atoms", "stash_entries", "pid", "rss_bytes", "tags", "atom_calls")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_ATOMS_FIELD_NUMBER: _ClassVar[int]
     STASH_ENTRIES_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
+    ATOM_CALLS_FIELD_NUMBER: _ClassVar[int]
     name: str
     active_atoms: int
     stash_entries: int
     pid: int
     rss_bytes: int
     tags: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., active_atoms: _Optional[int] = ..., stash_entries: _Optional[int] = ..., pid: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., tags: _Optional[_Iterable[str]] = ...) -> None: ...
+    atom_calls: int
+    def __init__(self, name: _Optional[str] = ..., active_atoms: _Optional[int] = ..., stash_entries: _Optional[int] = ..., pid: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., tags: _Optional[_Iterable[str]] = ..., atom_calls: _Optional[int] = ...) -> None: ...
 
 class StashPutRequest(_message.Message):
     __slots__ = ("guid", "tad")

@@ -1,0 +1,61 @@
+"""A node's check that it can still serve (DESIGN.md §4 "Deadlines are absolute", §6).
+
+A node whose workers are all stuck answers nothing, yet its name-service
+session stays alive (a separate thread keeps it), so no storesite recovers its
+atoms: they are held hostage. :class:`ServeWatchdog` asks the node's own
+server a cheap question (``Status``) every ``interval_s``; when no answer came
+for ``limit_s`` it calls ``on_stuck`` once, and the node gives up its session.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+__all__ = ["ServeWatchdog"]
+
+log = logging.getLogger(__name__)
+
+
+class ServeWatchdog:
+    """Calls ``on_stuck(reason)`` once ``probe`` has failed for ``limit_s`` in a row."""
+
+    def __init__(
+        self,
+        probe: Callable[[float], None],
+        limit_s: float,
+        on_stuck: Callable[[str], None],
+        *,
+        stopping: threading.Event,
+        interval_s: float = 1.0,
+    ) -> None:
+        self._probe = probe
+        self._limit_s = limit_s
+        self._on_stuck = on_stuck
+        self._stopping = stopping
+        self._interval_s = interval_s
+        self._thread = threading.Thread(target=self._run, name="node-watchdog", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        last_answer = time.monotonic()
+        while not self._stopping.wait(self._interval_s):
+            # A probe slower than the limit counts as no answer.
+            timeout = max(self._interval_s, min(5.0, self._limit_s / 2))
+            try:
+                self._probe(timeout)
+            except Exception as exc:
+                silent = time.monotonic() - last_answer
+                log.warning("node did not answer its own Status for %.1f s: %s", silent, exc)
+                if silent >= self._limit_s and not self._stopping.is_set():
+                    self._on_stuck(
+                        f"it answered no call for {silent:.1f} s (limit {self._limit_s:g} s): "
+                        "every worker is stuck"
+                    )
+                    return
+                continue
+            last_answer = time.monotonic()
