@@ -25,6 +25,7 @@ are caught, with ``raise ... from exc``, into the most specific branch::
     │   └── PayloadTooLargeError    arguments or result over the size limit
     ├── MigrationError              a move was refused or aborted
     ├── StorageError                storesite / LMDB failure, unknown checkpoint or module
+    ├── CapacityError               a node or atom limit reached (atoms per node, address space)
     └── ConfigurationError          bad configuration or command-line input
 
 Errors that cross the wire keep their kind (``error.kind``) and message:
@@ -39,6 +40,7 @@ __all__ = [
     "BadModuleError",
     "CallCycleError",
     "CallTimeoutError",
+    "CapacityError",
     "CommunicationError",
     "ConfigurationError",
     "DeadlineExceededError",
@@ -144,6 +146,10 @@ class MigrationError(HermesError):
 
 class StorageError(HermesError):
     kind = "storage"
+
+
+class CapacityError(HermesError):
+    kind = "capacity"
 
 
 class ConfigurationError(HermesError):
