@@ -1293,7 +1293,8 @@ class Atom:
     def _capture_state(self) -> AtomState:
         inst = self._inst
         size = inst.memory_size
-        memory = ctypes.string_at(inst.base, size)
+        # Read in place: memory_segments copies it piece by piece (see hermesx.snapshot).
+        memory = memoryview((ctypes.c_char * size).from_address(inst.base)) if size else b""
         globals_ = tuple((name, kind, g.value(self._store)) for name, kind, g in self._globals)
         with self._cv:
             interrupts = tuple((m.code, m.payload) for m in self._mail if isinstance(m, _Interrupt))
