@@ -25,6 +25,7 @@ import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgpack
 
@@ -175,7 +176,7 @@ class _PieceReader:
             raw=False, strict_map_key=False, max_buffer_size=max(len(self.body), 1)
         )
 
-    def _next(self, read: str) -> object:
+    def _next(self, read: str) -> Any:
         while True:
             try:
                 return getattr(self.unpacker, read)()
@@ -187,9 +188,9 @@ class _PieceReader:
                 yield_gil()
 
     def array_header(self) -> int:
-        return int(self._next("read_array_header"))  # type: ignore[call-overload]
+        return int(self._next("read_array_header"))
 
-    def item(self) -> object:
+    def item(self) -> Any:
         return self._next("unpack")
 
     def check_end(self) -> None:
@@ -197,10 +198,10 @@ class _PieceReader:
             raise ValueError("bytes after the end of the snapshot")
 
 
-def _unpack_body(body: bytes | memoryview) -> list[object]:
+def _unpack_body(body: bytes | memoryview) -> list[Any]:
     """The body's top-level list, unpacked a piece at a time (see module docstring)."""
     reader = _PieceReader(body)
-    top: list[object] = []
+    top: list[Any] = []
     for index in range(reader.array_header()):
         if index in (3, 5, 6):  # memory runs, KV entries, replies: possibly large
             top.append([reader.item() for _ in range(reader.array_header())])
