@@ -145,6 +145,13 @@ class StagedCopy:
 STAGED_RESOLVE_AFTER_S = 5.0
 
 
+def transfer_timeout(size: int) -> float:
+    """Seconds to allow for sending a state of ``size`` bytes to a storesite: a
+    64 MiB state (an atom at the default cap) written durably on a busy disk
+    takes several seconds."""
+    return 10.0 + size / (4 * 2**20)
+
+
 class NodeHost:
     """The AtomHost of this node's atoms: their syscalls that leave the atom."""
 
@@ -784,6 +791,7 @@ class Supervisor(pbg.SupervisorServicer):
             pb.CheckpointRequest(
                 guid=active.guid, tad=tad_to_pb(active.tad), snapshot=snapshot, seq=seq
             ),
+            timeout=transfer_timeout(len(snapshot)),
         )
         active.checkpointed_generation = max(active.checkpointed_generation, generation)
         active.last_checkpoint = time.monotonic()
@@ -808,6 +816,7 @@ class Supervisor(pbg.SupervisorServicer):
                 pb.PassivatedRequest(
                     guid=active.guid, tad=tad_to_pb(active.tad), snapshot=snapshot
                 ),
+                timeout=transfer_timeout(len(snapshot)),
             )
         except HermesError:
             self._thaw(active)
