@@ -14,11 +14,12 @@ import threading
 import time
 
 import pytest
+import wasmtime
 from kazoo.client import KazooClient
 
 from hermesx.client import Client
 from hermesx.cluster import LocalCluster
-from hermesx.errors import MemoryLimitError
+from hermesx.errors import BadModuleError, MemoryLimitError
 
 pytestmark = pytest.mark.integration
 
@@ -38,10 +39,16 @@ def _session_of(cluster: LocalCluster, node: str) -> int:
         zk.close()
 
 
+@pytest.fixture(scope="module")
+def small_cluster(cluster_factory: object) -> LocalCluster:
+    """Two nodes whose ZooKeeper sessions expire after 2 s without a heartbeat."""
+    return cluster_factory(2, session_timeout=2.0)  # type: ignore[operator, no-any-return]
+
+
 def test_a_1_gib_kv_attempt_fails_at_the_cap_and_the_node_keeps_its_session(
-    cluster_factory: object, atoms: dict[str, pathlib.Path]
+    small_cluster: LocalCluster, atoms: dict[str, pathlib.Path]
 ) -> None:
-    cluster: LocalCluster = cluster_factory(2, session_timeout=2.0)  # type: ignore[operator]
+    cluster = small_cluster
     with Client(cluster.zk, cluster.name) as client:
         hog = client.create(atoms["memhog"], name="kvhog", on="n1", checkpoint="on-request")
         counters = [
@@ -108,3 +115,50 @@ def test_a_1_gib_kv_attempt_fails_at_the_cap_and_the_node_keeps_its_session(
         assert client.atom(hog).kv_count() == stored
         with pytest.raises(MemoryLimitError):
             client.atom(hog).kv_fill(64, 1024)
+
+
+def _module_with_globals(count: int) -> bytes:
+    """An otherwise valid atom with ``count`` mutable i32 globals (global section spliced in)."""
+    base = wasmtime.wat2wasm(
+        """(module (memory (export "memory") 1)
+          (func (export "hx_abi_version") (result i32) i32.const 1)
+          (func (export "hx_alloc") (param i32) (result i32) i32.const 1024)
+          (func (export "hx_invoke") (param i32 i32 i32 i32) (result i32) i32.const 0))"""
+    )
+
+    def uleb(n: int) -> bytes:
+        out = bytearray()
+        while True:
+            out.append((n & 0x7F) | (0x80 if n >> 7 else 0))
+            n >>= 7
+            if not n:
+                return bytes(out)
+
+    body = uleb(count) + bytes([0x7F, 0x01, 0x41, 0x00, 0x0B]) * count
+    pos = 8
+    while base[pos] != 7:  # the global section goes right before the export section
+        length, n = 0, 0
+        while True:
+            byte = base[pos + 1 + n]
+            length |= (byte & 0x7F) << (7 * n)
+            n += 1
+            if not byte & 0x80:
+                break
+        pos += 1 + n + length
+    return base[:pos] + b"\x06" + uleb(len(body)) + body + base[pos:]
+
+
+def test_a_100000_global_module_is_refused_quickly_and_the_node_stays_well(
+    small_cluster: LocalCluster, atoms: dict[str, pathlib.Path]
+) -> None:
+    cluster = small_cluster
+    with Client(cluster.zk, cluster.name) as client:
+        owner = _session_of(cluster, "n2")
+        started = time.monotonic()
+        with pytest.raises(BadModuleError, match="100000 globals, over the limit of 1000"):
+            client.create(_module_with_globals(100_000), name="manyglobals", on="n2")
+        # Before: 39 s of CPU at create, then a misleading "interrupt" error.
+        assert time.monotonic() - started < 5
+        guid = client.create(atoms["counter"], name="aftermany", on="n2")
+        assert client.atom(guid).incr(2) == 2
+        assert _session_of(cluster, "n2") == owner
