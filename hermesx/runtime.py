@@ -126,8 +126,11 @@ def atom_capacity(memory_limit_bytes: int) -> tuple[int, str]:
     reservation = _memory_reservation(memory_limit_bytes) + MEMORY_GUARD_BYTES
     by_space = _USER_ADDRESS_SPACE // 2 // reservation
     if by_maps <= by_space:
-        return max(1, by_maps), f"vm.max_map_count is {max_maps}, {MAPS_PER_ATOM} mappings per atom"
-    return max(1, by_space), f"address space: {reservation} bytes reserved per atom"
+        return max(1, by_maps), (
+            f"set by vm.max_map_count = {max_maps} at {MAPS_PER_ATOM} memory mappings per atom; "
+            "raise it to host more"
+        )
+    return max(1, by_space), f"set by the address space at {reservation} bytes per atom"
 
 
 def _memory_reservation(memory_limit_bytes: int) -> int:
@@ -206,7 +209,7 @@ class Runtime:
         if max_atoms is None:
             self.max_atoms, self.capacity_reason = atom_capacity(memory_limit_bytes)
         else:
-            self.max_atoms, self.capacity_reason = max_atoms, "configured"
+            self.max_atoms, self.capacity_reason = max_atoms, "as configured"
 
         config = wasmtime.Config()
         config.epoch_interruption = True
