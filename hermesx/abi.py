@@ -36,8 +36,10 @@ from hermesx.errors import BadModuleError
 __all__ = [
     "ABI_VERSION",
     "IMPORTS",
+    "MAX_LOG_LINE_BYTES",
     "OPTIONAL_EXPORTS",
     "REQUIRED_EXPORTS",
+    "BadAllocError",
     "Syscalls",
     "WasmFault",
     "WasmInstance",
@@ -104,6 +106,8 @@ _NO_FINALIZER = _Finalizer(lambda _env: None)
 _VALTYPE = {"i": wasmtime.ValType.i32, "I": wasmtime.ValType.i64}
 _OUT = struct.Struct("<ii")
 _MAX_I32 = 2**31 - 1
+# A log line longer than this is cut (the rest is counted, not copied).
+MAX_LOG_LINE_BYTES = 4096
 
 
 def signature_text(sig: tuple[str, str]) -> str:
@@ -137,6 +141,16 @@ class WasmFault(Exception):
         self.cause = cause
 
 
+class BadAllocError(Exception):
+    """The atom's ``hx_alloc`` returned a pointer outside its memory (an atom bug)."""
+
+    def __init__(self, ptr: int, length: int, memory_size: int) -> None:
+        super().__init__(f"hx_alloc({length}) returned a bad pointer {ptr & 0xFFFFFFFF:#x}")
+        self.ptr = ptr & 0xFFFFFFFF
+        self.length = length
+        self.memory_size = memory_size
+
+
 class Syscalls(Protocol):
     """What the host functions need from the atom that owns the instance."""
 
@@ -151,6 +165,10 @@ class Syscalls(Protocol):
     def sys_reply_too_large(self, length: int) -> None: ...
 
     def sys_log(self, level: int, text: str) -> None: ...
+
+    def sys_kv_put(self, key: bytes, value: bytes) -> int: ...
+
+    def sys_kv_del(self, key: bytes) -> int: ...
 
     def sys_invoke(self, target: str, method: str, args: bytes) -> tuple[int, bytes]: ...
 
@@ -255,13 +273,22 @@ class WasmInstance:
         """Ask the atom for a buffer of ``length`` bytes (its ``hx_alloc``)."""
         ptr = self.call("hx_alloc", (length,), True)
         assert ptr is not None
-        if length and (
-            ptr <= 0 or (ptr + length > self._size and ptr + length > self.refresh_memory())
-        ):
+        if not length:
+            return ptr
+        if ptr == 0:
+            # ABI.md: hx_alloc returns 0 when the atom cannot get the memory.
             raise WasmFault(
-                f"hx_alloc({length}) returned an unusable pointer {ptr}",
+                f"hx_alloc({length}) returned 0 (no memory)",
                 interrupted=False,
                 cause=MemoryError(f"hx_alloc({length}) failed"),
+            )
+        if ptr < 0 or (ptr + length > self._size and ptr + length > self.refresh_memory()):
+            raise WasmFault(
+                f"hx_alloc({length}) returned a bad pointer {ptr & 0xFFFFFFFF:#x}: the buffer "
+                f"would end at byte {(ptr & 0xFFFFFFFF) + length}, outside the atom's memory "
+                f"of {self._size} bytes",
+                interrupted=False,
+                cause=BadAllocError(ptr, length, self._size),
             )
         return ptr
 
@@ -375,7 +402,13 @@ def make_imports(
         sys.sys_reply(inst.read(ptr, length))
 
     def log(raw: Any) -> None:
-        sys.sys_log(raw[0].i32, _text(inst, raw[1].i32, raw[2].i32))
+        ptr, length = raw[1].i32, raw[2].i32
+        inst._check(ptr, length)
+        # Only the part of a line that can be logged is copied out of the atom.
+        text = inst.read(ptr, min(length, MAX_LOG_LINE_BYTES)).decode("utf-8", errors="replace")
+        if length > MAX_LOG_LINE_BYTES:
+            text += f" [... {length - MAX_LOG_LINE_BYTES} more bytes cut]"
+        sys.sys_log(raw[0].i32, text)
 
     def now_ms(raw: Any) -> None:
         raw[0].i64 = time.time_ns() // 1_000_000
@@ -452,12 +485,10 @@ def make_imports(
 
     def kv_put(raw: Any) -> int:
         key = inst.read(raw[0].i32, raw[1].i32)
-        sys.kv[key] = read_args(raw[2].i32, raw[3].i32)
-        return STATUS_OK
+        return sys.sys_kv_put(key, read_args(raw[2].i32, raw[3].i32))
 
     def kv_del(raw: Any) -> int:
-        key = inst.read(raw[0].i32, raw[1].i32)
-        return STATUS_OK if sys.kv.pop(key, None) is not None else STATUS_ERROR
+        return sys.sys_kv_del(inst.read(raw[0].i32, raw[1].i32))
 
     def kv_keys(raw: Any) -> int:
         prefix = inst.read(raw[0].i32, raw[1].i32)

@@ -491,7 +491,11 @@ def cmd_bench(args: argparse.Namespace) -> None:
     elif args.what == "storesite":
         from hermesx.bench_storesite import run as run_storesite
 
-        figures = run_storesite(progress=_progress(args), atoms=args.atoms)
+        figures = run_storesite(progress=_progress(args), atoms=args.atoms or 10_000)
+    elif args.what == "atoms":
+        from hermesx.bench_atoms import run as run_atoms
+
+        figures = run_atoms(args.atoms or 100_000, progress=_progress(args))
     else:
         from hermesx.bench_migrate import run as run_migrate
 
@@ -674,9 +678,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--names", help="process names to certify, comma-separated")
 
     p = verb("bench", cmd_bench, "run a benchmark and print its figures")
-    p.add_argument("what", choices=["runtime", "naming", "invoke", "storesite", "migrate"])
+    p.add_argument("what", choices=["runtime", "naming", "invoke", "storesite", "migrate", "atoms"])
     p.add_argument(
-        "--atoms", type=int, default=10_000, help="storesite: how many dormant atoms to create"
+        "--atoms",
+        type=int,
+        default=None,
+        help="storesite: how many dormant atoms to create (10,000); "
+        "atoms: how many active atoms one process holds (100,000)",
     )
 
     p = verb("demo", cmd_demo, "run a demo")

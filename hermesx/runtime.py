@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import gc
 import hashlib
 import importlib.metadata
 import logging
@@ -52,6 +53,7 @@ from hermesx.errors import (
     AtomTrapError,
     BadModuleError,
     CallCycleError,
+    CapacityError,
     ConfigurationError,
     DeadlineExceededError,
     HermesError,
@@ -65,7 +67,7 @@ from hermesx.errors import (
 from hermesx.host import AtomHost, CallContext, StandaloneHost
 from hermesx.identity import GUID
 from hermesx.snapshot import AtomState, ReplyRecord, decode_state, encode_state, memory_segments
-from hermesx.wasm_rewrite import export_mutable_globals
+from hermesx.wasm_rewrite import check_module_limits, export_mutable_globals
 
 __all__ = ["Atom", "LoadedModule", "Runtime", "run_once"]
 
@@ -82,7 +84,65 @@ REPLY_TABLE_MAX_BYTES = 8 * 2**20
 MAX_TABLE_ELEMENTS = 1 << 16
 _set_epoch_deadline = ffi.wasmtime_context_set_epoch_deadline
 # Serialized modules only load into an engine with the same version and config.
-_CACHE_TAG = f"wasmtime{importlib.metadata.version('wasmtime')}-hx1"
+_CACHE_TAG = f"wasmtime{importlib.metadata.version('wasmtime')}-hx2"
+# Host-side state counts toward the atom's memory cap (DESIGN.md §3): KV entries
+# by their key and value bytes plus this much for the entry itself, reply-table
+# entries by their payload plus this much.
+KV_ENTRY_OVERHEAD = 64
+REPLY_ENTRY_OVERHEAD = 128
+# Log output of one call (or handler run, or a daemon's stretch between two
+# blocking points): more is dropped after one line that says so.
+MAX_LOG_BYTES_PER_CALL = 64 * 1024
+MAX_LOG_LINES_PER_CALL = 1000
+# Address space per atom: a linear memory reserves exactly the memory cap
+# (rounded to whole pages) plus this guard, instead of wasmtime's default
+# 4 GiB + 32 MiB. Accesses are then bounds-checked in code, which costs little
+# (see `hermesx bench runtime`); the memory can never grow past the cap.
+MEMORY_GUARD_BYTES = 64 * 1024
+# Each atom's memory costs the process two memory mappings (its accessible
+# pages and the reserved rest); vm.max_map_count bounds the mappings of a
+# process. Mappings kept free for everything else (threads, modules, LMDB, gRPC).
+MAPS_PER_ATOM = 2
+MAPS_HEADROOM = 8192
+_MAX_MAP_COUNT = pathlib.Path("/proc/sys/vm/max_map_count")
+_USER_ADDRESS_SPACE = 2**47  # x86-64 and aarch64 with 4-level page tables
+
+
+def _read_int(path: pathlib.Path, default: int) -> int:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
+def _maps_in_use() -> int:
+    try:
+        with open("/proc/self/maps", "rb") as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return 0
+
+
+def atom_capacity(memory_limit_bytes: int) -> tuple[int, str]:
+    """How many atoms this process can hold, and the limit that decides it.
+
+    The kernel refuses new mappings past ``vm.max_map_count``; the address
+    space bounds the reservations.
+    """
+    max_maps = _read_int(_MAX_MAP_COUNT, 65530)
+    by_maps = max(0, max_maps - _maps_in_use() - MAPS_HEADROOM) // MAPS_PER_ATOM
+    reservation = _memory_reservation(memory_limit_bytes) + MEMORY_GUARD_BYTES
+    by_space = _USER_ADDRESS_SPACE // 2 // reservation
+    if by_maps <= by_space:
+        return max(1, by_maps), (
+            f"set by vm.max_map_count = {max_maps} at {MAPS_PER_ATOM} memory mappings per atom; "
+            "raise it to host more"
+        )
+    return max(1, by_space), f"set by the address space at {reservation} bytes per atom"
+
+
+def _memory_reservation(memory_limit_bytes: int) -> int:
+    return -(-memory_limit_bytes // _PAGE) * _PAGE
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -141,6 +201,7 @@ class Runtime:
         max_payload_bytes: int = 4 * 2**20,
         reply_table_size: int = 1024,
         default_timeout_s: float = 30.0,
+        max_atoms: int | None = None,
     ) -> None:
         if deadline_ms <= 0:
             raise ConfigurationError(f"deadline_ms must be positive, not {deadline_ms}")
@@ -159,11 +220,23 @@ class Runtime:
         # The wall-clock deadline of a call whose caller gave none, and of
         # interrupt and future handlers run while the atom is idle.
         self.default_timeout_s = default_timeout_s
+        if max_atoms is not None and max_atoms < 1:
+            raise ConfigurationError(f"max_atoms must be at least 1, not {max_atoms}")
+        if max_atoms is None:
+            self.max_atoms, self.capacity_reason = atom_capacity(memory_limit_bytes)
+        else:
+            self.max_atoms, self.capacity_reason = max_atoms, "as configured"
 
         config = wasmtime.Config()
         config.epoch_interruption = True
         # The runtime caches each memory's base address between calls.
         config.memory_may_move = False
+        config.memory_reservation = _memory_reservation(memory_limit_bytes)
+        config.memory_guard_size = MEMORY_GUARD_BYTES
+        config.memory_reservation_for_growth = 0
+        # A copy-on-write image of the data segments costs each atom two more
+        # mappings (see MAPS_PER_ATOM); atoms' data segments are small.
+        config.memory_init_cow = False
         self.engine = wasmtime.Engine(config)
 
         # A tick of 1-10 ms keeps deadline granularity under ~5% of the deadline
@@ -200,6 +273,8 @@ class Runtime:
             return cached
         label = f"module {digest[:12]} ({len(wasm)} bytes)"
         try:
+            # Counts first: compiling and instantiating cost grows with them.
+            check_module_limits(wasm)
             rewritten = export_mutable_globals(wasm)
             compiled = self._compile(digest, rewritten.wasm)
             imports, optional = abi.validate_module_types(compiled)
@@ -288,6 +363,7 @@ class Runtime:
                 f"atom {guid}: init arguments of {len(init_args)} bytes exceed "
                 f"the {self.max_payload_bytes}-byte limit"
             )
+        self._check_capacity(guid)
         atom = Atom(self, module, guid, host, reentrant)
         if module.has_init:
             atom._run_init(init_args)
@@ -313,6 +389,7 @@ class Runtime:
             )
         if state.guid != guid:
             raise StorageError(f"snapshot belongs to atom {state.guid}, not {guid}")
+        self._check_capacity(guid)
         atom = Atom(self, module, guid, host, reentrant)
         atom._apply_state(state)
         self._start(atom)
@@ -324,6 +401,22 @@ class Runtime:
             atom._start_daemon()
         elif atom._has_mail():
             atom._schedule_idle()
+
+    @property
+    def atom_count(self) -> int:
+        """Atoms whose memory this process still holds (closed ones until collected)."""
+        return len(self._atoms)
+
+    def _check_capacity(self, guid: str) -> None:
+        if len(self._atoms) < self.max_atoms:
+            return
+        # Closed atoms keep their memory until their store is collected.
+        gc.collect()
+        if len(self._atoms) >= self.max_atoms:
+            raise CapacityError(
+                f"node {self.node_name} is full: it holds {len(self._atoms)} atoms, its capacity "
+                f"({self.capacity_reason}); atom {guid} was not started here"
+            )
 
     def _check_open(self) -> None:
         if self._closed:
@@ -362,6 +455,12 @@ def _instantiate(
         raise BadModuleError(f"{label}: the start function trapped: {reason}") from exc
     except wasmtime.WasmtimeError as exc:
         text = str(exc)
+        if "Cannot allocate memory" in text or "os error 12" in text:
+            raise CapacityError(
+                f"{label}: node {runtime.node_name} cannot reserve memory for another atom "
+                f"(it holds {runtime.atom_count}; raise vm.max_map_count or host fewer atoms "
+                f"per node): {text.splitlines()[0]}"
+            ) from exc
         if "memory" in text and ("limit" in text or "minimum" in text or "grow" in text):
             raise MemoryLimitError(
                 f"{label} needs more memory than the cap of {runtime.memory_limit_bytes} bytes"
@@ -376,6 +475,9 @@ class _Frame:
         "budget",
         "chain",
         "deadline",
+        "log_bytes",
+        "log_cut",
+        "log_lines",
         "method",
         "open_chain",
         "per_segment",
@@ -406,6 +508,9 @@ class _Frame:
         self.too_large = 0
         # hx_main's budget renews at each blocking point.
         self.per_segment = False
+        self.log_bytes = 0
+        self.log_lines = 0
+        self.log_cut = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -501,6 +606,10 @@ class Atom:
         self._closed = False
         self._replies: OrderedDict[str, ReplyRecord] = OrderedDict()
         self._reply_bytes = 0
+        # Bytes the KV counts toward the memory cap (see KV_ENTRY_OVERHEAD).
+        self._kv_bytes = 0
+        # The memory size limit last given to the store.
+        self._memory_allowance = -1
         self._generation = 0
         self._frames: list[_Frame] = []
         self._next_future = 1
@@ -854,6 +963,7 @@ class Atom:
         ):
             _, dropped = replies.popitem(last=False)
             self._reply_bytes -= len(dropped.payload)
+        self._limit_memory()
 
     def _execute(
         self,
@@ -922,6 +1032,11 @@ class Atom:
         if isinstance(cause, HermesError):
             return cause
         limit = self._rt.memory_limit_bytes
+        if isinstance(cause, abi.BadAllocError):
+            return AtomTrapError(
+                f"atom {self.guid}: {what}: the atom's {fault.message} (a bug in the atom, "
+                "not a memory-cap hit)"
+            )
         if fault.interrupted:
             return DeadlineExceededError(
                 f"atom {self.guid}: {what} ran past its {self._rt.deadline_ms} ms CPU deadline"
@@ -934,7 +1049,8 @@ class Atom:
             or self._inst.memory_size + max(_PAGE, limit // 8) > limit
         ):
             return MemoryLimitError(
-                f"atom {self.guid}: {what} hit the memory cap of {limit} bytes ({fault.message})"
+                f"atom {self.guid}: {what} hit the memory cap of {limit} bytes "
+                f"({self._usage_text()}; {fault.message})"
             )
         return AtomTrapError(f"atom {self.guid}: {what} trapped: {fault.message}")
 
@@ -1017,6 +1133,8 @@ class Atom:
         frame = self._frames[-1]
         if frame.per_segment:
             frame.used = 0.0
+            frame.log_bytes = frame.log_lines = 0
+            frame.log_cut = False
         frame.seg_start = time.monotonic()
         remaining = max(0.0, frame.budget - frame.used)
         _set_epoch_deadline(self._inst.ctx, self._rt.ticks_for(remaining))
@@ -1166,7 +1284,69 @@ class Atom:
             self._frames[-1].too_large = length
 
     def sys_log(self, level: int, text: str) -> None:
+        if self._frames:
+            frame = self._frames[-1]
+            if frame.log_cut:
+                return
+            frame.log_lines += 1
+            frame.log_bytes += len(text)
+            if frame.log_lines > MAX_LOG_LINES_PER_CALL or frame.log_bytes > MAX_LOG_BYTES_PER_CALL:
+                frame.log_cut = True
+                logger.warning(
+                    "atom %s: %s logged more than %d lines or %d bytes: the rest of its log "
+                    "output is dropped",
+                    self.guid,
+                    frame.method,
+                    MAX_LOG_LINES_PER_CALL,
+                    MAX_LOG_BYTES_PER_CALL,
+                )
+                return
         logger.log(abi._LOG_LEVELS.get(level, logging.INFO), "atom %s: %s", self.guid, text)
+
+    # -- KV and the memory cap -----------------------------------------------------
+
+    def _host_bytes(self) -> int:
+        """What the atom's KV and reply table count toward its memory cap."""
+        return self._kv_bytes + self._reply_bytes + len(self._replies) * REPLY_ENTRY_OVERHEAD
+
+    def _usage_text(self) -> str:
+        return (
+            f"linear memory {self._inst.memory_size} + KV {self._kv_bytes} + "
+            f"reply table {self._reply_bytes + len(self._replies) * REPLY_ENTRY_OVERHEAD} bytes"
+        )
+
+    def _limit_memory(self) -> None:
+        """Linear memory may grow only into what the KV and the reply table leave."""
+        cap = self._rt.memory_limit_bytes
+        allowance = max(0, cap - self._host_bytes()) // _PAGE * _PAGE
+        if allowance != self._memory_allowance:
+            self._memory_allowance = allowance
+            self._store.set_limits(memory_size=allowance, table_elements=MAX_TABLE_ELEMENTS)
+
+    def sys_kv_put(self, key: bytes, value: bytes) -> int:
+        old = self.kv.get(key)
+        grow = len(value) - (len(old) if old is not None else -(len(key) + KV_ENTRY_OVERHEAD))
+        if grow > 0:
+            cap = self._rt.memory_limit_bytes
+            if self._inst.memory_size + self._host_bytes() + grow > cap:
+                what = self._frames[-1].method if self._frames else "the atom"
+                raise MemoryLimitError(
+                    f"atom {self.guid}: {what} hit the memory cap of {cap} bytes: kv_put of a "
+                    f"{len(key)}-byte key and {len(value)}-byte value refused "
+                    f"({self._usage_text()}); the KV keeps its previous contents"
+                )
+        self.kv[key] = value
+        self._kv_bytes += grow
+        self._limit_memory()
+        return abi.STATUS_OK
+
+    def sys_kv_del(self, key: bytes) -> int:
+        old = self.kv.pop(key, None)
+        if old is None:
+            return abi.STATUS_ERROR
+        self._kv_bytes -= len(key) + len(old) + KV_ENTRY_OVERHEAD
+        self._limit_memory()
+        return abi.STATUS_OK
 
     def _start_host_invoke(self, target: str, method: str, args: bytes, sync: bool) -> int:
         ctx = self._context()
@@ -1358,7 +1538,8 @@ class Atom:
     def _capture_state(self) -> AtomState:
         inst = self._inst
         size = inst.memory_size
-        memory = ctypes.string_at(inst.base, size)
+        # Read in place: memory_segments copies it piece by piece (see hermesx.snapshot).
+        memory = memoryview((ctypes.c_char * size).from_address(inst.base)) if size else b""
         globals_ = tuple((name, kind, g.value(self._store)) for name, kind, g in self._globals)
         with self._cv:
             interrupts = tuple((m.code, m.payload) for m in self._mail if isinstance(m, _Interrupt))
@@ -1408,8 +1589,10 @@ class Atom:
         # scratch: give it a fresh stack (for other atoms this is a no-op).
         self._unwind_stack(self._initial_sp)
         self.kv = dict(state.kv)
+        self._kv_bytes = sum(len(k) + len(v) + KV_ENTRY_OVERHEAD for k, v in self.kv.items())
         self._replies = OrderedDict((r.request_id, r) for r in state.replies)
         self._reply_bytes = sum(len(r.payload) for r in state.replies)
+        self._limit_memory()
         for code, payload in state.interrupts:
             self._mail.append(_Interrupt(code, payload))
         for future_id, status, payload in state.futures:

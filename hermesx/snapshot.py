@@ -12,12 +12,20 @@ mostly zero (reserved heap, stack) and skipping zero pages is far cheaper than
 general compression. Flag ``ZLIB`` marks a body compressed with zlib, which a
 caller may ask for when size matters more than time (zlib level 1 costs ~7 ms
 per MiB here, over the 5 ms budget of a move).
+
+A large state is produced in pieces of at most :data:`PIECE_BYTES`, and the
+thread lets other threads take the GIL between pieces: one long C call (a
+64 MiB ``msgpack.packb``) would hold it throughout, and the node's ZooKeeper
+heartbeat thread, starved, would lose the node's session.
 """
 
 from __future__ import annotations
 
+import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgpack
 
@@ -30,6 +38,7 @@ __all__ = [
     "decode_state",
     "encode_state",
     "memory_segments",
+    "yield_gil",
 ]
 
 MAGIC = b"HXSNAP"
@@ -70,50 +79,136 @@ class AtomState:
 # snapshot shrinks from ~130 KB to a few KB, which every checkpoint, move and
 # activation pays for.
 CHUNK = 4096
+# Most bytes copied or packed between two chances for other threads to run.
+PIECE_BYTES = 1 << 20
 
 
-def memory_segments(memory: bytes) -> tuple[tuple[int, bytes], ...]:
-    """Runs of consecutive non-zero 4 KiB chunks of ``memory``."""
+def yield_gil() -> None:
+    """Let any thread waiting for the GIL run (sleep(0) releases it)."""
+    time.sleep(0)
+
+
+def memory_segments(memory: bytes | memoryview) -> tuple[tuple[int, bytes], ...]:
+    """Runs of consecutive non-zero 4 KiB chunks of ``memory``, each at most
+    :data:`PIECE_BYTES` long (a longer run is stored as several)."""
     zero = bytes(CHUNK)
     runs: list[tuple[int, bytes]] = []
     start = -1
-    size = len(memory)
-    view = memoryview(memory)
+    view = memoryview(memory).cast("B")
+    size = len(view)
     for offset in range(0, size, CHUNK):
         end = min(offset + CHUNK, size)
         is_zero = view[offset:end] == zero[: end - offset]
-        if is_zero and start >= 0:
+        if start >= 0 and (is_zero or offset - start >= PIECE_BYTES):
             runs.append((start, bytes(view[start:offset])))
+            yield_gil()
             start = -1
-        elif not is_zero and start < 0:
+        if not is_zero and start < 0:
             start = offset
     if start >= 0:
         runs.append((start, bytes(view[start:size])))
     return tuple(runs)
 
 
-def encode_state(state: AtomState, *, compress: bool = False) -> bytes:
-    body: bytes = msgpack.packb(
-        [
-            state.module_hash,
-            state.guid,
-            state.memory_size,
-            [[offset, data] for offset, data in state.memory],
-            [[name, kind, value] for name, kind, value in state.globals],
-            [[k, v] for k, v in state.kv.items()],
-            [[r.request_id, r.error_kind, r.payload] for r in state.replies],
-            [[code, payload] for code, payload in state.interrupts],
-            [[fid, status, payload] for fid, status, payload in state.futures],
-            state.next_future_id,
-            state.generation,
-        ],
-        use_bin_type=True,
+def _body_pieces(state: AtomState) -> Iterator[bytes]:
+    """The msgpack body, in pieces; the same bytes as one ``packb`` of the whole list."""
+    packer = msgpack.Packer(use_bin_type=True, autoreset=False)
+    pending = 0
+
+    def flush() -> bytes:
+        data: bytes = packer.bytes()
+        packer.reset()
+        return data
+
+    packer.pack_array_header(11)
+    packer.pack(state.module_hash)
+    packer.pack(state.guid)
+    packer.pack(state.memory_size)
+    sections: list[list[list[object]] | Iterator[list[object]]] = [
+        ([offset, data] for offset, data in state.memory),
+        [[name, kind, value] for name, kind, value in state.globals],
+        ([k, v] for k, v in state.kv.items()),
+        ([r.request_id, r.error_kind, r.payload] for r in state.replies),
+        ([code, payload] for code, payload in state.interrupts),
+        ([fid, status, payload] for fid, status, payload in state.futures),
+    ]
+    lengths = (
+        len(state.memory),
+        len(state.globals),
+        len(state.kv),
+        len(state.replies),
+        len(state.interrupts),
+        len(state.futures),
     )
-    flags = 0
+    for items, length in zip(sections, lengths, strict=True):
+        packer.pack_array_header(length)
+        for item in items:
+            packer.pack(item)
+            pending = len(packer.getbuffer())
+            if pending >= PIECE_BYTES:
+                yield flush()
+                yield_gil()
+    packer.pack(state.next_future_id)
+    packer.pack(state.generation)
+    yield flush()
+
+
+def encode_state(state: AtomState, *, compress: bool = False) -> bytes:
+    flags = FLAG_ZLIB if compress else 0
+    parts = [MAGIC + bytes([FORMAT_VERSION, flags])]
     if compress:
-        body = zlib.compress(body, 1)
-        flags |= FLAG_ZLIB
-    return MAGIC + bytes([FORMAT_VERSION, flags]) + body
+        zipper = zlib.compressobj(1)
+        for piece in _body_pieces(state):
+            parts.append(zipper.compress(piece))
+        parts.append(zipper.flush())
+    else:
+        parts.extend(_body_pieces(state))
+    return b"".join(parts)
+
+
+class _PieceReader:
+    """Feeds an Unpacker the body a piece at a time, letting other threads run between pieces."""
+
+    def __init__(self, body: bytes | memoryview) -> None:
+        self.body = memoryview(body)
+        self.fed = 0
+        self.unpacker = msgpack.Unpacker(
+            raw=False, strict_map_key=False, max_buffer_size=max(len(self.body), 1)
+        )
+
+    def _next(self, read: str) -> Any:
+        while True:
+            try:
+                return getattr(self.unpacker, read)()
+            except msgpack.OutOfData:
+                if self.fed >= len(self.body):
+                    raise ValueError("the snapshot ends inside its data") from None
+                self.unpacker.feed(self.body[self.fed : self.fed + PIECE_BYTES])
+                self.fed += PIECE_BYTES
+                yield_gil()
+
+    def array_header(self) -> int:
+        return int(self._next("read_array_header"))
+
+    def item(self) -> Any:
+        return self._next("unpack")
+
+    def check_end(self) -> None:
+        if self.fed < len(self.body) or self.unpacker.tell() != len(self.body):
+            raise ValueError("bytes after the end of the snapshot")
+
+
+def _unpack_body(body: bytes | memoryview) -> list[Any]:
+    """The body's top-level list, unpacked a piece at a time (see module docstring)."""
+    reader = _PieceReader(body)
+    top: list[Any] = []
+    for index in range(reader.array_header()):
+        if index in (3, 5, 6):  # memory runs, KV entries, replies: possibly large
+            top.append([reader.item() for _ in range(reader.array_header())])
+        else:
+            top.append(reader.item())
+    reader.check_end()
+    return top
 
 
 def decode_state(data: bytes) -> AtomState:
@@ -126,7 +221,7 @@ def decode_state(data: bytes) -> AtomState:
         raise StorageError(
             f"atom snapshot format {version} is not supported (this runtime reads {FORMAT_VERSION})"
         )
-    body = data[header:]
+    body: bytes | memoryview = memoryview(data)[header:]
     try:
         if flags & FLAG_ZLIB:
             body = zlib.decompress(body)
@@ -142,7 +237,7 @@ def decode_state(data: bytes) -> AtomState:
             futures,
             next_future_id,
             generation,
-        ) = msgpack.unpackb(body, raw=False, strict_map_key=False)
+        ) = _unpack_body(body)
         return AtomState(
             module_hash=module_hash,
             guid=guid,
@@ -156,5 +251,5 @@ def decode_state(data: bytes) -> AtomState:
             next_future_id=int(next_future_id),
             generation=int(generation),
         )
-    except (ValueError, TypeError, zlib.error, msgpack.UnpackException) as exc:
+    except (ValueError, TypeError, zlib.error, msgpack.UnpackException, msgpack.OutOfData) as exc:
         raise StorageError(f"atom snapshot is damaged: {exc}") from exc

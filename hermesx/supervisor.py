@@ -40,6 +40,7 @@ from hermesx.naming import Naming
 from hermesx.proto import hermesx_pb2 as pb
 from hermesx.proto import hermesx_pb2_grpc as pbg
 from hermesx.runtime import Atom, LoadedModule, Runtime
+from hermesx.snapshot import yield_gil
 from hermesx.stash import Stash
 from hermesx.wire import (
     CHANNEL_OPTIONS,
@@ -157,6 +158,17 @@ class StagedCopy:
 # A staged copy nobody activated or discarded for this long is checked
 # against the storesite (its source may have died after COMMIT).
 STAGED_RESOLVE_AFTER_S = 5.0
+
+
+# A checkpoint larger than two of these goes to the storesite in pieces of this size.
+CHECKPOINT_PIECE_BYTES = 1 << 20
+
+
+def transfer_timeout(size: int) -> float:
+    """Seconds to allow for sending a state of ``size`` bytes to a storesite: a
+    64 MiB state (an atom at the default cap) written durably on a busy disk
+    takes several seconds."""
+    return 10.0 + size / (4 * 2**20)
 
 
 class NodeHost:
@@ -896,16 +908,31 @@ class Supervisor(pbg.SupervisorServicer):
         with active.cond:
             active.checkpoint_seq += 1
             seq = active.checkpoint_seq
-        self._storesite_call(
-            active.guid,
-            "PutCheckpoint",
-            pb.CheckpointRequest(
-                guid=active.guid, tad=tad_to_pb(active.tad), snapshot=snapshot, seq=seq
-            ),
+        self._put_checkpoint(
+            pb.CheckpointRequest(guid=active.guid, tad=tad_to_pb(active.tad), seq=seq), snapshot
         )
         active.checkpointed_generation = max(active.checkpointed_generation, generation)
         active.last_checkpoint = time.monotonic()
         return active.tad
+
+    def _put_checkpoint(self, request: pb.CheckpointRequest, snapshot: bytes) -> None:
+        """PutCheckpoint of ``request`` with ``snapshot``; a large snapshot is sent in
+        pieces, so that no single message is built or parsed for the whole state
+        (either holds the interpreter long enough to starve the ZooKeeper session)."""
+        timeout = transfer_timeout(len(snapshot))
+        if len(snapshot) < 2 * CHECKPOINT_PIECE_BYTES:
+            request.snapshot = snapshot
+            self._storesite_call(request.guid, "PutCheckpoint", request, timeout)
+            return
+
+        def pieces() -> Iterator[pb.CheckpointPiece]:
+            yield pb.CheckpointPiece(head=request)
+            view = memoryview(snapshot)
+            for offset in range(0, len(view), CHECKPOINT_PIECE_BYTES):
+                yield_gil()
+                yield pb.CheckpointPiece(data=bytes(view[offset : offset + CHECKPOINT_PIECE_BYTES]))
+
+        self._storesite_call(request.guid, "PutCheckpointPieces", pieces(), timeout)
 
     def Checkpoint(self, request: pb.GuidRequest, context: grpc.ServicerContext) -> pb.TAD:
         active = self._active_or_abort(request.guid, context)
@@ -926,6 +953,7 @@ class Supervisor(pbg.SupervisorServicer):
                 pb.PassivatedRequest(
                     guid=active.guid, tad=tad_to_pb(active.tad), snapshot=snapshot
                 ),
+                timeout=transfer_timeout(len(snapshot)),
             )
         except HermesError:
             self._thaw(active)

@@ -17,7 +17,13 @@ from dataclasses import dataclass
 
 from hermesx.errors import BadModuleError
 
-__all__ = ["GLOBAL_EXPORT_PREFIX", "RewrittenModule", "export_mutable_globals"]
+__all__ = [
+    "GLOBAL_EXPORT_PREFIX",
+    "MODULE_LIMITS",
+    "RewrittenModule",
+    "check_module_limits",
+    "export_mutable_globals",
+]
 
 GLOBAL_EXPORT_PREFIX = "__hx_global_"
 
@@ -58,6 +64,24 @@ _SIMPLE_VALTYPES = frozenset(
         0x74,
     }
 )
+
+
+# What one module may hold. Loading cost grows with these counts (wasmtime
+# enumerates exports in quadratic time: 10,000 globals cost 2 s per instance),
+# so they are checked on the raw bytes before anything is compiled. Atoms built
+# with the SDK use a few of each; the bounds leave room for larger toolchains.
+MAX_MODULE_BYTES = 16 * 2**20
+MODULE_LIMITS: dict[int, tuple[str, int]] = {
+    1: ("types", 10_000),
+    2: ("imports", 1_000),
+    3: ("functions", 50_000),
+    4: ("tables", 16),
+    5: ("memories", 1),
+    6: ("globals", 1_000),
+    7: ("exports", 1_000),
+    9: ("element segments", 10_000),
+    11: ("data segments", 10_000),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +195,10 @@ def _skip_const_expr(r: _Reader) -> None:
 
 
 def _count_imported_globals(body: bytes) -> int:
+    return _count_imported(body, _EXTERN_GLOBAL)
+
+
+def _count_imported(body: bytes, counted: int) -> int:
     r = _Reader(body)
     count = 0
     for _ in range(r.uleb()):
@@ -187,12 +215,13 @@ def _count_imported_globals(body: bytes) -> int:
         elif kind == _EXTERN_GLOBAL:
             _skip_valtype(r)
             r.byte()
-            count += 1
         elif kind == _EXTERN_TAG:
             r.byte()
             r.uleb()
         else:
             raise BadModuleError(f"module has an import of unknown kind 0x{kind:02x}")
+        if kind == counted:
+            count += 1
     return count
 
 
@@ -237,11 +266,7 @@ def _global_exports(body: bytes) -> tuple[list[bytes], dict[int, str], set[str]]
     return entries, by_global, names
 
 
-def export_mutable_globals(wasm: bytes) -> RewrittenModule:
-    """Return ``wasm`` with every mutable global exported (see module docstring).
-
-    Raises BadModuleError when the bytes are not a WebAssembly binary module.
-    """
+def _check_header(wasm: bytes) -> None:
     if len(wasm) < 8 or wasm[:4] != _MAGIC:
         raise BadModuleError("not a WebAssembly module (bad magic bytes; expected \\0asm)")
     if wasm[4:8] != _VERSION:
@@ -249,6 +274,56 @@ def export_mutable_globals(wasm: bytes) -> RewrittenModule:
             f"unsupported WebAssembly binary version {wasm[4:8].hex()} "
             "(components are not atoms; expected a core module, version 1)"
         )
+
+
+def check_module_limits(wasm: bytes) -> None:
+    """Refuse a module over :data:`MODULE_LIMITS` or :data:`MAX_MODULE_BYTES`.
+
+    Reads only section headers and item counts: time linear in the number of
+    sections, whatever the module holds.
+    """
+    if len(wasm) > MAX_MODULE_BYTES:
+        raise BadModuleError(
+            f"module is {len(wasm)} bytes, over the limit of {MAX_MODULE_BYTES} bytes per module"
+        )
+    _check_header(wasm)
+    r = _Reader(wasm, 8)
+    counts = dict.fromkeys(MODULE_LIMITS, 0)
+    while r.pos < len(wasm):
+        sec_id = r.byte()
+        size = r.uleb()
+        end = r.pos + size
+        if end > len(wasm):
+            raise BadModuleError("module is truncated (a section runs past the end)")
+        if sec_id in counts and size:
+            counts[sec_id] += _Reader(wasm[r.pos : min(end, r.pos + 10)]).uleb()
+        if sec_id == _SEC_IMPORT and size:
+            # Imported memories and globals count toward the module's memories and globals.
+            memories, globals_ = _count_imports(wasm[r.pos : end])
+            counts[5] += memories
+            counts[6] += globals_
+        r.pos = end
+    for sec_id, (what, limit) in MODULE_LIMITS.items():
+        if counts[sec_id] > limit:
+            raise BadModuleError(
+                f"module has {counts[sec_id]} {what}, over the limit of {limit} {what} per module"
+            )
+
+
+def _count_imports(body: bytes) -> tuple[int, int]:
+    """(memories, globals) among the imports; only read when the import count is in bounds."""
+    r = _Reader(body)
+    if r.uleb() > MODULE_LIMITS[_SEC_IMPORT][1]:
+        return 0, 0
+    return _count_imported(body, _EXTERN_MEMORY), _count_imported_globals(body)
+
+
+def export_mutable_globals(wasm: bytes) -> RewrittenModule:
+    """Return ``wasm`` with every mutable global exported (see module docstring).
+
+    Raises BadModuleError when the bytes are not a WebAssembly binary module.
+    """
+    _check_header(wasm)
     r = _Reader(wasm, 8)
     sections: list[tuple[int, int, int]] = []  # (id, start of header, end of body)
     bodies: dict[int, bytes] = {}

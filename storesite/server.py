@@ -16,7 +16,7 @@ import pathlib
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent import futures
 from typing import TypeVar
 
@@ -27,6 +27,7 @@ from hermesx.errors import (
     HermesError,
     NameNotFoundError,
     NamingError,
+    StorageError,
     error_from_wire,
 )
 from hermesx.identity import TAD, validate_name
@@ -64,6 +65,10 @@ def _location(location: Location) -> pb.LocationReply:
     return pb.LocationReply(
         tad=_pb_tad(location.tad), dormant=location.dormant, forwarded_to=location.forwarded_to
     )
+
+
+def _no_head() -> pb.Empty:
+    raise StorageError("a checkpoint sent in pieces must start with its request (head)")
 
 
 class StoresiteServicer(pbg.StoresiteServicer):
@@ -122,6 +127,25 @@ class StoresiteServicer(pbg.StoresiteServicer):
             return pb.Empty()
 
         return self._run(context, "PutCheckpoint", body)
+
+    def PutCheckpointPieces(
+        self, request_iterator: Iterator[pb.CheckpointPiece], context: grpc.ServicerContext
+    ) -> pb.Empty:
+        """PutCheckpoint of a snapshot sent in pieces: the pieces are joined, then
+        the request is handled exactly as PutCheckpoint handles it."""
+        request: pb.CheckpointRequest | None = None
+        parts: list[bytes] = []
+        for piece in request_iterator:
+            if request is None:
+                if not piece.HasField("head"):
+                    self._run(context, "PutCheckpointPieces", _no_head)
+                request = pb.CheckpointRequest()
+                request.CopyFrom(piece.head)
+            parts.append(piece.data)
+        if request is None:
+            return self._run(context, "PutCheckpointPieces", _no_head)
+        request.snapshot = b"".join(parts)
+        return self.PutCheckpoint(request, context)
 
     def GetCheckpoint(
         self, request: pb.GuidRequest, context: grpc.ServicerContext

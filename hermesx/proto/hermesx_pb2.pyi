@@ -313,6 +313,14 @@ class CheckpointRequest(_message.Message):
     seq: int
     def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., seq: _Optional[int] = ...) -> None: ...
 
+class CheckpointPiece(_message.Message):
+    __slots__ = ("head", "data")
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    head: CheckpointRequest
+    data: bytes
+    def __init__(self, head: _Optional[_Union[CheckpointRequest, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
 class CheckpointData(_message.Message):
     __slots__ = ("guid", "tad", "snapshot", "meta", "seq")
     GUID_FIELD_NUMBER: _ClassVar[int]

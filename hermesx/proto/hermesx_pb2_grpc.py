@@ -599,6 +599,11 @@ class StoresiteStub:
                 request_serializer=hermesx__pb2.CheckpointRequest.SerializeToString,
                 response_deserializer=hermesx__pb2.Empty.FromString,
                 _registered_method=True)
+        self.PutCheckpointPieces = channel.stream_unary(
+                '/hermesx.v1.Storesite/PutCheckpointPieces',
+                request_serializer=hermesx__pb2.CheckpointPiece.SerializeToString,
+                response_deserializer=hermesx__pb2.Empty.FromString,
+                _registered_method=True)
         self.GetCheckpoint = channel.unary_unary(
                 '/hermesx.v1.Storesite/GetCheckpoint',
                 request_serializer=hermesx__pb2.GuidRequest.SerializeToString,
@@ -684,6 +689,13 @@ class StoresiteServicer:
 
     def PutCheckpoint(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutCheckpointPieces(self, request_iterator, context):
+        """PutCheckpoint of a large snapshot, in pieces; the same outcome.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -784,6 +796,11 @@ def add_StoresiteServicer_to_server(servicer, server):
             'PutCheckpoint': grpc.unary_unary_rpc_method_handler(
                     servicer.PutCheckpoint,
                     request_deserializer=hermesx__pb2.CheckpointRequest.FromString,
+                    response_serializer=hermesx__pb2.Empty.SerializeToString,
+            ),
+            'PutCheckpointPieces': grpc.stream_unary_rpc_method_handler(
+                    servicer.PutCheckpointPieces,
+                    request_deserializer=hermesx__pb2.CheckpointPiece.FromString,
                     response_serializer=hermesx__pb2.Empty.SerializeToString,
             ),
             'GetCheckpoint': grpc.unary_unary_rpc_method_handler(
@@ -954,6 +971,33 @@ class Storesite:
             target,
             '/hermesx.v1.Storesite/PutCheckpoint',
             hermesx__pb2.CheckpointRequest.SerializeToString,
+            hermesx__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutCheckpointPieces(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/hermesx.v1.Storesite/PutCheckpointPieces',
+            hermesx__pb2.CheckpointPiece.SerializeToString,
             hermesx__pb2.Empty.FromString,
             options,
             channel_credentials,

@@ -169,6 +169,24 @@ def test_checkpoints_round_trip_over_grpc(cluster: Cluster) -> None:
     assert (info.guid, info.tad, info.dormant, info.checkpoints) == (guid, TAD("n1", 1), False, 2)
 
 
+def test_a_checkpoint_sent_in_pieces_is_stored_whole(cluster: Cluster) -> None:
+    cluster.add_node("n1")
+    _, client = cluster.add_storesite("s1")
+    guid = register(client, "n1")
+    state = bytes(range(256)) * 12_000  # 3 MB, sent as 1 MiB pieces
+    head = pb.CheckpointRequest(guid=guid, tad=pb.TAD(node="n1", age=1), seq=2)
+    pieces = [pb.CheckpointPiece(head=head)] + [
+        pb.CheckpointPiece(data=state[i : i + 2**20]) for i in range(0, len(state), 2**20)
+    ]
+    client._stub.PutCheckpointPieces(iter(pieces), timeout=10)
+    ck = client.get_checkpoint(guid)
+    assert (ck.snapshot, ck.seq) == (state, 2)
+    with pytest.raises(grpc.RpcError) as e:
+        client._stub.PutCheckpointPieces(iter([pb.CheckpointPiece(data=b"x")]), timeout=10)
+    assert "must start with its request" in str(e.value.details())
+    assert client.get_checkpoint(guid).snapshot == state
+
+
 def test_errors_keep_their_kind_and_name_the_atom(cluster: Cluster) -> None:
     cluster.add_node("n1")
     cluster.add_node("n2")
