@@ -10,7 +10,9 @@ seeded by ``FAULT_CHAOS_SEED`` (printed; random when unset), does at random:
 * SIGSTOP of a node, SIGCONT after a short pause (0.2-1 s) or one longer
   than the ZooKeeper session timeout (the node's session expires meanwhile);
 * migrations, passivations and storesite home moves (``Client.move_home``)
-  of random atoms, several at once, each from a thread of its own.
+  of random atoms, several at once, each from a thread of its own; half the
+  migrations pause 1.5 s at a step on the source (a test hook) and node
+  faults pick a move's destination more often, so faults land inside moves.
 
 Client threads send an ambiguous failure again with the same request id for
 up to ``RESUBMIT_S`` seconds, as an application wanting exactly-once does.
@@ -63,6 +65,12 @@ from nameservice.zookeeper import ZooKeeperServer
 SECONDS = float(os.environ.get("FAULT_CHAOS_SECONDS", "60"))
 _SEED_TEXT = os.environ.get("FAULT_CHAOS_SEED", "")
 SEED = int(_SEED_TEXT) if _SEED_TEXT else random.SystemRandom().randrange(2**31)
+
+FAULT_KINDS = ("kill node", "pause node", "kill storesite", "migrate", "passivate", "move home")
+# FAULT_CHAOS_FAULTS="kill node,migrate" limits the driver to those kinds (to isolate a breakage).
+FAULTS = tuple(
+    f.strip() for f in os.environ.get("FAULT_CHAOS_FAULTS", ",".join(FAULT_KINDS)).split(",")
+)
 
 NODES = ("n1", "n2", "n3", "n4")
 STORESITES = ("s1", "s2")
@@ -279,6 +287,7 @@ class Driver:
     ) -> None:
         self.cluster = cluster
         self.hosts: dict[str, str] = {}  # atom -> node, kept fresh by the CopySampler
+        self.moving_to: dict[str, int] = {}  # node -> migrations to it under way
         self.guids = guids
         self.rng = rng
         self.log = log
@@ -320,7 +329,11 @@ class Driver:
     def _victim(self) -> str:
         """A healthy node: more often one hosting an atom (where the promises are at stake)."""
         healthy = self._healthy_nodes()
-        if self.rng.random() < 0.6:
+        luck = self.rng.random()
+        arriving = sorted(n for n, moves in self.moving_to.items() if moves and n in healthy)
+        if luck < 0.3 and arriving:
+            return self.rng.choice(arriving)  # the destination of a move under way
+        if luck < 0.7:
             # Where the sampler last saw it: no round trip, the driver never waits.
             host = self.hosts.get(self.rng.choice(sorted(self.guids)))
             if host in healthy:
@@ -339,6 +352,7 @@ class Driver:
             choices.append(("kill storesite", 1.0))
         if len(self.admin) < MAX_ADMIN_OPS:
             choices += [("migrate", 3.0), ("passivate", 1.5), ("move home", 1.5)]
+        choices = [(c, w) for c, w in choices if c in FAULTS]
         if not choices:
             return
         action = self.rng.choices([c for c, _ in choices], [w for _, w in choices])[0]
@@ -369,7 +383,10 @@ class Driver:
         else:
             atom = self.rng.choice(sorted(self.guids))
             if action == "migrate":
-                op = self._migrate(atom, self.rng.choice(NODES))
+                # Half the moves pause at a step on the source (a test hook) so
+                # that a kill or a pause lands inside the move more often.
+                slow = self.rng.choice(("", "prepared", "transferred", "committed"))
+                op = self._migrate(atom, self.rng.choice(NODES), slow)
             elif action == "passivate":
                 op = self._passivate(atom)
             else:
@@ -398,10 +415,26 @@ class Driver:
 
         return op
 
-    def _migrate(self, atom: str, node: str) -> Callable[[], None]:
+    def _migrate(self, atom: str, node: str, slow: str) -> Callable[[], None]:
         def run(client: Client) -> str:
-            reply = client.migrate(atom, node)
-            return f"now {reply.tad.node}@{reply.tad.age}"
+            note = ""
+            if slow:
+                try:
+                    source = client.locate(atom).node
+                    client.node_stub(source).TestHook(
+                        pb.TestHookRequest(pause_at=slow, seconds=1.5), timeout=2.0
+                    )
+                    note = f" (paused 1.5 s at {slow} on {source})"
+                except (HermesError, grpc.RpcError) as exc:
+                    note = f" (no pause at {slow}: {str(exc)[:80]})"
+            self.moving_to[node] = self.moving_to.get(node, 0) + 1
+            try:
+                reply = client.migrate(atom, node)
+            except HermesError as exc:
+                raise type(exc)(f"{exc}{note}") from exc
+            finally:
+                self.moving_to[node] -= 1
+            return f"now {reply.tad.node}@{reply.tad.age}{note}"
 
         return self._admin(f"migrate {atom}->{node}", run)
 
@@ -487,9 +520,11 @@ def test_chaos(
     report: Report,
     tmp_path: pathlib.Path,
 ) -> None:
+    unknown = sorted(set(FAULTS) - set(FAULT_KINDS))
+    assert not unknown, f"FAULT_CHAOS_FAULTS: unknown kinds {unknown}; known: {FAULT_KINDS}"
     print(
         f"\nchaos: seed {SEED} (FAULT_CHAOS_SEED={SEED} repeats the driver's choices), "
-        f"{SECONDS:.0f}s"
+        f"{SECONDS:.0f}s, faults: {', '.join(FAULTS)}"
     )
     rng = random.Random(SEED)
     cluster = start_cluster(
@@ -549,8 +584,8 @@ def test_chaos(
             for load in loads.values():
                 with contextlib.suppress(AssertionError):
                     load.stop()
-        final_deadline = time.monotonic() + 20.0
-        finals = {atom: _final(client, atom, final_deadline) for atom in ATOMS}
+        # Each atom read on its own bound, so a stranded one hides no other's tally.
+        finals = {atom: _final(client, atom, time.monotonic() + 12.0) for atom in ATOMS}
         where = {}
         for atom in ATOMS:
             try:
@@ -563,6 +598,18 @@ def test_chaos(
     total = _sum_tally(f"chaos {SECONDS:.0f}s seed {SEED}", parts)
     records = [r for load in loads.values() for r in load.records]
     failed = [r for r in records if not r.ok]
+    with log.lock:  # each failed call in the timeline, where it can be read against the faults
+        for atom, load in loads.items():
+            for r in load.records:
+                if not r.ok:
+                    log.events.append(
+                        Event(
+                            round(r.ended - log.t0, 2),
+                            "call failed",
+                            f"{atom} {r.request_id[:8]} began {r.started - log.t0:.2f}s, "
+                            f"{r.attempts} attempts: {r.error_kind}: {r.error[:200]}",
+                        )
+                    )
     not_retryable = [r for r in failed if not _clear_and_retryable(r)]
     may_have_run = [r for r in failed if r.error_kind not in NOT_EXECUTED_KINDS]
     total.notes.update(
