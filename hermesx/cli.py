@@ -44,7 +44,9 @@ def _emit(args: argparse.Namespace, data: Any, text: str | Callable[[], str]) ->
 def _progress(args: argparse.Namespace) -> Callable[[str], None]:
     def say(message: str) -> None:
         if not getattr(args, "quiet", False):
-            print(f"… {message}", file=sys.stderr, flush=True)
+            # A closed stderr must not stop a verb halfway through its clean-up.
+            with contextlib.suppress(OSError, ValueError):
+                print(f"… {message}", file=sys.stderr, flush=True)
 
     return say
 
@@ -699,6 +701,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verb in ("node", "storesite"):
         level = min(level, logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.verb not in ("node", "storesite"):
+        _interrupt_on_termination()
     try:
         check_environment()
         args.func(args)
@@ -706,10 +710,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args, exc)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (``hermesx demo | head``): the clean-up in the
+        # verb's ``finally`` blocks has run; exit as a piped tool would,
+        # without a traceback when Python flushes stdout at exit.
+        _discard_stdout()
+        return 128 + signal.SIGPIPE
     except Exception as exc:  # a bug: still one line, with the type, and a log for details
         log.debug("unexpected failure", exc_info=True)
         return _fail(args, exc)
     return 0
+
+
+def _interrupt_on_termination() -> None:
+    """SIGTERM and SIGHUP interrupt the verb like Ctrl-C does.
+
+    Python's default for them ends the process at once, skipping the
+    ``finally`` blocks that stop what a verb started (the demo's and the
+    benchmarks' clusters); as a KeyboardInterrupt they run.
+    """
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, interrupt)
+
+
+def _discard_stdout() -> None:
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def _fail(args: argparse.Namespace, exc: BaseException) -> int:

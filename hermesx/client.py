@@ -24,6 +24,7 @@ from hermesx.errors import ConfigurationError, HermesError, NameNotFoundError, U
 from hermesx.identity import TAD
 from hermesx.invocation import InvokeOutcome, Invoker
 from hermesx.naming import Member, Naming
+from hermesx.policy import MAX_CHECKPOINT_CALLS, check_atom_meta
 from hermesx.proto import hermesx_pb2 as pb
 from hermesx.proto import hermesx_pb2_grpc as pbg
 from hermesx.wire import ChannelPool, TLSIdentity, error_from_rpc, tad_from_pb
@@ -197,6 +198,7 @@ class Client:
             idle_passivate_seconds=idle_passivate_seconds,
             placement=placement,
         )
+        check_atom_meta(meta)
         node = on or self.pick_node(tags)
         request = pb.CreateRequest(
             module=wasm,
@@ -305,18 +307,33 @@ class Client:
 
 
 def parse_checkpoint_policy(text: str) -> pb.CheckpointPolicy:
-    """``every-call``, ``on-request``, ``every:N`` (calls) or ``every:Ts`` (seconds)."""
-    policy = pb.CheckpointPolicy
+    """``every-call``, ``on-request``, ``every:N`` (calls) or ``every:Ts`` (seconds).
+
+    N and T must be greater than 0 and at most :data:`policy.MAX_CHECKPOINT_CALLS`
+    / :data:`policy.MAX_CHECKPOINT_SECONDS`: ``every:0s`` would never checkpoint.
+    """
+    mode = pb.CheckpointPolicy
     if text == "every-call":
-        return policy(mode=policy.EVERY_CALL)
+        return mode(mode=mode.EVERY_CALL)
     if text == "on-request":
-        return policy(mode=policy.ON_REQUEST)
+        return mode(mode=mode.ON_REQUEST)
     kind, _, value = text.partition(":")
+    parsed: pb.CheckpointPolicy | None = None
     if kind == "every" and value:
         with contextlib.suppress(ValueError):
             if value.endswith("s"):
-                return policy(mode=policy.PERIODIC, every_seconds=float(value[:-1]))
-            return policy(mode=policy.PERIODIC, every_calls=int(value))
-    raise ConfigurationError(
-        f"checkpoint policy {text!r} is not one of every-call, on-request, every:N, every:Ts"
-    )
+                parsed = mode(mode=mode.PERIODIC, every_seconds=float(value[:-1]))
+            else:
+                calls = int(value)
+                if not 0 < calls <= MAX_CHECKPOINT_CALLS:
+                    raise ConfigurationError(
+                        f"checkpoint policy {text!r}: the number of calls must be 1 to "
+                        f"{MAX_CHECKPOINT_CALLS}"
+                    )
+                parsed = mode(mode=mode.PERIODIC, every_calls=calls)
+    if parsed is None:
+        raise ConfigurationError(
+            f"checkpoint policy {text!r} is not one of every-call, on-request, every:N, every:Ts"
+        )
+    check_atom_meta(pb.AtomMeta(checkpoint=parsed))
+    return parsed

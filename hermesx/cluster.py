@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -298,8 +299,20 @@ class LocalCluster:
         _reap(pid, 5.0)
 
     def down(self, progress: Progress | None = None, timeout: float = 10.0) -> list[str]:
-        """Stop every part (nodes first, ZooKeeper last); returns what was stopped."""
-        say = progress or (lambda _msg: None)
+        """Stop every part (nodes first, ZooKeeper last); returns what was stopped.
+
+        A second Ctrl-C (or SIGTERM) while stopping waits until every part is
+        stopped, so an impatient user does not leave half a cluster behind.
+        """
+        with _signals_deferred():
+            return self._down(progress, timeout)
+
+    def _down(self, progress: Progress | None, timeout: float) -> list[str]:
+        def say(message: str) -> None:
+            if progress is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    progress(message)
+
         order = sorted(self.procs, key=lambda p: (p == "zookeeper", p.startswith("storesite"), p))
         stopped: list[str] = []
         for part in order:
@@ -349,6 +362,20 @@ def private_cluster(
                 os.environ.pop("HERMESX_HOME", None)
             else:
                 os.environ["HERMESX_HOME"] = old_home
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT, SIGTERM and SIGHUP until the block ends (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _alive(pid: int) -> bool:

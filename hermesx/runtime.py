@@ -1521,7 +1521,7 @@ class Atom:
         try:
             self._host.move_to(self._context(), node)
         except HermesError as exc:
-            logger.info("atom %s: move_to %s refused: %s", self.guid, node, exc)
+            logger.warning("atom %s: move_to %s refused: %s", self.guid, node, exc)
             return abi.STATUS_ERROR
         return abi.STATUS_OK
 

@@ -37,6 +37,7 @@ from hermesx.identity import GUID, TAD, validate_name
 from hermesx.invocation import Invoker
 from hermesx.liveness import ServeWatchdog
 from hermesx.naming import Naming
+from hermesx.policy import check_atom_meta, tags_refusal
 from hermesx.proto import hermesx_pb2 as pb
 from hermesx.proto import hermesx_pb2_grpc as pbg
 from hermesx.runtime import Atom, LoadedModule, Runtime
@@ -220,9 +221,20 @@ class NodeHost:
         self._sup.naming.alias_remove(scope, alias, ctx.caller_guid)
 
     def move_to(self, ctx: CallContext, node: str) -> None:
+        """Refuse at once what the move would refuse later, so the atom hears it (ABI.md)."""
+        validate_name(node, "node name")
         active = self._sup.atoms.get(ctx.caller_guid)
-        if active is not None:
-            active.move_request = validate_name(node, "node name")
+        if active is None or node == self._sup.name:
+            return
+        members = self._sup.naming.nodes()
+        if node not in members:
+            raise NameNotFoundError(
+                f"node {node!r} is not a live member of cluster {self._sup.config.cluster}"
+            )
+        refusal = tags_refusal(ctx.caller_guid, node, active.meta.tags, members[node].tags)
+        if refusal:
+            raise MigrationError(refusal)
+        active.move_request = node
 
     def checkpoint(self, ctx: CallContext) -> None:
         active = self._sup.atoms.get(ctx.caller_guid)
@@ -810,6 +822,10 @@ class Supervisor(pbg.SupervisorServicer):
             raise ConfigurationError(
                 f"placement {meta.placement!r} is not one of: none, {FOLLOW_CALLER}"
             )
+        check_atom_meta(meta)
+        refusal = tags_refusal("", self.name, meta.tags, self.config.tags)
+        if refusal:
+            raise ConfigurationError(f"cannot create the atom here: {refusal}")
         loaded = self.runtime.load(request.module)
         meta.module_hash = loaded.hash
         storesites = self.naming.storesites()
@@ -1013,8 +1029,12 @@ class Supervisor(pbg.SupervisorServicer):
             raise MigrationError(f"atom {guid} is not active on node {self.name}")
         if destination == self.name:
             raise MigrationError(f"atom {guid} is already on node {destination}")
-        if destination not in self.naming.nodes():
+        members = self.naming.nodes()
+        if destination not in members:
             raise MigrationError(f"node {destination!r} is not a live member of the cluster")
+        refusal = tags_refusal(guid, destination, active.meta.tags, members[destination].tags)
+        if refusal:
+            raise MigrationError(f"cannot move: {refusal}")
         held_from = time.perf_counter()
         snapshot = self._freeze(active, wait=30.0)
         phases = {"snapshot": time.perf_counter()}
@@ -1152,6 +1172,9 @@ class Supervisor(pbg.SupervisorServicer):
             if not request.snapshot:
                 self._discard_staged(guid)
                 return
+            refusal = tags_refusal(guid, self.name, request.meta.tags, self.config.tags)
+            if refusal:
+                raise MigrationError(refusal)
             module = self.module(request.meta.module_hash, guid)
             atom = self.runtime.restore(
                 module, guid, self.host, request.snapshot, reentrant=request.meta.reentrant

@@ -763,7 +763,8 @@ def run(
         except HermesError as exc:
             raise type(exc)(f"{exc} (cluster logs in {cluster.dir})") from exc
         finally:
-            say("stopping the cluster")
+            with contextlib.suppress(OSError):  # a closed stderr: stop the cluster all the same
+                say("stopping the cluster")
             cluster.down()
         log.debug("demo home %s done", home)
     report = DemoReport(

@@ -87,6 +87,41 @@ CASES: dict[str, tuple[list[str], str, str]] = {
     "create-unknown-node": (["create", "{counter}", "--on", "n9"], "unreachable", "n9"),
     "create-bad-name": (["create", "{counter}", "--name", "a/b"], "invalid_name", "a/b"),
     "create-bad-init-json": (["create", "{counter}", "--init", "{{nope"], "configuration", "JSON"),
+    "create-checkpoint-every-0s": (
+        ["create", "{counter}", "--checkpoint", "every:0s"],
+        "configuration",
+        "every:0",
+    ),
+    "create-checkpoint-every-0": (
+        ["create", "{counter}", "--checkpoint", "every:0"],
+        "configuration",
+        "every:0",
+    ),
+    "create-checkpoint-every-inf": (
+        ["create", "{counter}", "--checkpoint", "every:infs"],
+        "configuration",
+        "finite",
+    ),
+    "create-checkpoint-every-year": (
+        ["create", "{counter}", "--checkpoint", "every:31536000s"],
+        "configuration",
+        "limit",
+    ),
+    "create-idle-passivate-negative": (
+        ["create", "{counter}", "--idle-passivate", "-1"],
+        "configuration",
+        "idle passivation",
+    ),
+    "create-idle-passivate-nan": (
+        ["create", "{counter}", "--idle-passivate", "nan"],
+        "configuration",
+        "finite",
+    ),
+    "create-idle-passivate-huge": (
+        ["create", "{counter}", "--idle-passivate", "1e30"],
+        "configuration",
+        "limit",
+    ),
     "invoke-unknown-atom": (["invoke", "no-such-atom", "get"], "not_found", "no-such-atom"),
     "invoke-unknown-guid": (["invoke", "s1:" + "e" * 32, "get"], "not_found", "s1:"),
     "invoke-unknown-method": (["invoke", "cli-counter", "frobnicate"], "method", "frobnicate"),

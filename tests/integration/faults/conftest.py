@@ -52,7 +52,8 @@ def start_cluster(
     """Start local clusters for one test; all stopped at its end (logs printed on failure).
 
     ``node_zk`` gives a node its own ZooKeeper connect string (a proxy the
-    test can cut); the others use ``zk``.
+    test can cut); the others use ``zk``. ``storesites``: their ids (one, s1,
+    unless a scenario moves atoms' homes).
     """
     global _counter
     started: list[LocalCluster] = []
@@ -66,6 +67,7 @@ def start_cluster(
         zk: str,
         session_timeout: float = 2.0,
         node_zk: dict[str, str] | None = None,
+        storesites: Sequence[str] = ("s1",),
     ) -> LocalCluster:
         global _counter
         _counter += 1
@@ -74,7 +76,7 @@ def start_cluster(
         )
         started.append(cluster)
         special = node_zk or {}
-        cluster.up([NodeSpec(n) for n in nodes if n not in special], storesites=("s1",), zk=zk)
+        cluster.up([NodeSpec(n) for n in nodes if n not in special], storesites=storesites, zk=zk)
         for node, connect in special.items():
             # LocalCluster hands every process its own zk string; swap it for this node only.
             cluster.zk = connect
@@ -116,6 +118,8 @@ def pytest_runtest_makereport(
 
 
 COLUMNS = ("attempted", "acknowledged", "failed_clear", "lost", "twice")
+# Shown as a column when a scenario counted it (the chaos test samples every node).
+TWO_COPIES = "two_serving_copies"
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
@@ -124,11 +128,14 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     tr = terminalreporter
     tr.section("fault suite: what happened to every call")
     width = max(len(t.scenario) for t in _TALLIES)
-    tr.write_line(f"{'scenario':<{width}}  " + "  ".join(f"{c:>12}" for c in COLUMNS))
+    copies = any(TWO_COPIES in t.notes for t in _TALLIES)
+    header = [*COLUMNS, "two_copies"] if copies else list(COLUMNS)
+    tr.write_line(f"{'scenario':<{width}}  " + "  ".join(f"{c:>12}" for c in header))
     for t in sorted(_TALLIES, key=lambda t: t.scenario):
-        tr.write_line(
-            f"{t.scenario:<{width}}  " + "  ".join(f"{getattr(t, c):>12}" for c in COLUMNS)
-        )
+        cells = [getattr(t, c) for c in COLUMNS]
+        if copies:
+            cells.append(t.notes.get(TWO_COPIES, "-"))
+        tr.write_line(f"{t.scenario:<{width}}  " + "  ".join(f"{c:>12}" for c in cells))
     base = config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
     path = pathlib.Path(base) / SUMMARY_FILE
     path.write_text(json.dumps([t.as_dict() for t in _TALLIES], indent=2, sort_keys=True))
