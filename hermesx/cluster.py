@@ -23,10 +23,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hermesx import roles
 from hermesx.config import cluster_dir
 from hermesx.errors import ConfigurationError, UnreachableError
 from hermesx.identity import validate_name
 from hermesx.naming import Naming
+from hermesx.roles import CLIENT_CERT_NAME, TEST_CERT_NAME
 
 __all__ = ["LocalCluster", "NodeSpec", "private_cluster"]
 
@@ -125,11 +127,13 @@ class LocalCluster:
             from hermesx import security
 
             say("making the cluster's certificates")
-            security.init_certs(
-                self.tls_dir,
-                self.name,
-                [spec.name for spec in nodes] + list(storesites) + ["client"],
-            )
+            wanted = {spec.name: roles.NODE for spec in nodes}
+            wanted.update(dict.fromkeys(storesites, roles.STORESITE))
+            wanted[CLIENT_CERT_NAME] = roles.CLIENT
+            if self.test_hooks:
+                # Only a cluster with test hooks has a certificate that may call them.
+                wanted[TEST_CERT_NAME] = roles.TEST
+            security.init_certs(self.tls_dir, self.name, wanted)
         try:
             if zk is None:
                 say("starting ZooKeeper")
@@ -191,7 +195,7 @@ class LocalCluster:
         return args
 
     def start_storesite(self, sid: str) -> int:
-        self._ensure_cert(sid)
+        self._ensure_cert(sid, roles.STORESITE)
         if sid not in self.storesite_ids:
             self.storesite_ids.append(sid)
         argv = [
@@ -212,14 +216,14 @@ class LocalCluster:
         ]
         return self._spawn(f"storesite-{sid}", argv)
 
-    def _ensure_cert(self, name: str) -> None:
+    def _ensure_cert(self, name: str, role: str) -> None:
         if self.secure:
             from hermesx import security
 
-            security.issue_cert(self.tls_dir, self.name, name)
+            security.issue_cert(self.tls_dir, self.name, name, role)
 
     def start_node(self, spec: NodeSpec) -> int:
-        self._ensure_cert(spec.name)
+        self._ensure_cert(spec.name, roles.NODE)
         self.node_specs[spec.name] = spec
         argv = [
             sys.executable,

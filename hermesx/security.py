@@ -6,13 +6,17 @@ processes; §7 for the name service's access control):
 
 * :func:`init_certs` makes the cluster CA (its subject names the cluster), a
   certificate and key per process name, and a random secret for the name
-  service's ZooKeeper ACLs. Keys and the secret are files of mode 0600 in a
-  directory of mode 0700. It is idempotent: an existing CA, certificate or
+  service's ZooKeeper ACLs. Every file is of mode 0600 (keys, secrets and
+  certificates alike) in a directory of mode 0700; a directory made before
+  is tightened to that. It is idempotent: an existing CA, certificate or
   secret is kept, so every process of a cluster may call it at start.
 * Every process certificate carries ``IP:127.0.0.1``, ``DNS:localhost``,
   ``DNS:<name>`` (when a valid host name), ``DNS:hermesx`` and the cluster
-  marker ``URI:hermesx://<cluster>/<name>`` (plus ``OU=<cluster>``); the CA
-  carries ``URI:hermesx://<cluster>``.
+  marker ``URI:hermesx://<cluster>/<name>`` (plus ``OU=<cluster>``) and its
+  role ``URI:hermesx-role://<cluster>/<role>`` (node, storesite, client,
+  gateway, test: :mod:`hermesx.roles`); the CA carries ``URI:hermesx://<cluster>``.
+  Both markers are signed by the CA, so a peer's role is as trustworthy as
+  its membership.
 * :func:`server_credentials` *requires* a client certificate signed by this
   cluster's CA; :func:`channel_credentials` presents the process's own
   certificate and trusts only the cluster CA. Nodes move between machines and
@@ -36,7 +40,10 @@ silences it.) Behind the handshake, :class:`PeerCheckInterceptor` checks the
 cluster marker of every call's certificate and refuses, with UNAUTHENTICATED
 and a log line of ours naming the peer's address and certificate, any
 certificate that does not belong to this cluster, for CAs shared between
-clusters or servers started without TLS by mistake.
+clusters or servers started without TLS by mistake. It then checks the
+certificate's role against the RPC's allowed roles (:func:`hermesx.roles.allowed_roles`)
+and refuses a call its role may not make with PERMISSION_DENIED and
+``not_authorized: <server> refused <RPC>: role <role> may not call it``.
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ import os
 import pathlib
 import re
 import secrets
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -61,7 +68,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from hermesx.errors import ConfigurationError
+from hermesx import roles
+from hermesx.errors import ConfigurationError, NotAuthorizedError
 from hermesx.identity import validate_name
 
 __all__ = [
@@ -70,6 +78,7 @@ __all__ = [
     "ClusterCerts",
     "PeerCheckInterceptor",
     "PeerIdentity",
+    "cert_role",
     "channel_credentials",
     "channel_options",
     "init_certs",
@@ -91,6 +100,7 @@ HANDSHAKE_REFUSAL_MARKER: Final = "Handshake failed"
 ZK_USER: Final = "hermesx"
 _CA_CERT, _CA_KEY, _SECRET, _LOCK = "ca.pem", "ca.key", "zk.secret", ".lock"
 _URI_SCHEME: Final = "hermesx://"
+_ROLE_SCHEME: Final = "hermesx-role://"
 _CA_DAYS, _CERT_DAYS, _RENEW_DAYS = 3650, 825, 30
 _DNS_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
@@ -101,9 +111,12 @@ class PeerIdentity:
 
     cluster: str
     name: str
+    # None for a certificate issued before roles existed: it may call nothing.
+    role: str | None = None
 
     def __str__(self) -> str:
-        return f"{self.name} of cluster {self.cluster}"
+        role = f" (role {self.role})" if self.role else ""
+        return f"{self.name}{role} of cluster {self.cluster}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,11 +148,23 @@ class ClusterCerts:
 # ---------------------------------------------------------------- certificates
 
 
-def init_certs(directory: pathlib.Path, cluster: str, names: Sequence[str] = ()) -> ClusterCerts:
-    """Make (or keep) the cluster CA, the name service secret and a certificate per name."""
+def init_certs(
+    directory: pathlib.Path,
+    cluster: str,
+    names: Sequence[str] | Mapping[str, str] = (),
+    *,
+    role: str = roles.NODE,
+) -> ClusterCerts:
+    """Make (or keep) the cluster CA, the name service secret and a certificate per name.
+
+    ``names`` is a sequence of names all of ``role``, or a mapping name -> role.
+    """
     validate_name(cluster, "cluster name")
     if isinstance(names, str):
         raise ConfigurationError(f"names for certificates of cluster {cluster} must be a sequence")
+    wanted = dict(names) if isinstance(names, Mapping) else dict.fromkeys(names, role)
+    for wanted_role in wanted.values():
+        roles.validate_role(wanted_role)
     directory = pathlib.Path(directory)
     _make_private_dir(directory)
     certs = ClusterCerts(directory, cluster)
@@ -148,17 +173,33 @@ def init_certs(directory: pathlib.Path, cluster: str, names: Sequence[str] = ())
         if not certs.secret.exists():
             _write_private(certs.secret, secrets.token_urlsafe(32).encode())
             log.info("made the name service secret of cluster %s in %s", cluster, directory)
-        for name in names:
-            _ensure_cert(certs, name)
+        for name, name_role in wanted.items():
+            _ensure_cert(certs, name, name_role)
     return certs
 
 
-def issue_cert(directory: pathlib.Path, cluster: str, name: str) -> ClusterCerts:
-    """Make (or keep) the certificate of process ``name``; the CA must exist already."""
+def issue_cert(
+    directory: pathlib.Path, cluster: str, name: str, role: str = roles.NODE
+) -> ClusterCerts:
+    """Make (or keep) the certificate of process ``name`` in ``role``; the CA must exist already.
+
+    A certificate of that name with another role is replaced.
+    """
+    roles.validate_role(role)
     certs = load_certs(directory, cluster)
     with _locked(certs.directory):
-        _ensure_cert(certs, name)
+        _ensure_cert(certs, name, role)
     return certs
+
+
+def cert_role(directory: pathlib.Path, name: str) -> str | None:
+    """The role the certificate of ``name`` carries (None when it carries none)."""
+    certs = load_certs(directory)
+    try:
+        cert = x509.load_pem_x509_certificate(_read(certs.cert(name), f"certificate of {name}"))
+    except ValueError as exc:
+        raise ConfigurationError(f"certificate {certs.cert(name)} cannot be read: {exc}") from exc
+    return _role_of(cert, certs.cluster)
 
 
 def load_certs(directory: pathlib.Path, cluster: str | None = None) -> ClusterCerts:
@@ -242,10 +283,10 @@ def _ensure_ca(certs: ClusterCerts) -> None:
     log.info("made the CA of cluster %s in %s", certs.cluster, certs.directory)
 
 
-def _ensure_cert(certs: ClusterCerts, name: str) -> None:
+def _ensure_cert(certs: ClusterCerts, name: str, role: str) -> None:
     cert_path, key_path = certs.cert(name), certs.key(name)
     ca_cert = x509.load_pem_x509_certificate(certs.ca_cert.read_bytes())
-    if cert_path.exists() and key_path.exists() and _still_good(cert_path, ca_cert):
+    if cert_path.exists() and key_path.exists() and _still_good(cert_path, ca_cert, role):
         return
     ca_key = serialization.load_pem_private_key((certs.directory / _CA_KEY).read_bytes(), None)
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
@@ -256,6 +297,7 @@ def _ensure_cert(certs: ClusterCerts, name: str) -> None:
         x509.DNSName("localhost"),
         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
         x509.UniformResourceIdentifier(f"{_URI_SCHEME}{certs.cluster}/{name}"),
+        x509.UniformResourceIdentifier(f"{_ROLE_SCHEME}{certs.cluster}/{role}"),
     ]
     if all(_DNS_LABEL.fullmatch(label) for label in name.split(".")):
         alt_names.insert(2, x509.DNSName(name))
@@ -292,17 +334,33 @@ def _ensure_cert(certs: ClusterCerts, name: str) -> None:
     )
     _write_private(key_path, _key_pem(key))
     _write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM))
-    log.info("issued the certificate of %s in cluster %s", name, certs.cluster)
+    log.info("issued the certificate of %s (role %s) in cluster %s", name, role, certs.cluster)
 
 
-def _still_good(cert_path: pathlib.Path, ca_cert: x509.Certificate) -> bool:
-    """True if the certificate is signed by this CA and not about to expire."""
+def _still_good(cert_path: pathlib.Path, ca_cert: x509.Certificate, role: str) -> bool:
+    """True if the certificate is signed by this CA, of ``role`` and not about to expire."""
     try:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
         cert.verify_directly_issued_by(ca_cert)
     except (ValueError, TypeError, InvalidSignature):
         return False
+    cluster = _cluster_of(ca_cert)
+    if cluster is None or _role_of(cert, cluster) != role:
+        return False
     return cert.not_valid_after_utc > _now() + datetime.timedelta(days=_RENEW_DAYS)
+
+
+def _role_of(cert: x509.Certificate, cluster: str) -> str | None:
+    """The role marker ``hermesx-role://<cluster>/<role>`` of a certificate."""
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    prefix = f"{_ROLE_SCHEME}{cluster}/"
+    for uri in sans.get_values_for_type(x509.UniformResourceIdentifier):
+        if uri.startswith(prefix) and uri[len(prefix) :] in roles.ROLES:
+            return uri[len(prefix) :]
+    return None
 
 
 def _cluster_of(ca: x509.Certificate) -> str | None:
@@ -336,6 +394,11 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 def _make_private_dir(directory: pathlib.Path) -> None:
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # mkdir's mode is masked by the umask and ignored for an existing one.
+        directory.chmod(0o700)
+        for path in directory.iterdir():
+            if path.is_file() and path.stat().st_mode & 0o077:
+                path.chmod(0o600)
     except OSError as exc:
         raise ConfigurationError(f"cannot make certificate directory {directory}: {exc}") from exc
 
@@ -343,7 +406,7 @@ def _make_private_dir(directory: pathlib.Path) -> None:
 @contextlib.contextmanager
 def _locked(directory: pathlib.Path) -> Iterator[None]:
     # Several processes of a local cluster start at once and may all issue.
-    with open(directory / _LOCK, "a") as handle:
+    with os.fdopen(os.open(directory / _LOCK, os.O_WRONLY | os.O_CREAT, 0o600), "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -356,7 +419,9 @@ def _write_private(path: pathlib.Path, data: bytes) -> None:
 
 
 def _write_public(path: pathlib.Path, data: bytes) -> None:
-    _write_atomically(path, data, 0o644)
+    # Certificates hold no secret, but nothing of a cluster is another local
+    # user's business (they name every process and the cluster's CA).
+    _write_atomically(path, data, 0o600)
 
 
 def _write_atomically(path: pathlib.Path, data: bytes, mode: int) -> None:
@@ -438,14 +503,26 @@ def peer_identity(context: grpc.ServicerContext) -> PeerIdentity | None:
         uris = context.peer_identities() or ()
     except (ValueError, RuntimeError, AttributeError):
         return None
+    found: PeerIdentity | None = None
+    role_markers: list[str] = []
     for raw in uris:
         text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
-        if not text.startswith(_URI_SCHEME):
+        if text.startswith(_ROLE_SCHEME):
+            role_markers.append(text[len(_ROLE_SCHEME) :])
+            continue
+        if found is not None or not text.startswith(_URI_SCHEME):
             continue
         cluster, sep, name = text[len(_URI_SCHEME) :].partition("/")
         if sep and cluster and name:
-            return PeerIdentity(cluster, name)
-    return None
+            found = PeerIdentity(cluster, name)
+    if found is None:
+        return None
+    for marker in role_markers:
+        cluster, sep, role = marker.partition("/")
+        # A role counts only when issued by the same cluster as the name.
+        if sep and cluster == found.cluster and role in roles.ROLES:
+            return PeerIdentity(found.cluster, found.name, role)
+    return found
 
 
 def _describe_peer(context: grpc.ServicerContext) -> str:
@@ -458,14 +535,16 @@ def _describe_peer(context: grpc.ServicerContext) -> str:
 
 
 class PeerCheckInterceptor(grpc.ServerInterceptor):
-    """Refuse, and log, every call whose certificate is not of cluster ``cluster``.
+    """Refuse, and log, every call whose certificate is not of cluster ``cluster``,
+    or whose role may not call that RPC (with ``check_roles``, the default).
 
     Pass it to ``grpc.server(..., interceptors=[PeerCheckInterceptor(cluster)])``.
     """
 
-    def __init__(self, cluster: str, *, server: str = "") -> None:
+    def __init__(self, cluster: str, *, server: str = "", check_roles: bool = True) -> None:
         self.cluster = validate_name(cluster, "cluster name")
         self._server = f"{server} " if server else ""
+        self._check_roles = check_roles
         # Wrapped handlers by method: continuation() returns the same handler
         # object per method, so wrapping once keeps the per-call cost low.
         self._wrapped: dict[str, tuple[Any, Any]] = {}
@@ -489,6 +568,8 @@ class PeerCheckInterceptor(grpc.ServerInterceptor):
     def _admit(self, context: grpc.ServicerContext, method: str) -> None:
         identity = peer_identity(context)
         if identity is not None and identity.cluster == self.cluster:
+            if self._check_roles:
+                self._authorize(context, method, identity)
             return
         reason = (
             "no certificate of a hermesx cluster"
@@ -507,6 +588,19 @@ class PeerCheckInterceptor(grpc.ServerInterceptor):
             grpc.StatusCode.UNAUTHENTICATED,
             f"{self._server}refused {method}: {reason}, not of cluster {self.cluster}",
         )
+
+    def _authorize(self, context: grpc.ServicerContext, method: str, peer: PeerIdentity) -> None:
+        allowed = roles.allowed_roles(method)
+        if peer.role in allowed:
+            return
+        rpc = method.rpartition(".")[2] or method
+        role = peer.role or "none (a certificate issued without a role)"
+        refusal = NotAuthorizedError(
+            f"{self._server}refused {rpc}: role {role} may not call it "
+            f"(certificate {peer.name}; {rpc} is for {', '.join(sorted(allowed))})"
+        )
+        log.warning("%s (from %s)", refusal, context.peer())
+        context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{refusal.kind}: {refusal}")
 
     def _wrap(self, handler: Any, method: str) -> Any:
         admit = self._admit
