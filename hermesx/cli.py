@@ -394,10 +394,29 @@ def cmd_ls(args: argparse.Namespace) -> None:
     )
 
 
+def _serve_privately(tls: pathlib.Path | None, name: str, role: str) -> None:
+    """Start-up of a server process: private files, and a certificate of its role."""
+    from hermesx.files import PRIVATE_UMASK
+
+    os.umask(PRIVATE_UMASK)
+    if tls is None:
+        return
+    from hermesx import security
+
+    found = security.cert_role(tls, name)
+    if found != role:
+        flag = {"node": "--nodes", "storesite": "--storesites"}[role]
+        raise ConfigurationError(
+            f"the certificate of {name} in {tls} is of role {found or 'none'}, not {role}: "
+            f"issue it with `hermesx certs init {flag} {name}`"
+        )
+
+
 def cmd_node_serve(args: argparse.Namespace) -> None:
     from hermesx.supervisor import NodeConfig, Supervisor
 
     address = resolve_cluster(args.zk, args.cluster, args.tls)
+    _serve_privately(address.tls, args.name, "node")
     config = NodeConfig(
         name=args.name,
         listen=args.listen,
@@ -421,6 +440,7 @@ def cmd_storesite_serve(args: argparse.Namespace) -> None:
     from storesite.server import serve
 
     address = resolve_cluster(args.zk, args.cluster, args.tls)
+    _serve_privately(address.tls, args.id, "storesite")
     serve(
         args.id,
         args.listen,
@@ -588,7 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--session-timeout", type=float, default=4.0)
     p.add_argument("--test-hooks", action="store_true", help=argparse.SUPPRESS)
     p.add_argument(
-        "--insecure", action="store_true", help="no mutual TLS and no name-service secret"
+        "--insecure", action="store_true", help="no mutual TLS, no roles and no name-service secret"
     )
 
     verb("down", cmd_down, "stop the local cluster")

@@ -73,7 +73,10 @@ class Client:
     ) -> None:
         """``cert`` names the certificate (in the cluster's TLS directory) the client shows."""
         self.address: ClusterAddress = resolve_cluster(zk, cluster, tls)
-        self.naming = Naming(self.address.zk, self.address.cluster, tls=self.address.tls)
+        # A client only reads the name service (nodes bind names and aliases).
+        self.naming = Naming(
+            self.address.zk, self.address.cluster, tls=self.address.tls, role=roles.CLIENT
+        )
         identity = None
         if self.address.tls is not None:
             from hermesx import security

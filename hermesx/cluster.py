@@ -26,6 +26,7 @@ from typing import Any
 from hermesx import roles
 from hermesx.config import cluster_dir
 from hermesx.errors import ConfigurationError, UnreachableError
+from hermesx.files import PRIVATE_UMASK, open_private, private_dir, write_private
 from hermesx.identity import validate_name
 from hermesx.naming import Naming
 from hermesx.roles import CLIENT_CERT_NAME, TEST_CERT_NAME
@@ -88,7 +89,7 @@ class LocalCluster:
         )
 
     def save(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.dir)
         data: dict[str, Any] = {
             "cluster": self.name,
             "zk": self.zk,
@@ -100,7 +101,7 @@ class LocalCluster:
             "storesites": self.storesite_ids,
         }
         tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2))
+        write_private(tmp, json.dumps(data, indent=2))
         tmp.replace(self.state_file)
 
     # ------------------------------------------------------------ up / down
@@ -122,7 +123,7 @@ class LocalCluster:
                 raise ConfigurationError(
                     f"local cluster {self.name!r} is already running (hermesx down first)"
                 )
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.dir)
         if self.secure:
             from hermesx import security
 
@@ -154,13 +155,15 @@ class LocalCluster:
 
     def _spawn(self, part: str, argv: list[str]) -> int:
         log_path = self.dir / f"{part}.log"
-        with open(log_path, "ab") as log_file:
+        with open_private(log_path) as log_file:
             proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                # Whatever a part or its libraries create is the user's alone.
+                umask=PRIVATE_UMASK,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         self.procs[part] = proc.pid
@@ -171,7 +174,7 @@ class LocalCluster:
         zk_dir = self.dir / "zookeeper"
         connect_file = zk_dir / "connect"
         connect_file.unlink(missing_ok=True)
-        zk_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(zk_dir)
         pid = self._spawn(
             "zookeeper", [sys.executable, "-m", "hermesx.cluster", "zookeeper", str(zk_dir)]
         )
@@ -396,6 +399,7 @@ def _serve_zookeeper(zk_dir: pathlib.Path) -> None:
     """Run a ZooKeeper server until SIGTERM; write its connect string when ready."""
     from nameservice import ZooKeeperServer
 
+    os.umask(PRIVATE_UMASK)
     server = ZooKeeperServer(data_dir=zk_dir / "data")
     stop = False
 
@@ -407,7 +411,7 @@ def _serve_zookeeper(zk_dir: pathlib.Path) -> None:
     signal.signal(signal.SIGINT, on_term)
     server.start()
     try:
-        (zk_dir / "connect").write_text(server.connect_string)
+        write_private(zk_dir / "connect", server.connect_string)
         while not stop:
             time.sleep(0.2)
     finally:

@@ -48,9 +48,12 @@ and refuses a call its role may not make with PERMISSION_DENIED and
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime
 import fcntl
+import hashlib
+import hmac
 import ipaddress
 import logging
 import os
@@ -87,6 +90,7 @@ __all__ = [
     "peer_identity",
     "server_credentials",
     "zk_auth",
+    "zk_readers",
 ]
 
 log = logging.getLogger(__name__)
@@ -99,6 +103,8 @@ HANDSHAKE_REFUSAL_MARKER: Final = "Handshake failed"
 
 ZK_USER: Final = "hermesx"
 _CA_CERT, _CA_KEY, _SECRET, _LOCK = "ca.pem", "ca.key", "zk.secret", ".lock"
+_CLIENT_SECRET: Final = "zk-client.secret"
+ZK_CLIENT_USER: Final = "hermesx-client"
 _URI_SCHEME: Final = "hermesx://"
 _ROLE_SCHEME: Final = "hermesx-role://"
 _CA_DAYS, _CERT_DAYS, _RENEW_DAYS = 3650, 825, 30
@@ -133,6 +139,11 @@ class ClusterCerts:
     @property
     def secret(self) -> pathlib.Path:
         return self.directory / _SECRET
+
+    @property
+    def client_secret(self) -> pathlib.Path:
+        """The read-only name service secret given to clients instead of :attr:`secret`."""
+        return self.directory / _CLIENT_SECRET
 
     def cert(self, name: str) -> pathlib.Path:
         return self.directory / f"{validate_name(name, 'process name')}.pem"
@@ -173,6 +184,9 @@ def init_certs(
         if not certs.secret.exists():
             _write_private(certs.secret, secrets.token_urlsafe(32).encode())
             log.info("made the name service secret of cluster %s in %s", cluster, directory)
+        if not certs.client_secret.exists():
+            member = _read(certs.secret, "name service secret").decode(errors="replace").strip()
+            _write_private(certs.client_secret, _client_password(member).encode())
         for name, name_role in wanted.items():
             _ensure_cert(certs, name, name_role)
     return certs
@@ -283,7 +297,7 @@ def _ensure_ca(certs: ClusterCerts) -> None:
     log.info("made the CA of cluster %s in %s", certs.cluster, certs.directory)
 
 
-def _ensure_cert(certs: ClusterCerts, name: str, role: str) -> None:
+def _ensure_cert(certs: ClusterCerts, name: str, role: str = roles.NODE) -> None:
     cert_path, key_path = certs.cert(name), certs.key(name)
     ca_cert = x509.load_pem_x509_certificate(certs.ca_cert.read_bytes())
     if cert_path.exists() and key_path.exists() and _still_good(cert_path, ca_cert, role):
@@ -483,13 +497,38 @@ def channel_options() -> list[tuple[str, Any]]:
     return [("grpc.ssl_target_name_override", TARGET_NAME)]
 
 
-def zk_auth(directory: pathlib.Path) -> tuple[str, str]:
-    """(user, password) of the cluster's ZooKeeper digest identity, from the secret file."""
+def zk_auth(directory: pathlib.Path, role: str = roles.NODE) -> tuple[str, str]:
+    """(user, password) of the ZooKeeper digest identity of a process of ``role``.
+
+    Members (nodes, storesites) use the cluster's secret, which may write the
+    cluster's tree; every other role only reads the name service (clients never
+    write it: nodes bind names and aliases), so it gets the read-only identity,
+    from ``zk-client.secret`` (or derived from the secret where that is at hand).
+    """
     certs = load_certs(directory)
-    secret = _read(certs.secret, "name service secret").decode(errors="replace").strip()
-    if not secret:
-        raise ConfigurationError(f"name service secret {certs.secret} is empty")
-    return (ZK_USER, secret)
+    if role in roles.MEMBER_ROLES or not certs.client_secret.exists():
+        secret = _read(certs.secret, "name service secret").decode(errors="replace").strip()
+        if not secret:
+            raise ConfigurationError(f"name service secret {certs.secret} is empty")
+        if role in roles.MEMBER_ROLES:
+            return (ZK_USER, secret)
+        return (ZK_CLIENT_USER, _client_password(secret))
+    password = _read(certs.client_secret, "client name service secret").decode(errors="replace")
+    if not password.strip():
+        raise ConfigurationError(f"client name service secret {certs.client_secret} is empty")
+    return (ZK_CLIENT_USER, password.strip())
+
+
+def zk_readers(directory: pathlib.Path) -> list[tuple[str, str]]:
+    """The read-only identities members grant READ on every znode they create."""
+    return [zk_auth(directory, roles.CLIENT)]
+
+
+def _client_password(secret: str) -> str:
+    # Derived, so members need no second file; one-way, so a client's
+    # password reveals nothing of the members' secret.
+    digest = hmac.new(secret.encode(), b"hermesx name service reader", hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
 # ------------------------------------------------------------ peers of a call
