@@ -11,6 +11,7 @@ it.
 from __future__ import annotations
 
 import pathlib
+import re
 from collections.abc import Iterator
 
 import grpc
@@ -142,3 +143,81 @@ def test_a_client_cannot_activate_a_second_copy_forget_or_read_an_atom(
 
 def _address_of_node(client: Client, node: str) -> str:
     return client.nodes()[node].address
+
+
+def _pre_roles_copy(cluster: LocalCluster, into: pathlib.Path) -> pathlib.Path:
+    """The cluster's client files, with a client certificate issued before roles existed."""
+    import datetime
+    import shutil
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    into.mkdir(mode=0o700)
+    for name in ("ca.pem", "zk-client.secret"):
+        shutil.copy(cluster.tls_dir / name, into / name)
+    ca_key = serialization.load_pem_private_key((cluster.tls_dir / "ca.key").read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    ca = x509.load_pem_x509_certificate((cluster.tls_dir / "ca.pem").read_bytes())
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "client")]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.DNSName("hermesx"),
+                    x509.UniformResourceIdentifier(f"hermesx://{cluster.name}/client"),
+                ]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    (into / "client.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    (into / "client.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return into
+
+
+def test_the_cli_prints_a_refusal_in_one_line_naming_rpc_and_role(
+    cluster: LocalCluster,
+    client: Client,
+    atoms: dict[str, pathlib.Path],
+    unique_name: str,
+    tmp_path: pathlib.Path,
+) -> None:
+    import subprocess
+    import sys
+
+    client.create(atoms["counter"], name=unique_name, on="n1")
+    tls = _pre_roles_copy(cluster, tmp_path / "old-tls")
+    done = subprocess.run(
+        [sys.executable, "-m", "hermesx", "invoke", unique_name, "incr", "1", "--tls", str(tls)],
+        env={"PATH": "/usr/bin:/bin", "HERMESX_ZK": cluster.zk, "HERMESX_CLUSTER": cluster.name},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert re.match(
+        r"error: (node n1|storesite s1) refused (Supervisor/Invoke|Storesite/Locate): role none",
+        lines[0],
+    ), lines[0]
+    assert client.atom(unique_name).get() == 0
