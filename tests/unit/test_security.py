@@ -383,3 +383,31 @@ def test_every_rpc_of_the_wire_has_its_roles_written_down() -> None:
     assert listed == set(roles.RPC_ROLES)
     # An RPC nobody listed is for the cluster's members only.
     assert roles.allowed_roles("/hermesx.v1.Supervisor/NotYetListed") == roles.MEMBER_ROLES
+
+
+def test_certs_init_gives_each_name_the_role_asked_for(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hermesx import cli
+
+    argv = ["certs", "init", "--cluster", "blue", "--dir", str(tmp_path)]
+    assert cli.main([*argv, "--storesites", "s1", "--nodes", "n1,n2", "--names", "gateway:g1"]) == 0
+
+    names = security.load_certs(tmp_path).names()
+    found = {name: security.cert_role(tmp_path, name) for name in names}
+    assert found == {
+        "client": "client",
+        "g1": "gateway",
+        "n1": "node",
+        "n2": "node",
+        "s1": "storesite",
+    }
+    assert _mode(tmp_path / "zk-client.secret") == 0o600
+    assert security.zk_auth(tmp_path, "client")[0] == "hermesx-client"
+
+    capsys.readouterr()
+    assert cli.main([*argv, "--names", "s2"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--names entry 's2' has no role" in err
+    assert cli.main([*argv, "--nodes", "x", "--storesites", "x"]) == 1
+    assert "two roles" in capsys.readouterr().err
