@@ -240,6 +240,13 @@ class NameService:
         self._state = "connected"
         try:
             self._make_tree(client)
+        except NoNodeError:
+            # Only a root given in the connect string can be missing under us.
+            self.close()
+            raise NameNotFoundError(
+                f"name service at {self._hosts}: its root {client.chroot or '/'} does not "
+                "exist; the ZooKeeper's operator creates it"
+            ) from None
         except BaseException:
             self.close()
             raise

@@ -207,6 +207,11 @@ def test_a_second_cluster_is_told_to_use_a_root_of_its_own_and_can(
             second.start()
         second.close()
 
+        unmade = NameService(own_zk.connect_string + "/teams/other", "other", auth=other_secret)
+        with pytest.raises(NameNotFoundError, match="root /teams/other does not exist"):
+            unmade.start()
+        unmade.close()
+
         # The ZooKeeper's operator makes a root for the second cluster.
         operator = KazooClient(hosts=own_zk.connect_string, timeout=4.0)
         operator.start(timeout=10)
