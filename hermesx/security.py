@@ -536,12 +536,19 @@ def _client_password(secret: str) -> str:
 
 def peer_identity(context: grpc.ServicerContext) -> PeerIdentity | None:
     """The cluster member calling, from its certificate's marker; None without one."""
+    return _identity_of(_peer_sans(context))
+
+
+def _peer_sans(context: grpc.ServicerContext) -> tuple[Any, ...]:
     try:
         # The peer's identities are its certificate's subject alternative
         # names: reading them costs a third of building the whole auth context.
-        uris = context.peer_identities() or ()
+        return tuple(context.peer_identities() or ())
     except (ValueError, RuntimeError, AttributeError):
-        return None
+        return ()
+
+
+def _identity_of(uris: tuple[Any, ...]) -> PeerIdentity | None:
     found: PeerIdentity | None = None
     role_markers: list[str] = []
     for raw in uris:
@@ -587,6 +594,11 @@ class PeerCheckInterceptor(grpc.ServerInterceptor):
         # Wrapped handlers by method: continuation() returns the same handler
         # object per method, so wrapping once keeps the per-call cost low.
         self._wrapped: dict[str, tuple[Any, Any]] = {}
+        # Identities by the certificate's names (verified by TLS, so equal
+        # names mean an equal identity): parsing them every call costs more
+        # than the rest of the check.
+        self._identities: dict[tuple[Any, ...], PeerIdentity | None] = {}
+        self._allowed: dict[str, frozenset[str]] = {}
 
     def intercept_service(
         self,
@@ -605,10 +617,21 @@ class PeerCheckInterceptor(grpc.ServerInterceptor):
         return wrapped
 
     def _admit(self, context: grpc.ServicerContext, method: str) -> None:
-        identity = peer_identity(context)
+        sans = _peer_sans(context)
+        try:
+            identity = self._identities[sans]
+        except KeyError:
+            identity = _identity_of(sans)
+            if len(self._identities) >= 4096:
+                self._identities.clear()
+            self._identities[sans] = identity
         if identity is not None and identity.cluster == self.cluster:
             if self._check_roles:
-                self._authorize(context, method, identity)
+                allowed = self._allowed.get(method)
+                if allowed is None:
+                    allowed = self._allowed[method] = roles.allowed_roles(method)
+                if identity.role not in allowed:
+                    self._refuse_role(context, method, identity, allowed)
             return
         reason = (
             "no certificate of a hermesx cluster"
@@ -628,10 +651,13 @@ class PeerCheckInterceptor(grpc.ServerInterceptor):
             f"{self._server}refused {method}: {reason}, not of cluster {self.cluster}",
         )
 
-    def _authorize(self, context: grpc.ServicerContext, method: str, peer: PeerIdentity) -> None:
-        allowed = roles.allowed_roles(method)
-        if peer.role in allowed:
-            return
+    def _refuse_role(
+        self,
+        context: grpc.ServicerContext,
+        method: str,
+        peer: PeerIdentity,
+        allowed: frozenset[str],
+    ) -> None:
         rpc = method.rpartition(".")[2] or method
         role = peer.role or "none (a certificate issued without a role)"
         refusal = NotAuthorizedError(

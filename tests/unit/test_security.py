@@ -411,3 +411,18 @@ def test_certs_init_gives_each_name_the_role_asked_for(
     assert err.count("\n") == 1 and "--names entry 's2' has no role" in err
     assert cli.main([*argv, "--nodes", "x", "--storesites", "x"]) == 1
     assert "two roles" in capsys.readouterr().err
+
+
+def test_one_interceptor_tells_callers_apart_call_after_call() -> None:
+    guarded = _guarded("/hermesx.v1.Supervisor/Activate")
+    for _ in range(3):
+        assert guarded.unary_unary("req", _context("hermesx://blue/s1", "storesite")) == "ok"
+        client = _context("hermesx://blue/client", "client")
+        with pytest.raises(_Aborted):
+            guarded.unary_unary("req", client)
+        assert client.aborted is not None and "role client" in client.aborted[1]
+        stranger = _context("hermesx://green/s1", "storesite")
+        with pytest.raises(_Aborted):
+            guarded.unary_unary("req", stranger)
+        assert stranger.aborted is not None
+        assert stranger.aborted[0] == grpc.StatusCode.UNAUTHENTICATED
