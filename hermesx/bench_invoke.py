@@ -21,9 +21,9 @@ from concurrent import futures
 import grpc
 
 from hermesx import codec, security
-from hermesx.client import CLIENT_CERT_NAME
 from hermesx.proto import hermesx_pb2 as pb
 from hermesx.proto import hermesx_pb2_grpc as pbg
+from hermesx.roles import CLIENT_CERT_NAME, TEST_CERT_NAME
 from hermesx.wire import CHANNEL_OPTIONS, TLSIdentity, add_server_port, open_channel
 
 __all__ = ["run"]
@@ -110,7 +110,8 @@ def run(progress: Progress | None = None, seconds: float = 3.0) -> dict[str, flo
             identity = TLSIdentity(cluster.tls_dir, CLIENT_CERT_NAME, cluster.name)
             channel = open_channel(f"127.0.0.1:{echo_port}", CHANNEL_OPTIONS, identity)
             echo_stub = pbg.SupervisorStub(channel)
-            with Client(cluster.zk, cluster.name) as client:
+            # The forwarding figures plant stale stashes through a test hook.
+            with Client(cluster.zk, cluster.name, cert=TEST_CERT_NAME) as client:
                 client.create(wasm, name="bench-counter", on="n4", checkpoint="on-request")
                 one = codec.pack(1)
                 request = pb.InvokeRequest(guid="x", method="incr", args=one)

@@ -396,10 +396,29 @@ def cmd_ls(args: argparse.Namespace) -> None:
     )
 
 
+def _serve_privately(tls: pathlib.Path | None, name: str, role: str) -> None:
+    """Start-up of a server process: private files, and a certificate of its role."""
+    from hermesx.files import PRIVATE_UMASK
+
+    os.umask(PRIVATE_UMASK)
+    if tls is None:
+        return
+    from hermesx import security
+
+    found = security.cert_role(tls, name)
+    if found != role:
+        flag = {"node": "--nodes", "storesite": "--storesites"}[role]
+        raise ConfigurationError(
+            f"the certificate of {name} in {tls} is of role {found or 'none'}, not {role}: "
+            f"issue it with `hermesx certs init {flag} {name}`"
+        )
+
+
 def cmd_node_serve(args: argparse.Namespace) -> None:
     from hermesx.supervisor import NodeConfig, Supervisor
 
     address = resolve_cluster(args.zk, args.cluster, args.tls)
+    _serve_privately(address.tls, args.name, "node")
     config = NodeConfig(
         name=args.name,
         listen=args.listen,
@@ -429,6 +448,7 @@ def cmd_storesite_serve(args: argparse.Namespace) -> None:
     from storesite.server import serve
 
     address = resolve_cluster(args.zk, args.cluster, args.tls)
+    _serve_privately(address.tls, args.id, "storesite")
     serve(
         args.id,
         args.listen,
@@ -441,19 +461,45 @@ def cmd_storesite_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_certs_init(args: argparse.Namespace) -> None:
-    from hermesx import security
+    from hermesx import roles, security
     from hermesx.config import DEFAULT_CLUSTER, cluster_dir
 
     cluster = args.cluster or os.environ.get("HERMESX_CLUSTER") or DEFAULT_CLUSTER
     directory = pathlib.Path(args.dir) if args.dir else cluster_dir(cluster) / "tls"
-    names = [n for n in (args.names or "").split(",") if n] + ["client"]
-    certs = security.init_certs(directory, cluster, names)
+    wanted: dict[str, str] = {}
+
+    def add(name: str, role: str) -> None:
+        if wanted.get(name, role) != role:
+            raise ConfigurationError(f"{name!r} is given two roles: {wanted[name]} and {role}")
+        wanted[name] = role
+
+    for flag, role in [
+        (args.nodes, roles.NODE),
+        (args.storesites, roles.STORESITE),
+        (args.gateways, roles.GATEWAY),
+        (args.clients, roles.CLIENT),
+    ]:
+        for name in (n for n in (flag or "").split(",") if n):
+            add(name, role)
+    for entry in (n for n in (args.names or "").split(",") if n):
+        role, sep, name = entry.partition(":")
+        if not sep:
+            raise ConfigurationError(
+                f"--names entry {entry!r} has no role: write ROLE:NAME "
+                f"(roles: {', '.join(roles.ROLES)}) or use --nodes/--storesites/--gateways"
+            )
+        add(name, roles.validate_role(role))
+    add(roles.CLIENT_CERT_NAME, roles.CLIENT)
+    certs = security.init_certs(directory, cluster, wanted)
     made = certs.names()
     _emit(
         args,
-        {"cluster": cluster, "dir": str(directory), "names": made},
-        f"cluster {cluster!r}: CA and certificates for {', '.join(made)} in {directory}\n"
-        f"give each process its own NAME.pem/NAME.key, ca.pem and zk.secret; keep ca.key safe",
+        {"cluster": cluster, "dir": str(directory), "names": made, "roles": wanted},
+        f"cluster {cluster!r}: CA and certificates for "
+        f"{', '.join(f'{n} ({wanted.get(n, security.cert_role(directory, n))})' for n in made)} "
+        f"in {directory}\n"
+        f"give each process its own NAME.pem/NAME.key, ca.pem and zk.secret "
+        f"(clients: zk-client.secret instead of zk.secret); keep ca.key safe",
     )
 
 
@@ -574,7 +620,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--session-timeout", type=float, default=4.0)
     p.add_argument("--test-hooks", action="store_true", help=argparse.SUPPRESS)
     p.add_argument(
-        "--insecure", action="store_true", help="no mutual TLS and no name-service secret"
+        "--insecure", action="store_true", help="no mutual TLS, no roles and no name-service secret"
     )
 
     verb("down", cmd_down, "stop the local cluster")
@@ -677,7 +723,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_certs_init)
     p.add_argument("--dir", help="where (default: the local cluster's tls directory)")
-    p.add_argument("--names", help="process names to certify, comma-separated")
+    p.add_argument("--nodes", help="node names to certify (role node), comma-separated")
+    p.add_argument("--storesites", help="storesite ids to certify (role storesite)")
+    p.add_argument("--gateways", help="gateway names to certify (role gateway)")
+    p.add_argument("--clients", help="more client certificates (role client) beside 'client'")
+    p.add_argument("--names", help="ROLE:NAME entries, comma-separated (e.g. node:n1,storesite:s1)")
 
     p = verb("bench", cmd_bench, "run a benchmark and print its figures")
     p.add_argument("what", choices=["runtime", "naming", "invoke", "storesite", "migrate", "atoms"])

@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from hermesx import codec
+from hermesx import codec, roles
 from hermesx.config import ClusterAddress, resolve_cluster
 from hermesx.errors import ConfigurationError, HermesError, NameNotFoundError, UnreachableError
 from hermesx.identity import TAD
@@ -27,12 +27,10 @@ from hermesx.naming import Member, Naming
 from hermesx.policy import MAX_CHECKPOINT_CALLS, check_atom_meta
 from hermesx.proto import hermesx_pb2 as pb
 from hermesx.proto import hermesx_pb2_grpc as pbg
+from hermesx.roles import CLIENT_CERT_NAME
 from hermesx.wire import ChannelPool, TLSIdentity, error_from_rpc, tad_from_pb
 
 __all__ = ["CLIENT_CERT_NAME", "AtomProxy", "Client", "Location"]
-
-# Clients of a cluster share one certificate name.
-CLIENT_CERT_NAME = "client"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,16 +70,24 @@ class Client:
         timeout: float = 30.0,
         hop_limit: int = 4,
         tls: str | pathlib.Path | None = None,
+        cert: str = CLIENT_CERT_NAME,
     ) -> None:
+        """``cert`` names the certificate (in the cluster's TLS directory) the client shows."""
         self.address: ClusterAddress = resolve_cluster(zk, cluster, tls)
-        self.naming = Naming(self.address.zk, self.address.cluster, tls=self.address.tls)
+        # A client only reads the name service (nodes bind names and aliases).
+        self.naming = Naming(
+            self.address.zk, self.address.cluster, tls=self.address.tls, role=roles.CLIENT
+        )
         identity = None
         if self.address.tls is not None:
             from hermesx import security
 
-            identity = TLSIdentity(self.address.tls, CLIENT_CERT_NAME, self.address.cluster)
-            if not security.load_certs(self.address.tls).cert(CLIENT_CERT_NAME).exists():
-                security.issue_cert(self.address.tls, self.address.cluster, CLIENT_CERT_NAME)
+            identity = TLSIdentity(self.address.tls, cert, self.address.cluster)
+            if (
+                cert == CLIENT_CERT_NAME
+                and not security.load_certs(self.address.tls).cert(cert).exists()
+            ):
+                security.issue_cert(self.address.tls, self.address.cluster, cert, roles.CLIENT)
         self.channels = ChannelPool(identity)
         self.invoker = Invoker(self.naming, self.channels, deadline=timeout, hop_limit=hop_limit)
         self._started = False

@@ -24,10 +24,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hermesx import roles
 from hermesx.config import cluster_dir
 from hermesx.errors import ConfigurationError, UnreachableError
+from hermesx.files import PRIVATE_UMASK, open_private, private_dir, write_private
 from hermesx.identity import validate_name
 from hermesx.naming import Naming
+from hermesx.roles import CLIENT_CERT_NAME, TEST_CERT_NAME
 
 __all__ = ["LocalCluster", "NodeSpec", "private_cluster"]
 
@@ -87,7 +90,7 @@ class LocalCluster:
         )
 
     def save(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.dir)
         data: dict[str, Any] = {
             "cluster": self.name,
             "zk": self.zk,
@@ -99,7 +102,7 @@ class LocalCluster:
             "storesites": self.storesite_ids,
         }
         tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2))
+        write_private(tmp, json.dumps(data, indent=2))
         tmp.replace(self.state_file)
 
     # ------------------------------------------------------------ up / down
@@ -121,16 +124,18 @@ class LocalCluster:
                 raise ConfigurationError(
                     f"local cluster {self.name!r} is already running (hermesx down first)"
                 )
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.dir)
         if self.secure:
             from hermesx import security
 
             say("making the cluster's certificates")
-            security.init_certs(
-                self.tls_dir,
-                self.name,
-                [spec.name for spec in nodes] + list(storesites) + ["client"],
-            )
+            wanted = {spec.name: roles.NODE for spec in nodes}
+            wanted.update(dict.fromkeys(storesites, roles.STORESITE))
+            wanted[CLIENT_CERT_NAME] = roles.CLIENT
+            if self.test_hooks:
+                # Only a cluster with test hooks has a certificate that may call them.
+                wanted[TEST_CERT_NAME] = roles.TEST
+            security.init_certs(self.tls_dir, self.name, wanted)
         try:
             if zk is None:
                 say("starting ZooKeeper")
@@ -151,13 +156,15 @@ class LocalCluster:
 
     def _spawn(self, part: str, argv: list[str]) -> int:
         log_path = self.dir / f"{part}.log"
-        with open(log_path, "ab") as log_file:
+        with open_private(log_path) as log_file:
             proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                # Whatever a part or its libraries create is the user's alone.
+                umask=PRIVATE_UMASK,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         self.procs[part] = proc.pid
@@ -168,7 +175,7 @@ class LocalCluster:
         zk_dir = self.dir / "zookeeper"
         connect_file = zk_dir / "connect"
         connect_file.unlink(missing_ok=True)
-        zk_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(zk_dir)
         pid = self._spawn(
             "zookeeper", [sys.executable, "-m", "hermesx.cluster", "zookeeper", str(zk_dir)]
         )
@@ -192,7 +199,7 @@ class LocalCluster:
         return args
 
     def start_storesite(self, sid: str) -> int:
-        self._ensure_cert(sid)
+        self._ensure_cert(sid, roles.STORESITE)
         if sid not in self.storesite_ids:
             self.storesite_ids.append(sid)
         argv = [
@@ -213,14 +220,14 @@ class LocalCluster:
         ]
         return self._spawn(f"storesite-{sid}", argv)
 
-    def _ensure_cert(self, name: str) -> None:
+    def _ensure_cert(self, name: str, role: str) -> None:
         if self.secure:
             from hermesx import security
 
-            security.issue_cert(self.tls_dir, self.name, name)
+            security.issue_cert(self.tls_dir, self.name, name, role)
 
     def start_node(self, spec: NodeSpec) -> int:
-        self._ensure_cert(spec.name)
+        self._ensure_cert(spec.name, roles.NODE)
         self.node_specs[spec.name] = spec
         argv = [
             sys.executable,
@@ -419,6 +426,7 @@ def _serve_zookeeper(zk_dir: pathlib.Path) -> None:
     """Run a ZooKeeper server until SIGTERM; write its connect string when ready."""
     from nameservice import ZooKeeperServer
 
+    os.umask(PRIVATE_UMASK)
     server = ZooKeeperServer(data_dir=zk_dir / "data")
     stop = False
 
@@ -430,7 +438,7 @@ def _serve_zookeeper(zk_dir: pathlib.Path) -> None:
     signal.signal(signal.SIGINT, on_term)
     server.start()
     try:
-        (zk_dir / "connect").write_text(server.connect_string)
+        write_private(zk_dir / "connect", server.connect_string)
         while not stop:
             time.sleep(0.2)
     finally:

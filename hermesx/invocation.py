@@ -30,6 +30,7 @@ from hermesx.errors import (
     ConfigurationError,
     HermesError,
     NameNotFoundError,
+    NotAuthorizedError,
     UnreachableError,
     error_from_wire,
 )
@@ -325,8 +326,8 @@ class Invoker:
             call.need_locate = False
             try:
                 call.tad = self.locate(call.guid, timeout=max(min(call.remaining(), 10.0), 0.01))
-            except NameNotFoundError:
-                raise
+            except (NameNotFoundError, NotAuthorizedError):
+                raise  # retrying cannot help: the atom is not there, or we may not ask
             except StoresiteAbsentError as exc:
                 # A storesite may be restarting; one that stays away is not coming.
                 if call.storesite_absent_since is None:

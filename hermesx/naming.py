@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import nameservice
+from hermesx import roles
 from hermesx.errors import NamingError, error_from_wire
 from hermesx.identity import GUID
 
@@ -43,17 +44,32 @@ class Naming:
         timeout: float = 5.0,
         session_timeout: float = 4.0,
         tls: pathlib.Path | None = None,
+        role: str = roles.NODE,
     ) -> None:
+        """``role``: members (node, storesite) read and write; every other role only reads."""
         self.hosts = hosts
         self.cluster = cluster
         auth = None
+        readers: list[tuple[str, str]] = []
+        read_only = False
         if tls is not None:
             from hermesx import security
 
-            # Only holders of the cluster's secret may read or write its root.
-            auth = security.zk_auth(tls)
+            # Only holders of the cluster's secret may write its root; its
+            # clients, with a read-only secret of their own, may read it.
+            auth = security.zk_auth(tls, role)
+            if role in roles.MEMBER_ROLES:
+                readers = security.zk_readers(tls)
+            else:
+                read_only = True
         self._ns = nameservice.NameService(
-            hosts, cluster, timeout=timeout, session_timeout=session_timeout, auth=auth
+            hosts,
+            cluster,
+            timeout=timeout,
+            session_timeout=session_timeout,
+            auth=auth,
+            readers=readers,
+            read_only=read_only,
         )
 
     def start(self) -> None:

@@ -64,6 +64,7 @@ from hermesx.errors import (
     UnreachableError,
     error_from_wire,
 )
+from hermesx.files import private_dir
 from hermesx.host import AtomHost, CallContext, StandaloneHost
 from hermesx.identity import GUID
 from hermesx.snapshot import AtomState, ReplyRecord, decode_state, encode_state, memory_segments
@@ -318,7 +319,7 @@ class Runtime:
     @staticmethod
     def _store_compiled(path: pathlib.Path, compiled: wasmtime.Module) -> None:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(path.parent)
             fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
             with os.fdopen(fd, "wb") as f:
                 f.write(compiled.serialize())

@@ -6,13 +6,17 @@ processes; §7 for the name service's access control):
 
 * :func:`init_certs` makes the cluster CA (its subject names the cluster), a
   certificate and key per process name, and a random secret for the name
-  service's ZooKeeper ACLs. Keys and the secret are files of mode 0600 in a
-  directory of mode 0700. It is idempotent: an existing CA, certificate or
+  service's ZooKeeper ACLs. Every file is of mode 0600 (keys, secrets and
+  certificates alike) in a directory of mode 0700; a directory made before
+  is tightened to that. It is idempotent: an existing CA, certificate or
   secret is kept, so every process of a cluster may call it at start.
 * Every process certificate carries ``IP:127.0.0.1``, ``DNS:localhost``,
   ``DNS:<name>`` (when a valid host name), ``DNS:hermesx`` and the cluster
-  marker ``URI:hermesx://<cluster>/<name>`` (plus ``OU=<cluster>``); the CA
-  carries ``URI:hermesx://<cluster>``.
+  marker ``URI:hermesx://<cluster>/<name>`` (plus ``OU=<cluster>``) and its
+  role ``URI:hermesx-role://<cluster>/<role>`` (node, storesite, client,
+  gateway, test: :mod:`hermesx.roles`); the CA carries ``URI:hermesx://<cluster>``.
+  Both markers are signed by the CA, so a peer's role is as trustworthy as
+  its membership.
 * :func:`server_credentials` *requires* a client certificate signed by this
   cluster's CA; :func:`channel_credentials` presents the process's own
   certificate and trusts only the cluster CA. Nodes move between machines and
@@ -36,21 +40,27 @@ silences it.) Behind the handshake, :class:`PeerCheckInterceptor` checks the
 cluster marker of every call's certificate and refuses, with UNAUTHENTICATED
 and a log line of ours naming the peer's address and certificate, any
 certificate that does not belong to this cluster, for CAs shared between
-clusters or servers started without TLS by mistake.
+clusters or servers started without TLS by mistake. It then checks the
+certificate's role against the RPC's allowed roles (:func:`hermesx.roles.allowed_roles`)
+and refuses a call its role may not make with PERMISSION_DENIED and
+``not_authorized: <server> refused <RPC>: role <role> may not call it``.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime
 import fcntl
+import hashlib
+import hmac
 import ipaddress
 import logging
 import os
 import pathlib
 import re
 import secrets
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -61,7 +71,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from hermesx.errors import ConfigurationError
+from hermesx import roles
+from hermesx.errors import ConfigurationError, NotAuthorizedError
 from hermesx.identity import validate_name
 
 __all__ = [
@@ -70,6 +81,7 @@ __all__ = [
     "ClusterCerts",
     "PeerCheckInterceptor",
     "PeerIdentity",
+    "cert_role",
     "channel_credentials",
     "channel_options",
     "init_certs",
@@ -78,6 +90,7 @@ __all__ = [
     "peer_identity",
     "server_credentials",
     "zk_auth",
+    "zk_readers",
 ]
 
 log = logging.getLogger(__name__)
@@ -90,7 +103,10 @@ HANDSHAKE_REFUSAL_MARKER: Final = "Handshake failed"
 
 ZK_USER: Final = "hermesx"
 _CA_CERT, _CA_KEY, _SECRET, _LOCK = "ca.pem", "ca.key", "zk.secret", ".lock"
+_CLIENT_SECRET: Final = "zk-client.secret"
+ZK_CLIENT_USER: Final = "hermesx-client"
 _URI_SCHEME: Final = "hermesx://"
+_ROLE_SCHEME: Final = "hermesx-role://"
 _CA_DAYS, _CERT_DAYS, _RENEW_DAYS = 3650, 825, 30
 _DNS_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
@@ -101,9 +117,12 @@ class PeerIdentity:
 
     cluster: str
     name: str
+    # None for a certificate issued before roles existed: it may call nothing.
+    role: str | None = None
 
     def __str__(self) -> str:
-        return f"{self.name} of cluster {self.cluster}"
+        role = f" (role {self.role})" if self.role else ""
+        return f"{self.name}{role} of cluster {self.cluster}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +140,11 @@ class ClusterCerts:
     def secret(self) -> pathlib.Path:
         return self.directory / _SECRET
 
+    @property
+    def client_secret(self) -> pathlib.Path:
+        """The read-only name service secret given to clients instead of :attr:`secret`."""
+        return self.directory / _CLIENT_SECRET
+
     def cert(self, name: str) -> pathlib.Path:
         return self.directory / f"{validate_name(name, 'process name')}.pem"
 
@@ -135,11 +159,23 @@ class ClusterCerts:
 # ---------------------------------------------------------------- certificates
 
 
-def init_certs(directory: pathlib.Path, cluster: str, names: Sequence[str] = ()) -> ClusterCerts:
-    """Make (or keep) the cluster CA, the name service secret and a certificate per name."""
+def init_certs(
+    directory: pathlib.Path,
+    cluster: str,
+    names: Sequence[str] | Mapping[str, str] = (),
+    *,
+    role: str = roles.NODE,
+) -> ClusterCerts:
+    """Make (or keep) the cluster CA, the name service secret and a certificate per name.
+
+    ``names`` is a sequence of names all of ``role``, or a mapping name -> role.
+    """
     validate_name(cluster, "cluster name")
     if isinstance(names, str):
         raise ConfigurationError(f"names for certificates of cluster {cluster} must be a sequence")
+    wanted = dict(names) if isinstance(names, Mapping) else dict.fromkeys(names, role)
+    for wanted_role in wanted.values():
+        roles.validate_role(wanted_role)
     directory = pathlib.Path(directory)
     _make_private_dir(directory)
     certs = ClusterCerts(directory, cluster)
@@ -148,17 +184,36 @@ def init_certs(directory: pathlib.Path, cluster: str, names: Sequence[str] = ())
         if not certs.secret.exists():
             _write_private(certs.secret, secrets.token_urlsafe(32).encode())
             log.info("made the name service secret of cluster %s in %s", cluster, directory)
-        for name in names:
-            _ensure_cert(certs, name)
+        if not certs.client_secret.exists():
+            member = _read(certs.secret, "name service secret").decode(errors="replace").strip()
+            _write_private(certs.client_secret, _client_password(member).encode())
+        for name, name_role in wanted.items():
+            _ensure_cert(certs, name, name_role)
     return certs
 
 
-def issue_cert(directory: pathlib.Path, cluster: str, name: str) -> ClusterCerts:
-    """Make (or keep) the certificate of process ``name``; the CA must exist already."""
+def issue_cert(
+    directory: pathlib.Path, cluster: str, name: str, role: str = roles.NODE
+) -> ClusterCerts:
+    """Make (or keep) the certificate of process ``name`` in ``role``; the CA must exist already.
+
+    A certificate of that name with another role is replaced.
+    """
+    roles.validate_role(role)
     certs = load_certs(directory, cluster)
     with _locked(certs.directory):
-        _ensure_cert(certs, name)
+        _ensure_cert(certs, name, role)
     return certs
+
+
+def cert_role(directory: pathlib.Path, name: str) -> str | None:
+    """The role the certificate of ``name`` carries (None when it carries none)."""
+    certs = load_certs(directory)
+    try:
+        cert = x509.load_pem_x509_certificate(_read(certs.cert(name), f"certificate of {name}"))
+    except ValueError as exc:
+        raise ConfigurationError(f"certificate {certs.cert(name)} cannot be read: {exc}") from exc
+    return _role_of(cert, certs.cluster)
 
 
 def load_certs(directory: pathlib.Path, cluster: str | None = None) -> ClusterCerts:
@@ -242,10 +297,10 @@ def _ensure_ca(certs: ClusterCerts) -> None:
     log.info("made the CA of cluster %s in %s", certs.cluster, certs.directory)
 
 
-def _ensure_cert(certs: ClusterCerts, name: str) -> None:
+def _ensure_cert(certs: ClusterCerts, name: str, role: str = roles.NODE) -> None:
     cert_path, key_path = certs.cert(name), certs.key(name)
     ca_cert = x509.load_pem_x509_certificate(certs.ca_cert.read_bytes())
-    if cert_path.exists() and key_path.exists() and _still_good(cert_path, ca_cert):
+    if cert_path.exists() and key_path.exists() and _still_good(cert_path, ca_cert, role):
         return
     ca_key = serialization.load_pem_private_key((certs.directory / _CA_KEY).read_bytes(), None)
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
@@ -256,6 +311,7 @@ def _ensure_cert(certs: ClusterCerts, name: str) -> None:
         x509.DNSName("localhost"),
         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
         x509.UniformResourceIdentifier(f"{_URI_SCHEME}{certs.cluster}/{name}"),
+        x509.UniformResourceIdentifier(f"{_ROLE_SCHEME}{certs.cluster}/{role}"),
     ]
     if all(_DNS_LABEL.fullmatch(label) for label in name.split(".")):
         alt_names.insert(2, x509.DNSName(name))
@@ -292,17 +348,33 @@ def _ensure_cert(certs: ClusterCerts, name: str) -> None:
     )
     _write_private(key_path, _key_pem(key))
     _write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM))
-    log.info("issued the certificate of %s in cluster %s", name, certs.cluster)
+    log.info("issued the certificate of %s (role %s) in cluster %s", name, role, certs.cluster)
 
 
-def _still_good(cert_path: pathlib.Path, ca_cert: x509.Certificate) -> bool:
-    """True if the certificate is signed by this CA and not about to expire."""
+def _still_good(cert_path: pathlib.Path, ca_cert: x509.Certificate, role: str) -> bool:
+    """True if the certificate is signed by this CA, of ``role`` and not about to expire."""
     try:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
         cert.verify_directly_issued_by(ca_cert)
     except (ValueError, TypeError, InvalidSignature):
         return False
+    cluster = _cluster_of(ca_cert)
+    if cluster is None or _role_of(cert, cluster) != role:
+        return False
     return cert.not_valid_after_utc > _now() + datetime.timedelta(days=_RENEW_DAYS)
+
+
+def _role_of(cert: x509.Certificate, cluster: str) -> str | None:
+    """The role marker ``hermesx-role://<cluster>/<role>`` of a certificate."""
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    prefix = f"{_ROLE_SCHEME}{cluster}/"
+    for uri in sans.get_values_for_type(x509.UniformResourceIdentifier):
+        if uri.startswith(prefix) and uri[len(prefix) :] in roles.ROLES:
+            return uri[len(prefix) :]
+    return None
 
 
 def _cluster_of(ca: x509.Certificate) -> str | None:
@@ -336,6 +408,11 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 def _make_private_dir(directory: pathlib.Path) -> None:
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # mkdir's mode is masked by the umask and ignored for an existing one.
+        directory.chmod(0o700)
+        for path in directory.iterdir():
+            if path.is_file() and path.stat().st_mode & 0o077:
+                path.chmod(0o600)
     except OSError as exc:
         raise ConfigurationError(f"cannot make certificate directory {directory}: {exc}") from exc
 
@@ -343,7 +420,7 @@ def _make_private_dir(directory: pathlib.Path) -> None:
 @contextlib.contextmanager
 def _locked(directory: pathlib.Path) -> Iterator[None]:
     # Several processes of a local cluster start at once and may all issue.
-    with open(directory / _LOCK, "a") as handle:
+    with os.fdopen(os.open(directory / _LOCK, os.O_WRONLY | os.O_CREAT, 0o600), "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -356,7 +433,9 @@ def _write_private(path: pathlib.Path, data: bytes) -> None:
 
 
 def _write_public(path: pathlib.Path, data: bytes) -> None:
-    _write_atomically(path, data, 0o644)
+    # Certificates hold no secret, but nothing of a cluster is another local
+    # user's business (they name every process and the cluster's CA).
+    _write_atomically(path, data, 0o600)
 
 
 def _write_atomically(path: pathlib.Path, data: bytes, mode: int) -> None:
@@ -418,13 +497,38 @@ def channel_options() -> list[tuple[str, Any]]:
     return [("grpc.ssl_target_name_override", TARGET_NAME)]
 
 
-def zk_auth(directory: pathlib.Path) -> tuple[str, str]:
-    """(user, password) of the cluster's ZooKeeper digest identity, from the secret file."""
+def zk_auth(directory: pathlib.Path, role: str = roles.NODE) -> tuple[str, str]:
+    """(user, password) of the ZooKeeper digest identity of a process of ``role``.
+
+    Members (nodes, storesites) use the cluster's secret, which may write the
+    cluster's tree; every other role only reads the name service (clients never
+    write it: nodes bind names and aliases), so it gets the read-only identity,
+    from ``zk-client.secret`` (or derived from the secret where that is at hand).
+    """
     certs = load_certs(directory)
-    secret = _read(certs.secret, "name service secret").decode(errors="replace").strip()
-    if not secret:
-        raise ConfigurationError(f"name service secret {certs.secret} is empty")
-    return (ZK_USER, secret)
+    if role in roles.MEMBER_ROLES or not certs.client_secret.exists():
+        secret = _read(certs.secret, "name service secret").decode(errors="replace").strip()
+        if not secret:
+            raise ConfigurationError(f"name service secret {certs.secret} is empty")
+        if role in roles.MEMBER_ROLES:
+            return (ZK_USER, secret)
+        return (ZK_CLIENT_USER, _client_password(secret))
+    password = _read(certs.client_secret, "client name service secret").decode(errors="replace")
+    if not password.strip():
+        raise ConfigurationError(f"client name service secret {certs.client_secret} is empty")
+    return (ZK_CLIENT_USER, password.strip())
+
+
+def zk_readers(directory: pathlib.Path) -> list[tuple[str, str]]:
+    """The read-only identities members grant READ on every znode they create."""
+    return [zk_auth(directory, roles.CLIENT)]
+
+
+def _client_password(secret: str) -> str:
+    # Derived, so members need no second file; one-way, so a client's
+    # password reveals nothing of the members' secret.
+    digest = hmac.new(secret.encode(), b"hermesx name service reader", hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
 # ------------------------------------------------------------ peers of a call
@@ -432,20 +536,39 @@ def zk_auth(directory: pathlib.Path) -> tuple[str, str]:
 
 def peer_identity(context: grpc.ServicerContext) -> PeerIdentity | None:
     """The cluster member calling, from its certificate's marker; None without one."""
+    return _identity_of(_peer_sans(context))
+
+
+def _peer_sans(context: grpc.ServicerContext) -> tuple[Any, ...]:
     try:
         # The peer's identities are its certificate's subject alternative
         # names: reading them costs a third of building the whole auth context.
-        uris = context.peer_identities() or ()
+        return tuple(context.peer_identities() or ())
     except (ValueError, RuntimeError, AttributeError):
-        return None
+        return ()
+
+
+def _identity_of(uris: tuple[Any, ...]) -> PeerIdentity | None:
+    found: PeerIdentity | None = None
+    role_markers: list[str] = []
     for raw in uris:
         text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
-        if not text.startswith(_URI_SCHEME):
+        if text.startswith(_ROLE_SCHEME):
+            role_markers.append(text[len(_ROLE_SCHEME) :])
+            continue
+        if found is not None or not text.startswith(_URI_SCHEME):
             continue
         cluster, sep, name = text[len(_URI_SCHEME) :].partition("/")
         if sep and cluster and name:
-            return PeerIdentity(cluster, name)
-    return None
+            found = PeerIdentity(cluster, name)
+    if found is None:
+        return None
+    for marker in role_markers:
+        cluster, sep, role = marker.partition("/")
+        # A role counts only when issued by the same cluster as the name.
+        if sep and cluster == found.cluster and role in roles.ROLES:
+            return PeerIdentity(found.cluster, found.name, role)
+    return found
 
 
 def _describe_peer(context: grpc.ServicerContext) -> str:
@@ -458,17 +581,24 @@ def _describe_peer(context: grpc.ServicerContext) -> str:
 
 
 class PeerCheckInterceptor(grpc.ServerInterceptor):
-    """Refuse, and log, every call whose certificate is not of cluster ``cluster``.
+    """Refuse, and log, every call whose certificate is not of cluster ``cluster``,
+    or whose role may not call that RPC (with ``check_roles``, the default).
 
     Pass it to ``grpc.server(..., interceptors=[PeerCheckInterceptor(cluster)])``.
     """
 
-    def __init__(self, cluster: str, *, server: str = "") -> None:
+    def __init__(self, cluster: str, *, server: str = "", check_roles: bool = True) -> None:
         self.cluster = validate_name(cluster, "cluster name")
         self._server = f"{server} " if server else ""
+        self._check_roles = check_roles
         # Wrapped handlers by method: continuation() returns the same handler
         # object per method, so wrapping once keeps the per-call cost low.
         self._wrapped: dict[str, tuple[Any, Any]] = {}
+        # Identities by the certificate's names (verified by TLS, so equal
+        # names mean an equal identity): parsing them every call costs more
+        # than the rest of the check.
+        self._identities: dict[tuple[Any, ...], PeerIdentity | None] = {}
+        self._allowed: dict[str, frozenset[str]] = {}
 
     def intercept_service(
         self,
@@ -487,8 +617,21 @@ class PeerCheckInterceptor(grpc.ServerInterceptor):
         return wrapped
 
     def _admit(self, context: grpc.ServicerContext, method: str) -> None:
-        identity = peer_identity(context)
+        sans = _peer_sans(context)
+        try:
+            identity = self._identities[sans]
+        except KeyError:
+            identity = _identity_of(sans)
+            if len(self._identities) >= 4096:
+                self._identities.clear()
+            self._identities[sans] = identity
         if identity is not None and identity.cluster == self.cluster:
+            if self._check_roles:
+                allowed = self._allowed.get(method)
+                if allowed is None:
+                    allowed = self._allowed[method] = roles.allowed_roles(method)
+                if identity.role not in allowed:
+                    self._refuse_role(context, method, identity, allowed)
             return
         reason = (
             "no certificate of a hermesx cluster"
@@ -507,6 +650,22 @@ class PeerCheckInterceptor(grpc.ServerInterceptor):
             grpc.StatusCode.UNAUTHENTICATED,
             f"{self._server}refused {method}: {reason}, not of cluster {self.cluster}",
         )
+
+    def _refuse_role(
+        self,
+        context: grpc.ServicerContext,
+        method: str,
+        peer: PeerIdentity,
+        allowed: frozenset[str],
+    ) -> None:
+        rpc = method.rpartition(".")[2] or method
+        role = peer.role or "none (a certificate issued without a role)"
+        refusal = NotAuthorizedError(
+            f"{self._server}refused {rpc}: role {role} may not call it "
+            f"(certificate {peer.name}; {rpc} is for {', '.join(sorted(allowed))})"
+        )
+        log.warning("%s (from %s)", refusal, context.peer())
+        context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{refusal.kind}: {refusal}")
 
     def _wrap(self, handler: Any, method: str) -> Any:
         admit = self._admit

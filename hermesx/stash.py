@@ -16,6 +16,7 @@ import threading
 import lmdb
 
 from hermesx.errors import StorageError
+from hermesx.files import DIR_MODE, private_dir
 from hermesx.identity import TAD
 
 __all__ = ["Stash"]
@@ -32,10 +33,12 @@ class Stash:
         self._env: lmdb.Environment | None = None
         if path is not None:
             try:
-                path.mkdir(parents=True, exist_ok=True)
+                private_dir(path)
                 # sync=False: a crash may lose the last few pointers, which
                 # only costs a storesite lookup; it must not cost 0.4 ms a call.
-                self._env = lmdb.open(str(path), map_size=1 << 30, sync=False, max_dbs=1)
+                self._env = lmdb.open(
+                    str(path), map_size=1 << 30, sync=False, max_dbs=1, mode=DIR_MODE
+                )
             except lmdb.Error as exc:
                 raise StorageError(f"cannot open the stash at {path}: {exc}") from exc
             self._load()

@@ -18,10 +18,22 @@ client always reads its own writes.
 
 With ``auth=(user, password)`` the cluster's tree is protected by ZooKeeper's
 digest scheme: the cluster root and everything under it get an ACL giving all
-permissions to that identity and nothing to anyone else, so only cluster
-members (who hold the secret) can read or write the cluster. ``/hermesx``
-itself stays open so that other clusters can make their roots beside it.
-A client without the secret gets :class:`NotAuthorizedError`.
+permissions to that identity, read permission to each identity in
+``readers`` (the cluster's clients: they only read, never write) and nothing
+to anyone else, so only cluster members (who hold the secret) can write the
+cluster and only they and its clients can read it. A client without a secret
+gets :class:`NotAuthorizedError`. A reader (``read_only=True``, ``auth`` its
+read-only identity) makes nothing and needs the cluster's tree to exist.
+
+``/hermesx`` is shared by the clusters of one ZooKeeper. The first member
+with a secret that finds it missing creates it readable by anyone but
+writable only by its own secret, so no local user can squat a future
+cluster's name under it (create ``/hermesx/<name>`` before the cluster
+does, with content or an ACL of their choosing). A second cluster, with
+another secret, cannot then make its root there: give it a root of its own
+in the connect string (``HOST:PORT/ROOT``, a ZooKeeper *chroot*, which the
+ZooKeeper's operator creates with an ACL of their choosing). A ``/hermesx``
+made open (by a cluster without secrets, or before this rule) is left open.
 
 Kazoo's synchronous calls block forever without quorum, so every call here is
 ``*_async(...).get(timeout)`` and fails with :class:`NoQuorumError` after
@@ -55,7 +67,7 @@ from kazoo.exceptions import (
 )
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import WatchedEvent
-from kazoo.security import ACL, OPEN_ACL_UNSAFE, make_digest_acl
+from kazoo.security import ACL, ANYONE_ID_UNSAFE, Permissions, make_digest_acl
 
 from nameservice.errors import (
     InvalidNameError,
@@ -148,13 +160,19 @@ class NameService:
         timeout: float = 5.0,
         session_timeout: float = 4.0,
         auth: tuple[str, str] | None = None,
+        readers: Sequence[tuple[str, str]] = (),
+        read_only: bool = False,
     ) -> None:
         self._hosts = hosts
         self._auth = _validate_auth(auth, cluster)
+        self._read_only = read_only
         # The ACL of every znode this client creates under the cluster root.
-        self._acl: list[ACL] | None = (
-            [make_digest_acl(auth[0], auth[1], all=True)] if auth is not None else None
-        )
+        self._acl: list[ACL] | None = None
+        if auth is not None:
+            self._acl = [make_digest_acl(auth[0], auth[1], all=True)]
+            for reader in readers:
+                user, password = _validate_auth(reader, cluster) or ("", "")
+                self._acl.append(make_digest_acl(user, password, read=True))
         self._cluster = validate_name(cluster, "cluster name")
         self._timeout = timeout
         self._session_timeout = session_timeout
@@ -222,17 +240,39 @@ class NameService:
         self._state = "connected"
         try:
             self._make_tree(client)
+        except NoNodeError:
+            # Only a root given in the connect string can be missing under us.
+            self.close()
+            raise NameNotFoundError(
+                f"name service at {self._hosts}: its root {client.chroot or '/'} does not "
+                "exist; the ZooKeeper's operator creates it"
+            ) from None
         except BaseException:
             self.close()
             raise
         log.info("name service connected to %s, cluster %s", self._hosts, self._cluster)
 
     def _make_tree(self, client: KazooClient) -> None:
+        if self._read_only:
+            # A reader makes nothing: the cluster's members made its tree.
+            try:
+                self._call(f"list {self._root}", client.get_children_async, self._root)
+            except NoNodeError:
+                raise NameNotFoundError(
+                    f"no cluster {self._cluster} at name service {self._hosts} "
+                    "(none of its nodes or storesites has started yet)"
+                ) from None
+            return
         if self._acl is not None:
-            # /hermesx is shared by every cluster: it must stay open for
-            # the others to make their roots in it.
-            self._call(f"create {ROOT}", client.ensure_path_async, ROOT, acl=OPEN_ACL_UNSAFE)
-            self._call(f"create {self._root}", client.ensure_path_async, self._root)
+            self._make_shared_root(client)
+            try:
+                self._call(f"create {self._root}", client.ensure_path_async, self._root)
+            except NotAuthorizedError:
+                raise NotAuthorizedError(
+                    f"name service at {self._hosts} refused to create {self._root}: {ROOT} "
+                    "there belongs to another cluster's secret; give this cluster a ZooKeeper "
+                    "root of its own (HOST:PORT/ROOT, made by the ZooKeeper's operator)"
+                ) from None
             self._protect(client)
         for area in (_NODES, _STORESITES, _NAMES, _ALIASES, _HOMES):
             self._call(
@@ -244,6 +284,19 @@ class NameService:
             # A protected cluster lets anyone see that its znodes exist, not
             # read them: fail here, with a clear error, not on first use.
             self._call(f"list {self._root}", client.get_children_async, self._root)
+
+    def _make_shared_root(self, client: KazooClient) -> None:
+        """Create /hermesx when missing: readable by all, writable by our secret alone."""
+        assert self._acl is not None
+        found = self._call(f"look for {ROOT}", client.exists_async, ROOT)
+        if found is not None:
+            return
+        acl = [*self._acl, ACL(Permissions.READ, ANYONE_ID_UNSAFE)]
+        try:
+            self._call(f"create {ROOT}", client.create_async, ROOT, b"", acl=acl)
+        except NodeExistsError:
+            return  # another member (of this or another cluster) made it first
+        log.info("name service: created %s, writable by cluster %s alone", ROOT, self._cluster)
 
     def _protect(self, client: KazooClient, path: str | None = None) -> None:
         """Give ``path`` (default: the cluster root) our ACL if it has another one.

@@ -33,6 +33,22 @@ from collections.abc import Callable, Sequence
 
 from nameservice.errors import ZooKeeperError
 
+_DIR_MODE, _FILE_MODE = 0o700, 0o600
+
+
+def _private_dir(path: pathlib.Path) -> None:
+    """Make ``path`` with mode 0700 (tightened if it exists); missing parents are made too."""
+    path.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+    path.chmod(_DIR_MODE)
+
+
+def _write_private(path: pathlib.Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _FILE_MODE)
+    with os.fdopen(fd, "w") as handle:
+        os.fchmod(handle.fileno(), _FILE_MODE)
+        handle.write(text)
+
+
 __all__ = ["ZooKeeperEnsemble", "ZooKeeperServer", "find_zookeeper", "four_letter", "free_port"]
 
 log = logging.getLogger(__name__)
@@ -138,9 +154,10 @@ class _ServerProcess:
         return self.directory / "zookeeper.log"
 
     def launch(self) -> None:
-        (self.directory / "data").mkdir(parents=True, exist_ok=True)
+        _private_dir(self.directory)
+        _private_dir(self.directory / "data")
         config_path = self.directory / "zoo.cfg"
-        config_path.write_text(self.config)
+        _write_private(config_path, self.config)
         command = [
             "java",
             *_JVM_FLAGS,
@@ -152,7 +169,9 @@ class _ServerProcess:
         ]
         pdeathsig = self.die_with_parent and threading.current_thread() is threading.main_thread()
         preexec: Callable[[], None] | None = _die_with_parent if pdeathsig else None
-        with open(self.log_path, "ab") as log_file:
+        log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, _FILE_MODE)
+        os.fchmod(log_fd, _FILE_MODE)
+        with os.fdopen(log_fd, "ab") as log_file:
             try:
                 self.process = subprocess.Popen(
                     command,
@@ -162,6 +181,9 @@ class _ServerProcess:
                     cwd=self.directory,
                     start_new_session=True,
                     preexec_fn=preexec,
+                    # Snapshots and transaction logs hold every name of the
+                    # cluster: the server's files are its user's alone.
+                    umask=0o077,
                 )
             except OSError as exc:
                 raise ZooKeeperError(
@@ -266,7 +288,7 @@ class ZooKeeperServer:
             if data_dir is None
             else pathlib.Path(data_dir)
         )
-        directory.mkdir(parents=True, exist_ok=True)
+        _private_dir(directory)
         config = "\n".join(_base_config(directory, self._port, tick_ms)) + "\n"
         # 128 MiB holds ~100,000 znodes; large benchmarks need more.
         self._server = _ServerProcess(
@@ -353,8 +375,9 @@ class ZooKeeperEnsemble:
         self._servers: list[_ServerProcess] = []
         for i, (client, _, _) in enumerate(ports):
             directory = self._base / f"zk{i + 1}"
-            (directory / "data").mkdir(parents=True, exist_ok=True)
-            (directory / "data" / "myid").write_text(f"{i + 1}\n")
+            _private_dir(directory)
+            _private_dir(directory / "data")
+            _write_private(directory / "data" / "myid", f"{i + 1}\n")
             config = [*_base_config(directory, client, 500), "initLimit=10", "syncLimit=5", *peers]
             self._servers.append(
                 _ServerProcess(

@@ -13,6 +13,7 @@ import pathlib
 import sys
 
 from hermesx.errors import HermesError
+from hermesx.files import PRIVATE_UMASK
 from storesite.server import serve
 from storesite.store import DEFAULT_MAX_CHECKPOINT_BYTES
 
@@ -35,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def ready(address: str) -> None:
         print(f"storesite {args.id} listening on {address}", flush=True)
+
+    # Every atom's state passes through this process's files: the user's alone.
+    os.umask(PRIVATE_UMASK)
 
     try:
         serve(

@@ -33,7 +33,7 @@ from hermesx.errors import (
 from hermesx.identity import TAD, validate_name
 from hermesx.proto import hermesx_pb2 as pb
 from hermesx.proto import hermesx_pb2_grpc as pbg
-from hermesx.security import zk_auth
+from hermesx.security import zk_auth, zk_readers
 from hermesx.wire import TLSIdentity, add_server_port, server_interceptors, set_process_tls
 from nameservice import NameService, NameServiceError, NameTakenError
 from storesite.client import CheckpointInfo, Location
@@ -351,7 +351,12 @@ def serve(
     tls = TLSIdentity(tls_dir, sid, cluster) if tls_dir is not None else None
     set_process_tls(tls)
     try:
-        names = NameService(zk, cluster, auth=zk_auth(tls_dir) if tls_dir is not None else None)
+        names = NameService(
+            zk,
+            cluster,
+            auth=zk_auth(tls_dir) if tls_dir is not None else None,
+            readers=zk_readers(tls_dir) if tls_dir is not None else (),
+        )
     except NameServiceError as exc:
         raise _naming_error(exc, f"storesite {sid} cannot use cluster {cluster!r}") from exc
     store = AtomStore(sid, data_dir, max_checkpoint_bytes=max_checkpoint_bytes)

@@ -40,6 +40,7 @@ import lmdb
 import msgpack
 
 from hermesx.errors import MigrationError, NameNotFoundError, StorageError
+from hermesx.files import DIR_MODE, FILE_MODE, private_dir
 from hermesx.identity import GUID, TAD
 from hermesx.proto import hermesx_pb2 as pb
 
@@ -173,7 +174,7 @@ class _DataDirLock:
     def __init__(self, sid: str, data_dir: pathlib.Path) -> None:
         path = data_dir / LOCK_FILE
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
         except OSError as exc:
             raise StorageError(f"data dir {data_dir} is not writable: {exc.strerror}") from exc
         try:
@@ -222,7 +223,8 @@ class AtomStore:
         if data_dir.exists() and not data_dir.is_dir():
             raise StorageError(f"data dir {data_dir} is not a directory")
         try:
-            data_dir.mkdir(exist_ok=True)
+            # Every atom's state is in here: the storesite's user alone may read it.
+            private_dir(data_dir, parents=False)
         except OSError as exc:
             raise StorageError(f"cannot create data dir {data_dir}: {exc.strerror}") from exc
         if not os.access(data_dir, os.W_OK | os.X_OK):
@@ -238,6 +240,8 @@ class AtomStore:
                 sync=True,
                 metasync=True,
                 max_readers=256,
+                # The directory 0700; LMDB makes its files with this mode less x: 0600.
+                mode=DIR_MODE,
             )
             self._modules = self._env.open_db(b"modules")
             self._atoms = self._env.open_db(b"atoms")

@@ -15,6 +15,8 @@ from collections.abc import Generator, Iterator
 from typing import Any
 
 import pytest
+from kazoo.client import KazooClient
+from kazoo.security import OPEN_ACL_UNSAFE
 
 from nameservice import NameService
 from nameservice.zookeeper import ZooKeeperServer
@@ -24,9 +26,22 @@ _cluster_numbers = itertools.count(1)
 
 @pytest.fixture(scope="session")
 def zk_server() -> Iterator[ZooKeeperServer]:
-    """A standalone ZooKeeper on a free 127.0.0.1 port, shared by the whole run."""
+    """A standalone ZooKeeper on a free 127.0.0.1 port, shared by the whole run.
+
+    Its ``/hermesx`` is made open first, as the operator of a ZooKeeper shared
+    by many clusters would: the run's clusters each have a secret of their own,
+    and the first of them would otherwise own ``/hermesx`` (see
+    nameservice/client.py). Tests of that lock start a ZooKeeper of their own.
+    """
     server = ZooKeeperServer()
     server.start()
+    opener = KazooClient(hosts=server.connect_string, timeout=10.0)
+    opener.start(timeout=15.0)
+    try:
+        opener.ensure_path("/hermesx", acl=OPEN_ACL_UNSAFE)
+    finally:
+        opener.stop()
+        opener.close()
     try:
         yield server
     finally:

@@ -16,6 +16,7 @@ import pytest
 from hermesx.build import build_examples
 from hermesx.client import Client
 from hermesx.cluster import LocalCluster, NodeSpec
+from hermesx.roles import TEST_CERT_NAME
 
 _counter = 0
 
@@ -95,6 +96,13 @@ def cluster(cluster_factory: ClusterFactory) -> LocalCluster:
 @pytest.fixture
 def client(cluster: LocalCluster) -> Iterator[Client]:
     with Client(cluster.zk, cluster.name) as c:
+        yield c
+
+
+@pytest.fixture
+def tester(cluster: LocalCluster) -> Iterator[Client]:
+    """A client showing the test certificate: it may also call the test hooks (StashPut, ...)."""
+    with Client(cluster.zk, cluster.name, cert=TEST_CERT_NAME) as c:
         yield c
 
 

@@ -37,7 +37,9 @@ from hermesx.errors import (
     UnreachableError,
 )
 from hermesx.identity import TAD
+from hermesx.naming import Naming
 from hermesx.proto import hermesx_pb2 as pb
+from hermesx.wire import TLSIdentity, open_channel
 
 pytestmark = pytest.mark.integration
 
@@ -279,13 +281,19 @@ def test_stash_of_an_unknown_node_is_unreachable(client: Client, resident: str) 
 
 
 def test_pathological_patterns_answer_in_linear_time_or_are_refused(
-    client: Client, resident: str
+    cluster: LocalCluster, client: Client, resident: str
 ) -> None:
     guid = client.guid_of(resident)
-    # Names that make a backtracking engine take 2^30 steps on (a*)*b.
+    # Names that make a backtracking engine take 2^30 steps on (a*)*b. Clients
+    # only read the name service: bind them as a member (a node) would.
     names = [f"{'a' * 30}{i}c" for i in range(300)]
-    for name in names:
-        client.naming.bind(name, guid)
+    member = Naming(cluster.zk, cluster.name, tls=cluster.tls_dir)
+    member.start()
+    try:
+        for name in names:
+            member.bind(name, guid)
+    finally:
+        member.close()
     assert client.lookup_names("(a*)*b", all=True) == []
     assert len(client.lookup_names("(a*)*[0-9]+c", all=True)) == len(names)
     assert client.lookup("(a*)*b", scope="team", all=True) == []
@@ -301,19 +309,23 @@ def test_pathological_patterns_answer_in_linear_time_or_are_refused(
 # -- forwarding loops -------------------------------------------------------------------------
 
 
-def _loop(client: Client, guid: str, base: int) -> None:
+def _loop(tester: Client, guid: str, base: int) -> None:
     """Hostile stashes n1 -> n2 -> n1, both claiming to be newer than the truth."""
-    client.node_stub("n1").StashPut(pb.StashPutRequest(guid=guid, tad=pb.TAD(node="n2", age=base)))
-    client.node_stub("n2").StashPut(
+    tester.node_stub("n1").StashPut(pb.StashPutRequest(guid=guid, tad=pb.TAD(node="n2", age=base)))
+    tester.node_stub("n2").StashPut(
         pb.StashPutRequest(guid=guid, tad=pb.TAD(node="n1", age=base + 1))
     )
 
 
 def test_a_huge_requested_hop_limit_cannot_hold_a_loop_open(
-    cluster: LocalCluster, client: Client, atoms: dict[str, pathlib.Path], resident: str
+    cluster: LocalCluster,
+    client: Client,
+    tester: Client,
+    atoms: dict[str, pathlib.Path],
+    resident: str,
 ) -> None:
     guid = client.create(atoms["counter"], on="n3")
-    _loop(client, guid, 1000)
+    _loop(tester, guid, 1000)
     with Client(cluster.zk, cluster.name, hop_limit=10_000, timeout=20.0) as greedy:
         outcome = greedy.invoke(guid, "incr", codec.pack(1), via="n1", trace=True)
     assert codec.unpack(outcome.result) == 1
@@ -325,31 +337,31 @@ def test_a_huge_requested_hop_limit_cannot_hold_a_loop_open(
 
 
 def test_a_node_pointing_at_itself_falls_back_to_the_storesite(
-    client: Client, atoms: dict[str, pathlib.Path]
+    client: Client, tester: Client, atoms: dict[str, pathlib.Path]
 ) -> None:
     guid = client.create(atoms["counter"], on="n2")
-    client.node_stub("n1").StashPut(pb.StashPutRequest(guid=guid, tad=pb.TAD(node="n1", age=99)))
+    tester.node_stub("n1").StashPut(pb.StashPutRequest(guid=guid, tad=pb.TAD(node="n1", age=99)))
     outcome = client.invoke(guid, "incr", codec.pack(5), via="n1", trace=True)
     assert codec.unpack(outcome.result) == 5
     assert outcome.trace[-1].node == "n2" and outcome.trace[-1].event == "ran"
 
 
 def test_an_atom_calling_through_a_forwarding_loop_gets_its_answer(
-    client: Client, atoms: dict[str, pathlib.Path], unique_name: str
+    client: Client, tester: Client, atoms: dict[str, pathlib.Path], unique_name: str
 ) -> None:
     target = f"{unique_name}-target"
     guid = client.create(atoms["counter"], name=target, on="n3")
     client.create(atoms["caller"], name=unique_name, on="n1")
-    _loop(client, guid, 2000)
+    _loop(tester, guid, 2000)
     assert client.atom(unique_name).call([target, "incr", 7]) == 7
     assert client.atom(target).get() == 7
 
 
 def test_a_send_through_a_forwarding_loop_arrives(
-    client: Client, atoms: dict[str, pathlib.Path], unique_name: str
+    client: Client, tester: Client, atoms: dict[str, pathlib.Path], unique_name: str
 ) -> None:
     guid = client.create(atoms["inbox"], name=unique_name, on="n3")
-    _loop(client, guid, 3000)
+    _loop(tester, guid, 3000)
     client.invoker.stash.force(guid, TAD("n1", 3000))
     client.invoker.send(guid, 1, codec.pack(41))
     # The message is queued at the atom; its handler runs when the atom is idle.
@@ -406,15 +418,20 @@ def _cluster_channel(
     return contextlib.nullcontext(client.channels.get(address))
 
 
+def _member_channel(cluster: LocalCluster, address: str) -> grpc.Channel:
+    """A channel with node n1's certificate: a member's calls reach every RPC's handler."""
+    return open_channel(address, tls=TLSIdentity(cluster.tls_dir, "n1", cluster.name))
+
+
 @pytest.mark.parametrize("payload", [b"\xff\xff\xff\x07garbage", b"\x0a\xff\xff\xff\xff\x0f", b""])
 def test_undecodable_or_empty_requests_get_a_status_on_every_rpc(
-    client: Client, resident: str, payload: bytes
+    cluster: LocalCluster, client: Client, resident: str, payload: bytes
 ) -> None:
     for service, address in [
         ("Supervisor", _addresses(client)["node"]),
         ("Storesite", _addresses(client)["storesite"]),
     ]:
-        with _cluster_channel(client, address) as channel:
+        with _member_channel(cluster, address) as channel:
             for method in pb.DESCRIPTOR.services_by_name[service].methods:
                 call = channel.unary_unary(
                     f"/{pb.DESCRIPTOR.package}.{service}/{method.name}",

@@ -146,12 +146,12 @@ def test_unknown_node_is_a_clear_error(
 
 
 def test_a_forwarding_loop_is_broken_through_the_storesite(
-    client: Client, atoms: dict[str, pathlib.Path], unique_name: str
+    client: Client, tester: Client, atoms: dict[str, pathlib.Path], unique_name: str
 ) -> None:
     guid = client.create(atoms["counter"], name=unique_name, on="n3")
     # Hostile stashes: n1 -> n2 -> n1, both claiming to be newer than the truth.
-    client.node_stub("n1").StashPut(pb.StashPutRequest(guid=guid, tad=pb.TAD(node="n2", age=50)))
-    client.node_stub("n2").StashPut(pb.StashPutRequest(guid=guid, tad=pb.TAD(node="n1", age=51)))
+    tester.node_stub("n1").StashPut(pb.StashPutRequest(guid=guid, tad=pb.TAD(node="n2", age=50)))
+    tester.node_stub("n2").StashPut(pb.StashPutRequest(guid=guid, tad=pb.TAD(node="n1", age=51)))
     outcome = client.invoke(guid, "incr", codec.pack(1), via="n1", trace=True)
     assert codec.unpack(outcome.result) == 1
     events = _events(outcome.trace)

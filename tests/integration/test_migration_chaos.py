@@ -17,6 +17,7 @@ from hermesx.client import Client
 from hermesx.cluster import LocalCluster
 from hermesx.errors import HermesError
 from hermesx.proto import hermesx_pb2 as pb
+from hermesx.roles import TEST_CERT_NAME
 
 pytestmark = pytest.mark.integration
 
@@ -88,7 +89,8 @@ def chaos(cluster_factory: object) -> LocalCluster:
 def test_kill_during_a_move_leaves_one_copy_with_every_acknowledged_call(
     chaos: LocalCluster, atoms: dict[str, pathlib.Path], step: str, victim: str
 ) -> None:
-    with Client(chaos.zk, chaos.name) as client:
+    # The test certificate: the move is paused through a test hook.
+    with Client(chaos.zk, chaos.name, cert=TEST_CERT_NAME) as client:
         name = f"chaos-{step}-{victim}"
         guid, _ = _move_with_a_kill(chaos, client, atoms["counter"], name, step, victim)
         if victim.startswith("storesite"):

@@ -10,7 +10,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
 
 from hermesx import security
-from nameservice import InvalidNameError, NameService, NameTakenError
+from nameservice import InvalidNameError, NameNotFoundError, NameService, NameTakenError
 from nameservice.errors import NotAuthorizedError
 from nameservice.zookeeper import ZooKeeperServer
 
@@ -156,3 +156,109 @@ def test_malformed_auth_is_refused_before_connecting(cluster_name: str) -> None:
     for bad in [("", "x"), ("user:x", "y"), ("user",), "user:password"]:
         with pytest.raises(InvalidNameError, match="must be"):
             NameService("127.0.0.1:1", cluster_name, auth=bad)  # type: ignore[arg-type]
+
+
+# -- /hermesx itself, and read-only clients ------------------------------------------------
+
+
+@pytest.fixture
+def own_zk() -> Iterator[ZooKeeperServer]:
+    """A ZooKeeper of this test alone: nobody has made /hermesx on it yet."""
+    server = ZooKeeperServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_the_first_member_makes_hermesx_that_outsiders_cannot_create_under(
+    own_zk: ZooKeeperServer, cluster_name: str, secret: tuple[str, str]
+) -> None:
+    with NameService(own_zk.connect_string, cluster_name, auth=secret) as member:
+        member.bind("voucher", GUID_A)
+        outsider = KazooClient(hosts=own_zk.connect_string, timeout=4.0)
+        outsider.start(timeout=10)
+        try:
+            with pytest.raises(NoAuthError):
+                outsider.create("/hermesx/squatted", b"")
+            with pytest.raises(NoAuthError):
+                outsider.delete(f"/hermesx/{cluster_name}", recursive=True)
+            # Cluster names stay visible; their content does not.
+            assert outsider.get_children("/hermesx") == [cluster_name]
+        finally:
+            outsider.stop()
+            outsider.close()
+        # A cluster without a secret cannot squat a name there either.
+        squatter = NameService(own_zk.connect_string, "future")
+        with pytest.raises(NotAuthorizedError):
+            squatter.start()
+        squatter.close()
+        assert member.resolve("voucher") == GUID_A
+
+
+def test_a_second_cluster_is_told_to_use_a_root_of_its_own_and_can(
+    own_zk: ZooKeeperServer, cluster_name: str, secret: tuple[str, str], tmp_path: pathlib.Path
+) -> None:
+    other_secret = security.zk_auth(security.init_certs(tmp_path / "other", "other").directory)
+    with NameService(own_zk.connect_string, cluster_name, auth=secret):
+        second = NameService(own_zk.connect_string, "other", auth=other_secret)
+        with pytest.raises(NotAuthorizedError, match=r"root of its own \(HOST:PORT/ROOT"):
+            second.start()
+        second.close()
+
+        unmade = NameService(own_zk.connect_string + "/teams/other", "other", auth=other_secret)
+        with pytest.raises(NameNotFoundError, match="root /teams/other does not exist"):
+            unmade.start()
+        unmade.close()
+
+        # The ZooKeeper's operator makes a root for the second cluster.
+        operator = KazooClient(hosts=own_zk.connect_string, timeout=4.0)
+        operator.start(timeout=10)
+        try:
+            operator.create("/teams/other", b"", makepath=True)
+        finally:
+            operator.stop()
+            operator.close()
+        with NameService(
+            own_zk.connect_string + "/teams/other", "other", auth=other_secret
+        ) as rooted:
+            rooted.bind("voucher", GUID_B)
+            assert rooted.resolve("voucher") == GUID_B
+
+
+def test_a_reader_reads_the_cluster_and_writes_nothing(
+    zk_server: ZooKeeperServer, cluster_name: str, tmp_path: pathlib.Path
+) -> None:
+    tls = security.init_certs(tmp_path / "tls", cluster_name).directory
+    reader_auth = security.zk_auth(tls, "client")
+    reader = NameService(zk_server.connect_string, cluster_name, auth=reader_auth, read_only=True)
+    with pytest.raises(NameNotFoundError, match=f"no cluster {cluster_name}"):
+        reader.start()
+    reader.close()
+
+    with NameService(
+        zk_server.connect_string,
+        cluster_name,
+        auth=security.zk_auth(tls),
+        readers=security.zk_readers(tls),
+    ) as member:
+        member.bind("voucher", GUID_A)
+        member.register_node("n1", "127.0.0.1:7001")
+        member.alias_add("dept", "sales", GUID_A)
+        with NameService(
+            zk_server.connect_string, cluster_name, auth=reader_auth, read_only=True
+        ) as client:
+            assert client.resolve("voucher") == GUID_A
+            assert client.nodes()["n1"].address == "127.0.0.1:7001"
+            assert client.lookup("sal.*", scope="dept") == [GUID_A]
+            with pytest.raises(NotAuthorizedError):
+                client.bind("forged", GUID_B)
+            with pytest.raises(NotAuthorizedError):
+                client.unbind("voucher")
+            with pytest.raises(NotAuthorizedError):
+                client.register_node("evil", "10.0.0.1:1")
+        assert member.names() == {"voucher": GUID_A}
+        assert "evil" not in member.nodes()
+    # The members' secret is not derivable from the readers'.
+    assert reader_auth[1] != security.zk_auth(tls)[1]

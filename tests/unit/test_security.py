@@ -14,7 +14,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from hermesx import security
+from hermesx import roles, security
 from hermesx.errors import ConfigurationError, InvalidNameError
 
 
@@ -43,7 +43,8 @@ def test_init_certs_makes_a_ca_naming_the_cluster_and_certificates_it_signed(
             sans.get_values_for_type(x509.DNSName)
         )
         assert sans.get_values_for_type(x509.UniformResourceIdentifier) == [
-            f"hermesx://blue/{name}"
+            f"hermesx://blue/{name}",
+            "hermesx-role://blue/node",
         ]
 
 
@@ -54,7 +55,9 @@ def test_keys_and_secret_are_private_files(tmp_path: pathlib.Path) -> None:
     assert _mode(certs.key("n1")) == 0o600
     assert _mode(certs.directory / "ca.key") == 0o600
     assert _mode(certs.secret) == 0o600
-    assert _mode(certs.cert("n1")) == 0o644
+    # Certificates are not secret, but nothing of a cluster is any other user's business.
+    assert _mode(certs.cert("n1")) == 0o600
+    assert _mode(certs.ca_cert) == 0o600
 
 
 def test_init_certs_is_idempotent_and_never_replaces_the_ca(tmp_path: pathlib.Path) -> None:
@@ -115,7 +118,8 @@ def test_name_that_is_not_a_host_name_keeps_its_uri_marker(tmp_path: pathlib.Pat
     )
     assert "node_1" not in sans.value.get_values_for_type(x509.DNSName)
     assert sans.value.get_values_for_type(x509.UniformResourceIdentifier) == [
-        "hermesx://blue/node_1"
+        "hermesx://blue/node_1",
+        "hermesx-role://blue/node",
     ]
 
 
@@ -194,17 +198,25 @@ class _FakeContext:
         raise _Aborted(details)
 
 
-def _context(uri: str | None) -> Any:
+def _context(uri: str | None, role: str | None = "node") -> Any:
     auth: dict[str, list[bytes]] = {"transport_security_type": [b"ssl"]}
     if uri is not None:
         auth["peer_uri"] = [uri.encode()]
         auth["x509_subject_alternative_name"] = [b"hermesx", b"127.0.0.1", uri.encode()]
+        if role is not None and uri.startswith("hermesx://"):
+            cluster = uri[len("hermesx://") :].partition("/")[0]
+            auth["x509_subject_alternative_name"].append(
+                f"hermesx-role://{cluster}/{role}".encode()
+            )
         auth["x509_subject"] = [b"CN=n2,OU=blue"]
     return _FakeContext(auth)
 
 
 def test_peer_identity_reads_the_cluster_marker() -> None:
     assert security.peer_identity(_context("hermesx://blue/n2")) == security.PeerIdentity(
+        "blue", "n2", "node"
+    )
+    assert security.peer_identity(_context("hermesx://blue/n2", None)) == security.PeerIdentity(
         "blue", "n2"
     )
     assert security.peer_identity(_context("https://example.org/x")) is None
@@ -267,5 +279,150 @@ def test_names_of_the_longest_allowed_length_work(tmp_path: pathlib.Path) -> Non
     assert security.load_certs(tmp_path).cluster == cluster
     sans = _cert(certs.cert(name)).extensions.get_extension_for_class(x509.SubjectAlternativeName)
     assert sans.value.get_values_for_type(x509.UniformResourceIdentifier) == [
-        f"hermesx://{cluster}/{name}"
+        f"hermesx://{cluster}/{name}",
+        f"hermesx-role://{cluster}/node",
     ]
+
+
+# ------------------------------------------------------------ roles
+
+
+def test_certificates_carry_the_role_they_were_issued_for(tmp_path: pathlib.Path) -> None:
+    certs = security.init_certs(
+        tmp_path, "blue", {"n1": roles.NODE, "s1": roles.STORESITE, "client": roles.CLIENT}
+    )
+    security.issue_cert(tmp_path, "blue", "g1", roles.GATEWAY)
+
+    assert security.cert_role(certs.directory, "n1") == "node"
+    assert security.cert_role(certs.directory, "s1") == "storesite"
+    assert security.cert_role(certs.directory, "client") == "client"
+    assert security.cert_role(certs.directory, "g1") == "gateway"
+
+
+def test_a_certificate_asked_for_in_another_role_is_replaced(tmp_path: pathlib.Path) -> None:
+    certs = security.init_certs(tmp_path, "blue", ["x1"])
+    before = certs.cert("x1").read_bytes()
+
+    security.issue_cert(tmp_path, "blue", "x1", roles.NODE)
+    assert certs.cert("x1").read_bytes() == before
+    security.issue_cert(tmp_path, "blue", "x1", roles.CLIENT)
+
+    assert security.cert_role(certs.directory, "x1") == "client"
+
+
+def test_an_unknown_role_is_refused_in_one_line(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(ConfigurationError, match="role 'admin' is not one of node, storesite"):
+        security.init_certs(tmp_path, "blue", {"x": "admin"})
+
+
+class _Named:
+    def __init__(self, method: str) -> None:
+        self.method = method
+
+
+def _guarded(method: str) -> Any:
+    handler = grpc.unary_unary_rpc_method_handler(lambda request, context: "ok")
+    interceptor = security.PeerCheckInterceptor("blue", server="node n1")
+    return interceptor.intercept_service(lambda _details: handler, _Named(method))
+
+
+@pytest.mark.parametrize(
+    ("method", "role"),
+    [
+        ("/hermesx.v1.Supervisor/Activate", "client"),
+        ("/hermesx.v1.Supervisor/Activate", "node"),
+        ("/hermesx.v1.Supervisor/StashPut", "node"),
+        ("/hermesx.v1.Storesite/Forget", "client"),
+        ("/hermesx.v1.Storesite/GetCheckpoint", "gateway"),
+        ("/hermesx.v1.Storesite/AdoptAtom", "node"),
+        ("/hermesx.v1.Supervisor/Activate", None),
+    ],
+)
+def test_interceptor_refuses_a_role_the_rpc_is_not_for(
+    method: str, role: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    context = _context("hermesx://blue/x1", role)
+
+    with caplog.at_level(logging.WARNING, logger="hermesx.security"), pytest.raises(_Aborted):
+        _guarded(method).unary_unary("req", context)
+
+    assert context.aborted is not None
+    code, details = context.aborted
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    rpc = method.rpartition(".")[2]
+    assert details.startswith(f"not_authorized: node n1 refused {rpc}: role {role or 'none'}")
+    assert any(rpc in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("method", "role"),
+    [
+        ("/hermesx.v1.Supervisor/Activate", "storesite"),
+        ("/hermesx.v1.Supervisor/Accept", "node"),
+        ("/hermesx.v1.Supervisor/StashPut", "test"),
+        ("/hermesx.v1.Supervisor/Invoke", "client"),
+        ("/hermesx.v1.Supervisor/Migrate", "gateway"),
+        ("/hermesx.v1.Storesite/PutCheckpoint", "node"),
+        ("/hermesx.v1.Storesite/AdoptAtom", "storesite"),
+        ("/hermesx.v1.Storesite/MoveHome", "client"),
+        ("/hermesx.v1.Storesite/ListAtoms", "client"),
+    ],
+)
+def test_interceptor_admits_a_role_the_rpc_is_for(method: str, role: str) -> None:
+    assert _guarded(method).unary_unary("req", _context("hermesx://blue/x1", role)) == "ok"
+
+
+def test_every_rpc_of_the_wire_has_its_roles_written_down() -> None:
+    from hermesx.proto import hermesx_pb2 as pb
+
+    listed = {
+        f"{service.name}/{method.name}"
+        for service in pb.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+    }
+    assert listed == set(roles.RPC_ROLES)
+    # An RPC nobody listed is for the cluster's members only.
+    assert roles.allowed_roles("/hermesx.v1.Supervisor/NotYetListed") == roles.MEMBER_ROLES
+
+
+def test_certs_init_gives_each_name_the_role_asked_for(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hermesx import cli
+
+    argv = ["certs", "init", "--cluster", "blue", "--dir", str(tmp_path)]
+    assert cli.main([*argv, "--storesites", "s1", "--nodes", "n1,n2", "--names", "gateway:g1"]) == 0
+
+    names = security.load_certs(tmp_path).names()
+    found = {name: security.cert_role(tmp_path, name) for name in names}
+    assert found == {
+        "client": "client",
+        "g1": "gateway",
+        "n1": "node",
+        "n2": "node",
+        "s1": "storesite",
+    }
+    assert _mode(tmp_path / "zk-client.secret") == 0o600
+    assert security.zk_auth(tmp_path, "client")[0] == "hermesx-client"
+
+    capsys.readouterr()
+    assert cli.main([*argv, "--names", "s2"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--names entry 's2' has no role" in err
+    assert cli.main([*argv, "--nodes", "x", "--storesites", "x"]) == 1
+    assert "two roles" in capsys.readouterr().err
+
+
+def test_one_interceptor_tells_callers_apart_call_after_call() -> None:
+    guarded = _guarded("/hermesx.v1.Supervisor/Activate")
+    for _ in range(3):
+        assert guarded.unary_unary("req", _context("hermesx://blue/s1", "storesite")) == "ok"
+        client = _context("hermesx://blue/client", "client")
+        with pytest.raises(_Aborted):
+            guarded.unary_unary("req", client)
+        assert client.aborted is not None and "role client" in client.aborted[1]
+        stranger = _context("hermesx://green/s1", "storesite")
+        with pytest.raises(_Aborted):
+            guarded.unary_unary("req", stranger)
+        assert stranger.aborted is not None
+        assert stranger.aborted[0] == grpc.StatusCode.UNAUTHENTICATED

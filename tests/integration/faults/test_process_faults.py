@@ -28,6 +28,7 @@ from faultkit import (
 from hermesx.client import Client
 from hermesx.identity import TAD
 from hermesx.proto import hermesx_pb2 as pb
+from hermesx.roles import TEST_CERT_NAME
 from nameservice.zookeeper import ZooKeeperServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -137,7 +138,8 @@ def test_intermediate_node_of_a_forwarding_chain_down(
     report: Report,
 ) -> None:
     cluster = start_cluster(["n1", "n2", "n3"], zk=zk_server.connect_string, session_timeout=2.0)
-    with Client(cluster.zk, cluster.name) as client:
+    # The test certificate: the stale chain is planted through a test hook.
+    with Client(cluster.zk, cluster.name, cert=TEST_CERT_NAME) as client:
         guid = client.create(atoms["counter"], name="c", on="n1", checkpoint="every-call")
         client.migrate("c", "n2")
         client.migrate("c", "n3")
