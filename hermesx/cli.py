@@ -429,6 +429,7 @@ def cmd_storesite_serve(args: argparse.Namespace) -> None:
         address.cluster,
         ready=lambda where: print(f"storesite {args.id} serving on {where}", flush=True),
         tls_dir=address.tls,
+        init=args.init,
     )
 
 
@@ -636,6 +637,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", default="127.0.0.1:0")
     p.add_argument("--data", required=True)
     p.add_argument("--session-timeout", type=float, default=4.0)
+    p.add_argument(
+        "--init",
+        action="store_true",
+        help="create a new store when the data dir has none (set a damaged one aside)",
+    )
     p = store.add_parser("move", parents=[common], help="make another storesite an atom's home")
     p.set_defaults(func=cmd_storesite_move)
     p.add_argument("target", help="atom name or GUID")

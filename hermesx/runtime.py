@@ -420,6 +420,7 @@ class _Job:
         "chain",
         "deadline",
         "error",
+        "generation",
         "method",
         "request_id",
         "result",
@@ -444,6 +445,7 @@ class _Job:
         self.snapshot = snapshot
         self.state = _PENDING
         self.result: bytes = b""
+        self.generation = 0
         self.error: HermesError | None = None
 
 
@@ -566,14 +568,22 @@ class Atom:
 
     def snapshot(self) -> bytes:
         """The atom's whole state, taken when no call runs (see hermesx.snapshot)."""
+        return self.snapshot_with_generation()[0]
+
+    def snapshot_with_generation(self) -> tuple[bytes, int]:
+        """A snapshot and the :attr:`generation` it holds, read in the same turn.
+
+        Reading :attr:`generation` beside :meth:`snapshot` could see a call
+        that ended in between; checkpoint ordering needs the exact one.
+        """
         job = _Job("snapshot", b"", "", (), None, snapshot=True) if self.module.is_daemon else None
         if not self._enter(job, None, "snapshot"):
             assert job is not None
             if job.error is not None:
                 raise job.error
-            return job.result
+            return job.result, job.generation
         try:
-            return encode_state(self._capture_state())
+            return encode_state(self._capture_state()), self._generation
         finally:
             self._leave()
 
@@ -916,6 +926,7 @@ class Atom:
         try:
             if item.snapshot:
                 item.result = encode_state(self._capture_state())
+                item.generation = self._generation
             else:
                 item.result = self._run_recorded(
                     item.method, item.args, item.request_id, item.chain, item.deadline

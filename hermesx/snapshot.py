@@ -12,6 +12,11 @@ mostly zero (reserved heap, stack) and skipping zero pages is far cheaper than
 general compression. Flag ``ZLIB`` marks a body compressed with zlib, which a
 caller may ask for when size matters more than time (zlib level 1 costs ~7 ms
 per MiB here, over the 5 ms budget of a move).
+
+Every checkpoint travels and is stored with :func:`snapshot_checksum` of its
+bytes (DESIGN.md §6): the node computes it, the storesite checks it when the
+checkpoint arrives and whenever it reads it back, and a node checks it again
+before it restores an atom, so damage anywhere on the way is never restored.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ __all__ = [
     "decode_state",
     "encode_state",
     "memory_segments",
+    "snapshot_checksum",
+    "verify_checksum",
 ]
 
 MAGIC = b"HXSNAP"
@@ -90,6 +97,27 @@ def memory_segments(memory: bytes) -> tuple[tuple[int, bytes], ...]:
     if start >= 0:
         runs.append((start, bytes(view[start:size])))
     return tuple(runs)
+
+
+def snapshot_checksum(data: bytes) -> int:
+    """CRC-32 (zlib's, ISO-HDLC) of a snapshot's bytes.
+
+    It guards against storage and transfer damage, not tampering (TLS and
+    file permissions do that): it catches every burst of up to 32 flipped
+    bits and any other damage with odds of 2**-32 of missing it, at ~3 GB/s
+    here with the GIL released (BLAKE2b ran at ~0.6 GB/s, sha256 at ~1.3 GB/s).
+    """
+    return zlib.crc32(data) & 0xFFFFFFFF
+
+
+def verify_checksum(data: bytes, expected: int, what: str) -> None:
+    """StorageError naming ``what`` unless ``data`` has checksum ``expected``."""
+    actual = snapshot_checksum(data)
+    if actual != expected:
+        raise StorageError(
+            f"{what} is damaged: its {len(data)} bytes have checksum {actual:08x}, "
+            f"not the {expected:08x} recorded with it"
+        )
 
 
 def encode_state(state: AtomState, *, compress: bool = False) -> bytes:

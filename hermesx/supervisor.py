@@ -38,6 +38,7 @@ from hermesx.naming import Naming
 from hermesx.proto import hermesx_pb2 as pb
 from hermesx.proto import hermesx_pb2_grpc as pbg
 from hermesx.runtime import Atom, LoadedModule, Runtime
+from hermesx.snapshot import snapshot_checksum, verify_checksum
 from hermesx.stash import Stash
 from hermesx.wire import (
     CHANNEL_OPTIONS,
@@ -99,6 +100,10 @@ class ActiveAtom:
     inflight: int = 0
     checkpoint_seq: int = 0
     checkpointed_generation: int = 0
+    # Held from a checkpoint's snapshot to drawing its seq, so seqs follow snapshots.
+    checkpoint_lock: threading.Lock = field(default_factory=threading.Lock)
+    # The generation held by the snapshot the last freeze (move, passivation) took.
+    frozen_generation: int = 0
     last_checkpoint: float = field(default_factory=time.monotonic)
     last_used: float = field(default_factory=time.monotonic)
     move_request: str | None = None
@@ -696,11 +701,17 @@ class Supervisor(pbg.SupervisorServicer):
                 loaded, guid, self.host, request.init_args, reentrant=meta.reentrant
             )
             tad = TAD(self.name, 1)
+            snapshot, generation = atom.snapshot_with_generation()
             try:
                 stub.PutModule(pb.ModuleBytes(module=request.module), timeout=10.0)
                 stub.RegisterAtom(
                     pb.RegisterAtomRequest(
-                        guid=guid, meta=meta, tad=tad_to_pb(tad), snapshot=atom.snapshot()
+                        guid=guid,
+                        meta=meta,
+                        tad=tad_to_pb(tad),
+                        snapshot=snapshot,
+                        checksum=snapshot_checksum(snapshot),
+                        generation=generation,
                     ),
                     timeout=10.0,
                 )
@@ -773,16 +784,25 @@ class Supervisor(pbg.SupervisorServicer):
     # ------------------------------------------------------------ checkpoint / passivate
 
     def checkpoint_atom(self, active: ActiveAtom) -> TAD:
-        generation = active.atom.generation
-        snapshot = active.atom.snapshot()
-        with active.cond:
+        # The seq is drawn with the snapshot, under one lock: a snapshot taken
+        # later always gets a higher seq, so the storesite, which keeps only
+        # the highest seq of an age, never lets an older state replace a newer
+        # one that a later call's reply already promised.
+        with active.checkpoint_lock:
+            snapshot, generation = active.atom.snapshot_with_generation()
+            self._test_pause("checkpoint-snapshot")
             active.checkpoint_seq += 1
             seq = active.checkpoint_seq
         self._storesite_call(
             active.guid,
             "PutCheckpoint",
             pb.CheckpointRequest(
-                guid=active.guid, tad=tad_to_pb(active.tad), snapshot=snapshot, seq=seq
+                guid=active.guid,
+                tad=tad_to_pb(active.tad),
+                snapshot=snapshot,
+                seq=seq,
+                checksum=snapshot_checksum(snapshot),
+                generation=generation,
             ),
         )
         active.checkpointed_generation = max(active.checkpointed_generation, generation)
@@ -806,7 +826,11 @@ class Supervisor(pbg.SupervisorServicer):
                 active.guid,
                 "Passivated",
                 pb.PassivatedRequest(
-                    guid=active.guid, tad=tad_to_pb(active.tad), snapshot=snapshot
+                    guid=active.guid,
+                    tad=tad_to_pb(active.tad),
+                    snapshot=snapshot,
+                    checksum=snapshot_checksum(snapshot),
+                    generation=active.frozen_generation,
                 ),
             )
         except HermesError:
@@ -848,10 +872,11 @@ class Supervisor(pbg.SupervisorServicer):
                     )
                 active.cond.wait(left)
         try:
-            return active.atom.snapshot()
+            snapshot, active.frozen_generation = active.atom.snapshot_with_generation()
         except HermesError:
             self._thaw(active)
             raise
+        return snapshot
 
     def _thaw(self, active: ActiveAtom) -> None:
         with active.cond:
@@ -885,6 +910,7 @@ class Supervisor(pbg.SupervisorServicer):
         except HermesError as exc:
             self._thaw(active)
             raise MigrationError(f"atom {guid}: storesite refused the move: {exc}") from exc
+        checksum = snapshot_checksum(snapshot)
         accept = pb.AcceptRequest(
             guid=guid,
             tad=tad_to_pb(new_tad),
@@ -892,6 +918,7 @@ class Supervisor(pbg.SupervisorServicer):
             meta=active.meta,
             source=self.name,
             commit=False,
+            checksum=checksum,
         )
         # The two copies travel at once: the destination stages its copy while
         # the storesite stages the checkpoint-to-be, so COMMIT carries no state.
@@ -899,7 +926,13 @@ class Supervisor(pbg.SupervisorServicer):
             self._storesite_call,
             guid,
             "Stage",
-            pb.CommitRequest(guid=guid, tad=tad_to_pb(new_tad), snapshot=snapshot),
+            pb.CommitRequest(
+                guid=guid,
+                tad=tad_to_pb(new_tad),
+                snapshot=snapshot,
+                checksum=checksum,
+                generation=active.frozen_generation,
+            ),
             60.0,
         )
         dst = None
@@ -932,6 +965,7 @@ class Supervisor(pbg.SupervisorServicer):
         self.drop(active, new_tad)
         accept.commit = True
         accept.snapshot = b""
+        accept.ClearField("checksum")
         try:
             dst.Accept(accept, timeout=30.0)
         except grpc.RpcError as exc:
@@ -972,6 +1006,7 @@ class Supervisor(pbg.SupervisorServicer):
             discard.CopyFrom(accept)
             discard.commit = False
             discard.snapshot = b""  # empty snapshot = discard the staged copy
+            discard.ClearField("checksum")
             with contextlib.suppress(grpc.RpcError):
                 dst.Accept(discard, timeout=5.0)
 
@@ -1002,6 +1037,14 @@ class Supervisor(pbg.SupervisorServicer):
         if tad is None or tad.node != self.name:
             raise MigrationError(f"atom {guid}: node {self.name} was sent a TAD for {tad}")
         self._wait_serving(f"cannot accept atom {guid}")
+        if request.snapshot and request.HasField("checksum"):
+            # Never restore damage: a storesite or a source checked it, but
+            # it may have been hurt on the way here.
+            verify_checksum(
+                request.snapshot,
+                request.checksum,
+                f"snapshot of atom {guid} sent to node {self.name} for {tad}",
+            )
         if not request.commit:
             if not request.snapshot:
                 self._discard_staged(guid)
@@ -1091,7 +1134,7 @@ class Supervisor(pbg.SupervisorServicer):
     def TestHook(self, request: pb.TestHookRequest, context: grpc.ServicerContext) -> pb.Empty:
         if not self.config.test_hooks:
             abort_with(context, HermesError(f"node {self.name}: test hooks are not enabled"))
-        if request.pause_at not in ("prepared", "transferred", "committed"):
+        if request.pause_at not in ("prepared", "transferred", "committed", "checkpoint-snapshot"):
             abort_with(context, ConfigurationError(f"unknown pause step {request.pause_at!r}"))
         self._pauses[request.pause_at] = request.seconds
         return pb.Empty()
@@ -1117,6 +1160,8 @@ class Supervisor(pbg.SupervisorServicer):
             source="",
             commit=True,
         )
+        if request.HasField("checksum"):
+            accept.checksum = request.checksum
         try:
             self.accept_atom(accept)
         except HermesError as exc:

@@ -71,7 +71,7 @@ def run(count: int = 300, *, data_dir: pathlib.Path | None = None) -> dict[str, 
     """Run the benchmark and return figure name → number (names carry their unit)."""
     figures: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="hermesx-bench-", dir=data_dir) as tmp:
-        store = AtomStore(SID, pathlib.Path(tmp) / "data", max_checkpoint_bytes=1 << 20)
+        store = AtomStore(SID, pathlib.Path(tmp) / "data", init=True, max_checkpoint_bytes=1 << 20)
         site = Storesite(store, _NoNodes())
         server = StoresiteServer(site, "127.0.0.1:0")
         try:
