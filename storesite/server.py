@@ -10,6 +10,7 @@ nodes for recovery and blocks until SIGTERM / SIGINT.
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import logging
 import os
@@ -361,11 +362,12 @@ def serve(
     (see :class:`AtomStore`); it is checked before anything joins the cluster.
     """
     validate_name(sid, "storesite id")
-    # A fault no check foresaw (a store file cut while mapped: SIGBUS) at
-    # least leaves a traceback in the log instead of a silent death.
-    faulthandler.enable()
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
+        # A fault no check foresaw (a store file cut while mapped: SIGBUS) at
+        # least leaves a traceback in the log instead of a silent death.
+        with contextlib.suppress(OSError, ValueError, AttributeError, RuntimeError):
+            faulthandler.enable()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
     tls = TLSIdentity(tls_dir, sid, cluster) if tls_dir is not None else None
