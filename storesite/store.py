@@ -667,6 +667,23 @@ class AtomStore:
             if tad.age == state.checkpoint_age and seq <= state.checkpoint_seq:
                 log.debug("ignored checkpoint %s seq %s of %s: not newer", tad, seq, guid)
                 return False
+            if (
+                tad.age == state.checkpoint_age
+                and generation is not None
+                and 0 <= generation < state.durable_generation
+            ):
+                # A newer number on an older state: one node's snapshots of
+                # one age follow each other, so the held one has all of it.
+                log.warning(
+                    "ignored checkpoint %s seq %s of %s: it holds generation %d, older than "
+                    "the %d stored",
+                    tad,
+                    seq,
+                    guid,
+                    generation,
+                    state.durable_generation,
+                )
+                return False
             self._store_checkpoint(
                 txn, state, tad, seq, snapshot, checksum, _generation(generation)
             )

@@ -251,3 +251,15 @@ def test_a_store_written_before_checksums_is_upgraded_in_place(tmp_path: pathlib
         )
     with pytest.raises(StorageError, match="belongs to storesite s1"):
         AtomStore("s9", data)
+
+
+def test_an_older_state_with_a_newer_seq_never_replaces_a_newer_one(store: AtomStore) -> None:
+    guid = new_atom(store)
+    put(store, guid, 1, b"count=12", generation=12)
+    # The snapshot of 11 was taken first but drew its number last.
+    assert not store.put_checkpoint(
+        guid, AT, 2, b"count=11", checksum=snapshot_checksum(b"count=11"), generation=11
+    )
+    assert store.latest_checkpoint(guid).snapshot == b"count=12"
+    put(store, guid, 3, b"count=13", generation=13)
+    assert store.latest_checkpoint(guid).snapshot == b"count=13"
