@@ -107,7 +107,13 @@ def cmd_up(args: argparse.Namespace) -> None:
             NodeSpec(n.partition(":")[0], tuple(filter(None, n.partition(":")[2].split(","))))
             for n in args.node
         ]
-    cluster.up(specs, storesites=args.storesite or ["s1"], zk=args.zk, progress=_progress(args))
+    cluster.up(
+        specs,
+        storesites=args.storesite or ["s1"],
+        zk=args.zk,
+        progress=_progress(args),
+        init_stores=args.init_stores,
+    )
     data = {
         "cluster": cluster.name,
         "zk": cluster.zk,
@@ -564,6 +570,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-hooks", action="store_true", help=argparse.SUPPRESS)
     p.add_argument(
         "--insecure", action="store_true", help="no mutual TLS and no name-service secret"
+    )
+    p.add_argument(
+        "--init-stores",
+        action="store_true",
+        help="let storesites whose store is missing or damaged start a new one "
+        "(a damaged one is set aside; a new cluster's storesites do this anyway)",
     )
 
     verb("down", cmd_down, "stop the local cluster")

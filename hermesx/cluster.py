@@ -111,7 +111,13 @@ class LocalCluster:
         zk: str | None = None,
         progress: Progress | None = None,
         timeout: float = 60.0,
+        init_stores: bool = False,
     ) -> None:
+        """Start the cluster's parts; a storesite new to it makes a new store.
+
+        ``init_stores`` lets every storesite make a new store in place of a
+        missing or damaged one (``hermesx up --init-stores``).
+        """
         say = progress or (lambda _msg: None)
         validate_name(self.name, "cluster name")
         if self.state_file.exists():
@@ -142,7 +148,7 @@ class LocalCluster:
                 # Only a storesite this cluster never had gets a new store: on
                 # an existing cluster's data a missing or damaged store is an
                 # error to report, not a reason to start empty.
-                self.start_storesite(sid, init=not self._store_made(sid).exists())
+                self.start_storesite(sid, init=init_stores or not self._store_made(sid).exists())
             for spec in nodes:
                 say(f"starting node {spec.name}")
                 self.start_node(spec)

@@ -398,7 +398,7 @@ class Supervisor(pbg.SupervisorServicer):
             and active.atom.generation != active.checkpointed_generation
             and now - active.last_checkpoint >= policy.every_seconds
         ):
-            self.checkpoint_atom(active)
+            self.checkpoint_atom(active, periodic=True)
         idle = active.meta.idle_passivate_seconds
         if idle > 0 and active.inflight == 0 and now - active.last_used >= idle:
             self.passivate_atom(active)
@@ -558,17 +558,19 @@ class Supervisor(pbg.SupervisorServicer):
             )
         if not due or active.atom.generation == active.checkpointed_generation:
             return
+        # Only every-call checkpoints and requested ones promise durability.
+        periodic = policy.mode == PERIODIC and not active.checkpoint_request
         active.checkpoint_request = False
         try:
             try:
-                self.checkpoint_atom(active)
+                self.checkpoint_atom(active, periodic=periodic)
             except MigrationError:
                 if active.guid not in self._unsent_aborts:
                     raise
                 # The storesite is back but has not heard our abort of a move
                 # yet, so it still thinks the atom is moving: tell it, retry.
                 self._retry_aborts()
-                self.checkpoint_atom(active)
+                self.checkpoint_atom(active, periodic=periodic)
         except HermesError as exc:
             if policy.mode == EVERY_CALL and reply.WhichOneof("outcome") == "result":
                 # The call ran but is not durable: the caller must not take it as acknowledged.
@@ -783,7 +785,8 @@ class Supervisor(pbg.SupervisorServicer):
 
     # ------------------------------------------------------------ checkpoint / passivate
 
-    def checkpoint_atom(self, active: ActiveAtom) -> TAD:
+    def checkpoint_atom(self, active: ActiveAtom, *, periodic: bool = False) -> TAD:
+        """Checkpoint ``active`` now; ``periodic``: no caller is told its calls are durable."""
         # The seq is drawn with the snapshot, under one lock: a snapshot taken
         # later always gets a higher seq, so the storesite, which keeps only
         # the highest seq of an age, never lets an older state replace a newer
@@ -803,6 +806,7 @@ class Supervisor(pbg.SupervisorServicer):
                 seq=seq,
                 checksum=snapshot_checksum(snapshot),
                 generation=generation,
+                periodic=periodic,
             ),
         )
         active.checkpointed_generation = max(active.checkpointed_generation, generation)

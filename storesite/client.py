@@ -159,6 +159,7 @@ class StoresiteClient:
         *,
         checksum: int | None = None,
         generation: int | None = None,
+        periodic: bool = False,
     ) -> None:
         request = pb.CheckpointRequest(
             guid=guid,
@@ -167,6 +168,7 @@ class StoresiteClient:
             seq=seq,
             checksum=checksum,
             generation=generation,
+            periodic=periodic,
         )
         self._call(self._stub.PutCheckpoint, request, f"PutCheckpoint({guid})")
 

@@ -139,7 +139,12 @@ class StoresiteServicer(pbg.StoresiteServicer):
     ) -> pb.Empty:
         def body() -> pb.Empty:
             self.site.put_checkpoint(
-                request.guid, _tad(request.tad), request.snapshot, request.seq, **_check(request)
+                request.guid,
+                _tad(request.tad),
+                request.snapshot,
+                request.seq,
+                periodic=request.periodic,
+                **_check(request),
             )
             return pb.Empty()
 

@@ -116,10 +116,17 @@ class Storesite:
         return Location(state.location)
 
     def put_checkpoint(
-        self, guid: str, tad: TAD, snapshot: bytes, seq: int, **check: int | None
+        self,
+        guid: str,
+        tad: TAD,
+        snapshot: bytes,
+        seq: int,
+        *,
+        periodic: bool = False,
+        **check: int | None,
     ) -> bool:
         with self._atom_lock(guid):
-            return self.store.put_checkpoint(guid, tad, seq, snapshot, **check)
+            return self.store.put_checkpoint(guid, tad, seq, snapshot, periodic=periodic, **check)
 
     def get_checkpoint(self, guid: str) -> Checkpoint:
         return self.store.latest_checkpoint(guid)

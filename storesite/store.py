@@ -121,9 +121,12 @@ class AtomState:
     adopted: bool
     # Wall-clock time of PREPARE: a pending move is a lease, not a lock.
     pending_since: float = 0.0
-    # Generation of the latest checkpoint written: every call up to it was
-    # acknowledged as durable, so no fallback may go below it.
+    # Every call up to this generation was acknowledged as durable (it is the
+    # generation of the latest checkpoint that was not a periodic one), so no
+    # fallback from a damaged checkpoint may go below it.
     durable_generation: int = GENERATION_UNKNOWN
+    # The generation the latest checkpoint holds.
+    checkpoint_generation: int = GENERATION_UNKNOWN
 
     @property
     def meta(self) -> pb.AtomMeta:
@@ -153,6 +156,7 @@ class AtomState:
                 "adopted": self.adopted,
                 "pending_since": self.pending_since,
                 "durable_gen": self.durable_generation,
+                "ck_gen": self.checkpoint_generation,
             },
             use_bin_type=True,
         )
@@ -176,6 +180,7 @@ class AtomState:
             adopted=d["adopted"],
             pending_since=float(d.get("pending_since", 0.0)),
             durable_generation=int(d.get("durable_gen", GENERATION_UNKNOWN)),
+            checkpoint_generation=int(d.get("ck_gen", GENERATION_UNKNOWN)),
         )
 
 
@@ -644,6 +649,7 @@ class AtomStore:
         *,
         checksum: int | None = None,
         generation: int | None = None,
+        periodic: bool = False,
     ) -> bool:
         """Store a checkpoint sent by the node running the atom.
 
@@ -653,6 +659,8 @@ class AtomStore:
         A checkpoint from an older location is refused: that node no longer
         holds the atom and must not overwrite the newer location's state.
         One that arrived damaged (its checksum does not match) is refused.
+        A ``periodic`` checkpoint promised nobody that its calls are durable:
+        it leaves the atom's acknowledged generation as it was.
         """
         self._check_size(guid, snapshot)
         checksum = _arrived(snapshot, checksum, f"checkpoint of atom {guid} from {tad} seq {seq}")
@@ -670,7 +678,7 @@ class AtomStore:
             if (
                 tad.age == state.checkpoint_age
                 and generation is not None
-                and 0 <= generation < state.durable_generation
+                and 0 <= generation < state.checkpoint_generation
             ):
                 # A newer number on an older state: one node's snapshots of
                 # one age follow each other, so the held one has all of it.
@@ -681,11 +689,18 @@ class AtomStore:
                     seq,
                     guid,
                     generation,
-                    state.durable_generation,
+                    state.checkpoint_generation,
                 )
                 return False
             self._store_checkpoint(
-                txn, state, tad, seq, snapshot, checksum, _generation(generation)
+                txn,
+                state,
+                tad,
+                seq,
+                snapshot,
+                checksum,
+                _generation(generation),
+                acknowledged=not periodic,
             )
         return True
 
@@ -959,15 +974,28 @@ class AtomStore:
         snapshot: bytes,
         checksum: int,
         generation: int,
+        *,
+        acknowledged: bool = True,
     ) -> AtomState:
         packed = _pack_checkpoint(tad, seq, snapshot, checksum, generation)
         txn.put(_checkpoint_key(state.guid, state.checkpoint_no + 1), packed, db=self._checkpoints)
-        return self._advance_checkpoint(txn, state, tad, seq, generation)
+        return self._advance_checkpoint(txn, state, tad, seq, generation, acknowledged=acknowledged)
 
     def _advance_checkpoint(
-        self, txn: lmdb.Transaction, state: AtomState, tad: TAD, seq: int, generation: int
+        self,
+        txn: lmdb.Transaction,
+        state: AtomState,
+        tad: TAD,
+        seq: int,
+        generation: int,
+        *,
+        acknowledged: bool = True,
     ) -> AtomState:
-        """The checkpoint in the next slot becomes the latest."""
+        """The checkpoint in the next slot becomes the latest.
+
+        ``acknowledged``: its calls were promised durable (all but periodic
+        checkpoints), so no fallback may go below it from now on.
+        """
         number = state.checkpoint_no + 1
         # Numbers are consecutive, so exactly one checkpoint falls out of the window.
         expired = number - KEEP_PREVIOUS_CHECKPOINTS - 1
@@ -978,7 +1006,8 @@ class AtomStore:
             checkpoint_no=number,
             checkpoint_age=tad.age,
             checkpoint_seq=seq,
-            durable_generation=generation,
+            checkpoint_generation=generation,
+            durable_generation=generation if acknowledged else state.durable_generation,
         )
         self._put_state(txn, state)
         return state

@@ -306,20 +306,22 @@ class RegisterAtomRequest(_message.Message):
     def __init__(self, guid: _Optional[str] = ..., meta: _Optional[_Union[AtomMeta, _Mapping]] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., checksum: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class CheckpointRequest(_message.Message):
-    __slots__ = ("guid", "tad", "snapshot", "seq", "checksum", "generation")
+    __slots__ = ("guid", "tad", "snapshot", "seq", "checksum", "generation", "periodic")
     GUID_FIELD_NUMBER: _ClassVar[int]
     TAD_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
+    PERIODIC_FIELD_NUMBER: _ClassVar[int]
     guid: str
     tad: TAD
     snapshot: bytes
     seq: int
     checksum: int
     generation: int
-    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., seq: _Optional[int] = ..., checksum: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
+    periodic: bool
+    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., seq: _Optional[int] = ..., checksum: _Optional[int] = ..., generation: _Optional[int] = ..., periodic: _Optional[bool] = ...) -> None: ...
 
 class CheckpointData(_message.Message):
     __slots__ = ("guid", "tad", "snapshot", "meta", "seq", "checksum", "generation")

@@ -263,3 +263,39 @@ def test_an_older_state_with_a_newer_seq_never_replaces_a_newer_one(store: AtomS
     assert store.latest_checkpoint(guid).snapshot == b"count=12"
     put(store, guid, 3, b"count=13", generation=13)
     assert store.latest_checkpoint(guid).snapshot == b"count=13"
+
+
+def test_a_damaged_periodic_checkpoint_falls_back_to_the_last_acknowledged_state(
+    store: AtomStore,
+) -> None:
+    guid = new_atom(store)
+    # Acknowledged as durable up to generation 5 (an explicit checkpoint).
+    put(store, guid, 1, b"count=5", generation=5)
+    for seq, generation in ((2, 9), (3, 14)):
+        snapshot = b"count=%d" % generation
+        assert store.put_checkpoint(
+            guid,
+            AT,
+            seq,
+            snapshot,
+            checksum=snapshot_checksum(snapshot),
+            generation=generation,
+            periodic=True,
+        )
+    assert store.get(guid).durable_generation == 5
+    flip_a_bit_of_latest(store, guid, b"count=14")
+    # Generation 9 keeps every call anyone was told is durable.
+    assert store.latest_checkpoint(guid).snapshot == b"count=9"
+    flip_a_bit_of_latest_number(store, guid, store.get(guid).checkpoint_no - 1, b"count=9")
+    assert store.latest_checkpoint(guid).snapshot == b"count=5"
+    flip_a_bit_of_latest_number(store, guid, store.get(guid).checkpoint_no - 2, b"count=5")
+    with pytest.raises(StorageError, match="lacks acknowledged calls"):
+        store.latest_checkpoint(guid)
+
+
+def flip_a_bit_of_latest_number(store: AtomStore, guid: str, number: int, needle: bytes) -> None:
+    key = guid.encode() + b"/" + number.to_bytes(8, "big")
+    with store._env.begin(write=True, db=store._checkpoints) as txn:
+        record = bytearray(txn.get(key))
+        record[bytes(record).index(needle) + len(needle) // 2] ^= 0x10
+        txn.put(key, bytes(record))

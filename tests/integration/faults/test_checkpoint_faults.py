@@ -192,3 +192,9 @@ def test_a_truncated_store_or_a_deleted_data_dir_stops_the_storesite_with_one_li
         "start with --init to create a new one"
     ) in str(info.value)
     assert not _store_dir(cluster).exists()
+
+    # Asked for explicitly, a new store is made, and the cluster works.
+    cluster.up([NodeSpec("n1")], zk=zk_server.connect_string, init_stores=True)
+    with Client(cluster.zk, cluster.name) as client:
+        client.create(atoms["counter"], name="again", on="n1", checkpoint="every-call")
+        assert client.atom("again").incr(2) == 2
