@@ -443,11 +443,14 @@ class AtomStore:
             txn.put(b"format", str(STORE_FORMAT).encode(), db=self._about)
 
     def _upgrade(self, txn: lmdb.Transaction) -> int:
-        for key in txn.cursor(db=self._atoms).iternext(keys=True, values=False):
-            home = bytes(key).decode(errors="replace").partition(":")[0]
-            if home != self.sid:
+        """Give an older store's checkpoints their checksums; returns how many."""
+        for key, value in txn.cursor(db=self._atoms):
+            guid = bytes(key).decode(errors="replace")
+            home = guid.partition(":")[0]
+            # Atoms registered here are homed here; only adopted ones may not be.
+            if home != self.sid and not self._state(guid, bytes(value)).adopted:
                 raise StorageError(
-                    f"storesite {self.sid}: the store in {self.data_dir} holds atoms of "
+                    f"storesite {self.sid}: the store in {self.data_dir} belongs to "
                     f"storesite {home}"
                 )
         count = 0

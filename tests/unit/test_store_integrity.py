@@ -253,6 +253,21 @@ def test_a_store_written_before_checksums_is_upgraded_in_place(tmp_path: pathlib
         AtomStore("s9", data)
 
 
+def test_an_older_store_of_another_storesite_is_refused(tmp_path: pathlib.Path) -> None:
+    data = tmp_path / "data"
+    (data / "lmdb").mkdir(parents=True)
+    env = lmdb.open(str(data / "lmdb"), max_dbs=4, subdir=True)
+    atoms = env.open_db(b"atoms")
+    guid = str(GUID.new("s7"))
+    record = {"guid": guid, "meta": b"", "loc": ["n1", 1], "dormant": True, "next_age": 2}
+    record.update(pending=None, ck_age=1, ck_seq=0, ck_no=0, fwd="", adopted=False)
+    with env.begin(write=True) as txn:
+        txn.put(guid.encode(), msgpack.packb(record, use_bin_type=True), db=atoms)
+    env.close()
+    with pytest.raises(StorageError, match=f"the store in {data} belongs to storesite s7"):
+        AtomStore(SID, data)
+
+
 def test_an_older_state_with_a_newer_seq_never_replaces_a_newer_one(store: AtomStore) -> None:
     guid = new_atom(store)
     put(store, guid, 1, b"count=12", generation=12)
