@@ -25,6 +25,7 @@ are caught, with ``raise ... from exc``, into the most specific branch::
     │   └── PayloadTooLargeError    arguments or result over the size limit
     ├── MigrationError              a move was refused or aborted
     ├── StorageError                storesite / LMDB failure, unknown checkpoint or module
+    │   └── CheckpointDamagedError  a stored or sent snapshot fails its checksum: not restored
     └── ConfigurationError          bad configuration or command-line input
 
 Errors that cross the wire keep their kind (``error.kind``) and message:
@@ -39,6 +40,7 @@ __all__ = [
     "BadModuleError",
     "CallCycleError",
     "CallTimeoutError",
+    "CheckpointDamagedError",
     "CommunicationError",
     "ConfigurationError",
     "DeadlineExceededError",
@@ -144,6 +146,12 @@ class MigrationError(HermesError):
 
 class StorageError(HermesError):
     kind = "storage"
+
+
+class CheckpointDamagedError(StorageError):
+    """Damage no retry mends: the atom is not restored from it (DESIGN.md §6)."""
+
+    kind = "checkpoint_damaged"
 
 
 class ConfigurationError(HermesError):

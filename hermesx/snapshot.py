@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import msgpack
 
-from hermesx.errors import StorageError
+from hermesx.errors import CheckpointDamagedError, StorageError
 
 __all__ = [
     "FORMAT_VERSION",
@@ -111,10 +111,10 @@ def snapshot_checksum(data: bytes) -> int:
 
 
 def verify_checksum(data: bytes, expected: int, what: str) -> None:
-    """StorageError naming ``what`` unless ``data`` has checksum ``expected``."""
+    """CheckpointDamagedError naming ``what`` unless ``data`` has checksum ``expected``."""
     actual = snapshot_checksum(data)
     if actual != expected:
-        raise StorageError(
+        raise CheckpointDamagedError(
             f"{what} is damaged: its {len(data)} bytes have checksum {actual:08x}, "
             f"not the {expected:08x} recorded with it"
         )

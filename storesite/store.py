@@ -55,7 +55,12 @@ from typing import Any
 import lmdb
 import msgpack
 
-from hermesx.errors import MigrationError, NameNotFoundError, StorageError
+from hermesx.errors import (
+    CheckpointDamagedError,
+    MigrationError,
+    NameNotFoundError,
+    StorageError,
+)
 from hermesx.identity import GUID, TAD
 from hermesx.proto import hermesx_pb2 as pb
 from hermesx.snapshot import snapshot_checksum, verify_checksum
@@ -1024,9 +1029,9 @@ class AtomStore:
             data = txn.get(_checkpoint_key(guid, number), db=self._checkpoints)
             try:
                 if data is None:
-                    raise StorageError(f"checkpoint #{number} of atom {guid} is missing")
+                    raise CheckpointDamagedError(f"checkpoint #{number} of atom {guid} is missing")
                 checkpoint = self._unpack_checkpoint(state, bytes(data), number)
-            except StorageError as exc:
+            except CheckpointDamagedError as exc:
                 damage.append(str(exc))
                 continue
             if not damage:
@@ -1044,7 +1049,7 @@ class AtomStore:
                 )
                 return checkpoint
             known = "unknown" if durable < 0 else str(durable)
-            raise StorageError(
+            raise CheckpointDamagedError(
                 f"storesite {self.sid}: {damage[0]}; the previous good checkpoint "
                 f"({checkpoint.tad} seq {checkpoint.seq}) lacks acknowledged calls "
                 f"(it holds generation {checkpoint.generation}, acknowledged: {known}), "
@@ -1052,7 +1057,7 @@ class AtomStore:
             )
         if not damage:
             raise StorageError(f"storesite {self.sid} lost the latest checkpoint of atom {guid}")
-        raise StorageError(
+        raise CheckpointDamagedError(
             f"storesite {self.sid}: {damage[0]}; no good checkpoint of atom {guid} is kept, "
             "so it is not restored"
         )
@@ -1075,7 +1080,9 @@ class AtomStore:
             seq, checksum, generation = int(seq), int(checksum), int(generation)
             snapshot = bytes(snapshot)
         except (ValueError, TypeError, msgpack.UnpackException) as exc:
-            raise StorageError(f"{what} is damaged: its record cannot be read ({exc})") from exc
+            raise CheckpointDamagedError(
+                f"{what} is damaged: its record cannot be read ({exc})"
+            ) from exc
         verify_checksum(snapshot, checksum, f"{what} ({tad} seq {seq})")
         return Checkpoint(
             guid=state.guid,

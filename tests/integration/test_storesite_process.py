@@ -22,7 +22,7 @@ from concurrent import futures
 import grpc
 import pytest
 
-from hermesx.errors import HermesError, StorageError
+from hermesx.errors import CheckpointDamagedError, HermesError, StorageError
 from hermesx.identity import GUID, TAD
 from hermesx.proto import hermesx_pb2 as pb
 from hermesx.proto import hermesx_pb2_grpc as pbg
@@ -198,8 +198,12 @@ def test_node_death_recovers_atoms_on_a_live_node(
 
         doomed.die()
         wait_for(lambda: len(survivor.servicer.activations) == 3, "three recoveries")
-        locations = {a.guid: a.tad for a in client.list_atoms()}
-        assert all(locations[g] == TAD("survivor", 2) for g in guids)
+        # The storesite records a location once the node's Activate returned.
+        wait_for(
+            lambda: all(a.tad == TAD("survivor", 2) for a in client.list_atoms()),
+            "the recovered locations to be recorded",
+        )
+        assert len(survivor.servicer.activations) == 3
         snapshots = {r.guid: r.snapshot for r in survivor.servicer.activations}
         assert snapshots[guids[0]] == b"latest"
         assert client.locate(guids[1]).tad == TAD("survivor", 2)
@@ -342,7 +346,7 @@ def test_a_flipped_bit_in_a_stored_checkpoint_is_detected_on_read_and_never_rest
     again = StoresiteProcess("s1", data, zk, cluster_name)
     processes.append(again)
     with StoresiteClient(again.wait_ready(), sid="s1") as client:
-        with pytest.raises(StorageError) as info:
+        with pytest.raises(CheckpointDamagedError) as info:
             client.get_checkpoint(guid)
         message = str(info.value)
         assert f"checkpoint #3 of atom {guid} (doomed@1 seq 2) is damaged" in message, message
@@ -350,7 +354,8 @@ def test_a_flipped_bit_in_a_stored_checkpoint_is_detected_on_read_and_never_rest
         doomed.die()
         # Recovery is refused, clearly, every time; nothing is ever activated.
         wait_for(lambda: _locate_error(client, guid) is not None, "a refused recovery")
-        assert "is damaged" in str(_locate_error(client, guid))
+        refused = _locate_error(client, guid)
+        assert isinstance(refused, CheckpointDamagedError) and "is damaged" in str(refused)
     assert survivor.servicer.activations == []
 
 
