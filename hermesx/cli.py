@@ -109,7 +109,13 @@ def cmd_up(args: argparse.Namespace) -> None:
             NodeSpec(n.partition(":")[0], tuple(filter(None, n.partition(":")[2].split(","))))
             for n in args.node
         ]
-    cluster.up(specs, storesites=args.storesite or ["s1"], zk=args.zk, progress=_progress(args))
+    cluster.up(
+        specs,
+        storesites=args.storesite or ["s1"],
+        zk=args.zk,
+        progress=_progress(args),
+        init_stores=args.init_stores,
+    )
     data = {
         "cluster": cluster.name,
         "zk": cluster.zk,
@@ -457,6 +463,7 @@ def cmd_storesite_serve(args: argparse.Namespace) -> None:
         address.cluster,
         ready=lambda where: print(f"storesite {args.id} serving on {where}", flush=True),
         tls_dir=address.tls,
+        init=args.init,
     )
 
 
@@ -622,6 +629,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--insecure", action="store_true", help="no mutual TLS, no roles and no name-service secret"
     )
+    p.add_argument(
+        "--init-stores",
+        action="store_true",
+        help="let storesites whose store is missing or damaged start a new one "
+        "(a damaged one is set aside; a new cluster's storesites do this anyway)",
+    )
 
     verb("down", cmd_down, "stop the local cluster")
     verb("nodes", cmd_nodes, "list the live nodes")
@@ -710,6 +723,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", default="127.0.0.1:0")
     p.add_argument("--data", required=True)
     p.add_argument("--session-timeout", type=float, default=4.0)
+    p.add_argument(
+        "--init",
+        action="store_true",
+        help="create a new store when the data dir has none (set a damaged one aside)",
+    )
     p = store.add_parser("move", parents=[common], help="make another storesite an atom's home")
     p.set_defaults(func=cmd_storesite_move)
     p.add_argument("target", help="atom name or GUID")

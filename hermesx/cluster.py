@@ -115,7 +115,13 @@ class LocalCluster:
         zk: str | None = None,
         progress: Progress | None = None,
         timeout: float = 60.0,
+        init_stores: bool = False,
     ) -> None:
+        """Start the cluster's parts; a storesite new to it makes a new store.
+
+        ``init_stores`` lets every storesite make a new store in place of a
+        missing or damaged one (``hermesx up --init-stores``).
+        """
         say = progress or (lambda _msg: None)
         validate_name(self.name, "cluster name")
         if self.state_file.exists():
@@ -145,14 +151,23 @@ class LocalCluster:
             self.save()
             for sid in storesites:
                 say(f"starting storesite {sid}")
-                self.start_storesite(sid)
+                # Only a storesite this cluster never had gets a new store: on
+                # an existing cluster's data a missing or damaged store is an
+                # error to report, not a reason to start empty.
+                self.start_storesite(sid, init=init_stores or not self._store_made(sid).exists())
             for spec in nodes:
                 say(f"starting node {spec.name}")
                 self.start_node(spec)
             self.wait_registered(timeout, say)
+            for sid in storesites:
+                self._store_made(sid).touch()
         except BaseException:
             self.down()
             raise
+
+    def _store_made(self, sid: str) -> pathlib.Path:
+        """Marks that storesite ``sid`` of this cluster has made its store."""
+        return self.dir / f"storesite-{sid}.made"
 
     def _spawn(self, part: str, argv: list[str]) -> int:
         log_path = self.dir / f"{part}.log"
@@ -198,7 +213,8 @@ class LocalCluster:
             args += ["--tls", str(self.tls_dir)]
         return args
 
-    def start_storesite(self, sid: str) -> int:
+    def start_storesite(self, sid: str, *, init: bool = False) -> int:
+        """Start storesite ``sid`` on its data; ``init`` lets it create a new store."""
         self._ensure_cert(sid, roles.STORESITE)
         if sid not in self.storesite_ids:
             self.storesite_ids.append(sid)
@@ -218,6 +234,8 @@ class LocalCluster:
             str(self.session_timeout),
             *self._common_args(),
         ]
+        if init:
+            argv.append("--init")
         return self._spawn(f"storesite-{sid}", argv)
 
     def _ensure_cert(self, name: str, role: str) -> None:

@@ -25,6 +25,7 @@ are caught, with ``raise ... from exc``, into the most specific branch::
     │   └── PayloadTooLargeError    arguments or result over the size limit
     ├── MigrationError              a move was refused or aborted
     ├── StorageError                storesite / LMDB failure, unknown checkpoint or module
+    │   └── CheckpointDamagedError  a stored or sent snapshot fails its checksum: not restored
     ├── CapacityError               a node or atom limit reached (atoms per node, address space)
     └── ConfigurationError          bad configuration or command-line input
 
@@ -41,6 +42,7 @@ __all__ = [
     "CallCycleError",
     "CallTimeoutError",
     "CapacityError",
+    "CheckpointDamagedError",
     "CommunicationError",
     "ConfigurationError",
     "DeadlineExceededError",
@@ -146,6 +148,12 @@ class MigrationError(HermesError):
 
 class StorageError(HermesError):
     kind = "storage"
+
+
+class CheckpointDamagedError(StorageError):
+    """Damage no retry mends: the atom is not restored from it (DESIGN.md §6)."""
+
+    kind = "checkpoint_damaged"
 
 
 class CapacityError(HermesError):

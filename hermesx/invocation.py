@@ -27,6 +27,7 @@ from tenacity.wait import wait_exponential
 
 from hermesx.errors import (
     CallTimeoutError,
+    CheckpointDamagedError,
     ConfigurationError,
     HermesError,
     NameNotFoundError,
@@ -326,8 +327,8 @@ class Invoker:
             call.need_locate = False
             try:
                 call.tad = self.locate(call.guid, timeout=max(min(call.remaining(), 10.0), 0.01))
-            except (NameNotFoundError, NotAuthorizedError):
-                raise  # retrying cannot help: the atom is not there, or we may not ask
+            except (NameNotFoundError, NotAuthorizedError, CheckpointDamagedError):
+                raise  # no retry mends these: the atom is not there, damaged, or we may not ask
             except StoresiteAbsentError as exc:
                 # A storesite may be restarting; one that stays away is not coming.
                 if call.storesite_absent_since is None:

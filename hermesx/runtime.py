@@ -555,6 +555,7 @@ class _Job:
         "chain",
         "deadline",
         "error",
+        "generation",
         "method",
         "open_chain",
         "request_id",
@@ -582,6 +583,7 @@ class _Job:
         self.snapshot = snapshot
         self.state = _PENDING
         self.result: bytes = b""
+        self.generation = 0
         self.error: HermesError | None = None
 
 
@@ -723,12 +725,18 @@ class Atom:
             self._schedule_idle()
 
     def snapshot(self, timeout: float | None = None) -> bytes:
-        """The atom's whole state (see hermesx.snapshot).
+        """The atom's whole state (see hermesx.snapshot)."""
+        return self.snapshot_with_generation(timeout)[0]
+
+    def snapshot_with_generation(self, timeout: float | None = None) -> tuple[bytes, int]:
+        """A snapshot and the :attr:`generation` it holds, read in the same turn.
 
         Taken when no call runs; for daemon and reentrant atoms also at a
         blocking point of a running call (a reentrant atom's call may wait on
         a callback whose own checkpoint needs this snapshot). Waits for its
         turn at most ``timeout`` seconds (the runtime's default when None).
+        Reading :attr:`generation` beside :meth:`snapshot` could see a call
+        that ended in between; checkpoint ordering needs the exact one.
         """
         wait = self._rt.default_timeout_s if timeout is None else timeout
         deadline = time.monotonic() + wait
@@ -739,9 +747,9 @@ class Atom:
             assert job is not None
             if job.error is not None:
                 raise job.error
-            return job.result
+            return job.result, job.generation
         try:
-            return encode_state(self._capture_state())
+            return encode_state(self._capture_state()), self._generation
         finally:
             self._leave()
 
@@ -1187,6 +1195,7 @@ class Atom:
         try:
             if item.snapshot:
                 item.result = encode_state(self._capture_state())
+                item.generation = self._generation
             else:
                 item.result = self._run_recorded(
                     item.method,

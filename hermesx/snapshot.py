@@ -17,6 +17,11 @@ A large state is produced in pieces of at most :data:`PIECE_BYTES`, and the
 thread lets other threads take the GIL between pieces: one long C call (a
 64 MiB ``msgpack.packb``) would hold it throughout, and the node's ZooKeeper
 heartbeat thread, starved, would lose the node's session.
+
+Every checkpoint travels and is stored with :func:`snapshot_checksum` of its
+bytes (DESIGN.md §6): the node computes it, the storesite checks it when the
+checkpoint arrives and whenever it reads it back, and a node checks it again
+before it restores an atom, so damage anywhere on the way is never restored.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from typing import Any
 
 import msgpack
 
-from hermesx.errors import StorageError
+from hermesx.errors import CheckpointDamagedError, StorageError
 
 __all__ = [
     "FORMAT_VERSION",
@@ -38,6 +43,8 @@ __all__ = [
     "decode_state",
     "encode_state",
     "memory_segments",
+    "snapshot_checksum",
+    "verify_checksum",
     "yield_gil",
 ]
 
@@ -108,6 +115,27 @@ def memory_segments(memory: bytes | memoryview) -> tuple[tuple[int, bytes], ...]
     if start >= 0:
         runs.append((start, bytes(view[start:size])))
     return tuple(runs)
+
+
+def snapshot_checksum(data: bytes) -> int:
+    """CRC-32 (zlib's, ISO-HDLC) of a snapshot's bytes.
+
+    It guards against storage and transfer damage, not tampering (TLS and
+    file permissions do that): it catches every burst of up to 32 flipped
+    bits and any other damage with odds of 2**-32 of missing it, at ~3 GB/s
+    here with the GIL released (BLAKE2b ran at ~0.6 GB/s, sha256 at ~1.3 GB/s).
+    """
+    return zlib.crc32(data) & 0xFFFFFFFF
+
+
+def verify_checksum(data: bytes, expected: int, what: str) -> None:
+    """CheckpointDamagedError naming ``what`` unless ``data`` has checksum ``expected``."""
+    actual = snapshot_checksum(data)
+    if actual != expected:
+        raise CheckpointDamagedError(
+            f"{what} is damaged: its {len(data)} bytes have checksum {actual:08x}, "
+            f"not the {expected:08x} recorded with it"
+        )
 
 
 def _body_pieces(state: AtomState) -> Iterator[bytes]:

@@ -41,7 +41,7 @@ from hermesx.policy import check_atom_meta, tags_refusal
 from hermesx.proto import hermesx_pb2 as pb
 from hermesx.proto import hermesx_pb2_grpc as pbg
 from hermesx.runtime import Atom, LoadedModule, Runtime
-from hermesx.snapshot import yield_gil
+from hermesx.snapshot import snapshot_checksum, verify_checksum, yield_gil
 from hermesx.stash import Stash
 from hermesx.wire import (
     CHANNEL_OPTIONS,
@@ -115,6 +115,10 @@ class ActiveAtom:
     calls: int = 0
     checkpoint_seq: int = 0
     checkpointed_generation: int = 0
+    # Held from a checkpoint's snapshot to drawing its seq, so seqs follow snapshots.
+    checkpoint_lock: threading.Lock = field(default_factory=threading.Lock)
+    # The generation held by the snapshot the last freeze (move, passivation) took.
+    frozen_generation: int = 0
     last_checkpoint: float = field(default_factory=time.monotonic)
     last_used: float = field(default_factory=time.monotonic)
     move_request: str | None = None
@@ -485,7 +489,7 @@ class Supervisor(pbg.SupervisorServicer):
             and active.atom.generation != active.checkpointed_generation
             and now - active.last_checkpoint >= policy.every_seconds
         ):
-            self.checkpoint_atom(active)
+            self.checkpoint_atom(active, periodic=True)
         idle = active.meta.idle_passivate_seconds
         if idle > 0 and active.inflight == 0 and now - active.last_used >= idle:
             self.passivate_atom(active)
@@ -674,17 +678,19 @@ class Supervisor(pbg.SupervisorServicer):
             )
         if not due or active.atom.generation == active.checkpointed_generation:
             return
+        # Only every-call checkpoints and requested ones promise durability.
+        periodic = policy.mode == PERIODIC and not active.checkpoint_request
         active.checkpoint_request = False
         try:
             try:
-                self.checkpoint_atom(active)
+                self.checkpoint_atom(active, periodic=periodic)
             except MigrationError:
                 if active.guid not in self._unsent_aborts:
                     raise
                 # The storesite is back but has not heard our abort of a move
                 # yet, so it still thinks the atom is moving: tell it, retry.
                 self._retry_aborts()
-                self.checkpoint_atom(active)
+                self.checkpoint_atom(active, periodic=periodic)
         except HermesError as exc:
             if policy.mode == EVERY_CALL and reply.WhichOneof("outcome") == "result":
                 # The call ran but is not durable: the caller must not take it as acknowledged.
@@ -841,11 +847,17 @@ class Supervisor(pbg.SupervisorServicer):
                 loaded, guid, self.host, request.init_args, reentrant=meta.reentrant
             )
             tad = TAD(self.name, 1)
+            snapshot, generation = atom.snapshot_with_generation()
             try:
                 stub.PutModule(pb.ModuleBytes(module=request.module), timeout=10.0)
                 stub.RegisterAtom(
                     pb.RegisterAtomRequest(
-                        guid=guid, meta=meta, tad=tad_to_pb(tad), snapshot=atom.snapshot()
+                        guid=guid,
+                        meta=meta,
+                        tad=tad_to_pb(tad),
+                        snapshot=snapshot,
+                        checksum=snapshot_checksum(snapshot),
+                        generation=generation,
                     ),
                     timeout=10.0,
                 )
@@ -918,14 +930,27 @@ class Supervisor(pbg.SupervisorServicer):
 
     # ------------------------------------------------------------ checkpoint / passivate
 
-    def checkpoint_atom(self, active: ActiveAtom) -> TAD:
-        generation = active.atom.generation
-        snapshot = active.atom.snapshot()
-        with active.cond:
+    def checkpoint_atom(self, active: ActiveAtom, *, periodic: bool = False) -> TAD:
+        """Checkpoint ``active`` now; ``periodic``: no caller is told its calls are durable."""
+        # The seq is drawn with the snapshot, under one lock: a snapshot taken
+        # later always gets a higher seq, so the storesite, which keeps only
+        # the highest seq of an age, never lets an older state replace a newer
+        # one that a later call's reply already promised.
+        with active.checkpoint_lock:
+            snapshot, generation = active.atom.snapshot_with_generation()
+            self._test_pause("checkpoint-snapshot")
             active.checkpoint_seq += 1
             seq = active.checkpoint_seq
         self._put_checkpoint(
-            pb.CheckpointRequest(guid=active.guid, tad=tad_to_pb(active.tad), seq=seq), snapshot
+            pb.CheckpointRequest(
+                guid=active.guid,
+                tad=tad_to_pb(active.tad),
+                seq=seq,
+                checksum=snapshot_checksum(snapshot),
+                generation=generation,
+                periodic=periodic,
+            ),
+            snapshot,
         )
         active.checkpointed_generation = max(active.checkpointed_generation, generation)
         active.last_checkpoint = time.monotonic()
@@ -967,7 +992,11 @@ class Supervisor(pbg.SupervisorServicer):
                 active.guid,
                 "Passivated",
                 pb.PassivatedRequest(
-                    guid=active.guid, tad=tad_to_pb(active.tad), snapshot=snapshot
+                    guid=active.guid,
+                    tad=tad_to_pb(active.tad),
+                    snapshot=snapshot,
+                    checksum=snapshot_checksum(snapshot),
+                    generation=active.frozen_generation,
                 ),
                 timeout=transfer_timeout(len(snapshot)),
             )
@@ -1010,10 +1039,11 @@ class Supervisor(pbg.SupervisorServicer):
                     )
                 active.cond.wait(left)
         try:
-            return active.atom.snapshot()
+            snapshot, active.frozen_generation = active.atom.snapshot_with_generation()
         except HermesError:
             self._thaw(active)
             raise
+        return snapshot
 
     def _thaw(self, active: ActiveAtom) -> None:
         with active.cond:
@@ -1051,6 +1081,7 @@ class Supervisor(pbg.SupervisorServicer):
         except HermesError as exc:
             self._thaw(active)
             raise MigrationError(f"atom {guid}: storesite refused the move: {exc}") from exc
+        checksum = snapshot_checksum(snapshot)
         accept = pb.AcceptRequest(
             guid=guid,
             tad=tad_to_pb(new_tad),
@@ -1058,6 +1089,7 @@ class Supervisor(pbg.SupervisorServicer):
             meta=active.meta,
             source=self.name,
             commit=False,
+            checksum=checksum,
         )
         # The two copies travel at once: the destination stages its copy while
         # the storesite stages the checkpoint-to-be, so COMMIT carries no state.
@@ -1065,7 +1097,13 @@ class Supervisor(pbg.SupervisorServicer):
             self._storesite_call,
             guid,
             "Stage",
-            pb.CommitRequest(guid=guid, tad=tad_to_pb(new_tad), snapshot=snapshot),
+            pb.CommitRequest(
+                guid=guid,
+                tad=tad_to_pb(new_tad),
+                snapshot=snapshot,
+                checksum=checksum,
+                generation=active.frozen_generation,
+            ),
             60.0,
         )
         dst = None
@@ -1098,6 +1136,7 @@ class Supervisor(pbg.SupervisorServicer):
         self.drop(active, new_tad)
         accept.commit = True
         accept.snapshot = b""
+        accept.ClearField("checksum")
         try:
             dst.Accept(accept, timeout=30.0)
         except grpc.RpcError as exc:
@@ -1138,6 +1177,7 @@ class Supervisor(pbg.SupervisorServicer):
             discard.CopyFrom(accept)
             discard.commit = False
             discard.snapshot = b""  # empty snapshot = discard the staged copy
+            discard.ClearField("checksum")
             with contextlib.suppress(grpc.RpcError):
                 dst.Accept(discard, timeout=5.0)
 
@@ -1168,6 +1208,14 @@ class Supervisor(pbg.SupervisorServicer):
         if tad is None or tad.node != self.name:
             raise MigrationError(f"atom {guid}: node {self.name} was sent a TAD for {tad}")
         self._wait_serving(f"cannot accept atom {guid}")
+        if request.snapshot and request.HasField("checksum"):
+            # Never restore damage: a storesite or a source checked it, but
+            # it may have been hurt on the way here.
+            verify_checksum(
+                request.snapshot,
+                request.checksum,
+                f"snapshot of atom {guid} sent to node {self.name} for {tad}",
+            )
         if not request.commit:
             if not request.snapshot:
                 self._discard_staged(guid)
@@ -1260,7 +1308,7 @@ class Supervisor(pbg.SupervisorServicer):
     def TestHook(self, request: pb.TestHookRequest, context: grpc.ServicerContext) -> pb.Empty:
         if not self.config.test_hooks:
             abort_with(context, HermesError(f"node {self.name}: test hooks are not enabled"))
-        if request.pause_at not in ("prepared", "transferred", "committed"):
+        if request.pause_at not in ("prepared", "transferred", "committed", "checkpoint-snapshot"):
             abort_with(context, ConfigurationError(f"unknown pause step {request.pause_at!r}"))
         self._pauses[request.pause_at] = request.seconds
         return pb.Empty()
@@ -1286,6 +1334,8 @@ class Supervisor(pbg.SupervisorServicer):
             source="",
             commit=True,
         )
+        if request.HasField("checksum"):
+            accept.checksum = request.checksum
         try:
             self.accept_atom(accept)
         except HermesError as exc:

@@ -27,6 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cluster", default=os.environ.get("HERMESX_CLUSTER", "local"))
     parser.add_argument("--max-checkpoint-bytes", type=int, default=DEFAULT_MAX_CHECKPOINT_BYTES)
     parser.add_argument("--tls", type=pathlib.Path, help="cluster certificate directory")
+    parser.add_argument(
+        "--init",
+        action="store_true",
+        help="create a new store when the data dir has none (set a damaged one aside)",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -50,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             max_checkpoint_bytes=args.max_checkpoint_bytes,
             ready=ready,
             tls_dir=args.tls,
+            init=args.init,
         )
     except HermesError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 
 from hermesx.identity import GUID, TAD
 from hermesx.proto import hermesx_pb2 as pb
+from hermesx.snapshot import snapshot_checksum
 from storesite.client import StoresiteClient
 from storesite.placement import Member
 from storesite.server import StoresiteServer
@@ -71,7 +72,7 @@ def run(count: int = 300, *, data_dir: pathlib.Path | None = None) -> dict[str, 
     """Run the benchmark and return figure name → number (names carry their unit)."""
     figures: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="hermesx-bench-", dir=data_dir) as tmp:
-        store = AtomStore(SID, pathlib.Path(tmp) / "data", max_checkpoint_bytes=1 << 20)
+        store = AtomStore(SID, pathlib.Path(tmp) / "data", init=True, max_checkpoint_bytes=1 << 20)
         site = Storesite(store, _NoNodes())
         server = StoresiteServer(site, "127.0.0.1:0")
         try:
@@ -100,9 +101,14 @@ def _bench_size(
     local = _register(store.register_atom)
     remote = _register(client.register_atom)
     figures: dict[str, float] = {}
+    # As a node sends it: with the checksum it computed, which the storesite checks.
+    checksum = snapshot_checksum(snapshot)
     for via, put in (
-        ("store", lambda seq: store.put_checkpoint(local, tad, seq, snapshot)),
-        ("grpc", lambda seq: client.put_checkpoint(remote, tad, snapshot, seq)),
+        ("store", lambda seq: store.put_checkpoint(local, tad, seq, snapshot, checksum=checksum)),
+        (
+            "grpc",
+            lambda seq: client.put_checkpoint(remote, tad, snapshot, seq, checksum=checksum),
+        ),
     ):
         p50, p99, rate = _measure(put, count)
         figures[f"{via}_{label}_p50_us"] = p50
@@ -119,7 +125,9 @@ def _parallel_rate(client: StoresiteClient, snapshot: bytes, count: int, callers
 
     def work(guid: str) -> None:
         for seq in range(1, per_caller + 1):
-            client.put_checkpoint(guid, TAD("bench-node", 1), snapshot, seq)
+            client.put_checkpoint(
+                guid, TAD("bench-node", 1), snapshot, seq, checksum=snapshot_checksum(snapshot)
+            )
 
     threads = [threading.Thread(target=work, args=(g,)) for g in guids]
     started = time.perf_counter()

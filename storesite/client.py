@@ -47,6 +47,9 @@ class CheckpointInfo:
     snapshot: bytes
     meta: pb.AtomMeta
     seq: int
+    # CRC-32 of ``snapshot`` and the generation it holds; None when not known.
+    checksum: int | None = None
+    generation: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,21 +128,64 @@ class StoresiteClient:
 
     # ----------------------------------------------------------------- atoms
 
-    def register_atom(self, guid: str, meta: pb.AtomMeta, tad: TAD, snapshot: bytes) -> Location:
-        request = pb.RegisterAtomRequest(guid=guid, meta=meta, tad=_pb_tad(tad), snapshot=snapshot)
+    def register_atom(
+        self,
+        guid: str,
+        meta: pb.AtomMeta,
+        tad: TAD,
+        snapshot: bytes,
+        *,
+        checksum: int | None = None,
+        generation: int | None = None,
+    ) -> Location:
+        request = pb.RegisterAtomRequest(
+            guid=guid,
+            meta=meta,
+            tad=_pb_tad(tad),
+            snapshot=snapshot,
+            checksum=checksum,
+            generation=generation,
+        )
         return location_from_pb(
             self._call(self._stub.RegisterAtom, request, f"RegisterAtom({guid})")
         )
 
-    def put_checkpoint(self, guid: str, tad: TAD, snapshot: bytes, seq: int) -> None:
-        request = pb.CheckpointRequest(guid=guid, tad=_pb_tad(tad), snapshot=snapshot, seq=seq)
+    def put_checkpoint(
+        self,
+        guid: str,
+        tad: TAD,
+        snapshot: bytes,
+        seq: int,
+        *,
+        checksum: int | None = None,
+        generation: int | None = None,
+        periodic: bool = False,
+    ) -> None:
+        request = pb.CheckpointRequest(
+            guid=guid,
+            tad=_pb_tad(tad),
+            snapshot=snapshot,
+            seq=seq,
+            checksum=checksum,
+            generation=generation,
+            periodic=periodic,
+        )
         self._call(self._stub.PutCheckpoint, request, f"PutCheckpoint({guid})")
 
     def get_checkpoint(self, guid: str) -> CheckpointInfo:
+        """The checkpoint the atom would be restored from (checked by the storesite)."""
         reply = self._call(
             self._stub.GetCheckpoint, pb.GuidRequest(guid=guid), f"GetCheckpoint({guid})"
         )
-        return CheckpointInfo(reply.guid, _tad(reply.tad), reply.snapshot, reply.meta, reply.seq)
+        return CheckpointInfo(
+            reply.guid,
+            _tad(reply.tad),
+            reply.snapshot,
+            reply.meta,
+            reply.seq,
+            checksum=reply.checksum if reply.HasField("checksum") else None,
+            generation=reply.generation if reply.HasField("generation") else None,
+        )
 
     def locate(self, guid: str, *, timeout: float | None = None) -> Location:
         """Where the atom is now; the storesite activates a dormant atom first.
@@ -183,7 +229,13 @@ class StoresiteClient:
         """
         tad = TAD("", data.tad.age) if dormant else data.tad
         request = pb.CheckpointData(
-            guid=data.guid, tad=_pb_tad(tad), snapshot=data.snapshot, meta=data.meta, seq=data.seq
+            guid=data.guid,
+            tad=_pb_tad(tad),
+            snapshot=data.snapshot,
+            meta=data.meta,
+            seq=data.seq,
+            checksum=data.checksum,
+            generation=data.generation,
         )
         return location_from_pb(
             self._call(self._stub.AdoptAtom, request, f"AdoptAtom({data.guid})")

@@ -48,11 +48,25 @@ class SupervisorLink:
             return entry[1]
 
     def activate(
-        self, member: Member, guid: str, tad: TAD, snapshot: bytes, meta: pb.AtomMeta
+        self,
+        member: Member,
+        guid: str,
+        tad: TAD,
+        snapshot: bytes,
+        meta: pb.AtomMeta,
+        *,
+        checksum: int | None = None,
     ) -> TAD:
-        """Ask ``member`` to run ``guid`` from ``snapshot`` at ``tad``."""
+        """Ask ``member`` to run ``guid`` from ``snapshot`` at ``tad``.
+
+        The node checks ``checksum`` (of ``snapshot``) before it restores.
+        """
         request = pb.ActivateRequest(
-            guid=guid, tad=pb.TAD(node=tad.node, age=tad.age), snapshot=snapshot, meta=meta
+            guid=guid,
+            tad=pb.TAD(node=tad.node, age=tad.age),
+            snapshot=snapshot,
+            meta=meta,
+            checksum=checksum,
         )
         try:
             reply = self._stub(member.address).Activate(request, timeout=self._activate_timeout)

@@ -107,14 +107,26 @@ class Storesite:
     def get_module(self, module_hash: str) -> bytes:
         return self.store.get_module(module_hash)
 
-    def register_atom(self, guid: str, meta: pb.AtomMeta, tad: TAD, snapshot: bytes) -> Location:
+    def register_atom(
+        self, guid: str, meta: pb.AtomMeta, tad: TAD, snapshot: bytes, **check: int | None
+    ) -> Location:
+        """``check``: the snapshot's ``checksum`` and ``generation`` (see AtomStore)."""
         with self._atom_lock(guid):
-            state = self.store.register_atom(guid, meta, tad, snapshot)
+            state = self.store.register_atom(guid, meta, tad, snapshot, **check)
         return Location(state.location)
 
-    def put_checkpoint(self, guid: str, tad: TAD, snapshot: bytes, seq: int) -> bool:
+    def put_checkpoint(
+        self,
+        guid: str,
+        tad: TAD,
+        snapshot: bytes,
+        seq: int,
+        *,
+        periodic: bool = False,
+        **check: int | None,
+    ) -> bool:
         with self._atom_lock(guid):
-            return self.store.put_checkpoint(guid, tad, seq, snapshot)
+            return self.store.put_checkpoint(guid, tad, seq, snapshot, periodic=periodic, **check)
 
     def get_checkpoint(self, guid: str) -> Checkpoint:
         return self.store.latest_checkpoint(guid)
@@ -141,13 +153,13 @@ class Storesite:
                 )
             return self.store.prepare(guid, source, destination)
 
-    def stage(self, guid: str, tad: TAD, snapshot: bytes) -> None:
+    def stage(self, guid: str, tad: TAD, snapshot: bytes, **check: int | None) -> None:
         with self._atom_lock(guid):
-            self.store.stage(guid, tad, snapshot)
+            self.store.stage(guid, tad, snapshot, **check)
 
-    def commit(self, guid: str, tad: TAD, snapshot: bytes) -> Location:
+    def commit(self, guid: str, tad: TAD, snapshot: bytes, **check: int | None) -> Location:
         with self._atom_lock(guid):
-            state = self.store.commit(guid, tad, snapshot)
+            state = self.store.commit(guid, tad, snapshot, **check)
         self._loads.bump(tad.node)
         return Location(state.location)
 
@@ -155,9 +167,9 @@ class Storesite:
         with self._atom_lock(guid):
             self.store.abort(guid, age)
 
-    def passivated(self, guid: str, tad: TAD, snapshot: bytes) -> None:
+    def passivated(self, guid: str, tad: TAD, snapshot: bytes, **check: int | None) -> None:
         with self._atom_lock(guid):
-            self.store.passivated(guid, tad, snapshot)
+            self.store.passivated(guid, tad, snapshot, **check)
 
     # ------------------------------------------------------------- locate
 
@@ -187,7 +199,9 @@ class Storesite:
             age, checkpoint = self.store.reserve_age(guid)
             tad = TAD(member.name, age)
             try:
-                self.supervisors.activate(member, guid, tad, checkpoint.snapshot, meta)
+                self.supervisors.activate(
+                    member, guid, tad, checkpoint.snapshot, meta, checksum=checkpoint.checksum
+                )
             except CallTimeoutError:
                 # The node may have activated it after all; trying another node
                 # could leave two copies. Leave it to the next Locate.
@@ -300,7 +314,16 @@ class Storesite:
             checkpoint = self.store.latest_checkpoint(guid)
             address = self.directory.storesite_address(destination)
             seq = checkpoint.seq if checkpoint.tad == state.location else 0
-            data = CheckpointInfo(guid, state.location, checkpoint.snapshot, state.meta, seq)
+            generation = checkpoint.generation if checkpoint.generation >= 0 else None
+            data = CheckpointInfo(
+                guid,
+                state.location,
+                checkpoint.snapshot,
+                state.meta,
+                seq,
+                checksum=checkpoint.checksum,
+                generation=generation,
+            )
             with StoresiteClient(address, sid=destination, timeout=30.0) as peer:
                 module_hash = state.meta.module_hash
                 if module_hash and self.store.has_module(module_hash):
@@ -320,6 +343,13 @@ class Storesite:
         dormant = not data.tad.node
         with self._atom_lock(data.guid):
             state = self.store.adopt_atom(
-                data.guid, data.meta, data.tad, data.seq, data.snapshot, dormant=dormant
+                data.guid,
+                data.meta,
+                data.tad,
+                data.seq,
+                data.snapshot,
+                dormant=dormant,
+                checksum=data.checksum,
+                generation=data.generation,
             )
         return Location(state.location, state.dormant)

@@ -194,20 +194,22 @@ class MigrateReply(_message.Message):
     def __init__(self, tad: _Optional[_Union[TAD, _Mapping]] = ..., state_bytes: _Optional[int] = ..., held_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
 
 class AcceptRequest(_message.Message):
-    __slots__ = ("guid", "tad", "snapshot", "meta", "source", "commit")
+    __slots__ = ("guid", "tad", "snapshot", "meta", "source", "commit", "checksum")
     GUID_FIELD_NUMBER: _ClassVar[int]
     TAD_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     META_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     COMMIT_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     guid: str
     tad: TAD
     snapshot: bytes
     meta: AtomMeta
     source: str
     commit: bool
-    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., meta: _Optional[_Union[AtomMeta, _Mapping]] = ..., source: _Optional[str] = ..., commit: _Optional[bool] = ...) -> None: ...
+    checksum: int
+    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., meta: _Optional[_Union[AtomMeta, _Mapping]] = ..., source: _Optional[str] = ..., commit: _Optional[bool] = ..., checksum: _Optional[int] = ...) -> None: ...
 
 class AcceptReply(_message.Message):
     __slots__ = ("ok",)
@@ -216,16 +218,18 @@ class AcceptReply(_message.Message):
     def __init__(self, ok: _Optional[bool] = ...) -> None: ...
 
 class ActivateRequest(_message.Message):
-    __slots__ = ("guid", "tad", "snapshot", "meta")
+    __slots__ = ("guid", "tad", "snapshot", "meta", "checksum")
     GUID_FIELD_NUMBER: _ClassVar[int]
     TAD_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     META_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     guid: str
     tad: TAD
     snapshot: bytes
     meta: AtomMeta
-    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., meta: _Optional[_Union[AtomMeta, _Mapping]] = ...) -> None: ...
+    checksum: int
+    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., meta: _Optional[_Union[AtomMeta, _Mapping]] = ..., checksum: _Optional[int] = ...) -> None: ...
 
 class ActivateReply(_message.Message):
     __slots__ = ("tad",)
@@ -290,28 +294,38 @@ class ModuleHash(_message.Message):
     def __init__(self, hash: _Optional[str] = ...) -> None: ...
 
 class RegisterAtomRequest(_message.Message):
-    __slots__ = ("guid", "meta", "tad", "snapshot")
+    __slots__ = ("guid", "meta", "tad", "snapshot", "checksum", "generation")
     GUID_FIELD_NUMBER: _ClassVar[int]
     META_FIELD_NUMBER: _ClassVar[int]
     TAD_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     guid: str
     meta: AtomMeta
     tad: TAD
     snapshot: bytes
-    def __init__(self, guid: _Optional[str] = ..., meta: _Optional[_Union[AtomMeta, _Mapping]] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ...) -> None: ...
+    checksum: int
+    generation: int
+    def __init__(self, guid: _Optional[str] = ..., meta: _Optional[_Union[AtomMeta, _Mapping]] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., checksum: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class CheckpointRequest(_message.Message):
-    __slots__ = ("guid", "tad", "snapshot", "seq")
+    __slots__ = ("guid", "tad", "snapshot", "seq", "checksum", "generation", "periodic")
     GUID_FIELD_NUMBER: _ClassVar[int]
     TAD_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    PERIODIC_FIELD_NUMBER: _ClassVar[int]
     guid: str
     tad: TAD
     snapshot: bytes
     seq: int
-    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., seq: _Optional[int] = ...) -> None: ...
+    checksum: int
+    generation: int
+    periodic: bool
+    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., seq: _Optional[int] = ..., checksum: _Optional[int] = ..., generation: _Optional[int] = ..., periodic: _Optional[bool] = ...) -> None: ...
 
 class CheckpointPiece(_message.Message):
     __slots__ = ("head", "data")
@@ -322,18 +336,22 @@ class CheckpointPiece(_message.Message):
     def __init__(self, head: _Optional[_Union[CheckpointRequest, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class CheckpointData(_message.Message):
-    __slots__ = ("guid", "tad", "snapshot", "meta", "seq")
+    __slots__ = ("guid", "tad", "snapshot", "meta", "seq", "checksum", "generation")
     GUID_FIELD_NUMBER: _ClassVar[int]
     TAD_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     META_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     guid: str
     tad: TAD
     snapshot: bytes
     meta: AtomMeta
     seq: int
-    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., meta: _Optional[_Union[AtomMeta, _Mapping]] = ..., seq: _Optional[int] = ...) -> None: ...
+    checksum: int
+    generation: int
+    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., meta: _Optional[_Union[AtomMeta, _Mapping]] = ..., seq: _Optional[int] = ..., checksum: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class LocationReply(_message.Message):
     __slots__ = ("tad", "dormant", "forwarded_to")
@@ -362,14 +380,18 @@ class PrepareReply(_message.Message):
     def __init__(self, age: _Optional[int] = ...) -> None: ...
 
 class CommitRequest(_message.Message):
-    __slots__ = ("guid", "tad", "snapshot")
+    __slots__ = ("guid", "tad", "snapshot", "checksum", "generation")
     GUID_FIELD_NUMBER: _ClassVar[int]
     TAD_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     guid: str
     tad: TAD
     snapshot: bytes
-    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ...) -> None: ...
+    checksum: int
+    generation: int
+    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., checksum: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class AbortRequest(_message.Message):
     __slots__ = ("guid", "age")
@@ -380,14 +402,18 @@ class AbortRequest(_message.Message):
     def __init__(self, guid: _Optional[str] = ..., age: _Optional[int] = ...) -> None: ...
 
 class PassivatedRequest(_message.Message):
-    __slots__ = ("guid", "tad", "snapshot")
+    __slots__ = ("guid", "tad", "snapshot", "checksum", "generation")
     GUID_FIELD_NUMBER: _ClassVar[int]
     TAD_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     guid: str
     tad: TAD
     snapshot: bytes
-    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ...) -> None: ...
+    checksum: int
+    generation: int
+    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., checksum: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class StoreMoveRequest(_message.Message):
     __slots__ = ("guid", "destination")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pathlib
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,9 +22,11 @@ from concurrent import futures
 import grpc
 import pytest
 
+from hermesx.errors import CheckpointDamagedError, HermesError, StorageError
 from hermesx.identity import GUID, TAD
 from hermesx.proto import hermesx_pb2 as pb
 from hermesx.proto import hermesx_pb2_grpc as pbg
+from hermesx.snapshot import snapshot_checksum
 from nameservice import NameService, ZooKeeperServer
 from storesite.client import StoresiteClient
 
@@ -94,7 +97,9 @@ class FakeNode:
 
 
 class StoresiteProcess:
-    def __init__(self, sid: str, data: pathlib.Path, zk: str, cluster: str) -> None:
+    def __init__(
+        self, sid: str, data: pathlib.Path, zk: str, cluster: str, *, init: bool = False
+    ) -> None:
         self.sid = sid
         self.proc = subprocess.Popen(
             [
@@ -111,6 +116,7 @@ class StoresiteProcess:
                 zk,
                 "--cluster",
                 cluster,
+                *(["--init"] if init else []),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -164,7 +170,7 @@ def wait_for(predicate: Callable[[], bool], what: str, attempts: int = 300) -> N
 def test_storesite_process_registers_and_serves(
     zk: str, cluster_name: str, tmp_path: pathlib.Path, processes: list[StoresiteProcess | FakeNode]
 ) -> None:
-    site = StoresiteProcess("s1", tmp_path / "s1", zk, cluster_name)
+    site = StoresiteProcess("s1", tmp_path / "s1", zk, cluster_name, init=True)
     processes.append(site)
     address = site.wait_ready()
     with NameService(zk, cluster_name) as names:
@@ -182,7 +188,7 @@ def test_node_death_recovers_atoms_on_a_live_node(
     doomed = FakeNode("doomed", zk, cluster_name)
     survivor = FakeNode("survivor", zk, cluster_name)
     processes.extend([doomed, survivor])
-    site = StoresiteProcess("s1", tmp_path / "s1", zk, cluster_name)
+    site = StoresiteProcess("s1", tmp_path / "s1", zk, cluster_name, init=True)
     processes.append(site)
     with StoresiteClient(site.wait_ready(), sid="s1") as client:
         guids = [str(GUID.new("s1")) for _ in range(3)]
@@ -192,8 +198,12 @@ def test_node_death_recovers_atoms_on_a_live_node(
 
         doomed.die()
         wait_for(lambda: len(survivor.servicer.activations) == 3, "three recoveries")
-        locations = {a.guid: a.tad for a in client.list_atoms()}
-        assert all(locations[g] == TAD("survivor", 2) for g in guids)
+        # The storesite records a location once the node's Activate returned.
+        wait_for(
+            lambda: all(a.tad == TAD("survivor", 2) for a in client.list_atoms()),
+            "the recovered locations to be recorded",
+        )
+        assert len(survivor.servicer.activations) == 3
         snapshots = {r.guid: r.snapshot for r in survivor.servicer.activations}
         assert snapshots[guids[0]] == b"latest"
         assert client.locate(guids[1]).tad == TAD("survivor", 2)
@@ -205,7 +215,7 @@ def test_restart_keeps_records_and_refuses_a_second_process(
     node = FakeNode("n1", zk, cluster_name)
     processes.append(node)
     data = tmp_path / "s1"
-    first = StoresiteProcess("s1", data, zk, cluster_name)
+    first = StoresiteProcess("s1", data, zk, cluster_name, init=True)
     processes.append(first)
     guid = str(GUID.new("s1"))
     with StoresiteClient(first.wait_ready(), sid="s1") as client:
@@ -227,3 +237,131 @@ def test_restart_keeps_records_and_refuses_a_second_process(
         # The node is alive: the restart must not have recovered the atom.
         assert client.locate(guid).tad == TAD("n1", 1)
     assert node.servicer.activations == []
+
+
+def refusal(site: StoresiteProcess) -> str:
+    """The one line a storesite that refused to start printed; it never served."""
+    assert site.proc.wait(timeout=30) != 0
+    assert site.proc.stdout is not None and site.proc.stderr is not None
+    assert "listening" not in site.proc.stdout.read()
+    lines = [line for line in site.proc.stderr.read().splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_a_store_cut_short_is_refused_in_one_line_before_serving(
+    zk: str, cluster_name: str, tmp_path: pathlib.Path, processes: list[StoresiteProcess | FakeNode]
+) -> None:
+    node = FakeNode("n1", zk, cluster_name)
+    processes.append(node)
+    data = tmp_path / "s1"
+    first = StoresiteProcess("s1", data, zk, cluster_name, init=True)
+    processes.append(first)
+    with StoresiteClient(first.wait_ready(), sid="s1") as client:
+        for _ in range(30):
+            client.register_atom(str(GUID.new("s1")), pb.AtomMeta(), TAD("n1", 1), os.urandom(6000))
+    assert first.stop() == 0
+    path = data / "lmdb" / "data.mdb"
+    size = path.stat().st_size
+    os.truncate(path, size // 2)
+
+    again = StoresiteProcess("s1", data, zk, cluster_name)
+    processes.append(again)
+    line = refusal(again)
+    assert line.startswith(f"error: storesite s1: store {path} is damaged: it is {size // 2} bytes")
+    assert "(truncated); move it away and start with --init" in line
+    with NameService(zk, cluster_name) as names:
+        assert "s1" not in names.storesites()
+
+
+def test_a_deleted_data_dir_or_another_storesites_store_is_refused(
+    zk: str, cluster_name: str, tmp_path: pathlib.Path, processes: list[StoresiteProcess | FakeNode]
+) -> None:
+    data = tmp_path / "s1"
+    first = StoresiteProcess("s1", data, zk, cluster_name, init=True)
+    processes.append(first)
+    first.wait_ready()
+    assert first.stop() == 0
+
+    other = StoresiteProcess("s2", data, zk, cluster_name, init=True)
+    processes.append(other)
+    assert refusal(other) == f"error: storesite s2: the store in {data} belongs to storesite s1"
+
+    shutil.rmtree(data)
+    again = StoresiteProcess("s1", data, zk, cluster_name)
+    processes.append(again)
+    assert refusal(again) == (
+        f"error: storesite s1: data dir {data} does not exist; "
+        "start with --init to create a new one"
+    )
+    assert not data.exists()
+    fresh = StoresiteProcess("s1", data, zk, cluster_name, init=True)
+    processes.append(fresh)
+    with StoresiteClient(fresh.wait_ready(), sid="s1") as client:
+        assert client.status().atoms == 0
+
+
+def test_a_flipped_bit_in_a_stored_checkpoint_is_detected_on_read_and_never_restored(
+    zk: str, cluster_name: str, tmp_path: pathlib.Path, processes: list[StoresiteProcess | FakeNode]
+) -> None:
+    doomed = FakeNode("doomed", zk, cluster_name)
+    survivor = FakeNode("survivor", zk, cluster_name)
+    processes.extend([doomed, survivor])
+    data = tmp_path / "s1"
+    first = StoresiteProcess("s1", data, zk, cluster_name, init=True)
+    processes.append(first)
+    guid = str(GUID.new("s1"))
+    states = [b"<count=%d>" % n + bytes(range(256)) * 12 for n in (0, 11, 12)]
+    with StoresiteClient(first.wait_ready(), sid="s1") as client:
+        client.register_atom(
+            guid,
+            pb.AtomMeta(name="c"),
+            TAD("doomed", 1),
+            states[0],
+            checksum=snapshot_checksum(states[0]),
+            generation=0,
+        )
+        for seq, state in ((1, states[1]), (2, states[2])):
+            client.put_checkpoint(
+                guid,
+                TAD("doomed", 1),
+                state,
+                seq,
+                checksum=snapshot_checksum(state),
+                generation=10 + seq,
+            )
+        # Damage in transit is refused at the door.
+        with pytest.raises(StorageError, match="seq 3 is damaged"):
+            client.put_checkpoint(
+                guid, TAD("doomed", 1), states[2] + b"!", 3, checksum=snapshot_checksum(states[2])
+            )
+    assert first.stop() == 0
+    # One bit flipped on disk, inside the latest checkpoint's bytes.
+    path = data / "lmdb" / "data.mdb"
+    raw = bytearray(path.read_bytes())
+    at = raw.index(b"<count=12>") + 100
+    raw[at] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+    again = StoresiteProcess("s1", data, zk, cluster_name)
+    processes.append(again)
+    with StoresiteClient(again.wait_ready(), sid="s1") as client:
+        with pytest.raises(CheckpointDamagedError) as info:
+            client.get_checkpoint(guid)
+        message = str(info.value)
+        assert f"checkpoint #3 of atom {guid} (doomed@1 seq 2) is damaged" in message, message
+        assert f"so atom {guid} is not restored" in message
+        doomed.die()
+        # Recovery is refused, clearly, every time; nothing is ever activated.
+        wait_for(lambda: _locate_error(client, guid) is not None, "a refused recovery")
+        refused = _locate_error(client, guid)
+        assert isinstance(refused, CheckpointDamagedError) and "is damaged" in str(refused)
+    assert survivor.servicer.activations == []
+
+
+def _locate_error(client: StoresiteClient, guid: str) -> HermesError | None:
+    try:
+        client.locate(guid, timeout=10)
+    except HermesError as err:
+        return err
+    return None

@@ -20,7 +20,7 @@ SID = "s1"
 
 @pytest.fixture
 def store(tmp_path: pathlib.Path) -> Iterator[AtomStore]:
-    with AtomStore(SID, tmp_path / "data", max_checkpoint_bytes=1 << 20) as s:
+    with AtomStore(SID, tmp_path / "data", init=True, max_checkpoint_bytes=1 << 20) as s:
         yield s
 
 
@@ -249,7 +249,7 @@ def test_forget_deletes_every_record(store: AtomStore) -> None:
 
 def test_restart_loses_nothing(tmp_path: pathlib.Path) -> None:
     data = tmp_path / "data"
-    with AtomStore(SID, data) as store:
+    with AtomStore(SID, data, init=True) as store:
         guid = new_atom(store)
         store.put_checkpoint(guid, TAD("n1", 1), 1, b"one")
         digest = store.put_module(b"module")
@@ -274,7 +274,7 @@ def test_data_dir_held_by_another_process_is_refused(tmp_path: pathlib.Path) -> 
                 f"""
                 import pathlib, sys
                 from storesite.store import AtomStore
-                store = AtomStore("holder", pathlib.Path({str(data)!r}))
+                store = AtomStore("holder", pathlib.Path({str(data)!r}), init=True)
                 print("open", flush=True)
                 sys.stdin.read()
                 """
@@ -292,8 +292,8 @@ def test_data_dir_held_by_another_process_is_refused(tmp_path: pathlib.Path) -> 
         assert f"held by storesite holder (pid {holder.pid})" in str(info.value)
     finally:
         holder.communicate("", timeout=10)
-    # Once the holder is gone the dir opens again.
-    AtomStore(SID, data).close()
+    # Once the holder is gone the dir opens again (for the storesite it belongs to).
+    AtomStore("holder", data).close()
 
 
 def test_data_dir_opened_twice_in_one_process_is_refused(store: AtomStore) -> None:
@@ -303,7 +303,7 @@ def test_data_dir_opened_twice_in_one_process_is_refused(store: AtomStore) -> No
 
 def test_data_dir_with_missing_parent_is_refused(tmp_path: pathlib.Path) -> None:
     with pytest.raises(StorageError, match="does not exist"):
-        AtomStore(SID, tmp_path / "missing" / "data")
+        AtomStore(SID, tmp_path / "missing" / "data", init=True)
 
 
 def test_data_dir_that_is_a_file_is_refused(tmp_path: pathlib.Path) -> None:

@@ -109,7 +109,7 @@ class Cluster:
         del self.directory.members[name]
 
     def add_storesite(self, sid: str, **kwargs: int) -> tuple[Storesite, StoresiteClient]:
-        store = AtomStore(sid, self.tmp / sid, **kwargs)
+        store = AtomStore(sid, self.tmp / sid, init=True, **kwargs)
         site = Storesite(store, self.directory, load_ttl=0.0)
         server = StoresiteServer(site, "127.0.0.1:0")
         address = server.start()

@@ -1,0 +1,53 @@
+"""A node never restores a snapshot whose checksum does not match (DESIGN.md §6, issue 11)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from wat.runtime_helpers import example
+
+from hermesx.errors import StorageError
+from hermesx.host import StandaloneHost
+from hermesx.identity import GUID
+from hermesx.proto import hermesx_pb2 as pb
+from hermesx.runtime import Runtime
+from hermesx.snapshot import snapshot_checksum
+from hermesx.supervisor import NodeConfig, Supervisor
+
+
+@pytest.fixture
+def node() -> Iterator[Supervisor]:
+    # Never started: nothing here needs ZooKeeper, a storesite or a port.
+    supervisor = Supervisor(NodeConfig(name="n1", zk="127.0.0.1:1"))
+    yield supervisor
+    supervisor.stop()
+
+
+def test_a_damaged_snapshot_sent_for_activation_is_refused_and_nothing_runs(
+    node: Supervisor,
+) -> None:
+    guid = str(GUID.new("s1"))
+    runtime = Runtime()
+    try:
+        module = runtime.load(example("counter"))
+        snapshot = runtime.create(module, guid, StandaloneHost()).snapshot()
+    finally:
+        runtime.close()
+    damaged = bytearray(snapshot)
+    damaged[len(damaged) // 2] ^= 0x08
+    for commit in (True, False):  # activation / recovery, and a move's staged copy
+        request = pb.AcceptRequest(
+            guid=guid,
+            tad=pb.TAD(node="n1", age=3),
+            snapshot=bytes(damaged),
+            meta=pb.AtomMeta(module_hash=module.hash),
+            commit=commit,
+            checksum=snapshot_checksum(snapshot),
+        )
+        with pytest.raises(StorageError) as info:
+            node.accept_atom(request)
+        assert str(info.value).startswith(
+            f"snapshot of atom {guid} sent to node n1 for n1@3 is damaged: its "
+        )
+    assert guid not in node.atoms
