@@ -38,6 +38,8 @@ class Location:
     tad: TAD
     dormant: bool = False
     forwarded_to: str = ""
+    # The incarnation of tad.node the atom is recorded at ("" when unknown).
+    incarnation: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +49,7 @@ class CheckpointInfo:
     snapshot: bytes
     meta: pb.AtomMeta
     seq: int
+    incarnation: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +78,7 @@ def _pb_tad(tad: TAD) -> pb.TAD:
 
 
 def location_from_pb(reply: pb.LocationReply) -> Location:
-    return Location(_tad(reply.tad), reply.dormant, reply.forwarded_to)
+    return Location(_tad(reply.tad), reply.dormant, reply.forwarded_to, reply.incarnation)
 
 
 class StoresiteClient:
@@ -125,8 +128,12 @@ class StoresiteClient:
 
     # ----------------------------------------------------------------- atoms
 
-    def register_atom(self, guid: str, meta: pb.AtomMeta, tad: TAD, snapshot: bytes) -> Location:
-        request = pb.RegisterAtomRequest(guid=guid, meta=meta, tad=_pb_tad(tad), snapshot=snapshot)
+    def register_atom(
+        self, guid: str, meta: pb.AtomMeta, tad: TAD, snapshot: bytes, *, incarnation: str = ""
+    ) -> Location:
+        request = pb.RegisterAtomRequest(
+            guid=guid, meta=meta, tad=_pb_tad(tad), snapshot=snapshot, incarnation=incarnation
+        )
         return location_from_pb(
             self._call(self._stub.RegisterAtom, request, f"RegisterAtom({guid})")
         )
@@ -139,7 +146,9 @@ class StoresiteClient:
         reply = self._call(
             self._stub.GetCheckpoint, pb.GuidRequest(guid=guid), f"GetCheckpoint({guid})"
         )
-        return CheckpointInfo(reply.guid, _tad(reply.tad), reply.snapshot, reply.meta, reply.seq)
+        return CheckpointInfo(
+            reply.guid, _tad(reply.tad), reply.snapshot, reply.meta, reply.seq, reply.incarnation
+        )
 
     def locate(self, guid: str, *, timeout: float | None = None) -> Location:
         """Where the atom is now; the storesite activates a dormant atom first.
@@ -155,8 +164,11 @@ class StoresiteClient:
         request = pb.PrepareRequest(guid=guid, source=_pb_tad(source), destination=destination)
         return int(self._call(self._stub.Prepare, request, f"Prepare({guid})").age)
 
-    def commit(self, guid: str, tad: TAD, snapshot: bytes) -> Location:
-        request = pb.CommitRequest(guid=guid, tad=_pb_tad(tad), snapshot=snapshot)
+    def commit(self, guid: str, tad: TAD, snapshot: bytes, *, incarnation: str) -> Location:
+        """Complete a move to ``tad``, staged by the destination's ``incarnation``."""
+        request = pb.CommitRequest(
+            guid=guid, tad=_pb_tad(tad), snapshot=snapshot, incarnation=incarnation
+        )
         return location_from_pb(self._call(self._stub.Commit, request, f"Commit({guid})"))
 
     def abort(self, guid: str, age: int) -> None:
@@ -183,7 +195,12 @@ class StoresiteClient:
         """
         tad = TAD("", data.tad.age) if dormant else data.tad
         request = pb.CheckpointData(
-            guid=data.guid, tad=_pb_tad(tad), snapshot=data.snapshot, meta=data.meta, seq=data.seq
+            guid=data.guid,
+            tad=_pb_tad(tad),
+            snapshot=data.snapshot,
+            meta=data.meta,
+            seq=data.seq,
+            incarnation="" if dormant else data.incarnation,
         )
         return location_from_pb(
             self._call(self._stub.AdoptAtom, request, f"AdoptAtom({data.guid})")

@@ -62,7 +62,10 @@ def _pb_tad(tad: TAD) -> pb.TAD:
 
 def _location(location: Location) -> pb.LocationReply:
     return pb.LocationReply(
-        tad=_pb_tad(location.tad), dormant=location.dormant, forwarded_to=location.forwarded_to
+        tad=_pb_tad(location.tad),
+        dormant=location.dormant,
+        forwarded_to=location.forwarded_to,
+        incarnation=location.incarnation,
     )
 
 
@@ -109,7 +112,11 @@ class StoresiteServicer(pbg.StoresiteServicer):
             "RegisterAtom",
             lambda: _location(
                 self.site.register_atom(
-                    request.guid, request.meta, _tad(request.tad), request.snapshot
+                    request.guid,
+                    request.meta,
+                    _tad(request.tad),
+                    request.snapshot,
+                    request.incarnation,
                 )
             ),
         )
@@ -150,7 +157,11 @@ class StoresiteServicer(pbg.StoresiteServicer):
         return self._run(
             context,
             "Commit",
-            lambda: _location(self.site.commit(request.guid, _tad(request.tad), request.snapshot)),
+            lambda: _location(
+                self.site.commit(
+                    request.guid, _tad(request.tad), request.snapshot, request.incarnation
+                )
+            ),
         )
 
     def Stage(self, request: pb.CommitRequest, context: grpc.ServicerContext) -> pb.Empty:
@@ -194,7 +205,12 @@ class StoresiteServicer(pbg.StoresiteServicer):
         self, request: pb.CheckpointData, context: grpc.ServicerContext
     ) -> pb.LocationReply:
         data = CheckpointInfo(
-            request.guid, _tad(request.tad), request.snapshot, request.meta, request.seq
+            request.guid,
+            _tad(request.tad),
+            request.snapshot,
+            request.meta,
+            request.seq,
+            request.incarnation,
         )
         return self._run(context, "AdoptAtom", lambda: _location(self.site.adopt_atom(data)))
 
@@ -279,6 +295,12 @@ class NameServiceDirectory:
         except NameServiceError as exc:
             raise _naming_error(exc, "cannot list live nodes") from exc
         return nodes
+
+    def live_incarnation(self, node: str) -> str | None:
+        try:
+            return self._names.node_incarnation(node)
+        except NameServiceError as exc:
+            raise _naming_error(exc, f"cannot read node {node}'s registration") from exc
 
     def storesite_address(self, sid: str) -> str:
         try:

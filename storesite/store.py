@@ -5,9 +5,10 @@ directory, guarded by a lock file so two storesite processes never share it.
 It keeps three sub-databases:
 
 - ``modules``: hex sha256 → module bytes (verified on put);
-- ``atoms``: GUID → :class:`AtomState` (meta, location TAD, dormant flag, the
-  next age to hand out, a pending move, the latest checkpoint's age and seq,
-  the storesite the atom's home moved to);
+- ``atoms``: GUID → :class:`AtomState` (meta, location TAD and the node
+  incarnation it names, dormant flag, the next age to hand out, a pending
+  move, the latest checkpoint's age and seq, the storesite the atom's home
+  moved to);
 - ``checkpoints``: GUID + internal counter → snapshot with its TAD and seq;
   the latest and the three before it are kept.
 
@@ -88,6 +89,9 @@ class AtomState:
     adopted: bool
     # Wall-clock time of PREPARE: a pending move is a lease, not a lock.
     pending_since: float = 0.0
+    # The incarnation of location.node that holds the atom (DESIGN.md §5);
+    # "" when unknown (records of older stores): reconciled with the live node.
+    incarnation: str = ""
 
     @property
     def meta(self) -> pb.AtomMeta:
@@ -116,6 +120,7 @@ class AtomState:
                 "fwd": self.forwarded_to,
                 "adopted": self.adopted,
                 "pending_since": self.pending_since,
+                "inc": self.incarnation,
             },
             use_bin_type=True,
         )
@@ -138,6 +143,7 @@ class AtomState:
             forwarded_to=d["fwd"],
             adopted=d["adopted"],
             pending_since=float(d.get("pending_since", 0.0)),
+            incarnation=str(d.get("inc", "")),
         )
 
 
@@ -293,8 +299,13 @@ class AtomStore:
 
     # ----------------------------------------------------------------- atoms
 
-    def register_atom(self, guid: str, meta: pb.AtomMeta, tad: TAD, snapshot: bytes) -> AtomState:
-        """Record a new atom homed here at ``tad`` with its first checkpoint."""
+    def register_atom(
+        self, guid: str, meta: pb.AtomMeta, tad: TAD, snapshot: bytes, incarnation: str = ""
+    ) -> AtomState:
+        """Record a new atom homed here at ``tad`` with its first checkpoint.
+
+        ``incarnation`` is that of ``tad.node`` holding it.
+        """
         home = GUID.parse(guid).home
         if home != self.sid:
             raise StorageError(f"atom {guid} is homed at storesite {home}, not at {self.sid}")
@@ -311,6 +322,7 @@ class AtomStore:
             checkpoint_no=0,
             forwarded_to="",
             adopted=False,
+            incarnation=incarnation,
         )
         with self._write(guid) as txn:
             if txn.get(guid.encode(), db=self._atoms) is not None:
@@ -329,6 +341,7 @@ class AtomStore:
         *,
         dormant: bool,
         next_age: int | None = None,
+        incarnation: str = "",
     ) -> AtomState:
         """Take over an atom whose home moves here from another storesite."""
         self._check_size(guid, snapshot)
@@ -354,6 +367,7 @@ class AtomStore:
                 checkpoint_no=0,
                 forwarded_to="",
                 adopted=True,
+                incarnation="" if dormant else incarnation,
             )
             state = self._store_checkpoint(txn, state, tad, seq, snapshot)
         log.info("adopted atom %s at %s (dormant=%s)", guid, tad, dormant)
@@ -489,16 +503,17 @@ class AtomStore:
                 db=self._checkpoints,
             )
 
-    def commit(self, guid: str, tad: TAD, snapshot: bytes) -> AtomState:
+    def commit(self, guid: str, tad: TAD, snapshot: bytes, incarnation: str = "") -> AtomState:
         """Complete the pending move: ``tad`` becomes the location, the snapshot the checkpoint.
 
         An empty ``snapshot`` means the one staged for this move.
+        ``incarnation`` is the destination's that staged the copy.
         """
         self._check_size(guid, snapshot)
         with self._write(guid) as txn:
             state = self._live_state(txn, guid)
             self._check_pending(state, tad, "commit")
-            state = replace(state, location=tad, pending=None)
+            state = replace(state, location=tad, pending=None, incarnation=incarnation)
             if snapshot:
                 state = self._store_checkpoint(txn, state, tad, 0, snapshot)
             else:
@@ -556,8 +571,11 @@ class AtomStore:
             raise StorageError(f"storesite {self.sid} lost the latest checkpoint of atom {guid}")
         return age, self._unpack_checkpoint(state, bytes(data))
 
-    def activated(self, guid: str, tad: TAD) -> AtomState:
-        """The atom now runs at ``tad`` (after activation or recovery); any pending move is gone."""
+    def activated(self, guid: str, tad: TAD, incarnation: str = "") -> AtomState:
+        """The atom now runs at ``tad`` on node ``incarnation`` (after activation or recovery).
+
+        Any pending move is gone.
+        """
         with self._write(guid) as txn:
             state = self._live_state(txn, guid)
             if tad.age < state.location.age:
@@ -565,7 +583,18 @@ class AtomStore:
                     f"activation of atom {guid} at {tad} is older than its location "
                     f"{state.location}"
                 )
-            state = replace(state, location=tad, dormant=False, pending=None)
+            state = replace(
+                state, location=tad, dormant=False, pending=None, incarnation=incarnation
+            )
+            self._put_state(txn, state)
+        return state
+
+    def set_incarnation(self, guid: str, tad: TAD, incarnation: str) -> AtomState:
+        """Record which incarnation of ``tad.node`` holds the atom (a reconciled old record)."""
+        with self._write(guid) as txn:
+            state = self._live_state(txn, guid)
+            self._check_current(state, tad, "reconciliation")
+            state = replace(state, incarnation=incarnation)
             self._put_state(txn, state)
         return state
 

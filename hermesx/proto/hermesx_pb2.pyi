@@ -164,12 +164,14 @@ class LocateRequest(_message.Message):
     def __init__(self, guid: _Optional[str] = ...) -> None: ...
 
 class LocateReply(_message.Message):
-    __slots__ = ("tad", "active_here")
+    __slots__ = ("tad", "active_here", "incarnation")
     TAD_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_HERE_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     tad: TAD
     active_here: bool
-    def __init__(self, tad: _Optional[_Union[TAD, _Mapping]] = ..., active_here: _Optional[bool] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, tad: _Optional[_Union[TAD, _Mapping]] = ..., active_here: _Optional[bool] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class MigrateRequest(_message.Message):
     __slots__ = ("guid", "destination")
@@ -192,26 +194,30 @@ class MigrateReply(_message.Message):
     def __init__(self, tad: _Optional[_Union[TAD, _Mapping]] = ..., state_bytes: _Optional[int] = ..., held_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
 
 class AcceptRequest(_message.Message):
-    __slots__ = ("guid", "tad", "snapshot", "meta", "source", "commit")
+    __slots__ = ("guid", "tad", "snapshot", "meta", "source", "commit", "incarnation")
     GUID_FIELD_NUMBER: _ClassVar[int]
     TAD_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     META_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     COMMIT_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     guid: str
     tad: TAD
     snapshot: bytes
     meta: AtomMeta
     source: str
     commit: bool
-    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., meta: _Optional[_Union[AtomMeta, _Mapping]] = ..., source: _Optional[str] = ..., commit: _Optional[bool] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., meta: _Optional[_Union[AtomMeta, _Mapping]] = ..., source: _Optional[str] = ..., commit: _Optional[bool] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class AcceptReply(_message.Message):
-    __slots__ = ("ok",)
+    __slots__ = ("ok", "incarnation")
     OK_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     ok: bool
-    def __init__(self, ok: _Optional[bool] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, ok: _Optional[bool] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class ActivateRequest(_message.Message):
     __slots__ = ("guid", "tad", "snapshot", "meta")
@@ -226,10 +232,12 @@ class ActivateRequest(_message.Message):
     def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., meta: _Optional[_Union[AtomMeta, _Mapping]] = ...) -> None: ...
 
 class ActivateReply(_message.Message):
-    __slots__ = ("tad",)
+    __slots__ = ("tad", "incarnation")
     TAD_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     tad: TAD
-    def __init__(self, tad: _Optional[_Union[TAD, _Mapping]] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, tad: _Optional[_Union[TAD, _Mapping]] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class GuidRequest(_message.Message):
     __slots__ = ("guid",)
@@ -286,16 +294,18 @@ class ModuleHash(_message.Message):
     def __init__(self, hash: _Optional[str] = ...) -> None: ...
 
 class RegisterAtomRequest(_message.Message):
-    __slots__ = ("guid", "meta", "tad", "snapshot")
+    __slots__ = ("guid", "meta", "tad", "snapshot", "incarnation")
     GUID_FIELD_NUMBER: _ClassVar[int]
     META_FIELD_NUMBER: _ClassVar[int]
     TAD_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     guid: str
     meta: AtomMeta
     tad: TAD
     snapshot: bytes
-    def __init__(self, guid: _Optional[str] = ..., meta: _Optional[_Union[AtomMeta, _Mapping]] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, guid: _Optional[str] = ..., meta: _Optional[_Union[AtomMeta, _Mapping]] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class CheckpointRequest(_message.Message):
     __slots__ = ("guid", "tad", "snapshot", "seq")
@@ -310,28 +320,32 @@ class CheckpointRequest(_message.Message):
     def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class CheckpointData(_message.Message):
-    __slots__ = ("guid", "tad", "snapshot", "meta", "seq")
+    __slots__ = ("guid", "tad", "snapshot", "meta", "seq", "incarnation")
     GUID_FIELD_NUMBER: _ClassVar[int]
     TAD_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     META_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     guid: str
     tad: TAD
     snapshot: bytes
     meta: AtomMeta
     seq: int
-    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., meta: _Optional[_Union[AtomMeta, _Mapping]] = ..., seq: _Optional[int] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., meta: _Optional[_Union[AtomMeta, _Mapping]] = ..., seq: _Optional[int] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class LocationReply(_message.Message):
-    __slots__ = ("tad", "dormant", "forwarded_to")
+    __slots__ = ("tad", "dormant", "forwarded_to", "incarnation")
     TAD_FIELD_NUMBER: _ClassVar[int]
     DORMANT_FIELD_NUMBER: _ClassVar[int]
     FORWARDED_TO_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     tad: TAD
     dormant: bool
     forwarded_to: str
-    def __init__(self, tad: _Optional[_Union[TAD, _Mapping]] = ..., dormant: _Optional[bool] = ..., forwarded_to: _Optional[str] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, tad: _Optional[_Union[TAD, _Mapping]] = ..., dormant: _Optional[bool] = ..., forwarded_to: _Optional[str] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class PrepareRequest(_message.Message):
     __slots__ = ("guid", "source", "destination")
@@ -350,14 +364,16 @@ class PrepareReply(_message.Message):
     def __init__(self, age: _Optional[int] = ...) -> None: ...
 
 class CommitRequest(_message.Message):
-    __slots__ = ("guid", "tad", "snapshot")
+    __slots__ = ("guid", "tad", "snapshot", "incarnation")
     GUID_FIELD_NUMBER: _ClassVar[int]
     TAD_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     guid: str
     tad: TAD
     snapshot: bytes
-    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class AbortRequest(_message.Message):
     __slots__ = ("guid", "age")
