@@ -367,11 +367,14 @@ class NameService:
 
     def register_storesite(
         self, sid: str, address: str, data: Mapping[str, Any] | None = None
-    ) -> None:
-        """Register a live storesite (ephemeral); NameTakenError if another live one has the id."""
+    ) -> str:
+        """Register a live storesite (ephemeral); NameTakenError if another live one has the id.
+
+        Returns the registration's incarnation.
+        """
         validate_name(sid, "storesite id")
         _validate_address(address, f"storesite {sid!r}")
-        self._register(_STORESITES, "storesite", sid, {"address": address}, data)
+        return self._register(_STORESITES, "storesite", sid, {"address": address}, data)
 
     def nodes(self) -> dict[str, Member]:
         """Live nodes by name (cached, kept fresh by watches)."""
