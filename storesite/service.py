@@ -190,9 +190,16 @@ class Storesite:
         """Refuse (and abort) a COMMIT unless the incarnation that staged is the live one.
 
         A destination restarted after staging has no copy: committing to it
-        would strand the atom. Caller holds the atom lock.
+        would strand the atom. The cached membership answers when it lists that
+        incarnation (ZooKeeper is read only otherwise: a sync costs a move
+        1.5 ms); if the incarnation ended a moment ago, the membership change
+        recovers the atom from the checkpoint committed here. Caller holds the
+        atom lock.
         """
         if incarnation:
+            member = self.directory.nodes().get(tad.node)
+            if member is not None and member.incarnation == incarnation:
+                return
             live = self.directory.live_incarnation(tad.node)
             if live == incarnation:
                 return
