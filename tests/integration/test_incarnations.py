@@ -119,41 +119,52 @@ def test_restarted_node_atoms_are_recovered_by_a_storesite_up_all_along(
         assert client.locate("steady").age > 1
 
 
-def test_destination_restarted_before_commit_fails_the_move_and_keeps_the_atom(
-    pinned: LocalCluster, atoms: dict[str, pathlib.Path]
+@pytest.mark.parametrize("step", ["prepared", "transferred", "committed"])
+def test_destination_restarted_during_a_move_leaves_one_copy_with_every_acknowledged_call(
+    pinned: LocalCluster, atoms: dict[str, pathlib.Path], step: str
 ) -> None:
     with Client(pinned.zk, pinned.name) as client:
-        guid = _counter(client, atoms["counter"], "mover", on="n1")
+        name = f"mover-{step}"
+        guid = _counter(client, atoms["counter"], name, on="n1")
         # Long enough for n2's old session to expire and the new process to
-        # register before the source sends its COMMIT.
+        # register before the source goes on with the move.
         pause = 12.0
-        client.node_stub("n1").TestHook(
-            pb.TestHookRequest(pause_at="transferred", seconds=pause), timeout=5
-        )
+        client.node_stub("n1").TestHook(pb.TestHookRequest(pause_at=step, seconds=pause), timeout=5)
         outcome: list[str] = []
 
         def move() -> None:
             try:
-                client.migrate("mover", "n2")
+                client.migrate(name, "n2")
                 outcome.append("moved")
             except HermesError as exc:
                 outcome.append(f"failed: {exc}")
 
         mover = threading.Thread(target=move)
         mover.start()
-        _wait_for_log(pinned, "node-n1", "paused at transferred")
+        _wait_for_log(pinned, "node-n1", f"paused at {step}")
         paused_at = time.monotonic()
         _restart(pinned, pinned.node_specs["n2"])
         assert time.monotonic() - paused_at < pause, "n2 came back too late for this test"
         mover.join(60)
         [result] = outcome
-        assert result.startswith("failed:") and "restarted" in result, result
-        # The move is off: the atom answers at its source with every
-        # acknowledged increment, and only there.
-        assert client.atom("mover").incr(1) == ACKED + 1
-        assert client.locate("mover").node == "n1"
-        assert _active_copies(client, guid) == ["n1"]
-        # And it moves to the new incarnation of n2 normally.
-        client.migrate("mover", "n2")
-        assert client.atom("mover").get() == ACKED + 1
-        assert _active_copies(client, guid) == ["n2"]
+        if step == "prepared":
+            # The new incarnation staged the copy itself: the move is sound.
+            assert result == "moved"
+        elif step == "transferred":
+            # The COMMIT named the incarnation that staged, which is gone: refused,
+            # and the atom stays at its source.
+            assert result.startswith("failed:") and "restarted" in result, result
+            assert client.locate(name).node == "n1"
+        else:
+            # Committed, then the destination lost its copy: a clear failure,
+            # and the storesite recovers the atom from the committed checkpoint.
+            assert result.startswith("failed:") and "did not activate" in result, result
+        # Every acknowledged increment is there, in exactly one copy.
+        assert client.atom(name).incr(1) == ACKED + 1
+        [where] = _active_copies(client, guid)
+        assert client.locate(name).node == where
+        # And nothing is left half-done: the atom moves again.
+        target = next(n for n in ("n1", "n2", "n3") if n != where)
+        client.migrate(name, target)
+        assert client.atom(name).get() == ACKED + 1
+        assert _active_copies(client, guid) == [target]
