@@ -167,6 +167,9 @@ def cmd_nodes(args: argparse.Namespace) -> None:
         for name in sorted(members):
             m = members[name]
             row: dict[str, Any] = {"name": name, "address": m.address, "tags": list(m.tags)}
+            if m.incarnation:
+                # Changes on every restart: atoms recorded at an older one are recovered.
+                row["incarnation"] = m.incarnation
             pid = m.data.get("pid", pids.get(name))
             if pid is not None:
                 row["pid"] = pid

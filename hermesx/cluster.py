@@ -43,6 +43,8 @@ Progress = Callable[[str], None]
 class NodeSpec:
     name: str
     tags: tuple[str, ...] = ()
+    # HOST:PORT to listen on; port 0 picks a free one at each start.
+    listen: str = "127.0.0.1:0"
 
 
 @dataclass
@@ -256,7 +258,7 @@ class LocalCluster:
             "--name",
             spec.name,
             "--listen",
-            "127.0.0.1:0",
+            spec.listen,
             "--data",
             str(self.dir / f"node-{spec.name}"),
             "--session-timeout",

@@ -87,9 +87,15 @@ class Naming:
         address: str,
         tags: Sequence[str] = (),
         data: Mapping[str, Any] | None = None,
-    ) -> None:
+    ) -> str:
+        """Register this node; returns its incarnation (the session owning the registration)."""
         with _translated():
-            self._ns.register_node(name, address, tags, data)
+            return self._ns.register_node(name, address, tags, data)
+
+    def node_incarnation(self, name: str) -> str | None:
+        """Node ``name``'s live incarnation read fresh from ZooKeeper; None if it is not live."""
+        with _translated():
+            return self._ns.node_incarnation(name)
 
     def nodes(self) -> dict[str, Member]:
         with _translated():

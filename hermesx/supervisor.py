@@ -5,6 +5,12 @@ along TADs, keeps its stash, coordinates migrations of its atoms as the
 source, installs atoms sent to it (migration, activation, recovery), and
 fences itself when its name-service session is in doubt: a node that may
 have been declared dead must not serve, or two copies of an atom could run.
+
+Each registration is an *incarnation* (the session owning ``nodes/<name>``,
+DESIGN.md §5). The node names it whenever it takes an atom — staging,
+activation, creation — so the storesite records which incarnation holds the
+atom; it takes none before it is registered, and a COMMIT that names another
+incarnation of this node (it restarted after staging) is refused.
 """
 
 from __future__ import annotations
@@ -311,6 +317,9 @@ class Supervisor(pbg.SupervisorServicer):
         self._pressure_invokes = max(1, self._max_invokes * 3 // 4)
         self._invokes = 0  # Invoke RPCs being served
         self._invokes_lock = threading.Lock()
+        # This registration's incarnation; "" while not registered (starting,
+        # or after a lost session until we register again).
+        self.incarnation = ""
         # Set while we may serve: our name-service session is not in doubt.
         self._serving = threading.Event()
         self._serving.set()
@@ -357,9 +366,12 @@ class Supervisor(pbg.SupervisorServicer):
         deadline = time.monotonic() + 2 * self.config.session_timeout + 5.0
         while True:
             try:
-                self.naming.register_node(
+                incarnation = self.naming.register_node(
                     self.name, self.address, self.config.tags, {"pid": os.getpid()}
                 )
+                if incarnation != self.incarnation:
+                    log.info("node %s registered as incarnation %s", self.name, incarnation)
+                self.incarnation = incarnation
                 return
             except NameTakenError:
                 if time.monotonic() > deadline or self._stopping.is_set():
@@ -413,6 +425,8 @@ class Supervisor(pbg.SupervisorServicer):
             self.fenced = True
             log.warning("node %s: name-service connection suspended; not serving", self.name)
         elif state == "lost":
+            # Atoms taken from now on would be recorded at a dead incarnation.
+            self.incarnation = ""
             self._fence_drop("name-service session lost")
         elif state == "connected":
             if self.fenced:
@@ -445,7 +459,7 @@ class Supervisor(pbg.SupervisorServicer):
 
     def _reregister(self) -> None:
         try:
-            if self.name not in self.naming.nodes():
+            if not self.incarnation or self.name not in self.naming.nodes():
                 self._register()
         except HermesError as exc:
             log.warning("node %s: could not register again: %s", self.name, exc)
@@ -495,6 +509,22 @@ class Supervisor(pbg.SupervisorServicer):
             self.passivate_atom(active)
 
     # ------------------------------------------------------------ helpers
+
+    def _taking_incarnation(self, what: str) -> str:
+        """Our incarnation, to name when taking an atom; refuses while we are not registered."""
+        self._wait_serving(what)
+        incarnation = self.incarnation
+        if not incarnation:
+            raise UnreachableError(f"node {self.name} is not registered yet; {what}")
+        return incarnation
+
+    def _still_incarnation(self, incarnation: str, what: str) -> None:
+        """After taking an atom: our session must not have been lost meanwhile."""
+        if self.incarnation != incarnation:
+            raise UnreachableError(
+                f"node {self.name} lost its name-service session "
+                f"(incarnation {incarnation}); {what}"
+            )
 
     def _unavailable(self) -> pb.Error:
         return pb_error(
@@ -818,7 +848,7 @@ class Supervisor(pbg.SupervisorServicer):
         return pb.CreateReply(guid=guid, tad=tad_to_pb(tad))
 
     def create_atom(self, request: pb.CreateRequest) -> tuple[str, TAD]:
-        self._wait_serving("cannot create atoms")
+        incarnation = self._taking_incarnation("cannot create atoms")
         meta = pb.AtomMeta()
         meta.CopyFrom(request.meta)
         aliases = [_parse_alias(a) for a in request.aliases]
@@ -858,6 +888,7 @@ class Supervisor(pbg.SupervisorServicer):
                         snapshot=snapshot,
                         checksum=snapshot_checksum(snapshot),
                         generation=generation,
+                        incarnation=incarnation,
                     ),
                     timeout=10.0,
                 )
@@ -880,7 +911,7 @@ class Supervisor(pbg.SupervisorServicer):
     # ------------------------------------------------------------ locate / status
 
     def Locate(self, request: pb.LocateRequest, context: grpc.ServicerContext) -> pb.LocateReply:
-        reply = pb.LocateReply(active_here=request.guid in self.atoms)
+        reply = pb.LocateReply(active_here=request.guid in self.atoms, incarnation=self.incarnation)
         tad = self.stash.get(request.guid)
         if tad is not None:
             reply.tad.CopyFrom(tad_to_pb(tad))
@@ -1109,7 +1140,11 @@ class Supervisor(pbg.SupervisorServicer):
         dst = None
         try:
             dst = self.invoker.node_stub(destination)
-            dst.Accept(accept, timeout=60.0)
+            staged = dst.Accept(accept, timeout=60.0)
+            # The COMMIT names who staged the copy: a restarted destination has none.
+            if not staged.incarnation:
+                raise MigrationError(f"node {destination} did not say which incarnation staged")
+            accept.incarnation = staged.incarnation
             staging.result()
             phases["transfer"] = time.perf_counter()
             self._test_pause("transferred")
@@ -1124,7 +1159,9 @@ class Supervisor(pbg.SupervisorServicer):
             raise MigrationError(f"atom {guid}: move to {destination} failed: {err}") from exc
         try:
             self._storesite_call(
-                guid, "Commit", pb.CommitRequest(guid=guid, tad=tad_to_pb(new_tad))
+                guid,
+                "Commit",
+                pb.CommitRequest(guid=guid, tad=tad_to_pb(new_tad), incarnation=accept.incarnation),
             )
         except HermesError as exc:
             self._abort_move(guid, new_tad, dst, accept)
@@ -1140,9 +1177,16 @@ class Supervisor(pbg.SupervisorServicer):
         try:
             dst.Accept(accept, timeout=30.0)
         except grpc.RpcError as exc:
-            # The storesite has the checkpoint and the location; if the
-            # destination died it will be recovered from there.
-            log.warning("atom %s: activation at %s failed after commit: %s", guid, destination, exc)
+            # The storesite has the checkpoint and the location: a live
+            # destination activates its staged copy when it asks the storesite;
+            # if that incarnation is gone, the atom is recovered from there.
+            err = error_from_rpc(exc, f"node {destination}")
+            log.warning("atom %s: activation at %s failed after commit: %s", guid, destination, err)
+            raise MigrationError(
+                f"atom {guid}: the move to {destination} is committed but {destination} "
+                f"did not activate it ({err}); it comes back from the staged copy there, "
+                "or from its checkpoint on another node if that node is gone"
+            ) from exc
         phases["activate"] = time.perf_counter()
         held_ms = (time.perf_counter() - held_from) * 1000
         total_ms = (time.perf_counter() - started) * 1000
@@ -1197,17 +1241,21 @@ class Supervisor(pbg.SupervisorServicer):
 
     def Accept(self, request: pb.AcceptRequest, context: grpc.ServicerContext) -> pb.AcceptReply:
         try:
-            self.accept_atom(request)
+            incarnation = self.accept_atom(request)
         except HermesError as exc:
             abort_with(context, exc)
-        return pb.AcceptReply(ok=True)
+        return pb.AcceptReply(ok=True, incarnation=incarnation)
 
-    def accept_atom(self, request: pb.AcceptRequest) -> None:
+    def accept_atom(self, request: pb.AcceptRequest) -> str:
+        """Stage, activate or discard a copy; returns the incarnation that took it."""
         guid = request.guid
         tad = tad_from_pb(request.tad)
         if tad is None or tad.node != self.name:
             raise MigrationError(f"atom {guid}: node {self.name} was sent a TAD for {tad}")
-        self._wait_serving(f"cannot accept atom {guid}")
+        if not request.commit and not request.snapshot:
+            self._discard_staged(guid)
+            return self.incarnation
+        incarnation = self._taking_incarnation(f"cannot accept atom {guid}")
         if request.snapshot and request.HasField("checksum"):
             # Never restore damage: a storesite or a source checked it, but
             # it may have been hurt on the way here.
@@ -1216,10 +1264,13 @@ class Supervisor(pbg.SupervisorServicer):
                 request.checksum,
                 f"snapshot of atom {guid} sent to node {self.name} for {tad}",
             )
+        if request.commit and request.incarnation and request.incarnation != incarnation:
+            self._discard_staged(guid)
+            raise MigrationError(
+                f"atom {guid}: the move committed incarnation {request.incarnation} of node "
+                f"{self.name}, which restarted as {incarnation}; it holds no staged copy"
+            )
         if not request.commit:
-            if not request.snapshot:
-                self._discard_staged(guid)
-                return
             refusal = tags_refusal(guid, self.name, request.meta.tags, self.config.tags)
             if refusal:
                 raise MigrationError(refusal)
@@ -1234,7 +1285,10 @@ class Supervisor(pbg.SupervisorServicer):
                 self._staged[guid] = StagedCopy(tad, meta, atom)
             if old is not None:
                 old.atom.close()
-            return
+            if self.incarnation != incarnation:
+                self._discard_staged(guid)  # our session was lost meanwhile
+                self._still_incarnation(incarnation, f"atom {guid} was not staged")
+            return incarnation
         with self._staged_lock:
             staged = self._staged.pop(guid, None)
         if staged is not None and staged.tad.age == tad.age:
@@ -1251,8 +1305,12 @@ class Supervisor(pbg.SupervisorServicer):
                 module, guid, self.host, request.snapshot, reentrant=request.meta.reentrant
             )
             meta = request.meta
-        self.install(guid, atom, meta, tad)
+        active = self.install(guid, atom, meta, tad)
+        if self.incarnation != incarnation:
+            self.drop(active, None)  # our session was lost meanwhile: it must not serve
+            self._still_incarnation(incarnation, f"atom {guid} was not activated")
         log.info("atom %s active here at %s (from %s)", guid, tad, request.source or "storesite")
+        return incarnation
 
     def _discard_staged(self, guid: str) -> None:
         with self._staged_lock:
@@ -1337,10 +1395,10 @@ class Supervisor(pbg.SupervisorServicer):
         if request.HasField("checksum"):
             accept.checksum = request.checksum
         try:
-            self.accept_atom(accept)
+            incarnation = self.accept_atom(accept)
         except HermesError as exc:
             abort_with(context, exc)
-        return pb.ActivateReply(tad=request.tad)
+        return pb.ActivateReply(tad=request.tad, incarnation=incarnation)
 
 
 def _parse_alias(text: str) -> tuple[str, str]:

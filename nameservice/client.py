@@ -35,6 +35,11 @@ in the connect string (``HOST:PORT/ROOT``, a ZooKeeper *chroot*, which the
 ZooKeeper's operator creates with an ACL of their choosing). A ``/hermesx``
 made open (by a cluster without secrets, or before this rule) is left open.
 
+A member's *incarnation* is the ZooKeeper session that owns its ephemeral
+entry (hex): every registration by a new session is a new incarnation, also
+under the same name and address, and an incarnation never comes back once its
+entry is gone (DESIGN.md §5).
+
 Kazoo's synchronous calls block forever without quorum, so every call here is
 ``*_async(...).get(timeout)`` and fails with :class:`NoQuorumError` after
 ``timeout`` seconds. Membership watchers and state listeners are called from
@@ -109,9 +114,16 @@ class Member:
     address: str  # "host:port"
     tags: tuple[str, ...] = ()
     data: Mapping[str, Any] = field(default_factory=lambda: types.MappingProxyType({}))
+    # The session owning the registration, hex; "" when not known.
+    incarnation: str = ""
 
 
-def _parse_member(name: str, raw: bytes) -> Member:
+def _incarnation(stat: Any) -> str:
+    owner = getattr(stat, "ephemeralOwner", 0) if stat is not None else 0
+    return f"{owner:016x}" if owner else ""
+
+
+def _parse_member(name: str, raw: bytes, stat: Any = None) -> Member:
     try:
         fields = json.loads(raw.decode()) if raw else {}
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -125,6 +137,7 @@ def _parse_member(name: str, raw: bytes) -> Member:
         address=str(fields.get("address", "")),
         tags=tuple(str(t) for t in tags) if isinstance(tags, list | tuple) else (),
         data=types.MappingProxyType(extra),
+        incarnation=_incarnation(stat),
     )
 
 
@@ -377,22 +390,44 @@ class NameService:
         address: str,
         tags: Sequence[str] = (),
         data: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Register a live node (ephemeral); NameTakenError if another live one has the name."""
+    ) -> str:
+        """Register a live node (ephemeral); NameTakenError if another live one has the name.
+
+        Returns the registration's incarnation (the session that owns it).
+        """
         validate_name(name, "node name")
         _validate_address(address, f"node {name!r}")
         if isinstance(tags, str):
             raise InvalidNameError(f"tags of node {name!r} must be a sequence of strings")
         fields: dict[str, Any] = {"address": address, "tags": [str(t) for t in tags]}
-        self._register(_NODES, "node", name, fields, data)
+        return self._register(_NODES, "node", name, fields, data)
+
+    def node_incarnation(self, name: str) -> str | None:
+        """The incarnation of live node ``name`` as ZooKeeper has it now, or None if none is live.
+
+        Not cached: the server is synced first, so a registration or an
+        expiry that happened before this call is seen.
+        """
+        validate_name(name, "node name")
+        client = self._require_client()
+        path = f"{self._root}/{_NODES}/{name}"
+        self._call(f"sync {path}", client.sync_async, path)
+        try:
+            _, stat = self._call(f"read {path}", client.get_async, path)
+        except NoNodeError:
+            return None
+        return _incarnation(stat) or None
 
     def register_storesite(
         self, sid: str, address: str, data: Mapping[str, Any] | None = None
-    ) -> None:
-        """Register a live storesite (ephemeral); NameTakenError if another live one has the id."""
+    ) -> str:
+        """Register a live storesite (ephemeral); NameTakenError if another live one has the id.
+
+        Returns the registration's incarnation.
+        """
         validate_name(sid, "storesite id")
         _validate_address(address, f"storesite {sid!r}")
-        self._register(_STORESITES, "storesite", sid, {"address": address}, data)
+        return self._register(_STORESITES, "storesite", sid, {"address": address}, data)
 
     def nodes(self) -> dict[str, Member]:
         """Live nodes by name (cached, kept fresh by watches)."""
@@ -707,14 +742,14 @@ class NameService:
             if self._snapshot(path) == generation:
                 cache[path] = value
 
-    def _read_data(self, path: str, parse: Callable[[str, bytes], Any]) -> Any:
+    def _read_data(self, path: str, parse: Callable[[str, bytes, Any], Any]) -> Any:
         value = self._data.get(path)
         if value is not None:
             return value
         return self._read_data_many([path], parse)[path]
 
     def _read_data_many(
-        self, paths: Iterable[str], parse: Callable[[str, bytes], Any]
+        self, paths: Iterable[str], parse: Callable[[str, bytes, Any], Any]
     ) -> dict[str, Any]:
         """Data of every path (parsed, or _ABSENT), fetching the uncached ones in one batch."""
         client = self._require_client()
@@ -740,26 +775,26 @@ class NameService:
         path: str,
         pending: Any,
         deadline: float,
-        parse: Callable[[str, bytes], Any],
+        parse: Callable[[str, bytes, Any], Any],
     ) -> Any:
         what = f"read {path}"
         leaf = path.rsplit("/", 1)[1]
         try:
             try:
-                raw, _ = self._wait(what, pending, deadline)
+                raw, stat = self._wait(what, pending, deadline)
             except _RETRYABLE:
-                raw, _ = self._call(what, client.get_async, path, watch=self._on_watch)
-            return parse(leaf, raw)
+                raw, stat = self._call(what, client.get_async, path, watch=self._on_watch)
+            return parse(leaf, raw, stat)
         except NoNodeError:
             pass
         # An exists watch fires when the znode is created.
         if self._call(what, client.exists_async, path, watch=self._on_watch) is None:
             return _ABSENT
         try:
-            raw, _ = self._call(what, client.get_async, path, watch=self._on_watch)
+            raw, stat = self._call(what, client.get_async, path, watch=self._on_watch)
         except NoNodeError:
             return _ABSENT
-        return parse(leaf, raw)
+        return parse(leaf, raw, stat)
 
     def _fresh_data(self, path: str) -> bytes | None:
         client = self._require_client()
@@ -849,7 +884,7 @@ class NameService:
         name: str,
         fields: dict[str, Any],
         data: Mapping[str, Any] | None,
-    ) -> None:
+    ) -> str:
         extra = dict(data or {})
         clash = _RESERVED_MEMBER_KEYS & extra.keys()
         if clash:
@@ -861,6 +896,7 @@ class NameService:
             self._call(
                 f"register {what} {name!r}", client.create_async, path, value, ephemeral=True
             )
+            return self._own_incarnation(client, what, name, path)
         except NodeExistsError as exc:
             try:
                 raw, stat = self._call(f"read {path}", client.get_async, path)
@@ -870,6 +906,7 @@ class NameService:
             if stat is not None and stat.ephemeralOwner == session:
                 # Our own registration (a retry, or an update of its data).
                 self._call(f"update {what} {name!r}", client.set_async, path, value)
+                return _incarnation(stat)
             else:
                 holder = _parse_member(name, raw).address or "?"
                 raise NameTakenError(
@@ -877,6 +914,23 @@ class NameService:
                 ) from exc
         finally:
             self._invalidate_written(path)
+
+    def _own_incarnation(self, client: KazooClient, what: str, name: str, path: str) -> str:
+        """The incarnation of the registration just made, read back from its owner.
+
+        A create retried after a lost session belongs to the session that
+        finally made it; one that is not ours (we lost it meanwhile) is refused.
+        """
+        try:
+            _, stat = self._call(f"read {path}", client.get_async, path)
+        except NoNodeError:
+            stat = None
+        session = client.client_id[0] if client.client_id else None
+        if stat is None or stat.ephemeralOwner != session:
+            raise NameTakenError(
+                f"{what} name {name!r}: our registration ended as it was made (session lost)"
+            )
+        return _incarnation(stat)
 
     def _members(self, kind: str) -> dict[str, Member]:
         directory = f"{self._root}/{kind}"
@@ -977,5 +1031,5 @@ class NameService:
             log.debug("closing name service client for %s: %s", self._hosts, exc)
 
 
-def _parse_guid(_name: str, raw: bytes) -> str:
+def _parse_guid(_name: str, raw: bytes, _stat: Any = None) -> str:
     return raw.decode(errors="replace")

@@ -37,6 +37,9 @@ class _NoNodes:
     def nodes(self) -> Mapping[str, Member]:
         return {}
 
+    def live_incarnation(self, node: str) -> str | None:
+        return None
+
     def storesite_address(self, sid: str) -> str:
         return ""
 

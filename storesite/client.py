@@ -38,6 +38,8 @@ class Location:
     tad: TAD
     dormant: bool = False
     forwarded_to: str = ""
+    # The incarnation of tad.node the atom is recorded at ("" when unknown).
+    incarnation: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +52,7 @@ class CheckpointInfo:
     # CRC-32 of ``snapshot`` and the generation it holds; None when not known.
     checksum: int | None = None
     generation: int | None = None
+    incarnation: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +81,7 @@ def _pb_tad(tad: TAD) -> pb.TAD:
 
 
 def location_from_pb(reply: pb.LocationReply) -> Location:
-    return Location(_tad(reply.tad), reply.dormant, reply.forwarded_to)
+    return Location(_tad(reply.tad), reply.dormant, reply.forwarded_to, reply.incarnation)
 
 
 class StoresiteClient:
@@ -137,6 +140,7 @@ class StoresiteClient:
         *,
         checksum: int | None = None,
         generation: int | None = None,
+        incarnation: str = "",
     ) -> Location:
         request = pb.RegisterAtomRequest(
             guid=guid,
@@ -145,6 +149,7 @@ class StoresiteClient:
             snapshot=snapshot,
             checksum=checksum,
             generation=generation,
+            incarnation=incarnation,
         )
         return location_from_pb(
             self._call(self._stub.RegisterAtom, request, f"RegisterAtom({guid})")
@@ -185,6 +190,7 @@ class StoresiteClient:
             reply.seq,
             checksum=reply.checksum if reply.HasField("checksum") else None,
             generation=reply.generation if reply.HasField("generation") else None,
+            incarnation=reply.incarnation,
         )
 
     def locate(self, guid: str, *, timeout: float | None = None) -> Location:
@@ -201,8 +207,11 @@ class StoresiteClient:
         request = pb.PrepareRequest(guid=guid, source=_pb_tad(source), destination=destination)
         return int(self._call(self._stub.Prepare, request, f"Prepare({guid})").age)
 
-    def commit(self, guid: str, tad: TAD, snapshot: bytes) -> Location:
-        request = pb.CommitRequest(guid=guid, tad=_pb_tad(tad), snapshot=snapshot)
+    def commit(self, guid: str, tad: TAD, snapshot: bytes, *, incarnation: str) -> Location:
+        """Complete a move to ``tad``, staged by the destination's ``incarnation``."""
+        request = pb.CommitRequest(
+            guid=guid, tad=_pb_tad(tad), snapshot=snapshot, incarnation=incarnation
+        )
         return location_from_pb(self._call(self._stub.Commit, request, f"Commit({guid})"))
 
     def abort(self, guid: str, age: int) -> None:
@@ -236,6 +245,7 @@ class StoresiteClient:
             seq=data.seq,
             checksum=data.checksum,
             generation=data.generation,
+            incarnation="" if dormant else data.incarnation,
         )
         return location_from_pb(
             self._call(self._stub.AdoptAtom, request, f"AdoptAtom({data.guid})")

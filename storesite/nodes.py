@@ -1,4 +1,4 @@
-"""The storesite's calls to supervisors: activate an atom, ask for load (DESIGN.md §4, §6).
+"""The storesite's calls to supervisors: activate, ask for load or a holding (DESIGN.md §4, §5, §6).
 
 Channels are kept per node address. Failures come back as HermesErrors:
 the node's own error (details ``"<kind>: <message>"``) or
@@ -56,10 +56,12 @@ class SupervisorLink:
         meta: pb.AtomMeta,
         *,
         checksum: int | None = None,
-    ) -> TAD:
+    ) -> tuple[TAD, str]:
         """Ask ``member`` to run ``guid`` from ``snapshot`` at ``tad``.
 
         The node checks ``checksum`` (of ``snapshot``) before it restores.
+        Returns the TAD and the incarnation that runs it: the one the node
+        reports, else the one the name service listed for it.
         """
         request = pb.ActivateRequest(
             guid=guid,
@@ -74,9 +76,24 @@ class SupervisorLink:
             raise error_from_rpc(
                 exc, f"node {member.name} at {member.address}", f"Activate({guid})"
             ) from exc
+        incarnation = reply.incarnation or member.incarnation
         if reply.HasField("tad") and reply.tad.node:
-            return TAD(reply.tad.node, reply.tad.age)
-        return tad
+            return TAD(reply.tad.node, reply.tad.age), incarnation
+        return tad, incarnation
+
+    def holding(self, member: Member, guid: str) -> tuple[TAD | None, str]:
+        """Whether ``member`` runs ``guid``: its TAD there (None if not active) and the
+        node's incarnation. Raises when the node cannot answer."""
+        try:
+            reply = self._stub(member.address).Locate(
+                pb.LocateRequest(guid=guid), timeout=self._timeout
+            )
+        except grpc.RpcError as exc:
+            raise error_from_rpc(
+                exc, f"node {member.name} at {member.address}", f"Locate({guid})"
+            ) from exc
+        held = TAD(reply.tad.node, reply.tad.age) if reply.active_here else None
+        return held, reply.incarnation
 
     def active_atoms(self, member: Member) -> int | None:
         """The node's active-atom count, or None when it does not answer."""

@@ -31,6 +31,11 @@ class Member(Protocol):
     @property
     def tags(self) -> tuple[str, ...]: ...
 
+    @property
+    def incarnation(self) -> str:
+        """The session owning the node's registration: a restarted node is a new one."""
+        ...
+
 
 def rank_nodes(
     nodes: Mapping[str, Member],

@@ -79,7 +79,10 @@ def _check(
 
 def _location(location: Location) -> pb.LocationReply:
     return pb.LocationReply(
-        tad=_pb_tad(location.tad), dormant=location.dormant, forwarded_to=location.forwarded_to
+        tad=_pb_tad(location.tad),
+        dormant=location.dormant,
+        forwarded_to=location.forwarded_to,
+        incarnation=location.incarnation,
     )
 
 
@@ -134,6 +137,7 @@ class StoresiteServicer(pbg.StoresiteServicer):
                     request.meta,
                     _tad(request.tad),
                     request.snapshot,
+                    incarnation=request.incarnation,
                     **_check(request),
                 )
             ),
@@ -209,7 +213,11 @@ class StoresiteServicer(pbg.StoresiteServicer):
             "Commit",
             lambda: _location(
                 self.site.commit(
-                    request.guid, _tad(request.tad), request.snapshot, **_check(request)
+                    request.guid,
+                    _tad(request.tad),
+                    request.snapshot,
+                    incarnation=request.incarnation,
+                    **_check(request),
                 )
             ),
         )
@@ -262,6 +270,7 @@ class StoresiteServicer(pbg.StoresiteServicer):
             request.snapshot,
             request.meta,
             request.seq,
+            incarnation=request.incarnation,
             **_check(request),
         )
         return self._run(context, "AdoptAtom", lambda: _location(self.site.adopt_atom(data)))
@@ -347,6 +356,12 @@ class NameServiceDirectory:
         except NameServiceError as exc:
             raise _naming_error(exc, "cannot list live nodes") from exc
         return nodes
+
+    def live_incarnation(self, node: str) -> str | None:
+        try:
+            return self._names.node_incarnation(node)
+        except NameServiceError as exc:
+            raise _naming_error(exc, f"cannot read node {node}'s registration") from exc
 
     def storesite_address(self, sid: str) -> str:
         try:

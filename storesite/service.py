@@ -13,6 +13,19 @@ Recovery (§6): when a node leaves the name service (its session expired —
 supervisors fence themselves), every non-dormant atom recorded on it is
 restarted from its latest checkpoint on a live node with a higher age, in
 parallel on a bounded pool. An atom whose node is alive is never recovered.
+
+Incarnations (§5): a location names the node *incarnation* that holds the
+atom — the ZooKeeper session owning the node's registration, which the node
+reports when it activates, stages or creates an atom. A node restarted under
+the same name and address is another incarnation, so atoms recorded at the
+old one are recovered exactly as after an expiry, whether this storesite saw
+the restart or was down meanwhile (at start every record is checked against
+the live incarnations, and every Locate checks the one it answers with). An
+incarnation counts as gone only when ZooKeeper, read fresh, lists another one
+or none: while the old session lives, its node keeps its atoms. A COMMIT
+must name the destination incarnation that staged the copy and is refused
+when that is not the live one. Records of older stores name no incarnation;
+the live node is asked whether it holds the atom.
 """
 
 from __future__ import annotations
@@ -44,12 +57,19 @@ __all__ = ["Directory", "Storesite"]
 
 log = logging.getLogger(__name__)
 
+# Seconds between looks at atoms whose holder could not be told.
+RECHECK_S = 2.0
+
 
 class Directory(Protocol):
     """What the storesite needs from the name service."""
 
     def nodes(self) -> Mapping[str, Member]:
-        """Live nodes by name."""
+        """Live nodes by name (may lag a little behind ZooKeeper)."""
+        ...
+
+    def live_incarnation(self, node: str) -> str | None:
+        """The incarnation of live node ``node`` read fresh (not cached); None if none is live."""
         ...
 
     def storesite_address(self, sid: str) -> str:
@@ -79,8 +99,13 @@ class Storesite:
         self._locks: dict[str, threading.Lock] = {}
         self._pool = ThreadPoolExecutor(recovery_workers, thread_name_prefix="recovery")
         self._members_guard = threading.Lock()
-        # Node name -> address as of the last membership change; None before the first.
-        self._members: dict[str, str] | None = None
+        # Node name -> (address, incarnation) as of the last membership change;
+        # None before the first.
+        self._members: dict[str, tuple[str, str]] | None = None
+        # Atoms whose holder could not be told (ZooKeeper or the node did not
+        # answer): looked at again every RECHECK_S.
+        self._rechecks: dict[str, TAD] = {}
+        self._rechecker: threading.Thread | None = None
         self._closed = False
 
     @property
@@ -108,12 +133,26 @@ class Storesite:
         return self.store.get_module(module_hash)
 
     def register_atom(
-        self, guid: str, meta: pb.AtomMeta, tad: TAD, snapshot: bytes, **check: int | None
+        self,
+        guid: str,
+        meta: pb.AtomMeta,
+        tad: TAD,
+        snapshot: bytes,
+        *,
+        incarnation: str = "",
+        **check: int | None,
     ) -> Location:
         """``check``: the snapshot's ``checksum`` and ``generation`` (see AtomStore)."""
+        if not incarnation:
+            # A creator that does not say: the incarnation its node is listed with.
+            member = self.directory.nodes().get(tad.node)
+            incarnation = member.incarnation if member is not None else ""
         with self._atom_lock(guid):
-            state = self.store.register_atom(guid, meta, tad, snapshot, **check)
-        return Location(state.location)
+            state = self.store.register_atom(
+                guid, meta, tad, snapshot, incarnation=incarnation, **check
+            )
+        self._look_again_if_gone(state)
+        return Location(state.location, incarnation=state.incarnation)
 
     def put_checkpoint(
         self,
@@ -157,11 +196,50 @@ class Storesite:
         with self._atom_lock(guid):
             self.store.stage(guid, tad, snapshot, **check)
 
-    def commit(self, guid: str, tad: TAD, snapshot: bytes, **check: int | None) -> Location:
+    def commit(
+        self,
+        guid: str,
+        tad: TAD,
+        snapshot: bytes,
+        *,
+        incarnation: str = "",
+        **check: int | None,
+    ) -> Location:
+        """Complete a move to ``tad``; ``incarnation`` is the destination's that staged the copy."""
         with self._atom_lock(guid):
-            state = self.store.commit(guid, tad, snapshot, **check)
+            self._check_stager(guid, tad, incarnation)
+            state = self.store.commit(guid, tad, snapshot, incarnation=incarnation, **check)
         self._loads.bump(tad.node)
-        return Location(state.location)
+        self._look_again_if_gone(state)
+        return Location(state.location, incarnation=state.incarnation)
+
+    def _check_stager(self, guid: str, tad: TAD, incarnation: str) -> None:
+        """Refuse (and abort) a COMMIT unless the incarnation that staged is the live one.
+
+        A destination restarted after staging has no copy: committing to it
+        would strand the atom. The cached membership answers when it lists that
+        incarnation (ZooKeeper is read only otherwise: a sync costs a move
+        1.5 ms); if the incarnation ended a moment ago, the membership change
+        recovers the atom from the checkpoint committed here. Caller holds the
+        atom lock.
+        """
+        if incarnation:
+            member = self.directory.nodes().get(tad.node)
+            if member is not None and member.incarnation == incarnation:
+                return
+            live = self.directory.live_incarnation(tad.node)
+            if live == incarnation:
+                return
+            why = (
+                f"node {tad.node} is not live"
+                if live is None
+                else f"node {tad.node} restarted since its incarnation {incarnation} "
+                f"staged the copy (live now: {live})"
+            )
+        else:
+            why = f"it names no incarnation of node {tad.node}"
+        self.store.abort(guid, tad.age)
+        raise MigrationError(f"commit of atom {guid} to {tad} refused: {why}; the move is aborted")
 
     def abort(self, guid: str, age: int) -> None:
         with self._atom_lock(guid):
@@ -181,10 +259,42 @@ class Storesite:
                 return Location(state.location, state.dormant, state.forwarded_to)
             if state.dormant:
                 return self._place(state, "dormant")
-            nodes = self.directory.nodes()
-            if state.location.node in nodes:
-                return Location(state.location)
-            return self._place(state, f"node {state.location.node} is dead")
+            held = self._holder(state)
+            if held is not None:
+                return Location(held.location, incarnation=held.incarnation)
+            return self._place(state, _gone(state))
+
+    def _holder(self, state: AtomState) -> AtomState | None:
+        """``state`` (its incarnation filled in) when its node incarnation is live, else None.
+
+        Gone means ZooKeeper, read fresh, lists another incarnation of the
+        node or none: never while the recorded session may still serve.
+        Raises when that cannot be told now. Caller holds the atom lock.
+        """
+        node = state.location.node
+        member = self.directory.nodes().get(node)
+        if member is not None and state.incarnation and member.incarnation == state.incarnation:
+            return state
+        live = self.directory.live_incarnation(node)
+        if live is None:
+            return None
+        if state.incarnation:
+            return state if live == state.incarnation else None
+        # A record of an older store: ask the live node whether it holds the atom.
+        if member is None or member.incarnation != live:
+            raise UnreachableError(
+                f"atom {state.guid}: node {node} is registering again; its holding is not known yet"
+            )
+        held, reported = self.supervisors.holding(member, state.guid)
+        if reported != live:
+            raise UnreachableError(
+                f"atom {state.guid}: node {node} answered as incarnation {reported or '?'}, "
+                f"not its live {live}"
+            )
+        if held != state.location:
+            return None
+        log.info("atom %s: node %s holds it as incarnation %s", state.guid, node, live)
+        return self.store.set_incarnation(state.guid, state.location, live)
 
     def _place(self, state: AtomState, reason: str) -> Location:
         """Activate ``state``'s atom on the best live node. Caller holds the atom lock."""
@@ -199,7 +309,7 @@ class Storesite:
             age, checkpoint = self.store.reserve_age(guid)
             tad = TAD(member.name, age)
             try:
-                self.supervisors.activate(
+                _, incarnation = self.supervisors.activate(
                     member, guid, tad, checkpoint.snapshot, meta, checksum=checkpoint.checksum
                 )
             except CallTimeoutError:
@@ -212,8 +322,9 @@ class Storesite:
                 self._loads.forget(member.name)
                 last = err
                 continue
-            self.store.activated(guid, tad)
+            placed = self.store.activated(guid, tad, incarnation)
             self._loads.bump(member.name)
+            self._look_again_if_gone(placed)
             log.info(
                 "activated atom %s on %s (%s) in %.1f ms",
                 guid,
@@ -221,7 +332,7 @@ class Storesite:
                 reason,
                 (time.monotonic() - started) * 1000,
             )
-            return Location(tad)
+            return Location(tad, incarnation=incarnation)
         self.store.mark_dormant(guid)
         tags = f" with tags {sorted(meta.tags)}" if meta.tags else ""
         if last is None:
@@ -232,26 +343,29 @@ class Storesite:
 
     def on_nodes(self, members: Mapping[str, Member]) -> None:
         """Name-service watch callback: the full set of live nodes after a change."""
-        current = {name: m.address for name, m in members.items()}
+        current = {name: (m.address, m.incarnation) for name, m in members.items()}
         with self._members_guard:
             previous = self._members
             self._members = current
         if self._closed:
             return
         if previous is None:
-            # At start every atom on a node that is not live is orphaned: its
-            # node died while this storesite was down.
+            # At start every record is checked against the live incarnations:
+            # nodes may have died or restarted while this storesite was down.
             gone: set[str] | None = None
         else:
             gone = {
                 name
-                for name, address in previous.items()
-                if current.get(name) != address  # left, or a new incarnation
+                for name, listed in previous.items()
+                if current.get(name) != listed  # left, or a new incarnation
             }
             if not gone:
                 return
-            log.warning("nodes gone: %s", ", ".join(sorted(gone)))
-        self._submit(self._recover_nodes, gone, set(current))
+            log.warning(
+                "nodes gone: %s",
+                ", ".join(f"{n} (incarnation {previous[n][1] or '?'})" for n in sorted(gone)),
+            )
+        self._submit(self._recover_nodes, gone, current)
 
     def _submit(self, task: Callable[..., None], *args: object) -> None:
         try:
@@ -260,15 +374,20 @@ class Storesite:
             # Shut down meanwhile: the next start recovers what is left.
             log.debug("storesite %s is closing; recovery task dropped", self.sid)
 
-    def _recover_nodes(self, gone: set[str] | None, live: set[str]) -> None:
-        orphans = [
-            s
-            for s in self.store.atoms()
-            if not s.forwarded_to
-            and not s.dormant
-            and (s.location.node in gone if gone is not None else s.location.node not in live)
-        ]
-        for state in orphans:
+    def _recover_nodes(self, gone: set[str] | None, live: Mapping[str, tuple[str, str]]) -> None:
+        """Look at every atom a gone incarnation may have held (every atom if ``gone`` is None)."""
+        suspects = []
+        for state in self.store.atoms():
+            if state.forwarded_to or state.dormant:
+                continue
+            node = state.location.node
+            if gone is not None and node not in gone:
+                continue
+            listed = live.get(node)
+            if listed is not None and state.incarnation and listed[1] == state.incarnation:
+                continue  # held by the incarnation listed now
+            suspects.append(state)
+        for state in suspects:
             if self._closed:
                 return
             self._submit(self._recover_one, state.guid, state.location)
@@ -283,7 +402,19 @@ class Storesite:
             if state.forwarded_to or state.dormant or state.location != dead:
                 return  # moved, passivated or already recovered meanwhile
             try:
-                location = self._place(state, f"on dead node {dead.node}")
+                if self._holder(state) is not None:
+                    return
+            except HermesError as err:
+                log.warning(
+                    "atom %s: cannot tell whether node %s still holds it (%s); looking again",
+                    guid,
+                    dead.node,
+                    err,
+                )
+                self._look_again(guid, dead)
+                return
+            try:
+                location = self._place(state, _gone(state))
             except HermesError as err:
                 log.warning("atom %s stays dormant after losing node %s: %s", guid, dead.node, err)
                 return
@@ -294,6 +425,36 @@ class Storesite:
             location.tad,
             (time.monotonic() - started) * 1000,
         )
+
+    def _look_again_if_gone(self, state: AtomState) -> None:
+        """After recording a holder: if its incarnation is not (or no longer) listed, look again.
+
+        A membership change handled while the record was being written may
+        have missed it; the recorded incarnation's end must not go unseen.
+        """
+        try:
+            member = self.directory.nodes().get(state.location.node)
+        except HermesError:
+            member = None
+        if member is None or member.incarnation != state.incarnation:
+            self._submit(self._recover_one, state.guid, state.location)
+
+    def _look_again(self, guid: str, tad: TAD) -> None:
+        with self._members_guard:
+            self._rechecks[guid] = tad
+            if self._rechecker is None:
+                self._rechecker = threading.Thread(
+                    target=self._run_rechecks, name="recheck", daemon=True
+                )
+                self._rechecker.start()
+
+    def _run_rechecks(self) -> None:
+        while not self._closed:
+            time.sleep(RECHECK_S)
+            with self._members_guard:
+                due, self._rechecks = self._rechecks, {}
+            for guid, tad in due.items():
+                self._submit(self._recover_one, guid, tad)
 
     # ---------------------------------------------------------- move home
 
@@ -323,6 +484,7 @@ class Storesite:
                 seq,
                 checksum=checkpoint.checksum,
                 generation=generation,
+                incarnation=state.incarnation,
             )
             with StoresiteClient(address, sid=destination, timeout=30.0) as peer:
                 module_hash = state.meta.module_hash
@@ -351,5 +513,16 @@ class Storesite:
                 dormant=dormant,
                 checksum=data.checksum,
                 generation=data.generation,
+                incarnation=data.incarnation,
             )
-        return Location(state.location, state.dormant)
+        if not dormant:
+            self._look_again_if_gone(state)
+        return Location(state.location, state.dormant, incarnation=state.incarnation)
+
+
+def _gone(state: AtomState) -> str:
+    """Why the atom's recorded holder no longer serves, for logs and errors."""
+    node = state.location.node
+    if state.incarnation:
+        return f"incarnation {state.incarnation} of node {node} is gone"
+    return f"node {node} does not hold it"

@@ -5,9 +5,10 @@ directory, guarded by a lock file so two storesite processes never share it.
 It keeps three sub-databases:
 
 - ``modules``: hex sha256 → module bytes (verified on put);
-- ``atoms``: GUID → :class:`AtomState` (meta, location TAD, dormant flag, the
-  next age to hand out, a pending move, the latest checkpoint's age and seq,
-  the storesite the atom's home moved to);
+- ``atoms``: GUID → :class:`AtomState` (meta, location TAD and the node
+  incarnation it names, dormant flag, the next age to hand out, a pending
+  move, the latest checkpoint's age and seq, the storesite the atom's home
+  moved to);
 - ``checkpoints``: GUID + internal counter → snapshot with its TAD, seq,
   checksum and generation; the latest and the three before it are kept;
 - ``store``: who the store belongs to (storesite id) and its format.
@@ -133,6 +134,9 @@ class AtomState:
     durable_generation: int = GENERATION_UNKNOWN
     # The generation the latest checkpoint holds.
     checkpoint_generation: int = GENERATION_UNKNOWN
+    # The incarnation of location.node that holds the atom (DESIGN.md §5);
+    # "" when unknown (records of older stores): reconciled with the live node.
+    incarnation: str = ""
 
     @property
     def meta(self) -> pb.AtomMeta:
@@ -163,6 +167,7 @@ class AtomState:
                 "pending_since": self.pending_since,
                 "durable_gen": self.durable_generation,
                 "ck_gen": self.checkpoint_generation,
+                "inc": self.incarnation,
             },
             use_bin_type=True,
         )
@@ -187,6 +192,7 @@ class AtomState:
             pending_since=float(d.get("pending_since", 0.0)),
             durable_generation=int(d.get("durable_gen", GENERATION_UNKNOWN)),
             checkpoint_generation=int(d.get("ck_gen", GENERATION_UNKNOWN)),
+            incarnation=str(d.get("inc", "")),
         )
 
 
@@ -529,8 +535,12 @@ class AtomStore:
         *,
         checksum: int | None = None,
         generation: int | None = None,
+        incarnation: str = "",
     ) -> AtomState:
-        """Record a new atom homed here at ``tad`` with its first checkpoint."""
+        """Record a new atom homed here at ``tad`` with its first checkpoint.
+
+        ``incarnation`` is that of ``tad.node`` holding it.
+        """
         home = GUID.parse(guid).home
         if home != self.sid:
             raise StorageError(f"atom {guid} is homed at storesite {home}, not at {self.sid}")
@@ -548,6 +558,7 @@ class AtomStore:
             checkpoint_no=0,
             forwarded_to="",
             adopted=False,
+            incarnation=incarnation,
         )
         with self._write(guid) as txn:
             if txn.get(guid.encode(), db=self._atoms) is not None:
@@ -570,6 +581,7 @@ class AtomStore:
         next_age: int | None = None,
         checksum: int | None = None,
         generation: int | None = None,
+        incarnation: str = "",
     ) -> AtomState:
         """Take over an atom whose home moves here from another storesite."""
         self._check_size(guid, snapshot)
@@ -596,6 +608,7 @@ class AtomStore:
                 checkpoint_no=0,
                 forwarded_to="",
                 adopted=True,
+                incarnation="" if dormant else incarnation,
             )
             state = self._store_checkpoint(
                 txn, state, tad, seq, snapshot, checksum, _generation(generation)
@@ -811,11 +824,13 @@ class AtomStore:
         *,
         checksum: int | None = None,
         generation: int | None = None,
+        incarnation: str = "",
     ) -> AtomState:
         """Complete the pending move: ``tad`` becomes the location, the snapshot the checkpoint.
 
         An empty ``snapshot`` means the one staged for this move, checked
         first: a damaged one fails the commit, so the move aborts.
+        ``incarnation`` is the destination's that staged the copy.
         """
         self._check_size(guid, snapshot)
         if snapshot:
@@ -823,7 +838,7 @@ class AtomStore:
         with self._write(guid) as txn:
             state = self._live_state(txn, guid)
             self._check_pending(state, tad, "commit")
-            state = replace(state, location=tad, pending=None)
+            state = replace(state, location=tad, pending=None, incarnation=incarnation)
             if snapshot:
                 assert checksum is not None
                 state = self._store_checkpoint(
@@ -896,8 +911,11 @@ class AtomStore:
             self._put_state(txn, state)
         return age, checkpoint
 
-    def activated(self, guid: str, tad: TAD) -> AtomState:
-        """The atom now runs at ``tad`` (after activation or recovery); any pending move is gone."""
+    def activated(self, guid: str, tad: TAD, incarnation: str = "") -> AtomState:
+        """The atom now runs at ``tad`` on node ``incarnation`` (after activation or recovery).
+
+        Any pending move is gone.
+        """
         with self._write(guid) as txn:
             state = self._live_state(txn, guid)
             if tad.age < state.location.age:
@@ -905,7 +923,18 @@ class AtomStore:
                     f"activation of atom {guid} at {tad} is older than its location "
                     f"{state.location}"
                 )
-            state = replace(state, location=tad, dormant=False, pending=None)
+            state = replace(
+                state, location=tad, dormant=False, pending=None, incarnation=incarnation
+            )
+            self._put_state(txn, state)
+        return state
+
+    def set_incarnation(self, guid: str, tad: TAD, incarnation: str) -> AtomState:
+        """Record which incarnation of ``tad.node`` holds the atom (a reconciled old record)."""
+        with self._write(guid) as txn:
+            state = self._live_state(txn, guid)
+            self._check_current(state, tad, "reconciliation")
+            state = replace(state, incarnation=incarnation)
             self._put_state(txn, state)
         return state
 

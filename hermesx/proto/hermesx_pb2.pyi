@@ -166,12 +166,14 @@ class LocateRequest(_message.Message):
     def __init__(self, guid: _Optional[str] = ...) -> None: ...
 
 class LocateReply(_message.Message):
-    __slots__ = ("tad", "active_here")
+    __slots__ = ("tad", "active_here", "incarnation")
     TAD_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_HERE_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     tad: TAD
     active_here: bool
-    def __init__(self, tad: _Optional[_Union[TAD, _Mapping]] = ..., active_here: _Optional[bool] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, tad: _Optional[_Union[TAD, _Mapping]] = ..., active_here: _Optional[bool] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class MigrateRequest(_message.Message):
     __slots__ = ("guid", "destination")
@@ -194,7 +196,7 @@ class MigrateReply(_message.Message):
     def __init__(self, tad: _Optional[_Union[TAD, _Mapping]] = ..., state_bytes: _Optional[int] = ..., held_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
 
 class AcceptRequest(_message.Message):
-    __slots__ = ("guid", "tad", "snapshot", "meta", "source", "commit", "checksum")
+    __slots__ = ("guid", "tad", "snapshot", "meta", "source", "commit", "checksum", "incarnation")
     GUID_FIELD_NUMBER: _ClassVar[int]
     TAD_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
@@ -202,6 +204,7 @@ class AcceptRequest(_message.Message):
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     COMMIT_FIELD_NUMBER: _ClassVar[int]
     CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     guid: str
     tad: TAD
     snapshot: bytes
@@ -209,13 +212,16 @@ class AcceptRequest(_message.Message):
     source: str
     commit: bool
     checksum: int
-    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., meta: _Optional[_Union[AtomMeta, _Mapping]] = ..., source: _Optional[str] = ..., commit: _Optional[bool] = ..., checksum: _Optional[int] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., meta: _Optional[_Union[AtomMeta, _Mapping]] = ..., source: _Optional[str] = ..., commit: _Optional[bool] = ..., checksum: _Optional[int] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class AcceptReply(_message.Message):
-    __slots__ = ("ok",)
+    __slots__ = ("ok", "incarnation")
     OK_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     ok: bool
-    def __init__(self, ok: _Optional[bool] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, ok: _Optional[bool] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class ActivateRequest(_message.Message):
     __slots__ = ("guid", "tad", "snapshot", "meta", "checksum")
@@ -232,10 +238,12 @@ class ActivateRequest(_message.Message):
     def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., meta: _Optional[_Union[AtomMeta, _Mapping]] = ..., checksum: _Optional[int] = ...) -> None: ...
 
 class ActivateReply(_message.Message):
-    __slots__ = ("tad",)
+    __slots__ = ("tad", "incarnation")
     TAD_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     tad: TAD
-    def __init__(self, tad: _Optional[_Union[TAD, _Mapping]] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, tad: _Optional[_Union[TAD, _Mapping]] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class GuidRequest(_message.Message):
     __slots__ = ("guid",)
@@ -294,20 +302,22 @@ class ModuleHash(_message.Message):
     def __init__(self, hash: _Optional[str] = ...) -> None: ...
 
 class RegisterAtomRequest(_message.Message):
-    __slots__ = ("guid", "meta", "tad", "snapshot", "checksum", "generation")
+    __slots__ = ("guid", "meta", "tad", "snapshot", "checksum", "generation", "incarnation")
     GUID_FIELD_NUMBER: _ClassVar[int]
     META_FIELD_NUMBER: _ClassVar[int]
     TAD_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     guid: str
     meta: AtomMeta
     tad: TAD
     snapshot: bytes
     checksum: int
     generation: int
-    def __init__(self, guid: _Optional[str] = ..., meta: _Optional[_Union[AtomMeta, _Mapping]] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., checksum: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, guid: _Optional[str] = ..., meta: _Optional[_Union[AtomMeta, _Mapping]] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., checksum: _Optional[int] = ..., generation: _Optional[int] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class CheckpointRequest(_message.Message):
     __slots__ = ("guid", "tad", "snapshot", "seq", "checksum", "generation", "periodic")
@@ -336,7 +346,7 @@ class CheckpointPiece(_message.Message):
     def __init__(self, head: _Optional[_Union[CheckpointRequest, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class CheckpointData(_message.Message):
-    __slots__ = ("guid", "tad", "snapshot", "meta", "seq", "checksum", "generation")
+    __slots__ = ("guid", "tad", "snapshot", "meta", "seq", "checksum", "generation", "incarnation")
     GUID_FIELD_NUMBER: _ClassVar[int]
     TAD_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
@@ -344,6 +354,7 @@ class CheckpointData(_message.Message):
     SEQ_FIELD_NUMBER: _ClassVar[int]
     CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     guid: str
     tad: TAD
     snapshot: bytes
@@ -351,17 +362,20 @@ class CheckpointData(_message.Message):
     seq: int
     checksum: int
     generation: int
-    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., meta: _Optional[_Union[AtomMeta, _Mapping]] = ..., seq: _Optional[int] = ..., checksum: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., meta: _Optional[_Union[AtomMeta, _Mapping]] = ..., seq: _Optional[int] = ..., checksum: _Optional[int] = ..., generation: _Optional[int] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class LocationReply(_message.Message):
-    __slots__ = ("tad", "dormant", "forwarded_to")
+    __slots__ = ("tad", "dormant", "forwarded_to", "incarnation")
     TAD_FIELD_NUMBER: _ClassVar[int]
     DORMANT_FIELD_NUMBER: _ClassVar[int]
     FORWARDED_TO_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     tad: TAD
     dormant: bool
     forwarded_to: str
-    def __init__(self, tad: _Optional[_Union[TAD, _Mapping]] = ..., dormant: _Optional[bool] = ..., forwarded_to: _Optional[str] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, tad: _Optional[_Union[TAD, _Mapping]] = ..., dormant: _Optional[bool] = ..., forwarded_to: _Optional[str] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class PrepareRequest(_message.Message):
     __slots__ = ("guid", "source", "destination")
@@ -380,18 +394,20 @@ class PrepareReply(_message.Message):
     def __init__(self, age: _Optional[int] = ...) -> None: ...
 
 class CommitRequest(_message.Message):
-    __slots__ = ("guid", "tad", "snapshot", "checksum", "generation")
+    __slots__ = ("guid", "tad", "snapshot", "checksum", "generation", "incarnation")
     GUID_FIELD_NUMBER: _ClassVar[int]
     TAD_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     guid: str
     tad: TAD
     snapshot: bytes
     checksum: int
     generation: int
-    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., checksum: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., checksum: _Optional[int] = ..., generation: _Optional[int] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class AbortRequest(_message.Message):
     __slots__ = ("guid", "age")

@@ -60,26 +60,34 @@ def other(zk_server: ZooKeeperServer, cluster_name: str) -> Iterator[NameService
 def test_runtime_node_names_are_unique_among_live_nodes(
     nameservice: NameService, other: NameService
 ) -> None:
-    nameservice.register_node("n1", "127.0.0.1:7001", tags=["gpu"], data={"pid": 42})
+    first = nameservice.register_node("n1", "127.0.0.1:7001", tags=["gpu"], data={"pid": 42})
     with pytest.raises(NameTakenError, match=r"'n1'.*127\.0\.0\.1:7001"):
         other.register_node("n1", "127.0.0.1:7002")
-    other.register_node("n2", "127.0.0.1:7002")
+    second = other.register_node("n2", "127.0.0.1:7002")
+    # Each registration's incarnation is the session that owns it.
+    assert first != second
     assert other.nodes() == {
-        "n1": Member("n1", "127.0.0.1:7001", ("gpu",), {"pid": 42}),
-        "n2": Member("n2", "127.0.0.1:7002"),
+        "n1": Member("n1", "127.0.0.1:7001", ("gpu",), {"pid": 42}, incarnation=first),
+        "n2": Member("n2", "127.0.0.1:7002", incarnation=second),
     }
+    assert other.node_incarnation("n1") == first
     # A name frees up when its holder's session ends.
     nameservice.close()
     assert eventually(lambda: "n1" not in other.nodes(), 1.0)
-    other.register_node("n1", "127.0.0.1:7003")
-    assert other.nodes()["n1"].address == "127.0.0.1:7003"
+    assert other.node_incarnation("n1") is None
+    # Registered again under the same name and address: another incarnation.
+    again = other.register_node("n1", "127.0.0.1:7001")
+    assert again not in (first, "")
+    assert other.nodes()["n1"].incarnation == again == other.node_incarnation("n1")
 
 
 def test_storesites_register_like_nodes(nameservice: NameService, other: NameService) -> None:
-    nameservice.register_storesite("s1", "127.0.0.1:7100", data={"pid": 7})
+    incarnation = nameservice.register_storesite("s1", "127.0.0.1:7100", data={"pid": 7})
     with pytest.raises(NameTakenError, match="storesite name 's1'"):
         other.register_storesite("s1", "127.0.0.1:7101")
-    assert other.storesites() == {"s1": Member("s1", "127.0.0.1:7100", (), {"pid": 7})}
+    assert other.storesites() == {
+        "s1": Member("s1", "127.0.0.1:7100", (), {"pid": 7}, incarnation=incarnation)
+    }
 
 
 def test_atom_names_bind_resolve_unbind(nameservice: NameService) -> None:

@@ -8,12 +8,13 @@ import sys
 import textwrap
 from collections.abc import Iterator
 
+import msgpack
 import pytest
 
 from hermesx.errors import MigrationError, NameNotFoundError, StorageError
 from hermesx.identity import GUID, TAD
 from hermesx.proto import hermesx_pb2 as pb
-from storesite.store import KEEP_PREVIOUS_CHECKPOINTS, AtomStore, module_hash
+from storesite.store import KEEP_PREVIOUS_CHECKPOINTS, AtomState, AtomStore, module_hash
 
 SID = "s1"
 
@@ -350,3 +351,24 @@ def test_a_move_never_committed_expires_and_the_atom_stays(
     assert store.get(guid).location == TAD("n1", 1)
     monkeypatch.setattr(store_module, "PENDING_LEASE_S", 120.0)
     assert store.prepare(guid, TAD("n1", 1), "n3") > age
+
+
+def test_record_of_an_older_store_loads_with_an_unknown_incarnation(store: AtomStore) -> None:
+    guid = new_atom(store)
+    raw = msgpack.unpackb(store.get(guid).to_bytes(), raw=False)
+    del raw["inc"]  # as written before locations named an incarnation
+    state = AtomState.from_bytes(msgpack.packb(raw, use_bin_type=True))
+    assert (state.location, state.incarnation) == (TAD("n1", 1), "")
+
+
+def test_location_names_the_incarnation_of_each_holder(store: AtomStore) -> None:
+    guid = str(GUID.new(SID))
+    store.register_atom(guid, pb.AtomMeta(), TAD("n1", 1), b"s", incarnation="a1")
+    assert store.get(guid).incarnation == "a1"
+    age = store.prepare(guid, TAD("n1", 1), "n2")
+    assert store.commit(guid, TAD("n2", age), b"moved", incarnation="b1").incarnation == "b1"
+    next_age, _ = store.reserve_age(guid)
+    assert store.activated(guid, TAD("n3", next_age), "c1").incarnation == "c1"
+    with pytest.raises(MigrationError, match="stale reconciliation"):
+        store.set_incarnation(guid, TAD("n2", age), "b2")
+    assert store.set_incarnation(guid, TAD("n3", next_age), "c2").incarnation == "c2"

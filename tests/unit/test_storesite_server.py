@@ -38,6 +38,7 @@ class FakeMember:
     name: str
     address: str
     tags: tuple[str, ...] = ()
+    incarnation: str = ""
 
 
 @dataclass
@@ -45,9 +46,17 @@ class FakeDirectory:
     members: dict[str, FakeMember] = field(default_factory=dict)
     storesites: dict[str, str] = field(default_factory=dict)
     homes: dict[str, str] = field(default_factory=dict)
+    # What ZooKeeper has when the cached view (``members``) lags behind it.
+    fresh: dict[str, str | None] = field(default_factory=dict)
 
     def nodes(self) -> Mapping[str, FakeMember]:
         return dict(self.members)
+
+    def live_incarnation(self, node: str) -> str | None:
+        if node in self.fresh:
+            return self.fresh[node]
+        member = self.members.get(node)
+        return member.incarnation if member is not None else None
 
     def storesite_address(self, sid: str) -> str:
         if sid not in self.storesites:
@@ -65,6 +74,9 @@ class FakeSupervisor(pbg.SupervisorServicer):
         self.name = name
         self.load = load
         self.activations: list[pb.ActivateRequest] = []
+        # What Locate reports: GUID -> TAD active here, and the incarnation.
+        self.holding: dict[str, TAD] = {}
+        self.incarnation = ""
         self.refuse = ""
         self.delay = 0.0
         self._lock = threading.Lock()
@@ -84,6 +96,13 @@ class FakeSupervisor(pbg.SupervisorServicer):
     def Status(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.NodeStatus:
         return pb.NodeStatus(name=self.name, active_atoms=self.load)
 
+    def Locate(self, request: pb.LocateRequest, context: grpc.ServicerContext) -> pb.LocateReply:
+        tad = self.holding.get(request.guid)
+        reply = pb.LocateReply(active_here=tad is not None, incarnation=self.incarnation)
+        if tad is not None:
+            reply.tad.CopyFrom(pb.TAD(node=tad.node, age=tad.age))
+        return reply
+
 
 class Cluster:
     def __init__(self, tmp: pathlib.Path) -> None:
@@ -102,11 +121,19 @@ class Cluster:
         server.start()
         self._grpc_servers.append(server)
         self.nodes[name] = servicer
-        self.directory.members[name] = FakeMember(name, f"127.0.0.1:{port}", tags)
+        self.directory.members[name] = FakeMember(
+            name, f"127.0.0.1:{port}", tags, incarnation=f"{name}-1"
+        )
         return servicer
 
     def kill_node(self, name: str) -> None:
         del self.directory.members[name]
+
+    def restart_node(self, name: str, incarnation: str) -> None:
+        """The node comes back under its name and address as another incarnation."""
+        old = self.directory.members[name]
+        self.directory.members[name] = FakeMember(old.name, old.address, old.tags, incarnation)
+        self.nodes[name].incarnation = incarnation
 
     def add_storesite(self, sid: str, **kwargs: int) -> tuple[Storesite, StoresiteClient]:
         store = AtomStore(sid, self.tmp / sid, init=True, **kwargs)
@@ -214,7 +241,7 @@ def test_migration_commit_and_abort_over_grpc(cluster: Cluster) -> None:
     assert client.locate(guid).tad == TAD("n1", 1)
     age2 = client.prepare(guid, TAD("n1", 1), "n2")
     assert age2 > age
-    assert client.commit(guid, TAD("n2", age2), b"moved").tad == TAD("n2", age2)
+    assert client.commit(guid, TAD("n2", age2), b"moved", incarnation="n2-1").tad == TAD("n2", age2)
     assert client.locate(guid).tad == TAD("n2", age2)
     assert client.get_checkpoint(guid).snapshot == b"moved"
 
@@ -398,3 +425,102 @@ def test_unreachable_storesite_names_id_and_address() -> None:
         pytest.raises((UnreachableError, CallTimeoutError), match=expected),
     ):
         client.status()
+
+
+# ------------------------------------------------------------- incarnations
+
+
+def test_restart_under_the_same_address_recovers_the_old_incarnations_atoms(
+    cluster: Cluster,
+) -> None:
+    cluster.add_node("flaky")
+    cluster.add_node("steady", load=50)
+    site, client = cluster.add_storesite("s1")
+    site.on_nodes(cluster.directory.nodes())
+    guid = register(client, "flaky")
+    kept = register(client, "steady")
+    assert site.store.get(guid).incarnation == "flaky-1"
+    # Same name, same address: only the incarnation tells the restart apart.
+    cluster.restart_node("flaky", "flaky-2")
+    site.on_nodes(cluster.directory.nodes())
+    wait_for(
+        lambda: site.store.get(guid).location.age > 1, "recovery of the old incarnation's atom"
+    )
+    state = site.store.get(guid)
+    assert state.incarnation == {"flaky": "flaky-2", "steady": "steady-1"}[state.location.node]
+    assert client.locate(kept).tad == TAD("steady", 1)
+
+
+def test_storesite_down_during_a_restart_recovers_at_start(cluster: Cluster) -> None:
+    flaky = cluster.add_node("flaky")
+    site, client = cluster.add_storesite("s1")
+    guid = register(client, "flaky")
+    cluster.restart_node("flaky", "flaky-2")
+    site.on_nodes(cluster.directory.nodes())  # the first membership this storesite sees
+    wait_for(lambda: len(flaky.activations) == 1, "recovery at start")
+    wait_for(lambda: site.store.get(guid).location == TAD("flaky", 2), "the recorded location")
+    assert client.locate(guid).incarnation == "flaky-2"
+
+
+def test_locate_answers_at_a_gone_incarnation_only_after_recovering(cluster: Cluster) -> None:
+    flaky = cluster.add_node("flaky")
+    _, client = cluster.add_storesite("s1")
+    guid = register(client, "flaky")
+    cluster.restart_node("flaky", "flaky-2")  # no watch callback: Locate finds out itself
+    location = client.locate(guid)
+    assert (location.tad, location.incarnation) == (TAD("flaky", 2), "flaky-2")
+    assert len(flaky.activations) == 1
+
+
+def test_live_incarnation_keeps_its_atoms_while_the_cached_view_lags(cluster: Cluster) -> None:
+    node = cluster.add_node("n1")
+    site, client = cluster.add_storesite("s1")
+    # The cache still lists the previous incarnation; ZooKeeper has the new one,
+    # which created the atom.
+    cluster.directory.fresh["n1"] = "n1-2"
+    guid = str(GUID.new("s1"))
+    client.register_atom(guid, pb.AtomMeta(), TAD("n1", 1), b"s", incarnation="n1-2")
+    assert client.locate(guid).tad == TAD("n1", 1)
+    site.on_nodes(cluster.directory.nodes())
+    time.sleep(0.3)  # a deliberate window in which a wrong recovery would show
+    assert client.locate(guid).tad == TAD("n1", 1)
+    assert node.activations == []
+
+
+def test_commit_to_a_restarted_destination_is_refused_and_the_move_aborted(
+    cluster: Cluster,
+) -> None:
+    cluster.add_node("n1")
+    cluster.add_node("n2")
+    _, client = cluster.add_storesite("s1")
+    guid = register(client, "n1")
+    age = client.prepare(guid, TAD("n1", 1), "n2")
+    cluster.restart_node("n2", "n2-2")  # after staging, before COMMIT
+    with pytest.raises(MigrationError, match="node n2 restarted since its incarnation n2-1"):
+        client.commit(guid, TAD("n2", age), b"moved", incarnation="n2-1")
+    assert client.locate(guid).tad == TAD("n1", 1)
+    # The refused move is off: the atom can move again.
+    again = client.prepare(guid, TAD("n1", 1), "n2")
+    assert client.commit(guid, TAD("n2", again), b"moved", incarnation="n2-2").tad.node == "n2"
+    with pytest.raises(MigrationError, match="names no incarnation of node n1"):
+        client.commit(
+            guid, TAD("n1", client.prepare(guid, TAD("n2", again), "n1")), b"", incarnation=""
+        )
+
+
+def test_record_without_incarnation_is_reconciled_with_the_live_node(cluster: Cluster) -> None:
+    holder = cluster.add_node("holder")
+    lost = cluster.add_node("lost")
+    site, _ = cluster.add_storesite("s1")
+    held, gone = str(GUID.new("s1")), str(GUID.new("s1"))
+    for guid, node in ((held, "holder"), (gone, "lost")):
+        # Records as an older store wrote them: no incarnation.
+        site.store.register_atom(guid, pb.AtomMeta(), TAD(node, 1), b"s")
+        assert site.store.get(guid).incarnation == ""
+    holder.incarnation, lost.incarnation = "holder-1", "lost-1"
+    holder.holding[held] = TAD("holder", 1)
+    site.on_nodes(cluster.directory.nodes())
+    # The node that holds its atom keeps it; the other's atom is recovered.
+    wait_for(lambda: site.store.get(held).incarnation == "holder-1", "reconciled record")
+    wait_for(lambda: site.store.get(gone).location.age > 1, "recovered atom")
+    assert [r.guid for r in holder.activations + lost.activations] == [gone]
