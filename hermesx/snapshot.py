@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgpack
 
@@ -44,6 +45,7 @@ class ReplyRecord:
     request_id: str
     error_kind: str
     payload: bytes  # result bytes, or the UTF-8 error message
+    recorded_ms: int = 0  # wall clock of the node that recorded it (the age window)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +65,12 @@ class AtomState:
     futures: tuple[tuple[int, int, bytes], ...] = ()
     next_future_id: int = 1
     generation: int = 0
+    # The reply table's window (entries, seconds; 0 s = no age limit), and what
+    # it remembers of replies that left it (hermesx.replies): per client
+    # (client, highest seq, highest issued ms), and the forgotten-before mark.
+    reply_window: tuple[int, float] = (1024, 0.0)
+    reply_floors: tuple[tuple[str, int, int], ...] = ()
+    replies_forgotten_before_ms: int = 0
 
 
 # Zero runs are found in 4 KiB chunks, not whole 64 KiB wasm pages: a small
@@ -101,11 +109,17 @@ def encode_state(state: AtomState, *, compress: bool = False) -> bytes:
             [[offset, data] for offset, data in state.memory],
             [[name, kind, value] for name, kind, value in state.globals],
             [[k, v] for k, v in state.kv.items()],
-            [[r.request_id, r.error_kind, r.payload] for r in state.replies],
+            [[r.request_id, r.error_kind, r.payload, r.recorded_ms] for r in state.replies],
             [[code, payload] for code, payload in state.interrupts],
             [[fid, status, payload] for fid, status, payload in state.futures],
             state.next_future_id,
             state.generation,
+            [
+                state.reply_window[0],
+                state.reply_window[1],
+                [[c, seq, ms] for c, seq, ms in state.reply_floors],
+                state.replies_forgotten_before_ms,
+            ],
         ],
         use_bin_type=True,
     )
@@ -130,6 +144,11 @@ def decode_state(data: bytes) -> AtomState:
     try:
         if flags & FLAG_ZLIB:
             body = zlib.decompress(body)
+        fields = msgpack.unpackb(body, raw=False, strict_map_key=False)
+        # Snapshots written before reply windows existed end at the generation.
+        window: Any = [1024, 0.0, [], 0]
+        if len(fields) == 12:
+            window = fields.pop()
         (
             module_hash,
             guid,
@@ -142,7 +161,8 @@ def decode_state(data: bytes) -> AtomState:
             futures,
             next_future_id,
             generation,
-        ) = msgpack.unpackb(body, raw=False, strict_map_key=False)
+        ) = fields
+        entries, seconds, floors, forgotten_before = window
         return AtomState(
             module_hash=module_hash,
             guid=guid,
@@ -150,11 +170,17 @@ def decode_state(data: bytes) -> AtomState:
             memory=tuple((int(o), bytes(d)) for o, d in memory),
             globals=tuple((str(n), str(k), v) for n, k, v in globals_),
             kv={bytes(k): bytes(v) for k, v in kv},
-            replies=tuple(ReplyRecord(str(r), str(k), bytes(p)) for r, k, p in replies),
+            replies=tuple(
+                ReplyRecord(str(r[0]), str(r[1]), bytes(r[2]), int(r[3]) if len(r) > 3 else 0)
+                for r in replies
+            ),
             interrupts=tuple((int(c), bytes(p)) for c, p in interrupts),
             futures=tuple((int(f), int(s), bytes(p)) for f, s, p in futures),
             next_future_id=int(next_future_id),
             generation=int(generation),
+            reply_window=(int(entries), float(seconds)),
+            reply_floors=tuple((str(c), int(q), int(ms)) for c, q, ms in floors),
+            replies_forgotten_before_ms=int(forgotten_before),
         )
     except (ValueError, TypeError, zlib.error, msgpack.UnpackException) as exc:
         raise StorageError(f"atom snapshot is damaged: {exc}") from exc

@@ -25,6 +25,7 @@ import grpc
 from hermesx.errors import (
     ConfigurationError,
     HermesError,
+    HomeMovedError,
     MigrationError,
     NameNotFoundError,
     NameTakenError,
@@ -37,6 +38,7 @@ from hermesx.invocation import Invoker
 from hermesx.naming import Naming
 from hermesx.proto import hermesx_pb2 as pb
 from hermesx.proto import hermesx_pb2_grpc as pbg
+from hermesx.replies import DEFAULT_REPLY_ENTRIES, ReplyWindow
 from hermesx.runtime import Atom, LoadedModule, Runtime
 from hermesx.stash import Stash
 from hermesx.wire import (
@@ -412,11 +414,34 @@ class Supervisor(pbg.SupervisorServicer):
     def _storesite_call(
         self, guid: str, method: str, request: object, timeout: float = 10.0
     ) -> object:
-        sid, stub = self.storesite_stub(guid)
-        try:
-            return getattr(stub, method)(request, timeout=timeout)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, f"storesite {sid} ({method} of atom {guid})") from exc
+        """One RPC at the atom's storesite, following its home if that moved meanwhile."""
+        deadline = time.monotonic() + timeout
+        while True:
+            sid, stub = self.storesite_stub(guid)
+            try:
+                return getattr(stub, method)(request, timeout=max(deadline - time.monotonic(), 0.1))
+            except grpc.RpcError as exc:
+                err = error_from_rpc(exc, f"storesite {sid} ({method} of atom {guid})")
+                if not isinstance(err, HomeMovedError) or not self._await_new_home(
+                    guid, sid, deadline
+                ):
+                    raise err from exc
+                log.info("atom %s: its home moved from storesite %s; following it", guid, sid)
+
+    def _await_new_home(self, guid: str, old: str, deadline: float) -> bool:
+        """Wait (bounded) until the name service names a home other than ``old``.
+
+        The old home records the move in the name service before it refuses
+        the atom's records, so the new home is there already; only our
+        cached view may lag by a watch notification.
+        """
+        while True:
+            home = self.naming.home(guid) or GUID.parse(guid).home
+            if home != old:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
 
     def module(self, module_hash: str, guid: str, wasm: bytes = b"") -> LoadedModule:
         """The compiled module with this hash, fetched from the storesite if we lack it."""
@@ -681,6 +706,9 @@ class Supervisor(pbg.SupervisorServicer):
             raise ConfigurationError(
                 f"placement {meta.placement!r} is not one of: none, {FOLLOW_CALLER}"
             )
+        window = ReplyWindow(
+            meta.reply_window_entries or DEFAULT_REPLY_ENTRIES, meta.reply_window_seconds
+        )
         loaded = self.runtime.load(request.module)
         meta.module_hash = loaded.hash
         storesites = self.naming.storesites()
@@ -695,6 +723,8 @@ class Supervisor(pbg.SupervisorServicer):
             atom = self.runtime.create(
                 loaded, guid, self.host, request.init_args, reentrant=meta.reentrant
             )
+            # From here on the window travels in the atom's snapshots.
+            atom.replies.window = window
             tad = TAD(self.name, 1)
             try:
                 stub.PutModule(pb.ModuleBytes(module=request.module), timeout=10.0)

@@ -39,7 +39,7 @@ from typing import Any
 import lmdb
 import msgpack
 
-from hermesx.errors import MigrationError, NameNotFoundError, StorageError
+from hermesx.errors import HomeMovedError, MigrationError, NameNotFoundError, StorageError
 from hermesx.identity import GUID, TAD
 from hermesx.proto import hermesx_pb2 as pb
 
@@ -601,7 +601,7 @@ class AtomStore:
             log.warning("move of %s to %s expired unfinished", guid, state.pending)
             state = replace(state, pending=None)
         if state.forwarded_to:
-            raise StorageError(
+            raise HomeMovedError(
                 f"atom {guid} is now homed at storesite {state.forwarded_to}, not {self.sid}"
             )
         return state
