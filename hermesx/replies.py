@@ -139,7 +139,7 @@ def parse_reply_window(text: str) -> ReplyWindow:
         try:
             if part.endswith("s"):
                 kind, seconds = "seconds", float(part[:-1])
-                if seconds <= 0:
+                if not (seconds > 0 and math.isfinite(seconds)):
                     raise ValueError
             else:
                 kind, entries = "entries", int(part)
