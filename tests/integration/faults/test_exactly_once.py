@@ -238,3 +238,39 @@ def test_a_retry_past_the_reply_window_is_refused_through_moves_and_recoveries(
         refused_and_still(21)
         # New calls run as ever.
         assert client.atom("c").incr(1) == 22
+
+
+def test_a_replayed_reply_is_acknowledged_only_once_its_state_is_durable(
+    start_cluster: ClusterStarter,
+    zk_server: ZooKeeperServer,
+    atoms: dict[str, pathlib.Path],
+) -> None:
+    cluster = start_cluster(["n1", "n2"], zk=zk_server.connect_string, session_timeout=2.0)
+    with Client(cluster.zk, cluster.name, timeout=1.5) as client:
+        client.create(atoms["counter"], name="c", on="n1", checkpoint="every-call")
+        assert client.atom("c").incr(1) == 1
+        old_address = client.naming.storesites()["s1"].address
+        cluster.kill("storesite-s1")
+        with pytest.raises(OutcomeUnknownError) as unknown:
+            client.atom("c").incr(1)  # runs on n1; its checkpoint cannot be made
+        request_id = unknown.value.request_id
+        # Its reply is in the atom's table, but the state holding it is not durable:
+        # the retry is not acknowledged either.
+        with pytest.raises(OutcomeUnknownError):
+            client.atom("c", request_id=request_id).incr(1)
+        # The node dies with that state; the storesite recovers its last durable one.
+        cluster.kill("node-n1")
+        cluster.start_storesite("s1")
+        wait_until(
+            "the restarted storesite to register",
+            lambda: _address(client, "s1") not in ("", old_address),
+        )
+        settled = Client(cluster.zk, cluster.name, timeout=60.0)
+        try:
+            # The retry runs the increment once, on the recovered copy.
+            assert settled.atom("c", request_id=request_id).incr(1) == 2
+            assert settled.atom("c", request_id=request_id).incr(1) == 2
+            assert settled.atom("c").get() == 2
+            assert settled.locate("c").node == "n2"
+        finally:
+            settled.close()
