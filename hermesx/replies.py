@@ -163,10 +163,12 @@ class _Floor:
 class ReplyTable:
     """The first outcome of each recent request id, bounded by the atom's reply window.
 
-    Not thread-safe: the atom touches it only from the thread running it.
+    Thread-safe: a call looks its id up before it queues for the atom, while
+    the atom's running call records its own.
     """
 
     def __init__(self, window: ReplyWindow | None = None) -> None:
+        self._lock = threading.Lock()
         self.window = window or ReplyWindow()
         self._replies: OrderedDict[str, ReplyRecord] = OrderedDict()
         self._bytes = 0
@@ -177,12 +179,24 @@ class ReplyTable:
         return len(self._replies)
 
     def records(self) -> tuple[ReplyRecord, ...]:
-        return tuple(self._replies.values())
+        with self._lock:
+            return tuple(self._replies.values())
 
     def floors(self) -> tuple[tuple[str, int, int], ...]:
-        return tuple((c, f.seq, f.issued_ms) for c, f in self._floors.items())
+        with self._lock:
+            return tuple((c, f.seq, f.issued_ms) for c, f in self._floors.items())
 
     def restore(
+        self,
+        window: ReplyWindow,
+        records: tuple[ReplyRecord, ...],
+        floors: tuple[tuple[str, int, int], ...],
+        forgotten_before_ms: int,
+    ) -> None:
+        with self._lock:
+            self._restore(window, records, floors, forgotten_before_ms)
+
+    def _restore(
         self,
         window: ReplyWindow,
         records: tuple[ReplyRecord, ...],
@@ -201,6 +215,10 @@ class ReplyTable:
         Raises RequestExpiredError when the id may have run and its reply has
         left the window.
         """
+        with self._lock:
+            return self._lookup(request_id, method, guid)
+
+    def _lookup(self, request_id: str, method: str, guid: str) -> ReplyRecord | None:
         self._evict_old(_now_ms())
         record = self._replies.get(request_id)
         if record is not None:
@@ -225,6 +243,10 @@ class ReplyTable:
         return None
 
     def record(self, record: ReplyRecord) -> None:
+        with self._lock:
+            self._record(record)
+
+    def _record(self, record: ReplyRecord) -> None:
         if not record.recorded_ms:
             record = ReplyRecord(record.request_id, record.error_kind, record.payload, _now_ms())
         old = self._replies.pop(record.request_id, None)
