@@ -21,19 +21,20 @@ milliseconds) when the id was made. When a reply leaves the window the atom
 keeps, per client, the highest ``seq`` and ``issued_ms`` it dropped (the
 client's *floor*). A request not in the table is then refused with
 ``request_expired`` when its ``seq`` is at or below its client's floor.
-Floors are bounded too (:data:`FLOOR_CLIENTS` clients, least recently
-touched dropped first); when a client's floor is dropped its ``issued_ms``
-raises the table's *forgotten-before* mark, and a request of a client
-without a floor is refused when it was issued at or before that mark.
+Floors are bounded too (as many clients as the window has entries, at
+least :data:`MIN_FLOOR_CLIENTS`; least recently touched dropped first);
+when a client's floor is dropped its ``issued_ms`` raises the table's
+*forgotten-before* mark, and a request of a client without a floor is
+refused when it was issued at or before that mark.
 
 Soundness: a call that ran was recorded; if its reply is gone it was evicted,
 so its client's floor covers its ``seq``, or that floor was dropped and the
 mark covers its ``issued_ms``. Clock skew only matters for a client the atom
 has no floor for, and only when its clock runs behind by more than the age
-of the replies the atom forgot (at least one full window of calls, then
-:data:`FLOOR_CLIENTS` other clients' evictions): such a new call is refused,
-never run twice. A refused id is refused for good: retry the call with a new
-id only when you know it did not run.
+of the replies the atom forgot (at least one full window of calls, then as
+many other clients' evictions): such a new call is refused, never run
+twice. A refused id is refused for good: retry the call with a new id only
+when you know it did not run.
 
 Any other id (a UUID from another language through gRPC ``Invoke``, an
 ``Idempotency-Key``) is accepted as it is: it gets its first reply back while
@@ -58,7 +59,7 @@ from hermesx.snapshot import ReplyRecord
 
 __all__ = [
     "DEFAULT_REPLY_ENTRIES",
-    "FLOOR_CLIENTS",
+    "MIN_FLOOR_CLIENTS",
     "ReplyTable",
     "ReplyWindow",
     "RequestIds",
@@ -68,8 +69,9 @@ __all__ = [
 
 DEFAULT_REPLY_ENTRIES = 1024
 MAX_REPLY_ENTRIES = 65536
-# Clients whose floors an atom keeps (about 30 bytes each in every snapshot).
-FLOOR_CLIENTS = 4096
+# Clients whose floors an atom keeps at least (about 30 bytes each in every
+# snapshot; an atom keeps as many as its window has entries, if more).
+MIN_FLOOR_CLIENTS = 256
 # The replies' payloads, at most (the table moves and checkpoints with the atom).
 REPLY_TABLE_MAX_BYTES = 8 * 2**20
 
@@ -247,7 +249,8 @@ class ReplyTable:
             self._record(record)
 
     def _record(self, record: ReplyRecord) -> None:
-        if not record.recorded_ms:
+        # Stamped only where an age limit needs it: every checkpoint carries the table.
+        if not record.recorded_ms and self.window.seconds:
             record = ReplyRecord(record.request_id, record.error_kind, record.payload, _now_ms())
         old = self._replies.pop(record.request_id, None)
         if old is not None:
@@ -284,7 +287,7 @@ class ReplyTable:
             floor.seq = max(floor.seq, rid.seq)
             floor.issued_ms = max(floor.issued_ms, rid.issued_ms)
         self._floors[rid.client] = floor  # most recently touched last
-        while len(self._floors) > FLOOR_CLIENTS:
+        while len(self._floors) > max(self.window.entries, MIN_FLOOR_CLIENTS):
             _, forgotten = self._floors.popitem(last=False)
             self.forgotten_before_ms = max(self.forgotten_before_ms, forgotten.issued_ms)
 

@@ -114,7 +114,7 @@ def test_the_window_and_what_it_forgot_travel_in_snapshots(runtime: Runtime) -> 
 def test_clients_past_the_floor_limit_are_judged_by_issue_time(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(replies, "FLOOR_CLIENTS", 2)
+    monkeypatch.setattr(replies, "MIN_FLOOR_CLIENTS", 2)
     table = ReplyTable(ReplyWindow(entries=1))
 
     def rid(client: int, seq: int, issued_ms: int) -> str:
