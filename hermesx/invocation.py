@@ -39,6 +39,7 @@ from hermesx.errors import (
     HermesError,
     NameNotFoundError,
     OutcomeUnknownError,
+    RequestExpiredError,
     UnreachableError,
     error_from_wire,
 )
@@ -131,7 +132,7 @@ class _Call:
     tried: list[TAD] = field(default_factory=list)
     need_locate: bool = False
     storesite_absent_since: float | None = None
-    sent: bool = False
+    sends: int = 0  # transmissions of the request
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -233,11 +234,12 @@ class Invoker:
     ) -> InvokeOutcome:
         """Run ``method`` on ``target``; a request id of ours is made when none is given."""
         _check_method(method)
+        ours = not request_id
         request_id = request_id or self.request_ids.next()
         deadline = time.monotonic() + (timeout or self.deadline)
         if not self.settle_outcome:
             return self._invoke_once(target, method, args, request_id, chain, deadline, via, trace)
-        sent = False
+        sends = 0
         pause, most = SETTLE_PAUSE_S
         while True:
             call: list[_Call] = []
@@ -245,9 +247,19 @@ class Invoker:
                 return self._invoke_once(
                     target, method, args, request_id, chain, deadline, via, trace, call
                 )
+            except RequestExpiredError as exc:
+                sends += call[0].sends if call else 0
+                # Refused at its first transmission, an id of ours never ran: our
+                # clock is behind the atom's forgotten-before mark. Catch up, send anew.
+                if not (ours and sends == 1 and self.request_ids.catch_up(str(exc))):
+                    raise
+                ours, sends = False, 0
+                request_id = self.request_ids.next()
+                log.info("call of %s: our clock is behind; sending it as %s", target, request_id)
+                continue
             except HermesError as exc:
-                sent = sent or bool(call and call[0].sent)
-                if exc.kind not in OUTCOME_UNKNOWN_KINDS or not sent:
+                sends += call[0].sends if call else 0
+                if exc.kind not in OUTCOME_UNKNOWN_KINDS or not sends:
                     raise  # final, or never sent: it did not run
                 last = exc
             left = deadline - time.monotonic()
@@ -341,11 +353,11 @@ class Invoker:
     ) -> Any:
         """Send ``request`` to ``node`` (in-process when it is us); a dead node breaks the chain."""
         if node == self.self_node and local is not None:
-            call.sent = True
+            call.sends += 1
             return local(request)
         try:
             stub = self.node_stub(node)
-            call.sent = True
+            call.sends += 1
             return getattr(stub, method)(request, timeout=max(call.remaining(), 0.01))
         except UnreachableError as exc:
             self._broken(call, node, str(exc))

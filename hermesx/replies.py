@@ -33,8 +33,10 @@ mark covers its ``issued_ms``. Clock skew only matters for a client the atom
 has no floor for, and only when its clock runs behind by more than the age
 of the replies the atom forgot (at least one full window of calls, then as
 many other clients' evictions): such a new call is refused, never run
-twice. A refused id is refused for good: retry the call with a new id only
-when you know it did not run.
+twice, and the refusal names the mark. A hermesx client refused so at the
+id's first transmission (so the call never ran) moves its id clock past the
+mark and sends the call again under a new id. A refused id is refused for
+good: retry a call with a new id only when you know it did not run.
 
 Any other id (a UUID from another language through gRPC ``Invoke``, an
 ``Idempotency-Key``) is accepted as it is: it gets its first reply back while
@@ -75,6 +77,7 @@ MIN_FLOOR_CLIENTS = 256
 # The replies' payloads, at most (the table moves and checkpoints with the atom).
 REPLY_TABLE_MAX_BYTES = 8 * 2**20
 
+_MARK = re.compile(r"issued at or before ([0-9]{1,15}) ms")
 _STRUCTURED = re.compile(r"hx1\.([0-9a-f]{16})\.([1-9][0-9]{0,17})\.([0-9]{1,15})")
 
 
@@ -100,11 +103,27 @@ class RequestIds:
         self.client = secrets.token_hex(8)
         self._seq = itertools.count(1)
         self._lock = threading.Lock()
+        # Added to our clock once an atom showed it runs behind (never lowered).
+        self._offset_ms = 0
 
     def next(self) -> str:
         with self._lock:
             seq = next(self._seq)
-        return f"hx1.{self.client}.{seq}.{int(time.time() * 1000)}"
+            offset = self._offset_ms
+        return f"hx1.{self.client}.{seq}.{_now_ms() + offset}"
+
+    def catch_up(self, refusal: str) -> bool:
+        """Move our clock past the forgotten-before mark an atom refused an id with.
+
+        Only for an id whose refusal came at its first transmission (so it
+        never ran); False when ``refusal`` names no mark.
+        """
+        match = _MARK.search(refusal)
+        if match is None:
+            return False
+        with self._lock:
+            self._offset_ms = max(self._offset_ms, int(match.group(1)) + 1 - _now_ms())
+        return True
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, cast
 
 import pytest
@@ -11,6 +12,7 @@ from hermesx.errors import (
     MethodError,
     NameNotFoundError,
     OutcomeUnknownError,
+    RequestExpiredError,
     StorageError,
     UnreachableError,
 )
@@ -100,3 +102,37 @@ def test_unreachable_after_sending_is_resent() -> None:
     inv.locate = lambda guid, timeout=10.0: TAD("n1", 1)  # type: ignore[method-assign]
     assert inv.invoke("c", "incr", b"\x01", timeout=10.0).result == b"\x07"
     assert len({r.request_id for r in seen}) == 1
+
+
+def _mark_refusal(mark_ms: int) -> RequestExpiredError:
+    return RequestExpiredError(
+        f"atom c: request id x (incr) was issued at or before {mark_ms} ms, older than the "
+        "atom's reply window (8) remembers; refused, not run again"
+    )
+
+
+def test_a_client_whose_clock_is_behind_catches_up_and_sends_a_new_id() -> None:
+    mark = int(time.time() * 1000) + 3_600_000  # the atom forgot clients an hour "ahead"
+    inv, seen = invoker([_mark_refusal(mark), b"\x01"])
+    assert inv.invoke("c", "incr", b"\x01", timeout=10.0).result == b"\x01"
+    first, second = (parse_request_id(r.request_id) for r in seen)
+    assert first is not None and second is not None
+    assert first.client == second.client and second.seq > first.seq
+    assert second.issued_ms > mark
+    later = parse_request_id(inv.request_ids.next())
+    assert later is not None and later.issued_ms > mark
+
+
+def test_a_refused_id_of_the_caller_is_never_replaced() -> None:
+    inv, seen = invoker([_mark_refusal(int(time.time() * 1000) + 60_000)])
+    with pytest.raises(RequestExpiredError):
+        inv.invoke("c", "incr", b"\x01", request_id=inv.request_ids.next(), timeout=10.0)
+    assert len(seen) == 1
+
+
+def test_an_id_refused_after_an_earlier_transmission_is_never_replaced() -> None:
+    ran_not_durable = StorageError("atom c: call ran but checkpoint failed: down")
+    inv, seen = invoker([ran_not_durable, _mark_refusal(int(time.time() * 1000) + 60_000)])
+    with pytest.raises(RequestExpiredError):
+        inv.invoke("c", "incr", b"\x01", timeout=10.0)
+    assert len(seen) == 2 and len({r.request_id for r in seen}) == 1
