@@ -215,6 +215,7 @@ def cmd_create(args: argparse.Namespace) -> None:
             tags=[t for t in (args.tags or "").split(",") if t],
             idle_passivate_seconds=args.idle_passivate,
             placement="" if args.placement == "none" else args.placement,
+            reply_window=args.reply_window or "",
         )
     _emit(args, {"guid": guid, "name": args.name}, guid)
 
@@ -231,7 +232,14 @@ def _json_value(text: str, what: str) -> Any:
 def cmd_invoke(args: argparse.Namespace) -> None:
     payload = codec.json_to_msgpack(args.args) if args.args is not None else codec.pack(None)
     with _client(args) as client:
-        outcome = client.invoke(args.target, args.method, payload, via=args.via, trace=args.trace)
+        outcome = client.invoke(
+            args.target,
+            args.method,
+            payload,
+            via=args.via,
+            trace=args.trace,
+            request_id=args.request_id or "",
+        )
     value = codec.msgpack_to_python(outcome.result)
     hops = [_hop_dict(h) for h in outcome.trace]
     data: dict[str, Any] = {"result": value, "guid": outcome.guid}
@@ -660,6 +668,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="none",
         help="follow-caller: move toward the node whose atoms call it most",
     )
+    p.add_argument(
+        "--reply-window",
+        metavar="ENTRIES[,SECONDSs]",
+        help="replies kept for retried request ids: a count, an age (600s) or both "
+        "(default 1024, no age limit); an older retry is refused with request_expired",
+    )
 
     p = verb("invoke", cmd_invoke, "invoke a method of an atom by name or GUID")
     p.add_argument("target")
@@ -667,6 +681,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs="?", help="JSON arguments")
     p.add_argument("--via", help="enter the cluster at this node")
     p.add_argument("--trace", action="store_true", help="show the path the call took")
+    p.add_argument(
+        "--request-id",
+        help="send this request id (from an outcome_unknown error): the call runs at most once",
+    )
 
     p = verb("locate", cmd_locate, "where an atom is: node, age, storesite")
     p.add_argument("target")
@@ -819,7 +837,11 @@ def _fail(args: argparse.Namespace, exc: BaseException) -> int:
     message = " ".join(str(exc).split()) or type(exc).__name__
     if getattr(args, "json", False):
         kind = getattr(exc, "kind", "internal")
-        print(json.dumps({"error": message, "kind": kind, "type": type(exc).__name__}))
+        data = {"error": message, "kind": kind, "type": type(exc).__name__}
+        request_id = getattr(exc, "request_id", "")
+        if request_id:
+            data["request_id"] = request_id
+        print(json.dumps(data))
     print(f"error: {message}", file=sys.stderr)
     return 1
 

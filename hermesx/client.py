@@ -6,6 +6,24 @@
 
 Arguments are packed with msgpack: one positional argument is sent as it
 is, several as an array, keywords as a map.
+
+Exactly once. Every call carries a request id, and a call whose outcome is
+unknown (a node or the storesite failed after the call was sent) is sent
+again with the same id until the call's deadline: the atom answers the first
+run's reply, or runs the call if it never did. When the deadline passes
+first, the call fails with :class:`~hermesx.errors.OutcomeUnknownError`,
+whose ``request_id`` is the id to send again later::
+
+    try:
+        counter.incr(5)
+    except OutcomeUnknownError as exc:
+        ...                                              # later, once things settle:
+        client.atom("c1", request_id=exc.request_id).incr(5)   # runs at most once
+
+The same id with ``client.invoke(..., request_id=...)``. A retry whose reply
+has left the atom's reply window is refused with
+:class:`~hermesx.errors.RequestExpiredError` and never runs again (see
+:mod:`hermesx.replies` for the window and the form of request ids).
 """
 
 from __future__ import annotations
@@ -27,6 +45,7 @@ from hermesx.naming import Member, Naming
 from hermesx.policy import MAX_CHECKPOINT_CALLS, check_atom_meta
 from hermesx.proto import hermesx_pb2 as pb
 from hermesx.proto import hermesx_pb2_grpc as pbg
+from hermesx.replies import ReplyWindow, parse_reply_window
 from hermesx.roles import CLIENT_CERT_NAME
 from hermesx.wire import ChannelPool, TLSIdentity, error_from_rpc, tad_from_pb
 
@@ -45,18 +64,35 @@ class Location:
 
 
 class AtomProxy:
-    """``client.atom("c1").incr(5)``: attribute access names the method."""
+    """``client.atom("c1").incr(5)``: attribute access names the method.
 
-    def __init__(self, client: Client, target: str) -> None:
+    Made with a ``request_id`` (``client.atom("c1", request_id=rid)``), the
+    proxy's calls send that id: the way to retry a call that failed with
+    ``outcome_unknown``. Each call made through a proxy without one gets a
+    new id.
+    """
+
+    def __init__(
+        self, client: Client, target: str, request_id: str = "", timeout: float | None = None
+    ) -> None:
         self._client = client
         self._target = target
+        self._request_id = request_id
+        self._timeout = timeout
 
     def __getattr__(self, method: str) -> Any:
         if method.startswith("_"):
             raise AttributeError(method)
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            return self._client.call(self._target, method, *args, **kwargs)
+            return self._client.call_with(
+                self._target,
+                method,
+                args,
+                kwargs,
+                request_id=self._request_id,
+                timeout=self._timeout,
+            )
 
         return call
 
@@ -89,7 +125,9 @@ class Client:
             ):
                 security.issue_cert(self.address.tls, self.address.cluster, cert, roles.CLIENT)
         self.channels = ChannelPool(identity)
-        self.invoker = Invoker(self.naming, self.channels, deadline=timeout, hop_limit=hop_limit)
+        self.invoker = Invoker(
+            self.naming, self.channels, deadline=timeout, hop_limit=hop_limit, settle_outcome=True
+        )
         self._started = False
 
     def __enter__(self) -> Client:
@@ -112,14 +150,30 @@ class Client:
 
     # ------------------------------------------------------------ invoke
 
-    def atom(self, target: str) -> AtomProxy:
-        return AtomProxy(self, target)
+    def atom(self, target: str, *, request_id: str = "", timeout: float | None = None) -> AtomProxy:
+        """A proxy whose attributes call ``target``'s methods (with ``request_id``, if given)."""
+        return AtomProxy(self, target, request_id, timeout)
 
     def call(self, target: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self.call_with(target, method, args, kwargs)
+
+    def call_with(
+        self,
+        target: str,
+        method: str,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        request_id: str = "",
+        timeout: float | None = None,
+    ) -> Any:
+        """:meth:`call` with the arguments as values, and a request id or timeout of one's own."""
         if kwargs and args:
             raise ConfigurationError("pass either positional or keyword arguments, not both")
         payload: Any = kwargs if kwargs else (args[0] if len(args) == 1 else list(args) or None)
-        outcome = self.invoke(target, method, codec.pack(payload))
+        outcome = self.invoke(
+            target, method, codec.pack(payload), request_id=request_id, timeout=timeout
+        )
         return codec.unpack(outcome.result)
 
     def invoke(
@@ -133,6 +187,7 @@ class Client:
         trace: bool = False,
         timeout: float | None = None,
     ) -> InvokeOutcome:
+        """Call ``method`` with msgpack ``args``; ``request_id`` to retry an earlier call."""
         self.start()
         return self.invoker.invoke(
             target, method, args, request_id=request_id, via=via, trace=trace, timeout=timeout
@@ -186,8 +241,15 @@ class Client:
         tags: Sequence[str] = (),
         idle_passivate_seconds: float = 0.0,
         placement: str = "",
+        reply_window: str = "",
     ) -> str:
-        """Create an atom and return its GUID."""
+        """Create an atom and return its GUID.
+
+        ``reply_window``: how many replies (and for how long) the atom keeps
+        for retried request ids, as ``ENTRIES``, ``SECONDSs`` or both
+        (``"4096,600s"``); the default keeps 1,024 with no age limit.
+        """
+        window = parse_reply_window(reply_window) if reply_window else ReplyWindow()
         if isinstance(wasm, bytearray | memoryview):
             wasm = bytes(wasm)
         if isinstance(wasm, pathlib.Path):
@@ -203,6 +265,8 @@ class Client:
             tags=list(tags),
             idle_passivate_seconds=idle_passivate_seconds,
             placement=placement,
+            reply_window_entries=window.entries,
+            reply_window_seconds=window.seconds,
         )
         check_atom_meta(meta)
         node = on or self.pick_node(tags)

@@ -8,6 +8,7 @@ are caught, with ``raise ... from exc``, into the most specific branch::
     ├── CommunicationError          a peer did not answer or the wire failed
     │   ├── UnreachableError        no path to the atom (chain broken, no fallback)
     │   ├── CallTimeoutError        the call's overall deadline passed
+    │   ├── OutcomeUnknownError     the call may or may not have run: retry with its request id
     │   └── NotAuthorizedError      refused: no certificate or secret of this cluster
     ├── NamingError
     │   ├── NameNotFoundError       no atom / node / storesite by that name
@@ -24,8 +25,10 @@ are caught, with ``raise ... from exc``, into the most specific branch::
     │   ├── CallCycleError          a call cycle came back into a non-reentrant atom
     │   └── PayloadTooLargeError    arguments or result over the size limit
     ├── MigrationError              a move was refused or aborted
+    ├── RequestExpiredError         a retry older than the atom's reply window: refused, not run
     ├── StorageError                storesite / LMDB failure, unknown checkpoint or module
-    │   └── CheckpointDamagedError  a stored or sent snapshot fails its checksum: not restored
+    │   ├── CheckpointDamagedError  a stored or sent snapshot fails its checksum: not restored
+    │   └── HomeMovedError          the atom's records moved to another storesite
     ├── CapacityError               a node or atom limit reached (atoms per node, address space)
     └── ConfigurationError          bad configuration or command-line input
 
@@ -47,6 +50,7 @@ __all__ = [
     "ConfigurationError",
     "DeadlineExceededError",
     "HermesError",
+    "HomeMovedError",
     "InvalidNameError",
     "InvalidPatternError",
     "MemoryLimitError",
@@ -57,7 +61,9 @@ __all__ = [
     "NamingError",
     "NoQuorumError",
     "NotAuthorizedError",
+    "OutcomeUnknownError",
     "PayloadTooLargeError",
+    "RequestExpiredError",
     "StorageError",
     "UnreachableError",
     "error_from_wire",
@@ -84,6 +90,29 @@ class CallTimeoutError(CommunicationError):
 
 class NotAuthorizedError(CommunicationError):
     kind = "not_authorized"
+
+
+# The message ends with this phrase and the id, so the id survives the wire.
+_RETRY_WITH = "retry with request id "
+
+
+class OutcomeUnknownError(CommunicationError):
+    """The call may have run or not; sending its request id again tells which.
+
+    ``request_id`` is the id to retry with (``client.invoke(..., request_id=...)``
+    or ``client.atom(name, request_id=...)``): the atom answers the first run's
+    reply if it ran, runs it now if it did not, and never runs it twice.
+    """
+
+    kind = "outcome_unknown"
+
+    def __init__(self, message: str, request_id: str = "") -> None:
+        if not request_id and _RETRY_WITH in message:
+            request_id = message.rpartition(_RETRY_WITH)[2].strip()
+        elif request_id and _RETRY_WITH not in message:
+            message = f"{message}; {_RETRY_WITH}{request_id}"
+        super().__init__(message)
+        self.request_id = request_id
 
 
 class NamingError(HermesError):
@@ -146,6 +175,12 @@ class MigrationError(HermesError):
     kind = "migration"
 
 
+class RequestExpiredError(HermesError):
+    """A request id older than the atom's reply window: refused, and not run again."""
+
+    kind = "request_expired"
+
+
 class StorageError(HermesError):
     kind = "storage"
 
@@ -154,6 +189,12 @@ class CheckpointDamagedError(StorageError):
     """Damage no retry mends: the atom is not restored from it (DESIGN.md §6)."""
 
     kind = "checkpoint_damaged"
+
+
+class HomeMovedError(StorageError):
+    """A storesite asked about an atom whose records it handed to another storesite."""
+
+    kind = "home_moved"
 
 
 class CapacityError(HermesError):

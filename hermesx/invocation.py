@@ -8,6 +8,15 @@ fallback point, :meth:`Invoker.locate`. Retries are bounded in attempts and
 by an overall deadline, and they reuse the call's request id, so a retried
 call returns the first reply instead of running twice.
 
+An Invoker made with ``settle_outcome=True`` (every :class:`~hermesx.client.Client`)
+goes further: when a call was sent and its outcome is unknown (the node
+became unreachable, the deadline passed, or the call ran but its checkpoint
+failed), it sends the same request id again until the call's deadline, so
+the caller either gets the first outcome or :class:`OutcomeUnknownError`
+carrying the request id to retry with later. Errors that say the call was
+refused before it ran (no such atom, method or node, bad arguments) and
+outcomes the atom recorded (a trap, a method error) are final.
+
 Clients use an Invoker with an in-memory stash; every node uses one with its
 persistent stash for atom-to-atom calls, and for ``--via``.
 """
@@ -16,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
@@ -32,6 +40,8 @@ from hermesx.errors import (
     HermesError,
     NameNotFoundError,
     NotAuthorizedError,
+    OutcomeUnknownError,
+    RequestExpiredError,
     UnreachableError,
     error_from_wire,
 )
@@ -39,6 +49,7 @@ from hermesx.identity import GUID, TAD
 from hermesx.naming import Naming
 from hermesx.proto import hermesx_pb2 as pb
 from hermesx.proto import hermesx_pb2_grpc as pbg
+from hermesx.replies import RequestIds
 from hermesx.stash import Stash
 from hermesx.wire import ChannelPool, error_from_rpc, tad_from_pb, tad_to_pb
 
@@ -51,6 +62,24 @@ T = TypeVar("T")
 # Error kinds a node answers with when it cannot serve the atom but another
 # place may: the caller then asks the storesite and tries again.
 RETRYABLE_KINDS = frozenset({"unreachable", "timeout"})
+# Error kinds after which a call that was sent may have run (or not): only
+# sending its request id again tells. Every other kind is a final outcome:
+# refused before it ran, or the outcome the atom recorded for the id.
+OUTCOME_UNKNOWN_KINDS = frozenset(
+    {
+        "unreachable",
+        "timeout",
+        "storage",
+        "home_moved",
+        "migration",
+        "communication",
+        "no_quorum",
+        "outcome_unknown",
+        "hermes",
+    }
+)
+# Pauses between resending a request id whose outcome is unknown.
+SETTLE_PAUSE_S = (0.05, 0.5)
 
 DEFAULT_HOP_LIMIT = 4
 DEFAULT_DEADLINE_S = 30.0
@@ -105,6 +134,7 @@ class _Call:
     tried: list[TAD] = field(default_factory=list)
     need_locate: bool = False
     storesite_absent_since: float | None = None
+    sends: int = 0  # transmissions of the request
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -130,6 +160,7 @@ class Invoker:
         hop_limit: int = DEFAULT_HOP_LIMIT,
         deadline: float = DEFAULT_DEADLINE_S,
         attempts: int = DEFAULT_ATTEMPTS,
+        settle_outcome: bool = False,
     ) -> None:
         self.naming = naming
         self.channels = channels
@@ -140,6 +171,8 @@ class Invoker:
         self.hop_limit = hop_limit
         self.deadline = deadline
         self.attempts = attempts
+        self.settle_outcome = settle_outcome
+        self.request_ids = RequestIds()
 
     # ------------------------------------------------------------ addresses
 
@@ -202,21 +235,89 @@ class Invoker:
         trace: bool = False,
         open_chain: tuple[str, ...] = (),
     ) -> InvokeOutcome:
+        """Run ``method`` on ``target``; a request id of ours is made when none is given."""
         _check_method(method)
+        ours = not request_id
+        request_id = request_id or self.request_ids.next()
+        deadline = time.monotonic() + (timeout or self.deadline)
+        if not self.settle_outcome:
+            return self._invoke_once(
+                target, method, args, request_id, chain, deadline, via, trace, open_chain=open_chain
+            )
+        sends = 0
+        pause, most = SETTLE_PAUSE_S
+        while True:
+            call: list[_Call] = []
+            try:
+                return self._invoke_once(
+                    target,
+                    method,
+                    args,
+                    request_id,
+                    chain,
+                    deadline,
+                    via,
+                    trace,
+                    call,
+                    open_chain=open_chain,
+                )
+            except RequestExpiredError as exc:
+                sends += call[0].sends if call else 0
+                # Refused at its first transmission, an id of ours never ran: our
+                # clock is behind the atom's forgotten-before mark. Catch up, send anew.
+                if not (ours and sends == 1 and self.request_ids.catch_up(str(exc))):
+                    raise
+                ours, sends = False, 0
+                request_id = self.request_ids.next()
+                log.info("call of %s: our clock is behind; sending it as %s", target, request_id)
+                continue
+            except HermesError as exc:
+                sends += call[0].sends if call else 0
+                if exc.kind not in OUTCOME_UNKNOWN_KINDS or not sends:
+                    raise  # final, or never sent: it did not run
+                last = exc
+            left = deadline - time.monotonic()
+            if left <= pause:
+                raise OutcomeUnknownError(
+                    f"atom {target}: {method} may or may not have run (last: {last.kind}: {last})",
+                    request_id,
+                ) from last
+            log.debug(
+                "call %s of %s: outcome unknown (%s); sending it again", request_id, target, last
+            )
+            time.sleep(pause)
+            pause = min(pause * 2, most)
+
+    def _invoke_once(
+        self,
+        target: str,
+        method: str,
+        args: bytes,
+        request_id: str,
+        chain: tuple[str, ...],
+        deadline: float,
+        via: str | None,
+        trace: bool,
+        made: list[_Call] | None = None,
+        *,
+        open_chain: tuple[str, ...] = (),
+    ) -> InvokeOutcome:
         guid = self.naming.guid_of(target)
         call = _Call(
             guid=guid,
-            deadline=time.monotonic() + (timeout or self.deadline),
+            deadline=deadline,
             tad=self.stash.get(guid),
             via=via,
             trace=[],
             want_trace=trace,
         )
+        if made is not None:
+            made.append(call)
         request = pb.InvokeRequest(
             guid=guid,
             method=method,
             args=args,
-            request_id=request_id or uuid.uuid4().hex,
+            request_id=request_id,
             hop_limit=self.hop_limit,
             chain=list(chain),
             trace=trace,
@@ -276,9 +377,11 @@ class Invoker:
     ) -> Any:
         """Send ``request`` to ``node`` (in-process when it is us); a dead node breaks the chain."""
         if node == self.self_node and local is not None:
+            call.sends += 1
             return local(request)
         try:
             stub = self.node_stub(node)
+            call.sends += 1
             return getattr(stub, method)(request, timeout=max(call.remaining(), 0.01))
         except UnreachableError as exc:
             self._broken(call, node, str(exc))

@@ -39,7 +39,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -67,6 +67,7 @@ from hermesx.errors import (
 from hermesx.files import private_dir
 from hermesx.host import AtomHost, CallContext, StandaloneHost
 from hermesx.identity import GUID
+from hermesx.replies import ReplyTable, ReplyWindow
 from hermesx.snapshot import AtomState, ReplyRecord, decode_state, encode_state, memory_segments
 from hermesx.wasm_rewrite import check_module_limits, export_mutable_globals
 
@@ -77,8 +78,6 @@ logger = logging.getLogger(__name__)
 _MSGPACK_NIL = b"\xc0"
 _STACK_POINTER = "__stack_pointer"
 _PAGE = 65536
-# The reply table's payloads, at most (it moves and checkpoints with the atom).
-REPLY_TABLE_MAX_BYTES = 8 * 2**20
 # Tables are not counted in the memory cap: without a bound of their own, one
 # `(table 100000000 funcref)` costs the node ~1 GiB per instance. C atoms use
 # a table only for function pointers, a few hundred entries at most.
@@ -607,8 +606,7 @@ class Atom:
         self._waiters: deque[object] = deque()
         self._mail: deque[_Mail] = deque()
         self._closed = False
-        self._replies: OrderedDict[str, ReplyRecord] = OrderedDict()
-        self._reply_bytes = 0
+        self.replies = ReplyTable(ReplyWindow(runtime.reply_table_size))
         # Bytes the KV counts toward the memory cap (see KV_ENTRY_OVERHEAD).
         self._kv_bytes = 0
         # The memory size limit last given to the store.
@@ -684,7 +682,7 @@ class Atom:
         ``chain`` that take calls while blocked (reentrant or daemon atoms).
         """
         if request_id:
-            record = self._replies.get(request_id)
+            record = self.replies.lookup(request_id, method=method, guid=self.guid)
             if record is not None:
                 return _replay(record)
         if self.guid in chain and not self.reentrant:
@@ -943,7 +941,7 @@ class Atom:
     ) -> bytes:
         if request_id:
             # A duplicate may have queued behind the first run of this id.
-            record = self._replies.get(request_id)
+            record = self.replies.lookup(request_id, method=method, guid=self.guid)
             if record is not None:
                 return _replay(record)
         try:
@@ -959,19 +957,7 @@ class Atom:
         return result
 
     def _record(self, record: ReplyRecord) -> None:
-        replies = self._replies
-        old = replies.pop(record.request_id, None)
-        if old is not None:
-            self._reply_bytes -= len(old.payload)
-        replies[record.request_id] = record
-        self._reply_bytes += len(record.payload)
-        # Bounded in count and in bytes (it travels in every snapshot); the
-        # newest reply always stays.
-        while len(replies) > 1 and (
-            len(replies) > self._rt.reply_table_size or self._reply_bytes > REPLY_TABLE_MAX_BYTES
-        ):
-            _, dropped = replies.popitem(last=False)
-            self._reply_bytes -= len(dropped.payload)
+        self.replies.record(record)
         self._limit_memory()
 
     def _execute(
@@ -1317,12 +1303,14 @@ class Atom:
 
     def _host_bytes(self) -> int:
         """What the atom's KV and reply table count toward its memory cap."""
-        return self._kv_bytes + self._reply_bytes + len(self._replies) * REPLY_ENTRY_OVERHEAD
+        return (
+            self._kv_bytes + self.replies.payload_bytes + len(self.replies) * REPLY_ENTRY_OVERHEAD
+        )
 
     def _usage_text(self) -> str:
         return (
             f"linear memory {self._inst.memory_size} + KV {self._kv_bytes} + "
-            f"reply table {self._reply_bytes + len(self._replies) * REPLY_ENTRY_OVERHEAD} bytes"
+            f"reply table {self._host_bytes() - self._kv_bytes} bytes"
         )
 
     def _limit_memory(self) -> None:
@@ -1564,7 +1552,10 @@ class Atom:
             memory=memory_segments(memory),
             globals=globals_,
             kv=dict(self.kv),
-            replies=tuple(self._replies.values()),
+            replies=self.replies.records(),
+            reply_window=(self.replies.window.entries, self.replies.window.seconds),
+            reply_floors=self.replies.floors(),
+            replies_forgotten_before_ms=self.replies.forgotten_before_ms,
             interrupts=interrupts,
             futures=futures,
             next_future_id=next_future,
@@ -1600,8 +1591,12 @@ class Atom:
         self._unwind_stack(self._initial_sp)
         self.kv = dict(state.kv)
         self._kv_bytes = sum(len(k) + len(v) + KV_ENTRY_OVERHEAD for k, v in self.kv.items())
-        self._replies = OrderedDict((r.request_id, r) for r in state.replies)
-        self._reply_bytes = sum(len(r.payload) for r in state.replies)
+        self.replies.restore(
+            ReplyWindow(*state.reply_window),
+            state.replies,
+            state.reply_floors,
+            state.replies_forgotten_before_ms,
+        )
         self._limit_memory()
         for code, payload in state.interrupts:
             self._mail.append(_Interrupt(code, payload))

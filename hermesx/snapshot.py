@@ -60,6 +60,7 @@ class ReplyRecord:
     request_id: str
     error_kind: str
     payload: bytes  # result bytes, or the UTF-8 error message
+    recorded_ms: int = 0  # wall clock of the node that recorded it (the age window)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,12 @@ class AtomState:
     futures: tuple[tuple[int, int, bytes], ...] = ()
     next_future_id: int = 1
     generation: int = 0
+    # The reply table's window (entries, seconds; 0 s = no age limit), and what
+    # it remembers of replies that left it (hermesx.replies): per client
+    # (client, highest seq, highest issued ms), and the forgotten-before mark.
+    reply_window: tuple[int, float] = (1024, 0.0)
+    reply_floors: tuple[tuple[str, int, int], ...] = ()
+    replies_forgotten_before_ms: int = 0
 
 
 # Zero runs are found in 4 KiB chunks, not whole 64 KiB wasm pages: a small
@@ -148,7 +155,7 @@ def _body_pieces(state: AtomState) -> Iterator[bytes]:
         packer.reset()
         return data
 
-    packer.pack_array_header(11)
+    packer.pack_array_header(12)
     packer.pack(state.module_hash)
     packer.pack(state.guid)
     packer.pack(state.memory_size)
@@ -156,7 +163,7 @@ def _body_pieces(state: AtomState) -> Iterator[bytes]:
         ([offset, data] for offset, data in state.memory),
         [[name, kind, value] for name, kind, value in state.globals],
         ([k, v] for k, v in state.kv.items()),
-        ([r.request_id, r.error_kind, r.payload] for r in state.replies),
+        ([r.request_id, r.error_kind, r.payload, r.recorded_ms] for r in state.replies),
         ([code, payload] for code, payload in state.interrupts),
         ([fid, status, payload] for fid, status, payload in state.futures),
     ]
@@ -178,6 +185,14 @@ def _body_pieces(state: AtomState) -> Iterator[bytes]:
                 yield_gil()
     packer.pack(state.next_future_id)
     packer.pack(state.generation)
+    packer.pack(
+        [
+            state.reply_window[0],
+            state.reply_window[1],
+            [[c, seq, ms] for c, seq, ms in state.reply_floors],
+            state.replies_forgotten_before_ms,
+        ]
+    )
     yield flush()
 
 
@@ -253,6 +268,11 @@ def decode_state(data: bytes) -> AtomState:
     try:
         if flags & FLAG_ZLIB:
             body = zlib.decompress(body)
+        fields = _unpack_body(body)
+        # Snapshots written before reply windows existed end at the generation.
+        window: Any = [1024, 0.0, [], 0]
+        if len(fields) == 12:
+            window = fields.pop()
         (
             module_hash,
             guid,
@@ -265,7 +285,8 @@ def decode_state(data: bytes) -> AtomState:
             futures,
             next_future_id,
             generation,
-        ) = _unpack_body(body)
+        ) = fields
+        entries, seconds, floors, forgotten_before = window
         return AtomState(
             module_hash=module_hash,
             guid=guid,
@@ -273,11 +294,17 @@ def decode_state(data: bytes) -> AtomState:
             memory=tuple((int(o), bytes(d)) for o, d in memory),
             globals=tuple((str(n), str(k), v) for n, k, v in globals_),
             kv={bytes(k): bytes(v) for k, v in kv},
-            replies=tuple(ReplyRecord(str(r), str(k), bytes(p)) for r, k, p in replies),
+            replies=tuple(
+                ReplyRecord(str(r[0]), str(r[1]), bytes(r[2]), int(r[3]) if len(r) > 3 else 0)
+                for r in replies
+            ),
             interrupts=tuple((int(c), bytes(p)) for c, p in interrupts),
             futures=tuple((int(f), int(s), bytes(p)) for f, s, p in futures),
             next_future_id=int(next_future_id),
             generation=int(generation),
+            reply_window=(int(entries), float(seconds)),
+            reply_floors=tuple((str(c), int(q), int(ms)) for c, q, ms in floors),
+            replies_forgotten_before_ms=int(forgotten_before),
         )
     except (ValueError, TypeError, zlib.error, msgpack.UnpackException, msgpack.OutOfData) as exc:
         raise StorageError(f"atom snapshot is damaged: {exc}") from exc

@@ -32,6 +32,7 @@ from hermesx.errors import (
     CapacityError,
     ConfigurationError,
     HermesError,
+    HomeMovedError,
     MigrationError,
     NameNotFoundError,
     NameTakenError,
@@ -46,6 +47,7 @@ from hermesx.naming import Naming
 from hermesx.policy import check_atom_meta, tags_refusal
 from hermesx.proto import hermesx_pb2 as pb
 from hermesx.proto import hermesx_pb2_grpc as pbg
+from hermesx.replies import DEFAULT_REPLY_ENTRIES, ReplyWindow
 from hermesx.runtime import Atom, LoadedModule, Runtime
 from hermesx.snapshot import snapshot_checksum, verify_checksum, yield_gil
 from hermesx.stash import Stash
@@ -538,11 +540,34 @@ class Supervisor(pbg.SupervisorServicer):
     def _storesite_call(
         self, guid: str, method: str, request: object, timeout: float = 10.0
     ) -> object:
-        sid, stub = self.storesite_stub(guid)
-        try:
-            return getattr(stub, method)(request, timeout=timeout)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, f"storesite {sid} ({method} of atom {guid})") from exc
+        """One RPC at the atom's storesite, following its home if that moved meanwhile."""
+        deadline = time.monotonic() + timeout
+        while True:
+            sid, stub = self.storesite_stub(guid)
+            try:
+                return getattr(stub, method)(request, timeout=max(deadline - time.monotonic(), 0.1))
+            except grpc.RpcError as exc:
+                err = error_from_rpc(exc, f"storesite {sid} ({method} of atom {guid})")
+                if not isinstance(err, HomeMovedError) or not self._await_new_home(
+                    guid, sid, deadline
+                ):
+                    raise err from exc
+                log.info("atom %s: its home moved from storesite %s; following it", guid, sid)
+
+    def _await_new_home(self, guid: str, old: str, deadline: float) -> bool:
+        """Wait (bounded) until the name service names a home other than ``old``.
+
+        The old home records the move in the name service before it refuses
+        the atom's records, so the new home is there already; only our
+        cached view may lag by a watch notification.
+        """
+        while True:
+            home = self.naming.home(guid) or GUID.parse(guid).home
+            if home != old:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
 
     def module(self, module_hash: str, guid: str, wasm: bytes = b"") -> LoadedModule:
         """The compiled module with this hash, fetched from the storesite if we lack it."""
@@ -862,6 +887,9 @@ class Supervisor(pbg.SupervisorServicer):
         refusal = tags_refusal("", self.name, meta.tags, self.config.tags)
         if refusal:
             raise ConfigurationError(f"cannot create the atom here: {refusal}")
+        window = ReplyWindow(
+            meta.reply_window_entries or DEFAULT_REPLY_ENTRIES, meta.reply_window_seconds
+        )
         loaded = self.runtime.load(request.module)
         meta.module_hash = loaded.hash
         storesites = self.naming.storesites()
@@ -876,6 +904,8 @@ class Supervisor(pbg.SupervisorServicer):
             atom = self.runtime.create(
                 loaded, guid, self.host, request.init_args, reentrant=meta.reentrant
             )
+            # From here on the window travels in the atom's snapshots.
+            atom.replies.window = window
             tad = TAD(self.name, 1)
             snapshot, generation = atom.snapshot_with_generation()
             try:

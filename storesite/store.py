@@ -58,6 +58,7 @@ import msgpack
 
 from hermesx.errors import (
     CheckpointDamagedError,
+    HomeMovedError,
     MigrationError,
     NameNotFoundError,
     StorageError,
@@ -970,7 +971,7 @@ class AtomStore:
             log.warning("move of %s to %s expired unfinished", guid, state.pending)
             state = replace(state, pending=None)
         if state.forwarded_to:
-            raise StorageError(
+            raise HomeMovedError(
                 f"atom {guid} is now homed at storesite {state.forwarded_to}, not {self.sid}"
             )
         return state

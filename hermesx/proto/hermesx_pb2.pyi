@@ -54,7 +54,7 @@ class CheckpointPolicy(_message.Message):
     def __init__(self, mode: _Optional[_Union[CheckpointPolicy.Mode, str]] = ..., every_calls: _Optional[int] = ..., every_seconds: _Optional[float] = ...) -> None: ...
 
 class AtomMeta(_message.Message):
-    __slots__ = ("name", "module_hash", "checkpoint", "reentrant", "tags", "idle_passivate_seconds", "placement")
+    __slots__ = ("name", "module_hash", "checkpoint", "reentrant", "tags", "idle_passivate_seconds", "placement", "reply_window_entries", "reply_window_seconds")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODULE_HASH_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +62,8 @@ class AtomMeta(_message.Message):
     TAGS_FIELD_NUMBER: _ClassVar[int]
     IDLE_PASSIVATE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    REPLY_WINDOW_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    REPLY_WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     module_hash: str
     checkpoint: CheckpointPolicy
@@ -69,7 +71,9 @@ class AtomMeta(_message.Message):
     tags: _containers.RepeatedScalarFieldContainer[str]
     idle_passivate_seconds: float
     placement: str
-    def __init__(self, name: _Optional[str] = ..., module_hash: _Optional[str] = ..., checkpoint: _Optional[_Union[CheckpointPolicy, _Mapping]] = ..., reentrant: _Optional[bool] = ..., tags: _Optional[_Iterable[str]] = ..., idle_passivate_seconds: _Optional[float] = ..., placement: _Optional[str] = ...) -> None: ...
+    reply_window_entries: int
+    reply_window_seconds: float
+    def __init__(self, name: _Optional[str] = ..., module_hash: _Optional[str] = ..., checkpoint: _Optional[_Union[CheckpointPolicy, _Mapping]] = ..., reentrant: _Optional[bool] = ..., tags: _Optional[_Iterable[str]] = ..., idle_passivate_seconds: _Optional[float] = ..., placement: _Optional[str] = ..., reply_window_entries: _Optional[int] = ..., reply_window_seconds: _Optional[float] = ...) -> None: ...
 
 class InvokeRequest(_message.Message):
     __slots__ = ("guid", "method", "args", "request_id", "hops", "hop_limit", "chain", "timeout", "trace", "caller_node", "chain_open")

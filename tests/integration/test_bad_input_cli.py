@@ -122,6 +122,16 @@ CASES: dict[str, tuple[list[str], str, str]] = {
         "configuration",
         "limit",
     ),
+    "create-reply-window-zero": (
+        ["create", "{counter}", "--reply-window", "0"],
+        "configuration",
+        "reply window",
+    ),
+    "create-reply-window-junk": (
+        ["create", "{counter}", "--reply-window", "lots"],
+        "configuration",
+        "lots",
+    ),
     "invoke-unknown-atom": (["invoke", "no-such-atom", "get"], "not_found", "no-such-atom"),
     "invoke-unknown-guid": (["invoke", "s1:" + "e" * 32, "get"], "not_found", "s1:"),
     "invoke-unknown-method": (["invoke", "cli-counter", "frobnicate"], "method", "frobnicate"),

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -84,6 +88,25 @@ def test_a_retried_request_id_does_not_run_twice(
     after_move = client.invoke(unique_name, "incr", codec.pack(10), request_id="req-1")
     assert codec.unpack(after_move.result) == 10
     assert client.atom(unique_name).get() == 10
+
+
+def test_the_proxy_and_the_cli_retry_by_request_id(
+    cluster: LocalCluster, client: Client, atoms: dict[str, pathlib.Path], unique_name: str
+) -> None:
+    client.create(atoms["counter"], name=unique_name, on="n1")
+    request_id = client.invoker.request_ids.next()
+    retry = client.atom(unique_name, request_id=request_id)
+    assert retry.incr(4) == 4
+    assert retry.incr(4) == 4
+    env = {**os.environ, "HERMESX_ZK": cluster.zk, "HERMESX_CLUSTER": cluster.name}
+    argv = [sys.executable, "-m", "hermesx", "invoke", unique_name, "incr", "4", "--json"]
+    for _ in range(2):
+        proc = subprocess.run(
+            [*argv, "--request-id", request_id], env=env, capture_output=True, text=True
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["result"] == 4
+    assert client.atom(unique_name).incr(1) == 5
 
 
 def test_atom_invokes_another_atom_by_name_across_nodes(

@@ -21,7 +21,6 @@ import queue
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -43,7 +42,9 @@ log = logging.getLogger(__name__)
 
 # Error kinds that say the call was refused before it could run; any other
 # failure may have run the increment (a lost reply, a checkpoint that failed
-# after the call ran), so it may legitimately show up in the final value.
+# after the call ran: the client then resends the id until its deadline and
+# reports outcome_unknown; request_expired: the first run may have counted),
+# so it may legitimately show up in the final value.
 NOT_EXECUTED_KINDS = frozenset(
     {"not_found", "invalid_name", "invalid_pattern", "method", "bad_module", "configuration"}
 )
@@ -262,6 +263,7 @@ class LoadGenerator:
         call_timeout: float = 30.0,
         resubmit_for: float = 0.0,
         failure_pause: float = 0.1,
+        settle: bool = True,
     ) -> None:
         self.zk = zk
         self.cluster = cluster
@@ -273,6 +275,9 @@ class LoadGenerator:
         self.call_timeout = call_timeout
         self.resubmit_for = resubmit_for
         self.failure_pause = failure_pause
+        # False: the client does not resend a call whose outcome is unknown,
+        # so every failure of the cluster shows (as a caller of gRPC Invoke sees it).
+        self.settle = settle
         self._records: list[CallRecord] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -308,6 +313,7 @@ class LoadGenerator:
     def _run(self) -> None:
         try:
             with Client(self.zk, self.cluster, timeout=self.call_timeout) as client:
+                client.invoker.settle_outcome = self.settle
                 while not self._stop.is_set():
                     record = self._one_call(client)
                     self._records_append(record)
@@ -322,7 +328,8 @@ class LoadGenerator:
             self._records.append(record)
 
     def _one_call(self, client: Client) -> CallRecord:
-        request_id = uuid.uuid4().hex
+        # An id of the client's own form, as client.atom(...).incr() would send.
+        request_id = client.invoker.request_ids.next()
         started = time.monotonic()
         attempts = 0
         while True:
