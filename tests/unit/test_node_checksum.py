@@ -20,6 +20,7 @@ from hermesx.supervisor import NodeConfig, Supervisor
 def node() -> Iterator[Supervisor]:
     # Never started: nothing here needs ZooKeeper, a storesite or a port.
     supervisor = Supervisor(NodeConfig(name="n1", zk="127.0.0.1:1"))
+    supervisor.incarnation = "1-test"  # as if registered: a node takes atoms only then
     yield supervisor
     supervisor.stop()
 
