@@ -66,7 +66,7 @@ FOLLOW_WINDOW = 20
 FOLLOW_SHARE = 0.75
 PLACEMENTS = ("", FOLLOW_CALLER)
 # How much earlier than its caller a call's waits in an atom end (at most).
-DEADLINE_MARGIN_S = 0.25
+DEADLINE_MARGIN_S = 0.5
 # Calls one atom may have in flight while the node is under pressure.
 PRESSED_CALLS_PER_ATOM = 2
 
@@ -610,7 +610,7 @@ class Supervisor(pbg.SupervisorServicer):
         wait = request.timeout if request.timeout > 0 else 30.0
         # The atom's waits end a little before the caller's, so the caller
         # hears why its call ended instead of only that its deadline passed.
-        timeout = wait - min(DEADLINE_MARGIN_S, wait / 10)
+        timeout = wait - min(DEADLINE_MARGIN_S, wait / 8)
         started = time.monotonic()
         with active.fixed(timeout) as ok:
             if not ok:

@@ -179,7 +179,8 @@ def test_a_tenant_of_slow_atoms_does_not_starve_the_others(
         other_s = time.monotonic() - t
         outcomes = [c.result(timeout=20) for c in calls]
     assert other_s < 1.0, f"another atom answered in {other_s:.2f} s"
-    assert all(isinstance(e, DeadlineExceededError | CapacityError) for e in outcomes), outcomes
+    unclear = [e for e in outcomes if not isinstance(e, DeadlineExceededError | CapacityError)]
+    assert not unclear, unclear
     assert any("while the node is busy" in str(e) for e in outcomes)
     print(f"4 slow atoms x 20 calls: another atom answered in {other_s * 1000:.0f} ms")
 
