@@ -76,7 +76,7 @@ FOLLOW_WINDOW = 20
 FOLLOW_SHARE = 0.75
 PLACEMENTS = ("", FOLLOW_CALLER)
 # How much earlier than its caller a call's waits in an atom end (at most).
-DEADLINE_MARGIN_S = 0.25
+DEADLINE_MARGIN_S = 0.5
 # Calls one atom may have in flight while the node is under pressure.
 PRESSED_CALLS_PER_ATOM = 2
 
@@ -318,6 +318,7 @@ class Supervisor(pbg.SupervisorServicer):
         # atoms together (a tenant of them) cannot take the workers of the rest.
         self._pressure_invokes = max(1, self._max_invokes * 3 // 4)
         self._invokes = 0  # Invoke RPCs being served
+        self._forwarding: collections.Counter[str] = collections.Counter()  # GUID -> calls
         self._invokes_lock = threading.Lock()
         # This registration's incarnation; "" while not registered (starting,
         # or after a lost session until we register again).
@@ -634,7 +635,7 @@ class Supervisor(pbg.SupervisorServicer):
         if tad is not None and tad.node != self.name:
             limit = self._hop_limit(request.hop_limit)
             if request.hops < limit:
-                return self._forward(request, tad)
+                return self._forward_bounded(request, tad)
             reply = pb.InvokeReply(moved=tad_to_pb(tad), tad=tad_to_pb(tad))
             if request.trace:
                 reply.trace.append(pb.Hop(node=self.name, tad=tad_to_pb(tad), event="moved"))
@@ -692,7 +693,7 @@ class Supervisor(pbg.SupervisorServicer):
         wait = request.timeout if request.timeout > 0 else 30.0
         # The atom's waits end a little before the caller's, so the caller
         # hears why its call ended instead of only that its deadline passed.
-        timeout = wait - min(DEADLINE_MARGIN_S, wait / 10)
+        timeout = wait - min(DEADLINE_MARGIN_S, wait / 8)
         started = time.monotonic()
         with active.fixed(timeout) as ok:
             if not ok:
@@ -779,6 +780,31 @@ class Supervisor(pbg.SupervisorServicer):
                 node,
             )
             active.move_request = node
+
+    def _forward_bounded(self, request: pb.InvokeRequest, tad: TAD) -> pb.InvokeReply:
+        """Forward, holding at most an atom's share of the workers for one GUID
+        (a slow atom elsewhere must not take this node's workers either)."""
+        guid = request.guid
+        with self._invokes_lock:
+            if self._forwarding[guid] >= self._max_calls_per_atom:
+                return pb.InvokeReply(
+                    error=pb_error(
+                        CapacityError(
+                            f"node {self.name} is already forwarding {self._forwarding[guid]} "
+                            f"calls to atom {guid} (limit {self._max_calls_per_atom}); "
+                            f"{request.method} refused, try later"
+                        )
+                    ),
+                    tad=tad_to_pb(tad),
+                )
+            self._forwarding[guid] += 1
+        try:
+            return self._forward(request, tad)
+        finally:
+            with self._invokes_lock:
+                self._forwarding[guid] -= 1
+                if self._forwarding[guid] <= 0:
+                    del self._forwarding[guid]
 
     def _forward(self, request: pb.InvokeRequest, tad: TAD) -> pb.InvokeReply:
         forwarded = pb.InvokeRequest()
