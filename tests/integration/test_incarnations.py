@@ -119,6 +119,23 @@ def test_restarted_node_atoms_are_recovered_by_a_storesite_up_all_along(
         assert client.locate("steady").age > 1
 
 
+def test_restarted_storesite_leaves_atoms_with_their_live_incarnations(
+    pinned: LocalCluster, atoms: dict[str, pathlib.Path]
+) -> None:
+    with Client(pinned.zk, pinned.name) as client:
+        guids = {n: _counter(client, atoms["counter"], f"stay-{n}", on=n) for n in ("n1", "n2")}
+        pinned.kill("storesite-s1")
+        pinned.start_storesite("s1")
+        pinned.wait_registered()
+        time.sleep(1.0)  # a deliberate window in which a wrong recovery at start would show
+        # Their nodes never restarted: no atom is recovered, none moves.
+        for node, guid in guids.items():
+            where = client.locate(f"stay-{node}")
+            assert (where.node, where.age) == (node, 1)
+            assert _active_copies(client, guid) == [node]
+            assert client.atom(f"stay-{node}").incr(1) == ACKED + 1
+
+
 @pytest.mark.parametrize("step", ["prepared", "transferred", "committed"])
 def test_destination_restarted_during_a_move_leaves_one_copy_with_every_acknowledged_call(
     pinned: LocalCluster, atoms: dict[str, pathlib.Path], step: str
