@@ -80,15 +80,16 @@ SESSION_S = 2.0
 CALL_TIMEOUT_S = 8.0
 RESUBMIT_S = 15.0
 MAX_FAULTY_NODES = 2  # of four: two always live, so atoms have somewhere to go
-RECOVERY_S = 40.0  # after the last fault is undone, every atom serves again within this
+RECOVERY_S = 30.0  # after the last fault is undone, every atom serves again within this
 MAX_ADMIN_OPS = 4  # migrations, passivations, home moves running at once
 
 # The bugs of issue 11 owned by other helpers that this test trips over on a
 # branch without their fixes (see the report printed by the test).
 KNOWN_BREAKAGES = (
-    "issue 11 items owned by other helpers: stranded atoms after overlapping restarts (2), "
-    "commit to a restarted destination (3), failed-but-ran durable calls and home moves "
-    "that fail calls (7), wedged nodes / deadlines (1)"
+    "issue 11 item 2, owned by the incarnation work: a storesite down while a node's session "
+    "expires (node killed, or SIGSTOPped past its session timeout) keeps locating that node's "
+    "atoms at the node's name once the node is back under a new session; the node has no "
+    "record and every call times out for good (seeds 5, 6, 9)"
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(SECONDS + 300)]
@@ -585,7 +586,7 @@ def test_chaos(
                 with contextlib.suppress(AssertionError):
                     load.stop()
         # Each atom read on its own bound, so a stranded one hides no other's tally.
-        finals = {atom: _final(client, atom, time.monotonic() + 12.0) for atom in ATOMS}
+        finals = {atom: _final(client, atom, time.monotonic() + 8.0) for atom in ATOMS}
         where = {}
         for atom in ATOMS:
             try:
@@ -656,15 +657,13 @@ def test_chaos(
     assert not broken, f"seed {SEED}: " + "; ".join(broken) + "\n" + summary
 
 
-def _stale_holders(found: list[TwoCopies]) -> dict[str, float]:
-    """Per atom, how long (first to last sample) some node held it without serving it."""
-    spans: dict[str, tuple[float, float]] = {}
+def _stale_holders(found: list[TwoCopies]) -> dict[str, int]:
+    """Per atom, the samples in which a node held it (Locate) without serving it."""
+    samples: dict[str, int] = {}
     for f in found:
-        if len(f.serving) > 1:
-            continue
-        first, _ = spans.get(f.atom, (f.at, f.at))
-        spans[f.atom] = (first, f.at)
-    return {atom: round(last - first, 2) for atom, (first, last) in spans.items()}
+        if len(f.serving) <= 1:
+            samples[f.atom] = samples.get(f.atom, 0) + 1
+    return samples
 
 
 def _count(kinds: Any) -> dict[str, int]:
@@ -683,7 +682,8 @@ def _summary(total: Tally, log: ChaosLog, driver: Driver, sampler: CopySampler) 
         f"errors by kind: {total.errors_by_kind}",
         f"faults: {driver.counts}; admin outcomes: {total.notes['admin_outcomes']}",
         f"calls resubmitted: {total.notes['resubmitted']}; nodes holding an atom they did "
-        f"not serve (atom: seconds first to last seen): {total.notes['stale_holders']}",
+        f"not serve, while another did or it was moving (atom: samples; 4 a second): "
+        f"{total.notes['stale_holders']}",
         f"final: {total.notes['final_location']}; per atom (acked, lost, twice, final): "
         f"{total.notes['per_atom']}",
         "driver log:",
