@@ -39,7 +39,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -128,6 +128,35 @@ class ChaosLog:
     def lines(self) -> list[str]:
         with self.lock:
             return [e.line() for e in sorted(self.events, key=lambda e: e.at)]
+
+
+# ---------------------------------------------------------------- the load
+
+
+class _AttemptRecorder:
+    """A client whose failed ``invoke`` attempts are noted (time, kind, message) before raising."""
+
+    def __init__(self, client: Client, sink: list[tuple[float, str, str]]) -> None:
+        self._client = client
+        self._sink = sink
+
+    def invoke(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self._client.invoke(*args, **kwargs)
+        except HermesError as exc:
+            self._sink.append((time.monotonic(), exc.kind, " ".join(str(exc).split())[:200]))
+            raise
+
+
+class ChaosLoad(LoadGenerator):
+    """faultkit's load generator, also keeping every failed attempt (a resubmission may hide it)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.failed_attempts: list[tuple[float, str, str]] = []
+
+    def _one_call(self, client: Client) -> Any:
+        return super()._one_call(cast(Client, _AttemptRecorder(client, self.failed_attempts)))
 
 
 # ---------------------------------------------------------------- two-copy sampler
@@ -539,7 +568,7 @@ def test_chaos(
             for i, atom in enumerate(ATOMS)
         }
         loads = {
-            atom: LoadGenerator(
+            atom: ChaosLoad(
                 cluster.zk,
                 cluster.name,
                 atom,
@@ -600,6 +629,18 @@ def test_chaos(
     records = [r for load in loads.values() for r in load.records]
     failed = [r for r in records if not r.ok]
     with log.lock:  # each failed call in the timeline, where it can be read against the faults
+        # One line per atom, kind and second of the run: an outage fails many attempts.
+        grouped: dict[tuple[str, str, int], tuple[float, int, str]] = {}
+        for atom, load in loads.items():
+            for at, kind, message in load.failed_attempts:
+                key = (atom, kind, int(at - log.t0))
+                first, n, text = grouped.get(key, (at, 0, message))
+                grouped[key] = (min(first, at), n + 1, text)
+        for (atom, kind, _), (at, n, text) in grouped.items():
+            times = f" ({n} times)" if n > 1 else ""
+            log.events.append(
+                Event(round(at - log.t0, 2), "attempt failed", f"{atom}{times} {kind}: {text}")
+            )
         for atom, load in loads.items():
             for r in load.records:
                 if not r.ok:
@@ -627,6 +668,7 @@ def test_chaos(
         final_read_errors={a: f[1] for a, f in finals.items() if f[0] is None},
         failed_may_have_run=len(may_have_run),
         resubmitted=sum(1 for r in records if r.attempts > 1),
+        failed_attempts=_count(k for load in loads.values() for _, k, _ in load.failed_attempts),
         stale_holders=_stale_holders(sampler.found),
         not_retryable=len(not_retryable),
         per_atom={t.scenario: (t.acknowledged, t.lost, t.twice, t.final_value) for t in parts},
@@ -681,7 +723,9 @@ def _summary(total: Tally, log: ChaosLog, driver: Driver, sampler: CopySampler) 
         + f", two serving copies {len(sampler.serving_twice)}",
         f"errors by kind: {total.errors_by_kind}",
         f"faults: {driver.counts}; admin outcomes: {total.notes['admin_outcomes']}",
-        f"calls resubmitted: {total.notes['resubmitted']}; nodes holding an atom they did "
+        f"calls resubmitted: {total.notes['resubmitted']}; failed attempts (resubmitted or not) "
+        f"by kind: {total.notes['failed_attempts']}",
+        f"nodes holding an atom they did "
         f"not serve, while another did or it was moving (atom: samples; 4 a second): "
         f"{total.notes['stale_holders']}",
         f"final: {total.notes['final_location']}; per atom (acked, lost, twice, final): "
