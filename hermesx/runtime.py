@@ -884,6 +884,8 @@ class Atom:
 
     def _translate(self, fault: abi.WasmFault, what: str) -> HermesError:
         cause = fault.cause
+        while isinstance(cause, abi.WasmFault):  # raised in a syscall that called hx_alloc
+            cause = cause.cause
         if isinstance(cause, HermesError):
             return cause
         limit = self._rt.memory_limit_bytes
