@@ -88,6 +88,7 @@ RPC_ROLES: Final[Mapping[str, frozenset[str]]] = {
     "Storesite/Commit": frozenset({NODE}),
     "Storesite/Abort": frozenset({NODE}),
     "Storesite/Passivated": frozenset({NODE}),  # a node passivating an atom
+    "Storesite/PassivatedPieces": frozenset({NODE}),  # the same, for a large state
     "Storesite/Forget": frozenset({NODE}),  # erases an atom's records: members only
     "Storesite/AdoptAtom": frozenset({STORESITE}),  # the old home of a home move
 }

@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
@@ -173,8 +174,12 @@ class StagedCopy:
 STAGED_RESOLVE_AFTER_S = 5.0
 
 
-# A checkpoint larger than two of these goes to the storesite in pieces of this size.
+# A state larger than two of these goes to the storesite in pieces of this size.
 CHECKPOINT_PIECE_BYTES = 1 << 20
+_PIECES: dict[str, type[pb.CheckpointPiece] | type[pb.PassivatedPiece]] = {
+    "PutCheckpoint": pb.CheckpointPiece,
+    "Passivated": pb.PassivatedPiece,
+}
 
 
 def transfer_timeout(size: int) -> float:
@@ -1028,7 +1033,8 @@ class Supervisor(pbg.SupervisorServicer):
             self._test_pause("checkpoint-snapshot")
             active.checkpoint_seq += 1
             seq = active.checkpoint_seq
-        self._put_checkpoint(
+        self._send_state(
+            "PutCheckpoint",
             pb.CheckpointRequest(
                 guid=active.guid,
                 tad=tad_to_pb(active.tad),
@@ -1043,24 +1049,28 @@ class Supervisor(pbg.SupervisorServicer):
         active.last_checkpoint = time.monotonic()
         return active.tad
 
-    def _put_checkpoint(self, request: pb.CheckpointRequest, snapshot: bytes) -> None:
-        """PutCheckpoint of ``request`` with ``snapshot``; a large snapshot is sent in
-        pieces, so that no single message is built or parsed for the whole state
-        (either holds the interpreter long enough to starve the ZooKeeper session)."""
+    def _send_state(
+        self, method: str, request: pb.CheckpointRequest | pb.PassivatedRequest, snapshot: bytes
+    ) -> None:
+        """Call storesite ``method`` with ``request`` carrying ``snapshot``. A large
+        snapshot is sent in pieces (``<method>Pieces``), so that no single message
+        is built or parsed for the whole state: either holds the interpreter long
+        enough to starve the node's ZooKeeper session."""
         timeout = transfer_timeout(len(snapshot))
         if len(snapshot) < 2 * CHECKPOINT_PIECE_BYTES:
             request.snapshot = snapshot
-            self._storesite_call(request.guid, "PutCheckpoint", request, timeout)
+            self._storesite_call(request.guid, method, request, timeout)
             return
+        piece_type = _PIECES[method]
 
-        def pieces() -> Iterator[pb.CheckpointPiece]:
-            yield pb.CheckpointPiece(head=request)
+        def pieces() -> Iterator[Any]:
+            yield piece_type(head=request)
             view = memoryview(snapshot)
             for offset in range(0, len(view), CHECKPOINT_PIECE_BYTES):
                 yield_gil()
-                yield pb.CheckpointPiece(data=bytes(view[offset : offset + CHECKPOINT_PIECE_BYTES]))
+                yield piece_type(data=bytes(view[offset : offset + CHECKPOINT_PIECE_BYTES]))
 
-        self._storesite_call(request.guid, "PutCheckpointPieces", pieces(), timeout)
+        self._storesite_call(request.guid, f"{method}Pieces", pieces(), timeout)
 
     def Checkpoint(self, request: pb.GuidRequest, context: grpc.ServicerContext) -> pb.TAD:
         active = self._active_or_abort(request.guid, context)
@@ -1075,17 +1085,15 @@ class Supervisor(pbg.SupervisorServicer):
     def passivate_atom(self, active: ActiveAtom) -> TAD:
         snapshot = self._freeze(active, wait=30.0)
         try:
-            self._storesite_call(
-                active.guid,
+            self._send_state(
                 "Passivated",
                 pb.PassivatedRequest(
                     guid=active.guid,
                     tad=tad_to_pb(active.tad),
-                    snapshot=snapshot,
                     checksum=snapshot_checksum(snapshot),
                     generation=active.frozen_generation,
                 ),
-                timeout=transfer_timeout(len(snapshot)),
+                snapshot,
             )
         except HermesError:
             self._thaw(active)

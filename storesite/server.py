@@ -164,19 +164,33 @@ class StoresiteServicer(pbg.StoresiteServicer):
     ) -> pb.Empty:
         """PutCheckpoint of a snapshot sent in pieces: the pieces are joined, then
         the request is handled exactly as PutCheckpoint handles it."""
-        request: pb.CheckpointRequest | None = None
-        parts: list[bytes] = []
-        for piece in request_iterator:
-            if request is None:
-                if not piece.HasField("head"):
-                    self._run(context, "PutCheckpointPieces", _no_head)
-                request = pb.CheckpointRequest()
-                request.CopyFrom(piece.head)
-            parts.append(piece.data)
-        if request is None:
-            return self._run(context, "PutCheckpointPieces", _no_head)
-        request.snapshot = b"".join(parts)
+        request = pb.CheckpointRequest()
+        if not self._join_pieces(request_iterator, request, "PutCheckpointPieces", context):
+            return pb.Empty()
         return self.PutCheckpoint(request, context)
+
+    def _join_pieces(
+        self,
+        pieces: Iterator[pb.CheckpointPiece] | Iterator[pb.PassivatedPiece],
+        request: pb.CheckpointRequest | pb.PassivatedRequest,
+        method: str,
+        context: grpc.ServicerContext,
+    ) -> bool:
+        """Fill ``request`` from its head piece and the snapshot from all pieces."""
+        parts: list[bytes] = []
+        has_head = False
+        for piece in pieces:
+            if not has_head:
+                if not piece.HasField("head"):
+                    break
+                request.CopyFrom(piece.head)
+                has_head = True
+            parts.append(piece.data)
+        if not has_head:
+            self._run(context, method, _no_head)
+            return False
+        request.snapshot = b"".join(parts)
+        return True
 
     def GetCheckpoint(
         self, request: pb.GuidRequest, context: grpc.ServicerContext
@@ -244,6 +258,15 @@ class StoresiteServicer(pbg.StoresiteServicer):
             return pb.Empty()
 
         return self._run(context, "Passivated", body)
+
+    def PassivatedPieces(
+        self, request_iterator: Iterator[pb.PassivatedPiece], context: grpc.ServicerContext
+    ) -> pb.Empty:
+        """Passivated with a snapshot sent in pieces (see PutCheckpointPieces)."""
+        request = pb.PassivatedRequest()
+        if not self._join_pieces(request_iterator, request, "PassivatedPieces", context):
+            return pb.Empty()
+        return self.Passivated(request, context)
 
     def Forget(self, request: pb.GuidRequest, context: grpc.ServicerContext) -> pb.Empty:
         def body() -> pb.Empty:

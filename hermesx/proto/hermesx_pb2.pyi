@@ -435,6 +435,14 @@ class PassivatedRequest(_message.Message):
     generation: int
     def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., checksum: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
 
+class PassivatedPiece(_message.Message):
+    __slots__ = ("head", "data")
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    head: PassivatedRequest
+    data: bytes
+    def __init__(self, head: _Optional[_Union[PassivatedRequest, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
 class StoreMoveRequest(_message.Message):
     __slots__ = ("guid", "destination")
     GUID_FIELD_NUMBER: _ClassVar[int]

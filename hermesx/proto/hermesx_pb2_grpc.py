@@ -639,6 +639,11 @@ class StoresiteStub:
                 request_serializer=hermesx__pb2.PassivatedRequest.SerializeToString,
                 response_deserializer=hermesx__pb2.Empty.FromString,
                 _registered_method=True)
+        self.PassivatedPieces = channel.stream_unary(
+                '/hermesx.v1.Storesite/PassivatedPieces',
+                request_serializer=hermesx__pb2.PassivatedPiece.SerializeToString,
+                response_deserializer=hermesx__pb2.Empty.FromString,
+                _registered_method=True)
         self.Forget = channel.unary_unary(
                 '/hermesx.v1.Storesite/Forget',
                 request_serializer=hermesx__pb2.GuidRequest.SerializeToString,
@@ -745,6 +750,13 @@ class StoresiteServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PassivatedPieces(self, request_iterator, context):
+        """Passivated with a large snapshot, in pieces; the same outcome.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Forget(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -836,6 +848,11 @@ def add_StoresiteServicer_to_server(servicer, server):
             'Passivated': grpc.unary_unary_rpc_method_handler(
                     servicer.Passivated,
                     request_deserializer=hermesx__pb2.PassivatedRequest.FromString,
+                    response_serializer=hermesx__pb2.Empty.SerializeToString,
+            ),
+            'PassivatedPieces': grpc.stream_unary_rpc_method_handler(
+                    servicer.PassivatedPieces,
+                    request_deserializer=hermesx__pb2.PassivatedPiece.FromString,
                     response_serializer=hermesx__pb2.Empty.SerializeToString,
             ),
             'Forget': grpc.unary_unary_rpc_method_handler(
@@ -1187,6 +1204,33 @@ class Storesite:
             target,
             '/hermesx.v1.Storesite/Passivated',
             hermesx__pb2.PassivatedRequest.SerializeToString,
+            hermesx__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PassivatedPieces(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/hermesx.v1.Storesite/PassivatedPieces',
+            hermesx__pb2.PassivatedPiece.SerializeToString,
             hermesx__pb2.Empty.FromString,
             options,
             channel_credentials,

@@ -101,8 +101,9 @@ def test_a_1_gib_kv_attempt_fails_at_the_cap_and_the_node_keeps_its_session(
         print("slowest bystander calls", sorted(latencies)[-5:], "of", len(latencies))
         assert not errors, errors[:3]
         assert len(latencies) >= 6
-        # Within the session timeout: the node never stops answering for that long.
-        assert max(latencies) < 2.0, f"a bystander call took {max(latencies):.2f} s"
+        # Sent as one 64 MiB message, a checkpoint held the node's interpreter for
+        # 1-2 s on a busy machine (as long as the 2 s session timeout).
+        assert max(latencies) < 1.0, f"a bystander call took {max(latencies):.2f} s"
 
         # Same session, same places: nothing failed over.
         assert _session_of(cluster, "n1") == owner

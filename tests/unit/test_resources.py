@@ -217,6 +217,32 @@ def test_an_out_of_range_hx_alloc_is_reported_as_a_bad_pointer(runtime: Runtime)
     assert "memory cap" not in text.replace("not a memory-cap hit", "")
 
 
+BAD_ALLOC_IN_SYSCALL = """
+(module
+  (import "hx" "kv_keys" (func $kv_keys (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (global $allocs (mut i32) (i32.const 0))
+  (func (export "hx_abi_version") (result i32) i32.const 1)
+  ;; The first buffer (the call's inputs) is fine, every later one out of range.
+  (func (export "hx_alloc") (param i32) (result i32)
+    (global.set $allocs (i32.add (global.get $allocs) (i32.const 1)))
+    (select (i32.const 1024) (i32.const 0xfffff000) (i32.eq (global.get $allocs) (i32.const 1))))
+  (func (export "hx_invoke") (param i32 i32 i32 i32) (result i32)
+    (drop (call $kv_keys (i32.const 0) (i32.const 0) (i32.const 2048)))
+    i32.const 0))
+"""
+
+
+def test_a_bad_hx_alloc_pointer_inside_a_syscall_is_reported_as_such(runtime: Runtime) -> None:
+    module = runtime.load(wasmtime.wat2wasm(BAD_ALLOC_IN_SYSCALL))
+    atom = runtime.create(module, GUID_A, StandaloneHost())
+    with pytest.raises(
+        AtomTrapError, match=r"hx_alloc\(1\) returned a bad pointer 0xfffff000"
+    ) as e:
+        atom.invoke("m", b"\xc0")
+    assert "a bug in the atom, not a memory-cap hit" in str(e.value)
+
+
 def test_a_full_node_refuses_a_new_atom_with_a_capacity_error() -> None:
     rt = Runtime(node_name="small", max_atoms=3)
     try:
