@@ -27,6 +27,7 @@ from hermesx.client import Client
 from hermesx.cluster import LocalCluster, NodeSpec
 from hermesx.errors import CheckpointDamagedError, UnreachableError
 from hermesx.proto import hermesx_pb2 as pb
+from hermesx.roles import TEST_CERT_NAME
 from nameservice.zookeeper import ZooKeeperServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -93,7 +94,8 @@ def test_an_older_snapshot_never_replaces_a_newer_acknowledged_one(
     start_cluster: ClusterStarter, zk_server: ZooKeeperServer, atoms: dict[str, pathlib.Path]
 ) -> None:
     cluster = start_cluster(["n1", "n2"], zk=zk_server.connect_string, session_timeout=2.0)
-    with Client(cluster.zk, cluster.name) as client:
+    # The test certificate: it may also call the test hooks.
+    with Client(cluster.zk, cluster.name, cert=TEST_CERT_NAME) as client:
         client.create(atoms["counter"], name="c", on="n1", checkpoint="every-call")
         assert client.atom("c").incr(10) == 10
         # The next checkpoint on n1 stops for 2 s right after its snapshot.
