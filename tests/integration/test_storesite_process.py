@@ -192,8 +192,13 @@ def test_node_death_recovers_atoms_on_a_live_node(
 
         doomed.die()
         wait_for(lambda: len(survivor.servicer.activations) == 3, "three recoveries")
-        locations = {a.guid: a.tad for a in client.list_atoms()}
-        assert all(locations[g] == TAD("survivor", 2) for g in guids)
+        # The location is recorded once the node has answered the activation.
+        wait_for(
+            lambda: all(
+                a.tad == TAD("survivor", 2) for a in client.list_atoms() if a.guid in guids
+            ),
+            "three recorded locations",
+        )
         snapshots = {r.guid: r.snapshot for r in survivor.servicer.activations}
         assert snapshots[guids[0]] == b"latest"
         assert client.locate(guids[1]).tad == TAD("survivor", 2)
