@@ -13,7 +13,7 @@ import pathlib
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -77,10 +77,13 @@ def _restart(cluster: LocalCluster, spec: NodeSpec) -> None:
 
 
 @pytest.fixture
-def pinned(cluster_factory: object) -> LocalCluster:
-    """n1, n2, n3, each on an address it keeps across restarts."""
+def pinned(cluster_factory: object) -> Iterator[LocalCluster]:
+    """n1, n2, n3, each on an address it keeps across restarts; stopped after the test
+    (its logs stay for the module's failure report)."""
     specs = [NodeSpec(f"n{i}", listen=_free_address()) for i in (1, 2, 3)]
-    return cluster_factory(specs, session_timeout=SESSION_TIMEOUT)  # type: ignore[operator, no-any-return]
+    cluster: LocalCluster = cluster_factory(specs, session_timeout=SESSION_TIMEOUT)  # type: ignore[operator]
+    yield cluster
+    cluster.down()
 
 
 def _counter(client: Client, wasm: pathlib.Path, name: str, on: str) -> str:

@@ -198,10 +198,12 @@ def test_node_death_recovers_atoms_on_a_live_node(
 
         doomed.die()
         wait_for(lambda: len(survivor.servicer.activations) == 3, "three recoveries")
-        # The storesite records a location once the node's Activate returned.
+        # The location is recorded once the node has answered the activation.
         wait_for(
-            lambda: all(a.tad == TAD("survivor", 2) for a in client.list_atoms()),
-            "the recovered locations to be recorded",
+            lambda: all(
+                a.tad == TAD("survivor", 2) for a in client.list_atoms() if a.guid in guids
+            ),
+            "three recorded locations",
         )
         assert len(survivor.servicer.activations) == 3
         snapshots = {r.guid: r.snapshot for r in survivor.servicer.activations}

@@ -91,7 +91,8 @@ class FakeSupervisor(pbg.SupervisorServicer):
         with self._lock:
             self.activations.append(request)
             self.load += 1
-        return pb.ActivateReply(tad=request.tad)
+        # A node that does not say which incarnation it is leaves it to the listing.
+        return pb.ActivateReply(tad=request.tad, incarnation=self.incarnation)
 
     def Status(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.NodeStatus:
         return pb.NodeStatus(name=self.name, active_atoms=self.load)
@@ -250,12 +251,14 @@ def test_locate_activates_dormant_atom_on_least_loaded_node_with_tags(cluster: C
     cluster.add_node("busy", load=5, tags=("gpu",))
     idle = cluster.add_node("idle", load=1, tags=("gpu",))
     cluster.add_node("untagged", load=0)
-    _, client = cluster.add_storesite("s1")
+    site, client = cluster.add_storesite("s1")
     guid = register(client, "busy", tags=("gpu",))
     client.passivated(guid, TAD("busy", 1), b"final")
     location = client.locate(guid)
     assert location.tad == TAD("idle", 2)
     assert not location.dormant
+    # The record names the incarnation that activated it.
+    assert location.incarnation == site.store.get(guid).incarnation == "idle-1"
     [request] = idle.activations
     assert (request.guid, request.snapshot, request.tad.age) == (guid, b"final", 2)
     assert list(request.meta.tags) == ["gpu"]

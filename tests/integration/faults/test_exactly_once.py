@@ -158,7 +158,7 @@ def test_home_moves_under_load_fail_no_call(
     report: Report,
 ) -> None:
     cluster = start_cluster(["n1", "n2"], zk=zk_server.connect_string, session_timeout=2.0)
-    cluster.start_storesite("s2")
+    cluster.start_storesite("s2", init=True)
     cluster.wait_registered()
     env = {**os.environ, "HERMESX_ZK": cluster.zk, "HERMESX_CLUSTER": cluster.name}
     moves = 0
