@@ -89,7 +89,7 @@ KNOWN_BREAKAGES = (
     "issue 11 item 2, owned by the incarnation work: a storesite down while a node's session "
     "expires (node killed, or SIGSTOPped past its session timeout) keeps locating that node's "
     "atoms at the node's name once the node is back under a new session; the node has no "
-    "record and every call times out for good (seeds 5, 6, 9)"
+    "record and every call times out for good (FAULT_CHAOS_SEED=9 reproduces it)"
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(SECONDS + 300)]
