@@ -162,7 +162,7 @@ class LocalCluster:
                 self.start_node(spec)
             self.wait_registered(timeout, say)
             for sid in storesites:
-                self._store_made(sid).touch()
+                write_private(self._store_made(sid), "")
         except BaseException:
             self.down()
             raise

@@ -49,7 +49,14 @@ def _write_private(path: pathlib.Path, text: str) -> None:
         handle.write(text)
 
 
-__all__ = ["ZooKeeperEnsemble", "ZooKeeperServer", "find_zookeeper", "four_letter", "free_port"]
+__all__ = [
+    "ZooKeeperEnsemble",
+    "ZooKeeperServer",
+    "find_zookeeper",
+    "four_letter",
+    "free_port",
+    "open_shared_root",
+]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +97,22 @@ def find_zookeeper() -> tuple[str, ...]:
             parts.append(str(_JAVA_DIR / binding))
             break
     return tuple(parts)
+
+
+def open_shared_root(connect_string: str, root: str = "/hermesx") -> None:
+    """Make ``root`` open to every client, as the operator of a ZooKeeper shared by
+    clusters with different secrets does (otherwise the first cluster with a
+    secret owns it and the others need roots of their own)."""
+    from kazoo.client import KazooClient
+    from kazoo.security import OPEN_ACL_UNSAFE
+
+    opener = KazooClient(hosts=connect_string, timeout=10.0)
+    opener.start(timeout=15.0)
+    try:
+        opener.ensure_path(root, acl=OPEN_ACL_UNSAFE)
+    finally:
+        opener.stop()
+        opener.close()
 
 
 def free_port() -> int:

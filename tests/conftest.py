@@ -15,11 +15,9 @@ from collections.abc import Generator, Iterator
 from typing import Any
 
 import pytest
-from kazoo.client import KazooClient
-from kazoo.security import OPEN_ACL_UNSAFE
 
 from nameservice import NameService
-from nameservice.zookeeper import ZooKeeperServer
+from nameservice.zookeeper import ZooKeeperServer, open_shared_root
 
 _cluster_numbers = itertools.count(1)
 
@@ -35,13 +33,7 @@ def zk_server() -> Iterator[ZooKeeperServer]:
     """
     server = ZooKeeperServer()
     server.start()
-    opener = KazooClient(hosts=server.connect_string, timeout=10.0)
-    opener.start(timeout=15.0)
-    try:
-        opener.ensure_path("/hermesx", acl=OPEN_ACL_UNSAFE)
-    finally:
-        opener.stop()
-        opener.close()
+    open_shared_root(server.connect_string)
     try:
         yield server
     finally:

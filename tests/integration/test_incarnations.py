@@ -21,6 +21,7 @@ from hermesx.client import Client
 from hermesx.cluster import LocalCluster, NodeSpec
 from hermesx.errors import HermesError
 from hermesx.proto import hermesx_pb2 as pb
+from hermesx.roles import TEST_CERT_NAME
 
 pytestmark = pytest.mark.integration
 
@@ -143,7 +144,8 @@ def test_restarted_storesite_leaves_atoms_with_their_live_incarnations(
 def test_destination_restarted_during_a_move_leaves_one_copy_with_every_acknowledged_call(
     pinned: LocalCluster, atoms: dict[str, pathlib.Path], step: str
 ) -> None:
-    with Client(pinned.zk, pinned.name) as client:
+    # The test certificate: it may also call the test hooks.
+    with Client(pinned.zk, pinned.name, cert=TEST_CERT_NAME) as client:
         name = f"mover-{step}"
         guid = _counter(client, atoms["counter"], name, on="n1")
         # Long enough for n2's old session to expire and the new process to

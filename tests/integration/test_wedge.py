@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import wasmtime
 
-from hermesx import codec
+from hermesx import codec, roles
 from hermesx.client import Client
 from hermesx.cluster import LocalCluster, NodeSpec, _alive
 from hermesx.errors import (
@@ -237,7 +237,7 @@ def test_two_chains_waiting_on_each_other_fail_fast_with_a_clear_error(
 
 def _start_small_node(cluster: LocalCluster, name: str, *extra: str) -> None:
     """A node with a handful of workers, so a test can occupy all of them."""
-    cluster._ensure_cert(name)
+    cluster._ensure_cert(name, roles.NODE)
     cluster.node_specs[name] = NodeSpec(name)
     argv = [
         sys.executable,

@@ -35,7 +35,7 @@ from faultkit import (
 )
 
 from hermesx.client import Client
-from nameservice.zookeeper import ZooKeeperEnsemble, ZooKeeperServer, four_letter
+from nameservice.zookeeper import ZooKeeperEnsemble, ZooKeeperServer, four_letter, open_shared_root
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -47,6 +47,8 @@ def ensemble() -> Iterator[ZooKeeperEnsemble]:
     servers = ZooKeeperEnsemble(3)
     servers.start()
     try:
+        # Each test's cluster has a secret of its own: /hermesx must be open to all.
+        open_shared_root(servers.connect_string)
         yield servers
     finally:
         servers.stop()
