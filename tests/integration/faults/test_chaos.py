@@ -59,6 +59,7 @@ from hermesx.cluster import LocalCluster, NodeSpec
 from hermesx.errors import HermesError
 from hermesx.proto import hermesx_pb2 as pb
 from hermesx.proto import hermesx_pb2_grpc as pbg
+from hermesx.roles import TEST_CERT_NAME
 from hermesx.wire import open_channel
 from nameservice.zookeeper import ZooKeeperServer
 
@@ -432,7 +433,8 @@ class Driver:
             started = time.monotonic()
             self.log.add(label, "started")
             try:
-                with Client(self.cluster.zk, self.cluster.name) as client:
+                # The test certificate: migrations may pause at a step (a test hook).
+                with Client(self.cluster.zk, self.cluster.name, cert=TEST_CERT_NAME) as client:
                     detail = run(client)
                 outcome = ("ok", detail)
             except HermesError as exc:
