@@ -141,6 +141,10 @@ class _AttemptRecorder:
         self._client = client
         self._sink = sink
 
+    @property
+    def invoker(self) -> Any:
+        return self._client.invoker
+
     def invoke(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return self._client.invoke(*args, **kwargs)
