@@ -43,6 +43,7 @@ from hermesx.errors import (
 from hermesx.host import CallContext
 from hermesx.identity import GUID, TAD, validate_name
 from hermesx.invocation import Invoker
+from hermesx.lease import SessionLease
 from hermesx.liveness import ServeWatchdog
 from hermesx.naming import Naming
 from hermesx.policy import check_atom_meta, tags_refusal
@@ -332,6 +333,14 @@ class Supervisor(pbg.SupervisorServicer):
         self._serving = threading.Event()
         self._serving.set()
         self._stopping = threading.Event()
+        # Serving also needs a recent answered name-service round trip: a node
+        # resumed after a pause past its session timeout must not serve.
+        self._lease = SessionLease(
+            self.naming.round_trip,
+            lambda: self.incarnation,
+            config.session_timeout,
+            stopping=self._stopping,
+        )
         self._server: grpc.Server | None = None
         # Why the node stopped serving on its own, if it did (see _give_up_session).
         self.gave_up: str | None = None
@@ -359,6 +368,7 @@ class Supervisor(pbg.SupervisorServicer):
         self.naming.start()
         self.naming.add_state_listener(self._on_session_state)
         self._register()
+        self._lease.start()
         threading.Thread(target=self._housekeeping, name="node-housekeeping", daemon=True).start()
         limit = self.config.unresponsive_limit_s or max(10.0, 3 * self.config.session_timeout)
         self._watchdog = ServeWatchdog(
@@ -411,7 +421,8 @@ class Supervisor(pbg.SupervisorServicer):
 
     @property
     def fenced(self) -> bool:
-        return not self._serving.is_set()
+        """True while we must not serve: the session is in doubt or our lease on it ran out."""
+        return not self._serving.is_set() or not self._lease.valid()
 
     @fenced.setter
     def fenced(self, value: bool) -> None:
@@ -419,6 +430,24 @@ class Supervisor(pbg.SupervisorServicer):
             self._serving.clear()
         else:
             self._serving.set()
+
+    def _lease_held(self, what: str) -> bool:
+        if self._lease.valid():
+            return True
+        log.warning(
+            "node %s: serving lease ran out (no name-service round trip answered lately); "
+            "refused %s",
+            self.name,
+            what,
+        )
+        return False
+
+    def _check_lease(self, what: str) -> None:
+        """Before an atom starts serving here: raise unless our lease on the session holds."""
+        if not self._lease_held(what):
+            raise UnreachableError(
+                f"node {self.name} is fenced (its name-service session may have expired); {what}"
+            )
 
     def _wait_serving(self, what: str) -> None:
         """A suspension usually ends within a ZooKeeper failover: wait for it, briefly."""
@@ -437,7 +466,7 @@ class Supervisor(pbg.SupervisorServicer):
             self.incarnation = ""
             self._fence_drop("name-service session lost")
         elif state == "connected":
-            if self.fenced:
+            if not self._serving.is_set():
                 log.info("node %s: name-service session back; serving again", self.name)
             self.fenced = False
             self._background.submit(self._reregister)
@@ -628,7 +657,9 @@ class Supervisor(pbg.SupervisorServicer):
     # ------------------------------------------------------------ invocation
 
     def dispatch_invoke(self, request: pb.InvokeRequest) -> pb.InvokeReply:
-        if self.fenced:
+        if not self._serving.is_set() or not self._lease_held(
+            f"{request.method} of atom {request.guid}"
+        ):
             return pb.InvokeReply(error=self._unavailable())
         guid = request.guid
         active = self.atoms.get(guid)
@@ -703,7 +734,10 @@ class Supervisor(pbg.SupervisorServicer):
         with active.fixed(timeout) as ok:
             if not ok:
                 return None  # it left while we waited: forward along the new TAD
-            if self.fenced:  # fenced while this call waited its turn
+            # Fenced while this call waited its turn, or the wait outlasted our lease.
+            if not self._serving.is_set() or not self._lease_held(
+                f"{request.method} of atom {active.guid} after its wait"
+            ):
                 return pb.InvokeReply(error=self._unavailable())
             reply = pb.InvokeReply(tad=tad_to_pb(active.tad))
             try:
@@ -957,6 +991,11 @@ class Supervisor(pbg.SupervisorServicer):
                 atom.close()
                 raise error_from_rpc(exc, f"storesite {sid} (create of atom {guid})") from exc
             self._modules.setdefault(loaded.hash, loaded)
+            try:
+                self._check_lease(f"atom {guid} was not created")
+            except HermesError:
+                atom.close()
+                raise
             active = self.install(guid, atom, meta, tad)
             active.checkpoint_seq = 1
             for scope, alias in aliases:
@@ -972,7 +1011,8 @@ class Supervisor(pbg.SupervisorServicer):
     # ------------------------------------------------------------ locate / status
 
     def Locate(self, request: pb.LocateRequest, context: grpc.ServicerContext) -> pb.LocateReply:
-        reply = pb.LocateReply(active_here=request.guid in self.atoms, incarnation=self.incarnation)
+        held = request.guid in self.atoms and self._lease_held(f"Locate of {request.guid}")
+        reply = pb.LocateReply(active_here=held, incarnation=self.incarnation)
         tad = self.stash.get(request.guid)
         if tad is not None:
             reply.tad.CopyFrom(tad_to_pb(tad))
@@ -1344,6 +1384,11 @@ class Supervisor(pbg.SupervisorServicer):
             )
             meta = pb.AtomMeta()
             meta.CopyFrom(request.meta)
+            try:
+                self._check_lease(f"atom {guid} was not staged")
+            except HermesError:
+                atom.close()
+                raise
             with self._staged_lock:
                 old = self._staged.pop(guid, None)
                 self._staged[guid] = StagedCopy(tad, meta, atom)
@@ -1369,6 +1414,11 @@ class Supervisor(pbg.SupervisorServicer):
                 module, guid, self.host, request.snapshot, reentrant=request.meta.reentrant
             )
             meta = request.meta
+        try:
+            self._check_lease(f"atom {guid} was not activated")
+        except HermesError:
+            atom.close()
+            raise
         active = self.install(guid, atom, meta, tad)
         if self.incarnation != incarnation:
             self.drop(active, None)  # our session was lost meanwhile: it must not serve
@@ -1397,6 +1447,8 @@ class Supervisor(pbg.SupervisorServicer):
             where = self.invoker.locate(guid)
         except HermesError as exc:
             log.debug("atom %s: cannot settle the staged copy yet: %s", guid, exc)
+            return False
+        if where == staged.tad and not self._lease_held(f"activation of staged atom {guid}"):
             return False
         with self._staged_lock:
             if self._staged.get(guid) is not staged:
