@@ -1390,14 +1390,27 @@ class Supervisor(pbg.SupervisorServicer):
                 atom.close()
                 raise
             with self._staged_lock:
-                old = self._staged.pop(guid, None)
-                self._staged[guid] = StagedCopy(tad, meta, atom)
+                old = self._staged.get(guid)
+                if old is not None and old.tad.age > tad.age:
+                    newer: StagedCopy | None = old
+                else:
+                    newer = None
+                    self._staged[guid] = StagedCopy(tad, meta, atom)
+            if newer is not None:
+                # A late request: a newer attempt already staged the atom here.
+                atom.close()
+                raise MigrationError(
+                    f"atom {guid}: a copy for {newer.tad} is staged on {self.name}; {tad} is older"
+                )
             if old is not None:
                 old.atom.close()
             if self.incarnation != incarnation:
                 self._discard_staged(guid)  # our session was lost meanwhile
                 self._still_incarnation(incarnation, f"atom {guid} was not staged")
             return incarnation
+        # Before taking the staged copy: refused now, it stays staged and
+        # settles later by asking the storesite.
+        self._check_lease(f"atom {guid} was not activated")
         with self._staged_lock:
             staged = self._staged.pop(guid, None)
         if staged is not None and staged.tad.age == tad.age:
@@ -1414,11 +1427,11 @@ class Supervisor(pbg.SupervisorServicer):
                 module, guid, self.host, request.snapshot, reentrant=request.meta.reentrant
             )
             meta = request.meta
-        try:
-            self._check_lease(f"atom {guid} was not activated")
-        except HermesError:
-            atom.close()
-            raise
+            try:
+                self._check_lease(f"atom {guid} was not activated")  # the restore took a while
+            except HermesError:
+                atom.close()
+                raise
         active = self.install(guid, atom, meta, tad)
         if self.incarnation != incarnation:
             self.drop(active, None)  # our session was lost meanwhile: it must not serve
@@ -1482,7 +1495,13 @@ class Supervisor(pbg.SupervisorServicer):
     def TestHook(self, request: pb.TestHookRequest, context: grpc.ServicerContext) -> pb.Empty:
         if not self.config.test_hooks:
             abort_with(context, HermesError(f"node {self.name}: test hooks are not enabled"))
-        if request.pause_at not in ("prepared", "transferred", "committed", "checkpoint-snapshot"):
+        if request.pause_at not in (
+            "prepared",
+            "transferred",
+            "committed",
+            "checkpoint-snapshot",
+            "activate-stage",
+        ):
             abort_with(context, ConfigurationError(f"unknown pause step {request.pause_at!r}"))
         self._pauses[request.pause_at] = request.seconds
         return pb.Empty()
@@ -1500,20 +1519,51 @@ class Supervisor(pbg.SupervisorServicer):
     def Activate(
         self, request: pb.ActivateRequest, context: grpc.ServicerContext
     ) -> pb.ActivateReply:
+        """Activation by a storesite (dormant atom, recovery), in two steps (DESIGN.md §6).
+
+        ``stage``: restore the copy staged and name our incarnation; the copy
+        serves only after ``confirm``, which the storesite sends once it has
+        recorded this TAD durably — or, if that never arrives, once the
+        storesite's record names this TAD when the staged copy asks
+        (:meth:`resolve_staged`). A late stage request, after the storesite
+        gave up on this node, thus never serves: the record names another TAD.
+        A request without either is the one-step activation of older storesites.
+        """
         accept = pb.AcceptRequest(
             guid=request.guid,
             tad=request.tad,
-            snapshot=request.snapshot,
+            snapshot=b"" if request.confirm else request.snapshot,
             meta=request.meta,
             source="",
-            commit=True,
+            commit=not request.stage,
+            incarnation=request.incarnation if request.confirm else "",
         )
-        if request.HasField("checksum"):
+        if request.HasField("checksum") and not request.confirm:
             accept.checksum = request.checksum
         try:
+            if request.incarnation and request.incarnation != self.incarnation:
+                raise MigrationError(
+                    f"atom {request.guid}: activation meant for incarnation "
+                    f"{request.incarnation} of node {self.name}, which is now "
+                    f"{self.incarnation or 'not registered'}"
+                )
+            if request.stage and not request.snapshot:
+                raise MigrationError(f"atom {request.guid}: a staged activation needs a snapshot")
+            if request.stage:
+                self._test_pause("activate-stage")  # a slow restore
+            active = self.atoms.get(request.guid)
+            if request.confirm and active is not None and active.tad == tad_from_pb(request.tad):
+                # The staged copy already settled by asking the storesite.
+                return pb.ActivateReply(tad=request.tad, incarnation=self.incarnation)
             incarnation = self.accept_atom(accept)
         except HermesError as exc:
             abort_with(context, exc)
+        if request.stage:
+            log.info(
+                "atom %s staged here at %s; it serves once the storesite has recorded it",
+                request.guid,
+                tad_from_pb(request.tad),
+            )
         return pb.ActivateReply(tad=request.tad, incarnation=incarnation)
 
 
