@@ -963,6 +963,9 @@ class Supervisor(pbg.SupervisorServicer):
         sid = sorted(storesites)[hash(loaded.hash) % len(storesites)]
         guid = str(GUID.new(sid))
         stub = self.channels.stub(storesites[sid].address, pbg.StoresiteStub)
+        # Checked again before the atom serves; here so a node out of its lease
+        # records nothing at the storesite.
+        self._check_lease("cannot create atoms")
         if meta.name:
             self.naming.bind(meta.name, guid)
         try:
