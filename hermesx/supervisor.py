@@ -1014,7 +1014,17 @@ class Supervisor(pbg.SupervisorServicer):
     # ------------------------------------------------------------ locate / status
 
     def Locate(self, request: pb.LocateRequest, context: grpc.ServicerContext) -> pb.LocateReply:
-        held = request.guid in self.atoms and self._lease_held(f"Locate of {request.guid}")
+        held = request.guid in self.atoms
+        if held and not self._lease_held(f"Locate of {request.guid}"):
+            # Neither "here" (we may not serve) nor "not here" (the asker
+            # could place a second copy while we still hold this one).
+            abort_with(
+                context,
+                UnreachableError(
+                    f"node {self.name} is fenced (its name-service session may have expired); "
+                    f"whether it holds atom {request.guid} is not known"
+                ),
+            )
         reply = pb.LocateReply(active_here=held, incarnation=self.incarnation)
         tad = self.stash.get(request.guid)
         if tad is not None:
