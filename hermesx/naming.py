@@ -112,6 +112,10 @@ class Naming:
     def add_state_listener(self, callback: Callable[[str], None]) -> None:
         self._ns.add_state_listener(callback)
 
+    def round_trip(self, timeout: float) -> str | None:
+        """See :meth:`nameservice.NameService.round_trip`."""
+        return self._ns.round_trip(timeout)
+
     @property
     def state(self) -> str:
         return self._ns.state

@@ -43,6 +43,7 @@ from hermesx.errors import (
 from hermesx.host import CallContext
 from hermesx.identity import GUID, TAD, validate_name
 from hermesx.invocation import Invoker
+from hermesx.lease import SessionLease
 from hermesx.liveness import ServeWatchdog
 from hermesx.naming import Naming
 from hermesx.policy import check_atom_meta, tags_refusal
@@ -332,6 +333,14 @@ class Supervisor(pbg.SupervisorServicer):
         self._serving = threading.Event()
         self._serving.set()
         self._stopping = threading.Event()
+        # Serving also needs a recent answered name-service round trip: a node
+        # resumed after a pause past its session timeout must not serve.
+        self._lease = SessionLease(
+            self.naming.round_trip,
+            lambda: self.incarnation,
+            config.session_timeout,
+            stopping=self._stopping,
+        )
         self._server: grpc.Server | None = None
         # Why the node stopped serving on its own, if it did (see _give_up_session).
         self.gave_up: str | None = None
@@ -359,6 +368,7 @@ class Supervisor(pbg.SupervisorServicer):
         self.naming.start()
         self.naming.add_state_listener(self._on_session_state)
         self._register()
+        self._lease.start()
         threading.Thread(target=self._housekeeping, name="node-housekeeping", daemon=True).start()
         limit = self.config.unresponsive_limit_s or max(10.0, 3 * self.config.session_timeout)
         self._watchdog = ServeWatchdog(
@@ -411,7 +421,8 @@ class Supervisor(pbg.SupervisorServicer):
 
     @property
     def fenced(self) -> bool:
-        return not self._serving.is_set()
+        """True while we must not serve: the session is in doubt or our lease on it ran out."""
+        return not self._serving.is_set() or not self._lease.valid()
 
     @fenced.setter
     def fenced(self, value: bool) -> None:
@@ -419,6 +430,24 @@ class Supervisor(pbg.SupervisorServicer):
             self._serving.clear()
         else:
             self._serving.set()
+
+    def _lease_held(self, what: str) -> bool:
+        if self._lease.valid():
+            return True
+        log.warning(
+            "node %s: serving lease ran out (no name-service round trip answered lately); "
+            "refused %s",
+            self.name,
+            what,
+        )
+        return False
+
+    def _check_lease(self, what: str) -> None:
+        """Before an atom starts serving here: raise unless our lease on the session holds."""
+        if not self._lease_held(what):
+            raise UnreachableError(
+                f"node {self.name} is fenced (its name-service session may have expired); {what}"
+            )
 
     def _wait_serving(self, what: str) -> None:
         """A suspension usually ends within a ZooKeeper failover: wait for it, briefly."""
@@ -437,7 +466,7 @@ class Supervisor(pbg.SupervisorServicer):
             self.incarnation = ""
             self._fence_drop("name-service session lost")
         elif state == "connected":
-            if self.fenced:
+            if not self._serving.is_set():
                 log.info("node %s: name-service session back; serving again", self.name)
             self.fenced = False
             self._background.submit(self._reregister)
@@ -628,7 +657,9 @@ class Supervisor(pbg.SupervisorServicer):
     # ------------------------------------------------------------ invocation
 
     def dispatch_invoke(self, request: pb.InvokeRequest) -> pb.InvokeReply:
-        if self.fenced:
+        if not self._serving.is_set() or not self._lease_held(
+            f"{request.method} of atom {request.guid}"
+        ):
             return pb.InvokeReply(error=self._unavailable())
         guid = request.guid
         active = self.atoms.get(guid)
@@ -703,7 +734,10 @@ class Supervisor(pbg.SupervisorServicer):
         with active.fixed(timeout) as ok:
             if not ok:
                 return None  # it left while we waited: forward along the new TAD
-            if self.fenced:  # fenced while this call waited its turn
+            # Fenced while this call waited its turn, or the wait outlasted our lease.
+            if not self._serving.is_set() or not self._lease_held(
+                f"{request.method} of atom {active.guid} after its wait"
+            ):
                 return pb.InvokeReply(error=self._unavailable())
             reply = pb.InvokeReply(tad=tad_to_pb(active.tad))
             try:
@@ -929,6 +963,9 @@ class Supervisor(pbg.SupervisorServicer):
         sid = sorted(storesites)[hash(loaded.hash) % len(storesites)]
         guid = str(GUID.new(sid))
         stub = self.channels.stub(storesites[sid].address, pbg.StoresiteStub)
+        # Checked again before the atom serves; here so a node out of its lease
+        # records nothing at the storesite.
+        self._check_lease("cannot create atoms")
         if meta.name:
             self.naming.bind(meta.name, guid)
         try:
@@ -957,6 +994,11 @@ class Supervisor(pbg.SupervisorServicer):
                 atom.close()
                 raise error_from_rpc(exc, f"storesite {sid} (create of atom {guid})") from exc
             self._modules.setdefault(loaded.hash, loaded)
+            try:
+                self._check_lease(f"atom {guid} was not created")
+            except HermesError:
+                atom.close()
+                raise
             active = self.install(guid, atom, meta, tad)
             active.checkpoint_seq = 1
             for scope, alias in aliases:
@@ -972,7 +1014,18 @@ class Supervisor(pbg.SupervisorServicer):
     # ------------------------------------------------------------ locate / status
 
     def Locate(self, request: pb.LocateRequest, context: grpc.ServicerContext) -> pb.LocateReply:
-        reply = pb.LocateReply(active_here=request.guid in self.atoms, incarnation=self.incarnation)
+        held = request.guid in self.atoms
+        if held and not self._lease_held(f"Locate of {request.guid}"):
+            # Neither "here" (we may not serve) nor "not here" (the asker
+            # could place a second copy while we still hold this one).
+            abort_with(
+                context,
+                UnreachableError(
+                    f"node {self.name} is fenced (its name-service session may have expired); "
+                    f"whether it holds atom {request.guid} is not known"
+                ),
+            )
+        reply = pb.LocateReply(active_here=held, incarnation=self.incarnation)
         tad = self.stash.get(request.guid)
         if tad is not None:
             reply.tad.CopyFrom(tad_to_pb(tad))
@@ -1344,15 +1397,33 @@ class Supervisor(pbg.SupervisorServicer):
             )
             meta = pb.AtomMeta()
             meta.CopyFrom(request.meta)
+            try:
+                self._check_lease(f"atom {guid} was not staged")
+            except HermesError:
+                atom.close()
+                raise
             with self._staged_lock:
-                old = self._staged.pop(guid, None)
-                self._staged[guid] = StagedCopy(tad, meta, atom)
+                old = self._staged.get(guid)
+                if old is not None and old.tad.age > tad.age:
+                    newer: StagedCopy | None = old
+                else:
+                    newer = None
+                    self._staged[guid] = StagedCopy(tad, meta, atom)
+            if newer is not None:
+                # A late request: a newer attempt already staged the atom here.
+                atom.close()
+                raise MigrationError(
+                    f"atom {guid}: a copy for {newer.tad} is staged on {self.name}; {tad} is older"
+                )
             if old is not None:
                 old.atom.close()
             if self.incarnation != incarnation:
                 self._discard_staged(guid)  # our session was lost meanwhile
                 self._still_incarnation(incarnation, f"atom {guid} was not staged")
             return incarnation
+        # Before taking the staged copy: refused now, it stays staged and
+        # settles later by asking the storesite.
+        self._check_lease(f"atom {guid} was not activated")
         with self._staged_lock:
             staged = self._staged.pop(guid, None)
         if staged is not None and staged.tad.age == tad.age:
@@ -1369,6 +1440,11 @@ class Supervisor(pbg.SupervisorServicer):
                 module, guid, self.host, request.snapshot, reentrant=request.meta.reentrant
             )
             meta = request.meta
+            try:
+                self._check_lease(f"atom {guid} was not activated")  # the restore took a while
+            except HermesError:
+                atom.close()
+                raise
         active = self.install(guid, atom, meta, tad)
         if self.incarnation != incarnation:
             self.drop(active, None)  # our session was lost meanwhile: it must not serve
@@ -1397,6 +1473,8 @@ class Supervisor(pbg.SupervisorServicer):
             where = self.invoker.locate(guid)
         except HermesError as exc:
             log.debug("atom %s: cannot settle the staged copy yet: %s", guid, exc)
+            return False
+        if where == staged.tad and not self._lease_held(f"activation of staged atom {guid}"):
             return False
         with self._staged_lock:
             if self._staged.get(guid) is not staged:
@@ -1430,7 +1508,13 @@ class Supervisor(pbg.SupervisorServicer):
     def TestHook(self, request: pb.TestHookRequest, context: grpc.ServicerContext) -> pb.Empty:
         if not self.config.test_hooks:
             abort_with(context, HermesError(f"node {self.name}: test hooks are not enabled"))
-        if request.pause_at not in ("prepared", "transferred", "committed", "checkpoint-snapshot"):
+        if request.pause_at not in (
+            "prepared",
+            "transferred",
+            "committed",
+            "checkpoint-snapshot",
+            "activate-stage",
+        ):
             abort_with(context, ConfigurationError(f"unknown pause step {request.pause_at!r}"))
         self._pauses[request.pause_at] = request.seconds
         return pb.Empty()
@@ -1448,20 +1532,51 @@ class Supervisor(pbg.SupervisorServicer):
     def Activate(
         self, request: pb.ActivateRequest, context: grpc.ServicerContext
     ) -> pb.ActivateReply:
+        """Activation by a storesite (dormant atom, recovery), in two steps (DESIGN.md §6).
+
+        ``stage``: restore the copy staged and name our incarnation; the copy
+        serves only after ``confirm``, which the storesite sends once it has
+        recorded this TAD durably — or, if that never arrives, once the
+        storesite's record names this TAD when the staged copy asks
+        (:meth:`resolve_staged`). A late stage request, after the storesite
+        gave up on this node, thus never serves: the record names another TAD.
+        A request without either is the one-step activation of older storesites.
+        """
         accept = pb.AcceptRequest(
             guid=request.guid,
             tad=request.tad,
-            snapshot=request.snapshot,
+            snapshot=b"" if request.confirm else request.snapshot,
             meta=request.meta,
             source="",
-            commit=True,
+            commit=not request.stage,
+            incarnation=request.incarnation if request.confirm else "",
         )
-        if request.HasField("checksum"):
+        if request.HasField("checksum") and not request.confirm:
             accept.checksum = request.checksum
         try:
+            if request.incarnation and request.incarnation != self.incarnation:
+                raise MigrationError(
+                    f"atom {request.guid}: activation meant for incarnation "
+                    f"{request.incarnation} of node {self.name}, which is now "
+                    f"{self.incarnation or 'not registered'}"
+                )
+            if request.stage and not request.snapshot:
+                raise MigrationError(f"atom {request.guid}: a staged activation needs a snapshot")
+            if request.stage:
+                self._test_pause("activate-stage")  # a slow restore
+            active = self.atoms.get(request.guid)
+            if request.confirm and active is not None and active.tad == tad_from_pb(request.tad):
+                # The staged copy already settled by asking the storesite.
+                return pb.ActivateReply(tad=request.tad, incarnation=self.incarnation)
             incarnation = self.accept_atom(accept)
         except HermesError as exc:
             abort_with(context, exc)
+        if request.stage:
+            log.info(
+                "atom %s staged here at %s; it serves once the storesite has recorded it",
+                request.guid,
+                tad_from_pb(request.tad),
+            )
         return pb.ActivateReply(tad=request.tad, incarnation=incarnation)
 
 

@@ -343,6 +343,30 @@ class NameService:
             self._state = "lost"
             self._drop_all()
 
+    def round_trip(self, timeout: float) -> str | None:
+        """One request answered by the ZooKeeper server within ``timeout``; its session, or None.
+
+        The session (hex, as an incarnation is written) is the one the request
+        went out and came back on: a success proves the server heard that
+        session after this call began, so it cannot expire before then plus
+        the session timeout. None when there is no answer, or the session
+        changed meanwhile (the old one was lost and kazoo made a new one).
+        """
+        client = self._client
+        if client is None:
+            return None
+        before = client.client_id
+        if before is None:
+            return None
+        try:
+            client.exists_async(self._root).get(timeout=timeout)
+        except Exception:  # any failure: no proof of a live session
+            return None
+        after = client.client_id
+        if after is None or after[0] != before[0]:
+            return None
+        return f"{before[0]:016x}"
+
     def __enter__(self) -> NameService:
         self.start()
         return self

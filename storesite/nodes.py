@@ -25,6 +25,11 @@ __all__ = ["CHANNEL_OPTIONS", "SupervisorLink"]
 
 log = logging.getLogger(__name__)
 
+# Time a node has to stage an activation copy: this plus the snapshot's
+# transfer at STAGE_BYTES_PER_S.
+STAGE_TIMEOUT_S = 5.0
+STAGE_BYTES_PER_S = 4 * 2**20
+
 # One set of channel options for every process (message sizes, reconnects).
 CHANNEL_OPTIONS = WIRE_CHANNEL_OPTIONS
 
@@ -56,11 +61,13 @@ class SupervisorLink:
         meta: pb.AtomMeta,
         *,
         checksum: int | None = None,
+        stage: bool = False,
     ) -> tuple[TAD, str]:
-        """Ask ``member`` to run ``guid`` from ``snapshot`` at ``tad``.
+        """Ask ``member`` to run ``guid`` from ``snapshot`` at ``tad`` (``stage``: to stage it).
 
-        The node checks ``checksum`` (of ``snapshot``) before it restores.
-        Returns the TAD and the incarnation that runs it: the one the node
+        The node checks ``checksum`` (of ``snapshot``) before it restores, and
+        refuses when it is not the incarnation the name service listed.
+        Returns the TAD and the incarnation that holds it: the one the node
         reports, else the one the name service listed for it.
         """
         request = pb.ActivateRequest(
@@ -69,9 +76,16 @@ class SupervisorLink:
             snapshot=snapshot,
             meta=meta,
             checksum=checksum,
+            incarnation=member.incarnation,
+            stage=stage,
         )
+        # Staging is only a restore: a node that does not answer soon is
+        # given up and another one tried (its late copy can never serve).
+        timeout = self._activate_timeout
+        if stage:
+            timeout = min(timeout, STAGE_TIMEOUT_S + len(snapshot) / STAGE_BYTES_PER_S)
         try:
-            reply = self._stub(member.address).Activate(request, timeout=self._activate_timeout)
+            reply = self._stub(member.address).Activate(request, timeout=timeout)
         except grpc.RpcError as exc:
             raise error_from_rpc(
                 exc, f"node {member.name} at {member.address}", f"Activate({guid})"
@@ -80,6 +94,21 @@ class SupervisorLink:
         if reply.HasField("tad") and reply.tad.node:
             return TAD(reply.tad.node, reply.tad.age), incarnation
         return tad, incarnation
+
+    def confirm(self, member: Member, guid: str, tad: TAD, incarnation: str) -> None:
+        """Tell ``member`` that its staged copy of ``guid`` at ``tad`` is recorded: serve it."""
+        request = pb.ActivateRequest(
+            guid=guid,
+            tad=pb.TAD(node=tad.node, age=tad.age),
+            incarnation=incarnation,
+            confirm=True,
+        )
+        try:
+            self._stub(member.address).Activate(request, timeout=self._timeout)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(
+                exc, f"node {member.name} at {member.address}", f"Activate({guid}, confirm)"
+            ) from exc
 
     def holding(self, member: Member, guid: str) -> tuple[TAD | None, str]:
         """Whether ``member`` runs ``guid``: its TAD there (None if not active) and the

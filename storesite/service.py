@@ -310,20 +310,39 @@ class Storesite:
             tad = TAD(member.name, age)
             try:
                 _, incarnation = self.supervisors.activate(
-                    member, guid, tad, checkpoint.snapshot, meta, checksum=checkpoint.checksum
+                    member,
+                    guid,
+                    tad,
+                    checkpoint.snapshot,
+                    meta,
+                    checksum=checkpoint.checksum,
+                    stage=True,
                 )
-            except CallTimeoutError:
-                # The node may have activated it after all; trying another node
-                # could leave two copies. Leave it to the next Locate.
-                self.store.mark_dormant(guid)
-                raise
+            except CallTimeoutError as err:
+                # The node may still stage the copy, late; it serves only if
+                # this record names its TAD, and it never will: try another.
+                log.warning(
+                    "node %s did not stage atom %s (%s) in time: %s", member.name, guid, tad, err
+                )
+                self._loads.forget(member.name)
+                last = err
+                continue
             except HermesError as err:
                 log.warning("node %s refused atom %s (%s): %s", member.name, guid, tad, err)
                 self._loads.forget(member.name)
                 last = err
                 continue
+            # Durable before the copy serves: only the TAD recorded here ever serves.
             placed = self.store.activated(guid, tad, incarnation)
             self._loads.bump(member.name)
+            try:
+                self.supervisors.confirm(member, guid, tad, incarnation)
+            except HermesError as err:
+                # The staged copy asks this storesite after a while (or at its
+                # first call) and finds its TAD recorded here.
+                log.warning(
+                    "node %s did not hear that atom %s is at %s: %s", member.name, guid, tad, err
+                )
             self._look_again_if_gone(placed)
             log.info(
                 "activated atom %s on %s (%s) in %.1f ms",

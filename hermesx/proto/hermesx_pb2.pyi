@@ -228,18 +228,24 @@ class AcceptReply(_message.Message):
     def __init__(self, ok: _Optional[bool] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class ActivateRequest(_message.Message):
-    __slots__ = ("guid", "tad", "snapshot", "meta", "checksum")
+    __slots__ = ("guid", "tad", "snapshot", "meta", "checksum", "incarnation", "stage", "confirm")
     GUID_FIELD_NUMBER: _ClassVar[int]
     TAD_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     META_FIELD_NUMBER: _ClassVar[int]
     CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    CONFIRM_FIELD_NUMBER: _ClassVar[int]
     guid: str
     tad: TAD
     snapshot: bytes
     meta: AtomMeta
     checksum: int
-    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., meta: _Optional[_Union[AtomMeta, _Mapping]] = ..., checksum: _Optional[int] = ...) -> None: ...
+    incarnation: str
+    stage: bool
+    confirm: bool
+    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., meta: _Optional[_Union[AtomMeta, _Mapping]] = ..., checksum: _Optional[int] = ..., incarnation: _Optional[str] = ..., stage: _Optional[bool] = ..., confirm: _Optional[bool] = ...) -> None: ...
 
 class ActivateReply(_message.Message):
     __slots__ = ("tad", "incarnation")

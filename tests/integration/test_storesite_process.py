@@ -66,7 +66,8 @@ class FakeSupervisor(pbg.SupervisorServicer):
     def Activate(
         self, request: pb.ActivateRequest, context: grpc.ServicerContext
     ) -> pb.ActivateReply:
-        self.activations.append(request)
+        if not request.confirm:  # a confirmation only lets the staged copy serve
+            self.activations.append(request)
         return pb.ActivateReply(tad=request.tad)
 
     def Status(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.NodeStatus:

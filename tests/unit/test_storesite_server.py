@@ -28,6 +28,7 @@ from hermesx.identity import GUID, TAD
 from hermesx.proto import hermesx_pb2 as pb
 from hermesx.proto import hermesx_pb2_grpc as pbg
 from storesite.client import StoresiteClient
+from storesite.nodes import SupervisorLink
 from storesite.server import StoresiteServer
 from storesite.service import Storesite
 from storesite.store import AtomStore
@@ -74,6 +75,7 @@ class FakeSupervisor(pbg.SupervisorServicer):
         self.name = name
         self.load = load
         self.activations: list[pb.ActivateRequest] = []
+        self.confirmed: list[pb.ActivateRequest] = []
         # What Locate reports: GUID -> TAD active here, and the incarnation.
         self.holding: dict[str, TAD] = {}
         self.incarnation = ""
@@ -84,6 +86,10 @@ class FakeSupervisor(pbg.SupervisorServicer):
     def Activate(
         self, request: pb.ActivateRequest, context: grpc.ServicerContext
     ) -> pb.ActivateReply:
+        if request.confirm:  # step 2: the staged copy serves
+            with self._lock:
+                self.confirmed.append(request)
+            return pb.ActivateReply(tad=request.tad, incarnation=self.incarnation)
         if self.delay:
             time.sleep(self.delay)
         if self.refuse:
@@ -113,6 +119,7 @@ class Cluster:
         self._grpc_servers: list[grpc.Server] = []
         self._storesites: list[tuple[StoresiteServer, Storesite, AtomStore]] = []
         self.clients: list[StoresiteClient] = []
+        self.activate_timeout = 30.0
 
     def add_node(self, name: str, load: int = 0, tags: tuple[str, ...] = ()) -> FakeSupervisor:
         servicer = FakeSupervisor(name, load)
@@ -138,7 +145,12 @@ class Cluster:
 
     def add_storesite(self, sid: str, **kwargs: int) -> tuple[Storesite, StoresiteClient]:
         store = AtomStore(sid, self.tmp / sid, init=True, **kwargs)
-        site = Storesite(store, self.directory, load_ttl=0.0)
+        site = Storesite(
+            store,
+            self.directory,
+            load_ttl=0.0,
+            supervisors=SupervisorLink(activate_timeout=self.activate_timeout),
+        )
         server = StoresiteServer(site, "127.0.0.1:0")
         address = server.start()
         self._storesites.append((server, site, store))
@@ -265,6 +277,31 @@ def test_locate_activates_dormant_atom_on_least_loaded_node_with_tags(cluster: C
     # Active now: a second Locate answers without activating again.
     assert client.locate(guid).tad == TAD("idle", 2)
     assert len(idle.activations) == 1
+
+
+def test_a_node_that_stages_too_slowly_is_given_up_and_its_copy_never_confirmed(
+    cluster: Cluster,
+) -> None:
+    cluster.activate_timeout = 0.5
+    slow = cluster.add_node("slow", load=0)
+    fast = cluster.add_node("fast", load=3)
+    slow.delay = 1.5  # answers after the storesite gave up: a late stage
+    site, client = cluster.add_storesite("s1")
+    guid = register(client, "fast")
+    client.passivated(guid, TAD("fast", 1), b"final")
+    location = client.locate(guid)
+    # Tried first, timed out, and the next node got the atom at a new age.
+    assert location.tad == TAD("fast", 3)
+    assert site.store.get(guid).incarnation == "fast-1"
+    [confirmation] = fast.confirmed
+    assert (confirmation.tad.age, confirmation.incarnation) == (3, "fast-1")
+    # The slow node's stage (if its handler ran at all) was for age 2, never confirmed.
+    assert [a.tad.age for a in slow.activations if a.guid == guid] in ([], [2])
+    # Staging asked for the incarnation the name service lists.
+    assert all(a.stage and a.incarnation == "fast-1" for a in fast.activations)
+    time.sleep(slow.delay)  # a deliberate window: the late stage lands meanwhile
+    assert slow.confirmed == []
+    assert client.locate(guid).tad == TAD("fast", 3)
 
 
 def test_concurrent_locates_activate_a_dormant_atom_once(cluster: Cluster) -> None:

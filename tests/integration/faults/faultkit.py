@@ -78,6 +78,10 @@ class _Pipe:
             while not self.closed.is_set():
                 data = src.recv(65536)
                 if not data:
+                    if self.proxy.mode == "blackhole":
+                        # A partition delivers no FIN either: the other end
+                        # hears nothing until the link heals (heal closes it).
+                        self.closed.wait()
                     break
                 if self.proxy.mode == "blackhole":
                     continue  # a partition: the bytes never arrive
