@@ -86,13 +86,6 @@ MAX_ADMIN_OPS = 4  # migrations, passivations, home moves running at once
 
 # The bugs of issue 11 owned by other helpers that this test trips over on a
 # branch without their fixes (see the report printed by the test).
-KNOWN_BREAKAGES = (
-    "issue 11 item 2, owned by the incarnation work: a storesite down while a node's session "
-    "expires (node killed, or SIGSTOPped past its session timeout) keeps locating that node's "
-    "atoms at the node's name once the node is back under a new session; the node has no "
-    "record and every call times out for good (FAULT_CHAOS_SEED=9 reproduces it)"
-)
-
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(SECONDS + 300)]
 
 Report = Callable[[Tally], None]
@@ -548,7 +541,6 @@ def _final(client: Client, atom: str, deadline: float) -> tuple[int | None, str]
     return None, last
 
 
-@pytest.mark.xfail(strict=False, reason=KNOWN_BREAKAGES)
 def test_chaos(
     start_cluster: ClusterStarter,
     zk_server: ZooKeeperServer,
