@@ -243,9 +243,12 @@ class CopySampler:
             # A round is not one instant: an atom that moved between two
             # probes looks held twice. Serving counts only when every holder
             # answers a call itself, twice in a row.
-            first = [(who, stub) for who, stub in held if _serves_here(stub, guid)]
-            answers = [(who, _serves_here(stub, guid)) for who, stub in reversed(first)]
-            serving = tuple(sorted(f"{who} ({answer})" for who, answer in answers if answer))
+            replies = [(who, stub, _probe(stub, guid)) for who, stub in held]
+            first = [(who, stub) for who, stub, (ok, _) in replies if ok]
+            answers = [(who, _probe(stub, guid)) for who, stub in reversed(first)]
+            serving = tuple(sorted(f"{who} ({text})" for who, (ok, text) in answers if ok))
+            # What a holder that did not serve answered instead: the lead to a stale copy.
+            refused = [f"{who}: {text}" for who, _, (ok, text) in replies if not ok]
             found = TwoCopies(
                 round(time.monotonic() - self.log.t0, 2),
                 atom,
@@ -255,7 +258,8 @@ class CopySampler:
             self.found.append(found)
             self.log.add(
                 "TWO COPIES" if len(serving) > 1 else "two holders",
-                f"{atom}: active at {', '.join(found.holders)}; serving: {', '.join(serving)}",
+                f"{atom}: active at {', '.join(found.holders)}; serving: {', '.join(serving)}"
+                + (f"; not serving: {'; '.join(refused)}" if refused else ""),
             )
 
     def _run(self) -> None:
@@ -271,8 +275,8 @@ class CopySampler:
         return [f for f in self.found if len(f.serving) > 1]
 
 
-def _serves_here(stub: pbg.SupervisorStub, guid: str) -> str:
-    """``node@age`` when this node answers a call itself (hops used up: no forwarding), else "".
+def _probe(stub: pbg.SupervisorStub, guid: str) -> tuple[bool, str]:
+    """Does this node answer a call itself (hops used up: no forwarding)? And what it said.
 
     A read-only ``get`` without a request id: it leaves the reply table alone.
     """
@@ -281,11 +285,16 @@ def _serves_here(stub: pbg.SupervisorStub, guid: str) -> str:
     )
     try:
         reply = stub.Invoke(request, timeout=1.5)
-    except grpc.RpcError:
-        return ""
-    if reply.WhichOneof("outcome") != "result":
-        return ""
-    return f"{reply.tad.node}@{reply.tad.age} value {codec.unpack(reply.result)}"
+    except grpc.RpcError as exc:
+        return False, f"rpc {exc.code().name}"
+    outcome = reply.WhichOneof("outcome")
+    if outcome == "result":
+        return True, f"{reply.tad.node}@{reply.tad.age} value {codec.unpack(reply.result)}"
+    if outcome == "moved":
+        return False, f"moved to {reply.moved.node}@{reply.moved.age}"
+    if outcome == "error":
+        return False, f"{reply.error.kind}: {reply.error.message[:120]}"
+    return False, f"no outcome ({outcome})"
 
 
 def _process_alive(pid: int) -> bool:
