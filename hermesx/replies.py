@@ -74,8 +74,16 @@ MAX_REPLY_ENTRIES = 65536
 # Clients whose floors an atom keeps at least (about 30 bytes each in every
 # snapshot; an atom keeps as many as its window has entries, if more).
 MIN_FLOOR_CLIENTS = 256
-# The replies' payloads, at most (the table moves and checkpoints with the atom).
+# The replies' payloads and ids, at most (the table moves and checkpoints with the atom).
 REPLY_TABLE_MAX_BYTES = 8 * 2**20
+# A request id is a key of the table, kept in every checkpoint: a short one.
+MAX_REQUEST_ID_CHARS = 128
+# How far ahead of the atom's clock an id may say it was issued. Ids of
+# replies that leave the window raise the forgotten-before mark to their issue
+# time, so an id from far in the future (a wrong clock, or a forged id) would
+# make every other client's new ids look old, and, once they caught up, push
+# their ids past the floors of what already ran.
+MAX_ISSUED_AHEAD_MS = 5 * 60 * 1000
 
 _MARK = re.compile(r"issued at or before ([0-9]{1,15}) ms")
 _STRUCTURED = re.compile(r"hx1\.([0-9a-f]{16})\.([1-9][0-9]{0,17})\.([0-9]{1,15})")
@@ -201,7 +209,7 @@ class ReplyTable:
 
     @property
     def payload_bytes(self) -> int:
-        """Bytes of the replies held (what the table counts toward the atom's memory cap)."""
+        """Bytes of the replies and ids held (what the table counts toward the memory cap)."""
         return self._bytes
 
     def records(self) -> tuple[ReplyRecord, ...]:
@@ -231,7 +239,7 @@ class ReplyTable:
     ) -> None:
         self.window = window
         self._replies = OrderedDict((r.request_id, r) for r in records)
-        self._bytes = sum(len(r.payload) for r in records)
+        self._bytes = sum(_size(r) for r in records)
         self._floors = OrderedDict((c, _Floor(s, ms)) for c, s, ms in floors)
         self.forgotten_before_ms = forgotten_before_ms
 
@@ -245,13 +253,25 @@ class ReplyTable:
             return self._lookup(request_id, method, guid)
 
     def _lookup(self, request_id: str, method: str, guid: str) -> ReplyRecord | None:
-        self._evict_old(_now_ms())
+        if len(request_id) > MAX_REQUEST_ID_CHARS:
+            raise ConfigurationError(
+                f"atom {guid}: a request id of {len(request_id)} characters ({method}) is "
+                f"longer than {MAX_REQUEST_ID_CHARS}; refused, not run"
+            )
+        now_ms = _now_ms()
+        self._evict_old(now_ms)
         record = self._replies.get(request_id)
         if record is not None:
             return record
         rid = parse_request_id(request_id)
         if rid is None:
             return None
+        if rid.issued_ms > now_ms + MAX_ISSUED_AHEAD_MS:
+            raise ConfigurationError(
+                f"atom {guid}: request id {request_id} ({method}) says it was issued "
+                f"{(rid.issued_ms - now_ms) / 1000:.0f} s ahead of the atom's clock (at most "
+                f"{MAX_ISSUED_AHEAD_MS // 1000} s); refused, not run: check the caller's clock"
+            )
         floor = self._floors.get(rid.client)
         if floor is not None:
             if rid.seq <= floor.seq:
@@ -278,9 +298,9 @@ class ReplyTable:
             record = ReplyRecord(record.request_id, record.error_kind, record.payload, _now_ms())
         old = self._replies.pop(record.request_id, None)
         if old is not None:
-            self._bytes -= len(old.payload)
+            self._bytes -= _size(old)
         self._replies[record.request_id] = record
-        self._bytes += len(record.payload)
+        self._bytes += _size(record)
         # Bounded in count, age and bytes; the newest reply always stays.
         while len(self._replies) > 1 and (
             len(self._replies) > self.window.entries or self._bytes > REPLY_TABLE_MAX_BYTES
@@ -300,7 +320,7 @@ class ReplyTable:
 
     def _evict_first(self) -> None:
         _, dropped = self._replies.popitem(last=False)
-        self._bytes -= len(dropped.payload)
+        self._bytes -= _size(dropped)
         rid = parse_request_id(dropped.request_id)
         if rid is None:
             return
@@ -314,6 +334,10 @@ class ReplyTable:
         while len(self._floors) > max(self.window.entries, MIN_FLOOR_CLIENTS):
             _, forgotten = self._floors.popitem(last=False)
             self.forgotten_before_ms = max(self.forgotten_before_ms, forgotten.issued_ms)
+
+
+def _size(record: ReplyRecord) -> int:
+    return len(record.payload) + len(record.request_id)
 
 
 def _now_ms() -> int:

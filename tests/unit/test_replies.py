@@ -135,6 +135,34 @@ def test_clients_past_the_floor_limit_are_judged_by_issue_time(
     assert table.lookup(rid(1, 2, 1005)) is None
 
 
+def test_an_id_from_the_future_is_refused_and_cannot_poison_the_mark() -> None:
+    """A forged (or wrong-clock) id far ahead would, once out of the window, make the
+    forgotten-before mark run ahead; victims catching up would then outrun their floors."""
+    table = ReplyTable(ReplyWindow(entries=1))
+    ahead = int(time.time() * 1000) + replies.MAX_ISSUED_AHEAD_MS + 60_000
+    forged = f"hx1.{'f' * 16}.1.{ahead}"
+    with pytest.raises(ConfigurationError, match="ahead of the atom's clock"):
+        table.lookup(forged, method="incr", guid="g")
+    assert table.forgotten_before_ms == 0 and len(table) == 0
+    # A little ahead (clocks differ) is fine.
+    assert table.lookup(f"hx1.{'e' * 16}.1.{int(time.time() * 1000) + 1000}") is None
+
+
+def test_a_long_request_id_is_refused_and_ids_count_toward_the_table_bytes() -> None:
+    table = ReplyTable()
+    with pytest.raises(ConfigurationError, match="longer than 128"):
+        table.lookup("r" * (replies.MAX_REQUEST_ID_CHARS + 1), method="incr", guid="g")
+    table.record(ReplyRecord("x" * 100, "", b"12345"))
+    assert table.payload_bytes == 105
+
+
+def test_a_long_request_id_fails_the_call_clearly_and_runs_nothing(runtime: Runtime) -> None:
+    atom = counter(runtime, ReplyWindow(entries=4))
+    with pytest.raises(ConfigurationError, match="request id of 4096 characters"):
+        incr(atom, "r" * 4096)
+    assert codec.unpack(atom.invoke("get", b"")) == 0
+
+
 def test_a_client_with_concurrent_calls_keeps_its_later_seqs() -> None:
     table = ReplyTable(ReplyWindow(entries=2))
     ids = RequestIds()
