@@ -49,6 +49,11 @@ def _check_seconds(what: str, value: float, limit: float, *, zero_ok: bool) -> N
 def check_atom_meta(meta: pb.AtomMeta) -> None:
     """Refuse policies that are out of range; ``idle_passivate_seconds`` 0 means off."""
     policy = meta.checkpoint
+    if policy.mode not in pb.CheckpointPolicy.Mode.values():
+        raise ConfigurationError(
+            f"checkpoint policy mode {policy.mode} is not one of "
+            f"{', '.join(pb.CheckpointPolicy.Mode.keys())}"
+        )
     if policy.mode == pb.CheckpointPolicy.PERIODIC:
         if policy.every_calls and policy.every_seconds:
             raise ConfigurationError("checkpoint policy: give every:N or every:Ts, not both")

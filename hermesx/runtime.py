@@ -90,6 +90,9 @@ _CACHE_TAG = f"wasmtime{importlib.metadata.version('wasmtime')}-hx2"
 # entries by their payload plus this much.
 KV_ENTRY_OVERHEAD = 64
 REPLY_ENTRY_OVERHEAD = 128
+# Messages waiting in an atom's mailbox (sends to it), at most.
+MAX_MAIL_ITEMS = 4096
+MAX_MAIL_BYTES = 16 * 2**20
 # Log output of one call (or handler run, or a daemon's stretch between two
 # blocking points): more is dropped after one line that says so.
 MAX_LOG_BYTES_PER_CALL = 64 * 1024
@@ -718,6 +721,18 @@ class Atom:
         with self._cv:
             if self._closed:
                 raise UnreachableError(f"atom {self.guid} is closed on node {self.node_name}")
+            # The mailbox lives in the host and travels in every snapshot: bounded.
+            if len(self._mail) >= MAX_MAIL_ITEMS:
+                raise CapacityError(
+                    f"atom {self.guid}'s mailbox is full ({len(self._mail)} messages waiting); "
+                    "message refused"
+                )
+            queued = sum(len(m.payload) for m in self._mail if isinstance(m, _Interrupt))
+            if queued + len(payload) > MAX_MAIL_BYTES:
+                raise CapacityError(
+                    f"atom {self.guid}'s mailbox is full ({queued} bytes waiting, at most "
+                    f"{MAX_MAIL_BYTES}); a message of {len(payload)} bytes refused"
+                )
             self._mail.append(_Interrupt(code, payload))
             self._cv.notify_all()
             idle = not self._running and not self.module.is_daemon
@@ -1024,6 +1039,23 @@ class Atom:
             f"atom {self.guid}: {method} was still waiting in {what} at its call's deadline"
         )
 
+    def _check_going_on(self, what: str) -> None:
+        """Before a syscall that acts outside the atom: its call may not go on when the
+        atom was dropped meanwhile (its node fenced, or it moved: another copy now
+        serves) or the call is past its deadline. Raising here unwinds the call."""
+        if self._closed:
+            method = self._frames[-1].method if self._frames else "?"
+            raise UnreachableError(
+                f"atom {self.guid} was dropped by node {self.node_name}; "
+                f"its running call {method} ends at {what}"
+            )
+        end = self._wait_deadline()
+        if end is not None and time.monotonic() >= end:
+            method = self._frames[-1].method if self._frames else "?"
+            raise DeadlineExceededError(
+                f"atom {self.guid}: {method} was still running at {what} at its call's deadline"
+            )
+
     def _translate(self, fault: abi.WasmFault, what: str) -> HermesError:
         cause = fault.cause
         while isinstance(cause, abi.WasmFault):  # raised in a syscall that called hx_alloc
@@ -1326,6 +1358,7 @@ class Atom:
             self._store.set_limits(memory_size=allowance, table_elements=MAX_TABLE_ELEMENTS)
 
     def sys_kv_put(self, key: bytes, value: bytes) -> int:
+        self._check_going_on("kv_put")
         old = self.kv.get(key)
         grow = len(value) - (len(old) if old is not None else -(len(key) + KV_ENTRY_OVERHEAD))
         if grow > 0:
@@ -1343,6 +1376,7 @@ class Atom:
         return abi.STATUS_OK
 
     def sys_kv_del(self, key: bytes) -> int:
+        self._check_going_on("kv_del")
         old = self.kv.pop(key, None)
         if old is None:
             return abi.STATUS_ERROR
@@ -1351,6 +1385,7 @@ class Atom:
         return abi.STATUS_OK
 
     def _start_host_invoke(self, target: str, method: str, args: bytes, sync: bool) -> int:
+        self._check_going_on("invoke" if sync else "invoke_async")
         ctx = self._context()
         if not sync:
             # Nobody on the chain waits for an asynchronous call: none of them
@@ -1466,6 +1501,7 @@ class Atom:
         return self._start_host_invoke(target, method, args, sync=False)
 
     def sys_send(self, target: str, code: int, payload: bytes) -> int:
+        self._check_going_on("send")
         with self._blocked():
             try:
                 self._host.send(self._context(), target, code, payload)
@@ -1500,6 +1536,7 @@ class Atom:
             return max(0, self._pump(block=False, timeout_s=None, wait_sync=None))
 
     def sys_lookup(self, mode: str, scope: str | None, pattern: str) -> tuple[int, bytes]:
+        self._check_going_on("lookup")
         with self._blocked():
             try:
                 found = self._host.lookup(self._context(), mode, pattern, scope)
@@ -1508,6 +1545,7 @@ class Atom:
         return abi.STATUS_OK, abi.pack_strings(found)
 
     def sys_alias(self, add: bool, scope: str, alias: str) -> int:
+        self._check_going_on("alias_add" if add else "alias_remove")
         with self._blocked():
             try:
                 if add:

@@ -77,3 +77,9 @@ def test_tags_refusal_names_the_node_and_the_missing_tags() -> None:
     assert tags_refusal("g", "n1", [], []) == ""
     why = tags_refusal("s1:ab", "n2", ["gpu", "eu"], ["ssd"])
     assert why == "node n2 lacks tag(s) eu,gpu that atom s1:ab requires (node tags: ssd)"
+
+
+def test_an_unknown_checkpoint_mode_from_the_wire_is_refused() -> None:
+    meta = pb.AtomMeta(checkpoint=pb.CheckpointPolicy(mode=7))  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="checkpoint policy mode 7 is not one of"):
+        check_atom_meta(meta)

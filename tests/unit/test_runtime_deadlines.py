@@ -11,12 +11,18 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from wat.runtime_helpers import GUID_A, GUID_B, ScriptedHost, wat
+from wat.runtime_helpers import GUID_A, GUID_B, ScriptedHost, example, wat
 
 from hermesx import codec
-from hermesx.errors import CallCycleError, DeadlineExceededError, HermesError, MethodError
+from hermesx.errors import (
+    CallCycleError,
+    CapacityError,
+    DeadlineExceededError,
+    HermesError,
+    MethodError,
+)
 from hermesx.host import CallContext, StandaloneHost
-from hermesx.runtime import Atom, Runtime
+from hermesx.runtime import MAX_MAIL_BYTES, Atom, Runtime
 
 
 @pytest.fixture
@@ -291,3 +297,71 @@ def test_an_asynchronous_call_marks_its_whole_chain_as_not_waiting(runtime: Runt
     sync_ctx, async_ctx = seen
     assert sync_ctx.chain == (GUID_B, GUID_A) and sync_ctx.open_chain == ()
     assert set(async_ctx.open_chain) == {GUID_B, GUID_A}
+
+
+class _SlowSends(StandaloneHost):
+    """Every send takes 2 ms and is counted (a send loop outlasting its call)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent = 0
+
+    def send(self, ctx: CallContext, target: str, code: int, payload: bytes) -> None:
+        time.sleep(0.002)
+        self.sent += 1
+
+
+def _sender(runtime: Runtime, host: _SlowSends) -> Atom:
+    return runtime.create(runtime.load(example("caller")), GUID_A, host)
+
+
+def test_a_send_loop_ends_at_its_calls_deadline() -> None:
+    """Time in syscalls is not CPU time: the loop must still end at the call's deadline."""
+    rt = Runtime(deadline_ms=300, default_timeout_s=5.0)
+    try:
+        host = _SlowSends()
+        atom = _sender(rt, host)
+        error, took = timed(
+            atom.invoke, "send_many", codec.pack(["inbox", 7, 1_000_000]), timeout=0.4
+        )
+        assert isinstance(error, DeadlineExceededError)
+        assert "send_many was still running at send at its call's deadline" in str(error)
+        assert took < 1.5
+        sent = host.sent
+        time.sleep(0.1)
+        assert host.sent == sent  # nothing goes on sending after the call ended
+        assert not atom.busy
+    finally:
+        rt.close()
+
+
+def test_a_dropped_atoms_running_call_stops_at_its_next_send(runtime: Runtime) -> None:
+    """A node that fences or moves an atom away closes it: its running call must not go
+    on acting (sending, calling) beside the copy that now serves elsewhere."""
+    host = _SlowSends()
+    atom = _sender(runtime, host)
+    outcome: list[BaseException | None] = []
+    worker = threading.Thread(
+        target=lambda: outcome.append(
+            timed(atom.invoke, "send_many", codec.pack(["inbox", 7, 1_000_000]), timeout=30)[0]
+        )
+    )
+    worker.start()
+    deadline = time.monotonic() + 5
+    while host.sent < 10 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    atom.close()
+    worker.join(timeout=5)
+    assert not worker.is_alive()
+    assert outcome and isinstance(outcome[0], HermesError)
+    assert "was dropped by node local; its running call send_many ends at send" in str(outcome[0])
+    sent = host.sent
+    time.sleep(0.1)
+    assert host.sent == sent
+
+
+def test_a_mailbox_is_bounded_and_a_refused_message_says_why(runtime: Runtime) -> None:
+    atom = wedge(runtime)
+    with pytest.raises(CapacityError, match="mailbox is full"):
+        atom.deliver(7, b"x" * (MAX_MAIL_BYTES + 1))
+    assert codec.unpack(atom.invoke("ping", codec.pack(None))) == 1
