@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hermesx.errors import (
+from hermesx.core.errors import (
     AtomError,
     AtomTrapError,
     BadModuleError,
@@ -31,7 +31,7 @@ from hermesx.errors import (
     StorageError,
     UnreachableError,
 )
-from hermesx.identity import GUID, TAD
+from hermesx.core.identity import GUID, TAD
 
 __all__ = [
     "GUID",

@@ -1,4 +1,4 @@
-"""Regenerate hermesx/proto/ from protos/*.proto (run: python protos/generate.py [OUTDIR])."""
+"""Regenerate hermesx/rpc/proto/ from protos/*.proto (run: python protos/generate.py [OUTDIR])."""
 
 from __future__ import annotations
 
@@ -34,4 +34,4 @@ def generate(out: pathlib.Path) -> None:
 
 
 if __name__ == "__main__":
-    generate(pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "hermesx" / "proto")
+    generate(pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "hermesx" / "rpc" / "proto")

@@ -39,4 +39,4 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q -e '.[dev]'
   touch "$stamp"
 fi
-.venv/bin/python -m hermesx.build --examples --quiet
+.venv/bin/python -m hermesx.runtime.build --examples --quiet

@@ -12,8 +12,8 @@ import os
 import pathlib
 import sys
 
-from hermesx.errors import HermesError
-from hermesx.files import PRIVATE_UMASK
+from hermesx.core.errors import HermesError
+from hermesx.core.files import PRIVATE_UMASK
 from storesite.server import serve
 from storesite.store import DEFAULT_MAX_CHECKPOINT_BYTES
 

@@ -16,9 +16,9 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
-from hermesx.identity import GUID, TAD
-from hermesx.proto import hermesx_pb2 as pb
-from hermesx.snapshot import snapshot_checksum
+from hermesx.core.identity import GUID, TAD
+from hermesx.core.snapshot import snapshot_checksum
+from hermesx.rpc.proto import hermesx_pb2 as pb
 from storesite.client import StoresiteClient
 from storesite.placement import Member
 from storesite.server import StoresiteServer

@@ -1,7 +1,7 @@
 """Typed client of the Storesite gRPC service (DESIGN.md §4 steps 3 and 4, §5, §6).
 
 Supervisors, the CLI and other storesites use it. Every method takes and
-returns Python values (:class:`~hermesx.identity.TAD`, ``pb.AtomMeta``) and
+returns Python values (:class:`~hermesx.core.identity.TAD`, ``pb.AtomMeta``) and
 raises HermesErrors: the storesite's own error with its kind and message, or
 :class:`UnreachableError` / :class:`CallTimeoutError` naming the storesite
 and its address.
@@ -15,10 +15,10 @@ from typing import Any, TypeVar
 
 import grpc
 
-from hermesx.identity import TAD
-from hermesx.proto import hermesx_pb2 as pb
-from hermesx.proto import hermesx_pb2_grpc as pbg
-from hermesx.wire import open_channel
+from hermesx.core.identity import TAD
+from hermesx.rpc.proto import hermesx_pb2 as pb
+from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
+from hermesx.rpc.wire import open_channel
 from storesite.nodes import CHANNEL_OPTIONS
 from storesite.rpcerrors import error_from_rpc
 

@@ -12,12 +12,12 @@ import threading
 
 import grpc
 
-from hermesx.errors import HermesError
-from hermesx.identity import TAD
-from hermesx.proto import hermesx_pb2 as pb
-from hermesx.proto import hermesx_pb2_grpc as pbg
-from hermesx.wire import CHANNEL_OPTIONS as WIRE_CHANNEL_OPTIONS
-from hermesx.wire import open_channel
+from hermesx.core.errors import HermesError
+from hermesx.core.identity import TAD
+from hermesx.rpc.proto import hermesx_pb2 as pb
+from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
+from hermesx.rpc.wire import CHANNEL_OPTIONS as WIRE_CHANNEL_OPTIONS
+from hermesx.rpc.wire import open_channel
 from storesite.placement import Member
 from storesite.rpcerrors import error_from_rpc
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import grpc
 
-from hermesx.errors import (
+from hermesx.core.errors import (
     CallTimeoutError,
     CommunicationError,
     HermesError,

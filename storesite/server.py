@@ -24,7 +24,7 @@ from typing import TypeVar
 
 import grpc
 
-from hermesx.errors import (
+from hermesx.core.errors import (
     ConfigurationError,
     HermesError,
     NameNotFoundError,
@@ -32,11 +32,11 @@ from hermesx.errors import (
     StorageError,
     error_from_wire,
 )
-from hermesx.identity import TAD, validate_name
-from hermesx.proto import hermesx_pb2 as pb
-from hermesx.proto import hermesx_pb2_grpc as pbg
-from hermesx.security import zk_auth, zk_readers
-from hermesx.wire import TLSIdentity, add_server_port, server_interceptors, set_process_tls
+from hermesx.core.identity import TAD, validate_name
+from hermesx.rpc.proto import hermesx_pb2 as pb
+from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
+from hermesx.rpc.security import zk_auth, zk_readers
+from hermesx.rpc.wire import TLSIdentity, add_server_port, server_interceptors, set_process_tls
 from nameservice import NameService, NameServiceError, NameTakenError
 from storesite.client import CheckpointInfo, Location
 from storesite.nodes import CHANNEL_OPTIONS

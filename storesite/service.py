@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Protocol
 
-from hermesx.errors import (
+from hermesx.core.errors import (
     CallTimeoutError,
     HermesError,
     MigrationError,
@@ -46,8 +46,8 @@ from hermesx.errors import (
     StorageError,
     UnreachableError,
 )
-from hermesx.identity import TAD
-from hermesx.proto import hermesx_pb2 as pb
+from hermesx.core.identity import TAD
+from hermesx.rpc.proto import hermesx_pb2 as pb
 from storesite.client import CheckpointInfo, Location, StoresiteClient
 from storesite.nodes import SupervisorLink
 from storesite.placement import LoadCache, Member, rank_nodes

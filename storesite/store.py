@@ -26,7 +26,7 @@ writes itself at that age (commit, activation) has seq 0. A checkpoint older
 than the one held is never stored over it.
 
 Damage (DESIGN.md §6): every checkpoint carries the CRC-32 of its snapshot
-(:func:`hermesx.snapshot.snapshot_checksum`), checked when it arrives and
+(:func:`hermesx.core.snapshot.snapshot_checksum`), checked when it arrives and
 every time it is read back. A damaged checkpoint is never handed out. The
 newest good one kept is used instead only when it holds every call that was
 acknowledged as durable: each checkpoint records the atom's generation (calls
@@ -56,17 +56,17 @@ from typing import Any
 import lmdb
 import msgpack
 
-from hermesx.errors import (
+from hermesx.core.errors import (
     CheckpointDamagedError,
     HomeMovedError,
     MigrationError,
     NameNotFoundError,
     StorageError,
 )
-from hermesx.files import DIR_MODE, FILE_MODE, private_dir
-from hermesx.identity import GUID, TAD
-from hermesx.proto import hermesx_pb2 as pb
-from hermesx.snapshot import snapshot_checksum, verify_checksum
+from hermesx.core.files import DIR_MODE, FILE_MODE, private_dir
+from hermesx.core.identity import GUID, TAD
+from hermesx.core.snapshot import snapshot_checksum, verify_checksum
+from hermesx.rpc.proto import hermesx_pb2 as pb
 
 __all__ = [
     "GENERATION_UNKNOWN",

@@ -35,13 +35,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hermesx import codec
-from hermesx.build import SDK_DIR, build_atom
 from hermesx.client import Client
-from hermesx.cluster import LocalCluster, NodeSpec
-from hermesx.errors import HermesError
-from hermesx.invocation import InvokeOutcome
-from hermesx.proto import hermesx_pb2 as pb
+from hermesx.core import codec
+from hermesx.core.errors import HermesError
+from hermesx.local.cluster import LocalCluster, NodeSpec
+from hermesx.routing.invoker import InvokeOutcome
+from hermesx.rpc.proto import hermesx_pb2 as pb
+from hermesx.runtime.build import SDK_DIR, build_atom
 
 __all__ = [
     "ATOMS_DIR",

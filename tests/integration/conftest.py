@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from hermesx.build import build_examples
 from hermesx.client import Client
-from hermesx.cluster import LocalCluster, NodeSpec
-from hermesx.roles import TEST_CERT_NAME
+from hermesx.local.cluster import LocalCluster, NodeSpec
+from hermesx.rpc.roles import TEST_CERT_NAME
+from hermesx.runtime.build import build_examples
 
 _counter = 0
 

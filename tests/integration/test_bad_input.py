@@ -19,10 +19,9 @@ import grpc
 import pytest
 import wasmtime
 
-from hermesx import codec
 from hermesx.client import Client
-from hermesx.cluster import LocalCluster
-from hermesx.errors import (
+from hermesx.core import codec
+from hermesx.core.errors import (
     AtomTrapError,
     BadModuleError,
     ConfigurationError,
@@ -36,10 +35,11 @@ from hermesx.errors import (
     PayloadTooLargeError,
     UnreachableError,
 )
-from hermesx.identity import TAD
-from hermesx.naming import Naming
-from hermesx.proto import hermesx_pb2 as pb
-from hermesx.wire import TLSIdentity, open_channel
+from hermesx.core.identity import TAD
+from hermesx.local.cluster import LocalCluster
+from hermesx.routing.naming import Naming
+from hermesx.rpc.proto import hermesx_pb2 as pb
+from hermesx.rpc.wire import TLSIdentity, open_channel
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ import pytest
 import wasmtime
 
 from hermesx.client import Client
-from hermesx.cluster import LocalCluster
+from hermesx.local.cluster import LocalCluster
 
 pytestmark = pytest.mark.integration
 

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 from hermesx.client import Client
-from hermesx.cluster import LocalCluster, NodeSpec
-from hermesx.errors import MethodError
+from hermesx.core.errors import MethodError
+from hermesx.local.cluster import LocalCluster, NodeSpec
 
 pytestmark = pytest.mark.integration
 

@@ -9,8 +9,8 @@ import time
 import pytest
 
 from hermesx.client import Client
-from hermesx.cluster import LocalCluster
-from hermesx.proto import hermesx_pb2 as pb
+from hermesx.local.cluster import LocalCluster
+from hermesx.rpc.proto import hermesx_pb2 as pb
 
 pytestmark = pytest.mark.integration
 

@@ -10,18 +10,18 @@ import sys
 
 import pytest
 
-from hermesx import codec
 from hermesx.client import Client
-from hermesx.cluster import LocalCluster
-from hermesx.errors import (
+from hermesx.core import codec
+from hermesx.core.errors import (
     MethodError,
     NameNotFoundError,
     NameTakenError,
     PayloadTooLargeError,
     UnreachableError,
 )
-from hermesx.identity import TAD
-from hermesx.proto import hermesx_pb2 as pb
+from hermesx.core.identity import TAD
+from hermesx.local.cluster import LocalCluster
+from hermesx.rpc.proto import hermesx_pb2 as pb
 
 pytestmark = pytest.mark.integration
 

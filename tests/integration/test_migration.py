@@ -11,10 +11,10 @@ import threading
 
 import pytest
 
-from hermesx import codec
 from hermesx.client import Client
-from hermesx.cluster import LocalCluster
-from hermesx.errors import HermesError, MigrationError, NameNotFoundError
+from hermesx.core import codec
+from hermesx.core.errors import HermesError, MigrationError, NameNotFoundError
+from hermesx.local.cluster import LocalCluster
 
 pytestmark = pytest.mark.integration
 
@@ -138,7 +138,7 @@ def test_concurrent_migrations_of_one_atom_leave_exactly_one_copy(
 
 
 def _hosts(client: Client, node: str, name: str) -> bool:
-    from hermesx.proto import hermesx_pb2 as pb
+    from hermesx.rpc.proto import hermesx_pb2 as pb
 
     guid = client.guid_of(name)
     reply = client.node_stub(node).Locate(pb.LocateRequest(guid=guid), timeout=5)

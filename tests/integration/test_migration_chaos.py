@@ -14,10 +14,10 @@ import time
 import pytest
 
 from hermesx.client import Client
-from hermesx.cluster import LocalCluster
-from hermesx.errors import HermesError
-from hermesx.proto import hermesx_pb2 as pb
-from hermesx.roles import TEST_CERT_NAME
+from hermesx.core.errors import HermesError
+from hermesx.local.cluster import LocalCluster
+from hermesx.rpc.proto import hermesx_pb2 as pb
+from hermesx.rpc.roles import TEST_CERT_NAME
 
 pytestmark = pytest.mark.integration
 

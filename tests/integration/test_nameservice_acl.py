@@ -9,7 +9,7 @@ import pytest
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
 
-from hermesx import security
+from hermesx.rpc import security
 from nameservice import InvalidNameError, NameNotFoundError, NameService, NameTakenError
 from nameservice.errors import NotAuthorizedError
 from nameservice.zookeeper import ZooKeeperServer

@@ -18,10 +18,10 @@ import uuid
 
 import pytest
 
-from hermesx import codec
 from hermesx.client import Client
-from hermesx.cluster import LocalCluster, NodeSpec
-from hermesx.errors import ConfigurationError, MethodError, MigrationError
+from hermesx.core import codec
+from hermesx.core.errors import ConfigurationError, MethodError, MigrationError
+from hermesx.local.cluster import LocalCluster, NodeSpec
 
 pytestmark = pytest.mark.integration
 

@@ -6,10 +6,10 @@ import pathlib
 
 import pytest
 
-from hermesx import codec
 from hermesx.client import Client
-from hermesx.cluster import LocalCluster, NodeSpec
-from hermesx.proto import hermesx_pb2 as pb
+from hermesx.core import codec
+from hermesx.local.cluster import LocalCluster, NodeSpec
+from hermesx.rpc.proto import hermesx_pb2 as pb
 
 pytestmark = pytest.mark.integration
 

@@ -18,8 +18,8 @@ import wasmtime
 from kazoo.client import KazooClient
 
 from hermesx.client import Client
-from hermesx.cluster import LocalCluster
-from hermesx.errors import BadModuleError, MemoryLimitError
+from hermesx.core.errors import BadModuleError, MemoryLimitError
+from hermesx.local.cluster import LocalCluster
 
 pytestmark = pytest.mark.integration
 

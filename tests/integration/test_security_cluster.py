@@ -8,13 +8,14 @@ import time
 import grpc
 import pytest
 
-from hermesx import codec, security
 from hermesx.client import Client
-from hermesx.cluster import LocalCluster
-from hermesx.errors import HermesError, NotAuthorizedError
-from hermesx.proto import hermesx_pb2 as pb
-from hermesx.proto import hermesx_pb2_grpc as pbg
-from hermesx.wire import TLSIdentity, open_channel
+from hermesx.core import codec
+from hermesx.core.errors import HermesError, NotAuthorizedError
+from hermesx.local.cluster import LocalCluster
+from hermesx.rpc import security
+from hermesx.rpc.proto import hermesx_pb2 as pb
+from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
+from hermesx.rpc.wire import TLSIdentity, open_channel
 
 pytestmark = pytest.mark.integration
 
@@ -83,7 +84,7 @@ def test_the_name_service_refuses_writers_without_the_cluster_secret(
     cluster: LocalCluster, client: Client, atoms: dict[str, pathlib.Path], unique_name: str
 ) -> None:
     client.create(atoms["counter"], name=unique_name, on="n3")
-    from hermesx.naming import Naming
+    from hermesx.routing.naming import Naming
 
     anonymous = Naming(cluster.zk, cluster.name)  # no secret
     with pytest.raises(NotAuthorizedError):

@@ -22,7 +22,7 @@ import pytest
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
 
-from hermesx import security
+from hermesx.rpc import security
 
 pytestmark = pytest.mark.integration
 

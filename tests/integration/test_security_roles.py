@@ -17,13 +17,14 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from hermesx import codec, roles
 from hermesx.client import Client
-from hermesx.cluster import LocalCluster
-from hermesx.errors import NotAuthorizedError
-from hermesx.proto import hermesx_pb2 as pb
-from hermesx.proto import hermesx_pb2_grpc as pbg
-from hermesx.wire import TLSIdentity, error_from_rpc, open_channel
+from hermesx.core import codec
+from hermesx.core.errors import NotAuthorizedError
+from hermesx.local.cluster import LocalCluster
+from hermesx.rpc import roles
+from hermesx.rpc.proto import hermesx_pb2 as pb
+from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
+from hermesx.rpc.wire import TLSIdentity, error_from_rpc, open_channel
 
 pytestmark = pytest.mark.integration
 

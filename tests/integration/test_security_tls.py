@@ -1,7 +1,7 @@
 """Mutual TLS between hermesx processes: members talk, strangers are refused and logged.
 
 The server is a real process (a Supervisor servicer answering Status, served
-with hermesx.security's credentials and peer check) on 127.0.0.1; clients are
+with hermesx.rpc.security's credentials and peer check) on 127.0.0.1; clients are
 real gRPC channels from this process.
 """
 
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import grpc
 import pytest
 
-from hermesx import security
-from hermesx.proto import hermesx_pb2 as pb
-from hermesx.proto import hermesx_pb2_grpc as pbg
+from hermesx.rpc import security
+from hermesx.rpc.proto import hermesx_pb2 as pb
+from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 
 pytestmark = pytest.mark.integration
 
@@ -33,8 +33,8 @@ _SERVER = textwrap.dedent(
     import logging, sys
     from concurrent import futures
     import grpc
-    from hermesx import security
-    from hermesx.proto import hermesx_pb2 as pb, hermesx_pb2_grpc as pbg
+    from hermesx.rpc import security
+    from hermesx.rpc.proto import hermesx_pb2 as pb, hermesx_pb2_grpc as pbg
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     directory, cluster, name = sys.argv[1:4]

@@ -22,11 +22,11 @@ from concurrent import futures
 import grpc
 import pytest
 
-from hermesx.errors import CheckpointDamagedError, HermesError, StorageError
-from hermesx.identity import GUID, TAD
-from hermesx.proto import hermesx_pb2 as pb
-from hermesx.proto import hermesx_pb2_grpc as pbg
-from hermesx.snapshot import snapshot_checksum
+from hermesx.core.errors import CheckpointDamagedError, HermesError, StorageError
+from hermesx.core.identity import GUID, TAD
+from hermesx.core.snapshot import snapshot_checksum
+from hermesx.rpc.proto import hermesx_pb2 as pb
+from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from nameservice import NameService, ZooKeeperServer
 from storesite.client import StoresiteClient
 

@@ -16,15 +16,16 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import wasmtime
 
-from hermesx import codec, roles
 from hermesx.client import Client
-from hermesx.cluster import LocalCluster, NodeSpec, _alive
-from hermesx.errors import (
+from hermesx.core import codec
+from hermesx.core.errors import (
     CapacityError,
     DeadlineExceededError,
     HermesError,
     MethodError,
 )
+from hermesx.local.cluster import LocalCluster, NodeSpec, _alive
+from hermesx.rpc import roles
 
 pytestmark = pytest.mark.integration
 

@@ -16,11 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hermesx.build import SDK_DIR, build_atom
-from hermesx.errors import MethodError
-from hermesx.host import StandaloneHost
-from hermesx.identity import GUID
-from hermesx.runtime import Atom, Runtime
+from hermesx.core.errors import MethodError
+from hermesx.core.identity import GUID
+from hermesx.runtime.atom import Atom, Runtime
+from hermesx.runtime.build import SDK_DIR, build_atom
+from hermesx.runtime.host import StandaloneHost
 
 pack = msgpack.packb
 unpack = msgpack.unpackb

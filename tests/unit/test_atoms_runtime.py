@@ -1,4 +1,4 @@
-"""The example atoms, run in-process by hermesx.runtime: what atom authors and users see."""
+"""The example atoms, run in-process by hermesx.runtime.atom: what atom authors and users see."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from collections.abc import Callable, Iterator
 import msgpack
 import pytest
 
-from hermesx.build import SDK_DIR, build_atom
-from hermesx.errors import (
+from hermesx.core.errors import (
     AtomTrapError,
     BadModuleError,
     DeadlineExceededError,
@@ -18,9 +17,10 @@ from hermesx.errors import (
     MethodError,
     UnreachableError,
 )
-from hermesx.host import CallContext, StandaloneHost
-from hermesx.identity import GUID
-from hermesx.runtime import Atom, Runtime
+from hermesx.core.identity import GUID
+from hermesx.runtime.atom import Atom, Runtime
+from hermesx.runtime.build import SDK_DIR, build_atom
+from hermesx.runtime.host import CallContext, StandaloneHost
 
 pack = msgpack.packb
 unpack = msgpack.unpackb

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import pytest
 import wasmtime
 
-from hermesx import codec
-from hermesx.errors import (
+from hermesx.core import codec
+from hermesx.core.errors import (
     AtomError,
     AtomTrapError,
     BadModuleError,
@@ -25,8 +25,8 @@ from hermesx.errors import (
     MethodError,
     PayloadTooLargeError,
 )
-from hermesx.host import StandaloneHost
-from hermesx.runtime import Atom, Runtime
+from hermesx.runtime.atom import Atom, Runtime
+from hermesx.runtime.host import StandaloneHost
 
 COUNTER = pathlib.Path(__file__).parents[2] / "atoms" / "build" / "counter.wasm"
 GUID = "local:" + "c" * 32

@@ -1,4 +1,4 @@
-"""hermesx.build: C atoms compile to modules whose exports and imports follow atoms/ABI.md."""
+"""hermesx.runtime.build: C atoms compile to modules whose exports and imports follow ABI.md."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import wasmtime
 
-from hermesx.build import ABI_EXPORTS, SDK_DIR, build_atom, build_examples, main
-from hermesx.errors import ConfigurationError
+from hermesx.core.errors import ConfigurationError
+from hermesx.runtime.build import ABI_EXPORTS, SDK_DIR, build_atom, build_examples, main
 
 ABI_MD = SDK_DIR / "ABI.md"
 

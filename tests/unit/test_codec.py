@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hermesx.codec import json_to_msgpack, msgpack_to_python, pack, unpack
-from hermesx.errors import ConfigurationError
+from hermesx.core.codec import json_to_msgpack, msgpack_to_python, pack, unpack
+from hermesx.core.errors import ConfigurationError
 
 json_values = st.recursive(
     st.none()

@@ -7,8 +7,8 @@ import pathlib
 
 import pytest
 
-from hermesx.config import check_environment, resolve_cluster
-from hermesx.errors import ConfigurationError
+from hermesx.core.config import check_environment, resolve_cluster
+from hermesx.core.errors import ConfigurationError
 
 
 def test_flags_win_over_environment(monkeypatch: pytest.MonkeyPatch) -> None:

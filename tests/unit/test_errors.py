@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hermesx
-from hermesx import errors
+from hermesx.core import errors
 
 
 def test_every_error_class_round_trips_by_kind() -> None:

@@ -16,9 +16,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from hermesx.errors import StorageError
-from hermesx.identity import TAD
-from hermesx.stash import Stash
+from hermesx.core.errors import StorageError
+from hermesx.core.identity import TAD
+from hermesx.routing.stash import Stash
 
 guids = st.sampled_from(["s1:" + "a" * 32, "s1:" + "b" * 32, "s2:" + "c" * 32]) | st.text(
     min_size=1, max_size=8, alphabet=st.characters(blacklist_categories=("Cs",))

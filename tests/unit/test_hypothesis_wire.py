@@ -15,8 +15,8 @@ from google.protobuf.message import DecodeError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hermesx import codec
-from hermesx.errors import (
+from hermesx.core import codec
+from hermesx.core.errors import (
     CallTimeoutError,
     CommunicationError,
     ConfigurationError,
@@ -26,9 +26,9 @@ from hermesx.errors import (
     UnreachableError,
     error_from_wire,
 )
-from hermesx.identity import GUID, TAD
-from hermesx.proto import hermesx_pb2 as pb
-from hermesx.wire import error_from_rpc, tad_from_pb
+from hermesx.core.identity import GUID, TAD
+from hermesx.rpc.proto import hermesx_pb2 as pb
+from hermesx.rpc.wire import error_from_rpc, tad_from_pb
 
 
 def _all_kinds() -> dict[str, type[HermesError]]:

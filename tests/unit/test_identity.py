@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hermesx import GUID, TAD, InvalidNameError
-from hermesx.identity import validate_name
+from hermesx.core.identity import validate_name
 
 
 def test_guid_text_form_round_trips_and_names_its_home() -> None:

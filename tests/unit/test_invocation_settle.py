@@ -7,7 +7,7 @@ from typing import Any, cast
 
 import pytest
 
-from hermesx.errors import (
+from hermesx.core.errors import (
     HermesError,
     MethodError,
     NameNotFoundError,
@@ -16,13 +16,13 @@ from hermesx.errors import (
     StorageError,
     UnreachableError,
 )
-from hermesx.identity import TAD
-from hermesx.invocation import Invoker
-from hermesx.naming import Naming
-from hermesx.proto import hermesx_pb2 as pb
-from hermesx.replies import parse_request_id
-from hermesx.stash import Stash
-from hermesx.wire import ChannelPool, pb_error
+from hermesx.core.identity import TAD
+from hermesx.core.replies import parse_request_id
+from hermesx.routing.invoker import Invoker
+from hermesx.routing.naming import Naming
+from hermesx.routing.stash import Stash
+from hermesx.rpc.proto import hermesx_pb2 as pb
+from hermesx.rpc.wire import ChannelPool, pb_error
 
 GUID = "s1:" + "a" * 32
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from hermesx.lease import SessionLease
+from hermesx.node.lease import SessionLease
 
 
 class FakeSession:

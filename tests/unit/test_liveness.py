@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from hermesx.liveness import ServeWatchdog
+from hermesx.node.liveness import ServeWatchdog
 
 
 def _watch(answers: list[bool], limit_s: float) -> tuple[list[str], threading.Event, float]:

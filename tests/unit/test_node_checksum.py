@@ -7,13 +7,13 @@ from collections.abc import Iterator
 import pytest
 from wat.runtime_helpers import example
 
-from hermesx.errors import StorageError
-from hermesx.host import StandaloneHost
-from hermesx.identity import GUID
-from hermesx.proto import hermesx_pb2 as pb
-from hermesx.runtime import Runtime
-from hermesx.snapshot import snapshot_checksum
-from hermesx.supervisor import NodeConfig, Supervisor
+from hermesx.core.errors import StorageError
+from hermesx.core.identity import GUID
+from hermesx.core.snapshot import snapshot_checksum
+from hermesx.node.supervisor import NodeConfig, Supervisor
+from hermesx.rpc.proto import hermesx_pb2 as pb
+from hermesx.runtime.atom import Runtime
+from hermesx.runtime.host import StandaloneHost
 
 
 @pytest.fixture

@@ -9,18 +9,18 @@ from unittest import mock
 import pytest
 from wat.runtime_helpers import GUID_A, wat
 
-from hermesx import codec, replies
-from hermesx.errors import ConfigurationError, OutcomeUnknownError, RequestExpiredError
-from hermesx.host import StandaloneHost
-from hermesx.replies import (
+from hermesx.core import codec, replies
+from hermesx.core.errors import ConfigurationError, OutcomeUnknownError, RequestExpiredError
+from hermesx.core.replies import (
     ReplyTable,
     ReplyWindow,
     RequestIds,
     parse_reply_window,
     parse_request_id,
 )
-from hermesx.runtime import Atom, Runtime
-from hermesx.snapshot import AtomState, ReplyRecord, decode_state, encode_state
+from hermesx.core.snapshot import AtomState, ReplyRecord, decode_state, encode_state
+from hermesx.runtime.atom import Atom, Runtime
+from hermesx.runtime.host import StandaloneHost
 
 
 @pytest.fixture
@@ -232,7 +232,7 @@ def test_bad_reply_windows_are_clear_errors(text: str, word: str) -> None:
 
 
 def test_outcome_unknown_carries_its_request_id_across_the_wire() -> None:
-    from hermesx.errors import error_from_wire
+    from hermesx.core.errors import error_from_wire
 
     err = OutcomeUnknownError("atom c: incr may or may not have run", "hx1.x.1.2")
     assert err.request_id == "hx1.x.1.2" and "retry with request id hx1.x.1.2" in str(err)

@@ -13,16 +13,16 @@ import pytest
 import wasmtime
 from wat.runtime_helpers import GUID_A, GUID_B, example
 
-from hermesx import codec
-from hermesx.errors import AtomTrapError, BadModuleError, CapacityError, MemoryLimitError
-from hermesx.host import StandaloneHost
-from hermesx.runtime import (
+from hermesx.core import codec
+from hermesx.core.errors import AtomTrapError, BadModuleError, CapacityError, MemoryLimitError
+from hermesx.runtime.atom import (
     KV_ENTRY_OVERHEAD,
     MAX_LOG_BYTES_PER_CALL,
     Atom,
     Runtime,
 )
-from hermesx.wasm_rewrite import MAX_MODULE_BYTES
+from hermesx.runtime.host import StandaloneHost
+from hermesx.runtime.rewrite import MAX_MODULE_BYTES
 
 CAP = 16 * 2**20
 MIB = 2**20
@@ -105,12 +105,12 @@ def test_the_reply_table_counts_toward_the_cap(runtime: Runtime) -> None:
 
 
 def test_a_log_flood_is_bounded_per_call(hog: Atom, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="hermesx.runtime")
+    caplog.set_level(logging.DEBUG, logger="hermesx.runtime.atom")
     # 32 lines of 4 MiB in one call (the flood).
     started = time.monotonic()
     assert call(hog, "log_flood", 32, 4096) == 32
     assert time.monotonic() - started < 5
-    lines = [r.getMessage() for r in caplog.records if r.name == "hermesx.runtime"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "hermesx.runtime.atom"]
     markers = [line for line in lines if "the rest of its log output is dropped" in line]
     assert len(markers) == 1 and "log_flood" in markers[0]
     atom_lines = [line for line in lines if line not in markers]
@@ -120,7 +120,7 @@ def test_a_log_flood_is_bounded_per_call(hog: Atom, caplog: pytest.LogCaptureFix
     # The bound is per call: the next call logs again.
     caplog.clear()
     assert call(hog, "log_flood", 2, 1) == 2
-    again = [r.getMessage() for r in caplog.records if r.name == "hermesx.runtime"]
+    again = [r.getMessage() for r in caplog.records if r.name == "hermesx.runtime.atom"]
     assert len(again) == 2
     assert all(line.endswith("abcdefghijklmnopqrstuvwxyzabcdefghij") for line in again), again
 

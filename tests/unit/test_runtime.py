@@ -11,8 +11,8 @@ import pytest
 import wasmtime
 from wat.runtime_helpers import GUID_A, example, wat
 
-from hermesx import codec
-from hermesx.errors import (
+from hermesx.core import codec
+from hermesx.core.errors import (
     AtomTrapError,
     BadModuleError,
     CallCycleError,
@@ -22,8 +22,8 @@ from hermesx.errors import (
     PayloadTooLargeError,
     UnreachableError,
 )
-from hermesx.host import StandaloneHost
-from hermesx.runtime import Atom, Runtime, run_once
+from hermesx.runtime.atom import Atom, Runtime, run_once
+from hermesx.runtime.host import StandaloneHost
 
 MINIMAL = """
 (module
@@ -286,7 +286,7 @@ def test_closed_atom_refuses_calls(atom: Atom) -> None:
 
 
 def test_log_reaches_python_logging(atom: Atom, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level("INFO", logger="hermesx.runtime"):
+    with caplog.at_level("INFO", logger="hermesx.runtime.atom"):
         atom.invoke("log", b"")
     assert any("hello" in r.getMessage() and GUID_A in r.getMessage() for r in caplog.records)
 
@@ -298,7 +298,7 @@ def test_run_once(tmp_path: pathlib.Path) -> None:
 
 
 def test_run_once_names_a_missing_file(tmp_path: pathlib.Path) -> None:
-    from hermesx.errors import ConfigurationError
+    from hermesx.core.errors import ConfigurationError
 
     with pytest.raises(ConfigurationError, match=r"missing\.wasm"):
         run_once(tmp_path / "missing.wasm", "get", b"")

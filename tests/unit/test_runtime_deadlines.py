@@ -13,16 +13,16 @@ from collections.abc import Iterator
 import pytest
 from wat.runtime_helpers import GUID_A, GUID_B, ScriptedHost, example, wat
 
-from hermesx import codec
-from hermesx.errors import (
+from hermesx.core import codec
+from hermesx.core.errors import (
     CallCycleError,
     CapacityError,
     DeadlineExceededError,
     HermesError,
     MethodError,
 )
-from hermesx.host import CallContext, StandaloneHost
-from hermesx.runtime import MAX_MAIL_BYTES, Atom, Runtime
+from hermesx.runtime.atom import MAX_MAIL_BYTES, Atom, Runtime
+from hermesx.runtime.host import CallContext, StandaloneHost
 
 
 @pytest.fixture

@@ -9,10 +9,10 @@ from collections.abc import Callable, Iterator
 import pytest
 from wat.runtime_helpers import GUID_A, GUID_B, ScriptedHost, example, wat
 
-from hermesx import codec
-from hermesx.errors import MethodError
-from hermesx.host import CallContext, StandaloneHost
-from hermesx.runtime import Atom, Runtime
+from hermesx.core import codec
+from hermesx.core.errors import MethodError
+from hermesx.runtime.atom import Atom, Runtime
+from hermesx.runtime.host import CallContext, StandaloneHost
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Unit tests of hermesx.security: the cluster CA, certificates, secrets, peer checks."""
+"""Unit tests of hermesx.rpc.security: the cluster CA, certificates, secrets, peer checks."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from hermesx import roles, security
-from hermesx.errors import ConfigurationError, InvalidNameError
+from hermesx.core.errors import ConfigurationError, InvalidNameError
+from hermesx.rpc import roles, security
 
 
 def _cert(path: pathlib.Path) -> x509.Certificate:
@@ -250,7 +250,7 @@ def test_interceptor_refuses_and_logs_peers_of_other_clusters(
     wrapped, served = _interceptor_handler()
     context = _context(uri)
 
-    with caplog.at_level(logging.WARNING, logger="hermesx.security"), pytest.raises(_Aborted):
+    with caplog.at_level(logging.WARNING, logger="hermesx.rpc.security"), pytest.raises(_Aborted):
         wrapped.unary_unary("req", context)
 
     assert served == []
@@ -343,7 +343,7 @@ def test_interceptor_refuses_a_role_the_rpc_is_not_for(
 ) -> None:
     context = _context("hermesx://blue/x1", role)
 
-    with caplog.at_level(logging.WARNING, logger="hermesx.security"), pytest.raises(_Aborted):
+    with caplog.at_level(logging.WARNING, logger="hermesx.rpc.security"), pytest.raises(_Aborted):
         _guarded(method).unary_unary("req", context)
 
     assert context.aborted is not None
@@ -373,7 +373,7 @@ def test_interceptor_admits_a_role_the_rpc_is_for(method: str, role: str) -> Non
 
 
 def test_every_rpc_of_the_wire_has_its_roles_written_down() -> None:
-    from hermesx.proto import hermesx_pb2 as pb
+    from hermesx.rpc.proto import hermesx_pb2 as pb
 
     listed = {
         f"{service.name}/{method.name}"
@@ -388,7 +388,7 @@ def test_every_rpc_of_the_wire_has_its_roles_written_down() -> None:
 def test_certs_init_gives_each_name_the_role_asked_for(
     tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from hermesx import cli
+    from hermesx.cli import app as cli
 
     argv = ["certs", "init", "--cluster", "blue", "--dir", str(tmp_path)]
     assert cli.main([*argv, "--storesites", "s1", "--nodes", "n1,n2", "--names", "gateway:g1"]) == 0

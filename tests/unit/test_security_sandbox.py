@@ -2,7 +2,7 @@
 
 No WASI, no ``env`` functions, no imported memories or tables: the only way an
 atom reaches outside its own instance is through the syscalls listed in
-hermesx.abi.IMPORTS, and a module asking for anything else is refused at load.
+hermesx.runtime.abi.IMPORTS, and a module asking for anything else is refused at load.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from collections.abc import Iterator
 import pytest
 import wasmtime
 
-from hermesx import abi, codec
-from hermesx.errors import BadModuleError
-from hermesx.host import StandaloneHost
-from hermesx.runtime import Runtime
+from hermesx.core import codec
+from hermesx.core.errors import BadModuleError
+from hermesx.runtime.atom import Runtime, abi
+from hermesx.runtime.host import StandaloneHost
 
 # The reviewed syscall surface: adding a host capability must change this list.
 REVIEWED_SYSCALLS = {

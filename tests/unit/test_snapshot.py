@@ -9,11 +9,9 @@ from collections.abc import Iterator
 import pytest
 from wat.runtime_helpers import GUID_A, GUID_B, example, wat
 
-from hermesx import codec
-from hermesx.errors import StorageError
-from hermesx.host import StandaloneHost
-from hermesx.runtime import Runtime, _Interrupt
-from hermesx.snapshot import (
+from hermesx.core import codec
+from hermesx.core.errors import StorageError
+from hermesx.core.snapshot import (
     AtomState,
     ReplyRecord,
     decode_state,
@@ -22,6 +20,8 @@ from hermesx.snapshot import (
     snapshot_checksum,
     verify_checksum,
 )
+from hermesx.runtime.atom import Runtime, _Interrupt
+from hermesx.runtime.host import StandaloneHost
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import pathlib
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hermesx.identity import TAD
-from hermesx.stash import Stash
+from hermesx.core.identity import TAD
+from hermesx.routing.stash import Stash
 
 
 def test_older_tads_never_replace_newer_ones(tmp_path: pathlib.Path) -> None:

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 import msgpack
 import pytest
 
-from hermesx.errors import MigrationError, NameNotFoundError, StorageError
-from hermesx.identity import GUID, TAD
-from hermesx.proto import hermesx_pb2 as pb
+from hermesx.core.errors import MigrationError, NameNotFoundError, StorageError
+from hermesx.core.identity import GUID, TAD
+from hermesx.rpc.proto import hermesx_pb2 as pb
 from storesite.store import KEEP_PREVIOUS_CHECKPOINTS, AtomState, AtomStore, module_hash
 
 SID = "s1"

@@ -11,10 +11,10 @@ import lmdb
 import msgpack
 import pytest
 
-from hermesx.errors import StorageError
-from hermesx.identity import GUID, TAD
-from hermesx.proto import hermesx_pb2 as pb
-from hermesx.snapshot import snapshot_checksum
+from hermesx.core.errors import StorageError
+from hermesx.core.identity import GUID, TAD
+from hermesx.core.snapshot import snapshot_checksum
+from hermesx.rpc.proto import hermesx_pb2 as pb
 from storesite.store import AtomStore, check_lmdb_file
 
 SID = "s1"

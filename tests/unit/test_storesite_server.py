@@ -17,16 +17,16 @@ from dataclasses import dataclass, field
 import grpc
 import pytest
 
-from hermesx.errors import (
+from hermesx.core.errors import (
     CallTimeoutError,
     MigrationError,
     NameNotFoundError,
     StorageError,
     UnreachableError,
 )
-from hermesx.identity import GUID, TAD
-from hermesx.proto import hermesx_pb2 as pb
-from hermesx.proto import hermesx_pb2_grpc as pbg
+from hermesx.core.identity import GUID, TAD
+from hermesx.rpc.proto import hermesx_pb2 as pb
+from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from storesite.client import StoresiteClient
 from storesite.nodes import SupervisorLink
 from storesite.server import StoresiteServer

@@ -6,8 +6,8 @@ import pytest
 import wasmtime
 from wat.runtime_helpers import example
 
-from hermesx.errors import BadModuleError
-from hermesx.wasm_rewrite import export_mutable_globals
+from hermesx.core.errors import BadModuleError
+from hermesx.runtime.rewrite import export_mutable_globals
 
 
 def exports_of(wasm: bytes) -> dict[str, object]:

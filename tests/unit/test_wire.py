@@ -8,8 +8,8 @@ import sys
 
 import grpc
 
-from hermesx.errors import MethodError, UnreachableError
-from hermesx.wire import error_from_rpc
+from hermesx.core.errors import MethodError, UnreachableError
+from hermesx.rpc.wire import error_from_rpc
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -19,7 +19,7 @@ def test_generated_code_matches_the_protos(tmp_path: pathlib.Path) -> None:
         [sys.executable, str(ROOT / "protos" / "generate.py"), str(tmp_path)], check=True
     )
     for fresh in sorted(tmp_path.glob("*_pb2*.py*")):
-        committed = ROOT / "hermesx" / "proto" / fresh.name
+        committed = ROOT / "hermesx" / "rpc" / "proto" / fresh.name
         assert committed.read_text() == fresh.read_text(), f"{fresh.name} is stale: run make proto"
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from faultkit import ClusterStarter, Tally
 
-from hermesx.cluster import LocalCluster, NodeSpec
+from hermesx.local.cluster import LocalCluster, NodeSpec
 
 _TALLIES: list[Tally] = []
 _counter = 0

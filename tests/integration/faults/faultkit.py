@@ -28,15 +28,15 @@ from typing import Any
 import grpc
 from kazoo.client import KazooClient
 
-from hermesx import codec
 from hermesx.client import Client
-from hermesx.cluster import LocalCluster
-from hermesx.config import resolve_tls
-from hermesx.errors import HermesError
-from hermesx.proto import hermesx_pb2 as pb
-from hermesx.proto import hermesx_pb2_grpc as pbg
-from hermesx.security import zk_auth
-from hermesx.wire import TLSIdentity, open_channel
+from hermesx.core import codec
+from hermesx.core.config import resolve_tls
+from hermesx.core.errors import HermesError
+from hermesx.local.cluster import LocalCluster
+from hermesx.rpc.proto import hermesx_pb2 as pb
+from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
+from hermesx.rpc.security import zk_auth
+from hermesx.rpc.wire import TLSIdentity, open_channel
 
 log = logging.getLogger(__name__)
 

@@ -55,7 +55,7 @@ from faultkit import (
 )
 
 from hermesx.client import Client
-from hermesx.cluster import LocalCluster, NodeSpec
+from hermesx.local.cluster import LocalCluster, NodeSpec
 from nameservice.zookeeper import ZooKeeperServer, free_port
 
 log = logging.getLogger("netns_scenario")

@@ -55,14 +55,14 @@ from faultkit import (
     tally,
 )
 
-from hermesx import codec
 from hermesx.client import Client
-from hermesx.cluster import LocalCluster, NodeSpec
-from hermesx.errors import HermesError
-from hermesx.proto import hermesx_pb2 as pb
-from hermesx.proto import hermesx_pb2_grpc as pbg
-from hermesx.roles import TEST_CERT_NAME
-from hermesx.wire import open_channel
+from hermesx.core import codec
+from hermesx.core.errors import HermesError
+from hermesx.local.cluster import LocalCluster, NodeSpec
+from hermesx.rpc.proto import hermesx_pb2 as pb
+from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
+from hermesx.rpc.roles import TEST_CERT_NAME
+from hermesx.rpc.wire import open_channel
 from nameservice.zookeeper import ZooKeeperServer
 
 SECONDS = float(os.environ.get("FAULT_CHAOS_SECONDS", "60"))

@@ -22,12 +22,12 @@ import msgpack
 import pytest
 from faultkit import ClusterStarter, wait_until
 
-from hermesx import codec
 from hermesx.client import Client
-from hermesx.cluster import LocalCluster, NodeSpec
-from hermesx.errors import CheckpointDamagedError, UnreachableError
-from hermesx.proto import hermesx_pb2 as pb
-from hermesx.roles import TEST_CERT_NAME
+from hermesx.core import codec
+from hermesx.core.errors import CheckpointDamagedError, UnreachableError
+from hermesx.local.cluster import LocalCluster, NodeSpec
+from hermesx.rpc.proto import hermesx_pb2 as pb
+from hermesx.rpc.roles import TEST_CERT_NAME
 from nameservice.zookeeper import ZooKeeperServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]

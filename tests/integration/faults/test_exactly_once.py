@@ -36,7 +36,7 @@ from faultkit import (
 )
 
 from hermesx.client import Client
-from hermesx.errors import HermesError, OutcomeUnknownError, RequestExpiredError
+from hermesx.core.errors import HermesError, OutcomeUnknownError, RequestExpiredError
 from nameservice.zookeeper import ZooKeeperServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]

@@ -34,12 +34,12 @@ from faultkit import (
     wait_until,
 )
 
-from hermesx import codec
 from hermesx.client import Client
-from hermesx.proto import hermesx_pb2 as pb
-from hermesx.proto import hermesx_pb2_grpc as pbg
-from hermesx.roles import TEST_CERT_NAME
-from hermesx.supervisor import STAGED_RESOLVE_AFTER_S
+from hermesx.core import codec
+from hermesx.node.supervisor import STAGED_RESOLVE_AFTER_S
+from hermesx.rpc.proto import hermesx_pb2 as pb
+from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
+from hermesx.rpc.roles import TEST_CERT_NAME
 from nameservice.zookeeper import ZooKeeperServer
 from storesite.nodes import STAGE_TIMEOUT_S
 

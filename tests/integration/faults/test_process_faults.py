@@ -26,9 +26,9 @@ from faultkit import (
 )
 
 from hermesx.client import Client
-from hermesx.identity import TAD
-from hermesx.proto import hermesx_pb2 as pb
-from hermesx.roles import TEST_CERT_NAME
+from hermesx.core.identity import TAD
+from hermesx.rpc.proto import hermesx_pb2 as pb
+from hermesx.rpc.roles import TEST_CERT_NAME
 from nameservice.zookeeper import ZooKeeperServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]

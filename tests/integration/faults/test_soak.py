@@ -26,7 +26,7 @@ from faultkit import (
 )
 
 from hermesx.client import Client
-from hermesx.cluster import LocalCluster, NodeSpec
+from hermesx.local.cluster import LocalCluster, NodeSpec
 from nameservice.zookeeper import ZooKeeperServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.soak, pytest.mark.timeout(3600)]

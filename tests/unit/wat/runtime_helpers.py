@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 import wasmtime
 
-from hermesx.host import CallContext, StandaloneHost
+from hermesx.runtime.host import CallContext, StandaloneHost
 
 WAT_DIR = pathlib.Path(__file__).parent
 EXAMPLES = pathlib.Path(__file__).parents[3] / "atoms" / "build"
@@ -25,7 +25,7 @@ def wat(name: str) -> bytes:
 def example(name: str) -> bytes:
     path = EXAMPLES / f"{name}.wasm"
     if not path.exists():
-        pytest.skip(f"example atom {name} not built (python -m hermesx.build --examples)")
+        pytest.skip(f"example atom {name} not built (python -m hermesx.runtime.build --examples)")
     return path.read_bytes()
 
 

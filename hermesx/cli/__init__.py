@@ -1,0 +1,5 @@
+"""The `hermesx` command."""
+
+from hermesx.cli.app import main
+
+__all__ = ["main"]

@@ -1,0 +1,410 @@
+"""The Python client: invoke atoms by name from outside the cluster (DESIGN.md §4, §8).
+
+    with Client() as client:            # HERMESX_ZK / HERMESX_CLUSTER, or the local cluster
+        counter = client.atom("c1")
+        counter.incr(5)                  # -> 5, wherever c1 runs
+
+Arguments are packed with msgpack: one positional argument is sent as it
+is, several as an array, keywords as a map.
+
+Exactly once. Every call carries a request id, and a call whose outcome is
+unknown (a node or the storesite failed after the call was sent) is sent
+again with the same id until the call's deadline: the atom answers the first
+run's reply, or runs the call if it never did. When the deadline passes
+first, the call fails with :class:`~hermesx.core.errors.OutcomeUnknownError`,
+whose ``request_id`` is the id to send again later::
+
+    try:
+        counter.incr(5)
+    except OutcomeUnknownError as exc:
+        ...                                              # later, once things settle:
+        client.atom("c1", request_id=exc.request_id).incr(5)   # runs at most once
+
+The same id with ``client.invoke(..., request_id=...)``. A retry whose reply
+has left the atom's reply window is refused with
+:class:`~hermesx.core.errors.RequestExpiredError` and never runs again (see
+:mod:`hermesx.core.replies` for the window and the form of request ids).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pathlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from hermesx.core import codec
+from hermesx.core.config import ClusterAddress, resolve_cluster
+from hermesx.core.errors import ConfigurationError, HermesError, NameNotFoundError, UnreachableError
+from hermesx.core.identity import TAD
+from hermesx.core.replies import ReplyWindow, parse_reply_window
+from hermesx.routing.invoker import InvokeOutcome, Invoker
+from hermesx.routing.naming import Member, Naming
+from hermesx.rpc import roles
+from hermesx.rpc.atom_meta import MAX_CHECKPOINT_CALLS, check_atom_meta
+from hermesx.rpc.proto import hermesx_pb2 as pb
+from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
+from hermesx.rpc.roles import CLIENT_CERT_NAME
+from hermesx.rpc.wire import ChannelPool, TLSIdentity, error_from_rpc, tad_from_pb
+
+__all__ = ["CLIENT_CERT_NAME", "AtomProxy", "Client", "Location"]
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    guid: str
+    node: str
+    age: int
+    storesite: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"guid": self.guid, "node": self.node, "age": self.age, "storesite": self.storesite}
+
+
+class AtomProxy:
+    """``client.atom("c1").incr(5)``: attribute access names the method.
+
+    Made with a ``request_id`` (``client.atom("c1", request_id=rid)``), the
+    proxy's calls send that id: the way to retry a call that failed with
+    ``outcome_unknown``. Each call made through a proxy without one gets a
+    new id.
+    """
+
+    def __init__(
+        self, client: Client, target: str, request_id: str = "", timeout: float | None = None
+    ) -> None:
+        self._client = client
+        self._target = target
+        self._request_id = request_id
+        self._timeout = timeout
+
+    def __getattr__(self, method: str) -> Any:
+        if method.startswith("_"):
+            raise AttributeError(method)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self._client.call_with(
+                self._target,
+                method,
+                args,
+                kwargs,
+                request_id=self._request_id,
+                timeout=self._timeout,
+            )
+
+        return call
+
+
+class Client:
+    def __init__(
+        self,
+        zk: str | None = None,
+        cluster: str | None = None,
+        *,
+        timeout: float = 30.0,
+        hop_limit: int = 4,
+        tls: str | pathlib.Path | None = None,
+        cert: str = CLIENT_CERT_NAME,
+    ) -> None:
+        """``cert`` names the certificate (in the cluster's TLS directory) the client shows."""
+        self.address: ClusterAddress = resolve_cluster(zk, cluster, tls)
+        # A client only reads the name service (nodes bind names and aliases).
+        self.naming = Naming(
+            self.address.zk, self.address.cluster, tls=self.address.tls, role=roles.CLIENT
+        )
+        identity = None
+        if self.address.tls is not None:
+            from hermesx.rpc import security
+
+            identity = TLSIdentity(self.address.tls, cert, self.address.cluster)
+            if (
+                cert == CLIENT_CERT_NAME
+                and not security.load_certs(self.address.tls).cert(cert).exists()
+            ):
+                security.issue_cert(self.address.tls, self.address.cluster, cert, roles.CLIENT)
+        self.channels = ChannelPool(identity)
+        self.invoker = Invoker(
+            self.naming, self.channels, deadline=timeout, hop_limit=hop_limit, settle_outcome=True
+        )
+        self._started = False
+
+    def __enter__(self) -> Client:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        if not self._started:
+            self.naming.start()
+            self._started = True
+
+    def close(self) -> None:
+        if self._started:
+            self.naming.close()
+            self._started = False
+        self.channels.close()
+
+    # ------------------------------------------------------------ invoke
+
+    def atom(self, target: str, *, request_id: str = "", timeout: float | None = None) -> AtomProxy:
+        """A proxy whose attributes call ``target``'s methods (with ``request_id``, if given)."""
+        return AtomProxy(self, target, request_id, timeout)
+
+    def call(self, target: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self.call_with(target, method, args, kwargs)
+
+    def call_with(
+        self,
+        target: str,
+        method: str,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        request_id: str = "",
+        timeout: float | None = None,
+    ) -> Any:
+        """:meth:`call` with the arguments as values, and a request id or timeout of one's own."""
+        if kwargs and args:
+            raise ConfigurationError("pass either positional or keyword arguments, not both")
+        payload: Any = kwargs if kwargs else (args[0] if len(args) == 1 else list(args) or None)
+        outcome = self.invoke(
+            target, method, codec.pack(payload), request_id=request_id, timeout=timeout
+        )
+        return codec.unpack(outcome.result)
+
+    def invoke(
+        self,
+        target: str,
+        method: str,
+        args: bytes,
+        *,
+        request_id: str = "",
+        via: str | None = None,
+        trace: bool = False,
+        timeout: float | None = None,
+    ) -> InvokeOutcome:
+        """Call ``method`` with msgpack ``args``; ``request_id`` to retry an earlier call."""
+        self.start()
+        return self.invoker.invoke(
+            target, method, args, request_id=request_id, via=via, trace=trace, timeout=timeout
+        )
+
+    # ------------------------------------------------------------ nodes
+
+    def nodes(self) -> dict[str, Member]:
+        self.start()
+        return self.naming.nodes()
+
+    def node_stub(self, node: str) -> pbg.SupervisorStub:
+        self.start()
+        return self.invoker.node_stub(node)
+
+    def node_status(self, node: str, timeout: float = 5.0) -> pb.NodeStatus:
+        try:
+            status: pb.NodeStatus = self.node_stub(node).Status(pb.Empty(), timeout=timeout)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"node {node}") from exc
+        return status
+
+    def pick_node(self, tags: Sequence[str] = ()) -> str:
+        """A live node carrying ``tags``, the least loaded one."""
+        candidates = [m for m in self.nodes().values() if set(tags) <= set(m.tags)]
+        if not candidates:
+            want = f" with tags {','.join(tags)}" if tags else ""
+            raise UnreachableError(f"no live node{want} in cluster {self.address.cluster}")
+        loads: list[tuple[int, str]] = []
+        for member in candidates:
+            try:
+                loads.append((self.node_status(member.name).active_atoms, member.name))
+            except HermesError:
+                continue
+        if not loads:
+            raise UnreachableError("no live node answered")
+        return min(loads)[1]
+
+    # ------------------------------------------------------------ atoms
+
+    def create(
+        self,
+        wasm: bytes | bytearray | memoryview | pathlib.Path,
+        *,
+        name: str = "",
+        on: str | None = None,
+        aliases: Sequence[str] = (),
+        init: Any = None,
+        checkpoint: str = "every-call",
+        reentrant: bool = False,
+        tags: Sequence[str] = (),
+        idle_passivate_seconds: float = 0.0,
+        placement: str = "",
+        reply_window: str = "",
+    ) -> str:
+        """Create an atom and return its GUID.
+
+        ``reply_window``: how many replies (and for how long) the atom keeps
+        for retried request ids, as ``ENTRIES``, ``SECONDSs`` or both
+        (``"4096,600s"``); the default keeps 1,024 with no age limit.
+        """
+        window = parse_reply_window(reply_window) if reply_window else ReplyWindow()
+        if isinstance(wasm, bytearray | memoryview):
+            wasm = bytes(wasm)
+        if isinstance(wasm, pathlib.Path):
+            path = wasm
+            try:
+                wasm = path.read_bytes()
+            except OSError as exc:
+                raise ConfigurationError(f"cannot read module {path}: {exc.strerror}") from exc
+        meta = pb.AtomMeta(
+            name=name,
+            checkpoint=parse_checkpoint_policy(checkpoint),
+            reentrant=reentrant,
+            tags=list(tags),
+            idle_passivate_seconds=idle_passivate_seconds,
+            placement=placement,
+            reply_window_entries=window.entries,
+            reply_window_seconds=window.seconds,
+        )
+        check_atom_meta(meta)
+        node = on or self.pick_node(tags)
+        request = pb.CreateRequest(
+            module=wasm,
+            meta=meta,
+            init_args=codec.pack(init) if init is not None else b"",
+            aliases=list(aliases),
+        )
+        try:
+            reply: pb.CreateReply = self.node_stub(node).Create(request, timeout=60.0)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"node {node}") from exc
+        tad = tad_from_pb(reply.tad)
+        if tad is not None:
+            self.invoker.stash.update(reply.guid, tad)
+        return reply.guid
+
+    def guid_of(self, target: str) -> str:
+        self.start()
+        return self.naming.guid_of(target)
+
+    def locate(self, target: str) -> Location:
+        guid = self.guid_of(target)
+        tad = self.invoker.locate(guid)
+        storesite = self.naming.home(guid) or guid.rpartition(":")[0]
+        return Location(guid, tad.node, tad.age, storesite)
+
+    def _on_node_of(self, target: str) -> tuple[str, TAD, pbg.SupervisorStub]:
+        guid = self.guid_of(target)
+        tad = self.invoker.locate(guid)
+        return guid, tad, self.node_stub(tad.node)
+
+    def migrate(self, target: str, node: str) -> pb.MigrateReply:
+        """Move an atom to ``node``; the source node coordinates the move."""
+        guid = self.guid_of(target)
+        if node not in self.nodes():
+            raise NameNotFoundError(f"node {node!r} is not a live member of the cluster")
+        last: HermesError | None = None
+        for _ in range(3):  # the atom may move between locate and migrate
+            guid, tad, stub = self._on_node_of(guid)
+            try:
+                reply: pb.MigrateReply = stub.Migrate(
+                    pb.MigrateRequest(guid=guid, destination=node), timeout=120.0
+                )
+            except grpc.RpcError as exc:
+                last = error_from_rpc(exc, f"node {tad.node}")
+                if "is not active on node" in str(last):
+                    continue
+                raise last from exc
+            new = tad_from_pb(reply.tad)
+            if new is not None:
+                self.invoker.stash.update(guid, new)
+            return reply
+        assert last is not None
+        raise last
+
+    def checkpoint(self, target: str) -> TAD | None:
+        guid, tad, stub = self._on_node_of(target)
+        try:
+            return tad_from_pb(stub.Checkpoint(pb.GuidRequest(guid=guid), timeout=60.0))
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"node {tad.node}") from exc
+
+    def passivate(self, target: str) -> TAD | None:
+        guid, tad, stub = self._on_node_of(target)
+        try:
+            last = tad_from_pb(stub.Passivate(pb.GuidRequest(guid=guid), timeout=60.0))
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"node {tad.node}") from exc
+        # Active nowhere now: the next call asks the storesite, which activates it.
+        self.invoker.stash.forget(guid)
+        return last
+
+    def move_home(self, target: str, storesite: str) -> str:
+        """Make ``storesite`` the atom's home; the old home keeps a forwarding record."""
+        guid = self.guid_of(target)
+        sid, address = self.invoker.storesite_address(guid)
+        if storesite not in self.naming.storesites():
+            raise NameNotFoundError(f"storesite {storesite!r} is not a live member of the cluster")
+        stub = self.channels.stub(address, pbg.StoresiteStub)
+        try:
+            stub.MoveHome(pb.StoreMoveRequest(guid=guid, destination=storesite), timeout=120.0)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"storesite {sid}") from exc
+        return sid
+
+    def stash_of(self, node: str, target: str) -> TAD | None:
+        """The TAD ``node``'s stash holds for an atom (None when it knows nothing)."""
+        guid = self.guid_of(target)
+        try:
+            reply = self.node_stub(node).Locate(pb.LocateRequest(guid=guid), timeout=5.0)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"node {node}") from exc
+        return tad_from_pb(reply.tad)
+
+    def lookup(self, pattern: str, *, scope: str | None = None, all: bool = False) -> list[str]:
+        self.start()
+        return self.naming.lookup(pattern, scope=scope, all=all)
+
+    def lookup_names(self, pattern: str, *, all: bool = False) -> list[tuple[str, str]]:
+        self.start()
+        return self.naming.lookup_names(pattern, all=all)
+
+    def names(self) -> dict[str, str]:
+        self.start()
+        return self.naming.names()
+
+
+def parse_checkpoint_policy(text: str) -> pb.CheckpointPolicy:
+    """``every-call``, ``on-request``, ``every:N`` (calls) or ``every:Ts`` (seconds).
+
+    N and T must be greater than 0 and at most :data:`policy.MAX_CHECKPOINT_CALLS`
+    / :data:`policy.MAX_CHECKPOINT_SECONDS`: ``every:0s`` would never checkpoint.
+    """
+    mode = pb.CheckpointPolicy
+    if text == "every-call":
+        return mode(mode=mode.EVERY_CALL)
+    if text == "on-request":
+        return mode(mode=mode.ON_REQUEST)
+    kind, _, value = text.partition(":")
+    parsed: pb.CheckpointPolicy | None = None
+    if kind == "every" and value:
+        with contextlib.suppress(ValueError):
+            if value.endswith("s"):
+                parsed = mode(mode=mode.PERIODIC, every_seconds=float(value[:-1]))
+            else:
+                calls = int(value)
+                if not 0 < calls <= MAX_CHECKPOINT_CALLS:
+                    raise ConfigurationError(
+                        f"checkpoint policy {text!r}: the number of calls must be 1 to "
+                        f"{MAX_CHECKPOINT_CALLS}"
+                    )
+                parsed = mode(mode=mode.PERIODIC, every_calls=calls)
+    if parsed is None:
+        raise ConfigurationError(
+            f"checkpoint policy {text!r} is not one of every-call, on-request, every:N, every:Ts"
+        )
+    check_atom_meta(pb.AtomMeta(checkpoint=parsed))
+    return parsed

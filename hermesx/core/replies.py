@@ -1,0 +1,344 @@
+"""An atom's reply table and its window (DESIGN.md §4: a retried call never runs twice).
+
+Every invocation carries a request id. The atom keeps the first outcome of
+each recent id; a retry of a kept id gets that outcome again instead of
+running the call a second time. The table is bounded by its *reply window*:
+at most ``entries`` replies (default 1,024), and, when ``seconds`` is set,
+none older than that. The window is chosen per atom at creation
+(``hermesx create --reply-window 4096,600s``) and travels with the atom's
+state through moves, checkpoints and recoveries.
+
+A retry whose reply has left the window must not run again, so the atom has
+to tell an old id from a new one. Ids made by hermesx clients carry what it
+needs::
+
+    hx1.<client>.<seq>.<issued_ms>
+
+``client`` is 16 lowercase hex digits chosen at random by each client
+(every ``Client``, and every node for its atoms' calls), ``seq`` counts that
+client's calls from 1, and ``issued_ms`` is the client's wall clock (Unix
+milliseconds) when the id was made. When a reply leaves the window the atom
+keeps, per client, the highest ``seq`` and ``issued_ms`` it dropped (the
+client's *floor*). A request not in the table is then refused with
+``request_expired`` when its ``seq`` is at or below its client's floor.
+Floors are bounded too (as many clients as the window has entries, at
+least :data:`MIN_FLOOR_CLIENTS`; least recently touched dropped first);
+when a client's floor is dropped its ``issued_ms`` raises the table's
+*forgotten-before* mark, and a request of a client without a floor is
+refused when it was issued at or before that mark.
+
+Soundness: a call that ran was recorded; if its reply is gone it was evicted,
+so its client's floor covers its ``seq``, or that floor was dropped and the
+mark covers its ``issued_ms``. Clock skew only matters for a client the atom
+has no floor for, and only when its clock runs behind by more than the age
+of the replies the atom forgot (at least one full window of calls, then as
+many other clients' evictions): such a new call is refused, never run
+twice, and the refusal names the mark. A hermesx client refused so at the
+id's first transmission (so the call never ran) moves its id clock past the
+mark and sends the call again under a new id. A refused id is refused for
+good: retry a call with a new id only when you know it did not run.
+
+Any other id (a UUID from another language through gRPC ``Invoke``, an
+``Idempotency-Key``) is accepted as it is: it gets its first reply back while
+the reply is in the window, but once it has left the window the atom cannot
+tell the retry from a new call and runs it. Callers that need exactly-once
+beyond the window send ids of the form above.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from hermesx.core.errors import ConfigurationError, RequestExpiredError
+from hermesx.core.snapshot import ReplyRecord
+
+__all__ = [
+    "DEFAULT_REPLY_ENTRIES",
+    "MIN_FLOOR_CLIENTS",
+    "ReplyTable",
+    "ReplyWindow",
+    "RequestIds",
+    "parse_reply_window",
+    "parse_request_id",
+]
+
+DEFAULT_REPLY_ENTRIES = 1024
+MAX_REPLY_ENTRIES = 65536
+# Clients whose floors an atom keeps at least (about 30 bytes each in every
+# snapshot; an atom keeps as many as its window has entries, if more).
+MIN_FLOOR_CLIENTS = 256
+# The replies' payloads and ids, at most (the table moves and checkpoints with the atom).
+REPLY_TABLE_MAX_BYTES = 8 * 2**20
+# A request id is a key of the table, kept in every checkpoint: a short one.
+MAX_REQUEST_ID_CHARS = 128
+# How far ahead of the atom's clock an id may say it was issued. Ids of
+# replies that leave the window raise the forgotten-before mark to their issue
+# time, so an id from far in the future (a wrong clock, or a forged id) would
+# make every other client's new ids look old, and, once they caught up, push
+# their ids past the floors of what already ran.
+MAX_ISSUED_AHEAD_MS = 5 * 60 * 1000
+
+_MARK = re.compile(r"issued at or before ([0-9]{1,15}) ms")
+_STRUCTURED = re.compile(r"hx1\.([0-9a-f]{16})\.([1-9][0-9]{0,17})\.([0-9]{1,15})")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestId:
+    client: str
+    seq: int
+    issued_ms: int
+
+
+def parse_request_id(text: str) -> RequestId | None:
+    """The parts of a hermesx request id, or None for an id of any other form."""
+    match = _STRUCTURED.fullmatch(text)
+    if match is None:
+        return None
+    return RequestId(match.group(1), int(match.group(2)), int(match.group(3)))
+
+
+class RequestIds:
+    """Makes one client's request ids: ``hx1.<client>.<seq>.<issued_ms>``."""
+
+    def __init__(self) -> None:
+        self.client = secrets.token_hex(8)
+        self._seq = itertools.count(1)
+        self._lock = threading.Lock()
+        # Added to our clock once an atom showed it runs behind (never lowered).
+        self._offset_ms = 0
+
+    def next(self) -> str:
+        with self._lock:
+            seq = next(self._seq)
+            offset = self._offset_ms
+        return f"hx1.{self.client}.{seq}.{_now_ms() + offset}"
+
+    def catch_up(self, refusal: str) -> bool:
+        """Move our clock past the forgotten-before mark an atom refused an id with.
+
+        Only for an id whose refusal came at its first transmission (so it
+        never ran); False when ``refusal`` names no mark.
+        """
+        match = _MARK.search(refusal)
+        if match is None:
+            return False
+        with self._lock:
+            self._offset_ms = max(self._offset_ms, int(match.group(1)) + 1 - _now_ms())
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyWindow:
+    """How many replies an atom keeps, and (``seconds`` > 0) for how long at most."""
+
+    entries: int = DEFAULT_REPLY_ENTRIES
+    seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.entries <= MAX_REPLY_ENTRIES:
+            raise ConfigurationError(
+                f"reply window of {self.entries} entries is not between 1 and {MAX_REPLY_ENTRIES}"
+            )
+        if not math.isfinite(self.seconds) or self.seconds < 0:
+            raise ConfigurationError(
+                f"reply window of {self.seconds} seconds must be positive (0: no age limit)"
+            )
+
+    def __str__(self) -> str:
+        return f"{self.entries},{self.seconds:g}s" if self.seconds else str(self.entries)
+
+
+def parse_reply_window(text: str) -> ReplyWindow:
+    """``ENTRIES``, ``SECONDSs`` or both, comma-separated: ``4096``, ``600s``, ``4096,600s``."""
+    entries, seconds = DEFAULT_REPLY_ENTRIES, 0.0
+    parts = [p.strip() for p in text.split(",")]
+    if not text.strip() or len(parts) > 2:
+        raise ConfigurationError(
+            f"reply window {text!r} is not ENTRIES, SECONDSs or ENTRIES,SECONDSs (e.g. 4096,600s)"
+        )
+    seen: set[str] = set()
+    for part in parts:
+        try:
+            if part.endswith("s"):
+                kind, seconds = "seconds", float(part[:-1])
+                if not (seconds > 0 and math.isfinite(seconds)):
+                    raise ValueError
+            else:
+                kind, entries = "entries", int(part)
+        except ValueError:
+            raise ConfigurationError(
+                f"reply window {text!r}: {part!r} is neither a count of entries nor a "
+                "positive number of seconds such as 600s"
+            ) from None
+        if kind in seen:
+            raise ConfigurationError(f"reply window {text!r} names its {kind} twice")
+        seen.add(kind)
+    return ReplyWindow(entries, seconds)
+
+
+@dataclass(slots=True)
+class _Floor:
+    seq: int
+    issued_ms: int
+
+
+class ReplyTable:
+    """The first outcome of each recent request id, bounded by the atom's reply window.
+
+    Thread-safe: a call looks its id up before it queues for the atom, while
+    the atom's running call records its own.
+    """
+
+    def __init__(self, window: ReplyWindow | None = None) -> None:
+        self._lock = threading.Lock()
+        self.window = window or ReplyWindow()
+        self._replies: OrderedDict[str, ReplyRecord] = OrderedDict()
+        self._bytes = 0
+        self._floors: OrderedDict[str, _Floor] = OrderedDict()
+        self.forgotten_before_ms = 0
+
+    def __len__(self) -> int:
+        return len(self._replies)
+
+    @property
+    def payload_bytes(self) -> int:
+        """Bytes of the replies and ids held (what the table counts toward the memory cap)."""
+        return self._bytes
+
+    def records(self) -> tuple[ReplyRecord, ...]:
+        with self._lock:
+            return tuple(self._replies.values())
+
+    def floors(self) -> tuple[tuple[str, int, int], ...]:
+        with self._lock:
+            return tuple((c, f.seq, f.issued_ms) for c, f in self._floors.items())
+
+    def restore(
+        self,
+        window: ReplyWindow,
+        records: tuple[ReplyRecord, ...],
+        floors: tuple[tuple[str, int, int], ...],
+        forgotten_before_ms: int,
+    ) -> None:
+        with self._lock:
+            self._restore(window, records, floors, forgotten_before_ms)
+
+    def _restore(
+        self,
+        window: ReplyWindow,
+        records: tuple[ReplyRecord, ...],
+        floors: tuple[tuple[str, int, int], ...],
+        forgotten_before_ms: int,
+    ) -> None:
+        self.window = window
+        self._replies = OrderedDict((r.request_id, r) for r in records)
+        self._bytes = sum(_size(r) for r in records)
+        self._floors = OrderedDict((c, _Floor(s, ms)) for c, s, ms in floors)
+        self.forgotten_before_ms = forgotten_before_ms
+
+    def lookup(self, request_id: str, *, method: str = "", guid: str = "") -> ReplyRecord | None:
+        """The first outcome of ``request_id``; None when it is new (it may run).
+
+        Raises RequestExpiredError when the id may have run and its reply has
+        left the window.
+        """
+        with self._lock:
+            return self._lookup(request_id, method, guid)
+
+    def _lookup(self, request_id: str, method: str, guid: str) -> ReplyRecord | None:
+        if len(request_id) > MAX_REQUEST_ID_CHARS:
+            raise ConfigurationError(
+                f"atom {guid}: a request id of {len(request_id)} characters ({method}) is "
+                f"longer than {MAX_REQUEST_ID_CHARS}; refused, not run"
+            )
+        now_ms = _now_ms()
+        self._evict_old(now_ms)
+        record = self._replies.get(request_id)
+        if record is not None:
+            return record
+        rid = parse_request_id(request_id)
+        if rid is None:
+            return None
+        if rid.issued_ms > now_ms + MAX_ISSUED_AHEAD_MS:
+            raise ConfigurationError(
+                f"atom {guid}: request id {request_id} ({method}) says it was issued "
+                f"{(rid.issued_ms - now_ms) / 1000:.0f} s ahead of the atom's clock (at most "
+                f"{MAX_ISSUED_AHEAD_MS // 1000} s); refused, not run: check the caller's clock"
+            )
+        floor = self._floors.get(rid.client)
+        if floor is not None:
+            if rid.seq <= floor.seq:
+                raise RequestExpiredError(
+                    f"atom {guid}: request id {request_id} ({method}) is older than the atom's "
+                    f"reply window ({self.window}): its reply is gone; refused, not run again"
+                )
+            return None
+        if rid.issued_ms <= self.forgotten_before_ms:
+            raise RequestExpiredError(
+                f"atom {guid}: request id {request_id} ({method}) was issued at or before "
+                f"{self.forgotten_before_ms} ms, older than the atom's reply window "
+                f"({self.window}) remembers; refused, not run again"
+            )
+        return None
+
+    def record(self, record: ReplyRecord) -> None:
+        with self._lock:
+            self._record(record)
+
+    def _record(self, record: ReplyRecord) -> None:
+        # Stamped only where an age limit needs it: every checkpoint carries the table.
+        if not record.recorded_ms and self.window.seconds:
+            record = ReplyRecord(record.request_id, record.error_kind, record.payload, _now_ms())
+        old = self._replies.pop(record.request_id, None)
+        if old is not None:
+            self._bytes -= _size(old)
+        self._replies[record.request_id] = record
+        self._bytes += _size(record)
+        # Bounded in count, age and bytes; the newest reply always stays.
+        while len(self._replies) > 1 and (
+            len(self._replies) > self.window.entries or self._bytes > REPLY_TABLE_MAX_BYTES
+        ):
+            self._evict_first()
+        self._evict_old(record.recorded_ms)
+
+    def _evict_old(self, now_ms: int) -> None:
+        if not self.window.seconds:
+            return
+        oldest = now_ms - int(self.window.seconds * 1000)
+        while self._replies:
+            first = next(iter(self._replies.values()))
+            if first.recorded_ms >= oldest:
+                return
+            self._evict_first()
+
+    def _evict_first(self) -> None:
+        _, dropped = self._replies.popitem(last=False)
+        self._bytes -= _size(dropped)
+        rid = parse_request_id(dropped.request_id)
+        if rid is None:
+            return
+        floor = self._floors.pop(rid.client, None)
+        if floor is None:
+            floor = _Floor(rid.seq, rid.issued_ms)
+        else:
+            floor.seq = max(floor.seq, rid.seq)
+            floor.issued_ms = max(floor.issued_ms, rid.issued_ms)
+        self._floors[rid.client] = floor  # most recently touched last
+        while len(self._floors) > max(self.window.entries, MIN_FLOOR_CLIENTS):
+            _, forgotten = self._floors.popitem(last=False)
+            self.forgotten_before_ms = max(self.forgotten_before_ms, forgotten.issued_ms)
+
+
+def _size(record: ReplyRecord) -> int:
+    return len(record.payload) + len(record.request_id)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

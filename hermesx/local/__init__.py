@@ -1,0 +1,1 @@
+"""Local clusters on one machine: ZooKeeper, storesites and nodes as child processes."""

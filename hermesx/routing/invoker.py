@@ -1,0 +1,492 @@
+"""Location-independent invocation, the caller's side (DESIGN.md §4).
+
+An :class:`Invoker` turns "call METHOD on NAME" into RPCs: it resolves the
+name to a GUID, starts from the newest TAD its stash holds, follows
+``MOVED`` answers, and when the chain is broken (a dead node, a node with no
+record, no progress) asks the atom's storesite where the atom is — the single
+fallback point, :meth:`Invoker.locate`. Retries are bounded in attempts and
+by an overall deadline, and they reuse the call's request id, so a retried
+call returns the first reply instead of running twice.
+
+An Invoker made with ``settle_outcome=True`` (every :class:`~hermesx.client.Client`)
+goes further: when a call was sent and its outcome is unknown (the node
+became unreachable, the deadline passed, or the call ran but its checkpoint
+failed), it sends the same request id again until the call's deadline, so
+the caller either gets the first outcome or :class:`OutcomeUnknownError`
+carrying the request id to retry with later. Errors that say the call was
+refused before it ran (no such atom, method or node, bad arguments) and
+outcomes the atom recorded (a trap, a method error) are final.
+
+Clients use an Invoker with an in-memory stash; every node uses one with its
+persistent stash for atom-to-atom calls, and for ``--via``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
+from tenacity.wait import wait_exponential
+
+from hermesx.core.errors import (
+    CallTimeoutError,
+    CheckpointDamagedError,
+    ConfigurationError,
+    HermesError,
+    NameNotFoundError,
+    NotAuthorizedError,
+    OutcomeUnknownError,
+    RequestExpiredError,
+    UnreachableError,
+    error_from_wire,
+)
+from hermesx.core.identity import GUID, TAD
+from hermesx.core.replies import RequestIds
+from hermesx.routing.naming import Naming
+from hermesx.routing.stash import Stash
+from hermesx.rpc.proto import hermesx_pb2 as pb
+from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
+from hermesx.rpc.wire import ChannelPool, error_from_rpc, tad_from_pb, tad_to_pb
+
+__all__ = ["InvokeOutcome", "Invoker", "LocalDispatch"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Error kinds a node answers with when it cannot serve the atom but another
+# place may: the caller then asks the storesite and tries again.
+RETRYABLE_KINDS = frozenset({"unreachable", "timeout"})
+# Error kinds after which a call that was sent may have run (or not): only
+# sending its request id again tells. Every other kind is a final outcome:
+# refused before it ran, or the outcome the atom recorded for the id.
+OUTCOME_UNKNOWN_KINDS = frozenset(
+    {
+        "unreachable",
+        "timeout",
+        "storage",
+        "home_moved",
+        "migration",
+        "communication",
+        "no_quorum",
+        "outcome_unknown",
+        "hermes",
+    }
+)
+# Pauses between resending a request id whose outcome is unknown.
+SETTLE_PAUSE_S = (0.05, 0.5)
+
+DEFAULT_HOP_LIMIT = 4
+DEFAULT_DEADLINE_S = 30.0
+DEFAULT_ATTEMPTS = 60
+# How long a call waits for an absent storesite to come back (a restart).
+STORESITE_GRACE_S = 5.0
+
+# A node that calls into itself skips gRPC: (request) -> reply.
+LocalDispatch = Callable[[pb.InvokeRequest], pb.InvokeReply]
+LocalSend = Callable[[pb.SendRequest], pb.SendReply]
+
+
+@dataclass(slots=True)
+class InvokeOutcome:
+    result: bytes
+    guid: str
+    tad: TAD | None
+    trace: list[pb.Hop] = field(default_factory=list)
+
+
+MAX_METHOD_LEN = 256
+
+
+def _check_method(method: str) -> None:
+    try:
+        encoded = method.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigurationError(f"method name {method!r} is not valid text") from None
+    if not encoded or len(encoded) > MAX_METHOD_LEN:
+        raise ConfigurationError(
+            f"method name {method[:40]!r} must be 1 to {MAX_METHOD_LEN} bytes long"
+        )
+
+
+class StoresiteAbsentError(UnreachableError):
+    """The atom's storesite is not registered in the name service."""
+
+
+class _Broken(Exception):
+    """This attempt hit a broken chain; the next one starts from the storesite."""
+
+
+@dataclass(slots=True)
+class _Call:
+    guid: str
+    deadline: float
+    tad: TAD | None
+    via: str | None
+    trace: list[pb.Hop]
+    want_trace: bool
+    last_error: str = ""
+    tried: list[TAD] = field(default_factory=list)
+    need_locate: bool = False
+    storesite_absent_since: float | None = None
+    sends: int = 0  # transmissions of the request
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def note(self, node: str, event: str, detail: str = "", tad: TAD | None = None) -> None:
+        if self.want_trace:
+            hop = pb.Hop(node=node, event=event, detail=detail)
+            if tad is not None:
+                hop.tad.CopyFrom(tad_to_pb(tad))
+            self.trace.append(hop)
+
+
+class Invoker:
+    def __init__(
+        self,
+        naming: Naming,
+        channels: ChannelPool,
+        stash: Stash | None = None,
+        *,
+        self_node: str | None = None,
+        local_invoke: LocalDispatch | None = None,
+        local_send: LocalSend | None = None,
+        hop_limit: int = DEFAULT_HOP_LIMIT,
+        deadline: float = DEFAULT_DEADLINE_S,
+        attempts: int = DEFAULT_ATTEMPTS,
+        settle_outcome: bool = False,
+    ) -> None:
+        self.naming = naming
+        self.channels = channels
+        self.stash = stash if stash is not None else Stash()
+        self.self_node = self_node
+        self.local_invoke = local_invoke
+        self.local_send = local_send
+        self.hop_limit = hop_limit
+        self.deadline = deadline
+        self.attempts = attempts
+        self.settle_outcome = settle_outcome
+        self.request_ids = RequestIds()
+
+    # ------------------------------------------------------------ addresses
+
+    def node_address(self, node: str) -> str:
+        member = self.naming.nodes().get(node)
+        if member is None:
+            raise UnreachableError(f"node {node!r} is not a live member of the cluster")
+        return member.address
+
+    def node_stub(self, node: str) -> pbg.SupervisorStub:
+        return self.channels.stub(self.node_address(node), pbg.SupervisorStub)
+
+    def storesite_address(self, guid: str) -> tuple[str, str]:
+        """(storesite id, address) of the storesite that knows where ``guid`` is."""
+        home = self.naming.home(guid) or GUID.parse(guid).home
+        member = self.naming.storesites().get(home)
+        if member is None:
+            raise StoresiteAbsentError(
+                f"atom {guid}: its storesite {home!r} is not a live member of the cluster"
+            )
+        return home, member.address
+
+    # ------------------------------------------------------------ fallback
+
+    def locate(self, guid: str, timeout: float = 10.0) -> TAD:
+        """Ask the atom's storesite where it is (activating it if dormant)."""
+        sid, address = self.storesite_address(guid)
+        stub = self.channels.stub(address, pbg.StoresiteStub)
+        for _ in range(4):  # follow a moved home a few times at most
+            try:
+                reply = stub.Locate(pb.GuidRequest(guid=guid), timeout=timeout)
+            except grpc.RpcError as exc:
+                raise error_from_rpc(exc, f"storesite {sid} at {address}") from exc
+            if reply.forwarded_to:
+                sid = reply.forwarded_to
+                member = self.naming.storesites().get(sid)
+                if member is None:
+                    raise UnreachableError(f"atom {guid}: its storesite moved to {sid!r}, not live")
+                stub = self.channels.stub(member.address, pbg.StoresiteStub)
+                continue
+            tad = tad_from_pb(reply.tad)
+            if tad is None:
+                raise UnreachableError(f"atom {guid}: storesite {sid} has no location for it")
+            self.stash.update(guid, tad)
+            return tad
+        raise UnreachableError(f"atom {guid}: storesite homes forward in a circle")
+
+    # ------------------------------------------------------------ invoke
+
+    def invoke(
+        self,
+        target: str,
+        method: str,
+        args: bytes,
+        *,
+        request_id: str = "",
+        chain: tuple[str, ...] = (),
+        timeout: float | None = None,
+        via: str | None = None,
+        trace: bool = False,
+        open_chain: tuple[str, ...] = (),
+    ) -> InvokeOutcome:
+        """Run ``method`` on ``target``; a request id of ours is made when none is given."""
+        _check_method(method)
+        ours = not request_id
+        request_id = request_id or self.request_ids.next()
+        deadline = time.monotonic() + (timeout or self.deadline)
+        if not self.settle_outcome:
+            return self._invoke_once(
+                target, method, args, request_id, chain, deadline, via, trace, open_chain=open_chain
+            )
+        sends = 0
+        pause, most = SETTLE_PAUSE_S
+        while True:
+            call: list[_Call] = []
+            try:
+                return self._invoke_once(
+                    target,
+                    method,
+                    args,
+                    request_id,
+                    chain,
+                    deadline,
+                    via,
+                    trace,
+                    call,
+                    open_chain=open_chain,
+                )
+            except RequestExpiredError as exc:
+                sends += call[0].sends if call else 0
+                # Refused at its first transmission, an id of ours never ran: our
+                # clock is behind the atom's forgotten-before mark. Catch up, send anew.
+                if not (ours and sends == 1 and self.request_ids.catch_up(str(exc))):
+                    raise
+                ours, sends = False, 0
+                request_id = self.request_ids.next()
+                log.info("call of %s: our clock is behind; sending it as %s", target, request_id)
+                continue
+            except HermesError as exc:
+                sends += call[0].sends if call else 0
+                if exc.kind not in OUTCOME_UNKNOWN_KINDS or not sends:
+                    raise  # final, or never sent: it did not run
+                last = exc
+            left = deadline - time.monotonic()
+            if left <= pause:
+                raise OutcomeUnknownError(
+                    f"atom {target}: {method} may or may not have run (last: {last.kind}: {last})",
+                    request_id,
+                ) from last
+            log.debug(
+                "call %s of %s: outcome unknown (%s); sending it again", request_id, target, last
+            )
+            time.sleep(pause)
+            pause = min(pause * 2, most)
+
+    def _invoke_once(
+        self,
+        target: str,
+        method: str,
+        args: bytes,
+        request_id: str,
+        chain: tuple[str, ...],
+        deadline: float,
+        via: str | None,
+        trace: bool,
+        made: list[_Call] | None = None,
+        *,
+        open_chain: tuple[str, ...] = (),
+    ) -> InvokeOutcome:
+        guid = self.naming.guid_of(target)
+        call = _Call(
+            guid=guid,
+            deadline=deadline,
+            tad=self.stash.get(guid),
+            via=via,
+            trace=[],
+            want_trace=trace,
+        )
+        if made is not None:
+            made.append(call)
+        request = pb.InvokeRequest(
+            guid=guid,
+            method=method,
+            args=args,
+            request_id=request_id,
+            hop_limit=self.hop_limit,
+            chain=list(chain),
+            trace=trace,
+            caller_node=self.self_node or "",
+            chain_open=list(open_chain),
+        )
+
+        def attempt() -> InvokeOutcome:
+            node = self._entry_node(call)
+            request.hops = 0
+            request.timeout = max(call.remaining(), 0.01)
+            reply = self._rpc_at(node, call, "Invoke", request, self.local_invoke)
+            if trace:
+                call.trace.extend(reply.trace)
+            self._settle(call, node, reply)
+            return InvokeOutcome(reply.result, guid, tad_from_pb(reply.tad), call.trace)
+
+        return self._retrying(call, attempt, target)
+
+    # ------------------------------------------------------------ send
+
+    def send(
+        self,
+        target: str,
+        code: int,
+        payload: bytes,
+        *,
+        sender: str = "",
+        seq: int = 0,
+        timeout: float | None = None,
+    ) -> None:
+        """One-way message to ``target``'s interrupt ``code``; returns once it is queued there."""
+        guid = self.naming.guid_of(target)
+        call = _Call(
+            guid=guid,
+            deadline=time.monotonic() + (timeout or self.deadline),
+            tad=self.stash.get(guid),
+            via=None,
+            trace=[],
+            want_trace=False,
+        )
+        request = pb.SendRequest(
+            guid=guid, code=code, payload=payload, sender=sender, seq=seq, hop_limit=self.hop_limit
+        )
+
+        def attempt() -> None:
+            node = self._entry_node(call)
+            request.hops = 0
+            self._settle(call, node, self._rpc_at(node, call, "Send", request, self.local_send))
+
+        self._retrying(call, attempt, target)
+
+    # ------------------------------------------------------------ one node
+
+    def _rpc_at(
+        self, node: str, call: _Call, method: str, request: Any, local: Callable[[Any], Any] | None
+    ) -> Any:
+        """Send ``request`` to ``node`` (in-process when it is us); a dead node breaks the chain."""
+        if node == self.self_node and local is not None:
+            call.sends += 1
+            return local(request)
+        try:
+            stub = self.node_stub(node)
+            call.sends += 1
+            return getattr(stub, method)(request, timeout=max(call.remaining(), 0.01))
+        except UnreachableError as exc:
+            self._broken(call, node, str(exc))
+        except grpc.RpcError as exc:
+            err = error_from_rpc(exc, f"node {node}")
+            if isinstance(err, UnreachableError | CallTimeoutError):
+                # Only a dead connection is dropped: a call past its deadline
+                # says nothing of the channel, and closing it would cancel every
+                # other call in flight on it.
+                if isinstance(err, UnreachableError):
+                    self.channels.drop(self.node_address_or_empty(node))
+                self._broken(call, node, str(err))
+            raise err from exc
+
+    def _settle(self, call: _Call, node: str, reply: Any) -> None:
+        """Learn the newest TAD from a reply; MOVED and retryable errors go on from elsewhere."""
+        newest = tad_from_pb(reply.tad)
+        if newest is not None:
+            self.stash.update(call.guid, newest)
+        which = reply.WhichOneof("outcome")
+        if which == "moved":
+            self._follow_moved(call, tad_from_pb(reply.moved), node)
+            raise _Broken()
+        if which == "error":
+            err = error_from_wire(reply.error.kind, reply.error.message)
+            if reply.error.kind in RETRYABLE_KINDS:
+                self._broken(call, node, str(err))
+            raise err
+
+    def node_address_or_empty(self, node: str) -> str:
+        member = self.naming.nodes().get(node)
+        return member.address if member else ""
+
+    # ------------------------------------------------------------ routing
+
+    def _entry_node(self, call: _Call) -> str:
+        if call.via is not None:
+            node, call.via = call.via, None
+            if node != self.self_node and node not in self.naming.nodes():
+                raise NameNotFoundError(
+                    f"node {node!r} (--via) is not a live member of the cluster"
+                )
+            call.note(node, "enter", "via")
+            return node
+        if call.need_locate or call.tad is None:
+            call.need_locate = False
+            try:
+                call.tad = self.locate(call.guid, timeout=max(min(call.remaining(), 10.0), 0.01))
+            except (NameNotFoundError, NotAuthorizedError, CheckpointDamagedError):
+                raise  # no retry mends these: the atom is not there, damaged, or we may not ask
+            except StoresiteAbsentError as exc:
+                # A storesite may be restarting; one that stays away is not coming.
+                if call.storesite_absent_since is None:
+                    call.storesite_absent_since = time.monotonic()
+                elif time.monotonic() - call.storesite_absent_since > STORESITE_GRACE_S:
+                    raise
+                call.last_error = str(exc)
+                raise _Broken() from exc
+            except HermesError as exc:
+                call.last_error = str(exc)
+                call.note("storesite", "storesite", f"locate failed: {exc}")
+                raise _Broken() from exc
+            call.note("storesite", "storesite", f"located at {call.tad}", call.tad)
+        call.tried.append(call.tad)
+        return call.tad.node
+
+    def _follow_moved(self, call: _Call, moved: TAD | None, node: str) -> None:
+        call.note(node, "moved", f"retry from {moved}", moved)
+        if moved is None or (call.tad is not None and moved.age <= call.tad.age):
+            # No progress along the chain: the storesite knows better.
+            call.need_locate = True
+            call.last_error = f"forwarding from {node} made no progress"
+            return
+        call.tad = moved
+
+    def _broken(self, call: _Call, node: str, why: str) -> NoReturn:
+        call.last_error = why
+        call.need_locate = True
+        call.note(node, "broken", why)
+        raise _Broken()
+
+    def _retrying(self, call: _Call, attempt: Callable[[], T], target: str) -> T:
+        try:
+            return attempt()  # the common case, without the retry machinery's cost
+        except _Broken:
+            pass
+        retrying = Retrying(
+            stop=stop_after_attempt(self.attempts) | stop_after_delay(max(call.remaining(), 0.0)),
+            wait=wait_exponential(multiplier=0.02, max=0.5),
+            retry=retry_if_exception_type(_Broken),
+            reraise=True,
+        )
+        try:
+            for trying in retrying:
+                with trying:
+                    return attempt()
+        except _Broken:
+            pass
+        last = call.tried[-1] if call.tried else None
+        reason = f": {call.last_error}" if call.last_error else ""
+        if call.remaining() <= 0:
+            raise CallTimeoutError(
+                f"atom {target} ({call.guid}): no reply within the call deadline; "
+                f"last TAD tried {last}{reason}"
+            )
+        raise UnreachableError(
+            f"atom {target} ({call.guid}): unreachable; last TAD tried {last}{reason}"
+        )

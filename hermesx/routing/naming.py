@@ -1,0 +1,169 @@
+"""hermesx's boundary to the name service (DESIGN.md §7).
+
+``nameservice`` depends on nothing of ours and raises its own errors; this
+wrapper is the one place where they become :class:`HermesError`s, keeping
+their kind (not found, name taken, invalid pattern, no quorum, ...).
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import nameservice
+from hermesx.core.errors import NamingError, error_from_wire
+from hermesx.core.identity import GUID
+from hermesx.rpc import roles
+
+__all__ = ["Member", "Naming"]
+
+Member = nameservice.Member
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    try:
+        yield
+    except nameservice.NameServiceError as exc:
+        err = error_from_wire(exc.kind, str(exc))
+        if type(err).__name__ == "HermesError":
+            err = NamingError(str(exc))
+        raise err from exc
+
+
+class Naming:
+    """The name service as hermesx uses it."""
+
+    def __init__(
+        self,
+        hosts: str,
+        cluster: str,
+        *,
+        timeout: float = 5.0,
+        session_timeout: float = 4.0,
+        tls: pathlib.Path | None = None,
+        role: str = roles.NODE,
+    ) -> None:
+        """``role``: members (node, storesite) read and write; every other role only reads."""
+        self.hosts = hosts
+        self.cluster = cluster
+        auth = None
+        readers: list[tuple[str, str]] = []
+        read_only = False
+        if tls is not None:
+            from hermesx.rpc import security
+
+            # Only holders of the cluster's secret may write its root; its
+            # clients, with a read-only secret of their own, may read it.
+            auth = security.zk_auth(tls, role)
+            if role in roles.MEMBER_ROLES:
+                readers = security.zk_readers(tls)
+            else:
+                read_only = True
+        self._ns = nameservice.NameService(
+            hosts,
+            cluster,
+            timeout=timeout,
+            session_timeout=session_timeout,
+            auth=auth,
+            readers=readers,
+            read_only=read_only,
+        )
+
+    def start(self) -> None:
+        with _translated():
+            self._ns.start()
+
+    def close(self) -> None:
+        self._ns.close()
+
+    # ---------------------------------------------------------------- members
+
+    def register_node(
+        self,
+        name: str,
+        address: str,
+        tags: Sequence[str] = (),
+        data: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Register this node; returns its incarnation (the session owning the registration)."""
+        with _translated():
+            return self._ns.register_node(name, address, tags, data)
+
+    def node_incarnation(self, name: str) -> str | None:
+        """Node ``name``'s live incarnation read fresh from ZooKeeper; None if it is not live."""
+        with _translated():
+            return self._ns.node_incarnation(name)
+
+    def nodes(self) -> dict[str, Member]:
+        with _translated():
+            return self._ns.nodes()
+
+    def storesites(self) -> dict[str, Member]:
+        with _translated():
+            return self._ns.storesites()
+
+    def watch_nodes(self, callback: Callable[[dict[str, Member]], None]) -> None:
+        with _translated():
+            self._ns.watch_nodes(callback)
+
+    def add_state_listener(self, callback: Callable[[str], None]) -> None:
+        self._ns.add_state_listener(callback)
+
+    def round_trip(self, timeout: float) -> str | None:
+        """See :meth:`nameservice.NameService.round_trip`."""
+        return self._ns.round_trip(timeout)
+
+    @property
+    def state(self) -> str:
+        return self._ns.state
+
+    # ---------------------------------------------------------------- names
+
+    def bind(self, name: str, guid: str) -> None:
+        with _translated():
+            self._ns.bind(name, guid)
+
+    def unbind(self, name: str) -> None:
+        with _translated():
+            self._ns.unbind(name)
+
+    def resolve(self, name: str) -> str:
+        with _translated():
+            return self._ns.resolve(name)
+
+    def guid_of(self, name_or_guid: str) -> str:
+        """The GUID of an atom given by name or GUID text."""
+        if GUID.looks_like(name_or_guid):
+            return str(GUID.parse(name_or_guid))
+        return self.resolve(name_or_guid)
+
+    def names(self) -> dict[str, str]:
+        with _translated():
+            return self._ns.names()
+
+    def alias_add(self, scope: str, alias: str, guid: str) -> None:
+        with _translated():
+            self._ns.alias_add(scope, alias, guid)
+
+    def alias_remove(self, scope: str, alias: str, guid: str) -> None:
+        with _translated():
+            self._ns.alias_remove(scope, alias, guid)
+
+    def aliases(self, scope: str) -> dict[str, list[str]]:
+        with _translated():
+            return self._ns.aliases(scope)
+
+    def lookup(self, pattern: str, *, scope: str | None = None, all: bool = False) -> list[str]:
+        with _translated():
+            return self._ns.lookup(pattern, scope=scope, all=all)
+
+    def lookup_names(self, pattern: str, *, all: bool = False) -> list[tuple[str, str]]:
+        with _translated():
+            return self._ns.lookup_names(pattern, all=all)
+
+    def home(self, guid: str) -> str | None:
+        with _translated():
+            return self._ns.home(guid)

@@ -1,0 +1,3 @@
+"""The wire: generated messages, channels, TLS, roles, the one status-to-error mapping, typed
+clients.
+"""
