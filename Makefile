@@ -14,6 +14,7 @@ lint: setup
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy hermesx storesite nameservice
+	.venv/bin/lint-imports
 
 unit: setup
 	.venv/bin/pytest -q tests/unit

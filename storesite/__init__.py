@@ -6,7 +6,13 @@ process, :class:`AtomStore` and :class:`Storesite` for embedding and tests.
 
 from __future__ import annotations
 
-from storesite.client import AtomInfo, CheckpointInfo, Location, StoresiteClient, StoresiteInfo
+from hermesx.rpc.storesite_client import (
+    AtomInfo,
+    CheckpointInfo,
+    Location,
+    StoresiteClient,
+    StoresiteInfo,
+)
 from storesite.server import StoresiteServer, serve
 from storesite.service import Directory, Storesite
 from storesite.store import AtomState, AtomStore, Checkpoint

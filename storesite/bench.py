@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from hermesx.core.identity import GUID, TAD
 from hermesx.core.snapshot import snapshot_checksum
 from hermesx.rpc.proto import hermesx_pb2 as pb
-from storesite.client import StoresiteClient
+from hermesx.rpc.storesite_client import StoresiteClient
 from storesite.placement import Member
 from storesite.server import StoresiteServer
 from storesite.service import Storesite

@@ -12,29 +12,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Protocol
+
+from hermesx.rpc.node_client import Member
 
 __all__ = ["LoadCache", "Member", "rank_nodes"]
 
 log = logging.getLogger(__name__)
-
-
-class Member(Protocol):
-    """A live node as the name service lists it."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def address(self) -> str: ...
-
-    @property
-    def tags(self) -> tuple[str, ...]: ...
-
-    @property
-    def incarnation(self) -> str:
-        """The session owning the node's registration: a restarted node is a new one."""
-        ...
 
 
 def rank_nodes(

@@ -33,15 +33,15 @@ from hermesx.core.errors import (
     error_from_wire,
 )
 from hermesx.core.identity import TAD, validate_name
+from hermesx.rpc.node_client import CHANNEL_OPTIONS
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.security import zk_auth, zk_readers
+from hermesx.rpc.status import status_for
+from hermesx.rpc.storesite_client import CheckpointInfo, Location
 from hermesx.rpc.wire import TLSIdentity, add_server_port, server_interceptors, set_process_tls
 from nameservice import NameService, NameServiceError, NameTakenError
-from storesite.client import CheckpointInfo, Location
-from storesite.nodes import CHANNEL_OPTIONS
 from storesite.placement import Member
-from storesite.rpcerrors import status_for
 from storesite.service import Storesite
 from storesite.store import DEFAULT_MAX_CHECKPOINT_BYTES, AtomStore
 

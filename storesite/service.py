@@ -2,7 +2,7 @@
 
 :class:`Storesite` joins the durable records (:mod:`storesite.store`), the
 cluster's membership (a :class:`Directory`, normally the name service) and
-the supervisors (:class:`~storesite.nodes.SupervisorLink`). The gRPC
+the supervisors (:class:`~hermesx.rpc.node_client.SupervisorLink`). The gRPC
 servicer in :mod:`storesite.server` is a thin layer over it.
 
 Everything that changes one atom's records runs under that atom's lock, so
@@ -47,9 +47,9 @@ from hermesx.core.errors import (
     UnreachableError,
 )
 from hermesx.core.identity import TAD
+from hermesx.rpc.node_client import SupervisorLink
 from hermesx.rpc.proto import hermesx_pb2 as pb
-from storesite.client import CheckpointInfo, Location, StoresiteClient
-from storesite.nodes import SupervisorLink
+from hermesx.rpc.storesite_client import CheckpointInfo, Location, StoresiteClient
 from storesite.placement import LoadCache, Member, rank_nodes
 from storesite.store import AtomState, AtomStore, Checkpoint, StoreStatus
 

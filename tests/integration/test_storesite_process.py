@@ -27,8 +27,8 @@ from hermesx.core.identity import GUID, TAD
 from hermesx.core.snapshot import snapshot_checksum
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
+from hermesx.rpc.storesite_client import StoresiteClient
 from nameservice import NameService, ZooKeeperServer
-from storesite.client import StoresiteClient
 
 pytestmark = pytest.mark.integration
 

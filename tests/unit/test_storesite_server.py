@@ -25,10 +25,10 @@ from hermesx.core.errors import (
     UnreachableError,
 )
 from hermesx.core.identity import GUID, TAD
+from hermesx.rpc.node_client import SupervisorLink
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
-from storesite.client import StoresiteClient
-from storesite.nodes import SupervisorLink
+from hermesx.rpc.storesite_client import StoresiteClient
 from storesite.server import StoresiteServer
 from storesite.service import Storesite
 from storesite.store import AtomStore

@@ -37,11 +37,11 @@ from faultkit import (
 from hermesx.client import Client
 from hermesx.core import codec
 from hermesx.node.supervisor import STAGED_RESOLVE_AFTER_S
+from hermesx.rpc.node_client import STAGE_TIMEOUT_S
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.roles import TEST_CERT_NAME
 from nameservice.zookeeper import ZooKeeperServer
-from storesite.nodes import STAGE_TIMEOUT_S
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

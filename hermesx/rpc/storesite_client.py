@@ -16,11 +16,11 @@ from typing import Any, TypeVar
 import grpc
 
 from hermesx.core.identity import TAD
+from hermesx.rpc.node_client import CHANNEL_OPTIONS
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
+from hermesx.rpc.status import error_from_rpc
 from hermesx.rpc.wire import open_channel
-from storesite.nodes import CHANNEL_OPTIONS
-from storesite.rpcerrors import error_from_rpc
 
 __all__ = ["AtomInfo", "CheckpointInfo", "Location", "StoresiteClient", "StoresiteInfo"]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Protocol
 
 import grpc
 
@@ -16,12 +17,11 @@ from hermesx.core.errors import HermesError
 from hermesx.core.identity import TAD
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
+from hermesx.rpc.status import error_from_rpc
 from hermesx.rpc.wire import CHANNEL_OPTIONS as WIRE_CHANNEL_OPTIONS
 from hermesx.rpc.wire import open_channel
-from storesite.placement import Member
-from storesite.rpcerrors import error_from_rpc
 
-__all__ = ["CHANNEL_OPTIONS", "SupervisorLink"]
+__all__ = ["CHANNEL_OPTIONS", "Member", "SupervisorLink"]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,24 @@ STAGE_BYTES_PER_S = 4 * 2**20
 
 # One set of channel options for every process (message sizes, reconnects).
 CHANNEL_OPTIONS = WIRE_CHANNEL_OPTIONS
+
+
+class Member(Protocol):
+    """A live node as the name service lists it."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def address(self) -> str: ...
+
+    @property
+    def tags(self) -> tuple[str, ...]: ...
+
+    @property
+    def incarnation(self) -> str:
+        """The session owning the node's registration: a restarted node is a new one."""
+        ...
 
 
 class SupervisorLink:

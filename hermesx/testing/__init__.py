@@ -1,0 +1,1 @@
+"""The harness every test uses: clusters, waits, log dumps."""
