@@ -32,12 +32,13 @@ from hermesx.core.errors import (
     StorageError,
     error_from_wire,
 )
-from hermesx.core.identity import TAD, validate_name
+from hermesx.core.identity import validate_name
+from hermesx.rpc.convert import tad_of, tad_to_pb
 from hermesx.rpc.node_client import CHANNEL_OPTIONS
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.security import zk_auth, zk_readers
-from hermesx.rpc.status import status_for
+from hermesx.rpc.status import abort_with
 from hermesx.rpc.storesite_client import CheckpointInfo, Location
 from hermesx.rpc.wire import TLSIdentity, add_server_port, server_interceptors, set_process_tls
 from nameservice import NameService, NameServiceError, NameTakenError
@@ -53,14 +54,6 @@ _Reply = TypeVar("_Reply")
 
 # Seconds to wait for a crashed predecessor's registration to expire.
 REGISTER_PATIENCE = 15.0
-
-
-def _tad(msg: pb.TAD) -> TAD:
-    return TAD(msg.node, msg.age)
-
-
-def _pb_tad(tad: TAD) -> pb.TAD:
-    return pb.TAD(node=tad.node, age=tad.age)
 
 
 def _check(
@@ -79,7 +72,7 @@ def _check(
 
 def _location(location: Location) -> pb.LocationReply:
     return pb.LocationReply(
-        tad=_pb_tad(location.tad),
+        tad=tad_to_pb(location.tad),
         dormant=location.dormant,
         forwarded_to=location.forwarded_to,
         incarnation=location.incarnation,
@@ -103,8 +96,7 @@ class StoresiteServicer(pbg.StoresiteServicer):
             return body()
         except HermesError as err:
             log.debug("%s failed: %s: %s", method, err.kind, err)
-            context.abort(status_for(err), f"{err.kind}: {err}")
-            raise  # abort raises; this keeps type checkers honest
+            abort_with(context, err)
         except Exception as exc:
             log.exception("%s failed unexpectedly", method)
             context.abort(
@@ -135,7 +127,7 @@ class StoresiteServicer(pbg.StoresiteServicer):
                 self.site.register_atom(
                     request.guid,
                     request.meta,
-                    _tad(request.tad),
+                    tad_of(request.tad),
                     request.snapshot,
                     incarnation=request.incarnation,
                     **_check(request),
@@ -149,7 +141,7 @@ class StoresiteServicer(pbg.StoresiteServicer):
         def body() -> pb.Empty:
             self.site.put_checkpoint(
                 request.guid,
-                _tad(request.tad),
+                tad_of(request.tad),
                 request.snapshot,
                 request.seq,
                 periodic=request.periodic,
@@ -199,7 +191,7 @@ class StoresiteServicer(pbg.StoresiteServicer):
             ck = self.site.get_checkpoint(request.guid)
             return pb.CheckpointData(
                 guid=ck.guid,
-                tad=_pb_tad(ck.tad),
+                tad=tad_to_pb(ck.tad),
                 snapshot=ck.snapshot,
                 meta=ck.meta,
                 seq=ck.seq,
@@ -217,7 +209,7 @@ class StoresiteServicer(pbg.StoresiteServicer):
             context,
             "Prepare",
             lambda: pb.PrepareReply(
-                age=self.site.prepare(request.guid, _tad(request.source), request.destination)
+                age=self.site.prepare(request.guid, tad_of(request.source), request.destination)
             ),
         )
 
@@ -228,7 +220,7 @@ class StoresiteServicer(pbg.StoresiteServicer):
             lambda: _location(
                 self.site.commit(
                     request.guid,
-                    _tad(request.tad),
+                    tad_of(request.tad),
                     request.snapshot,
                     incarnation=request.incarnation,
                     **_check(request),
@@ -238,7 +230,7 @@ class StoresiteServicer(pbg.StoresiteServicer):
 
     def Stage(self, request: pb.CommitRequest, context: grpc.ServicerContext) -> pb.Empty:
         def body() -> pb.Empty:
-            self.site.stage(request.guid, _tad(request.tad), request.snapshot, **_check(request))
+            self.site.stage(request.guid, tad_of(request.tad), request.snapshot, **_check(request))
             return pb.Empty()
 
         return self._run(context, "Stage", body)
@@ -253,7 +245,7 @@ class StoresiteServicer(pbg.StoresiteServicer):
     def Passivated(self, request: pb.PassivatedRequest, context: grpc.ServicerContext) -> pb.Empty:
         def body() -> pb.Empty:
             self.site.passivated(
-                request.guid, _tad(request.tad), request.snapshot, **_check(request)
+                request.guid, tad_of(request.tad), request.snapshot, **_check(request)
             )
             return pb.Empty()
 
@@ -289,7 +281,7 @@ class StoresiteServicer(pbg.StoresiteServicer):
     ) -> pb.LocationReply:
         data = CheckpointInfo(
             request.guid,
-            _tad(request.tad),
+            tad_of(request.tad),
             request.snapshot,
             request.meta,
             request.seq,
@@ -304,7 +296,7 @@ class StoresiteServicer(pbg.StoresiteServicer):
                 atoms=[
                     pb.AtomRecord(
                         guid=s.guid,
-                        tad=_pb_tad(s.location),
+                        tad=tad_to_pb(s.location),
                         dormant=s.dormant,
                         meta=s.meta,
                         checkpoints=s.checkpoints,

@@ -367,7 +367,7 @@ def cmd_ls(args: argparse.Namespace) -> None:
 
     from hermesx.rpc.proto import hermesx_pb2 as pb
     from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
-    from hermesx.rpc.wire import error_from_rpc
+    from hermesx.rpc.status import error_from_rpc
 
     with _client(args) as client:
         names = {g: n for n, g in client.names().items()}

@@ -45,10 +45,12 @@ from hermesx.routing.invoker import InvokeOutcome, Invoker
 from hermesx.routing.naming import Member, Naming
 from hermesx.rpc import roles
 from hermesx.rpc.atom_meta import MAX_CHECKPOINT_CALLS, check_atom_meta
+from hermesx.rpc.convert import tad_from_pb
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.roles import CLIENT_CERT_NAME
-from hermesx.rpc.wire import ChannelPool, TLSIdentity, error_from_rpc, tad_from_pb
+from hermesx.rpc.status import error_from_rpc
+from hermesx.rpc.wire import ChannelPool, TLSIdentity
 
 __all__ = ["CLIENT_CERT_NAME", "AtomProxy", "Client", "Location"]
 

@@ -49,20 +49,17 @@ from hermesx.routing.invoker import Invoker
 from hermesx.routing.naming import Naming
 from hermesx.routing.stash import Stash
 from hermesx.rpc.atom_meta import check_atom_meta, tags_refusal
+from hermesx.rpc.convert import tad_from_pb, tad_to_pb
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
+from hermesx.rpc.status import abort_with, error_from_rpc, pb_error
 from hermesx.rpc.wire import (
     CHANNEL_OPTIONS,
     ChannelPool,
     TLSIdentity,
-    abort_with,
     add_server_port,
-    error_from_rpc,
-    pb_error,
     server_interceptors,
     set_process_tls,
-    tad_from_pb,
-    tad_to_pb,
 )
 from hermesx.runtime.atom import Atom, LoadedModule, Runtime
 from hermesx.runtime.host import CallContext

@@ -49,9 +49,11 @@ from hermesx.core.identity import GUID, TAD
 from hermesx.core.replies import RequestIds
 from hermesx.routing.naming import Naming
 from hermesx.routing.stash import Stash
+from hermesx.rpc.convert import tad_from_pb, tad_to_pb
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
-from hermesx.rpc.wire import ChannelPool, error_from_rpc, tad_from_pb, tad_to_pb
+from hermesx.rpc.status import error_from_rpc
+from hermesx.rpc.wire import ChannelPool
 
 __all__ = ["InvokeOutcome", "Invoker", "LocalDispatch"]
 

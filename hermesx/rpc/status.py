@@ -1,14 +1,20 @@
-"""Errors across the storesite's gRPC boundary (DESIGN.md §9).
+"""The one mapping between HermesErrors and gRPC statuses (DESIGN.md §9).
 
-A server that fails a call with a :class:`HermesError` aborts the RPC with
-status details ``"<kind>: <message>"``; the calling side rebuilds the same
-error class from them. Transport failures (peer down, deadline passed) become
-:class:`UnreachableError` / :class:`CallTimeoutError` naming the peer. The
-storesite uses this both as a server and as a client of storesites and
-supervisors.
+A server that fails a call with a :class:`HermesError` aborts the RPC with a
+status code chosen by :func:`status_for` and details ``"<kind>: <message>"``;
+the calling side rebuilds the same error class from them
+(:func:`error_from_rpc`). A failure of the transport itself becomes an error
+naming the peer and the call: the peer down or unreachable
+(:class:`UnreachableError`), past the deadline (:class:`CallTimeoutError`),
+refused by TLS or by the peer's role check (:class:`NotAuthorizedError`), a
+message over the size limit (:class:`PayloadTooLargeError`). Nodes,
+storesites, clients and the CLI all use these functions, as servers and as
+callers.
 """
 
 from __future__ import annotations
+
+from typing import NoReturn
 
 import grpc
 
@@ -19,12 +25,15 @@ from hermesx.core.errors import (
     MigrationError,
     NameNotFoundError,
     NamingError,
+    NotAuthorizedError,
+    PayloadTooLargeError,
     StorageError,
     UnreachableError,
     error_from_wire,
 )
+from hermesx.rpc.proto import hermesx_pb2 as pb
 
-__all__ = ["error_from_rpc", "status_for"]
+__all__ = ["abort_with", "error_from_rpc", "pb_error", "status_for"]
 
 
 def status_for(err: HermesError) -> grpc.StatusCode:
@@ -44,21 +53,39 @@ def status_for(err: HermesError) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
-def error_from_rpc(exc: grpc.RpcError, peer: str, method: str) -> HermesError:
+def pb_error(err: HermesError) -> pb.Error:
+    """``err`` as the Error message a reply carries in place of a result."""
+    return pb.Error(kind=err.kind, message=str(err))
+
+
+def abort_with(context: grpc.ServicerContext, err: HermesError) -> NoReturn:
+    """End an RPC with ``err``, keeping its kind for the caller."""
+    context.abort(status_for(err), f"{err.kind}: {err}")
+    raise AssertionError("context.abort returned")  # pragma: no cover
+
+
+def error_from_rpc(exc: grpc.RpcError, peer: str, method: str = "") -> HermesError:
     """Rebuild the HermesError a peer sent, or describe the transport failure.
 
-    ``peer`` names the other side (``"storesite S at HOST:PORT"``), ``method``
-    the RPC, so the message says which call to which process failed.
+    ``peer`` names the other side (``"storesite s1 at HOST:PORT"``), ``method``
+    the RPC when the caller knows it, so the message says which call to which
+    process failed.
     """
-    code = exc.code() if isinstance(exc, grpc.Call) else None
-    details = (exc.details() if isinstance(exc, grpc.Call) else None) or ""
+    # Failed calls are also grpc.Call objects; other RpcErrors carry no status.
+    code = exc.code() if hasattr(exc, "code") else None
+    details = (exc.details() if hasattr(exc, "details") else None) or ""
     kind, sep, message = details.partition(": ")
-    if sep:
+    if sep and kind and " " not in kind:
         err = error_from_wire(kind, message)
         if type(err) is not HermesError or kind == HermesError.kind:
             return err
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return CallTimeoutError(f"{method} to {peer} timed out")
+    call = f"{method} to {peer}" if method else peer
     if code == grpc.StatusCode.UNAVAILABLE:
-        return UnreachableError(f"{peer} is unreachable ({method}): {details}")
-    return CommunicationError(f"{method} to {peer} failed: {code}: {details}")
+        return UnreachableError(f"{peer} is unreachable ({details or 'connection failed'})")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return CallTimeoutError(f"{call} did not answer in time")
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return NotAuthorizedError(f"{peer} refused us: {details or 'not authenticated'}")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return PayloadTooLargeError(f"{peer} refused the message: {details}")
+    return CommunicationError(f"{call} failed: {details or code}")

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import grpc
 
 from hermesx.core.identity import TAD
+from hermesx.rpc.convert import tad_of, tad_to_pb
 from hermesx.rpc.node_client import CHANNEL_OPTIONS
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
@@ -72,16 +73,8 @@ class StoresiteInfo:
     checkpoints: int
 
 
-def _tad(msg: pb.TAD) -> TAD:
-    return TAD(msg.node, msg.age)
-
-
-def _pb_tad(tad: TAD) -> pb.TAD:
-    return pb.TAD(node=tad.node, age=tad.age)
-
-
 def location_from_pb(reply: pb.LocationReply) -> Location:
-    return Location(_tad(reply.tad), reply.dormant, reply.forwarded_to, reply.incarnation)
+    return Location(tad_of(reply.tad), reply.dormant, reply.forwarded_to, reply.incarnation)
 
 
 class StoresiteClient:
@@ -145,7 +138,7 @@ class StoresiteClient:
         request = pb.RegisterAtomRequest(
             guid=guid,
             meta=meta,
-            tad=_pb_tad(tad),
+            tad=tad_to_pb(tad),
             snapshot=snapshot,
             checksum=checksum,
             generation=generation,
@@ -168,7 +161,7 @@ class StoresiteClient:
     ) -> None:
         request = pb.CheckpointRequest(
             guid=guid,
-            tad=_pb_tad(tad),
+            tad=tad_to_pb(tad),
             snapshot=snapshot,
             seq=seq,
             checksum=checksum,
@@ -184,7 +177,7 @@ class StoresiteClient:
         )
         return CheckpointInfo(
             reply.guid,
-            _tad(reply.tad),
+            tad_of(reply.tad),
             reply.snapshot,
             reply.meta,
             reply.seq,
@@ -204,13 +197,13 @@ class StoresiteClient:
 
     def prepare(self, guid: str, source: TAD, destination: str) -> int:
         """Reserve a move; returns the age the atom will have at ``destination``."""
-        request = pb.PrepareRequest(guid=guid, source=_pb_tad(source), destination=destination)
+        request = pb.PrepareRequest(guid=guid, source=tad_to_pb(source), destination=destination)
         return int(self._call(self._stub.Prepare, request, f"Prepare({guid})").age)
 
     def commit(self, guid: str, tad: TAD, snapshot: bytes, *, incarnation: str) -> Location:
         """Complete a move to ``tad``, staged by the destination's ``incarnation``."""
         request = pb.CommitRequest(
-            guid=guid, tad=_pb_tad(tad), snapshot=snapshot, incarnation=incarnation
+            guid=guid, tad=tad_to_pb(tad), snapshot=snapshot, incarnation=incarnation
         )
         return location_from_pb(self._call(self._stub.Commit, request, f"Commit({guid})"))
 
@@ -218,7 +211,7 @@ class StoresiteClient:
         self._call(self._stub.Abort, pb.AbortRequest(guid=guid, age=age), f"Abort({guid})")
 
     def passivated(self, guid: str, tad: TAD, snapshot: bytes) -> None:
-        request = pb.PassivatedRequest(guid=guid, tad=_pb_tad(tad), snapshot=snapshot)
+        request = pb.PassivatedRequest(guid=guid, tad=tad_to_pb(tad), snapshot=snapshot)
         self._call(self._stub.Passivated, request, f"Passivated({guid})")
 
     def forget(self, guid: str) -> None:
@@ -239,7 +232,7 @@ class StoresiteClient:
         tad = TAD("", data.tad.age) if dormant else data.tad
         request = pb.CheckpointData(
             guid=data.guid,
-            tad=_pb_tad(tad),
+            tad=tad_to_pb(tad),
             snapshot=data.snapshot,
             meta=data.meta,
             seq=data.seq,
@@ -254,7 +247,7 @@ class StoresiteClient:
     def list_atoms(self) -> list[AtomInfo]:
         reply = self._call(self._stub.ListAtoms, pb.Empty(), "ListAtoms")
         return [
-            AtomInfo(a.guid, _tad(a.tad), a.dormant, a.meta, a.checkpoints) for a in reply.atoms
+            AtomInfo(a.guid, tad_of(a.tad), a.dormant, a.meta, a.checkpoints) for a in reply.atoms
         ]
 
     def status(self) -> StoresiteInfo:

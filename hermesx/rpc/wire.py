@@ -13,21 +13,9 @@ import pathlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import grpc
-
-from hermesx.core.errors import (
-    CallTimeoutError,
-    CommunicationError,
-    HermesError,
-    NotAuthorizedError,
-    PayloadTooLargeError,
-    UnreachableError,
-    error_from_wire,
-)
-from hermesx.core.identity import TAD
-from hermesx.rpc.proto import hermesx_pb2 as pb
 
 S = TypeVar("S")
 
@@ -35,15 +23,10 @@ __all__ = [
     "MAX_MESSAGE_BYTES",
     "ChannelPool",
     "TLSIdentity",
-    "abort_with",
     "add_server_port",
-    "error_from_rpc",
     "open_channel",
-    "pb_error",
     "server_interceptors",
     "set_process_tls",
-    "tad_from_pb",
-    "tad_to_pb",
 ]
 
 # Snapshots of large atoms travel in one message; 16 MiB states compress but
@@ -62,52 +45,6 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.keepalive_time_ms", 10_000),
 ]
-
-
-def tad_to_pb(tad: TAD) -> pb.TAD:
-    return pb.TAD(node=tad.node, age=tad.age)
-
-
-def tad_from_pb(msg: pb.TAD) -> TAD | None:
-    """The TAD in ``msg``, or None when the field was left empty."""
-    if not msg.node:
-        return None
-    return TAD(msg.node, int(msg.age))
-
-
-def pb_error(err: HermesError) -> pb.Error:
-    return pb.Error(kind=err.kind, message=str(err))
-
-
-def abort_with(context: grpc.ServicerContext, err: HermesError) -> NoReturn:
-    """End an RPC with ``err``, keeping its kind for the caller."""
-    code = grpc.StatusCode.UNKNOWN
-    if isinstance(err, UnreachableError):
-        code = grpc.StatusCode.UNAVAILABLE
-    elif isinstance(err, CallTimeoutError):
-        code = grpc.StatusCode.DEADLINE_EXCEEDED
-    context.abort(code, f"{err.kind}: {err}")
-    raise AssertionError("context.abort returned")  # pragma: no cover
-
-
-def error_from_rpc(exc: grpc.RpcError, peer: str) -> HermesError:
-    """Translate a failed RPC to ``peer`` (a description like ``node n1 at ADDR``)."""
-    code = exc.code() if hasattr(exc, "code") else None
-    details = (exc.details() if hasattr(exc, "details") else None) or ""
-    kind, sep, message = details.partition(": ")
-    if sep and kind and " " not in kind and code not in (None,):
-        rebuilt = error_from_wire(kind, message)
-        if type(rebuilt) is not HermesError:
-            return rebuilt
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return UnreachableError(f"{peer} is unreachable ({details or 'connection failed'})")
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return CallTimeoutError(f"{peer} did not answer in time")
-    if code == grpc.StatusCode.UNAUTHENTICATED:
-        return NotAuthorizedError(f"{peer} refused us: {details or 'not authenticated'}")
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return PayloadTooLargeError(f"{peer} refused the message: {details}")
-    return CommunicationError(f"{peer} failed: {details or code}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,8 @@ from hermesx.local.cluster import LocalCluster
 from hermesx.rpc import roles
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
-from hermesx.rpc.wire import TLSIdentity, error_from_rpc, open_channel
+from hermesx.rpc.status import error_from_rpc
+from hermesx.rpc.wire import TLSIdentity, open_channel
 
 pytestmark = pytest.mark.integration
 

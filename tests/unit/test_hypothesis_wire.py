@@ -27,8 +27,9 @@ from hermesx.core.errors import (
     error_from_wire,
 )
 from hermesx.core.identity import GUID, TAD
+from hermesx.rpc.convert import tad_from_pb
 from hermesx.rpc.proto import hermesx_pb2 as pb
-from hermesx.rpc.wire import error_from_rpc, tad_from_pb
+from hermesx.rpc.status import error_from_rpc
 
 
 def _all_kinds() -> dict[str, type[HermesError]]:

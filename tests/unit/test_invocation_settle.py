@@ -22,7 +22,8 @@ from hermesx.routing.invoker import Invoker
 from hermesx.routing.naming import Naming
 from hermesx.routing.stash import Stash
 from hermesx.rpc.proto import hermesx_pb2 as pb
-from hermesx.rpc.wire import ChannelPool, pb_error
+from hermesx.rpc.status import pb_error
+from hermesx.rpc.wire import ChannelPool
 
 GUID = "s1:" + "a" * 32
 

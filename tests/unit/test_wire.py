@@ -9,7 +9,7 @@ import sys
 import grpc
 
 from hermesx.core.errors import MethodError, UnreachableError
-from hermesx.rpc.wire import error_from_rpc
+from hermesx.rpc.status import error_from_rpc
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
