@@ -201,7 +201,7 @@ class Atom(AtomSyscalls):
             if daemon.is_alive():
                 logger.warning("atom %s: daemon did not stop within its deadline", self.guid)
 
-    # -- daemons ----------------------------------------------------------------
+    # -- daemons ------------------------------------------------------------
 
     def _start_daemon(self) -> None:
         with self._cv:

@@ -56,6 +56,7 @@ class Turn:
         self.event = threading.Event()
 
 
+@dataclass(slots=True, eq=False)  # eq=False: the mailbox removes a job by identity
 class Job:
     """Work handed to the atom's own thread at a blocking point.
 
@@ -63,41 +64,17 @@ class Job:
     and for snapshots of daemon atoms (their thread never leaves ``hx_main``).
     """
 
-    __slots__ = (
-        "args",
-        "chain",
-        "deadline",
-        "error",
-        "generation",
-        "method",
-        "open_chain",
-        "request_id",
-        "result",
-        "snapshot",
-        "state",
-    )
-
-    def __init__(
-        self,
-        method: str,
-        args: bytes,
-        request_id: str,
-        chain: tuple[str, ...],
-        deadline: float | None,
-        snapshot: bool = False,
-        open_chain: frozenset[str] = frozenset(),
-    ) -> None:
-        self.method = method
-        self.args = args
-        self.request_id = request_id
-        self.chain = chain
-        self.deadline = deadline
-        self.open_chain = open_chain
-        self.snapshot = snapshot
-        self.state = PENDING
-        self.result: bytes = b""
-        self.generation = 0
-        self.error: HermesError | None = None
+    method: str
+    args: bytes
+    request_id: str
+    chain: tuple[str, ...]
+    deadline: float | None
+    snapshot: bool = False
+    open_chain: frozenset[str] = frozenset()
+    state: int = PENDING
+    result: bytes = b""
+    generation: int = 0
+    error: HermesError | None = None
 
 
 Mail = Interrupt | FutureDone | Job

@@ -78,6 +78,12 @@ class AtomScheduling(AtomSnapshots):
     def _closed_error(self) -> UnreachableError:
         return UnreachableError(f"atom {self.guid} is closed on node {self.node_name}")
 
+    def _turn_missed(self, method: str) -> DeadlineExceededError:
+        # Not a "timeout": retrying elsewhere would only queue here again.
+        return DeadlineExceededError(
+            f"atom {self.guid} stayed busy: {method} waited past its deadline for its turn"
+        )
+
     def _enter(
         self,
         job: Job | None,
@@ -121,10 +127,7 @@ class AtomScheduling(AtomSnapshots):
                         wait = deadline - time.monotonic()
                         if wait <= 0:
                             self._mail.remove(job)
-                            raise DeadlineExceededError(
-                                f"atom {self.guid} stayed busy: {method} waited past its "
-                                "deadline for its turn"
-                            )
+                            raise self._turn_missed(method)
                     self._cv.wait(wait)
             finally:
                 self._waiters.remove(ticket)
@@ -165,11 +168,7 @@ class AtomScheduling(AtomSnapshots):
                 if deadline is not None:
                     wait = deadline - time.monotonic()
                     if wait <= 0:
-                        # Not a "timeout": retrying elsewhere would only queue here again.
-                        raise DeadlineExceededError(
-                            f"atom {self.guid} stayed busy: {method} waited past its "
-                            "deadline for its turn"
-                        )
+                        raise self._turn_missed(method)
                 if stuck:
                     wait = CYCLE_RECHECK_S if wait is None else min(wait, CYCLE_RECHECK_S)
                 turn.event.wait(wait)

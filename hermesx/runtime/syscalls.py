@@ -33,7 +33,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 # What atoms log through the ``log`` syscall goes out under the atom module's
-# name, where operators and tests look for it.
+# name, where operators look for it.
 atom_log = logging.getLogger("hermesx.runtime.atom")
 
 # Log output of one call (or handler run, or a daemon's stretch between two
@@ -53,6 +53,8 @@ class AtomSyscalls(AtomScheduling):
         frame = self._frames[-1]
         timeout = None if frame.deadline is None else max(0.0, frame.deadline - time.monotonic())
         return CallContext(self.guid, frame.chain, timeout, tuple(sorted(frame.open_chain)))
+
+    # -- the call's reply and log ----------------------------------------------
 
     def sys_reply(self, data: bytes) -> None:
         if self._frames:
@@ -84,6 +86,8 @@ class AtomSyscalls(AtomScheduling):
                 return
         atom_log.log(LOG_LEVELS.get(level, logging.INFO), "atom %s: %s", self.guid, text)
 
+    # -- the KV ----------------------------------------------------------------
+
     def sys_kv_put(self, key: bytes, value: bytes) -> int:
         self._check_going_on("kv_put")
         old = self.kv.get(key)
@@ -110,6 +114,8 @@ class AtomSyscalls(AtomScheduling):
         self._kv_bytes -= len(key) + len(old) + KV_ENTRY_OVERHEAD
         self._limit_memory()
         return STATUS_OK
+
+    # -- invokes of other atoms ------------------------------------------------
 
     def _start_host_invoke(self, target: str, method: str, args: bytes, sync: bool) -> int:
         self._check_going_on("invoke" if sync else "invoke_async")
@@ -227,6 +233,8 @@ class AtomSyscalls(AtomScheduling):
     def sys_invoke_async(self, target: str, method: str, args: bytes) -> int:
         return self._start_host_invoke(target, method, args, sync=False)
 
+    # -- send, recv, yield -----------------------------------------------------
+
     def sys_send(self, target: str, code: int, payload: bytes) -> int:
         self._check_going_on("send")
         with self._blocked():
@@ -261,6 +269,8 @@ class AtomSyscalls(AtomScheduling):
             raise self._deadline_error("a yield loop")
         with self._blocked():
             return max(0, self._pump(block=False, timeout_s=None, wait_sync=None))
+
+    # -- names, moves, checkpoints (through the host) --------------------------
 
     def sys_lookup(self, mode: str, scope: str | None, pattern: str) -> tuple[int, bytes]:
         self._check_going_on("lookup")
