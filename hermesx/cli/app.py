@@ -70,7 +70,7 @@ def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from hermesx.runtime.atom import run_once
+    from hermesx.runtime.run import run_once
 
     result = run_once(
         pathlib.Path(args.wasm),

@@ -61,8 +61,10 @@ from hermesx.rpc.wire import (
     server_interceptors,
     set_process_tls,
 )
-from hermesx.runtime.atom import Atom, LoadedModule, Runtime
+from hermesx.runtime.atom import Atom
+from hermesx.runtime.engine import Runtime
 from hermesx.runtime.host import CallContext
+from hermesx.runtime.modules import LoadedModule
 
 __all__ = ["NodeConfig", "Supervisor"]
 

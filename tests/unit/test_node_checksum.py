@@ -12,7 +12,7 @@ from hermesx.core.identity import GUID
 from hermesx.core.snapshot import snapshot_checksum
 from hermesx.node.supervisor import NodeConfig, Supervisor
 from hermesx.rpc.proto import hermesx_pb2 as pb
-from hermesx.runtime.atom import Runtime
+from hermesx.runtime.engine import Runtime
 from hermesx.runtime.host import StandaloneHost
 
 
