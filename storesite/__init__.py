@@ -13,9 +13,10 @@ from hermesx.rpc.storesite_client import (
     StoresiteClient,
     StoresiteInfo,
 )
+from storesite.records import AtomState, Checkpoint
 from storesite.server import StoresiteServer, serve
 from storesite.service import Directory, Storesite
-from storesite.store import AtomState, AtomStore, Checkpoint
+from storesite.store import AtomStore
 
 __all__ = [
     "AtomInfo",

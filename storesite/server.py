@@ -43,6 +43,7 @@ from hermesx.rpc.storesite_client import CheckpointInfo, Location
 from hermesx.rpc.wire import TLSIdentity, add_server_port, server_interceptors, set_process_tls
 from nameservice import NameService, NameServiceError, NameTakenError
 from storesite.placement import Member
+from storesite.records import SnapshotCheck
 from storesite.service import Storesite
 from storesite.store import DEFAULT_MAX_CHECKPOINT_BYTES, AtomStore
 
@@ -54,20 +55,6 @@ _Reply = TypeVar("_Reply")
 
 # Seconds to wait for a crashed predecessor's registration to expire.
 REGISTER_PATIENCE = 15.0
-
-
-def _check(
-    request: pb.RegisterAtomRequest
-    | pb.CheckpointRequest
-    | pb.CommitRequest
-    | pb.PassivatedRequest
-    | pb.CheckpointData,
-) -> dict[str, int | None]:
-    """The snapshot's checksum and generation a request carries (None: not sent)."""
-    return {
-        "checksum": request.checksum if request.HasField("checksum") else None,
-        "generation": request.generation if request.HasField("generation") else None,
-    }
 
 
 def _location(location: Location) -> pb.LocationReply:
@@ -129,8 +116,8 @@ class StoresiteServicer(pbg.StoresiteServicer):
                     request.meta,
                     tad_of(request.tad),
                     request.snapshot,
+                    SnapshotCheck.of(request),
                     incarnation=request.incarnation,
-                    **_check(request),
                 )
             ),
         )
@@ -144,8 +131,8 @@ class StoresiteServicer(pbg.StoresiteServicer):
                 tad_of(request.tad),
                 request.snapshot,
                 request.seq,
+                SnapshotCheck.of(request),
                 periodic=request.periodic,
-                **_check(request),
             )
             return pb.Empty()
 
@@ -222,15 +209,17 @@ class StoresiteServicer(pbg.StoresiteServicer):
                     request.guid,
                     tad_of(request.tad),
                     request.snapshot,
+                    SnapshotCheck.of(request),
                     incarnation=request.incarnation,
-                    **_check(request),
                 )
             ),
         )
 
     def Stage(self, request: pb.CommitRequest, context: grpc.ServicerContext) -> pb.Empty:
         def body() -> pb.Empty:
-            self.site.stage(request.guid, tad_of(request.tad), request.snapshot, **_check(request))
+            self.site.stage(
+                request.guid, tad_of(request.tad), request.snapshot, SnapshotCheck.of(request)
+            )
             return pb.Empty()
 
         return self._run(context, "Stage", body)
@@ -245,7 +234,7 @@ class StoresiteServicer(pbg.StoresiteServicer):
     def Passivated(self, request: pb.PassivatedRequest, context: grpc.ServicerContext) -> pb.Empty:
         def body() -> pb.Empty:
             self.site.passivated(
-                request.guid, tad_of(request.tad), request.snapshot, **_check(request)
+                request.guid, tad_of(request.tad), request.snapshot, SnapshotCheck.of(request)
             )
             return pb.Empty()
 
@@ -279,14 +268,16 @@ class StoresiteServicer(pbg.StoresiteServicer):
     def AdoptAtom(
         self, request: pb.CheckpointData, context: grpc.ServicerContext
     ) -> pb.LocationReply:
+        check = SnapshotCheck.of(request)
         data = CheckpointInfo(
             request.guid,
             tad_of(request.tad),
             request.snapshot,
             request.meta,
             request.seq,
+            checksum=check.checksum,
+            generation=check.generation,
             incarnation=request.incarnation,
-            **_check(request),
         )
         return self._run(context, "AdoptAtom", lambda: _location(self.site.adopt_atom(data)))
 

@@ -51,7 +51,8 @@ from hermesx.rpc.node_client import SupervisorLink
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.storesite_client import CheckpointInfo, Location, StoresiteClient
 from storesite.placement import LoadCache, Member, rank_nodes
-from storesite.store import AtomState, AtomStore, Checkpoint, StoreStatus
+from storesite.records import NO_CHECK, AtomState, Checkpoint, SnapshotCheck, StoreStatus
+from storesite.store import AtomStore
 
 __all__ = ["Directory", "Storesite"]
 
@@ -127,10 +128,10 @@ class Storesite:
     # ------------------------------------------------------ plain records
 
     def put_module(self, module: bytes) -> str:
-        return self.store.put_module(module)
+        return self.store.modules.put(module)
 
     def get_module(self, module_hash: str) -> bytes:
-        return self.store.get_module(module_hash)
+        return self.store.modules.get(module_hash)
 
     def register_atom(
         self,
@@ -138,18 +139,17 @@ class Storesite:
         meta: pb.AtomMeta,
         tad: TAD,
         snapshot: bytes,
+        check: SnapshotCheck = NO_CHECK,
         *,
         incarnation: str = "",
-        **check: int | None,
     ) -> Location:
-        """``check``: the snapshot's ``checksum`` and ``generation`` (see AtomStore)."""
         if not incarnation:
             # A creator that does not say: the incarnation its node is listed with.
             member = self.directory.nodes().get(tad.node)
             incarnation = member.incarnation if member is not None else ""
         with self._atom_lock(guid):
             state = self.store.register_atom(
-                guid, meta, tad, snapshot, incarnation=incarnation, **check
+                guid, meta, tad, snapshot, check, incarnation=incarnation
             )
         self._look_again_if_gone(state)
         return Location(state.location, incarnation=state.incarnation)
@@ -160,12 +160,12 @@ class Storesite:
         tad: TAD,
         snapshot: bytes,
         seq: int,
+        check: SnapshotCheck = NO_CHECK,
         *,
         periodic: bool = False,
-        **check: int | None,
     ) -> bool:
         with self._atom_lock(guid):
-            return self.store.put_checkpoint(guid, tad, seq, snapshot, periodic=periodic, **check)
+            return self.store.put_checkpoint(guid, tad, seq, snapshot, check, periodic=periodic)
 
     def get_checkpoint(self, guid: str) -> Checkpoint:
         return self.store.latest_checkpoint(guid)
@@ -190,25 +190,25 @@ class Storesite:
                 raise MigrationError(
                     f"cannot move atom {guid} to {destination}: no live node by that name"
                 )
-            return self.store.prepare(guid, source, destination)
+            return self.store.moves.prepare(guid, source, destination)
 
-    def stage(self, guid: str, tad: TAD, snapshot: bytes, **check: int | None) -> None:
+    def stage(self, guid: str, tad: TAD, snapshot: bytes, check: SnapshotCheck = NO_CHECK) -> None:
         with self._atom_lock(guid):
-            self.store.stage(guid, tad, snapshot, **check)
+            self.store.moves.stage(guid, tad, snapshot, check)
 
     def commit(
         self,
         guid: str,
         tad: TAD,
         snapshot: bytes,
+        check: SnapshotCheck = NO_CHECK,
         *,
         incarnation: str = "",
-        **check: int | None,
     ) -> Location:
         """Complete a move to ``tad``; ``incarnation`` is the destination's that staged the copy."""
         with self._atom_lock(guid):
             self._check_stager(guid, tad, incarnation)
-            state = self.store.commit(guid, tad, snapshot, incarnation=incarnation, **check)
+            state = self.store.moves.commit(guid, tad, snapshot, check, incarnation=incarnation)
         self._loads.bump(tad.node)
         self._look_again_if_gone(state)
         return Location(state.location, incarnation=state.incarnation)
@@ -238,16 +238,18 @@ class Storesite:
             )
         else:
             why = f"it names no incarnation of node {tad.node}"
-        self.store.abort(guid, tad.age)
+        self.store.moves.abort(guid, tad.age)
         raise MigrationError(f"commit of atom {guid} to {tad} refused: {why}; the move is aborted")
 
     def abort(self, guid: str, age: int) -> None:
         with self._atom_lock(guid):
-            self.store.abort(guid, age)
+            self.store.moves.abort(guid, age)
 
-    def passivated(self, guid: str, tad: TAD, snapshot: bytes, **check: int | None) -> None:
+    def passivated(
+        self, guid: str, tad: TAD, snapshot: bytes, check: SnapshotCheck = NO_CHECK
+    ) -> None:
         with self._atom_lock(guid):
-            self.store.passivated(guid, tad, snapshot, **check)
+            self.store.passivated(guid, tad, snapshot, check)
 
     # ------------------------------------------------------------- locate
 
@@ -507,11 +509,11 @@ class Storesite:
             )
             with StoresiteClient(address, sid=destination, timeout=30.0) as peer:
                 module_hash = state.meta.module_hash
-                if module_hash and self.store.has_module(module_hash):
-                    peer.put_module(self.store.get_module(module_hash))
+                if module_hash and self.store.modules.has(module_hash):
+                    peer.put_module(self.store.modules.get(module_hash))
                 peer.adopt_atom(data, dormant=state.dormant)
             self.directory.set_home(guid, destination)
-            state = self.store.set_forwarded(guid, destination)
+            state = self.store.moves.set_forwarded(guid, destination)
         log.info("atom %s is now homed at storesite %s", guid, destination)
         return Location(state.location, state.dormant, destination)
 
@@ -523,15 +525,14 @@ class Storesite:
         """
         dormant = not data.tad.node
         with self._atom_lock(data.guid):
-            state = self.store.adopt_atom(
+            state = self.store.moves.adopt_atom(
                 data.guid,
                 data.meta,
                 data.tad,
                 data.seq,
                 data.snapshot,
+                SnapshotCheck(data.checksum, data.generation),
                 dormant=dormant,
-                checksum=data.checksum,
-                generation=data.generation,
                 incarnation=data.incarnation,
             )
         if not dormant:
