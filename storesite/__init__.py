@@ -13,9 +13,10 @@ from hermesx.rpc.storesite_client import (
     StoresiteClient,
     StoresiteInfo,
 )
+from storesite.directory import Directory
 from storesite.records import AtomState, Checkpoint
 from storesite.server import StoresiteServer, serve
-from storesite.service import Directory, Storesite
+from storesite.service import Storesite
 from storesite.store import AtomStore
 
 __all__ = [

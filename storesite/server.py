@@ -18,7 +18,7 @@ import pathlib
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from typing import TypeVar
 
@@ -27,10 +27,7 @@ import grpc
 from hermesx.core.errors import (
     ConfigurationError,
     HermesError,
-    NameNotFoundError,
-    NamingError,
     StorageError,
-    error_from_wire,
 )
 from hermesx.core.identity import validate_name
 from hermesx.rpc.convert import tad_of, tad_to_pb
@@ -42,12 +39,12 @@ from hermesx.rpc.status import abort_with
 from hermesx.rpc.storesite_client import CheckpointInfo, Location
 from hermesx.rpc.wire import TLSIdentity, add_server_port, server_interceptors, set_process_tls
 from nameservice import NameService, NameServiceError, NameTakenError
-from storesite.placement import Member
+from storesite.directory import NameServiceDirectory, naming_error
 from storesite.records import SnapshotCheck
 from storesite.service import Storesite
 from storesite.store import DEFAULT_MAX_CHECKPOINT_BYTES, AtomStore
 
-__all__ = ["NameServiceDirectory", "StoresiteServer", "StoresiteServicer", "serve"]
+__all__ = ["StoresiteServer", "StoresiteServicer", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -347,50 +344,6 @@ class StoresiteServer:
         self._server.stop(grace).wait()
 
 
-class NameServiceDirectory:
-    """:class:`Directory` over the name service (package ``nameservice``).
-
-    Name-service errors become the hermesx error of the same kind.
-    """
-
-    def __init__(self, names: NameService) -> None:
-        self._names = names
-
-    def nodes(self) -> Mapping[str, Member]:
-        try:
-            nodes = self._names.nodes()
-        except NameServiceError as exc:
-            raise _naming_error(exc, "cannot list live nodes") from exc
-        return nodes
-
-    def live_incarnation(self, node: str) -> str | None:
-        try:
-            return self._names.node_incarnation(node)
-        except NameServiceError as exc:
-            raise _naming_error(exc, f"cannot read node {node}'s registration") from exc
-
-    def storesite_address(self, sid: str) -> str:
-        try:
-            members = self._names.storesites()
-        except NameServiceError as exc:
-            raise _naming_error(exc, f"cannot find storesite {sid}") from exc
-        member = members.get(sid)
-        if member is None:
-            raise NameNotFoundError(f"no live storesite {sid} in the name service")
-        return member.address
-
-    def set_home(self, guid: str, sid: str) -> None:
-        try:
-            self._names.set_home(guid, sid)
-        except NameServiceError as exc:
-            raise _naming_error(exc, f"cannot record storesite {sid} as home of {guid}") from exc
-
-
-def _naming_error(exc: NameServiceError, what: str) -> HermesError:
-    err = error_from_wire(exc.kind, f"{what}: {exc}")
-    return err if type(err) is not HermesError else NamingError(f"{what}: {exc}")
-
-
 def serve(
     sid: str,
     listen: str,
@@ -432,7 +385,7 @@ def serve(
         )
     except NameServiceError as exc:
         store.close()
-        raise _naming_error(exc, f"storesite {sid} cannot use cluster {cluster!r}") from exc
+        raise naming_error(exc, f"storesite {sid} cannot use cluster {cluster!r}") from exc
     site = Storesite(store, NameServiceDirectory(names))
     server = StoresiteServer(site, listen, tls=tls)
     try:
@@ -443,7 +396,7 @@ def serve(
             names.add_state_listener(_reregister_after_loss(names, sid, address, stop))
             names.watch_nodes(site.on_nodes)
         except NameServiceError as exc:
-            raise _naming_error(
+            raise naming_error(
                 exc, f"storesite {sid} cannot join the name service at {zk} (cluster {cluster})"
             ) from exc
         log.info("storesite %s serving %s (cluster %s) from %s", sid, address, cluster, data_dir)
