@@ -14,8 +14,9 @@ from hermesx.rpc.storesite_client import (
     StoresiteInfo,
 )
 from storesite.directory import Directory
+from storesite.process import serve
 from storesite.records import AtomState, Checkpoint
-from storesite.server import StoresiteServer, serve
+from storesite.server import StoresiteServer
 from storesite.service import Storesite
 from storesite.store import AtomStore
 

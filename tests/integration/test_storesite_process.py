@@ -99,7 +99,14 @@ class FakeNode:
 
 class StoresiteProcess:
     def __init__(
-        self, sid: str, data: pathlib.Path, zk: str, cluster: str, *, init: bool = False
+        self,
+        sid: str,
+        data: pathlib.Path,
+        zk: str,
+        cluster: str,
+        *,
+        init: bool = False,
+        options: tuple[str, ...] = (),
     ) -> None:
         self.sid = sid
         self.proc = subprocess.Popen(
@@ -118,6 +125,7 @@ class StoresiteProcess:
                 "--cluster",
                 cluster,
                 *(["--init"] if init else []),
+                *options,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -181,6 +189,30 @@ def test_storesite_process_registers_and_serves(
     assert site.stop() == 0
     with NameService(zk, cluster_name) as names:
         assert "s1" not in names.storesites()
+
+
+def test_a_killed_storesites_registration_lasts_the_session_timeout_it_was_given(
+    zk: str, cluster_name: str, tmp_path: pathlib.Path, processes: list[StoresiteProcess | FakeNode]
+) -> None:
+    """``--session-timeout`` is the storesite's session: a dead one is listed that long.
+
+    With 2 s asked, the registration of a SIGKILLed storesite goes in about
+    2 s (ZooKeeper expires the session), well before the 4 s default would
+    let it; it is not dropped at once either, as a clean close would.
+    """
+    site = StoresiteProcess(
+        "s1", tmp_path / "s1", zk, cluster_name, init=True, options=("--session-timeout", "2")
+    )
+    processes.append(site)
+    site.wait_ready()
+    with NameService(zk, cluster_name) as names:
+        assert "s1" in names.storesites()
+        site.proc.kill()
+        site.proc.wait(timeout=10)
+        killed = time.monotonic()
+        wait_for(lambda: "s1" not in names.storesites(), "the registration to expire", 200)
+        listed_for = time.monotonic() - killed
+    assert 1.0 < listed_for < 3.8, f"registration outlived the process by {listed_for:.1f} s"
 
 
 def test_node_death_recovers_atoms_on_a_live_node(
