@@ -21,7 +21,7 @@ from hermesx.core.snapshot import snapshot_checksum
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.storesite_client import StoresiteClient
 from storesite.placement import Member
-from storesite.records import SnapshotCheck
+from storesite.records import Provenance
 from storesite.server import StoresiteServer
 from storesite.service import Storesite
 from storesite.store import AtomStore
@@ -107,7 +107,7 @@ def _bench_size(
     figures: dict[str, float] = {}
     # As a node sends it: with the checksum it computed, which the storesite checks.
     checksum = snapshot_checksum(snapshot)
-    check = SnapshotCheck(checksum=checksum)
+    check = Provenance(checksum=checksum)
     for via, put in (
         ("store", lambda seq: store.put_checkpoint(local, tad, seq, snapshot, check)),
         (

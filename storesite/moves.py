@@ -20,7 +20,7 @@ from hermesx.core.errors import MigrationError, StorageError
 from hermesx.core.identity import TAD
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from storesite.checkpoints import CheckpointWindow
-from storesite.records import NO_CHECK, AtomState, AtomTable, SnapshotCheck, check_pending
+from storesite.records import UNSTATED, AtomState, AtomTable, Provenance, check_pending
 
 __all__ = ["MoveRecords"]
 
@@ -65,7 +65,7 @@ class MoveRecords:
         log.info("prepared move of %s from %s to %s@%s", guid, source, destination, age)
         return age
 
-    def stage(self, guid: str, tad: TAD, snapshot: bytes, check: SnapshotCheck = NO_CHECK) -> None:
+    def stage(self, guid: str, tad: TAD, snapshot: bytes, check: Provenance = UNSTATED) -> None:
         """Keep the snapshot of the pending move to ``tad`` for its COMMIT.
 
         It goes straight into the next checkpoint slot, so COMMIT only has to
@@ -84,15 +84,13 @@ class MoveRecords:
         guid: str,
         tad: TAD,
         snapshot: bytes,
-        check: SnapshotCheck = NO_CHECK,
-        *,
-        incarnation: str = "",
+        check: Provenance = UNSTATED,
     ) -> AtomState:
         """Complete the pending move: ``tad`` becomes the location, the snapshot the checkpoint.
 
         An empty ``snapshot`` means the one staged for this move, checked
         first: a damaged one fails the commit, so the move aborts.
-        ``incarnation`` is the destination's that staged the copy.
+        ``check.incarnation`` is the destination's that staged the copy.
         """
         self._table.check_size(guid, snapshot)
         checksum = 0
@@ -101,7 +99,7 @@ class MoveRecords:
         with self._table.write(guid) as txn:
             state = self._table.live(txn, guid)
             check_pending(state, tad, "commit")
-            state = replace(state, location=tad, pending=None, incarnation=incarnation)
+            state = replace(state, location=tad, pending=None, incarnation=check.incarnation)
             if snapshot:
                 state = self._window.store(
                     txn, state, tad, 0, snapshot, checksum, check.stored_generation
@@ -132,11 +130,10 @@ class MoveRecords:
         tad: TAD,
         seq: int,
         snapshot: bytes,
-        check: SnapshotCheck = NO_CHECK,
+        check: Provenance = UNSTATED,
         *,
         dormant: bool,
         next_age: int | None = None,
-        incarnation: str = "",
     ) -> AtomState:
         """Take over an atom whose home moves here from another storesite."""
         self._table.check_size(guid, snapshot)
@@ -158,7 +155,7 @@ class MoveRecords:
                 dormant=dormant,
                 next_age=next_age or 0,
                 adopted=True,
-                incarnation="" if dormant else incarnation,
+                incarnation="" if dormant else check.incarnation,
             )
             state = self._window.store(
                 txn, state, tad, seq, snapshot, checksum, check.stored_generation

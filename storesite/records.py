@@ -2,7 +2,7 @@
 
 The values: :class:`AtomState` (one atom's location record, everything but
 snapshot bytes, packed with msgpack under its GUID), :class:`Checkpoint` (one
-stored snapshot and where it was taken) and :class:`SnapshotCheck` (what a
+stored snapshot and where it was taken) and :class:`Provenance` (what a
 writer says of the snapshot it sends: its CRC-32 and the generation it
 holds). :class:`AtomTable` reads and writes atom records inside the durable
 write transactions of a :class:`~storesite.environment.StoreEnvironment`, and
@@ -38,11 +38,11 @@ if TYPE_CHECKING:
 __all__ = [
     "GENERATION_UNKNOWN",
     "KEEP_PREVIOUS_CHECKPOINTS",
-    "NO_CHECK",
+    "UNSTATED",
     "AtomState",
     "AtomTable",
     "Checkpoint",
-    "SnapshotCheck",
+    "Provenance",
     "StoreStatus",
 ]
 
@@ -57,16 +57,20 @@ GENERATION_UNKNOWN = -1
 
 
 @dataclass(frozen=True, slots=True)
-class SnapshotCheck:
-    """What a writer says of the snapshot it sends; None: it did not say.
+class Provenance:
+    """What a writer says of the snapshot it sends; None (or ""): it did not say.
 
     ``checksum`` is the snapshot's CRC-32
     (:func:`hermesx.core.snapshot.snapshot_checksum`), ``generation`` the
-    number of calls the atom had completed when it was taken.
+    number of calls the atom had completed when it was taken, and
+    ``incarnation`` the incarnation of the TAD's node that holds the atom
+    with that snapshot (DESIGN.md §5): a creating node, the destination that
+    staged a move's copy.
     """
 
     checksum: int | None = None
     generation: int | None = None
+    incarnation: str = ""
 
     @classmethod
     def of(
@@ -76,11 +80,17 @@ class SnapshotCheck:
         | pb.CommitRequest
         | pb.PassivatedRequest
         | pb.CheckpointData,
-    ) -> SnapshotCheck:
-        """The check a request carries (an unset field: not sent)."""
+    ) -> Provenance:
+        """The provenance a request carries (an unset field: not said)."""
+        holder = (
+            request.incarnation
+            if isinstance(request, pb.RegisterAtomRequest | pb.CommitRequest | pb.CheckpointData)
+            else ""
+        )
         return cls(
             checksum=request.checksum if request.HasField("checksum") else None,
             generation=request.generation if request.HasField("generation") else None,
+            incarnation=holder,
         )
 
     @property
@@ -101,7 +111,7 @@ class SnapshotCheck:
 
 
 # A writer that says nothing of its snapshot.
-NO_CHECK = SnapshotCheck()
+UNSTATED = Provenance()
 
 
 @dataclass(frozen=True, slots=True)

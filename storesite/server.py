@@ -27,7 +27,7 @@ from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.status import abort_with
 from hermesx.rpc.storesite_client import CheckpointInfo, Location
 from hermesx.rpc.wire import TLSIdentity, add_server_port, server_interceptors
-from storesite.records import SnapshotCheck
+from storesite.records import Provenance
 from storesite.service import Storesite
 
 __all__ = ["StoresiteServer", "StoresiteServicer"]
@@ -96,8 +96,7 @@ class StoresiteServicer(pbg.StoresiteServicer):
                     request.meta,
                     tad_of(request.tad),
                     request.snapshot,
-                    SnapshotCheck.of(request),
-                    incarnation=request.incarnation,
+                    Provenance.of(request),
                 )
             ),
         )
@@ -111,7 +110,7 @@ class StoresiteServicer(pbg.StoresiteServicer):
                 tad_of(request.tad),
                 request.snapshot,
                 request.seq,
-                SnapshotCheck.of(request),
+                Provenance.of(request),
                 periodic=request.periodic,
             )
             return pb.Empty()
@@ -189,8 +188,7 @@ class StoresiteServicer(pbg.StoresiteServicer):
                     request.guid,
                     tad_of(request.tad),
                     request.snapshot,
-                    SnapshotCheck.of(request),
-                    incarnation=request.incarnation,
+                    Provenance.of(request),
                 )
             ),
         )
@@ -198,7 +196,7 @@ class StoresiteServicer(pbg.StoresiteServicer):
     def Stage(self, request: pb.CommitRequest, context: grpc.ServicerContext) -> pb.Empty:
         def body() -> pb.Empty:
             self.site.stage(
-                request.guid, tad_of(request.tad), request.snapshot, SnapshotCheck.of(request)
+                request.guid, tad_of(request.tad), request.snapshot, Provenance.of(request)
             )
             return pb.Empty()
 
@@ -214,7 +212,7 @@ class StoresiteServicer(pbg.StoresiteServicer):
     def Passivated(self, request: pb.PassivatedRequest, context: grpc.ServicerContext) -> pb.Empty:
         def body() -> pb.Empty:
             self.site.passivated(
-                request.guid, tad_of(request.tad), request.snapshot, SnapshotCheck.of(request)
+                request.guid, tad_of(request.tad), request.snapshot, Provenance.of(request)
             )
             return pb.Empty()
 
@@ -248,7 +246,7 @@ class StoresiteServicer(pbg.StoresiteServicer):
     def AdoptAtom(
         self, request: pb.CheckpointData, context: grpc.ServicerContext
     ) -> pb.LocationReply:
-        check = SnapshotCheck.of(request)
+        check = Provenance.of(request)
         data = CheckpointInfo(
             request.guid,
             tad_of(request.tad),
@@ -257,7 +255,7 @@ class StoresiteServicer(pbg.StoresiteServicer):
             request.seq,
             checksum=check.checksum,
             generation=check.generation,
-            incarnation=request.incarnation,
+            incarnation=check.incarnation,
         )
         return self._run(context, "AdoptAtom", lambda: _location(self.site.adopt_atom(data)))
 

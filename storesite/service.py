@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 
 from hermesx.core.errors import MigrationError, StorageError
 from hermesx.core.identity import TAD
@@ -40,7 +41,7 @@ from storesite.activation import Activator
 from storesite.directory import Directory
 from storesite.locks import AtomLocks
 from storesite.placement import LoadCache, Member
-from storesite.records import NO_CHECK, AtomState, Checkpoint, SnapshotCheck, StoreStatus
+from storesite.records import UNSTATED, AtomState, Checkpoint, Provenance, StoreStatus
 from storesite.recovery import Recovery, gone
 from storesite.store import AtomStore
 
@@ -97,18 +98,14 @@ class Storesite:
         meta: pb.AtomMeta,
         tad: TAD,
         snapshot: bytes,
-        check: SnapshotCheck = NO_CHECK,
-        *,
-        incarnation: str = "",
+        check: Provenance = UNSTATED,
     ) -> Location:
-        if not incarnation:
+        if not check.incarnation:
             # A creator that does not say: the incarnation its node is listed with.
             member = self.directory.nodes().get(tad.node)
-            incarnation = member.incarnation if member is not None else ""
+            check = replace(check, incarnation=member.incarnation if member is not None else "")
         with self._locks.hold(guid):
-            state = self.store.register_atom(
-                guid, meta, tad, snapshot, check, incarnation=incarnation
-            )
+            state = self.store.register_atom(guid, meta, tad, snapshot, check)
         self._recovery.look_again_if_gone(state)
         return Location(state.location, incarnation=state.incarnation)
 
@@ -118,7 +115,7 @@ class Storesite:
         tad: TAD,
         snapshot: bytes,
         seq: int,
-        check: SnapshotCheck = NO_CHECK,
+        check: Provenance = UNSTATED,
         *,
         periodic: bool = False,
     ) -> bool:
@@ -149,7 +146,7 @@ class Storesite:
                 )
             return self.store.moves.prepare(guid, source, destination)
 
-    def stage(self, guid: str, tad: TAD, snapshot: bytes, check: SnapshotCheck = NO_CHECK) -> None:
+    def stage(self, guid: str, tad: TAD, snapshot: bytes, check: Provenance = UNSTATED) -> None:
         with self._locks.hold(guid):
             self.store.moves.stage(guid, tad, snapshot, check)
 
@@ -158,14 +155,12 @@ class Storesite:
         guid: str,
         tad: TAD,
         snapshot: bytes,
-        check: SnapshotCheck = NO_CHECK,
-        *,
-        incarnation: str = "",
+        check: Provenance = UNSTATED,
     ) -> Location:
-        """Complete a move to ``tad``; ``incarnation`` is the destination's that staged the copy."""
+        """Complete a move to ``tad``; ``check.incarnation`` is the destination's that staged it."""
         with self._locks.hold(guid):
-            self._check_stager(guid, tad, incarnation)
-            state = self.store.moves.commit(guid, tad, snapshot, check, incarnation=incarnation)
+            self._check_stager(guid, tad, check.incarnation)
+            state = self.store.moves.commit(guid, tad, snapshot, check)
         self._loads.bump(tad.node)
         self._recovery.look_again_if_gone(state)
         return Location(state.location, incarnation=state.incarnation)
@@ -203,7 +198,7 @@ class Storesite:
             self.store.moves.abort(guid, age)
 
     def passivated(
-        self, guid: str, tad: TAD, snapshot: bytes, check: SnapshotCheck = NO_CHECK
+        self, guid: str, tad: TAD, snapshot: bytes, check: Provenance = UNSTATED
     ) -> None:
         with self._locks.hold(guid):
             self.store.passivated(guid, tad, snapshot, check)
@@ -283,9 +278,8 @@ class Storesite:
                 data.tad,
                 data.seq,
                 data.snapshot,
-                SnapshotCheck(data.checksum, data.generation),
+                Provenance(data.checksum, data.generation, data.incarnation),
                 dormant=dormant,
-                incarnation=data.incarnation,
             )
         if not dormant:
             self._recovery.look_again_if_gone(state)

@@ -52,11 +52,11 @@ from storesite.environment import DEFAULT_MAP_SIZE, StoreEnvironment
 from storesite.modules import ModuleStore
 from storesite.moves import MoveRecords
 from storesite.records import (
-    NO_CHECK,
+    UNSTATED,
     AtomState,
     AtomTable,
     Checkpoint,
-    SnapshotCheck,
+    Provenance,
     StoreStatus,
     check_current,
     parse_state,
@@ -115,20 +115,18 @@ class AtomStore:
         meta: pb.AtomMeta,
         tad: TAD,
         snapshot: bytes,
-        check: SnapshotCheck = NO_CHECK,
-        *,
-        incarnation: str = "",
+        check: Provenance = UNSTATED,
     ) -> AtomState:
         """Record a new atom homed here at ``tad`` with its first checkpoint.
 
-        ``incarnation`` is that of ``tad.node`` holding it.
+        ``check.incarnation`` is that of ``tad.node`` holding it.
         """
         home = GUID.parse(guid).home
         if home != self.sid:
             raise StorageError(f"atom {guid} is homed at storesite {home}, not at {self.sid}")
         self._table.check_size(guid, snapshot)
         checksum = check.arrived(snapshot, f"first checkpoint of atom {guid} from {tad}")
-        state = AtomState.first(guid, meta, tad, incarnation=incarnation)
+        state = AtomState.first(guid, meta, tad, incarnation=check.incarnation)
         with self._table.write(guid) as txn:
             if self._table.exists(txn, guid) is not None:
                 raise StorageError(f"atom {guid} is already registered at storesite {self.sid}")
@@ -182,7 +180,7 @@ class AtomStore:
         tad: TAD,
         seq: int,
         snapshot: bytes,
-        check: SnapshotCheck = NO_CHECK,
+        check: Provenance = UNSTATED,
         *,
         periodic: bool = False,
     ) -> bool:
@@ -257,7 +255,7 @@ class AtomStore:
             return self._window.history(txn, state)
 
     def passivated(
-        self, guid: str, tad: TAD, snapshot: bytes, check: SnapshotCheck = NO_CHECK
+        self, guid: str, tad: TAD, snapshot: bytes, check: Provenance = UNSTATED
     ) -> AtomState:
         """The node at ``tad`` dropped the atom after a final checkpoint: it is dormant."""
         self._table.check_size(guid, snapshot)

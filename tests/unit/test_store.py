@@ -15,7 +15,7 @@ from hermesx.core.errors import MigrationError, NameNotFoundError, StorageError
 from hermesx.core.identity import GUID, TAD
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from storesite.modules import module_hash
-from storesite.records import KEEP_PREVIOUS_CHECKPOINTS, AtomState
+from storesite.records import KEEP_PREVIOUS_CHECKPOINTS, AtomState, Provenance
 from storesite.store import AtomStore
 
 SID = "s1"
@@ -365,10 +365,11 @@ def test_record_of_an_older_store_loads_with_an_unknown_incarnation(store: AtomS
 
 def test_location_names_the_incarnation_of_each_holder(store: AtomStore) -> None:
     guid = str(GUID.new(SID))
-    store.register_atom(guid, pb.AtomMeta(), TAD("n1", 1), b"s", incarnation="a1")
+    store.register_atom(guid, pb.AtomMeta(), TAD("n1", 1), b"s", Provenance(incarnation="a1"))
     assert store.get(guid).incarnation == "a1"
     age = store.moves.prepare(guid, TAD("n1", 1), "n2")
-    assert store.moves.commit(guid, TAD("n2", age), b"moved", incarnation="b1").incarnation == "b1"
+    moved = store.moves.commit(guid, TAD("n2", age), b"moved", Provenance(incarnation="b1"))
+    assert moved.incarnation == "b1"
     next_age, _ = store.reserve_age(guid)
     assert store.activated(guid, TAD("n3", next_age), "c1").incarnation == "c1"
     with pytest.raises(MigrationError, match="stale reconciliation"):

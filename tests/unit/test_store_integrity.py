@@ -16,7 +16,7 @@ from hermesx.core.identity import GUID, TAD
 from hermesx.core.snapshot import snapshot_checksum
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from storesite.environment import check_lmdb_file
-from storesite.records import SnapshotCheck
+from storesite.records import Provenance
 from storesite.store import AtomStore
 
 SID = "s1"
@@ -37,14 +37,14 @@ def new_atom(store: AtomStore, generation: int = 1) -> str:
         pb.AtomMeta(name="counter"),
         AT,
         snapshot,
-        SnapshotCheck(checksum=snapshot_checksum(snapshot), generation=generation),
+        Provenance(checksum=snapshot_checksum(snapshot), generation=generation),
     )
     return guid
 
 
 def put(store: AtomStore, guid: str, seq: int, snapshot: bytes, generation: int) -> None:
     assert store.put_checkpoint(
-        guid, AT, seq, snapshot, SnapshotCheck(snapshot_checksum(snapshot), generation)
+        guid, AT, seq, snapshot, Provenance(snapshot_checksum(snapshot), generation)
     )
 
 
@@ -66,7 +66,7 @@ def test_a_checkpoint_that_arrived_damaged_is_refused_and_nothing_changes(
     put(store, guid, 1, b"count=1", generation=2)
     with pytest.raises(StorageError) as info:
         store.put_checkpoint(
-            guid, AT, 2, b"count=2", SnapshotCheck(checksum=snapshot_checksum(b"count=3"))
+            guid, AT, 2, b"count=2", Provenance(checksum=snapshot_checksum(b"count=3"))
         )
     assert f"checkpoint of atom {guid} from {AT} seq 2 is damaged" in str(info.value)
     assert store.latest_checkpoint(guid).snapshot == b"count=1"
@@ -116,7 +116,7 @@ def test_a_damaged_checkpoint_falls_back_when_the_previous_holds_every_acknowled
         guid,
         AT,
         b"count=12, dormant",
-        SnapshotCheck(checksum=snapshot_checksum(b"count=12, dormant"), generation=12),
+        Provenance(checksum=snapshot_checksum(b"count=12, dormant"), generation=12),
     )
     flip_a_bit_of_latest(store, guid, b"dormant")
     with caplog.at_level(logging.WARNING, logger="storesite.store"):
@@ -275,7 +275,7 @@ def test_an_older_state_with_a_newer_seq_never_replaces_a_newer_one(store: AtomS
     put(store, guid, 1, b"count=12", generation=12)
     # The snapshot of 11 was taken first but drew its number last.
     assert not store.put_checkpoint(
-        guid, AT, 2, b"count=11", SnapshotCheck(snapshot_checksum(b"count=11"), 11)
+        guid, AT, 2, b"count=11", Provenance(snapshot_checksum(b"count=11"), 11)
     )
     assert store.latest_checkpoint(guid).snapshot == b"count=12"
     put(store, guid, 3, b"count=13", generation=13)
@@ -295,7 +295,7 @@ def test_a_damaged_periodic_checkpoint_falls_back_to_the_last_acknowledged_state
             AT,
             seq,
             snapshot,
-            SnapshotCheck(checksum=snapshot_checksum(snapshot), generation=generation),
+            Provenance(checksum=snapshot_checksum(snapshot), generation=generation),
             periodic=True,
         )
     assert store.get(guid).durable_generation == 5
