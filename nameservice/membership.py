@@ -93,11 +93,7 @@ class Membership:
         self._deliver_lock = threading.RLock()
 
     def register_node(
-        self,
-        name: str,
-        address: str,
-        tags: Sequence[str] = (),
-        data: Mapping[str, Any] | None = None,
+        self, name: str, address: str, tags: Sequence[str], data: Mapping[str, Any] | None
     ) -> str:
         validate_name(name, "node name")
         _validate_address(address, f"node {name!r}")

@@ -58,21 +58,11 @@ class CheckpointWindow:
         acknowledged: bool = True,
     ) -> AtomState:
         """Write a checkpoint into the next slot and make it the latest."""
-        self.stage(txn, state, tad, seq, snapshot, checksum, generation)
+        self.stage(txn, state, pack_checkpoint(tad, seq, snapshot, checksum, generation))
         return self.advance(txn, state, tad, seq, generation, acknowledged=acknowledged)
 
-    def stage(
-        self,
-        txn: lmdb.Transaction,
-        state: AtomState,
-        tad: TAD,
-        seq: int,
-        snapshot: bytes,
-        checksum: int,
-        generation: int,
-    ) -> None:
-        """Write a snapshot into the slot after the latest, not yet the latest."""
-        packed = pack_checkpoint(tad, seq, snapshot, checksum, generation)
+    def stage(self, txn: lmdb.Transaction, state: AtomState, packed: bytes) -> None:
+        """Write a packed checkpoint into the slot after the latest, not yet the latest."""
         txn.put(checkpoint_key(state.guid, state.checkpoint_no + 1), packed, db=self._db)
 
     def staged(self, txn: lmdb.Transaction, state: AtomState, tad: TAD) -> Checkpoint:

@@ -20,7 +20,14 @@ from hermesx.core.errors import MigrationError, StorageError
 from hermesx.core.identity import TAD
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from storesite.checkpoints import CheckpointWindow
-from storesite.records import UNSTATED, AtomState, AtomTable, Provenance, check_pending
+from storesite.records import (
+    UNSTATED,
+    AtomState,
+    AtomTable,
+    Provenance,
+    check_pending,
+    pack_checkpoint,
+)
 
 __all__ = ["MoveRecords"]
 
@@ -77,14 +84,11 @@ class MoveRecords:
         with self._table.write(guid) as txn:
             state = self._table.live(txn, guid)
             check_pending(state, tad, "staging")
-            self._window.stage(txn, state, tad, 0, snapshot, checksum, check.stored_generation)
+            packed = pack_checkpoint(tad, 0, snapshot, checksum, check.stored_generation)
+            self._window.stage(txn, state, packed)
 
     def commit(
-        self,
-        guid: str,
-        tad: TAD,
-        snapshot: bytes,
-        check: Provenance = UNSTATED,
+        self, guid: str, tad: TAD, snapshot: bytes, check: Provenance = UNSTATED
     ) -> AtomState:
         """Complete the pending move: ``tad`` becomes the location, the snapshot the checkpoint.
 

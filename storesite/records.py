@@ -65,12 +65,14 @@ class Provenance:
     number of calls the atom had completed when it was taken, and
     ``incarnation`` the incarnation of the TAD's node that holds the atom
     with that snapshot (DESIGN.md §5): a creating node, the destination that
-    staged a move's copy.
+    staged a move's copy. A ``periodic`` checkpoint promised nobody that its
+    calls are durable.
     """
 
     checksum: int | None = None
     generation: int | None = None
     incarnation: str = ""
+    periodic: bool = False
 
     @classmethod
     def of(
@@ -91,6 +93,7 @@ class Provenance:
             checksum=request.checksum if request.HasField("checksum") else None,
             generation=request.generation if request.HasField("generation") else None,
             incarnation=holder,
+            periodic=isinstance(request, pb.CheckpointRequest) and request.periodic,
         )
 
     @property

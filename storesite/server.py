@@ -111,7 +111,6 @@ class StoresiteServicer(pbg.StoresiteServicer):
                 request.snapshot,
                 request.seq,
                 Provenance.of(request),
-                periodic=request.periodic,
             )
             return pb.Empty()
 

@@ -93,12 +93,7 @@ class Storesite:
         return self.store.modules.get(module_hash)
 
     def register_atom(
-        self,
-        guid: str,
-        meta: pb.AtomMeta,
-        tad: TAD,
-        snapshot: bytes,
-        check: Provenance = UNSTATED,
+        self, guid: str, meta: pb.AtomMeta, tad: TAD, snapshot: bytes, check: Provenance = UNSTATED
     ) -> Location:
         if not check.incarnation:
             # A creator that does not say: the incarnation its node is listed with.
@@ -110,17 +105,10 @@ class Storesite:
         return Location(state.location, incarnation=state.incarnation)
 
     def put_checkpoint(
-        self,
-        guid: str,
-        tad: TAD,
-        snapshot: bytes,
-        seq: int,
-        check: Provenance = UNSTATED,
-        *,
-        periodic: bool = False,
+        self, guid: str, tad: TAD, snapshot: bytes, seq: int, check: Provenance = UNSTATED
     ) -> bool:
         with self._locks.hold(guid):
-            return self.store.put_checkpoint(guid, tad, seq, snapshot, check, periodic=periodic)
+            return self.store.put_checkpoint(guid, tad, seq, snapshot, check)
 
     def get_checkpoint(self, guid: str) -> Checkpoint:
         return self.store.latest_checkpoint(guid)
@@ -151,11 +139,7 @@ class Storesite:
             self.store.moves.stage(guid, tad, snapshot, check)
 
     def commit(
-        self,
-        guid: str,
-        tad: TAD,
-        snapshot: bytes,
-        check: Provenance = UNSTATED,
+        self, guid: str, tad: TAD, snapshot: bytes, check: Provenance = UNSTATED
     ) -> Location:
         """Complete a move to ``tad``; ``check.incarnation`` is the destination's that staged it."""
         with self._locks.hold(guid):

@@ -110,12 +110,7 @@ class AtomStore:
     # ----------------------------------------------------------------- atoms
 
     def register_atom(
-        self,
-        guid: str,
-        meta: pb.AtomMeta,
-        tad: TAD,
-        snapshot: bytes,
-        check: Provenance = UNSTATED,
+        self, guid: str, meta: pb.AtomMeta, tad: TAD, snapshot: bytes, check: Provenance = UNSTATED
     ) -> AtomState:
         """Record a new atom homed here at ``tad`` with its first checkpoint.
 
@@ -175,14 +170,7 @@ class AtomStore:
     # ----------------------------------------------------------- checkpoints
 
     def put_checkpoint(
-        self,
-        guid: str,
-        tad: TAD,
-        seq: int,
-        snapshot: bytes,
-        check: Provenance = UNSTATED,
-        *,
-        periodic: bool = False,
+        self, guid: str, tad: TAD, seq: int, snapshot: bytes, check: Provenance = UNSTATED
     ) -> bool:
         """Store a checkpoint sent by the node running the atom.
 
@@ -192,8 +180,8 @@ class AtomStore:
         A checkpoint from an older location is refused: that node no longer
         holds the atom and must not overwrite the newer location's state.
         One that arrived damaged (its checksum does not match) is refused.
-        A ``periodic`` checkpoint promised nobody that its calls are durable:
-        it leaves the atom's acknowledged generation as it was.
+        A periodic checkpoint (``check.periodic``) promised nobody that its
+        calls are durable: it leaves the atom's acknowledged generation as it was.
         """
         self._table.check_size(guid, snapshot)
         checksum = check.arrived(snapshot, f"checkpoint of atom {guid} from {tad} seq {seq}")
@@ -234,7 +222,7 @@ class AtomStore:
                 snapshot,
                 checksum,
                 check.stored_generation,
-                acknowledged=not periodic,
+                acknowledged=not check.periodic,
             )
         return True
 

@@ -295,8 +295,7 @@ def test_a_damaged_periodic_checkpoint_falls_back_to_the_last_acknowledged_state
             AT,
             seq,
             snapshot,
-            Provenance(checksum=snapshot_checksum(snapshot), generation=generation),
-            periodic=True,
+            Provenance(checksum=snapshot_checksum(snapshot), generation=generation, periodic=True),
         )
     assert store.get(guid).durable_generation == 5
     flip_a_bit_of_latest(store, guid, b"count=14")
