@@ -307,11 +307,8 @@ class NameService:
 
     def alias_add(self, scope: str, alias: str, guid: str) -> None:
         """Give ``guid`` the alias ``alias`` in ``scope`` (idempotent)."""
-        validate_name(scope, "alias scope")
-        validate_name(alias, "alias")
-        validate_guid(guid)
+        path = self._alias_path(scope, alias, guid)
         client = self._session.require_client()
-        path = f"{self._aliases_dir}/{scope}/{alias}/{guid}"
         try:
             for _ in range(5):
                 try:
@@ -336,12 +333,9 @@ class NameService:
 
     def alias_remove(self, scope: str, alias: str, guid: str) -> None:
         """Take ``alias`` in ``scope`` away from ``guid``; NameNotFoundError if it has none."""
-        validate_name(scope, "alias scope")
-        validate_name(alias, "alias")
-        validate_guid(guid)
+        path = self._alias_path(scope, alias, guid)
         client = self._session.require_client()
-        alias_dir = f"{self._aliases_dir}/{scope}/{alias}"
-        path = f"{alias_dir}/{guid}"
+        alias_dir = path.rsplit("/", 1)[0]
         try:
             self._session.call(f"remove alias {scope}={alias} of {guid}", client.delete_async, path)
         except NoNodeError as exc:
@@ -358,6 +352,13 @@ class NameService:
                 break
             finally:
                 self._cache.invalidate_written(parent)
+
+    def _alias_path(self, scope: str, alias: str, guid: str) -> str:
+        """The znode of ``guid``'s alias ``alias`` in ``scope``, each part checked."""
+        validate_name(scope, "alias scope")
+        validate_name(alias, "alias")
+        validate_guid(guid)
+        return f"{self._aliases_dir}/{scope}/{alias}/{guid}"
 
     def aliases(self, scope: str) -> dict[str, list[str]]:
         """Every alias in ``scope`` -> the GUIDs that carry it (sorted)."""

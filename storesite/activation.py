@@ -32,11 +32,7 @@ class Activator:
     """Tells whether an atom's holder is live, and activates the atom on a live node."""
 
     def __init__(
-        self,
-        store: AtomStore,
-        directory: Directory,
-        supervisors: SupervisorLink,
-        loads: LoadCache,
+        self, store: AtomStore, directory: Directory, supervisors: SupervisorLink, loads: LoadCache
     ) -> None:
         self.store = store
         self.directory = directory

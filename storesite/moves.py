@@ -79,8 +79,9 @@ class MoveRecords:
         make it current (no 16 MiB copy while calls are held). Nothing else
         writes checkpoints of an atom while its move is pending.
         """
-        self._table.check_size(guid, snapshot)
-        checksum = check.arrived(snapshot, f"staged snapshot of atom {guid} for {tad}")
+        checksum = self._table.arriving(
+            guid, snapshot, check, f"staged snapshot of atom {guid} for {tad}"
+        )
         with self._table.write(guid) as txn:
             state = self._table.live(txn, guid)
             check_pending(state, tad, "staging")
@@ -140,8 +141,9 @@ class MoveRecords:
         next_age: int | None = None,
     ) -> AtomState:
         """Take over an atom whose home moves here from another storesite."""
-        self._table.check_size(guid, snapshot)
-        checksum = check.arrived(snapshot, f"checkpoint of atom {guid} handed over at {tad}")
+        checksum = self._table.arriving(
+            guid, snapshot, check, f"checkpoint of atom {guid} handed over at {tad}"
+        )
         with self._table.write(guid) as txn:
             old = self._table.exists(txn, guid)
             if old is not None:

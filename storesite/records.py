@@ -364,6 +364,17 @@ class AtomTable:
     def delete(self, txn: lmdb.Transaction, guid: str) -> None:
         txn.delete(guid.encode(), db=self.env.atoms)
 
+    def current(self, txn: lmdb.Transaction, guid: str, tad: TAD, what: str) -> AtomState:
+        """The live record of ``guid``, refusing a ``what`` from anywhere but its location."""
+        state = self.live(txn, guid)
+        check_current(state, tad, what)
+        return state
+
+    def arriving(self, guid: str, snapshot: bytes, check: Provenance, what: str) -> int:
+        """The checksum of a snapshot that arrives: refused when too big or damaged."""
+        self.check_size(guid, snapshot)
+        return check.arrived(snapshot, what)
+
     def check_size(self, guid: str, snapshot: bytes) -> None:
         """Refuse a snapshot over this storesite's limit."""
         if len(snapshot) > self.max_checkpoint_bytes:

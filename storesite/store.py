@@ -58,7 +58,6 @@ from storesite.records import (
     Checkpoint,
     Provenance,
     StoreStatus,
-    check_current,
     parse_state,
 )
 
@@ -119,8 +118,9 @@ class AtomStore:
         home = GUID.parse(guid).home
         if home != self.sid:
             raise StorageError(f"atom {guid} is homed at storesite {home}, not at {self.sid}")
-        self._table.check_size(guid, snapshot)
-        checksum = check.arrived(snapshot, f"first checkpoint of atom {guid} from {tad}")
+        checksum = self._table.arriving(
+            guid, snapshot, check, f"first checkpoint of atom {guid} from {tad}"
+        )
         state = AtomState.first(guid, meta, tad, incarnation=check.incarnation)
         with self._table.write(guid) as txn:
             if self._table.exists(txn, guid) is not None:
@@ -183,12 +183,12 @@ class AtomStore:
         A periodic checkpoint (``check.periodic``) promised nobody that its
         calls are durable: it leaves the atom's acknowledged generation as it was.
         """
-        self._table.check_size(guid, snapshot)
-        checksum = check.arrived(snapshot, f"checkpoint of atom {guid} from {tad} seq {seq}")
+        checksum = self._table.arriving(
+            guid, snapshot, check, f"checkpoint of atom {guid} from {tad} seq {seq}"
+        )
         generation = check.generation
         with self._table.write(guid) as txn:
-            state = self._table.live(txn, guid)
-            check_current(state, tad, "checkpoint")
+            state = self._table.current(txn, guid, tad, "checkpoint")
             if state.pending is not None:
                 raise MigrationError(
                     f"checkpoint of atom {guid} from {tad} refused: it is moving to "
@@ -246,11 +246,11 @@ class AtomStore:
         self, guid: str, tad: TAD, snapshot: bytes, check: Provenance = UNSTATED
     ) -> AtomState:
         """The node at ``tad`` dropped the atom after a final checkpoint: it is dormant."""
-        self._table.check_size(guid, snapshot)
-        checksum = check.arrived(snapshot, f"final checkpoint of atom {guid} from {tad}")
+        checksum = self._table.arriving(
+            guid, snapshot, check, f"final checkpoint of atom {guid} from {tad}"
+        )
         with self._table.write(guid) as txn:
-            state = self._table.live(txn, guid)
-            check_current(state, tad, "passivation")
+            state = self._table.current(txn, guid, tad, "passivation")
             if state.pending is not None:
                 raise MigrationError(
                     f"atom {guid} is moving to {state.pending.node}; it cannot be passivated"
@@ -300,8 +300,7 @@ class AtomStore:
     def set_incarnation(self, guid: str, tad: TAD, incarnation: str) -> AtomState:
         """Record which incarnation of ``tad.node`` holds the atom (a reconciled old record)."""
         with self._table.write(guid) as txn:
-            state = self._table.live(txn, guid)
-            check_current(state, tad, "reconciliation")
+            state = self._table.current(txn, guid, tad, "reconciliation")
             state = replace(state, incarnation=incarnation)
             self._table.put(txn, state)
         return state
