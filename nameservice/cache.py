@@ -141,20 +141,39 @@ class WatchedCache:
         self, paths: Iterable[str], parse: Callable[[str, bytes, Any], Any]
     ) -> dict[str, Any]:
         """Data of every path (parsed, or ABSENT), fetching the uncached ones in one batch."""
+
+        def fetch(client: KazooClient, path: str, pending: Any, deadline: float) -> Any:
+            return self._fetch_data(client, path, pending, deadline, parse)
+
+        return self._read_many(self.data, paths, "get_async", fetch)
+
+    def _read_many(
+        self,
+        cache: dict[str, Any],
+        paths: Iterable[str],
+        request: str,
+        answer: Callable[[KazooClient, str, Any, float], Any],
+    ) -> dict[str, Any]:
+        """Entries of ``cache`` for ``paths``; the missing ones are asked for all at once.
+
+        Every path missing is sent with ``client.<request>(path, watch)``
+        before the first answer is awaited (``answer(client, path, pending,
+        deadline)``), so a batch costs about one round trip.
+        """
         client = self._session.require_client()
         result: dict[str, Any] = {}
         missing: list[tuple[str, tuple[int, int], Any]] = []
         for path in paths:
-            value = self.data.get(path)
+            value = cache.get(path)
             if value is not None:
                 result[path] = value
                 continue
             generation = self._snapshot(path)
-            missing.append((path, generation, client.get_async(path, watch=self.on_watch)))
+            missing.append((path, generation, getattr(client, request)(path, watch=self.on_watch)))
         deadline = time.monotonic() + self._session.timeout
         for path, generation, pending in missing:
-            value = self._fetch_data(client, path, pending, deadline, parse)
-            self._store(self.data, path, generation, value)
+            value = answer(client, path, pending, deadline)
+            self._store(cache, path, generation, value)
             result[path] = value
         return result
 
@@ -202,33 +221,22 @@ class WatchedCache:
         return self.read_children_many([path])[path]
 
     def read_children_many(self, paths: Iterable[str]) -> dict[str, NameIndex]:
+        return self._read_many(self.children, paths, "get_children_async", self._fetch_children)
+
+    def _fetch_children(
+        self, client: KazooClient, path: str, pending: Any, deadline: float
+    ) -> NameIndex:
         call = self._session.call
-        client = self._session.require_client()
-        result: dict[str, NameIndex] = {}
-        missing: list[tuple[str, tuple[int, int], Any]] = []
-        for path in paths:
-            index = self.children.get(path)
-            if index is not None:
-                result[path] = index
-                continue
-            generation = self._snapshot(path)
-            missing.append((path, generation, client.get_children_async(path, watch=self.on_watch)))
-        deadline = time.monotonic() + self._session.timeout
-        for path, generation, pending in missing:
-            what = f"list {path}"
+        what = f"list {path}"
+        try:
             try:
-                try:
-                    index = NameIndex(self._session.wait(what, pending, deadline))
-                except RETRYABLE:
-                    index = NameIndex(
-                        call(what, client.get_children_async, path, watch=self.on_watch)
-                    )
-            except NoNodeError:
-                call(what, client.exists_async, path, watch=self.on_watch)
-                index = NameIndex(())
-            self._store(self.children, path, generation, index)
-            result[path] = index
-        return result
+                return NameIndex(self._session.wait(what, pending, deadline))
+            except RETRYABLE:
+                return NameIndex(call(what, client.get_children_async, path, watch=self.on_watch))
+        except NoNodeError:
+            # An exists watch fires when the znode is created.
+            call(what, client.exists_async, path, watch=self.on_watch)
+            return NameIndex(())
 
     # --------------------------------------------------------------- lookups
 

@@ -394,19 +394,17 @@ class NameService:
         validate_name(storesite, "storesite id")
         client = self._session.require_client()
         path = f"{self._root}/homes/{guid}"
+        value = storesite.encode()
+        what = f"set home of {guid}"
         try:
             for _ in range(5):
                 try:
-                    self._session.call(
-                        f"set home of {guid}", client.set_async, path, storesite.encode()
-                    )
+                    self._session.call(what, client.set_async, path, value)
                     return
                 except NoNodeError:
                     pass
                 try:
-                    self._session.call(
-                        f"set home of {guid}", client.create_async, path, storesite.encode()
-                    )
+                    self._session.call(what, client.create_async, path, value)
                     return
                 except NodeExistsError:
                     continue

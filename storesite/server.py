@@ -72,6 +72,17 @@ class StoresiteServicer(pbg.StoresiteServicer):
             )
             raise
 
+    def _done(
+        self, context: grpc.ServicerContext, method: str, action: Callable[[], object]
+    ) -> pb.Empty:
+        """Run ``action`` as :meth:`_run` does; the reply is empty."""
+
+        def body() -> pb.Empty:
+            action()
+            return pb.Empty()
+
+        return self._run(context, method, body)
+
     def PutModule(self, request: pb.ModuleBytes, context: grpc.ServicerContext) -> pb.ModuleHash:
         return self._run(
             context, "PutModule", lambda: pb.ModuleHash(hash=self.site.put_module(request.module))
@@ -104,17 +115,17 @@ class StoresiteServicer(pbg.StoresiteServicer):
     def PutCheckpoint(
         self, request: pb.CheckpointRequest, context: grpc.ServicerContext
     ) -> pb.Empty:
-        def body() -> pb.Empty:
-            self.site.put_checkpoint(
+        return self._done(
+            context,
+            "PutCheckpoint",
+            lambda: self.site.put_checkpoint(
                 request.guid,
                 tad_of(request.tad),
                 request.snapshot,
                 request.seq,
                 Provenance.of(request),
-            )
-            return pb.Empty()
-
-        return self._run(context, "PutCheckpoint", body)
+            ),
+        )
 
     def PutCheckpointPieces(
         self, request_iterator: Iterator[pb.CheckpointPiece], context: grpc.ServicerContext
@@ -193,29 +204,25 @@ class StoresiteServicer(pbg.StoresiteServicer):
         )
 
     def Stage(self, request: pb.CommitRequest, context: grpc.ServicerContext) -> pb.Empty:
-        def body() -> pb.Empty:
-            self.site.stage(
+        return self._done(
+            context,
+            "Stage",
+            lambda: self.site.stage(
                 request.guid, tad_of(request.tad), request.snapshot, Provenance.of(request)
-            )
-            return pb.Empty()
-
-        return self._run(context, "Stage", body)
+            ),
+        )
 
     def Abort(self, request: pb.AbortRequest, context: grpc.ServicerContext) -> pb.Empty:
-        def body() -> pb.Empty:
-            self.site.abort(request.guid, request.age)
-            return pb.Empty()
-
-        return self._run(context, "Abort", body)
+        return self._done(context, "Abort", lambda: self.site.abort(request.guid, request.age))
 
     def Passivated(self, request: pb.PassivatedRequest, context: grpc.ServicerContext) -> pb.Empty:
-        def body() -> pb.Empty:
-            self.site.passivated(
+        return self._done(
+            context,
+            "Passivated",
+            lambda: self.site.passivated(
                 request.guid, tad_of(request.tad), request.snapshot, Provenance.of(request)
-            )
-            return pb.Empty()
-
-        return self._run(context, "Passivated", body)
+            ),
+        )
 
     def PassivatedPieces(
         self, request_iterator: Iterator[pb.PassivatedPiece], context: grpc.ServicerContext
@@ -227,11 +234,7 @@ class StoresiteServicer(pbg.StoresiteServicer):
         return self.Passivated(request, context)
 
     def Forget(self, request: pb.GuidRequest, context: grpc.ServicerContext) -> pb.Empty:
-        def body() -> pb.Empty:
-            self.site.forget(request.guid)
-            return pb.Empty()
-
-        return self._run(context, "Forget", body)
+        return self._done(context, "Forget", lambda: self.site.forget(request.guid))
 
     def MoveHome(
         self, request: pb.StoreMoveRequest, context: grpc.ServicerContext
