@@ -54,8 +54,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from kazoo.exceptions import NodeExistsError, NoNodeError, NotEmptyError
+from kazoo.exceptions import NodeExistsError, NoNodeError
 
+from nameservice.aliases import Aliases
 from nameservice.cache import ABSENT, WatchedCache
 from nameservice.errors import NameNotFoundError, NameTakenError, NoQuorumError
 from nameservice.lookup import Lookups, parse_guid
@@ -75,7 +76,8 @@ class NameService:
     The parts: the session (:mod:`nameservice.session`), the cluster's tree
     (:mod:`nameservice.tree`), the watched cache (:mod:`nameservice.cache`),
     membership (:mod:`nameservice.membership`) and pattern lookups
-    (:mod:`nameservice.lookup`); names, aliases and homes are kept here.
+    (:mod:`nameservice.lookup`) and scoped aliases (:mod:`nameservice.aliases`);
+    names and homes are kept here.
     """
 
     def __init__(
@@ -97,7 +99,7 @@ class NameService:
         self._root = f"{ROOT}/{cluster}"
         self._names_dir = names_dir = f"{self._root}/names"
         self._name_prefix = names_dir + "/"
-        self._aliases_dir = f"{self._root}/aliases"
+        aliases_dir = f"{self._root}/aliases"
         self._session = Session(
             hosts,
             cluster,
@@ -109,12 +111,13 @@ class NameService:
             on_connected=lambda: self._members.refresh_all(),
         )
         self._cache = WatchedCache(
-            self._session, names_dir, self._aliases_dir, lambda path: self._members.changed(path)
+            self._session, names_dir, aliases_dir, lambda path: self._members.changed(path)
         )
         # The cache's data dict itself: a cached name costs one dict get.
         self._data = self._cache.data
         self._members = Membership(self._session, self._cache, self._root)
-        self._lookups = Lookups(self._cache, names_dir, self._aliases_dir)
+        self._lookups = Lookups(self._cache, names_dir, aliases_dir)
+        self._aliases = Aliases(self._session, self._cache, aliases_dir)
 
     # ------------------------------------------------------------------ session
 
@@ -307,70 +310,15 @@ class NameService:
 
     def alias_add(self, scope: str, alias: str, guid: str) -> None:
         """Give ``guid`` the alias ``alias`` in ``scope`` (idempotent)."""
-        path = self._alias_path(scope, alias, guid)
-        client = self._session.require_client()
-        try:
-            for _ in range(5):
-                try:
-                    self._session.call(
-                        f"add alias {scope}={alias} to {guid}",
-                        client.create_async,
-                        path,
-                        b"",
-                        makepath=True,
-                    )
-                    return
-                except NodeExistsError:
-                    return
-                except NoNodeError:
-                    # A concurrent alias_remove dropped the emptied parent
-                    # between makepath and create; create it again.
-                    continue
-            raise NoQuorumError(f"name service at {self.hosts} kept losing alias {scope}={alias}")
-        finally:
-            # makepath may have created the alias and scope directories too.
-            self._cache.invalidate_written(path, parents=3)
+        self._aliases.add(scope, alias, guid)
 
     def alias_remove(self, scope: str, alias: str, guid: str) -> None:
         """Take ``alias`` in ``scope`` away from ``guid``; NameNotFoundError if it has none."""
-        path = self._alias_path(scope, alias, guid)
-        client = self._session.require_client()
-        alias_dir = path.rsplit("/", 1)[0]
-        try:
-            self._session.call(f"remove alias {scope}={alias} of {guid}", client.delete_async, path)
-        except NoNodeError as exc:
-            raise NameNotFoundError(
-                f"atom {guid} has no alias {alias!r} in scope {scope!r}"
-            ) from exc
-        finally:
-            self._cache.invalidate_written(path)
-        # Keep the scope's child list to live aliases: drop emptied parents.
-        for parent in (alias_dir, f"{self._aliases_dir}/{scope}"):
-            try:
-                self._session.call(f"drop empty {parent}", client.delete_async, parent)
-            except (NotEmptyError, NoNodeError):
-                break
-            finally:
-                self._cache.invalidate_written(parent)
-
-    def _alias_path(self, scope: str, alias: str, guid: str) -> str:
-        """The znode of ``guid``'s alias ``alias`` in ``scope``, each part checked."""
-        validate_name(scope, "alias scope")
-        validate_name(alias, "alias")
-        validate_guid(guid)
-        return f"{self._aliases_dir}/{scope}/{alias}/{guid}"
+        self._aliases.remove(scope, alias, guid)
 
     def aliases(self, scope: str) -> dict[str, list[str]]:
         """Every alias in ``scope`` -> the GUIDs that carry it (sorted)."""
-        validate_name(scope, "alias scope")
-        scope_dir = f"{self._aliases_dir}/{scope}"
-        index = self._cache.read_children(scope_dir)
-        found = self._cache.read_children_many([f"{scope_dir}/{alias}" for alias in index.names])
-        return {
-            alias: list(found[f"{scope_dir}/{alias}"].names)
-            for alias in index.names
-            if len(found[f"{scope_dir}/{alias}"])
-        }
+        return self._aliases.in_scope(scope)
 
     # ----------------------------------------------------------------- lookups
 
