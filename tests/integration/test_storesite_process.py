@@ -107,13 +107,17 @@ class StoresiteProcess:
         *,
         init: bool = False,
         options: tuple[str, ...] = (),
+        command: tuple[str, ...] = ("storesite",),
     ) -> None:
+        """``command``: the module and words that run a storesite (``python -m``)."""
         self.sid = sid
+        # `python -m storesite` says it is listening, `hermesx storesite serve` serving.
+        self.ready_word = "listening" if command == ("storesite",) else "serving"
         self.proc = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
-                "storesite",
+                *command,
                 "--id",
                 sid,
                 "--listen",
@@ -139,7 +143,7 @@ class StoresiteProcess:
         stdout = self.proc.stdout
         threading.Thread(target=lambda: lines.put(stdout.readline()), daemon=True).start()
         line = lines.get(timeout=timeout)
-        prefix = f"storesite {self.sid} listening on "
+        prefix = f"storesite {self.sid} {self.ready_word} on "
         assert line.startswith(prefix), f"unexpected output {line!r}: {self.stderr_tail()}"
         self.address = line[len(prefix) :].strip()
         return self.address
@@ -191,8 +195,15 @@ def test_storesite_process_registers_and_serves(
         assert "s1" not in names.storesites()
 
 
+@pytest.mark.parametrize(
+    "command", [("storesite",), ("hermesx", "storesite", "serve")], ids=["module", "cli"]
+)
 def test_a_killed_storesites_registration_lasts_the_session_timeout_it_was_given(
-    zk: str, cluster_name: str, tmp_path: pathlib.Path, processes: list[StoresiteProcess | FakeNode]
+    zk: str,
+    cluster_name: str,
+    tmp_path: pathlib.Path,
+    processes: list[StoresiteProcess | FakeNode],
+    command: tuple[str, ...],
 ) -> None:
     """``--session-timeout`` is the storesite's session: a dead one is listed that long.
 
@@ -201,7 +212,13 @@ def test_a_killed_storesites_registration_lasts_the_session_timeout_it_was_given
     let it; it is not dropped at once either, as a clean close would.
     """
     site = StoresiteProcess(
-        "s1", tmp_path / "s1", zk, cluster_name, init=True, options=("--session-timeout", "2")
+        "s1",
+        tmp_path / "s1",
+        zk,
+        cluster_name,
+        init=True,
+        options=("--session-timeout", "2"),
+        command=command,
     )
     processes.append(site)
     site.wait_ready()
