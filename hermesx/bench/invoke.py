@@ -168,7 +168,7 @@ def _forwarding_costs(client: object, rounds: int = 60) -> dict[str, float]:
         for _ in range(rounds):
             # Stale pointers along the path: n1 -> n2 -> n3 -> n4 (older ages).
             for i, node in enumerate(chain[:-1]):
-                stub = client.node_stub(node)
+                stub = client.invoker.node_stub(node)
                 stale = TAD(chain[i + 1], max(age - 3 + i, 0))
                 stub.StashPut(
                     pb.StashPutRequest(guid=guid, tad=pb.TAD(node=stale.node, age=stale.age))

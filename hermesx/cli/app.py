@@ -23,6 +23,7 @@ from typing import Any
 from hermesx.core import codec
 from hermesx.core.config import check_environment, resolve_cluster
 from hermesx.core.errors import ConfigurationError, HermesError, UnreachableError
+from hermesx.core.types import Hop
 
 __all__ = ["main"]
 
@@ -260,9 +261,9 @@ def cmd_invoke(args: argparse.Namespace) -> None:
     _emit(args, data, text)
 
 
-def _hop_dict(hop: Any) -> dict[str, Any]:
+def _hop_dict(hop: Hop) -> dict[str, Any]:
     d: dict[str, Any] = {"node": hop.node, "event": hop.event}
-    if hop.tad.node:
+    if hop.tad is not None:
         d["tad"] = {"node": hop.tad.node, "age": hop.tad.age}
     if hop.detail:
         d["detail"] = hop.detail
