@@ -9,6 +9,7 @@ import sys
 import typing
 
 import pytest
+from google.protobuf.message import Message
 
 import hermesx
 
@@ -86,7 +87,9 @@ def _wire_types(annotation: object) -> list[str]:
         if typing.get_args(arg):
             found += _wire_types(arg)
         module = getattr(arg, "__module__", "") or ""
-        if module.startswith(("hermesx.rpc.proto", "google.protobuf", "grpc")):
+        if (isinstance(arg, type) and issubclass(arg, Message)) or module.startswith(
+            ("hermesx.rpc.proto", "grpc")
+        ):
             found.append(f"{module}.{getattr(arg, '__qualname__', arg)}")
     return found
 
