@@ -115,17 +115,18 @@ class Client:
         self.naming = Naming(
             self.address.zk, self.address.cluster, tls=self.address.tls, role=roles.CLIENT
         )
-        identity = None
+        # The certificate the client shows (None on a cluster without TLS).
+        self.identity: TLSIdentity | None = None
         if self.address.tls is not None:
             from hermesx.rpc import security
 
-            identity = TLSIdentity(self.address.tls, cert, self.address.cluster)
+            self.identity = TLSIdentity(self.address.tls, cert, self.address.cluster)
             if (
                 cert == CLIENT_CERT_NAME
                 and not security.load_certs(self.address.tls).cert(cert).exists()
             ):
                 security.issue_cert(self.address.tls, self.address.cluster, cert, roles.CLIENT)
-        self.channels = ChannelPool(identity)
+        self.channels = ChannelPool(self.identity)
         self.invoker = Invoker(
             self.naming, self.channels, deadline=timeout, hop_limit=hop_limit, settle_outcome=True
         )
