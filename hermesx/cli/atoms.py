@@ -12,6 +12,7 @@ from hermesx.cli.output import emit, progress, table, ticking
 from hermesx.cli.parser import Verbs
 from hermesx.core import codec
 from hermesx.core.errors import ConfigurationError
+from hermesx.core.identity import TAD
 from hermesx.core.types import Hop
 
 if TYPE_CHECKING:
@@ -127,24 +128,20 @@ def cmd_migrate(args: argparse.Namespace) -> None:
     )
 
 
+def _tad_data(tad: TAD | None) -> dict[str, Any]:
+    return {"node": tad.node if tad else None, "age": tad.age if tad else None}
+
+
 def cmd_checkpoint(args: argparse.Namespace) -> None:
     with connect(args) as client:
         tad = client.checkpoint(args.target)
-    emit(
-        args,
-        {"node": tad.node if tad else None, "age": tad.age if tad else None},
-        f"checkpointed {args.target} at {tad}",
-    )
+    emit(args, _tad_data(tad), f"checkpointed {args.target} at {tad}")
 
 
 def cmd_passivate(args: argparse.Namespace) -> None:
     with connect(args) as client:
         tad = client.passivate(args.target)
-    emit(
-        args,
-        {"node": tad.node if tad else None, "age": tad.age if tad else None},
-        f"{args.target} is dormant (was {tad})",
-    )
+    emit(args, _tad_data(tad), f"{args.target} is dormant (was {tad})")
 
 
 def cmd_lookup(args: argparse.Namespace) -> None:

@@ -187,12 +187,16 @@ class Client:
         method: str,
         args: bytes,
         *,
-        request_id: str = "",
         via: str | None = None,
         trace: bool = False,
+        request_id: str = "",
         timeout: float | None = None,
     ) -> InvokeOutcome:
-        """Call ``method`` with msgpack ``args``; ``request_id`` to retry an earlier call."""
+        """Call ``method`` with msgpack ``args``; ``request_id`` to retry an earlier call.
+
+        ``via`` enters the cluster at that node; ``trace`` records the hops the
+        call took in the outcome's ``trace``.
+        """
         self.start()
         return self.invoker.invoke(
             target, method, args, request_id=request_id, via=via, trace=trace, timeout=timeout
