@@ -47,15 +47,16 @@ from hermesx.core.errors import (
 )
 from hermesx.core.identity import GUID, TAD
 from hermesx.core.replies import RequestIds
+from hermesx.core.types import Hop, InvokeOutcome
 from hermesx.routing.naming import Naming
 from hermesx.routing.stash import Stash
-from hermesx.rpc.convert import tad_from_pb, tad_to_pb
+from hermesx.rpc.convert import hop_from_pb, tad_from_pb
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.status import error_from_rpc
 from hermesx.rpc.wire import ChannelPool
 
-__all__ = ["InvokeOutcome", "Invoker", "LocalDispatch"]
+__all__ = ["Invoker", "LocalDispatch"]
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +95,6 @@ LocalDispatch = Callable[[pb.InvokeRequest], pb.InvokeReply]
 LocalSend = Callable[[pb.SendRequest], pb.SendReply]
 
 
-@dataclass(slots=True)
-class InvokeOutcome:
-    result: bytes
-    guid: str
-    tad: TAD | None
-    trace: list[pb.Hop] = field(default_factory=list)
-
-
 MAX_METHOD_LEN = 256
 
 
@@ -130,7 +123,7 @@ class _Call:
     deadline: float
     tad: TAD | None
     via: str | None
-    trace: list[pb.Hop]
+    trace: list[Hop]
     want_trace: bool
     last_error: str = ""
     tried: list[TAD] = field(default_factory=list)
@@ -143,10 +136,7 @@ class _Call:
 
     def note(self, node: str, event: str, detail: str = "", tad: TAD | None = None) -> None:
         if self.want_trace:
-            hop = pb.Hop(node=node, event=event, detail=detail)
-            if tad is not None:
-                hop.tad.CopyFrom(tad_to_pb(tad))
-            self.trace.append(hop)
+            self.trace.append(Hop(node, event, tad, detail))
 
 
 class Invoker:
@@ -333,9 +323,9 @@ class Invoker:
             request.timeout = max(call.remaining(), 0.01)
             reply = self._rpc_at(node, call, "Invoke", request, self.local_invoke)
             if trace:
-                call.trace.extend(reply.trace)
+                call.trace.extend(map(hop_from_pb, reply.trace))
             self._settle(call, node, reply)
-            return InvokeOutcome(reply.result, guid, tad_from_pb(reply.tad), call.trace)
+            return InvokeOutcome(reply.result, guid, tad_from_pb(reply.tad), tuple(call.trace))
 
         return self._retrying(call, attempt, target)
 

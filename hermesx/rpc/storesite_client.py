@@ -21,7 +21,7 @@ from hermesx.rpc.node_client import CHANNEL_OPTIONS
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.status import error_from_rpc
-from hermesx.rpc.wire import open_channel
+from hermesx.rpc.wire import TLSIdentity, open_channel
 
 __all__ = ["AtomInfo", "CheckpointInfo", "Location", "StoresiteClient", "StoresiteInfo"]
 
@@ -80,11 +80,19 @@ def location_from_pb(reply: pb.LocationReply) -> Location:
 class StoresiteClient:
     """One channel to one storesite; thread-safe, cheap to keep around."""
 
-    def __init__(self, address: str, *, sid: str = "", timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        sid: str = "",
+        timeout: float = 5.0,
+        tls: TLSIdentity | None = None,
+    ) -> None:
+        """``tls``: the certificate to show, when not this process's own (a client's)."""
         self.address = address
         self.sid = sid
         self.timeout = timeout
-        self._channel = open_channel(address, CHANNEL_OPTIONS)
+        self._channel = open_channel(address, CHANNEL_OPTIONS, tls)
         self._stub = pbg.StoresiteStub(self._channel)
         self._peer = f"storesite {sid} at {address}" if sid else f"storesite at {address}"
 

@@ -388,7 +388,7 @@ def test_every_rpc_of_the_wire_has_its_roles_written_down() -> None:
 def test_certs_init_gives_each_name_the_role_asked_for(
     tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from hermesx.cli import app as cli
+    from hermesx import cli
 
     argv = ["certs", "init", "--cluster", "blue", "--dir", str(tmp_path)]
     assert cli.main([*argv, "--storesites", "s1", "--nodes", "n1,n2", "--names", "gateway:g1"]) == 0

@@ -463,7 +463,7 @@ class Driver:
             if slow:
                 try:
                     source = client.locate(atom).node
-                    client.node_stub(source).TestHook(
+                    client.invoker.node_stub(source).TestHook(
                         pb.TestHookRequest(pause_at=slow, seconds=1.5), timeout=2.0
                     )
                     note = f" (paused 1.5 s at {slow} on {source})"

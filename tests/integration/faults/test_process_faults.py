@@ -161,7 +161,7 @@ def test_intermediate_node_of_a_forwarding_chain_down(
             # A reply still in flight may teach n1 the shortcut again: repeat
             # until the broken chain holds (then nothing passes n1 to teach it).
             for _ in range(50):
-                client.node_stub("n1").StashPut(
+                client.invoker.node_stub("n1").StashPut(
                     pb.StashPutRequest(guid=guid, tad=pb.TAD(node="n2", age=2)), timeout=5.0
                 )
                 time.sleep(0.1)
