@@ -34,13 +34,18 @@ from hermesx.core.errors import (
 )
 from hermesx.core.identity import validate_name
 from hermesx.rpc.convert import tad_of, tad_to_pb
-from hermesx.rpc.node_client import CHANNEL_OPTIONS
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.security import zk_auth, zk_readers
 from hermesx.rpc.status import abort_with
 from hermesx.rpc.storesite_client import CheckpointInfo, Location
-from hermesx.rpc.wire import TLSIdentity, add_server_port, server_interceptors, set_process_tls
+from hermesx.rpc.wire import (
+    CHANNEL_OPTIONS,
+    TLSIdentity,
+    add_server_port,
+    server_interceptors,
+    set_process_tls,
+)
 from nameservice import NameService, NameServiceError, NameTakenError
 from storesite.placement import Member
 from storesite.service import Storesite

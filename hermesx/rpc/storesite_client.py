@@ -17,11 +17,10 @@ import grpc
 
 from hermesx.core.identity import TAD
 from hermesx.rpc.convert import tad_of, tad_to_pb
-from hermesx.rpc.node_client import CHANNEL_OPTIONS
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.status import error_from_rpc
-from hermesx.rpc.wire import open_channel
+from hermesx.rpc.wire import ChannelPool
 
 __all__ = ["AtomInfo", "CheckpointInfo", "Location", "StoresiteClient", "StoresiteInfo"]
 
@@ -78,18 +77,31 @@ def location_from_pb(reply: pb.LocationReply) -> Location:
 
 
 class StoresiteClient:
-    """One channel to one storesite; thread-safe, cheap to keep around."""
+    """Calls to one storesite; thread-safe, cheap to make and to keep around.
 
-    def __init__(self, address: str, *, sid: str = "", timeout: float = 5.0) -> None:
+    With ``channels`` it uses that pool's channel to ``address`` (a process
+    keeps one pool); without, it opens its own, which :meth:`close` closes.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        sid: str = "",
+        timeout: float = 5.0,
+        channels: ChannelPool | None = None,
+    ) -> None:
         self.address = address
         self.sid = sid
         self.timeout = timeout
-        self._channel = open_channel(address, CHANNEL_OPTIONS)
-        self._stub = pbg.StoresiteStub(self._channel)
+        self._own_channels = channels is None
+        self._channels = channels if channels is not None else ChannelPool()
+        self._stub = self._channels.stub(address, pbg.StoresiteStub)
         self._peer = f"storesite {sid} at {address}" if sid else f"storesite at {address}"
 
     def close(self) -> None:
-        self._channel.close()
+        if self._own_channels:
+            self._channels.close()
 
     def __enter__(self) -> StoresiteClient:
         return self

@@ -173,8 +173,8 @@ def test_a_forwarding_loop_is_broken_through_the_storesite(
 ) -> None:
     guid = client.create(atoms["counter"], name=unique_name, on="n3")
     # Hostile stashes: n1 -> n2 -> n1, both claiming to be newer than the truth.
-    tester.node_stub("n1").StashPut(pb.StashPutRequest(guid=guid, tad=pb.TAD(node="n2", age=50)))
-    tester.node_stub("n2").StashPut(pb.StashPutRequest(guid=guid, tad=pb.TAD(node="n1", age=51)))
+    tester.node_client.stash_put(tester.node_member("n1"), guid, TAD("n2", 50))
+    tester.node_client.stash_put(tester.node_member("n2"), guid, TAD("n1", 51))
     outcome = client.invoke(guid, "incr", codec.pack(1), via="n1", trace=True)
     assert codec.unpack(outcome.result) == 1
     events = _events(outcome.trace)

@@ -463,9 +463,7 @@ class Driver:
             if slow:
                 try:
                     source = client.locate(atom).node
-                    client.node_stub(source).TestHook(
-                        pb.TestHookRequest(pause_at=slow, seconds=1.5), timeout=2.0
-                    )
+                    client.node_client.pause_at(client.node_member(source), slow, 1.5, 2.0)
                     note = f" (paused 1.5 s at {slow} on {source})"
                 except (HermesError, grpc.RpcError) as exc:
                     note = f" (no pause at {slow}: {str(exc)[:80]})"
