@@ -24,7 +24,7 @@ from hermesx.core.identity import TAD
 from hermesx.rpc.convert import tad_from_pb, tad_to_pb
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
-from hermesx.rpc.status import error_from_rpc
+from hermesx.rpc.status import error_from_rpc, unary_call
 from hermesx.rpc.wire import ChannelPool
 
 __all__ = ["Holding", "Member", "NodeAddress", "NodeClient", "Peer"]
@@ -124,29 +124,23 @@ class NodeClient:
         return reply
 
     def send(self, node: Peer, request: pb.SendRequest, timeout: float) -> pb.SendReply:
-        try:
-            reply: pb.SendReply = self._stub(node).Send(request, timeout=timeout)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, _peer(node), f"Send({request.guid})") from exc
+        stub = self._stub(node)
+        reply: pb.SendReply = unary_call(
+            stub.Send, request, timeout, _peer(node), f"Send({request.guid})"
+        )
         return reply
 
     def create(
         self, node: Peer, request: pb.CreateRequest, timeout: float = 60.0
     ) -> tuple[str, TAD | None]:
         """Create an atom on ``node``: its GUID and TAD."""
-        try:
-            reply: pb.CreateReply = self._stub(node).Create(request, timeout=timeout)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, _peer(node), "Create") from exc
+        reply = unary_call(self._stub(node).Create, request, timeout, _peer(node), "Create")
         return reply.guid, tad_from_pb(reply.tad)
 
     def locate(self, node: Peer, guid: str, timeout: float | None = None) -> Holding:
-        try:
-            reply: pb.LocateReply = self._stub(node).Locate(
-                pb.LocateRequest(guid=guid), timeout=timeout or self.timeout
-            )
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, _peer(node), f"Locate({guid})") from exc
+        request = pb.LocateRequest(guid=guid)
+        stub, what = self._stub(node), f"Locate({guid})"
+        reply = unary_call(stub.Locate, request, timeout or self.timeout, _peer(node), what)
         return Holding(tad_from_pb(reply.tad), reply.active_here, reply.incarnation)
 
     def migrate(
@@ -154,62 +148,48 @@ class NodeClient:
     ) -> pb.MigrateReply:
         """Ask ``node``, which runs ``guid``, to move it to ``destination``."""
         request = pb.MigrateRequest(guid=guid, destination=destination)
-        try:
-            reply: pb.MigrateReply = self._stub(node).Migrate(request, timeout=timeout)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, _peer(node), f"Migrate({guid})") from exc
+        stub, what = self._stub(node), f"Migrate({guid})"
+        reply: pb.MigrateReply = unary_call(stub.Migrate, request, timeout, _peer(node), what)
         return reply
 
     def checkpoint(self, node: Peer, guid: str, timeout: float = 60.0) -> TAD | None:
         """Checkpoint ``guid`` now; the TAD the checkpoint was taken at."""
-        try:
-            tad = self._stub(node).Checkpoint(pb.GuidRequest(guid=guid), timeout=timeout)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, _peer(node), f"Checkpoint({guid})") from exc
+        stub, what = self._stub(node), f"Checkpoint({guid})"
+        tad = unary_call(stub.Checkpoint, pb.GuidRequest(guid=guid), timeout, _peer(node), what)
         return tad_from_pb(tad)
 
     def passivate(self, node: Peer, guid: str, timeout: float = 60.0) -> TAD | None:
         """Make ``guid`` dormant; the TAD it last ran at."""
-        try:
-            tad = self._stub(node).Passivate(pb.GuidRequest(guid=guid), timeout=timeout)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, _peer(node), f"Passivate({guid})") from exc
+        stub, what = self._stub(node), f"Passivate({guid})"
+        tad = unary_call(stub.Passivate, pb.GuidRequest(guid=guid), timeout, _peer(node), what)
         return tad_from_pb(tad)
 
     def status(self, node: Peer, timeout: float | None = None) -> pb.NodeStatus:
-        try:
-            status: pb.NodeStatus = self._stub(node).Status(
-                pb.Empty(), timeout=timeout or self.timeout
-            )
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, _peer(node), "Status") from exc
+        stub = self._stub(node)
+        status: pb.NodeStatus = unary_call(
+            stub.Status, pb.Empty(), timeout or self.timeout, _peer(node), "Status"
+        )
         return status
 
     # ------------------------------------------------------------ a move's destination
 
     def stage_copy(self, node: Peer, request: pb.CopyRequest, timeout: float = 60.0) -> str:
         """PREPARE: ``node`` restores the copy, held but not serving; the incarnation that did."""
-        try:
-            reply: pb.CopyReply = self._stub(node).StageCopy(request, timeout=timeout)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, _peer(node), f"StageCopy({request.guid})") from exc
+        stub, what = self._stub(node), f"StageCopy({request.guid})"
+        reply: pb.CopyReply = unary_call(stub.StageCopy, request, timeout, _peer(node), what)
         return reply.incarnation
 
     def activate_copy(self, node: Peer, request: pb.CopyRequest, timeout: float = 30.0) -> str:
         """COMMIT: the staged copy (or one restored from the request's snapshot) serves."""
-        try:
-            reply: pb.CopyReply = self._stub(node).ActivateCopy(request, timeout=timeout)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, _peer(node), f"ActivateCopy({request.guid})") from exc
+        stub, what = self._stub(node), f"ActivateCopy({request.guid})"
+        reply: pb.CopyReply = unary_call(stub.ActivateCopy, request, timeout, _peer(node), what)
         return reply.incarnation
 
     def discard_copy(self, node: Peer, guid: str, tad: TAD, timeout: float = 5.0) -> None:
         """ABORT: ``node`` drops the copy it staged for ``tad``."""
         request = pb.DiscardCopyRequest(guid=guid, tad=tad_to_pb(tad))
-        try:
-            self._stub(node).DiscardCopy(request, timeout=timeout)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, _peer(node), f"DiscardCopy({guid})") from exc
+        stub, what = self._stub(node), f"DiscardCopy({guid})"
+        unary_call(stub.DiscardCopy, request, timeout, _peer(node), what)
 
     # ------------------------------------------------------------ a storesite's calls
 
@@ -259,10 +239,8 @@ class NodeClient:
     def _activate(
         self, member: Member, request: pb.ActivateRequest, timeout: float, what: str
     ) -> pb.ActivateReply:
-        try:
-            reply: pb.ActivateReply = self._stub(member).Activate(request, timeout=timeout)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, _peer(member), what) from exc
+        stub = self._stub(member)
+        reply: pb.ActivateReply = unary_call(stub.Activate, request, timeout, _peer(member), what)
         return reply
 
     def holding(self, member: Peer, guid: str) -> tuple[TAD | None, str]:
@@ -286,19 +264,14 @@ class NodeClient:
         """Test hook: set ``node``'s stash entry for ``guid`` (relocating it there if it runs
         on ``node`` and ``tad`` names another node)."""
         request = pb.StashPutRequest(guid=guid, tad=tad_to_pb(tad))
-        try:
-            self.channels.stub(node.address, pbg.NodeTestHooksStub).StashPut(
-                request, timeout=timeout
-            )
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, _peer(node), f"StashPut({guid})") from exc
+        hooks, what = self._hooks(node), f"StashPut({guid})"
+        unary_call(hooks.StashPut, request, timeout, _peer(node), what)
 
     def pause_at(self, node: Peer, step: str, seconds: float, timeout: float = 5.0) -> None:
         """Test hook: ``node`` pauses ``seconds`` at ``step`` of its next move or checkpoint."""
         request = pb.TestHookRequest(pause_at=step, seconds=seconds)
-        try:
-            self.channels.stub(node.address, pbg.NodeTestHooksStub).TestHook(
-                request, timeout=timeout
-            )
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, _peer(node), f"TestHook({step})") from exc
+        hooks, what = self._hooks(node), f"TestHook({step})"
+        unary_call(hooks.TestHook, request, timeout, _peer(node), what)
+
+    def _hooks(self, node: Peer) -> pbg.NodeTestHooksStub:
+        return self.channels.stub(node.address, pbg.NodeTestHooksStub)

@@ -13,13 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import grpc
-
 from hermesx.core.identity import TAD
 from hermesx.rpc.convert import tad_of, tad_to_pb
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
-from hermesx.rpc.status import error_from_rpc
+from hermesx.rpc.status import unary_call
 from hermesx.rpc.wire import ChannelPool
 
 __all__ = ["AtomInfo", "CheckpointInfo", "Location", "StoresiteClient", "StoresiteInfo"]
@@ -116,10 +114,9 @@ class StoresiteClient:
         what: str,
         timeout: float | None = None,
     ) -> _Reply:
-        try:
-            return method(request, timeout=self.timeout if timeout is None else timeout)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, self._peer, what) from exc
+        return unary_call(
+            method, request, self.timeout if timeout is None else timeout, self._peer, what
+        )
 
     # --------------------------------------------------------------- modules
 
