@@ -55,7 +55,7 @@ ROLES: Final = (NODE, STORESITE, CLIENT, GATEWAY, TEST)
 MEMBER_ROLES: Final = frozenset({NODE, STORESITE})
 _EVERYONE: Final = frozenset(ROLES)
 
-# Keys are "<Service>/<Method>" of protos/hermesx.rpc.proto.
+# Keys are "<Service>/<Method>" of protos/hermesx.proto.
 RPC_ROLES: Final[Mapping[str, frozenset[str]]] = {
     # ----- Supervisor: public
     "Supervisor/Invoke": _EVERYONE,  # clients, gateways; nodes forwarding and atoms calling
