@@ -17,7 +17,7 @@ import time
 
 from hermesx.core.errors import CallTimeoutError, HermesError, UnreachableError
 from hermesx.core.identity import TAD
-from hermesx.rpc.node_client import SupervisorLink
+from hermesx.rpc.node_client import NodeClient
 from storesite.directory import Directory
 from storesite.placement import LoadCache, rank_nodes
 from storesite.records import AtomState
@@ -32,7 +32,7 @@ class Activator:
     """Tells whether an atom's holder is live, and activates the atom on a live node."""
 
     def __init__(
-        self, store: AtomStore, directory: Directory, supervisors: SupervisorLink, loads: LoadCache
+        self, store: AtomStore, directory: Directory, supervisors: NodeClient, loads: LoadCache
     ) -> None:
         self.store = store
         self.directory = directory

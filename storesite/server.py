@@ -21,12 +21,11 @@ from hermesx.core.errors import (
     StorageError,
 )
 from hermesx.rpc.convert import tad_of, tad_to_pb
-from hermesx.rpc.node_client import CHANNEL_OPTIONS
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.status import abort_with
 from hermesx.rpc.storesite_client import CheckpointInfo, Location
-from hermesx.rpc.wire import TLSIdentity, add_server_port, server_interceptors
+from hermesx.rpc.wire import CHANNEL_OPTIONS, TLSIdentity, add_server_port, server_interceptors
 from storesite.records import Provenance
 from storesite.service import Storesite
 

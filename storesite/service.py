@@ -2,7 +2,7 @@
 
 :class:`Storesite` joins the durable records (:mod:`storesite.store`), the
 cluster's membership (a :class:`Directory`, normally the name service) and
-the supervisors (:class:`~hermesx.rpc.node_client.SupervisorLink`). The gRPC
+the supervisors (:class:`~hermesx.rpc.node_client.NodeClient`). The gRPC
 servicer in :mod:`storesite.server` is a thin layer over it.
 
 Everything that changes one atom's records runs under that atom's lock
@@ -34,7 +34,7 @@ from dataclasses import replace
 
 from hermesx.core.errors import MigrationError, StorageError
 from hermesx.core.identity import TAD
-from hermesx.rpc.node_client import SupervisorLink
+from hermesx.rpc.node_client import NodeClient
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.storesite_client import CheckpointInfo, Location, StoresiteClient
 from storesite.activation import Activator
@@ -58,13 +58,13 @@ class Storesite:
         store: AtomStore,
         directory: Directory,
         *,
-        supervisors: SupervisorLink | None = None,
+        supervisors: NodeClient | None = None,
         recovery_workers: int = 8,
         load_ttl: float = 1.0,
     ) -> None:
         self.store = store
         self.directory = directory
-        self.supervisors = supervisors or SupervisorLink()
+        self.supervisors = supervisors or NodeClient()
         self._loads = LoadCache(self.supervisors.active_atoms, ttl=load_ttl)
         self._locks = AtomLocks()
         self._activator = Activator(store, directory, self.supervisors, self._loads)

@@ -170,11 +170,8 @@ def _forwarding_costs(client: Client, rounds: int = 60) -> dict[str, float]:
         for _ in range(rounds):
             # Stale pointers along the path: n1 -> n2 -> n3 -> n4 (older ages).
             for i, node in enumerate(chain[:-1]):
-                stub = client.invoker.node_stub(node)
                 stale = TAD(chain[i + 1], max(age - 3 + i, 0))
-                stub.StashPut(
-                    pb.StashPutRequest(guid=guid, tad=pb.TAD(node=stale.node, age=stale.age))
-                )
+                client.node_client.stash_put(client.node_member(node), guid, stale)
             t0 = time.perf_counter()
             client.invoke(guid, "incr", one, via=entry)
             samples.append((time.perf_counter() - t0) * 1e6)

@@ -14,7 +14,7 @@ __all__ = ["register"]
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from hermesx.runtime.atom import run_once
+    from hermesx.runtime.run import run_once
 
     result = run_once(
         pathlib.Path(args.wasm),

@@ -77,7 +77,7 @@ def cmd_node_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_storesite_serve(args: argparse.Namespace) -> None:
-    from storesite.server import serve
+    from storesite.process import serve
 
     address = resolve_cluster(args.zk, args.cluster, args.tls)
     _serve_privately(address.tls, args.id, "storesite")
@@ -90,6 +90,7 @@ def cmd_storesite_serve(args: argparse.Namespace) -> None:
         ready=lambda where: print(f"storesite {args.id} serving on {where}", flush=True),
         tls_dir=address.tls,
         init=args.init,
+        session_timeout=args.session_timeout,
     )
 
 

@@ -33,11 +33,15 @@ import pathlib
 from collections.abc import Sequence
 from typing import Any
 
-import grpc
-
 from hermesx.core import codec
 from hermesx.core.config import ClusterAddress, resolve_cluster
-from hermesx.core.errors import ConfigurationError, HermesError, NameNotFoundError, UnreachableError
+from hermesx.core.errors import (
+    ConfigurationError,
+    HermesError,
+    NameNotFoundError,
+    NotActiveHereError,
+    UnreachableError,
+)
 from hermesx.core.identity import TAD
 from hermesx.core.replies import ReplyWindow, parse_reply_window
 from hermesx.core.types import InvokeOutcome, Location, MigrationResult, NodeStatus
@@ -46,10 +50,10 @@ from hermesx.routing.naming import Member, Naming
 from hermesx.rpc import roles
 from hermesx.rpc.atom_meta import MAX_CHECKPOINT_CALLS, check_atom_meta
 from hermesx.rpc.convert import migration_from_pb, node_status_from_pb, tad_from_pb
+from hermesx.rpc.node_client import NodeClient
 from hermesx.rpc.proto import hermesx_pb2 as pb
-from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.roles import CLIENT_CERT_NAME
-from hermesx.rpc.status import error_from_rpc
+from hermesx.rpc.storesite_client import StoresiteClient
 from hermesx.rpc.wire import ChannelPool, TLSIdentity
 
 __all__ = ["AtomProxy", "Client", "parse_checkpoint_policy"]
@@ -130,6 +134,7 @@ class Client:
         self.invoker = Invoker(
             self.naming, self.channels, deadline=timeout, hop_limit=hop_limit, settle_outcome=True
         )
+        self.node_client: NodeClient = self.invoker.nodes
         self._started = False
 
     def __enter__(self) -> Client:
@@ -209,17 +214,14 @@ class Client:
         self.start()
         return self.naming.nodes()
 
-    def _node_stub(self, node: str) -> pbg.SupervisorStub:
+    def node_member(self, node: str) -> Member:
+        """The live node named ``node``, to call through :attr:`node_client`."""
         self.start()
-        return self.invoker.node_stub(node)
+        return self.invoker.node(node)
 
     def node_status(self, node: str, timeout: float = 5.0) -> NodeStatus:
         """What ``node`` reports of itself (its atoms, stash, process and load)."""
-        try:
-            status: pb.NodeStatus = self._node_stub(node).Status(pb.Empty(), timeout=timeout)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, f"node {node}") from exc
-        return node_status_from_pb(status)
+        return node_status_from_pb(self.node_client.status(self.node_member(node), timeout))
 
     def pick_node(self, tags: Sequence[str] = ()) -> str:
         """A live node carrying ``tags``, the least loaded one."""
@@ -287,14 +289,10 @@ class Client:
             init_args=codec.pack(init) if init is not None else b"",
             aliases=list(aliases),
         )
-        try:
-            reply: pb.CreateReply = self._node_stub(node).Create(request, timeout=60.0)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, f"node {node}") from exc
-        tad = tad_from_pb(reply.tad)
+        guid, tad = self.node_client.create(self.node_member(node), request)
         if tad is not None:
-            self.invoker.stash.update(reply.guid, tad)
-        return reply.guid
+            self.invoker.stash.update(guid, tad)
+        return guid
 
     def guid_of(self, target: str) -> str:
         """The GUID of the atom named ``target`` (a GUID is its own)."""
@@ -308,10 +306,10 @@ class Client:
         storesite = self.naming.home(guid) or guid.rpartition(":")[0]
         return Location(guid, tad.node, tad.age, storesite)
 
-    def _on_node_of(self, target: str) -> tuple[str, TAD, pbg.SupervisorStub]:
+    def _on_node_of(self, target: str) -> tuple[str, Member]:
         guid = self.guid_of(target)
         tad = self.invoker.locate(guid)
-        return guid, tad, self._node_stub(tad.node)
+        return guid, self.node_member(tad.node)
 
     def migrate(self, target: str, node: str) -> MigrationResult:
         """Move an atom to ``node``; the source node coordinates the move."""
@@ -320,16 +318,12 @@ class Client:
             raise NameNotFoundError(f"node {node!r} is not a live member of the cluster")
         last: HermesError | None = None
         for _ in range(3):  # the atom may move between locate and migrate
-            guid, tad, stub = self._on_node_of(guid)
+            guid, source = self._on_node_of(guid)
             try:
-                reply: pb.MigrateReply = stub.Migrate(
-                    pb.MigrateRequest(guid=guid, destination=node), timeout=120.0
-                )
-            except grpc.RpcError as exc:
-                last = error_from_rpc(exc, f"node {tad.node}")
-                if "is not active on node" in str(last):
-                    continue
-                raise last from exc
+                reply = self.node_client.migrate(source, guid, node)
+            except NotActiveHereError as exc:
+                last = exc
+                continue
             new = tad_from_pb(reply.tad)
             if new is not None:
                 self.invoker.stash.update(guid, new)
@@ -339,19 +333,13 @@ class Client:
 
     def checkpoint(self, target: str) -> TAD | None:
         """Checkpoint the atom now; returns the TAD the checkpoint was taken at."""
-        guid, tad, stub = self._on_node_of(target)
-        try:
-            return tad_from_pb(stub.Checkpoint(pb.GuidRequest(guid=guid), timeout=60.0))
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, f"node {tad.node}") from exc
+        guid, node = self._on_node_of(target)
+        return self.node_client.checkpoint(node, guid)
 
     def passivate(self, target: str) -> TAD | None:
         """Checkpoint the atom and make it dormant; returns the TAD it was last active at."""
-        guid, tad, stub = self._on_node_of(target)
-        try:
-            last = tad_from_pb(stub.Passivate(pb.GuidRequest(guid=guid), timeout=60.0))
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, f"node {tad.node}") from exc
+        guid, node = self._on_node_of(target)
+        last = self.node_client.passivate(node, guid)
         # Active nowhere now: the next call asks the storesite, which activates it.
         self.invoker.stash.forget(guid)
         return last
@@ -362,21 +350,14 @@ class Client:
         sid, address = self.invoker.storesite_address(guid)
         if storesite not in self.naming.storesites():
             raise NameNotFoundError(f"storesite {storesite!r} is not a live member of the cluster")
-        stub = self.channels.stub(address, pbg.StoresiteStub)
-        try:
-            stub.MoveHome(pb.StoreMoveRequest(guid=guid, destination=storesite), timeout=120.0)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, f"storesite {sid}") from exc
+        home = StoresiteClient(address, sid=sid, channels=self.channels)
+        home.move_home(guid, storesite, timeout=120.0)
         return sid
 
     def stash_of(self, node: str, target: str) -> TAD | None:
         """The TAD ``node``'s stash holds for an atom (None when it knows nothing)."""
         guid = self.guid_of(target)
-        try:
-            reply = self._node_stub(node).Locate(pb.LocateRequest(guid=guid), timeout=5.0)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, f"node {node}") from exc
-        return tad_from_pb(reply.tad)
+        return self.node_client.locate(self.node_member(node), guid, timeout=5.0).tad
 
     def lookup(self, pattern: str, *, scope: str | None = None, all: bool = False) -> list[str]:
         """GUIDs of atoms whose name (alias in ``scope``) matches ``pattern``: one, or ``all``."""

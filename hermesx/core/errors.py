@@ -25,6 +25,7 @@ are caught, with ``raise ... from exc``, into the most specific branch::
     │   ├── CallCycleError          a call cycle came back into a non-reentrant atom
     │   └── PayloadTooLargeError    arguments or result over the size limit
     ├── MigrationError              a move was refused or aborted
+    │   └── NotActiveHereError      the atom is not active on the node asked to move it
     ├── RequestExpiredError         a retry older than the atom's reply window: refused, not run
     ├── StorageError                storesite / LMDB failure, unknown checkpoint or module
     │   ├── CheckpointDamagedError  a stored or sent snapshot fails its checksum: not restored
@@ -60,6 +61,7 @@ __all__ = [
     "NameTakenError",
     "NamingError",
     "NoQuorumError",
+    "NotActiveHereError",
     "NotAuthorizedError",
     "OutcomeUnknownError",
     "PayloadTooLargeError",
@@ -211,6 +213,12 @@ class MigrationError(HermesError):
     """A move was refused or aborted."""
 
     kind = "migration"
+
+
+class NotActiveHereError(MigrationError):
+    """The node asked to move an atom does not run it (it may have moved since it was located)."""
+
+    kind = "not_active_here"
 
 
 class RequestExpiredError(HermesError):

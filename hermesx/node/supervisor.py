@@ -37,6 +37,7 @@ from hermesx.core.errors import (
     MigrationError,
     NameNotFoundError,
     NameTakenError,
+    NotActiveHereError,
     StorageError,
     UnreachableError,
 )
@@ -50,6 +51,7 @@ from hermesx.routing.naming import Naming
 from hermesx.routing.stash import Stash
 from hermesx.rpc.atom_meta import check_atom_meta, tags_refusal
 from hermesx.rpc.convert import tad_from_pb, tad_to_pb
+from hermesx.rpc.node_client import Peer
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.status import abort_with, error_from_rpc, pb_error
@@ -259,7 +261,7 @@ class NodeHost:
             active.checkpoint_request = True
 
 
-class Supervisor(pbg.SupervisorServicer):
+class Supervisor(pbg.SupervisorServicer, pbg.NodeTestHooksServicer):
     def __init__(self, config: NodeConfig) -> None:
         validate_name(config.name, "node name")
         if config.workers < 2:
@@ -358,6 +360,8 @@ class Supervisor(pbg.SupervisorServicer):
             interceptors=server_interceptors(self.tls, f"node {self.name}"),
         )
         pbg.add_SupervisorServicer_to_server(self, self._server)
+        if self.config.test_hooks:
+            pbg.add_NodeTestHooksServicer_to_server(self, self._server)
         host, _, _ = self.config.listen.rpartition(":")
         port = add_server_port(self._server, self.config.listen, self.tls)
         if port == 0:
@@ -1042,8 +1046,6 @@ class Supervisor(pbg.SupervisorServicer):
         )
 
     def StashPut(self, request: pb.StashPutRequest, context: grpc.ServicerContext) -> pb.Empty:
-        if not self.config.test_hooks:
-            abort_with(context, HermesError(f"node {self.name}: test hooks are not enabled"))
         tad = tad_from_pb(request.tad)
         if tad is None:
             abort_with(context, HermesError("StashPut needs a TAD"))
@@ -1057,19 +1059,18 @@ class Supervisor(pbg.SupervisorServicer):
 
     def _relocate_for_test(self, active: ActiveAtom, tad: TAD) -> None:
         snapshot = self._freeze(active, wait=10.0)
-        accept = pb.AcceptRequest(
+        copy = pb.CopyRequest(
             guid=active.guid,
             tad=tad_to_pb(tad),
             snapshot=snapshot,
             meta=active.meta,
             source=self.name,
-            commit=True,
         )
         try:
-            self.invoker.node_stub(tad.node).Accept(accept, timeout=30.0)
-        except grpc.RpcError as exc:
+            self.invoker.nodes.activate_copy(self.invoker.node(tad.node), copy)
+        except HermesError:
             self._thaw(active)
-            raise error_from_rpc(exc, f"node {tad.node}") from exc
+            raise
         self.drop(active, tad)
 
     # ------------------------------------------------------------ checkpoint / passivate
@@ -1203,7 +1204,7 @@ class Supervisor(pbg.SupervisorServicer):
         validate_name(destination, "node name")
         active = self.atoms.get(guid)
         if active is None or active.state != "active":
-            raise MigrationError(f"atom {guid} is not active on node {self.name}")
+            raise NotActiveHereError(f"atom {guid} is not active on node {self.name}")
         if destination == self.name:
             raise MigrationError(f"atom {guid} is already on node {destination}")
         members = self.naming.nodes()
@@ -1229,13 +1230,12 @@ class Supervisor(pbg.SupervisorServicer):
             self._thaw(active)
             raise MigrationError(f"atom {guid}: storesite refused the move: {exc}") from exc
         checksum = snapshot_checksum(snapshot)
-        accept = pb.AcceptRequest(
+        accept = pb.CopyRequest(
             guid=guid,
             tad=tad_to_pb(new_tad),
             snapshot=snapshot,
             meta=active.meta,
             source=self.name,
-            commit=False,
             checksum=checksum,
         )
         # The two copies travel at once: the destination stages its copy while
@@ -1255,22 +1255,20 @@ class Supervisor(pbg.SupervisorServicer):
         )
         dst = None
         try:
-            dst = self.invoker.node_stub(destination)
-            staged = dst.Accept(accept, timeout=60.0)
+            dst = self.invoker.node(destination)
+            staged = self.invoker.nodes.stage_copy(dst, accept)
             # The COMMIT names who staged the copy: a restarted destination has none.
-            if not staged.incarnation:
+            if not staged:
                 raise MigrationError(f"node {destination} did not say which incarnation staged")
-            accept.incarnation = staged.incarnation
+            accept.incarnation = staged
             staging.result()
             phases["transfer"] = time.perf_counter()
             self._test_pause("transferred")
-        except (grpc.RpcError, HermesError) as exc:
-            err = (
-                exc if isinstance(exc, HermesError) else error_from_rpc(exc, f"node {destination}")
-            )
+        except HermesError as exc:
+            err = exc
             with contextlib.suppress(HermesError):
                 staging.result()
-            self._abort_move(guid, new_tad, dst, accept)
+            self._abort_move(guid, new_tad, dst)
             self._thaw(active)
             raise MigrationError(f"atom {guid}: move to {destination} failed: {err}") from exc
         try:
@@ -1280,23 +1278,22 @@ class Supervisor(pbg.SupervisorServicer):
                 pb.CommitRequest(guid=guid, tad=tad_to_pb(new_tad), incarnation=accept.incarnation),
             )
         except HermesError as exc:
-            self._abort_move(guid, new_tad, dst, accept)
+            self._abort_move(guid, new_tad, dst)
             self._thaw(active)
             raise MigrationError(f"atom {guid}: commit at the storesite failed: {exc}") from exc
         phases["commit"] = time.perf_counter()
         self._test_pause("committed")
         # Committed: the destination is where the atom lives now.
         self.drop(active, new_tad)
-        accept.commit = True
         accept.snapshot = b""
         accept.ClearField("checksum")
         try:
-            dst.Accept(accept, timeout=30.0)
-        except grpc.RpcError as exc:
+            self.invoker.nodes.activate_copy(dst, accept)
+        except HermesError as exc:
             # The storesite has the checkpoint and the location: a live
             # destination activates its staged copy when it asks the storesite;
             # if that incarnation is gone, the atom is recovered from there.
-            err = error_from_rpc(exc, f"node {destination}")
+            err = exc
             log.warning("atom %s: activation at %s failed after commit: %s", guid, destination, err)
             raise MigrationError(
                 f"atom {guid}: the move to {destination} is committed but {destination} "
@@ -1322,9 +1319,7 @@ class Supervisor(pbg.SupervisorServicer):
             tad=tad_to_pb(new_tad), state_bytes=len(snapshot), held_ms=held_ms, total_ms=total_ms
         )
 
-    def _abort_move(
-        self, guid: str, tad: TAD, dst: pbg.SupervisorStub | None, accept: pb.AcceptRequest
-    ) -> None:
+    def _abort_move(self, guid: str, tad: TAD, dst: Peer | None) -> None:
         """Before COMMIT: the storesite forgets the move, the destination its staged copy."""
         try:
             self._storesite_call(guid, "Abort", pb.AbortRequest(guid=guid, age=tad.age), 5.0)
@@ -1333,13 +1328,8 @@ class Supervisor(pbg.SupervisorServicer):
             log.warning("atom %s: abort not heard by the storesite (%s); will retry", guid, exc)
             self._unsent_aborts[guid] = tad.age
         if dst is not None:
-            discard = pb.AcceptRequest()
-            discard.CopyFrom(accept)
-            discard.commit = False
-            discard.snapshot = b""  # empty snapshot = discard the staged copy
-            discard.ClearField("checksum")
-            with contextlib.suppress(grpc.RpcError):
-                dst.Accept(discard, timeout=5.0)
+            with contextlib.suppress(HermesError):
+                self.invoker.nodes.discard_copy(dst, guid, tad)
 
     def _move_quietly(self, guid: str, destination: str) -> None:
         try:
@@ -1355,22 +1345,38 @@ class Supervisor(pbg.SupervisorServicer):
 
     # ------------------------------------------------------------ destination
 
-    def Accept(self, request: pb.AcceptRequest, context: grpc.ServicerContext) -> pb.AcceptReply:
+    def StageCopy(self, request: pb.CopyRequest, context: grpc.ServicerContext) -> pb.CopyReply:
         try:
-            incarnation = self.accept_atom(request)
+            return pb.CopyReply(incarnation=self.accept_atom(request, commit=False))
         except HermesError as exc:
             abort_with(context, exc)
-        return pb.AcceptReply(ok=True, incarnation=incarnation)
 
-    def accept_atom(self, request: pb.AcceptRequest) -> str:
-        """Stage, activate or discard a copy; returns the incarnation that took it."""
+    def ActivateCopy(self, request: pb.CopyRequest, context: grpc.ServicerContext) -> pb.CopyReply:
+        try:
+            return pb.CopyReply(incarnation=self.accept_atom(request, commit=True))
+        except HermesError as exc:
+            abort_with(context, exc)
+
+    def DiscardCopy(
+        self, request: pb.DiscardCopyRequest, context: grpc.ServicerContext
+    ) -> pb.Empty:
+        tad = tad_from_pb(request.tad)
+        if tad is None or tad.node != self.name:
+            abort_with(
+                context,
+                MigrationError(f"atom {request.guid}: node {self.name} was sent a TAD for {tad}"),
+            )
+        self._discard_staged(request.guid)
+        return pb.Empty()
+
+    def accept_atom(self, request: pb.CopyRequest, *, commit: bool) -> str:
+        """Stage a copy, or (``commit``) activate one; returns the incarnation that took it."""
         guid = request.guid
         tad = tad_from_pb(request.tad)
         if tad is None or tad.node != self.name:
             raise MigrationError(f"atom {guid}: node {self.name} was sent a TAD for {tad}")
-        if not request.commit and not request.snapshot:
-            self._discard_staged(guid)
-            return self.incarnation
+        if not commit and not request.snapshot:
+            raise MigrationError(f"atom {guid}: a staged copy needs a snapshot")
         incarnation = self._taking_incarnation(f"cannot accept atom {guid}")
         if request.snapshot and request.HasField("checksum"):
             # Never restore damage: a storesite or a source checked it, but
@@ -1380,13 +1386,13 @@ class Supervisor(pbg.SupervisorServicer):
                 request.checksum,
                 f"snapshot of atom {guid} sent to node {self.name} for {tad}",
             )
-        if request.commit and request.incarnation and request.incarnation != incarnation:
+        if commit and request.incarnation and request.incarnation != incarnation:
             self._discard_staged(guid)
             raise MigrationError(
                 f"atom {guid}: the move committed incarnation {request.incarnation} of node "
                 f"{self.name}, which restarted as {incarnation}; it holds no staged copy"
             )
-        if not request.commit:
+        if not commit:
             refusal = tags_refusal(guid, self.name, request.meta.tags, self.config.tags)
             if refusal:
                 raise MigrationError(refusal)
@@ -1505,8 +1511,6 @@ class Supervisor(pbg.SupervisorServicer):
             self._stopping.wait(seconds)
 
     def TestHook(self, request: pb.TestHookRequest, context: grpc.ServicerContext) -> pb.Empty:
-        if not self.config.test_hooks:
-            abort_with(context, HermesError(f"node {self.name}: test hooks are not enabled"))
         if request.pause_at not in (
             "prepared",
             "transferred",
@@ -1541,13 +1545,12 @@ class Supervisor(pbg.SupervisorServicer):
         gave up on this node, thus never serves: the record names another TAD.
         A request without either is the one-step activation of older storesites.
         """
-        accept = pb.AcceptRequest(
+        accept = pb.CopyRequest(
             guid=request.guid,
             tad=request.tad,
             snapshot=b"" if request.confirm else request.snapshot,
             meta=request.meta,
             source="",
-            commit=not request.stage,
             incarnation=request.incarnation if request.confirm else "",
         )
         if request.HasField("checksum") and not request.confirm:
@@ -1567,7 +1570,7 @@ class Supervisor(pbg.SupervisorServicer):
             if request.confirm and active is not None and active.tad == tad_from_pb(request.tad):
                 # The staged copy already settled by asking the storesite.
                 return pb.ActivateReply(tad=request.tad, incarnation=self.incarnation)
-            incarnation = self.accept_atom(accept)
+            incarnation = self.accept_atom(accept, commit=not request.stage)
         except HermesError as exc:
             abort_with(context, exc)
         if request.stage:

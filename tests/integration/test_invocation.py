@@ -23,7 +23,6 @@ from hermesx.core.errors import (
 from hermesx.core.identity import TAD
 from hermesx.core.types import Hop
 from hermesx.local.cluster import LocalCluster
-from hermesx.rpc.proto import hermesx_pb2 as pb
 
 pytestmark = pytest.mark.integration
 
@@ -175,12 +174,8 @@ def test_a_forwarding_loop_is_broken_through_the_storesite(
 ) -> None:
     guid = client.create(atoms["counter"], name=unique_name, on="n3")
     # Hostile stashes: n1 -> n2 -> n1, both claiming to be newer than the truth.
-    tester.invoker.node_stub("n1").StashPut(
-        pb.StashPutRequest(guid=guid, tad=pb.TAD(node="n2", age=50))
-    )
-    tester.invoker.node_stub("n2").StashPut(
-        pb.StashPutRequest(guid=guid, tad=pb.TAD(node="n1", age=51))
-    )
+    tester.node_client.stash_put(tester.node_member("n1"), guid, TAD("n2", 50))
+    tester.node_client.stash_put(tester.node_member("n2"), guid, TAD("n1", 51))
     outcome = client.invoke(guid, "incr", codec.pack(1), via="n1", trace=True)
     assert codec.unpack(outcome.result) == 1
     events = _events(outcome.trace)

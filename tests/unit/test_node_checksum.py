@@ -38,16 +38,15 @@ def test_a_damaged_snapshot_sent_for_activation_is_refused_and_nothing_runs(
     damaged = bytearray(snapshot)
     damaged[len(damaged) // 2] ^= 0x08
     for commit in (True, False):  # activation / recovery, and a move's staged copy
-        request = pb.AcceptRequest(
+        request = pb.CopyRequest(
             guid=guid,
             tad=pb.TAD(node="n1", age=3),
             snapshot=bytes(damaged),
             meta=pb.AtomMeta(module_hash=module.hash),
-            commit=commit,
             checksum=snapshot_checksum(snapshot),
         )
         with pytest.raises(StorageError) as info:
-            node.accept_atom(request)
+            node.accept_atom(request, commit=commit)
         assert str(info.value).startswith(
             f"snapshot of atom {guid} sent to node n1 for n1@3 is damaged: its "
         )

@@ -99,9 +99,7 @@ def test_an_older_snapshot_never_replaces_a_newer_acknowledged_one(
         client.create(atoms["counter"], name="c", on="n1", checkpoint="every-call")
         assert client.atom("c").incr(10) == 10
         # The next checkpoint on n1 stops for 2 s right after its snapshot.
-        client.invoker.node_stub("n1").TestHook(
-            pb.TestHookRequest(pause_at="checkpoint-snapshot", seconds=2.0), timeout=5.0
-        )
+        client.node_client.pause_at(client.node_member("n1"), "checkpoint-snapshot", 2.0)
         first: list[object] = []
         racing = threading.Thread(target=lambda: first.append(client.atom("c").incr(1)))
         racing.start()

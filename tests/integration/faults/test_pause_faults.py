@@ -213,7 +213,7 @@ def test_an_activation_the_node_finishes_after_the_storesite_gave_up_never_serve
         stubs = {n: client.invoker.node_stub(n) for n in ("n1", "n2", "n3")}
         # n2's restore takes longer than the storesite waits: it stages the copy late.
         late = STAGE_TIMEOUT_S + 2.0
-        stubs["n2"].TestHook(pb.TestHookRequest(pause_at="activate-stage", seconds=late))
+        client.node_client.pause_at(client.node_member("n2"), "activate-stage", late)
         client.atom("c").incr(1)  # the storesite gives up on n2 and activates c elsewhere
         acked += 1
         where = client.locate("c")
