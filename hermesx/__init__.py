@@ -33,6 +33,7 @@ from hermesx.core.errors import NameNotFoundError as NameNotFoundError
 from hermesx.core.errors import NameTakenError as NameTakenError
 from hermesx.core.errors import NamingError as NamingError
 from hermesx.core.errors import NoQuorumError as NoQuorumError
+from hermesx.core.errors import NotActiveHereError as NotActiveHereError
 from hermesx.core.errors import NotAuthorizedError as NotAuthorizedError
 from hermesx.core.errors import OutcomeUnknownError as OutcomeUnknownError
 from hermesx.core.errors import PayloadTooLargeError as PayloadTooLargeError

@@ -44,6 +44,7 @@ PUBLIC = [
     "NamingError",
     "NoQuorumError",
     "NodeStatus",
+    "NotActiveHereError",
     "NotAuthorizedError",
     "OutcomeUnknownError",
     "PayloadTooLargeError",
