@@ -51,11 +51,11 @@ from faultkit import (
     latency_ms,
     serves_here,
     tally,
-    wait_until,
 )
 
 from hermesx.client import Client
 from hermesx.local.cluster import LocalCluster, NodeSpec
+from hermesx.testing.wait import wait_until
 from nameservice.zookeeper import ZooKeeperServer, free_port
 
 log = logging.getLogger("netns_scenario")
@@ -179,9 +179,9 @@ def _partition(
             )
             cut_at = time.monotonic()
             wait_until(
-                "the storesite to recover the atom on another node",
                 lambda: any(r.ok and r.node != "n1" for r in load.records),
-                timeout=60.0,
+                60.0,
+                "the storesite to recover the atom on another node",
             )
             load.wait_acks(30, since=time.monotonic())
             # n1 is still up and reachable by clients (it answers), yet does not serve.

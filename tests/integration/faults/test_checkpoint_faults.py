@@ -20,7 +20,7 @@ import time
 import lmdb
 import msgpack
 import pytest
-from faultkit import ClusterStarter, wait_until
+from faultkit import ClusterStarter
 
 from hermesx.client import Client
 from hermesx.core import codec
@@ -28,6 +28,7 @@ from hermesx.core.errors import CheckpointDamagedError, UnreachableError
 from hermesx.local.cluster import LocalCluster, NodeSpec
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.roles import TEST_CERT_NAME
+from hermesx.testing.wait import wait_until
 from nameservice.zookeeper import ZooKeeperServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -53,7 +54,7 @@ def _restart_storesite(cluster: LocalCluster, client: Client) -> None:
         member = client.naming.storesites().get("s1")
         return member is not None and (old is None or member.address != old.address)
 
-    wait_until("the restarted storesite to register", registered)
+    wait_until(registered, 60.0, "the restarted storesite to register")
 
 
 def _flip_a_bit_of_latest_checkpoint(cluster: LocalCluster, guid: str) -> None:
@@ -106,8 +107,9 @@ def test_an_older_snapshot_never_replaces_a_newer_acknowledged_one(
         racing = threading.Thread(target=lambda: first.append(client.atom("c").incr(1)))
         racing.start()
         wait_until(
-            "the first call's checkpoint to pause after its snapshot",
             lambda: "test hook: paused at checkpoint-snapshot" in _log(cluster, "node-n1"),
+            60.0,
+            "the first call's checkpoint to pause after its snapshot",
         )
         # This call runs while the first one's snapshot (11) waits: it sees 12.
         assert client.atom("c").incr(1) == 12

@@ -31,7 +31,6 @@ from faultkit import (
     final_value,
     serves_here,
     tally,
-    wait_until,
 )
 
 from hermesx.client import Client
@@ -41,6 +40,7 @@ from hermesx.rpc.node_client import STAGE_TIMEOUT_S
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.roles import TEST_CERT_NAME
+from hermesx.testing.wait import wait_until
 from nameservice.zookeeper import ZooKeeperServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -89,9 +89,9 @@ def test_node_paused_past_its_session_runs_none_of_the_calls_queued_meanwhile(
                             )
                             queued.append(stale.Invoke.future(request, timeout=60.0))
                         wait_until(
-                            "the atom to be recovered on another node",
                             lambda: client.locate("c").node != "n2",
-                            timeout=30.0,
+                            30.0,
+                            "the atom to be recovered on another node",
                         )
                         load.wait_acks(10, since=time.monotonic())
                         # Well past the session timeout: the old session is surely gone.

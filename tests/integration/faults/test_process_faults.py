@@ -22,13 +22,13 @@ from faultkit import (
     final_value,
     latency_ms,
     tally,
-    wait_until,
 )
 
 from hermesx.client import Client
 from hermesx.core.identity import TAD
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.roles import TEST_CERT_NAME
+from hermesx.testing.wait import wait_until
 from nameservice.zookeeper import ZooKeeperServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -99,8 +99,9 @@ def test_kill_storesite_and_restart_it(
             cluster.start_storesite("s1")
             # Its registration carries no pid: wait for the new address instead.
             wait_until(
-                "the restarted storesite to register",
                 lambda: _storesite_address(client) not in ("", old_address),
+                60.0,
+                "the restarted storesite to register",
             )
             back_at = time.monotonic()
             plain.wait_acks(20, since=back_at)
