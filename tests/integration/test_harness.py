@@ -1,0 +1,103 @@
+"""The test harness stops every process it started, also when the test run itself is killed.
+
+A test run interrupted by SIGTERM (a CI job cancelled, a timeout of the
+outer runner) or SIGKILL used to leave its clusters' ZooKeeper, storesite and
+node processes running. Here a child pytest run starts a cluster through the
+harness's fixtures and is killed while it holds it; no process of that run
+may be left once the signal landed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from hermesx.local.cluster import alive
+from hermesx.testing.processes import kill_processes_with_home, processes_with_home
+from hermesx.testing.wait import wait_until
+
+pytestmark = pytest.mark.integration
+
+_HOLDING_TEST = textwrap.dedent(
+    """
+    import json, os, pathlib, time
+
+    def test_holds_a_cluster(cluster_factory, zk_server):
+        cluster = cluster_factory(["n1", "n2"], storesites=("s1",))
+        parts = {**cluster.procs, "zookeeper-server": zk_server.pid}
+        pathlib.Path(os.environ["HOLDING_PIDS"]).write_text(json.dumps(parts))
+        time.sleep(600)  # a deliberate hold: the outer test kills this run meanwhile
+    """
+)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_a_killed_test_run_leaves_no_cluster_process(tmp_path: pathlib.Path, sig: int) -> None:
+    (tmp_path / "test_holding.py").write_text(_HOLDING_TEST)
+    pids_file = tmp_path / "pids.json"
+    base = tmp_path / "base"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERMESX_")}
+    env["HOLDING_PIDS"] = str(pids_file)
+    run = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "hermesx.testing.plugin",
+            "-p",
+            "no:cacheprovider",
+            f"--basetemp={base}",
+            f"--rootdir={tmp_path}",
+            str(tmp_path / "test_holding.py"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+
+        def holding() -> bool:
+            if run.poll() is not None:
+                output = run.stdout.read().decode(errors="replace") if run.stdout else ""
+                raise AssertionError(f"the child run ended early:\n{output[-3000:]}")
+            return pids_file.exists() and pids_file.stat().st_size > 0
+
+        wait_until(holding, 120.0, "the child run to hold its cluster")
+        parts: dict[str, int] = json.loads(pids_file.read_text())
+        assert {"node-n1", "node-n2", "storesite-s1", "zookeeper-server"} <= parts.keys()
+        assert all(alive(pid) for pid in parts.values()), parts
+        run.send_signal(sig)
+        run.wait(timeout=30.0)
+
+        def none_left() -> bool:
+            return not any(alive(pid) for pid in parts.values()) and not processes_with_home(base)
+
+        try:
+            wait_until(none_left, 30.0, "every process of the killed run to stop")
+        except AssertionError:
+            left = {part: pid for part, pid in parts.items() if alive(pid)}
+            raise AssertionError(
+                f"processes of the killed run still running: {left} {processes_with_home(base)}"
+            ) from None
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait(timeout=10.0)
+        if run.stdout is not None:
+            run.stdout.close()
+        kill_processes_with_home(base)
+        for pid in json.loads(pids_file.read_text()).values() if pids_file.exists() else ():
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
