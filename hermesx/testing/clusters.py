@@ -19,8 +19,9 @@ from contextlib import contextmanager
 
 from hermesx.local.cluster import LocalCluster, NodeSpec
 from hermesx.testing.reaper import reaper
+from hermesx.testing.wait import wait_until
 
-__all__ = ["ClusterPool", "open_pool", "open_pools"]
+__all__ = ["ClusterPool", "open_pool", "open_pools", "part_log", "wait_for_log"]
 
 _numbers = itertools.count(1)
 _open: list[ClusterPool] = []
@@ -120,3 +121,23 @@ def open_pool(
 def open_pools() -> list[ClusterPool]:
     """The pools open now: their clusters are the ones a failing test may have used."""
     return list(_open)
+
+
+def part_log(cluster: LocalCluster, part: str) -> str:
+    """The whole log of one of ``cluster``'s processes (``node-n1``, ``storesite-s1``, ...)."""
+    try:
+        return (cluster.dir / f"{part}.log").read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def wait_for_log(cluster: LocalCluster, part: str, text: str, timeout: float = 30.0) -> str:
+    """Wait until ``part``'s log holds ``text``; returns the log."""
+
+    def logged() -> str | None:
+        log = part_log(cluster, part)
+        return log if text in log else None
+
+    log = wait_until(logged, timeout, f"{part} to log {text!r}")
+    assert log is not None
+    return log

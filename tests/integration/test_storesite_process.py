@@ -15,8 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent import futures
 
 import grpc
@@ -28,6 +27,7 @@ from hermesx.core.snapshot import snapshot_checksum
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.storesite_client import StoresiteClient
+from hermesx.testing.wait import wait_until
 from nameservice import NameService, ZooKeeperServer
 
 pytestmark = pytest.mark.integration
@@ -160,14 +160,6 @@ def processes() -> Iterator[list[StoresiteProcess | FakeNode]]:
         item.stop()
 
 
-def wait_for(predicate: Callable[[], bool], what: str, attempts: int = 300) -> None:
-    for _ in range(attempts):
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_storesite_process_registers_and_serves(
     zk: str, cluster_name: str, tmp_path: pathlib.Path, processes: list[StoresiteProcess | FakeNode]
 ) -> None:
@@ -198,12 +190,13 @@ def test_node_death_recovers_atoms_on_a_live_node(
         client.put_checkpoint(guids[0], TAD("doomed", 1), b"latest", seq=1)
 
         doomed.die()
-        wait_for(lambda: len(survivor.servicer.activations) == 3, "three recoveries")
+        wait_until(lambda: len(survivor.servicer.activations) == 3, 15.0, "three recoveries")
         # The location is recorded once the node has answered the activation.
-        wait_for(
+        wait_until(
             lambda: all(
                 a.tad == TAD("survivor", 2) for a in client.list_atoms() if a.guid in guids
             ),
+            15.0,
             "three recorded locations",
         )
         assert len(survivor.servicer.activations) == 3
@@ -356,7 +349,7 @@ def test_a_flipped_bit_in_a_stored_checkpoint_is_detected_on_read_and_never_rest
         assert f"so atom {guid} is not restored" in message
         doomed.die()
         # Recovery is refused, clearly, every time; nothing is ever activated.
-        wait_for(lambda: _locate_error(client, guid) is not None, "a refused recovery")
+        wait_until(lambda: _locate_error(client, guid) is not None, 15.0, "a refused recovery")
         refused = _locate_error(client, guid)
         assert isinstance(refused, CheckpointDamagedError) and "is damaged" in str(refused)
     assert survivor.servicer.activations == []

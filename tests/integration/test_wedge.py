@@ -24,8 +24,9 @@ from hermesx.core.errors import (
     HermesError,
     MethodError,
 )
-from hermesx.local.cluster import LocalCluster, NodeSpec, _alive
+from hermesx.local.cluster import LocalCluster, NodeSpec, alive
 from hermesx.rpc import roles
+from hermesx.testing.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -44,14 +45,6 @@ def cluster(cluster_factory: object) -> LocalCluster:
 def client(cluster: LocalCluster) -> Iterator[Client]:
     with Client(cluster.zk, cluster.name) as c:
         yield c
-
-
-def wait_until(what: str, check: object, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def test_seventy_calls_blocked_in_recv_do_not_wedge_the_node(
@@ -286,7 +279,7 @@ def test_a_node_whose_workers_are_all_stuck_gives_up_its_session(
         pool.shutdown(wait=True)
     # The process itself ends: nothing is left holding its port or its threads.
     pid = cluster.procs["node-n4"]
-    wait_until("n4's process to exit", lambda: not _alive(pid), timeout=20)
+    wait_until("n4's process to exit", lambda: not alive(pid), timeout=20)
     log = (cluster.dir / "node-n4.log").read_text(errors="replace")
     assert "gives up its name-service session and stops" in log
     assert "every worker is stuck" in log

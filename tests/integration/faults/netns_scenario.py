@@ -249,7 +249,7 @@ def _loss(
         with load:
             load.wait_acks(20)
             clean_from = time.monotonic()
-            time.sleep(3.0)
+            time.sleep(3.0)  # a deliberate window: calls over clean links, the baseline
             # Both directions of both links: requests and replies, node <-> storesite.
             rules = "".join(
                 f"add rule inet {TABLE} faults tcp {way} {port} "
@@ -259,7 +259,7 @@ def _loss(
             )
             nft(rules)
             lossy_from = time.monotonic()
-            time.sleep(8.0)
+            time.sleep(8.0)  # the deliberate window of loss
             counts = nft_counters()
             heal()
             healed_at = time.monotonic()

@@ -125,7 +125,7 @@ def test_quorum_lost_longer_than_the_session_timeout(
                 load.wait_acks(20)
                 for i in down:
                     ensemble.kill(i)
-                time.sleep(2 * session_timeout + 1.0)
+                time.sleep(2 * session_timeout + 1.0)  # the outage, longer than a session
                 ensemble.restart(down[0])
                 back_at = time.monotonic()
                 try:

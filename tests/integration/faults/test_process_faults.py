@@ -157,17 +157,20 @@ def test_intermediate_node_of_a_forwarding_chain_down(
             load.wait_acks(20)
             killed_at = time.monotonic()
             cluster.kill("node-n2")
+
             # Calls through n1 taught it the shortcut to n3; put back the chain
             # through the now dead intermediate node, as it was before the load.
             # A reply still in flight may teach n1 the shortcut again: repeat
             # until the broken chain holds (then nothing passes n1 to teach it).
-            for _ in range(50):
+            def chain_holds() -> bool:
+                if client.stash_of("n1", "c") == TAD("n2", 2):
+                    return True
                 client.node_stub("n1").StashPut(
                     pb.StashPutRequest(guid=guid, tad=pb.TAD(node="n2", age=2)), timeout=5.0
                 )
-                time.sleep(0.1)
-                if client.stash_of("n1", "c") == TAD("n2", 2):
-                    break
+                return False
+
+            wait_until(chain_holds, 10.0, "n1's stash to point at the dead n2", every=0.1)
             load.wait_acks(30, since=time.monotonic())
         final = final_value(client, "c")
         where = client.locate("c")

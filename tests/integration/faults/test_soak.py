@@ -54,7 +54,7 @@ def _located_elsewhere(client: Client, host: str) -> bool:
 def _kill_storesite(cluster: LocalCluster, client: Client) -> str:
     old = client.naming.storesites()["s1"].address
     cluster.kill("storesite-s1")
-    time.sleep(1.0)
+    time.sleep(1.0)  # the outage
     cluster.start_storesite("s1")
     wait_until(
         lambda: (m := client.naming.storesites().get("s1")) is not None and m.address != old,
