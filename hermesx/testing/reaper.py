@@ -27,8 +27,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
+from typing import Any
 
-__all__ = ["Reaper", "reaper"]
+__all__ = ["Reaper", "reaper", "tethered"]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,17 @@ def reaper() -> Reaper:
         return _reaper
 
 
+def tethered(argv: Sequence[str], **options: Any) -> subprocess.Popen[Any]:
+    """``subprocess.Popen`` in a process group of its own that is stopped if this process dies.
+
+    For the processes a test starts by hand (a storesite, a server, a parent
+    to kill); cluster parts are registered by their :class:`LocalCluster`.
+    """
+    process = subprocess.Popen(argv, start_new_session=True, **options)
+    reaper().started(process.pid)
+    return process
+
+
 def _group_exists(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -97,8 +110,22 @@ def _group_exists(pgid: int) -> bool:
     return True
 
 
-def _signal_groups(groups: set[int], sig: int) -> None:
-    for pgid in groups:
+def _start_time(pid: int) -> str | None:
+    """When ``pid`` started (clock ticks since boot), None when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _signal_groups(groups: dict[int, str | None], sig: int) -> None:
+    for pgid, started in groups.items():
+        # A group id is not reused while the group has members; only its leader's
+        # pid may have been, by an unrelated process that now leads a group of its own.
+        leader = _start_time(pgid)
+        if leader is not None and leader != started:
+            continue
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, sig)
 
@@ -108,17 +135,18 @@ def _watch() -> None:
     # The terminal's signals are for the test run; this process has one job left.
     for sig in (signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
-    groups: set[int] = set()
+    groups: dict[int, str | None] = {}
     for raw in sys.stdin.buffer:
         line = raw.strip()
         if line[:1] == b"+":
-            groups.add(int(line[1:]))
+            pgid = int(line[1:])
+            groups[pgid] = _start_time(pgid)
         elif line[:1] == b"-":
-            groups.discard(int(line[1:]))
+            groups.pop(int(line[1:]), None)
     _signal_groups(groups, signal.SIGTERM)
     deadline = time.monotonic() + GRACE
     while groups and time.monotonic() < deadline:
-        groups = {g for g in groups if _group_exists(g)}
+        groups = {g: t for g, t in groups.items() if _group_exists(g)}
         # Polling: the parts are not this process's children, so it cannot wait on them.
         time.sleep(0.1)
     _signal_groups(groups, signal.SIGKILL)

@@ -19,6 +19,7 @@ import time
 import pytest
 
 from hermesx.testing.processes import kill_processes_with_home, processes_with_home
+from hermesx.testing.reaper import tethered
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +34,7 @@ def test_the_demo_stops_its_cluster_when_its_reader_goes_away_or_it_is_interrupt
     env = {k: v for k, v in os.environ.items() if not k.startswith("HERMESX_")}
     env["HERMESX_HOME"] = str(home)  # the demo starts its own ZooKeeper too: six processes
     # stdout and stderr share one pipe, as in ``hermesx demo 2>&1 | head``.
-    proc = subprocess.Popen(
+    proc = tethered(
         [sys.executable, "-m", "hermesx", "demo", "expense-voucher"],
         env=env,
         stdin=subprocess.DEVNULL,

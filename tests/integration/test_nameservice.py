@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from hermesx.testing.reaper import tethered
 from hermesx.testing.wait import wait_until
 from nameservice import (
     InvalidNameError,
@@ -282,7 +283,7 @@ _CHILD = textwrap.dedent(
 def test_killed_process_registration_vanishes_after_session_expiry(
     zk_server: ZooKeeperServer, nameservice: NameService, cluster_name: str
 ) -> None:
-    child = subprocess.Popen(
+    child = tethered(
         [sys.executable, "-c", _CHILD, zk_server.connect_string, cluster_name],
         stdout=subprocess.PIPE,
         text=True,

@@ -22,6 +22,7 @@ import pytest
 from hermesx.rpc import security
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
+from hermesx.testing.reaper import tethered
 from hermesx.testing.wait import wait_until
 
 pytestmark = pytest.mark.integration
@@ -88,7 +89,7 @@ def server(
     log = tmp_path_factory.mktemp("server") / "n1.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRPC_")}
     with open(log, "wb") as stderr:
-        process = subprocess.Popen(
+        process = tethered(
             [sys.executable, "-c", _SERVER, str(dirs[CLUSTER]), CLUSTER, "n1"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

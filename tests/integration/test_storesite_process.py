@@ -27,6 +27,7 @@ from hermesx.core.snapshot import snapshot_checksum
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.storesite_client import StoresiteClient
+from hermesx.testing.reaper import tethered
 from hermesx.testing.wait import wait_until
 from nameservice import NameService, ZooKeeperServer
 
@@ -102,7 +103,7 @@ class StoresiteProcess:
         self, sid: str, data: pathlib.Path, zk: str, cluster: str, *, init: bool = False
     ) -> None:
         self.sid = sid
-        self.proc = subprocess.Popen(
+        self.proc = tethered(
             [
                 sys.executable,
                 "-m",

@@ -13,6 +13,7 @@ import textwrap
 import pytest
 
 from hermesx.local.cluster import alive
+from hermesx.testing.reaper import tethered
 from hermesx.testing.wait import wait_until
 from nameservice import NameService, ZooKeeperError
 from nameservice import zookeeper as zk
@@ -108,7 +109,7 @@ _PARENT = textwrap.dedent(
 
 
 def test_server_does_not_outlive_a_killed_parent() -> None:
-    parent = subprocess.Popen([sys.executable, "-c", _PARENT], stdout=subprocess.PIPE, text=True)
+    parent = tethered([sys.executable, "-c", _PARENT], stdout=subprocess.PIPE, text=True)
     zk_pid = None
     try:
         assert parent.stdout is not None
