@@ -1,10 +1,10 @@
 """The test harness stops every process it started, also when the test run itself is killed.
 
-A test run interrupted by SIGTERM (a CI job cancelled, a timeout of the
-outer runner) or SIGKILL used to leave its clusters' ZooKeeper, storesite and
-node processes running. Here a child pytest run starts a cluster through the
-harness's fixtures and is killed while it holds it; no process of that run
-may be left once the signal landed.
+A test run SIGTERM'd (a CI job cancelled, a timeout of the outer runner) or
+SIGKILL'd used to leave its clusters' ZooKeeper, storesite and node processes
+running; one interrupted with Ctrl-C must go on stopping them. Here a child
+pytest run starts a cluster through the harness's fixtures and is signalled
+while it holds it; no process of that run may be left once the signal landed.
 """
 
 from __future__ import annotations
@@ -39,7 +39,9 @@ _HOLDING_TEST = textwrap.dedent(
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["sigint", "sigterm", "sigkill"]
+)
 def test_a_killed_test_run_leaves_no_cluster_process(tmp_path: pathlib.Path, sig: int) -> None:
     (tmp_path / "test_holding.py").write_text(_HOLDING_TEST)
     pids_file = tmp_path / "pids.json"
