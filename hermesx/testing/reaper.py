@@ -4,7 +4,7 @@ A local cluster's parts run in sessions of their own (so ``hermesx up``
 daemons outlive the CLI), which also means nothing stops them when a test
 run is interrupted, SIGTERM'd or SIGKILL'd before its fixtures tear down.
 The harness therefore starts one small watchdog process per test process
-(``python -m hermesx.testing.reaper``) and tells it, over a pipe, the
+(this module run as a script) and tells it, over a pipe, the
 process group of every part it starts and stops. When the pipe reaches
 end-of-file the test process is gone, by whatever means, and the watchdog
 sends SIGTERM to every group still registered (SIGKILL after a grace).
@@ -44,7 +44,8 @@ class Reaper:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._process = subprocess.Popen(
-            [sys.executable, "-m", __name__],
+            # Run as a script: it needs only the standard library, not hermesx.
+            [sys.executable, "-I", __file__],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             # A session of its own: a Ctrl-C at the terminal must not stop the

@@ -18,7 +18,7 @@ T = TypeVar("T")
 
 
 def wait_until(
-    predicate: Callable[[], T], timeout: float = 30.0, what: str = "", *, every: float = 0.05
+    predicate: Callable[[], T], timeout: float = 30.0, what: str = "", *, every: float = 0.025
 ) -> T:
     """Poll ``predicate`` until it returns something truthy, and return that.
 
