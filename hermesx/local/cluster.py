@@ -4,7 +4,9 @@
 (so it outlives the command), waits until every part has registered in the
 name service, and writes where they run to ``$HERMESX_HOME/clusters/NAME``.
 ``hermesx down`` stops them all. Tests and the demo use the same class, so
-they run the very processes a user runs.
+they run the very processes a user runs; the test harness also gives a
+cluster a :class:`PartWatcher`, told of every part started and stopped, so
+that a test run's parts stop with it.
 """
 
 from __future__ import annotations
