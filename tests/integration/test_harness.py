@@ -25,6 +25,14 @@ from hermesx.testing.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
+_FAILING_TEST = textwrap.dedent(
+    """
+    def test_fails_with_a_cluster(cluster_factory):
+        cluster = cluster_factory(["n1"], storesites=("s1",))
+        assert cluster.name == "a name it does not have"
+    """
+)
+
 _HOLDING_TEST = textwrap.dedent(
     """
     import json, os, pathlib, time
@@ -32,10 +40,53 @@ _HOLDING_TEST = textwrap.dedent(
     def test_holds_a_cluster(cluster_factory, zk_server):
         cluster = cluster_factory(["n1", "n2"], storesites=("s1",))
         parts = {**cluster.procs, "zookeeper-server": zk_server.pid}
-        pathlib.Path(os.environ["HOLDING_PIDS"]).write_text(json.dumps(parts))
+        done = pathlib.Path(os.environ["HOLDING_PIDS"])
+        done.with_suffix(".tmp").write_text(json.dumps(parts))
+        done.with_suffix(".tmp").rename(done)  # whole, or not there yet
         time.sleep(600)  # a deliberate hold: the outer test kills this run meanwhile
     """
 )
+
+
+def _child_pytest(tmp_path: pathlib.Path, test: str) -> list[str]:
+    """The argv of a pytest run of ``test`` (written to tmp_path) with the harness's plugin."""
+    (tmp_path / "test_child.py").write_text(test)
+    return [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "hermesx.testing.plugin",
+        "-p",
+        "no:cacheprovider",
+        f"--basetemp={tmp_path / 'base'}",
+        f"--rootdir={tmp_path}",
+        str(tmp_path / "test_child.py"),
+    ]
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("HERMESX_")}
+
+
+@pytest.mark.timeout(120)
+def test_a_failed_test_reports_the_logs_of_its_clusters_processes(tmp_path: pathlib.Path) -> None:
+    run = subprocess.run(
+        _child_pytest(tmp_path, _FAILING_TEST),
+        cwd=tmp_path,
+        env=_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert run.returncode == 1, run.stdout[-3000:] + run.stderr[-3000:]
+    for part in ("node-n1", "storesite-s1"):
+        assert f"/{part}.log (last" in run.stdout, run.stdout[-3000:]
+    assert "node n1 serving on" in run.stdout
+    assert "ZooKeeper log (last lines)" in run.stdout
+    assert not processes_with_home(tmp_path / "base")
 
 
 @pytest.mark.timeout(180)
@@ -43,25 +94,11 @@ _HOLDING_TEST = textwrap.dedent(
     "sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["sigint", "sigterm", "sigkill"]
 )
 def test_a_killed_test_run_leaves_no_cluster_process(tmp_path: pathlib.Path, sig: int) -> None:
-    (tmp_path / "test_holding.py").write_text(_HOLDING_TEST)
     pids_file = tmp_path / "pids.json"
     base = tmp_path / "base"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HERMESX_")}
-    env["HOLDING_PIDS"] = str(pids_file)
+    env = {**_env(), "HOLDING_PIDS": str(pids_file)}
     run = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "hermesx.testing.plugin",
-            "-p",
-            "no:cacheprovider",
-            f"--basetemp={base}",
-            f"--rootdir={tmp_path}",
-            str(tmp_path / "test_holding.py"),
-        ],
+        _child_pytest(tmp_path, _HOLDING_TEST),
         cwd=tmp_path,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -74,7 +111,7 @@ def test_a_killed_test_run_leaves_no_cluster_process(tmp_path: pathlib.Path, sig
             if run.poll() is not None:
                 output = run.stdout.read().decode(errors="replace") if run.stdout else ""
                 raise AssertionError(f"the child run ended early:\n{output[-3000:]}")
-            return pids_file.exists() and pids_file.stat().st_size > 0
+            return pids_file.exists()
 
         wait_until(holding, 120.0, "the child run to hold its cluster")
         parts: dict[str, int] = json.loads(pids_file.read_text())
