@@ -73,7 +73,7 @@ SITES = (
 KILLED_SITE = "reading"
 
 # Short sessions make a killed node confirmed dead (and its atoms recovered)
-# within a few seconds (PLATFORM.md: a SIGKILLed client's session ends after
+# within a few seconds (a SIGKILLed client's ZooKeeper session ends after
 # about the session timeout).
 SESSION_TIMEOUT_S = 2.0
 # Bounds on waiting for the other threads and for a voucher to arrive.

@@ -3,7 +3,7 @@
 :class:`WasmInstance` calls an atom's exports and reads and writes its memory
 through ``wasmtime_func_call_unchecked`` and ``memmove`` on the memory's base
 address. The plain Python wrapper costs 8-25 µs per crossing, the C API about
-1 µs (PLATFORM.md), and every invocation crosses at least three times.
+1 µs (measured with `hermesx bench runtime`), and every invocation crosses at least three times.
 
 A Python exception cannot cross wasm frames as such: a host function that fails
 stores the exception on the instance and returns a trap; the call that entered
