@@ -9,13 +9,15 @@ and its address.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 
 from hermesx.core.identity import TAD
+from hermesx.core.snapshot import yield_gil
 from hermesx.rpc.convert import tad_of, tad_to_pb
 from hermesx.rpc.node_client import CHANNEL_OPTIONS
 from hermesx.rpc.proto import hermesx_pb2 as pb
@@ -26,6 +28,9 @@ from hermesx.rpc.wire import open_channel
 __all__ = ["AtomInfo", "CheckpointInfo", "Location", "StoresiteClient", "StoresiteInfo"]
 
 _Reply = TypeVar("_Reply")
+
+# A state larger than two of these goes to the storesite in pieces of this size.
+STATE_PIECE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,3 +258,96 @@ class StoresiteClient:
     def status(self) -> StoresiteInfo:
         reply = self._call(self._stub.Status, pb.Empty(), "Status")
         return StoresiteInfo(reply.id, reply.atoms, reply.modules, reply.checkpoints)
+
+    # ------------------------------------------------- a node's calls: states, moves
+
+    def with_timeout(self, timeout: float) -> StoresiteClient:
+        """This client with ``timeout`` as its default, sharing the channel (close the original)."""
+        timed = copy.copy(self)
+        timed.timeout = timeout
+        return timed
+
+    def send_checkpoint(
+        self,
+        guid: str,
+        tad: TAD,
+        snapshot: bytes,
+        seq: int,
+        *,
+        checksum: int | None = None,
+        generation: int | None = None,
+        periodic: bool = False,
+    ) -> None:
+        """:meth:`put_checkpoint` for a state of any size: a large one travels in pieces
+        (``PutCheckpointPieces``), so that no single message is built or parsed for the
+        whole state: either holds the interpreter long enough to starve a session."""
+        request = pb.CheckpointRequest(
+            guid=guid,
+            tad=tad_to_pb(tad),
+            seq=seq,
+            checksum=checksum,
+            generation=generation,
+            periodic=periodic,
+        )
+        if len(snapshot) < 2 * STATE_PIECE_BYTES:
+            request.snapshot = snapshot
+            self._call(self._stub.PutCheckpoint, request, f"PutCheckpoint({guid})")
+            return
+        pieces = (
+            pb.CheckpointPiece(head=request) if data is None else pb.CheckpointPiece(data=data)
+            for data in _pieces_of(snapshot)
+        )
+        self._call(self._stub.PutCheckpointPieces, pieces, f"PutCheckpointPieces({guid})")
+
+    def send_passivated(
+        self,
+        guid: str,
+        tad: TAD,
+        snapshot: bytes,
+        *,
+        checksum: int | None = None,
+        generation: int | None = None,
+    ) -> None:
+        """The atom was passivated with ``snapshot`` (a large one in pieces, as
+        :meth:`send_checkpoint`); it is dormant at its storesite from now on."""
+        request = pb.PassivatedRequest(
+            guid=guid, tad=tad_to_pb(tad), checksum=checksum, generation=generation
+        )
+        if len(snapshot) < 2 * STATE_PIECE_BYTES:
+            request.snapshot = snapshot
+            self._call(self._stub.Passivated, request, f"Passivated({guid})")
+            return
+        pieces = (
+            pb.PassivatedPiece(head=request) if data is None else pb.PassivatedPiece(data=data)
+            for data in _pieces_of(snapshot)
+        )
+        self._call(self._stub.PassivatedPieces, pieces, f"PassivatedPieces({guid})")
+
+    def stage(
+        self,
+        guid: str,
+        tad: TAD,
+        snapshot: bytes,
+        *,
+        checksum: int | None = None,
+        generation: int | None = None,
+    ) -> None:
+        """Stage the checkpoint a move to ``tad`` has once committed (before :meth:`commit`)."""
+        request = pb.CommitRequest(
+            guid=guid,
+            tad=tad_to_pb(tad),
+            snapshot=snapshot,
+            checksum=checksum,
+            generation=generation,
+        )
+        self._call(self._stub.Stage, request, f"Stage({guid})")
+
+
+def _pieces_of(snapshot: bytes) -> Iterator[bytes | None]:
+    """None (the place of the head piece), then ``snapshot`` in pieces of
+    STATE_PIECE_BYTES; the interpreter is let go between pieces."""
+    yield None
+    view = memoryview(snapshot)
+    for offset in range(0, len(view), STATE_PIECE_BYTES):
+        yield_gil()
+        yield bytes(view[offset : offset + STATE_PIECE_BYTES])

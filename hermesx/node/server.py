@@ -1,0 +1,214 @@
+"""The node's gRPC service: thin handlers that hand each RPC to the part of the node for it.
+
+Each handler turns a :class:`HermesError` into the RPC's status
+(:func:`~hermesx.rpc.status.abort_with`) or, for Invoke and Send, into the
+reply's error. :func:`serve` starts the gRPC server of a node: mutual TLS when
+the cluster has it, and as many workers as the configuration says, some of
+them kept free of invocations (:mod:`hermesx.node.admission`).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+
+from hermesx.core.errors import HermesError, UnreachableError
+from hermesx.node.admission import Admission
+from hermesx.node.catalog import ActiveAtom, Catalog
+from hermesx.node.checkpoints import Checkpointing
+from hermesx.node.config import NodeConfig
+from hermesx.node.creation import Creation
+from hermesx.node.dispatch import Dispatcher
+from hermesx.node.fencing import Fencing
+from hermesx.node.migration_destination import MigrationDestination
+from hermesx.node.migration_source import MigrationSource
+from hermesx.node.passivation import Passivation
+from hermesx.node.testhooks import TestHooks
+from hermesx.routing.stash import Stash
+from hermesx.rpc.convert import tad_to_pb
+from hermesx.rpc.proto import hermesx_pb2 as pb
+from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
+from hermesx.rpc.status import abort_with
+from hermesx.rpc.wire import CHANNEL_OPTIONS, TLSIdentity, add_server_port, server_interceptors
+
+__all__ = ["NodeParts", "NodeServicer", "serve"]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeParts:
+    """The parts of a node its RPCs reach."""
+
+    config: NodeConfig
+    catalog: Catalog
+    stash: Stash
+    fencing: Fencing
+    admission: Admission
+    dispatcher: Dispatcher
+    creation: Creation
+    checkpoints: Checkpointing
+    passivation: Passivation
+    source: MigrationSource
+    destination: MigrationDestination
+    hooks: TestHooks
+
+
+class NodeServicer(pbg.SupervisorServicer):
+    """The Supervisor service of one node."""
+
+    def __init__(self, parts: NodeParts) -> None:
+        self._name = parts.config.name
+        self._tags = list(parts.config.tags)
+        self._parts = parts
+        self._catalog = parts.catalog
+        self._admission = parts.admission
+        self._dispatcher = parts.dispatcher
+
+    # ------------------------------------------------------------ calls
+
+    def Invoke(self, request: pb.InvokeRequest, context: grpc.ServicerContext) -> pb.InvokeReply:
+        refused = self._admission.refuse_invoke()
+        if refused is not None:
+            return refused
+        try:
+            return self._dispatcher.invoke(request)
+        finally:
+            self._admission.release_invoke()
+
+    def Send(self, request: pb.SendRequest, context: grpc.ServicerContext) -> pb.SendReply:
+        return self._dispatcher.send(request)
+
+    def Create(self, request: pb.CreateRequest, context: grpc.ServicerContext) -> pb.CreateReply:
+        try:
+            guid, tad = self._parts.creation.create(request)
+        except HermesError as exc:
+            abort_with(context, exc)
+        return pb.CreateReply(guid=guid, tad=tad_to_pb(tad))
+
+    # ------------------------------------------------------------ where, how
+
+    def Locate(self, request: pb.LocateRequest, context: grpc.ServicerContext) -> pb.LocateReply:
+        fencing = self._parts.fencing
+        held = request.guid in self._catalog.atoms
+        if held and not fencing.lease_held(f"Locate of {request.guid}"):
+            # Neither "here" (we may not serve) nor "not here" (the asker
+            # could place a second copy while we still hold this one).
+            abort_with(
+                context,
+                UnreachableError(
+                    f"node {self._name} is fenced (its name-service session may have expired); "
+                    f"whether it holds atom {request.guid} is not known"
+                ),
+            )
+        reply = pb.LocateReply(active_here=held, incarnation=fencing.incarnation)
+        tad = self._parts.stash.get(request.guid)
+        if tad is not None:
+            reply.tad.CopyFrom(tad_to_pb(tad))
+        return reply
+
+    def Status(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.NodeStatus:
+        atoms = self._catalog.atoms
+        return pb.NodeStatus(
+            name=self._name,
+            active_atoms=len(atoms),
+            stash_entries=len(self._parts.stash),
+            pid=os.getpid(),
+            rss_bytes=_rss_bytes(),
+            tags=self._tags,
+            atom_calls=sum(a.calls for a in list(atoms.values())),
+        )
+
+    # ------------------------------------------------------------ checkpoint, passivate
+
+    def Checkpoint(self, request: pb.GuidRequest, context: grpc.ServicerContext) -> pb.TAD:
+        active = self._active_or_abort(request.guid, context)
+        try:
+            return tad_to_pb(self._parts.checkpoints.checkpoint_requested(active))
+        except HermesError as exc:
+            abort_with(context, exc)
+
+    def Passivate(self, request: pb.GuidRequest, context: grpc.ServicerContext) -> pb.TAD:
+        active = self._active_or_abort(request.guid, context)
+        try:
+            return tad_to_pb(self._parts.passivation.passivate(active))
+        except HermesError as exc:
+            abort_with(context, exc)
+
+    def _active_or_abort(self, guid: str, context: grpc.ServicerContext) -> ActiveAtom:
+        active = self._catalog.atoms.get(guid)
+        if active is None or active.state != "active":
+            abort_with(context, UnreachableError(f"atom {guid} is not active on node {self._name}"))
+        return active
+
+    # ------------------------------------------------------------ moves, activation
+
+    def Migrate(self, request: pb.MigrateRequest, context: grpc.ServicerContext) -> pb.MigrateReply:
+        try:
+            return self._parts.source.migrate(request.guid, request.destination)
+        except HermesError as exc:
+            abort_with(context, exc)
+
+    def Accept(self, request: pb.AcceptRequest, context: grpc.ServicerContext) -> pb.AcceptReply:
+        """A move's source stages, activates or discards a copy here."""
+        try:
+            incarnation = self._parts.destination.accept(request)
+        except HermesError as exc:
+            abort_with(context, exc)
+        return pb.AcceptReply(ok=True, incarnation=incarnation)
+
+    def Activate(
+        self, request: pb.ActivateRequest, context: grpc.ServicerContext
+    ) -> pb.ActivateReply:
+        """A storesite stages or confirms an atom here (dormant, recovered)."""
+        try:
+            return self._parts.destination.activate(request)
+        except HermesError as exc:
+            abort_with(context, exc)
+
+    # ------------------------------------------------------------ test hooks
+
+    def StashPut(self, request: pb.StashPutRequest, context: grpc.ServicerContext) -> pb.Empty:
+        """Test hook: place a stash entry (relocating the atom if it is here)."""
+        hooks = self._parts.hooks
+        try:
+            tad = hooks.stash_tad(request)
+        except HermesError as exc:
+            abort_with(context, exc)
+        hooks.stash_put(request.guid, tad)
+        return pb.Empty()
+
+    def TestHook(self, request: pb.TestHookRequest, context: grpc.ServicerContext) -> pb.Empty:
+        """Test hook: pause at a step of the next move, checkpoint or staged activation."""
+        try:
+            self._parts.hooks.set_pause(request)
+        except HermesError as exc:
+            abort_with(context, exc)
+        return pb.Empty()
+
+
+def serve(
+    servicer: NodeServicer, config: NodeConfig, tls: TLSIdentity | None
+) -> tuple[grpc.Server, str]:
+    """Start the gRPC server of node ``config.name``; returns it and the address it listens on."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="node-rpc"),
+        options=CHANNEL_OPTIONS,
+        interceptors=server_interceptors(tls, f"node {config.name}"),
+    )
+    pbg.add_SupervisorServicer_to_server(servicer, server)
+    host, _, _ = config.listen.rpartition(":")
+    port = add_server_port(server, config.listen, tls)
+    if port == 0:
+        raise UnreachableError(f"node {config.name}: cannot listen on {config.listen}")
+    server.start()
+    return server, f"{host}:{port}"
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
