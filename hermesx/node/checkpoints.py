@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 
 from hermesx.core.errors import HermesError, MigrationError, StorageError
 from hermesx.core.identity import TAD
 from hermesx.node.aborts import UnsentAborts
 from hermesx.node.catalog import ActiveAtom
-from hermesx.node.storage import AtomStoresites
+from hermesx.node.context import NodeContext
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.status import pb_error
 
@@ -34,17 +33,9 @@ PERIODIC = pb.CheckpointPolicy.PERIODIC
 class Checkpointing:
     """Checkpoints of the atoms of one node."""
 
-    def __init__(
-        self,
-        node: str,
-        storesites: AtomStoresites,
-        aborts: UnsentAborts,
-        pause: Callable[[str], None],
-    ) -> None:
-        self._node = node
-        self._storesites = storesites
+    def __init__(self, ctx: NodeContext, aborts: UnsentAborts) -> None:
+        self._ctx = ctx
         self._aborts = aborts
-        self._pause = pause
 
     def checkpoint(self, active: ActiveAtom, *, periodic: bool = False) -> TAD:
         """Checkpoint ``active`` now; ``periodic``: no caller is told its calls are durable."""
@@ -54,10 +45,10 @@ class Checkpointing:
         # one that a later call's reply already promised.
         with active.checkpoint_lock:
             snapshot, generation = active.atom.snapshot_with_generation()
-            self._pause("checkpoint-snapshot")
+            self._ctx.pause("checkpoint-snapshot")
             active.checkpoint_seq += 1
             seq = active.checkpoint_seq
-        self._storesites.put_checkpoint(
+        self._ctx.storesites.put_checkpoint(
             active.guid, active.tad, snapshot, seq, generation=generation, periodic=periodic
         )
         active.checkpointed_generation = max(active.checkpointed_generation, generation)
@@ -68,7 +59,7 @@ class Checkpointing:
         """A checkpoint a client asked for (the Checkpoint RPC), between calls."""
         with active.fixed(30.0) as ok:
             if not ok:
-                raise MigrationError(f"atom {active.guid} left node {self._node}")
+                raise MigrationError(f"atom {active.guid} left node {self._ctx.name}")
             return self.checkpoint(active)
 
     def after_call(self, active: ActiveAtom, reply: pb.InvokeReply) -> None:

@@ -16,16 +16,11 @@ from hermesx.core.errors import ConfigurationError, HermesError, UnreachableErro
 from hermesx.core.identity import GUID, TAD, validate_name
 from hermesx.core.replies import DEFAULT_REPLY_ENTRIES, ReplyWindow
 from hermesx.core.snapshot import snapshot_checksum
-from hermesx.node.catalog import Catalog
-from hermesx.node.fencing import Fencing
-from hermesx.node.modules import ModuleCache
+from hermesx.node.builder import AtomBuilder
+from hermesx.node.context import NodeContext
 from hermesx.node.placement import check_placement
-from hermesx.node.storage import AtomStoresites
-from hermesx.routing.naming import Naming
 from hermesx.rpc.atom_meta import check_atom_meta, tags_refusal
 from hermesx.rpc.proto import hermesx_pb2 as pb
-from hermesx.runtime.atom import Runtime
-from hermesx.runtime.host import AtomHost
 
 __all__ = ["Creation"]
 
@@ -33,33 +28,14 @@ log = logging.getLogger(__name__)
 
 
 class Creation:
-    """Creates atoms on node ``node``."""
+    """Creates atoms on this node."""
 
-    def __init__(
-        self,
-        node: str,
-        tags: tuple[str, ...],
-        *,
-        catalog: Catalog,
-        fencing: Fencing,
-        modules: ModuleCache,
-        storesites: AtomStoresites,
-        naming: Naming,
-        runtime: Runtime,
-        host: AtomHost,
-    ) -> None:
-        self._node = node
-        self._tags = tags
-        self._catalog = catalog
-        self._fencing = fencing
-        self._modules = modules
-        self._storesites = storesites
-        self._naming = naming
-        self._runtime = runtime
-        self._host = host
+    def __init__(self, ctx: NodeContext, builder: AtomBuilder) -> None:
+        self._ctx = ctx
+        self._builder = builder
 
     def create(self, request: pb.CreateRequest) -> tuple[str, TAD]:
-        incarnation = self._fencing.taking_incarnation("cannot create atoms")
+        incarnation = self._ctx.fencing.taking_incarnation("cannot create atoms")
         meta = pb.AtomMeta()
         meta.CopyFrom(request.meta)
         aliases = [_parse_alias(a) for a in request.aliases]
@@ -67,32 +43,30 @@ class Creation:
             validate_name(meta.name, "atom name")
         check_placement(meta)
         check_atom_meta(meta)
-        refusal = tags_refusal("", self._node, meta.tags, self._tags)
+        refusal = tags_refusal("", self._ctx.name, meta.tags, self._ctx.config.tags)
         if refusal:
             raise ConfigurationError(f"cannot create the atom here: {refusal}")
         window = ReplyWindow(
             meta.reply_window_entries or DEFAULT_REPLY_ENTRIES, meta.reply_window_seconds
         )
-        loaded = self._runtime.load(request.module)
+        loaded = self._builder.compile(request.module)
         meta.module_hash = loaded.hash
-        storesites = self._naming.storesites()
+        storesites = self._ctx.naming.storesites()
         if not storesites:
             raise UnreachableError("no storesite is running in this cluster; cannot create atoms")
         sid = sorted(storesites)[hash(loaded.hash) % len(storesites)]
         guid = str(GUID.new(sid))
-        site = self._storesites.client(sid, storesites[sid].address).with_timeout(10.0)
+        site = self._ctx.storesites.client(sid, storesites[sid].address).with_timeout(10.0)
         # Checked again before the atom serves; here so a node out of its lease
         # records nothing at the storesite.
-        self._fencing.check_lease("cannot create atoms")
+        self._ctx.fencing.check_lease("cannot create atoms")
         if meta.name:
-            self._naming.bind(meta.name, guid)
+            self._ctx.naming.bind(meta.name, guid)
         try:
-            atom = self._runtime.create(
-                loaded, guid, self._host, request.init_args, reentrant=meta.reentrant
-            )
+            atom = self._builder.create(loaded, guid, request.init_args, meta)
             # From here on the window travels in the atom's snapshots.
             atom.replies.window = window
-            tad = TAD(self._node, 1)
+            tad = TAD(self._ctx.name, 1)
             snapshot, generation = atom.snapshot_with_generation()
             try:
                 site.put_module(request.module)
@@ -108,20 +82,20 @@ class Creation:
             except HermesError:
                 atom.close()
                 raise
-            self._modules.keep(loaded)
+            self._builder.keep(loaded)
             try:
-                self._fencing.check_lease(f"atom {guid} was not created")
+                self._ctx.fencing.check_lease(f"atom {guid} was not created")
             except HermesError:
                 atom.close()
                 raise
-            active = self._catalog.install(guid, atom, meta, tad)
+            active = self._ctx.catalog.install(guid, atom, meta, tad)
             active.checkpoint_seq = 1
             for scope, alias in aliases:
-                self._naming.alias_add(scope, alias, guid)
+                self._ctx.naming.alias_add(scope, alias, guid)
         except BaseException:
             if meta.name:
                 with contextlib.suppress(HermesError):
-                    self._naming.unbind(meta.name)
+                    self._ctx.naming.unbind(meta.name)
             raise
         log.info("created atom %s (%s) at %s", meta.name or "-", guid, tad)
         return guid, tad

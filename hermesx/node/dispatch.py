@@ -17,13 +17,11 @@ from collections.abc import Callable
 from hermesx.core.errors import HermesError, UnreachableError
 from hermesx.core.identity import TAD
 from hermesx.node.admission import Admission
-from hermesx.node.catalog import ActiveAtom, Catalog
+from hermesx.node.catalog import ActiveAtom
 from hermesx.node.checkpoints import Checkpointing
-from hermesx.node.fencing import Fencing
+from hermesx.node.context import NodeContext
 from hermesx.node.peers import peer
 from hermesx.node.placement import FOLLOW_CALLER, FollowCaller
-from hermesx.routing.invoker import Invoker
-from hermesx.routing.stash import Stash
 from hermesx.rpc.convert import tad_from_pb, tad_to_pb
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.status import pb_error
@@ -35,34 +33,27 @@ DEADLINE_MARGIN_S = 0.5
 
 
 class Dispatcher:
-    """Serves and forwards the invocations and messages that reach node ``node``."""
+    """Serves and forwards the invocations and messages that reach this node."""
 
     def __init__(
         self,
-        node: str,
-        hop_limit: int,
-        *,
-        catalog: Catalog,
-        stash: Stash,
-        fencing: Fencing,
+        ctx: NodeContext,
         admission: Admission,
-        invoker: Invoker,
         checkpoints: Checkpointing,
-        follow_caller: FollowCaller,
+        *,
         resolve_staged: Callable[[str], bool],
         move_later: Callable[[str, str], None],
     ) -> None:
-        self._node = node
-        self._hop_limit = hop_limit
-        self._catalog = catalog
-        self._atoms = catalog.atoms
-        self._stash = stash
-        self._fencing = fencing
+        self._ctx = ctx
+        self._node = ctx.name
+        # The invocation path reads these on every call.
+        self._atoms, self._stash, self._fencing = ctx.catalog.atoms, ctx.stash, ctx.fencing
         self._admission = admission
-        self._invoker = invoker
         self._checkpoints = checkpoints
-        self._follow_caller = follow_caller
+        self._follow_caller = FollowCaller(ctx.name, ctx.naming)
+        # A staged copy of the called atom: settle it (True: it serves here now).
         self._resolve_staged = resolve_staged
+        # A move the atom asked for, or its placement decided, after its call.
         self._move_later = move_later
 
     def invoke(self, request: pb.InvokeRequest) -> pb.InvokeReply:
@@ -82,7 +73,7 @@ class Dispatcher:
             if request.trace:
                 reply.trace.append(pb.Hop(node=self._node, tad=tad_to_pb(tad), event="moved"))
             return reply
-        if guid in self._catalog.staged and self._resolve_staged(guid):
+        if guid in self._ctx.catalog.staged and self._resolve_staged(guid):
             active = self._atoms.get(guid)
             if active is not None:
                 settled = self._run_here(active, request)
@@ -104,8 +95,8 @@ class Dispatcher:
         worker of the nodes on the loop until the call's deadline.
         """
         if requested <= 0:
-            return self._hop_limit
-        return min(requested, self._hop_limit)
+            return self._ctx.config.hop_limit
+        return min(requested, self._ctx.config.hop_limit)
 
     def _run_here(self, active: ActiveAtom, request: pb.InvokeRequest) -> pb.InvokeReply | None:
         refused = self._admission.refuse_atom_call(active, request.method)
@@ -168,7 +159,7 @@ class Dispatcher:
         forwarded.CopyFrom(request)
         forwarded.hops = request.hops + 1
         try:
-            target = peer(self._invoker, tad.node, forwarded_from=self._node)
+            target = peer(self._ctx.invoker, tad.node, forwarded_from=self._node)
             reply = target.invoke(forwarded, timeout=request.timeout or 30.0)
         except HermesError as exc:
             reply = pb.InvokeReply(error=pb_error(exc), tad=tad_to_pb(tad))
@@ -203,7 +194,7 @@ class Dispatcher:
         forwarded.CopyFrom(request)
         forwarded.hops = request.hops + 1
         try:
-            reply = peer(self._invoker, tad.node, forwarded_from=self._node).send(
+            reply = peer(self._ctx.invoker, tad.node, forwarded_from=self._node).send(
                 forwarded, timeout=30.0
             )
         except HermesError as exc:

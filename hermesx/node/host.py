@@ -13,9 +13,7 @@ import threading
 
 from hermesx.core.errors import MigrationError, NameNotFoundError
 from hermesx.core.identity import validate_name
-from hermesx.node.catalog import Catalog
-from hermesx.routing.invoker import Invoker
-from hermesx.routing.naming import Naming
+from hermesx.node.context import NodeContext
 from hermesx.rpc.atom_meta import tags_refusal
 from hermesx.runtime.host import CallContext
 
@@ -23,16 +21,14 @@ __all__ = ["NodeHost"]
 
 
 class NodeHost:
-    """The AtomHost of node ``node``'s atoms."""
+    """The AtomHost of this node's atoms."""
 
-    def __init__(
-        self, node: str, cluster: str, *, invoker: Invoker, naming: Naming, catalog: Catalog
-    ) -> None:
-        self._node = node
-        self._cluster = cluster
-        self._invoker = invoker
-        self._naming = naming
-        self._catalog = catalog
+    def __init__(self, ctx: NodeContext) -> None:
+        self._node = ctx.name
+        self._cluster = ctx.config.cluster
+        self._invoker = ctx.invoker
+        self._naming = ctx.naming
+        self._catalog = ctx.catalog
         self._seq_lock = threading.Lock()
         self._send_seq: dict[tuple[str, str], int] = {}
         # One lock per sender so its messages leave in order (FIFO per pair).

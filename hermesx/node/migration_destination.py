@@ -17,20 +17,17 @@ the node's lease holds and the incarnation is still ours.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 from hermesx.core.errors import HermesError, MigrationError
 from hermesx.core.identity import TAD
 from hermesx.core.snapshot import verify_checksum
-from hermesx.node.catalog import Catalog, StagedCopy
-from hermesx.node.fencing import Fencing
-from hermesx.node.modules import ModuleCache
-from hermesx.routing.invoker import Invoker
+from hermesx.node.builder import AtomBuilder
+from hermesx.node.catalog import StagedCopy
+from hermesx.node.context import NodeContext
 from hermesx.rpc.atom_meta import tags_refusal
 from hermesx.rpc.convert import tad_from_pb
 from hermesx.rpc.proto import hermesx_pb2 as pb
-from hermesx.runtime.atom import Atom, Runtime
-from hermesx.runtime.host import AtomHost
+from hermesx.runtime.atom import Atom
 
 __all__ = ["STAGED_RESOLVE_AFTER_S", "MigrationDestination"]
 
@@ -42,30 +39,14 @@ STAGED_RESOLVE_AFTER_S = 5.0
 
 
 class MigrationDestination:
-    """Takes atoms into node ``node``: moves' copies and storesites' activations."""
+    """Takes atoms into this node: moves' copies and storesites' activations."""
 
-    def __init__(
-        self,
-        node: str,
-        tags: tuple[str, ...],
-        *,
-        catalog: Catalog,
-        fencing: Fencing,
-        modules: ModuleCache,
-        runtime: Runtime,
-        host: AtomHost,
-        invoker: Invoker,
-        pause: Callable[[str], None],
-    ) -> None:
-        self._node = node
-        self._tags = tags
-        self._catalog = catalog
-        self._fencing = fencing
-        self._modules = modules
-        self._runtime = runtime
-        self._host = host
-        self._invoker = invoker
-        self._pause = pause
+    def __init__(self, ctx: NodeContext, builder: AtomBuilder) -> None:
+        self._ctx = ctx
+        self._node = ctx.name
+        self._catalog = ctx.catalog
+        self._fencing = ctx.fencing
+        self._builder = builder
 
     # ------------------------------------------------------------ Accept (a move's source)
 
@@ -102,10 +83,7 @@ class MigrationDestination:
     def _restore(self, request: pb.AcceptRequest, what: str) -> Atom:
         """The atom in ``request``'s snapshot, restored; only while our lease holds."""
         guid = request.guid
-        module = self._modules.get(request.meta.module_hash, guid)
-        atom = self._runtime.restore(
-            module, guid, self._host, request.snapshot, reentrant=request.meta.reentrant
-        )
+        atom = self._builder.restore(guid, request.meta, request.snapshot)
         try:
             self._fencing.check_lease(f"atom {guid} was not {what}")
         except HermesError:
@@ -115,7 +93,7 @@ class MigrationDestination:
 
     def _stage(self, request: pb.AcceptRequest, tad: TAD, incarnation: str) -> None:
         guid = request.guid
-        refusal = tags_refusal(guid, self._node, request.meta.tags, self._tags)
+        refusal = tags_refusal(guid, self._node, request.meta.tags, self._ctx.config.tags)
         if refusal:
             raise MigrationError(refusal)
         atom = self._restore(request, "staged")
@@ -198,7 +176,7 @@ class MigrationDestination:
         if request.stage and not request.snapshot:
             raise MigrationError(f"atom {request.guid}: a staged activation needs a snapshot")
         if request.stage:
-            self._pause("activate-stage")  # a slow restore
+            self._ctx.pause("activate-stage")  # a slow restore
         active = self._catalog.atoms.get(request.guid)
         if request.confirm and active is not None and active.tad == tad_from_pb(request.tad):
             # The staged copy already settled by asking the storesite.
@@ -232,7 +210,7 @@ class MigrationDestination:
         if staged is None:
             return False
         try:
-            where = self._invoker.locate(guid)
+            where = self._ctx.invoker.locate(guid)
         except HermesError as exc:
             log.debug("atom %s: cannot settle the staged copy yet: %s", guid, exc)
             return False

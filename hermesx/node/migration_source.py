@@ -16,21 +16,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 from concurrent import futures
 
 from hermesx.core.errors import HermesError, MigrationError
 from hermesx.core.identity import TAD, validate_name
 from hermesx.core.snapshot import snapshot_checksum
 from hermesx.node.aborts import UnsentAborts
-from hermesx.node.catalog import Catalog
+from hermesx.node.context import NodeContext
 from hermesx.node.peers import NodePeer, peer
-from hermesx.node.storage import AtomStoresites
-from hermesx.routing.invoker import Invoker
-from hermesx.routing.naming import Naming
 from hermesx.rpc.atom_meta import tags_refusal
 from hermesx.rpc.convert import tad_to_pb
 from hermesx.rpc.proto import hermesx_pb2 as pb
+from hermesx.rpc.storesite_client import AtomState
 
 __all__ = ["MigrationSource"]
 
@@ -38,28 +35,16 @@ log = logging.getLogger(__name__)
 
 
 class MigrationSource:
-    """Moves atoms of node ``node`` to other nodes."""
+    """Moves atoms of this node to other nodes."""
 
-    def __init__(
-        self,
-        node: str,
-        *,
-        catalog: Catalog,
-        naming: Naming,
-        invoker: Invoker,
-        storesites: AtomStoresites,
-        aborts: UnsentAborts,
-        transfers: futures.Executor,
-        pause: Callable[[str], None],
-    ) -> None:
-        self._node = node
-        self._catalog = catalog
-        self._naming = naming
-        self._invoker = invoker
-        self._storesites = storesites
+    def __init__(self, ctx: NodeContext, aborts: UnsentAborts, transfers: futures.Executor) -> None:
+        self._ctx = ctx
+        self._node = ctx.name
+        self._catalog = ctx.catalog
+        self._storesites = ctx.storesites
         self._aborts = aborts
+        # Sends a snapshot to the storesite while the destination receives it.
         self._transfers = transfers
-        self._pause = pause
 
     def migrate(self, guid: str, destination: str) -> pb.MigrateReply:
         started = time.perf_counter()
@@ -69,7 +54,7 @@ class MigrationSource:
             raise MigrationError(f"atom {guid} is not active on node {self._node}")
         if destination == self._node:
             raise MigrationError(f"atom {guid} is already on node {destination}")
-        members = self._naming.nodes()
+        members = self._ctx.naming.nodes()
         if destination not in members:
             raise MigrationError(f"node {destination!r} is not a live member of the cluster")
         refusal = tags_refusal(guid, destination, active.meta.tags, members[destination].tags)
@@ -81,7 +66,7 @@ class MigrationSource:
         try:
             age = self._storesites.prepare(guid, active.tad, destination)
             phases["prepare"] = time.perf_counter()
-            self._pause("prepared")
+            self._ctx.pause("prepared")
             new_tad = TAD(destination, age)
         except HermesError as exc:
             active.thaw()
@@ -98,17 +83,11 @@ class MigrationSource:
         )
         # The two copies travel at once: the destination stages its copy while
         # the storesite stages the checkpoint-to-be, so COMMIT carries no state.
-        staging = self._transfers.submit(
-            self._storesites.stage,
-            guid,
-            new_tad,
-            snapshot,
-            checksum=checksum,
-            generation=active.frozen_generation,
-        )
+        state = AtomState(snapshot, checksum, active.frozen_generation)
+        staging = self._transfers.submit(self._storesites.stage, guid, new_tad, state)
         dst = None
         try:
-            dst = peer(self._invoker, destination)
+            dst = peer(self._ctx.invoker, destination)
             staged_by = dst.stage(accept, timeout=60.0)
             # The COMMIT names who staged the copy: a restarted destination has none.
             if not staged_by:
@@ -116,7 +95,7 @@ class MigrationSource:
             accept.incarnation = staged_by
             staging.result()
             phases["transfer"] = time.perf_counter()
-            self._pause("transferred")
+            self._ctx.pause("transferred")
         except HermesError as exc:
             with contextlib.suppress(HermesError):
                 staging.result()
@@ -130,7 +109,7 @@ class MigrationSource:
             active.thaw()
             raise MigrationError(f"atom {guid}: commit at the storesite failed: {exc}") from exc
         phases["commit"] = time.perf_counter()
-        self._pause("committed")
+        self._ctx.pause("committed")
         # Committed: the destination is where the atom lives now.
         self._catalog.drop(active, new_tad)
         accept.commit = True

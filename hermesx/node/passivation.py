@@ -12,8 +12,8 @@ import logging
 
 from hermesx.core.errors import HermesError
 from hermesx.core.identity import TAD
-from hermesx.node.catalog import ActiveAtom, Catalog
-from hermesx.node.storage import AtomStoresites
+from hermesx.node.catalog import ActiveAtom
+from hermesx.node.context import NodeContext
 
 __all__ = ["Passivation"]
 
@@ -23,20 +23,19 @@ log = logging.getLogger(__name__)
 class Passivation:
     """Passivation of the atoms of one node."""
 
-    def __init__(self, catalog: Catalog, storesites: AtomStoresites) -> None:
-        self._catalog = catalog
-        self._storesites = storesites
+    def __init__(self, ctx: NodeContext) -> None:
+        self._ctx = ctx
 
     def passivate(self, active: ActiveAtom) -> TAD:
         snapshot = active.freeze(wait=30.0)
         try:
-            self._storesites.passivated(
+            self._ctx.storesites.passivated(
                 active.guid, active.tad, snapshot, generation=active.frozen_generation
             )
         except HermesError:
             active.thaw()
             raise
-        self._catalog.drop(active, None)
+        self._ctx.catalog.drop(active, None)
         log.info("atom %s passivated", active.guid)
         return active.tad
 

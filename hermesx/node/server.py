@@ -10,41 +10,37 @@ them kept free of invocations (:mod:`hermesx.node.admission`).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
 
 from hermesx.core.errors import HermesError, UnreachableError
+from hermesx.core.identity import TAD
 from hermesx.node.admission import Admission
-from hermesx.node.catalog import ActiveAtom, Catalog
+from hermesx.node.catalog import ActiveAtom
 from hermesx.node.checkpoints import Checkpointing
 from hermesx.node.config import NodeConfig
+from hermesx.node.context import NodeContext
 from hermesx.node.creation import Creation
 from hermesx.node.dispatch import Dispatcher
-from hermesx.node.fencing import Fencing
 from hermesx.node.migration_destination import MigrationDestination
 from hermesx.node.migration_source import MigrationSource
 from hermesx.node.passivation import Passivation
-from hermesx.node.testhooks import TestHooks
-from hermesx.routing.stash import Stash
 from hermesx.rpc.convert import tad_to_pb
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.status import abort_with
 from hermesx.rpc.wire import CHANNEL_OPTIONS, TLSIdentity, add_server_port, server_interceptors
 
-__all__ = ["NodeParts", "NodeServicer", "serve"]
+__all__ = ["NodeRoles", "NodeServicer", "serve"]
 
 
 @dataclass(frozen=True, slots=True)
-class NodeParts:
-    """The parts of a node its RPCs reach."""
+class NodeRoles:
+    """The roles of a node its RPCs reach, besides its context."""
 
-    config: NodeConfig
-    catalog: Catalog
-    stash: Stash
-    fencing: Fencing
     admission: Admission
     dispatcher: Dispatcher
     creation: Creation
@@ -52,19 +48,19 @@ class NodeParts:
     passivation: Passivation
     source: MigrationSource
     destination: MigrationDestination
-    hooks: TestHooks
 
 
 class NodeServicer(pbg.SupervisorServicer):
     """The Supervisor service of one node."""
 
-    def __init__(self, parts: NodeParts) -> None:
-        self._name = parts.config.name
-        self._tags = list(parts.config.tags)
-        self._parts = parts
-        self._catalog = parts.catalog
-        self._admission = parts.admission
-        self._dispatcher = parts.dispatcher
+    def __init__(self, ctx: NodeContext, roles: NodeRoles) -> None:
+        self._ctx = ctx
+        self._name = ctx.name
+        self._tags = list(ctx.config.tags)
+        self._catalog = ctx.catalog
+        self._roles = roles
+        self._admission = roles.admission
+        self._dispatcher = roles.dispatcher
 
     # ------------------------------------------------------------ calls
 
@@ -82,7 +78,7 @@ class NodeServicer(pbg.SupervisorServicer):
 
     def Create(self, request: pb.CreateRequest, context: grpc.ServicerContext) -> pb.CreateReply:
         try:
-            guid, tad = self._parts.creation.create(request)
+            guid, tad = self._roles.creation.create(request)
         except HermesError as exc:
             abort_with(context, exc)
         return pb.CreateReply(guid=guid, tad=tad_to_pb(tad))
@@ -90,7 +86,7 @@ class NodeServicer(pbg.SupervisorServicer):
     # ------------------------------------------------------------ where, how
 
     def Locate(self, request: pb.LocateRequest, context: grpc.ServicerContext) -> pb.LocateReply:
-        fencing = self._parts.fencing
+        fencing = self._ctx.fencing
         held = request.guid in self._catalog.atoms
         if held and not fencing.lease_held(f"Locate of {request.guid}"):
             # Neither "here" (we may not serve) nor "not here" (the asker
@@ -103,7 +99,7 @@ class NodeServicer(pbg.SupervisorServicer):
                 ),
             )
         reply = pb.LocateReply(active_here=held, incarnation=fencing.incarnation)
-        tad = self._parts.stash.get(request.guid)
+        tad = self._ctx.stash.get(request.guid)
         if tad is not None:
             reply.tad.CopyFrom(tad_to_pb(tad))
         return reply
@@ -113,7 +109,7 @@ class NodeServicer(pbg.SupervisorServicer):
         return pb.NodeStatus(
             name=self._name,
             active_atoms=len(atoms),
-            stash_entries=len(self._parts.stash),
+            stash_entries=len(self._ctx.stash),
             pid=os.getpid(),
             rss_bytes=_rss_bytes(),
             tags=self._tags,
@@ -123,37 +119,35 @@ class NodeServicer(pbg.SupervisorServicer):
     # ------------------------------------------------------------ checkpoint, passivate
 
     def Checkpoint(self, request: pb.GuidRequest, context: grpc.ServicerContext) -> pb.TAD:
-        active = self._active_or_abort(request.guid, context)
-        try:
-            return tad_to_pb(self._parts.checkpoints.checkpoint_requested(active))
-        except HermesError as exc:
-            abort_with(context, exc)
+        return self._on_active(request.guid, context, self._roles.checkpoints.checkpoint_requested)
 
     def Passivate(self, request: pb.GuidRequest, context: grpc.ServicerContext) -> pb.TAD:
-        active = self._active_or_abort(request.guid, context)
-        try:
-            return tad_to_pb(self._parts.passivation.passivate(active))
-        except HermesError as exc:
-            abort_with(context, exc)
+        return self._on_active(request.guid, context, self._roles.passivation.passivate)
 
-    def _active_or_abort(self, guid: str, context: grpc.ServicerContext) -> ActiveAtom:
+    def _on_active(
+        self, guid: str, context: grpc.ServicerContext, action: Callable[[ActiveAtom], TAD]
+    ) -> pb.TAD:
+        """``action`` on atom ``guid``, which must be active here; answers the TAD it leaves."""
         active = self._catalog.atoms.get(guid)
         if active is None or active.state != "active":
             abort_with(context, UnreachableError(f"atom {guid} is not active on node {self._name}"))
-        return active
+        try:
+            return tad_to_pb(action(active))
+        except HermesError as exc:
+            abort_with(context, exc)
 
     # ------------------------------------------------------------ moves, activation
 
     def Migrate(self, request: pb.MigrateRequest, context: grpc.ServicerContext) -> pb.MigrateReply:
         try:
-            return self._parts.source.migrate(request.guid, request.destination)
+            return self._roles.source.migrate(request.guid, request.destination)
         except HermesError as exc:
             abort_with(context, exc)
 
     def Accept(self, request: pb.AcceptRequest, context: grpc.ServicerContext) -> pb.AcceptReply:
         """A move's source stages, activates or discards a copy here."""
         try:
-            incarnation = self._parts.destination.accept(request)
+            incarnation = self._roles.destination.accept(request)
         except HermesError as exc:
             abort_with(context, exc)
         return pb.AcceptReply(ok=True, incarnation=incarnation)
@@ -163,7 +157,7 @@ class NodeServicer(pbg.SupervisorServicer):
     ) -> pb.ActivateReply:
         """A storesite stages or confirms an atom here (dormant, recovered)."""
         try:
-            return self._parts.destination.activate(request)
+            return self._roles.destination.activate(request)
         except HermesError as exc:
             abort_with(context, exc)
 
@@ -171,7 +165,7 @@ class NodeServicer(pbg.SupervisorServicer):
 
     def StashPut(self, request: pb.StashPutRequest, context: grpc.ServicerContext) -> pb.Empty:
         """Test hook: place a stash entry (relocating the atom if it is here)."""
-        hooks = self._parts.hooks
+        hooks = self._ctx.hooks
         try:
             tad = hooks.stash_tad(request)
         except HermesError as exc:
@@ -182,7 +176,7 @@ class NodeServicer(pbg.SupervisorServicer):
     def TestHook(self, request: pb.TestHookRequest, context: grpc.ServicerContext) -> pb.Empty:
         """Test hook: pause at a step of the next move, checkpoint or staged activation."""
         try:
-            self._parts.hooks.set_pause(request)
+            self._ctx.hooks.set_pause(request)
         except HermesError as exc:
             abort_with(context, exc)
         return pb.Empty()

@@ -22,7 +22,7 @@ from hermesx.core.identity import GUID, TAD
 from hermesx.core.snapshot import snapshot_checksum
 from hermesx.routing.invoker import Invoker
 from hermesx.routing.naming import Naming
-from hermesx.rpc.storesite_client import StoresiteClient
+from hermesx.rpc.storesite_client import AtomState, StoresiteClient
 
 __all__ = ["AtomStoresites", "transfer_timeout"]
 
@@ -49,15 +49,11 @@ class AtomStoresites:
 
     def client(self, sid: str, address: str) -> StoresiteClient:
         """The client of storesite ``sid`` at ``address`` (kept for later calls)."""
-        key = (sid, address)
-        found = self._clients.get(key)
-        if found is not None:
-            return found
         with self._lock:
-            found = self._clients.get(key)
-            if found is None:
-                found = self._clients[key] = StoresiteClient(address, sid=sid)
-            return found
+            client = self._clients.get((sid, address))
+            if client is None:
+                client = self._clients[sid, address] = StoresiteClient(address, sid=sid)
+            return client
 
     def close(self) -> None:
         with self._lock:
@@ -103,42 +99,26 @@ class AtomStoresites:
     def put_checkpoint(
         self, guid: str, tad: TAD, snapshot: bytes, seq: int, *, generation: int, periodic: bool
     ) -> None:
-        checksum = snapshot_checksum(snapshot)
+        state = AtomState(snapshot, snapshot_checksum(snapshot), generation)
         self.call(
             guid,
-            lambda site: site.send_checkpoint(
-                guid,
-                tad,
-                snapshot,
-                seq,
-                checksum=checksum,
-                generation=generation,
-                periodic=periodic,
-            ),
+            lambda site: site.send_checkpoint(guid, tad, state, seq, periodic=periodic),
             transfer_timeout(len(snapshot)),
         )
 
     def passivated(self, guid: str, tad: TAD, snapshot: bytes, *, generation: int) -> None:
-        checksum = snapshot_checksum(snapshot)
+        state = AtomState(snapshot, snapshot_checksum(snapshot), generation)
         self.call(
             guid,
-            lambda site: site.send_passivated(
-                guid, tad, snapshot, checksum=checksum, generation=generation
-            ),
+            lambda site: site.send_passivated(guid, tad, state),
             transfer_timeout(len(snapshot)),
         )
 
     def prepare(self, guid: str, source: TAD, destination: str) -> int:
         return self.call(guid, lambda site: site.prepare(guid, source, destination))
 
-    def stage(
-        self, guid: str, tad: TAD, snapshot: bytes, *, checksum: int, generation: int
-    ) -> None:
-        self.call(
-            guid,
-            lambda site: site.stage(guid, tad, snapshot, checksum=checksum, generation=generation),
-            60.0,
-        )
+    def stage(self, guid: str, tad: TAD, state: AtomState) -> None:
+        self.call(guid, lambda site: site.stage(guid, tad, state), 60.0)
 
     def commit(self, guid: str, tad: TAD, incarnation: str) -> None:
         self.call(guid, lambda site: site.commit(guid, tad, b"", incarnation=incarnation))

@@ -7,12 +7,15 @@ fences itself when its name-service session is in doubt: a node that may
 have been declared dead must not serve, or two copies of an atom could run.
 
 Each part lives in its own module of :mod:`hermesx.node`: the catalog of
-atoms (``catalog``), dispatch and forwarding (``dispatch``), admission
-limits (``admission``), checkpoint, passivation and placement policies
-(``checkpoints``, ``passivation``, ``placement``), fencing (``fencing``),
-both roles of a move (``migration_source``, ``migration_destination``),
-creation (``creation``), the gRPC service (``server``). :class:`Supervisor`
-builds them, starts and stops them.
+atoms (``catalog``), dispatch and forwarding (``dispatch``, ``peers``),
+admission limits (``admission``), checkpoint, passivation and placement
+policies (``checkpoints``, ``passivation``, ``placement``), fencing
+(``fencing``), both roles of a move (``migration_source``,
+``migration_destination``, ``aborts``), creation (``creation``), building
+atoms (``builder``), the atoms' storesites (``storage``), their syscalls
+(``host``), test hooks (``testhooks``), the gRPC service (``server``).
+:class:`Supervisor` builds them, runs their background duties, starts and
+stops them.
 
 Each registration is an *incarnation* (the session owning ``nodes/<name>``,
 DESIGN.md §5). The node names it whenever it takes an atom — staging,
@@ -26,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -33,20 +37,19 @@ import grpc
 from hermesx.core.errors import HermesError
 from hermesx.node.aborts import UnsentAborts
 from hermesx.node.admission import Admission
-from hermesx.node.catalog import Catalog
+from hermesx.node.builder import AtomBuilder
+from hermesx.node.catalog import ActiveAtom, Catalog
 from hermesx.node.checkpoints import Checkpointing
 from hermesx.node.config import NodeConfig
+from hermesx.node.context import NodeContext
 from hermesx.node.creation import Creation
 from hermesx.node.dispatch import Dispatcher
 from hermesx.node.fencing import Fencing
 from hermesx.node.host import NodeHost
-from hermesx.node.housekeeping import Housekeeping
 from hermesx.node.migration_destination import MigrationDestination
 from hermesx.node.migration_source import MigrationSource
-from hermesx.node.modules import ModuleCache
 from hermesx.node.passivation import Passivation
-from hermesx.node.placement import FollowCaller
-from hermesx.node.server import NodeParts, NodeServicer, serve
+from hermesx.node.server import NodeRoles, NodeServicer, serve
 from hermesx.node.storage import AtomStoresites
 from hermesx.node.testhooks import TestHooks
 from hermesx.routing.invoker import Invoker
@@ -60,6 +63,8 @@ from hermesx.runtime.atom import Runtime
 __all__ = ["Supervisor"]
 
 log = logging.getLogger(__name__)
+
+HOUSEKEEPING_INTERVAL_S = 0.2
 
 
 class Supervisor:
@@ -113,96 +118,44 @@ class Supervisor:
             stop=self.stop,
         )
         self.storesites = AtomStoresites(self.naming, self.invoker)
-        modules = ModuleCache(self.runtime, self.storesites)
-        aborts = UnsentAborts(self.storesites)
-        hooks = TestHooks(
-            enabled=config.test_hooks,
-            node=config.name,
-            catalog=self.catalog,
-            stash=self.stash,
-            invoker=self.invoker,
-            stopping=self._stopping,
+        hooks = TestHooks(config, self.catalog, self.invoker, stopping=self._stopping)
+        # In NodeContext's field order (each of another type: mypy checks the order).
+        self.ctx = ctx = NodeContext(
+            config,
+            self.catalog,
+            self.stash,
+            self.fencing,
+            self.naming,
+            self.invoker,
+            self.storesites,
+            hooks,
         )
-        checkpoints = Checkpointing(config.name, self.storesites, aborts, hooks.pause)
-        passivation = Passivation(self.catalog, self.storesites)
-        host = NodeHost(
-            config.name,
-            config.cluster,
-            invoker=self.invoker,
-            naming=self.naming,
-            catalog=self.catalog,
-        )
-        self.destination = MigrationDestination(
-            config.name,
-            config.tags,
-            catalog=self.catalog,
-            fencing=self.fencing,
-            modules=modules,
-            runtime=self.runtime,
-            host=host,
-            invoker=self.invoker,
-            pause=hooks.pause,
-        )
-        self.source = MigrationSource(
-            config.name,
-            catalog=self.catalog,
-            naming=self.naming,
-            invoker=self.invoker,
-            storesites=self.storesites,
-            aborts=aborts,
-            transfers=self._transfers,
-            pause=hooks.pause,
-        )
+        builder = AtomBuilder(self.runtime, NodeHost(ctx), self.storesites)
+        self._aborts = UnsentAborts(self.storesites)
+        self._checkpoints = Checkpointing(ctx, self._aborts)
+        self._passivation = Passivation(ctx)
+        self.destination = MigrationDestination(ctx, builder)
+        self.source = MigrationSource(ctx, self._aborts, self._transfers)
         dispatcher = Dispatcher(
-            config.name,
-            config.hop_limit,
-            catalog=self.catalog,
-            stash=self.stash,
-            fencing=self.fencing,
-            admission=admission,
-            invoker=self.invoker,
-            checkpoints=checkpoints,
-            follow_caller=FollowCaller(config.name, self.naming),
+            ctx,
+            admission,
+            self._checkpoints,
             resolve_staged=self.destination.resolve_staged,
             move_later=self._move_later,
         )
         self.invoker.local_invoke = dispatcher.invoke
         self.invoker.local_send = dispatcher.send
-        creation = Creation(
-            config.name,
-            config.tags,
-            catalog=self.catalog,
-            fencing=self.fencing,
-            modules=modules,
-            storesites=self.storesites,
-            naming=self.naming,
-            runtime=self.runtime,
-            host=host,
-        )
         self.servicer = NodeServicer(
-            NodeParts(
-                config=config,
-                catalog=self.catalog,
-                stash=self.stash,
-                fencing=self.fencing,
+            ctx,
+            NodeRoles(
                 admission=admission,
                 dispatcher=dispatcher,
-                creation=creation,
-                checkpoints=checkpoints,
-                passivation=passivation,
+                creation=Creation(ctx, builder),
+                checkpoints=self._checkpoints,
+                passivation=self._passivation,
                 source=self.source,
                 destination=self.destination,
-                hooks=hooks,
-            )
-        )
-        self._housekeeping = Housekeeping(
-            catalog=self.catalog,
-            fencing=self.fencing,
-            aborts=aborts,
-            destination=self.destination,
-            checkpoints=checkpoints,
-            passivation=passivation,
-            stopping=self._stopping,
+            ),
         )
 
     @property
@@ -215,7 +168,7 @@ class Supervisor:
         self._server, self.address = serve(self.servicer, self.config, self.tls)
         self.naming.start()
         self.fencing.start(self.address, self._probe_self)
-        self._housekeeping.start()
+        threading.Thread(target=self._housekeeping, name="node-housekeeping", daemon=True).start()
         log.info("node %s serving on %s (cluster %s)", self.name, self.address, self.config.cluster)
         return self.address
 
@@ -242,6 +195,27 @@ class Supervisor:
         """Ask our own Status through our gRPC server, as a client would."""
         stub = self.channels.stub(self.address, pbg.SupervisorStub)
         stub.Status(pb.Empty(), timeout=timeout)
+
+    def _housekeeping(self) -> None:
+        """Background duties: unheard aborts, staged copies left alone, time-based atom policies."""
+        while not self._stopping.wait(HOUSEKEEPING_INTERVAL_S):
+            now = time.monotonic()
+            if self._aborts and not self.fencing.fenced:
+                self._aborts.retry()
+            self.destination.settle_stale(now)
+            for active in list(self.catalog.atoms.values()):
+                try:
+                    self._atom_duties(active, now)
+                except HermesError as exc:
+                    log.warning("atom %s: background duty failed: %s", active.guid, exc)
+
+    def _atom_duties(self, active: ActiveAtom, now: float) -> None:
+        if self.fencing.fenced or active.state != "active":
+            return
+        if self._checkpoints.periodic_due(active, now):
+            self._checkpoints.checkpoint(active, periodic=True)
+        if self._passivation.idle_due(active, now):
+            self._passivation.passivate(active)
 
     def _move_later(self, guid: str, destination: str) -> None:
         """A move the atom asked for, or its placement decided: made in the background."""

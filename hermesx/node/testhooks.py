@@ -16,9 +16,9 @@ import threading
 from hermesx.core.errors import ConfigurationError, HermesError
 from hermesx.core.identity import TAD
 from hermesx.node.catalog import ActiveAtom, Catalog
+from hermesx.node.config import NodeConfig
 from hermesx.node.peers import peer
 from hermesx.routing.invoker import Invoker
-from hermesx.routing.stash import Stash
 from hermesx.rpc.convert import tad_from_pb, tad_to_pb
 from hermesx.rpc.proto import hermesx_pb2 as pb
 
@@ -35,18 +35,15 @@ class TestHooks:
 
     def __init__(
         self,
-        *,
-        enabled: bool,
-        node: str,
+        config: NodeConfig,
         catalog: Catalog,
-        stash: Stash,
         invoker: Invoker,
+        *,
         stopping: threading.Event,
     ) -> None:
-        self._enabled = enabled
-        self._node = node
+        self._enabled = config.test_hooks
+        self._node = config.name
         self._catalog = catalog
-        self._stash = stash
         self._invoker = invoker
         self._stopping = stopping
         # Step of the next migration -> seconds to pause there.
@@ -83,7 +80,7 @@ class TestHooks:
         active = self._catalog.atoms.get(guid)
         if active is not None and tad.node != self._node:
             self._relocate(active, tad)
-        self._stash.force(guid, tad)
+        self._invoker.stash.force(guid, tad)
 
     def _relocate(self, active: ActiveAtom, tad: TAD) -> None:
         """Test-only relocation: the atom goes to tad.node through the same Accept

@@ -268,79 +268,80 @@ class StoresiteClient:
         return timed
 
     def send_checkpoint(
-        self,
-        guid: str,
-        tad: TAD,
-        snapshot: bytes,
-        seq: int,
-        *,
-        checksum: int | None = None,
-        generation: int | None = None,
-        periodic: bool = False,
+        self, guid: str, tad: TAD, state: AtomState, seq: int, *, periodic: bool = False
     ) -> None:
         """:meth:`put_checkpoint` for a state of any size: a large one travels in pieces
         (``PutCheckpointPieces``), so that no single message is built or parsed for the
         whole state: either holds the interpreter long enough to starve a session."""
-        request = pb.CheckpointRequest(
-            guid=guid,
-            tad=tad_to_pb(tad),
-            seq=seq,
-            checksum=checksum,
-            generation=generation,
-            periodic=periodic,
+        request = _state_request(pb.CheckpointRequest, guid, tad, state, seq=seq, periodic=periodic)
+        stub = self._stub
+        self._send_state(
+            request, state, stub.PutCheckpoint, stub.PutCheckpointPieces, "PutCheckpoint"
         )
-        if len(snapshot) < 2 * STATE_PIECE_BYTES:
-            request.snapshot = snapshot
-            self._call(self._stub.PutCheckpoint, request, f"PutCheckpoint({guid})")
-            return
-        pieces = (
-            pb.CheckpointPiece(head=request) if data is None else pb.CheckpointPiece(data=data)
-            for data in _pieces_of(snapshot)
-        )
-        self._call(self._stub.PutCheckpointPieces, pieces, f"PutCheckpointPieces({guid})")
 
-    def send_passivated(
-        self,
-        guid: str,
-        tad: TAD,
-        snapshot: bytes,
-        *,
-        checksum: int | None = None,
-        generation: int | None = None,
-    ) -> None:
-        """The atom was passivated with ``snapshot`` (a large one in pieces, as
+    def send_passivated(self, guid: str, tad: TAD, state: AtomState) -> None:
+        """The atom was passivated with ``state`` (a large one in pieces, as
         :meth:`send_checkpoint`); it is dormant at its storesite from now on."""
-        request = pb.PassivatedRequest(
-            guid=guid, tad=tad_to_pb(tad), checksum=checksum, generation=generation
-        )
-        if len(snapshot) < 2 * STATE_PIECE_BYTES:
-            request.snapshot = snapshot
-            self._call(self._stub.Passivated, request, f"Passivated({guid})")
-            return
-        pieces = (
-            pb.PassivatedPiece(head=request) if data is None else pb.PassivatedPiece(data=data)
-            for data in _pieces_of(snapshot)
-        )
-        self._call(self._stub.PassivatedPieces, pieces, f"PassivatedPieces({guid})")
+        request = _state_request(pb.PassivatedRequest, guid, tad, state)
+        stub = self._stub
+        self._send_state(request, state, stub.Passivated, stub.PassivatedPieces, "Passivated")
 
-    def stage(
-        self,
-        guid: str,
-        tad: TAD,
-        snapshot: bytes,
-        *,
-        checksum: int | None = None,
-        generation: int | None = None,
-    ) -> None:
+    def stage(self, guid: str, tad: TAD, state: AtomState) -> None:
         """Stage the checkpoint a move to ``tad`` has once committed (before :meth:`commit`)."""
-        request = pb.CommitRequest(
-            guid=guid,
-            tad=tad_to_pb(tad),
-            snapshot=snapshot,
-            checksum=checksum,
-            generation=generation,
-        )
+        request = _state_request(pb.CommitRequest, guid, tad, state, snapshot=state.snapshot)
         self._call(self._stub.Stage, request, f"Stage({guid})")
+
+    def _send_state(
+        self,
+        request: pb.CheckpointRequest | pb.PassivatedRequest,
+        state: AtomState,
+        whole: Callable[..., Any],
+        in_pieces: Callable[..., Any],
+        what: str,
+    ) -> None:
+        """``whole(request)`` with ``request`` carrying ``state``; for a large state,
+        ``in_pieces`` with a stream: ``request`` as the head piece, the snapshot after it."""
+        if len(state.snapshot) < 2 * STATE_PIECE_BYTES:
+            request.snapshot = state.snapshot
+            self._call(whole, request, f"{what}({request.guid})")
+            return
+        piece = _PIECE_OF[type(request)]
+        pieces = (
+            piece(head=request) if data is None else piece(data=data)
+            for data in _pieces_of(state.snapshot)
+        )
+        self._call(in_pieces, pieces, f"{what}Pieces({request.guid})")
+
+
+@dataclass(frozen=True, slots=True)
+class AtomState:
+    """An atom's snapshot, its CRC-32 and the generation (calls completed) it holds."""
+
+    snapshot: bytes
+    checksum: int
+    generation: int
+
+
+_Request = TypeVar("_Request")
+
+# The stream message that carries each kind of state request in pieces.
+_PIECE_OF: dict[type, Callable[..., Any]] = {
+    pb.CheckpointRequest: pb.CheckpointPiece,
+    pb.PassivatedRequest: pb.PassivatedPiece,
+}
+
+
+def _state_request(
+    kind: Callable[..., _Request], guid: str, tad: TAD, state: AtomState, **fields: Any
+) -> _Request:
+    """A request of type ``kind`` about ``state`` of atom ``guid`` at ``tad`` (no snapshot)."""
+    return kind(
+        guid=guid,
+        tad=tad_to_pb(tad),
+        checksum=state.checksum,
+        generation=state.generation,
+        **fields,
+    )
 
 
 def _pieces_of(snapshot: bytes) -> Iterator[bytes | None]:
