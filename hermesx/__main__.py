@@ -4,6 +4,6 @@ from __future__ import annotations
 
 import sys
 
-from hermesx.cli.app import main
+from hermesx.cli import main
 
 sys.exit(main())

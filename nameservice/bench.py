@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterator
 
 from kazoo.client import KazooClient
 
-from nameservice.client import ROOT, NameService
+from nameservice.client import NameService
+from nameservice.tree import ROOT
 from nameservice.zookeeper import ZooKeeperServer
 
 __all__ = ["run"]

@@ -13,9 +13,12 @@ from hermesx.rpc.storesite_client import (
     StoresiteClient,
     StoresiteInfo,
 )
-from storesite.server import StoresiteServer, serve
-from storesite.service import Directory, Storesite
-from storesite.store import AtomState, AtomStore, Checkpoint
+from storesite.directory import Directory
+from storesite.process import serve
+from storesite.records import AtomState, Checkpoint
+from storesite.server import StoresiteServer
+from storesite.service import Storesite
+from storesite.store import AtomStore
 
 __all__ = [
     "AtomInfo",

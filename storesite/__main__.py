@@ -14,7 +14,7 @@ import sys
 
 from hermesx.core.errors import HermesError
 from hermesx.core.files import PRIVATE_UMASK
-from storesite.server import serve
+from storesite.process import DEFAULT_SESSION_TIMEOUT, serve
 from storesite.store import DEFAULT_MAX_CHECKPOINT_BYTES
 
 
@@ -27,6 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cluster", default=os.environ.get("HERMESX_CLUSTER", "local"))
     parser.add_argument("--max-checkpoint-bytes", type=int, default=DEFAULT_MAX_CHECKPOINT_BYTES)
     parser.add_argument("--tls", type=pathlib.Path, help="cluster certificate directory")
+    parser.add_argument(
+        "--session-timeout",
+        type=float,
+        default=DEFAULT_SESSION_TIMEOUT,
+        help="seconds the name-service session (and so the registration) outlives the process",
+    )
     parser.add_argument(
         "--init",
         action="store_true",
@@ -56,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             ready=ready,
             tls_dir=args.tls,
             init=args.init,
+            session_timeout=args.session_timeout,
         )
     except HermesError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -21,6 +21,7 @@ from hermesx.core.snapshot import snapshot_checksum
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.storesite_client import StoresiteClient
 from storesite.placement import Member
+from storesite.records import Provenance
 from storesite.server import StoresiteServer
 from storesite.service import Storesite
 from storesite.store import AtomStore
@@ -106,8 +107,9 @@ def _bench_size(
     figures: dict[str, float] = {}
     # As a node sends it: with the checksum it computed, which the storesite checks.
     checksum = snapshot_checksum(snapshot)
+    check = Provenance(checksum=checksum)
     for via, put in (
-        ("store", lambda seq: store.put_checkpoint(local, tad, seq, snapshot, checksum=checksum)),
+        ("store", lambda seq: store.put_checkpoint(local, tad, seq, snapshot, check)),
         (
             "grpc",
             lambda seq: client.put_checkpoint(remote, tad, snapshot, seq, checksum=checksum),

@@ -1,24 +1,15 @@
-"""The Storesite gRPC service and the storesite process (DESIGN.md §4, §5, §6, §8).
+"""The Storesite gRPC service (DESIGN.md §4, §5, §6).
 
 :class:`StoresiteServicer` maps the wire onto :class:`storesite.service.Storesite`;
 a HermesError aborts the RPC with details ``"<kind>: <message>"``.
-:class:`StoresiteServer` runs it on a port. :func:`serve` is the process
-main behind ``hermesx storesite serve`` and ``python -m storesite``: it opens
-the data dir, joins the name service as ``storesites/<id>``, watches the
-nodes for recovery and blocks until SIGTERM / SIGINT.
+:class:`StoresiteServer` runs it on a port; :mod:`storesite.process` runs
+the whole storesite process around it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import faulthandler
 import logging
-import os
-import pathlib
-import signal
-import threading
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from typing import TypeVar
 
@@ -27,47 +18,22 @@ import grpc
 from hermesx.core.errors import (
     ConfigurationError,
     HermesError,
-    NameNotFoundError,
-    NamingError,
     StorageError,
-    error_from_wire,
 )
-from hermesx.core.identity import validate_name
 from hermesx.rpc.convert import tad_of, tad_to_pb
-from hermesx.rpc.node_client import CHANNEL_OPTIONS
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
-from hermesx.rpc.security import zk_auth, zk_readers
 from hermesx.rpc.status import abort_with
 from hermesx.rpc.storesite_client import CheckpointInfo, Location
-from hermesx.rpc.wire import TLSIdentity, add_server_port, server_interceptors, set_process_tls
-from nameservice import NameService, NameServiceError, NameTakenError
-from storesite.placement import Member
+from hermesx.rpc.wire import CHANNEL_OPTIONS, TLSIdentity, add_server_port, server_interceptors
+from storesite.records import Provenance
 from storesite.service import Storesite
-from storesite.store import DEFAULT_MAX_CHECKPOINT_BYTES, AtomStore
 
-__all__ = ["NameServiceDirectory", "StoresiteServer", "StoresiteServicer", "serve"]
+__all__ = ["StoresiteServer", "StoresiteServicer"]
 
 log = logging.getLogger(__name__)
 
 _Reply = TypeVar("_Reply")
-
-# Seconds to wait for a crashed predecessor's registration to expire.
-REGISTER_PATIENCE = 15.0
-
-
-def _check(
-    request: pb.RegisterAtomRequest
-    | pb.CheckpointRequest
-    | pb.CommitRequest
-    | pb.PassivatedRequest
-    | pb.CheckpointData,
-) -> dict[str, int | None]:
-    """The snapshot's checksum and generation a request carries (None: not sent)."""
-    return {
-        "checksum": request.checksum if request.HasField("checksum") else None,
-        "generation": request.generation if request.HasField("generation") else None,
-    }
 
 
 def _location(location: Location) -> pb.LocationReply:
@@ -105,6 +71,17 @@ class StoresiteServicer(pbg.StoresiteServicer):
             )
             raise
 
+    def _done(
+        self, context: grpc.ServicerContext, method: str, action: Callable[[], object]
+    ) -> pb.Empty:
+        """Run ``action`` as :meth:`_run` does; the reply is empty."""
+
+        def body() -> pb.Empty:
+            action()
+            return pb.Empty()
+
+        return self._run(context, method, body)
+
     def PutModule(self, request: pb.ModuleBytes, context: grpc.ServicerContext) -> pb.ModuleHash:
         return self._run(
             context, "PutModule", lambda: pb.ModuleHash(hash=self.site.put_module(request.module))
@@ -129,8 +106,7 @@ class StoresiteServicer(pbg.StoresiteServicer):
                     request.meta,
                     tad_of(request.tad),
                     request.snapshot,
-                    incarnation=request.incarnation,
-                    **_check(request),
+                    Provenance.of(request),
                 )
             ),
         )
@@ -138,18 +114,17 @@ class StoresiteServicer(pbg.StoresiteServicer):
     def PutCheckpoint(
         self, request: pb.CheckpointRequest, context: grpc.ServicerContext
     ) -> pb.Empty:
-        def body() -> pb.Empty:
-            self.site.put_checkpoint(
+        return self._done(
+            context,
+            "PutCheckpoint",
+            lambda: self.site.put_checkpoint(
                 request.guid,
                 tad_of(request.tad),
                 request.snapshot,
                 request.seq,
-                periodic=request.periodic,
-                **_check(request),
-            )
-            return pb.Empty()
-
-        return self._run(context, "PutCheckpoint", body)
+                Provenance.of(request),
+            ),
+        )
 
     def PutCheckpointPieces(
         self, request_iterator: Iterator[pb.CheckpointPiece], context: grpc.ServicerContext
@@ -222,34 +197,31 @@ class StoresiteServicer(pbg.StoresiteServicer):
                     request.guid,
                     tad_of(request.tad),
                     request.snapshot,
-                    incarnation=request.incarnation,
-                    **_check(request),
+                    Provenance.of(request),
                 )
             ),
         )
 
     def Stage(self, request: pb.CommitRequest, context: grpc.ServicerContext) -> pb.Empty:
-        def body() -> pb.Empty:
-            self.site.stage(request.guid, tad_of(request.tad), request.snapshot, **_check(request))
-            return pb.Empty()
-
-        return self._run(context, "Stage", body)
+        return self._done(
+            context,
+            "Stage",
+            lambda: self.site.stage(
+                request.guid, tad_of(request.tad), request.snapshot, Provenance.of(request)
+            ),
+        )
 
     def Abort(self, request: pb.AbortRequest, context: grpc.ServicerContext) -> pb.Empty:
-        def body() -> pb.Empty:
-            self.site.abort(request.guid, request.age)
-            return pb.Empty()
-
-        return self._run(context, "Abort", body)
+        return self._done(context, "Abort", lambda: self.site.abort(request.guid, request.age))
 
     def Passivated(self, request: pb.PassivatedRequest, context: grpc.ServicerContext) -> pb.Empty:
-        def body() -> pb.Empty:
-            self.site.passivated(
-                request.guid, tad_of(request.tad), request.snapshot, **_check(request)
-            )
-            return pb.Empty()
-
-        return self._run(context, "Passivated", body)
+        return self._done(
+            context,
+            "Passivated",
+            lambda: self.site.passivated(
+                request.guid, tad_of(request.tad), request.snapshot, Provenance.of(request)
+            ),
+        )
 
     def PassivatedPieces(
         self, request_iterator: Iterator[pb.PassivatedPiece], context: grpc.ServicerContext
@@ -261,11 +233,7 @@ class StoresiteServicer(pbg.StoresiteServicer):
         return self.Passivated(request, context)
 
     def Forget(self, request: pb.GuidRequest, context: grpc.ServicerContext) -> pb.Empty:
-        def body() -> pb.Empty:
-            self.site.forget(request.guid)
-            return pb.Empty()
-
-        return self._run(context, "Forget", body)
+        return self._done(context, "Forget", lambda: self.site.forget(request.guid))
 
     def MoveHome(
         self, request: pb.StoreMoveRequest, context: grpc.ServicerContext
@@ -279,14 +247,16 @@ class StoresiteServicer(pbg.StoresiteServicer):
     def AdoptAtom(
         self, request: pb.CheckpointData, context: grpc.ServicerContext
     ) -> pb.LocationReply:
+        check = Provenance.of(request)
         data = CheckpointInfo(
             request.guid,
             tad_of(request.tad),
             request.snapshot,
             request.meta,
             request.seq,
-            incarnation=request.incarnation,
-            **_check(request),
+            checksum=check.checksum,
+            generation=check.generation,
+            incarnation=check.incarnation,
         )
         return self._run(context, "AdoptAtom", lambda: _location(self.site.adopt_atom(data)))
 
@@ -354,157 +324,3 @@ class StoresiteServer:
 
     def stop(self, grace: float = 1.0) -> None:
         self._server.stop(grace).wait()
-
-
-class NameServiceDirectory:
-    """:class:`Directory` over the name service (package ``nameservice``).
-
-    Name-service errors become the hermesx error of the same kind.
-    """
-
-    def __init__(self, names: NameService) -> None:
-        self._names = names
-
-    def nodes(self) -> Mapping[str, Member]:
-        try:
-            nodes = self._names.nodes()
-        except NameServiceError as exc:
-            raise _naming_error(exc, "cannot list live nodes") from exc
-        return nodes
-
-    def live_incarnation(self, node: str) -> str | None:
-        try:
-            return self._names.node_incarnation(node)
-        except NameServiceError as exc:
-            raise _naming_error(exc, f"cannot read node {node}'s registration") from exc
-
-    def storesite_address(self, sid: str) -> str:
-        try:
-            members = self._names.storesites()
-        except NameServiceError as exc:
-            raise _naming_error(exc, f"cannot find storesite {sid}") from exc
-        member = members.get(sid)
-        if member is None:
-            raise NameNotFoundError(f"no live storesite {sid} in the name service")
-        return member.address
-
-    def set_home(self, guid: str, sid: str) -> None:
-        try:
-            self._names.set_home(guid, sid)
-        except NameServiceError as exc:
-            raise _naming_error(exc, f"cannot record storesite {sid} as home of {guid}") from exc
-
-
-def _naming_error(exc: NameServiceError, what: str) -> HermesError:
-    err = error_from_wire(exc.kind, f"{what}: {exc}")
-    return err if type(err) is not HermesError else NamingError(f"{what}: {exc}")
-
-
-def serve(
-    sid: str,
-    listen: str,
-    data_dir: pathlib.Path,
-    zk: str,
-    cluster: str,
-    *,
-    max_checkpoint_bytes: int = DEFAULT_MAX_CHECKPOINT_BYTES,
-    ready: Callable[[str], None] | None = None,
-    stop: threading.Event | None = None,
-    tls_dir: pathlib.Path | None = None,
-    init: bool = False,
-) -> None:
-    """Run storesite ``sid`` until SIGTERM / SIGINT (or ``stop`` is set).
-
-    ``ready`` is called with the bound address once the storesite is
-    registered in the name service and watching the nodes. The store in
-    ``data_dir`` must exist and be whole unless ``init`` asks for a new one
-    (see :class:`AtomStore`); it is checked before anything joins the cluster.
-    """
-    validate_name(sid, "storesite id")
-    stop = stop or threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        # A fault no check foresaw (a store file cut while mapped: SIGBUS) at
-        # least leaves a traceback in the log instead of a silent death.
-        with contextlib.suppress(OSError, ValueError, AttributeError, RuntimeError):
-            faulthandler.enable()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: stop.set())
-    tls = TLSIdentity(tls_dir, sid, cluster) if tls_dir is not None else None
-    set_process_tls(tls)
-    store = AtomStore(sid, data_dir, init=init, max_checkpoint_bytes=max_checkpoint_bytes)
-    try:
-        names = NameService(
-            zk,
-            cluster,
-            auth=zk_auth(tls_dir) if tls_dir is not None else None,
-            readers=zk_readers(tls_dir) if tls_dir is not None else (),
-        )
-    except NameServiceError as exc:
-        store.close()
-        raise _naming_error(exc, f"storesite {sid} cannot use cluster {cluster!r}") from exc
-    site = Storesite(store, NameServiceDirectory(names))
-    server = StoresiteServer(site, listen, tls=tls)
-    try:
-        try:
-            names.start()
-            address = server.start()
-            _register(names, sid, address, stop)
-            names.add_state_listener(_reregister_after_loss(names, sid, address, stop))
-            names.watch_nodes(site.on_nodes)
-        except NameServiceError as exc:
-            raise _naming_error(
-                exc, f"storesite {sid} cannot join the name service at {zk} (cluster {cluster})"
-            ) from exc
-        log.info("storesite %s serving %s (cluster %s) from %s", sid, address, cluster, data_dir)
-        if ready is not None:
-            ready(address)
-        stop.wait()
-        log.info("storesite %s stopping", sid)
-    finally:
-        server.stop()
-        site.close()
-        names.close()
-        store.close()
-
-
-def _register(names: NameService, sid: str, address: str, stop: threading.Event) -> None:
-    """Register ``storesites/<sid>``, waiting out the entry of our own previous run.
-
-    A storesite restarted right after a crash finds its old ephemeral entry
-    until that session expires (a few seconds); only a live other process
-    keeps it longer.
-    """
-    deadline = time.monotonic() + REGISTER_PATIENCE
-    while True:
-        try:
-            names.register_storesite(sid, address, data={"pid": os.getpid()})
-            return
-        except NameTakenError:
-            if time.monotonic() > deadline or stop.is_set():
-                raise
-            log.info("storesite id %s is still registered; waiting for it to expire", sid)
-            stop.wait(0.5)
-
-
-def _reregister_after_loss(
-    names: NameService, sid: str, address: str, stop: threading.Event
-) -> Callable[[str], None]:
-    """A state listener that registers again once a new session replaces a lost one."""
-    lost = threading.Event()
-
-    def again() -> None:
-        try:
-            _register(names, sid, address, stop)
-            log.info("storesite %s registered again after its session was lost", sid)
-        except NameServiceError as exc:
-            log.error("storesite %s could not register again: %s", sid, exc)
-
-    def listener(state: str) -> None:
-        if state == "lost":
-            lost.set()
-        elif state == "connected" and lost.is_set():
-            lost.clear()
-            # Not on the name service's delivery thread: registering may wait.
-            threading.Thread(target=again, name=f"register-{sid}", daemon=True).start()
-
-    return listener

@@ -35,12 +35,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hermesx.client import Client
+from hermesx import Client, HermesError, Hop, InvokeOutcome
 from hermesx.core import codec
-from hermesx.core.errors import HermesError
 from hermesx.local.cluster import LocalCluster, NodeSpec
-from hermesx.routing.invoker import InvokeOutcome
-from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.runtime.build import SDK_DIR, build_atom
 
 __all__ = [
@@ -379,10 +376,10 @@ class _Flow:
             raise _Abort()
 
 
-def _hop(hop: pb.Hop) -> str:
+def _hop(hop: Hop) -> str:
     if hop.event == "storesite":
         return f"storesite:{hop.detail}" if hop.detail else "storesite"
-    tad = f"({hop.tad.node}@{hop.tad.age})" if hop.event in ("forward", "moved") else ""
+    tad = f"({hop.tad})" if hop.event in ("forward", "moved") else ""
     return f"{hop.node}:{hop.event}{tad}"
 
 

@@ -22,7 +22,8 @@ import msgpack
 
 from hermesx.bench.runtime import _module
 from hermesx.core.errors import CapacityError
-from hermesx.runtime.atom import Atom, Runtime
+from hermesx.runtime.atom import Atom
+from hermesx.runtime.engine import Runtime
 from hermesx.runtime.host import StandaloneHost
 
 __all__ = ["run"]

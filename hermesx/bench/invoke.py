@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent import futures
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -26,6 +27,9 @@ from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.roles import CLIENT_CERT_NAME, TEST_CERT_NAME
 from hermesx.rpc.wire import CHANNEL_OPTIONS, TLSIdentity, add_server_port, open_channel
+
+if TYPE_CHECKING:
+    from hermesx.client import Client
 
 __all__ = ["run"]
 
@@ -151,12 +155,10 @@ def run(progress: Progress | None = None, seconds: float = 3.0) -> dict[str, flo
     return figures
 
 
-def _forwarding_costs(client: object, rounds: int = 60) -> dict[str, float]:
+def _forwarding_costs(client: Client, rounds: int = 60) -> dict[str, float]:
     """First call entering at a node k hops away from the atom (stashes reset each round)."""
-    from hermesx.client import Client
     from hermesx.core.identity import TAD
 
-    assert isinstance(client, Client)
     guid = client.guid_of("bench-counter")
     age = client.locate(guid).age
     one = codec.pack(1)
@@ -168,11 +170,8 @@ def _forwarding_costs(client: object, rounds: int = 60) -> dict[str, float]:
         for _ in range(rounds):
             # Stale pointers along the path: n1 -> n2 -> n3 -> n4 (older ages).
             for i, node in enumerate(chain[:-1]):
-                stub = client.node_stub(node)
                 stale = TAD(chain[i + 1], max(age - 3 + i, 0))
-                stub.StashPut(
-                    pb.StashPutRequest(guid=guid, tad=pb.TAD(node=stale.node, age=stale.age))
-                )
+                client.node_client.stash_put(client.node_member(node), guid, stale)
             t0 = time.perf_counter()
             client.invoke(guid, "incr", one, via=entry)
             samples.append((time.perf_counter() - t0) * 1e6)

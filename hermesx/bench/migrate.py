@@ -13,8 +13,12 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from hermesx.core import codec
+
+if TYPE_CHECKING:
+    from hermesx.client import Client
 
 __all__ = ["run"]
 
@@ -41,10 +45,9 @@ def run(progress: Progress | None = None, moves: int = 10) -> dict[str, float]:
     return figures
 
 
-def _bench_size(client: object, wasm: bytes, label: str, kib: int, moves: int) -> dict[str, float]:
+def _bench_size(client: Client, wasm: bytes, label: str, kib: int, moves: int) -> dict[str, float]:
     from hermesx.client import Client
 
-    assert isinstance(client, Client)
     name = f"bench-{label}"
     client.create(wasm, name=name, on="n1", checkpoint="on-request")
     client.atom(name).fill(kib)
@@ -68,11 +71,11 @@ def _bench_size(client: object, wasm: bytes, label: str, kib: int, moves: int) -
         for i in range(moves):
             time.sleep(0.05)
             t0 = time.perf_counter()
-            reply = client.migrate(name, "n2" if i % 2 == 0 else "n1")
+            moved = client.migrate(name, "n2" if i % 2 == 0 else "n1")
             windows.append((t0, time.perf_counter()))
-            totals.append(reply.total_ms)
-            held.append(reply.held_ms)
-            state_bytes = reply.state_bytes
+            totals.append(moved.total_ms)
+            held.append(moved.held_ms)
+            state_bytes = moved.state_bytes
     finally:
         stop.set()
         worker.join(60)

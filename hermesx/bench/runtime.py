@@ -28,7 +28,8 @@ from collections.abc import Callable
 import msgpack
 import wasmtime
 
-from hermesx.runtime.atom import Atom, Runtime
+from hermesx.runtime.atom import Atom
+from hermesx.runtime.engine import Runtime
 from hermesx.runtime.host import StandaloneHost
 
 __all__ = ["run"]

@@ -16,8 +16,13 @@ import signal
 import statistics
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from hermesx.core import codec
+
+if TYPE_CHECKING:
+    from hermesx.client import Client
+    from hermesx.local.cluster import LocalCluster
 
 __all__ = ["run"]
 
@@ -46,17 +51,11 @@ def run(
     return figures
 
 
-def _rss_mib(client: object) -> float:
-    from hermesx.client import Client
-
-    assert isinstance(client, Client)
+def _rss_mib(client: Client) -> float:
     return sum(client.node_status(n).rss_bytes for n in client.nodes()) / 2**20
 
 
-def _dormant(client: object, wasm: bytes, count: int, say: Progress) -> dict[str, float]:
-    from hermesx.client import Client
-
-    assert isinstance(client, Client)
+def _dormant(client: Client, wasm: bytes, count: int, say: Progress) -> dict[str, float]:
     names = [f"dormant-{i}" for i in range(count)]
     rss_start = _rss_mib(client)
     t0 = time.perf_counter()
@@ -100,12 +99,8 @@ def _dormant(client: object, wasm: bytes, count: int, say: Progress) -> dict[str
 
 
 def _recovery(
-    client: object, cluster: object, wasm: bytes, session_timeout: float, say: Progress
+    client: Client, cluster: LocalCluster, wasm: bytes, session_timeout: float, say: Progress
 ) -> dict[str, float]:
-    from hermesx.client import Client
-    from hermesx.local.cluster import LocalCluster
-
-    assert isinstance(client, Client) and isinstance(cluster, LocalCluster)
     detection, restore = [], []
     for round_ in range(3):
         name = f"durable-{round_}"

@@ -1,5 +1,5 @@
 """The `hermesx` command."""
 
-from hermesx.cli.app import main
+from hermesx.cli.main import main
 
 __all__ = ["main"]

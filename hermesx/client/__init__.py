@@ -1,5 +1,5 @@
-"""The public client: `Client`, `AtomProxy` and the types they return."""
+"""The public client: `Client` and `AtomProxy`; the values they return are in hermesx.core.types."""
 
-from hermesx.client.api import AtomProxy, Client, Location, parse_checkpoint_policy
+from hermesx.client.api import AtomProxy, Client
 
-__all__ = ["AtomProxy", "Client", "Location", "parse_checkpoint_policy"]
+__all__ = ["AtomProxy", "Client"]

@@ -31,39 +31,32 @@ from __future__ import annotations
 import contextlib
 import pathlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
-
-import grpc
 
 from hermesx.core import codec
 from hermesx.core.config import ClusterAddress, resolve_cluster
-from hermesx.core.errors import ConfigurationError, HermesError, NameNotFoundError, UnreachableError
+from hermesx.core.errors import (
+    ConfigurationError,
+    HermesError,
+    NameNotFoundError,
+    NotActiveHereError,
+    UnreachableError,
+)
 from hermesx.core.identity import TAD
 from hermesx.core.replies import ReplyWindow, parse_reply_window
-from hermesx.routing.invoker import InvokeOutcome, Invoker
+from hermesx.core.types import InvokeOutcome, Location, MigrationResult, NodeStatus
+from hermesx.routing.invoker import Invoker
 from hermesx.routing.naming import Member, Naming
 from hermesx.rpc import roles
 from hermesx.rpc.atom_meta import MAX_CHECKPOINT_CALLS, check_atom_meta
-from hermesx.rpc.convert import tad_from_pb
+from hermesx.rpc.convert import migration_from_pb, node_status_from_pb, tad_from_pb
+from hermesx.rpc.node_client import NodeClient
 from hermesx.rpc.proto import hermesx_pb2 as pb
-from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.roles import CLIENT_CERT_NAME
-from hermesx.rpc.status import error_from_rpc
+from hermesx.rpc.storesite_client import StoresiteClient
 from hermesx.rpc.wire import ChannelPool, TLSIdentity
 
-__all__ = ["CLIENT_CERT_NAME", "AtomProxy", "Client", "Location"]
-
-
-@dataclass(frozen=True, slots=True)
-class Location:
-    guid: str
-    node: str
-    age: int
-    storesite: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"guid": self.guid, "node": self.node, "age": self.age, "storesite": self.storesite}
+__all__ = ["AtomProxy", "Client", "parse_checkpoint_policy"]
 
 
 class AtomProxy:
@@ -101,6 +94,15 @@ class AtomProxy:
 
 
 class Client:
+    """A connection to one cluster: invokes its atoms by name, creates, moves and finds them.
+
+    ``zk`` and ``cluster`` default to ``$HERMESX_ZK`` / ``$HERMESX_CLUSTER``,
+    or the local cluster of ``hermesx up``; ``tls`` to ``$HERMESX_TLS`` or the
+    local cluster's certificates. ``timeout`` bounds each call, retries
+    included; ``hop_limit`` how many times a call may be forwarded. Use it in
+    a ``with`` block, or call :meth:`close` when done.
+    """
+
     def __init__(
         self,
         zk: str | None = None,
@@ -117,20 +119,22 @@ class Client:
         self.naming = Naming(
             self.address.zk, self.address.cluster, tls=self.address.tls, role=roles.CLIENT
         )
-        identity = None
+        # The certificate the client shows (None on a cluster without TLS).
+        self.identity: TLSIdentity | None = None
         if self.address.tls is not None:
             from hermesx.rpc import security
 
-            identity = TLSIdentity(self.address.tls, cert, self.address.cluster)
+            self.identity = TLSIdentity(self.address.tls, cert, self.address.cluster)
             if (
                 cert == CLIENT_CERT_NAME
                 and not security.load_certs(self.address.tls).cert(cert).exists()
             ):
                 security.issue_cert(self.address.tls, self.address.cluster, cert, roles.CLIENT)
-        self.channels = ChannelPool(identity)
+        self.channels = ChannelPool(self.identity)
         self.invoker = Invoker(
             self.naming, self.channels, deadline=timeout, hop_limit=hop_limit, settle_outcome=True
         )
+        self.node_client: NodeClient = self.invoker.nodes
         self._started = False
 
     def __enter__(self) -> Client:
@@ -141,11 +145,13 @@ class Client:
         self.close()
 
     def start(self) -> None:
+        """Connect to the name service (the first call does it when this was not called)."""
         if not self._started:
             self.naming.start()
             self._started = True
 
     def close(self) -> None:
+        """Disconnect from the name service and close every channel."""
         if self._started:
             self.naming.close()
             self._started = False
@@ -158,6 +164,7 @@ class Client:
         return AtomProxy(self, target, request_id, timeout)
 
     def call(self, target: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call ``method`` of ``target`` (a name or GUID) with Python values; returns its result."""
         return self.call_with(target, method, args, kwargs)
 
     def call_with(
@@ -185,12 +192,16 @@ class Client:
         method: str,
         args: bytes,
         *,
-        request_id: str = "",
         via: str | None = None,
         trace: bool = False,
+        request_id: str = "",
         timeout: float | None = None,
     ) -> InvokeOutcome:
-        """Call ``method`` with msgpack ``args``; ``request_id`` to retry an earlier call."""
+        """Call ``method`` with msgpack ``args``; ``request_id`` to retry an earlier call.
+
+        ``via`` enters the cluster at that node; ``trace`` records the hops the
+        call took in the outcome's ``trace``.
+        """
         self.start()
         return self.invoker.invoke(
             target, method, args, request_id=request_id, via=via, trace=trace, timeout=timeout
@@ -199,19 +210,18 @@ class Client:
     # ------------------------------------------------------------ nodes
 
     def nodes(self) -> dict[str, Member]:
+        """The live nodes of the cluster, by name."""
         self.start()
         return self.naming.nodes()
 
-    def node_stub(self, node: str) -> pbg.SupervisorStub:
+    def node_member(self, node: str) -> Member:
+        """The live node named ``node``, to call through :attr:`node_client`."""
         self.start()
-        return self.invoker.node_stub(node)
+        return self.invoker.node(node)
 
-    def node_status(self, node: str, timeout: float = 5.0) -> pb.NodeStatus:
-        try:
-            status: pb.NodeStatus = self.node_stub(node).Status(pb.Empty(), timeout=timeout)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, f"node {node}") from exc
-        return status
+    def node_status(self, node: str, timeout: float = 5.0) -> NodeStatus:
+        """What ``node`` reports of itself (its atoms, stash, process and load)."""
+        return node_status_from_pb(self.node_client.status(self.node_member(node), timeout))
 
     def pick_node(self, tags: Sequence[str] = ()) -> str:
         """A live node carrying ``tags``, the least loaded one."""
@@ -279,67 +289,57 @@ class Client:
             init_args=codec.pack(init) if init is not None else b"",
             aliases=list(aliases),
         )
-        try:
-            reply: pb.CreateReply = self.node_stub(node).Create(request, timeout=60.0)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, f"node {node}") from exc
-        tad = tad_from_pb(reply.tad)
+        guid, tad = self.node_client.create(self.node_member(node), request)
         if tad is not None:
-            self.invoker.stash.update(reply.guid, tad)
-        return reply.guid
+            self.invoker.stash.update(guid, tad)
+        return guid
 
     def guid_of(self, target: str) -> str:
+        """The GUID of the atom named ``target`` (a GUID is its own)."""
         self.start()
         return self.naming.guid_of(target)
 
     def locate(self, target: str) -> Location:
+        """Where the atom is now (its storesite activates it first if it is dormant)."""
         guid = self.guid_of(target)
         tad = self.invoker.locate(guid)
         storesite = self.naming.home(guid) or guid.rpartition(":")[0]
         return Location(guid, tad.node, tad.age, storesite)
 
-    def _on_node_of(self, target: str) -> tuple[str, TAD, pbg.SupervisorStub]:
+    def _on_node_of(self, target: str) -> tuple[str, Member]:
         guid = self.guid_of(target)
         tad = self.invoker.locate(guid)
-        return guid, tad, self.node_stub(tad.node)
+        return guid, self.node_member(tad.node)
 
-    def migrate(self, target: str, node: str) -> pb.MigrateReply:
+    def migrate(self, target: str, node: str) -> MigrationResult:
         """Move an atom to ``node``; the source node coordinates the move."""
         guid = self.guid_of(target)
         if node not in self.nodes():
             raise NameNotFoundError(f"node {node!r} is not a live member of the cluster")
         last: HermesError | None = None
         for _ in range(3):  # the atom may move between locate and migrate
-            guid, tad, stub = self._on_node_of(guid)
+            guid, source = self._on_node_of(guid)
             try:
-                reply: pb.MigrateReply = stub.Migrate(
-                    pb.MigrateRequest(guid=guid, destination=node), timeout=120.0
-                )
-            except grpc.RpcError as exc:
-                last = error_from_rpc(exc, f"node {tad.node}")
-                if "is not active on node" in str(last):
-                    continue
-                raise last from exc
+                reply = self.node_client.migrate(source, guid, node)
+            except NotActiveHereError as exc:
+                last = exc
+                continue
             new = tad_from_pb(reply.tad)
             if new is not None:
                 self.invoker.stash.update(guid, new)
-            return reply
+            return migration_from_pb(guid, reply)
         assert last is not None
         raise last
 
     def checkpoint(self, target: str) -> TAD | None:
-        guid, tad, stub = self._on_node_of(target)
-        try:
-            return tad_from_pb(stub.Checkpoint(pb.GuidRequest(guid=guid), timeout=60.0))
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, f"node {tad.node}") from exc
+        """Checkpoint the atom now; returns the TAD the checkpoint was taken at."""
+        guid, node = self._on_node_of(target)
+        return self.node_client.checkpoint(node, guid)
 
     def passivate(self, target: str) -> TAD | None:
-        guid, tad, stub = self._on_node_of(target)
-        try:
-            last = tad_from_pb(stub.Passivate(pb.GuidRequest(guid=guid), timeout=60.0))
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, f"node {tad.node}") from exc
+        """Checkpoint the atom and make it dormant; returns the TAD it was last active at."""
+        guid, node = self._on_node_of(target)
+        last = self.node_client.passivate(node, guid)
         # Active nowhere now: the next call asks the storesite, which activates it.
         self.invoker.stash.forget(guid)
         return last
@@ -350,31 +350,27 @@ class Client:
         sid, address = self.invoker.storesite_address(guid)
         if storesite not in self.naming.storesites():
             raise NameNotFoundError(f"storesite {storesite!r} is not a live member of the cluster")
-        stub = self.channels.stub(address, pbg.StoresiteStub)
-        try:
-            stub.MoveHome(pb.StoreMoveRequest(guid=guid, destination=storesite), timeout=120.0)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, f"storesite {sid}") from exc
+        home = StoresiteClient(address, sid=sid, channels=self.channels)
+        home.move_home(guid, storesite, timeout=120.0)
         return sid
 
     def stash_of(self, node: str, target: str) -> TAD | None:
         """The TAD ``node``'s stash holds for an atom (None when it knows nothing)."""
         guid = self.guid_of(target)
-        try:
-            reply = self.node_stub(node).Locate(pb.LocateRequest(guid=guid), timeout=5.0)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, f"node {node}") from exc
-        return tad_from_pb(reply.tad)
+        return self.node_client.locate(self.node_member(node), guid, timeout=5.0).tad
 
     def lookup(self, pattern: str, *, scope: str | None = None, all: bool = False) -> list[str]:
+        """GUIDs of atoms whose name (alias in ``scope``) matches ``pattern``: one, or ``all``."""
         self.start()
         return self.naming.lookup(pattern, scope=scope, all=all)
 
     def lookup_names(self, pattern: str, *, all: bool = False) -> list[tuple[str, str]]:
+        """(name, GUID) of atoms whose name matches ``pattern``: one, or ``all``."""
         self.start()
         return self.naming.lookup_names(pattern, all=all)
 
     def names(self) -> dict[str, str]:
+        """Every atom name of the cluster and its GUID."""
         self.start()
         return self.naming.names()
 

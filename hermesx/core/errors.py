@@ -25,6 +25,7 @@ are caught, with ``raise ... from exc``, into the most specific branch::
     │   ├── CallCycleError          a call cycle came back into a non-reentrant atom
     │   └── PayloadTooLargeError    arguments or result over the size limit
     ├── MigrationError              a move was refused or aborted
+    │   └── NotActiveHereError      the atom is not active on the node asked to move it
     ├── RequestExpiredError         a retry older than the atom's reply window: refused, not run
     ├── StorageError                storesite / LMDB failure, unknown checkpoint or module
     │   ├── CheckpointDamagedError  a stored or sent snapshot fails its checksum: not restored
@@ -60,6 +61,7 @@ __all__ = [
     "NameTakenError",
     "NamingError",
     "NoQuorumError",
+    "NotActiveHereError",
     "NotAuthorizedError",
     "OutcomeUnknownError",
     "PayloadTooLargeError",
@@ -77,18 +79,26 @@ class HermesError(Exception):
 
 
 class CommunicationError(HermesError):
+    """A peer did not answer or the wire failed."""
+
     kind = "communication"
 
 
 class UnreachableError(CommunicationError):
+    """No path to the atom or the peer: the chain is broken and no fallback answered."""
+
     kind = "unreachable"
 
 
 class CallTimeoutError(CommunicationError):
+    """The call's overall deadline passed before a reply came."""
+
     kind = "timeout"
 
 
 class NotAuthorizedError(CommunicationError):
+    """Refused: no certificate or secret of this cluster, or not of a role allowed to ask."""
+
     kind = "not_authorized"
 
 
@@ -116,63 +126,99 @@ class OutcomeUnknownError(CommunicationError):
 
 
 class NamingError(HermesError):
+    """The name service refused or could not answer."""
+
     kind = "naming"
 
 
 class NameNotFoundError(NamingError):
+    """No atom, node or storesite by that name."""
+
     kind = "not_found"
 
 
 class NameTakenError(NamingError):
+    """A unique name is already registered."""
+
     kind = "name_taken"
 
 
 class InvalidNameError(NamingError):
+    """A name that is empty, too long, or holds forbidden characters."""
+
     kind = "invalid_name"
 
 
 class InvalidPatternError(NamingError):
+    """A lookup pattern that is invalid or too costly."""
+
     kind = "invalid_pattern"
 
 
 class NoQuorumError(NamingError):
+    """The name service cannot be reached in time."""
+
     kind = "no_quorum"
 
 
 class AtomError(HermesError):
+    """The atom could not run the call, or ended it with an error."""
+
     kind = "atom"
 
 
 class BadModuleError(AtomError):
+    """A module rejected at load: not WebAssembly, a missing export, a bad ABI."""
+
     kind = "bad_module"
 
 
 class AtomTrapError(AtomError):
+    """The atom trapped."""
+
     kind = "trap"
 
 
 class DeadlineExceededError(AtomError):
+    """The call ran past its CPU deadline, or waited past its deadline."""
+
     kind = "deadline"
 
 
 class MemoryLimitError(AtomError):
+    """The atom hit its memory cap."""
+
     kind = "memory"
 
 
 class MethodError(AtomError):
+    """The atom returned an error status (an unknown method, bad arguments)."""
+
     kind = "method"
 
 
 class CallCycleError(AtomError):
+    """A call cycle came back into a non-reentrant atom."""
+
     kind = "call_cycle"
 
 
 class PayloadTooLargeError(AtomError):
+    """Arguments or a result over the size limit."""
+
     kind = "payload_too_large"
 
 
 class MigrationError(HermesError):
+    """A move was refused or aborted."""
+
     kind = "migration"
+
+
+class NotActiveHereError(MigrationError):
+    """The node asked to move an atom does not run it (it may have moved since it was located)."""
+
+    kind = "not_active_here"
 
 
 class RequestExpiredError(HermesError):
@@ -182,6 +228,8 @@ class RequestExpiredError(HermesError):
 
 
 class StorageError(HermesError):
+    """A storesite or LMDB failure, or an unknown checkpoint or module."""
+
     kind = "storage"
 
 
@@ -198,10 +246,14 @@ class HomeMovedError(StorageError):
 
 
 class CapacityError(HermesError):
+    """A node or atom limit reached (atoms per node, address space)."""
+
     kind = "capacity"
 
 
 class ConfigurationError(HermesError):
+    """Bad configuration or command-line input."""
+
     kind = "configuration"
 
 

@@ -228,20 +228,11 @@ class ReplyTable:
         forgotten_before_ms: int,
     ) -> None:
         with self._lock:
-            self._restore(window, records, floors, forgotten_before_ms)
-
-    def _restore(
-        self,
-        window: ReplyWindow,
-        records: tuple[ReplyRecord, ...],
-        floors: tuple[tuple[str, int, int], ...],
-        forgotten_before_ms: int,
-    ) -> None:
-        self.window = window
-        self._replies = OrderedDict((r.request_id, r) for r in records)
-        self._bytes = sum(_size(r) for r in records)
-        self._floors = OrderedDict((c, _Floor(s, ms)) for c, s, ms in floors)
-        self.forgotten_before_ms = forgotten_before_ms
+            self.window = window
+            self._replies = OrderedDict((r.request_id, r) for r in records)
+            self._bytes = sum(_size(r) for r in records)
+            self._floors = OrderedDict((c, _Floor(s, ms)) for c, s, ms in floors)
+            self.forgotten_before_ms = forgotten_before_ms
 
     def lookup(self, request_id: str, *, method: str = "", guid: str = "") -> ReplyRecord | None:
         """The first outcome of ``request_id``; None when it is new (it may run).

@@ -1,6 +1,6 @@
 """The node (``hermesx node serve``): one module per role, put together by ``supervisor``.
 
-``server`` (the gRPC service), ``dispatch`` and ``peers`` (run here or forward),
+``server`` (the gRPC services), ``dispatch`` (run here or forward),
 ``admission`` (call limits), ``catalog`` (active and staged atoms), ``builder``
 (modules and atoms), ``host`` (atoms' syscalls), ``creation``, ``checkpoints``,
 ``passivation`` and ``placement`` (policies), ``migration_source``,

@@ -14,8 +14,10 @@ import threading
 from hermesx.core.errors import StorageError
 from hermesx.node.storage import AtomStoresites
 from hermesx.rpc.proto import hermesx_pb2 as pb
-from hermesx.runtime.atom import Atom, LoadedModule, Runtime
+from hermesx.runtime.atom import Atom
+from hermesx.runtime.engine import Runtime
 from hermesx.runtime.host import AtomHost
+from hermesx.runtime.modules import LoadedModule
 
 __all__ = ["AtomBuilder"]
 

@@ -20,7 +20,6 @@ from hermesx.node.admission import Admission
 from hermesx.node.catalog import ActiveAtom
 from hermesx.node.checkpoints import Checkpointing
 from hermesx.node.context import NodeContext
-from hermesx.node.peers import peer
 from hermesx.node.placement import FOLLOW_CALLER, FollowCaller
 from hermesx.rpc.convert import tad_from_pb, tad_to_pb
 from hermesx.rpc.proto import hermesx_pb2 as pb
@@ -159,8 +158,10 @@ class Dispatcher:
         forwarded.CopyFrom(request)
         forwarded.hops = request.hops + 1
         try:
-            target = peer(self._ctx.invoker, tad.node, forwarded_from=self._node)
-            reply = target.invoke(forwarded, timeout=request.timeout or 30.0)
+            invoker = self._ctx.invoker
+            reply = invoker.nodes.invoke(
+                invoker.node(tad.node), forwarded, timeout=request.timeout or 30.0
+            )
         except HermesError as exc:
             reply = pb.InvokeReply(error=pb_error(exc), tad=tad_to_pb(tad))
         newest = tad_from_pb(reply.tad)
@@ -194,9 +195,8 @@ class Dispatcher:
         forwarded.CopyFrom(request)
         forwarded.hops = request.hops + 1
         try:
-            reply = peer(self._ctx.invoker, tad.node, forwarded_from=self._node).send(
-                forwarded, timeout=30.0
-            )
+            invoker = self._ctx.invoker
+            reply = invoker.nodes.send(invoker.node(tad.node), forwarded, timeout=30.0)
         except HermesError as exc:
             return pb.SendReply(error=pb_error(exc), tad=tad_to_pb(tad))
         newest = tad_from_pb(reply.tad)

@@ -1,9 +1,10 @@
 """A move of an atom, the destination's side, and activation by a storesite (DESIGN.md §5, §6).
 
-A move's source sends the atom here in ``Accept`` three ways: *stage* a copy
-(restored, not serving), *activate* it once the move is committed, or
-*discard* it when the move aborted. A storesite activates a dormant or
-recovered atom here in ``Activate``, in two steps: *stage* (restore the copy
+A move's source sends the atom here three ways: *stage* a copy (StageCopy:
+restored, not serving), *activate* it once the move is committed
+(ActivateCopy), or *discard* it when the move aborted (DiscardCopy). A
+storesite activates a dormant or recovered atom here in ``Activate``, in two
+steps: *stage* (restore the copy
 and name our incarnation) and *confirm* (serve it, once the storesite
 recorded this TAD durably). A staged copy nobody activated or discarded for
 STAGED_RESOLVE_AFTER_S is settled by asking the storesite where the atom is
@@ -48,17 +49,14 @@ class MigrationDestination:
         self._fencing = ctx.fencing
         self._builder = builder
 
-    # ------------------------------------------------------------ Accept (a move's source)
+    # ------------------------------------------------------------ a move's source
 
-    def accept(self, request: pb.AcceptRequest) -> str:
-        """Stage, activate or discard a copy; returns the incarnation that took it."""
+    def accept(self, request: pb.CopyRequest, *, commit: bool) -> str:
+        """Stage a copy, or (``commit``) activate one; returns the incarnation that took it."""
         guid = request.guid
-        tad = tad_from_pb(request.tad)
-        if tad is None or tad.node != self._node:
-            raise MigrationError(f"atom {guid}: node {self._node} was sent a TAD for {tad}")
-        if not request.commit and not request.snapshot:
-            self._catalog.discard_staged(guid)
-            return self._fencing.incarnation
+        tad = self._sent_here(guid, request.tad)
+        if not commit and not request.snapshot:
+            raise MigrationError(f"atom {guid}: a staged copy needs a snapshot")
         incarnation = self._fencing.taking_incarnation(f"cannot accept atom {guid}")
         if request.snapshot and request.HasField("checksum"):
             # Never restore damage: a storesite or a source checked it, but
@@ -68,19 +66,31 @@ class MigrationDestination:
                 request.checksum,
                 f"snapshot of atom {guid} sent to node {self._node} for {tad}",
             )
-        if request.commit and request.incarnation and request.incarnation != incarnation:
+        if commit and request.incarnation and request.incarnation != incarnation:
             self._catalog.discard_staged(guid)
             raise MigrationError(
                 f"atom {guid}: the move committed incarnation {request.incarnation} of node "
                 f"{self._node}, which restarted as {incarnation}; it holds no staged copy"
             )
-        if not request.commit:
+        if not commit:
             self._stage(request, tad, incarnation)
         else:
             self._activate(request, tad, incarnation)
         return incarnation
 
-    def _restore(self, request: pb.AcceptRequest, what: str) -> Atom:
+    def discard(self, request: pb.DiscardCopyRequest) -> None:
+        """The move aborted: drop the copy staged for it."""
+        self._sent_here(request.guid, request.tad)
+        self._catalog.discard_staged(request.guid)
+
+    def _sent_here(self, guid: str, tad_pb: pb.TAD) -> TAD:
+        """The TAD a move's request names, which must be at this node."""
+        tad = tad_from_pb(tad_pb)
+        if tad is None or tad.node != self._node:
+            raise MigrationError(f"atom {guid}: node {self._node} was sent a TAD for {tad}")
+        return tad
+
+    def _restore(self, request: pb.CopyRequest, what: str) -> Atom:
         """The atom in ``request``'s snapshot, restored; only while our lease holds."""
         guid = request.guid
         atom = self._builder.restore(guid, request.meta, request.snapshot)
@@ -91,7 +101,7 @@ class MigrationDestination:
             raise
         return atom
 
-    def _stage(self, request: pb.AcceptRequest, tad: TAD, incarnation: str) -> None:
+    def _stage(self, request: pb.CopyRequest, tad: TAD, incarnation: str) -> None:
         guid = request.guid
         refusal = tags_refusal(guid, self._node, request.meta.tags, self._ctx.config.tags)
         if refusal:
@@ -119,7 +129,7 @@ class MigrationDestination:
             self._catalog.discard_staged(guid)  # our session was lost meanwhile
             self._fencing.still_incarnation(incarnation, f"atom {guid} was not staged")
 
-    def _activate(self, request: pb.AcceptRequest, tad: TAD, incarnation: str) -> None:
+    def _activate(self, request: pb.CopyRequest, tad: TAD, incarnation: str) -> None:
         guid = request.guid
         # Before taking the staged copy: refused now, it stays staged and
         # settles later by asking the storesite.
@@ -155,17 +165,16 @@ class MigrationDestination:
         gave up on this node, thus never serves: the record names another TAD.
         A request without either is the one-step activation of older storesites.
         """
-        accept = pb.AcceptRequest(
+        copy = pb.CopyRequest(
             guid=request.guid,
             tad=request.tad,
             snapshot=b"" if request.confirm else request.snapshot,
             meta=request.meta,
             source="",
-            commit=not request.stage,
             incarnation=request.incarnation if request.confirm else "",
         )
         if request.HasField("checksum") and not request.confirm:
-            accept.checksum = request.checksum
+            copy.checksum = request.checksum
         current = self._fencing.incarnation
         if request.incarnation and request.incarnation != current:
             raise MigrationError(
@@ -181,7 +190,7 @@ class MigrationDestination:
         if request.confirm and active is not None and active.tad == tad_from_pb(request.tad):
             # The staged copy already settled by asking the storesite.
             return pb.ActivateReply(tad=request.tad, incarnation=self._fencing.incarnation)
-        incarnation = self.accept(accept)
+        incarnation = self.accept(copy, commit=not request.stage)
         if request.stage:
             log.info(
                 "atom %s staged here at %s; it serves once the storesite has recorded it",

@@ -18,14 +18,14 @@ import logging
 import time
 from concurrent import futures
 
-from hermesx.core.errors import HermesError, MigrationError
+from hermesx.core.errors import HermesError, MigrationError, NotActiveHereError
 from hermesx.core.identity import TAD, validate_name
 from hermesx.core.snapshot import snapshot_checksum
 from hermesx.node.aborts import UnsentAborts
 from hermesx.node.context import NodeContext
-from hermesx.node.peers import NodePeer, peer
 from hermesx.rpc.atom_meta import tags_refusal
 from hermesx.rpc.convert import tad_to_pb
+from hermesx.rpc.node_client import Member
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.storesite_client import AtomState
 
@@ -51,7 +51,7 @@ class MigrationSource:
         validate_name(destination, "node name")
         active = self._catalog.atoms.get(guid)
         if active is None or active.state != "active":
-            raise MigrationError(f"atom {guid} is not active on node {self._node}")
+            raise NotActiveHereError(f"atom {guid} is not active on node {self._node}")
         if destination == self._node:
             raise MigrationError(f"atom {guid} is already on node {destination}")
         members = self._ctx.naming.nodes()
@@ -72,51 +72,50 @@ class MigrationSource:
             active.thaw()
             raise MigrationError(f"atom {guid}: storesite refused the move: {exc}") from exc
         checksum = snapshot_checksum(snapshot)
-        accept = pb.AcceptRequest(
+        copy = pb.CopyRequest(
             guid=guid,
             tad=tad_to_pb(new_tad),
             snapshot=snapshot,
             meta=active.meta,
             source=self._node,
-            commit=False,
             checksum=checksum,
         )
         # The two copies travel at once: the destination stages its copy while
         # the storesite stages the checkpoint-to-be, so COMMIT carries no state.
         state = AtomState(snapshot, checksum, active.frozen_generation)
         staging = self._transfers.submit(self._storesites.stage, guid, new_tad, state)
+        nodes = self._ctx.invoker.nodes
         dst = None
         try:
-            dst = peer(self._ctx.invoker, destination)
-            staged_by = dst.stage(accept, timeout=60.0)
+            dst = self._ctx.invoker.node(destination)
+            staged_by = nodes.stage_copy(dst, copy)
             # The COMMIT names who staged the copy: a restarted destination has none.
             if not staged_by:
                 raise MigrationError(f"node {destination} did not say which incarnation staged")
-            accept.incarnation = staged_by
+            copy.incarnation = staged_by
             staging.result()
             phases["transfer"] = time.perf_counter()
             self._ctx.pause("transferred")
         except HermesError as exc:
             with contextlib.suppress(HermesError):
                 staging.result()
-            self._abort(guid, new_tad, dst, accept)
+            self._abort(guid, new_tad, dst)
             active.thaw()
             raise MigrationError(f"atom {guid}: move to {destination} failed: {exc}") from exc
         try:
-            self._storesites.commit(guid, new_tad, accept.incarnation)
+            self._storesites.commit(guid, new_tad, copy.incarnation)
         except HermesError as exc:
-            self._abort(guid, new_tad, dst, accept)
+            self._abort(guid, new_tad, dst)
             active.thaw()
             raise MigrationError(f"atom {guid}: commit at the storesite failed: {exc}") from exc
         phases["commit"] = time.perf_counter()
         self._ctx.pause("committed")
         # Committed: the destination is where the atom lives now.
         self._catalog.drop(active, new_tad)
-        accept.commit = True
-        accept.snapshot = b""
-        accept.ClearField("checksum")
+        copy.snapshot = b""
+        copy.ClearField("checksum")
         try:
-            dst.activate(accept, timeout=30.0)
+            nodes.activate_copy(dst, copy)
         except HermesError as exc:
             # The storesite has the checkpoint and the location: a live
             # destination activates its staged copy when it asks the storesite;
@@ -146,12 +145,12 @@ class MigrationSource:
             tad=tad_to_pb(new_tad), state_bytes=len(snapshot), held_ms=held_ms, total_ms=total_ms
         )
 
-    def _abort(self, guid: str, tad: TAD, dst: NodePeer | None, accept: pb.AcceptRequest) -> None:
+    def _abort(self, guid: str, tad: TAD, dst: Member | None) -> None:
         """Before COMMIT: the storesite forgets the move, the destination its staged copy."""
         self._aborts.abort(guid, tad.age)
         if dst is not None:
             with contextlib.suppress(HermesError):
-                dst.discard(accept, timeout=5.0)
+                self._ctx.invoker.nodes.discard_copy(dst, guid, tad)
 
     def move_quietly(self, guid: str, destination: str) -> None:
         """A move the atom asked for (``move_to``) or its placement policy decided."""

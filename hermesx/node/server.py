@@ -28,13 +28,14 @@ from hermesx.node.dispatch import Dispatcher
 from hermesx.node.migration_destination import MigrationDestination
 from hermesx.node.migration_source import MigrationSource
 from hermesx.node.passivation import Passivation
+from hermesx.node.testhooks import TestHooks
 from hermesx.rpc.convert import tad_to_pb
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.status import abort_with
 from hermesx.rpc.wire import CHANNEL_OPTIONS, TLSIdentity, add_server_port, server_interceptors
 
-__all__ = ["NodeRoles", "NodeServicer", "serve"]
+__all__ = ["NodeRoles", "NodeServicer", "TestHooksServicer", "serve"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,13 +145,29 @@ class NodeServicer(pbg.SupervisorServicer):
         except HermesError as exc:
             abort_with(context, exc)
 
-    def Accept(self, request: pb.AcceptRequest, context: grpc.ServicerContext) -> pb.AcceptReply:
-        """A move's source stages, activates or discards a copy here."""
+    def StageCopy(self, request: pb.CopyRequest, context: grpc.ServicerContext) -> pb.CopyReply:
+        """A move's source stages a copy here (held, not serving)."""
         try:
-            incarnation = self._roles.destination.accept(request)
+            return pb.CopyReply(incarnation=self._roles.destination.accept(request, commit=False))
         except HermesError as exc:
             abort_with(context, exc)
-        return pb.AcceptReply(ok=True, incarnation=incarnation)
+
+    def ActivateCopy(self, request: pb.CopyRequest, context: grpc.ServicerContext) -> pb.CopyReply:
+        """A move's source, after COMMIT: the staged copy serves."""
+        try:
+            return pb.CopyReply(incarnation=self._roles.destination.accept(request, commit=True))
+        except HermesError as exc:
+            abort_with(context, exc)
+
+    def DiscardCopy(
+        self, request: pb.DiscardCopyRequest, context: grpc.ServicerContext
+    ) -> pb.Empty:
+        """A move's source, after an abort: the staged copy goes."""
+        try:
+            self._roles.destination.discard(request)
+        except HermesError as exc:
+            abort_with(context, exc)
+        return pb.Empty()
 
     def Activate(
         self, request: pb.ActivateRequest, context: grpc.ServicerContext
@@ -161,29 +178,33 @@ class NodeServicer(pbg.SupervisorServicer):
         except HermesError as exc:
             abort_with(context, exc)
 
-    # ------------------------------------------------------------ test hooks
+
+class TestHooksServicer(pbg.NodeTestHooksServicer):
+    """The NodeTestHooks service: served only by a node started with test hooks."""
+
+    def __init__(self, hooks: TestHooks) -> None:
+        self._hooks = hooks
 
     def StashPut(self, request: pb.StashPutRequest, context: grpc.ServicerContext) -> pb.Empty:
-        """Test hook: place a stash entry (relocating the atom if it is here)."""
-        hooks = self._ctx.hooks
+        """Place a stash entry (relocating the atom if it is here)."""
         try:
-            tad = hooks.stash_tad(request)
+            tad = self._hooks.stash_tad(request)
         except HermesError as exc:
             abort_with(context, exc)
-        hooks.stash_put(request.guid, tad)
+        self._hooks.stash_put(request.guid, tad)
         return pb.Empty()
 
     def TestHook(self, request: pb.TestHookRequest, context: grpc.ServicerContext) -> pb.Empty:
-        """Test hook: pause at a step of the next move, checkpoint or staged activation."""
+        """Pause at a step of the next move, checkpoint or staged activation."""
         try:
-            self._ctx.hooks.set_pause(request)
+            self._hooks.set_pause(request)
         except HermesError as exc:
             abort_with(context, exc)
         return pb.Empty()
 
 
 def serve(
-    servicer: NodeServicer, config: NodeConfig, tls: TLSIdentity | None
+    servicer: NodeServicer, hooks: TestHooks, config: NodeConfig, tls: TLSIdentity | None
 ) -> tuple[grpc.Server, str]:
     """Start the gRPC server of node ``config.name``; returns it and the address it listens on."""
     server = grpc.server(
@@ -192,6 +213,8 @@ def serve(
         interceptors=server_interceptors(tls, f"node {config.name}"),
     )
     pbg.add_SupervisorServicer_to_server(servicer, server)
+    if config.test_hooks:
+        pbg.add_NodeTestHooksServicer_to_server(TestHooksServicer(hooks), server)
     host, _, _ = config.listen.rpartition(":")
     port = add_server_port(server, config.listen, tls)
     if port == 0:

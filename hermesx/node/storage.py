@@ -44,6 +44,7 @@ class AtomStoresites:
     def __init__(self, naming: Naming, invoker: Invoker) -> None:
         self._naming = naming
         self._invoker = invoker
+        self._channels = invoker.channels
         self._clients: dict[tuple[str, str], StoresiteClient] = {}
         self._lock = threading.Lock()
 
@@ -52,7 +53,9 @@ class AtomStoresites:
         with self._lock:
             client = self._clients.get((sid, address))
             if client is None:
-                client = self._clients[sid, address] = StoresiteClient(address, sid=sid)
+                client = self._clients[sid, address] = StoresiteClient(
+                    address, sid=sid, channels=self._channels
+                )
             return client
 
     def close(self) -> None:

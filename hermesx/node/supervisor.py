@@ -7,7 +7,7 @@ fences itself when its name-service session is in doubt: a node that may
 have been declared dead must not serve, or two copies of an atom could run.
 
 Each part lives in its own module of :mod:`hermesx.node`: the catalog of
-atoms (``catalog``), dispatch and forwarding (``dispatch``, ``peers``),
+atoms (``catalog``), dispatch and forwarding (``dispatch``),
 admission limits (``admission``), checkpoint, passivation and placement
 policies (``checkpoints``, ``passivation``, ``placement``), fencing
 (``fencing``), both roles of a move (``migration_source``,
@@ -58,7 +58,7 @@ from hermesx.routing.stash import Stash
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.wire import ChannelPool, TLSIdentity, set_process_tls
-from hermesx.runtime.atom import Runtime
+from hermesx.runtime.engine import Runtime
 
 __all__ = ["Supervisor"]
 
@@ -165,7 +165,7 @@ class Supervisor:
 
     def start(self) -> str:
         """Serve and register; returns the address we listen on."""
-        self._server, self.address = serve(self.servicer, self.config, self.tls)
+        self._server, self.address = serve(self.servicer, self.ctx.hooks, self.config, self.tls)
         self.naming.start()
         self.fencing.start(self.address, self._probe_self)
         threading.Thread(target=self._housekeeping, name="node-housekeeping", daemon=True).start()

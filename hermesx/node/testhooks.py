@@ -3,9 +3,9 @@
 Fault tests pause a node at a named step (of a move, a checkpoint, a staged
 activation) to kill something in the window, and place a stash entry — which
 relocates an atom held here without its storesite's consent, through the same
-``Accept`` a move uses — to build forwarding chains and loops. Both RPCs
-(``TestHook``, ``StashPut``) are refused unless the node was started with
-test hooks on.
+``ActivateCopy`` a move uses — to build forwarding chains and loops. Both RPCs
+(``TestHook``, ``StashPut``) are in the ``NodeTestHooks`` service, which a node
+serves only when started with test hooks on.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from hermesx.core.errors import ConfigurationError, HermesError
 from hermesx.core.identity import TAD
 from hermesx.node.catalog import ActiveAtom, Catalog
 from hermesx.node.config import NodeConfig
-from hermesx.node.peers import peer
 from hermesx.routing.invoker import Invoker
 from hermesx.rpc.convert import tad_from_pb, tad_to_pb
 from hermesx.rpc.proto import hermesx_pb2 as pb
@@ -41,7 +40,6 @@ class TestHooks:
         *,
         stopping: threading.Event,
     ) -> None:
-        self._enabled = config.test_hooks
         self._node = config.name
         self._catalog = catalog
         self._invoker = invoker
@@ -56,20 +54,14 @@ class TestHooks:
             log.warning("test hook: paused at %s for %.1f s", step, seconds)
             self._stopping.wait(seconds)
 
-    def check_enabled(self) -> None:
-        if not self._enabled:
-            raise HermesError(f"node {self._node}: test hooks are not enabled")
-
     def set_pause(self, request: pb.TestHookRequest) -> None:
         """The TestHook RPC: pause at ``request.pause_at`` for ``request.seconds``, once."""
-        self.check_enabled()
         if request.pause_at not in PAUSE_STEPS:
             raise ConfigurationError(f"unknown pause step {request.pause_at!r}")
         self._pauses[request.pause_at] = request.seconds
 
     def stash_tad(self, request: pb.StashPutRequest) -> TAD:
-        """The TAD a StashPut RPC places; refused without test hooks or a TAD."""
-        self.check_enabled()
+        """The TAD a StashPut RPC places; refused without a TAD."""
         tad = tad_from_pb(request.tad)
         if tad is None:
             raise HermesError("StashPut needs a TAD")
@@ -83,19 +75,18 @@ class TestHooks:
         self._invoker.stash.force(guid, tad)
 
     def _relocate(self, active: ActiveAtom, tad: TAD) -> None:
-        """Test-only relocation: the atom goes to tad.node through the same Accept
+        """Test-only relocation: the atom goes to tad.node through the same ActivateCopy
         path a migration uses, without the storesite's consent."""
         snapshot = active.freeze(wait=10.0)
-        accept = pb.AcceptRequest(
+        copy = pb.CopyRequest(
             guid=active.guid,
             tad=tad_to_pb(tad),
             snapshot=snapshot,
             meta=active.meta,
             source=self._node,
-            commit=True,
         )
         try:
-            peer(self._invoker, tad.node).activate(accept, timeout=30.0)
+            self._invoker.nodes.activate_copy(self._invoker.node(tad.node), copy)
         except HermesError:
             active.thaw()
             raise

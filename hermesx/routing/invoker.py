@@ -29,7 +29,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
 
-import grpc
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
 from tenacity.wait import wait_exponential
 
@@ -47,15 +46,17 @@ from hermesx.core.errors import (
 )
 from hermesx.core.identity import GUID, TAD
 from hermesx.core.replies import RequestIds
-from hermesx.routing.naming import Naming
+from hermesx.core.types import Hop, InvokeOutcome
+from hermesx.routing.naming import Member, Naming
 from hermesx.routing.stash import Stash
-from hermesx.rpc.convert import tad_from_pb, tad_to_pb
+from hermesx.rpc.convert import hop_from_pb, tad_from_pb
+from hermesx.rpc.node_client import NodeClient
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
-from hermesx.rpc.status import error_from_rpc
+from hermesx.rpc.storesite_client import StoresiteClient
 from hermesx.rpc.wire import ChannelPool
 
-__all__ = ["InvokeOutcome", "Invoker", "LocalDispatch"]
+__all__ = ["Invoker", "LocalDispatch"]
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +93,8 @@ STORESITE_GRACE_S = 5.0
 # A node that calls into itself skips gRPC: (request) -> reply.
 LocalDispatch = Callable[[pb.InvokeRequest], pb.InvokeReply]
 LocalSend = Callable[[pb.SendRequest], pb.SendReply]
-
-
-@dataclass(slots=True)
-class InvokeOutcome:
-    result: bytes
-    guid: str
-    tad: TAD | None
-    trace: list[pb.Hop] = field(default_factory=list)
+# One RPC of NodeClient sending a request to a node: (client, node, request, timeout) -> reply.
+NodeRpc = Callable[[NodeClient, Member, Any, float], Any]
 
 
 MAX_METHOD_LEN = 256
@@ -130,7 +125,7 @@ class _Call:
     deadline: float
     tad: TAD | None
     via: str | None
-    trace: list[pb.Hop]
+    trace: list[Hop]
     want_trace: bool
     last_error: str = ""
     tried: list[TAD] = field(default_factory=list)
@@ -143,10 +138,7 @@ class _Call:
 
     def note(self, node: str, event: str, detail: str = "", tad: TAD | None = None) -> None:
         if self.want_trace:
-            hop = pb.Hop(node=node, event=event, detail=detail)
-            if tad is not None:
-                hop.tad.CopyFrom(tad_to_pb(tad))
-            self.trace.append(hop)
+            self.trace.append(Hop(node, event, tad, detail))
 
 
 class Invoker:
@@ -166,6 +158,7 @@ class Invoker:
     ) -> None:
         self.naming = naming
         self.channels = channels
+        self.nodes = NodeClient(channels)
         self.stash = stash if stash is not None else Stash()
         self.self_node = self_node
         self.local_invoke = local_invoke
@@ -178,13 +171,18 @@ class Invoker:
 
     # ------------------------------------------------------------ addresses
 
-    def node_address(self, node: str) -> str:
+    def node(self, node: str) -> Member:
+        """The live member named ``node``, to call through :attr:`nodes`."""
         member = self.naming.nodes().get(node)
         if member is None:
             raise UnreachableError(f"node {node!r} is not a live member of the cluster")
-        return member.address
+        return member
+
+    def node_address(self, node: str) -> str:
+        return self.node(node).address
 
     def node_stub(self, node: str) -> pbg.SupervisorStub:
+        """A raw stub of ``node``'s Supervisor service, for tests that send malformed requests."""
         return self.channels.stub(self.node_address(node), pbg.SupervisorStub)
 
     def storesite_address(self, guid: str) -> tuple[str, str]:
@@ -202,20 +200,17 @@ class Invoker:
     def locate(self, guid: str, timeout: float = 10.0) -> TAD:
         """Ask the atom's storesite where it is (activating it if dormant)."""
         sid, address = self.storesite_address(guid)
-        stub = self.channels.stub(address, pbg.StoresiteStub)
         for _ in range(4):  # follow a moved home a few times at most
-            try:
-                reply = stub.Locate(pb.GuidRequest(guid=guid), timeout=timeout)
-            except grpc.RpcError as exc:
-                raise error_from_rpc(exc, f"storesite {sid} at {address}") from exc
-            if reply.forwarded_to:
-                sid = reply.forwarded_to
+            storesite = StoresiteClient(address, sid=sid, channels=self.channels)
+            where = storesite.locate(guid, timeout=timeout)
+            if where.forwarded_to:
+                sid = where.forwarded_to
                 member = self.naming.storesites().get(sid)
                 if member is None:
                     raise UnreachableError(f"atom {guid}: its storesite moved to {sid!r}, not live")
-                stub = self.channels.stub(member.address, pbg.StoresiteStub)
+                address = member.address
                 continue
-            tad = tad_from_pb(reply.tad)
+            tad = where.tad if where.tad.node else None
             if tad is None:
                 raise UnreachableError(f"atom {guid}: storesite {sid} has no location for it")
             self.stash.update(guid, tad)
@@ -230,8 +225,8 @@ class Invoker:
         method: str,
         args: bytes,
         *,
-        request_id: str = "",
         chain: tuple[str, ...] = (),
+        request_id: str = "",
         timeout: float | None = None,
         via: str | None = None,
         trace: bool = False,
@@ -331,11 +326,11 @@ class Invoker:
             node = self._entry_node(call)
             request.hops = 0
             request.timeout = max(call.remaining(), 0.01)
-            reply = self._rpc_at(node, call, "Invoke", request, self.local_invoke)
+            reply = self._rpc_at(node, call, NodeClient.invoke, request, self.local_invoke)
             if trace:
-                call.trace.extend(reply.trace)
+                call.trace.extend(map(hop_from_pb, reply.trace))
             self._settle(call, node, reply)
-            return InvokeOutcome(reply.result, guid, tad_from_pb(reply.tad), call.trace)
+            return InvokeOutcome(reply.result, guid, tad_from_pb(reply.tad), tuple(call.trace))
 
         return self._retrying(call, attempt, target)
 
@@ -368,35 +363,36 @@ class Invoker:
         def attempt() -> None:
             node = self._entry_node(call)
             request.hops = 0
-            self._settle(call, node, self._rpc_at(node, call, "Send", request, self.local_send))
+            self._settle(
+                call, node, self._rpc_at(node, call, NodeClient.send, request, self.local_send)
+            )
 
         self._retrying(call, attempt, target)
 
     # ------------------------------------------------------------ one node
 
     def _rpc_at(
-        self, node: str, call: _Call, method: str, request: Any, local: Callable[[Any], Any] | None
+        self, node: str, call: _Call, rpc: NodeRpc, request: Any, local: Callable[[Any], Any] | None
     ) -> Any:
         """Send ``request`` to ``node`` (in-process when it is us); a dead node breaks the chain."""
         if node == self.self_node and local is not None:
             call.sends += 1
             return local(request)
         try:
-            stub = self.node_stub(node)
-            call.sends += 1
-            return getattr(stub, method)(request, timeout=max(call.remaining(), 0.01))
+            member = self.node(node)
         except UnreachableError as exc:
             self._broken(call, node, str(exc))
-        except grpc.RpcError as exc:
-            err = error_from_rpc(exc, f"node {node}")
-            if isinstance(err, UnreachableError | CallTimeoutError):
-                # Only a dead connection is dropped: a call past its deadline
-                # says nothing of the channel, and closing it would cancel every
-                # other call in flight on it.
-                if isinstance(err, UnreachableError):
-                    self.channels.drop(self.node_address_or_empty(node))
-                self._broken(call, node, str(err))
-            raise err from exc
+        call.sends += 1
+        try:
+            return rpc(self.nodes, member, request, max(call.remaining(), 0.01))
+        except UnreachableError as err:
+            # Only a dead connection is dropped: a call past its deadline says
+            # nothing of the channel, and closing it would cancel every other
+            # call in flight on it.
+            self.channels.drop(member.address)
+            self._broken(call, node, str(err))
+        except CallTimeoutError as err:
+            self._broken(call, node, str(err))
 
     def _settle(self, call: _Call, node: str, reply: Any) -> None:
         """Learn the newest TAD from a reply; MOVED and retryable errors go on from elsewhere."""
@@ -412,10 +408,6 @@ class Invoker:
             if reply.error.kind in RETRYABLE_KINDS:
                 self._broken(call, node, str(err))
             raise err
-
-    def node_address_or_empty(self, node: str) -> str:
-        member = self.naming.nodes().get(node)
-        return member.address if member else ""
 
     # ------------------------------------------------------------ routing
 

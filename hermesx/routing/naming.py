@@ -41,10 +41,10 @@ class Naming:
         hosts: str,
         cluster: str,
         *,
-        timeout: float = 5.0,
-        session_timeout: float = 4.0,
         tls: pathlib.Path | None = None,
         role: str = roles.NODE,
+        timeout: float = 5.0,
+        session_timeout: float = 4.0,
     ) -> None:
         """``role``: members (node, storesite) read and write; every other role only reads."""
         self.hosts = hosts
@@ -86,11 +86,12 @@ class Naming:
         name: str,
         address: str,
         tags: Sequence[str] = (),
-        data: Mapping[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> str:
-        """Register this node; returns its incarnation (the session owning the registration)."""
+        """Register this node (``extra``: more facts to publish, such as its pid); returns its
+        incarnation (the session owning the registration)."""
         with _translated():
-            return self._ns.register_node(name, address, tags, data)
+            return self._ns.register_node(name, address, tags, extra)
 
     def node_incarnation(self, name: str) -> str | None:
         """Node ``name``'s live incarnation read fresh from ZooKeeper; None if it is not live."""

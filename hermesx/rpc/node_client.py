@@ -1,27 +1,33 @@
-"""The storesite's calls to supervisors: activate, ask for load or a holding (DESIGN.md §4, §5, §6).
+"""Typed client of a node's Supervisor service, for every caller (DESIGN.md §4, §5, §6).
 
-Channels are kept per node address. Failures come back as HermesErrors:
-the node's own error (details ``"<kind>: <message>"``) or
-:class:`UnreachableError` / :class:`CallTimeoutError` naming the node.
+Clients, the invoker, nodes (forwarding, moves), storesites (activation,
+load, holdings), the CLI and the test harness all call nodes through one
+:class:`NodeClient`: one method per RPC, over one
+:class:`~hermesx.rpc.wire.ChannelPool`. A failure comes back as a
+HermesError naming the node, its address and the RPC (see
+:func:`hermesx.rpc.status.error_from_rpc`): the node's own error with its
+kind, or :class:`UnreachableError` / :class:`CallTimeoutError` /
+:class:`NotAuthorizedError` for the transport. The test-only RPCs
+(``NodeTestHooks``) answer only on nodes started with test hooks.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
+from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
 
 from hermesx.core.errors import HermesError
 from hermesx.core.identity import TAD
+from hermesx.rpc.convert import tad_from_pb, tad_to_pb
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
-from hermesx.rpc.status import error_from_rpc
-from hermesx.rpc.wire import CHANNEL_OPTIONS as WIRE_CHANNEL_OPTIONS
-from hermesx.rpc.wire import open_channel
+from hermesx.rpc.status import error_from_rpc, unary_call
+from hermesx.rpc.wire import ChannelPool
 
-__all__ = ["CHANNEL_OPTIONS", "Member", "SupervisorLink"]
+__all__ = ["Holding", "Member", "NodeAddress", "NodeClient", "Peer"]
 
 log = logging.getLogger(__name__)
 
@@ -30,18 +36,19 @@ log = logging.getLogger(__name__)
 STAGE_TIMEOUT_S = 5.0
 STAGE_BYTES_PER_S = 4 * 2**20
 
-# One set of channel options for every process (message sizes, reconnects).
-CHANNEL_OPTIONS = WIRE_CHANNEL_OPTIONS
 
-
-class Member(Protocol):
-    """A live node as the name service lists it."""
+class Peer(Protocol):
+    """A node to call: its name (for messages) and its address."""
 
     @property
     def name(self) -> str: ...
 
     @property
     def address(self) -> str: ...
+
+
+class Member(Peer, Protocol):
+    """A live node as the name service lists it."""
 
     @property
     def tags(self) -> tuple[str, ...]: ...
@@ -52,23 +59,139 @@ class Member(Protocol):
         ...
 
 
-class SupervisorLink:
-    """Stubs for the nodes of a cluster, one channel per address."""
+@dataclass(frozen=True, slots=True)
+class NodeAddress:
+    """A node known only by name and address (a :class:`Peer`)."""
 
-    def __init__(self, *, timeout: float = 5.0, activate_timeout: float = 30.0) -> None:
-        self._timeout = timeout
-        self._activate_timeout = activate_timeout
-        self._lock = threading.Lock()
-        self._channels: dict[str, tuple[grpc.Channel, pbg.SupervisorStub]] = {}
+    name: str
+    address: str
 
-    def _stub(self, address: str) -> pbg.SupervisorStub:
-        with self._lock:
-            entry = self._channels.get(address)
-            if entry is None:
-                channel = open_channel(address, CHANNEL_OPTIONS)
-                entry = (channel, pbg.SupervisorStub(channel))
-                self._channels[address] = entry
-            return entry[1]
+
+@dataclass(frozen=True, slots=True)
+class Holding:
+    """What a node knows of an atom (``Locate``).
+
+    ``tad`` is the newest TAD its stash holds (None when it knows nothing),
+    ``active_here`` whether the atom runs there, ``incarnation`` the node's
+    incarnation ("" before it registered).
+    """
+
+    tad: TAD | None
+    active_here: bool
+    incarnation: str
+
+
+def _peer(node: Peer) -> str:
+    return f"node {node.name} at {node.address}"
+
+
+class NodeClient:
+    """Calls to nodes' Supervisor service, one method per RPC; thread-safe.
+
+    ``channels`` is the pool to share (a process keeps one); without one the
+    client opens its own and :meth:`close` closes it. ``timeout`` is the
+    deadline of calls that name none; ``activate_timeout`` that of a
+    storesite's activation.
+    """
+
+    def __init__(
+        self,
+        channels: ChannelPool | None = None,
+        *,
+        timeout: float = 5.0,
+        activate_timeout: float = 30.0,
+    ) -> None:
+        self._own_channels = channels is None
+        self.channels = channels if channels is not None else ChannelPool()
+        self.timeout = timeout
+        self.activate_timeout = activate_timeout
+
+    def close(self) -> None:
+        if self._own_channels:
+            self.channels.close()
+
+    def _stub(self, node: Peer) -> pbg.SupervisorStub:
+        return self.channels.stub(node.address, pbg.SupervisorStub)
+
+    # ------------------------------------------------------------ public RPCs
+
+    def invoke(self, node: Peer, request: pb.InvokeRequest, timeout: float) -> pb.InvokeReply:
+        """Send one invocation (the caller's hot path: the request is built once per call)."""
+        try:
+            reply: pb.InvokeReply = self._stub(node).Invoke(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, _peer(node), f"Invoke({request.guid})") from exc
+        return reply
+
+    def send(self, node: Peer, request: pb.SendRequest, timeout: float) -> pb.SendReply:
+        stub = self._stub(node)
+        reply: pb.SendReply = unary_call(
+            stub.Send, request, timeout, _peer(node), f"Send({request.guid})"
+        )
+        return reply
+
+    def create(
+        self, node: Peer, request: pb.CreateRequest, timeout: float = 60.0
+    ) -> tuple[str, TAD | None]:
+        """Create an atom on ``node``: its GUID and TAD."""
+        reply = unary_call(self._stub(node).Create, request, timeout, _peer(node), "Create")
+        return reply.guid, tad_from_pb(reply.tad)
+
+    def locate(self, node: Peer, guid: str, timeout: float | None = None) -> Holding:
+        request = pb.LocateRequest(guid=guid)
+        stub, what = self._stub(node), f"Locate({guid})"
+        reply = unary_call(stub.Locate, request, timeout or self.timeout, _peer(node), what)
+        return Holding(tad_from_pb(reply.tad), reply.active_here, reply.incarnation)
+
+    def migrate(
+        self, node: Peer, guid: str, destination: str, timeout: float = 120.0
+    ) -> pb.MigrateReply:
+        """Ask ``node``, which runs ``guid``, to move it to ``destination``."""
+        request = pb.MigrateRequest(guid=guid, destination=destination)
+        stub, what = self._stub(node), f"Migrate({guid})"
+        reply: pb.MigrateReply = unary_call(stub.Migrate, request, timeout, _peer(node), what)
+        return reply
+
+    def checkpoint(self, node: Peer, guid: str, timeout: float = 60.0) -> TAD | None:
+        """Checkpoint ``guid`` now; the TAD the checkpoint was taken at."""
+        stub, what = self._stub(node), f"Checkpoint({guid})"
+        tad = unary_call(stub.Checkpoint, pb.GuidRequest(guid=guid), timeout, _peer(node), what)
+        return tad_from_pb(tad)
+
+    def passivate(self, node: Peer, guid: str, timeout: float = 60.0) -> TAD | None:
+        """Make ``guid`` dormant; the TAD it last ran at."""
+        stub, what = self._stub(node), f"Passivate({guid})"
+        tad = unary_call(stub.Passivate, pb.GuidRequest(guid=guid), timeout, _peer(node), what)
+        return tad_from_pb(tad)
+
+    def status(self, node: Peer, timeout: float | None = None) -> pb.NodeStatus:
+        stub = self._stub(node)
+        status: pb.NodeStatus = unary_call(
+            stub.Status, pb.Empty(), timeout or self.timeout, _peer(node), "Status"
+        )
+        return status
+
+    # ------------------------------------------------------------ a move's destination
+
+    def stage_copy(self, node: Peer, request: pb.CopyRequest, timeout: float = 60.0) -> str:
+        """PREPARE: ``node`` restores the copy, held but not serving; the incarnation that did."""
+        stub, what = self._stub(node), f"StageCopy({request.guid})"
+        reply: pb.CopyReply = unary_call(stub.StageCopy, request, timeout, _peer(node), what)
+        return reply.incarnation
+
+    def activate_copy(self, node: Peer, request: pb.CopyRequest, timeout: float = 30.0) -> str:
+        """COMMIT: the staged copy (or one restored from the request's snapshot) serves."""
+        stub, what = self._stub(node), f"ActivateCopy({request.guid})"
+        reply: pb.CopyReply = unary_call(stub.ActivateCopy, request, timeout, _peer(node), what)
+        return reply.incarnation
+
+    def discard_copy(self, node: Peer, guid: str, tad: TAD, timeout: float = 5.0) -> None:
+        """ABORT: ``node`` drops the copy it staged for ``tad``."""
+        request = pb.DiscardCopyRequest(guid=guid, tad=tad_to_pb(tad))
+        stub, what = self._stub(node), f"DiscardCopy({guid})"
+        unary_call(stub.DiscardCopy, request, timeout, _peer(node), what)
+
+    # ------------------------------------------------------------ a storesite's calls
 
     def activate(
         self,
@@ -90,7 +213,7 @@ class SupervisorLink:
         """
         request = pb.ActivateRequest(
             guid=guid,
-            tad=pb.TAD(node=tad.node, age=tad.age),
+            tad=tad_to_pb(tad),
             snapshot=snapshot,
             meta=meta,
             checksum=checksum,
@@ -99,64 +222,56 @@ class SupervisorLink:
         )
         # Staging is only a restore: a node that does not answer soon is
         # given up and another one tried (its late copy can never serve).
-        timeout = self._activate_timeout
+        timeout = self.activate_timeout
         if stage:
             timeout = min(timeout, STAGE_TIMEOUT_S + len(snapshot) / STAGE_BYTES_PER_S)
-        try:
-            reply = self._stub(member.address).Activate(request, timeout=timeout)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(
-                exc, f"node {member.name} at {member.address}", f"Activate({guid})"
-            ) from exc
-        incarnation = reply.incarnation or member.incarnation
-        if reply.HasField("tad") and reply.tad.node:
-            return TAD(reply.tad.node, reply.tad.age), incarnation
-        return tad, incarnation
+        reply = self._activate(member, request, timeout, f"Activate({guid})")
+        held = tad_from_pb(reply.tad)
+        return (tad if held is None else held), reply.incarnation or member.incarnation
 
     def confirm(self, member: Member, guid: str, tad: TAD, incarnation: str) -> None:
         """Tell ``member`` that its staged copy of ``guid`` at ``tad`` is recorded: serve it."""
         request = pb.ActivateRequest(
-            guid=guid,
-            tad=pb.TAD(node=tad.node, age=tad.age),
-            incarnation=incarnation,
-            confirm=True,
+            guid=guid, tad=tad_to_pb(tad), incarnation=incarnation, confirm=True
         )
-        try:
-            self._stub(member.address).Activate(request, timeout=self._timeout)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(
-                exc, f"node {member.name} at {member.address}", f"Activate({guid}, confirm)"
-            ) from exc
+        self._activate(member, request, self.timeout, f"Activate({guid}, confirm)")
 
-    def holding(self, member: Member, guid: str) -> tuple[TAD | None, str]:
+    def _activate(
+        self, member: Member, request: pb.ActivateRequest, timeout: float, what: str
+    ) -> pb.ActivateReply:
+        stub = self._stub(member)
+        reply: pb.ActivateReply = unary_call(stub.Activate, request, timeout, _peer(member), what)
+        return reply
+
+    def holding(self, member: Peer, guid: str) -> tuple[TAD | None, str]:
         """Whether ``member`` runs ``guid``: its TAD there (None if not active) and the
         node's incarnation. Raises when the node cannot answer."""
-        try:
-            reply = self._stub(member.address).Locate(
-                pb.LocateRequest(guid=guid), timeout=self._timeout
-            )
-        except grpc.RpcError as exc:
-            raise error_from_rpc(
-                exc, f"node {member.name} at {member.address}", f"Locate({guid})"
-            ) from exc
-        held = TAD(reply.tad.node, reply.tad.age) if reply.active_here else None
-        return held, reply.incarnation
+        held = self.locate(member, guid)
+        return (held.tad if held.active_here else None), held.incarnation
 
-    def active_atoms(self, member: Member) -> int | None:
+    def active_atoms(self, member: Peer) -> int | None:
         """The node's active-atom count, or None when it does not answer."""
         try:
-            status = self._stub(member.address).Status(pb.Empty(), timeout=self._timeout)
-        except grpc.RpcError as exc:
-            err: HermesError = error_from_rpc(
-                exc, f"node {member.name} at {member.address}", "Status"
-            )
+            status = self.status(member)
+        except HermesError as err:
             log.warning("no load from node %s: %s", member.name, err)
             return None
         return int(status.active_atoms)
 
-    def close(self) -> None:
-        with self._lock:
-            channels = list(self._channels.values())
-            self._channels.clear()
-        for channel, _ in channels:
-            channel.close()
+    # ------------------------------------------------------------ test hooks
+
+    def stash_put(self, node: Peer, guid: str, tad: TAD, timeout: float = 30.0) -> None:
+        """Test hook: set ``node``'s stash entry for ``guid`` (relocating it there if it runs
+        on ``node`` and ``tad`` names another node)."""
+        request = pb.StashPutRequest(guid=guid, tad=tad_to_pb(tad))
+        hooks, what = self._hooks(node), f"StashPut({guid})"
+        unary_call(hooks.StashPut, request, timeout, _peer(node), what)
+
+    def pause_at(self, node: Peer, step: str, seconds: float, timeout: float = 5.0) -> None:
+        """Test hook: ``node`` pauses ``seconds`` at ``step`` of its next move or checkpoint."""
+        request = pb.TestHookRequest(pause_at=step, seconds=seconds)
+        hooks, what = self._hooks(node), f"TestHook({step})"
+        unary_call(hooks.TestHook, request, timeout, _peer(node), what)
+
+    def _hooks(self, node: Peer) -> pbg.NodeTestHooksStub:
+        return self.channels.stub(node.address, pbg.NodeTestHooksStub)

@@ -55,7 +55,7 @@ ROLES: Final = (NODE, STORESITE, CLIENT, GATEWAY, TEST)
 MEMBER_ROLES: Final = frozenset({NODE, STORESITE})
 _EVERYONE: Final = frozenset(ROLES)
 
-# Keys are "<Service>/<Method>" of protos/hermesx.rpc.proto.
+# Keys are "<Service>/<Method>" of protos/hermesx.proto.
 RPC_ROLES: Final[Mapping[str, frozenset[str]]] = {
     # ----- Supervisor: public
     "Supervisor/Invoke": _EVERYONE,  # clients, gateways; nodes forwarding and atoms calling
@@ -67,10 +67,14 @@ RPC_ROLES: Final[Mapping[str, frozenset[str]]] = {
     "Supervisor/Passivate": _EVERYONE,
     "Supervisor/Status": _EVERYONE,  # clients; storesites weighing placement
     # ----- Supervisor: internal
-    "Supervisor/Accept": frozenset({NODE}),  # the source node of a move hands the atom over
+    # The source node of a move hands the atom over: stage, activate or discard its copy.
+    "Supervisor/StageCopy": frozenset({NODE}),
+    "Supervisor/ActivateCopy": frozenset({NODE}),
+    "Supervisor/DiscardCopy": frozenset({NODE}),
     "Supervisor/Activate": frozenset({STORESITE}),  # recovery and activation of dormant atoms
-    "Supervisor/StashPut": frozenset({TEST}),
-    "Supervisor/TestHook": frozenset({TEST}),
+    # ----- NodeTestHooks: served only by nodes started with test hooks
+    "NodeTestHooks/StashPut": frozenset({TEST}),
+    "NodeTestHooks/TestHook": frozenset({TEST}),
     # ----- Storesite: public
     "Storesite/Locate": _EVERYONE,  # clients and nodes when a forwarding chain breaks
     "Storesite/MoveHome": _EVERYONE,

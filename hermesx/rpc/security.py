@@ -669,42 +669,19 @@ class PeerCheckInterceptor(grpc.ServerInterceptor):
 
     def _wrap(self, handler: Any, method: str) -> Any:
         admit = self._admit
+        # The same check in front of whichever of the four call shapes the RPC has.
+        inner: Callable[[Any, grpc.ServicerContext], Any]
         if handler.unary_unary is not None:
-            inner_uu = handler.unary_unary
+            inner, make = handler.unary_unary, grpc.unary_unary_rpc_method_handler
+        elif handler.unary_stream is not None:
+            inner, make = handler.unary_stream, grpc.unary_stream_rpc_method_handler
+        elif handler.stream_unary is not None:
+            inner, make = handler.stream_unary, grpc.stream_unary_rpc_method_handler
+        else:
+            inner, make = handler.stream_stream, grpc.stream_stream_rpc_method_handler
 
-            def unary_unary(request: Any, context: grpc.ServicerContext) -> Any:
-                admit(context, method)
-                return inner_uu(request, context)
-
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary, handler.request_deserializer, handler.response_serializer
-            )
-        if handler.unary_stream is not None:
-            inner_us = handler.unary_stream
-
-            def unary_stream(request: Any, context: grpc.ServicerContext) -> Any:
-                admit(context, method)
-                return inner_us(request, context)
-
-            return grpc.unary_stream_rpc_method_handler(
-                unary_stream, handler.request_deserializer, handler.response_serializer
-            )
-        if handler.stream_unary is not None:
-            inner_su = handler.stream_unary
-
-            def stream_unary(requests: Any, context: grpc.ServicerContext) -> Any:
-                admit(context, method)
-                return inner_su(requests, context)
-
-            return grpc.stream_unary_rpc_method_handler(
-                stream_unary, handler.request_deserializer, handler.response_serializer
-            )
-        inner_ss = handler.stream_stream
-
-        def stream_stream(requests: Any, context: grpc.ServicerContext) -> Any:
+        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
             admit(context, method)
-            return inner_ss(requests, context)
+            return inner(request, context)
 
-        return grpc.stream_stream_rpc_method_handler(
-            stream_stream, handler.request_deserializer, handler.response_serializer
-        )
+        return make(guarded, handler.request_deserializer, handler.response_serializer)

@@ -14,7 +14,8 @@ callers.
 
 from __future__ import annotations
 
-from typing import NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 
@@ -33,7 +34,9 @@ from hermesx.core.errors import (
 )
 from hermesx.rpc.proto import hermesx_pb2 as pb
 
-__all__ = ["abort_with", "error_from_rpc", "pb_error", "status_for"]
+__all__ = ["abort_with", "error_from_rpc", "pb_error", "status_for", "unary_call"]
+
+_Reply = TypeVar("_Reply")
 
 
 def status_for(err: HermesError) -> grpc.StatusCode:
@@ -89,3 +92,13 @@ def error_from_rpc(exc: grpc.RpcError, peer: str, method: str = "") -> HermesErr
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return PayloadTooLargeError(f"{peer} refused the message: {details}")
     return CommunicationError(f"{call} failed: {details or code}")
+
+
+def unary_call(
+    rpc: Callable[..., _Reply], request: Any, timeout: float | None, peer: str, method: str
+) -> _Reply:
+    """Make one unary call of a stub; a failure is raised as :func:`error_from_rpc` names it."""
+    try:
+        return rpc(request, timeout=timeout)
+    except grpc.RpcError as exc:
+        raise error_from_rpc(exc, peer, method) from exc

@@ -14,16 +14,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import grpc
-
 from hermesx.core.identity import TAD
 from hermesx.core.snapshot import yield_gil
 from hermesx.rpc.convert import tad_of, tad_to_pb
-from hermesx.rpc.node_client import CHANNEL_OPTIONS
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
-from hermesx.rpc.status import error_from_rpc
-from hermesx.rpc.wire import open_channel
+from hermesx.rpc.status import unary_call
+from hermesx.rpc.wire import ChannelPool, TLSIdentity
 
 __all__ = ["AtomInfo", "CheckpointInfo", "Location", "StoresiteClient", "StoresiteInfo"]
 
@@ -83,18 +80,33 @@ def location_from_pb(reply: pb.LocationReply) -> Location:
 
 
 class StoresiteClient:
-    """One channel to one storesite; thread-safe, cheap to keep around."""
+    """Calls to one storesite; thread-safe, cheap to make and to keep around.
 
-    def __init__(self, address: str, *, sid: str = "", timeout: float = 5.0) -> None:
+    With ``channels`` it uses that pool's channel to ``address`` (a process
+    keeps one pool); without, it opens its own, which :meth:`close` closes.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        sid: str = "",
+        timeout: float = 5.0,
+        tls: TLSIdentity | None = None,
+        channels: ChannelPool | None = None,
+    ) -> None:
+        """``tls``: the certificate to show, when not this process's own (a client's)."""
         self.address = address
         self.sid = sid
         self.timeout = timeout
-        self._channel = open_channel(address, CHANNEL_OPTIONS)
-        self._stub = pbg.StoresiteStub(self._channel)
+        self._own_channels = channels is None
+        self._channels = channels if channels is not None else ChannelPool(tls)
+        self._stub = self._channels.stub(address, pbg.StoresiteStub)
         self._peer = f"storesite {sid} at {address}" if sid else f"storesite at {address}"
 
     def close(self) -> None:
-        self._channel.close()
+        if self._own_channels:
+            self._channels.close()
 
     def __enter__(self) -> StoresiteClient:
         return self
@@ -109,10 +121,9 @@ class StoresiteClient:
         what: str,
         timeout: float | None = None,
     ) -> _Reply:
-        try:
-            return method(request, timeout=self.timeout if timeout is None else timeout)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, self._peer, what) from exc
+        return unary_call(
+            method, request, self.timeout if timeout is None else timeout, self._peer, what
+        )
 
     # --------------------------------------------------------------- modules
 

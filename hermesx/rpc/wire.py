@@ -1,10 +1,12 @@
-"""gRPC plumbing shared by nodes, storesites and clients (DESIGN.md §4, §9).
+"""Channels and TLS plumbing shared by nodes, storesites and clients (DESIGN.md §4, §9).
 
-Errors cross the wire as gRPC status details of the form ``<kind>: <message>``
-so the receiving side rebuilds the same :class:`HermesError` class. Transport
-failures become :class:`UnreachableError` / :class:`CallTimeoutError` naming
-the peer. Channels are cached per address: opening one costs milliseconds,
-reusing one costs nothing.
+Every channel to a node or a storesite comes from a :class:`ChannelPool`
+(one per process, or per client), with the one set of options in
+:data:`CHANNEL_OPTIONS`: opening a channel costs milliseconds, reusing one
+nothing. A process with a cluster identity (:func:`set_process_tls`) speaks
+mutual TLS on every channel it opens. The typed clients
+(:mod:`hermesx.rpc.node_client`, :mod:`hermesx.rpc.storesite_client`) call
+through the pool; errors are mapped in :mod:`hermesx.rpc.status`.
 """
 
 from __future__ import annotations

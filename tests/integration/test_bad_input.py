@@ -311,10 +311,8 @@ def test_pathological_patterns_answer_in_linear_time_or_are_refused(
 
 def _loop(tester: Client, guid: str, base: int) -> None:
     """Hostile stashes n1 -> n2 -> n1, both claiming to be newer than the truth."""
-    tester.node_stub("n1").StashPut(pb.StashPutRequest(guid=guid, tad=pb.TAD(node="n2", age=base)))
-    tester.node_stub("n2").StashPut(
-        pb.StashPutRequest(guid=guid, tad=pb.TAD(node="n1", age=base + 1))
-    )
+    tester.node_client.stash_put(tester.node_member("n1"), guid, TAD("n2", base))
+    tester.node_client.stash_put(tester.node_member("n2"), guid, TAD("n1", base + 1))
 
 
 def test_a_huge_requested_hop_limit_cannot_hold_a_loop_open(
@@ -340,7 +338,7 @@ def test_a_node_pointing_at_itself_falls_back_to_the_storesite(
     client: Client, tester: Client, atoms: dict[str, pathlib.Path]
 ) -> None:
     guid = client.create(atoms["counter"], on="n2")
-    tester.node_stub("n1").StashPut(pb.StashPutRequest(guid=guid, tad=pb.TAD(node="n1", age=99)))
+    tester.node_client.stash_put(tester.node_member("n1"), guid, TAD("n1", 99))
     outcome = client.invoke(guid, "incr", codec.pack(5), via="n1", trace=True)
     assert codec.unpack(outcome.result) == 5
     assert outcome.trace[-1].node == "n2" and outcome.trace[-1].event == "ran"

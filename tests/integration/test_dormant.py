@@ -20,7 +20,7 @@ MANY = 1000
 def _active_nodes(client: Client, guid: str) -> list[str]:
     nodes = []
     for node in sorted(client.nodes()):
-        reply = client.node_stub(node).Locate(pb.LocateRequest(guid=guid), timeout=5)
+        reply = client.invoker.node_stub(node).Locate(pb.LocateRequest(guid=guid), timeout=5)
         if reply.active_here:
             nodes.append(node)
     return nodes

@@ -39,7 +39,7 @@ def _active_copies(client: Client, guid: str) -> list[str]:
     found = []
     for node in sorted(client.nodes()):
         try:
-            reply = client.node_stub(node).Locate(pb.LocateRequest(guid=guid), timeout=5)
+            reply = client.invoker.node_stub(node).Locate(pb.LocateRequest(guid=guid), timeout=5)
         except Exception:  # a node that is going away holds nothing we can use
             continue
         if reply.active_here:
@@ -151,7 +151,7 @@ def test_destination_restarted_during_a_move_leaves_one_copy_with_every_acknowle
         # Long enough for n2's old session to expire and the new process to
         # register before the source goes on with the move.
         pause = 12.0
-        client.node_stub("n1").TestHook(pb.TestHookRequest(pause_at=step, seconds=pause), timeout=5)
+        client.node_client.pause_at(client.node_member("n1"), step, pause)
         outcome: list[str] = []
 
         def move() -> None:

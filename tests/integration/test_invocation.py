@@ -7,6 +7,7 @@ import os
 import pathlib
 import subprocess
 import sys
+from collections.abc import Sequence
 
 import pytest
 
@@ -20,13 +21,13 @@ from hermesx.core.errors import (
     UnreachableError,
 )
 from hermesx.core.identity import TAD
+from hermesx.core.types import Hop
 from hermesx.local.cluster import LocalCluster
-from hermesx.rpc.proto import hermesx_pb2 as pb
 
 pytestmark = pytest.mark.integration
 
 
-def _events(trace: list[pb.Hop]) -> list[tuple[str, str]]:
+def _events(trace: Sequence[Hop]) -> list[tuple[str, str]]:
     return [(h.node, h.event) for h in trace]
 
 
@@ -173,8 +174,8 @@ def test_a_forwarding_loop_is_broken_through_the_storesite(
 ) -> None:
     guid = client.create(atoms["counter"], name=unique_name, on="n3")
     # Hostile stashes: n1 -> n2 -> n1, both claiming to be newer than the truth.
-    tester.node_stub("n1").StashPut(pb.StashPutRequest(guid=guid, tad=pb.TAD(node="n2", age=50)))
-    tester.node_stub("n2").StashPut(pb.StashPutRequest(guid=guid, tad=pb.TAD(node="n1", age=51)))
+    tester.node_client.stash_put(tester.node_member("n1"), guid, TAD("n2", 50))
+    tester.node_client.stash_put(tester.node_member("n2"), guid, TAD("n1", 51))
     outcome = client.invoke(guid, "incr", codec.pack(1), via="n1", trace=True)
     assert codec.unpack(outcome.result) == 1
     events = _events(outcome.trace)

@@ -141,7 +141,7 @@ def _hosts(client: Client, node: str, name: str) -> bool:
     from hermesx.rpc.proto import hermesx_pb2 as pb
 
     guid = client.guid_of(name)
-    reply = client.node_stub(node).Locate(pb.LocateRequest(guid=guid), timeout=5)
+    reply = client.invoker.node_stub(node).Locate(pb.LocateRequest(guid=guid), timeout=5)
     return bool(reply.active_here)
 
 

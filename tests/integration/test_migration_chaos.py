@@ -28,7 +28,7 @@ def _active_copies(client: Client, guid: str) -> list[str]:
     found = []
     for node in sorted(client.nodes()):
         try:
-            reply = client.node_stub(node).Locate(pb.LocateRequest(guid=guid), timeout=5)
+            reply = client.invoker.node_stub(node).Locate(pb.LocateRequest(guid=guid), timeout=5)
         except Exception:  # a node that is going away holds nothing we can use
             continue
         if reply.active_here:
@@ -52,7 +52,7 @@ def _move_with_a_kill(
     guid = client.create(wasm, name=name, on="n1", checkpoint="every-call")
     for _ in range(ACKED):
         client.atom(name).incr(1)
-    client.node_stub("n1").TestHook(pb.TestHookRequest(pause_at=step, seconds=2.0), timeout=5)
+    client.node_client.pause_at(client.node_member("n1"), step, 2.0)
     outcome: list[str] = []
 
     def move() -> None:

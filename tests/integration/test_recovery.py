@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 
 
 def _active_here(client: Client, node: str, guid: str) -> bool:
-    reply = client.node_stub(node).Locate(pb.LocateRequest(guid=guid), timeout=5)
+    reply = client.invoker.node_stub(node).Locate(pb.LocateRequest(guid=guid), timeout=5)
     return bool(reply.active_here)
 
 

@@ -36,7 +36,7 @@ _CERT_OF_ROLE = {roles.NODE: "n1", roles.STORESITE: "s1", roles.TEST: roles.TEST
 
 
 def _address(client: Client, service: str) -> str:
-    if service == "Supervisor":
+    if service in ("Supervisor", "NodeTestHooks"):
         return client.nodes()["n1"].address
     return client.naming.storesites()["s1"].address
 
@@ -63,7 +63,7 @@ def member_channels(cluster: LocalCluster, client: Client) -> Iterator[dict[str,
     """Channels showing a member's certificate, by (role, service)."""
     opened: dict[str, grpc.Channel] = {}
     for role, name in _CERT_OF_ROLE.items():
-        for service in ("Supervisor", "Storesite"):
+        for service in _SERVICES:
             opened[f"{role}/{service}"] = open_channel(
                 _address(client, service), tls=TLSIdentity(cluster.tls_dir, name, cluster.name)
             )

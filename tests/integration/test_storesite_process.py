@@ -99,14 +99,25 @@ class FakeNode:
 
 class StoresiteProcess:
     def __init__(
-        self, sid: str, data: pathlib.Path, zk: str, cluster: str, *, init: bool = False
+        self,
+        sid: str,
+        data: pathlib.Path,
+        zk: str,
+        cluster: str,
+        *,
+        init: bool = False,
+        options: tuple[str, ...] = (),
+        command: tuple[str, ...] = ("storesite",),
     ) -> None:
+        """``command``: the module and words that run a storesite (``python -m``)."""
         self.sid = sid
+        # `python -m storesite` says it is listening, `hermesx storesite serve` serving.
+        self.ready_word = "listening" if command == ("storesite",) else "serving"
         self.proc = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
-                "storesite",
+                *command,
                 "--id",
                 sid,
                 "--listen",
@@ -118,6 +129,7 @@ class StoresiteProcess:
                 "--cluster",
                 cluster,
                 *(["--init"] if init else []),
+                *options,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -131,7 +143,7 @@ class StoresiteProcess:
         stdout = self.proc.stdout
         threading.Thread(target=lambda: lines.put(stdout.readline()), daemon=True).start()
         line = lines.get(timeout=timeout)
-        prefix = f"storesite {self.sid} listening on "
+        prefix = f"storesite {self.sid} {self.ready_word} on "
         assert line.startswith(prefix), f"unexpected output {line!r}: {self.stderr_tail()}"
         self.address = line[len(prefix) :].strip()
         return self.address
@@ -181,6 +193,43 @@ def test_storesite_process_registers_and_serves(
     assert site.stop() == 0
     with NameService(zk, cluster_name) as names:
         assert "s1" not in names.storesites()
+
+
+@pytest.mark.parametrize(
+    "command", [("storesite",), ("hermesx", "storesite", "serve")], ids=["module", "cli"]
+)
+def test_a_killed_storesites_registration_lasts_the_session_timeout_it_was_given(
+    zk: str,
+    cluster_name: str,
+    tmp_path: pathlib.Path,
+    processes: list[StoresiteProcess | FakeNode],
+    command: tuple[str, ...],
+) -> None:
+    """``--session-timeout`` is the storesite's session: a dead one is listed that long.
+
+    With 2 s asked, the registration of a SIGKILLed storesite goes in about
+    2 s (ZooKeeper expires the session), well before the 4 s default would
+    let it; it is not dropped at once either, as a clean close would.
+    """
+    site = StoresiteProcess(
+        "s1",
+        tmp_path / "s1",
+        zk,
+        cluster_name,
+        init=True,
+        options=("--session-timeout", "2"),
+        command=command,
+    )
+    processes.append(site)
+    site.wait_ready()
+    with NameService(zk, cluster_name) as names:
+        assert "s1" in names.storesites()
+        site.proc.kill()
+        site.proc.wait(timeout=10)
+        killed = time.monotonic()
+        wait_for(lambda: "s1" not in names.storesites(), "the registration to expire", 200)
+        listed_for = time.monotonic() - killed
+    assert 1.0 < listed_for < 3.8, f"registration outlived the process by {listed_for:.1f} s"
 
 
 def test_node_death_recovers_atoms_on_a_live_node(

@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 
 from hermesx.core.errors import MethodError
 from hermesx.core.identity import GUID
-from hermesx.runtime.atom import Atom, Runtime
+from hermesx.runtime.atom import Atom
 from hermesx.runtime.build import SDK_DIR, build_atom
+from hermesx.runtime.engine import Runtime
 from hermesx.runtime.host import StandaloneHost
 
 pack = msgpack.packb

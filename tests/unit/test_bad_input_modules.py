@@ -25,7 +25,8 @@ from hermesx.core.errors import (
     MethodError,
     PayloadTooLargeError,
 )
-from hermesx.runtime.atom import Atom, Runtime
+from hermesx.runtime.atom import Atom
+from hermesx.runtime.engine import Runtime
 from hermesx.runtime.host import StandaloneHost
 
 COUNTER = pathlib.Path(__file__).parents[2] / "atoms" / "build" / "counter.wasm"

@@ -13,7 +13,7 @@ from hermesx.core.snapshot import snapshot_checksum
 from hermesx.node.config import NodeConfig
 from hermesx.node.supervisor import Supervisor
 from hermesx.rpc.proto import hermesx_pb2 as pb
-from hermesx.runtime.atom import Runtime
+from hermesx.runtime.engine import Runtime
 from hermesx.runtime.host import StandaloneHost
 
 
@@ -39,16 +39,15 @@ def test_a_damaged_snapshot_sent_for_activation_is_refused_and_nothing_runs(
     damaged = bytearray(snapshot)
     damaged[len(damaged) // 2] ^= 0x08
     for commit in (True, False):  # activation / recovery, and a move's staged copy
-        request = pb.AcceptRequest(
+        request = pb.CopyRequest(
             guid=guid,
             tad=pb.TAD(node="n1", age=3),
             snapshot=bytes(damaged),
             meta=pb.AtomMeta(module_hash=module.hash),
-            commit=commit,
             checksum=snapshot_checksum(snapshot),
         )
         with pytest.raises(StorageError) as info:
-            node.destination.accept(request)
+            node.destination.accept(request, commit=commit)
         assert str(info.value).startswith(
             f"snapshot of atom {guid} sent to node n1 for n1@3 is damaged: its "
         )

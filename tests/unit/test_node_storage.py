@@ -22,6 +22,7 @@ from hermesx.node.storage import AtomStoresites
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.status import abort_with
+from hermesx.rpc.wire import ChannelPool
 
 
 class FakeStoresite(pbg.StoresiteServicer):
@@ -51,6 +52,7 @@ class Directory:
 
     addresses: dict[str, str]
     homes: dict[str, str] = field(default_factory=dict)
+    channels: ChannelPool = field(default_factory=ChannelPool)  # the node's, as its invoker has
 
     def home(self, guid: str) -> str | None:
         return self.homes.get(guid)
@@ -73,6 +75,7 @@ def storesites() -> Iterator[tuple[FakeStoresite, FakeStoresite, Directory]]:
         server.start()
         servers.append(server)
     yield old, new, directory
+    directory.channels.close()
     for server in servers:
         server.stop(None)
 

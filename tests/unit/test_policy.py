@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from hermesx.client import parse_checkpoint_policy
+from hermesx.client.api import parse_checkpoint_policy
 from hermesx.core.errors import ConfigurationError
 from hermesx.rpc.atom_meta import check_atom_meta, missing_tags, tags_refusal
 from hermesx.rpc.proto import hermesx_pb2 as pb

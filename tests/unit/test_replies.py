@@ -19,7 +19,8 @@ from hermesx.core.replies import (
     parse_request_id,
 )
 from hermesx.core.snapshot import AtomState, ReplyRecord, decode_state, encode_state
-from hermesx.runtime.atom import Atom, Runtime
+from hermesx.runtime.atom import Atom
+from hermesx.runtime.engine import Runtime
 from hermesx.runtime.host import StandaloneHost
 
 

@@ -15,14 +15,12 @@ from wat.runtime_helpers import GUID_A, GUID_B, example
 
 from hermesx.core import codec
 from hermesx.core.errors import AtomTrapError, BadModuleError, CapacityError, MemoryLimitError
-from hermesx.runtime.atom import (
-    KV_ENTRY_OVERHEAD,
-    MAX_LOG_BYTES_PER_CALL,
-    Atom,
-    Runtime,
-)
+from hermesx.runtime.atom import Atom
+from hermesx.runtime.engine import Runtime
 from hermesx.runtime.host import StandaloneHost
+from hermesx.runtime.memory import KV_ENTRY_OVERHEAD
 from hermesx.runtime.rewrite import MAX_MODULE_BYTES
+from hermesx.runtime.syscalls import MAX_LOG_BYTES_PER_CALL
 
 CAP = 16 * 2**20
 MIB = 2**20

@@ -22,8 +22,10 @@ from hermesx.core.errors import (
     PayloadTooLargeError,
     UnreachableError,
 )
-from hermesx.runtime.atom import Atom, Runtime, run_once
+from hermesx.runtime.atom import Atom
+from hermesx.runtime.engine import Runtime
 from hermesx.runtime.host import StandaloneHost
+from hermesx.runtime.run import run_once
 
 MINIMAL = """
 (module

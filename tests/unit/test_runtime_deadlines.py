@@ -21,8 +21,10 @@ from hermesx.core.errors import (
     HermesError,
     MethodError,
 )
-from hermesx.runtime.atom import MAX_MAIL_BYTES, Atom, Runtime
+from hermesx.runtime.atom import Atom
+from hermesx.runtime.engine import Runtime
 from hermesx.runtime.host import CallContext, StandaloneHost
+from hermesx.runtime.mailbox import MAX_MAIL_BYTES
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ from wat.runtime_helpers import GUID_A, GUID_B, ScriptedHost, example, wat
 
 from hermesx.core import codec
 from hermesx.core.errors import MethodError
-from hermesx.runtime.atom import Atom, Runtime
+from hermesx.runtime.atom import Atom
+from hermesx.runtime.engine import Runtime
 from hermesx.runtime.host import CallContext, StandaloneHost
 
 

@@ -331,7 +331,7 @@ def _guarded(method: str) -> Any:
     [
         ("/hermesx.v1.Supervisor/Activate", "client"),
         ("/hermesx.v1.Supervisor/Activate", "node"),
-        ("/hermesx.v1.Supervisor/StashPut", "node"),
+        ("/hermesx.v1.NodeTestHooks/StashPut", "node"),
         ("/hermesx.v1.Storesite/Forget", "client"),
         ("/hermesx.v1.Storesite/GetCheckpoint", "gateway"),
         ("/hermesx.v1.Storesite/AdoptAtom", "node"),
@@ -358,8 +358,10 @@ def test_interceptor_refuses_a_role_the_rpc_is_not_for(
     ("method", "role"),
     [
         ("/hermesx.v1.Supervisor/Activate", "storesite"),
-        ("/hermesx.v1.Supervisor/Accept", "node"),
-        ("/hermesx.v1.Supervisor/StashPut", "test"),
+        ("/hermesx.v1.Supervisor/StageCopy", "node"),
+        ("/hermesx.v1.Supervisor/ActivateCopy", "node"),
+        ("/hermesx.v1.Supervisor/DiscardCopy", "node"),
+        ("/hermesx.v1.NodeTestHooks/StashPut", "test"),
         ("/hermesx.v1.Supervisor/Invoke", "client"),
         ("/hermesx.v1.Supervisor/Migrate", "gateway"),
         ("/hermesx.v1.Storesite/PutCheckpoint", "node"),
@@ -388,7 +390,7 @@ def test_every_rpc_of_the_wire_has_its_roles_written_down() -> None:
 def test_certs_init_gives_each_name_the_role_asked_for(
     tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from hermesx.cli import app as cli
+    from hermesx import cli
 
     argv = ["certs", "init", "--cluster", "blue", "--dir", str(tmp_path)]
     assert cli.main([*argv, "--storesites", "s1", "--nodes", "n1,n2", "--names", "gateway:g1"]) == 0

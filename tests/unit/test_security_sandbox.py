@@ -14,7 +14,8 @@ import wasmtime
 
 from hermesx.core import codec
 from hermesx.core.errors import BadModuleError
-from hermesx.runtime.atom import Runtime, abi
+from hermesx.runtime import abi
+from hermesx.runtime.engine import Runtime
 from hermesx.runtime.host import StandaloneHost
 
 # The reviewed syscall surface: adding a host capability must change this list.

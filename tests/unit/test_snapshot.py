@@ -20,8 +20,9 @@ from hermesx.core.snapshot import (
     snapshot_checksum,
     verify_checksum,
 )
-from hermesx.runtime.atom import Runtime, _Interrupt
+from hermesx.runtime.engine import Runtime
 from hermesx.runtime.host import StandaloneHost
+from hermesx.runtime.mailbox import Interrupt
 
 
 @pytest.fixture
@@ -85,7 +86,7 @@ def test_undelivered_interrupts_travel_with_the_snapshot(runtimes: tuple[Runtime
     atom = rt1.create(rt1.load(wasm), GUID_A, StandaloneHost())
     # Take the atom so the interrupt cannot be delivered before the snapshot.
     assert atom._enter(None, None, "test")
-    atom._mail.append(_Interrupt(4, b"queued"))
+    atom._mail.append(Interrupt(4, b"queued"))
     state = atom._capture_state()
     atom._leave()
     restored = rt2.restore(rt2.load(wasm), GUID_A, StandaloneHost(), encode_state(state))

@@ -14,7 +14,9 @@ import pytest
 from hermesx.core.errors import MigrationError, NameNotFoundError, StorageError
 from hermesx.core.identity import GUID, TAD
 from hermesx.rpc.proto import hermesx_pb2 as pb
-from storesite.store import KEEP_PREVIOUS_CHECKPOINTS, AtomState, AtomStore, module_hash
+from storesite.modules import module_hash
+from storesite.records import KEEP_PREVIOUS_CHECKPOINTS, AtomState, Provenance
+from storesite.store import AtomStore
 
 SID = "s1"
 
@@ -53,14 +55,14 @@ def test_register_refuses_duplicates_and_foreign_guids(store: AtomStore) -> None
 
 
 def test_modules_are_stored_by_verified_hash(store: AtomStore) -> None:
-    digest = store.put_module(b"\0asm-module")
+    digest = store.modules.put(b"\0asm-module")
     assert digest == module_hash(b"\0asm-module")
-    assert store.get_module(digest) == b"\0asm-module"
-    assert store.put_module(b"\0asm-module") == digest  # idempotent
+    assert store.modules.get(digest) == b"\0asm-module"
+    assert store.modules.put(b"\0asm-module") == digest  # idempotent
     with pytest.raises(StorageError, match="hash to"):
-        store.put_module(b"other", expected_hash=digest)
+        store.modules.put(b"other", expected_hash=digest)
     with pytest.raises(NameNotFoundError, match="no module"):
-        store.get_module("00" * 32)
+        store.modules.get("00" * 32)
 
 
 def test_keeps_latest_checkpoint_and_three_previous(store: AtomStore) -> None:
@@ -85,8 +87,8 @@ def test_older_or_repeated_seq_is_ignored(store: AtomStore) -> None:
 
 def test_checkpoint_from_old_location_is_refused(store: AtomStore) -> None:
     guid = new_atom(store)
-    age = store.prepare(guid, TAD("n1", 1), "n2")
-    store.commit(guid, TAD("n2", age), b"moved")
+    age = store.moves.prepare(guid, TAD("n1", 1), "n2")
+    store.moves.commit(guid, TAD("n2", age), b"moved")
     with pytest.raises(MigrationError, match="stale checkpoint"):
         store.put_checkpoint(guid, TAD("n1", 1), 99, b"old node")
     assert store.latest_checkpoint(guid).snapshot == b"moved"
@@ -111,7 +113,7 @@ def test_unknown_guid_is_not_found_naming_it(store: AtomStore) -> None:
         lambda: store.get(guid),
         lambda: store.latest_checkpoint(guid),
         lambda: store.put_checkpoint(guid, TAD("n1", 1), 1, b""),
-        lambda: store.prepare(guid, TAD("n1", 1), "n2"),
+        lambda: store.moves.prepare(guid, TAD("n1", 1), "n2"),
     ):
         with pytest.raises(NameNotFoundError, match=guid):
             call()
@@ -119,10 +121,10 @@ def test_unknown_guid_is_not_found_naming_it(store: AtomStore) -> None:
 
 def test_prepare_commit_moves_location_and_checkpoint(store: AtomStore) -> None:
     guid = new_atom(store)
-    age = store.prepare(guid, TAD("n1", 1), "n2")
+    age = store.moves.prepare(guid, TAD("n1", 1), "n2")
     assert age == 2
     assert store.get(guid).pending == TAD("n2", 2)
-    state = store.commit(guid, TAD("n2", 2), b"at n2")
+    state = store.moves.commit(guid, TAD("n2", 2), b"at n2")
     assert state.location == TAD("n2", 2)
     assert state.pending is None
     ck = store.latest_checkpoint(guid)
@@ -132,15 +134,15 @@ def test_prepare_commit_moves_location_and_checkpoint(store: AtomStore) -> None:
 def test_a_staged_snapshot_becomes_the_checkpoint_only_at_commit(store: AtomStore) -> None:
     guid = new_atom(store)
     before = store.latest_checkpoint(guid).snapshot
-    age = store.prepare(guid, TAD("n1", 1), "n2")
-    store.stage(guid, TAD("n2", age), b"staged state")
+    age = store.moves.prepare(guid, TAD("n1", 1), "n2")
+    store.moves.stage(guid, TAD("n2", age), b"staged state")
     # Until COMMIT the old checkpoint is the latest, and the staged one is not listed.
     assert store.latest_checkpoint(guid).snapshot == before
     assert all(ck.snapshot != b"staged state" for ck in store.checkpoint_history(guid))
     # Nothing else may write checkpoints of a moving atom.
     with pytest.raises(MigrationError, match="moving to n2"):
         store.put_checkpoint(guid, TAD("n1", 1), 99, b"late")
-    store.commit(guid, TAD("n2", age), b"")
+    store.moves.commit(guid, TAD("n2", age), b"")
     latest = store.latest_checkpoint(guid)
     assert (latest.tad, latest.snapshot) == (TAD("n2", age), b"staged state")
     assert store.get(guid).location == TAD("n2", age)
@@ -148,17 +150,17 @@ def test_a_staged_snapshot_becomes_the_checkpoint_only_at_commit(store: AtomStor
 
 def test_commit_without_a_staged_snapshot_is_refused(store: AtomStore) -> None:
     guid = new_atom(store)
-    age = store.prepare(guid, TAD("n1", 1), "n2")
+    age = store.moves.prepare(guid, TAD("n1", 1), "n2")
     with pytest.raises(MigrationError, match="no snapshot was staged"):
-        store.commit(guid, TAD("n2", age), b"")
+        store.moves.commit(guid, TAD("n2", age), b"")
     assert store.get(guid).location == TAD("n1", 1)
 
 
 def test_an_aborted_stage_never_becomes_a_checkpoint(store: AtomStore) -> None:
     guid = new_atom(store)
-    age = store.prepare(guid, TAD("n1", 1), "n2")
-    store.stage(guid, TAD("n2", age), b"abandoned")
-    store.abort(guid, age)
+    age = store.moves.prepare(guid, TAD("n1", 1), "n2")
+    store.moves.stage(guid, TAD("n2", age), b"abandoned")
+    store.moves.abort(guid, age)
     store.put_checkpoint(guid, TAD("n1", 1), 5, b"kept")
     assert store.latest_checkpoint(guid).snapshot == b"kept"
     assert all(ck.snapshot != b"abandoned" for ck in store.checkpoint_history(guid))
@@ -166,40 +168,40 @@ def test_an_aborted_stage_never_becomes_a_checkpoint(store: AtomStore) -> None:
 
 def test_concurrent_prepare_is_refused(store: AtomStore) -> None:
     guid = new_atom(store)
-    store.prepare(guid, TAD("n1", 1), "n2")
+    store.moves.prepare(guid, TAD("n1", 1), "n2")
     with pytest.raises(MigrationError, match="already moving to n2"):
-        store.prepare(guid, TAD("n1", 1), "n3")
+        store.moves.prepare(guid, TAD("n1", 1), "n3")
 
 
 def test_stale_source_is_refused(store: AtomStore) -> None:
     guid = new_atom(store)
-    age = store.prepare(guid, TAD("n1", 1), "n2")
-    store.commit(guid, TAD("n2", age), b"moved")
+    age = store.moves.prepare(guid, TAD("n1", 1), "n2")
+    store.moves.commit(guid, TAD("n2", age), b"moved")
     with pytest.raises(MigrationError, match="stale move"):
-        store.prepare(guid, TAD("n1", 1), "n3")
+        store.moves.prepare(guid, TAD("n1", 1), "n3")
 
 
 def test_abort_keeps_location_and_ages_never_go_back(store: AtomStore) -> None:
     guid = new_atom(store)
-    first = store.prepare(guid, TAD("n1", 1), "n2")
-    assert store.abort(guid, first)
+    first = store.moves.prepare(guid, TAD("n1", 1), "n2")
+    assert store.moves.abort(guid, first)
     state = store.get(guid)
     assert state.location == TAD("n1", 1)
     assert state.pending is None
     assert store.latest_checkpoint(guid).snapshot == b"snap-0"
-    second = store.prepare(guid, TAD("n1", 1), "n2")
+    second = store.moves.prepare(guid, TAD("n1", 1), "n2")
     assert second > first
     # A commit for the aborted attempt cannot land.
     with pytest.raises(MigrationError, match="does not match"):
-        store.commit(guid, TAD("n2", first), b"moved")
-    assert not store.abort(guid, first)  # stale abort leaves the live attempt alone
+        store.moves.commit(guid, TAD("n2", first), b"moved")
+    assert not store.moves.abort(guid, first)  # stale abort leaves the live attempt alone
     assert store.get(guid).pending == TAD("n2", second)
 
 
 def test_commit_without_prepare_is_refused(store: AtomStore) -> None:
     guid = new_atom(store)
     with pytest.raises(MigrationError, match="no move"):
-        store.commit(guid, TAD("n2", 2), b"moved")
+        store.moves.commit(guid, TAD("n2", 2), b"moved")
 
 
 def test_passivate_marks_dormant_and_activation_uses_next_age(store: AtomStore) -> None:
@@ -211,7 +213,7 @@ def test_passivate_marks_dormant_and_activation_uses_next_age(store: AtomStore) 
     assert state.location == TAD("n1", 1)
     assert store.latest_checkpoint(guid).snapshot == b"final"
     with pytest.raises(MigrationError, match="dormant"):
-        store.prepare(guid, TAD("n1", 1), "n2")
+        store.moves.prepare(guid, TAD("n1", 1), "n2")
     age, ck = store.reserve_age(guid)
     assert age == 2
     assert ck.snapshot == b"final"
@@ -221,8 +223,8 @@ def test_passivate_marks_dormant_and_activation_uses_next_age(store: AtomStore) 
 
 def test_passivation_from_stale_location_is_refused(store: AtomStore) -> None:
     guid = new_atom(store)
-    age = store.prepare(guid, TAD("n1", 1), "n2")
-    store.commit(guid, TAD("n2", age), b"moved")
+    age = store.moves.prepare(guid, TAD("n1", 1), "n2")
+    store.moves.commit(guid, TAD("n2", age), b"moved")
     with pytest.raises(MigrationError, match="stale passivation"):
         store.passivated(guid, TAD("n1", 1), b"old")
     assert not store.get(guid).dormant
@@ -230,7 +232,7 @@ def test_passivation_from_stale_location_is_refused(store: AtomStore) -> None:
 
 def test_recovery_activation_clears_pending_move(store: AtomStore) -> None:
     guid = new_atom(store)
-    store.prepare(guid, TAD("n1", 1), "n2")
+    store.moves.prepare(guid, TAD("n1", 1), "n2")
     age, _ = store.reserve_age(guid)
     store.activated(guid, TAD("n3", age))
     state = store.get(guid)
@@ -253,16 +255,16 @@ def test_restart_loses_nothing(tmp_path: pathlib.Path) -> None:
     with AtomStore(SID, data, init=True) as store:
         guid = new_atom(store)
         store.put_checkpoint(guid, TAD("n1", 1), 1, b"one")
-        digest = store.put_module(b"module")
-        age = store.prepare(guid, TAD("n1", 1), "n2")
+        digest = store.modules.put(b"module")
+        age = store.moves.prepare(guid, TAD("n1", 1), "n2")
     with AtomStore(SID, data) as store:
         state = store.get(guid)
         assert state.pending == TAD("n2", age)
         assert state.location == TAD("n1", 1)
         assert store.latest_checkpoint(guid).snapshot == b"one"
-        assert store.get_module(digest) == b"module"
-        store.commit(guid, TAD("n2", age), b"two")
-        assert store.prepare(guid, TAD("n2", age), "n1") == age + 1
+        assert store.modules.get(digest) == b"module"
+        store.moves.commit(guid, TAD("n2", age), b"two")
+        assert store.moves.prepare(guid, TAD("n2", age), "n1") == age + 1
 
 
 def test_data_dir_held_by_another_process_is_refused(tmp_path: pathlib.Path) -> None:
@@ -316,7 +318,7 @@ def test_data_dir_that_is_a_file_is_refused(tmp_path: pathlib.Path) -> None:
 
 def test_adopt_accepts_foreign_atom_and_keeps_ages_ahead(store: AtomStore) -> None:
     guid = str(GUID.new("other"))
-    state = store.adopt_atom(
+    state = store.moves.adopt_atom(
         guid, pb.AtomMeta(name="x"), TAD("n1", 7), 3, b"adopted", dormant=True, next_age=9
     )
     assert state.adopted and state.dormant
@@ -324,12 +326,12 @@ def test_adopt_accepts_foreign_atom_and_keeps_ages_ahead(store: AtomStore) -> No
     assert age == 9
     assert (ck.snapshot, ck.seq) == (b"adopted", 3)
     with pytest.raises(StorageError, match="already homed"):
-        store.adopt_atom(guid, pb.AtomMeta(), TAD("n1", 7), 0, b"", dormant=False)
+        store.moves.adopt_atom(guid, pb.AtomMeta(), TAD("n1", 7), 0, b"", dormant=False)
 
 
 def test_forwarded_atom_refuses_updates(store: AtomStore) -> None:
     guid = new_atom(store)
-    store.set_forwarded(guid, "s2")
+    store.moves.set_forwarded(guid, "s2")
     assert store.get(guid).forwarded_to == "s2"
     with pytest.raises(StorageError, match="now homed at storesite s2"):
         store.put_checkpoint(guid, TAD("n1", 1), 1, b"")
@@ -339,18 +341,18 @@ def test_forwarded_atom_refuses_updates(store: AtomStore) -> None:
 def test_a_move_never_committed_expires_and_the_atom_stays(
     store: AtomStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import storesite.store as store_module
+    import storesite.records as store_module
 
     guid = new_atom(store)
-    age = store.prepare(guid, TAD("n1", 1), "n2")
+    age = store.moves.prepare(guid, TAD("n1", 1), "n2")
     monkeypatch.setattr(store_module, "PENDING_LEASE_S", 0.0)
     # The coordinator went quiet: its checkpoints are taken again, a new move may start.
     assert store.put_checkpoint(guid, TAD("n1", 1), 7, b"after the lease")
     with pytest.raises(MigrationError, match="no move"):
-        store.commit(guid, TAD("n2", age), b"late commit")
+        store.moves.commit(guid, TAD("n2", age), b"late commit")
     assert store.get(guid).location == TAD("n1", 1)
     monkeypatch.setattr(store_module, "PENDING_LEASE_S", 120.0)
-    assert store.prepare(guid, TAD("n1", 1), "n3") > age
+    assert store.moves.prepare(guid, TAD("n1", 1), "n3") > age
 
 
 def test_record_of_an_older_store_loads_with_an_unknown_incarnation(store: AtomStore) -> None:
@@ -363,10 +365,11 @@ def test_record_of_an_older_store_loads_with_an_unknown_incarnation(store: AtomS
 
 def test_location_names_the_incarnation_of_each_holder(store: AtomStore) -> None:
     guid = str(GUID.new(SID))
-    store.register_atom(guid, pb.AtomMeta(), TAD("n1", 1), b"s", incarnation="a1")
+    store.register_atom(guid, pb.AtomMeta(), TAD("n1", 1), b"s", Provenance(incarnation="a1"))
     assert store.get(guid).incarnation == "a1"
-    age = store.prepare(guid, TAD("n1", 1), "n2")
-    assert store.commit(guid, TAD("n2", age), b"moved", incarnation="b1").incarnation == "b1"
+    age = store.moves.prepare(guid, TAD("n1", 1), "n2")
+    moved = store.moves.commit(guid, TAD("n2", age), b"moved", Provenance(incarnation="b1"))
+    assert moved.incarnation == "b1"
     next_age, _ = store.reserve_age(guid)
     assert store.activated(guid, TAD("n3", next_age), "c1").incarnation == "c1"
     with pytest.raises(MigrationError, match="stale reconciliation"):

@@ -15,7 +15,9 @@ from hermesx.core.errors import StorageError
 from hermesx.core.identity import GUID, TAD
 from hermesx.core.snapshot import snapshot_checksum
 from hermesx.rpc.proto import hermesx_pb2 as pb
-from storesite.store import AtomStore, check_lmdb_file
+from storesite.environment import check_lmdb_file
+from storesite.records import Provenance
+from storesite.store import AtomStore
 
 SID = "s1"
 AT = TAD("n1", 1)
@@ -35,15 +37,14 @@ def new_atom(store: AtomStore, generation: int = 1) -> str:
         pb.AtomMeta(name="counter"),
         AT,
         snapshot,
-        checksum=snapshot_checksum(snapshot),
-        generation=generation,
+        Provenance(checksum=snapshot_checksum(snapshot), generation=generation),
     )
     return guid
 
 
 def put(store: AtomStore, guid: str, seq: int, snapshot: bytes, generation: int) -> None:
     assert store.put_checkpoint(
-        guid, AT, seq, snapshot, checksum=snapshot_checksum(snapshot), generation=generation
+        guid, AT, seq, snapshot, Provenance(snapshot_checksum(snapshot), generation)
     )
 
 
@@ -51,7 +52,7 @@ def flip_a_bit_of_latest(store: AtomStore, guid: str, needle: bytes) -> None:
     """Damage the stored record of the latest checkpoint: one bit inside ``needle``."""
     number = store.get(guid).checkpoint_no
     key = guid.encode() + b"/" + number.to_bytes(8, "big")
-    with store._env.begin(write=True, db=store._checkpoints) as txn:
+    with store._env.env.begin(write=True, db=store._env.checkpoints) as txn:
         record = bytearray(txn.get(key))
         at = bytes(record).index(needle) + len(needle) // 2
         record[at] ^= 0x10
@@ -64,7 +65,9 @@ def test_a_checkpoint_that_arrived_damaged_is_refused_and_nothing_changes(
     guid = new_atom(store)
     put(store, guid, 1, b"count=1", generation=2)
     with pytest.raises(StorageError) as info:
-        store.put_checkpoint(guid, AT, 2, b"count=2", checksum=snapshot_checksum(b"count=3"))
+        store.put_checkpoint(
+            guid, AT, 2, b"count=2", Provenance(checksum=snapshot_checksum(b"count=3"))
+        )
     assert f"checkpoint of atom {guid} from {AT} seq 2 is damaged" in str(info.value)
     assert store.latest_checkpoint(guid).snapshot == b"count=1"
 
@@ -113,8 +116,7 @@ def test_a_damaged_checkpoint_falls_back_when_the_previous_holds_every_acknowled
         guid,
         AT,
         b"count=12, dormant",
-        checksum=snapshot_checksum(b"count=12, dormant"),
-        generation=12,
+        Provenance(checksum=snapshot_checksum(b"count=12, dormant"), generation=12),
     )
     flip_a_bit_of_latest(store, guid, b"dormant")
     with caplog.at_level(logging.WARNING, logger="storesite.store"):
@@ -129,7 +131,7 @@ def test_a_damaged_record_frame_is_damage_too(store: AtomStore) -> None:
     guid = new_atom(store)
     put(store, guid, 1, b"count=1", generation=2)
     key = guid.encode() + b"/" + store.get(guid).checkpoint_no.to_bytes(8, "big")
-    with store._env.begin(write=True, db=store._checkpoints) as txn:
+    with store._env.env.begin(write=True, db=store._env.checkpoints) as txn:
         txn.put(key, b"\xc1 not msgpack")
     with pytest.raises(StorageError, match=r"checkpoint #2 of atom .* is damaged: its record"):
         store.latest_checkpoint(guid)
@@ -273,7 +275,7 @@ def test_an_older_state_with_a_newer_seq_never_replaces_a_newer_one(store: AtomS
     put(store, guid, 1, b"count=12", generation=12)
     # The snapshot of 11 was taken first but drew its number last.
     assert not store.put_checkpoint(
-        guid, AT, 2, b"count=11", checksum=snapshot_checksum(b"count=11"), generation=11
+        guid, AT, 2, b"count=11", Provenance(snapshot_checksum(b"count=11"), 11)
     )
     assert store.latest_checkpoint(guid).snapshot == b"count=12"
     put(store, guid, 3, b"count=13", generation=13)
@@ -293,9 +295,7 @@ def test_a_damaged_periodic_checkpoint_falls_back_to_the_last_acknowledged_state
             AT,
             seq,
             snapshot,
-            checksum=snapshot_checksum(snapshot),
-            generation=generation,
-            periodic=True,
+            Provenance(checksum=snapshot_checksum(snapshot), generation=generation, periodic=True),
         )
     assert store.get(guid).durable_generation == 5
     flip_a_bit_of_latest(store, guid, b"count=14")
@@ -310,7 +310,7 @@ def test_a_damaged_periodic_checkpoint_falls_back_to_the_last_acknowledged_state
 
 def flip_a_bit_of_latest_number(store: AtomStore, guid: str, number: int, needle: bytes) -> None:
     key = guid.encode() + b"/" + number.to_bytes(8, "big")
-    with store._env.begin(write=True, db=store._checkpoints) as txn:
+    with store._env.env.begin(write=True, db=store._env.checkpoints) as txn:
         record = bytearray(txn.get(key))
         record[bytes(record).index(needle) + len(needle) // 2] ^= 0x10
         txn.put(key, bytes(record))

@@ -25,7 +25,7 @@ from hermesx.core.errors import (
     UnreachableError,
 )
 from hermesx.core.identity import GUID, TAD
-from hermesx.rpc.node_client import SupervisorLink
+from hermesx.rpc.node_client import NodeClient
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.storesite_client import StoresiteClient
@@ -149,7 +149,7 @@ class Cluster:
             store,
             self.directory,
             load_ttl=0.0,
-            supervisors=SupervisorLink(activate_timeout=self.activate_timeout),
+            supervisors=NodeClient(activate_timeout=self.activate_timeout),
         )
         server = StoresiteServer(site, "127.0.0.1:0")
         address = server.start()

@@ -199,14 +199,13 @@ class MigrateReply(_message.Message):
     total_ms: float
     def __init__(self, tad: _Optional[_Union[TAD, _Mapping]] = ..., state_bytes: _Optional[int] = ..., held_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
 
-class AcceptRequest(_message.Message):
-    __slots__ = ("guid", "tad", "snapshot", "meta", "source", "commit", "checksum", "incarnation")
+class CopyRequest(_message.Message):
+    __slots__ = ("guid", "tad", "snapshot", "meta", "source", "checksum", "incarnation")
     GUID_FIELD_NUMBER: _ClassVar[int]
     TAD_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     META_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
-    COMMIT_FIELD_NUMBER: _ClassVar[int]
     CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     guid: str
@@ -214,18 +213,23 @@ class AcceptRequest(_message.Message):
     snapshot: bytes
     meta: AtomMeta
     source: str
-    commit: bool
     checksum: int
     incarnation: str
-    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., meta: _Optional[_Union[AtomMeta, _Mapping]] = ..., source: _Optional[str] = ..., commit: _Optional[bool] = ..., checksum: _Optional[int] = ..., incarnation: _Optional[str] = ...) -> None: ...
+    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., meta: _Optional[_Union[AtomMeta, _Mapping]] = ..., source: _Optional[str] = ..., checksum: _Optional[int] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
-class AcceptReply(_message.Message):
-    __slots__ = ("ok", "incarnation")
-    OK_FIELD_NUMBER: _ClassVar[int]
+class CopyReply(_message.Message):
+    __slots__ = ("incarnation",)
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
-    ok: bool
     incarnation: str
-    def __init__(self, ok: _Optional[bool] = ..., incarnation: _Optional[str] = ...) -> None: ...
+    def __init__(self, incarnation: _Optional[str] = ...) -> None: ...
+
+class DiscardCopyRequest(_message.Message):
+    __slots__ = ("guid", "tad")
+    GUID_FIELD_NUMBER: _ClassVar[int]
+    TAD_FIELD_NUMBER: _ClassVar[int]
+    guid: str
+    tad: TAD
+    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ...) -> None: ...
 
 class ActivateRequest(_message.Message):
     __slots__ = ("guid", "tad", "snapshot", "meta", "checksum", "incarnation", "stage", "confirm")

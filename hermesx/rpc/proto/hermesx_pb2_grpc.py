@@ -59,10 +59,20 @@ class SupervisorStub:
                 request_serializer=hermesx__pb2.MigrateRequest.SerializeToString,
                 response_deserializer=hermesx__pb2.MigrateReply.FromString,
                 _registered_method=True)
-        self.Accept = channel.unary_unary(
-                '/hermesx.v1.Supervisor/Accept',
-                request_serializer=hermesx__pb2.AcceptRequest.SerializeToString,
-                response_deserializer=hermesx__pb2.AcceptReply.FromString,
+        self.StageCopy = channel.unary_unary(
+                '/hermesx.v1.Supervisor/StageCopy',
+                request_serializer=hermesx__pb2.CopyRequest.SerializeToString,
+                response_deserializer=hermesx__pb2.CopyReply.FromString,
+                _registered_method=True)
+        self.ActivateCopy = channel.unary_unary(
+                '/hermesx.v1.Supervisor/ActivateCopy',
+                request_serializer=hermesx__pb2.CopyRequest.SerializeToString,
+                response_deserializer=hermesx__pb2.CopyReply.FromString,
+                _registered_method=True)
+        self.DiscardCopy = channel.unary_unary(
+                '/hermesx.v1.Supervisor/DiscardCopy',
+                request_serializer=hermesx__pb2.DiscardCopyRequest.SerializeToString,
+                response_deserializer=hermesx__pb2.Empty.FromString,
                 _registered_method=True)
         self.Activate = channel.unary_unary(
                 '/hermesx.v1.Supervisor/Activate',
@@ -83,16 +93,6 @@ class SupervisorStub:
                 '/hermesx.v1.Supervisor/Status',
                 request_serializer=hermesx__pb2.Empty.SerializeToString,
                 response_deserializer=hermesx__pb2.NodeStatus.FromString,
-                _registered_method=True)
-        self.StashPut = channel.unary_unary(
-                '/hermesx.v1.Supervisor/StashPut',
-                request_serializer=hermesx__pb2.StashPutRequest.SerializeToString,
-                response_deserializer=hermesx__pb2.Empty.FromString,
-                _registered_method=True)
-        self.TestHook = channel.unary_unary(
-                '/hermesx.v1.Supervisor/TestHook',
-                request_serializer=hermesx__pb2.TestHookRequest.SerializeToString,
-                response_deserializer=hermesx__pb2.Empty.FromString,
                 _registered_method=True)
 
 
@@ -129,7 +129,20 @@ class SupervisorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Accept(self, request, context):
+    def StageCopy(self, request, context):
+        """The destination's side of a move, one RPC per step (see CopyRequest).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ActivateCopy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DiscardCopy(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -154,18 +167,6 @@ class SupervisorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Status(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def StashPut(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def TestHook(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -199,10 +200,20 @@ def add_SupervisorServicer_to_server(servicer, server):
                     request_deserializer=hermesx__pb2.MigrateRequest.FromString,
                     response_serializer=hermesx__pb2.MigrateReply.SerializeToString,
             ),
-            'Accept': grpc.unary_unary_rpc_method_handler(
-                    servicer.Accept,
-                    request_deserializer=hermesx__pb2.AcceptRequest.FromString,
-                    response_serializer=hermesx__pb2.AcceptReply.SerializeToString,
+            'StageCopy': grpc.unary_unary_rpc_method_handler(
+                    servicer.StageCopy,
+                    request_deserializer=hermesx__pb2.CopyRequest.FromString,
+                    response_serializer=hermesx__pb2.CopyReply.SerializeToString,
+            ),
+            'ActivateCopy': grpc.unary_unary_rpc_method_handler(
+                    servicer.ActivateCopy,
+                    request_deserializer=hermesx__pb2.CopyRequest.FromString,
+                    response_serializer=hermesx__pb2.CopyReply.SerializeToString,
+            ),
+            'DiscardCopy': grpc.unary_unary_rpc_method_handler(
+                    servicer.DiscardCopy,
+                    request_deserializer=hermesx__pb2.DiscardCopyRequest.FromString,
+                    response_serializer=hermesx__pb2.Empty.SerializeToString,
             ),
             'Activate': grpc.unary_unary_rpc_method_handler(
                     servicer.Activate,
@@ -223,16 +234,6 @@ def add_SupervisorServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=hermesx__pb2.Empty.FromString,
                     response_serializer=hermesx__pb2.NodeStatus.SerializeToString,
-            ),
-            'StashPut': grpc.unary_unary_rpc_method_handler(
-                    servicer.StashPut,
-                    request_deserializer=hermesx__pb2.StashPutRequest.FromString,
-                    response_serializer=hermesx__pb2.Empty.SerializeToString,
-            ),
-            'TestHook': grpc.unary_unary_rpc_method_handler(
-                    servicer.TestHook,
-                    request_deserializer=hermesx__pb2.TestHookRequest.FromString,
-                    response_serializer=hermesx__pb2.Empty.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -381,7 +382,7 @@ class Supervisor:
             _registered_method=True)
 
     @staticmethod
-    def Accept(request,
+    def StageCopy(request,
             target,
             options=(),
             channel_credentials=None,
@@ -394,9 +395,63 @@ class Supervisor:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/hermesx.v1.Supervisor/Accept',
-            hermesx__pb2.AcceptRequest.SerializeToString,
-            hermesx__pb2.AcceptReply.FromString,
+            '/hermesx.v1.Supervisor/StageCopy',
+            hermesx__pb2.CopyRequest.SerializeToString,
+            hermesx__pb2.CopyReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ActivateCopy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hermesx.v1.Supervisor/ActivateCopy',
+            hermesx__pb2.CopyRequest.SerializeToString,
+            hermesx__pb2.CopyReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DiscardCopy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hermesx.v1.Supervisor/DiscardCopy',
+            hermesx__pb2.DiscardCopyRequest.SerializeToString,
+            hermesx__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,
@@ -515,6 +570,73 @@ class Supervisor:
             metadata,
             _registered_method=True)
 
+
+class NodeTestHooksStub:
+    """Served only by a node started with test hooks (`--test-hooks`); any other
+    node answers UNIMPLEMENTED.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.StashPut = channel.unary_unary(
+                '/hermesx.v1.NodeTestHooks/StashPut',
+                request_serializer=hermesx__pb2.StashPutRequest.SerializeToString,
+                response_deserializer=hermesx__pb2.Empty.FromString,
+                _registered_method=True)
+        self.TestHook = channel.unary_unary(
+                '/hermesx.v1.NodeTestHooks/TestHook',
+                request_serializer=hermesx__pb2.TestHookRequest.SerializeToString,
+                response_deserializer=hermesx__pb2.Empty.FromString,
+                _registered_method=True)
+
+
+class NodeTestHooksServicer:
+    """Served only by a node started with test hooks (`--test-hooks`); any other
+    node answers UNIMPLEMENTED.
+    """
+
+    def StashPut(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TestHook(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_NodeTestHooksServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'StashPut': grpc.unary_unary_rpc_method_handler(
+                    servicer.StashPut,
+                    request_deserializer=hermesx__pb2.StashPutRequest.FromString,
+                    response_serializer=hermesx__pb2.Empty.SerializeToString,
+            ),
+            'TestHook': grpc.unary_unary_rpc_method_handler(
+                    servicer.TestHook,
+                    request_deserializer=hermesx__pb2.TestHookRequest.FromString,
+                    response_serializer=hermesx__pb2.Empty.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'hermesx.v1.NodeTestHooks', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('hermesx.v1.NodeTestHooks', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class NodeTestHooks:
+    """Served only by a node started with test hooks (`--test-hooks`); any other
+    node answers UNIMPLEMENTED.
+    """
+
     @staticmethod
     def StashPut(request,
             target,
@@ -529,7 +651,7 @@ class Supervisor:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/hermesx.v1.Supervisor/StashPut',
+            '/hermesx.v1.NodeTestHooks/StashPut',
             hermesx__pb2.StashPutRequest.SerializeToString,
             hermesx__pb2.Empty.FromString,
             options,
@@ -556,7 +678,7 @@ class Supervisor:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/hermesx.v1.Supervisor/TestHook',
+            '/hermesx.v1.NodeTestHooks/TestHook',
             hermesx__pb2.TestHookRequest.SerializeToString,
             hermesx__pb2.Empty.FromString,
             options,

@@ -463,11 +463,9 @@ class Driver:
             if slow:
                 try:
                     source = client.locate(atom).node
-                    client.node_stub(source).TestHook(
-                        pb.TestHookRequest(pause_at=slow, seconds=1.5), timeout=2.0
-                    )
+                    client.node_client.pause_at(client.node_member(source), slow, 1.5, 2.0)
                     note = f" (paused 1.5 s at {slow} on {source})"
-                except (HermesError, grpc.RpcError) as exc:
+                except HermesError as exc:
                     note = f" (no pause at {slow}: {str(exc)[:80]})"
             self.moving_to[node] = self.moving_to.get(node, 0) + 1
             try:

@@ -99,9 +99,7 @@ def test_an_older_snapshot_never_replaces_a_newer_acknowledged_one(
         client.create(atoms["counter"], name="c", on="n1", checkpoint="every-call")
         assert client.atom("c").incr(10) == 10
         # The next checkpoint on n1 stops for 2 s right after its snapshot.
-        client.node_stub("n1").TestHook(
-            pb.TestHookRequest(pause_at="checkpoint-snapshot", seconds=2.0), timeout=5.0
-        )
+        client.node_client.pause_at(client.node_member("n1"), "checkpoint-snapshot", 2.0)
         first: list[object] = []
         racing = threading.Thread(target=lambda: first.append(client.atom("c").incr(1)))
         racing.start()
@@ -141,7 +139,11 @@ def test_a_flipped_bit_in_the_latest_acknowledged_checkpoint_is_never_restored(
         assert f"checkpoint #13 of atom {guid}" in message and "is damaged" in message, message
         assert f"atom {guid} is not restored" in message, message
         # No node restored anything: never a wrong value, never an older one.
-        assert not client.node_stub("n2").Locate(pb.LocateRequest(guid=guid), timeout=5).active_here
+        assert (
+            not client.invoker.node_stub("n2")
+            .Locate(pb.LocateRequest(guid=guid), timeout=5)
+            .active_here
+        )
         assert f"checkpoint #13 of atom {guid}" in _log(cluster, "storesite-s1")
 
 

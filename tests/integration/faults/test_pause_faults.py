@@ -65,7 +65,7 @@ def test_node_paused_past_its_session_runs_none_of_the_calls_queued_meanwhile(
         with Client(cluster.zk, cluster.name) as client:
             client.create(atoms["counter"], name="c", on="n2", checkpoint="every-call")
             guid = client.guid_of("c")
-            stale = client.node_stub("n2")
+            stale = client.invoker.node_stub("n2")
             pid = cluster.procs["node-n2"]
             load = LoadGenerator(client.address.zk, client.address.cluster, "c")
             queued: list[grpc.Future] = []
@@ -174,7 +174,7 @@ def test_node_paused_while_activating_never_serves_the_atom(
     with Client(cluster.zk, cluster.name) as client:
         acked = _dormant_counter_ranked_on_n2(client, atoms)
         guid = client.guid_of("c")
-        stubs = {n: client.node_stub(n) for n in ("n1", "n2", "n3")}
+        stubs = {n: client.invoker.node_stub(n) for n in ("n1", "n2", "n3")}
         pid = cluster.procs["node-n2"]
         os.kill(pid, signal.SIGSTOP)
         try:
@@ -210,10 +210,10 @@ def test_an_activation_the_node_finishes_after_the_storesite_gave_up_never_serve
     with Client(cluster.zk, cluster.name, cert=TEST_CERT_NAME) as client:
         acked = _dormant_counter_ranked_on_n2(client, atoms)
         guid = client.guid_of("c")
-        stubs = {n: client.node_stub(n) for n in ("n1", "n2", "n3")}
+        stubs = {n: client.invoker.node_stub(n) for n in ("n1", "n2", "n3")}
         # n2's restore takes longer than the storesite waits: it stages the copy late.
         late = STAGE_TIMEOUT_S + 2.0
-        stubs["n2"].TestHook(pb.TestHookRequest(pause_at="activate-stage", seconds=late))
+        client.node_client.pause_at(client.node_member("n2"), "activate-stage", late)
         client.atom("c").incr(1)  # the storesite gives up on n2 and activates c elsewhere
         acked += 1
         where = client.locate("c")

@@ -27,7 +27,6 @@ from faultkit import (
 
 from hermesx.client import Client
 from hermesx.core.identity import TAD
-from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.roles import TEST_CERT_NAME
 from nameservice.zookeeper import ZooKeeperServer
 
@@ -161,9 +160,7 @@ def test_intermediate_node_of_a_forwarding_chain_down(
             # A reply still in flight may teach n1 the shortcut again: repeat
             # until the broken chain holds (then nothing passes n1 to teach it).
             for _ in range(50):
-                client.node_stub("n1").StashPut(
-                    pb.StashPutRequest(guid=guid, tad=pb.TAD(node="n2", age=2)), timeout=5.0
-                )
+                client.node_client.stash_put(client.node_member("n1"), guid, TAD("n2", 2), 5.0)
                 time.sleep(0.1)
                 if client.stash_of("n1", "c") == TAD("n2", 2):
                     break

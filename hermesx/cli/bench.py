@@ -1,0 +1,82 @@
+"""`hermesx bench` (a benchmark's figures) and `hermesx demo` (the expense-voucher demo)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import pathlib
+import sys
+
+from hermesx.cli.output import emit, progress, table
+from hermesx.cli.parser import Verbs
+from hermesx.core.errors import ConfigurationError
+
+__all__ = ["register"]
+
+
+def _figures(args: argparse.Namespace) -> dict[str, float]:
+    """Run the benchmark ``args.what`` (each loads only what it measures)."""
+    if args.what == "runtime":
+        from hermesx.bench.runtime import run as run_runtime
+
+        return run_runtime()
+    if args.what == "naming":
+        from nameservice.bench import run as run_naming
+
+        return run_naming(args.zk)
+    if args.what == "invoke":
+        from hermesx.bench.invoke import run as run_invoke
+
+        return run_invoke(progress=progress(args))
+    if args.what == "storesite":
+        from hermesx.bench.storesite import run as run_storesite
+
+        return run_storesite(progress=progress(args), atoms=args.atoms or 10_000)
+    if args.what == "atoms":
+        from hermesx.bench.atoms import run as run_atoms
+
+        return run_atoms(args.atoms or 100_000, progress=progress(args))
+    from hermesx.bench.migrate import run as run_migrate
+
+    return run_migrate(progress=progress(args))
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    figures = _figures(args)
+    emit(
+        args,
+        figures,
+        lambda: table(
+            [(k, f"{v:.3f}" if isinstance(v, float) else v) for k, v in figures.items()],
+            ["FIGURE", "VALUE"],
+        ),
+    )
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    # The demo lives with its atoms in examples/, beside the package.
+    script = (
+        pathlib.Path(__file__).resolve().parents[2] / "examples" / "expense_voucher" / "demo.py"
+    )
+    spec = importlib.util.spec_from_file_location("hermesx_demo_expense_voucher", script)
+    if spec is None or spec.loader is None or not script.exists():
+        raise ConfigurationError(f"the demo is not installed here (no {script})")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    module.run_demo(json_output=args.json, progress=progress(args))
+
+
+def register(verbs: Verbs) -> None:
+    p = verbs.add("bench", cmd_bench, "run a benchmark and print its figures")
+    p.add_argument("what", choices=["runtime", "naming", "invoke", "storesite", "migrate", "atoms"])
+    p.add_argument(
+        "--atoms",
+        type=int,
+        default=None,
+        help="storesite: how many dormant atoms to create (10,000); "
+        "atoms: how many active atoms one process holds (100,000)",
+    )
+
+    p = verbs.add("demo", cmd_demo, "run a demo")
+    p.add_argument("name", choices=["expense-voucher"])

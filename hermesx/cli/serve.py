@@ -1,0 +1,135 @@
+"""The server processes: `hermesx node serve` and `hermesx storesite serve`.
+
+A server process makes its files private, checks that its certificate is of
+its role, and stops cleanly on SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import signal
+import threading
+from collections.abc import Callable
+
+from hermesx.cli.parser import Verbs
+from hermesx.core.config import resolve_cluster
+from hermesx.core.errors import ConfigurationError, UnreachableError
+
+__all__ = ["register_node", "register_storesite"]
+
+
+def _serve_privately(tls: pathlib.Path | None, name: str, role: str) -> None:
+    """Start-up of a server process: private files, and a certificate of its role."""
+    from hermesx.core.files import PRIVATE_UMASK
+
+    os.umask(PRIVATE_UMASK)
+    if tls is None:
+        return
+    from hermesx.rpc import security
+
+    found = security.cert_role(tls, name)
+    if found != role:
+        flag = {"node": "--nodes", "storesite": "--storesites"}[role]
+        raise ConfigurationError(
+            f"the certificate of {name} in {tls} is of role {found or 'none'}, not {role}: "
+            f"issue it with `hermesx certs init {flag} {name}`"
+        )
+
+
+def _stop_on_signals(stop: Callable[[], None]) -> None:
+    def handler(signum: int, frame: object) -> None:
+        threading.Thread(target=stop, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def cmd_node_serve(args: argparse.Namespace) -> None:
+    from hermesx.node.config import NodeConfig
+    from hermesx.node.supervisor import Supervisor
+
+    address = resolve_cluster(args.zk, args.cluster, args.tls)
+    _serve_privately(address.tls, args.name, "node")
+    config = NodeConfig(
+        name=args.name,
+        listen=args.listen,
+        zk=address.zk,
+        cluster=address.cluster,
+        tags=tuple(t for t in (args.tags or "").split(",") if t),
+        data_dir=pathlib.Path(args.data) if args.data else None,
+        hop_limit=args.hop_limit,
+        session_timeout=args.session_timeout,
+        test_hooks=args.test_hooks,
+        tls_dir=address.tls,
+        workers=args.workers,
+        max_calls_per_atom=args.max_calls_per_atom,
+        unresponsive_limit_s=args.unresponsive_limit,
+    )
+    supervisor = Supervisor(config)
+    _stop_on_signals(supervisor.stop)
+    address_bound = supervisor.start()
+    print(f"node {config.name} serving on {address_bound}", flush=True)
+    supervisor.wait()
+    if supervisor.gave_up is not None:
+        # Non-zero, so a service manager restarts it as a new incarnation.
+        raise UnreachableError(f"node {config.name} gave up serving: {supervisor.gave_up}")
+
+
+def cmd_storesite_serve(args: argparse.Namespace) -> None:
+    from storesite.process import serve
+
+    address = resolve_cluster(args.zk, args.cluster, args.tls)
+    _serve_privately(address.tls, args.id, "storesite")
+    serve(
+        args.id,
+        args.listen,
+        pathlib.Path(args.data),
+        address.zk,
+        address.cluster,
+        ready=lambda where: print(f"storesite {args.id} serving on {where}", flush=True),
+        tls_dir=address.tls,
+        init=args.init,
+        session_timeout=args.session_timeout,
+    )
+
+
+def register_node(node: Verbs) -> None:
+    p = node.add("serve", cmd_node_serve, "serve as a node (supervisor)")
+    p.add_argument("--name", required=True)
+    p.add_argument("--listen", default="127.0.0.1:0")
+    p.add_argument("--tags")
+    p.add_argument("--data", help="node-local data directory (stash, module cache)")
+    p.add_argument("--hop-limit", type=int, default=4)
+    p.add_argument("--session-timeout", type=float, default=4.0)
+    p.add_argument(
+        "--workers", type=int, default=64, help="threads serving RPCs (default 64, at least 2)"
+    )
+    p.add_argument(
+        "--max-calls-per-atom",
+        type=int,
+        default=0,
+        help="invocations one atom may have waiting or running (default: a quarter of --workers)",
+    )
+    p.add_argument(
+        "--unresponsive-limit",
+        type=float,
+        default=0.0,
+        help="seconds without answering its own Status before the node gives up its "
+        "name-service session and stops (default: 3 session timeouts, at least 10)",
+    )
+    p.add_argument("--test-hooks", action="store_true", help=argparse.SUPPRESS)
+
+
+def register_storesite(storesite: Verbs) -> None:
+    p = storesite.add("serve", cmd_storesite_serve, "serve as a storesite")
+    p.add_argument("--id", required=True)
+    p.add_argument("--listen", default="127.0.0.1:0")
+    p.add_argument("--data", required=True)
+    p.add_argument("--session-timeout", type=float, default=4.0)
+    p.add_argument(
+        "--init",
+        action="store_true",
+        help="create a new store when the data dir has none (set a damaged one aside)",
+    )

@@ -1,0 +1,329 @@
+"""Running an atom's code: activations, their deadlines and CPU budgets, traps (DESIGN.md §3, §4).
+
+An activation is one entry into the atom's code: a call (``hx_invoke``), its
+``hx_init``, an interrupt or future handler, or a daemon's ``hx_main``. Each
+has a :class:`Frame` with its call chain, its CPU budget (the epoch deadline,
+which stands still while the atom waits in a syscall: :meth:`_blocked`) and its
+wall-clock deadline, never later than the activation it runs inside. A trap
+unwinds the C stack pointer to where the entry found it and becomes the
+:class:`HermesError` that says what happened (deadline, memory cap, a bad
+``hx_alloc``, a plain trap).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+
+from wasmtime import _bindings as ffi
+
+from hermesx.core.errors import (
+    AtomTrapError,
+    DeadlineExceededError,
+    HermesError,
+    MemoryLimitError,
+    MethodError,
+    PayloadTooLargeError,
+    UnreachableError,
+    error_from_wire,
+)
+from hermesx.core.snapshot import ReplyRecord
+from hermesx.runtime.instance import BadAllocError, WasmFault
+from hermesx.runtime.mailbox import FutureDone, Interrupt
+from hermesx.runtime.memory import AtomMemory
+from hermesx.runtime.modules import PAGE
+
+__all__ = ["AtomActivations", "Frame", "replay", "set_epoch_deadline"]
+
+logger = logging.getLogger(__name__)
+
+_MSGPACK_NIL = b"\xc0"
+set_epoch_deadline = ffi.wasmtime_context_set_epoch_deadline
+
+
+class Frame:
+    """One activation of the atom's code: a call, a handler or ``hx_main``."""
+
+    __slots__ = (
+        "budget",
+        "chain",
+        "deadline",
+        "log_bytes",
+        "log_cut",
+        "log_lines",
+        "method",
+        "open_chain",
+        "per_segment",
+        "reply",
+        "seg_start",
+        "too_large",
+        "used",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        chain: tuple[str, ...],
+        budget: float,
+        deadline: float | None,
+        open_chain: frozenset[str] = frozenset(),
+    ) -> None:
+        self.method = method
+        self.chain = chain
+        # Atoms of the chain that run incoming calls while blocked (reentrant
+        # or daemon): a call waiting on one of them is not stuck behind it.
+        self.open_chain = open_chain
+        self.budget = budget  # CPU seconds this activation may use
+        self.used = 0.0
+        self.seg_start = 0.0
+        self.deadline = deadline  # monotonic time the caller gives up, if any
+        self.reply: bytes | None = None
+        self.too_large = 0
+        # hx_main's budget renews at each blocking point.
+        self.per_segment = False
+        self.log_bytes = 0
+        self.log_lines = 0
+        self.log_cut = False
+
+
+def replay(record: ReplyRecord) -> bytes:
+    """The recorded outcome of a request id, again: its result, or its error raised."""
+    if not record.error_kind:
+        return record.payload
+    raise error_from_wire(record.error_kind, record.payload.decode("utf-8", errors="replace"))
+
+
+class AtomActivations(AtomMemory):
+    """Entering the atom's code and turning what happens there into results and errors."""
+
+    def _run_recorded(
+        self,
+        method: str,
+        args: bytes,
+        request_id: str,
+        chain: tuple[str, ...],
+        deadline: float | None,
+        open_chain: frozenset[str] = frozenset(),
+    ) -> bytes:
+        if request_id:
+            # A duplicate may have queued behind the first run of this id.
+            record = self.replies.lookup(request_id, method=method, guid=self.guid)
+            if record is not None:
+                return replay(record)
+        try:
+            result = self._execute(method, args, chain, deadline, open_chain)
+        except HermesError as exc:
+            self._generation += 1
+            if request_id:
+                self._record(ReplyRecord(request_id, exc.kind, str(exc).encode("utf-8")))
+            raise
+        self._generation += 1
+        if request_id:
+            self._record(ReplyRecord(request_id, "", result))
+        return result
+
+    def _record(self, record: ReplyRecord) -> None:
+        self.replies.record(record)
+        self._limit_memory()
+
+    def _execute(
+        self,
+        method: str,
+        args: bytes,
+        chain: tuple[str, ...],
+        deadline: float | None,
+        open_chain: frozenset[str] = frozenset(),
+    ) -> bytes:
+        inst = self._inst
+        name = method.encode("utf-8")
+        deadline = self._nested_deadline(deadline)
+        budget = self._budget_s
+        if deadline is not None:
+            budget = min(budget, max(0.0, deadline - time.monotonic()))
+        if self.reentrant or self.module.is_daemon:
+            open_chain = open_chain | {self.guid}
+        frame = Frame(method, (*chain, self.guid), budget, deadline, open_chain)
+        sp = self._entry_sp()
+        frames = self._frames
+        frames.append(frame)
+        frame.seg_start = time.monotonic()
+        ticks = self._budget_ticks if budget == self._budget_s else self._rt.ticks_for(budget)
+        set_epoch_deadline(inst.ctx, ticks)
+        try:
+            ptr = inst.alloc_write(name + args)
+            status = inst.call("hx_invoke", (ptr, len(name), ptr + len(name), len(args)), True)
+        except WasmFault as fault:
+            self._unwind_stack(sp)
+            raise self._translate(fault, method) from fault
+        finally:
+            frames.pop()
+            if frames:
+                self._resume()
+        if frame.too_large:
+            raise PayloadTooLargeError(
+                f"atom {self.guid}: result of {method} is {frame.too_large} bytes, over the "
+                f"{self._rt.max_payload_bytes}-byte limit"
+            )
+        reply = frame.reply
+        if status != 0:
+            text = reply.decode("utf-8", errors="replace") if reply else f"status {status}"
+            raise MethodError(f"atom {self.guid}: {method} failed: {text}")
+        return reply if reply is not None else _MSGPACK_NIL
+
+    def _nested_deadline(self, deadline: float | None) -> float | None:
+        """An activation inside another (at its blocking point) ends by the outer one's deadline."""
+        if self._frames:
+            outer = self._frames[-1].deadline
+            if outer is not None and (deadline is None or outer < deadline):
+                return outer
+        return deadline
+
+    def _wait_deadline(self) -> float | None:
+        """When the running activation's waits must end (None: hx_main's own waits)."""
+        return self._frames[-1].deadline if self._frames else None
+
+    def _deadline_error(self, what: str) -> DeadlineExceededError:
+        method = self._frames[-1].method if self._frames else "?"
+        return DeadlineExceededError(
+            f"atom {self.guid}: {method} was still waiting in {what} at its call's deadline"
+        )
+
+    def _check_going_on(self, what: str) -> None:
+        """Before a syscall that acts outside the atom: its call may not go on when the
+        atom was dropped meanwhile (its node fenced, or it moved: another copy now
+        serves) or the call is past its deadline. Raising here unwinds the call."""
+        if self._closed:
+            method = self._frames[-1].method if self._frames else "?"
+            raise UnreachableError(
+                f"atom {self.guid} was dropped by node {self.node_name}; "
+                f"its running call {method} ends at {what}"
+            )
+        end = self._wait_deadline()
+        if end is not None and time.monotonic() >= end:
+            method = self._frames[-1].method if self._frames else "?"
+            raise DeadlineExceededError(
+                f"atom {self.guid}: {method} was still running at {what} at its call's deadline"
+            )
+
+    def _translate(self, fault: WasmFault, what: str) -> HermesError:
+        cause = fault.cause
+        while isinstance(cause, WasmFault):  # raised in a syscall that called hx_alloc
+            cause = cause.cause
+        if isinstance(cause, HermesError):
+            return cause
+        limit = self._rt.memory_limit_bytes
+        if isinstance(cause, BadAllocError):
+            return AtomTrapError(
+                f"atom {self.guid}: {what}: the atom's {fault.message} (a bug in the atom, "
+                "not a memory-cap hit)"
+            )
+        if fault.interrupted:
+            return DeadlineExceededError(
+                f"atom {self.guid}: {what} ran past its {self._rt.deadline_ms} ms CPU deadline"
+            )
+        # memory.grow fails silently (-1) at the cap and the atom then traps or
+        # its hx_alloc fails; wasmtime-py does not report the refused grow. A
+        # trap with the memory within an eighth of the cap is taken as that case.
+        if isinstance(cause, MemoryError) or self._inst.memory_size + max(PAGE, limit // 8) > limit:
+            return MemoryLimitError(
+                f"atom {self.guid}: {what} hit the memory cap of {limit} bytes "
+                f"({self._usage_text()}; {fault.message})"
+            )
+        return AtomTrapError(f"atom {self.guid}: {what} trapped: {fault.message}")
+
+    def _run_init(self, init_args: bytes) -> None:
+        inst = self._inst
+        deadline = time.monotonic() + self._rt.default_timeout_s
+        frame = Frame("hx_init", (self.guid,), self._budget_s, deadline)
+        sp = self._entry_sp()
+        self._frames.append(frame)
+        frame.seg_start = time.monotonic()
+        set_epoch_deadline(inst.ctx, self._rt.ticks_for(self._budget_s))
+        self._running = True
+        try:
+            ptr = inst.alloc_write(init_args) if init_args else 0
+            status = inst.call("hx_init", (ptr, len(init_args)), True)
+        except WasmFault as fault:
+            self._unwind_stack(sp)
+            raise self._translate(fault, "hx_init") from fault
+        finally:
+            self._frames.pop()
+            self._running = False
+        if status != 0:
+            text = frame.reply.decode("utf-8", errors="replace") if frame.reply else ""
+            raise MethodError(f"atom {self.guid}: hx_init failed (status {status}): {text}")
+
+    def _run_handler(self, item: Interrupt | FutureDone) -> None:
+        inst = self._inst
+        if isinstance(item, Interrupt):
+            export, label = "hx_interrupt", f"interrupt {item.code}"
+        else:
+            export, label = "hx_future", f"future {item.future_id}"
+        if not inst.has(export):
+            logger.warning("atom %s has no %s: %s dropped", self.guid, export, label)
+            return
+        # A handler run at a call's blocking point ends by that call's deadline.
+        deadline = self._nested_deadline(None)
+        if deadline is None:
+            deadline = time.monotonic() + self._rt.default_timeout_s
+        frame = Frame(label, (self.guid,), self._budget_s, deadline)
+        sp = self._entry_sp()
+        self._frames.append(frame)
+        frame.seg_start = time.monotonic()
+        set_epoch_deadline(inst.ctx, self._rt.ticks_for(self._budget_s))
+        try:
+            ptr = inst.alloc_write(item.payload)
+            if isinstance(item, Interrupt):
+                inst.call(export, (item.code, ptr, len(item.payload)), False)
+            else:
+                inst.call(export, (item.future_id, item.status, ptr, len(item.payload)), False)
+        except WasmFault as fault:
+            self._unwind_stack(sp)
+            error = self._translate(fault, label)
+            logger.warning("atom %s: handler failed: %s", self.guid, error)
+        finally:
+            self._frames.pop()
+            self._generation += 1
+            if self._frames:
+                self._resume()
+
+    def _read_sp(self) -> int:
+        if self._sp is None:
+            return 0
+        value = self._sp.value(self._store)
+        return int(value) if isinstance(value, int) else 0
+
+    def _entry_sp(self) -> int:
+        """Stack pointer an entry starts with (cheap for an entry from idle)."""
+        return self._read_sp() if self._frames else self._idle_sp
+
+    def _unwind_stack(self, sp: int) -> None:
+        if self._sp is not None:
+            self._sp.set_value(self._store, sp)
+
+    def _pause(self) -> None:
+        if self._frames:
+            frame = self._frames[-1]
+            frame.used += time.monotonic() - frame.seg_start
+
+    def _resume(self) -> None:
+        frame = self._frames[-1]
+        if frame.per_segment:
+            frame.used = 0.0
+            frame.log_bytes = frame.log_lines = 0
+            frame.log_cut = False
+        frame.seg_start = time.monotonic()
+        remaining = max(0.0, frame.budget - frame.used)
+        set_epoch_deadline(self._inst.ctx, self._rt.ticks_for(remaining))
+
+    @contextlib.contextmanager
+    def _blocked(self) -> Iterator[None]:
+        """The atom waits outside its own code: its CPU deadline stands still."""
+        self._pause()
+        try:
+            yield
+        finally:
+            if self._frames:
+                self._resume()
