@@ -4,7 +4,9 @@
 (so it outlives the command), waits until every part has registered in the
 name service, and writes where they run to ``$HERMESX_HOME/clusters/NAME``.
 ``hermesx down`` stops them all. Tests and the demo use the same class, so
-they run the very processes a user runs.
+they run the very processes a user runs; the test harness also gives a
+cluster a :class:`PartWatcher`, told of every part started and stopped, so
+that a test run's parts stop with it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from hermesx.core.config import cluster_dir
 from hermesx.core.errors import ConfigurationError, UnreachableError
@@ -32,7 +34,7 @@ from hermesx.routing.naming import Naming
 from hermesx.rpc import roles
 from hermesx.rpc.roles import CLIENT_CERT_NAME, TEST_CERT_NAME
 
-__all__ = ["LocalCluster", "NodeSpec", "private_cluster"]
+__all__ = ["LocalCluster", "NodeSpec", "PartWatcher", "alive", "private_cluster"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,14 @@ class NodeSpec:
     listen: str = "127.0.0.1:0"
 
 
+class PartWatcher(Protocol):
+    """Told of every part a cluster starts and stops (the test harness ties them to its run)."""
+
+    def started(self, pid: int) -> None: ...
+
+    def stopped(self, pid: int) -> None: ...
+
+
 @dataclass
 class LocalCluster:
     name: str = "local"
@@ -58,6 +68,8 @@ class LocalCluster:
     zk: str = ""
     node_specs: dict[str, NodeSpec] = field(default_factory=dict)
     storesite_ids: list[str] = field(default_factory=list)
+    # None for `hermesx up`: its parts outlive the command that started them.
+    watcher: PartWatcher | None = field(default=None, repr=False, compare=False)
 
     @property
     def dir(self) -> pathlib.Path:
@@ -128,7 +140,7 @@ class LocalCluster:
         validate_name(self.name, "cluster name")
         if self.state_file.exists():
             running = LocalCluster.load(self.name)
-            if any(_alive(pid) for pid in running.procs.values()):
+            if any(alive(pid) for pid in running.procs.values()):
                 raise ConfigurationError(
                     f"local cluster {self.name!r} is already running (hermesx down first)"
                 )
@@ -184,6 +196,11 @@ class LocalCluster:
                 umask=PRIVATE_UMASK,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
+        if self.watcher is not None:
+            self.watcher.started(proc.pid)
+            old = self.procs.get(part)
+            if old is not None and not alive(old):
+                self.watcher.stopped(old)
         self.procs[part] = proc.pid
         self.save()
         return proc.pid
@@ -200,7 +217,7 @@ class LocalCluster:
         while time.monotonic() < deadline:
             if connect_file.exists():
                 return connect_file.read_text().strip()
-            if not _alive(pid):
+            if not alive(pid):
                 raise UnreachableError(f"ZooKeeper did not start; see {self.dir / 'zookeeper.log'}")
             time.sleep(0.1)
         raise UnreachableError(f"ZooKeeper did not start within {timeout:.0f}s")
@@ -304,7 +321,7 @@ class LocalCluster:
                 for part in missing:
                     key = f"node-{part}" if part in want_nodes else f"storesite-{part}"
                     pid = self.procs.get(key)
-                    if pid is not None and not _alive(pid):
+                    if pid is not None and not alive(pid):
                         raise UnreachableError(
                             f"{key} exited during start-up; see {self.dir / (key + '.log')}: "
                             f"{_last_line(self.dir / (key + '.log'))}"
@@ -323,7 +340,12 @@ class LocalCluster:
             raise ConfigurationError(f"cluster {self.name!r} has no part {part!r}")
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-        _reap(pid, 5.0)
+        if _reap(pid, 5.0):
+            self._forget(pid)
+
+    def _forget(self, pid: int) -> None:
+        if self.watcher is not None:
+            self.watcher.stopped(pid)
 
     def down(self, progress: Progress | None = None, timeout: float = 10.0) -> list[str]:
         """Stop every part (nodes first, ZooKeeper last); returns what was stopped.
@@ -344,7 +366,7 @@ class LocalCluster:
         stopped: list[str] = []
         for part in order:
             pid = self.procs[part]
-            if _alive(pid):
+            if alive(pid):
                 say(f"stopping {part}")
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
@@ -356,6 +378,8 @@ class LocalCluster:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
                 _reap(pid, 2.0)
+            if not alive(pid):
+                self._forget(pid)
         self.procs.clear()
         with contextlib.suppress(FileNotFoundError):
             self.state_file.unlink()
@@ -405,7 +429,8 @@ def _signals_deferred() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Is process ``pid`` running (not exited, not a zombie)? Reaps it when it is our child."""
     try:
         done, _ = os.waitpid(pid, os.WNOHANG)
         if done == pid:
@@ -420,14 +445,17 @@ def _alive(pid: int) -> bool:
         return True
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][:1] != "Z"
+            # The command name in parentheses may itself hold ") ".
+            return f.read().rsplit(") ", 1)[1][:1] != "Z"
+    except FileNotFoundError:
+        return False  # it exited between the two looks
     except (OSError, IndexError):
         return True
 
 
 def _reap(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
-    while _alive(pid):
+    while alive(pid):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)

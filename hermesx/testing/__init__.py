@@ -1,1 +1,9 @@
-"""The harness every test uses: clusters, waits, log dumps."""
+"""The harness every test uses: real clusters, one way to wait, nothing left running.
+
+:mod:`~hermesx.testing.plugin` is the pytest plugin (tests/conftest.py loads
+it): the run's ZooKeeper, the cluster fixtures, the clients, and the logs of a
+failed test's processes attached to its report. :mod:`~hermesx.testing.clusters`
+starts local clusters for tests, :mod:`~hermesx.testing.wait` holds
+``wait_until``, :mod:`~hermesx.testing.reaper` stops a run's processes however
+the run ends, and :mod:`~hermesx.testing.processes` finds what a test left behind.
+"""

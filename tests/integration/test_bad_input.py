@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import pathlib
 import socket
-import time
 from collections.abc import Callable
 
 import grpc
@@ -40,6 +39,7 @@ from hermesx.local.cluster import LocalCluster
 from hermesx.routing.naming import Naming
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.wire import TLSIdentity, open_channel
+from hermesx.testing.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -363,12 +363,9 @@ def test_a_send_through_a_forwarding_loop_arrives(
     client.invoker.stash.force(guid, TAD("n1", 3000))
     client.invoker.send(guid, 1, codec.pack(41))
     # The message is queued at the atom; its handler runs when the atom is idle.
-    received: object = []
-    for _ in range(100):
-        received = client.atom(unique_name).received()
-        if received:
-            break
-        time.sleep(0.05)
+    received = wait_until(
+        lambda: client.atom(unique_name).received(), 5.0, "the queued message to be handled"
+    )
     assert received == [41]
 
 

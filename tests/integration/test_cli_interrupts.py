@@ -9,7 +9,6 @@ that demo may remain.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pathlib
 import signal
@@ -19,34 +18,10 @@ import time
 
 import pytest
 
+from hermesx.testing.processes import kill_processes_with_home, processes_with_home
+from hermesx.testing.reaper import tethered
+
 pytestmark = pytest.mark.integration
-
-
-def _processes_with_home(home: pathlib.Path) -> list[str]:
-    """Processes (pid and command) whose environment has ``HERMESX_HOME=home``."""
-    marker = f"HERMESX_HOME={home}".encode()
-    found = []
-    for proc in pathlib.Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            environ = (proc / "environ").read_bytes().split(b"\0")
-            if marker not in environ:
-                continue
-            state = (proc / "stat").read_text().rsplit(") ", 1)[1][:1]
-            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, IndexError):
-            continue
-        if state != "Z":
-            found.append(f"{proc.name}: {command[:160]}")
-    return found
-
-
-def _kill_leftovers(home: pathlib.Path) -> None:
-    for line in _processes_with_home(home):
-        pid = int(line.split(":", 1)[0])
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.timeout(180)
@@ -59,7 +34,7 @@ def test_the_demo_stops_its_cluster_when_its_reader_goes_away_or_it_is_interrupt
     env = {k: v for k, v in os.environ.items() if not k.startswith("HERMESX_")}
     env["HERMESX_HOME"] = str(home)  # the demo starts its own ZooKeeper too: six processes
     # stdout and stderr share one pipe, as in ``hermesx demo 2>&1 | head``.
-    proc = subprocess.Popen(
+    proc = tethered(
         [sys.executable, "-m", "hermesx", "demo", "expense-voucher"],
         env=env,
         stdin=subprocess.DEVNULL,
@@ -76,7 +51,7 @@ def test_the_demo_stops_its_cluster_when_its_reader_goes_away_or_it_is_interrupt
             assert line, f"the demo ended early: {b''.join(seen).decode(errors='replace')}"
             seen.append(line)
             assert time.monotonic() < deadline, "the demo did not start within 120 s"
-        assert len(_processes_with_home(home)) >= 6, _processes_with_home(home)
+        assert len(processes_with_home(home)) >= 6, processes_with_home(home)
         if how == "pipe-closed":
             proc.stdout.close()  # what ``head`` does once it has its lines
         else:
@@ -85,7 +60,7 @@ def test_the_demo_stops_its_cluster_when_its_reader_goes_away_or_it_is_interrupt
             for line in proc.stdout:
                 seen.append(line)
         code = proc.wait(timeout=60.0)
-        left = _processes_with_home(home)
+        left = processes_with_home(home)
         assert left == [], f"processes of the demo still running after it exited: {left}"
         expected = 128 + signal.SIGPIPE if how == "pipe-closed" else 130
         assert code == expected, b"".join(seen[-20:]).decode(errors="replace")
@@ -93,4 +68,4 @@ def test_the_demo_stops_its_cluster_when_its_reader_goes_away_or_it_is_interrupt
         if proc.poll() is None:
             proc.kill()
             proc.wait(10.0)
-        _kill_leftovers(home)
+        kill_processes_with_home(home)

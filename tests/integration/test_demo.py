@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.util
 import pathlib
 import sys
-import time
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
@@ -23,6 +22,7 @@ import pytest
 from hermesx.client import Client
 from hermesx.core.errors import MethodError
 from hermesx.local.cluster import LocalCluster, NodeSpec
+from hermesx.testing.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -145,11 +145,7 @@ LINE = {"date": "2024-05-02", "description": "Train", "amount": 12_000, "currenc
 
 
 def _wait_on(client: Client, name: str, node: str) -> None:
-    for _ in range(400):
-        if client.atom(name).where() == node:
-            return
-        time.sleep(0.025)
-    raise AssertionError(f"{name} did not arrive on {node}")
+    wait_until(lambda: client.atom(name).where() == node, 10.0, f"{name} to arrive on {node}")
 
 
 def test_approval_refuses_to_run_unless_the_voucher_came_to_the_manager(

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pathlib
 import random
-import time
 
 import pytest
 
 from hermesx.client import Client
 from hermesx.local.cluster import LocalCluster
 from hermesx.rpc.proto import hermesx_pb2 as pb
+from hermesx.testing.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -48,10 +48,7 @@ def test_an_idle_atom_passivates_itself_and_comes_back(
 ) -> None:
     guid = client.create(atoms["counter"], name=unique_name, on="n2", idle_passivate_seconds=0.5)
     assert client.atom(unique_name).incr(4) == 4
-    for _ in range(100):  # bounded wait for the housekeeping to passivate it
-        if not _active_nodes(client, guid):
-            break
-        time.sleep(0.1)
+    wait_until(lambda: not _active_nodes(client, guid), 10.0, "the housekeeping to passivate it")
     assert _active_nodes(client, guid) == []
     assert client.atom(unique_name).incr(1) == 5
     assert len(_active_nodes(client, guid)) == 1

@@ -13,7 +13,7 @@ import pathlib
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -22,6 +22,8 @@ from hermesx.core.errors import HermesError
 from hermesx.local.cluster import LocalCluster, NodeSpec
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.roles import TEST_CERT_NAME
+from hermesx.testing.clusters import wait_for_log
+from hermesx.testing.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -50,24 +52,6 @@ def _active_copies(client: Client, guid: str) -> list[str]:
 def _incarnation(client: Client, node: str) -> str:
     member = client.nodes().get(node)
     return member.incarnation if member is not None else ""
-
-
-def _wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def _wait_for_log(cluster: LocalCluster, part: str, text: str, timeout: float = 30.0) -> None:
-    log = cluster.dir / f"{part}.log"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if text in log.read_text(errors="replace"):
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"{part} never logged {text!r}")
 
 
 def _restart(cluster: LocalCluster, spec: NodeSpec) -> None:
@@ -102,7 +86,9 @@ def test_node_restarted_while_the_storesite_was_down_gets_its_atom_recovered(
         before = _incarnation(client, "n1")
         pinned.kill("storesite-s1")
         _restart(pinned, pinned.node_specs["n1"])
-        _wait_until(lambda: _incarnation(client, "n1") not in ("", before), "n1's new incarnation")
+        wait_until(
+            lambda: _incarnation(client, "n1") not in ("", before), 30.0, "n1's new incarnation"
+        )
         pinned.start_storesite("s1")
         pinned.wait_registered()
         # The storesite reconciled its record with the live incarnation: the
@@ -163,7 +149,7 @@ def test_destination_restarted_during_a_move_leaves_one_copy_with_every_acknowle
 
         mover = threading.Thread(target=move)
         mover.start()
-        _wait_for_log(pinned, "node-n1", f"paused at {step}")
+        wait_for_log(pinned, "node-n1", f"paused at {step}")
         paused_at = time.monotonic()
         _restart(pinned, pinned.node_specs["n2"])
         assert time.monotonic() - paused_at < pause, "n2 came back too late for this test"

@@ -15,6 +15,7 @@ from hermesx.client import Client
 from hermesx.core import codec
 from hermesx.core.errors import HermesError, MigrationError, NameNotFoundError
 from hermesx.local.cluster import LocalCluster
+from hermesx.testing.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -151,10 +152,7 @@ def test_move_to_syscall_moves_the_atom_with_its_state(
     client.create(atoms["mover"], name=unique_name, on="n1")
     client.atom(unique_name).bump()
     assert client.atom(unique_name).go("n3") == "n1"  # moves after the call
-    for _ in range(100):
-        if client.locate(unique_name).node == "n3":
-            break
-        threading.Event().wait(0.05)
+    wait_until(lambda: client.locate(unique_name).node == "n3", 5.0, "the atom to move to n3")
     assert client.atom(unique_name).where() == "n3"
     assert client.atom(unique_name).bump() == 2
     assert codec.unpack(client.invoke(unique_name, "where", codec.pack(None)).result) == "n3"
@@ -168,10 +166,8 @@ def test_follow_caller_placement_moves_an_atom_to_the_node_that_calls_it(
     client.create(atoms["caller"], name=unique_name, on="n1")
     for i in range(25):
         assert client.atom(unique_name).call([target, "incr", 1]) == i + 1
-    for _ in range(100):  # the move happens right after the deciding call
-        if client.locate(target).node == "n1":
-            break
-        threading.Event().wait(0.05)
+    # The move happens right after the deciding call.
+    wait_until(lambda: client.locate(target).node == "n1", 5.0, "the target to follow to n1")
     assert client.locate(target).node == "n1"
     assert client.atom(target).get() == 25
 

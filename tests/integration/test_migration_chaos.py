@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pathlib
 import threading
-import time
 
 import pytest
 
@@ -18,6 +17,7 @@ from hermesx.core.errors import HermesError
 from hermesx.local.cluster import LocalCluster
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.roles import TEST_CERT_NAME
+from hermesx.testing.clusters import wait_for_log
 
 pytestmark = pytest.mark.integration
 
@@ -34,16 +34,6 @@ def _active_copies(client: Client, guid: str) -> list[str]:
         if reply.active_here:
             found.append(node)
     return found
-
-
-def _wait_for_log(cluster: LocalCluster, part: str, text: str, timeout: float = 30.0) -> None:
-    log = cluster.dir / f"{part}.log"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if text in log.read_text(errors="replace"):
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"{part} never logged {text!r}")
 
 
 def _move_with_a_kill(
@@ -64,7 +54,7 @@ def _move_with_a_kill(
 
     mover = threading.Thread(target=move)
     mover.start()
-    _wait_for_log(cluster, "node-n1", f"paused at {step}")
+    wait_for_log(cluster, "node-n1", f"paused at {step}")
     cluster.kill(victim)
     mover.join(60)
     return guid, outcome

@@ -11,10 +11,12 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
+from hermesx.testing.reaper import tethered
+from hermesx.testing.wait import wait_until
 from nameservice import (
     InvalidNameError,
     InvalidPatternError,
@@ -31,16 +33,6 @@ pytestmark = pytest.mark.integration
 GUID_A = "s1:" + "a" * 32
 GUID_B = "s1:" + "b" * 32
 GUID_C = "s2:" + "c" * 32
-
-
-def eventually(check: Callable[[], bool], timeout: float) -> bool:
-    """Poll ``check`` until it holds or ``timeout`` passes (bounded loop)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.02)
-    return check()
 
 
 @pytest.fixture
@@ -73,7 +65,7 @@ def test_runtime_node_names_are_unique_among_live_nodes(
     assert other.node_incarnation("n1") == first
     # A name frees up when its holder's session ends.
     nameservice.close()
-    assert eventually(lambda: "n1" not in other.nodes(), 1.0)
+    wait_until(lambda: "n1" not in other.nodes(), 1.0, '"n1" not in other.nodes()')
     assert other.node_incarnation("n1") is None
     # Registered again under the same name and address: another incarnation.
     again = other.register_node("n1", "127.0.0.1:7001")
@@ -208,12 +200,18 @@ def test_watches_refresh_the_cache_within_a_second(
     nameservice.unbind("moving")
     nameservice.bind("moving", GUID_B)
     nameservice.bind("later", GUID_C)
-    assert eventually(lambda: other.resolve("moving") == GUID_B, 1.0)
-    assert eventually(lambda: other.names().get("later") == GUID_C, 1.0)
+    wait_until(lambda: other.resolve("moving") == GUID_B, 1.0, 'other.resolve("moving") == GUID_B')
+    wait_until(
+        lambda: other.names().get("later") == GUID_C, 1.0, 'other.names().get("later") == GUID_C'
+    )
     assert other.lookup("later") == [GUID_C]
     assert other.lookup("zz.*", scope="s", all=True) == []
     nameservice.alias_add("s", "zz1", GUID_A)
-    assert eventually(lambda: other.lookup("zz.*", scope="s", all=True) == [GUID_A], 1.0)
+    wait_until(
+        lambda: other.lookup("zz.*", scope="s", all=True) == [GUID_A],
+        1.0,
+        'other.lookup("zz.*", scope="s", all=True) == [GUID_A]',
+    )
     assert other.cache_is_current()
 
 
@@ -244,11 +242,11 @@ def test_node_watch_sees_joins_and_leaves(nameservice: NameService, other: NameS
     other.watch_nodes(on_change)
     assert seen == [[]]  # once at once
     nameservice.register_node("n1", "127.0.0.1:7001")
-    assert eventually(lambda: seen[-1] == ["n1"], 1.0)
+    wait_until(lambda: seen[-1] == ["n1"], 1.0, 'seen[-1] == ["n1"]')
     nameservice.register_node("n2", "127.0.0.1:7002")
-    assert eventually(lambda: seen[-1] == ["n1", "n2"], 1.0)
+    wait_until(lambda: seen[-1] == ["n1", "n2"], 1.0, 'seen[-1] == ["n1", "n2"]')
     nameservice.close()
-    assert eventually(lambda: seen[-1] == [], 1.0)
+    wait_until(lambda: seen[-1] == [], 1.0, "seen[-1] == []")
     assert other.wait_cache_current(1.0)
 
 
@@ -264,7 +262,7 @@ def test_watch_callbacks_may_call_back_into_the_name_service(
 
     other.watch_nodes(on_change)
     nameservice.register_node("n1", "127.0.0.1:7001")
-    assert eventually(lambda: addresses == ["127.0.0.1:7001"], 2.0)
+    wait_until(lambda: addresses == ["127.0.0.1:7001"], 2.0, 'addresses == ["127.0.0.1:7001"]')
 
 
 # --- sessions and faults -----------------------------------------------------
@@ -277,7 +275,7 @@ _CHILD = textwrap.dedent(
     ns.start()
     ns.register_node("doomed", "127.0.0.1:9", data={"pid": 0})
     print("registered", flush=True)
-    time.sleep(60)
+    time.sleep(60)  # a deliberate hold: the test kills this process meanwhile
     """
 )
 
@@ -285,7 +283,7 @@ _CHILD = textwrap.dedent(
 def test_killed_process_registration_vanishes_after_session_expiry(
     zk_server: ZooKeeperServer, nameservice: NameService, cluster_name: str
 ) -> None:
-    child = subprocess.Popen(
+    child = tethered(
         [sys.executable, "-c", _CHILD, zk_server.connect_string, cluster_name],
         stdout=subprocess.PIPE,
         text=True,
@@ -298,7 +296,11 @@ def test_killed_process_registration_vanishes_after_session_expiry(
         child.wait(timeout=10)
         killed_at = time.monotonic()
         # Session timeout 2 s, plus slack for ZooKeeper's expiry ticks.
-        assert eventually(lambda: "doomed" not in nameservice.nodes(), 2.0 + 3.0)
+        wait_until(
+            lambda: "doomed" not in nameservice.nodes(),
+            2.0 + 3.0,
+            '"doomed" not in nameservice.nodes()',
+        )
         assert time.monotonic() - killed_at > 1.0, "vanished before the session could expire"
     finally:
         if child.poll() is None:
@@ -317,7 +319,7 @@ def test_state_listener_hears_suspended_when_zookeeper_dies() -> None:
             service.add_state_listener(states.append)
             assert service.state == "connected"
             server.kill()
-            assert eventually(lambda: "suspended" in states, 5.0)
+            wait_until(lambda: "suspended" in states, 5.0, '"suspended" in states')
             assert service.state in ("suspended", "lost")
             assert not service.cache_is_current()
     finally:
@@ -400,17 +402,19 @@ def test_cache_is_refilled_after_reconnecting(tmp_path: pathlib.Path) -> None:
             service.bind("kept", GUID_A)
             assert service.resolve("kept") == GUID_A
             server.kill()
-            assert eventually(lambda: service.state == "suspended", 5.0)
+            wait_until(lambda: service.state == "suspended", 5.0, 'service.state == "suspended"')
             assert service.resolve("kept") == GUID_A  # served while suspended
             server = ZooKeeperServer(port=port, data_dir=data_dir)
             server.start()
-            assert eventually(lambda: service.state == "connected", 10.0)
+            wait_until(lambda: service.state == "connected", 10.0, 'service.state == "connected"')
             with NameService(server.connect_string, "rejoin") as writer:
                 writer.unbind("kept")
                 writer.bind("kept", GUID_B)
             # The watches lost with the connection were set again.
-            assert eventually(lambda: service.resolve("kept") == GUID_B, 1.0)
-            assert eventually(lambda: states[-1:] == ["connected"], 1.0)
+            wait_until(
+                lambda: service.resolve("kept") == GUID_B, 1.0, 'service.resolve("kept") == GUID_B'
+            )
+            wait_until(lambda: states[-1:] == ["connected"], 1.0, 'states[-1:] == ["connected"]')
             assert "suspended" in states
     finally:
         server.stop()

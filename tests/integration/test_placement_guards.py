@@ -13,7 +13,6 @@ import os
 import pathlib
 import subprocess
 import sys
-import time
 import uuid
 
 import pytest
@@ -22,6 +21,7 @@ from hermesx.client import Client
 from hermesx.core import codec
 from hermesx.core.errors import ConfigurationError, MethodError, MigrationError
 from hermesx.local.cluster import LocalCluster, NodeSpec
+from hermesx.testing.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -109,8 +109,5 @@ def test_move_to_an_unknown_node_or_one_without_the_tags_returns_an_error_to_the
     # A node that fits still works, and naming the node it is on is a no-op.
     assert client.atom(name).go("n1") == "n1"
     assert client.atom(name).go("n3") == "n1"
-    deadline = time.monotonic() + 10.0
-    while client.locate(name).node != "n3":
-        assert time.monotonic() < deadline, "the atom did not move to n3 within 10 s"
-        time.sleep(0.05)
+    wait_until(lambda: client.locate(name).node == "n3", 10.0, "the atom to move to n3")
     assert codec.unpack(client.invoke(name, "where", codec.pack(None)).result) == "n3"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pathlib
-import time
 
 import grpc
 import pytest
@@ -16,6 +15,7 @@ from hermesx.rpc import security
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.wire import TLSIdentity, open_channel
+from hermesx.testing.clusters import wait_for_log
 
 pytestmark = pytest.mark.integration
 
@@ -29,15 +29,6 @@ def _refused(call: object) -> grpc.StatusCode:
         call()  # type: ignore[operator]
     code: grpc.StatusCode = info.value.code()
     return code
-
-
-def _log_mentions(cluster: LocalCluster, part: str, text: str, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if text in (cluster.dir / f"{part}.log").read_text(errors="replace"):
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_a_client_without_a_certificate_cannot_invoke_create_or_migrate(
@@ -56,7 +47,7 @@ def test_a_client_without_a_certificate_cannot_invoke_create_or_migrate(
     # Nothing of that reached the atom, and the refusal is in the node's log.
     assert client.atom(unique_name).get() == 0
     assert client.locate(unique_name).node == "n1"
-    assert _log_mentions(cluster, "node-n1", "Handshake failed")
+    wait_for_log(cluster, "node-n1", "Handshake failed", 10.0)
 
 
 def test_a_certificate_of_another_cluster_is_refused(

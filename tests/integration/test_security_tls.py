@@ -12,7 +12,6 @@ import pathlib
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
@@ -23,6 +22,8 @@ import pytest
 from hermesx.rpc import security
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
+from hermesx.testing.reaper import tethered
+from hermesx.testing.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -69,12 +70,8 @@ class ServerProcess:
         return self.log.read_text(errors="replace")
 
     def wait_for_log(self, needle: str, timeout: float = 5.0) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            text = self.log_text()
-            if needle in text or time.monotonic() >= deadline:
-                return text
-            time.sleep(0.05)
+        wait_until(lambda: needle in self.log_text(), timeout, f"the server to log {needle!r}")
+        return self.log_text()
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +89,7 @@ def server(
     log = tmp_path_factory.mktemp("server") / "n1.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRPC_")}
     with open(log, "wb") as stderr:
-        process = subprocess.Popen(
+        process = tethered(
             [sys.executable, "-c", _SERVER, str(dirs[CLUSTER]), CLUSTER, "n1"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -175,10 +172,11 @@ def test_a_plaintext_client_is_refused(server: ServerProcess) -> None:
     error = _refused(lambda: _status(server.address, None))
 
     assert error.code() == grpc.StatusCode.UNAVAILABLE
-    deadline = time.monotonic() + 5
-    while server.log_text().count(security.HANDSHAKE_REFUSAL_MARKER) == before:
-        assert time.monotonic() < deadline, "the refusal of a plaintext client was not logged"
-        time.sleep(0.05)
+    wait_until(
+        lambda: server.log_text().count(security.HANDSHAKE_REFUSAL_MARKER) != before,
+        5.0,
+        "the refusal of a plaintext client to be logged",
+    )
 
 
 def test_a_certificate_of_our_ca_marked_for_another_cluster_is_refused_and_logged(

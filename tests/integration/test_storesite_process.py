@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent import futures
 
 import grpc
@@ -28,6 +28,8 @@ from hermesx.core.snapshot import snapshot_checksum
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.storesite_client import StoresiteClient
+from hermesx.testing.reaper import tethered
+from hermesx.testing.wait import wait_until
 from nameservice import NameService, ZooKeeperServer
 
 pytestmark = pytest.mark.integration
@@ -113,7 +115,7 @@ class StoresiteProcess:
         self.sid = sid
         # `python -m storesite` says it is listening, `hermesx storesite serve` serving.
         self.ready_word = "listening" if command == ("storesite",) else "serving"
-        self.proc = subprocess.Popen(
+        self.proc = tethered(
             [
                 sys.executable,
                 "-m",
@@ -172,14 +174,6 @@ def processes() -> Iterator[list[StoresiteProcess | FakeNode]]:
         item.stop()
 
 
-def wait_for(predicate: Callable[[], bool], what: str, attempts: int = 300) -> None:
-    for _ in range(attempts):
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_storesite_process_registers_and_serves(
     zk: str, cluster_name: str, tmp_path: pathlib.Path, processes: list[StoresiteProcess | FakeNode]
 ) -> None:
@@ -227,7 +221,7 @@ def test_a_killed_storesites_registration_lasts_the_session_timeout_it_was_given
         site.proc.kill()
         site.proc.wait(timeout=10)
         killed = time.monotonic()
-        wait_for(lambda: "s1" not in names.storesites(), "the registration to expire", 200)
+        wait_until(lambda: "s1" not in names.storesites(), 10.0, "the registration to expire")
         listed_for = time.monotonic() - killed
     assert 1.0 < listed_for < 3.8, f"registration outlived the process by {listed_for:.1f} s"
 
@@ -247,12 +241,13 @@ def test_node_death_recovers_atoms_on_a_live_node(
         client.put_checkpoint(guids[0], TAD("doomed", 1), b"latest", seq=1)
 
         doomed.die()
-        wait_for(lambda: len(survivor.servicer.activations) == 3, "three recoveries")
+        wait_until(lambda: len(survivor.servicer.activations) == 3, 15.0, "three recoveries")
         # The location is recorded once the node has answered the activation.
-        wait_for(
+        wait_until(
             lambda: all(
                 a.tad == TAD("survivor", 2) for a in client.list_atoms() if a.guid in guids
             ),
+            15.0,
             "three recorded locations",
         )
         assert len(survivor.servicer.activations) == 3
@@ -405,7 +400,7 @@ def test_a_flipped_bit_in_a_stored_checkpoint_is_detected_on_read_and_never_rest
         assert f"so atom {guid} is not restored" in message
         doomed.die()
         # Recovery is refused, clearly, every time; nothing is ever activated.
-        wait_for(lambda: _locate_error(client, guid) is not None, "a refused recovery")
+        wait_until(lambda: _locate_error(client, guid) is not None, 15.0, "a refused recovery")
         refused = _locate_error(client, guid)
         assert isinstance(refused, CheckpointDamagedError) and "is damaged" in str(refused)
     assert survivor.servicer.activations == []

@@ -24,8 +24,9 @@ from hermesx.core.errors import (
     HermesError,
     MethodError,
 )
-from hermesx.local.cluster import LocalCluster, NodeSpec, _alive
+from hermesx.local.cluster import LocalCluster, NodeSpec, alive
 from hermesx.rpc import roles
+from hermesx.testing.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -44,14 +45,6 @@ def cluster(cluster_factory: object) -> LocalCluster:
 def client(cluster: LocalCluster) -> Iterator[Client]:
     with Client(cluster.zk, cluster.name) as c:
         yield c
-
-
-def wait_until(what: str, check: object, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def test_seventy_calls_blocked_in_recv_do_not_wedge_the_node(
@@ -74,9 +67,9 @@ def test_seventy_calls_blocked_in_recv_do_not_wedge_the_node(
     try:
         calls = [pool.submit(block) for _ in range(70)]
         wait_until(
-            "the node to hold the wedged calls",
             lambda: client.node_status("n1").atom_calls >= 8,
-            timeout=deadline_s,
+            deadline_s,
+            "the node to hold the wedged calls",
         )
         # The node still answers another atom, and its Status, within 1 s.
         t = time.monotonic()
@@ -137,9 +130,7 @@ def test_calls_forwarded_to_a_wedged_atom_take_only_its_share_of_the_node(
     with ThreadPoolExecutor(40) as pool:
         calls = [pool.submit(block) for _ in range(40)]
         wait_until(
-            "n2 to hold the wedged calls",
-            lambda: client.node_status("n2").atom_calls >= 8,
-            timeout=3.0,
+            lambda: client.node_status("n2").atom_calls >= 8, 3.0, "n2 to hold the wedged calls"
         )
         t = time.monotonic()
         assert codec.unpack(client.invoke(other, "ping", NIL, timeout=5.0).result) == 1
@@ -171,9 +162,7 @@ def test_a_tenant_of_slow_atoms_does_not_starve_the_others(
         # 4 x 16 calls would take every worker but the reserve; under pressure
         # the node stops adding calls to atoms that already have some.
         wait_until(
-            "the node to be under pressure",
-            lambda: client.node_status("n1").atom_calls >= 40,
-            timeout=4.0,
+            lambda: client.node_status("n1").atom_calls >= 40, 4.0, "the node to be under pressure"
         )
         t = time.monotonic()
         assert codec.unpack(client.invoke(other, "ping", NIL, timeout=5.0).result) == 1
@@ -271,10 +260,10 @@ def test_a_node_whose_workers_are_all_stuck_gives_up_its_session(
         # Worker 1: a call blocked in recv(-1); worker 2: a checkpoint waiting
         # for that atom's turn. The node's own Status then finds no worker.
         blocked = pool.submit(client.invoke, wedged, "block", NIL, timeout=20.0)
-        wait_until("the call to block", lambda: client.node_status("n4").atom_calls >= 1)
+        wait_until(lambda: client.node_status("n4").atom_calls >= 1, 30.0, "the call to block")
         checkpoint = pool.submit(client.checkpoint, wedged)
         stuck_at = time.monotonic()
-        wait_until("n4 to leave the cluster", lambda: "n4" not in client.nodes(), timeout=30)
+        wait_until(lambda: "n4" not in client.nodes(), 30, "n4 to leave the cluster")
         gone_s = time.monotonic() - stuck_at
         # Its atoms are not held hostage: the storesite recovers them elsewhere.
         assert codec.unpack(client.invoke(hostage, "ping", NIL).result) == 2
@@ -286,7 +275,7 @@ def test_a_node_whose_workers_are_all_stuck_gives_up_its_session(
         pool.shutdown(wait=True)
     # The process itself ends: nothing is left holding its port or its threads.
     pid = cluster.procs["node-n4"]
-    wait_until("n4's process to exit", lambda: not _alive(pid), timeout=20)
+    wait_until(lambda: not alive(pid), 20, "n4's process to exit")
     log = (cluster.dir / "node-n4.log").read_text(errors="replace")
     assert "gives up its name-service session and stops" in log
     assert "every worker is stuck" in log

@@ -9,10 +9,12 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
+from hermesx.local.cluster import alive
+from hermesx.testing.reaper import tethered
+from hermesx.testing.wait import wait_until
 from nameservice import NameService, ZooKeeperError
 from nameservice import zookeeper as zk
 from nameservice.zookeeper import ZooKeeperServer, four_letter
@@ -37,23 +39,6 @@ def _listeners(port: int) -> set[str]:
     return found
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(") ", 1)[1][:1] != "Z"
-    except OSError:
-        return False
-
-
-def _wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return True
-        time.sleep(0.05)
-    return not _alive(pid)
-
-
 def test_server_serves_on_loopback_only_and_stops_cleanly() -> None:
     server = ZooKeeperServer()
     server.start()
@@ -65,12 +50,12 @@ def test_server_serves_on_loopback_only_and_stops_cleanly() -> None:
             service.bind("x", "s1:" + "0" * 32)
             assert service.resolve("x") == "s1:" + "0" * 32
         pid = server.pid
-        assert pid is not None and _alive(pid)
+        assert pid is not None and alive(pid)
         data_dir = server.data_dir
         assert (data_dir / "zoo.cfg").read_text().count("clientPortAddress=127.0.0.1") == 1
     finally:
         server.stop()
-    assert not _alive(pid)
+    assert not alive(pid)
     assert not data_dir.exists()
     assert server.pid is None
     assert four_letter(server.port, "srvr") == ""
@@ -83,7 +68,7 @@ def test_kill_stops_the_server_at_once() -> None:
         pid = server.pid
         assert pid is not None
         server.kill()
-        assert not _alive(pid)
+        assert not alive(pid)
         assert four_letter(server.port, "srvr") == ""
     finally:
         server.stop()
@@ -118,26 +103,26 @@ _PARENT = textwrap.dedent(
     server = ZooKeeperServer()
     server.start()
     print(server.pid, flush=True)
-    time.sleep(60)
+    time.sleep(60)  # a deliberate hold: the test kills this process meanwhile
     """
 )
 
 
 def test_server_does_not_outlive_a_killed_parent() -> None:
-    parent = subprocess.Popen([sys.executable, "-c", _PARENT], stdout=subprocess.PIPE, text=True)
+    parent = tethered([sys.executable, "-c", _PARENT], stdout=subprocess.PIPE, text=True)
     zk_pid = None
     try:
         assert parent.stdout is not None
         zk_pid = int(parent.stdout.readline())
-        assert _alive(zk_pid)
+        assert alive(zk_pid)
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait(timeout=10)
-        assert _wait_gone(zk_pid, 10.0)
+        wait_until(lambda: not alive(zk_pid), 10.0, "the server to stop with its parent")
     finally:
         if parent.poll() is None:
             parent.kill()
             parent.wait(timeout=10)
-        if zk_pid is not None and _alive(zk_pid):
+        if zk_pid is not None and alive(zk_pid):
             os.kill(zk_pid, signal.SIGKILL)
         if parent.stdout is not None:
             parent.stdout.close()

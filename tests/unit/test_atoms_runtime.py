@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable, Iterator
 
 import msgpack
@@ -22,6 +21,7 @@ from hermesx.runtime.atom import Atom
 from hermesx.runtime.build import SDK_DIR, build_atom
 from hermesx.runtime.engine import Runtime
 from hermesx.runtime.host import CallContext, StandaloneHost
+from hermesx.testing.wait import wait_until
 
 pack = msgpack.packb
 unpack = msgpack.unpackb
@@ -99,13 +99,6 @@ def make(
 
 def call(atom: Atom, method: str, *args: object) -> object:
     return unpack(atom.invoke(method, pack(args[0]) if args else b""))
-
-
-def wait_for(check: Callable[[], bool], seconds: float = 10.0) -> None:
-    end = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < end, "condition not reached"
-        time.sleep(0.01)
 
 
 # -- counter ---------------------------------------------------------------
@@ -300,7 +293,7 @@ def test_inbox_keeps_messages_in_arrival_order(make: Callable[..., Atom]) -> Non
     for i in range(600):  # past the first 256-entry list, so it grows twice
         inbox.deliver(i % 3, pack(i))
     inbox.deliver(1, pack("not an int"))
-    wait_for(lambda: call(inbox, "count") == 601)
+    wait_until(lambda: call(inbox, "count") == 601, 10.0, 'call(inbox, "count") == 601')
     assert call(inbox, "received") == list(range(600))
     assert call(inbox, "bad") == 1
 
@@ -313,7 +306,7 @@ def test_caller_calls_and_sends_through_the_host(make: Callable[..., Atom]) -> N
     assert call(caller, "call", ["counter", "get"]) == 5
     assert call(caller, "call_async", ["counter", "incr", 2]) == 7
     assert call(caller, "send_many", ["inbox", 9, 50]) == 50
-    wait_for(lambda: call(inbox, "count") == 50)
+    wait_until(lambda: call(inbox, "count") == 50, 10.0, 'call(inbox, "count") == 50')
     assert call(inbox, "received") == list(range(50))
 
 
@@ -351,11 +344,11 @@ def test_daemon_counts_interrupts_from_its_main_loop(make: Callable[..., Atom]) 
     daemon = make("daemon")
     for _ in range(40):
         daemon.deliver(3, bytes(16 * 1024))
-    wait_for(lambda: call(daemon, "count") == 40)
+    wait_until(lambda: call(daemon, "count") == 40, 10.0, 'call(daemon, "count") == 40')
     assert 1 <= int(call(daemon, "loops")) <= 40  # type: ignore[call-overload]
     for _ in range(300):  # 4.8 MiB of payloads: more than the cap if they leaked
         daemon.deliver(4, bytes(16 * 1024))
-    wait_for(lambda: call(daemon, "count") == 340)
+    wait_until(lambda: call(daemon, "count") == 340, 10.0, 'call(daemon, "count") == 340')
 
 
 def test_mover_asks_to_move_and_keeps_state(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pathlib
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -26,6 +25,7 @@ from hermesx.runtime.atom import Atom
 from hermesx.runtime.engine import Runtime
 from hermesx.runtime.host import StandaloneHost
 from hermesx.runtime.run import run_once
+from hermesx.testing.wait import wait_until
 
 MINIMAL = """
 (module
@@ -271,11 +271,13 @@ def test_concurrent_invocations_run_one_at_a_time_in_fifo_order(atom: Atom) -> N
         t = threading.Thread(target=worker, args=(i,))
         t.start()
         threads.append(t)
-        # Start the next caller only once this one is running or queued.
-        for _ in range(1000):
-            if atom.busy and len(atom._waiters) >= i:
-                break
-            time.sleep(0.001)
+        # Start the next caller only once this one is running, queued or done.
+        wait_until(
+            lambda i=i: len(results) + len(atom._waiters) + atom.busy > i,
+            5.0,
+            f"caller {i} to run or queue",
+            every=0.001,
+        )
     for t in threads:
         t.join(timeout=30)
     assert results == {i: i + 1 for i in range(6)}

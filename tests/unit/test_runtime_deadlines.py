@@ -25,6 +25,7 @@ from hermesx.runtime.atom import Atom
 from hermesx.runtime.engine import Runtime
 from hermesx.runtime.host import CallContext, StandaloneHost
 from hermesx.runtime.mailbox import MAX_MAIL_BYTES
+from hermesx.testing.wait import wait_until
 
 
 @pytest.fixture
@@ -100,9 +101,7 @@ def test_a_blocked_invoke_ends_at_the_deadline_and_its_late_result_is_dropped(
     assert took < 1.5
     release.set()
     assert returned.wait(5)
-    deadline = time.monotonic() + 5
-    while atom._abandoned and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: not atom._abandoned, 5.0, "the abandoned call to be forgotten")
     assert not atom._sync_results and not atom._abandoned and not atom._outgoing
 
 
@@ -112,9 +111,7 @@ def test_a_caller_queued_behind_a_wedged_call_ends_at_its_own_deadline(runtime: 
         target=timed, args=(atom.invoke, "block", codec.pack(None)), kwargs={"timeout": 3.0}
     )
     first.start()
-    deadline = time.monotonic() + 5
-    while not atom.busy and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: atom.busy, 5.0, "the wedged call to start")
     error, took = timed(atom.invoke, "ping", codec.pack(None), timeout=0.4)
     assert error is not None and "waited past its deadline for its turn" in str(error)
     assert took < 1.5
@@ -245,10 +242,11 @@ def test_one_atoms_outgoing_calls_to_a_slow_target_leave_threads_for_the_others(
     finally:
         release.set()
     # The queued ones run in turn once the slow target answers.
-    deadline = time.monotonic() + 10
-    while codec.unpack(fan.invoke("futs", codec.pack(None))) < 40:
-        assert time.monotonic() < deadline, "the queued outgoing calls did not all complete"
-        time.sleep(0.05)
+    wait_until(
+        lambda: codec.unpack(fan.invoke("futs", codec.pack(None))) >= 40,
+        10.0,
+        "the queued outgoing calls to all complete",
+    )
 
 
 def test_idle_delivery_never_waits_for_a_busy_atom() -> None:
@@ -260,25 +258,26 @@ def test_idle_delivery_never_waits_for_a_busy_atom() -> None:
             target=timed, args=(busy.invoke, "slowints", codec.pack(10**6)), daemon=True
         )
         spinning.start()
-        deadline = time.monotonic() + 5
-        while not busy.busy and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: busy.busy, 5.0, "the spinning call to start")
         busy.deliver(1, b"x")
         # Mail raced with the atom becoming busy: the shared delivery threads look at it.
         busy._schedule_idle()
         busy._idle_scheduled = False
         busy._schedule_idle()
-        started = time.monotonic()
         idle.deliver(1, b"y")
-        while codec.unpack(idle.invoke("ints", codec.pack(None))) < 1:
-            assert time.monotonic() - started < 1.0, "an idle atom's interrupt waited"
-            time.sleep(0.01)
+        wait_until(
+            lambda: codec.unpack(idle.invoke("ints", codec.pack(None))) >= 1,
+            1.0,
+            "the idle atom's interrupt (it must not wait for the busy one)",
+            every=0.01,
+        )
         spinning.join(10)
         # The busy atom gets its interrupt once free.
-        deadline = time.monotonic() + 5
-        while codec.unpack(busy.invoke("ints", codec.pack(None))) < 1:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_until(
+            lambda: codec.unpack(busy.invoke("ints", codec.pack(None))) >= 1,
+            5.0,
+            "the busy atom's interrupt once it is free",
+        )
     finally:
         rt.close()
 
@@ -293,9 +292,7 @@ def test_an_asynchronous_call_marks_its_whole_chain_as_not_waiting(runtime: Runt
     atom = runtime.create(runtime.load(wat("testatom")), GUID_A, ScriptedHost(record))
     atom.invoke("call", codec.pack(None), chain=(GUID_B,))
     atom.invoke("async", codec.pack(None), chain=(GUID_B,))
-    deadline = time.monotonic() + 5
-    while len(seen) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: len(seen) >= 2, 5.0, "both calls to reach the host")
     sync_ctx, async_ctx = seen
     assert sync_ctx.chain == (GUID_B, GUID_A) and sync_ctx.open_chain == ()
     assert set(async_ctx.open_chain) == {GUID_B, GUID_A}
@@ -309,7 +306,7 @@ class _SlowSends(StandaloneHost):
         self.sent = 0
 
     def send(self, ctx: CallContext, target: str, code: int, payload: bytes) -> None:
-        time.sleep(0.002)
+        time.sleep(0.002)  # the slowness this host stands for
         self.sent += 1
 
 
@@ -330,7 +327,7 @@ def test_a_send_loop_ends_at_its_calls_deadline() -> None:
         assert "send_many was still running at send at its call's deadline" in str(error)
         assert took < 1.5
         sent = host.sent
-        time.sleep(0.1)
+        time.sleep(0.1)  # a deliberate window in which a send that goes on would show
         assert host.sent == sent  # nothing goes on sending after the call ended
         assert not atom.busy
     finally:
@@ -349,16 +346,14 @@ def test_a_dropped_atoms_running_call_stops_at_its_next_send(runtime: Runtime) -
         )
     )
     worker.start()
-    deadline = time.monotonic() + 5
-    while host.sent < 10 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: host.sent >= 10, 5.0, "the send loop to be sending")
     atom.close()
     worker.join(timeout=5)
     assert not worker.is_alive()
     assert outcome and isinstance(outcome[0], HermesError)
     assert "was dropped by node local; its running call send_many ends at send" in str(outcome[0])
     sent = host.sent
-    time.sleep(0.1)
+    time.sleep(0.1)  # a deliberate window in which a send that goes on would show
     assert host.sent == sent
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from wat.runtime_helpers import GUID_A, GUID_B, ScriptedHost, example, wat
@@ -14,6 +14,7 @@ from hermesx.core.errors import MethodError
 from hermesx.runtime.atom import Atom
 from hermesx.runtime.engine import Runtime
 from hermesx.runtime.host import CallContext, StandaloneHost
+from hermesx.testing.wait import wait_until
 
 
 @pytest.fixture
@@ -27,18 +28,10 @@ def call(atom: Atom, method: str, arg: object = None) -> object:
     return codec.unpack(atom.invoke(method, codec.pack(arg)))
 
 
-def wait_for(predicate: Callable[[], bool], what: str) -> None:
-    for _ in range(500):
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_interrupt_to_an_idle_reactive_atom_runs_soon(runtime: Runtime) -> None:
     atom = runtime.create(runtime.load(wat("testatom")), GUID_A, StandaloneHost())
     atom.deliver(7, b"payload")
-    wait_for(lambda: atom.generation == 1, "idle delivery")
+    wait_until(lambda: atom.generation == 1, 5.0, "idle delivery")
     assert call(atom, "ints") == 1
     assert atom.kv[b"i"] == b"payload"
 
@@ -48,13 +41,13 @@ def test_interrupts_arriving_mid_call_wait_for_a_blocking_point(runtime: Runtime
     result: list[object] = []
     t = threading.Thread(target=lambda: result.append(call(atom, "slowints", 150000)))
     t.start()
-    wait_for(lambda: atom.busy, "the call to start")
+    wait_until(lambda: atom.busy, 5.0, "the call to start")
     atom.deliver(1, b"x")
     t.join(timeout=30)
     # The handler did not run inside the call (no blocking point there) ...
     assert result == [0]
     # ... but right after it, while the atom was idle.
-    wait_for(lambda: call(atom, "ints") == 1, "idle delivery after the call")
+    wait_until(lambda: call(atom, "ints") == 1, 5.0, "idle delivery after the call")
 
 
 def test_interrupt_runs_while_blocked_in_recv(runtime: Runtime) -> None:
@@ -62,7 +55,9 @@ def test_interrupt_runs_while_blocked_in_recv(runtime: Runtime) -> None:
     result: list[object] = []
     t = threading.Thread(target=lambda: result.append(call(atom, "recv")))
     t.start()
-    wait_for(lambda: atom.busy, "the call to block in recv")
+    wait_until(lambda: atom.busy, 5.0, "the call to block in recv")
+    # A deliberate pause: busy is set as the call starts; give it time to reach recv
+    # (the runtime shows no sign of it) so the delivery is what wakes it.
     time.sleep(0.05)
     atom.deliver(3, b"hi")
     t.join(timeout=30)
@@ -79,7 +74,7 @@ def test_yield_runs_interrupts_that_arrived_mid_call(runtime: Runtime) -> None:
     result: list[object] = []
     t = threading.Thread(target=lambda: result.append(call(atom, "spinyield", 150000)))
     t.start()
-    wait_for(lambda: atom.busy, "the call to start")
+    wait_until(lambda: atom.busy, 5.0, "the call to start")
     atom.deliver(1, b"x")
     t.join(timeout=30)
     assert result == [1]
@@ -94,7 +89,7 @@ def test_interrupt_runs_while_blocked_in_invoke(runtime: Runtime) -> None:
         before = atom.generation
         atom.deliver(5, b"during")
         # Returns only once the handler ran on the blocked atom's thread.
-        wait_for(lambda: atom.generation > before, "handler at the blocking point")
+        wait_until(lambda: atom.generation > before, 5.0, "handler at the blocking point")
         seen_during_block.append(atom.generation - before)
         return codec.pack(99)
 
@@ -114,7 +109,7 @@ def test_blocked_invoke_does_not_spend_the_cpu_deadline() -> None:
     try:
 
         def slow_host(ctx: CallContext, target: str, method: str, args: bytes) -> bytes:
-            time.sleep(0.5)
+            time.sleep(0.5)  # the slow remote call this host stands for
             return codec.pack(1)
 
         atom = rt.create(rt.load(wat("testatom")), GUID_A, ScriptedHost(slow_host))
@@ -134,7 +129,7 @@ def test_future_completes_at_a_blocking_point_or_when_idle(runtime: Runtime) -> 
     atom = runtime.create(runtime.load(wat("testatom")), GUID_A, host)
     future_id = call(atom, "async")
     assert isinstance(future_id, int) and future_id > 0
-    wait_for(lambda: atom.kv.get(b"f") == codec.pack("done"), "future handler")
+    wait_until(lambda: atom.kv.get(b"f") == codec.pack("done"), 5.0, "future handler")
     assert call(atom, "futs") == 1
 
 
@@ -149,7 +144,7 @@ def test_future_is_delivered_inside_recv(runtime: Runtime) -> None:
     call(atom, "async")
     t = threading.Thread(target=lambda: atom.invoke("recv", b""))
     t.start()
-    wait_for(lambda: atom.busy, "recv to block")
+    wait_until(lambda: atom.busy, 5.0, "recv to block")
     gate.set()
     t.join(timeout=30)
     assert call(atom, "futs") == 1
@@ -199,11 +194,11 @@ def test_daemon_handles_interrupts_on_its_own_thread_and_stops_on_close(runtime:
     assert atom._daemon is not None and atom._daemon.is_alive()
     for i in range(3):
         atom.deliver(i, codec.pack(i))
-    wait_for(lambda: call(atom, "count") == 3, "daemon to count 3 interrupts")
+    wait_until(lambda: call(atom, "count") == 3, 5.0, "daemon to count 3 interrupts")
     snap = atom.snapshot()
     atom.close()
     assert not atom._daemon.is_alive()
     restored = runtime.restore(runtime.load(example("daemon")), GUID_A, StandaloneHost(), snap)
     assert call(restored, "count") == 3
     restored.deliver(9, codec.pack(9))
-    wait_for(lambda: call(restored, "count") == 4, "restored daemon to count")
+    wait_until(lambda: call(restored, "count") == 4, 5.0, "restored daemon to count")

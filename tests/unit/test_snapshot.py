@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -23,6 +22,7 @@ from hermesx.core.snapshot import (
 from hermesx.runtime.engine import Runtime
 from hermesx.runtime.host import StandaloneHost
 from hermesx.runtime.mailbox import Interrupt
+from hermesx.testing.wait import wait_until
 
 
 @pytest.fixture
@@ -90,10 +90,7 @@ def test_undelivered_interrupts_travel_with_the_snapshot(runtimes: tuple[Runtime
     state = atom._capture_state()
     atom._leave()
     restored = rt2.restore(rt2.load(wasm), GUID_A, StandaloneHost(), encode_state(state))
-    for _ in range(500):
-        if restored.kv.get(b"i") == b"queued":
-            break
-        time.sleep(0.01)
+    wait_until(lambda: restored.kv.get(b"i") == b"queued", 5.0, "the restored interrupt to run")
     assert codec.unpack(restored.invoke("ints", b"")) == 1
 
 

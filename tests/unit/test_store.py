@@ -14,6 +14,7 @@ import pytest
 from hermesx.core.errors import MigrationError, NameNotFoundError, StorageError
 from hermesx.core.identity import GUID, TAD
 from hermesx.rpc.proto import hermesx_pb2 as pb
+from hermesx.testing.reaper import tethered
 from storesite.modules import module_hash
 from storesite.records import KEEP_PREVIOUS_CHECKPOINTS, AtomState, Provenance
 from storesite.store import AtomStore
@@ -269,7 +270,7 @@ def test_restart_loses_nothing(tmp_path: pathlib.Path) -> None:
 
 def test_data_dir_held_by_another_process_is_refused(tmp_path: pathlib.Path) -> None:
     data = tmp_path / "data"
-    holder = subprocess.Popen(
+    holder = tethered(
         [
             sys.executable,
             "-c",

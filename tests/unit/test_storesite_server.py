@@ -10,7 +10,7 @@ import pathlib
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from concurrent import futures
 from dataclasses import dataclass, field
 
@@ -29,6 +29,7 @@ from hermesx.rpc.node_client import NodeClient
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.storesite_client import StoresiteClient
+from hermesx.testing.wait import wait_until
 from storesite.server import StoresiteServer
 from storesite.service import Storesite
 from storesite.store import AtomStore
@@ -91,7 +92,7 @@ class FakeSupervisor(pbg.SupervisorServicer):
                 self.confirmed.append(request)
             return pb.ActivateReply(tad=request.tad, incarnation=self.incarnation)
         if self.delay:
-            time.sleep(self.delay)
+            time.sleep(self.delay)  # the slow node this fake stands for
         if self.refuse:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, self.refuse)
         with self._lock:
@@ -184,14 +185,6 @@ def register(client: StoresiteClient, node: str, tags: tuple[str, ...] = ()) -> 
     meta = pb.AtomMeta(name="counter", module_hash="", tags=list(tags))
     client.register_atom(guid, meta, TAD(node, 1), b"snap-1")
     return guid
-
-
-def wait_for(predicate: Callable[[], bool], what: str, attempts: int = 200) -> None:
-    for _ in range(attempts):
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_checkpoints_round_trip_over_grpc(cluster: Cluster) -> None:
@@ -353,10 +346,11 @@ def test_node_death_recovers_its_atoms_on_live_nodes(cluster: Cluster) -> None:
 
     cluster.kill_node("doomed")
     site.on_nodes(cluster.directory.nodes())
-    wait_for(lambda: len(survivor.activations) == 5, "five recoveries")
+    wait_until(lambda: len(survivor.activations) == 5, 4.0, "five recoveries")
     # The location is recorded once the node has answered the activation.
-    wait_for(
+    wait_until(
         lambda: all(site.store.get(g).location.node == "survivor" for g in lost),
+        4.0,
         "five recorded locations",
     )
 
@@ -379,7 +373,7 @@ def test_node_death_without_live_node_leaves_atoms_dormant(cluster: Cluster) -> 
     guid = register(client, "only")
     cluster.kill_node("only")
     site.on_nodes(cluster.directory.nodes())
-    wait_for(lambda: site.store.get(guid).dormant, "atom to go dormant")
+    wait_until(lambda: site.store.get(guid).dormant, 4.0, "atom to go dormant")
     fresh = cluster.add_node("fresh")
     assert client.locate(guid).tad.node == "fresh"
     assert len(fresh.activations) == 1
@@ -402,9 +396,11 @@ def test_startup_recovers_atoms_of_nodes_that_died_meanwhile(cluster: Cluster) -
     guid = register(client, "gone")
     cluster.kill_node("gone")
     site.on_nodes(cluster.directory.nodes())  # first membership the storesite sees
-    wait_for(lambda: len(other.activations) == 1, "recovery at start")
+    wait_until(lambda: len(other.activations) == 1, 4.0, "recovery at start")
     # The location is recorded once the node has answered the activation.
-    wait_for(lambda: site.store.get(guid).location == TAD("other", 2), "the recorded location")
+    wait_until(
+        lambda: site.store.get(guid).location == TAD("other", 2), 4.0, "the recorded location"
+    )
 
 
 def test_move_home_hands_atom_to_another_storesite(cluster: Cluster) -> None:
@@ -483,8 +479,8 @@ def test_restart_under_the_same_address_recovers_the_old_incarnations_atoms(
     # Same name, same address: only the incarnation tells the restart apart.
     cluster.restart_node("flaky", "flaky-2")
     site.on_nodes(cluster.directory.nodes())
-    wait_for(
-        lambda: site.store.get(guid).location.age > 1, "recovery of the old incarnation's atom"
+    wait_until(
+        lambda: site.store.get(guid).location.age > 1, 4.0, "recovery of the old incarnation's atom"
     )
     state = site.store.get(guid)
     assert state.incarnation == {"flaky": "flaky-2", "steady": "steady-1"}[state.location.node]
@@ -497,8 +493,10 @@ def test_storesite_down_during_a_restart_recovers_at_start(cluster: Cluster) -> 
     guid = register(client, "flaky")
     cluster.restart_node("flaky", "flaky-2")
     site.on_nodes(cluster.directory.nodes())  # the first membership this storesite sees
-    wait_for(lambda: len(flaky.activations) == 1, "recovery at start")
-    wait_for(lambda: site.store.get(guid).location == TAD("flaky", 2), "the recorded location")
+    wait_until(lambda: len(flaky.activations) == 1, 4.0, "recovery at start")
+    wait_until(
+        lambda: site.store.get(guid).location == TAD("flaky", 2), 4.0, "the recorded location"
+    )
     assert client.locate(guid).incarnation == "flaky-2"
 
 
@@ -561,6 +559,6 @@ def test_record_without_incarnation_is_reconciled_with_the_live_node(cluster: Cl
     holder.holding[held] = TAD("holder", 1)
     site.on_nodes(cluster.directory.nodes())
     # The node that holds its atom keeps it; the other's atom is recovered.
-    wait_for(lambda: site.store.get(held).incarnation == "holder-1", "reconciled record")
-    wait_for(lambda: site.store.get(gone).location.age > 1, "recovered atom")
+    wait_until(lambda: site.store.get(held).incarnation == "holder-1", 4.0, "reconciled record")
+    wait_until(lambda: site.store.get(gone).location.age > 1, 4.0, "recovered atom")
     assert [r.guid for r in holder.activations + lost.activations] == [gone]

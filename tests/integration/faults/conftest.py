@@ -1,4 +1,6 @@
-"""Fixtures of the fault suite: clusters that may reach ZooKeeper through a proxy, the report.
+"""Fixtures of the fault suite: the soak switch and the report of every scenario.
+
+Clusters come from the harness (``start_cluster`` in hermesx/testing/plugin.py).
 
 Every scenario records a :class:`faultkit.Tally`; at the end of the run a
 table with one row per scenario (attempted / acknowledged / failed with a
@@ -15,16 +17,13 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from faultkit import ClusterStarter, Tally
-
-from hermesx.local.cluster import LocalCluster, NodeSpec
+from faultkit import Tally
 
 _TALLIES: list[Tally] = []
-_counter = 0
 SUMMARY_FILE = "fault-summary.json"
 
 
@@ -43,78 +42,6 @@ def soak(request: pytest.FixtureRequest) -> bool:
 def report() -> Callable[[Tally], None]:
     """Record a scenario's tally for the summary table."""
     return _TALLIES.append
-
-
-@pytest.fixture
-def start_cluster(
-    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
-) -> Iterator[ClusterStarter]:
-    """Start local clusters for one test; all stopped at its end (logs printed on failure).
-
-    ``node_zk`` gives a node its own ZooKeeper connect string (a proxy the
-    test can cut); the others use ``zk``. ``storesites``: their ids (one, s1,
-    unless a scenario moves atoms' homes).
-    """
-    global _counter
-    started: list[LocalCluster] = []
-    home = tmp_path_factory.mktemp("fault-home")
-    old_home = os.environ.get("HERMESX_HOME")
-    os.environ["HERMESX_HOME"] = str(home)
-
-    def start(
-        nodes: Sequence[str],
-        *,
-        zk: str,
-        session_timeout: float = 2.0,
-        node_zk: dict[str, str] | None = None,
-        storesites: Sequence[str] = ("s1",),
-    ) -> LocalCluster:
-        global _counter
-        _counter += 1
-        cluster = LocalCluster(
-            f"fault{os.getpid()}x{_counter}", session_timeout=session_timeout, test_hooks=True
-        )
-        started.append(cluster)
-        special = node_zk or {}
-        cluster.up([NodeSpec(n) for n in nodes if n not in special], storesites=storesites, zk=zk)
-        for node, connect in special.items():
-            # LocalCluster hands every process its own zk string; swap it for this node only.
-            cluster.zk = connect
-            try:
-                cluster.start_node(NodeSpec(node))
-            finally:
-                cluster.zk = zk
-                cluster.save()
-        if special:
-            cluster.wait_registered(nodes=list(nodes))
-        return cluster
-
-    yield start
-    failed = getattr(request.node, "_fault_failed", False)
-    for cluster in started:
-        if failed:
-            _dump_logs(cluster)
-        cluster.down()
-    if old_home is None:
-        os.environ.pop("HERMESX_HOME", None)
-    else:
-        os.environ["HERMESX_HOME"] = old_home
-
-
-def _dump_logs(cluster: LocalCluster) -> None:
-    for log in sorted(cluster.dir.glob("*.log")):
-        lines = log.read_text(errors="replace").splitlines()[-60:]
-        print(f"\n===== {cluster.name}/{log.name} (last {len(lines)} lines) =====")
-        print("\n".join(lines))
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, Any, None]:
-    outcome = yield
-    if outcome.get_result().failed:
-        item._fault_failed = True  # type: ignore[attr-defined]
 
 
 COLUMNS = ("attempted", "acknowledged", "failed_clear", "lost", "twice")

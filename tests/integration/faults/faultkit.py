@@ -37,6 +37,7 @@ from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.security import zk_auth
 from hermesx.rpc.wire import TLSIdentity, open_channel
+from hermesx.testing.wait import wait_until
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ NOT_EXECUTED_KINDS = frozenset(
 )
 RAN_NOT_DURABLE = "call ran but checkpoint failed"
 
-# The ``start_cluster`` fixture: (node names, zk=..., session_timeout=..., node_zk=...) -> cluster.
+# The harness's ``start_cluster`` fixture: (node names, zk=..., node_zk=...) -> cluster.
 ClusterStarter = Callable[..., LocalCluster]
 
 
@@ -102,7 +103,7 @@ class _Pipe:
                 due, data = item
                 wait = due - time.monotonic()
                 if wait > 0:
-                    time.sleep(wait)
+                    time.sleep(wait)  # the injected latency itself
                 if self.proxy.mode == "blackhole":
                     continue
                 dst.sendall(data)
@@ -357,7 +358,7 @@ class LoadGenerator:
                     and time.monotonic() - started < self.resubmit_for
                 )
                 if again:
-                    time.sleep(0.2)
+                    time.sleep(0.2)  # load pacing: the resend backs off as an application would
                     continue
                 return self._failed(request_id, started, attempts, exc.kind, exc, clear=True)
             except Exception as exc:  # a raw library error leaking out is a finding
@@ -402,19 +403,22 @@ class LoadGenerator:
 
     def wait_acks(self, n: int, *, since: float = 0.0, timeout: float = 90.0) -> int:
         """Wait (bounded) until ``n`` calls that started at or after ``since`` were acknowledged."""
-        deadline = time.monotonic() + timeout
-        while True:
-            got = self.acks_since(since)
-            if got >= n:
-                return got
+
+        def enough() -> bool:
             if self.errors:
                 raise AssertionError(f"load thread crashed: {self.errors[0]!r}")
-            if time.monotonic() > deadline:
-                kinds = _error_summary(self.records)
-                raise AssertionError(
-                    f"only {got} of {n} calls acknowledged within {timeout:.0f}s; errors: {kinds}"
-                )
-            time.sleep(0.05)
+            return self.acks_since(since) >= n
+
+        try:
+            wait_until(enough, timeout, f"{n} acknowledged calls")
+        except AssertionError:
+            if self.errors:
+                raise
+            got, kinds = self.acks_since(since), _error_summary(self.records)
+            raise AssertionError(
+                f"only {got} of {n} calls acknowledged within {timeout:.0f}s; errors: {kinds}"
+            ) from None
+        return self.acks_since(since)
 
 
 def _error_summary(records: Sequence[CallRecord]) -> dict[str, int]:
@@ -605,16 +609,6 @@ class CopyWatcher:
 
 
 # ---------------------------------------------------------------- misc
-
-
-def wait_until(
-    what: str, check: Callable[[], bool], timeout: float = 60.0, every: float = 0.1
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
 
 
 def _client_tls(cluster: str) -> TLSIdentity | None:

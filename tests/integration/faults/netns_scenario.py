@@ -51,11 +51,11 @@ from faultkit import (
     latency_ms,
     serves_here,
     tally,
-    wait_until,
 )
 
 from hermesx.client import Client
 from hermesx.local.cluster import LocalCluster, NodeSpec
+from hermesx.testing.wait import wait_until
 from nameservice.zookeeper import ZooKeeperServer, free_port
 
 log = logging.getLogger("netns_scenario")
@@ -179,9 +179,9 @@ def _partition(
             )
             cut_at = time.monotonic()
             wait_until(
-                "the storesite to recover the atom on another node",
                 lambda: any(r.ok and r.node != "n1" for r in load.records),
-                timeout=60.0,
+                60.0,
+                "the storesite to recover the atom on another node",
             )
             load.wait_acks(30, since=time.monotonic())
             # n1 is still up and reachable by clients (it answers), yet does not serve.
@@ -249,7 +249,7 @@ def _loss(
         with load:
             load.wait_acks(20)
             clean_from = time.monotonic()
-            time.sleep(3.0)
+            time.sleep(3.0)  # a deliberate window: calls over clean links, the baseline
             # Both directions of both links: requests and replies, node <-> storesite.
             rules = "".join(
                 f"add rule inet {TABLE} faults tcp {way} {port} "
@@ -259,7 +259,7 @@ def _loss(
             )
             nft(rules)
             lossy_from = time.monotonic()
-            time.sleep(8.0)
+            time.sleep(8.0)  # the deliberate window of loss
             counts = nft_counters()
             heal()
             healed_at = time.monotonic()

@@ -58,11 +58,12 @@ from faultkit import (
 from hermesx.client import Client
 from hermesx.core import codec
 from hermesx.core.errors import HermesError
-from hermesx.local.cluster import LocalCluster, NodeSpec
+from hermesx.local.cluster import LocalCluster, NodeSpec, alive
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.roles import TEST_CERT_NAME
 from hermesx.rpc.wire import open_channel
+from hermesx.testing.wait import wait_until
 from nameservice.zookeeper import ZooKeeperServer
 
 SECONDS = float(os.environ.get("FAULT_CHAOS_SECONDS", "60"))
@@ -212,7 +213,7 @@ class CopySampler:
                 if isinstance(pid, int):
                     self.known[pid] = (name, member.address)
         for pid in list(self.known):
-            if not _process_alive(pid):
+            if not alive(pid):
                 del self.known[pid]
 
     def sample(self) -> None:
@@ -297,20 +298,6 @@ def _probe(stub: pbg.SupervisorStub, guid: str) -> tuple[bool, str]:
         # effect, or an atom that does not checkpoint every call, is concerned.
         return RAN_NOT_DURABLE in reply.error.message, text
     return False, f"no outcome ({outcome})"
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(") ", 1)[1][:1] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 # ---------------------------------------------------------------- the driver
@@ -542,14 +529,21 @@ def _sum_tally(scenario: str, parts: list[Tally]) -> Tally:
 def _final(client: Client, atom: str, deadline: float) -> tuple[int | None, str]:
     """The atom's value once every fault is undone; None (and why) when it cannot be read."""
     last = ""
-    while time.monotonic() < deadline:
+
+    def read() -> tuple[int] | None:
+        nonlocal last
         try:
             outcome = client.invoke(atom, "get", codec.pack(None), timeout=10.0)
-            return as_int(codec.unpack(outcome.result)), ""
         except HermesError as exc:
             last = f"{exc.kind}: {exc}"
-            time.sleep(0.5)
-    return None, last
+            return None
+        return (as_int(codec.unpack(outcome.result)),)
+
+    try:
+        (value,) = wait_until(read, deadline - time.monotonic(), f"{atom} to answer", every=0.5)
+    except AssertionError:
+        return None, last
+    return value, ""
 
 
 def test_chaos(
@@ -599,7 +593,7 @@ def test_chaos(
                 chaos_end = time.monotonic() + SECONDS
                 while time.monotonic() < chaos_end:
                     driver.step()
-                    time.sleep(rng.uniform(0.4, 1.6))
+                    time.sleep(rng.uniform(0.4, 1.6))  # pacing: the next fault's time
                 log.add("chaos ends", "undoing every fault")
                 stuck_ops = driver.finish()
                 if stuck_ops:

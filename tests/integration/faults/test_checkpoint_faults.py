@@ -20,7 +20,7 @@ import time
 import lmdb
 import msgpack
 import pytest
-from faultkit import ClusterStarter, wait_until
+from faultkit import ClusterStarter
 
 from hermesx.client import Client
 from hermesx.core import codec
@@ -28,13 +28,11 @@ from hermesx.core.errors import CheckpointDamagedError, UnreachableError
 from hermesx.local.cluster import LocalCluster, NodeSpec
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.roles import TEST_CERT_NAME
+from hermesx.testing.clusters import part_log, wait_for_log
+from hermesx.testing.wait import wait_until
 from nameservice.zookeeper import ZooKeeperServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
-
-
-def _log(cluster: LocalCluster, part: str) -> str:
-    return (cluster.dir / f"{part}.log").read_text(errors="replace")
 
 
 def _store_dir(cluster: LocalCluster) -> pathlib.Path:
@@ -53,7 +51,7 @@ def _restart_storesite(cluster: LocalCluster, client: Client) -> None:
         member = client.naming.storesites().get("s1")
         return member is not None and (old is None or member.address != old.address)
 
-    wait_until("the restarted storesite to register", registered)
+    wait_until(registered, 60.0, "the restarted storesite to register")
 
 
 def _flip_a_bit_of_latest_checkpoint(cluster: LocalCluster, guid: str) -> None:
@@ -103,10 +101,8 @@ def test_an_older_snapshot_never_replaces_a_newer_acknowledged_one(
         first: list[object] = []
         racing = threading.Thread(target=lambda: first.append(client.atom("c").incr(1)))
         racing.start()
-        wait_until(
-            "the first call's checkpoint to pause after its snapshot",
-            lambda: "test hook: paused at checkpoint-snapshot" in _log(cluster, "node-n1"),
-        )
+        # The first call's checkpoint pauses after its snapshot.
+        wait_for_log(cluster, "node-n1", "test hook: paused at checkpoint-snapshot", 60.0)
         # This call runs while the first one's snapshot (11) waits: it sees 12.
         assert client.atom("c").incr(1) == 12
         racing.join(timeout=30)
@@ -144,7 +140,7 @@ def test_a_flipped_bit_in_the_latest_acknowledged_checkpoint_is_never_restored(
             .Locate(pb.LocateRequest(guid=guid), timeout=5)
             .active_here
         )
-        assert f"checkpoint #13 of atom {guid}" in _log(cluster, "storesite-s1")
+        assert f"checkpoint #13 of atom {guid}" in part_log(cluster, "storesite-s1")
 
 
 def test_a_damaged_checkpoint_falls_back_to_an_equal_good_one(
@@ -162,7 +158,7 @@ def test_a_damaged_checkpoint_falls_back_to_an_equal_good_one(
         _restart_storesite(cluster, client)
         # Activation restores the previous checkpoint: it holds every acknowledged call.
         assert client.atom("c").incr(1) == 13
-        log = _log(cluster, "storesite-s1")
+        log = part_log(cluster, "storesite-s1")
         assert f"checkpoint #14 of atom {guid}" in log and "is damaged" in log
         assert "restoring the previous good checkpoint" in log
 
@@ -188,7 +184,7 @@ def test_a_truncated_store_or_a_deleted_data_dir_stops_the_storesite_with_one_li
         f"but its pages run to {size} bytes (truncated); move it away and start with --init "
         "to create a new one"
     ) in str(info.value)
-    log = _log(cluster, "storesite-s1").splitlines()
+    log = part_log(cluster, "storesite-s1").splitlines()
     assert "serving" not in log[-1] and log[-1].startswith("error: storesite s1: store")
 
     # Deleted: `hermesx up` on this cluster's data never starts an empty storesite.

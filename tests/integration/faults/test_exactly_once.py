@@ -32,11 +32,11 @@ from faultkit import (
     assert_nothing_lost,
     final_value,
     tally,
-    wait_until,
 )
 
 from hermesx.client import Client
 from hermesx.core.errors import HermesError, OutcomeUnknownError, RequestExpiredError
+from hermesx.testing.wait import wait_until
 from nameservice.zookeeper import ZooKeeperServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -110,16 +110,17 @@ def test_app_retry_loop_counts_exactly_through_a_storesite_kill(
         try:
             for t in threads:
                 t.start()
-            wait_until("30 increments", lambda: sum(a.acks() for a in apps) >= 30)
+            wait_until(lambda: sum(a.acks() for a in apps) >= 30, 60.0, "30 increments")
             cluster.kill("storesite-s1")
             time.sleep(3.0)  # the outage: every-call checkpoints cannot be made
             cluster.start_storesite("s1")
             wait_until(
-                "the restarted storesite to register",
                 lambda: _address(admin, "s1") not in ("", old_address),
+                60.0,
+                "the restarted storesite to register",
             )
             back = sum(a.acks() for a in apps)
-            wait_until("30 more increments", lambda: sum(a.acks() for a in apps) >= back + 30)
+            wait_until(lambda: sum(a.acks() for a in apps) >= back + 30, 60.0, "30 more increments")
         finally:
             for a in apps:
                 a.stop.set()
@@ -234,7 +235,7 @@ def test_a_retry_past_the_reply_window_is_refused_through_moves_and_recoveries(
         refused_and_still(21)
         where = client.locate("c").node
         cluster.kill(f"node-{where}")  # recovered from its checkpoint elsewhere
-        wait_until("the atom to be recovered", lambda: client.locate("c").node != where)
+        wait_until(lambda: client.locate("c").node != where, 60.0, "the atom to be recovered")
         refused_and_still(21)
         # New calls run as ever.
         assert client.atom("c").incr(1) == 22
@@ -262,8 +263,9 @@ def test_a_replayed_reply_is_acknowledged_only_once_its_state_is_durable(
         cluster.kill("node-n1")
         cluster.start_storesite("s1")
         wait_until(
-            "the restarted storesite to register",
             lambda: _address(client, "s1") not in ("", old_address),
+            60.0,
+            "the restarted storesite to register",
         )
         settled = Client(cluster.zk, cluster.name, timeout=60.0)
         try:

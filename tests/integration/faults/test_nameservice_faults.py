@@ -31,10 +31,10 @@ from faultkit import (
     final_value,
     serves_here,
     tally,
-    wait_until,
 )
 
 from hermesx.client import Client
+from hermesx.testing.wait import wait_until
 from nameservice.zookeeper import ZooKeeperEnsemble, ZooKeeperServer, four_letter, open_shared_root
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -125,7 +125,7 @@ def test_quorum_lost_longer_than_the_session_timeout(
                 load.wait_acks(20)
                 for i in down:
                     ensemble.kill(i)
-                time.sleep(2 * session_timeout + 1.0)
+                time.sleep(2 * session_timeout + 1.0)  # the outage, longer than a session
                 ensemble.restart(down[0])
                 back_at = time.monotonic()
                 try:
@@ -168,9 +168,9 @@ def test_node_partitioned_from_zookeeper_fences_before_recovery(
                 zk_link.cut("blackhole")
                 cut_at = time.monotonic()
                 wait_until(
-                    "the storesite to recover the atom on another node",
                     lambda: any(r.ok and r.node != "n1" for r in load.records),
-                    timeout=60.0,
+                    60.0,
+                    "the storesite to recover the atom on another node",
                 )
                 load.wait_acks(30, since=time.monotonic())
                 # n1 is still up and reachable by clients (it answers), yet does not serve.

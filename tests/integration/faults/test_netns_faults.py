@@ -24,12 +24,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from faultkit import Tally
+
+from hermesx.testing.wait import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -66,14 +67,14 @@ def netns() -> Iterator[str]:
     finally:
         # Only processes this test started live in the namespace; a scenario that
         # was killed on timeout may have left its cluster behind.
-        for _ in range(50):
+        def none_left() -> bool:
             pids = _pids_in(name)
-            if not pids:
-                break
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-            time.sleep(0.1)
+            return not pids
+
+        wait_until(none_left, 5.0, f"the processes in namespace {name} to die", every=0.1)
         _ip("netns", "del", name, check=False)
         assert name not in _ip("netns", "list").stdout, f"namespace {name} was not removed"
 

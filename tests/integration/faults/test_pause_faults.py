@@ -31,7 +31,6 @@ from faultkit import (
     final_value,
     serves_here,
     tally,
-    wait_until,
 )
 
 from hermesx.client import Client
@@ -41,6 +40,7 @@ from hermesx.rpc.node_client import STAGE_TIMEOUT_S
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.roles import TEST_CERT_NAME
+from hermesx.testing.wait import wait_until
 from nameservice.zookeeper import ZooKeeperServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -89,12 +89,13 @@ def test_node_paused_past_its_session_runs_none_of_the_calls_queued_meanwhile(
                             )
                             queued.append(stale.Invoke.future(request, timeout=60.0))
                         wait_until(
-                            "the atom to be recovered on another node",
                             lambda: client.locate("c").node != "n2",
-                            timeout=30.0,
+                            30.0,
+                            "the atom to be recovered on another node",
                         )
                         load.wait_acks(10, since=time.monotonic())
-                        # Well past the session timeout: the old session is surely gone.
+                        # A deliberate pause window, well past the session timeout:
+                        # the old session is surely gone when n2 wakes.
                         time.sleep(max(0.0, stopped_at + 2 * SESSION_S - time.monotonic()))
                     finally:
                         os.kill(pid, signal.SIGCONT)
@@ -156,7 +157,7 @@ def _watch_n2_settle(
         assert serves_here(stubs["n2"], guid) is not True, "n2 serves a second copy"
         client.atom("c").incr(1)
         acked += 1
-        time.sleep(0.2)  # a sampling interval
+        time.sleep(0.2)  # load pacing: one sampled call every 0.2 s until the condition
     return acked
 
 

@@ -22,12 +22,12 @@ from faultkit import (
     final_value,
     latency_ms,
     tally,
-    wait_until,
 )
 
 from hermesx.client import Client
 from hermesx.core.identity import TAD
 from hermesx.rpc.roles import TEST_CERT_NAME
+from hermesx.testing.wait import wait_until
 from nameservice.zookeeper import ZooKeeperServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -98,8 +98,9 @@ def test_kill_storesite_and_restart_it(
             cluster.start_storesite("s1")
             # Its registration carries no pid: wait for the new address instead.
             wait_until(
-                "the restarted storesite to register",
                 lambda: _storesite_address(client) not in ("", old_address),
+                60.0,
+                "the restarted storesite to register",
             )
             back_at = time.monotonic()
             plain.wait_acks(20, since=back_at)
@@ -155,15 +156,18 @@ def test_intermediate_node_of_a_forwarding_chain_down(
             load.wait_acks(20)
             killed_at = time.monotonic()
             cluster.kill("node-n2")
+
             # Calls through n1 taught it the shortcut to n3; put back the chain
             # through the now dead intermediate node, as it was before the load.
             # A reply still in flight may teach n1 the shortcut again: repeat
             # until the broken chain holds (then nothing passes n1 to teach it).
-            for _ in range(50):
-                client.node_client.stash_put(client.node_member("n1"), guid, TAD("n2", 2), 5.0)
-                time.sleep(0.1)
+            def chain_holds() -> bool:
                 if client.stash_of("n1", "c") == TAD("n2", 2):
-                    break
+                    return True
+                client.node_client.stash_put(client.node_member("n1"), guid, TAD("n2", 2), 5.0)
+                return False
+
+            wait_until(chain_holds, 10.0, "n1's stash to point at the dead n2", every=0.1)
             load.wait_acks(30, since=time.monotonic())
         final = final_value(client, "c")
         where = client.locate("c")

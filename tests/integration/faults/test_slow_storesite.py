@@ -24,10 +24,10 @@ from faultkit import (
     final_value,
     latency_ms,
     tally,
-    wait_until,
 )
 
 from hermesx.client import Client
+from hermesx.testing.wait import wait_until
 from nameservice.zookeeper import ZooKeeperServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -51,8 +51,9 @@ def test_slow_storesite(
                 zk_server.connect_string, client.address.cluster, "s1", slow.address
             )
             wait_until(
-                "the storesite's new address to reach the client",
                 lambda: client.naming.storesites()["s1"].address == slow.address,
+                60.0,
+                "the storesite's new address to reach the client",
             )
             # Created after the switch: every checkpoint of this atom goes through the delay.
             client.create(atoms["counter"], name="c", on="n1", checkpoint="every-call")

@@ -22,11 +22,11 @@ from faultkit import (
     assert_nothing_lost,
     final_value,
     tally,
-    wait_until,
 )
 
 from hermesx.client import Client
 from hermesx.local.cluster import LocalCluster, NodeSpec
+from hermesx.testing.wait import wait_until
 from nameservice.zookeeper import ZooKeeperServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.soak, pytest.mark.timeout(3600)]
@@ -38,7 +38,7 @@ def _kill_host(cluster: LocalCluster, client: Client) -> str:
     host = client.locate("c").node
     cluster.kill(f"node-{host}")
     killed_at = time.monotonic()
-    wait_until("recovery", lambda: _located_elsewhere(client, host), timeout=90.0)
+    wait_until(lambda: _located_elsewhere(client, host), 90.0, "recovery")
     cluster.start_node(NodeSpec(host))
     cluster.wait_registered(nodes=[host])
     return f"kill {host}, recovered in {time.monotonic() - killed_at:.1f}s"
@@ -54,12 +54,12 @@ def _located_elsewhere(client: Client, host: str) -> bool:
 def _kill_storesite(cluster: LocalCluster, client: Client) -> str:
     old = client.naming.storesites()["s1"].address
     cluster.kill("storesite-s1")
-    time.sleep(1.0)
+    time.sleep(1.0)  # the outage
     cluster.start_storesite("s1")
     wait_until(
-        "the storesite to register again",
         lambda: (m := client.naming.storesites().get("s1")) is not None and m.address != old,
-        timeout=90.0,
+        90.0,
+        "the storesite to register again",
     )
     return "kill storesite"
 
