@@ -47,7 +47,8 @@ def _stop_on_signals(stop: Callable[[], None]) -> None:
 
 
 def cmd_node_serve(args: argparse.Namespace) -> None:
-    from hermesx.node.supervisor import NodeConfig, Supervisor
+    from hermesx.node.config import NodeConfig
+    from hermesx.node.supervisor import Supervisor
 
     address = resolve_cluster(args.zk, args.cluster, args.tls)
     _serve_privately(address.tls, args.name, "node")

@@ -13,45 +13,39 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass
 
 __all__ = ["ServeWatchdog"]
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(eq=False)
 class ServeWatchdog:
-    """Calls ``on_stuck(reason)`` once ``probe`` has failed for ``limit_s`` in a row."""
+    """Calls ``on_stuck(reason)`` once ``probe`` has failed for ``limit_s`` in a row,
+    checking every ``interval_s`` until ``stopping`` is set."""
 
-    def __init__(
-        self,
-        probe: Callable[[float], None],
-        limit_s: float,
-        on_stuck: Callable[[str], None],
-        *,
-        stopping: threading.Event,
-        interval_s: float = 1.0,
-    ) -> None:
-        self._probe = probe
-        self._limit_s = limit_s
-        self._on_stuck = on_stuck
-        self._stopping = stopping
-        self._interval_s = interval_s
-        self._thread = threading.Thread(target=self._run, name="node-watchdog", daemon=True)
+    _probe: Callable[[float], None]
+    _limit_s: float
+    _on_stuck: Callable[[str], None]
+    _: KW_ONLY
+    stopping: threading.Event
+    interval_s: float = 1.0
 
     def start(self) -> None:
-        self._thread.start()
+        threading.Thread(target=self._run, name="node-watchdog", daemon=True).start()
 
     def _run(self) -> None:
         last_answer = time.monotonic()
-        while not self._stopping.wait(self._interval_s):
+        while not self.stopping.wait(self.interval_s):
             # A probe slower than the limit counts as no answer.
-            timeout = max(self._interval_s, min(5.0, self._limit_s / 2))
+            timeout = max(self.interval_s, min(5.0, self._limit_s / 2))
             try:
                 self._probe(timeout)
             except Exception as exc:
                 silent = time.monotonic() - last_answer
                 log.warning("node did not answer its own Status for %.1f s: %s", silent, exc)
-                if silent >= self._limit_s and not self._stopping.is_set():
+                if silent >= self._limit_s and not self.stopping.is_set():
                     self._on_stuck(
                         f"it answered no call for {silent:.1f} s (limit {self._limit_s:g} s): "
                         "every worker is stuck"

@@ -9,11 +9,13 @@ and its address.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from hermesx.core.identity import TAD
+from hermesx.core.snapshot import yield_gil
 from hermesx.rpc.convert import tad_of, tad_to_pb
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
@@ -23,6 +25,9 @@ from hermesx.rpc.wire import ChannelPool, TLSIdentity
 __all__ = ["AtomInfo", "CheckpointInfo", "Location", "StoresiteClient", "StoresiteInfo"]
 
 _Reply = TypeVar("_Reply")
+
+# A state larger than two of these goes to the storesite in pieces of this size.
+STATE_PIECE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,3 +269,97 @@ class StoresiteClient:
     def status(self) -> StoresiteInfo:
         reply = self._call(self._stub.Status, pb.Empty(), "Status")
         return StoresiteInfo(reply.id, reply.atoms, reply.modules, reply.checkpoints)
+
+    # ------------------------------------------------- a node's calls: states, moves
+
+    def with_timeout(self, timeout: float) -> StoresiteClient:
+        """This client with ``timeout`` as its default, sharing the channel (close the original)."""
+        timed = copy.copy(self)
+        timed.timeout = timeout
+        return timed
+
+    def send_checkpoint(
+        self, guid: str, tad: TAD, state: AtomState, seq: int, *, periodic: bool = False
+    ) -> None:
+        """:meth:`put_checkpoint` for a state of any size: a large one travels in pieces
+        (``PutCheckpointPieces``), so that no single message is built or parsed for the
+        whole state: either holds the interpreter long enough to starve a session."""
+        request = _state_request(pb.CheckpointRequest, guid, tad, state, seq=seq, periodic=periodic)
+        stub = self._stub
+        self._send_state(
+            request, state, stub.PutCheckpoint, stub.PutCheckpointPieces, "PutCheckpoint"
+        )
+
+    def send_passivated(self, guid: str, tad: TAD, state: AtomState) -> None:
+        """The atom was passivated with ``state`` (a large one in pieces, as
+        :meth:`send_checkpoint`); it is dormant at its storesite from now on."""
+        request = _state_request(pb.PassivatedRequest, guid, tad, state)
+        stub = self._stub
+        self._send_state(request, state, stub.Passivated, stub.PassivatedPieces, "Passivated")
+
+    def stage(self, guid: str, tad: TAD, state: AtomState) -> None:
+        """Stage the checkpoint a move to ``tad`` has once committed (before :meth:`commit`)."""
+        request = _state_request(pb.CommitRequest, guid, tad, state, snapshot=state.snapshot)
+        self._call(self._stub.Stage, request, f"Stage({guid})")
+
+    def _send_state(
+        self,
+        request: pb.CheckpointRequest | pb.PassivatedRequest,
+        state: AtomState,
+        whole: Callable[..., Any],
+        in_pieces: Callable[..., Any],
+        what: str,
+    ) -> None:
+        """``whole(request)`` with ``request`` carrying ``state``; for a large state,
+        ``in_pieces`` with a stream: ``request`` as the head piece, the snapshot after it."""
+        if len(state.snapshot) < 2 * STATE_PIECE_BYTES:
+            request.snapshot = state.snapshot
+            self._call(whole, request, f"{what}({request.guid})")
+            return
+        piece = _PIECE_OF[type(request)]
+        pieces = (
+            piece(head=request) if data is None else piece(data=data)
+            for data in _pieces_of(state.snapshot)
+        )
+        self._call(in_pieces, pieces, f"{what}Pieces({request.guid})")
+
+
+@dataclass(frozen=True, slots=True)
+class AtomState:
+    """An atom's snapshot, its CRC-32 and the generation (calls completed) it holds."""
+
+    snapshot: bytes
+    checksum: int
+    generation: int
+
+
+_Request = TypeVar("_Request")
+
+# The stream message that carries each kind of state request in pieces.
+_PIECE_OF: dict[type, Callable[..., Any]] = {
+    pb.CheckpointRequest: pb.CheckpointPiece,
+    pb.PassivatedRequest: pb.PassivatedPiece,
+}
+
+
+def _state_request(
+    kind: Callable[..., _Request], guid: str, tad: TAD, state: AtomState, **fields: Any
+) -> _Request:
+    """A request of type ``kind`` about ``state`` of atom ``guid`` at ``tad`` (no snapshot)."""
+    return kind(
+        guid=guid,
+        tad=tad_to_pb(tad),
+        checksum=state.checksum,
+        generation=state.generation,
+        **fields,
+    )
+
+
+def _pieces_of(snapshot: bytes) -> Iterator[bytes | None]:
+    """None (the place of the head piece), then ``snapshot`` in pieces of
+    STATE_PIECE_BYTES; the interpreter is let go between pieces."""
+    yield None
+    view = memoryview(snapshot)
+    for offset in range(0, len(view), STATE_PIECE_BYTES):
+        yield_gil()
+        yield bytes(view[offset : offset + STATE_PIECE_BYTES])

@@ -10,7 +10,8 @@ from wat.runtime_helpers import example
 from hermesx.core.errors import StorageError
 from hermesx.core.identity import GUID
 from hermesx.core.snapshot import snapshot_checksum
-from hermesx.node.supervisor import NodeConfig, Supervisor
+from hermesx.node.config import NodeConfig
+from hermesx.node.supervisor import Supervisor
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.runtime.engine import Runtime
 from hermesx.runtime.host import StandaloneHost
@@ -20,7 +21,7 @@ from hermesx.runtime.host import StandaloneHost
 def node() -> Iterator[Supervisor]:
     # Never started: nothing here needs ZooKeeper, a storesite or a port.
     supervisor = Supervisor(NodeConfig(name="n1", zk="127.0.0.1:1"))
-    supervisor.incarnation = "1-test"  # as if registered: a node takes atoms only then
+    supervisor.fencing.incarnation = "1-test"  # as if registered: a node takes atoms only then
     yield supervisor
     supervisor.stop()
 
@@ -46,8 +47,8 @@ def test_a_damaged_snapshot_sent_for_activation_is_refused_and_nothing_runs(
             checksum=snapshot_checksum(snapshot),
         )
         with pytest.raises(StorageError) as info:
-            node.accept_atom(request, commit=commit)
+            node.destination.accept(request, commit=commit)
         assert str(info.value).startswith(
             f"snapshot of atom {guid} sent to node n1 for n1@3 is damaged: its "
         )
-    assert guid not in node.atoms
+    assert guid not in node.catalog.atoms

@@ -35,7 +35,7 @@ from faultkit import (
 
 from hermesx.client import Client
 from hermesx.core import codec
-from hermesx.node.supervisor import STAGED_RESOLVE_AFTER_S
+from hermesx.node.migration_destination import STAGED_RESOLVE_AFTER_S
 from hermesx.rpc.node_client import STAGE_TIMEOUT_S
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg

@@ -1,0 +1,117 @@
+"""Admission: how many invocations a node takes, in all and per atom (DESIGN.md §4).
+
+A node keeps some of its gRPC workers free of invocations, for Status and
+the other control calls; one atom (running here, or being forwarded to) may
+hold only its share of the rest, so one slow atom cannot take every worker;
+and past a pressure mark, an atom that already has a couple of calls gets no
+more, so several slow atoms together (a tenant of them) cannot take the
+workers of the rest. A refused call is answered at once with
+:class:`CapacityError`: try later.
+
+Each ``refuse_*`` method either returns the refusal or counts the call in;
+the matching ``release_*`` counts it out.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+
+from hermesx.core.errors import CapacityError
+from hermesx.core.identity import TAD
+from hermesx.node.catalog import ActiveAtom
+from hermesx.node.config import NodeConfig
+from hermesx.rpc.convert import tad_to_pb
+from hermesx.rpc.proto import hermesx_pb2 as pb
+from hermesx.rpc.status import pb_error
+
+__all__ = ["PRESSED_CALLS_PER_ATOM", "Admission"]
+
+# Calls one atom may have in flight while the node is under pressure.
+PRESSED_CALLS_PER_ATOM = 2
+
+
+class Admission:
+    """The invocation limits of one node, from its number of workers."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self._name = config.name
+        self._workers = config.workers
+        # Workers kept free of invocations, for Status and the other control RPCs.
+        self._reserved_workers = min(config.workers - 1, max(4, config.workers // 8))
+        self._max_invokes = config.workers - self._reserved_workers
+        self._max_calls_per_atom = config.max_calls_per_atom or max(1, config.workers // 4)
+        # Past this many invocations the node is under pressure.
+        self._pressure_invokes = max(1, self._max_invokes * 3 // 4)
+        self.invokes = 0  # Invoke RPCs being served
+        self._forwarding: collections.Counter[str] = collections.Counter()  # GUID -> calls
+        self._lock = threading.Lock()
+
+    def refuse_invoke(self) -> pb.InvokeReply | None:
+        """An Invoke RPC arrived: its refusal when the node serves its limit already."""
+        with self._lock:
+            if self.invokes < self._max_invokes:
+                self.invokes += 1
+                return None
+        return pb.InvokeReply(
+            error=pb_error(
+                CapacityError(
+                    f"node {self._name} is serving {self._max_invokes} invocations, its "
+                    f"limit ({self._reserved_workers} of {self._workers} workers stay "
+                    "free for control calls); try later"
+                )
+            )
+        )
+
+    def release_invoke(self) -> None:
+        with self._lock:
+            self.invokes -= 1
+
+    def refuse_atom_call(self, active: ActiveAtom, method: str) -> pb.InvokeReply | None:
+        """A call to run in ``active``: its refusal when the atom has its share of calls."""
+        limit = self._max_calls_per_atom
+        if self.invokes >= self._pressure_invokes:
+            limit = min(limit, PRESSED_CALLS_PER_ATOM)
+        with active.cond:
+            if active.calls < limit:
+                active.calls += 1
+                return None
+            pressed = " while the node is busy" if limit < self._max_calls_per_atom else ""
+            return pb.InvokeReply(
+                error=pb_error(
+                    CapacityError(
+                        f"atom {active.guid} on node {self._name} already has "
+                        f"{active.calls} calls waiting or running (limit {limit}{pressed}); "
+                        f"{method} refused, try later"
+                    )
+                ),
+                tad=tad_to_pb(active.tad),
+            )
+
+    def release_atom_call(self, active: ActiveAtom) -> None:
+        with active.cond:
+            active.calls -= 1
+
+    def refuse_forward(self, guid: str, tad: TAD, method: str) -> pb.InvokeReply | None:
+        """A call to forward to ``guid`` at ``tad``: its refusal when this node forwards
+        the atom's share of calls already (a slow atom elsewhere must not take our workers)."""
+        with self._lock:
+            if self._forwarding[guid] < self._max_calls_per_atom:
+                self._forwarding[guid] += 1
+                return None
+            return pb.InvokeReply(
+                error=pb_error(
+                    CapacityError(
+                        f"node {self._name} is already forwarding {self._forwarding[guid]} "
+                        f"calls to atom {guid} (limit {self._max_calls_per_atom}); "
+                        f"{method} refused, try later"
+                    )
+                ),
+                tad=tad_to_pb(tad),
+            )
+
+    def release_forward(self, guid: str) -> None:
+        with self._lock:
+            self._forwarding[guid] -= 1
+            if self._forwarding[guid] <= 0:
+                del self._forwarding[guid]

@@ -1,0 +1,55 @@
+"""A node's configuration: what ``hermesx node serve`` and tests set (DESIGN.md §4, §6).
+
+:class:`NodeConfig` is a frozen value; :meth:`NodeConfig.validate` refuses a
+configuration the node cannot run with before anything starts.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from dataclasses import dataclass
+
+from hermesx.core.errors import ConfigurationError
+from hermesx.core.identity import validate_name
+
+__all__ = ["NodeConfig"]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    name: str
+    listen: str = "127.0.0.1:0"
+    zk: str = "127.0.0.1:2181"
+    cluster: str = "default"
+    tags: tuple[str, ...] = ()
+    data_dir: pathlib.Path | None = None
+    hop_limit: int = 4
+    session_timeout: float = 4.0
+    deadline_ms: int = 5000
+    memory_limit_bytes: int = 64 * 2**20
+    max_payload_bytes: int = 4 * 2**20
+    test_hooks: bool = False
+    workers: int = 64
+    # Invocations one atom may have waiting for it or running in it at once
+    # (0: a quarter of the workers), so one slow atom cannot take every worker.
+    max_calls_per_atom: int = 0
+    # A node that cannot answer its own Status for this long gives up its
+    # name-service session (0: three session timeouts, at least 10 s).
+    unresponsive_limit_s: float = 0.0
+    # Cluster certificate directory: mutual TLS and the name-service secret.
+    tls_dir: pathlib.Path | None = None
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigurationError` for a configuration a node cannot run with."""
+        validate_name(self.name, "node name")
+        if self.workers < 2:
+            raise ConfigurationError(f"workers must be at least 2, not {self.workers}")
+        if self.max_calls_per_atom < 0:
+            raise ConfigurationError(
+                f"max_calls_per_atom must be 0 (default) or more, not {self.max_calls_per_atom}"
+            )
+        if not 0 <= self.unresponsive_limit_s < float("inf"):
+            raise ConfigurationError(
+                "unresponsive_limit_s must be 0 (default) or a positive number of seconds, "
+                f"not {self.unresponsive_limit_s}"
+            )

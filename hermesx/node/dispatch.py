@@ -1,0 +1,205 @@
+"""Dispatch of invocations and messages on a node: run here, or forward (DESIGN.md §4).
+
+A call for an atom active here runs in it (within the admission limits);
+a call for an atom the stash places elsewhere is forwarded along its TAD,
+at most the call's hop limit times, then answered MOVED so the caller asks
+the storesite; a call for an atom with a staged copy here settles that copy
+first. After a call has run, the atom's checkpoint policy and placement
+policy act, and a move the atom asked for starts in the background.
+Messages (``send``) follow the same path without a reply of the atom.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from hermesx.core.errors import HermesError, UnreachableError
+from hermesx.core.identity import TAD
+from hermesx.node.admission import Admission
+from hermesx.node.catalog import ActiveAtom
+from hermesx.node.checkpoints import Checkpointing
+from hermesx.node.context import NodeContext
+from hermesx.node.placement import FOLLOW_CALLER, FollowCaller
+from hermesx.rpc.convert import tad_from_pb, tad_to_pb
+from hermesx.rpc.proto import hermesx_pb2 as pb
+from hermesx.rpc.status import pb_error
+
+__all__ = ["DEADLINE_MARGIN_S", "Dispatcher"]
+
+# How much earlier than its caller a call's waits in an atom end (at most).
+DEADLINE_MARGIN_S = 0.5
+
+
+class Dispatcher:
+    """Serves and forwards the invocations and messages that reach this node."""
+
+    def __init__(
+        self,
+        ctx: NodeContext,
+        admission: Admission,
+        checkpoints: Checkpointing,
+        *,
+        resolve_staged: Callable[[str], bool],
+        move_later: Callable[[str, str], None],
+    ) -> None:
+        self._ctx = ctx
+        self._node = ctx.name
+        # The invocation path reads these on every call.
+        self._atoms, self._stash, self._fencing = ctx.catalog.atoms, ctx.stash, ctx.fencing
+        self._admission = admission
+        self._checkpoints = checkpoints
+        self._follow_caller = FollowCaller(ctx.name, ctx.naming)
+        # A staged copy of the called atom: settle it (True: it serves here now).
+        self._resolve_staged = resolve_staged
+        # A move the atom asked for, or its placement decided, after its call.
+        self._move_later = move_later
+
+    def invoke(self, request: pb.InvokeRequest) -> pb.InvokeReply:
+        if not self._fencing.may_serve(f"{request.method} of atom {request.guid}"):
+            return pb.InvokeReply(error=self._fencing.unavailable())
+        guid = request.guid
+        active = self._atoms.get(guid)
+        if active is not None:
+            reply = self._run_here(active, request)
+            if reply is not None:
+                return reply
+        tad = self._stash.get(guid)
+        if tad is not None and tad.node != self._node:
+            if request.hops < self.hop_limit(request.hop_limit):
+                return self._forward(request, tad)
+            reply = pb.InvokeReply(moved=tad_to_pb(tad), tad=tad_to_pb(tad))
+            if request.trace:
+                reply.trace.append(pb.Hop(node=self._node, tad=tad_to_pb(tad), event="moved"))
+            return reply
+        if guid in self._ctx.catalog.staged and self._resolve_staged(guid):
+            active = self._atoms.get(guid)
+            if active is not None:
+                settled = self._run_here(active, request)
+                if settled is not None:
+                    return settled
+        reply = pb.InvokeReply(
+            error=pb_error(UnreachableError(f"node {self._node} has no record of atom {guid}"))
+        )
+        if tad is not None:
+            reply.tad.CopyFrom(tad_to_pb(tad))
+        return reply
+
+    def hop_limit(self, requested: int) -> int:
+        """Hops this node forwards a request before answering MOVED.
+
+        A caller may ask for fewer hops than the node allows, never more: every
+        hop of a forwarding chain holds a worker on each node it passes, so a
+        request carrying a huge limit into a forwarding loop would take every
+        worker of the nodes on the loop until the call's deadline.
+        """
+        if requested <= 0:
+            return self._ctx.config.hop_limit
+        return min(requested, self._ctx.config.hop_limit)
+
+    def _run_here(self, active: ActiveAtom, request: pb.InvokeRequest) -> pb.InvokeReply | None:
+        refused = self._admission.refuse_atom_call(active, request.method)
+        if refused is not None:
+            return refused
+        try:
+            return self._run_fixed(active, request)
+        finally:
+            self._admission.release_atom_call(active)
+
+    def _run_fixed(self, active: ActiveAtom, request: pb.InvokeRequest) -> pb.InvokeReply | None:
+        wait = request.timeout if request.timeout > 0 else 30.0
+        # The atom's waits end a little before the caller's, so the caller
+        # hears why its call ended instead of only that its deadline passed.
+        timeout = wait - min(DEADLINE_MARGIN_S, wait / 8)
+        started = time.monotonic()
+        with active.fixed(timeout) as ok:
+            if not ok:
+                return None  # it left while we waited: forward along the new TAD
+            # Fenced while this call waited its turn, or the wait outlasted our lease.
+            if not self._fencing.may_serve(
+                f"{request.method} of atom {active.guid} after its wait"
+            ):
+                return pb.InvokeReply(error=self._fencing.unavailable())
+            reply = pb.InvokeReply(tad=tad_to_pb(active.tad))
+            try:
+                reply.result = active.atom.invoke(
+                    request.method,
+                    request.args,
+                    request_id=request.request_id,
+                    chain=tuple(request.chain),
+                    timeout=max(0.001, timeout - (time.monotonic() - started)),
+                    open_chain=tuple(request.chain_open),
+                )
+            except HermesError as exc:
+                reply.error.CopyFrom(pb_error(exc))
+            if request.trace:
+                reply.trace.append(pb.Hop(node=self._node, tad=tad_to_pb(active.tad), event="ran"))
+            self._checkpoints.after_call(active, reply)
+            if active.meta.placement == FOLLOW_CALLER:
+                self._follow_caller.note_call(active, request.caller_node)
+        if active.move_request is not None:
+            node, active.move_request = active.move_request, None
+            self._move_later(active.guid, node)
+        return reply
+
+    def _forward(self, request: pb.InvokeRequest, tad: TAD) -> pb.InvokeReply:
+        """Forward, holding at most an atom's share of the workers for one GUID
+        (a slow atom elsewhere must not take this node's workers either)."""
+        refused = self._admission.refuse_forward(request.guid, tad, request.method)
+        if refused is not None:
+            return refused
+        try:
+            return self._forward_along(request, tad)
+        finally:
+            self._admission.release_forward(request.guid)
+
+    def _forward_along(self, request: pb.InvokeRequest, tad: TAD) -> pb.InvokeReply:
+        forwarded = pb.InvokeRequest()
+        forwarded.CopyFrom(request)
+        forwarded.hops = request.hops + 1
+        try:
+            invoker = self._ctx.invoker
+            reply = invoker.nodes.invoke(
+                invoker.node(tad.node), forwarded, timeout=request.timeout or 30.0
+            )
+        except HermesError as exc:
+            reply = pb.InvokeReply(error=pb_error(exc), tad=tad_to_pb(tad))
+        newest = tad_from_pb(reply.tad)
+        if newest is not None:
+            self._stash.update(request.guid, newest)
+        if request.trace:
+            reply.trace.insert(0, pb.Hop(node=self._node, tad=tad_to_pb(tad), event="forward"))
+        return reply
+
+    def send(self, request: pb.SendRequest) -> pb.SendReply:
+        if self._fencing.fenced:
+            return pb.SendReply(error=self._fencing.unavailable())
+        active = self._atoms.get(request.guid)
+        if active is not None:
+            with active.cond:
+                while active.state == "moving":
+                    active.cond.wait(1.0)
+                if active.state == "active":
+                    active.atom.deliver(request.code, request.payload)
+                    return pb.SendReply(tad=tad_to_pb(active.tad))
+        tad = self._stash.get(request.guid)
+        if tad is None or tad.node == self._node:
+            return pb.SendReply(
+                error=pb_error(
+                    UnreachableError(f"node {self._node} has no record of atom {request.guid}")
+                )
+            )
+        if request.hops >= self.hop_limit(request.hop_limit):
+            return pb.SendReply(moved=tad_to_pb(tad), tad=tad_to_pb(tad))
+        forwarded = pb.SendRequest()
+        forwarded.CopyFrom(request)
+        forwarded.hops = request.hops + 1
+        try:
+            invoker = self._ctx.invoker
+            reply = invoker.nodes.send(invoker.node(tad.node), forwarded, timeout=30.0)
+        except HermesError as exc:
+            return pb.SendReply(error=pb_error(exc), tad=tad_to_pb(tad))
+        newest = tad_from_pb(reply.tad)
+        if newest is not None:
+            self._stash.update(request.guid, newest)
+        return reply

@@ -1,0 +1,231 @@
+"""The node's gRPC service: thin handlers that hand each RPC to the part of the node for it.
+
+Each handler turns a :class:`HermesError` into the RPC's status
+(:func:`~hermesx.rpc.status.abort_with`) or, for Invoke and Send, into the
+reply's error. :func:`serve` starts the gRPC server of a node: mutual TLS when
+the cluster has it, and as many workers as the configuration says, some of
+them kept free of invocations (:mod:`hermesx.node.admission`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+
+from hermesx.core.errors import HermesError, UnreachableError
+from hermesx.core.identity import TAD
+from hermesx.node.admission import Admission
+from hermesx.node.catalog import ActiveAtom
+from hermesx.node.checkpoints import Checkpointing
+from hermesx.node.config import NodeConfig
+from hermesx.node.context import NodeContext
+from hermesx.node.creation import Creation
+from hermesx.node.dispatch import Dispatcher
+from hermesx.node.migration_destination import MigrationDestination
+from hermesx.node.migration_source import MigrationSource
+from hermesx.node.passivation import Passivation
+from hermesx.node.testhooks import TestHooks
+from hermesx.rpc.convert import tad_to_pb
+from hermesx.rpc.proto import hermesx_pb2 as pb
+from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
+from hermesx.rpc.status import abort_with
+from hermesx.rpc.wire import CHANNEL_OPTIONS, TLSIdentity, add_server_port, server_interceptors
+
+__all__ = ["NodeRoles", "NodeServicer", "TestHooksServicer", "serve"]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRoles:
+    """The roles of a node its RPCs reach, besides its context."""
+
+    admission: Admission
+    dispatcher: Dispatcher
+    creation: Creation
+    checkpoints: Checkpointing
+    passivation: Passivation
+    source: MigrationSource
+    destination: MigrationDestination
+
+
+class NodeServicer(pbg.SupervisorServicer):
+    """The Supervisor service of one node."""
+
+    def __init__(self, ctx: NodeContext, roles: NodeRoles) -> None:
+        self._ctx = ctx
+        self._name = ctx.name
+        self._tags = list(ctx.config.tags)
+        self._catalog = ctx.catalog
+        self._roles = roles
+        self._admission = roles.admission
+        self._dispatcher = roles.dispatcher
+
+    # ------------------------------------------------------------ calls
+
+    def Invoke(self, request: pb.InvokeRequest, context: grpc.ServicerContext) -> pb.InvokeReply:
+        refused = self._admission.refuse_invoke()
+        if refused is not None:
+            return refused
+        try:
+            return self._dispatcher.invoke(request)
+        finally:
+            self._admission.release_invoke()
+
+    def Send(self, request: pb.SendRequest, context: grpc.ServicerContext) -> pb.SendReply:
+        return self._dispatcher.send(request)
+
+    def Create(self, request: pb.CreateRequest, context: grpc.ServicerContext) -> pb.CreateReply:
+        try:
+            guid, tad = self._roles.creation.create(request)
+        except HermesError as exc:
+            abort_with(context, exc)
+        return pb.CreateReply(guid=guid, tad=tad_to_pb(tad))
+
+    # ------------------------------------------------------------ where, how
+
+    def Locate(self, request: pb.LocateRequest, context: grpc.ServicerContext) -> pb.LocateReply:
+        fencing = self._ctx.fencing
+        held = request.guid in self._catalog.atoms
+        if held and not fencing.lease_held(f"Locate of {request.guid}"):
+            # Neither "here" (we may not serve) nor "not here" (the asker
+            # could place a second copy while we still hold this one).
+            abort_with(
+                context,
+                UnreachableError(
+                    f"node {self._name} is fenced (its name-service session may have expired); "
+                    f"whether it holds atom {request.guid} is not known"
+                ),
+            )
+        reply = pb.LocateReply(active_here=held, incarnation=fencing.incarnation)
+        tad = self._ctx.stash.get(request.guid)
+        if tad is not None:
+            reply.tad.CopyFrom(tad_to_pb(tad))
+        return reply
+
+    def Status(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.NodeStatus:
+        atoms = self._catalog.atoms
+        return pb.NodeStatus(
+            name=self._name,
+            active_atoms=len(atoms),
+            stash_entries=len(self._ctx.stash),
+            pid=os.getpid(),
+            rss_bytes=_rss_bytes(),
+            tags=self._tags,
+            atom_calls=sum(a.calls for a in list(atoms.values())),
+        )
+
+    # ------------------------------------------------------------ checkpoint, passivate
+
+    def Checkpoint(self, request: pb.GuidRequest, context: grpc.ServicerContext) -> pb.TAD:
+        return self._on_active(request.guid, context, self._roles.checkpoints.checkpoint_requested)
+
+    def Passivate(self, request: pb.GuidRequest, context: grpc.ServicerContext) -> pb.TAD:
+        return self._on_active(request.guid, context, self._roles.passivation.passivate)
+
+    def _on_active(
+        self, guid: str, context: grpc.ServicerContext, action: Callable[[ActiveAtom], TAD]
+    ) -> pb.TAD:
+        """``action`` on atom ``guid``, which must be active here; answers the TAD it leaves."""
+        active = self._catalog.atoms.get(guid)
+        if active is None or active.state != "active":
+            abort_with(context, UnreachableError(f"atom {guid} is not active on node {self._name}"))
+        try:
+            return tad_to_pb(action(active))
+        except HermesError as exc:
+            abort_with(context, exc)
+
+    # ------------------------------------------------------------ moves, activation
+
+    def Migrate(self, request: pb.MigrateRequest, context: grpc.ServicerContext) -> pb.MigrateReply:
+        try:
+            return self._roles.source.migrate(request.guid, request.destination)
+        except HermesError as exc:
+            abort_with(context, exc)
+
+    def StageCopy(self, request: pb.CopyRequest, context: grpc.ServicerContext) -> pb.CopyReply:
+        """A move's source stages a copy here (held, not serving)."""
+        try:
+            return pb.CopyReply(incarnation=self._roles.destination.accept(request, commit=False))
+        except HermesError as exc:
+            abort_with(context, exc)
+
+    def ActivateCopy(self, request: pb.CopyRequest, context: grpc.ServicerContext) -> pb.CopyReply:
+        """A move's source, after COMMIT: the staged copy serves."""
+        try:
+            return pb.CopyReply(incarnation=self._roles.destination.accept(request, commit=True))
+        except HermesError as exc:
+            abort_with(context, exc)
+
+    def DiscardCopy(
+        self, request: pb.DiscardCopyRequest, context: grpc.ServicerContext
+    ) -> pb.Empty:
+        """A move's source, after an abort: the staged copy goes."""
+        try:
+            self._roles.destination.discard(request)
+        except HermesError as exc:
+            abort_with(context, exc)
+        return pb.Empty()
+
+    def Activate(
+        self, request: pb.ActivateRequest, context: grpc.ServicerContext
+    ) -> pb.ActivateReply:
+        """A storesite stages or confirms an atom here (dormant, recovered)."""
+        try:
+            return self._roles.destination.activate(request)
+        except HermesError as exc:
+            abort_with(context, exc)
+
+
+class TestHooksServicer(pbg.NodeTestHooksServicer):
+    """The NodeTestHooks service: served only by a node started with test hooks."""
+
+    def __init__(self, hooks: TestHooks) -> None:
+        self._hooks = hooks
+
+    def StashPut(self, request: pb.StashPutRequest, context: grpc.ServicerContext) -> pb.Empty:
+        """Place a stash entry (relocating the atom if it is here)."""
+        try:
+            tad = self._hooks.stash_tad(request)
+        except HermesError as exc:
+            abort_with(context, exc)
+        self._hooks.stash_put(request.guid, tad)
+        return pb.Empty()
+
+    def TestHook(self, request: pb.TestHookRequest, context: grpc.ServicerContext) -> pb.Empty:
+        """Pause at a step of the next move, checkpoint or staged activation."""
+        try:
+            self._hooks.set_pause(request)
+        except HermesError as exc:
+            abort_with(context, exc)
+        return pb.Empty()
+
+
+def serve(
+    servicer: NodeServicer, hooks: TestHooks, config: NodeConfig, tls: TLSIdentity | None
+) -> tuple[grpc.Server, str]:
+    """Start the gRPC server of node ``config.name``; returns it and the address it listens on."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="node-rpc"),
+        options=CHANNEL_OPTIONS,
+        interceptors=server_interceptors(tls, f"node {config.name}"),
+    )
+    pbg.add_SupervisorServicer_to_server(servicer, server)
+    if config.test_hooks:
+        pbg.add_NodeTestHooksServicer_to_server(TestHooksServicer(hooks), server)
+    host, _, _ = config.listen.rpartition(":")
+    port = add_server_port(server, config.listen, tls)
+    if port == 0:
+        raise UnreachableError(f"node {config.name}: cannot listen on {config.listen}")
+    server.start()
+    return server, f"{host}:{port}"
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0

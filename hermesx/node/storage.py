@@ -1,0 +1,130 @@
+"""The node's calls to its atoms' storesites, following an atom's home when it moved (DESIGN.md §6).
+
+Every write a node makes for an atom (checkpoints, passivation, the steps of a
+move) and every module it fetches goes to the atom's *home* storesite through
+a typed :class:`~hermesx.rpc.storesite_client.StoresiteClient`. A home can
+move to another storesite meanwhile: the old one then refuses with
+:class:`HomeMovedError`, and :meth:`AtomStoresites.call` looks up the new home
+and makes the call again, building its request afresh (a large state is sent
+as a stream of pieces, which one attempt consumes).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from hermesx.core.errors import HomeMovedError
+from hermesx.core.identity import GUID, TAD
+from hermesx.core.snapshot import snapshot_checksum
+from hermesx.routing.invoker import Invoker
+from hermesx.routing.naming import Naming
+from hermesx.rpc.storesite_client import AtomState, StoresiteClient
+
+__all__ = ["AtomStoresites", "transfer_timeout"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def transfer_timeout(size: int) -> float:
+    """Seconds to allow for sending a state of ``size`` bytes to a storesite: a
+    64 MiB state (an atom at the default cap) written durably on a busy disk
+    takes several seconds."""
+    return 10.0 + size / (4 * 2**20)
+
+
+class AtomStoresites:
+    """Typed clients of the cluster's storesites, one per storesite, and the atoms' homes."""
+
+    def __init__(self, naming: Naming, invoker: Invoker) -> None:
+        self._naming = naming
+        self._invoker = invoker
+        self._channels = invoker.channels
+        self._clients: dict[tuple[str, str], StoresiteClient] = {}
+        self._lock = threading.Lock()
+
+    def client(self, sid: str, address: str) -> StoresiteClient:
+        """The client of storesite ``sid`` at ``address`` (kept for later calls)."""
+        with self._lock:
+            client = self._clients.get((sid, address))
+            if client is None:
+                client = self._clients[sid, address] = StoresiteClient(
+                    address, sid=sid, channels=self._channels
+                )
+            return client
+
+    def close(self) -> None:
+        with self._lock:
+            clients = list(self._clients.values())
+            self._clients.clear()
+        for client in clients:
+            client.close()
+
+    def call(self, guid: str, call: Callable[[StoresiteClient], T], timeout: float = 10.0) -> T:
+        """``call`` on the atom's home storesite, whose client has the time left as its
+        timeout; made again at the new home when the home moved meanwhile."""
+        deadline = time.monotonic() + timeout
+        while True:
+            sid, address = self._invoker.storesite_address(guid)
+            site = self.client(sid, address).with_timeout(max(deadline - time.monotonic(), 0.1))
+            try:
+                return call(site)
+            except HomeMovedError:
+                if not self._await_new_home(guid, sid, deadline):
+                    raise
+                log.info("atom %s: its home moved from storesite %s; following it", guid, sid)
+
+    def _await_new_home(self, guid: str, old: str, deadline: float) -> bool:
+        """Wait (bounded) until the name service names a home other than ``old``.
+
+        The old home records the move in the name service before it refuses
+        the atom's records, so the new home is there already; only our
+        cached view may lag by a watch notification.
+        """
+        while True:
+            home = self._naming.home(guid) or GUID.parse(guid).home
+            if home != old:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+
+    # ------------------------------------------------------------ typed calls
+
+    def get_module(self, guid: str, module_hash: str) -> bytes:
+        return self.call(guid, lambda site: site.get_module(module_hash))
+
+    def put_checkpoint(
+        self, guid: str, tad: TAD, snapshot: bytes, seq: int, *, generation: int, periodic: bool
+    ) -> None:
+        state = AtomState(snapshot, snapshot_checksum(snapshot), generation)
+        self.call(
+            guid,
+            lambda site: site.send_checkpoint(guid, tad, state, seq, periodic=periodic),
+            transfer_timeout(len(snapshot)),
+        )
+
+    def passivated(self, guid: str, tad: TAD, snapshot: bytes, *, generation: int) -> None:
+        state = AtomState(snapshot, snapshot_checksum(snapshot), generation)
+        self.call(
+            guid,
+            lambda site: site.send_passivated(guid, tad, state),
+            transfer_timeout(len(snapshot)),
+        )
+
+    def prepare(self, guid: str, source: TAD, destination: str) -> int:
+        return self.call(guid, lambda site: site.prepare(guid, source, destination))
+
+    def stage(self, guid: str, tad: TAD, state: AtomState) -> None:
+        self.call(guid, lambda site: site.stage(guid, tad, state), 60.0)
+
+    def commit(self, guid: str, tad: TAD, incarnation: str) -> None:
+        self.call(guid, lambda site: site.commit(guid, tad, b"", incarnation=incarnation))
+
+    def abort(self, guid: str, age: int, timeout: float) -> None:
+        self.call(guid, lambda site: site.abort(guid, age), timeout)
