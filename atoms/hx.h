@@ -1,5 +1,5 @@
 /*
- * hx.h -- the hermesx atom SDK for C (ABI v1, atoms/ABI.md; DESIGN.md section 3).
+ * hx.h -- the hermesx atom SDK for C (ABI v1, atoms/ABI.md; docs/DESIGN.md section 3).
  *
  * Include it in the one .c file of an atom and build with `hermesx build`
  * (hermesx/build.py). It gives the atom:

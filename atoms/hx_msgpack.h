@@ -1,7 +1,7 @@
 /*
  * hx_msgpack.h -- the small msgpack reader and writer hermesx atoms use for
  * method arguments and results (atoms/ABI.md: "Arguments and results of
- * methods are msgpack bytes"; DESIGN.md section 3).
+ * methods are msgpack bytes"; docs/DESIGN.md section 3).
  *
  * No libc, no allocation: the writer fills a buffer the caller owns, the
  * reader walks bytes the caller owns. Every read is bounds-checked, so a

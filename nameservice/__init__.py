@@ -1,4 +1,4 @@
-"""hermesx's name service on ZooKeeper (DESIGN.md §7) and a launcher for local ZooKeepers.
+"""hermesx's name service on ZooKeeper (docs/DESIGN.md §7) and a launcher for local ZooKeepers.
 
 This package depends on nothing else of hermesx. :class:`NameService` keeps the
 cluster's membership (nodes, storesites), unique atom names, scoped aliases and

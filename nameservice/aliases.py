@@ -1,4 +1,4 @@
-"""Scoped aliases: names any number of atoms may share within a scope (DESIGN.md §7).
+"""Scoped aliases: names any number of atoms may share within a scope (docs/DESIGN.md §7).
 
 An alias lives at ``aliases/<scope>/<alias>/<guid>`` (an empty znode per
 atom that carries it). Adding is idempotent; removing the last atom of an

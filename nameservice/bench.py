@@ -1,4 +1,4 @@
-"""Name service benchmark (``hermesx bench naming``; DESIGN.md §7, §8).
+"""Name service benchmark (``hermesx bench naming``; docs/DESIGN.md §7, §8).
 
 Measures what invocation pays for naming: a cached exact lookup (a dict get,
 no round trip), an uncached one (one ZooKeeper read), and RE2 pattern lookups

@@ -1,4 +1,4 @@
-"""The name service's reads, cached and kept fresh by ZooKeeper watches (DESIGN.md §7).
+"""The name service's reads, cached and kept fresh by ZooKeeper watches (docs/DESIGN.md §7).
 
 Every read sets a watch on what it read, and the watch's notification
 drops that entry, so the next read fetches it again: a cached exact lookup

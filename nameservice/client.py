@@ -1,4 +1,4 @@
-"""The name service client: membership, atom names, scoped aliases, homes (DESIGN.md §7).
+"""The name service client: membership, atom names, scoped aliases, homes (docs/DESIGN.md §7).
 
 Everything lives under ``/hermesx/<cluster>`` in ZooKeeper::
 
@@ -38,7 +38,7 @@ made open (by a cluster without secrets, or before this rule) is left open.
 A member's *incarnation* is the ZooKeeper session that owns its ephemeral
 entry (hex): every registration by a new session is a new incarnation, also
 under the same name and address, and an incarnation never comes back once its
-entry is gone (DESIGN.md §5).
+entry is gone (docs/DESIGN.md §5).
 
 Kazoo's synchronous calls block forever without quorum, so every call here is
 ``*_async(...).get(timeout)`` and fails with :class:`NoQuorumError` after

@@ -1,4 +1,4 @@
-"""Errors of the name service (DESIGN.md §7, §9).
+"""Errors of the name service (docs/DESIGN.md §7, §9).
 
 ``nameservice`` depends on nothing else of ours, so it has its own small tree.
 hermesx translates these into its own ``NamingError`` branch by ``kind``, so

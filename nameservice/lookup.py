@@ -1,4 +1,4 @@
-"""Lookups by pattern over atom names and scoped aliases (DESIGN.md §7).
+"""Lookups by pattern over atom names and scoped aliases (docs/DESIGN.md §7).
 
 A pattern is an RE2 regular expression (linear time) matched against the
 whole name or alias (:mod:`nameservice.patterns`). :class:`Lookups` answers

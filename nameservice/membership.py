@@ -1,4 +1,6 @@
-"""Membership: the cluster's live nodes and storesites, and their incarnations (DESIGN.md §5, §7).
+"""Membership: the cluster's live nodes and storesites, and their incarnations.
+
+See docs/DESIGN.md §5, §7.
 
 A node registers as the ephemeral ``nodes/<name>``, a storesite as
 ``storesites/<id>``, each with JSON ``{"address", "tags", ...extra}``. A

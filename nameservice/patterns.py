@@ -1,4 +1,4 @@
-"""Name validation and bounded-cost pattern lookups (DESIGN.md §7).
+"""Name validation and bounded-cost pattern lookups (docs/DESIGN.md §7).
 
 Lookup patterns are google-re2 regular expressions matched against the whole
 name or alias (full match). RE2 runs in time linear in the text, so a hostile

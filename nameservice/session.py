@@ -1,4 +1,4 @@
-"""One ZooKeeper session of a name-service client: connecting, calls, states (DESIGN.md §7).
+"""One ZooKeeper session of a name-service client: connecting, calls, states (docs/DESIGN.md §7).
 
 :class:`Session` owns the kazoo client. Kazoo's synchronous calls block
 forever without quorum, so every call goes through :meth:`Session.call`:

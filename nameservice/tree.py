@@ -1,4 +1,4 @@
-"""The cluster's tree in ZooKeeper and who may read and write it (DESIGN.md §7).
+"""The cluster's tree in ZooKeeper and who may read and write it (docs/DESIGN.md §7).
 
 Everything of a cluster lives under ``/hermesx/<cluster>``, in the areas
 ``nodes``, ``storesites``, ``names``, ``aliases`` and ``homes``;

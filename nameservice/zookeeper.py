@@ -1,4 +1,4 @@
-"""Launch real ZooKeeper servers for local clusters and tests (DESIGN.md §7, §8).
+"""Launch real ZooKeeper servers for local clusters and tests (docs/DESIGN.md §7, §8).
 
 ``hermesx up`` and the test suite run ZooKeeper from Debian's ``zookeeper``
 package as a child JVM: one standalone server (:class:`ZooKeeperServer`) or a

@@ -1,4 +1,4 @@
-"""The storesite: checkpoints, location records, modules and recovery (DESIGN.md §6).
+"""The storesite: checkpoints, location records, modules and recovery (docs/DESIGN.md §6).
 
 Public face: :class:`StoresiteClient` for callers, :func:`serve` for the
 process, :class:`AtomStore` and :class:`Storesite` for embedding and tests.

@@ -1,4 +1,4 @@
-"""``python -m storesite``: run one storesite process (DESIGN.md §8).
+"""``python -m storesite``: run one storesite process (docs/DESIGN.md §8).
 
 The same as ``hermesx storesite serve``; tests start storesites this way.
 Prints ``storesite <id> listening on <HOST:PORT>`` once it serves.

@@ -1,4 +1,4 @@
-"""Where an atom runs: is its holder live, and placing it on a node (DESIGN.md §5, §6).
+"""Where an atom runs: is its holder live, and placing it on a node (docs/DESIGN.md §5, §6).
 
 :class:`Activator` answers two questions for the storesite. Is the node
 incarnation recorded as holding an atom still the live one (ZooKeeper, read

@@ -1,4 +1,4 @@
-"""Checkpoint benchmark of the storesite (``hermesx bench storesite``, DESIGN.md §6, §8).
+"""Checkpoint benchmark of the storesite (``hermesx bench storesite``, docs/DESIGN.md §6, §8).
 
 Durable checkpoint latency (p50 / p99, µs) and throughput (checkpoints/s)
 for 4 KiB and 64 KiB snapshots, first directly on the LMDB store, then

@@ -1,4 +1,4 @@
-"""An atom's checkpoints: the latest plus three, checked on the way in and out (DESIGN.md §6).
+"""An atom's checkpoints: the latest plus three, checked on the way in and out (docs/DESIGN.md §6).
 
 :class:`CheckpointWindow` keeps the ``checkpoints`` sub-database: each
 atom's snapshots under consecutive slot numbers, the latest and the

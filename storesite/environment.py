@@ -1,4 +1,4 @@
-"""The LMDB environment of one storesite and its data directory (DESIGN.md §6).
+"""The LMDB environment of one storesite and its data directory (docs/DESIGN.md §6).
 
 :class:`StoreEnvironment` opens a storesite's store: the data directory must
 exist (or ``init`` creates it), is locked with ``flock`` so two storesite

@@ -1,4 +1,4 @@
-"""One lock per atom, so the storesite's steps on one atom never interleave (DESIGN.md §5, §6).
+"""One lock per atom, so the storesite's steps on one atom never interleave (docs/DESIGN.md §5, §6).
 
 Every operation that changes an atom's records, or talks to nodes about it,
 holds that atom's lock: two Locates of a dormant atom activate it once, a

@@ -1,4 +1,4 @@
-"""Atom modules by content address (DESIGN.md §6).
+"""Atom modules by content address (docs/DESIGN.md §6).
 
 :class:`ModuleStore` keeps the ``modules`` sub-database: hex sha256 →
 module bytes, verified on put and never overwritten, so every node that

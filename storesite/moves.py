@@ -1,6 +1,6 @@
 """The storesite's side of moves: an atom between nodes, and its home between storesites.
 
-DESIGN.md §5 participant side. :class:`MoveRecords` keeps the records of a
+docs/DESIGN.md §5 participant side. :class:`MoveRecords` keeps the records of a
 move of an atom from one node to another: PREPARE reserves the age of the
 move (a lease of :data:`~storesite.records.PENDING_LEASE_S`, never a lock),
 STAGE puts the destination's snapshot into the next checkpoint slot, COMMIT

@@ -1,4 +1,4 @@
-"""Where a dormant or recovered atom goes (DESIGN.md §4 step 4, §6).
+"""Where a dormant or recovered atom goes (docs/DESIGN.md §4 step 4, §6).
 
 The policy: among the live nodes that carry every tag the atom asks for,
 prefer the least loaded (fewest active atoms, as the node's Status reports),

@@ -1,4 +1,6 @@
-"""The storesite process: the store, the name service and the gRPC server together (DESIGN.md §8).
+"""The storesite process: the store, the name service and the gRPC server together.
+
+See docs/DESIGN.md §8.
 
 :func:`serve` is the process main behind ``hermesx storesite serve`` and
 ``python -m storesite``: it opens the data dir, joins the name service as

@@ -1,4 +1,4 @@
-"""The storesite's records and how they are kept in LMDB (DESIGN.md §5, §6).
+"""The storesite's records and how they are kept in LMDB (docs/DESIGN.md §5, §6).
 
 The values: :class:`AtomState` (one atom's location record, everything but
 snapshot bytes, packed with msgpack under its GUID), :class:`Checkpoint` (one
@@ -64,7 +64,7 @@ class Provenance:
     (:func:`hermesx.core.snapshot.snapshot_checksum`), ``generation`` the
     number of calls the atom had completed when it was taken, and
     ``incarnation`` the incarnation of the TAD's node that holds the atom
-    with that snapshot (DESIGN.md §5): a creating node, the destination that
+    with that snapshot (docs/DESIGN.md §5): a creating node, the destination that
     staged a move's copy. A ``periodic`` checkpoint promised nobody that its
     calls are durable.
     """
@@ -155,7 +155,7 @@ class AtomState:
     durable_generation: int = GENERATION_UNKNOWN
     # The generation the latest checkpoint holds.
     checkpoint_generation: int = GENERATION_UNKNOWN
-    # The incarnation of location.node that holds the atom (DESIGN.md §5);
+    # The incarnation of location.node that holds the atom (docs/DESIGN.md §5);
     # "" when unknown (records of older stores): reconciled with the live node.
     incarnation: str = ""
 

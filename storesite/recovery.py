@@ -1,4 +1,4 @@
-"""Recovery: atoms of a node incarnation that ended start again elsewhere (DESIGN.md §6).
+"""Recovery: atoms of a node incarnation that ended start again elsewhere (docs/DESIGN.md §6).
 
 When a node leaves the name service (its session expired — supervisors
 fence themselves) or comes back as another incarnation, every non-dormant

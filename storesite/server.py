@@ -1,4 +1,4 @@
-"""The Storesite gRPC service (DESIGN.md §4, §5, §6).
+"""The Storesite gRPC service (docs/DESIGN.md §4, §5, §6).
 
 :class:`StoresiteServicer` maps the wire onto :class:`storesite.service.Storesite`;
 a HermesError aborts the RPC with details ``"<kind>: <message>"``.

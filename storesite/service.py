@@ -1,4 +1,6 @@
-"""The storesite's behaviour: location, activation, recovery, moving home (DESIGN.md §4, §5, §6).
+"""The storesite's behaviour: location, activation, recovery, moving home.
+
+See docs/DESIGN.md §4, §5, §6.
 
 :class:`Storesite` joins the durable records (:mod:`storesite.store`), the
 cluster's membership (a :class:`Directory`, normally the name service) and

@@ -1,4 +1,4 @@
-"""The storesite's durable state in LMDB (DESIGN.md §5 participant side, §6).
+"""The storesite's durable state in LMDB (docs/DESIGN.md §5 participant side, §6).
 
 One :class:`AtomStore` per process owns one LMDB environment in a data
 directory (:mod:`storesite.environment`: the lock, the whole-file check,
@@ -27,7 +27,7 @@ recovery) starts counting again from 1, and the checkpoint the storesite
 writes itself at that age (commit, activation) has seq 0. A checkpoint older
 than the one held is never stored over it.
 
-Damage (DESIGN.md §6): every checkpoint carries the CRC-32 of its snapshot
+Damage (docs/DESIGN.md §6): every checkpoint carries the CRC-32 of its snapshot
 (:func:`hermesx.core.snapshot.snapshot_checksum`), checked when it arrives and
 every time it is read back. A damaged checkpoint is never handed out. The
 newest good one kept is used instead only when it holds every call that was

@@ -1,4 +1,4 @@
-"""The expense-voucher demo: mobile objects travelling an organisation (DESIGN.md §3-6, §8).
+"""The expense-voucher demo: mobile objects travelling an organisation (docs/DESIGN.md §3-6, §8).
 
 An expense voucher is an atom whose data (lines, total, state, history) and
 code travel between the sites of a company: it is filled in by an employee

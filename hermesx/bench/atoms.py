@@ -1,4 +1,6 @@
-"""How many small active atoms one node process holds (``hermesx bench atoms``; DESIGN.md §3, §8).
+"""How many small active atoms one node process holds (``hermesx bench atoms``).
+
+See docs/DESIGN.md §3, §8.
 
 Creates ``count`` counter atoms in one runtime with the node's default memory
 cap, calls each once, and reports what each costs the process: memory

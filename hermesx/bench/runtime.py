@@ -1,4 +1,4 @@
-"""Benchmark of the atom runtime (``hermesx bench runtime``; DESIGN.md §3, §8).
+"""Benchmark of the atom runtime (``hermesx bench runtime``; docs/DESIGN.md §3, §8).
 
 Measures, in one process and one run (this VM varies ±30% between runs, so
 compare figures of the same run):

@@ -1,4 +1,4 @@
-"""The `hermesx` command line (DESIGN.md §8): its parser, and how a verb is run.
+"""The `hermesx` command line (docs/DESIGN.md §8): its parser, and how a verb is run.
 
 The verbs live in modules by group: :mod:`~hermesx.cli.offline` (run,
 build), :mod:`~hermesx.cli.cluster` (up, down, nodes),

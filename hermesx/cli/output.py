@@ -1,4 +1,4 @@
-"""What the `hermesx` command prints (DESIGN.md §8).
+"""What the `hermesx` command prints (docs/DESIGN.md §8).
 
 Every verb prints something a person can read, or with ``--json`` one JSON
 document a program can read (:func:`emit`); progress lines go to stderr

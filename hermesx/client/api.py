@@ -1,4 +1,4 @@
-"""The Python client: invoke atoms by name from outside the cluster (DESIGN.md §4, §8).
+"""The Python client: invoke atoms by name from outside the cluster (docs/DESIGN.md §4, §8).
 
     with Client() as client:            # HERMESX_ZK / HERMESX_CLUSTER, or the local cluster
         counter = client.atom("c1")

@@ -1,4 +1,4 @@
-"""JSON <-> msgpack for the command line (DESIGN.md §3, §8).
+"""JSON <-> msgpack for the command line (docs/DESIGN.md §3, §8).
 
 Atoms take and return msgpack; people type JSON. ``hermesx invoke`` and
 ``hermesx run`` turn the JSON argument into msgpack with

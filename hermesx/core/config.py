@@ -1,4 +1,6 @@
-"""Configuration: where the cluster is, from flags, environment or the local cluster (DESIGN.md §8).
+"""Configuration: where the cluster is, from flags, environment or the local cluster.
+
+See docs/DESIGN.md §8.
 
 A cluster's address is one ZooKeeper connect string plus a cluster name.
 Flags win over ``HERMESX_ZK`` / ``HERMESX_CLUSTER``; without either, the

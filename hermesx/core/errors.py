@@ -1,4 +1,4 @@
-"""The hermesx exception tree (DESIGN.md §9).
+"""The hermesx exception tree (docs/DESIGN.md §9).
 
 Every error a user of hermesx can see is a ``HermesError``. Errors of the
 libraries underneath (grpc, kazoo, lmdb, wasmtime) are translated where they
@@ -234,7 +234,7 @@ class StorageError(HermesError):
 
 
 class CheckpointDamagedError(StorageError):
-    """Damage no retry mends: the atom is not restored from it (DESIGN.md §6)."""
+    """Damage no retry mends: the atom is not restored from it (docs/DESIGN.md §6)."""
 
     kind = "checkpoint_damaged"
 

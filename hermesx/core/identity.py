@@ -1,4 +1,4 @@
-"""Atom identity: GUIDs and temporal address descriptors (DESIGN.md §1).
+"""Atom identity: GUIDs and temporal address descriptors (docs/DESIGN.md §1).
 
 A GUID names an atom for its whole life and encodes its *home* storesite, so
 that any node can find the place that knows where the atom is. A TAD says

@@ -1,4 +1,4 @@
-"""An atom's reply table and its window (DESIGN.md §4: a retried call never runs twice).
+"""An atom's reply table and its window (docs/DESIGN.md §4: a retried call never runs twice).
 
 Every invocation carries a request id. The atom keeps the first outcome of
 each recent id; a retry of a kept id gets that outcome again instead of

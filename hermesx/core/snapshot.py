@@ -1,4 +1,4 @@
-"""Versioned snapshot format of an atom's state (DESIGN.md §3, §5, §6).
+"""Versioned snapshot format of an atom's state (docs/DESIGN.md §3, §5, §6).
 
 A snapshot is what moves and what storesites keep: linear memory, mutable
 globals, the atom KV, the reply table (so a retried request after a move or a
@@ -19,7 +19,7 @@ thread lets other threads take the GIL between pieces: one long C call (a
 heartbeat thread, starved, would lose the node's session.
 
 Every checkpoint travels and is stored with :func:`snapshot_checksum` of its
-bytes (DESIGN.md §6): the node computes it, the storesite checks it when the
+bytes (docs/DESIGN.md §6): the node computes it, the storesite checks it when the
 checkpoint arrives and whenever it reads it back, and a node checks it again
 before it restores an atom, so damage anywhere on the way is never restored.
 """

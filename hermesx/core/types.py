@@ -1,4 +1,4 @@
-"""The values hermesx's public API hands back (DESIGN.md §4, §5, §8).
+"""The values hermesx's public API hands back (docs/DESIGN.md §4, §5, §8).
 
 :class:`~hermesx.client.Client` calls return these, never wire messages:
 what a call returned and the path it took (:class:`InvokeOutcome`,

@@ -1,4 +1,6 @@
-"""A local cluster of real processes: ZooKeeper, storesites, nodes (DESIGN.md §8 `up` / `down`).
+"""A local cluster of real processes: ZooKeeper, storesites, nodes.
+
+See docs/DESIGN.md §8 `up` / `down`.
 
 ``hermesx up`` starts each part as a background process in its own session
 (so it outlives the command), waits until every part has registered in the

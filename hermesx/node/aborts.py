@@ -1,4 +1,4 @@
-"""Aborts of moves that the storesite did not hear, retried until it does (DESIGN.md §5).
+"""Aborts of moves that the storesite did not hear, retried until it does (docs/DESIGN.md §5).
 
 A move aborted before COMMIT must be aborted at the atom's storesite too:
 until the storesite hears it, it holds the move open and refuses the atom's

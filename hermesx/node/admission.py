@@ -1,4 +1,4 @@
-"""Admission: how many invocations a node takes, in all and per atom (DESIGN.md §4).
+"""Admission: how many invocations a node takes, in all and per atom (docs/DESIGN.md §4).
 
 A node keeps some of its gRPC workers free of invocations, for Status and
 the other control calls; one atom (running here, or being forwarded to) may

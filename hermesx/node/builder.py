@@ -1,4 +1,4 @@
-"""Building a node's atoms: compiled modules, new atoms and restored ones (DESIGN.md §4, §6).
+"""Building a node's atoms: compiled modules, new atoms and restored ones (docs/DESIGN.md §4, §6).
 
 A module is compiled once per node and shared by every atom built from it;
 its hash (sha256 of the bytes) names it. A module this node lacks is fetched

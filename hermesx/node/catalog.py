@@ -1,4 +1,4 @@
-"""The catalog of a node: the atoms active here and the copies staged here (DESIGN.md §4, §5).
+"""The catalog of a node: the atoms active here and the copies staged here (docs/DESIGN.md §4, §5).
 
 An :class:`ActiveAtom` is an atom serving on this node with what the node
 tracks about it: its TAD, the calls fixing it, its checkpoint sequence, and

@@ -1,4 +1,4 @@
-"""Checkpoint policy: when an atom's state is written to its storesite (DESIGN.md §6).
+"""Checkpoint policy: when an atom's state is written to its storesite (docs/DESIGN.md §6).
 
 An atom's metadata names its policy: ``every-call`` (checkpointed before each
 reply leaves, so an acknowledged call is durable), ``periodic`` (every N

@@ -1,4 +1,4 @@
-"""A node's configuration: what ``hermesx node serve`` and tests set (DESIGN.md §4, §6).
+"""A node's configuration: what ``hermesx node serve`` and tests set (docs/DESIGN.md §4, §6).
 
 :class:`NodeConfig` is a frozen value; :meth:`NodeConfig.validate` refuses a
 configuration the node cannot run with before anything starts.

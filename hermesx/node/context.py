@@ -1,4 +1,4 @@
-"""What every role of a node works with: :class:`NodeContext` (DESIGN.md §4).
+"""What every role of a node works with: :class:`NodeContext` (docs/DESIGN.md §4).
 
 The roles of a node — dispatch, creation, both sides of a move, checkpoints,
 passivation, test hooks — share a handful of parts: the node's configuration,

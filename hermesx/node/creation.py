@@ -1,4 +1,4 @@
-"""Creating an atom on this node (DESIGN.md §3, §4).
+"""Creating an atom on this node (docs/DESIGN.md §3, §4).
 
 The node checks the new atom's metadata, compiles its module, picks the
 storesite that will be its home (by the module's hash, among the live ones),

@@ -1,4 +1,4 @@
-"""Dispatch of invocations and messages on a node: run here, or forward (DESIGN.md §4).
+"""Dispatch of invocations and messages on a node: run here, or forward (docs/DESIGN.md §4).
 
 A call for an atom active here runs in it (within the admission limits);
 a call for an atom the stash places elsewhere is forwarded along its TAD,

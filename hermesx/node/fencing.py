@@ -1,4 +1,4 @@
-"""Fencing: when a node may serve, and giving up when it cannot (DESIGN.md §5, §6 "Fencing").
+"""Fencing: when a node may serve, and giving up when it cannot (docs/DESIGN.md §5, §6 "Fencing").
 
 A node that may have been declared dead must not serve, or two copies of an
 atom could run. :class:`Fencing` holds the node's registration in the name

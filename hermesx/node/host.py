@@ -1,4 +1,4 @@
-"""The syscalls of a node's atoms that leave the atom (atoms/ABI.md, DESIGN.md §4).
+"""The syscalls of a node's atoms that leave the atom (atoms/ABI.md, docs/DESIGN.md §4).
 
 :class:`NodeHost` is the :class:`~hermesx.runtime.host.AtomHost` of every
 atom on a node: calls and sends to other atoms (through the node's invoker,

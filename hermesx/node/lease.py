@@ -1,4 +1,4 @@
-"""A node's serving lease on its name-service session (DESIGN.md §6 "Fencing").
+"""A node's serving lease on its name-service session (docs/DESIGN.md §6 "Fencing").
 
 kazoo reports a lost session only after it has talked to the server again. A
 node paused (SIGSTOP, a swapped-out VM) for longer than its session timeout

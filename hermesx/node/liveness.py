@@ -1,4 +1,4 @@
-"""A node's check that it can still serve (DESIGN.md §4 "Deadlines are absolute", §6).
+"""A node's check that it can still serve (docs/DESIGN.md §4 "Deadlines are absolute", §6).
 
 A node whose workers are all stuck answers nothing, yet its name-service
 session stays alive (a separate thread keeps it), so no storesite recovers its

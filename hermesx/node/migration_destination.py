@@ -1,4 +1,4 @@
-"""A move of an atom, the destination's side, and activation by a storesite (DESIGN.md §5, §6).
+"""A move of an atom, the destination's side, and activation by a storesite (docs/DESIGN.md §5, §6).
 
 A move's source sends the atom here three ways: *stage* a copy (StageCopy:
 restored, not serving), *activate* it once the move is committed
@@ -155,7 +155,7 @@ class MigrationDestination:
     # ------------------------------------------------------------ Activate (a storesite)
 
     def activate(self, request: pb.ActivateRequest) -> pb.ActivateReply:
-        """Activation by a storesite (dormant atom, recovery), in two steps (DESIGN.md §6).
+        """Activation by a storesite (dormant atom, recovery), in two steps (docs/DESIGN.md §6).
 
         ``stage``: restore the copy staged and name our incarnation; the copy
         serves only after ``confirm``, which the storesite sends once it has

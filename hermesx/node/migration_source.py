@@ -1,4 +1,4 @@
-"""A move of an atom, the source's side: the two-phase commit it coordinates (DESIGN.md §5).
+"""A move of an atom, the source's side: the two-phase commit it coordinates (docs/DESIGN.md §5).
 
 The source freezes the atom (new calls wait), asks the storesite to PREPARE
 (which fixes the age the atom will have at the destination), sends the

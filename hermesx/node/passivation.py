@@ -1,4 +1,4 @@
-"""Passivation: an atom leaves memory and becomes dormant at its storesite (DESIGN.md §6).
+"""Passivation: an atom leaves memory and becomes dormant at its storesite (docs/DESIGN.md §6).
 
 An atom is passivated when a client asks (the Passivate RPC) or when it has
 been idle for its ``idle_passivate_seconds``. The node freezes it, hands its

@@ -1,4 +1,4 @@
-"""Placement policies of atoms: where an atom moves by itself (DESIGN.md §4).
+"""Placement policies of atoms: where an atom moves by itself (docs/DESIGN.md §4).
 
 An atom's metadata names its policy: none (it stays until moved), or
 ``follow-caller``: after every FOLLOW_WINDOW calls it moves to the node that

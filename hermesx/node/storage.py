@@ -1,4 +1,6 @@
-"""The node's calls to its atoms' storesites, following an atom's home when it moved (DESIGN.md §6).
+"""The node's calls to its atoms' storesites, following an atom's home when it moved.
+
+See docs/DESIGN.md §6.
 
 Every write a node makes for an atom (checkpoints, passivation, the steps of a
 move) and every module it fetches goes to the atom's *home* storesite through

@@ -1,4 +1,6 @@
-"""The supervisor: one `hermesx node` process, put together from its parts (DESIGN.md §4, §5, §6).
+"""The supervisor: one `hermesx node` process, put together from its parts.
+
+See docs/DESIGN.md §4, §5, §6.
 
 It hosts active atoms with the runtime, serves invocations, forwards calls
 along TADs, keeps its stash, coordinates migrations of its atoms as the
@@ -18,7 +20,7 @@ atoms (``builder``), the atoms' storesites (``storage``), their syscalls
 stops them.
 
 Each registration is an *incarnation* (the session owning ``nodes/<name>``,
-DESIGN.md §5). The node names it whenever it takes an atom — staging,
+docs/DESIGN.md §5). The node names it whenever it takes an atom — staging,
 activation, creation — so the storesite records which incarnation holds the
 atom; it takes none before it is registered, and a COMMIT that names another
 incarnation of this node (it restarted after staging) is refused.

@@ -1,4 +1,4 @@
-"""Test-only hooks of a node, on only with ``--test-hooks`` (DESIGN.md §8).
+"""Test-only hooks of a node, on only with ``--test-hooks`` (docs/DESIGN.md §8).
 
 Fault tests pause a node at a named step (of a move, a checkpoint, a staged
 activation) to kill something in the window, and place a stash entry — which

@@ -1,4 +1,4 @@
-"""Location-independent invocation, the caller's side (DESIGN.md §4).
+"""Location-independent invocation, the caller's side (docs/DESIGN.md §4).
 
 An :class:`Invoker` turns "call METHOD on NAME" into RPCs: it resolves the
 name to a GUID, starts from the newest TAD its stash holds, follows

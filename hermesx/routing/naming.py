@@ -1,4 +1,4 @@
-"""hermesx's boundary to the name service (DESIGN.md §7).
+"""hermesx's boundary to the name service (docs/DESIGN.md §7).
 
 ``nameservice`` depends on nothing of ours and raises its own errors; this
 wrapper is the one place where they become :class:`HermesError`s, keeping

@@ -1,4 +1,4 @@
-"""A node's stash: the newest TAD it knows for each GUID (DESIGN.md §1, §4).
+"""A node's stash: the newest TAD it knows for each GUID (docs/DESIGN.md §1, §4).
 
 Reads come from memory (the invocation path is the hot path); every change
 is written through to a node-local LMDB so that forwarding pointers survive a

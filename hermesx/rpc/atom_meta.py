@@ -1,4 +1,6 @@
-"""An atom's policies, checked where they enter: persistence, idle passivation, tags (DESIGN.md §6).
+"""An atom's policies, checked where they enter: persistence, idle passivation, tags.
+
+See docs/DESIGN.md §6.
 
 Both the client (before anything is sent) and the node (for callers in other
 languages) check an atom's metadata with :func:`check_atom_meta`, so a value

@@ -1,4 +1,4 @@
-"""Typed client of a node's Supervisor service, for every caller (DESIGN.md §4, §5, §6).
+"""Typed client of a node's Supervisor service, for every caller (docs/DESIGN.md §4, §5, §6).
 
 Clients, the invoker, nodes (forwarding, moves), storesites (activation,
 load, holdings), the CLI and the test harness all call nodes through one

@@ -1,4 +1,4 @@
-"""Roles of the cluster's certificates and who may call which RPC (DESIGN.md §10).
+"""Roles of the cluster's certificates and who may call which RPC (docs/DESIGN.md §10).
 
 Every certificate a secure cluster issues names one role:
 
@@ -12,7 +12,7 @@ Every certificate a secure cluster issues names one role:
 A *public* RPC (invoke, send, create, locate, migrate, checkpoint,
 passivate, status; at the storesite locate, move home, list, status) is open
 to every role. An *internal* RPC is open only to the roles whose processes
-call it in the protocols of DESIGN.md §4 to §6 (who calls it is written next to
+call it in the protocols of docs/DESIGN.md §4 to §6 (who calls it is written next to
 each entry). A refused call ends with ``not_authorized`` naming the RPC and the
 caller's role. Insecure clusters (``--insecure``) have no certificates and so
 no roles: every caller may call everything.

@@ -1,7 +1,7 @@
 """Mutual TLS between hermesx processes and the cluster's name service secret.
 
 Hermes had an authentication service between supervisors; hermesx gets the
-same guarantee from one certificate authority per cluster (DESIGN.md §8,
+same guarantee from one certificate authority per cluster (docs/DESIGN.md §8,
 processes; §7 for the name service's access control):
 
 * :func:`init_certs` makes the cluster CA (its subject names the cluster), a

@@ -1,4 +1,4 @@
-"""The one mapping between HermesErrors and gRPC statuses (DESIGN.md §9).
+"""The one mapping between HermesErrors and gRPC statuses (docs/DESIGN.md §9).
 
 A server that fails a call with a :class:`HermesError` aborts the RPC with a
 status code chosen by :func:`status_for` and details ``"<kind>: <message>"``;

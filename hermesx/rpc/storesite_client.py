@@ -1,4 +1,4 @@
-"""Typed client of the Storesite gRPC service (DESIGN.md §4 steps 3 and 4, §5, §6).
+"""Typed client of the Storesite gRPC service (docs/DESIGN.md §4 steps 3 and 4, §5, §6).
 
 Supervisors, the CLI and other storesites use it. Every method takes and
 returns Python values (:class:`~hermesx.core.identity.TAD`, ``pb.AtomMeta``) and

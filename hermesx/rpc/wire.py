@@ -1,4 +1,4 @@
-"""Channels and TLS plumbing shared by nodes, storesites and clients (DESIGN.md §4, §9).
+"""Channels and TLS plumbing shared by nodes, storesites and clients (docs/DESIGN.md §4, §9).
 
 Every channel to a node or a storesite comes from a :class:`ChannelPool`
 (one per process, or per client), with the one set of options in

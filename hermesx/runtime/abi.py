@@ -1,6 +1,6 @@
 """ABI v1 of atoms: the ``hx`` imports and the exports, and the check of a module against them.
 
-atoms/ABI.md is the contract (DESIGN.md §3); this module holds its tables: the
+atoms/ABI.md is the contract (docs/DESIGN.md §3); this module holds its tables: the
 imports (name -> signature) an atom may ask for, the exports it must or may
 have, the status codes and log levels of the syscalls, and
 :func:`validate_module_types`, which the runtime runs on every module it loads.

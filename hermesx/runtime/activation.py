@@ -1,4 +1,6 @@
-"""Running an atom's code: activations, their deadlines and CPU budgets, traps (DESIGN.md §3, §4).
+"""Running an atom's code: activations, their deadlines and CPU budgets, traps.
+
+See docs/DESIGN.md §3, §4.
 
 An activation is one entry into the atom's code: a call (``hx_invoke``), its
 ``hx_init``, an interrupt or future handler, or a daemon's ``hx_main``. Each

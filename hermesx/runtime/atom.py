@@ -1,4 +1,4 @@
-"""An atom: one running instance of a module, and its lifecycle (DESIGN.md §3).
+"""An atom: one running instance of a module, and its lifecycle (docs/DESIGN.md §3).
 
 An :class:`Atom` is one instance of a :class:`LoadedModule` with its own
 store, KV, reply table and mailbox, created or restored by a
@@ -7,7 +7,7 @@ store, KV, reply table and mailbox, created or restored by a
 a daemon's ``hx_main`` thread, closing); the roles it is built from are listed
 in hermesx.runtime.base.
 
-Deadlines are absolute (DESIGN.md §4): besides its CPU budget every activation
+Deadlines are absolute (docs/DESIGN.md §4): besides its CPU budget every activation
 has a wall-clock deadline, the caller's (or ``default_timeout_s`` when the
 caller gave none); a nested activation never outlives the one it runs inside.
 Every wait of the atom (``recv``, ``invoke``, ``yield``, its queue, a snapshot's

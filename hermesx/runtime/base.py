@@ -1,4 +1,4 @@
-"""The fields every part of an atom shares (DESIGN.md §3).
+"""The fields every part of an atom shares (docs/DESIGN.md §3).
 
 An :class:`~hermesx.runtime.atom.Atom` is built from one class per role, each
 in its own module and each using the ones below it: the memory cap

@@ -1,4 +1,4 @@
-"""Build atoms from C to WebAssembly (DESIGN.md §3, §8 ``hermesx build``).
+"""Build atoms from C to WebAssembly (docs/DESIGN.md §3, §8 ``hermesx build``).
 
 Atoms are compiled with the ``ziglang`` PyPI package's clang for
 ``wasm32-freestanding``: no libc, a 64 KiB stack (Zig's 1 MiB default would

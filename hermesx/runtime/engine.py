@@ -1,4 +1,6 @@
-"""The runtime of a node: one wasmtime engine and the threads that serve its atoms (DESIGN.md §3).
+"""The runtime of a node: one wasmtime engine and the threads that serve its atoms.
+
+See docs/DESIGN.md §3.
 
 A :class:`Runtime` owns the engine (configured so that each atom's memory
 reserves only its cap, see :data:`MEMORY_GUARD_BYTES`), its epoch ticker (CPU

@@ -1,4 +1,4 @@
-"""What the atom runtime needs from the process that hosts it (DESIGN.md §3).
+"""What the atom runtime needs from the process that hosts it (docs/DESIGN.md §3).
 
 The runtime (``hermesx.runtime.atom``) implements the ``hx`` imports that stay
 inside the atom (reply, log, KV, interrupts, futures). The imports that reach

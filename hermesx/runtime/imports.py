@@ -1,4 +1,4 @@
-"""The host functions an atom imports (module ``hx``, ABI v1; DESIGN.md §3).
+"""The host functions an atom imports (module ``hx``, ABI v1; docs/DESIGN.md §3).
 
 atoms/ABI.md is the contract; this module implements its wire-level half: each
 host function decodes the pointers and lengths it gets, checks them against the

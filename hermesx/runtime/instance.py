@@ -1,4 +1,4 @@
-"""The bridge into one atom instance, through wasmtime's C API (DESIGN.md §3).
+"""The bridge into one atom instance, through wasmtime's C API (docs/DESIGN.md §3).
 
 :class:`WasmInstance` calls an atom's exports and reads and writes its memory
 through ``wasmtime_func_call_unchecked`` and ``memmove`` on the memory's base

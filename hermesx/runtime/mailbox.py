@@ -1,4 +1,4 @@
-"""What waits in an atom's mailbox and queue (DESIGN.md §3).
+"""What waits in an atom's mailbox and queue (docs/DESIGN.md §3).
 
 The mailbox holds interrupts (``send`` to the atom), results of asynchronous
 invokes, and :class:`Job` items: calls to reentrant and daemon atoms, and

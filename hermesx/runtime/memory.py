@@ -1,4 +1,4 @@
-"""The atom's memory cap: linear memory, KV and reply table together (DESIGN.md §3).
+"""The atom's memory cap: linear memory, KV and reply table together (docs/DESIGN.md §3).
 
 Host-side state counts toward the cap: KV entries by their key and value bytes
 plus :data:`KV_ENTRY_OVERHEAD`, reply-table entries by their payload plus

@@ -1,4 +1,6 @@
-"""Atom modules: validate, rewrite, compile (with an on-disk cache) and instantiate (DESIGN.md §3).
+"""Atom modules: validate, rewrite, compile (with an on-disk cache) and instantiate.
+
+See docs/DESIGN.md §3.
 
 A :class:`LoadedModule` is what :meth:`Runtime.load` hands out: the module
 checked against ABI v1 (its imports, exports and ``hx_abi_version``), its

@@ -1,4 +1,4 @@
-"""Rewrite an atom's module so that every mutable global is exported (DESIGN.md §3).
+"""Rewrite an atom's module so that every mutable global is exported (docs/DESIGN.md §3).
 
 Snapshots must capture every mutable global (the C stack pointer among them),
 and the wasmtime Python API can only read exported globals. This module makes

@@ -1,4 +1,4 @@
-"""Whose turn it is in an atom, and its mailbox (DESIGN.md §3, §4).
+"""Whose turn it is in an atom, and its mailbox (docs/DESIGN.md §3, §4).
 
 Execution model (Radon's cooperative model): one thread runs an atom at a
 time. Calls to a busy atom queue FIFO. A blocking syscall (``invoke``,

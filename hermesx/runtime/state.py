@@ -1,4 +1,4 @@
-"""Snapshot and restore of one atom instance (DESIGN.md §3, §5).
+"""Snapshot and restore of one atom instance (docs/DESIGN.md §3, §5).
 
 A snapshot holds everything that makes the atom continue exactly elsewhere:
 its linear memory, its mutable globals, its KV, its reply table, and the

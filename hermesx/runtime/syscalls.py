@@ -1,4 +1,4 @@
-"""The syscalls an atom imports, as the atom carries them out (DESIGN.md §3, ABI.md).
+"""The syscalls an atom imports, as the atom carries them out (docs/DESIGN.md §3, ABI.md).
 
 hermesx.runtime.imports decodes each host function's arguments and calls the
 ``sys_*`` method of the atom here. Grouped as: the call's own reply and log;

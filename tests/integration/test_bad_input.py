@@ -2,7 +2,7 @@
 
 Hostile modules through Client.create, misbehaving atoms on a live node,
 oversize and malformed arguments, garbage on the gRPC ports, unknown names,
-hostile lookup patterns and forwarding loops (DESIGN.md §3 Guards, §4, §7, §9).
+hostile lookup patterns and forwarding loops (docs/DESIGN.md §3 Guards, §4, §7, §9).
 After each case a following call proves the node, the atom and the storesite
 still serve.
 """

@@ -1,6 +1,6 @@
 """Bad input through the command line: one line `error: ...`, a non-zero exit, JSON with --json.
 
-Each case runs ``python -m hermesx`` as a user would (DESIGN.md §8: exit status
+Each case runs ``python -m hermesx`` as a user would (docs/DESIGN.md §8: exit status
 0 on success, non-zero with a one-line ``error: …`` on failure).
 """
 

@@ -1,4 +1,4 @@
-"""Dormant atoms, idle passivation and storesite moves (DESIGN.md §6)."""
+"""Dormant atoms, idle passivation and storesite moves (docs/DESIGN.md §6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Locations name a node incarnation (DESIGN.md §5, §6): restarts never strand an atom.
+"""Locations name a node incarnation (docs/DESIGN.md §5, §6): restarts never strand an atom.
 
 A node killed with -9 and started again under its name, data dir and address
 is another incarnation. Its atoms at the old one are recovered whether the

@@ -1,4 +1,4 @@
-"""Location-independent invocation across real node processes (DESIGN.md §4)."""
+"""Location-independent invocation across real node processes (docs/DESIGN.md §4)."""
 
 from __future__ import annotations
 

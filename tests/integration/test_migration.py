@@ -1,4 +1,4 @@
-"""Live migration under load, and its failures (DESIGN.md §5)."""
+"""Live migration under load, and its failures (docs/DESIGN.md §5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Kill -9 at each step of a move (DESIGN.md §5): one active copy, nothing acknowledged lost.
+"""Kill -9 at each step of a move (docs/DESIGN.md §5): one active copy, nothing acknowledged lost.
 
 The source node pauses its next migration at a step (a test hook), the test
 kills the destination, the source or the storesite there, and then checks

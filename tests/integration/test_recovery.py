@@ -1,4 +1,4 @@
-"""Storesites: checkpoints, broken chains, dormant atoms and recovery (DESIGN.md §6)."""
+"""Storesites: checkpoints, broken chains, dormant atoms and recovery (docs/DESIGN.md §6)."""
 
 from __future__ import annotations
 

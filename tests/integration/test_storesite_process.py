@@ -1,4 +1,4 @@
-"""A real storesite process on a real ZooKeeper (DESIGN.md §6, §8).
+"""A real storesite process on a real ZooKeeper (docs/DESIGN.md §6, §8).
 
 The storesite runs as ``python -m storesite``; the nodes are small fake
 Supervisor servicers in this process, registered in the name service with

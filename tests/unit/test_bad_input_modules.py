@@ -2,7 +2,7 @@
 
 Every bad module must be refused with one line that names the module (its hash
 prefix) and what is wrong with it, and the runtime must go on loading and
-running good atoms afterwards (DESIGN.md §3 "Guards").
+running good atoms afterwards (docs/DESIGN.md §3 "Guards").
 """
 
 from __future__ import annotations

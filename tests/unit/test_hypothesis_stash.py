@@ -1,4 +1,4 @@
-"""The stash against a model: random updates, forced entries and restarts (DESIGN.md §1, §4).
+"""The stash against a model: random updates, forced entries and restarts (docs/DESIGN.md §1, §4).
 
 A node's stash must hold, for every GUID, the newest TAD it was told about
 (or the last one a test hook forced), and exactly that again after the node

@@ -1,4 +1,4 @@
-"""A node never restores a snapshot whose checksum does not match (DESIGN.md §6, issue 11)."""
+"""A node never restores a snapshot whose checksum does not match (docs/DESIGN.md §6, issue 11)."""
 
 from __future__ import annotations
 

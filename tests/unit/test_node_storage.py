@@ -1,4 +1,4 @@
-"""A node's writes follow an atom's home when it moves to another storesite (DESIGN.md §6).
+"""A node's writes follow an atom's home when it moves to another storesite (docs/DESIGN.md §6).
 
 Two small storesite servicers over real gRPC on 127.0.0.1: the old home takes
 a whole call and refuses it because the atom's records moved; the node then

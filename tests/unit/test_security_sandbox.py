@@ -1,4 +1,4 @@
-"""Atoms get no host access beyond the ``hx`` imports of ABI v1 (DESIGN.md §3).
+"""Atoms get no host access beyond the ``hx`` imports of ABI v1 (docs/DESIGN.md §3).
 
 No WASI, no ``env`` functions, no imported memories or tables: the only way an
 atom reaches outside its own instance is through the syscalls listed in

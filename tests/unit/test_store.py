@@ -1,4 +1,7 @@
-"""The storesite's LMDB records: checkpoints, moves, passivation, restarts (DESIGN.md §5, §6)."""
+"""The storesite's LMDB records: checkpoints, moves, passivation, restarts.
+
+See docs/DESIGN.md §5, §6.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Checkpoint checksums, fallback and the checks at opening a store (DESIGN.md §6, issue 11)."""
+"""Checkpoint checksums, fallback and the checks at opening a store.
+
+See docs/DESIGN.md §6, issue 11.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`hermesx bench storesite` figures (DESIGN.md §8): every figure is there and plausible."""
+"""`hermesx bench storesite` figures (docs/DESIGN.md §8): every figure is there and plausible."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""The storesite over real gRPC on 127.0.0.1, with small fake supervisors (DESIGN.md §4, §5, §6).
+"""The storesite over real gRPC on 127.0.0.1, with small fake supervisors.
+
+See docs/DESIGN.md §4, §5, §6.
 
 The name service is replaced by an in-memory directory; the nodes are fake
 Supervisor servicers that record what the storesite asks of them.

@@ -1,5 +1,5 @@
 /* voucher: an expense voucher, a mobile object whose data and code travel the
- * organisation (examples/expense_voucher/README.md; DESIGN.md sections 3-5).
+ * organisation (examples/expense_voucher/README.md; docs/DESIGN.md sections 3-5).
  *
  * Its fields live in C globals and its history in the atom KV, so both move
  * and checkpoint with it. Money is integer cents in one currency per voucher.

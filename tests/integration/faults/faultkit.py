@@ -1,6 +1,6 @@
 """Tools of the fault suite: a fault-injecting TCP proxy, a counting load generator, the tally.
 
-The suite proves DESIGN.md §6's promise under real faults: with checkpoints
+The suite proves docs/DESIGN.md §6's promise under real faults: with checkpoints
 after every call, an acknowledged increment is never lost and no call runs
 twice. Every scenario drives a counter atom with a few client threads
 (each call with its own request id, retried by the client library), records

@@ -9,7 +9,7 @@ and never the host's; deleting the namespace removes the table.
 Everything runs here: a ZooKeeper, a local cluster (storesite and nodes, with
 the cluster's mutual TLS), the counting load of faultkit. The tally and the
 facts the test asserts are printed as one JSON object on the last line of
-stdout. DESIGN.md §6 is what is proved: an acknowledged call is never lost,
+stdout. docs/DESIGN.md §6 is what is proved: an acknowledged call is never lost,
 none runs twice, and a node cut from the name service fences itself before
 its atom is recovered elsewhere.
 

@@ -1,4 +1,4 @@
-"""Checkpoints ordered and checked, with real processes (DESIGN.md §6; issue 11 items 6 and 8).
+"""Checkpoints ordered and checked, with real processes (docs/DESIGN.md §6; issue 11 items 6 and 8).
 
 - Item 6: an every-call checkpoint whose snapshot was taken first but whose
   sequence number would be drawn last must not replace the newer one: the

@@ -1,4 +1,4 @@
-"""Exactly-once from the friendly API, under faults (issue 11, item 7; DESIGN.md §4, §6).
+"""Exactly-once from the friendly API, under faults (issue 11, item 7; docs/DESIGN.md §4, §6).
 
 * An application retrying ``client.atom("c").incr(1)`` through a kill -9 of
   the storesite counts exactly: the client resends each call's request id

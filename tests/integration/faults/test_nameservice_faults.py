@@ -1,4 +1,4 @@
-"""Name-service faults under load (DESIGN.md §6, §7).
+"""Name-service faults under load (docs/DESIGN.md §6, §7).
 
 Scenario 3: kill -9 of one member (the leader) of a 3-server ZooKeeper
 ensemble: the cluster keeps working. Scenario 4: a node cut off from

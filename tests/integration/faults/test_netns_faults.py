@@ -6,10 +6,10 @@ clients all live there, on that namespace's own 127.0.0.1), and deletes the
 namespace afterwards, which removes its nftables table with it. No rule ever
 touches the host's network.
 
-Scenario 7 cuts one node from ZooKeeper with a drop rule (DESIGN.md §6: the
+Scenario 7 cuts one node from ZooKeeper with a drop rule (docs/DESIGN.md §6: the
 node fences itself before its atom is recovered elsewhere, and two copies
 never serve). Scenario 8 drops 10% of the packets of the node's and the
-storesite's ports under load (DESIGN.md §4: calls complete through TCP
+storesite's ports under load (docs/DESIGN.md §4: calls complete through TCP
 retransmission and client retries, nothing lost, nothing run twice).
 """
 

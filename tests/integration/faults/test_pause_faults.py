@@ -1,4 +1,4 @@
-"""A node paused past its session timeout never serves again as the old copy (DESIGN.md §6).
+"""A node paused past its session timeout never serves again as the old copy (docs/DESIGN.md §6).
 
 Real processes: ZooKeeper, a storesite, nodes. A node is SIGSTOPped longer than
 its ZooKeeper session timeout while a client keeps calling; the storesite

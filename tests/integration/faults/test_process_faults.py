@@ -1,4 +1,6 @@
-"""Processes killed under load: nothing acknowledged is lost, nothing runs twice (DESIGN.md §4, §6).
+"""Processes killed under load: nothing acknowledged is lost, nothing runs twice.
+
+See docs/DESIGN.md §4, §6.
 
 Scenarios 1 (kill -9 of the node hosting the atom), 2 (kill -9 of the
 storesite, then restart) and 5 (an intermediate node of a forwarding chain

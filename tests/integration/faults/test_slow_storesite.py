@@ -1,4 +1,4 @@
-"""A slow storesite (scenario 6): calls still complete, correctly (DESIGN.md §5, §6).
+"""A slow storesite (scenario 6): calls still complete, correctly (docs/DESIGN.md §5, §6).
 
 A delaying proxy (``faultkit.TcpProxy``) sits in front of the storesite and
 the storesite's entry in the name service is pointed at it, so every node

@@ -1,4 +1,4 @@
-"""The soak: minutes of load with faults in rotation (only with ``--soak``; DESIGN.md §4-§6).
+"""The soak: minutes of load with faults in rotation (only with ``--soak``; docs/DESIGN.md §4-§6).
 
 Three client threads keep incrementing a counter while, in turn, the node
 hosting it is killed (and restarted), the storesite is killed (and
