@@ -9,7 +9,7 @@ from __future__ import annotations
 from hermesx.rpc.storesite_client import (
     AtomInfo,
     CheckpointInfo,
-    Location,
+    StoredLocation,
     StoresiteClient,
     StoresiteInfo,
 )
@@ -27,7 +27,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointInfo",
     "Directory",
-    "Location",
+    "StoredLocation",
     "Storesite",
     "StoresiteClient",
     "StoresiteInfo",

@@ -24,7 +24,7 @@ from hermesx.rpc.convert import tad_of, tad_to_pb
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.status import abort_with
-from hermesx.rpc.storesite_client import CheckpointInfo, Location
+from hermesx.rpc.storesite_client import CheckpointInfo, StoredLocation
 from hermesx.rpc.wire import CHANNEL_OPTIONS, TLSIdentity, add_server_port, server_interceptors
 from storesite.records import Provenance
 from storesite.service import Storesite
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 _Reply = TypeVar("_Reply")
 
 
-def _location(location: Location) -> pb.LocationReply:
+def _location(location: StoredLocation) -> pb.LocationReply:
     return pb.LocationReply(
         tad=tad_to_pb(location.tad),
         dormant=location.dormant,

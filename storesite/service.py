@@ -38,7 +38,7 @@ from hermesx.core.errors import MigrationError, StorageError
 from hermesx.core.identity import TAD
 from hermesx.rpc.node_client import NodeClient
 from hermesx.rpc.proto import hermesx_pb2 as pb
-from hermesx.rpc.storesite_client import CheckpointInfo, Location, StoresiteClient
+from hermesx.rpc.storesite_client import CheckpointInfo, StoredLocation, StoresiteClient
 from storesite.activation import Activator
 from storesite.directory import Directory
 from storesite.locks import AtomLocks
@@ -96,7 +96,7 @@ class Storesite:
 
     def register_atom(
         self, guid: str, meta: pb.AtomMeta, tad: TAD, snapshot: bytes, check: Provenance = UNSTATED
-    ) -> Location:
+    ) -> StoredLocation:
         if not check.incarnation:
             # A creator that does not say: the incarnation its node is listed with.
             member = self.directory.nodes().get(tad.node)
@@ -104,7 +104,7 @@ class Storesite:
         with self._locks.hold(guid):
             state = self.store.register_atom(guid, meta, tad, snapshot, check)
         self._recovery.look_again_if_gone(state)
-        return Location(state.location, incarnation=state.incarnation)
+        return StoredLocation(state.location, incarnation=state.incarnation)
 
     def put_checkpoint(
         self, guid: str, tad: TAD, snapshot: bytes, seq: int, check: Provenance = UNSTATED
@@ -142,14 +142,14 @@ class Storesite:
 
     def commit(
         self, guid: str, tad: TAD, snapshot: bytes, check: Provenance = UNSTATED
-    ) -> Location:
+    ) -> StoredLocation:
         """Complete a move to ``tad``; ``check.incarnation`` is the destination's that staged it."""
         with self._locks.hold(guid):
             self._check_stager(guid, tad, check.incarnation)
             state = self.store.moves.commit(guid, tad, snapshot, check)
         self._loads.bump(tad.node)
         self._recovery.look_again_if_gone(state)
-        return Location(state.location, incarnation=state.incarnation)
+        return StoredLocation(state.location, incarnation=state.incarnation)
 
     def _check_stager(self, guid: str, tad: TAD, incarnation: str) -> None:
         """Refuse (and abort) a COMMIT unless the incarnation that staged is the live one.
@@ -191,28 +191,28 @@ class Storesite:
 
     # ------------------------------------------------------------- locate
 
-    def locate(self, guid: str) -> Location:
+    def locate(self, guid: str) -> StoredLocation:
         """Where the atom is now: activates a dormant atom and recovers one whose node died."""
         with self._locks.hold(guid):
             state = self.store.get(guid)
             if state.forwarded_to:
-                return Location(state.location, state.dormant, state.forwarded_to)
+                return StoredLocation(state.location, state.dormant, state.forwarded_to)
             if state.dormant:
                 return self._place(state, "dormant")
             held = self._activator.holder(state)
             if held is not None:
-                return Location(held.location, incarnation=held.incarnation)
+                return StoredLocation(held.location, incarnation=held.incarnation)
             return self._place(state, gone(state))
 
-    def _place(self, state: AtomState, reason: str) -> Location:
+    def _place(self, state: AtomState, reason: str) -> StoredLocation:
         """Activate the atom on a live node. Caller holds the atom lock."""
         placed = self._activator.place(state, reason)
         self._recovery.look_again_if_gone(placed)
-        return Location(placed.location, incarnation=placed.incarnation)
+        return StoredLocation(placed.location, incarnation=placed.incarnation)
 
     # ---------------------------------------------------------- move home
 
-    def move_home(self, guid: str, destination: str) -> Location:
+    def move_home(self, guid: str, destination: str) -> StoredLocation:
         """Hand ``guid``'s records to storesite ``destination``; keep a forwarding record."""
         if destination == self.sid:
             raise StorageError(f"atom {guid} is already homed at storesite {destination}")
@@ -248,9 +248,9 @@ class Storesite:
             self.directory.set_home(guid, destination)
             state = self.store.moves.set_forwarded(guid, destination)
         log.info("atom %s is now homed at storesite %s", guid, destination)
-        return Location(state.location, state.dormant, destination)
+        return StoredLocation(state.location, state.dormant, destination)
 
-    def adopt_atom(self, data: CheckpointInfo) -> Location:
+    def adopt_atom(self, data: CheckpointInfo) -> StoredLocation:
         """Become the home of an atom another storesite hands over.
 
         An empty node in the TAD marks a dormant atom (see
@@ -269,4 +269,4 @@ class Storesite:
             )
         if not dormant:
             self._recovery.look_again_if_gone(state)
-        return Location(state.location, state.dormant, incarnation=state.incarnation)
+        return StoredLocation(state.location, state.dormant, incarnation=state.incarnation)

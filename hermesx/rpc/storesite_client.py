@@ -22,7 +22,7 @@ from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.status import unary_call
 from hermesx.rpc.wire import ChannelPool, TLSIdentity
 
-__all__ = ["AtomInfo", "CheckpointInfo", "Location", "StoresiteClient", "StoresiteInfo"]
+__all__ = ["AtomInfo", "CheckpointInfo", "StoredLocation", "StoresiteClient", "StoresiteInfo"]
 
 _Reply = TypeVar("_Reply")
 
@@ -31,7 +31,7 @@ STATE_PIECE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
-class Location:
+class StoredLocation:
     """Where an atom is, as its storesite knows it.
 
     ``forwarded_to`` is set when the atom's home moved to another storesite:
@@ -75,8 +75,8 @@ class StoresiteInfo:
     checkpoints: int
 
 
-def location_from_pb(reply: pb.LocationReply) -> Location:
-    return Location(tad_of(reply.tad), reply.dormant, reply.forwarded_to, reply.incarnation)
+def location_from_pb(reply: pb.LocationReply) -> StoredLocation:
+    return StoredLocation(tad_of(reply.tad), reply.dormant, reply.forwarded_to, reply.incarnation)
 
 
 class StoresiteClient:
@@ -150,7 +150,7 @@ class StoresiteClient:
         checksum: int | None = None,
         generation: int | None = None,
         incarnation: str = "",
-    ) -> Location:
+    ) -> StoredLocation:
         request = pb.RegisterAtomRequest(
             guid=guid,
             meta=meta,
@@ -202,7 +202,7 @@ class StoresiteClient:
             incarnation=reply.incarnation,
         )
 
-    def locate(self, guid: str, *, timeout: float | None = None) -> Location:
+    def locate(self, guid: str, *, timeout: float | None = None) -> StoredLocation:
         """Where the atom is now; the storesite activates a dormant atom first.
 
         Activation can take longer than a plain lookup: pass a longer
@@ -216,7 +216,7 @@ class StoresiteClient:
         request = pb.PrepareRequest(guid=guid, source=tad_to_pb(source), destination=destination)
         return int(self._call(self._stub.Prepare, request, f"Prepare({guid})").age)
 
-    def commit(self, guid: str, tad: TAD, snapshot: bytes, *, incarnation: str) -> Location:
+    def commit(self, guid: str, tad: TAD, snapshot: bytes, *, incarnation: str) -> StoredLocation:
         """Complete a move to ``tad``, staged by the destination's ``incarnation``."""
         request = pb.CommitRequest(
             guid=guid, tad=tad_to_pb(tad), snapshot=snapshot, incarnation=incarnation
@@ -233,13 +233,15 @@ class StoresiteClient:
     def forget(self, guid: str) -> None:
         self._call(self._stub.Forget, pb.GuidRequest(guid=guid), f"Forget({guid})")
 
-    def move_home(self, guid: str, destination: str, *, timeout: float | None = None) -> Location:
+    def move_home(
+        self, guid: str, destination: str, *, timeout: float | None = None
+    ) -> StoredLocation:
         request = pb.StoreMoveRequest(guid=guid, destination=destination)
         return location_from_pb(
             self._call(self._stub.MoveHome, request, f"MoveHome({guid})", timeout)
         )
 
-    def adopt_atom(self, data: CheckpointInfo, *, dormant: bool = False) -> Location:
+    def adopt_atom(self, data: CheckpointInfo, *, dormant: bool = False) -> StoredLocation:
         """Hand an atom (records + latest checkpoint) to this storesite as its new home.
 
         The wire has no dormant flag yet: a dormant atom travels with an

@@ -1,0 +1,69 @@
+"""The house rules a newcomer relies on: small classes, documented modules, docs that resolve."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+import re
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+PACKAGES = ("hermesx", "storesite", "nameservice")
+MAX_CLASS_LINES = 350
+
+
+def _sources() -> list[pathlib.Path]:
+    found = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if "proto" not in path.relative_to(ROOT).parts:
+                found.append(path)
+    return found
+
+
+def test_no_class_is_over_the_size_a_reader_can_hold() -> None:
+    too_big = []
+    for path in _sources():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > MAX_CLASS_LINES:
+                    too_big.append(f"{path.relative_to(ROOT)}: {node.name} ({lines} lines)")
+    assert not too_big, "classes over 350 lines: " + ", ".join(too_big)
+
+
+def test_every_module_says_what_it_is_for() -> None:
+    silent = [
+        str(path.relative_to(ROOT))
+        for path in _sources()
+        if not ast.get_docstring(ast.parse(path.read_text()))
+    ]
+    assert not silent, "modules without a docstring: " + ", ".join(silent)
+
+
+DOCS = ["README.md", "docs/DESIGN.md", "docs/ARCHITECTURE.md", "atoms/README.md", "atoms/ABI.md"]
+LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_document_links_resolve_inside_the_repository(doc: str) -> None:
+    path = ROOT / doc
+    assert path.is_file(), f"{doc} is missing"
+    broken = []
+    for target in LINK.findall(path.read_text()):
+        if re.match(r"[a-z]+://", target) or target.startswith("mailto:"):
+            continue
+        resolved = (path.parent / target).resolve()
+        if not resolved.exists() or not resolved.is_relative_to(ROOT):
+            broken.append(target)
+    assert not broken, f"{doc} links to what is not in the repository: {broken}"
+
+
+def test_code_cites_the_design_inside_the_repository() -> None:
+    stray = []
+    for path in _sources():
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"(?<![\w/])DESIGN\.md", line) or "../shared" in line:
+                stray.append(f"{path.relative_to(ROOT)}:{number}")
+    assert not stray, "citations outside docs/DESIGN.md: " + ", ".join(stray)
