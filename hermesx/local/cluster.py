@@ -49,6 +49,8 @@ class NodeSpec:
     tags: tuple[str, ...] = ()
     # HOST:PORT to listen on; port 0 picks a free one at each start.
     listen: str = "127.0.0.1:0"
+    # More `hermesx node serve` flags (e.g. a test's small worker pool); not kept by `down`.
+    options: tuple[str, ...] = ()
 
 
 class PartWatcher(Protocol):
@@ -288,6 +290,7 @@ class LocalCluster:
             argv += ["--tags", ",".join(spec.tags)]
         if self.test_hooks:
             argv.append("--test-hooks")
+        argv += spec.options
         return self._spawn(f"node-{spec.name}", argv)
 
     def wait_registered(

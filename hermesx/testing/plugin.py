@@ -12,6 +12,7 @@ log of the clusters open at the time are attached to its report.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import pathlib
@@ -59,15 +60,22 @@ def cluster_name(request: pytest.FixtureRequest) -> str:
     return f"{base or 'test'}-{next(_numbers)}"
 
 
-@pytest.fixture
-def nameservice(zk_server: ZooKeeperServer, cluster_name: str) -> Iterator[NameService]:
-    """A started NameService on this test's cluster, closed afterwards."""
-    service = NameService(zk_server.connect_string, cluster_name)
+@contextlib.contextmanager
+def started_nameservice(zk: ZooKeeperServer, cluster: str) -> Iterator[NameService]:
+    """A started NameService client of ``cluster`` with its own session, closed afterwards."""
+    service = NameService(zk.connect_string, cluster)
     service.start()
     try:
         yield service
     finally:
         service.close()
+
+
+@pytest.fixture
+def nameservice(zk_server: ZooKeeperServer, cluster_name: str) -> Iterator[NameService]:
+    """A started NameService on this test's cluster, closed afterwards."""
+    with started_nameservice(zk_server, cluster_name) as service:
+        yield service
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from hermesx.testing.plugin import started_nameservice
 from hermesx.testing.reaper import tethered
 from hermesx.testing.wait import wait_until
 from nameservice import (
@@ -38,12 +39,8 @@ GUID_C = "s2:" + "c" * 32
 @pytest.fixture
 def other(zk_server: ZooKeeperServer, cluster_name: str) -> Iterator[NameService]:
     """A second client of the same cluster, with its own session (another process's view)."""
-    service = NameService(zk_server.connect_string, cluster_name)
-    service.start()
-    try:
+    with started_nameservice(zk_server, cluster_name) as service:
         yield service
-    finally:
-        service.close()
 
 
 # --- Radon's naming requirements -------------------------------------------

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import pathlib
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +24,6 @@ from hermesx.core.errors import (
     MethodError,
 )
 from hermesx.local.cluster import LocalCluster, NodeSpec, alive
-from hermesx.rpc import roles
 from hermesx.testing.wait import wait_until
 
 pytestmark = pytest.mark.integration
@@ -227,24 +225,7 @@ def test_two_chains_waiting_on_each_other_fail_fast_with_a_clear_error(
 
 def _start_small_node(cluster: LocalCluster, name: str, *extra: str) -> None:
     """A node with a handful of workers, so a test can occupy all of them."""
-    cluster._ensure_cert(name, roles.NODE)
-    cluster.node_specs[name] = NodeSpec(name)
-    argv = [
-        sys.executable,
-        "-m",
-        "hermesx",
-        "node",
-        "serve",
-        "--name",
-        name,
-        "--data",
-        str(cluster.dir / f"node-{name}"),
-        "--session-timeout",
-        str(cluster.session_timeout),
-        *cluster._common_args(),
-        *extra,
-    ]
-    cluster._spawn(f"node-{name}", argv)
+    cluster.start_node(NodeSpec(name, options=extra))
     cluster.wait_registered(nodes=[name])
 
 
