@@ -61,9 +61,12 @@ def cluster_name(request: pytest.FixtureRequest) -> str:
 
 
 @contextlib.contextmanager
-def started_nameservice(zk: ZooKeeperServer, cluster: str) -> Iterator[NameService]:
-    """A started NameService client of ``cluster`` with its own session, closed afterwards."""
-    service = NameService(zk.connect_string, cluster)
+def started_nameservice(zk: ZooKeeperServer, cluster: str, **options: Any) -> Iterator[NameService]:
+    """A started NameService client of ``cluster`` with its own session, closed afterwards.
+
+    ``options`` go to :class:`NameService` (e.g. ``auth``).
+    """
+    service = NameService(zk.connect_string, cluster, **options)
     service.start()
     try:
         yield service

@@ -10,6 +10,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
 
 from hermesx.rpc import security
+from hermesx.testing.plugin import started_nameservice
 from nameservice import InvalidNameError, NameNotFoundError, NameService, NameTakenError
 from nameservice.errors import NotAuthorizedError
 from nameservice.zookeeper import ZooKeeperServer
@@ -29,12 +30,8 @@ def secret(tmp_path: pathlib.Path, cluster_name: str) -> tuple[str, str]:
 def member(
     zk_server: ZooKeeperServer, cluster_name: str, secret: tuple[str, str]
 ) -> Iterator[NameService]:
-    service = NameService(zk_server.connect_string, cluster_name, auth=secret)
-    service.start()
-    try:
+    with started_nameservice(zk_server, cluster_name, auth=secret) as service:
         yield service
-    finally:
-        service.close()
 
 
 @pytest.fixture
