@@ -40,6 +40,7 @@ from hermesx.rpc.node_client import STAGE_TIMEOUT_S
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.roles import TEST_CERT_NAME
+from hermesx.rpc.wire import CHANNEL_OPTIONS, open_channel
 from hermesx.testing.wait import wait_until
 from nameservice.zookeeper import ZooKeeperServer
 
@@ -65,7 +66,14 @@ def test_node_paused_past_its_session_runs_none_of_the_calls_queued_meanwhile(
         with Client(cluster.zk, cluster.name) as client:
             client.create(atoms["counter"], name="c", on="n2", checkpoint="every-call")
             guid = client.guid_of("c")
-            stale = client.invoker.node_stub("n2")
+            # The queued calls wait in the stopped n2's socket for as long as the
+            # load's own stuck calls take to time out (~30 s); a keepalive on
+            # their channel would end them at about the same moment, racing
+            # n2's waking. Their channel has none: what n2 answers is the point.
+            quiet = [(k, v) for k, v in CHANNEL_OPTIONS if "keepalive" not in k]
+            channel = open_channel(client.invoker.node_address("n2"), quiet, client.identity)
+            stale = pbg.SupervisorStub(channel)
+            grpc.channel_ready_future(channel).result(timeout=30)  # connected before n2 stops
             pid = cluster.procs["node-n2"]
             load = LoadGenerator(client.address.zk, client.address.cluster, "c")
             queued: list[grpc.Future] = []
@@ -107,6 +115,7 @@ def test_node_paused_past_its_session_runs_none_of_the_calls_queued_meanwhile(
             finally:
                 for f in queued:
                     f.cancel()
+                channel.close()
     t = tally("pause a node past its session timeout", load.records, final)
     t.notes.update(recovered_on=f"{where.node}@{where.age}")
     report(t)
