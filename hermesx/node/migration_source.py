@@ -27,7 +27,7 @@ from hermesx.rpc.atom_meta import tags_refusal
 from hermesx.rpc.convert import tad_to_pb
 from hermesx.rpc.node_client import Member
 from hermesx.rpc.proto import hermesx_pb2 as pb
-from hermesx.rpc.storesite_client import AtomState
+from hermesx.rpc.storesite_client import CheckedSnapshot
 
 __all__ = ["MigrationSource"]
 
@@ -82,7 +82,7 @@ class MigrationSource:
         )
         # The two copies travel at once: the destination stages its copy while
         # the storesite stages the checkpoint-to-be, so COMMIT carries no state.
-        state = AtomState(snapshot, checksum, active.frozen_generation)
+        state = CheckedSnapshot(snapshot, checksum, active.frozen_generation)
         staging = self._transfers.submit(self._storesites.stage, guid, new_tad, state)
         nodes = self._ctx.invoker.nodes
         dst = None

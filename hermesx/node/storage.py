@@ -24,7 +24,7 @@ from hermesx.core.identity import GUID, TAD
 from hermesx.core.snapshot import snapshot_checksum
 from hermesx.routing.invoker import Invoker
 from hermesx.routing.naming import Naming
-from hermesx.rpc.storesite_client import AtomState, StoresiteClient
+from hermesx.rpc.storesite_client import CheckedSnapshot, StoresiteClient
 
 __all__ = ["AtomStoresites", "transfer_timeout"]
 
@@ -104,7 +104,7 @@ class AtomStoresites:
     def put_checkpoint(
         self, guid: str, tad: TAD, snapshot: bytes, seq: int, *, generation: int, periodic: bool
     ) -> None:
-        state = AtomState(snapshot, snapshot_checksum(snapshot), generation)
+        state = CheckedSnapshot(snapshot, snapshot_checksum(snapshot), generation)
         self.call(
             guid,
             lambda site: site.send_checkpoint(guid, tad, state, seq, periodic=periodic),
@@ -112,7 +112,7 @@ class AtomStoresites:
         )
 
     def passivated(self, guid: str, tad: TAD, snapshot: bytes, *, generation: int) -> None:
-        state = AtomState(snapshot, snapshot_checksum(snapshot), generation)
+        state = CheckedSnapshot(snapshot, snapshot_checksum(snapshot), generation)
         self.call(
             guid,
             lambda site: site.send_passivated(guid, tad, state),
@@ -122,7 +122,7 @@ class AtomStoresites:
     def prepare(self, guid: str, source: TAD, destination: str) -> int:
         return self.call(guid, lambda site: site.prepare(guid, source, destination))
 
-    def stage(self, guid: str, tad: TAD, state: AtomState) -> None:
+    def stage(self, guid: str, tad: TAD, state: CheckedSnapshot) -> None:
         self.call(guid, lambda site: site.stage(guid, tad, state), 60.0)
 
     def commit(self, guid: str, tad: TAD, incarnation: str) -> None:

@@ -22,7 +22,14 @@ from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.status import unary_call
 from hermesx.rpc.wire import ChannelPool, TLSIdentity
 
-__all__ = ["AtomInfo", "CheckpointInfo", "StoredLocation", "StoresiteClient", "StoresiteInfo"]
+__all__ = [
+    "AtomInfo",
+    "CheckedSnapshot",
+    "CheckpointInfo",
+    "StoredLocation",
+    "StoresiteClient",
+    "StoresiteInfo",
+]
 
 _Reply = TypeVar("_Reply")
 
@@ -281,7 +288,7 @@ class StoresiteClient:
         return timed
 
     def send_checkpoint(
-        self, guid: str, tad: TAD, state: AtomState, seq: int, *, periodic: bool = False
+        self, guid: str, tad: TAD, state: CheckedSnapshot, seq: int, *, periodic: bool = False
     ) -> None:
         """:meth:`put_checkpoint` for a state of any size: a large one travels in pieces
         (``PutCheckpointPieces``), so that no single message is built or parsed for the
@@ -292,14 +299,14 @@ class StoresiteClient:
             request, state, stub.PutCheckpoint, stub.PutCheckpointPieces, "PutCheckpoint"
         )
 
-    def send_passivated(self, guid: str, tad: TAD, state: AtomState) -> None:
+    def send_passivated(self, guid: str, tad: TAD, state: CheckedSnapshot) -> None:
         """The atom was passivated with ``state`` (a large one in pieces, as
         :meth:`send_checkpoint`); it is dormant at its storesite from now on."""
         request = _state_request(pb.PassivatedRequest, guid, tad, state)
         stub = self._stub
         self._send_state(request, state, stub.Passivated, stub.PassivatedPieces, "Passivated")
 
-    def stage(self, guid: str, tad: TAD, state: AtomState) -> None:
+    def stage(self, guid: str, tad: TAD, state: CheckedSnapshot) -> None:
         """Stage the checkpoint a move to ``tad`` has once committed (before :meth:`commit`)."""
         request = _state_request(pb.CommitRequest, guid, tad, state, snapshot=state.snapshot)
         self._call(self._stub.Stage, request, f"Stage({guid})")
@@ -307,7 +314,7 @@ class StoresiteClient:
     def _send_state(
         self,
         request: pb.CheckpointRequest | pb.PassivatedRequest,
-        state: AtomState,
+        state: CheckedSnapshot,
         whole: Callable[..., Any],
         in_pieces: Callable[..., Any],
         what: str,
@@ -327,7 +334,7 @@ class StoresiteClient:
 
 
 @dataclass(frozen=True, slots=True)
-class AtomState:
+class CheckedSnapshot:
     """An atom's snapshot, its CRC-32 and the generation (calls completed) it holds."""
 
     snapshot: bytes
@@ -345,7 +352,7 @@ _PIECE_OF: dict[type, Callable[..., Any]] = {
 
 
 def _state_request(
-    kind: Callable[..., _Request], guid: str, tad: TAD, state: AtomState, **fields: Any
+    kind: Callable[..., _Request], guid: str, tad: TAD, state: CheckedSnapshot, **fields: Any
 ) -> _Request:
     """A request of type ``kind`` about ``state`` of atom ``guid`` at ``tad`` (no snapshot)."""
     return kind(
