@@ -45,6 +45,7 @@ from hermesx.core.errors import (
 from hermesx.core.identity import TAD
 from hermesx.core.replies import ReplyWindow, parse_reply_window
 from hermesx.core.types import InvokeOutcome, Location, MigrationResult, NodeStatus
+from hermesx.routing.departures import watch_departures
 from hermesx.routing.invoker import Invoker
 from hermesx.routing.naming import Member, Naming
 from hermesx.rpc import roles
@@ -148,6 +149,7 @@ class Client:
         """Connect to the name service (the first call does it when this was not called)."""
         if not self._started:
             self.naming.start()
+            watch_departures(self.naming, self.channels)
             self._started = True
 
     def close(self) -> None:

@@ -54,6 +54,7 @@ from hermesx.node.passivation import Passivation
 from hermesx.node.server import NodeRoles, NodeServicer, serve
 from hermesx.node.storage import AtomStoresites
 from hermesx.node.testhooks import TestHooks
+from hermesx.routing.departures import watch_departures
 from hermesx.routing.invoker import Invoker
 from hermesx.routing.naming import Naming
 from hermesx.routing.stash import Stash
@@ -169,6 +170,7 @@ class Supervisor:
         """Serve and register; returns the address we listen on."""
         self._server, self.address = serve(self.servicer, self.ctx.hooks, self.config, self.tls)
         self.naming.start()
+        watch_departures(self.naming, self.invoker.channels)
         self.fencing.start(self.address, self._probe_self)
         threading.Thread(target=self._housekeeping, name="node-housekeeping", daemon=True).start()
         log.info("node %s serving on %s (cluster %s)", self.name, self.address, self.config.cluster)

@@ -35,6 +35,7 @@ from tenacity.wait import wait_exponential
 from hermesx.core.errors import (
     CallTimeoutError,
     CheckpointDamagedError,
+    CommunicationError,
     ConfigurationError,
     HermesError,
     NameNotFoundError,
@@ -393,6 +394,11 @@ class Invoker:
             self._broken(call, node, str(err))
         except CallTimeoutError as err:
             self._broken(call, node, str(err))
+        except CommunicationError as err:
+            # Cut short because the node left the cluster (see routing.departures).
+            if self.naming.nodes().get(node) is None:
+                self._broken(call, node, f"node {node} left the cluster: {err}")
+            raise
 
     def _settle(self, call: _Call, node: str, reply: Any) -> None:
         """Learn the newest TAD from a reply; MOVED and retryable errors go on from elsewhere."""

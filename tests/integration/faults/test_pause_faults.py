@@ -238,3 +238,31 @@ def test_an_activation_the_node_finishes_after_the_storesite_gave_up_never_serve
         answering = [n for n, stub in stubs.items() if serves_here(stub, guid)]
         assert answering == [where.node], answering
         assert final_value(client, "c") == acked
+
+
+def test_a_call_stuck_in_a_frozen_node_goes_on_elsewhere_once_the_node_is_gone(
+    start_cluster: ClusterStarter, zk_server: ZooKeeperServer, atoms: dict[str, pathlib.Path]
+) -> None:
+    """A frozen node holds a call it received until the caller gives up. Once the
+    node's session has expired (it is fenced), the caller ends its wait, and the
+    call runs on the recovered copy within its deadline, once."""
+    cluster = start_cluster(
+        ["n1", "n2", "n3"], zk=zk_server.connect_string, session_timeout=SESSION_S
+    )
+    with Client(cluster.zk, cluster.name, timeout=20.0) as client:
+        client.create(atoms["counter"], name="c", on="n2", checkpoint="every-call")
+        assert client.atom("c").incr(5) == 5  # the channel to n2 is open
+        pid = cluster.procs["node-n2"]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            # Sent into n2's socket: n2 holds it, unanswered, until its session ends.
+            outcome = client.invoke("c", "incr", codec.pack(1), trace=True)
+            assert codec.unpack(outcome.result) == 6
+            assert client.locate("c").node != "n2"
+            # The caller let go of n2 because n2 left the cluster, not at its deadline.
+            broken = [h for h in outcome.trace if h.node == "n2" and h.event == "broken"]
+            assert broken and "left the cluster" in broken[0].detail, outcome.trace
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        # n2 wakes fenced: the call it held never runs there as well.
+        assert client.atom("c").get() == 6
