@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import pathlib
 import socket
-import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from hermesx.client import Client
-from hermesx.core.errors import HermesError
 from hermesx.local.cluster import LocalCluster, NodeSpec
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.roles import TEST_CERT_NAME
 from hermesx.testing.clusters import wait_for_log
+from hermesx.testing.moves import move_in_background
 from hermesx.testing.wait import wait_until
 
 pytestmark = pytest.mark.integration
@@ -138,17 +137,7 @@ def test_destination_restarted_during_a_move_leaves_one_copy_with_every_acknowle
         # register before the source goes on with the move.
         pause = 12.0
         client.node_client.pause_at(client.node_member("n1"), step, pause)
-        outcome: list[str] = []
-
-        def move() -> None:
-            try:
-                client.migrate(name, "n2")
-                outcome.append("moved")
-            except HermesError as exc:
-                outcome.append(f"failed: {exc}")
-
-        mover = threading.Thread(target=move)
-        mover.start()
+        mover, outcome = move_in_background(client, name, "n2")
         wait_for_log(pinned, "node-n1", f"paused at {step}")
         paused_at = time.monotonic()
         _restart(pinned, pinned.node_specs["n2"])

@@ -8,16 +8,15 @@ that exactly one copy serves and that every acknowledged increment is in it.
 from __future__ import annotations
 
 import pathlib
-import threading
 
 import pytest
 
 from hermesx.client import Client
-from hermesx.core.errors import HermesError
 from hermesx.local.cluster import LocalCluster
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.roles import TEST_CERT_NAME
 from hermesx.testing.clusters import wait_for_log
+from hermesx.testing.moves import move_in_background
 
 pytestmark = pytest.mark.integration
 
@@ -43,17 +42,7 @@ def _move_with_a_kill(
     for _ in range(ACKED):
         client.atom(name).incr(1)
     client.node_client.pause_at(client.node_member("n1"), step, 2.0)
-    outcome: list[str] = []
-
-    def move() -> None:
-        try:
-            client.migrate(name, "n2")
-            outcome.append("moved")
-        except HermesError as exc:
-            outcome.append(f"failed: {exc}")
-
-    mover = threading.Thread(target=move)
-    mover.start()
+    mover, outcome = move_in_background(client, name, "n2")
     wait_for_log(cluster, "node-n1", f"paused at {step}")
     cluster.kill(victim)
     mover.join(60)
