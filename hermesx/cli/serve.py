@@ -55,6 +55,7 @@ def cmd_node_serve(args: argparse.Namespace) -> None:
     config = NodeConfig(
         name=args.name,
         listen=args.listen,
+        call_listen=args.call_listen,
         zk=address.zk,
         cluster=address.cluster,
         tags=tuple(t for t in (args.tags or "").split(",") if t),
@@ -99,6 +100,12 @@ def register_node(node: Verbs) -> None:
     p = node.add("serve", cmd_node_serve, "serve as a node (supervisor)")
     p.add_argument("--name", required=True)
     p.add_argument("--listen", default="127.0.0.1:0")
+    p.add_argument(
+        "--call-listen",
+        default="auto",
+        help="HOST:PORT of the call channel for invocations (default auto: the --listen "
+        "host, the next port; off: invocations over gRPC only)",
+    )
     p.add_argument("--tags")
     p.add_argument("--data", help="node-local data directory (stash, module cache)")
     p.add_argument("--hop-limit", type=int, default=4)

@@ -19,6 +19,10 @@ __all__ = ["NodeConfig"]
 class NodeConfig:
     name: str
     listen: str = "127.0.0.1:0"
+    # The call channel's listener (docs/DESIGN.md §4.1): "auto" is the gRPC
+    # host with the next port (any free port when gRPC's is 0); "off" serves
+    # calls over gRPC only.
+    call_listen: str = "auto"
     zk: str = "127.0.0.1:2181"
     cluster: str = "default"
     tags: tuple[str, ...] = ()
@@ -39,6 +43,15 @@ class NodeConfig:
     # Cluster certificate directory: mutual TLS and the name-service secret.
     tls_dir: pathlib.Path | None = None
 
+    def call_address(self) -> str | None:
+        """Where the call channel listens (``host:port``), or None when it is off."""
+        if self.call_listen == "off":
+            return None
+        if self.call_listen != "auto":
+            return self.call_listen
+        host, _, port = self.listen.rpartition(":")
+        return f"{host}:{int(port) + 1 if port.isdigit() and int(port) else 0}"
+
     def validate(self) -> None:
         """Raise :class:`ConfigurationError` for a configuration a node cannot run with."""
         validate_name(self.name, "node name")
@@ -48,6 +61,13 @@ class NodeConfig:
             raise ConfigurationError(
                 f"max_calls_per_atom must be 0 (default) or more, not {self.max_calls_per_atom}"
             )
+        call = self.call_address()
+        if call is not None:
+            _, sep, port = call.rpartition(":")
+            if not sep or not port.isdigit() or int(port) > 65535:
+                raise ConfigurationError(
+                    f"call_listen {self.call_listen!r} is not host:port, 'auto' or 'off'"
+                )
         if not 0 <= self.unresponsive_limit_s < float("inf"):
             raise ConfigurationError(
                 "unresponsive_limit_s must be 0 (default) or a positive number of seconds, "

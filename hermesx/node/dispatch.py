@@ -55,6 +55,17 @@ class Dispatcher:
         # A move the atom asked for, or its placement decided, after its call.
         self._move_later = move_later
 
+    def serve_invoke(self, request: pb.InvokeRequest) -> pb.InvokeReply:
+        """An invocation from another process, by gRPC or the call channel: :meth:`invoke`
+        within the node's limit of invocations served at once."""
+        refused = self._admission.refuse_invoke()
+        if refused is not None:
+            return refused
+        try:
+            return self.invoke(request)
+        finally:
+            self._admission.release_invoke()
+
     def invoke(self, request: pb.InvokeRequest) -> pb.InvokeReply:
         if not self._fencing.may_serve(f"{request.method} of atom {request.guid}"):
             return pb.InvokeReply(error=self._fencing.unavailable())

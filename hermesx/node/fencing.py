@@ -71,13 +71,18 @@ class Fencing:
             stopping=stopping,
         )
         self._address = ""
+        self._record: dict[str, str] = {}
         # Why the node stopped serving on its own, if it did (see give_up_session).
         self.gave_up: str | None = None
 
-    def start(self, address: str, probe: Callable[[float], None]) -> None:
-        """Register at ``address``, hold the lease, and watch that ``probe`` (our own
-        Status) answers; a node stuck past the limit gives up its session and stops."""
+    def start(
+        self, address: str, probe: Callable[[float], None], record: dict[str, str] | None = None
+    ) -> None:
+        """Register at ``address`` (with ``record``'s fields), hold the lease, and watch that
+        ``probe`` (our own Status) answers; a node stuck past the limit gives up its session
+        and stops."""
         self._address = address
+        self._record = dict(record or {})
         self._naming.add_state_listener(self._on_session_state)
         self._register()
         self._lease.start()
@@ -147,7 +152,10 @@ class Fencing:
         while True:
             try:
                 incarnation = self._naming.register_node(
-                    self._name, self._address, self._config.tags, {"pid": os.getpid()}
+                    self._name,
+                    self._address,
+                    self._config.tags,
+                    {"pid": os.getpid(), **self._record},
                 )
                 if incarnation != self.incarnation:
                     log.info("node %s registered as incarnation %s", self._name, incarnation)

@@ -60,19 +60,12 @@ class NodeServicer(pbg.SupervisorServicer):
         self._tags = list(ctx.config.tags)
         self._catalog = ctx.catalog
         self._roles = roles
-        self._admission = roles.admission
         self._dispatcher = roles.dispatcher
 
     # ------------------------------------------------------------ calls
 
     def Invoke(self, request: pb.InvokeRequest, context: grpc.ServicerContext) -> pb.InvokeReply:
-        refused = self._admission.refuse_invoke()
-        if refused is not None:
-            return refused
-        try:
-            return self._dispatcher.invoke(request)
-        finally:
-            self._admission.release_invoke()
+        return self._dispatcher.serve_invoke(request)
 
     def Send(self, request: pb.SendRequest, context: grpc.ServicerContext) -> pb.SendReply:
         return self._dispatcher.send(request)

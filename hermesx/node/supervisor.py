@@ -15,7 +15,8 @@ policies (``checkpoints``, ``passivation``, ``placement``), fencing
 (``fencing``), both roles of a move (``migration_source``,
 ``migration_destination``, ``aborts``), creation (``creation``), building
 atoms (``builder``), the atoms' storesites (``storage``), their syscalls
-(``host``), test hooks (``testhooks``), the gRPC service (``server``).
+(``host``), test hooks (``testhooks``), the gRPC service (``server``) and the
+call channel's listener (``calls``).
 :class:`Supervisor` builds them, runs their background duties, starts and
 stops them.
 
@@ -40,6 +41,7 @@ from hermesx.core.errors import HermesError
 from hermesx.node.aborts import UnsentAborts
 from hermesx.node.admission import Admission
 from hermesx.node.builder import AtomBuilder
+from hermesx.node.calls import serve_calls
 from hermesx.node.catalog import ActiveAtom, Catalog
 from hermesx.node.checkpoints import Checkpointing
 from hermesx.node.config import NodeConfig
@@ -58,6 +60,8 @@ from hermesx.routing.departures import watch_departures
 from hermesx.routing.invoker import Invoker
 from hermesx.routing.naming import Naming
 from hermesx.routing.stash import Stash
+from hermesx.rpc.callserver import CallServer
+from hermesx.rpc.node_client import CALL_ADDRESS
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.wire import ChannelPool, TLSIdentity, set_process_tls
@@ -104,7 +108,9 @@ class Supervisor:
             hop_limit=config.hop_limit,
         )
         self.address = ""
+        self.call_address = ""  # the call channel's listener, "" when off
         self._server: grpc.Server | None = None
+        self._calls: CallServer | None = None
         self._stopping = threading.Event()
         self._background = futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="node-bg")
         self._transfers = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="transfer")
@@ -139,7 +145,7 @@ class Supervisor:
         self._passivation = Passivation(ctx)
         self.destination = MigrationDestination(ctx, builder)
         self.source = MigrationSource(ctx, self._aborts, self._transfers)
-        dispatcher = Dispatcher(
+        self.dispatcher = dispatcher = Dispatcher(
             ctx,
             admission,
             self._checkpoints,
@@ -169,17 +175,30 @@ class Supervisor:
     def start(self) -> str:
         """Serve and register; returns the address we listen on."""
         self._server, self.address = serve(self.servicer, self.ctx.hooks, self.config, self.tls)
+        record: dict[str, str] = {}
+        calls = serve_calls(self.dispatcher, self.config, self.tls)
+        if calls is not None:
+            self._calls, self.call_address = calls
+            record[CALL_ADDRESS] = self.call_address
         self.naming.start()
         watch_departures(self.naming, self.invoker.channels)
-        self.fencing.start(self.address, self._probe_self)
+        self.fencing.start(self.address, self._probe_self, record)
         threading.Thread(target=self._housekeeping, name="node-housekeeping", daemon=True).start()
-        log.info("node %s serving on %s (cluster %s)", self.name, self.address, self.config.cluster)
+        log.info(
+            "node %s serving on %s, calls on %s (cluster %s)",
+            self.name,
+            self.address,
+            self.call_address or "gRPC only",
+            self.config.cluster,
+        )
         return self.address
 
     def stop(self) -> None:
         if self._stopping.is_set():
             return
         self._stopping.set()
+        if self._calls is not None:
+            self._calls.stop()
         if self._server is not None:
             self._server.stop(grace=1.0).wait(2.0)
         with contextlib.suppress(HermesError):

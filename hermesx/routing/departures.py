@@ -11,18 +11,21 @@ same request id (:meth:`hermesx.routing.invoker.Invoker._rpc_at`).
 from __future__ import annotations
 
 from hermesx.routing.naming import Member, Naming
+from hermesx.rpc.node_client import call_address
 from hermesx.rpc.wire import ChannelPool
 
 __all__ = ["watch_departures"]
 
 
 def watch_departures(naming: Naming, channels: ChannelPool) -> None:
-    """Close the channel of every node that leaves the cluster; call once ``naming`` started."""
+    """Close the channel and call connection of every node that leaves the cluster; call
+    once ``naming`` started."""
     addresses: set[str] = set()
 
     def changed(members: dict[str, Member]) -> None:
         nonlocal addresses
         live = {member.address for member in members.values()}
+        live |= {a for a in map(call_address, members.values()) if a is not None}
         gone, addresses = addresses - live, live
         for address in gone:
             channels.drop(address)

@@ -14,6 +14,7 @@ kind, or :class:`UnreachableError` / :class:`CallTimeoutError` /
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -27,9 +28,15 @@ from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.status import error_from_rpc, unary_call
 from hermesx.rpc.wire import ChannelPool
 
-__all__ = ["Holding", "Member", "NodeAddress", "NodeClient", "Peer"]
+__all__ = ["CALL_ADDRESS", "Holding", "Member", "NodeAddress", "NodeClient", "Peer", "call_address"]
 
 log = logging.getLogger(__name__)
+
+# The field of a node's name-service record holding its call channel's address
+# (docs/DESIGN.md §4.1); a record without it (an older node) is called over gRPC.
+CALL_ADDRESS = "call"
+# Request kinds of the node's call channel (hermesx.node.calls).
+_INVOKE, _SEND = "invoke", "send"
 
 # Time a node has to stage an activation copy: this plus the snapshot's
 # transfer at STAGE_BYTES_PER_S.
@@ -85,11 +92,20 @@ def _peer(node: Peer) -> str:
     return f"node {node.name} at {node.address}"
 
 
+def call_address(node: Peer) -> str | None:
+    """The call channel's address of ``node`` as its record gives it (None: gRPC only)."""
+    data = getattr(node, "data", None)
+    found = data.get(CALL_ADDRESS) if data is not None else None
+    return found if isinstance(found, str) and found else None
+
+
 class NodeClient:
     """Calls to nodes' Supervisor service, one method per RPC; thread-safe.
 
     ``channels`` is the pool to share (a process keeps one); without one the
-    client opens its own and :meth:`close` closes it. ``timeout`` is the
+    client opens its own and :meth:`close` closes it. Invocations and messages
+    go over a node's call channel when it advertises one (``lean``).
+    ``timeout`` is the
     deadline of calls that name none; ``activate_timeout`` that of a
     storesite's activation.
     """
@@ -100,8 +116,12 @@ class NodeClient:
         *,
         timeout: float = 5.0,
         activate_timeout: float = 30.0,
+        lean: bool | None = None,
     ) -> None:
         self._own_channels = channels is None
+        # Invocations and messages over the call channel where the node has one
+        # (HERMESX_CALLS=grpc: over gRPC, to compare the two).
+        self.lean = lean if lean is not None else os.environ.get("HERMESX_CALLS") != "grpc"
         self.channels = channels if channels is not None else ChannelPool()
         self.timeout = timeout
         self.activate_timeout = activate_timeout
@@ -116,7 +136,12 @@ class NodeClient:
     # ------------------------------------------------------------ public RPCs
 
     def invoke(self, node: Peer, request: pb.InvokeRequest, timeout: float) -> pb.InvokeReply:
-        """Send one invocation (the caller's hot path: the request is built once per call)."""
+        """Send one invocation (the caller's hot path: the request is built once per call),
+        over the node's call channel when it has one."""
+        body = self._over_calls(node, _INVOKE, request, timeout)
+        if body is not None:
+            invoked: pb.InvokeReply = pb.InvokeReply.FromString(body)
+            return invoked
         try:
             reply: pb.InvokeReply = self._stub(node).Invoke(request, timeout=timeout)
         except grpc.RpcError as exc:
@@ -124,11 +149,30 @@ class NodeClient:
         return reply
 
     def send(self, node: Peer, request: pb.SendRequest, timeout: float) -> pb.SendReply:
+        body = self._over_calls(node, _SEND, request, timeout)
+        if body is not None:
+            sent: pb.SendReply = pb.SendReply.FromString(body)
+            return sent
         stub = self._stub(node)
         reply: pb.SendReply = unary_call(
             stub.Send, request, timeout, _peer(node), f"Send({request.guid})"
         )
         return reply
+
+    def _over_calls(
+        self, node: Peer, kind: str, request: pb.InvokeRequest | pb.SendRequest, timeout: float
+    ) -> bytes | None:
+        """The reply's body of ``request`` sent over ``node``'s call channel; None when the
+        node has none, or when no connection to it opens (then gRPC carries the call)."""
+        address = call_address(node) if self.lean else None
+        if address is None:
+            return None
+        try:
+            connection = self.channels.calls.connection(address, f"node {node.name} at {address}")
+        except HermesError as err:
+            log.info("no call connection to node %s (%s); calling over gRPC", node.name, err)
+            return None
+        return connection.call(kind, request.SerializeToString(), timeout)
 
     def create(
         self, node: Peer, request: pb.CreateRequest, timeout: float = 60.0

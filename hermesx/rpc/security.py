@@ -60,6 +60,7 @@ import os
 import pathlib
 import re
 import secrets
+import ssl
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -82,6 +83,7 @@ __all__ = [
     "PeerCheckInterceptor",
     "PeerIdentity",
     "cert_role",
+    "certificate_identity",
     "channel_credentials",
     "channel_options",
     "init_certs",
@@ -89,6 +91,8 @@ __all__ = [
     "load_certs",
     "peer_identity",
     "server_credentials",
+    "ssl_client_context",
+    "ssl_server_context",
     "zk_auth",
     "zk_readers",
 ]
@@ -495,6 +499,41 @@ def channel_credentials(directory: pathlib.Path, name: str) -> grpc.ChannelCrede
 def channel_options() -> list[tuple[str, Any]]:
     """Options every secure channel needs (add them to the usual channel options)."""
     return [("grpc.ssl_target_name_override", TARGET_NAME)]
+
+
+# ------------------------------------------------- the call channel's TLS (same certificates)
+
+
+def ssl_server_context(directory: pathlib.Path, name: str) -> ssl.SSLContext:
+    """TLS of the call channel's listener of process ``name``: as :func:`server_credentials`,
+    clients must show a certificate of the cluster CA."""
+    certs = load_certs(directory)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certs.cert(name), certs.key(name))
+    context.load_verify_locations(cadata=_read(certs.ca_cert, "cluster CA").decode())
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def ssl_client_context(directory: pathlib.Path, name: str) -> ssl.SSLContext:
+    """TLS of process ``name``'s call-channel connections: as :func:`channel_credentials`
+    (shows its certificate, trusts only the cluster CA, expects :data:`TARGET_NAME`)."""
+    certs = load_certs(directory)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certs.cert(name), certs.key(name))
+    context.load_verify_locations(cadata=_read(certs.ca_cert, "cluster CA").decode())
+    return context
+
+
+def certificate_identity(cert: Mapping[str, Any] | None) -> PeerIdentity | None:
+    """Who a verified peer certificate (:meth:`ssl.SSLObject.getpeercert`) names, as
+    :func:`peer_identity` reads it from a gRPC call."""
+    if not cert:
+        return None
+    sans = cert.get("subjectAltName", ())
+    return _identity_of(tuple(value for key, value in sans if key == "URI"))
 
 
 def zk_auth(directory: pathlib.Path, role: str = roles.NODE) -> tuple[str, str]:

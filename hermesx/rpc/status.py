@@ -34,7 +34,14 @@ from hermesx.core.errors import (
 )
 from hermesx.rpc.proto import hermesx_pb2 as pb
 
-__all__ = ["abort_with", "error_from_rpc", "pb_error", "status_for", "unary_call"]
+__all__ = [
+    "abort_with",
+    "error_from_rpc",
+    "pb_error",
+    "status_for",
+    "transport_error",
+    "unary_call",
+]
 
 _Reply = TypeVar("_Reply")
 
@@ -82,6 +89,15 @@ def error_from_rpc(exc: grpc.RpcError, peer: str, method: str = "") -> HermesErr
         err = error_from_wire(kind, message)
         if type(err) is not HermesError or kind == HermesError.kind:
             return err
+    return transport_error(code, peer, method, details)
+
+
+def transport_error(
+    code: grpc.StatusCode | None, peer: str, method: str = "", details: str = ""
+) -> HermesError:
+    """The error for a failure of the transport itself, gRPC's or the call channel's
+    (which names its failures by the same codes): the peer unreachable, the deadline
+    passed, TLS or the role check refused us, a message over the limit, cut short."""
     call = f"{method} to {peer}" if method else peer
     if code == grpc.StatusCode.UNAVAILABLE:
         return UnreachableError(f"{peer} is unreachable ({details or 'connection failed'})")

@@ -15,9 +15,12 @@ import pathlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
+
+if TYPE_CHECKING:
+    from hermesx.rpc.callclient import CallPool
 
 S = TypeVar("S")
 
@@ -111,7 +114,8 @@ def server_interceptors(tls: TLSIdentity | None, server: str) -> list[grpc.Serve
 
 
 class ChannelPool:
-    """One gRPC channel per address, shared by all threads, and its stubs.
+    """One gRPC channel per address, shared by all threads, and its stubs; and the
+    call channel's connections (:attr:`calls`), closed along with them.
 
     A stub is cached too: building one costs ~45 µs, as much as a tenth of a
     whole remote call.
@@ -122,6 +126,18 @@ class ChannelPool:
         self._lock = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[tuple[str, object], Any] = {}
+        self._calls: CallPool | None = None
+
+    @property
+    def calls(self) -> CallPool:
+        """Connections of the call channel (docs/DESIGN.md §4.1), with this pool's identity."""
+        if self._calls is None:
+            from hermesx.rpc.callclient import CallPool
+
+            with self._lock:
+                if self._calls is None:
+                    self._calls = CallPool(self._tls or _process_tls)
+        return self._calls
 
     def stub(self, address: str, kind: Callable[[grpc.Channel], S]) -> S:
         key = (address, kind)
@@ -142,6 +158,9 @@ class ChannelPool:
             return channel
 
     def drop(self, address: str) -> None:
+        """Close the channel or call connection to ``address``: its calls in flight end."""
+        if self._calls is not None:
+            self._calls.drop(address)
         with self._lock:
             channel = self._channels.pop(address, None)
             for key in [k for k in self._stubs if k[0] == address]:
@@ -150,6 +169,8 @@ class ChannelPool:
             channel.close()
 
     def close(self) -> None:
+        if self._calls is not None:
+            self._calls.close()
         with self._lock:
             channels = list(self._channels.values())
             self._channels.clear()

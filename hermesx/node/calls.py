@@ -1,0 +1,70 @@
+"""The node's call channel: invocations and messages over lean frames (docs/DESIGN.md §4.1).
+
+The node mounts a :class:`~hermesx.rpc.callserver.CallServer` next to its
+gRPC server with two request kinds, ``invoke`` and ``send``, whose bodies
+are the ``InvokeRequest`` / ``SendRequest`` of protos/hermesx.proto and
+whose replies are ``InvokeReply`` / ``SendReply``. Both go to the same
+:class:`~hermesx.node.dispatch.Dispatcher` methods as gRPC's ``Invoke`` and
+``Send``: one dispatch behind both transports. The frame's deadline bounds
+the request's own ``timeout``, so time spent queued counts against the call.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from google.protobuf.message import DecodeError
+
+from hermesx.core.errors import ConfigurationError, UnreachableError
+from hermesx.node.config import NodeConfig
+from hermesx.node.dispatch import Dispatcher
+from hermesx.rpc.callserver import Call, CallServer
+from hermesx.rpc.proto import hermesx_pb2 as pb
+from hermesx.rpc.wire import TLSIdentity
+
+__all__ = ["INVOKE", "SEND", "serve_calls"]
+
+INVOKE, SEND = "invoke", "send"
+
+
+def serve_calls(
+    dispatcher: Dispatcher, config: NodeConfig, tls: TLSIdentity | None
+) -> tuple[CallServer, str] | None:
+    """Start node ``config.name``'s call listener; it and its address (None when off)."""
+    listen = config.call_address()
+    if listen is None:
+        return None
+    server = CallServer(f"node {config.name}", workers=config.workers, tls=tls)
+
+    def invoke(call: Call) -> bytes:
+        request = _parse(pb.InvokeRequest, call)
+        left = call.remaining()
+        if request.timeout <= 0 or request.timeout > left:
+            request.timeout = left
+        reply: bytes = dispatcher.serve_invoke(request).SerializeToString()
+        return reply
+
+    def send(call: Call) -> bytes:
+        reply: bytes = dispatcher.send(_parse(pb.SendRequest, call)).SerializeToString()
+        return reply
+
+    server.register(INVOKE, invoke, "Supervisor/Invoke")
+    server.register(SEND, send, "Supervisor/Send")
+    try:
+        return server, server.start(listen)
+    except UnreachableError:
+        server.stop()
+        raise
+
+
+M = TypeVar("M", pb.InvokeRequest, pb.SendRequest)
+
+
+def _parse(kind: type[M], call: Call) -> M:
+    try:
+        parsed: M = kind.FromString(call.body)
+        return parsed
+    except DecodeError:
+        raise ConfigurationError(
+            f"a {call.kind} request whose body is not a {kind.__name__}"
+        ) from None

@@ -1,0 +1,229 @@
+"""The call channel's caller side: a connection per peer, calls multiplexed (docs/DESIGN.md §4.1).
+
+A :class:`CallPool` keeps one :class:`CallConnection` per address. Any
+number of threads call through one connection at once: each request gets an
+id, its frame goes out at once (pipelined behind the others), and the
+connection's reader thread hands each reply, in whatever order it comes, to
+the thread waiting for that id. A failure becomes the same HermesError the
+gRPC path raises (:func:`hermesx.rpc.status.transport_error`): the peer
+unreachable, the deadline passed, refused by TLS or the role check; an error
+the peer answered keeps its kind. A connection that fails leaves the pool;
+the next call opens a new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import grpc
+
+from hermesx.core.errors import (
+    CommunicationError,
+    HermesError,
+    UnreachableError,
+    error_from_wire,
+)
+from hermesx.rpc import security
+from hermesx.rpc.frames import (
+    DEFAULT_MAX_FRAME_BYTES,
+    Error,
+    Frame,
+    FrameError,
+    Reply,
+    encode_request,
+)
+from hermesx.rpc.link import Link, LinkClosed, handshake
+from hermesx.rpc.status import transport_error
+
+if TYPE_CHECKING:
+    from hermesx.rpc.wire import TLSIdentity
+
+__all__ = ["CallConnection", "CallPool"]
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 5.0
+# Why a connection was closed on purpose (ChannelPool.drop: the peer left the cluster).
+DROPPED = "closed by this process"
+
+
+class _Waiter:
+    """One call in flight: its thread waits on ``done`` until the reply or a failure."""
+
+    __slots__ = ("body", "done", "error")
+
+    def __init__(self) -> None:
+        self.done = threading.Lock()
+        self.done.acquire()
+        self.body: bytes | None = None
+        self.error: HermesError | None = None
+
+
+class CallConnection:
+    """One connection to the call listener at ``address``; thread-safe."""
+
+    def __init__(
+        self,
+        address: str,
+        context: ssl.SSLContext | None,
+        *,
+        peer: str = "",
+        max_frame: int = DEFAULT_MAX_FRAME_BYTES,
+        connect_timeout: float = CONNECT_TIMEOUT_S,
+    ) -> None:
+        self.address = address
+        self.peer = peer or f"call listener at {address}"
+        host, _, port = address.rpartition(":")
+        try:
+            sock = socket.create_connection((host, int(port)), timeout=connect_timeout)
+        except (OSError, ValueError) as exc:
+            raise UnreachableError(f"{self.peer} is unreachable ({exc})") from None
+        try:
+            session = None
+            if context is not None:
+                session = handshake(
+                    sock,
+                    context,
+                    server_side=False,
+                    timeout=connect_timeout,
+                    server_hostname=security.TARGET_NAME,
+                )
+        except ssl.SSLError as exc:
+            sock.close()
+            raise transport_error(
+                grpc.StatusCode.UNAUTHENTICATED, self.peer, "", f"TLS: {exc.reason or exc}"
+            ) from None
+        except (OSError, TimeoutError) as exc:
+            sock.close()
+            raise UnreachableError(f"{self.peer} is unreachable (TLS handshake: {exc})") from None
+        self._link = Link(sock, session, max_frame=max_frame)
+        self._pending: dict[int, _Waiter] = {}
+        self._ids = itertools.count(1)
+        self._goodbye: Error | None = None
+        self.closed: str | None = None
+        threading.Thread(target=self._run, name=f"call-link {address}", daemon=True).start()
+
+    def call(
+        self, kind: str, body: bytes, timeout: float, meta: Mapping[str, str] | None = None
+    ) -> bytes:
+        """Send a request of ``kind`` and wait up to ``timeout`` seconds for its reply's body."""
+        id = next(self._ids)
+        waiter = self._pending[id] = _Waiter()
+        try:
+            self._link.write(encode_request(id, kind, timeout, body, meta))
+        except LinkClosed as exc:
+            self._pending.pop(id, None)
+            raise UnreachableError(f"{self.peer} is unreachable ({exc})") from None
+        if not waiter.done.acquire(timeout=max(timeout, 0.0)):
+            self._pending.pop(id, None)
+            raise transport_error(grpc.StatusCode.DEADLINE_EXCEEDED, self.peer, kind)
+        if waiter.error is not None:
+            raise waiter.error
+        assert waiter.body is not None
+        return waiter.body
+
+    def close(self, reason: str = DROPPED) -> None:
+        self._link.close(reason)
+
+    # ------------------------------------------------------------ the reader thread
+
+    def _run(self) -> None:
+        reason = self._link.run(self._received)
+        self.closed = reason
+        error = self._failure(reason)
+        while self._pending:
+            with contextlib.suppress(KeyError):
+                _, waiter = self._pending.popitem()
+                waiter.error = error
+                waiter.done.release()
+        log.debug("call connection to %s closed: %s", self.peer, reason)
+
+    def _failure(self, reason: str) -> HermesError:
+        """What a call cut short by the connection's end raises."""
+        goodbye = self._goodbye
+        if goodbye is not None:
+            err = error_from_wire(goodbye.kind, goodbye.message)
+            if err.kind == "not_authorized":
+                return transport_error(
+                    grpc.StatusCode.PERMISSION_DENIED, self.peer, "", goodbye.message
+                )
+            return CommunicationError(f"{self.peer} closed the connection: {goodbye.message}")
+        if reason == DROPPED:
+            # Cut short on purpose (the node left the cluster): not a sign the
+            # call did not run, so not "unreachable" (see routing.departures).
+            return CommunicationError(f"call to {self.peer} cut short: {reason}")
+        return transport_error(grpc.StatusCode.UNAVAILABLE, self.peer, "", reason)
+
+    def _received(self, frames: list[Frame]) -> None:
+        for frame in frames:
+            if isinstance(frame, Reply):
+                waiter = self._pending.pop(frame.id, None)
+                if waiter is not None:
+                    waiter.body = frame.body
+                    waiter.done.release()
+            elif isinstance(frame, Error):
+                if frame.id == 0:
+                    self._goodbye = frame
+                    continue
+                waiter = self._pending.pop(frame.id, None)
+                if waiter is not None:
+                    waiter.error = error_from_wire(frame.kind, frame.message)
+                    waiter.done.release()
+            else:
+                raise FrameError("a request frame sent to a caller")
+
+
+class CallPool:
+    """One :class:`CallConnection` per address, opened on first use; thread-safe."""
+
+    def __init__(self, tls: TLSIdentity | None = None) -> None:
+        self._tls = tls
+        self._context: ssl.SSLContext | None = None
+        self._lock = threading.Lock()
+        self._connections: dict[str, CallConnection] = {}
+        self._opening: dict[str, threading.Lock] = {}
+
+    def connection(self, address: str, peer: str = "") -> CallConnection:
+        """The open connection to ``address`` (opened now if there is none); UnreachableError
+        when it cannot be opened."""
+        found = self._connections.get(address)
+        if found is not None and found.closed is None:
+            return found
+        with self._lock:
+            opening = self._opening.setdefault(address, threading.Lock())
+        with opening:
+            found = self._connections.get(address)
+            if found is not None and found.closed is None:
+                return found
+            made = CallConnection(address, self._ssl_context(), peer=peer)
+            self._connections[address] = made
+            return made
+
+    def drop(self, address: str) -> None:
+        """Close the connection to ``address``: its calls in flight end at once."""
+        with self._lock:
+            found = self._connections.pop(address, None)
+        if found is not None:
+            found.close()
+
+    def close(self) -> None:
+        with self._lock:
+            found = list(self._connections.values())
+            self._connections.clear()
+        for connection in found:
+            connection.close()
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        identity = self._tls
+        if identity is None:
+            return None
+        if self._context is None:
+            self._context = security.ssl_client_context(identity.directory, identity.name)
+        return self._context

@@ -1,0 +1,288 @@
+"""The call channel's listener: frames in, handlers by kind, replies out (docs/DESIGN.md §4.1).
+
+A :class:`CallServer` accepts connections (at most ``max_connections``), runs
+the cluster's mutual TLS on each (the certificates gRPC uses,
+:mod:`hermesx.rpc.security`) and refuses a peer whose certificate is not of
+the cluster. Each connection has a thread that reads frames
+(:class:`~hermesx.rpc.link.Link`); each request goes to the handler
+registered for its kind, on a bounded pool of workers (handlers block: an
+atom's turn, a forward), after the role check of the RPC it stands for
+(:data:`hermesx.rpc.roles.RPC_ROLES`). A connection has at most
+``max_in_flight`` requests running or waiting; past that the server stops
+reading it. A connection that breaks the rules (a bad frame, an unknown
+kind, no request soon after connecting) is closed with a one-line reason in
+the log; the others go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from hermesx.core.errors import HermesError, NotAuthorizedError, UnreachableError
+from hermesx.rpc import roles, security
+from hermesx.rpc.frames import (
+    DEFAULT_MAX_FRAME_BYTES,
+    Frame,
+    FrameError,
+    Request,
+    encode_error,
+    encode_reply,
+)
+from hermesx.rpc.link import Link, LinkClosed, handshake
+from hermesx.rpc.wire import TLSIdentity
+
+__all__ = ["Call", "CallLimits", "CallServer", "Handler"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One request as a handler sees it."""
+
+    kind: str
+    body: bytes
+    deadline: float  # time.monotonic() by which the caller stops waiting
+    meta: Mapping[str, str] | None
+    peer: security.PeerIdentity | None  # None on a cluster without TLS
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+# A handler answers a request's body with its reply's body, or raises a HermesError.
+Handler = Callable[[Call], bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class CallLimits:
+    """What one peer, or all of them, can make the server hold."""
+
+    max_connections: int = 256
+    max_in_flight: int = 64  # per connection
+    max_frame: int = DEFAULT_MAX_FRAME_BYTES
+    handshake_s: float = 5.0
+    first_frame_s: float = 10.0  # a connection that sends no request by then is closed
+    write_stall_s: float = 30.0  # a peer that reads none of its replies for this long
+
+
+@dataclass(slots=True, eq=False)
+class _Connection:
+    peer: str  # "host:port" for messages
+    link: Link | None = None
+    identity: security.PeerIdentity | None = None
+    in_flight: int = 0
+
+
+class CallServer:
+    """A call-channel listener of process ``name`` (for messages: ``"node n1"``)."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        workers: int,
+        tls: TLSIdentity | None,
+        limits: CallLimits | None = None,
+    ) -> None:
+        self.name = name
+        self.limits = limits or CallLimits()
+        self._tls = tls
+        self._context: ssl.SSLContext | None = (
+            security.ssl_server_context(tls.directory, tls.name) if tls is not None else None
+        )
+        self._handlers: dict[str, tuple[Handler, frozenset[str]]] = {}
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="call-worker")
+        self._lock = threading.Lock()
+        self._connections: set[_Connection] = set()
+        self._listener: socket.socket | None = None
+        self._stopping = threading.Event()
+
+    def register(self, kind: str, handler: Handler, rpc: str) -> None:
+        """Serve requests of ``kind`` with ``handler``, to the roles that may call gRPC ``rpc``."""
+        self._handlers[kind] = (handler, roles.allowed_roles(rpc))
+
+    @property
+    def connections(self) -> int:
+        return len(self._connections)
+
+    # ------------------------------------------------------------ start, stop
+
+    def start(self, listen: str) -> str:
+        """Listen on ``listen`` (``host:port``, port 0 for any); the address bound."""
+        host, _, port = listen.rpartition(":")
+        try:
+            listener = socket.create_server((host, int(port)), backlog=512)
+        except (OSError, ValueError) as exc:
+            raise UnreachableError(
+                f"{self.name}: cannot listen for calls on {listen}: {exc}"
+            ) from None
+        listener.settimeout(0.5)
+        self._listener = listener
+        threading.Thread(target=self._accept, name="call-accept", daemon=True).start()
+        return f"{host}:{listener.getsockname()[1]}"
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.close()
+        with self._lock:
+            links = [c.link for c in self._connections if c.link is not None]
+        for link in links:
+            link.close("the server stops")
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------ connections
+
+    def _accept(self) -> None:
+        assert self._listener is not None
+        while not self._stopping.is_set():
+            try:
+                sock, address = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                time.sleep(0.05)  # out of descriptors: let connections end
+                continue
+            peer = f"{address[0]}:{address[1]}"
+            with self._lock:
+                full = len(self._connections) >= self.limits.max_connections
+                if not full:
+                    connection = _Connection(peer)
+                    self._connections.add(connection)
+            if full:
+                log.warning(
+                    "%s: refused the call connection from %s: %d connections open, the limit",
+                    self.name,
+                    peer,
+                    self.limits.max_connections,
+                )
+                sock.close()
+                continue
+            threading.Thread(
+                target=self._serve, args=(sock, connection), name="call-link", daemon=True
+            ).start()
+
+    def _serve(self, sock: socket.socket, connection: _Connection) -> None:
+        try:
+            reason = self._serve_link(sock, connection)
+        except Exception as exc:  # a connection's failure must not end the listener
+            reason = f"failed: {type(exc).__name__}: {exc}"
+        finally:
+            with self._lock:
+                self._connections.discard(connection)
+            with contextlib.suppress(OSError):
+                sock.close()
+        if reason is not None:
+            log.warning(
+                "%s: closed the call connection from %s: %s", self.name, connection.peer, reason
+            )
+
+    def _serve_link(self, sock: socket.socket, connection: _Connection) -> str | None:
+        """Serve one connection until it ends; why it ended, when worth a warning."""
+        session = None
+        if self._context is not None:
+            try:
+                session = handshake(
+                    sock, self._context, server_side=True, timeout=self.limits.handshake_s
+                )
+            except ssl.SSLError as exc:
+                return f"TLS handshake refused: {exc.reason or exc}"
+            except (OSError, TimeoutError) as exc:
+                return f"no TLS handshake: {exc}"
+        link = connection.link = Link(
+            sock, session, max_frame=self.limits.max_frame, write_stall_s=self.limits.write_stall_s
+        )
+        if self._stopping.is_set():
+            return None
+        if self._tls is not None:
+            identity = security.certificate_identity(link.peer_certificate())
+            if identity is None or identity.cluster != self._tls.cluster:
+                what = (
+                    "no certificate of a hermesx cluster"
+                    if identity is None
+                    else (f"a certificate of cluster {identity.cluster}")
+                )
+                refusal = f"{what}, not of cluster {self._tls.cluster}"
+                link.close_after(encode_error(0, "not_authorized", f"refused: {refusal}"), refusal)
+                link.run(lambda frames: None)
+                return f"refused: {refusal}"
+            connection.identity = identity
+        reason = link.run(
+            lambda frames: self._received(connection, link, frames),
+            reading=lambda: connection.in_flight < self.limits.max_in_flight,
+            first_frame_s=self.limits.first_frame_s,
+        )
+        if reason in ("the peer closed the connection", "the server stops"):
+            log.debug("%s: call connection from %s ended: %s", self.name, connection.peer, reason)
+            return None
+        return reason
+
+    # ------------------------------------------------------------ requests
+
+    def _received(self, connection: _Connection, link: Link, frames: list[Frame]) -> None:
+        now = time.monotonic()
+        for frame in frames:
+            if not isinstance(frame, Request):
+                raise FrameError(f"a {type(frame).__name__.lower()} frame sent to the server")
+            entry = self._handlers.get(frame.kind)
+            if entry is None:
+                raise FrameError(f"a request of unknown kind {frame.kind!r}")
+            handler, allowed = entry
+            identity = connection.identity
+            if self._tls is not None and (identity is None or identity.role not in allowed):
+                role = (identity.role if identity else None) or "none"
+                refusal = NotAuthorizedError(
+                    f"{self.name} refused {frame.kind}: role {role} may not call it "
+                    f"(it is for {', '.join(sorted(allowed))})"
+                )
+                log.warning("%s (from %s)", refusal, connection.peer)
+                link.write(encode_error(frame.id, refusal.kind, str(refusal)))
+                continue
+            with self._lock:
+                connection.in_flight += 1
+            call = Call(frame.kind, frame.body, now + frame.timeout, frame.meta, identity)
+            self._pool.submit(self._dispatch, connection, link, frame.id, handler, call)
+
+    def _dispatch(
+        self, connection: _Connection, link: Link, id: int, handler: Handler, call: Call
+    ) -> None:
+        try:
+            if call.remaining() <= 0:
+                frame = encode_error(
+                    id, "timeout", f"{call.kind} waited past its deadline at {self.name}"
+                )
+            else:
+                frame = encode_reply(id, handler(call))
+        except HermesError as exc:
+            frame = encode_error(id, exc.kind, str(exc))
+        except Exception as exc:  # a handler's bug answers that call, not the connection
+            log.exception("%s: %s failed", self.name, call.kind)
+            frame = encode_error(id, "hermes", f"{self.name}: {call.kind} failed: {exc}")
+        if len(frame) - 4 > self.limits.max_frame:
+            frame = encode_error(
+                id,
+                "payload_too_large",
+                f"{call.kind}: the reply is over {self.limits.max_frame} bytes",
+            )
+        try:
+            link.write(frame)
+        except LinkClosed:
+            pass
+        finally:
+            with self._lock:
+                connection.in_flight -= 1
+                resume = connection.in_flight == self.limits.max_in_flight - 1
+            if resume:
+                link.wake()

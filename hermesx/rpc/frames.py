@@ -1,0 +1,180 @@
+"""The call channel's frames: layout, limits, encoding and checking (docs/DESIGN.md §4.1).
+
+Every frame on the channel, both ways, is a 4-byte big-endian unsigned length
+``L`` followed by ``L`` bytes (1 <= L <= the receiver's frame limit) holding
+one msgpack array:
+
+* request ``[0, id, kind, timeout_s, body]`` or ``[0, id, kind, timeout_s, body, meta]``
+  — ``id`` a positive integer unique among the sender's calls in flight on
+  this connection, ``kind`` the request kind (``"invoke"``, ``"send"``, …),
+  ``timeout_s`` the seconds the caller still waits (its deadline, relative,
+  so the two clocks need not agree), ``body`` bytes for the kind's handler,
+  ``meta`` an optional map of text to text (a trace context, …) that
+  receivers pass on and otherwise ignore;
+* reply ``[1, id, body]``;
+* error ``[2, id, error_kind, message]`` — a :class:`HermesError` of that kind
+  (:func:`hermesx.core.errors.error_from_wire`); with ``id`` 0 it is about the
+  connection, sent just before the sender closes it.
+
+Replies come in any order. A frame that breaks these rules ends the
+connection (:class:`FrameError` names what was wrong).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+__all__ = [
+    "DEFAULT_MAX_FRAME_BYTES",
+    "ERROR",
+    "HEADER",
+    "REPLY",
+    "REQUEST",
+    "Error",
+    "FrameError",
+    "FrameReader",
+    "Reply",
+    "Request",
+    "encode_error",
+    "encode_reply",
+    "encode_request",
+]
+
+HEADER = struct.Struct("!I")
+REQUEST, REPLY, ERROR = 0, 1, 2
+# A payload is at most 4 MiB (NodeConfig.max_payload_bytes); room for the
+# rest of a request and for a reply's trace.
+DEFAULT_MAX_FRAME_BYTES = 8 * 2**20
+MAX_KIND_LEN = 64
+MAX_META_ENTRIES = 16
+
+
+class FrameError(Exception):
+    """A frame broke the channel's rules; the connection ends (the message says why)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    id: int
+    kind: str
+    timeout: float
+    body: bytes
+    meta: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    id: int
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    id: int
+    kind: str
+    message: str
+
+
+Frame = Request | Reply | Error
+
+_pack = msgpack.Packer(use_bin_type=True).pack
+
+
+def _framed(obj: Any) -> bytes:
+    data: bytes = _pack(obj)
+    return HEADER.pack(len(data)) + data
+
+
+def encode_request(
+    id: int, kind: str, timeout: float, body: bytes, meta: Mapping[str, str] | None = None
+) -> bytes:
+    if meta:
+        return _framed([REQUEST, id, kind, float(timeout), body, dict(meta)])
+    return _framed([REQUEST, id, kind, float(timeout), body])
+
+
+def encode_reply(id: int, body: bytes) -> bytes:
+    return _framed([REPLY, id, body])
+
+
+def encode_error(id: int, kind: str, message: str) -> bytes:
+    return _framed([ERROR, id, kind, message])
+
+
+class FrameReader:
+    """Cuts a byte stream into frames; refuses a frame over ``max_frame`` before reading it."""
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        self.max_frame = max_frame
+        self._buffer = bytearray()
+
+    @property
+    def pending(self) -> int:
+        """Bytes received that do not make a whole frame yet."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[Frame]:
+        """The whole frames ``data`` completes, in order; :class:`FrameError` for a bad one."""
+        buffer = self._buffer
+        buffer += data
+        frames: list[Frame] = []
+        start = 0
+        while len(buffer) - start >= 4:
+            (size,) = HEADER.unpack_from(buffer, start)
+            if size == 0 or size > self.max_frame:
+                raise FrameError(
+                    f"a frame announcing {size} bytes (the limit is {self.max_frame})"
+                    if size
+                    else "an empty frame"
+                )
+            end = start + 4 + size
+            if end > len(buffer):
+                break
+            frames.append(_decode(bytes(buffer[start + 4 : end])))
+            start = end
+        del buffer[:start]
+        return frames
+
+
+def _decode(data: bytes) -> Frame:
+    try:
+        obj = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise FrameError(f"a frame that is not msgpack ({type(exc).__name__})") from None
+    if not isinstance(obj, list) or len(obj) < 3 or not isinstance(obj[1], int):
+        raise FrameError("a frame that is not [type, id, ...]")
+    tag, id = obj[0], obj[1]
+    if id < 0 or id >= 2**63:
+        raise FrameError(f"a frame with request id {id} out of range")
+    if tag == REQUEST and len(obj) in (5, 6):
+        _, _, kind, timeout, body, *rest = obj
+        if not isinstance(kind, str) or not 0 < len(kind) <= MAX_KIND_LEN:
+            raise FrameError("a request whose kind is not a short text")
+        if not isinstance(timeout, int | float) or not 0 < timeout < 1e7:
+            raise FrameError(f"request {id} ({kind[:MAX_KIND_LEN]}): timeout {timeout!r} invalid")
+        if not isinstance(body, bytes):
+            raise FrameError(f"request {id} ({kind}): its body is not bytes")
+        meta = rest[0] if rest else None
+        if meta is not None and not _is_meta(meta):
+            raise FrameError(f"request {id} ({kind}): its meta is not a small map of text")
+        if id == 0:
+            raise FrameError(f"request ({kind}) with id 0")
+        return Request(id, kind, float(timeout), body, meta)
+    if tag == REPLY and len(obj) == 3 and isinstance(obj[2], bytes):
+        return Reply(id, obj[2])
+    if tag == ERROR and len(obj) == 4 and isinstance(obj[2], str) and isinstance(obj[3], str):
+        return Error(id, obj[2], obj[3])
+    raise FrameError(f"a frame of unknown shape (type {str(tag)[:20]!r}, {len(obj)} fields)")
+
+
+def _is_meta(meta: Any) -> bool:
+    return (
+        isinstance(meta, dict)
+        and len(meta) <= MAX_META_ENTRIES
+        and all(isinstance(v, str) for v in meta.values())
+    )

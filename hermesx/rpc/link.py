@@ -1,0 +1,308 @@
+"""One connection of the call channel, either side (docs/DESIGN.md §4.1).
+
+A :class:`Link` owns a connected socket and, on a secure cluster, the TLS
+session on it, kept in memory buffers (:class:`ssl.SSLObject`) so that one
+thread reads while others write without sharing an OpenSSL object unguarded.
+Writers never block: :meth:`Link.write` sends what the kernel takes at once
+and leaves the rest in the link's outbox, which the link's own thread
+(:meth:`Link.run`) flushes. That thread also reads, cuts the bytes into
+frames (:class:`~hermesx.rpc.frames.FrameReader`) and hands them on. A peer
+that stops reading for ``write_stall_s`` seconds loses the connection, so a
+slow reader costs a bounded outbox, never a blocked worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from hermesx.rpc.frames import Frame, FrameError, FrameReader, encode_error
+
+__all__ = ["Link", "LinkClosed", "TLSSession", "handshake"]
+
+READ_CHUNK = 256 * 1024
+_READ = select.POLLIN | select.POLLPRI
+_ERR = select.POLLERR | select.POLLHUP | select.POLLNVAL
+
+
+class LinkClosed(Exception):
+    """The connection is closed; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class TLSSession:
+    """A TLS session kept in memory: the socket's bytes pass through ``incoming``/``outgoing``."""
+
+    tls: ssl.SSLObject
+    incoming: ssl.MemoryBIO
+    outgoing: ssl.MemoryBIO
+
+
+def handshake(
+    sock: socket.socket,
+    context: ssl.SSLContext,
+    *,
+    server_side: bool,
+    timeout: float,
+    server_hostname: str | None = None,
+) -> TLSSession:
+    """Run the TLS handshake on blocking ``sock`` within ``timeout``; the session made."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    session = context.wrap_bio(
+        incoming, outgoing, server_side=server_side, server_hostname=server_hostname
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            session.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            pending = outgoing.read()
+            if pending:
+                sock.sendall(pending)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no TLS handshake within {timeout:g} s") from None
+            sock.settimeout(left)
+            data = sock.recv(READ_CHUNK)
+            if not data:
+                raise ConnectionError(
+                    "the peer closed the connection during the TLS handshake"
+                ) from None
+            incoming.write(data)
+        except ssl.SSLError:
+            # Tell the peer why (an alert) before the caller closes the socket.
+            with contextlib.suppress(OSError):
+                sock.sendall(outgoing.read())
+            raise
+    pending = outgoing.read()
+    if pending:
+        sock.sendall(pending)
+    return TLSSession(session, incoming, outgoing)
+
+
+class Link:
+    """A connected socket, optionally TLS, with non-blocking writes and one reading thread."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        session: TLSSession | None = None,
+        *,
+        max_frame: int,
+        write_stall_s: float = 30.0,
+    ) -> None:
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+        self._session = session
+        self._lock = threading.Lock()  # the TLS session and the outbox
+        self._outbox = bytearray()
+        self._stalled_since: float | None = None
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._frames = FrameReader(max_frame)
+        self._write_stall_s = write_stall_s
+        self._closing: str | None = None  # close once the outbox is flushed
+        self.closed: str | None = None  # why, once closed
+
+    # ------------------------------------------------------------ any thread
+
+    def peer_certificate(self) -> dict[str, object] | None:
+        """The verified certificate the peer showed (None without TLS or without one)."""
+        if self._session is None:
+            return None
+        cert = self._session.tls.getpeercert()
+        return dict(cert) if cert else None
+
+    def write(self, frame: bytes) -> None:
+        """Queue ``frame`` to send; raises :class:`LinkClosed` on a closed link."""
+        with self._lock:
+            if self.closed is not None or self._closing is not None:
+                raise LinkClosed(self.closed or self._closing or "closed")
+            if self._session is not None:
+                self._session.tls.write(frame)
+                frame = self._session.outgoing.read()
+            if self._outbox:
+                self._outbox += frame
+                return
+            try:
+                sent = self.sock.send(frame)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                self._close_locked(f"send failed: {exc}")
+                raise LinkClosed(self.closed or "closed") from None
+            if sent < len(frame):
+                self._outbox += frame[sent:]
+                self._stalled_since = time.monotonic()
+        if sent < len(frame):
+            self.wake()
+
+    def close_after(self, frame: bytes, reason: str) -> None:
+        """Send ``frame`` (a connection error) then close, telling :meth:`run` ``reason``."""
+        with contextlib.suppress(LinkClosed):
+            self.write(frame)
+        with self._lock:
+            if self._closing is None:
+                self._closing = reason
+        self.wake()
+
+    def close(self, reason: str) -> None:
+        with self._lock:
+            self._close_locked(reason)
+        self.wake()
+
+    def wake(self) -> None:
+        """Make :meth:`run` look again (there is output, or reading may resume)."""
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"!")
+
+    def _close_locked(self, reason: str) -> None:
+        if self.closed is not None:
+            return
+        self.closed = reason
+        self._outbox.clear()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+    # ------------------------------------------------------------ the link's thread
+
+    def run(
+        self,
+        on_frames: Callable[[list[Frame]], None],
+        *,
+        reading: Callable[[], bool] = lambda: True,
+        first_frame_s: float | None = None,
+    ) -> str:
+        """Read, hand frames on, flush the outbox, until the link closes; returns why.
+
+        ``reading`` says whether to read now (False holds the peer back: TCP
+        pushes back on it); without a whole frame within ``first_frame_s`` the
+        link closes.
+        """
+        poller = select.poll()
+        fd = self.sock.fileno()
+        poller.register(self._wake_r, _READ)
+        got_frame = first_frame_s is None
+        opened = time.monotonic()
+        try:
+            while self.closed is None:
+                with self._lock:
+                    flushing = bool(self._outbox)
+                    if self._closing is not None and not flushing:
+                        self._close_locked(self._closing)
+                        break
+                events = (_READ if reading() and self._closing is None else 0) | (
+                    select.POLLOUT if flushing else 0
+                )
+                poller.register(fd, events | _ERR)
+                timeout = 1.0
+                for fd_, event in poller.poll(timeout * 1000):
+                    if fd_ == self._wake_r:
+                        with contextlib.suppress(OSError):
+                            os.read(self._wake_r, 4096)
+                        continue
+                    if event & select.POLLOUT:
+                        self._flush()
+                    if event & (_READ | _ERR):
+                        data = self._receive()
+                        if data is None:
+                            break
+                        if data:
+                            frames = self._frames.feed(data)
+                            if frames:
+                                got_frame = True
+                                on_frames(frames)
+                now = time.monotonic()
+                if not got_frame and now - opened > (first_frame_s or 0):
+                    self.close_after(
+                        encode_error(0, "communication", "no request in time; closing"),
+                        f"no whole frame within {first_frame_s:g} s of connecting",
+                    )
+                stalled = self._stalled_since
+                if stalled is not None and now - stalled > self._write_stall_s:
+                    self.close(f"the peer read none of our replies for {self._write_stall_s:g} s")
+        except FrameError as exc:
+            self.close_after(encode_error(0, "communication", f"bad frame: {exc}"), str(exc))
+            self._drain_for(1.0)
+        except (OSError, ssl.SSLError) as exc:
+            self.close(f"connection failed: {exc}")
+        finally:
+            self.close(self.closed or "closed")
+            with contextlib.suppress(OSError):
+                self.sock.close()
+            for pipe_fd in (self._wake_r, self._wake_w):
+                with contextlib.suppress(OSError):
+                    os.close(pipe_fd)
+        return self.closed or "closed"
+
+    def _drain_for(self, seconds: float) -> None:
+        """Flush the outbox for up to ``seconds`` (a goodbye frame), then close."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            with self._lock:
+                if not self._outbox or self.closed is not None:
+                    break
+            select.select([], [self.sock], [], 0.05)
+            self._flush()
+        with self._lock:
+            self._close_locked(self._closing or "closed")
+
+    def _flush(self) -> None:
+        with self._lock:
+            if not self._outbox or self.closed is not None:
+                return
+            try:
+                sent = self.sock.send(self._outbox)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self._close_locked(f"send failed: {exc}")
+                return
+            del self._outbox[:sent]
+            self._stalled_since = time.monotonic() if self._outbox else None
+
+    def _receive(self) -> bytes | None:
+        """Bytes received (b"" for none yet); None when the peer closed."""
+        try:
+            data = self.sock.recv(READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return b""
+        except OSError as exc:
+            self.close(f"receive failed: {exc}")
+            return None
+        if not data:
+            pending = self._frames.pending
+            self.close(
+                f"the peer closed the connection inside a frame ({pending} bytes of it received)"
+                if pending
+                else "the peer closed the connection"
+            )
+            return None
+        if self._session is None:
+            return data
+        with self._lock:
+            self._session.incoming.write(data)
+            chunks = []
+            while True:
+                try:
+                    chunks.append(self._session.tls.read(READ_CHUNK))
+                except ssl.SSLWantReadError:
+                    break
+                except ssl.SSLZeroReturnError:
+                    self._close_locked("the peer closed the TLS session")
+                    return None
+            reply = self._session.outgoing.read()
+            if reply:
+                self._outbox += reply
+        return b"".join(chunks)
