@@ -199,7 +199,9 @@ class CallServer:
                 )
             except ssl.SSLError as exc:
                 return f"TLS handshake refused: {exc.reason or exc}"
-            except (OSError, TimeoutError) as exc:
+            except TimeoutError as exc:
+                return str(exc)
+            except OSError as exc:
                 return f"no TLS handshake: {exc}"
         link = connection.link = Link(
             sock, session, max_frame=self.limits.max_frame, write_stall_s=self.limits.write_stall_s

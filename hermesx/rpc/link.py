@@ -71,7 +71,10 @@ def handshake(
             if left <= 0:
                 raise TimeoutError(f"no TLS handshake within {timeout:g} s") from None
             sock.settimeout(left)
-            data = sock.recv(READ_CHUNK)
+            try:
+                data = sock.recv(READ_CHUNK)
+            except TimeoutError:
+                raise TimeoutError(f"no TLS handshake within {timeout:g} s") from None
             if not data:
                 raise ConnectionError(
                     "the peer closed the connection during the TLS handshake"
@@ -272,6 +275,10 @@ class Link:
             del self._outbox[:sent]
             self._stalled_since = time.monotonic() if self._outbox else None
 
+    def _inside_frame(self) -> str:
+        pending = self._frames.pending
+        return f" inside a frame ({pending} bytes of it received)" if pending else ""
+
     def _receive(self) -> bytes | None:
         """Bytes received (b"" for none yet); None when the peer closed."""
         try:
@@ -279,15 +286,10 @@ class Link:
         except (BlockingIOError, InterruptedError):
             return b""
         except OSError as exc:
-            self.close(f"receive failed: {exc}")
+            self.close(f"receive failed{self._inside_frame()}: {exc}")
             return None
         if not data:
-            pending = self._frames.pending
-            self.close(
-                f"the peer closed the connection inside a frame ({pending} bytes of it received)"
-                if pending
-                else "the peer closed the connection"
-            )
+            self.close(f"the peer closed the connection{self._inside_frame()}")
             return None
         if self._session is None:
             return data
