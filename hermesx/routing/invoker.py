@@ -45,16 +45,15 @@ from hermesx.core.errors import (
     UnreachableError,
     error_from_wire,
 )
-from hermesx.core.identity import GUID, TAD
+from hermesx.core.identity import TAD
 from hermesx.core.replies import RequestIds
 from hermesx.core.types import Hop, InvokeOutcome
 from hermesx.routing.naming import Member, Naming
+from hermesx.routing.peers import Peers, StoresiteAbsentError
 from hermesx.routing.stash import Stash
 from hermesx.rpc.convert import hop_from_pb, tad_from_pb
 from hermesx.rpc.node_client import NodeClient
 from hermesx.rpc.proto import hermesx_pb2 as pb
-from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
-from hermesx.rpc.storesite_client import StoresiteClient
 from hermesx.rpc.wire import ChannelPool
 
 __all__ = ["Invoker", "LocalDispatch"]
@@ -112,10 +111,6 @@ def _check_method(method: str) -> None:
         )
 
 
-class StoresiteAbsentError(UnreachableError):
-    """The atom's storesite is not registered in the name service."""
-
-
 class _Broken(Exception):
     """This attempt hit a broken chain; the next one starts from the storesite."""
 
@@ -142,7 +137,9 @@ class _Call:
             self.trace.append(Hop(node, event, tad, detail))
 
 
-class Invoker:
+class Invoker(Peers):
+    """Calls atoms by name or GUID from anywhere in the cluster (see the module's docstring)."""
+
     def __init__(
         self,
         naming: Naming,
@@ -157,10 +154,7 @@ class Invoker:
         attempts: int = DEFAULT_ATTEMPTS,
         settle_outcome: bool = False,
     ) -> None:
-        self.naming = naming
-        self.channels = channels
-        self.nodes = NodeClient(channels)
-        self.stash = stash if stash is not None else Stash()
+        super().__init__(naming, channels, stash)
         self.self_node = self_node
         self.local_invoke = local_invoke
         self.local_send = local_send
@@ -169,54 +163,6 @@ class Invoker:
         self.attempts = attempts
         self.settle_outcome = settle_outcome
         self.request_ids = RequestIds()
-
-    # ------------------------------------------------------------ addresses
-
-    def node(self, node: str) -> Member:
-        """The live member named ``node``, to call through :attr:`nodes`."""
-        member = self.naming.nodes().get(node)
-        if member is None:
-            raise UnreachableError(f"node {node!r} is not a live member of the cluster")
-        return member
-
-    def node_address(self, node: str) -> str:
-        return self.node(node).address
-
-    def node_stub(self, node: str) -> pbg.SupervisorStub:
-        """A raw stub of ``node``'s Supervisor service, for tests that send malformed requests."""
-        return self.channels.stub(self.node_address(node), pbg.SupervisorStub)
-
-    def storesite_address(self, guid: str) -> tuple[str, str]:
-        """(storesite id, address) of the storesite that knows where ``guid`` is."""
-        home = self.naming.home(guid) or GUID.parse(guid).home
-        member = self.naming.storesites().get(home)
-        if member is None:
-            raise StoresiteAbsentError(
-                f"atom {guid}: its storesite {home!r} is not a live member of the cluster"
-            )
-        return home, member.address
-
-    # ------------------------------------------------------------ fallback
-
-    def locate(self, guid: str, timeout: float = 10.0) -> TAD:
-        """Ask the atom's storesite where it is (activating it if dormant)."""
-        sid, address = self.storesite_address(guid)
-        for _ in range(4):  # follow a moved home a few times at most
-            storesite = StoresiteClient(address, sid=sid, channels=self.channels)
-            where = storesite.locate(guid, timeout=timeout)
-            if where.forwarded_to:
-                sid = where.forwarded_to
-                member = self.naming.storesites().get(sid)
-                if member is None:
-                    raise UnreachableError(f"atom {guid}: its storesite moved to {sid!r}, not live")
-                address = member.address
-                continue
-            tad = where.tad if where.tad.node else None
-            if tad is None:
-                raise UnreachableError(f"atom {guid}: storesite {sid} has no location for it")
-            self.stash.update(guid, tad)
-            return tad
-        raise UnreachableError(f"atom {guid}: storesite homes forward in a circle")
 
     # ------------------------------------------------------------ invoke
 
