@@ -1,0 +1,129 @@
+"""The call channel's frames and one connection in-process (docs/DESIGN.md §4.1).
+
+Frames round-trip and a bad one names what is wrong; over a real loopback
+connection, many calls share one connection and each gets its own reply
+although the replies come back out of order, errors keep their kind, and a
+call past its deadline ends as a timeout.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import msgpack
+import pytest
+
+from hermesx.core.errors import CallTimeoutError, MethodError, UnreachableError
+from hermesx.rpc.callclient import CallPool
+from hermesx.rpc.callserver import Call, CallServer
+from hermesx.rpc.frames import (
+    Error,
+    FrameError,
+    FrameReader,
+    Reply,
+    Request,
+    encode_error,
+    encode_reply,
+    encode_request,
+)
+
+
+def test_frames_round_trip_whole_or_in_pieces() -> None:
+    data = (
+        encode_request(1, "invoke", 2.5, b"body", {"traceparent": "00-ab"})
+        + encode_reply(1, b"answer")
+        + encode_error(2, "method", "no such method")
+    )
+    reader = FrameReader()
+    frames = []
+    for i in range(len(data)):  # a byte at a time: every split point
+        frames += reader.feed(data[i : i + 1])
+    assert frames == [
+        Request(1, "invoke", 2.5, b"body", {"traceparent": "00-ab"}),
+        Reply(1, b"answer"),
+        Error(2, "method", "no such method"),
+    ]
+    assert reader.pending == 0
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        (struct.pack("!I", 2**32 - 1), "announcing 4294967295 bytes"),
+        (struct.pack("!I", 0), "an empty frame"),
+        (struct.pack("!I", 3) + b"\xc1\xc1\xc1", "not msgpack"),
+        (struct.pack("!I", 1) + b"\x01", "not [type, id, ...]"),
+    ],
+)
+def test_a_bad_frame_names_what_is_wrong(data: bytes, says: str) -> None:
+    with pytest.raises(FrameError, match=says.replace("[", r"\[").replace("]", r"\]")):
+        FrameReader(max_frame=1024).feed(data)
+
+
+def test_a_request_with_a_bad_field_is_refused() -> None:
+    packed = msgpack.packb([0, 1, "invoke", -1.0, b""], use_bin_type=True)
+    with pytest.raises(FrameError, match="timeout"):
+        FrameReader().feed(struct.pack("!I", len(packed)) + packed)
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[CallServer, str]]:
+    served = CallServer("test server", workers=8, tls=None)
+
+    def echo(call: Call) -> bytes:
+        delay, _, text = call.body.partition(b":")
+        time.sleep(float(delay))
+        if text == b"fail":
+            raise MethodError("the atom has no method fail")
+        return text
+
+    served.register("echo", echo, "Supervisor/Invoke")
+    address = served.start("127.0.0.1:0")
+    yield served, address
+    served.stop()
+
+
+def test_calls_share_one_connection_and_replies_come_out_of_order(
+    server: tuple[CallServer, str],
+) -> None:
+    _, address = server
+    pool = CallPool()
+    connection = pool.connection(address)
+    order: list[bytes] = []
+    lock = threading.Lock()
+
+    def call(i: int) -> bytes:
+        reply = connection.call("echo", f"{0.3 - i * 0.05:.2f}:{i}".encode(), 5.0)
+        with lock:
+            order.append(reply)
+        return reply
+
+    with ThreadPoolExecutor(6) as threads:
+        replies = list(threads.map(call, range(6)))
+    assert replies == [str(i).encode() for i in range(6)]
+    assert order != sorted(order)  # the slow first call answered last
+    assert pool.connection(address) is connection
+    pool.close()
+
+
+def test_errors_keep_their_kind_and_deadlines_hold(server: tuple[CallServer, str]) -> None:
+    _, address = server
+    pool = CallPool()
+    connection = pool.connection(address)
+    with pytest.raises(MethodError, match="no method fail"):
+        connection.call("echo", b"0:fail", 5.0)
+    with pytest.raises(CallTimeoutError):
+        connection.call("echo", b"1.0:late", 0.2)
+    assert connection.call("echo", b"0:still here", 5.0) == b"still here"
+    pool.close()
+
+
+def test_a_closed_listener_is_unreachable(server: tuple[CallServer, str]) -> None:
+    served, address = server
+    served.stop()
+    with pytest.raises(UnreachableError):
+        CallPool().connection(address).call("echo", b"0:x", 2.0)
