@@ -133,6 +133,16 @@ def _zmq_server(port: Any) -> None:
                 router.send_multipart(inproc.recv_multipart())
 
 
+def _hermesx_server(port: Any, tls: Any) -> None:
+    """The chosen design as built: hermesx.rpc.callserver with an echo handler."""
+    from hermesx.rpc.callserver import CallServer
+
+    server = CallServer("bench", workers=16, tls=tls)
+    server.register("echo", lambda call: call.body, "Supervisor/Invoke")
+    port.value = int(server.start("127.0.0.1:0").rpartition(":")[2])
+    threading.Event().wait()
+
+
 # ------------------------------------------------------------------ clients
 
 
@@ -164,6 +174,14 @@ def _zmq_client(port: int, tls: ssl.SSLContext | None) -> Any:
     return call
 
 
+def _hermesx_client(port: int, tls: Any) -> Any:
+    """One hermesx.rpc.callclient connection per client, as a process keeps per node."""
+    from hermesx.rpc.callclient import CallPool
+
+    connection = CallPool(tls).connection(f"127.0.0.1:{port}")
+    return lambda: connection.call("echo", PAYLOAD, 5.0)
+
+
 def _measure(connect: Any, port: int, tls: ssl.SSLContext | None, calls: int) -> dict[str, float]:
     one = connect(port, tls)
     for _ in range(200):
@@ -191,12 +209,17 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=5000)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    server_tls, client_tls = _contexts(pathlib.Path(tempfile.mkdtemp(prefix="benchcerts-")))
+    certdir = pathlib.Path(tempfile.mkdtemp(prefix="benchcerts-"))
+    server_tls, client_tls = _contexts(certdir)
+    from hermesx.rpc.wire import TLSIdentity
+
+    identities = (TLSIdentity(certdir, "n1", "bench"), TLSIdentity(certdir, "c1", "bench"))
     candidates: list[tuple[str, Any, tuple[Any, ...], Any, bool]] = [
         ("asyncio streams", _asyncio_server, (False,), _socket_client, True),
         ("asyncio streams + uvloop", _asyncio_server, (True,), _socket_client, True),
         ("blocking sockets, reader thread", _thread_server, (), _socket_client, True),
         ("pyzmq ROUTER/DEALER", _zmq_server, (), _zmq_client, False),
+        ("hermesx.rpc call channel (built)", _hermesx_server, (), _hermesx_client, True),
     ]
     results = []
     for name, server, extra, client, can_tls in candidates:
@@ -204,15 +227,16 @@ def main() -> None:
             if tls and not can_tls:
                 continue
             port = multiprocessing.Value("i", 0)
-            sargs = (
-                (port,) if server is _zmq_server else (port, server_tls if tls else None, *extra)
-            )
+            ours = server is _hermesx_server
+            server_side = (identities[0] if ours else server_tls) if tls else None
+            client_side = (identities[1] if ours else client_tls) if tls else None
+            sargs = (port,) if server is _zmq_server else (port, server_side, *extra)
             proc = multiprocessing.Process(target=server, args=sargs, daemon=True)
             proc.start()
             try:
                 while port.value == 0:
                     time.sleep(0.01)
-                figures = _measure(client, port.value, client_tls if tls else None, args.calls)
+                figures = _measure(client, port.value, client_side, args.calls)
             finally:
                 proc.terminate()
                 proc.join()
