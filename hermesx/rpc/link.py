@@ -28,6 +28,8 @@ from hermesx.rpc.frames import Frame, FrameError, FrameReader, encode_error
 __all__ = ["Link", "LinkClosed", "TLSSession", "handshake"]
 
 READ_CHUNK = 256 * 1024
+# How often the link's thread looks at its timers (first frame, stalled peer).
+POLL_MS = 1000
 _READ = select.POLLIN | select.POLLPRI
 _ERR = select.POLLERR | select.POLLHUP | select.POLLNVAL
 
@@ -196,6 +198,7 @@ class Link:
         poller = select.poll()
         fd = self.sock.fileno()
         poller.register(self._wake_r, _READ)
+        registered = -1
         got_frame = first_frame_s is None
         opened = time.monotonic()
         try:
@@ -208,9 +211,10 @@ class Link:
                 events = (_READ if reading() and self._closing is None else 0) | (
                     select.POLLOUT if flushing else 0
                 )
-                poller.register(fd, events | _ERR)
-                timeout = 1.0
-                for fd_, event in poller.poll(timeout * 1000):
+                if events != registered:
+                    poller.register(fd, events | _ERR)
+                    registered = events
+                for fd_, event in poller.poll(POLL_MS):
                     if fd_ == self._wake_r:
                         with contextlib.suppress(OSError):
                             os.read(self._wake_r, 4096)
