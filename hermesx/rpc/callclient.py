@@ -190,9 +190,11 @@ class CallPool:
         self._connections: dict[str, CallConnection] = {}
         self._opening: dict[str, threading.Lock] = {}
 
-    def connection(self, address: str, peer: str = "") -> CallConnection:
-        """The open connection to ``address`` (opened now if there is none); UnreachableError
-        when it cannot be opened."""
+    def connection(
+        self, address: str, peer: str = "", *, timeout: float = CONNECT_TIMEOUT_S
+    ) -> CallConnection:
+        """The open connection to ``address`` (opened now, within ``timeout`` seconds at most
+        CONNECT_TIMEOUT_S, if there is none); UnreachableError when it cannot be opened."""
         found = self._connections.get(address)
         if found is not None and found.closed is None:
             return found
@@ -202,7 +204,12 @@ class CallPool:
             found = self._connections.get(address)
             if found is not None and found.closed is None:
                 return found
-            made = CallConnection(address, self._ssl_context(), peer=peer)
+            made = CallConnection(
+                address,
+                self._ssl_context(),
+                peer=peer,
+                connect_timeout=max(0.01, min(timeout, CONNECT_TIMEOUT_S)),
+            )
             self._connections[address] = made
             return made
 

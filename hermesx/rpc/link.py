@@ -28,6 +28,7 @@ from hermesx.rpc.frames import Frame, FrameError, FrameReader, encode_error
 __all__ = ["Link", "LinkClosed", "TLSSession", "handshake"]
 
 READ_CHUNK = 256 * 1024
+KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_PROBES = 10, 5, 3
 # How often the link's thread looks at its timers (first frame, stalled peer).
 POLL_MS = 1000
 _READ = select.POLLIN | select.POLLPRI
@@ -105,8 +106,14 @@ class Link:
         write_stall_s: float = 30.0,
     ) -> None:
         sock.setblocking(False)
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, AttributeError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # A peer gone without a word (a cut network) is noticed in ~25 s,
+            # as gRPC's keepalive notices it, instead of never.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_S)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_S)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
         self.sock = sock
         self._session = session
         self._lock = threading.Lock()  # the TLS session and the outbox

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -138,7 +139,7 @@ class NodeClient:
     def invoke(self, node: Peer, request: pb.InvokeRequest, timeout: float) -> pb.InvokeReply:
         """Send one invocation (the caller's hot path: the request is built once per call),
         over the node's call channel when it has one."""
-        body = self._over_calls(node, _INVOKE, request, timeout)
+        body, timeout = self._over_calls(node, _INVOKE, request, timeout)
         if body is not None:
             invoked: pb.InvokeReply = pb.InvokeReply.FromString(body)
             return invoked
@@ -149,7 +150,7 @@ class NodeClient:
         return reply
 
     def send(self, node: Peer, request: pb.SendRequest, timeout: float) -> pb.SendReply:
-        body = self._over_calls(node, _SEND, request, timeout)
+        body, timeout = self._over_calls(node, _SEND, request, timeout)
         if body is not None:
             sent: pb.SendReply = pb.SendReply.FromString(body)
             return sent
@@ -161,18 +162,26 @@ class NodeClient:
 
     def _over_calls(
         self, node: Peer, kind: str, request: pb.InvokeRequest | pb.SendRequest, timeout: float
-    ) -> bytes | None:
-        """The reply's body of ``request`` sent over ``node``'s call channel; None when the
-        node has none, or when no connection to it opens (then gRPC carries the call)."""
+    ) -> tuple[bytes | None, float]:
+        """The reply's body of ``request`` sent over ``node``'s call channel, and the time
+        left. No body when the node has none, or when no connection to it opens in time
+        (then gRPC carries the call, in the time left)."""
         address = call_address(node) if self.lean else None
         if address is None:
-            return None
+            return None, timeout
+        started = time.monotonic()
         try:
-            connection = self.channels.calls.connection(address, f"node {node.name} at {address}")
+            connection = self.channels.calls.connection(
+                address, f"node {node.name} at {address}", timeout=timeout
+            )
         except HermesError as err:
+            left = timeout - (time.monotonic() - started)
+            if left <= 0:
+                raise
             log.info("no call connection to node %s (%s); calling over gRPC", node.name, err)
-            return None
-        return connection.call(kind, request.SerializeToString(), timeout)
+            return None, left
+        left = timeout - (time.monotonic() - started)
+        return connection.call(kind, request.SerializeToString(), left), left
 
     def create(
         self, node: Peer, request: pb.CreateRequest, timeout: float = 60.0
