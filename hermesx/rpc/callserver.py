@@ -9,7 +9,8 @@ registered for its kind, on a bounded pool of workers (handlers block: an
 atom's turn, a forward), after the role check of the RPC it stands for
 (:data:`hermesx.rpc.roles.RPC_ROLES`). A connection has at most
 ``max_in_flight`` requests running or waiting; past that the server stops
-reading it. A connection that breaks the rules (a bad frame, an unknown
+reading it, and so it does while the replies its peer has not read pass
+``max_backlog`` bytes. A connection that breaks the rules (a bad frame, an unknown
 kind, no request soon after connecting) is closed with a one-line reason in
 the log; the others go on.
 """
@@ -68,6 +69,9 @@ class CallLimits:
 
     max_connections: int = 256
     max_in_flight: int = 64  # per connection
+    # Replies a connection's peer has not read yet, past which its requests
+    # are no longer read (so at most this plus its requests in flight).
+    max_backlog: int = 2**20
     max_frame: int = DEFAULT_MAX_FRAME_BYTES
     handshake_s: float = 5.0
     first_frame_s: float = 10.0  # a connection that sends no request by then is closed
@@ -223,7 +227,10 @@ class CallServer:
             connection.identity = identity
         reason = link.run(
             lambda frames: self._received(connection, link, frames),
-            reading=lambda: connection.in_flight < self.limits.max_in_flight,
+            reading=lambda: (
+                connection.in_flight < self.limits.max_in_flight
+                and link.backlog < self.limits.max_backlog
+            ),
             first_frame_s=self.limits.first_frame_s,
         )
         if reason in ("the peer closed the connection", "the server stops"):

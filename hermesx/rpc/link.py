@@ -136,6 +136,11 @@ class Link:
         cert = self._session.tls.getpeercert()
         return dict(cert) if cert else None
 
+    @property
+    def backlog(self) -> int:
+        """Bytes written but not yet taken by the kernel."""
+        return len(self._outbox)
+
     def write(self, frame: bytes) -> None:
         """Queue ``frame`` to send; raises :class:`LinkClosed` on a closed link."""
         with self._lock:

@@ -2,12 +2,17 @@
 
 Frames round-trip and a bad one names what is wrong; over a real loopback
 connection, many calls share one connection and each gets its own reply
-although the replies come back out of order, errors keep their kind, and a
-call past its deadline ends as a timeout.
+although the replies come back out of order, errors keep their kind, a call
+past its deadline ends as a timeout, and a peer that never reads its replies
+is held back and then dropped, without the server holding more than its
+limits.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import socket
 import struct
 import threading
 import time
@@ -19,7 +24,7 @@ import pytest
 
 from hermesx.core.errors import CallTimeoutError, MethodError, UnreachableError
 from hermesx.rpc.callclient import CallPool
-from hermesx.rpc.callserver import Call, CallServer
+from hermesx.rpc.callserver import Call, CallLimits, CallServer
 from hermesx.rpc.frames import (
     Error,
     FrameError,
@@ -30,6 +35,7 @@ from hermesx.rpc.frames import (
     encode_reply,
     encode_request,
 )
+from hermesx.testing.wait import wait_until
 
 
 def test_frames_round_trip_whole_or_in_pieces() -> None:
@@ -127,3 +133,33 @@ def test_a_closed_listener_is_unreachable(server: tuple[CallServer, str]) -> Non
     served.stop()
     with pytest.raises(UnreachableError):
         CallPool().connection(address).call("echo", b"0:x", 2.0)
+
+
+def test_a_peer_that_never_reads_is_held_back_then_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    limits = CallLimits(max_in_flight=4, write_stall_s=1.0)
+    served = CallServer("test server", workers=8, tls=None, limits=limits)
+    ran = []
+    served.register("big", lambda call: ran.append(1) or b"x" * 2**20, "Supervisor/Invoke")
+    address = served.start("127.0.0.1:0")
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port))) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.settimeout(0.2)
+            sent = 0
+            with contextlib.suppress(OSError):  # our send buffer fills: the server stopped reading
+                for i in range(1, 100_000):
+                    sock.sendall(encode_request(i, "big", 30.0, b""))
+                    sent += 1
+            with caplog.at_level(logging.WARNING, logger="hermesx.rpc.callserver"):
+                wait_until(
+                    lambda: "read none of our replies" in caplog.text, 30.0, "the stall to end it"
+                )
+        # Each request answers 1 MiB. The server ran only what the kernels' socket
+        # buffers took (some MiB on loopback), its backlog and its requests in
+        # flight held, not the thousands of requests sent.
+        assert len(ran) < 40 < 1000 < sent, (len(ran), sent)
+    finally:
+        served.stop()
