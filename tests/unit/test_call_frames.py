@@ -22,7 +22,13 @@ from concurrent.futures import ThreadPoolExecutor
 import msgpack
 import pytest
 
-from hermesx.core.errors import CallTimeoutError, MethodError, UnreachableError
+from hermesx.core.errors import (
+    CallTimeoutError,
+    ConfigurationError,
+    MethodError,
+    UnreachableError,
+)
+from hermesx.node.config import NodeConfig
 from hermesx.rpc.callclient import CallPool
 from hermesx.rpc.callserver import Call, CallLimits, CallServer
 from hermesx.rpc.frames import (
@@ -163,3 +169,25 @@ def test_a_peer_that_never_reads_is_held_back_then_dropped(
         assert len(ran) < 40 < 1000 < sent, (len(ran), sent)
     finally:
         served.stop()
+
+
+@pytest.mark.parametrize(
+    ("listen", "call_listen", "where"),
+    [
+        ("10.0.0.5:7000", "auto", "10.0.0.5:7001"),
+        ("127.0.0.1:0", "auto", "127.0.0.1:0"),
+        ("127.0.0.1:7000", "127.0.0.1:9000", "127.0.0.1:9000"),
+        ("127.0.0.1:7000", "off", None),
+    ],
+)
+def test_a_node_listens_for_calls_next_to_grpc(
+    listen: str, call_listen: str, where: str | None
+) -> None:
+    config = NodeConfig(name="n1", listen=listen, call_listen=call_listen)
+    config.validate()
+    assert config.call_address() == where
+
+
+def test_a_bad_call_address_is_refused_before_start() -> None:
+    with pytest.raises(ConfigurationError, match="call_listen 'nowhere'"):
+        NodeConfig(name="n1", call_listen="nowhere").validate()
