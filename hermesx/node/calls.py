@@ -11,6 +11,7 @@ the request's own ``timeout``, so time spent queued counts against the call.
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from typing import TypeVar
 
 from google.protobuf.message import DecodeError
@@ -28,13 +29,15 @@ INVOKE, SEND = "invoke", "send"
 
 
 def serve_calls(
-    dispatcher: Dispatcher, config: NodeConfig, tls: TLSIdentity | None
+    dispatcher: Dispatcher, config: NodeConfig, tls: TLSIdentity | None, workers: Executor
 ) -> tuple[CallServer, str] | None:
-    """Start node ``config.name``'s call listener; it and its address (None when off)."""
+    """Start node ``config.name``'s call listener, its requests run by ``workers`` (the
+    node's one pool, which its gRPC server uses too: an invocation takes one of the
+    node's workers whichever way it came); it and its address (None when off)."""
     listen = config.call_address()
     if listen is None:
         return None
-    server = CallServer(f"node {config.name}", workers=config.workers, tls=tls)
+    server = CallServer(f"node {config.name}", workers=workers, tls=tls)
 
     def invoke(call: Call) -> bytes:
         request = _parse(pb.InvokeRequest, call)
@@ -51,7 +54,9 @@ def serve_calls(
     server.register(INVOKE, invoke, "Supervisor/Invoke")
     server.register(SEND, send, "Supervisor/Send")
     try:
-        return server, server.start(listen)
+        # "auto" asks for the port after gRPC's; any free port serves as well,
+        # since callers find it in the node's record.
+        return server, server.start(listen, any_port_else=config.call_listen == "auto")
     except UnreachableError:
         server.stop()
         raise

@@ -197,11 +197,16 @@ class TestHooksServicer(pbg.NodeTestHooksServicer):
 
 
 def serve(
-    servicer: NodeServicer, hooks: TestHooks, config: NodeConfig, tls: TLSIdentity | None
+    servicer: NodeServicer,
+    hooks: TestHooks,
+    config: NodeConfig,
+    tls: TLSIdentity | None,
+    workers: futures.ThreadPoolExecutor,
 ) -> tuple[grpc.Server, str]:
-    """Start the gRPC server of node ``config.name``; returns it and the address it listens on."""
+    """Start the gRPC server of node ``config.name`` on ``workers`` (the node's pool of
+    ``config.workers`` threads); returns it and the address it listens on."""
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="node-rpc"),
+        workers,
         options=CHANNEL_OPTIONS,
         interceptors=server_interceptors(tls, f"node {config.name}"),
     )

@@ -113,6 +113,9 @@ class Supervisor:
         self._calls: CallServer | None = None
         self._stopping = threading.Event()
         self._background = futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="node-bg")
+        self._workers = futures.ThreadPoolExecutor(
+            max_workers=config.workers, thread_name_prefix="node-rpc"
+        )
         self._transfers = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="transfer")
 
         self.catalog = Catalog(config.name, self.stash)
@@ -174,9 +177,13 @@ class Supervisor:
 
     def start(self) -> str:
         """Serve and register; returns the address we listen on."""
-        self._server, self.address = serve(self.servicer, self.ctx.hooks, self.config, self.tls)
+        # One pool of workers serves both transports, so the node's limits
+        # (Admission) and its watchdog's probe see every call.
+        self._server, self.address = serve(
+            self.servicer, self.ctx.hooks, self.config, self.tls, self._workers
+        )
         record: dict[str, str] = {}
-        calls = serve_calls(self.dispatcher, self.config, self.tls)
+        calls = serve_calls(self.dispatcher, self.config, self.tls, self._workers)
         if calls is not None:
             self._calls, self.call_address = calls
             record[CALL_ADDRESS] = self.call_address

@@ -18,13 +18,14 @@ the log; the others go on.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from hermesx.core.errors import HermesError, NotAuthorizedError, UnreachableError
@@ -93,10 +94,12 @@ class CallServer:
         self,
         name: str,
         *,
-        workers: int,
+        workers: int | Executor,
         tls: TLSIdentity | None,
         limits: CallLimits | None = None,
     ) -> None:
+        """``workers``: how many threads run handlers, or the pool to run them on (a
+        process's one pool of workers, shared with its gRPC server; not shut down here)."""
         self.name = name
         self.limits = limits or CallLimits()
         self._tls = tls
@@ -104,7 +107,12 @@ class CallServer:
             security.ssl_server_context(tls.directory, tls.name) if tls is not None else None
         )
         self._handlers: dict[str, tuple[Handler, frozenset[str]]] = {}
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="call-worker")
+        self._own_pool = not isinstance(workers, Executor)
+        self._pool: Executor = (
+            workers
+            if isinstance(workers, Executor)
+            else ThreadPoolExecutor(max_workers=workers, thread_name_prefix="call-worker")
+        )
         self._lock = threading.Lock()
         self._connections: set[_Connection] = set()
         self._listener: socket.socket | None = None
@@ -120,11 +128,18 @@ class CallServer:
 
     # ------------------------------------------------------------ start, stop
 
-    def start(self, listen: str) -> str:
-        """Listen on ``listen`` (``host:port``, port 0 for any); the address bound."""
+    def start(self, listen: str, *, any_port_else: bool = False) -> str:
+        """Listen on ``listen`` (``host:port``, port 0 for any); the address bound.
+        With ``any_port_else``, a port in use makes it listen on any free one instead."""
         host, _, port = listen.rpartition(":")
         try:
-            listener = socket.create_server((host, int(port)), backlog=512)
+            try:
+                listener = socket.create_server((host, int(port)), backlog=512)
+            except OSError as exc:
+                if not any_port_else or exc.errno != errno.EADDRINUSE:
+                    raise
+                log.warning("%s: %s is in use; listening for calls on any port", self.name, listen)
+                listener = socket.create_server((host, 0), backlog=512)
         except (OSError, ValueError) as exc:
             raise UnreachableError(
                 f"{self.name}: cannot listen for calls on {listen}: {exc}"
@@ -143,7 +158,8 @@ class CallServer:
             links = [c.link for c in self._connections if c.link is not None]
         for link in links:
             link.close("the server stops")
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._own_pool:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------ connections
 

@@ -214,6 +214,12 @@ class Link:
         got_frame = first_frame_s is None
         opened = time.monotonic()
         try:
+            # The peer's first request may have come in with the last bytes of the
+            # TLS handshake: it waits in the session already, not in the socket.
+            early = self._decrypt(b"") if self._session is not None else b""
+            if early:
+                on_frames(self._frames.feed(early))
+                got_frame = True
             while self.closed is None:
                 with self._lock:
                     flushing = bool(self._outbox)
@@ -307,6 +313,11 @@ class Link:
         if not data:
             self.close(f"the peer closed the connection{self._inside_frame()}")
             return None
+        return self._decrypt(data)
+
+    def _decrypt(self, data: bytes) -> bytes | None:
+        """The plaintext of ``data`` and of whatever the TLS session holds already; None
+        when the peer ended the session."""
         if self._session is None:
             return data
         with self._lock:
@@ -314,12 +325,15 @@ class Link:
             chunks = []
             while True:
                 try:
-                    chunks.append(self._session.tls.read(READ_CHUNK))
+                    chunk = self._session.tls.read(READ_CHUNK)
                 except ssl.SSLWantReadError:
                     break
                 except ssl.SSLZeroReturnError:
                     self._close_locked("the peer closed the TLS session")
                     return None
+                if not chunk:
+                    break
+                chunks.append(chunk)
             reply = self._session.outgoing.read()
             if reply:
                 self._outbox += reply
