@@ -44,10 +44,13 @@ import pathlib
 from collections.abc import Iterator
 from dataclasses import replace
 
-from hermesx.core.errors import MigrationError, StorageError
+import lmdb
+
+from hermesx.core.errors import CheckpointDamagedError, MigrationError, StorageError
 from hermesx.core.identity import GUID, TAD
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from storesite.checkpoints import CheckpointWindow
+from storesite.committer import GroupCommitter
 from storesite.environment import DEFAULT_MAP_SIZE, StoreEnvironment
 from storesite.modules import ModuleStore
 from storesite.moves import MoveRecords
@@ -96,8 +99,11 @@ class AtomStore:
         self._window = CheckpointWindow(self._table)
         self.modules = ModuleStore(self._env)
         self.moves = MoveRecords(self._table, self._window)
+        self.committer = GroupCommitter(self._env)
+        self.deltas_written = 0
 
     def close(self) -> None:
+        self.committer.close()
         self._env.close()
 
     def __enter__(self) -> AtomStore:
@@ -165,7 +171,14 @@ class AtomStore:
             atoms = txn.stat(env.atoms)["entries"]
             modules = txn.stat(env.modules)["entries"]
             checkpoints = txn.stat(env.checkpoints)["entries"]
-        return StoreStatus(atoms=atoms, modules=modules, checkpoints=checkpoints)
+        return StoreStatus(
+            atoms=atoms,
+            modules=modules,
+            checkpoints=checkpoints,
+            checkpoints_written=self.committer.written,
+            deltas_written=self.deltas_written,
+            group_commits=self.committer.commits,
+        )
 
     # ----------------------------------------------------------- checkpoints
 
@@ -186,45 +199,119 @@ class AtomStore:
         checksum = self._table.arriving(
             guid, snapshot, check, f"checkpoint of atom {guid} from {tad} seq {seq}"
         )
+        return self.store_checkpoint(guid, tad, seq, snapshot, checksum, check)
+
+    def store_checkpoint(
+        self,
+        guid: str,
+        tad: TAD,
+        seq: int,
+        snapshot: bytes,
+        checksum: int,
+        check: Provenance,
+        *,
+        base_no: int | None = None,
+    ) -> bool:
+        """:meth:`put_checkpoint` of a snapshot already checked, written in the next
+        group commit (docs/DESIGN.md §6); with ``base_no``, only while the latest
+        checkpoint is still slot ``base_no`` (a composed delta's base)."""
+        return self.committer.submit(
+            guid,
+            lambda txn: self._write_checkpoint(
+                txn, guid, tad, seq, snapshot, checksum, check, base_no
+            ),
+        )
+
+    def _write_checkpoint(
+        self,
+        txn: lmdb.Transaction,
+        guid: str,
+        tad: TAD,
+        seq: int,
+        snapshot: bytes,
+        checksum: int,
+        check: Provenance,
+        base_no: int | None,
+    ) -> bool:
         generation = check.generation
-        with self._table.write(guid) as txn:
-            state = self._table.current(txn, guid, tad, "checkpoint")
-            if state.pending is not None:
-                raise MigrationError(
-                    f"checkpoint of atom {guid} from {tad} refused: it is moving to "
-                    f"{state.pending.node}"
-                )
-            if tad.age == state.checkpoint_age and seq <= state.checkpoint_seq:
-                log.debug("ignored checkpoint %s seq %s of %s: not newer", tad, seq, guid)
-                return False
-            if (
-                tad.age == state.checkpoint_age
-                and generation is not None
-                and 0 <= generation < state.checkpoint_generation
-            ):
-                # A newer number on an older state: one node's snapshots of
-                # one age follow each other, so the held one has all of it.
-                log.warning(
-                    "ignored checkpoint %s seq %s of %s: it holds generation %d, older than "
-                    "the %d stored",
-                    tad,
-                    seq,
-                    guid,
-                    generation,
-                    state.checkpoint_generation,
-                )
-                return False
-            self._window.store(
-                txn,
-                state,
+        state = self.checkpoint_target(txn, guid, tad)
+        if base_no is not None and state.checkpoint_no != base_no:
+            raise StorageError(
+                f"checkpoint delta of atom {guid} from {tad} seq {seq}: its base is no "
+                "longer the latest checkpoint"
+            )
+        if tad.age == state.checkpoint_age and seq <= state.checkpoint_seq:
+            log.debug("ignored checkpoint %s seq %s of %s: not newer", tad, seq, guid)
+            return False
+        if (
+            tad.age == state.checkpoint_age
+            and generation is not None
+            and 0 <= generation < state.checkpoint_generation
+        ):
+            # A newer number on an older state: one node's snapshots of
+            # one age follow each other, so the held one has all of it.
+            log.warning(
+                "ignored checkpoint %s seq %s of %s: it holds generation %d, older than "
+                "the %d stored",
                 tad,
                 seq,
-                snapshot,
-                checksum,
-                check.stored_generation,
-                acknowledged=not check.periodic,
+                guid,
+                generation,
+                state.checkpoint_generation,
             )
+            return False
+        self._window.store(
+            txn,
+            state,
+            tad,
+            seq,
+            snapshot,
+            checksum,
+            check.stored_generation,
+            acknowledged=not check.periodic,
+        )
         return True
+
+    def arriving(self, guid: str, data: bytes, check: Provenance, what: str) -> int:
+        """The checksum of state bytes that arrive: refused when too big or damaged."""
+        return self._table.arriving(guid, data, check, what)
+
+    def check_size(self, guid: str, snapshot: bytes) -> None:
+        self._table.check_size(guid, snapshot)
+
+    def delta_base(
+        self, guid: str, tad: TAD, base_seq: int, base_checksum: int
+    ) -> tuple[Checkpoint, int] | str:
+        """The latest checkpoint (and its slot) a delta from ``tad`` on base
+        ``(tad.age, base_seq)`` with ``base_checksum`` composes onto, or why it may not
+        (docs/DESIGN.md §6). A delta from a stale location or during a move is refused
+        with MigrationError as a whole checkpoint would be."""
+        with self._env.env.begin() as txn:
+            state = self.checkpoint_target(txn, guid, tad)
+            held = f"({state.checkpoint_age}, {state.checkpoint_seq})"
+            if (state.checkpoint_age, state.checkpoint_seq) != (tad.age, base_seq):
+                return f"its base ({tad.age}, {base_seq}) is not the latest checkpoint {held}"
+            try:
+                latest = self._window.latest(txn, state)
+            except CheckpointDamagedError as exc:
+                return f"the latest checkpoint {held} is damaged: {exc}"
+        if latest.checksum != base_checksum:
+            return (
+                f"its base has checksum {base_checksum:08x}, the latest checkpoint {held} "
+                f"{latest.checksum:08x}"
+            )
+        return latest, state.checkpoint_no
+
+    def checkpoint_target(self, txn: lmdb.Transaction, guid: str, tad: TAD) -> AtomState:
+        """The record a checkpoint from ``tad`` may be written to: refused (MigrationError)
+        unless ``tad`` is the atom's location and no move is pending."""
+        state = self._table.current(txn, guid, tad, "checkpoint")
+        if state.pending is not None:
+            raise MigrationError(
+                f"checkpoint of atom {guid} from {tad} refused: it is moving to "
+                f"{state.pending.node}"
+            )
+        return state
 
     def latest_checkpoint(self, guid: str) -> Checkpoint:
         """The checkpoint to restore ``guid`` from: the latest, checked.

@@ -102,7 +102,7 @@ def yield_gil() -> None:
     time.sleep(0)
 
 
-def memory_segments(memory: bytes | memoryview) -> tuple[tuple[int, bytes], ...]:
+def memory_segments(memory: bytes | bytearray | memoryview) -> tuple[tuple[int, bytes], ...]:
     """Runs of consecutive non-zero 4 KiB chunks of ``memory``, each at most
     :data:`PIECE_BYTES` long (a longer run is stored as several)."""
     zero = bytes(CHUNK)
