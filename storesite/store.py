@@ -215,62 +215,48 @@ class AtomStore:
         """:meth:`put_checkpoint` of a snapshot already checked, written in the next
         group commit (docs/DESIGN.md §6); with ``base_no``, only while the latest
         checkpoint is still slot ``base_no`` (a composed delta's base)."""
-        return self.committer.submit(
-            guid,
-            lambda txn: self._write_checkpoint(
-                txn, guid, tad, seq, snapshot, checksum, check, base_no
-            ),
-        )
 
-    def _write_checkpoint(
-        self,
-        txn: lmdb.Transaction,
-        guid: str,
-        tad: TAD,
-        seq: int,
-        snapshot: bytes,
-        checksum: int,
-        check: Provenance,
-        base_no: int | None,
-    ) -> bool:
-        generation = check.generation
-        state = self.checkpoint_target(txn, guid, tad)
-        if base_no is not None and state.checkpoint_no != base_no:
-            raise StorageError(
-                f"checkpoint delta of atom {guid} from {tad} seq {seq}: its base is no "
-                "longer the latest checkpoint"
-            )
-        if tad.age == state.checkpoint_age and seq <= state.checkpoint_seq:
-            log.debug("ignored checkpoint %s seq %s of %s: not newer", tad, seq, guid)
-            return False
-        if (
-            tad.age == state.checkpoint_age
-            and generation is not None
-            and 0 <= generation < state.checkpoint_generation
-        ):
-            # A newer number on an older state: one node's snapshots of
-            # one age follow each other, so the held one has all of it.
-            log.warning(
-                "ignored checkpoint %s seq %s of %s: it holds generation %d, older than "
-                "the %d stored",
+        def write(txn: lmdb.Transaction) -> bool:
+            generation = check.generation
+            state = self.checkpoint_target(txn, guid, tad)
+            if base_no is not None and state.checkpoint_no != base_no:
+                raise StorageError(
+                    f"checkpoint delta of atom {guid} from {tad} seq {seq}: its base is no "
+                    "longer the latest checkpoint"
+                )
+            if tad.age == state.checkpoint_age and seq <= state.checkpoint_seq:
+                log.debug("ignored checkpoint %s seq %s of %s: not newer", tad, seq, guid)
+                return False
+            if (
+                tad.age == state.checkpoint_age
+                and generation is not None
+                and 0 <= generation < state.checkpoint_generation
+            ):
+                # A newer number on an older state: one node's snapshots of
+                # one age follow each other, so the held one has all of it.
+                log.warning(
+                    "ignored checkpoint %s seq %s of %s: it holds generation %d, older than "
+                    "the %d stored",
+                    tad,
+                    seq,
+                    guid,
+                    generation,
+                    state.checkpoint_generation,
+                )
+                return False
+            self._window.store(
+                txn,
+                state,
                 tad,
                 seq,
-                guid,
-                generation,
-                state.checkpoint_generation,
+                snapshot,
+                checksum,
+                check.stored_generation,
+                acknowledged=not check.periodic,
             )
-            return False
-        self._window.store(
-            txn,
-            state,
-            tad,
-            seq,
-            snapshot,
-            checksum,
-            check.stored_generation,
-            acknowledged=not check.periodic,
-        )
-        return True
+            return True
+
+        return self.committer.submit(guid, write)
 
     def arriving(self, guid: str, data: bytes, check: Provenance, what: str) -> int:
         """The checksum of state bytes that arrive: refused when too big or damaged."""

@@ -116,14 +116,13 @@ class ChangeTracker:
         """Read the state inside the atom's turn: ``size`` bytes of memory at ``address``,
         ``rest`` (everything but memory, KV and replies), the KV and the reply records."""
         base = self._base
-        if base is None or size != len(base.memory):
-            return self._whole(address, size, rest, kv, replies)
-        chunks = changed_chunks(address, size, base.memory)
-        if 2 * len(chunks) > size // CHUNK:
-            return self._whole(address, size, rest, kv, replies)
-        dropped = _replies_dropped(base.replies, replies)
-        if dropped < 0:
-            return self._whole(address, size, rest, kv, replies)
+        chunks: list[int] = []
+        dropped = -1
+        if base is not None and size == len(base.memory):
+            chunks = changed_chunks(address, size, base.memory)
+            dropped = _replies_dropped(base.replies, replies)
+        if base is None or dropped < 0 or 2 * len(chunks) > size // CHUNK:
+            return _whole(address, size, replace(rest, kv=dict(kv), replies=replies))
         kv_put: tuple[tuple[bytes, bytes], ...] = ()
         kv_delete: tuple[bytes, ...] = ()
         if kv != base.kv:
@@ -143,22 +142,6 @@ class ChangeTracker:
             base.rest
         )
         return Capture(rest.generation, changed, delta=delta)
-
-    def _whole(
-        self,
-        address: int,
-        size: int,
-        rest: AtomState,
-        kv: dict[bytes, bytes],
-        replies: tuple[ReplyRecord, ...],
-    ) -> Capture:
-        memory = bytearray(size)
-        if size:
-            ctypes.memmove(_address(memory), address, size)
-        state = replace(
-            rest, memory_size=size, memory=memory_segments(memory), kv=dict(kv), replies=replies
-        )
-        return Capture(rest.generation, True, state=state, memory=memory)
 
     def whole_state(self, capture: Capture) -> AtomState:
         """The whole state a capture stands for (a delta composed onto the base)."""
@@ -186,6 +169,15 @@ class ChangeTracker:
         base.kv.update(delta.kv_put)
         replies = base.replies[delta.replies_dropped :] + delta.replies_added
         self._base = _Base(base.memory, base.kv, replies, delta.rest, seq, checksum)
+
+
+def _whole(address: int, size: int, rest: AtomState) -> Capture:
+    """A capture of the whole state: ``size`` bytes of memory at ``address`` and ``rest``."""
+    memory = bytearray(size)
+    if size:
+        ctypes.memmove(_address(memory), address, size)
+    state = replace(rest, memory_size=size, memory=memory_segments(memory))
+    return Capture(rest.generation, True, state=state, memory=memory)
 
 
 def _rest(state: AtomState) -> AtomState:
