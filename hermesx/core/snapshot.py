@@ -95,6 +95,8 @@ class AtomState:
 CHUNK = 4096
 # Most bytes copied or packed between two chances for other threads to run.
 PIECE_BYTES = 1 << 20
+_ZERO_PIECE = bytes(PIECE_BYTES)
+_ZERO_CHUNK = bytes(CHUNK)
 
 
 def yield_gil() -> None:
@@ -104,21 +106,30 @@ def yield_gil() -> None:
 
 def memory_segments(memory: bytes | bytearray | memoryview) -> tuple[tuple[int, bytes], ...]:
     """Runs of consecutive non-zero 4 KiB chunks of ``memory``, each at most
-    :data:`PIECE_BYTES` long (a longer run is stored as several)."""
-    zero = bytes(CHUNK)
-    runs: list[tuple[int, bytes]] = []
-    start = -1
+    :data:`PIECE_BYTES` long (a longer run is stored as several).
+
+    The memory is read a piece at a time into bytes, whose comparisons are a
+    ``memcmp``: comparing memoryview slices goes item by item, ~40 times
+    slower (a 1 MiB counter's snapshot took ~0.8 ms that way).
+    """
     view = memoryview(memory).cast("B")
     size = len(view)
-    for offset in range(0, size, CHUNK):
-        end = min(offset + CHUNK, size)
-        is_zero = view[offset:end] == zero[: end - offset]
-        if start >= 0 and (is_zero or offset - start >= PIECE_BYTES):
-            runs.append((start, bytes(view[start:offset])))
-            yield_gil()
-            start = -1
-        if not is_zero and start < 0:
-            start = offset
+    runs: list[tuple[int, bytes]] = []
+    start = -1
+    for base in range(0, size, PIECE_BYTES):
+        piece = bytes(view[base : base + PIECE_BYTES])
+        if start < 0 and piece == _ZERO_PIECE[: len(piece)]:
+            continue  # no run open and nothing but zeros here
+        for offset in range(base, base + len(piece), CHUNK):
+            end = min(offset + CHUNK, size)
+            zero = _ZERO_CHUNK if end - offset == CHUNK else bytes(end - offset)
+            is_zero = piece[offset - base : end - base] == zero
+            if start >= 0 and (is_zero or offset - start >= PIECE_BYTES):
+                runs.append((start, bytes(view[start:offset])))
+                yield_gil()
+                start = -1
+            if not is_zero and start < 0:
+                start = offset
     if start >= 0:
         runs.append((start, bytes(view[start:size])))
     return tuple(runs)
