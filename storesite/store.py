@@ -14,7 +14,11 @@ opening and upgrading). It keeps:
 
 Every method is one LMDB transaction, durable when it returns, so the state
 machine (register, checkpoint, prepare / commit / abort, passivate, activate,
-recover, adopt, forget) never shows a half-done step. This module holds an
+recover, adopt, forget) never shows a half-done step. A checkpoint's is a
+nested transaction of a group commit (:mod:`storesite.committer`): the
+checkpoints that arrive together share one commit and one sync, and each is
+answered only after it; a delta is composed onto the latest checkpoint first
+(:mod:`storesite.deltas`). This module holds an
 atom's life at its home: registration, checkpoints, passivation, activation
 and recovery; the steps of a move (of the atom between nodes, of its home
 between storesites) are :attr:`AtomStore.moves` (:mod:`storesite.moves`).

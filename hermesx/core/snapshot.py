@@ -100,7 +100,11 @@ _ZERO_CHUNK = bytes(CHUNK)
 
 
 def yield_gil() -> None:
-    """Let any thread waiting for the GIL run (sleep(0) releases it)."""
+    """Let any thread waiting for the GIL run (sleep(0) releases it).
+
+    A system call: on a busy machine it may give the CPU away for milliseconds,
+    so it is called between pieces of a large state only, never for a small one.
+    """
     time.sleep(0)
 
 
@@ -117,6 +121,8 @@ def memory_segments(memory: bytes | bytearray | memoryview) -> tuple[tuple[int, 
     runs: list[tuple[int, bytes]] = []
     start = -1
     for base in range(0, size, PIECE_BYTES):
+        if base:
+            yield_gil()  # between pieces; a memory of one piece never waits here
         piece = bytes(view[base : base + PIECE_BYTES])
         if start < 0 and piece == _ZERO_PIECE[: len(piece)]:
             continue  # no run open and nothing but zeros here
@@ -126,7 +132,6 @@ def memory_segments(memory: bytes | bytearray | memoryview) -> tuple[tuple[int, 
             is_zero = piece[offset - base : end - base] == zero
             if start >= 0 and (is_zero or offset - start >= PIECE_BYTES):
                 runs.append((start, bytes(view[start:offset])))
-                yield_gil()
                 start = -1
             if not is_zero and start < 0:
                 start = offset
@@ -237,9 +242,10 @@ class _PieceReader:
             except msgpack.OutOfData:
                 if self.fed >= len(self.body):
                     raise ValueError("the snapshot ends inside its data") from None
+                if self.fed:
+                    yield_gil()  # between pieces; a state of one piece never waits here
                 self.unpacker.feed(self.body[self.fed : self.fed + PIECE_BYTES])
                 self.fed += PIECE_BYTES
-                yield_gil()
 
     def array_header(self) -> int:
         return int(self._next("read_array_header"))
