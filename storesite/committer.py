@@ -5,13 +5,19 @@ See docs/DESIGN.md §6 ("Group commit").
 A durable LMDB commit costs a sync of the data and the meta page (~0.4 ms
 here) whatever it holds, so one commit per checkpoint caps a storesite at a
 few thousand checkpoints a second and makes every durable call wait for a
-sync of its own. :class:`GroupCommitter` runs one thread: it takes every
-checkpoint queued, applies each in a nested transaction of one write
-transaction (a check that refuses one checkpoint aborts its nested
-transaction only), commits once, and only then answers each caller. A
-checkpoint is never acknowledged before the sync that holds it; when the
-commit fails, every checkpoint of the batch fails with a StorageError
-saying so.
+sync of its own. :class:`GroupCommitter` commits in groups: the sender that
+finds no batch being committed becomes the committer of the next one (the
+*leader*): it takes every checkpoint queued, its own included, applies each
+in a nested transaction of one write transaction (a check that refuses one
+checkpoint aborts its nested transaction only), commits once, and only then
+answers each sender; the senders that queued meanwhile wait, and one of
+them leads the next batch. A checkpoint is never acknowledged before the
+sync that holds it; when the commit fails, every checkpoint of the batch
+fails with a StorageError saying so.
+
+Why a leader and not a thread of its own: a lone sender then commits its
+own checkpoint without two thread hand-offs, which cost ~0.1 ms each on
+this machine under load; under load the batches form all the same.
 """
 
 from __future__ import annotations
@@ -47,25 +53,22 @@ class _Pending:
     def __init__(self, guid: str, apply: Callable[[lmdb.Transaction], Any]) -> None:
         self.guid = guid
         self.apply = apply
-        self.done = threading.Event()
+        self.done = False
         self.result: Any = None
         self.error: BaseException | None = None
 
 
 class GroupCommitter:
-    """The one thread that commits checkpoints to one store, in groups."""
+    """Checkpoints to one store, committed in groups by a leader among their senders."""
 
     def __init__(self, env: StoreEnvironment) -> None:
         self._env = env
         self._cv = threading.Condition()
         self._queue: deque[_Pending] = deque()
+        self._leading = False
         self._closed = False
         self.commits = 0  # transactions committed (each one sync)
         self.written = 0  # writes acknowledged
-        self._thread = threading.Thread(
-            target=self._run, name=f"storesite-{env.sid}-committer", daemon=True
-        )
-        self._thread.start()
 
     def submit(self, guid: str, apply: Callable[[lmdb.Transaction], T]) -> T:
         """Run ``apply(txn)`` inside the next group transaction; return its result once
@@ -77,33 +80,36 @@ class GroupCommitter:
             if self._closed:
                 raise StorageError(f"storesite {self._env.sid} is closing; checkpoint not stored")
             self._queue.append(pending)
-            self._cv.notify()
-        pending.done.wait()
+        while True:
+            with self._cv:
+                while self._leading and not pending.done:
+                    self._cv.wait()
+                if pending.done:
+                    break
+                # No batch is being committed: this sender commits the next one.
+                self._leading = True
+                batch = [self._queue.popleft() for _ in range(min(MAX_BATCH, len(self._queue)))]
+            try:
+                self._commit(batch)
+            finally:
+                with self._cv:
+                    for written in batch:
+                        written.done = True
+                    self._leading = False
+                    self._cv.notify_all()
         if pending.error is not None:
             raise pending.error
         result: T = pending.result
         return result
 
     def close(self) -> None:
-        """Commit what is queued, then stop the thread."""
+        """Refuse new checkpoints; wait (bounded) for the batch being committed."""
         with self._cv:
             self._closed = True
-            self._cv.notify()
-        self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while True:
-            with self._cv:
-                while not self._queue and not self._closed:
-                    self._cv.wait()
-                if not self._queue:
-                    return
-                batch = [self._queue.popleft() for _ in range(min(MAX_BATCH, len(self._queue)))]
-            self._commit(batch)
-            for pending in batch:
-                pending.done.set()
+            self._cv.wait_for(lambda: not self._leading, timeout=30)
 
     def _commit(self, batch: list[_Pending]) -> None:
+        """Apply and commit ``batch`` in one transaction (outside the lock)."""
         env = self._env.env
         try:
             txn = env.begin(write=True)
