@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 
 EVERY_CALL = pb.CheckpointPolicy.EVERY_CALL
 PERIODIC = pb.CheckpointPolicy.PERIODIC
+# An atom unused this long gives up the base of its incremental checkpoints
+# (a copy of its memory): its next checkpoint is whole. Bounds what idle
+# atoms cost the node beyond their own state.
+IDLE_BASE_S = 60.0
 
 
 class Checkpointing:
@@ -186,6 +190,18 @@ class Checkpointing:
                 )
             else:
                 log.warning("atom %s: checkpoint failed: %s", active.guid, exc)
+
+    @staticmethod
+    def forget_idle_base(active: ActiveAtom, now: float) -> None:
+        """Drop the delta base of an atom unused for :data:`IDLE_BASE_S` (housekeeping)."""
+        tracker = active.changes
+        if tracker is None or tracker.base is None or now - active.last_used < IDLE_BASE_S:
+            return
+        if active.send_lock.acquire(blocking=False):  # not while a checkpoint is under way
+            try:
+                tracker.reset()
+            finally:
+                active.send_lock.release()
 
     @staticmethod
     def periodic_due(active: ActiveAtom, now: float) -> bool:

@@ -14,7 +14,11 @@ from wat.runtime_helpers import GUID_A, example
 from hermesx.core import codec
 from hermesx.core.delta import StateDelta, compose, decode_delta, encode_delta
 from hermesx.core.errors import StorageError
+from hermesx.core.identity import TAD
 from hermesx.core.snapshot import CHUNK, AtomState, ReplyRecord, decode_state, memory_segments
+from hermesx.node.catalog import ActiveAtom
+from hermesx.node.checkpoints import IDLE_BASE_S, Checkpointing
+from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.runtime.delta import ChangeTracker, changed_chunks
 from hermesx.runtime.engine import Runtime
 from hermesx.runtime.host import StandaloneHost
@@ -216,3 +220,19 @@ def test_composing_splices_runs_into_the_same_memory_as_rebuilding_it() -> None:
         assert starts == sorted(starts) and all(
             e <= s for e, s in zip(ends[:-1], starts[1:], strict=True)
         )
+
+
+def test_an_idle_atom_gives_up_its_base_copy(runtime: Runtime) -> None:
+    atom = runtime.create(runtime.load(example("counter")), GUID_A, StandaloneHost())
+    active = ActiveAtom(GUID_A, atom, pb.AtomMeta(), TAD("n1", 1))
+    tracker = active.changes = ChangeTracker()
+    capture = atom.capture_changes(tracker)
+    assert capture is not None
+    tracker.acknowledged(capture, seq=1, checksum=1)
+    Checkpointing.forget_idle_base(active, active.last_used + IDLE_BASE_S / 2)
+    assert tracker.base == (1, 1)
+    with active.send_lock:  # a checkpoint under way keeps it
+        Checkpointing.forget_idle_base(active, active.last_used + IDLE_BASE_S + 1)
+    assert tracker.base == (1, 1)
+    Checkpointing.forget_idle_base(active, active.last_used + IDLE_BASE_S + 1)
+    assert tracker.base is None
