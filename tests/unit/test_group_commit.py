@@ -90,6 +90,9 @@ class _InThreads:
         except Exception as exc:
             self._outcomes[index] = exc
 
+    def running(self) -> int:
+        return sum(thread.is_alive() for thread in self._threads)
+
     def outcomes(self) -> list[object]:
         for thread in self._threads:
             thread.join(10)
@@ -112,6 +115,9 @@ def test_checkpoints_arriving_together_share_one_commit(store: AtomStore) -> Non
         ]
     )
     wait_until(lambda: len(store.committer._queue) == 7, timeout=10, what="all 7 queued")
+    # None is answered before the commit that holds it.
+    assert started.running() == 7
+    assert all(store.get(g).checkpoint_no == 1 for g in guids)
     release.set()
     holder.join(10)
     assert started.outcomes() == [True] * 7
