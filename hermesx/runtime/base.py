@@ -4,8 +4,9 @@ An :class:`~hermesx.runtime.atom.Atom` is built from one class per role, each
 in its own module and each using the ones below it: the memory cap
 (hermesx.runtime.memory), running its code (hermesx.runtime.activation),
 snapshots of its state (hermesx.runtime.state), turns and the mailbox
-(hermesx.runtime.scheduling), the syscalls (hermesx.runtime.syscalls), and the
-atom's public face and lifecycle (hermesx.runtime.atom). :class:`AtomBase`
+(hermesx.runtime.scheduling), the syscalls (hermesx.runtime.syscalls), what
+changed since the last checkpoint (hermesx.runtime.delta), and the atom's
+public face and lifecycle (hermesx.runtime.atom). :class:`AtomBase`
 declares the state they share; ``Atom.__init__`` sets all of it. One class, not
 objects per role: the invoke path pays no extra hop between them.
 """

@@ -126,6 +126,12 @@ def test_a_client_cannot_activate_a_second_copy_forget_or_read_an_atom(
             pb.CheckpointRequest(guid=guid, tad=pb.TAD(node="n1", age=1), snapshot=b"x"),
             timeout=10,
         ),
+        "Storesite/PutCheckpointDelta": lambda: storesite.PutCheckpointDelta(
+            pb.CheckpointDelta(
+                head=pb.CheckpointRequest(guid=guid, tad=pb.TAD(node="n1", age=1), snapshot=b"x")
+            ),
+            timeout=10,
+        ),
     }
     for key, attempt in attempts.items():
         with pytest.raises(grpc.RpcError) as info:
