@@ -109,7 +109,7 @@ class WasmInstance:
         self._trap = _TrapPtr()
         self._trap_ref = ctypes.byref(self._trap)
         self._trap_slot = ctypes.c_void_p.from_buffer(self._trap)
-        self._deadlines: dict[int, ctypes.c_uint64] = {}
+        self._deadline = ctypes.c_uint64(0)
         self._memory: Any = None
         self._memory_ref: Any = None
         self._base = 0
@@ -232,11 +232,9 @@ class WasmInstance:
 
     def set_deadline(self, ticks: int) -> None:
         """The epoch deadline (CPU budget) of the code about to run: ``ticks`` from now."""
-        value = self._deadlines.get(ticks)
-        if value is None:
-            value = ctypes.c_uint64(ticks)
-            if len(self._deadlines) < 4:  # the usual budgets, not every remainder
-                self._deadlines[ticks] = value
+        value = self._deadline
+        if value.value != ticks:  # calls in a row usually get the atom's whole budget
+            value = self._deadline = ctypes.c_uint64(ticks)
         _set_epoch_deadline(self.ctx, value)
 
     def invoke(self, method: bytes, args: bytes) -> int:
