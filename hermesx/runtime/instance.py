@@ -182,11 +182,14 @@ class WasmInstance:
             raise BadPointerError(f"range {ptr}+{length} is outside memory of {self._size} bytes")
 
     def read(self, ptr: int, length: int) -> bytes:
-        self.check(ptr, length)
+        # Inside the known size (every reply): no further check, no call.
+        if ptr < 0 or length < 0 or ptr + length > self._size:
+            self.check(ptr, length)
         return self._view[ptr : ptr + length].tobytes()
 
     def write(self, ptr: int, data: bytes) -> None:
-        self.check(ptr, len(data))
+        if ptr < 0 or ptr + len(data) > self._size:
+            self.check(ptr, len(data))
         self._view[ptr : ptr + len(data)] = data
 
     def alloc(self, length: int) -> int:
