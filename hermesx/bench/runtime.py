@@ -3,11 +3,17 @@
 Measures, in one process and one run (this VM varies ±30% between runs, so
 compare figures of the same run):
 
-* ``counter.incr`` end to end through :meth:`Atom.invoke`, msgpack packing of
-  the argument and unpacking of the result included: p50, p99, calls/s;
-* where that time goes: one bare Python->wasm crossing, one crossing into an
-  export that calls back into a host import, msgpack, and what remains
-  (runtime bookkeeping: queueing, deadline, reply table);
+* ``counter.incr`` end to end through :meth:`Atom.invoke` without a request
+  id, msgpack packing of the argument and unpacking of the result included:
+  p50, p99, calls/s (``call_*``). Each sample is one call timed alone with
+  ``perf_counter_ns``; the timing itself is ``timer_overhead_us``;
+* the same call with a request id of its own (``call_request_id_p50_us``; the
+  ids are made before the timing, as a client makes them), so also through
+  the reply table's lookup and record (``reply_table_us``, the difference);
+* where that time goes: one bare Python->wasm crossing, one ``hx_alloc``
+  crossing, msgpack, and what remains (runtime bookkeeping: the turn, the
+  activation's frame and deadlines, the ``hx.reply`` import back into Python);
+  docs/PERFORMANCE.md breaks the call down further;
 * snapshot and restore of an atom holding 1 MiB of non-zero state, restore
   going into a second runtime with its own engine, as a move does;
 * wasm code writing 1 MiB of memory (``fill``), where the bounds checks that
@@ -28,6 +34,7 @@ from collections.abc import Callable
 import msgpack
 import wasmtime
 
+from hermesx.core.replies import RequestIds
 from hermesx.runtime.atom import Atom
 from hermesx.runtime.engine import Runtime
 from hermesx.runtime.host import StandaloneHost
@@ -114,12 +121,25 @@ def _bench_calls(atom: Atom, iterations: int) -> dict[str, float]:
     def incr() -> object:
         return unpackb(invoke("incr", packb(1)))
 
-    for _ in range(min(2000, iterations)):  # warm-up
+    warm_up = min(2000, iterations)
+    for _ in range(warm_up):
         incr()
     samples = _timed(incr, iterations)
+    # Every call of a client carries a new request id (docs/DESIGN.md §4).
+    ids = RequestIds()
+    fresh = iter([ids.next() for _ in range(warm_up + iterations)])
+
+    def incr_with_id() -> object:
+        return unpackb(invoke("incr", packb(1), request_id=next(fresh)))
+
+    for _ in range(warm_up):
+        incr_with_id()
+    with_id = _timed(incr_with_id, iterations)
+    timer = _timed(lambda: None, iterations)
     inst = atom._inst
     one = packb(1)
     n = max(1000, iterations // 4)
+    inst.set_deadline(atom._budget_ticks)  # the bare crossings below run outside a call
     crossing = _loop_us(lambda: inst.call("hx_abi_version", (), True), n)
     alloc = _loop_us(lambda: inst.alloc(8), n)
     msgpack_us = _loop_us(lambda: unpackb(packb(1)), n)
@@ -129,6 +149,9 @@ def _bench_calls(atom: Atom, iterations: int) -> dict[str, float]:
         "call_p99_us": _percentile(samples, 0.99),
         "call_mean_us": statistics.fmean(samples),
         "calls_per_s": 1e6 / statistics.fmean(samples),
+        "call_request_id_p50_us": statistics.median(with_id),
+        "reply_table_us": max(0.0, statistics.median(with_id) - statistics.median(samples)),
+        "timer_overhead_us": statistics.median(timer),
         "wasm_crossing_us": crossing,
         "alloc_crossing_us": alloc,
         "msgpack_us": msgpack_us,

@@ -55,6 +55,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from hermesx.core.errors import ConfigurationError, RequestExpiredError
 from hermesx.core.snapshot import ReplyRecord
@@ -89,8 +90,9 @@ _MARK = re.compile(r"issued at or before ([0-9]{1,15}) ms")
 _STRUCTURED = re.compile(r"hx1\.([0-9a-f]{16})\.([1-9][0-9]{0,17})\.([0-9]{1,15})")
 
 
-@dataclass(frozen=True, slots=True)
-class RequestId:
+class RequestId(NamedTuple):
+    # A tuple, not a frozen dataclass: ids are parsed on every call's way in
+    # and out of the reply table, and a tuple is made several times faster.
     client: str
     seq: int
     issued_ms: int
@@ -98,10 +100,16 @@ class RequestId:
 
 def parse_request_id(text: str) -> RequestId | None:
     """The parts of a hermesx request id, or None for an id of any other form."""
-    match = _STRUCTURED.fullmatch(text)
+    match = _match_structured(text)
     if match is None:
         return None
-    return RequestId(match.group(1), int(match.group(2)), int(match.group(3)))
+    client, seq, issued_ms = match.groups()
+    # tuple.__new__ directly: a NamedTuple's own __new__ is a Python function.
+    return _new_tuple(RequestId, (client, int(seq), int(issued_ms)))
+
+
+_match_structured = _STRUCTURED.fullmatch
+_new_tuple = tuple.__new__
 
 
 class RequestIds:
@@ -203,6 +211,12 @@ class ReplyTable:
         self._bytes = 0
         self._floors: OrderedDict[str, _Floor] = OrderedDict()
         self.forgotten_before_ms = 0
+        # Counts the outcomes recorded (and restores). A lookup that found an
+        # id new still holds while this is unchanged: evictions alone never
+        # make a new id one that ran. The runtime reads it before its first
+        # look and skips the second (after waiting for the atom) when it
+        # stayed the same.
+        self.recorded = 0
 
     def __len__(self) -> int:
         return len(self._replies)
@@ -233,6 +247,7 @@ class ReplyTable:
             self._bytes = sum(_size(r) for r in records)
             self._floors = OrderedDict((c, _Floor(s, ms)) for c, s, ms in floors)
             self.forgotten_before_ms = forgotten_before_ms
+            self.recorded += 1
 
     def lookup(self, request_id: str, *, method: str = "", guid: str = "") -> ReplyRecord | None:
         """The first outcome of ``request_id``; None when it is new (it may run).
@@ -240,68 +255,70 @@ class ReplyTable:
         Raises RequestExpiredError when the id may have run and its reply has
         left the window.
         """
-        with self._lock:
-            return self._lookup(request_id, method, guid)
-
-    def _lookup(self, request_id: str, method: str, guid: str) -> ReplyRecord | None:
+        # Runs on every call with a request id, as record() does: written flat.
         if len(request_id) > MAX_REQUEST_ID_CHARS:
             raise ConfigurationError(
                 f"atom {guid}: a request id of {len(request_id)} characters ({method}) is "
                 f"longer than {MAX_REQUEST_ID_CHARS}; refused, not run"
             )
-        now_ms = _now_ms()
-        self._evict_old(now_ms)
-        record = self._replies.get(request_id)
-        if record is not None:
-            return record
-        rid = parse_request_id(request_id)
-        if rid is None:
-            return None
-        if rid.issued_ms > now_ms + MAX_ISSUED_AHEAD_MS:
-            raise ConfigurationError(
-                f"atom {guid}: request id {request_id} ({method}) says it was issued "
-                f"{(rid.issued_ms - now_ms) / 1000:.0f} s ahead of the atom's clock (at most "
-                f"{MAX_ISSUED_AHEAD_MS // 1000} s); refused, not run: check the caller's clock"
-            )
-        floor = self._floors.get(rid.client)
-        if floor is not None:
-            if rid.seq <= floor.seq:
+        with self._lock:
+            if self.window.seconds:
+                self._evict_old(_now_ms())
+            record = self._replies.get(request_id)
+            if record is not None:
+                return record
+            rid = parse_request_id(request_id)
+            if rid is None:
+                return None
+            client, seq, issued_ms = rid
+            now_ms = _now_ms()
+            if issued_ms > now_ms + MAX_ISSUED_AHEAD_MS:
+                raise ConfigurationError(
+                    f"atom {guid}: request id {request_id} ({method}) says it was issued "
+                    f"{(issued_ms - now_ms) / 1000:.0f} s ahead of the atom's clock (at most "
+                    f"{MAX_ISSUED_AHEAD_MS // 1000} s); refused, not run: check the caller's clock"
+                )
+            floor = self._floors.get(client)
+            if floor is not None:
+                if seq <= floor.seq:
+                    raise RequestExpiredError(
+                        f"atom {guid}: request id {request_id} ({method}) is older than the "
+                        f"atom's reply window ({self.window}): its reply is gone; refused, "
+                        "not run again"
+                    )
+                return None
+            if issued_ms <= self.forgotten_before_ms:
                 raise RequestExpiredError(
-                    f"atom {guid}: request id {request_id} ({method}) is older than the atom's "
-                    f"reply window ({self.window}): its reply is gone; refused, not run again"
+                    f"atom {guid}: request id {request_id} ({method}) was issued at or before "
+                    f"{self.forgotten_before_ms} ms, older than the atom's reply window "
+                    f"({self.window}) remembers; refused, not run again"
                 )
             return None
-        if rid.issued_ms <= self.forgotten_before_ms:
-            raise RequestExpiredError(
-                f"atom {guid}: request id {request_id} ({method}) was issued at or before "
-                f"{self.forgotten_before_ms} ms, older than the atom's reply window "
-                f"({self.window}) remembers; refused, not run again"
-            )
-        return None
 
     def record(self, record: ReplyRecord) -> None:
+        request_id = record.request_id
         with self._lock:
-            self._record(record)
-
-    def _record(self, record: ReplyRecord) -> None:
-        # Stamped only where an age limit needs it: every checkpoint carries the table.
-        if not record.recorded_ms and self.window.seconds:
-            record = ReplyRecord(record.request_id, record.error_kind, record.payload, _now_ms())
-        old = self._replies.pop(record.request_id, None)
-        if old is not None:
-            self._bytes -= _size(old)
-        self._replies[record.request_id] = record
-        self._bytes += _size(record)
-        # Bounded in count, age and bytes; the newest reply always stays.
-        while len(self._replies) > 1 and (
-            len(self._replies) > self.window.entries or self._bytes > REPLY_TABLE_MAX_BYTES
-        ):
-            self._evict_first()
-        self._evict_old(record.recorded_ms)
+            replies = self._replies
+            seconds = self.window.seconds
+            # Stamped only where an age limit needs it: every checkpoint carries the table.
+            if seconds and not record.recorded_ms:
+                record = ReplyRecord(request_id, record.error_kind, record.payload, _now_ms())
+            old = replies.pop(request_id, None)
+            if old is not None:
+                self._bytes -= len(old.payload) + len(old.request_id)
+            replies[request_id] = record
+            self._bytes += len(record.payload) + len(request_id)
+            # Bounded in count, age and bytes; the newest reply always stays.
+            entries = self.window.entries
+            while len(replies) > 1 and (
+                len(replies) > entries or self._bytes > REPLY_TABLE_MAX_BYTES
+            ):
+                self._evict_first()
+            if seconds:
+                self._evict_old(record.recorded_ms)
+            self.recorded += 1
 
     def _evict_old(self, now_ms: int) -> None:
-        if not self.window.seconds:
-            return
         oldest = now_ms - int(self.window.seconds * 1000)
         while self._replies:
             first = next(iter(self._replies.values()))
@@ -311,19 +328,23 @@ class ReplyTable:
 
     def _evict_first(self) -> None:
         _, dropped = self._replies.popitem(last=False)
-        self._bytes -= _size(dropped)
+        self._bytes -= len(dropped.payload) + len(dropped.request_id)
         rid = parse_request_id(dropped.request_id)
         if rid is None:
             return
-        floor = self._floors.pop(rid.client, None)
+        client, seq, issued_ms = rid
+        floors = self._floors
+        floor = floors.get(client)
         if floor is None:
-            floor = _Floor(rid.seq, rid.issued_ms)
+            floors[client] = _Floor(seq, issued_ms)
         else:
-            floor.seq = max(floor.seq, rid.seq)
-            floor.issued_ms = max(floor.issued_ms, rid.issued_ms)
-        self._floors[rid.client] = floor  # most recently touched last
-        while len(self._floors) > max(self.window.entries, MIN_FLOOR_CLIENTS):
-            _, forgotten = self._floors.popitem(last=False)
+            if seq > floor.seq:
+                floor.seq = seq
+            if issued_ms > floor.issued_ms:
+                floor.issued_ms = issued_ms
+            floors.move_to_end(client)  # most recently touched last
+        while len(floors) > max(self.window.entries, MIN_FLOOR_CLIENTS):
+            _, forgotten = floors.popitem(last=False)
             self.forgotten_before_ms = max(self.forgotten_before_ms, forgotten.issued_ms)
 
 

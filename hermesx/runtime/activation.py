@@ -19,8 +19,6 @@ import logging
 import time
 from collections.abc import Iterator
 
-from wasmtime import _bindings as ffi
-
 from hermesx.core.errors import (
     AtomTrapError,
     DeadlineExceededError,
@@ -37,12 +35,11 @@ from hermesx.runtime.mailbox import FutureDone, Interrupt
 from hermesx.runtime.memory import AtomMemory
 from hermesx.runtime.modules import PAGE
 
-__all__ = ["AtomActivations", "Frame", "replay", "set_epoch_deadline"]
+__all__ = ["AtomActivations", "Frame", "replay"]
 
 logger = logging.getLogger(__name__)
 
 _MSGPACK_NIL = b"\xc0"
-set_epoch_deadline = ffi.wasmtime_context_set_epoch_deadline
 
 
 class Frame:
@@ -108,8 +105,14 @@ class AtomActivations(AtomMemory):
         chain: tuple[str, ...],
         deadline: float | None,
         open_chain: frozenset[str] = frozenset(),
+        seen: int = -1,
     ) -> bytes:
-        if request_id:
+        """Run a call and keep its outcome under ``request_id`` (the reply table).
+
+        ``seen`` is the table's count of recorded outcomes read before the
+        caller's own lookup of ``request_id`` found it new (-1: no lookup).
+        """
+        if request_id and self.replies.recorded != seen:
             # A duplicate may have queued behind the first run of this id.
             record = self.replies.lookup(request_id, method=method, guid=self.guid)
             if record is not None:
@@ -139,23 +142,26 @@ class AtomActivations(AtomMemory):
         open_chain: frozenset[str] = frozenset(),
     ) -> bytes:
         inst = self._inst
-        name = method.encode("utf-8")
-        deadline = self._nested_deadline(deadline)
+        frames = self._frames
+        if frames:
+            deadline = self._nested_deadline(deadline)
+            sp = self._read_sp()
+        else:
+            sp = self._idle_sp
+        now = time.monotonic()
         budget = self._budget_s
-        if deadline is not None:
-            budget = min(budget, max(0.0, deadline - time.monotonic()))
-        if self.reentrant or self.module.is_daemon:
+        ticks = self._budget_ticks
+        if deadline is not None and deadline - now < budget:
+            budget = max(0.0, deadline - now)
+            ticks = self._rt.ticks_for(budget)
+        if self._takes_jobs:
             open_chain = open_chain | {self.guid}
         frame = Frame(method, (*chain, self.guid), budget, deadline, open_chain)
-        sp = self._entry_sp()
-        frames = self._frames
         frames.append(frame)
-        frame.seg_start = time.monotonic()
-        ticks = self._budget_ticks if budget == self._budget_s else self._rt.ticks_for(budget)
-        set_epoch_deadline(inst.ctx, ticks)
+        frame.seg_start = now
+        inst.set_deadline(ticks)
         try:
-            ptr = inst.alloc_write(name + args)
-            status = inst.call("hx_invoke", (ptr, len(name), ptr + len(name), len(args)), True)
+            status = inst.invoke(method.encode("utf-8"), args)
         except WasmFault as fault:
             self._unwind_stack(sp)
             raise self._translate(fault, method) from fault
@@ -242,7 +248,7 @@ class AtomActivations(AtomMemory):
         sp = self._entry_sp()
         self._frames.append(frame)
         frame.seg_start = time.monotonic()
-        set_epoch_deadline(inst.ctx, self._rt.ticks_for(self._budget_s))
+        inst.set_deadline(self._budget_ticks)
         self._running = True
         try:
             ptr = inst.alloc_write(init_args) if init_args else 0
@@ -274,7 +280,7 @@ class AtomActivations(AtomMemory):
         sp = self._entry_sp()
         self._frames.append(frame)
         frame.seg_start = time.monotonic()
-        set_epoch_deadline(inst.ctx, self._rt.ticks_for(self._budget_s))
+        inst.set_deadline(self._budget_ticks)
         try:
             ptr = inst.alloc_write(item.payload)
             if isinstance(item, Interrupt):
@@ -318,7 +324,7 @@ class AtomActivations(AtomMemory):
             frame.log_cut = False
         frame.seg_start = time.monotonic()
         remaining = max(0.0, frame.budget - frame.used)
-        set_epoch_deadline(self._inst.ctx, self._rt.ticks_for(remaining))
+        self._inst.set_deadline(self._rt.ticks_for(remaining))
 
     @contextlib.contextmanager
     def _blocked(self) -> Iterator[None]:

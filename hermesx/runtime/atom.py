@@ -29,7 +29,7 @@ import wasmtime
 from hermesx.core.errors import CallCycleError, PayloadTooLargeError
 from hermesx.core.replies import ReplyTable, ReplyWindow
 from hermesx.core.snapshot import encode_state
-from hermesx.runtime.activation import Frame, replay, set_epoch_deadline
+from hermesx.runtime.activation import Frame, replay
 from hermesx.runtime.delta import AtomChanges
 from hermesx.runtime.host import AtomHost
 from hermesx.runtime.imports import make_imports
@@ -60,7 +60,8 @@ class Atom(AtomSyscalls, AtomChanges):
         self.kv = {}
         self._rt = runtime
         self._host = host
-        self._cv = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cv = threading.Condition(self._lock)
         self._running = False
         self._waiters = deque()
         self._mail = deque()
@@ -79,6 +80,9 @@ class Atom(AtomSyscalls, AtomChanges):
         self._idle_scheduled = False
         self._daemon = None
         self._budget_s = runtime.deadline_ms / 1000
+        self._max_payload = runtime.max_payload_bytes
+        self._default_timeout_s = runtime.default_timeout_s
+        self._takes_jobs = reentrant or module.is_daemon
         self._budget_ticks = runtime.ticks_for(self._budget_s)
 
         store = wasmtime.Store(runtime.engine)
@@ -86,7 +90,7 @@ class Atom(AtomSyscalls, AtomChanges):
         self._store = store
         self._inst = WasmInstance(store, runtime.max_payload_bytes)
         funcs, self._keep = make_imports(self._inst, module.imports, self)
-        set_epoch_deadline(self._inst.ctx, runtime.ticks_for(self._budget_s))
+        self._inst.set_deadline(self._budget_ticks)
         instance = instantiate(store, module, funcs, f"atom {guid}", runtime)
         self._inst.bind(instance)
         exports = instance.exports(store)
@@ -127,25 +131,27 @@ class Atom(AtomSyscalls, AtomChanges):
         bounds the whole call, waits included. ``open_chain`` names the atoms of
         ``chain`` that take calls while blocked (reentrant or daemon atoms).
         """
+        seen = -1
         if request_id:
-            record = self.replies.lookup(request_id, method=method, guid=self.guid)
+            replies = self.replies
+            seen = replies.recorded  # read before the lookup: see ReplyTable.recorded
+            record = replies.lookup(request_id, method=method, guid=self.guid)
             if record is not None:
                 return replay(record)
-        if self.guid in chain and not self.reentrant:
+        if chain and self.guid in chain and not self.reentrant:
             raise CallCycleError(
                 f"call cycle: atom {self.guid} is already on the call path "
                 f"({' -> '.join(chain)}) and is not reentrant (method {method})"
             )
-        if len(args) > self._rt.max_payload_bytes:
+        if len(args) > self._max_payload:
             raise PayloadTooLargeError(
                 f"atom {self.guid}: arguments of {method} are {len(args)} bytes, over the "
-                f"{self._rt.max_payload_bytes}-byte limit"
+                f"{self._max_payload}-byte limit"
             )
-        wait = self._rt.default_timeout_s if timeout is None else timeout
-        deadline = time.monotonic() + wait
+        deadline = time.monotonic() + (self._default_timeout_s if timeout is None else timeout)
         opened = frozenset(open_chain)
         job: Job | None = None
-        if self.reentrant or self.module.is_daemon:
+        if self._takes_jobs:
             job = Job(method, args, request_id, chain, deadline, open_chain=opened)
         if not self._enter(job, deadline, method, chain, opened):
             assert job is not None
@@ -153,7 +159,7 @@ class Atom(AtomSyscalls, AtomChanges):
                 raise job.error
             return job.result
         try:
-            return self._run_recorded(method, args, request_id, chain, deadline, opened)
+            return self._run_recorded(method, args, request_id, chain, deadline, opened, seen)
         finally:
             self._leave()
 
@@ -219,7 +225,7 @@ class Atom(AtomSyscalls, AtomChanges):
         sp = self._entry_sp()
         self._frames.append(frame)
         frame.seg_start = time.monotonic()
-        set_epoch_deadline(inst.ctx, self._rt.ticks_for(self._budget_s))
+        inst.set_deadline(self._budget_ticks)
         try:
             inst.call("hx_main", (), False)
             logger.info("atom %s: hx_main returned", self.guid)

@@ -43,7 +43,10 @@ class AtomBase:
     replies: ReplyTable
     _rt: Runtime
     _host: AtomHost
-    # Guards the fields of turns, the mailbox and outgoing invokes.
+    # Guards the fields of turns, the mailbox and outgoing invokes; _cv waits
+    # on it. The hot path takes the lock itself: a Condition's ``with`` costs
+    # two more Python calls.
+    _lock: threading.Lock
     _cv: threading.Condition
     _running: bool
     # Callers queued for the atom: Turn (plain callers) or Job (run at a blocking point).
@@ -71,6 +74,12 @@ class AtomBase:
     _daemon: threading.Thread | None
     _budget_s: float
     _budget_ticks: int
+    # The runtime's limits, read on every call.
+    _max_payload: int
+    _default_timeout_s: float
+    # Reentrant and daemon atoms run calls that arrive while they are busy as
+    # jobs at their blocking points.
+    _takes_jobs: bool
     _store: wasmtime.Store
     _inst: WasmInstance
     # The host functions' callbacks, alive as long as the store.

@@ -35,6 +35,8 @@ from hermesx.runtime.instance import BadPointerError, WasmInstance
 __all__ = ["Syscalls", "make_imports"]
 
 _Callback = ffi.wasmtime_func_unchecked_callback_t
+# (env, caller, args-and-results, their count) -> a wasm_trap_t* as int, 0 for none.
+_RawCallback = Callable[[Any, Any, Any, int], int]
 _Finalizer = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 _NO_FINALIZER = _Finalizer(lambda _env: None)
 _VALTYPE = {"i": wasmtime.ValType.i32, "I": wasmtime.ValType.i64}
@@ -88,9 +90,9 @@ def _func_type(sig: tuple[str, str]) -> wasmtime.FuncType:
     return wasmtime.FuncType([_VALTYPE[c]() for c in sig[0]], [_VALTYPE[c]() for c in sig[1]])
 
 
-def _new_host_func(
-    inst: WasmInstance, sig: tuple[str, str], body: Callable[[Any], None]
-) -> _HostFunc:
+def _host_callback(inst: WasmInstance, body: Callable[[Any], None]) -> _RawCallback:
+    """The wasmtime callback running ``body``: an exception becomes the call's trap."""
+
     def callback(_env: Any, _caller: Any, raw: Any, _n: int) -> int:
         try:
             body(raw)
@@ -98,6 +100,10 @@ def _new_host_func(
         except BaseException as exc:
             return inst.host_trap(exc)
 
+    return callback
+
+
+def _new_host_func(inst: WasmInstance, sig: tuple[str, str], callback: _RawCallback) -> _HostFunc:
     cb = _Callback(callback)
     func_struct = ffi.wasmtime_func_t()
     ty = _func_type(sig)
@@ -120,13 +126,22 @@ def make_imports(
     long as the store lives.
     """
     max_payload = inst.max_payload
+    read = inst.read
+    sys_reply = sys.sys_reply
+    host_trap = inst.host_trap
 
-    def reply(raw: Any) -> None:
-        ptr, length = raw[0].i32, raw[1].i32
-        if length > max_payload:
-            sys.sys_reply_too_large(length)
-            return
-        sys.sys_reply(inst.read(ptr, length))
+    def reply(_env: Any, _caller: Any, raw: Any, _n: int) -> int:
+        # On every call's path: its own callback, one Python frame fewer
+        # than the others (see _host_callback).
+        try:
+            ptr, length = raw[0].i32, raw[1].i32
+            if length > max_payload:
+                sys.sys_reply_too_large(length)
+            else:
+                sys_reply(read(ptr, length))
+            return 0
+        except BaseException as exc:
+            return host_trap(exc)
 
     def log(raw: Any) -> None:
         ptr, length = raw[1].i32, raw[2].i32
@@ -258,7 +273,6 @@ def make_imports(
         return sys.sys_checkpoint()
 
     bodies: dict[str, Callable[[Any], None]] = {
-        "reply": reply,
         "log": log,
         "now_ms": now_ms,
         "self_guid": self_guid,
@@ -281,9 +295,14 @@ def make_imports(
     funcs: list[wasmtime.Func] = []
     keep: list[Any] = []
     for name in import_names:
-        if name not in bodies:
+        callback: _RawCallback
+        if name == "reply":
+            callback = reply
+        elif name in bodies:
+            callback = _host_callback(inst, bodies[name])
+        else:
             raise BadModuleError(f"module imports hx.{name}, which ABI v{ABI_VERSION} lacks")
-        host = _new_host_func(inst, IMPORTS[name], bodies[name])
+        host = _new_host_func(inst, IMPORTS[name], callback)
         funcs.append(host.func)
         keep.append(host.callback)
     return funcs, keep

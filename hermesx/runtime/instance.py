@@ -1,9 +1,13 @@
 """The bridge into one atom instance, through wasmtime's C API (docs/DESIGN.md §3).
 
-:class:`WasmInstance` calls an atom's exports and reads and writes its memory
-through ``wasmtime_func_call_unchecked`` and ``memmove`` on the memory's base
-address. The plain Python wrapper costs 8-25 µs per crossing, the C API about
-1 µs (measured with `hermesx bench runtime`), and every invocation crosses at least three times.
+:class:`WasmInstance` calls an atom's exports through
+``wasmtime_func_call_unchecked`` and reads and writes its memory through a
+memoryview over the memory's (fixed) base address. The plain Python wrapper
+costs 8-25 µs per crossing; the C API through wasmtime-py's declared bindings
+about 2 µs, most of it ctypes converting each argument; the same C function
+called with ready ctypes objects and no declared argument types about 0.4 µs
+(docs/PERFORMANCE.md). Every invocation crosses at least three times
+(``hx_alloc``, ``hx_invoke``, and ``hx.reply`` back).
 
 A Python exception cannot cross wasm frames as such: a host function that fails
 stores the exception on the instance and returns a trap; the call that entered
@@ -19,19 +23,45 @@ from typing import Any
 
 import wasmtime
 from wasmtime import _bindings as ffi
+from wasmtime._ffi import dll as _wasmtime_dll
 
 from hermesx.core.errors import BadModuleError
 from hermesx.runtime.abi import OPTIONAL_EXPORTS, REQUIRED_EXPORTS
 
 __all__ = ["BadAllocError", "BadPointerError", "WasmFault", "WasmInstance"]
 
-_call_unchecked = ffi._wasmtime_func_call_unchecked
+
+def _c_function(name: str, restype: Any) -> Any:
+    """wasmtime's C function ``name``, called without ctypes converting its arguments.
+
+    wasmtime-py declares ``argtypes`` on its bindings, and converting five
+    arguments costs four times the call into wasm itself. Callers pass ready
+    ctypes objects (pointers, ``byref``, ``c_size_t``/``c_uint64`` values),
+    never plain ints, which would go as C ints.
+    """
+    # Indexing makes a new function object: wasmtime-py's own (dll.name) keeps its argtypes.
+    fn: Any = _wasmtime_dll[name]
+    fn.argtypes = None
+    fn.restype = restype
+    return fn
+
+
+_call_unchecked = _c_function("wasmtime_func_call_unchecked", ctypes.c_void_p)
+_set_epoch_deadline = _c_function("wasmtime_context_set_epoch_deadline", None)
 _memory_data = ffi._wasmtime_memory_data
 _memory_data_size = ffi._wasmtime_memory_data_size
 _trap_new = ffi._wasmtime_trap_new
-_RawArgs = ffi.wasmtime_val_raw_t * 8
+_RAW_SLOTS = 8
+_RawArgs = ffi.wasmtime_val_raw_t * _RAW_SLOTS
+_RAW_STRIDE = ctypes.sizeof(ffi.wasmtime_val_raw_t)
 _TrapPtr = ctypes.POINTER(ffi.wasm_trap_t)
+_ErrorPtr = ctypes.POINTER(ffi.wasmtime_error_t)
 _OUT = struct.Struct("<ii")
+# i32 values in the slots of the args-and-results array (a result comes back in slot 0).
+_RESULT = struct.Struct("<i")
+_ONE_U32 = struct.Struct("<I")
+_FOUR_U32 = struct.Struct("<" + f"I{_RAW_STRIDE - 4}x" * 3 + "I")
+_U32 = 0xFFFFFFFF
 
 
 class WasmFault(Exception):
@@ -72,12 +102,23 @@ class WasmInstance:
         self.max_payload = max_payload_bytes
         self.host_error: BaseException | None = None
         self._raw = _RawArgs()
+        self._raw_view = memoryview(self._raw).cast("B")
+        self._raw_len = ctypes.c_size_t(_RAW_SLOTS)
+        # One trap slot for every call, nested ones included: wasmtime fills it
+        # only when a call traps, and the fault handling empties it again.
+        self._trap = _TrapPtr()
+        self._trap_ref = ctypes.byref(self._trap)
+        self._trap_slot = ctypes.c_void_p.from_buffer(self._trap)
+        self._deadline = ctypes.c_uint64(0)
         self._memory: Any = None
         self._memory_ref: Any = None
         self._base = 0
         self._size = 0
+        self._view = memoryview(bytearray())
         self.exports: dict[str, Any] = {}
         self._func_refs: dict[str, Any] = {}
+        self._alloc_ref: Any = None
+        self._invoke_ref: Any = None
         self.instance: wasmtime.Instance | None = None
 
     def bind(self, instance: wasmtime.Instance) -> None:
@@ -94,6 +135,8 @@ class WasmInstance:
             if isinstance(item, wasmtime.Func):
                 self.exports[name] = item
                 self._func_refs[name] = ctypes.byref(item._func)
+        self._alloc_ref = self._func_refs.get("hx_alloc")
+        self._invoke_ref = self._func_refs.get("hx_invoke")
         self.refresh_memory()
 
     @property
@@ -109,9 +152,18 @@ class WasmInstance:
     def refresh_memory(self) -> int:
         """Re-read base and size (the memory never moves: memory_may_move is off)."""
         ptr = _memory_data(self.ctx, self._memory_ref)
-        self._base = ctypes.cast(ptr, ctypes.c_void_p).value or 0
-        self._size = _memory_data_size(self.ctx, self._memory_ref)
-        return self._size
+        base = ctypes.cast(ptr, ctypes.c_void_p).value or 0
+        size: int = _memory_data_size(self.ctx, self._memory_ref)
+        if base != self._base or size != self._size:
+            self._base, self._size = base, size
+            # Copies in and out of the atom go through this view (cheaper than
+            # ctypes' memmove and string_at); it grows with the memory.
+            self._view = (
+                memoryview((ctypes.c_char * size).from_address(base)).cast("B")
+                if size
+                else memoryview(bytearray())
+            )
+        return size
 
     @property
     def memory_size(self) -> int:
@@ -130,19 +182,27 @@ class WasmInstance:
             raise BadPointerError(f"range {ptr}+{length} is outside memory of {self._size} bytes")
 
     def read(self, ptr: int, length: int) -> bytes:
-        self.check(ptr, length)
-        return ctypes.string_at(self._base + ptr, length) if length else b""
+        # Inside the known size (every reply): no further check, no call.
+        if ptr < 0 or length < 0 or ptr + length > self._size:
+            self.check(ptr, length)
+        return self._view[ptr : ptr + length].tobytes()
 
     def write(self, ptr: int, data: bytes) -> None:
-        self.check(ptr, len(data))
-        ctypes.memmove(self._base + ptr, data, len(data))
+        if ptr < 0 or ptr + len(data) > self._size:
+            self.check(ptr, len(data))
+        self._view[ptr : ptr + len(data)] = data
 
     def alloc(self, length: int) -> int:
         """Ask the atom for a buffer of ``length`` bytes (its ``hx_alloc``)."""
-        ptr = self.call("hx_alloc", (length,), True)
-        assert ptr is not None
-        if not length:
-            return ptr
+        _ONE_U32.pack_into(self._raw_view, 0, length)
+        ptr = self._call(self._alloc_ref, "hx_alloc")
+        if length and (ptr <= 0 or ptr + length > self._size):
+            self._check_alloc(ptr, length)
+        return ptr
+
+    def _check_alloc(self, ptr: int, length: int) -> None:
+        """Raise WasmFault unless ``hx_alloc``'s ``ptr`` holds ``length`` bytes (the
+        memory may have grown)."""
         if ptr == 0:
             # ABI.md: hx_alloc returns 0 when the atom cannot get the memory.
             raise WasmFault(
@@ -158,21 +218,47 @@ class WasmInstance:
                 interrupted=False,
                 cause=BadAllocError(ptr, length, self._size),
             )
-        return ptr
 
     def alloc_write(self, data: bytes) -> int:
         ptr = self.alloc(len(data))
         if data:
-            ctypes.memmove(self._base + ptr, data, len(data))
+            self._view[ptr : ptr + len(data)] = data
         return ptr
 
     def write_out(self, out: int, data: bytes) -> None:
         """Fill an ABI "out" parameter: a fresh atom buffer holding ``data``."""
         self.check(out, 8)
         ptr = self.alloc_write(data)
-        ctypes.memmove(self._base + out, _OUT.pack(ptr, len(data)), 8)
+        _OUT.pack_into(self._view, out, ptr, len(data))
 
     # -- calls --------------------------------------------------------------
+
+    def set_deadline(self, ticks: int) -> None:
+        """The epoch deadline (CPU budget) of the code about to run: ``ticks`` from now."""
+        value = self._deadline
+        if value.value != ticks:  # calls in a row usually get the atom's whole budget
+            value = self._deadline = ctypes.c_uint64(ticks)
+        _set_epoch_deadline(self.ctx, value)
+
+    def invoke(self, method: bytes, args: bytes) -> int:
+        """Run ``hx_invoke`` on a fresh atom buffer holding ``method`` and ``args``; its status.
+
+        Raises WasmFault when the atom traps (deadline included).
+        """
+        split = len(method)
+        end = split + len(args)
+        raw_view = self._raw_view
+        # hx_alloc(end), as alloc() does, one Python call fewer on every call's path.
+        _ONE_U32.pack_into(raw_view, 0, end)
+        ptr = self._call(self._alloc_ref, "hx_alloc")
+        if end:
+            if ptr <= 0 or ptr + end > self._size:
+                self._check_alloc(ptr, end)
+            view = self._view
+            view[ptr : ptr + split] = method
+            view[ptr + split : ptr + end] = args
+        _FOUR_U32.pack_into(raw_view, 0, ptr & _U32, split, (ptr + split) & _U32, end - split)
+        return self._call(self._invoke_ref, "hx_invoke")
 
     def call(self, export: str, args: Sequence[int], has_result: bool) -> int | None:
         """Call an export taking and returning i32 values.
@@ -182,18 +268,28 @@ class WasmInstance:
         raw = self._raw
         for i, value in enumerate(args):
             raw[i].i32 = value
-        trap = _TrapPtr()
-        error = _call_unchecked(self.ctx, self._func_refs[export], raw, 8, ctypes.byref(trap))
-        if error:
-            err = wasmtime.WasmtimeError._from_ptr(error)
+        result = self._call(self._func_refs[export], export)
+        return result if has_result else None
+
+    def _call(self, func_ref: Any, export: str) -> int:
+        """Call an export whose arguments are in place; the i32 in the result slot."""
+        error = _call_unchecked(self.ctx, func_ref, self._raw, self._raw_len, self._trap_ref)
+        if error is not None or self._trap:
+            raise self._failure(export, error)
+        result: int = _RESULT.unpack_from(self._raw_view)[0]
+        return result
+
+    def _failure(self, export: str, error: int | None) -> WasmFault:
+        if error is not None:
+            err = wasmtime.WasmtimeError._from_ptr(ctypes.cast(error, _ErrorPtr))
             cause = self._take_host_error()
             # wasmtime's text is a backtrace plus the cause; the cause is the news.
             lines = [line.strip() for line in str(err).splitlines() if line.strip()]
             reason = str(cause) if cause is not None else (lines[-1] if lines else "failed")
-            raise WasmFault(f"{export}: {reason}", interrupted=False, cause=cause)
-        if trap:
-            raise self._fault(export, wasmtime.Trap._from_ptr(trap))
-        return raw[0].i32 if has_result else None
+            return WasmFault(f"{export}: {reason}", interrupted=False, cause=cause)
+        trap = ctypes.cast(self._trap_slot.value or 0, _TrapPtr)
+        self._trap_slot.value = None  # the Trap owns it now; the slot serves the next call
+        return self._fault(export, wasmtime.Trap._from_ptr(trap))
 
     def _take_host_error(self) -> BaseException | None:
         cause = self.host_error

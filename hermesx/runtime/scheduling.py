@@ -94,7 +94,7 @@ class AtomScheduling(AtomSnapshots):
     ) -> bool:
         """Take the atom for this thread (True), or return False once the atom's
         own thread ran ``job`` at a blocking point."""
-        with self._cv:
+        with self._lock:
             if self._closed:
                 raise self._closed_error()
             if not self._running and not self._waiters:
@@ -222,9 +222,10 @@ class AtomScheduling(AtomSnapshots):
             self._cv.notify_all()
 
     def _leave(self) -> None:
-        with self._cv:
+        with self._lock:
             self._running = False
-            self._wake_next()
+            if self._waiters:
+                self._wake_next()
             pending = bool(self._mail) and not self._closed and not self.module.is_daemon
         if pending:
             self._schedule_idle()

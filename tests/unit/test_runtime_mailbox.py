@@ -10,7 +10,7 @@ import pytest
 from wat.runtime_helpers import GUID_A, GUID_B, ScriptedHost, example, wat
 
 from hermesx.core import codec
-from hermesx.core.errors import MethodError
+from hermesx.core.errors import AtomTrapError, MethodError
 from hermesx.runtime.atom import Atom
 from hermesx.runtime.engine import Runtime
 from hermesx.runtime.host import CallContext, StandaloneHost
@@ -187,6 +187,27 @@ def test_reentrant_atom_serves_a_call_back_at_its_blocking_point(runtime: Runtim
     box["atom"] = atom
     assert call(atom, "call") == 10
     assert call(atom, "get") == 10
+
+
+def test_a_trap_in_a_call_back_fails_that_call_and_not_the_one_it_ran_inside(
+    runtime: Runtime,
+) -> None:
+    box: dict[str, Atom] = {}
+
+    def back_to_self(ctx: CallContext, target: str, method: str, args: bytes) -> bytes:
+        return box["atom"].invoke("trap", b"", chain=ctx.chain)
+
+    atom = runtime.create(
+        runtime.load(wat("testatom")), GUID_A, ScriptedHost(back_to_self), reentrant=True
+    )
+    box["atom"] = atom
+    # The outer call gets the inner trap as its invoke's error status and fails
+    # through its own status: the trap did not take the outer call down too.
+    with pytest.raises(MethodError, match=r"call failed: trap: .*unreachable"):
+        atom.invoke("call", codec.pack(None))
+    with pytest.raises(AtomTrapError, match="unreachable"):
+        atom.invoke("trap", b"")
+    assert call(atom, "incr", 3) == 3
 
 
 def test_daemon_handles_interrupts_on_its_own_thread_and_stops_on_close(runtime: Runtime) -> None:
