@@ -32,6 +32,12 @@ def _figures(args: argparse.Namespace) -> dict[str, float]:
             seconds=args.seconds if args.seconds is not None else 2.0,
             rounds=args.rounds if args.rounds is not None else 15,
         )
+    if args.what == "breakdown":
+        from hermesx.bench.breakdown import run as run_breakdown
+
+        return run_breakdown(
+            progress=progress(args), seconds=args.seconds if args.seconds is not None else 5.0
+        )
     if args.what == "storesite":
         from hermesx.bench.storesite import run as run_storesite
 
@@ -51,6 +57,11 @@ def cmd_bench(args: argparse.Namespace) -> None:
         from hermesx.bench.goals import report
 
         emit(args, figures, lambda: report(figures, table))
+        return
+    if args.what == "breakdown":
+        from hermesx.bench.breakdown import describe
+
+        emit(args, figures, lambda: describe(figures))
         return
     emit(
         args,
@@ -78,7 +89,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def register(verbs: Verbs) -> None:
     p = verbs.add("bench", cmd_bench, "run a benchmark and print its figures")
-    p.add_argument("what", choices=["runtime", "naming", "invoke", "storesite", "migrate", "atoms"])
+    p.add_argument(
+        "what",
+        choices=["runtime", "naming", "invoke", "breakdown", "storesite", "migrate", "atoms"],
+    )
     p.add_argument(
         "--atoms",
         type=int,
@@ -90,7 +104,8 @@ def register(verbs: Verbs) -> None:
         "--seconds",
         type=float,
         default=None,
-        help="invoke: how long each path is measured, in all (2 s)",
+        help="invoke: how long each path is measured, in all (2 s); "
+        "breakdown: each profiling window, whole seconds (5 s)",
     )
     p.add_argument(
         "--rounds",

@@ -92,3 +92,38 @@ def test_bench_invoke_refuses_a_measuring_time_of_zero() -> None:
     )
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --seconds must be above 0")
+
+
+@pytest.mark.timeout(180)
+def test_bench_breakdown_splits_a_plain_and_a_durable_call_by_process(
+    tmp_path: pathlib.Path,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERMESX_")}
+    env["TMPDIR"] = str(tmp_path)
+    bin_dir = os.path.dirname(sys.executable)  # py-spy sits beside the interpreter
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    proc = tethered(
+        [sys.executable, "-m", "hermesx", "bench", "breakdown", "--json", "--seconds", "0.5"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=150)
+    finally:
+        proc.kill()
+        left = processes_with_home(tmp_path)
+        kill_processes_with_home(tmp_path)
+    assert proc.returncode == 0, err
+    figures = json.loads(out)
+    for kind in ("plain", "durable"):
+        assert figures[f"{kind}_calls"] > 0
+        assert figures[f"{kind}_wall_p50_us"] > 0
+        for role in ("client", "node", "storesite"):
+            assert math.isfinite(figures[f"{kind}_{role}_cpu_us"]), (kind, role)
+        assert math.isfinite(figures[f"{kind}_waiting_us"])
+    # A durable call's checkpoint reaches the storesite: its LMDB commit shows.
+    assert figures["durable_storesite_cpu_us"] > 0
+    assert left == [], left
