@@ -73,6 +73,12 @@ _TRANSPORT = ("/grpc/", "/hermesx/rpc/", "/zmq/", "/asyncio/", "/uvloop/")
 _DISPATCH = "/hermesx/node/dispatch.py"
 
 
+def _taking_state(path: str) -> bool:
+    """A frame of taking the atom's state: a whole snapshot or a delta of it."""
+    name = path.rsplit("/", 1)[-1]
+    return "snapshot" in name or "delta" in name or "/wasmtime/" in path
+
+
 def _transport(path: str) -> bool:
     return any(part in path for part in _TRANSPORT)
 
@@ -85,7 +91,8 @@ def stage_of(role: str, paths: list[str]) -> str:
     routing) or ``transport``; ``other`` for threads not making the call.
     ``node``: ``transport`` outside the dispatcher (receive, decode the
     request, encode and send the reply), ``dispatch``, ``runtime``, ``wasm``,
-    ``checkpoint_snapshot``, ``checkpoint_send`` (the checkpoint's way to the
+    ``checkpoint_snapshot`` (taking the state, whole or a delta),
+    ``checkpoint_send`` (the checkpoint's way to the
     storesite, its wait included), ``checkpoint_other``, ``other``.
     ``storesite``: ``commit`` (LMDB), ``handler`` (the rest of its RPC
     handlers), ``transport``, ``other`` (its background duties).
@@ -102,7 +109,7 @@ def stage_of(role: str, paths: list[str]) -> str:
         if any("checkpoint" in p.rsplit("/", 1)[-1] for p in call):
             if any(map(_transport, call)):
                 return "checkpoint_send"
-            if any("snapshot" in p or "/wasmtime/" in p for p in call):
+            if any(map(_taking_state, call)):
                 return "checkpoint_snapshot"
             return "checkpoint_other"
         if any("/wasmtime/" in p for p in call):
@@ -279,7 +286,7 @@ _STAGE_WORDS = {
     "dispatch": "dispatch",
     "runtime": "runtime bookkeeping",
     "wasm": "wasm (wasmtime)",
-    "checkpoint_snapshot": "checkpoint: snapshot",
+    "checkpoint_snapshot": "checkpoint: snapshot or delta",
     "checkpoint_send": "checkpoint: to the storesite and back",
     "checkpoint_other": "checkpoint: the rest",
     "commit": "LMDB write and commit",

@@ -144,7 +144,7 @@ def run(
     progress: Progress | None = None,
     seconds: float = 2.0,
     rounds: int = 15,
-    slices: int = 4,
+    slices: int = 10,
 ) -> dict[str, float]:
     """Every figure of `hermesx bench invoke` and its goals, flat, units in the names.
 

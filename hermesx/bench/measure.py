@@ -83,7 +83,7 @@ def measure_interleaved(
     loads: Sequence[Load],
     seconds: float,
     *,
-    slices: int = 4,
+    slices: int = 10,
     warmup: float = 0.3,
     progress: Progress | None = None,
 ) -> dict[str, float]:
@@ -92,7 +92,8 @@ def measure_interleaved(
     for load in loads:
         load.run_for(warmup, keep=False)
     for turn in range(slices):
-        say(f"measuring {len(loads)} loads, round {turn + 1}/{slices}")
+        if turn % 5 == 0 or turn == slices - 1:
+            say(f"measuring {len(loads)} loads, round {turn + 1}/{slices}")
         # Forth, then back: no load always follows the same neighbour.
         for load in loads if turn % 2 == 0 else list(reversed(loads)):
             load.run_for(seconds / slices)

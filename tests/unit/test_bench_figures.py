@@ -76,3 +76,10 @@ def test_profiled_stacks_fall_into_the_stages_of_a_call() -> None:
 
 def test_a_frame_without_a_line_number_keeps_its_file() -> None:
     assert frame_paths("<module> (/abs/x.py);run (pkg/mod.py:3)") == ["/abs/x.py", "/pkg/mod.py"]
+
+
+def test_an_incremental_checkpoint_counts_as_taking_the_state() -> None:
+    checkpoint = ("hermesx/node/dispatch.py", "hermesx/node/checkpoints.py")
+    assert stage_of("node", _stack(*checkpoint, "hermesx/runtime/delta.py")) == (
+        "checkpoint_snapshot"
+    )
