@@ -20,7 +20,7 @@ import sys
 import threading
 from collections.abc import Iterator
 
-__all__ = ["FloorClient", "floor_server"]
+__all__ = ["FloorClient", "floor_server", "port_server"]
 
 _LEN = struct.Struct(">I")
 # A frame larger than this closes the connection: the server echoes, it does not buffer.
@@ -67,10 +67,13 @@ async def _serve() -> None:
 
 
 @contextlib.contextmanager
-def floor_server() -> Iterator[int]:
-    """Run the echo server in a process of its own; yields its port on 127.0.0.1."""
+def port_server(module: str, *args: str) -> Iterator[int]:
+    """``python -m module args`` in a process of its own, which prints its port first.
+
+    The server runs until its stdin closes; yields the port on 127.0.0.1.
+    """
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hermesx.bench.floor"],
+        [sys.executable, "-m", module, *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -79,7 +82,7 @@ def floor_server() -> Iterator[int]:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         if not line.strip().isdigit():
-            raise RuntimeError("the TCP floor's echo server did not start")
+            raise RuntimeError(f"the benchmark's server {module} did not start")
         yield int(line)
     finally:
         if proc.stdin is not None:
@@ -90,6 +93,11 @@ def floor_server() -> Iterator[int]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def floor_server() -> contextlib.AbstractContextManager[int]:
+    """The TCP floor's echo server in a process of its own; yields its port on 127.0.0.1."""
+    return port_server("hermesx.bench.floor")
 
 
 class FloorClient:

@@ -29,24 +29,28 @@ class Goal:
         return ratio <= self.limit if self.at_most else ratio >= self.limit
 
 
+def _over(numerator: str, denominator: str) -> Callable[[Figures], float]:
+    return lambda f: f[numerator] / f[denominator]
+
+
 GOALS: tuple[Goal, ...] = (
     Goal(
         "plain_p50_over_floor",
         "plain call p50 <= 1.5 x TCP floor p50",
-        lambda f: f["invoke_c1_p50_us"] / f["tcp_floor_c1_p50_us"],
+        _over("invoke_c1_p50_us", "tcp_floor_c1_p50_us"),
         1.5,
     ),
     Goal(
         "plain_c8_rate_over_floor",
         "plain calls/s, 8 clients >= 0.4 x TCP floor's",
-        lambda f: f["invoke_c8_calls_per_s"] / f["tcp_floor_c8_calls_per_s"],
+        _over("invoke_c8_calls_per_s", "tcp_floor_c8_calls_per_s"),
         0.4,
         at_most=False,
     ),
     Goal(
         "tls_cost",
         "mutual TLS adds <= 20% to the plain call p50",
-        lambda f: f["invoke_c1_p50_us"] / f["invoke_insecure_c1_p50_us"] - 1.0,
+        lambda f: _over("invoke_c1_p50_us", "invoke_insecure_c1_p50_us")(f) - 1.0,
         0.2,
     ),
     Goal(
@@ -58,14 +62,14 @@ GOALS: tuple[Goal, ...] = (
     Goal(
         "durable_c8_rate_over_plain",
         "durable calls/s, 8 clients on 8 atoms >= 0.5 x plain's, 8 clients",
-        lambda f: f["durable_c8_calls_per_s"] / f["invoke_c8_calls_per_s"],
+        _over("durable_c8_calls_per_s", "invoke_c8_calls_per_s"),
         0.5,
         at_most=False,
     ),
     Goal(
         "hop_over_plain",
         "a forwarding hop adds <= 1 plain call (the dearest of 1, 2, 3 hops)",
-        lambda f: f["forwarding_hop_us"] / f["invoke_c1_p50_us"],
+        _over("forwarding_hop_us", "invoke_c1_p50_us"),
         1.0,
     ),
     Goal(

@@ -28,7 +28,6 @@ import contextlib
 import os
 import pathlib
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -37,7 +36,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from hermesx.bench.floor import FloorClient, floor_server
+from hermesx.bench.floor import FloorClient, floor_server, port_server
 from hermesx.bench.goals import judge
 from hermesx.bench.measure import Load, measure_interleaved, percentile
 from hermesx.core import codec
@@ -85,30 +84,14 @@ def serve_echo(tls: TLSIdentity | None) -> None:
 def _grpc_echo(cluster: LocalCluster) -> Iterator[pbg.SupervisorStub]:
     """The bare gRPC echo in its own process, speaking the cluster's mutual TLS."""
     security.issue_cert(cluster.tls_dir, cluster.name, ECHO_NAME)
-    argv = [sys.executable, "-m", "hermesx.bench.invoke", "echo-server"]
-    echo = subprocess.Popen(
-        [*argv, str(cluster.tls_dir), cluster.name],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert echo.stdout is not None
-        port = int(echo.stdout.readline())
+    args = ("echo-server", str(cluster.tls_dir), cluster.name)
+    with port_server("hermesx.bench.invoke", *args) as port:
         identity = TLSIdentity(cluster.tls_dir, CLIENT_CERT_NAME, cluster.name)
         channel = open_channel(f"127.0.0.1:{port}", CHANNEL_OPTIONS, identity)
         try:
             yield pbg.SupervisorStub(channel)
         finally:
             channel.close()
-    finally:
-        if echo.stdin is not None:
-            echo.stdin.close()
-        try:
-            echo.wait(10)
-        except subprocess.TimeoutExpired:
-            echo.kill()
-            echo.wait(5)
 
 
 @contextlib.contextmanager
