@@ -109,7 +109,7 @@ def test_bench_invoke_refuses_a_measuring_time_of_zero() -> None:
 def test_bench_breakdown_splits_a_plain_and_a_durable_call_by_process(
     tmp_path: pathlib.Path,
 ) -> None:
-    figures, left = _run_bench(tmp_path, ["breakdown", "--json", "--seconds", "1"], timeout=150)
+    figures, left = _run_bench(tmp_path, ["breakdown", "--json", "--seconds", "1"], timeout=240)
     for kind in ("plain", "durable"):
         assert figures[f"{kind}_calls"] > 0
         assert figures[f"{kind}_wall_p50_us"] > 0
