@@ -88,7 +88,8 @@ def stage_of(role: str, paths: list[str]) -> str:
 
     ``transport`` is gRPC or the call channel (encode, send, wait, receive,
     decode), whichever carries the call. ``client``: ``hermesx`` (client,
-    routing) or ``transport``; ``other`` for threads not making the call.
+    routing) or ``transport`` (also a channel's own reader thread); ``other``
+    for threads that have no part in the call.
     ``node``: ``transport`` outside the dispatcher (receive, decode the
     request, encode and send the reply), ``dispatch``, ``runtime``, ``wasm``,
     ``checkpoint_snapshot`` (taking the state, whole or a delta),
@@ -98,9 +99,9 @@ def stage_of(role: str, paths: list[str]) -> str:
     handlers), ``transport``, ``other`` (its background duties).
     """
     if role == "client":
-        if not any("/hermesx/bench/" in p for p in paths):
-            return "other"
-        return "transport" if any(map(_transport, paths)) else "hermesx"
+        if any(map(_transport, paths)):  # the calling thread, or a channel's reader thread
+            return "transport"
+        return "hermesx" if any("/hermesx/bench/" in p for p in paths) else "other"
     if role == "node":
         at = next((i for i, p in enumerate(paths) if _DISPATCH in p), None)
         if at is None:

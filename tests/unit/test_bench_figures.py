@@ -83,3 +83,7 @@ def test_an_incremental_checkpoint_counts_as_taking_the_state() -> None:
     assert stage_of("node", _stack(*checkpoint, "hermesx/runtime/delta.py")) == (
         "checkpoint_snapshot"
     )
+
+
+def test_a_call_channel_reader_thread_of_the_client_is_transport() -> None:
+    assert stage_of("client", _stack("threading.py", "hermesx/rpc/link.py")) == "transport"
