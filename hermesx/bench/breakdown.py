@@ -79,6 +79,14 @@ def _taking_state(path: str) -> bool:
     return "snapshot" in name or "delta" in name or "/wasmtime/" in path
 
 
+def _storesite_call(path: str) -> bool:
+    """A storesite frame of serving a call: an RPC handler, composing or committing."""
+    name = path.rsplit("/", 1)[-1]
+    return "/storesite/" in path and any(
+        w in name for w in ("server", "commit", "delta", "checkpoint")
+    )
+
+
 def _transport(path: str) -> bool:
     return any(part in path for part in _TRANSPORT)
 
@@ -96,7 +104,8 @@ def stage_of(role: str, paths: list[str]) -> str:
     ``checkpoint_send`` (the checkpoint's way to the
     storesite, its wait included), ``checkpoint_other``, ``other``.
     ``storesite``: ``commit`` (LMDB), ``handler`` (the rest of its RPC
-    handlers), ``transport``, ``other`` (its background duties).
+    handlers and of composing and committing checkpoints), ``transport``,
+    ``other`` (its background duties).
     """
     if role == "client":
         if any(map(_transport, paths)):  # the calling thread, or a channel's reader thread
@@ -120,7 +129,7 @@ def stage_of(role: str, paths: list[str]) -> str:
         return "dispatch"
     if any("lmdb" in p or "/storesite/store.py" in p for p in paths):
         return "commit"
-    if any("/storesite/server.py" in p for p in paths):
+    if any(map(_storesite_call, paths)):
         return "handler"
     return "transport" if any(map(_transport, paths)) else "other"
 

@@ -87,3 +87,9 @@ def test_an_incremental_checkpoint_counts_as_taking_the_state() -> None:
 
 def test_a_call_channel_reader_thread_of_the_client_is_transport() -> None:
     assert stage_of("client", _stack("threading.py", "hermesx/rpc/link.py")) == "transport"
+
+
+def test_a_storesite_committing_checkpoints_in_a_thread_of_its_own_serves_the_call() -> None:
+    committer = ("threading.py", "storesite/committer.py")
+    assert stage_of("storesite", _stack(*committer)) == "handler"
+    assert stage_of("storesite", _stack(*committer, "storesite/store.py")) == "commit"
