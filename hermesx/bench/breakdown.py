@@ -168,20 +168,30 @@ def _profiled(
     counts: dict[str, Counter[str]] = {}
     try:
         yield counts
-    finally:
+    except BaseException:
+        # Interrupted or failed: stop sampling, report nothing of a half window.
         for spy in spies:
-            try:
-                _, err = spy.proc.communicate(timeout=seconds + 30)
-            except subprocess.TimeoutExpired:
-                spy.proc.kill()
-                spy.proc.communicate()
-                err = b"timed out"
-            if spy.proc.returncode != 0 or not os.path.exists(spy.out):
-                raise ConfigurationError(
-                    f"py-spy could not sample the {spy.role} (pid {spy.pid}): "
-                    f"{err.decode(errors='replace').strip()[-300:]}"
-                )
+            spy.proc.kill()
+            spy.proc.wait()
+        raise
+    failures: list[str] = []
+    for spy in spies:
+        try:
+            _, err = spy.proc.communicate(timeout=seconds + 30)
+        except subprocess.TimeoutExpired:
+            spy.proc.kill()
+            spy.proc.communicate()
+            err = b"timed out"
+        if spy.proc.returncode != 0 or not os.path.exists(spy.out):
+            # Every py-spy is waited for first; then the first failure is the one told.
+            failures.append(
+                f"py-spy could not sample the {spy.role} (pid {spy.pid}): "
+                f"{' '.join(err.decode(errors='replace').split())[-300:]}"
+            )
+        else:
             counts[spy.role] = _stages(spy.role, spy.out)
+    if failures:
+        raise ConfigurationError(failures[0])
 
 
 def _stages(role: str, path: str) -> Counter[str]:
