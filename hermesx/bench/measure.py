@@ -41,13 +41,14 @@ class Load:
         per_thread: list[list[float]] = [[] for _ in range(self.threads)]
         errors: list[BaseException] = []
         stop = time.monotonic() + seconds
+        halt = threading.Event()
         call = self.call
 
         def worker(i: int) -> None:
             own = per_thread[i]
             clock = time.perf_counter_ns
             try:
-                while time.monotonic() < stop:
+                while time.monotonic() < stop and not halt.is_set():
                     t0 = clock()
                     call(i)
                     own.append((clock() - t0) / 1000)
@@ -55,11 +56,18 @@ class Load:
                 errors.append(exc)
 
         started = time.perf_counter()
-        workers = [threading.Thread(target=worker, args=(i,)) for i in range(self.threads)]
+        # Daemons: an interrupted benchmark exits even while a call of theirs still waits.
+        workers = [
+            threading.Thread(target=worker, args=(i,), daemon=True) for i in range(self.threads)
+        ]
         for w in workers:
             w.start()
-        for w in workers:
-            w.join()
+        try:
+            for w in workers:
+                w.join()
+        except BaseException:
+            halt.set()  # interrupted: no new call, and the clean-up goes on without waiting
+            raise
         elapsed = time.perf_counter() - started
         if errors:
             raise errors[0]

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 from typing import Any
@@ -119,3 +120,34 @@ def test_bench_breakdown_splits_a_plain_and_a_durable_call_by_process(
     # A durable call's checkpoint reaches the storesite: its LMDB commit shows.
     assert figures["durable_storesite_cpu_us"] > 0
     assert left == [], left
+
+
+@pytest.mark.timeout(300)
+def test_bench_invoke_interrupted_mid_measurement_leaves_no_process(
+    tmp_path: pathlib.Path,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERMESX_")}
+    env["TMPDIR"] = str(tmp_path)
+    proc = tethered(
+        [sys.executable, "-m", "hermesx", "bench", "invoke", "--seconds", "60"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    try:
+        seen: list[str] = []
+        while not any("measuring 10 loads" in line for line in seen):
+            line = proc.stderr.readline()
+            assert line, f"the benchmark ended early: {''.join(seen)}"
+            seen.append(line)
+        assert len(processes_with_home(tmp_path)) >= 9  # two clusters, two echo servers
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+        assert proc.returncode == 130
+        assert processes_with_home(tmp_path) == []
+    finally:
+        proc.kill()
+        kill_processes_with_home(tmp_path)
