@@ -27,7 +27,17 @@ def _figures(args: argparse.Namespace) -> dict[str, float]:
     if args.what == "invoke":
         from hermesx.bench.invoke import run as run_invoke
 
-        return run_invoke(progress=progress(args))
+        return run_invoke(
+            progress=progress(args),
+            seconds=args.seconds if args.seconds is not None else 2.0,
+            rounds=args.rounds if args.rounds is not None else 15,
+        )
+    if args.what == "breakdown":
+        from hermesx.bench.breakdown import run as run_breakdown
+
+        return run_breakdown(
+            progress=progress(args), seconds=args.seconds if args.seconds is not None else 5.0
+        )
     if args.what == "storesite":
         from hermesx.bench.storesite import run as run_storesite
 
@@ -43,6 +53,16 @@ def _figures(args: argparse.Namespace) -> dict[str, float]:
 
 def cmd_bench(args: argparse.Namespace) -> None:
     figures = _figures(args)
+    if args.what == "invoke":
+        from hermesx.bench.goals import report
+
+        emit(args, figures, lambda: report(figures, table))
+        return
+    if args.what == "breakdown":
+        from hermesx.bench.breakdown import describe
+
+        emit(args, figures, lambda: describe(figures))
+        return
     emit(
         args,
         figures,
@@ -69,13 +89,29 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def register(verbs: Verbs) -> None:
     p = verbs.add("bench", cmd_bench, "run a benchmark and print its figures")
-    p.add_argument("what", choices=["runtime", "naming", "invoke", "storesite", "migrate", "atoms"])
+    p.add_argument(
+        "what",
+        choices=["runtime", "naming", "invoke", "breakdown", "storesite", "migrate", "atoms"],
+    )
     p.add_argument(
         "--atoms",
         type=int,
         default=None,
         help="storesite: how many dormant atoms to create (10,000); "
         "atoms: how many active atoms one process holds (100,000)",
+    )
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="invoke: how long each path is measured, in all (2 s); "
+        "breakdown: each profiling window, whole seconds (5 s)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="invoke: calls through each forwarding chain (15; and 20x as many disk syncs)",
     )
 
     p = verbs.add("demo", cmd_demo, "run a demo")
