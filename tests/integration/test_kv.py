@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -149,3 +153,33 @@ def test_bad_input_is_one_clear_error(store: KVStore) -> None:
         KVStore.create(store.client, "t1", 2)
     # The store goes on.
     assert store.get("user:001") == {"n": 1}
+
+
+def _hermesx(cluster: LocalCluster, *argv: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HERMESX_ZK": cluster.zk, "HERMESX_CLUSTER": cluster.name}
+    return subprocess.run(
+        [sys.executable, "-m", "hermesx", "kv", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_cli_verbs(cluster: LocalCluster) -> None:
+    made = _hermesx(cluster, "create", "cli", "--shards", "2", "--cache", "--json")
+    assert made.returncode == 0, made.stderr
+    assert len(json.loads(made.stdout)["shards"]) == 2
+    assert _hermesx(cluster, "put", "cli", "color", '{"r": 1}').returncode == 0
+    got = _hermesx(cluster, "get", "cli", "color", "--json")
+    assert json.loads(got.stdout) == {"key": "color", "value": {"r": 1}}
+    scanned = _hermesx(cluster, "scan", "cli", "co", "--json")
+    assert json.loads(scanned.stdout) == [{"key": "color", "value": {"r": 1}}]
+    shards = json.loads(_hermesx(cluster, "shards", "cli", "--json").stdout)
+    assert [row["index"] for row in shards] == [0, 1] and all(row["node"] for row in shards)
+    # Bad input: one line naming what was wrong, a non-zero exit.
+    bad = _hermesx(cluster, "create", "cli0", "--shards", "0")
+    assert bad.returncode != 0
+    assert bad.stderr.strip().splitlines()[-1] == "error: shard count must be 1 to 1024, not 0"
+    missing = _hermesx(cluster, "get", "nosuchstore", "k")
+    assert missing.returncode != 0 and "no KV store 'nosuchstore'" in missing.stderr
