@@ -5,9 +5,14 @@
  * lock [txid, expiry_ms, prepared] of a transaction, "t" + txid -> the writes
  * a prepared transaction will apply. Keys are str; values any msgpack value.
  *
+ * Created with the init argument `durable` (a bool): a durable shard asks
+ * for a checkpoint (the checkpoint syscall) in every call that changes its
+ * state, so the node stores it before the reply leaves; reads cost nothing.
+ *
  * Plain KV:
  *   get key               -> value or nil
  *   put [key, value]      -> nil
+ *   mput [[key, value], ...] -> nil (one call, so one checkpoint, for many keys)
  *   delete key            -> true when the key existed
  *   scan [prefix, limit]  -> [[key, value], ...] sorted by key, at most limit
  *   count                 -> number of keys
@@ -31,6 +36,19 @@
 #define SCAN_MAX 10000
 
 static uint64_t calls_served;
+static bool durable;
+
+static int32_t init(hx_mpr *args) {
+    if (hx_mpr_left(args) == 0) return 0;
+    hx_mpr_unwrap1(args);
+    if (!hx_mpr_bool(args, &durable)) return hx_fail("init: expected durable (a bool)");
+    return 0;
+}
+
+/* This call changed the shard: a durable shard is checkpointed before it replies. */
+static void changed(void) {
+    if (durable) hx_checkpoint();
+}
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -134,6 +152,26 @@ static int32_t put(hx_mpr *args) {
     if (!hx_mpr_raw(args, &val, &val_len)) return hx_fail("put: malformed value");
     if (!prefixed('d', key, key_len, &k)) return hx_fail("put: out of memory");
     if (hx_kv_put(k.ptr, k.len, val, val_len) != 0) return hx_fail("put: the atom KV refused");
+    changed();
+    hx_reply_nil();
+    return 0;
+}
+
+static int32_t mput(hx_mpr *args) {
+    uint32_t n, pair;
+    calls_served++;
+    if (!hx_mpr_array(args, &n)) return hx_fail("mput: expected [[key, value], ...]");
+    for (uint32_t i = 0; i < n; i++) {
+        const uint8_t *key, *val;
+        uint32_t key_len, val_len;
+        hx_buf k;
+        if (!hx_mpr_array(args, &pair) || pair != 2 || !read_key(args, &key, &key_len) ||
+            !hx_mpr_raw(args, &val, &val_len))
+            return hx_fail("mput: each entry must be [key (str, <= 1024 bytes), value]");
+        if (!prefixed('d', key, key_len, &k)) return hx_fail("mput: out of memory");
+        if (hx_kv_put(k.ptr, k.len, val, val_len) != 0) return hx_fail("mput: the atom KV refused");
+    }
+    changed();
     hx_reply_nil();
     return 0;
 }
@@ -146,7 +184,9 @@ static int32_t del(hx_mpr *args) {
     hx_mpr_unwrap1(args);
     if (!read_key(args, &key, &key_len)) return hx_fail("delete: expected a key (str)");
     if (!prefixed('d', key, key_len, &k)) return hx_fail("delete: out of memory");
-    hx_reply_bool(hx_kv_del(k.ptr, k.len) == 0);
+    bool existed = hx_kv_del(k.ptr, k.len) == 0;
+    if (existed) changed();
+    hx_reply_bool(existed);
     return 0;
 }
 
@@ -333,6 +373,7 @@ static int32_t prepare(hx_mpr *args) {
     }
     if (hx_kv_put(t.ptr, t.len, writes, writes_len) != 0)
         return hx_fail("prepare: the atom KV refused");
+    changed();
     hx_reply_nil();
     return 0;
 }
@@ -368,6 +409,7 @@ static int32_t finish(hx_mpr *args, bool apply) {
             }
         }
         hx_kv_del(t.ptr, t.len);
+        changed(); /* a lock only taken, never prepared, need not outlive a crash */
     }
     release_locks(txid, txid_len);
     hx_reply_nil();
@@ -386,7 +428,10 @@ static int32_t locks(hx_mpr *args) {
     return 0;
 }
 
-HX_METHODS(HX_METHOD("get", get), HX_METHOD("put", put), HX_METHOD("delete", del),
+HX_INIT(init);
+
+HX_METHODS(HX_METHOD("get", get), HX_METHOD("put", put), HX_METHOD("mput", mput),
+           HX_METHOD("delete", del),
            HX_METHOD("scan", scan), HX_METHOD("count", count), HX_METHOD("stats", stats),
            HX_METHOD("lock", lock), HX_METHOD("prepare", prepare), HX_METHOD("commit", commit),
            HX_METHOD("abort", abort_tx), HX_METHOD("locks", locks));

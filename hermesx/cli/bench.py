@@ -36,6 +36,10 @@ def _figures(args: argparse.Namespace) -> dict[str, float]:
         from hermesx.bench.atoms import run as run_atoms
 
         return run_atoms(args.atoms or 100_000, progress=progress(args))
+    if args.what == "kv":
+        from hermesx.bench.kv import run as run_kv
+
+        return run_kv(progress(args), keys=args.keys, threads=args.threads, seconds=args.seconds)
     from hermesx.bench.migrate import run as run_migrate
 
     return run_migrate(progress=progress(args))
@@ -69,7 +73,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def register(verbs: Verbs) -> None:
     p = verbs.add("bench", cmd_bench, "run a benchmark and print its figures")
-    p.add_argument("what", choices=["runtime", "naming", "invoke", "storesite", "migrate", "atoms"])
+    p.add_argument(
+        "what", choices=["runtime", "naming", "invoke", "storesite", "migrate", "atoms", "kv"]
+    )
     p.add_argument(
         "--atoms",
         type=int,
@@ -77,6 +83,10 @@ def register(verbs: Verbs) -> None:
         help="storesite: how many dormant atoms to create (10,000); "
         "atoms: how many active atoms one process holds (100,000)",
     )
+
+    p.add_argument("--keys", type=int, default=10_000, help="kv: keys in the store (10,000)")
+    p.add_argument("--threads", type=int, default=8, help="kv: client threads (8)")
+    p.add_argument("--seconds", type=float, default=4.0, help="kv: seconds per workload (4)")
 
     p = verbs.add("demo", cmd_demo, "run a demo")
     p.add_argument("name", choices=["expense-voucher"])

@@ -74,8 +74,7 @@ class Bank:
 
     def open_accounts(self) -> None:
         """Give every account its initial balance."""
-        for account in self.accounts:
-            self.store.put(account, self.initial)
+        self.store.put_many(dict.fromkeys(self.accounts, self.initial))
 
     def transfer(self, txs: Transactions, rng: random.Random, marker: str) -> bool:
         """One random transfer with its marker; True when it moved money (False: too poor)."""
@@ -107,11 +106,12 @@ class Bank:
         stop: threading.Event | None = None,
         nodes: Sequence[str] = (),
         tally: BankTally | None = None,
+        audit: bool = True,
     ) -> BankTally:
         """Transfers from ``workers`` threads and one auditor for ``seconds`` (or until ``stop``).
 
         Worker ``i``'s coordinator atom goes on ``nodes[i % len(nodes)]`` (any node when empty).
-        ``tally`` (a new one when None) fills as the run goes.
+        ``tally`` (a new one when None) fills as the run goes; ``audit``: run the auditor.
         """
         tally = tally if tally is not None else BankTally()
         stop = stop or threading.Event()
@@ -166,7 +166,8 @@ class Bank:
 
         started = time.monotonic()
         threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(workers)]
-        threads.append(threading.Thread(target=auditor, daemon=True))
+        if audit:
+            threads.append(threading.Thread(target=auditor, daemon=True))
         for thread in threads:
             thread.start()
         for thread in threads:

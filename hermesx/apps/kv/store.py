@@ -4,16 +4,16 @@ A store named ``S`` is ``N`` ``kvshard`` atoms (``atoms/kvshard.c``), named
 ``kv.S.0000`` … and carrying the alias ``shard-0000`` … in the scope
 ``kv.S``: the name service holds the store (its shards and so its ring);
 :class:`KVStore` finds them by scoped alias and calls them by GUID. A
-*durable* store's shards checkpoint on every call (an acknowledged put
-survives the death of its node); a *cache* store's shards checkpoint on
-request only.
+*durable* store's shards checkpoint in every call that changes them, before
+the reply leaves (an acknowledged put survives the death of its node; a read
+costs no checkpoint); a *cache* store's shards checkpoint on request only.
 """
 
 from __future__ import annotations
 
 import pathlib
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from hermesx.apps.kv.ring import Ring
@@ -116,9 +116,9 @@ class KVStore:
     ) -> KVStore:
         """Create the store ``name`` with ``shards`` shards spread over ``nodes`` (all live ones).
 
-        ``durable``: every-call checkpoints (nothing acknowledged is lost when
-        a node dies); else on-request (a cache: a node's death loses what its
-        shards held since their last checkpoint).
+        ``durable``: a checkpoint in every call that changes a shard (nothing
+        acknowledged is lost when a node dies); else on-request (a cache: a
+        node's death loses what its shards held since their last checkpoint).
         """
         _check_store_name(name)
         if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS:
@@ -137,7 +137,10 @@ class KVStore:
                     name=shard_name(name, index),
                     on=targets[index % len(targets)],
                     aliases=[f"{shard_scope(name)}={shard_alias(index)}"],
-                    checkpoint="every-call" if durable else "on-request",
+                    # A durable shard asks for a checkpoint in each call that
+                    # changes it (reads are free); a cache never does.
+                    checkpoint="on-request",
+                    init=durable,
                     reply_window="4096",
                 )
             )
@@ -184,6 +187,15 @@ class KVStore:
         """Set ``key`` to ``value`` (any msgpack value)."""
         check_value(value)
         self.client.call_with(self.shard_of(check_key(key)), "put", [[key, value]])
+
+    def put_many(self, items: Mapping[str, Any], batch: int = 500) -> None:
+        """Set many keys: one call (and one checkpoint) per shard and ``batch`` keys."""
+        for shard, keys in self.group(items).items():
+            for start in range(0, len(keys), batch):
+                pairs = [[k, items[k]] for k in keys[start : start + batch]]
+                for _, value in pairs:
+                    check_value(value)
+                self.client.call_with(shard, "mput", [pairs])
 
     def delete(self, key: str) -> bool:
         """Delete ``key``; True when it existed."""
