@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import threading
@@ -51,6 +52,21 @@ def test_put_get_delete_scan_across_shards(store: KVStore, cluster: LocalCluster
         again = KVStore.open(other, "t1")
         assert again.shards == store.shards
         assert again.get("user:039") == {"n": 39}
+
+
+def test_an_atom_places_keys_as_the_python_client_does(
+    store: KVStore, atoms: dict[str, pathlib.Path]
+) -> None:
+    store.client.create(atoms["kvclient"], name="kv-user")
+    user = store.client.atom("kv-user")
+    for i in range(20):
+        assert user.shard_of("t1", f"from-atom-{i}") == store.shard_name(f"from-atom-{i}")
+    user.put("t1", "from-atom", {"by": "atom"})
+    assert store.get("from-atom") == {"by": "atom"}
+    store.put("from-python", [1, 2])
+    assert user.get("t1", "from-python") == [1, 2]
+    assert user.delete("t1", "from-python") is True
+    assert sorted(k for k, _ in user.scan("t1", "from-", 100)) == ["from-atom"]
 
 
 def test_transactions_commit_and_conflict(store: KVStore) -> None:

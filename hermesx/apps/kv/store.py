@@ -170,6 +170,10 @@ class KVStore:
         """The GUID of the shard holding ``key``."""
         return self.shards[self.ring.shard_of(key)]
 
+    def shard_name(self, key: str) -> str:
+        """The name of the shard holding ``key`` (``kv.<store>.<index>``)."""
+        return shard_name(self.name, self.ring.shard_of(check_key(key)))
+
     def group(self, keys: Iterable[str]) -> dict[str, list[str]]:
         """``keys`` by the GUID of their shard, each list sorted."""
         by_shard: dict[str, list[str]] = {}
