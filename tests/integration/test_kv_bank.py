@@ -18,15 +18,52 @@ from hermesx.apps.kv import KVStore, Transactions
 from hermesx.apps.kv.bank import Bank, BankTally
 from hermesx.client import Client
 from hermesx.core.errors import HermesError
-from hermesx.local.cluster import LocalCluster
+from hermesx.local.cluster import LocalCluster, NodeSpec
 from hermesx.testing.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def bank_cluster(cluster_factory: object) -> LocalCluster:
     return cluster_factory(4, session_timeout=2.0)  # type: ignore[operator, no-any-return]
+
+
+def test_an_in_doubt_transaction_is_finished_by_its_recovered_coordinator(
+    bank_cluster: LocalCluster,
+) -> None:
+    cluster = bank_cluster
+    with Client(cluster.zk, cluster.name) as client:
+        store = KVStore.create(client, "doubt", 2, durable=True, nodes=["n1"])
+        keys = [f"k{i}" for i in range(6)]
+        store.put_many(dict.fromkeys(keys, 1))
+        groups = store.group(keys)
+        assert len(groups) == 2
+        # A client locks, and its coordinator (on n2) decides commit; then the
+        # client vanishes and n2 dies before any shard is told to apply it.
+        gone = Transactions(store, node="n2")
+        txid = f"{gone.coordinator}/1"
+        for shard, shard_keys in groups.items():
+            client.call_with(shard, "lock", [[txid, 10_000, shard_keys]])
+        parts = [[s, ks, [[k, 0, 5] for k in ks]] for s, ks in groups.items()]
+        assert client.call_with(gone.coordinator, "commit", [[txid, parts]]) == "committed"
+        cluster.kill("node-n2")
+        # The next client meets the prepared locks and asks the coordinator,
+        # recovered from its checkpoint on another node: it applies its decision.
+        other = Transactions(store, node="n1")
+        assert other.read(keys, attempts=100) == dict.fromkeys(keys, 5)
+        # Prepared without a decision (its coordinator never replied): presumed
+        # abort releases it, and a late commit of it fails clearly.
+        txid = f"{other.coordinator}/999"
+        first = next(iter(groups.items()))
+        client.call_with(first[0], "lock", [[txid, 10_000, first[1]]])
+        client.call_with(first[0], "prepare", [[txid, first[1], [[first[1][0], 0, 0]]]])
+        assert other.read(keys, attempts=100) == dict.fromkeys(keys, 5)
+        with pytest.raises(HermesError, match="aborted: its outcome was resolved as aborted"):
+            client.call_with(other.coordinator, "commit", [[txid, [[*first, []]]]])
+        assert store.locks() == 0
+        cluster.start_node(NodeSpec("n2"))
+        cluster.wait_registered()
 
 
 def _move_one(client: Client, store: KVStore, rng: random.Random, dead: set[str]) -> bool:
@@ -86,6 +123,8 @@ def test_bank_total_holds_through_moves_and_node_kills(bank_cluster: LocalCluste
         assert not runner.is_alive()
         assert moves >= 5 and dead == {"n3", "n4"}
         assert len(tally.acknowledged) > 0 and tally.audits
+        # Every transfer committed or aborted clearly, through the faults too.
+        assert tally.errors == []
         print(tally.as_dict())
         checker = Transactions(store)
         assert bank.verify(tally, checker) == []
