@@ -2,7 +2,9 @@
 
 Workload A is 50% reads / 50% updates, B 95% / 5%, over ``keys`` keys
 chosen by a scrambled zipfian law (YCSB's, constant 0.99), from ``threads``
-client threads, each with a connection of its own. Measured, one after the
+client threads, each with a connection of its own, on stores of ``shards``
+shards (16: a shard serves one call at a time, and a durable shard's
+checkpoint holds its whole state, so smaller shards go faster). Measured, one after the
 other on the same machine: the hermesx KV store *plain* (shards checkpoint
 on request only) and *durable* (every-call checkpoints), then Redis
 (Debian's ``redis-server``, started here on 127.0.0.1 in a temporary
@@ -235,7 +237,7 @@ def run(
     keys: int = 10_000,
     threads: int = 8,
     seconds: float = 4.0,
-    shards: int = 4,
+    shards: int = 16,
     nodes: int = 2,
     value_bytes: int = 100,
 ) -> dict[str, float]:

@@ -39,7 +39,13 @@ def _figures(args: argparse.Namespace) -> dict[str, float]:
     if args.what == "kv":
         from hermesx.bench.kv import run as run_kv
 
-        return run_kv(progress(args), keys=args.keys, threads=args.threads, seconds=args.seconds)
+        return run_kv(
+            progress(args),
+            keys=args.keys,
+            threads=args.threads,
+            seconds=args.seconds,
+            shards=args.shards,
+        )
     from hermesx.bench.migrate import run as run_migrate
 
     return run_migrate(progress=progress(args))
@@ -87,6 +93,7 @@ def register(verbs: Verbs) -> None:
     p.add_argument("--keys", type=int, default=10_000, help="kv: keys in the store (10,000)")
     p.add_argument("--threads", type=int, default=8, help="kv: client threads (8)")
     p.add_argument("--seconds", type=float, default=4.0, help="kv: seconds per workload (4)")
+    p.add_argument("--shards", type=int, default=16, help="kv: shards per store (16)")
 
     p = verbs.add("demo", cmd_demo, "run a demo")
     p.add_argument("name", choices=["expense-voucher"])
