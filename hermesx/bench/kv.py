@@ -3,16 +3,16 @@
 Workload A is 50% reads / 50% updates, B 95% / 5%, over ``keys`` keys
 chosen by a scrambled zipfian law (YCSB's, constant 0.99), from ``threads``
 client threads, each with a connection of its own, on stores of ``shards``
-shards (16: a shard serves one call at a time, and a durable shard's
-checkpoint holds its whole state, so smaller shards go faster). Measured, one after the
-other on the same machine: the hermesx KV store *plain* (shards checkpoint
-on request only) and *durable* (every-call checkpoints), then Redis
-(Debian's ``redis-server``, started here on 127.0.0.1 in a temporary
-directory and always stopped) with ``appendonly no`` and with
-``appendonly yes`` + ``appendfsync always``; then the transactional KV's
-transfers (the bank workload without its auditor). Figures: ops/s and
-p50/p99 (µs) of each, the ratios hermesx / Redis, committed transfers/s and
-the abort rate.
+shards (16 by default: a shard serves one call at a time, and a durable
+shard's checkpoint holds its whole state, so smaller shards go faster).
+Measured one after the other on the same machine: the hermesx KV store
+*plain* (shards checkpoint on request only) and *durable* (a checkpoint in
+every call that changes a shard), then Redis (Debian's ``redis-server``,
+started here on 127.0.0.1 in a temporary directory and always stopped) with
+``appendonly no`` and with ``appendonly yes`` + ``appendfsync always``; then
+the transactional KV's transfers (the bank workload without its auditor).
+Figures: ops/s and p50/p99 (µs) of each, the ratios hermesx / Redis,
+committed transfers/s and the abort rate.
 """
 
 from __future__ import annotations

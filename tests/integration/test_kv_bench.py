@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs Debian's redis-server")
 def test_bench_kv_gives_every_figure_as_a_number() -> None:
-    tiny = ["--keys", "200", "--threads", "2", "--seconds", "0.3"]
+    tiny = ["--keys", "200", "--threads", "2", "--seconds", "0.3", "--shards", "2"]
     done = subprocess.run(
         [sys.executable, "-m", "hermesx", "bench", "kv", "--json", "-q", *tiny],
         capture_output=True,
