@@ -31,7 +31,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from hermesx.apps.kv.store import KVStore, atom_module, check_value
-from hermesx.core.errors import HermesError, MethodError, OutcomeUnknownError
+from hermesx.core.errors import (
+    ConfigurationError,
+    HermesError,
+    MethodError,
+    OutcomeUnknownError,
+)
 
 __all__ = ["DELETE", "TransactionAborted", "Transactions"]
 
@@ -41,6 +46,8 @@ log = logging.getLogger(__name__)
 DELETE = object()
 
 DEFAULT_LEASE_MS = 10_000
+MAX_LEASE_MS = 600_000
+IDLE_PASSIVATE_SECONDS = 300.0
 _PREPARED = re.compile(r"held by prepared transaction (\S+)")
 
 
@@ -77,6 +84,8 @@ class Transactions:
     def __init__(
         self, store: KVStore, *, lease_ms: int = DEFAULT_LEASE_MS, node: str | None = None
     ) -> None:
+        if not 1 <= lease_ms <= MAX_LEASE_MS:
+            raise ConfigurationError(f"lock lease must be 1 to {MAX_LEASE_MS} ms, not {lease_ms}")
         self.store = store
         self.client = store.client
         self.lease_ms = lease_ms
@@ -87,6 +96,9 @@ class Transactions:
             on=node,
             checkpoint="every-call",
             reply_window="4096",
+            # A client that is gone leaves its coordinator dormant at the
+            # storesite (woken by a resolve), not active on a node forever.
+            idle_passivate_seconds=IDLE_PASSIVATE_SECONDS,
         )
         self._seq = itertools.count(1)
         self.committed = 0
@@ -122,7 +134,10 @@ class Transactions:
                 if exc.blocker:
                     seen = blockers[exc.blocker] = blockers.get(exc.blocker, 0) + 1
                     if seen >= 3:  # it lingers: its client or coordinator died
-                        self.resolve(exc.blocker, self.store.shards)
+                        try:
+                            self.resolve(exc.blocker, self.store.shards)
+                        except HermesError as failed:  # tried again at the next sighting
+                            log.info("could not resolve transaction %s: %s", exc.blocker, failed)
                 time.sleep(min(0.002 * 2**attempt, 0.05))
         raise AssertionError("unreachable")
 
