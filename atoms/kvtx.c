@@ -22,6 +22,8 @@
 #include "hx.h"
 
 #define TXID_MAX 128
+/* Shards one transaction may write through: the fan-outs use one future each. */
+#define PARTS_MAX 32
 
 static bool tx_key(char tag, const char *txid, uint32_t len, hx_buf *out) {
     uint8_t *p = (uint8_t *)hx_scratch(len + 1);
@@ -33,35 +35,92 @@ static bool tx_key(char tag, const char *txid, uint32_t len, hx_buf *out) {
     return true;
 }
 
-/* Calls `method` with the txid alone at `shard`; 0 = ok. */
-static int32_t call_txid(const char *shard, uint32_t shard_len, const char *method,
-                         const char *txid, uint32_t txid_len, hx_buf *out) {
-    hx_mpw w;
-    hx_mpw_scratch(&w, txid_len + 8);
-    hx_mpw_str(&w, txid, txid_len);
-    if (w.err) return -1;
-    return hx_call(shard, shard_len, method, hx_strlen(method), w.p, w.len, out);
+/* One call of a fan-out: the shard and the arguments it gets. */
+typedef struct {
+    const char *shard;
+    uint32_t shard_len;
+    const uint8_t *args;
+    uint32_t args_len;
+} call_spec;
+
+/* Calls `method` at every shard at once and waits for all of them. 0 when
+ * all succeeded; else 1, with the first failure's message in err and its
+ * index in *failed. */
+typedef struct {
+    bool done;
+    int32_t status;
+    hx_buf out;
+} outcome;
+
+static void on_done(void *ctx, int32_t id, int32_t status, const uint8_t *ptr, uint32_t len) {
+    (void)id;
+    outcome *o = (outcome *)ctx;
+    o->done = true;
+    o->status = status;
+    o->out.ptr = ptr;
+    o->out.len = len;
+    hx_retain(); /* read after this handler returns */
 }
 
-/* Sends `method` (commit or abort) to every shard of the list; 0 when all took it. */
+static int32_t fan_out(const call_spec *calls, uint32_t n, const char *method, hx_buf *err,
+                       uint32_t *failed) {
+    static const char not_started[] = "the call could not start";
+    static const char stopping[] = "the coordinator is stopping";
+    outcome results[PARTS_MAX];
+    uint32_t method_len = hx_strlen(method);
+    /* A call that ended at its deadline while waiting here left handlers
+     * pointing into its gone stack: drop them before their late futures come. */
+    for (int i = 0; i < HX_MAX_FUTURES; i++)
+        if (hx__futures[i].fn == on_done) hx__futures[i].id = 0;
+    /* Every handler is registered before the first wait: a future that
+     * completes while another is awaited must find its handler. */
+    for (uint32_t i = 0; i < n; i++) {
+        results[i].done = true;
+        results[i].status = 1;
+        results[i].out.ptr = (const uint8_t *)not_started;
+        results[i].out.len = sizeof not_started - 1;
+        int32_t id = hx_call_async(calls[i].shard, calls[i].shard_len, method, method_len,
+                                   calls[i].args, calls[i].args_len);
+        if (id > 0 && hx_on_future(id, on_done, &results[i]) == 0) results[i].done = false;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        while (!results[i].done) {
+            if (hx_recv(-1) < 0) {
+                results[i].done = true;
+                results[i].status = 1;
+                results[i].out.ptr = (const uint8_t *)stopping;
+                results[i].out.len = sizeof stopping - 1;
+            }
+        }
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        if (results[i].status != 0) {
+            *err = results[i].out;
+            *failed = i;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Sends `method` (commit or abort) with the txid to every shard of the
+ * msgpack list; 0 when all took it. */
 static int32_t tell_all(const uint8_t *shards, uint32_t shards_len, const char *method,
                         const char *txid, uint32_t txid_len, hx_buf *err) {
     hx_mpr r;
-    uint32_t n;
-    int32_t status = 0;
+    uint32_t n, failed;
+    call_spec calls[PARTS_MAX];
+    hx_mpw w;
+    hx_mpw_scratch(&w, txid_len + 8);
+    hx_mpw_str(&w, txid, txid_len);
     hx_mpr_init(&r, shards, shards_len);
-    if (!hx_mpr_array(&r, &n)) return -1;
+    if (w.err || !hx_mpr_array(&r, &n) || n > PARTS_MAX) return -1;
     for (uint32_t i = 0; i < n; i++) {
-        const char *shard;
-        uint32_t shard_len;
-        hx_buf out;
-        if (!hx_mpr_str(&r, &shard, &shard_len)) return -1;
-        if (call_txid(shard, shard_len, method, txid, txid_len, &out) != 0 && status == 0) {
-            status = 1;
-            *err = out;
-        }
+        if (!hx_mpr_str(&r, &calls[i].shard, &calls[i].shard_len)) return -1;
+        calls[i].args = w.p;
+        calls[i].args_len = w.len;
     }
-    return status;
+    return fan_out(calls, n, method, err, &failed);
 }
 
 /* Applies a decided transaction everywhere, then forgets it. */
@@ -89,23 +148,21 @@ static int32_t commit(hx_mpr *args) {
         return 1;
     }
     if (hx_kv_get(c.ptr, c.len, &seen) == 0) return hx_reply_str(HX_S("committed"));
-    /* Phase one: every shard prepares (its locks become prepared). */
+    /* Phase one: every shard prepares (its locks become prepared), all at once. */
+    if (nparts > PARTS_MAX) return hx_fail("commit: at most 32 shards in one transaction");
     hx_mpw shards;
     hx_mpw_scratch(&shards, args->len + 8);
     hx_mpw_array(&shards, nparts);
-    hx_buf why = {0, 0};
-    const char *failed = 0;
-    uint32_t failed_len = 0;
+    call_spec calls[PARTS_MAX];
     for (uint32_t i = 0; i < nparts; i++) {
-        const char *shard;
-        uint32_t shard_len, three;
+        uint32_t three;
         const uint8_t *keys, *writes;
         uint32_t keys_len, writes_len;
-        if (!hx_mpr_array(args, &three) || three != 3 || !hx_mpr_str(args, &shard, &shard_len) ||
+        if (!hx_mpr_array(args, &three) || three != 3 ||
+            !hx_mpr_str(args, &calls[i].shard, &calls[i].shard_len) ||
             !hx_mpr_raw(args, &keys, &keys_len) || !hx_mpr_raw(args, &writes, &writes_len))
             return hx_fail("commit: a participant must be [shard, [keys], [writes]]");
-        hx_mpw_str(&shards, shard, shard_len);
-        if (failed) continue;
+        hx_mpw_str(&shards, calls[i].shard, calls[i].shard_len);
         hx_mpw w;
         hx_mpw_scratch(&w, txid_len + keys_len + writes_len + 16);
         hx_mpw_array(&w, 3);
@@ -113,27 +170,32 @@ static int32_t commit(hx_mpr *args) {
         hx_mpw_raw(&w, keys, keys_len);
         hx_mpw_raw(&w, writes, writes_len);
         if (w.err) return hx_fail("commit: out of memory");
-        hx_buf out;
-        if (hx_call(shard, shard_len, HX_S("prepare"), w.p, w.len, &out) != 0) {
-            failed = shard;
-            failed_len = shard_len;
-            why = out;
-        }
+        calls[i].args = w.p;
+        calls[i].args_len = w.len;
     }
+    hx_buf why = {0, 0};
+    uint32_t failed_at = 0;
+    bool failed = fan_out(calls, nparts, "prepare", &why, &failed_at) != 0;
+    const char *failed_shard = calls[failed_at].shard;
+    uint32_t failed_len = calls[failed_at].shard_len;
     if (shards.err) return hx_fail("commit: out of memory");
     if (failed) {
         hx_buf ignored;
         tell_all(shards.p, shards.len, "abort", txid, txid_len, &ignored);
+        /* A shard's own abort ("<kind>: atom ...: prepare failed: aborted: why")
+         * is handed on from its "aborted: "; anything else is wrapped. */
         const char *prefix = "aborted: ";
         uint32_t p_len = hx_strlen(prefix);
-        if (why.len >= p_len && memcmp(why.ptr, prefix, p_len) == 0) {
-            hx__sys_reply(why.ptr, why.len);
-            return 1;
+        for (uint32_t at = 0; at + p_len <= why.len; at++) {
+            if (memcmp(why.ptr + at, prefix, p_len) == 0) {
+                hx__sys_reply(why.ptr + at, why.len - at);
+                return 1;
+            }
         }
         hx_mpw m;
         hx_mpw_scratch(&m, why.len + failed_len + 48);
         hx_mpw_raw(&m, HX_S("aborted: shard "));
-        hx_mpw_raw(&m, failed, failed_len);
+        hx_mpw_raw(&m, failed_shard, failed_len);
         hx_mpw_raw(&m, HX_S(" did not prepare: "));
         hx_mpw_raw(&m, why.ptr, why.len);
         hx__sys_reply(m.p, m.len);

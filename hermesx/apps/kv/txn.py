@@ -47,6 +47,8 @@ DELETE = object()
 
 DEFAULT_LEASE_MS = 10_000
 MAX_LEASE_MS = 600_000
+#: Shards one read-write transaction may span (its coordinator calls them all at once).
+MAX_TX_SHARDS = 32
 IDLE_PASSIVATE_SECONDS = 300.0
 _PREPARED = re.compile(r"held by prepared transaction (\S+)")
 
@@ -195,6 +197,11 @@ class Transactions:
         if not writes:
             self._release(txid, locked)  # read-only: nothing to decide
             return {}
+        if len(groups) > MAX_TX_SHARDS:
+            self._release(txid, locked)
+            raise ConfigurationError(
+                f"a transaction may write through at most {MAX_TX_SHARDS} shards, not {len(groups)}"
+            )
         self._commit(txid, groups, writes)
         return writes
 
