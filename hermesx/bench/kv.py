@@ -5,12 +5,14 @@ chosen by a scrambled zipfian law (YCSB's, constant 0.99), from ``threads``
 client threads, each with a connection of its own, on stores of ``shards``
 shards (16 by default: a shard serves one call at a time, and a durable
 shard's checkpoint holds its whole state, so smaller shards go faster).
-Measured one after the other on the same machine: the hermesx KV store
-*plain* (shards checkpoint on request only) and *durable* (a checkpoint in
-every call that changes a shard), then Redis (Debian's ``redis-server``,
-started here on 127.0.0.1 in a temporary directory and always stopped) with
-``appendonly no`` and with ``appendonly yes`` + ``appendfsync always``; then
-the transactional KV's transfers (the bank workload without its auditor).
+Measured on the same machine, each hermesx phase right beside its Redis
+counterpart (so a ratio compares moments of the same load): the hermesx KV
+store *plain* (shards checkpoint on request only) against Redis (Debian's
+``redis-server``, started here on 127.0.0.1 in a temporary directory and
+always stopped) with ``appendonly no``, and *durable* (a checkpoint in every
+call that changes a shard) against Redis with ``appendonly yes`` +
+``appendfsync always``; then the transactional KV's transfers (the bank
+workload without its auditor).
 Figures: ops/s and p50/p99 (µs) of each, the ratios hermesx / Redis,
 committed transfers/s and the abort rate.
 """
@@ -26,7 +28,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -68,13 +70,16 @@ class Workload:
 
 WORKLOADS = (Workload("A", 0.50), Workload("B", 0.95))
 
+# One (get, put) pair per client thread.
+Ops = list[tuple[Callable[[str], object], Callable[[str, bytes], object]]]
+
 
 def _key(i: int) -> str:
     return f"user{i:08d}"
 
 
 def _measure(
-    ops: Sequence[tuple[Callable[[str], object], Callable[[str, bytes], object]]],
+    ops: Ops,
     workload: Workload,
     zipf: Zipf,
     keys: int,
@@ -168,45 +173,35 @@ def redis_server(fsync_always: bool) -> Iterator[int]:
                 proc.wait(10)
 
 
-def _bench_redis(
-    fsync_always: bool, threads: int, keys: int, value: bytes, seconds: float, zipf: Zipf
-) -> dict[str, dict[str, float]]:
+def _redis_ops(
+    stack: contextlib.ExitStack, fsync_always: bool, threads: int, keys: int, value: bytes
+) -> Ops:
+    """A loaded redis-server (stopped with ``stack``) and one connection per thread."""
     import redis
 
-    with redis_server(fsync_always) as port:
-        conns = [redis.Redis(host="127.0.0.1", port=port) for _ in range(threads)]
-        try:
-            pipe = conns[0].pipeline(transaction=False)
-            for i in range(keys):
-                pipe.set(_key(i), value)
-                if i % 1000 == 999:
-                    pipe.execute()
+    port = stack.enter_context(redis_server(fsync_always))
+    conns = [redis.Redis(host="127.0.0.1", port=port) for _ in range(threads)]
+    for conn in conns:
+        stack.callback(conn.close)
+    pipe = conns[0].pipeline(transaction=False)
+    for i in range(keys):
+        pipe.set(_key(i), value)
+        if i % 1000 == 999:
             pipe.execute()
-            ops = [(c.get, c.set) for c in conns]
-            return {w.name: _measure(ops, w, zipf, keys, value, seconds) for w in WORKLOADS}
-        finally:
-            for conn in conns:
-                conn.close()
+    pipe.execute()
+    return [(c.get, c.set) for c in conns]
 
 
-def _bench_hermesx(
-    clients: list[Client],
-    name: str,
-    durable: bool,
-    *,
-    shards: int,
-    keys: int,
-    value: bytes,
-    seconds: float,
-    zipf: Zipf,
-) -> dict[str, dict[str, float]]:
+def _kv_ops(
+    clients: list[Client], name: str, durable: bool, shards: int, keys: int, value: bytes
+) -> Ops:
+    """A loaded KV store and one client per thread."""
     from hermesx.apps.kv import KVStore
 
     store = KVStore.create(clients[0], name, shards, durable=durable)
     store.put_many({_key(i): value for i in range(keys)})
     stores = [KVStore(c, name, store.shards) for c in clients]
-    ops = [(s.get, s.put) for s in stores]
-    return {w.name: _measure(ops, w, zipf, keys, value, seconds) for w in WORKLOADS}
+    return [(s.get, s.put) for s in stores]
 
 
 def _bench_transfers(
@@ -252,40 +247,31 @@ def run(
     value = b"v" * value_bytes
     figures: dict[str, float] = {}
 
-    def record(prefix: str, results: dict[str, dict[str, float]]) -> None:
-        for workload, numbers in results.items():
-            for figure, number in numbers.items():
-                figures[f"{prefix}_{workload}_{figure}"] = number
-
     specs = [NodeSpec(f"n{i + 1}") for i in range(nodes)]
-    with private_cluster("benchkv", specs, progress=say) as cluster:
+    with contextlib.ExitStack() as stack:
+        cluster = stack.enter_context(private_cluster("benchkv", specs, progress=say))
         clients = [Client(cluster.zk, cluster.name) for _ in range(threads + 1)]
-        try:
-            for flavour, durable in (("plain", False), ("durable", True)):
-                say(f"hermesx KV {flavour}: loading {keys} keys, then workloads A and B")
-                record(
-                    f"kv_{flavour}",
-                    _bench_hermesx(
-                        clients[:threads],
-                        f"bench-{flavour}",
-                        durable,
-                        shards=shards,
-                        keys=keys,
-                        value=value,
-                        seconds=seconds,
-                        zipf=zipf,
-                    ),
-                )
-            say(f"transactional KV: transfers from {threads} threads")
-            tx = _bench_transfers(clients, shards=shards, seconds=seconds, threads=threads)
-            figures["tx_transfers_committed_per_s"] = tx["committed_per_s"]
-            figures["tx_abort_rate"] = tx["abort_rate"]
-        finally:
-            for client in clients:
-                client.close()
-    for flavour, always in (("noaof", False), ("fsync_always", True)):
-        say(f"redis {flavour}: loading {keys} keys, then workloads A and B")
-        record(f"redis_{flavour}", _bench_redis(always, threads, keys, value, seconds, zipf))
+        for client in clients:
+            stack.callback(client.close)
+        say(f"loading {keys} keys into each system")
+        systems = {
+            "kv_plain": _kv_ops(clients[:threads], "bench-plain", False, shards, keys, value),
+            "redis_noaof": _redis_ops(stack, False, threads, keys, value),
+            "kv_durable": _kv_ops(clients[:threads], "bench-durable", True, shards, keys, value),
+            "redis_fsync_always": _redis_ops(stack, True, threads, keys, value),
+        }
+        # Each hermesx phase runs right beside its Redis counterpart, so the
+        # ratios compare moments of the same machine load.
+        for workload in WORKLOADS:
+            for system, ops in systems.items():
+                say(f"workload {workload.name}: {system}")
+                numbers = _measure(ops, workload, zipf, keys, value, seconds)
+                for figure, number in numbers.items():
+                    figures[f"{system}_{workload.name}_{figure}"] = number
+        say(f"transactional KV: transfers from {threads} threads")
+        tx = _bench_transfers(clients, shards=shards, seconds=seconds, threads=threads)
+        figures["tx_transfers_committed_per_s"] = tx["committed_per_s"]
+        figures["tx_abort_rate"] = tx["abort_rate"]
     for workload in WORKLOADS:
         w = workload.name
         for ours, theirs in (("plain", "noaof"), ("durable", "fsync_always")):
