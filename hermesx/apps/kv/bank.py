@@ -12,6 +12,7 @@ and the balances are exactly the initial ones moved by the markers found.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -99,7 +100,7 @@ class Bank:
 
     def run(
         self,
-        connect: Callable[[], Client],
+        connect: Callable[[], contextlib.AbstractContextManager[Client]],
         *,
         workers: int,
         seconds: float,
@@ -110,70 +111,82 @@ class Bank:
     ) -> BankTally:
         """Transfers from ``workers`` threads and one auditor for ``seconds`` (or until ``stop``).
 
-        Worker ``i``'s coordinator atom goes on ``nodes[i % len(nodes)]`` (any node when empty).
-        ``tally`` (a new one when None) fills as the run goes; ``audit``: run the auditor.
+        ``connect`` gives each thread its client (a ``Client`` is its own
+        context manager, closed at the end). Worker ``i``'s coordinator atom
+        goes on ``nodes[i % len(nodes)]`` (any node when empty). ``tally`` (a
+        new one when None) fills as the run goes; ``audit``: run the auditor.
         """
         tally = tally if tally is not None else BankTally()
         stop = stop or threading.Event()
-        deadline = time.monotonic() + seconds
-
-        def running() -> bool:
-            return not stop.is_set() and time.monotonic() < deadline
-
-        def transactions(client: Client, index: int) -> Transactions:
-            txs = Transactions(
-                KVStore(client, self.store.name, self.store.shards),
-                node=nodes[index % len(nodes)] if nodes else None,
-            )
-            with tally.lock:
+        with contextlib.ExitStack() as stack:
+            # Each thread's client and coordinator are made first: the
+            # clock runs only while transfers do.
+            sessions = []
+            for index in range(workers + (1 if audit else 0)):
+                client = stack.enter_context(connect())
+                txs = Transactions(
+                    KVStore(client, self.store.name, self.store.shards),
+                    node=nodes[index % len(nodes)] if nodes else None,
+                )
                 tally.coordinators.append(txs.coordinator)
-            return txs
+                sessions.append(txs)
+            started = time.monotonic()
+            deadline = started + seconds
 
-        def worker(index: int) -> None:
-            rng = random.Random(index)
-            with connect() as client:
-                txs = transactions(client, index)
-                n = 0
-                while running():
-                    n += 1
-                    marker = f"{MARKER}{txs.coordinator}-{n}"
-                    try:
-                        moved = self.transfer(txs, rng, marker)
-                    except TransactionAborted:
-                        with tally.lock:
-                            tally.aborted += 1
-                        continue
-                    except HermesError as exc:
-                        with tally.lock:
-                            tally.unknown.add(marker)
-                            tally.errors.append(f"transfer {marker}: {exc}")
-                        continue
-                    if moved:
-                        with tally.lock:
-                            tally.acknowledged.add(marker)
+            def running() -> bool:
+                return not stop.is_set() and time.monotonic() < deadline
 
-        def auditor() -> None:
-            with connect() as client:
-                txs = transactions(client, workers)
-                while running():
-                    try:
-                        total = self.audit(txs)
-                    except HermesError as exc:
-                        log.info("audit gave up this round: %s", exc)
-                        continue
-                    with tally.lock:
-                        tally.audits.append(total)
-
-        started = time.monotonic()
-        threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(workers)]
-        if audit:
-            threads.append(threading.Thread(target=auditor, daemon=True))
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        tally.elapsed = time.monotonic() - started
+            threads = [
+                threading.Thread(
+                    target=self._transfers, args=(sessions[i], i, running, tally), daemon=True
+                )
+                for i in range(workers)
+            ]
+            if audit:
+                threads.append(
+                    threading.Thread(
+                        target=self._audits, args=(sessions[-1], running, tally), daemon=True
+                    )
+                )
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            tally.elapsed = time.monotonic() - started
         return tally
+
+    def _transfers(
+        self, txs: Transactions, index: int, running: Callable[[], bool], tally: BankTally
+    ) -> None:
+        rng = random.Random(index)
+        n = 0
+        while running():
+            n += 1
+            marker = f"{MARKER}{txs.coordinator}-{n}"
+            try:
+                moved = self.transfer(txs, rng, marker)
+            except TransactionAborted:
+                with tally.lock:
+                    tally.aborted += 1
+                continue
+            except HermesError as exc:
+                with tally.lock:
+                    tally.unknown.add(marker)
+                    tally.errors.append(f"transfer {marker}: {exc}")
+                continue
+            if moved:
+                with tally.lock:
+                    tally.acknowledged.add(marker)
+
+    def _audits(self, txs: Transactions, running: Callable[[], bool], tally: BankTally) -> None:
+        while running():
+            try:
+                total = self.audit(txs)
+            except HermesError as exc:
+                log.info("audit gave up this round: %s", exc)
+                continue
+            with tally.lock:
+                tally.audits.append(total)
 
     def verify(self, tally: BankTally, txs: Transactions) -> list[str]:
         """What is wrong at the end (empty: every acknowledged transfer applied exactly once)."""
