@@ -125,6 +125,8 @@ class Transactions:
         Up to ``attempts`` tries; the last abort is raised as
         :class:`TransactionAborted`.
         """
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+            raise ConfigurationError(f"attempts must be at least 1, not {attempts!r}")
         blockers: dict[str, int] = {}
         for attempt in range(attempts):
             try:
