@@ -8,6 +8,7 @@ import pathlib
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -29,9 +30,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def store(cluster: LocalCluster) -> KVStore:
-    client = Client(cluster.zk, cluster.name)
-    return KVStore.create(client, "t1", 4, durable=True)
+def store(cluster: LocalCluster) -> Iterator[KVStore]:
+    with Client(cluster.zk, cluster.name) as client:
+        yield KVStore.create(client, "t1", 4, durable=True)
 
 
 def test_put_get_delete_scan_across_shards(store: KVStore, cluster: LocalCluster) -> None:
