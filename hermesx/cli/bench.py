@@ -46,6 +46,16 @@ def _figures(args: argparse.Namespace) -> dict[str, float]:
         from hermesx.bench.atoms import run as run_atoms
 
         return run_atoms(args.atoms or 100_000, progress=progress(args))
+    if args.what == "kv":
+        from hermesx.bench.kv import run as run_kv
+
+        return run_kv(
+            progress(args),
+            keys=args.keys,
+            threads=args.threads,
+            seconds=args.seconds if args.seconds is not None else 4.0,
+            shards=args.shards,
+        )
     from hermesx.bench.migrate import run as run_migrate
 
     return run_migrate(progress=progress(args))
@@ -91,7 +101,7 @@ def register(verbs: Verbs) -> None:
     p = verbs.add("bench", cmd_bench, "run a benchmark and print its figures")
     p.add_argument(
         "what",
-        choices=["runtime", "naming", "invoke", "breakdown", "storesite", "migrate", "atoms"],
+        choices=["runtime", "naming", "invoke", "breakdown", "storesite", "migrate", "atoms", "kv"],
     )
     p.add_argument(
         "--atoms",
@@ -105,7 +115,7 @@ def register(verbs: Verbs) -> None:
         type=float,
         default=None,
         help="invoke: how long each path is measured, in all (2 s); "
-        "breakdown: each profiling window, whole seconds (5 s)",
+        "breakdown: each profiling window, whole seconds (5 s); kv: per workload (4 s)",
     )
     p.add_argument(
         "--rounds",
@@ -113,6 +123,10 @@ def register(verbs: Verbs) -> None:
         default=None,
         help="invoke: calls through each forwarding chain (15; and 20x as many disk syncs)",
     )
+
+    p.add_argument("--keys", type=int, default=10_000, help="kv: keys in the store (10,000)")
+    p.add_argument("--threads", type=int, default=8, help="kv: client threads (8)")
+    p.add_argument("--shards", type=int, default=16, help="kv: shards per store (16)")
 
     p = verbs.add("demo", cmd_demo, "run a demo")
     p.add_argument("name", choices=["expense-voucher"])

@@ -168,7 +168,8 @@ class Checkpointing:
         if not due or active.atom.generation == active.checkpointed_generation:
             return
         # Only every-call checkpoints and requested ones promise durability.
-        periodic = policy.mode == PERIODIC and not active.checkpoint_request
+        requested = active.checkpoint_request
+        periodic = policy.mode == PERIODIC and not requested
         active.checkpoint_request = False
         try:
             try:
@@ -181,8 +182,9 @@ class Checkpointing:
                 self._aborts.retry()
                 self.checkpoint(active, periodic=periodic)
         except HermesError as exc:
-            if policy.mode == EVERY_CALL and reply.WhichOneof("outcome") == "result":
-                # The call ran but is not durable: the caller must not take it as acknowledged.
+            if (policy.mode == EVERY_CALL or requested) and reply.WhichOneof("outcome") == "result":
+                # The call ran but is not durable (its policy, or the atom itself through
+                # the checkpoint syscall, asked that it be): not acknowledged.
                 reply.error.CopyFrom(
                     pb_error(
                         StorageError(f"atom {active.guid}: call ran but checkpoint failed: {exc}")
