@@ -36,6 +36,7 @@ from dataclasses import replace
 
 from hermesx.core.errors import MigrationError, StorageError
 from hermesx.core.identity import TAD
+from hermesx.observe import metrics
 from hermesx.rpc.node_client import NodeClient
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.storesite_client import CheckpointInfo, StoredLocation, StoresiteClient
@@ -106,6 +107,7 @@ class Storesite:
         self._recovery.look_again_if_gone(state)
         return StoredLocation(state.location, incarnation=state.incarnation)
 
+    @metrics.timed(metrics.STORESITE_CHECKPOINTS, metrics.STORESITE_CHECKPOINT_SECONDS)
     def put_checkpoint(
         self, guid: str, tad: TAD, snapshot: bytes, seq: int, check: Provenance = UNSTATED
     ) -> bool:
@@ -207,6 +209,7 @@ class Storesite:
     def _place(self, state: AtomState, reason: str) -> StoredLocation:
         """Activate the atom on a live node. Caller holds the atom lock."""
         placed = self._activator.place(state, reason)
+        metrics.STORESITE_ACTIVATIONS.labels("dormant" if reason == "dormant" else "recovery").inc()
         self._recovery.look_again_if_gone(placed)
         return StoredLocation(placed.location, incarnation=placed.incarnation)
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from hermesx.core.errors import HermesError, MigrationError
 from hermesx.core.identity import TAD
+from hermesx.observe import metrics
 from hermesx.routing.stash import Stash
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.runtime.atom import Atom
@@ -58,6 +59,8 @@ class ActiveAtom:
         """Fix the atom for one call; yields False if it left (or is leaving for too long)."""
         deadline = time.monotonic() + wait
         with self.cond:
+            if self.state == "moving":
+                metrics.CALLS_HELD.inc()
             while self.state == "moving":
                 left = deadline - time.monotonic()
                 if left <= 0:

@@ -19,6 +19,7 @@ from hermesx.core.identity import TAD
 from hermesx.node.aborts import UnsentAborts
 from hermesx.node.catalog import ActiveAtom
 from hermesx.node.context import NodeContext
+from hermesx.observe import metrics
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.status import pb_error
 
@@ -37,6 +38,7 @@ class Checkpointing:
         self._ctx = ctx
         self._aborts = aborts
 
+    @metrics.timed(metrics.CHECKPOINTS, metrics.CHECKPOINT_SECONDS)
     def checkpoint(self, active: ActiveAtom, *, periodic: bool = False) -> TAD:
         """Checkpoint ``active`` now; ``periodic``: no caller is told its calls are durable."""
         # The seq is drawn with the snapshot, under one lock: a snapshot taken

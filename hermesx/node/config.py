@@ -38,6 +38,10 @@ class NodeConfig:
     unresponsive_limit_s: float = 0.0
     # Cluster certificate directory: mutual TLS and the name-service secret.
     tls_dir: pathlib.Path | None = None
+    # Prometheus endpoint: off, auto (the --listen host, a free port) or HOST:PORT.
+    metrics_listen: str = "off"
+    # OTLP/gRPC collector for traces ("": the OTEL_EXPORTER_OTLP_* variables, else off).
+    otlp_endpoint: str = ""
 
     def validate(self) -> None:
         """Raise :class:`ConfigurationError` for a configuration a node cannot run with."""

@@ -25,6 +25,7 @@ from hermesx.node.catalog import Catalog
 from hermesx.node.config import NodeConfig
 from hermesx.node.lease import SessionLease
 from hermesx.node.liveness import ServeWatchdog
+from hermesx.observe import metrics
 from hermesx.routing.naming import Naming
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.status import pb_error
@@ -147,7 +148,10 @@ class Fencing:
         while True:
             try:
                 incarnation = self._naming.register_node(
-                    self._name, self._address, self._config.tags, {"pid": os.getpid()}
+                    self._name,
+                    self._address,
+                    self._config.tags,
+                    {"pid": os.getpid(), **metrics.registration()},
                 )
                 if incarnation != self.incarnation:
                     log.info("node %s registered as incarnation %s", self._name, incarnation)
@@ -203,6 +207,7 @@ class Fencing:
 
     def _fence_drop(self, why: str) -> None:
         self._serving.clear()
+        metrics.FENCES.inc()
         dropped = self._catalog.drop_all()
         if dropped:
             log.warning("node %s fenced (%s): dropped %d atoms", self._name, why, dropped)

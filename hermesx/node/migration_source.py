@@ -23,6 +23,7 @@ from hermesx.core.identity import TAD, validate_name
 from hermesx.core.snapshot import snapshot_checksum
 from hermesx.node.aborts import UnsentAborts
 from hermesx.node.context import NodeContext
+from hermesx.observe import metrics
 from hermesx.rpc.atom_meta import tags_refusal
 from hermesx.rpc.convert import tad_to_pb
 from hermesx.rpc.node_client import Member
@@ -46,6 +47,7 @@ class MigrationSource:
         # Sends a snapshot to the storesite while the destination receives it.
         self._transfers = transfers
 
+    @metrics.timed(metrics.MIGRATIONS, metrics.MIGRATION_SECONDS)
     def migrate(self, guid: str, destination: str) -> pb.MigrateReply:
         started = time.perf_counter()
         validate_name(destination, "node name")

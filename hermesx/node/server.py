@@ -29,6 +29,7 @@ from hermesx.node.migration_destination import MigrationDestination
 from hermesx.node.migration_source import MigrationSource
 from hermesx.node.passivation import Passivation
 from hermesx.node.testhooks import TestHooks
+from hermesx.observe import tracing
 from hermesx.rpc.convert import tad_to_pb
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
@@ -210,7 +211,8 @@ def serve(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="node-rpc"),
         options=CHANNEL_OPTIONS,
-        interceptors=server_interceptors(tls, f"node {config.name}"),
+        interceptors=server_interceptors(tls, f"node {config.name}")
+        + tracing.server_interceptors(),
     )
     pbg.add_SupervisorServicer_to_server(servicer, server)
     if config.test_hooks:

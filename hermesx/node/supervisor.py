@@ -54,6 +54,7 @@ from hermesx.node.passivation import Passivation
 from hermesx.node.server import NodeRoles, NodeServicer, serve
 from hermesx.node.storage import AtomStoresites
 from hermesx.node.testhooks import TestHooks
+from hermesx.observe import metrics, tracing
 from hermesx.routing.departures import watch_departures
 from hermesx.routing.invoker import Invoker
 from hermesx.routing.naming import Naming
@@ -81,6 +82,7 @@ class Supervisor:
             TLSIdentity(config.tls_dir, config.name, config.cluster) if config.tls_dir else None
         )
         set_process_tls(self.tls)
+        tracing.configure("hermesx-node", config.name, config.otlp_endpoint)
         self.channels = ChannelPool(self.tls)
         data = config.data_dir
         self.stash = Stash(data / "stash" if data is not None else None)
@@ -105,6 +107,7 @@ class Supervisor:
         )
         self.address = ""
         self._server: grpc.Server | None = None
+        self._metrics: metrics.MetricsEndpoint | None = None
         self._stopping = threading.Event()
         self._background = futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="node-bg")
         self._transfers = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="transfer")
@@ -146,6 +149,7 @@ class Supervisor:
             resolve_staged=self.destination.resolve_staged,
             move_later=self._move_later,
         )
+        dispatcher.invoke = tracing.traced_dispatch(config.name, dispatcher.invoke)  # type: ignore[method-assign]
         self.invoker.local_invoke = dispatcher.invoke
         self.invoker.local_send = dispatcher.send
         self.servicer = NodeServicer(
@@ -169,6 +173,14 @@ class Supervisor:
     def start(self) -> str:
         """Serve and register; returns the address we listen on."""
         self._server, self.address = serve(self.servicer, self.ctx.hooks, self.config, self.tls)
+        self._metrics = metrics.serve_metrics(
+            self.config.metrics_listen, self.address.rpartition(":")[0]
+        )
+        metrics.watch_node(
+            lambda: len(self.catalog.atoms),
+            lambda: len(self.catalog.staged),
+            lambda: self.fencing.fenced,
+        )
         self.naming.start()
         watch_departures(self.naming, self.invoker.channels)
         self.fencing.start(self.address, self._probe_self)
@@ -191,6 +203,9 @@ class Supervisor:
         self.stash.close()
         self.storesites.close()
         self.channels.close()
+        if self._metrics is not None:
+            self._metrics.close()
+        tracing.shutdown()
 
     def wait(self) -> None:
         self._stopping.wait()

@@ -21,6 +21,7 @@ import grpc
 
 from hermesx.core.errors import HermesError
 from hermesx.core.identity import TAD
+from hermesx.observe import tracing
 from hermesx.rpc.convert import tad_from_pb, tad_to_pb
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
@@ -118,7 +119,9 @@ class NodeClient:
     def invoke(self, node: Peer, request: pb.InvokeRequest, timeout: float) -> pb.InvokeReply:
         """Send one invocation (the caller's hot path: the request is built once per call)."""
         try:
-            reply: pb.InvokeReply = self._stub(node).Invoke(request, timeout=timeout)
+            reply: pb.InvokeReply = self._stub(node).Invoke(
+                request, timeout=timeout, metadata=tracing.outgoing()
+            )
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, _peer(node), f"Invoke({request.guid})") from exc
         return reply
