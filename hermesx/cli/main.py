@@ -22,6 +22,7 @@ from hermesx.cli.output import discard_stdout, fail
 from hermesx.cli.parser import Parser, Verbs, common_options
 from hermesx.core.config import check_environment
 from hermesx.core.errors import HermesError
+from hermesx.observe import tracing
 
 __all__ = ["build_parser", "main"]
 
@@ -58,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.verb not in SERVERS:
         _interrupt_on_termination()
+        tracing.configure("hermesx-cli")
     try:
         check_environment()
         args.func(args)

@@ -27,9 +27,10 @@ import functools
 import os
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-import grpc
+if TYPE_CHECKING:
+    import grpc
 
 __all__ = [
     "ON",
@@ -137,35 +138,38 @@ def outgoing() -> tuple[tuple[str, str], ...] | None:
     return tuple(carrier.items()) or None
 
 
-class _ContextInterceptor(grpc.ServerInterceptor):
-    """Runs each handler in the context its caller sent in the metadata."""
-
-    def __init__(self) -> None:
-        self._wrapped: dict[str, tuple[Any, Any]] = {}
-
-    def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
-        handler = continuation(details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        # continuation() gives the same handler object per method: wrap it once.
-        known = self._wrapped.get(details.method)
-        if known is not None and known[0] is handler:
-            return known[1]
-        inner = handler.unary_unary
-
-        def behavior(request: Any, context: grpc.ServicerContext) -> Any:
-            carrier = {k: str(v) for k, v in context.invocation_metadata() if k in _CARRIED}
-            with with_context(carrier):
-                return inner(request, context)
-
-        wrapped = handler._replace(unary_unary=behavior)
-        self._wrapped[details.method] = (handler, wrapped)
-        return wrapped
-
-
 def server_interceptors() -> list[grpc.ServerInterceptor]:
     """The interceptors a gRPC server adds to take its callers' context (none when off)."""
-    return [_ContextInterceptor()] if ON else []
+    if not ON:
+        return []
+    import grpc
+
+    class ContextInterceptor(grpc.ServerInterceptor):
+        """Runs each handler in the context its caller sent in the metadata."""
+
+        def __init__(self) -> None:
+            self._wrapped: dict[str, tuple[Any, Any]] = {}
+
+        def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+            handler = continuation(details)
+            if handler is None or handler.unary_unary is None:
+                return handler
+            # continuation() gives the same handler object per method: wrap it once.
+            known = self._wrapped.get(details.method)
+            if known is not None and known[0] is handler:
+                return known[1]
+            inner = handler.unary_unary
+
+            def behavior(request: Any, context: grpc.ServicerContext) -> Any:
+                carrier = {k: str(v) for k, v in context.invocation_metadata() if k in _CARRIED}
+                with with_context(carrier):
+                    return inner(request, context)
+
+            wrapped = handler._replace(unary_unary=behavior)
+            self._wrapped[details.method] = (handler, wrapped)
+            return wrapped
+
+    return [ContextInterceptor()]
 
 
 # ------------------------------------------------------------------ spans
