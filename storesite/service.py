@@ -114,6 +114,15 @@ class Storesite:
         with self._locks.hold(guid):
             return self.store.put_checkpoint(guid, tad, seq, snapshot, check)
 
+    def put_logs(self, guid: str, lines: bytes) -> None:
+        """A node's lines of ``guid``, one of ours (docs/DESIGN.md §11)."""
+        self.store.get(guid)  # an atom we keep: no records for made-up GUIDs
+        self.store.logs.put(guid, lines)
+
+    def get_logs(self, guid: str) -> tuple[bytes, AtomState]:
+        """``guid``'s lines kept here, and its location record (where newer ones are)."""
+        return self.store.logs.get(guid), self.store.get(guid)
+
     def get_checkpoint(self, guid: str) -> Checkpoint:
         return self.store.latest_checkpoint(guid)
 

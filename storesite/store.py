@@ -49,6 +49,7 @@ from hermesx.core.identity import GUID, TAD
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from storesite.checkpoints import CheckpointWindow
 from storesite.environment import DEFAULT_MAP_SIZE, StoreEnvironment
+from storesite.logs import LogStore
 from storesite.modules import ModuleStore
 from storesite.moves import MoveRecords
 from storesite.records import (
@@ -95,6 +96,7 @@ class AtomStore:
         self._table = AtomTable(self._env, max_checkpoint_bytes)
         self._window = CheckpointWindow(self._table)
         self.modules = ModuleStore(self._env)
+        self.logs = LogStore(self._env)
         self.moves = MoveRecords(self._table, self._window)
 
     def close(self) -> None:

@@ -17,7 +17,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from hermesx.cli import atoms, bench, certs, cluster, offline, serve
+from hermesx.cli import atoms, bench, certs, cluster, logs, offline, serve
 from hermesx.cli.output import discard_stdout, fail
 from hermesx.cli.parser import Parser, Verbs, common_options
 from hermesx.core.config import check_environment
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     offline.register(verbs)
     cluster.register(verbs)
     atoms.register(verbs)
+    logs.register(verbs)
     serve.register_node(verbs.group("node", "run a node process"))
     storesite = verbs.group("storesite", "run a storesite process")
     serve.register_storesite(storesite)

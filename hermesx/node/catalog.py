@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from hermesx.core.errors import HermesError, MigrationError
 from hermesx.core.identity import TAD
-from hermesx.observe import metrics
+from hermesx.observe import atomlog, metrics
 from hermesx.routing.stash import Stash
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.runtime.atom import Atom
@@ -152,6 +152,7 @@ class Catalog:
                 old.retire()
             self.atoms[guid] = active
         self._stash.update(guid, tad)
+        atomlog.BOOK.arrived(guid, tad.age)
         return active
 
     def drop(self, active: ActiveAtom, forward_to: TAD | None) -> None:
@@ -161,6 +162,7 @@ class Catalog:
                 del self.atoms[active.guid]
         if forward_to is not None:
             self._stash.update(active.guid, forward_to)
+        atomlog.BOOK.forget(active.guid)
         active.retire()
 
     def drop_all(self) -> int:
@@ -171,6 +173,7 @@ class Catalog:
             dropped = list(self.atoms.values())
             self.atoms.clear()
         for active in dropped:
+            atomlog.BOOK.forget(active.guid)
             active.retire()
         return len(dropped)
 

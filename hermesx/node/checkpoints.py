@@ -55,6 +55,7 @@ class Checkpointing:
         )
         active.checkpointed_generation = max(active.checkpointed_generation, generation)
         active.last_checkpoint = time.monotonic()
+        self._ctx.storesites.ship_logs(active.guid)
         return active.tad
 
     def checkpoint_requested(self, active: ActiveAtom) -> TAD:

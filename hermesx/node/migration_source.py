@@ -23,7 +23,7 @@ from hermesx.core.identity import TAD, validate_name
 from hermesx.core.snapshot import snapshot_checksum
 from hermesx.node.aborts import UnsentAborts
 from hermesx.node.context import NodeContext
-from hermesx.observe import metrics
+from hermesx.observe import atomlog, metrics
 from hermesx.rpc.atom_meta import tags_refusal
 from hermesx.rpc.convert import tad_to_pb
 from hermesx.rpc.node_client import Member
@@ -81,6 +81,7 @@ class MigrationSource:
             meta=active.meta,
             source=self._node,
             checksum=checksum,
+            logs=atomlog.BOOK.export(guid),
         )
         # The two copies travel at once: the destination stages its copy while
         # the storesite stages the checkpoint-to-be, so COMMIT carries no state.
@@ -113,6 +114,7 @@ class MigrationSource:
         phases["commit"] = time.perf_counter()
         self._ctx.pause("committed")
         # Committed: the destination is where the atom lives now.
+        self._transfers.submit(self._storesites.ship_logs, guid, atomlog.BOOK.unshipped(guid))
         self._catalog.drop(active, new_tad)
         copy.snapshot = b""
         copy.ClearField("checksum")

@@ -54,7 +54,7 @@ from hermesx.node.passivation import Passivation
 from hermesx.node.server import NodeRoles, NodeServicer, serve
 from hermesx.node.storage import AtomStoresites
 from hermesx.node.testhooks import TestHooks
-from hermesx.observe import metrics, tracing
+from hermesx.observe import atomlog, metrics, tracing
 from hermesx.routing.departures import watch_departures
 from hermesx.routing.invoker import Invoker
 from hermesx.routing.naming import Naming
@@ -83,6 +83,7 @@ class Supervisor:
         )
         set_process_tls(self.tls)
         tracing.configure("hermesx-node", config.name, config.otlp_endpoint)
+        atomlog.BOOK.node = config.name
         self.channels = ChannelPool(self.tls)
         data = config.data_dir
         self.stash = Stash(data / "stash" if data is not None else None)

@@ -174,6 +174,14 @@ class NodeClient:
         )
         return status
 
+    def atom_logs(self, node: Peer, guid: str, timeout: float | None = None) -> bytes:
+        """The log lines ``node`` holds of atom ``guid`` (:mod:`hermesx.observe.atomlog`)."""
+        stub, what = self._stub(node), f"AtomLogs({guid})"
+        reply = unary_call(
+            stub.AtomLogs, pb.GuidRequest(guid=guid), timeout or self.timeout, _peer(node), what
+        )
+        return bytes(reply.lines)
+
     # ------------------------------------------------------------ a move's destination
 
     def stage_copy(self, node: Peer, request: pb.CopyRequest, timeout: float = 60.0) -> str:
