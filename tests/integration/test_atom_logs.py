@@ -119,3 +119,24 @@ def test_a_bad_duration_is_one_clear_error(recovering: LocalCluster) -> None:
     assert done.stderr.strip().splitlines() == [
         "error: --since 'yesterday' is not a duration: a number and s, m, h or d (e.g. 10m)"
     ]
+
+
+def test_a_dormant_atom_shows_its_lines_and_stays_dormant(
+    recovering: LocalCluster, atoms: dict[str, pathlib.Path]
+) -> None:
+    with Client(recovering.zk, recovering.name) as client:
+        client.create(atoms["echo"], name="sleeper", on="n3", checkpoint="on-request")
+        client.atom("sleeper").log("before sleeping")
+        client.passivate("sleeper")
+    for _ in range(2):  # reading its lines does not wake it
+        done = hermesx(recovering, "logs", "sleeper", "--json")
+        shown = json.loads(done.stdout)
+        assert shown["where"] == "dormant"
+        assert [(x["text"], x["node"]) for x in shown["lines"]] == [("before sleeping", "n3")]
+
+
+def test_logs_of_an_unknown_atom_is_one_clear_error(recovering: LocalCluster) -> None:
+    done = hermesx(recovering, "logs", "nobody-by-this-name")
+    assert done.returncode != 0
+    assert done.stderr.startswith("error: ") and "nobody-by-this-name" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import pathlib
+import subprocess
+import sys
 
 import httpx
 import pytest
@@ -112,3 +116,33 @@ def test_node_and_storesite_metrics_count_calls_moves_and_checkpoints(
     assert value(s1, "hermesx_storesite_checkpoint_seconds_count") >= 7
     assert value(s1, "hermesx_storesite_atoms", state="active") >= 1
     assert value(s1, "hermesx_storesite_atoms", state="dormant") >= 1
+
+
+def test_hermesx_up_prints_where_every_part_serves_its_metrics(
+    tmp_path: pathlib.Path,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERMESX_")}
+    env.update({"HERMESX_HOME": str(tmp_path / "home"), "HERMESX_CLUSTER": f"up{os.getpid()}"})
+
+    def hermesx(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "hermesx", *argv],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    up = hermesx("up", "--nodes", "1", "--json")
+    try:
+        assert up.returncode == 0, up.stderr
+        where = json.loads(up.stdout)["metrics"]
+        assert set(where) == {"node-n1", "storesite-s1"}
+        for part, url in where.items():
+            text = httpx.get(url, timeout=5).text
+            wanted = (
+                "hermesx_active_atoms" if part.startswith("node") else "hermesx_storesite_atoms"
+            )
+            assert f"\n{wanted}" in text, (part, text[:200])
+    finally:
+        hermesx("down")
