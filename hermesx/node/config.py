@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from hermesx.core.errors import ConfigurationError
 from hermesx.core.identity import validate_name
+from hermesx.observe.metrics import check_listen
 
 __all__ = ["NodeConfig"]
 
@@ -46,6 +47,7 @@ class NodeConfig:
     def validate(self) -> None:
         """Raise :class:`ConfigurationError` for a configuration a node cannot run with."""
         validate_name(self.name, "node name")
+        check_listen(self.metrics_listen)
         if self.workers < 2:
             raise ConfigurationError(f"workers must be at least 2, not {self.workers}")
         if self.max_calls_per_atom < 0:

@@ -9,7 +9,9 @@ state (atoms active, fenced, atoms dormant) are read at scrape time from the
 objects :func:`watch_node` and :func:`watch_storesite` are given.
 
 :func:`serve_metrics` starts the HTTP endpoint (``--metrics-listen``);
-:func:`asgi_app` is the same for an ASGI server (the gateway's ``/metrics``).
+:func:`exposition` (and :func:`asgi_app`) serve the same from another HTTP
+server (the gateway's ``/metrics``, with :func:`gateway_request` counting
+its requests).
 Labels never carry atom names, GUIDs or method names: they are the caller's
 to choose and would make the series unbounded.
 """
@@ -22,7 +24,14 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar, cast
 
-from prometheus_client import REGISTRY, Counter, Histogram, make_asgi_app
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Histogram,
+    generate_latest,
+    make_asgi_app,
+)
 from prometheus_client import start_http_server as _start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -42,7 +51,10 @@ __all__ = [
     "MetricsEndpoint",
     "asgi_app",
     "call_ran",
+    "check_listen",
+    "exposition",
     "forwarded",
+    "gateway_request",
     "moved",
     "registration",
     "serve_metrics",
@@ -192,6 +204,14 @@ def moved() -> None:
     tracing.note_hop("moved")
 
 
+def gateway_request(route: str, status: int, started: float) -> None:
+    """The gateway answered a request of ``route`` (its template, e.g.
+    ``/v1/atoms/{atom}/{method}``: never the path itself) with ``status``; ``started``
+    on :func:`time.monotonic`'s clock."""
+    GATEWAY_REQUEST_SECONDS.labels(route).observe(time.monotonic() - started)
+    GATEWAY_REQUESTS.labels(route, str(status)).inc()
+
+
 def timed(counter: Counter, seconds: Histogram) -> Callable[[F], F]:
     """Count each call of the decorated function as ``ok`` or ``failed`` (it raised) and
     observe its duration: for operations that take milliseconds (checkpoints, moves)."""
@@ -297,13 +317,21 @@ def registration() -> dict[str, str]:
     return {"metrics": _serving[-1]} if _serving else {}
 
 
+def check_listen(listen: str) -> None:
+    """Refuse a ``--metrics-listen`` that is not ``off``, ``auto`` or HOST:PORT."""
+    if listen in ("", "off", "auto"):
+        return
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigurationError(f"--metrics-listen {listen!r} is not HOST:PORT, 'auto' or 'off'")
+
+
 class MetricsEndpoint:
     """The HTTP endpoint serving ``/metrics`` in a thread of its own."""
 
     def __init__(self, listen: str) -> None:
+        check_listen(listen)
         host, _, port = listen.rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigurationError(f"metrics address {listen!r} is not HOST:PORT")
         try:
             self._server, self._thread = _start_http_server(int(port), host)
         except OSError as exc:
@@ -334,5 +362,11 @@ def serve_metrics(listen: str, default_host: str) -> MetricsEndpoint | None:
 
 
 def asgi_app() -> Any:
-    """An ASGI app serving this process's metrics: mount it at ``/metrics``."""
+    """An ASGI app serving this process's metrics (mounted, it answers at ``/metrics/``)."""
     return make_asgi_app(REGISTRY)
+
+
+def exposition() -> tuple[bytes, str]:
+    """This process's metrics in Prometheus's text format, and its content type: the body
+    of a ``GET /metrics`` answered by a route of one's own (the gateway's)."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
