@@ -99,6 +99,8 @@ def cmd_nodes(args: argparse.Namespace) -> None:
             if m.incarnation:
                 # Changes on every restart: atoms recorded at an older one are recovered.
                 row["incarnation"] = m.incarnation
+            if m.data.get("metrics"):
+                row["metrics"] = f"http://{m.data['metrics']}/metrics"
             pid = m.data.get("pid", pids.get(name))
             if pid is not None:
                 row["pid"] = pid

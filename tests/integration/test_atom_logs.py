@@ -15,6 +15,7 @@ import pytest
 
 from hermesx.client import Client
 from hermesx.local.cluster import LocalCluster, NodeSpec
+from hermesx.testing.metrics import metric_value, scrape
 from hermesx.testing.wait import wait_until
 
 pytestmark = pytest.mark.integration
@@ -61,6 +62,11 @@ def test_lines_follow_the_atom_across_a_move_and_a_recovery(
             client.atom("diary").log("written after the recovery")
             where = client.locate("diary")
             assert where.node in ("n1", "n3") and where.age > 2
+            # The storesite counts the atom it recovered (on the node's death, or at a Locate).
+            s1 = scrape(cluster, "storesite-s1")
+            recovered = metric_value(s1, "hermesx_recoveries_total", outcome="ok")
+            placed = metric_value(s1, "hermesx_storesite_activations_total", reason="recovery")
+            assert recovered + placed >= 1
             lines = logged(cluster, "diary")
             assert lines[:2] == [("written on n1", "n1", 1), ("written on n2", "n2", 2)]
             assert lines[2:] == [("written after the recovery", where.node, where.age)]

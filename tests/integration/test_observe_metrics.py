@@ -10,37 +10,16 @@ import sys
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from hermesx.client import Client
 from hermesx.core import codec
 from hermesx.local.cluster import LocalCluster
+from hermesx.testing.clusters import wait_for_log
+from hermesx.testing.metrics import metric_value as value
+from hermesx.testing.metrics import scrape
+from hermesx.testing.moves import move_in_background
 
 pytestmark = pytest.mark.integration
-
-
-def scrape(cluster: LocalCluster, part: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-    """Metric family -> {labels: value} from ``part``'s endpoint, as Prometheus reads it."""
-    address = cluster.metrics[part]
-    text = httpx.get(f"http://{address}/metrics", timeout=5).text
-    families: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
-    for family in text_string_to_metric_families(text):
-        samples = families.setdefault(family.name, {})
-        for sample in family.samples:
-            key = (("__name__", sample.name), *sorted(sample.labels.items()))
-            samples[key] = sample.value
-    return families
-
-
-def value(
-    families: dict[str, dict[tuple[tuple[str, str], ...], float]], name: str, **labels: str
-) -> float:
-    """The sample ``name`` with ``labels`` (0 when the series has no sample yet)."""
-    family = name
-    for suffix in ("_total", "_count", "_sum"):
-        family = family.removesuffix(suffix)
-    want = (("__name__", name), *sorted(labels.items()))
-    return families.get(family, {}).get(want, 0.0)
 
 
 NODE_METRICS = {
@@ -146,3 +125,24 @@ def test_hermesx_up_prints_where_every_part_serves_its_metrics(
             assert f"\n{wanted}" in text, (part, text[:200])
     finally:
         hermesx("down")
+
+
+def test_a_call_that_waits_out_a_move_is_counted_as_held(
+    cluster: LocalCluster,
+    client: Client,
+    tester: Client,
+    atoms: dict[str, pathlib.Path],
+    unique_name: str,
+) -> None:
+    guid = client.create(atoms["counter"], name=unique_name, on="n1")
+    before = scrape(cluster, "node-n1")
+    tester.node_client.pause_at(tester.node_member("n1"), "prepared", 1.5)
+    mover, moved = move_in_background(client, unique_name, "n2")
+    # Frozen and prepared, paused there: a call now waits for the move to let go.
+    wait_for_log(cluster, "storesite-s1", f"prepared move of {guid}")
+    assert client.atom(unique_name).incr(1) == 1
+    mover.join(30)
+    assert moved == ["moved"]
+    after = scrape(cluster, "node-n1")
+    assert value(after, "hermesx_calls_held_total") - value(before, "hermesx_calls_held_total") == 1
+    assert value(after, "hermesx_forwards_total") > value(before, "hermesx_forwards_total")
