@@ -25,11 +25,12 @@ the atoms active on it.
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import msgpack
 
@@ -54,6 +55,9 @@ MAX_LINES = 500
 MAX_BYTES = 64 * 1024
 # Per-line overhead counted against MAX_BYTES (the fields besides the text).
 LINE_OVERHEAD = 48
+# Atoms whose lines a node keeps before they serve there (an init that logs,
+# then fails): the oldest are dropped, so failed creates leave nothing behind.
+MAX_PENDING_ATOMS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,14 +157,18 @@ class LogBook:
     def __init__(self, node: str = "") -> None:
         self.node = node
         self._rings: dict[str, _Ring] = {}
+        # Lines of atoms not (yet) serving here: their init, a standalone run.
+        self._pending: collections.OrderedDict[str, _Ring] = collections.OrderedDict()
         self._lock = threading.Lock()
 
     def record(self, guid: str, level: int, text: str) -> None:
         """The atom ``guid`` logged ``text`` (the ``log`` syscall)."""
         with self._lock:
-            ring = self._rings.get(guid)
+            ring = self._rings.get(guid) or self._pending.get(guid)
             if ring is None:
-                ring = self._rings[guid] = _Ring(0)
+                ring = self._pending[guid] = _Ring(0)
+                if len(self._pending) > MAX_PENDING_ATOMS:
+                    self._pending.popitem(last=False)
             ring.add(LogLine(ring.age, ring.next_n, time.time(), self.node, level, _cut(text)))
             ring.next_n += 1
 
@@ -168,10 +176,16 @@ class LogBook:
         """Atom ``guid`` serves here from now on at ``age``, with the lines it ``carried``."""
         lines = decode_lines(carried) if carried else []
         with self._lock:
-            old = self._rings.get(guid)
+            kept: Iterable[LogLine] = ()
+            if guid in self._rings:
+                kept = self._rings[guid].lines
+            elif guid in self._pending:
+                # Written before it served here (its init): they belong to this age.
+                kept = [replace(x, age=age) for x in self._pending.pop(guid).lines]
             ring = _Ring(age)
-            for line in merge_lines(old.lines if old is not None else (), lines):
+            for line in merge_lines(kept, lines):
                 ring.add(line)
+            ring.next_n = max((x.n + 1 for x in ring.lines if x.age == age), default=0)
             self._rings[guid] = ring
 
     def lines(self, guid: str) -> list[LogLine]:
@@ -202,6 +216,7 @@ class LogBook:
         """Atom ``guid`` left this node (its lines went with it, or to its storesite)."""
         with self._lock:
             self._rings.pop(guid, None)
+            self._pending.pop(guid, None)
 
     def __iter__(self) -> Iterator[str]:
         with self._lock:

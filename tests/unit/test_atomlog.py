@@ -10,6 +10,7 @@ from hermesx.observe.atomlog import (
     MAX_BYTES,
     MAX_LINE_BYTES,
     MAX_LINES,
+    MAX_PENDING_ATOMS,
     LogBook,
     decode_lines,
     encode_lines,
@@ -65,3 +66,15 @@ def test_lines_carried_and_stored_twice_merge_once_in_the_order_written() -> Non
 def test_malformed_lines_are_a_storage_error(data: bytes) -> None:
     with pytest.raises(StorageError, match="malformed"):
         decode_lines(data)
+
+
+def test_lines_of_an_init_take_the_first_age_and_failed_creates_leave_little() -> None:
+    book = LogBook("n1")
+    book.record("g", 1, "init")
+    book.arrived("g", 1)
+    book.record("g", 1, "call")
+    assert [(x.text, x.age, x.n) for x in book.lines("g")] == [("init", 1, 0), ("call", 1, 1)]
+    for i in range(10 * MAX_PENDING_ATOMS):  # inits that logged and failed
+        book.record(f"failed-{i}", 1, "x" * MAX_LINE_BYTES)
+    assert sum(1 for guid in book) == 1
+    assert sum(len(book._pending[g].lines) for g in book._pending) == MAX_PENDING_ATOMS
