@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from hermesx.core.identity import TAD
 from hermesx.core.snapshot import yield_gil
+from hermesx.observe import metrics
 from hermesx.rpc.convert import tad_from_pb, tad_of, tad_to_pb
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
@@ -215,6 +216,7 @@ class StoresiteClient:
         Activation can take longer than a plain lookup: pass a longer
         ``timeout`` when the atom may be dormant.
         """
+        metrics.STORESITE_FALLBACKS.inc()  # the invoker's fallback is this process's only Locate
         reply = self._call(self._stub.Locate, pb.GuidRequest(guid=guid), f"Locate({guid})", timeout)
         return location_from_pb(reply)
 
