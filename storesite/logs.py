@@ -39,6 +39,10 @@ class LogStore:
             merged = merge_lines(decode_lines(bytes(old)) if old else (), new)
             txn.put(key, encode_lines(merged))
 
+    def delete(self, txn: lmdb.Transaction, guid: str) -> None:
+        """Within ``txn`` (which forgets the atom): its lines go with it."""
+        txn.delete(guid.encode(), db=self._db)
+
     def get(self, guid: str) -> bytes:
         with self._env.begin(db=self._db) as txn:
             data = txn.get(guid.encode())

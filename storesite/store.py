@@ -159,6 +159,7 @@ class AtomStore:
         with self._table.write(guid) as txn:
             self._window.delete_all(txn, guid)
             self._table.delete(txn, guid)
+            self.logs.delete(txn, guid)
         log.info("forgot atom %s", guid)
 
     def status(self) -> StoreStatus:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import msgpack
 import pytest
 
 from hermesx.core.errors import StorageError
+from hermesx.core.identity import GUID, TAD
 from hermesx.observe.atomlog import (
     MAX_BYTES,
     MAX_LINE_BYTES,
@@ -16,6 +19,8 @@ from hermesx.observe.atomlog import (
     encode_lines,
     merge_lines,
 )
+from hermesx.rpc.proto import hermesx_pb2 as pb
+from storesite.store import AtomStore
 
 
 def test_an_atom_that_logs_without_end_keeps_only_its_newest_lines_within_the_bounds() -> None:
@@ -78,3 +83,25 @@ def test_lines_of_an_init_take_the_first_age_and_failed_creates_leave_little() -
         book.record(f"failed-{i}", 1, "x" * MAX_LINE_BYTES)
     assert sum(1 for guid in book) == 1
     assert sum(len(book._pending[g].lines) for g in book._pending) == MAX_PENDING_ATOMS
+
+
+def test_a_storesite_keeps_the_lines_merged_bounded_across_a_restart_until_forgotten(
+    tmp_path: pathlib.Path,
+) -> None:
+    node = LogBook("n1")
+    node.arrived("g", 1)
+    for i in range(MAX_LINES + 10):
+        node.record("g", 1, f"line {i}")
+    sent = node.export("g")
+    with AtomStore("s1", tmp_path / "data", init=True) as store:
+        guid = str(GUID.new("s1"))
+        meta = pb.AtomMeta(name="echo", module_hash="ab" * 32)
+        store.register_atom(guid, meta, TAD("n1", 1), b"snap")
+        store.logs.put(guid, sent)
+        store.logs.put(guid, sent)  # sent again after a lost reply: kept once
+    with AtomStore("s1", tmp_path / "data") as store:
+        kept = decode_lines(store.logs.get(guid))
+        assert len(kept) == MAX_LINES and kept[-1].text == f"line {MAX_LINES + 9}"
+        assert len({x.key for x in kept}) == MAX_LINES
+        store.forget(guid)
+        assert store.logs.get(guid) == b""
