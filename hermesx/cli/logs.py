@@ -1,10 +1,10 @@
 """`hermesx logs NAME [-f] [--since DURATION]`: an atom's log lines wherever it ran (§11).
 
-The lines come from two places (docs/DESIGN.md §11): the atom's storesite,
-which keeps those its nodes sent after checkpoints, passivations and moves
-(so a node killed since loses only the lines after its last checkpoint), and
-the node the atom is active on now, which holds the newest. Both are merged
-by the lines' ``(age, n)``. With ``-f`` the verb asks again every
+The lines come from two places (docs/DESIGN.md §11), read by
+:func:`hermesx.client.logs.atom_logs`: the atom's storesite, which keeps
+those its nodes sent after checkpoints, passivations and moves (so a node
+killed since loses only the lines after its last checkpoint), and the node
+the atom is active on now, which holds the newest. With ``-f`` the verb asks again every
 :data:`FOLLOW_INTERVAL_S`, each time asking the storesite where the atom is,
 so it follows the atom across moves and recoveries; it ends with Ctrl-C.
 """
@@ -40,27 +40,6 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def _fetch(client: Any, guid: str) -> tuple[list[Any], str]:
-    """The atom's lines from its storesite and its current node, merged; and where it is."""
-    from hermesx.observe.atomlog import decode_lines, merge_lines
-    from hermesx.rpc.storesite_client import StoresiteClient
-
-    invoker = client.invoker
-    sid, address = invoker.storesite_address(guid)
-    stored, tad, dormant = StoresiteClient(address, sid=sid, channels=invoker.channels).get_logs(
-        guid
-    )
-    lines = decode_lines(stored)
-    if dormant or tad is None:
-        return lines, "dormant"
-    try:
-        newest = invoker.nodes.atom_logs(invoker.node(tad.node), guid)
-    except HermesError:
-        # The node is gone or does not answer: the storesite's lines are what there is.
-        return lines, f"{tad.node}@{tad.age} (not answering)"
-    return merge_lines(lines, decode_lines(newest)), f"{tad.node}@{tad.age}"
-
-
 def _as_dict(line: Any, now: float) -> dict[str, Any]:
     return {
         "age": line.age,
@@ -80,11 +59,13 @@ def _as_text(line: Any) -> str:
 
 
 def cmd_logs(args: argparse.Namespace) -> None:
+    from hermesx.client.logs import atom_logs
+
     since = parse_duration(args.since) if args.since is not None else None
     with connect(args) as client:
-        guid = client.invoker.naming.guid_of(args.target)
         now = time.time()
-        lines, where = _fetch(client, guid)
+        found = atom_logs(client, args.target)
+        guid, lines, where = found.guid, found.lines, found.where
         if since is not None:
             lines = [line for line in lines if line.time >= now - since]
         if not args.follow:
@@ -105,7 +86,7 @@ def cmd_logs(args: argparse.Namespace) -> None:
                     last = line.key
             time.sleep(FOLLOW_INTERVAL_S)
             try:
-                lines, where = _fetch(client, guid)
+                lines = atom_logs(client, guid).lines
             except HermesError:
                 continue  # a storesite restarting, a move under way: ask again
 
