@@ -114,7 +114,7 @@ class MigrationSource:
         phases["commit"] = time.perf_counter()
         self._ctx.pause("committed")
         # Committed: the destination is where the atom lives now.
-        self._transfers.submit(self._storesites.ship_logs, guid, atomlog.BOOK.unshipped(guid))
+        unsent_logs = atomlog.BOOK.unshipped(guid)  # the ring goes with the drop
         self._catalog.drop(active, new_tad)
         copy.snapshot = b""
         copy.ClearField("checksum")
@@ -145,6 +145,7 @@ class MigrationSource:
             len(snapshot),
             ", ".join(steps),
         )
+        self._storesites.ship_logs(guid, unsent_logs)  # best effort, the atom serving there
         return pb.MigrateReply(
             tad=tad_to_pb(new_tad), state_bytes=len(snapshot), held_ms=held_ms, total_ms=total_ms
         )
