@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 
 from hermesx.core.identity import validate_name
+from hermesx.observe import metrics
 from hermesx.rpc.security import zk_auth, zk_readers
 from hermesx.rpc.wire import TLSIdentity, set_process_tls
 from nameservice import NameService, NameServiceError, NameTakenError
@@ -54,6 +55,7 @@ def serve(
     tls_dir: pathlib.Path | None = None,
     init: bool = False,
     session_timeout: float = DEFAULT_SESSION_TIMEOUT,
+    metrics_listen: str = "off",
 ) -> None:
     """Run storesite ``sid`` until SIGTERM / SIGINT (or ``stop`` is set).
 
@@ -62,7 +64,8 @@ def serve(
     ``data_dir`` must exist and be whole unless ``init`` asks for a new one
     (see :class:`AtomStore`); it is checked before anything joins the cluster.
     ``session_timeout`` (seconds) is that of the storesite's name-service
-    session: how long its registration outlives the process.
+    session: how long its registration outlives the process. ``metrics_listen``
+    is where its Prometheus metrics are served (:func:`hermesx.observe.metrics.serve_metrics`).
     """
     validate_name(sid, "storesite id")
     stop = stop or threading.Event()
@@ -89,10 +92,13 @@ def serve(
         raise naming_error(exc, f"storesite {sid} cannot use cluster {cluster!r}") from exc
     site = Storesite(store, NameServiceDirectory(names))
     server = StoresiteServer(site, listen, tls=tls)
+    endpoint: metrics.MetricsEndpoint | None = None
     try:
         try:
             names.start()
             address = server.start()
+            endpoint = metrics.serve_metrics(metrics_listen, address.rpartition(":")[0])
+            metrics.watch_storesite(lambda: _count_atoms(store))
             _register(names, sid, address, stop)
             names.add_state_listener(_reregister_after_loss(names, sid, address, stop))
             names.watch_nodes(site.on_nodes)
@@ -106,6 +112,8 @@ def serve(
         stop.wait()
         log.info("storesite %s stopping", sid)
     finally:
+        if endpoint is not None:
+            endpoint.close()
         server.stop()
         site.close()
         names.close()
@@ -122,7 +130,9 @@ def _register(names: NameService, sid: str, address: str, stop: threading.Event)
     deadline = time.monotonic() + REGISTER_PATIENCE
     while True:
         try:
-            names.register_storesite(sid, address, data={"pid": os.getpid()})
+            names.register_storesite(
+                sid, address, data={"pid": os.getpid(), **metrics.registration()}
+            )
             return
         except NameTakenError:
             if time.monotonic() > deadline or stop.is_set():
@@ -153,3 +163,16 @@ def _reregister_after_loss(
             threading.Thread(target=again, name=f"register-{sid}", daemon=True).start()
 
     return listener
+
+
+def _count_atoms(store: AtomStore) -> tuple[int, int]:
+    """(active, dormant) atoms whose home this is, for the metrics."""
+    active = dormant = 0
+    for state in store.atoms():
+        if state.forwarded_to:
+            continue
+        if state.dormant:
+            dormant += 1
+        else:
+            active += 1
+    return active, dormant

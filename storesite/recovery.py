@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from hermesx.core.errors import HermesError, NameNotFoundError
 from hermesx.core.identity import TAD
+from hermesx.observe import metrics
 from storesite.activation import Activator
 from storesite.directory import Directory
 from storesite.locks import AtomLocks
@@ -146,8 +147,10 @@ class Recovery:
                 placed = self._activator.place(state, gone(state))
             except HermesError as err:
                 log.warning("atom %s stays dormant after losing node %s: %s", guid, dead.node, err)
+                metrics.RECOVERIES.labels("failed").inc()
                 return
             self.look_again_if_gone(placed)
+        metrics.RECOVERIES.labels("ok").inc()
         log.info(
             "recovered atom %s from %s onto %s in %.1f ms",
             guid,

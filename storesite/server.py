@@ -296,6 +296,20 @@ class StoresiteServicer(pbg.StoresiteServicer):
 
         return self._run(context, "ListAtoms", body)
 
+    def PutLogs(self, request: pb.AtomLogLines, context: grpc.ServicerContext) -> pb.Empty:
+        return self._done(
+            context, "PutLogs", lambda: self.site.put_logs(request.guid, request.lines)
+        )
+
+    def GetLogs(self, request: pb.GuidRequest, context: grpc.ServicerContext) -> pb.StoredAtomLogs:
+        def body() -> pb.StoredAtomLogs:
+            lines, state = self.site.get_logs(request.guid)
+            return pb.StoredAtomLogs(
+                lines=lines, tad=tad_to_pb(state.location), dormant=state.dormant
+            )
+
+        return self._run(context, "GetLogs", body)
+
     def Status(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.StoresiteStatus:
         def body() -> pb.StoresiteStatus:
             st = self.site.status()

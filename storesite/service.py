@@ -36,6 +36,7 @@ from dataclasses import replace
 
 from hermesx.core.errors import MigrationError, StorageError
 from hermesx.core.identity import TAD
+from hermesx.observe import metrics
 from hermesx.rpc.node_client import NodeClient
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.storesite_client import CheckpointInfo, StoredLocation, StoresiteClient
@@ -107,6 +108,7 @@ class Storesite:
         self._recovery.look_again_if_gone(state)
         return StoredLocation(state.location, incarnation=state.incarnation)
 
+    @metrics.timed(metrics.STORESITE_CHECKPOINTS, metrics.STORESITE_CHECKPOINT_SECONDS)
     def put_checkpoint(
         self, guid: str, tad: TAD, snapshot: bytes, seq: int, check: Provenance = UNSTATED
     ) -> bool:
@@ -125,6 +127,15 @@ class Storesite:
         """An incremental checkpoint on base ``(seq, checksum)`` (storesite.deltas)."""
         with self._locks.hold(guid):
             return put_delta(self.store, guid, tad, seq, delta, check, *base)
+
+    def put_logs(self, guid: str, lines: bytes) -> None:
+        """A node's lines of ``guid``, one of ours (docs/DESIGN.md §12)."""
+        self.store.get(guid)  # an atom we keep: no records for made-up GUIDs
+        self.store.logs.put(guid, lines)
+
+    def get_logs(self, guid: str) -> tuple[bytes, AtomState]:
+        """``guid``'s lines kept here, and its location record (where newer ones are)."""
+        return self.store.logs.get(guid), self.store.get(guid)
 
     def get_checkpoint(self, guid: str) -> Checkpoint:
         return self.store.latest_checkpoint(guid)
@@ -221,6 +232,7 @@ class Storesite:
     def _place(self, state: AtomState, reason: str) -> StoredLocation:
         """Activate the atom on a live node. Caller holds the atom lock."""
         placed = self._activator.place(state, reason)
+        metrics.STORESITE_ACTIVATIONS.labels("dormant" if reason == "dormant" else "recovery").inc()
         self._recovery.look_again_if_gone(placed)
         return StoredLocation(placed.location, incarnation=placed.incarnation)
 

@@ -56,6 +56,7 @@ from hermesx.rpc.proto import hermesx_pb2 as pb
 from storesite.checkpoints import CheckpointWindow
 from storesite.committer import GroupCommitter
 from storesite.environment import DEFAULT_MAP_SIZE, StoreEnvironment
+from storesite.logs import LogStore
 from storesite.modules import ModuleStore
 from storesite.moves import MoveRecords
 from storesite.records import (
@@ -102,6 +103,7 @@ class AtomStore:
         self._table = AtomTable(self._env, max_checkpoint_bytes)
         self._window = CheckpointWindow(self._table)
         self.modules = ModuleStore(self._env)
+        self.logs = LogStore(self._env)
         self.moves = MoveRecords(self._table, self._window)
         self.committer = GroupCommitter(self._env)
         self.deltas_written = 0
@@ -167,6 +169,7 @@ class AtomStore:
         with self._table.write(guid) as txn:
             self._window.delete_all(txn, guid)
             self._table.delete(txn, guid)
+            self.logs.delete(txn, guid)
         log.info("forgot atom %s", guid)
 
     def status(self) -> StoreStatus:

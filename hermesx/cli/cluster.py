@@ -39,11 +39,13 @@ def cmd_up(args: argparse.Namespace) -> None:
         progress=progress(args),
         init_stores=args.init_stores,
     )
+    metrics = {part: f"http://{at}/metrics" for part, at in cluster.metrics.items()}
     data = {
         "cluster": cluster.name,
         "zk": cluster.zk,
         "pids": cluster.procs,
         "dir": str(cluster.dir),
+        "metrics": metrics,
     }
     emit(
         args,
@@ -53,11 +55,16 @@ def cmd_up(args: argparse.Namespace) -> None:
             f"storesites {', '.join(cluster.storesite_ids)}, "
             f"nodes {', '.join(cluster.node_specs)}\n"
             f"logs in {cluster.dir}\n"
+            f"metrics: {_metrics_line(metrics)}\n"
             f"use it:  hermesx nodes   "
             f"(or export HERMESX_ZK={cluster.zk} HERMESX_CLUSTER={cluster.name})\n"
             f"stop it: hermesx down"
         ),
     )
+
+
+def _metrics_line(where: dict[str, str]) -> str:
+    return ", ".join(f"{part} {url}" for part, url in sorted(where.items())) or "none"
 
 
 def cmd_down(args: argparse.Namespace) -> None:
@@ -95,6 +102,8 @@ def cmd_nodes(args: argparse.Namespace) -> None:
             if m.incarnation:
                 # Changes on every restart: atoms recorded at an older one are recovered.
                 row["incarnation"] = m.incarnation
+            if m.data.get("metrics"):
+                row["metrics"] = f"http://{m.data['metrics']}/metrics"
             pid = m.data.get("pid", pids.get(name))
             if pid is not None:
                 row["pid"] = pid

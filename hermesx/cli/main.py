@@ -17,11 +17,12 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from hermesx.cli import atoms, bench, certs, cluster, kv, offline, serve
+from hermesx.cli import atoms, bench, certs, cluster, kv, logs, offline, serve
 from hermesx.cli.output import discard_stdout, fail
 from hermesx.cli.parser import Parser, Verbs, common_options
 from hermesx.core.config import check_environment
 from hermesx.core.errors import HermesError
+from hermesx.observe import tracing
 
 __all__ = ["build_parser", "main"]
 
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     offline.register(verbs)
     cluster.register(verbs)
     atoms.register(verbs)
+    logs.register(verbs)
     serve.register_node(verbs.group("node", "run a node process"))
     storesite = verbs.group("storesite", "run a storesite process")
     serve.register_storesite(storesite)
@@ -59,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.verb not in SERVERS:
         _interrupt_on_termination()
+        tracing.configure("hermesx-cli")
     try:
         check_environment()
         args.func(args)

@@ -67,6 +67,8 @@ def cmd_node_serve(args: argparse.Namespace) -> None:
         workers=args.workers,
         max_calls_per_atom=args.max_calls_per_atom,
         unresponsive_limit_s=args.unresponsive_limit,
+        metrics_listen=args.metrics_listen,
+        otlp_endpoint=args.otlp_endpoint,
     )
     supervisor = Supervisor(config)
     _stop_on_signals(supervisor.stop)
@@ -93,6 +95,7 @@ def cmd_storesite_serve(args: argparse.Namespace) -> None:
         tls_dir=address.tls,
         init=args.init,
         session_timeout=args.session_timeout,
+        metrics_listen=args.metrics_listen,
     )
 
 
@@ -126,7 +129,26 @@ def register_node(node: Verbs) -> None:
         help="seconds without answering its own Status before the node gives up its "
         "name-service session and stops (default: 3 session timeouts, at least 10)",
     )
+    _observe_options(p)
     p.add_argument("--test-hooks", action="store_true", help=argparse.SUPPRESS)
+
+
+def _observe_options(p: argparse.ArgumentParser, traces: bool = True) -> None:
+    p.add_argument(
+        "--metrics-listen",
+        default="auto",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics; 'auto' (default): the "
+        "--listen host on a free port, recorded in the name service; 'off': none",
+    )
+    if traces:
+        p.add_argument(
+            "--otlp-endpoint",
+            default="",
+            metavar="URL",
+            help="export OpenTelemetry spans to this OTLP/gRPC collector (default: "
+            "$OTEL_EXPORTER_OTLP_ENDPOINT; neither: no tracing)",
+        )
 
 
 def register_storesite(storesite: Verbs) -> None:
@@ -140,3 +162,4 @@ def register_storesite(storesite: Verbs) -> None:
         action="store_true",
         help="create a new store when the data dir has none (set a damaged one aside)",
     )
+    _observe_options(p, traces=False)

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -72,6 +72,8 @@ class LocalCluster:
     zk: str = ""
     node_specs: dict[str, NodeSpec] = field(default_factory=dict)
     storesite_ids: list[str] = field(default_factory=list)
+    # Part -> address of its Prometheus endpoint, as registered (after wait_registered).
+    metrics: dict[str, str] = field(default_factory=dict)
     # None for `hermesx up`: its parts outlive the command that started them.
     watcher: PartWatcher | None = field(default=None, repr=False, compare=False)
 
@@ -320,6 +322,7 @@ class LocalCluster:
                 }
                 missing = sorted(want_nodes - live_nodes) + sorted(want_sites - live_sites)
                 if not missing:
+                    self._note_metrics(naming.nodes(), naming.storesites())
                     if progress:
                         progress("all parts registered")
                     return
@@ -338,6 +341,12 @@ class LocalCluster:
                 time.sleep(0.1)
         finally:
             naming.close()
+
+    def _note_metrics(self, nodes: Mapping[str, Any], storesites: Mapping[str, Any]) -> None:
+        for kind, members in (("node", nodes), ("storesite", storesites)):
+            for name, member in members.items():
+                if member.data.get("metrics"):
+                    self.metrics[f"{kind}-{name}"] = str(member.data["metrics"])
 
     def kill(self, part: str, sig: int = signal.SIGKILL) -> None:
         pid = self.procs.get(part)

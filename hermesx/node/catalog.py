@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from hermesx.core.errors import HermesError, MigrationError
 from hermesx.core.identity import TAD
+from hermesx.observe import atomlog, metrics
 from hermesx.routing.stash import Stash
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.runtime.atom import Atom
@@ -66,6 +67,8 @@ class ActiveAtom:
         """Fix the atom for one call; yields False if it left (or is leaving for too long)."""
         deadline = time.monotonic() + wait
         with self.cond:
+            if self.state == "moving":
+                metrics.CALLS_HELD.inc()
             while self.state == "moving":
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -159,6 +162,7 @@ class Catalog:
                 old.retire()
             self.atoms[guid] = active
         self._stash.update(guid, tad)
+        atomlog.BOOK.arrived(guid, tad.age)
         return active
 
     def drop(self, active: ActiveAtom, forward_to: TAD | None) -> None:
@@ -168,6 +172,7 @@ class Catalog:
                 del self.atoms[active.guid]
         if forward_to is not None:
             self._stash.update(active.guid, forward_to)
+        atomlog.BOOK.forget(active.guid)
         active.retire()
 
     def drop_all(self) -> int:
@@ -178,6 +183,7 @@ class Catalog:
             dropped = list(self.atoms.values())
             self.atoms.clear()
         for active in dropped:
+            atomlog.BOOK.forget(active.guid)
             active.retire()
         return len(dropped)
 

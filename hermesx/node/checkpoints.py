@@ -33,6 +33,7 @@ from hermesx.core.snapshot import encode_state
 from hermesx.node.aborts import UnsentAborts
 from hermesx.node.catalog import ActiveAtom
 from hermesx.node.context import NodeContext
+from hermesx.observe import metrics
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.status import pb_error
 from hermesx.runtime.delta import Capture, ChangeTracker
@@ -56,6 +57,7 @@ class Checkpointing:
         self._ctx = ctx
         self._aborts = aborts
 
+    @metrics.timed(metrics.CHECKPOINTS, metrics.CHECKPOINT_SECONDS)
     def checkpoint(self, active: ActiveAtom, *, periodic: bool = False) -> TAD:
         """Checkpoint ``active`` now; ``periodic``: no caller is told its calls are durable."""
         if active.changes is None:
@@ -146,6 +148,7 @@ class Checkpointing:
         )
         active.checkpointed_generation = max(active.checkpointed_generation, generation)
         active.last_checkpoint = time.monotonic()
+        self._ctx.storesites.ship_logs(active.guid)
         return active.tad
 
     def checkpoint_requested(self, active: ActiveAtom) -> TAD:

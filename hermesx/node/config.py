@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from hermesx.core.errors import ConfigurationError
 from hermesx.core.identity import validate_name
+from hermesx.observe.metrics import check_listen
 
 __all__ = ["NodeConfig"]
 
@@ -42,6 +43,10 @@ class NodeConfig:
     unresponsive_limit_s: float = 0.0
     # Cluster certificate directory: mutual TLS and the name-service secret.
     tls_dir: pathlib.Path | None = None
+    # Prometheus endpoint: off, auto (the --listen host, a free port) or HOST:PORT.
+    metrics_listen: str = "off"
+    # OTLP/gRPC collector for traces ("": the OTEL_EXPORTER_OTLP_* variables, else off).
+    otlp_endpoint: str = ""
 
     def call_address(self) -> str | None:
         """Where the call channel listens (``host:port``), or None when it is off."""
@@ -55,6 +60,7 @@ class NodeConfig:
     def validate(self) -> None:
         """Raise :class:`ConfigurationError` for a configuration a node cannot run with."""
         validate_name(self.name, "node name")
+        check_listen(self.metrics_listen)
         if self.workers < 2:
             raise ConfigurationError(f"workers must be at least 2, not {self.workers}")
         if self.max_calls_per_atom < 0:

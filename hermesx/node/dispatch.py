@@ -21,6 +21,7 @@ from hermesx.node.catalog import ActiveAtom
 from hermesx.node.checkpoints import Checkpointing
 from hermesx.node.context import NodeContext
 from hermesx.node.placement import FOLLOW_CALLER, FollowCaller
+from hermesx.observe import metrics
 from hermesx.rpc.convert import tad_from_pb, tad_to_pb
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.status import pb_error
@@ -80,6 +81,7 @@ class Dispatcher:
             if request.hops < self.hop_limit(request.hop_limit):
                 return self._forward(request, tad)
             reply = pb.InvokeReply(moved=tad_to_pb(tad), tad=tad_to_pb(tad))
+            metrics.moved()
             if request.trace:
                 reply.trace.append(pb.Hop(node=self._node, tad=tad_to_pb(tad), event="moved"))
             return reply
@@ -146,6 +148,7 @@ class Dispatcher:
             if request.trace:
                 reply.trace.append(pb.Hop(node=self._node, tad=tad_to_pb(active.tad), event="ran"))
             self._checkpoints.after_call(active, reply)
+            metrics.call_ran(reply, started)
             if active.meta.placement == FOLLOW_CALLER:
                 self._follow_caller.note_call(active, request.caller_node)
         if active.move_request is not None:
@@ -168,6 +171,7 @@ class Dispatcher:
         forwarded = pb.InvokeRequest()
         forwarded.CopyFrom(request)
         forwarded.hops = request.hops + 1
+        metrics.forwarded()
         try:
             invoker = self._ctx.invoker
             reply = invoker.nodes.invoke(

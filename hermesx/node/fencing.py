@@ -25,6 +25,7 @@ from hermesx.node.catalog import Catalog
 from hermesx.node.config import NodeConfig
 from hermesx.node.lease import SessionLease
 from hermesx.node.liveness import ServeWatchdog
+from hermesx.observe import metrics
 from hermesx.routing.naming import Naming
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.status import pb_error
@@ -155,7 +156,7 @@ class Fencing:
                     self._name,
                     self._address,
                     self._config.tags,
-                    {"pid": os.getpid(), **self._record},
+                    {"pid": os.getpid(), **metrics.registration(), **self._record},
                 )
                 if incarnation != self.incarnation:
                     log.info("node %s registered as incarnation %s", self._name, incarnation)
@@ -211,6 +212,7 @@ class Fencing:
 
     def _fence_drop(self, why: str) -> None:
         self._serving.clear()
+        metrics.FENCES.inc()
         dropped = self._catalog.drop_all()
         if dropped:
             log.warning("node %s fenced (%s): dropped %d atoms", self._name, why, dropped)

@@ -25,6 +25,7 @@ from hermesx.core.snapshot import verify_checksum
 from hermesx.node.builder import AtomBuilder
 from hermesx.node.catalog import StagedCopy
 from hermesx.node.context import NodeContext
+from hermesx.observe import atomlog, metrics
 from hermesx.rpc.atom_meta import tags_refusal
 from hermesx.rpc.convert import tad_from_pb
 from hermesx.rpc.proto import hermesx_pb2 as pb
@@ -150,6 +151,8 @@ class MigrationDestination:
         if self._fencing.incarnation != incarnation:
             self._catalog.drop(active, None)  # our session was lost meanwhile: it must not serve
             self._fencing.still_incarnation(incarnation, f"atom {guid} was not activated")
+        metrics.ACTIVATIONS.labels("move" if request.source else "storesite").inc()
+        atomlog.BOOK.arrived(guid, tad.age, request.logs)
         log.info("atom %s active here at %s (from %s)", guid, tad, request.source or "storesite")
 
     # ------------------------------------------------------------ Activate (a storesite)

@@ -23,6 +23,7 @@ from hermesx.core.identity import TAD, validate_name
 from hermesx.core.snapshot import snapshot_checksum
 from hermesx.node.aborts import UnsentAborts
 from hermesx.node.context import NodeContext
+from hermesx.observe import atomlog, metrics
 from hermesx.rpc.atom_meta import tags_refusal
 from hermesx.rpc.convert import tad_to_pb
 from hermesx.rpc.node_client import Member
@@ -46,6 +47,7 @@ class MigrationSource:
         # Sends a snapshot to the storesite while the destination receives it.
         self._transfers = transfers
 
+    @metrics.timed(metrics.MIGRATIONS, metrics.MIGRATION_SECONDS)
     def migrate(self, guid: str, destination: str) -> pb.MigrateReply:
         started = time.perf_counter()
         validate_name(destination, "node name")
@@ -79,6 +81,7 @@ class MigrationSource:
             meta=active.meta,
             source=self._node,
             checksum=checksum,
+            logs=atomlog.BOOK.export(guid),
         )
         # The two copies travel at once: the destination stages its copy while
         # the storesite stages the checkpoint-to-be, so COMMIT carries no state.
@@ -111,6 +114,7 @@ class MigrationSource:
         phases["commit"] = time.perf_counter()
         self._ctx.pause("committed")
         # Committed: the destination is where the atom lives now.
+        unsent_logs = atomlog.BOOK.unshipped(guid)  # the ring goes with the drop
         self._catalog.drop(active, new_tad)
         copy.snapshot = b""
         copy.ClearField("checksum")
@@ -141,6 +145,7 @@ class MigrationSource:
             len(snapshot),
             ", ".join(steps),
         )
+        self._storesites.ship_logs(guid, unsent_logs)  # best effort, the atom serving there
         return pb.MigrateReply(
             tad=tad_to_pb(new_tad), state_bytes=len(snapshot), held_ms=held_ms, total_ms=total_ms
         )

@@ -35,6 +35,7 @@ class Passivation:
         except HermesError:
             active.thaw()
             raise
+        self._ctx.storesites.ship_logs(active.guid)
         self._ctx.catalog.drop(active, None)
         log.info("atom %s passivated", active.guid)
         return active.tad

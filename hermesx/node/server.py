@@ -29,6 +29,7 @@ from hermesx.node.migration_destination import MigrationDestination
 from hermesx.node.migration_source import MigrationSource
 from hermesx.node.passivation import Passivation
 from hermesx.node.testhooks import TestHooks
+from hermesx.observe import atomlog, tracing
 from hermesx.rpc.convert import tad_to_pb
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
@@ -109,6 +110,9 @@ class NodeServicer(pbg.SupervisorServicer):
             tags=self._tags,
             atom_calls=sum(a.calls for a in list(atoms.values())),
         )
+
+    def AtomLogs(self, request: pb.GuidRequest, context: grpc.ServicerContext) -> pb.AtomLogLines:
+        return pb.AtomLogLines(guid=request.guid, lines=atomlog.BOOK.export(request.guid))
 
     # ------------------------------------------------------------ checkpoint, passivate
 
@@ -208,7 +212,8 @@ def serve(
     server = grpc.server(
         workers,
         options=CHANNEL_OPTIONS,
-        interceptors=server_interceptors(tls, f"node {config.name}"),
+        interceptors=server_interceptors(tls, f"node {config.name}")
+        + tracing.server_interceptors(),
     )
     pbg.add_SupervisorServicer_to_server(servicer, server)
     if config.test_hooks:

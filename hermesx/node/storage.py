@@ -19,9 +19,10 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from hermesx.core.errors import HomeMovedError
+from hermesx.core.errors import HermesError, HomeMovedError
 from hermesx.core.identity import GUID, TAD
 from hermesx.core.snapshot import snapshot_checksum
+from hermesx.observe.atomlog import BOOK, LogLine, encode_lines
 from hermesx.routing.invoker import Invoker
 from hermesx.routing.naming import Naming
 from hermesx.rpc.storesite_client import CheckedSnapshot, DeltaAck, StoresiteClient
@@ -151,3 +152,18 @@ class AtomStoresites:
 
     def abort(self, guid: str, age: int, timeout: float) -> None:
         self.call(guid, lambda site: site.abort(guid, age), timeout)
+
+    def ship_logs(self, guid: str, lines: list[LogLine] | None = None) -> None:
+        """Send the atom's storesite the log lines it has not seen (docs/DESIGN.md §12).
+
+        Best effort: lines the storesite did not take are sent with the next.
+        """
+        lines = BOOK.unshipped(guid) if lines is None else lines
+        if not lines:
+            return
+        try:
+            self.call(guid, lambda site: site.put_logs(guid, encode_lines(lines)))
+        except HermesError as exc:
+            log.warning("atom %s: log lines not kept at its storesite: %s", guid, exc)
+            return
+        BOOK.shipped(guid, lines)

@@ -56,6 +56,7 @@ from hermesx.node.passivation import Passivation
 from hermesx.node.server import NodeRoles, NodeServicer, serve
 from hermesx.node.storage import AtomStoresites
 from hermesx.node.testhooks import TestHooks
+from hermesx.observe import atomlog, metrics, tracing
 from hermesx.routing.departures import watch_departures
 from hermesx.routing.invoker import Invoker
 from hermesx.routing.naming import Naming
@@ -85,6 +86,8 @@ class Supervisor:
             TLSIdentity(config.tls_dir, config.name, config.cluster) if config.tls_dir else None
         )
         set_process_tls(self.tls)
+        tracing.configure("hermesx-node", config.name, config.otlp_endpoint)
+        atomlog.BOOK.node = config.name
         self.channels = ChannelPool(self.tls)
         data = config.data_dir
         self.stash = Stash(data / "stash" if data is not None else None)
@@ -111,6 +114,7 @@ class Supervisor:
         self.call_address = ""  # the call channel's listener, "" when off
         self._server: grpc.Server | None = None
         self._calls: CallServer | None = None
+        self._metrics: metrics.MetricsEndpoint | None = None
         self._stopping = threading.Event()
         self._background = futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="node-bg")
         self._workers = futures.ThreadPoolExecutor(
@@ -155,6 +159,7 @@ class Supervisor:
             resolve_staged=self.destination.resolve_staged,
             move_later=self._move_later,
         )
+        dispatcher.invoke = tracing.traced_dispatch(config.name, dispatcher.invoke)  # type: ignore[method-assign]
         self.invoker.local_invoke = dispatcher.invoke
         self.invoker.local_send = dispatcher.send
         self.servicer = NodeServicer(
@@ -187,6 +192,14 @@ class Supervisor:
         if calls is not None:
             self._calls, self.call_address = calls
             record[CALL_ADDRESS] = self.call_address
+        self._metrics = metrics.serve_metrics(
+            self.config.metrics_listen, self.address.rpartition(":")[0]
+        )
+        metrics.watch_node(
+            lambda: len(self.catalog.atoms),
+            lambda: len(self.catalog.staged),
+            lambda: self.fencing.fenced,
+        )
         self.naming.start()
         watch_departures(self.naming, self.invoker.channels)
         self.fencing.start(self.address, self._probe_self, record)
@@ -217,6 +230,9 @@ class Supervisor:
         self.stash.close()
         self.storesites.close()
         self.channels.close()
+        if self._metrics is not None:
+            self._metrics.close()
+        tracing.shutdown()
 
     def wait(self) -> None:
         self._stopping.wait()

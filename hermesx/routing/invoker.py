@@ -48,6 +48,7 @@ from hermesx.core.errors import (
 from hermesx.core.identity import TAD
 from hermesx.core.replies import RequestIds
 from hermesx.core.types import Hop, InvokeOutcome
+from hermesx.observe import tracing
 from hermesx.routing.naming import Member, Naming
 from hermesx.routing.peers import Peers, StoresiteAbsentError
 from hermesx.routing.stash import Stash
@@ -436,3 +437,7 @@ class Invoker(Peers):
         raise UnreachableError(
             f"atom {target} ({call.guid}): unreachable; last TAD tried {last}{reason}"
         )
+
+
+# With tracing on, a whole call is one span (docs/DESIGN.md §12); off, one flag read.
+Invoker.invoke = tracing.traced_invoke(Invoker.invoke)  # type: ignore[method-assign]

@@ -23,6 +23,7 @@ import grpc
 
 from hermesx.core.errors import HermesError
 from hermesx.core.identity import TAD
+from hermesx.observe import tracing
 from hermesx.rpc.convert import tad_from_pb, tad_to_pb
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
@@ -144,7 +145,9 @@ class NodeClient:
             invoked: pb.InvokeReply = pb.InvokeReply.FromString(body)
             return invoked
         try:
-            reply: pb.InvokeReply = self._stub(node).Invoke(request, timeout=timeout)
+            reply: pb.InvokeReply = self._stub(node).Invoke(
+                request, timeout=timeout, metadata=tracing.outgoing()
+            )
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, _peer(node), f"Invoke({request.guid})") from exc
         return reply
@@ -223,6 +226,14 @@ class NodeClient:
             stub.Status, pb.Empty(), timeout or self.timeout, _peer(node), "Status"
         )
         return status
+
+    def atom_logs(self, node: Peer, guid: str, timeout: float | None = None) -> bytes:
+        """The log lines ``node`` holds of atom ``guid`` (:mod:`hermesx.observe.atomlog`)."""
+        stub, what = self._stub(node), f"AtomLogs({guid})"
+        reply = unary_call(
+            stub.AtomLogs, pb.GuidRequest(guid=guid), timeout or self.timeout, _peer(node), what
+        )
+        return bytes(reply.lines)
 
     # ------------------------------------------------------------ a move's destination
 

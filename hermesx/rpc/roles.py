@@ -66,6 +66,7 @@ RPC_ROLES: Final[Mapping[str, frozenset[str]]] = {
     "Supervisor/Checkpoint": _EVERYONE,
     "Supervisor/Passivate": _EVERYONE,
     "Supervisor/Status": _EVERYONE,  # clients; storesites weighing placement
+    "Supervisor/AtomLogs": _EVERYONE,  # `hermesx logs`, the gateway
     # ----- Supervisor: internal
     # The source node of a move hands the atom over: stage, activate or discard its copy.
     "Supervisor/StageCopy": frozenset({NODE}),
@@ -80,6 +81,7 @@ RPC_ROLES: Final[Mapping[str, frozenset[str]]] = {
     "Storesite/MoveHome": _EVERYONE,
     "Storesite/ListAtoms": _EVERYONE,
     "Storesite/Status": _EVERYONE,
+    "Storesite/GetLogs": _EVERYONE,  # `hermesx logs`, the gateway
     # ----- Storesite: internal
     "Storesite/PutModule": frozenset({NODE, STORESITE}),  # create; a home move's new storesite
     "Storesite/GetModule": frozenset({NODE}),  # activation on a node lacking the module
@@ -95,6 +97,7 @@ RPC_ROLES: Final[Mapping[str, frozenset[str]]] = {
     "Storesite/Passivated": frozenset({NODE}),  # a node passivating an atom
     "Storesite/PassivatedPieces": frozenset({NODE}),  # the same, for a large state
     "Storesite/Forget": frozenset({NODE}),  # erases an atom's records: members only
+    "Storesite/PutLogs": frozenset({NODE}),  # an atom's log lines, after a checkpoint
     "Storesite/AdoptAtom": frozenset({STORESITE}),  # the old home of a home move
 }
 

@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 
 from hermesx.core.identity import TAD
 from hermesx.core.snapshot import yield_gil
-from hermesx.rpc.convert import tad_of, tad_to_pb
+from hermesx.observe import metrics
+from hermesx.rpc.convert import tad_from_pb, tad_of, tad_to_pb
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.status import unary_call
@@ -220,6 +221,7 @@ class StoresiteClient:
         Activation can take longer than a plain lookup: pass a longer
         ``timeout`` when the atom may be dormant.
         """
+        metrics.STORESITE_FALLBACKS.inc()  # the invoker's fallback is this process's only Locate
         reply = self._call(self._stub.Locate, pb.GuidRequest(guid=guid), f"Locate({guid})", timeout)
         return location_from_pb(reply)
 
@@ -241,6 +243,16 @@ class StoresiteClient:
     def passivated(self, guid: str, tad: TAD, snapshot: bytes) -> None:
         request = pb.PassivatedRequest(guid=guid, tad=tad_to_pb(tad), snapshot=snapshot)
         self._call(self._stub.Passivated, request, f"Passivated({guid})")
+
+    def put_logs(self, guid: str, lines: bytes) -> None:
+        """Keep an atom's log lines (:mod:`hermesx.observe.atomlog`) beside its checkpoints."""
+        request = pb.AtomLogLines(guid=guid, lines=lines)
+        self._call(self._stub.PutLogs, request, f"PutLogs({guid})")
+
+    def get_logs(self, guid: str) -> tuple[bytes, TAD | None, bool]:
+        """The atom's log lines kept here, its location record and whether it is dormant."""
+        reply = self._call(self._stub.GetLogs, pb.GuidRequest(guid=guid), f"GetLogs({guid})")
+        return bytes(reply.lines), tad_from_pb(reply.tad), reply.dormant
 
     def forget(self, guid: str) -> None:
         self._call(self._stub.Forget, pb.GuidRequest(guid=guid), f"Forget({guid})")

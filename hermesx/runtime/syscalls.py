@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 
 from hermesx.core.errors import DeadlineExceededError, HermesError, MemoryLimitError
+from hermesx.observe import atomlog
 from hermesx.runtime.abi import LOG_LEVELS, STATUS_ERROR, STATUS_OK, pack_strings
 from hermesx.runtime.host import CallContext
 from hermesx.runtime.mailbox import FutureDone
@@ -84,6 +85,7 @@ class AtomSyscalls(AtomScheduling):
                     MAX_LOG_BYTES_PER_CALL,
                 )
                 return
+        atomlog.BOOK.record(self.guid, level, text)
         atom_log.log(LOG_LEVELS.get(level, logging.INFO), "atom %s: %s", self.guid, text)
 
     # -- the KV ----------------------------------------------------------------

@@ -200,7 +200,7 @@ class MigrateReply(_message.Message):
     def __init__(self, tad: _Optional[_Union[TAD, _Mapping]] = ..., state_bytes: _Optional[int] = ..., held_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
 
 class CopyRequest(_message.Message):
-    __slots__ = ("guid", "tad", "snapshot", "meta", "source", "checksum", "incarnation")
+    __slots__ = ("guid", "tad", "snapshot", "meta", "source", "checksum", "incarnation", "logs")
     GUID_FIELD_NUMBER: _ClassVar[int]
     TAD_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
@@ -208,6 +208,7 @@ class CopyRequest(_message.Message):
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    LOGS_FIELD_NUMBER: _ClassVar[int]
     guid: str
     tad: TAD
     snapshot: bytes
@@ -215,7 +216,8 @@ class CopyRequest(_message.Message):
     source: str
     checksum: int
     incarnation: str
-    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., meta: _Optional[_Union[AtomMeta, _Mapping]] = ..., source: _Optional[str] = ..., checksum: _Optional[int] = ..., incarnation: _Optional[str] = ...) -> None: ...
+    logs: bytes
+    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., meta: _Optional[_Union[AtomMeta, _Mapping]] = ..., source: _Optional[str] = ..., checksum: _Optional[int] = ..., incarnation: _Optional[str] = ..., logs: _Optional[bytes] = ...) -> None: ...
 
 class CopyReply(_message.Message):
     __slots__ = ("incarnation",)
@@ -286,6 +288,24 @@ class NodeStatus(_message.Message):
     tags: _containers.RepeatedScalarFieldContainer[str]
     atom_calls: int
     def __init__(self, name: _Optional[str] = ..., active_atoms: _Optional[int] = ..., stash_entries: _Optional[int] = ..., pid: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., tags: _Optional[_Iterable[str]] = ..., atom_calls: _Optional[int] = ...) -> None: ...
+
+class AtomLogLines(_message.Message):
+    __slots__ = ("guid", "lines")
+    GUID_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    guid: str
+    lines: bytes
+    def __init__(self, guid: _Optional[str] = ..., lines: _Optional[bytes] = ...) -> None: ...
+
+class StoredAtomLogs(_message.Message):
+    __slots__ = ("lines", "tad", "dormant")
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    TAD_FIELD_NUMBER: _ClassVar[int]
+    DORMANT_FIELD_NUMBER: _ClassVar[int]
+    lines: bytes
+    tad: TAD
+    dormant: bool
+    def __init__(self, lines: _Optional[bytes] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., dormant: _Optional[bool] = ...) -> None: ...
 
 class StashPutRequest(_message.Message):
     __slots__ = ("guid", "tad")

@@ -94,6 +94,11 @@ class SupervisorStub:
                 request_serializer=hermesx__pb2.Empty.SerializeToString,
                 response_deserializer=hermesx__pb2.NodeStatus.FromString,
                 _registered_method=True)
+        self.AtomLogs = channel.unary_unary(
+                '/hermesx.v1.Supervisor/AtomLogs',
+                request_serializer=hermesx__pb2.GuidRequest.SerializeToString,
+                response_deserializer=hermesx__pb2.AtomLogLines.FromString,
+                _registered_method=True)
 
 
 class SupervisorServicer:
@@ -172,6 +177,13 @@ class SupervisorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AtomLogs(self, request, context):
+        """The log lines of an atom active here (docs/DESIGN.md §12).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SupervisorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -234,6 +246,11 @@ def add_SupervisorServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=hermesx__pb2.Empty.FromString,
                     response_serializer=hermesx__pb2.NodeStatus.SerializeToString,
+            ),
+            'AtomLogs': grpc.unary_unary_rpc_method_handler(
+                    servicer.AtomLogs,
+                    request_deserializer=hermesx__pb2.GuidRequest.FromString,
+                    response_serializer=hermesx__pb2.AtomLogLines.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -570,6 +587,33 @@ class Supervisor:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def AtomLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hermesx.v1.Supervisor/AtomLogs',
+            hermesx__pb2.GuidRequest.SerializeToString,
+            hermesx__pb2.AtomLogLines.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class NodeTestHooksStub:
     """Served only by a node started with test hooks (`--test-hooks`); any other
@@ -796,6 +840,16 @@ class StoresiteStub:
                 request_serializer=hermesx__pb2.Empty.SerializeToString,
                 response_deserializer=hermesx__pb2.StoresiteStatus.FromString,
                 _registered_method=True)
+        self.PutLogs = channel.unary_unary(
+                '/hermesx.v1.Storesite/PutLogs',
+                request_serializer=hermesx__pb2.AtomLogLines.SerializeToString,
+                response_deserializer=hermesx__pb2.Empty.FromString,
+                _registered_method=True)
+        self.GetLogs = channel.unary_unary(
+                '/hermesx.v1.Storesite/GetLogs',
+                request_serializer=hermesx__pb2.GuidRequest.SerializeToString,
+                response_deserializer=hermesx__pb2.StoredAtomLogs.FromString,
+                _registered_method=True)
 
 
 class StoresiteServicer:
@@ -921,6 +975,19 @@ class StoresiteServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutLogs(self, request, context):
+        """An atom's log lines, kept beside its checkpoints (docs/DESIGN.md §12).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLogs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StoresiteServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1018,6 +1085,16 @@ def add_StoresiteServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=hermesx__pb2.Empty.FromString,
                     response_serializer=hermesx__pb2.StoresiteStatus.SerializeToString,
+            ),
+            'PutLogs': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutLogs,
+                    request_deserializer=hermesx__pb2.AtomLogLines.FromString,
+                    response_serializer=hermesx__pb2.Empty.SerializeToString,
+            ),
+            'GetLogs': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLogs,
+                    request_deserializer=hermesx__pb2.GuidRequest.FromString,
+                    response_serializer=hermesx__pb2.StoredAtomLogs.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1533,6 +1610,60 @@ class Storesite:
             '/hermesx.v1.Storesite/Status',
             hermesx__pb2.Empty.SerializeToString,
             hermesx__pb2.StoresiteStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hermesx.v1.Storesite/PutLogs',
+            hermesx__pb2.AtomLogLines.SerializeToString,
+            hermesx__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hermesx.v1.Storesite/GetLogs',
+            hermesx__pb2.GuidRequest.SerializeToString,
+            hermesx__pb2.StoredAtomLogs.FromString,
             options,
             channel_credentials,
             insecure,
