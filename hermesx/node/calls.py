@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError
 from hermesx.core.errors import ConfigurationError, UnreachableError
 from hermesx.node.config import NodeConfig
 from hermesx.node.dispatch import Dispatcher
+from hermesx.observe import tracing
 from hermesx.rpc.callserver import Call, CallServer
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.wire import TLSIdentity
@@ -44,6 +45,9 @@ def serve_calls(
         left = call.remaining()
         if request.timeout <= 0 or request.timeout > left:
             request.timeout = left
+        if call.meta:
+            with tracing.with_context(call.meta):
+                return dispatcher.serve_invoke(request).SerializeToString()  # type: ignore[no-any-return]
         reply: bytes = dispatcher.serve_invoke(request).SerializeToString()
         return reply
 

@@ -184,7 +184,9 @@ class NodeClient:
             log.info("no call connection to node %s (%s); calling over gRPC", node.name, err)
             return None, left
         left = timeout - (time.monotonic() - started)
-        return connection.call(kind, request.SerializeToString(), left), left
+        # The trace context rides in the frame's metadata map (none when tracing is off).
+        meta = tracing.inject({}) if tracing.ON else None
+        return connection.call(kind, request.SerializeToString(), left, meta), left
 
     def create(
         self, node: Peer, request: pb.CreateRequest, timeout: float = 60.0
