@@ -48,16 +48,16 @@ __all__ = [
     "merge_lines",
 ]
 
-# A line's text is cut to this many bytes (the runtime already bounds what one call logs).
-MAX_LINE_BYTES = 1024
-# What one atom's ring holds, wherever it is kept: the newest lines within both bounds.
-MAX_LINES = 500
-MAX_BYTES = 64 * 1024
 # Per-line overhead counted against MAX_BYTES (the fields besides the text).
 LINE_OVERHEAD = 48
 # Atoms whose lines a node keeps before they serve there (an init that logs,
 # then fails): the oldest are dropped, so failed creates leave nothing behind.
 MAX_PENDING_ATOMS = 64
+# A line's text is cut to this many bytes (the runtime already bounds what one call logs).
+MAX_LINE_BYTES = 1024
+# What one atom's ring holds, wherever it is kept: the newest lines within both bounds.
+MAX_LINES = 500
+MAX_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import queue
 import subprocess
@@ -15,6 +14,7 @@ import pytest
 
 from hermesx.client import Client
 from hermesx.local.cluster import LocalCluster, NodeSpec
+from hermesx.testing.cli import cluster_env, run_hermesx
 from hermesx.testing.metrics import metric_value, scrape
 from hermesx.testing.wait import wait_until
 
@@ -22,14 +22,7 @@ pytestmark = pytest.mark.integration
 
 
 def hermesx(cluster: LocalCluster, *argv: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HERMESX_ZK": cluster.zk, "HERMESX_CLUSTER": cluster.name}
-    return subprocess.run(
-        [sys.executable, "-m", "hermesx", *argv],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_hermesx(cluster_env(cluster), *argv)
 
 
 def logged(cluster: LocalCluster, name: str) -> list[tuple[str, str, int]]:
@@ -86,7 +79,7 @@ def test_follow_shows_new_lines_as_the_atom_moves(
     recovering: LocalCluster, atoms: dict[str, pathlib.Path]
 ) -> None:
     cluster = recovering
-    env = {**os.environ, "HERMESX_ZK": cluster.zk, "HERMESX_CLUSTER": cluster.name}
+    env = cluster_env(cluster)
     with Client(cluster.zk, cluster.name) as client:
         client.create(atoms["echo"], name="chatty", on="n1", checkpoint="on-request")
         client.atom("chatty").log("before following")

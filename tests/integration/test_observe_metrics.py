@@ -6,7 +6,6 @@ import json
 import os
 import pathlib
 import subprocess
-import sys
 
 import httpx
 import pytest
@@ -14,6 +13,7 @@ import pytest
 from hermesx.client import Client
 from hermesx.core import codec
 from hermesx.local.cluster import LocalCluster
+from hermesx.testing.cli import run_hermesx
 from hermesx.testing.clusters import wait_for_log
 from hermesx.testing.metrics import metric_value as value
 from hermesx.testing.metrics import scrape
@@ -104,13 +104,7 @@ def test_hermesx_up_prints_where_every_part_serves_its_metrics(
     env.update({"HERMESX_HOME": str(tmp_path / "home"), "HERMESX_CLUSTER": f"up{os.getpid()}"})
 
     def hermesx(*argv: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "hermesx", *argv],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        return run_hermesx(env, *argv)
 
     up = hermesx("up", "--nodes", "1", "--json")
     try:

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from concurrent import futures
@@ -19,6 +16,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as otl
 
 from hermesx.client import Client
 from hermesx.local.cluster import LocalCluster, NodeSpec
+from hermesx.testing.cli import cluster_env, run_hermesx
 from hermesx.testing.wait import wait_until
 
 pytestmark = pytest.mark.integration
@@ -85,21 +83,10 @@ def test_a_call_forwarded_twice_gives_one_trace_whose_node_spans_match_its_hops(
         client.migrate("traced", "n2")
         client.migrate("traced", "n3")
     # The CLI exports its own span through the standard variable.
-    env = {
-        **os.environ,
-        "HERMESX_ZK": traced.zk,
-        "HERMESX_CLUSTER": traced.name,
-        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
-    }
+    env = cluster_env(traced, OTEL_EXPORTER_OTLP_ENDPOINT=endpoint)
     argv = ("invoke", "traced", "incr", "1", "--via", "n1", "--trace", "--json")
-    done = subprocess.run(
-        [sys.executable, "-m", "hermesx", *argv],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    done = run_hermesx(env, *argv)
+    assert done.returncode == 0, done.stderr
     hops = [(h["node"], h["event"]) for h in json.loads(done.stdout)["trace"]]
     node_hops = [h for h in hops if h[1] in ("forward", "ran", "moved")]
     assert node_hops == [("n1", "forward"), ("n2", "forward"), ("n3", "ran")], hops
