@@ -11,7 +11,6 @@ from hermesx.cli.output import emit, progress, table
 from hermesx.cli.parser import Verbs
 from hermesx.core.config import resolve_cluster
 from hermesx.core.errors import ConfigurationError, HermesError
-from hermesx.rpc.node_client import call_address
 
 __all__ = ["register"]
 
@@ -97,8 +96,9 @@ def cmd_nodes(args: argparse.Namespace) -> None:
         for name in sorted(members):
             m = members[name]
             row: dict[str, Any] = {"name": name, "address": m.address, "tags": list(m.tags)}
-            if call_address(m) is not None:
-                row["call"] = call_address(m)  # its call channel (docs/DESIGN.md §4.1)
+            call = m.data.get("call") if m.data else None
+            if call:
+                row["call"] = call  # its call channel (docs/DESIGN.md §4.1)
             if m.incarnation:
                 # Changes on every restart: atoms recorded at an older one are recovered.
                 row["incarnation"] = m.incarnation

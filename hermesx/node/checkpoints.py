@@ -61,9 +61,13 @@ class Checkpointing:
     def checkpoint(self, active: ActiveAtom, *, periodic: bool = False) -> TAD:
         """Checkpoint ``active`` now; ``periodic``: no caller is told its calls are durable."""
         if active.changes is None:
-            return self._whole(active, periodic)
-        with active.send_lock:
-            return self._incremental(active, active.changes, periodic)
+            tad = self._whole(active, periodic)
+        else:
+            with active.send_lock:
+                tad = self._incremental(active, active.changes, periodic)
+        # The atom's log lines follow its checkpoint to the storesite (§12).
+        self._ctx.storesites.ship_logs(active.guid)
+        return tad
 
     def _incremental(self, active: ActiveAtom, tracker: ChangeTracker, periodic: bool) -> TAD:
         """A checkpoint of what changed since the last acknowledged one, if anything did."""
@@ -148,7 +152,6 @@ class Checkpointing:
         )
         active.checkpointed_generation = max(active.checkpointed_generation, generation)
         active.last_checkpoint = time.monotonic()
-        self._ctx.storesites.ship_logs(active.guid)
         return active.tad
 
     def checkpoint_requested(self, active: ActiveAtom) -> TAD:

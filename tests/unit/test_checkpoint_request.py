@@ -26,12 +26,16 @@ class _Storesites:
             raise StorageError("storesite s1 is unreachable")
         self.stored.append(seq)
 
+    def ship_logs(self, guid: str) -> None:
+        pass
+
 
 def _active(requested: bool) -> Any:
     atom = SimpleNamespace(generation=1, snapshot_with_generation=lambda: (b"state", 1))
     return SimpleNamespace(
         guid="s1:00",
         tad=None,
+        changes=None,  # an untracked atom: whole-state checkpoints
         atom=atom,
         meta=pb.AtomMeta(checkpoint=pb.CheckpointPolicy(mode=pb.CheckpointPolicy.ON_REQUEST)),
         checkpoint_request=requested,
