@@ -9,6 +9,7 @@ them kept free of invocations (:mod:`hermesx.node.admission`).
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable
 from concurrent import futures
@@ -62,6 +63,9 @@ class NodeServicer(pbg.SupervisorServicer):
         self._roles = roles
         self._admission = roles.admission
         self._dispatcher = roles.dispatcher
+        # Invocations answered, for the rate a console shows (Status.invocations).
+        self._invoked = itertools.count(1)
+        self._invocations = 0
 
     # ------------------------------------------------------------ calls
 
@@ -73,6 +77,7 @@ class NodeServicer(pbg.SupervisorServicer):
             return self._dispatcher.invoke(request)
         finally:
             self._admission.release_invoke()
+            self._invocations = next(self._invoked)
 
     def Send(self, request: pb.SendRequest, context: grpc.ServicerContext) -> pb.SendReply:
         return self._dispatcher.send(request)
@@ -115,6 +120,8 @@ class NodeServicer(pbg.SupervisorServicer):
             rss_bytes=_rss_bytes(),
             tags=self._tags,
             atom_calls=sum(a.calls for a in list(atoms.values())),
+            invocations=self._invocations,
+            fenced=self._ctx.fencing.fenced,
         )
 
     # ------------------------------------------------------------ checkpoint, passivate

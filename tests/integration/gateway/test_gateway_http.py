@@ -1,0 +1,100 @@
+"""The HTTP gateway's endpoints, as a program in another language uses them (docs/DESIGN.md §11)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+from conftest import Gateway
+
+from hermesx.client import Client
+from hermesx.testing.wait import wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def _cli(gw: Gateway, *argv: str) -> dict[str, object]:
+    cluster = gw.cluster
+    out = subprocess.run(
+        [sys.executable, "-m", "hermesx", *argv, "--json", "--zk", cluster.zk],
+        env={**os.environ, "HERMESX_CLUSTER": cluster.name},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    data: dict[str, object] = json.loads(out.stdout)
+    return data
+
+
+def test_a_call_over_http_runs_the_method_and_answers_json(
+    gateway: Gateway, atoms: dict[str, pathlib.Path], unique_name: str
+) -> None:
+    with Client(gateway.cluster.zk, gateway.cluster.name) as client:
+        guid = client.create(atoms["counter"], name=unique_name, on="n1", aliases=["team=web"])
+    reply = gateway.http.post(f"/v1/atoms/{unique_name}/incr", content=b"5")
+    assert reply.status_code == 200, reply.text
+    assert reply.json() == {"result": 5, "guid": guid, "tad": {"node": "n1", "age": 1}}
+    # By GUID too, with the hops the call took.
+    traced = gateway.http.post(f"/v1/atoms/{guid}/incr", json=2, params={"trace": "1"})
+    assert traced.json()["result"] == 7
+    assert [h["event"] for h in traced.json()["trace"]][-1] == "ran"
+
+    listed = {a["name"]: a for a in gateway.http.get("/v1/atoms").json()}
+    assert listed[unique_name]["node"] == "n1"
+    assert listed[unique_name]["state"] == "active"
+    one = gateway.http.get(f"/v1/atoms/{unique_name}").json()
+    assert one["guid"] == guid
+    assert one["age"] == 1
+    assert one["policy"]["checkpoint"] == "every-call"
+    assert one["aliases"] == ["team=web"]
+
+    nodes = {n["name"]: n for n in gateway.http.get("/v1/nodes").json()}
+    assert set(nodes) == {"n1", "n2", "n3"}
+    assert all(n["state"] == "live" for n in nodes.values())
+    assert nodes["n1"]["atoms"] >= 1
+
+    found = gateway.http.get("/v1/lookup", params={"pattern": unique_name}).json()
+    assert found == [{"name": unique_name, "guid": guid}]
+    scoped = gateway.http.get("/v1/lookup", params={"pattern": "w.*", "scope": "team", "all": 1})
+    assert {"name": unique_name, "guid": guid} in scoped.json()
+
+    chain = gateway.http.get(f"/v1/atoms/{unique_name}/chain").json()
+    held = {s["node"]: s for s in chain["stashes"]}
+    assert held["n1"]["active_here"] is True
+    assert chain["location"] == {"node": "n1", "age": 1, "storesite": "s1"}
+
+    spec = gateway.http.get("/v1/openapi.json").json()
+    assert spec["openapi"].startswith("3.")
+    assert "/v1/atoms/{target}/{method}" in spec["paths"]
+
+
+def test_the_console_actions_move_passivate_and_checkpoint(
+    gateway: Gateway, atoms: dict[str, pathlib.Path], unique_name: str
+) -> None:
+    with Client(gateway.cluster.zk, gateway.cluster.name) as client:
+        client.create(atoms["counter"], name=unique_name, on="n1")
+    moved = gateway.http.post(f"/v1/atoms/{unique_name}/actions/migrate", json={"node": "n3"})
+    assert moved.status_code == 200, moved.text
+    assert moved.json()["tad"]["node"] == "n3"
+    assert _cli(gateway, "locate", unique_name)["node"] == "n3"
+
+    done = gateway.http.post(f"/v1/atoms/{unique_name}/actions/checkpoint")
+    assert done.status_code == 200 and done.json()["tad"]["node"] == "n3"
+    assert gateway.http.post(f"/v1/atoms/{unique_name}/actions/passivate").status_code == 200
+    wait_until(
+        lambda: gateway.http.get(f"/v1/atoms/{unique_name}").json()["state"] == "dormant",
+        10,
+        "the atom to show dormant",
+    )
+    # The next call activates it again.
+    assert gateway.http.post(f"/v1/atoms/{unique_name}/get").json()["result"] == 0
+
+    bad = gateway.http.post(f"/v1/atoms/{unique_name}/actions/migrate", json={"node": "n9"})
+    assert bad.status_code == 404 and bad.json()["kind"] == "not_found"
+    unknown = gateway.http.post(f"/v1/atoms/{unique_name}/actions/explode")
+    assert unknown.status_code == 404
