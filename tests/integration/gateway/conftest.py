@@ -52,7 +52,17 @@ def read_status(sock: socket.socket) -> tuple[int, bytes]:
             break
         data += chunk
     status = int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/1.1 ") else 0
-    return status, data
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return status, head + b"\r\n\r\n" + body
 
 
 def start_gateway(cluster: LocalCluster) -> Gateway:

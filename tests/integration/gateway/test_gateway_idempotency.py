@@ -1,0 +1,76 @@
+"""An HTTP call retried with its Idempotency-Key runs once (docs/DESIGN.md §11, §4).
+
+Across a migration, the kill -9 of the node hosting the atom (recovered
+elsewhere from its checkpoint, reply table and all) and the kill -9 of the
+gateway itself: the counter's state counts the runs.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Callable, Iterator
+
+import pytest
+from conftest import Gateway, start_gateway
+
+from hermesx.client import Client
+from hermesx.local.cluster import LocalCluster
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def gateway(cluster_factory: Callable[..., LocalCluster]) -> Iterator[Gateway]:
+    """A cluster of its own (a node of it is killed), with 2 s sessions for a quick recovery."""
+    gw = start_gateway(cluster_factory(3, session_timeout=2.0))
+    try:
+        yield gw
+    finally:
+        gw.http.close()
+
+
+def test_a_retried_call_runs_once_across_a_move_and_kill_9s(
+    gateway: Gateway, atoms: dict[str, pathlib.Path], unique_name: str
+) -> None:
+    cluster = gateway.cluster
+    with Client(cluster.zk, cluster.name) as client:
+        client.create(atoms["counter"], name=unique_name, on="n1")
+
+        def call(gw: Gateway, key: str, n: int = 1) -> dict[str, object]:
+            reply = gw.http.post(
+                f"/v1/atoms/{unique_name}/incr", json=n, headers={"Idempotency-Key": key}
+            )
+            assert reply.status_code == 200, reply.text
+            data: dict[str, object] = reply.json()
+            return data
+
+        first = call(gateway, "order-1")
+        assert first["result"] == 1
+        assert call(gateway, "order-1") == first
+
+        client.migrate(unique_name, "n2")
+        again = call(gateway, "order-1")
+        assert again["result"] == 1 and again["request_id"] == first["request_id"]
+        assert again["tad"] != first["tad"]  # answered by the moved atom, from its table
+
+        cluster.kill("node-n2")
+        after_kill = call(gateway, "order-1")
+        assert after_kill["result"] == 1
+        where = client.locate(unique_name)
+        assert where.node != "n2"
+
+        # The gateway's own kill -9: the key is still bound to its arguments.
+        cluster.kill("gateway")
+        gateway.http.close()
+        restarted = start_gateway(cluster)
+        try:
+            assert call(restarted, "order-1")["result"] == 1
+            refused = restarted.http.post(
+                f"/v1/atoms/{unique_name}/incr", json=7, headers={"Idempotency-Key": "order-1"}
+            )
+            assert refused.status_code == 422
+            assert call(restarted, "order-2")["result"] == 2
+            # Once per key: the counter counted two runs, whatever was retried.
+            assert client.atom(unique_name).get() == 2
+        finally:
+            restarted.http.close()
