@@ -10,6 +10,7 @@ import socket
 import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
@@ -80,3 +81,36 @@ def gateway(cluster_factory: ClusterFactory) -> Iterator[Gateway]:
         yield gw
     finally:
         gw.http.close()
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+def open_browser() -> Any:
+    """Debian's headless Chromium under selenium (scripts/bootstrap.sh installs both)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        # The gateway's certificate is signed by the cluster's own CA.
+        "--ignore-certificate-errors",
+        "--window-size=1400,900",
+    ):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    driver = open_browser()
+    try:
+        yield driver
+    finally:
+        driver.quit()
