@@ -32,6 +32,10 @@ def _figures(args: argparse.Namespace) -> dict[str, float]:
         from hermesx.bench.storesite import run as run_storesite
 
         return run_storesite(progress=progress(args), atoms=args.atoms or 10_000)
+    if args.what == "gateway":
+        from hermesx.bench.gateway import run as run_gateway
+
+        return run_gateway(progress=progress(args))
     if args.what == "atoms":
         from hermesx.bench.atoms import run as run_atoms
 
@@ -69,7 +73,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def register(verbs: Verbs) -> None:
     p = verbs.add("bench", cmd_bench, "run a benchmark and print its figures")
-    p.add_argument("what", choices=["runtime", "naming", "invoke", "storesite", "migrate", "atoms"])
+    p.add_argument(
+        "what", choices=["runtime", "naming", "invoke", "storesite", "migrate", "atoms", "gateway"]
+    )
     p.add_argument(
         "--atoms",
         type=int,
