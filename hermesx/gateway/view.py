@@ -38,7 +38,7 @@ from hermesx.core.errors import HermesError, NameNotFoundError
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.storesite_client import StoresiteClient
 
-__all__ = ["ClusterView", "policy_of"]
+__all__ = ["AtomRow", "ClusterView", "NodeRow", "Reading", "diff_readings", "policy_of"]
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ class ClusterView:
             )
         atoms = self._list_atoms(before)
         reading = Reading(now, nodes, atoms)
-        events = [] if self._first else self._diff(before, reading)
+        events = [] if self._first else diff_readings(before, reading)
         with self._lock:
             self._reading = reading
             self._first = False
@@ -231,62 +231,6 @@ class ClusterView:
             log.info("storesite %s did not list its atoms: %s", sid, exc)
             return None
 
-    # ------------------------------------------------------------ events
-
-    def _diff(self, before: Reading, after: Reading) -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = []
-        at = after.at
-
-        def add(kind: str, text: str, **extra: Any) -> None:
-            events.append({"kind": kind, "text": text, "at": at, **extra})
-
-        for name in sorted(after.nodes.keys() - before.nodes.keys()):
-            add("join", f"node {name} joined", node=name)
-        for name in sorted(before.nodes.keys() - after.nodes.keys()):
-            add("leave", f"node {name} left the cluster", node=name)
-        for name in sorted(after.nodes.keys() & before.nodes.keys()):
-            old, new = before.nodes[name], after.nodes[name]
-            if new.incarnation != old.incarnation:
-                add("join", f"node {name} restarted (new incarnation)", node=name)
-            elif new.fenced and not old.fenced:
-                add("fence", f"node {name} is fenced: it may not serve", node=name)
-            elif old.fenced and not new.fenced and new.answered:
-                add("unfence", f"node {name} serves again", node=name)
-        for guid, atom in after.atoms.items():
-            label = atom.name or guid
-            old_atom = before.atoms.get(guid)
-            if old_atom is None:
-                where = f"on {atom.node}" if atom.node else "dormant"
-                add("create", f"{label} created {where}", guid=guid, node=atom.node)
-                continue
-            if atom.storesite != old_atom.storesite:
-                add(
-                    "storesite move",
-                    f"{label} is homed at {atom.storesite} (was {old_atom.storesite})",
-                    guid=guid,
-                    storesite=atom.storesite,
-                )
-            if atom.dormant and not old_atom.dormant:
-                add("passivate", f"{label} is dormant (was on {old_atom.node})", guid=guid)
-            elif old_atom.dormant and not atom.dormant:
-                add("activate", f"{label} activated on {atom.node}", guid=guid, node=atom.node)
-            elif atom.node != old_atom.node and atom.node and old_atom.node:
-                gone = old_atom.node not in after.nodes or (
-                    old_atom.node in before.nodes
-                    and after.nodes[old_atom.node].incarnation
-                    != before.nodes[old_atom.node].incarnation
-                )
-                kind = "recover" if gone else "migrate"
-                verb = "recovered on" if gone else "moved to"
-                add(
-                    kind,
-                    f"{label} {verb} {atom.node} (from {old_atom.node}, age {atom.age})",
-                    guid=guid,
-                    node=atom.node,
-                    source=old_atom.node,
-                )
-        return events
-
     # ------------------------------------------------------------ one atom
 
     def atom(self, target: str) -> AtomRow:
@@ -333,3 +277,59 @@ class ClusterView:
             "state": "dormant" if row.dormant else "active",
             "stashes": stashes,
         }
+
+
+def diff_readings(before: Reading, after: Reading) -> list[dict[str, Any]]:
+    """The events between two readings of the cluster (the table of the module docstring)."""
+    events: list[dict[str, Any]] = []
+    at = after.at
+
+    def add(kind: str, text: str, **extra: Any) -> None:
+        events.append({"kind": kind, "text": text, "at": at, **extra})
+
+    for name in sorted(after.nodes.keys() - before.nodes.keys()):
+        add("join", f"node {name} joined", node=name)
+    for name in sorted(before.nodes.keys() - after.nodes.keys()):
+        add("leave", f"node {name} left the cluster", node=name)
+    for name in sorted(after.nodes.keys() & before.nodes.keys()):
+        old, new = before.nodes[name], after.nodes[name]
+        if new.incarnation != old.incarnation:
+            add("join", f"node {name} restarted (new incarnation)", node=name)
+        elif new.fenced and not old.fenced:
+            add("fence", f"node {name} is fenced: it may not serve", node=name)
+        elif old.fenced and not new.fenced and new.answered:
+            add("unfence", f"node {name} serves again", node=name)
+    for guid, atom in after.atoms.items():
+        label = atom.name or guid
+        old_atom = before.atoms.get(guid)
+        if old_atom is None:
+            where = f"on {atom.node}" if atom.node else "dormant"
+            add("create", f"{label} created {where}", guid=guid, node=atom.node)
+            continue
+        if atom.storesite != old_atom.storesite:
+            add(
+                "storesite move",
+                f"{label} is homed at {atom.storesite} (was {old_atom.storesite})",
+                guid=guid,
+                storesite=atom.storesite,
+            )
+        if atom.dormant and not old_atom.dormant:
+            add("passivate", f"{label} is dormant (was on {old_atom.node})", guid=guid)
+        elif old_atom.dormant and not atom.dormant:
+            add("activate", f"{label} activated on {atom.node}", guid=guid, node=atom.node)
+        elif atom.node != old_atom.node and atom.node and old_atom.node:
+            gone = old_atom.node not in after.nodes or (
+                old_atom.node in before.nodes
+                and after.nodes[old_atom.node].incarnation
+                != before.nodes[old_atom.node].incarnation
+            )
+            kind = "recover" if gone else "migrate"
+            verb = "recovered on" if gone else "moved to"
+            add(
+                kind,
+                f"{label} {verb} {atom.node} (from {old_atom.node}, age {atom.age})",
+                guid=guid,
+                node=atom.node,
+                source=old_atom.node,
+            )
+    return events
