@@ -18,6 +18,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 from hermesx.client import Client
@@ -44,12 +45,9 @@ def _timed(call: Caller, calls: int, callers: int) -> tuple[list[float], float]:
             call(i * calls + n)
             samples[i].append((time.perf_counter() - t0) * 1e6)
 
-    threads = [threading.Thread(target=caller, args=(i,)) for i in range(callers)]
     began = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with ThreadPoolExecutor(callers) as pool:
+        list(pool.map(caller, range(callers)))
     elapsed = time.perf_counter() - began
     every = [s for own in samples for s in own]
     return every, len(every) / elapsed

@@ -98,6 +98,8 @@ def problem_response(exc: Problem | HermesError, headers: dict[str, str] | None 
         "kind": kind,
         **extra,
     }
+    if kind == "unauthorized":
+        headers = {**(headers or {}), "WWW-Authenticate": 'Bearer realm="hermesx"'}
     return Response(
         json.dumps(body).encode(), status_code=status, media_type=PROBLEM_TYPE, headers=headers
     )

@@ -57,15 +57,10 @@ class AtomRow:
     policy: dict[str, Any]
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "guid": self.guid,
-            "name": self.name,
-            "node": self.node,
-            "age": self.age,
-            "state": "dormant" if self.dormant else "active",
-            "storesite": self.storesite,
-            "policy": self.policy,
-        }
+        shown = ("guid", "name", "node", "age", "storesite", "policy")
+        data = {key: getattr(self, key) for key in shown}
+        data["state"] = "dormant" if self.dormant else "active"
+        return data
 
 
 @dataclass(frozen=True, slots=True)

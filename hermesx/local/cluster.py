@@ -297,19 +297,24 @@ class LocalCluster:
         return self._spawn(f"node-{spec.name}", argv)
 
     def start_gateway(
-        self, listen: str = "127.0.0.1:0", options: Sequence[str] = (), timeout: float = 60.0
+        self,
+        listen: str = "127.0.0.1:0",
+        options: Sequence[str] = (),
+        timeout: float = 60.0,
+        part: str = "gateway",
     ) -> str:
-        """Start the HTTP gateway on ``listen`` (port 0: a free one); returns its URL."""
+        """Start an HTTP gateway on ``listen`` (port 0: a free one); returns its URL."""
         self._ensure_cert(GATEWAY_CERT_NAME, roles.GATEWAY)
-        url_file = self.dir / "gateway.url"
+        url_file = self.dir / f"{part}.url"
         url_file.unlink(missing_ok=True)
         argv = [sys.executable, "-m", "hermesx", "gateway", "--listen", listen]
-        argv += ["--data", str(self.dir / "gateway"), "--url-file", str(url_file)]
-        pid = self._spawn("gateway", [*argv, *self._common_args(), *options])
-        log_path = self.dir / "gateway.log"
-        self.gateway_url = _await_file(url_file, pid, timeout, "the gateway", log_path)
-        self.save()
-        return self.gateway_url
+        argv += ["--data", str(self.dir / part), "--url-file", str(url_file)]
+        pid = self._spawn(part, [*argv, *self._common_args(), *options])
+        url = _await_file(url_file, pid, timeout, f"the {part}", self.dir / f"{part}.log")
+        if part == "gateway":
+            self.gateway_url = url
+            self.save()
+        return url
 
     def wait_registered(
         self,

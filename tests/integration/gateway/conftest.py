@@ -6,8 +6,12 @@ a real process serving HTTPS with its cluster certificate.
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 import ssl
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -81,6 +85,30 @@ def gateway(cluster_factory: ClusterFactory) -> Iterator[Gateway]:
         yield gw
     finally:
         gw.http.close()
+
+
+@pytest.fixture(scope="module")
+def recovering_gateway(cluster_factory: ClusterFactory) -> Iterator[Gateway]:
+    """The same, on a cluster of its own with 2 s sessions: a test kills its nodes."""
+    gw = start_gateway(cluster_factory(3, session_timeout=2.0))
+    try:
+        yield gw
+    finally:
+        gw.http.close()
+
+
+def hermesx_json(cluster: LocalCluster, *argv: str) -> dict[str, Any]:
+    """What `hermesx ARGV --json` prints about ``cluster``, as a user runs it."""
+    out = subprocess.run(
+        [sys.executable, "-m", "hermesx", *argv, "--json", "--zk", cluster.zk],
+        env={**os.environ, "HERMESX_CLUSTER": cluster.name},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    data: dict[str, Any] = json.loads(out.stdout)
+    return data
 
 
 CHROMIUM = "/usr/bin/chromium"

@@ -8,48 +8,19 @@ its atoms show on their new nodes once recovered.
 
 from __future__ import annotations
 
-import json
-import os
 import pathlib
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import Gateway, start_gateway
+from conftest import Gateway, hermesx_json
 from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
 from hermesx.client import Client
-from hermesx.local.cluster import LocalCluster
 from hermesx.testing.wait import wait_until
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def gateway(cluster_factory: Callable[..., LocalCluster]) -> Iterator[Gateway]:
-    """A cluster of its own (a node of it is killed), with 2 s sessions for a quick recovery."""
-    gw = start_gateway(cluster_factory(3, session_timeout=2.0))
-    try:
-        yield gw
-    finally:
-        gw.http.close()
-
-
-def _hermesx(cluster: LocalCluster, *argv: str) -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, "-m", "hermesx", *argv, "--json", "--zk", cluster.zk],
-        env={**os.environ, "HERMESX_CLUSTER": cluster.name},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    data: dict[str, Any] = json.loads(out.stdout)
-    return data
 
 
 def _cell(browser: Any, selector: str) -> str | None:
@@ -69,8 +40,9 @@ def _node_state(browser: Any, node: str) -> str | None:
 
 
 def test_the_console_follows_the_cluster_live(
-    gateway: Gateway, browser: Any, atoms: dict[str, pathlib.Path], unique_name: str
+    recovering_gateway: Gateway, browser: Any, atoms: dict[str, pathlib.Path], unique_name: str
 ) -> None:
+    gateway = recovering_gateway
     cluster = gateway.cluster
     one, two = f"{unique_name}a", f"{unique_name}b"
     with Client(cluster.zk, cluster.name) as client:
@@ -86,7 +58,7 @@ def test_the_console_follows_the_cluster_live(
 
         # A move made from the CLI shows within 2 s, without a reload.
         page = browser.execute_script("return window.performance.timeOrigin")
-        _hermesx(cluster, "migrate", one, "n2")
+        hermesx_json(cluster, "migrate", one, "n2")
         wait_until(lambda: _atom_node(browser, one) == "n2", 2.0, "the CLI's move on the page")
         assert browser.execute_script("return window.performance.timeOrigin") == page
         kinds = browser.find_elements(By.CSS_SELECTOR, "#events li[data-kind=migrate]")
@@ -100,7 +72,7 @@ def test_the_console_follows_the_cluster_live(
         Select(browser.find_element(By.ID, "migrate-node")).select_by_value("n3")
         browser.find_element(By.ID, "migrate").click()
         wait_until(
-            lambda: _hermesx(cluster, "locate", one)["node"] == "n3",
+            lambda: hermesx_json(cluster, "locate", one)["node"] == "n3",
             15,
             "locate to print the page's move",
         )

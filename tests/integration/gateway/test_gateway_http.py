@@ -2,33 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import os
 import pathlib
-import subprocess
-import sys
 
+import httpx
 import pytest
-from conftest import Gateway
+from conftest import Gateway, hermesx_json
 
 from hermesx.client import Client
 from hermesx.testing.wait import wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def _cli(gw: Gateway, *argv: str) -> dict[str, object]:
-    cluster = gw.cluster
-    out = subprocess.run(
-        [sys.executable, "-m", "hermesx", *argv, "--json", "--zk", cluster.zk],
-        env={**os.environ, "HERMESX_CLUSTER": cluster.name},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    data: dict[str, object] = json.loads(out.stdout)
-    return data
 
 
 def test_a_call_over_http_runs_the_method_and_answers_json(
@@ -81,7 +64,7 @@ def test_the_console_actions_move_passivate_and_checkpoint(
     moved = gateway.http.post(f"/v1/atoms/{unique_name}/actions/migrate", json={"node": "n3"})
     assert moved.status_code == 200, moved.text
     assert moved.json()["tad"]["node"] == "n3"
-    assert _cli(gateway, "locate", unique_name)["node"] == "n3"
+    assert hermesx_json(gateway.cluster, "locate", unique_name)["node"] == "n3"
 
     done = gateway.http.post(f"/v1/atoms/{unique_name}/actions/checkpoint")
     assert done.status_code == 200 and done.json()["tad"]["node"] == "n3"
@@ -98,3 +81,35 @@ def test_the_console_actions_move_passivate_and_checkpoint(
     assert bad.status_code == 404 and bad.json()["kind"] == "not_found"
     unknown = gateway.http.post(f"/v1/atoms/{unique_name}/actions/explode")
     assert unknown.status_code == 404
+
+
+def test_a_gateway_with_a_token_answers_only_requests_carrying_it(
+    gateway: Gateway, tmp_path: pathlib.Path
+) -> None:
+    cluster = gateway.cluster
+    token = "s3cret-token-of-this-test"
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    url = cluster.start_gateway(
+        options=["--token-file", str(token_file), "--plain-http"], part="gateway-token"
+    )
+    assert url.startswith("http://")
+    try:
+        with httpx.Client(base_url=url, timeout=30.0) as http:
+            for headers in ({}, {"Authorization": "Bearer wrong-token-wrong-token"}):
+                refused = http.get("/v1/nodes", headers=headers)
+                assert refused.status_code == 401
+                assert refused.json()["kind"] == "unauthorized"
+                assert refused.headers["www-authenticate"].startswith("Bearer")
+                assert http.post("/v1/atoms/x/get", headers=headers).status_code == 401
+            allowed = http.get("/v1/nodes", headers={"Authorization": f"Bearer {token}"})
+            assert allowed.status_code == 200 and len(allowed.json()) == 3
+            # The console's page holds no data; its event stream takes the token in its query.
+            assert http.get("/").status_code == 200
+            with http.stream("GET", "/v1/events", params={"access_token": token}) as events:
+                assert events.status_code == 200
+                assert events.headers["content-type"].startswith("text/event-stream")
+                first = next(events.iter_lines())
+                assert first.startswith("event: ")
+    finally:
+        cluster.kill("gateway-token")

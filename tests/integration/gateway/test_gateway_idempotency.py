@@ -8,30 +8,19 @@ gateway itself: the counter's state counts the runs.
 from __future__ import annotations
 
 import pathlib
-from collections.abc import Callable, Iterator
 
 import pytest
 from conftest import Gateway, start_gateway
 
 from hermesx.client import Client
-from hermesx.local.cluster import LocalCluster
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def gateway(cluster_factory: Callable[..., LocalCluster]) -> Iterator[Gateway]:
-    """A cluster of its own (a node of it is killed), with 2 s sessions for a quick recovery."""
-    gw = start_gateway(cluster_factory(3, session_timeout=2.0))
-    try:
-        yield gw
-    finally:
-        gw.http.close()
-
-
 def test_a_retried_call_runs_once_across_a_move_and_kill_9s(
-    gateway: Gateway, atoms: dict[str, pathlib.Path], unique_name: str
+    recovering_gateway: Gateway, atoms: dict[str, pathlib.Path], unique_name: str
 ) -> None:
+    gateway = recovering_gateway
     cluster = gateway.cluster
     with Client(cluster.zk, cluster.name) as client:
         client.create(atoms["counter"], name=unique_name, on="n1")
