@@ -67,6 +67,10 @@ STATUS_BY_KIND: Final[dict[str, int]] = {
 }
 
 
+# Refusals answered before the whole body was read.
+_BODY_LEFT_UNREAD: Final = frozenset({"too_large", "slow_body"})
+
+
 def status_for_kind(kind: str) -> int:
     return STATUS_BY_KIND.get(kind, 500)
 
@@ -100,6 +104,9 @@ def problem_response(exc: Problem | HermesError, headers: dict[str, str] | None 
     }
     if kind == "unauthorized":
         headers = {**(headers or {}), "WWW-Authenticate": 'Bearer realm="hermesx"'}
+    if kind in _BODY_LEFT_UNREAD:
+        # What is left of the body would be read as the next request: close instead.
+        headers = {**(headers or {}), "Connection": "close"}
     return Response(
         json.dumps(body).encode(), status_code=status, media_type=PROBLEM_TYPE, headers=headers
     )

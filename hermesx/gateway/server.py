@@ -32,6 +32,7 @@ from hermesx.core.errors import ConfigurationError
 from hermesx.core.files import write_private
 from hermesx.gateway.app import GatewaySettings, create_app
 from hermesx.gateway.idempotency import KeyStore
+from hermesx.gateway.protocol import with_head_deadline
 from hermesx.gateway.view import ClusterView
 from hermesx.rpc import roles
 from hermesx.rpc.roles import GATEWAY_CERT_NAME
@@ -118,7 +119,7 @@ def serve(config: GatewayConfig, extra_routes: Sequence[BaseRoute] = ()) -> None
         uv = uvicorn.Config(
             app,
             loop="uvloop",
-            http="h11",
+            http=with_head_deadline(config.settings.body_timeout),
             lifespan="on",
             log_level="warning",
             access_log=False,
