@@ -8,6 +8,7 @@ JSON over HTTP — calls, atoms, nodes, lookups, moves — and the console at
 events it derives), :mod:`~hermesx.gateway.problems` (errors as
 ``application/problem+json``), :mod:`~hermesx.gateway.idempotency`
 (``Idempotency-Key``), :mod:`~hermesx.gateway.guards` (bodies, CSRF, the
-bearer token), :mod:`~hermesx.gateway.protocol` (a deadline on request heads), :mod:`~hermesx.gateway.openapi` and
-:mod:`~hermesx.gateway.server` (the process).
+bearer token), :mod:`~hermesx.gateway.protocol` (a deadline on request
+heads), :mod:`~hermesx.gateway.openapi` and :mod:`~hermesx.gateway.server`
+(the process).
 """
