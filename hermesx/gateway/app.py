@@ -216,7 +216,7 @@ def api_routes(
         raise Problem("not_found", f"no action {name[:40]!r}: migrate, passivate or checkpoint")
 
     async def atoms(request: Request) -> Response:
-        await blocking(view.refresh)
+        await blocking(view.read_fresh)
         return JSONResponse(json.loads(feed.state_message())["atoms"])
 
     async def atom(request: Request) -> Response:
@@ -230,7 +230,7 @@ def api_routes(
         return JSONResponse(await blocking(view.chain, _target(request)))
 
     async def nodes(request: Request) -> Response:
-        await blocking(view.refresh)
+        await blocking(view.read_fresh)
         return JSONResponse([n.as_dict() for n in view.reading.nodes.values()])
 
     async def lookup(request: Request) -> Response:

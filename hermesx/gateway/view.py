@@ -126,6 +126,7 @@ class ClusterView:
         self._lock = threading.Lock()
         # One reading at a time: each is compared with the one before it.
         self._refreshing = threading.Lock()
+        self._started = 0.0  # when the latest reading began (monotonic)
         self._reading = Reading()
         self._first = True
         self._events: collections.deque[dict[str, Any]] = collections.deque(maxlen=EVENTS_KEPT)
@@ -149,7 +150,17 @@ class ClusterView:
     def refresh(self) -> list[dict[str, Any]]:
         """Read the cluster again; returns the events since the previous reading."""
         with self._refreshing:
+            self._started = time.monotonic()
             return self._refresh()
+
+    def read_fresh(self) -> Reading:
+        """A reading begun after this call was made (many callers at once share one)."""
+        asked = time.monotonic()
+        with self._refreshing:
+            if self._started < asked:
+                self._started = time.monotonic()
+                self._refresh()
+        return self.reading
 
     def _refresh(self) -> list[dict[str, Any]]:
         before = self.reading
@@ -229,12 +240,9 @@ class ClusterView:
     # ------------------------------------------------------------ one atom
 
     def atom(self, target: str) -> AtomRow:
-        """The row of one atom (by name or GUID); read again when the last reading lacks it."""
+        """The row of one atom (by name or GUID), from a reading begun now."""
         guid = self.client.guid_of(target)
-        row = self.reading.atoms.get(guid)
-        if row is None:
-            self.refresh()
-            row = self.reading.atoms.get(guid)
+        row = self.read_fresh().atoms.get(guid)
         if row is None:
             raise NameNotFoundError(f"no storesite lists atom {target!r} ({guid})")
         return row
