@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import pathlib
 
+import grpc
 import httpx
 import pytest
 from conftest import Gateway, hermesx_json
 
 from hermesx.client import Client
+from hermesx.rpc import roles
+from hermesx.rpc.proto import hermesx_pb2 as pb
+from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
+from hermesx.rpc.roles import GATEWAY_CERT_NAME
+from hermesx.rpc.wire import TLSIdentity, open_channel
 from hermesx.testing.wait import wait_until
 
 pytestmark = pytest.mark.integration
@@ -113,3 +119,35 @@ def test_a_gateway_with_a_token_answers_only_requests_carrying_it(
                 assert first.startswith("event: ")
     finally:
         cluster.kill("gateway-token")
+
+
+def test_the_gateway_certificate_may_call_only_what_clients_may(gateway: Gateway) -> None:
+    """docs/DESIGN.md §10: nothing sent to the gateway can stage or activate a copy of an atom."""
+    cluster = gateway.cluster
+    identity = TLSIdentity(cluster.tls_dir, GATEWAY_CERT_NAME, cluster.name)
+    with Client(cluster.zk, cluster.name) as client:
+        addresses = {
+            "Supervisor": client.nodes()["n1"].address,
+            "Storesite": client.naming.storesites()["s1"].address,
+        }
+    internal = [
+        key
+        for key, allowed in roles.RPC_ROLES.items()
+        if roles.GATEWAY not in allowed and key.partition("/")[0] in addresses
+    ]
+    assert "Supervisor/Activate" in internal and "Supervisor/StageCopy" in internal
+    for key in internal:
+        service, _, method = key.partition("/")
+        channel = open_channel(addresses[service], tls=identity)
+        try:
+            stub = (pbg.SupervisorStub if service == "Supervisor" else pbg.StoresiteStub)(channel)
+            descriptor = pb.DESCRIPTOR.services_by_name[service].methods_by_name[method]
+            request = getattr(pb, descriptor.input_type.name)()
+            if descriptor.client_streaming:
+                request = iter([request])
+            with pytest.raises(grpc.RpcError) as refused:
+                getattr(stub, method)(request, timeout=10)
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED, key
+            assert f"refused {key}: role gateway" in (refused.value.details() or ""), key
+        finally:
+            channel.close()
