@@ -142,6 +142,9 @@ def api_routes(
                 return await handler(request)
             except (Problem, HermesError) as exc:
                 return problem_response(exc)
+            except Exception as exc:  # a bug: still a problem document, and a log for details
+                log.exception("%s %s failed", request.method, request.url.path)
+                return problem_response(Problem("internal", f"{type(exc).__name__}: {exc}"))
 
         return run
 

@@ -54,7 +54,10 @@ def check_key(key: str) -> str:
 
 def arguments_digest(method: str, value: Any) -> str:
     """Digest of a call's method and arguments; map keys' order does not count."""
-    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    try:
+        canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    except (RecursionError, ValueError) as exc:
+        raise Problem("bad_json", f"the arguments cannot be read as one value: {exc}") from None
     return hashlib.sha256(f"{method}\0{canonical}".encode()).hexdigest()
 
 

@@ -7,7 +7,7 @@ Every failure the gateway answers is one problem document::
 
 ``kind`` is the hermesx error kind (docs/DESIGN.md §9) or one of the
 gateway's own (``bad_json``, ``too_large``, ``slow_body``, ``cross_site``,
-``unauthorized``, ``bad_idempotency_key``, ``idempotency_key_reused``,
+``unauthorized``, ``bad_idempotency_key``, ``idempotency_key_reused``, ``internal``,
 ``not_found`` for an unknown path). :data:`STATUS_BY_KIND` is the one
 mapping from kinds to statuses.
 """
@@ -52,6 +52,7 @@ STATUS_BY_KIND: Final[dict[str, int]] = {
     "memory": 500,
     "call_cycle": 500,
     "atom": 500,
+    "internal": 500,
     # the cluster
     "unreachable": 503,
     "communication": 503,
