@@ -2,11 +2,13 @@
 
 It starts a private local cluster (ZooKeeper, a storesite, two nodes) with
 its gateway (HTTPS, as `hermesx up` runs it), creates a ``counter`` atom and
-measures ``incr`` by name: p50 / p99 latency with one caller and calls/s
-with one and four callers, through the gateway (``http.client``, one
-kept-alive connection per caller) and through :class:`hermesx.Client`; and
-the p50 of an HTTP call carrying an ``Idempotency-Key`` (the gateway writes
-the key before the call). The ratios are HTTP over the client's.
+measures ``incr`` by name: p50 / p99 latency and calls/s with one caller,
+and calls/s with four, through the gateway (``http.client``, one kept-alive
+connection per caller) and through :class:`hermesx.Client`; and the p50 of
+an HTTP call carrying a new ``Idempotency-Key`` (the gateway writes the key
+before the call). One caller's calls of the three kinds are interleaved and
+the four callers' rounds alternate, so that both paths meet the same load;
+the ratios are HTTP over the client's.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ Progress = Callable[[str], None]
 Caller = Callable[[int], None]
 
 CALLS = 1000
-CALLS_EACH_OF_4 = 300
+CALLS_EACH_OF_4 = 100
+ROUNDS = 3
 
 
 def _timed(call: Caller, calls: int, callers: int) -> tuple[list[float], float]:
@@ -109,23 +112,37 @@ def _figures(cluster: LocalCluster, say: Progress) -> dict[str, float]:
             counter.incr(1)
 
         def keyed(n: int) -> None:
-            over_http(n, key=f"bench-{n}")
+            over_http(n, key=f"bench-{n}")  # a new key each call: the key is written
 
+        callers: dict[str, Caller] = {"http": over_http, "http_keyed": keyed, "client": by_client}
+        say("warming up")
+        for call in callers.values():
+            _timed(call, 100, 1)
+        # Interleaved, so that both paths see the same machine (its load varies).
+        say(f"{CALLS} calls of each, one caller, interleaved")
+        one: dict[str, list[float]] = {name: [] for name in callers}
+        for n in range(CALLS):
+            for name, call in callers.items():
+                t0 = time.perf_counter()
+                call(CALLS + n)
+                one[name].append((time.perf_counter() - t0) * 1e6)
         figures: dict[str, float] = {}
-        for name, call in (("http", over_http), ("client", by_client)):
-            say(f"warming up: {name}")
-            _timed(call, 200, 1)
-            say(f"{name}: {CALLS} calls, one caller")
-            one, rate = _timed(call, CALLS, 1)
-            figures[f"{name}_p50_us"] = statistics.median(one)
-            figures[f"{name}_p99_us"] = _p(one, 0.99)
-            figures[f"{name}_calls_per_s"] = rate
-            say(f"{name}: {CALLS_EACH_OF_4} calls each, four callers")
-            _, rate4 = _timed(call, CALLS_EACH_OF_4, 4)
-            figures[f"{name}_4_callers_calls_per_s"] = rate4
-        say("http with an Idempotency-Key on every call")
-        with_key, _ = _timed(keyed, CALLS // 3, 1)
-        figures["http_keyed_p50_us"] = statistics.median(with_key)
+        for name in ("http", "client"):
+            figures[f"{name}_p50_us"] = statistics.median(one[name])
+            figures[f"{name}_p99_us"] = _p(one[name], 0.99)
+            figures[f"{name}_calls_per_s"] = len(one[name]) / (sum(one[name]) / 1e6)
+        figures["http_keyed_p50_us"] = statistics.median(one["http_keyed"])
+        say(f"four callers, {ROUNDS} rounds of {CALLS_EACH_OF_4} calls each, alternating")
+        done = {"http": 0.0, "client": 0.0}
+        took = {"http": 0.0, "client": 0.0}
+        for _ in range(ROUNDS):
+            for name in done:
+                began = time.perf_counter()
+                samples, _ = _timed(callers[name], CALLS_EACH_OF_4, 4)
+                took[name] += time.perf_counter() - began
+                done[name] += len(samples)
+        for name in done:
+            figures[f"{name}_4_callers_calls_per_s"] = done[name] / took[name]
         over_http.close()
     figures["http_over_client_p50"] = figures["http_p50_us"] / figures["client_p50_us"]
     figures["http_over_client_calls_per_s"] = (
