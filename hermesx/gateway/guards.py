@@ -7,8 +7,9 @@
 * a JSON body that does not parse (400, ``bad_json``);
 * a mutating request from another site (403, ``cross_site``): browsers send
   ``Sec-Fetch-Site`` and ``Origin``, and a POST whose ``Sec-Fetch-Site`` is
-  ``cross-site`` or ``same-site``, or whose ``Origin`` is not the gateway's
-  own, is refused; programs (curl) send neither and pass;
+  ``cross-site`` or ``same-site``, or whose ``Origin`` names another host
+  and port than the request's ``Host``, is refused; programs (curl) send
+  neither and pass;
 * without the bearer token, when the gateway has one (401, ``unauthorized``).
 """
 
