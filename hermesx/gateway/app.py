@@ -338,12 +338,23 @@ def create_app(
     settings: GatewaySettings,
     *,
     extra_routes: Sequence[BaseRoute] = (),
+    on_ready: Callable[[], None] | None = None,
 ) -> Starlette:
-    """The gateway's application over ``view``; ``extra_routes`` join its route list."""
+    """The gateway's application over ``view``; ``extra_routes`` join its route list.
+
+    ``on_ready`` is called once the first reading of the cluster is made:
+    every change after it is an event.
+    """
     feed = Feed(view)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            await anyio.to_thread.run_sync(view.refresh)
+        except HermesError as exc:
+            log.warning("the first reading of the cluster failed: %s", exc)
+        if on_ready is not None:
+            on_ready()
         task = asyncio.create_task(feed.run())
         try:
             yield

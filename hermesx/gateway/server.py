@@ -113,9 +113,21 @@ def serve(config: GatewayConfig, extra_routes: Sequence[BaseRoute] = ()) -> None
     sock, host, port = _bind(config.listen)
     keys = KeyStore(config.data / "idempotency.sqlite" if config.data else None)
     view = ClusterView(client, period=config.period)
+    shown = f"[{host}]" if ":" in host else host
+    url = f"{'https' if certfile else 'http'}://{shown}:{port}"
+
+    def ready() -> None:
+        log.info("gateway of cluster %s serving at %s", client.address.cluster, url)
+        print(f"gateway of cluster {client.address.cluster!r} at {url}", flush=True)
+        if config.url_file is not None:
+            # Whole or not at all: `hermesx up` reads it as soon as it exists.
+            partial = config.url_file.with_suffix(".tmp")
+            write_private(partial, url)
+            partial.replace(config.url_file)
+
     try:
         client.start()
-        app = create_app(view, keys, config.settings, extra_routes=extra_routes)
+        app = create_app(view, keys, config.settings, extra_routes=extra_routes, on_ready=ready)
         uv = uvicorn.Config(
             app,
             loop="uvloop",
@@ -132,15 +144,6 @@ def serve(config: GatewayConfig, extra_routes: Sequence[BaseRoute] = ()) -> None
             ssl_keyfile=keyfile,
         )
         server = uvicorn.Server(uv)
-        shown = f"[{host}]" if ":" in host else host
-        url = f"{'https' if certfile else 'http'}://{shown}:{port}"
-        log.info("gateway of cluster %s serving at %s", client.address.cluster, url)
-        print(f"gateway of cluster {client.address.cluster!r} at {url}", flush=True)
-        if config.url_file is not None:
-            # Whole or not at all: `hermesx up` reads it as soon as it exists.
-            partial = config.url_file.with_suffix(".tmp")
-            write_private(partial, url)
-            partial.replace(config.url_file)
         server.run(sockets=[sock])
     finally:
         with contextlib.suppress(OSError):

@@ -18,8 +18,10 @@ differences are the console's events (docs/DESIGN.md §11):
 
 Diffing a cheap reading is robust where hooking every protocol would not be:
 an event is never lost to a dropped notification, and a gateway started late
-sees the cluster as it is. Its cost is one ``ListAtoms`` per storesite per
-period, so the console suits clusters of thousands of atoms, not millions.
+sees the cluster as it is. Changes within one period merge: an atom created
+and moved between two readings shows as created where it then is. Its cost
+is one ``ListAtoms`` per storesite per period, so the console suits
+clusters of thousands of atoms, not millions.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 
 import grpc
@@ -66,10 +67,13 @@ def test_the_console_actions_move_passivate_and_checkpoint(
     gateway: Gateway, atoms: dict[str, pathlib.Path], unique_name: str
 ) -> None:
     with Client(gateway.cluster.zk, gateway.cluster.name) as client:
-        client.create(atoms["counter"], name=unique_name, on="n1")
+        guid = client.create(atoms["counter"], name=unique_name, on="n1")
+    # A GET answers from a reading begun after it: each step is seen apart.
+    assert gateway.http.get(f"/v1/atoms/{unique_name}").json()["node"] == "n1"
     moved = gateway.http.post(f"/v1/atoms/{unique_name}/actions/migrate", json={"node": "n3"})
     assert moved.status_code == 200, moved.text
     assert moved.json()["tad"]["node"] == "n3"
+    assert gateway.http.get(f"/v1/atoms/{unique_name}").json()["node"] == "n3"
     assert hermesx_json(gateway.cluster, "locate", unique_name)["node"] == "n3"
 
     done = gateway.http.post(f"/v1/atoms/{unique_name}/actions/checkpoint")
@@ -87,6 +91,27 @@ def test_the_console_actions_move_passivate_and_checkpoint(
     assert bad.status_code == 404 and bad.json()["kind"] == "not_found"
     unknown = gateway.http.post(f"/v1/atoms/{unique_name}/actions/explode")
     assert unknown.status_code == 404
+
+    # The event stream told of each step, in order.
+    wanted = ["create", "migrate", "passivate", "activate"]
+    assert wait_until(lambda: _event_kinds(gateway, guid, len(wanted)) == wanted, 10, "events")
+
+
+def _event_kinds(gateway: Gateway, guid: str, count: int) -> list[str]:
+    """The kinds of the first ``count`` events about ``guid`` a new event stream sends."""
+    kinds: list[str] = []
+    with gateway.http.stream("GET", "/v1/events") as stream:
+        event = ""
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                event = line.removeprefix("event: ")
+            elif line.startswith("data: ") and event == "change":
+                change = json.loads(line.removeprefix("data: "))
+                if change.get("guid") == guid:
+                    kinds.append(change["kind"])
+            elif line.startswith("data: ") and event == "state":
+                break  # the history comes first, then the state
+    return kinds[:count]
 
 
 def test_a_gateway_with_a_token_answers_only_requests_carrying_it(
