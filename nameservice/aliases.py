@@ -83,6 +83,10 @@ class Aliases:
         validate_guid(guid)
         return f"{self._aliases_dir}/{scope}/{alias}/{guid}"
 
+    def scopes(self) -> list[str]:
+        """Every scope that holds an alias now."""
+        return sorted(self._cache.read_children(self._aliases_dir).names)
+
     def in_scope(self, scope: str) -> dict[str, list[str]]:
         """Every alias in ``scope`` -> the GUIDs that carry it (sorted)."""
         validate_name(scope, "alias scope")

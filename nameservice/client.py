@@ -320,6 +320,10 @@ class NameService:
         """Every alias in ``scope`` -> the GUIDs that carry it (sorted)."""
         return self._aliases.in_scope(scope)
 
+    def scopes(self) -> list[str]:
+        """Every alias scope in use."""
+        return self._aliases.scopes()
+
     # ----------------------------------------------------------------- lookups
 
     def lookup(self, pattern: str, *, scope: str | None = None, all: bool = False) -> list[str]:

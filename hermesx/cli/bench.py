@@ -42,6 +42,10 @@ def _figures(args: argparse.Namespace) -> dict[str, float]:
         from hermesx.bench.storesite import run as run_storesite
 
         return run_storesite(progress=progress(args), atoms=args.atoms or 10_000)
+    if args.what == "gateway":
+        from hermesx.bench.gateway import run as run_gateway
+
+        return run_gateway(progress=progress(args))
     if args.what == "atoms":
         from hermesx.bench.atoms import run as run_atoms
 
@@ -101,7 +105,17 @@ def register(verbs: Verbs) -> None:
     p = verbs.add("bench", cmd_bench, "run a benchmark and print its figures")
     p.add_argument(
         "what",
-        choices=["runtime", "naming", "invoke", "breakdown", "storesite", "migrate", "atoms", "kv"],
+        choices=[
+            "runtime",
+            "naming",
+            "invoke",
+            "breakdown",
+            "storesite",
+            "migrate",
+            "atoms",
+            "kv",
+            "gateway",
+        ],
     )
     p.add_argument(
         "--atoms",

@@ -37,6 +37,7 @@ def cmd_up(args: argparse.Namespace) -> None:
         zk=args.zk,
         progress=progress(args),
         init_stores=args.init_stores,
+        gateway=None if args.gateway == "none" else args.gateway,
     )
     metrics = {part: f"http://{at}/metrics" for part, at in cluster.metrics.items()}
     data = {
@@ -45,6 +46,7 @@ def cmd_up(args: argparse.Namespace) -> None:
         "pids": cluster.procs,
         "dir": str(cluster.dir),
         "metrics": metrics,
+        "gateway": cluster.gateway_url or None,
     }
     emit(
         args,
@@ -53,7 +55,8 @@ def cmd_up(args: argparse.Namespace) -> None:
             f"cluster {cluster.name!r} is up: ZooKeeper at {cluster.zk}, "
             f"storesites {', '.join(cluster.storesite_ids)}, "
             f"nodes {', '.join(cluster.node_specs)}\n"
-            f"logs in {cluster.dir}\n"
+            + (f"gateway and console at {cluster.gateway_url}\n" if cluster.gateway_url else "")
+            + f"logs in {cluster.dir}\n"
             f"metrics: {_metrics_line(metrics)}\n"
             f"use it:  hermesx nodes   "
             f"(or export HERMESX_ZK={cluster.zk} HERMESX_CLUSTER={cluster.name})\n"
@@ -151,6 +154,12 @@ def register(verbs: Verbs) -> None:
         action="store_true",
         help="let storesites whose store is missing or damaged start a new one "
         "(a damaged one is set aside; a new cluster's storesites do this anyway)",
+    )
+    p.add_argument(
+        "--gateway",
+        default="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="where the HTTP gateway and console listen (port 0: a free one; none: no gateway)",
     )
 
     verbs.add("down", cmd_down, "stop the local cluster")

@@ -4,6 +4,7 @@ The verbs live in modules by group: :mod:`~hermesx.cli.offline` (run,
 build), :mod:`~hermesx.cli.cluster` (up, down, nodes),
 :mod:`~hermesx.cli.atoms` (create, invoke, migrate, …),
 :mod:`~hermesx.cli.serve` (node and storesite processes),
+:mod:`~hermesx.cli.gateway` (the HTTP gateway),
 :mod:`~hermesx.cli.certs` and :mod:`~hermesx.cli.bench`; what they print is
 :mod:`~hermesx.cli.output`'s. :func:`main` sets up logging and signals, runs
 the verb, and turns any failure into one line on stderr and a non-zero exit.
@@ -17,7 +18,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from hermesx.cli import atoms, bench, certs, cluster, kv, logs, offline, serve
+from hermesx.cli import atoms, bench, certs, cluster, gateway, kv, logs, offline, serve
 from hermesx.cli.output import discard_stdout, fail
 from hermesx.cli.parser import Parser, Verbs, common_options
 from hermesx.core.config import check_environment
@@ -29,7 +30,7 @@ __all__ = ["build_parser", "main"]
 log = logging.getLogger("hermesx")
 
 # Verbs that run a server process: they log what they do by default.
-SERVERS = ("node", "storesite")
+SERVERS = ("node", "storesite", "gateway")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     certs.register(verbs.group("certs", "cluster certificates"))
     bench.register(verbs)
     kv.register(verbs.group("kv", "the sharded KV store and its transactions"))
+    gateway.register(verbs)
     return parser
 
 

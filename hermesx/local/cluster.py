@@ -34,7 +34,7 @@ from hermesx.core.files import PRIVATE_UMASK, open_private, private_dir, write_p
 from hermesx.core.identity import validate_name
 from hermesx.routing.naming import Naming
 from hermesx.rpc import roles
-from hermesx.rpc.roles import CLIENT_CERT_NAME, TEST_CERT_NAME
+from hermesx.rpc.roles import CLIENT_CERT_NAME, GATEWAY_CERT_NAME, TEST_CERT_NAME
 
 __all__ = ["LocalCluster", "NodeSpec", "PartWatcher", "alive", "private_cluster"]
 
@@ -74,6 +74,8 @@ class LocalCluster:
     storesite_ids: list[str] = field(default_factory=list)
     # Part -> address of its Prometheus endpoint, as registered (after wait_registered).
     metrics: dict[str, str] = field(default_factory=dict)
+    # The HTTP gateway's URL once started (docs/DESIGN.md §13).
+    gateway_url: str = ""
     # None for `hermesx up`: its parts outlive the command that started them.
     watcher: PartWatcher | None = field(default=None, repr=False, compare=False)
 
@@ -107,6 +109,7 @@ class LocalCluster:
                 n["name"]: NodeSpec(n["name"], tuple(n.get("tags", ()))) for n in data["nodes"]
             },
             storesite_ids=list(data.get("storesites", [])),
+            gateway_url=str(data.get("gateway", "")),
         )
 
     def save(self) -> None:
@@ -120,6 +123,7 @@ class LocalCluster:
             "pids": self.procs,
             "nodes": [{"name": s.name, "tags": list(s.tags)} for s in self.node_specs.values()],
             "storesites": self.storesite_ids,
+            "gateway": self.gateway_url,
         }
         tmp = self.state_file.with_suffix(".tmp")
         write_private(tmp, json.dumps(data, indent=2))
@@ -136,11 +140,13 @@ class LocalCluster:
         progress: Progress | None = None,
         timeout: float = 60.0,
         init_stores: bool = False,
+        gateway: str | None = None,
     ) -> None:
         """Start the cluster's parts; a storesite new to it makes a new store.
 
         ``init_stores`` lets every storesite make a new store in place of a
-        missing or damaged one (``hermesx up --init-stores``).
+        missing or damaged one (``hermesx up --init-stores``); ``gateway``
+        (HOST:PORT) starts the HTTP gateway there too.
         """
         say = progress or (lambda _msg: None)
         validate_name(self.name, "cluster name")
@@ -158,6 +164,7 @@ class LocalCluster:
             wanted = {spec.name: roles.NODE for spec in nodes}
             wanted.update(dict.fromkeys(storesites, roles.STORESITE))
             wanted[CLIENT_CERT_NAME] = roles.CLIENT
+            wanted[GATEWAY_CERT_NAME] = roles.GATEWAY
             if self.test_hooks:
                 # Only a cluster with test hooks has a certificate that may call them.
                 wanted[TEST_CERT_NAME] = roles.TEST
@@ -181,6 +188,9 @@ class LocalCluster:
             self.wait_registered(timeout, say)
             for sid in storesites:
                 write_private(self._store_made(sid), "")
+            if gateway is not None:
+                say("starting the gateway")
+                self.start_gateway(gateway, timeout=timeout)
         except BaseException:
             self.down()
             raise
@@ -219,14 +229,7 @@ class LocalCluster:
         pid = self._spawn(
             "zookeeper", [sys.executable, "-m", "hermesx.local.cluster", "zookeeper", str(zk_dir)]
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if connect_file.exists():
-                return connect_file.read_text().strip()
-            if not alive(pid):
-                raise UnreachableError(f"ZooKeeper did not start; see {self.dir / 'zookeeper.log'}")
-            time.sleep(0.1)
-        raise UnreachableError(f"ZooKeeper did not start within {timeout:.0f}s")
+        return _await_file(connect_file, pid, timeout, "ZooKeeper", self.dir / "zookeeper.log")
 
     @property
     def tls_dir(self) -> pathlib.Path:
@@ -294,6 +297,26 @@ class LocalCluster:
             argv.append("--test-hooks")
         argv += spec.options
         return self._spawn(f"node-{spec.name}", argv)
+
+    def start_gateway(
+        self,
+        listen: str = "127.0.0.1:0",
+        options: Sequence[str] = (),
+        timeout: float = 60.0,
+        part: str = "gateway",
+    ) -> str:
+        """Start an HTTP gateway on ``listen`` (port 0: a free one); returns its URL."""
+        self._ensure_cert(GATEWAY_CERT_NAME, roles.GATEWAY)
+        url_file = self.dir / f"{part}.url"
+        url_file.unlink(missing_ok=True)
+        argv = [sys.executable, "-m", "hermesx", "gateway", "--listen", listen]
+        argv += ["--data", str(self.dir / part), "--url-file", str(url_file)]
+        pid = self._spawn(part, [*argv, *self._common_args(), *options])
+        url = _await_file(url_file, pid, timeout, f"the {part}", self.dir / f"{part}.log")
+        if part == "gateway":
+            self.gateway_url = url
+            self.save()
+        return url
 
     def wait_registered(
         self,
@@ -474,6 +497,18 @@ def _reap(pid: int, timeout: float) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+def _await_file(path: pathlib.Path, pid: int, timeout: float, what: str, log: pathlib.Path) -> str:
+    """The text a starting part writes to ``path`` once it serves; fails when it exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            return path.read_text().strip()
+        if not alive(pid):
+            raise UnreachableError(f"{what} did not start; see {log}: {_last_line(log)}")
+        time.sleep(0.05)
+    raise UnreachableError(f"{what} did not start within {timeout:.0f}s")
 
 
 def _last_line(path: pathlib.Path) -> str:

@@ -11,6 +11,7 @@ Messages (``send``) follow the same path without a reply of the atom.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 
@@ -55,6 +56,9 @@ class Dispatcher:
         self._resolve_staged = resolve_staged
         # A move the atom asked for, or its placement decided, after its call.
         self._move_later = move_later
+        # Invocations answered, for the rate a console shows (Status.invocations).
+        self._invoked = itertools.count(1)
+        self.invocations = 0
 
     def serve_invoke(self, request: pb.InvokeRequest) -> pb.InvokeReply:
         """An invocation from another process, by gRPC or the call channel: :meth:`invoke`
@@ -66,6 +70,8 @@ class Dispatcher:
             return self.invoke(request)
         finally:
             self._admission.release_invoke()
+            # Invocations answered, for the rate a console shows (Status.invocations).
+            self.invocations = next(self._invoked)
 
     def invoke(self, request: pb.InvokeRequest) -> pb.InvokeReply:
         if not self._fencing.may_serve(f"{request.method} of atom {request.guid}"):

@@ -109,6 +109,8 @@ class NodeServicer(pbg.SupervisorServicer):
             rss_bytes=_rss_bytes(),
             tags=self._tags,
             atom_calls=sum(a.calls for a in list(atoms.values())),
+            invocations=self._dispatcher.invocations,
+            fenced=self._ctx.fencing.fenced,
         )
 
     def AtomLogs(self, request: pb.GuidRequest, context: grpc.ServicerContext) -> pb.AtomLogLines:

@@ -157,6 +157,10 @@ class Naming:
         with _translated():
             return self._ns.aliases(scope)
 
+    def scopes(self) -> list[str]:
+        with _translated():
+            return self._ns.scopes()
+
     def lookup(self, pattern: str, *, scope: str | None = None, all: bool = False) -> list[str]:
         with _translated():
             return self._ns.lookup(pattern, scope=scope, all=all)

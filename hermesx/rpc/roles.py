@@ -29,6 +29,7 @@ __all__ = [
     "CLIENT",
     "CLIENT_CERT_NAME",
     "GATEWAY",
+    "GATEWAY_CERT_NAME",
     "MEMBER_ROLES",
     "NODE",
     "ROLES",
@@ -50,6 +51,8 @@ TEST: Final = "test"
 # hooks also makes one certificate of role test.
 CLIENT_CERT_NAME: Final = "client"
 TEST_CERT_NAME: Final = "tester"
+# The certificate a local cluster makes for its HTTP gateway.
+GATEWAY_CERT_NAME: Final = "gateway"
 
 ROLES: Final = (NODE, STORESITE, CLIENT, GATEWAY, TEST)
 MEMBER_ROLES: Final = frozenset({NODE, STORESITE})

@@ -50,6 +50,8 @@ def local_cluster(
     try:
         assert up.returncode == 0, up.stderr
         zk = json.loads(up.stdout)["zk"]
+        # Its HTTP gateway too (docs/DESIGN.md §13): its files are as private.
+        assert json.loads(up.stdout)["gateway"].startswith("https://127.0.0.1:")
         # State in every store: a module, checkpoints, a passivation, stashes.
         for argv in [
             ["create", str(atoms["counter"]), "--name", "c", "--on", "n1"],
@@ -86,6 +88,7 @@ def test_everything_a_local_cluster_creates_is_private_to_its_user(
     # What the issue named is among what was checked.
     names = {p.name for p in home.rglob("*")}
     assert {"data.mdb", "ca.key", "zk.secret", "zoo.cfg", "zookeeper.log", "node-n1.log"} <= names
+    assert {"gateway.log", "gateway.pem", "gateway.key", "idempotency.sqlite"} <= names
     assert seen["files"] > 20 and seen["dirs"] > 8, seen
 
 

@@ -272,7 +272,7 @@ class Empty(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("name", "active_atoms", "stash_entries", "pid", "rss_bytes", "tags", "atom_calls")
+    __slots__ = ("name", "active_atoms", "stash_entries", "pid", "rss_bytes", "tags", "atom_calls", "invocations", "fenced")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_ATOMS_FIELD_NUMBER: _ClassVar[int]
     STASH_ENTRIES_FIELD_NUMBER: _ClassVar[int]
@@ -280,6 +280,8 @@ class NodeStatus(_message.Message):
     RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
     ATOM_CALLS_FIELD_NUMBER: _ClassVar[int]
+    INVOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    FENCED_FIELD_NUMBER: _ClassVar[int]
     name: str
     active_atoms: int
     stash_entries: int
@@ -287,7 +289,9 @@ class NodeStatus(_message.Message):
     rss_bytes: int
     tags: _containers.RepeatedScalarFieldContainer[str]
     atom_calls: int
-    def __init__(self, name: _Optional[str] = ..., active_atoms: _Optional[int] = ..., stash_entries: _Optional[int] = ..., pid: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., tags: _Optional[_Iterable[str]] = ..., atom_calls: _Optional[int] = ...) -> None: ...
+    invocations: int
+    fenced: bool
+    def __init__(self, name: _Optional[str] = ..., active_atoms: _Optional[int] = ..., stash_entries: _Optional[int] = ..., pid: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., tags: _Optional[_Iterable[str]] = ..., atom_calls: _Optional[int] = ..., invocations: _Optional[int] = ..., fenced: _Optional[bool] = ...) -> None: ...
 
 class AtomLogLines(_message.Message):
     __slots__ = ("guid", "lines")
