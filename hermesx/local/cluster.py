@@ -331,21 +331,10 @@ class LocalCluster:
         try:
             deadline = time.monotonic() + timeout
             while True:
-                # A part counts once *this* process registered (a killed
-                # predecessor's registration lingers until its session expires).
-                live_nodes = {
-                    n
-                    for n, m in naming.nodes().items()
-                    if m.data.get("pid") == self.procs.get(f"node-{n}")
-                }
-                live_sites = {
-                    s
-                    for s, m in naming.storesites().items()
-                    if m.data.get("pid") == self.procs.get(f"storesite-{s}")
-                }
+                live_nodes, live_sites = _live(naming, self.procs)
                 missing = sorted(want_nodes - live_nodes) + sorted(want_sites - live_sites)
                 if not missing:
-                    self._note_metrics(naming.nodes(), naming.storesites())
+                    self.metrics.update(_metrics_of(naming))
                     if progress:
                         progress("all parts registered")
                     return
@@ -364,12 +353,6 @@ class LocalCluster:
                 time.sleep(0.1)
         finally:
             naming.close()
-
-    def _note_metrics(self, nodes: Mapping[str, Any], storesites: Mapping[str, Any]) -> None:
-        for kind, members in (("node", nodes), ("storesite", storesites)):
-            for name, member in members.items():
-                if member.data.get("metrics"):
-                    self.metrics[f"{kind}-{name}"] = str(member.data["metrics"])
 
     def kill(self, part: str, sig: int = signal.SIGKILL) -> None:
         pid = self.procs.get(part)
@@ -421,6 +404,28 @@ class LocalCluster:
         with contextlib.suppress(FileNotFoundError):
             self.state_file.unlink()
         return stopped
+
+
+def _live(naming: Naming, procs: Mapping[str, int]) -> tuple[set[str], set[str]]:
+    """The nodes and storesites registered by the processes we started (a killed
+    predecessor's registration lingers until its session expires)."""
+    nodes = {n for n, m in naming.nodes().items() if m.data.get("pid") == procs.get(f"node-{n}")}
+    sites = {
+        s
+        for s, m in naming.storesites().items()
+        if m.data.get("pid") == procs.get(f"storesite-{s}")
+    }
+    return nodes, sites
+
+
+def _metrics_of(naming: Naming) -> dict[str, str]:
+    """Part -> its metrics endpoint, as the parts registered them."""
+    found: dict[str, str] = {}
+    for kind, members in (("node", naming.nodes()), ("storesite", naming.storesites())):
+        for name, member in members.items():
+            if member.data.get("metrics"):
+                found[f"{kind}-{name}"] = str(member.data["metrics"])
+    return found
 
 
 @contextlib.contextmanager
