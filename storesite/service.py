@@ -115,6 +115,7 @@ class Storesite:
         with self._locks.hold(guid):
             return self.store.put_checkpoint(guid, tad, seq, snapshot, check)
 
+    @metrics.timed(metrics.STORESITE_CHECKPOINTS, metrics.STORESITE_CHECKPOINT_SECONDS)
     def put_checkpoint_delta(
         self,
         guid: str,
