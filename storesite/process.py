@@ -54,6 +54,7 @@ def serve(
     tls_dir: pathlib.Path | None = None,
     init: bool = False,
     session_timeout: float = DEFAULT_SESSION_TIMEOUT,
+    advertise: str = "",
 ) -> None:
     """Run storesite ``sid`` until SIGTERM / SIGINT (or ``stop`` is set).
 
@@ -62,7 +63,9 @@ def serve(
     ``data_dir`` must exist and be whole unless ``init`` asks for a new one
     (see :class:`AtomStore`); it is checked before anything joins the cluster.
     ``session_timeout`` (seconds) is that of the storesite's name-service
-    session: how long its registration outlives the process.
+    session: how long its registration outlives the process. ``advertise``
+    (``HOST[:PORT]``) is the address registered for peers when it is not the
+    listen address (:func:`hermesx.core.addresses.advertised_address`).
     """
     validate_name(sid, "storesite id")
     stop = stop or threading.Event()
@@ -88,7 +91,7 @@ def serve(
         store.close()
         raise naming_error(exc, f"storesite {sid} cannot use cluster {cluster!r}") from exc
     site = Storesite(store, NameServiceDirectory(names))
-    server = StoresiteServer(site, listen, tls=tls)
+    server = StoresiteServer(site, listen, tls=tls, advertise=advertise)
     try:
         try:
             names.start()

@@ -55,6 +55,7 @@ def cmd_node_serve(args: argparse.Namespace) -> None:
     config = NodeConfig(
         name=args.name,
         listen=args.listen,
+        advertise=args.advertise,
         zk=address.zk,
         cluster=address.cluster,
         tags=tuple(t for t in (args.tags or "").split(",") if t),
@@ -92,13 +93,24 @@ def cmd_storesite_serve(args: argparse.Namespace) -> None:
         tls_dir=address.tls,
         init=args.init,
         session_timeout=args.session_timeout,
+        advertise=args.advertise,
+    )
+
+
+def _add_listen(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT to bind (port 0: any)")
+    parser.add_argument(
+        "--advertise",
+        default="",
+        help="HOST[:PORT] peers dial, registered in the name service (default: the listen "
+        "address; a wildcard listen registers the host's primary address)",
     )
 
 
 def register_node(node: Verbs) -> None:
     p = node.add("serve", cmd_node_serve, "serve as a node (supervisor)")
     p.add_argument("--name", required=True)
-    p.add_argument("--listen", default="127.0.0.1:0")
+    _add_listen(p)
     p.add_argument("--tags")
     p.add_argument("--data", help="node-local data directory (stash, module cache)")
     p.add_argument("--hop-limit", type=int, default=4)
@@ -125,7 +137,7 @@ def register_node(node: Verbs) -> None:
 def register_storesite(storesite: Verbs) -> None:
     p = storesite.add("serve", cmd_storesite_serve, "serve as a storesite")
     p.add_argument("--id", required=True)
-    p.add_argument("--listen", default="127.0.0.1:0")
+    _add_listen(p)
     p.add_argument("--data", required=True)
     p.add_argument("--session-timeout", type=float, default=4.0)
     p.add_argument(

@@ -19,6 +19,9 @@ __all__ = ["NodeConfig"]
 class NodeConfig:
     name: str
     listen: str = "127.0.0.1:0"
+    # HOST[:PORT] registered for peers when it is not the listen address
+    # (a wildcard listen, a translated address): docs/DESIGN.md §8.
+    advertise: str = ""
     zk: str = "127.0.0.1:2181"
     cluster: str = "default"
     tags: tuple[str, ...] = ()

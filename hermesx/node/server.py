@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import grpc
 
-from hermesx.core.errors import HermesError, UnreachableError
+from hermesx.core.addresses import advertised_address
+from hermesx.core.errors import ConfigurationError, HermesError, UnreachableError
 from hermesx.core.identity import TAD
 from hermesx.node.admission import Admission
 from hermesx.node.catalog import ActiveAtom
@@ -215,12 +216,16 @@ def serve(
     pbg.add_SupervisorServicer_to_server(servicer, server)
     if config.test_hooks:
         pbg.add_NodeTestHooksServicer_to_server(TestHooksServicer(hooks), server)
-    host, _, _ = config.listen.rpartition(":")
     port = add_server_port(server, config.listen, tls)
     if port == 0:
         raise UnreachableError(f"node {config.name}: cannot listen on {config.listen}")
+    try:
+        address = advertised_address(config.listen, port, config.advertise, f"node {config.name}")
+    except ConfigurationError:
+        server.stop(0)
+        raise
     server.start()
-    return server, f"{host}:{port}"
+    return server, address
 
 
 def _rss_bytes() -> int:
