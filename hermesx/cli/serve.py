@@ -1,7 +1,8 @@
 """The server processes: `hermesx node serve` and `hermesx storesite serve`.
 
 A server process makes its files private, checks that its certificate is of
-its role, and stops cleanly on SIGTERM or SIGINT.
+its role, and stops cleanly on SIGTERM or SIGINT; a node drains on SIGTERM
+first (docs/DESIGN.md §5 "Drain").
 """
 
 from __future__ import annotations
@@ -38,9 +39,10 @@ def _serve_privately(tls: pathlib.Path | None, name: str, role: str) -> None:
         )
 
 
-def _stop_on_signals(stop: Callable[[], None]) -> None:
+def _stop_on_signals(stop: Callable[[], None], on_term: Callable[[], None] | None = None) -> None:
     def handler(signum: int, frame: object) -> None:
-        threading.Thread(target=stop, daemon=True).start()
+        action = on_term if signum == signal.SIGTERM and on_term is not None else stop
+        threading.Thread(target=action, daemon=True).start()
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
@@ -69,7 +71,8 @@ def cmd_node_serve(args: argparse.Namespace) -> None:
         unresponsive_limit_s=args.unresponsive_limit,
     )
     supervisor = Supervisor(config)
-    _stop_on_signals(supervisor.stop)
+    # SIGTERM (a service manager, `deploy upgrade`) drains first; Ctrl-C stops at once.
+    _stop_on_signals(supervisor.stop, on_term=lambda: supervisor.drain_and_stop(args.drain_timeout))
     address_bound = supervisor.start()
     print(f"node {config.name} serving on {address_bound}", flush=True)
     supervisor.wait()
@@ -130,6 +133,12 @@ def register_node(node: Verbs) -> None:
         default=0.0,
         help="seconds without answering its own Status before the node gives up its "
         "name-service session and stops (default: 3 session timeouts, at least 10)",
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="seconds SIGTERM's drain may take before the node stops anyway (default 30)",
     )
     p.add_argument("--test-hooks", action="store_true", help=argparse.SUPPRESS)
 

@@ -103,6 +103,9 @@ class MigrationDestination:
 
     def _stage(self, request: pb.CopyRequest, tad: TAD, incarnation: str) -> None:
         guid = request.guid
+        if self._fencing.draining:
+            # docs/DESIGN.md §5 "Drain": the mover or the storesite picks another node.
+            raise MigrationError(f"node {self._node} is draining: it takes no new atoms")
         refusal = tags_refusal(guid, self._node, request.meta.tags, self._ctx.config.tags)
         if refusal:
             raise MigrationError(refusal)

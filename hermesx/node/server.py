@@ -26,6 +26,7 @@ from hermesx.node.config import NodeConfig
 from hermesx.node.context import NodeContext
 from hermesx.node.creation import Creation
 from hermesx.node.dispatch import Dispatcher
+from hermesx.node.drain import Drainer
 from hermesx.node.migration_destination import MigrationDestination
 from hermesx.node.migration_source import MigrationSource
 from hermesx.node.passivation import Passivation
@@ -36,7 +37,10 @@ from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.status import abort_with
 from hermesx.rpc.wire import CHANNEL_OPTIONS, TLSIdentity, add_server_port, server_interceptors
 
-__all__ = ["NodeRoles", "NodeServicer", "TestHooksServicer", "serve"]
+__all__ = ["DEFAULT_DRAIN_S", "NodeRoles", "NodeServicer", "TestHooksServicer", "serve"]
+
+# How long a drain may take unless told (the Drain RPC's, SIGTERM's default).
+DEFAULT_DRAIN_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +54,7 @@ class NodeRoles:
     passivation: Passivation
     source: MigrationSource
     destination: MigrationDestination
+    drainer: Drainer
 
 
 class NodeServicer(pbg.SupervisorServicer):
@@ -116,7 +121,15 @@ class NodeServicer(pbg.SupervisorServicer):
             rss_bytes=_rss_bytes(),
             tags=self._tags,
             atom_calls=sum(a.calls for a in list(atoms.values())),
+            draining=self._ctx.fencing.draining,
         )
+
+    def Drain(self, request: pb.DrainRequest, context: grpc.ServicerContext) -> pb.DrainReply:
+        """Out of service: no new atoms, and every atom here moved away (docs/DESIGN.md §5)."""
+        try:
+            return self._roles.drainer.drain(request.timeout_s or DEFAULT_DRAIN_S)
+        except HermesError as exc:
+            abort_with(context, exc)
 
     # ------------------------------------------------------------ checkpoint, passivate
 

@@ -46,6 +46,7 @@ from hermesx.node.config import NodeConfig
 from hermesx.node.context import NodeContext
 from hermesx.node.creation import Creation
 from hermesx.node.dispatch import Dispatcher
+from hermesx.node.drain import Drainer
 from hermesx.node.fencing import Fencing
 from hermesx.node.host import NodeHost
 from hermesx.node.migration_destination import MigrationDestination
@@ -68,6 +69,8 @@ __all__ = ["Supervisor"]
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_INTERVAL_S = 0.2
+# How long past its time a drain on SIGTERM may run before the node stops anyway.
+DRAIN_GRACE_S = 5.0
 
 
 class Supervisor:
@@ -139,6 +142,7 @@ class Supervisor:
         self._passivation = Passivation(ctx)
         self.destination = MigrationDestination(ctx, builder)
         self.source = MigrationSource(ctx, self._aborts, self._transfers)
+        self.drainer = Drainer(ctx, self.source)
         dispatcher = Dispatcher(
             ctx,
             admission,
@@ -158,6 +162,7 @@ class Supervisor:
                 passivation=self._passivation,
                 source=self.source,
                 destination=self.destination,
+                drainer=self.drainer,
             ),
         )
 
@@ -191,6 +196,40 @@ class Supervisor:
         self.stash.close()
         self.storesites.close()
         self.channels.close()
+
+    def drain_and_stop(self, timeout_s: float) -> None:
+        """SIGTERM: move every atom away (at most ``timeout_s`` seconds), then stop."""
+        if self._stopping.is_set():
+            return
+
+        def drain() -> None:
+            try:
+                reply = self.drainer.drain(timeout_s)
+            except HermesError as exc:
+                log.warning("node %s: drain failed (%s); stopping anyway", self.name, exc)
+                return
+            if reply.remaining:
+                log.warning(
+                    "node %s: stopping with %d atom(s) not moved away after %.0f s of drain; "
+                    "they come back from their checkpoints on other nodes",
+                    self.name,
+                    reply.remaining,
+                    timeout_s,
+                )
+
+        # A move under way when the time runs out may take a while to end:
+        # the process stops at the latest a few seconds after the drain's time.
+        draining = threading.Thread(target=drain, name="node-drain", daemon=True)
+        draining.start()
+        draining.join(timeout_s + DRAIN_GRACE_S)
+        if draining.is_alive():
+            log.warning(
+                "node %s: drain did not end within %.0f s; stopping anyway (atoms left here "
+                "come back from their checkpoints on other nodes)",
+                self.name,
+                timeout_s + DRAIN_GRACE_S,
+            )
+        self.stop()
 
     def wait(self) -> None:
         self._stopping.wait()

@@ -94,6 +94,11 @@ class SupervisorStub:
                 request_serializer=hermesx__pb2.Empty.SerializeToString,
                 response_deserializer=hermesx__pb2.NodeStatus.FromString,
                 _registered_method=True)
+        self.Drain = channel.unary_unary(
+                '/hermesx.v1.Supervisor/Drain',
+                request_serializer=hermesx__pb2.DrainRequest.SerializeToString,
+                response_deserializer=hermesx__pb2.DrainReply.FromString,
+                _registered_method=True)
 
 
 class SupervisorServicer:
@@ -172,6 +177,12 @@ class SupervisorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Drain(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SupervisorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -234,6 +245,11 @@ def add_SupervisorServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=hermesx__pb2.Empty.FromString,
                     response_serializer=hermesx__pb2.NodeStatus.SerializeToString,
+            ),
+            'Drain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Drain,
+                    request_deserializer=hermesx__pb2.DrainRequest.FromString,
+                    response_serializer=hermesx__pb2.DrainReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -560,6 +576,33 @@ class Supervisor:
             '/hermesx.v1.Supervisor/Status',
             hermesx__pb2.Empty.SerializeToString,
             hermesx__pb2.NodeStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Drain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hermesx.v1.Supervisor/Drain',
+            hermesx__pb2.DrainRequest.SerializeToString,
+            hermesx__pb2.DrainReply.FromString,
             options,
             channel_credentials,
             insecure,
