@@ -138,6 +138,11 @@ class MigrationDestination:
         # settles later by asking the storesite.
         self._fencing.check_lease(f"atom {guid} was not activated")
         staged = self._catalog.take_staged(guid)
+        held = self._catalog.atoms.get(guid)
+        if staged is None and held is not None and held.tad == tad:
+            # A call forwarded here by the source after COMMIT settled the staged
+            # copy first (resolve_staged): it already serves at this TAD.
+            return
         if staged is not None and staged.tad.age == tad.age:
             meta, atom = staged.meta, staged.atom
         else:
