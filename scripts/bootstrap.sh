@@ -12,6 +12,9 @@ command -v java >/dev/null 2>&1 || need_apt+=(default-jre-headless)
 command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 command -v iptables >/dev/null 2>&1 || need_apt+=(iptables)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+# The cross-host tests: one sshd per test host (a network namespace), and the ssh client.
+[ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
+command -v ssh >/dev/null 2>&1 || need_apt+=(openssh-client)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} (apt)"
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
