@@ -17,7 +17,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from hermesx.cli import atoms, bench, certs, cluster, offline, serve
+from hermesx.cli import atoms, bench, certs, cluster, deploy, offline, serve
 from hermesx.cli.output import discard_stdout, fail
 from hermesx.cli.parser import Parser, Verbs, common_options
 from hermesx.core.config import check_environment
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.register_storesite(storesite)
     atoms.register_home_move(storesite)
     certs.register(verbs.group("certs", "cluster certificates"))
+    deploy.register(verbs)
     bench.register(verbs)
     return parser
 

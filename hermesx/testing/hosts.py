@@ -239,6 +239,7 @@ class HostNetwork:
                     "StrictModes no",
                     "MaxStartups 100",
                     "MaxSessions 100",
+                    "Subsystem sftp internal-sftp",
                     "LogLevel ERROR",
                 ]
             )
