@@ -279,8 +279,8 @@ class HostNetwork:
             [*self.exec_argv(), *argv], capture_output=True, text=True, timeout=timeout, env=env
         )
 
-    def cut(self, host: TestHost) -> None:
-        """Drop every packet in and out of ``host`` but its loopback (nftables in its namespace)."""
+    def cut_rules(self, host: TestHost) -> pathlib.Path:
+        """The nftables rules (a file for ``nft -f``) that cut ``host`` off but its loopback."""
         rules = (
             f"table inet {_CUT_TABLE} {{\n"
             "  chain input { type filter hook input priority -10; policy drop; iif lo accept; }\n"
@@ -289,7 +289,11 @@ class HostNetwork:
         )
         rules_file = self.base / f"{host.name}-cut.nft"
         rules_file.write_text(rules)
-        _run([*self.exec_argv(host.namespace), "nft", "-f", str(rules_file)])
+        return rules_file
+
+    def cut(self, host: TestHost) -> None:
+        """Drop every packet in and out of ``host`` but its loopback (nftables in its namespace)."""
+        _run([*self.exec_argv(host.namespace), "nft", "-f", str(self.cut_rules(host))])
 
     def heal(self, host: TestHost) -> None:
         _run([*self.exec_argv(host.namespace), "nft", "delete", "table", "inet", _CUT_TABLE])
