@@ -31,11 +31,7 @@ from typing import Any, TypeVar
 from hermesx.core.errors import ConfigurationError, HermesError, UnreachableError
 from hermesx.deploy.bundle import Bundle, build_bundle
 from hermesx.deploy.clusterfile import ClusterPlan, HostPlan, NodePlan, StoresitePlan
-from hermesx.deploy.hostscripts import (
-    install_script,
-    probe_script,
-    start_script,
-)
+from hermesx.deploy.hostscripts import install_script, probe_script, start_script, status_script
 from hermesx.deploy.remote import Remote, control_directory
 
 __all__ = ["Deployer", "Progress"]
@@ -48,6 +44,8 @@ T = TypeVar("T")
 REGISTER_TIMEOUT_S = 120.0
 QUORUM_TIMEOUT_S = 90.0
 STOP_WAIT_S = 15.0
+# Every this many seconds of waiting for registrations, look whether the parts still run.
+EXIT_CHECK_EVERY = 4
 
 
 class Deployer:
@@ -264,6 +262,7 @@ class Deployer:
         deadline = time.monotonic() + timeout
         last = ""
         client = None
+        checks = 0
         try:
             while True:
                 found: dict[str, Any] = {}
@@ -293,10 +292,31 @@ class Deployer:
                         f"{f' ({last})' if last else ''}: {where}"
                     )
                 self.say(f"waiting for {kind} {', '.join(missing)} to register")
+                checks += 1
+                if checks % EXIT_CHECK_EVERY == 0:
+                    self._check_running(kind, missing)
                 time.sleep(1.0)
         finally:
             if client is not None:
                 client.close()
+
+    def _check_running(self, kind: str, names: list[str]) -> None:
+        """Fail at once, with its log's last line, when a part we wait for has exited."""
+        prefix = "node" if kind == "nodes" else "storesite"
+        hosts = {n.name: n.host for n in self.plan.nodes}
+        hosts |= {s.id: s.host for s in self.plan.storesites}
+        wanted = {hosts[name] for name in names}
+        seen = self.each(
+            wanted,
+            lambda r: r.script(status_script(r.host.dir), "reading status").stdout,
+            raise_first=False,
+        )
+        for name in names:
+            lines = seen.get(hosts[name], "").splitlines()
+            if f"{prefix}-{name} - stopped" in lines:
+                raise ConfigurationError(
+                    f"{prefix} {name} on host {hosts[name]} exited: {self._logs_of(kind, [name])}"
+                )
 
     def _logs_of(self, kind: str, names: list[str]) -> str:
         prefix = "node" if kind == "nodes" else "storesite"
