@@ -25,6 +25,7 @@ import signal
 import sys
 import threading
 
+from nameservice.session import ZooKeeperTLS
 from nameservice.zookeeper import (
     _QUORUM_MAIN,
     _base_config,
@@ -34,7 +35,10 @@ from nameservice.zookeeper import (
     _write_private,
 )
 
-__all__ = ["ensemble_serving", "main", "member_config"]
+__all__ = ["ZK_SERVER_PEM", "ensemble_serving", "main", "member_config"]
+
+ZK_SERVER_PEM = "zk-server.pem"
+"""In a secure member's TLS directory: its private key and certificate (PEM)."""
 
 
 def member_config(
@@ -54,25 +58,25 @@ def member_config(
         lines += ["initLimit=20", "syncLimit=10"]
         lines += [f"server.{n}={where}" for n, where in sorted(servers.items())]
     if tls_dir is not None:
-        password = (tls_dir / "zk-store.password").read_text().strip()
         lines += [
             f"secureClientPort={secure_client_port}",
             f"secureClientPortAddress={address}",
             "serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory",
-            f"ssl.keyStore.location={tls_dir / 'zk-server.p12'}",
-            f"ssl.keyStore.password={password}",
-            "ssl.keyStore.type=PKCS12",
-            f"ssl.trustStore.location={tls_dir / 'zk-trust.p12'}",
-            f"ssl.trustStore.password={password}",
-            "ssl.trustStore.type=PKCS12",
-            # Clients present the cluster's certificates: only members get in.
+            # PEM: the server's key and certificate in one file, the cluster CA.
+            f"ssl.keyStore.location={tls_dir / ZK_SERVER_PEM}",
+            "ssl.keyStore.type=PEM",
+            f"ssl.trustStore.location={tls_dir / 'ca.pem'}",
+            "ssl.trustStore.type=PEM",
+            # Clients present the cluster's certificates: only its processes get in.
             "ssl.clientAuth=need",
             "ssl.hostnameVerification=false",
         ]
     return "\n".join(lines) + "\n"
 
 
-def ensemble_serving(connect_string: str, timeout: float) -> str | None:
+def ensemble_serving(
+    connect_string: str, timeout: float, tls: ZooKeeperTLS | None = None
+) -> str | None:
     """None once a client session opens on the ensemble (it has a quorum), else why not."""
     from kazoo.client import KazooClient
     from kazoo.handlers.threading import KazooTimeoutError
@@ -80,7 +84,8 @@ def ensemble_serving(connect_string: str, timeout: float) -> str | None:
     # Refused connections while the servers start are expected: not worth a warning.
     quiet = logging.getLogger(f"{__name__}.probe")
     quiet.setLevel(logging.CRITICAL)
-    client = KazooClient(hosts=connect_string, timeout=max(timeout, 1.0), logger=quiet)
+    options = tls.kazoo_options() if tls is not None else {}
+    client = KazooClient(hosts=connect_string, timeout=max(timeout, 1.0), logger=quiet, **options)
     try:
         client.start(timeout=timeout)
     except KazooTimeoutError:

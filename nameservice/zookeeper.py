@@ -72,6 +72,7 @@ _JVM_FLAGS = (
 _STANDALONE_MAIN = "org.apache.zookeeper.server.ZooKeeperServerMain"
 _QUORUM_MAIN = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
 _PR_SET_PDEATHSIG = 1
+_NETTY_EXTRA = ("netty-codec.jar", "netty-resolver.jar", "netty-transport-native-unix-common.jar")
 _LOG_TAIL_LINES = 30
 
 
@@ -96,6 +97,10 @@ def find_zookeeper() -> tuple[str, ...]:
         if (_JAVA_DIR / binding).exists():
             parts.append(str(_JAVA_DIR / binding))
             break
+    # The secure client port's Netty needs these, which Debian's jar does not list.
+    for extra in _NETTY_EXTRA:
+        if (_JAVA_DIR / extra).exists():
+            parts.append(str(_JAVA_DIR / extra))
     return tuple(parts)
 
 

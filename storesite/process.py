@@ -23,9 +23,9 @@ import time
 from collections.abc import Callable
 
 from hermesx.core.identity import validate_name
-from hermesx.rpc.security import zk_auth, zk_readers
+from hermesx.rpc.security import zk_auth, zk_readers, zk_tls
 from hermesx.rpc.wire import TLSIdentity, set_process_tls
-from nameservice import NameService, NameServiceError, NameTakenError
+from nameservice import NameService, NameServiceError, NameTakenError, ZooKeeperTLS
 from storesite.directory import NameServiceDirectory, naming_error
 from storesite.server import StoresiteServer
 from storesite.service import Storesite
@@ -86,6 +86,7 @@ def serve(
             session_timeout=session_timeout,
             auth=zk_auth(tls_dir) if tls_dir is not None else None,
             readers=zk_readers(tls_dir) if tls_dir is not None else (),
+            tls=_zk_tls(tls_dir, sid),
         )
     except NameServiceError as exc:
         store.close()
@@ -113,6 +114,11 @@ def serve(
         site.close()
         names.close()
         store.close()
+
+
+def _zk_tls(tls_dir: pathlib.Path | None, sid: str) -> ZooKeeperTLS | None:
+    files = zk_tls(tls_dir, sid) if tls_dir is not None else None
+    return ZooKeeperTLS(*files) if files is not None else None
 
 
 def _register(names: NameService, sid: str, address: str, stop: threading.Event) -> None:

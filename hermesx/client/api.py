@@ -125,7 +125,11 @@ class Client:
         self.address: ClusterAddress = resolve_cluster(zk, cluster, tls)
         # A client only reads the name service (nodes bind names and aliases).
         self.naming = Naming(
-            self.address.zk, self.address.cluster, tls=self.address.tls, role=roles.CLIENT
+            self.address.zk,
+            self.address.cluster,
+            tls=self.address.tls,
+            role=roles.CLIENT,
+            cert=cert,
         )
         # The certificate the client shows (None on a cluster without TLS).
         self.identity: TLSIdentity | None = None

@@ -22,7 +22,8 @@ python = "python3"               # optional: the interpreter the venv is made wi
 
 [zookeeper]
 hosts = ["h1", "h2", "h3"]       # 1, 3 or 5 servers: an ensemble
-client_port = 2181               # optional, also peer_port 2888, election_port 3888
+client_port = 2181               # optional, also peer_port 2888, election_port 3888,
+                                 # secure_client_port 2281 (TLS, used when secure)
 
 [[storesite]]
 id = "s1"
@@ -71,7 +72,7 @@ _TOP = (
     "node",
 )
 _HOST = ("name", "ssh", "address", "dir", "tags", "python")
-_ZOOKEEPER = ("hosts", "client_port", "peer_port", "election_port")
+_ZOOKEEPER = ("hosts", "client_port", "peer_port", "election_port", "secure_client_port")
 _STORESITE = ("id", "host", "port")
 _NODE = ("name", "host", "tags", "port")
 
@@ -92,6 +93,8 @@ class ZooKeeperPlan:
     client_port: int = 2181
     peer_port: int = 2888
     election_port: int = 3888
+    # A secure cluster's clients use this TLS port; the plain one listens on loopback only.
+    secure_client_port: int = 2281
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +128,9 @@ class ClusterPlan:
 
     @property
     def zk_connect(self) -> str:
-        """The ensemble's connect string: every server's host address and client port."""
-        port = self.zookeeper.client_port
+        """The ensemble's connect string: every server's address and (TLS when secure) port."""
+        zk = self.zookeeper
+        port = zk.secure_client_port if self.secure else zk.client_port
         return ",".join(f"{self.hosts[h].address}:{port}" for h in self.zookeeper.hosts)
 
     def node_tags(self, node: NodePlan) -> tuple[str, ...]:
@@ -302,6 +306,7 @@ def _zookeeper(source: str, table: Any, hosts: Mapping[str, HostPlan]) -> ZooKee
         r.port("client_port", 2181),
         r.port("peer_port", 2888),
         r.port("election_port", 3888),
+        r.port("secure_client_port", 2281),
     )
 
 
@@ -351,7 +356,8 @@ def _ports_free(
     taken: dict[tuple[str, int], str] = {}
     wanted: list[tuple[str, int, str]] = []
     for host in zookeeper.hosts:
-        for port in (zookeeper.client_port, zookeeper.peer_port, zookeeper.election_port):
+        ports = (zookeeper.client_port, zookeeper.peer_port, zookeeper.election_port)
+        for port in (*ports, zookeeper.secure_client_port):
             wanted.append((host, port, "zookeeper"))
     wanted += [(s.host, s.port, f"storesite {s.id}") for s in storesites]
     wanted += [(n.host, n.port, f"node {n.name}") for n in nodes]

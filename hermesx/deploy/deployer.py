@@ -33,6 +33,8 @@ from hermesx.deploy.bundle import Bundle, build_bundle
 from hermesx.deploy.clusterfile import ClusterPlan, HostPlan, NodePlan, StoresitePlan
 from hermesx.deploy.hostscripts import install_script, probe_script, start_script, status_script
 from hermesx.deploy.remote import Remote, control_directory
+from hermesx.rpc.security import ZK_TLS_MARKER
+from nameservice.ensemble_member import ZK_SERVER_PEM
 
 __all__ = ["Deployer", "Progress"]
 
@@ -119,12 +121,16 @@ class Deployer:
             for i, h in enumerate(zk.hosts)
         )
         number = zk.hosts.index(host.name) + 1
-        return [
+        argv = [
             self.python(host, release),
             *("-m", "nameservice.ensemble_member", "--dir", f"{host.dir}/zookeeper"),
             *("--id", str(number), "--address", host.address),
             *("--client-port", str(zk.client_port), "--servers", servers),
         ]
+        if self.tls is not None:
+            argv += ["--secure-client-port", str(zk.secure_client_port)]
+            argv += ["--tls-dir", f"{host.dir}/tls"]
+        return argv
 
     def storesite_argv(self, site: StoresitePlan, release: str) -> tuple[list[str], str]:
         host = self.host(site.host)
@@ -188,11 +194,24 @@ class Deployer:
         names = {n.name: roles.NODE for n in self.plan.nodes}
         names |= {s.id: roles.STORESITE for s in self.plan.storesites}
         names[roles.CLIENT_CERT_NAME] = roles.CLIENT
-        security.init_certs(self.tls, self.plan.cluster, names)
+        # A ZooKeeper server shows a certificate of the cluster to its clients;
+        # the least of roles, as it calls no RPC (docs/DESIGN.md §10).
+        names |= {f"zookeeper-{h}": roles.CLIENT for h in self.plan.zookeeper.hosts}
+        certs = security.init_certs(self.tls, self.plan.cluster, names)
+        (self.tls / security.ZK_TLS_MARKER).touch(mode=0o600)
+        for host in self.plan.zookeeper.hosts:
+            staged = self.state / "hosts" / host / ZK_SERVER_PEM
+            staged.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            pem = certs.key(f"zookeeper-{host}").read_bytes()
+            staged.write_bytes(pem + certs.cert(f"zookeeper-{host}").read_bytes())
+            staged.chmod(0o600)
 
     def _tls_files(self, host: HostPlan) -> list[pathlib.Path]:
         assert self.tls is not None
         files = [self.tls / "ca.pem", self.tls / "zk.secret", self.tls / "zk-client.secret"]
+        files.append(self.tls / ZK_TLS_MARKER)
+        if host.name in self.plan.zookeeper.hosts:
+            files.append(self.state / "hosts" / host.name / ZK_SERVER_PEM)
         for site in self.plan.storesites:
             if site.host == host.name:
                 files += [self.tls / f"{site.id}.pem", self.tls / f"{site.id}.key"]
@@ -222,10 +241,17 @@ class Deployer:
                 "starting ZooKeeper",
             ),
         )
+        from nameservice import ZooKeeperTLS
         from nameservice.ensemble_member import ensemble_serving
 
         deadline = time.monotonic() + QUORUM_TIMEOUT_S
-        while (why := ensemble_serving(self.plan.zk_connect, 5.0)) is not None:
+        tls = None
+        if self.tls is not None:
+            from hermesx.rpc import roles, security
+
+            files = security.zk_tls(self.tls, roles.CLIENT_CERT_NAME)
+            tls = ZooKeeperTLS(*files) if files is not None else None
+        while (why := ensemble_serving(self.plan.zk_connect, 5.0, tls)) is not None:
             if time.monotonic() > deadline:
                 raise UnreachableError(
                     f"the ZooKeeper ensemble on {', '.join(zk.hosts)} did not serve: {why}: "

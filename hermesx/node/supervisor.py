@@ -95,7 +95,11 @@ class Supervisor:
             max_payload_bytes=config.max_payload_bytes,
         )
         self.naming = Naming(
-            config.zk, config.cluster, session_timeout=config.session_timeout, tls=config.tls_dir
+            config.zk,
+            config.cluster,
+            session_timeout=config.session_timeout,
+            tls=config.tls_dir,
+            cert=config.name,
         )
         # Calls from our atoms to atoms here skip gRPC: the dispatcher is
         # given to the invoker once it exists (it needs the invoker too).

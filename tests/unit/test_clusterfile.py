@@ -71,7 +71,8 @@ def _refused(tmp_path: pathlib.Path, text: str, *expected: str) -> str:
 def test_a_good_file_gives_the_plan(tmp_path: pathlib.Path) -> None:
     plan = _load(tmp_path, GOOD)
     assert plan.cluster == "prod" and plan.secure
-    assert plan.zk_connect == "10.0.0.11:2181,10.0.0.12:2181,10.0.0.13:2181"
+    # A secure cluster (the default) reaches ZooKeeper on its TLS port.
+    assert plan.zk_connect == "10.0.0.11:2281,10.0.0.12:2281,10.0.0.13:2281"
     assert plan.hosts["h2"].address == "10.0.0.12" and plan.hosts["h2"].dir == "/opt/hx"
     assert plan.node_tags(plan.nodes[0]) == ("eu", "gpu")
     assert plan.parts_on("h1") == ["zookeeper", "storesite-s1", "node-n1"]

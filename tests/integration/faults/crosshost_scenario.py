@@ -255,7 +255,36 @@ def scenario_drain(setup: Setup, counter: pathlib.Path, facts: dict[str, Any]) -
     return tally("cross-host: drain of the hosting node", load.records, final).as_dict()
 
 
+def scenario_zktls(setup: Setup, counter: pathlib.Path, facts: dict[str, Any]) -> dict[str, Any]:
+    """ZooKeeper answers other hosts only over TLS, and only to the cluster's certificates."""
+    import socket
+
+    from nameservice import ZooKeeperTLS
+    from nameservice.ensemble_member import ensemble_serving
+
+    tls = pathlib.Path(setup.address["tls"])
+    first = setup.hosts[0]["address"]
+    try:
+        socket.create_connection((first, 2181), timeout=3).close()
+        facts["plain_port"] = "open"
+    except OSError as exc:
+        facts["plain_port"] = type(exc).__name__
+    no_cert = ZooKeeperTLS(str(tls / "ca.pem"), "", "")
+    facts["without_certificate"] = ensemble_serving(setup.address["zk"], 4.0, no_cert)
+    with_cert = ZooKeeperTLS(str(tls / "ca.pem"), str(tls / "client.pem"), str(tls / "client.key"))
+    facts["with_certificate"] = ensemble_serving(setup.address["zk"], 10.0, with_cert)
+    facts["connect_string"] = setup.address["zk"]
+    with setup.client() as client:
+        client.create(counter, name="zktls", on="n1")
+        load = setup.load("zktls")
+        with load:
+            load.wait_acks(20)
+        final = final_value(client, "zktls")
+    return tally("cross-host: ZooKeeper over TLS", load.records, final).as_dict()
+
+
 SCENARIOS = {
+    "zktls": scenario_zktls,
     "move": scenario_move,
     "cut": scenario_cut,
     "upgrade": scenario_upgrade,

@@ -139,6 +139,19 @@ def _judge(result: dict[str, Any], report: Report, *, no_failures: bool) -> Tall
     return t
 
 
+def test_zookeeper_speaks_to_other_hosts_only_over_tls_to_the_clusters_certificates(
+    deployed: Deployed, atoms: dict[str, pathlib.Path], report: Report
+) -> None:
+    result = deployed.scenario("zktls", atoms["counter"])
+    facts = result["facts"]
+    # The plain client port is on the host's loopback only; the TLS port is what clients use.
+    assert facts["plain_port"] == "ConnectionRefusedError", facts
+    assert all(part.endswith(":2281") for part in facts["connect_string"].split(",")), facts
+    assert facts["without_certificate"] is not None, facts  # refused at the handshake
+    assert facts["with_certificate"] is None, facts
+    _judge(result, report, no_failures=True)
+
+
 def test_an_atom_moved_across_hosts_is_called_from_every_host(
     deployed: Deployed, atoms: dict[str, pathlib.Path], report: Report
 ) -> None:
