@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import pathlib
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -310,17 +310,31 @@ def _zookeeper(source: str, table: Any, hosts: Mapping[str, HostPlan]) -> ZooKee
     )
 
 
+def _entries(
+    source: str,
+    tables: list[Any],
+    hosts: Mapping[str, HostPlan],
+    what: str,
+    key: str,
+    keys: Sequence[str],
+    needed: str,
+) -> Iterator[tuple[_Reader, str, str]]:
+    """Each ``[[what]]`` table: its reader, its ``key`` (id or name) and its host."""
+    if not tables:
+        raise ConfigurationError(f"{source}: no [[{what}]]: {needed}")
+    for i, table in enumerate(tables):
+        label = table.get(key, f"#{i + 1}") if isinstance(table, dict) else f"#{i + 1}"
+        r = _Reader(source, f"{what} {label}", table, keys)
+        yield r, r.name(key, f"{what} {key}"), _on_host(r, hosts)
+
+
 def _storesites(
     source: str, tables: list[Any], hosts: Mapping[str, HostPlan]
 ) -> tuple[StoresitePlan, ...]:
-    if not tables:
-        raise ConfigurationError(f"{source}: no [[storesite]]: atoms need a home")
     found: dict[str, StoresitePlan] = {}
-    for i, table in enumerate(tables):
-        label = table.get("id", f"#{i + 1}") if isinstance(table, dict) else f"#{i + 1}"
-        r = _Reader(source, f"storesite {label}", table, _STORESITE)
-        sid = r.name("id", "storesite id")
-        host = _on_host(r, hosts)
+    for r, sid, host in _entries(
+        source, tables, hosts, "storesite", "id", _STORESITE, "atoms need a home"
+    ):
         if sid in found:
             raise ConfigurationError(
                 f"{source}: two storesites have id {sid} (on {found[sid].host} and {host}): "
@@ -331,14 +345,10 @@ def _storesites(
 
 
 def _nodes(source: str, tables: list[Any], hosts: Mapping[str, HostPlan]) -> tuple[NodePlan, ...]:
-    if not tables:
-        raise ConfigurationError(f"{source}: no [[node]]: atoms need nodes to run on")
     found: dict[str, NodePlan] = {}
-    for i, table in enumerate(tables):
-        label = table.get("name", f"#{i + 1}") if isinstance(table, dict) else f"#{i + 1}"
-        r = _Reader(source, f"node {label}", table, _NODE)
-        name = r.name("name", "node name")
-        host = _on_host(r, hosts)
+    for r, name, host in _entries(
+        source, tables, hosts, "node", "name", _NODE, "atoms need nodes to run on"
+    ):
         if name in found:
             raise ConfigurationError(f"{source}: two nodes are named {name}: rename one")
         found[name] = NodePlan(name, host, r.names("tags", "tag"), r.port("port", 7000))
