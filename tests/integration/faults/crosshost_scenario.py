@@ -11,7 +11,11 @@ Clients run here, in the control namespace, and on the hosts themselves
 calls (faultkit) and the facts the test asserts are printed as one JSON
 object on the last line.
 
-Scenarios (docs/DESIGN.md §5, §6, §8):
+Scenarios (docs/DESIGN.md §5, §6, §8, §10):
+
+``zktls``
+    ZooKeeper answers other hosts only on its TLS port, only to a client
+    showing a certificate of the cluster.
 
 ``move``
     An atom moves n1 → n2 → n3 → n4 under load; at each stop it is called
@@ -20,6 +24,10 @@ Scenarios (docs/DESIGN.md §5, §6, §8):
     The host of the atom's node is cut off by nftables in its namespace: its
     node fences, the atom is recovered on another host; after healing the
     node comes back as a new incarnation without the atom: one copy serves.
+``killhost``
+    Every process of the host of the atom's node (a ZooKeeper server, a
+    storesite, the node) is killed at once; ``hermesx deploy up`` again
+    starts what is missing.
 ``upgrade``
     ``hermesx deploy upgrade``: every node drains and restarts, then every
     storesite, one at a time, under load.
@@ -30,10 +38,12 @@ Scenarios (docs/DESIGN.md §5, §6, §8):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 import time
@@ -283,7 +293,49 @@ def scenario_zktls(setup: Setup, counter: pathlib.Path, facts: dict[str, Any]) -
     return tally("cross-host: ZooKeeper over TLS", load.records, final).as_dict()
 
 
+def _kill_host(namespace: str) -> list[str]:
+    """SIGKILL every process of the host but its sshd, all at once; what was killed."""
+    pids = subprocess.run(
+        ["ip", "netns", "pids", namespace], capture_output=True, text=True, check=True
+    ).stdout.split()
+    killed = []
+    for pid in pids:
+        try:
+            command = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if b"sshd" in command:
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
+            killed.append(command.decode(errors="replace").split(" -m ")[-1][:40])
+    return killed
+
+
+def scenario_killhost(setup: Setup, counter: pathlib.Path, facts: dict[str, Any]) -> dict[str, Any]:
+    """Every process of h2 (a ZooKeeper server, storesite s2, node n2) killed at once; then
+    ``hermesx deploy up`` again starts what is missing."""
+    victim = next(h for h in setup.hosts if h["name"] == setup.node_hosts["n2"])
+    with setup.client() as client:
+        client.create(counter, name="killed", on="n2", checkpoint="every-call")
+        load = setup.load("killed")
+        with load:
+            load.wait_acks(20)
+            facts["killed"] = _kill_host(victim["namespace"])
+            killed_at = time.monotonic()
+            setup.hermesx("deploy", "up", str(setup.cluster_file), timeout=300)
+            facts["restarted_s"] = round(time.monotonic() - killed_at, 1)
+            load.wait_acks(20, since=time.monotonic(), timeout=120)
+        where = client.locate("killed")
+        facts["located"] = f"{where.node}@{where.age}"
+        final = final_value(client, "killed")
+    return tally(
+        "cross-host: every process of a host killed at once", load.records, final
+    ).as_dict()
+
+
 SCENARIOS = {
+    "killhost": scenario_killhost,
     "zktls": scenario_zktls,
     "move": scenario_move,
     "cut": scenario_cut,

@@ -4,8 +4,9 @@ See docs/DESIGN.md §8 "A cluster over several hosts". The hosts are network
 namespaces on a bridge, each with its own sshd (hermesx/testing/hosts.py);
 ``hermesx deploy up`` ships the project to them over SSH and starts a
 3-server ZooKeeper ensemble (h1-h3), 2 storesites (h1, h2) and 4 nodes
-(one per host) from a cluster file. Each scenario runs in the control
-namespace (crosshost_scenario.py) and reports its calls in the fault table.
+(one per host) from a cluster file, its ZooKeeper reached over TLS. Each
+scenario runs in the control namespace (crosshost_scenario.py) and reports
+its calls in the fault table.
 The module's cluster is stopped with ``hermesx deploy down`` and the hosts
 removed, whatever happens.
 """
@@ -174,6 +175,19 @@ def test_a_host_cut_off_fences_its_node_and_its_atom_recovers_elsewhere(
     assert facts["fenced_before_recovery"], facts
     # Healed, n4 is back as a new incarnation and holds no copy: one copy serves.
     assert len(facts["holders_after_heal"]) == 1 and "n4" not in facts["holders_after_heal"]
+
+
+def test_every_process_of_a_host_killed_at_once_and_deploy_up_again(
+    deployed: Deployed, atoms: dict[str, pathlib.Path], report: Report
+) -> None:
+    result = deployed.scenario("killhost", atoms["counter"])
+    _judge(result, report, no_failures=False)
+    facts = result["facts"]
+    # Its ZooKeeper server (the launcher and the JVM), storesite s2 and node n2.
+    killed = " | ".join(facts["killed"])
+    for part in ("ensemble_member", "java", "storesite serve --id s2", "node serve --name n2"):
+        assert part in killed, facts
+    assert facts["located"].split("@")[0] != "n2" or int(facts["located"].split("@")[1]) > 1
 
 
 def test_drain_of_a_node_on_another_host_fails_no_call(
