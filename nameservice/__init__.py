@@ -19,6 +19,7 @@ from nameservice.errors import (
     ZooKeeperError,
 )
 from nameservice.patterns import compile_pattern, validate_guid, validate_name
+from nameservice.session import ZooKeeperTLS
 from nameservice.zookeeper import ZooKeeperEnsemble, ZooKeeperServer, find_zookeeper
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "ZooKeeperEnsemble",
     "ZooKeeperError",
     "ZooKeeperServer",
+    "ZooKeeperTLS",
     "compile_pattern",
     "find_zookeeper",
     "validate_guid",

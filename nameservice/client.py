@@ -62,7 +62,7 @@ from nameservice.errors import NameNotFoundError, NameTakenError, NoQuorumError
 from nameservice.lookup import Lookups, parse_guid
 from nameservice.membership import NODES, STORESITES, Member, Membership
 from nameservice.patterns import validate_guid, validate_name
-from nameservice.session import Session
+from nameservice.session import Session, ZooKeeperTLS
 from nameservice.tree import ROOT, cluster_acl, make_tree, validate_auth
 
 __all__ = ["Member", "NameService"]
@@ -90,6 +90,7 @@ class NameService:
         auth: tuple[str, str] | None = None,
         readers: Sequence[tuple[str, str]] = (),
         read_only: bool = False,
+        tls: ZooKeeperTLS | None = None,
     ) -> None:
         checked_auth = validate_auth(auth, cluster)
         # The ACL of every znode this client creates under the cluster root.
@@ -109,6 +110,7 @@ class NameService:
             acl=acl,
             on_state=self._on_state,
             on_connected=lambda: self._members.refresh_all(),
+            tls=tls,
         )
         self._cache = WatchedCache(
             self._session, names_dir, aliases_dir, lambda path: self._members.changed(path)

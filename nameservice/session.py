@@ -18,6 +18,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from kazoo.client import KazooClient, KazooState
@@ -36,12 +37,35 @@ from kazoo.security import ACL
 
 from nameservice.errors import NameServiceError, NoQuorumError, NotAuthorizedError
 
-__all__ = ["RETRYABLE", "Session"]
+__all__ = ["RETRYABLE", "Session", "ZooKeeperTLS"]
 
 log = logging.getLogger(__name__)
 
 # Errors after which a call may be sent again on the same (or a new) session.
 RETRYABLE = (ConnectionLoss, SessionExpiredError)
+
+
+@dataclass(frozen=True, slots=True)
+class ZooKeeperTLS:
+    """TLS to ZooKeeper's secure client port: the CA to trust, the certificate to show.
+
+    The server requires a client certificate of the cluster's CA and the
+    client verifies the server's; host names are not checked (servers are
+    dialled by address; what authenticates them is the CA's signature).
+    """
+
+    ca: str
+    certfile: str
+    keyfile: str
+
+    def kazoo_options(self) -> dict[str, Any]:
+        return {
+            "use_ssl": True,
+            "verify_certs": True,
+            "ca": self.ca,
+            "certfile": self.certfile,
+            "keyfile": self.keyfile,
+        }
 
 
 class Session:
@@ -63,8 +87,10 @@ class Session:
         acl: list[ACL] | None,
         on_state: Callable[[str], None],
         on_connected: Callable[[], None],
+        tls: ZooKeeperTLS | None = None,
     ) -> None:
         self.hosts = hosts
+        self.tls = tls
         self.cluster = cluster
         self.timeout = timeout
         self.session_timeout = session_timeout
@@ -93,6 +119,7 @@ class Session:
             default_acl=self.acl,
             # Sent again by kazoo on every reconnection.
             auth_data=[("digest", f"{self.auth[0]}:{self.auth[1]}")] if self.auth else None,
+            **(self.tls.kazoo_options() if self.tls is not None else {}),
         )
         client.add_listener(self._on_kazoo_state)
         self._worker = threading.Thread(

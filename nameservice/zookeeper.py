@@ -72,6 +72,7 @@ _JVM_FLAGS = (
 _STANDALONE_MAIN = "org.apache.zookeeper.server.ZooKeeperServerMain"
 _QUORUM_MAIN = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
 _PR_SET_PDEATHSIG = 1
+_NETTY_EXTRA = ("netty-codec.jar", "netty-resolver.jar", "netty-transport-native-unix-common.jar")
 _LOG_TAIL_LINES = 30
 
 
@@ -96,6 +97,10 @@ def find_zookeeper() -> tuple[str, ...]:
         if (_JAVA_DIR / binding).exists():
             parts.append(str(_JAVA_DIR / binding))
             break
+    # The secure client port's Netty needs these, which Debian's jar does not list.
+    for extra in _NETTY_EXTRA:
+        if (_JAVA_DIR / extra).exists():
+            parts.append(str(_JAVA_DIR / extra))
     return tuple(parts)
 
 
@@ -123,10 +128,10 @@ def free_port() -> int:
         return port
 
 
-def four_letter(port: int, word: str, timeout: float = 1.0) -> str:
-    """Send a four-letter word to 127.0.0.1:port and return the answer ('' on failure)."""
+def four_letter(port: int, word: str, timeout: float = 1.0, host: str = "127.0.0.1") -> str:
+    """Send a four-letter word to host:port and return the answer ('' on failure)."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
             sock.sendall(word.encode())
             chunks = []
             while True:
@@ -139,8 +144,8 @@ def four_letter(port: int, word: str, timeout: float = 1.0) -> str:
     return b"".join(chunks).decode(errors="replace")
 
 
-def _serving(port: int) -> bool:
-    answer = four_letter(port, "srvr")
+def _serving(port: int, host: str = "127.0.0.1") -> bool:
+    answer = four_letter(port, "srvr", host=host)
     return "Zookeeper version" in answer and "not currently serving" not in answer
 
 
@@ -171,6 +176,8 @@ class _ServerProcess:
         self.die_with_parent = die_with_parent
         self.heap_mb = heap_mb
         self.process: subprocess.Popen[bytes] | None = None
+        # Where the client port listens (an ensemble member on a host: its address).
+        self.client_address = "127.0.0.1"
 
     @property
     def log_path(self) -> pathlib.Path:
@@ -212,7 +219,9 @@ class _ServerProcess:
                 raise ZooKeeperError(
                     f"cannot start ZooKeeper on port {self.client_port}: {exc}"
                 ) from exc
-        log.info("ZooKeeper starting on 127.0.0.1:%s (pid %s)", self.client_port, self.pid)
+        log.info(
+            "ZooKeeper starting on %s:%s (pid %s)", self.client_address, self.client_port, self.pid
+        )
 
     @property
     def pid(self) -> int | None:
@@ -261,12 +270,14 @@ class _ServerProcess:
         self.process = None
 
 
-def _base_config(directory: pathlib.Path, client_port: int, tick_ms: int) -> list[str]:
+def _base_config(
+    directory: pathlib.Path, client_port: int, tick_ms: int, address: str = "127.0.0.1"
+) -> list[str]:
     return [
         f"tickTime={tick_ms}",
         f"dataDir={directory / 'data'}",
         f"clientPort={client_port}",
-        "clientPortAddress=127.0.0.1",
+        f"clientPortAddress={address}",
         "admin.enableServer=false",
         "4lw.commands.whitelist=ruok,srvr,mntr,stat",
         "maxClientCnxns=0",
@@ -283,7 +294,7 @@ def _wait_serving(servers: Sequence[_ServerProcess], timeout: float) -> None:
         for server in list(pending):
             if server.exited():
                 raise server.fail("exited during start")
-            if _serving(server.client_port):
+            if _serving(server.client_port, server.client_address):
                 pending.remove(server)
         if not pending:
             return

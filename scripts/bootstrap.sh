@@ -16,6 +16,9 @@ command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 # The web console's browser tests drive Debian's headless Chromium.
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 [ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
+# The cross-host tests: one sshd per test host (a network namespace), and the ssh client.
+[ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
+command -v ssh >/dev/null 2>&1 || need_apt+=(openssh-client)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} (apt)"
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi

@@ -22,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m storesite", description=__doc__)
     parser.add_argument("--id", required=True, help="storesite id (the home part of GUIDs)")
     parser.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT, port 0 = any")
+    parser.add_argument(
+        "--advertise", default="", help="HOST[:PORT] peers dial (default: the listen address)"
+    )
     parser.add_argument("--data", required=True, type=pathlib.Path, help="data directory")
     parser.add_argument("--zk", default=os.environ.get("HERMESX_ZK", "127.0.0.1:2181"))
     parser.add_argument("--cluster", default=os.environ.get("HERMESX_CLUSTER", "local"))
@@ -63,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             tls_dir=args.tls,
             init=args.init,
             session_timeout=args.session_timeout,
+            advertise=args.advertise,
         )
     except HermesError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -1,8 +1,7 @@
 """Where a dormant or recovered atom goes (docs/DESIGN.md §4 step 4, §6).
 
-The policy: among the live nodes that carry every tag the atom asks for,
-prefer the least loaded (fewest active atoms, as the node's Status reports),
-ties broken by name so the choice is predictable. Loads are cached briefly:
+The policy is :func:`hermesx.rpc.ranking.rank_nodes` (tags, in service, then
+least loaded), the one a draining node uses too. Loads are cached briefly:
 a burst of recoveries must not ask every node for its status once per atom.
 """
 
@@ -11,40 +10,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 
 from hermesx.rpc.node_client import Member
+from hermesx.rpc.ranking import rank_nodes
 
 __all__ = ["LoadCache", "Member", "rank_nodes"]
 
 log = logging.getLogger(__name__)
-
-
-def rank_nodes(
-    nodes: Mapping[str, Member],
-    tags: Iterable[str],
-    loads: Mapping[str, int | None],
-    *,
-    exclude: Iterable[str] = (),
-) -> list[Member]:
-    """Candidate nodes for an atom, best first.
-
-    Nodes without every tag in ``tags`` or named in ``exclude`` are left out;
-    nodes whose load is unknown (``None``: they did not answer) go last.
-    """
-    wanted = set(tags)
-    skip = set(exclude)
-    fitting = [
-        member
-        for name, member in nodes.items()
-        if name not in skip and wanted.issubset(member.tags)
-    ]
-
-    def key(member: Member) -> tuple[int, int, str]:
-        load = loads.get(member.name)
-        return (1, 0, member.name) if load is None else (0, load, member.name)
-
-    return sorted(fitting, key=key)
 
 
 class LoadCache:

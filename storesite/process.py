@@ -24,9 +24,9 @@ from collections.abc import Callable
 
 from hermesx.core.identity import validate_name
 from hermesx.observe import metrics
-from hermesx.rpc.security import zk_auth, zk_readers
+from hermesx.rpc.security import zk_auth, zk_readers, zk_tls
 from hermesx.rpc.wire import TLSIdentity, set_process_tls
-from nameservice import NameService, NameServiceError, NameTakenError
+from nameservice import NameService, NameServiceError, NameTakenError, ZooKeeperTLS
 from storesite.directory import NameServiceDirectory, naming_error
 from storesite.server import StoresiteServer
 from storesite.service import Storesite
@@ -56,6 +56,7 @@ def serve(
     init: bool = False,
     session_timeout: float = DEFAULT_SESSION_TIMEOUT,
     metrics_listen: str = "off",
+    advertise: str = "",
 ) -> None:
     """Run storesite ``sid`` until SIGTERM / SIGINT (or ``stop`` is set).
 
@@ -66,6 +67,8 @@ def serve(
     ``session_timeout`` (seconds) is that of the storesite's name-service
     session: how long its registration outlives the process. ``metrics_listen``
     is where its Prometheus metrics are served (:func:`hermesx.observe.metrics.serve_metrics`).
+    ``advertise`` (``HOST[:PORT]``) is the address registered for peers when it is not the
+    listen address (:func:`hermesx.core.addresses.advertised_address`).
     """
     validate_name(sid, "storesite id")
     stop = stop or threading.Event()
@@ -86,12 +89,13 @@ def serve(
             session_timeout=session_timeout,
             auth=zk_auth(tls_dir) if tls_dir is not None else None,
             readers=zk_readers(tls_dir) if tls_dir is not None else (),
+            tls=_zk_tls(tls_dir, sid),
         )
     except NameServiceError as exc:
         store.close()
         raise naming_error(exc, f"storesite {sid} cannot use cluster {cluster!r}") from exc
     site = Storesite(store, NameServiceDirectory(names))
-    server = StoresiteServer(site, listen, tls=tls)
+    server = StoresiteServer(site, listen, tls=tls, advertise=advertise)
     endpoint: metrics.MetricsEndpoint | None = None
     try:
         try:
@@ -118,6 +122,11 @@ def serve(
         site.close()
         names.close()
         store.close()
+
+
+def _zk_tls(tls_dir: pathlib.Path | None, sid: str) -> ZooKeeperTLS | None:
+    files = zk_tls(tls_dir, sid) if tls_dir is not None else None
+    return ZooKeeperTLS(*files) if files is not None else None
 
 
 def _register(names: NameService, sid: str, address: str, stop: threading.Event) -> None:

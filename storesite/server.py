@@ -15,6 +15,7 @@ from typing import TypeVar
 
 import grpc
 
+from hermesx.core.addresses import advertised_address
 from hermesx.core.errors import (
     ConfigurationError,
     HermesError,
@@ -330,10 +331,17 @@ class StoresiteServer:
     """A gRPC server for one :class:`Storesite` on ``listen`` (``HOST:PORT``, port 0 = any)."""
 
     def __init__(
-        self, site: Storesite, listen: str, *, workers: int = 16, tls: TLSIdentity | None = None
+        self,
+        site: Storesite,
+        listen: str,
+        *,
+        workers: int = 16,
+        tls: TLSIdentity | None = None,
+        advertise: str = "",
     ) -> None:
         self.site = site
         self._listen = listen
+        self._advertise = advertise
         self._tls = tls
         self._server = grpc.server(
             futures.ThreadPoolExecutor(workers, thread_name_prefix="storesite-rpc"),
@@ -344,9 +352,9 @@ class StoresiteServer:
         self.address = ""
 
     def start(self) -> str:
-        """Bind and start serving; returns the bound ``HOST:PORT``."""
-        host, sep, _ = self._listen.rpartition(":")
-        if not sep or not host:
+        """Bind and start serving; returns the ``HOST:PORT`` peers dial (docs/DESIGN.md §8)."""
+        _, sep, _ = self._listen.rpartition(":")
+        if not sep:
             raise ConfigurationError(f"listen address {self._listen!r} is not HOST:PORT")
         try:
             port = add_server_port(self._server, self._listen, self._tls)
@@ -356,8 +364,14 @@ class StoresiteServer:
             ) from exc
         if port == 0:
             raise ConfigurationError(f"storesite {self.site.sid} cannot listen on {self._listen}")
+        try:
+            self.address = advertised_address(
+                self._listen, port, self._advertise, f"storesite {self.site.sid}"
+            )
+        except ConfigurationError:
+            self._server.stop(0)
+            raise
         self._server.start()
-        self.address = f"{host}:{port}"
         log.info("storesite %s listening on %s", self.site.sid, self.address)
         return self.address
 

@@ -1,4 +1,4 @@
-"""Verbs of a cluster as a whole: `hermesx up` and `down` (a local cluster), `hermesx nodes`."""
+"""Verbs of a cluster as a whole: `hermesx up` and `down` (a local cluster), `nodes`, `drain`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hermesx.cli.atoms import connect
 from hermesx.cli.output import emit, progress, table
 from hermesx.cli.parser import Verbs
 from hermesx.core.config import resolve_cluster
-from hermesx.core.errors import ConfigurationError, HermesError
+from hermesx.core.errors import ConfigurationError, HermesError, UnreachableError
 
 __all__ = ["register"]
 
@@ -84,6 +84,7 @@ def cmd_down(args: argparse.Namespace) -> None:
 
 def cmd_nodes(args: argparse.Namespace) -> None:
     from hermesx.local.cluster import LocalCluster
+    from hermesx.rpc.ranking import in_service
 
     with connect(args) as client:
         members = client.nodes()
@@ -98,7 +99,12 @@ def cmd_nodes(args: argparse.Namespace) -> None:
         rows = []
         for name in sorted(members):
             m = members[name]
-            row: dict[str, Any] = {"name": name, "address": m.address, "tags": list(m.tags)}
+            row: dict[str, Any] = {
+                "name": name,
+                "address": m.address,
+                "tags": list(m.tags),
+                "state": "in service" if in_service(m) else "draining",
+            }
             call = m.data.get("call") if m.data else None
             if call:
                 row["call"] = call  # its call channel (docs/DESIGN.md §4.1)
@@ -125,18 +131,41 @@ def cmd_nodes(args: argparse.Namespace) -> None:
                     (
                         r["name"],
                         r["address"],
+                        r["state"],
                         ",".join(r["tags"]) or "-",
                         r.get("pid", "-"),
                         r["atoms"],
                     )
                     for r in rows
                 ],
-                ["NODE", "ADDRESS", "TAGS", "PID", "ATOMS"],
+                ["NODE", "ADDRESS", "STATE", "TAGS", "PID", "ATOMS"],
             )
             if rows
             else "no nodes"
         ),
     )
+
+
+def cmd_drain(args: argparse.Namespace) -> None:
+    with connect(args) as client:
+        say = progress(args)
+        say(f"draining node {args.node}: moving its atoms to nodes in service")
+        result = client.drain(args.node, timeout=args.timeout)
+    data = {
+        "node": result.node,
+        "moved": result.moved,
+        "remaining": result.remaining,
+        "failures": list(result.failures),
+    }
+    text = f"node {result.node} is out of service: {result.moved} atom(s) moved away"
+    if result.remaining:
+        text += f", {result.remaining} left:\n" + "\n".join(result.failures)
+    emit(args, data, text)
+    if result.remaining:
+        raise UnreachableError(
+            f"node {result.node}: {result.remaining} atom(s) could not be moved away "
+            f"within {args.timeout:g} s (run `hermesx drain {result.node}` again)"
+        )
 
 
 def register(verbs: Verbs) -> None:
@@ -164,3 +193,8 @@ def register(verbs: Verbs) -> None:
 
     verbs.add("down", cmd_down, "stop the local cluster")
     verbs.add("nodes", cmd_nodes, "list the live nodes")
+    p = verbs.add(
+        "drain", cmd_drain, "take a node out of service: move its atoms away, place none there"
+    )
+    p.add_argument("node", help="the node's name")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds the drain may take")

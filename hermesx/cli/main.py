@@ -18,7 +18,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from hermesx.cli import atoms, bench, certs, cluster, gateway, kv, logs, offline, serve
+from hermesx.cli import atoms, bench, certs, cluster, deploy, gateway, kv, logs, offline, serve
 from hermesx.cli.output import discard_stdout, fail
 from hermesx.cli.parser import Parser, Verbs, common_options
 from hermesx.core.config import check_environment
@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.register_storesite(storesite)
     atoms.register_home_move(storesite)
     certs.register(verbs.group("certs", "cluster certificates"))
+    deploy.register(verbs)
     bench.register(verbs)
     kv.register(verbs.group("kv", "the sharded KV store and its transactions"))
     gateway.register(verbs)

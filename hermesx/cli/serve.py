@@ -1,7 +1,8 @@
 """The server processes: `hermesx node serve` and `hermesx storesite serve`.
 
 A server process makes its files private, checks that its certificate is of
-its role, and stops cleanly on SIGTERM or SIGINT.
+its role, and stops cleanly on SIGTERM or SIGINT; a node drains on SIGTERM
+first (docs/DESIGN.md §5 "Drain").
 """
 
 from __future__ import annotations
@@ -38,9 +39,10 @@ def _serve_privately(tls: pathlib.Path | None, name: str, role: str) -> None:
         )
 
 
-def _stop_on_signals(stop: Callable[[], None]) -> None:
+def _stop_on_signals(stop: Callable[[], None], on_term: Callable[[], None] | None = None) -> None:
     def handler(signum: int, frame: object) -> None:
-        threading.Thread(target=stop, daemon=True).start()
+        action = on_term if signum == signal.SIGTERM and on_term is not None else stop
+        threading.Thread(target=action, daemon=True).start()
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
@@ -56,6 +58,7 @@ def cmd_node_serve(args: argparse.Namespace) -> None:
         name=args.name,
         listen=args.listen,
         call_listen=args.call_listen,
+        advertise=args.advertise,
         zk=address.zk,
         cluster=address.cluster,
         tags=tuple(t for t in (args.tags or "").split(",") if t),
@@ -71,7 +74,8 @@ def cmd_node_serve(args: argparse.Namespace) -> None:
         otlp_endpoint=args.otlp_endpoint,
     )
     supervisor = Supervisor(config)
-    _stop_on_signals(supervisor.stop)
+    # SIGTERM (a service manager, `deploy upgrade`) drains first; Ctrl-C stops at once.
+    _stop_on_signals(supervisor.stop, on_term=lambda: supervisor.drain_and_stop(args.drain_timeout))
     address_bound = supervisor.start()
     print(f"node {config.name} serving on {address_bound}", flush=True)
     supervisor.wait()
@@ -96,13 +100,24 @@ def cmd_storesite_serve(args: argparse.Namespace) -> None:
         init=args.init,
         session_timeout=args.session_timeout,
         metrics_listen=args.metrics_listen,
+        advertise=args.advertise,
+    )
+
+
+def _add_listen(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT to bind (port 0: any)")
+    parser.add_argument(
+        "--advertise",
+        default="",
+        help="HOST[:PORT] peers dial, registered in the name service (default: the listen "
+        "address; a wildcard listen registers the host's primary address)",
     )
 
 
 def register_node(node: Verbs) -> None:
     p = node.add("serve", cmd_node_serve, "serve as a node (supervisor)")
     p.add_argument("--name", required=True)
-    p.add_argument("--listen", default="127.0.0.1:0")
+    _add_listen(p)
     p.add_argument(
         "--call-listen",
         default="auto",
@@ -130,6 +145,12 @@ def register_node(node: Verbs) -> None:
         "name-service session and stops (default: 3 session timeouts, at least 10)",
     )
     _observe_options(p)
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="seconds SIGTERM's drain may take before the node stops anyway (default 30)",
+    )
     p.add_argument("--test-hooks", action="store_true", help=argparse.SUPPRESS)
 
 
@@ -154,7 +175,7 @@ def _observe_options(p: argparse.ArgumentParser, traces: bool = True) -> None:
 def register_storesite(storesite: Verbs) -> None:
     p = storesite.add("serve", cmd_storesite_serve, "serve as a storesite")
     p.add_argument("--id", required=True)
-    p.add_argument("--listen", default="127.0.0.1:0")
+    _add_listen(p)
     p.add_argument("--data", required=True)
     p.add_argument("--session-timeout", type=float, default=4.0)
     p.add_argument(

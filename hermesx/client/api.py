@@ -44,7 +44,13 @@ from hermesx.core.errors import (
 )
 from hermesx.core.identity import TAD
 from hermesx.core.replies import ReplyWindow, parse_reply_window
-from hermesx.core.types import InvokeOutcome, Location, MigrationResult, NodeStatus
+from hermesx.core.types import (
+    DrainResult,
+    InvokeOutcome,
+    Location,
+    MigrationResult,
+    NodeStatus,
+)
 from hermesx.routing.departures import watch_departures
 from hermesx.routing.invoker import Invoker
 from hermesx.routing.naming import Member, Naming
@@ -53,6 +59,7 @@ from hermesx.rpc.atom_meta import MAX_CHECKPOINT_CALLS, check_atom_meta
 from hermesx.rpc.convert import migration_from_pb, node_status_from_pb, tad_from_pb
 from hermesx.rpc.node_client import NodeClient
 from hermesx.rpc.proto import hermesx_pb2 as pb
+from hermesx.rpc.ranking import in_service
 from hermesx.rpc.roles import CLIENT_CERT_NAME
 from hermesx.rpc.storesite_client import StoresiteClient
 from hermesx.rpc.wire import ChannelPool, TLSIdentity
@@ -118,7 +125,11 @@ class Client:
         self.address: ClusterAddress = resolve_cluster(zk, cluster, tls)
         # A client only reads the name service (nodes bind names and aliases).
         self.naming = Naming(
-            self.address.zk, self.address.cluster, tls=self.address.tls, role=roles.CLIENT
+            self.address.zk,
+            self.address.cluster,
+            tls=self.address.tls,
+            role=roles.CLIENT,
+            cert=cert,
         )
         # The certificate the client shows (None on a cluster without TLS).
         self.identity: TLSIdentity | None = None
@@ -225,9 +236,16 @@ class Client:
         """What ``node`` reports of itself (its atoms, stash, process and load)."""
         return node_status_from_pb(self.node_client.status(self.node_member(node), timeout))
 
+    def drain(self, node: str, timeout: float = 30.0) -> DrainResult:
+        """Take ``node`` out of service and move its atoms away (docs/DESIGN.md §5 "Drain")."""
+        reply = self.node_client.drain(self.node_member(node), timeout)
+        return DrainResult(node, reply.moved, reply.remaining, tuple(reply.failures))
+
     def pick_node(self, tags: Sequence[str] = ()) -> str:
-        """A live node carrying ``tags``, the least loaded one."""
-        candidates = [m for m in self.nodes().values() if set(tags) <= set(m.tags)]
+        """A live node in service carrying ``tags``, the least loaded one."""
+        candidates = [
+            m for m in self.nodes().values() if set(tags) <= set(m.tags) and in_service(m)
+        ]
         if not candidates:
             want = f" with tags {','.join(tags)}" if tags else ""
             raise UnreachableError(f"no live node{want} in cluster {self.address.cluster}")

@@ -15,7 +15,7 @@ from typing import Any
 
 from hermesx.core.identity import TAD
 
-__all__ = ["Hop", "InvokeOutcome", "Location", "MigrationResult", "NodeStatus"]
+__all__ = ["DrainResult", "Hop", "InvokeOutcome", "Location", "MigrationResult", "NodeStatus"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +60,19 @@ class Location:
 
 
 @dataclass(frozen=True, slots=True)
+class DrainResult:
+    """A finished drain of ``node`` (docs/DESIGN.md §5 "Drain"): atoms moved and left behind.
+
+    ``failures`` has one line per atom left, ``"<guid>: <why>"``.
+    """
+
+    node: str
+    moved: int
+    remaining: int
+    failures: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class MigrationResult:
     """A finished move: the atom's new ``tad``, the bytes of state sent, and its timings.
 
@@ -85,3 +98,4 @@ class NodeStatus:
     rss_bytes: int
     tags: tuple[str, ...]
     atom_calls: int  # invocations waiting for or running in an atom there
+    draining: bool = False  # out of service: takes no new atoms (docs/DESIGN.md §5 "Drain")

@@ -388,8 +388,10 @@ class LocalCluster:
             pid = self.procs[part]
             if alive(pid):
                 say(f"stopping {part}")
+                # The whole cluster stops: a node's drain (its SIGTERM) has nowhere to go.
+                sig = signal.SIGINT if part.startswith("node-") else signal.SIGTERM
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
+                    os.kill(pid, sig)
                 stopped.append(part)
         deadline = time.monotonic() + timeout
         for part in order:

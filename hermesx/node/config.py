@@ -24,6 +24,9 @@ class NodeConfig:
     # host with the next port (any free port when gRPC's is 0); "off" serves
     # calls over gRPC only.
     call_listen: str = "auto"
+    # HOST[:PORT] registered for peers when it is not the listen address
+    # (a wildcard listen, a translated address): docs/DESIGN.md §8.
+    advertise: str = ""
     zk: str = "127.0.0.1:2181"
     cluster: str = "default"
     tags: tuple[str, ...] = ()

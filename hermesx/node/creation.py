@@ -36,6 +36,11 @@ class Creation:
 
     def create(self, request: pb.CreateRequest) -> tuple[str, TAD]:
         incarnation = self._ctx.fencing.taking_incarnation("cannot create atoms")
+        if self._ctx.fencing.draining:
+            raise UnreachableError(
+                f"node {self._ctx.name} is draining (out of service): create the atom on "
+                "another node"
+            )
         meta = pb.AtomMeta()
         meta.CopyFrom(request.meta)
         aliases = [_parse_alias(a) for a in request.aliases]

@@ -28,6 +28,7 @@ from hermesx.node.liveness import ServeWatchdog
 from hermesx.observe import metrics
 from hermesx.routing.naming import Naming
 from hermesx.rpc.proto import hermesx_pb2 as pb
+from hermesx.rpc.ranking import DRAINING
 from hermesx.rpc.status import pb_error
 
 __all__ = ["Fencing"]
@@ -75,6 +76,8 @@ class Fencing:
         self._record: dict[str, str] = {}
         # Why the node stopped serving on its own, if it did (see give_up_session).
         self.gave_up: str | None = None
+        # Out of service: registered so, placement skips it (docs/DESIGN.md §5 "Drain").
+        self.draining = False
 
     def start(
         self, address: str, probe: Callable[[float], None], record: dict[str, str] | None = None
@@ -152,11 +155,14 @@ class Fencing:
         deadline = time.monotonic() + 2 * self._config.session_timeout + 5.0
         while True:
             try:
+                data: dict[str, object] = {"pid": os.getpid()}
+                if self.draining:
+                    data[DRAINING] = True
                 incarnation = self._naming.register_node(
                     self._name,
                     self._address,
                     self._config.tags,
-                    {"pid": os.getpid(), **metrics.registration(), **self._record},
+                    {**data, **metrics.registration(), **self._record},
                 )
                 if incarnation != self.incarnation:
                     log.info("node %s registered as incarnation %s", self._name, incarnation)
@@ -167,6 +173,15 @@ class Fencing:
                     raise
                 log.info("node %s: waiting for the previous registration to expire", self._name)
                 time.sleep(0.25)
+
+    def set_draining(self) -> None:
+        """Take the node out of service: its registration says so, and stays so."""
+        if self.draining:
+            return
+        self.draining = True
+        # Our own session's entry: the name service updates its data in place.
+        self._register()
+        log.info("node %s is draining: it takes no new atoms", self._name)
 
     def _reregister(self) -> None:
         try:

@@ -104,6 +104,9 @@ class MigrationDestination:
 
     def _stage(self, request: pb.CopyRequest, tad: TAD, incarnation: str) -> None:
         guid = request.guid
+        if self._fencing.draining:
+            # docs/DESIGN.md §5 "Drain": the mover or the storesite picks another node.
+            raise MigrationError(f"node {self._node} is draining: it takes no new atoms")
         refusal = tags_refusal(guid, self._node, request.meta.tags, self._ctx.config.tags)
         if refusal:
             raise MigrationError(refusal)
@@ -136,6 +139,11 @@ class MigrationDestination:
         # settles later by asking the storesite.
         self._fencing.check_lease(f"atom {guid} was not activated")
         staged = self._catalog.take_staged(guid)
+        held = self._catalog.atoms.get(guid)
+        if staged is None and held is not None and held.tad == tad:
+            # A call forwarded here by the source after COMMIT settled the staged
+            # copy first (resolve_staged): it already serves at this TAD.
+            return
         if staged is not None and staged.tad.age == tad.age:
             meta, atom = staged.meta, staged.atom
         else:

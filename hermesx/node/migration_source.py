@@ -28,6 +28,7 @@ from hermesx.rpc.atom_meta import tags_refusal
 from hermesx.rpc.convert import tad_to_pb
 from hermesx.rpc.node_client import Member
 from hermesx.rpc.proto import hermesx_pb2 as pb
+from hermesx.rpc.ranking import in_service
 from hermesx.rpc.storesite_client import CheckedSnapshot
 
 __all__ = ["MigrationSource"]
@@ -59,6 +60,8 @@ class MigrationSource:
         members = self._ctx.naming.nodes()
         if destination not in members:
             raise MigrationError(f"node {destination!r} is not a live member of the cluster")
+        if not in_service(members[destination]):
+            raise MigrationError(f"node {destination} is draining: it takes no new atoms")
         refusal = tags_refusal(guid, destination, active.meta.tags, members[destination].tags)
         if refusal:
             raise MigrationError(f"cannot move: {refusal}")

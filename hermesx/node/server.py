@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import grpc
 
-from hermesx.core.errors import HermesError, UnreachableError
+from hermesx.core.addresses import advertised_address
+from hermesx.core.errors import ConfigurationError, HermesError, UnreachableError
 from hermesx.core.identity import TAD
 from hermesx.node.admission import Admission
 from hermesx.node.catalog import ActiveAtom
@@ -25,6 +26,7 @@ from hermesx.node.config import NodeConfig
 from hermesx.node.context import NodeContext
 from hermesx.node.creation import Creation
 from hermesx.node.dispatch import Dispatcher
+from hermesx.node.drain import Drainer
 from hermesx.node.migration_destination import MigrationDestination
 from hermesx.node.migration_source import MigrationSource
 from hermesx.node.passivation import Passivation
@@ -36,7 +38,10 @@ from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.status import abort_with
 from hermesx.rpc.wire import CHANNEL_OPTIONS, TLSIdentity, add_server_port, server_interceptors
 
-__all__ = ["NodeRoles", "NodeServicer", "TestHooksServicer", "serve"]
+__all__ = ["DEFAULT_DRAIN_S", "NodeRoles", "NodeServicer", "TestHooksServicer", "serve"]
+
+# How long a drain may take unless told (the Drain RPC's, SIGTERM's default).
+DEFAULT_DRAIN_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +55,7 @@ class NodeRoles:
     passivation: Passivation
     source: MigrationSource
     destination: MigrationDestination
+    drainer: Drainer
 
 
 class NodeServicer(pbg.SupervisorServicer):
@@ -111,10 +117,18 @@ class NodeServicer(pbg.SupervisorServicer):
             atom_calls=sum(a.calls for a in list(atoms.values())),
             invocations=self._dispatcher.invocations,
             fenced=self._ctx.fencing.fenced,
+            draining=self._ctx.fencing.draining,
         )
 
     def AtomLogs(self, request: pb.GuidRequest, context: grpc.ServicerContext) -> pb.AtomLogLines:
         return pb.AtomLogLines(guid=request.guid, lines=atomlog.BOOK.export(request.guid))
+
+    def Drain(self, request: pb.DrainRequest, context: grpc.ServicerContext) -> pb.DrainReply:
+        """Out of service: no new atoms, and every atom here moved away (docs/DESIGN.md §5)."""
+        try:
+            return self._roles.drainer.drain(request.timeout_s or DEFAULT_DRAIN_S)
+        except HermesError as exc:
+            abort_with(context, exc)
 
     # ------------------------------------------------------------ checkpoint, passivate
 
@@ -220,12 +234,16 @@ def serve(
     pbg.add_SupervisorServicer_to_server(servicer, server)
     if config.test_hooks:
         pbg.add_NodeTestHooksServicer_to_server(TestHooksServicer(hooks), server)
-    host, _, _ = config.listen.rpartition(":")
     port = add_server_port(server, config.listen, tls)
     if port == 0:
         raise UnreachableError(f"node {config.name}: cannot listen on {config.listen}")
+    try:
+        address = advertised_address(config.listen, port, config.advertise, f"node {config.name}")
+    except ConfigurationError:
+        server.stop(0)
+        raise
     server.start()
-    return server, f"{host}:{port}"
+    return server, address
 
 
 def _rss_bytes() -> int:

@@ -48,6 +48,7 @@ from hermesx.node.config import NodeConfig
 from hermesx.node.context import NodeContext
 from hermesx.node.creation import Creation
 from hermesx.node.dispatch import Dispatcher
+from hermesx.node.drain import Drainer
 from hermesx.node.fencing import Fencing
 from hermesx.node.host import NodeHost
 from hermesx.node.migration_destination import MigrationDestination
@@ -73,6 +74,8 @@ __all__ = ["Supervisor"]
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_INTERVAL_S = 0.2
+# How long past its time a drain on SIGTERM may run before the node stops anyway.
+DRAIN_GRACE_S = 5.0
 
 
 class Supervisor:
@@ -99,7 +102,11 @@ class Supervisor:
             max_payload_bytes=config.max_payload_bytes,
         )
         self.naming = Naming(
-            config.zk, config.cluster, session_timeout=config.session_timeout, tls=config.tls_dir
+            config.zk,
+            config.cluster,
+            session_timeout=config.session_timeout,
+            tls=config.tls_dir,
+            cert=config.name,
         )
         # Calls from our atoms to atoms here skip gRPC: the dispatcher is
         # given to the invoker once it exists (it needs the invoker too).
@@ -152,6 +159,7 @@ class Supervisor:
         self._passivation = Passivation(ctx)
         self.destination = MigrationDestination(ctx, builder)
         self.source = MigrationSource(ctx, self._aborts, self._transfers)
+        self.drainer = Drainer(ctx, self.source)
         self.dispatcher = dispatcher = Dispatcher(
             ctx,
             admission,
@@ -172,6 +180,7 @@ class Supervisor:
                 passivation=self._passivation,
                 source=self.source,
                 destination=self.destination,
+                drainer=self.drainer,
             ),
         )
 
@@ -233,6 +242,40 @@ class Supervisor:
         if self._metrics is not None:
             self._metrics.close()
         tracing.shutdown()
+
+    def drain_and_stop(self, timeout_s: float) -> None:
+        """SIGTERM: move every atom away (at most ``timeout_s`` seconds), then stop."""
+        if self._stopping.is_set():
+            return
+
+        def drain() -> None:
+            try:
+                reply = self.drainer.drain(timeout_s)
+            except HermesError as exc:
+                log.warning("node %s: drain failed (%s); stopping anyway", self.name, exc)
+                return
+            if reply.remaining:
+                log.warning(
+                    "node %s: stopping with %d atom(s) not moved away after %.0f s of drain; "
+                    "they come back from their checkpoints on other nodes",
+                    self.name,
+                    reply.remaining,
+                    timeout_s,
+                )
+
+        # A move under way when the time runs out may take a while to end:
+        # the process stops at the latest a few seconds after the drain's time.
+        draining = threading.Thread(target=drain, name="node-drain", daemon=True)
+        draining.start()
+        draining.join(timeout_s + DRAIN_GRACE_S)
+        if draining.is_alive():
+            log.warning(
+                "node %s: drain did not end within %.0f s; stopping anyway (atoms left here "
+                "come back from their checkpoints on other nodes)",
+                self.name,
+                timeout_s + DRAIN_GRACE_S,
+            )
+        self.stop()
 
     def wait(self) -> None:
         self._stopping.wait()

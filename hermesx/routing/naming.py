@@ -45,6 +45,7 @@ class Naming:
         role: str = roles.NODE,
         timeout: float = 5.0,
         session_timeout: float = 4.0,
+        cert: str = "",
     ) -> None:
         """``role``: members (node, storesite) read and write; every other role only reads."""
         self.hosts = hosts
@@ -52,8 +53,13 @@ class Naming:
         auth = None
         readers: list[tuple[str, str]] = []
         read_only = False
+        zk_tls = None
         if tls is not None:
             from hermesx.rpc import security
+
+            # ``cert``: the process's certificate, shown to a ZooKeeper that speaks TLS.
+            files = security.zk_tls(tls, cert or roles.CLIENT_CERT_NAME)
+            zk_tls = nameservice.ZooKeeperTLS(*files) if files is not None else None
 
             # Only holders of the cluster's secret may write its root; its
             # clients, with a read-only secret of their own, may read it.
@@ -70,6 +76,7 @@ class Naming:
             auth=auth,
             readers=readers,
             read_only=read_only,
+            tls=zk_tls,
         )
 
     def start(self) -> None:

@@ -49,4 +49,5 @@ def node_status_from_pb(msg: pb.NodeStatus) -> NodeStatus:
         msg.rss_bytes,
         tuple(msg.tags),
         msg.atom_calls,
+        msg.draining,
     )

@@ -16,8 +16,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 
@@ -65,6 +66,11 @@ class Member(Peer, Protocol):
     @property
     def incarnation(self) -> str:
         """The session owning the node's registration: a restarted node is a new one."""
+        ...
+
+    @property
+    def data(self) -> Mapping[str, Any]:
+        """More facts the node registered (its pid; ``draining`` while out of service)."""
         ...
 
 
@@ -221,6 +227,14 @@ class NodeClient:
         stub, what = self._stub(node), f"Passivate({guid})"
         tad = unary_call(stub.Passivate, pb.GuidRequest(guid=guid), timeout, _peer(node), what)
         return tad_from_pb(tad)
+
+    def drain(self, node: Peer, timeout_s: float) -> pb.DrainReply:
+        """Take ``node`` out of service and move its atoms away, within ``timeout_s``."""
+        stub, request = self._stub(node), pb.DrainRequest(timeout_s=timeout_s)
+        reply: pb.DrainReply = unary_call(
+            stub.Drain, request, timeout_s + 30.0, _peer(node), "Drain"
+        )
+        return reply
 
     def status(self, node: Peer, timeout: float | None = None) -> pb.NodeStatus:
         stub = self._stub(node)

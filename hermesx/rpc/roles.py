@@ -70,6 +70,8 @@ RPC_ROLES: Final[Mapping[str, frozenset[str]]] = {
     "Supervisor/Passivate": _EVERYONE,
     "Supervisor/Status": _EVERYONE,  # clients; storesites weighing placement
     "Supervisor/AtomLogs": _EVERYONE,  # `hermesx logs`, the gateway
+    # Operators take a node out of service (`hermesx drain`, `hermesx deploy upgrade`).
+    "Supervisor/Drain": frozenset({CLIENT, TEST}),
     # ----- Supervisor: internal
     # The source node of a move hands the atom over: stage, activate or discard its copy.
     "Supervisor/StageCopy": frozenset({NODE}),

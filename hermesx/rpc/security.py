@@ -79,6 +79,7 @@ from hermesx.rpc import roles
 __all__ = [
     "HANDSHAKE_REFUSAL_MARKER",
     "TARGET_NAME",
+    "ZK_TLS_MARKER",
     "ClusterCerts",
     "PeerCheckInterceptor",
     "PeerIdentity",
@@ -95,6 +96,7 @@ __all__ = [
     "ssl_server_context",
     "zk_auth",
     "zk_readers",
+    "zk_tls",
 ]
 
 log = logging.getLogger(__name__)
@@ -106,6 +108,8 @@ HANDSHAKE_REFUSAL_MARKER: Final = "Handshake failed"
 """What gRPC's core writes to standard error when it refuses a peer at the TLS handshake."""
 
 ZK_USER: Final = "hermesx"
+ZK_TLS_MARKER: Final = "zk-tls"
+"""In a certificate directory: the cluster's ZooKeeper is reached over TLS (its secure port)."""
 _CA_CERT, _CA_KEY, _SECRET, _LOCK = "ca.pem", "ca.key", "zk.secret", ".lock"
 _CLIENT_SECRET: Final = "zk-client.secret"
 ZK_CLIENT_USER: Final = "hermesx-client"
@@ -556,6 +560,25 @@ def zk_auth(directory: pathlib.Path, role: str = roles.NODE) -> tuple[str, str]:
     if not password.strip():
         raise ConfigurationError(f"client name service secret {certs.client_secret} is empty")
     return (ZK_CLIENT_USER, password.strip())
+
+
+def zk_tls(directory: pathlib.Path, name: str) -> tuple[str, str, str] | None:
+    """(CA, certificate, key) files of process ``name`` for ZooKeeper's secure client port.
+
+    None unless the cluster's ZooKeeper speaks TLS: ``hermesx deploy`` marks
+    such a cluster's certificate directories with :data:`ZK_TLS_MARKER`
+    (docs/DESIGN.md §10); a local cluster's ZooKeeper listens on loopback only.
+    """
+    certs = load_certs(directory)
+    if not (certs.directory / ZK_TLS_MARKER).exists():
+        return None
+    for path in (certs.cert(name), certs.key(name)):
+        if not path.exists():
+            raise ConfigurationError(
+                f"{path} is missing: process {name} needs its certificate to reach the "
+                "cluster's ZooKeeper over TLS"
+            )
+    return str(certs.ca_cert), str(certs.cert(name)), str(certs.key(name))
 
 
 def zk_readers(directory: pathlib.Path) -> list[tuple[str, str]]:

@@ -154,6 +154,7 @@ def test_public_surface_and_error_kinds_are_the_contract() -> None:
             "ZooKeeperEnsemble",
             "ZooKeeperError",
             "ZooKeeperServer",
+            "ZooKeeperTLS",
             "compile_pattern",
             "find_zookeeper",
             "validate_guid",

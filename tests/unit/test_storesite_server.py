@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator, Mapping
 from concurrent import futures
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import pytest
@@ -43,6 +44,7 @@ class FakeMember:
     address: str
     tags: tuple[str, ...] = ()
     incarnation: str = ""
+    data: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -199,6 +199,22 @@ class MigrateReply(_message.Message):
     total_ms: float
     def __init__(self, tad: _Optional[_Union[TAD, _Mapping]] = ..., state_bytes: _Optional[int] = ..., held_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
 
+class DrainRequest(_message.Message):
+    __slots__ = ("timeout_s",)
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    timeout_s: float
+    def __init__(self, timeout_s: _Optional[float] = ...) -> None: ...
+
+class DrainReply(_message.Message):
+    __slots__ = ("moved", "remaining", "failures")
+    MOVED_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    moved: int
+    remaining: int
+    failures: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, moved: _Optional[int] = ..., remaining: _Optional[int] = ..., failures: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class CopyRequest(_message.Message):
     __slots__ = ("guid", "tad", "snapshot", "meta", "source", "checksum", "incarnation", "logs")
     GUID_FIELD_NUMBER: _ClassVar[int]
@@ -272,7 +288,7 @@ class Empty(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("name", "active_atoms", "stash_entries", "pid", "rss_bytes", "tags", "atom_calls", "invocations", "fenced")
+    __slots__ = ("name", "active_atoms", "stash_entries", "pid", "rss_bytes", "tags", "atom_calls", "invocations", "fenced", "draining")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_ATOMS_FIELD_NUMBER: _ClassVar[int]
     STASH_ENTRIES_FIELD_NUMBER: _ClassVar[int]
@@ -282,6 +298,7 @@ class NodeStatus(_message.Message):
     ATOM_CALLS_FIELD_NUMBER: _ClassVar[int]
     INVOCATIONS_FIELD_NUMBER: _ClassVar[int]
     FENCED_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
     name: str
     active_atoms: int
     stash_entries: int
@@ -291,7 +308,8 @@ class NodeStatus(_message.Message):
     atom_calls: int
     invocations: int
     fenced: bool
-    def __init__(self, name: _Optional[str] = ..., active_atoms: _Optional[int] = ..., stash_entries: _Optional[int] = ..., pid: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., tags: _Optional[_Iterable[str]] = ..., atom_calls: _Optional[int] = ..., invocations: _Optional[int] = ..., fenced: _Optional[bool] = ...) -> None: ...
+    draining: bool
+    def __init__(self, name: _Optional[str] = ..., active_atoms: _Optional[int] = ..., stash_entries: _Optional[int] = ..., pid: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., tags: _Optional[_Iterable[str]] = ..., atom_calls: _Optional[int] = ..., invocations: _Optional[int] = ..., fenced: _Optional[bool] = ..., draining: _Optional[bool] = ...) -> None: ...
 
 class AtomLogLines(_message.Message):
     __slots__ = ("guid", "lines")

@@ -99,6 +99,11 @@ class SupervisorStub:
                 request_serializer=hermesx__pb2.GuidRequest.SerializeToString,
                 response_deserializer=hermesx__pb2.AtomLogLines.FromString,
                 _registered_method=True)
+        self.Drain = channel.unary_unary(
+                '/hermesx.v1.Supervisor/Drain',
+                request_serializer=hermesx__pb2.DrainRequest.SerializeToString,
+                response_deserializer=hermesx__pb2.DrainReply.FromString,
+                _registered_method=True)
 
 
 class SupervisorServicer:
@@ -184,6 +189,12 @@ class SupervisorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Drain(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SupervisorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -251,6 +262,11 @@ def add_SupervisorServicer_to_server(servicer, server):
                     servicer.AtomLogs,
                     request_deserializer=hermesx__pb2.GuidRequest.FromString,
                     response_serializer=hermesx__pb2.AtomLogLines.SerializeToString,
+            ),
+            'Drain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Drain,
+                    request_deserializer=hermesx__pb2.DrainRequest.FromString,
+                    response_serializer=hermesx__pb2.DrainReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -604,6 +620,33 @@ class Supervisor:
             '/hermesx.v1.Supervisor/AtomLogs',
             hermesx__pb2.GuidRequest.SerializeToString,
             hermesx__pb2.AtomLogLines.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Drain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hermesx.v1.Supervisor/Drain',
+            hermesx__pb2.DrainRequest.SerializeToString,
+            hermesx__pb2.DrainReply.FromString,
             options,
             channel_credentials,
             insecure,
