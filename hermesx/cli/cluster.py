@@ -11,7 +11,6 @@ from hermesx.cli.output import emit, progress, table
 from hermesx.cli.parser import Verbs
 from hermesx.core.config import resolve_cluster
 from hermesx.core.errors import ConfigurationError, HermesError
-from hermesx.rpc.node_client import call_address
 
 __all__ = ["register"]
 
@@ -75,6 +74,7 @@ def cmd_down(args: argparse.Namespace) -> None:
 
 def cmd_nodes(args: argparse.Namespace) -> None:
     from hermesx.local.cluster import LocalCluster
+    from hermesx.rpc.node_client import call_address
 
     with connect(args) as client:
         members = client.nodes()
