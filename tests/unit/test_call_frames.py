@@ -5,14 +5,17 @@ connection, many calls share one connection and each gets its own reply
 although the replies come back out of order, errors keep their kind, a call
 past its deadline ends as a timeout, and a peer that never reads its replies
 is held back and then dropped, without the server holding more than its
-limits.
+limits; over TLS each kind admits its RPC's roles, and a request that rides
+on the handshake's last bytes is answered.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import pathlib
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -26,9 +29,11 @@ from hermesx.core.errors import (
     CallTimeoutError,
     ConfigurationError,
     MethodError,
+    NotAuthorizedError,
     UnreachableError,
 )
 from hermesx.node.config import NodeConfig
+from hermesx.rpc import security
 from hermesx.rpc.callclient import CallPool
 from hermesx.rpc.callserver import Call, CallLimits, CallServer
 from hermesx.rpc.frames import (
@@ -41,6 +46,7 @@ from hermesx.rpc.frames import (
     encode_reply,
     encode_request,
 )
+from hermesx.rpc.wire import TLSIdentity
 from hermesx.testing.wait import wait_until
 
 
@@ -191,3 +197,56 @@ def test_a_node_listens_for_calls_next_to_grpc(
 def test_a_bad_call_address_is_refused_before_start() -> None:
     with pytest.raises(ConfigurationError, match="call_listen 'nowhere'"):
         NodeConfig(name="n1", call_listen="nowhere").validate()
+
+
+def test_over_tls_roles_are_checked_per_kind(tmp_path: pathlib.Path) -> None:
+    security.init_certs(tmp_path, "blue", {"n1": "node", "c1": "client"})
+    served = CallServer("node n1", workers=4, tls=TLSIdentity(tmp_path, "n1", "blue"))
+    served.register("echo", lambda call: call.body, "Supervisor/Invoke")
+    served.register("stage", lambda call: b"staged", "Supervisor/StageCopy")
+    address = served.start("127.0.0.1:0")
+    try:
+        for _ in range(20):  # fresh connections: a request may ride on the handshake's bytes
+            pool = CallPool(TLSIdentity(tmp_path, "c1", "blue"))
+            assert pool.connection(address).call("echo", b"hello", 5.0) == b"hello"
+            pool.close()
+        pool = CallPool(TLSIdentity(tmp_path, "c1", "blue"))
+        with pytest.raises(NotAuthorizedError, match="role client may not call it"):
+            pool.connection(address).call("stage", b"", 5.0)
+        assert pool.connection(address).call("echo", b"still", 5.0) == b"still"
+        pool.close()
+    finally:
+        served.stop()
+
+
+def test_a_request_sent_with_the_handshakes_last_bytes_is_answered(tmp_path: pathlib.Path) -> None:
+    security.init_certs(tmp_path, "blue", {"n1": "node", "c1": "client"})
+    served = CallServer("node n1", workers=4, tls=TLSIdentity(tmp_path, "n1", "blue"))
+    served.register("echo", lambda call: call.body, "Supervisor/Invoke")
+    host, _, port = served.start("127.0.0.1:0").rpartition(":")
+    context = security.ssl_client_context(tmp_path, "c1")
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname=security.TARGET_NAME)
+    try:
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    sock.sendall(outgoing.read())
+                    incoming.write(sock.recv(65536))
+            # Our last handshake flight and the request leave in one segment.
+            tls.write(encode_request(1, "echo", 5.0, b"early"))
+            sock.sendall(outgoing.read())
+            reader = FrameReader()
+            frames: list[object] = []
+            while not frames:
+                data = sock.recv(65536)
+                assert data, "the server closed the connection"
+                incoming.write(data)
+                with contextlib.suppress(ssl.SSLWantReadError):
+                    frames += reader.feed(tls.read(65536))
+        assert frames == [Reply(1, b"early")]
+    finally:
+        served.stop()
