@@ -37,6 +37,7 @@ from concurrent import futures
 
 import grpc
 
+from hermesx.core.addresses import advertised_address, split_host_port
 from hermesx.core.errors import HermesError
 from hermesx.node.aborts import UnsentAborts
 from hermesx.node.admission import Admission
@@ -199,7 +200,8 @@ class Supervisor:
         record: dict[str, str] = {}
         calls = serve_calls(self.dispatcher, self.config, self.tls, self._workers)
         if calls is not None:
-            self._calls, self.call_address = calls
+            self._calls, bound = calls
+            self.call_address = self._reachable_call_address(bound)
             record[CALL_ADDRESS] = self.call_address
         self._metrics = metrics.serve_metrics(
             self.config.metrics_listen, self.address.rpartition(":")[0]
@@ -242,6 +244,14 @@ class Supervisor:
         if self._metrics is not None:
             self._metrics.close()
         tracing.shutdown()
+
+    def _reachable_call_address(self, bound: str) -> str:
+        """The call channel's address as peers dial it: on the host the node advertises
+        (a wildcard listen or ``--advertise``), the port it bound (docs/DESIGN.md §8)."""
+        what = f"node {self.name}: the call channel"
+        port = split_host_port(bound, what)[1] or 0
+        host = split_host_port(self.config.advertise, what)[0] if self.config.advertise else ""
+        return advertised_address(bound, port, host, what)
 
     def drain_and_stop(self, timeout_s: float) -> None:
         """SIGTERM: move every atom away (at most ``timeout_s`` seconds), then stop."""

@@ -25,6 +25,9 @@ def test_a_node_registers_its_advertised_address_and_serves_atoms_moved_to_it(
     with Client(cluster.zk, cluster.name) as client:
         address = client.nodes()["n2"].address
         assert address.startswith("localhost:") and int(address.rpartition(":")[2]) > 0
+        # Calls reach it on its call channel, on the same advertised host.
+        call = client.nodes()["n2"].data["call"]
+        assert call.startswith("localhost:") and int(call.rpartition(":")[2]) > 0
         name = f"adv-{uuid.uuid4().hex[:8]}"
         client.create(atoms["counter"], name=name, on="n1")
         client.atom(name).incr(2)
