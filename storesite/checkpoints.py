@@ -107,6 +107,14 @@ class CheckpointWindow:
         self._table.put(txn, state)
         return state
 
+    def latest(self, txn: lmdb.Transaction, state: AtomState) -> Checkpoint:
+        """The latest checkpoint of ``state``, checked (CheckpointDamagedError if damaged)."""
+        number = state.checkpoint_no
+        data = txn.get(checkpoint_key(state.guid, number), db=self._db)
+        if data is None:
+            raise CheckpointDamagedError(f"checkpoint #{number} of atom {state.guid} is missing")
+        return unpack_checkpoint(state, bytes(data), number)
+
     def restorable(self, txn: lmdb.Transaction, state: AtomState) -> Checkpoint:
         """The latest good checkpoint of ``state`` that keeps every acknowledged call."""
         guid = state.guid

@@ -7,7 +7,8 @@ processes never share it, and its data file is checked whole
 storesite id; a store of an older format is upgraded in place. Four
 sub-databases: ``modules``, ``atoms``, ``checkpoints`` and ``store`` (who the
 store belongs to and its format). :class:`WriteTxn` is the durable write
-transaction every change runs in, turning LMDB failures into StorageError.
+transaction every change but a checkpoint runs in (checkpoints are group
+committed: :mod:`storesite.committer`), turning LMDB failures into StorageError.
 """
 
 from __future__ import annotations

@@ -251,6 +251,11 @@ class StoreStatus:
     atoms: int
     modules: int
     checkpoints: int
+    # Since the process started (docs/DESIGN.md §6): checkpoints nodes sent that
+    # were stored, of them deltas, and the group commits that wrote them.
+    checkpoints_written: int = 0
+    deltas_written: int = 0
+    group_commits: int = 0
 
 
 def checkpoint_key(guid: str, number: int) -> bytes:

@@ -136,6 +136,25 @@ class StoresiteServicer(pbg.StoresiteServicer):
             return pb.Empty()
         return self.PutCheckpoint(request, context)
 
+    def PutCheckpointDelta(
+        self, request: pb.CheckpointDelta, context: grpc.ServicerContext
+    ) -> pb.CheckpointAck:
+        def body() -> pb.CheckpointAck:
+            head = request.head
+            outcome = self.site.put_checkpoint_delta(
+                head.guid,
+                tad_of(head.tad),
+                head.snapshot,
+                head.seq,
+                Provenance.of(head),
+                (request.base_seq, request.base_checksum),
+            )
+            return pb.CheckpointAck(
+                stored=outcome.stored, checksum=outcome.checksum, refused=outcome.refused
+            )
+
+        return self._run(context, "PutCheckpointDelta", body)
+
     def _join_pieces(
         self,
         pieces: Iterator[pb.CheckpointPiece] | Iterator[pb.PassivatedPiece],
@@ -281,7 +300,13 @@ class StoresiteServicer(pbg.StoresiteServicer):
         def body() -> pb.StoresiteStatus:
             st = self.site.status()
             return pb.StoresiteStatus(
-                id=self.site.sid, atoms=st.atoms, modules=st.modules, checkpoints=st.checkpoints
+                id=self.site.sid,
+                atoms=st.atoms,
+                modules=st.modules,
+                checkpoints=st.checkpoints,
+                checkpoints_written=st.checkpoints_written,
+                deltas_written=st.deltas_written,
+                group_commits=st.group_commits,
             )
 
         return self._run(context, "Status", body)

@@ -40,6 +40,7 @@ from hermesx.rpc.node_client import NodeClient
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.storesite_client import CheckpointInfo, StoredLocation, StoresiteClient
 from storesite.activation import Activator
+from storesite.deltas import DeltaOutcome, put_delta
 from storesite.directory import Directory
 from storesite.locks import AtomLocks
 from storesite.placement import LoadCache, Member
@@ -111,6 +112,19 @@ class Storesite:
     ) -> bool:
         with self._locks.hold(guid):
             return self.store.put_checkpoint(guid, tad, seq, snapshot, check)
+
+    def put_checkpoint_delta(
+        self,
+        guid: str,
+        tad: TAD,
+        delta: bytes,
+        seq: int,
+        check: Provenance,
+        base: tuple[int, int],
+    ) -> DeltaOutcome:
+        """An incremental checkpoint on base ``(seq, checksum)`` (storesite.deltas)."""
+        with self._locks.hold(guid):
+            return put_delta(self.store, guid, tad, seq, delta, check, *base)
 
     def get_checkpoint(self, guid: str) -> Checkpoint:
         return self.store.latest_checkpoint(guid)

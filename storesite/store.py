@@ -14,7 +14,11 @@ opening and upgrading). It keeps:
 
 Every method is one LMDB transaction, durable when it returns, so the state
 machine (register, checkpoint, prepare / commit / abort, passivate, activate,
-recover, adopt, forget) never shows a half-done step. This module holds an
+recover, adopt, forget) never shows a half-done step. A checkpoint's is a
+nested transaction of a group commit (:mod:`storesite.committer`): the
+checkpoints that arrive together share one commit and one sync, and each is
+answered only after it; a delta is composed onto the latest checkpoint first
+(:mod:`storesite.deltas`). This module holds an
 atom's life at its home: registration, checkpoints, passivation, activation
 and recovery; the steps of a move (of the atom between nodes, of its home
 between storesites) are :attr:`AtomStore.moves` (:mod:`storesite.moves`).
@@ -44,10 +48,13 @@ import pathlib
 from collections.abc import Iterator
 from dataclasses import replace
 
-from hermesx.core.errors import MigrationError, StorageError
+import lmdb
+
+from hermesx.core.errors import CheckpointDamagedError, MigrationError, StorageError
 from hermesx.core.identity import GUID, TAD
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from storesite.checkpoints import CheckpointWindow
+from storesite.committer import GroupCommitter
 from storesite.environment import DEFAULT_MAP_SIZE, StoreEnvironment
 from storesite.modules import ModuleStore
 from storesite.moves import MoveRecords
@@ -96,8 +103,11 @@ class AtomStore:
         self._window = CheckpointWindow(self._table)
         self.modules = ModuleStore(self._env)
         self.moves = MoveRecords(self._table, self._window)
+        self.committer = GroupCommitter(self._env)
+        self.deltas_written = 0
 
     def close(self) -> None:
+        self.committer.close()
         self._env.close()
 
     def __enter__(self) -> AtomStore:
@@ -165,7 +175,14 @@ class AtomStore:
             atoms = txn.stat(env.atoms)["entries"]
             modules = txn.stat(env.modules)["entries"]
             checkpoints = txn.stat(env.checkpoints)["entries"]
-        return StoreStatus(atoms=atoms, modules=modules, checkpoints=checkpoints)
+        return StoreStatus(
+            atoms=atoms,
+            modules=modules,
+            checkpoints=checkpoints,
+            checkpoints_written=self.committer.written,
+            deltas_written=self.deltas_written,
+            group_commits=self.committer.commits,
+        )
 
     # ----------------------------------------------------------- checkpoints
 
@@ -186,13 +203,30 @@ class AtomStore:
         checksum = self._table.arriving(
             guid, snapshot, check, f"checkpoint of atom {guid} from {tad} seq {seq}"
         )
-        generation = check.generation
-        with self._table.write(guid) as txn:
-            state = self._table.current(txn, guid, tad, "checkpoint")
-            if state.pending is not None:
-                raise MigrationError(
-                    f"checkpoint of atom {guid} from {tad} refused: it is moving to "
-                    f"{state.pending.node}"
+        return self.store_checkpoint(guid, tad, seq, snapshot, checksum, check)
+
+    def store_checkpoint(
+        self,
+        guid: str,
+        tad: TAD,
+        seq: int,
+        snapshot: bytes,
+        checksum: int,
+        check: Provenance,
+        *,
+        base_no: int | None = None,
+    ) -> bool:
+        """:meth:`put_checkpoint` of a snapshot already checked, written in the next
+        group commit (docs/DESIGN.md §6); with ``base_no``, only while the latest
+        checkpoint is still slot ``base_no`` (a composed delta's base)."""
+
+        def write(txn: lmdb.Transaction) -> bool:
+            generation = check.generation
+            state = self.checkpoint_target(txn, guid, tad)
+            if base_no is not None and state.checkpoint_no != base_no:
+                raise StorageError(
+                    f"checkpoint delta of atom {guid} from {tad} seq {seq}: its base is no "
+                    "longer the latest checkpoint"
                 )
             if tad.age == state.checkpoint_age and seq <= state.checkpoint_seq:
                 log.debug("ignored checkpoint %s seq %s of %s: not newer", tad, seq, guid)
@@ -224,7 +258,50 @@ class AtomStore:
                 check.stored_generation,
                 acknowledged=not check.periodic,
             )
-        return True
+            return True
+
+        return self.committer.submit(guid, write)
+
+    def arriving(self, guid: str, data: bytes, check: Provenance, what: str) -> int:
+        """The checksum of state bytes that arrive: refused when too big or damaged."""
+        return self._table.arriving(guid, data, check, what)
+
+    def check_size(self, guid: str, snapshot: bytes) -> None:
+        self._table.check_size(guid, snapshot)
+
+    def delta_base(
+        self, guid: str, tad: TAD, base_seq: int, base_checksum: int
+    ) -> tuple[Checkpoint, int] | str:
+        """The latest checkpoint (and its slot) a delta from ``tad`` on base
+        ``(tad.age, base_seq)`` with ``base_checksum`` composes onto, or why it may not
+        (docs/DESIGN.md §6). A delta from a stale location or during a move is refused
+        with MigrationError as a whole checkpoint would be."""
+        with self._env.env.begin() as txn:
+            state = self.checkpoint_target(txn, guid, tad)
+            held = f"({state.checkpoint_age}, {state.checkpoint_seq})"
+            if (state.checkpoint_age, state.checkpoint_seq) != (tad.age, base_seq):
+                return f"its base ({tad.age}, {base_seq}) is not the latest checkpoint {held}"
+            try:
+                latest = self._window.latest(txn, state)
+            except CheckpointDamagedError as exc:
+                return f"the latest checkpoint {held} is damaged: {exc}"
+        if latest.checksum != base_checksum:
+            return (
+                f"its base has checksum {base_checksum:08x}, the latest checkpoint {held} "
+                f"{latest.checksum:08x}"
+            )
+        return latest, state.checkpoint_no
+
+    def checkpoint_target(self, txn: lmdb.Transaction, guid: str, tad: TAD) -> AtomState:
+        """The record a checkpoint from ``tad`` may be written to: refused (MigrationError)
+        unless ``tad`` is the atom's location and no move is pending."""
+        state = self._table.current(txn, guid, tad, "checkpoint")
+        if state.pending is not None:
+            raise MigrationError(
+                f"checkpoint of atom {guid} from {tad} refused: it is moving to "
+                f"{state.pending.node}"
+            )
+        return state
 
     def latest_checkpoint(self, guid: str) -> Checkpoint:
         """The checkpoint to restore ``guid`` from: the latest, checked.

@@ -95,30 +95,46 @@ class AtomState:
 CHUNK = 4096
 # Most bytes copied or packed between two chances for other threads to run.
 PIECE_BYTES = 1 << 20
+_ZERO_PIECE = bytes(PIECE_BYTES)
+_ZERO_CHUNK = bytes(CHUNK)
 
 
 def yield_gil() -> None:
-    """Let any thread waiting for the GIL run (sleep(0) releases it)."""
+    """Let any thread waiting for the GIL run (sleep(0) releases it).
+
+    A system call: on a busy machine it may give the CPU away for milliseconds,
+    so it is called between pieces of a large state only, never for a small one.
+    """
     time.sleep(0)
 
 
-def memory_segments(memory: bytes | memoryview) -> tuple[tuple[int, bytes], ...]:
+def memory_segments(memory: bytes | bytearray | memoryview) -> tuple[tuple[int, bytes], ...]:
     """Runs of consecutive non-zero 4 KiB chunks of ``memory``, each at most
-    :data:`PIECE_BYTES` long (a longer run is stored as several)."""
-    zero = bytes(CHUNK)
-    runs: list[tuple[int, bytes]] = []
-    start = -1
+    :data:`PIECE_BYTES` long (a longer run is stored as several).
+
+    The memory is read a piece at a time into bytes, whose comparisons are a
+    ``memcmp``: comparing memoryview slices goes item by item, ~40 times
+    slower (a 1 MiB counter's snapshot took ~0.8 ms that way).
+    """
     view = memoryview(memory).cast("B")
     size = len(view)
-    for offset in range(0, size, CHUNK):
-        end = min(offset + CHUNK, size)
-        is_zero = view[offset:end] == zero[: end - offset]
-        if start >= 0 and (is_zero or offset - start >= PIECE_BYTES):
-            runs.append((start, bytes(view[start:offset])))
-            yield_gil()
-            start = -1
-        if not is_zero and start < 0:
-            start = offset
+    runs: list[tuple[int, bytes]] = []
+    start = -1
+    for base in range(0, size, PIECE_BYTES):
+        if base:
+            yield_gil()  # between pieces; a memory of one piece never waits here
+        piece = bytes(view[base : base + PIECE_BYTES])
+        if start < 0 and piece == _ZERO_PIECE[: len(piece)]:
+            continue  # no run open and nothing but zeros here
+        for offset in range(base, base + len(piece), CHUNK):
+            end = min(offset + CHUNK, size)
+            zero = _ZERO_CHUNK if end - offset == CHUNK else bytes(end - offset)
+            is_zero = piece[offset - base : end - base] == zero
+            if start >= 0 and (is_zero or offset - start >= PIECE_BYTES):
+                runs.append((start, bytes(view[start:offset])))
+                start = -1
+            if not is_zero and start < 0:
+                start = offset
     if start >= 0:
         runs.append((start, bytes(view[start:size])))
     return tuple(runs)
@@ -226,9 +242,10 @@ class _PieceReader:
             except msgpack.OutOfData:
                 if self.fed >= len(self.body):
                     raise ValueError("the snapshot ends inside its data") from None
+                if self.fed:
+                    yield_gil()  # between pieces; a state of one piece never waits here
                 self.unpacker.feed(self.body[self.fed : self.fed + PIECE_BYTES])
                 self.fed += PIECE_BYTES
-                yield_gil()
 
     def array_header(self) -> int:
         return int(self._next("read_array_header"))

@@ -23,6 +23,7 @@ from hermesx.core.identity import TAD
 from hermesx.routing.stash import Stash
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.runtime.atom import Atom
+from hermesx.runtime.delta import ChangeTracker
 
 __all__ = ["ActiveAtom", "Catalog", "StagedCopy"]
 
@@ -43,6 +44,13 @@ class ActiveAtom:
     checkpointed_generation: int = 0
     # Held from a checkpoint's snapshot to drawing its seq, so seqs follow snapshots.
     checkpoint_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Incremental checkpoints (hermesx.node.checkpoints): the base of the next
+    # delta (None: this atom checkpoints whole), held from a capture until the
+    # storesite answered, and outgoing calls and sends made / last checkpointed.
+    changes: ChangeTracker | None = None
+    send_lock: threading.Lock = field(default_factory=threading.Lock)
+    outgoing: int = 0
+    outgoing_checkpointed: int = 0
     # The generation held by the snapshot the last freeze (move, passivation) took.
     frozen_generation: int = 0
     last_checkpoint: float = field(default_factory=time.monotonic)
@@ -138,6 +146,8 @@ class Catalog:
     def install(self, guid: str, atom: Atom, meta: pb.AtomMeta, tad: TAD) -> ActiveAtom:
         """Make ``atom`` the active copy of ``guid`` at ``tad``, replacing an older one."""
         active = ActiveAtom(guid, atom, meta, tad, checkpointed_generation=atom.generation)
+        if not (atom.reentrant or atom.module.is_daemon):
+            active.changes = ChangeTracker()
         with self._atoms_lock:
             old = self.atoms.get(guid)
             if old is not None:

@@ -7,6 +7,18 @@ atom can also ask for one checkpoint itself (the ``checkpoint`` syscall), and
 a client can ask the node (the Checkpoint RPC). :meth:`Checkpointing.after_call`
 runs after every call, :meth:`Checkpointing.periodic_due` from the node's
 housekeeping.
+
+Incremental (docs/DESIGN.md §6): an atom with a
+:class:`~hermesx.runtime.delta.ChangeTracker` sends only what changed since
+its last acknowledged checkpoint, one checkpoint at a time (its
+``send_lock``): a capture is taken, sent and acknowledged before the next is
+taken, so every delta's base is the storesite's latest. A delta the
+storesite refuses (its base is not the latest) is sent again whole. A call
+that changed nothing durable (no memory chunk, KV entry, mailbox entry or
+global, and no outgoing call or send) takes no checkpoint: its reply stays
+in the atom's reply table and travels with the next checkpoint (docs/DESIGN.md §4
+"Exactly once" argues why that is enough). Daemon and reentrant atoms
+checkpoint their whole state each time.
 """
 
 from __future__ import annotations
@@ -14,13 +26,16 @@ from __future__ import annotations
 import logging
 import time
 
+from hermesx.core.delta import encode_delta
 from hermesx.core.errors import HermesError, MigrationError, StorageError
 from hermesx.core.identity import TAD
+from hermesx.core.snapshot import encode_state
 from hermesx.node.aborts import UnsentAborts
 from hermesx.node.catalog import ActiveAtom
 from hermesx.node.context import NodeContext
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.status import pb_error
+from hermesx.runtime.delta import Capture, ChangeTracker
 
 __all__ = ["EVERY_CALL", "PERIODIC", "Checkpointing"]
 
@@ -28,6 +43,10 @@ log = logging.getLogger(__name__)
 
 EVERY_CALL = pb.CheckpointPolicy.EVERY_CALL
 PERIODIC = pb.CheckpointPolicy.PERIODIC
+# An atom unused this long gives up the base of its incremental checkpoints
+# (a copy of its memory): its next checkpoint is whole. Bounds what idle
+# atoms cost the node beyond their own state.
+IDLE_BASE_S = 60.0
 
 
 class Checkpointing:
@@ -39,6 +58,80 @@ class Checkpointing:
 
     def checkpoint(self, active: ActiveAtom, *, periodic: bool = False) -> TAD:
         """Checkpoint ``active`` now; ``periodic``: no caller is told its calls are durable."""
+        if active.changes is None:
+            return self._whole(active, periodic)
+        with active.send_lock:
+            return self._incremental(active, active.changes, periodic)
+
+    def _incremental(self, active: ActiveAtom, tracker: ChangeTracker, periodic: bool) -> TAD:
+        """A checkpoint of what changed since the last acknowledged one, if anything did."""
+        outgoing = active.outgoing
+        with active.checkpoint_lock:
+            capture = active.atom.capture_changes(tracker)
+            assert capture is not None  # tracked atoms are neither daemons nor reentrant
+            self._ctx.pause("checkpoint-snapshot")
+            if (
+                not capture.changed
+                and tracker.base is not None
+                and outgoing == active.outgoing_checkpointed
+            ):
+                # Read-only since the last checkpoint: nothing durable to write.
+                active.checkpointed_generation = capture.generation
+                return active.tad
+            active.checkpoint_seq += 1
+            seq = active.checkpoint_seq
+        try:
+            seq, checksum = self._send(active, tracker, capture, seq, periodic)
+        except BaseException:
+            tracker.reset()
+            raise
+        tracker.acknowledged(capture, seq, checksum)
+        active.outgoing_checkpointed = outgoing
+        active.checkpointed_generation = max(active.checkpointed_generation, capture.generation)
+        active.last_checkpoint = time.monotonic()
+        return active.tad
+
+    def _send(
+        self, active: ActiveAtom, tracker: ChangeTracker, capture: Capture, seq: int, periodic: bool
+    ) -> tuple[int, int]:
+        """Send a capture as checkpoint ``seq``: its delta, or (no delta, or a refused one)
+        the whole state. Returns the seq it was stored as and the stored checksum."""
+        storesites = self._ctx.storesites
+        base = tracker.base
+        if capture.delta is not None and base is not None:
+            ack = storesites.put_delta(
+                active.guid,
+                active.tad,
+                encode_delta(capture.delta),
+                seq,
+                base,
+                generation=capture.generation,
+                periodic=periodic,
+            )
+            if not ack.refused:
+                if not ack.stored:
+                    raise StorageError(
+                        f"atom {active.guid}: checkpoint seq {seq} was not stored: the storesite "
+                        "holds a newer one"
+                    )
+                return seq, ack.checksum
+            log.info("atom %s: %s", active.guid, ack.refused)
+            with active.checkpoint_lock:
+                active.checkpoint_seq += 1
+                seq = active.checkpoint_seq
+        snapshot = encode_state(tracker.whole_state(capture))
+        checksum = storesites.put_checkpoint(
+            active.guid,
+            active.tad,
+            snapshot,
+            seq,
+            generation=capture.generation,
+            periodic=periodic,
+        )
+        return seq, checksum
+
+    def _whole(self, active: ActiveAtom, periodic: bool) -> TAD:
+        """A checkpoint of the whole state (daemon and reentrant atoms)."""
         # The seq is drawn with the snapshot, under one lock: a snapshot taken
         # later always gets a higher seq, so the storesite, which keeps only
         # the highest seq of an age, never lets an older state replace a newer
@@ -97,6 +190,18 @@ class Checkpointing:
                 )
             else:
                 log.warning("atom %s: checkpoint failed: %s", active.guid, exc)
+
+    @staticmethod
+    def forget_idle_base(active: ActiveAtom, now: float) -> None:
+        """Drop the delta base of an atom unused for :data:`IDLE_BASE_S` (housekeeping)."""
+        tracker = active.changes
+        if tracker is None or tracker.base is None or now - active.last_used < IDLE_BASE_S:
+            return
+        if active.send_lock.acquire(blocking=False):  # not while a checkpoint is under way
+            try:
+                tracker.reset()
+            finally:
+                active.send_lock.release()
 
     @staticmethod
     def periodic_due(active: ActiveAtom, now: float) -> bool:

@@ -38,13 +38,22 @@ class NodeHost:
     def node_name(self) -> str:
         return self._node
 
+    def _outgoing(self, ctx: CallContext) -> None:
+        """Count a call or send leaving the caller: its call is not read-only
+        (docs/DESIGN.md §6)."""
+        active = self._catalog.atoms.get(ctx.caller_guid)
+        if active is not None:
+            active.outgoing += 1
+
     def invoke(self, ctx: CallContext, target: str, method: str, args: bytes) -> bytes:
+        self._outgoing(ctx)
         outcome = self._invoker.invoke(
             target, method, args, chain=ctx.chain, timeout=ctx.timeout, open_chain=ctx.open_chain
         )
         return outcome.result
 
     def send(self, ctx: CallContext, target: str, code: int, payload: bytes) -> None:
+        self._outgoing(ctx)
         with self._seq_lock:
             lock = self._send_locks.setdefault(ctx.caller_guid, threading.Lock())
         with lock:

@@ -24,7 +24,7 @@ from hermesx.core.identity import GUID, TAD
 from hermesx.core.snapshot import snapshot_checksum
 from hermesx.routing.invoker import Invoker
 from hermesx.routing.naming import Naming
-from hermesx.rpc.storesite_client import CheckedSnapshot, StoresiteClient
+from hermesx.rpc.storesite_client import CheckedSnapshot, DeltaAck, StoresiteClient
 
 __all__ = ["AtomStoresites", "transfer_timeout"]
 
@@ -103,12 +103,33 @@ class AtomStoresites:
 
     def put_checkpoint(
         self, guid: str, tad: TAD, snapshot: bytes, seq: int, *, generation: int, periodic: bool
-    ) -> None:
+    ) -> int:
+        """A whole-state checkpoint; returns its checksum."""
         state = CheckedSnapshot(snapshot, snapshot_checksum(snapshot), generation)
         self.call(
             guid,
             lambda site: site.send_checkpoint(guid, tad, state, seq, periodic=periodic),
             transfer_timeout(len(snapshot)),
+        )
+        return state.checksum
+
+    def put_delta(
+        self,
+        guid: str,
+        tad: TAD,
+        delta: bytes,
+        seq: int,
+        base: tuple[int, int],
+        *,
+        generation: int,
+        periodic: bool,
+    ) -> DeltaAck:
+        """An incremental checkpoint on ``base`` = ``(seq, checksum)`` (docs/DESIGN.md §6)."""
+        state = CheckedSnapshot(delta, snapshot_checksum(delta), generation)
+        return self.call(
+            guid,
+            lambda site: site.send_delta(guid, tad, state, seq, base, periodic=periodic),
+            transfer_timeout(len(delta)),
         )
 
     def passivated(self, guid: str, tad: TAD, snapshot: bytes, *, generation: int) -> None:

@@ -237,6 +237,7 @@ class Supervisor:
             return
         if self._checkpoints.periodic_due(active, now):
             self._checkpoints.checkpoint(active, periodic=True)
+        self._checkpoints.forget_idle_base(active, now)
         if self._passivation.idle_due(active, now):
             self._passivation.passivate(active)
 

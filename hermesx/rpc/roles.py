@@ -86,6 +86,7 @@ RPC_ROLES: Final[Mapping[str, frozenset[str]]] = {
     "Storesite/RegisterAtom": frozenset({NODE}),  # create
     "Storesite/PutCheckpoint": frozenset({NODE}),  # checkpoints of active atoms
     "Storesite/PutCheckpointPieces": frozenset({NODE}),  # the same, for a large state
+    "Storesite/PutCheckpointDelta": frozenset({NODE}),  # the same, incremental
     "Storesite/GetCheckpoint": frozenset({NODE}),  # activation of a dormant atom
     "Storesite/Prepare": frozenset({NODE}),  # the source node of a move
     "Storesite/Stage": frozenset({NODE}),

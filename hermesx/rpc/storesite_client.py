@@ -26,6 +26,7 @@ __all__ = [
     "AtomInfo",
     "CheckedSnapshot",
     "CheckpointInfo",
+    "DeltaAck",
     "StoredLocation",
     "StoresiteClient",
     "StoresiteInfo",
@@ -80,6 +81,10 @@ class StoresiteInfo:
     atoms: int
     modules: int
     checkpoints: int
+    # Since the storesite started: checkpoints stored, of them deltas, group commits.
+    checkpoints_written: int = 0
+    deltas_written: int = 0
+    group_commits: int = 0
 
 
 def location_from_pb(reply: pb.LocationReply) -> StoredLocation:
@@ -277,7 +282,15 @@ class StoresiteClient:
 
     def status(self) -> StoresiteInfo:
         reply = self._call(self._stub.Status, pb.Empty(), "Status")
-        return StoresiteInfo(reply.id, reply.atoms, reply.modules, reply.checkpoints)
+        return StoresiteInfo(
+            reply.id,
+            reply.atoms,
+            reply.modules,
+            reply.checkpoints,
+            reply.checkpoints_written,
+            reply.deltas_written,
+            reply.group_commits,
+        )
 
     # ------------------------------------------------- a node's calls: states, moves
 
@@ -298,6 +311,31 @@ class StoresiteClient:
         self._send_state(
             request, state, stub.PutCheckpoint, stub.PutCheckpointPieces, "PutCheckpoint"
         )
+
+    def send_delta(
+        self,
+        guid: str,
+        tad: TAD,
+        delta: CheckedSnapshot,
+        seq: int,
+        base: tuple[int, int],
+        *,
+        periodic: bool = False,
+    ) -> DeltaAck:
+        """An incremental checkpoint: ``delta`` (hermesx.core.delta, with its own CRC-32)
+        on the checkpoint ``base`` = ``(seq, checksum)`` of ``tad``'s age."""
+        head = _state_request(
+            pb.CheckpointRequest,
+            guid,
+            tad,
+            delta,
+            seq=seq,
+            periodic=periodic,
+            snapshot=delta.snapshot,
+        )
+        request = pb.CheckpointDelta(head=head, base_seq=base[0], base_checksum=base[1])
+        reply = self._call(self._stub.PutCheckpointDelta, request, f"PutCheckpointDelta({guid})")
+        return DeltaAck(reply.stored, reply.checksum, reply.refused)
 
     def send_passivated(self, guid: str, tad: TAD, state: CheckedSnapshot) -> None:
         """The atom was passivated with ``state`` (a large one in pieces, as
@@ -331,6 +369,16 @@ class StoresiteClient:
             for data in _pieces_of(state.snapshot)
         )
         self._call(in_pieces, pieces, f"{what}Pieces({request.guid})")
+
+
+@dataclass(frozen=True, slots=True)
+class DeltaAck:
+    """A storesite's answer to a delta: stored (False: not newer), the checksum of
+    its latest snapshot, or why it refused the delta's base (then nothing was stored)."""
+
+    stored: bool
+    checksum: int
+    refused: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from hermesx.core.errors import CallCycleError, PayloadTooLargeError
 from hermesx.core.replies import ReplyTable, ReplyWindow
 from hermesx.core.snapshot import encode_state
 from hermesx.runtime.activation import Frame, replay, set_epoch_deadline
+from hermesx.runtime.delta import AtomChanges
 from hermesx.runtime.host import AtomHost
 from hermesx.runtime.imports import make_imports
 from hermesx.runtime.instance import WasmFault, WasmInstance
@@ -47,7 +48,7 @@ logger = logging.getLogger(__name__)
 _STACK_POINTER = "__stack_pointer"
 
 
-class Atom(AtomSyscalls):
+class Atom(AtomSyscalls, AtomChanges):
     """A running atom. Thread-safe; see hermesx.runtime.scheduling for the model."""
 
     def __init__(

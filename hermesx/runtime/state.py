@@ -10,6 +10,7 @@ and writes it into a fresh one.
 from __future__ import annotations
 
 import ctypes
+from dataclasses import replace
 
 import wasmtime
 
@@ -32,6 +33,16 @@ class AtomSnapshots(AtomActivations):
         size = inst.memory_size
         # Read in place: memory_segments copies it piece by piece (see hermesx.core.snapshot).
         memory = memoryview((ctypes.c_char * size).from_address(inst.base)) if size else b""
+        return replace(
+            self._capture_rest(),
+            memory=memory_segments(memory),
+            kv=dict(self.kv),
+            replies=self.replies.records(),
+        )
+
+    def _capture_rest(self) -> AtomState:
+        """The state but its memory, KV and reply records."""
+        inst = self._inst
         globals_ = tuple((name, kind, g.value(self._store)) for name, kind, g in self._globals)
         with self._cv:
             interrupts = tuple((m.code, m.payload) for m in self._mail if isinstance(m, Interrupt))
@@ -42,11 +53,9 @@ class AtomSnapshots(AtomActivations):
         return AtomState(
             module_hash=self.module.hash,
             guid=self.guid,
-            memory_size=size,
-            memory=memory_segments(memory),
+            memory_size=inst.memory_size,
+            memory=(),
             globals=globals_,
-            kv=dict(self.kv),
-            replies=self.replies.records(),
             reply_window=(self.replies.window.entries, self.replies.window.seconds),
             reply_floors=self.replies.floors(),
             replies_forgotten_before_ms=self.replies.forgotten_before_ms,

@@ -359,6 +359,26 @@ class CheckpointPiece(_message.Message):
     data: bytes
     def __init__(self, head: _Optional[_Union[CheckpointRequest, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
+class CheckpointDelta(_message.Message):
+    __slots__ = ("head", "base_seq", "base_checksum")
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    BASE_SEQ_FIELD_NUMBER: _ClassVar[int]
+    BASE_CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    head: CheckpointRequest
+    base_seq: int
+    base_checksum: int
+    def __init__(self, head: _Optional[_Union[CheckpointRequest, _Mapping]] = ..., base_seq: _Optional[int] = ..., base_checksum: _Optional[int] = ...) -> None: ...
+
+class CheckpointAck(_message.Message):
+    __slots__ = ("stored", "checksum", "refused")
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    stored: bool
+    checksum: int
+    refused: str
+    def __init__(self, stored: _Optional[bool] = ..., checksum: _Optional[int] = ..., refused: _Optional[str] = ...) -> None: ...
+
 class CheckpointData(_message.Message):
     __slots__ = ("guid", "tad", "snapshot", "meta", "seq", "checksum", "generation", "incarnation")
     GUID_FIELD_NUMBER: _ClassVar[int]
@@ -482,13 +502,19 @@ class AtomList(_message.Message):
     def __init__(self, atoms: _Optional[_Iterable[_Union[AtomRecord, _Mapping]]] = ...) -> None: ...
 
 class StoresiteStatus(_message.Message):
-    __slots__ = ("id", "atoms", "modules", "checkpoints")
+    __slots__ = ("id", "atoms", "modules", "checkpoints", "checkpoints_written", "deltas_written", "group_commits")
     ID_FIELD_NUMBER: _ClassVar[int]
     ATOMS_FIELD_NUMBER: _ClassVar[int]
     MODULES_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTS_WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    DELTAS_WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    GROUP_COMMITS_FIELD_NUMBER: _ClassVar[int]
     id: str
     atoms: int
     modules: int
     checkpoints: int
-    def __init__(self, id: _Optional[str] = ..., atoms: _Optional[int] = ..., modules: _Optional[int] = ..., checkpoints: _Optional[int] = ...) -> None: ...
+    checkpoints_written: int
+    deltas_written: int
+    group_commits: int
+    def __init__(self, id: _Optional[str] = ..., atoms: _Optional[int] = ..., modules: _Optional[int] = ..., checkpoints: _Optional[int] = ..., checkpoints_written: _Optional[int] = ..., deltas_written: _Optional[int] = ..., group_commits: _Optional[int] = ...) -> None: ...

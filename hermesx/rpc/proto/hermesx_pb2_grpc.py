@@ -726,6 +726,11 @@ class StoresiteStub:
                 request_serializer=hermesx__pb2.CheckpointPiece.SerializeToString,
                 response_deserializer=hermesx__pb2.Empty.FromString,
                 _registered_method=True)
+        self.PutCheckpointDelta = channel.unary_unary(
+                '/hermesx.v1.Storesite/PutCheckpointDelta',
+                request_serializer=hermesx__pb2.CheckpointDelta.SerializeToString,
+                response_deserializer=hermesx__pb2.CheckpointAck.FromString,
+                _registered_method=True)
         self.GetCheckpoint = channel.unary_unary(
                 '/hermesx.v1.Storesite/GetCheckpoint',
                 request_serializer=hermesx__pb2.GuidRequest.SerializeToString,
@@ -822,6 +827,13 @@ class StoresiteServicer:
 
     def PutCheckpointPieces(self, request_iterator, context):
         """PutCheckpoint of a large snapshot, in pieces; the same outcome.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutCheckpointDelta(self, request, context):
+        """An incremental checkpoint, composed onto the latest one.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -936,6 +948,11 @@ def add_StoresiteServicer_to_server(servicer, server):
                     servicer.PutCheckpointPieces,
                     request_deserializer=hermesx__pb2.CheckpointPiece.FromString,
                     response_serializer=hermesx__pb2.Empty.SerializeToString,
+            ),
+            'PutCheckpointDelta': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutCheckpointDelta,
+                    request_deserializer=hermesx__pb2.CheckpointDelta.FromString,
+                    response_serializer=hermesx__pb2.CheckpointAck.SerializeToString,
             ),
             'GetCheckpoint': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCheckpoint,
@@ -1138,6 +1155,33 @@ class Storesite:
             '/hermesx.v1.Storesite/PutCheckpointPieces',
             hermesx__pb2.CheckpointPiece.SerializeToString,
             hermesx__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutCheckpointDelta(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hermesx.v1.Storesite/PutCheckpointDelta',
+            hermesx__pb2.CheckpointDelta.SerializeToString,
+            hermesx__pb2.CheckpointAck.FromString,
             options,
             channel_credentials,
             insecure,

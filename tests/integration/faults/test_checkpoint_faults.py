@@ -202,3 +202,25 @@ def test_a_truncated_store_or_a_deleted_data_dir_stops_the_storesite_with_one_li
     with Client(cluster.zk, cluster.name) as client:
         client.create(atoms["counter"], name="again", on="n1", checkpoint="every-call")
         assert client.atom("again").incr(2) == 2
+
+
+def test_a_delta_on_a_damaged_base_is_refused_and_the_whole_state_is_sent(
+    start_cluster: ClusterStarter, zk_server: ZooKeeperServer, atoms: dict[str, pathlib.Path]
+) -> None:
+    cluster = start_cluster(["n1", "n2"], zk=zk_server.connect_string, session_timeout=2.0)
+    with Client(cluster.zk, cluster.name) as client:
+        guid = client.create(atoms["counter"], name="c", on="n1", checkpoint="every-call")
+        for _ in range(5):
+            client.atom("c").incr(1)
+        _stop_storesite(cluster)
+        _flip_a_bit_of_latest_checkpoint(cluster, guid)
+        _restart_storesite(cluster, client)
+        # n1 still holds the atom: its next checkpoint is a delta on the damaged one.
+        assert client.atom("c").incr(1) == 6
+        log = part_log(cluster, "storesite-s1")
+        assert f"checkpoint delta of atom {guid}" in log and "is damaged" in log, log
+        assert "send the whole state" in log
+        cluster.kill("node-n1")
+        # Recovered from the whole state n1 sent instead of the refused delta.
+        assert client.atom("c").get() == 6
+        assert client.locate("c").node == "n2"

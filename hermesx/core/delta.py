@@ -1,0 +1,209 @@
+"""Incremental checkpoints: what changed in an atom's state since its last acknowledged one.
+
+See docs/DESIGN.md §6 ("Incremental checkpoints").
+
+A :class:`StateDelta` holds the 4 KiB memory chunks and the KV entries that
+changed since a *base* checkpoint, the reply-table records added since (and
+how many left its head), and the small parts of the state whole (globals,
+mailbox, counters, the reply window). :func:`apply_delta` composes it onto
+the base's state; the storesite does so onto its latest checkpoint
+(:func:`compose`), the node onto its own copy of the base when a delta is
+refused and it sends the whole state instead. The base is named by the
+``(age, seq)`` and CRC-32 of the checkpoint it was taken against: a storesite
+whose latest checkpoint is another one refuses the delta.
+
+Layout: ``b"HXDELT"``, one format-version byte, then a msgpack array
+``[memory_size, chunks, kv_put, kv_delete, replies_dropped, replies_added,
+rest]`` where ``rest`` is a snapshot (hermesx.core.snapshot) of the state
+without memory, KV and replies.
+"""
+
+from __future__ import annotations
+
+import bisect
+import zlib
+from dataclasses import dataclass, replace
+
+import msgpack
+
+from hermesx.core.errors import StorageError
+from hermesx.core.snapshot import (
+    CHUNK,
+    AtomState,
+    ReplyRecord,
+    decode_state,
+    encode_state,
+    memory_segments,
+)
+
+__all__ = ["StateDelta", "apply_delta", "compose", "decode_delta", "encode_delta"]
+
+MAGIC = b"HXDELT"
+FORMAT_VERSION = 1
+_ZERO_CHUNK = bytes(CHUNK)
+
+
+@dataclass(frozen=True, slots=True)
+class StateDelta:
+    """The change from a base state to a new one (see the module docstring)."""
+
+    memory_size: int
+    # (offset, 4 KiB) per memory chunk that differs from the base.
+    chunks: tuple[tuple[int, bytes], ...]
+    kv_put: tuple[tuple[bytes, bytes], ...]
+    kv_delete: tuple[bytes, ...]
+    # Records that left the head of the base's reply table, and those added at its end.
+    replies_dropped: int
+    replies_added: tuple[ReplyRecord, ...]
+    # Everything else, whole: memory, kv and replies are empty here.
+    rest: AtomState
+
+
+def encode_delta(delta: StateDelta) -> bytes:
+    body: bytes = msgpack.packb(
+        [
+            delta.memory_size,
+            [[offset, data] for offset, data in delta.chunks],
+            [[k, v] for k, v in delta.kv_put],
+            list(delta.kv_delete),
+            delta.replies_dropped,
+            [[r.request_id, r.error_kind, r.payload, r.recorded_ms] for r in delta.replies_added],
+            encode_state(delta.rest),
+        ],
+        use_bin_type=True,
+    )
+    return MAGIC + bytes([FORMAT_VERSION]) + body
+
+
+def decode_delta(data: bytes) -> StateDelta:
+    """Parse a delta; StorageError when it is not one or is damaged."""
+    header = len(MAGIC) + 1
+    if len(data) < header or data[: len(MAGIC)] != MAGIC:
+        raise StorageError("not a hermesx checkpoint delta (bad magic)")
+    if data[len(MAGIC)] != FORMAT_VERSION:
+        raise StorageError(
+            f"checkpoint delta format {data[len(MAGIC)]} is not supported "
+            f"(this side reads {FORMAT_VERSION})"
+        )
+    try:
+        size, chunks, put, delete, dropped, added, rest = msgpack.unpackb(
+            memoryview(data)[header:], raw=False, strict_map_key=False
+        )
+        return StateDelta(
+            memory_size=int(size),
+            chunks=tuple((int(o), bytes(d)) for o, d in chunks),
+            kv_put=tuple((bytes(k), bytes(v)) for k, v in put),
+            kv_delete=tuple(bytes(k) for k in delete),
+            replies_dropped=int(dropped),
+            replies_added=tuple(
+                ReplyRecord(str(r[0]), str(r[1]), bytes(r[2]), int(r[3])) for r in added
+            ),
+            rest=decode_state(bytes(rest)),
+        )
+    except (ValueError, TypeError, zlib.error, msgpack.UnpackException) as exc:
+        raise StorageError(f"checkpoint delta is damaged: {exc}") from exc
+
+
+def _check_fit(delta: StateDelta, memory_size: int, replies: int) -> None:
+    """StorageError unless ``delta`` fits a base of ``memory_size`` bytes and ``replies``."""
+    guid = delta.rest.guid
+    if delta.memory_size != memory_size:
+        raise StorageError(
+            f"checkpoint delta of atom {guid} is for a memory of "
+            f"{delta.memory_size} bytes; its base has {memory_size}"
+        )
+    for offset, data in delta.chunks:
+        if offset % CHUNK or len(data) != CHUNK or offset + CHUNK > memory_size:
+            raise StorageError(
+                f"checkpoint delta of atom {guid} has a chunk out of place "
+                f"({len(data)} bytes at {offset} of {memory_size})"
+            )
+    if delta.replies_dropped > replies:
+        raise StorageError(
+            f"checkpoint delta of atom {guid} drops {delta.replies_dropped} "
+            f"replies of a table of {replies}"
+        )
+
+
+def _composed(
+    delta: StateDelta,
+    memory: tuple[tuple[int, bytes], ...],
+    kv: dict[bytes, bytes],
+    replies: tuple[ReplyRecord, ...],
+) -> AtomState:
+    """The new state: ``memory`` as given, the base's ``kv`` (changed in place) and replies."""
+    for key in delta.kv_delete:
+        kv.pop(key, None)
+    kv.update(delta.kv_put)
+    return replace(
+        delta.rest,
+        memory_size=delta.memory_size,
+        memory=memory,
+        kv=kv,
+        replies=replies[delta.replies_dropped :] + delta.replies_added,
+    )
+
+
+def apply_delta(
+    memory: bytearray,
+    kv: dict[bytes, bytes],
+    replies: tuple[ReplyRecord, ...],
+    delta: StateDelta,
+) -> AtomState:
+    """The state ``delta`` makes of a base whose memory, KV and replies are given.
+
+    ``memory`` and ``kv`` are changed in place (pass copies to keep the base).
+    StorageError when the delta does not fit the base (another memory size, a
+    chunk out of place, more replies dropped than there are).
+    """
+    _check_fit(delta, len(memory), len(replies))
+    for offset, data in delta.chunks:
+        memory[offset : offset + CHUNK] = data
+    return _composed(delta, memory_segments(memory), kv, replies)
+
+
+def compose(base: AtomState, delta: StateDelta) -> AtomState:
+    """The state ``delta`` makes of ``base`` (the storesite's side of a delta).
+
+    The base's memory runs are spliced, not rebuilt: a changed chunk inside a
+    run replaces its bytes there (a chunk turned zero stays in the run as
+    zeros), one outside every run becomes a run of its own when it is not
+    zero. The runs stay sorted and apart, so the snapshot restores the same
+    memory, at the cost of copying only the runs a delta touches (rebuilding
+    all runs of a 16 MiB memory took ~20 times longer).
+    """
+    if base.guid != delta.rest.guid or base.module_hash != delta.rest.module_hash:
+        raise StorageError(
+            f"checkpoint delta of atom {delta.rest.guid} (module {delta.rest.module_hash[:12]}) "
+            f"does not fit the stored state of atom {base.guid}"
+        )
+    _check_fit(delta, base.memory_size, len(base.replies))
+    starts = [offset for offset, _ in base.memory]
+    edited: dict[int, bytearray] = {}
+    added: list[tuple[int, bytes]] = []
+    for offset, data in delta.chunks:
+        index = bisect.bisect_right(starts, offset) - 1
+        if index >= 0 and offset < starts[index] + len(base.memory[index][1]):
+            start, run = base.memory[index]
+            if offset + CHUNK > start + len(run):  # a run not made of whole chunks
+                return apply_delta(_memory_of(base), dict(base.kv), base.replies, delta)
+            buffer = edited.get(index)
+            if buffer is None:
+                buffer = edited[index] = bytearray(run)
+            buffer[offset - start : offset - start + CHUNK] = data
+        elif data != _ZERO_CHUNK:
+            added.append((offset, data))
+    runs = [
+        (offset, bytes(edited[index]) if index in edited else run)
+        for index, (offset, run) in enumerate(base.memory)
+    ]
+    if added:
+        runs = sorted(runs + added)
+    return _composed(delta, tuple(runs), dict(base.kv), base.replies)
+
+
+def _memory_of(state: AtomState) -> bytearray:
+    memory = bytearray(state.memory_size)
+    for offset, data in state.memory:
+        memory[offset : offset + len(data)] = data
+    return memory
