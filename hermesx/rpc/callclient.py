@@ -33,6 +33,7 @@ from hermesx.core.errors import (
 from hermesx.rpc import security
 from hermesx.rpc.frames import (
     DEFAULT_MAX_FRAME_BYTES,
+    MAX_TIMEOUT_S,
     Error,
     Frame,
     FrameError,
@@ -50,6 +51,9 @@ __all__ = ["CallConnection", "CallPool"]
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 5.0
+# The longest a call waits: a longer deadline (or none, inf) is cut to it, so
+# the request's timeout_s stays in the range its listener accepts.
+LONGEST_WAIT_S = MAX_TIMEOUT_S / 10
 # Why a connection was closed on purpose (ChannelPool.drop: the peer left the cluster).
 DROPPED = "closed by this process"
 
@@ -114,6 +118,12 @@ class CallConnection:
         self, kind: str, body: bytes, timeout: float, meta: Mapping[str, str] | None = None
     ) -> bytes:
         """Send a request of ``kind`` and wait up to ``timeout`` seconds for its reply's body."""
+        if not timeout > 0:
+            # Past its deadline (a retry near its end, the time to connect taken
+            # from it): never sent, as the listener would refuse the frame and
+            # close the connection every other caller shares.
+            raise transport_error(grpc.StatusCode.DEADLINE_EXCEEDED, self.peer, kind)
+        timeout = min(timeout, LONGEST_WAIT_S)
         id = next(self._ids)
         waiter = self._pending[id] = _Waiter()
         try:
@@ -121,7 +131,7 @@ class CallConnection:
         except LinkClosed as exc:
             self._pending.pop(id, None)
             raise UnreachableError(f"{self.peer} is unreachable ({exc})") from None
-        if not waiter.done.acquire(timeout=max(timeout, 0.0)):
+        if not waiter.done.acquire(timeout=timeout):
             self._pending.pop(id, None)
             raise transport_error(grpc.StatusCode.DEADLINE_EXCEEDED, self.peer, kind)
         if waiter.error is not None:

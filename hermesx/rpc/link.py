@@ -6,7 +6,9 @@ thread reads while others write without sharing an OpenSSL object unguarded.
 Writers never block: :meth:`Link.write` sends what the kernel takes at once
 and leaves the rest in the link's outbox, which the link's own thread
 (:meth:`Link.run`) flushes. That thread also reads, cuts the bytes into
-frames (:class:`~hermesx.rpc.frames.FrameReader`) and hands them on. A peer
+frames (:class:`~hermesx.rpc.frames.FrameReader`) and hands them on, one at
+a time while its owner wants more (the frames of one read past that wait as
+bytes). A peer
 that stops reading for ``write_stall_s`` seconds loses the connection, so a
 slow reader costs a bounded outbox, never a blocked worker.
 """
@@ -215,6 +217,8 @@ class Link:
         opened = time.monotonic()
         try:
             while self.closed is None:
+                # Frames held back while reading() was False go on once it is True.
+                got_frame = self._hand_on(on_frames, reading) or got_frame
                 with self._lock:
                     flushing = bool(self._outbox)
                     if self._closing is not None and not flushing:
@@ -238,10 +242,8 @@ class Link:
                         if data is None:
                             break
                         if data:
-                            frames = self._frames.feed(data)
-                            if frames:
-                                got_frame = True
-                                on_frames(frames)
+                            self._frames.add(data)
+                            got_frame = self._hand_on(on_frames, reading) or got_frame
                 now = time.monotonic()
                 if not got_frame and now - opened > (first_frame_s or 0):
                     self.close_after(
@@ -264,6 +266,20 @@ class Link:
                 with contextlib.suppress(OSError):
                     os.close(pipe_fd)
         return self.closed or "closed"
+
+    def _hand_on(
+        self, on_frames: Callable[[list[Frame]], None], reading: Callable[[], bool]
+    ) -> bool:
+        """Hand on the whole frames received, one at a time while ``reading()`` says so (a
+        single read can hold hundreds: the rest wait as bytes). Whether any went on."""
+        handed = False
+        while self._closing is None and reading():
+            frame = self._frames.take()
+            if frame is None:
+                break
+            on_frames([frame])
+            handed = True
+        return handed
 
     def _drain_for(self, seconds: float) -> None:
         """Flush the outbox for up to ``seconds`` (a goodbye frame), then close."""

@@ -1,0 +1,133 @@
+"""Attacks on the call channel in-process: what one caller or peer can do to the others.
+
+docs/DESIGN.md §4.1 promises that many calls share one connection and that a
+bad frame ends only the connection it came on. These tests look for a
+caller's own mistake (a deadline already past, or one far in the future)
+that makes the shared connection carry a frame its listener refuses, which
+would cut short every other call in flight on it; for a peer that pipelines
+more requests in one write than a connection may have running or waiting;
+and for frames whose msgpack is shaped to cost the listener (deep nesting,
+huge declared lengths, a meta map with non-text keys).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+
+import msgpack
+import pytest
+
+from hermesx.core.errors import CallTimeoutError
+from hermesx.rpc.callclient import CallPool
+from hermesx.rpc.callserver import Call, CallLimits, CallServer
+from hermesx.rpc.frames import FrameError, FrameReader, Reply, encode_request
+from hermesx.testing.wait import wait_until
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[CallServer, str]]:
+    served = CallServer("attack server", workers=4, tls=None)
+
+    def echo(call: Call) -> bytes:
+        delay, _, text = call.body.partition(b":")
+        time.sleep(float(delay))
+        return text
+
+    served.register("echo", echo, "Supervisor/Invoke")
+    address = served.start("127.0.0.1:0")
+    yield served, address
+    served.stop()
+
+
+@pytest.mark.parametrize("timeout", [-0.5, 0.0, 2e7, float("inf")])
+def test_a_callers_bad_deadline_does_not_cut_the_others_calls_short(
+    server: tuple[CallServer, str], timeout: float
+) -> None:
+    """A deadline already past (a retry near its end: the time to open a connection is
+    taken from it) or one far off must cost only that call, never the connection."""
+    _, address = server
+    pool = CallPool()
+    connection = pool.connection(address)
+    slow: dict[str, object] = {}
+
+    def other_caller() -> None:
+        try:
+            slow["reply"] = connection.call("echo", b"1.0:other", 10.0)
+        except Exception as exc:
+            slow["error"] = exc
+
+    thread = threading.Thread(target=other_caller)
+    thread.start()
+    time.sleep(0.2)  # the other call is in flight on the shared connection
+    try:
+        reply = connection.call("echo", b"0:mine", timeout)
+    except CallTimeoutError:
+        assert timeout <= 0  # past its deadline: a timeout, as on gRPC
+    else:
+        assert timeout > 0 and reply == b"mine"
+    thread.join(15)
+    assert slow == {"reply": b"other"}, slow
+    assert connection.closed is None
+    pool.close()
+
+
+def test_one_write_of_many_requests_does_not_pass_the_in_flight_limit() -> None:
+    """At most ``max_in_flight`` requests of a connection run or wait at once
+    (docs/DESIGN.md §4.1), also when the peer pipelines hundreds in one write."""
+    limits = CallLimits(max_in_flight=4)
+    served = CallServer("attack server", workers=2, tls=None, limits=limits)
+    release = threading.Event()
+    entered: list[int] = []
+
+    def blocked(call: Call) -> bytes:
+        entered.append(1)
+        release.wait(30)
+        return b"ok"
+
+    served.register("blocked", blocked, "Supervisor/Invoke")
+    address = served.start("127.0.0.1:0")
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(b"".join(encode_request(i, "blocked", 60.0, b"") for i in range(1, 301)))
+            wait_until(lambda: len(entered) >= 2, 30.0, "the workers to take requests")
+            time.sleep(0.5)  # let the server read all it will read
+            (connection,) = served._connections  # the one connection
+            held = connection.in_flight
+            release.set()
+            # Every request is answered in the end (TCP held the rest back).
+            reader, answered = FrameReader(), 0
+            sock.settimeout(30)
+            while answered < 300:
+                answered += sum(isinstance(f, Reply) for f in reader.feed(sock.recv(65536)))
+        assert held <= limits.max_in_flight, f"{held} requests running or waiting at once"
+    finally:
+        release.set()
+        served.stop()
+
+
+def _frame_of(payload: bytes) -> bytes:
+    return struct.pack("!I", len(payload)) + payload
+
+
+@pytest.mark.parametrize(
+    ("payload", "says"),
+    [
+        (b"\x91" * 100_000 + b"\xc0", "not msgpack"),  # nested 100,000 deep
+        (b"\xdd\xff\xff\xff\xff", "not msgpack"),  # an array announcing 4 G items
+        (b"\xdf\xff\xff\xff\xff", "not msgpack"),  # a map announcing 4 G pairs
+        (b"\xc6\xff\xff\xff\xff", "not msgpack"),  # bytes announcing 4 GiB
+        (b"\x95\x00\x01\xa2\xff\xfe\xcb" + struct.pack("!d", 1.0) + b"\xc4\x00", "not msgpack"),
+        (msgpack.packb([0, 1, "invoke", 1.0, b"", {b"k": "v"}]), "meta"),  # a key not text
+        (msgpack.packb([0, 1, "invoke", 1.0, b"", {str(i): "" for i in range(10**5)}]), "meta"),
+        (msgpack.packb([0, 1, "invoke", float("nan"), b""]), "timeout"),
+        (msgpack.packb([0, 0, "invoke", 1.0, b""]), "id 0"),
+    ],
+)
+def test_a_costly_or_malformed_frame_is_refused_by_name(payload: bytes, says: str) -> None:
+    with pytest.raises(FrameError, match=says):
+        FrameReader().feed(_frame_of(payload))
