@@ -27,12 +27,14 @@ import grpc
 from hermesx.core.errors import (
     CommunicationError,
     HermesError,
+    PayloadTooLargeError,
     UnreachableError,
     error_from_wire,
 )
 from hermesx.rpc import security
 from hermesx.rpc.frames import (
     DEFAULT_MAX_FRAME_BYTES,
+    HEADER,
     MAX_TIMEOUT_S,
     Error,
     Frame,
@@ -108,6 +110,7 @@ class CallConnection:
             sock.close()
             raise UnreachableError(f"{self.peer} is unreachable (TLS handshake: {exc})") from None
         self._link = Link(sock, session, max_frame=max_frame)
+        self._max_frame = max_frame
         self._pending: dict[int, _Waiter] = {}
         self._ids = itertools.count(1)
         self._goodbye: Error | None = None
@@ -125,9 +128,16 @@ class CallConnection:
             raise transport_error(grpc.StatusCode.DEADLINE_EXCEEDED, self.peer, kind)
         timeout = min(timeout, LONGEST_WAIT_S)
         id = next(self._ids)
+        frame = encode_request(id, kind, timeout, body, meta)
+        if len(frame) - HEADER.size > self._max_frame:
+            # The listener would end the connection on it, and every call sharing it.
+            raise PayloadTooLargeError(
+                f"{self.peer}: a {kind} request of {len(frame)} bytes is over the call "
+                f"channel's {self._max_frame}-byte frame limit"
+            )
         waiter = self._pending[id] = _Waiter()
         try:
-            self._link.write(encode_request(id, kind, timeout, body, meta))
+            self._link.write(frame)
         except LinkClosed as exc:
             self._pending.pop(id, None)
             raise UnreachableError(f"{self.peer} is unreachable ({exc})") from None

@@ -21,10 +21,16 @@ from collections.abc import Iterator
 import msgpack
 import pytest
 
-from hermesx.core.errors import CallTimeoutError
+from hermesx.core.errors import CallTimeoutError, PayloadTooLargeError
 from hermesx.rpc.callclient import CallPool
 from hermesx.rpc.callserver import Call, CallLimits, CallServer
-from hermesx.rpc.frames import FrameError, FrameReader, Reply, encode_request
+from hermesx.rpc.frames import (
+    DEFAULT_MAX_FRAME_BYTES,
+    FrameError,
+    FrameReader,
+    Reply,
+    encode_request,
+)
 from hermesx.testing.wait import wait_until
 
 
@@ -69,6 +75,33 @@ def test_a_callers_bad_deadline_does_not_cut_the_others_calls_short(
         assert timeout <= 0  # past its deadline: a timeout, as on gRPC
     else:
         assert timeout > 0 and reply == b"mine"
+    thread.join(15)
+    assert slow == {"reply": b"other"}, slow
+    assert connection.closed is None
+    pool.close()
+
+
+def test_a_request_over_the_frame_limit_fails_alone_as_payload_too_large(
+    server: tuple[CallServer, str],
+) -> None:
+    """Arguments past the listener's frame limit: gRPC answers payload_too_large for
+    that call; the channel must too, without ending the connection others share."""
+    _, address = server
+    pool = CallPool()
+    connection = pool.connection(address)
+    slow: dict[str, object] = {}
+
+    def other_caller() -> None:
+        try:
+            slow["reply"] = connection.call("echo", b"1.0:other", 10.0)
+        except Exception as exc:
+            slow["error"] = exc
+
+    thread = threading.Thread(target=other_caller)
+    thread.start()
+    time.sleep(0.2)
+    with pytest.raises(PayloadTooLargeError):
+        connection.call("echo", b"0:" + b"x" * DEFAULT_MAX_FRAME_BYTES, 10.0)
     thread.join(15)
     assert slow == {"reply": b"other"}, slow
     assert connection.closed is None
