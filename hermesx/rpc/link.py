@@ -216,6 +216,10 @@ class Link:
         got_frame = first_frame_s is None
         opened = time.monotonic()
         try:
+            if self._session is not None:
+                early = self._decrypt(b"")
+                if early:
+                    self._frames.add(early)
             while self.closed is None:
                 # Frames held back while reading() was False go on once it is True.
                 got_frame = self._hand_on(on_frames, reading) or got_frame
@@ -325,6 +329,13 @@ class Link:
             return None
         if self._session is None:
             return data
+        return self._decrypt(data)
+
+    def _decrypt(self, data: bytes) -> bytes | None:
+        """What the TLS session makes of ``data`` and of what it holds already (None when the
+        peer closed it). Also before any read: the handshake may have received the
+        peer's first request with its last flight."""
+        assert self._session is not None
         with self._lock:
             self._session.incoming.write(data)
             chunks = []

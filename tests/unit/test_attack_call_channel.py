@@ -12,7 +12,10 @@ huge declared lengths, a meta map with non-text keys).
 
 from __future__ import annotations
 
+import contextlib
+import pathlib
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -22,6 +25,7 @@ import msgpack
 import pytest
 
 from hermesx.core.errors import CallTimeoutError, PayloadTooLargeError
+from hermesx.rpc import security
 from hermesx.rpc.callclient import CallPool
 from hermesx.rpc.callserver import Call, CallLimits, CallServer
 from hermesx.rpc.frames import (
@@ -31,6 +35,7 @@ from hermesx.rpc.frames import (
     Reply,
     encode_request,
 )
+from hermesx.rpc.wire import TLSIdentity
 from hermesx.testing.wait import wait_until
 
 
@@ -164,3 +169,49 @@ def _frame_of(payload: bytes) -> bytes:
 def test_a_costly_or_malformed_frame_is_refused_by_name(payload: bytes, says: str) -> None:
     with pytest.raises(FrameError, match=says):
         FrameReader().feed(_frame_of(payload))
+
+
+def test_a_request_sent_with_the_tls_handshakes_last_flight_is_served(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A client's first request often arrives in the same segment as its TLS Finished
+    (a loaded listener reads both in one recv during the handshake). The request must
+    be served, not left in the TLS buffer until the first-frame timer ends the
+    connection ("no request in time")."""
+    security.init_certs(tmp_path, "attack", {"n1": "node", "client": "client"})
+    limits = CallLimits(first_frame_s=2.0)
+    served = CallServer(
+        "attack server",
+        workers=2,
+        tls=TLSIdentity(tmp_path, "n1", "attack"),
+        limits=limits,
+    )
+    served.register("echo", lambda call: call.body, "Supervisor/Invoke")
+    address = served.start("127.0.0.1:0")
+    host, _, port = address.rpartition(":")
+    context = security.ssl_client_context(tmp_path, "client")
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname=security.TARGET_NAME)
+    try:
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    if pending := outgoing.read():
+                        sock.sendall(pending)
+                    incoming.write(sock.recv(65536))
+            # The handshake's last flight and the first request leave in one write.
+            tls.write(encode_request(1, "echo", 10.0, b"hello"))
+            sock.sendall(outgoing.read())
+            reader, frames = FrameReader(), []
+            while not frames:
+                data = sock.recv(65536)
+                assert data, "the server closed the connection"
+                incoming.write(data)
+                with contextlib.suppress(ssl.SSLWantReadError):
+                    frames = reader.feed(tls.read(65536))
+        assert frames == [Reply(1, b"hello")], frames
+    finally:
+        served.stop()
