@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pathlib
 import threading
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -44,19 +45,23 @@ def client(pair: LocalCluster) -> Iterator[Client]:
 SLACK_S = 10.0
 
 
-def _outcome(client: Client, transport: str, request: pb.InvokeRequest) -> str:
-    """The error kind ``request`` to n1 ends with (``result`` when it succeeds)."""
+def _outcome(
+    client: Client, transport: str, request: pb.InvokeRequest, wait: float | None = None
+) -> str:
+    """The error kind ``request`` to n1 ends with (``result`` when it succeeds); the
+    caller waits ``wait`` seconds (the request's timeout and some slack when None)."""
+    wait = request.timeout + SLACK_S if wait is None else wait
     try:
         if transport == "channel":
             address = call_address(client.nodes()["n1"])
             assert address is not None
             body = client.channels.calls.connection(address).call(
-                "invoke", request.SerializeToString(), request.timeout + SLACK_S
+                "invoke", request.SerializeToString(), wait
             )
             reply = pb.InvokeReply.FromString(body)
         else:
             stub = client.invoker.node_stub("n1")
-            reply = stub.Invoke(request, timeout=request.timeout + SLACK_S)
+            reply = stub.Invoke(request, timeout=wait)
     except HermesError as exc:
         return exc.kind
     except grpc.RpcError as exc:
@@ -109,3 +114,40 @@ def test_a_call_queued_behind_a_busy_atom_ends_at_its_deadline_on_both_transport
     assert kinds["channel"] == kinds["grpc"], kinds
     assert kinds["channel"] in ("timeout", "deadline"), kinds
     assert client.atom(unique_name).ok() == 1
+
+
+@pytest.mark.parametrize("own", [-1.0, 0.0, float("nan"), float("inf"), 1e300])
+def test_a_request_naming_a_nonsensical_timeout_of_its_own_is_served_alike(
+    client: Client, atoms: dict[str, pathlib.Path], unique_name: str, own: float
+) -> None:
+    """The InvokeRequest's own ``timeout`` comes from the caller (any language, through
+    gRPC): a negative, NaN, infinite or huge one must neither break the node nor
+    differ between the transports; the node's default or the caller's deadline bounds
+    the call."""
+    guid = client.create(atoms["counter"], name=unique_name, on="n1")
+    request = pb.InvokeRequest(guid=guid, method="incr", args=codec.pack(1), timeout=own)
+    kinds = {t: _outcome(client, t, request, wait=20.0) for t in ("channel", "grpc")}
+    assert kinds == {"channel": "result", "grpc": "result"}, kinds
+    assert client.atom(unique_name).get() == 2
+
+
+@pytest.mark.parametrize("own", [float("inf"), 1e300])
+def test_a_huge_timeout_of_its_own_behind_a_busy_atom_waits_its_turn(
+    client: Client, atoms: dict[str, pathlib.Path], unique_name: str, own: float
+) -> None:
+    """Behind a busy atom the node waits for the turn up to the request's own timeout:
+    an infinite or huge one must wait (bounded by the caller's deadline) and then run,
+    on both transports, not fail in the node's wait."""
+    guid = client.create(atoms["spin"], name=unique_name, on="n1")
+    kinds = {}
+    for transport in ("channel", "grpc"):
+        busy = pb.InvokeRequest(guid=guid, method="spin", timeout=3.0)
+        spinning = threading.Thread(target=_outcome, args=(client, "grpc", busy))
+        spinning.start()
+        try:
+            time.sleep(0.5)  # the spin has the atom
+            queued = pb.InvokeRequest(guid=guid, method="ok", timeout=own)
+            kinds[transport] = _outcome(client, transport, queued, wait=30.0)
+        finally:
+            spinning.join(30)
+    assert kinds == {"channel": "result", "grpc": "result"}, kinds
