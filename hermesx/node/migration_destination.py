@@ -135,6 +135,11 @@ class MigrationDestination:
         # settles later by asking the storesite.
         self._fencing.check_lease(f"atom {guid} was not activated")
         staged = self._catalog.take_staged(guid)
+        settled = self._catalog.atoms.get(guid)
+        if staged is None and settled is not None and settled.tad == tad:
+            # A call that reached us between COMMIT and this request settled the
+            # staged copy first (resolve_staged): the move is done.
+            return
         if staged is not None and staged.tad.age == tad.age:
             meta, atom = staged.meta, staged.atom
         else:

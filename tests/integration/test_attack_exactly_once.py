@@ -126,3 +126,40 @@ def test_a_retry_while_the_first_is_in_its_checkpoint_waits_for_it_and_survives_
             assert settled.atom(unique_name, request_id=request.request_id).incr(1) == 2
             assert settled.atom(unique_name).get() == 2
             assert settled.locate(unique_name).node == "n2"
+
+
+def test_a_call_that_reaches_the_destination_between_commit_and_activate_fails_no_move(
+    two: LocalCluster, atoms: dict[str, pathlib.Path], unique_name: str
+) -> None:
+    """Once a move is committed, a call at the destination settles the staged copy
+    itself (the storesite names it); the source's ActivateCopy that follows must then
+    find the move done, not fail the migrate of an atom that did move."""
+    with (
+        Client(two.zk, two.name) as client,
+        Client(two.zk, two.name, cert=TEST_CERT_NAME) as tester,
+    ):
+        client.create(atoms["counter"], name=unique_name, on="n1", checkpoint="every-call")
+        assert client.atom(unique_name).incr(1) == 1
+        tester.node_client.pause_at(tester.node_member("n1"), "committed", 3.0)
+        moved: dict[str, object] = {}
+
+        def move() -> None:
+            try:
+                moved["tad"] = client.migrate(unique_name, "n2")
+            except Exception as exc:
+                moved["error"] = exc
+
+        thread = threading.Thread(target=move)
+        thread.start()
+        wait_until(
+            lambda: "paused at committed" in part_log(two, "node-n1"),
+            30.0,
+            "the move to be committed",
+        )
+        request = _incr(client, unique_name, f"attack-{unique_name}-3")
+        for transport in (_over_channel, _over_grpc):
+            assert _result(transport(client, "n2", request)) == 2
+        thread.join(60)
+        assert "error" not in moved, moved
+        assert client.locate(unique_name).node == "n2"
+        assert client.atom(unique_name).get() == 2
