@@ -9,21 +9,29 @@ only its own call.
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
+import socket
+import ssl
+import struct
 import threading
 import time
 from collections.abc import Iterator
 
 import grpc
+import msgpack
 import pytest
 
 from hermesx.client import Client
 from hermesx.core import codec
 from hermesx.core.errors import HermesError
 from hermesx.local.cluster import LocalCluster
+from hermesx.rpc import security
+from hermesx.rpc.frames import Error, Frame, FrameReader, Reply
 from hermesx.rpc.node_client import call_address
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.status import error_from_rpc
+from hermesx.testing.clusters import part_log
 from hermesx.testing.plugin import ClusterFactory
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -151,3 +159,84 @@ def test_a_huge_timeout_of_its_own_behind_a_busy_atom_waits_its_turn(
         finally:
             spinning.join(30)
     assert kinds == {"channel": "result", "grpc": "result"}, kinds
+
+
+# -- bad input beyond the listener's own tests ---------------------------------------------
+
+
+def _frame(obj: object) -> bytes:
+    data = msgpack.packb(obj, use_bin_type=True)
+    return struct.pack("!I", len(data)) + data
+
+
+def _raw_frame(payload: bytes) -> bytes:
+    return struct.pack("!I", len(payload)) + payload
+
+
+@contextlib.contextmanager
+def _tls(pair: LocalCluster, address: str) -> Iterator[ssl.SSLSocket]:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    certs = security.load_certs(pair.tls_dir)
+    context.load_verify_locations(certs.ca_cert)
+    context.load_cert_chain(certs.cert("client"), certs.key("client"))
+    host, _, port = address.rpartition(":")
+    with (
+        socket.create_connection((host, int(port)), timeout=20) as raw,
+        context.wrap_socket(raw, server_hostname=security.TARGET_NAME) as sock,
+    ):
+        yield sock
+
+
+def _replies(sock: ssl.SSLSocket, count: int) -> list[Frame]:
+    reader, frames = FrameReader(), []
+    while len(frames) < count:
+        data = sock.recv(65536)
+        if not data:
+            break
+        frames += reader.feed(data)
+    return frames
+
+
+def test_bad_frames_end_only_their_connection_and_duplicate_ids_are_each_answered(
+    pair: LocalCluster, client: Client, atoms: dict[str, pathlib.Path], unique_name: str
+) -> None:
+    client.create(atoms["counter"], name=unique_name, on="n1")
+    address = call_address(client.nodes()["n1"])
+    assert address is not None
+    # A connection of our own keeps a call in flight while the others misbehave.
+    proxy = client.atom(unique_name)
+    assert proxy.incr(1) == 1
+    bad = {
+        "a reply frame": _frame([1, 5, b""]),
+        "request id 0": _frame([0, 0, "invoke", 5.0, b""]),
+        "nested 100,000 deep": _raw_frame(b"\x91" * 100_000 + b"\xc0"),
+        "an array announcing 4 G items": _raw_frame(b"\xdd\xff\xff\xff\xff"),
+        "a non-UTF-8 kind": _raw_frame(
+            b"\x95\x00\x01\xa2\xff\xfe\xcb" + struct.pack("!d", 1.0) + b"\xc4\x00"
+        ),
+        "a meta of 100,000 entries": _frame(
+            [0, 1, "invoke", 5.0, b"", {str(i): "" for i in range(100_000)}]
+        ),
+        "a NaN timeout": _frame([0, 1, "invoke", float("nan"), b""]),
+    }
+    for what, data in bad.items():
+        with _tls(pair, address) as sock:
+            sock.sendall(data)
+            goodbye = _replies(sock, 1)
+            assert len(goodbye) == 1 and isinstance(goodbye[0], Error), (what, goodbye)
+            assert goodbye[0].id == 0 and goodbye[0].kind == "communication", (what, goodbye)
+            assert sock.recv(1) == b"", what  # and the connection ends
+        assert proxy.incr(1) >= 2, what
+    # Two requests with one id in flight: the caller broke the rule, yet each is
+    # answered and the connection stays.
+    request = pb.InvokeRequest(guid=client.guid_of(unique_name), method="get", timeout=5.0)
+    with _tls(pair, address) as sock:
+        body = request.SerializeToString()
+        sock.sendall(_frame([0, 9, "invoke", 5.0, body]) * 2)
+        answers = _replies(sock, 2)
+        assert [type(f).__name__ for f in answers] == ["Reply", "Reply"], answers
+        sock.sendall(_frame([0, 10, "invoke", 5.0, body]))
+        (last,) = _replies(sock, 1)
+        assert isinstance(last, Reply) and last.id == 10
+    log = part_log(pair, "node-n1")
+    assert log.count("closed the call connection") >= len(bad)
