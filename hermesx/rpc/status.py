@@ -118,3 +118,9 @@ def unary_call(
         return rpc(request, timeout=timeout)
     except grpc.RpcError as exc:
         raise error_from_rpc(exc, peer, method) from exc
+    except ValueError as exc:
+        # The channel was closed under the call (ChannelPool.drop: the peer left the
+        # cluster), as the call channel's calls are cut short then (routing.departures).
+        if "closed channel" not in str(exc):
+            raise
+        raise CommunicationError(f"{method} to {peer} cut short: {exc}") from exc
