@@ -26,7 +26,7 @@ import pytest
 
 from hermesx.core.errors import CallTimeoutError, PayloadTooLargeError
 from hermesx.rpc import security
-from hermesx.rpc.callclient import CallPool
+from hermesx.rpc.callclient import CallConnection, CallPool
 from hermesx.rpc.callserver import Call, CallLimits, CallServer
 from hermesx.rpc.frames import (
     DEFAULT_MAX_FRAME_BYTES,
@@ -54,6 +54,23 @@ def server() -> Iterator[tuple[CallServer, str]]:
     served.stop()
 
 
+def _another_call_in_flight(
+    connection: CallConnection, outcome: dict[str, object]
+) -> threading.Thread:
+    """A call of another thread on ``connection``, answered in 1 s: its outcome lands in
+    ``outcome`` (``reply`` or ``error``)."""
+
+    def other_caller() -> None:
+        try:
+            outcome["reply"] = connection.call("echo", b"1.0:other", 10.0)
+        except Exception as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=other_caller)
+    thread.start()
+    return thread
+
+
 @pytest.mark.parametrize("timeout", [-0.5, 0.0, 2e7, float("inf")])
 def test_a_callers_bad_deadline_does_not_cut_the_others_calls_short(
     server: tuple[CallServer, str], timeout: float
@@ -64,15 +81,7 @@ def test_a_callers_bad_deadline_does_not_cut_the_others_calls_short(
     pool = CallPool()
     connection = pool.connection(address)
     slow: dict[str, object] = {}
-
-    def other_caller() -> None:
-        try:
-            slow["reply"] = connection.call("echo", b"1.0:other", 10.0)
-        except Exception as exc:
-            slow["error"] = exc
-
-    thread = threading.Thread(target=other_caller)
-    thread.start()
+    thread = _another_call_in_flight(connection, slow)
     time.sleep(0.2)  # the other call is in flight on the shared connection
     try:
         reply = connection.call("echo", b"0:mine", timeout)
@@ -95,15 +104,7 @@ def test_a_request_over_the_frame_limit_fails_alone_as_payload_too_large(
     pool = CallPool()
     connection = pool.connection(address)
     slow: dict[str, object] = {}
-
-    def other_caller() -> None:
-        try:
-            slow["reply"] = connection.call("echo", b"1.0:other", 10.0)
-        except Exception as exc:
-            slow["error"] = exc
-
-    thread = threading.Thread(target=other_caller)
-    thread.start()
+    thread = _another_call_in_flight(connection, slow)
     time.sleep(0.2)
     with pytest.raises(PayloadTooLargeError):
         connection.call("echo", b"0:" + b"x" * DEFAULT_MAX_FRAME_BYTES, 10.0)
