@@ -159,12 +159,13 @@ def test_acknowledged_calls_survive_a_storesite_kill_mid_batch_then_a_node_kill(
 
 
 def test_deltas_racing_passivations_and_moves_compose_exactly(
-    three: LocalCluster, atoms: dict[str, pathlib.Path], unique_name: str
+    cluster_factory: ClusterFactory, atoms: dict[str, pathlib.Path], unique_name: str
 ) -> None:
     """One caller writes and reads a durable KV store while it is passivated and moved
     again and again under it (each sends the whole state; the next checkpoint must
     not be a delta on the base from before). After a kill -9 of its node the
     recovered store is exactly what the acknowledged calls made it."""
+    three = cluster_factory(3, session_timeout=2.0)  # the other tests kill nodes
     rng = random.Random(7)
     expected: dict[str, object] = {}
     failures: list[str] = []

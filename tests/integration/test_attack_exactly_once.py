@@ -129,11 +129,12 @@ def test_a_retry_while_the_first_is_in_its_checkpoint_waits_for_it_and_survives_
 
 
 def test_a_call_that_reaches_the_destination_between_commit_and_activate_fails_no_move(
-    two: LocalCluster, atoms: dict[str, pathlib.Path], unique_name: str
+    cluster_factory: ClusterFactory, atoms: dict[str, pathlib.Path], unique_name: str
 ) -> None:
     """Once a move is committed, a call at the destination settles the staged copy
     itself (the storesite names it); the source's ActivateCopy that follows must then
     find the move done, not fail the migrate of an atom that did move."""
+    two = cluster_factory(2, session_timeout=2.0)  # another test kills a node of the shared one
     with (
         Client(two.zk, two.name) as client,
         Client(two.zk, two.name, cert=TEST_CERT_NAME) as tester,
