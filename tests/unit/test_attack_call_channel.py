@@ -13,13 +13,15 @@ huge declared lengths, a meta map with non-text keys).
 from __future__ import annotations
 
 import contextlib
+import functools
 import pathlib
 import socket
 import ssl
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import msgpack
 import pytest
@@ -35,6 +37,7 @@ from hermesx.rpc.frames import (
     Reply,
     encode_request,
 )
+from hermesx.rpc.link import Link
 from hermesx.rpc.wire import TLSIdentity
 from hermesx.testing.wait import wait_until
 
@@ -216,3 +219,45 @@ def test_a_request_sent_with_the_tls_handshakes_last_flight_is_served(
         assert frames == [Reply(1, b"hello")], frames
     finally:
         served.stop()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the caller's Link closes a connection whose listener holds it back (in-flight "
+    "limit) for write_stall_s, failing every call on it within their deadlines",
+)
+def test_a_listener_holding_the_caller_back_within_its_limits_fails_no_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A listener with its requests in flight at the limit stops reading (docs/DESIGN.md
+    §4.1: TCP holds the sender back). The caller must then wait, within each call's
+    deadline, not take the held-back writes for a dead peer and end every call on
+    the connection. Here each call takes 1.5 s, longer than the caller's stall limit
+    (30 s, shortened here to 1 s, as 64 calls in flight each waiting over 30 s would
+    be); the calls' deadlines (60 s) are far longer than both."""
+    stalling = functools.partial(Link, write_stall_s=1.0)
+    monkeypatch.setattr("hermesx.rpc.callclient.Link", stalling)
+    served = CallServer("attack server", workers=1, tls=None, limits=CallLimits(max_in_flight=1))
+    served.register("slow", lambda call: time.sleep(1.5) or b"ok", "Supervisor/Invoke")
+    address = served.start("127.0.0.1:0")
+    pool = CallPool()
+    try:
+        connection = pool.connection(address)
+        big = b"x" * (6 * 2**20)
+        with ThreadPoolExecutor(5) as threads:
+            outcomes = list(
+                threads.map(
+                    lambda _: _outcome(lambda: connection.call("slow", big, 60.0)), range(5)
+                )
+            )
+        assert outcomes == ["ok"] * 5, outcomes
+    finally:
+        pool.close()
+        served.stop()
+
+
+def _outcome(call: Callable[[], bytes]) -> str:
+    try:
+        return call().decode()
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
