@@ -11,7 +11,6 @@ from hermesx.cli.output import emit, progress, table
 from hermesx.cli.parser import Verbs
 from hermesx.core.config import resolve_cluster
 from hermesx.core.errors import ConfigurationError, HermesError
-from hermesx.rpc.node_client import call_address
 
 __all__ = ["register"]
 
@@ -77,6 +76,9 @@ def cmd_nodes(args: argparse.Namespace) -> None:
     from hermesx.local.cluster import LocalCluster
 
     with connect(args) as client:
+        # Here, not at the top: importing the CLI must not load gRPC (`hermesx run`).
+        from hermesx.rpc.node_client import call_address
+
         members = client.nodes()
         pids: dict[str, int] = {}
         try:
