@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import socket
 import ssl
 import threading
@@ -56,6 +57,10 @@ CONNECT_TIMEOUT_S = 5.0
 # The longest a call waits: a longer deadline (or none, inf) is cut to it, so
 # the request's timeout_s stays in the range its listener accepts.
 LONGEST_WAIT_S = MAX_TIMEOUT_S / 10
+# A listener may hold its caller back (its requests in flight at the limit) for
+# as long as those take: only a call that timed out while the listener had
+# read none of our requests for this long ends the connection.
+WRITE_STALL_S = 30.0
 # Why a connection was closed on purpose (ChannelPool.drop: the peer left the cluster).
 DROPPED = "closed by this process"
 
@@ -109,7 +114,7 @@ class CallConnection:
         except (OSError, TimeoutError) as exc:
             sock.close()
             raise UnreachableError(f"{self.peer} is unreachable (TLS handshake: {exc})") from None
-        self._link = Link(sock, session, max_frame=max_frame)
+        self._link = Link(sock, session, max_frame=max_frame, write_stall_s=math.inf)
         self._max_frame = max_frame
         self._pending: dict[int, _Waiter] = {}
         self._ids = itertools.count(1)
@@ -143,6 +148,8 @@ class CallConnection:
             raise UnreachableError(f"{self.peer} is unreachable ({exc})") from None
         if not waiter.done.acquire(timeout=timeout):
             self._pending.pop(id, None)
+            if self._link.stalled_for > WRITE_STALL_S:
+                self._link.close(f"the listener read none of our requests for {WRITE_STALL_S:g} s")
             raise transport_error(grpc.StatusCode.DEADLINE_EXCEEDED, self.peer, kind)
         if waiter.error is not None:
             raise waiter.error

@@ -143,6 +143,12 @@ class Link:
         """Bytes written but not yet taken by the kernel."""
         return len(self._outbox)
 
+    @property
+    def stalled_for(self) -> float:
+        """Seconds since the kernel last took any of the bytes waiting to be sent (0: none wait)."""
+        since = self._stalled_since
+        return 0.0 if since is None or not self._outbox else time.monotonic() - since
+
     def write(self, frame: bytes) -> None:
         """Queue ``frame`` to send; raises :class:`LinkClosed` on a closed link."""
         with self._lock:

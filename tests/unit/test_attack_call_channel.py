@@ -13,7 +13,6 @@ huge declared lengths, a meta map with non-text keys).
 from __future__ import annotations
 
 import contextlib
-import functools
 import pathlib
 import socket
 import ssl
@@ -37,7 +36,6 @@ from hermesx.rpc.frames import (
     Reply,
     encode_request,
 )
-from hermesx.rpc.link import Link
 from hermesx.rpc.wire import TLSIdentity
 from hermesx.testing.wait import wait_until
 
@@ -221,11 +219,6 @@ def test_a_request_sent_with_the_tls_handshakes_last_flight_is_served(
         served.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the caller's Link closes a connection whose listener holds it back (in-flight "
-    "limit) for write_stall_s, failing every call on it within their deadlines",
-)
 def test_a_listener_holding_the_caller_back_within_its_limits_fails_no_call(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -235,8 +228,7 @@ def test_a_listener_holding_the_caller_back_within_its_limits_fails_no_call(
     the connection. Here each call takes 1.5 s, longer than the caller's stall limit
     (30 s, shortened here to 1 s, as 64 calls in flight each waiting over 30 s would
     be); the calls' deadlines (60 s) are far longer than both."""
-    stalling = functools.partial(Link, write_stall_s=1.0)
-    monkeypatch.setattr("hermesx.rpc.callclient.Link", stalling)
+    monkeypatch.setattr("hermesx.rpc.callclient.WRITE_STALL_S", 1.0)
     served = CallServer("attack server", workers=1, tls=None, limits=CallLimits(max_in_flight=1))
     served.register("slow", lambda call: time.sleep(1.5) or b"ok", "Supervisor/Invoke")
     address = served.start("127.0.0.1:0")
@@ -261,3 +253,36 @@ def _outcome(call: Callable[[], bytes]) -> str:
         return call().decode()
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
+
+
+def test_a_call_timing_out_behind_a_listener_that_reads_nothing_ends_the_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The other side of the test above: requests held unsent must not pile up for
+    ever behind a listener that reads nothing — a call that times out while none of
+    them was taken for the stall limit ends the connection."""
+    monkeypatch.setattr("hermesx.rpc.callclient.WRITE_STALL_S", 0.5)
+    release = threading.Event()
+    served = CallServer("attack server", workers=1, tls=None, limits=CallLimits(max_in_flight=1))
+    served.register("stuck", lambda call: release.wait(30) and b"ok", "Supervisor/Invoke")
+    address = served.start("127.0.0.1:0")
+    pool = CallPool()
+    try:
+        connection = pool.connection(address)
+        big = b"x" * (6 * 2**20)
+        with ThreadPoolExecutor(4) as threads:
+            outcomes = list(
+                threads.map(
+                    lambda _: _outcome(lambda: connection.call("stuck", big, 2.0)), range(4)
+                )
+            )
+        # Each ends at its deadline, or with the connection the first one ended.
+        timed_out = [o for o in outcomes if "did not answer in time" in o]
+        cut = [o for o in outcomes if "read none of our requests" in o]
+        assert timed_out and len(timed_out) + len(cut) == len(outcomes), outcomes
+        wait_until(lambda: connection.closed is not None, 10.0, "the connection to end")
+        assert "read none of our requests" in str(connection.closed)
+    finally:
+        release.set()
+        pool.close()
+        served.stop()
