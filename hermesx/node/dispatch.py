@@ -31,6 +31,9 @@ __all__ = ["DEADLINE_MARGIN_S", "Dispatcher"]
 
 # How much earlier than its caller a call's waits in an atom end (at most).
 DEADLINE_MARGIN_S = 0.5
+# The longest a request may say its caller waits (a caller in another language may
+# send inf or 1e300: a thread cannot wait that long, the clock would overflow).
+LONGEST_WAIT_S = 1e6
 
 
 class Dispatcher:
@@ -66,6 +69,8 @@ class Dispatcher:
         refused = self._admission.refuse_invoke()
         if refused is not None:
             return refused
+        if request.timeout > LONGEST_WAIT_S:
+            request.timeout = LONGEST_WAIT_S
         try:
             return self.invoke(request)
         finally:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import socket
 import ssl
 import threading
@@ -27,12 +28,15 @@ import grpc
 from hermesx.core.errors import (
     CommunicationError,
     HermesError,
+    PayloadTooLargeError,
     UnreachableError,
     error_from_wire,
 )
 from hermesx.rpc import security
 from hermesx.rpc.frames import (
     DEFAULT_MAX_FRAME_BYTES,
+    HEADER,
+    MAX_TIMEOUT_S,
     Error,
     Frame,
     FrameError,
@@ -50,6 +54,13 @@ __all__ = ["CallConnection", "CallPool"]
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 5.0
+# The longest a call waits: a longer deadline (or none, inf) is cut to it, so
+# the request's timeout_s stays in the range its listener accepts.
+LONGEST_WAIT_S = MAX_TIMEOUT_S / 10
+# A listener may hold its caller back (its requests in flight at the limit) for
+# as long as those take: only a call that timed out while the listener had
+# read none of our requests for this long ends the connection.
+WRITE_STALL_S = 30.0
 # Why a connection was closed on purpose (ChannelPool.drop: the peer left the cluster).
 DROPPED = "closed by this process"
 
@@ -103,7 +114,8 @@ class CallConnection:
         except (OSError, TimeoutError) as exc:
             sock.close()
             raise UnreachableError(f"{self.peer} is unreachable (TLS handshake: {exc})") from None
-        self._link = Link(sock, session, max_frame=max_frame)
+        self._link = Link(sock, session, max_frame=max_frame, write_stall_s=math.inf)
+        self._max_frame = max_frame
         self._pending: dict[int, _Waiter] = {}
         self._ids = itertools.count(1)
         self._goodbye: Error | None = None
@@ -114,15 +126,30 @@ class CallConnection:
         self, kind: str, body: bytes, timeout: float, meta: Mapping[str, str] | None = None
     ) -> bytes:
         """Send a request of ``kind`` and wait up to ``timeout`` seconds for its reply's body."""
+        if not timeout > 0:
+            # Past its deadline (a retry near its end, the time to connect taken
+            # from it): never sent, as the listener would refuse the frame and
+            # close the connection every other caller shares.
+            raise transport_error(grpc.StatusCode.DEADLINE_EXCEEDED, self.peer, kind)
+        timeout = min(timeout, LONGEST_WAIT_S)
         id = next(self._ids)
+        frame = encode_request(id, kind, timeout, body, meta)
+        if len(frame) - HEADER.size > self._max_frame:
+            # The listener would end the connection on it, and every call sharing it.
+            raise PayloadTooLargeError(
+                f"{self.peer}: a {kind} request of {len(frame)} bytes is over the call "
+                f"channel's {self._max_frame}-byte frame limit"
+            )
         waiter = self._pending[id] = _Waiter()
         try:
-            self._link.write(encode_request(id, kind, timeout, body, meta))
+            self._link.write(frame)
         except LinkClosed as exc:
             self._pending.pop(id, None)
             raise UnreachableError(f"{self.peer} is unreachable ({exc})") from None
-        if not waiter.done.acquire(timeout=max(timeout, 0.0)):
+        if not waiter.done.acquire(timeout=timeout):
             self._pending.pop(id, None)
+            if self._link.stalled_for > WRITE_STALL_S:
+                self._link.close(f"the listener read none of our requests for {WRITE_STALL_S:g} s")
             raise transport_error(grpc.StatusCode.DEADLINE_EXCEEDED, self.peer, kind)
         if waiter.error is not None:
             raise waiter.error

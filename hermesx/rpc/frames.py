@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
     "ERROR",
     "HEADER",
+    "MAX_TIMEOUT_S",
     "REPLY",
     "REQUEST",
     "Error",
@@ -52,6 +53,8 @@ REQUEST, REPLY, ERROR = 0, 1, 2
 DEFAULT_MAX_FRAME_BYTES = 8 * 2**20
 MAX_KIND_LEN = 64
 MAX_META_ENTRIES = 16
+# A request's timeout_s is above 0 and below this (~115 days).
+MAX_TIMEOUT_S = 1e7
 
 
 class FrameError(Exception):
@@ -112,33 +115,55 @@ class FrameReader:
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         self.max_frame = max_frame
         self._buffer = bytearray()
+        self._start = 0  # where the frames not taken yet begin
 
     @property
     def pending(self) -> int:
-        """Bytes received that do not make a whole frame yet."""
-        return len(self._buffer)
+        """Bytes received that are not in a frame taken yet."""
+        return len(self._buffer) - self._start
 
     def feed(self, data: bytes) -> list[Frame]:
         """The whole frames ``data`` completes, in order; :class:`FrameError` for a bad one."""
-        buffer = self._buffer
-        buffer += data
+        self.add(data)
         frames: list[Frame] = []
-        start = 0
-        while len(buffer) - start >= 4:
-            (size,) = HEADER.unpack_from(buffer, start)
-            if size == 0 or size > self.max_frame:
-                raise FrameError(
-                    f"a frame announcing {size} bytes (the limit is {self.max_frame})"
-                    if size
-                    else "an empty frame"
-                )
-            end = start + 4 + size
-            if end > len(buffer):
-                break
-            frames.append(_decode(bytes(buffer[start + 4 : end])))
-            start = end
-        del buffer[:start]
+        while (frame := self.take()) is not None:
+            frames.append(frame)
         return frames
+
+    def add(self, data: bytes) -> None:
+        """Keep ``data`` to cut into frames with :meth:`take`; a frame announced over the
+        limit is refused at once."""
+        if self._start:  # what was taken leaves the buffer before more comes
+            del self._buffer[: self._start]
+            self._start = 0
+        self._buffer += data
+        self._whole()
+
+    def take(self) -> Frame | None:
+        """The next whole frame received, if there is one (the frames one :meth:`add`
+        completes can be taken one at a time: the reader holds the rest as bytes)."""
+        end = self._whole()
+        if end is None:
+            return None
+        frame = _decode(bytes(self._buffer[self._start + 4 : end]))
+        self._start = end
+        self._whole()
+        return frame
+
+    def _whole(self) -> int | None:
+        """Where the next frame ends in the buffer, once it is all there."""
+        start = self._start
+        if len(self._buffer) - start < 4:
+            return None
+        (size,) = HEADER.unpack_from(self._buffer, start)
+        if size == 0 or size > self.max_frame:
+            raise FrameError(
+                f"a frame announcing {size} bytes (the limit is {self.max_frame})"
+                if size
+                else "an empty frame"
+            )
+        end = start + 4 + size
+        return end if end <= len(self._buffer) else None
 
 
 def _decode(data: bytes) -> Frame:
@@ -155,7 +180,7 @@ def _decode(data: bytes) -> Frame:
         _, _, kind, timeout, body, *rest = obj
         if not isinstance(kind, str) or not 0 < len(kind) <= MAX_KIND_LEN:
             raise FrameError("a request whose kind is not a short text")
-        if not isinstance(timeout, int | float) or not 0 < timeout < 1e7:
+        if not isinstance(timeout, int | float) or not 0 < timeout < MAX_TIMEOUT_S:
             raise FrameError(f"request {id} ({kind[:MAX_KIND_LEN]}): timeout {timeout!r} invalid")
         if not isinstance(body, bytes):
             raise FrameError(f"request {id} ({kind}): its body is not bytes")
@@ -176,5 +201,5 @@ def _is_meta(meta: Any) -> bool:
     return (
         isinstance(meta, dict)
         and len(meta) <= MAX_META_ENTRIES
-        and all(isinstance(v, str) for v in meta.values())
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items())
     )

@@ -6,7 +6,9 @@ thread reads while others write without sharing an OpenSSL object unguarded.
 Writers never block: :meth:`Link.write` sends what the kernel takes at once
 and leaves the rest in the link's outbox, which the link's own thread
 (:meth:`Link.run`) flushes. That thread also reads, cuts the bytes into
-frames (:class:`~hermesx.rpc.frames.FrameReader`) and hands them on. A peer
+frames (:class:`~hermesx.rpc.frames.FrameReader`) and hands them on, one at
+a time while its owner wants more (the frames of one read past that wait as
+bytes). A peer
 that stops reading for ``write_stall_s`` seconds loses the connection, so a
 slow reader costs a bounded outbox, never a blocked worker.
 """
@@ -141,6 +143,12 @@ class Link:
         """Bytes written but not yet taken by the kernel."""
         return len(self._outbox)
 
+    @property
+    def stalled_for(self) -> float:
+        """Seconds since the kernel last took any of the bytes waiting to be sent (0: none wait)."""
+        since = self._stalled_since
+        return 0.0 if since is None or not self._outbox else time.monotonic() - since
+
     def write(self, frame: bytes) -> None:
         """Queue ``frame`` to send; raises :class:`LinkClosed` on a closed link."""
         with self._lock:
@@ -216,11 +224,13 @@ class Link:
         try:
             # The peer's first request may have come in with the last bytes of the
             # TLS handshake: it waits in the session already, not in the socket.
-            early = self._decrypt(b"") if self._session is not None else b""
-            if early:
-                on_frames(self._frames.feed(early))
-                got_frame = True
+            if self._session is not None:
+                early = self._decrypt(b"")
+                if early:
+                    self._frames.add(early)
             while self.closed is None:
+                # Frames held back while reading() was False go on once it is True.
+                got_frame = self._hand_on(on_frames, reading) or got_frame
                 with self._lock:
                     flushing = bool(self._outbox)
                     if self._closing is not None and not flushing:
@@ -244,10 +254,8 @@ class Link:
                         if data is None:
                             break
                         if data:
-                            frames = self._frames.feed(data)
-                            if frames:
-                                got_frame = True
-                                on_frames(frames)
+                            self._frames.add(data)
+                            got_frame = self._hand_on(on_frames, reading) or got_frame
                 now = time.monotonic()
                 if not got_frame and now - opened > (first_frame_s or 0):
                     self.close_after(
@@ -270,6 +278,20 @@ class Link:
                 with contextlib.suppress(OSError):
                     os.close(pipe_fd)
         return self.closed or "closed"
+
+    def _hand_on(
+        self, on_frames: Callable[[list[Frame]], None], reading: Callable[[], bool]
+    ) -> bool:
+        """Hand on the whole frames received, one at a time while ``reading()`` says so (a
+        single read can hold hundreds: the rest wait as bytes). Whether any went on."""
+        handed = False
+        while self._closing is None and reading():
+            frame = self._frames.take()
+            if frame is None:
+                break
+            on_frames([frame])
+            handed = True
+        return handed
 
     def _drain_for(self, seconds: float) -> None:
         """Flush the outbox for up to ``seconds`` (a goodbye frame), then close."""
@@ -313,13 +335,15 @@ class Link:
         if not data:
             self.close(f"the peer closed the connection{self._inside_frame()}")
             return None
+        if self._session is None:
+            return data
         return self._decrypt(data)
 
     def _decrypt(self, data: bytes) -> bytes | None:
-        """The plaintext of ``data`` and of whatever the TLS session holds already; None
-        when the peer ended the session."""
-        if self._session is None:
-            return data
+        """What the TLS session makes of ``data`` and of what it holds already (None when the
+        peer closed it). Also before any read: the handshake may have received the
+        peer's first request with its last flight."""
+        assert self._session is not None
         with self._lock:
             self._session.incoming.write(data)
             chunks = []

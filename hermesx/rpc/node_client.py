@@ -20,15 +20,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import grpc
-
 from hermesx.core.errors import HermesError
 from hermesx.core.identity import TAD
 from hermesx.observe import tracing
 from hermesx.rpc.convert import tad_from_pb, tad_to_pb
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
-from hermesx.rpc.status import error_from_rpc, unary_call
+from hermesx.rpc.status import unary_call
 from hermesx.rpc.wire import ChannelPool
 
 __all__ = ["CALL_ADDRESS", "Holding", "Member", "NodeAddress", "NodeClient", "Peer", "call_address"]
@@ -150,12 +148,10 @@ class NodeClient:
         if body is not None:
             invoked: pb.InvokeReply = pb.InvokeReply.FromString(body)
             return invoked
-        try:
-            reply: pb.InvokeReply = self._stub(node).Invoke(
-                request, timeout=timeout, metadata=tracing.outgoing()
-            )
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, _peer(node), f"Invoke({request.guid})") from exc
+        stub, what = self._stub(node), f"Invoke({request.guid})"
+        reply: pb.InvokeReply = unary_call(
+            stub.Invoke, request, timeout, _peer(node), what, metadata=tracing.outgoing()
+        )
         return reply
 
     def send(self, node: Peer, request: pb.SendRequest, timeout: float) -> pb.SendReply:

@@ -111,10 +111,23 @@ def transport_error(
 
 
 def unary_call(
-    rpc: Callable[..., _Reply], request: Any, timeout: float | None, peer: str, method: str
+    rpc: Callable[..., _Reply],
+    request: Any,
+    timeout: float | None,
+    peer: str,
+    method: str,
+    metadata: Any = None,
 ) -> _Reply:
     """Make one unary call of a stub; a failure is raised as :func:`error_from_rpc` names it."""
     try:
+        if metadata is not None:
+            return rpc(request, timeout=timeout, metadata=metadata)
         return rpc(request, timeout=timeout)
     except grpc.RpcError as exc:
         raise error_from_rpc(exc, peer, method) from exc
+    except ValueError as exc:
+        # The channel was closed under the call (ChannelPool.drop: the peer left the
+        # cluster), as the call channel's calls are cut short then (routing.departures).
+        if "closed channel" not in str(exc):
+            raise
+        raise CommunicationError(f"{method} to {peer} cut short: {exc}") from exc

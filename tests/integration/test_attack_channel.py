@@ -1,0 +1,242 @@
+"""Attacks on the call channel of real nodes: error kinds and deadlines equal gRPC's.
+
+docs/DESIGN.md §4.1: both transports reach one dispatch, so a request that
+fails fails with the same kind whichever carried it — also a call queued
+behind a busy atom past its deadline, arguments over the limit, a request
+naming no atom — and a caller's own mistake on a shared connection costs
+only its own call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pathlib
+import socket
+import ssl
+import struct
+import threading
+import time
+from collections.abc import Iterator
+
+import grpc
+import msgpack
+import pytest
+
+from hermesx.client import Client
+from hermesx.core import codec
+from hermesx.core.errors import HermesError
+from hermesx.local.cluster import LocalCluster
+from hermesx.rpc import security
+from hermesx.rpc.frames import Error, Frame, FrameReader, Reply
+from hermesx.rpc.node_client import call_address
+from hermesx.rpc.proto import hermesx_pb2 as pb
+from hermesx.rpc.status import error_from_rpc
+from hermesx.testing.clusters import part_log
+from hermesx.testing.plugin import ClusterFactory
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+
+@pytest.fixture(scope="module")
+def pair(cluster_factory: ClusterFactory) -> LocalCluster:
+    return cluster_factory(2)
+
+
+@pytest.fixture
+def client(pair: LocalCluster) -> Iterator[Client]:
+    with Client(pair.zk, pair.name) as c:
+        yield c
+
+
+# The caller waits this much longer than the request's own timeout: the node's
+# answer (the atom's deadline) must come first, on a loaded machine too.
+SLACK_S = 10.0
+
+
+def _outcome(
+    client: Client, transport: str, request: pb.InvokeRequest, wait: float | None = None
+) -> str:
+    """The error kind ``request`` to n1 ends with (``result`` when it succeeds); the
+    caller waits ``wait`` seconds (the request's timeout and some slack when None)."""
+    wait = request.timeout + SLACK_S if wait is None else wait
+    try:
+        if transport == "channel":
+            address = call_address(client.nodes()["n1"])
+            assert address is not None
+            body = client.channels.calls.connection(address).call(
+                "invoke", request.SerializeToString(), wait
+            )
+            reply = pb.InvokeReply.FromString(body)
+        else:
+            stub = client.invoker.node_stub("n1")
+            reply = stub.Invoke(request, timeout=wait)
+    except HermesError as exc:
+        return exc.kind
+    except grpc.RpcError as exc:
+        return error_from_rpc(exc, "node n1", "Invoke").kind
+    which = reply.WhichOneof("outcome")
+    return reply.error.kind if which == "error" else str(which)
+
+
+def test_error_kinds_are_the_same_on_both_transports(
+    client: Client, atoms: dict[str, pathlib.Path], unique_name: str
+) -> None:
+    counter = client.create(atoms["counter"], name=unique_name, on="n1")
+    trap = client.create(atoms["trap"], name=f"{unique_name}t", on="n1")
+    away = client.create(atoms["counter"], name=f"{unique_name}a", on="n2")
+
+    def request(guid: str, method: str, args: bytes, timeout: float = 5.0) -> pb.InvokeRequest:
+        return pb.InvokeRequest(guid=guid, method=method, args=args, timeout=timeout)
+
+    cases = {
+        "no such method": request(counter, "nope", b""),
+        "arguments it refuses": request(counter, "incr", codec.pack("x")),
+        "a trap": request(trap, "boom", codec.pack(None)),
+        "arguments over the limit": request(counter, "incr", b"\x00" * (5 * 2**20)),
+        "a GUID that is no GUID": request("not-a-guid", "incr", b""),
+        "a hop limit passed": pb.InvokeRequest(
+            guid=away, method="get", timeout=5.0, hops=50, hop_limit=1
+        ),
+    }
+    for what, sent in cases.items():
+        over_channel = _outcome(client, "channel", sent)
+        over_grpc = _outcome(client, "grpc", sent)
+        assert over_channel == over_grpc, (what, over_channel, over_grpc)
+        assert over_channel != "result", what
+
+
+def test_a_call_queued_behind_a_busy_atom_ends_at_its_deadline_on_both_transports(
+    client: Client, atoms: dict[str, pathlib.Path], unique_name: str
+) -> None:
+    guid = client.create(atoms["spin"], name=unique_name, on="n1")
+    busy = pb.InvokeRequest(guid=guid, method="spin", timeout=8.0)
+    spinning = threading.Thread(target=_outcome, args=(client, "grpc", busy))
+    spinning.start()
+    try:
+        queued = pb.InvokeRequest(guid=guid, method="ok", timeout=1.0)
+        kinds = {
+            transport: _outcome(client, transport, queued) for transport in ("channel", "grpc")
+        }
+    finally:
+        spinning.join(30)
+    assert kinds["channel"] == kinds["grpc"], kinds
+    assert kinds["channel"] in ("timeout", "deadline"), kinds
+    assert client.atom(unique_name).ok() == 1
+
+
+@pytest.mark.parametrize("own", [-1.0, 0.0, float("nan"), float("inf"), 1e300])
+def test_a_request_naming_a_nonsensical_timeout_of_its_own_is_served_alike(
+    client: Client, atoms: dict[str, pathlib.Path], unique_name: str, own: float
+) -> None:
+    """The InvokeRequest's own ``timeout`` comes from the caller (any language, through
+    gRPC): a negative, NaN, infinite or huge one must neither break the node nor
+    differ between the transports; the node's default or the caller's deadline bounds
+    the call."""
+    guid = client.create(atoms["counter"], name=unique_name, on="n1")
+    request = pb.InvokeRequest(guid=guid, method="incr", args=codec.pack(1), timeout=own)
+    kinds = {t: _outcome(client, t, request, wait=20.0) for t in ("channel", "grpc")}
+    assert kinds == {"channel": "result", "grpc": "result"}, kinds
+    assert client.atom(unique_name).get() == 2
+
+
+@pytest.mark.parametrize("own", [float("inf"), 1e300])
+def test_a_huge_timeout_of_its_own_behind_a_busy_atom_waits_its_turn(
+    client: Client, atoms: dict[str, pathlib.Path], unique_name: str, own: float
+) -> None:
+    """Behind a busy atom the node waits for the turn up to the request's own timeout:
+    an infinite or huge one must wait (bounded by the caller's deadline) and then run,
+    on both transports, not fail in the node's wait."""
+    guid = client.create(atoms["spin"], name=unique_name, on="n1")
+    kinds = {}
+    for transport in ("channel", "grpc"):
+        busy = pb.InvokeRequest(guid=guid, method="spin", timeout=3.0)
+        spinning = threading.Thread(target=_outcome, args=(client, "grpc", busy))
+        spinning.start()
+        try:
+            time.sleep(0.5)  # the spin has the atom
+            queued = pb.InvokeRequest(guid=guid, method="ok", timeout=own)
+            kinds[transport] = _outcome(client, transport, queued, wait=30.0)
+        finally:
+            spinning.join(30)
+    assert kinds == {"channel": "result", "grpc": "result"}, kinds
+
+
+# -- bad input beyond the listener's own tests ---------------------------------------------
+
+
+def _frame(obj: object) -> bytes:
+    data = msgpack.packb(obj, use_bin_type=True)
+    return struct.pack("!I", len(data)) + data
+
+
+def _raw_frame(payload: bytes) -> bytes:
+    return struct.pack("!I", len(payload)) + payload
+
+
+@contextlib.contextmanager
+def _tls(pair: LocalCluster, address: str) -> Iterator[ssl.SSLSocket]:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    certs = security.load_certs(pair.tls_dir)
+    context.load_verify_locations(certs.ca_cert)
+    context.load_cert_chain(certs.cert("client"), certs.key("client"))
+    host, _, port = address.rpartition(":")
+    with (
+        socket.create_connection((host, int(port)), timeout=20) as raw,
+        context.wrap_socket(raw, server_hostname=security.TARGET_NAME) as sock,
+    ):
+        yield sock
+
+
+def _replies(sock: ssl.SSLSocket, count: int) -> list[Frame]:
+    reader, frames = FrameReader(), []
+    while len(frames) < count:
+        data = sock.recv(65536)
+        if not data:
+            break
+        frames += reader.feed(data)
+    return frames
+
+
+def test_bad_frames_end_only_their_connection_and_duplicate_ids_are_each_answered(
+    pair: LocalCluster, client: Client, atoms: dict[str, pathlib.Path], unique_name: str
+) -> None:
+    client.create(atoms["counter"], name=unique_name, on="n1")
+    address = call_address(client.nodes()["n1"])
+    assert address is not None
+    # A connection of our own keeps a call in flight while the others misbehave.
+    proxy = client.atom(unique_name)
+    assert proxy.incr(1) == 1
+    bad = {
+        "a reply frame": _frame([1, 5, b""]),
+        "request id 0": _frame([0, 0, "invoke", 5.0, b""]),
+        "nested 100,000 deep": _raw_frame(b"\x91" * 100_000 + b"\xc0"),
+        "an array announcing 4 G items": _raw_frame(b"\xdd\xff\xff\xff\xff"),
+        "a non-UTF-8 kind": _raw_frame(
+            b"\x95\x00\x01\xa2\xff\xfe\xcb" + struct.pack("!d", 1.0) + b"\xc4\x00"
+        ),
+        "a meta of 100,000 entries": _frame(
+            [0, 1, "invoke", 5.0, b"", {str(i): "" for i in range(100_000)}]
+        ),
+        "a NaN timeout": _frame([0, 1, "invoke", float("nan"), b""]),
+    }
+    for what, data in bad.items():
+        with _tls(pair, address) as sock:
+            sock.sendall(data)
+            goodbye = _replies(sock, 1)
+            assert len(goodbye) == 1 and isinstance(goodbye[0], Error), (what, goodbye)
+            assert goodbye[0].id == 0 and goodbye[0].kind == "communication", (what, goodbye)
+            assert sock.recv(1) == b"", what  # and the connection ends
+        assert proxy.incr(1) >= 2, what
+    # Two requests with one id in flight: the caller broke the rule, yet each is
+    # answered and the connection stays.
+    request = pb.InvokeRequest(guid=client.guid_of(unique_name), method="get", timeout=5.0)
+    with _tls(pair, address) as sock:
+        body = request.SerializeToString()
+        sock.sendall(_frame([0, 9, "invoke", 5.0, body]) * 2)
+        answers = _replies(sock, 2)
+        assert [type(f).__name__ for f in answers] == ["Reply", "Reply"], answers
+        sock.sendall(_frame([0, 10, "invoke", 5.0, body]))
+        (last,) = _replies(sock, 1)
+        assert isinstance(last, Reply) and last.id == 10
+    log = part_log(pair, "node-n1")
+    assert log.count("closed the call connection") >= len(bad)
