@@ -86,14 +86,19 @@ def runtime_distributions(root: pathlib.Path | None = None) -> list[metadata.Dis
     """The installed distributions the project needs at run time, dependencies included."""
     wanted = [n for r in _requirements(root or _project_root()) if (n := _name_of(r))]
     seen: dict[str, metadata.Distribution] = {}
-    queue = [n for n in wanted if n not in BUILD_ONLY]
+    # (name, whether a marker makes it conditional, e.g. `; python_version < "3.11"`)
+    queue = [(n, False) for n in wanted if n not in BUILD_ONLY]
     while queue:
-        name = queue.pop()
+        name, conditional = queue.pop()
         if name in seen:
             continue
         try:
             dist = metadata.distribution(name)
         except metadata.PackageNotFoundError as exc:
+            if conditional:
+                # Hosts run this Python on this platform (checked at install), so a
+                # marker that left it out here leaves it out there too.
+                continue
             raise ConfigurationError(
                 f"cannot bundle the project: its dependency {name} is not installed here"
             ) from exc
@@ -101,7 +106,7 @@ def runtime_distributions(root: pathlib.Path | None = None) -> list[metadata.Dis
         for requirement in dist.requires or []:
             dep = _name_of(requirement)
             if dep and dep not in seen and dep not in BUILD_ONLY:
-                queue.append(dep)
+                queue.append((dep, ";" in requirement))
     return [seen[n] for n in sorted(seen)]
 
 
