@@ -39,7 +39,9 @@ def _all_kinds() -> dict[str, type[HermesError]]:
         cls = todo.pop()
         # Internal refinements (e.g. a subclass for one retry rule) share
         # their parent's kind; the wire rebuilds the class that owns the kind.
-        if "kind" in vars(cls):
+        # Errors of applications built on hermesx (e.g. the KV store's aborted
+        # transaction) are theirs, not kinds the wire knows.
+        if "kind" in vars(cls) and cls.__module__ == HermesError.__module__:
             found[cls.kind] = cls
         todo.extend(cls.__subclasses__())
     return found
