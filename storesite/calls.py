@@ -17,12 +17,10 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import TypeVar
 
-from google.protobuf.message import DecodeError
-
 from hermesx.core.addresses import advertised_address, split_host_port
 from hermesx.core.errors import ConfigurationError, HermesError, StorageError, UnreachableError
 from hermesx.observe import metrics
-from hermesx.rpc.callserver import Call, CallServer
+from hermesx.rpc.callserver import Call, CallServer, parse_body
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.storesite_client import CHECKPOINT, CHECKPOINT_DELTA
 from hermesx.rpc.wire import TLSIdentity
@@ -32,8 +30,6 @@ from storesite.service import Storesite
 __all__ = ["call_listen_address", "serve_calls"]
 
 log = logging.getLogger(__name__)
-
-M = TypeVar("M", pb.CheckpointRequest, pb.CheckpointDelta)
 
 
 def call_listen_address(call_listen: str, listen: str) -> str | None:
@@ -68,12 +64,12 @@ def serve_calls(
     server = CallServer(what, workers=workers, tls=tls)
 
     def checkpoint(call: Call) -> bytes:
-        request = _parse(pb.CheckpointRequest, call)
+        request = parse_body(pb.CheckpointRequest, call)
         reply: bytes = _run(site, call, lambda: put_checkpoint(site, request)).SerializeToString()
         return reply
 
     def delta(call: Call) -> bytes:
-        request = _parse(pb.CheckpointDelta, call)
+        request = parse_body(pb.CheckpointDelta, call)
         ack = _run(site, call, lambda: put_checkpoint_delta(site, request))
         reply: bytes = ack.SerializeToString()
         return reply
@@ -103,13 +99,3 @@ def _run(site: Storesite, call: Call, body: Callable[[], _R]) -> _R:
     except Exception as exc:
         log.exception("%s failed unexpectedly", call.kind)
         raise StorageError(f"storesite {site.sid} failed in {call.kind}: {exc}") from exc
-
-
-def _parse(kind: type[M], call: Call) -> M:
-    try:
-        parsed: M = kind.FromString(call.body)
-        return parsed
-    except DecodeError:
-        raise ConfigurationError(
-            f"a {call.kind} request whose body is not a {kind.__name__}"
-        ) from None
