@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import grpc
 
-from hermesx.core.errors import HermesError
+from hermesx.core.errors import HermesError, UnreachableError
 from hermesx.core.identity import TAD
 from hermesx.observe import tracing
 from hermesx.rpc.convert import tad_from_pb, tad_to_pb
@@ -156,6 +156,9 @@ class NodeClient:
             )
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, _peer(node), f"Invoke({request.guid})") from exc
+        except ValueError as exc:
+            # The channel was closed under the call: the node left (ChannelPool.drop).
+            raise UnreachableError(f"{_peer(node)} is unreachable ({exc})") from exc
         return reply
 
     def send(self, node: Peer, request: pb.SendRequest, timeout: float) -> pb.SendReply:
