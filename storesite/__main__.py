@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--advertise", default="", help="HOST[:PORT] peers dial (default: the listen address)"
     )
+    parser.add_argument(
+        "--call-listen", default="auto", help="HOST:PORT of the call channel, auto or off"
+    )
     parser.add_argument("--data", required=True, type=pathlib.Path, help="data directory")
     parser.add_argument("--zk", default=os.environ.get("HERMESX_ZK", "127.0.0.1:2181"))
     parser.add_argument("--cluster", default=os.environ.get("HERMESX_CLUSTER", "local"))
@@ -67,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             init=args.init,
             session_timeout=args.session_timeout,
             advertise=args.advertise,
+            call_listen=args.call_listen,
         )
     except HermesError as err:
         print(f"error: {err}", file=sys.stderr)

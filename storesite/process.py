@@ -24,9 +24,13 @@ from collections.abc import Callable
 
 from hermesx.core.identity import validate_name
 from hermesx.observe import metrics
+from hermesx.rpc.callserver import CallServer
 from hermesx.rpc.security import zk_auth, zk_readers, zk_tls
+from hermesx.rpc.storesite_client import CALL_ADDRESS
 from hermesx.rpc.wire import TLSIdentity, set_process_tls
 from nameservice import NameService, NameServiceError, NameTakenError, ZooKeeperTLS
+from storesite.calls import call_listen_address as call_address
+from storesite.calls import serve_calls
 from storesite.directory import NameServiceDirectory, naming_error
 from storesite.server import StoresiteServer
 from storesite.service import Storesite
@@ -57,6 +61,7 @@ def serve(
     session_timeout: float = DEFAULT_SESSION_TIMEOUT,
     metrics_listen: str = "off",
     advertise: str = "",
+    call_listen: str = "auto",
 ) -> None:
     """Run storesite ``sid`` until SIGTERM / SIGINT (or ``stop`` is set).
 
@@ -68,9 +73,12 @@ def serve(
     session: how long its registration outlives the process. ``metrics_listen``
     is where its Prometheus metrics are served (:func:`hermesx.observe.metrics.serve_metrics`).
     ``advertise`` (``HOST[:PORT]``) is the address registered for peers when it is not the
-    listen address (:func:`hermesx.core.addresses.advertised_address`).
+    listen address (:func:`hermesx.core.addresses.advertised_address`). ``call_listen``
+    is where the call channel for checkpoints listens (:func:`storesite.calls.call_listen_address`;
+    ``off``: checkpoints over gRPC only); its address is registered as ``call``.
     """
     validate_name(sid, "storesite id")
+    call_address(call_listen, listen)  # a bad --call-listen fails before anything starts
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         # A fault no check foresaw (a store file cut while mapped: SIGBUS) at
@@ -97,20 +105,39 @@ def serve(
     site = Storesite(store, NameServiceDirectory(names))
     server = StoresiteServer(site, listen, tls=tls, advertise=advertise)
     endpoint: metrics.MetricsEndpoint | None = None
+    calls: CallServer | None = None
+    record: dict[str, object] = {"pid": os.getpid()}
     try:
         try:
             names.start()
             address = server.start()
+            where = call_address(call_listen, listen)
+            if where is not None:
+                calls, record[CALL_ADDRESS] = serve_calls(
+                    site,
+                    where,
+                    auto=call_listen == "auto",
+                    workers=server.pool,
+                    tls=tls,
+                    advertise=advertise,
+                )
             endpoint = metrics.serve_metrics(metrics_listen, address.rpartition(":")[0])
             metrics.watch_storesite(lambda: _count_atoms(store))
-            _register(names, sid, address, stop)
-            names.add_state_listener(_reregister_after_loss(names, sid, address, stop))
+            _register(names, sid, address, record, stop)
+            names.add_state_listener(_reregister_after_loss(names, sid, address, record, stop))
             names.watch_nodes(site.on_nodes)
         except NameServiceError as exc:
             raise naming_error(
                 exc, f"storesite {sid} cannot join the name service at {zk} (cluster {cluster})"
             ) from exc
-        log.info("storesite %s serving %s (cluster %s) from %s", sid, address, cluster, data_dir)
+        log.info(
+            "storesite %s serving %s, checkpoints on %s (cluster %s) from %s",
+            sid,
+            address,
+            record.get(CALL_ADDRESS) or "gRPC only",
+            cluster,
+            data_dir,
+        )
         if ready is not None:
             ready(address)
         stop.wait()
@@ -118,6 +145,8 @@ def serve(
     finally:
         if endpoint is not None:
             endpoint.close()
+        if calls is not None:
+            calls.stop()
         server.stop()
         site.close()
         names.close()
@@ -129,7 +158,9 @@ def _zk_tls(tls_dir: pathlib.Path | None, sid: str) -> ZooKeeperTLS | None:
     return ZooKeeperTLS(*files) if files is not None else None
 
 
-def _register(names: NameService, sid: str, address: str, stop: threading.Event) -> None:
+def _register(
+    names: NameService, sid: str, address: str, record: dict[str, object], stop: threading.Event
+) -> None:
     """Register ``storesites/<sid>``, waiting out the entry of our own previous run.
 
     A storesite restarted right after a crash finds its old ephemeral entry
@@ -139,9 +170,7 @@ def _register(names: NameService, sid: str, address: str, stop: threading.Event)
     deadline = time.monotonic() + REGISTER_PATIENCE
     while True:
         try:
-            names.register_storesite(
-                sid, address, data={"pid": os.getpid(), **metrics.registration()}
-            )
+            names.register_storesite(sid, address, data={**record, **metrics.registration()})
             return
         except NameTakenError:
             if time.monotonic() > deadline or stop.is_set():
@@ -151,14 +180,14 @@ def _register(names: NameService, sid: str, address: str, stop: threading.Event)
 
 
 def _reregister_after_loss(
-    names: NameService, sid: str, address: str, stop: threading.Event
+    names: NameService, sid: str, address: str, record: dict[str, object], stop: threading.Event
 ) -> Callable[[str], None]:
     """A state listener that registers again once a new session replaces a lost one."""
     lost = threading.Event()
 
     def again() -> None:
         try:
-            _register(names, sid, address, stop)
+            _register(names, sid, address, record, stop)
             log.info("storesite %s registered again after its session was lost", sid)
         except NameServiceError as exc:
             log.error("storesite %s could not register again: %s", sid, exc)

@@ -21,6 +21,7 @@ from hermesx.core.errors import (
     HermesError,
     StorageError,
 )
+from hermesx.observe import metrics
 from hermesx.rpc.convert import tad_of, tad_to_pb
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
@@ -30,7 +31,7 @@ from hermesx.rpc.wire import CHANNEL_OPTIONS, TLSIdentity, add_server_port, serv
 from storesite.records import Provenance
 from storesite.service import Storesite
 
-__all__ = ["StoresiteServer", "StoresiteServicer"]
+__all__ = ["StoresiteServer", "StoresiteServicer", "put_checkpoint", "put_checkpoint_delta"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,31 @@ def _location(location: StoredLocation) -> pb.LocationReply:
 
 def _no_head() -> pb.Empty:
     raise StorageError("a checkpoint sent in pieces must start with its request (head)")
+
+
+def put_checkpoint(site: Storesite, request: pb.CheckpointRequest) -> pb.Empty:
+    """A whole checkpoint, acknowledged once durable (its group commit): the work of
+    ``PutCheckpoint`` whichever transport carried it (docs/DESIGN.md §4.1, §6)."""
+    site.put_checkpoint(
+        request.guid, tad_of(request.tad), request.snapshot, request.seq, Provenance.of(request)
+    )
+    return pb.Empty()
+
+
+def put_checkpoint_delta(site: Storesite, request: pb.CheckpointDelta) -> pb.CheckpointAck:
+    """An incremental checkpoint: the work of ``PutCheckpointDelta`` (as :func:`put_checkpoint`)."""
+    head = request.head
+    outcome = site.put_checkpoint_delta(
+        head.guid,
+        tad_of(head.tad),
+        head.snapshot,
+        head.seq,
+        Provenance.of(head),
+        (request.base_seq, request.base_checksum),
+    )
+    return pb.CheckpointAck(
+        stored=outcome.stored, checksum=outcome.checksum, refused=outcome.refused
+    )
 
 
 class StoresiteServicer(pbg.StoresiteServicer):
@@ -115,17 +141,8 @@ class StoresiteServicer(pbg.StoresiteServicer):
     def PutCheckpoint(
         self, request: pb.CheckpointRequest, context: grpc.ServicerContext
     ) -> pb.Empty:
-        return self._done(
-            context,
-            "PutCheckpoint",
-            lambda: self.site.put_checkpoint(
-                request.guid,
-                tad_of(request.tad),
-                request.snapshot,
-                request.seq,
-                Provenance.of(request),
-            ),
-        )
+        metrics.STORESITE_CHECKPOINT_TRANSPORTS.labels("grpc").inc()
+        return self._run(context, "PutCheckpoint", lambda: put_checkpoint(self.site, request))
 
     def PutCheckpointPieces(
         self, request_iterator: Iterator[pb.CheckpointPiece], context: grpc.ServicerContext
@@ -140,21 +157,10 @@ class StoresiteServicer(pbg.StoresiteServicer):
     def PutCheckpointDelta(
         self, request: pb.CheckpointDelta, context: grpc.ServicerContext
     ) -> pb.CheckpointAck:
-        def body() -> pb.CheckpointAck:
-            head = request.head
-            outcome = self.site.put_checkpoint_delta(
-                head.guid,
-                tad_of(head.tad),
-                head.snapshot,
-                head.seq,
-                Provenance.of(head),
-                (request.base_seq, request.base_checksum),
-            )
-            return pb.CheckpointAck(
-                stored=outcome.stored, checksum=outcome.checksum, refused=outcome.refused
-            )
-
-        return self._run(context, "PutCheckpointDelta", body)
+        metrics.STORESITE_CHECKPOINT_TRANSPORTS.labels("grpc").inc()
+        return self._run(
+            context, "PutCheckpointDelta", lambda: put_checkpoint_delta(self.site, request)
+        )
 
     def _join_pieces(
         self,
@@ -343,8 +349,10 @@ class StoresiteServer:
         self._listen = listen
         self._advertise = advertise
         self._tls = tls
+        # One pool of workers for gRPC and the call channel (storesite.calls).
+        self.pool = futures.ThreadPoolExecutor(workers, thread_name_prefix="storesite-rpc")
         self._server = grpc.server(
-            futures.ThreadPoolExecutor(workers, thread_name_prefix="storesite-rpc"),
+            self.pool,
             options=CHANNEL_OPTIONS,
             interceptors=server_interceptors(tls, f"storesite {site.sid}"),
         )

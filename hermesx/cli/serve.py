@@ -101,6 +101,7 @@ def cmd_storesite_serve(args: argparse.Namespace) -> None:
         session_timeout=args.session_timeout,
         metrics_listen=args.metrics_listen,
         advertise=args.advertise,
+        call_listen=args.call_listen,
     )
 
 
@@ -176,6 +177,12 @@ def register_storesite(storesite: Verbs) -> None:
     p = storesite.add("serve", cmd_storesite_serve, "serve as a storesite")
     p.add_argument("--id", required=True)
     _add_listen(p)
+    p.add_argument(
+        "--call-listen",
+        default="auto",
+        help="HOST:PORT of the call channel for checkpoints (default auto: the --listen "
+        "host, the next port; off: checkpoints over gRPC only)",
+    )
     p.add_argument("--data", required=True)
     p.add_argument("--session-timeout", type=float, default=4.0)
     p.add_argument(

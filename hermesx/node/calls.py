@@ -12,15 +12,12 @@ the request's own ``timeout``, so time spent queued counts against the call.
 from __future__ import annotations
 
 from concurrent.futures import Executor
-from typing import TypeVar
 
-from google.protobuf.message import DecodeError
-
-from hermesx.core.errors import ConfigurationError, UnreachableError
+from hermesx.core.errors import UnreachableError
 from hermesx.node.config import NodeConfig
 from hermesx.node.dispatch import Dispatcher
 from hermesx.observe import tracing
-from hermesx.rpc.callserver import Call, CallServer
+from hermesx.rpc.callserver import Call, CallServer, parse_body
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.wire import TLSIdentity
 
@@ -41,7 +38,7 @@ def serve_calls(
     server = CallServer(f"node {config.name}", workers=workers, tls=tls)
 
     def invoke(call: Call) -> bytes:
-        request = _parse(pb.InvokeRequest, call)
+        request = parse_body(pb.InvokeRequest, call)
         left = call.remaining()
         if request.timeout <= 0 or request.timeout > left:
             request.timeout = left
@@ -52,7 +49,7 @@ def serve_calls(
         return reply
 
     def send(call: Call) -> bytes:
-        reply: bytes = dispatcher.send(_parse(pb.SendRequest, call)).SerializeToString()
+        reply: bytes = dispatcher.send(parse_body(pb.SendRequest, call)).SerializeToString()
         return reply
 
     server.register(INVOKE, invoke, "Supervisor/Invoke")
@@ -64,16 +61,3 @@ def serve_calls(
     except UnreachableError:
         server.stop()
         raise
-
-
-M = TypeVar("M", pb.InvokeRequest, pb.SendRequest)
-
-
-def _parse(kind: type[M], call: Call) -> M:
-    try:
-        parsed: M = kind.FromString(call.body)
-        return parsed
-    except DecodeError:
-        raise ConfigurationError(
-            f"a {call.kind} request whose body is not a {kind.__name__}"
-        ) from None

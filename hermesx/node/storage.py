@@ -25,6 +25,7 @@ from hermesx.core.snapshot import snapshot_checksum
 from hermesx.observe.atomlog import BOOK, LogLine, encode_lines
 from hermesx.routing.invoker import Invoker
 from hermesx.routing.naming import Naming
+from hermesx.rpc.node_client import call_address
 from hermesx.rpc.storesite_client import CheckedSnapshot, DeltaAck, StoresiteClient
 
 __all__ = ["AtomStoresites", "transfer_timeout"]
@@ -48,16 +49,19 @@ class AtomStoresites:
         self._naming = naming
         self._invoker = invoker
         self._channels = invoker.channels
-        self._clients: dict[tuple[str, str], StoresiteClient] = {}
+        self._clients: dict[tuple[str, str, str | None], StoresiteClient] = {}
         self._lock = threading.Lock()
 
     def client(self, sid: str, address: str) -> StoresiteClient:
-        """The client of storesite ``sid`` at ``address`` (kept for later calls)."""
+        """The client of storesite ``sid`` at ``address`` (kept for later calls), with the
+        call channel its record advertises (docs/DESIGN.md §4.1)."""
+        member = self._naming.storesites().get(sid)
+        calls = call_address(member) if member is not None else None
         with self._lock:
-            client = self._clients.get((sid, address))
+            client = self._clients.get((sid, address, calls))
             if client is None:
-                client = self._clients[sid, address] = StoresiteClient(
-                    address, sid=sid, channels=self._channels
+                client = self._clients[sid, address, calls] = StoresiteClient(
+                    address, sid=sid, channels=self._channels, call=calls
                 )
             return client
 

@@ -150,6 +150,11 @@ STORESITE_CHECKPOINT_SECONDS = Histogram(
     "Time to check and store one checkpoint durably",
     buckets=LATENCY_BUCKETS,
 )
+STORESITE_CHECKPOINT_TRANSPORTS = Counter(
+    "hermesx_storesite_checkpoint_requests",
+    "Checkpoint requests this storesite received, by transport (call: the call channel, grpc)",
+    ["transport"],
+)
 STORESITE_ACTIVATIONS = Counter(
     "hermesx_storesite_activations",
     "Atoms this storesite placed on a node, by reason (dormant, recovery)",

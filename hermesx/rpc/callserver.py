@@ -27,8 +27,16 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
-from hermesx.core.errors import HermesError, NotAuthorizedError, UnreachableError
+from google.protobuf.message import DecodeError, Message
+
+from hermesx.core.errors import (
+    ConfigurationError,
+    HermesError,
+    NotAuthorizedError,
+    UnreachableError,
+)
 from hermesx.rpc import roles, security
 from hermesx.rpc.frames import (
     DEFAULT_MAX_FRAME_BYTES,
@@ -41,7 +49,7 @@ from hermesx.rpc.frames import (
 from hermesx.rpc.link import Link, LinkClosed, handshake
 from hermesx.rpc.wire import TLSIdentity
 
-__all__ = ["Call", "CallLimits", "CallServer", "Handler"]
+__all__ = ["Call", "CallLimits", "CallServer", "Handler", "parse_body"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +70,19 @@ class Call:
 
 # A handler answers a request's body with its reply's body, or raises a HermesError.
 Handler = Callable[[Call], bytes]
+
+M = TypeVar("M", bound=Message)
+
+
+def parse_body(kind: type[M], call: Call) -> M:
+    """``call``'s body as the protobuf message ``kind``; a ConfigurationError if it is not."""
+    try:
+        parsed: M = kind.FromString(call.body)
+    except DecodeError:
+        raise ConfigurationError(
+            f"a {call.kind} request whose body is not a {kind.__name__}"
+        ) from None
+    return parsed
 
 
 @dataclass(frozen=True, slots=True)

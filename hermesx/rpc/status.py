@@ -126,8 +126,9 @@ def unary_call(
     except grpc.RpcError as exc:
         raise error_from_rpc(exc, peer, method) from exc
     except ValueError as exc:
-        # The channel was closed under the call (ChannelPool.drop: the peer left the
-        # cluster), as the call channel's calls are cut short then (routing.departures).
+        # The channel was closed before the call could start (ChannelPool.drop: the
+        # peer left the cluster or stopped answering): the call never left, so it is
+        # safe to go on elsewhere, as for a peer that cannot be reached.
         if "closed channel" not in str(exc):
             raise
-        raise CommunicationError(f"{method} to {peer} cut short: {exc}") from exc
+        raise UnreachableError(f"{method} to {peer}: {exc}") from exc

@@ -10,20 +10,28 @@ and its address.
 from __future__ import annotations
 
 import copy
+import logging
+import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from hermesx.core.errors import HermesError
 from hermesx.core.identity import TAD
 from hermesx.core.snapshot import yield_gil
 from hermesx.observe import metrics
 from hermesx.rpc.convert import tad_from_pb, tad_of, tad_to_pb
+from hermesx.rpc.node_client import CALL_ADDRESS
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.status import unary_call
 from hermesx.rpc.wire import ChannelPool, TLSIdentity
 
 __all__ = [
+    "CALL_ADDRESS",
+    "CHECKPOINT",
+    "CHECKPOINT_DELTA",
     "AtomInfo",
     "CheckedSnapshot",
     "CheckpointInfo",
@@ -33,7 +41,13 @@ __all__ = [
     "StoresiteInfo",
 ]
 
+log = logging.getLogger(__name__)
+
 _Reply = TypeVar("_Reply")
+
+# Request kinds of the storesite's call channel (storesite.calls, docs/DESIGN.md §4.1):
+# bodies and replies those of PutCheckpoint and PutCheckpointDelta.
+CHECKPOINT, CHECKPOINT_DELTA = "checkpoint", "checkpoint-delta"
 
 # A state larger than two of these goes to the storesite in pieces of this size.
 STATE_PIECE_BYTES = 1 << 20
@@ -97,6 +111,8 @@ class StoresiteClient:
 
     With ``channels`` it uses that pool's channel to ``address`` (a process
     keeps one pool); without, it opens its own, which :meth:`close` closes.
+    ``call`` is the storesite's call channel (its record's ``call``): checkpoints
+    go over it unless ``lean`` is False (default: unless ``HERMESX_CALLS=grpc``).
     """
 
     def __init__(
@@ -107,9 +123,13 @@ class StoresiteClient:
         timeout: float = 5.0,
         tls: TLSIdentity | None = None,
         channels: ChannelPool | None = None,
+        call: str | None = None,
+        lean: bool | None = None,
     ) -> None:
         """``tls``: the certificate to show, when not this process's own (a client's)."""
         self.address = address
+        lean = lean if lean is not None else os.environ.get("HERMESX_CALLS") != "grpc"
+        self.call_address = call if lean else None
         self.sid = sid
         self.timeout = timeout
         self._own_channels = channels is None
@@ -319,9 +339,15 @@ class StoresiteClient:
         (``PutCheckpointPieces``), so that no single message is built or parsed for the
         whole state: either holds the interpreter long enough to starve a session."""
         request = _state_request(pb.CheckpointRequest, guid, tad, state, seq=seq, periodic=periodic)
+        timeout = self.timeout
+        if len(state.snapshot) < 2 * STATE_PIECE_BYTES:
+            request.snapshot = state.snapshot
+            sent, timeout = self._over_calls(CHECKPOINT, request)
+            if sent is not None:
+                return
         stub = self._stub
         self._send_state(
-            request, state, stub.PutCheckpoint, stub.PutCheckpointPieces, "PutCheckpoint"
+            request, state, stub.PutCheckpoint, stub.PutCheckpointPieces, "PutCheckpoint", timeout
         )
 
     def send_delta(
@@ -346,8 +372,38 @@ class StoresiteClient:
             snapshot=delta.snapshot,
         )
         request = pb.CheckpointDelta(head=head, base_seq=base[0], base_checksum=base[1])
-        reply = self._call(self._stub.PutCheckpointDelta, request, f"PutCheckpointDelta({guid})")
+        timeout = self.timeout
+        if len(delta.snapshot) < 2 * STATE_PIECE_BYTES:
+            sent, timeout = self._over_calls(CHECKPOINT_DELTA, request)
+            if sent is not None:
+                ack = pb.CheckpointAck.FromString(sent)
+                return DeltaAck(ack.stored, ack.checksum, ack.refused)
+        reply = self._call(
+            self._stub.PutCheckpointDelta, request, f"PutCheckpointDelta({guid})", timeout
+        )
         return DeltaAck(reply.stored, reply.checksum, reply.refused)
+
+    def _over_calls(
+        self, kind: str, request: pb.CheckpointRequest | pb.CheckpointDelta
+    ) -> tuple[bytes | None, float]:
+        """The reply's body of ``request`` sent over the storesite's call channel, and the
+        time left. No body when it has none, or when no connection to it opens in time
+        (then gRPC carries the request, in the time left): as NodeClient's calls."""
+        timeout = self.timeout
+        if self.call_address is None:
+            return None, timeout
+        started = time.monotonic()
+        peer = f"storesite {self.sid} at {self.call_address}"
+        try:
+            connection = self._channels.calls.connection(self.call_address, peer, timeout=timeout)
+        except HermesError as err:
+            left = timeout - (time.monotonic() - started)
+            if left <= 0:
+                raise
+            log.info("no call connection to %s (%s); checkpointing over gRPC", peer, err)
+            return None, left
+        left = timeout - (time.monotonic() - started)
+        return connection.call(kind, request.SerializeToString(), left), left
 
     def send_passivated(self, guid: str, tad: TAD, state: CheckedSnapshot) -> None:
         """The atom was passivated with ``state`` (a large one in pieces, as
@@ -368,19 +424,20 @@ class StoresiteClient:
         whole: Callable[..., Any],
         in_pieces: Callable[..., Any],
         what: str,
+        timeout: float | None = None,
     ) -> None:
         """``whole(request)`` with ``request`` carrying ``state``; for a large state,
         ``in_pieces`` with a stream: ``request`` as the head piece, the snapshot after it."""
         if len(state.snapshot) < 2 * STATE_PIECE_BYTES:
             request.snapshot = state.snapshot
-            self._call(whole, request, f"{what}({request.guid})")
+            self._call(whole, request, f"{what}({request.guid})", timeout)
             return
         piece = _PIECE_OF[type(request)]
         pieces = (
             piece(head=request) if data is None else piece(data=data)
             for data in _pieces_of(state.snapshot)
         )
-        self._call(in_pieces, pieces, f"{what}Pieces({request.guid})")
+        self._call(in_pieces, pieces, f"{what}Pieces({request.guid})", timeout)
 
 
 @dataclass(frozen=True, slots=True)

@@ -143,7 +143,13 @@ class ChannelPool:
         key = (address, kind)
         found = self._stubs.get(key)
         if found is None:
-            found = self._stubs[key] = kind(self.get(address))
+            channel = self.get(address)
+            found = kind(channel)
+            with self._lock:
+                # Kept only while the channel is still the pool's: one dropped meanwhile
+                # (drop: the peer left) must not leave a stub of a closed channel behind.
+                if self._channels.get(address) is channel:
+                    found = self._stubs.setdefault(key, found)
         return found
 
     def get(self, address: str) -> grpc.Channel:

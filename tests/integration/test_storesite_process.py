@@ -412,3 +412,34 @@ def _locate_error(client: StoresiteClient, guid: str) -> HermesError | None:
     except HermesError as err:
         return err
     return None
+
+
+def test_the_call_channel_is_registered_and_answers_as_grpc_does(
+    zk: str, cluster_name: str, tmp_path: pathlib.Path, processes: list[StoresiteProcess | FakeNode]
+) -> None:
+    from hermesx.rpc.node_client import call_address
+    from hermesx.rpc.storesite_client import CheckedSnapshot
+
+    lean = StoresiteProcess("s1", tmp_path / "s1", zk, cluster_name, init=True)
+    plain = StoresiteProcess(
+        "s2", tmp_path / "s2", zk, cluster_name, init=True, options=("--call-listen", "off")
+    )
+    processes += [lean, plain]
+    address = lean.wait_ready()
+    plain.wait_ready()
+    with NameService(zk, cluster_name) as names:
+        wait_until(lambda: {"s1", "s2"} <= set(names.storesites()), timeout=10)
+        channel = call_address(names.storesites()["s1"])
+        assert call_address(names.storesites()["s2"]) is None
+    assert channel is not None and channel != address
+    # A checkpoint of an atom the storesite does not know is refused with the same
+    # kind and message whichever transport carries it.
+    guid = str(GUID.new("s1"))
+    state = CheckedSnapshot(b"state", snapshot_checksum(b"state"), 1)
+    refusals = []
+    for call in (channel, None):
+        with StoresiteClient(address, sid="s1", call=call) as client:
+            with pytest.raises(HermesError) as caught:
+                client.send_checkpoint(guid, TAD("n1", 1), state, 1)
+            refusals.append((caught.value.kind, str(caught.value)))
+    assert refusals[0] == refusals[1]

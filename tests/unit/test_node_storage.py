@@ -61,6 +61,10 @@ class Directory:
         sid = self.home(guid) or GUID.parse(guid).home
         return sid, self.addresses[sid]
 
+    def storesites(self) -> dict[str, object]:
+        """Records without a call channel: these fake storesites serve gRPC only."""
+        return {}
+
 
 @pytest.fixture
 def storesites() -> Iterator[tuple[FakeStoresite, FakeStoresite, Directory]]:
