@@ -637,7 +637,8 @@ def advertise_storesite(connect: str, cluster: str, sid: str, address: str) -> s
     """Point ``storesites/<sid>`` at ``address`` (e.g. a proxy); returns the old address.
 
     The entry stays the storesite's own (ephemeral, its session); only the
-    address every node and client reads from it changes.
+    address every node and client reads from it changes, and its call channel
+    is left out, so checkpoints too go to ``address`` (over gRPC).
     """
     path = f"/hermesx/{cluster}/storesites/{sid}"
     with zookeeper(connect, cluster) as zk:
@@ -645,5 +646,6 @@ def advertise_storesite(connect: str, cluster: str, sid: str, address: str) -> s
         data = json.loads(raw.decode())
         old = str(data["address"])
         data["address"] = address
+        data.pop("call", None)
         zk.set(path, json.dumps(data, sort_keys=True).encode(), version=stat.version)
     return old

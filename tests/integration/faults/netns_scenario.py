@@ -243,8 +243,15 @@ def _loss(
 ) -> dict[str, Any]:
     with Client(cluster.zk, cluster.name) as client:
         client.create(counter, name="c", on="n1", checkpoint="every-call")
-        node_port = port_of(client.nodes()["n1"].address)
-        site_port = port_of(client.naming.storesites()["s1"].address)
+        # A part's gRPC port and its call channel's (docs/DESIGN.md §4.1): calls and
+        # checkpoints travel on the latter, everything else on the former.
+        node, site = client.nodes()["n1"], client.naming.storesites()["s1"]
+        links = [(port_of(node.address), "node"), (port_of(site.address), "storesite")]
+        links += [
+            (port_of(m.data["call"]), label)
+            for m, label in ((node, "node"), (site, "storesite"))
+            if m.data.get("call")
+        ]
         load = LoadGenerator(client.address.zk, client.address.cluster, "c", threads=3)
         with load:
             load.wait_acks(20)
@@ -254,7 +261,7 @@ def _loss(
             rules = "".join(
                 f"add rule inet {TABLE} faults tcp {way} {port} "
                 f'numgen random mod 100 < {percent} counter drop comment "{label}"\n'
-                for port, label in ((node_port, "node"), (site_port, "storesite"))
+                for port, label in links
                 for way in ("dport", "sport")
             )
             nft(rules)
