@@ -306,9 +306,14 @@ def _kill_host(namespace: str) -> list[str]:
             continue
         if b"sshd" in command:
             continue
+        what = command.decode(errors="replace").split(" -m ")[-1][:40]
+        if not command:
+            # A zombie has no command line: it had exited already, unreaped.
+            with contextlib.suppress(OSError):
+                what = pathlib.Path(f"/proc/{pid}/comm").read_text().strip() + " (had exited)"
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(pid), signal.SIGKILL)
-            killed.append(command.decode(errors="replace").split(" -m ")[-1][:40])
+            killed.append(what)
     return killed
 
 
