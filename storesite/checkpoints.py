@@ -1,10 +1,13 @@
 """An atom's checkpoints: the latest plus three, checked on the way in and out (docs/DESIGN.md §6).
 
 :class:`CheckpointWindow` keeps the ``checkpoints`` sub-database: each
-atom's snapshots under consecutive slot numbers, the latest and the
+atom's checkpoints under consecutive slot numbers, the latest and the
 :data:`~storesite.records.KEEP_PREVIOUS_CHECKPOINTS` before it, each with
-its TAD, seq, CRC-32 and generation. The slot after the latest holds the
-snapshot staged for a pending move until COMMIT makes it the latest.
+its TAD, seq, CRC-32 and generation, as a whole snapshot or a delta on the
+slot before it (:mod:`storesite.chain`); the slots a kept delta composes
+from are kept with it. The slot after the latest holds the snapshot staged
+for a pending move until COMMIT makes it the latest. Readers get whole
+snapshots only: a delta slot is composed when read.
 
 Damage: every checkpoint's checksum is checked every time it is read back,
 and a damaged one is never handed out. The newest good one kept is used
@@ -20,16 +23,18 @@ from dataclasses import replace
 
 import lmdb
 
+from hermesx.core.delta import compose, decode_delta
 from hermesx.core.errors import CheckpointDamagedError, MigrationError, StorageError
 from hermesx.core.identity import TAD
+from hermesx.core.snapshot import AtomState as State
+from hermesx.core.snapshot import decode_state, encode_state, snapshot_checksum
+from storesite.chain import Link, Record, pack_delta, pack_whole, unpack_record
 from storesite.records import (
     KEEP_PREVIOUS_CHECKPOINTS,
     AtomState,
     AtomTable,
     Checkpoint,
     checkpoint_key,
-    pack_checkpoint,
-    unpack_checkpoint,
 )
 
 __all__ = ["CheckpointWindow"]
@@ -58,8 +63,28 @@ class CheckpointWindow:
         acknowledged: bool = True,
     ) -> AtomState:
         """Write a checkpoint into the next slot and make it the latest."""
-        self.stage(txn, state, pack_checkpoint(tad, seq, snapshot, checksum, generation))
+        self.stage(txn, state, pack_whole(tad, seq, snapshot, checksum, generation))
         return self.advance(txn, state, tad, seq, generation, acknowledged=acknowledged)
+
+    def store_delta(
+        self,
+        txn: lmdb.Transaction,
+        state: AtomState,
+        tad: TAD,
+        seq: int,
+        link: Link,
+        delta: bytes,
+        checksum: int,
+        generation: int,
+        *,
+        acknowledged: bool = True,
+    ) -> AtomState:
+        """Write a delta record on the latest checkpoint into the next slot and make it the
+        latest (``link`` as :meth:`storesite.chain.Record.next_link` made it)."""
+        self.stage(txn, state, pack_delta(tad, seq, link, delta, checksum, generation))
+        return self.advance(
+            txn, state, tad, seq, generation, anchor=link.anchor, acknowledged=acknowledged
+        )
 
     def stage(self, txn: lmdb.Transaction, state: AtomState, packed: bytes) -> None:
         """Write a packed checkpoint into the slot after the latest, not yet the latest."""
@@ -71,7 +96,7 @@ class CheckpointWindow:
         staged = txn.get(checkpoint_key(state.guid, number), db=self._db)
         if staged is None:
             raise MigrationError(f"commit of atom {state.guid} to {tad}: no snapshot was staged")
-        checked = unpack_checkpoint(state, bytes(staged), number)
+        checked = self.read(txn, state, number)
         if checked.tad != tad:
             raise MigrationError(f"commit of atom {state.guid} to {tad}: no snapshot was staged")
         return checked
@@ -84,18 +109,22 @@ class CheckpointWindow:
         seq: int,
         generation: int,
         *,
+        anchor: int | None = None,
         acknowledged: bool = True,
     ) -> AtomState:
-        """The checkpoint in the next slot becomes the latest.
+        """The checkpoint in the next slot becomes the latest; ``anchor``: the slot of
+        the whole record it composes from (None: it is a whole one).
 
         ``acknowledged``: its calls were promised durable (all but periodic
         checkpoints), so no fallback may go below it from now on.
         """
         number = state.checkpoint_no + 1
-        # Numbers are consecutive, so exactly one checkpoint falls out of the window.
-        expired = number - KEEP_PREVIOUS_CHECKPOINTS - 1
-        if expired >= 1:
-            txn.delete(checkpoint_key(state.guid, expired), db=self._db)
+        anchors = (*state.anchors, number if anchor is None else anchor)
+        anchors = anchors[-(KEEP_PREVIOUS_CHECKPOINTS + 1) :]
+        if number > KEEP_PREVIOUS_CHECKPOINTS + 1:
+            # The oldest kept checkpoint composes from its anchor: every slot below
+            # that one is no longer needed (one slot, or a chain that was cut).
+            self._delete_below(txn, state.guid, min(anchors[0], number - KEEP_PREVIOUS_CHECKPOINTS))
         state = replace(
             state,
             checkpoint_no=number,
@@ -103,17 +132,77 @@ class CheckpointWindow:
             checkpoint_seq=seq,
             checkpoint_generation=generation,
             durable_generation=generation if acknowledged else state.durable_generation,
+            anchors=anchors,
         )
         self._table.put(txn, state)
         return state
 
+    def _delete_below(self, txn: lmdb.Transaction, guid: str, keep_from: int) -> None:
+        """Delete ``guid``'s slots numbered below ``keep_from``."""
+        prefix = guid.encode() + b"/"
+        cursor = txn.cursor(db=self._db)
+        if not cursor.set_range(prefix):
+            return
+        while True:
+            key = bytes(cursor.key())
+            if not key.startswith(prefix) or int.from_bytes(key[len(prefix) :], "big") >= keep_from:
+                return
+            if not cursor.delete():
+                return
+
+    def record(self, txn: lmdb.Transaction, guid: str, number: int) -> Record:
+        """Slot ``number``'s record, its CRC checked (CheckpointDamagedError if damaged)."""
+        data = txn.get(checkpoint_key(guid, number), db=self._db)
+        if data is None:
+            raise CheckpointDamagedError(f"checkpoint #{number} of atom {guid} is missing")
+        return unpack_record(guid, bytes(data), number)
+
+    def state(self, txn: lmdb.Transaction, guid: str, number: int) -> tuple[Record, State]:
+        """Slot ``number``'s record and the state it holds, composed from its anchor when
+        it is a delta: every record of the chain is checked, and a chain that does not
+        compose is damaged (CheckpointDamagedError)."""
+        last = self.record(txn, guid, number)
+        chain = [last]
+        while chain[-1].link is not None:
+            link = chain[-1].link
+            if chain[-1].number <= link.anchor:
+                raise CheckpointDamagedError(
+                    f"checkpoint #{chain[-1].number} of atom {guid} is damaged: it names "
+                    f"anchor #{link.anchor}"
+                )
+            chain.append(self.record(txn, guid, chain[-1].number - 1))
+        try:
+            state = decode_state(chain[-1].data)
+            for part in reversed(chain[:-1]):
+                state = compose(state, decode_delta(part.data))
+        except StorageError as exc:
+            raise CheckpointDamagedError(
+                f"checkpoint #{number} of atom {guid} is damaged: its chain from "
+                f"#{chain[-1].number} does not compose: {exc}"
+            ) from exc
+        return last, state
+
+    def read(self, txn: lmdb.Transaction, state: AtomState, number: int) -> Checkpoint:
+        """Checkpoint ``number`` of ``state``'s atom as a whole snapshot, checked."""
+        record = self.record(txn, state.guid, number)
+        snapshot, checksum = record.data, record.checksum
+        if record.link is not None:
+            _, composed = self.state(txn, state.guid, number)
+            snapshot = encode_state(composed)
+            checksum = snapshot_checksum(snapshot)
+        return Checkpoint(
+            guid=state.guid,
+            tad=record.tad,
+            seq=record.seq,
+            snapshot=snapshot,
+            meta=state.meta,
+            checksum=checksum,
+            generation=record.generation,
+        )
+
     def latest(self, txn: lmdb.Transaction, state: AtomState) -> Checkpoint:
         """The latest checkpoint of ``state``, checked (CheckpointDamagedError if damaged)."""
-        number = state.checkpoint_no
-        data = txn.get(checkpoint_key(state.guid, number), db=self._db)
-        if data is None:
-            raise CheckpointDamagedError(f"checkpoint #{number} of atom {state.guid} is missing")
-        return unpack_checkpoint(state, bytes(data), number)
+        return self.read(txn, state, state.checkpoint_no)
 
     def restorable(self, txn: lmdb.Transaction, state: AtomState) -> Checkpoint:
         """The latest good checkpoint of ``state`` that keeps every acknowledged call."""
@@ -121,11 +210,8 @@ class CheckpointWindow:
         damage: list[str] = []
         oldest = max(1, state.checkpoint_no - KEEP_PREVIOUS_CHECKPOINTS)
         for number in range(state.checkpoint_no, oldest - 1, -1):
-            data = txn.get(checkpoint_key(guid, number), db=self._db)
             try:
-                if data is None:
-                    raise CheckpointDamagedError(f"checkpoint #{number} of atom {guid} is missing")
-                checkpoint = unpack_checkpoint(state, bytes(data), number)
+                checkpoint = self.read(txn, state, number)
             except CheckpointDamagedError as exc:
                 damage.append(str(exc))
                 continue
@@ -159,19 +245,12 @@ class CheckpointWindow:
 
     def history(self, txn: lmdb.Transaction, state: AtomState) -> list[Checkpoint]:
         """Kept checkpoints of ``state``'s atom, oldest first, checked (a damaged one raises)."""
-        prefix = state.guid.encode() + b"/"
-        found: list[Checkpoint] = []
-        cursor = txn.cursor(db=self._db)
-        if cursor.set_range(prefix):
-            for raw_key, value in cursor:
-                key = bytes(raw_key)
-                if not key.startswith(prefix):
-                    break
-                number = int.from_bytes(key[len(prefix) :], "big")
-                if number > state.checkpoint_no:
-                    break  # a staged snapshot of a pending move, not a checkpoint yet
-                found.append(unpack_checkpoint(state, bytes(value), number))
-        return found
+        oldest = max(1, state.checkpoint_no - KEEP_PREVIOUS_CHECKPOINTS)
+        return [
+            self.read(txn, state, number)
+            for number in range(oldest, state.checkpoint_no + 1)
+            if txn.get(checkpoint_key(state.guid, number), db=self._db) is not None
+        ]
 
     def delete_all(self, txn: lmdb.Transaction, guid: str) -> None:
         """Delete every kept (and staged) checkpoint of ``guid``."""

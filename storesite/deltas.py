@@ -4,13 +4,16 @@ See docs/DESIGN.md §6 ("Incremental checkpoints").
 
 A node sends only what changed since its last acknowledged checkpoint (a
 :class:`~hermesx.core.delta.StateDelta`), naming that checkpoint as its base
-by ``(age, seq)`` and CRC-32. :func:`put_delta` checks the delta's own
-checksum, refuses it (an answer, not an error: the node sends its whole state
-then) when the base is not this storesite's latest checkpoint or that one is
-damaged, composes the new whole snapshot and writes it like any checkpoint:
-in the next group commit, with every check of a whole one, and only while
-the base is still the latest. Stored checkpoints are always whole snapshots,
-so reading, restoring, moving and moving home never see a delta.
+by ``(age, seq)`` and name (its CRC-32, :mod:`storesite.chain`).
+:func:`put_delta` checks the delta's own checksum, refuses it (an answer, not
+an error: the node sends its whole state then) when the base is not this
+storesite's latest checkpoint or that one is damaged, checks that the delta
+fits the base's state (its shape: memory size, reply count, GUID, module) and
+writes it as it came, a delta record on the base, like any checkpoint: in the
+next group commit, with every check of a whole one, and only while the base
+is still the latest. When the base's chain is long it composes the new whole
+snapshot and writes that instead. Readers compose delta records, so reading,
+restoring, moving and moving home never see a delta.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from hermesx.core.delta import compose, decode_delta
+from hermesx.core.delta import compose, decode_delta, shape_after
+from hermesx.core.errors import CheckpointDamagedError
 from hermesx.core.identity import TAD
-from hermesx.core.snapshot import decode_state, encode_state, snapshot_checksum
+from hermesx.core.snapshot import encode_state, snapshot_checksum, snapshot_shape
 from storesite.records import Provenance
 from storesite.store import AtomStore
 
@@ -52,18 +56,35 @@ def put_delta(
     """Compose and store a delta checkpoint (see the module docstring). The caller holds
     the atom's lock, so the latest checkpoint read here stays the latest until written."""
     what = f"checkpoint delta of atom {guid} from {tad} seq {seq}"
-    store.arriving(guid, delta_bytes, check, what)
+    delta_checksum = store.arriving(guid, delta_bytes, check, what)
     base = store.delta_base(guid, tad, base_seq, base_checksum)
+    if not isinstance(base, str) and base.link is not None and base.link.due_whole():
+        try:
+            state = compose(store.composed(guid, base.number), decode_delta(delta_bytes))
+        except CheckpointDamagedError as exc:
+            base = f"the chain of the latest checkpoint is damaged: {exc}"
+        else:
+            snapshot = encode_state(state)
+            store.check_size(guid, snapshot)
+            checksum = snapshot_checksum(snapshot)
+            stored = store.store_checkpoint(
+                guid, tad, seq, snapshot, checksum, check, base_no=base.number
+            )
+            return _outcome(store, stored, checksum, base.name)
     if isinstance(base, str):
         reason = f"{what} refused: {base}; send the whole state"
         log.info("storesite %s: %s", store.sid, reason)
         return DeltaOutcome(stored=False, refused=reason)
-    latest, base_no = base
-    state = compose(decode_state(latest.snapshot), decode_delta(delta_bytes))
-    snapshot = encode_state(state)
-    store.check_size(guid, snapshot)
-    checksum = snapshot_checksum(snapshot)
-    stored = store.store_checkpoint(guid, tad, seq, snapshot, checksum, check, base_no=base_no)
+    shape = base.link.shape if base.link is not None else snapshot_shape(base.data)
+    link = base.next_link(delta_bytes, shape_after(shape, decode_delta(delta_bytes)))
+    stored = store.store_checkpoint(
+        guid, tad, seq, delta_bytes, delta_checksum, check, base_no=base.number, link=link
+    )
+    return _outcome(store, stored, link.name, base.name)
+
+
+def _outcome(store: AtomStore, stored: bool, name: int, base_name: int) -> DeltaOutcome:
+    """A delta's outcome: the new checkpoint's name when stored, else the base's."""
     if stored:
         store.deltas_written += 1
-    return DeltaOutcome(stored=stored, checksum=checksum if stored else latest.checksum)
+    return DeltaOutcome(stored=stored, checksum=name if stored else base_name)

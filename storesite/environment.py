@@ -28,7 +28,8 @@ from hermesx.core.errors import StorageError
 from hermesx.core.files import DIR_MODE, FILE_MODE, private_dir
 from hermesx.core.identity import GUID, TAD
 from hermesx.core.snapshot import snapshot_checksum
-from storesite.records import GENERATION_UNKNOWN, pack_checkpoint, parse_state
+from storesite.chain import pack_whole
+from storesite.records import GENERATION_UNKNOWN, parse_state
 
 __all__ = ["DEFAULT_MAP_SIZE", "StoreEnvironment", "WriteTxn", "check_lmdb_file"]
 
@@ -39,7 +40,9 @@ LOCK_FILE = "storesite.lock"
 LMDB_DIR = "lmdb"
 DATA_FILE = "data.mdb"
 # Format 2: checkpoints carry a checksum and a generation; the store names its storesite.
-STORE_FORMAT = 2
+# Format 3: a checkpoint slot may hold a delta record (storesite.chain). A format-2
+# store is one already (its records are all whole): opening it only says so.
+STORE_FORMAT = 3
 
 
 # LMDB 0.9's meta page (lmdb.h / mdb.c, 64-bit): a 16-byte page header
@@ -236,6 +239,7 @@ class StoreEnvironment:
                         f"storesite {self.sid}: the store in {self.data_dir} belongs to "
                         f"storesite {bytes(owner).decode(errors='replace')}"
                     )
+                self._check_format(txn)
                 return
             if not created:
                 # A store written before stores named their storesite: every
@@ -250,6 +254,19 @@ class StoreEnvironment:
                 )
             txn.put(b"sid", self.sid.encode(), db=self.about)
             txn.put(b"format", str(STORE_FORMAT).encode(), db=self.about)
+
+    def _check_format(self, txn: lmdb.Transaction) -> None:
+        """Refuse a store of a newer format; mark an older named one as this format."""
+        raw = txn.get(b"format", db=self.about)
+        text = bytes(raw).decode(errors="replace") if raw is not None else "2"
+        if not text.isdigit() or int(text) > STORE_FORMAT:
+            raise StorageError(
+                f"storesite {self.sid}: the store in {self.data_dir} is of format {text}, "
+                f"newer than this storesite's {STORE_FORMAT}"
+            )
+        if int(text) < STORE_FORMAT:
+            txn.put(b"format", str(STORE_FORMAT).encode(), db=self.about)
+            log.info("storesite %s: store format %s is now %d", self.sid, text, STORE_FORMAT)
 
     def _upgrade(self, txn: lmdb.Transaction) -> int:
         """Give an older store's checkpoints their checksums; returns how many."""
@@ -268,7 +285,7 @@ class StoreEnvironment:
             record = msgpack.unpackb(bytes(value), raw=False)
             if len(record) == 4:
                 node, age, seq, snapshot = record
-                packed = pack_checkpoint(
+                packed = pack_whole(
                     TAD(node, age), seq, snapshot, snapshot_checksum(snapshot), GENERATION_UNKNOWN
                 )
                 txn.put(bytes(key), packed, db=self.checkpoints)

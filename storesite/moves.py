@@ -19,6 +19,7 @@ from dataclasses import replace
 from hermesx.core.errors import MigrationError, StorageError
 from hermesx.core.identity import TAD
 from hermesx.rpc.proto import hermesx_pb2 as pb
+from storesite.chain import pack_whole
 from storesite.checkpoints import CheckpointWindow
 from storesite.records import (
     UNSTATED,
@@ -26,7 +27,6 @@ from storesite.records import (
     AtomTable,
     Provenance,
     check_pending,
-    pack_checkpoint,
 )
 
 __all__ = ["MoveRecords"]
@@ -85,7 +85,7 @@ class MoveRecords:
         with self._table.write(guid) as txn:
             state = self._table.live(txn, guid)
             check_pending(state, tad, "staging")
-            packed = pack_checkpoint(tad, 0, snapshot, checksum, check.stored_generation)
+            packed = pack_whole(tad, 0, snapshot, checksum, check.stored_generation)
             self._window.stage(txn, state, packed)
 
     def commit(
@@ -174,6 +174,8 @@ class MoveRecords:
         with self._table.write(guid) as txn:
             state = self._table.live(txn, guid)
             self._window.delete_all(txn, guid)
-            state = replace(state, forwarded_to=storesite, pending=None, checkpoint_no=0)
+            state = replace(
+                state, forwarded_to=storesite, pending=None, checkpoint_no=0, anchors=()
+            )
             self._table.put(txn, state)
         return state

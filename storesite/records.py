@@ -22,7 +22,6 @@ import lmdb
 import msgpack
 
 from hermesx.core.errors import (
-    CheckpointDamagedError,
     HomeMovedError,
     MigrationError,
     NameNotFoundError,
@@ -158,6 +157,9 @@ class AtomState:
     # The incarnation of location.node that holds the atom (docs/DESIGN.md §5);
     # "" when unknown (records of older stores): reconciled with the live node.
     incarnation: str = ""
+    # The anchor (storesite.chain) of each slot of the window, oldest first, ending at
+    # checkpoint_no: a slot is deleted once no kept checkpoint composes from it.
+    anchors: tuple[int, ...] = ()
 
     @classmethod
     def first(
@@ -194,6 +196,12 @@ class AtomState:
         meta.ParseFromString(self.meta_bytes)
         return meta
 
+    def anchor_of(self, number: int) -> int:
+        """The anchor of kept slot ``number``: a slot the window does not name (a
+        record of an older store) is a whole one, its own anchor."""
+        index = len(self.anchors) - 1 - (self.checkpoint_no - number)
+        return self.anchors[index] if 0 <= index < len(self.anchors) else number
+
     @property
     def checkpoints(self) -> int:
         """How many checkpoints are kept for this atom."""
@@ -218,6 +226,7 @@ class AtomState:
                 "durable_gen": self.durable_generation,
                 "ck_gen": self.checkpoint_generation,
                 "inc": self.incarnation,
+                "ck_anchors": list(self.anchors),
             },
             use_bin_type=True,
         )
@@ -243,6 +252,7 @@ class AtomState:
             durable_generation=int(d.get("durable_gen", GENERATION_UNKNOWN)),
             checkpoint_generation=int(d.get("ck_gen", GENERATION_UNKNOWN)),
             incarnation=str(d.get("inc", "")),
+            anchors=tuple(int(a) for a in d.get("ck_anchors", ())),
         )
 
 
@@ -261,37 +271,6 @@ class StoreStatus:
 def checkpoint_key(guid: str, number: int) -> bytes:
     """The key of checkpoint slot ``number`` of ``guid`` (slots of one atom sort together)."""
     return guid.encode() + b"/" + number.to_bytes(8, "big")
-
-
-def pack_checkpoint(tad: TAD, seq: int, snapshot: bytes, checksum: int, generation: int) -> bytes:
-    packed: bytes = msgpack.packb(
-        [tad.node, tad.age, seq, snapshot, checksum, generation], use_bin_type=True
-    )
-    return packed
-
-
-def unpack_checkpoint(state: AtomState, data: bytes, number: int) -> Checkpoint:
-    """A stored checkpoint, checked against its checksum; CheckpointDamagedError if damaged."""
-    what = f"checkpoint #{number} of atom {state.guid}"
-    try:
-        node, age, seq, snapshot, checksum, generation = msgpack.unpackb(data, raw=False)
-        tad = TAD(str(node), int(age))
-        seq, checksum, generation = int(seq), int(checksum), int(generation)
-        snapshot = bytes(snapshot)
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise CheckpointDamagedError(
-            f"{what} is damaged: its record cannot be read ({exc})"
-        ) from exc
-    verify_checksum(snapshot, checksum, f"{what} ({tad} seq {seq})")
-    return Checkpoint(
-        guid=state.guid,
-        tad=tad,
-        seq=seq,
-        snapshot=snapshot,
-        meta=state.meta,
-        checksum=checksum,
-        generation=generation,
-    )
 
 
 def parse_state(sid: str, guid: str, raw: bytes) -> AtomState:

@@ -52,7 +52,9 @@ import lmdb
 
 from hermesx.core.errors import CheckpointDamagedError, MigrationError, StorageError
 from hermesx.core.identity import GUID, TAD
+from hermesx.core.snapshot import AtomState as State
 from hermesx.rpc.proto import hermesx_pb2 as pb
+from storesite.chain import Link, Record
 from storesite.checkpoints import CheckpointWindow
 from storesite.committer import GroupCommitter
 from storesite.environment import DEFAULT_MAP_SIZE, StoreEnvironment
@@ -218,10 +220,13 @@ class AtomStore:
         check: Provenance,
         *,
         base_no: int | None = None,
+        link: Link | None = None,
     ) -> bool:
         """:meth:`put_checkpoint` of a snapshot already checked, written in the next
         group commit (docs/DESIGN.md §6); with ``base_no``, only while the latest
-        checkpoint is still slot ``base_no`` (a composed delta's base)."""
+        checkpoint is still slot ``base_no`` (a delta's base). With ``link``,
+        ``snapshot`` is a delta on that slot, stored as a delta record
+        (storesite.chain) whose CRC-32 is ``checksum``."""
 
         def write(txn: lmdb.Transaction) -> bool:
             generation = check.generation
@@ -251,16 +256,15 @@ class AtomStore:
                     state.checkpoint_generation,
                 )
                 return False
-            self._window.store(
-                txn,
-                state,
-                tad,
-                seq,
-                snapshot,
-                checksum,
-                check.stored_generation,
-                acknowledged=not check.periodic,
-            )
+            stored, ack = check.stored_generation, not check.periodic
+            if link is None:
+                self._window.store(
+                    txn, state, tad, seq, snapshot, checksum, stored, acknowledged=ack
+                )
+            else:
+                self._window.store_delta(
+                    txn, state, tad, seq, link, snapshot, checksum, stored, acknowledged=ack
+                )
             return True
 
         return self.committer.submit(guid, write)
@@ -272,28 +276,32 @@ class AtomStore:
     def check_size(self, guid: str, snapshot: bytes) -> None:
         self._table.check_size(guid, snapshot)
 
-    def delta_base(
-        self, guid: str, tad: TAD, base_seq: int, base_checksum: int
-    ) -> tuple[Checkpoint, int] | str:
-        """The latest checkpoint (and its slot) a delta from ``tad`` on base
-        ``(tad.age, base_seq)`` with ``base_checksum`` composes onto, or why it may not
-        (docs/DESIGN.md §6). A delta from a stale location or during a move is refused
-        with MigrationError as a whole checkpoint would be."""
+    def delta_base(self, guid: str, tad: TAD, base_seq: int, base_name: int) -> Record | str:
+        """The latest checkpoint's record a delta from ``tad`` on base ``(tad.age,
+        base_seq)`` named ``base_name`` composes onto (its own CRC checked), or why it
+        may not (docs/DESIGN.md §6). A delta from a stale location or during a move is
+        refused with MigrationError as a whole checkpoint would be."""
         with self._env.env.begin() as txn:
             state = self.checkpoint_target(txn, guid, tad)
             held = f"({state.checkpoint_age}, {state.checkpoint_seq})"
             if (state.checkpoint_age, state.checkpoint_seq) != (tad.age, base_seq):
                 return f"its base ({tad.age}, {base_seq}) is not the latest checkpoint {held}"
             try:
-                latest = self._window.latest(txn, state)
+                latest = self._window.record(txn, guid, state.checkpoint_no)
             except CheckpointDamagedError as exc:
                 return f"the latest checkpoint {held} is damaged: {exc}"
-        if latest.checksum != base_checksum:
+        if latest.name != base_name:
             return (
-                f"its base has checksum {base_checksum:08x}, the latest checkpoint {held} "
-                f"{latest.checksum:08x}"
+                f"its base has checksum {base_name:08x}, the latest checkpoint {held} "
+                f"{latest.name:08x}"
             )
-        return latest, state.checkpoint_no
+        return latest
+
+    def composed(self, guid: str, number: int) -> State:
+        """The state checkpoint ``number`` of ``guid`` holds (CheckpointDamagedError if
+        its chain is damaged)."""
+        with self._env.env.begin() as txn:
+            return self._window.state(txn, guid, number)[1]
 
     def checkpoint_target(self, txn: lmdb.Transaction, guid: str, tad: TAD) -> AtomState:
         """The record a checkpoint from ``tad`` may be written to: refused (MigrationError)

@@ -31,12 +31,20 @@ from hermesx.core.snapshot import (
     CHUNK,
     AtomState,
     ReplyRecord,
+    Shape,
     decode_state,
     encode_state,
     memory_segments,
 )
 
-__all__ = ["StateDelta", "apply_delta", "compose", "decode_delta", "encode_delta"]
+__all__ = [
+    "StateDelta",
+    "apply_delta",
+    "compose",
+    "decode_delta",
+    "encode_delta",
+    "shape_after",
+]
 
 MAGIC = b"HXDELT"
 FORMAT_VERSION = 1
@@ -125,6 +133,23 @@ def _check_fit(delta: StateDelta, memory_size: int, replies: int) -> None:
         )
 
 
+def shape_after(shape: Shape, delta: StateDelta) -> Shape:
+    """The shape of the state ``delta`` makes of a state of ``shape``; StorageError when
+    it does not fit that state (exactly when :func:`compose` would refuse it)."""
+    _check_same(shape.guid, shape.module_hash, delta)
+    _check_fit(delta, shape.memory_size, shape.replies)
+    replies = shape.replies - delta.replies_dropped + len(delta.replies_added)
+    return Shape(shape.guid, shape.module_hash, delta.memory_size, replies)
+
+
+def _check_same(guid: str, module_hash: str, delta: StateDelta) -> None:
+    if guid != delta.rest.guid or module_hash != delta.rest.module_hash:
+        raise StorageError(
+            f"checkpoint delta of atom {delta.rest.guid} (module {delta.rest.module_hash[:12]}) "
+            f"does not fit the stored state of atom {guid}"
+        )
+
+
 def _composed(
     delta: StateDelta,
     memory: tuple[tuple[int, bytes], ...],
@@ -172,11 +197,7 @@ def compose(base: AtomState, delta: StateDelta) -> AtomState:
     memory, at the cost of copying only the runs a delta touches (rebuilding
     all runs of a 16 MiB memory took ~20 times longer).
     """
-    if base.guid != delta.rest.guid or base.module_hash != delta.rest.module_hash:
-        raise StorageError(
-            f"checkpoint delta of atom {delta.rest.guid} (module {delta.rest.module_hash[:12]}) "
-            f"does not fit the stored state of atom {base.guid}"
-        )
+    _check_same(base.guid, base.module_hash, delta)
     _check_fit(delta, base.memory_size, len(base.replies))
     starts = [offset for offset, _ in base.memory]
     edited: dict[int, bytearray] = {}

@@ -40,10 +40,12 @@ __all__ = [
     "FORMAT_VERSION",
     "AtomState",
     "ReplyRecord",
+    "Shape",
     "decode_state",
     "encode_state",
     "memory_segments",
     "snapshot_checksum",
+    "snapshot_shape",
     "verify_checksum",
     "yield_gil",
 ]
@@ -271,8 +273,18 @@ def _unpack_body(body: bytes | memoryview) -> list[Any]:
     return top
 
 
-def decode_state(data: bytes) -> AtomState:
-    """Parse a snapshot; StorageError when it is not one or is damaged."""
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """What a delta must fit in the state it is composed onto (hermesx.core.delta)."""
+
+    guid: str
+    module_hash: str
+    memory_size: int
+    replies: int
+
+
+def _body(data: bytes) -> bytes | memoryview:
+    """The msgpack body of snapshot ``data``; StorageError when it is not a snapshot."""
     header = len(MAGIC) + 2
     if len(data) < header or data[: len(MAGIC)] != MAGIC:
         raise StorageError("not a hermesx atom snapshot (bad magic)")
@@ -282,9 +294,36 @@ def decode_state(data: bytes) -> AtomState:
             f"atom snapshot format {version} is not supported (this runtime reads {FORMAT_VERSION})"
         )
     body: bytes | memoryview = memoryview(data)[header:]
-    try:
-        if flags & FLAG_ZLIB:
+    if flags & FLAG_ZLIB:
+        try:
             body = zlib.decompress(body)
+        except zlib.error as exc:
+            raise StorageError(f"atom snapshot is damaged: {exc}") from exc
+    return body
+
+
+def snapshot_shape(data: bytes) -> Shape:
+    """The :class:`Shape` of snapshot ``data``, read without building its state: the
+    memory runs, globals and KV are skipped, the replies only counted (a storesite
+    checks a delta against it without decoding a large state)."""
+    body = _body(data)
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=max(len(body), 1))
+    unpacker.feed(body)
+    try:
+        unpacker.read_array_header()
+        module_hash, guid, memory_size = unpacker.unpack(), unpacker.unpack(), unpacker.unpack()
+        for _ in range(3):  # memory runs, globals, KV entries
+            unpacker.skip()
+        replies = unpacker.read_array_header()
+        return Shape(str(guid), str(module_hash), int(memory_size), int(replies))
+    except (ValueError, TypeError, msgpack.UnpackException, msgpack.OutOfData) as exc:
+        raise StorageError(f"atom snapshot is damaged: {exc}") from exc
+
+
+def decode_state(data: bytes) -> AtomState:
+    """Parse a snapshot; StorageError when it is not one or is damaged."""
+    body = _body(data)
+    try:
         fields = _unpack_body(body)
         # Snapshots written before reply windows existed end at the generation.
         window: Any = [1024, 0.0, [], 0]

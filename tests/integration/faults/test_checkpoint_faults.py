@@ -55,7 +55,8 @@ def _restart_storesite(cluster: LocalCluster, client: Client) -> None:
 
 
 def _flip_a_bit_of_latest_checkpoint(cluster: LocalCluster, guid: str) -> None:
-    """Damage the latest checkpoint of ``guid`` on disk: one bit inside its snapshot.
+    """Damage the latest checkpoint of ``guid`` on disk: one bit inside its snapshot,
+    or inside its delta when it is a delta record (storesite.chain).
 
     The storesite is stopped. Its record is found through LMDB (read only),
     then the bit is flipped with a plain write into ``data.mdb``, as a disk
@@ -74,7 +75,8 @@ def _flip_a_bit_of_latest_checkpoint(cluster: LocalCluster, guid: str) -> None:
             record = bytes(txn.get(key, db=checkpoints))
     finally:
         env.close()
-    snapshot = msgpack.unpackb(record, raw=False)[3]
+    fields = msgpack.unpackb(record, raw=False)
+    snapshot = fields[3] if len(fields) == 6 else fields[4]
     path = lmdb_dir / "data.mdb"
     data = bytearray(path.read_bytes())
     start = data.find(record)
