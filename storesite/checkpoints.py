@@ -23,7 +23,7 @@ from dataclasses import replace
 
 import lmdb
 
-from hermesx.core.delta import compose, decode_delta
+from hermesx.core.delta import compose_chain, decode_delta
 from hermesx.core.errors import CheckpointDamagedError, MigrationError, StorageError
 from hermesx.core.identity import TAD
 from hermesx.core.snapshot import AtomState as State
@@ -172,9 +172,8 @@ class CheckpointWindow:
                 )
             chain.append(self.record(txn, guid, chain[-1].number - 1))
         try:
-            state = decode_state(chain[-1].data)
-            for part in reversed(chain[:-1]):
-                state = compose(state, decode_delta(part.data))
+            deltas = [decode_delta(part.data) for part in reversed(chain[:-1])]
+            state = compose_chain(decode_state(chain[-1].data), deltas)
         except StorageError as exc:
             raise CheckpointDamagedError(
                 f"checkpoint #{number} of atom {guid} is damaged: its chain from "

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import msgpack
@@ -41,6 +42,7 @@ __all__ = [
     "StateDelta",
     "apply_delta",
     "compose",
+    "compose_chain",
     "decode_delta",
     "encode_delta",
     "shape_after",
@@ -221,6 +223,36 @@ def compose(base: AtomState, delta: StateDelta) -> AtomState:
     if added:
         runs = sorted(runs + added)
     return _composed(delta, tuple(runs), dict(base.kv), base.replies)
+
+
+def compose_chain(base: AtomState, deltas: Sequence[StateDelta]) -> AtomState:
+    """The state ``deltas``, one after the other, make of ``base``: the same as
+    composing them one at a time, but each memory chunk, KV entry and reply is
+    copied once (a storesite reads a chain of delta records so, storesite.chain).
+    StorageError when a delta does not fit the state the ones before it made."""
+    if len(deltas) <= 1:
+        return compose(base, deltas[0]) if deltas else base
+    shape = Shape(base.guid, base.module_hash, base.memory_size, len(base.replies))
+    chunks: dict[int, bytes] = {}
+    ops: dict[bytes, bytes | None] = {}
+    added: list[ReplyRecord] = []
+    dropped = 0
+    for delta in deltas:
+        shape = shape_after(shape, delta)
+        chunks.update(delta.chunks)
+        ops.update(dict.fromkeys(delta.kv_delete))
+        ops.update(delta.kv_put)
+        added.extend(delta.replies_added)
+        dropped += delta.replies_dropped  # always from the head of the table
+    kv = dict(base.kv)
+    for key, value in ops.items():
+        if value is None:
+            kv.pop(key, None)
+        else:
+            kv[key] = value
+    last = deltas[-1]
+    memory = StateDelta(last.memory_size, tuple(sorted(chunks.items())), (), (), 0, (), last.rest)
+    return replace(compose(base, memory), kv=kv, replies=(base.replies + tuple(added))[dropped:])
 
 
 def _memory_of(state: AtomState) -> bytearray:

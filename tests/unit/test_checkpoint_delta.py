@@ -12,10 +12,17 @@ import pytest
 from wat.runtime_helpers import GUID_A, example
 
 from hermesx.core import codec
-from hermesx.core.delta import StateDelta, compose, decode_delta, encode_delta
+from hermesx.core.delta import StateDelta, compose, compose_chain, decode_delta, encode_delta
 from hermesx.core.errors import StorageError
 from hermesx.core.identity import TAD
-from hermesx.core.snapshot import CHUNK, AtomState, ReplyRecord, decode_state, memory_segments
+from hermesx.core.snapshot import (
+    CHUNK,
+    AtomState,
+    ReplyRecord,
+    decode_state,
+    encode_state,
+    memory_segments,
+)
 from hermesx.node.catalog import ActiveAtom
 from hermesx.node.checkpoints import IDLE_BASE_S, Checkpointing
 from hermesx.rpc.proto import hermesx_pb2 as pb
@@ -236,3 +243,51 @@ def test_an_idle_atom_gives_up_its_base_copy(runtime: Runtime) -> None:
     assert tracker.base == (1, 1)
     Checkpointing.forget_idle_base(active, active.last_used + IDLE_BASE_S + 1)
     assert tracker.base is None
+
+
+def test_a_chain_composed_at_once_is_the_chain_composed_one_at_a_time() -> None:
+    base = AtomState(
+        module_hash="ab" * 32,
+        guid="s1:chain",
+        memory_size=4 * CHUNK,
+        memory=((0, b"\x01" * CHUNK),),
+        globals=(("g", "i32", 0),),
+        kv={b"a": b"1", b"b": b"2"},
+        replies=(ReplyRecord("c/0", "", b"0", 1), ReplyRecord("c/1", "", b"1", 1)),
+    )
+    rest = replace(base, memory=(), kv={}, replies=())
+    deltas = [
+        StateDelta(
+            4 * CHUNK,
+            ((CHUNK, b"\x02" * CHUNK),),
+            ((b"c", b"3"),),
+            (b"a",),
+            1,
+            (ReplyRecord("c/2", "", b"2", 1),),
+            replace(rest, generation=1),
+        ),
+        StateDelta(
+            4 * CHUNK,
+            ((0, bytes(CHUNK)), (CHUNK, b"\x03" * CHUNK)),
+            ((b"a", b"4"),),
+            (b"c",),
+            2,
+            (ReplyRecord("c/3", "", b"3", 1),),
+            replace(rest, generation=2),
+        ),
+        StateDelta(
+            4 * CHUNK,
+            ((3 * CHUNK, b"\x05" * CHUNK),),
+            (),
+            (b"b",),
+            1,
+            (ReplyRecord("c/4", "", b"4", 1), ReplyRecord("c/5", "", b"5", 1)),
+            replace(rest, generation=3),
+        ),
+    ]
+    one_by_one = base
+    for delta in deltas:
+        one_by_one = compose(one_by_one, delta)
+    at_once = compose_chain(base, deltas)
+    assert encode_state(at_once) == encode_state(one_by_one)
+    assert at_once.kv == {b"a": b"4"} and [r.request_id for r in at_once.replies] == ["c/4", "c/5"]
