@@ -161,22 +161,17 @@ def test_a_damaged_delta_record_is_found_when_read_and_never_restored(store: Ato
     for generation in range(1, 5):
         name = _put(store, guid, generation, name)
     # A bit of slot 3 (generation 2) flips: slots 3, 4, 5 compose through it.
-    env = store._env
-    key = guid.encode() + b"/" + (3).to_bytes(8, "big")
-    with env.env.begin(write=True, db=env.checkpoints) as txn:
-        fields = msgpack.unpackb(bytes(txn.get(key)), raw=False)
-        delta = bytearray(fields[4])
-        delta[len(delta) // 2] ^= 0x10
-        fields[4] = bytes(delta)
-        txn.put(key, msgpack.packb(fields, use_bin_type=True))
+    _damage(store, guid, 3)
     with pytest.raises(CheckpointDamagedError) as info:
         store.latest_checkpoint(guid)
     message = str(info.value)
     assert f"checkpoint #3 of atom {guid}" in message and "is damaged" in message
     # Slot 2 holds generation 1 only, short of the 4 acknowledged: not restored.
     assert f"atom {guid} is not restored" in message
+    with store._env.env.begin(db=store._env.checkpoints) as txn:
+        raw = bytes(txn.get(guid.encode() + b"/" + (3).to_bytes(8, "big")))
     with pytest.raises(CheckpointDamagedError):
-        unpack_record(guid, msgpack.packb(fields, use_bin_type=True), 3)
+        unpack_record(guid, raw, 3)
     with pytest.raises(CheckpointDamagedError):
         store.checkpoint_history(guid)
 
@@ -269,3 +264,47 @@ def test_a_store_of_a_newer_format_is_refused(data_dir: pathlib.Path) -> None:
         env.close()
     with pytest.raises(Exception, match="is of format 9, newer than this storesite's 3"):
         AtomStore(SID, data_dir)
+
+
+def test_a_cut_that_finds_its_chain_damaged_refuses_the_delta(
+    store: AtomStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("storesite.chain.MAX_CHAIN", 4)
+    guid, name = _register(store)
+    for generation in range(1, 5):
+        name = _put(store, guid, generation, name)
+    _damage(store, guid, 2)  # the first delta: not the latest, so not checked by a delta
+    data = _delta(guid, 5)
+    check = Provenance(checksum=snapshot_checksum(data), generation=5)
+    outcome = put_delta(store, guid, TAD1, 5, data, check, 4, name)
+    assert not outcome.stored
+    assert "the chain of the latest checkpoint is damaged" in outcome.refused
+    assert f"checkpoint #2 of atom {guid}" in outcome.refused
+    assert store.get(guid).checkpoint_seq == 4
+    with pytest.raises(CheckpointDamagedError):
+        store.latest_checkpoint(guid)
+    # The node sends its whole state then: stored, and the atom is readable again.
+    state = AtomState(
+        module_hash="ab" * 32,
+        guid=guid,
+        memory_size=MEMORY,
+        memory=((0, b"\x01" + bytes(CHUNK - 1)),),
+        globals=(("g", "i32", 5),),
+        generation=5,
+    )
+    snapshot = encode_state(state)
+    check = Provenance(checksum=snapshot_checksum(snapshot), generation=5)
+    assert store.put_checkpoint(guid, TAD1, 6, snapshot, check)
+    assert store.latest_checkpoint(guid).snapshot == snapshot
+
+
+def _damage(store: AtomStore, guid: str, number: int) -> None:
+    """Flip a bit inside the delta stored in slot ``number``."""
+    env = store._env
+    key = guid.encode() + b"/" + number.to_bytes(8, "big")
+    with env.env.begin(write=True, db=env.checkpoints) as txn:
+        fields = msgpack.unpackb(bytes(txn.get(key)), raw=False)
+        delta = bytearray(fields[4])
+        delta[len(delta) // 2] ^= 0x10
+        fields[4] = bytes(delta)
+        txn.put(key, msgpack.packb(fields, use_bin_type=True))
