@@ -13,8 +13,8 @@ the storesite has stored the capture. :class:`AtomChanges` is the atom's
 role that reads its state for a tracker (``Atom.capture_changes``).
 
 Finding changed chunks: the base is a private copy of the memory, compared
-with ``memcmp`` in 256 KiB blocks and, inside a block that differs, per
-4 KiB chunk. Measured here (one run, loaded machine): an unchanged 16 MiB
+with ``memcmp`` in 256 KiB blocks and, inside a block that differs, in halves
+down to its 4 KiB chunks. Measured here (one run, loaded machine): an unchanged 16 MiB
 memory compares in ~1.6 ms, 1 MiB in 0.04 ms; per-chunk CRC-32 digests cost
 ~4 times that. The price is a second copy of each tracked atom's memory on its node.
 """
@@ -74,13 +74,19 @@ def changed_chunks(address: int, size: int, base: bytearray) -> list[int]:
     """Offsets of the 4 KiB chunks of the ``size`` bytes at ``address`` unlike ``base``'s."""
     base_address = _address(base)
     changed: list[int] = []
-    for block in range(0, size, BLOCK):
-        length = min(BLOCK, size - block)
-        if not _memcmp(address + block, base_address + block, length):
+    # A block that differs is halved until its chunks are found: a call changes a
+    # chunk or two, found in ~13 comparisons of a block instead of 64.
+    pending = [(block, min(BLOCK, size - block)) for block in range(0, size, BLOCK)][::-1]
+    while pending:
+        start, length = pending.pop()
+        if not _memcmp(address + start, base_address + start, length):
             continue
-        for offset in range(block, block + length, CHUNK):
-            if _memcmp(address + offset, base_address + offset, min(CHUNK, size - offset)):
-                changed.append(offset)
+        if length <= CHUNK:
+            changed.append(start)
+            continue
+        half = (length + CHUNK) // (2 * CHUNK) * CHUNK
+        pending.append((start + half, length - half))
+        pending.append((start, half))
     return changed
 
 

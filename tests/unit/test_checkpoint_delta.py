@@ -85,6 +85,22 @@ def test_changed_chunks_finds_exactly_the_chunks_that_differ() -> None:
     ]
 
 
+def test_changed_chunks_agrees_with_comparing_every_chunk() -> None:
+    rng = random.Random(3)
+    for _ in range(40):
+        size = rng.choice((CHUNK, 3 * CHUNK, 64 * CHUNK, 200 * CHUNK + 100))
+        memory = bytearray(rng.randbytes(size))
+        base = bytearray(memory)
+        for _ in range(rng.randint(0, 6)):
+            memory[rng.randrange(size)] ^= 0x01
+        every = [
+            offset
+            for offset in range(0, size, CHUNK)
+            if memory[offset : offset + CHUNK] != base[offset : offset + CHUNK]
+        ]
+        assert changed_chunks(_address(memory), size, base) == every
+
+
 def test_a_delta_composed_onto_its_base_is_the_new_state() -> None:
     size = 16 * CHUNK
     memory = bytearray(size)
