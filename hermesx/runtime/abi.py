@@ -71,6 +71,7 @@ OPTIONAL_EXPORTS: dict[str, tuple[str, str]] = {
     "hx_interrupt": ("iii", ""),
     "hx_future": ("iiii", ""),
     "hx_main": ("", ""),
+    "hx_inbox": ("", "i"),
 }
 
 LOOKUP_MODES = {0: "exact", 1: "any", 2: "all"}

@@ -237,5 +237,6 @@ class Atom(AtomSyscalls, AtomChanges):
         except Exception:
             logger.exception("atom %s: daemon failed inside the runtime", self.guid)
         finally:
+            inst.clear_reply()
             self._frames.pop()
             self._leave()
