@@ -102,8 +102,11 @@ class WasmInstance:
     Not thread-safe: the runtime lets one thread at a time use an instance.
     """
 
-    def __init__(self, store: wasmtime.Store, max_payload_bytes: int) -> None:
+    def __init__(self, store: wasmtime.Store, max_payload_bytes: int, epochs: Any = None) -> None:
         self.store = store
+        # What counts the engine's epoch ticks (an ``epoch`` int: the Runtime), if any.
+        self._epochs = epochs
+        self._set_at = (-1, -1)  # (count of ticks, ticks) of the deadline set last
         self.ctx = store._context()
         self.max_payload = max_payload_bytes
         self.host_error: BaseException | None = None
@@ -264,7 +267,19 @@ class WasmInstance:
     # -- calls --------------------------------------------------------------
 
     def set_deadline(self, ticks: int) -> None:
-        """The epoch deadline (CPU budget) of the code about to run: ``ticks`` from now."""
+        """The epoch deadline (CPU budget) of the code about to run: ``ticks`` from now.
+
+        The deadline is the engine's epoch plus ``ticks``; when the same ``ticks``
+        were set since the last tick, it is set already. The ticker bumps the
+        engine's epoch, then its count: a deadline set between the two can come
+        one tick early, which the extra tick of ``Runtime.ticks_for`` covers.
+        """
+        epochs = self._epochs
+        if epochs is not None:
+            at = (epochs.epoch, ticks)
+            if at == self._set_at:
+                return
+            self._set_at = at
         value = self._deadline
         if value.value != ticks:  # calls in a row usually get the atom's whole budget
             value = self._deadline = ctypes.c_uint64(ticks)
