@@ -69,6 +69,7 @@ class Atom(AtomSyscalls, AtomChanges):
         self.replies = ReplyTable(ReplyWindow(runtime.reply_table_size))
         self._kv_bytes = 0
         self._memory_allowance = -1
+        self._memory_cap = runtime.memory_limit_bytes
         self._generation = 0
         self._frames = []
         self._next_future = 1
