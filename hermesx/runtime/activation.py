@@ -161,10 +161,8 @@ class AtomActivations(AtomMemory):
         frame = Frame(method, (*chain, self.guid), budget, deadline, open_chain)
         frames.append(frame)
         frame.seg_start = now
-        inst.set_deadline(ticks)
         try:
-            status = inst.invoke(method.encode("utf-8"), args, idle)
-            self._take_reply(frame)
+            status = inst.invoke(method.encode("utf-8"), args, idle, ticks)
         except WasmFault as fault:
             self._unwind_stack(sp)
             raise self._translate(fault, method) from fault
@@ -172,12 +170,19 @@ class AtomActivations(AtomMemory):
             frames.pop()
             if frames:
                 self._resume()
-        if frame.too_large:
+        # A reply in the inbox's slot is the call's last one (atoms/ABI.md "The inbox").
+        in_slot = inst.reply
+        if in_slot is None:
+            reply, too_large = frame.reply, frame.too_large
+        elif isinstance(in_slot, bytes):
+            reply, too_large = in_slot, 0
+        else:
+            reply, too_large = None, in_slot
+        if too_large:
             raise PayloadTooLargeError(
-                f"atom {self.guid}: result of {method} is {frame.too_large} bytes, over the "
+                f"atom {self.guid}: result of {method} is {too_large} bytes, over the "
                 f"{self._rt.max_payload_bytes}-byte limit"
             )
-        reply = frame.reply
         if status != 0:
             text = reply.decode("utf-8", errors="replace") if reply else f"status {status}"
             raise MethodError(f"atom {self.guid}: {method} failed: {text}")
