@@ -4,7 +4,9 @@
  * Include it in the one .c file of an atom and build with `hermesx build`
  * (hermesx/build.py). It gives the atom:
  *   - the exports every atom needs: hx_abi_version, hx_alloc (a bump arena,
- *     see below; define HX_NO_ALLOC to bring your own) and hx_future;
+ *     see below; define HX_NO_ALLOC to bring your own) and hx_future, and
+ *     hx_inbox, which spares a call two of its three crossings between the
+ *     runtime and the atom (see "inbox" below; HX_NO_INBOX leaves it out);
  *   - HX_METHODS(...) for hx_invoke with method dispatch by name,
  *     HX_INIT(fn), HX_MAIN(fn) and HX_INTERRUPTS(...) for the optional exports;
  *   - typed wrappers of every `hx` syscall, reply helpers, and msgpack
