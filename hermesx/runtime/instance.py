@@ -303,22 +303,23 @@ class WasmInstance:
         out here, not through the helpers, each Python call costing about 0.1 µs.
         """
         epochs = self._epochs
-        if epochs is None or (epochs.epoch, ticks) != self._set_at:
+        if epochs is None or epochs.epoch != self._set_at[0] or ticks != self._set_at[1]:
             self.set_deadline(ticks)
         split = len(method)
         end = split + len(args)
         raw_view = self._raw_view
         if idle and end <= self._inbox_cap:
             ptr = self._inbox  # inside the memory: checked when bound, and memory never shrinks
+            self._view[ptr : ptr + end] = method + args  # small: one copy into wasm, not two
         else:
             _ONE_U32.pack_into(raw_view, 0, end)
             ptr = self._call(self._alloc_ref, "hx_alloc")
-            if end and (ptr <= 0 or ptr + end > self._size):
-                self._check_alloc(ptr, end)
-        if end:
-            view = self._view
-            view[ptr : ptr + split] = method
-            view[ptr + split : ptr + end] = args
+            if end:
+                if ptr <= 0 or ptr + end > self._size:
+                    self._check_alloc(ptr, end)
+                view = self._view
+                view[ptr : ptr + split] = method
+                view[ptr + split : ptr + end] = args
         _FOUR_U32.pack_into(raw_view, 0, ptr & _U32, split, (ptr + split) & _U32, end - split)
         raw = self._raw
         error = _call_unchecked(self.ctx, self._invoke_ref, raw, self._raw_len, self._trap_ref)
