@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import wasmtime
 
-from hermesx.core.errors import CallCycleError, PayloadTooLargeError
+from hermesx.core.errors import CallCycleError, HermesError, PayloadTooLargeError
 from hermesx.core.replies import ReplyTable, ReplyWindow
 from hermesx.core.snapshot import encode_state
 from hermesx.runtime.activation import Frame, replay
@@ -167,8 +167,10 @@ class Atom(AtomSyscalls, AtomChanges):
                 return self._run_recorded(method, args, request_id, chain, deadline, opened, seen)
             try:
                 result = self._execute(method, args, chain, deadline, opened)
-            finally:
-                self._generation += 1
+            except HermesError:
+                self._generation += 1  # as _run_recorded counts them
+                raise
+            self._generation += 1
             return result
         finally:
             with lock:
