@@ -97,6 +97,10 @@ class CallLimits:
     max_frame: int = DEFAULT_MAX_FRAME_BYTES
     handshake_s: float = 5.0
     first_frame_s: float = 10.0  # a connection that sends no request by then is closed
+    frame_s: float = 10.0  # a frame begun must be whole by then (a trickling peer is closed)
+    # With every slot taken, a new connection takes the slot of the one whose last
+    # request is oldest, if it has none running and sent none for this long.
+    evict_idle_s: float = 1.0
     write_stall_s: float = 30.0  # a peer that reads none of its replies for this long
 
 
@@ -106,6 +110,7 @@ class _Connection:
     link: Link | None = None
     identity: security.PeerIdentity | None = None
     in_flight: int = 0
+    last_frame: float = 0.0  # time.monotonic() of its last request (or of its handshake)
 
 
 class CallServer:
@@ -199,10 +204,18 @@ class CallServer:
             peer = f"{address[0]}:{address[1]}"
             with self._lock:
                 full = len(self._connections) >= self.limits.max_connections
-                if not full:
+                idle = self._idlest() if full else None
+                if not full or idle is not None:
                     connection = _Connection(peer)
                     self._connections.add(connection)
-            if full:
+            if idle is not None and idle.link is not None:
+                # Idle connections are harmless until the slots run out; then a
+                # caller that wants to call goes before one that does not.
+                idle.link.close(
+                    f"evicted: no request for {time.monotonic() - idle.last_frame:.0f} s, "
+                    f"and {peer} needed its slot ({self.limits.max_connections} open, the limit)"
+                )
+            elif full:
                 log.warning(
                     "%s: refused the call connection from %s: %d connections open, the limit",
                     self.name,
@@ -214,6 +227,22 @@ class CallServer:
             threading.Thread(
                 target=self._serve, args=(sock, connection), name="call-link", daemon=True
             ).start()
+
+    def _idlest(self) -> _Connection | None:
+        """Under ``_lock``: the connection whose last request is oldest, of those past
+        their handshake with no request running, no reply waiting to go, and no request
+        for ``evict_idle_s`` (one trickling a frame is idle too); None if there is none."""
+        cutoff = time.monotonic() - self.limits.evict_idle_s
+        idle = [
+            c
+            for c in self._connections
+            if c.link is not None
+            and c.link.closed is None
+            and c.in_flight == 0
+            and c.link.backlog == 0
+            and c.last_frame < cutoff
+        ]
+        return min(idle, key=lambda c: c.last_frame, default=None)
 
     def _serve(self, sock: socket.socket, connection: _Connection) -> None:
         try:
@@ -244,6 +273,7 @@ class CallServer:
                 return str(exc)
             except OSError as exc:
                 return f"no TLS handshake: {exc}"
+        connection.last_frame = time.monotonic()
         link = connection.link = Link(
             sock, session, max_frame=self.limits.max_frame, write_stall_s=self.limits.write_stall_s
         )
@@ -269,6 +299,7 @@ class CallServer:
                 and link.backlog < self.limits.max_backlog
             ),
             first_frame_s=self.limits.first_frame_s,
+            frame_s=self.limits.frame_s,
         )
         if reason in ("the peer closed the connection", "the server stops"):
             log.debug("%s: call connection from %s ended: %s", self.name, connection.peer, reason)
@@ -278,7 +309,7 @@ class CallServer:
     # ------------------------------------------------------------ requests
 
     def _received(self, connection: _Connection, link: Link, frames: list[Frame]) -> None:
-        now = time.monotonic()
+        now = connection.last_frame = time.monotonic()
         for frame in frames:
             if not isinstance(frame, Request):
                 raise FrameError(f"a {type(frame).__name__.lower()} frame sent to the server")

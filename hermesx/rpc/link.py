@@ -208,12 +208,15 @@ class Link:
         *,
         reading: Callable[[], bool] = lambda: True,
         first_frame_s: float | None = None,
+        frame_s: float | None = None,
     ) -> str:
         """Read, hand frames on, flush the outbox, until the link closes; returns why.
 
         ``reading`` says whether to read now (False holds the peer back: TCP
         pushes back on it); without a whole frame within ``first_frame_s`` the
-        link closes.
+        link closes, and so it does when a frame begun is not whole within
+        ``frame_s`` of reading on (a peer trickling a frame, or stopping inside
+        one, would hold its buffer and its connection for ever).
         """
         poller = select.poll()
         fd = self.sock.fileno()
@@ -221,6 +224,7 @@ class Link:
         registered = -1
         got_frame = first_frame_s is None
         opened = time.monotonic()
+        frame_began: float | None = None  # when a frame still unfinished began to come
         try:
             # The peer's first request may have come in with the last bytes of the
             # TLS handshake: it waits in the session already, not in the socket.
@@ -230,7 +234,8 @@ class Link:
                     self._frames.add(early)
             while self.closed is None:
                 # Frames held back while reading() was False go on once it is True.
-                got_frame = self._hand_on(on_frames, reading) or got_frame
+                if self._hand_on(on_frames, reading):
+                    got_frame, frame_began = True, None
                 with self._lock:
                     flushing = bool(self._outbox)
                     if self._closing is not None and not flushing:
@@ -255,8 +260,10 @@ class Link:
                             break
                         if data:
                             self._frames.add(data)
-                            got_frame = self._hand_on(on_frames, reading) or got_frame
+                            if self._hand_on(on_frames, reading):
+                                got_frame, frame_began = True, None
                 now = time.monotonic()
+                frame_began = self._frame_clock(frame_began, now, frame_s, reading)
                 if not got_frame and now - opened > (first_frame_s or 0):
                     self.close_after(
                         encode_error(0, "communication", "no request in time; closing"),
@@ -292,6 +299,26 @@ class Link:
             on_frames([frame])
             handed = True
         return handed
+
+    def _frame_clock(
+        self, began: float | None, now: float, frame_s: float | None, reading: Callable[[], bool]
+    ) -> float | None:
+        """When the unfinished frame received began (None: none), closing the link once
+        it is older than ``frame_s``. Only while reading: frames held back are ours to wait
+        for, and what they hold back is then whole frames, not one begun."""
+        # (A TLS record cut short is invisible here: OpenSSL holds its bytes, at most
+        # one record's 16 KiB. Such a connection sent no request lately, so a listener
+        # short of slots takes its slot first.)
+        if frame_s is None or not self._frames.pending or not reading() or self._closing:
+            return None
+        if began is None:
+            return now
+        if now - began > frame_s:
+            self.close_after(
+                encode_error(0, "communication", "a frame not finished in time; closing"),
+                f"no whole frame within {frame_s:g} s of its first bytes{self._inside_frame()}",
+            )
+        return began
 
     def _drain_for(self, seconds: float) -> None:
         """Flush the outbox for up to ``seconds`` (a goodbye frame), then close."""

@@ -1,0 +1,176 @@
+"""A slowloris on a real node's call listener (docs/DESIGN.md §4.1 "Limits").
+
+Peers with the cluster's client certificate take every connection slot of
+node n1's call listener: each sends a request's first bytes and then
+trickles the rest or stops inside it. Before, each held its slot for ever
+and a new caller was refused (it fell back to gRPC); now a new caller takes
+the slot of the idlest one, every trickling peer is closed once its frame is
+not whole within the listener's frame time, each with one line in the
+node's log, and a caller in the background sees no call fail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pathlib
+import socket
+import ssl
+import struct
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from hermesx.client import Client
+from hermesx.core.errors import HermesError
+from hermesx.local.cluster import LocalCluster
+from hermesx.rpc import security
+from hermesx.rpc.frames import FrameReader, Reply, encode_request
+from hermesx.rpc.node_client import call_address
+from hermesx.rpc.proto import hermesx_pb2 as pb
+from hermesx.testing.clusters import part_log, wait_for_log
+from hermesx.testing.plugin import ClusterFactory
+from hermesx.testing.wait import wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+SLOTS = 256  # the listener's connection limit (CallLimits.max_connections)
+
+
+@pytest.fixture(scope="module")
+def pair(cluster_factory: ClusterFactory) -> LocalCluster:
+    return cluster_factory(2)
+
+
+@pytest.fixture
+def client(pair: LocalCluster) -> Iterator[Client]:
+    with Client(pair.zk, pair.name) as c:
+        yield c
+
+
+def _context(pair: LocalCluster) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    certs = security.load_certs(pair.tls_dir)
+    context.load_verify_locations(certs.ca_cert)
+    context.load_cert_chain(certs.cert("client"), certs.key("client"))
+    return context
+
+
+def _open(context: ssl.SSLContext, address: str) -> ssl.SSLSocket | None:
+    host, _, port = address.rpartition(":")
+    raw = socket.create_connection((host, int(port)), timeout=10)
+    try:
+        return context.wrap_socket(raw, server_hostname=security.TARGET_NAME)
+    except OSError:  # refused at accept: every slot taken
+        raw.close()
+        return None
+
+
+def _closed_by_peer(sock: ssl.SSLSocket) -> bool:
+    sock.settimeout(0)
+    try:
+        while sock.recv(65536):
+            pass
+        return True
+    except (ssl.SSLWantReadError, BlockingIOError):
+        return False
+    except OSError:
+        return True
+
+
+class _Background:
+    """Calls an atom on n1 in a loop until stopped; keeps every failure."""
+
+    def __init__(self, client: Client, name: str) -> None:
+        self._atom = client.atom(name)
+        self._stop = threading.Event()
+        self.calls = 0
+        self.failures: list[str] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._atom.incr(1)
+                self.calls += 1
+            except HermesError as exc:
+                self.failures.append(f"{exc.kind}: {exc}")
+            self._stop.wait(0.02)
+
+    def __enter__(self) -> _Background:
+        self._thread.start()
+        wait_until(lambda: self.calls >= 3, 30.0, "the background caller's first calls")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30.0)
+
+
+def test_a_slowloris_holds_no_slot_a_caller_needs(
+    pair: LocalCluster, client: Client, atoms: dict[str, pathlib.Path], unique_name: str
+) -> None:
+    guid = client.create(atoms["counter"], name=unique_name, on="n1")
+    address = call_address(client.nodes()["n1"])
+    assert address is not None
+    context = _context(pair)
+    request = encode_request(1, "invoke", 10.0, b"\x0a" + bytes([60]) + b"x" * 60)
+    holders: list[ssl.SSLSocket] = []
+    stop = threading.Event()
+
+    def trickle() -> None:
+        """Every other holder sends one more byte of its frame each second."""
+        sent = 8
+        while not stop.wait(1.0) and sent < len(request) - 1:
+            for sock in holders[::2]:
+                with contextlib.suppress(OSError):
+                    sock.sendall(request[sent : sent + 1])
+            sent += 1
+
+    trickler = threading.Thread(target=trickle, daemon=True)
+    with _Background(client, unique_name) as background:
+        try:
+            for _ in range(SLOTS):
+                sock = _open(context, address)
+                if sock is not None:
+                    sock.sendall(request[:8])  # a header and a few bytes: then slow
+                    holders.append(sock)
+            trickler.start()
+            assert len(holders) >= SLOTS - 8, len(holders)  # the caller's own connections
+            # With every slot held, a new caller is served on the channel: the idlest
+            # holder makes room.
+            newcomer = _open(context, address)
+            assert newcomer is not None, "refused: the slowloris holds every slot"
+            with newcomer:
+                body = pb.InvokeRequest(guid=guid, method="get", timeout=10.0)
+                newcomer.sendall(encode_request(7, "invoke", 10.0, body.SerializeToString()))
+                reader, frames = FrameReader(), []
+                while not frames:
+                    data = newcomer.recv(65536)
+                    assert data, "the newcomer's connection was closed"
+                    frames = reader.feed(data)
+            assert isinstance(frames[0], Reply) and frames[0].id == 7, frames
+            assert pb.InvokeReply.FromString(frames[0].body).WhichOneof("outcome") == "result"
+            wait_for_log(pair, "node-n1", "evicted: no request for")
+            # And no holder keeps its slot past the frame time (10 s) for long.
+            wait_until(
+                lambda: all(_closed_by_peer(sock) for sock in holders),
+                60.0,
+                "the node to close every slowloris connection",
+            )
+        finally:
+            stop.set()
+            if trickler.is_alive():
+                trickler.join(10)
+            for sock in holders:
+                sock.close()
+        after = background.calls + 3
+        wait_until(lambda: background.calls >= after, 30.0, "calls after the attack")
+    assert background.failures == []
+    log = part_log(pair, "node-n1")
+    closed = [line for line in log.splitlines() if "closed the call connection" in line]
+    assert sum("no whole frame within 10 s of its first bytes" in line for line in closed) > 0
+    assert sum("evicted: no request for" in line for line in closed) >= 1
+    # Every holder's end was logged, each in one line with its reason.
+    assert len(closed) >= len(holders)
+    assert struct.unpack("!I", request[:4])[0] == len(request) - 4
