@@ -22,6 +22,7 @@ from hermesx.core.identity import TAD
 from hermesx.node.admission import Admission
 from hermesx.node.catalog import ActiveAtom
 from hermesx.node.checkpoints import Checkpointing
+from hermesx.node.claims import refuse_node_fields
 from hermesx.node.config import NodeConfig
 from hermesx.node.context import NodeContext
 from hermesx.node.creation import Creation
@@ -32,6 +33,7 @@ from hermesx.node.migration_source import MigrationSource
 from hermesx.node.passivation import Passivation
 from hermesx.node.testhooks import TestHooks
 from hermesx.observe import atomlog, tracing
+from hermesx.rpc import security
 from hermesx.rpc.convert import tad_to_pb
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
@@ -72,6 +74,10 @@ class NodeServicer(pbg.SupervisorServicer):
     # ------------------------------------------------------------ calls
 
     def Invoke(self, request: pb.InvokeRequest, context: grpc.ServicerContext) -> pb.InvokeReply:
+        if request.caller_node and (
+            refused := refuse_node_fields(request, security.peer_identity(context), self._name)
+        ):
+            return refused
         return self._dispatcher.serve_invoke(request)
 
     def Send(self, request: pb.SendRequest, context: grpc.ServicerContext) -> pb.SendReply:
