@@ -25,7 +25,7 @@ from hermesx.client import Client
 from hermesx.core.errors import HermesError
 from hermesx.local.cluster import LocalCluster
 from hermesx.rpc import security
-from hermesx.rpc.frames import FrameReader, Reply, encode_request
+from hermesx.rpc.frames import Frame, FrameReader, Reply, encode_request
 from hermesx.rpc.node_client import call_address
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.testing.clusters import part_log, wait_for_log
@@ -144,7 +144,7 @@ def test_a_slowloris_holds_no_slot_a_caller_needs(
             with newcomer:
                 body = pb.InvokeRequest(guid=guid, method="get", timeout=10.0)
                 newcomer.sendall(encode_request(7, "invoke", 10.0, body.SerializeToString()))
-                reader, frames = FrameReader(), []
+                reader, frames = FrameReader(), list[Frame]()
                 while not frames:
                     data = newcomer.recv(65536)
                     assert data, "the newcomer's connection was closed"
