@@ -91,6 +91,10 @@ class CallLimits:
 
     max_connections: int = 256
     max_in_flight: int = 64  # per connection
+    # Bytes of request bodies running or waiting, all connections together, past which
+    # no connection is read (64 requests of 8 MiB on each of 256 connections would be
+    # 128 GiB); reading resumes as they finish.
+    max_held_bytes: int = 256 * 2**20
     # Replies a connection's peer has not read yet, past which its requests
     # are no longer read (so at most this plus its requests in flight).
     max_backlog: int = 2**20
@@ -141,6 +145,7 @@ class CallServer:
         )
         self._lock = threading.Lock()
         self._connections: set[_Connection] = set()
+        self._held_bytes = 0  # bodies of the requests running or waiting (max_held_bytes)
         self._listener: socket.socket | None = None
         self._stopping = threading.Event()
 
@@ -151,6 +156,11 @@ class CallServer:
     @property
     def connections(self) -> int:
         return len(self._connections)
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of the request bodies running or waiting now."""
+        return self._held_bytes
 
     # ------------------------------------------------------------ start, stop
 
@@ -296,6 +306,7 @@ class CallServer:
             lambda frames: self._received(connection, link, frames),
             reading=lambda: (
                 connection.in_flight < self.limits.max_in_flight
+                and self._held_bytes < self.limits.max_held_bytes
                 and link.backlog < self.limits.max_backlog
             ),
             first_frame_s=self.limits.first_frame_s,
@@ -329,6 +340,7 @@ class CallServer:
                 continue
             with self._lock:
                 connection.in_flight += 1
+                self._held_bytes += len(frame.body)
             call = Call(frame.kind, frame.body, now + frame.timeout, frame.meta, identity)
             self._pool.submit(self._dispatch, connection, link, frame.id, handler, call)
 
@@ -360,6 +372,12 @@ class CallServer:
         finally:
             with self._lock:
                 connection.in_flight -= 1
+                self._held_bytes -= len(call.body)
                 resume = connection.in_flight == self.limits.max_in_flight - 1
-            if resume:
-                link.wake()
+                woken = [link] if resume else []
+                held = self._held_bytes
+                if held < self.limits.max_held_bytes <= held + len(call.body):
+                    # Every connection waited for the bytes held to go down: wake them all.
+                    woken = [c.link for c in self._connections if c.link is not None]
+            for each in woken:
+                each.wake()

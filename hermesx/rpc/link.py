@@ -189,8 +189,13 @@ class Link:
 
     def wake(self) -> None:
         """Make :meth:`run` look again (there is output, or reading may resume)."""
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"!")
+        with self._lock:
+            # Once run() has ended its pipe is closed, and its number may be another
+            # file's or connection's by now: a byte written there would corrupt it.
+            if self._wake_w < 0:
+                return
+            with contextlib.suppress(OSError):
+                os.write(self._wake_w, b"!")
 
     def _close_locked(self, reason: str) -> None:
         if self.closed is not None:
@@ -281,9 +286,11 @@ class Link:
             self.close(self.closed or "closed")
             with contextlib.suppress(OSError):
                 self.sock.close()
-            for pipe_fd in (self._wake_r, self._wake_w):
-                with contextlib.suppress(OSError):
-                    os.close(pipe_fd)
+            with self._lock:
+                for pipe_fd in (self._wake_r, self._wake_w):
+                    with contextlib.suppress(OSError):
+                        os.close(pipe_fd)
+                self._wake_r = self._wake_w = -1
         return self.closed or "closed"
 
     def _hand_on(

@@ -15,6 +15,7 @@ import pathlib
 import socket
 import ssl
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,8 +24,9 @@ import pytest
 
 from hermesx.rpc import security
 from hermesx.rpc.callclient import CallPool
-from hermesx.rpc.callserver import CallLimits, CallServer
+from hermesx.rpc.callserver import Call, CallLimits, CallServer
 from hermesx.rpc.frames import Error, Frame, FrameReader, Reply, encode_request
+from hermesx.rpc.link import Link
 from hermesx.rpc.wire import TLSIdentity
 from hermesx.testing.wait import wait_until
 
@@ -239,3 +241,76 @@ def test_the_goodbye_names_the_reason() -> None:
         assert frames[0].id == 0 and "not finished in time" in frames[0].message
     finally:
         served.stop()
+
+
+def test_the_request_bodies_held_at_once_are_bounded_across_connections() -> None:
+    """Each connection may have 64 requests running or waiting; with frames of up to
+    8 MiB on 256 connections that is 128 GiB. Past ``max_held_bytes`` of bodies held,
+    the listener reads no connection until some finish; every request is still served."""
+    release = threading.Event()
+    limits = CallLimits(max_held_bytes=4 * 2**20)
+    served = CallServer("slots server", workers=1, tls=None, limits=limits)
+
+    def hold(call: Call) -> bytes:
+        release.wait(60)
+        return b"ok"
+
+    served.register("hold", hold, "Supervisor/Invoke")
+    address = served.start("127.0.0.1:0")
+    body = b"x" * 2**20
+    answered: list[int] = []
+
+    def peer() -> None:
+        with _connect(address) as sock:
+            frames = b"".join(encode_request(i, "hold", 60.0, body) for i in range(1, 21))
+            sender = threading.Thread(target=sock.sendall, args=(frames,))
+            sender.start()
+            reader, replies = FrameReader(), list[Frame]()
+            while len(replies) < 20:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                replies += reader.feed(data)
+            sender.join(30)
+            answered.append(sum(isinstance(r, Reply) for r in replies))
+
+    peers = [threading.Thread(target=peer) for _ in range(3)]
+    try:
+        for each in peers:
+            each.start()
+        wait_until(lambda: served.held_bytes >= 4 * 2**20, 30.0, "the budget to fill")
+        time.sleep(0.5)  # the peers keep writing: the listener must not read on
+        assert served.held_bytes <= (4 + 3) * 2**20, served.held_bytes  # a frame each past it
+        release.set()
+        for each in peers:
+            each.join(60)
+        assert answered == [20, 20, 20]
+        wait_until(lambda: served.held_bytes == 0, 10.0, "the bodies to be let go")
+    finally:
+        release.set()
+        served.stop()
+
+
+def test_waking_a_link_after_it_ended_writes_into_no_other_file() -> None:
+    """A reply finishing after its connection ended wakes the link: its wake-up pipe is
+    closed by then and the number may belong to another connection, whose stream a
+    stray byte would corrupt."""
+    mine, theirs = socket.socketpair()
+    link = Link(mine, max_frame=1024)
+    running = threading.Thread(target=link.run, args=(lambda frames: None,))
+    running.start()
+    link.close("done")
+    running.join(10)
+    theirs.close()
+    others = [socket.socketpair() for _ in range(4)]  # they take the freed numbers
+    try:
+        link.wake()
+        for pair in others:
+            for end in pair:
+                end.setblocking(False)
+                with pytest.raises(BlockingIOError):
+                    end.recv(16)
+    finally:
+        for pair in others:
+            for end in pair:
+                end.close()
