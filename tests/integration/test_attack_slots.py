@@ -1,4 +1,4 @@
-"""A slowloris on a real node's call listener (docs/DESIGN.md §4.1 "Limits").
+"""Peers that hold a real node's call listener (docs/DESIGN.md §4.1 "Limits").
 
 Peers with the cluster's client certificate take every connection slot of
 node n1's call listener: each sends a request's first bytes and then
@@ -174,3 +174,38 @@ def test_a_slowloris_holds_no_slot_a_caller_needs(
     # Every holder's end was logged, each in one line with its reason.
     assert len(closed) >= len(holders)
     assert struct.unpack("!I", request[:4])[0] == len(request) - 4
+
+
+def test_a_peer_that_calls_and_never_reads_costs_a_bounded_outbox_and_loses_its_connection(
+    pair: LocalCluster, client: Client, atoms: dict[str, pathlib.Path], unique_name: str
+) -> None:
+    """A peer sends requests whose replies are large (an echo of 256 KiB) and reads none:
+    the replies fill the kernel's buffers, then the connection's outbox; the node stops
+    reading that peer's requests and closes it after 30 s without a byte read (§4.1),
+    while a caller in the background sees no call fail."""
+    counter = f"{unique_name}c"
+    client.create(atoms["counter"], name=counter, on="n1")
+    echo = client.create(atoms["echo"], name=unique_name, on="n1", checkpoint="on-request")
+    address = call_address(client.nodes()["n1"])
+    assert address is not None
+    payload = b"\xc6" + (2**18).to_bytes(4, "big") + b"e" * 2**18  # msgpack bin 32
+    request = pb.InvokeRequest(
+        guid=echo, method="echo", args=payload, timeout=60.0
+    ).SerializeToString()
+    sock = _open(_context(pair), address)
+    assert sock is not None
+    sent = 0
+    with _Background(client, counter) as background, sock:
+        sock.settimeout(1.0)
+        # Until the node stops reading us (its outbox for us is full) or closes us.
+        with contextlib.suppress(OSError):
+            for i in range(1, 400):
+                sock.sendall(encode_request(i, "invoke", 60.0, request))
+                sent = i
+        log = wait_for_log(pair, "node-n1", "read none of our replies for 30 s", timeout=120.0)
+        after = background.calls + 3
+        wait_until(lambda: background.calls >= after, 30.0, "calls after the attack")
+    assert background.failures == []
+    assert sent < 399, "every request was read: the node buffered 100 MiB of replies"
+    line = next(x for x in log.splitlines() if "read none of our replies" in x)
+    assert "closed the call connection" in line
