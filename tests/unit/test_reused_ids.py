@@ -106,3 +106,15 @@ def test_a_record_without_a_digest_is_answered_as_before(runtime: Runtime) -> No
     rid = RequestIds().next()
     atom.replies.restore(atom.replies.window, (ReplyRecord(rid, "", codec.pack(7)),), (), 0)
     assert codec.unpack(atom.invoke("get", b"", request_id=rid)) == 7
+
+
+def test_long_arguments_differing_in_length_head_or_tail_are_told_apart() -> None:
+    base = bytes(200_000)
+    digests = {
+        call_digest("m", base),
+        call_digest("m", base + b"\x00"),
+        call_digest("m", b"\x01" + base[1:]),
+        call_digest("m", base[:-1] + b"\x01"),
+        call_digest("n", base),
+    }
+    assert len(digests) == 5
