@@ -101,7 +101,10 @@ class CallLimits:
     max_frame: int = DEFAULT_MAX_FRAME_BYTES
     handshake_s: float = 5.0
     first_frame_s: float = 10.0  # a connection that sends no request by then is closed
-    frame_s: float = 10.0  # a frame begun must be whole by then (a trickling peer is closed)
+    # A frame begun must be whole within frame_s, or come at frame_rate bytes/s at
+    # least (a trickling peer is closed; a slow network still sends 8 MiB in 8.5 min).
+    frame_s: float = 10.0
+    frame_rate: float = 16 * 1024
     # With every slot taken, a new connection takes the slot of the one whose last
     # request is oldest, if it has none running and sent none for this long.
     evict_idle_s: float = 1.0
@@ -311,6 +314,7 @@ class CallServer:
             ),
             first_frame_s=self.limits.first_frame_s,
             frame_s=self.limits.frame_s,
+            frame_rate=self.limits.frame_rate,
         )
         if reason in ("the peer closed the connection", "the server stops"):
             log.debug("%s: call connection from %s ended: %s", self.name, connection.peer, reason)

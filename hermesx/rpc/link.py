@@ -214,14 +214,17 @@ class Link:
         reading: Callable[[], bool] = lambda: True,
         first_frame_s: float | None = None,
         frame_s: float | None = None,
+        frame_rate: float = 0.0,
     ) -> str:
         """Read, hand frames on, flush the outbox, until the link closes; returns why.
 
         ``reading`` says whether to read now (False holds the peer back: TCP
-        pushes back on it); without a whole frame within ``first_frame_s`` the
-        link closes, and so it does when a frame begun is not whole within
-        ``frame_s`` of reading on (a peer trickling a frame, or stopping inside
-        one, would hold its buffer and its connection for ever).
+        pushes back on it); without a byte of a frame within ``first_frame_s``
+        the link closes, and so it does when a frame begun is not whole within
+        ``frame_s`` of reading on while it came slower than ``frame_rate``
+        bytes/s (a peer trickling a frame, or stopping inside one, would hold
+        its buffer and its connection for ever; a slow network still gets its
+        large frames through).
         """
         poller = select.poll()
         fd = self.sock.fileno()
@@ -268,8 +271,13 @@ class Link:
                             if self._hand_on(on_frames, reading):
                                 got_frame, frame_began = True, None
                 now = time.monotonic()
-                frame_began = self._frame_clock(frame_began, now, frame_s, reading)
-                if not got_frame and now - opened > (first_frame_s or 0):
+                frame_began = self._frame_clock(frame_began, now, frame_s, frame_rate, reading)
+                # A first frame under way is the frame clock's to judge.
+                if (
+                    not got_frame
+                    and not self._frames.pending
+                    and now - opened > (first_frame_s or 0)
+                ):
                     self.close_after(
                         encode_error(0, "communication", "no request in time; closing"),
                         f"no whole frame within {first_frame_s:g} s of connecting",
@@ -308,11 +316,17 @@ class Link:
         return handed
 
     def _frame_clock(
-        self, began: float | None, now: float, frame_s: float | None, reading: Callable[[], bool]
+        self,
+        began: float | None,
+        now: float,
+        frame_s: float | None,
+        frame_rate: float,
+        reading: Callable[[], bool],
     ) -> float | None:
         """When the unfinished frame received began (None: none), closing the link once
-        it is older than ``frame_s``. Only while reading: frames held back are ours to wait
-        for, and what they hold back is then whole frames, not one begun."""
+        it is older than ``frame_s`` and came slower than ``frame_rate``. Only while
+        reading: frames held back are ours to wait for, and what they hold back is then
+        whole frames, not one begun."""
         # (A TLS record cut short is invisible here: OpenSSL holds its bytes, at most
         # one record's 16 KiB. Such a connection sent no request lately, so a listener
         # short of slots takes its slot first.)
@@ -320,10 +334,12 @@ class Link:
             return None
         if began is None:
             return now
-        if now - began > frame_s:
+        elapsed = now - began
+        if elapsed > frame_s and self._frames.pending < frame_rate * elapsed:
             self.close_after(
                 encode_error(0, "communication", "a frame not finished in time; closing"),
-                f"no whole frame within {frame_s:g} s of its first bytes{self._inside_frame()}",
+                f"no whole frame within {frame_s:g} s of its first bytes, and it came slower "
+                f"than {frame_rate:g} bytes/s{self._inside_frame()}",
             )
         return began
 

@@ -314,3 +314,27 @@ def test_waking_a_link_after_it_ended_writes_into_no_other_file() -> None:
         for pair in others:
             for end in pair:
                 end.close()
+
+
+def test_a_large_frame_over_a_slow_network_gets_through() -> None:
+    """A frame that takes longer than ``frame_s`` but comes faster than ``frame_rate``
+    (a checkpoint over a slow link) is served, also as a connection's first frame."""
+    limits = CallLimits(first_frame_s=1.0, frame_s=1.0, frame_rate=16 * 1024)
+    served = CallServer("slots server", workers=1, tls=None, limits=limits)
+    served.register("echo", lambda call: call.body[:2], "Supervisor/Invoke")
+    address = served.start("127.0.0.1:0")
+    try:
+        with _connect(address) as sock:
+            for id in (1, 2):
+                frame = encode_request(id, "echo", 30.0, b"ab" + bytes(150 * 1024))
+                for start in range(0, len(frame), 24 * 1024):  # ~48 KiB/s: 3 s a frame
+                    sock.sendall(frame[start : start + 24 * 1024])
+                    time.sleep(0.5)
+                reader, frames = FrameReader(), list[Frame]()
+                while not frames:
+                    data = sock.recv(65536)
+                    assert data, "the slow frame's connection was closed"
+                    frames = reader.feed(data)
+                assert frames == [Reply(id, b"ab")], frames
+    finally:
+        served.stop()
