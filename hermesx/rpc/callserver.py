@@ -120,6 +120,11 @@ class _Connection:
     last_frame: float = 0.0  # time.monotonic() of its last request (or of its handshake)
 
 
+def _member(connection: _Connection) -> bool:
+    identity = connection.identity
+    return identity is not None and identity.role in roles.MEMBER_ROLES
+
+
 class CallServer:
     """A call-channel listener of process ``name`` (for messages: ``"node n1"``)."""
 
@@ -244,7 +249,8 @@ class CallServer:
     def _idlest(self) -> _Connection | None:
         """Under ``_lock``: the connection whose last request is oldest, of those past
         their handshake with no request running, no reply waiting to go, and no request
-        for ``evict_idle_s`` (one trickling a frame is idle too); None if there is none."""
+        for ``evict_idle_s`` (one trickling a frame is idle too), a member's only when no
+        other is; None if there is none."""
         cutoff = time.monotonic() - self.limits.evict_idle_s
         idle = [
             c
@@ -255,7 +261,9 @@ class CallServer:
             and c.link.backlog == 0
             and c.last_frame < cutoff
         ]
-        return min(idle, key=lambda c: c.last_frame, default=None)
+        # A member's connection (a node forwarding, checkpointing) goes last: clients
+        # cannot take the cluster's own paths away by opening connections.
+        return min(idle, key=lambda c: (_member(c), c.last_frame), default=None)
 
     def _serve(self, sock: socket.socket, connection: _Connection) -> None:
         try:

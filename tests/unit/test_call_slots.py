@@ -338,3 +338,36 @@ def test_a_large_frame_over_a_slow_network_gets_through() -> None:
                 assert frames == [Reply(id, b"ab")], frames
     finally:
         served.stop()
+
+
+def test_a_members_idle_connection_goes_after_every_clients(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Clients opening connections cannot evict a node's (its forwards, its checkpoints)
+    while a client's idle connection is there to take instead, even a younger one."""
+    caplog.set_level("WARNING", logger="hermesx.rpc.callserver")
+    security.init_certs(tmp_path, "slots", {"s1": "storesite", "n1": "node", "client": "client"})
+    limits = CallLimits(max_connections=2, evict_idle_s=0.2)
+    served = CallServer(
+        "slots server", workers=2, tls=TLSIdentity(tmp_path, "s1", "slots"), limits=limits
+    )
+    served.register("echo", lambda call: call.body, "Supervisor/Invoke")
+    address = served.start("127.0.0.1:0")
+    node = CallPool(TLSIdentity(tmp_path, "n1", "slots"))
+    clients = [CallPool(TLSIdentity(tmp_path, "client", "slots")) for _ in range(2)]
+    try:
+        member = node.connection(address)
+        assert member.call("echo", b"n", 10.0) == b"n"
+        time.sleep(0.3)  # the member's connection is the older idle one
+        younger = clients[0].connection(address)
+        assert younger.call("echo", b"c", 10.0) == b"c"
+        time.sleep(0.3)
+        assert clients[1].connection(address).call("echo", b"new", 10.0) == b"new"
+        wait_until(lambda: younger.closed is not None, 10.0, "the client's connection to go")
+        assert member.closed is None
+        assert member.call("echo", b"still", 10.0) == b"still"
+    finally:
+        node.close()
+        for each in clients:
+            each.close()
+        served.stop()
