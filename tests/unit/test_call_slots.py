@@ -123,9 +123,14 @@ def test_a_frame_held_back_by_the_listener_is_not_the_peers_fault(
 
 
 def test_with_every_slot_taken_the_idlest_connection_makes_room(
-    server: tuple[CallServer, str], caplog: pytest.LogCaptureFixture
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    served, address = server
+    caplog.set_level("WARNING", logger="hermesx.rpc.callserver")
+    # Frames may take long here: the holders inside one must be evicted, not timed out.
+    limits = CallLimits(max_connections=4, evict_idle_s=0.3, frame_s=600.0, first_frame_s=600.0)
+    served = CallServer("slots server", workers=4, tls=None, limits=limits)
+    served.register("echo", lambda call: call.body, "Supervisor/Invoke")
+    address = served.start("127.0.0.1:0")
     pool = CallPool()
     caller = pool.connection(address)
     assert caller.call("echo", b"warm", 10.0) == b"warm"
@@ -140,7 +145,7 @@ def test_with_every_slot_taken_the_idlest_connection_makes_room(
             sock.sendall(struct.pack("!I", 1000) + b"\x95")
             holders.append(sock)
         wait_until(lambda: served.connections == 4, 10.0, "every slot taken")
-        time.sleep(LIMITS.evict_idle_s + 0.2)
+        time.sleep(limits.evict_idle_s + 0.2)
         assert caller.call("echo", b"busy", 10.0) == b"busy"  # the real caller is not idle
         # A newcomer is served: the idlest holder (no request since it connected) goes.
         with _connect(address) as newcomer:
@@ -161,6 +166,7 @@ def test_with_every_slot_taken_the_idlest_connection_makes_room(
         for sock in holders:
             sock.close()
         pool.close()
+        served.stop()
 
 
 def test_with_every_slot_busy_a_newcomer_is_refused(caplog: pytest.LogCaptureFixture) -> None:
