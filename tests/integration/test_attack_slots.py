@@ -1,12 +1,14 @@
 """Peers that hold a real node's call listener (docs/DESIGN.md §4.1 "Limits").
 
 Peers with the cluster's client certificate take every connection slot of
-node n1's call listener: each sends a request's first bytes and then
-trickles the rest or stops inside it. Before, each held its slot for ever
-and a new caller was refused (it fell back to gRPC); now a new caller takes
-the slot of the idlest one, every trickling peer is closed once its frame is
-not whole within the listener's frame time, each with one line in the
-node's log, and a caller in the background sees no call fail.
+node n1's call listener by sending one request and then nothing; before,
+each held its slot for ever and a new caller was refused (it fell back to
+gRPC). Now a new caller takes the slot of the idlest one. Slowloris peers
+that send a request's first bytes and then trickle the rest, or stop inside
+it, held their slot and buffer for ever; now each is closed once its frame
+is neither whole within 10 s nor coming at 16 KiB/s. A peer that calls and
+never reads its replies loses its connection after 30 s. Each end is one
+line in the node's log, and a caller in the background sees no call fail.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import contextlib
 import pathlib
 import socket
 import ssl
-import struct
 import threading
 from collections.abc import Iterator
 
@@ -107,22 +108,46 @@ class _Background:
         self._thread.join(30.0)
 
 
-def test_a_slowloris_holds_no_slot_a_caller_needs(
+def _served(sock: ssl.SSLSocket, guid: str, id: int) -> bool:
+    """Whether a ``get`` of ``guid`` sent on ``sock`` is answered with a result."""
+    body = pb.InvokeRequest(guid=guid, method="get", timeout=10.0).SerializeToString()
+    sock.sendall(encode_request(id, "invoke", 10.0, body))
+    reader, frames = FrameReader(), list[Frame]()
+    while not frames:
+        data = sock.recv(65536)
+        if not data:
+            return False
+        frames = reader.feed(data)
+    reply = frames[0]
+    return (
+        isinstance(reply, Reply)
+        and reply.id == id
+        and pb.InvokeReply.FromString(reply.body).WhichOneof("outcome") == "result"
+    )
+
+
+def test_peers_holding_every_slot_neither_refuse_a_caller_nor_keep_a_frame_open(
     pair: LocalCluster, client: Client, atoms: dict[str, pathlib.Path], unique_name: str
 ) -> None:
+    """Every slot is held by a peer that sent one request and then nothing (held for
+    ever before); a new caller is served on the channel, the idlest holder making room.
+    Then slowloris peers send a request's first bytes and trickle the rest, or stop:
+    each gets in the same way, and is closed once its frame is neither whole within 10 s
+    nor coming at 16 KiB/s."""
     guid = client.create(atoms["counter"], name=unique_name, on="n1")
     address = call_address(client.nodes()["n1"])
     assert address is not None
     context = _context(pair)
-    request = encode_request(1, "invoke", 10.0, b"\x0a" + bytes([60]) + b"x" * 60)
     holders: list[ssl.SSLSocket] = []
+    tricklers: list[ssl.SSLSocket] = []
+    request = encode_request(1, "invoke", 10.0, b"\x0a" + bytes([60]) + b"x" * 60)
     stop = threading.Event()
 
     def trickle() -> None:
-        """Every other holder sends one more byte of its frame each second."""
+        """Every other trickler sends one more byte of its frame each second."""
         sent = 8
         while not stop.wait(1.0) and sent < len(request) - 1:
-            for sock in holders[::2]:
+            for sock in tricklers[::2]:
                 with contextlib.suppress(OSError):
                     sock.sendall(request[sent : sent + 1])
             sent += 1
@@ -130,50 +155,44 @@ def test_a_slowloris_holds_no_slot_a_caller_needs(
     trickler = threading.Thread(target=trickle, daemon=True)
     with _Background(client, unique_name) as background:
         try:
-            for _ in range(SLOTS):
+            for i in range(SLOTS):
                 sock = _open(context, address)
-                if sock is not None:
-                    sock.sendall(request[:8])  # a header and a few bytes: then slow
-                    holders.append(sock)
-            trickler.start()
+                if sock is None:
+                    break
+                holders.append(sock)
+                assert _served(sock, guid, i + 1)  # one request, then nothing
             assert len(holders) >= SLOTS - 8, len(holders)  # the caller's own connections
-            # With every slot held, a new caller is served on the channel: the idlest
-            # holder makes room.
             newcomer = _open(context, address)
-            assert newcomer is not None, "refused: the slowloris holds every slot"
+            assert newcomer is not None, "refused: idle peers hold every slot"
             with newcomer:
-                body = pb.InvokeRequest(guid=guid, method="get", timeout=10.0)
-                newcomer.sendall(encode_request(7, "invoke", 10.0, body.SerializeToString()))
-                reader, frames = FrameReader(), list[Frame]()
-                while not frames:
-                    data = newcomer.recv(65536)
-                    assert data, "the newcomer's connection was closed"
-                    frames = reader.feed(data)
-            assert isinstance(frames[0], Reply) and frames[0].id == 7, frames
-            assert pb.InvokeReply.FromString(frames[0].body).WhichOneof("outcome") == "result"
+                assert _served(newcomer, guid, 7), "the newcomer was not served"
             wait_for_log(pair, "node-n1", "evicted: no request for")
-            # And no holder keeps its slot past the frame time (10 s) for long.
+            for _ in range(16):
+                sock = _open(context, address)
+                assert sock is not None, "a new connection was refused"
+                sock.sendall(request[:8])  # a header and a few bytes: then slow
+                tricklers.append(sock)
+            trickler.start()
             wait_until(
-                lambda: all(_closed_by_peer(sock) for sock in holders),
-                60.0,
+                lambda: all(_closed_by_peer(sock) for sock in tricklers),
+                90.0,
                 "the node to close every slowloris connection",
             )
         finally:
             stop.set()
             if trickler.is_alive():
                 trickler.join(10)
-            for sock in holders:
+            for sock in holders + tricklers:
                 sock.close()
         after = background.calls + 3
         wait_until(lambda: background.calls >= after, 30.0, "calls after the attack")
     assert background.failures == []
     log = part_log(pair, "node-n1")
     closed = [line for line in log.splitlines() if "closed the call connection" in line]
-    assert sum("no whole frame within 10 s of its first bytes" in line for line in closed) > 0
-    assert sum("evicted: no request for" in line for line in closed) >= 1
-    # Every holder's end was logged, each in one line with its reason.
-    assert len(closed) >= len(holders)
-    assert struct.unpack("!I", request[:4])[0] == len(request) - 4
+    trickled = [line for line in closed if "no whole frame within 10 s of its first bytes" in line]
+    assert len(trickled) == len(tricklers), trickled
+    assert all("slower than 16384 bytes/s" in line for line in trickled), trickled
+    assert sum("evicted: no request for" in line for line in closed) >= 1 + len(tricklers)
 
 
 def test_a_peer_that_calls_and_never_reads_costs_a_bounded_outbox_and_loses_its_connection(
