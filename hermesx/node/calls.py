@@ -53,7 +53,7 @@ def serve_calls(
         return reply
 
     def send(call: Call) -> bytes:
-        reply: bytes = dispatcher.send(parse_body(pb.SendRequest, call)).SerializeToString()
+        reply: bytes = dispatcher.serve_send(parse_body(pb.SendRequest, call)).SerializeToString()
         return reply
 
     server.register(INVOKE, invoke, "Supervisor/Invoke")

@@ -81,7 +81,7 @@ class NodeServicer(pbg.SupervisorServicer):
         return self._dispatcher.serve_invoke(request)
 
     def Send(self, request: pb.SendRequest, context: grpc.ServicerContext) -> pb.SendReply:
-        return self._dispatcher.send(request)
+        return self._dispatcher.serve_send(request)
 
     def Create(self, request: pb.CreateRequest, context: grpc.ServicerContext) -> pb.CreateReply:
         try:
