@@ -1,4 +1,4 @@
-"""Messages that wait on a node must leave it able to answer (docs/DESIGN.md §4, §6).
+"""Requests that wait on a node must leave it able to answer (docs/DESIGN.md §4, §6).
 
 A ``send`` to an atom that is moving waits at its node until the move ends,
 holding one of the node's workers, as a forwarded send waits on its next
@@ -13,12 +13,14 @@ refused with ``capacity`` and the node stays a member.
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import threading
 
 import pytest
 
 from hermesx.client import Client
+from hermesx.core import codec
 from hermesx.core.errors import HermesError
 from hermesx.rpc.roles import TEST_CERT_NAME
 from hermesx.testing.clusters import part_log, wait_for_log
@@ -71,3 +73,47 @@ def test_sends_to_a_moving_atom_do_not_starve_the_nodes_own_status(
         assert client.locate(unique_name).node == "n2"
         assert len(outcomes) == 96 and set(outcomes) <= {"sent", "capacity"}, outcomes
         assert client.atom(unique_name).incr(1) == 1
+
+
+def test_checkpoint_requests_flooding_a_busy_atom_do_not_starve_the_nodes_own_status(
+    cluster_factory: ClusterFactory, atoms: dict[str, pathlib.Path], unique_name: str
+) -> None:
+    """Any role may ask for a checkpoint; each waits for its atom's turn (up to 30 s).
+    96 clients' threads asking over and over while the atom spins took every worker of
+    its node, which gave up its session (its atoms recovered elsewhere) 10 s later.
+    Such requests are now limited so that a worker stays free for Status; those past the
+    limit are refused with ``capacity``."""
+    cluster = cluster_factory(2, session_timeout=2.0)
+    with Client(cluster.zk, cluster.name) as client:
+        client.create(atoms["spin"], name=unique_name, on="n1")
+        stop = threading.Event()
+        kinds: list[str] = []
+
+        def spin() -> None:
+            while not stop.is_set():
+                with contextlib.suppress(HermesError):
+                    client.invoke(unique_name, "spin", codec.pack(None))
+
+        def checkpoint() -> None:
+            while not stop.is_set():
+                try:
+                    client.checkpoint(unique_name)
+                    kinds.append("ok")
+                except HermesError as exc:
+                    kinds.append(exc.kind)
+
+        threads = [threading.Thread(target=spin)]
+        threads += [threading.Thread(target=checkpoint) for _ in range(96)]
+        for thread in threads:
+            thread.start()
+        try:
+            stop.wait(25.0)  # past the watchdog's 10 s, twice
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(60)
+        assert "every worker is stuck" not in part_log(cluster, "node-n1")
+        assert "n1" in client.nodes()
+        assert client.locate(unique_name).node == "n1"
+        assert "capacity" in kinds and set(kinds) <= {"ok", "capacity", "timeout"}, set(kinds)
+        assert client.atom(unique_name).ok() == 1
