@@ -36,6 +36,8 @@ from hermesx.core.snapshot import (
     decode_state,
     encode_state,
     memory_segments,
+    record_fields,
+    record_from,
 )
 
 __all__ = [
@@ -77,7 +79,7 @@ def encode_delta(delta: StateDelta) -> bytes:
             [[k, v] for k, v in delta.kv_put],
             list(delta.kv_delete),
             delta.replies_dropped,
-            [[r.request_id, r.error_kind, r.payload, r.recorded_ms] for r in delta.replies_added],
+            [record_fields(r) for r in delta.replies_added],
             encode_state(delta.rest),
         ],
         use_bin_type=True,
@@ -105,9 +107,7 @@ def decode_delta(data: bytes) -> StateDelta:
             kv_put=tuple((bytes(k), bytes(v)) for k, v in put),
             kv_delete=tuple(bytes(k) for k in delete),
             replies_dropped=int(dropped),
-            replies_added=tuple(
-                ReplyRecord(str(r[0]), str(r[1]), bytes(r[2]), int(r[3])) for r in added
-            ),
+            replies_added=tuple(record_from(r) for r in added),
             rest=decode_state(bytes(rest)),
         )
     except (ValueError, TypeError, zlib.error, msgpack.UnpackException) as exc:

@@ -47,6 +47,7 @@ beyond the window send ids of the form above.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import re
@@ -54,7 +55,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from hermesx.core.errors import ConfigurationError, RequestExpiredError
@@ -66,6 +67,7 @@ __all__ = [
     "ReplyTable",
     "ReplyWindow",
     "RequestIds",
+    "call_digest",
     "parse_reply_window",
     "parse_request_id",
 ]
@@ -245,11 +247,15 @@ class ReplyTable:
             self.forgotten_before_ms = forgotten_before_ms
             self.recorded += 1
 
-    def lookup(self, request_id: str, *, method: str = "", guid: str = "") -> ReplyRecord | None:
+    def lookup(
+        self, request_id: str, *, method: str = "", guid: str = "", args: bytes | None = None
+    ) -> ReplyRecord | None:
         """The first outcome of ``request_id``; None when it is new (it may run).
 
         Raises RequestExpiredError when the id may have run and its reply has
-        left the window.
+        left the window, and ConfigurationError when (``args`` given) its first
+        outcome is of another method or other arguments: a caller reusing an id
+        must not get another call's outcome as its own.
         """
         # Runs on every call with a request id, as record() does: written flat.
         if len(request_id) > MAX_REQUEST_ID_CHARS:
@@ -262,6 +268,8 @@ class ReplyTable:
                 self._evict_old(_now_ms())
             record = self._replies.get(request_id)
             if record is not None:
+                if args is not None and record.digest:
+                    _check_same_call(record, method, args, guid)
                 return record
             match = _match_structured(request_id)
             if match is None:
@@ -300,7 +308,7 @@ class ReplyTable:
             seconds = window.seconds
             # Stamped only where an age limit needs it: every checkpoint carries the table.
             if seconds and not record.recorded_ms:
-                record = ReplyRecord(request_id, record.error_kind, record.payload, _now_ms())
+                record = replace(record, recorded_ms=_now_ms())
             if request_id in replies:
                 old = replies.pop(request_id)
                 self.payload_bytes -= len(old.payload) + len(old.request_id)
@@ -349,6 +357,39 @@ class ReplyTable:
         while len(floors) > max(self.window.entries, MIN_FLOOR_CLIENTS):
             _, forgotten = floors.popitem(last=False)
             self.forgotten_before_ms = max(self.forgotten_before_ms, forgotten.issued_ms)
+
+
+# Arguments longer than this are hashed by their length, head and tail only: every
+# call with an id pays for its digest, and a caller reusing an id for another call
+# almost always changes one of those (this catches mistakes; an id is the caller's own).
+DIGEST_WHOLE_BYTES = 64 * 1024
+
+
+def call_digest(method: str, args: bytes) -> bytes:
+    """What a reply record keeps of its call: 16 bytes of BLAKE2b of the method's
+    length and name, the arguments' length and the arguments (past
+    DIGEST_WHOLE_BYTES, their first and last half of that)."""
+    name = method.encode("utf-8")
+    digest = hashlib.blake2b(len(name).to_bytes(4, "big"), digest_size=16)
+    digest.update(name)
+    digest.update(len(args).to_bytes(8, "big"))
+    if len(args) <= DIGEST_WHOLE_BYTES:
+        digest.update(args)
+    else:
+        half = DIGEST_WHOLE_BYTES // 2
+        view = memoryview(args)
+        digest.update(view[:half])
+        digest.update(view[-half:])
+    return digest.digest()
+
+
+def _check_same_call(record: ReplyRecord, method: str, args: bytes, guid: str) -> None:
+    if record.digest != call_digest(method, args):
+        raise ConfigurationError(
+            f"atom {guid}: request id {record.request_id} was first sent for another "
+            f"call (another method or other arguments than {method}'s now); refused, "
+            "not run: a retry sends the same call, a new call a new id"
+        )
 
 
 def _size(record: ReplyRecord) -> int:

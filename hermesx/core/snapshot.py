@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +44,8 @@ __all__ = [
     "decode_state",
     "encode_state",
     "memory_segments",
+    "record_fields",
+    "record_from",
     "snapshot_checksum",
     "snapshot_shape",
     "verify_checksum",
@@ -63,6 +65,27 @@ class ReplyRecord:
     error_kind: str
     payload: bytes  # result bytes, or the UTF-8 error message
     recorded_ms: int = 0  # wall clock of the node that recorded it (the age window)
+    # What was called (hermesx.core.replies.call_digest): the id reused for another
+    # method or other arguments is refused, not answered with this outcome. Empty in
+    # records of older versions: then not checked.
+    digest: bytes = b""
+
+
+def record_fields(record: ReplyRecord) -> list[object]:
+    """``record`` as the array a snapshot or a delta holds (the digest only when set,
+    so a record without one reads as before)."""
+    fields: list[object] = [record.request_id, record.error_kind, record.payload]
+    fields.append(record.recorded_ms)
+    if record.digest:
+        fields.append(record.digest)
+    return fields
+
+
+def record_from(fields: Sequence[Any]) -> ReplyRecord:
+    """The record an array of :func:`record_fields` holds (older ones have 3 or 4 items)."""
+    recorded_ms = int(fields[3]) if len(fields) > 3 else 0
+    digest = bytes(fields[4]) if len(fields) > 4 else b""
+    return ReplyRecord(str(fields[0]), str(fields[1]), bytes(fields[2]), recorded_ms, digest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +204,7 @@ def _body_pieces(state: AtomState) -> Iterator[bytes]:
         ([offset, data] for offset, data in state.memory),
         [[name, kind, value] for name, kind, value in state.globals],
         ([k, v] for k, v in state.kv.items()),
-        ([r.request_id, r.error_kind, r.payload, r.recorded_ms] for r in state.replies),
+        (record_fields(r) for r in state.replies),
         ([code, payload] for code, payload in state.interrupts),
         ([fid, status, payload] for fid, status, payload in state.futures),
     ]
@@ -350,10 +373,7 @@ def decode_state(data: bytes) -> AtomState:
             memory=tuple((int(o), bytes(d)) for o, d in memory),
             globals=tuple((str(n), str(k), v) for n, k, v in globals_),
             kv={bytes(k): bytes(v) for k, v in kv},
-            replies=tuple(
-                ReplyRecord(str(r[0]), str(r[1]), bytes(r[2]), int(r[3]) if len(r) > 3 else 0)
-                for r in replies
-            ),
+            replies=tuple(record_from(r) for r in replies),
             interrupts=tuple((int(c), bytes(p)) for c, p in interrupts),
             futures=tuple((int(f), int(s), bytes(p)) for f, s, p in futures),
             next_future_id=int(next_future_id),

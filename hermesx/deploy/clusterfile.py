@@ -152,6 +152,10 @@ def load_cluster_file(path: pathlib.Path) -> ClusterPlan:
         text = path.read_text()
     except OSError as exc:
         raise ConfigurationError(f"cannot read cluster file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(
+            f"{path}: not UTF-8 text (byte {exc.start}): a cluster file is TOML"
+        ) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -185,6 +189,10 @@ class _Reader:
             raise ConfigurationError(
                 f"{self.where}: {key} must be {kind.__name__}, not {_kind(value)}"
             )
+        if isinstance(value, str) and any(ord(c) < 32 or ord(c) == 127 for c in value):
+            # Written into remote commands, paths and service files: a newline or
+            # a NUL there would break them far from this file.
+            raise ConfigurationError(f"{self.where}: {key} {value!r} holds a control character")
         return value
 
     def names(self, key: str, what: str) -> tuple[str, ...]:
@@ -260,6 +268,11 @@ def _hosts(source: str, tables: list[Any]) -> dict[str, HostPlan]:
         if not ssh.strip() or ssh.startswith("-"):
             raise ConfigurationError(f"{r.where}: ssh {ssh!r} is not an SSH destination")
         address = r.get("address", str, ssh.rpartition("@")[2])
+        if not address or any(c.isspace() for c in address):
+            raise ConfigurationError(
+                f"{r.where}: address {address!r} is not a host address (set address, or "
+                "ssh as [user@]host)"
+            )
         directory = r.get("dir", str)
         if not directory.startswith("/") or "'" in directory:
             raise ConfigurationError(
@@ -271,9 +284,16 @@ def _hosts(source: str, tables: list[Any]) -> dict[str, HostPlan]:
             address,
             directory.rstrip("/") or "/",
             r.names("tags", "tag"),
-            r.get("python", str, "python3"),
+            _python(r),
         )
     return hosts
+
+
+def _python(r: _Reader) -> str:
+    python = r.get("python", str, "python3")
+    if not python.strip():
+        raise ConfigurationError(f"{r.where}: python is empty: name the host's Python")
+    return python
 
 
 def _on_host(r: _Reader, hosts: Mapping[str, HostPlan]) -> str:
@@ -289,6 +309,8 @@ def _zookeeper(source: str, table: Any, hosts: Mapping[str, HostPlan]) -> ZooKee
     r = _Reader(source, "[zookeeper]", table, _ZOOKEEPER)
     servers = r.get("hosts", list)
     for host in servers:
+        if not isinstance(host, str):
+            raise ConfigurationError(f"{r.where}: hosts must be a list of host names")
         if host not in hosts:
             raise ConfigurationError(
                 f"{r.where}: host {host!r} is not a [[host]] of this file "

@@ -44,6 +44,12 @@ class Admission:
         # Past this many invocations the node is under pressure.
         self._pressure_invokes = max(1, self._max_invokes * 3 // 4)
         self.invokes = 0  # Invoke RPCs being served
+        # Checkpoint, Passivate and Migrate RPCs (any role may send them) wait on their
+        # atom, up to 30 s: past this many at once they are refused, so that with the
+        # invocations at their limit a worker stays free for Status (the node's watchdog
+        # gives up the session of a node that answers it nothing for 10 s).
+        self._max_waiting_control = max(1, self._reserved_workers - 1)
+        self.waiting_control = 0
         self._forwarding: collections.Counter[str] = collections.Counter()  # GUID -> calls
         self._lock = threading.Lock()
 
@@ -66,6 +72,22 @@ class Admission:
     def release_invoke(self) -> None:
         with self._lock:
             self.invokes -= 1
+
+    def refuse_control(self, what: str) -> CapacityError | None:
+        """A Checkpoint, Passivate or Migrate RPC arrived: its refusal when that many wait
+        already (release it with :meth:`release_control` otherwise)."""
+        with self._lock:
+            if self.waiting_control < self._max_waiting_control:
+                self.waiting_control += 1
+                return None
+        return CapacityError(
+            f"node {self._name} is serving {self._max_waiting_control} checkpoint, passivate "
+            f"and migrate requests, its limit; {what} refused, try later"
+        )
+
+    def release_control(self) -> None:
+        with self._lock:
+            self.waiting_control -= 1
 
     def refuse_atom_call(self, active: ActiveAtom, method: str) -> pb.InvokeReply | None:
         """A call to run in ``active``: its refusal when the atom has its share of calls."""

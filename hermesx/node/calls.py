@@ -14,6 +14,7 @@ from __future__ import annotations
 from concurrent.futures import Executor
 
 from hermesx.core.errors import UnreachableError
+from hermesx.node.claims import refuse_node_fields
 from hermesx.node.config import NodeConfig
 from hermesx.node.dispatch import Dispatcher
 from hermesx.observe import tracing
@@ -36,9 +37,12 @@ def serve_calls(
     if listen is None:
         return None
     server = CallServer(f"node {config.name}", workers=workers, tls=tls)
+    name = config.name
 
     def invoke(call: Call) -> bytes:
         request = parse_body(pb.InvokeRequest, call)
+        if request.caller_node and (refused := refuse_node_fields(request, call.peer, name)):
+            return refused.SerializeToString()  # type: ignore[no-any-return]
         left = call.remaining()
         if request.timeout <= 0 or request.timeout > left:
             request.timeout = left
@@ -49,7 +53,7 @@ def serve_calls(
         return reply
 
     def send(call: Call) -> bytes:
-        reply: bytes = dispatcher.send(parse_body(pb.SendRequest, call)).SerializeToString()
+        reply: bytes = dispatcher.serve_send(parse_body(pb.SendRequest, call)).SerializeToString()
         return reply
 
     server.register(INVOKE, invoke, "Supervisor/Invoke")

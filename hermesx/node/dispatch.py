@@ -197,6 +197,20 @@ class Dispatcher:
             reply.trace.insert(0, pb.Hop(node=self._node, tad=tad_to_pb(tad), event="forward"))
         return reply
 
+    def serve_send(self, request: pb.SendRequest) -> pb.SendReply:
+        """A message from another process, by gRPC or the call channel: :meth:`send`
+        within the node's limit of invocations served at once. A send waits too (for an
+        atom that is moving, on the node it is forwarded to); past the limit, those waits
+        would take the workers kept free for Status, and the node's watchdog would find
+        it stuck and give up its session."""
+        refused = self._admission.refuse_invoke()
+        if refused is not None:
+            return pb.SendReply(error=refused.error)
+        try:
+            return self.send(request)
+        finally:
+            self._admission.release_invoke()
+
     def send(self, request: pb.SendRequest) -> pb.SendReply:
         if self._fencing.fenced:
             return pb.SendReply(error=self._fencing.unavailable())

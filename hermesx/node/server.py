@@ -9,8 +9,9 @@ them kept free of invocations (:mod:`hermesx.node.admission`).
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ from hermesx.core.identity import TAD
 from hermesx.node.admission import Admission
 from hermesx.node.catalog import ActiveAtom
 from hermesx.node.checkpoints import Checkpointing
+from hermesx.node.claims import refuse_node_fields
 from hermesx.node.config import NodeConfig
 from hermesx.node.context import NodeContext
 from hermesx.node.creation import Creation
@@ -32,6 +34,7 @@ from hermesx.node.migration_source import MigrationSource
 from hermesx.node.passivation import Passivation
 from hermesx.node.testhooks import TestHooks
 from hermesx.observe import atomlog, tracing
+from hermesx.rpc import security
 from hermesx.rpc.convert import tad_to_pb
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
@@ -72,10 +75,14 @@ class NodeServicer(pbg.SupervisorServicer):
     # ------------------------------------------------------------ calls
 
     def Invoke(self, request: pb.InvokeRequest, context: grpc.ServicerContext) -> pb.InvokeReply:
+        if request.caller_node and (
+            refused := refuse_node_fields(request, security.peer_identity(context), self._name)
+        ):
+            return refused
         return self._dispatcher.serve_invoke(request)
 
     def Send(self, request: pb.SendRequest, context: grpc.ServicerContext) -> pb.SendReply:
-        return self._dispatcher.send(request)
+        return self._dispatcher.serve_send(request)
 
     def Create(self, request: pb.CreateRequest, context: grpc.ServicerContext) -> pb.CreateReply:
         try:
@@ -133,10 +140,24 @@ class NodeServicer(pbg.SupervisorServicer):
     # ------------------------------------------------------------ checkpoint, passivate
 
     def Checkpoint(self, request: pb.GuidRequest, context: grpc.ServicerContext) -> pb.TAD:
-        return self._on_active(request.guid, context, self._roles.checkpoints.checkpoint_requested)
+        with self._waiting(context, f"checkpoint of {request.guid}"):
+            checkpoint = self._roles.checkpoints.checkpoint_requested
+            return self._on_active(request.guid, context, checkpoint)
 
     def Passivate(self, request: pb.GuidRequest, context: grpc.ServicerContext) -> pb.TAD:
-        return self._on_active(request.guid, context, self._roles.passivation.passivate)
+        with self._waiting(context, f"passivation of {request.guid}"):
+            return self._on_active(request.guid, context, self._roles.passivation.passivate)
+
+    @contextlib.contextmanager
+    def _waiting(self, context: grpc.ServicerContext, what: str) -> Iterator[None]:
+        """Within the node's limit of control requests that wait on an atom."""
+        refusal = self._roles.admission.refuse_control(what)
+        if refusal is not None:
+            abort_with(context, refusal)
+        try:
+            yield
+        finally:
+            self._roles.admission.release_control()
 
     def _on_active(
         self, guid: str, context: grpc.ServicerContext, action: Callable[[ActiveAtom], TAD]
@@ -153,10 +174,11 @@ class NodeServicer(pbg.SupervisorServicer):
     # ------------------------------------------------------------ moves, activation
 
     def Migrate(self, request: pb.MigrateRequest, context: grpc.ServicerContext) -> pb.MigrateReply:
-        try:
-            return self._roles.source.migrate(request.guid, request.destination)
-        except HermesError as exc:
-            abort_with(context, exc)
+        with self._waiting(context, f"move of {request.guid}"):
+            try:
+                return self._roles.source.migrate(request.guid, request.destination)
+            except HermesError as exc:
+                abort_with(context, exc)
 
     def StageCopy(self, request: pb.CopyRequest, context: grpc.ServicerContext) -> pb.CopyReply:
         """A move's source stages a copy here (held, not serving)."""

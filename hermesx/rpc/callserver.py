@@ -91,12 +91,23 @@ class CallLimits:
 
     max_connections: int = 256
     max_in_flight: int = 64  # per connection
+    # Bytes of request bodies running or waiting, all connections together, past which
+    # no connection is read (64 requests of 8 MiB on each of 256 connections would be
+    # 128 GiB); reading resumes as they finish.
+    max_held_bytes: int = 256 * 2**20
     # Replies a connection's peer has not read yet, past which its requests
     # are no longer read (so at most this plus its requests in flight).
     max_backlog: int = 2**20
     max_frame: int = DEFAULT_MAX_FRAME_BYTES
     handshake_s: float = 5.0
     first_frame_s: float = 10.0  # a connection that sends no request by then is closed
+    # A frame begun must be whole within frame_s, or come at frame_rate bytes/s at
+    # least (a trickling peer is closed; a slow network still sends 8 MiB in 8.5 min).
+    frame_s: float = 10.0
+    frame_rate: float = 16 * 1024
+    # With every slot taken, a new connection takes the slot of the one whose last
+    # request is oldest, if it has none running and sent none for this long.
+    evict_idle_s: float = 1.0
     write_stall_s: float = 30.0  # a peer that reads none of its replies for this long
 
 
@@ -106,6 +117,12 @@ class _Connection:
     link: Link | None = None
     identity: security.PeerIdentity | None = None
     in_flight: int = 0
+    last_frame: float = 0.0  # time.monotonic() of its last request (or of its handshake)
+
+
+def _member(connection: _Connection) -> bool:
+    identity = connection.identity
+    return identity is not None and identity.role in roles.MEMBER_ROLES
 
 
 class CallServer:
@@ -136,6 +153,7 @@ class CallServer:
         )
         self._lock = threading.Lock()
         self._connections: set[_Connection] = set()
+        self._held_bytes = 0  # bodies of the requests running or waiting (max_held_bytes)
         self._listener: socket.socket | None = None
         self._stopping = threading.Event()
 
@@ -146,6 +164,11 @@ class CallServer:
     @property
     def connections(self) -> int:
         return len(self._connections)
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of the request bodies running or waiting now."""
+        return self._held_bytes
 
     # ------------------------------------------------------------ start, stop
 
@@ -199,10 +222,18 @@ class CallServer:
             peer = f"{address[0]}:{address[1]}"
             with self._lock:
                 full = len(self._connections) >= self.limits.max_connections
-                if not full:
+                idle = self._idlest() if full else None
+                if not full or idle is not None:
                     connection = _Connection(peer)
                     self._connections.add(connection)
-            if full:
+            if idle is not None and idle.link is not None:
+                # Idle connections are harmless until the slots run out; then a
+                # caller that wants to call goes before one that does not.
+                idle.link.close(
+                    f"evicted: no request for {time.monotonic() - idle.last_frame:.0f} s, "
+                    f"and {peer} needed its slot ({self.limits.max_connections} open, the limit)"
+                )
+            elif full:
                 log.warning(
                     "%s: refused the call connection from %s: %d connections open, the limit",
                     self.name,
@@ -214,6 +245,25 @@ class CallServer:
             threading.Thread(
                 target=self._serve, args=(sock, connection), name="call-link", daemon=True
             ).start()
+
+    def _idlest(self) -> _Connection | None:
+        """Under ``_lock``: the connection whose last request is oldest, of those past
+        their handshake with no request running, no reply waiting to go, and no request
+        for ``evict_idle_s`` (one trickling a frame is idle too), a member's only when no
+        other is; None if there is none."""
+        cutoff = time.monotonic() - self.limits.evict_idle_s
+        idle = [
+            c
+            for c in self._connections
+            if c.link is not None
+            and c.link.closed is None
+            and c.in_flight == 0
+            and c.link.backlog == 0
+            and c.last_frame < cutoff
+        ]
+        # A member's connection (a node forwarding, checkpointing) goes last: clients
+        # cannot take the cluster's own paths away by opening connections.
+        return min(idle, key=lambda c: (_member(c), c.last_frame), default=None)
 
     def _serve(self, sock: socket.socket, connection: _Connection) -> None:
         try:
@@ -244,6 +294,7 @@ class CallServer:
                 return str(exc)
             except OSError as exc:
                 return f"no TLS handshake: {exc}"
+        connection.last_frame = time.monotonic()
         link = connection.link = Link(
             sock, session, max_frame=self.limits.max_frame, write_stall_s=self.limits.write_stall_s
         )
@@ -266,9 +317,12 @@ class CallServer:
             lambda frames: self._received(connection, link, frames),
             reading=lambda: (
                 connection.in_flight < self.limits.max_in_flight
+                and self._held_bytes < self.limits.max_held_bytes
                 and link.backlog < self.limits.max_backlog
             ),
             first_frame_s=self.limits.first_frame_s,
+            frame_s=self.limits.frame_s,
+            frame_rate=self.limits.frame_rate,
         )
         if reason in ("the peer closed the connection", "the server stops"):
             log.debug("%s: call connection from %s ended: %s", self.name, connection.peer, reason)
@@ -278,7 +332,7 @@ class CallServer:
     # ------------------------------------------------------------ requests
 
     def _received(self, connection: _Connection, link: Link, frames: list[Frame]) -> None:
-        now = time.monotonic()
+        now = connection.last_frame = time.monotonic()
         for frame in frames:
             if not isinstance(frame, Request):
                 raise FrameError(f"a {type(frame).__name__.lower()} frame sent to the server")
@@ -298,6 +352,7 @@ class CallServer:
                 continue
             with self._lock:
                 connection.in_flight += 1
+                self._held_bytes += len(frame.body)
             call = Call(frame.kind, frame.body, now + frame.timeout, frame.meta, identity)
             self._pool.submit(self._dispatch, connection, link, frame.id, handler, call)
 
@@ -329,6 +384,12 @@ class CallServer:
         finally:
             with self._lock:
                 connection.in_flight -= 1
+                self._held_bytes -= len(call.body)
                 resume = connection.in_flight == self.limits.max_in_flight - 1
-            if resume:
-                link.wake()
+                woken = [link] if resume else []
+                held = self._held_bytes
+                if held < self.limits.max_held_bytes <= held + len(call.body):
+                    # Every connection waited for the bytes held to go down: wake them all.
+                    woken = [c.link for c in self._connections if c.link is not None]
+            for each in woken:
+                each.wake()

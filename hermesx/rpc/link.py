@@ -189,8 +189,13 @@ class Link:
 
     def wake(self) -> None:
         """Make :meth:`run` look again (there is output, or reading may resume)."""
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"!")
+        with self._lock:
+            # Once run() has ended its pipe is closed, and its number may be another
+            # file's or connection's by now: a byte written there would corrupt it.
+            if self._wake_w < 0:
+                return
+            with contextlib.suppress(OSError):
+                os.write(self._wake_w, b"!")
 
     def _close_locked(self, reason: str) -> None:
         if self.closed is not None:
@@ -208,12 +213,18 @@ class Link:
         *,
         reading: Callable[[], bool] = lambda: True,
         first_frame_s: float | None = None,
+        frame_s: float | None = None,
+        frame_rate: float = 0.0,
     ) -> str:
         """Read, hand frames on, flush the outbox, until the link closes; returns why.
 
         ``reading`` says whether to read now (False holds the peer back: TCP
-        pushes back on it); without a whole frame within ``first_frame_s`` the
-        link closes.
+        pushes back on it); without a byte of a frame within ``first_frame_s``
+        the link closes, and so it does when a frame begun is not whole within
+        ``frame_s`` of reading on while it came slower than ``frame_rate``
+        bytes/s (a peer trickling a frame, or stopping inside one, would hold
+        its buffer and its connection for ever; a slow network still gets its
+        large frames through).
         """
         poller = select.poll()
         fd = self.sock.fileno()
@@ -221,6 +232,7 @@ class Link:
         registered = -1
         got_frame = first_frame_s is None
         opened = time.monotonic()
+        frame_began: float | None = None  # when a frame still unfinished began to come
         try:
             # The peer's first request may have come in with the last bytes of the
             # TLS handshake: it waits in the session already, not in the socket.
@@ -230,7 +242,8 @@ class Link:
                     self._frames.add(early)
             while self.closed is None:
                 # Frames held back while reading() was False go on once it is True.
-                got_frame = self._hand_on(on_frames, reading) or got_frame
+                if self._hand_on(on_frames, reading):
+                    got_frame, frame_began = True, None
                 with self._lock:
                     flushing = bool(self._outbox)
                     if self._closing is not None and not flushing:
@@ -255,9 +268,16 @@ class Link:
                             break
                         if data:
                             self._frames.add(data)
-                            got_frame = self._hand_on(on_frames, reading) or got_frame
+                            if self._hand_on(on_frames, reading):
+                                got_frame, frame_began = True, None
                 now = time.monotonic()
-                if not got_frame and now - opened > (first_frame_s or 0):
+                frame_began = self._frame_clock(frame_began, now, frame_s, frame_rate, reading)
+                # A first frame under way is the frame clock's to judge.
+                if (
+                    not got_frame
+                    and not self._frames.pending
+                    and now - opened > (first_frame_s or 0)
+                ):
                     self.close_after(
                         encode_error(0, "communication", "no request in time; closing"),
                         f"no whole frame within {first_frame_s:g} s of connecting",
@@ -274,9 +294,11 @@ class Link:
             self.close(self.closed or "closed")
             with contextlib.suppress(OSError):
                 self.sock.close()
-            for pipe_fd in (self._wake_r, self._wake_w):
-                with contextlib.suppress(OSError):
-                    os.close(pipe_fd)
+            with self._lock:
+                for pipe_fd in (self._wake_r, self._wake_w):
+                    with contextlib.suppress(OSError):
+                        os.close(pipe_fd)
+                self._wake_r = self._wake_w = -1
         return self.closed or "closed"
 
     def _hand_on(
@@ -292,6 +314,34 @@ class Link:
             on_frames([frame])
             handed = True
         return handed
+
+    def _frame_clock(
+        self,
+        began: float | None,
+        now: float,
+        frame_s: float | None,
+        frame_rate: float,
+        reading: Callable[[], bool],
+    ) -> float | None:
+        """When the unfinished frame received began (None: none), closing the link once
+        it is older than ``frame_s`` and came slower than ``frame_rate``. Only while
+        reading: frames held back are ours to wait for, and what they hold back is then
+        whole frames, not one begun."""
+        # (A TLS record cut short is invisible here: OpenSSL holds its bytes, at most
+        # one record's 16 KiB. Such a connection sent no request lately, so a listener
+        # short of slots takes its slot first.)
+        if frame_s is None or not self._frames.pending or not reading() or self._closing:
+            return None
+        if began is None:
+            return now
+        elapsed = now - began
+        if elapsed > frame_s and self._frames.pending < frame_rate * elapsed:
+            self.close_after(
+                encode_error(0, "communication", "a frame not finished in time; closing"),
+                f"no whole frame within {frame_s:g} s of its first bytes, and it came slower "
+                f"than {frame_rate:g} bytes/s{self._inside_frame()}",
+            )
+        return began
 
     def _drain_for(self, seconds: float) -> None:
         """Flush the outbox for up to ``seconds`` (a goodbye frame), then close."""

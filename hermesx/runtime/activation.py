@@ -29,6 +29,7 @@ from hermesx.core.errors import (
     UnreachableError,
     error_from_wire,
 )
+from hermesx.core.replies import call_digest
 from hermesx.core.snapshot import ReplyRecord
 from hermesx.runtime.instance import BadAllocError, BadPointerError, WasmFault
 from hermesx.runtime.mailbox import FutureDone, Interrupt
@@ -114,7 +115,7 @@ class AtomActivations(AtomMemory):
         """
         if request_id and self.replies.recorded != seen:
             # A duplicate may have queued behind the first run of this id.
-            record = self.replies.lookup(request_id, method=method, guid=self.guid)
+            record = self.replies.lookup(request_id, method=method, guid=self.guid, args=args)
             if record is not None:
                 return replay(record)
         try:
@@ -122,11 +123,14 @@ class AtomActivations(AtomMemory):
         except HermesError as exc:
             self._generation += 1
             if request_id:
-                self._record(ReplyRecord(request_id, exc.kind, str(exc).encode("utf-8")))
+                message = str(exc).encode("utf-8")
+                self._record(
+                    ReplyRecord(request_id, exc.kind, message, 0, call_digest(method, args))
+                )
             raise
         self._generation += 1
         if request_id:
-            self._record(ReplyRecord(request_id, "", result))
+            self._record(ReplyRecord(request_id, "", result, 0, call_digest(method, args)))
         return result
 
     def _record(self, record: ReplyRecord) -> None:

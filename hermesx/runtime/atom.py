@@ -136,7 +136,7 @@ class Atom(AtomSyscalls, AtomChanges):
         if request_id:
             replies = self.replies
             seen = replies.recorded  # read before the lookup: see ReplyTable.recorded
-            record = replies.lookup(request_id, method=method, guid=self.guid)
+            record = replies.lookup(request_id, method=method, guid=self.guid, args=args)
             if record is not None:
                 return replay(record)
         if chain and self.guid in chain and not self.reentrant:

@@ -1,0 +1,36 @@
+"""Fields of a request only a node may set, refused to every other role (docs/DESIGN.md §10).
+
+An ``InvokeRequest`` carries ``caller_node`` for the follow-caller placement
+(§4): the node whose atom made the call. Only a node's :class:`Invoker` sets
+it; a client or gateway that sets it would count its calls as an atom's on
+that node and steer where follow-caller atoms live (and label its spans as
+that node's). The certificate's role says who called, so the field is
+refused (``not_authorized``, the atom not run) to every role but ``node``,
+on gRPC and the call channel alike. On an insecure cluster there are no
+roles, and anyone may set anything.
+"""
+
+from __future__ import annotations
+
+from hermesx.core.errors import NotAuthorizedError
+from hermesx.rpc import roles
+from hermesx.rpc.proto import hermesx_pb2 as pb
+from hermesx.rpc.security import PeerIdentity
+from hermesx.rpc.status import pb_error
+
+__all__ = ["refuse_node_fields"]
+
+
+def refuse_node_fields(
+    request: pb.InvokeRequest, peer: PeerIdentity | None, node: str
+) -> pb.InvokeReply | None:
+    """The refusal of ``request`` when ``peer`` (None: no TLS) set a field only a node
+    sets; None when it may go on. Called only when ``caller_node`` is set: the common
+    call pays nothing."""
+    if peer is None or peer.role == roles.NODE:
+        return None
+    refusal = NotAuthorizedError(
+        f"node {node} refused invoke of {request.method} on atom {request.guid}: "
+        f"caller_node is set only by nodes, not by {peer}"
+    )
+    return pb.InvokeReply(error=pb_error(refusal))

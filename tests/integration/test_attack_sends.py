@@ -1,0 +1,119 @@
+"""Requests that wait on a node must leave it able to answer (docs/DESIGN.md §4, §6).
+
+A ``send`` to an atom that is moving waits at its node until the move ends,
+holding one of the node's workers, as a forwarded send waits on its next
+node. Invocations are bounded by the node's invocation limit, which keeps a
+few workers free for ``Status``; sends were not. Here 96 sends to an atom
+held in a move (paused by a test hook for 14 s) took every worker of its
+node, whose watchdog then found its own ``Status`` unanswered for 10 s and
+gave up its session: every atom of the node was lost to it because one was
+moving. Sends now count toward the invocation limit; those past it are
+refused with ``capacity`` and the node stays a member.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pathlib
+import threading
+
+import pytest
+
+from hermesx.client import Client
+from hermesx.core import codec
+from hermesx.core.errors import HermesError
+from hermesx.rpc.roles import TEST_CERT_NAME
+from hermesx.testing.clusters import part_log, wait_for_log
+from hermesx.testing.plugin import ClusterFactory
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+
+def test_sends_to_a_moving_atom_do_not_starve_the_nodes_own_status(
+    cluster_factory: ClusterFactory, atoms: dict[str, pathlib.Path], unique_name: str
+) -> None:
+    cluster = cluster_factory(2, test_hooks=True, session_timeout=2.0)
+    with (
+        Client(cluster.zk, cluster.name) as client,
+        Client(cluster.zk, cluster.name) as other,
+        Client(cluster.zk, cluster.name, cert=TEST_CERT_NAME) as tester,
+    ):
+        guid = client.create(atoms["counter"], name=unique_name, on="n1")
+        tester.node_client.pause_at(tester.node_member("n1"), "prepared", 14.0)
+        moved: dict[str, object] = {}
+
+        def move() -> None:
+            try:
+                moved["result"] = client.migrate(unique_name, "n2")
+            except HermesError as exc:
+                moved["error"] = exc
+
+        mover = threading.Thread(target=move)
+        mover.start()
+        wait_for_log(cluster, "node-n1", "paused at prepared")
+        outcomes: list[str] = []
+
+        def send(sender: Client) -> None:
+            try:
+                sender.invoker.send(guid, 1, b"")
+                outcomes.append("sent")
+            except HermesError as exc:
+                outcomes.append(exc.kind)
+
+        senders = [threading.Thread(target=send, args=(c,)) for c in (client, other) * 48]
+        for thread in senders:
+            thread.start()
+        for thread in senders:
+            thread.join(120)
+        mover.join(120)
+        log = part_log(cluster, "node-n1")
+        assert "every worker is stuck" not in log
+        assert "n1" in client.nodes()
+        assert "result" in moved, moved
+        assert client.locate(unique_name).node == "n2"
+        assert len(outcomes) == 96 and set(outcomes) <= {"sent", "capacity"}, outcomes
+        assert client.atom(unique_name).incr(1) == 1
+
+
+def test_checkpoint_requests_flooding_a_busy_atom_do_not_starve_the_nodes_own_status(
+    cluster_factory: ClusterFactory, atoms: dict[str, pathlib.Path], unique_name: str
+) -> None:
+    """Any role may ask for a checkpoint; each waits for its atom's turn (up to 30 s).
+    96 clients' threads asking over and over while the atom spins took every worker of
+    its node, which gave up its session (its atoms recovered elsewhere) 10 s later.
+    Such requests are now limited so that a worker stays free for Status; those past the
+    limit are refused with ``capacity``."""
+    cluster = cluster_factory(2, session_timeout=2.0)
+    with Client(cluster.zk, cluster.name) as client:
+        client.create(atoms["spin"], name=unique_name, on="n1")
+        stop = threading.Event()
+        kinds: list[str] = []
+
+        def spin() -> None:
+            while not stop.is_set():
+                with contextlib.suppress(HermesError):
+                    client.invoke(unique_name, "spin", codec.pack(None))
+
+        def checkpoint() -> None:
+            while not stop.is_set():
+                try:
+                    client.checkpoint(unique_name)
+                    kinds.append("ok")
+                except HermesError as exc:
+                    kinds.append(exc.kind)
+
+        threads = [threading.Thread(target=spin)]
+        threads += [threading.Thread(target=checkpoint) for _ in range(96)]
+        for thread in threads:
+            thread.start()
+        try:
+            stop.wait(25.0)  # past the watchdog's 10 s, twice
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(60)
+        assert "every worker is stuck" not in part_log(cluster, "node-n1")
+        assert "n1" in client.nodes()
+        assert client.locate(unique_name).node == "n1"
+        assert "capacity" in kinds and set(kinds) <= {"ok", "capacity", "timeout"}, set(kinds)
+        assert client.atom(unique_name).ok() == 1
