@@ -213,14 +213,9 @@ class Link:
 
         ``reading`` says whether to read now (False holds the peer back: TCP
         pushes back on it); without a whole frame within ``first_frame_s`` the
-        link closes.
+        link closes. ``on_frames`` may take its time (a request run on this
+        thread): another thread may read meanwhile with :meth:`read_for`.
         """
-        poller = select.poll()
-        fd = self.sock.fileno()
-        poller.register(self._wake_r, _READ)
-        registered = -1
-        got_frame = first_frame_s is None
-        opened = time.monotonic()
         try:
             # The peer's first request may have come in with the last bytes of the
             # TLS handshake: it waits in the session already, not in the socket.
@@ -228,43 +223,7 @@ class Link:
                 early = self._decrypt(b"")
                 if early:
                     self._frames.add(early)
-            while self.closed is None:
-                # Frames held back while reading() was False go on once it is True.
-                got_frame = self._hand_on(on_frames, reading) or got_frame
-                with self._lock:
-                    flushing = bool(self._outbox)
-                    if self._closing is not None and not flushing:
-                        self._close_locked(self._closing)
-                        break
-                events = (_READ if reading() and self._closing is None else 0) | (
-                    select.POLLOUT if flushing else 0
-                )
-                if events != registered:
-                    poller.register(fd, events | _ERR)
-                    registered = events
-                for fd_, event in poller.poll(POLL_MS):
-                    if fd_ == self._wake_r:
-                        with contextlib.suppress(OSError):
-                            os.read(self._wake_r, 4096)
-                        continue
-                    if event & select.POLLOUT:
-                        self._flush()
-                    if event & (_READ | _ERR):
-                        data = self._receive()
-                        if data is None:
-                            break
-                        if data:
-                            self._frames.add(data)
-                            got_frame = self._hand_on(on_frames, reading) or got_frame
-                now = time.monotonic()
-                if not got_frame and now - opened > (first_frame_s or 0):
-                    self.close_after(
-                        encode_error(0, "communication", "no request in time; closing"),
-                        f"no whole frame within {first_frame_s:g} s of connecting",
-                    )
-                stalled = self._stalled_since
-                if stalled is not None and now - stalled > self._write_stall_s:
-                    self.close(f"the peer read none of our replies for {self._write_stall_s:g} s")
+            self._loop(on_frames, reading, first_frame_s, None)
         except FrameError as exc:
             self.close_after(encode_error(0, "communication", f"bad frame: {exc}"), str(exc))
             self._drain_for(1.0)
@@ -279,13 +238,89 @@ class Link:
                     os.close(pipe_fd)
         return self.closed or "closed"
 
+    def read_for(
+        self,
+        on_frames: Callable[[list[Frame]], None],
+        reading: Callable[[], bool],
+        stop: threading.Event,
+    ) -> None:
+        """Read and hand frames on in :meth:`run`'s place while its thread is inside
+        ``on_frames``, until ``stop`` is set (then :meth:`wake`) or the link closes.
+        Only one thread reads at a time: the caller of ``run`` waits for this one to
+        return before it reads again. Closing the socket stays ``run``'s part."""
+        try:
+            self._loop(on_frames, reading, None, stop)
+        except FrameError as exc:
+            # run()'s thread flushes the goodbye and closes once it is back.
+            self.close_after(encode_error(0, "communication", f"bad frame: {exc}"), str(exc))
+        except (OSError, ssl.SSLError) as exc:
+            self.close(f"connection failed: {exc}")
+
+    def _loop(
+        self,
+        on_frames: Callable[[list[Frame]], None],
+        reading: Callable[[], bool],
+        first_frame_s: float | None,
+        stop: threading.Event | None,
+    ) -> None:
+        poller = select.poll()
+        fd = self.sock.fileno()
+        poller.register(self._wake_r, _READ)
+        registered = -1
+        got_frame = first_frame_s is None
+        opened = time.monotonic()
+        while self.closed is None and (stop is None or not stop.is_set()):
+            # Frames held back while reading() was False go on once it is True.
+            got_frame = self._hand_on(on_frames, reading, stop) or got_frame
+            if stop is not None and stop.is_set():
+                break
+            with self._lock:
+                flushing = bool(self._outbox)
+                if self._closing is not None and not flushing:
+                    if stop is not None:
+                        break  # run()'s thread closes
+                    self._close_locked(self._closing)
+                    break
+            events = (_READ if reading() and self._closing is None else 0) | (
+                select.POLLOUT if flushing else 0
+            )
+            if events != registered:
+                poller.register(fd, events | _ERR)
+                registered = events
+            for fd_, event in poller.poll(POLL_MS):
+                if fd_ == self._wake_r:
+                    with contextlib.suppress(OSError):
+                        os.read(self._wake_r, 4096)
+                    continue
+                if event & select.POLLOUT:
+                    self._flush()
+                if event & (_READ | _ERR):
+                    data = self._receive()
+                    if data is None:
+                        return
+                    if data:
+                        self._frames.add(data)
+                        got_frame = self._hand_on(on_frames, reading, stop) or got_frame
+            now = time.monotonic()
+            if not got_frame and now - opened > (first_frame_s or 0):
+                self.close_after(
+                    encode_error(0, "communication", "no request in time; closing"),
+                    f"no whole frame within {first_frame_s:g} s of connecting",
+                )
+            stalled = self._stalled_since
+            if stalled is not None and now - stalled > self._write_stall_s:
+                self.close(f"the peer read none of our replies for {self._write_stall_s:g} s")
+
     def _hand_on(
-        self, on_frames: Callable[[list[Frame]], None], reading: Callable[[], bool]
+        self,
+        on_frames: Callable[[list[Frame]], None],
+        reading: Callable[[], bool],
+        stop: threading.Event | None = None,
     ) -> bool:
         """Hand on the whole frames received, one at a time while ``reading()`` says so (a
         single read can hold hundreds: the rest wait as bytes). Whether any went on."""
         handed = False
-        while self._closing is None and reading():
+        while self._closing is None and reading() and (stop is None or not stop.is_set()):
             frame = self._frames.take()
             if frame is None:
                 break
