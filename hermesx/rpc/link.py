@@ -217,12 +217,7 @@ class Link:
         thread): another thread may read meanwhile with :meth:`read_for`.
         """
         try:
-            # The peer's first request may have come in with the last bytes of the
-            # TLS handshake: it waits in the session already, not in the socket.
-            if self._session is not None:
-                early = self._decrypt(b"")
-                if early:
-                    self._frames.add(early)
+            self.take_early()
             self._loop(on_frames, reading, first_frame_s, None)
         except FrameError as exc:
             self.close_after(encode_error(0, "communication", f"bad frame: {exc}"), str(exc))
@@ -230,13 +225,16 @@ class Link:
         except (OSError, ssl.SSLError) as exc:
             self.close(f"connection failed: {exc}")
         finally:
-            self.close(self.closed or "closed")
-            with contextlib.suppress(OSError):
-                self.sock.close()
-            for pipe_fd in (self._wake_r, self._wake_w):
-                with contextlib.suppress(OSError):
-                    os.close(pipe_fd)
+            self.release()
         return self.closed or "closed"
+
+    def take_early(self) -> None:
+        """Take what the peer sent with the last bytes of the TLS handshake (its first
+        request, a refusal): it waits in the session already, not in the socket."""
+        if self._session is not None:
+            early = self._decrypt(b"")
+            if early:
+                self._frames.add(early)
 
     def read_for(
         self,
@@ -248,20 +246,47 @@ class Link:
         ``on_frames``, until ``stop`` is set (then :meth:`wake`) or the link closes.
         Only one thread reads at a time: the caller of ``run`` waits for this one to
         return before it reads again. Closing the socket stays ``run``'s part."""
+        self.read_until(on_frames, stop.is_set, reading=reading, owner=False)
+
+    def read_until(
+        self,
+        on_frames: Callable[[list[Frame]], None],
+        done: Callable[[], bool],
+        *,
+        reading: Callable[[], bool] = lambda: True,
+        deadline: float | None = None,
+        owner: bool = True,
+    ) -> None:
+        """Read, hand frames on and flush the outbox on this thread until ``done()`` (checked
+        after each frame and each wake-up), ``deadline`` (``time.monotonic``) or the link
+        closes; one thread at a time. A bad frame or a failed connection closes the link
+        (after a goodbye for a bad frame, flushed here unless ``owner`` is False: then
+        :meth:`run`'s thread does it); :meth:`release` frees its descriptors."""
         try:
-            self._loop(on_frames, reading, None, stop)
+            self._loop(on_frames, reading, None, done, deadline)
         except FrameError as exc:
-            # run()'s thread flushes the goodbye and closes once it is back.
             self.close_after(encode_error(0, "communication", f"bad frame: {exc}"), str(exc))
+            if owner:
+                self._drain_for(1.0)
         except (OSError, ssl.SSLError) as exc:
             self.close(f"connection failed: {exc}")
+
+    def release(self) -> None:
+        """Close the link and its descriptors (for a link read only by :meth:`read_until`)."""
+        self.close(self.closed or "closed")
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        for pipe_fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(pipe_fd)
 
     def _loop(
         self,
         on_frames: Callable[[list[Frame]], None],
         reading: Callable[[], bool],
         first_frame_s: float | None,
-        stop: threading.Event | None,
+        stop: Callable[[], bool] | None,
+        deadline: float | None = None,
     ) -> None:
         poller = select.poll()
         fd = self.sock.fileno()
@@ -269,25 +294,31 @@ class Link:
         registered = -1
         got_frame = first_frame_s is None
         opened = time.monotonic()
-        while self.closed is None and (stop is None or not stop.is_set()):
+        wait_ms = POLL_MS
+        while self.closed is None and (stop is None or not stop()):
             # Frames held back while reading() was False go on once it is True.
             got_frame = self._hand_on(on_frames, reading, stop) or got_frame
-            if stop is not None and stop.is_set():
+            if stop is not None and stop():
                 break
             with self._lock:
                 flushing = bool(self._outbox)
                 if self._closing is not None and not flushing:
                     if stop is not None:
-                        break  # run()'s thread closes
+                        break  # the link's owner closes
                     self._close_locked(self._closing)
                     break
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                wait_ms = min(POLL_MS, max(1, int(left * 1000) + 1))
             events = (_READ if reading() and self._closing is None else 0) | (
                 select.POLLOUT if flushing else 0
             )
             if events != registered:
                 poller.register(fd, events | _ERR)
                 registered = events
-            for fd_, event in poller.poll(POLL_MS):
+            for fd_, event in poller.poll(wait_ms):
                 if fd_ == self._wake_r:
                     with contextlib.suppress(OSError):
                         os.read(self._wake_r, 4096)
@@ -315,12 +346,12 @@ class Link:
         self,
         on_frames: Callable[[list[Frame]], None],
         reading: Callable[[], bool],
-        stop: threading.Event | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> bool:
         """Hand on the whole frames received, one at a time while ``reading()`` says so (a
         single read can hold hundreds: the rest wait as bytes). Whether any went on."""
         handed = False
-        while self._closing is None and reading() and (stop is None or not stop.is_set()):
+        while self._closing is None and reading() and (stop is None or not stop()):
             frame = self._frames.take()
             if frame is None:
                 break

@@ -18,6 +18,7 @@ import pytest
 from hermesx.core.errors import ConfigurationError
 from hermesx.rpc.callclient import CallPool
 from hermesx.rpc.callserver import Call, CallServer, yield_reader
+from hermesx.testing.wait import wait_until
 
 
 @pytest.fixture
@@ -117,5 +118,35 @@ def test_a_handlers_error_answers_its_call_and_the_connection_goes_on(address: s
         with pytest.raises(ConfigurationError, match="refused by the handler"):
             connection.call("echo", b"fail:x", 5.0)
         assert connection.call("echo", b"0:after ", 5.0).startswith(b"after ")
+    finally:
+        pool.close()
+
+
+def test_an_idle_callers_connection_notices_the_listener_closing_it() -> None:
+    served = CallServer("closing server", workers=2, tls=None)
+    served.register("echo", lambda call: call.body, "Supervisor/Invoke", inline=True)
+    address = served.start("127.0.0.1:0")
+    pool = CallPool()
+    try:
+        connection = pool.connection(address)
+        assert connection.call("echo", b"one", 5.0) == b"one"
+        served.stop()
+        # Nobody calls: the connection's own thread reads it and sees it end.
+        wait_until(lambda: connection.closed is not None, 10.0, "the connection to close")
+        assert pool.connection(address) is not connection or connection.closed is not None
+    finally:
+        pool.close()
+        served.stop()
+
+
+def test_calls_after_a_pause_take_the_reading_back_from_the_idle_connection(
+    address: str,
+) -> None:
+    pool = CallPool()
+    connection = pool.connection(address)
+    try:
+        for i in range(5):
+            assert connection.call("echo", f"0:{i} ".encode(), 5.0).startswith(f"{i} ".encode())
+            time.sleep(0.2)  # past IDLE_READ_S: the connection's thread reads it meanwhile
     finally:
         pool.close()
