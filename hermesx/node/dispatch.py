@@ -183,7 +183,6 @@ class Dispatcher:
             self._admission.release_forward(request.guid)
 
     def _forward_along(self, request: pb.InvokeRequest, tad: TAD) -> pb.InvokeReply:
-        yield_reader()  # the next node's reply is a while away
         forwarded = pb.InvokeRequest()
         forwarded.CopyFrom(request)
         forwarded.hops = request.hops + 1

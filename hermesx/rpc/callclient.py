@@ -65,8 +65,9 @@ WRITE_STALL_S = 30.0
 # Why a connection was closed on purpose (ChannelPool.drop: the peer left the cluster).
 DROPPED = "closed by this process"
 # A connection without calls for this long is read by its own thread (to notice a
-# peer that closes it); a caller then takes the reading over.
-IDLE_READ_S = 0.05
+# peer that closes it); a caller then takes the reading over, at the cost of a
+# thread hand-off: not after every short pause.
+IDLE_READ_S = 1.0
 
 
 class _Waiter:
