@@ -133,7 +133,6 @@ def test_an_idle_callers_connection_notices_the_listener_closing_it() -> None:
         served.stop()
         # Nobody calls: the connection's own thread reads it and sees it end.
         wait_until(lambda: connection.closed is not None, 10.0, "the connection to close")
-        assert pool.connection(address) is not connection or connection.closed is not None
     finally:
         pool.close()
         served.stop()
@@ -145,8 +144,8 @@ def test_calls_after_a_pause_take_the_reading_back_from_the_idle_connection(
     pool = CallPool()
     connection = pool.connection(address)
     try:
-        for i in range(5):
+        for i in range(3):
             assert connection.call("echo", f"0:{i} ".encode(), 5.0).startswith(f"{i} ".encode())
-            time.sleep(0.2)  # past IDLE_READ_S: the connection's thread reads it meanwhile
+            time.sleep(1.2)  # past IDLE_READ_S: the connection's thread reads it meanwhile
     finally:
         pool.close()
