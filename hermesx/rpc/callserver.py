@@ -25,7 +25,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -49,7 +49,15 @@ from hermesx.rpc.frames import (
 from hermesx.rpc.link import Link, LinkClosed, handshake
 from hermesx.rpc.wire import TLSIdentity
 
-__all__ = ["Call", "CallLimits", "CallServer", "Handler", "parse_body", "yield_reader"]
+__all__ = [
+    "Call",
+    "CallLimits",
+    "CallServer",
+    "Handler",
+    "WorkerPool",
+    "parse_body",
+    "yield_reader",
+]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +99,7 @@ class Call:
 Handler = Callable[[Call], bytes]
 
 M = TypeVar("M", bound=Message)
+T = TypeVar("T")
 
 
 def parse_body(kind: type[M], call: Call) -> M:
@@ -102,6 +111,35 @@ def parse_body(kind: type[M], call: Call) -> M:
             f"a {call.kind} request whose body is not a {kind.__name__}"
         ) from None
     return parsed
+
+
+class WorkerPool(ThreadPoolExecutor):
+    """A process's one pool of workers (its gRPC server's and its call listener's), in
+    which a request run on its connection's own thread takes a worker's place.
+
+    Its tasks and the requests run inline are at most ``max_workers`` at once: a
+    task waits for a place before it runs, and a request runs inline only when a
+    place is free (:meth:`borrow`), so a node whose calls are all stuck has no
+    place left for its own ``Status`` either way (docs/DESIGN.md §4.1).
+    """
+
+    def __init__(self, max_workers: int, thread_name_prefix: str = "") -> None:
+        super().__init__(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
+        self._places = threading.Semaphore(max_workers)
+
+    def submit(self, fn: Callable[..., T], /, *args: object, **kwargs: object) -> Future[T]:
+        return super().submit(self._run, fn, *args, **kwargs)
+
+    def _run(self, fn: Callable[..., T], /, *args: object, **kwargs: object) -> T:
+        with self._places:
+            return fn(*args, **kwargs)
+
+    def borrow(self) -> bool:
+        """Take a worker's place for a request run inline (False: none is free)."""
+        return self._places.acquire(blocking=False)
+
+    def give_back(self) -> None:
+        self._places.release()
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +194,7 @@ class CallServer:
         self._pool: Executor = (
             workers
             if isinstance(workers, Executor)
-            else ThreadPoolExecutor(max_workers=workers, thread_name_prefix="call-worker")
+            else WorkerPool(workers, thread_name_prefix="call-worker")
         )
         self._lock = threading.Lock()
         self._connections: set[_Connection] = set()
@@ -343,12 +381,17 @@ class CallServer:
             with self._lock:
                 connection.in_flight += 1
             call = Call(frame.kind, frame.body, now + frame.timeout, frame.meta, identity)
-            if inline and own_thread:
+            if inline and own_thread and self._borrow():
                 self._run_inline(connection, link, frame.id, handler, call)
             else:
                 self._pool.submit(self._dispatch, connection, link, frame.id, handler, call)
 
     # ------------------------------------------------------------ requests run inline
+
+    def _borrow(self) -> bool:
+        """A worker's place for a request run inline (any pool but a WorkerPool: always)."""
+        pool = self._pool
+        return pool.borrow() if isinstance(pool, WorkerPool) else True
 
     def _run_inline(
         self, connection: _Connection, link: Link, id: int, handler: Handler, call: Call
@@ -363,6 +406,8 @@ class CallServer:
             self._dispatch(connection, link, id, handler, call)
         finally:
             _inline.run = None
+            if isinstance(self._pool, WorkerPool):
+                self._pool.give_back()
             with self._lock:
                 connection.inline_since = None
                 stop, done = connection.rescue_stop, connection.rescue_done
@@ -370,7 +415,9 @@ class CallServer:
             if stop is not None and done is not None:
                 stop.set()
                 link.wake()
-                done.wait()
+                # (A reader never started when the server stops: its links are closed.)
+                while not done.wait(1.0) and not self._stopping.is_set():
+                    pass
 
     def rescue(self, connection: _Connection) -> None:
         """Have another thread read ``connection`` while its own thread runs a request."""

@@ -17,7 +17,7 @@ import pytest
 
 from hermesx.core.errors import ConfigurationError
 from hermesx.rpc.callclient import CallPool
-from hermesx.rpc.callserver import Call, CallServer, yield_reader
+from hermesx.rpc.callserver import Call, CallServer, WorkerPool, yield_reader
 from hermesx.testing.wait import wait_until
 
 
@@ -149,3 +149,40 @@ def test_calls_after_a_pause_take_the_reading_back_from_the_idle_connection(
             time.sleep(1.2)  # past IDLE_READ_S: the connection's thread reads it meanwhile
     finally:
         pool.close()
+
+
+def test_a_request_run_inline_takes_a_workers_place() -> None:
+    # With every place taken by a stuck call, the pool's own tasks (a node's Status
+    # over gRPC) wait too: the node's watchdog sees a node whose calls are all stuck.
+    pool = WorkerPool(1, thread_name_prefix="test-worker")
+    served = CallServer("one-worker server", workers=pool, tls=None)
+    release = threading.Event()
+
+    def stuck(call: Call) -> bytes:
+        release.wait(10.0)
+        return threading.current_thread().name.encode()
+
+    served.register("stuck", stuck, "Supervisor/Invoke", inline=True)
+    address = served.start("127.0.0.1:0")
+    callers = CallPool()
+    try:
+        outcome: dict[str, bytes] = {}
+        caller = threading.Thread(
+            target=lambda: outcome.setdefault(
+                "reply", callers.connection(address).call("stuck", b"", 10.0)
+            )
+        )
+        caller.start()
+        time.sleep(0.3)
+        task = pool.submit(time.monotonic)
+        time.sleep(0.5)
+        assert not task.done()  # no place: the stuck call holds the only one
+        release.set()
+        caller.join(10.0)
+        assert outcome["reply"].startswith(b"call-link")
+        assert task.result(10.0) > 0
+    finally:
+        release.set()
+        callers.close()
+        served.stop()
+        pool.shutdown(wait=False)
