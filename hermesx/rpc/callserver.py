@@ -74,8 +74,9 @@ _inline = threading.local()  # .run: the (server, connection) of the request thi
 
 
 def yield_reader() -> None:
-    """Called by a handler about to wait (a forward, a durable checkpoint): when it runs on
-    its connection's own thread, another thread reads the connection meanwhile."""
+    """Called by a handler about to wait (for the atom's turn, for a durable checkpoint):
+    when it runs on its connection's own thread, another thread reads the connection
+    meanwhile."""
     run = getattr(_inline, "run", None)
     if run is not None:
         run[0].rescue(run[1])
