@@ -56,8 +56,9 @@ def serve_calls(
         reply: bytes = dispatcher.serve_send(parse_body(pb.SendRequest, call)).SerializeToString()
         return reply
 
-    server.register(INVOKE, invoke, "Supervisor/Invoke")
-    server.register(SEND, send, "Supervisor/Send")
+    # Both run on the connection's own thread when it has no other (docs/DESIGN.md §4.1).
+    server.register(INVOKE, invoke, "Supervisor/Invoke", inline=True)
+    server.register(SEND, send, "Supervisor/Send", inline=True)
     try:
         # "auto" asks for the port after gRPC's; any free port serves as well,
         # since callers find it in the node's record.

@@ -19,10 +19,11 @@ from hermesx.core.errors import HermesError, UnreachableError
 from hermesx.core.identity import TAD
 from hermesx.node.admission import Admission
 from hermesx.node.catalog import ActiveAtom
-from hermesx.node.checkpoints import Checkpointing
+from hermesx.node.checkpoints import EVERY_CALL, Checkpointing
 from hermesx.node.context import NodeContext
 from hermesx.node.placement import FOLLOW_CALLER, FollowCaller
 from hermesx.observe import metrics
+from hermesx.rpc.callserver import yield_reader
 from hermesx.rpc.convert import tad_from_pb, tad_to_pb
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.status import pb_error
@@ -125,6 +126,9 @@ class Dispatcher:
         refused = self._admission.refuse_atom_call(active, request.method)
         if refused is not None:
             return refused
+        if active.calls > 1 or active.meta.checkpoint.mode == EVERY_CALL:
+            # It waits its turn, or for its checkpoint: not on its connection's reader.
+            yield_reader()
         try:
             return self._run_fixed(active, request)
         finally:
@@ -231,6 +235,7 @@ class Dispatcher:
             )
         if request.hops >= self.hop_limit(request.hop_limit):
             return pb.SendReply(moved=tad_to_pb(tad), tad=tad_to_pb(tad))
+        yield_reader()
         forwarded = pb.SendRequest()
         forwarded.CopyFrom(request)
         forwarded.hops = request.hops + 1

@@ -63,7 +63,7 @@ from hermesx.routing.departures import watch_departures
 from hermesx.routing.invoker import Invoker
 from hermesx.routing.naming import Naming
 from hermesx.routing.stash import Stash
-from hermesx.rpc.callserver import CallServer
+from hermesx.rpc.callserver import CallServer, WorkerPool
 from hermesx.rpc.node_client import CALL_ADDRESS
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
@@ -125,9 +125,9 @@ class Supervisor:
         self._metrics: metrics.MetricsEndpoint | None = None
         self._stopping = threading.Event()
         self._background = futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="node-bg")
-        self._workers = futures.ThreadPoolExecutor(
-            max_workers=config.workers, thread_name_prefix="node-rpc"
-        )
+        # A request run on a call connection's own thread takes a worker's place
+        # (docs/DESIGN.md §4.1).
+        self._workers = WorkerPool(config.workers, thread_name_prefix="node-rpc")
         self._transfers = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="transfer")
 
         self.catalog = Catalog(config.name, self.stash)

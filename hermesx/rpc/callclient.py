@@ -20,6 +20,7 @@ import math
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -63,22 +64,36 @@ LONGEST_WAIT_S = MAX_TIMEOUT_S / 10
 WRITE_STALL_S = 30.0
 # Why a connection was closed on purpose (ChannelPool.drop: the peer left the cluster).
 DROPPED = "closed by this process"
+# A connection without calls for this long is read by its own thread (to notice a
+# peer that closes it); a caller then takes the reading over, at the cost of a
+# thread hand-off: not after every short pause.
+IDLE_READ_S = 1.0
 
 
 class _Waiter:
     """One call in flight: its thread waits on ``done`` until the reply or a failure."""
 
-    __slots__ = ("body", "done", "error")
+    __slots__ = ("body", "done", "error", "finished")
 
     def __init__(self) -> None:
         self.done = threading.Lock()
         self.done.acquire()
         self.body: bytes | None = None
         self.error: HermesError | None = None
+        self.finished = False  # body or error set (``done`` released once, then)
 
 
 class CallConnection:
-    """One connection to the call listener at ``address``; thread-safe."""
+    """One connection to the call listener at ``address``; thread-safe.
+
+    Whoever holds the connection's reading token reads the socket and hands each
+    reply to the thread waiting for it. A caller whose reply nobody is reading for
+    takes the token and reads itself, so a lone call's reply reaches its thread
+    with no hand-off; when it leaves with other calls still waiting, the
+    connection's own thread reads for them. That thread also reads while the
+    connection is idle (after ``IDLE_READ_S`` without calls), to notice at once
+    a peer that closes it, and gives the token to the next caller.
+    """
 
     def __init__(
         self,
@@ -119,8 +134,21 @@ class CallConnection:
         self._pending: dict[int, _Waiter] = {}
         self._ids = itertools.count(1)
         self._goodbye: Error | None = None
-        self.closed: str | None = None
+        self._token = threading.Lock()  # held by the thread reading the socket
+        self._need_reader = threading.Event()  # calls wait that nobody reads for
+        self._idle_reading = False  # the connection's thread reads an idle connection
+        self._wanted = False  # a caller waits for the idle reader to give the token up
+        self._last_call = time.monotonic()
+        try:
+            self._link.take_early()
+        except FrameError as exc:
+            self._link.close(f"bad frame: {exc}")  # its first call fails: unreachable
         threading.Thread(target=self._run, name=f"call-link {address}", daemon=True).start()
+
+    @property
+    def closed(self) -> str | None:
+        """Why the connection closed (None while open)."""
+        return self._link.closed
 
     def call(
         self, kind: str, body: bytes, timeout: float, meta: Mapping[str, str] | None = None
@@ -140,13 +168,15 @@ class CallConnection:
                 f"{self.peer}: a {kind} request of {len(frame)} bytes is over the call "
                 f"channel's {self._max_frame}-byte frame limit"
             )
+        deadline = time.monotonic() + timeout
+        self._last_call = deadline - timeout
         waiter = self._pending[id] = _Waiter()
         try:
             self._link.write(frame)
         except LinkClosed as exc:
             self._pending.pop(id, None)
             raise UnreachableError(f"{self.peer} is unreachable ({exc})") from None
-        if not waiter.done.acquire(timeout=timeout):
+        if not self._await(waiter, deadline):
             self._pending.pop(id, None)
             if self._link.stalled_for > WRITE_STALL_S:
                 self._link.close(f"the listener read none of our requests for {WRITE_STALL_S:g} s")
@@ -159,17 +189,69 @@ class CallConnection:
     def close(self, reason: str = DROPPED) -> None:
         self._link.close(reason)
 
-    # ------------------------------------------------------------ the reader thread
+    # ------------------------------------------------------------ reading
+
+    def _await(self, waiter: _Waiter, deadline: float) -> bool:
+        """Wait for ``waiter``'s reply, reading the socket when nobody else does; False when
+        ``deadline`` passed first."""
+        while not waiter.finished:
+            if self._link.closed is not None:
+                self._need_reader.set()  # the connection's thread ends every call waiting
+            elif self._idle_reading:
+                self._wanted = True
+                self._link.wake()
+                if self._token.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                    self._read(waiter, deadline)
+                    continue
+            elif self._token.acquire(blocking=False):
+                self._read(waiter, deadline)
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0 or not waiter.done.acquire(timeout=left):
+                return waiter.finished
+            return True
+        return True
+
+    def _read(self, waiter: _Waiter, deadline: float) -> None:
+        """Holding the token: read until ``waiter``'s reply came or ``deadline``; then hand
+        the reading to the connection's thread if other calls wait."""
+        try:
+            if not waiter.finished:
+                self._link.read_until(self._received, lambda: waiter.finished, deadline=deadline)
+        finally:
+            self._token.release()
+            if self._pending or self._link.closed is not None:
+                self._need_reader.set()
 
     def _run(self) -> None:
-        reason = self._link.run(self._received)
-        self.closed = reason
+        """The connection's own thread: read for calls nobody reads for, and while idle."""
+        link = self._link
+        while link.closed is None:
+            if self._need_reader.wait(IDLE_READ_S):
+                self._need_reader.clear()
+                with self._token:
+                    link.read_until(self._received, lambda: not self._pending)
+            elif (
+                not self._pending
+                and time.monotonic() - self._last_call > IDLE_READ_S
+                and self._token.acquire(blocking=False)
+            ):
+                try:
+                    self._idle_reading, self._wanted = True, False
+                    link.read_until(self._received, lambda: self._wanted or bool(self._pending))
+                finally:
+                    self._idle_reading = False
+                    self._token.release()
+                    if self._pending:  # a call came while we took the token: read for it
+                        self._need_reader.set()
+        with self._token:  # the last reader has left
+            link.release()
+        reason = link.closed or "closed"
         error = self._failure(reason)
         while self._pending:
             with contextlib.suppress(KeyError):
                 _, waiter = self._pending.popitem()
-                waiter.error = error
-                waiter.done.release()
+                self._finish(waiter, None, error)
         log.debug("call connection to %s closed: %s", self.peer, reason)
 
     def _failure(self, reason: str) -> HermesError:
@@ -188,21 +270,24 @@ class CallConnection:
             return CommunicationError(f"call to {self.peer} cut short: {reason}")
         return transport_error(grpc.StatusCode.UNAVAILABLE, self.peer, "", reason)
 
+    @staticmethod
+    def _finish(waiter: _Waiter, body: bytes | None, error: HermesError | None) -> None:
+        waiter.body, waiter.error, waiter.finished = body, error, True
+        waiter.done.release()
+
     def _received(self, frames: list[Frame]) -> None:
         for frame in frames:
             if isinstance(frame, Reply):
                 waiter = self._pending.pop(frame.id, None)
                 if waiter is not None:
-                    waiter.body = frame.body
-                    waiter.done.release()
+                    self._finish(waiter, frame.body, None)
             elif isinstance(frame, Error):
                 if frame.id == 0:
                     self._goodbye = frame
                     continue
                 waiter = self._pending.pop(frame.id, None)
                 if waiter is not None:
-                    waiter.error = error_from_wire(frame.kind, frame.message)
-                    waiter.done.release()
+                    self._finish(waiter, None, error_from_wire(frame.kind, frame.message))
             else:
                 raise FrameError("a request frame sent to a caller")
 

@@ -25,7 +25,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -49,9 +49,37 @@ from hermesx.rpc.frames import (
 from hermesx.rpc.link import Link, LinkClosed, handshake
 from hermesx.rpc.wire import TLSIdentity
 
-__all__ = ["Call", "CallLimits", "CallServer", "Handler", "parse_body"]
+__all__ = [
+    "Call",
+    "CallLimits",
+    "CallServer",
+    "Handler",
+    "WorkerPool",
+    "parse_body",
+    "yield_reader",
+]
 
 log = logging.getLogger(__name__)
+
+# A request run on its connection's own thread that has taken this long gets
+# another thread to read the connection meanwhile (so a slow call does not hold
+# up the calls behind it for longer); the watch looks this often while such runs
+# happen. Handlers that know they will wait say so at once (yield_reader). Much
+# shorter, and a busy machine's scheduling alone makes quick calls "slow".
+SLOW_INLINE_S = 0.01
+# The watch stops looking after this long without a request run inline.
+WATCH_LINGER_S = 0.5
+
+_inline = threading.local()  # .run: the (server, connection) of the request this thread runs
+
+
+def yield_reader() -> None:
+    """Called by a handler about to wait (for the atom's turn, for a durable checkpoint):
+    when it runs on its connection's own thread, another thread reads the connection
+    meanwhile."""
+    run = getattr(_inline, "run", None)
+    if run is not None:
+        run[0].rescue(run[1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +100,7 @@ class Call:
 Handler = Callable[[Call], bytes]
 
 M = TypeVar("M", bound=Message)
+T = TypeVar("T")
 
 
 def parse_body(kind: type[M], call: Call) -> M:
@@ -83,6 +112,35 @@ def parse_body(kind: type[M], call: Call) -> M:
             f"a {call.kind} request whose body is not a {kind.__name__}"
         ) from None
     return parsed
+
+
+class WorkerPool(ThreadPoolExecutor):
+    """A process's one pool of workers (its gRPC server's and its call listener's), in
+    which a request run on its connection's own thread takes a worker's place.
+
+    Its tasks and the requests run inline are at most ``max_workers`` at once: a
+    task waits for a place before it runs, and a request runs inline only when a
+    place is free (:meth:`borrow`), so a node whose calls are all stuck has no
+    place left for its own ``Status`` either way (docs/DESIGN.md §4.1).
+    """
+
+    def __init__(self, max_workers: int, thread_name_prefix: str = "") -> None:
+        super().__init__(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
+        self._places = threading.Semaphore(max_workers)
+
+    def submit(self, fn: Callable[..., T], /, *args: object, **kwargs: object) -> Future[T]:
+        return super().submit(self._run, fn, *args, **kwargs)
+
+    def _run(self, fn: Callable[..., T], /, *args: object, **kwargs: object) -> T:
+        with self._places:
+            return fn(*args, **kwargs)
+
+    def borrow(self) -> bool:
+        """Take a worker's place for a request run inline (False: none is free)."""
+        return self._places.acquire(blocking=False)
+
+    def give_back(self) -> None:
+        self._places.release()
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +176,11 @@ class _Connection:
     identity: security.PeerIdentity | None = None
     in_flight: int = 0
     last_frame: float = 0.0  # time.monotonic() of its last request (or of its handshake)
+    # A request runs on the connection's own thread (one at most), since when.
+    inline_since: float | None = None
+    # While it runs: the other thread reading meanwhile (stop it, then wait for done).
+    rescue_stop: threading.Event | None = None
+    rescue_done: threading.Event | None = None
 
 
 def _member(connection: _Connection) -> bool:
@@ -144,22 +207,37 @@ class CallServer:
         self._context: ssl.SSLContext | None = (
             security.ssl_server_context(tls.directory, tls.name) if tls is not None else None
         )
-        self._handlers: dict[str, tuple[Handler, frozenset[str]]] = {}
+        self._handlers: dict[str, tuple[Handler, frozenset[str], bool]] = {}
         self._own_pool = not isinstance(workers, Executor)
         self._pool: Executor = (
             workers
             if isinstance(workers, Executor)
-            else ThreadPoolExecutor(max_workers=workers, thread_name_prefix="call-worker")
+            else WorkerPool(workers, thread_name_prefix="call-worker")
         )
         self._lock = threading.Lock()
         self._connections: set[_Connection] = set()
         self._held_bytes = 0  # bodies of the requests running or waiting (max_held_bytes)
         self._listener: socket.socket | None = None
         self._stopping = threading.Event()
+        # Threads that read a connection while its own thread runs a slow request.
+        self._readers = ThreadPoolExecutor(
+            max_workers=self.limits.max_connections, thread_name_prefix="call-reader"
+        )
+        self._watch = threading.Condition()
+        self._watch_idle = False
+        self._watch_started = False
+        self._last_inline = 0.0
 
-    def register(self, kind: str, handler: Handler, rpc: str) -> None:
-        """Serve requests of ``kind`` with ``handler``, to the roles that may call gRPC ``rpc``."""
-        self._handlers[kind] = (handler, roles.allowed_roles(rpc))
+    def register(self, kind: str, handler: Handler, rpc: str, *, inline: bool = False) -> None:
+        """Serve requests of ``kind`` with ``handler``, to the roles that may call gRPC ``rpc``.
+
+        ``inline``: a request of this kind runs on its connection's own thread when
+        no other request of the connection does (no hand-off to a worker: the
+        quickest reply), and another thread reads the connection once it takes
+        ``SLOW_INLINE_S`` or calls :func:`yield_reader`; the others run on the
+        pool. Without it every request runs on the pool (a handler that waits
+        for others, as a group commit does)."""
+        self._handlers[kind] = (handler, roles.allowed_roles(rpc), inline)
 
     @property
     def connections(self) -> int:
@@ -202,6 +280,9 @@ class CallServer:
             links = [c.link for c in self._connections if c.link is not None]
         for link in links:
             link.close("the server stops")
+        with self._watch:
+            self._watch.notify()
+        self._readers.shutdown(wait=False, cancel_futures=True)
         if self._own_pool:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
@@ -314,12 +395,8 @@ class CallServer:
                 return f"refused: {refusal}"
             connection.identity = identity
         reason = link.run(
-            lambda frames: self._received(connection, link, frames),
-            reading=lambda: (
-                connection.in_flight < self.limits.max_in_flight
-                and self._held_bytes < self.limits.max_held_bytes
-                and link.backlog < self.limits.max_backlog
-            ),
+            lambda frames: self._received(connection, link, frames, own_thread=True),
+            reading=lambda: self._reading(connection, link),
             first_frame_s=self.limits.first_frame_s,
             frame_s=self.limits.frame_s,
             frame_rate=self.limits.frame_rate,
@@ -331,7 +408,18 @@ class CallServer:
 
     # ------------------------------------------------------------ requests
 
-    def _received(self, connection: _Connection, link: Link, frames: list[Frame]) -> None:
+    def _reading(self, connection: _Connection, link: Link) -> bool:
+        """Whether to read ``connection`` now: its requests in flight, the request bodies
+        held on all connections and its replies not yet sent are under their limits."""
+        return (
+            connection.in_flight < self.limits.max_in_flight
+            and self._held_bytes < self.limits.max_held_bytes
+            and link.backlog < self.limits.max_backlog
+        )
+
+    def _received(
+        self, connection: _Connection, link: Link, frames: list[Frame], *, own_thread: bool
+    ) -> None:
         now = connection.last_frame = time.monotonic()
         for frame in frames:
             if not isinstance(frame, Request):
@@ -339,7 +427,7 @@ class CallServer:
             entry = self._handlers.get(frame.kind)
             if entry is None:
                 raise FrameError(f"a request of unknown kind {frame.kind!r}")
-            handler, allowed = entry
+            handler, allowed, inline = entry
             identity = connection.identity
             if self._tls is not None and (identity is None or identity.role not in allowed):
                 role = (identity.role if identity else None) or "none"
@@ -354,7 +442,103 @@ class CallServer:
                 connection.in_flight += 1
                 self._held_bytes += len(frame.body)
             call = Call(frame.kind, frame.body, now + frame.timeout, frame.meta, identity)
-            self._pool.submit(self._dispatch, connection, link, frame.id, handler, call)
+            if inline and own_thread and self._borrow():
+                self._run_inline(connection, link, frame.id, handler, call)
+            else:
+                self._pool.submit(self._dispatch, connection, link, frame.id, handler, call)
+
+    # ------------------------------------------------------------ requests run inline
+
+    def _borrow(self) -> bool:
+        """A worker's place for a request run inline (any pool but a WorkerPool: always)."""
+        pool = self._pool
+        return pool.borrow() if isinstance(pool, WorkerPool) else True
+
+    def _run_inline(
+        self, connection: _Connection, link: Link, id: int, handler: Handler, call: Call
+    ) -> None:
+        """Run a request on the connection's own thread; meanwhile, once it is slow, another
+        thread reads the connection (its requests go to the pool)."""
+        connection.inline_since = self._last_inline = time.monotonic()
+        if self._watch_idle or not self._watch_started:
+            self._wake_watch()
+        _inline.run = (self, connection)
+        try:
+            self._dispatch(connection, link, id, handler, call)
+        finally:
+            _inline.run = None
+            if isinstance(self._pool, WorkerPool):
+                self._pool.give_back()
+            with self._lock:
+                connection.inline_since = None
+                stop, done = connection.rescue_stop, connection.rescue_done
+                connection.rescue_stop = connection.rescue_done = None
+            if stop is not None and done is not None:
+                stop.set()
+                link.wake()
+                # (A reader never started when the server stops: its links are closed.)
+                while not done.wait(1.0) and not self._stopping.is_set():
+                    pass
+
+    def rescue(self, connection: _Connection) -> None:
+        """Have another thread read ``connection`` while its own thread runs a request."""
+        link = connection.link
+        with self._lock:
+            if connection.inline_since is None or connection.rescue_stop is not None:
+                return
+            if link is None or self._stopping.is_set():
+                return
+            stop = connection.rescue_stop = threading.Event()
+            done = connection.rescue_done = threading.Event()
+
+        def read() -> None:
+            try:
+                link.read_for(
+                    lambda frames: self._received(connection, link, frames, own_thread=False),
+                    lambda: self._reading(connection, link),
+                    stop,
+                )
+            except Exception:  # its own thread goes on reading; this one must not stop it
+                log.exception("%s: reading the call connection from %s", self.name, connection.peer)
+            finally:
+                done.set()
+
+        try:
+            self._readers.submit(read)
+        except RuntimeError:  # shut down: the server stops
+            done.set()
+
+    def _wake_watch(self) -> None:
+        with self._watch:
+            if not self._watch_started:
+                self._watch_started = True
+                threading.Thread(target=self._watching, name="call-watch", daemon=True).start()
+            self._watch.notify()
+
+    def _watching(self) -> None:
+        """Give a slow request run inline a reader for its connection (see SLOW_INLINE_S)."""
+        while not self._stopping.is_set():
+            time.sleep(SLOW_INLINE_S)
+            now = time.monotonic()
+            with self._lock:
+                slow = [
+                    c
+                    for c in self._connections
+                    if c.inline_since is not None
+                    and now - c.inline_since >= SLOW_INLINE_S
+                    and c.rescue_stop is None
+                ]
+            for connection in slow:
+                self.rescue(connection)
+            if now - self._last_inline > WATCH_LINGER_S:
+                with self._watch:
+                    self._watch_idle = True
+                    while (
+                        time.monotonic() - self._last_inline > WATCH_LINGER_S
+                        and not self._stopping.is_set()
+                    ):
+                        self._watch.wait()
+                    self._watch_idle = False
 
     def _dispatch(
         self, connection: _Connection, link: Link, id: int, handler: Handler, call: Call

@@ -127,6 +127,10 @@ class Link:
         self._frames = FrameReader(max_frame)
         self._write_stall_s = write_stall_s
         self._closing: str | None = None  # close once the outbox is flushed
+        # The frame clock (see run): its limits, and when the unfinished frame began.
+        self._frame_s: float | None = None
+        self._frame_rate = 0.0
+        self._frame_began: float | None = None
         self.closed: str | None = None  # why, once closed
 
     # ------------------------------------------------------------ any thread
@@ -190,8 +194,8 @@ class Link:
     def wake(self) -> None:
         """Make :meth:`run` look again (there is output, or reading may resume)."""
         with self._lock:
-            # Once run() has ended its pipe is closed, and its number may be another
-            # file's or connection's by now: a byte written there would corrupt it.
+            # Once the link is released its pipe is closed, and its number may be
+            # another file's or connection's by now: a byte written there would corrupt it.
             if self._wake_w < 0:
                 return
             with contextlib.suppress(OSError):
@@ -224,90 +228,153 @@ class Link:
         ``frame_s`` of reading on while it came slower than ``frame_rate``
         bytes/s (a peer trickling a frame, or stopping inside one, would hold
         its buffer and its connection for ever; a slow network still gets its
-        large frames through).
+        large frames through). ``on_frames`` may take its time (a request run on
+        this thread): another thread may read meanwhile with :meth:`read_for`,
+        under the same frame clock.
         """
-        poller = select.poll()
-        fd = self.sock.fileno()
-        poller.register(self._wake_r, _READ)
-        registered = -1
-        got_frame = first_frame_s is None
-        opened = time.monotonic()
-        frame_began: float | None = None  # when a frame still unfinished began to come
+        self._frame_s, self._frame_rate = frame_s, frame_rate
         try:
-            # The peer's first request may have come in with the last bytes of the
-            # TLS handshake: it waits in the session already, not in the socket.
-            if self._session is not None:
-                early = self._decrypt(b"")
-                if early:
-                    self._frames.add(early)
-            while self.closed is None:
-                # Frames held back while reading() was False go on once it is True.
-                if self._hand_on(on_frames, reading):
-                    got_frame, frame_began = True, None
-                with self._lock:
-                    flushing = bool(self._outbox)
-                    if self._closing is not None and not flushing:
-                        self._close_locked(self._closing)
-                        break
-                events = (_READ if reading() and self._closing is None else 0) | (
-                    select.POLLOUT if flushing else 0
-                )
-                if events != registered:
-                    poller.register(fd, events | _ERR)
-                    registered = events
-                for fd_, event in poller.poll(POLL_MS):
-                    if fd_ == self._wake_r:
-                        with contextlib.suppress(OSError):
-                            os.read(self._wake_r, 4096)
-                        continue
-                    if event & select.POLLOUT:
-                        self._flush()
-                    if event & (_READ | _ERR):
-                        data = self._receive()
-                        if data is None:
-                            break
-                        if data:
-                            self._frames.add(data)
-                            if self._hand_on(on_frames, reading):
-                                got_frame, frame_began = True, None
-                now = time.monotonic()
-                frame_began = self._frame_clock(frame_began, now, frame_s, frame_rate, reading)
-                # A first frame under way is the frame clock's to judge.
-                if (
-                    not got_frame
-                    and not self._frames.pending
-                    and now - opened > (first_frame_s or 0)
-                ):
-                    self.close_after(
-                        encode_error(0, "communication", "no request in time; closing"),
-                        f"no whole frame within {first_frame_s:g} s of connecting",
-                    )
-                stalled = self._stalled_since
-                if stalled is not None and now - stalled > self._write_stall_s:
-                    self.close(f"the peer read none of our replies for {self._write_stall_s:g} s")
+            self.take_early()
+            self._loop(on_frames, reading, first_frame_s, None)
         except FrameError as exc:
             self.close_after(encode_error(0, "communication", f"bad frame: {exc}"), str(exc))
             self._drain_for(1.0)
         except (OSError, ssl.SSLError) as exc:
             self.close(f"connection failed: {exc}")
         finally:
-            self.close(self.closed or "closed")
-            with contextlib.suppress(OSError):
-                self.sock.close()
-            with self._lock:
-                for pipe_fd in (self._wake_r, self._wake_w):
-                    with contextlib.suppress(OSError):
-                        os.close(pipe_fd)
-                self._wake_r = self._wake_w = -1
+            self.release()
         return self.closed or "closed"
 
+    def take_early(self) -> None:
+        """Take what the peer sent with the last bytes of the TLS handshake (its first
+        request, a refusal): it waits in the session already, not in the socket."""
+        if self._session is not None:
+            early = self._decrypt(b"")
+            if early:
+                self._frames.add(early)
+
+    def read_for(
+        self,
+        on_frames: Callable[[list[Frame]], None],
+        reading: Callable[[], bool],
+        stop: threading.Event,
+    ) -> None:
+        """Read and hand frames on in :meth:`run`'s place while its thread is inside
+        ``on_frames``, until ``stop`` is set (then :meth:`wake`) or the link closes.
+        Only one thread reads at a time: the caller of ``run`` waits for this one to
+        return before it reads again. Closing the socket stays ``run``'s part."""
+        self.read_until(on_frames, stop.is_set, reading=reading, owner=False)
+
+    def read_until(
+        self,
+        on_frames: Callable[[list[Frame]], None],
+        done: Callable[[], bool],
+        *,
+        reading: Callable[[], bool] = lambda: True,
+        deadline: float | None = None,
+        owner: bool = True,
+    ) -> None:
+        """Read, hand frames on and flush the outbox on this thread until ``done()`` (checked
+        after each frame and each wake-up), ``deadline`` (``time.monotonic``) or the link
+        closes; one thread at a time. A bad frame or a failed connection closes the link
+        (after a goodbye for a bad frame, flushed here unless ``owner`` is False: then
+        :meth:`run`'s thread does it); :meth:`release` frees its descriptors."""
+        try:
+            self._loop(on_frames, reading, None, done, deadline)
+        except FrameError as exc:
+            self.close_after(encode_error(0, "communication", f"bad frame: {exc}"), str(exc))
+            if owner:
+                self._drain_for(1.0)
+        except (OSError, ssl.SSLError) as exc:
+            self.close(f"connection failed: {exc}")
+
+    def release(self) -> None:
+        """Close the link and its descriptors (for a link read only by :meth:`read_until`)."""
+        self.close(self.closed or "closed")
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        with self._lock:
+            for pipe_fd in (self._wake_r, self._wake_w):
+                with contextlib.suppress(OSError):
+                    os.close(pipe_fd)
+            self._wake_r = self._wake_w = -1
+
+    def _loop(
+        self,
+        on_frames: Callable[[list[Frame]], None],
+        reading: Callable[[], bool],
+        first_frame_s: float | None,
+        stop: Callable[[], bool] | None,
+        deadline: float | None = None,
+    ) -> None:
+        poller = select.poll()
+        fd = self.sock.fileno()
+        poller.register(self._wake_r, _READ)
+        registered = -1
+        got_frame = first_frame_s is None
+        opened = time.monotonic()
+        wait_ms = POLL_MS
+        while self.closed is None and (stop is None or not stop()):
+            # Frames held back while reading() was False go on once it is True.
+            if self._hand_on(on_frames, reading, stop):
+                got_frame, self._frame_began = True, None
+            if stop is not None and stop():
+                break
+            with self._lock:
+                flushing = bool(self._outbox)
+                if self._closing is not None and not flushing:
+                    if stop is not None:
+                        break  # the link's owner closes
+                    self._close_locked(self._closing)
+                    break
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                wait_ms = min(POLL_MS, max(1, int(left * 1000) + 1))
+            events = (_READ if reading() and self._closing is None else 0) | (
+                select.POLLOUT if flushing else 0
+            )
+            if events != registered:
+                poller.register(fd, events | _ERR)
+                registered = events
+            for fd_, event in poller.poll(wait_ms):
+                if fd_ == self._wake_r:
+                    with contextlib.suppress(OSError):
+                        os.read(self._wake_r, 4096)
+                    continue
+                if event & select.POLLOUT:
+                    self._flush()
+                if event & (_READ | _ERR):
+                    data = self._receive()
+                    if data is None:
+                        return
+                    if data:
+                        self._frames.add(data)
+                        if self._hand_on(on_frames, reading, stop):
+                            got_frame, self._frame_began = True, None
+            now = time.monotonic()
+            self._frame_clock(now, reading)
+            # A first frame under way is the frame clock's to judge.
+            if not got_frame and not self._frames.pending and now - opened > (first_frame_s or 0):
+                self.close_after(
+                    encode_error(0, "communication", "no request in time; closing"),
+                    f"no whole frame within {first_frame_s:g} s of connecting",
+                )
+            stalled = self._stalled_since
+            if stalled is not None and now - stalled > self._write_stall_s:
+                self.close(f"the peer read none of our replies for {self._write_stall_s:g} s")
+
     def _hand_on(
-        self, on_frames: Callable[[list[Frame]], None], reading: Callable[[], bool]
+        self,
+        on_frames: Callable[[list[Frame]], None],
+        reading: Callable[[], bool],
+        stop: Callable[[], bool] | None = None,
     ) -> bool:
         """Hand on the whole frames received, one at a time while ``reading()`` says so (a
         single read can hold hundreds: the rest wait as bytes). Whether any went on."""
         handed = False
-        while self._closing is None and reading():
+        while self._closing is None and reading() and (stop is None or not stop()):
             frame = self._frames.take()
             if frame is None:
                 break
@@ -315,33 +382,29 @@ class Link:
             handed = True
         return handed
 
-    def _frame_clock(
-        self,
-        began: float | None,
-        now: float,
-        frame_s: float | None,
-        frame_rate: float,
-        reading: Callable[[], bool],
-    ) -> float | None:
-        """When the unfinished frame received began (None: none), closing the link once
-        it is older than ``frame_s`` and came slower than ``frame_rate``. Only while
-        reading: frames held back are ours to wait for, and what they hold back is then
-        whole frames, not one begun."""
+    def _frame_clock(self, now: float, reading: Callable[[], bool]) -> None:
+        """Keep when the unfinished frame received began (None: none), closing the link
+        once it is older than ``frame_s`` and came slower than ``frame_rate`` (see
+        :meth:`run`). Only while reading: frames held back are ours to wait for, and
+        what they hold back is then whole frames, not one begun."""
         # (A TLS record cut short is invisible here: OpenSSL holds its bytes, at most
         # one record's 16 KiB. Such a connection sent no request lately, so a listener
         # short of slots takes its slot first.)
+        frame_s = self._frame_s
         if frame_s is None or not self._frames.pending or not reading() or self._closing:
-            return None
+            self._frame_began = None
+            return
+        began = self._frame_began
         if began is None:
-            return now
+            self._frame_began = now
+            return
         elapsed = now - began
-        if elapsed > frame_s and self._frames.pending < frame_rate * elapsed:
+        if elapsed > frame_s and self._frames.pending < self._frame_rate * elapsed:
             self.close_after(
                 encode_error(0, "communication", "a frame not finished in time; closing"),
                 f"no whole frame within {frame_s:g} s of its first bytes, and it came slower "
-                f"than {frame_rate:g} bytes/s{self._inside_frame()}",
+                f"than {self._frame_rate:g} bytes/s{self._inside_frame()}",
             )
-        return began
 
     def _drain_for(self, seconds: float) -> None:
         """Flush the outbox for up to ``seconds`` (a goodbye frame), then close."""

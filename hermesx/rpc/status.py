@@ -129,6 +129,9 @@ def unary_call(
         # The channel was closed before the call could start (ChannelPool.drop: the
         # peer left the cluster or stopped answering): the call never left, so it is
         # safe to go on elsewhere, as for a peer that cannot be reached.
-        if "closed channel" not in str(exc):
+        # grpcio says "Cannot invoke RPC on closed channel!" or, with the reason its
+        # close gave, "Cannot invoke RPC: Channel closed!".
+        said = str(exc).lower()
+        if "closed channel" not in said and "channel closed" not in said:
             raise
         raise UnreachableError(f"{method} to {peer}: {exc}") from exc

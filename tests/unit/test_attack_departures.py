@@ -28,3 +28,13 @@ def test_a_call_on_a_channel_dropped_under_it_is_unreachable() -> None:
             unary_call(stub.Invoke, pb.InvokeRequest(guid="g"), 1.0, "node n2", "Invoke(g)")
     finally:
         channels.close()
+
+
+def test_a_call_whose_channel_closes_as_it_starts_is_unreachable() -> None:
+    # grpcio's other wording, with the reason its close gave: seen when departures
+    # closed the channel between taking the stub and starting the call.
+    def rpc(request: pb.InvokeRequest, timeout: float) -> pb.InvokeReply:
+        raise ValueError("Cannot invoke RPC: Channel closed!")
+
+    with pytest.raises(UnreachableError, match="Channel closed"):
+        unary_call(rpc, pb.InvokeRequest(guid="g"), 1.0, "node n2", "Invoke(g)")

@@ -1,0 +1,188 @@
+"""Requests run on their connection's own thread (docs/DESIGN.md §4.1).
+
+A kind registered ``inline`` runs on the thread that read it when no other
+request of its connection does: no hand-off to a worker. What a caller
+would notice if that went wrong: a slow call holding up the quick calls
+that other threads send on the same connection, a call lost when another
+thread takes over the reading, or a handler's error ending the connection.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from hermesx.core.errors import ConfigurationError
+from hermesx.rpc.callclient import CallPool
+from hermesx.rpc.callserver import Call, CallServer, WorkerPool, yield_reader
+from hermesx.testing.wait import wait_until
+
+
+@pytest.fixture
+def address() -> Iterator[str]:
+    served = CallServer("inline server", workers=4, tls=None)
+
+    def echo(call: Call) -> bytes:
+        how, _, text = call.body.partition(b":")
+        if how == b"fail":
+            raise ConfigurationError("refused by the handler")
+        if how.startswith(b"yield"):
+            yield_reader()
+            how = how[len(b"yield") :]
+        time.sleep(float(how))
+        return text + threading.current_thread().name.encode()
+
+    served.register("echo", echo, "Supervisor/Invoke", inline=True)
+    yield served.start("127.0.0.1:0")
+    served.stop()
+
+
+def _slow_call_beside_quick_ones(address: str, slow: bytes) -> tuple[bytes, list[float]]:
+    pool = CallPool()
+    connection = pool.connection(address)
+    try:
+        assert connection.call("echo", b"0:warm ", 5.0).startswith(b"warm call-link")
+        outcome: dict[str, bytes] = {}
+        thread = threading.Thread(
+            target=lambda: outcome.setdefault("slow", connection.call("echo", slow, 10.0))
+        )
+        thread.start()
+        time.sleep(0.2)  # the slow call runs on the connection's own thread now
+        took = []
+        for _ in range(5):
+            started = time.monotonic()
+            assert connection.call("echo", b"0:quick ", 5.0).startswith(b"quick ")
+            took.append(time.monotonic() - started)
+        thread.join(10.0)
+        return outcome["slow"], took
+    finally:
+        pool.close()
+
+
+def test_a_quick_call_is_served_on_the_connections_own_thread(address: str) -> None:
+    pool = CallPool()
+    try:
+        reply = pool.connection(address).call("echo", b"0:hello ", 5.0)
+    finally:
+        pool.close()
+    assert reply.startswith(b"hello call-link")
+
+
+def test_a_slow_call_does_not_hold_up_the_quick_calls_behind_it(address: str) -> None:
+    slow, took = _slow_call_beside_quick_ones(address, b"2.0:slow ")
+    assert slow.startswith(b"slow call-link")
+    # The quick calls ran beside it, not after it (2 s).
+    assert max(took) < 1.5, took
+
+
+def test_a_handler_that_says_it_will_wait_lets_the_quick_calls_pass(address: str) -> None:
+    slow, took = _slow_call_beside_quick_ones(address, b"yield2.0:slow ")
+    assert slow.startswith(b"slow ")
+    assert max(took) < 1.5, took
+
+
+def test_many_threads_on_one_connection_all_get_their_own_replies(address: str) -> None:
+    pool = CallPool()
+    connection = pool.connection(address)
+    wrong: list[object] = []
+
+    def caller(i: int) -> None:
+        for j in range(50):
+            body = f"{0.002 if j % 10 == 0 else 0}:{i}.{j} ".encode()
+            try:
+                reply = connection.call("echo", body, 10.0)
+            except Exception as exc:
+                wrong.append(exc)
+                continue
+            if not reply.startswith(f"{i}.{j} ".encode()):
+                wrong.append(reply)
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(8)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60.0)
+    finally:
+        pool.close()
+    assert wrong == []
+
+
+def test_a_handlers_error_answers_its_call_and_the_connection_goes_on(address: str) -> None:
+    pool = CallPool()
+    connection = pool.connection(address)
+    try:
+        with pytest.raises(ConfigurationError, match="refused by the handler"):
+            connection.call("echo", b"fail:x", 5.0)
+        assert connection.call("echo", b"0:after ", 5.0).startswith(b"after ")
+    finally:
+        pool.close()
+
+
+def test_an_idle_callers_connection_notices_the_listener_closing_it() -> None:
+    served = CallServer("closing server", workers=2, tls=None)
+    served.register("echo", lambda call: call.body, "Supervisor/Invoke", inline=True)
+    address = served.start("127.0.0.1:0")
+    pool = CallPool()
+    try:
+        connection = pool.connection(address)
+        assert connection.call("echo", b"one", 5.0) == b"one"
+        served.stop()
+        # Nobody calls: the connection's own thread reads it and sees it end.
+        wait_until(lambda: connection.closed is not None, 10.0, "the connection to close")
+    finally:
+        pool.close()
+        served.stop()
+
+
+def test_calls_after_a_pause_take_the_reading_back_from_the_idle_connection(
+    address: str,
+) -> None:
+    pool = CallPool()
+    connection = pool.connection(address)
+    try:
+        for i in range(3):
+            assert connection.call("echo", f"0:{i} ".encode(), 5.0).startswith(f"{i} ".encode())
+            time.sleep(1.2)  # past IDLE_READ_S: the connection's thread reads it meanwhile
+    finally:
+        pool.close()
+
+
+def test_a_request_run_inline_takes_a_workers_place() -> None:
+    # With every place taken by a stuck call, the pool's own tasks (a node's Status
+    # over gRPC) wait too: the node's watchdog sees a node whose calls are all stuck.
+    pool = WorkerPool(1, thread_name_prefix="test-worker")
+    served = CallServer("one-worker server", workers=pool, tls=None)
+    release = threading.Event()
+
+    def stuck(call: Call) -> bytes:
+        release.wait(10.0)
+        return threading.current_thread().name.encode()
+
+    served.register("stuck", stuck, "Supervisor/Invoke", inline=True)
+    address = served.start("127.0.0.1:0")
+    callers = CallPool()
+    try:
+        outcome: dict[str, bytes] = {}
+        caller = threading.Thread(
+            target=lambda: outcome.setdefault(
+                "reply", callers.connection(address).call("stuck", b"", 10.0)
+            )
+        )
+        caller.start()
+        time.sleep(0.3)
+        task = pool.submit(time.monotonic)
+        time.sleep(0.5)
+        assert not task.done()  # no place: the stuck call holds the only one
+        release.set()
+        caller.join(10.0)
+        assert outcome["reply"].startswith(b"call-link")
+        assert task.result(10.0) > 0
+    finally:
+        release.set()
+        callers.close()
+        served.stop()
+        pool.shutdown(wait=False)
