@@ -188,6 +188,68 @@ def _member(connection: _Connection) -> bool:
     return identity is not None and identity.role in roles.MEMBER_ROLES
 
 
+def _idlest(connections: set[_Connection], evict_idle_s: float) -> _Connection | None:
+    """Under the server's lock: the connection whose last request is oldest, of those past
+    their handshake with no request running, no reply waiting to go, and no request
+    for ``evict_idle_s`` (one trickling a frame is idle too), a member's only when no
+    other is; None if there is none."""
+    cutoff = time.monotonic() - evict_idle_s
+    idle = [
+        c
+        for c in connections
+        if c.link is not None
+        and c.link.closed is None
+        and c.in_flight == 0
+        and c.link.backlog == 0
+        and c.last_frame < cutoff
+    ]
+    # A member's connection (a node forwarding, checkpointing) goes last: clients
+    # cannot take the cluster's own paths away by opening connections.
+    return min(idle, key=lambda c: (_member(c), c.last_frame), default=None)
+
+
+class _SlowWatch:
+    """The thread that looks every SLOW_INLINE_S for requests run inline too long
+    (``look(now)``); it sleeps once none ran inline for WATCH_LINGER_S."""
+
+    def __init__(self, look: Callable[[float], None], stopping: threading.Event) -> None:
+        self._look = look
+        self._stopping = stopping
+        self._cond = threading.Condition()
+        self._idle = False
+        self._started = False
+        self._last = 0.0
+
+    def touch(self, now: float) -> None:
+        """A request runs inline since ``now``: watch (wake up, or start)."""
+        self._last = now
+        if self._idle or not self._started:
+            with self._cond:
+                if not self._started:
+                    self._started = True
+                    threading.Thread(target=self._run, name="call-watch", daemon=True).start()
+                self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            time.sleep(SLOW_INLINE_S)
+            now = time.monotonic()
+            self._look(now)
+            if now - self._last > WATCH_LINGER_S:
+                with self._cond:
+                    self._idle = True
+                    while (
+                        time.monotonic() - self._last > WATCH_LINGER_S
+                        and not self._stopping.is_set()
+                    ):
+                        self._cond.wait()
+                    self._idle = False
+
+
 class CallServer:
     """A call-channel listener of process ``name`` (for messages: ``"node n1"``)."""
 
@@ -223,10 +285,7 @@ class CallServer:
         self._readers = ThreadPoolExecutor(
             max_workers=self.limits.max_connections, thread_name_prefix="call-reader"
         )
-        self._watch = threading.Condition()
-        self._watch_idle = False
-        self._watch_started = False
-        self._last_inline = 0.0
+        self._watch = _SlowWatch(self._slow, self._stopping)
 
     def register(self, kind: str, handler: Handler, rpc: str, *, inline: bool = False) -> None:
         """Serve requests of ``kind`` with ``handler``, to the roles that may call gRPC ``rpc``.
@@ -280,8 +339,7 @@ class CallServer:
             links = [c.link for c in self._connections if c.link is not None]
         for link in links:
             link.close("the server stops")
-        with self._watch:
-            self._watch.notify()
+        self._watch.stop()
         self._readers.shutdown(wait=False, cancel_futures=True)
         if self._own_pool:
             self._pool.shutdown(wait=False, cancel_futures=True)
@@ -303,7 +361,7 @@ class CallServer:
             peer = f"{address[0]}:{address[1]}"
             with self._lock:
                 full = len(self._connections) >= self.limits.max_connections
-                idle = self._idlest() if full else None
+                idle = _idlest(self._connections, self.limits.evict_idle_s) if full else None
                 if not full or idle is not None:
                     connection = _Connection(peer)
                     self._connections.add(connection)
@@ -326,25 +384,6 @@ class CallServer:
             threading.Thread(
                 target=self._serve, args=(sock, connection), name="call-link", daemon=True
             ).start()
-
-    def _idlest(self) -> _Connection | None:
-        """Under ``_lock``: the connection whose last request is oldest, of those past
-        their handshake with no request running, no reply waiting to go, and no request
-        for ``evict_idle_s`` (one trickling a frame is idle too), a member's only when no
-        other is; None if there is none."""
-        cutoff = time.monotonic() - self.limits.evict_idle_s
-        idle = [
-            c
-            for c in self._connections
-            if c.link is not None
-            and c.link.closed is None
-            and c.in_flight == 0
-            and c.link.backlog == 0
-            and c.last_frame < cutoff
-        ]
-        # A member's connection (a node forwarding, checkpointing) goes last: clients
-        # cannot take the cluster's own paths away by opening connections.
-        return min(idle, key=lambda c: (_member(c), c.last_frame), default=None)
 
     def _serve(self, sock: socket.socket, connection: _Connection) -> None:
         try:
@@ -459,9 +498,8 @@ class CallServer:
     ) -> None:
         """Run a request on the connection's own thread; meanwhile, once it is slow, another
         thread reads the connection (its requests go to the pool)."""
-        connection.inline_since = self._last_inline = time.monotonic()
-        if self._watch_idle or not self._watch_started:
-            self._wake_watch()
+        connection.inline_since = time.monotonic()
+        self._watch.touch(connection.inline_since)
         _inline.run = (self, connection)
         try:
             self._dispatch(connection, link, id, handler, call)
@@ -493,10 +531,13 @@ class CallServer:
 
         def read() -> None:
             try:
-                link.read_for(
+                # Only one thread reads at a time: the connection's own waits for this
+                # one to return before it reads again; closing the socket stays its part.
+                link.read_until(
                     lambda frames: self._received(connection, link, frames, own_thread=False),
-                    lambda: self._reading(connection, link),
-                    stop,
+                    stop.is_set,
+                    reading=lambda: self._reading(connection, link),
+                    owner=False,
                 )
             except Exception:  # its own thread goes on reading; this one must not stop it
                 log.exception("%s: reading the call connection from %s", self.name, connection.peer)
@@ -508,37 +549,18 @@ class CallServer:
         except RuntimeError:  # shut down: the server stops
             done.set()
 
-    def _wake_watch(self) -> None:
-        with self._watch:
-            if not self._watch_started:
-                self._watch_started = True
-                threading.Thread(target=self._watching, name="call-watch", daemon=True).start()
-            self._watch.notify()
-
-    def _watching(self) -> None:
-        """Give a slow request run inline a reader for its connection (see SLOW_INLINE_S)."""
-        while not self._stopping.is_set():
-            time.sleep(SLOW_INLINE_S)
-            now = time.monotonic()
-            with self._lock:
-                slow = [
-                    c
-                    for c in self._connections
-                    if c.inline_since is not None
-                    and now - c.inline_since >= SLOW_INLINE_S
-                    and c.rescue_stop is None
-                ]
-            for connection in slow:
-                self.rescue(connection)
-            if now - self._last_inline > WATCH_LINGER_S:
-                with self._watch:
-                    self._watch_idle = True
-                    while (
-                        time.monotonic() - self._last_inline > WATCH_LINGER_S
-                        and not self._stopping.is_set()
-                    ):
-                        self._watch.wait()
-                    self._watch_idle = False
+    def _slow(self, now: float) -> None:
+        """Give each request run inline for SLOW_INLINE_S a reader for its connection."""
+        with self._lock:
+            slow = [
+                c
+                for c in self._connections
+                if c.inline_since is not None
+                and now - c.inline_since >= SLOW_INLINE_S
+                and c.rescue_stop is None
+            ]
+        for connection in slow:
+            self.rescue(connection)
 
     def _dispatch(
         self, connection: _Connection, link: Link, id: int, handler: Handler, call: Call

@@ -96,6 +96,39 @@ def handshake(
     return TLSSession(session, incoming, outgoing)
 
 
+class _FrameClock:
+    """A frame begun must be whole within ``frame_s`` of its first bytes, or come at
+    ``frame_rate`` bytes/s at least (see :meth:`Link.run`); ``began``: when the
+    unfinished frame received began to come (None: none)."""
+
+    __slots__ = ("began", "frame_rate", "frame_s")
+
+    def __init__(self, frame_s: float | None = None, frame_rate: float = 0.0) -> None:
+        self.frame_s, self.frame_rate = frame_s, frame_rate
+        self.began: float | None = None
+
+    def late(self, now: float, pending: int, reading: Callable[[], bool]) -> str:
+        """Why the unfinished frame (``pending`` bytes of it received) is too late, or "".
+        Only while reading: frames held back are ours to wait for, and what they hold
+        back is then whole frames, not one begun."""
+        # (A TLS record cut short is invisible here: OpenSSL holds its bytes, at most
+        # one record's 16 KiB. Such a connection sent no request lately, so a listener
+        # short of slots takes its slot first.)
+        if self.frame_s is None or not pending or not reading():
+            self.began = None
+            return ""
+        if self.began is None:
+            self.began = now
+            return ""
+        elapsed = now - self.began
+        if elapsed > self.frame_s and pending < self.frame_rate * elapsed:
+            return (
+                f"no whole frame within {self.frame_s:g} s of its first bytes, and it came "
+                f"slower than {self.frame_rate:g} bytes/s"
+            )
+        return ""
+
+
 class Link:
     """A connected socket, optionally TLS, with non-blocking writes and one reading thread."""
 
@@ -127,10 +160,7 @@ class Link:
         self._frames = FrameReader(max_frame)
         self._write_stall_s = write_stall_s
         self._closing: str | None = None  # close once the outbox is flushed
-        # The frame clock (see run): its limits, and when the unfinished frame began.
-        self._frame_s: float | None = None
-        self._frame_rate = 0.0
-        self._frame_began: float | None = None
+        self._clock = _FrameClock()  # see run
         self.closed: str | None = None  # why, once closed
 
     # ------------------------------------------------------------ any thread
@@ -229,10 +259,10 @@ class Link:
         bytes/s (a peer trickling a frame, or stopping inside one, would hold
         its buffer and its connection for ever; a slow network still gets its
         large frames through). ``on_frames`` may take its time (a request run on
-        this thread): another thread may read meanwhile with :meth:`read_for`,
+        this thread): another thread may read meanwhile with :meth:`read_until`,
         under the same frame clock.
         """
-        self._frame_s, self._frame_rate = frame_s, frame_rate
+        self._clock = _FrameClock(frame_s, frame_rate)
         try:
             self.take_early()
             self._loop(on_frames, reading, first_frame_s, None)
@@ -252,18 +282,6 @@ class Link:
             early = self._decrypt(b"")
             if early:
                 self._frames.add(early)
-
-    def read_for(
-        self,
-        on_frames: Callable[[list[Frame]], None],
-        reading: Callable[[], bool],
-        stop: threading.Event,
-    ) -> None:
-        """Read and hand frames on in :meth:`run`'s place while its thread is inside
-        ``on_frames``, until ``stop`` is set (then :meth:`wake`) or the link closes.
-        Only one thread reads at a time: the caller of ``run`` waits for this one to
-        return before it reads again. Closing the socket stays ``run``'s part."""
-        self.read_until(on_frames, stop.is_set, reading=reading, owner=False)
 
     def read_until(
         self,
@@ -317,7 +335,7 @@ class Link:
         while self.closed is None and (stop is None or not stop()):
             # Frames held back while reading() was False go on once it is True.
             if self._hand_on(on_frames, reading, stop):
-                got_frame, self._frame_began = True, None
+                got_frame, self._clock.began = True, None
             if stop is not None and stop():
                 break
             with self._lock:
@@ -352,9 +370,14 @@ class Link:
                     if data:
                         self._frames.add(data)
                         if self._hand_on(on_frames, reading, stop):
-                            got_frame, self._frame_began = True, None
+                            got_frame, self._clock.began = True, None
             now = time.monotonic()
-            self._frame_clock(now, reading)
+            late = "" if self._closing else self._clock.late(now, self._frames.pending, reading)
+            if late:
+                self.close_after(
+                    encode_error(0, "communication", "a frame not finished in time; closing"),
+                    late + self._inside_frame(),
+                )
             # A first frame under way is the frame clock's to judge.
             if not got_frame and not self._frames.pending and now - opened > (first_frame_s or 0):
                 self.close_after(
@@ -381,30 +404,6 @@ class Link:
             on_frames([frame])
             handed = True
         return handed
-
-    def _frame_clock(self, now: float, reading: Callable[[], bool]) -> None:
-        """Keep when the unfinished frame received began (None: none), closing the link
-        once it is older than ``frame_s`` and came slower than ``frame_rate`` (see
-        :meth:`run`). Only while reading: frames held back are ours to wait for, and
-        what they hold back is then whole frames, not one begun."""
-        # (A TLS record cut short is invisible here: OpenSSL holds its bytes, at most
-        # one record's 16 KiB. Such a connection sent no request lately, so a listener
-        # short of slots takes its slot first.)
-        frame_s = self._frame_s
-        if frame_s is None or not self._frames.pending or not reading() or self._closing:
-            self._frame_began = None
-            return
-        began = self._frame_began
-        if began is None:
-            self._frame_began = now
-            return
-        elapsed = now - began
-        if elapsed > frame_s and self._frames.pending < self._frame_rate * elapsed:
-            self.close_after(
-                encode_error(0, "communication", "a frame not finished in time; closing"),
-                f"no whole frame within {frame_s:g} s of its first bytes, and it came slower "
-                f"than {self._frame_rate:g} bytes/s{self._inside_frame()}",
-            )
 
     def _drain_for(self, seconds: float) -> None:
         """Flush the outbox for up to ``seconds`` (a goodbye frame), then close."""
