@@ -4,7 +4,9 @@
  * Include it in the one .c file of an atom and build with `hermesx build`
  * (hermesx/build.py). It gives the atom:
  *   - the exports every atom needs: hx_abi_version, hx_alloc (a bump arena,
- *     see below; define HX_NO_ALLOC to bring your own) and hx_future;
+ *     see below; define HX_NO_ALLOC to bring your own) and hx_future, and
+ *     hx_inbox, which spares a call two of its three crossings between the
+ *     runtime and the atom (see "inbox" below; HX_NO_INBOX leaves it out);
  *   - HX_METHODS(...) for hx_invoke with method dispatch by name,
  *     HX_INIT(fn), HX_MAIN(fn) and HX_INTERRUPTS(...) for the optional exports;
  *   - typed wrappers of every `hx` syscall, reply helpers, and msgpack
@@ -54,7 +56,7 @@ _Static_assert(sizeof(hx_buf) == 8, "hx_buf must match the ABI's out layout");
 /* Called only through the wrappers below: they keep the arena's bookkeeping
  * right when the runtime re-enters the atom during a blocking call. */
 
-HX_IMPORT(reply) void hx__sys_reply(const void *ptr, uint32_t len);
+HX_IMPORT(reply) void hx__import_reply(const void *ptr, uint32_t len);
 HX_IMPORT(log) void hx__sys_log(int32_t level, const void *ptr, uint32_t len);
 HX_IMPORT(now_ms) int64_t hx__sys_now_ms(void);
 HX_IMPORT(self_guid) int32_t hx__sys_self_guid(void *buf, uint32_t cap);
@@ -244,6 +246,51 @@ static void hx__leave(hx__frame f) {
  * the entry point it runs inside returns. For future and interrupt handlers
  * that hand data to the code blocked in recv/invoke. */
 static inline void hx_retain(void) { hx__retain_flag = true; }
+
+/* ------------------------------------------------------------------ inbox */
+
+/* The inbox (ABI.md "The inbox"): a buffer the runtime owns for the atom's
+ * life. A call that starts while the atom is idle finds its method name and
+ * arguments in `in`, not in the arena (no hx_alloc crossing); a reply that
+ * fits HX_REPLY_CAPACITY is copied to hx__reply_buf and announced in `reply`,
+ * which the runtime reads when the entry point returns (no `reply` crossing).
+ * Define HX_NO_INBOX to go without it (every call then crosses three times). */
+#ifndef HX_INBOX_CAPACITY
+#define HX_INBOX_CAPACITY 1024
+#endif
+#ifndef HX_REPLY_CAPACITY
+#define HX_REPLY_CAPACITY 1024
+#endif
+
+#ifndef HX_NO_INBOX
+typedef struct {
+    uint32_t reply_ptr;
+    uint32_t reply_len; /* 0xffffffff: no reply in the slot */
+    uint32_t in_cap;
+    uint32_t reserved;
+    uint8_t in[HX_INBOX_CAPACITY];
+} hx__inbox_t;
+_Static_assert(sizeof(hx__inbox_t) == 16 + HX_INBOX_CAPACITY, "inbox layout of ABI.md");
+
+static hx__inbox_t hx__inbox = {0, 0xffffffffu, HX_INBOX_CAPACITY, 0, {0}};
+static uint8_t hx__reply_buf[HX_REPLY_CAPACITY];
+
+HX_EXPORT(hx_inbox) void *hx_inbox(void) { return &hx__inbox; }
+
+/* Sets the current entry's reply; the last one wins, whichever way it went. */
+static void hx__sys_reply(const void *ptr, uint32_t len) {
+    if (len <= HX_REPLY_CAPACITY) {
+        memcpy(hx__reply_buf, ptr, len);
+        hx__inbox.reply_ptr = (uint32_t)(uintptr_t)hx__reply_buf;
+        hx__inbox.reply_len = len;
+    } else {
+        hx__inbox.reply_len = 0xffffffffu;
+        hx__import_reply(ptr, len);
+    }
+}
+#else
+static inline void hx__sys_reply(const void *ptr, uint32_t len) { hx__import_reply(ptr, len); }
+#endif
 
 /* ------------------------------------------------------------------ reply */
 

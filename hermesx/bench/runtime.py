@@ -12,7 +12,10 @@ compare figures of the same run):
   the reply table's lookup and record (``reply_table_us``, the difference);
 * where that time goes: one bare Python->wasm crossing, one ``hx_alloc``
   crossing, msgpack, and what remains (runtime bookkeeping: the turn, the
-  activation's frame and deadlines, the ``hx.reply`` import back into Python);
+  activation's frame and deadlines, copying the inputs in and the reply out).
+  The C atoms have an inbox (atoms/ABI.md), so a call crosses into wasm once;
+  ``inbox`` says whether the atom measured has one (without it a call also
+  crosses for ``hx_alloc`` and for the ``hx.reply`` import back into Python).
   docs/PERFORMANCE.md breaks the call down further;
 * snapshot and restore of an atom holding 1 MiB of non-zero state, restore
   going into a second runtime with its own engine, as a move does;
@@ -144,6 +147,9 @@ def _bench_calls(atom: Atom, iterations: int) -> dict[str, float]:
     alloc = _loop_us(lambda: inst.alloc(8), n)
     msgpack_us = _loop_us(lambda: unpackb(packb(1)), n)
     raw_invoke = _loop_us(lambda: invoke("incr", one), n)
+    inbox = inst.has("hx_inbox")
+    # hx_invoke, and without an inbox hx_alloc and the hx.reply import too.
+    wasm_part = crossing if inbox else alloc + crossing * 2
     return {
         "call_p50_us": statistics.median(samples),
         "call_p99_us": _percentile(samples, 0.99),
@@ -156,8 +162,8 @@ def _bench_calls(atom: Atom, iterations: int) -> dict[str, float]:
         "alloc_crossing_us": alloc,
         "msgpack_us": msgpack_us,
         "invoke_without_msgpack_us": raw_invoke,
-        # hx_alloc + hx_invoke (which calls hx.reply) are the wasm part of a call.
-        "runtime_bookkeeping_us": max(0.0, raw_invoke - alloc - crossing * 2),
+        "runtime_bookkeeping_us": max(0.0, raw_invoke - wasm_part),
+        "inbox": 1.0 if inbox else 0.0,
     }
 
 

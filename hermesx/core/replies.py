@@ -208,7 +208,8 @@ class ReplyTable:
         self._lock = threading.Lock()
         self.window = window or ReplyWindow()
         self._replies: OrderedDict[str, ReplyRecord] = OrderedDict()
-        self._bytes = 0
+        # Bytes of the replies and ids held (what the table counts toward the memory cap).
+        self.payload_bytes = 0
         self._floors: OrderedDict[str, _Floor] = OrderedDict()
         self.forgotten_before_ms = 0
         # Counts the outcomes recorded (and restores). A lookup that found an
@@ -220,11 +221,6 @@ class ReplyTable:
 
     def __len__(self) -> int:
         return len(self._replies)
-
-    @property
-    def payload_bytes(self) -> int:
-        """Bytes of the replies and ids held (what the table counts toward the memory cap)."""
-        return self._bytes
 
     def records(self) -> tuple[ReplyRecord, ...]:
         with self._lock:
@@ -244,7 +240,7 @@ class ReplyTable:
         with self._lock:
             self.window = window
             self._replies = OrderedDict((r.request_id, r) for r in records)
-            self._bytes = sum(_size(r) for r in records)
+            self.payload_bytes = sum(_size(r) for r in records)
             self._floors = OrderedDict((c, _Floor(s, ms)) for c, s, ms in floors)
             self.forgotten_before_ms = forgotten_before_ms
             self.recorded += 1
@@ -267,11 +263,12 @@ class ReplyTable:
             record = self._replies.get(request_id)
             if record is not None:
                 return record
-            rid = parse_request_id(request_id)
-            if rid is None:
+            match = _match_structured(request_id)
+            if match is None:
                 return None
-            client, seq, issued_ms = rid
-            now_ms = _now_ms()
+            client, seq_text, issued_text = match.groups()
+            seq, issued_ms = int(seq_text), int(issued_text)
+            now_ms = int(time.time() * 1000)
             if issued_ms > now_ms + MAX_ISSUED_AHEAD_MS:
                 raise ConfigurationError(
                     f"atom {guid}: request id {request_id} ({method}) says it was issued "
@@ -299,21 +296,24 @@ class ReplyTable:
         request_id = record.request_id
         with self._lock:
             replies = self._replies
-            seconds = self.window.seconds
+            window = self.window
+            seconds = window.seconds
             # Stamped only where an age limit needs it: every checkpoint carries the table.
             if seconds and not record.recorded_ms:
                 record = ReplyRecord(request_id, record.error_kind, record.payload, _now_ms())
-            old = replies.pop(request_id, None)
-            if old is not None:
-                self._bytes -= len(old.payload) + len(old.request_id)
+            if request_id in replies:
+                old = replies.pop(request_id)
+                self.payload_bytes -= len(old.payload) + len(old.request_id)
             replies[request_id] = record
-            self._bytes += len(record.payload) + len(request_id)
+            held = self.payload_bytes + len(record.payload) + len(request_id)
+            self.payload_bytes = held
             # Bounded in count, age and bytes; the newest reply always stays.
-            entries = self.window.entries
-            while len(replies) > 1 and (
-                len(replies) > entries or self._bytes > REPLY_TABLE_MAX_BYTES
-            ):
-                self._evict_first()
+            if len(replies) > window.entries or held > REPLY_TABLE_MAX_BYTES:
+                entries = window.entries
+                while len(replies) > 1 and (
+                    len(replies) > entries or self.payload_bytes > REPLY_TABLE_MAX_BYTES
+                ):
+                    self._evict_first()
             if seconds:
                 self._evict_old(record.recorded_ms)
             self.recorded += 1
@@ -327,12 +327,13 @@ class ReplyTable:
             self._evict_first()
 
     def _evict_first(self) -> None:
-        _, dropped = self._replies.popitem(last=False)
-        self._bytes -= len(dropped.payload) + len(dropped.request_id)
-        rid = parse_request_id(dropped.request_id)
-        if rid is None:
+        request_id, dropped = self._replies.popitem(last=False)
+        self.payload_bytes -= len(dropped.payload) + len(request_id)
+        match = _match_structured(request_id)
+        if match is None:
             return
-        client, seq, issued_ms = rid
+        client, seq_text, issued_text = match.groups()
+        seq, issued_ms = int(seq_text), int(issued_text)
         floors = self._floors
         floor = floors.get(client)
         if floor is None:
@@ -343,6 +344,8 @@ class ReplyTable:
             if issued_ms > floor.issued_ms:
                 floor.issued_ms = issued_ms
             floors.move_to_end(client)  # most recently touched last
+        if len(floors) <= MIN_FLOOR_CLIENTS:
+            return
         while len(floors) > max(self.window.entries, MIN_FLOOR_CLIENTS):
             _, forgotten = floors.popitem(last=False)
             self.forgotten_before_ms = max(self.forgotten_before_ms, forgotten.issued_ms)

@@ -72,6 +72,8 @@ OPTIONAL_EXPORTS: dict[str, tuple[str, str]] = {
     "hx_future": ("iiii", ""),
     "hx_main": ("", ""),
 }
+# A buffer for a call's inputs and a slot for its reply (atoms/ABI.md "The inbox").
+OPTIONAL_EXPORTS["hx_inbox"] = ("", "i")
 
 LOOKUP_MODES = {0: "exact", 1: "any", 2: "all"}
 LOG_LEVELS = {0: logging.DEBUG, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR}

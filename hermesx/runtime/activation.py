@@ -30,7 +30,7 @@ from hermesx.core.errors import (
     error_from_wire,
 )
 from hermesx.core.snapshot import ReplyRecord
-from hermesx.runtime.instance import BadAllocError, WasmFault
+from hermesx.runtime.instance import BadAllocError, BadPointerError, WasmFault
 from hermesx.runtime.mailbox import FutureDone, Interrupt
 from hermesx.runtime.memory import AtomMemory
 from hermesx.runtime.modules import PAGE
@@ -143,11 +143,13 @@ class AtomActivations(AtomMemory):
     ) -> bytes:
         inst = self._inst
         frames = self._frames
-        if frames:
+        idle = not frames
+        if idle:
+            sp = self._idle_sp
+        else:
             deadline = self._nested_deadline(deadline)
             sp = self._read_sp()
-        else:
-            sp = self._idle_sp
+            self._keep_reply()
         now = time.monotonic()
         budget = self._budget_s
         ticks = self._budget_ticks
@@ -159,9 +161,8 @@ class AtomActivations(AtomMemory):
         frame = Frame(method, (*chain, self.guid), budget, deadline, open_chain)
         frames.append(frame)
         frame.seg_start = now
-        inst.set_deadline(ticks)
         try:
-            status = inst.invoke(method.encode("utf-8"), args)
+            status = inst.invoke(method.encode("utf-8"), args, idle, ticks)
         except WasmFault as fault:
             self._unwind_stack(sp)
             raise self._translate(fault, method) from fault
@@ -169,16 +170,47 @@ class AtomActivations(AtomMemory):
             frames.pop()
             if frames:
                 self._resume()
-        if frame.too_large:
+        # A reply in the inbox's slot is the call's last one (atoms/ABI.md "The inbox").
+        in_slot = inst.reply
+        if in_slot is None:
+            reply, too_large = frame.reply, frame.too_large
+        elif isinstance(in_slot, bytes):
+            reply, too_large = in_slot, 0
+        else:
+            reply, too_large = None, in_slot
+        if too_large:
             raise PayloadTooLargeError(
-                f"atom {self.guid}: result of {method} is {frame.too_large} bytes, over the "
+                f"atom {self.guid}: result of {method} is {too_large} bytes, over the "
                 f"{self._rt.max_payload_bytes}-byte limit"
             )
-        reply = frame.reply
         if status != 0:
             text = reply.decode("utf-8", errors="replace") if reply else f"status {status}"
             raise MethodError(f"atom {self.guid}: {method} failed: {text}")
         return reply if reply is not None else _MSGPACK_NIL
+
+    def _take_reply(self, frame: Frame) -> None:
+        """After an entry returned: the reply it left in the inbox's slot, if any,
+        is its last one (atoms/ABI.md "The inbox")."""
+        try:
+            reply = self._inst.take_reply()
+        except BadPointerError as exc:
+            raise WasmFault(
+                f"its reply slot is bad: {exc}", interrupted=False, cause=None
+            ) from None
+        if reply is None:
+            return
+        if isinstance(reply, int):
+            frame.too_large = reply
+        else:
+            frame.reply = reply
+            frame.too_large = 0
+
+    def _keep_reply(self) -> None:
+        """Before entering the atom inside a running entry: what that entry put in
+        the reply slot so far is its reply, copied out before the nested entry
+        reuses the slot."""
+        if self._frames:
+            self._take_reply(self._frames[-1])
 
     def _nested_deadline(self, deadline: float | None) -> float | None:
         """An activation inside another (at its blocking point) ends by the outer one's deadline."""
@@ -253,6 +285,7 @@ class AtomActivations(AtomMemory):
         try:
             ptr = inst.alloc_write(init_args) if init_args else 0
             status = inst.call("hx_init", (ptr, len(init_args)), True)
+            self._take_reply(frame)
         except WasmFault as fault:
             self._unwind_stack(sp)
             raise self._translate(fault, "hx_init") from fault
@@ -277,6 +310,7 @@ class AtomActivations(AtomMemory):
         if deadline is None:
             deadline = time.monotonic() + self._rt.default_timeout_s
         frame = Frame(label, (self.guid,), self._budget_s, deadline)
+        self._keep_reply()
         sp = self._entry_sp()
         self._frames.append(frame)
         frame.seg_start = time.monotonic()
@@ -292,6 +326,7 @@ class AtomActivations(AtomMemory):
             error = self._translate(fault, label)
             logger.warning("atom %s: handler failed: %s", self.guid, error)
         finally:
+            inst.clear_reply()  # a handler's reply goes nowhere
             self._frames.pop()
             self._generation += 1
             if self._frames:

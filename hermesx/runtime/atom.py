@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import wasmtime
 
-from hermesx.core.errors import CallCycleError, PayloadTooLargeError
+from hermesx.core.errors import CallCycleError, HermesError, PayloadTooLargeError
 from hermesx.core.replies import ReplyTable, ReplyWindow
 from hermesx.core.snapshot import encode_state
 from hermesx.runtime.activation import Frame, replay
@@ -69,6 +69,7 @@ class Atom(AtomSyscalls, AtomChanges):
         self.replies = ReplyTable(ReplyWindow(runtime.reply_table_size))
         self._kv_bytes = 0
         self._memory_allowance = -1
+        self._memory_cap = runtime.memory_limit_bytes
         self._generation = 0
         self._frames = []
         self._next_future = 1
@@ -88,7 +89,7 @@ class Atom(AtomSyscalls, AtomChanges):
         store = wasmtime.Store(runtime.engine)
         store.set_limits(memory_size=runtime.memory_limit_bytes, table_elements=MAX_TABLE_ELEMENTS)
         self._store = store
-        self._inst = WasmInstance(store, runtime.max_payload_bytes)
+        self._inst = WasmInstance(store, runtime.max_payload_bytes, runtime)
         funcs, self._keep = make_imports(self._inst, module.imports, self)
         self._inst.set_deadline(self._budget_ticks)
         instance = instantiate(store, module, funcs, f"atom {guid}", runtime)
@@ -149,12 +150,51 @@ class Atom(AtomSyscalls, AtomChanges):
                 f"{self._max_payload}-byte limit"
             )
         deadline = time.monotonic() + (self._default_timeout_s if timeout is None else timeout)
-        opened = frozenset(open_chain)
-        job: Job | None = None
         if self._takes_jobs:
-            job = Job(method, args, request_id, chain, deadline, open_chain=opened)
+            return self._invoke_as_job(method, args, request_id, chain, deadline, open_chain, seen)
+        opened = open_chain if type(open_chain) is frozenset else frozenset(open_chain)
+        lock = self._lock
+        # The turn, when the atom is free (what _enter does first), and the
+        # call without a request id, written out: every call takes this path.
+        with lock:
+            free = not self._running and not self._waiters and not self._closed
+            if free:
+                self._running = True
+        if not free:
+            self._enter(None, deadline, method, chain, opened)
+        try:
+            if request_id:
+                return self._run_recorded(method, args, request_id, chain, deadline, opened, seen)
+            try:
+                result = self._execute(method, args, chain, deadline, opened)
+            except HermesError:
+                self._generation += 1  # as _run_recorded counts them
+                raise
+            self._generation += 1
+            return result
+        finally:
+            with lock:
+                self._running = False
+                if self._waiters:
+                    self._wake_next()
+                pending = self._mail and not self._closed
+            if pending:
+                self._schedule_idle()
+
+    def _invoke_as_job(
+        self,
+        method: str,
+        args: bytes,
+        request_id: str,
+        chain: tuple[str, ...],
+        deadline: float,
+        open_chain: frozenset[str] | tuple[str, ...],
+        seen: int,
+    ) -> bytes:
+        """A call to a reentrant or daemon atom: a job it may run at a blocking point."""
+        opened = frozenset(open_chain)
+        job = Job(method, args, request_id, chain, deadline, open_chain=opened)
         if not self._enter(job, deadline, method, chain, opened):
-            assert job is not None
             if job.error is not None:
                 raise job.error
             return job.result
@@ -237,5 +277,6 @@ class Atom(AtomSyscalls, AtomChanges):
         except Exception:
             logger.exception("atom %s: daemon failed inside the runtime", self.guid)
         finally:
+            inst.clear_reply()
             self._frames.pop()
             self._leave()

@@ -57,6 +57,7 @@ class AtomBase:
     _kv_bytes: int
     # The memory size limit last given to the store.
     _memory_allowance: int
+    _memory_cap: int
     _generation: int
     # Activations running, innermost last.
     _frames: list[Frame]

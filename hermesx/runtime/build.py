@@ -43,6 +43,7 @@ ABI_EXPORTS = (
     "hx_interrupt",
     "hx_future",
     "hx_main",
+    "hx_inbox",
 )
 
 _COMPILE_FLAGS = (

@@ -143,6 +143,10 @@ class Runtime:
         # A tick of 1-10 ms keeps deadline granularity under ~5% of the deadline
         # without waking the ticker more than needed.
         self.tick_s = min(0.010, max(0.001, deadline_ms / 1000 / 50))
+        # Ticks so far, counted beside the engine's epoch (which the C API does
+        # not let us read): an atom whose last deadline was set in this same
+        # tick need not set it again (WasmInstance.set_deadline).
+        self.epoch = 0
         self._stop = threading.Event()
         self._ticker = threading.Thread(
             target=self._tick, name=f"hx-epoch-{node_name}", daemon=True
@@ -158,6 +162,7 @@ class Runtime:
     def _tick(self) -> None:
         while not self._stop.wait(self.tick_s):
             self.engine.increment_epoch()
+            self.epoch += 1
 
     def ticks_for(self, seconds: float) -> int:
         """Epoch ticks that cover ``seconds`` of CPU time (at least one full tick)."""

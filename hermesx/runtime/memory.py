@@ -22,9 +22,8 @@ class AtomMemory(AtomBase):
 
     def _host_bytes(self) -> int:
         """What the atom's KV and reply table count toward its memory cap."""
-        return (
-            self._kv_bytes + self.replies.payload_bytes + len(self.replies) * REPLY_ENTRY_OVERHEAD
-        )
+        replies = self.replies
+        return self._kv_bytes + replies.payload_bytes + len(replies) * REPLY_ENTRY_OVERHEAD
 
     def _usage_text(self) -> str:
         return (
@@ -34,8 +33,10 @@ class AtomMemory(AtomBase):
 
     def _limit_memory(self) -> None:
         """Linear memory may grow only into what the KV and the reply table leave."""
-        cap = self._rt.memory_limit_bytes
-        allowance = max(0, cap - self._host_bytes()) // PAGE * PAGE
+        replies = self.replies
+        held = self._kv_bytes + replies.payload_bytes + len(replies) * REPLY_ENTRY_OVERHEAD
+        allowance = self._memory_cap - held
+        allowance = allowance - allowance % PAGE if allowance > 0 else 0
         if allowance != self._memory_allowance:
             self._memory_allowance = allowance
             self._store.set_limits(memory_size=allowance, table_elements=MAX_TABLE_ELEMENTS)

@@ -92,6 +92,8 @@ class AtomSnapshots(AtomActivations):
         # A daemon's snapshot is taken inside hx_main, which restarts from
         # scratch: give it a fresh stack (for other atoms this is a no-op).
         self._unwind_stack(self._initial_sp)
+        # A snapshot taken at a blocking point may hold that call's reply: not ours.
+        inst.clear_reply()
         self.kv = dict(state.kv)
         self._kv_bytes = sum(len(k) + len(v) + KV_ENTRY_OVERHEAD for k, v in self.kv.items())
         self.replies.restore(

@@ -362,3 +362,23 @@ def test_a_mailbox_is_bounded_and_a_refused_message_says_why(runtime: Runtime) -
     with pytest.raises(CapacityError, match="mailbox is full"):
         atom.deliver(7, b"x" * (MAX_MAIL_BYTES + 1))
     assert codec.unpack(atom.invoke("ping", codec.pack(None))) == 1
+
+
+def test_a_call_after_a_pause_gets_a_fresh_cpu_budget() -> None:
+    """Calls within one epoch tick share the deadline set for the first of them;
+    a call after ticks have passed must get its own, not the stale one."""
+    rt = Runtime(deadline_ms=1000, default_timeout_s=10.0)
+    try:
+        atom = rt.create(rt.load(wat("testatom")), GUID_A, StandaloneHost())
+        for _ in range(200):
+            atom.invoke("get", codec.pack(None))
+        started = time.monotonic()
+        atom.invoke("slow", codec.pack(20))
+        rounds = max(20, int(20 * 0.1 / max(time.monotonic() - started, 1e-4)))
+        time.sleep(1.5)  # longer than the whole budget: a stale deadline has passed
+        # About 0.1 s of work, well inside the 1 s budget.
+        assert codec.unpack(atom.invoke("slow", codec.pack(rounds))) == 2
+        with pytest.raises(DeadlineExceededError):
+            atom.invoke("spin", codec.pack(None))
+    finally:
+        rt.close()
