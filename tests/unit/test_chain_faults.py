@@ -1,0 +1,81 @@
+"""Delta records under faults the CRC-32 does not see (docs/DESIGN.md §6).
+
+A record's CRC-32 covers its snapshot or delta, not its link (anchor, chain
+length, shape), and the window deletes slots by the anchors it learnt from
+those links. A flipped bit in a link must never make the window delete a
+slot a kept checkpoint composes from: the delta on such a record is refused
+(the node then sends its whole state) and every acknowledged call stays
+restorable.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Iterator
+
+import msgpack
+import pytest
+from test_checkpoint_chain import SID, TAD1, _assert_holds, _delta, _register
+
+from hermesx.core.delta import compose, decode_delta
+from hermesx.core.snapshot import encode_state, snapshot_checksum
+from storesite.deltas import put_delta
+from storesite.records import Provenance
+from storesite.store import AtomStore
+
+
+@pytest.fixture
+def store(tmp_path: pathlib.Path) -> Iterator[AtomStore]:
+    with AtomStore(SID, tmp_path / "data", init=True) as s:
+        yield s
+
+
+def _put_or_whole(store: AtomStore, guid: str, generation: int, base: int) -> tuple[int, bool]:
+    """Generation ``generation`` as a delta on seq ``generation - 1``, or — refused, as
+    a node does then — its whole state; the new name, and whether the delta was taken."""
+    data = _delta(guid, generation)
+    check = Provenance(checksum=snapshot_checksum(data), generation=generation)
+    outcome = put_delta(store, guid, TAD1, generation, data, check, generation - 1, base)
+    if outcome.stored:
+        return outcome.checksum, True
+    assert "send the whole state" in outcome.refused
+    # The node's whole state: what the delta composes to.
+    state = compose(store.composed(guid, store.get(guid).checkpoint_no), decode_delta(data))
+    whole = encode_state(state)
+    checksum = snapshot_checksum(whole)
+    assert store.put_checkpoint(
+        guid, TAD1, generation, whole, Provenance(checksum=checksum, generation=generation)
+    )
+    return checksum, False
+
+
+def _set_link(store: AtomStore, guid: str, number: int, index: int, value: int) -> None:
+    """Overwrite field ``index`` of slot ``number``'s link (its CRC stays right)."""
+    env = store._env
+    key = guid.encode() + b"/" + number.to_bytes(8, "big")
+    with env.env.begin(write=True, db=env.checkpoints) as txn:
+        raw = txn.get(key)
+        assert raw is not None
+        fields = msgpack.unpackb(bytes(raw), raw=False)
+        fields[3][index] = value
+        txn.put(key, msgpack.packb(fields, use_bin_type=True))
+
+
+@pytest.mark.parametrize(("index", "value"), [(0, 9), (0, 3), (3, 0)])
+def test_a_flipped_link_never_deletes_a_slot_a_kept_checkpoint_needs(
+    store: AtomStore, index: int, value: int
+) -> None:
+    guid, name = _register(store)
+    for generation in range(1, 10):
+        name, taken = _put_or_whole(store, guid, generation, name)
+        assert taken
+    # Slot 10 (generation 9) hangs on anchor 1, the 9th delta; its link is changed.
+    _set_link(store, guid, 10, index, value)
+    refused = 0
+    for generation in range(10, 16):
+        name, taken = _put_or_whole(store, guid, generation, name)
+        refused += not taken
+    latest = store.latest_checkpoint(guid)
+    _assert_holds(latest.snapshot, 15)
+    assert refused == 1  # the delta on the changed record; a whole state then
+    assert [c.generation for c in store.checkpoint_history(guid)] == [12, 13, 14, 15]
