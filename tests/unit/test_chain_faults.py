@@ -11,13 +11,15 @@ restorable.
 from __future__ import annotations
 
 import pathlib
+import random
 from collections.abc import Iterator
 
 import msgpack
 import pytest
-from test_checkpoint_chain import SID, TAD1, _assert_holds, _delta, _register
+from test_checkpoint_chain import SID, TAD1, _assert_holds, _delta, _records, _register
 
 from hermesx.core.delta import compose, decode_delta
+from hermesx.core.identity import TAD
 from hermesx.core.snapshot import encode_state, snapshot_checksum
 from storesite.deltas import put_delta
 from storesite.records import Provenance
@@ -79,3 +81,55 @@ def test_a_flipped_link_never_deletes_a_slot_a_kept_checkpoint_needs(
     _assert_holds(latest.snapshot, 15)
     assert refused == 1  # the delta on the changed record; a whole state then
     assert [c.generation for c in store.checkpoint_history(guid)] == [12, 13, 14, 15]
+
+
+def test_random_deltas_wholes_cuts_and_moves_never_lose_a_kept_checkpoint(
+    store: AtomStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model check of the window: after every step of a random run, every kept
+    checkpoint composes and the latest holds the newest generation."""
+    monkeypatch.setattr("storesite.chain.MAX_CHAIN", 5)
+    rng = random.Random(13)
+    guid, name = _register(store)
+    tad, seq, generation = TAD1, 0, 0
+    for step in range(300):
+        op = rng.choice(["delta"] * 6 + ["whole", "abort", "move"])
+        if op in ("abort", "move"):
+            destination = "n2" if tad.node == "n1" else "n1"
+            age = store.moves.prepare(guid, tad, destination)
+            moved = store.latest_checkpoint(guid).snapshot
+            check = Provenance(checksum=snapshot_checksum(moved), generation=generation)
+            store.moves.stage(guid, TAD(destination, age), moved, check)
+            if op == "abort":
+                store.moves.abort(guid, age)
+            else:
+                store.moves.commit(guid, TAD(destination, age), b"", Provenance(incarnation="i"))
+                tad, seq = TAD(destination, age), 0
+                name = store.latest_checkpoint(guid).checksum
+        else:
+            generation += 1
+            data = _delta(guid, generation)
+            seq += 1
+            check = Provenance(checksum=snapshot_checksum(data), generation=generation)
+            outcome = (
+                put_delta(store, guid, tad, seq, data, check, seq - 1, name)
+                if op == "delta"
+                else None
+            )
+            if outcome is not None:
+                assert outcome.stored, outcome.refused
+                name = outcome.checksum
+            else:
+                state = compose(
+                    store.composed(guid, store.get(guid).checkpoint_no), decode_delta(data)
+                )
+                whole = encode_state(state)
+                name = snapshot_checksum(whole)
+                check = Provenance(checksum=name, generation=generation)
+                assert store.put_checkpoint(guid, tad, seq, whole, check)
+        history = store.checkpoint_history(guid)
+        assert len(history) == min(4, store.get(guid).checkpoint_no), step
+        _assert_holds(store.latest_checkpoint(guid).snapshot, generation)
+        assert history[-1].generation == generation
+        # And nothing else is kept: the slots back to the oldest kept one's anchor, a staged one.
+        assert len(_records(store, guid)) <= 4 + 5 + 1, step
