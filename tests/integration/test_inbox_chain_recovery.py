@@ -8,12 +8,14 @@ chains of delta records grow past a cut, the atoms move to another node and
 back, their home moves to another storesite, and the node holding them is
 killed with SIGKILL. Recovered on the other node, a retry of every request id
 gets its first reply byte for byte, and the next call sees every call exactly
-once.
+once. Eight threads calling one echo atom at once each get their own
+arguments back, under and over the inbox's and the slot's 1 KiB.
 """
 
 from __future__ import annotations
 
 import pathlib
+import threading
 
 import pytest
 
@@ -81,3 +83,28 @@ def test_retries_after_moves_a_cut_and_a_kill_9_get_their_first_replies(
         assert codec.unpack(first["counter"][f"counter-{calls}"]) == calls * (calls + 1) // 2
         assert client.atom("x-counter").get() == calls * (calls + 1) // 2
         assert len(first["echo"]["echo-2"]) > 1024 and len(first["echo"]["echo-1"]) < 1024
+
+
+def test_concurrent_calls_each_get_their_own_reply_through_the_inbox(
+    cluster_factory: object, atoms: dict[str, pathlib.Path]
+) -> None:
+    cluster: LocalCluster = cluster_factory(1, session_timeout=2.0)  # type: ignore[operator]
+    with Client(cluster.zk, cluster.name) as client:
+        client.create(atoms["echo"], name="mirror")
+        wrong: list[tuple[int, int]] = []
+
+        def caller(worker: int) -> None:
+            for n in range(40):
+                # Inputs and replies under and over the SDK's 1 KiB inbox and slot.
+                size = (7, 900, 1100, 3000)[(worker + n) % 4]
+                args = codec.pack(bytes([worker]) * size + n.to_bytes(2, "big"))
+                if client.invoke("mirror", "echo", args).result != args:
+                    wrong.append((worker, n))
+
+        threads = [threading.Thread(target=caller, args=(w,)) for w in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert not any(thread.is_alive() for thread in threads)
+        assert not wrong, wrong[:5]
