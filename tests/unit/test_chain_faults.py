@@ -20,7 +20,7 @@ from test_checkpoint_chain import SID, TAD1, _assert_holds, _delta, _records, _r
 
 from hermesx.core.delta import compose, decode_delta
 from hermesx.core.identity import TAD
-from hermesx.core.snapshot import encode_state, snapshot_checksum
+from hermesx.core.snapshot import CHUNK, encode_state, snapshot_checksum
 from storesite.deltas import put_delta
 from storesite.records import Provenance
 from storesite.store import AtomStore
@@ -51,7 +51,7 @@ def _put_or_whole(store: AtomStore, guid: str, generation: int, base: int) -> tu
     return checksum, False
 
 
-def _set_link(store: AtomStore, guid: str, number: int, index: int, value: int) -> None:
+def _set_link(store: AtomStore, guid: str, number: int, index: int, value: object) -> None:
     """Overwrite field ``index`` of slot ``number``'s link (its CRC stays right)."""
     env = store._env
     key = guid.encode() + b"/" + number.to_bytes(8, "big")
@@ -133,3 +133,20 @@ def test_random_deltas_wholes_cuts_and_moves_never_lose_a_kept_checkpoint(
         assert history[-1].generation == generation
         # And nothing else is kept: the slots back to the oldest kept one's anchor, a staged one.
         assert len(_records(store, guid)) <= 4 + 5 + 1, step
+
+
+def test_a_delta_on_a_record_whose_shape_was_flipped_is_refused_not_failed(
+    store: AtomStore,
+) -> None:
+    guid, name = _register(store)
+    for generation in range(1, 4):
+        name, _ = _put_or_whole(store, guid, generation, name)
+    # Slot 4's link says the memory is twice its size: the next delta no longer fits.
+    _set_link(store, guid, 4, 2, [guid, "ab" * 32, 16 * CHUNK, 1])
+    data = _delta(guid, 4)
+    check = Provenance(checksum=snapshot_checksum(data), generation=4)
+    outcome = put_delta(store, guid, TAD1, 4, data, check, 3, name)
+    assert not outcome.stored and "does not fit the latest checkpoint" in outcome.refused
+    assert "send the whole state" in outcome.refused
+    _put_or_whole(store, guid, 4, name)
+    _assert_holds(store.latest_checkpoint(guid).snapshot, 4)
