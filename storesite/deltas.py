@@ -22,9 +22,9 @@ import logging
 from dataclasses import dataclass
 
 from hermesx.core.delta import compose, decode_delta, shape_after
-from hermesx.core.errors import CheckpointDamagedError
+from hermesx.core.errors import CheckpointDamagedError, StorageError
 from hermesx.core.identity import TAD
-from hermesx.core.snapshot import encode_state, snapshot_checksum, snapshot_shape
+from hermesx.core.snapshot import Shape, encode_state, snapshot_checksum, snapshot_shape
 from storesite.records import Provenance
 from storesite.store import AtomStore
 
@@ -71,12 +71,20 @@ def put_delta(
                 guid, tad, seq, snapshot, checksum, check, base_no=base.number
             )
             return _outcome(store, stored, checksum, base.name)
-    if isinstance(base, str):
+    after: Shape | None = None
+    if not isinstance(base, str):
+        shape = base.link.shape if base.link is not None else snapshot_shape(base.data)
+        try:
+            after = shape_after(shape, decode_delta(delta_bytes))
+        except StorageError as exc:
+            # The latest record's shape is not what the node's base was (its link,
+            # which no CRC covers, is damaged): the whole state settles it.
+            base = f"it does not fit the latest checkpoint: {exc}"
+    if isinstance(base, str) or after is None:
         reason = f"{what} refused: {base}; send the whole state"
         log.info("storesite %s: %s", store.sid, reason)
         return DeltaOutcome(stored=False, refused=reason)
-    shape = base.link.shape if base.link is not None else snapshot_shape(base.data)
-    link = base.next_link(delta_bytes, shape_after(shape, decode_delta(delta_bytes)))
+    link = base.next_link(delta_bytes, after)
     stored = store.store_checkpoint(
         guid, tad, seq, delta_bytes, delta_checksum, check, base_no=base.number, link=link
     )

@@ -290,6 +290,16 @@ class AtomStore:
                 latest = self._window.record(txn, guid, state.checkpoint_no)
             except CheckpointDamagedError as exc:
                 return f"the latest checkpoint {held} is damaged: {exc}"
+            # The CRC-32 does not cover the link, and the window deletes slots by the
+            # anchors links name: a link the window disagrees with is damage.
+            link, anchor = latest.link, state.anchor_of(state.checkpoint_no)
+            if link is not None and (
+                link.anchor != anchor or latest.number - anchor != link.length
+            ):
+                return (
+                    f"the latest checkpoint {held} is damaged: its link names anchor "
+                    f"#{link.anchor} and {link.length} deltas, the window anchor #{anchor}"
+                )
         if latest.name != base_name:
             return (
                 f"its base has checksum {base_name:08x}, the latest checkpoint {held} "

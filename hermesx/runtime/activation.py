@@ -47,6 +47,7 @@ class Frame:
     """One activation of the atom's code: a call, a handler or ``hx_main``."""
 
     __slots__ = (
+        "bad_slot",
         "budget",
         "chain",
         "deadline",
@@ -81,6 +82,8 @@ class Frame:
         self.deadline = deadline  # monotonic time the caller gives up, if any
         self.reply: bytes | None = None
         self.too_large = 0
+        # A bad reply slot found before a nested entry: this entry fails with it.
+        self.bad_slot: str | None = None
         # hx_main's budget renews at each blocking point.
         self.per_segment = False
         self.log_bytes = 0
@@ -174,6 +177,9 @@ class AtomActivations(AtomMemory):
             frames.pop()
             if frames:
                 self._resume()
+        if frame.bad_slot is not None:
+            bad = WasmFault(frame.bad_slot, interrupted=False, cause=None)
+            raise self._translate(bad, method)
         # A reply in the inbox's slot is the call's last one (atoms/ABI.md "The inbox").
         in_slot = inst.reply
         if in_slot is None:
@@ -214,7 +220,12 @@ class AtomActivations(AtomMemory):
         the reply slot so far is its reply, copied out before the nested entry
         reuses the slot."""
         if self._frames:
-            self._take_reply(self._frames[-1])
+            frame = self._frames[-1]
+            try:
+                self._take_reply(frame)
+            except WasmFault as fault:
+                # That entry's fault, not the nested one's: it fails when it returns.
+                frame.bad_slot = fault.message
 
     def _nested_deadline(self, deadline: float | None) -> float | None:
         """An activation inside another (at its blocking point) ends by the outer one's deadline."""

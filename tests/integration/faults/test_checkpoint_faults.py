@@ -54,9 +54,11 @@ def _restart_storesite(cluster: LocalCluster, client: Client) -> None:
     wait_until(registered, 60.0, "the restarted storesite to register")
 
 
-def _flip_a_bit_of_latest_checkpoint(cluster: LocalCluster, guid: str) -> None:
-    """Damage the latest checkpoint of ``guid`` on disk: one bit inside its snapshot,
-    or inside its delta when it is a delta record (storesite.chain).
+def _flip_a_bit_of_latest_checkpoint(
+    cluster: LocalCluster, guid: str, number: int | None = None
+) -> None:
+    """Damage the latest checkpoint of ``guid`` (or slot ``number``) on disk: one bit
+    inside its snapshot, or inside its delta when it is a delta record (storesite.chain).
 
     The storesite is stopped. Its record is found through LMDB (read only),
     then the bit is flipped with a plain write into ``data.mdb``, as a disk
@@ -71,7 +73,8 @@ def _flip_a_bit_of_latest_checkpoint(cluster: LocalCluster, guid: str) -> None:
         )
         with env.begin() as txn:
             state = msgpack.unpackb(txn.get(guid.encode(), db=atoms), raw=False)
-            key = guid.encode() + b"/" + int(state["ck_no"]).to_bytes(8, "big")
+            slot = int(state["ck_no"]) if number is None else number
+            key = guid.encode() + b"/" + slot.to_bytes(8, "big")
             record = bytes(txn.get(key, db=checkpoints))
     finally:
         env.close()

@@ -57,20 +57,25 @@ class App:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                value = self.client.atom(self.target).incr(1)
-            except OutcomeUnknownError as exc:
-                with self.lock:
-                    self.unknown += 1
-                value = self.retry(exc.request_id)
-            except HermesError as exc:
-                self.failures.append(f"{exc.kind}: {exc}")
-                return
-            if value is None:
-                return
+        while not self.stop.is_set() and self.run_once():
+            pass
+
+    def run_once(self) -> bool:
+        """One increment, retried by its id while its outcome is unknown; False on failure."""
+        try:
+            value = self.client.atom(self.target).incr(1)
+        except OutcomeUnknownError as exc:
             with self.lock:
-                self.values.append(value)
+                self.unknown += 1
+            value = self.retry(exc.request_id)
+        except HermesError as exc:
+            self.failures.append(f"{exc.kind}: {exc}")
+            return False
+        if value is None:
+            return False
+        with self.lock:
+            self.values.append(value)
+        return True
 
     def retry(self, request_id: str) -> int | None:
         """The same increment again, by its request id, until it is settled (bounded)."""
