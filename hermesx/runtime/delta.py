@@ -81,18 +81,23 @@ def changed_chunks(address: int, size: int, base: bytearray) -> list[int]:
     base_address = _address(base)
     changed: list[int] = []
     # A block that differs is halved until its chunks are found: a call changes a
-    # chunk or two, found in ~13 comparisons of a block instead of 64.
-    pending = [(block, min(BLOCK, size - block)) for block in range(0, size, BLOCK)][::-1]
+    # chunk or two, found in ~13 comparisons of a block instead of 64. A half is
+    # compared only when its twin does not settle it: when the first half of a block
+    # known to differ is equal, the second must differ (about half the bytes read).
+    pending = [(block, min(BLOCK, size - block), False) for block in range(0, size, BLOCK)][::-1]
     while pending:
-        start, length = pending.pop()
-        if not _memcmp(address + start, base_address + start, length):
+        start, length, differs = pending.pop()
+        if not differs and not _memcmp(address + start, base_address + start, length):
             continue
         if length <= CHUNK:
             changed.append(start)
             continue
         half = (length + CHUNK) // (2 * CHUNK) * CHUNK
-        pending.append((start + half, length - half))
-        pending.append((start, half))
+        if _memcmp(address + start, base_address + start, half):
+            pending.append((start + half, length - half, False))
+            pending.append((start, half, True))
+        else:
+            pending.append((start + half, length - half, True))
     return changed
 
 
