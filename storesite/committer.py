@@ -48,14 +48,20 @@ MAX_BATCH = 256
 class _Pending:
     """One queued write and, once its batch is synced, its outcome."""
 
-    __slots__ = ("apply", "done", "error", "guid", "result")
+    __slots__ = ("apply", "done", "error", "guid", "lead", "result", "wake")
 
     def __init__(self, guid: str, apply: Callable[[lmdb.Transaction], Any]) -> None:
         self.guid = guid
         self.apply = apply
         self.done = False
+        # Made the leader of the next batch by the one before (its sender commits it).
+        self.lead = False
         self.result: Any = None
         self.error: BaseException | None = None
+        # Held until the write is done or its sender leads: released once, by the
+        # leader, so a batch wakes its own senders and the next leader, no others.
+        self.wake = threading.Lock()
+        self.wake.acquire()
 
 
 class GroupCommitter:
@@ -63,10 +69,11 @@ class GroupCommitter:
 
     def __init__(self, env: StoreEnvironment) -> None:
         self._env = env
-        self._cv = threading.Condition()
+        self._lock = threading.Lock()
         self._queue: deque[_Pending] = deque()
         self._leading = False
         self._closed = False
+        self._idle = threading.Condition(self._lock)  # for close(): no batch under way
         self.commits = 0  # transactions committed (each one sync)
         self.written = 0  # writes acknowledged
 
@@ -76,37 +83,48 @@ class GroupCommitter:
         and changes nothing; a failed commit raises StorageError."""
         GUID.parse(guid)  # refuse text that is not a GUID before it becomes a key
         pending = _Pending(guid, apply)
-        with self._cv:
+        with self._lock:
             if self._closed:
                 raise StorageError(f"storesite {self._env.sid} is closing; checkpoint not stored")
             self._queue.append(pending)
-        while True:
-            with self._cv:
-                while self._leading and not pending.done:
-                    self._cv.wait()
-                if pending.done:
-                    break
+            if not self._leading:
                 # No batch is being committed: this sender commits the next one.
-                self._leading = True
-                batch = [self._queue.popleft() for _ in range(min(MAX_BATCH, len(self._queue)))]
-            try:
-                self._commit(batch)
-            finally:
-                with self._cv:
-                    for written in batch:
-                        written.done = True
-                    self._leading = False
-                    self._cv.notify_all()
+                self._leading = pending.lead = True
+        if not pending.lead:
+            pending.wake.acquire()  # until its batch is synced, or it is to lead one
+        if not pending.done:
+            self._lead()
         if pending.error is not None:
             raise pending.error
         result: T = pending.result
         return result
 
+    def _lead(self) -> None:
+        """Commit every write queued (the leader's own first), then hand the lead on."""
+        with self._lock:
+            batch = [self._queue.popleft() for _ in range(min(MAX_BATCH, len(self._queue)))]
+        try:
+            self._commit(batch)
+        finally:
+            with self._lock:
+                for written in batch:
+                    written.done = True
+                following = self._queue[0] if self._queue else None
+                if following is None:
+                    self._leading = False
+                    self._idle.notify_all()
+                else:
+                    following.lead = True
+            for written in batch[1:]:
+                written.wake.release()
+            if following is not None:
+                following.wake.release()
+
     def close(self) -> None:
         """Refuse new checkpoints; wait (bounded) for the batch being committed."""
-        with self._cv:
+        with self._lock:
             self._closed = True
-            self._cv.wait_for(lambda: not self._leading, timeout=30)
+            self._idle.wait_for(lambda: not self._leading, timeout=30)
 
     def _commit(self, batch: list[_Pending]) -> None:
         """Apply and commit ``batch`` in one transaction (outside the lock)."""

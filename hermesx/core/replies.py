@@ -64,6 +64,7 @@ from hermesx.core.snapshot import ReplyRecord
 __all__ = [
     "DEFAULT_REPLY_ENTRIES",
     "MIN_FLOOR_CLIENTS",
+    "ReplyMark",
     "ReplyTable",
     "ReplyWindow",
     "RequestIds",
@@ -193,6 +194,20 @@ def parse_reply_window(text: str) -> ReplyWindow:
     return ReplyWindow(entries, seconds)
 
 
+class ReplyMark(NamedTuple):
+    """Where a reply table stood: what :meth:`ReplyTable.changes` tells changes since."""
+
+    # Which run of the table's history: a new one after a restore or an id recorded again.
+    epoch: int
+    recorded: int
+    evicted: int
+    length: int
+
+
+# Epochs are drawn from one counter, so no two tables (or runs of one) share one.
+_EPOCHS = itertools.count(1)
+
+
 @dataclass(slots=True)
 class _Floor:
     seq: int
@@ -220,6 +235,10 @@ class ReplyTable:
         # look and skips the second (after waiting for the atom) when it
         # stayed the same.
         self.recorded = 0
+        # Records dropped from the head; with ``recorded`` and the epoch, what
+        # changes() tells a checkpoint without copying the table.
+        self._evicted = 0
+        self._epoch = next(_EPOCHS)
 
     def __len__(self) -> int:
         return len(self._replies)
@@ -227,6 +246,28 @@ class ReplyTable:
     def records(self) -> tuple[ReplyRecord, ...]:
         with self._lock:
             return tuple(self._replies.values())
+
+    def changes(self, mark: ReplyMark | None) -> tuple[ReplyMark, int, tuple[ReplyRecord, ...]]:
+        """What changed since ``mark`` (an earlier answer of this table): the mark of now,
+        how many records left the head, and the records added at the end since.
+
+        Costs what changed, not the table (a checkpoint's delta, docs/DESIGN.md §6). With
+        ``mark`` None, or when the table did more than move on since (it was restored, or
+        an id recorded again left its place), the count is -1 and the records are all of
+        them: the table is sent whole.
+        """
+        with self._lock:
+            replies = self._replies
+            now = ReplyMark(self._epoch, self.recorded, self._evicted, len(replies))
+            if mark is None or mark.epoch != now.epoch:
+                return now, -1, tuple(replies.values())
+            added = now.recorded - mark.recorded
+            if added >= len(replies):  # every record held came since: the old ones all left
+                return now, mark.length, tuple(replies.values())
+            if not added:
+                return now, now.evicted - mark.evicted, ()
+            newest = itertools.islice(reversed(replies.values()), added)
+            return now, now.evicted - mark.evicted, tuple(newest)[::-1]
 
     def floors(self) -> tuple[tuple[str, int, int], ...]:
         with self._lock:
@@ -246,6 +287,7 @@ class ReplyTable:
             self._floors = OrderedDict((c, _Floor(s, ms)) for c, s, ms in floors)
             self.forgotten_before_ms = forgotten_before_ms
             self.recorded += 1
+            self._epoch = next(_EPOCHS)
 
     def lookup(
         self, request_id: str, *, method: str = "", guid: str = "", args: bytes | None = None
@@ -312,6 +354,7 @@ class ReplyTable:
             if request_id in replies:
                 old = replies.pop(request_id)
                 self.payload_bytes -= len(old.payload) + len(old.request_id)
+                self._epoch = next(_EPOCHS)  # a record left the middle: not a move on
             replies[request_id] = record
             held = self.payload_bytes + len(record.payload) + len(request_id)
             self.payload_bytes = held
@@ -336,6 +379,7 @@ class ReplyTable:
 
     def _evict_first(self) -> None:
         request_id, dropped = self._replies.popitem(last=False)
+        self._evicted += 1
         self.payload_bytes -= len(dropped.payload) + len(request_id)
         match = _match_structured(request_id)
         if match is None:

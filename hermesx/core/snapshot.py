@@ -285,6 +285,13 @@ class _PieceReader:
 
 def _unpack_body(body: bytes | memoryview) -> list[Any]:
     """The body's top-level list, unpacked a piece at a time (see module docstring)."""
+    if len(body) <= PIECE_BYTES:
+        # One piece: unpacked at once (a delta's small rest is decoded on every
+        # durable call; the piece reader's per-item calls cost it several times more).
+        whole = msgpack.unpackb(body, raw=False, strict_map_key=False)
+        if not isinstance(whole, list):
+            raise ValueError(f"the snapshot's body is a {type(whole).__name__}, not a list")
+        return whole
     reader = _PieceReader(body)
     top: list[Any] = []
     for index in range(reader.array_header()):

@@ -22,11 +22,12 @@ memory compares in ~1.6 ms, 1 MiB in 0.04 ms; per-chunk CRC-32 digests cost
 from __future__ import annotations
 
 import ctypes
-import operator
 import time
+from collections import deque
 from dataclasses import dataclass, replace
 
 from hermesx.core.delta import StateDelta, apply_delta
+from hermesx.core.replies import ReplyMark, ReplyTable
 from hermesx.core.snapshot import CHUNK, AtomState, ReplyRecord, memory_segments
 from hermesx.runtime.scheduling import AtomScheduling
 
@@ -41,13 +42,16 @@ _memcmp.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
 BLOCK = 64 * CHUNK
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Base:
     """The state the storesite holds, as of the last acknowledged checkpoint."""
 
     memory: bytearray
     kv: dict[bytes, bytes]
-    replies: tuple[ReplyRecord, ...]
+    # The reply records (moved on in place, as the table moves on) and where the
+    # atom's table stood when they were read.
+    replies: deque[ReplyRecord]
+    mark: ReplyMark
     rest: AtomState
     seq: int
     checksum: int
@@ -64,6 +68,8 @@ class Capture:
     # The whole state (when there is no delta) and a copy of its memory for the next base.
     state: AtomState | None = None
     memory: bytearray | None = None
+    # Where the atom's reply table stood when read (the next base's mark).
+    mark: ReplyMark | None = None
 
 
 def _address(buffer: bytearray) -> int:
@@ -75,18 +81,23 @@ def changed_chunks(address: int, size: int, base: bytearray) -> list[int]:
     base_address = _address(base)
     changed: list[int] = []
     # A block that differs is halved until its chunks are found: a call changes a
-    # chunk or two, found in ~13 comparisons of a block instead of 64.
-    pending = [(block, min(BLOCK, size - block)) for block in range(0, size, BLOCK)][::-1]
+    # chunk or two, found in ~13 comparisons of a block instead of 64. A half is
+    # compared only when its twin does not settle it: when the first half of a block
+    # known to differ is equal, the second must differ (about half the bytes read).
+    pending = [(block, min(BLOCK, size - block), False) for block in range(0, size, BLOCK)][::-1]
     while pending:
-        start, length = pending.pop()
-        if not _memcmp(address + start, base_address + start, length):
+        start, length, differs = pending.pop()
+        if not differs and not _memcmp(address + start, base_address + start, length):
             continue
         if length <= CHUNK:
             changed.append(start)
             continue
         half = (length + CHUNK) // (2 * CHUNK) * CHUNK
-        pending.append((start + half, length - half))
-        pending.append((start, half))
+        if _memcmp(address + start, base_address + start, half):
+            pending.append((start + half, length - half, False))
+            pending.append((start, half, True))
+        else:
+            pending.append((start + half, length - half, True))
     return changed
 
 
@@ -117,24 +128,27 @@ class ChangeTracker:
         size: int,
         rest: AtomState,
         kv: dict[bytes, bytes],
-        replies: tuple[ReplyRecord, ...],
+        replies: ReplyTable,
     ) -> Capture:
         """Read the state inside the atom's turn: ``size`` bytes of memory at ``address``,
-        ``rest`` (everything but memory, KV and replies), the KV and the reply records."""
+        ``rest`` (everything but memory, KV and replies), the KV and the reply table
+        (only its records added and dropped since the base are read)."""
         base = self._base
         chunks: list[int] = []
-        dropped = -1
+        mark: ReplyMark | None = None
         if base is not None and size == len(base.memory):
             chunks = changed_chunks(address, size, base.memory)
-            dropped = _replies_dropped(base.replies, replies)
-        if base is None or dropped < 0 or 2 * len(chunks) > size // CHUNK:
-            return _whole(address, size, replace(rest, kv=dict(kv), replies=replies))
+            if 2 * len(chunks) <= size // CHUNK:
+                mark = base.mark
+        mark, dropped, added = replies.changes(mark)
+        if base is None or dropped < 0:
+            state = replace(rest, kv=dict(kv), replies=added)
+            return _whole(address, size, state, mark)
         kv_put: tuple[tuple[bytes, bytes], ...] = ()
         kv_delete: tuple[bytes, ...] = ()
         if kv != base.kv:
             kv_put = tuple((k, v) for k, v in kv.items() if base.kv.get(k) is not v)
             kv_delete = tuple(k for k in base.kv if k not in kv)
-        added = replies[len(base.replies) - dropped :]
         delta = StateDelta(
             memory_size=size,
             chunks=tuple((offset, ctypes.string_at(address + offset, CHUNK)) for offset in chunks),
@@ -147,7 +161,7 @@ class ChangeTracker:
         changed = bool(chunks or kv_put or kv_delete) or _small_parts(rest) != _small_parts(
             base.rest
         )
-        return Capture(rest.generation, changed, delta=delta)
+        return Capture(rest.generation, changed, delta=delta, mark=mark)
 
     def whole_state(self, capture: Capture) -> AtomState:
         """The whole state a capture stands for (a delta composed onto the base)."""
@@ -155,15 +169,24 @@ class ChangeTracker:
             return capture.state
         assert capture.delta is not None and self._base is not None
         base = self._base
-        return apply_delta(bytearray(base.memory), dict(base.kv), base.replies, capture.delta)
+        return apply_delta(
+            bytearray(base.memory), dict(base.kv), tuple(base.replies), capture.delta
+        )
 
     def acknowledged(self, capture: Capture, seq: int, checksum: int) -> None:
         """The storesite stored ``capture`` as checkpoint ``seq`` with ``checksum``: new base."""
+        assert capture.mark is not None
         if capture.state is not None:
             assert capture.memory is not None
             state = capture.state
             self._base = _Base(
-                capture.memory, dict(state.kv), state.replies, _rest(state), seq, checksum
+                capture.memory,
+                dict(state.kv),
+                deque(state.replies),
+                capture.mark,
+                _rest(state),
+                seq,
+                checksum,
             )
             return
         delta, base = capture.delta, self._base
@@ -173,38 +196,25 @@ class ChangeTracker:
         for key in delta.kv_delete:
             base.kv.pop(key, None)
         base.kv.update(delta.kv_put)
-        replies = base.replies[delta.replies_dropped :] + delta.replies_added
-        self._base = _Base(base.memory, base.kv, replies, delta.rest, seq, checksum)
+        # Moved on in place: what a call changed, not the table, is copied.
+        replies = base.replies
+        for _ in range(delta.replies_dropped):
+            replies.popleft()
+        replies.extend(delta.replies_added)
+        base.mark, base.rest, base.seq, base.checksum = capture.mark, delta.rest, seq, checksum
 
 
-def _whole(address: int, size: int, rest: AtomState) -> Capture:
+def _whole(address: int, size: int, rest: AtomState, mark: ReplyMark) -> Capture:
     """A capture of the whole state: ``size`` bytes of memory at ``address`` and ``rest``."""
     memory = bytearray(size)
     if size:
         ctypes.memmove(_address(memory), address, size)
     state = replace(rest, memory_size=size, memory=memory_segments(memory))
-    return Capture(rest.generation, True, state=state, memory=memory)
+    return Capture(rest.generation, True, state=state, memory=memory, mark=mark)
 
 
 def _rest(state: AtomState) -> AtomState:
     return replace(state, memory=(), kv={}, replies=())
-
-
-def _replies_dropped(base: tuple[ReplyRecord, ...], now: tuple[ReplyRecord, ...]) -> int:
-    """How many records left the head of ``base`` when ``now`` is ``base`` moved on
-    (records dropped at its head, new ones added at its end); -1 when it is not."""
-    if not now:
-        return len(base)
-    first = now[0]
-    dropped = 0
-    while dropped < len(base) and base[dropped] is not first:
-        dropped += 1
-    if dropped == len(base):
-        return dropped  # every base record left: those held now are all new
-    kept = len(base) - dropped
-    if kept > len(now) or not all(map(operator.is_, base[dropped:], now[:kept])):
-        return -1
-    return dropped
 
 
 class AtomChanges(AtomScheduling):
@@ -225,7 +235,7 @@ class AtomChanges(AtomScheduling):
         try:
             inst = self._inst
             return tracker.capture(
-                inst.base, inst.memory_size, self._capture_rest(), self.kv, self.replies.records()
+                inst.base, inst.memory_size, self._capture_rest(), self.kv, self.replies
             )
         finally:
             self._leave()

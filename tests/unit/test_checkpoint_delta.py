@@ -15,6 +15,7 @@ from hermesx.core import codec
 from hermesx.core.delta import StateDelta, compose, compose_chain, decode_delta, encode_delta
 from hermesx.core.errors import StorageError
 from hermesx.core.identity import TAD
+from hermesx.core.replies import ReplyTable, ReplyWindow
 from hermesx.core.snapshot import (
     CHUNK,
     AtomState,
@@ -49,6 +50,13 @@ def _rest(**fields: object) -> AtomState:
 
 def _records(*ids: str) -> tuple[ReplyRecord, ...]:
     return tuple(ReplyRecord(i, "", i.encode()) for i in ids)
+
+
+def _table(*ids: str, entries: int = 1024) -> ReplyTable:
+    table = ReplyTable(ReplyWindow(entries))
+    for record in _records(*ids):
+        table.record(record)
+    return table
 
 
 def _memory(state: AtomState) -> bytearray:
@@ -107,8 +115,9 @@ def test_a_delta_composed_onto_its_base_is_the_new_state() -> None:
     memory[CHUNK : 2 * CHUNK] = b"\x01" * CHUNK
     tracker = ChangeTracker()
     kv = {b"a": b"1", b"b": b"2"}
-    old = _records("r1", "r2")
-    first = tracker.capture(_address(memory), size, _rest(generation=1), kv, old)
+    table = _table("r1", "r2", entries=2)
+    old = table.records()
+    first = tracker.capture(_address(memory), size, _rest(generation=1), kv, table)
     assert first.delta is None and first.state is not None and first.changed
     tracker.acknowledged(first, seq=1, checksum=7)
     assert tracker.base == (1, 7)
@@ -117,8 +126,10 @@ def test_a_delta_composed_onto_its_base_is_the_new_state() -> None:
     memory[3 * CHUNK + 5] = 9
     memory[CHUNK : 2 * CHUNK] = bytes(CHUNK)  # a chunk that becomes zero
     kv = {b"a": b"1", b"c": b"3"}
-    replies = (old[1], *_records("r3"))  # r1 left the head, r3 came
-    second = tracker.capture(_address(memory), size, _rest(generation=2), kv, replies)
+    table.record(_records("r3")[0])  # r1 leaves the head, r3 comes
+    replies = table.records()
+    assert replies == (old[1], *_records("r3"))
+    second = tracker.capture(_address(memory), size, _rest(generation=2), kv, table)
     assert second.delta is not None and second.changed
     delta = decode_delta(encode_delta(second.delta))
     assert [offset for offset, _ in delta.chunks] == [CHUNK, 3 * CHUNK]
@@ -135,19 +146,21 @@ def test_a_delta_composed_onto_its_base_is_the_new_state() -> None:
     _same_state(compose(base_state, delta), expected)
     _same_state(tracker.whole_state(second), expected)
     tracker.acknowledged(second, seq=2, checksum=8)
-    third = tracker.capture(_address(memory), size, _rest(generation=3), kv, replies)
+    third = tracker.capture(_address(memory), size, _rest(generation=3), kv, table)
     assert third.delta is not None and not third.changed
+    assert third.delta.replies_dropped == 0 and third.delta.replies_added == ()
 
 
 def test_a_delta_does_not_pay_when_memory_grew_or_most_chunks_changed() -> None:
     tracker = ChangeTracker()
     memory = bytearray(8 * CHUNK)
-    first = tracker.capture(_address(memory), len(memory), _rest(), {}, ())
+    table = _table()
+    first = tracker.capture(_address(memory), len(memory), _rest(), {}, table)
     tracker.acknowledged(first, seq=1, checksum=1)
     memory[: 5 * CHUNK] = b"\x07" * (5 * CHUNK)
-    assert tracker.capture(_address(memory), len(memory), _rest(), {}, ()).delta is None
+    assert tracker.capture(_address(memory), len(memory), _rest(), {}, table).delta is None
     grown = bytearray(16 * CHUNK)
-    assert tracker.capture(_address(grown), len(grown), _rest(), {}, ()).delta is None
+    assert tracker.capture(_address(grown), len(grown), _rest(), {}, table).delta is None
     tracker.reset()
     assert tracker.base is None
 
@@ -155,23 +168,51 @@ def test_a_delta_does_not_pay_when_memory_grew_or_most_chunks_changed() -> None:
 def test_a_reply_table_that_did_not_just_move_on_is_sent_whole() -> None:
     tracker = ChangeTracker()
     memory = bytearray(4 * CHUNK)
-    old = _records("r1", "r2", "r3")
-    first = tracker.capture(_address(memory), len(memory), _rest(), {}, old)
+    table = _table("r1", "r2", "r3", entries=3)
+    old = table.records()
+    first = tracker.capture(_address(memory), len(memory), _rest(), {}, table)
     tracker.acknowledged(first, seq=1, checksum=1)
-    reordered = (old[0], old[2], old[1])
-    assert tracker.capture(_address(memory), len(memory), _rest(), {}, reordered).delta is None
-    moved_on = (*old[2:], *_records("r4"))
-    delta = tracker.capture(_address(memory), len(memory), _rest(), {}, moved_on).delta
+    table.restore(table.window, (old[0], old[2], old[1]), (), 0)  # reordered
+    reordered = tracker.capture(_address(memory), len(memory), _rest(), {}, table)
+    assert reordered.delta is None and reordered.state is not None
+    assert reordered.state.replies == (old[0], old[2], old[1])
+    tracker.acknowledged(reordered, seq=2, checksum=2)
+    for record in _records("r4", "r5"):
+        table.record(record)  # r1 and r3 leave the head
+    delta = tracker.capture(_address(memory), len(memory), _rest(), {}, table).delta
     assert delta is not None and delta.replies_dropped == 2
+    assert [r.request_id for r in delta.replies_added] == ["r4", "r5"]
+    table.record(ReplyRecord("r4", "", b"again"))  # an id recorded again leaves its place
+    assert tracker.capture(_address(memory), len(memory), _rest(), {}, table).delta is None
+
+
+def test_a_reply_table_that_turned_over_since_the_base_sends_what_it_holds() -> None:
+    tracker = ChangeTracker()
+    memory = bytearray(4 * CHUNK)
+    table = _table("r1", "r2", entries=3)
+    first = tracker.capture(_address(memory), len(memory), _rest(), {}, table)
+    tracker.acknowledged(first, seq=1, checksum=1)
+    for record in _records("r3", "r4", "r5", "r6", "r7"):  # read-only calls: no checkpoint
+        table.record(record)
+    capture = tracker.capture(_address(memory), len(memory), _rest(), {}, table)
+    assert capture.delta is not None and capture.delta.replies_dropped == 2
+    assert [r.request_id for r in capture.delta.replies_added] == ["r5", "r6", "r7"]
+    assert tracker.whole_state(capture).replies == table.records()
+    tracker.acknowledged(capture, seq=2, checksum=2)
+    table.record(_records("r8")[0])
+    again = tracker.capture(_address(memory), len(memory), _rest(), {}, table)
+    assert again.delta is not None and again.delta.replies_dropped == 1
+    assert tracker.whole_state(again).replies == table.records()
 
 
 def test_a_delta_that_does_not_fit_its_base_is_refused_naming_why() -> None:
     tracker = ChangeTracker()
     memory = bytearray(4 * CHUNK)
-    first = tracker.capture(_address(memory), len(memory), _rest(), {}, ())
+    table = _table()
+    first = tracker.capture(_address(memory), len(memory), _rest(), {}, table)
     tracker.acknowledged(first, seq=1, checksum=1)
     memory[0] = 1
-    capture = tracker.capture(_address(memory), len(memory), _rest(), {}, ())
+    capture = tracker.capture(_address(memory), len(memory), _rest(), {}, table)
     assert capture.delta is not None and first.state is not None
     smaller = replace(first.state, memory_size=2 * CHUNK, memory=())
     with pytest.raises(StorageError, match="memory of 16384 bytes; its base has 8192"):
@@ -307,3 +348,31 @@ def test_a_chain_composed_at_once_is_the_chain_composed_one_at_a_time() -> None:
     at_once = compose_chain(base, deltas)
     assert encode_state(at_once) == encode_state(one_by_one)
     assert at_once.kv == {b"a": b"4"} and [r.request_id for r in at_once.replies] == ["c/4", "c/5"]
+
+
+def test_deltas_of_a_reply_table_compose_to_the_table_through_any_changes() -> None:
+    rng = random.Random(13)
+    table = ReplyTable(ReplyWindow(5))
+    memory = bytearray(4 * CHUNK)
+    tracker = ChangeTracker()
+    stored: AtomState | None = None
+    for step in range(400):
+        for _ in range(rng.choice((0, 1, 1, 2, 7))):
+            table.record(ReplyRecord(f"r{rng.randrange(60)}", "", b"%d" % step))
+        if rng.random() < 0.03:
+            records = list(table.records())
+            rng.shuffle(records)
+            table.restore(table.window, tuple(records), (), 0)
+        capture = tracker.capture(_address(memory), len(memory), _rest(), {}, table)
+        if capture.delta is None:
+            assert capture.state is not None
+            stored = capture.state
+        else:
+            assert stored is not None
+            stored = compose(stored, decode_delta(encode_delta(capture.delta)))
+        assert stored.replies == table.records()
+        assert tracker.whole_state(capture).replies == table.records()
+        if rng.random() < 0.8:
+            tracker.acknowledged(capture, seq=step + 1, checksum=step)
+        else:  # not acknowledged: the storesite keeps the state before it
+            tracker.reset()

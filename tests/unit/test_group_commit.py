@@ -128,6 +128,41 @@ def test_checkpoints_arriving_together_share_one_commit(store: AtomStore) -> Non
     assert store.status().checkpoints_written >= 7
 
 
+def test_many_senders_each_get_their_own_outcome_and_none_is_left_waiting(
+    store: AtomStore,
+) -> None:
+    guids = [_register(store) for _ in range(12)]
+    key = b"test-outcome"
+
+    def sender(guid: str) -> list[object]:
+        outcomes: list[object] = []
+        for n in range(25):
+
+            def write(txn: lmdb.Transaction, n: int = n) -> str:
+                if n % 7 == 3:
+                    raise MigrationError(f"{guid} refused {n}")
+                txn.put(key + guid.encode(), b"%d" % n)
+                return f"{guid}:{n}"
+
+            try:
+                outcomes.append(store.committer.submit(guid, write))
+            except MigrationError as exc:
+                outcomes.append(str(exc))
+        return outcomes
+
+    commits, written = store.committer.commits, store.committer.written
+    senders = _InThreads([lambda guid=guid: sender(guid) for guid in guids])
+    results = senders.outcomes()
+    assert senders.running() == 0
+    for guid, outcome in zip(guids, results, strict=True):
+        assert outcome == [
+            f"{guid} refused {n}" if n % 7 == 3 else f"{guid}:{n}" for n in range(25)
+        ]
+    refused = sum(1 for n in range(25) if n % 7 == 3)
+    assert store.committer.written - written == 12 * (25 - refused)
+    assert store.committer.commits - commits <= 12 * 25
+
+
 def test_a_refused_checkpoint_in_a_batch_refuses_that_one_only(store: AtomStore) -> None:
     good, stale = _register(store), _register(store)
     snapshot = encode_state(_state(good, fill=9, generation=1))

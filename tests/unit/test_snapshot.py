@@ -114,6 +114,10 @@ def test_damaged_or_foreign_snapshots_are_storage_errors() -> None:
         decode_state(good[:6] + b"\x09" + good[7:])
     with pytest.raises(StorageError, match="damaged"):
         decode_state(good[:-3])
+    with pytest.raises(StorageError, match="damaged"):
+        decode_state(good + b"\x00")  # bytes after its end
+    with pytest.raises(StorageError, match="damaged: the snapshot's body is a dict"):
+        decode_state(good[:8] + b"\x80")
 
 
 def test_state_encoding_round_trips_with_and_without_zlib() -> None:
