@@ -292,10 +292,9 @@ class CallServer:
 
         ``inline``: a request of this kind runs on its connection's own thread when
         no other request of the connection does (no hand-off to a worker: the
-        quickest reply), and another thread reads the connection once it takes
-        ``SLOW_INLINE_S`` or calls :func:`yield_reader`; the others run on the
-        pool. Without it every request runs on the pool (a handler that waits
-        for others, as a group commit does)."""
+        quickest reply), another thread reading the connection once it takes
+        ``SLOW_INLINE_S`` or calls :func:`yield_reader`; the others, and every request
+        without it (a handler that waits for others: a group commit), run on the pool."""
         self._handlers[kind] = (handler, roles.allowed_roles(rpc), inline)
 
     @property
@@ -362,6 +361,8 @@ class CallServer:
             with self._lock:
                 full = len(self._connections) >= self.limits.max_connections
                 idle = _idlest(self._connections, self.limits.evict_idle_s) if full else None
+                if idle is not None:  # its slot is the newcomer's now; its thread ends later
+                    self._connections.discard(idle)
                 if not full or idle is not None:
                     connection = _Connection(peer)
                     self._connections.add(connection)
