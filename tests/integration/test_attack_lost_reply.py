@@ -86,6 +86,11 @@ def client(two: LocalCluster) -> Iterator[Client]:
 def _lost(client: Client, proxy: _LossyProxy, request: pb.InvokeRequest) -> None:
     """Send ``request`` to n1 through ``proxy``, whose reply is lost on the wire."""
     connection = client.channels.calls.connection(proxy.address)  # handshake passes
+    # A first call, answered: what the node sends after the handshake (its TLS
+    # session tickets) has passed the proxy before it loses the next bytes back.
+    probe = pb.InvokeRequest(guid=request.guid, method="no-such-method", timeout=20.0)
+    answer = pb.InvokeReply.FromString(connection.call("invoke", probe.SerializeToString(), 20.0))
+    assert answer.WhichOneof("outcome") == "error", answer
     proxy.lose.set()
     with pytest.raises(HermesError) as caught:
         connection.call("invoke", request.SerializeToString(), 20.0)
