@@ -419,8 +419,11 @@ def _make_private_dir(directory: pathlib.Path) -> None:
         # mkdir's mode is masked by the umask and ignored for an existing one.
         directory.chmod(0o700)
         for path in directory.iterdir():
-            if path.is_file() and path.stat().st_mode & 0o077:
-                path.chmod(0o600)
+            # Another process (or thread) issuing at the same time may rename its
+            # temporary file away between the listing and the look at it.
+            with contextlib.suppress(FileNotFoundError):
+                if path.is_file() and path.stat().st_mode & 0o077:
+                    path.chmod(0o600)
     except OSError as exc:
         raise ConfigurationError(f"cannot make certificate directory {directory}: {exc}") from exc
 
