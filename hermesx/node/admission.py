@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 
 from hermesx.core.errors import CapacityError
 from hermesx.core.identity import TAD
@@ -113,6 +114,36 @@ class Admission:
     def release_atom_call(self, active: ActiveAtom) -> None:
         with active.cond:
             active.calls -= 1
+
+    def enter_idle(self, active: ActiveAtom) -> bool:
+        """The quick case of a call to run in ``active``: when the atom is active and has
+        no other call, count the call in and fix the atom for it, as
+        :meth:`refuse_atom_call` and then :meth:`ActiveAtom.fixed` would, in one hold of
+        its lock (True; :meth:`leave_idle` undoes both); otherwise do nothing (False:
+        take the general path). One call is under every atom's limit."""
+        # (The condition's own acquire and release: its "with" costs two Python calls.)
+        cond = active.cond
+        cond.acquire()
+        try:
+            if active.calls or active.state != "active":
+                return False
+            active.calls = 1
+            active.inflight += 1
+            return True
+        finally:
+            cond.release()
+
+    def leave_idle(self, active: ActiveAtom) -> None:
+        """The call let in by :meth:`enter_idle` ended: unfix the atom, count the call out."""
+        cond = active.cond
+        cond.acquire()
+        try:
+            active.calls -= 1
+            active.inflight -= 1
+            active.last_used = time.monotonic()
+            cond.notify_all()  # a move or passivation waits for its calls to end
+        finally:
+            cond.release()
 
     def refuse_forward(self, guid: str, tad: TAD, method: str) -> pb.InvokeReply | None:
         """A call to forward to ``guid`` at ``tad``: its refusal when this node forwards

@@ -101,6 +101,12 @@ class Fencing:
         """True while we must not serve: the session is in doubt or our lease on it ran out."""
         return not self._serving.is_set() or not self._lease.valid()
 
+    def serving(self) -> bool:
+        """:meth:`may_serve` without its warning or its renewal: True while the session
+        is not in doubt and our lease holds (a caller that finds False asks
+        :meth:`may_serve`, which tries a renewal and says what it refused)."""
+        return self._serving.is_set() and self._lease.remaining() > 0
+
     def may_serve(self, what: str) -> bool:
         """Whether ``what`` may run now: the session is not in doubt and our lease holds."""
         return self._serving.is_set() and self.lease_held(what)

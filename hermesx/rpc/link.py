@@ -30,6 +30,10 @@ from hermesx.rpc.frames import Frame, FrameError, FrameReader, encode_error
 __all__ = ["Link", "LinkClosed", "TLSSession", "handshake"]
 
 READ_CHUNK = 256 * 1024
+# A link's own buffers for what it receives and what TLS makes of it, reused by
+# every read (a read makes no new object for its bytes); larger frames take
+# several reads (and a link holds 64 KiB for them with TLS, 32 without).
+RECEIVE_BYTES = 32 * 1024
 KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_PROBES = 10, 5, 3
 # How often the link's thread looks at its timers (first frame, stalled peer).
 POLL_MS = 1000
@@ -158,6 +162,10 @@ class Link:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._frames = FrameReader(max_frame)
+        self._received = bytearray(RECEIVE_BYTES)
+        self._received_view = memoryview(self._received)
+        self._plain = bytearray(RECEIVE_BYTES if session is not None else 0)
+        self._plain_view = memoryview(self._plain)
         self._write_stall_s = write_stall_s
         self._closing: str | None = None  # close once the outbox is flushed
         self._clock = _FrameClock()  # see run
@@ -279,9 +287,7 @@ class Link:
         """Take what the peer sent with the last bytes of the TLS handshake (its first
         request, a refusal): it waits in the session already, not in the socket."""
         if self._session is not None:
-            early = self._decrypt(b"")
-            if early:
-                self._frames.add(early)
+            self._decrypt(None)
 
     def read_until(
         self,
@@ -332,10 +338,11 @@ class Link:
         got_frame = first_frame_s is None
         opened = time.monotonic()
         wait_ms = POLL_MS
+        frames, clock = self._frames, self._clock
         while self.closed is None and (stop is None or not stop()):
             # Frames held back while reading() was False go on once it is True.
-            if self._hand_on(on_frames, reading, stop):
-                got_frame, self._clock.began = True, None
+            if frames.whole is not None and self._hand_on(on_frames, reading, stop):
+                got_frame, clock.began = True, None
             if stop is not None and stop():
                 break
             with self._lock:
@@ -364,22 +371,25 @@ class Link:
                 if event & select.POLLOUT:
                     self._flush()
                 if event & (_READ | _ERR):
-                    data = self._receive()
-                    if data is None:
+                    received = self._receive()
+                    if received is None:
                         return
-                    if data:
-                        self._frames.add(data)
-                        if self._hand_on(on_frames, reading, stop):
-                            got_frame, self._clock.began = True, None
+                    if received and self._hand_on(on_frames, reading, stop):
+                        got_frame, clock.began = True, None
             now = time.monotonic()
-            late = "" if self._closing else self._clock.late(now, self._frames.pending, reading)
+            pending = frames.pending
+            late = (
+                clock.late(now, pending, reading)
+                if (pending or clock.began is not None) and not self._closing
+                else ""
+            )
             if late:
                 self.close_after(
                     encode_error(0, "communication", "a frame not finished in time; closing"),
                     late + self._inside_frame(),
                 )
             # A first frame under way is the frame clock's to judge.
-            if not got_frame and not self._frames.pending and now - opened > (first_frame_s or 0):
+            if not got_frame and not pending and now - opened > (first_frame_s or 0):
                 self.close_after(
                     encode_error(0, "communication", "no request in time; closing"),
                     f"no whole frame within {first_frame_s:g} s of connecting",
@@ -397,8 +407,14 @@ class Link:
         """Hand on the whole frames received, one at a time while ``reading()`` says so (a
         single read can hold hundreds: the rest wait as bytes). Whether any went on."""
         handed = False
-        while self._closing is None and reading() and (stop is None or not stop()):
-            frame = self._frames.take()
+        frames = self._frames
+        while (
+            frames.whole is not None
+            and self._closing is None
+            and reading()
+            and (stop is None or not stop())
+        ):
+            frame = frames.take()
             if frame is None:
                 break
             on_frames([frame])
@@ -435,42 +451,66 @@ class Link:
         pending = self._frames.pending
         return f" inside a frame ({pending} bytes of it received)" if pending else ""
 
-    def _receive(self) -> bytes | None:
-        """Bytes received (b"" for none yet); None when the peer closed."""
+    def _receive(self) -> bool | None:
+        """Receive what the socket holds into the frame reader: whether any bytes came
+        (False: none yet); None when the peer closed."""
         try:
-            data = self.sock.recv(READ_CHUNK)
+            size = self.sock.recv_into(self._received)
         except (BlockingIOError, InterruptedError):
-            return b""
+            return False
         except OSError as exc:
             self.close(f"receive failed{self._inside_frame()}: {exc}")
             return None
-        if not data:
+        if not size:
             self.close(f"the peer closed the connection{self._inside_frame()}")
             return None
         if self._session is None:
-            return data
-        return self._decrypt(data)
+            self._frames.add(self._received_view[:size])
+            return True
+        return self._decrypt(self._received_view[:size])
 
-    def _decrypt(self, data: bytes) -> bytes | None:
-        """What the TLS session makes of ``data`` and of what it holds already (None when the
-        peer closed it). Also before any read: the handshake may have received the
-        peer's first request with its last flight."""
+    def _decrypt(self, data: memoryview | None) -> bool | None:
+        """Pass ``data`` through the TLS session, and what it makes of it and of what it
+        holds already to the frame reader: whether any bytes came (None when the peer
+        closed the session). Also before any read (``data`` None): the handshake may
+        have received the peer's first request with its last flight."""
         assert self._session is not None
         with self._lock:
-            self._session.incoming.write(data)
-            chunks = []
-            while True:
-                try:
-                    chunk = self._session.tls.read(READ_CHUNK)
-                except ssl.SSLWantReadError:
-                    break
-                except ssl.SSLZeroReturnError:
-                    self._close_locked("the peer closed the TLS session")
-                    return None
-                if not chunk:
-                    break
-                chunks.append(chunk)
-            reply = self._session.outgoing.read()
-            if reply:
-                self._outbox += reply
-        return b"".join(chunks)
+            got = _decrypt(self._session, data, self._plain, self._plain_view, self._frames)
+            if got is None:
+                self._close_locked("the peer closed the TLS session")
+            elif self._session.outgoing.pending:
+                self._outbox += self._session.outgoing.read()
+        return got
+
+
+def _decrypt(
+    session: TLSSession,
+    data: memoryview | None,
+    plain: bytearray,
+    plain_view: memoryview,
+    frames: FrameReader,
+) -> bool | None:
+    """Pass ``data`` through ``session`` and what it makes of it to ``frames``, through
+    the buffer ``plain``: whether any bytes came; None when the peer closed the session."""
+    tls, incoming = session.tls, session.incoming
+    if data is not None:
+        incoming.write(data)
+    got = False
+    while True:
+        try:
+            # (Given a buffer, read fills it and says how much.)
+            size: int = tls.read(len(plain), plain)  # type: ignore[assignment]
+        except ssl.SSLWantReadError:
+            break
+        except ssl.SSLZeroReturnError:
+            return None
+        if not size:
+            break
+        frames.add(plain_view[:size])
+        got = True
+        # Nothing more to decrypt: stop without another read that would only say so
+        # (by raising).
+        if not tls.pending() and not incoming.pending:
+            break
+    return got
