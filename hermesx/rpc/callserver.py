@@ -126,21 +126,43 @@ class WorkerPool(ThreadPoolExecutor):
 
     def __init__(self, max_workers: int, thread_name_prefix: str = "") -> None:
         super().__init__(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
-        self._places = threading.Semaphore(max_workers)
+        # The places: a count under a plain lock (a threading.Semaphore is Python code
+        # around a condition, and every request run inline takes and gives back one).
+        self._places_lock = threading.Lock()
+        self._freed = threading.Condition(self._places_lock)
+        self._free = max_workers
+        self._waiting = 0  # tasks waiting for a place
 
     def submit(self, fn: Callable[..., T], /, *args: object, **kwargs: object) -> Future[T]:
         return super().submit(self._run, fn, *args, **kwargs)
 
     def _run(self, fn: Callable[..., T], /, *args: object, **kwargs: object) -> T:
-        with self._places:
+        with self._places_lock:
+            while self._free <= 0:
+                self._waiting += 1
+                try:
+                    self._freed.wait()
+                finally:
+                    self._waiting -= 1
+            self._free -= 1
+        try:
             return fn(*args, **kwargs)
+        finally:
+            self.give_back()
 
     def borrow(self) -> bool:
         """Take a worker's place for a request run inline (False: none is free)."""
-        return self._places.acquire(blocking=False)
+        with self._places_lock:
+            if self._free <= 0:
+                return False
+            self._free -= 1
+            return True
 
     def give_back(self) -> None:
-        self._places.release()
+        with self._places_lock:
+            self._free += 1
+            if self._waiting:
+                self._freed.notify()
 
 
 @dataclass(frozen=True, slots=True)
