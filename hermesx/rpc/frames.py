@@ -65,6 +65,8 @@ class FrameError(Exception):
 # Named tuples, not dataclasses: one is made per frame, and a tuple is made in a
 # fraction of a frozen dataclass's time.
 class Request(NamedTuple):
+    """``[0, id, kind, timeout_s, body(, meta)]``."""
+
     id: int
     kind: str
     timeout: float
@@ -73,11 +75,15 @@ class Request(NamedTuple):
 
 
 class Reply(NamedTuple):
+    """``[1, id, body]``."""
+
     id: int
     body: bytes
 
 
 class Error(NamedTuple):
+    """``[2, id, error_kind, message]``."""
+
     id: int
     kind: str
     message: str
@@ -102,7 +108,8 @@ def encode_request(
 
 
 def encode_reply(id: int, body: bytes) -> bytes:
-    return _framed([REPLY, id, body])
+    data: bytes = _pack([REPLY, id, body])  # (as _framed does, one call less per reply)
+    return HEADER.pack(len(data)) + data
 
 
 def encode_error(id: int, kind: str, message: str) -> bytes:
