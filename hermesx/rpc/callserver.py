@@ -191,8 +191,8 @@ def _member(connection: _Connection) -> bool:
 def _idlest(connections: set[_Connection], evict_idle_s: float) -> _Connection | None:
     """Under the server's lock: the connection whose last request is oldest, of those past
     their handshake with no request running, no reply waiting to go, and no request
-    for ``evict_idle_s`` (one trickling a frame is idle too), a member's only when no
-    other is; None if there is none."""
+    for ``evict_idle_s`` (one trickling a frame is idle too), never a member's; None
+    if there is none."""
     cutoff = time.monotonic() - evict_idle_s
     idle = [
         c
@@ -202,10 +202,12 @@ def _idlest(connections: set[_Connection], evict_idle_s: float) -> _Connection |
         and c.in_flight == 0
         and c.link.backlog == 0
         and c.last_frame < cutoff
+        # A member's connection (a node forwarding, checkpointing) stays: else a
+        # client keeping its own connections busy, and opening one more, would take
+        # the cluster's own paths away. Members are few: the cluster's processes.
+        and not _member(c)
     ]
-    # A member's connection (a node forwarding, checkpointing) goes last: clients
-    # cannot take the cluster's own paths away by opening connections.
-    return min(idle, key=lambda c: (_member(c), c.last_frame), default=None)
+    return min(idle, key=lambda c: c.last_frame, default=None)
 
 
 class _SlowWatch:
@@ -460,7 +462,7 @@ class CallServer:
     def _received(
         self, connection: _Connection, link: Link, frames: list[Frame], *, own_thread: bool
     ) -> None:
-        now = connection.last_frame = time.monotonic()
+        now = time.monotonic()
         for frame in frames:
             if not isinstance(frame, Request):
                 raise FrameError(f"a {type(frame).__name__.lower()} frame sent to the server")
@@ -477,7 +479,8 @@ class CallServer:
                 )
                 log.warning("%s (from %s)", refusal, connection.peer)
                 link.write(encode_error(frame.id, refusal.kind, str(refusal)))
-                continue
+                continue  # and no activity: refusals must not keep a slot from others
+            connection.last_frame = now
             with self._lock:
                 connection.in_flight += 1
                 self._held_bytes += len(frame.body)
