@@ -164,3 +164,51 @@ def test_a_call_that_reaches_the_destination_between_commit_and_activate_fails_n
         assert "error" not in moved, moved
         assert client.locate(unique_name).node == "n2"
         assert client.atom(unique_name).get() == 2
+
+
+def test_a_retry_of_a_reentrant_atoms_call_while_it_waits_does_not_run_it_again(
+    two: LocalCluster, atoms: dict[str, pathlib.Path], unique_name: str
+) -> None:
+    """A reentrant atom runs calls that arrive while a call of its waits (here, on its
+    callee's checkpoint, held 3 s): the retry of that very call, on the other
+    transport, must not run it a second time there."""
+    with (
+        Client(two.zk, two.name) as client,
+        Client(two.zk, two.name, cert=TEST_CERT_NAME) as tester,
+    ):
+        client.create(atoms["caller"], name=unique_name, on="n1", reentrant=True)
+        counter = f"{unique_name}c"
+        client.create(atoms["counter"], name=counter, on="n2", checkpoint="every-call")
+        assert client.atom(counter).incr(1) == 1
+        request = pb.InvokeRequest(
+            guid=client.guid_of(unique_name),
+            method="call",
+            args=codec.pack([client.guid_of(counter), "incr", 1]),
+            request_id=f"attack-{unique_name}-r",
+            timeout=30.0,
+        )
+        tester.node_client.pause_at(tester.node_member("n2"), "checkpoint-snapshot", 3.0)
+        replies: dict[str, object] = {}
+
+        def first() -> None:
+            try:
+                replies["first"] = _result(_over_channel(client, "n1", request))
+            except Exception as exc:
+                replies["first"] = exc
+
+        thread = threading.Thread(target=first)
+        thread.start()
+        wait_until(
+            lambda: "paused at checkpoint-snapshot" in part_log(two, "node-n2"),
+            30.0,
+            "the first run's callee to reach its checkpoint",
+        )
+        retry = _over_grpc(client, "n1", request)
+        thread.join(30)
+        assert replies == {"first": 2}
+        # The retry came while the first run waited: refused (its caller sends it
+        # again), or answered with the first outcome; never run a second time.
+        outcome = retry.WhichOneof("outcome")
+        assert (outcome, retry.error.kind) == ("error", "timeout") or _result(retry) == 2, retry
+        assert _result(_over_grpc(client, "n1", request)) == 2
+        assert client.atom(counter).get() == 2
