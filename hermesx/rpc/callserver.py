@@ -172,10 +172,12 @@ class CallLimits:
 @dataclass(slots=True, eq=False)
 class _Connection:
     peer: str  # "host:port" for messages
+    sock: socket.socket | None = None  # closed to evict it during its TLS handshake
     link: Link | None = None
     identity: security.PeerIdentity | None = None
     in_flight: int = 0
-    last_frame: float = 0.0  # time.monotonic() of its last request (or of its handshake)
+    last_frame: float = 0.0  # time.monotonic() of its last request (or handshake, or accept)
+    evicted: str | None = None  # why, when evicted during its TLS handshake
     # A request runs on the connection's own thread (one at most), since when.
     inline_since: float | None = None
     # While it runs: the other thread reading meanwhile (stop it, then wait for done).
@@ -189,18 +191,16 @@ def _member(connection: _Connection) -> bool:
 
 
 def _idlest(connections: set[_Connection], evict_idle_s: float) -> _Connection | None:
-    """Under the server's lock: the connection whose last request is oldest, of those past
-    their handshake with no request running, no reply waiting to go, and no request
-    for ``evict_idle_s`` (one trickling a frame is idle too), never a member's; None
-    if there is none."""
+    """Under the server's lock: the connection whose last request is oldest, of those with
+    no request running, no reply waiting to go, and no request for ``evict_idle_s`` (one
+    trickling a frame is idle too, and so is one still in a TLS handshake begun that
+    long ago), never a member's; None if there is none."""
     cutoff = time.monotonic() - evict_idle_s
     idle = [
         c
         for c in connections
-        if c.link is not None
-        and c.link.closed is None
+        if (c.link is None or (c.link.closed is None and c.link.backlog == 0))
         and c.in_flight == 0
-        and c.link.backlog == 0
         and c.last_frame < cutoff
         # A member's connection (a node forwarding, checkpointing) stays: else a
         # client keeping its own connections busy, and opening one more, would take
@@ -360,21 +360,33 @@ class CallServer:
                 time.sleep(0.05)  # out of descriptors: let connections end
                 continue
             peer = f"{address[0]}:{address[1]}"
+            now = time.monotonic()
             with self._lock:
                 full = len(self._connections) >= self.limits.max_connections
                 idle = _idlest(self._connections, self.limits.evict_idle_s) if full else None
                 if idle is not None:  # its slot is the newcomer's now; its thread ends later
                     self._connections.discard(idle)
                 if not full or idle is not None:
-                    connection = _Connection(peer)
+                    connection = _Connection(peer, sock=sock, last_frame=now)
                     self._connections.add(connection)
-            if idle is not None and idle.link is not None:
+            if idle is not None:
                 # Idle connections are harmless until the slots run out; then a
                 # caller that wants to call goes before one that does not.
-                idle.link.close(
-                    f"evicted: no request for {time.monotonic() - idle.last_frame:.0f} s, "
+                needed = (
                     f"and {peer} needed its slot ({self.limits.max_connections} open, the limit)"
                 )
+                if idle.link is not None:
+                    idle.link.close(
+                        f"evicted: no request for {now - idle.last_frame:.0f} s, {needed}"
+                    )
+                elif idle.sock is not None:
+                    # Peers that never finish a handshake would hold every slot for
+                    # its 5 s each, connecting again and again.
+                    idle.evicted = (
+                        f"evicted: no TLS handshake in {now - idle.last_frame:.0f} s, {needed}"
+                    )
+                    with contextlib.suppress(OSError):
+                        idle.sock.shutdown(socket.SHUT_RDWR)
             elif full:
                 log.warning(
                     "%s: refused the call connection from %s: %d connections open, the limit",
@@ -398,6 +410,8 @@ class CallServer:
                 self._connections.discard(connection)
             with contextlib.suppress(OSError):
                 sock.close()
+        if connection.evicted is not None:
+            reason = connection.evicted
         if reason is not None:
             log.warning(
                 "%s: closed the call connection from %s: %s", self.name, connection.peer, reason

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import pathlib
+import socket
 import threading
 from collections.abc import Iterator
 
@@ -120,3 +121,21 @@ def test_requests_a_client_may_not_make_do_not_keep_its_slots(
         node.close()
         for each in attackers:
             each.close()
+
+
+def test_peers_that_never_finish_their_tls_handshake_cannot_hold_every_slot(
+    tmp_path: pathlib.Path, listener: str
+) -> None:
+    """Peers that connect and send nothing (not even a TLS hello) held a slot each for
+    the handshake's 5 s, not evictable: opened again and again they refused every
+    caller. A newcomer now takes the slot of a handshake unfinished past the idle time."""
+    host, _, port = listener.rpartition(":")
+    squatters = [socket.create_connection((host, int(port)), timeout=10) for _ in range(SLOTS)]
+    pool = CallPool(TLSIdentity(tmp_path, "c1", "evict"))
+    try:
+        threading.Event().wait(0.5)
+        assert pool.connection(listener).call("echo", b"in", 10.0) == b"in"
+    finally:
+        pool.close()
+        for sock in squatters:
+            sock.close()
