@@ -156,6 +156,11 @@ class CallLimits:
     # Replies a connection's peer has not read yet, past which its requests
     # are no longer read (so at most this plus its requests in flight).
     max_backlog: int = 2**20
+    # Replies written but not yet sent, all connections together, past which the
+    # connection with the most is closed: a connection's requests already read still
+    # answer past max_backlog (64 tiny requests of 4 MiB replies each), and a peer
+    # reading a byte now and then never stalls, so 256 peers would hold 64 GiB.
+    max_unsent_bytes: int = 256 * 2**20
     max_frame: int = DEFAULT_MAX_FRAME_BYTES
     handshake_s: float = 5.0
     first_frame_s: float = 10.0  # a connection that sends no request by then is closed
@@ -208,6 +213,36 @@ def _idlest(connections: set[_Connection], evict_idle_s: float) -> _Connection |
         and not _member(c)
     ]
     return min(idle, key=lambda c: c.last_frame, default=None)
+
+
+def _evict(idle: _Connection, why: str) -> None:
+    """Close ``idle`` for a newcomer (``why``): idle connections are harmless until the
+    slots run out; then a caller that wants to call goes before one that does not."""
+    idle_for = time.monotonic() - idle.last_frame
+    if idle.link is not None:
+        idle.link.close(f"evicted: no request for {idle_for:.0f} s, {why}")
+    elif idle.sock is not None:
+        # Peers that never finish a handshake would hold every slot for its 5 s
+        # each, connecting again and again.
+        idle.evicted = f"evicted: no TLS handshake in {idle_for:.0f} s, {why}"
+        with contextlib.suppress(OSError):
+            idle.sock.shutdown(socket.SHUT_RDWR)
+
+
+def _shed_unsent(connections: set[_Connection], lock: threading.Lock, most: int) -> None:
+    """Past ``most`` bytes of replies waiting to go on all ``connections`` (guarded by
+    ``lock``), close the one that has the most (its peer reads the slowest; its outbox
+    goes with it)."""
+    with lock:
+        links = [c.link for c in connections if c.link is not None and c.link.backlog]
+    unsent = sum(each.backlog for each in links)
+    if unsent <= most:
+        return
+    worst = max(links, key=lambda each: each.backlog)
+    worst.close(
+        f"its peer reads its replies too slowly: {worst.backlog} bytes wait for it, "
+        f"{unsent} on all connections (at most {most})"
+    )
 
 
 class _SlowWatch:
@@ -360,33 +395,16 @@ class CallServer:
                 time.sleep(0.05)  # out of descriptors: let connections end
                 continue
             peer = f"{address[0]}:{address[1]}"
-            now = time.monotonic()
             with self._lock:
                 full = len(self._connections) >= self.limits.max_connections
                 idle = _idlest(self._connections, self.limits.evict_idle_s) if full else None
                 if idle is not None:  # its slot is the newcomer's now; its thread ends later
                     self._connections.discard(idle)
                 if not full or idle is not None:
-                    connection = _Connection(peer, sock=sock, last_frame=now)
+                    connection = _Connection(peer, sock=sock, last_frame=time.monotonic())
                     self._connections.add(connection)
             if idle is not None:
-                # Idle connections are harmless until the slots run out; then a
-                # caller that wants to call goes before one that does not.
-                needed = (
-                    f"and {peer} needed its slot ({self.limits.max_connections} open, the limit)"
-                )
-                if idle.link is not None:
-                    idle.link.close(
-                        f"evicted: no request for {now - idle.last_frame:.0f} s, {needed}"
-                    )
-                elif idle.sock is not None:
-                    # Peers that never finish a handshake would hold every slot for
-                    # its 5 s each, connecting again and again.
-                    idle.evicted = (
-                        f"evicted: no TLS handshake in {now - idle.last_frame:.0f} s, {needed}"
-                    )
-                    with contextlib.suppress(OSError):
-                        idle.sock.shutdown(socket.SHUT_RDWR)
+                _evict(idle, f"and {peer} needed its slot ({self.limits.max_connections} open)")
             elif full:
                 log.warning(
                     "%s: refused the call connection from %s: %d connections open, the limit",
@@ -410,8 +428,7 @@ class CallServer:
                 self._connections.discard(connection)
             with contextlib.suppress(OSError):
                 sock.close()
-        if connection.evicted is not None:
-            reason = connection.evicted
+        reason = connection.evicted or reason
         if reason is not None:
             log.warning(
                 "%s: closed the call connection from %s: %s", self.name, connection.peer, reason
@@ -603,6 +620,8 @@ class CallServer:
             )
         try:
             link.write(frame)
+            if link.backlog:  # its peer is behind: are all of them together too far?
+                _shed_unsent(self._connections, self._lock, self.limits.max_unsent_bytes)
         except LinkClosed:
             pass
         finally:
