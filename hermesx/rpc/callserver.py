@@ -215,10 +215,11 @@ def _idlest(connections: set[_Connection], evict_idle_s: float) -> _Connection |
     return min(idle, key=lambda c: c.last_frame, default=None)
 
 
-def _evict(idle: _Connection, why: str) -> None:
-    """Close ``idle`` for a newcomer (``why``): idle connections are harmless until the
-    slots run out; then a caller that wants to call goes before one that does not."""
+def _evict(idle: _Connection, peer: str, slots: int) -> None:
+    """Close ``idle`` for newcomer ``peer``: idle connections are harmless until the
+    ``slots`` run out; then a caller that wants to call goes before one that does not."""
     idle_for = time.monotonic() - idle.last_frame
+    why = f"and {peer} needed its slot ({slots} open, the limit)"
     if idle.link is not None:
         idle.link.close(f"evicted: no request for {idle_for:.0f} s, {why}")
     elif idle.sock is not None:
@@ -404,7 +405,7 @@ class CallServer:
                     connection = _Connection(peer, sock=sock, last_frame=time.monotonic())
                     self._connections.add(connection)
             if idle is not None:
-                _evict(idle, f"and {peer} needed its slot ({self.limits.max_connections} open)")
+                _evict(idle, peer, self.limits.max_connections)
             elif full:
                 log.warning(
                     "%s: refused the call connection from %s: %d connections open, the limit",
