@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from hermesx.core.errors import (
+    CallTimeoutError,
     CommunicationError,
     HermesError,
     PayloadTooLargeError,
@@ -314,11 +315,12 @@ class CallPool:
         with self._lock:
             opening = self._opening.setdefault(address, threading.Lock())
         # Another caller may be opening it: wait for that within our own time only (to
-        # a peer that never answers, each opener takes its whole connect timeout).
+        # a peer that never answers, each opener takes its whole connect timeout). Not
+        # "unreachable": that would drop the connections to a peer only slow to answer.
         if not opening.acquire(timeout=max(0.0, timeout)):
-            raise UnreachableError(
-                f"{peer or f'call listener at {address}'} is unreachable (no connection "
-                f"opened within {timeout:g} s)"
+            raise CallTimeoutError(
+                f"{peer or f'call listener at {address}'}: no connection ready within "
+                f"{timeout:g} s (another call is opening one)"
             )
         try:
             found = self._connections.get(address)

@@ -60,5 +60,7 @@ def test_callers_to_a_silent_peer_each_give_up_by_their_own_deadline(
             thread.join(CALLERS * 5 + 10)
     finally:
         pool.close()
-    assert errors == ["unreachable"] * CALLERS, errors
+    # The first caller's connect times out (unreachable); the others' waits for it end at
+    # their deadline (timeout: the peer may only be slow, its connections stay).
+    assert set(errors) <= {"unreachable", "timeout"} and len(errors) == CALLERS, errors
     assert max(took) < TIMEOUT_S + SLACK_S, sorted(took)
