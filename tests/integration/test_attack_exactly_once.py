@@ -58,6 +58,32 @@ def _result(reply: pb.InvokeReply) -> object:
     return codec.unpack(reply.result)
 
 
+def _first_held_in_checkpoint(
+    two: LocalCluster,
+    client: Client,
+    request: pb.InvokeRequest,
+    replies: dict[str, object],
+    paused: str,
+) -> threading.Thread:
+    """Send ``request`` to n1 over the channel on a thread of its own (its outcome into
+    ``replies["first"]``); return once node ``paused`` holds a checkpoint of it."""
+
+    def first() -> None:
+        try:
+            replies["first"] = _result(_over_channel(client, "n1", request))
+        except Exception as exc:
+            replies["first"] = exc
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    wait_until(
+        lambda: "paused at checkpoint-snapshot" in part_log(two, f"node-{paused}"),
+        30.0,
+        f"the first copy's checkpoint on {paused}",
+    )
+    return thread
+
+
 @pytest.fixture(scope="module")
 def two(cluster_factory: ClusterFactory) -> LocalCluster:
     return cluster_factory(2, session_timeout=2.0)
@@ -101,20 +127,7 @@ def test_a_retry_while_the_first_is_in_its_checkpoint_waits_for_it_and_survives_
         tester.node_client.pause_at(tester.node_member("n1"), "checkpoint-snapshot", 3.0)
         request = _incr(client, unique_name, f"attack-{unique_name}-2")
         replies: dict[str, object] = {}
-
-        def first() -> None:
-            try:
-                replies["first"] = _result(_over_channel(client, "n1", request))
-            except Exception as exc:
-                replies["first"] = exc
-
-        thread = threading.Thread(target=first)
-        thread.start()
-        wait_until(
-            lambda: "paused at checkpoint-snapshot" in part_log(two, "node-n1"),
-            30.0,
-            "the first copy to reach its checkpoint",
-        )
+        thread = _first_held_in_checkpoint(two, client, request, replies, "n1")
         second = _result(_over_grpc(client, "n1", request))
         # The retry was answered only once the checkpoint holding the outcome was
         # acknowledged: the first copy has its reply by now or in a moment.
@@ -189,20 +202,7 @@ def test_a_retry_of_a_reentrant_atoms_call_while_it_waits_does_not_run_it_again(
         )
         tester.node_client.pause_at(tester.node_member("n2"), "checkpoint-snapshot", 3.0)
         replies: dict[str, object] = {}
-
-        def first() -> None:
-            try:
-                replies["first"] = _result(_over_channel(client, "n1", request))
-            except Exception as exc:
-                replies["first"] = exc
-
-        thread = threading.Thread(target=first)
-        thread.start()
-        wait_until(
-            lambda: "paused at checkpoint-snapshot" in part_log(two, "node-n2"),
-            30.0,
-            "the first run's callee to reach its checkpoint",
-        )
+        thread = _first_held_in_checkpoint(two, client, request, replies, "n2")
         retry = _over_grpc(client, "n1", request)
         thread.join(30)
         assert replies == {"first": 2}
