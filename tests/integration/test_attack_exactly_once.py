@@ -180,11 +180,12 @@ def test_a_call_that_reaches_the_destination_between_commit_and_activate_fails_n
 
 
 def test_a_retry_of_a_reentrant_atoms_call_while_it_waits_does_not_run_it_again(
-    two: LocalCluster, atoms: dict[str, pathlib.Path], unique_name: str
+    cluster_factory: ClusterFactory, atoms: dict[str, pathlib.Path], unique_name: str
 ) -> None:
     """A reentrant atom runs calls that arrive while a call of its waits (here, on its
     callee's checkpoint, held 3 s): the retry of that very call, on the other
     transport, must not run it a second time there."""
+    two = cluster_factory(2)  # another test kills a node of the shared one
     with (
         Client(two.zk, two.name) as client,
         Client(two.zk, two.name, cert=TEST_CERT_NAME) as tester,
