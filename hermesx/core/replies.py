@@ -403,32 +403,48 @@ class ReplyTable:
             self.forgotten_before_ms = max(self.forgotten_before_ms, forgotten.issued_ms)
 
 
-# Arguments longer than this are hashed by their length, head and tail only: every
-# call with an id pays for its digest, and a caller reusing an id for another call
-# almost always changes one of those (this catches mistakes; an id is the caller's own).
-DIGEST_WHOLE_BYTES = 64 * 1024
+# Arguments longer than this are hashed through SHA-256 first: with the CPU's SHA
+# instructions it runs about four times as fast as BLAKE2b here (4 MiB: 14 against
+# 57 ms on the loaded machine), and every call with an id pays for its digest.
+DIGEST_DIRECT_BYTES = 64 * 1024
 
 
 def call_digest(method: str, args: bytes) -> bytes:
     """What a reply record keeps of its call: 16 bytes of BLAKE2b of the method's
     length and name, the arguments' length and the arguments (past
-    DIGEST_WHOLE_BYTES, their first and last half of that)."""
+    DIGEST_DIRECT_BYTES, their SHA-256). All of them: a call that differs from the
+    first only in the middle of long arguments is another call (docs/DESIGN.md §4)."""
     name = method.encode("utf-8")
     digest = hashlib.blake2b(len(name).to_bytes(4, "big"), digest_size=16)
     digest.update(name)
     digest.update(len(args).to_bytes(8, "big"))
-    if len(args) <= DIGEST_WHOLE_BYTES:
-        digest.update(args)
-    else:
-        half = DIGEST_WHOLE_BYTES // 2
-        view = memoryview(args)
-        digest.update(view[:half])
-        digest.update(view[-half:])
+    digest.update(args if len(args) <= DIGEST_DIRECT_BYTES else hashlib.sha256(args).digest())
+    return digest.digest()
+
+
+# Versions before session 6 hashed arguments longer than this by their head and tail
+# only (their first and last half of it); a record they wrote still answers its retry.
+_OLD_DIGEST_WHOLE_BYTES = DIGEST_DIRECT_BYTES
+
+
+def _old_digest(method: str, args: bytes) -> bytes:
+    """The digest older versions kept of a call with long arguments."""
+    name = method.encode("utf-8")
+    digest = hashlib.blake2b(len(name).to_bytes(4, "big"), digest_size=16)
+    digest.update(name)
+    digest.update(len(args).to_bytes(8, "big"))
+    half, view = _OLD_DIGEST_WHOLE_BYTES // 2, memoryview(args)
+    digest.update(view[:half])
+    digest.update(view[-half:])
     return digest.digest()
 
 
 def _check_same_call(record: ReplyRecord, method: str, args: bytes, guid: str) -> None:
-    if record.digest != call_digest(method, args):
+    if record.digest != call_digest(method, args) and (
+        # A record an older version wrote (a retry across a rolling upgrade); a whole
+        # digest never equals this one, so only such records are matched this way.
+        len(args) <= _OLD_DIGEST_WHOLE_BYTES or record.digest != _old_digest(method, args)
+    ):
         raise ConfigurationError(
             f"atom {guid}: request id {record.request_id} was first sent for another "
             f"call (another method or other arguments than {method}'s now); refused, "

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from hermesx.core.errors import (
+    CallTimeoutError,
     CommunicationError,
     HermesError,
     PayloadTooLargeError,
@@ -310,9 +311,18 @@ class CallPool:
         found = self._connections.get(address)
         if found is not None and found.closed is None:
             return found
+        deadline = time.monotonic() + timeout
         with self._lock:
             opening = self._opening.setdefault(address, threading.Lock())
-        with opening:
+        # Another caller may be opening it: wait for that within our own time only (to
+        # a peer that never answers, each opener takes its whole connect timeout). Not
+        # "unreachable": that would drop the connections to a peer only slow to answer.
+        if not opening.acquire(timeout=max(0.0, timeout)):
+            raise CallTimeoutError(
+                f"{peer or f'call listener at {address}'}: no connection ready within "
+                f"{timeout:g} s (another call is opening one)"
+            )
+        try:
             found = self._connections.get(address)
             if found is not None and found.closed is None:
                 return found
@@ -320,10 +330,12 @@ class CallPool:
                 address,
                 self._ssl_context(),
                 peer=peer,
-                connect_timeout=max(0.01, min(timeout, CONNECT_TIMEOUT_S)),
+                connect_timeout=max(0.01, min(deadline - time.monotonic(), CONNECT_TIMEOUT_S)),
             )
             self._connections[address] = made
             return made
+        finally:
+            opening.release()
 
     def drop(self, address: str) -> None:
         """Close the connection to ``address``: its calls in flight end at once."""

@@ -178,6 +178,11 @@ class CallLimits:
     # Replies a connection's peer has not read yet, past which its requests
     # are no longer read (so at most this plus its requests in flight).
     max_backlog: int = 2**20
+    # Replies written but not yet sent, all connections together, past which the
+    # connection with the most is closed: a connection's requests already read still
+    # answer past max_backlog (64 tiny requests of 4 MiB replies each), and a peer
+    # reading a byte now and then never stalls, so 256 peers would hold 64 GiB.
+    max_unsent_bytes: int = 256 * 2**20
     max_frame: int = DEFAULT_MAX_FRAME_BYTES
     handshake_s: float = 5.0
     first_frame_s: float = 10.0  # a connection that sends no request by then is closed
@@ -194,10 +199,12 @@ class CallLimits:
 @dataclass(slots=True, eq=False)
 class _Connection:
     peer: str  # "host:port" for messages
+    sock: socket.socket | None = None  # closed to evict it during its TLS handshake
     link: Link | None = None
     identity: security.PeerIdentity | None = None
     in_flight: int = 0
-    last_frame: float = 0.0  # time.monotonic() of its last request (or of its handshake)
+    last_frame: float = 0.0  # time.monotonic() of its last request (or handshake, or accept)
+    evicted: str | None = None  # why, when evicted during its TLS handshake
     # A request runs on the connection's own thread (one at most), since when.
     inline_since: float | None = None
     # While it runs: the other thread reading meanwhile (stop it, then wait for done).
@@ -211,23 +218,54 @@ def _member(connection: _Connection) -> bool:
 
 
 def _idlest(connections: set[_Connection], evict_idle_s: float) -> _Connection | None:
-    """Under the server's lock: the connection whose last request is oldest, of those past
-    their handshake with no request running, no reply waiting to go, and no request
-    for ``evict_idle_s`` (one trickling a frame is idle too), a member's only when no
-    other is; None if there is none."""
+    """Under the server's lock: the connection whose last request is oldest, of those with
+    no request running, no reply waiting to go, and no request for ``evict_idle_s`` (one
+    trickling a frame is idle too, and so is one still in a TLS handshake begun that
+    long ago), never a member's; None if there is none."""
     cutoff = time.monotonic() - evict_idle_s
     idle = [
         c
         for c in connections
-        if c.link is not None
-        and c.link.closed is None
+        if (c.link is None or (c.link.closed is None and c.link.backlog == 0))
         and c.in_flight == 0
-        and c.link.backlog == 0
         and c.last_frame < cutoff
+        # A member's connection (a node forwarding, checkpointing) stays: else a
+        # client keeping its own connections busy, and opening one more, would take
+        # the cluster's own paths away. Members are few: the cluster's processes.
+        and not _member(c)
     ]
-    # A member's connection (a node forwarding, checkpointing) goes last: clients
-    # cannot take the cluster's own paths away by opening connections.
-    return min(idle, key=lambda c: (_member(c), c.last_frame), default=None)
+    return min(idle, key=lambda c: c.last_frame, default=None)
+
+
+def _evict(idle: _Connection, peer: str, slots: int) -> None:
+    """Close ``idle`` for newcomer ``peer``: idle connections are harmless until the
+    ``slots`` run out; then a caller that wants to call goes before one that does not."""
+    idle_for = time.monotonic() - idle.last_frame
+    why = f"and {peer} needed its slot ({slots} open, the limit)"
+    if idle.link is not None:
+        idle.link.close(f"evicted: no request for {idle_for:.0f} s, {why}")
+    elif idle.sock is not None:
+        # Peers that never finish a handshake would hold every slot for its 5 s
+        # each, connecting again and again.
+        idle.evicted = f"evicted: no TLS handshake in {idle_for:.0f} s, {why}"
+        with contextlib.suppress(OSError):
+            idle.sock.shutdown(socket.SHUT_RDWR)
+
+
+def _shed_unsent(connections: set[_Connection], lock: threading.Lock, most: int) -> None:
+    """Past ``most`` bytes of replies waiting to go on all ``connections`` (guarded by
+    ``lock``), close the one that has the most (its peer reads the slowest; its outbox
+    goes with it)."""
+    with lock:
+        links = [c.link for c in connections if c.link is not None and c.link.backlog]
+    unsent = sum(each.backlog for each in links)
+    if unsent <= most:
+        return
+    worst = max(links, key=lambda each: each.backlog)
+    worst.close(
+        f"its peer reads its replies too slowly: {worst.backlog} bytes wait for it, "
+        f"{unsent} on all connections (at most {most})"
+    )
 
 
 class _SlowWatch:
@@ -386,15 +424,10 @@ class CallServer:
                 if idle is not None:  # its slot is the newcomer's now; its thread ends later
                     self._connections.discard(idle)
                 if not full or idle is not None:
-                    connection = _Connection(peer)
+                    connection = _Connection(peer, sock=sock, last_frame=time.monotonic())
                     self._connections.add(connection)
-            if idle is not None and idle.link is not None:
-                # Idle connections are harmless until the slots run out; then a
-                # caller that wants to call goes before one that does not.
-                idle.link.close(
-                    f"evicted: no request for {time.monotonic() - idle.last_frame:.0f} s, "
-                    f"and {peer} needed its slot ({self.limits.max_connections} open, the limit)"
-                )
+            if idle is not None:
+                _evict(idle, peer, self.limits.max_connections)
             elif full:
                 log.warning(
                     "%s: refused the call connection from %s: %d connections open, the limit",
@@ -418,6 +451,7 @@ class CallServer:
                 self._connections.discard(connection)
             with contextlib.suppress(OSError):
                 sock.close()
+        reason = connection.evicted or reason
         if reason is not None:
             log.warning(
                 "%s: closed the call connection from %s: %s", self.name, connection.peer, reason
@@ -483,7 +517,7 @@ class CallServer:
     def _received(
         self, own_thread: bool, connection: _Connection, link: Link, frames: list[Frame]
     ) -> None:
-        now = connection.last_frame = time.monotonic()
+        now = time.monotonic()
         for frame in frames:
             if type(frame) is not Request:
                 raise FrameError(f"a {type(frame).__name__.lower()} frame sent to the server")
@@ -500,7 +534,8 @@ class CallServer:
                 )
                 log.warning("%s (from %s)", refusal, connection.peer)
                 link.write(encode_error(frame.id, refusal.kind, str(refusal)))
-                continue
+                continue  # and no activity: refusals must not keep a slot from others
+            connection.last_frame = now
             with self._lock:
                 connection.in_flight += 1
                 self._held_bytes += len(frame.body)
@@ -608,6 +643,8 @@ class CallServer:
             )
         try:
             link.write(frame)
+            if link.backlog:  # its peer is behind: are all of them together too far?
+                _shed_unsent(self._connections, self._lock, self.limits.max_unsent_bytes)
         except LinkClosed:
             pass
         finally:

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 
 from hermesx.core.errors import (
     AtomTrapError,
+    CallTimeoutError,
     DeadlineExceededError,
     HermesError,
     MemoryLimitError,
@@ -121,6 +122,16 @@ class AtomActivations(AtomMemory):
             record = self.replies.lookup(request_id, method=method, guid=self.guid, args=args)
             if record is not None:
                 return replay(record)
+        # An atom that runs calls at its blocking points (reentrant, daemon) could run
+        # a retry of a call there, while that call's first run waits: not run twice.
+        under_way = self._under_way if request_id and self._takes_jobs else None
+        if under_way is not None:
+            if request_id in under_way:
+                raise CallTimeoutError(
+                    f"atom {self.guid}: request id {request_id} ({method}) is still running; "
+                    "not run again: its outcome is recorded once it ends, send it again then"
+                )
+            under_way.add(request_id)
         try:
             result = self._execute(method, args, chain, deadline, open_chain)
         except HermesError as exc:
@@ -131,6 +142,9 @@ class AtomActivations(AtomMemory):
                     ReplyRecord(request_id, exc.kind, message, 0, call_digest(method, args))
                 )
             raise
+        finally:
+            if under_way is not None:
+                under_way.discard(request_id)
         self._generation += 1
         if request_id:
             self._record(ReplyRecord(request_id, "", result, 0, call_digest(method, args)))

@@ -72,6 +72,7 @@ class Atom(AtomSyscalls, AtomChanges):
         self._memory_cap = runtime.memory_limit_bytes
         self._generation = 0
         self._frames = []
+        self._under_way = set()
         self._next_future = 1
         self._sync_results = {}
         self._outgoing = {}

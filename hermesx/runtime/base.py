@@ -61,6 +61,9 @@ class AtomBase:
     _generation: int
     # Activations running, innermost last.
     _frames: list[Frame]
+    # Request ids of the calls running, of atoms that take jobs: a retry of one that
+    # arrives while it waits at a blocking point is refused, not run twice.
+    _under_way: set[str]
     _next_future: int
     _sync_results: dict[int, tuple[int, bytes]]
     # Blocking invokes under way: future id -> target (name or GUID), for

@@ -27,7 +27,7 @@ from hermesx.core import codec
 from hermesx.core.errors import HermesError
 from hermesx.local.cluster import LocalCluster
 from hermesx.rpc import security
-from hermesx.rpc.frames import Error, Frame, FrameReader, Reply
+from hermesx.rpc.frames import Error, Frame, FrameReader, Reply, encode_request
 from hermesx.rpc.node_client import call_address
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.status import error_from_rpc
@@ -240,3 +240,42 @@ def test_bad_frames_end_only_their_connection_and_duplicate_ids_are_each_answere
         assert isinstance(last, Reply) and last.id == 10
     log = part_log(pair, "node-n1")
     assert log.count("closed the call connection") >= len(bad)
+
+
+# -- requests run on their connection's own thread -----------------------------------------
+
+
+def _invoke_frame(id: int, guid: str, method: str, args: bytes, timeout: float) -> bytes:
+    request = pb.InvokeRequest(guid=guid, method=method, args=args, timeout=timeout)
+    return encode_request(id, "invoke", timeout, request.SerializeToString(), None)
+
+
+def test_quick_calls_pipelined_behind_a_spinning_and_a_queued_call_pass_them_once_each(
+    pair: LocalCluster, client: Client, atoms: dict[str, pathlib.Path], unique_name: str
+) -> None:
+    """One burst on one connection: a call that spins (run on the connection's own
+    thread, so another thread must take the reading over), a call queued behind it on
+    the same atom (its handler yields the reading), then 12 quick calls to another
+    atom (fewer than its 16 calls at once). Each quick call is answered before the
+    slow two, each ran exactly once."""
+    spin = client.create(atoms["spin"], name=f"{unique_name}s", on="n1")
+    counter = client.create(atoms["counter"], name=unique_name, on="n1")
+    address = call_address(client.nodes()["n1"])
+    assert address is not None
+    burst = _invoke_frame(1, spin, "spin", b"", 2.0) + _invoke_frame(2, spin, "ok", b"", 10.0)
+    burst += b"".join(
+        _invoke_frame(10 + i, counter, "incr", codec.pack(1), 10.0) for i in range(12)
+    )
+    with _tls(pair, address) as sock:
+        sock.sendall(burst)
+        frames = _replies(sock, 14)
+    order = [f.id for f in frames]
+    assert sorted(order) == [1, 2, *range(10, 22)], order
+    assert order.index(1) > 11 and order.index(2) > 11, order
+    values = sorted(
+        codec.unpack(pb.InvokeReply.FromString(f.body).result)
+        for f in frames
+        if isinstance(f, Reply) and f.id >= 10
+    )
+    assert values == list(range(1, 13)), values
+    assert client.atom(unique_name).get() == 12

@@ -58,6 +58,32 @@ def _result(reply: pb.InvokeReply) -> object:
     return codec.unpack(reply.result)
 
 
+def _first_held_in_checkpoint(
+    two: LocalCluster,
+    client: Client,
+    request: pb.InvokeRequest,
+    replies: dict[str, object],
+    paused: str,
+) -> threading.Thread:
+    """Send ``request`` to n1 over the channel on a thread of its own (its outcome into
+    ``replies["first"]``); return once node ``paused`` holds a checkpoint of it."""
+
+    def first() -> None:
+        try:
+            replies["first"] = _result(_over_channel(client, "n1", request))
+        except Exception as exc:
+            replies["first"] = exc
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    wait_until(
+        lambda: "paused at checkpoint-snapshot" in part_log(two, f"node-{paused}"),
+        30.0,
+        f"the first copy's checkpoint on {paused}",
+    )
+    return thread
+
+
 @pytest.fixture(scope="module")
 def two(cluster_factory: ClusterFactory) -> LocalCluster:
     return cluster_factory(2, session_timeout=2.0)
@@ -101,20 +127,7 @@ def test_a_retry_while_the_first_is_in_its_checkpoint_waits_for_it_and_survives_
         tester.node_client.pause_at(tester.node_member("n1"), "checkpoint-snapshot", 3.0)
         request = _incr(client, unique_name, f"attack-{unique_name}-2")
         replies: dict[str, object] = {}
-
-        def first() -> None:
-            try:
-                replies["first"] = _result(_over_channel(client, "n1", request))
-            except Exception as exc:
-                replies["first"] = exc
-
-        thread = threading.Thread(target=first)
-        thread.start()
-        wait_until(
-            lambda: "paused at checkpoint-snapshot" in part_log(two, "node-n1"),
-            30.0,
-            "the first copy to reach its checkpoint",
-        )
+        thread = _first_held_in_checkpoint(two, client, request, replies, "n1")
         second = _result(_over_grpc(client, "n1", request))
         # The retry was answered only once the checkpoint holding the outcome was
         # acknowledged: the first copy has its reply by now or in a moment.
@@ -164,3 +177,39 @@ def test_a_call_that_reaches_the_destination_between_commit_and_activate_fails_n
         assert "error" not in moved, moved
         assert client.locate(unique_name).node == "n2"
         assert client.atom(unique_name).get() == 2
+
+
+def test_a_retry_of_a_reentrant_atoms_call_while_it_waits_does_not_run_it_again(
+    cluster_factory: ClusterFactory, atoms: dict[str, pathlib.Path], unique_name: str
+) -> None:
+    """A reentrant atom runs calls that arrive while a call of its waits (here, on its
+    callee's checkpoint, held 3 s): the retry of that very call, on the other
+    transport, must not run it a second time there."""
+    two = cluster_factory(2)  # another test kills a node of the shared one
+    with (
+        Client(two.zk, two.name) as client,
+        Client(two.zk, two.name, cert=TEST_CERT_NAME) as tester,
+    ):
+        client.create(atoms["caller"], name=unique_name, on="n1", reentrant=True)
+        counter = f"{unique_name}c"
+        client.create(atoms["counter"], name=counter, on="n2", checkpoint="every-call")
+        assert client.atom(counter).incr(1) == 1
+        request = pb.InvokeRequest(
+            guid=client.guid_of(unique_name),
+            method="call",
+            args=codec.pack([client.guid_of(counter), "incr", 1]),
+            request_id=f"attack-{unique_name}-r",
+            timeout=30.0,
+        )
+        tester.node_client.pause_at(tester.node_member("n2"), "checkpoint-snapshot", 3.0)
+        replies: dict[str, object] = {}
+        thread = _first_held_in_checkpoint(two, client, request, replies, "n2")
+        retry = _over_grpc(client, "n1", request)
+        thread.join(30)
+        assert replies == {"first": 2}
+        # The retry came while the first run waited: refused (its caller sends it
+        # again), or answered with the first outcome; never run a second time.
+        outcome = retry.WhichOneof("outcome")
+        assert (outcome, retry.error.kind) == ("error", "timeout") or _result(retry) == 2, retry
+        assert _result(_over_grpc(client, "n1", request)) == 2
+        assert client.atom(counter).get() == 2

@@ -270,8 +270,10 @@ def test_a_thousand_idle_connections_are_closed(
         for _ in range(1000):
             with contextlib.suppress(OSError):
                 idle.append(socket.create_connection(_host_port(address), timeout=10))
-        wait_for_log(mixed, "node-n1", "connections open, the limit")
-        wait_for_log(mixed, "node-n1", "no TLS handshake within")
+        # Past the slots, a newcomer is refused or takes the slot of a handshake
+        # left unfinished (evicted): both say "open, the limit".
+        wait_for_log(mixed, "node-n1", "open, the limit")
+        wait_for_log(mixed, "node-n1", "no TLS handshake")
 
         def all_closed() -> bool:
             return all(_closed_by_peer(sock) for sock in idle)
@@ -281,7 +283,7 @@ def test_a_thousand_idle_connections_are_closed(
         for sock in idle:
             sock.close()
     log = part_log(mixed, "node-n1")
-    closed = log.count("no TLS handshake within") + log.count("connections open, the limit")
+    closed = log.count("no TLS handshake") + log.count("connections open, the limit")
     assert closed >= 1000
 
 
