@@ -30,7 +30,7 @@ from hermesx.core.errors import (
     error_from_wire,
 )
 from hermesx.core.replies import call_digest
-from hermesx.core.snapshot import ReplyRecord
+from hermesx.core.snapshot import ReplyRecord, new_reply_record
 from hermesx.runtime.instance import BadAllocError, BadPointerError, WasmFault
 from hermesx.runtime.mailbox import FutureDone, Interrupt
 from hermesx.runtime.memory import AtomMemory
@@ -118,9 +118,10 @@ class AtomActivations(AtomMemory):
         caller's own lookup of ``request_id`` found it new (-1: no lookup);
         ``now`` as for :meth:`_execute`.
         """
-        if request_id and self.replies.recorded != seen:
+        replies = self.replies
+        if request_id and replies.recorded != seen:
             # A duplicate may have queued behind the first run of this id.
-            record = self.replies.lookup(request_id, method=method, guid=self.guid, args=args)
+            record = replies.lookup(request_id, method=method, guid=self.guid, args=args)
             if record is not None:
                 return replay(record)
         try:
@@ -129,18 +130,16 @@ class AtomActivations(AtomMemory):
             self._generation += 1
             if request_id:
                 message = str(exc).encode("utf-8")
-                self._record(
-                    ReplyRecord(request_id, exc.kind, message, 0, call_digest(method, args))
+                replies.record(
+                    new_reply_record(request_id, exc.kind, message, 0, call_digest(method, args))
                 )
+                self._limit_memory()
             raise
         self._generation += 1
         if request_id:
-            self._record(ReplyRecord(request_id, "", result, 0, call_digest(method, args)))
+            replies.record(new_reply_record(request_id, "", result, 0, call_digest(method, args)))
+            self._limit_memory()
         return result
-
-    def _record(self, record: ReplyRecord) -> None:
-        self.replies.record(record)
-        self._limit_memory()
 
     def _execute(
         self,

@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 _STACK_POINTER = "__stack_pointer"
 _monotonic = time.monotonic
+_NOBODY: frozenset[str] = frozenset()
 
 
 class Atom(AtomSyscalls, AtomChanges):
@@ -156,7 +157,9 @@ class Atom(AtomSyscalls, AtomChanges):
         deadline = now + (self._default_timeout_s if timeout is None else timeout)
         if self._takes_jobs:
             return self._invoke_as_job(method, args, request_id, chain, deadline, open_chain, seen)
-        opened = open_chain if type(open_chain) is frozenset else frozenset(open_chain)
+        opened = open_chain
+        if type(opened) is not frozenset:  # the node passes a tuple, mostly empty
+            opened = frozenset(opened) if opened else _NOBODY
         lock = self._lock
         # The turn, when the atom is free (what _enter does first), and the
         # call without a request id, written out: every call takes this path.
