@@ -30,6 +30,7 @@ import time
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from typing import Any
 
 import msgpack
@@ -75,10 +76,10 @@ class ReplyRecord:
 # Fills a ReplyRecord's slots through their own descriptors: every call with a
 # request id makes one, and the frozen dataclass's __init__ (object.__setattr__
 # per field) costs three times as much. The record is the same in every way.
-_SLOT_SETTERS = tuple(
-    ReplyRecord.__dict__[name].__set__
-    for name in ("request_id", "error_kind", "payload", "recorded_ms", "digest")
-)
+_RECORD_FIELDS = ("request_id", "error_kind", "payload", "recorded_ms", "digest")
+if tuple(f.name for f in dataclass_fields(ReplyRecord)) != _RECORD_FIELDS:
+    raise TypeError("new_reply_record sets each field of ReplyRecord: name a new one there")
+_SLOT_SETTERS = tuple(ReplyRecord.__dict__[name].__set__ for name in _RECORD_FIELDS)
 
 
 def new_reply_record(
