@@ -74,8 +74,6 @@ class Atom(AtomSyscalls, AtomChanges):
         self._memory_cap = runtime.memory_limit_bytes
         self._generation = 0
         self._frames = []
-        self._idle_frame = Frame("", (), 0.0, None)
-        self._own_chain = (guid,)
         self._next_future = 1
         self._sync_results = {}
         self._outgoing = {}
@@ -89,6 +87,8 @@ class Atom(AtomSyscalls, AtomChanges):
         self._default_timeout_s = runtime.default_timeout_s
         self._takes_jobs = reentrant or module.is_daemon
         self._budget_ticks = runtime.ticks_for(self._budget_s)
+        self._idle_frame = Frame("", (), 0.0, None)
+        self._own_chain = (guid,)
 
         store = wasmtime.Store(runtime.engine)
         store.set_limits(memory_size=runtime.memory_limit_bytes, table_elements=MAX_TABLE_ELEMENTS)
