@@ -58,6 +58,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
+import xxhash
+
 from hermesx.core.errors import ConfigurationError, RequestExpiredError
 from hermesx.core.snapshot import ReplyRecord
 
@@ -403,36 +405,42 @@ class ReplyTable:
             self.forgotten_before_ms = max(self.forgotten_before_ms, forgotten.issued_ms)
 
 
-# Arguments longer than this are hashed through SHA-256 first: with the CPU's SHA
-# instructions it runs about four times as fast as BLAKE2b here (4 MiB: 14 against
-# 57 ms on the loaded machine), and every call with an id pays for its digest.
+# Arguments longer than this are hashed through XXH3-128 first, at memory speed
+# (8 MiB: about 1 ms, against 17 for SHA-256 and 27 for BLAKE2b here): every call
+# with an id pays for its digest. The digest catches a caller's mistake, not an
+# attack: a request id is its caller's own.
 DIGEST_DIRECT_BYTES = 64 * 1024
+
+
+# Every call with an id pays for its digest: copying an empty BLAKE2b costs less
+# than making one (whose keyword arguments are parsed each time).
+_BLAKE2B_16 = hashlib.blake2b(digest_size=16)
 
 
 def call_digest(method: str, args: bytes) -> bytes:
     """What a reply record keeps of its call: 16 bytes of BLAKE2b of the method's
     length and name, the arguments' length and the arguments (past
-    DIGEST_DIRECT_BYTES, their SHA-256). All of them: a call that differs from the
+    DIGEST_DIRECT_BYTES, their XXH3-128). All of them: a call that differs from the
     first only in the middle of long arguments is another call (docs/DESIGN.md §4)."""
     name = method.encode("utf-8")
-    digest = hashlib.blake2b(len(name).to_bytes(4, "big"), digest_size=16)
-    digest.update(name)
-    digest.update(len(args).to_bytes(8, "big"))
-    digest.update(args if len(args) <= DIGEST_DIRECT_BYTES else hashlib.sha256(args).digest())
+    size = len(args)
+    body = args if size <= DIGEST_DIRECT_BYTES else xxhash.xxh3_128_digest(args)
+    digest = _BLAKE2B_16.copy()
+    # The parts joined, in one update: the same digest as four updates, for less.
+    digest.update(b"".join((len(name).to_bytes(4, "big"), name, size.to_bytes(8, "big"), body)))
     return digest.digest()
 
 
-# Versions before session 6 hashed arguments longer than this by their head and tail
-# only (their first and last half of it); a record they wrote still answers its retry.
+# Older versions hashed arguments longer than this by their head and tail only
+# (their first and last half of it); a record they wrote still answers its retry.
 _OLD_DIGEST_WHOLE_BYTES = DIGEST_DIRECT_BYTES
 
 
 def _old_digest(method: str, args: bytes) -> bytes:
     """The digest older versions kept of a call with long arguments."""
     name = method.encode("utf-8")
-    digest = hashlib.blake2b(len(name).to_bytes(4, "big"), digest_size=16)
-    digest.update(name)
-    digest.update(len(args).to_bytes(8, "big"))
+    digest = _BLAKE2B_16.copy()
+    digest.update(b"".join((len(name).to_bytes(4, "big"), name, len(args).to_bytes(8, "big"))))
     half, view = _OLD_DIGEST_WHOLE_BYTES // 2, memoryview(args)
     digest.update(view[:half])
     digest.update(view[-half:])

@@ -30,6 +30,7 @@ import time
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from typing import Any
 
 import msgpack
@@ -44,6 +45,7 @@ __all__ = [
     "decode_state",
     "encode_state",
     "memory_segments",
+    "new_reply_record",
     "record_fields",
     "record_from",
     "snapshot_checksum",
@@ -69,6 +71,32 @@ class ReplyRecord:
     # method or other arguments is refused, not answered with this outcome. Empty in
     # records of older versions: then not checked.
     digest: bytes = b""
+
+
+# Fills a ReplyRecord's slots through their own descriptors: every call with a
+# request id makes one, and the frozen dataclass's __init__ (object.__setattr__
+# per field) costs three times as much. The record is the same in every way.
+_RECORD_FIELDS = ("request_id", "error_kind", "payload", "recorded_ms", "digest")
+if tuple(f.name for f in dataclass_fields(ReplyRecord)) != _RECORD_FIELDS:
+    raise TypeError("new_reply_record sets each field of ReplyRecord: name a new one there")
+_SLOT_SETTERS = tuple(ReplyRecord.__dict__[name].__set__ for name in _RECORD_FIELDS)
+
+
+def new_reply_record(
+    request_id: str, error_kind: str, payload: bytes, recorded_ms: int, digest: bytes
+) -> ReplyRecord:
+    """``ReplyRecord(request_id, error_kind, payload, recorded_ms, digest)``, made faster."""
+    record = _new_object(ReplyRecord)
+    set_id, set_kind, set_payload, set_ms, set_digest = _SLOT_SETTERS
+    set_id(record, request_id)
+    set_kind(record, error_kind)
+    set_payload(record, payload)
+    set_ms(record, recorded_ms)
+    set_digest(record, digest)
+    return record
+
+
+_new_object = object.__new__
 
 
 def record_fields(record: ReplyRecord) -> list[object]:

@@ -31,7 +31,7 @@ from hermesx.core.errors import (
     error_from_wire,
 )
 from hermesx.core.replies import call_digest
-from hermesx.core.snapshot import ReplyRecord
+from hermesx.core.snapshot import ReplyRecord, new_reply_record
 from hermesx.runtime.instance import BadAllocError, BadPointerError, WasmFault
 from hermesx.runtime.mailbox import FutureDone, Interrupt
 from hermesx.runtime.memory import AtomMemory
@@ -111,15 +111,18 @@ class AtomActivations(AtomMemory):
         deadline: float | None,
         open_chain: frozenset[str] = frozenset(),
         seen: int = -1,
+        now: float = 0.0,
     ) -> bytes:
         """Run a call and keep its outcome under ``request_id`` (the reply table).
 
         ``seen`` is the table's count of recorded outcomes read before the
-        caller's own lookup of ``request_id`` found it new (-1: no lookup).
+        caller's own lookup of ``request_id`` found it new (-1: no lookup);
+        ``now`` as for :meth:`_execute`.
         """
-        if request_id and self.replies.recorded != seen:
+        replies = self.replies
+        if request_id and replies.recorded != seen:
             # A duplicate may have queued behind the first run of this id.
-            record = self.replies.lookup(request_id, method=method, guid=self.guid, args=args)
+            record = replies.lookup(request_id, method=method, guid=self.guid, args=args)
             if record is not None:
                 return replay(record)
         # An atom that runs calls at its blocking points (reentrant, daemon) could run
@@ -133,26 +136,24 @@ class AtomActivations(AtomMemory):
                 )
             under_way.add(request_id)
         try:
-            result = self._execute(method, args, chain, deadline, open_chain)
+            result = self._execute(method, args, chain, deadline, open_chain, now)
         except HermesError as exc:
             self._generation += 1
             if request_id:
                 message = str(exc).encode("utf-8")
-                self._record(
-                    ReplyRecord(request_id, exc.kind, message, 0, call_digest(method, args))
+                replies.record(
+                    new_reply_record(request_id, exc.kind, message, 0, call_digest(method, args))
                 )
+                self._limit_memory()
             raise
         finally:
             if under_way is not None:
                 under_way.discard(request_id)
         self._generation += 1
         if request_id:
-            self._record(ReplyRecord(request_id, "", result, 0, call_digest(method, args)))
+            replies.record(new_reply_record(request_id, "", result, 0, call_digest(method, args)))
+            self._limit_memory()
         return result
-
-    def _record(self, record: ReplyRecord) -> None:
-        self.replies.record(record)
-        self._limit_memory()
 
     def _execute(
         self,
@@ -161,29 +162,54 @@ class AtomActivations(AtomMemory):
         chain: tuple[str, ...],
         deadline: float | None,
         open_chain: frozenset[str] = frozenset(),
+        now: float = 0.0,
     ) -> bytes:
+        """One entry into ``hx_invoke``: the call's result, or the error it ends with.
+
+        ``now``: the monotonic clock the caller read just before, on a call from
+        idle (0: read here). Every call runs this, written flat: each Python call
+        and each object made costs a tenth of a µs or more here.
+        """
         inst = self._inst
         frames = self._frames
-        idle = not frames
-        if idle:
-            sp = self._idle_sp
-        else:
+        budget = self._budget_s
+        ticks = self._budget_ticks
+        if frames:
+            idle = False
             deadline = self._nested_deadline(deadline)
             sp = self._read_sp()
             self._keep_reply()
-        now = time.monotonic()
-        budget = self._budget_s
-        ticks = self._budget_ticks
+            now = time.monotonic()
+        else:
+            idle = True
+            sp = self._idle_sp
+            if not now:
+                now = time.monotonic()
         if deadline is not None and deadline - now < budget:
             budget = max(0.0, deadline - now)
             ticks = self._rt.ticks_for(budget)
         if self._takes_jobs:
             open_chain = open_chain | {self.guid}
-        frame = Frame(method, (*chain, self.guid), budget, deadline, open_chain)
-        frames.append(frame)
+        own = (*chain, self.guid) if chain else self._own_chain
+        if idle:
+            frame = self._idle_frame  # no entry uses it: frames is empty
+            frame.method = method
+            frame.chain = own
+            frame.open_chain = open_chain
+            frame.budget = budget
+            frame.deadline = deadline
+            frame.used = 0.0
+            frame.reply = None
+            frame.too_large = 0
+            frame.bad_slot = None
+            frame.log_bytes = frame.log_lines = 0
+            frame.log_cut = False
+        else:
+            frame = Frame(method, own, budget, deadline, open_chain)
         frame.seg_start = now
+        frames.append(frame)
         try:
-            status = inst.invoke(method.encode("utf-8"), args, idle, ticks)
+            status = inst.invoke(method.encode(), args, idle, ticks)
         except WasmFault as fault:
             self._unwind_stack(sp)
             raise self._translate(fault, method) from fault
@@ -191,13 +217,16 @@ class AtomActivations(AtomMemory):
             frames.pop()
             if frames:
                 self._resume()
+        # A reply in the inbox's slot is the call's last one (atoms/ABI.md "The inbox").
+        in_slot = inst.reply
+        if not status and type(in_slot) is bytes and frame.bad_slot is None:
+            return in_slot  # how a call of an atom with an inbox ends
         if frame.bad_slot is not None:
             bad = WasmFault(frame.bad_slot, interrupted=False, cause=None)
             raise self._translate(bad, method)
-        # A reply in the inbox's slot is the call's last one (atoms/ABI.md "The inbox").
-        in_slot = inst.reply
         if in_slot is None:
             reply, too_large = frame.reply, frame.too_large
+            frame.reply = None  # the idle frame keeps no reply until the next call
         elif isinstance(in_slot, bytes):
             reply, too_large = in_slot, 0
         else:

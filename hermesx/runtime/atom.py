@@ -46,6 +46,8 @@ __all__ = ["Atom"]
 logger = logging.getLogger(__name__)
 
 _STACK_POINTER = "__stack_pointer"
+_monotonic = time.monotonic
+_NOBODY: frozenset[str] = frozenset()
 
 
 class Atom(AtomSyscalls, AtomChanges):
@@ -86,6 +88,8 @@ class Atom(AtomSyscalls, AtomChanges):
         self._default_timeout_s = runtime.default_timeout_s
         self._takes_jobs = reentrant or module.is_daemon
         self._budget_ticks = runtime.ticks_for(self._budget_s)
+        self._idle_frame = Frame("", (), 0.0, None)
+        self._own_chain = (guid,)
 
         store = wasmtime.Store(runtime.engine)
         store.set_limits(memory_size=runtime.memory_limit_bytes, table_elements=MAX_TABLE_ELEMENTS)
@@ -150,35 +154,49 @@ class Atom(AtomSyscalls, AtomChanges):
                 f"atom {self.guid}: arguments of {method} are {len(args)} bytes, over the "
                 f"{self._max_payload}-byte limit"
             )
-        deadline = time.monotonic() + (self._default_timeout_s if timeout is None else timeout)
+        now = _monotonic()
+        deadline = now + (self._default_timeout_s if timeout is None else timeout)
         if self._takes_jobs:
             return self._invoke_as_job(method, args, request_id, chain, deadline, open_chain, seen)
-        opened = open_chain if type(open_chain) is frozenset else frozenset(open_chain)
+        opened = open_chain
+        if type(opened) is not frozenset:  # the node passes a tuple, mostly empty
+            opened = frozenset(opened) if opened else _NOBODY
         lock = self._lock
         # The turn, when the atom is free (what _enter does first), and the
         # call without a request id, written out: every call takes this path.
-        with lock:
+        # The lock's own acquire and release, not ``with``: a with-statement
+        # costs a lookup and a bound method more each time.
+        lock.acquire()
+        try:
             free = not self._running and not self._waiters and not self._closed
             if free:
                 self._running = True
+        finally:
+            lock.release()
         if not free:
             self._enter(None, deadline, method, chain, opened)
+            now = 0.0  # it waited: _execute reads the clock again
         try:
             if request_id:
-                return self._run_recorded(method, args, request_id, chain, deadline, opened, seen)
+                return self._run_recorded(
+                    method, args, request_id, chain, deadline, opened, seen, now
+                )
             try:
-                result = self._execute(method, args, chain, deadline, opened)
+                result = self._execute(method, args, chain, deadline, opened, now)
             except HermesError:
                 self._generation += 1  # as _run_recorded counts them
                 raise
             self._generation += 1
             return result
         finally:
-            with lock:
+            lock.acquire()
+            try:
                 self._running = False
                 if self._waiters:
                     self._wake_next()
                 pending = self._mail and not self._closed
+            finally:
+                lock.release()
             if pending:
                 self._schedule_idle()
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -62,8 +63,14 @@ _OUT = struct.Struct("<ii")
 # i32 values in the slots of the args-and-results array (a result comes back in slot 0).
 _RESULT = struct.Struct("<i")
 _ONE_U32 = struct.Struct("<I")
-_FOUR_U32 = struct.Struct("<" + f"I{_RAW_STRIDE - 4}x" * 3 + "I")
 _U32 = 0xFFFFFFFF
+# A call reads and writes the args array and the inbox's reply slot through
+# memoryviews cast to 32-bit items (an item costs less than a struct call): in the
+# host's order, which is wasm's (little-endian) on every host hermesx runs on.
+if sys.byteorder != "little":
+    raise ImportError("hermesx's runtime needs a little-endian host (wasm's byte order)")
+# The i32 slots of the args array, counted in 4-byte items (a slot is _RAW_STRIDE bytes).
+_ARG1, _ARG2, _ARG3 = (_RAW_STRIDE // 4) * 1, (_RAW_STRIDE // 4) * 2, (_RAW_STRIDE // 4) * 3
 # The inbox: reply slot (ptr, len), input capacity, reserved; then the inputs.
 _INBOX_HEADER = 16
 _NO_REPLY = -1  # the slot's length when it holds no reply
@@ -106,12 +113,16 @@ class WasmInstance:
         self.store = store
         # What counts the engine's epoch ticks (an ``epoch`` int: the Runtime), if any.
         self._epochs = epochs
-        self._set_at = (-1, -1)  # (count of ticks, ticks) of the deadline set last
+        # The deadline set last: the count of ticks then, and its ticks from then.
+        self._set_epoch = -1
+        self._set_ticks = -1
         self.ctx = store._context()
         self.max_payload = max_payload_bytes
         self.host_error: BaseException | None = None
         self._raw = _RawArgs()
         self._raw_view = memoryview(self._raw).cast("B")
+        self._raw_u32 = self._raw_view.cast("I")
+        self._raw_i32 = self._raw_view.cast("i")
         self._raw_len = ctypes.c_size_t(_RAW_SLOTS)
         # One trap slot for every call, nested ones included: wasmtime fills it
         # only when a call traps, and the fault handling empties it again.
@@ -130,6 +141,8 @@ class WasmInstance:
         self._invoke_ref: Any = None
         # The inbox (0: the atom has none): its reply slot, inputs and their capacity.
         self._slot = 0
+        # The reply slot as two i32 (pointer, length); None without an inbox.
+        self._slot_i32: memoryview | None = None
         self._inbox = 0
         self._inbox_cap = -1
         # The reply the last invoke() found in the slot: bytes, a length over the
@@ -173,6 +186,8 @@ class WasmInstance:
                 f"for its memory of {self._size} bytes"
             )
         self._slot, self._inbox, self._inbox_cap = ptr, ptr + _INBOX_HEADER, cap
+        # Stays valid as the memory grows: its base never moves (memory_may_move off).
+        self._slot_i32 = self._view[ptr : ptr + 8].cast("i")
         self.clear_reply()
 
     @property
@@ -199,6 +214,8 @@ class WasmInstance:
                 if size
                 else memoryview(bytearray())
             )
+            if self._slot:  # the slot's own view, in case the memory did move
+                self._slot_i32 = self._view[self._slot : self._slot + 8].cast("i")
         return size
 
     @property
@@ -279,10 +296,10 @@ class WasmInstance:
         """
         epochs = self._epochs
         if epochs is not None:
-            at = (epochs.epoch, ticks)
-            if at == self._set_at:
+            epoch = epochs.epoch
+            if epoch == self._set_epoch and ticks == self._set_ticks:
                 return
-            self._set_at = at
+            self._set_epoch, self._set_ticks = epoch, ticks
         value = self._deadline
         if value.value != ticks:  # calls in a row usually get the atom's whole budget
             value = self._deadline = ctypes.c_uint64(ticks)
@@ -303,45 +320,57 @@ class WasmInstance:
         out here, not through the helpers, each Python call costing about 0.1 µs.
         """
         epochs = self._epochs
-        if epochs is None or epochs.epoch != self._set_at[0] or ticks != self._set_at[1]:
+        if epochs is None or epochs.epoch != self._set_epoch or ticks != self._set_ticks:
             self.set_deadline(ticks)
         split = len(method)
         end = split + len(args)
-        raw_view = self._raw_view
         if idle and end <= self._inbox_cap:
             ptr = self._inbox  # inside the memory: checked when bound, and memory never shrinks
             self._view[ptr : ptr + end] = method + args  # small: one copy into wasm, not two
         else:
-            _ONE_U32.pack_into(raw_view, 0, end)
-            ptr = self._call(self._alloc_ref, "hx_alloc")
-            if end:
-                if ptr <= 0 or ptr + end > self._size:
-                    self._check_alloc(ptr, end)
-                view = self._view
-                view[ptr : ptr + split] = method
-                view[ptr + split : ptr + end] = args
-        _FOUR_U32.pack_into(raw_view, 0, ptr & _U32, split, (ptr + split) & _U32, end - split)
-        raw = self._raw
-        error = _call_unchecked(self.ctx, self._invoke_ref, raw, self._raw_len, self._trap_ref)
+            ptr = self._alloc_inputs(method, args)
+        raw = self._raw_u32
+        raw[0] = ptr
+        raw[_ARG1] = split
+        raw[_ARG2] = (ptr + split) & _U32
+        raw[_ARG3] = end - split
+        error = _call_unchecked(
+            self.ctx, self._invoke_ref, self._raw, self._raw_len, self._trap_ref
+        )
         if error is not None or self._trap:
             raise self._failure("hx_invoke", error)
-        status: int = _RESULT.unpack_from(raw_view)[0]
-        self.reply = None
-        slot = self._slot
-        if slot:
-            view = self._view
-            length: int
-            ptr, length = _OUT.unpack_from(view, slot)
+        reply: bytes | int | None = None
+        slot = self._slot_i32
+        if slot is not None:
+            length = slot[1]
             if length != _NO_REPLY:
-                _LEN.pack_into(view, slot + 4, _NO_REPLY)
-                ptr &= _U32
+                slot[1] = _NO_REPLY
+                ptr = slot[0] & _U32
                 if length > self.max_payload:
-                    self.reply = length
+                    reply = length
                 elif length >= 0 and ptr + length <= self._size:
-                    self.reply = view[ptr : ptr + length].tobytes()
+                    reply = self._view[ptr : ptr + length].tobytes()
                 else:
-                    self.reply = self._slot_read(ptr, length)
+                    self.reply = None
+                    reply = self._slot_read(ptr, length)
+        self.reply = reply
+        status: int = self._raw_i32[0]
         return status
+
+    def _alloc_inputs(self, method: bytes, args: bytes) -> int:
+        """Method and arguments in a fresh buffer from ``hx_alloc`` (no inbox, a
+        nested entry, or inputs beyond the inbox); the buffer's address, as u32."""
+        split = len(method)
+        end = split + len(args)
+        _ONE_U32.pack_into(self._raw_view, 0, end)
+        ptr = self._call(self._alloc_ref, "hx_alloc")
+        if end:
+            if ptr <= 0 or ptr + end > self._size:
+                self._check_alloc(ptr, end)
+            view = self._view
+            view[ptr : ptr + split] = method
+            view[ptr + split : ptr + end] = args
+        return ptr & _U32
 
     def _slot_read(self, ptr: int, length: int) -> bytes:
         """A reply beyond the memory's known size (it grew), or a bad slot."""
@@ -357,24 +386,21 @@ class WasmInstance:
         when over the payload limit, None when the slot holds none (or there is no
         inbox: replies then came through ``hx.reply``). Raises BadPointerError when
         the slot points outside the memory."""
-        slot = self._slot
-        if not slot:
+        slot = self._slot_i32
+        if slot is None:
             return None
-        view = self._view
-        ptr: int
-        length: int
-        ptr, length = _OUT.unpack_from(view, slot)
+        length: int = slot[1]
         if length == _NO_REPLY:
             return None
-        _LEN.pack_into(view, slot + 4, _NO_REPLY)
+        slot[1] = _NO_REPLY
         if length > self.max_payload:
             return length
-        return self.read(ptr & _U32, length)
+        return self.read(slot[0] & _U32, length)
 
     def clear_reply(self) -> None:
         """Empty the reply slot (after a trap, a handler, a restore)."""
-        if self._slot:
-            _LEN.pack_into(self._view, self._slot + 4, _NO_REPLY)
+        if self._slot_i32 is not None:
+            self._slot_i32[1] = _NO_REPLY
 
     def call(self, export: str, args: Sequence[int], has_result: bool) -> int | None:
         """Call an export taking and returning i32 values.
@@ -407,23 +433,15 @@ class WasmInstance:
             return WasmFault(f"{export}: {reason}", interrupted=False, cause=cause)
         trap = ctypes.cast(self._trap_slot.value or 0, _TrapPtr)
         self._trap_slot.value = None  # the Trap owns it now; the slot serves the next call
-        return self._fault(export, wasmtime.Trap._from_ptr(trap))
+        cause = self._take_host_error()
+        if cause is not None:
+            return WasmFault(str(cause), interrupted=False, cause=cause)
+        return _trap_fault(export, wasmtime.Trap._from_ptr(trap))
 
     def _take_host_error(self) -> BaseException | None:
         cause = self.host_error
         self.host_error = None
         return cause
-
-    def _fault(self, export: str, trap: wasmtime.Trap) -> WasmFault:
-        cause = self._take_host_error()
-        if cause is not None:
-            return WasmFault(str(cause), interrupted=False, cause=cause)
-        code = trap.trap_code
-        interrupted = code == wasmtime.TrapCode.INTERRUPT
-        # wasmtime puts a backtrace first and the reason ("wasm trap: ...") last.
-        lines = [line.strip() for line in trap.message.splitlines() if line.strip()]
-        message = lines[-1] if lines else "trap"
-        return WasmFault(f"{export}: {message}", interrupted=interrupted, cause=None)
 
     def host_trap(self, exc: BaseException) -> int:
         """Record ``exc`` and return a trap for a host function to hand back."""
@@ -431,3 +449,12 @@ class WasmInstance:
         msg = f"host function failed: {exc}".encode()
         trap = _trap_new(msg, len(msg))
         return ctypes.cast(trap, ctypes.c_void_p).value or 0
+
+
+def _trap_fault(export: str, trap: wasmtime.Trap) -> WasmFault:
+    """The WasmFault of a trap the atom's own code raised."""
+    interrupted = trap.trap_code == wasmtime.TrapCode.INTERRUPT
+    # wasmtime puts a backtrace first and the reason ("wasm trap: ...") last.
+    lines = [line.strip() for line in trap.message.splitlines() if line.strip()]
+    message = lines[-1] if lines else "trap"
+    return WasmFault(f"{export}: {message}", interrupted=interrupted, cause=None)
