@@ -5,8 +5,14 @@ its gRPC server with two request kinds, a whole checkpoint and a delta
 checkpoint, whose bodies are the ``CheckpointRequest`` / ``CheckpointDelta``
 of protos/hermesx.proto and whose replies are ``Empty`` / ``CheckpointAck``.
 Both run exactly what gRPC's ``PutCheckpoint`` / ``PutCheckpointDelta`` run
-(:func:`storesite.server.put_checkpoint`), on the same pool of workers, for
-the same roles; a checkpoint is acknowledged only after its group commit.
+(:func:`storesite.server.put_checkpoint`), for the same roles; a checkpoint
+is acknowledged only after its group commit. A checkpoint runs on its
+connection's own thread when no other of the connection does (no hand-off
+to a worker: that thread checks it and, finding no batch being committed,
+commits it itself), the others on the pool of workers gRPC uses; before it
+blocks (for the disk, or for another sender's batch) it has another thread
+read the connection (``GroupCommitter.waiting``), so that the checkpoints
+arriving meanwhile join the next group.
 A state too large for one frame still goes over gRPC in pieces.
 """
 
@@ -20,7 +26,7 @@ from typing import TypeVar
 from hermesx.core.addresses import advertised_address, split_host_port
 from hermesx.core.errors import ConfigurationError, HermesError, StorageError, UnreachableError
 from hermesx.observe import metrics
-from hermesx.rpc.callserver import Call, CallServer, parse_body
+from hermesx.rpc.callserver import Call, CallServer, parse_body, yield_reader
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.storesite_client import CHECKPOINT, CHECKPOINT_DELTA
 from hermesx.rpc.wire import TLSIdentity
@@ -74,8 +80,9 @@ def serve_calls(
         reply: bytes = ack.SerializeToString()
         return reply
 
-    server.register(CHECKPOINT, checkpoint, "Storesite/PutCheckpoint")
-    server.register(CHECKPOINT_DELTA, delta, "Storesite/PutCheckpointDelta")
+    server.register(CHECKPOINT, checkpoint, "Storesite/PutCheckpoint", inline=True)
+    server.register(CHECKPOINT_DELTA, delta, "Storesite/PutCheckpointDelta", inline=True)
+    site.store.committer.waiting = yield_reader
     try:
         bound = server.start(listen, any_port_else=auto)
         port = split_host_port(bound, f"{what}: the call channel")[1] or 0
