@@ -20,11 +20,10 @@ own checkpoint without two thread hand-offs, which cost ~0.1 ms each on
 this machine under load; under load the batches form all the same.
 
 A sender may be the thread that reads its connection (the call channel runs
-a checkpoint on its connection's own thread, :mod:`storesite.calls`): it
-must not keep the checkpoints behind it unread while it waits for the disk
-or for another leader, or no group would form. :attr:`GroupCommitter.waiting`
-is called just before a sender blocks (a follower before it waits, a leader
-before its commit's syncs) to have another thread read for it meanwhile.
+a lone checkpoint on its connection's own thread, :mod:`storesite.calls`):
+when it is to wait for another sender's batch, :attr:`GroupCommitter.waiting`
+is called first, to have another thread read its connection meanwhile, so
+that what its peer sends next is not held up behind a batch it is not in.
 """
 
 from __future__ import annotations
@@ -87,8 +86,8 @@ class GroupCommitter:
         self._idle = threading.Condition(self._lock)  # for close(): no batch under way
         self.commits = 0  # transactions committed (each one sync)
         self.written = 0  # writes acknowledged
-        # Called by a sender about to block (see the module docstring); a no-op
-        # unless the sender is a connection's reading thread.
+        # Called by a sender about to wait for another's batch (see the module
+        # docstring); a no-op unless the sender is a connection's reading thread.
         self.waiting: Callable[[], None] = _nothing
 
     def submit(self, guid: str, apply: Callable[[lmdb.Transaction], T]) -> T:
@@ -161,7 +160,6 @@ class GroupCommitter:
             log.exception("storesite %s: a group commit failed", self._env.sid)
             self._fail(batch, exc)
             return
-        self.waiting()  # the syncs: the senders behind this batch queue meanwhile
         try:
             txn.commit()
         except lmdb.Error as exc:

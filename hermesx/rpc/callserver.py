@@ -54,6 +54,7 @@ __all__ = [
     "CallLimits",
     "CallServer",
     "Handler",
+    "Inline",
     "WorkerPool",
     "parse_body",
     "yield_reader",
@@ -98,6 +99,8 @@ class Call:
 
 # A handler answers a request's body with its reply's body, or raises a HermesError.
 Handler = Callable[[Call], bytes]
+# Whether a request, by its meta, may run on its connection's own thread (register).
+Inline = Callable[[Mapping[str, str] | None], bool]
 
 M = TypeVar("M", bound=Message)
 T = TypeVar("T")
@@ -269,7 +272,7 @@ class CallServer:
         self._context: ssl.SSLContext | None = (
             security.ssl_server_context(tls.directory, tls.name) if tls is not None else None
         )
-        self._handlers: dict[str, tuple[Handler, frozenset[str], bool]] = {}
+        self._handlers: dict[str, tuple[Handler, frozenset[str], bool | Inline]] = {}
         self._own_pool = not isinstance(workers, Executor)
         self._pool: Executor = (
             workers
@@ -287,14 +290,17 @@ class CallServer:
         )
         self._watch = _SlowWatch(self._slow, self._stopping)
 
-    def register(self, kind: str, handler: Handler, rpc: str, *, inline: bool = False) -> None:
+    def register(
+        self, kind: str, handler: Handler, rpc: str, *, inline: bool | Inline = False
+    ) -> None:
         """Serve requests of ``kind`` with ``handler``, to the roles that may call gRPC ``rpc``.
 
         ``inline``: a request of this kind runs on its connection's own thread when
         no other request of the connection does (no hand-off to a worker: the
         quickest reply), another thread reading the connection once it takes
         ``SLOW_INLINE_S`` or calls :func:`yield_reader`; the others, and every request
-        without it (a handler that waits for others: a group commit), run on the pool."""
+        without it (a handler that waits for others: a group commit), run on the pool.
+        A function of the request's meta decides per request."""
         self._handlers[kind] = (handler, roles.allowed_roles(rpc), inline)
 
     @property
@@ -482,7 +488,11 @@ class CallServer:
                 connection.in_flight += 1
                 self._held_bytes += len(frame.body)
             call = Call(frame.kind, frame.body, now + frame.timeout, frame.meta, identity)
-            if inline and own_thread and self._borrow():
+            if (
+                (inline(frame.meta) if callable(inline) else inline)
+                and own_thread
+                and self._borrow()
+            ):
                 self._run_inline(connection, link, frame.id, handler, call)
             else:
                 self._pool.submit(self._dispatch, connection, link, frame.id, handler, call)
