@@ -99,8 +99,14 @@ class Call:
 
 # A handler answers a request's body with its reply's body, or raises a HermesError.
 Handler = Callable[[Call], bytes]
-# Whether a request, by its meta, may run on its connection's own thread (register).
-Inline = Callable[[Mapping[str, str] | None], bool]
+# Whether a kind's requests may run on their connection's own thread (CallServer.register):
+# all or none, or a function of each request's meta that says.
+Inline = bool | Callable[[Mapping[str, str] | None], bool]
+
+
+def _inline_for(inline: Inline, meta: Mapping[str, str] | None) -> bool:
+    return inline(meta) if callable(inline) else inline
+
 
 M = TypeVar("M", bound=Message)
 T = TypeVar("T")
@@ -272,7 +278,7 @@ class CallServer:
         self._context: ssl.SSLContext | None = (
             security.ssl_server_context(tls.directory, tls.name) if tls is not None else None
         )
-        self._handlers: dict[str, tuple[Handler, frozenset[str], bool | Inline]] = {}
+        self._handlers: dict[str, tuple[Handler, frozenset[str], Inline]] = {}
         self._own_pool = not isinstance(workers, Executor)
         self._pool: Executor = (
             workers
@@ -290,17 +296,14 @@ class CallServer:
         )
         self._watch = _SlowWatch(self._slow, self._stopping)
 
-    def register(
-        self, kind: str, handler: Handler, rpc: str, *, inline: bool | Inline = False
-    ) -> None:
+    def register(self, kind: str, handler: Handler, rpc: str, *, inline: Inline = False) -> None:
         """Serve requests of ``kind`` with ``handler``, to the roles that may call gRPC ``rpc``.
 
         ``inline``: a request of this kind runs on its connection's own thread when
         no other request of the connection does (no hand-off to a worker: the
         quickest reply), another thread reading the connection once it takes
         ``SLOW_INLINE_S`` or calls :func:`yield_reader`; the others, and every request
-        without it (a handler that waits for others: a group commit), run on the pool.
-        A function of the request's meta decides per request."""
+        without it (a handler that waits for others: a group commit), run on the pool."""
         self._handlers[kind] = (handler, roles.allowed_roles(rpc), inline)
 
     @property
@@ -488,11 +491,7 @@ class CallServer:
                 connection.in_flight += 1
                 self._held_bytes += len(frame.body)
             call = Call(frame.kind, frame.body, now + frame.timeout, frame.meta, identity)
-            if (
-                (inline(frame.meta) if callable(inline) else inline)
-                and own_thread
-                and self._borrow()
-            ):
+            if _inline_for(inline, frame.meta) and own_thread and self._borrow():
                 self._run_inline(connection, link, frame.id, handler, call)
             else:
                 self._pool.submit(self._dispatch, connection, link, frame.id, handler, call)
