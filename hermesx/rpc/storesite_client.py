@@ -10,7 +10,6 @@ and its address.
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import os
 import threading
@@ -338,7 +337,10 @@ class StoresiteClient:
 
     def with_timeout(self, timeout: float) -> StoresiteClient:
         """This client with ``timeout`` as its default, sharing the channel (close the original)."""
-        timed = copy.copy(self)
+        # Not copy.copy: this runs for every checkpoint, and a plain dict copy is a
+        # fraction of copy's protocol.
+        timed = object.__new__(StoresiteClient)
+        timed.__dict__.update(self.__dict__)
         timed.timeout = timeout
         return timed
 
