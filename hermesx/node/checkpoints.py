@@ -34,7 +34,6 @@ from hermesx.node.aborts import UnsentAborts
 from hermesx.node.catalog import ActiveAtom
 from hermesx.node.context import NodeContext
 from hermesx.observe import metrics
-from hermesx.rpc.callserver import yield_reader
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.status import pb_error
 from hermesx.runtime.delta import Capture, ChangeTracker
@@ -105,9 +104,6 @@ class Checkpointing:
         the whole state. Returns the seq it was stored as and the stored checksum."""
         storesites = self._ctx.storesites
         base = tracker.base
-        # The storesite's reply takes a round trip and a sync: a call's thread that reads
-        # its connection has another read it meanwhile (the rest of the capture is done).
-        yield_reader()
         if capture.delta is not None and base is not None:
             ack = storesites.put_delta(
                 active.guid,
@@ -151,7 +147,6 @@ class Checkpointing:
             self._ctx.pause("checkpoint-snapshot")
             active.checkpoint_seq += 1
             seq = active.checkpoint_seq
-        yield_reader()  # as in _send
         self._ctx.storesites.put_checkpoint(
             active.guid, active.tad, snapshot, seq, generation=generation, periodic=periodic
         )

@@ -19,7 +19,7 @@ from hermesx.core.errors import HermesError, UnreachableError
 from hermesx.core.identity import TAD
 from hermesx.node.admission import Admission
 from hermesx.node.catalog import ActiveAtom
-from hermesx.node.checkpoints import Checkpointing
+from hermesx.node.checkpoints import EVERY_CALL, Checkpointing
 from hermesx.node.context import NodeContext
 from hermesx.node.placement import FOLLOW_CALLER, FollowCaller
 from hermesx.observe import metrics
@@ -126,9 +126,8 @@ class Dispatcher:
         refused = self._admission.refuse_atom_call(active, request.method)
         if refused is not None:
             return refused
-        if active.calls > 1:
-            # It waits its turn: not on its connection's reader (nor, once it runs,
-            # for its checkpoint: Checkpointing hands the reading on before it sends).
+        if active.calls > 1 or active.meta.checkpoint.mode == EVERY_CALL:
+            # It waits its turn, or for its checkpoint: not on its connection's reader.
             yield_reader()
         try:
             return self._run_fixed(active, request)
