@@ -91,11 +91,11 @@ class CheckpointWindow:
         self,
         txn: lmdb.Transaction,
         state: AtomState,
+        check: Provenance,
         tad: TAD,
         seq: int,
         snapshot: bytes,
         checksum: int,
-        check: Provenance,
         link: Link | None,
     ) -> bool:
         """Write a checkpoint (a delta record on the latest with ``link``) into ``txn``,

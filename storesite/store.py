@@ -237,7 +237,7 @@ class AtomStore:
                     f"checkpoint delta of atom {guid} from {tad} seq {seq}: its base is no "
                     "longer the latest checkpoint"
                 )
-            return self._window.put_newer(txn, state, tad, seq, snapshot, checksum, check, link)
+            return self._window.put_newer(txn, state, check, tad, seq, snapshot, checksum, link)
 
         return self.committer.submit(guid, write)
 
@@ -275,7 +275,7 @@ class AtomStore:
                 # which no CRC covers, is damaged): the whole state settles it.
                 return f"it does not fit the latest checkpoint: {exc}"
             link = base_record.next_link(data, after)
-            if self._window.put_newer(txn, state, tad, seq, data, checksum, check, link):
+            if self._window.put_newer(txn, state, check, tad, seq, data, checksum, link):
                 return True, link.name
             return False, base_record.name
 
