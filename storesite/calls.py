@@ -5,29 +5,37 @@ its gRPC server with two request kinds, a whole checkpoint and a delta
 checkpoint, whose bodies are the ``CheckpointRequest`` / ``CheckpointDelta``
 of protos/hermesx.proto and whose replies are ``Empty`` / ``CheckpointAck``.
 Both run exactly what gRPC's ``PutCheckpoint`` / ``PutCheckpointDelta`` run
-(:func:`storesite.server.put_checkpoint`), on the same pool of workers, for
-the same roles; a checkpoint is acknowledged only after its group commit.
+(:func:`storesite.server.put_checkpoint`), for the same roles; a checkpoint
+is acknowledged only after its group commit. A lone checkpoint runs on its
+connection's own thread (no hand-off to a worker: that thread checks it
+and, finding no batch being committed, commits it itself). One whose node
+says it has others in flight (the request's meta ``MORE_CHECKPOINTS``)
+runs on the pool of workers gRPC uses, as do those of a connection already
+running one: its connection's thread reads on, so that the checkpoints
+arriving together are committed together. A lone checkpoint that must wait
+for another sender's batch has another thread read its connection meanwhile
+(``GroupCommitter.waiting``).
 A state too large for one frame still goes over gRPC in pieces.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from typing import TypeVar
 
 from hermesx.core.addresses import advertised_address, split_host_port
 from hermesx.core.errors import ConfigurationError, HermesError, StorageError, UnreachableError
 from hermesx.observe import metrics
-from hermesx.rpc.callserver import Call, CallServer, parse_body
+from hermesx.rpc.callserver import Call, CallServer, parse_body, yield_reader
 from hermesx.rpc.proto import hermesx_pb2 as pb
-from hermesx.rpc.storesite_client import CHECKPOINT, CHECKPOINT_DELTA
+from hermesx.rpc.storesite_client import CHECKPOINT, CHECKPOINT_DELTA, MORE_CHECKPOINTS
 from hermesx.rpc.wire import TLSIdentity
 from storesite.server import put_checkpoint, put_checkpoint_delta
 from storesite.service import Storesite
 
-__all__ = ["call_listen_address", "serve_calls"]
+__all__ = ["call_listen_address", "lone_checkpoint", "serve_calls"]
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +82,9 @@ def serve_calls(
         reply: bytes = ack.SerializeToString()
         return reply
 
-    server.register(CHECKPOINT, checkpoint, "Storesite/PutCheckpoint")
-    server.register(CHECKPOINT_DELTA, delta, "Storesite/PutCheckpointDelta")
+    server.register(CHECKPOINT, checkpoint, "Storesite/PutCheckpoint", inline=lone_checkpoint)
+    server.register(CHECKPOINT_DELTA, delta, "Storesite/PutCheckpointDelta", inline=lone_checkpoint)
+    site.store.committer.waiting = yield_reader
     try:
         bound = server.start(listen, any_port_else=auto)
         port = split_host_port(bound, f"{what}: the call channel")[1] or 0
@@ -87,6 +96,11 @@ def serve_calls(
 
 
 _R = TypeVar("_R")
+
+
+def lone_checkpoint(meta: Mapping[str, str] | None) -> bool:
+    """Whether a checkpoint request's sender has no other checkpoint in flight."""
+    return not (meta and meta.get(MORE_CHECKPOINTS))
 
 
 def _run(site: Storesite, call: Call, body: Callable[[], _R]) -> _R:

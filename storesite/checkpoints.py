@@ -34,6 +34,7 @@ from storesite.records import (
     AtomState,
     AtomTable,
     Checkpoint,
+    Provenance,
     checkpoint_key,
 )
 
@@ -85,6 +86,79 @@ class CheckpointWindow:
         return self.advance(
             txn, state, tad, seq, generation, anchor=link.anchor, acknowledged=acknowledged
         )
+
+    def put_newer(
+        self,
+        txn: lmdb.Transaction,
+        state: AtomState,
+        check: Provenance,
+        tad: TAD,
+        seq: int,
+        snapshot: bytes,
+        checksum: int,
+        link: Link | None,
+    ) -> bool:
+        """Write a checkpoint (a delta record on the latest with ``link``) into ``txn``,
+        ``state`` the atom's record read there, unless it is not newer than the latest
+        (then False: checkpoints may arrive out of order, docs/DESIGN.md §6)."""
+        guid, generation = state.guid, check.generation
+        if tad.age == state.checkpoint_age and seq <= state.checkpoint_seq:
+            log.debug("ignored checkpoint %s seq %s of %s: not newer", tad, seq, guid)
+            return False
+        if (
+            tad.age == state.checkpoint_age
+            and generation is not None
+            and 0 <= generation < state.checkpoint_generation
+        ):
+            # A newer number on an older state: one node's snapshots of
+            # one age follow each other, so the held one has all of it.
+            log.warning(
+                "ignored checkpoint %s seq %s of %s: it holds generation %d, older than "
+                "the %d stored",
+                tad,
+                seq,
+                guid,
+                generation,
+                state.checkpoint_generation,
+            )
+            return False
+        stored, ack = check.stored_generation, not check.periodic
+        if link is None:
+            self.store(txn, state, tad, seq, snapshot, checksum, stored, acknowledged=ack)
+        else:
+            self.store_delta(
+                txn, state, tad, seq, link, snapshot, checksum, stored, acknowledged=ack
+            )
+        return True
+
+    def delta_base(
+        self, txn: lmdb.Transaction, state: AtomState, tad: TAD, base_seq: int, base_name: int
+    ) -> Record | str:
+        """In ``txn``, whose atom record is ``state``: the latest checkpoint's record a
+        delta from ``tad`` on base ``(tad.age, base_seq)`` named ``base_name`` composes
+        onto (its own CRC checked), or why it may not (docs/DESIGN.md §6)."""
+        guid = state.guid
+        held = f"({state.checkpoint_age}, {state.checkpoint_seq})"
+        if (state.checkpoint_age, state.checkpoint_seq) != (tad.age, base_seq):
+            return f"its base ({tad.age}, {base_seq}) is not the latest checkpoint {held}"
+        try:
+            latest = self.record(txn, guid, state.checkpoint_no)
+        except CheckpointDamagedError as exc:
+            return f"the latest checkpoint {held} is damaged: {exc}"
+        # The CRC-32 does not cover the link, and the window deletes slots by the
+        # anchors links name: a link the window disagrees with is damage.
+        link, anchor = latest.link, state.anchor_of(state.checkpoint_no)
+        if link is not None and (link.anchor != anchor or latest.number - anchor != link.length):
+            return (
+                f"the latest checkpoint {held} is damaged: its link names anchor "
+                f"#{link.anchor} and {link.length} deltas, the window anchor #{anchor}"
+            )
+        if latest.name != base_name:
+            return (
+                f"its base has checksum {base_name:08x}, the latest checkpoint {held} "
+                f"{latest.name:08x}"
+            )
+        return latest
 
     def stage(self, txn: lmdb.Transaction, state: AtomState, packed: bytes) -> None:
         """Write a packed checkpoint into the slot after the latest, not yet the latest."""

@@ -18,6 +18,12 @@ fails with a StorageError saying so.
 Why a leader and not a thread of its own: a lone sender then commits its
 own checkpoint without two thread hand-offs, which cost ~0.1 ms each on
 this machine under load; under load the batches form all the same.
+
+A sender may be the thread that reads its connection (the call channel runs
+a lone checkpoint on its connection's own thread, :mod:`storesite.calls`):
+when it is to wait for another sender's batch, :attr:`GroupCommitter.waiting`
+is called first, to have another thread read its connection meanwhile, so
+that what its peer sends next is not held up behind a batch it is not in.
 """
 
 from __future__ import annotations
@@ -43,6 +49,10 @@ T = TypeVar("T")
 # At most this many checkpoints in one transaction: bounds the time one
 # batch holds the write lock and what a failed commit fails at once.
 MAX_BATCH = 256
+
+
+def _nothing() -> None:
+    pass
 
 
 class _Pending:
@@ -76,6 +86,9 @@ class GroupCommitter:
         self._idle = threading.Condition(self._lock)  # for close(): no batch under way
         self.commits = 0  # transactions committed (each one sync)
         self.written = 0  # writes acknowledged
+        # Called by a sender about to wait for another's batch (see the module
+        # docstring); a no-op unless the sender is a connection's reading thread.
+        self.waiting: Callable[[], None] = _nothing
 
     def submit(self, guid: str, apply: Callable[[lmdb.Transaction], T]) -> T:
         """Run ``apply(txn)`` inside the next group transaction; return its result once
@@ -91,6 +104,7 @@ class GroupCommitter:
                 # No batch is being committed: this sender commits the next one.
                 self._leading = pending.lead = True
         if not pending.lead:
+            self.waiting()
             pending.wake.acquire()  # until its batch is synced, or it is to lead one
         if not pending.done:
             self._lead()

@@ -21,10 +21,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from hermesx.core.delta import compose, decode_delta, shape_after
+from hermesx.core.delta import StateDelta, compose, decode_delta
 from hermesx.core.errors import CheckpointDamagedError, StorageError
 from hermesx.core.identity import TAD
-from hermesx.core.snapshot import Shape, encode_state, snapshot_checksum, snapshot_shape
+from hermesx.core.snapshot import encode_state, snapshot_checksum
+from storesite.chain import Record
 from storesite.records import Provenance
 from storesite.store import AtomStore
 
@@ -57,10 +58,23 @@ def put_delta(
     the atom's lock, so the latest checkpoint read here stays the latest until written."""
     what = f"checkpoint delta of atom {guid} from {tad} seq {seq}"
     delta_checksum = store.arriving(guid, delta_bytes, check, what)
-    base = store.delta_base(guid, tad, base_seq, base_checksum)
-    if not isinstance(base, str) and base.link is not None and base.link.due_whole():
+    base: Record | str = ""
+    try:
+        delta: StateDelta | None = decode_delta(delta_bytes)
+    except StorageError as exc:
+        delta, base = None, f"it does not fit the latest checkpoint: {exc}"
+    if delta is not None:
+        # The base is checked in the group's transaction that writes the delta.
+        written = store.store_delta(
+            guid, tad, seq, delta_bytes, delta, delta_checksum, check, (base_seq, base_checksum)
+        )
+        if isinstance(written, tuple):
+            return _outcome(store, *written)
+        base = written
+    if delta is not None and not isinstance(base, str):
+        # The chain is long: the new whole snapshot instead.
         try:
-            state = compose(store.composed(guid, base.number), decode_delta(delta_bytes))
+            state = compose(store.composed(guid, base.number), delta)
         except CheckpointDamagedError as exc:
             base = f"the chain of the latest checkpoint is damaged: {exc}"
         else:
@@ -70,29 +84,14 @@ def put_delta(
             stored = store.store_checkpoint(
                 guid, tad, seq, snapshot, checksum, check, base_no=base.number
             )
-            return _outcome(store, stored, checksum, base.name)
-    after: Shape | None = None
-    if not isinstance(base, str):
-        shape = base.link.shape if base.link is not None else snapshot_shape(base.data)
-        try:
-            after = shape_after(shape, decode_delta(delta_bytes))
-        except StorageError as exc:
-            # The latest record's shape is not what the node's base was (its link,
-            # which no CRC covers, is damaged): the whole state settles it.
-            base = f"it does not fit the latest checkpoint: {exc}"
-    if isinstance(base, str) or after is None:
-        reason = f"{what} refused: {base}; send the whole state"
-        log.info("storesite %s: %s", store.sid, reason)
-        return DeltaOutcome(stored=False, refused=reason)
-    link = base.next_link(delta_bytes, after)
-    stored = store.store_checkpoint(
-        guid, tad, seq, delta_bytes, delta_checksum, check, base_no=base.number, link=link
-    )
-    return _outcome(store, stored, link.name, base.name)
+            return _outcome(store, stored, checksum if stored else base.name)
+    reason = f"{what} refused: {base}; send the whole state"
+    log.info("storesite %s: %s", store.sid, reason)
+    return DeltaOutcome(stored=False, refused=reason)
 
 
-def _outcome(store: AtomStore, stored: bool, name: int, base_name: int) -> DeltaOutcome:
-    """A delta's outcome: the new checkpoint's name when stored, else the base's."""
+def _outcome(store: AtomStore, stored: bool, name: int) -> DeltaOutcome:
+    """A delta's outcome: stored or not, and the latest checkpoint's name then."""
     if stored:
         store.deltas_written += 1
-    return DeltaOutcome(stored=stored, checksum=name if stored else base_name)
+    return DeltaOutcome(stored=stored, checksum=name)

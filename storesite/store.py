@@ -50,9 +50,11 @@ from dataclasses import replace
 
 import lmdb
 
-from hermesx.core.errors import CheckpointDamagedError, MigrationError, StorageError
+from hermesx.core.delta import StateDelta, shape_after
+from hermesx.core.errors import MigrationError, StorageError
 from hermesx.core.identity import GUID, TAD
 from hermesx.core.snapshot import AtomState as State
+from hermesx.core.snapshot import snapshot_shape
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from storesite.chain import Link, Record
 from storesite.checkpoints import CheckpointWindow
@@ -229,43 +231,53 @@ class AtomStore:
         (storesite.chain) whose CRC-32 is ``checksum``."""
 
         def write(txn: lmdb.Transaction) -> bool:
-            generation = check.generation
             state = self.checkpoint_target(txn, guid, tad)
             if base_no is not None and state.checkpoint_no != base_no:
                 raise StorageError(
                     f"checkpoint delta of atom {guid} from {tad} seq {seq}: its base is no "
                     "longer the latest checkpoint"
                 )
-            if tad.age == state.checkpoint_age and seq <= state.checkpoint_seq:
-                log.debug("ignored checkpoint %s seq %s of %s: not newer", tad, seq, guid)
-                return False
-            if (
-                tad.age == state.checkpoint_age
-                and generation is not None
-                and 0 <= generation < state.checkpoint_generation
-            ):
-                # A newer number on an older state: one node's snapshots of
-                # one age follow each other, so the held one has all of it.
-                log.warning(
-                    "ignored checkpoint %s seq %s of %s: it holds generation %d, older than "
-                    "the %d stored",
-                    tad,
-                    seq,
-                    guid,
-                    generation,
-                    state.checkpoint_generation,
-                )
-                return False
-            stored, ack = check.stored_generation, not check.periodic
-            if link is None:
-                self._window.store(
-                    txn, state, tad, seq, snapshot, checksum, stored, acknowledged=ack
-                )
-            else:
-                self._window.store_delta(
-                    txn, state, tad, seq, link, snapshot, checksum, stored, acknowledged=ack
-                )
-            return True
+            return self._window.put_newer(txn, state, check, tad, seq, snapshot, checksum, link)
+
+        return self.committer.submit(guid, write)
+
+    def store_delta(
+        self,
+        guid: str,
+        tad: TAD,
+        seq: int,
+        data: bytes,
+        delta: StateDelta,
+        checksum: int,
+        check: Provenance,
+        base: tuple[int, int],
+    ) -> tuple[bool, int] | Record | str:
+        """A delta record of ``data`` (decoded: ``delta``, CRC-32 ``checksum``) on the
+        base ``(seq, name)`` of ``tad``'s age, written in the next group commit, its base
+        checked in that same transaction (one read of the atom's record, docs/DESIGN.md
+        §6). Returns whether it was stored (False: not newer) and the latest checkpoint's
+        name then; or, writing nothing, why the base was refused, or the base's record
+        when its chain is due a whole snapshot (the caller composes one)."""
+
+        def write(txn: lmdb.Transaction) -> tuple[bool, int] | Record | str:
+            state = self.checkpoint_target(txn, guid, tad)
+            base_record = self._window.delta_base(txn, state, tad, *base)
+            if isinstance(base_record, str):
+                return base_record
+            link = base_record.link
+            if link is not None and link.due_whole():
+                return base_record
+            shape = link.shape if link is not None else snapshot_shape(base_record.data)
+            try:
+                after = shape_after(shape, delta)
+            except StorageError as exc:
+                # The latest record's shape is not what the node's base was (its link,
+                # which no CRC covers, is damaged): the whole state settles it.
+                return f"it does not fit the latest checkpoint: {exc}"
+            link = base_record.next_link(data, after)
+            if self._window.put_newer(txn, state, check, tad, seq, data, checksum, link):
+                return True, link.name
+            return False, base_record.name
 
         return self.committer.submit(guid, write)
 
@@ -275,37 +287,6 @@ class AtomStore:
 
     def check_size(self, guid: str, snapshot: bytes) -> None:
         self._table.check_size(guid, snapshot)
-
-    def delta_base(self, guid: str, tad: TAD, base_seq: int, base_name: int) -> Record | str:
-        """The latest checkpoint's record a delta from ``tad`` on base ``(tad.age,
-        base_seq)`` named ``base_name`` composes onto (its own CRC checked), or why it
-        may not (docs/DESIGN.md §6). A delta from a stale location or during a move is
-        refused with MigrationError as a whole checkpoint would be."""
-        with self._env.env.begin() as txn:
-            state = self.checkpoint_target(txn, guid, tad)
-            held = f"({state.checkpoint_age}, {state.checkpoint_seq})"
-            if (state.checkpoint_age, state.checkpoint_seq) != (tad.age, base_seq):
-                return f"its base ({tad.age}, {base_seq}) is not the latest checkpoint {held}"
-            try:
-                latest = self._window.record(txn, guid, state.checkpoint_no)
-            except CheckpointDamagedError as exc:
-                return f"the latest checkpoint {held} is damaged: {exc}"
-            # The CRC-32 does not cover the link, and the window deletes slots by the
-            # anchors links name: a link the window disagrees with is damage.
-            link, anchor = latest.link, state.anchor_of(state.checkpoint_no)
-            if link is not None and (
-                link.anchor != anchor or latest.number - anchor != link.length
-            ):
-                return (
-                    f"the latest checkpoint {held} is damaged: its link names anchor "
-                    f"#{link.anchor} and {link.length} deltas, the window anchor #{anchor}"
-                )
-        if latest.name != base_name:
-            return (
-                f"its base has checksum {base_name:08x}, the latest checkpoint {held} "
-                f"{latest.name:08x}"
-            )
-        return latest
 
     def composed(self, guid: str, number: int) -> State:
         """The state checkpoint ``number`` of ``guid`` holds (CheckpointDamagedError if

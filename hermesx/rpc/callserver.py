@@ -55,6 +55,7 @@ __all__ = [
     "CallLimits",
     "CallServer",
     "Handler",
+    "Inline",
     "WorkerPool",
     "parse_body",
     "yield_reader",
@@ -98,6 +99,14 @@ class Call(NamedTuple):
 
 # A handler answers a request's body with its reply's body, or raises a HermesError.
 Handler = Callable[[Call], bytes]
+# Whether a kind's requests may run on their connection's own thread (CallServer.register):
+# all or none, or a function of each request's meta that says.
+Inline = bool | Callable[[Mapping[str, str] | None], bool]
+
+
+def _inline_for(inline: Inline, meta: Mapping[str, str] | None) -> bool:
+    return inline(meta) if callable(inline) else inline
+
 
 M = TypeVar("M", bound=Message)
 T = TypeVar("T")
@@ -163,6 +172,11 @@ class WorkerPool(ThreadPoolExecutor):
             self._free += 1
             if self._waiting:
                 self._freed.notify()
+
+
+def _borrow(pool: Executor) -> bool:
+    """Take a worker's place for a request run inline (any pool but a WorkerPool has room)."""
+    return not isinstance(pool, WorkerPool) or pool.borrow()
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,7 +343,7 @@ class CallServer:
         self._context: ssl.SSLContext | None = (
             security.ssl_server_context(tls.directory, tls.name) if tls is not None else None
         )
-        self._handlers: dict[str, tuple[Handler, frozenset[str], bool]] = {}
+        self._handlers: dict[str, tuple[Handler, frozenset[str], Inline]] = {}
         self._own_pool = not isinstance(workers, Executor)
         self._pool: Executor = (
             workers
@@ -347,7 +361,7 @@ class CallServer:
         )
         self._watch = _SlowWatch(self._slow, self._stopping)
 
-    def register(self, kind: str, handler: Handler, rpc: str, *, inline: bool = False) -> None:
+    def register(self, kind: str, handler: Handler, rpc: str, *, inline: Inline = False) -> None:
         """Serve requests of ``kind`` with ``handler``, to the roles that may call gRPC ``rpc``.
 
         ``inline``: a request of this kind runs on its connection's own thread when
@@ -540,9 +554,7 @@ class CallServer:
                 connection.in_flight += 1
                 self._held_bytes += len(frame.body)
             call = Call(frame.kind, frame.body, now + frame.timeout, frame.meta, identity)
-            # Inline, it takes a worker's place (any pool but a WorkerPool has room).
-            pool = self._pool
-            if inline and own_thread and (not isinstance(pool, WorkerPool) or pool.borrow()):
+            if own_thread and _inline_for(inline, frame.meta) and _borrow(self._pool):
                 self._run_inline(connection, link, frame.id, handler, call)
             else:
                 self._pool.submit(self._dispatch, connection, link, frame.id, handler, call)

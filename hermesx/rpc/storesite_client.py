@@ -9,9 +9,10 @@ and its address.
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ __all__ = [
     "CALL_ADDRESS",
     "CHECKPOINT",
     "CHECKPOINT_DELTA",
+    "MORE_CHECKPOINTS",
     "AtomInfo",
     "CheckedSnapshot",
     "CheckpointInfo",
@@ -48,6 +50,11 @@ _Reply = TypeVar("_Reply")
 # Request kinds of the storesite's call channel (storesite.calls, docs/DESIGN.md §4.1):
 # bodies and replies those of PutCheckpoint and PutCheckpointDelta.
 CHECKPOINT, CHECKPOINT_DELTA = "checkpoint", "checkpoint-delta"
+# A checkpoint request's meta entry saying that this sender has other checkpoints in
+# flight to the storesite: those may arrive while this one is committed, so the
+# storesite has them read meanwhile (to join the next group, storesite.calls).
+MORE_CHECKPOINTS = "more"
+_MORE = {MORE_CHECKPOINTS: "1"}
 
 # A state larger than two of these goes to the storesite in pieces of this size.
 STATE_PIECE_BYTES = 1 << 20
@@ -136,6 +143,8 @@ class StoresiteClient:
         self._channels = channels if channels is not None else ChannelPool(tls)
         self._stub = self._channels.stub(address, pbg.StoresiteStub)
         self._peer = f"storesite {sid} at {address}" if sid else f"storesite at {address}"
+        # Checkpoints on their way over the call channel (shared by with_timeout copies).
+        self._flight = _InFlight()
 
     def close(self) -> None:
         if self._own_channels:
@@ -328,7 +337,10 @@ class StoresiteClient:
 
     def with_timeout(self, timeout: float) -> StoresiteClient:
         """This client with ``timeout`` as its default, sharing the channel (close the original)."""
-        timed = copy.copy(self)
+        # Not copy.copy: this runs for every checkpoint, and a plain dict copy is a
+        # fraction of copy's protocol.
+        timed = object.__new__(StoresiteClient)
+        timed.__dict__.update(self.__dict__)
         timed.timeout = timeout
         return timed
 
@@ -403,7 +415,9 @@ class StoresiteClient:
             log.info("no call connection to %s (%s); checkpointing over gRPC", peer, err)
             return None, left
         left = timeout - (time.monotonic() - started)
-        return connection.call(kind, request.SerializeToString(), left), left
+        body = request.SerializeToString()
+        with self._flight.counting() as others:
+            return connection.call(kind, body, left, _MORE if others else None), left
 
     def send_passivated(self, guid: str, tad: TAD, state: CheckedSnapshot) -> None:
         """The atom was passivated with ``state`` (a large one in pieces, as
@@ -438,6 +452,26 @@ class StoresiteClient:
             for data in _pieces_of(state.snapshot)
         )
         self._call(in_pieces, pieces, f"{what}Pieces({request.guid})", timeout)
+
+
+class _InFlight:
+    """How many requests of a client (and its copies) are under way."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+
+    @contextlib.contextmanager
+    def counting(self) -> Iterator[int]:
+        """Count one more while the block runs; yields how many others are under way."""
+        with self._lock:
+            others = self._count
+            self._count += 1
+        try:
+            yield others
+        finally:
+            with self._lock:
+                self._count -= 1
 
 
 @dataclass(frozen=True, slots=True)

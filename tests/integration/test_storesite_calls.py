@@ -2,7 +2,9 @@
 
 The storesite advertises its call channel as ``call`` in its name-service
 record; a node sends durable calls' checkpoints over it (the storesite counts
-them by transport) and each is acknowledged once stored, as over gRPC. The
+them by transport) and each is acknowledged once stored, as over gRPC; the
+checkpoints of calls made at once share group commits, though one connection
+carries them all. The
 client certificate sending a checkpoint kind on the channel is refused
 ``not_authorized``, as on gRPC; nodes told ``HERMESX_CALLS=grpc`` checkpoint
 over gRPC.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import pathlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -34,21 +37,23 @@ def _by_transport(cluster: LocalCluster) -> dict[str, float]:
     return {t: metric_value(families, _REQUESTS, transport=t) for t in ("call", "grpc")}
 
 
-def _written(client: Client) -> int:
+def _status(client: Client) -> tuple[int, int]:
+    """The storesite's checkpoints written and group commits so far."""
     address = client.naming.storesites()["s1"].address
     with StoresiteClient(address, sid="s1", channels=client.channels) as site:
-        return site.status().checkpoints_written
+        status = site.status()
+    return status.checkpoints_written, status.group_commits
 
 
 def _durable_calls(cluster: LocalCluster, atom: pathlib.Path, name: str) -> dict[str, float]:
     """Five acknowledged calls of an every-call atom: checkpoint requests by transport."""
     with Client(cluster.zk, cluster.name) as client:
         client.create(atom, name=name, on="n1", checkpoint="every-call")
-        before, written = _by_transport(cluster), _written(client)
+        before, written = _by_transport(cluster), _status(client)[0]
         for expected in range(1, 6):
             assert client.atom(name).incr(1) == expected
         # Each acknowledged call's checkpoint was stored before its reply.
-        assert _written(client) >= written + 5
+        assert _status(client)[0] >= written + 5
         after = _by_transport(cluster)
     return {t: after[t] - before[t] for t in after}
 
@@ -66,6 +71,28 @@ def test_checkpoints_of_durable_calls_travel_over_the_channel(
     sent = _durable_calls(cluster, atoms["counter"], unique_name)
     assert sent["call"] >= 5
     assert sent["grpc"] == 0
+
+
+def test_checkpoints_arriving_together_on_one_connection_share_commits(
+    client: Client, atoms: dict[str, pathlib.Path], unique_name: str
+) -> None:
+    # Eight callers on eight atoms of one node: their checkpoints share the node's one
+    # connection to the storesite, whose reading thread commits one itself; those that
+    # arrive meanwhile must still be read, and join the next group.
+    names = [f"{unique_name}-{i}" for i in range(8)]
+    for name in names:
+        client.create(atoms["counter"], name=name, on="n1", checkpoint="every-call")
+    written, commits = _status(client)
+
+    def calls(name: str) -> list[int]:
+        return [client.atom(name).incr(1) for _ in range(20)]
+
+    with ThreadPoolExecutor(len(names)) as pool:
+        counts = list(pool.map(calls, names))
+    assert counts == [list(range(1, 21))] * len(names)
+    written_now, commits_now = _status(client)
+    assert written_now - written >= 20 * len(names)
+    assert commits_now - commits < written_now - written
 
 
 def test_the_client_certificate_is_refused_the_checkpoint_kinds(

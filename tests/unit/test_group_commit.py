@@ -128,6 +128,32 @@ def test_checkpoints_arriving_together_share_one_commit(store: AtomStore) -> Non
     assert store.status().checkpoints_written >= 7
 
 
+def test_a_sender_says_so_before_it_waits_for_another_batch(store: AtomStore) -> None:
+    # A sender may be the thread reading its connection: before it waits for
+    # another's batch, it must hand the reading on (a lone leader need not).
+    guid = _register(store)
+    blocked: list[str] = []
+    store.committer.waiting = lambda: blocked.append(threading.current_thread().name)
+    snapshot = encode_state(_state(guid, fill=5, generation=1))
+    assert store.put_checkpoint(guid, TAD("n1", 1), 1, snapshot, _checked(snapshot, 1))
+    assert blocked == []
+    release, holder = _held_batch(store)  # a leader inside its batch, not yet syncing
+    snapshot = encode_state(_state(guid, fill=6, generation=2))
+    follower = threading.Thread(
+        target=store.put_checkpoint,
+        args=(guid, TAD("n1", 1), 2, snapshot, _checked(snapshot, 2)),
+        name="follower",
+    )
+    follower.start()
+    wait_until(lambda: "follower" in blocked, timeout=5, what="the follower's notice")
+    assert follower.is_alive()  # it said so before it waited, not after
+    release.set()
+    holder.join(10)
+    follower.join(10)
+    assert store.latest_checkpoint(guid).snapshot == snapshot
+    assert blocked == ["follower"]
+
+
 def test_many_senders_each_get_their_own_outcome_and_none_is_left_waiting(
     store: AtomStore,
 ) -> None:
