@@ -192,14 +192,19 @@ def test_home_moves_under_load_fail_no_call(
             home = client.locate("c").storesite
             other = "s2" if home == "s1" else "s1"
             for destination in [other, home] * 4:
-                proc = subprocess.run(
-                    [sys.executable, "-m", "hermesx", "storesite", "move", "c", destination],
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    timeout=120,
-                )
-                assert proc.returncode == 0, proc.stderr
+                if moves == 0:
+                    # The first by the CLI; the others by the API it calls (the same
+                    # move, without a new interpreter each time).
+                    proc = subprocess.run(
+                        [sys.executable, "-m", "hermesx", "storesite", "move", "c", destination],
+                        env=env,
+                        capture_output=True,
+                        text=True,
+                        timeout=120,
+                    )
+                    assert proc.returncode == 0, proc.stderr
+                else:
+                    client.move_home("c", destination)
                 moves += 1
                 assert client.locate("c").storesite == destination
                 load.wait_acks(10, since=time.monotonic())
