@@ -240,7 +240,7 @@ def _loss(
         with load:
             load.wait_acks(20)
             clean_from = time.monotonic()
-            time.sleep(3.0)  # a deliberate window: calls over clean links, the baseline
+            time.sleep(2.0)  # a deliberate window: calls over clean links, the baseline
             # Both directions of both links: requests and replies, node <-> storesite.
             rules = "".join(
                 f"add rule inet {TABLE} faults tcp {way} {port} "
@@ -250,7 +250,9 @@ def _loss(
             )
             nft(rules)
             lossy_from = time.monotonic()
-            time.sleep(8.0)  # the deliberate window of loss
+            # The deliberate window of loss: at 10 % many packets are dropped
+            # on each link, the calls in flight meanwhile each lose some.
+            time.sleep(4.0)
             counts = nft_counters()
             heal()
             healed_at = time.monotonic()
