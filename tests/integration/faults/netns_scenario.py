@@ -250,7 +250,7 @@ def _loss(
             )
             nft(rules)
             lossy_from = time.monotonic()
-            # The deliberate window of loss: at 10 % many packets are dropped
+            # The deliberate window of loss: at 10 % tens of packets are dropped
             # on each link, the calls in flight meanwhile each lose some.
             time.sleep(4.0)
             counts = nft_counters()
