@@ -251,7 +251,7 @@ def _loss(
             nft(rules)
             lossy_from = time.monotonic()
             # The deliberate window of loss: at 10 % tens of packets are dropped
-            # on each link, the calls in flight meanwhile each lose some.
+            # on each link while the calls go on.
             time.sleep(4.0)
             counts = nft_counters()
             heal()
