@@ -1,4 +1,4 @@
-"""A move run in the background, for tests that act on the cluster while it is under way."""
+"""Moves in tests: one run in the background while the test acts; where an atom has copies."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import threading
 
 from hermesx.client import Client
 from hermesx.core.errors import HermesError
+from hermesx.rpc.proto import hermesx_pb2 as pb
 
-__all__ = ["move_in_background"]
+__all__ = ["active_copies", "move_in_background"]
 
 
 def move_in_background(
@@ -30,3 +31,20 @@ def move_in_background(
     mover = threading.Thread(target=move, name=f"move-{target}", daemon=True)
     mover.start()
     return mover, outcome
+
+
+def active_copies(client: Client, guid: str) -> list[str]:
+    """The registered nodes that say they hold an active copy of ``guid`` (``Locate``), sorted.
+
+    A move or a recovery is right when this is exactly one node, whatever the
+    name service says.
+    """
+    found = []
+    for node in sorted(client.nodes()):
+        try:
+            reply = client.invoker.node_stub(node).Locate(pb.LocateRequest(guid=guid), timeout=5)
+        except Exception:  # a node that is going away holds nothing we can use
+            continue
+        if reply.active_here:
+            found.append(node)
+    return found

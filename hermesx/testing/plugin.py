@@ -105,15 +105,22 @@ def cluster_factory(
 
 
 @pytest.fixture
-def start_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterFactory]:
+def start_cluster(
+    zk_server: ZooKeeperServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ClusterFactory]:
     """Start local clusters for one test (2 s sessions); all stopped at its end.
 
-    Call it as ``start_cluster(nodes, zk=..., session_timeout=2.0, node_zk=None,
-    storesites=("s1",))``: ``node_zk`` gives a node its own ZooKeeper connect
-    string (a proxy the test can cut); the other parts use ``zk``.
+    Call it as ``start_cluster(nodes, zk=None, session_timeout=2.0, node_zk=None,
+    storesites=("s1",))``: ``zk`` is the run's ZooKeeper unless given (e.g. an
+    ensemble); ``node_zk`` gives a node its own ZooKeeper connect string (a
+    proxy the test can cut); the other parts use ``zk``.
     """
     with open_pool("fault", tmp_path_factory.mktemp("fault-home"), session_timeout=2.0) as pool:
-        yield pool.start
+
+        def start(nodes: Any = 3, *, zk: str | None = None, **options: Any) -> LocalCluster:
+            return pool.start(nodes, zk=zk or zk_server.connect_string, **options)
+
+        yield start
 
 
 @pytest.fixture(scope="module")

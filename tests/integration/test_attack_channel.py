@@ -18,34 +18,27 @@ import threading
 import time
 from collections.abc import Iterator
 
-import grpc
 import msgpack
 import pytest
 
 from hermesx.client import Client
 from hermesx.core import codec
-from hermesx.core.errors import HermesError
 from hermesx.local.cluster import LocalCluster
 from hermesx.rpc import security
 from hermesx.rpc.frames import Error, Frame, FrameReader, Reply, encode_request
 from hermesx.rpc.node_client import call_address
 from hermesx.rpc.proto import hermesx_pb2 as pb
-from hermesx.rpc.status import error_from_rpc
 from hermesx.testing.clusters import part_log
 from hermesx.testing.plugin import ClusterFactory
+from hermesx.testing.transports import invoke_outcome
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 
 @pytest.fixture(scope="module")
-def pair(cluster_factory: ClusterFactory) -> LocalCluster:
+def cluster(cluster_factory: ClusterFactory) -> LocalCluster:
+    """Two nodes: the requests go to n1 (the plugin's ``client`` calls this cluster)."""
     return cluster_factory(2)
-
-
-@pytest.fixture
-def client(pair: LocalCluster) -> Iterator[Client]:
-    with Client(pair.zk, pair.name) as c:
-        yield c
 
 
 # The caller waits this much longer than the request's own timeout: the node's
@@ -59,23 +52,7 @@ def _outcome(
     """The error kind ``request`` to n1 ends with (``result`` when it succeeds); the
     caller waits ``wait`` seconds (the request's timeout and some slack when None)."""
     wait = request.timeout + SLACK_S if wait is None else wait
-    try:
-        if transport == "channel":
-            address = call_address(client.nodes()["n1"])
-            assert address is not None
-            body = client.channels.calls.connection(address).call(
-                "invoke", request.SerializeToString(), wait
-            )
-            reply = pb.InvokeReply.FromString(body)
-        else:
-            stub = client.invoker.node_stub("n1")
-            reply = stub.Invoke(request, timeout=wait)
-    except HermesError as exc:
-        return exc.kind
-    except grpc.RpcError as exc:
-        return error_from_rpc(exc, "node n1", "Invoke").kind
-    which = reply.WhichOneof("outcome")
-    return reply.error.kind if which == "error" else str(which)
+    return invoke_outcome(client, transport, request, wait)
 
 
 def test_error_kinds_are_the_same_on_both_transports(
@@ -174,9 +151,9 @@ def _raw_frame(payload: bytes) -> bytes:
 
 
 @contextlib.contextmanager
-def _tls(pair: LocalCluster, address: str) -> Iterator[ssl.SSLSocket]:
+def _tls(cluster: LocalCluster, address: str) -> Iterator[ssl.SSLSocket]:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    certs = security.load_certs(pair.tls_dir)
+    certs = security.load_certs(cluster.tls_dir)
     context.load_verify_locations(certs.ca_cert)
     context.load_cert_chain(certs.cert("client"), certs.key("client"))
     host, _, port = address.rpartition(":")
@@ -198,7 +175,7 @@ def _replies(sock: ssl.SSLSocket, count: int) -> list[Frame]:
 
 
 def test_bad_frames_end_only_their_connection_and_duplicate_ids_are_each_answered(
-    pair: LocalCluster, client: Client, atoms: dict[str, pathlib.Path], unique_name: str
+    cluster: LocalCluster, client: Client, atoms: dict[str, pathlib.Path], unique_name: str
 ) -> None:
     client.create(atoms["counter"], name=unique_name, on="n1")
     address = call_address(client.nodes()["n1"])
@@ -220,7 +197,7 @@ def test_bad_frames_end_only_their_connection_and_duplicate_ids_are_each_answere
         "a NaN timeout": _frame([0, 1, "invoke", float("nan"), b""]),
     }
     for what, data in bad.items():
-        with _tls(pair, address) as sock:
+        with _tls(cluster, address) as sock:
             sock.sendall(data)
             goodbye = _replies(sock, 1)
             assert len(goodbye) == 1 and isinstance(goodbye[0], Error), (what, goodbye)
@@ -230,7 +207,7 @@ def test_bad_frames_end_only_their_connection_and_duplicate_ids_are_each_answere
     # Two requests with one id in flight: the caller broke the rule, yet each is
     # answered and the connection stays.
     request = pb.InvokeRequest(guid=client.guid_of(unique_name), method="get", timeout=5.0)
-    with _tls(pair, address) as sock:
+    with _tls(cluster, address) as sock:
         body = request.SerializeToString()
         sock.sendall(_frame([0, 9, "invoke", 5.0, body]) * 2)
         answers = _replies(sock, 2)
@@ -238,7 +215,7 @@ def test_bad_frames_end_only_their_connection_and_duplicate_ids_are_each_answere
         sock.sendall(_frame([0, 10, "invoke", 5.0, body]))
         (last,) = _replies(sock, 1)
         assert isinstance(last, Reply) and last.id == 10
-    log = part_log(pair, "node-n1")
+    log = part_log(cluster, "node-n1")
     assert log.count("closed the call connection") >= len(bad)
 
 

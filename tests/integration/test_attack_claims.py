@@ -12,56 +12,32 @@ none of those calls; calls between atoms still move it (test_migration.py).
 from __future__ import annotations
 
 import pathlib
-from collections.abc import Iterator
 
-import grpc
 import pytest
 
 from hermesx.client import Client
 from hermesx.core import codec
-from hermesx.core.errors import HermesError
 from hermesx.local.cluster import LocalCluster
-from hermesx.rpc.node_client import call_address
 from hermesx.rpc.proto import hermesx_pb2 as pb
-from hermesx.rpc.status import error_from_rpc
 from hermesx.testing.plugin import ClusterFactory
+from hermesx.testing.transports import invoke_outcome
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 
 @pytest.fixture(scope="module")
-def pair(cluster_factory: ClusterFactory) -> LocalCluster:
+def cluster(cluster_factory: ClusterFactory) -> LocalCluster:
+    """Two nodes: the client claims to be n2 (the plugin's ``client`` calls this cluster)."""
     return cluster_factory(2)
-
-
-@pytest.fixture
-def client(pair: LocalCluster) -> Iterator[Client]:
-    with Client(pair.zk, pair.name) as c:
-        yield c
 
 
 def _outcome(client: Client, transport: str, request: pb.InvokeRequest) -> str:
     """The error kind ``request`` to n1 ends with (``result`` when it succeeds)."""
-    try:
-        if transport == "channel":
-            address = call_address(client.nodes()["n1"])
-            assert address is not None
-            body = client.channels.calls.connection(address).call(
-                "invoke", request.SerializeToString(), 20.0
-            )
-            reply = pb.InvokeReply.FromString(body)
-        else:
-            reply = client.invoker.node_stub("n1").Invoke(request, timeout=20.0)
-    except HermesError as exc:
-        return exc.kind
-    except grpc.RpcError as exc:
-        return error_from_rpc(exc, "node n1", "Invoke").kind
-    which = reply.WhichOneof("outcome")
-    return reply.error.kind if which == "error" else str(which)
+    return invoke_outcome(client, transport, request, 20.0)
 
 
 def test_a_client_claiming_a_caller_node_is_refused_and_steers_nothing(
-    pair: LocalCluster, client: Client, atoms: dict[str, pathlib.Path], unique_name: str
+    cluster: LocalCluster, client: Client, atoms: dict[str, pathlib.Path], unique_name: str
 ) -> None:
     guid = client.create(atoms["counter"], name=unique_name, on="n1", placement="follow-caller")
     kinds = set()

@@ -15,7 +15,6 @@ import contextlib
 import pathlib
 import socket
 import threading
-from collections.abc import Iterator
 
 import pytest
 
@@ -73,14 +72,9 @@ class _LossyProxy:
 
 
 @pytest.fixture(scope="module")
-def two(cluster_factory: ClusterFactory) -> LocalCluster:
+def cluster(cluster_factory: ClusterFactory) -> LocalCluster:
+    """Two nodes: n1's replies are lost (the plugin's ``client`` calls this cluster)."""
     return cluster_factory(2)
-
-
-@pytest.fixture
-def client(two: LocalCluster) -> Iterator[Client]:
-    with Client(two.zk, two.name) as c:
-        yield c
 
 
 def _lost(client: Client, proxy: _LossyProxy, request: pb.InvokeRequest) -> None:

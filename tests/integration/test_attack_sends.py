@@ -9,6 +9,9 @@ node, whose watchdog then found its own ``Status`` unanswered for 10 s and
 gave up its session: every atom of the node was lost to it because one was
 moving. Sends now count toward the invocation limit; those past it are
 refused with ``capacity`` and the node stays a member.
+
+Node n1 runs here with a watchdog limit of ``LIMIT_S`` (``--unresponsive-limit``;
+10 s by default) so that each flood outlasts it well within a short test.
 """
 
 from __future__ import annotations
@@ -22,24 +25,29 @@ import pytest
 from hermesx.client import Client
 from hermesx.core import codec
 from hermesx.core.errors import HermesError
+from hermesx.local.cluster import NodeSpec
 from hermesx.rpc.roles import TEST_CERT_NAME
 from hermesx.testing.clusters import part_log, wait_for_log
 from hermesx.testing.plugin import ClusterFactory
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
+LIMIT_S = 5.0  # n1 gives up its session after this long without answering its own Status
+WATCHED_N1 = NodeSpec("n1", options=("--unresponsive-limit", f"{LIMIT_S:g}"))
+
 
 def test_sends_to_a_moving_atom_do_not_starve_the_nodes_own_status(
     cluster_factory: ClusterFactory, atoms: dict[str, pathlib.Path], unique_name: str
 ) -> None:
-    cluster = cluster_factory(2, test_hooks=True, session_timeout=2.0)
+    cluster = cluster_factory([WATCHED_N1, "n2"], test_hooks=True, session_timeout=2.0)
     with (
         Client(cluster.zk, cluster.name) as client,
         Client(cluster.zk, cluster.name) as other,
         Client(cluster.zk, cluster.name, cert=TEST_CERT_NAME) as tester,
     ):
         guid = client.create(atoms["counter"], name=unique_name, on="n1")
-        tester.node_client.pause_at(tester.node_member("n1"), "prepared", 14.0)
+        # Held longer than the watchdog's limit, with room to spare.
+        tester.node_client.pause_at(tester.node_member("n1"), "prepared", LIMIT_S + 3.0)
         moved: dict[str, object] = {}
 
         def move() -> None:
@@ -80,10 +88,11 @@ def test_checkpoint_requests_flooding_a_busy_atom_do_not_starve_the_nodes_own_st
 ) -> None:
     """Any role may ask for a checkpoint; each waits for its atom's turn (up to 30 s).
     96 clients' threads asking over and over while the atom spins took every worker of
-    its node, which gave up its session (its atoms recovered elsewhere) 10 s later.
+    its node, which gave up its session (its atoms recovered elsewhere) once its
+    watchdog's limit had passed.
     Such requests are now limited so that a worker stays free for Status; those past the
     limit are refused with ``capacity``."""
-    cluster = cluster_factory(2, session_timeout=2.0)
+    cluster = cluster_factory([WATCHED_N1, "n2"], session_timeout=2.0)
     with Client(cluster.zk, cluster.name) as client:
         client.create(atoms["spin"], name=unique_name, on="n1")
         stop = threading.Event()
@@ -107,7 +116,7 @@ def test_checkpoint_requests_flooding_a_busy_atom_do_not_starve_the_nodes_own_st
         for thread in threads:
             thread.start()
         try:
-            stop.wait(25.0)  # past the watchdog's 10 s, twice
+            stop.wait(2.5 * LIMIT_S)  # past the watchdog's limit, twice
         finally:
             stop.set()
             for thread in threads:

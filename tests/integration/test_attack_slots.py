@@ -18,17 +18,16 @@ import pathlib
 import socket
 import ssl
 import threading
-from collections.abc import Iterator
 
 import pytest
 
 from hermesx.client import Client
-from hermesx.core.errors import HermesError
 from hermesx.local.cluster import LocalCluster
 from hermesx.rpc import security
 from hermesx.rpc.frames import Frame, FrameReader, Reply, encode_request
 from hermesx.rpc.node_client import call_address
 from hermesx.rpc.proto import hermesx_pb2 as pb
+from hermesx.testing.callers import BackgroundCaller
 from hermesx.testing.clusters import part_log, wait_for_log
 from hermesx.testing.plugin import ClusterFactory
 from hermesx.testing.wait import wait_until
@@ -39,19 +38,14 @@ SLOTS = 256  # the listener's connection limit (CallLimits.max_connections)
 
 
 @pytest.fixture(scope="module")
-def pair(cluster_factory: ClusterFactory) -> LocalCluster:
+def cluster(cluster_factory: ClusterFactory) -> LocalCluster:
+    """Two nodes: n1's listener is attacked (the plugin's ``client`` calls this cluster)."""
     return cluster_factory(2)
 
 
-@pytest.fixture
-def client(pair: LocalCluster) -> Iterator[Client]:
-    with Client(pair.zk, pair.name) as c:
-        yield c
-
-
-def _context(pair: LocalCluster) -> ssl.SSLContext:
+def _context(cluster: LocalCluster) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    certs = security.load_certs(pair.tls_dir)
+    certs = security.load_certs(cluster.tls_dir)
     context.load_verify_locations(certs.ca_cert)
     context.load_cert_chain(certs.cert("client"), certs.key("client"))
     return context
@@ -79,35 +73,6 @@ def _closed_by_peer(sock: ssl.SSLSocket) -> bool:
         return True
 
 
-class _Background:
-    """Calls an atom on n1 in a loop until stopped; keeps every failure."""
-
-    def __init__(self, client: Client, name: str) -> None:
-        self._atom = client.atom(name)
-        self._stop = threading.Event()
-        self.calls = 0
-        self.failures: list[str] = []
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._atom.incr(1)
-                self.calls += 1
-            except HermesError as exc:
-                self.failures.append(f"{exc.kind}: {exc}")
-            self._stop.wait(0.02)
-
-    def __enter__(self) -> _Background:
-        self._thread.start()
-        wait_until(lambda: self.calls >= 3, 30.0, "the background caller's first calls")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(30.0)
-
-
 def _served(sock: ssl.SSLSocket, guid: str, id: int) -> bool:
     """Whether a ``get`` of ``guid`` sent on ``sock`` is answered with a result."""
     body = pb.InvokeRequest(guid=guid, method="get", timeout=10.0).SerializeToString()
@@ -127,7 +92,7 @@ def _served(sock: ssl.SSLSocket, guid: str, id: int) -> bool:
 
 
 def test_peers_holding_every_slot_neither_refuse_a_caller_nor_keep_a_frame_open(
-    pair: LocalCluster, client: Client, atoms: dict[str, pathlib.Path], unique_name: str
+    cluster: LocalCluster, client: Client, atoms: dict[str, pathlib.Path], unique_name: str
 ) -> None:
     """Every slot is held by a peer that sent one request and then nothing (held for
     ever before); a new caller is served on the channel, the idlest holder making room.
@@ -137,7 +102,7 @@ def test_peers_holding_every_slot_neither_refuse_a_caller_nor_keep_a_frame_open(
     guid = client.create(atoms["counter"], name=unique_name, on="n1")
     address = call_address(client.nodes()["n1"])
     assert address is not None
-    context = _context(pair)
+    context = _context(cluster)
     holders: list[ssl.SSLSocket] = []
     tricklers: list[ssl.SSLSocket] = []
     request = encode_request(1, "invoke", 10.0, b"\x0a" + bytes([60]) + b"x" * 60)
@@ -153,7 +118,7 @@ def test_peers_holding_every_slot_neither_refuse_a_caller_nor_keep_a_frame_open(
             sent += 1
 
     trickler = threading.Thread(target=trickle, daemon=True)
-    with _Background(client, unique_name) as background:
+    with BackgroundCaller(client, unique_name) as background:
         try:
             for i in range(SLOTS):
                 sock = _open(context, address)
@@ -166,7 +131,7 @@ def test_peers_holding_every_slot_neither_refuse_a_caller_nor_keep_a_frame_open(
             assert newcomer is not None, "refused: idle peers hold every slot"
             with newcomer:
                 assert _served(newcomer, guid, 7), "the newcomer was not served"
-            wait_for_log(pair, "node-n1", "evicted: no request for")
+            wait_for_log(cluster, "node-n1", "evicted: no request for")
             for _ in range(16):
                 sock = _open(context, address)
                 assert sock is not None, "a new connection was refused"
@@ -184,10 +149,9 @@ def test_peers_holding_every_slot_neither_refuse_a_caller_nor_keep_a_frame_open(
                 trickler.join(10)
             for sock in holders + tricklers:
                 sock.close()
-        after = background.calls + 3
-        wait_until(lambda: background.calls >= after, 30.0, "calls after the attack")
+        background.wait_more()
     assert background.failures == []
-    log = part_log(pair, "node-n1")
+    log = part_log(cluster, "node-n1")
     closed = [line for line in log.splitlines() if "closed the call connection" in line]
     trickled = [line for line in closed if "no whole frame within 10 s of its first bytes" in line]
     assert len(trickled) == len(tricklers), trickled
@@ -196,7 +160,7 @@ def test_peers_holding_every_slot_neither_refuse_a_caller_nor_keep_a_frame_open(
 
 
 def test_a_peer_that_calls_and_never_reads_costs_a_bounded_outbox_and_loses_its_connection(
-    pair: LocalCluster, client: Client, atoms: dict[str, pathlib.Path], unique_name: str
+    cluster: LocalCluster, client: Client, atoms: dict[str, pathlib.Path], unique_name: str
 ) -> None:
     """A peer sends requests whose replies are large (an echo of 256 KiB) and reads none:
     the replies fill the kernel's buffers, then the connection's outbox; the node stops
@@ -211,19 +175,18 @@ def test_a_peer_that_calls_and_never_reads_costs_a_bounded_outbox_and_loses_its_
     request = pb.InvokeRequest(
         guid=echo, method="echo", args=payload, timeout=60.0
     ).SerializeToString()
-    sock = _open(_context(pair), address)
+    sock = _open(_context(cluster), address)
     assert sock is not None
     sent = 0
-    with _Background(client, counter) as background, sock:
+    with BackgroundCaller(client, counter) as background, sock:
         sock.settimeout(1.0)
         # Until the node stops reading us (its outbox for us is full) or closes us.
         with contextlib.suppress(OSError):
             for i in range(1, 400):
                 sock.sendall(encode_request(i, "invoke", 60.0, request))
                 sent = i
-        log = wait_for_log(pair, "node-n1", "read none of our replies for 30 s", timeout=120.0)
-        after = background.calls + 3
-        wait_until(lambda: background.calls >= after, 30.0, "calls after the attack")
+        log = wait_for_log(cluster, "node-n1", "read none of our replies for 30 s", timeout=120.0)
+        background.wait_more()
     assert background.failures == []
     assert sent < 399, "every request was read: the node buffered 100 MiB of replies"
     line = next(x for x in log.splitlines() if "read none of our replies" in x)

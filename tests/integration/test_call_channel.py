@@ -16,7 +16,6 @@ import pathlib
 import socket
 import ssl
 import struct
-import threading
 from collections.abc import Iterator
 
 import msgpack
@@ -29,6 +28,7 @@ from hermesx.local.cluster import LocalCluster, NodeSpec
 from hermesx.rpc import security
 from hermesx.rpc.node_client import call_address
 from hermesx.rpc.proto import hermesx_pb2 as pb
+from hermesx.testing.callers import BackgroundCaller
 from hermesx.testing.clusters import part_log, wait_for_log
 from hermesx.testing.plugin import ClusterFactory
 from hermesx.testing.wait import wait_until
@@ -109,45 +109,12 @@ def test_error_kinds_cross_the_channel(
 # -- bad input on the listener -------------------------------------------------------
 
 
-class _Background:
-    """Calls an atom on n1 in a loop until stopped; keeps every failure."""
-
-    def __init__(self, client: Client, name: str) -> None:
-        self._atom = client.atom(name)
-        self._stop = threading.Event()
-        self.calls = 0
-        self.failures: list[str] = []
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._atom.incr(1)
-                self.calls += 1
-            except HermesError as exc:
-                self.failures.append(f"{exc.kind}: {exc}")
-            self._stop.wait(0.02)
-
-    def __enter__(self) -> _Background:
-        self._thread.start()
-        wait_until(lambda: self.calls >= 3, 30.0, "the background caller's first calls")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        # A few more calls after the bad input: the node still serves.
-        after = self.calls + 3
-        with contextlib.suppress(Exception):
-            wait_until(lambda: self.calls >= after or self.failures, 30.0, "more calls")
-        self._stop.set()
-        self._thread.join(30.0)
-
-
 @pytest.fixture
 def background(
     client: Client, atoms: dict[str, pathlib.Path], unique_name: str
-) -> Iterator[_Background]:
+) -> Iterator[BackgroundCaller]:
     client.create(atoms["counter"], name=unique_name, on="n1")
-    with _Background(client, unique_name) as caller:
+    with BackgroundCaller(client, unique_name) as caller:
         yield caller
     assert caller.failures == []
     assert caller.calls >= 6
@@ -201,7 +168,7 @@ def _logged(mixed: LocalCluster, text: str) -> None:
 
 
 def test_plain_garbage_and_http_end_at_the_handshake(
-    mixed: LocalCluster, client: Client, background: _Background
+    mixed: LocalCluster, client: Client, background: BackgroundCaller
 ) -> None:
     address = _call_address(client, "n1")
     _raw(address, bytes(range(256)) * 16)
@@ -210,7 +177,7 @@ def test_plain_garbage_and_http_end_at_the_handshake(
 
 
 def test_frames_that_break_the_rules_end_their_connection(
-    mixed: LocalCluster, client: Client, background: _Background
+    mixed: LocalCluster, client: Client, background: BackgroundCaller
 ) -> None:
     address = _call_address(client, "n1")
     cases: list[tuple[bytes, str]] = [
@@ -245,7 +212,7 @@ def _as_stranger(address: str, context: ssl.SSLContext) -> bytes:
 
 
 def test_strangers_are_refused(
-    mixed: LocalCluster, client: Client, background: _Background, tmp_path: pathlib.Path
+    mixed: LocalCluster, client: Client, background: BackgroundCaller, tmp_path: pathlib.Path
 ) -> None:
     address = _call_address(client, "n1")
     no_certificate = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -262,7 +229,7 @@ def test_strangers_are_refused(
 
 
 def test_a_thousand_idle_connections_are_closed(
-    mixed: LocalCluster, client: Client, background: _Background
+    mixed: LocalCluster, client: Client, background: BackgroundCaller
 ) -> None:
     address = _call_address(client, "n1")
     idle: list[socket.socket] = []

@@ -18,10 +18,9 @@ import pytest
 
 from hermesx.client import Client
 from hermesx.local.cluster import LocalCluster, NodeSpec
-from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.roles import TEST_CERT_NAME
 from hermesx.testing.clusters import wait_for_log
-from hermesx.testing.moves import move_in_background
+from hermesx.testing.moves import active_copies, move_in_background
 from hermesx.testing.wait import wait_until
 
 pytestmark = pytest.mark.integration
@@ -34,18 +33,6 @@ def _free_address() -> str:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return f"127.0.0.1:{sock.getsockname()[1]}"
-
-
-def _active_copies(client: Client, guid: str) -> list[str]:
-    found = []
-    for node in sorted(client.nodes()):
-        try:
-            reply = client.invoker.node_stub(node).Locate(pb.LocateRequest(guid=guid), timeout=5)
-        except Exception:  # a node that is going away holds nothing we can use
-            continue
-        if reply.active_here:
-            found.append(node)
-    return found
 
 
 def _incarnation(client: Client, node: str) -> str:
@@ -93,7 +80,7 @@ def test_node_restarted_while_the_storesite_was_down_gets_its_atom_recovered(
         # The storesite reconciled its record with the live incarnation: the
         # atom is back with every acknowledged increment, in one copy.
         assert client.atom("overlap").incr(1) == ACKED + 1
-        assert len(_active_copies(client, guid)) == 1
+        assert len(active_copies(client, guid)) == 1
         assert client.locate("overlap").age > 1
 
 
@@ -104,7 +91,7 @@ def test_restarted_node_atoms_are_recovered_by_a_storesite_up_all_along(
         guid = _counter(client, atoms["counter"], "steady", on="n2")
         _restart(pinned, pinned.node_specs["n2"])
         assert client.atom("steady").incr(1) == ACKED + 1
-        assert len(_active_copies(client, guid)) == 1
+        assert len(active_copies(client, guid)) == 1
         assert client.locate("steady").age > 1
 
 
@@ -121,7 +108,7 @@ def test_restarted_storesite_leaves_atoms_with_their_live_incarnations(
         for node, guid in guids.items():
             where = client.locate(f"stay-{node}")
             assert (where.node, where.age) == (node, 1)
-            assert _active_copies(client, guid) == [node]
+            assert active_copies(client, guid) == [node]
             assert client.atom(f"stay-{node}").incr(1) == ACKED + 1
 
 
@@ -158,10 +145,10 @@ def test_destination_restarted_during_a_move_leaves_one_copy_with_every_acknowle
             assert result.startswith("failed:") and "did not activate" in result, result
         # Every acknowledged increment is there, in exactly one copy.
         assert client.atom(name).incr(1) == ACKED + 1
-        [where] = _active_copies(client, guid)
+        [where] = active_copies(client, guid)
         assert client.locate(name).node == where
         # And nothing is left half-done: the atom moves again.
         target = next(n for n in ("n1", "n2", "n3") if n != where)
         client.migrate(name, target)
         assert client.atom(name).get() == ACKED + 1
-        assert _active_copies(client, guid) == [target]
+        assert active_copies(client, guid) == [target]

@@ -256,14 +256,22 @@ def test_node_death_recovers_atoms_on_a_live_node(
         assert client.locate(guids[1]).tad == TAD("survivor", 2)
 
 
+def _node_and_new_storesite(
+    zk: str, cluster_name: str, tmp_path: pathlib.Path, processes: list[StoresiteProcess | FakeNode]
+) -> tuple[FakeNode, StoresiteProcess]:
+    """A node n1 and storesite s1 on a new store in ``tmp_path / "s1"``, both stopped after."""
+    node = FakeNode("n1", zk, cluster_name)
+    processes.append(node)
+    first = StoresiteProcess("s1", tmp_path / "s1", zk, cluster_name, init=True)
+    processes.append(first)
+    return node, first
+
+
 def test_restart_keeps_records_and_refuses_a_second_process(
     zk: str, cluster_name: str, tmp_path: pathlib.Path, processes: list[StoresiteProcess | FakeNode]
 ) -> None:
-    node = FakeNode("n1", zk, cluster_name)
-    processes.append(node)
+    node, first = _node_and_new_storesite(zk, cluster_name, tmp_path, processes)
     data = tmp_path / "s1"
-    first = StoresiteProcess("s1", data, zk, cluster_name, init=True)
-    processes.append(first)
     guid = str(GUID.new("s1"))
     with StoresiteClient(first.wait_ready(), sid="s1") as client:
         client.register_atom(guid, pb.AtomMeta(name="kept"), TAD("n1", 1), b"s0")
@@ -299,11 +307,8 @@ def refusal(site: StoresiteProcess) -> str:
 def test_a_store_cut_short_is_refused_in_one_line_before_serving(
     zk: str, cluster_name: str, tmp_path: pathlib.Path, processes: list[StoresiteProcess | FakeNode]
 ) -> None:
-    node = FakeNode("n1", zk, cluster_name)
-    processes.append(node)
+    _node, first = _node_and_new_storesite(zk, cluster_name, tmp_path, processes)
     data = tmp_path / "s1"
-    first = StoresiteProcess("s1", data, zk, cluster_name, init=True)
-    processes.append(first)
     with StoresiteClient(first.wait_ready(), sid="s1") as client:
         for _ in range(30):
             client.register_atom(str(GUID.new("s1")), pb.AtomMeta(), TAD("n1", 1), os.urandom(6000))

@@ -12,10 +12,8 @@ huge declared lengths, a meta map with non-text keys).
 
 from __future__ import annotations
 
-import contextlib
 import pathlib
 import socket
-import ssl
 import struct
 import threading
 import time
@@ -37,6 +35,7 @@ from hermesx.rpc.frames import (
     encode_request,
 )
 from hermesx.rpc.wire import TLSIdentity
+from hermesx.testing.tls import MemoryTLS
 from hermesx.testing.wait import wait_until
 
 
@@ -192,28 +191,15 @@ def test_a_request_sent_with_the_tls_handshakes_last_flight_is_served(
     address = served.start("127.0.0.1:0")
     host, _, port = address.rpartition(":")
     context = security.ssl_client_context(tmp_path, "client")
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = context.wrap_bio(incoming, outgoing, server_hostname=security.TARGET_NAME)
     try:
         with socket.create_connection((host, int(port)), timeout=10) as sock:
-            while True:
-                try:
-                    tls.do_handshake()
-                    break
-                except ssl.SSLWantReadError:
-                    if pending := outgoing.read():
-                        sock.sendall(pending)
-                    incoming.write(sock.recv(65536))
+            client = MemoryTLS(context, sock, security.TARGET_NAME)
+            client.handshake()
             # The handshake's last flight and the first request leave in one write.
-            tls.write(encode_request(1, "echo", 10.0, b"hello"))
-            sock.sendall(outgoing.read())
+            sock.sendall(client.write(encode_request(1, "echo", 10.0, b"hello")))
             reader, frames = FrameReader(), []
             while not frames:
-                data = sock.recv(65536)
-                assert data, "the server closed the connection"
-                incoming.write(data)
-                with contextlib.suppress(ssl.SSLWantReadError):
-                    frames = reader.feed(tls.read(65536))
+                frames = reader.feed(client.read())
         assert frames == [Reply(1, b"hello")], frames
     finally:
         served.stop()

@@ -15,7 +15,6 @@ import contextlib
 import logging
 import pathlib
 import socket
-import ssl
 import struct
 import threading
 import time
@@ -215,38 +214,5 @@ def test_over_tls_roles_are_checked_per_kind(tmp_path: pathlib.Path) -> None:
             pool.connection(address).call("stage", b"", 5.0)
         assert pool.connection(address).call("echo", b"still", 5.0) == b"still"
         pool.close()
-    finally:
-        served.stop()
-
-
-def test_a_request_sent_with_the_handshakes_last_bytes_is_answered(tmp_path: pathlib.Path) -> None:
-    security.init_certs(tmp_path, "blue", {"n1": "node", "c1": "client"})
-    served = CallServer("node n1", workers=4, tls=TLSIdentity(tmp_path, "n1", "blue"))
-    served.register("echo", lambda call: call.body, "Supervisor/Invoke")
-    host, _, port = served.start("127.0.0.1:0").rpartition(":")
-    context = security.ssl_client_context(tmp_path, "c1")
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = context.wrap_bio(incoming, outgoing, server_hostname=security.TARGET_NAME)
-    try:
-        with socket.create_connection((host, int(port)), timeout=10) as sock:
-            while True:
-                try:
-                    tls.do_handshake()
-                    break
-                except ssl.SSLWantReadError:
-                    sock.sendall(outgoing.read())
-                    incoming.write(sock.recv(65536))
-            # Our last handshake flight and the request leave in one segment.
-            tls.write(encode_request(1, "echo", 5.0, b"early"))
-            sock.sendall(outgoing.read())
-            reader = FrameReader()
-            frames: list[object] = []
-            while not frames:
-                data = sock.recv(65536)
-                assert data, "the server closed the connection"
-                incoming.write(data)
-                with contextlib.suppress(ssl.SSLWantReadError):
-                    frames += reader.feed(tls.read(65536))
-        assert frames == [Reply(1, b"early")]
     finally:
         served.stop()

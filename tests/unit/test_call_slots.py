@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import pathlib
 import socket
-import ssl
 import struct
 import threading
 import time
@@ -28,6 +27,7 @@ from hermesx.rpc.callserver import Call, CallLimits, CallServer
 from hermesx.rpc.frames import Error, Frame, FrameReader, Reply, encode_request
 from hermesx.rpc.link import Link
 from hermesx.rpc.wire import TLSIdentity
+from hermesx.testing.tls import MemoryTLS
 from hermesx.testing.wait import wait_until
 
 LIMITS = CallLimits(max_connections=4, frame_s=1.0, evict_idle_s=0.3, first_frame_s=30.0)
@@ -212,23 +212,14 @@ def test_a_tls_record_cut_short_gives_up_its_slot(
     served.register("echo", lambda call: call.body, "Supervisor/Invoke")
     address = served.start("127.0.0.1:0")
     context = security.ssl_client_context(tmp_path, "client")
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = context.wrap_bio(incoming, outgoing, server_hostname=security.TARGET_NAME)
     pool = CallPool(TLSIdentity(tmp_path, "client", "slots"))
     try:
         with _connect(address) as sock:
-            while True:
-                try:
-                    tls.do_handshake()
-                    break
-                except ssl.SSLWantReadError:
-                    if pending := outgoing.read():
-                        sock.sendall(pending)
-                    incoming.write(sock.recv(65536))
-            if pending := outgoing.read():
+            client = MemoryTLS(context, sock, security.TARGET_NAME)
+            client.handshake()
+            if pending := client.pending():
                 sock.sendall(pending)
-            tls.write(encode_request(1, "echo", 10.0, b"x" * 1000))
-            record = outgoing.read()
+            record = client.write(encode_request(1, "echo", 10.0, b"x" * 1000))
             sock.sendall(record[: len(record) // 2])
             wait_until(lambda: served.connections == 1, 10.0, "the slot taken")
             time.sleep(limits.evict_idle_s + 0.2)

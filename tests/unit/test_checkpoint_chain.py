@@ -53,11 +53,9 @@ def _rest(guid: str, generation: int) -> AtomState:
     )
 
 
-def _register(store: AtomStore) -> tuple[str, int]:
-    """A new atom whose first checkpoint (generation 0) has chunk 0 full of zeros but
-    one byte; returns its GUID and that checkpoint's checksum."""
-    guid = str(GUID.new(SID))
-    state = AtomState(
+def _first_state(guid: str) -> AtomState:
+    """The state of an atom's first checkpoint: chunk 0 full of zeros but one byte."""
+    return AtomState(
         module_hash="ab" * 32,
         guid=guid,
         memory_size=MEMORY,
@@ -65,6 +63,13 @@ def _register(store: AtomStore) -> tuple[str, int]:
         globals=(("g", "i32", 0),),
         replies=(ReplyRecord("c/0", "", b"0", 1),),
     )
+
+
+def _register(store: AtomStore) -> tuple[str, int]:
+    """A new atom whose first checkpoint (generation 0) has chunk 0 full of zeros but
+    one byte; returns its GUID and that checkpoint's checksum."""
+    guid = str(GUID.new(SID))
+    state = _first_state(guid)
     snapshot = encode_state(state)
     checksum = snapshot_checksum(snapshot)
     meta = pb.AtomMeta(name="a", module_hash="ab" * 32)
@@ -214,14 +219,7 @@ def test_a_store_of_the_previous_format_opens_reads_and_takes_deltas(
     """A format-2 store: whole records only, atom records without window anchors."""
     with AtomStore(SID, data_dir, init=True) as store:
         guid, _ = _register(store)
-        state = AtomState(
-            module_hash="ab" * 32,
-            guid=guid,
-            memory_size=MEMORY,
-            memory=((0, b"\x01" + bytes(CHUNK - 1)),),
-            globals=(("g", "i32", 0),),
-            replies=(ReplyRecord("c/0", "", b"0", 1),),
-        )
+        state = _first_state(guid)
         for seq in range(1, 6):
             snapshot = encode_state(state)
             check = Provenance(checksum=snapshot_checksum(snapshot), generation=0)

@@ -7,6 +7,9 @@ table with one row per scenario (attempted / acknowledged / failed with a
 clear error / lost / executed twice) is printed and written as JSON to
 ``fault-summary.json`` in pytest's base temporary directory.
 
+Every test here is an integration test with a per-test timeout of
+``TIMEOUT_S`` unless its module marks another.
+
 The long soak runs only with ``--soak`` (or ``FAULT_SOAK=1`` when this
 conftest is not an initial one, e.g. ``pytest tests``): a ``HERMESX_*``
 variable would be refused by the node processes, which reject unknown ones.
@@ -17,18 +20,28 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from collections.abc import Callable
 from typing import Any
 
 import pytest
-from faultkit import Tally
+from faultkit import Report, Tally
 
 _TALLIES: list[Tally] = []
+TIMEOUT_S = 240
+HERE = pathlib.Path(__file__).parent
 SUMMARY_FILE = "fault-summary.json"
 
 
 def soak_enabled(config: pytest.Config) -> bool:
     return bool(config.getoption("soak", default=False)) or os.environ.get("FAULT_SOAK") == "1"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.parent != HERE:
+            continue
+        item.add_marker(pytest.mark.integration)
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(TIMEOUT_S))
 
 
 @pytest.fixture
@@ -39,7 +52,7 @@ def soak(request: pytest.FixtureRequest) -> bool:
 
 
 @pytest.fixture
-def report() -> Callable[[Tally], None]:
+def report() -> Report:
     """Record a scenario's tally for the summary table."""
     return _TALLIES.append
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import pathlib
 import queue
 import socket
 import threading
@@ -53,6 +54,49 @@ RAN_NOT_DURABLE = "call ran but checkpoint failed"
 
 # The harness's ``start_cluster`` fixture: (node names, zk=..., node_zk=...) -> cluster.
 ClusterStarter = Callable[..., LocalCluster]
+
+
+@contextlib.contextmanager
+def counter_cluster(
+    start_cluster: ClusterStarter,
+    counter: pathlib.Path,
+    nodes: Sequence[str] = ("n1", "n2"),
+    on: str = "n1",
+    **client_options: Any,
+) -> Iterator[tuple[LocalCluster, Client]]:
+    """The subject of most scenarios: a cluster of ``nodes``, a client of it
+    (``client_options`` go to :class:`Client`), and counter atom ``c`` on node ``on``,
+    checkpointed after every call."""
+    cluster = start_cluster(list(nodes))
+    with Client(cluster.zk, cluster.name, **client_options) as client:
+        client.create(counter, name="c", on=on, checkpoint="every-call")
+        yield cluster, client
+
+
+def storesite_address(client: Client, sid: str = "s1") -> str:
+    """The address storesite ``sid`` registered, "" while it is not registered."""
+    member = client.naming.storesites().get(sid)
+    return member.address if member is not None else ""
+
+
+def restart_storesite(
+    cluster: LocalCluster, client: Client, sid: str = "s1", down_for: float = 0.0
+) -> tuple[float, float]:
+    """kill -9 storesite ``sid``, leave it down ``down_for`` seconds, start it again and
+    wait until it registered; returns when it was killed and when it was back."""
+    old = storesite_address(client, sid)
+    cluster.kill(f"storesite-{sid}")
+    killed_at = time.monotonic()
+    if down_for:
+        time.sleep(down_for)  # the outage window: calls keep coming while it is down
+    cluster.start_storesite(sid)
+    # Its registration carries no pid: wait for the new address instead.
+    wait_until(
+        lambda: storesite_address(client, sid) not in ("", old),
+        60.0,
+        f"the restarted storesite {sid} to register",
+    )
+    return killed_at, time.monotonic()
 
 
 # ---------------------------------------------------------------- the proxy
@@ -220,6 +264,27 @@ class TcpProxy:
             self._listener.close()
         self._acceptor.join(timeout=2.0)
         self._close_all()
+
+
+@contextlib.contextmanager
+def counter_behind_zk_link(
+    start_cluster: ClusterStarter,
+    counter: pathlib.Path,
+    zk: str,
+    node: str,
+    session_timeout: float = 2.0,
+) -> Iterator[tuple[LocalCluster, TcpProxy, Client]]:
+    """Nodes n1-n3, of which ``node`` reaches ZooKeeper (``zk``) only through a proxy the
+    test can cut (the other parts reach it directly), a client, and counter atom ``c``
+    on ``node``, checkpointed after every call."""
+    with TcpProxy(zk) as zk_link:
+        nodes = ["n1", "n2", "n3"]
+        cluster = start_cluster(
+            nodes, session_timeout=session_timeout, node_zk={node: zk_link.address}
+        )
+        with Client(cluster.zk, cluster.name) as client:
+            client.create(counter, name="c", on=node, checkpoint="every-call")
+            yield cluster, zk_link, client
 
 
 # ---------------------------------------------------------------- the load
@@ -401,6 +466,16 @@ class LoadGenerator:
     def acks_since(self, t: float) -> int:
         return sum(1 for r in self.records if r.ok and r.started >= t)
 
+    def wait_recovered_elsewhere(self, node: str, n: int = 30) -> None:
+        """Wait until a node other than ``node`` answered a call (the storesite recovered
+        the atom there), then for ``n`` more acknowledged calls."""
+        wait_until(
+            lambda: any(r.ok and r.node != node for r in self.records),
+            60.0,
+            "the storesite to recover the atom on another node",
+        )
+        self.wait_acks(n, since=time.monotonic())
+
     def wait_acks(self, n: int, *, since: float = 0.0, timeout: float = 90.0) -> int:
         """Wait (bounded) until ``n`` calls that started at or after ``since`` were acknowledged."""
 
@@ -452,6 +527,10 @@ class Tally:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# The ``report`` fixture (conftest.py): records a scenario's tally for the summary table.
+Report = Callable[[Tally], None]
 
 
 def tally(scenario: str, records: Sequence[CallRecord], final: int | None, start: int = 0) -> Tally:
@@ -606,6 +685,39 @@ class CopyWatcher:
 
     def most_active(self) -> int:
         return max((len(r.active) for r in self.rounds), default=0)
+
+
+@dataclass(frozen=True, slots=True)
+class Fencing:
+    """What the load and a :class:`CopyWatcher` saw of a node cut from ZooKeeper whose
+    atom the storesite recovered elsewhere (docs/DESIGN.md §6)."""
+
+    notes: dict[str, Any]  # for the scenario's tally
+    # No call was answered, or even run, by the old copy once the recovered one answered.
+    old_started_before_first_new_answer: bool
+    ran_late_on_old: list[CallRecord]
+
+
+def fencing(
+    records: Sequence[CallRecord], node: str, cut_at: float, where: Any, watcher: CopyWatcher
+) -> Fencing:
+    """Judge the calls of a load on an atom of ``node``, cut at ``cut_at`` and recovered at
+    ``where`` (a locate reply)."""
+    old = [r for r in records if r.ok and r.node == node]
+    new = [r for r in records if r.ok and r.node != node]
+    first_new_end = min(r.ended for r in new)
+    ran_late_on_old = [
+        r for r in records if not r.ok and RAN_NOT_DURABLE in r.error and r.started > first_new_end
+    ]
+    notes = {
+        "recovered_on": f"{where.node}@{where.age}",
+        "last_old_answer_after_cut_s": round(max(r.ended for r in old) - cut_at, 2),
+        "first_new_answer_after_cut_s": round(first_new_end - cut_at, 2),
+        "probe_rounds": len(watcher.rounds),
+        "most_serving": watcher.most_serving(),
+        "most_holding": watcher.most_active(),
+    }
+    return Fencing(notes, max(r.started for r in old) < first_new_end, ran_late_on_old)
 
 
 # ---------------------------------------------------------------- misc

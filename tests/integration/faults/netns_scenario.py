@@ -44,9 +44,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from faultkit import (
-    RAN_NOT_DURABLE,
     CopyWatcher,
     LoadGenerator,
+    fencing,
     final_value,
     latency_ms,
     serves_here,
@@ -55,7 +55,6 @@ from faultkit import (
 
 from hermesx.client import Client
 from hermesx.local.cluster import LocalCluster, NodeSpec
-from hermesx.testing.wait import wait_until
 from nameservice.zookeeper import ZooKeeperServer, free_port
 
 log = logging.getLogger("netns_scenario")
@@ -178,12 +177,7 @@ def _partition(
                 f'ct original proto-dst {link_port} counter drop comment "zk-link"\n'
             )
             cut_at = time.monotonic()
-            wait_until(
-                lambda: any(r.ok and r.node != "n1" for r in load.records),
-                60.0,
-                "the storesite to recover the atom on another node",
-            )
-            load.wait_acks(30, since=time.monotonic())
+            load.wait_recovered_elsewhere("n1")
             # n1 is still up and reachable by clients (it answers), yet does not serve.
             facts["n1_serves_after_recovery"] = serves_here(watcher.stubs["n1"], guid)
         final = final_value(client, "c")
@@ -200,19 +194,9 @@ def _partition(
         facts["final_after_heal"] = final_value(client, "c")
     records = load.records
     t = tally("7 netns: node cut from ZooKeeper (nftables)", records, final)
-    old = [r for r in records if r.ok and r.node == "n1"]
-    new = [r for r in records if r.ok and r.node != "n1"]
-    first_new_end = min(r.ended for r in new)
-    ran_late_on_old = [
-        r for r in records if not r.ok and RAN_NOT_DURABLE in r.error and r.started > first_new_end
-    ]
+    fenced = fencing(records, "n1", cut_at, where, watcher)
     t.notes.update(
-        recovered_on=f"{where.node}@{where.age}",
-        last_old_answer_after_cut_s=round(max(r.ended for r in old) - cut_at, 2),
-        first_new_answer_after_cut_s=round(first_new_end - cut_at, 2),
-        probe_rounds=len(watcher.rounds),
-        most_serving=watcher.most_serving(),
-        most_holding=watcher.most_active(),
+        fenced.notes,
         dropped_packets=facts["dropped_packets"],
         rejoined_after_heal_s=facts["rejoined_after_heal_s"],
     )
@@ -223,8 +207,8 @@ def _partition(
         probe_rounds=len(watcher.rounds),
         most_serving=watcher.most_serving(),
         two_serving_rounds=[list(r.serving) for r in watcher.rounds if len(r.serving) > 1][:3],
-        old_started_before_first_new_answer=max(r.started for r in old) < first_new_end,
-        ran_late_on_old=len(ran_late_on_old),
+        old_started_before_first_new_answer=fenced.old_started_before_first_new_answer,
+        ran_late_on_old=len(fenced.ran_late_on_old),
         n1_after_heal_active=list(n1_after_heal.active),
         n1_after_heal_serving=list(n1_after_heal.serving),
     )
@@ -256,7 +240,7 @@ def _loss(
         with load:
             load.wait_acks(20)
             clean_from = time.monotonic()
-            time.sleep(3.0)  # a deliberate window: calls over clean links, the baseline
+            time.sleep(2.0)  # a deliberate window: calls over clean links, the baseline
             # Both directions of both links: requests and replies, node <-> storesite.
             rules = "".join(
                 f"add rule inet {TABLE} faults tcp {way} {port} "
@@ -266,7 +250,9 @@ def _loss(
             )
             nft(rules)
             lossy_from = time.monotonic()
-            time.sleep(8.0)  # the deliberate window of loss
+            # The deliberate window of loss: at 10 % tens of packets are dropped
+            # on each link while the calls go on.
+            time.sleep(4.0)
             counts = nft_counters()
             heal()
             healed_at = time.monotonic()

@@ -13,34 +13,20 @@ from __future__ import annotations
 import pathlib
 
 import pytest
-from faultkit import ClusterStarter
-from test_checkpoint_faults import (
-    _flip_a_bit_of_latest_checkpoint,
-    _restart_storesite,
-    _stop_storesite,
-)
+from faultkit import ClusterStarter, counter_cluster
+from test_checkpoint_faults import _damaged_after
 
-from hermesx.client import Client
 from hermesx.core import codec
 from hermesx.core.errors import CheckpointDamagedError
 from hermesx.rpc.proto import hermesx_pb2 as pb
-from nameservice.zookeeper import ZooKeeperServer
-
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 
 def test_a_flipped_bit_in_an_older_record_of_the_chain_fails_recovery_naming_the_atom(
-    start_cluster: ClusterStarter, zk_server: ZooKeeperServer, atoms: dict[str, pathlib.Path]
+    start_cluster: ClusterStarter, atoms: dict[str, pathlib.Path]
 ) -> None:
-    cluster = start_cluster(["n1", "n2"], zk=zk_server.connect_string, session_timeout=2.0)
-    with Client(cluster.zk, cluster.name) as client:
-        guid = client.create(atoms["counter"], name="c", on="n1", checkpoint="every-call")
-        for _ in range(12):
-            client.atom("c").incr(1)
+    with counter_cluster(start_cluster, atoms["counter"]) as (cluster, client):
         # Slots 2..13 are deltas on slot 1; slot 5 is composed into every kept one (10..13).
-        _stop_storesite(cluster)
-        _flip_a_bit_of_latest_checkpoint(cluster, guid, 5)
-        _restart_storesite(cluster, client)
+        guid = _damaged_after(cluster, client, 12, 5)
         cluster.kill("node-n1")
         with pytest.raises(CheckpointDamagedError) as info:
             client.invoke("c", "get", codec.pack(None), timeout=30)

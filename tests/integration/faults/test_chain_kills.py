@@ -17,53 +17,27 @@ import threading
 import time
 
 import pytest
-from faultkit import ClusterStarter
-from test_exactly_once import App, _address
+from faultkit import ClusterStarter, counter_cluster, restart_storesite
+from test_exactly_once import App, Apps
 
 from hermesx.client import Client
 from hermesx.rpc.storesite_client import StoresiteClient
-from hermesx.testing.wait import wait_until
-from nameservice.zookeeper import ZooKeeperServer
 from storesite.chain import MAX_CHAIN
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = pytest.mark.timeout(300)
 
 
 def test_storesite_kills_across_chain_cuts_then_a_node_kill_lose_and_double_nothing(
-    start_cluster: ClusterStarter, zk_server: ZooKeeperServer, atoms: dict[str, pathlib.Path]
+    start_cluster: ClusterStarter, atoms: dict[str, pathlib.Path]
 ) -> None:
-    cluster = start_cluster(["n1", "n2"], zk=zk_server.connect_string, session_timeout=2.0)
-    with Client(cluster.zk, cluster.name) as admin:
-        admin.create(atoms["counter"], name="c", on="n1", checkpoint="every-call")
-        clients = [Client(cluster.zk, cluster.name, timeout=1.5) for _ in range(3)]
-        apps = [App(c, "c") for c in clients]
-        threads = [threading.Thread(target=a.run, name=f"app-{i}") for i, a in enumerate(apps)]
-        try:
-            for t in threads:
-                t.start()
+    with counter_cluster(start_cluster, atoms["counter"]) as (cluster, admin):
+        with Apps(cluster, "c") as apps:
             for _ in range(4):
-                goal = sum(a.acks() for a in apps) + MAX_CHAIN // 2 + random.randrange(MAX_CHAIN)
-                wait_until(lambda g=goal: sum(a.acks() for a in apps) >= g, 120.0, "increments")
-                old = _address(admin, "s1")
-                cluster.kill("storesite-s1")
-                cluster.start_storesite("s1")
-                wait_until(
-                    lambda o=old: _address(admin, "s1") not in ("", o),
-                    60.0,
-                    "the restarted storesite to register",
-                )
-            goal = sum(a.acks() for a in apps) + 20
-            wait_until(lambda: sum(a.acks() for a in apps) >= goal, 120.0, "20 more increments")
-        finally:
-            for a in apps:
-                a.stop.set()
-            for t in threads:
-                t.join(timeout=120.0)
-            for c in clients:
-                c.close()
-        failures = [f for a in apps for f in a.failures]
-        assert not failures, failures[:3]
-        values = sorted(v for a in apps for v in a.values)
+                apps.wait_more(MAX_CHAIN // 2 + random.randrange(MAX_CHAIN), 120.0)
+                restart_storesite(cluster, admin)
+            apps.wait_more(20, 120.0)
+        assert not apps.failures, apps.failures[:3]
+        values = apps.values
         assert len(values) > 2 * MAX_CHAIN
         cluster.kill("node-n1")
         # Every increment the apps saw acknowledged, applied once, nothing else.
@@ -79,14 +53,12 @@ def _deltas_written(client: Client) -> int:
 
 
 def test_a_kill_9_of_the_storesite_at_a_chain_cut_loses_and_doubles_nothing(
-    start_cluster: ClusterStarter, zk_server: ZooKeeperServer, atoms: dict[str, pathlib.Path]
+    start_cluster: ClusterStarter, atoms: dict[str, pathlib.Path]
 ) -> None:
     """The call whose checkpoint cuts the chain (the 65th delta on one anchor) is
     under way when the storesite is killed, three times over: its retry by request
     id settles it once, and a node kill after recovers every acknowledged call."""
-    cluster = start_cluster(["n1", "n2"], zk=zk_server.connect_string, session_timeout=2.0)
-    with Client(cluster.zk, cluster.name, timeout=1.5) as client:
-        client.create(atoms["counter"], name="c", on="n1", checkpoint="every-call")
+    with counter_cluster(start_cluster, atoms["counter"], timeout=1.5) as (cluster, client):
         app = App(client, "c")
         expected = 0
         for _ in range(3):
@@ -100,14 +72,7 @@ def test_a_kill_9_of_the_storesite_at_a_chain_cut_loses_and_doubles_nothing(
             cutting = threading.Thread(target=app.run_once)
             cutting.start()
             time.sleep(random.uniform(0.0, 0.01))
-            old = _address(client, "s1")
-            cluster.kill("storesite-s1")
-            cluster.start_storesite("s1")
-            wait_until(
-                lambda o=old: _address(client, "s1") not in ("", o),
-                60.0,
-                "the restarted storesite to register",
-            )
+            restart_storesite(cluster, client)
             cutting.join(120)
             assert not app.failures, app.failures
             assert app.values[-1] == expected

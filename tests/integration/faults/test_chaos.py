@@ -1,7 +1,8 @@
 """The acceptance chaos test of issue 11: every promise holds under faults nobody scripted.
 
 Six client threads (two per atom, three counter atoms, checkpoints after
-every call) call ``incr(1)`` for ``FAULT_CHAOS_SECONDS`` (default 60) on a
+every call) call ``incr(1)`` for ``FAULT_CHAOS_SECONDS`` (default 30), and
+on until every kind of fault below ran at least ``MIN_EACH`` times, on a
 real cluster (real ZooKeeper, four nodes, two storesites) while a driver,
 seeded by ``FAULT_CHAOS_SEED`` (printed; random when unset), does at random:
 
@@ -49,6 +50,7 @@ from faultkit import (
     RAN_NOT_DURABLE,
     ClusterStarter,
     LoadGenerator,
+    Report,
     Tally,
     _client_tls,
     as_int,
@@ -64,13 +66,24 @@ from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.roles import TEST_CERT_NAME
 from hermesx.rpc.wire import open_channel
 from hermesx.testing.wait import wait_until
-from nameservice.zookeeper import ZooKeeperServer
 
-SECONDS = float(os.environ.get("FAULT_CHAOS_SECONDS", "60"))
+SECONDS = float(os.environ.get("FAULT_CHAOS_SECONDS", "30"))
 _SEED_TEXT = os.environ.get("FAULT_CHAOS_SEED", "")
 SEED = int(_SEED_TEXT) if _SEED_TEXT else random.SystemRandom().randrange(2**31)
 
 FAULT_KINDS = ("kill node", "pause node", "kill storesite", "migrate", "passivate", "move home")
+# The mix: cards of each kind in one shuffled deck the driver deals from, so a
+# short run gets through every kind in its share (independent draws would
+# leave a rare kind out of a 30 s run about one time in three).
+DECK = {
+    "kill node": 4,
+    "pause node": 4,
+    "kill storesite": 2,
+    "migrate": 6,
+    "passivate": 3,
+    "move home": 3,
+}
+MIN_EACH = 2  # every kind at least this often in a run, else the run goes on (bounded)
 # FAULT_CHAOS_FAULTS="kill node,migrate" limits the driver to those kinds (to isolate a breakage).
 FAULTS = tuple(
     f.strip() for f in os.environ.get("FAULT_CHAOS_FAULTS", ",".join(FAULT_KINDS)).split(",")
@@ -87,9 +100,7 @@ MAX_FAULTY_NODES = 2  # of four: two always live, so atoms have somewhere to go
 RECOVERY_S = 30.0  # after the last fault is undone, every atom serves again within this
 MAX_ADMIN_OPS = 4  # migrations, passivations, home moves running at once
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(SECONDS + 300)]
-
-Report = Callable[[Tally], None]
+pytestmark = pytest.mark.timeout(3 * SECONDS + 300)
 
 
 @dataclass
@@ -325,6 +336,7 @@ class Driver:
         self.admin: list[threading.Thread] = []
         self.admin_outcomes: list[tuple[str, str, str]] = []  # (op, kind or "ok", message)
         self.counts: dict[str, int] = {}
+        self.deck: list[str] = []  # cards not dealt yet, next first
 
     # -------------------------------------------------------- undo
 
@@ -372,18 +384,17 @@ class Driver:
         now = time.monotonic()
         self.undo_due(now)
         self.admin = [t for t in self.admin if t.is_alive()]
-        choices: list[tuple[str, float]] = []
+        possible = set()
         faulty = len(self.killed) + len(self.paused)
         if faulty < MAX_FAULTY_NODES:
-            choices += [("kill node", 2.0), ("pause node", 2.0)]
+            possible |= {"kill node", "pause node"}
         if not self.sites_down:
-            choices.append(("kill storesite", 1.0))
+            possible.add("kill storesite")
         if len(self.admin) < MAX_ADMIN_OPS:
-            choices += [("migrate", 3.0), ("passivate", 1.5), ("move home", 1.5)]
-        choices = [(c, w) for c, w in choices if c in FAULTS]
-        if not choices:
+            possible |= {"migrate", "passivate", "move home"}
+        action = self._deal(possible & set(FAULTS))
+        if action is None:
             return
-        action = self.rng.choices([c for c, _ in choices], [w for _, w in choices])[0]
         self.counts[action] = self.counts.get(action, 0) + 1
         if action == "kill node":
             node = self._victim()
@@ -422,6 +433,21 @@ class Driver:
             thread = threading.Thread(target=op, name=f"admin-{action}", daemon=True)
             thread.start()
             self.admin.append(thread)
+
+    def _deal(self, possible: set[str]) -> str | None:
+        """The next card of the deck that can be played now (the others keep their place);
+        a new shuffled deck when none is left."""
+        if not self.deck:
+            self.deck = [kind for kind in FAULTS for _ in range(DECK[kind])]
+            self.rng.shuffle(self.deck)
+        for i, kind in enumerate(self.deck):
+            if kind in possible:
+                return self.deck.pop(i)
+        return None
+
+    def short_of(self) -> list[str]:
+        """The kinds of fault dealt fewer than MIN_EACH times so far."""
+        return [kind for kind in FAULTS if self.counts.get(kind, 0) < MIN_EACH]
 
     # -------------------------------------------------------- admin operations
 
@@ -548,7 +574,6 @@ def _final(client: Client, atom: str, deadline: float) -> tuple[int | None, str]
 
 def test_chaos(
     start_cluster: ClusterStarter,
-    zk_server: ZooKeeperServer,
     atoms: dict[str, pathlib.Path],
     report: Report,
     tmp_path: pathlib.Path,
@@ -560,9 +585,7 @@ def test_chaos(
         f"{SECONDS:.0f}s, faults: {', '.join(FAULTS)}"
     )
     rng = random.Random(SEED)
-    cluster = start_cluster(
-        list(NODES), zk=zk_server.connect_string, session_timeout=SESSION_S, storesites=STORESITES
-    )
+    cluster = start_cluster(list(NODES), session_timeout=SESSION_S, storesites=STORESITES)
     with Client(cluster.zk, cluster.name) as client:
         guids = {
             atom: client.create(
@@ -590,11 +613,15 @@ def test_chaos(
                 load.wait_acks(5, timeout=60.0)
             log.t0 = time.monotonic()
             with CopySampler(cluster, client, guids, log, driver.hosts) as sampler:
-                chaos_end = time.monotonic() + SECONDS
-                while time.monotonic() < chaos_end:
+                started = time.monotonic()
+                # SECONDS at least; then on until every kind ran MIN_EACH times (bounded).
+                while (elapsed := time.monotonic() - started) < SECONDS or (
+                    driver.short_of() and elapsed < 3 * SECONDS
+                ):
                     driver.step()
                     time.sleep(rng.uniform(0.4, 1.6))  # pacing: the next fault's time
-                log.add("chaos ends", "undoing every fault")
+                seconds = round(time.monotonic() - started, 1)
+                log.add("chaos ends", f"after {seconds}s, undoing every fault")
                 stuck_ops = driver.finish()
                 if stuck_ops:
                     log.add("STUCK", f"admin operations still running: {stuck_ops}")
@@ -659,7 +686,7 @@ def test_chaos(
     may_have_run = [r for r in failed if r.error_kind not in NOT_EXECUTED_KINDS]
     total.notes.update(
         seed=SEED,
-        seconds=SECONDS,
+        seconds=seconds,
         two_serving_copies=len(sampler.serving_twice),
         two_holders=len(sampler.found),
         sampler_rounds=sampler.rounds,
@@ -697,6 +724,8 @@ def test_chaos(
         broken.append(f"atoms that did not serve again: {recovery}")
     if stuck_ops:
         broken.append(f"admin operations that never ended: {stuck_ops}")
+    if driver.short_of():
+        broken.append(f"kinds of fault run fewer than {MIN_EACH} times: {driver.counts}")
     if total.notes["load_thread_errors"]:
         broken.append(f"load threads crashed: {total.notes['load_thread_errors']}")
     assert not broken, f"seed {SEED}: " + "; ".join(broken) + "\n" + summary

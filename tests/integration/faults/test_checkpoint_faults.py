@@ -20,7 +20,7 @@ import time
 import lmdb
 import msgpack
 import pytest
-from faultkit import ClusterStarter
+from faultkit import ClusterStarter, counter_cluster
 
 from hermesx.client import Client
 from hermesx.core import codec
@@ -30,9 +30,6 @@ from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.roles import TEST_CERT_NAME
 from hermesx.testing.clusters import part_log, wait_for_log
 from hermesx.testing.wait import wait_until
-from nameservice.zookeeper import ZooKeeperServer
-
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 
 def _store_dir(cluster: LocalCluster) -> pathlib.Path:
@@ -93,10 +90,29 @@ def _flip_a_bit_of_latest_checkpoint(
     assert flipped >= 1
 
 
+def _damage(cluster: LocalCluster, client: Client, guid: str, number: int | None = None) -> None:
+    """Stop the storesite, flip a bit of the latest checkpoint of ``guid`` (or slot
+    ``number``) on disk, and start the storesite again."""
+    _stop_storesite(cluster)
+    _flip_a_bit_of_latest_checkpoint(cluster, guid, number)
+    _restart_storesite(cluster, client)
+
+
+def _damaged_after(
+    cluster: LocalCluster, client: Client, calls: int, number: int | None = None
+) -> str:
+    """Counter ``c`` after ``calls`` increments, then damaged as :func:`_damage` does; its GUID."""
+    for _ in range(calls):
+        client.atom("c").incr(1)
+    guid = client.guid_of("c")
+    _damage(cluster, client, guid, number)
+    return guid
+
+
 def test_an_older_snapshot_never_replaces_a_newer_acknowledged_one(
-    start_cluster: ClusterStarter, zk_server: ZooKeeperServer, atoms: dict[str, pathlib.Path]
+    start_cluster: ClusterStarter, atoms: dict[str, pathlib.Path]
 ) -> None:
-    cluster = start_cluster(["n1", "n2"], zk=zk_server.connect_string, session_timeout=2.0)
+    cluster = start_cluster(["n1", "n2"])
     # The test certificate: it may also call the test hooks.
     with Client(cluster.zk, cluster.name, cert=TEST_CERT_NAME) as client:
         client.create(atoms["counter"], name="c", on="n1", checkpoint="every-call")
@@ -119,16 +135,10 @@ def test_an_older_snapshot_never_replaces_a_newer_acknowledged_one(
 
 
 def test_a_flipped_bit_in_the_latest_acknowledged_checkpoint_is_never_restored(
-    start_cluster: ClusterStarter, zk_server: ZooKeeperServer, atoms: dict[str, pathlib.Path]
+    start_cluster: ClusterStarter, atoms: dict[str, pathlib.Path]
 ) -> None:
-    cluster = start_cluster(["n1", "n2"], zk=zk_server.connect_string, session_timeout=2.0)
-    with Client(cluster.zk, cluster.name) as client:
-        guid = client.create(atoms["counter"], name="c", on="n1", checkpoint="every-call")
-        for _ in range(12):
-            client.atom("c").incr(1)
-        _stop_storesite(cluster)
-        _flip_a_bit_of_latest_checkpoint(cluster, guid)
-        _restart_storesite(cluster, client)
+    with counter_cluster(start_cluster, atoms["counter"]) as (cluster, client):
+        guid = _damaged_after(cluster, client, 12)
         # The node dies: the storesite must recover the atom from its checkpoint.
         cluster.kill("node-n1")
         started = time.monotonic()
@@ -149,18 +159,16 @@ def test_a_flipped_bit_in_the_latest_acknowledged_checkpoint_is_never_restored(
 
 
 def test_a_damaged_checkpoint_falls_back_to_an_equal_good_one(
-    start_cluster: ClusterStarter, zk_server: ZooKeeperServer, atoms: dict[str, pathlib.Path]
+    start_cluster: ClusterStarter, atoms: dict[str, pathlib.Path]
 ) -> None:
-    cluster = start_cluster(["n1"], zk=zk_server.connect_string, session_timeout=2.0)
+    cluster = start_cluster(["n1"])
     with Client(cluster.zk, cluster.name) as client:
         guid = client.create(atoms["counter"], name="c", on="n1", checkpoint="every-call")
         for _ in range(12):
             client.atom("c").incr(1)
         # Passivation writes the same state once more as the latest checkpoint.
         client.passivate("c")
-        _stop_storesite(cluster)
-        _flip_a_bit_of_latest_checkpoint(cluster, guid)
-        _restart_storesite(cluster, client)
+        _damage(cluster, client, guid)
         # Activation restores the previous checkpoint: it holds every acknowledged call.
         assert client.atom("c").incr(1) == 13
         log = part_log(cluster, "storesite-s1")
@@ -169,9 +177,9 @@ def test_a_damaged_checkpoint_falls_back_to_an_equal_good_one(
 
 
 def test_a_truncated_store_or_a_deleted_data_dir_stops_the_storesite_with_one_line(
-    start_cluster: ClusterStarter, zk_server: ZooKeeperServer, atoms: dict[str, pathlib.Path]
+    start_cluster: ClusterStarter, atoms: dict[str, pathlib.Path]
 ) -> None:
-    cluster = start_cluster(["n1"], zk=zk_server.connect_string, session_timeout=2.0)
+    cluster = start_cluster(["n1"])
     with Client(cluster.zk, cluster.name) as client:
         for i in range(20):
             client.create(atoms["counter"], name=f"c{i}", on="n1", checkpoint="every-call")
@@ -183,7 +191,7 @@ def test_a_truncated_store_or_a_deleted_data_dir_stops_the_storesite_with_one_li
     with open(data_file, "r+b") as f:
         f.truncate(size // 2)
     with pytest.raises(UnreachableError) as info:
-        cluster.up([NodeSpec("n1")], zk=zk_server.connect_string)
+        cluster.up([NodeSpec("n1")], zk=cluster.zk)
     assert (
         f"error: storesite s1: store {data_file} is damaged: it is {size // 2} bytes "
         f"but its pages run to {size} bytes (truncated); move it away and start with --init "
@@ -195,7 +203,7 @@ def test_a_truncated_store_or_a_deleted_data_dir_stops_the_storesite_with_one_li
     # Deleted: `hermesx up` on this cluster's data never starts an empty storesite.
     shutil.rmtree(_store_dir(cluster))
     with pytest.raises(UnreachableError) as info:
-        cluster.up([NodeSpec("n1")], zk=zk_server.connect_string)
+        cluster.up([NodeSpec("n1")], zk=cluster.zk)
     assert (
         f"error: storesite s1: data dir {_store_dir(cluster)} does not exist; "
         "start with --init to create a new one"
@@ -203,23 +211,17 @@ def test_a_truncated_store_or_a_deleted_data_dir_stops_the_storesite_with_one_li
     assert not _store_dir(cluster).exists()
 
     # Asked for explicitly, a new store is made, and the cluster works.
-    cluster.up([NodeSpec("n1")], zk=zk_server.connect_string, init_stores=True)
+    cluster.up([NodeSpec("n1")], zk=cluster.zk, init_stores=True)
     with Client(cluster.zk, cluster.name) as client:
         client.create(atoms["counter"], name="again", on="n1", checkpoint="every-call")
         assert client.atom("again").incr(2) == 2
 
 
 def test_a_delta_on_a_damaged_base_is_refused_and_the_whole_state_is_sent(
-    start_cluster: ClusterStarter, zk_server: ZooKeeperServer, atoms: dict[str, pathlib.Path]
+    start_cluster: ClusterStarter, atoms: dict[str, pathlib.Path]
 ) -> None:
-    cluster = start_cluster(["n1", "n2"], zk=zk_server.connect_string, session_timeout=2.0)
-    with Client(cluster.zk, cluster.name) as client:
-        guid = client.create(atoms["counter"], name="c", on="n1", checkpoint="every-call")
-        for _ in range(5):
-            client.atom("c").incr(1)
-        _stop_storesite(cluster)
-        _flip_a_bit_of_latest_checkpoint(cluster, guid)
-        _restart_storesite(cluster, client)
+    with counter_cluster(start_cluster, atoms["counter"]) as (cluster, client):
+        guid = _damaged_after(cluster, client, 5)
         # n1 still holds the atom: its next checkpoint is a delta on the damaged one.
         assert client.atom("c").incr(1) == 6
         log = part_log(cluster, "storesite-s1")

@@ -17,17 +17,16 @@ import json
 import os
 import pathlib
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from faultkit import Tally, assert_nothing_lost
+from faultkit import Report, Tally, assert_nothing_lost
 
 from hermesx.testing.hosts import HostNetwork, host_network_missing
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.timeout(600)
 
-Report = Callable[[Tally], None]
 SCENARIO = pathlib.Path(__file__).with_name("crosshost_scenario.py")
 
 

@@ -16,21 +16,24 @@ import pathlib
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import pytest
-from faultkit import ClusterStarter, LoadGenerator, Tally, assert_nothing_lost, final_value, tally
+from faultkit import (
+    ClusterStarter,
+    LoadGenerator,
+    Report,
+    Tally,
+    assert_nothing_lost,
+    counter_cluster,
+    final_value,
+    tally,
+)
 
 from hermesx.client import Client
 from hermesx.core.errors import UnreachableError
 from hermesx.local.cluster import LocalCluster, NodeSpec
 from hermesx.testing.clusters import part_log
-from nameservice.zookeeper import ZooKeeperServer
-
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
-
-Report = Callable[[Tally], None]
 
 
 def _cli(cluster: LocalCluster, *argv: str) -> Any:
@@ -54,12 +57,11 @@ def _no_call_failed(t: Tally) -> None:
 
 def test_drain_moves_every_atom_honouring_tags_and_no_call_fails(
     start_cluster: ClusterStarter,
-    zk_server: ZooKeeperServer,
     atoms: dict[str, pathlib.Path],
     report: Report,
 ) -> None:
     specs = [NodeSpec("n1", ("gpu",)), NodeSpec("n2"), NodeSpec("n3", ("gpu",))]
-    cluster = start_cluster(specs, zk=zk_server.connect_string, session_timeout=2.0)
+    cluster = start_cluster(specs)
     with Client(cluster.zk, cluster.name) as client:
         client.create(atoms["counter"], name="c", on="n1", checkpoint="every-call")
         client.create(atoms["counter"], name="g", on="n1", tags=["gpu"])
@@ -92,13 +94,10 @@ def test_drain_moves_every_atom_honouring_tags_and_no_call_fails(
 
 def test_sigterm_drains_the_node_then_it_exits(
     start_cluster: ClusterStarter,
-    zk_server: ZooKeeperServer,
     atoms: dict[str, pathlib.Path],
     report: Report,
 ) -> None:
-    cluster = start_cluster(["n1", "n2"], zk=zk_server.connect_string, session_timeout=2.0)
-    with Client(cluster.zk, cluster.name) as client:
-        client.create(atoms["counter"], name="c", on="n1", checkpoint="every-call")
+    with counter_cluster(start_cluster, atoms["counter"]) as (cluster, client):
         first = client.locate("c")
         load = LoadGenerator(client.address.zk, client.address.cluster, "c", settle=False)
         with load:

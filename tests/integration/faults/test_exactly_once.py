@@ -20,7 +20,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -28,20 +27,19 @@ from faultkit import (
     CallRecord,
     ClusterStarter,
     LoadGenerator,
-    Tally,
+    Report,
     assert_nothing_lost,
+    counter_cluster,
     final_value,
+    restart_storesite,
+    storesite_address,
     tally,
 )
 
 from hermesx.client import Client
 from hermesx.core.errors import HermesError, OutcomeUnknownError, RequestExpiredError
+from hermesx.local.cluster import LocalCluster
 from hermesx.testing.wait import wait_until
-from nameservice.zookeeper import ZooKeeperServer
-
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
-
-Report = Callable[[Tally], None]
 
 
 @dataclass
@@ -98,72 +96,87 @@ class App:
             return len(self.values)
 
 
+class Apps:
+    """Applications on a client each (deadlines of ``timeout`` s), incrementing ``target``
+    on threads of their own from entry to exit."""
+
+    def __init__(self, cluster: LocalCluster, target: str, n: int = 3, timeout: float = 1.5):
+        self.clients = [Client(cluster.zk, cluster.name, timeout=timeout) for _ in range(n)]
+        self.apps = [App(c, target) for c in self.clients]
+        self.threads = [
+            threading.Thread(target=a.run, name=f"app-{i}") for i, a in enumerate(self.apps)
+        ]
+
+    def __enter__(self) -> Apps:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for a in self.apps:
+            a.stop.set()
+        for t in self.threads:
+            t.join(timeout=120.0)
+        for c in self.clients:
+            c.close()
+
+    def acks(self) -> int:
+        return sum(a.acks() for a in self.apps)
+
+    def wait_more(self, n: int, timeout: float = 60.0) -> None:
+        """Wait until the applications saw ``n`` more increments acknowledged."""
+        goal = self.acks() + n
+        wait_until(lambda: self.acks() >= goal, timeout, f"{n} more increments")
+
+    @property
+    def values(self) -> list[int]:
+        """Every value an increment returned, sorted."""
+        return sorted(v for a in self.apps for v in a.values)
+
+    @property
+    def failures(self) -> list[str]:
+        return [f for a in self.apps for f in a.failures]
+
+    @property
+    def stuck(self) -> bool:
+        return any(t.is_alive() for t in self.threads)
+
+
 def test_app_retry_loop_counts_exactly_through_a_storesite_kill(
     start_cluster: ClusterStarter,
-    zk_server: ZooKeeperServer,
     atoms: dict[str, pathlib.Path],
     report: Report,
 ) -> None:
-    cluster = start_cluster(["n1", "n2"], zk=zk_server.connect_string, session_timeout=2.0)
-    with Client(cluster.zk, cluster.name) as admin:
-        admin.create(atoms["counter"], name="c", on="n1", checkpoint="every-call")
-        old_address = admin.naming.storesites()["s1"].address
+    with counter_cluster(start_cluster, atoms["counter"]) as (cluster, admin):
         # Short deadlines, so calls during the outage end outcome_unknown and the apps retry.
-        clients = [Client(cluster.zk, cluster.name, timeout=1.5) for _ in range(3)]
-        apps = [App(c, "c") for c in clients]
-        threads = [threading.Thread(target=a.run, name=f"app-{i}") for i, a in enumerate(apps)]
-        try:
-            for t in threads:
-                t.start()
-            wait_until(lambda: sum(a.acks() for a in apps) >= 30, 60.0, "30 increments")
-            cluster.kill("storesite-s1")
-            time.sleep(3.0)  # the outage: every-call checkpoints cannot be made
-            cluster.start_storesite("s1")
-            wait_until(
-                lambda: _address(admin, "s1") not in ("", old_address),
-                60.0,
-                "the restarted storesite to register",
-            )
-            back = sum(a.acks() for a in apps)
-            wait_until(lambda: sum(a.acks() for a in apps) >= back + 30, 60.0, "30 more increments")
-        finally:
-            for a in apps:
-                a.stop.set()
-            for t in threads:
-                t.join(timeout=120.0)
-            for c in clients:
-                c.close()
+        with Apps(cluster, "c") as apps:
+            apps.wait_more(30)
+            # The outage: every-call checkpoints cannot be made.
+            restart_storesite(cluster, admin, down_for=3.0)
+            apps.wait_more(30)
         final = final_value(admin, "c")
-    values = sorted(v for a in apps for v in a.values)
-    unknown = sum(a.unknown for a in apps)
-    failures = [f for a in apps for f in a.failures]
-    acked = [
-        CallRecord("", 0.0, 0.0, v, "", 0, "", "", True, False) for a in apps for v in a.values
-    ]
+    values = apps.values
+    unknown = sum(a.unknown for a in apps.apps)
+    failures = apps.failures
+    acked = [CallRecord("", 0.0, 0.0, v, "", 0, "", "", True, False) for v in values]
     t = tally("item 7: app retries by request id through a storesite kill", acked, final)
     t.notes.update(outcome_unknown_retried=unknown)
     report(t)
     assert_nothing_lost(t)
     assert not failures, failures[:3]
-    assert not any(t.is_alive() for t in threads)
+    assert not apps.stuck
     # Each increment the apps believe succeeded was applied once, and nothing else was.
     assert final == len(values), (final, len(values))
     assert values == list(range(1, final + 1)), values
     assert unknown > 0, "no call ended outcome_unknown: the outage was not exercised"
 
 
-def _address(client: Client, sid: str) -> str:
-    member = client.naming.storesites().get(sid)
-    return member.address if member is not None else ""
-
-
 def test_home_moves_under_load_fail_no_call(
     start_cluster: ClusterStarter,
-    zk_server: ZooKeeperServer,
     atoms: dict[str, pathlib.Path],
     report: Report,
 ) -> None:
-    cluster = start_cluster(["n1", "n2"], zk=zk_server.connect_string, session_timeout=2.0)
+    cluster = start_cluster(["n1", "n2"])
     cluster.start_storesite("s2", init=True)
     cluster.wait_registered()
     env = {**os.environ, "HERMESX_ZK": cluster.zk, "HERMESX_CLUSTER": cluster.name}
@@ -179,14 +192,19 @@ def test_home_moves_under_load_fail_no_call(
             home = client.locate("c").storesite
             other = "s2" if home == "s1" else "s1"
             for destination in [other, home] * 4:
-                proc = subprocess.run(
-                    [sys.executable, "-m", "hermesx", "storesite", "move", "c", destination],
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    timeout=120,
-                )
-                assert proc.returncode == 0, proc.stderr
+                if moves == 0:
+                    # The first by the CLI; the others by the API it calls (the same
+                    # move, without a new interpreter each time).
+                    proc = subprocess.run(
+                        [sys.executable, "-m", "hermesx", "storesite", "move", "c", destination],
+                        env=env,
+                        capture_output=True,
+                        text=True,
+                        timeout=120,
+                    )
+                    assert proc.returncode == 0, proc.stderr
+                else:
+                    client.move_home("c", destination)
                 moves += 1
                 assert client.locate("c").storesite == destination
                 load.wait_acks(10, since=time.monotonic())
@@ -204,10 +222,9 @@ def test_home_moves_under_load_fail_no_call(
 
 def test_a_retry_past_the_reply_window_is_refused_through_moves_and_recoveries(
     start_cluster: ClusterStarter,
-    zk_server: ZooKeeperServer,
     atoms: dict[str, pathlib.Path],
 ) -> None:
-    cluster = start_cluster(["n1", "n2", "n3"], zk=zk_server.connect_string, session_timeout=2.0)
+    cluster = start_cluster(["n1", "n2", "n3"])
     env = {**os.environ, "HERMESX_ZK": cluster.zk, "HERMESX_CLUSTER": cluster.name}
     argv = ["create", str(atoms["counter"]), "--name", "c", "--on", "n1", "--reply-window", "8"]
     create = subprocess.run(
@@ -248,10 +265,9 @@ def test_a_retry_past_the_reply_window_is_refused_through_moves_and_recoveries(
 
 def test_a_replayed_reply_is_acknowledged_only_once_its_state_is_durable(
     start_cluster: ClusterStarter,
-    zk_server: ZooKeeperServer,
     atoms: dict[str, pathlib.Path],
 ) -> None:
-    cluster = start_cluster(["n1", "n2"], zk=zk_server.connect_string, session_timeout=2.0)
+    cluster = start_cluster(["n1", "n2"])
     with Client(cluster.zk, cluster.name, timeout=1.5) as client:
         client.create(atoms["counter"], name="c", on="n1", checkpoint="every-call")
         assert client.atom("c").incr(1) == 1
@@ -268,7 +284,7 @@ def test_a_replayed_reply_is_acknowledged_only_once_its_state_is_durable(
         cluster.kill("node-n1")
         cluster.start_storesite("s1")
         wait_until(
-            lambda: _address(client, "s1") not in ("", old_address),
+            lambda: storesite_address(client) not in ("", old_address),
             60.0,
             "the restarted storesite to register",
         )

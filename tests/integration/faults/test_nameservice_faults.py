@@ -17,29 +17,24 @@ from __future__ import annotations
 
 import pathlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from faultkit import (
-    RAN_NOT_DURABLE,
     ClusterStarter,
     CopyWatcher,
     LoadGenerator,
-    Tally,
-    TcpProxy,
+    Report,
     assert_nothing_lost,
+    counter_behind_zk_link,
+    fencing,
     final_value,
     serves_here,
     tally,
 )
 
 from hermesx.client import Client
-from hermesx.testing.wait import wait_until
 from nameservice.zookeeper import ZooKeeperEnsemble, ZooKeeperServer, four_letter, open_shared_root
-
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
-
-Report = Callable[[Tally], None]
 
 
 @pytest.fixture(scope="module")
@@ -152,56 +147,32 @@ def test_node_partitioned_from_zookeeper_fences_before_recovery(
     atoms: dict[str, pathlib.Path],
     report: Report,
 ) -> None:
-    with TcpProxy(zk_server.connect_string) as zk_link:
-        cluster = start_cluster(
-            ["n1", "n2", "n3"],
-            zk=zk_server.connect_string,
-            session_timeout=2.0,
-            node_zk={"n1": zk_link.address},
-        )
-        with Client(cluster.zk, cluster.name) as client:
-            guid = client.create(atoms["counter"], name="c", on="n1", checkpoint="every-call")
-            addresses = {name: m.address for name, m in client.nodes().items()}
-            load = LoadGenerator(client.address.zk, client.address.cluster, "c")
-            with load, CopyWatcher(addresses, guid, cluster=cluster.name) as watcher:
-                load.wait_acks(30)
-                zk_link.cut("blackhole")
-                cut_at = time.monotonic()
-                wait_until(
-                    lambda: any(r.ok and r.node != "n1" for r in load.records),
-                    60.0,
-                    "the storesite to recover the atom on another node",
-                )
-                load.wait_acks(30, since=time.monotonic())
-                # n1 is still up and reachable by clients (it answers), yet does not serve.
-                assert serves_here(watcher.stubs["n1"], guid) is False
-            final = final_value(client, "c")
-            where = client.locate("c")
-            zk_link.heal()
-            healed_at = time.monotonic()
-            # Back in the name service, n1 registers again and holds no copy.
-            cluster.wait_registered(nodes=["n1"])
-            n1_watch = CopyWatcher({"n1": addresses["n1"]}, guid, cluster=cluster.name)
-            n1_after_heal = n1_watch.probe_once()
-            n1_watch.close()
-            assert final_value(client, "c") == final
+    link = counter_behind_zk_link(start_cluster, atoms["counter"], zk_server.connect_string, "n1")
+    with link as (cluster, zk_link, client):
+        guid = client.guid_of("c")
+        addresses = {name: m.address for name, m in client.nodes().items()}
+        load = LoadGenerator(client.address.zk, client.address.cluster, "c")
+        with load, CopyWatcher(addresses, guid, cluster=cluster.name) as watcher:
+            load.wait_acks(30)
+            zk_link.cut("blackhole")
+            cut_at = time.monotonic()
+            load.wait_recovered_elsewhere("n1")
+            # n1 is still up and reachable by clients (it answers), yet does not serve.
+            assert serves_here(watcher.stubs["n1"], guid) is False
+        final = final_value(client, "c")
+        where = client.locate("c")
+        zk_link.heal()
+        healed_at = time.monotonic()
+        # Back in the name service, n1 registers again and holds no copy.
+        cluster.wait_registered(nodes=["n1"])
+        n1_watch = CopyWatcher({"n1": addresses["n1"]}, guid, cluster=cluster.name)
+        n1_after_heal = n1_watch.probe_once()
+        n1_watch.close()
+        assert final_value(client, "c") == final
     records = load.records
     t = tally("4 node cut from ZooKeeper", records, final)
-    old = [r for r in records if r.ok and r.node == "n1"]
-    new = [r for r in records if r.ok and r.node != "n1"]
-    first_new_end = min(r.ended for r in new)
-    ran_late_on_old = [
-        r for r in records if not r.ok and RAN_NOT_DURABLE in r.error and r.started > first_new_end
-    ]
-    t.notes.update(
-        recovered_on=f"{where.node}@{where.age}",
-        last_old_answer_after_cut_s=round(max(r.ended for r in old) - cut_at, 2),
-        first_new_answer_after_cut_s=round(first_new_end - cut_at, 2),
-        probe_rounds=len(watcher.rounds),
-        most_serving=watcher.most_serving(),
-        most_holding=watcher.most_active(),
-        rejoined_after_heal_s=round(time.monotonic() - healed_at, 2),
-    )
+    fenced = fencing(records, "n1", cut_at, where, watcher)
+    t.notes.update(fenced.notes, rejoined_after_heal_s=round(time.monotonic() - healed_at, 2))
     report(t)
     assert_nothing_lost(t)
     assert where.node in ("n2", "n3") and where.age > 1, where
@@ -209,6 +180,6 @@ def test_node_partitioned_from_zookeeper_fences_before_recovery(
     assert watcher.rounds, "the copy watcher never completed a round"
     assert watcher.most_serving() <= 1, [r for r in watcher.rounds if len(r.serving) > 1][:3]
     # ... and no call was answered (or even run) by the old copy once the recovered one answered.
-    assert max(r.started for r in old) < first_new_end
-    assert not ran_late_on_old, ran_late_on_old[:3]
+    assert fenced.old_started_before_first_new_answer
+    assert not fenced.ran_late_on_old, fenced.ran_late_on_old[:3]
     assert n1_after_heal.active == () and n1_after_heal.serving == (), n1_after_heal

@@ -21,13 +21,12 @@ import time
 from collections.abc import Callable
 
 import grpc
-import pytest
 from faultkit import (
     ClusterStarter,
     LoadGenerator,
-    Tally,
-    TcpProxy,
+    Report,
     assert_nothing_lost,
+    counter_behind_zk_link,
     final_value,
     serves_here,
     tally,
@@ -44,9 +43,6 @@ from hermesx.rpc.wire import CHANNEL_OPTIONS, open_channel
 from hermesx.testing.wait import wait_until
 from nameservice.zookeeper import ZooKeeperServer
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
-
-Report = Callable[[Tally], None]
 SESSION_S = 2.0
 
 
@@ -56,66 +52,60 @@ def test_node_paused_past_its_session_runs_none_of_the_calls_queued_meanwhile(
     atoms: dict[str, pathlib.Path],
     report: Report,
 ) -> None:
-    with TcpProxy(zk_server.connect_string) as zk_link:
-        cluster = start_cluster(
-            ["n1", "n2", "n3"],
-            zk=zk_server.connect_string,
-            session_timeout=SESSION_S,
-            node_zk={"n2": zk_link.address},
-        )
-        with Client(cluster.zk, cluster.name) as client:
-            client.create(atoms["counter"], name="c", on="n2", checkpoint="every-call")
-            guid = client.guid_of("c")
-            # The queued calls wait in the stopped n2's socket for as long as the
-            # load's own stuck calls take to time out (~30 s); a keepalive on
-            # their channel would end them at about the same moment, racing
-            # n2's waking. Their channel has none: what n2 answers is the point.
-            quiet = [(k, v) for k, v in CHANNEL_OPTIONS if "keepalive" not in k]
-            channel = open_channel(client.invoker.node_address("n2"), quiet, client.identity)
-            stale = pbg.SupervisorStub(channel)
-            grpc.channel_ready_future(channel).result(timeout=30)  # connected before n2 stops
-            pid = cluster.procs["node-n2"]
-            load = LoadGenerator(client.address.zk, client.address.cluster, "c")
-            queued: list[grpc.Future] = []
-            try:
-                with load:
-                    load.wait_acks(20)
-                    os.kill(pid, signal.SIGSTOP)
-                    stopped_at = time.monotonic()
-                    try:
-                        zk_link.cut("blackhole")
-                        # Calls straight to the stopped node: they wait in its socket.
-                        for i in range(16):
-                            request = pb.InvokeRequest(
-                                guid=guid,
-                                method="incr",
-                                args=codec.pack(1),
-                                request_id=f"queued-{i}",
-                                hop_limit=1,
-                                hops=1,
-                                timeout=60.0,
-                            )
-                            queued.append(stale.Invoke.future(request, timeout=60.0))
-                        wait_until(
-                            lambda: client.locate("c").node != "n2",
-                            30.0,
-                            "the atom to be recovered on another node",
+    zk = zk_server.connect_string
+    link = counter_behind_zk_link(start_cluster, atoms["counter"], zk, "n2", SESSION_S)
+    with link as (cluster, zk_link, client):
+        guid = client.guid_of("c")
+        # The queued calls wait in the stopped n2's socket for as long as the
+        # load's own stuck calls take to time out (~30 s); a keepalive on
+        # their channel would end them at about the same moment, racing
+        # n2's waking. Their channel has none: what n2 answers is the point.
+        quiet = [(k, v) for k, v in CHANNEL_OPTIONS if "keepalive" not in k]
+        channel = open_channel(client.invoker.node_address("n2"), quiet, client.identity)
+        stale = pbg.SupervisorStub(channel)
+        grpc.channel_ready_future(channel).result(timeout=30)  # connected before n2 stops
+        pid = cluster.procs["node-n2"]
+        load = LoadGenerator(client.address.zk, client.address.cluster, "c")
+        queued: list[grpc.Future] = []
+        try:
+            with load:
+                load.wait_acks(20)
+                os.kill(pid, signal.SIGSTOP)
+                stopped_at = time.monotonic()
+                try:
+                    zk_link.cut("blackhole")
+                    # Calls straight to the stopped node: they wait in its socket.
+                    for i in range(16):
+                        request = pb.InvokeRequest(
+                            guid=guid,
+                            method="incr",
+                            args=codec.pack(1),
+                            request_id=f"queued-{i}",
+                            hop_limit=1,
+                            hops=1,
+                            timeout=60.0,
                         )
-                        load.wait_acks(10, since=time.monotonic())
-                        # A deliberate pause window, well past the session timeout:
-                        # the old session is surely gone when n2 wakes.
-                        time.sleep(max(0.0, stopped_at + 2 * SESSION_S - time.monotonic()))
-                    finally:
-                        os.kill(pid, signal.SIGCONT)
-                    replies = [f.result(timeout=60.0) for f in queued]
-                    zk_link.heal()
+                        queued.append(stale.Invoke.future(request, timeout=60.0))
+                    wait_until(
+                        lambda: client.locate("c").node != "n2",
+                        30.0,
+                        "the atom to be recovered on another node",
+                    )
                     load.wait_acks(10, since=time.monotonic())
-                final = final_value(client, "c")
-                where = client.locate("c")
-            finally:
-                for f in queued:
-                    f.cancel()
-                channel.close()
+                    # A deliberate pause window, well past the session timeout:
+                    # the old session is surely gone when n2 wakes.
+                    time.sleep(max(0.0, stopped_at + 2 * SESSION_S - time.monotonic()))
+                finally:
+                    os.kill(pid, signal.SIGCONT)
+                replies = [f.result(timeout=60.0) for f in queued]
+                zk_link.heal()
+                load.wait_acks(10, since=time.monotonic())
+            final = final_value(client, "c")
+            where = client.locate("c")
+        finally:
+            for f in queued:
+                f.cancel()
+            channel.close()
     t = tally("pause a node past its session timeout", load.records, final)
     t.notes.update(recovered_on=f"{where.node}@{where.age}")
     report(t)
@@ -172,15 +162,12 @@ def _watch_n2_settle(
 
 def test_node_paused_while_activating_never_serves_the_atom(
     start_cluster: ClusterStarter,
-    zk_server: ZooKeeperServer,
     atoms: dict[str, pathlib.Path],
 ) -> None:
     # A session long enough that the paused node stays a live member: the
     # storesite gives up on its activation by timing out, not by its expiry.
     session = 8.0
-    cluster = start_cluster(
-        ["n1", "n2", "n3"], zk=zk_server.connect_string, session_timeout=session
-    )
+    cluster = start_cluster(["n1", "n2", "n3"], session_timeout=session)
     with Client(cluster.zk, cluster.name) as client:
         acked = _dormant_counter_ranked_on_n2(client, atoms)
         guid = client.guid_of("c")
@@ -213,10 +200,9 @@ def test_node_paused_while_activating_never_serves_the_atom(
 
 def test_an_activation_the_node_finishes_after_the_storesite_gave_up_never_serves(
     start_cluster: ClusterStarter,
-    zk_server: ZooKeeperServer,
     atoms: dict[str, pathlib.Path],
 ) -> None:
-    cluster = start_cluster(["n1", "n2", "n3"], zk=zk_server.connect_string, session_timeout=4.0)
+    cluster = start_cluster(["n1", "n2", "n3"], session_timeout=4.0)
     with Client(cluster.zk, cluster.name, cert=TEST_CERT_NAME) as client:
         acked = _dormant_counter_ranked_on_n2(client, atoms)
         guid = client.guid_of("c")
@@ -241,14 +227,12 @@ def test_an_activation_the_node_finishes_after_the_storesite_gave_up_never_serve
 
 
 def test_a_call_stuck_in_a_frozen_node_goes_on_elsewhere_once_the_node_is_gone(
-    start_cluster: ClusterStarter, zk_server: ZooKeeperServer, atoms: dict[str, pathlib.Path]
+    start_cluster: ClusterStarter, atoms: dict[str, pathlib.Path]
 ) -> None:
     """A frozen node holds a call it received until the caller gives up. Once the
     node's session has expired (it is fenced), the caller ends its wait, and the
     call runs on the recovered copy within its deadline, once."""
-    cluster = start_cluster(
-        ["n1", "n2", "n3"], zk=zk_server.connect_string, session_timeout=SESSION_S
-    )
+    cluster = start_cluster(["n1", "n2", "n3"], session_timeout=SESSION_S)
     with Client(cluster.zk, cluster.name, timeout=20.0) as client:
         client.create(atoms["counter"], name="c", on="n2", checkpoint="every-call")
         assert client.atom("c").incr(5) == 5  # the channel to n2 is open

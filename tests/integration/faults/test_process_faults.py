@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import pathlib
 import time
-from collections.abc import Callable
 
-import pytest
 from faultkit import (
     ClusterStarter,
     LoadGenerator,
-    Tally,
+    Report,
     assert_nothing_lost,
+    counter_cluster,
     final_value,
     latency_ms,
+    restart_storesite,
     tally,
 )
 
@@ -30,22 +30,15 @@ from hermesx.client import Client
 from hermesx.core.identity import TAD
 from hermesx.rpc.roles import TEST_CERT_NAME
 from hermesx.testing.wait import wait_until
-from nameservice.zookeeper import ZooKeeperServer
-
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
-
-Report = Callable[[Tally], None]
 
 
 def test_kill_node_hosting_the_atom(
     start_cluster: ClusterStarter,
-    zk_server: ZooKeeperServer,
     atoms: dict[str, pathlib.Path],
     report: Report,
 ) -> None:
-    cluster = start_cluster(["n1", "n2", "n3"], zk=zk_server.connect_string, session_timeout=2.0)
-    with Client(cluster.zk, cluster.name) as client:
-        client.create(atoms["counter"], name="c", on="n2", checkpoint="every-call")
+    nodes = ("n1", "n2", "n3")
+    with counter_cluster(start_cluster, atoms["counter"], nodes, on="n2") as (cluster, client):
         load = LoadGenerator(client.address.zk, client.address.cluster, "c")
         with load:
             load.wait_acks(30)
@@ -71,13 +64,10 @@ def test_kill_node_hosting_the_atom(
 
 def test_kill_storesite_and_restart_it(
     start_cluster: ClusterStarter,
-    zk_server: ZooKeeperServer,
     atoms: dict[str, pathlib.Path],
     report: Report,
 ) -> None:
-    cluster = start_cluster(["n1", "n2"], zk=zk_server.connect_string, session_timeout=2.0)
-    with Client(cluster.zk, cluster.name) as client:
-        client.create(atoms["counter"], name="c", on="n1", checkpoint="every-call")
+    with counter_cluster(start_cluster, atoms["counter"]) as (cluster, client):
         # Two kinds of callers: ones that take a failure as final (the client
         # resends the id until its 30 s deadline), and ones with a short
         # deadline that send the same request id again until it is acknowledged.
@@ -93,18 +83,7 @@ def test_kill_storesite_and_restart_it(
         with plain, resubmitting:
             plain.wait_acks(20)
             resubmitting.wait_acks(20)
-            old_address = client.naming.storesites()["s1"].address
-            cluster.kill("storesite-s1")
-            killed_at = time.monotonic()
-            time.sleep(1.5)  # calls keep coming while the storesite is down
-            cluster.start_storesite("s1")
-            # Its registration carries no pid: wait for the new address instead.
-            wait_until(
-                lambda: _storesite_address(client) not in ("", old_address),
-                60.0,
-                "the restarted storesite to register",
-            )
-            back_at = time.monotonic()
+            killed_at, back_at = restart_storesite(cluster, client, down_for=1.5)
             plain.wait_acks(20, since=back_at)
             resubmitting.wait_acks(20, since=back_at)
         final = final_value(client, "c")
@@ -135,18 +114,12 @@ def test_kill_storesite_and_restart_it(
     assert resubmitted, "no call needed a resubmission: the outage was not exercised"
 
 
-def _storesite_address(client: Client) -> str:
-    member = client.naming.storesites().get("s1")
-    return member.address if member is not None else ""
-
-
 def test_intermediate_node_of_a_forwarding_chain_down(
     start_cluster: ClusterStarter,
-    zk_server: ZooKeeperServer,
     atoms: dict[str, pathlib.Path],
     report: Report,
 ) -> None:
-    cluster = start_cluster(["n1", "n2", "n3"], zk=zk_server.connect_string, session_timeout=2.0)
+    cluster = start_cluster(["n1", "n2", "n3"])
     # The test certificate: the stale chain is planted through a test hook.
     with Client(cluster.zk, cluster.name, cert=TEST_CERT_NAME) as client:
         guid = client.create(atoms["counter"], name="c", on="n1", checkpoint="every-call")

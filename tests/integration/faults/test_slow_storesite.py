@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import pathlib
 import time
-from collections.abc import Callable
 
-import pytest
 from faultkit import (
     ClusterStarter,
     LoadGenerator,
-    Tally,
+    Report,
     TcpProxy,
     advertise_storesite,
     assert_nothing_lost,
@@ -30,10 +28,6 @@ from hermesx.client import Client
 from hermesx.testing.wait import wait_until
 from nameservice.zookeeper import ZooKeeperServer
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
-
-Report = Callable[[Tally], None]
-
 DELAY_S = 0.05  # each way: every storesite round trip takes 100 ms more
 
 
@@ -43,7 +37,7 @@ def test_slow_storesite(
     atoms: dict[str, pathlib.Path],
     report: Report,
 ) -> None:
-    cluster = start_cluster(["n1", "n2"], zk=zk_server.connect_string, session_timeout=4.0)
+    cluster = start_cluster(["n1", "n2"], session_timeout=4.0)
     with Client(cluster.zk, cluster.name) as client:
         real = client.naming.storesites()["s1"].address
         with TcpProxy(real, delay=DELAY_S) as slow:

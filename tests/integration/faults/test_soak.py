@@ -27,9 +27,8 @@ from faultkit import (
 from hermesx.client import Client
 from hermesx.local.cluster import LocalCluster, NodeSpec
 from hermesx.testing.wait import wait_until
-from nameservice.zookeeper import ZooKeeperServer
 
-pytestmark = [pytest.mark.integration, pytest.mark.soak, pytest.mark.timeout(3600)]
+pytestmark = [pytest.mark.soak, pytest.mark.timeout(3600)]
 
 NODES = ("n1", "n2", "n3")
 
@@ -74,12 +73,11 @@ def _migrate(cluster: LocalCluster, client: Client) -> str:
 def test_soak(
     soak: bool,
     start_cluster: ClusterStarter,
-    zk_server: ZooKeeperServer,
     atoms: dict[str, pathlib.Path],
     report: Callable[[Tally], None],
 ) -> None:
     seconds = float(os.environ.get("FAULT_SOAK_SECONDS", "180"))
-    cluster = start_cluster(list(NODES), zk=zk_server.connect_string, session_timeout=2.0)
+    cluster = start_cluster(list(NODES))
     faults = itertools.cycle((_kill_host, _migrate, _kill_storesite))
     done: list[str] = []
     with Client(cluster.zk, cluster.name) as client:
