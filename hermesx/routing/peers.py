@@ -54,6 +54,7 @@ class Peers:
         self._route_epoch = 0
         self._route_watch = threading.Lock()
         self._watching = False
+        self._watch_tried = -ROUTE_TTL_S  # time.monotonic() of the last try to watch
 
     # ------------------------------------------------------------ addresses
 
@@ -69,7 +70,7 @@ class Peers:
         found = self._routes.get(node)
         if found is not None and found[1] > time.monotonic():
             return found[0]
-        if not self._watching:
+        if not self._watching and time.monotonic() - self._watch_tried >= ROUTE_TTL_S:
             self._watch_routes()
         epoch = self._route_epoch
         member = self.node(node)
@@ -89,6 +90,9 @@ class Peers:
         with self._route_watch:
             if self._watching:
                 return
+            # Tried at most once per ROUTE_TTL_S: a name service that cannot answer
+            # must not cost every call a wait.
+            self._watch_tried = time.monotonic()
             try:
                 self.naming.watch_nodes(changed)
             except HermesError:
