@@ -238,10 +238,7 @@ class Dispatcher:
         forwarded.hops = request.hops + 1
         metrics.forwarded()
         try:
-            invoker = self._ctx.invoker
-            reply = invoker.nodes.invoke(
-                invoker.node(tad.node), forwarded, timeout=request.timeout or 30.0
-            )
+            reply = self._ctx.invoker.forward(tad.node, forwarded, request.timeout or 30.0)
         except HermesError as exc:
             reply = pb.InvokeReply(error=pb_error(exc), tad=tad_to_pb(tad))
         newest = tad_from_pb(reply.tad)

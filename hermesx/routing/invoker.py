@@ -26,33 +26,24 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, NoReturn, TypeVar
-
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
-from tenacity.wait import wait_exponential
+from typing import Any
 
 from hermesx.core.errors import (
     CallTimeoutError,
-    CheckpointDamagedError,
     CommunicationError,
     ConfigurationError,
     HermesError,
-    NameNotFoundError,
-    NotAuthorizedError,
     OutcomeUnknownError,
     RequestExpiredError,
     UnreachableError,
-    error_from_wire,
 )
-from hermesx.core.identity import TAD
 from hermesx.core.replies import RequestIds
-from hermesx.core.types import Hop, InvokeOutcome
+from hermesx.core.types import InvokeOutcome
 from hermesx.observe import tracing
+from hermesx.routing.attempts import Attempts, Call
 from hermesx.routing.naming import Member, Naming
-from hermesx.routing.peers import Peers, StoresiteAbsentError
 from hermesx.routing.stash import Stash
-from hermesx.rpc.convert import hop_from_pb, tad_from_pb
+from hermesx.rpc.convert import hop_from_pb
 from hermesx.rpc.node_client import NodeClient
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.wire import ChannelPool
@@ -61,11 +52,6 @@ __all__ = ["Invoker", "LocalDispatch"]
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-# Error kinds a node answers with when it cannot serve the atom but another
-# place may: the caller then asks the storesite and tries again.
-RETRYABLE_KINDS = frozenset({"unreachable", "timeout"})
 # Error kinds after which a call that was sent may have run (or not): only
 # sending its request id again tells. Every other kind is a final outcome:
 # refused before it ran, or the outcome the atom recorded for the id.
@@ -88,8 +74,6 @@ SETTLE_PAUSE_S = (0.05, 0.5)
 DEFAULT_HOP_LIMIT = 4
 DEFAULT_DEADLINE_S = 30.0
 DEFAULT_ATTEMPTS = 60
-# How long a call waits for an absent storesite to come back (a restart).
-STORESITE_GRACE_S = 5.0
 
 # A node that calls into itself skips gRPC: (request) -> reply.
 LocalDispatch = Callable[[pb.InvokeRequest], pb.InvokeReply]
@@ -112,33 +96,7 @@ def _check_method(method: str) -> None:
         )
 
 
-class _Broken(Exception):
-    """This attempt hit a broken chain; the next one starts from the storesite."""
-
-
-@dataclass(slots=True)
-class _Call:
-    guid: str
-    deadline: float
-    tad: TAD | None
-    via: str | None
-    trace: list[Hop]
-    want_trace: bool
-    last_error: str = ""
-    tried: list[TAD] = field(default_factory=list)
-    need_locate: bool = False
-    storesite_absent_since: float | None = None
-    sends: int = 0  # transmissions of the request
-
-    def remaining(self) -> float:
-        return self.deadline - time.monotonic()
-
-    def note(self, node: str, event: str, detail: str = "", tad: TAD | None = None) -> None:
-        if self.want_trace:
-            self.trace.append(Hop(node, event, tad, detail))
-
-
-class Invoker(Peers):
+class Invoker(Attempts):
     """Calls atoms by name or GUID from anywhere in the cluster (see the module's docstring)."""
 
     def __init__(
@@ -192,7 +150,7 @@ class Invoker(Peers):
         sends = 0
         pause, most = SETTLE_PAUSE_S
         while True:
-            call: list[_Call] = []
+            call: list[Call] = []
             try:
                 return self._invoke_once(
                     target,
@@ -243,12 +201,12 @@ class Invoker(Peers):
         deadline: float,
         via: str | None,
         trace: bool,
-        made: list[_Call] | None = None,
+        made: list[Call] | None = None,
         *,
         open_chain: tuple[str, ...] = (),
     ) -> InvokeOutcome:
         guid = self.naming.guid_of(target)
-        call = _Call(
+        call = Call(
             guid=guid,
             deadline=deadline,
             tad=self.stash.get(guid),
@@ -259,16 +217,17 @@ class Invoker(Peers):
         if made is not None:
             made.append(call)
         request = pb.InvokeRequest(
-            guid=guid,
-            method=method,
-            args=args,
-            request_id=request_id,
-            hop_limit=self.hop_limit,
-            chain=list(chain),
-            trace=trace,
-            caller_node=self.self_node or "",
-            chain_open=list(open_chain),
+            guid=guid, method=method, args=args, request_id=request_id, hop_limit=self.hop_limit
         )
+        # Only the fields a call sets (a plain call from a client sets none of these).
+        if chain:
+            request.chain.extend(chain)
+        if open_chain:
+            request.chain_open.extend(open_chain)
+        if trace:
+            request.trace = True
+        if self.self_node:
+            request.caller_node = self.self_node
 
         def attempt() -> InvokeOutcome:
             node = self._entry_node(call)
@@ -277,8 +236,8 @@ class Invoker(Peers):
             reply = self._rpc_at(node, call, NodeClient.invoke, request, self.local_invoke)
             if trace:
                 call.trace.extend(map(hop_from_pb, reply.trace))
-            self._settle(call, node, reply)
-            return InvokeOutcome(reply.result, guid, tad_from_pb(reply.tad), tuple(call.trace))
+            newest = self._settle(call, node, reply)
+            return InvokeOutcome(reply.result, guid, newest, tuple(call.trace))
 
         return self._retrying(call, attempt, target)
 
@@ -296,7 +255,7 @@ class Invoker(Peers):
     ) -> None:
         """One-way message to ``target``'s interrupt ``code``; returns once it is queued there."""
         guid = self.naming.guid_of(target)
-        call = _Call(
+        call = Call(
             guid=guid,
             deadline=time.monotonic() + (timeout or self.deadline),
             tad=self.stash.get(guid),
@@ -319,15 +278,25 @@ class Invoker(Peers):
 
     # ------------------------------------------------------------ one node
 
+    def forward(self, node: str, request: pb.InvokeRequest, timeout: float) -> pb.InvokeReply:
+        """Send ``request``, which this node forwards along the atom's TAD, to ``node``
+        (docs/DESIGN.md §4): over the kept connection, to the record :meth:`route` keeps."""
+        member = self.route(node)
+        try:
+            return self.nodes.invoke(member, request, timeout)
+        except UnreachableError:
+            self.forget_route(node)
+            raise
+
     def _rpc_at(
-        self, node: str, call: _Call, rpc: NodeRpc, request: Any, local: Callable[[Any], Any] | None
+        self, node: str, call: Call, rpc: NodeRpc, request: Any, local: Callable[[Any], Any] | None
     ) -> Any:
         """Send ``request`` to ``node`` (in-process when it is us); a dead node breaks the chain."""
         if node == self.self_node and local is not None:
             call.sends += 1
             return local(request)
         try:
-            member = self.node(node)
+            member = self.route(node)
         except UnreachableError as exc:
             self._broken(call, node, str(exc))
         call.sends += 1
@@ -336,7 +305,9 @@ class Invoker(Peers):
         except UnreachableError as err:
             # Only a dead connection is dropped: a call past its deadline says
             # nothing of the channel, and closing it would cancel every other
-            # call in flight on it.
+            # call in flight on it. The node may live on at a new address: the
+            # next attempt reads its record again.
+            self.forget_route(node)
             self.channels.drop(member.address)
             self._broken(call, node, str(err))
         except CallTimeoutError as err:
@@ -344,99 +315,9 @@ class Invoker(Peers):
         except CommunicationError as err:
             # Cut short because the node left the cluster (see routing.departures).
             if self.naming.nodes().get(node) is None:
+                self.forget_route(node)
                 self._broken(call, node, f"node {node} left the cluster: {err}")
             raise
-
-    def _settle(self, call: _Call, node: str, reply: Any) -> None:
-        """Learn the newest TAD from a reply; MOVED and retryable errors go on from elsewhere."""
-        newest = tad_from_pb(reply.tad)
-        if newest is not None:
-            self.stash.update(call.guid, newest)
-        which = reply.WhichOneof("outcome")
-        if which == "moved":
-            self._follow_moved(call, tad_from_pb(reply.moved), node)
-            raise _Broken()
-        if which == "error":
-            err = error_from_wire(reply.error.kind, reply.error.message)
-            if reply.error.kind in RETRYABLE_KINDS:
-                self._broken(call, node, str(err))
-            raise err
-
-    # ------------------------------------------------------------ routing
-
-    def _entry_node(self, call: _Call) -> str:
-        if call.via is not None:
-            node, call.via = call.via, None
-            if node != self.self_node and node not in self.naming.nodes():
-                raise NameNotFoundError(
-                    f"node {node!r} (--via) is not a live member of the cluster"
-                )
-            call.note(node, "enter", "via")
-            return node
-        if call.need_locate or call.tad is None:
-            call.need_locate = False
-            try:
-                call.tad = self.locate(call.guid, timeout=max(min(call.remaining(), 10.0), 0.01))
-            except (NameNotFoundError, NotAuthorizedError, CheckpointDamagedError):
-                raise  # no retry mends these: the atom is not there, damaged, or we may not ask
-            except StoresiteAbsentError as exc:
-                # A storesite may be restarting; one that stays away is not coming.
-                if call.storesite_absent_since is None:
-                    call.storesite_absent_since = time.monotonic()
-                elif time.monotonic() - call.storesite_absent_since > STORESITE_GRACE_S:
-                    raise
-                call.last_error = str(exc)
-                raise _Broken() from exc
-            except HermesError as exc:
-                call.last_error = str(exc)
-                call.note("storesite", "storesite", f"locate failed: {exc}")
-                raise _Broken() from exc
-            call.note("storesite", "storesite", f"located at {call.tad}", call.tad)
-        call.tried.append(call.tad)
-        return call.tad.node
-
-    def _follow_moved(self, call: _Call, moved: TAD | None, node: str) -> None:
-        call.note(node, "moved", f"retry from {moved}", moved)
-        if moved is None or (call.tad is not None and moved.age <= call.tad.age):
-            # No progress along the chain: the storesite knows better.
-            call.need_locate = True
-            call.last_error = f"forwarding from {node} made no progress"
-            return
-        call.tad = moved
-
-    def _broken(self, call: _Call, node: str, why: str) -> NoReturn:
-        call.last_error = why
-        call.need_locate = True
-        call.note(node, "broken", why)
-        raise _Broken()
-
-    def _retrying(self, call: _Call, attempt: Callable[[], T], target: str) -> T:
-        try:
-            return attempt()  # the common case, without the retry machinery's cost
-        except _Broken:
-            pass
-        retrying = Retrying(
-            stop=stop_after_attempt(self.attempts) | stop_after_delay(max(call.remaining(), 0.0)),
-            wait=wait_exponential(multiplier=0.02, max=0.5),
-            retry=retry_if_exception_type(_Broken),
-            reraise=True,
-        )
-        try:
-            for trying in retrying:
-                with trying:
-                    return attempt()
-        except _Broken:
-            pass
-        last = call.tried[-1] if call.tried else None
-        reason = f": {call.last_error}" if call.last_error else ""
-        if call.remaining() <= 0:
-            raise CallTimeoutError(
-                f"atom {target} ({call.guid}): no reply within the call deadline; "
-                f"last TAD tried {last}{reason}"
-            )
-        raise UnreachableError(
-            f"atom {target} ({call.guid}): unreachable; last TAD tried {last}{reason}"
-        )
 
 
 # With tracing on, a whole call is one span (docs/DESIGN.md §12); off, one flag read.

@@ -22,15 +22,23 @@ __all__ = ["Member", "Naming"]
 Member = nameservice.Member
 
 
+# GUID texts parsed by Naming.guid_of, kept up to this many (a call by GUID parses once).
+MAX_PARSED_GUIDS = 4096
+
+
+def _hermes_error(exc: nameservice.NameServiceError) -> Exception:
+    err = error_from_wire(exc.kind, str(exc))
+    if type(err).__name__ == "HermesError":
+        err = NamingError(str(exc))
+    return err
+
+
 @contextmanager
 def _translated() -> Iterator[None]:
     try:
         yield
     except nameservice.NameServiceError as exc:
-        err = error_from_wire(exc.kind, str(exc))
-        if type(err).__name__ == "HermesError":
-            err = NamingError(str(exc))
-        raise err from exc
+        raise _hermes_error(exc) from exc
 
 
 class Naming:
@@ -68,6 +76,7 @@ class Naming:
                 readers = security.zk_readers(tls)
             else:
                 read_only = True
+        self._parsed: dict[str, str] = {}  # GUID text -> its canonical form
         self._ns = nameservice.NameService(
             hosts,
             cluster,
@@ -143,10 +152,20 @@ class Naming:
             return self._ns.resolve(name)
 
     def guid_of(self, name_or_guid: str) -> str:
-        """The GUID of an atom given by name or GUID text."""
+        """The GUID of an atom given by name or GUID text (the hot path of every call)."""
+        parsed = self._parsed.get(name_or_guid)
+        if parsed is not None:
+            return parsed
         if GUID.looks_like(name_or_guid):
-            return str(GUID.parse(name_or_guid))
-        return self.resolve(name_or_guid)
+            parsed = str(GUID.parse(name_or_guid))
+            if len(self._parsed) >= MAX_PARSED_GUIDS:
+                self._parsed.clear()
+            self._parsed[name_or_guid] = parsed
+            return parsed
+        try:
+            return self._ns.resolve(name_or_guid)  # a dict read while the name is cached
+        except nameservice.NameServiceError as exc:
+            raise _hermes_error(exc) from exc
 
     def names(self) -> dict[str, str]:
         with _translated():

@@ -6,11 +6,22 @@ atom's storesite, and — the single fallback point of a broken forwarding
 chain — where the storesite says the atom is (:meth:`Peers.locate`), which
 it writes into the stash. Calls themselves go through :attr:`Peers.nodes`
 (gRPC, or the node's call channel where it has one).
+
+The call path finds a node's record with :meth:`Peers.route`, which keeps
+the records it read (building one from the name service's cache costs more
+than a call's other bookkeeping together): a watch on the cluster's nodes
+drops them at any change, they are read again after ``ROUTE_TTL_S`` in any
+case, and a call that finds a node's address dead drops that node's record
+(:meth:`Peers.forget_route`), so a node restarted at a new address is found
+at its new one by the call's next attempt.
 """
 
 from __future__ import annotations
 
-from hermesx.core.errors import UnreachableError
+import threading
+import time
+
+from hermesx.core.errors import HermesError, UnreachableError
 from hermesx.core.identity import GUID, TAD
 from hermesx.routing.naming import Member, Naming
 from hermesx.routing.stash import Stash
@@ -19,7 +30,10 @@ from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.storesite_client import StoresiteClient
 from hermesx.rpc.wire import ChannelPool
 
-__all__ = ["Peers", "StoresiteAbsentError"]
+__all__ = ["ROUTE_TTL_S", "Peers", "StoresiteAbsentError"]
+
+# The longest a node's record read for calls is used without reading it again.
+ROUTE_TTL_S = 5.0
 
 
 class StoresiteAbsentError(UnreachableError):
@@ -34,6 +48,13 @@ class Peers:
         self.channels = channels
         self.nodes = NodeClient(channels)
         self.stash = stash if stash is not None else Stash()
+        # node -> (its record, read again after this time.monotonic())
+        self._routes: dict[str, tuple[Member, float]] = {}
+        # Bumped by every change of the cluster's nodes: a record read before it is stale.
+        self._route_epoch = 0
+        self._route_watch = threading.Lock()
+        self._watching = False
+        self._watch_tried = -ROUTE_TTL_S  # time.monotonic() of the last try to watch
 
     # ------------------------------------------------------------ addresses
 
@@ -43,6 +64,40 @@ class Peers:
         if member is None:
             raise UnreachableError(f"node {node!r} is not a live member of the cluster")
         return member
+
+    def route(self, node: str) -> Member:
+        """:meth:`node` for a call: the record as read lately (see the module's docstring)."""
+        found = self._routes.get(node)
+        if found is not None and found[1] > time.monotonic():
+            return found[0]
+        if not self._watching and time.monotonic() - self._watch_tried >= ROUTE_TTL_S:
+            self._watch_routes()
+        epoch = self._route_epoch
+        member = self.node(node)
+        if epoch == self._route_epoch:
+            self._routes[node] = (member, time.monotonic() + ROUTE_TTL_S)
+        return member
+
+    def forget_route(self, node: str) -> None:
+        """``node``'s record may be stale (its address did not answer): read it anew."""
+        self._routes.pop(node, None)
+
+    def _watch_routes(self) -> None:
+        def changed(_members: object) -> None:
+            self._route_epoch += 1
+            self._routes.clear()
+
+        with self._route_watch:
+            if self._watching:
+                return
+            # Tried at most once per ROUTE_TTL_S: a name service that cannot answer
+            # must not cost every call a wait.
+            self._watch_tried = time.monotonic()
+            try:
+                self.naming.watch_nodes(changed)
+            except HermesError:
+                return  # not connected yet: records are kept for ROUTE_TTL_S only
+            self._watching = True
 
     def node_address(self, node: str) -> str:
         return self.node(node).address

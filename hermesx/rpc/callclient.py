@@ -218,7 +218,9 @@ class CallConnection:
         the reading to the connection's thread if other calls wait."""
         try:
             if not waiter.finished:
-                self._link.read_until(self._received, lambda: waiter.finished, deadline=deadline)
+                self._link.read_until(
+                    self._received, lambda: waiter.finished, deadline=deadline, quick=True
+                )
         finally:
             self._token.release()
             if self._pending or self._link.closed is not None:

@@ -169,6 +169,7 @@ class Link:
         self._write_stall_s = write_stall_s
         self._closing: str | None = None  # close once the outbox is flushed
         self._clock = _FrameClock()  # see run
+        self._quick_poller: select.poll | None = None  # see _quick
         self.closed: str | None = None  # why, once closed
 
     # ------------------------------------------------------------ any thread
@@ -276,7 +277,7 @@ class Link:
             self._loop(on_frames, reading, first_frame_s, None)
         except FrameError as exc:
             self.close_after(encode_error(0, "communication", f"bad frame: {exc}"), str(exc))
-            self._drain_for(1.0)
+            _drain(self, 1.0)
         except (OSError, ssl.SSLError) as exc:
             self.close(f"connection failed: {exc}")
         finally:
@@ -297,18 +298,22 @@ class Link:
         reading: Callable[[], bool] = lambda: True,
         deadline: float | None = None,
         owner: bool = True,
+        quick: bool = False,
     ) -> None:
         """Read, hand frames on and flush the outbox on this thread until ``done()`` (checked
         after each frame and each wake-up), ``deadline`` (``time.monotonic``) or the link
         closes; one thread at a time. A bad frame or a failed connection closes the link
         (after a goodbye for a bad frame, flushed here unless ``owner`` is False: then
-        :meth:`run`'s thread does it); :meth:`release` frees its descriptors."""
+        :meth:`run`'s thread does it); :meth:`release` frees its descriptors. ``quick``: a
+        caller waits for its reply (on a link without frame clocks: see ``_quick``)."""
         try:
+            if quick and _quick(self, on_frames, done, deadline):
+                return
             self._loop(on_frames, reading, None, done, deadline)
         except FrameError as exc:
             self.close_after(encode_error(0, "communication", f"bad frame: {exc}"), str(exc))
             if owner:
-                self._drain_for(1.0)
+                _drain(self, 1.0)
         except (OSError, ssl.SSLError) as exc:
             self.close(f"connection failed: {exc}")
 
@@ -421,18 +426,6 @@ class Link:
             handed = True
         return handed
 
-    def _drain_for(self, seconds: float) -> None:
-        """Flush the outbox for up to ``seconds`` (a goodbye frame), then close."""
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            with self._lock:
-                if not self._outbox or self.closed is not None:
-                    break
-            select.select([], [self.sock], [], 0.05)
-            self._flush()
-        with self._lock:
-            self._close_locked(self._closing or "closed")
-
     def _flush(self) -> None:
         with self._lock:
             if not self._outbox or self.closed is not None:
@@ -514,3 +507,59 @@ def _decrypt(
         if not tls.pending() and not incoming.pending:
             break
     return got
+
+
+def _drain(link: Link, seconds: float) -> None:
+    """Flush ``link``'s outbox for up to ``seconds`` (a goodbye frame), then close it."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        with link._lock:
+            if not link._outbox or link.closed is not None:
+                break
+        select.select([], [link.sock], [], 0.05)
+        link._flush()
+    with link._lock:
+        link._close_locked(link._closing or "closed")
+
+
+def _quick(
+    link: Link,
+    on_frames: Callable[[list[Frame]], None],
+    done: Callable[[], bool],
+    deadline: float | None,
+) -> bool:
+    """``Link._loop`` for a caller's reply, without its per-read set-up: wait for the
+    socket, read, hand frames on until ``done()`` or ``deadline``. False as soon as
+    something needs the whole loop (bytes to flush, a wake-up, a close under way)."""
+    if link.closed is not None or link._closing is not None:
+        return False
+    poller = link._quick_poller
+    if poller is None:
+        poller = link._quick_poller = select.poll()
+        poller.register(link.sock.fileno(), _READ | _ERR)
+        poller.register(link._wake_r, _READ)
+    wake = link._wake_r
+    frames = link._frames
+    while True:
+        frame = frames.take() if frames.pending else None
+        while frame is not None:
+            on_frames([frame])
+            if done():
+                return True
+            frame = frames.take()
+        if link.closed is not None:
+            return True
+        if link._outbox or link._closing is not None:
+            return False
+        wait_ms = POLL_MS
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True
+            wait_ms = min(POLL_MS, int(left * 1000) + 1)
+        events = poller.poll(wait_ms)
+        for fd, _event in events:
+            if fd == wake:
+                return False  # the whole loop reads the pipe and looks again
+        if events and link._receive() is None:  # (it hands what it read to the frames)
+            return True
