@@ -228,7 +228,7 @@ def _invoke_frame(id: int, guid: str, method: str, args: bytes, timeout: float) 
 
 
 def test_quick_calls_pipelined_behind_a_spinning_and_a_queued_call_pass_them_once_each(
-    pair: LocalCluster, client: Client, atoms: dict[str, pathlib.Path], unique_name: str
+    cluster: LocalCluster, client: Client, atoms: dict[str, pathlib.Path], unique_name: str
 ) -> None:
     """One burst on one connection: a call that spins (run on the connection's own
     thread, so another thread must take the reading over), a call queued behind it on
@@ -243,7 +243,7 @@ def test_quick_calls_pipelined_behind_a_spinning_and_a_queued_call_pass_them_onc
     burst += b"".join(
         _invoke_frame(10 + i, counter, "incr", codec.pack(1), 10.0) for i in range(12)
     )
-    with _tls(pair, address) as sock:
+    with _tls(cluster, address) as sock:
         sock.sendall(burst)
         frames = _replies(sock, 14)
     order = [f.id for f in frames]
