@@ -13,6 +13,7 @@ recovered elsewhere.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -68,7 +69,8 @@ class Fencing:
         # resumed after a pause past its session timeout must not serve.
         self._lease = SessionLease(
             naming.round_trip,
-            lambda: self.incarnation,
+            # (Read on every call served: a partial of getattr is no Python frame.)
+            functools.partial(getattr, self, "incarnation"),
             config.session_timeout,
             stopping=stopping,
         )

@@ -240,10 +240,15 @@ def call_ran(reply: Any, started: float) -> None:
     if reply.WhichOneof("outcome") == "error":
         CALLS.ran(seconds, reply.error.kind or "hermes")
         tracing.note_hop("ran", reply.error.kind)
-    else:
-        CALLS.ran(seconds, "ok")
-        if tracing.ON:
-            tracing.note_hop("ran")
+        return
+    # CALLS.ran's work for the common outcome, here: one Python frame less per call.
+    calls, bucket = CALLS, bisect.bisect_left(LATENCY_BUCKETS, seconds)
+    with calls._lock:
+        calls._buckets[bucket] += 1
+        calls._sum += seconds
+        calls._outcomes["ok"] += 1
+    if tracing.ON:
+        tracing.note_hop("ran")
 
 
 def forwarded() -> None:

@@ -350,13 +350,13 @@ class Link:
                 got_frame, clock.began = True, None
             if stop is not None and stop():
                 break
-            with self._lock:
-                flushing = bool(self._outbox)
-                if self._closing is not None and not flushing:
-                    if stop is not None:
-                        break  # the link's owner closes
-                    self._close_locked(self._closing)
-                    break
+            flushing = bool(self._outbox)  # (one read: no lock unless closing)
+            if self._closing is not None:
+                with self._lock:
+                    if not (flushing := bool(self._outbox)):
+                        if stop is None:  # (else the link's owner closes)
+                            self._close_locked(self._closing)
+                        break
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
