@@ -11,10 +11,11 @@ import threading
 from typing import Any
 
 import pytest
+from cli_here import run_hermesx_here
 
 from hermesx.client import Client
 from hermesx.local.cluster import LocalCluster, NodeSpec
-from hermesx.testing.cli import cluster_env, run_hermesx_here
+from hermesx.testing.cli import cluster_env
 from hermesx.testing.metrics import metric_value, scrape
 from hermesx.testing.wait import wait_until
 

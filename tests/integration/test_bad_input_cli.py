@@ -15,10 +15,11 @@ from collections.abc import Iterator
 
 import pytest
 import wasmtime
+from cli_here import run_hermesx_here
 
 from hermesx.client import Client
 from hermesx.local.cluster import LocalCluster
-from hermesx.testing.cli import run_hermesx, run_hermesx_here
+from hermesx.testing.cli import run_hermesx
 
 pytestmark = pytest.mark.integration
 

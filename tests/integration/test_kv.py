@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from cli_here import run_hermesx_here
 
 from hermesx.apps.kv import (
     DELETE,
@@ -22,7 +23,7 @@ from hermesx.apps.kv import (
 from hermesx.client import Client
 from hermesx.core.errors import ConfigurationError, NameNotFoundError
 from hermesx.local.cluster import LocalCluster
-from hermesx.testing.cli import cluster_env, run_hermesx, run_hermesx_here
+from hermesx.testing.cli import cluster_env, run_hermesx
 from hermesx.testing.moves import move_in_background
 
 pytestmark = pytest.mark.integration

@@ -19,11 +19,11 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+from cli_here import run_hermesx_here
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
 
 from hermesx.rpc import security
-from hermesx.testing.cli import run_hermesx_here
 
 pytestmark = pytest.mark.integration
 
