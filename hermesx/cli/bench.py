@@ -25,13 +25,12 @@ def _figures(args: argparse.Namespace) -> dict[str, float]:
 
         return run_naming(args.zk)
     if args.what == "invoke":
+        seconds = args.seconds if args.seconds is not None else 2.0
+        rounds = args.rounds if args.rounds is not None else 15
+        _check_invoke(seconds, rounds)
         from hermesx.bench.invoke import run as run_invoke
 
-        return run_invoke(
-            progress=progress(args),
-            seconds=args.seconds if args.seconds is not None else 2.0,
-            rounds=args.rounds if args.rounds is not None else 15,
-        )
+        return run_invoke(progress=progress(args), seconds=seconds, rounds=rounds)
     if args.what == "breakdown":
         from hermesx.bench.breakdown import run as run_breakdown
 
@@ -63,6 +62,14 @@ def _figures(args: argparse.Namespace) -> dict[str, float]:
     from hermesx.bench.migrate import run as run_migrate
 
     return run_migrate(progress=progress(args))
+
+
+def _check_invoke(seconds: float, rounds: int) -> None:
+    """Refuse bad arguments of `bench invoke` before it loads and starts anything."""
+    if not 0 < seconds <= 3600:
+        raise ConfigurationError(f"--seconds must be above 0 and at most 3600, not {seconds}")
+    if not 1 <= rounds <= 10_000:
+        raise ConfigurationError(f"--rounds must be 1 to 10,000, not {rounds}")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:

@@ -11,10 +11,11 @@ import threading
 from typing import Any
 
 import pytest
+from cli_here import run_hermesx_here
 
 from hermesx.client import Client
 from hermesx.local.cluster import LocalCluster, NodeSpec
-from hermesx.testing.cli import cluster_env, run_hermesx
+from hermesx.testing.cli import cluster_env
 from hermesx.testing.metrics import metric_value, scrape
 from hermesx.testing.wait import wait_until
 
@@ -22,7 +23,8 @@ pytestmark = pytest.mark.integration
 
 
 def hermesx(cluster: LocalCluster, *argv: str) -> subprocess.CompletedProcess[str]:
-    return run_hermesx(cluster_env(cluster), *argv)
+    """``hermesx ARGV`` in this process; `logs --follow` below runs as its own process."""
+    return run_hermesx_here(cluster_env(cluster), *argv)
 
 
 def logged(cluster: LocalCluster, name: str) -> list[tuple[str, str, int]]:

@@ -1,7 +1,9 @@
 """Bad input through the command line: one line `error: ...`, a non-zero exit, JSON with --json.
 
-Each case runs ``python -m hermesx`` as a user would (docs/DESIGN.md §8: exit status
-0 on success, non-zero with a one-line ``error: …`` on failure).
+docs/DESIGN.md §8: exit status 0 on success, non-zero with a one-line ``error: …``
+on failure. One case of each verb runs ``python -m hermesx`` as a user would; the
+others call the command's entry point in this process (same arguments, environment
+and captured output), against the same real cluster.
 """
 
 from __future__ import annotations
@@ -9,15 +11,15 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
 import wasmtime
+from cli_here import run_hermesx_here
 
 from hermesx.client import Client
 from hermesx.local.cluster import LocalCluster
+from hermesx.testing.cli import run_hermesx
 
 pytestmark = pytest.mark.integration
 
@@ -63,16 +65,6 @@ def resident(cluster: LocalCluster, atoms: dict[str, pathlib.Path]) -> Iterator[
         client.create(atoms["counter"], name="cli-counter", on="n1")
         client.create(atoms["trap"], name="cli-trap", on="n1")
     yield "cli-counter"
-
-
-def hermesx(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hermesx", *argv],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 # (argv with {placeholders}, expected kind, a word the message must hold)
@@ -148,6 +140,16 @@ CASES: dict[str, tuple[list[str], str, str]] = {
     "run-trap": (["run", "{trap}", "boom"], "trap", "boom"),
 }
 
+# One case of each verb runs as its own `python -m hermesx` process.
+IN_A_PROCESS = {
+    "create-start-traps",
+    "invoke-trap",
+    "lookup-invalid-regex",
+    "migrate-unknown-node",
+    "locate-unknown-atom",
+    "run-empty-file",
+}
+
 
 def _argv(
     template: list[str], files: dict[str, pathlib.Path], atoms: dict[str, pathlib.Path]
@@ -168,7 +170,8 @@ def test_bad_input_is_one_error_line_and_a_json_error(
     case: str,
 ) -> None:
     template, kind, word = CASES[case]
-    proc = hermesx(env, *_argv(template, files, atoms), "--json", "-q")
+    run = run_hermesx if case in IN_A_PROCESS else run_hermesx_here
+    proc = run(env, *_argv(template, files, atoms), "--json", "-q")
     assert proc.returncode != 0, proc.stdout
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
@@ -182,16 +185,16 @@ def test_bad_input_is_one_error_line_and_a_json_error(
 def test_without_json_stdout_stays_empty_on_failure(
     env: dict[str, str], resident: str, files: dict[str, pathlib.Path]
 ) -> None:
-    proc = hermesx(env, "create", str(files["empty"]), "--on", "n1")
+    proc = run_hermesx(env, "create", str(files["empty"]), "--on", "n1")
     assert proc.returncode != 0
     assert proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ")
 
 
 def test_the_cluster_still_answers_after_the_bad_input(env: dict[str, str], resident: str) -> None:
-    hostile = hermesx(env, "lookup", "(a*)*b", "--all", "--json")
+    hostile = run_hermesx(env, "lookup", "(a*)*b", "--all", "--json")
     assert hostile.returncode == 0, hostile.stderr
     assert json.loads(hostile.stdout) == []
-    proc = hermesx(env, "invoke", resident, "incr", "3", "--json")
+    proc = run_hermesx(env, "invoke", resident, "incr", "3", "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["result"] >= 3

@@ -95,15 +95,31 @@ def test_bench_invoke_reports_every_figure_and_goal(tmp_path: pathlib.Path) -> N
     assert left == [], left
 
 
-def test_bench_invoke_refuses_a_measuring_time_of_zero() -> None:
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--seconds", "0"], "error: --seconds must be above 0"),
+        (["--seconds", "nan"], "error: --seconds must be above 0"),
+        (["--rounds", "0"], "error: --rounds must be 1 to 10,000"),
+    ],
+)
+def test_bench_invoke_refuses_a_bad_argument_before_it_starts_anything(
+    tmp_path: pathlib.Path, option: list[str], message: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERMESX_")}
+    env["TMPDIR"] = str(tmp_path)
     proc = subprocess.run(
-        [sys.executable, "-m", "hermesx", "bench", "invoke", "--seconds", "0"],
+        [sys.executable, "-m", "hermesx", "bench", "invoke", *option],
+        env=env,
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert proc.returncode != 0
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: --seconds must be above 0")
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), proc.stderr
+    assert processes_with_home(tmp_path) == []  # no cluster was started, not even for a moment
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.timeout(300)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 
 import pytest
+from cli_here import run_hermesx_here
 
 from hermesx.apps.kv import (
     DELETE,
@@ -24,6 +23,7 @@ from hermesx.apps.kv import (
 from hermesx.client import Client
 from hermesx.core.errors import ConfigurationError, NameNotFoundError
 from hermesx.local.cluster import LocalCluster
+from hermesx.testing.cli import cluster_env, run_hermesx
 from hermesx.testing.moves import move_in_background
 
 pytestmark = pytest.mark.integration
@@ -194,18 +194,15 @@ def test_bad_input_is_one_clear_error(store: KVStore) -> None:
 
 
 def _hermesx(cluster: LocalCluster, *argv: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HERMESX_ZK": cluster.zk, "HERMESX_CLUSTER": cluster.name}
-    return subprocess.run(
-        [sys.executable, "-m", "hermesx", "kv", *argv],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    """``hermesx kv ARGV`` run by the command's entry point in this process."""
+    return run_hermesx_here(cluster_env(cluster), "kv", *argv)
 
 
 def test_cli_verbs(cluster: LocalCluster) -> None:
-    made = _hermesx(cluster, "create", "cli", "--shards", "2", "--cache", "--json")
+    # The first verb runs as `python -m hermesx`, as a user runs it; the others in this process.
+    made = run_hermesx(
+        cluster_env(cluster), "kv", "create", "cli", "--shards", "2", "--cache", "--json"
+    )
     assert made.returncode == 0, made.stderr
     assert len(json.loads(made.stdout)["shards"]) == 2
     assert _hermesx(cluster, "put", "cli", "color", '{"r": 1}').returncode == 0

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+from cli_here import run_hermesx_here
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
 
@@ -52,7 +53,9 @@ def local_cluster(
         zk = json.loads(up.stdout)["zk"]
         # Its HTTP gateway too (docs/DESIGN.md §13): its files are as private.
         assert json.loads(up.stdout)["gateway"].startswith("https://127.0.0.1:")
-        # State in every store: a module, checkpoints, a passivation, stashes.
+        # State in every store: a module, checkpoints, a passivation, stashes (each verb
+        # by the command's entry point in this process; `up`, `down` and the last
+        # invoke below run as processes).
         for argv in [
             ["create", str(atoms["counter"]), "--name", "c", "--on", "n1"],
             ["invoke", "c", "incr", "5"],
@@ -60,7 +63,7 @@ def local_cluster(
             ["passivate", "c"],
             ["invoke", "c", "incr", "1", "--via", "n1"],
         ]:
-            done = _hermesx(env, *argv)
+            done = run_hermesx_here(env, *argv)
             assert done.returncode == 0, (argv, done.stderr)
         yield env, home, zk
     finally:
