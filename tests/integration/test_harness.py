@@ -2,10 +2,9 @@
 
 A test run SIGTERM'd (a CI job cancelled, a timeout of the outer runner) or
 SIGKILL'd used to leave its clusters' ZooKeeper, storesite and node processes
-running; one interrupted with Ctrl-C must go on stopping them. Here child
-pytest runs start clusters through the harness's fixtures and are signalled
-while they hold them (the three signals' runs side by side); no process of a
-run may be left once its signal landed.
+running; one interrupted with Ctrl-C must go on stopping them. Here a child
+pytest run starts a cluster through the harness's fixtures and is signalled
+while it holds it; no process of that run may be left once the signal landed.
 """
 
 from __future__ import annotations
@@ -90,82 +89,54 @@ def test_a_failed_test_reports_the_logs_of_its_clusters_processes(tmp_path: path
     assert not processes_with_home(tmp_path / "base")
 
 
-class _HoldingRun:
-    """A child pytest run of ``_HOLDING_TEST`` in its own directory, to be killed by ``sig``."""
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize(
+    "sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["sigint", "sigterm", "sigkill"]
+)
+def test_a_killed_test_run_leaves_no_cluster_process(tmp_path: pathlib.Path, sig: int) -> None:
+    pids_file = tmp_path / "pids.json"
+    base = tmp_path / "base"
+    env = {**_env(), "HOLDING_PIDS": str(pids_file)}
+    run = subprocess.Popen(
+        _child_pytest(tmp_path, _HOLDING_TEST),
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
 
-    def __init__(self, tmp_path: pathlib.Path, sig: signal.Signals) -> None:
-        self.sig = sig
-        self.dir = tmp_path / sig.name.lower()
-        self.dir.mkdir()
-        self.pids_file = self.dir / "pids.json"
-        self.base = self.dir / "base"
-        self.parts: dict[str, int] = {}
-        self.proc = subprocess.Popen(
-            _child_pytest(self.dir, _HOLDING_TEST),
-            cwd=self.dir,
-            env={**_env(), "HOLDING_PIDS": str(self.pids_file)},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
+        def holding() -> bool:
+            if run.poll() is not None:
+                output = run.stdout.read().decode(errors="replace") if run.stdout else ""
+                raise AssertionError(f"the child run ended early:\n{output[-3000:]}")
+            return pids_file.exists()
 
-    def holding(self) -> bool:
-        if self.proc.poll() is not None:
-            out = self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""
-            raise AssertionError(f"the child run for {self.sig.name} ended early:\n{out[-3000:]}")
-        return self.pids_file.exists()
+        wait_until(holding, 120.0, "the child run to hold its cluster")
+        parts: dict[str, int] = json.loads(pids_file.read_text())
+        assert {"node-n1", "node-n2", "storesite-s1", "zookeeper-server"} <= parts.keys()
+        assert all(alive(pid) for pid in parts.values()), parts
+        run.send_signal(sig)
+        run.wait(timeout=30.0)
 
-    def kill(self) -> None:
-        """Send the run its signal, once its cluster is whole and alive."""
-        self.parts = json.loads(self.pids_file.read_text())
-        assert {"node-n1", "node-n2", "storesite-s1", "zookeeper-server"} <= self.parts.keys()
-        assert all(alive(pid) for pid in self.parts.values()), (self.sig.name, self.parts)
-        self.proc.send_signal(self.sig)
+        def none_left() -> bool:
+            return not any(alive(pid) for pid in parts.values()) and not processes_with_home(base)
 
-    def left(self) -> list[str]:
-        """What of the run still runs: its parts, and any process with its home."""
-        alive_parts = [f"{part} {pid}" for part, pid in self.parts.items() if alive(pid)]
-        return alive_parts + processes_with_home(self.base)
-
-    def clean_up(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10.0)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        kill_processes_with_home(self.base)
-        for pid in (
-            json.loads(self.pids_file.read_text()).values() if self.pids_file.exists() else ()
-        ):
+        try:
+            wait_until(none_left, 30.0, "every process of the killed run to stop")
+        except AssertionError:
+            left = {part: pid for part, pid in parts.items() if alive(pid)}
+            raise AssertionError(
+                f"processes of the killed run still running: {left} {processes_with_home(base)}"
+            ) from None
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait(timeout=10.0)
+        if run.stdout is not None:
+            run.stdout.close()
+        kill_processes_with_home(base)
+        for pid in json.loads(pids_file.read_text()).values() if pids_file.exists() else ():
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
-
-
-@pytest.mark.timeout(240)
-def test_a_killed_test_run_leaves_no_cluster_process(tmp_path: pathlib.Path) -> None:
-    """Three child runs side by side, each holding a cluster: one gets SIGINT (Ctrl-C),
-    one SIGTERM, one SIGKILL; no process of any of them may be left."""
-    runs: list[_HoldingRun] = []
-    try:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
-            runs.append(_HoldingRun(tmp_path, sig))
-        wait_until(lambda: all(run.holding() for run in runs), 180.0, "each run to hold a cluster")
-        for run in runs:
-            run.kill()
-        for run in runs:
-            try:
-                run.proc.wait(timeout=30.0)
-            except subprocess.TimeoutExpired:
-                raise AssertionError(f"the run given {run.sig.name} did not end") from None
-        try:
-            wait_until(
-                lambda: not any(run.left() for run in runs),
-                30.0,
-                "every process of the killed runs to stop",
-            )
-        except AssertionError:
-            left = {run.sig.name: run.left() for run in runs if run.left()}
-            raise AssertionError(f"processes of the killed runs still running: {left}") from None
-    finally:
-        for run in runs:
-            run.clean_up()
