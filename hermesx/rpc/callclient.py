@@ -69,6 +69,9 @@ DROPPED = "closed by this process"
 # peer that closes it); a caller then takes the reading over, at the cost of a
 # thread hand-off: not after every short pause.
 IDLE_READ_S = 1.0
+# How long a caller waits at once for the idle reader's token before it looks again
+# whether its reply came meanwhile.
+TOKEN_WAIT_S = 0.01
 
 
 class _Waiter:
@@ -201,9 +204,16 @@ class CallConnection:
             elif self._idle_reading:
                 self._wanted = True
                 self._link.wake()
-                if self._token.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return waiter.finished
+                # Briefly: the idle reader gives the token up at once, but the connection's
+                # thread may take it back to read for every call waiting, this one's reply
+                # included. Waiting on the token until the deadline would miss that reply,
+                # and hold up every call whose reply depends on this one's caller.
+                if self._token.acquire(timeout=min(TOKEN_WAIT_S, left)):
                     self._read(waiter, deadline)
-                    continue
+                continue
             elif self._token.acquire(blocking=False):
                 self._read(waiter, deadline)
                 continue
