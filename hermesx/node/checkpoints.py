@@ -27,7 +27,7 @@ import logging
 import time
 
 from hermesx.core.delta import encode_delta
-from hermesx.core.errors import HermesError, MigrationError, StorageError
+from hermesx.core.errors import HermesError, MigrationError, StorageError, UnreachableError
 from hermesx.core.identity import TAD
 from hermesx.core.snapshot import encode_state
 from hermesx.node.aborts import UnsentAborts
@@ -48,6 +48,9 @@ PERIODIC = pb.CheckpointPolicy.PERIODIC
 # (a copy of its memory): its next checkpoint is whole. Bounds what idle
 # atoms cost the node beyond their own state.
 IDLE_BASE_S = 60.0
+# How long a message to a durable atom waits for the atom (a move, a running call)
+# to take the checkpoint that stores it.
+SEND_STORED_WAIT_S = 30.0
 
 
 class Checkpointing:
@@ -160,6 +163,26 @@ class Checkpointing:
             if not ok:
                 raise MigrationError(f"atom {active.guid} left node {self._ctx.name}")
             return self.checkpoint(active)
+
+    def after_send(self, active: ActiveAtom) -> None:
+        """A message queued for (or a copy of one delivered to) an ``every-call`` atom is
+        acknowledged only once a checkpoint holds it (docs/DESIGN.md §4 "Exactly once")."""
+        if active.meta.checkpoint.mode != EVERY_CALL:
+            return
+        with active.fixed(SEND_STORED_WAIT_S) as here:
+            if not here:
+                # Moved (its new copy holds the message and its id), dropped (recovered
+                # from an older checkpoint) or still moving: the sender's next copy tells.
+                raise UnreachableError(
+                    f"atom {active.guid} left node {self._ctx.name} (or is moving) before "
+                    "the message queued for it was stored"
+                )
+            try:
+                self.checkpoint(active)
+            except HermesError as exc:
+                raise StorageError(
+                    f"atom {active.guid}: message queued but its checkpoint failed: {exc}"
+                ) from exc
 
     def after_call(self, active: ActiveAtom, reply: pb.InvokeReply) -> None:
         """Checkpoints due after a call; for every-call atoms, before the reply leaves."""

@@ -262,6 +262,22 @@ class Dispatcher:
         finally:
             self._admission.release_invoke()
 
+    def _deliver(self, active: ActiveAtom, request: pb.SendRequest) -> pb.SendReply:
+        """Into the mailbox of an atom active here, once per request id; a durable atom
+        acknowledges it once it is stored (docs/DESIGN.md §4 "Exactly once")."""
+        try:
+            fencing = self._fencing
+            if not (fencing.serving() or fencing.may_serve(f"a message to atom {active.guid}")):
+                raise UnreachableError(f"node {self._node} may not serve now (its lease)")
+            with active.cond:
+                if active.state != "active":
+                    raise UnreachableError(f"atom {active.guid} left node {self._node}")
+                active.atom.deliver(request.code, request.payload, request.request_id)
+            self._checkpoints.after_send(active)
+        except HermesError as exc:
+            return pb.SendReply(error=pb_error(exc), tad=tad_to_pb(active.tad))
+        return pb.SendReply(tad=tad_to_pb(active.tad))
+
     def send(self, request: pb.SendRequest) -> pb.SendReply:
         if self._fencing.fenced:
             return pb.SendReply(error=self._fencing.unavailable())
@@ -270,9 +286,9 @@ class Dispatcher:
             with active.cond:
                 while active.state == "moving":
                     active.cond.wait(1.0)
-                if active.state == "active":
-                    active.atom.deliver(request.code, request.payload)
-                    return pb.SendReply(tad=tad_to_pb(active.tad))
+                here = active.state == "active"
+            if here:
+                return self._deliver(active, request)
         tad = self._stash.get(request.guid)
         if tad is None or tad.node == self._node:
             return pb.SendReply(

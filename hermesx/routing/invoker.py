@@ -251,30 +251,59 @@ class Invoker(Attempts):
         *,
         sender: str = "",
         seq: int = 0,
+        request_id: str = "",
         timeout: float | None = None,
     ) -> None:
-        """One-way message to ``target``'s interrupt ``code``; returns once it is queued there."""
+        """One-way message to ``target``'s interrupt ``code``; returns once it is queued there
+        (for a durable atom: stored). A message whose delivery is unknown (a lost reply, a
+        node gone, a checkpoint that failed) is sent again under its request id, which the
+        atom records: delivered once (docs/DESIGN.md §4 "Exactly once")."""
         guid = self.naming.guid_of(target)
-        call = Call(
-            guid=guid,
-            deadline=time.monotonic() + (timeout or self.deadline),
-            tad=self.stash.get(guid),
-            via=None,
-            trace=[],
-            want_trace=False,
-        )
+        ours = not request_id
+        deadline = time.monotonic() + (timeout or self.deadline)
         request = pb.SendRequest(
-            guid=guid, code=code, payload=payload, sender=sender, seq=seq, hop_limit=self.hop_limit
+            guid=guid,
+            code=code,
+            payload=payload,
+            sender=sender,
+            seq=seq,
+            hop_limit=self.hop_limit,
+            request_id=request_id or self.request_ids.next(),
         )
+        sends = 0
+        pause, most = SETTLE_PAUSE_S
+        while True:
+            call = Call(guid, deadline, self.stash.get(guid), None, [], False)
 
-        def attempt() -> None:
-            node = self._entry_node(call)
-            request.hops = 0
-            self._settle(
-                call, node, self._rpc_at(node, call, NodeClient.send, request, self.local_send)
-            )
+            def attempt(call: Call = call) -> None:
+                node = self._entry_node(call)
+                request.hops = 0
+                reply = self._rpc_at(node, call, NodeClient.send, request, self.local_send)
+                self._settle(call, node, reply)
 
-        self._retrying(call, attempt, target)
+            try:
+                return self._retrying(call, attempt, target)
+            except RequestExpiredError as exc:
+                sends += call.sends
+                # As for a call (invoke): refused at its first transmission, it never came.
+                if not (ours and sends == 1 and self.request_ids.catch_up(str(exc))):
+                    raise
+                ours, sends = False, 0
+                request.request_id = self.request_ids.next()
+                continue
+            except HermesError as exc:
+                sends += call.sends
+                if exc.kind not in OUTCOME_UNKNOWN_KINDS or not sends:
+                    raise
+                last = exc
+            if deadline - time.monotonic() <= pause:
+                raise OutcomeUnknownError(
+                    f"atom {target}: a message may or may not have been delivered "
+                    f"(last: {last.kind}: {last})",
+                    request.request_id,
+                ) from last
+            time.sleep(pause)
+            pause = min(pause * 2, most)
 
     # ------------------------------------------------------------ one node
 

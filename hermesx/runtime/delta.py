@@ -234,8 +234,9 @@ class AtomChanges(AtomScheduling):
         self._enter(None, time.monotonic() + wait, "checkpoint")
         try:
             inst = self._inst
-            return tracker.capture(
-                inst.base, inst.memory_size, self._capture_rest(), self.kv, self.replies
-            )
+            # The mailbox and the reply table in one hold of the lock (see _capture_state).
+            with self._cv:
+                rest = self._capture_rest()
+                return tracker.capture(inst.base, inst.memory_size, rest, self.kv, self.replies)
         finally:
             self._leave()

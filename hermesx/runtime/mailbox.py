@@ -25,6 +25,7 @@ __all__ = [
     "Job",
     "Mail",
     "Turn",
+    "send_method",
 ]
 
 # Messages waiting in an atom's mailbox (sends to it), at most.
@@ -32,6 +33,12 @@ MAX_MAIL_ITEMS = 4096
 MAX_MAIL_BYTES = 16 * 2**20
 # States of a Job.
 PENDING, TAKEN, DONE = 0, 1, 2
+
+
+def send_method(code: int) -> str:
+    """What a message's record in the reply table is digested as (docs/DESIGN.md §4):
+    not a name an atom exports, so an invocation reusing a message's id is refused."""
+    return f"\x00send {code}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,8 @@ from hermesx.core.errors import (
     UnreachableError,
 )
 from hermesx.core.identity import GUID
-from hermesx.core.snapshot import encode_state
+from hermesx.core.replies import call_digest
+from hermesx.core.snapshot import encode_state, new_reply_record
 from hermesx.runtime.host import CallContext
 from hermesx.runtime.mailbox import (
     DONE,
@@ -36,6 +37,7 @@ from hermesx.runtime.mailbox import (
     Job,
     Mail,
     Turn,
+    send_method,
 )
 from hermesx.runtime.state import AtomSnapshots
 
@@ -50,11 +52,22 @@ CYCLE_RECHECK_S = 0.2
 class AtomScheduling(AtomSnapshots):
     """Taking and leaving the atom, queueing behind it, and running its mail."""
 
-    def deliver(self, code: int, payload: bytes) -> None:
-        """Queue an interrupt for the atom's ``hx_interrupt`` (from ``send``)."""
+    def deliver(self, code: int, payload: bytes, request_id: str = "") -> bool:
+        """Queue an interrupt for the atom's ``hx_interrupt`` (from ``send``).
+
+        A message with a ``request_id`` is delivered once (docs/DESIGN.md §4 "Exactly
+        once"): its id is recorded in the reply table together with the message queued,
+        under the lock every capture of the state reads both under, so a snapshot holds
+        both or neither. False: a copy of it was delivered before; nothing is queued.
+        """
         with self._cv:
             if self._closed:
                 raise UnreachableError(f"atom {self.guid} is closed on node {self.node_name}")
+            if request_id:
+                method = send_method(code)
+                replies = self.replies
+                if replies.lookup(request_id, method=method, guid=self.guid, args=payload):
+                    return False
             # The mailbox lives in the host and travels in every snapshot: bounded.
             if len(self._mail) >= MAX_MAIL_ITEMS:
                 raise CapacityError(
@@ -67,11 +80,15 @@ class AtomScheduling(AtomSnapshots):
                     f"atom {self.guid}'s mailbox is full ({queued} bytes waiting, at most "
                     f"{MAX_MAIL_BYTES}); a message of {len(payload)} bytes refused"
                 )
+            if request_id:
+                digest = call_digest(method, payload)
+                replies.record(new_reply_record(request_id, "", b"", 0, digest))
             self._mail.append(Interrupt(code, payload))
             self._cv.notify_all()
             idle = not self._running and not self.module.is_daemon
         if idle:
             self._schedule_idle()
+        return True
 
     # -- entering and leaving ----------------------------------------------
 

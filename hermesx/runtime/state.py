@@ -33,23 +33,22 @@ class AtomSnapshots(AtomActivations):
         size = inst.memory_size
         # Read in place: memory_segments copies it piece by piece (see hermesx.core.snapshot).
         memory = memoryview((ctypes.c_char * size).from_address(inst.base)) if size else b""
-        return replace(
-            self._capture_rest(),
-            memory=memory_segments(memory),
-            kv=dict(self.kv),
-            replies=self.replies.records(),
-        )
+        # The mailbox and the reply table in one hold of the lock a message's delivery
+        # holds: its id is recorded with it queued (AtomScheduling.deliver), both or neither.
+        with self._cv:
+            rest = self._capture_rest()
+            records = self.replies.records()
+        return replace(rest, memory=memory_segments(memory), kv=dict(self.kv), replies=records)
 
     def _capture_rest(self) -> AtomState:
-        """The state but its memory, KV and reply records."""
+        """The state but its memory, KV and reply records; called holding ``_cv``."""
         inst = self._inst
         globals_ = tuple((name, kind, g.value(self._store)) for name, kind, g in self._globals)
-        with self._cv:
-            interrupts = tuple((m.code, m.payload) for m in self._mail if isinstance(m, Interrupt))
-            futures = tuple(
-                (m.future_id, m.status, m.payload) for m in self._mail if isinstance(m, FutureDone)
-            )
-            next_future = self._next_future
+        interrupts = tuple((m.code, m.payload) for m in self._mail if isinstance(m, Interrupt))
+        futures = tuple(
+            (m.future_id, m.status, m.payload) for m in self._mail if isinstance(m, FutureDone)
+        )
+        next_future = self._next_future
         return AtomState(
             module_hash=self.module.hash,
             guid=self.guid,

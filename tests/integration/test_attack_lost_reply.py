@@ -1,4 +1,5 @@
-"""Exactly once when a call's reply is lost on the wire and its atom moves (docs/DESIGN.md §4).
+"""Exactly once when a call's (or a message's) reply is lost on the wire and its atom
+moves (docs/DESIGN.md §4).
 
 A proxy between the caller and node n1's call listener passes the request
 and then drops the reply and cuts the connection: the call ran, its caller
@@ -6,7 +7,9 @@ does not know. Meanwhile the atom moves to n2 — by itself, right after that
 very call (``move_to``), or by an operator's ``migrate``. The caller retries
 the same request id on the other transport (gRPC, at the node it knew, which
 forwards) and on the channel at the new node: each copy gets the first
-outcome, and the atom's state shows the call ran once.
+outcome, and the atom's state shows the call ran once. A ``send`` whose
+acknowledgement is lost so is sent again by its sender (``Invoker._retrying``):
+its copies, wherever they arrive, are acknowledged and delivered once.
 """
 
 from __future__ import annotations
@@ -77,8 +80,9 @@ def cluster(cluster_factory: ClusterFactory) -> LocalCluster:
     return cluster_factory(2)
 
 
-def _lost(client: Client, proxy: _LossyProxy, request: pb.InvokeRequest) -> None:
-    """Send ``request`` to n1 through ``proxy``, whose reply is lost on the wire."""
+def _lost(client: Client, proxy: _LossyProxy, request: pb.InvokeRequest | pb.SendRequest) -> None:
+    """Send ``request`` (a call or a message) to n1 through ``proxy``, whose reply is
+    lost on the wire."""
     connection = client.channels.calls.connection(proxy.address)  # handshake passes
     # A first call, answered: what the node sends after the handshake (its TLS
     # session tickets) has passed the proxy before it loses the next bytes back.
@@ -86,8 +90,9 @@ def _lost(client: Client, proxy: _LossyProxy, request: pb.InvokeRequest) -> None
     answer = pb.InvokeReply.FromString(connection.call("invoke", probe.SerializeToString(), 20.0))
     assert answer.WhichOneof("outcome") == "error", answer
     proxy.lose.set()
+    kind = "send" if isinstance(request, pb.SendRequest) else "invoke"
     with pytest.raises(HermesError) as caught:
-        connection.call("invoke", request.SerializeToString(), 20.0)
+        connection.call(kind, request.SerializeToString(), 20.0)
     assert proxy.lost.is_set(), "the reply was not lost: nothing was tested"
     # The caller cannot tell whether it ran: these kinds say so (§4 step 7).
     assert caught.value.kind in ("unreachable", "communication"), caught.value
@@ -166,3 +171,50 @@ def test_a_lost_reply_then_a_migrate_then_a_retry_on_the_other_transport(
     # The Client's own retry of that id, through whatever transport it picks.
     assert client.atom(unique_name, request_id=request.request_id).incr(5) == 5
     assert client.atom(unique_name).get() == 5
+
+
+def _resend(client: Client, transport: str, node: str, request: pb.SendRequest) -> None:
+    """What the sender's retry does: the same message again, at ``node``."""
+    if transport == "grpc":
+        reply = client.invoker.node_stub(node).Send(request, timeout=20.0)
+    else:
+        address = call_address(client.nodes()[node])
+        assert address is not None
+        body = client.channels.calls.connection(address).call(
+            "send", request.SerializeToString(), 20.0
+        )
+        reply = pb.SendReply.FromString(body)
+    assert reply.WhichOneof("outcome") is None, reply
+
+
+@pytest.mark.parametrize("checkpoint", ["every-call", "on-request"])
+def test_a_send_whose_acknowledgement_is_lost_is_delivered_once(
+    client: Client, atoms: dict[str, pathlib.Path], unique_name: str, checkpoint: str
+) -> None:
+    """The daemon counts every message its handler ran. One message, whose
+    acknowledgement was lost, is sent again at n1, then (after the receiver moved) at
+    n1, which forwards it, and at n2, on both transports: it was handled once."""
+    client.create(atoms["daemon"], name=unique_name, on="n1", checkpoint=checkpoint)
+    address = call_address(client.nodes()["n1"])
+    assert address is not None
+    proxy = _LossyProxy(address)
+    request = pb.SendRequest(
+        guid=client.guid_of(unique_name),
+        code=7,
+        payload=b"once",
+        request_id=client.invoker.request_ids.next(),
+    )
+    try:
+        _lost(client, proxy, request)
+    finally:
+        proxy.close()
+    counter = client.atom(unique_name)
+    wait_until(lambda: counter.count() == 1, 20.0, "the first copy to be handled")
+    _resend(client, "grpc", "n1", request)
+    client.migrate(unique_name, "n2")
+    _resend(client, "channel", "n1", request)  # forwarded to n2
+    _resend(client, "grpc", "n2", request)
+    _resend(client, "channel", "n2", request)
+    client.invoker.send(unique_name, 7, b"another")  # a new message is delivered
+    wait_until(lambda: counter.count() >= 2, 20.0, "the second message to be handled")
+    assert counter.count() == 2

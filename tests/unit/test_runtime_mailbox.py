@@ -10,7 +10,7 @@ import pytest
 from wat.runtime_helpers import GUID_A, GUID_B, ScriptedHost, example, wat
 
 from hermesx.core import codec
-from hermesx.core.errors import AtomTrapError, MethodError
+from hermesx.core.errors import AtomTrapError, ConfigurationError, MethodError
 from hermesx.runtime.atom import Atom
 from hermesx.runtime.engine import Runtime
 from hermesx.runtime.host import CallContext, StandaloneHost
@@ -34,6 +34,26 @@ def test_interrupt_to_an_idle_reactive_atom_runs_soon(runtime: Runtime) -> None:
     wait_until(lambda: atom.generation == 1, 5.0, "idle delivery")
     assert call(atom, "ints") == 1
     assert atom.kv[b"i"] == b"payload"
+
+
+def test_a_message_sent_again_under_its_request_id_is_delivered_once(runtime: Runtime) -> None:
+    """docs/DESIGN.md §4 "Exactly once": the id is recorded with the message, travels in
+    the snapshot, and a copy of the message (here, after a restore) is not delivered."""
+    atom = runtime.create(runtime.load(wat("testatom")), GUID_A, StandaloneHost())
+    first, second = "hx1.00000000000000aa.1.1", "hx1.00000000000000aa.2.1"
+    assert atom.deliver(7, b"payload", first)
+    wait_until(lambda: atom.generation == 1, 5.0, "idle delivery")
+    assert not atom.deliver(7, b"payload", first)
+    copy = runtime.restore(atom.module, GUID_A, StandaloneHost(), atom.snapshot())
+    assert not copy.deliver(7, b"payload", first)
+    with pytest.raises(ConfigurationError, match="another call"):
+        copy.deliver(7, b"other payload", first)  # the id of another message
+    with pytest.raises(ConfigurationError, match="another call"):
+        copy.invoke("ints", codec.pack(None), request_id=first)  # an invocation's
+    assert copy.deliver(7, b"payload", second)
+    wait_until(lambda: copy.generation == 2, 5.0, "idle delivery")
+    assert call(copy, "ints") == 2
+    assert call(atom, "ints") == 1
 
 
 def test_interrupts_arriving_mid_call_wait_for_a_blocking_point(runtime: Runtime) -> None:

@@ -1,0 +1,65 @@
+"""A message is delivered once, through moves of its sender and a crash of its
+receiver's node (docs/DESIGN.md §4 "Exactly once", §6).
+
+Every ``send`` carries a request id of its sender's (``hx1.…``), recorded in the
+receiving atom's reply table with the message queued in its mailbox: both move,
+checkpoint and recover together, so a copy of a message that arrives again is
+acknowledged without a second delivery. A durable (``every-call``) receiver
+acknowledges a message only once the mailbox holding it is stored.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+from hermesx.client import Client
+from hermesx.local.cluster import LocalCluster
+from hermesx.rpc.proto import hermesx_pb2 as pb
+from hermesx.testing.plugin import ClusterFactory
+from hermesx.testing.wait import wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+
+def test_an_acknowledged_send_to_a_durable_atom_survives_its_nodes_death(
+    cluster_factory: ClusterFactory, atoms: dict[str, pathlib.Path], unique_name: str
+) -> None:
+    """The node is killed right after acknowledging the message: the receiver,
+    recovered elsewhere from its checkpoint, handles it (once), and the sender's
+    copy of it, arriving after the recovery, is acknowledged and not handled again."""
+    cluster: LocalCluster = cluster_factory(2, session_timeout=2.0)
+    with Client(cluster.zk, cluster.name) as client:
+        guid = client.create(atoms["daemon"], name=unique_name, on="n1", checkpoint="every-call")
+        request = pb.SendRequest(
+            guid=guid, code=3, payload=b"kept", request_id=client.invoker.request_ids.next()
+        )
+        reply = client.invoker.node_stub("n1").Send(request, timeout=20.0)
+        assert reply.WhichOneof("outcome") is None, reply
+        cluster.kill("node-n1")
+        receiver = client.atom(unique_name)
+        assert receiver.count() == 1  # waits for the recovery on n2
+        assert client.locate(unique_name).node == "n2"
+        reply = client.invoker.node_stub("n2").Send(request, timeout=20.0)
+        assert reply.WhichOneof("outcome") is None, reply
+        client.invoker.send(unique_name, 3, b"next")
+        wait_until(lambda: receiver.count() >= 2, 20.0, "the next message to be handled")
+        assert receiver.count() == 2
+
+
+def test_messages_of_a_sender_that_moved_are_all_delivered(
+    client: Client, atoms: dict[str, pathlib.Path], unique_name: str
+) -> None:
+    """A sender's messages restart under a new id series on its new node: none of
+    them is taken for a copy of one sent before the move."""
+    receiver_name = f"{unique_name}-in"
+    client.create(atoms["daemon"], name=receiver_name, on="n2", checkpoint="every-call")
+    client.create(atoms["caller"], name=unique_name, on="n1")
+    sender = client.atom(unique_name)
+    assert sender.send_many([receiver_name, 1, 3]) == 3
+    client.migrate(unique_name, "n2")
+    assert sender.send_many([receiver_name, 1, 4]) == 4
+    receiver = client.atom(receiver_name)
+    wait_until(lambda: receiver.count() >= 7, 20.0, "the seven messages to be handled")
+    assert receiver.count() == 7
