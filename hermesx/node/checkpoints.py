@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 
 from hermesx.core.delta import encode_delta
 from hermesx.core.errors import HermesError, MigrationError, StorageError, UnreachableError
@@ -164,10 +165,15 @@ class Checkpointing:
                 raise MigrationError(f"atom {active.guid} left node {self._ctx.name}")
             return self.checkpoint(active)
 
-    def after_send(self, active: ActiveAtom) -> None:
+    def after_send(self, active: ActiveAtom, chain: Sequence[str] = ()) -> None:
         """A message queued for (or a copy of one delivered to) an ``every-call`` atom is
-        acknowledged only once a checkpoint holds it (docs/DESIGN.md §4 "Exactly once")."""
-        if active.meta.checkpoint.mode != EVERY_CALL:
+        acknowledged only once a checkpoint holds it (docs/DESIGN.md §4 "Exactly once").
+
+        Not when the atom is on the sending call's ``chain`` (it sent to itself, or its
+        running call waits on the sender): its turn comes only after the sender's call,
+        and the checkpoint of its own running call, before that call's reply, holds it.
+        """
+        if active.meta.checkpoint.mode != EVERY_CALL or active.guid in chain:
             return
         with active.fixed(SEND_STORED_WAIT_S) as here:
             if not here:

@@ -61,7 +61,13 @@ class NodeHost:
             seq = self._send_seq.get(key, 0) + 1
             self._send_seq[key] = seq
             self._invoker.send(
-                target, code, payload, sender=ctx.caller_guid, seq=seq, timeout=ctx.timeout
+                target,
+                code,
+                payload,
+                sender=ctx.caller_guid,
+                seq=seq,
+                chain=ctx.chain,
+                timeout=ctx.timeout,
             )
 
     def lookup(self, ctx: CallContext, mode: str, pattern: str, scope: str | None) -> list[str]:

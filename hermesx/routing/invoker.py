@@ -252,6 +252,7 @@ class Invoker(Attempts):
         sender: str = "",
         seq: int = 0,
         request_id: str = "",
+        chain: tuple[str, ...] = (),
         timeout: float | None = None,
     ) -> None:
         """One-way message to ``target``'s interrupt ``code``; returns once it is queued there
@@ -270,6 +271,8 @@ class Invoker(Attempts):
             hop_limit=self.hop_limit,
             request_id=request_id or self.request_ids.next(),
         )
+        if chain:
+            request.chain.extend(chain)
         sends = 0
         pause, most = SETTLE_PAUSE_S
         while True:

@@ -63,3 +63,15 @@ def test_messages_of_a_sender_that_moved_are_all_delivered(
     receiver = client.atom(receiver_name)
     wait_until(lambda: receiver.count() >= 7, 20.0, "the seven messages to be handled")
     assert receiver.count() == 7
+
+
+def test_a_durable_atom_sending_to_itself_is_not_held_up_by_its_own_call(
+    client: Client, atoms: dict[str, pathlib.Path], unique_name: str
+) -> None:
+    """A message to a durable atom waits for a checkpoint holding it, which needs the
+    atom's turn; to itself (on the sending call's chain) the checkpoint of the call that
+    sent it holds it: the send does not wait for a turn it holds."""
+    client.create(atoms["caller"], name=unique_name, on="n1", checkpoint="every-call")
+    sender = client.atom(unique_name)
+    assert sender.send_many([unique_name, 1, 2]) == 2
+    assert client.locate(unique_name).node == "n1"

@@ -116,7 +116,7 @@ class InvokeReply(_message.Message):
     def __init__(self, result: _Optional[bytes] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., moved: _Optional[_Union[TAD, _Mapping]] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., trace: _Optional[_Iterable[_Union[Hop, _Mapping]]] = ...) -> None: ...
 
 class SendRequest(_message.Message):
-    __slots__ = ("guid", "code", "payload", "sender", "seq", "hops", "hop_limit", "request_id")
+    __slots__ = ("guid", "code", "payload", "sender", "seq", "hops", "hop_limit", "request_id", "chain")
     GUID_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +125,7 @@ class SendRequest(_message.Message):
     HOPS_FIELD_NUMBER: _ClassVar[int]
     HOP_LIMIT_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_FIELD_NUMBER: _ClassVar[int]
     guid: str
     code: int
     payload: bytes
@@ -133,7 +134,8 @@ class SendRequest(_message.Message):
     hops: int
     hop_limit: int
     request_id: str
-    def __init__(self, guid: _Optional[str] = ..., code: _Optional[int] = ..., payload: _Optional[bytes] = ..., sender: _Optional[str] = ..., seq: _Optional[int] = ..., hops: _Optional[int] = ..., hop_limit: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    chain: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, guid: _Optional[str] = ..., code: _Optional[int] = ..., payload: _Optional[bytes] = ..., sender: _Optional[str] = ..., seq: _Optional[int] = ..., hops: _Optional[int] = ..., hop_limit: _Optional[int] = ..., request_id: _Optional[str] = ..., chain: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SendReply(_message.Message):
     __slots__ = ("error", "moved", "tad")
