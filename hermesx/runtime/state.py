@@ -14,9 +14,9 @@ from dataclasses import replace
 
 import wasmtime
 
-from hermesx.core.errors import MemoryLimitError, StorageError
+from hermesx.core.errors import AtomTrapError, MemoryLimitError, StorageError
 from hermesx.core.replies import ReplyWindow
-from hermesx.core.snapshot import AtomState, memory_segments
+from hermesx.core.snapshot import AtomState, ReplyRecord, memory_segments, new_reply_record
 from hermesx.runtime.activation import AtomActivations
 from hermesx.runtime.mailbox import FutureDone, Interrupt
 from hermesx.runtime.memory import KV_ENTRY_OVERHEAD
@@ -38,7 +38,28 @@ class AtomSnapshots(AtomActivations):
         with self._cv:
             rest = self._capture_rest()
             records = self.replies.records()
+        if self._under_way:
+            records += self._cut_records()
         return replace(rest, memory=memory_segments(memory), kv=dict(self.kv), replies=records)
+
+    def _cut_records(self) -> tuple[ReplyRecord, ...]:
+        """Outcomes for the calls this snapshot catches mid-run (a reentrant or daemon
+        atom's snapshot at a blocking point): it holds what each did up to there, so a
+        copy restored from it must not run one again (docs/DESIGN.md §4 "Exactly once").
+        In the snapshot only: the live atom records each call's own outcome when it ends,
+        and its next checkpoint holds that."""
+        return tuple(
+            new_reply_record(
+                request_id,
+                AtomTrapError.kind,
+                f"atom {self.guid}: request id {request_id} was cut mid-run: this copy of "
+                "the atom was restored from a checkpoint taken while the call waited, which "
+                "holds what it had done up to there; not run again".encode(),
+                0,
+                b"",
+            )
+            for request_id in sorted(self._under_way)
+        )
 
     def _capture_rest(self) -> AtomState:
         """The state but its memory, KV and reply records; called holding ``_cv``."""

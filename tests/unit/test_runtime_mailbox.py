@@ -230,6 +230,34 @@ def test_a_trap_in_a_call_back_fails_that_call_and_not_the_one_it_ran_inside(
     assert call(atom, "incr", 3) == 3
 
 
+def test_a_snapshot_taken_while_a_call_waits_holds_that_call_as_cut_mid_run(
+    runtime: Runtime,
+) -> None:
+    """docs/DESIGN.md §4 "Exactly once": a copy restored from a snapshot taken at a
+    call's blocking point (it holds what the call did so far) refuses the call's retry
+    instead of running it again; the live atom answers it the call's own outcome."""
+    box: dict[str, Atom] = {}
+    snapshots: list[bytes] = []
+
+    def snapshot_meanwhile(ctx: CallContext, target: str, method: str, args: bytes) -> bytes:
+        snapshots.append(box["atom"].snapshot())
+        return codec.pack(7)
+
+    atom = runtime.create(
+        runtime.load(wat("testatom")), GUID_A, ScriptedHost(snapshot_meanwhile), reentrant=True
+    )
+    box["atom"] = atom
+    request_id = "hx1.00000000000000bb.1.1"
+    assert codec.unpack(atom.invoke("call", codec.pack(None), request_id=request_id)) == 7
+    assert codec.unpack(atom.invoke("call", codec.pack(None), request_id=request_id)) == 7
+    copy = runtime.restore(atom.module, GUID_A, StandaloneHost(), snapshots[0], reentrant=True)
+    with pytest.raises(AtomTrapError, match="cut mid-run"):
+        copy.invoke("call", codec.pack(None), request_id=request_id)
+    # The next snapshot, taken between calls, holds the call's own outcome.
+    later = runtime.restore(atom.module, GUID_A, StandaloneHost(), atom.snapshot(), reentrant=True)
+    assert codec.unpack(later.invoke("call", codec.pack(None), request_id=request_id)) == 7
+
+
 def test_daemon_handles_interrupts_on_its_own_thread_and_stops_on_close(runtime: Runtime) -> None:
     atom = runtime.create(runtime.load(example("daemon")), GUID_A, StandaloneHost())
     assert atom._daemon is not None and atom._daemon.is_alive()
