@@ -11,10 +11,13 @@ acknowledges a message only once the mailbox holding it is stored.
 from __future__ import annotations
 
 import pathlib
+import threading
+import time
 
 import pytest
 
 from hermesx.client import Client
+from hermesx.core.errors import HermesError
 from hermesx.local.cluster import LocalCluster
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.testing.plugin import ClusterFactory
@@ -45,6 +48,39 @@ def test_an_acknowledged_send_to_a_durable_atom_survives_its_nodes_death(
         assert reply.WhichOneof("outcome") is None, reply
         client.invoker.send(unique_name, 3, b"next")
         wait_until(lambda: receiver.count() >= 2, 20.0, "the next message to be handled")
+        assert receiver.count() == 2
+
+
+def test_a_send_to_a_durable_atom_waits_out_its_storesites_outage_and_is_delivered_once(
+    cluster_factory: ClusterFactory, atoms: dict[str, pathlib.Path], unique_name: str
+) -> None:
+    """While the storesite is down the message is queued but cannot be stored: the
+    sender hears ``storage`` and sends it again under its id until a checkpoint holds it
+    (each copy finds it recorded and is not delivered again)."""
+    cluster: LocalCluster = cluster_factory(2, session_timeout=2.0)
+    with Client(cluster.zk, cluster.name) as client:
+        client.create(atoms["daemon"], name=unique_name, on="n1", checkpoint="every-call")
+        receiver = client.atom(unique_name)
+        assert receiver.count() == 0
+        cluster.kill("storesite-s1")
+        outcome: dict[str, object] = {}
+
+        def send() -> None:
+            try:
+                client.invoker.send(unique_name, 5, b"through", timeout=40.0)
+                outcome["sent"] = True
+            except HermesError as exc:
+                outcome["error"] = exc
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        time.sleep(2.0)  # the outage window
+        assert sender.is_alive(), outcome  # not acknowledged before it is stored
+        cluster.start_storesite("s1")
+        sender.join(60)
+        assert outcome == {"sent": True}
+        client.invoker.send(unique_name, 5, b"after")
+        wait_until(lambda: receiver.count() >= 2, 20.0, "the messages to be handled")
         assert receiver.count() == 2
 
 
