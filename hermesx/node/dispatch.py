@@ -273,7 +273,9 @@ class Dispatcher:
                 if active.state != "active":
                     raise UnreachableError(f"atom {active.guid} left node {self._node}")
                 active.atom.deliver(request.code, request.payload, request.request_id)
-            self._checkpoints.after_send(active, request.chain)
+            if active.meta.checkpoint.mode == EVERY_CALL:
+                yield_reader()  # it waits for a checkpoint: not on its connection's reader
+                self._checkpoints.after_send(active, request.chain)
         except HermesError as exc:
             return pb.SendReply(error=pb_error(exc), tad=tad_to_pb(active.tad))
         return pb.SendReply(tad=tad_to_pb(active.tad))
