@@ -57,6 +57,8 @@ class NodeHost:
         with self._seq_lock:
             lock = self._send_locks.setdefault(ctx.caller_guid, threading.Lock())
         with lock:
+            # The seq orders a sender's messages; copies are told apart by the request id
+            # the invoker gives each message (the seq restarts when the sender moves).
             key = (ctx.caller_guid, target)
             seq = self._send_seq.get(key, 0) + 1
             self._send_seq[key] = seq
