@@ -122,7 +122,7 @@ class AtomActivations(AtomMemory):
         replies = self.replies
         if request_id and replies.recorded != seen:
             # A duplicate may have queued behind the first run of this id.
-            record = replies.lookup(request_id, method=method, guid=self.guid, args=args)
+            record = replies.lookup(request_id, method, self.guid, args)
             if record is not None:
                 return replay(record)
         # An atom that runs calls at its blocking points (reentrant, daemon) could run
@@ -141,18 +141,20 @@ class AtomActivations(AtomMemory):
             self._generation += 1
             if request_id:
                 message = str(exc).encode("utf-8")
-                replies.record(
+                held = replies.record(
                     new_reply_record(request_id, exc.kind, message, 0, call_digest(method, args))
                 )
-                self._limit_memory()
+                self._limit_memory(held)
             raise
         finally:
             if under_way is not None:
                 under_way.discard(request_id)
         self._generation += 1
         if request_id:
-            replies.record(new_reply_record(request_id, "", result, 0, call_digest(method, args)))
-            self._limit_memory()
+            held = replies.record(
+                new_reply_record(request_id, "", result, 0, call_digest(method, args))
+            )
+            self._limit_memory(held)
         return result
 
     def _execute(

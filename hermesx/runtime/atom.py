@@ -141,7 +141,7 @@ class Atom(AtomSyscalls, AtomChanges):
         if request_id:
             replies = self.replies
             seen = replies.recorded  # read before the lookup: see ReplyTable.recorded
-            record = replies.lookup(request_id, method=method, guid=self.guid, args=args)
+            record = replies.lookup(request_id, method, self.guid, args)
             if record is not None:
                 return replay(record)
         if chain and self.guid in chain and not self.reentrant:
