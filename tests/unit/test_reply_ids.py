@@ -112,3 +112,16 @@ def test_an_id_recorded_again_keeps_its_parts_for_its_eviction() -> None:
     assert table.floors() == ()
     table.record(_opaque(3))
     assert table.floors() == ((CLIENT, 5, 500),)
+
+
+def test_ids_at_both_limits_at_once_keep_their_parts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The largest seq and issue time an id can carry, looked up (a clock that far on)."""
+    from hermesx.core import replies
+
+    monkeypatch.setattr(replies.time, "time", lambda: 1.0e12)
+    table = ReplyTable(ReplyWindow(entries=1))
+    text = f"hx1.{CLIENT}.{'9' * 18}.{'9' * 15}"
+    assert table.lookup(text) is None
+    table.record(ReplyRecord(text, "", b"x"))
+    table.record(_opaque(1))
+    assert table.floors() == ((CLIENT, 10**18 - 1, 10**15 - 1),)
