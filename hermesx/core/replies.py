@@ -37,6 +37,9 @@ twice, and the refusal names the mark. A hermesx client refused so at the
 id's first transmission (so the call never ran) moves its id clock past the
 mark and sends the call again under a new id. A refused id is refused for
 good: retry a call with a new id only when you know it did not run.
+The floor an evicted reply raises comes from its own id's parts: parsed at
+the id's lookup and kept with the reply (a cache of that parse; an id recorded
+without a lookup, or restored from a snapshot, is parsed when it leaves).
 
 Any other id (a UUID from another language through gRPC ``Invoke``, an
 ``Idempotency-Key``) is accepted as it is: it gets its first reply back while
