@@ -37,6 +37,9 @@ twice, and the refusal names the mark. A hermesx client refused so at the
 id's first transmission (so the call never ran) moves its id clock past the
 mark and sends the call again under a new id. A refused id is refused for
 good: retry a call with a new id only when you know it did not run.
+The floor an evicted reply raises comes from its own id's parts: parsed at
+the id's lookup and kept with the reply (a cache of that parse; an id recorded
+without a lookup, or restored from a snapshot, is parsed when it leaves).
 
 Any other id (a UUID from another language through gRPC ``Invoke``, an
 ``Idempotency-Key``) is accepted as it is: it gets its first reply back while
@@ -105,15 +108,24 @@ class RequestId(NamedTuple):
 
 def parse_request_id(text: str) -> RequestId | None:
     """The parts of a hermesx request id, or None for an id of any other form."""
+    parts = _parse(text)
+    # tuple.__new__ directly: a NamedTuple's own __new__ is a Python function.
+    return None if parts is None else _new_tuple(RequestId, parts)
+
+
+def _parse(text: str) -> tuple[str, int, int] | None:
+    """``(client, seq, issued_ms)`` of a hermesx request id, None for any other id."""
     match = _match_structured(text)
     if match is None:
         return None
     client, seq, issued_ms = match.groups()
-    # tuple.__new__ directly: a NamedTuple's own __new__ is a Python function.
-    return _new_tuple(RequestId, (client, int(seq), int(issued_ms)))
+    return client, int(seq), int(issued_ms)
 
 
 _match_structured = _STRUCTURED.fullmatch
+# A parsed id's issue time (15 digits at most: under 2**50) and seq in one int.
+_ISSUED_BITS = 50
+_ISSUED_MASK = (1 << _ISSUED_BITS) - 1
 _new_tuple = tuple.__new__
 
 
@@ -241,6 +253,16 @@ class ReplyTable:
         # changes() tells a checkpoint without copying the table.
         self._evicted = 0
         self._epoch = next(_EPOCHS)
+        # The seq and issue time of each held hermesx id, kept from its lookup to
+        # its eviction so that the id is parsed once, not again when it leaves for
+        # its client's floor (its client is then its characters 4 to 20). A cache
+        # of a pure function of the id: a held id missing here (restored, recorded
+        # without a lookup, not a hermesx id) is parsed at its eviction. Holds only
+        # held ids; one int each (seq << 50 | issued_ms), about 80 bytes a reply.
+        self._parts: dict[str, int] = {}
+        # The last id lookup() parsed and its packed parts: record() of it takes them.
+        self._last_id = ""
+        self._last_parts = -1
 
     def __len__(self) -> int:
         return len(self._replies)
@@ -288,11 +310,12 @@ class ReplyTable:
             self.payload_bytes = sum(_size(r) for r in records)
             self._floors = OrderedDict((c, _Floor(s, ms)) for c, s, ms in floors)
             self.forgotten_before_ms = forgotten_before_ms
+            self._parts = {}
             self.recorded += 1
             self._epoch = next(_EPOCHS)
 
     def lookup(
-        self, request_id: str, *, method: str = "", guid: str = "", args: bytes | None = None
+        self, request_id: str, method: str = "", guid: str = "", args: bytes | None = None
     ) -> ReplyRecord | None:
         """The first outcome of ``request_id``; None when it is new (it may run).
 
@@ -307,7 +330,9 @@ class ReplyTable:
                 f"atom {guid}: a request id of {len(request_id)} characters ({method}) is "
                 f"longer than {MAX_REQUEST_ID_CHARS}; refused, not run"
             )
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             if self.window.seconds:
                 self._evict_old(_now_ms())
             record = self._replies.get(request_id)
@@ -320,6 +345,9 @@ class ReplyTable:
                 return None
             client, seq_text, issued_text = match.groups()
             seq, issued_ms = int(seq_text), int(issued_text)
+            # Kept for record() of this id: its eviction needs them (see _parts).
+            self._last_id = request_id
+            self._last_parts = seq << _ISSUED_BITS | issued_ms
             now_ms = int(time.time() * 1000)
             if issued_ms > now_ms + MAX_ISSUED_AHEAD_MS:
                 raise ConfigurationError(
@@ -343,10 +371,16 @@ class ReplyTable:
                     f"({self.window}) remembers; refused, not run again"
                 )
             return None
+        finally:
+            lock.release()
 
-    def record(self, record: ReplyRecord) -> None:
+    def record(self, record: ReplyRecord) -> int:
+        """Keep ``record`` as the first outcome of its id; how many records the table
+        holds then (its length, for the memory cap without another call)."""
         request_id = record.request_id
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             replies = self._replies
             window = self.window
             seconds = window.seconds
@@ -358,18 +392,29 @@ class ReplyTable:
                 self.payload_bytes -= len(old.payload) + len(old.request_id)
                 self._epoch = next(_EPOCHS)  # a record left the middle: not a move on
             replies[request_id] = record
+            if request_id == self._last_id:  # mostly: the id this call looked up
+                self._parts[request_id] = self._last_parts
             held = self.payload_bytes + len(record.payload) + len(request_id)
             self.payload_bytes = held
             # Bounded in count, age and bytes; the newest reply always stays.
-            if len(replies) > window.entries or held > REPLY_TABLE_MAX_BYTES:
-                entries = window.entries
-                while len(replies) > 1 and (
-                    len(replies) > entries or self.payload_bytes > REPLY_TABLE_MAX_BYTES
+            entries = window.entries
+            held_records = len(replies)
+            if held_records > entries or held > REPLY_TABLE_MAX_BYTES:
+                evict = self._evict_first
+                evict()  # a full window: one out for the one in
+                held_records -= 1
+                while held_records > 1 and (
+                    held_records > entries or self.payload_bytes > REPLY_TABLE_MAX_BYTES
                 ):
-                    self._evict_first()
+                    evict()
+                    held_records -= 1
             if seconds:
                 self._evict_old(record.recorded_ms)
+                held_records = len(replies)
             self.recorded += 1
+            return held_records
+        finally:
+            lock.release()
 
     def _evict_old(self, now_ms: int) -> None:
         oldest = now_ms - int(self.window.seconds * 1000)
@@ -383,21 +428,25 @@ class ReplyTable:
         request_id, dropped = self._replies.popitem(last=False)
         self._evicted += 1
         self.payload_bytes -= len(dropped.payload) + len(request_id)
-        match = _match_structured(request_id)
-        if match is None:
-            return
-        client, seq_text, issued_text = match.groups()
-        seq, issued_ms = int(seq_text), int(issued_text)
+        packed = self._parts.pop(request_id, -1)
+        if packed >= 0:
+            client = request_id[4:20]  # a hermesx id: hx1.<16 hex digits>.
+            seq, issued_ms = packed >> _ISSUED_BITS, packed & _ISSUED_MASK
+        else:
+            parts = _parse(request_id)  # restored, recorded without a lookup, or not hx1
+            if parts is None:
+                return
+            client, seq, issued_ms = parts
         floors = self._floors
         floor = floors.get(client)
-        if floor is None:
-            floors[client] = _Floor(seq, issued_ms)
-        else:
+        if floor is not None:
             if seq > floor.seq:
                 floor.seq = seq
             if issued_ms > floor.issued_ms:
                 floor.issued_ms = issued_ms
             floors.move_to_end(client)  # most recently touched last
+            return  # as many floors as before
+        floors[client] = _Floor(seq, issued_ms)
         if len(floors) <= MIN_FLOOR_CLIENTS:
             return
         while len(floors) > max(self.window.entries, MIN_FLOOR_CLIENTS):

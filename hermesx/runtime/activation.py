@@ -122,7 +122,7 @@ class AtomActivations(AtomMemory):
         replies = self.replies
         if request_id and replies.recorded != seen:
             # A duplicate may have queued behind the first run of this id.
-            record = replies.lookup(request_id, method=method, guid=self.guid, args=args)
+            record = replies.lookup(request_id, method, self.guid, args)
             if record is not None:
                 return replay(record)
         # An atom that runs calls at its blocking points (reentrant, daemon) could run
@@ -140,20 +140,23 @@ class AtomActivations(AtomMemory):
         except HermesError as exc:
             self._generation += 1
             if request_id:
-                message = str(exc).encode("utf-8")
-                replies.record(
-                    new_reply_record(request_id, exc.kind, message, 0, call_digest(method, args))
-                )
-                self._limit_memory()
+                self._record(request_id, exc.kind, str(exc).encode("utf-8"), method, args)
             raise
         finally:
             if under_way is not None:
                 under_way.discard(request_id)
         self._generation += 1
         if request_id:
-            replies.record(new_reply_record(request_id, "", result, 0, call_digest(method, args)))
-            self._limit_memory()
+            self._record(request_id, "", result, method, args)
         return result
+
+    def _record(self, request_id: str, kind: str, payload: bytes, method: str, args: bytes) -> None:
+        """Keep a call's outcome under its request id; the memory cap follows the table."""
+        self._limit_memory(
+            self.replies.record(
+                new_reply_record(request_id, kind, payload, 0, call_digest(method, args))
+            )
+        )
 
     def _execute(
         self,
@@ -191,21 +194,7 @@ class AtomActivations(AtomMemory):
         if self._takes_jobs:
             open_chain = open_chain | {self.guid}
         own = (*chain, self.guid) if chain else self._own_chain
-        if idle:
-            frame = self._idle_frame  # no entry uses it: frames is empty
-            frame.method = method
-            frame.chain = own
-            frame.open_chain = open_chain
-            frame.budget = budget
-            frame.deadline = deadline
-            frame.used = 0.0
-            frame.reply = None
-            frame.too_large = 0
-            frame.bad_slot = None
-            frame.log_bytes = frame.log_lines = 0
-            frame.log_cut = False
-        else:
-            frame = Frame(method, own, budget, deadline, open_chain)
+        frame = Frame(method, own, budget, deadline, open_chain)
         frame.seg_start = now
         frames.append(frame)
         try:
@@ -221,6 +210,13 @@ class AtomActivations(AtomMemory):
         in_slot = inst.reply
         if not status and type(in_slot) is bytes and frame.bad_slot is None:
             return in_slot  # how a call of an atom with an inbox ends
+        return self._reply_of(frame, status, in_slot, method)
+
+    def _reply_of(
+        self, frame: Frame, status: int, in_slot: bytes | int | None, method: str
+    ) -> bytes:
+        """The result of an entry that returned ``status`` and left ``in_slot`` in the
+        inbox's slot (see WasmInstance.invoke), when it is not simply the slot's bytes."""
         if frame.bad_slot is not None:
             bad = WasmFault(frame.bad_slot, interrupted=False, cause=None)
             raise self._translate(bad, method)

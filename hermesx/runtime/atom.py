@@ -141,7 +141,7 @@ class Atom(AtomSyscalls, AtomChanges):
         if request_id:
             replies = self.replies
             seen = replies.recorded  # read before the lookup: see ReplyTable.recorded
-            record = replies.lookup(request_id, method=method, guid=self.guid, args=args)
+            record = replies.lookup(request_id, method, self.guid, args)
             if record is not None:
                 return replay(record)
         if chain and self.guid in chain and not self.reentrant:
@@ -162,8 +162,7 @@ class Atom(AtomSyscalls, AtomChanges):
         if type(opened) is not frozenset:  # the node passes a tuple, mostly empty
             opened = frozenset(opened) if opened else _NOBODY
         lock = self._lock
-        # The turn, when the atom is free (what _enter does first), and the
-        # call without a request id, written out: every call takes this path.
+        # The turn, when the atom is free (what _enter does first), written out.
         # The lock's own acquire and release, not ``with``: a with-statement
         # costs a lookup and a bound method more each time.
         lock.acquire()
@@ -175,18 +174,61 @@ class Atom(AtomSyscalls, AtomChanges):
             lock.release()
         if not free:
             self._enter(None, deadline, method, chain, opened)
-            now = 0.0  # it waited: _execute reads the clock again
+            now = _monotonic()  # it waited
         try:
-            if request_id:
+            frames = self._frames
+            if frames:  # an entry under way: not an atom that takes no jobs
                 return self._run_recorded(
                     method, args, request_id, chain, deadline, opened, seen, now
                 )
+            if request_id and self.replies.recorded != seen:
+                # A duplicate may have queued behind the first run of this id.
+                record = self.replies.lookup(request_id, method, self.guid, args)
+                if record is not None:
+                    return replay(record)
+            # The entry from idle, written out (_execute makes the others): every
+            # call takes it. Its Frame is the atom's one idle frame, filled in again.
+            budget = self._budget_s
+            ticks = self._budget_ticks
+            if deadline - now < budget:
+                budget = max(0.0, deadline - now)
+                ticks = self._rt.ticks_for(budget)
+            frame = self._idle_frame
+            frame.method = method
+            frame.chain = (*chain, self.guid) if chain else self._own_chain
+            frame.open_chain = opened
+            frame.budget = budget
+            frame.deadline = deadline
+            frame.used = 0.0
+            frame.reply = None
+            frame.too_large = 0
+            frame.bad_slot = None
+            frame.log_bytes = frame.log_lines = 0
+            frame.log_cut = False
+            frame.seg_start = now
+            frames.append(frame)
+            inst = self._inst
             try:
-                result = self._execute(method, args, chain, deadline, opened, now)
-            except HermesError:
-                self._generation += 1  # as _run_recorded counts them
+                try:
+                    status = inst.invoke(method.encode(), args, True, ticks)
+                except WasmFault as fault:
+                    self._unwind_stack(self._idle_sp)
+                    raise self._translate(fault, method) from fault
+                finally:
+                    frames.pop()
+                in_slot = inst.reply
+                if not status and type(in_slot) is bytes and frame.bad_slot is None:
+                    result = in_slot  # how a call of an atom with an inbox ends
+                else:
+                    result = self._reply_of(frame, status, in_slot, method)
+            except HermesError as exc:
+                self._generation += 1
+                if request_id:
+                    self._record(request_id, exc.kind, str(exc).encode("utf-8"), method, args)
                 raise
             self._generation += 1
+            if request_id:
+                self._record(request_id, "", result, method, args)
             return result
         finally:
             lock.acquire()

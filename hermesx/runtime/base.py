@@ -84,8 +84,8 @@ class AtomBase:
     # Reentrant and daemon atoms run calls that arrive while they are busy as
     # jobs at their blocking points.
     _takes_jobs: bool
-    # The Frame of every call from idle (no other entry under way), set afresh
-    # at each: making one costs more than filling it in again.
+    # The Frame of Atom.invoke's entry from idle (no other entry under way),
+    # set afresh at each: making one costs more than filling it in again.
     _idle_frame: Frame
     # (guid,): the chain of a call that came with none.
     _own_chain: tuple[str, ...]

@@ -31,10 +31,15 @@ class AtomMemory(AtomBase):
             f"reply table {self._host_bytes() - self._kv_bytes} bytes"
         )
 
-    def _limit_memory(self) -> None:
-        """Linear memory may grow only into what the KV and the reply table leave."""
+    def _limit_memory(self, records: int = -1) -> None:
+        """Linear memory may grow only into what the KV and the reply table leave.
+
+        ``records``: how many records the reply table holds, when the caller knows
+        (what its ``record`` returned; -1: counted here)."""
         replies = self.replies
-        held = self._kv_bytes + replies.payload_bytes + len(replies) * REPLY_ENTRY_OVERHEAD
+        if records < 0:
+            records = len(replies)
+        held = self._kv_bytes + replies.payload_bytes + records * REPLY_ENTRY_OVERHEAD
         allowance = self._memory_cap - held
         allowance = allowance - allowance % PAGE if allowance > 0 else 0
         if allowance != self._memory_allowance:
