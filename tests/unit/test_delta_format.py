@@ -7,6 +7,7 @@ import os
 import pathlib
 import zlib
 from collections.abc import Iterator
+from dataclasses import replace
 
 import msgpack
 import pytest
@@ -197,3 +198,13 @@ def test_a_delta_with_a_damaged_chunk_is_refused_and_the_store_keeps_serving(
     good = encode_delta(_delta(((CHUNK, SPARSE),), guid, 1))
     check = Provenance(checksum=snapshot_checksum(good), generation=1)
     assert put_delta(store, guid, TAD1, 1, good, check, 0, name).stored
+
+
+def test_chunks_that_do_not_deflate_stop_the_trying_but_all_come_back() -> None:
+    noise = tuple((i * CHUNK, os.urandom(CHUNK)) for i in range(6))
+    delta = replace(_delta((*noise, (6 * CHUNK, SPARSE))), memory_size=7 * CHUNK)
+    data = encode_delta(delta)
+    sent = msgpack.unpackb(data[len(MAGIC) + 1 :], raw=False)[1]
+    # Four misses, then every chunk goes whole, the sparse one too.
+    assert [len(d) for _, d in sent] == [CHUNK] * 7
+    assert decode_delta(data) == delta
