@@ -9,6 +9,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import replace
 
+import lmdb
 import msgpack
 import pytest
 
@@ -208,3 +209,32 @@ def test_chunks_that_do_not_deflate_stop_the_trying_but_all_come_back() -> None:
     # Four misses, then every chunk goes whole, the sparse one too.
     assert [len(d) for _, d in sent] == [CHUNK] * 7
     assert decode_delta(data) == delta
+
+
+def test_a_store_of_format_3_with_old_deltas_opens_reads_them_and_takes_new_ones(
+    tmp_path: pathlib.Path,
+) -> None:
+    data_dir = tmp_path / "old"
+    with AtomStore(SID, data_dir, init=True) as old:
+        guid, name = _register(old)
+        for generation in (1, 2):
+            data = _format_1(_delta(((CHUNK, bytes([generation]) * CHUNK),), guid, generation))
+            check = Provenance(checksum=snapshot_checksum(data), generation=generation)
+            outcome = put_delta(old, guid, TAD1, generation, data, check, generation - 1, name)
+            name = outcome.checksum
+    env = lmdb.open(str(data_dir / "lmdb"), max_dbs=8, subdir=True)
+    try:
+        with env.begin(write=True, db=env.open_db(b"store")) as txn:
+            txn.put(b"format", b"3")
+    finally:
+        env.close()
+    with AtomStore(SID, data_dir) as store:
+        state = decode_state(store.latest_checkpoint(guid).snapshot)
+        assert dict(state.memory)[CHUNK] == bytes([2]) * CHUNK and state.generation == 2
+        data = encode_delta(_delta(((CHUNK, SPARSE),), guid, 3))
+        check = Provenance(checksum=snapshot_checksum(data), generation=3)
+        assert put_delta(store, guid, TAD1, 3, data, check, 2, name).stored
+        state = decode_state(store.latest_checkpoint(guid).snapshot)
+        assert dict(state.memory)[CHUNK] == SPARSE and state.generation == 3
+        with store._env.env.begin(db=store._env.about) as txn:
+            assert bytes(txn.get(b"format")) == b"4"
