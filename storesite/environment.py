@@ -42,7 +42,10 @@ DATA_FILE = "data.mdb"
 # Format 2: checkpoints carry a checksum and a generation; the store names its storesite.
 # Format 3: a checkpoint slot may hold a delta record (storesite.chain). A format-2
 # store is one already (its records are all whole): opening it only says so.
-STORE_FORMAT = 3
+# Format 4: a delta record may hold a delta of format 2 (chunks deflated,
+# hermesx.core.delta). A format-3 store is one already: opening it only says so; a
+# storesite of format 3 refuses a format-4 store rather than find its deltas damaged.
+STORE_FORMAT = 4
 
 
 # LMDB 0.9's meta page (lmdb.h / mdb.c, 64-bit): a 16-byte page header

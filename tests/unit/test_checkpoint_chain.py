@@ -249,7 +249,7 @@ def test_a_store_of_the_previous_format_opens_reads_and_takes_deltas(
         # Slot 6, the last whole one, anchors every kept delta; nothing older is kept.
         assert min(records) == 6 and len(records[6]) == 6
         with store._env.env.begin(db=store._env.about) as txn:
-            assert bytes(txn.get(b"format")) == b"3"
+            assert bytes(txn.get(b"format")) == b"4"
 
 
 def test_a_store_of_a_newer_format_is_refused(data_dir: pathlib.Path) -> None:
@@ -260,7 +260,7 @@ def test_a_store_of_a_newer_format_is_refused(data_dir: pathlib.Path) -> None:
             txn.put(b"format", b"9")
     finally:
         env.close()
-    with pytest.raises(Exception, match="is of format 9, newer than this storesite's 3"):
+    with pytest.raises(Exception, match="is of format 9, newer than this storesite's 4"):
         AtomStore(SID, data_dir)
 
 
