@@ -30,12 +30,17 @@ from hermesx.core.errors import ConfigurationError, HermesError, StorageError, U
 from hermesx.observe import metrics
 from hermesx.rpc.callserver import Call, CallServer, parse_body, yield_reader
 from hermesx.rpc.proto import hermesx_pb2 as pb
+from hermesx.rpc.storesite_batch import CHECKPOINT_BATCH, decode_batch, encode_outcomes
 from hermesx.rpc.storesite_client import CHECKPOINT, CHECKPOINT_DELTA, MORE_CHECKPOINTS
 from hermesx.rpc.wire import TLSIdentity
+from storesite.batches import put_batch
 from storesite.server import put_checkpoint, put_checkpoint_delta
 from storesite.service import Storesite
 
-__all__ = ["call_listen_address", "lone_checkpoint", "serve_calls"]
+__all__ = ["CALL_KINDS_SERVED", "call_listen_address", "lone_checkpoint", "serve_calls"]
+
+# The kinds this listener serves, as its record lists them (CALL_KINDS).
+CALL_KINDS_SERVED = [CHECKPOINT, CHECKPOINT_DELTA, CHECKPOINT_BATCH]
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +87,12 @@ def serve_calls(
         reply: bytes = ack.SerializeToString()
         return reply
 
+    def batch(call: Call) -> bytes:
+        requests = decode_batch(call.body)
+        return encode_outcomes(_run(site, call, lambda: put_batch(site, requests)))
+
     server.register(CHECKPOINT, checkpoint, "Storesite/PutCheckpoint", inline=lone_checkpoint)
+    server.register(CHECKPOINT_BATCH, batch, "Storesite/PutCheckpointDelta", inline=lone_checkpoint)
     server.register(CHECKPOINT_DELTA, delta, "Storesite/PutCheckpointDelta", inline=lone_checkpoint)
     site.store.committer.waiting = yield_reader
     try:
@@ -105,7 +115,8 @@ def lone_checkpoint(meta: Mapping[str, str] | None) -> bool:
 
 def _run(site: Storesite, call: Call, body: Callable[[], _R]) -> _R:
     """``body()``; an unforeseen failure answers as gRPC's servicer does (a storage error)."""
-    metrics.STORESITE_CHECKPOINT_TRANSPORTS.labels("call").inc()
+    if call.kind != CHECKPOINT_BATCH:  # a batch counts its checkpoints (storesite.batches)
+        metrics.STORESITE_CHECKPOINT_TRANSPORTS.labels("call").inc()
     try:
         return body()
     except HermesError:

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import logging
 import pathlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import lmdb
@@ -229,6 +229,25 @@ class AtomStore:
         checkpoint is still slot ``base_no`` (a delta's base). With ``link``,
         ``snapshot`` is a delta on that slot, stored as a delta record
         (storesite.chain) whose CRC-32 is ``checksum``."""
+        write = self.checkpoint_write(
+            guid, tad, seq, snapshot, checksum, check, base_no=base_no, link=link
+        )
+        return self.committer.submit(guid, write)
+
+    def checkpoint_write(
+        self,
+        guid: str,
+        tad: TAD,
+        seq: int,
+        snapshot: bytes,
+        checksum: int,
+        check: Provenance,
+        *,
+        base_no: int | None = None,
+        link: Link | None = None,
+    ) -> Callable[[lmdb.Transaction], bool]:
+        """The write of :meth:`store_checkpoint`, for a caller that submits several
+        together (``committer.submit_all``, storesite.batches)."""
 
         def write(txn: lmdb.Transaction) -> bool:
             state = self.checkpoint_target(txn, guid, tad)
@@ -239,7 +258,7 @@ class AtomStore:
                 )
             return self._window.put_newer(txn, state, check, tad, seq, snapshot, checksum, link)
 
-        return self.committer.submit(guid, write)
+        return write
 
     def store_delta(
         self,
@@ -258,6 +277,21 @@ class AtomStore:
         §6). Returns whether it was stored (False: not newer) and the latest checkpoint's
         name then; or, writing nothing, why the base was refused, or the base's record
         when its chain is due a whole snapshot (the caller composes one)."""
+        write = self.delta_write(guid, tad, seq, data, delta, checksum, check, base)
+        return self.committer.submit(guid, write)
+
+    def delta_write(
+        self,
+        guid: str,
+        tad: TAD,
+        seq: int,
+        data: bytes,
+        delta: StateDelta,
+        checksum: int,
+        check: Provenance,
+        base: tuple[int, int],
+    ) -> Callable[[lmdb.Transaction], tuple[bool, int] | Record | str]:
+        """The write of :meth:`store_delta` (as :meth:`checkpoint_write`)."""
 
         def write(txn: lmdb.Transaction) -> tuple[bool, int] | Record | str:
             state = self.checkpoint_target(txn, guid, tad)
@@ -279,7 +313,7 @@ class AtomStore:
                 return True, link.name
             return False, base_record.name
 
-        return self.committer.submit(guid, write)
+        return write
 
     def arriving(self, guid: str, data: bytes, check: Provenance, what: str) -> int:
         """The checksum of state bytes that arrive: refused when too big or damaged."""

@@ -1,0 +1,232 @@
+"""Checkpoints of several atoms to one storesite in one request (docs/DESIGN.md §4.1, §6).
+
+A node's every-call atoms each wait for their own checkpoint before their
+reply leaves. Sent one request each, a storesite round trip costs every
+checkpoint its frames, its TLS records, a thread woken at each end and a
+reply of its own. :class:`CheckpointBatcher` sends what is ready together:
+the sender that finds no request of its storesite under way (the *leader*)
+sends every checkpoint queued meanwhile (its own first) as one
+``checkpoint-batch`` request — or, alone, as the ``checkpoint`` /
+``checkpoint-delta`` request it is — and hands each sender its own outcome;
+the senders that queued while it waited are woken with their outcome, and
+the first one still queued leads the next request. No thread is started:
+the senders themselves take turns.
+
+The request's body is a msgpack array of ``[kind, body]`` (each a request of
+that kind, as it would travel alone); the reply's a msgpack array of one
+entry per request, in order: ``[1, reply body]`` or ``[2, error kind,
+message]``. Each atom's outcome is its own: a refused delta or a stale
+location fails that atom's checkpoint only. The storesite advertises the
+kinds its call channel serves in its record (``CALL_KINDS``); a node sends
+the batch kind only to one that lists it (a listener ends a connection on a
+kind it does not know, docs/DESIGN.md §4.1 "Limits").
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import msgpack
+
+from hermesx.core.errors import CallTimeoutError, ConfigurationError, HermesError, error_from_wire
+
+__all__ = [
+    "CALL_KINDS",
+    "CHECKPOINT_BATCH",
+    "MAX_BATCH_BYTES",
+    "MAX_BATCH_ITEMS",
+    "CheckpointBatcher",
+    "Outcome",
+    "decode_batch",
+    "decode_outcomes",
+    "encode_batch",
+    "encode_outcomes",
+]
+
+CHECKPOINT_BATCH = "checkpoint-batch"
+# The storesite record's entry listing the kinds its call channel serves.
+CALL_KINDS = "call-kinds"
+# A batch holds at most this many checkpoints and this many bytes of bodies
+# (under the channel's 8 MiB frame; a single state sent alone is under 2 MiB).
+MAX_BATCH_ITEMS = 64
+MAX_BATCH_BYTES = 4 * 2**20
+_OK, _ERROR = 1, 2
+
+# One entry of a batch's reply: the reply's body, or the error of that checkpoint.
+Outcome = bytes | HermesError
+
+
+def encode_batch(items: Sequence[tuple[str, bytes]]) -> bytes:
+    body: bytes = msgpack.packb([[kind, data] for kind, data in items], use_bin_type=True)
+    return body
+
+
+def decode_batch(body: bytes) -> list[tuple[str, bytes]]:
+    """A batch request's ``(kind, body)`` pairs; a ConfigurationError when malformed."""
+    try:
+        items = msgpack.unpackb(body, raw=False, use_list=True)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise ConfigurationError(
+            f"a {CHECKPOINT_BATCH} request that is not msgpack: {exc}"
+        ) from None
+    if (
+        not isinstance(items, list)
+        or not 0 < len(items) <= MAX_BATCH_ITEMS
+        or not all(
+            isinstance(item, list)
+            and len(item) == 2
+            and isinstance(item[0], str)
+            and isinstance(item[1], bytes)
+            for item in items
+        )
+    ):
+        raise ConfigurationError(
+            f"a {CHECKPOINT_BATCH} request must be 1 to {MAX_BATCH_ITEMS} [kind, body] pairs"
+        )
+    return [(kind, data) for kind, data in items]
+
+
+def encode_outcomes(outcomes: Sequence[Outcome]) -> bytes:
+    body: bytes = msgpack.packb(
+        [[_ERROR, o.kind, str(o)] if isinstance(o, HermesError) else [_OK, o] for o in outcomes],
+        use_bin_type=True,
+    )
+    return body
+
+
+def decode_outcomes(body: bytes, count: int, peer: str) -> list[Outcome]:
+    """The outcomes of a batch of ``count`` requests; a malformed reply is a
+    ConfigurationError (it fails every checkpoint of the batch)."""
+    try:
+        entries = msgpack.unpackb(body, raw=False, use_list=True)
+        if not isinstance(entries, list) or len(entries) != count:
+            raise ValueError(f"{count} outcomes expected")
+        return [_outcome(entry) for entry in entries]
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise ConfigurationError(f"{peer} answered a {CHECKPOINT_BATCH} wrongly: {exc}") from None
+
+
+def _outcome(entry: Any) -> Outcome:
+    if not isinstance(entry, list):
+        raise ValueError(f"not an outcome: {entry!r:.80}")
+    if len(entry) == 2 and entry[0] == _OK and isinstance(entry[1], bytes):
+        return entry[1]
+    if len(entry) == 3 and entry[0] == _ERROR and all(isinstance(e, str) for e in entry[1:]):
+        return error_from_wire(entry[1], entry[2])
+    raise ValueError(f"not an outcome: {entry!r:.80}")
+
+
+class _Sender:
+    """One checkpoint waiting to be sent, and then its outcome."""
+
+    __slots__ = ("body", "deadline", "done", "kind", "lead", "outcome", "wake")
+
+    def __init__(self, kind: str, body: bytes, deadline: float) -> None:
+        self.kind = kind
+        self.body = body
+        self.deadline = deadline
+        self.done = False
+        self.lead = False
+        self.outcome: Outcome = b""
+        # Released once, by a leader: when this one's outcome is in, or when its
+        # sender is to lead the next request.
+        self.wake = threading.Lock()
+        self.wake.acquire()
+
+
+class CheckpointBatcher:
+    """The checkpoints of one node to one storesite, sent by a leader among their senders.
+
+    At most one request is under way at a time: what becomes ready meanwhile
+    is queued and sent together once the reply is in.
+    """
+
+    def __init__(self, peer: str) -> None:
+        self.peer = peer
+        self._lock = threading.Lock()
+        self._queue: deque[_Sender] = deque()
+        self._sending = False
+        # Requests sent and checkpoints in them (since made: for measurements).
+        self.requests = 0
+        self.checkpoints = 0
+
+    def call(self, connection: Any, kind: str, body: bytes, timeout: float) -> bytes:
+        """Send checkpoint request ``kind`` with ``body`` on ``connection`` (alone or with
+        others queued); its reply's body, or its own error raised."""
+        sender = _Sender(kind, body, time.monotonic() + timeout)
+        with self._lock:
+            self._queue.append(sender)
+            if not self._sending:
+                self._sending = sender.lead = True
+        if not sender.lead:
+            sender.wake.acquire()  # until its outcome is in, or it is to lead
+        if not sender.done:
+            self._lead(connection)
+        outcome = sender.outcome
+        if isinstance(outcome, HermesError):
+            raise outcome
+        return outcome
+
+    def _lead(self, connection: Any) -> None:
+        """Send what is queued (the leader's own first), then hand the lead on."""
+        with self._lock:
+            batch = [self._queue.popleft()]
+            size = len(batch[0].body)
+            while self._queue and len(batch) < MAX_BATCH_ITEMS:
+                size += len(self._queue[0].body)
+                if size > MAX_BATCH_BYTES:
+                    break
+                batch.append(self._queue.popleft())
+        try:
+            self._send(connection, batch)
+        finally:
+            with self._lock:
+                for sent in batch:
+                    sent.done = True
+                following = self._queue[0] if self._queue else None
+                if following is None:
+                    self._sending = False
+                else:
+                    following.lead = True
+            for sent in batch[1:]:
+                sent.wake.release()
+            if following is not None:
+                following.wake.release()
+
+    def _send(self, connection: Any, batch: list[_Sender]) -> None:
+        """One request for ``batch``; every sender's outcome set (an error included)."""
+        now = time.monotonic()
+        live = []
+        for sender in batch:
+            if sender.deadline > now:
+                live.append(sender)
+            else:  # waited past its deadline for the request before it
+                sender.outcome = CallTimeoutError(
+                    f"{self.peer}: a {sender.kind} request waited past its deadline to be sent"
+                )
+        if not live:
+            return
+        self.requests += 1
+        self.checkpoints += len(live)
+        timeout = max(sender.deadline for sender in live) - now
+        try:
+            if len(live) == 1:
+                live[0].outcome = connection.call(live[0].kind, live[0].body, timeout)
+                return
+            body = encode_batch([(sender.kind, sender.body) for sender in live])
+            reply = connection.call(CHECKPOINT_BATCH, body, timeout)
+            outcomes = decode_outcomes(reply, len(live), self.peer)
+        except HermesError as exc:
+            for sender in live:
+                sender.outcome = exc
+            return
+        except BaseException as exc:  # a bug: every sender learns it, none waits forever
+            for sender in live:
+                sender.outcome = HermesError(f"{self.peer}: checkpoint request failed: {exc!r}")
+            raise
+        for sender, outcome in zip(live, outcomes, strict=True):
+            sender.outcome = outcome
