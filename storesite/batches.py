@@ -9,8 +9,9 @@ decoding), queues all their writes at once in the group committer
 (``GroupCommitter.submit_all``: one transaction, one sync, no thread woken
 per checkpoint), and answers each with its own outcome: a refusal (a stale
 location, a base that is no longer the latest, a damaged body) fails that
-atom's checkpoint only. The rare delta whose chain is due a whole snapshot,
-or whose base the batch's transaction refused, is then run as a lone
+atom's checkpoint only, and a refused base is answered as a lone delta's
+(``refused``: the node sends its whole state). The rare delta whose chain is
+due a whole snapshot, or that does not decode, is then run as a lone
 ``checkpoint-delta`` (:func:`storesite.deltas.put_delta`: the chain's cut,
 or the refusal's answer), under the same lock.
 """
@@ -162,7 +163,13 @@ def _done(site: Storesite, item: _Item, result: Any) -> Outcome:
         if stored:
             site.store.deltas_written += 1
         return _ack(pb.CheckpointAck(stored=stored, checksum=name))
-    # Refused by its base, or its chain is due a whole snapshot: as a lone request.
+    if isinstance(result, str):  # its base refused: the node sends its whole state
+        head = item.delta.head
+        what = f"checkpoint delta of atom {item.guid} from {tad_of(head.tad)} seq {head.seq}"
+        reason = f"{what} refused: {result}; send the whole state"
+        log.info("storesite %s: %s", site.sid, reason)
+        return _ack(pb.CheckpointAck(stored=False, refused=reason))
+    # Its chain is due a whole snapshot: composed and written as a lone request would.
     return _alone(site, item)
 
 
