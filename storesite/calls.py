@@ -1,9 +1,11 @@
 """The storesite's call channel: checkpoints over lean frames (docs/DESIGN.md §4.1, §6).
 
 The storesite mounts a :class:`~hermesx.rpc.callserver.CallServer` next to
-its gRPC server with two request kinds, a whole checkpoint and a delta
+its gRPC server with three request kinds, a whole checkpoint and a delta
 checkpoint, whose bodies are the ``CheckpointRequest`` / ``CheckpointDelta``
-of protos/hermesx.proto and whose replies are ``Empty`` / ``CheckpointAck``.
+of protos/hermesx.proto and whose replies are ``Empty`` / ``CheckpointAck``,
+and a batch of those of several atoms (:mod:`storesite.batches`, the
+kinds its record lists as ``CALL_KINDS``).
 Both run exactly what gRPC's ``PutCheckpoint`` / ``PutCheckpointDelta`` run
 (:func:`storesite.server.put_checkpoint`), for the same roles; a checkpoint
 is acknowledged only after its group commit. A lone checkpoint runs on its
