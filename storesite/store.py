@@ -43,10 +43,12 @@ fails with a StorageError naming the atom and the damage.
 
 from __future__ import annotations
 
+import functools
 import logging
 import pathlib
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from typing import Concatenate, ParamSpec, TypeVar
 
 import lmdb
 
@@ -80,6 +82,21 @@ log = logging.getLogger(__name__)
 # Room for an atom at a node's 64 MiB memory cap plus its KV and its reply
 # table (8 MiB), well under the wire's 256 MiB message limit.
 DEFAULT_MAX_CHECKPOINT_BYTES = 192 * 2**20
+
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _submitted(
+    write: Callable[Concatenate[AtomStore, str, _P], Callable[[lmdb.Transaction], _T]],
+) -> Callable[Concatenate[AtomStore, str, _P], _T]:
+    """A method that submits the write ``write`` makes and returns its result once durable."""
+
+    def submit(store: AtomStore, guid: str, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        return store.committer.submit(guid, write(store, guid, *args, **kwargs))
+
+    return functools.wraps(write)(submit)
 
 
 class AtomStore:
@@ -212,28 +229,6 @@ class AtomStore:
         )
         return self.store_checkpoint(guid, tad, seq, snapshot, checksum, check)
 
-    def store_checkpoint(
-        self,
-        guid: str,
-        tad: TAD,
-        seq: int,
-        snapshot: bytes,
-        checksum: int,
-        check: Provenance,
-        *,
-        base_no: int | None = None,
-        link: Link | None = None,
-    ) -> bool:
-        """:meth:`put_checkpoint` of a snapshot already checked, written in the next
-        group commit (docs/DESIGN.md §6); with ``base_no``, only while the latest
-        checkpoint is still slot ``base_no`` (a delta's base). With ``link``,
-        ``snapshot`` is a delta on that slot, stored as a delta record
-        (storesite.chain) whose CRC-32 is ``checksum``."""
-        write = self.checkpoint_write(
-            guid, tad, seq, snapshot, checksum, check, base_no=base_no, link=link
-        )
-        return self.committer.submit(guid, write)
-
     def checkpoint_write(
         self,
         guid: str,
@@ -246,8 +241,12 @@ class AtomStore:
         base_no: int | None = None,
         link: Link | None = None,
     ) -> Callable[[lmdb.Transaction], bool]:
-        """The write of :meth:`store_checkpoint`, for a caller that submits several
-        together (``committer.submit_all``, storesite.batches)."""
+        """The write of :meth:`put_checkpoint` of a snapshot already checked, for the next
+        group commit (docs/DESIGN.md §6; :meth:`store_checkpoint` submits it); with
+        ``base_no``, only while the latest checkpoint is still slot ``base_no`` (a delta's
+        base). With ``link``,
+        ``snapshot`` is a delta on that slot, stored as a delta record
+        (storesite.chain) whose CRC-32 is ``checksum``."""
 
         def write(txn: lmdb.Transaction) -> bool:
             state = self.checkpoint_target(txn, guid, tad)
@@ -260,26 +259,6 @@ class AtomStore:
 
         return write
 
-    def store_delta(
-        self,
-        guid: str,
-        tad: TAD,
-        seq: int,
-        data: bytes,
-        delta: StateDelta,
-        checksum: int,
-        check: Provenance,
-        base: tuple[int, int],
-    ) -> tuple[bool, int] | Record | str:
-        """A delta record of ``data`` (decoded: ``delta``, CRC-32 ``checksum``) on the
-        base ``(seq, name)`` of ``tad``'s age, written in the next group commit, its base
-        checked in that same transaction (one read of the atom's record, docs/DESIGN.md
-        §6). Returns whether it was stored (False: not newer) and the latest checkpoint's
-        name then; or, writing nothing, why the base was refused, or the base's record
-        when its chain is due a whole snapshot (the caller composes one)."""
-        write = self.delta_write(guid, tad, seq, data, delta, checksum, check, base)
-        return self.committer.submit(guid, write)
-
     def delta_write(
         self,
         guid: str,
@@ -291,7 +270,13 @@ class AtomStore:
         check: Provenance,
         base: tuple[int, int],
     ) -> Callable[[lmdb.Transaction], tuple[bool, int] | Record | str]:
-        """The write of :meth:`store_delta` (as :meth:`checkpoint_write`)."""
+        """The write of a delta record of ``data`` (decoded: ``delta``, CRC-32 ``checksum``)
+        on the base ``(seq, name)`` of ``tad``'s age, for the next group commit
+        (:meth:`store_delta` submits it), its base
+        checked in that same transaction (one read of the atom's record, docs/DESIGN.md
+        §6). Returns whether it was stored (False: not newer) and the latest checkpoint's
+        name then; or, writing nothing, why the base was refused, or the base's record
+        when its chain is due a whole snapshot (the caller composes one)."""
 
         def write(txn: lmdb.Transaction) -> tuple[bool, int] | Record | str:
             state = self.checkpoint_target(txn, guid, tad)
@@ -314,6 +299,11 @@ class AtomStore:
             return False, base_record.name
 
         return write
+
+    # The writes above, each submitted alone to the next group commit; the result once
+    # durable. A caller with several submits them together (committer.submit_all).
+    store_checkpoint = _submitted(checkpoint_write)
+    store_delta = _submitted(delta_write)
 
     def arriving(self, guid: str, data: bytes, check: Provenance, what: str) -> int:
         """The checksum of state bytes that arrive: refused when too big or damaged."""
