@@ -39,6 +39,7 @@ __all__ = [
     "CHECKPOINT_BATCH",
     "MAX_BATCH_BYTES",
     "MAX_BATCH_ITEMS",
+    "MORE_CHECKPOINTS",
     "CheckpointBatcher",
     "Outcome",
     "decode_batch",
@@ -48,6 +49,11 @@ __all__ = [
 ]
 
 CHECKPOINT_BATCH = "checkpoint-batch"
+# A checkpoint request's meta entry saying that its sender has other checkpoints in
+# flight to the storesite: those may arrive while this one is committed, so the
+# storesite has them read meanwhile (to join the next group, storesite.calls).
+MORE_CHECKPOINTS = "more"
+_MORE = {MORE_CHECKPOINTS: "1"}
 # The storesite record's entry listing the kinds its call channel serves.
 CALL_KINDS = "call-kinds"
 # A batch holds at most this many checkpoints and this many bytes of bodies
@@ -139,17 +145,22 @@ class _Sender:
 
 
 class CheckpointBatcher:
-    """The checkpoints of one node to one storesite, sent by a leader among their senders.
+    """The checkpoints of one node to one storesite, sent by leaders among their senders.
 
-    At most one request is under way at a time: what becomes ready meanwhile
-    is queued and sent together once the reply is in.
+    At most ``depth`` requests are under way at a time: a checkpoint that finds
+    them all under way is queued, and goes with the others queued in the next
+    request, sent by the first sender a finished request hands its place to.
+    More than one under way keeps a sender that waits for a CPU from holding up
+    every atom's checkpoint; a request sent while another is under way says so
+    (meta ``more``, so the storesite reads on meanwhile: storesite.calls).
     """
 
-    def __init__(self, peer: str) -> None:
+    def __init__(self, peer: str, depth: int = 2) -> None:
         self.peer = peer
+        self._depth = depth
         self._lock = threading.Lock()
         self._queue: deque[_Sender] = deque()
-        self._sending = False
+        self._under_way = 0
         # Requests sent and checkpoints in them (since made: for measurements).
         self.requests = 0
         self.checkpoints = 0
@@ -159,45 +170,48 @@ class CheckpointBatcher:
         others queued); its reply's body, or its own error raised."""
         sender = _Sender(kind, body, time.monotonic() + timeout)
         with self._lock:
-            self._queue.append(sender)
-            if not self._sending:
-                self._sending = sender.lead = True
+            if self._under_way < self._depth:
+                self._under_way += 1
+                sender.lead = True
+            else:
+                self._queue.append(sender)
         if not sender.lead:
-            sender.wake.acquire()  # until its outcome is in, or it is to lead
+            sender.wake.acquire()  # until its outcome is in, or it is handed a place
         if not sender.done:
-            self._lead(connection)
+            self._lead(connection, sender)
         outcome = sender.outcome
         if isinstance(outcome, HermesError):
             raise outcome
         return outcome
 
-    def _lead(self, connection: Any) -> None:
-        """Send what is queued (the leader's own first), then hand the lead on."""
+    def _lead(self, connection: Any, own: _Sender) -> None:
+        """Send ``own`` with what is queued, then hand the place on to the first queued."""
         with self._lock:
-            batch = [self._queue.popleft()]
-            size = len(batch[0].body)
+            batch = [own]
+            size = len(own.body)
             while self._queue and len(batch) < MAX_BATCH_ITEMS:
                 size += len(self._queue[0].body)
                 if size > MAX_BATCH_BYTES:
                     break
                 batch.append(self._queue.popleft())
+            others = self._under_way > 1
         try:
-            self._send(connection, batch)
+            self._send(connection, batch, others)
         finally:
             with self._lock:
                 for sent in batch:
                     sent.done = True
-                following = self._queue[0] if self._queue else None
+                following = self._queue.popleft() if self._queue else None
                 if following is None:
-                    self._sending = False
-                else:
+                    self._under_way -= 1
+                else:  # its place goes on: the count stays
                     following.lead = True
             for sent in batch[1:]:
                 sent.wake.release()
             if following is not None:
                 following.wake.release()
 
-    def _send(self, connection: Any, batch: list[_Sender]) -> None:
+    def _send(self, connection: Any, batch: list[_Sender], others: bool) -> None:
         """One request for ``batch``; every sender's outcome set (an error included)."""
         now = time.monotonic()
         live = []
@@ -213,12 +227,13 @@ class CheckpointBatcher:
         self.requests += 1
         self.checkpoints += len(live)
         timeout = max(sender.deadline for sender in live) - now
+        meta = _MORE if others else None
         try:
             if len(live) == 1:
-                live[0].outcome = connection.call(live[0].kind, live[0].body, timeout)
+                live[0].outcome = connection.call(live[0].kind, live[0].body, timeout, meta)
                 return
             body = encode_batch([(sender.kind, sender.body) for sender in live])
-            reply = connection.call(CHECKPOINT_BATCH, body, timeout)
+            reply = connection.call(CHECKPOINT_BATCH, body, timeout, meta)
             outcomes = decode_outcomes(reply, len(live), self.peer)
         except HermesError as exc:
             for sender in live:

@@ -27,7 +27,7 @@ from hermesx.rpc.node_client import CALL_ADDRESS
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.status import unary_call
-from hermesx.rpc.storesite_batch import CheckpointBatcher
+from hermesx.rpc.storesite_batch import MORE_CHECKPOINTS, CheckpointBatcher
 from hermesx.rpc.wire import ChannelPool, TLSIdentity
 
 __all__ = [
@@ -51,10 +51,6 @@ _Reply = TypeVar("_Reply")
 # Request kinds of the storesite's call channel (storesite.calls, docs/DESIGN.md §4.1):
 # bodies and replies those of PutCheckpoint and PutCheckpointDelta.
 CHECKPOINT, CHECKPOINT_DELTA = "checkpoint", "checkpoint-delta"
-# A checkpoint request's meta entry saying that this sender has other checkpoints in
-# flight to the storesite: those may arrive while this one is committed, so the
-# storesite has them read meanwhile (to join the next group, storesite.calls).
-MORE_CHECKPOINTS = "more"
 _MORE = {MORE_CHECKPOINTS: "1"}
 
 # A state larger than two of these goes to the storesite in pieces of this size.

@@ -53,14 +53,17 @@ class _Connection:
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes]] = []
+        self.metas: list[Mapping[str, str] | None] = []
         self.release = threading.Event()
+        self.held: dict[bytes, threading.Event] = {}  # bodies answered later than others
         self.answer: dict[bytes, bytes | HermesError] = {}
 
     def call(
         self, kind: str, body: bytes, timeout: float, meta: Mapping[str, str] | None = None
     ) -> bytes:
         self.sent.append((kind, body))
-        self.release.wait(10)
+        self.metas.append(meta)
+        self.held.get(body, self.release).wait(10)
         if kind != CHECKPOINT_BATCH:
             answer = self.answer.get(body, b"ok:" + body)
             if isinstance(answer, HermesError):
@@ -71,7 +74,7 @@ class _Connection:
 
 
 def test_checkpoints_queued_behind_a_request_go_together_each_with_its_own_outcome() -> None:
-    batcher = CheckpointBatcher("storesite s1")
+    batcher = CheckpointBatcher("storesite s1", depth=1)
     connection = _Connection()
     connection.answer[b"c"] = MigrationError("atom c moved")
     outcomes: dict[bytes, object] = {}
@@ -106,6 +109,40 @@ def test_checkpoints_queued_behind_a_request_go_together_each_with_its_own_outco
     # Idle again: the next one goes alone.
     assert batcher.call(connection, CHECKPOINT, b"e", 10) == b"ok:e"
     assert connection.sent[-1] == (CHECKPOINT, b"e")
+
+
+def test_two_requests_may_be_under_way_and_the_second_says_so() -> None:
+    batcher = CheckpointBatcher("storesite s1", depth=2)
+    connection = _Connection()
+    connection.held[b"b"] = later = threading.Event()
+    outcomes: dict[bytes, bytes] = {}
+
+    def send(body: bytes) -> None:
+        outcomes[body] = batcher.call(connection, CHECKPOINT_DELTA, body, 10)
+
+    threads = [threading.Thread(target=send, args=(body,)) for body in (b"a", b"b")]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: len(connection.sent) == 2, timeout=5, what="two requests under way")
+    more = [threading.Thread(target=send, args=(body,)) for body in (b"c", b"d")]
+    for thread in more:
+        thread.start()
+    wait_until(lambda: len(batcher._queue) == 2, timeout=5, what="two queued")
+    assert len(connection.sent) == 2
+    connection.release.set()
+    wait_until(lambda: len(outcomes) == 3, timeout=5, what="all but b answered")
+    later.set()
+    for thread in threads + more:
+        thread.join(10)
+    assert outcomes == {b: b"ok:" + b for b in (b"a", b"b", b"c", b"d")}
+    # One of the two first ones was sent while the other was under way, and said so.
+    assert sum(1 for meta in connection.metas[:2] if meta and meta.get("more")) == 1
+    # The two queued went together, in the place the finished request left.
+    assert connection.sent[2][0] == CHECKPOINT_BATCH
+    assert sorted(decode_batch(connection.sent[2][1])) == sorted(
+        [(CHECKPOINT_DELTA, b"c"), (CHECKPOINT_DELTA, b"d")]
+    )
+    assert len(connection.sent) == 3
 
 
 def test_a_failed_request_fails_each_of_its_checkpoints_and_the_next_one_is_sent() -> None:
