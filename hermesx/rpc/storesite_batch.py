@@ -4,13 +4,12 @@ A node's every-call atoms each wait for their own checkpoint before their
 reply leaves. Sent one request each, a storesite round trip costs every
 checkpoint its frames, its TLS records, a thread woken at each end and a
 reply of its own. :class:`CheckpointBatcher` sends what is ready together:
-the sender that finds no request of its storesite under way (the *leader*)
-sends every checkpoint queued meanwhile (its own first) as one
-``checkpoint-batch`` request — or, alone, as the ``checkpoint`` /
-``checkpoint-delta`` request it is — and hands each sender its own outcome;
-the senders that queued while it waited are woken with their outcome, and
-the first one still queued leads the next request. No thread is started:
-the senders themselves take turns.
+at most two requests to the storesite are under way; a checkpoint that
+finds both under way is queued, and the sender whose request finishes hands
+its place to the first one queued, which sends itself and every checkpoint
+queued behind it as one ``checkpoint-batch`` request (alone, as the
+``checkpoint`` / ``checkpoint-delta`` request it is) and hands each sender its
+own outcome. No thread is started: the senders themselves take turns.
 
 The request's body is a msgpack array of ``[kind, body]`` (each a request of
 that kind, as it would travel alone); the reply's a msgpack array of one
