@@ -4,8 +4,8 @@ A node's every-call atoms each wait for their own checkpoint before their
 reply leaves. Sent one request each, a storesite round trip costs every
 checkpoint its frames, its TLS records, a thread woken at each end and a
 reply of its own. :class:`CheckpointBatcher` sends what is ready together:
-at most two requests to the storesite are under way; a checkpoint that
-finds both under way is queued, and the sender whose request finishes hands
+at most four requests to the storesite are under way; a checkpoint
+that finds them all under way is queued, and the sender whose request finishes hands
 its place to the first one queued, which sends itself and every checkpoint
 queued behind it as one ``checkpoint-batch`` request (alone, as the
 ``checkpoint`` / ``checkpoint-delta`` request it is) and hands each sender its
@@ -150,11 +150,13 @@ class CheckpointBatcher:
     them all under way is queued, and goes with the others queued in the next
     request, sent by the first sender a finished request hands its place to.
     More than one under way keeps a sender that waits for a CPU from holding up
-    every atom's checkpoint; a request sent while another is under way says so
-    (meta ``more``, so the storesite reads on meanwhile: storesite.calls).
+    every atom's checkpoint (with one or two, eight clients on eight atoms of a
+    loaded machine lost calls/s: docs/PERFORMANCE.md "Durable calls"); a request
+    sent while another is under way says so (meta ``more``, so the storesite reads
+    on meanwhile: storesite.calls).
     """
 
-    def __init__(self, peer: str, depth: int = 2) -> None:
+    def __init__(self, peer: str, depth: int = 4) -> None:
         self.peer = peer
         self._depth = depth
         self._lock = threading.Lock()
