@@ -1,9 +1,11 @@
 """The storesite's call channel: checkpoints over lean frames (docs/DESIGN.md §4.1, §6).
 
 The storesite mounts a :class:`~hermesx.rpc.callserver.CallServer` next to
-its gRPC server with two request kinds, a whole checkpoint and a delta
+its gRPC server with three request kinds, a whole checkpoint and a delta
 checkpoint, whose bodies are the ``CheckpointRequest`` / ``CheckpointDelta``
-of protos/hermesx.proto and whose replies are ``Empty`` / ``CheckpointAck``.
+of protos/hermesx.proto and whose replies are ``Empty`` / ``CheckpointAck``,
+and a batch of those of several atoms (:mod:`storesite.batches`, the
+kinds its record lists as ``CALL_KINDS``).
 Both run exactly what gRPC's ``PutCheckpoint`` / ``PutCheckpointDelta`` run
 (:func:`storesite.server.put_checkpoint`), for the same roles; a checkpoint
 is acknowledged only after its group commit. A lone checkpoint runs on its
@@ -30,12 +32,17 @@ from hermesx.core.errors import ConfigurationError, HermesError, StorageError, U
 from hermesx.observe import metrics
 from hermesx.rpc.callserver import Call, CallServer, parse_body, yield_reader
 from hermesx.rpc.proto import hermesx_pb2 as pb
+from hermesx.rpc.storesite_batch import CHECKPOINT_BATCH, decode_batch, encode_outcomes
 from hermesx.rpc.storesite_client import CHECKPOINT, CHECKPOINT_DELTA, MORE_CHECKPOINTS
 from hermesx.rpc.wire import TLSIdentity
+from storesite.batches import put_batch
 from storesite.server import put_checkpoint, put_checkpoint_delta
 from storesite.service import Storesite
 
-__all__ = ["call_listen_address", "lone_checkpoint", "serve_calls"]
+__all__ = ["CALL_KINDS_SERVED", "call_listen_address", "lone_checkpoint", "serve_calls"]
+
+# The kinds this listener serves, as its record lists them (CALL_KINDS).
+CALL_KINDS_SERVED = [CHECKPOINT, CHECKPOINT_DELTA, CHECKPOINT_BATCH]
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +89,12 @@ def serve_calls(
         reply: bytes = ack.SerializeToString()
         return reply
 
+    def batch(call: Call) -> bytes:
+        requests = decode_batch(call.body)
+        return encode_outcomes(_run(site, call, lambda: put_batch(site, requests)))
+
     server.register(CHECKPOINT, checkpoint, "Storesite/PutCheckpoint", inline=lone_checkpoint)
+    server.register(CHECKPOINT_BATCH, batch, "Storesite/PutCheckpointDelta", inline=lone_checkpoint)
     server.register(CHECKPOINT_DELTA, delta, "Storesite/PutCheckpointDelta", inline=lone_checkpoint)
     site.store.committer.waiting = yield_reader
     try:
@@ -105,7 +117,8 @@ def lone_checkpoint(meta: Mapping[str, str] | None) -> bool:
 
 def _run(site: Storesite, call: Call, body: Callable[[], _R]) -> _R:
     """``body()``; an unforeseen failure answers as gRPC's servicer does (a storage error)."""
-    metrics.STORESITE_CHECKPOINT_TRANSPORTS.labels("call").inc()
+    if call.kind != CHECKPOINT_BATCH:  # a batch counts its checkpoints (storesite.batches)
+        metrics.STORESITE_CHECKPOINT_TRANSPORTS.labels("call").inc()
     try:
         return body()
     except HermesError:

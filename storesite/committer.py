@@ -113,6 +113,37 @@ class GroupCommitter:
         result: T = pending.result
         return result
 
+    def submit_all(
+        self, writes: list[tuple[str, Callable[[lmdb.Transaction], Any]]]
+    ) -> list[tuple[Any, BaseException | None]]:
+        """:meth:`submit` of several writes at once, from one thread (a node's checkpoints
+        of several atoms in one request, :mod:`storesite.batches`): queued together, so
+        they share a transaction unless the batch being committed fills up. Returns each
+        write's result and error (None, or its refusal, or the failed commit's), in order."""
+        for guid, _ in writes:
+            GUID.parse(guid)
+        pendings = [_Pending(guid, apply) for guid, apply in writes]
+        if not pendings:
+            return []
+        with self._lock:
+            if self._closed:
+                raise StorageError(f"storesite {self._env.sid} is closing; checkpoint not stored")
+            self._queue.extend(pendings)
+            if not self._leading:
+                self._leading = pendings[0].lead = True
+        waited = False
+        for pending in pendings:
+            # Each is released once: done by another's batch, or made the next leader;
+            # one done by this thread's own batch is released already.
+            if not pending.lead:
+                if not pending.done and not waited:
+                    self.waiting()
+                    waited = True
+                pending.wake.acquire()
+            if not pending.done:
+                self._lead()
+        return [(pending.result, pending.error) for pending in pendings]
+
     def _lead(self) -> None:
         """Commit every write queued (the leader's own first), then hand the lead on."""
         with self._lock:

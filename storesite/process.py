@@ -26,11 +26,12 @@ from hermesx.core.identity import validate_name
 from hermesx.observe import metrics
 from hermesx.rpc.callserver import CallServer
 from hermesx.rpc.security import zk_auth, zk_readers, zk_tls
+from hermesx.rpc.storesite_batch import CALL_KINDS
 from hermesx.rpc.storesite_client import CALL_ADDRESS
 from hermesx.rpc.wire import TLSIdentity, set_process_tls
 from nameservice import NameService, NameServiceError, NameTakenError, ZooKeeperTLS
+from storesite.calls import CALL_KINDS_SERVED, serve_calls
 from storesite.calls import call_listen_address as call_address
-from storesite.calls import serve_calls
 from storesite.directory import NameServiceDirectory, naming_error
 from storesite.server import StoresiteServer
 from storesite.service import Storesite
@@ -121,6 +122,7 @@ def serve(
                     tls=tls,
                     advertise=advertise,
                 )
+                record[CALL_KINDS] = CALL_KINDS_SERVED
             endpoint = metrics.serve_metrics(metrics_listen, address.rpartition(":")[0])
             metrics.watch_storesite(lambda: _count_atoms(store))
             _register(names, sid, address, record, stop)

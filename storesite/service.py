@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import replace
 
 from hermesx.core.errors import MigrationError, StorageError
@@ -107,6 +108,10 @@ class Storesite:
             state = self.store.register_atom(guid, meta, tad, snapshot, check)
         self._recovery.look_again_if_gone(state)
         return StoredLocation(state.location, incarnation=state.incarnation)
+
+    def holding(self, guid: str) -> AbstractContextManager[None]:
+        """The atom's lock, held (storesite.batches holds several, in GUID order)."""
+        return self._locks.hold(guid)
 
     @metrics.timed(metrics.STORESITE_CHECKPOINTS, metrics.STORESITE_CHECKPOINT_SECONDS)
     def put_checkpoint(

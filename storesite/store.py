@@ -43,10 +43,12 @@ fails with a StorageError naming the atom and the damage.
 
 from __future__ import annotations
 
+import functools
 import logging
 import pathlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
+from typing import Concatenate, ParamSpec, TypeVar
 
 import lmdb
 
@@ -80,6 +82,21 @@ log = logging.getLogger(__name__)
 # Room for an atom at a node's 64 MiB memory cap plus its KV and its reply
 # table (8 MiB), well under the wire's 256 MiB message limit.
 DEFAULT_MAX_CHECKPOINT_BYTES = 192 * 2**20
+
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _submitted(
+    write: Callable[Concatenate[AtomStore, str, _P], Callable[[lmdb.Transaction], _T]],
+) -> Callable[Concatenate[AtomStore, str, _P], _T]:
+    """A method that submits the write ``write`` makes and returns its result once durable."""
+
+    def submit(store: AtomStore, guid: str, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        return store.committer.submit(guid, write(store, guid, *args, **kwargs))
+
+    return functools.wraps(write)(submit)
 
 
 class AtomStore:
@@ -212,7 +229,7 @@ class AtomStore:
         )
         return self.store_checkpoint(guid, tad, seq, snapshot, checksum, check)
 
-    def store_checkpoint(
+    def checkpoint_write(
         self,
         guid: str,
         tad: TAD,
@@ -223,10 +240,11 @@ class AtomStore:
         *,
         base_no: int | None = None,
         link: Link | None = None,
-    ) -> bool:
-        """:meth:`put_checkpoint` of a snapshot already checked, written in the next
-        group commit (docs/DESIGN.md §6); with ``base_no``, only while the latest
-        checkpoint is still slot ``base_no`` (a delta's base). With ``link``,
+    ) -> Callable[[lmdb.Transaction], bool]:
+        """The write of :meth:`put_checkpoint` of a snapshot already checked, for the next
+        group commit (docs/DESIGN.md §6; :meth:`store_checkpoint` submits it); with
+        ``base_no``, only while the latest checkpoint is still slot ``base_no`` (a delta's
+        base). With ``link``,
         ``snapshot`` is a delta on that slot, stored as a delta record
         (storesite.chain) whose CRC-32 is ``checksum``."""
 
@@ -239,9 +257,9 @@ class AtomStore:
                 )
             return self._window.put_newer(txn, state, check, tad, seq, snapshot, checksum, link)
 
-        return self.committer.submit(guid, write)
+        return write
 
-    def store_delta(
+    def delta_write(
         self,
         guid: str,
         tad: TAD,
@@ -251,9 +269,10 @@ class AtomStore:
         checksum: int,
         check: Provenance,
         base: tuple[int, int],
-    ) -> tuple[bool, int] | Record | str:
-        """A delta record of ``data`` (decoded: ``delta``, CRC-32 ``checksum``) on the
-        base ``(seq, name)`` of ``tad``'s age, written in the next group commit, its base
+    ) -> Callable[[lmdb.Transaction], tuple[bool, int] | Record | str]:
+        """The write of a delta record of ``data`` (decoded: ``delta``, CRC-32 ``checksum``)
+        on the base ``(seq, name)`` of ``tad``'s age, for the next group commit
+        (:meth:`store_delta` submits it), its base
         checked in that same transaction (one read of the atom's record, docs/DESIGN.md
         §6). Returns whether it was stored (False: not newer) and the latest checkpoint's
         name then; or, writing nothing, why the base was refused, or the base's record
@@ -279,7 +298,12 @@ class AtomStore:
                 return True, link.name
             return False, base_record.name
 
-        return self.committer.submit(guid, write)
+        return write
+
+    # The writes above, each submitted alone to the next group commit; the result once
+    # durable. A caller with several submits them together (committer.submit_all).
+    store_checkpoint = _submitted(checkpoint_write)
+    store_delta = _submitted(delta_write)
 
     def arriving(self, guid: str, data: bytes, check: Provenance, what: str) -> int:
         """The checksum of state bytes that arrive: refused when too big or damaged."""

@@ -13,7 +13,9 @@ Incremental (docs/DESIGN.md §6): an atom with a
 its last acknowledged checkpoint, one checkpoint at a time (its
 ``send_lock``): a capture is taken, sent and acknowledged before the next is
 taken, so every delta's base is the storesite's latest. A delta the
-storesite refuses (its base is not the latest) is sent again whole. A call
+storesite refuses (its base is not the latest) is sent again whole. The
+checkpoints of several atoms ready at once may travel to their storesite in
+one request (:mod:`hermesx.rpc.storesite_batch`), each with its own outcome. A call
 that changed nothing durable (no memory chunk, KV entry, mailbox entry or
 global, and no outgoing call or send) takes no checkpoint: its reply stays
 in the atom's reply table and travels with the next checkpoint (docs/DESIGN.md §4

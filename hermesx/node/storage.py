@@ -24,8 +24,9 @@ from hermesx.core.identity import GUID, TAD
 from hermesx.core.snapshot import snapshot_checksum
 from hermesx.observe.atomlog import BOOK, LogLine, encode_lines
 from hermesx.routing.invoker import Invoker
-from hermesx.routing.naming import Naming
+from hermesx.routing.naming import Member, Naming
 from hermesx.rpc.node_client import call_address
+from hermesx.rpc.storesite_batch import CALL_KINDS, CHECKPOINT_BATCH
 from hermesx.rpc.storesite_client import CheckedSnapshot, DeltaAck, StoresiteClient
 
 __all__ = ["AtomStoresites", "transfer_timeout"]
@@ -49,19 +50,27 @@ class AtomStoresites:
         self._naming = naming
         self._invoker = invoker
         self._channels = invoker.channels
-        self._clients: dict[tuple[str, str, str | None], StoresiteClient] = {}
+        self._clients: dict[tuple[str, str, str | None, bool], StoresiteClient] = {}
         self._lock = threading.Lock()
 
-    def client(self, sid: str, address: str) -> StoresiteClient:
+    def client(self, sid: str, address: str, member: Member | None = None) -> StoresiteClient:
         """The client of storesite ``sid`` at ``address`` (kept for later calls), with the
-        call channel its record advertises (docs/DESIGN.md §4.1)."""
-        member = self._naming.storesites().get(sid)
+        call channel its record (``member``, else read) advertises and whether that
+        channel takes several checkpoints in one request (docs/DESIGN.md §4.1)."""
+        if member is None:
+            member = self._naming.storesites().get(sid)
         calls = call_address(member) if member is not None else None
+        kinds = member.data.get(CALL_KINDS) if member is not None else None
+        batch = isinstance(kinds, list) and CHECKPOINT_BATCH in kinds
+        key = (sid, address, calls, batch)
+        client = self._clients.get(key)
+        if client is not None:
+            return client
         with self._lock:
-            client = self._clients.get((sid, address, calls))
+            client = self._clients.get(key)
             if client is None:
-                client = self._clients[sid, address, calls] = StoresiteClient(
-                    address, sid=sid, channels=self._channels, call=calls
+                client = self._clients[key] = StoresiteClient(
+                    address, sid=sid, channels=self._channels, call=calls, batch=batch
                 )
             return client
 
@@ -77,8 +86,10 @@ class AtomStoresites:
         timeout; made again at the new home when the home moved meanwhile."""
         deadline = time.monotonic() + timeout
         while True:
-            sid, address = self._invoker.storesite_address(guid)
-            site = self.client(sid, address).with_timeout(max(deadline - time.monotonic(), 0.1))
+            # One read of the storesite's record per call (docs/PERFORMANCE.md "Durable calls").
+            sid, member = self._invoker.storesite_member(guid)
+            site = self.client(sid, member.address, member)
+            site = site.with_timeout(max(deadline - time.monotonic(), 0.1))
             try:
                 return call(site)
             except HomeMovedError:

@@ -202,7 +202,8 @@ STORESITE_CHECKPOINT_SECONDS = Histogram(
 )
 STORESITE_CHECKPOINT_TRANSPORTS = Counter(
     "hermesx_storesite_checkpoint_requests",
-    "Checkpoint requests this storesite received, by transport (call: the call channel, grpc)",
+    "Checkpoints this storesite received, by transport (call: the call channel, one a "
+    "request; call-batch: the call channel, several atoms' in one request; grpc)",
     ["transport"],
 )
 STORESITE_ACTIVATIONS = Counter(

@@ -108,13 +108,18 @@ class Peers:
 
     def storesite_address(self, guid: str) -> tuple[str, str]:
         """(storesite id, address) of the storesite that knows where ``guid`` is."""
+        home, member = self.storesite_member(guid)
+        return home, member.address
+
+    def storesite_member(self, guid: str) -> tuple[str, Member]:
+        """(storesite id, its record) of the storesite that knows where ``guid`` is."""
         home = self.naming.home(guid) or GUID.parse(guid).home
         member = self.naming.storesites().get(home)
         if member is None:
             raise StoresiteAbsentError(
                 f"atom {guid}: its storesite {home!r} is not a live member of the cluster"
             )
-        return home, member.address
+        return home, member
 
     # ------------------------------------------------------------ fallback
 

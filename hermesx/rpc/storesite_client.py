@@ -27,6 +27,7 @@ from hermesx.rpc.node_client import CALL_ADDRESS
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.status import unary_call
+from hermesx.rpc.storesite_batch import MORE_CHECKPOINTS, CheckpointBatcher
 from hermesx.rpc.wire import ChannelPool, TLSIdentity
 
 __all__ = [
@@ -50,10 +51,6 @@ _Reply = TypeVar("_Reply")
 # Request kinds of the storesite's call channel (storesite.calls, docs/DESIGN.md §4.1):
 # bodies and replies those of PutCheckpoint and PutCheckpointDelta.
 CHECKPOINT, CHECKPOINT_DELTA = "checkpoint", "checkpoint-delta"
-# A checkpoint request's meta entry saying that this sender has other checkpoints in
-# flight to the storesite: those may arrive while this one is committed, so the
-# storesite has them read meanwhile (to join the next group, storesite.calls).
-MORE_CHECKPOINTS = "more"
 _MORE = {MORE_CHECKPOINTS: "1"}
 
 # A state larger than two of these goes to the storesite in pieces of this size.
@@ -132,8 +129,12 @@ class StoresiteClient:
         channels: ChannelPool | None = None,
         call: str | None = None,
         lean: bool | None = None,
+        batch: bool = False,
     ) -> None:
-        """``tls``: the certificate to show, when not this process's own (a client's)."""
+        """``tls``: the certificate to show, when not this process's own (a client's).
+        ``batch``: the storesite's call channel serves ``checkpoint-batch`` (its record
+        lists it): checkpoints ready together travel in one request
+        (:mod:`hermesx.rpc.storesite_batch`)."""
         self.address = address
         lean = lean if lean is not None else os.environ.get("HERMESX_CALLS") != "grpc"
         self.call_address = call if lean else None
@@ -145,6 +146,11 @@ class StoresiteClient:
         self._peer = f"storesite {sid} at {address}" if sid else f"storesite at {address}"
         # Checkpoints on their way over the call channel (shared by with_timeout copies).
         self._flight = _InFlight()
+        self._batcher = (
+            CheckpointBatcher(f"storesite {sid} at {call}")
+            if batch and self.call_address is not None
+            else None
+        )
 
     def close(self) -> None:
         if self._own_channels:
@@ -416,6 +422,8 @@ class StoresiteClient:
             return None, left
         left = timeout - (time.monotonic() - started)
         body = request.SerializeToString()
+        if self._batcher is not None:
+            return self._batcher.call(connection, kind, body, left), left
         with self._flight.counting() as others:
             return connection.call(kind, body, left, _MORE if others else None), left
 

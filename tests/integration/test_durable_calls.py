@@ -1,7 +1,9 @@
 """Durable calls with group commit and incremental checkpoints, real processes (docs/DESIGN.md §6).
 
 * Every call acknowledged by eight threads calling eight every-call atoms is
-  in the state recovered after the node is killed with SIGKILL.
+  in the state recovered after the node is killed with SIGKILL, and none is
+  counted twice; their checkpoints travel several atoms' to a request
+  (``checkpoint-batch``), and the kill comes while such requests are under way.
 * A read-only call writes no checkpoint (the storesite's count of written
   checkpoints does not move), yet a retry of its request id is answered
   from the reply table, also after a recovery once a later checkpoint
@@ -20,6 +22,7 @@ from hermesx.client import Client
 from hermesx.core.errors import HermesError
 from hermesx.local.cluster import LocalCluster
 from hermesx.rpc.storesite_client import StoresiteClient, StoresiteInfo
+from hermesx.testing.metrics import metric_value, scrape
 
 pytestmark = pytest.mark.integration
 
@@ -28,6 +31,14 @@ def _storesite(client: Client) -> StoresiteInfo:
     address = client.naming.storesites()["s1"].address
     with StoresiteClient(address, sid="s1", channels=client.channels) as site:
         return site.status()
+
+
+def _batched(cluster: LocalCluster) -> float:
+    """Checkpoints the storesite received in requests of several atoms' so far."""
+    families = scrape(cluster, "storesite-s1")
+    return metric_value(
+        families, "hermesx_storesite_checkpoint_requests_total", transport="call-batch"
+    )
 
 
 def test_every_acknowledged_call_of_eight_threads_survives_a_kill_9(
@@ -39,6 +50,7 @@ def test_every_acknowledged_call_of_eight_threads_survives_a_kill_9(
         for name in names:
             client.create(atoms["counter"], name=name, on="n2", checkpoint="every-call")
         before = _storesite(client)
+        batched = _batched(cluster)
         acknowledged = dict.fromkeys(names, 0)
         failed: dict[str, list[str]] = {name: [] for name in names}
         killed = threading.Event()
@@ -66,6 +78,7 @@ def test_every_acknowledged_call_of_eight_threads_survives_a_kill_9(
             while min(acknowledged.values()) < 10 and not any(failed.values()):
                 stop.wait(0.05)
             middle = _storesite(client)
+            batched_before_kill = _batched(cluster)
             cluster.kill("node-n2")
             killed.set()
         finally:
@@ -79,6 +92,8 @@ def test_every_acknowledged_call_of_eight_threads_survives_a_kill_9(
             assert client.atom(name).get() == acknowledged[name]
         # Every acknowledged call before the kill was written by the storesite.
         assert middle.checkpoints_written - before.checkpoints_written >= 8 * 10
+        # Several atoms' checkpoints went in one request before the kill.
+        assert batched_before_kill > batched
 
 
 def test_a_read_only_call_writes_no_checkpoint_and_its_retry_gets_the_first_reply(

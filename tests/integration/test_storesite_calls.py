@@ -4,7 +4,8 @@ The storesite advertises its call channel as ``call`` in its name-service
 record; a node sends durable calls' checkpoints over it (the storesite counts
 them by transport) and each is acknowledged once stored, as over gRPC; the
 checkpoints of calls made at once share group commits, though one connection
-carries them all. The
+carries them all, and those of several atoms ready together travel in one
+``checkpoint-batch`` request (which the storesite's record lists). The
 client certificate sending a checkpoint kind on the channel is refused
 ``not_authorized``, as on gRPC; nodes told ``HERMESX_CALLS=grpc`` checkpoint
 over gRPC.
@@ -23,6 +24,7 @@ from hermesx.core.errors import NotAuthorizedError
 from hermesx.local.cluster import LocalCluster
 from hermesx.rpc.node_client import call_address
 from hermesx.rpc.proto import hermesx_pb2 as pb
+from hermesx.rpc.storesite_batch import CALL_KINDS, CHECKPOINT_BATCH, encode_batch
 from hermesx.rpc.storesite_client import CHECKPOINT, CHECKPOINT_DELTA, StoresiteClient
 from hermesx.testing.metrics import metric_value, scrape
 from hermesx.testing.plugin import ClusterFactory
@@ -34,7 +36,8 @@ _REQUESTS = "hermesx_storesite_checkpoint_requests_total"
 
 def _by_transport(cluster: LocalCluster) -> dict[str, float]:
     families = scrape(cluster, "storesite-s1")
-    return {t: metric_value(families, _REQUESTS, transport=t) for t in ("call", "grpc")}
+    transports = ("call", "call-batch", "grpc")
+    return {t: metric_value(families, _REQUESTS, transport=t) for t in transports}
 
 
 def _status(client: Client) -> tuple[int, int]:
@@ -95,6 +98,34 @@ def test_checkpoints_arriving_together_on_one_connection_share_commits(
     assert commits_now - commits < written_now - written
 
 
+def test_checkpoints_ready_together_travel_in_one_request(
+    cluster: LocalCluster, client: Client, atoms: dict[str, pathlib.Path], unique_name: str
+) -> None:
+    # The storesite lists the batch kind in its record; a node whose atoms' checkpoints
+    # are ready together sends them as one request, and each call still gets its own
+    # acknowledged, durable outcome.
+    kinds = client.naming.storesites()["s1"].data.get(CALL_KINDS)
+    assert isinstance(kinds, list) and CHECKPOINT_BATCH in kinds
+    names = [f"{unique_name}-{i}" for i in range(8)]
+    for name in names:
+        client.create(atoms["counter"], name=name, on="n1", checkpoint="every-call")
+    before = _by_transport(cluster)
+
+    def calls(name: str) -> list[int]:
+        return [client.atom(name).incr(1) for _ in range(30)]
+
+    with ThreadPoolExecutor(len(names)) as pool:
+        counts = list(pool.map(calls, names))
+    assert counts == [list(range(1, 31))] * len(names)
+    after = _by_transport(cluster)
+    assert after["call-batch"] > before["call-batch"]
+    assert after["grpc"] == before["grpc"]
+    # Each atom's state, read back from its storesite, holds every acknowledged call.
+    for name in names:
+        client.passivate(name)
+        assert client.atom(name).get() == 30
+
+
 def test_the_client_certificate_is_refused_the_checkpoint_kinds(
     cluster: LocalCluster, client: Client, atoms: dict[str, pathlib.Path], unique_name: str
 ) -> None:
@@ -104,10 +135,14 @@ def test_the_client_certificate_is_refused_the_checkpoint_kinds(
     assert address is not None
     connection = client.channels.calls.connection(address, "storesite s1")
     head = pb.CheckpointRequest(guid=guid, tad=pb.TAD(node="n1", age=1), snapshot=b"x", seq=99)
-    bodies = {CHECKPOINT: head, CHECKPOINT_DELTA: pb.CheckpointDelta(head=head)}
-    for kind, request in bodies.items():
+    bodies = {
+        CHECKPOINT: head.SerializeToString(),
+        CHECKPOINT_DELTA: pb.CheckpointDelta(head=head).SerializeToString(),
+        CHECKPOINT_BATCH: encode_batch([(CHECKPOINT, head.SerializeToString())] * 2),
+    }
+    for kind, body in bodies.items():
         with pytest.raises(NotAuthorizedError) as caught:
-            connection.call(kind, request.SerializeToString(), 10)
+            connection.call(kind, body, 10)
         assert caught.value.kind == "not_authorized"
         assert f"refused {kind}: role client may not call it" in str(caught.value)
     # Nothing of it was stored: the atom goes on from its own state.

@@ -19,6 +19,7 @@ from hermesx.core.errors import HomeMovedError
 from hermesx.core.identity import GUID, TAD
 from hermesx.core.snapshot import snapshot_checksum
 from hermesx.node.storage import AtomStoresites
+from hermesx.routing.naming import Member
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.status import abort_with
@@ -57,9 +58,9 @@ class Directory:
     def home(self, guid: str) -> str | None:
         return self.homes.get(guid)
 
-    def storesite_address(self, guid: str) -> tuple[str, str]:
+    def storesite_member(self, guid: str) -> tuple[str, Member]:
         sid = self.home(guid) or GUID.parse(guid).home
-        return sid, self.addresses[sid]
+        return sid, Member(sid, self.addresses[sid])
 
     def storesites(self) -> dict[str, object]:
         """Records without a call channel: these fake storesites serve gRPC only."""
