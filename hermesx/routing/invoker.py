@@ -92,8 +92,6 @@ MAX_CHECKED = 4096
 
 
 def _check_method(method: str) -> None:
-    if method in _CHECKED:
-        return
     try:
         encoded = method.encode("utf-8")
     except UnicodeEncodeError:
@@ -150,7 +148,8 @@ class Invoker(Attempts):
         open_chain: tuple[str, ...] = (),
     ) -> InvokeOutcome:
         """Run ``method`` on ``target``; a request id of ours is made when none is given."""
-        _check_method(method)
+        if method not in _CHECKED:
+            _check_method(method)
         ours = not request_id
         request_id = request_id or self.request_ids.next()
         deadline = time.monotonic() + (timeout or self.deadline)

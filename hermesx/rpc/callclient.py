@@ -229,7 +229,7 @@ class CallConnection:
         try:
             if not waiter.finished:
                 self._link.read_until(
-                    self._received, lambda: waiter.finished, deadline=deadline, quick=True
+                    self._received, lambda: waiter.finished, deadline=deadline, quick=waiter
                 )
         finally:
             self._token.release()

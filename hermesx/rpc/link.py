@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from hermesx.rpc.frames import Frame, FrameError, FrameReader, encode_error
 
@@ -40,6 +40,12 @@ KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_PROBES = 10, 5, 3
 POLL_MS = 1000
 _READ = select.POLLIN | select.POLLPRI
 _ERR = select.POLLERR | select.POLLHUP | select.POLLNVAL
+
+
+class Awaited(Protocol):
+    """What a caller waits for (``finished`` once its reply or failure came)."""
+
+    finished: bool
 
 
 class LinkClosed(Exception):
@@ -308,16 +314,17 @@ class Link:
         reading: Callable[[], bool] = lambda: True,
         deadline: float | None = None,
         owner: bool = True,
-        quick: bool = False,
+        quick: Awaited | None = None,
     ) -> None:
         """Read, hand frames on and flush the outbox on this thread until ``done()`` (checked
         after each frame and each wake-up), ``deadline`` (``time.monotonic``) or the link
         closes; one thread at a time. A bad frame or a failed connection closes the link
         (after a goodbye for a bad frame, flushed here unless ``owner`` is False: then
         :meth:`run`'s thread does it); :meth:`release` frees its descriptors. ``quick``: a
-        caller waits for its reply (on a link without frame clocks: see ``_quick``)."""
+        caller waits for its reply, which has come once ``quick.finished`` (on a link
+        without frame clocks: see ``_quick``)."""
         try:
-            if quick and _quick(self, on_frames, done, deadline):
+            if quick is not None and _quick(self, on_frames, quick, deadline):
                 return
             self._loop(on_frames, reading, None, done, deadline)
         except FrameError as exc:
@@ -525,11 +532,11 @@ def _drain(link: Link, seconds: float) -> None:
 def _quick(
     link: Link,
     on_frames: Callable[[list[Frame]], None],
-    done: Callable[[], bool],
+    awaited: Awaited,
     deadline: float | None,
 ) -> bool:
     """``Link._loop`` for a caller's reply, without its per-read set-up: wait for the
-    socket, read, hand frames on until ``done()`` or ``deadline``. False as soon as
+    socket, read, hand frames on until ``awaited.finished`` or ``deadline``. False as soon as
     something needs the whole loop (bytes to flush, a wake-up, a close under way)."""
     if link.closed is not None or link._closing is not None:
         return False
@@ -543,7 +550,7 @@ def _quick(
     while True:
         while frames.whole is not None:
             on_frames([frames.take()])  # type: ignore[list-item]
-            if done():
+            if awaited.finished:
                 return True
         if link.closed is not None:
             return True
