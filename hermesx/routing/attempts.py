@@ -98,9 +98,12 @@ class Attempts(Peers):
     def _settle(self, call: Call, node: str, reply: Any) -> TAD | None:
         """Learn the newest TAD from a reply (returned); MOVED and retryable errors go on
         from elsewhere."""
-        newest = call.tad
+        newest = call.tried[0] if call.tried else None
         sent = reply.tad
-        # The common reply repeats the TAD the call went to: no new TAD, no stash write.
+        # The common reply repeats the TAD the call's first attempt went to (the stash's,
+        # or the storesite's, which the stash took): no new TAD, no stash write. After a
+        # MOVED the reply's TAD is news for the stash even when it is the one the call
+        # went to last.
         if newest is None or sent.age != newest.age or sent.node != newest.node:
             newest = tad_from_pb(sent)
             if newest is not None:
