@@ -215,7 +215,8 @@ class Client:
         ``via`` enters the cluster at that node; ``trace`` records the hops the
         call took in the outcome's ``trace``.
         """
-        self.start()
+        if not self._started:
+            self.start()
         return self.invoker.invoke(
             target, method, args, request_id=request_id, via=via, trace=trace, timeout=timeout
         )

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
@@ -47,19 +46,40 @@ class Broken(Exception):
     """This attempt hit a broken chain; the next one starts from the storesite."""
 
 
-@dataclass(slots=True)
 class Call:
-    guid: str
-    deadline: float
-    tad: TAD | None
-    via: str | None
-    trace: list[Hop]
-    want_trace: bool
-    last_error: str = ""
-    tried: list[TAD] = field(default_factory=list)
-    need_locate: bool = False
-    storesite_absent_since: float | None = None
-    sends: int = 0  # transmissions of the request
+    """One call, from attempt to attempt (a plain class: one is made per call, and a
+    dataclass's ``__init__`` with a default factory costs more)."""
+
+    __slots__ = (
+        "deadline",
+        "guid",
+        "last_error",
+        "need_locate",
+        "sends",
+        "storesite_absent_since",
+        "tad",
+        "trace",
+        "tried",
+        "via",
+        "want_trace",
+    )
+
+    def __init__(
+        self,
+        guid: str,
+        deadline: float,
+        tad: TAD | None,
+        via: str | None,
+        trace: list[Hop],
+        want_trace: bool,
+    ) -> None:
+        self.guid, self.deadline, self.tad, self.via = guid, deadline, tad, via
+        self.trace, self.want_trace = trace, want_trace
+        self.last_error = ""
+        self.tried: list[TAD] = []
+        self.need_locate = False
+        self.storesite_absent_since: float | None = None
+        self.sends = 0  # transmissions of the request
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -78,9 +98,12 @@ class Attempts(Peers):
     def _settle(self, call: Call, node: str, reply: Any) -> TAD | None:
         """Learn the newest TAD from a reply (returned); MOVED and retryable errors go on
         from elsewhere."""
-        newest = call.tad
+        newest = call.tried[0] if call.tried else None
         sent = reply.tad
-        # The common reply repeats the TAD the call went to: no new TAD, no stash write.
+        # The common reply repeats the TAD the call's first attempt went to (the stash's,
+        # or the storesite's, which the stash took): no new TAD, no stash write. After a
+        # MOVED the reply's TAD is news for the stash even when it is the one the call
+        # went to last.
         if newest is None or sent.age != newest.age or sent.node != newest.node:
             newest = tad_from_pb(sent)
             if newest is not None:
@@ -147,9 +170,18 @@ class Attempts(Peers):
         call.note(node, "broken", why)
         raise Broken()
 
-    def _retrying(self, call: Call, attempt: Callable[[], T], target: str) -> T:
+    def _retrying(
+        self,
+        call: Call,
+        attempt: Callable[[], T],
+        target: str,
+        *,
+        first: Callable[[], T] | None = None,
+    ) -> T:
+        """Run ``attempt`` (or ``first`` the first time) until one is not broken."""
         try:
-            return attempt()  # the common case, without the retry machinery's cost
+            # The common case, without the retry machinery's cost.
+            return attempt() if first is None else first()
         except Broken:
             pass
         retrying = Retrying(

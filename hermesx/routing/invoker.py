@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from hermesx.core.errors import (
     CallTimeoutError,
@@ -42,6 +42,7 @@ from hermesx.core.types import InvokeOutcome
 from hermesx.observe import tracing
 from hermesx.routing.attempts import Attempts, Call
 from hermesx.routing.naming import Member, Naming
+from hermesx.routing.peers import INVOKE
 from hermesx.routing.stash import Stash
 from hermesx.rpc.convert import hop_from_pb
 from hermesx.rpc.node_client import NodeClient
@@ -85,6 +86,11 @@ NodeRpc = Callable[[NodeClient, Member, Any, float], Any]
 MAX_METHOD_LEN = 256
 
 
+# Method names found valid lately: a call to one of them skips the check.
+_CHECKED: set[str] = set()
+MAX_CHECKED = 4096
+
+
 def _check_method(method: str) -> None:
     try:
         encoded = method.encode("utf-8")
@@ -94,6 +100,9 @@ def _check_method(method: str) -> None:
         raise ConfigurationError(
             f"method name {method[:40]!r} must be 1 to {MAX_METHOD_LEN} bytes long"
         )
+    if len(_CHECKED) >= MAX_CHECKED:
+        _CHECKED.clear()
+    _CHECKED.add(method)
 
 
 class Invoker(Attempts):
@@ -139,7 +148,8 @@ class Invoker(Attempts):
         open_chain: tuple[str, ...] = (),
     ) -> InvokeOutcome:
         """Run ``method`` on ``target``; a request id of ours is made when none is given."""
-        _check_method(method)
+        if method not in _CHECKED:
+            _check_method(method)
         ours = not request_id
         request_id = request_id or self.request_ids.next()
         deadline = time.monotonic() + (timeout or self.deadline)
@@ -206,14 +216,8 @@ class Invoker(Attempts):
         open_chain: tuple[str, ...] = (),
     ) -> InvokeOutcome:
         guid = self.naming.guid_of(target)
-        call = Call(
-            guid=guid,
-            deadline=deadline,
-            tad=self.stash.get(guid),
-            via=via,
-            trace=[],
-            want_trace=trace,
-        )
+        tad = self.stash.get(guid)
+        call = Call(guid, deadline, tad, via, [], trace)
         if made is not None:
             made.append(call)
         request = pb.InvokeRequest(
@@ -239,7 +243,27 @@ class Invoker(Attempts):
             newest = self._settle(call, node, reply)
             return InvokeOutcome(reply.result, guid, newest, tuple(call.trace))
 
-        return self._retrying(call, attempt, target)
+        # The warm road: the atom's node known, its record kept, a connection to it open.
+        if tad is None or via is not None or trace or tracing.ON or tad.node == self.self_node:
+            return self._retrying(call, attempt, target)
+        lane = self.lane(tad.node)
+        if lane is None:
+            return self._retrying(call, attempt, target)
+        member, connection = lane
+
+        def warm() -> InvokeOutcome:
+            call.tried.append(tad)
+            call.sends += 1
+            left = call.deadline - time.monotonic()
+            request.timeout = left = left if left > 0.01 else 0.01
+            try:
+                body = connection.call(INVOKE, request.SerializeToString(), left)
+            except HermesError as err:
+                self._failed(call, tad.node, member, err)
+            reply = pb.InvokeReply.FromString(body)
+            return InvokeOutcome(reply.result, guid, self._settle(call, tad.node, reply))
+
+        return self._retrying(call, attempt, target, first=warm)
 
     # ------------------------------------------------------------ send
 
@@ -334,22 +358,26 @@ class Invoker(Attempts):
         call.sends += 1
         try:
             return rpc(self.nodes, member, request, max(call.remaining(), 0.01))
-        except UnreachableError as err:
+        except HermesError as err:
+            self._failed(call, node, member, err)
+
+    def _failed(self, call: Call, node: str, member: Member, error: HermesError) -> NoReturn:
+        """A request sent to ``node`` failed with ``error``: a broken chain, or raised."""
+        if isinstance(error, UnreachableError):
             # Only a dead connection is dropped: a call past its deadline says
             # nothing of the channel, and closing it would cancel every other
             # call in flight on it. The node may live on at a new address: the
             # next attempt reads its record again.
             self.forget_route(node)
             self.channels.drop(member.address)
-            self._broken(call, node, str(err))
-        except CallTimeoutError as err:
-            self._broken(call, node, str(err))
-        except CommunicationError as err:
-            # Cut short because the node left the cluster (see routing.departures).
-            if self.naming.nodes().get(node) is None:
-                self.forget_route(node)
-                self._broken(call, node, f"node {node} left the cluster: {err}")
-            raise
+            self._broken(call, node, str(error))
+        if isinstance(error, CallTimeoutError):
+            self._broken(call, node, str(error))
+        # Cut short because the node left the cluster (see routing.departures).
+        if isinstance(error, CommunicationError) and self.naming.nodes().get(node) is None:
+            self.forget_route(node)
+            self._broken(call, node, f"node {node} left the cluster: {error}")
+        raise error
 
 
 # With tracing on, a whole call is one span (docs/DESIGN.md §12); off, one flag read.

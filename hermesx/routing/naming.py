@@ -77,6 +77,7 @@ class Naming:
             else:
                 read_only = True
         self._parsed: dict[str, str] = {}  # GUID text -> its canonical form
+        self._names: set[str] = set()  # texts seen lately that are names, not GUIDs
         self._ns = nameservice.NameService(
             hosts,
             cluster,
@@ -156,12 +157,16 @@ class Naming:
         parsed = self._parsed.get(name_or_guid)
         if parsed is not None:
             return parsed
-        if GUID.looks_like(name_or_guid):
-            parsed = str(GUID.parse(name_or_guid))
-            if len(self._parsed) >= MAX_PARSED_GUIDS:
-                self._parsed.clear()
-            self._parsed[name_or_guid] = parsed
-            return parsed
+        if name_or_guid not in self._names:
+            if GUID.looks_like(name_or_guid):
+                parsed = str(GUID.parse(name_or_guid))
+                if len(self._parsed) >= MAX_PARSED_GUIDS:
+                    self._parsed.clear()
+                self._parsed[name_or_guid] = parsed
+                return parsed
+            if len(self._names) >= MAX_PARSED_GUIDS:
+                self._names.clear()
+            self._names.add(name_or_guid)
         try:
             return self._ns.resolve(name_or_guid)  # a dict read while the name is cached
         except nameservice.NameServiceError as exc:

@@ -25,15 +25,18 @@ from hermesx.core.errors import HermesError, UnreachableError
 from hermesx.core.identity import GUID, TAD
 from hermesx.routing.naming import Member, Naming
 from hermesx.routing.stash import Stash
-from hermesx.rpc.node_client import NodeClient
+from hermesx.rpc.callclient import CallConnection, CallPool
+from hermesx.rpc.node_client import NodeClient, call_address
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.storesite_client import StoresiteClient
 from hermesx.rpc.wire import ChannelPool
 
-__all__ = ["ROUTE_TTL_S", "Peers", "StoresiteAbsentError"]
+__all__ = ["INVOKE", "ROUTE_TTL_S", "Peers", "StoresiteAbsentError"]
 
 # The longest a node's record read for calls is used without reading it again.
 ROUTE_TTL_S = 5.0
+# The call channel's request kind of an invocation (hermesx.node.calls.INVOKE).
+INVOKE = "invoke"
 
 
 class StoresiteAbsentError(UnreachableError):
@@ -48,13 +51,14 @@ class Peers:
         self.channels = channels
         self.nodes = NodeClient(channels)
         self.stash = stash if stash is not None else Stash()
-        # node -> (its record, read again after this time.monotonic())
-        self._routes: dict[str, tuple[Member, float]] = {}
+        # node -> (its record, read again after this time.monotonic(), its call address)
+        self._routes: dict[str, tuple[Member, float, str | None]] = {}
         # Bumped by every change of the cluster's nodes: a record read before it is stale.
         self._route_epoch = 0
         self._route_watch = threading.Lock()
         self._watching = False
         self._watch_tried = -ROUTE_TTL_S  # time.monotonic() of the last try to watch
+        self._calls: CallPool | None = None  # the call channel's pool, once a lane used it
 
     # ------------------------------------------------------------ addresses
 
@@ -75,8 +79,23 @@ class Peers:
         epoch = self._route_epoch
         member = self.node(node)
         if epoch == self._route_epoch:
-            self._routes[node] = (member, time.monotonic() + ROUTE_TTL_S)
+            self._routes[node] = (member, time.monotonic() + ROUTE_TTL_S, call_address(member))
         return member
+
+    def lane(self, node: str) -> tuple[Member, CallConnection] | None:
+        """The warm road to ``node``: its kept record and the open call connection to it
+        (None: no record kept or fresh, no call channel, or no connection open yet — the
+        general road reads the record and opens one)."""
+        found = self._routes.get(node)
+        if found is None or found[2] is None or found[1] <= time.monotonic():
+            return None
+        calls = self._calls
+        if calls is None:
+            if not self.nodes.lean:
+                return None
+            calls = self._calls = self.channels.calls
+        connection = calls.open(found[2])
+        return None if connection is None else (found[0], connection)
 
     def forget_route(self, node: str) -> None:
         """``node``'s record may be stale (its address did not answer): read it anew."""

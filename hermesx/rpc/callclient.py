@@ -229,7 +229,7 @@ class CallConnection:
         try:
             if not waiter.finished:
                 self._link.read_until(
-                    self._received, lambda: waiter.finished, deadline=deadline, quick=True
+                    self._received, lambda: waiter.finished, deadline=deadline, quick=waiter
                 )
         finally:
             self._token.release()
@@ -290,10 +290,11 @@ class CallConnection:
 
     def _received(self, frames: list[Frame]) -> None:
         for frame in frames:
-            if isinstance(frame, Reply):
+            if type(frame) is Reply:
                 waiter = self._pending.pop(frame.id, None)
-                if waiter is not None:
-                    self._finish(waiter, frame.body, None)
+                if waiter is not None:  # (as _finish does, one call less per reply)
+                    waiter.body, waiter.finished = frame.body, True
+                    waiter.done.release()
             elif isinstance(frame, Error):
                 if frame.id == 0:
                     self._goodbye = frame
@@ -348,6 +349,11 @@ class CallPool:
             return made
         finally:
             opening.release()
+
+    def open(self, address: str) -> CallConnection | None:
+        """The open connection to ``address``, if there is one (none is opened)."""
+        found = self._connections.get(address)
+        return found if found is not None and found._link.closed is None else None
 
     def drop(self, address: str) -> None:
         """Close the connection to ``address``: its calls in flight end at once."""

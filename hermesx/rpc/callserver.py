@@ -97,15 +97,13 @@ class Call(NamedTuple):
         return self.deadline - time.monotonic()
 
 
+_tuple: Callable[[type[Call], tuple[object, ...]], Call] = tuple.__new__
+
 # A handler answers a request's body with its reply's body, or raises a HermesError.
 Handler = Callable[[Call], bytes]
 # Whether a kind's requests may run on their connection's own thread (CallServer.register):
 # all or none, or a function of each request's meta that says.
 Inline = bool | Callable[[Mapping[str, str] | None], bool]
-
-
-def _inline_for(inline: Inline, meta: Mapping[str, str] | None) -> bool:
-    return inline(meta) if callable(inline) else inline
 
 
 M = TypeVar("M", bound=Message)
@@ -174,9 +172,18 @@ class WorkerPool(ThreadPoolExecutor):
                 self._freed.notify()
 
 
-def _borrow(pool: Executor) -> bool:
-    """Take a worker's place for a request run inline (any pool but a WorkerPool has room)."""
-    return not isinstance(pool, WorkerPool) or pool.borrow()
+def _foreign(identity: security.PeerIdentity | None, cluster: str) -> str:
+    """Why a peer showing ``identity`` is not of ``cluster`` ("": it is)."""
+    if identity is None:
+        return f"no certificate of a hermesx cluster, not of cluster {cluster}"
+    if identity.cluster != cluster:
+        return f"a certificate of cluster {identity.cluster}, not of cluster {cluster}"
+    return ""
+
+
+def _room() -> bool:
+    """Any pool but a WorkerPool has room for a request run inline."""
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,17 +297,18 @@ class _SlowWatch:
         self._look = look
         self._stopping = stopping
         self._cond = threading.Condition()
-        self._idle = False
-        self._started = False
-        self._last = 0.0
+        self.idle = False
+        self.started = False
+        self.last = 0.0
 
     def touch(self, now: float) -> None:
-        """A request runs inline since ``now``: watch (wake up, or start)."""
-        self._last = now
-        if self._idle or not self._started:
+        """A request runs inline since ``now``: watch (wake up, or start). (The server
+        calls it only while the watch is idle or not started; else it sets ``last``.)"""
+        self.last = now
+        if self.idle or not self.started:
             with self._cond:
-                if not self._started:
-                    self._started = True
+                if not self.started:
+                    self.started = True
                     threading.Thread(target=self._run, name="call-watch", daemon=True).start()
                 self._cond.notify()
 
@@ -313,15 +321,15 @@ class _SlowWatch:
             time.sleep(SLOW_INLINE_S)
             now = time.monotonic()
             self._look(now)
-            if now - self._last > WATCH_LINGER_S:
+            if now - self.last > WATCH_LINGER_S:
                 with self._cond:
-                    self._idle = True
+                    self.idle = True
                     while (
-                        time.monotonic() - self._last > WATCH_LINGER_S
+                        time.monotonic() - self.last > WATCH_LINGER_S
                         and not self._stopping.is_set()
                     ):
                         self._cond.wait()
-                    self._idle = False
+                    self.idle = False
 
 
 class CallServer:
@@ -360,6 +368,8 @@ class CallServer:
             max_workers=self.limits.max_connections, thread_name_prefix="call-reader"
         )
         self._watch = _SlowWatch(self._slow, self._stopping)
+        # Takes a worker's place for a request run inline (False: none is free).
+        self._borrow = self._pool.borrow if isinstance(self._pool, WorkerPool) else _room
 
     def register(self, kind: str, handler: Handler, rpc: str, *, inline: Inline = False) -> None:
         """Serve requests of ``kind`` with ``handler``, to the roles that may call gRPC ``rpc``.
@@ -493,13 +503,8 @@ class CallServer:
             return None
         if self._tls is not None:
             identity = security.certificate_identity(link.peer_certificate())
-            if identity is None or identity.cluster != self._tls.cluster:
-                what = (
-                    "no certificate of a hermesx cluster"
-                    if identity is None
-                    else (f"a certificate of cluster {identity.cluster}")
-                )
-                refusal = f"{what}, not of cluster {self._tls.cluster}"
+            refusal = _foreign(identity, self._tls.cluster)
+            if refusal:
                 link.close_after(encode_error(0, "not_authorized", f"refused: {refusal}"), refusal)
                 link.run(lambda frames: None)
                 return f"refused: {refusal}"
@@ -525,7 +530,7 @@ class CallServer:
         return (
             connection.in_flight < self.limits.max_in_flight
             and self._held_bytes < self.limits.max_held_bytes
-            and link.backlog < self.limits.max_backlog
+            and len(link.outbox) < self.limits.max_backlog
         )
 
     def _received(
@@ -553,8 +558,10 @@ class CallServer:
             with self._lock:
                 connection.in_flight += 1
                 self._held_bytes += len(frame.body)
-            call = Call(frame.kind, frame.body, now + frame.timeout, frame.meta, identity)
-            if own_thread and _inline_for(inline, frame.meta) and _borrow(self._pool):
+            # (Made with tuple's constructor: a named tuple's own is a Python call.)
+            call = _tuple(Call, (frame.kind, frame.body, now + frame.timeout, frame.meta, identity))
+            here = own_thread and (inline is True or (inline is not False and inline(frame.meta)))
+            if here and self._borrow():
                 self._run_inline(connection, link, frame.id, handler, call)
             else:
                 self._pool.submit(self._dispatch, connection, link, frame.id, handler, call)
@@ -567,7 +574,10 @@ class CallServer:
         """Run a request on the connection's own thread; meanwhile, once it is slow, another
         thread reads the connection (its requests go to the pool)."""
         now = connection.inline_since = connection.last_frame  # when the request came
-        self._watch.touch(now)
+        watch = self._watch
+        if watch.idle or not watch.started:
+            watch.touch(now)
+        watch.last = now
         _inline.run = (self, connection)
         try:
             self._dispatch(connection, link, id, handler, call)
@@ -655,7 +665,7 @@ class CallServer:
             )
         try:
             link.write(frame)
-            if link.backlog:  # its peer is behind: are all of them together too far?
+            if link.outbox:  # its peer is behind: are all of them together too far?
                 _shed_unsent(self._connections, self._lock, self.limits.max_unsent_bytes)
         except LinkClosed:
             pass

@@ -23,7 +23,7 @@ connection (:class:`FrameError` names what was wrong).
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import msgpack
@@ -90,6 +90,9 @@ class Error(NamedTuple):
 
 
 Frame = Request | Reply | Error
+# A named tuple's own constructor is a Python function; the frames read are made
+# with tuple's, a C call (one Python frame less per frame, on both sides).
+_new: Callable[[type[Frame], tuple[Any, ...]], Frame] = tuple.__new__
 
 _pack = msgpack.Packer(use_bin_type=True).pack
 
@@ -104,7 +107,8 @@ def encode_request(
 ) -> bytes:
     if meta:
         return _framed([REQUEST, id, kind, float(timeout), body, dict(meta)])
-    return _framed([REQUEST, id, kind, float(timeout), body])
+    data: bytes = _pack([REQUEST, id, kind, float(timeout), body])  # (one call less per call)
+    return HEADER.pack(len(data)) + data
 
 
 def encode_reply(id: int, body: bytes) -> bytes:
@@ -211,9 +215,9 @@ def _decode(data: bytes | bytearray) -> Frame:
             raise FrameError(f"request {id} ({kind}): its meta is not a small map of text")
         if id == 0:
             raise FrameError(f"request ({kind}) with id 0")
-        return Request(id, kind, float(timeout), body, meta)
+        return _new(Request, (id, kind, float(timeout), body, meta))
     if tag == REPLY and len(obj) == 3 and isinstance(obj[2], bytes):
-        return Reply(id, obj[2])
+        return _new(Reply, (id, obj[2]))
     if tag == ERROR and len(obj) == 4 and isinstance(obj[2], str) and isinstance(obj[3], str):
         return Error(id, obj[2], obj[3])
     raise FrameError(f"a frame of unknown shape (type {str(tag)[:20]!r}, {fields} fields)")

@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from hermesx.rpc.frames import Frame, FrameError, FrameReader, encode_error
 
@@ -41,17 +42,30 @@ _READ = select.POLLIN | select.POLLPRI
 _ERR = select.POLLERR | select.POLLHUP | select.POLLNVAL
 
 
+class Awaited(Protocol):
+    """What a caller waits for (``finished`` once its reply or failure came)."""
+
+    finished: bool
+
+
 class LinkClosed(Exception):
     """The connection is closed; the message says why."""
 
 
 @dataclass(frozen=True, slots=True)
 class TLSSession:
-    """A TLS session kept in memory: the socket's bytes pass through ``incoming``/``outgoing``."""
+    """A TLS session kept in memory: the socket's bytes pass through ``incoming``/``outgoing``.
+
+    ``raw``: what reads and writes the session for each frame — the ``SSLObject``'s
+    own OpenSSL object, whose ``read``/``write``/``pending`` the ``SSLObject`` only
+    forwards to (three Python frames a call saved on each side), or the
+    ``SSLObject`` itself where that is not there.
+    """
 
     tls: ssl.SSLObject
     incoming: ssl.MemoryBIO
     outgoing: ssl.MemoryBIO
+    raw: Any = None
 
 
 def handshake(
@@ -97,7 +111,7 @@ def handshake(
     pending = outgoing.read()
     if pending:
         sock.sendall(pending)
-    return TLSSession(session, incoming, outgoing)
+    return TLSSession(session, incoming, outgoing, getattr(session, "_sslobj", None) or session)
 
 
 class _FrameClock:
@@ -156,7 +170,9 @@ class Link:
         self.sock = sock
         self._session = session
         self._lock = threading.Lock()  # the TLS session and the outbox
-        self._outbox = bytearray()
+        # Written but not yet taken by the kernel: written under _lock; others only read
+        # its length (a listener's limits: the same as backlog, without a Python call).
+        self.outbox = bytearray()
         self._stalled_since: float | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -184,13 +200,13 @@ class Link:
     @property
     def backlog(self) -> int:
         """Bytes written but not yet taken by the kernel."""
-        return len(self._outbox)
+        return len(self.outbox)
 
     @property
     def stalled_for(self) -> float:
         """Seconds since the kernel last took any of the bytes waiting to be sent (0: none wait)."""
         since = self._stalled_since
-        return 0.0 if since is None or not self._outbox else time.monotonic() - since
+        return 0.0 if since is None or not self.outbox else time.monotonic() - since
 
     def write(self, frame: bytes) -> None:
         """Queue ``frame`` to send; raises :class:`LinkClosed` on a closed link."""
@@ -198,10 +214,10 @@ class Link:
             if self.closed is not None or self._closing is not None:
                 raise LinkClosed(self.closed or self._closing or "closed")
             if self._session is not None:
-                self._session.tls.write(frame)
+                self._session.raw.write(frame)
                 frame = self._session.outgoing.read()
-            if self._outbox:
-                self._outbox += frame
+            if self.outbox:
+                self.outbox += frame
                 return
             try:
                 sent = self.sock.send(frame)
@@ -211,7 +227,7 @@ class Link:
                 self._close_locked(f"send failed: {exc}")
                 raise LinkClosed(self.closed or "closed") from None
             if sent < len(frame):
-                self._outbox += frame[sent:]
+                self.outbox += frame[sent:]
                 self._stalled_since = time.monotonic()
         if sent < len(frame):
             self.wake()
@@ -244,7 +260,7 @@ class Link:
         if self.closed is not None:
             return
         self.closed = reason
-        self._outbox.clear()
+        self.outbox.clear()
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
 
@@ -288,7 +304,7 @@ class Link:
         """Take what the peer sent with the last bytes of the TLS handshake (its first
         request, a refusal): it waits in the session already, not in the socket."""
         if self._session is not None:
-            self._decrypt(None)
+            _decrypt(self, None)
 
     def read_until(
         self,
@@ -298,16 +314,17 @@ class Link:
         reading: Callable[[], bool] = lambda: True,
         deadline: float | None = None,
         owner: bool = True,
-        quick: bool = False,
+        quick: Awaited | None = None,
     ) -> None:
         """Read, hand frames on and flush the outbox on this thread until ``done()`` (checked
         after each frame and each wake-up), ``deadline`` (``time.monotonic``) or the link
         closes; one thread at a time. A bad frame or a failed connection closes the link
         (after a goodbye for a bad frame, flushed here unless ``owner`` is False: then
         :meth:`run`'s thread does it); :meth:`release` frees its descriptors. ``quick``: a
-        caller waits for its reply (on a link without frame clocks: see ``_quick``)."""
+        caller waits for its reply, which has come once ``quick.finished`` (on a link
+        without frame clocks: see ``_quick``)."""
         try:
-            if quick and _quick(self, on_frames, done, deadline):
+            if quick is not None and _quick(self, on_frames, quick, deadline):
                 return
             self._loop(on_frames, reading, None, done, deadline)
         except FrameError as exc:
@@ -350,10 +367,10 @@ class Link:
                 got_frame, clock.began = True, None
             if stop is not None and stop():
                 break
-            flushing = bool(self._outbox)  # (one read: no lock unless closing)
+            flushing = bool(self.outbox)  # (one read: no lock unless closing)
             if self._closing is not None:
                 with self._lock:
-                    if not (flushing := bool(self._outbox)):
+                    if not (flushing := bool(self.outbox)):
                         if stop is None:  # (else the link's owner closes)
                             self._close_locked(self._closing)
                         break
@@ -428,17 +445,17 @@ class Link:
 
     def _flush(self) -> None:
         with self._lock:
-            if not self._outbox or self.closed is not None:
+            if not self.outbox or self.closed is not None:
                 return
             try:
-                sent = self.sock.send(self._outbox)
+                sent = self.sock.send(self.outbox)
             except BlockingIOError:
                 return
             except OSError as exc:
                 self._close_locked(f"send failed: {exc}")
                 return
-            del self._outbox[:sent]
-            self._stalled_since = time.monotonic() if self._outbox else None
+            del self.outbox[:sent]
+            self._stalled_since = time.monotonic() if self.outbox else None
 
     def _inside_frame(self) -> str:
         pending = self._frames.pending
@@ -460,52 +477,42 @@ class Link:
         if self._session is None:
             self._frames.add(self._received_view[:size])
             return True
-        return self._decrypt(self._received_view[:size])
-
-    def _decrypt(self, data: memoryview | None) -> bool | None:
-        """Pass ``data`` through the TLS session, and what it makes of it and of what it
-        holds already to the frame reader: whether any bytes came (None when the peer
-        closed the session). Also before any read (``data`` None): the handshake may
-        have received the peer's first request with its last flight."""
-        assert self._session is not None
-        with self._lock:
-            got = _decrypt(self._session, data, self._plain, self._plain_view, self._frames)
-            if got is None:
-                self._close_locked("the peer closed the TLS session")
-            elif self._session.outgoing.pending:
-                self._outbox += self._session.outgoing.read()
-        return got
+        return _decrypt(self, self._received_view[:size])
 
 
-def _decrypt(
-    session: TLSSession,
-    data: memoryview | None,
-    plain: bytearray,
-    plain_view: memoryview,
-    frames: FrameReader,
-) -> bool | None:
-    """Pass ``data`` through ``session`` and what it makes of it to ``frames``, through
-    the buffer ``plain``: whether any bytes came; None when the peer closed the session."""
-    tls, incoming = session.tls, session.incoming
-    if data is not None:
-        incoming.write(data)
-    got = False
-    while True:
-        try:
-            # (Given a buffer, read fills it and says how much.)
-            size: int = tls.read(len(plain), plain)  # type: ignore[assignment]
-        except ssl.SSLWantReadError:
-            break
-        except ssl.SSLZeroReturnError:
-            return None
-        if not size:
-            break
-        frames.add(plain_view[:size])
-        got = True
-        # Nothing more to decrypt: stop without another read that would only say so
-        # (by raising).
-        if not tls.pending() and not incoming.pending:
-            break
+def _decrypt(link: Link, data: memoryview | None) -> bool | None:
+    """Pass ``data`` through ``link``'s TLS session, and what it makes of it and of what
+    it holds already to the frame reader (through the link's buffer ``_plain``): whether
+    any bytes came (None when the peer closed the session). Also before any read
+    (``data`` None): the handshake may have received the peer's first request with its
+    last flight."""
+    session = link._session
+    assert session is not None
+    tls, incoming, plain, frames = session.raw, session.incoming, link._plain, link._frames
+    got: bool | None = False
+    with link._lock:
+        if data is not None:
+            incoming.write(data)
+        while True:
+            try:
+                # (Given a buffer, read fills it and says how much.)
+                size: int = tls.read(len(plain), plain)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                got = None
+                link._close_locked("the peer closed the TLS session")
+                break
+            if not size:
+                break
+            frames.add(link._plain_view[:size])
+            got = True
+            # Nothing more to decrypt: stop without another read that would only say so
+            # (by raising).
+            if not tls.pending() and not incoming.pending:
+                break
+        if got is not None and session.outgoing.pending:
+            link.outbox += session.outgoing.read()
     return got
 
 
@@ -514,7 +521,7 @@ def _drain(link: Link, seconds: float) -> None:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         with link._lock:
-            if not link._outbox or link.closed is not None:
+            if not link.outbox or link.closed is not None:
                 break
         select.select([], [link.sock], [], 0.05)
         link._flush()
@@ -525,11 +532,11 @@ def _drain(link: Link, seconds: float) -> None:
 def _quick(
     link: Link,
     on_frames: Callable[[list[Frame]], None],
-    done: Callable[[], bool],
+    awaited: Awaited,
     deadline: float | None,
 ) -> bool:
     """``Link._loop`` for a caller's reply, without its per-read set-up: wait for the
-    socket, read, hand frames on until ``done()`` or ``deadline``. False as soon as
+    socket, read, hand frames on until ``awaited.finished`` or ``deadline``. False as soon as
     something needs the whole loop (bytes to flush, a wake-up, a close under way)."""
     if link.closed is not None or link._closing is not None:
         return False
@@ -541,15 +548,13 @@ def _quick(
     wake = link._wake_r
     frames = link._frames
     while True:
-        frame = frames.take() if frames.pending else None
-        while frame is not None:
-            on_frames([frame])
-            if done():
+        while frames.whole is not None:
+            on_frames([frames.take()])  # type: ignore[list-item]
+            if awaited.finished:
                 return True
-            frame = frames.take()
         if link.closed is not None:
             return True
-        if link._outbox or link._closing is not None:
+        if link.outbox or link._closing is not None:
             return False
         wait_ms = POLL_MS
         if deadline is not None:
