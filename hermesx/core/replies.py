@@ -399,7 +399,7 @@ class ReplyTable:
             # Bounded in count, age and bytes; the newest reply always stays.
             entries = window.entries
             held_records = len(replies)
-            if held_records > entries or held > REPLY_TABLE_MAX_BYTES:
+            if held_records > 1 and (held_records > entries or held > REPLY_TABLE_MAX_BYTES):
                 evict = self._evict_first
                 evict()  # a full window: one out for the one in
                 held_records -= 1

@@ -13,6 +13,7 @@ import pytest
 from hermesx.core.errors import RequestExpiredError
 from hermesx.core.replies import (
     MAX_REQUEST_ID_CHARS,
+    REPLY_TABLE_MAX_BYTES,
     ReplyTable,
     ReplyWindow,
     parse_request_id,
@@ -125,3 +126,14 @@ def test_ids_at_both_limits_at_once_keep_their_parts(monkeypatch: pytest.MonkeyP
     table.record(ReplyRecord(text, "", b"x"))
     table.record(_opaque(1))
     assert table.floors() == ((CLIENT, 10**18 - 1, 10**15 - 1),)
+
+
+def test_a_reply_over_the_byte_cap_into_an_empty_table_is_kept() -> None:
+    """The newest reply always stays (docs/DESIGN.md §4 "Exactly once"), also one
+    larger than the table's byte cap alone: a retry of its id gets it, not a rerun."""
+    table = ReplyTable()
+    request_id = "hx1.0123456789abcdef.1.1"
+    assert table.lookup(request_id) is None
+    table.record(ReplyRecord(request_id, "", bytes(REPLY_TABLE_MAX_BYTES)))
+    assert len(table) == 1, "the call's only reply was evicted at once"
+    assert table.lookup(request_id) is not None
