@@ -81,7 +81,7 @@ class Arrivals:
         catalog = self._catalog
         start = time.monotonic()
         deadline = start + timeout
-        ask_at = start + ASK_STORESITE_AFTER_S
+        ask_at: float | None = start + ASK_STORESITE_AFTER_S  # None: asked
         while True:
             seen = catalog.changes
             active = catalog.atoms.get(guid)
@@ -91,26 +91,25 @@ class Arrivals:
             if held is not None and held.age >= expected.age and held.node != self._node:
                 return None
             now = time.monotonic()
-            staged = catalog.staged.get(guid)
-            if staged is None:
+            if catalog.staged.get(guid) is None:
                 if self.expected(guid, sent, held) is None:
                     return None  # its move aborted, or it came and left
-                if now - start >= ARRIVAL_GRACE_S:
+                if now - start >= ARRIVAL_GRACE_S or now >= deadline:
                     return UnreachableError(
                         f"node {self._node} holds no copy of atom {guid} for {sent}, "
                         f"which it was sent along (its stash: {held})"
                     )
                 wake = start + ARRIVAL_GRACE_S
-            elif now >= ask_at:
-                ask_at = deadline  # once: the storesite says whether its move committed
-                if self._resolve_staged(guid):
-                    continue
-                wake = deadline
-            else:
-                wake = ask_at
-            if now >= deadline:
+            elif now >= deadline:
                 return CallTimeoutError(
                     f"atom {guid} is on its way to node {self._node} ({expected}) and did "
                     f"not serve there within the call's deadline"
                 )
+            elif ask_at is not None and now >= ask_at:
+                ask_at = None  # once: the storesite says whether its move committed
+                if self._resolve_staged(guid):
+                    continue
+                wake = deadline
+            else:
+                wake = deadline if ask_at is None else ask_at
             catalog.wait_change(seen, min(wake, deadline) - now)
