@@ -28,9 +28,11 @@ from hermesx.routing.stash import Stash
 
 __all__ = ["ARRIVAL_GRACE_S", "ASK_STORESITE_AFTER_S", "Arrivals"]
 
-# A call sent here along a TAD newer than our stash, with no staged copy here: how
-# long it waits for the atom (a copy being taken from staged to serving) before the
-# chain counts as broken. The atom may also have left this node's incarnation for good.
+# Neither a staged copy nor the atom here, for a call waiting for it: how long until
+# it counts as not coming (a copy being taken from staged to serving is neither for
+# a moment). Then a call sent here along a TAD newer than our stash finds the chain
+# broken (the atom left this node's incarnation for good); any other goes on by the
+# stash (the move aborted).
 ARRIVAL_GRACE_S = 0.05
 # A staged copy that did not serve within this: ask the storesite whether its move
 # committed (the source may have died after COMMIT), once per waiting call.
@@ -82,6 +84,7 @@ class Arrivals:
         start = time.monotonic()
         deadline = start + timeout
         ask_at: float | None = start + ASK_STORESITE_AFTER_S  # None: asked
+        missing_since: float | None = None  # neither staged nor serving here since
         while True:
             seen = catalog.changes
             active = catalog.atoms.get(guid)
@@ -92,24 +95,28 @@ class Arrivals:
                 return None
             now = time.monotonic()
             if catalog.staged.get(guid) is None:
-                if self.expected(guid, sent, held) is None:
-                    return None  # its move aborted, or it came and left
-                if now - start >= ARRIVAL_GRACE_S or now >= deadline:
+                # Between a staged copy taken and the atom serving, neither is here: a
+                # moment's grace before believing it will not come.
+                if missing_since is None:
+                    missing_since = now
+                if now - missing_since >= ARRIVAL_GRACE_S or now >= deadline:
+                    if self.expected(guid, sent, held) is None:
+                        return None  # its move aborted: go on by the stash
                     return UnreachableError(
                         f"node {self._node} holds no copy of atom {guid} for {sent}, "
                         f"which it was sent along (its stash: {held})"
                     )
-                wake = start + ARRIVAL_GRACE_S
+                wake = missing_since + ARRIVAL_GRACE_S
             elif now >= deadline:
                 return CallTimeoutError(
                     f"atom {guid} is on its way to node {self._node} ({expected}) and did "
                     f"not serve there within the call's deadline"
                 )
-            elif ask_at is not None and now >= ask_at:
-                ask_at = None  # once: the storesite says whether its move committed
-                if self._resolve_staged(guid):
-                    continue
-                wake = deadline
             else:
+                missing_since = None
+                if ask_at is not None and now >= ask_at:
+                    ask_at = None  # once: the storesite says whether its move committed
+                    if self._resolve_staged(guid):
+                        continue
                 wake = deadline if ask_at is None else ask_at
             catalog.wait_change(seen, min(wake, deadline) - now)

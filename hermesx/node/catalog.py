@@ -227,4 +227,7 @@ class Catalog:
 
     def take_staged(self, guid: str) -> StagedCopy | None:
         with self.staged_lock:
-            return self.staged.pop(guid, None)
+            taken = self.staged.pop(guid, None)
+        if taken is not None:
+            self.changed()  # it serves next, or (refused) the calls waiting for it go on
+        return taken
