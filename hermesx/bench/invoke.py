@@ -13,7 +13,8 @@ It measures, in one process and one run (docs/PERFORMANCE.md "How to measure"):
 * the disk: 4 KiB write + fdatasync in the storesite's data directory;
 * a call whose caller's stash is stale because the atom moved 1, 2 or 3 times
   since its last call (so the call follows 1, 2, 3 forwarding hops), against
-  a direct one;
+  a direct one; and a warm hop: calls entering, back to back, at a node that
+  forwards them, against calls entering where the atom runs;
 
 each path as p50/p99 latency with 1 client and calls/s with 8 client threads,
 measured side by side in rotating slices (:mod:`hermesx.bench.measure`); then
@@ -168,6 +169,11 @@ def run(
             )
             for i in range(DURABLE_ATOMS)
         ]
+        # Moved from n3 to n4: n3's stash points at n4, and forwards what enters there.
+        warm = client.create(
+            modules["echo"], name="bench-hop-warm", on="n3", checkpoint="on-request"
+        )
+        client.migrate(warm, "n4")
         one = codec.pack(1)
         request = pb.InvokeRequest(guid="x", method="echo", args=PAYLOAD)
         loads: list[Load] = []
@@ -196,10 +202,19 @@ def run(
                     threads,
                 ),
             ]
+        loads += [
+            Load("hop_c1", lambda _i: client.invoke(warm, "echo", PAYLOAD, via="n3")),
+            Load("hop_direct_c1", lambda _i: client.invoke(warm, "echo", PAYLOAD, via="n4")),
+        ]
         try:
             figures.update(measure_interleaved(loads, seconds, slices=slices, progress=say))
         finally:
             floor.close()
+        # A warm hop: what entering one node away adds to a warm call.
+        hop = figures["forwarding_hop_warm_us"] = (
+            figures["hop_c1_p50_us"] - figures["hop_direct_c1_p50_us"]
+        )
+        figures["hop_warm_over_plain_ratio"] = hop / figures["invoke_c1_p50_us"]
         for tag in ("c1", "c8"):
             figures[f"remote_over_grpc_{tag}_p50_ratio"] = (
                 figures[f"invoke_{tag}_p50_us"] / figures[f"grpc_echo_{tag}_p50_us"]

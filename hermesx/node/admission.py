@@ -14,7 +14,6 @@ the matching ``release_*`` counts it out.
 
 from __future__ import annotations
 
-import collections
 import threading
 import time
 
@@ -51,7 +50,9 @@ class Admission:
         # gives up the session of a node that answers it nothing for 10 s).
         self._max_waiting_control = max(1, self._reserved_workers - 1)
         self.waiting_control = 0
-        self._forwarding: collections.Counter[str] = collections.Counter()  # GUID -> calls
+        # GUID -> calls forwarded (or waiting for the atom's arrival); a plain dict: a
+        # Counter's missing keys and deletions are Python code on every forwarded call.
+        self._forwarding: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def refuse_invoke(self) -> pb.InvokeReply | None:
@@ -149,13 +150,14 @@ class Admission:
         """A call to forward to ``guid`` at ``tad``: its refusal when this node forwards
         the atom's share of calls already (a slow atom elsewhere must not take our workers)."""
         with self._lock:
-            if self._forwarding[guid] < self._max_calls_per_atom:
-                self._forwarding[guid] += 1
+            held = self._forwarding.get(guid, 0)
+            if held < self._max_calls_per_atom:
+                self._forwarding[guid] = held + 1
                 return None
             return pb.InvokeReply(
                 error=pb_error(
                     CapacityError(
-                        f"node {self._name} is already forwarding {self._forwarding[guid]} "
+                        f"node {self._name} is already forwarding {held} "
                         f"calls to atom {guid} (limit {self._max_calls_per_atom}); "
                         f"{method} refused, try later"
                     )
@@ -165,6 +167,6 @@ class Admission:
 
     def release_forward(self, guid: str) -> None:
         with self._lock:
-            self._forwarding[guid] -= 1
-            if self._forwarding[guid] <= 0:
-                del self._forwarding[guid]
+            held = self._forwarding.pop(guid, 0) - 1
+            if held > 0:
+                self._forwarding[guid] = held

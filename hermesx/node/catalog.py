@@ -145,6 +145,28 @@ class Catalog:
         self._atoms_lock = threading.Lock()
         self.staged: dict[str, StagedCopy] = {}
         self.staged_lock = threading.Lock()
+        # Counts arrivals and departures (install, drop, discard): calls waiting for an
+        # atom on its way here (hermesx.node.arrivals) wake on it.
+        self._changes = 0
+        self._changed = threading.Condition(threading.Lock())
+
+    @property
+    def changes(self) -> int:
+        """How many arrivals and departures there were so far (see :meth:`wait_change`)."""
+        return self._changes
+
+    def wait_change(self, seen: int, timeout: float) -> int:
+        """Wait up to ``timeout`` seconds for an arrival or departure after the ``seen``-th."""
+        with self._changed:
+            if self._changes == seen and timeout > 0:
+                self._changed.wait(timeout)
+            return self._changes
+
+    def changed(self) -> None:
+        """An atom arrived, left, or a staged copy was dropped: wake the calls waiting."""
+        with self._changed:
+            self._changes += 1
+            self._changed.notify_all()
 
     def install(self, guid: str, atom: Atom, meta: pb.AtomMeta, tad: TAD) -> ActiveAtom:
         """Make ``atom`` the active copy of ``guid`` at ``tad``, replacing an older one."""
@@ -163,6 +185,7 @@ class Catalog:
             self.atoms[guid] = active
         self._stash.update(guid, tad)
         atomlog.BOOK.arrived(guid, tad.age)
+        self.changed()
         return active
 
     def drop(self, active: ActiveAtom, forward_to: TAD | None) -> None:
@@ -174,6 +197,7 @@ class Catalog:
             self._stash.update(active.guid, forward_to)
         atomlog.BOOK.forget(active.guid)
         active.retire()
+        self.changed()
 
     def drop_all(self) -> int:
         """Drop every staged copy and every active atom (fenced); returns how many were active."""
@@ -185,6 +209,7 @@ class Catalog:
         for active in dropped:
             atomlog.BOOK.forget(active.guid)
             active.retire()
+        self.changed()
         return len(dropped)
 
     def close_active(self) -> None:
@@ -198,7 +223,11 @@ class Catalog:
             staged = self.staged.pop(guid, None)
         if staged is not None:
             staged.atom.close()
+            self.changed()
 
     def take_staged(self, guid: str) -> StagedCopy | None:
         with self.staged_lock:
-            return self.staged.pop(guid, None)
+            taken = self.staged.pop(guid, None)
+        if taken is not None:
+            self.changed()  # it serves next, or (refused) the calls waiting for it go on
+        return taken

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from hermesx.core.errors import HermesError, UnreachableError
 from hermesx.core.identity import TAD
 from hermesx.node.admission import Admission
+from hermesx.node.arrivals import Arrivals
 from hermesx.node.catalog import ActiveAtom
 from hermesx.node.checkpoints import EVERY_CALL, Checkpointing
 from hermesx.node.context import NodeContext
@@ -35,6 +36,8 @@ DEADLINE_MARGIN_S = 0.5
 # The longest a request may say its caller waits (a caller in another language may
 # send inf or 1e300: a thread cannot wait that long, the clock would overflow).
 LONGEST_WAIT_S = 1e6
+# How long a message waits on the node it was forwarded to, or here for its atom to arrive.
+SEND_WAIT_S = 30.0
 
 
 def _atom_timeout(request: pb.InvokeRequest) -> float:
@@ -65,6 +68,8 @@ class Dispatcher:
         self._follow_caller = FollowCaller(ctx.name, ctx.naming)
         # A staged copy of the called atom: settle it (True: it serves here now).
         self._resolve_staged = resolve_staged
+        # Calls for an atom on its way here wait for it (docs/DESIGN.md §4).
+        self._arrivals = Arrivals(ctx.name, ctx.catalog, ctx.stash, resolve_staged)
         # A move the atom asked for, or its placement decided, after its call.
         self._move_later = move_later
         # Invocations answered, for the rate a console shows (Status.invocations).
@@ -106,6 +111,14 @@ class Dispatcher:
             if reply is not None:
                 return reply
         tad = self._stash.get(guid)
+        # Only a forwarding node's TAD counts (a caller's first attempt has no hops).
+        sent = tad_from_pb(request.tad) if request.hops and request.HasField("tad") else None
+        arriving = self._arrivals.expected(guid, sent, tad)
+        if arriving is not None:
+            waited = self._await_arrival(request, arriving, sent)
+            if waited is not None:
+                return waited
+            tad = self._stash.get(guid)  # newer than what we waited for: go on from it
         if tad is not None and tad.node != self._node:
             if request.hops < self.hop_limit(request.hop_limit):
                 return self._forward(request, tad)
@@ -125,6 +138,39 @@ class Dispatcher:
         )
         if tad is not None:
             reply.tad.CopyFrom(tad_to_pb(tad))
+        return reply
+
+    def _await_arrival(
+        self, request: pb.InvokeRequest, arriving: TAD, sent: TAD | None
+    ) -> pb.InvokeReply | None:
+        """The atom is on its way here at ``arriving``, newer than our stash: wait for it
+        (within the call's time and the atom's share of workers forwarding) and run the
+        call, rather than forward it back along the stash. None: go on by the stash."""
+        guid = request.guid
+        refused = self._admission.refuse_forward(guid, arriving, request.method)
+        if refused is not None:
+            return refused
+        started = time.monotonic()
+        try:
+            yield_reader()  # it waits: not on its connection's reader
+            came = self._arrivals.wait(guid, arriving, sent, _atom_timeout(request))
+        finally:
+            self._admission.release_forward(guid)
+        if came is None:
+            return None
+        if isinstance(came, HermesError):
+            reply: pb.InvokeReply | None = pb.InvokeReply(
+                error=pb_error(came), tad=tad_to_pb(arriving)
+            )
+        else:
+            if request.timeout > 0:  # deadlines are absolute: the wait spent some
+                request.timeout -= time.monotonic() - started
+            reply = self._run_here(came, request)
+        if reply is None:  # it left again meanwhile
+            return None
+        if request.trace:
+            waited = pb.Hop(node=self._node, tad=tad_to_pb(arriving), event="waited")
+            reply.trace.insert(0, waited)
         return reply
 
     def hop_limit(self, requested: int) -> int:
@@ -235,17 +281,27 @@ class Dispatcher:
             self._admission.release_forward(request.guid)
 
     def _forward_along(self, request: pb.InvokeRequest, tad: TAD) -> pb.InvokeReply:
-        forwarded = pb.InvokeRequest()
-        forwarded.CopyFrom(request)
-        forwarded.hops = request.hops + 1
+        # The request goes on as it came, one hop further, carrying the TAD it goes along
+        # (a next node whose stash is older waits for the atom, docs/DESIGN.md §4):
+        # changed in place and put back after, not copied with its arguments at each hop.
+        hops, had_tad = request.hops, request.HasField("tad")
+        request.hops = hops + 1
+        request.tad.node, request.tad.age = tad.node, tad.age
         metrics.forwarded()
         try:
-            reply = self._ctx.invoker.forward(tad.node, forwarded, request.timeout or 30.0)
+            reply = self._ctx.invoker.forward(tad.node, request, request.timeout or 30.0)
         except HermesError as exc:
             reply = pb.InvokeReply(error=pb_error(exc), tad=tad_to_pb(tad))
-        newest = tad_from_pb(reply.tad)
-        if newest is not None:
-            self._stash.update(request.guid, newest)
+        finally:
+            request.hops = hops
+            if not had_tad:
+                request.ClearField("tad")
+        # The common reply repeats the TAD it went along: nothing new to learn.
+        learnt = reply.tad
+        if learnt.age != tad.age or learnt.node != tad.node:
+            newest = tad_from_pb(learnt)
+            if newest is not None:
+                self._stash.update(request.guid, newest)
         if request.trace:
             reply.trace.insert(0, pb.Hop(node=self._node, tad=tad_to_pb(tad), event="forward"))
         return reply
@@ -286,14 +342,26 @@ class Dispatcher:
         if self._fencing.fenced:
             return pb.SendReply(error=self._fencing.unavailable())
         active = self._atoms.get(request.guid)
-        if active is not None:
-            with active.cond:
-                while active.state == "moving":
-                    active.cond.wait(1.0)
-                here = active.state == "active"
-            if here:
-                return self._deliver(active, request)
+        if active is not None and self._settled_here(active):
+            return self._deliver(active, request)
         tad = self._stash.get(request.guid)
+        sent = tad_from_pb(request.tad) if request.hops and request.HasField("tad") else None
+        arriving = self._arrivals.expected(request.guid, sent, tad)
+        if arriving is not None:
+            # On its way here: wait for it rather than send it back (docs/DESIGN.md §4).
+            refused = self._admission.refuse_forward(request.guid, arriving, "a message")
+            if refused is not None:
+                return pb.SendReply(error=refused.error, tad=refused.tad)
+            try:
+                yield_reader()
+                came = self._arrivals.wait(request.guid, arriving, sent, SEND_WAIT_S)
+            finally:
+                self._admission.release_forward(request.guid)
+            if isinstance(came, HermesError):
+                return pb.SendReply(error=pb_error(came), tad=tad_to_pb(arriving))
+            if came is not None and self._settled_here(came):
+                return self._deliver(came, request)
+            tad = self._stash.get(request.guid)
         if tad is None or tad.node == self._node:
             return pb.SendReply(
                 error=pb_error(
@@ -306,12 +374,22 @@ class Dispatcher:
         forwarded = pb.SendRequest()
         forwarded.CopyFrom(request)
         forwarded.hops = request.hops + 1
+        forwarded.tad.node, forwarded.tad.age = tad.node, tad.age
         try:
             invoker = self._ctx.invoker
-            reply = invoker.nodes.send(invoker.node(tad.node), forwarded, timeout=30.0)
+            reply = invoker.nodes.send(invoker.node(tad.node), forwarded, timeout=SEND_WAIT_S)
         except HermesError as exc:
             return pb.SendReply(error=pb_error(exc), tad=tad_to_pb(tad))
         newest = tad_from_pb(reply.tad)
         if newest is not None:
             self._stash.update(request.guid, newest)
         return reply
+
+    @staticmethod
+    def _settled_here(active: ActiveAtom) -> bool:
+        """Whether ``active`` is served here once it is not moving (a message waits out a
+        move's freeze; docs/DESIGN.md §4)."""
+        with active.cond:
+            while active.state == "moving":
+                active.cond.wait(1.0)
+            return active.state == "active"

@@ -246,6 +246,7 @@ class MigrationDestination:
             elif where.age > staged.tad.age:
                 del self._catalog.staged[guid]
                 staged.atom.close()
+                self._catalog.changed()
                 log.info(
                     "atom %s: dropped a staged copy for %s, it is at %s", guid, staged.tad, where
                 )

@@ -119,6 +119,7 @@ class MigrationSource:
         # Committed: the destination is where the atom lives now.
         unsent_logs = atomlog.BOOK.unshipped(guid)  # the ring goes with the drop
         self._catalog.drop(active, new_tad)
+        self._ctx.pause("dropped")  # calls forwarded to the destination before it activates
         copy.snapshot = b""
         copy.ClearField("checksum")
         try:

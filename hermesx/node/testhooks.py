@@ -26,7 +26,14 @@ __all__ = ["PAUSE_STEPS", "TestHooks"]
 log = logging.getLogger(__name__)
 
 # Where a test may pause this node, once.
-PAUSE_STEPS = ("prepared", "transferred", "committed", "checkpoint-snapshot", "activate-stage")
+PAUSE_STEPS = (
+    "prepared",
+    "transferred",
+    "committed",
+    "dropped",
+    "checkpoint-snapshot",
+    "activate-stage",
+)
 
 
 class TestHooks:

@@ -76,7 +76,7 @@ class AtomMeta(_message.Message):
     def __init__(self, name: _Optional[str] = ..., module_hash: _Optional[str] = ..., checkpoint: _Optional[_Union[CheckpointPolicy, _Mapping]] = ..., reentrant: _Optional[bool] = ..., tags: _Optional[_Iterable[str]] = ..., idle_passivate_seconds: _Optional[float] = ..., placement: _Optional[str] = ..., reply_window_entries: _Optional[int] = ..., reply_window_seconds: _Optional[float] = ...) -> None: ...
 
 class InvokeRequest(_message.Message):
-    __slots__ = ("guid", "method", "args", "request_id", "hops", "hop_limit", "chain", "timeout", "trace", "caller_node", "chain_open")
+    __slots__ = ("guid", "method", "args", "request_id", "hops", "hop_limit", "chain", "timeout", "trace", "caller_node", "chain_open", "tad")
     GUID_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +88,7 @@ class InvokeRequest(_message.Message):
     TRACE_FIELD_NUMBER: _ClassVar[int]
     CALLER_NODE_FIELD_NUMBER: _ClassVar[int]
     CHAIN_OPEN_FIELD_NUMBER: _ClassVar[int]
+    TAD_FIELD_NUMBER: _ClassVar[int]
     guid: str
     method: str
     args: bytes
@@ -99,7 +100,8 @@ class InvokeRequest(_message.Message):
     trace: bool
     caller_node: str
     chain_open: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, guid: _Optional[str] = ..., method: _Optional[str] = ..., args: _Optional[bytes] = ..., request_id: _Optional[str] = ..., hops: _Optional[int] = ..., hop_limit: _Optional[int] = ..., chain: _Optional[_Iterable[str]] = ..., timeout: _Optional[float] = ..., trace: _Optional[bool] = ..., caller_node: _Optional[str] = ..., chain_open: _Optional[_Iterable[str]] = ...) -> None: ...
+    tad: TAD
+    def __init__(self, guid: _Optional[str] = ..., method: _Optional[str] = ..., args: _Optional[bytes] = ..., request_id: _Optional[str] = ..., hops: _Optional[int] = ..., hop_limit: _Optional[int] = ..., chain: _Optional[_Iterable[str]] = ..., timeout: _Optional[float] = ..., trace: _Optional[bool] = ..., caller_node: _Optional[str] = ..., chain_open: _Optional[_Iterable[str]] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ...) -> None: ...
 
 class InvokeReply(_message.Message):
     __slots__ = ("result", "error", "moved", "tad", "trace")
@@ -116,7 +118,7 @@ class InvokeReply(_message.Message):
     def __init__(self, result: _Optional[bytes] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., moved: _Optional[_Union[TAD, _Mapping]] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., trace: _Optional[_Iterable[_Union[Hop, _Mapping]]] = ...) -> None: ...
 
 class SendRequest(_message.Message):
-    __slots__ = ("guid", "code", "payload", "sender", "seq", "hops", "hop_limit", "request_id", "chain")
+    __slots__ = ("guid", "code", "payload", "sender", "seq", "hops", "hop_limit", "request_id", "chain", "tad")
     GUID_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +128,7 @@ class SendRequest(_message.Message):
     HOP_LIMIT_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CHAIN_FIELD_NUMBER: _ClassVar[int]
+    TAD_FIELD_NUMBER: _ClassVar[int]
     guid: str
     code: int
     payload: bytes
@@ -135,7 +138,8 @@ class SendRequest(_message.Message):
     hop_limit: int
     request_id: str
     chain: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, guid: _Optional[str] = ..., code: _Optional[int] = ..., payload: _Optional[bytes] = ..., sender: _Optional[str] = ..., seq: _Optional[int] = ..., hops: _Optional[int] = ..., hop_limit: _Optional[int] = ..., request_id: _Optional[str] = ..., chain: _Optional[_Iterable[str]] = ...) -> None: ...
+    tad: TAD
+    def __init__(self, guid: _Optional[str] = ..., code: _Optional[int] = ..., payload: _Optional[bytes] = ..., sender: _Optional[str] = ..., seq: _Optional[int] = ..., hops: _Optional[int] = ..., hop_limit: _Optional[int] = ..., request_id: _Optional[str] = ..., chain: _Optional[_Iterable[str]] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ...) -> None: ...
 
 class SendReply(_message.Message):
     __slots__ = ("error", "moved", "tad")
