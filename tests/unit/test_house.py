@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import pathlib
 import re
 
@@ -22,10 +23,16 @@ def _sources() -> list[pathlib.Path]:
     return found
 
 
+@functools.cache
+def _tree(path: pathlib.Path) -> ast.Module:
+    """A source's syntax tree, parsed once for every test here."""
+    return ast.parse(path.read_text())
+
+
 def test_no_class_is_over_the_size_a_reader_can_hold() -> None:
     too_big = []
     for path in _sources():
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(_tree(path)):
             if isinstance(node, ast.ClassDef):
                 lines = (node.end_lineno or node.lineno) - node.lineno + 1
                 if lines > MAX_CLASS_LINES:
@@ -35,9 +42,7 @@ def test_no_class_is_over_the_size_a_reader_can_hold() -> None:
 
 def test_every_module_says_what_it_is_for() -> None:
     silent = [
-        str(path.relative_to(ROOT))
-        for path in _sources()
-        if not ast.get_docstring(ast.parse(path.read_text()))
+        str(path.relative_to(ROOT)) for path in _sources() if not ast.get_docstring(_tree(path))
     ]
     assert not silent, "modules without a docstring: " + ", ".join(silent)
 
