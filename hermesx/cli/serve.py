@@ -13,10 +13,14 @@ import pathlib
 import signal
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from hermesx.cli.parser import Verbs
 from hermesx.core.config import resolve_cluster
 from hermesx.core.errors import ConfigurationError, UnreachableError
+
+if TYPE_CHECKING:
+    from hermesx.rpc.callserver import CallLimits
 
 __all__ = ["register_node", "register_storesite"]
 
@@ -48,6 +52,32 @@ def _stop_on_signals(stop: Callable[[], None], on_term: Callable[[], None] | Non
     signal.signal(signal.SIGINT, handler)
 
 
+def _call_limits(settings: list[str]) -> CallLimits:
+    """The call listener's limits with ``NAME=NUMBER`` settings (``--call-limit``) applied."""
+    from dataclasses import fields, replace
+
+    from hermesx.rpc.callserver import CallLimits
+
+    kinds = {f.name: f.type for f in fields(CallLimits)}
+    changed: dict[str, Any] = {}
+    for setting in settings:
+        name, _, value = setting.partition("=")
+        if name not in kinds:
+            raise ConfigurationError(
+                f"--call-limit {setting!r}: no limit {name!r} (one of {', '.join(kinds)})"
+            )
+        try:
+            number = float(value) if kinds[name] == "float" else int(value)
+        except ValueError:
+            number = -1
+        if not 0 < number < float("inf"):
+            raise ConfigurationError(
+                f"--call-limit {setting!r}: {name} takes a positive {kinds[name]}"
+            )
+        changed[name] = number
+    return replace(CallLimits(), **changed)
+
+
 def cmd_node_serve(args: argparse.Namespace) -> None:
     from hermesx.node.config import NodeConfig
     from hermesx.node.supervisor import Supervisor
@@ -72,6 +102,7 @@ def cmd_node_serve(args: argparse.Namespace) -> None:
         unresponsive_limit_s=args.unresponsive_limit,
         metrics_listen=args.metrics_listen,
         otlp_endpoint=args.otlp_endpoint,
+        call_limits=_call_limits(args.call_limit),
     )
     supervisor = Supervisor(config)
     # SIGTERM (a service manager, `deploy upgrade`) drains first; Ctrl-C stops at once.
@@ -153,6 +184,8 @@ def register_node(node: Verbs) -> None:
         help="seconds SIGTERM's drain may take before the node stops anyway (default 30)",
     )
     p.add_argument("--test-hooks", action="store_true", help=argparse.SUPPRESS)
+    # NAME=NUMBER of the call listener's CallLimits (tests shorten its time limits).
+    p.add_argument("--call-limit", action="append", default=[], help=argparse.SUPPRESS)
 
 
 def _observe_options(p: argparse.ArgumentParser, traces: bool = True) -> None:

@@ -40,7 +40,7 @@ def serve_calls(
     listen = config.call_address()
     if listen is None:
         return None
-    server = CallServer(f"node {config.name}", workers=workers, tls=tls)
+    server = CallServer(f"node {config.name}", workers=workers, tls=tls, limits=config.call_limits)
     name = config.name
 
     def invoke(call: Call) -> bytes:

@@ -7,11 +7,12 @@ configuration the node cannot run with before anything starts.
 from __future__ import annotations
 
 import pathlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hermesx.core.errors import ConfigurationError
 from hermesx.core.identity import validate_name
 from hermesx.observe.metrics import check_listen
+from hermesx.rpc.callserver import CallLimits
 
 __all__ = ["NodeConfig"]
 
@@ -50,6 +51,9 @@ class NodeConfig:
     metrics_listen: str = "off"
     # OTLP/gRPC collector for traces ("": the OTEL_EXPORTER_OTLP_* variables, else off).
     otlp_endpoint: str = ""
+    # What peers can make the call listener hold, and for how long (docs/DESIGN.md §4.1
+    # "Limits"); tests shorten its time limits to see them act without waiting 30 s.
+    call_limits: CallLimits = field(default_factory=CallLimits)
 
     def call_address(self) -> str | None:
         """Where the call channel listens (``host:port``), or None when it is off."""

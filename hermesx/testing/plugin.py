@@ -17,6 +17,7 @@ import itertools
 import os
 import pathlib
 import re
+import signal
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
@@ -33,6 +34,19 @@ from nameservice.zookeeper import ZooKeeperServer, open_shared_root
 _numbers = itertools.count(1)
 
 ClusterFactory = Callable[..., LocalCluster]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Take SIGINT back when the run started with it ignored.
+
+    A shell without job control starts a background command (``pytest … &``)
+    with SIGINT ignored, and an ignored signal stays ignored in every program
+    started from it: the demo, a child test run or a benchmark that a test
+    interrupts as Ctrl-C does would not see it, nor would this run. Python's
+    own handler is not inherited: the processes the run starts get the default.
+    """
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

@@ -6,9 +6,11 @@ each held its slot for ever and a new caller was refused (it fell back to
 gRPC). Now a new caller takes the slot of the idlest one. Slowloris peers
 that send a request's first bytes and then trickle the rest, or stop inside
 it, held their slot and buffer for ever; now each is closed once its frame
-is neither whole within 10 s nor coming at 16 KiB/s. A peer that calls and
-never reads its replies loses its connection after 30 s. Each end is one
-line in the node's log, and a caller in the background sees no call fail.
+is neither whole within ``frame_s`` (10 s) nor coming at 16 KiB/s. A peer
+that calls and never reads its replies loses its connection after
+``write_stall_s`` (30 s). Each end is one line in the node's log, and a
+caller in the background sees no call fail. n1 runs with these limits
+shortened (``--call-limit``): the tests see them act without waiting them out.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ import pathlib
 import socket
 import ssl
 import threading
+import time
 
 import pytest
 
 from hermesx.client import Client
-from hermesx.local.cluster import LocalCluster
+from hermesx.local.cluster import LocalCluster, NodeSpec
 from hermesx.rpc import security
 from hermesx.rpc.frames import Frame, FrameReader, Reply, encode_request
 from hermesx.rpc.node_client import call_address
@@ -34,13 +37,19 @@ from hermesx.testing.wait import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
-SLOTS = 256  # the listener's connection limit (CallLimits.max_connections)
+# n1's listener limits (CallLimits), set smaller than their defaults (256, 10 s, 30 s).
+SLOTS = 64  # max_connections
+FRAME_S = 3  # frame_s: a frame begun must be whole by then (or come at 16 KiB/s)
+WRITE_STALL_S = 8  # write_stall_s: a peer reading none of its replies for this long
+EVICT_IDLE_S = 1.0  # evict_idle_s (its default): a holder idle this long may lose its slot
 
 
 @pytest.fixture(scope="module")
 def cluster(cluster_factory: ClusterFactory) -> LocalCluster:
     """Two nodes: n1's listener is attacked (the plugin's ``client`` calls this cluster)."""
-    return cluster_factory(2)
+    limits = [f"max_connections={SLOTS}", f"frame_s={FRAME_S}", f"write_stall_s={WRITE_STALL_S}"]
+    n1 = NodeSpec("n1", options=tuple(a for limit in limits for a in ("--call-limit", limit)))
+    return cluster_factory([n1, "n2"])
 
 
 def _context(cluster: LocalCluster) -> ssl.SSLContext:
@@ -97,8 +106,8 @@ def test_peers_holding_every_slot_neither_refuse_a_caller_nor_keep_a_frame_open(
     """Every slot is held by a peer that sent one request and then nothing (held for
     ever before); a new caller is served on the channel, the idlest holder making room.
     Then slowloris peers send a request's first bytes and trickle the rest, or stop:
-    each gets in the same way, and is closed once its frame is neither whole within 10 s
-    nor coming at 16 KiB/s."""
+    each gets in the same way, and is closed once its frame is neither whole within
+    FRAME_S nor coming at 16 KiB/s."""
     guid = client.create(atoms["counter"], name=unique_name, on="n1")
     address = call_address(client.nodes()["n1"])
     assert address is not None
@@ -127,10 +136,14 @@ def test_peers_holding_every_slot_neither_refuse_a_caller_nor_keep_a_frame_open(
                 holders.append(sock)
                 assert _served(sock, guid, i + 1)  # one request, then nothing
             assert len(holders) >= SLOTS - 8, len(holders)  # the caller's own connections
+            # Idle, for eviction, is no request for EVICT_IDLE_S: a deliberate wait until
+            # every holder is (filling the slots may take less on a quick machine).
+            time.sleep(EVICT_IDLE_S + 0.2)
             newcomer = _open(context, address)
             assert newcomer is not None, "refused: idle peers hold every slot"
-            with newcomer:
-                assert _served(newcomer, guid, 7), "the newcomer was not served"
+            # It stays, as the holders do: each slowloris peer below must make room too.
+            holders.append(newcomer)
+            assert _served(newcomer, guid, 7), "the newcomer was not served"
             wait_for_log(cluster, "node-n1", "evicted: no request for")
             for _ in range(16):
                 sock = _open(context, address)
@@ -153,7 +166,9 @@ def test_peers_holding_every_slot_neither_refuse_a_caller_nor_keep_a_frame_open(
     assert background.failures == []
     log = part_log(cluster, "node-n1")
     closed = [line for line in log.splitlines() if "closed the call connection" in line]
-    trickled = [line for line in closed if "no whole frame within 10 s of its first bytes" in line]
+    trickled = [
+        line for line in closed if f"no whole frame within {FRAME_S} s of its first bytes" in line
+    ]
     assert len(trickled) == len(tricklers), trickled
     assert all("slower than 16384 bytes/s" in line for line in trickled), trickled
     assert sum("evicted: no request for" in line for line in closed) >= 1 + len(tricklers)
@@ -164,7 +179,7 @@ def test_a_peer_that_calls_and_never_reads_costs_a_bounded_outbox_and_loses_its_
 ) -> None:
     """A peer sends requests whose replies are large (an echo of 256 KiB) and reads none:
     the replies fill the kernel's buffers, then the connection's outbox; the node stops
-    reading that peer's requests and closes it after 30 s without a byte read (§4.1),
+    reading that peer's requests and closes it after WRITE_STALL_S without a byte read (§4.1),
     while a caller in the background sees no call fail."""
     counter = f"{unique_name}c"
     client.create(atoms["counter"], name=counter, on="n1")
@@ -185,7 +200,8 @@ def test_a_peer_that_calls_and_never_reads_costs_a_bounded_outbox_and_loses_its_
             for i in range(1, 400):
                 sock.sendall(encode_request(i, "invoke", 60.0, request))
                 sent = i
-        log = wait_for_log(cluster, "node-n1", "read none of our replies for 30 s", timeout=120.0)
+        stalled = f"read none of our replies for {WRITE_STALL_S} s"
+        log = wait_for_log(cluster, "node-n1", stalled, timeout=120.0)
         background.wait_more()
     assert background.failures == []
     assert sent < 399, "every request was read: the node buffered 100 MiB of replies"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -44,8 +45,13 @@ def _arity(signature: str) -> tuple[int, int]:
 
 
 @pytest.fixture(scope="module")
-def examples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def examples(tmp_path_factory: pytest.TempPathFactory, atoms: dict[str, Path]) -> dict[str, Path]:
+    """The examples as ``build_examples`` makes them: the run's (the harness's ``atoms``,
+    built by it once), copied with their times to a directory of this module's own, so
+    the tests below may rebuild there."""
     out = tmp_path_factory.mktemp("atoms")
+    for path in atoms.values():
+        shutil.copy2(path, out / path.name)
     built = build_examples(out, quiet=True)
     return {p.stem: p for p in built if p.parent == out}
 

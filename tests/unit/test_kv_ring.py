@@ -27,9 +27,12 @@ def test_every_shard_gets_a_fair_part_of_the_keys() -> None:
 
 def test_the_placement_depends_on_the_store_and_the_count_only() -> None:
     keys = [f"k{i}" for i in range(500)]
-    assert [Ring("a", 4).shard_of(k) for k in keys] == [Ring("a", 4).shard_of(k) for k in keys]
-    assert [Ring("a", 4).shard_of(k) for k in keys] != [Ring("b", 4).shard_of(k) for k in keys]
-    assert {Ring("a", 1).shard_of(k) for k in keys} == {0}
+    # Two rings made apart from each other (a ring is built once, then asked per key).
+    first, again, other = Ring("a", 4), Ring("a", 4), Ring("b", 4)
+    assert [first.shard_of(k) for k in keys] == [again.shard_of(k) for k in keys]
+    assert [first.shard_of(k) for k in keys] != [other.shard_of(k) for k in keys]
+    single = Ring("a", 1)
+    assert {single.shard_of(k) for k in keys} == {0}
     assert len(Ring("a", 3)._hashes) == 3 * VNODES
 
 
