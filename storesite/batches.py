@@ -84,7 +84,11 @@ def put_batch(site: Storesite, requests: list[tuple[str, bytes]]) -> list[Outcom
         results = store.committer.submit_all([(item.guid, write) for item, write in queued])
         for (item, _), (result, error) in zip(queued, results, strict=True):
             if error is None:
-                item.outcome = _done(site, item, result)
+                # Committed: a bug in one item's answer must not fail the others'.
+                try:
+                    item.outcome = _done(site, item, result)
+                except Exception as exc:
+                    item.outcome = _unexpected(site, item, exc)
             elif isinstance(error, HermesError):
                 item.outcome = error
             else:
@@ -150,8 +154,15 @@ def _check(site: Storesite, item: _Item) -> None:
     except HermesError as exc:
         item.outcome = exc
     except Exception as exc:
-        log.exception("a checkpoint of atom %s in a batch failed unexpectedly", item.guid)
-        item.outcome = StorageError(f"storesite {site.sid} failed in {CHECKPOINT}: {exc}")
+        item.outcome = _unexpected(site, item, exc)
+
+
+def _unexpected(site: Storesite, item: _Item, exc: Exception) -> StorageError:
+    """The error ``item`` is answered with when its own path failed unforeseen (logged once),
+    as a lone request's would be (storesite.calls); the other items keep their outcomes."""
+    kind = CHECKPOINT if item.delta is None else CHECKPOINT_DELTA
+    log.exception("a %s of atom %s in a batch failed unexpectedly", kind, item.guid)
+    return StorageError(f"storesite {site.sid} failed in {kind}: {exc}")
 
 
 def _done(site: Storesite, item: _Item, result: Any) -> Outcome:

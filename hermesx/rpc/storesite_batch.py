@@ -9,7 +9,10 @@ that finds them all under way is queued, and the sender whose request finishes h
 its place to the first one queued, which sends itself and every checkpoint
 queued behind it as one ``checkpoint-batch`` request (alone, as the
 ``checkpoint`` / ``checkpoint-delta`` request it is) and hands each sender its
-own outcome. No thread is started: the senders themselves take turns.
+own outcome. No thread is started: the senders themselves take turns. A
+queued checkpoint waits no longer than its own deadline (then it leaves the
+queue, failed with the timeout a lone one's would give), and a request goes
+with the earliest deadline of the checkpoints in it.
 
 The request's body is a msgpack array of ``[kind, body]`` (each a request of
 that kind, as it would travel alone); the reply's a msgpack array of one
@@ -143,6 +146,10 @@ class _Sender:
         self.wake.acquire()
 
 
+def _late(peer: str, sender: _Sender) -> CallTimeoutError:
+    return CallTimeoutError(f"{peer}: a {sender.kind} request waited past its deadline to be sent")
+
+
 class CheckpointBatcher:
     """The checkpoints of one node to one storesite, sent by leaders among their senders.
 
@@ -176,14 +183,32 @@ class CheckpointBatcher:
                 sender.lead = True
             else:
                 self._queue.append(sender)
-        if not sender.lead:
-            sender.wake.acquire()  # until its outcome is in, or it is handed a place
+        # Until its outcome is in, or it is handed a place; no longer than its deadline.
+        left = sender.deadline - time.monotonic()
+        if not sender.lead and not sender.wake.acquire(timeout=max(0.0, left)):
+            self._waited_out(sender)
         if not sender.done:
             self._lead(connection, sender)
         outcome = sender.outcome
         if isinstance(outcome, HermesError):
             raise outcome
         return outcome
+
+    def _waited_out(self, sender: _Sender) -> None:
+        """``sender``'s deadline passed while it waited: it leaves the queue with a timeout,
+        as a lone checkpoint would; or, taken meanwhile, goes on as it was taken."""
+        with self._lock:
+            # Whoever took it did so under this lock: the state read here is the whole
+            # story, whatever the order of that release and this timeout.
+            if sender.lead:
+                return  # handed a place as the wait ended: it sends those queued behind it
+            try:
+                self._queue.remove(sender)
+            except ValueError:
+                pass  # in a request under way: its outcome is in by its deadline (_send)
+            else:
+                raise _late(self.peer, sender)
+        sender.wake.acquire()
 
     def _lead(self, connection: Any, own: _Sender) -> None:
         """Send ``own`` with what is queued, then hand the place on to the first queued."""
@@ -220,14 +245,13 @@ class CheckpointBatcher:
             if sender.deadline > now:
                 live.append(sender)
             else:  # waited past its deadline for the request before it
-                sender.outcome = CallTimeoutError(
-                    f"{self.peer}: a {sender.kind} request waited past its deadline to be sent"
-                )
+                sender.outcome = _late(self.peer, sender)
         if not live:
             return
         self.requests += 1
         self.checkpoints += len(live)
-        timeout = max(sender.deadline for sender in live) - now
+        # The earliest deadline of those in it: none waits for its outcome past its own.
+        timeout = min(sender.deadline for sender in live) - now
         meta = _MORE if others else None
         try:
             if len(live) == 1:

@@ -11,17 +11,25 @@ connection every checkpoint shares).
 
 from __future__ import annotations
 
+import logging
 import pathlib
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 
 import pytest
 
 from hermesx.core.delta import StateDelta, encode_delta
-from hermesx.core.errors import HermesError, MigrationError, StorageError
+from hermesx.core.errors import (
+    CallTimeoutError,
+    HermesError,
+    MigrationError,
+    StorageError,
+)
 from hermesx.core.identity import GUID, TAD
 from hermesx.core.snapshot import CHUNK, AtomState, encode_state, snapshot_checksum
+from hermesx.rpc import storesite_batch
 from hermesx.rpc.callserver import Call, CallServer
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.storesite_batch import (
@@ -40,6 +48,7 @@ from hermesx.rpc.storesite_client import (
 )
 from hermesx.rpc.wire import ChannelPool
 from hermesx.testing.wait import wait_until
+from storesite import batches
 from storesite.batches import put_batch
 from storesite.locks import AtomLocks
 from storesite.records import Provenance
@@ -54,6 +63,7 @@ class _Connection:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes]] = []
         self.metas: list[Mapping[str, str] | None] = []
+        self.timeouts: list[float] = []
         self.release = threading.Event()
         self.held: dict[bytes, threading.Event] = {}  # bodies answered later than others
         self.answer: dict[bytes, bytes | HermesError] = {}
@@ -63,7 +73,9 @@ class _Connection:
     ) -> bytes:
         self.sent.append((kind, body))
         self.metas.append(meta)
-        self.held.get(body, self.release).wait(10)
+        self.timeouts.append(timeout)
+        if not self.held.get(body, self.release).wait(min(timeout, 10)):
+            raise CallTimeoutError(f"{kind}: no reply within {timeout:g} s")
         if kind != CHECKPOINT_BATCH:
             answer = self.answer.get(body, b"ok:" + body)
             if isinstance(answer, HermesError):
@@ -143,6 +155,151 @@ def test_two_requests_may_be_under_way_and_the_second_says_so() -> None:
         [(CHECKPOINT_DELTA, b"c"), (CHECKPOINT_DELTA, b"d")]
     )
     assert len(connection.sent) == 3
+
+
+class _Senders:
+    """Threads calling one batcher, each checkpoint's outcome (reply or error) kept by body."""
+
+    def __init__(self, batcher: CheckpointBatcher, connection: _Connection) -> None:
+        self.batcher = batcher
+        self.connection = connection
+        self.outcomes: dict[bytes, bytes | HermesError] = {}
+        self.threads: list[threading.Thread] = []
+
+    def start(self, body: bytes, timeout: float) -> threading.Thread:
+        def send() -> None:
+            try:
+                reply = self.batcher.call(self.connection, CHECKPOINT, body, timeout)
+            except HermesError as exc:
+                self.outcomes[body] = exc
+            else:
+                self.outcomes[body] = reply
+
+        thread = threading.Thread(target=send)
+        thread.start()
+        self.threads.append(thread)
+        return thread
+
+    def join(self) -> None:
+        for thread in self.threads:
+            thread.join(20)
+
+
+def _idle(batcher: CheckpointBatcher) -> bool:
+    with batcher._lock:
+        return batcher._under_way == 0 and not batcher._queue
+
+
+def test_a_queued_checkpoint_ends_by_its_own_deadline_and_the_one_behind_it_still_goes() -> None:
+    batcher = CheckpointBatcher("storesite s1", depth=1)
+    connection = _Connection()
+    connection.held[b"slow"] = slow_done = threading.Event()
+    connection.release.set()  # the others are answered at once
+    senders = _Senders(batcher, connection)
+    try:
+        senders.start(b"slow", 15.0)  # another atom's request, to a slow storesite
+        wait_until(lambda: len(connection.sent) == 1, timeout=5, what="the first request")
+        short = senders.start(b"short", 0.3)
+        wait_until(lambda: len(batcher._queue) == 1, timeout=5, what="short queued")
+        senders.start(b"behind", 15.0)
+        # Its deadline is 0.3 s; 5 s is plenty on a loaded machine (not a speed limit:
+        # before, it waited for the slow request, 15 s).
+        short.join(5.0)
+        assert not short.is_alive(), "a queued checkpoint waits past its own deadline"
+        assert isinstance(senders.outcomes[b"short"], CallTimeoutError)
+        assert "waited past its deadline" in str(senders.outcomes[b"short"])
+        assert len(batcher._queue) == 1  # it left the queue; the one behind it is there
+    finally:
+        slow_done.set()
+        senders.join()
+    # Never sent, so never stored; the one behind it went in the place the slow one left.
+    assert connection.sent == [(CHECKPOINT, b"slow"), (CHECKPOINT, b"behind")]
+    assert senders.outcomes[b"slow"] == b"ok:slow" and senders.outcomes[b"behind"] == b"ok:behind"
+    assert _idle(batcher)
+
+
+class _HandedAsItTimesOut:
+    """A sender's wake whose timed wait reports its timeout only once the sender has been
+    handed a place (released), and its deadline passed: the race of the two, decided the
+    way a plain lock's wait could decide it."""
+
+    def __init__(self, deadline: float) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._released = threading.Event()
+        self._deadline = deadline
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if timeout < 0:
+            return self._lock.acquire()
+        assert self._released.wait(10), "never handed a place"
+        wait_until(lambda: time.monotonic() > self._deadline, timeout=5, what="its deadline")
+        return False
+
+    def release(self) -> None:
+        self._lock.release()
+        self._released.set()
+
+
+def test_a_place_handed_as_the_wait_times_out_is_not_lost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Racing(storesite_batch._Sender):
+        def __init__(self, kind: str, body: bytes, deadline: float) -> None:
+            super().__init__(kind, body, deadline)
+            if body == b"short":
+                self.wake = _HandedAsItTimesOut(deadline)  # type: ignore[assignment]
+
+    monkeypatch.setattr(storesite_batch, "_Sender", Racing)
+    batcher = CheckpointBatcher("storesite s1", depth=1)
+    connection = _Connection()
+    connection.held[b"first"] = first_done = threading.Event()
+    connection.release.set()
+    senders = _Senders(batcher, connection)
+    try:
+        senders.start(b"first", 15.0)
+        wait_until(lambda: len(connection.sent) == 1, timeout=5, what="the first request")
+        senders.start(b"short", 0.3)
+        wait_until(lambda: len(batcher._queue) == 1, timeout=5, what="short queued")
+        senders.start(b"behind", 15.0)
+        wait_until(lambda: len(batcher._queue) == 2, timeout=5, what="two queued")
+    finally:
+        first_done.set()  # the place goes to short, whose wait then reports its timeout
+        senders.join()
+    # Short, late, is answered with the timeout and not sent; the place it was handed
+    # still carries the one queued behind it, and comes back.
+    assert isinstance(senders.outcomes[b"short"], CallTimeoutError)
+    assert senders.outcomes[b"behind"] == b"ok:behind"
+    assert connection.sent == [(CHECKPOINT, b"first"), (CHECKPOINT, b"behind")]
+    assert _idle(batcher)
+    assert batcher.call(connection, CHECKPOINT, b"next", 5) == b"ok:next"
+
+
+def test_a_batch_goes_with_the_earliest_deadline_of_its_checkpoints() -> None:
+    batcher = CheckpointBatcher("storesite s1", depth=1)
+    connection = _Connection()
+    connection.held[b"first"] = first_done = threading.Event()
+    senders = _Senders(batcher, connection)
+    try:
+        senders.start(b"first", 15.0)
+        wait_until(lambda: len(connection.sent) == 1, timeout=5, what="the first request")
+        senders.start(b"long", 15.0)
+        wait_until(lambda: len(batcher._queue) == 1, timeout=5, what="long queued")
+        senders.start(b"short", 2.0)
+        wait_until(lambda: len(batcher._queue) == 2, timeout=5, what="two queued")
+        first_done.set()
+        # The batch of long and short (led by long) waits for a reply no longer than
+        # short's deadline: short is answered by then, its request's timeout.
+        wait_until(lambda: len(connection.sent) == 2, timeout=5, what="the batch")
+    finally:
+        first_done.set()
+        senders.join()
+    assert connection.sent[1][0] == CHECKPOINT_BATCH
+    assert connection.timeouts[1] <= 2.0
+    # No reply came in time: neither is acknowledged.
+    assert isinstance(senders.outcomes[b"short"], CallTimeoutError)
+    assert isinstance(senders.outcomes[b"long"], CallTimeoutError)
+    assert _idle(batcher)
 
 
 def test_a_failed_request_fails_each_of_its_checkpoints_and_the_next_one_is_sent() -> None:
@@ -362,3 +519,35 @@ def test_a_malformed_or_repeated_item_fails_alone(site: _Site) -> None:
     assert isinstance(outcomes[4], HermesError)
     assert store.latest_checkpoint(guid).seq == 1
     assert store.latest_checkpoint(other).seq == 0
+
+
+def test_an_unforeseen_failure_in_one_items_answer_fails_that_item_only(
+    site: _Site, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = site.store
+    guids = [_register(store) for _ in range(3)]
+    broken = guids[1]
+    real = batches._done
+
+    def done(site: object, item: batches._Item, result: object) -> object:
+        if item.guid == broken:
+            raise RuntimeError("a bug in one answer")
+        return real(site, item, result)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(batches, "_done", done)
+    requests = [
+        (CHECKPOINT_DELTA, _delta_request(g, 1, (0, store.latest_checkpoint(g).checksum), 5))
+        for g in guids
+    ]
+    with caplog.at_level(logging.ERROR, logger=batches.__name__):
+        outcomes = put_batch(site, requests)  # type: ignore[arg-type]
+    # The others are answered with their own acknowledgement (they were committed)...
+    for i in (0, 2):
+        body = outcomes[i]
+        assert isinstance(body, bytes) and pb.CheckpointAck.FromString(body).stored
+        assert store.latest_checkpoint(guids[i]).seq == 1
+    # ... and the one whose answer failed with an error naming what went wrong, logged once.
+    assert isinstance(outcomes[1], StorageError)
+    assert "failed in checkpoint-delta: a bug in one answer" in str(outcomes[1])
+    logged = [r for r in caplog.records if broken in r.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info is not None
