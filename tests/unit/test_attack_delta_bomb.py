@@ -28,26 +28,15 @@ from hermesx.rpc.storesite_client import CHECKPOINT_DELTA
 from storesite.batches import put_batch
 from storesite.chain import CHAIN_BYTES_FLOOR
 from storesite.deltas import put_delta
-from storesite.locks import AtomLocks
 from storesite.records import Provenance
 from storesite.store import AtomStore
-from tests.unit.test_delta_format import _format_1
+from tests.unit.test_checkpoint_batch import _Site
+from tests.unit.test_delta_format import _format_1, _rest
 
 SID = "s1"
 TAD1 = TAD("n1", 1)
 MEMORY = 16 * CHUNK  # the atom has 16 chunks of memory
 ZERO = zlib.compress(bytes(CHUNK), 9, -15)  # one chunk of zeros, raw deflate: ~20 bytes
-
-
-def _rest(guid: str, generation: int = 1) -> AtomState:
-    return AtomState(
-        module_hash="ab" * 32,
-        guid=guid,
-        memory_size=0,
-        memory=(),
-        globals=(("g", "i32", generation),),
-        generation=generation,
-    )
 
 
 def _crafted(guid: str, items: list[list[object]], memory_size: int = MEMORY) -> bytes:
@@ -183,18 +172,6 @@ def test_a_delta_decoding_past_the_storesites_checkpoint_limit_is_refused(
         stored, refused = _put(small, guid, _crafted(guid, zeros))
         assert not stored and "over the limit of 16384 bytes" in refused
         assert _put(small, guid, _good(guid)) == (True, "")
-
-
-class _Site:
-    """What put_batch needs of a Storesite: its store, its id and its atoms' locks."""
-
-    def __init__(self, store: AtomStore) -> None:
-        self.store = store
-        self.sid = store.sid
-        self._locks = AtomLocks()
-
-    def holding(self, guid: str) -> object:
-        return self._locks.hold(guid)
 
 
 # ------------------------------------------------------------------ a chain's bound
