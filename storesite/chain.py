@@ -59,7 +59,7 @@ __all__ = [
 # Deltas on one anchor before the next checkpoint is written whole: bounds what a
 # read composes and how much a damaged anchor takes with it.
 MAX_CHAIN = 64
-# A chain may always grow to this many bytes of deltas, and beyond it up to its
+# A chain's deltas may always decode to this many bytes, and beyond it up to its
 # anchor's size: a small state is rewritten whole rarely, a large one never twice.
 CHAIN_BYTES_FLOOR = 1 << 20
 
