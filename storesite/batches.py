@@ -26,7 +26,6 @@ from typing import Any
 
 import lmdb
 
-from hermesx.core.delta import decode_delta
 from hermesx.core.errors import HermesError, StorageError
 from hermesx.core.identity import GUID
 from hermesx.observe import metrics
@@ -34,7 +33,7 @@ from hermesx.rpc.convert import tad_of
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.storesite_batch import Outcome
 from hermesx.rpc.storesite_client import CHECKPOINT, CHECKPOINT_DELTA
-from storesite.deltas import put_delta
+from storesite.deltas import decoded, put_delta
 from storesite.records import Provenance
 from storesite.service import Storesite
 
@@ -144,7 +143,7 @@ def _check(site: Storesite, item: _Item) -> None:
         what = f"checkpoint delta of atom {item.guid} from {tad} seq {head.seq}"
         checksum = store.arriving(item.guid, head.snapshot, check, what)
         try:
-            delta = decode_delta(head.snapshot)
+            delta = decoded(store, head.snapshot)
         except StorageError:
             item.outcome = _alone(site, item)  # answered as a lone one: refused
             return

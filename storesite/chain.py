@@ -19,8 +19,12 @@ encode and a CRC of the whole state (its reply table alone is 1,024 records)
 and wrote every page of it. A chain is read back — restore, move, home move,
 ``GetCheckpoint`` — by composing its deltas onto the anchor's snapshot, so
 no reader ever sees a delta; it is cut (the next checkpoint written whole,
-composed at the storesite) once :data:`MAX_CHAIN` deltas or more bytes than
-the anchor's (and at least :data:`CHAIN_BYTES_FLOOR`) hang on one anchor.
+composed at the storesite) once :data:`MAX_CHAIN` deltas, or deltas decoding
+to more bytes than the anchor's (and at least :data:`CHAIN_BYTES_FLOOR`), hang
+on one anchor: a delta of format 2 is counted as its chunks decode
+(:func:`decoded_size`), not as the deflated bytes it is stored as, so that a
+chain of well-compressing deltas does not grow to :data:`MAX_CHAIN` links
+each decoded on every read.
 
 Each record's CRC-32 covers the bytes it stores and is checked on every
 read, so a damaged link makes every checkpoint composed through it damaged,
@@ -39,13 +43,14 @@ import msgpack
 
 from hermesx.core.errors import CheckpointDamagedError
 from hermesx.core.identity import TAD
-from hermesx.core.snapshot import Shape, verify_checksum
+from hermesx.core.snapshot import CHUNK, Shape, verify_checksum
 
 __all__ = [
     "CHAIN_BYTES_FLOOR",
     "MAX_CHAIN",
     "Link",
     "Record",
+    "decoded_size",
     "pack_delta",
     "pack_whole",
     "unpack_record",
@@ -54,7 +59,7 @@ __all__ = [
 # Deltas on one anchor before the next checkpoint is written whole: bounds what a
 # read composes and how much a damaged anchor takes with it.
 MAX_CHAIN = 64
-# A chain may always grow to this many bytes of deltas, and beyond it up to its
+# A chain's deltas may always decode to this many bytes, and beyond it up to its
 # anchor's size: a small state is rewritten whole rarely, a large one never twice.
 CHAIN_BYTES_FLOOR = 1 << 20
 
@@ -67,7 +72,7 @@ class Link:
     name: int  # the checkpoint's name: crc32(delta, the base's name)
     shape: Shape  # of the state the chain composes to, up to this delta
     length: int  # deltas from the anchor to this one, this one included
-    size: int  # their bytes
+    size: int  # what they decode to (decoded_size; links stored before it: their bytes)
     anchor_size: int  # bytes of the anchor's snapshot
 
     def due_whole(self) -> bool:
@@ -110,15 +115,23 @@ class Record:
         """The checkpoint's name: the base a node's next delta names."""
         return self.checksum if self.link is None else self.link.name
 
-    def next_link(self, delta: bytes, shape: Shape) -> Link:
-        """The link of a delta record of ``delta`` on this one, composing to ``shape``."""
+    def next_link(self, delta: bytes, chunks: int, shape: Shape) -> Link:
+        """The link of a delta record of ``delta`` (of ``chunks`` memory chunks) on this
+        one, composing to ``shape``."""
         name = zlib.crc32(delta, self.name) & 0xFFFFFFFF
+        size = decoded_size(delta, chunks)
         if self.link is None:
-            return Link(self.number, name, shape, 1, len(delta), len(self.data))
+            return Link(self.number, name, shape, 1, size, len(self.data))
         link = self.link
-        return Link(
-            link.anchor, name, shape, link.length + 1, link.size + len(delta), link.anchor_size
-        )
+        return Link(link.anchor, name, shape, link.length + 1, link.size + size, link.anchor_size)
+
+
+def decoded_size(delta: bytes, chunks: int) -> int:
+    """What a delta of ``chunks`` memory chunks decodes to, counted without inflating it:
+    its bytes, or its chunks' 4 KiB each when that is more (format 2 stores them
+    deflated). At least half of what it decodes to: its bytes hold every part whole but
+    the chunks."""
+    return max(len(delta), chunks * CHUNK)
 
 
 def pack_whole(tad: TAD, seq: int, snapshot: bytes, checksum: int, generation: int) -> bytes:

@@ -29,7 +29,7 @@ from storesite.chain import Record
 from storesite.records import Provenance
 from storesite.store import AtomStore
 
-__all__ = ["DeltaOutcome", "put_delta"]
+__all__ = ["DeltaOutcome", "decoded", "put_delta"]
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def put_delta(
     delta_checksum = store.arriving(guid, delta_bytes, check, what)
     base: Record | str = ""
     try:
-        delta: StateDelta | None = decode_delta(delta_bytes)
+        delta: StateDelta | None = decoded(store, delta_bytes)
     except StorageError as exc:
         delta, base = None, f"it does not fit the latest checkpoint: {exc}"
     if delta is not None:
@@ -88,6 +88,14 @@ def put_delta(
     reason = f"{what} refused: {base}; send the whole state"
     log.info("storesite %s: %s", store.sid, reason)
     return DeltaOutcome(stored=False, refused=reason)
+
+
+def decoded(store: AtomStore, data: bytes) -> StateDelta:
+    """The delta ``data`` as every transport's request has it read (gRPC, the call
+    channel's lone and batched requests): StorageError, before any chunk is inflated, when
+    its chunks are out of place or would decode to more than a whole checkpoint may hold
+    here (docs/DESIGN.md §6 "Incremental checkpoints")."""
+    return decode_delta(data, store.max_checkpoint_bytes)
 
 
 def _outcome(store: AtomStore, stored: bool, name: int) -> DeltaOutcome:

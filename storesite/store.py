@@ -293,7 +293,7 @@ class AtomStore:
                 # The latest record's shape is not what the node's base was (its link,
                 # which no CRC covers, is damaged): the whole state settles it.
                 return f"it does not fit the latest checkpoint: {exc}"
-            link = base_record.next_link(data, after)
+            link = base_record.next_link(data, len(delta.chunks), after)
             if self._window.put_newer(txn, state, check, tad, seq, data, checksum, link):
                 return True, link.name
             return False, base_record.name

@@ -24,6 +24,12 @@ chunks: 8 KiB → ~190 bytes, ~5 to 10 µs each to deflate, ~3 µs to inflate), 
 a delta record fits one LMDB leaf page instead of two overflow pages, and
 the commit writes fewer pages (docs/DESIGN.md §6 "Incremental checkpoints"). Both
 formats are read: stored chains and older nodes' deltas compose as before.
+
+A delta is checked before any chunk is inflated: its chunks' offsets must be
+whole chunks, ascending, apart and inside its memory, and its memory at most
+a wasm32 memory (the reader may bound what its chunks decode to tighter). A
+deflated chunk of zeros is ~20 bytes, so a delta repeating one offset would
+otherwise decode to ~170 times its size.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from hermesx.core.snapshot import (
 )
 
 __all__ = [
+    "MAX_MEMORY_BYTES",
     "StateDelta",
     "apply_delta",
     "compose",
@@ -68,6 +75,9 @@ _ZERO_CHUNK = bytes(CHUNK)
 _DEFLATE_LEVEL = 1
 _RAW_DEFLATE = -15
 _DEFLATE_MISSES = 4
+# The largest memory a delta may describe: a wasm32 memory's 65,536 pages of 64 KiB
+# (a node's cap, memory_limit_bytes, is its own configuration, unknown to a reader).
+MAX_MEMORY_BYTES = 1 << 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,8 +142,10 @@ def _inflated(data: bytes) -> bytes:
     return chunk
 
 
-def decode_delta(data: bytes) -> StateDelta:
-    """Parse a delta (format 1 or 2); StorageError when it is not one or is damaged."""
+def decode_delta(data: bytes, max_chunk_bytes: int = MAX_MEMORY_BYTES) -> StateDelta:
+    """Parse a delta (format 1 or 2); StorageError when it is not one or is damaged, or
+    when its chunks would decode to more than ``max_chunk_bytes`` (checked before any
+    chunk is inflated, as the chunks' places: see the module docstring)."""
     header = len(MAGIC) + 1
     if len(data) < header or data[: len(MAGIC)] != MAGIC:
         raise StorageError("not a hermesx checkpoint delta (bad magic)")
@@ -148,9 +160,12 @@ def decode_delta(data: bytes) -> StateDelta:
         size, chunks, put, delete, dropped, added, rest = msgpack.unpackb(
             memoryview(data)[header:], raw=False, strict_map_key=False
         )
+        memory_size = int(size)
+        offsets = [int(o) for o, _ in chunks]
+        _check_places(memory_size, offsets, max_chunk_bytes)
         return StateDelta(
-            memory_size=int(size),
-            chunks=tuple((int(o), chunk(d)) for o, d in chunks),
+            memory_size=memory_size,
+            chunks=tuple((o, chunk(d)) for o, (_, d) in zip(offsets, chunks, strict=True)),
             kv_put=tuple((bytes(k), bytes(v)) for k, v in put),
             kv_delete=tuple(bytes(k) for k in delete),
             replies_dropped=int(dropped),
@@ -159,6 +174,31 @@ def decode_delta(data: bytes) -> StateDelta:
         )
     except (ValueError, TypeError, zlib.error, msgpack.UnpackException) as exc:
         raise StorageError(f"checkpoint delta is damaged: {exc}") from exc
+
+
+def _check_places(memory_size: int, offsets: Sequence[int], max_chunk_bytes: int) -> None:
+    """StorageError unless the chunks at ``offsets`` each fill a chunk of a memory of
+    ``memory_size`` bytes (at most :data:`MAX_MEMORY_BYTES`), ascending and apart, and
+    are at most ``max_chunk_bytes`` in all: then a delta decodes to at most its memory."""
+    if not 0 <= memory_size <= MAX_MEMORY_BYTES:
+        raise StorageError(
+            f"checkpoint delta is for a memory of {memory_size} bytes; "
+            f"a wasm32 memory has 0 to {MAX_MEMORY_BYTES}"
+        )
+    if len(offsets) * CHUNK > max_chunk_bytes:
+        raise StorageError(
+            f"checkpoint delta has {len(offsets)} chunks ({len(offsets) * CHUNK} bytes), "
+            f"over the limit of {max_chunk_bytes} bytes"
+        )
+    end = 0  # where the previous chunk ends
+    for offset in offsets:
+        if offset % CHUNK or offset < end or offset + CHUNK > memory_size:
+            raise StorageError(
+                f"checkpoint delta has a chunk out of place (at {offset}, after one ending at "
+                f"{end}, in a memory of {memory_size} bytes): chunks are whole, ascending "
+                "and apart"
+            )
+        end = offset + CHUNK
 
 
 def _check_fit(delta: StateDelta, memory_size: int, replies: int) -> None:
