@@ -13,6 +13,7 @@ is delivered on the runtime's idle pool.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 from hermesx.core.errors import (
@@ -47,6 +48,14 @@ logger = logging.getLogger(__name__)
 
 # How often a caller queued behind a busy atom looks again for a wait cycle.
 CYCLE_RECHECK_S = 0.2
+
+# Calls of this process failed to break a wait cycle: (calling atom, atom called) -> when.
+# Two calls crossing each other may both find the cycle at once; the second to look
+# sees that the first is being failed (its holder comes free) and waits instead of
+# failing too. Kept a moment only: a newer cycle is found again after it.
+_CYCLES_BROKEN: dict[tuple[str, str], float] = {}
+_CYCLES_LOCK = threading.Lock()
+CYCLE_BROKEN_S = 1.0
 
 
 class AtomScheduling(AtomSnapshots):
@@ -203,14 +212,25 @@ class AtomScheduling(AtomSnapshots):
         call, takes no other call meanwhile, and this call can start only when
         the holder finishes; if the holder waits on one of them, none of them
         can ever go on. A target is registered before its request leaves, so of
-        two calls crossing each other at least one finds the other's wait.
-        Longer cycles (through atoms on neither chain) still end at the deadline.
+        two calls crossing each other at least one finds the other's wait; when
+        both do at once, the second to look finds the first failed (the holder it
+        waits behind comes free) and waits on, so one chain fails and the other
+        goes on. Longer cycles (through atoms on neither chain) still end at the
+        deadline.
         """
         with self._cv:
             targets = list(self._outgoing.values())
-        for target in targets:
-            guid = self._target_guid(target)
-            if guid in stuck:
+        waited_on = [g for g in map(self._target_guid, targets) if g in stuck]
+        if not waited_on:
+            return
+        with _CYCLES_LOCK:
+            now = time.monotonic()
+            for key in [k for k, t in _CYCLES_BROKEN.items() if now - t > CYCLE_BROKEN_S]:
+                del _CYCLES_BROKEN[key]
+            for guid in waited_on:
+                if (self.guid, guid) in _CYCLES_BROKEN:
+                    continue  # the holder's call to it is being failed: it comes free
+                _CYCLES_BROKEN[(chain[-1], self.guid)] = now
                 raise CallCycleError(
                     f"wait cycle: atom {self.guid} is busy with a call that waits on atom "
                     f"{guid}, which waits (call path {' -> '.join(chain)}) for this call to "

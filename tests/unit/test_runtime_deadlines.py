@@ -382,3 +382,33 @@ def test_a_call_after_a_pause_gets_a_fresh_cpu_budget() -> None:
             atom.invoke("spin", codec.pack(None))
     finally:
         rt.close()
+
+
+def test_two_calls_finding_their_cycle_at_once_fail_one_chain_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two calls crossing each other, each queued behind an atom whose holder waits on
+    the other's caller, may both look for the cycle before either fails: the second to
+    look finds the first failed (its holder comes free) and waits on, so one chain
+    goes on instead of both failing."""
+    from hermesx.runtime import scheduling
+
+    def busy(guid: str, waits_on: str) -> scheduling.AtomScheduling:
+        atom = object.__new__(scheduling.AtomScheduling)
+        atom.guid = guid
+        atom._cv = threading.Condition()
+        atom._outgoing = {1: waits_on}
+        return atom
+
+    monkeypatch.setattr(scheduling, "_CYCLES_BROKEN", {})
+    a, b = busy(GUID_A, GUID_B), busy(GUID_B, GUID_A)
+    # A's call to B, queued at B (whose holder waits on A): the cycle, failed.
+    with pytest.raises(CallCycleError, match="wait cycle"):
+        b._check_wait_cycle(frozenset({GUID_A}), (GUID_A,), "ping")
+    # B's call to A, queued at A, looks next: A's holder is the chain just failed.
+    a._check_wait_cycle(frozenset({GUID_B}), (GUID_B,), "ping")
+    # A cycle still there a moment later is found again.
+    monkeypatch.setattr(scheduling, "CYCLE_BROKEN_S", 0.0)
+    time.sleep(0.01)
+    with pytest.raises(CallCycleError, match="wait cycle"):
+        a._check_wait_cycle(frozenset({GUID_B}), (GUID_B,), "ping")
