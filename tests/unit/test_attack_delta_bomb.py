@@ -17,6 +17,8 @@ from collections.abc import Iterator
 
 import msgpack
 import pytest
+from test_checkpoint_batch import _Site
+from test_delta_format import _format_1, _rest
 
 import storesite.checkpoints as checkpoints_module
 from hermesx.core.delta import MAGIC, StateDelta, decode_delta, encode_delta
@@ -30,8 +32,6 @@ from storesite.chain import CHAIN_BYTES_FLOOR
 from storesite.deltas import put_delta
 from storesite.records import Provenance
 from storesite.store import AtomStore
-from tests.unit.test_checkpoint_batch import _Site
-from tests.unit.test_delta_format import _format_1, _rest
 
 SID = "s1"
 TAD1 = TAD("n1", 1)
