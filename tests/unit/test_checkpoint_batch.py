@@ -30,7 +30,6 @@ from hermesx.core.errors import (
 from hermesx.core.identity import GUID, TAD
 from hermesx.core.snapshot import CHUNK, AtomState, encode_state, snapshot_checksum
 from hermesx.rpc import storesite_batch
-from hermesx.rpc.callserver import Call, CallServer
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.storesite_batch import (
     CHECKPOINT_BATCH,
@@ -44,15 +43,14 @@ from hermesx.rpc.storesite_client import (
     CHECKPOINT,
     CHECKPOINT_DELTA,
     CheckedSnapshot,
-    StoresiteClient,
 )
-from hermesx.rpc.wire import ChannelPool
 from hermesx.testing.wait import wait_until
 from storesite import batches
 from storesite.batches import put_batch
 from storesite.locks import AtomLocks
 from storesite.records import Provenance
 from storesite.store import AtomStore
+from tests.unit.test_checkpoint_grouping import held_delta_site
 
 SID = "s1"
 
@@ -334,22 +332,9 @@ def test_a_batch_reply_that_does_not_fit_its_request_is_an_error() -> None:
 
 def test_a_storesite_that_does_not_list_the_batch_kind_gets_single_requests() -> None:
     kinds: list[str] = []
-    release = threading.Event()
-    served = CallServer("storesite", workers=8, tls=None)
-
-    def delta(call: Call) -> bytes:
-        kinds.append(call.kind)
-        release.wait(10)
-        return pb.CheckpointAck(stored=True, checksum=7).SerializeToString()
-
     # An older storesite: no checkpoint-batch handler (the listener would end the
     # connection on it, failing every checkpoint in flight on it).
-    served.register(CHECKPOINT_DELTA, delta, "Storesite/PutCheckpointDelta")
-    channels = ChannelPool()
-    try:
-        site = StoresiteClient(
-            "127.0.0.1:1", sid="s1", channels=channels, call=served.start("127.0.0.1:0")
-        )
+    with held_delta_site(8, lambda call: kinds.append(call.kind)) as (site, release):
         state = CheckedSnapshot(b"delta", 1, 1)
         acks: list[int] = []
         threads = [
@@ -368,10 +353,6 @@ def test_a_storesite_that_does_not_list_the_batch_kind_gets_single_requests() ->
             thread.join(10)
         assert acks == [7] * 4
         assert kinds == [CHECKPOINT_DELTA] * 4
-    finally:
-        release.set()
-        channels.close()
-        served.stop()
 
 
 # ------------------------------------------------------------------ the storesite's side
