@@ -42,7 +42,7 @@ def store(data_dir: pathlib.Path) -> Iterator[AtomStore]:
         yield s
 
 
-def _rest(guid: str, generation: int) -> AtomState:
+def _rest(guid: str, generation: int = 1) -> AtomState:
     return AtomState(
         module_hash="ab" * 32,
         guid=guid,

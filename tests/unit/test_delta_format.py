@@ -29,6 +29,7 @@ from hermesx.rpc.proto import hermesx_pb2 as pb
 from storesite.deltas import put_delta
 from storesite.records import Provenance
 from storesite.store import AtomStore
+from tests.unit.test_checkpoint_chain import _rest
 
 SID = "s1"
 TAD1 = TAD("n1", 1)
@@ -38,17 +39,6 @@ GUID_X = "00000000-0000-4000-8000-000000000001"
 # A counter's changed chunk: zeros but a few words (here, near its end).
 SPARSE = bytes(CHUNK - 16) + (7).to_bytes(8, "little") + (3).to_bytes(8, "little")
 NOISE = os.urandom(CHUNK)
-
-
-def _rest(guid: str = GUID_X, generation: int = 1) -> AtomState:
-    return AtomState(
-        module_hash="ab" * 32,
-        guid=guid,
-        memory_size=0,
-        memory=(),
-        globals=(("g", "i32", generation),),
-        generation=generation,
-    )
 
 
 def _delta(
@@ -66,7 +56,11 @@ def _delta(
 
 
 def _format_1(delta: StateDelta) -> bytes:
-    """A delta as format 1 wrote it: every chunk its whole 4 KiB."""
+    """A delta as format 1 wrote it: every chunk its whole 4 KiB.
+
+    Written out here on purpose, not taken from hermesx.core.delta: stored
+    format-1 records must stay readable whatever the product's encoder
+    becomes, so this test keeps its own copy of the old layout."""
     body: bytes = msgpack.packb(
         [
             delta.memory_size,
