@@ -9,7 +9,6 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import replace
 
-import lmdb
 import msgpack
 import pytest
 
@@ -29,7 +28,7 @@ from hermesx.rpc.proto import hermesx_pb2 as pb
 from storesite.deltas import put_delta
 from storesite.records import Provenance
 from storesite.store import AtomStore
-from tests.unit.test_checkpoint_chain import _rest
+from tests.unit.test_checkpoint_chain import _mark_format, _rest
 
 SID = "s1"
 TAD1 = TAD("n1", 1)
@@ -216,12 +215,7 @@ def test_a_store_of_format_3_with_old_deltas_opens_reads_them_and_takes_new_ones
             check = Provenance(checksum=snapshot_checksum(data), generation=generation)
             outcome = put_delta(old, guid, TAD1, generation, data, check, generation - 1, name)
             name = outcome.checksum
-    env = lmdb.open(str(data_dir / "lmdb"), max_dbs=8, subdir=True)
-    try:
-        with env.begin(write=True, db=env.open_db(b"store")) as txn:
-            txn.put(b"format", b"3")
-    finally:
-        env.close()
+    _mark_format(data_dir, b"3")
     with AtomStore(SID, data_dir) as store:
         state = decode_state(store.latest_checkpoint(guid).snapshot)
         assert dict(state.memory)[CHUNK] == bytes([2]) * CHUNK and state.generation == 2
