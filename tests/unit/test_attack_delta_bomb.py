@@ -30,7 +30,7 @@ from storesite.chain import CHAIN_BYTES_FLOOR
 from storesite.deltas import put_delta
 from storesite.records import Provenance
 from storesite.store import AtomStore
-from tests.unit.test_checkpoint_batch import _Site
+from tests.unit.test_checkpoint_batch import _checkpoint_request, _Site
 from tests.unit.test_delta_format import _format_1, _rest
 
 SID = "s1"
@@ -142,14 +142,7 @@ def test_a_bomb_is_refused_by_every_transport_and_the_storesite_keeps_serving(
     other, _ = _register(store, b"\x01" * MEMORY)
     requests = []
     for who, data in ((guid, _crafted(guid, BOMB)), (other, _good(other))):
-        head = pb.CheckpointRequest(
-            guid=who,
-            tad=pb.TAD(node="n1", age=1),
-            snapshot=data,
-            seq=1,
-            checksum=snapshot_checksum(data),
-            generation=1,
-        )
+        head = _checkpoint_request(who, data, 1)
         base = store.latest_checkpoint(who).checksum
         delta = pb.CheckpointDelta(head=head, base_seq=0, base_checksum=base)
         requests.append((CHECKPOINT_DELTA, delta.SerializeToString()))

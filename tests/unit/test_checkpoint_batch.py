@@ -398,6 +398,18 @@ def _register(store: AtomStore) -> str:
     return guid
 
 
+def _checkpoint_request(guid: str, data: bytes, seq: int) -> pb.CheckpointRequest:
+    """Checkpoint ``seq`` of ``guid`` (its generation too) from n1, carrying ``data``."""
+    return pb.CheckpointRequest(
+        guid=guid,
+        tad=pb.TAD(node="n1", age=1),
+        snapshot=data,
+        seq=seq,
+        checksum=snapshot_checksum(data),
+        generation=seq,
+    )
+
+
 def _delta_request(guid: str, seq: int, base: tuple[int, int], fill: int) -> bytes:
     rest = AtomState(
         module_hash="ab" * 32,
@@ -418,14 +430,7 @@ def _delta_request(guid: str, seq: int, base: tuple[int, int], fill: int) -> byt
             rest=rest,
         )
     )
-    head = pb.CheckpointRequest(
-        guid=guid,
-        tad=pb.TAD(node="n1", age=1),
-        snapshot=data,
-        seq=seq,
-        checksum=snapshot_checksum(data),
-        generation=seq,
-    )
+    head = _checkpoint_request(guid, data, seq)
     request = pb.CheckpointDelta(head=head, base_seq=base[0], base_checksum=base[1])
     body: bytes = request.SerializeToString()
     return body
@@ -465,14 +470,7 @@ def test_a_batch_is_one_commit_and_a_refused_delta_refuses_that_atom_only(site: 
     assert store.status().deltas_written == deltas + 2
     # The refused one's whole state, then, is stored as any checkpoint.
     whole = store.latest_checkpoint(stale).snapshot
-    request = pb.CheckpointRequest(
-        guid=stale,
-        tad=pb.TAD(node="n1", age=1),
-        snapshot=whole,
-        seq=2,
-        checksum=snapshot_checksum(whole),
-        generation=2,
-    )
+    request = _checkpoint_request(stale, whole, 2)
     again = put_batch(site, [(CHECKPOINT, request.SerializeToString())])  # type: ignore[arg-type]
     assert again == [pb.Empty().SerializeToString()]
     assert store.latest_checkpoint(stale).seq == 2
