@@ -98,16 +98,23 @@ def _lost(client: Client, proxy: _LossyProxy, request: pb.InvokeRequest | pb.Sen
     assert caught.value.kind in ("unreachable", "communication"), caught.value
 
 
+def _on_channel(
+    client: Client, node: str, kind: str, request: pb.InvokeRequest | pb.SendRequest
+) -> bytes:
+    """``request`` sent as ``kind`` on ``node``'s call channel; its reply, serialized."""
+    address = call_address(client.nodes()[node])
+    assert address is not None
+    body: bytes = client.channels.calls.connection(address).call(
+        kind, request.SerializeToString(), 20.0
+    )
+    return body
+
+
 def _retry(client: Client, transport: str, node: str, request: pb.InvokeRequest) -> object:
     if transport == "grpc":
         reply = client.invoker.node_stub(node).Invoke(request, timeout=20.0)
     else:
-        address = call_address(client.nodes()[node])
-        assert address is not None
-        body = client.channels.calls.connection(address).call(
-            "invoke", request.SerializeToString(), 20.0
-        )
-        reply = pb.InvokeReply.FromString(body)
+        reply = pb.InvokeReply.FromString(_on_channel(client, node, "invoke", request))
     assert reply.WhichOneof("outcome") == "result", reply
     return codec.unpack(reply.result)
 
@@ -178,12 +185,7 @@ def _resend(client: Client, transport: str, node: str, request: pb.SendRequest) 
     if transport == "grpc":
         reply = client.invoker.node_stub(node).Send(request, timeout=20.0)
     else:
-        address = call_address(client.nodes()[node])
-        assert address is not None
-        body = client.channels.calls.connection(address).call(
-            "send", request.SerializeToString(), 20.0
-        )
-        reply = pb.SendReply.FromString(body)
+        reply = pb.SendReply.FromString(_on_channel(client, node, "send", request))
     assert reply.WhichOneof("outcome") is None, reply
 
 

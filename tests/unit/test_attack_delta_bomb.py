@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import msgpack
 import pytest
-from test_checkpoint_batch import _Site
+from test_checkpoint_batch import _checkpoint_request, _Site
 from test_delta_format import _format_1, _rest
 
 import storesite.checkpoints as checkpoints_module
@@ -142,14 +142,7 @@ def test_a_bomb_is_refused_by_every_transport_and_the_storesite_keeps_serving(
     other, _ = _register(store, b"\x01" * MEMORY)
     requests = []
     for who, data in ((guid, _crafted(guid, BOMB)), (other, _good(other))):
-        head = pb.CheckpointRequest(
-            guid=who,
-            tad=pb.TAD(node="n1", age=1),
-            snapshot=data,
-            seq=1,
-            checksum=snapshot_checksum(data),
-            generation=1,
-        )
+        head = _checkpoint_request(who, data, 1)
         base = store.latest_checkpoint(who).checksum
         delta = pb.CheckpointDelta(head=head, base_seq=0, base_checksum=base)
         requests.append((CHECKPOINT_DELTA, delta.SerializeToString()))

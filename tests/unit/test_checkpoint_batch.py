@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 
 import pytest
+from test_checkpoint_grouping import held_delta_site
 
 from hermesx.core.delta import StateDelta, encode_delta
 from hermesx.core.errors import (
@@ -30,7 +31,6 @@ from hermesx.core.errors import (
 from hermesx.core.identity import GUID, TAD
 from hermesx.core.snapshot import CHUNK, AtomState, encode_state, snapshot_checksum
 from hermesx.rpc import storesite_batch
-from hermesx.rpc.callserver import Call, CallServer
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.storesite_batch import (
     CHECKPOINT_BATCH,
@@ -44,9 +44,7 @@ from hermesx.rpc.storesite_client import (
     CHECKPOINT,
     CHECKPOINT_DELTA,
     CheckedSnapshot,
-    StoresiteClient,
 )
-from hermesx.rpc.wire import ChannelPool
 from hermesx.testing.wait import wait_until
 from storesite import batches
 from storesite.batches import put_batch
@@ -334,22 +332,9 @@ def test_a_batch_reply_that_does_not_fit_its_request_is_an_error() -> None:
 
 def test_a_storesite_that_does_not_list_the_batch_kind_gets_single_requests() -> None:
     kinds: list[str] = []
-    release = threading.Event()
-    served = CallServer("storesite", workers=8, tls=None)
-
-    def delta(call: Call) -> bytes:
-        kinds.append(call.kind)
-        release.wait(10)
-        return pb.CheckpointAck(stored=True, checksum=7).SerializeToString()
-
     # An older storesite: no checkpoint-batch handler (the listener would end the
     # connection on it, failing every checkpoint in flight on it).
-    served.register(CHECKPOINT_DELTA, delta, "Storesite/PutCheckpointDelta")
-    channels = ChannelPool()
-    try:
-        site = StoresiteClient(
-            "127.0.0.1:1", sid="s1", channels=channels, call=served.start("127.0.0.1:0")
-        )
+    with held_delta_site(8, lambda call: kinds.append(call.kind)) as (site, release):
         state = CheckedSnapshot(b"delta", 1, 1)
         acks: list[int] = []
         threads = [
@@ -368,10 +353,6 @@ def test_a_storesite_that_does_not_list_the_batch_kind_gets_single_requests() ->
             thread.join(10)
         assert acks == [7] * 4
         assert kinds == [CHECKPOINT_DELTA] * 4
-    finally:
-        release.set()
-        channels.close()
-        served.stop()
 
 
 # ------------------------------------------------------------------ the storesite's side
@@ -417,6 +398,18 @@ def _register(store: AtomStore) -> str:
     return guid
 
 
+def _checkpoint_request(guid: str, data: bytes, seq: int) -> pb.CheckpointRequest:
+    """Checkpoint ``seq`` of ``guid`` (its generation too) from n1, carrying ``data``."""
+    return pb.CheckpointRequest(
+        guid=guid,
+        tad=pb.TAD(node="n1", age=1),
+        snapshot=data,
+        seq=seq,
+        checksum=snapshot_checksum(data),
+        generation=seq,
+    )
+
+
 def _delta_request(guid: str, seq: int, base: tuple[int, int], fill: int) -> bytes:
     rest = AtomState(
         module_hash="ab" * 32,
@@ -437,14 +430,7 @@ def _delta_request(guid: str, seq: int, base: tuple[int, int], fill: int) -> byt
             rest=rest,
         )
     )
-    head = pb.CheckpointRequest(
-        guid=guid,
-        tad=pb.TAD(node="n1", age=1),
-        snapshot=data,
-        seq=seq,
-        checksum=snapshot_checksum(data),
-        generation=seq,
-    )
+    head = _checkpoint_request(guid, data, seq)
     request = pb.CheckpointDelta(head=head, base_seq=base[0], base_checksum=base[1])
     body: bytes = request.SerializeToString()
     return body
@@ -484,14 +470,7 @@ def test_a_batch_is_one_commit_and_a_refused_delta_refuses_that_atom_only(site: 
     assert store.status().deltas_written == deltas + 2
     # The refused one's whole state, then, is stored as any checkpoint.
     whole = store.latest_checkpoint(stale).snapshot
-    request = pb.CheckpointRequest(
-        guid=stale,
-        tad=pb.TAD(node="n1", age=1),
-        snapshot=whole,
-        seq=2,
-        checksum=snapshot_checksum(whole),
-        generation=2,
-    )
+    request = _checkpoint_request(stale, whole, 2)
     again = put_batch(site, [(CHECKPOINT, request.SerializeToString())])  # type: ignore[arg-type]
     assert again == [pb.Empty().SerializeToString()]
     assert store.latest_checkpoint(stale).seq == 2

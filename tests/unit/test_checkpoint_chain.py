@@ -42,7 +42,7 @@ def store(data_dir: pathlib.Path) -> Iterator[AtomStore]:
         yield s
 
 
-def _rest(guid: str, generation: int) -> AtomState:
+def _rest(guid: str, generation: int = 1) -> AtomState:
     return AtomState(
         module_hash="ab" * 32,
         guid=guid,
@@ -252,14 +252,20 @@ def test_a_store_of_the_previous_format_opens_reads_and_takes_deltas(
             assert bytes(txn.get(b"format")) == b"4"
 
 
-def test_a_store_of_a_newer_format_is_refused(data_dir: pathlib.Path) -> None:
-    AtomStore(SID, data_dir, init=True).close()
+def _mark_format(data_dir: pathlib.Path, version: bytes) -> None:
+    """Write ``version`` as the format of the closed store in ``data_dir``, as an
+    older or newer storesite would have left it."""
     env = lmdb.open(str(data_dir / "lmdb"), max_dbs=8, subdir=True)
     try:
         with env.begin(write=True, db=env.open_db(b"store")) as txn:
-            txn.put(b"format", b"9")
+            txn.put(b"format", version)
     finally:
         env.close()
+
+
+def test_a_store_of_a_newer_format_is_refused(data_dir: pathlib.Path) -> None:
+    AtomStore(SID, data_dir, init=True).close()
+    _mark_format(data_dir, b"9")
     with pytest.raises(Exception, match="is of format 9, newer than this storesite's 4"):
         AtomStore(SID, data_dir)
 

@@ -11,7 +11,8 @@ another's syncs, or a lone durable call paying for a hand-off.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 
 import pytest
 
@@ -30,13 +31,18 @@ from hermesx.testing.wait import wait_until
 from storesite.calls import lone_checkpoint
 
 
-def test_a_checkpoint_sent_while_another_is_in_flight_says_so() -> None:
-    seen: list[Mapping[str, str] | None] = []
+@contextmanager
+def held_delta_site(
+    workers: int, seen: Callable[[Call], object]
+) -> Iterator[tuple[StoresiteClient, threading.Event]]:
+    """A client of a storesite whose call channel takes single checkpoint deltas
+    only: each is shown to ``seen``, then held until the event is set, then
+    acknowledged with checksum 7. Everything is stopped on the way out."""
     release = threading.Event()
-    served = CallServer("storesite", workers=4, tls=None)
+    served = CallServer("storesite", workers=workers, tls=None)
 
     def delta(call: Call) -> bytes:
-        seen.append(call.meta)
+        seen(call)
         release.wait(10)
         return pb.CheckpointAck(stored=True, checksum=7).SerializeToString()
 
@@ -46,6 +52,16 @@ def test_a_checkpoint_sent_while_another_is_in_flight_says_so() -> None:
         site = StoresiteClient(
             "127.0.0.1:1", sid="s1", channels=channels, call=served.start("127.0.0.1:0")
         )
+        yield site, release
+    finally:
+        release.set()
+        channels.close()
+        served.stop()
+
+
+def test_a_checkpoint_sent_while_another_is_in_flight_says_so() -> None:
+    seen: list[Mapping[str, str] | None] = []
+    with held_delta_site(4, lambda call: seen.append(call.meta)) as (site, release):
         state = CheckedSnapshot(b"delta", 1, 1)
 
         def send() -> None:
@@ -65,10 +81,6 @@ def test_a_checkpoint_sent_while_another_is_in_flight_says_so() -> None:
         assert seen[1] is not None and seen[1].get(MORE_CHECKPOINTS)
         send()
         assert seen[2] is None or MORE_CHECKPOINTS not in seen[2]
-    finally:
-        release.set()
-        channels.close()
-        served.stop()
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import replace
 
-import lmdb
 import msgpack
 import pytest
+from test_checkpoint_chain import _mark_format, _rest
 
 from hermesx.core.delta import MAGIC, StateDelta, decode_delta, encode_delta
 from hermesx.core.errors import StorageError
@@ -40,17 +40,6 @@ SPARSE = bytes(CHUNK - 16) + (7).to_bytes(8, "little") + (3).to_bytes(8, "little
 NOISE = os.urandom(CHUNK)
 
 
-def _rest(guid: str = GUID_X, generation: int = 1) -> AtomState:
-    return AtomState(
-        module_hash="ab" * 32,
-        guid=guid,
-        memory_size=0,
-        memory=(),
-        globals=(("g", "i32", generation),),
-        generation=generation,
-    )
-
-
 def _delta(
     chunks: tuple[tuple[int, bytes], ...], guid: str = GUID_X, generation: int = 1
 ) -> StateDelta:
@@ -66,7 +55,11 @@ def _delta(
 
 
 def _format_1(delta: StateDelta) -> bytes:
-    """A delta as format 1 wrote it: every chunk its whole 4 KiB."""
+    """A delta as format 1 wrote it: every chunk its whole 4 KiB.
+
+    Written out here on purpose, not taken from hermesx.core.delta: stored
+    format-1 records must stay readable whatever the product's encoder
+    becomes, so this test keeps its own copy of the old layout."""
     body: bytes = msgpack.packb(
         [
             delta.memory_size,
@@ -222,12 +215,7 @@ def test_a_store_of_format_3_with_old_deltas_opens_reads_them_and_takes_new_ones
             check = Provenance(checksum=snapshot_checksum(data), generation=generation)
             outcome = put_delta(old, guid, TAD1, generation, data, check, generation - 1, name)
             name = outcome.checksum
-    env = lmdb.open(str(data_dir / "lmdb"), max_dbs=8, subdir=True)
-    try:
-        with env.begin(write=True, db=env.open_db(b"store")) as txn:
-            txn.put(b"format", b"3")
-    finally:
-        env.close()
+    _mark_format(data_dir, b"3")
     with AtomStore(SID, data_dir) as store:
         state = decode_state(store.latest_checkpoint(guid).snapshot)
         assert dict(state.memory)[CHUNK] == bytes([2]) * CHUNK and state.generation == 2
