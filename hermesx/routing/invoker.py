@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from hermesx.core.errors import (
     CallTimeoutError,
@@ -85,6 +85,8 @@ NodeRpc = Callable[[NodeClient, Member, Any, float], Any]
 
 MAX_METHOD_LEN = 256
 
+
+_T = TypeVar("_T")
 
 # Method names found valid lately: a call to one of them skips the check.
 _CHECKED: set[str] = set()
@@ -157,47 +159,63 @@ class Invoker(Attempts):
             return self._invoke_once(
                 target, method, args, request_id, chain, deadline, via, trace, open_chain=open_chain
             )
+
+        def once(request_id: str, made: list[Call]) -> InvokeOutcome:
+            return self._invoke_once(
+                target,
+                method,
+                args,
+                request_id,
+                chain,
+                deadline,
+                via,
+                trace,
+                made,
+                open_chain=open_chain,
+            )
+
+        unknown = f"{method} may or may not have run"
+        return self._resending(target, unknown, request_id, ours, deadline, once)
+
+    def _resending(
+        self,
+        target: str,
+        unknown: str,
+        request_id: str,
+        ours: bool,
+        deadline: float,
+        once: Callable[[str, list[Call]], _T],
+    ) -> _T:
+        """``once`` (one call or message under ``request_id``, its :class:`Call` put in the
+        list it is given), sent again under the same id while its outcome is unknown, until
+        ``deadline``; then ``outcome_unknown`` carrying the id (docs/DESIGN.md §4)."""
         sends = 0
         pause, most = SETTLE_PAUSE_S
         while True:
-            call: list[Call] = []
+            made: list[Call] = []
             try:
-                return self._invoke_once(
-                    target,
-                    method,
-                    args,
-                    request_id,
-                    chain,
-                    deadline,
-                    via,
-                    trace,
-                    call,
-                    open_chain=open_chain,
-                )
+                return once(request_id, made)
             except RequestExpiredError as exc:
-                sends += call[0].sends if call else 0
+                sends += made[0].sends if made else 0
                 # Refused at its first transmission, an id of ours never ran: our
                 # clock is behind the atom's forgotten-before mark. Catch up, send anew.
                 if not (ours and sends == 1 and self.request_ids.catch_up(str(exc))):
                     raise
                 ours, sends = False, 0
                 request_id = self.request_ids.next()
-                log.info("call of %s: our clock is behind; sending it as %s", target, request_id)
+                log.info("%s: our clock is behind; sending it as %s", target, request_id)
                 continue
             except HermesError as exc:
-                sends += call[0].sends if call else 0
+                sends += made[0].sends if made else 0
                 if exc.kind not in OUTCOME_UNKNOWN_KINDS or not sends:
                     raise  # final, or never sent: it did not run
                 last = exc
             left = deadline - time.monotonic()
             if left <= pause:
                 raise OutcomeUnknownError(
-                    f"atom {target}: {method} may or may not have run (last: {last.kind}: {last})",
-                    request_id,
+                    f"atom {target}: {unknown} (last: {last.kind}: {last})", request_id
                 ) from last
-            log.debug(
-                "call %s of %s: outcome unknown (%s); sending it again", request_id, target, last
-            )
+            log.debug("%s of %s: outcome unknown (%s); sending it again", request_id, target, last)
             time.sleep(pause)
             pause = min(pause * 2, most)
 
@@ -297,40 +315,22 @@ class Invoker(Attempts):
         )
         if chain:
             request.chain.extend(chain)
-        sends = 0
-        pause, most = SETTLE_PAUSE_S
-        while True:
-            call = Call(guid, deadline, self.stash.get(guid), None, [], False)
 
-            def attempt(call: Call = call) -> None:
+        def once(request_id: str, made: list[Call]) -> None:
+            call = Call(guid, deadline, self.stash.get(guid), None, [], False)
+            made.append(call)
+            request.request_id = request_id
+
+            def attempt() -> None:
                 node = self._entry_node(call)
                 request.hops = 0
                 reply = self._rpc_at(node, call, NodeClient.send, request, self.local_send)
                 self._settle(call, node, reply)
 
-            try:
-                return self._retrying(call, attempt, target)
-            except RequestExpiredError as exc:
-                sends += call.sends
-                # As for a call (invoke): refused at its first transmission, it never came.
-                if not (ours and sends == 1 and self.request_ids.catch_up(str(exc))):
-                    raise
-                ours, sends = False, 0
-                request.request_id = self.request_ids.next()
-                continue
-            except HermesError as exc:
-                sends += call.sends
-                if exc.kind not in OUTCOME_UNKNOWN_KINDS or not sends:
-                    raise
-                last = exc
-            if deadline - time.monotonic() <= pause:
-                raise OutcomeUnknownError(
-                    f"atom {target}: a message may or may not have been delivered "
-                    f"(last: {last.kind}: {last})",
-                    request.request_id,
-                ) from last
-            time.sleep(pause)
-            pause = min(pause * 2, most)
+            self._retrying(call, attempt, target)
+
+        unknown = "a message may or may not have been delivered"
+        self._resending(target, unknown, request.request_id, ours, deadline, once)
 
     # ------------------------------------------------------------ one node
 
