@@ -11,9 +11,11 @@ attaches the log tails of a failed test's clusters to its report.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import pathlib
+import signal
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
@@ -81,7 +83,15 @@ class ClusterPool:
         return cluster
 
     def stop_all(self) -> None:
+        """Stop every cluster of the pool, at once: their tests are over.
+
+        Each part gets SIGKILL, not the clean stop of ``hermesx down`` (about a
+        second per cluster): nothing is asserted of a stop here, and the tests
+        of a clean stop stop their clusters themselves.
+        """
         for cluster in self.clusters:
+            for pid in cluster.procs.values():
+                _kill_child_group(pid)
             cluster.down()
 
     def log_tails(self, lines: int = LOG_LINES) -> Iterator[tuple[str, str]]:
@@ -94,6 +104,22 @@ class ClusterPool:
                 except OSError as exc:
                     tail = [f"(unreadable: {exc})"]
                 yield f"{cluster.name}/{path.name} (last {len(tail)} lines)", "\n".join(tail)
+
+
+def _kill_child_group(pid: int) -> None:
+    """SIGKILL the process group of ``pid`` if it is a running child of this process.
+
+    A part is the leader of its own session and group (LocalCluster starts it
+    so). A pid that is no child of ours, or already reaped, may be another
+    program's by now: it is left to ``LocalCluster.down``.
+    """
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return
+    if done == 0:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
 
 
 @contextmanager
