@@ -27,7 +27,7 @@ from hermesx.client import Client
 from hermesx.local.cluster import LocalCluster
 from hermesx.rpc.roles import TEST_CERT_NAME
 from hermesx.runtime.build import build_examples
-from hermesx.testing.bytecode import compile_for_children, remove_compiled
+from hermesx.testing.bytecode import cache_for_children, remove_cache
 from hermesx.testing.clusters import open_pool, open_pools
 from nameservice import NameService
 from nameservice.zookeeper import ZooKeeperServer, open_shared_root
@@ -49,12 +49,12 @@ def pytest_configure(config: pytest.Config) -> None:
     """
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    # The processes the run starts import the project from compiled bytecode.
-    config.stash[_BYTECODE] = compile_for_children(pathlib.Path(__file__).resolve().parents[2])
+    # The processes the run starts share a bytecode cache (hermesx/testing/bytecode.py).
+    config.stash[_BYTECODE] = cache_for_children()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    remove_compiled(config.stash.get(_BYTECODE, None))
+    remove_cache(config.stash.get(_BYTECODE, None))
 
 
 @pytest.fixture(scope="session")
