@@ -112,42 +112,12 @@ def test_a_retry_on_the_other_transport_gets_the_first_outcome(
         assert client.atom(unique_name).get() == 1
 
 
-def test_a_retry_while_the_first_is_in_its_checkpoint_waits_for_it_and_survives_a_kill_9(
-    two: LocalCluster, atoms: dict[str, pathlib.Path], unique_name: str
-) -> None:
-    """The first copy runs on the channel and is held in its (delta) checkpoint; the
-    retry comes on gRPC meanwhile. Both get the one outcome; after a kill -9 of the node
-    the recovered atom still holds it and answers the id from its table."""
-    with (
-        Client(two.zk, two.name) as client,
-        Client(two.zk, two.name, cert=TEST_CERT_NAME) as tester,
-    ):
-        client.create(atoms["counter"], name=unique_name, on="n1", checkpoint="every-call")
-        assert client.atom(unique_name).incr(1) == 1  # a base: the next checkpoint is a delta
-        tester.node_client.pause_at(tester.node_member("n1"), "checkpoint-snapshot", 3.0)
-        request = _incr(client, unique_name, f"attack-{unique_name}-2")
-        replies: dict[str, object] = {}
-        thread = _first_held_in_checkpoint(two, client, request, replies, "n1")
-        second = _result(_over_grpc(client, "n1", request))
-        # The retry was answered only once the checkpoint holding the outcome was
-        # acknowledged: the first copy has its reply by now or in a moment.
-        thread.join(30)
-        assert replies == {"first": 2}
-        assert second == 2
-        two.kill("node-n1")
-        with Client(two.zk, two.name, timeout=60.0) as settled:
-            assert settled.atom(unique_name, request_id=request.request_id).incr(1) == 2
-            assert settled.atom(unique_name).get() == 2
-            assert settled.locate(unique_name).node == "n2"
-
-
 def test_a_call_that_reaches_the_destination_between_commit_and_activate_fails_no_move(
-    cluster_factory: ClusterFactory, atoms: dict[str, pathlib.Path], unique_name: str
+    two: LocalCluster, atoms: dict[str, pathlib.Path], unique_name: str
 ) -> None:
     """Once a move is committed, a call at the destination settles the staged copy
     itself (the storesite names it); the source's ActivateCopy that follows must then
     find the move done, not fail the migrate of an atom that did move."""
-    two = cluster_factory(2, session_timeout=2.0)  # another test kills a node of the shared one
     with (
         Client(two.zk, two.name) as client,
         Client(two.zk, two.name, cert=TEST_CERT_NAME) as tester,
@@ -180,12 +150,11 @@ def test_a_call_that_reaches_the_destination_between_commit_and_activate_fails_n
 
 
 def test_a_retry_of_a_reentrant_atoms_call_while_it_waits_does_not_run_it_again(
-    cluster_factory: ClusterFactory, atoms: dict[str, pathlib.Path], unique_name: str
+    two: LocalCluster, atoms: dict[str, pathlib.Path], unique_name: str
 ) -> None:
     """A reentrant atom runs calls that arrive while a call of its waits (here, on its
     callee's checkpoint, held 3 s): the retry of that very call, on the other
     transport, must not run it a second time there."""
-    two = cluster_factory(2)  # another test kills a node of the shared one
     with (
         Client(two.zk, two.name) as client,
         Client(two.zk, two.name, cert=TEST_CERT_NAME) as tester,
@@ -213,3 +182,34 @@ def test_a_retry_of_a_reentrant_atoms_call_while_it_waits_does_not_run_it_again(
         assert (outcome, retry.error.kind) == ("error", "timeout") or _result(retry) == 2, retry
         assert _result(_over_grpc(client, "n1", request)) == 2
         assert client.atom(counter).get() == 2
+
+
+def test_a_retry_while_the_first_is_in_its_checkpoint_waits_for_it_and_survives_a_kill_9(
+    two: LocalCluster, atoms: dict[str, pathlib.Path], unique_name: str
+) -> None:
+    """The first copy runs on the channel and is held in its (delta) checkpoint; the
+    retry comes on gRPC meanwhile. Both get the one outcome; after a kill -9 of the node
+    the recovered atom still holds it and answers the id from its table.
+
+    Last of the tests on the shared cluster: it kills that cluster's n1."""
+    with (
+        Client(two.zk, two.name) as client,
+        Client(two.zk, two.name, cert=TEST_CERT_NAME) as tester,
+    ):
+        client.create(atoms["counter"], name=unique_name, on="n1", checkpoint="every-call")
+        assert client.atom(unique_name).incr(1) == 1  # a base: the next checkpoint is a delta
+        tester.node_client.pause_at(tester.node_member("n1"), "checkpoint-snapshot", 3.0)
+        request = _incr(client, unique_name, f"attack-{unique_name}-2")
+        replies: dict[str, object] = {}
+        thread = _first_held_in_checkpoint(two, client, request, replies, "n1")
+        second = _result(_over_grpc(client, "n1", request))
+        # The retry was answered only once the checkpoint holding the outcome was
+        # acknowledged: the first copy has its reply by now or in a moment.
+        thread.join(30)
+        assert replies == {"first": 2}
+        assert second == 2
+        two.kill("node-n1")
+        with Client(two.zk, two.name, timeout=60.0) as settled:
+            assert settled.atom(unique_name, request_id=request.request_id).incr(1) == 2
+            assert settled.atom(unique_name).get() == 2
+            assert settled.locate(unique_name).node == "n2"

@@ -25,10 +25,11 @@ import pytest
 from hermesx.client import Client
 from hermesx.core import codec
 from hermesx.core.errors import HermesError
-from hermesx.local.cluster import NodeSpec
+from hermesx.local.cluster import LocalCluster, NodeSpec
 from hermesx.rpc.roles import TEST_CERT_NAME
-from hermesx.testing.clusters import part_log, wait_for_log
+from hermesx.testing.clusters import part_log
 from hermesx.testing.plugin import ClusterFactory
+from hermesx.testing.wait import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -36,10 +37,16 @@ LIMIT_S = 5.0  # n1 gives up its session after this long without answering its o
 WATCHED_N1 = NodeSpec("n1", options=("--unresponsive-limit", f"{LIMIT_S:g}"))
 
 
+@pytest.fixture(scope="module")
+def cluster(cluster_factory: ClusterFactory) -> LocalCluster:
+    """n1 watched with the short limit, and n2; each test reads only its own part of n1's log."""
+    return cluster_factory([WATCHED_N1, "n2"], session_timeout=2.0)
+
+
 def test_sends_to_a_moving_atom_do_not_starve_the_nodes_own_status(
-    cluster_factory: ClusterFactory, atoms: dict[str, pathlib.Path], unique_name: str
+    cluster: LocalCluster, atoms: dict[str, pathlib.Path], unique_name: str
 ) -> None:
-    cluster = cluster_factory([WATCHED_N1, "n2"], test_hooks=True, session_timeout=2.0)
+    logged = len(part_log(cluster, "node-n1"))
     with (
         Client(cluster.zk, cluster.name) as client,
         Client(cluster.zk, cluster.name) as other,
@@ -58,7 +65,11 @@ def test_sends_to_a_moving_atom_do_not_starve_the_nodes_own_status(
 
         mover = threading.Thread(target=move)
         mover.start()
-        wait_for_log(cluster, "node-n1", "paused at prepared")
+        wait_until(
+            lambda: "paused at prepared" in part_log(cluster, "node-n1")[logged:],
+            30.0,
+            "n1 to pause the move",
+        )
         outcomes: list[str] = []
 
         def send(sender: Client) -> None:
@@ -74,7 +85,7 @@ def test_sends_to_a_moving_atom_do_not_starve_the_nodes_own_status(
         for thread in senders:
             thread.join(120)
         mover.join(120)
-        log = part_log(cluster, "node-n1")
+        log = part_log(cluster, "node-n1")[logged:]
         assert "every worker is stuck" not in log
         assert "n1" in client.nodes()
         assert "result" in moved, moved
@@ -84,7 +95,7 @@ def test_sends_to_a_moving_atom_do_not_starve_the_nodes_own_status(
 
 
 def test_checkpoint_requests_flooding_a_busy_atom_do_not_starve_the_nodes_own_status(
-    cluster_factory: ClusterFactory, atoms: dict[str, pathlib.Path], unique_name: str
+    cluster: LocalCluster, atoms: dict[str, pathlib.Path], unique_name: str
 ) -> None:
     """Any role may ask for a checkpoint; each waits for its atom's turn (up to 30 s).
     96 clients' threads asking over and over while the atom spins took every worker of
@@ -92,7 +103,7 @@ def test_checkpoint_requests_flooding_a_busy_atom_do_not_starve_the_nodes_own_st
     watchdog's limit had passed.
     Such requests are now limited so that a worker stays free for Status; those past the
     limit are refused with ``capacity``."""
-    cluster = cluster_factory([WATCHED_N1, "n2"], session_timeout=2.0)
+    logged = len(part_log(cluster, "node-n1"))
     with Client(cluster.zk, cluster.name) as client:
         client.create(atoms["spin"], name=unique_name, on="n1")
         stop = threading.Event()
@@ -121,7 +132,7 @@ def test_checkpoint_requests_flooding_a_busy_atom_do_not_starve_the_nodes_own_st
             stop.set()
             for thread in threads:
                 thread.join(60)
-        assert "every worker is stuck" not in part_log(cluster, "node-n1")
+        assert "every worker is stuck" not in part_log(cluster, "node-n1")[logged:]
         assert "n1" in client.nodes()
         assert client.locate(unique_name).node == "n1"
         assert "capacity" in kinds and set(kinds) <= {"ok", "capacity", "timeout"}, set(kinds)
