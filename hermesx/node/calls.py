@@ -17,7 +17,7 @@ from concurrent.futures import Executor
 from google.protobuf.message import DecodeError
 
 from hermesx.core.errors import UnreachableError
-from hermesx.node.claims import refuse_node_fields
+from hermesx.node.claims import refuse_node_fields, refuse_send_chain
 from hermesx.node.config import NodeConfig
 from hermesx.node.dispatch import Dispatcher
 from hermesx.observe import tracing
@@ -60,7 +60,10 @@ def serve_calls(
         return reply
 
     def send(call: Call) -> bytes:
-        reply: bytes = dispatcher.serve_send(parse_body(pb.SendRequest, call)).SerializeToString()
+        request = parse_body(pb.SendRequest, call)
+        if request.chain and (refused := refuse_send_chain(request, call.peer, name)):
+            return refused.SerializeToString()  # type: ignore[no-any-return]
+        reply: bytes = dispatcher.serve_send(request).SerializeToString()
         return reply
 
     # Both run on the connection's own thread when it has no other (docs/DESIGN.md §4.1).

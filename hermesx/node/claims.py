@@ -8,6 +8,13 @@ that node's). The certificate's role says who called, so the field is
 refused (``not_authorized``, the atom not run) to every role but ``node``,
 on gRPC and the call channel alike. On an insecure cluster there are no
 roles, and anyone may set anything.
+
+A ``SendRequest`` carries ``chain``, the sending call's chain: a durable
+(``every-call``) receiver on it acknowledges the message before a checkpoint
+holds it, since the checkpoint of its own running call will (§4 "Exactly
+once"). A client that put the receiver on a chain of its own had its
+messages acknowledged unstored, and a kill -9 of the node lost them: the
+field is refused the same way.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.security import PeerIdentity
 from hermesx.rpc.status import pb_error
 
-__all__ = ["refuse_node_fields"]
+__all__ = ["refuse_node_fields", "refuse_send_chain"]
 
 
 def refuse_node_fields(
@@ -34,3 +41,17 @@ def refuse_node_fields(
         f"caller_node is set only by nodes, not by {peer}"
     )
     return pb.InvokeReply(error=pb_error(refusal))
+
+
+def refuse_send_chain(
+    request: pb.SendRequest, peer: PeerIdentity | None, node: str
+) -> pb.SendReply | None:
+    """The refusal of a message whose ``chain`` ``peer`` (None: no TLS) may not set; None
+    when it may go on. Called only when ``chain`` is set: a client's message pays nothing."""
+    if peer is None or peer.role == roles.NODE:
+        return None
+    refusal = NotAuthorizedError(
+        f"node {node} refused a message to atom {request.guid}: its call chain is set "
+        f"only by nodes, not by {peer}"
+    )
+    return pb.SendReply(error=pb_error(refusal))

@@ -320,10 +320,17 @@ class Dispatcher:
         finally:
             self._admission.release_invoke()
 
-    def _deliver(self, active: ActiveAtom, request: pb.SendRequest) -> pb.SendReply:
-        """Into the mailbox of an atom active here, once per request id; a durable atom
-        acknowledges it once it is stored (docs/DESIGN.md §4 "Exactly once")."""
+    def _deliver(self, active: ActiveAtom, request: pb.SendRequest) -> pb.SendReply | None:
+        """Into the mailbox of an atom active here once it is not moving, once per request
+        id; a durable atom acknowledges it once it is stored (docs/DESIGN.md §4 "Exactly
+        once"). None: it left. It may wait (out a move, for a checkpoint): within the atom's
+        share of calls, so many waiting on one atom leave the others their workers."""
+        refused = self._admission.refuse_atom_call(active, "a message")
+        if refused is not None:
+            return pb.SendReply(error=refused.error, tad=refused.tad)
         try:
+            if not _settled_here(active):
+                return None
             fencing = self._fencing
             if not (fencing.serving() or fencing.may_serve(f"a message to atom {active.guid}")):
                 raise UnreachableError(f"node {self._node} may not serve now (its lease)")
@@ -336,14 +343,16 @@ class Dispatcher:
                 self._checkpoints.after_send(active, request.chain)
         except HermesError as exc:
             return pb.SendReply(error=pb_error(exc), tad=tad_to_pb(active.tad))
+        finally:
+            self._admission.release_atom_call(active)
         return pb.SendReply(tad=tad_to_pb(active.tad))
 
     def send(self, request: pb.SendRequest) -> pb.SendReply:
         if self._fencing.fenced:
             return pb.SendReply(error=self._fencing.unavailable())
         active = self._atoms.get(request.guid)
-        if active is not None and self._settled_here(active):
-            return self._deliver(active, request)
+        if active is not None and (delivered := self._deliver(active, request)) is not None:
+            return delivered
         tad = self._stash.get(request.guid)
         sent = tad_from_pb(request.tad) if request.hops and request.HasField("tad") else None
         arriving = self._arrivals.expected(request.guid, sent, tad)
@@ -359,8 +368,8 @@ class Dispatcher:
                 self._admission.release_forward(request.guid)
             if isinstance(came, HermesError):
                 return pb.SendReply(error=pb_error(came), tad=tad_to_pb(arriving))
-            if came is not None and self._settled_here(came):
-                return self._deliver(came, request)
+            if came is not None and (delivered := self._deliver(came, request)) is not None:
+                return delivered
             tad = self._stash.get(request.guid)
         if tad is None or tad.node == self._node:
             return pb.SendReply(
@@ -385,11 +394,11 @@ class Dispatcher:
             self._stash.update(request.guid, newest)
         return reply
 
-    @staticmethod
-    def _settled_here(active: ActiveAtom) -> bool:
-        """Whether ``active`` is served here once it is not moving (a message waits out a
-        move's freeze; docs/DESIGN.md §4)."""
-        with active.cond:
-            while active.state == "moving":
-                active.cond.wait(1.0)
-            return active.state == "active"
+
+def _settled_here(active: ActiveAtom) -> bool:
+    """Whether ``active`` is served here once it is not moving (a message waits out a
+    move's freeze; docs/DESIGN.md §4)."""
+    with active.cond:
+        while active.state == "moving":
+            active.cond.wait(1.0)
+        return active.state == "active"

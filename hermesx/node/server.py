@@ -23,7 +23,7 @@ from hermesx.core.identity import TAD
 from hermesx.node.admission import Admission
 from hermesx.node.catalog import ActiveAtom
 from hermesx.node.checkpoints import Checkpointing
-from hermesx.node.claims import refuse_node_fields
+from hermesx.node.claims import refuse_node_fields, refuse_send_chain
 from hermesx.node.config import NodeConfig
 from hermesx.node.context import NodeContext
 from hermesx.node.creation import Creation
@@ -82,6 +82,10 @@ class NodeServicer(pbg.SupervisorServicer):
         return self._dispatcher.serve_invoke(request)
 
     def Send(self, request: pb.SendRequest, context: grpc.ServicerContext) -> pb.SendReply:
+        if request.chain and (
+            refused := refuse_send_chain(request, security.peer_identity(context), self._name)
+        ):
+            return refused
         return self._dispatcher.serve_send(request)
 
     def Create(self, request: pb.CreateRequest, context: grpc.ServicerContext) -> pb.CreateReply:

@@ -8,5 +8,6 @@ storesites, clients and the gateway all report through the same code:
 - :mod:`hermesx.observe.tracing` — OpenTelemetry spans of invocations and
   the context carried with a call; off, it costs nothing;
 - :mod:`hermesx.observe.atomlog` — the bounded log lines of each atom,
-  which follow it across moves and recoveries.
+  which follow it across moves and recoveries;
+- :mod:`hermesx.observe.logflood` — the rate of warnings a peer can cause.
 """

@@ -38,6 +38,7 @@ from hermesx.core.errors import (
     NotAuthorizedError,
     UnreachableError,
 )
+from hermesx.observe.logflood import Throttle
 from hermesx.rpc import roles, security
 from hermesx.rpc.frames import (
     DEFAULT_MAX_FRAME_BYTES,
@@ -62,6 +63,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+# Its warnings name peers that misbehave: as many as they like (docs/DESIGN.md §10).
+log.addFilter(Throttle())
 
 # A request run on its connection's own thread that has taken this long gets
 # another thread to read the connection meanwhile (so a slow call does not hold

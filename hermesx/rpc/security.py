@@ -74,6 +74,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from hermesx.core.errors import ConfigurationError, NotAuthorizedError
 from hermesx.core.identity import validate_name
+from hermesx.observe.logflood import Throttle
 from hermesx.rpc import roles
 
 __all__ = [
@@ -100,6 +101,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+# Its warnings name peers that misbehave: as many as they like (docs/DESIGN.md §10).
+log.addFilter(Throttle())
 
 TARGET_NAME: Final = "hermesx"
 """The name every certificate carries and every channel expects (see module docstring)."""

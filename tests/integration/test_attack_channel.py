@@ -256,3 +256,26 @@ def test_quick_calls_pipelined_behind_a_spinning_and_a_queued_call_pass_them_onc
     )
     assert values == list(range(1, 13)), values
     assert client.atom(unique_name).get() == 12
+
+
+def test_a_host_without_a_certificate_cannot_grow_the_nodes_log_without_end(
+    cluster: LocalCluster, client: Client, atoms: dict[str, pathlib.Path], unique_name: str
+) -> None:
+    """Any host that reaches the call port, with no certificate, opens connections that
+    fail their TLS handshake: each was one warning line in the node's log (300 lines in
+    under half a second here), a log it could grow without end. At most 100 lines of
+    one kind go out per 10 s now (``hermesx.observe.logflood``), and calls go on."""
+    client.create(atoms["counter"], name=unique_name, on="n1")
+    address = call_address(client.nodes()["n1"])
+    assert address is not None
+    host, _, port = address.rpartition(":")
+    before = part_log(cluster, "node-n1").count("closed the call connection")
+    for _ in range(300):
+        with socket.create_connection((host, int(port)), timeout=20) as sock:
+            sock.sendall(b"\x16\x03\x01\x00\x05hello")  # a TLS record that is no handshake
+            with contextlib.suppress(OSError):
+                while sock.recv(4096):  # until the node closes it
+                    pass
+    assert client.atom(unique_name).incr(1) == 1  # and after it, its lines are written
+    written = part_log(cluster, "node-n1").count("closed the call connection") - before
+    assert 1 <= written <= 100, written

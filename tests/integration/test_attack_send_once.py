@@ -19,6 +19,7 @@ import pytest
 from hermesx.client import Client
 from hermesx.core.errors import HermesError
 from hermesx.local.cluster import LocalCluster
+from hermesx.rpc.node_client import call_address
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.testing.plugin import ClusterFactory
 from hermesx.testing.wait import wait_until
@@ -26,12 +27,39 @@ from hermesx.testing.wait import wait_until
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 
+def _claim_chain(client: Client, transport: str, guid: str) -> str:
+    """A message to ``guid`` on n1 whose ``chain`` names ``guid`` (only nodes may set it),
+    sent over ``transport``: ``acknowledged``, or the error kind it ends with."""
+    request = pb.SendRequest(
+        guid=guid, code=3, payload=b"claim", request_id=client.invoker.request_ids.next()
+    )
+    request.chain.append(guid)
+    node = "n1"
+    try:
+        if transport == "channel":
+            address = call_address(client.nodes()[node])
+            assert address is not None, f"node {node} advertises no call channel"
+            body = client.channels.calls.connection(address).call(
+                "send", request.SerializeToString(), 20.0
+            )
+            reply = pb.SendReply.FromString(body)
+        else:
+            reply = client.invoker.node_stub(node).Send(request, timeout=20.0)
+    except HermesError as exc:
+        return exc.kind
+    return reply.error.kind if reply.WhichOneof("outcome") == "error" else "acknowledged"
+
+
 def test_an_acknowledged_send_to_a_durable_atom_survives_its_nodes_death(
     cluster_factory: ClusterFactory, atoms: dict[str, pathlib.Path], unique_name: str
 ) -> None:
     """The node is killed right after acknowledging the message: the receiver,
     recovered elsewhere from its checkpoint, handles it (once), and the sender's
-    copy of it, arriving after the recovery, is acknowledged and not handled again."""
+    copy of it, arriving after the recovery, is acknowledged and not handled again.
+
+    Before the kill, the client sends two messages claiming the receiver is on their
+    call chain (``SendRequest.chain``, :func:`_claim_chain`), which a receiver on it
+    acknowledges before a checkpoint holds them: they were acknowledged, and lost."""
     cluster: LocalCluster = cluster_factory(2, session_timeout=2.0)
     with Client(cluster.zk, cluster.name) as client:
         guid = client.create(atoms["daemon"], name=unique_name, on="n1", checkpoint="every-call")
@@ -40,9 +68,12 @@ def test_an_acknowledged_send_to_a_durable_atom_survives_its_nodes_death(
         )
         reply = client.invoker.node_stub("n1").Send(request, timeout=20.0)
         assert reply.WhichOneof("outcome") is None, reply
+        claims = [_claim_chain(client, transport, guid) for transport in ("channel", "grpc")]
         cluster.kill("node-n1")
         receiver = client.atom(unique_name)
-        assert receiver.count() == 1  # waits for the recovery on n2
+        # Waits for the recovery on n2: every acknowledged message is there.
+        assert receiver.count() == 1 + claims.count("acknowledged")
+        assert claims == ["not_authorized", "not_authorized"]
         assert client.locate(unique_name).node == "n2"
         reply = client.invoker.node_stub("n2").Send(request, timeout=20.0)
         assert reply.WhichOneof("outcome") is None, reply

@@ -17,7 +17,9 @@ Node n1 runs here with a watchdog limit of ``LIMIT_S`` (``--unresponsive-limit``
 from __future__ import annotations
 
 import contextlib
+import os
 import pathlib
+import signal
 import threading
 
 import pytest
@@ -137,3 +139,53 @@ def test_checkpoint_requests_flooding_a_busy_atom_do_not_starve_the_nodes_own_st
         assert client.locate(unique_name).node == "n1"
         assert "capacity" in kinds and set(kinds) <= {"ok", "capacity", "timeout"}, set(kinds)
         assert client.atom(unique_name).ok() == 1
+
+
+SMALL_N1 = NodeSpec("n1", options=("--workers", "16"))  # 12 invocations at once, 4 per atom
+
+
+def test_messages_waiting_on_one_durable_atom_leave_the_other_atoms_their_workers(
+    cluster_factory: ClusterFactory, atoms: dict[str, pathlib.Path], unique_name: str
+) -> None:
+    """A message to a durable (``every-call``) atom waits for a checkpoint holding it.
+    With its storesite stalled (SIGSTOP), 24 messages to that one atom held every
+    invocation n1 takes (12 with 16 workers), and a plain atom beside it, which needs no
+    storesite, was refused ``capacity`` until the stall ended. A message now takes its
+    atom's share, as a call does; those past it are refused ``capacity`` at once, and the
+    ones that waited are acknowledged, and handled once, when the storesite is back."""
+    cluster = cluster_factory([SMALL_N1], session_timeout=4.0)
+    durable, plain = f"{unique_name}-d", f"{unique_name}-p"
+    with contextlib.ExitStack() as stack:
+        client, *senders = (stack.enter_context(Client(cluster.zk, cluster.name)) for _ in range(5))
+        client.create(atoms["daemon"], name=durable, on="n1", checkpoint="every-call")
+        client.create(atoms["counter"], name=plain, on="n1", checkpoint="on-request")
+        assert client.atom(plain).incr(1) == 1
+        storesite = cluster.procs["storesite-s1"]
+        outcomes: list[str] = []
+
+        def send(sender: Client) -> None:
+            try:
+                sender.invoker.send(durable, 3, b"m", timeout=30.0)
+                outcomes.append("sent")
+            except HermesError as exc:
+                outcomes.append(exc.kind)
+
+        for sender in senders:  # each knows where the atom is (the storesite tells)
+            sender.invoker.send(durable, 3, b"first")
+        threads = [threading.Thread(target=send, args=(c,)) for c in senders * 6]
+        os.kill(storesite, signal.SIGSTOP)
+        try:
+            for thread in threads:
+                thread.start()
+            # Those the node refused came back at once (at least 24 - 12).
+            wait_until(lambda: len(outcomes) >= 12, 20.0, "the messages past a limit refused")
+            assert client.atom(plain).incr(1) == 2
+        finally:
+            os.kill(storesite, signal.SIGCONT)
+            for thread in threads:
+                thread.join(60)
+        assert len(outcomes) == 24 and set(outcomes) == {"sent", "capacity"}, outcomes
+        receiver = client.atom(durable)
+        handled = len(senders) + outcomes.count("sent")
+        wait_until(lambda: receiver.count() >= handled, 20.0, "the messages to be handled")
+        assert receiver.count() == handled
