@@ -261,6 +261,12 @@ class AtomScheduling(AtomSnapshots):
     def _leave(self) -> None:
         with self._lock:
             self._running = False
+        self._after_turn()
+
+    def _after_turn(self) -> None:
+        """After the atom was marked free: the head of the queue looks again, and mail
+        waiting is delivered (a daemon's by its own ``recv``)."""
+        with self._lock:
             if self._waiters:
                 self._wake_next()
             pending = bool(self._mail) and not self._closed and not self.module.is_daemon
