@@ -231,16 +231,15 @@ class Atom(AtomSyscalls, AtomChanges):
                 self._record(request_id, "", result, method, args)
             return result
         finally:
-            lock.acquire()
-            try:
-                self._running = False
-                if self._waiters:
-                    self._wake_next()
-                pending = self._mail and not self._closed
-            finally:
-                lock.release()
-            if pending:
-                self._schedule_idle()
+            # The turn is given up without the lock: the atom is marked free first
+            # and the queue and mailbox are read after, while a caller queues (or a
+            # sender posts mail) under the lock first and reads ``_running`` after.
+            # In the one order the GIL gives these steps, either this thread sees
+            # the caller or the mail (and wakes or schedules it under the lock), or
+            # the caller's next look, still under the lock, finds the atom free.
+            self._running = False
+            if self._waiters or self._mail:
+                self._after_turn()
 
     def _invoke_as_job(
         self,

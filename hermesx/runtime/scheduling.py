@@ -49,10 +49,12 @@ logger = logging.getLogger(__name__)
 # How often a caller queued behind a busy atom looks again for a wait cycle.
 CYCLE_RECHECK_S = 0.2
 
-# Calls of this process failed to break a wait cycle: (calling atom, atom called) -> when.
-# Two calls crossing each other may both find the cycle at once; the second to look
-# sees that the first is being failed (its holder comes free) and waits instead of
-# failing too. Kept a moment only: a newer cycle is found again after it.
+# Calls of this process being failed to break a wait cycle: (calling atom, atom called)
+# -> when. Two calls crossing each other may both find the cycle at once; the second to
+# look sees that the first is being failed (its holder comes free) and waits instead of
+# failing too. A record goes as soon as the failed call leaves its caller's outgoing set
+# (_cycle_call_left): a newer cycle between the same atoms is found at once. One whose
+# caller runs elsewhere (another node) goes after CYCLE_BROKEN_S.
 _CYCLES_BROKEN: dict[tuple[str, str], float] = {}
 _CYCLES_LOCK = threading.Lock()
 CYCLE_BROKEN_S = 1.0
@@ -237,6 +239,18 @@ class AtomScheduling(AtomSnapshots):
                     f"{self.guid} ({method}); neither could ever go on"
                 )
 
+    def _cycle_call_left(self, target: str) -> None:
+        """This atom's synchronous call to ``target`` left its outgoing set: a record that
+        it was being failed to break a wait cycle (_check_wait_cycle) is spent."""
+        if not _CYCLES_BROKEN:  # the common case: no cycle broken lately
+            return
+        with _CYCLES_LOCK:
+            if not any(caller == self.guid for caller, _ in _CYCLES_BROKEN):
+                return
+        guid = self._target_guid(target)  # a lookup (outside the lock) for a name
+        with _CYCLES_LOCK:
+            _CYCLES_BROKEN.pop((self.guid, guid), None)
+
     def _target_guid(self, target: str) -> str:
         if GUID.looks_like(target):
             return target
@@ -261,6 +275,12 @@ class AtomScheduling(AtomSnapshots):
     def _leave(self) -> None:
         with self._lock:
             self._running = False
+        self._after_turn()
+
+    def _after_turn(self) -> None:
+        """After the atom was marked free: the head of the queue looks again, and mail
+        waiting is delivered (a daemon's by its own ``recv``)."""
+        with self._lock:
             if self._waiters:
                 self._wake_next()
             pending = bool(self._mail) and not self._closed and not self.module.is_daemon

@@ -227,6 +227,7 @@ class AtomSyscalls(AtomScheduling):
         finally:
             with self._cv:
                 self._outgoing.pop(future_id, None)
+            self._cycle_call_left(target)
         if result is None:
             # Raised through the atom's frames like a trap: they unwind, the call fails.
             raise self._deadline_error(f"invoke of {target}.{method}")

@@ -160,7 +160,9 @@ def test_a_reentrant_atom_is_snapshotted_while_its_call_waits_on_a_callback(
     assert codec.unpack(restored.invoke("get", codec.pack(None))) == 5
 
 
-def test_two_chains_waiting_on_each_others_atoms_fail_fast(runtime: Runtime) -> None:
+def _crossing_relays(runtime: Runtime) -> tuple[dict[str, Atom], dict[str, object], float]:
+    """Atoms A and B each relay a call to the other at once: a wait cycle across two
+    chains. The atoms, each relay's outcome (by its atom) and the seconds it all took."""
     atoms: dict[str, Atom] = {}
 
     class Local(StandaloneHost):
@@ -188,7 +190,11 @@ def test_two_chains_waiting_on_each_others_atoms_fail_fast(runtime: Runtime) -> 
         t.start()
     for t in threads:
         t.join(15)
-    took = time.monotonic() - started
+    return atoms, outcomes, time.monotonic() - started
+
+
+def test_two_chains_waiting_on_each_others_atoms_fail_fast(runtime: Runtime) -> None:
+    _, outcomes, took = _crossing_relays(runtime)
     failed = [o for o in outcomes.values() if isinstance(o, HermesError)]
     # One chain is told about the cycle at once; the other then completes.
     assert len(failed) == 1, outcomes
@@ -196,6 +202,24 @@ def test_two_chains_waiting_on_each_others_atoms_fail_fast(runtime: Runtime) -> 
     assert "call_cycle: wait cycle" in str(failed[0])
     assert [o for o in outcomes.values() if not isinstance(o, HermesError)] == [1]
     assert took < 3.0
+
+
+def test_a_new_wait_cycle_between_the_same_atoms_is_found_at_once(runtime: Runtime) -> None:
+    """Breaking a wait cycle notes that the failed chain's call is being failed (so the
+    other chain, looking at the same moment, waits on instead of failing too). Once that
+    call has come back, the note must not hide a new cycle between the same two atoms."""
+    atoms, outcomes, _ = _crossing_relays(runtime)
+    [failed] = [src for src, outcome in outcomes.items() if isinstance(outcome, HermesError)]
+    other = GUID_B if failed == GUID_A else GUID_A
+    # The failed chain's atom busy again with a call waiting on the other atom, and a
+    # call from the other atom queued behind it: a new cycle, found on arrival.
+    caller = atoms[failed]
+    caller._outgoing[99] = other
+    try:
+        with pytest.raises(CallCycleError, match="wait cycle"):
+            caller._check_wait_cycle(frozenset({other}), (other,), "ping")
+    finally:
+        caller._outgoing.clear()
 
 
 def test_a_reentrant_atom_on_the_chain_is_not_a_wait_cycle(runtime: Runtime) -> None:
