@@ -26,6 +26,7 @@ from typing import Any
 
 import lmdb
 
+from hermesx.core.delta import StateDelta
 from hermesx.core.errors import HermesError, StorageError
 from hermesx.core.identity import GUID
 from hermesx.observe import metrics
@@ -47,12 +48,13 @@ _EMPTY: bytes = pb.Empty().SerializeToString()
 class _Item:
     """One checkpoint of a batch: its request, its write, then its outcome."""
 
-    __slots__ = ("delta", "guid", "outcome", "request", "write")
+    __slots__ = ("decoded", "delta", "guid", "outcome", "request", "write")
 
     def __init__(self) -> None:
         self.guid = ""
         self.request: pb.CheckpointRequest | None = None  # a whole checkpoint
         self.delta: pb.CheckpointDelta | None = None  # or a delta
+        self.decoded: StateDelta | None = None  # the delta's bytes, decoded
         self.write: Callable[[lmdb.Transaction], Any] | None = None
         self.outcome: Outcome = b""
 
@@ -147,6 +149,7 @@ def _check(site: Storesite, item: _Item) -> None:
         except StorageError:
             item.outcome = _alone(site, item)  # answered as a lone one: refused
             return
+        item.decoded = delta
         item.write = store.delta_write(
             item.guid, tad, head.seq, head.snapshot, delta, checksum, check, base
         )
@@ -172,6 +175,11 @@ def _done(site: Storesite, item: _Item, result: Any) -> Outcome:
         stored, name = result
         if stored:
             site.store.deltas_written += 1
+            if item.decoded is not None:
+                delta = item.delta
+                site.store.chains.stored(
+                    item.guid, delta.base_checksum, name, delta.head.snapshot, item.decoded
+                )
         return _ack(pb.CheckpointAck(stored=stored, checksum=name))
     if isinstance(result, str):  # its base refused: the node sends its whole state
         head = item.delta.head
