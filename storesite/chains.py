@@ -25,10 +25,12 @@ a whole checkpoint from the node, a move, a chain dropped to keep the budget
 the atom's lock, so one atom's chain changes one step at a time.
 
 Memory is bounded: at most :data:`DEFAULT_BUDGET` bytes in all, counted as
-the anchor's encoded snapshot plus :data:`REPLY_COST` per reply record (its
-Python objects) plus what each delta decodes to; the least recently used
-chains are dropped first, and a chain that alone would take more than a
-quarter of the budget is not kept.
+the anchor's encoded snapshot and what each delta decodes to, plus
+:data:`ITEM_COST` per item of either (a reply record, a KV entry, a memory
+run or chunk: its Python objects, which a state of many small items holds
+several times its bytes in); the least recently used chains are dropped
+first, and a chain that alone would take more than a quarter of the budget
+is not kept.
 """
 
 from __future__ import annotations
@@ -41,12 +43,13 @@ from hermesx.core.delta import StateDelta, compose_chain
 from hermesx.core.snapshot import AtomState
 from storesite.chain import Link, decoded_size
 
-__all__ = ["DEFAULT_BUDGET", "REPLY_COST", "ChainMemory"]
+__all__ = ["DEFAULT_BUDGET", "ITEM_COST", "ChainMemory"]
 
 # Bytes of chains kept in all: a counter's chain of 64 deltas is ~0.8 MB counted so.
 DEFAULT_BUDGET = 32 * 2**20
-# What a decoded reply record costs in Python objects beyond its bytes, roughly.
-REPLY_COST = 160
+# What a decoded item (reply record, KV entry, memory run) costs in Python objects
+# beyond its bytes, roughly: a tuple or a record and one or two bytes objects.
+ITEM_COST = 160
 
 
 @dataclass(slots=True)
@@ -76,7 +79,8 @@ class ChainMemory:
     def cut(self, guid: str, number: int, name: int, state: AtomState, snapshot_bytes: int) -> None:
         """The whole record ``name`` in slot ``number`` of ``guid``, holding ``state``
         (``snapshot_bytes`` encoded), is durable: a new chain starts from it."""
-        size = snapshot_bytes + REPLY_COST * len(state.replies)
+        items = len(state.replies) + len(state.kv) + len(state.memory)
+        size = snapshot_bytes + ITEM_COST * items
         with self._lock:
             self._drop(guid)
             if size <= self._budget // 4:
@@ -95,7 +99,13 @@ class ChainMemory:
             if chain.name != base:
                 self._drop(guid)
                 return
-            grown = decoded_size(data, len(delta.chunks))
+            items = (
+                len(delta.chunks)
+                + len(delta.kv_put)
+                + len(delta.kv_delete)
+                + len(delta.replies_added)
+            )
+            grown = decoded_size(data, len(delta.chunks)) + ITEM_COST * items
             if chain.size + grown > self._budget // 4:
                 self._drop(guid)
                 return

@@ -15,11 +15,11 @@ from test_checkpoint_batch import _delta_request, _register, _Site
 from test_checkpoint_chain import _delta, _first_state
 
 from hermesx.core.identity import GUID, TAD
-from hermesx.core.snapshot import encode_state, snapshot_checksum
+from hermesx.core.snapshot import AtomState, encode_state, snapshot_checksum
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.storesite_client import CHECKPOINT_DELTA
 from storesite.batches import put_batch
-from storesite.chains import ChainMemory
+from storesite.chains import ITEM_COST, ChainMemory
 from storesite.deltas import put_delta
 from storesite.records import Provenance
 from storesite.store import AtomStore
@@ -130,3 +130,18 @@ def test_the_chains_kept_stay_within_their_budget(tmp_path: pathlib.Path) -> Non
         for guid in guids:
             latest = store.latest_checkpoint(guid)
             assert latest.checksum == snapshot_checksum(latest.snapshot)
+
+
+def test_a_state_of_many_small_items_is_counted_by_its_items_not_its_bytes() -> None:
+    # 20,000 one-byte KV entries: ~100 KB encoded, several MB of Python objects.
+    kv = {i.to_bytes(3, "big"): b"v" for i in range(20_000)}
+    guid = "s1:" + "0" * 32
+    state = AtomState(module_hash="ab" * 32, guid=guid, memory_size=0, memory=(), globals=(), kv=kv)
+    snapshot = encode_state(state)
+    chains = ChainMemory(budget=64 * 2**20)
+    chains.cut(state.guid, 1, snapshot_checksum(snapshot), state, len(snapshot))
+    assert chains.held >= len(kv) * ITEM_COST > 10 * len(snapshot)
+    # A budget whose quarter the items exceed keeps nothing of it.
+    small = ChainMemory(budget=4 * len(kv) * ITEM_COST)
+    small.cut(state.guid, 1, snapshot_checksum(snapshot), state, len(snapshot))
+    assert small.held == 0
