@@ -108,6 +108,8 @@ def serve_calls(
 
 
 _R = TypeVar("_R")
+# Made once: a label's lookup costs a lock and a dict per checkpoint.
+_ON_CALLS = metrics.STORESITE_CHECKPOINT_TRANSPORTS.labels("call")
 
 
 def lone_checkpoint(meta: Mapping[str, str] | None) -> bool:
@@ -118,7 +120,7 @@ def lone_checkpoint(meta: Mapping[str, str] | None) -> bool:
 def _run(site: Storesite, call: Call, body: Callable[[], _R]) -> _R:
     """``body()``; an unforeseen failure answers as gRPC's servicer does (a storage error)."""
     if call.kind != CHECKPOINT_BATCH:  # a batch counts its checkpoints (storesite.batches)
-        metrics.STORESITE_CHECKPOINT_TRANSPORTS.labels("call").inc()
+        _ON_CALLS.inc()
     try:
         return body()
     except HermesError:

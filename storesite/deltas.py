@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from hermesx.core.delta import StateDelta, compose, decode_delta
 from hermesx.core.errors import CheckpointDamagedError, StorageError
 from hermesx.core.identity import TAD
-from hermesx.core.snapshot import encode_state, snapshot_checksum
+from hermesx.core.snapshot import AtomState, encode_state, snapshot_checksum
 from storesite.chain import Record
 from storesite.records import Provenance
 from storesite.store import AtomStore
@@ -69,12 +69,15 @@ def put_delta(
             guid, tad, seq, delta_bytes, delta, delta_checksum, check, (base_seq, base_checksum)
         )
         if isinstance(written, tuple):
+            if written[0]:
+                store.chains.stored(guid, base_checksum, written[1], delta_bytes, delta)
             return _outcome(store, *written)
         base = written
     if delta is not None and not isinstance(base, str):
-        # The chain is long: the new whole snapshot instead.
+        # The chain is long: the new whole snapshot instead, composed from the chain
+        # kept in memory when there is one (storesite.chains), else read back.
         try:
-            state = compose(store.composed(guid, base.number), delta)
+            state = _cut(store, guid, base, delta)
         except CheckpointDamagedError as exc:
             base = f"the chain of the latest checkpoint is damaged: {exc}"
         else:
@@ -84,10 +87,19 @@ def put_delta(
             stored = store.store_checkpoint(
                 guid, tad, seq, snapshot, checksum, check, base_no=base.number
             )
+            if stored:
+                store.chains.cut(guid, base.number + 1, checksum, state, len(snapshot))
             return _outcome(store, stored, checksum if stored else base.name)
     reason = f"{what} refused: {base}; send the whole state"
     log.info("storesite %s: %s", store.sid, reason)
     return DeltaOutcome(stored=False, refused=reason)
+
+
+def _cut(store: AtomStore, guid: str, base: Record, delta: StateDelta) -> AtomState:
+    """The state ``delta`` makes of the latest checkpoint ``base``, whose chain is due a
+    whole snapshot."""
+    kept = None if base.link is None else store.chains.composed(guid, base.link, delta)
+    return kept if kept is not None else compose(store.composed(guid, base.number), delta)
 
 
 def decoded(store: AtomStore, data: bytes) -> StateDelta:

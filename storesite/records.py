@@ -53,6 +53,8 @@ KEEP_PREVIOUS_CHECKPOINTS = 3
 PENDING_LEASE_S = 120.0
 # A generation nobody told us (an older writer): never a reason to fall back.
 GENERATION_UNKNOWN = -1
+# Atom records kept parsed by their bytes (AtomTable): one per busy atom, ~0.5 KB each.
+PARSED_RECORDS = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +313,10 @@ class AtomTable:
         self.env = env
         self.sid = env.sid
         self.max_checkpoint_bytes = max_checkpoint_bytes
+        # Records by their bytes, as last written or read: a durable call's checkpoint
+        # reads back the record the one before it wrote, and parsing it costs more than
+        # the rest of finding it. A record is immutable, so an equal one read is the same.
+        self._parsed: dict[bytes, AtomState] = {}
 
     def write(self, guid: str) -> WriteTxn:
         """A durable write transaction on ``guid``'s records."""
@@ -321,7 +327,11 @@ class AtomTable:
         raw = txn.get(guid.encode(), db=self.env.atoms)
         if raw is None:
             raise NameNotFoundError(f"storesite {self.sid} has no atom {guid}")
-        return parse_state(self.sid, guid, bytes(raw))
+        data = bytes(raw)
+        state = self._parsed.get(data)
+        if state is None:
+            state = self._remember(data, parse_state(self.sid, guid, data))
+        return state
 
     def exists(self, txn: lmdb.Transaction, guid: str) -> AtomState | None:
         """The record of ``guid`` when there is one, read as it is."""
@@ -343,7 +353,15 @@ class AtomTable:
         return state
 
     def put(self, txn: lmdb.Transaction, state: AtomState) -> None:
-        txn.put(state.guid.encode(), state.to_bytes(), db=self.env.atoms)
+        data = state.to_bytes()
+        txn.put(state.guid.encode(), data, db=self.env.atoms)
+        self._remember(data, state)
+
+    def _remember(self, data: bytes, state: AtomState) -> AtomState:
+        if len(self._parsed) >= PARSED_RECORDS:
+            self._parsed.clear()
+        self._parsed[data] = state
+        return state
 
     def delete(self, txn: lmdb.Transaction, guid: str) -> None:
         txn.delete(guid.encode(), db=self.env.atoms)

@@ -59,6 +59,7 @@ from hermesx.core.snapshot import AtomState as State
 from hermesx.core.snapshot import snapshot_shape
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from storesite.chain import Link, Record
+from storesite.chains import ChainMemory
 from storesite.checkpoints import CheckpointWindow
 from storesite.committer import GroupCommitter
 from storesite.environment import DEFAULT_MAP_SIZE, StoreEnvironment
@@ -128,6 +129,8 @@ class AtomStore:
         self.moves = MoveRecords(self._table, self._window)
         self.committer = GroupCommitter(self._env)
         self.deltas_written = 0
+        # Chains kept in memory for their cuts (storesite.chains).
+        self.chains = ChainMemory()
 
     def close(self) -> None:
         self.committer.close()
@@ -191,6 +194,7 @@ class AtomStore:
             self._window.delete_all(txn, guid)
             self._table.delete(txn, guid)
             self.logs.delete(txn, guid)
+        self.chains.forget(guid)
         log.info("forgot atom %s", guid)
 
     def status(self) -> StoreStatus:
