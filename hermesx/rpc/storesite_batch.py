@@ -141,9 +141,9 @@ class _Sender:
         self.lead = False
         self.outcome: Outcome = b""
         # Released once, by a leader: when this one's outcome is in, or when its
-        # sender is to lead the next request.
-        self.wake = threading.Lock()
-        self.wake.acquire()
+        # sender is to lead the next request. Made only for a sender that is queued
+        # (one that leads at once never waits on it).
+        self.wake: threading.Lock | None = None
 
 
 def _late(peer: str, sender: _Sender) -> CallTimeoutError:
@@ -182,11 +182,16 @@ class CheckpointBatcher:
                 self._under_way += 1
                 sender.lead = True
             else:
+                if sender.wake is None:
+                    sender.wake = threading.Lock()
+                    sender.wake.acquire()
                 self._queue.append(sender)
         # Until its outcome is in, or it is handed a place; no longer than its deadline.
-        left = sender.deadline - time.monotonic()
-        if not sender.lead and not sender.wake.acquire(timeout=max(0.0, left)):
-            self._waited_out(sender)
+        wake = sender.wake
+        if wake is not None:  # queued
+            left = sender.deadline - time.monotonic()
+            if not wake.acquire(timeout=max(0.0, left)):
+                self._waited_out(sender, wake)
         if not sender.done:
             self._lead(connection, sender)
         outcome = sender.outcome
@@ -194,7 +199,7 @@ class CheckpointBatcher:
             raise outcome
         return outcome
 
-    def _waited_out(self, sender: _Sender) -> None:
+    def _waited_out(self, sender: _Sender, wake: threading.Lock) -> None:
         """``sender``'s deadline passed while it waited: it leaves the queue with a timeout,
         as a lone checkpoint would; or, taken meanwhile, goes on as it was taken."""
         with self._lock:
@@ -208,7 +213,7 @@ class CheckpointBatcher:
                 pass  # in a request under way: its outcome is in by its deadline (_send)
             else:
                 raise _late(self.peer, sender)
-        sender.wake.acquire()
+        wake.acquire()
 
     def _lead(self, connection: Any, own: _Sender) -> None:
         """Send ``own`` with what is queued, then hand the place on to the first queued."""
@@ -232,9 +237,10 @@ class CheckpointBatcher:
                     self._under_way -= 1
                 else:  # its place goes on: the count stays
                     following.lead = True
-            for sent in batch[1:]:
-                sent.wake.release()
-            if following is not None:
+            for sent in batch[1:]:  # (queued: each has its lock)
+                if sent.wake is not None:
+                    sent.wake.release()
+            if following is not None and following.wake is not None:
                 following.wake.release()
 
     def _send(self, connection: Any, batch: list[_Sender], others: bool) -> None:
