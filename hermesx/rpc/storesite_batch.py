@@ -4,7 +4,7 @@ A node's every-call atoms each wait for their own checkpoint before their
 reply leaves. Sent one request each, a storesite round trip costs every
 checkpoint its frames, its TLS records, a thread woken at each end and a
 reply of its own. :class:`CheckpointBatcher` sends what is ready together:
-at most four requests to the storesite are under way; a checkpoint
+at most eight requests to the storesite are under way; a checkpoint
 that finds them all under way is queued, and the sender whose request finishes hands
 its place to the first one queued, which sends itself and every checkpoint
 queued behind it as one ``checkpoint-batch`` request (alone, as the
@@ -158,12 +158,17 @@ class CheckpointBatcher:
     request, sent by the first sender a finished request hands its place to.
     More than one under way keeps a sender that waits for a CPU from holding up
     every atom's checkpoint (with one or two, eight clients on eight atoms of a
-    loaded machine lost calls/s: docs/PERFORMANCE.md "Durable calls"); a request
-    sent while another is under way says so (meta ``more``, so the storesite reads
-    on meanwhile: storesite.calls).
+    loaded machine lost calls/s: docs/PERFORMANCE.md "Durable calls"). Eight, not
+    four: a queued checkpoint waits a whole round trip before it is sent and costs a
+    thread wake-up more, while one sent at once joins the storesite's next group
+    commit anyway (the meta below); with eight clients on eight atoms, eight under
+    way gave 1.1-1.7 times the calls/s of four (docs/PERFORMANCE.md "Durable calls,
+    the node's side"), so batches form only when more atoms checkpoint at once. A
+    request sent while another is under way says so (meta ``more``, so the storesite
+    reads on meanwhile: storesite.calls).
     """
 
-    def __init__(self, peer: str, depth: int = 4) -> None:
+    def __init__(self, peer: str, depth: int = 8) -> None:
         self.peer = peer
         self._depth = depth
         self._lock = threading.Lock()
