@@ -4,7 +4,7 @@ A node's every-call atoms each wait for their own checkpoint before their
 reply leaves. Sent one request each, a storesite round trip costs every
 checkpoint its frames, its TLS records, a thread woken at each end and a
 reply of its own. :class:`CheckpointBatcher` sends what is ready together:
-at most four requests to the storesite are under way; a checkpoint
+at most eight requests to the storesite are under way; a checkpoint
 that finds them all under way is queued, and the sender whose request finishes hands
 its place to the first one queued, which sends itself and every checkpoint
 queued behind it as one ``checkpoint-batch`` request (alone, as the
@@ -141,9 +141,9 @@ class _Sender:
         self.lead = False
         self.outcome: Outcome = b""
         # Released once, by a leader: when this one's outcome is in, or when its
-        # sender is to lead the next request.
-        self.wake = threading.Lock()
-        self.wake.acquire()
+        # sender is to lead the next request. Made only for a sender that is queued
+        # (one that leads at once never waits on it).
+        self.wake: threading.Lock | None = None
 
 
 def _late(peer: str, sender: _Sender) -> CallTimeoutError:
@@ -158,12 +158,17 @@ class CheckpointBatcher:
     request, sent by the first sender a finished request hands its place to.
     More than one under way keeps a sender that waits for a CPU from holding up
     every atom's checkpoint (with one or two, eight clients on eight atoms of a
-    loaded machine lost calls/s: docs/PERFORMANCE.md "Durable calls"); a request
-    sent while another is under way says so (meta ``more``, so the storesite reads
-    on meanwhile: storesite.calls).
+    loaded machine lost calls/s: docs/PERFORMANCE.md "Durable calls"). Eight, not
+    four: a queued checkpoint waits a whole round trip before it is sent and costs a
+    thread wake-up more, while one sent at once joins the storesite's next group
+    commit anyway (the meta below); with eight clients on eight atoms, eight under
+    way gave 1.1-1.7 times the calls/s of four (docs/PERFORMANCE.md "Durable calls,
+    the node's side"), so batches form only when more atoms checkpoint at once. A
+    request sent while another is under way says so (meta ``more``, so the storesite
+    reads on meanwhile: storesite.calls).
     """
 
-    def __init__(self, peer: str, depth: int = 4) -> None:
+    def __init__(self, peer: str, depth: int = 8) -> None:
         self.peer = peer
         self._depth = depth
         self._lock = threading.Lock()
@@ -182,11 +187,16 @@ class CheckpointBatcher:
                 self._under_way += 1
                 sender.lead = True
             else:
+                if sender.wake is None:
+                    sender.wake = threading.Lock()
+                    sender.wake.acquire()
                 self._queue.append(sender)
         # Until its outcome is in, or it is handed a place; no longer than its deadline.
-        left = sender.deadline - time.monotonic()
-        if not sender.lead and not sender.wake.acquire(timeout=max(0.0, left)):
-            self._waited_out(sender)
+        wake = sender.wake
+        if wake is not None:  # queued
+            left = sender.deadline - time.monotonic()
+            if not wake.acquire(timeout=max(0.0, left)):
+                self._waited_out(sender, wake)
         if not sender.done:
             self._lead(connection, sender)
         outcome = sender.outcome
@@ -194,7 +204,7 @@ class CheckpointBatcher:
             raise outcome
         return outcome
 
-    def _waited_out(self, sender: _Sender) -> None:
+    def _waited_out(self, sender: _Sender, wake: threading.Lock) -> None:
         """``sender``'s deadline passed while it waited: it leaves the queue with a timeout,
         as a lone checkpoint would; or, taken meanwhile, goes on as it was taken."""
         with self._lock:
@@ -208,7 +218,7 @@ class CheckpointBatcher:
                 pass  # in a request under way: its outcome is in by its deadline (_send)
             else:
                 raise _late(self.peer, sender)
-        sender.wake.acquire()
+        wake.acquire()
 
     def _lead(self, connection: Any, own: _Sender) -> None:
         """Send ``own`` with what is queued, then hand the place on to the first queued."""
@@ -232,9 +242,10 @@ class CheckpointBatcher:
                     self._under_way -= 1
                 else:  # its place goes on: the count stays
                     following.lead = True
-            for sent in batch[1:]:
-                sent.wake.release()
-            if following is not None:
+            for sent in batch[1:]:  # (queued: each has its lock)
+                if sent.wake is not None:
+                    sent.wake.release()
+            if following is not None and following.wake is not None:
                 following.wake.release()
 
     def _send(self, connection: Any, batch: list[_Sender], others: bool) -> None:

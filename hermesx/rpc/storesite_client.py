@@ -144,12 +144,11 @@ class StoresiteClient:
         self._channels = channels if channels is not None else ChannelPool(tls)
         self._stub = self._channels.stub(address, pbg.StoresiteStub)
         self._peer = f"storesite {sid} at {address}" if sid else f"storesite at {address}"
+        self._call_peer = f"storesite {sid} at {call}"
         # Checkpoints on their way over the call channel (shared by with_timeout copies).
         self._flight = _InFlight()
         self._batcher = (
-            CheckpointBatcher(f"storesite {sid} at {call}")
-            if batch and self.call_address is not None
-            else None
+            CheckpointBatcher(self._call_peer) if batch and self.call_address is not None else None
         )
 
     def close(self) -> None:
@@ -380,16 +379,13 @@ class StoresiteClient:
     ) -> DeltaAck:
         """An incremental checkpoint: ``delta`` (hermesx.core.delta, with its own CRC-32)
         on the checkpoint ``base`` = ``(seq, checksum)`` of ``tad``'s age."""
-        head = _state_request(
-            pb.CheckpointRequest,
-            guid,
-            tad,
-            delta,
-            seq=seq,
-            periodic=periodic,
-            snapshot=delta.snapshot,
-        )
-        request = pb.CheckpointDelta(head=head, base_seq=base[0], base_checksum=base[1])
+        # Filled in place (this runs for every durable call): a head built apart and
+        # passed in would be copied into the request, and keyword arguments parsed.
+        request = pb.CheckpointDelta(base_seq=base[0], base_checksum=base[1])
+        head = request.head
+        head.guid, head.seq, head.snapshot = guid, seq, delta.snapshot
+        head.checksum, head.generation, head.periodic = delta.checksum, delta.generation, periodic
+        head.tad.node, head.tad.age = tad.node, tad.age
         timeout = self.timeout
         if len(delta.snapshot) < 2 * STATE_PIECE_BYTES:
             sent, timeout = self._over_calls(CHECKPOINT_DELTA, request)
@@ -411,7 +407,7 @@ class StoresiteClient:
         if self.call_address is None:
             return None, timeout
         started = time.monotonic()
-        peer = f"storesite {self.sid} at {self.call_address}"
+        peer = self._call_peer
         try:
             connection = self._channels.calls.connection(self.call_address, peer, timeout=timeout)
         except HermesError as err:

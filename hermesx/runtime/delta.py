@@ -55,6 +55,15 @@ class _Base:
     rest: AtomState
     seq: int
     checksum: int
+    # ``memory``'s address, read once (a ctypes view of it, which also keeps the copy
+    # from being resized: it is only ever written chunk by chunk, in place).
+    view: ctypes.Array[ctypes.c_char] | None = None
+    address: int = 0
+
+    def __post_init__(self) -> None:
+        if self.memory:
+            self.view = (ctypes.c_char * len(self.memory)).from_buffer(self.memory)
+            self.address = ctypes.addressof(self.view)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +85,13 @@ def _address(buffer: bytearray) -> int:
     return ctypes.addressof((ctypes.c_char * len(buffer)).from_buffer(buffer)) if buffer else 0
 
 
-def changed_chunks(address: int, size: int, base: bytearray) -> list[int]:
-    """Offsets of the 4 KiB chunks of the ``size`` bytes at ``address`` unlike ``base``'s."""
-    base_address = _address(base)
+def changed_chunks(
+    address: int, size: int, base: bytearray, base_address: int | None = None
+) -> list[int]:
+    """Offsets of the 4 KiB chunks of the ``size`` bytes at ``address`` unlike ``base``'s
+    (at ``base_address``, when the caller knows it)."""
+    if base_address is None:
+        base_address = _address(base)
     changed: list[int] = []
     # A block that differs is halved until its chunks are found: a call changes a
     # chunk or two, found in ~13 comparisons of a block instead of 64. A half is
@@ -137,7 +150,7 @@ class ChangeTracker:
         chunks: list[int] = []
         mark: ReplyMark | None = None
         if base is not None and size == len(base.memory):
-            chunks = changed_chunks(address, size, base.memory)
+            chunks = changed_chunks(address, size, base.memory, base.address)
             if 2 * len(chunks) <= size // CHUNK:
                 mark = base.mark
         mark, dropped, added = replies.changes(mark)
