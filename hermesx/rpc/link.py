@@ -11,6 +11,12 @@ a time while its owner wants more (the frames of one read past that wait as
 bytes). A peer
 that stops reading for ``write_stall_s`` seconds loses the connection, so a
 slow reader costs a bounded outbox, never a blocked worker.
+
+A listener's link may hold replies back (``hold_replies``): while the thread
+handing frames on has another whole request behind the one it runs, the reply
+that request's run writes on that thread waits, and goes out with the next
+one written — one TLS record and one ``send`` for a batch of pipelined calls
+instead of one each (bounded: ``HOLD_BYTES``, ``HOLD_S``; docs/DESIGN.md §4.1).
 """
 
 from __future__ import annotations
@@ -38,6 +44,13 @@ RECEIVE_BYTES = 32 * 1024
 KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_PROBES = 10, 5, 3
 # How often the link's thread looks at its timers (first frame, stalled peer).
 POLL_MS = 1000
+# Replies held back while pipelined requests wait behind them (see the module's
+# docstring): at most this many bytes (under one TLS record's 16 KiB), and no reply
+# is held once the first held has waited this long (a run is not cut short: a
+# handler about to wait sends them with send_held, and the listener's watch has
+# the link read by another thread, which sends them, after SLOW_INLINE_S).
+HOLD_BYTES = 12 * 1024
+HOLD_S = 0.001
 _READ = select.POLLIN | select.POLLPRI
 _ERR = select.POLLERR | select.POLLHUP | select.POLLNVAL
 
@@ -157,6 +170,7 @@ class Link:
         *,
         max_frame: int,
         write_stall_s: float = 30.0,
+        hold_replies: bool = False,
     ) -> None:
         sock.setblocking(False)
         with contextlib.suppress(OSError, AttributeError):
@@ -186,6 +200,12 @@ class Link:
         self._closing: str | None = None  # close once the outbox is flushed
         self._clock = _FrameClock()  # see run
         self._quick_poller: select.poll | None = None  # see _quick
+        self._hold_replies = hold_replies
+        # Frames written but held back (plain, not yet through TLS), under _lock; the
+        # thread whose writes are held now (0: none), and since when the first waits.
+        self._held = bytearray()
+        self._holder = 0
+        self._held_since = 0.0
         self.closed: str | None = None  # why, once closed
 
     # ------------------------------------------------------------ any thread
@@ -213,24 +233,57 @@ class Link:
         with self._lock:
             if self.closed is not None or self._closing is not None:
                 raise LinkClosed(self.closed or self._closing or "closed")
-            if self._session is not None:
-                self._session.raw.write(frame)
-                frame = self._session.outgoing.read()
-            if self.outbox:
-                self.outbox += frame
+            held = self._held
+            if self._holder and self._holder == threading.get_ident():
+                if not held:
+                    self._held_since = time.monotonic()
+                held += frame
                 return
-            try:
-                sent = self.sock.send(frame)
-            except BlockingIOError:
-                sent = 0
-            except OSError as exc:
-                self._close_locked(f"send failed: {exc}")
-                raise LinkClosed(self.closed or "closed") from None
-            if sent < len(frame):
-                self.outbox += frame[sent:]
-                self._stalled_since = time.monotonic()
-        if sent < len(frame):
+            if held:  # the held frames go first, in one record with this one
+                held += frame
+                frame = bytes(held)
+                held.clear()
+            woken = self._send_locked(frame)
+        if woken:
             self.wake()
+
+    def send_held(self) -> None:
+        """Send the replies held back now (a handler is about to wait)."""
+        if not self._held:
+            return
+        with self._lock:
+            if not self._held or self.closed is not None:
+                return
+            frame = bytes(self._held)
+            self._held.clear()
+            try:
+                woken = self._send_locked(frame)
+            except LinkClosed:
+                return
+        if woken:
+            self.wake()
+
+    def _send_locked(self, frame: bytes) -> bool:
+        """Under ``_lock``: encrypt ``frame`` and send what the kernel takes at once; the
+        rest waits in the outbox. Whether the link's thread must be woken to flush it."""
+        if self._session is not None:
+            self._session.raw.write(frame)
+            frame = self._session.outgoing.read()
+        if self.outbox:
+            self.outbox += frame
+            return False
+        try:
+            sent = self.sock.send(frame)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._close_locked(f"send failed: {exc}")
+            raise LinkClosed(self.closed or "closed") from None
+        if sent < len(frame):
+            self.outbox += frame[sent:]
+            self._stalled_since = time.monotonic()
+            return True
+        return False
 
     def close_after(self, frame: bytes, reason: str) -> None:
         """Send ``frame`` (a connection error) then close, telling :meth:`run` ``reason``."""
@@ -261,6 +314,7 @@ class Link:
             return
         self.closed = reason
         self.outbox.clear()
+        self._held.clear()
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
 
@@ -362,6 +416,8 @@ class Link:
         wait_ms = POLL_MS
         frames, clock = self._frames, self._clock
         while self.closed is None and (stop is None or not stop()):
+            if self._held:  # (its request's run went on past the frames read)
+                self.send_held()
             # Frames held back while reading() was False go on once it is True.
             if frames.whole is not None and self._hand_on(on_frames, reading, stop):
                 got_frame, clock.began = True, None
@@ -430,17 +486,39 @@ class Link:
         single read can hold hundreds: the rest wait as bytes). Whether any went on."""
         handed = False
         frames = self._frames
-        while (
-            frames.whole is not None
-            and self._closing is None
-            and reading()
-            and (stop is None or not stop())
-        ):
-            frame = frames.take()
-            if frame is None:
-                break
-            on_frames([frame])
-            handed = True
+        hold = self._hold_replies
+        try:
+            while (
+                frames.whole is not None
+                and self._closing is None
+                and reading()
+                and (stop is None or not stop())
+            ):
+                frame = frames.take()
+                if frame is None:
+                    break
+                if hold:
+                    # Another whole request waits behind this one: its reply may wait
+                    # for the next one's (within the bounds; see the module's docstring).
+                    self._holder = (
+                        threading.get_ident()
+                        if frames.whole is not None
+                        and (
+                            not self._held
+                            or (
+                                len(self._held) < HOLD_BYTES
+                                and time.monotonic() - self._held_since < HOLD_S
+                            )
+                        )
+                        else 0
+                    )
+                on_frames([frame])
+                handed = True
+        finally:
+            if hold:
+                self._holder = 0
+                if self._held:
+                    self.send_held()
         return handed
 
     def _flush(self) -> None:

@@ -1,0 +1,90 @@
+"""Replies to pipelined requests go out together (docs/DESIGN.md §4.1).
+
+While the listener's thread has another whole request behind the one it
+runs, that run's reply waits and goes out with the next one: one ``send``
+(and one TLS record) for a batch. What a caller would notice if that went
+wrong: a pipelined request left unanswered, a reply answering the wrong id,
+or a quick call's reply held back behind a slow call that came after it.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from hermesx.rpc.callserver import Call, CallServer, yield_reader
+from hermesx.rpc.frames import FrameReader, Reply, encode_request
+
+
+@pytest.fixture
+def address() -> Iterator[str]:
+    served = CallServer("held replies server", workers=4, tls=None)
+
+    def echo(call: Call) -> bytes:
+        how, _, text = call.body.partition(b":")
+        if how.startswith(b"yield"):
+            yield_reader()
+            how = how[len(b"yield") :]
+        time.sleep(float(how))
+        return text
+
+    served.register("echo", echo, "Supervisor/Invoke", inline=True)
+    yield served.start("127.0.0.1:0")
+    served.stop()
+
+
+def _pipelined(address: str, bodies: list[bytes]) -> socket.socket:
+    """A raw connection that has sent a request per body, all in one write."""
+    host, _, port = address.rpartition(":")
+    sock = socket.create_connection((host, int(port)), timeout=10.0)
+    sock.sendall(b"".join(encode_request(i, "echo", 10.0, b) for i, b in enumerate(bodies, 1)))
+    return sock
+
+
+def _replies(sock: socket.socket, reader: FrameReader) -> list[Reply]:
+    """The replies the next receive brings (at least one)."""
+    while True:
+        data = sock.recv(65536)
+        assert data, "the listener closed the connection"
+        frames = reader.feed(data)
+        if frames:
+            assert all(type(f) is Reply for f in frames), frames
+            return frames  # type: ignore[return-value]
+
+
+def test_pipelined_requests_are_all_answered_in_one_send(address: str) -> None:
+    bodies = [f"0:reply {i}".encode() for i in range(1, 6)]
+    sock = _pipelined(address, bodies)
+    try:
+        replies = _replies(sock, FrameReader())
+    finally:
+        sock.close()
+    # Each request got its own reply under its own id, and the five came together.
+    assert [(r.id, r.body) for r in replies] == [(i, b[2:]) for i, b in enumerate(bodies, 1)]
+
+
+def test_a_reply_is_not_held_behind_a_later_request_that_waits(address: str) -> None:
+    sock = _pipelined(address, [b"0:quick", b"yield0.3:waits"])
+    reader = FrameReader()
+    try:
+        first = _replies(sock, reader)
+        assert [(r.id, r.body) for r in first] == [(1, b"quick")]
+        assert [(r.id, r.body) for r in _replies(sock, reader)] == [(2, b"waits")]
+    finally:
+        sock.close()
+
+
+def test_a_reply_is_not_held_behind_a_later_request_that_runs_long(address: str) -> None:
+    # The second request runs long without saying so: the listener's watch has the
+    # connection read by another thread, which sends the first reply on its own.
+    sock = _pipelined(address, [b"0:quick", b"0.3:long"])
+    reader = FrameReader()
+    try:
+        first = _replies(sock, reader)
+        assert [(r.id, r.body) for r in first] == [(1, b"quick")]
+        assert [(r.id, r.body) for r in _replies(sock, reader)] == [(2, b"long")]
+    finally:
+        sock.close()
