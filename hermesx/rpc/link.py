@@ -626,8 +626,11 @@ def _quick(
     wake = link._wake_r
     frames = link._frames
     while True:
-        while frames.whole is not None:
-            on_frames([frames.take()])  # type: ignore[list-item]
+        if frames.whole is not None:
+            # Every reply received goes to its waiter now, not only up to ours: the
+            # others' would otherwise wait for the next reader (a thread woken for it).
+            while frames.whole is not None:
+                on_frames([frames.take()])  # type: ignore[list-item]
             if awaited.finished:
                 return True
         if link.closed is not None:
