@@ -16,11 +16,12 @@ A listener's link may hold replies back (``hold_replies``): while the thread
 handing frames on has another whole request behind the one it runs, the reply
 that request's run writes on that thread waits, and goes out with the next
 one written — one TLS record and one ``send`` for a batch of pipelined calls
-instead of one each (bounded: ``HOLD_BYTES``, ``HOLD_S``; docs/DESIGN.md §4.1).
+instead of one each (bounded: ``HOLD_BYTES``, ``HOLD_FRAMES``; docs/DESIGN.md §4.1).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import select
@@ -45,12 +46,12 @@ KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_PROBES = 10, 5, 3
 # How often the link's thread looks at its timers (first frame, stalled peer).
 POLL_MS = 1000
 # Replies held back while pipelined requests wait behind them (see the module's
-# docstring): at most this many bytes (under one TLS record's 16 KiB), and no reply
-# is held once the first held has waited this long (a run is not cut short: a
-# handler about to wait sends them with send_held, and the listener's watch has
-# the link read by another thread, which sends them, after SLOW_INLINE_S).
+# docstring): at most this many bytes (under one TLS record's 16 KiB) and frames, so
+# the first waits for at most HOLD_FRAMES - 1 quick runs. A run that turns out slow
+# does not keep them: a handler about to wait sends them (send_held), and after
+# SLOW_INLINE_S the listener's watch has the link read by another thread, which does.
 HOLD_BYTES = 12 * 1024
-HOLD_S = 0.001
+HOLD_FRAMES = 16
 _READ = select.POLLIN | select.POLLPRI
 _ERR = select.POLLERR | select.POLLHUP | select.POLLNVAL
 
@@ -205,7 +206,10 @@ class Link:
         # thread whose writes are held now (0: none), and since when the first waits.
         self._held = bytearray()
         self._holder = 0
-        self._held_since = 0.0
+        self._held_count = 0
+        # Frames of writers that found another writer sending: it sends them along.
+        self._queued: collections.deque[bytes] = collections.deque()
+        self._writing = False  # a writer holds _lock
         self.closed: str | None = None  # why, once closed
 
     # ------------------------------------------------------------ any thread
@@ -229,23 +233,56 @@ class Link:
         return 0.0 if since is None or not self.outbox else time.monotonic() - since
 
     def write(self, frame: bytes) -> None:
-        """Queue ``frame`` to send; raises :class:`LinkClosed` on a closed link."""
-        with self._lock:
-            if self.closed is not None or self._closing is not None:
-                raise LinkClosed(self.closed or self._closing or "closed")
-            held = self._held
-            if self._holder and self._holder == threading.get_ident():
-                if not held:
-                    self._held_since = time.monotonic()
-                held += frame
+        """Queue ``frame`` to send; raises :class:`LinkClosed` on a closed link.
+
+        A writer that finds another writer sending leaves its frame to it (``_queued``):
+        one TLS record and one ``send`` for the frames of several threads, and no
+        thread waiting for the lock meanwhile. Whoever sends looks at ``_queued`` again
+        once it let the lock go, so no frame is left behind."""
+        lock, queued = self._lock, self._queued
+        if not lock.acquire(blocking=False):
+            queued.append(frame)
+            if not lock.acquire(blocking=False):
+                if self._writing:
+                    return  # that writer looks at _queued after it lets the lock go
+                lock.acquire()
+            frame = b""
+        while True:
+            try:
+                if self.closed is not None or self._closing is not None:
+                    raise LinkClosed(self.closed or self._closing or "closed")
+                self._writing = True
+                if queued:
+                    parts = [frame]
+                    with contextlib.suppress(IndexError):
+                        while True:
+                            parts.append(queued.popleft())
+                    frame = b"".join(parts)
+                woken = bool(frame) and self._put(frame)
+            finally:
+                self._writing = False
+                lock.release()
+            if woken:
+                self.wake()
+            # Frames queued while we sent, after we looked: ours to send.
+            if not queued or not lock.acquire(blocking=False):
                 return
-            if held:  # the held frames go first, in one record with this one
-                held += frame
-                frame = bytes(held)
-                held.clear()
-            woken = self._send_locked(frame)
-        if woken:
-            self.wake()
+            frame = b""
+
+    def _put(self, frame: bytes) -> bool:
+        """Under ``_lock``: hold ``frame`` back (see the module's docstring) or send it
+        with the frames held; whether the link's thread must be woken to flush."""
+        held = self._held
+        if self._holder and self._holder == threading.get_ident():
+            held += frame
+            self._held_count += 1
+            return False
+        if held:  # the held frames go first, in one record with this one
+            held += frame
+            frame = bytes(held)
+            held.clear()
+            self._held_count = 0
+        return self._send_locked(frame)
 
     def send_held(self) -> None:
         """Send the replies held back now (a handler is about to wait)."""
@@ -256,6 +293,7 @@ class Link:
                 return
             frame = bytes(self._held)
             self._held.clear()
+            self._held_count = 0
             try:
                 woken = self._send_locked(frame)
             except LinkClosed:
@@ -315,6 +353,7 @@ class Link:
         self.closed = reason
         self.outbox.clear()
         self._held.clear()
+        self._held_count = 0
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
 
@@ -505,10 +544,7 @@ class Link:
                         if frames.whole is not None
                         and (
                             not self._held
-                            or (
-                                len(self._held) < HOLD_BYTES
-                                and time.monotonic() - self._held_since < HOLD_S
-                            )
+                            or (len(self._held) < HOLD_BYTES and self._held_count < HOLD_FRAMES)
                         )
                         else 0
                     )
