@@ -84,6 +84,9 @@ def yield_reader() -> None:
     meanwhile."""
     run = getattr(_inline, "run", None)
     if run is not None:
+        link = run[1].link
+        if link is not None:
+            link.send_held()  # the replies held behind this request's go now
         run[0].rescue(run[1])
 
 
@@ -500,7 +503,11 @@ class CallServer:
                 return f"no TLS handshake: {exc}"
         connection.last_frame = time.monotonic()
         link = connection.link = Link(
-            sock, session, max_frame=self.limits.max_frame, write_stall_s=self.limits.write_stall_s
+            sock,
+            session,
+            max_frame=self.limits.max_frame,
+            write_stall_s=self.limits.write_stall_s,
+            hold_replies=True,
         )
         if self._stopping.is_set():
             return None

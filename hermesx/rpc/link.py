@@ -11,10 +11,17 @@ a time while its owner wants more (the frames of one read past that wait as
 bytes). A peer
 that stops reading for ``write_stall_s`` seconds loses the connection, so a
 slow reader costs a bounded outbox, never a blocked worker.
+
+A listener's link may hold replies back (``hold_replies``): while the thread
+handing frames on has another whole request behind the one it runs, the reply
+that request's run writes on that thread waits, and goes out with the next
+one written — one TLS record and one ``send`` for a batch of pipelined calls
+instead of one each (bounded: ``HOLD_BYTES``, ``HOLD_FRAMES``; docs/DESIGN.md §4.1).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import select
@@ -38,6 +45,13 @@ RECEIVE_BYTES = 32 * 1024
 KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_PROBES = 10, 5, 3
 # How often the link's thread looks at its timers (first frame, stalled peer).
 POLL_MS = 1000
+# Replies held back while pipelined requests wait behind them (see the module's
+# docstring): at most this many bytes (under one TLS record's 16 KiB) and frames, so
+# the first waits for at most HOLD_FRAMES - 1 quick runs. A run that turns out slow
+# does not keep them: a handler about to wait sends them (send_held), and after
+# SLOW_INLINE_S the listener's watch has the link read by another thread, which does.
+HOLD_BYTES = 12 * 1024
+HOLD_FRAMES = 16
 _READ = select.POLLIN | select.POLLPRI
 _ERR = select.POLLERR | select.POLLHUP | select.POLLNVAL
 
@@ -157,6 +171,7 @@ class Link:
         *,
         max_frame: int,
         write_stall_s: float = 30.0,
+        hold_replies: bool = False,
     ) -> None:
         sock.setblocking(False)
         with contextlib.suppress(OSError, AttributeError):
@@ -186,6 +201,15 @@ class Link:
         self._closing: str | None = None  # close once the outbox is flushed
         self._clock = _FrameClock()  # see run
         self._quick_poller: select.poll | None = None  # see _quick
+        self._hold_replies = hold_replies
+        # Frames written but held back (plain, not yet through TLS), under _lock; the
+        # thread whose writes are held now (0: none), and since when the first waits.
+        self._held = bytearray()
+        self._holder = 0
+        self._held_count = 0
+        # Frames of writers that found another writer sending: it sends them along.
+        self._queued: collections.deque[bytes] = collections.deque()
+        self._writing = False  # a writer holds _lock
         self.closed: str | None = None  # why, once closed
 
     # ------------------------------------------------------------ any thread
@@ -209,28 +233,95 @@ class Link:
         return 0.0 if since is None or not self.outbox else time.monotonic() - since
 
     def write(self, frame: bytes) -> None:
-        """Queue ``frame`` to send; raises :class:`LinkClosed` on a closed link."""
-        with self._lock:
-            if self.closed is not None or self._closing is not None:
-                raise LinkClosed(self.closed or self._closing or "closed")
-            if self._session is not None:
-                self._session.raw.write(frame)
-                frame = self._session.outgoing.read()
-            if self.outbox:
-                self.outbox += frame
-                return
+        """Queue ``frame`` to send; raises :class:`LinkClosed` on a closed link.
+
+        A writer that finds another writer sending leaves its frame to it (``_queued``):
+        one TLS record and one ``send`` for the frames of several threads, and no
+        thread waiting for the lock meanwhile. Whoever sends looks at ``_queued`` again
+        once it let the lock go, so no frame is left behind."""
+        lock, queued = self._lock, self._queued
+        if not lock.acquire(blocking=False):
+            queued.append(frame)
+            if not lock.acquire(blocking=False):
+                if self._writing:
+                    return  # that writer looks at _queued after it lets the lock go
+                lock.acquire()
+            frame = b""
+        while True:
             try:
-                sent = self.sock.send(frame)
-            except BlockingIOError:
-                sent = 0
-            except OSError as exc:
-                self._close_locked(f"send failed: {exc}")
-                raise LinkClosed(self.closed or "closed") from None
-            if sent < len(frame):
-                self.outbox += frame[sent:]
-                self._stalled_since = time.monotonic()
-        if sent < len(frame):
+                if self.closed is not None or self._closing is not None:
+                    raise LinkClosed(self.closed or self._closing or "closed")
+                self._writing = True
+                if queued:
+                    parts = [frame]
+                    with contextlib.suppress(IndexError):
+                        while True:
+                            parts.append(queued.popleft())
+                    frame = b"".join(parts)
+                woken = bool(frame) and self._put(frame)
+            finally:
+                self._writing = False
+                lock.release()
+            if woken:
+                self.wake()
+            # Frames queued while we sent, after we looked: ours to send.
+            if not queued or not lock.acquire(blocking=False):
+                return
+            frame = b""
+
+    def _put(self, frame: bytes) -> bool:
+        """Under ``_lock``: hold ``frame`` back (see the module's docstring) or send it
+        with the frames held; whether the link's thread must be woken to flush."""
+        held = self._held
+        if self._holder and self._holder == threading.get_ident():
+            held += frame
+            self._held_count += 1
+            return False
+        if held:  # the held frames go first, in one record with this one
+            held += frame
+            frame = bytes(held)
+            held.clear()
+            self._held_count = 0
+        return self._send_locked(frame)
+
+    def send_held(self) -> None:
+        """Send the replies held back now (a handler is about to wait)."""
+        if not self._held:
+            return
+        with self._lock:
+            if not self._held or self.closed is not None:
+                return
+            frame = bytes(self._held)
+            self._held.clear()
+            self._held_count = 0
+            try:
+                woken = self._send_locked(frame)
+            except LinkClosed:
+                return
+        if woken:
             self.wake()
+
+    def _send_locked(self, frame: bytes) -> bool:
+        """Under ``_lock``: encrypt ``frame`` and send what the kernel takes at once; the
+        rest waits in the outbox. Whether the link's thread must be woken to flush it."""
+        if self._session is not None:
+            self._session.raw.write(frame)
+            frame = self._session.outgoing.read()
+        if self.outbox:
+            self.outbox += frame
+            return False
+        try:
+            sent = self.sock.send(frame)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._close_locked(f"send failed: {exc}")
+            raise LinkClosed(self.closed or "closed") from None
+        if sent < len(frame):
+            self.outbox += frame[sent:]
+            self._stalled_since = time.monotonic()
+            return True
+        return False
 
     def close_after(self, frame: bytes, reason: str) -> None:
         """Send ``frame`` (a connection error) then close, telling :meth:`run` ``reason``."""
@@ -261,6 +352,8 @@ class Link:
             return
         self.closed = reason
         self.outbox.clear()
+        self._held.clear()
+        self._held_count = 0
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
 
@@ -362,6 +455,8 @@ class Link:
         wait_ms = POLL_MS
         frames, clock = self._frames, self._clock
         while self.closed is None and (stop is None or not stop()):
+            if self._held:  # (its request's run went on past the frames read)
+                self.send_held()
             # Frames held back while reading() was False go on once it is True.
             if frames.whole is not None and self._hand_on(on_frames, reading, stop):
                 got_frame, clock.began = True, None
@@ -430,17 +525,36 @@ class Link:
         single read can hold hundreds: the rest wait as bytes). Whether any went on."""
         handed = False
         frames = self._frames
-        while (
-            frames.whole is not None
-            and self._closing is None
-            and reading()
-            and (stop is None or not stop())
-        ):
-            frame = frames.take()
-            if frame is None:
-                break
-            on_frames([frame])
-            handed = True
+        hold = self._hold_replies
+        try:
+            while (
+                frames.whole is not None
+                and self._closing is None
+                and reading()
+                and (stop is None or not stop())
+            ):
+                frame = frames.take()
+                if frame is None:
+                    break
+                if hold:
+                    # Another whole request waits behind this one: its reply may wait
+                    # for the next one's (within the bounds; see the module's docstring).
+                    self._holder = (
+                        threading.get_ident()
+                        if frames.whole is not None
+                        and (
+                            not self._held
+                            or (len(self._held) < HOLD_BYTES and self._held_count < HOLD_FRAMES)
+                        )
+                        else 0
+                    )
+                on_frames([frame])
+                handed = True
+        finally:
+            if hold:
+                self._holder = 0
+                if self._held:
+                    self.send_held()
         return handed
 
     def _flush(self) -> None:
@@ -548,8 +662,11 @@ def _quick(
     wake = link._wake_r
     frames = link._frames
     while True:
-        while frames.whole is not None:
-            on_frames([frames.take()])  # type: ignore[list-item]
+        if frames.whole is not None:
+            # Every reply received goes to its waiter now, not only up to ours: the
+            # others' would otherwise wait for the next reader (a thread woken for it).
+            while frames.whole is not None:
+                on_frames([frames.take()])  # type: ignore[list-item]
             if awaited.finished:
                 return True
         if link.closed is not None:
