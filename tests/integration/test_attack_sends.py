@@ -27,7 +27,7 @@ import pytest
 from hermesx.client import Client
 from hermesx.core import codec
 from hermesx.core.errors import HermesError
-from hermesx.local.cluster import NodeSpec
+from hermesx.local.cluster import LocalCluster, NodeSpec
 from hermesx.rpc.roles import TEST_CERT_NAME
 from hermesx.testing.clusters import part_log, wait_for_log
 from hermesx.testing.plugin import ClusterFactory
@@ -134,8 +134,14 @@ def test_checkpoint_requests_flooding_a_busy_atom_do_not_starve_the_nodes_own_st
 SMALL_N1 = NodeSpec("n1", options=("--workers", "16"))  # 12 invocations at once, 4 per atom
 
 
+@pytest.fixture(scope="module")
+def small(cluster_factory: ClusterFactory) -> LocalCluster:
+    """n1 with 16 workers, and n2: for the tests below, which stall one part at a time."""
+    return cluster_factory([SMALL_N1, "n2"], session_timeout=10.0)
+
+
 def test_messages_waiting_on_one_durable_atom_leave_the_other_atoms_their_workers(
-    cluster_factory: ClusterFactory, atoms: dict[str, pathlib.Path], unique_name: str
+    small: LocalCluster, atoms: dict[str, pathlib.Path], unique_name: str
 ) -> None:
     """A message to a durable (``every-call``) atom waits for a checkpoint holding it.
     With its storesite stalled (SIGSTOP), 24 messages to that one atom held every
@@ -143,7 +149,7 @@ def test_messages_waiting_on_one_durable_atom_leave_the_other_atoms_their_worker
     storesite, was refused ``capacity`` until the stall ended. A message now takes its
     atom's share, as a call does; those past it are refused ``capacity`` at once, and the
     ones that waited are acknowledged, and handled once, when the storesite is back."""
-    cluster = cluster_factory([SMALL_N1], session_timeout=4.0)
+    cluster = small
     durable, plain = f"{unique_name}-d", f"{unique_name}-p"
     with contextlib.ExitStack() as stack:
         client, *senders = (stack.enter_context(Client(cluster.zk, cluster.name)) for _ in range(5))
@@ -182,14 +188,14 @@ def test_messages_waiting_on_one_durable_atom_leave_the_other_atoms_their_worker
 
 
 def test_messages_forwarded_to_a_frozen_node_leave_the_forwarders_atoms_their_workers(
-    cluster_factory: ClusterFactory, atoms: dict[str, pathlib.Path], unique_name: str
+    small: LocalCluster, atoms: dict[str, pathlib.Path], unique_name: str
 ) -> None:
     """A call forwarded to an atom on another node takes at most the atom's share of the
     forwarding node's workers; a message took any number: with n2 frozen (SIGSTOP), 24
     messages sent through n1 (the senders knew the atom there before it moved) held every
     invocation n1 takes for 30 s each, and an atom living on n1 was refused ``capacity``.
     A forwarded message now takes the atom's share too."""
-    cluster = cluster_factory([SMALL_N1, "n2"], session_timeout=10.0)
+    cluster = small
     moved, plain = f"{unique_name}-m", f"{unique_name}-p"
     with contextlib.ExitStack() as stack:
         client, *senders = (stack.enter_context(Client(cluster.zk, cluster.name)) for _ in range(5))
