@@ -149,7 +149,6 @@ class Storesite:
     def forget(self, guid: str) -> None:
         with self._locks.hold(guid):
             self.store.forget(guid)
-        self._locks.drop(guid)
 
     def list_atoms(self) -> list[AtomState]:
         return [s for s in self.store.atoms() if not s.forwarded_to]

@@ -34,13 +34,9 @@ def refuse_node_fields(
     """The refusal of ``request`` when ``peer`` (None: no TLS) set a field only a node
     sets; None when it may go on. Called only when ``caller_node`` is set: the common
     call pays nothing."""
-    if peer is None or peer.role == roles.NODE:
-        return None
-    refusal = NotAuthorizedError(
-        f"node {node} refused invoke of {request.method} on atom {request.guid}: "
-        f"caller_node is set only by nodes, not by {peer}"
-    )
-    return pb.InvokeReply(error=pb_error(refusal))
+    what = f"invoke of {request.method} on atom {request.guid}: caller_node is"
+    refusal = _not_a_node(peer, node, what)
+    return None if refusal is None else pb.InvokeReply(error=refusal)
 
 
 def refuse_send_chain(
@@ -48,10 +44,13 @@ def refuse_send_chain(
 ) -> pb.SendReply | None:
     """The refusal of a message whose ``chain`` ``peer`` (None: no TLS) may not set; None
     when it may go on. Called only when ``chain`` is set: a client's message pays nothing."""
+    refusal = _not_a_node(peer, node, f"a message to atom {request.guid}: its call chain is")
+    return None if refusal is None else pb.SendReply(error=refusal)
+
+
+def _not_a_node(peer: PeerIdentity | None, node: str, what: str) -> pb.Error | None:
+    """``not_authorized`` for ``what`` (a field, set) when ``peer`` is not a node."""
     if peer is None or peer.role == roles.NODE:
         return None
-    refusal = NotAuthorizedError(
-        f"node {node} refused a message to atom {request.guid}: its call chain is set "
-        f"only by nodes, not by {peer}"
-    )
-    return pb.SendReply(error=pb_error(refusal))
+    refusal = NotAuthorizedError(f"node {node} refused {what} set only by nodes, not by {peer}")
+    return pb_error(refusal)

@@ -372,13 +372,14 @@ class Dispatcher:
                 return delivered
             tad = self._stash.get(request.guid)
         if tad is None or tad.node == self._node:
-            return pb.SendReply(
-                error=pb_error(
-                    UnreachableError(f"node {self._node} has no record of atom {request.guid}")
-                )
-            )
+            missing = UnreachableError(f"node {self._node} has no record of atom {request.guid}")
+            return pb.SendReply(error=pb_error(missing))
         if request.hops >= self.hop_limit(request.hop_limit):
             return pb.SendReply(moved=tad_to_pb(tad), tad=tad_to_pb(tad))
+        # Within the atom's share of workers forwarding, as a call (_forward).
+        refused = self._admission.refuse_forward(request.guid, tad, "a message")
+        if refused is not None:
+            return pb.SendReply(error=refused.error, tad=refused.tad)
         yield_reader()
         forwarded = pb.SendRequest()
         forwarded.CopyFrom(request)
@@ -389,6 +390,8 @@ class Dispatcher:
             reply = invoker.nodes.send(invoker.node(tad.node), forwarded, timeout=SEND_WAIT_S)
         except HermesError as exc:
             return pb.SendReply(error=pb_error(exc), tad=tad_to_pb(tad))
+        finally:
+            self._admission.release_forward(request.guid)
         newest = tad_from_pb(reply.tad)
         if newest is not None:
             self._stash.update(request.guid, newest)

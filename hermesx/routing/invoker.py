@@ -206,8 +206,15 @@ class Invoker(Attempts):
                 log.info("%s: our clock is behind; sending it as %s", target, request_id)
                 continue
             except HermesError as exc:
+                # A copy refused as busy after one whose outcome is unknown (sent before,
+                # or sent by an attempt that broke): still unknown.
+                was = made[0] if made else None
+                unknown_yet = exc.kind in OUTCOME_UNKNOWN_KINDS or (
+                    exc.kind == "capacity"
+                    and bool(sends or (was and was.sends > 1 and was.last_error))
+                )
                 sends += made[0].sends if made else 0
-                if exc.kind not in OUTCOME_UNKNOWN_KINDS or not sends:
+                if not unknown_yet or not sends:
                     raise  # final, or never sent: it did not run
                 last = exc
             left = deadline - time.monotonic()

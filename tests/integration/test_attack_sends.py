@@ -144,8 +144,14 @@ def test_checkpoint_requests_flooding_a_busy_atom_do_not_starve_the_nodes_own_st
 SMALL_N1 = NodeSpec("n1", options=("--workers", "16"))  # 12 invocations at once, 4 per atom
 
 
+@pytest.fixture(scope="module")
+def small(cluster_factory: ClusterFactory) -> LocalCluster:
+    """n1 with 16 workers, and n2: for the tests below, which stall one part at a time."""
+    return cluster_factory([SMALL_N1, "n2"], session_timeout=10.0)
+
+
 def test_messages_waiting_on_one_durable_atom_leave_the_other_atoms_their_workers(
-    cluster_factory: ClusterFactory, atoms: dict[str, pathlib.Path], unique_name: str
+    small: LocalCluster, atoms: dict[str, pathlib.Path], unique_name: str
 ) -> None:
     """A message to a durable (``every-call``) atom waits for a checkpoint holding it.
     With its storesite stalled (SIGSTOP), 24 messages to that one atom held every
@@ -153,7 +159,7 @@ def test_messages_waiting_on_one_durable_atom_leave_the_other_atoms_their_worker
     storesite, was refused ``capacity`` until the stall ended. A message now takes its
     atom's share, as a call does; those past it are refused ``capacity`` at once, and the
     ones that waited are acknowledged, and handled once, when the storesite is back."""
-    cluster = cluster_factory([SMALL_N1], session_timeout=4.0)
+    cluster = small
     durable, plain = f"{unique_name}-d", f"{unique_name}-p"
     with contextlib.ExitStack() as stack:
         client, *senders = (stack.enter_context(Client(cluster.zk, cluster.name)) for _ in range(5))
@@ -186,6 +192,53 @@ def test_messages_waiting_on_one_durable_atom_leave_the_other_atoms_their_worker
                 thread.join(60)
         assert len(outcomes) == 24 and set(outcomes) == {"sent", "capacity"}, outcomes
         receiver = client.atom(durable)
+        handled = len(senders) + outcomes.count("sent")
+        wait_until(lambda: receiver.count() >= handled, 20.0, "the messages to be handled")
+        assert receiver.count() == handled
+
+
+def test_messages_forwarded_to_a_frozen_node_leave_the_forwarders_atoms_their_workers(
+    small: LocalCluster, atoms: dict[str, pathlib.Path], unique_name: str
+) -> None:
+    """A call forwarded to an atom on another node takes at most the atom's share of the
+    forwarding node's workers; a message took any number: with n2 frozen (SIGSTOP), 24
+    messages sent through n1 (the senders knew the atom there before it moved) held every
+    invocation n1 takes for 30 s each, and an atom living on n1 was refused ``capacity``.
+    A forwarded message now takes the atom's share too."""
+    cluster = small
+    moved, plain = f"{unique_name}-m", f"{unique_name}-p"
+    with contextlib.ExitStack() as stack:
+        client, *senders = (stack.enter_context(Client(cluster.zk, cluster.name)) for _ in range(5))
+        client.create(atoms["daemon"], name=moved, on="n1", checkpoint="on-request")
+        client.create(atoms["counter"], name=plain, on="n1", checkpoint="on-request")
+        for sender in senders:  # each knows the atom on n1
+            sender.invoker.send(moved, 3, b"first")
+        client.migrate(moved, "n2")
+        outcomes: list[str] = []
+
+        def send(sender: Client) -> None:
+            try:
+                sender.invoker.send(moved, 3, b"m", timeout=40.0)
+                outcomes.append("sent")
+            except HermesError as exc:
+                outcomes.append(exc.kind)
+
+        threads = [threading.Thread(target=send, args=(c,)) for c in senders * 6]
+        n2 = cluster.procs["node-n2"]
+        os.kill(n2, signal.SIGSTOP)
+        try:
+            for thread in threads:
+                thread.start()
+            # Those refused came back at once (at least 24 - 12).
+            wait_until(lambda: len(outcomes) >= 12, 20.0, "the messages past a limit refused")
+            assert client.atom(plain).incr(1) == 1
+        finally:
+            os.kill(n2, signal.SIGCONT)
+            for thread in threads:
+                thread.join(60)
+        assert len(outcomes) == 24 and set(outcomes) <= {"sent", "capacity"}, outcomes
+        assert "capacity" in outcomes
+        receiver = client.atom(moved)
         handled = len(senders) + outcomes.count("sent")
         wait_until(lambda: receiver.count() >= handled, 20.0, "the messages to be handled")
         assert receiver.count() == handled

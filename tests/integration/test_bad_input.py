@@ -38,6 +38,7 @@ from hermesx.core.identity import TAD
 from hermesx.local.cluster import LocalCluster
 from hermesx.routing.naming import Naming
 from hermesx.rpc.proto import hermesx_pb2 as pb
+from hermesx.rpc.storesite_client import StoresiteClient
 from hermesx.rpc.wire import TLSIdentity, open_channel
 from hermesx.testing.wait import wait_until
 
@@ -458,3 +459,27 @@ def test_storesite_refuses_an_empty_guid_as_invalid(client: Client) -> None:
         with pytest.raises(grpc.RpcError) as info:
             locate(pb.GuidRequest(guid=""), timeout=10)
     assert (info.value.details() or "").startswith("invalid_name: ")
+
+
+def _rss_mib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        line = next(x for x in status if x.startswith("VmRSS:"))
+    return int(line.split()[1]) // 1024
+
+
+def test_made_up_guids_asked_of_a_storesite_cost_it_nothing_once_answered(
+    cluster: LocalCluster, client: Client
+) -> None:
+    """Any role may ask a storesite where an atom is (Locate). The storesite kept a lock
+    for each GUID ever asked about, made-up ones too: 64 GUIDs of 1 MiB each grew it by
+    64 MiB for good (200 by 223 MiB). Each is refused, and nothing of it stays."""
+    pid = cluster.procs["storesite-s1"]
+    address = client.naming.storesites()["s1"].address
+    before = _rss_mib(pid)
+    with StoresiteClient(address, sid="s1", channels=client.channels) as site:
+        for i in range(64):
+            with pytest.raises(HermesError):
+                site.locate(f"{i:08d}" + "x" * 2**20)
+        with pytest.raises(NameNotFoundError):
+            site.locate("s1:" + "e" * 32)  # and it answers as before
+    assert _rss_mib(pid) - before < 32, (before, _rss_mib(pid))
