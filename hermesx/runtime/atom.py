@@ -125,7 +125,6 @@ class Atom(AtomSyscalls, AtomChanges):
         self,
         method: str,
         args: bytes,
-        *,
         request_id: str = "",
         chain: tuple[str, ...] = (),
         timeout: float | None = None,
@@ -136,6 +135,9 @@ class Atom(AtomSyscalls, AtomChanges):
         ``timeout`` (seconds; the runtime's ``default_timeout_s`` when None)
         bounds the whole call, waits included. ``open_chain`` names the atoms of
         ``chain`` that take calls while blocked (reentrant or daemon atoms).
+        Pass the four after ``args`` by keyword. They are not keyword-only:
+        CPython fills a keyword-only parameter left out by a dict lookup apiece
+        at every call (about 0.06 µs for the four), a plain one from a tuple.
         """
         seen = -1
         if request_id:
