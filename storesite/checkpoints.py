@@ -42,6 +42,11 @@ __all__ = ["CheckpointWindow"]
 
 log = logging.getLogger(__name__)
 
+# Records kept checked by their bytes (CheckpointWindow.record): those of a leaf page
+# at most (a durable call's delta record), and at most 1,024 of them (~4 MiB).
+KEPT_RECORD_BYTES = 4096
+KEPT_RECORDS = 1024
+
 
 class CheckpointWindow:
     """The kept checkpoints of every atom, written inside the atom table's transactions."""
@@ -50,6 +55,10 @@ class CheckpointWindow:
         self._table = table
         self._db = table.env.checkpoints
         self.sid = table.sid
+        # Small records by their bytes, as written or read and checked: a durable call's
+        # delta is checked against the record the one before it wrote. Equal bytes are
+        # the same record (a record is immutable); damaged bytes are other bytes.
+        self._records: dict[bytes, Record] = {}
 
     def store(
         self,
@@ -82,7 +91,10 @@ class CheckpointWindow:
     ) -> AtomState:
         """Write a delta record on the latest checkpoint into the next slot and make it the
         latest (``link`` as :meth:`storesite.chain.Record.next_link` made it)."""
-        self.stage(txn, state, pack_delta(tad, seq, link, delta, checksum, generation))
+        packed = pack_delta(tad, seq, link, delta, checksum, generation)
+        self.stage(txn, state, packed)
+        number = state.checkpoint_no + 1
+        self._remember(packed, Record(number, tad, seq, delta, checksum, generation, link))
         return self.advance(
             txn, state, tad, seq, generation, anchor=link.anchor, acknowledged=acknowledged
         )
@@ -229,7 +241,18 @@ class CheckpointWindow:
         data = txn.get(checkpoint_key(guid, number), db=self._db)
         if data is None:
             raise CheckpointDamagedError(f"checkpoint #{number} of atom {guid} is missing")
-        return unpack_record(guid, bytes(data), number)
+        raw = bytes(data)
+        known = self._records.get(raw)
+        if known is not None and known.number == number:
+            return known
+        return self._remember(raw, unpack_record(guid, raw, number))
+
+    def _remember(self, raw: bytes, record: Record) -> Record:
+        if len(raw) <= KEPT_RECORD_BYTES:
+            if len(self._records) >= KEPT_RECORDS:
+                self._records.clear()
+            self._records[raw] = record
+        return record
 
     def state(self, txn: lmdb.Transaction, guid: str, number: int) -> tuple[Record, State]:
         """Slot ``number``'s record and the state it holds, composed from its anchor when
