@@ -53,8 +53,10 @@ KEEP_PREVIOUS_CHECKPOINTS = 3
 PENDING_LEASE_S = 120.0
 # A generation nobody told us (an older writer): never a reason to fall back.
 GENERATION_UNKNOWN = -1
-# Atom records kept parsed by their bytes (AtomTable): one per busy atom, ~0.5 KB each.
+# Atom records kept parsed by their bytes (AtomTable): one per busy atom, ~0.5 KB each,
+# none over 4 KiB.
 PARSED_RECORDS = 1024
+PARSED_RECORD_BYTES = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,9 +360,10 @@ class AtomTable:
         self._remember(data, state)
 
     def _remember(self, data: bytes, state: AtomState) -> AtomState:
-        if len(self._parsed) >= PARSED_RECORDS:
-            self._parsed.clear()
-        self._parsed[data] = state
+        if len(data) <= PARSED_RECORD_BYTES:
+            if len(self._parsed) >= PARSED_RECORDS:
+                self._parsed.clear()
+            self._parsed[data] = state
         return state
 
     def delete(self, txn: lmdb.Transaction, guid: str) -> None:
