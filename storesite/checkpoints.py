@@ -34,6 +34,7 @@ from storesite.records import (
     AtomState,
     AtomTable,
     Checkpoint,
+    ParsedRecords,
     Provenance,
     checkpoint_key,
 )
@@ -41,11 +42,6 @@ from storesite.records import (
 __all__ = ["CheckpointWindow"]
 
 log = logging.getLogger(__name__)
-
-# Records kept checked by their bytes (CheckpointWindow.record): those of a leaf page
-# at most (a durable call's delta record), and at most 1,024 of them (~4 MiB).
-KEPT_RECORD_BYTES = 4096
-KEPT_RECORDS = 1024
 
 
 class CheckpointWindow:
@@ -55,10 +51,8 @@ class CheckpointWindow:
         self._table = table
         self._db = table.env.checkpoints
         self.sid = table.sid
-        # Small records by their bytes, as written or read and checked: a durable call's
-        # delta is checked against the record the one before it wrote. Equal bytes are
-        # the same record (a record is immutable); damaged bytes are other bytes.
-        self._records: dict[bytes, Record] = {}
+        # A delta is checked against the record the one before it wrote.
+        self._records: ParsedRecords[Record] = ParsedRecords()
 
     def store(
         self,
@@ -94,7 +88,7 @@ class CheckpointWindow:
         packed = pack_delta(tad, seq, link, delta, checksum, generation)
         self.stage(txn, state, packed)
         number = state.checkpoint_no + 1
-        self._remember(packed, Record(number, tad, seq, delta, checksum, generation, link))
+        self._records.keep(packed, Record(number, tad, seq, delta, checksum, generation, link))
         return self.advance(
             txn, state, tad, seq, generation, anchor=link.anchor, acknowledged=acknowledged
         )
@@ -245,14 +239,7 @@ class CheckpointWindow:
         known = self._records.get(raw)
         if known is not None and known.number == number:
             return known
-        return self._remember(raw, unpack_record(guid, raw, number))
-
-    def _remember(self, raw: bytes, record: Record) -> Record:
-        if len(raw) <= KEPT_RECORD_BYTES:
-            if len(self._records) >= KEPT_RECORDS:
-                self._records.clear()
-            self._records[raw] = record
-        return record
+        return self._records.keep(raw, unpack_record(guid, raw, number))
 
     def state(self, txn: lmdb.Transaction, guid: str, number: int) -> tuple[Record, State]:
         """Slot ``number``'s record and the state it holds, composed from its anchor when
