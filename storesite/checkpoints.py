@@ -34,6 +34,7 @@ from storesite.records import (
     AtomState,
     AtomTable,
     Checkpoint,
+    ParsedRecords,
     Provenance,
     checkpoint_key,
 )
@@ -50,6 +51,8 @@ class CheckpointWindow:
         self._table = table
         self._db = table.env.checkpoints
         self.sid = table.sid
+        # A delta is checked against the record the one before it wrote.
+        self._records: ParsedRecords[Record] = ParsedRecords()
 
     def store(
         self,
@@ -82,7 +85,10 @@ class CheckpointWindow:
     ) -> AtomState:
         """Write a delta record on the latest checkpoint into the next slot and make it the
         latest (``link`` as :meth:`storesite.chain.Record.next_link` made it)."""
-        self.stage(txn, state, pack_delta(tad, seq, link, delta, checksum, generation))
+        packed = pack_delta(tad, seq, link, delta, checksum, generation)
+        self.stage(txn, state, packed)
+        number = state.checkpoint_no + 1
+        self._records.keep(packed, Record(number, tad, seq, delta, checksum, generation, link))
         return self.advance(
             txn, state, tad, seq, generation, anchor=link.anchor, acknowledged=acknowledged
         )
@@ -229,7 +235,11 @@ class CheckpointWindow:
         data = txn.get(checkpoint_key(guid, number), db=self._db)
         if data is None:
             raise CheckpointDamagedError(f"checkpoint #{number} of atom {guid} is missing")
-        return unpack_record(guid, bytes(data), number)
+        raw = bytes(data)
+        known = self._records.get(raw)
+        if known is not None and known.number == number:
+            return known
+        return self._records.keep(raw, unpack_record(guid, raw, number))
 
     def state(self, txn: lmdb.Transaction, guid: str, number: int) -> tuple[Record, State]:
         """Slot ``number``'s record and the state it holds, composed from its anchor when

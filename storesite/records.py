@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import lmdb
 import msgpack
@@ -41,6 +41,7 @@ __all__ = [
     "AtomState",
     "AtomTable",
     "Checkpoint",
+    "ParsedRecords",
     "Provenance",
     "StoreStatus",
 ]
@@ -53,8 +54,12 @@ KEEP_PREVIOUS_CHECKPOINTS = 3
 PENDING_LEASE_S = 120.0
 # A generation nobody told us (an older writer): never a reason to fall back.
 GENERATION_UNKNOWN = -1
-# Atom records kept parsed by their bytes (AtomTable): one per busy atom, ~0.5 KB each.
+# Records kept parsed by their bytes (ParsedRecords): an atom record (~0.5 KB) or a
+# delta record (one leaf page) per busy atom; none over 4 KiB, at most 1,024 (~4 MiB).
 PARSED_RECORDS = 1024
+PARSED_RECORD_BYTES = 4096
+
+_R = TypeVar("_R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,6 +311,32 @@ def check_pending(state: AtomState, tad: TAD, what: str) -> None:
         )
 
 
+class ParsedRecords(Generic[_R]):
+    """Small records parsed (and checked) from stored bytes, kept by those bytes.
+
+    A durable call's checkpoint reads back the records the checkpoint before it
+    wrote — the atom's record, the latest checkpoint's — and parsing them costs
+    more than finding them. A record is immutable, so bytes equal to those of
+    one kept are that record; damaged bytes are other bytes, parsed and checked
+    anew. Bounded: records of at most :data:`PARSED_RECORD_BYTES`, at most
+    :data:`PARSED_RECORDS` of them (all dropped when full).
+    """
+
+    def __init__(self) -> None:
+        self._kept: dict[bytes, _R] = {}
+
+    def get(self, data: bytes) -> _R | None:
+        return self._kept.get(data)
+
+    def keep(self, data: bytes, record: _R) -> _R:
+        """``record``, kept as what ``data`` holds (written, or read and checked)."""
+        if len(data) <= PARSED_RECORD_BYTES:
+            if len(self._kept) >= PARSED_RECORDS:
+                self._kept.clear()
+            self._kept[data] = record
+        return record
+
+
 class AtomTable:
     """The ``atoms`` sub-database: one :class:`AtomState` per GUID."""
 
@@ -313,10 +344,7 @@ class AtomTable:
         self.env = env
         self.sid = env.sid
         self.max_checkpoint_bytes = max_checkpoint_bytes
-        # Records by their bytes, as last written or read: a durable call's checkpoint
-        # reads back the record the one before it wrote, and parsing it costs more than
-        # the rest of finding it. A record is immutable, so an equal one read is the same.
-        self._parsed: dict[bytes, AtomState] = {}
+        self._parsed: ParsedRecords[AtomState] = ParsedRecords()
 
     def write(self, guid: str) -> WriteTxn:
         """A durable write transaction on ``guid``'s records."""
@@ -330,7 +358,7 @@ class AtomTable:
         data = bytes(raw)
         state = self._parsed.get(data)
         if state is None:
-            state = self._remember(data, parse_state(self.sid, guid, data))
+            state = self._parsed.keep(data, parse_state(self.sid, guid, data))
         return state
 
     def exists(self, txn: lmdb.Transaction, guid: str) -> AtomState | None:
@@ -355,13 +383,7 @@ class AtomTable:
     def put(self, txn: lmdb.Transaction, state: AtomState) -> None:
         data = state.to_bytes()
         txn.put(state.guid.encode(), data, db=self.env.atoms)
-        self._remember(data, state)
-
-    def _remember(self, data: bytes, state: AtomState) -> AtomState:
-        if len(self._parsed) >= PARSED_RECORDS:
-            self._parsed.clear()
-        self._parsed[data] = state
-        return state
+        self._parsed.keep(data, state)
 
     def delete(self, txn: lmdb.Transaction, guid: str) -> None:
         txn.delete(guid.encode(), db=self.env.atoms)
