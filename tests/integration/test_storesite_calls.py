@@ -103,10 +103,11 @@ def test_checkpoints_ready_together_travel_in_one_request(
 ) -> None:
     # The storesite lists the batch kind in its record; a node whose atoms' checkpoints
     # are ready together sends them as one request, and each call still gets its own
-    # acknowledged, durable outcome.
+    # acknowledged, durable outcome. (Twelve atoms: more than the eight requests a node
+    # keeps under way to a storesite, so that some checkpoints find no free place.)
     kinds = client.naming.storesites()["s1"].data.get(CALL_KINDS)
     assert isinstance(kinds, list) and CHECKPOINT_BATCH in kinds
-    names = [f"{unique_name}-{i}" for i in range(8)]
+    names = [f"{unique_name}-{i}" for i in range(12)]
     for name in names:
         client.create(atoms["counter"], name=name, on="n1", checkpoint="every-call")
     before = _by_transport(cluster)
