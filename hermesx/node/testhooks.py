@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from hermesx.core.errors import ConfigurationError, HermesError
 from hermesx.core.identity import TAD
@@ -36,6 +37,10 @@ PAUSE_STEPS = (
 )
 
 
+# How soon a paused step sees the node stopping (a release is seen at once).
+RELEASE_POLL_S = 0.1
+
+
 class TestHooks:
     """The pauses a test asked for, and the test-only stash placement."""
 
@@ -53,19 +58,38 @@ class TestHooks:
         self._stopping = stopping
         # Step of the next migration -> seconds to pause there.
         self._pauses: dict[str, float] = {}
+        # Step -> the event that ends the pause in progress there early.
+        self._released: dict[str, threading.Event] = {}
 
     def pause(self, step: str) -> None:
-        """Pause here if a test asked to (once per request)."""
+        """Pause here if a test asked to (once per request), until the time is up, the
+        test ends the pause (``TestHook`` with 0 seconds) or the node stops."""
         seconds = self._pauses.pop(step, 0.0)
-        if seconds > 0:
-            log.warning("test hook: paused at %s for %.1f s", step, seconds)
-            self._stopping.wait(seconds)
+        if seconds <= 0:
+            return
+        log.warning("test hook: paused at %s for %.1f s", step, seconds)
+        released = self._released[step] = threading.Event()
+        deadline = time.monotonic() + seconds
+        try:
+            while not (released.is_set() or self._stopping.is_set()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                released.wait(min(left, RELEASE_POLL_S))
+        finally:
+            if self._released.get(step) is released:
+                del self._released[step]
 
     def set_pause(self, request: pb.TestHookRequest) -> None:
-        """The TestHook RPC: pause at ``request.pause_at`` for ``request.seconds``, once."""
+        """The TestHook RPC: pause at ``request.pause_at`` for ``request.seconds``, once;
+        0 seconds ends a pause in progress there (a test that saw what it waited for)."""
         if request.pause_at not in PAUSE_STEPS:
             raise ConfigurationError(f"unknown pause step {request.pause_at!r}")
         self._pauses[request.pause_at] = request.seconds
+        if request.seconds <= 0:
+            released = self._released.get(request.pause_at)
+            if released is not None:
+                released.set()
 
     def stash_tad(self, request: pb.StashPutRequest) -> TAD:
         """The TAD a StashPut RPC places; refused without a TAD."""
