@@ -24,7 +24,7 @@ from hermesx.rpc.link import Link
 
 @pytest.fixture
 def address() -> Iterator[str]:
-    served = CallServer("held replies server", workers=4, tls=None)
+    served = CallServer("held replies server", workers=4, tls=None, hold_replies=True)
 
     def echo(call: Call) -> bytes:
         how, _, text = call.body.partition(b":")
