@@ -247,10 +247,13 @@ class Link:
                     return  # that writer looks at _queued after it lets the lock go
                 lock.acquire()
             frame = b""
+        first = True
         while True:
             try:
                 if self.closed is not None or self._closing is not None:
-                    raise LinkClosed(self.closed or self._closing or "closed")
+                    if first:
+                        raise LinkClosed(self.closed or self._closing or "closed")
+                    return  # (the frames queued end with the link, as those in the outbox)
                 self._writing = True
                 if queued:
                     parts = [frame]
@@ -264,10 +267,13 @@ class Link:
                 lock.release()
             if woken:
                 self.wake()
-            # Frames queued while we sent, after we looked: ours to send.
-            if not queued or not lock.acquire(blocking=False):
+            # Frames queued while we sent, after we looked (their writers saw us writing
+            # and left them to us): ours to send, once whoever holds the lock now lets
+            # it go (a reader or a flush would not send them).
+            if not queued:
                 return
-            frame = b""
+            lock.acquire()
+            frame, first = b"", False
 
     def send_held(self) -> None:
         """Send the replies held back now (a handler is about to wait)."""
