@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 from hermesx.rpc.frames import Frame, FrameError, FrameReader, encode_error
 
-__all__ = ["Link", "LinkClosed", "TLSSession", "handshake"]
+__all__ = ["Link", "LinkClosed", "TLSSession", "handshake", "send_held_here"]
 
 READ_CHUNK = 256 * 1024
 # A link's own buffers for what it receives and what TLS makes of it, reused by
@@ -53,6 +53,8 @@ POLL_MS = 1000
 HOLD_BYTES = 12 * 1024
 HOLD_FRAMES = 16
 _READ = select.POLLIN | select.POLLPRI
+# .link: the link whose frames this thread hands on, and whose replies it may hold.
+_holding = threading.local()
 _ERR = select.POLLERR | select.POLLHUP | select.POLLNVAL
 
 
@@ -518,6 +520,8 @@ def _hand_on(
     handed = False
     frames = link._frames
     hold = link._hold_replies
+    if hold:
+        _holding.link = link
     try:
         while (
             frames.whole is not None
@@ -544,10 +548,19 @@ def _hand_on(
             handed = True
     finally:
         if hold:
+            _holding.link = None
             link._holder = 0
             if link._held:
                 link.send_held()
     return handed
+
+
+def send_held_here() -> None:
+    """Send the replies this thread holds back: it is about to wait for another process
+    (a call it makes on a request's behalf, as a forward, which does not yield_reader)."""
+    link = getattr(_holding, "link", None)
+    if link is not None and link._held:
+        link.send_held()
 
 
 def _put(link: Link, frame: bytes) -> bool:

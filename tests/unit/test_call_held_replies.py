@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from hermesx.rpc import callserver
+from hermesx.rpc.callclient import CallPool
 from hermesx.rpc.callserver import Call, CallServer, yield_reader
 from hermesx.rpc.frames import FrameReader, Reply, encode_request
 from hermesx.rpc.link import Link
@@ -185,3 +187,34 @@ def test_a_frame_left_to_a_writer_goes_even_when_the_lock_is_taken_after_it() ->
         link.release()
         theirs.close()
     assert sorted(got) == [1, 2]
+
+
+def test_a_reply_is_not_held_behind_a_later_request_that_calls_another_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A forward calls the next node from the connection's own thread without saying it
+    # waits: the replies held go before that call's wait, not after (nor at the watch's
+    # look, put out of reach here so that only that can send them).
+    monkeypatch.setattr(callserver, "SLOW_INLINE_S", 60.0)
+    far = CallServer("far server", workers=2, tls=None)
+    far.register("echo", lambda call: (time.sleep(0.3), call.body)[1], "Supervisor/Invoke")
+    near = CallServer("near server", workers=2, tls=None, hold_replies=True)
+    pool = CallPool()
+    far_address = far.start("127.0.0.1:0")
+
+    def forward(call: Call) -> bytes:
+        if call.body == b"quick":
+            return call.body
+        return pool.connection(far_address).call("echo", call.body, 5.0)
+
+    near.register("echo", forward, "Supervisor/Invoke", inline=True)
+    sock = _pipelined(near.start("127.0.0.1:0"), [b"quick", b"forwarded"])
+    reader = FrameReader()
+    try:
+        assert [(r.id, r.body) for r in _replies(sock, reader)] == [(1, b"quick")]
+        assert [(r.id, r.body) for r in _replies(sock, reader)] == [(2, b"forwarded")]
+    finally:
+        sock.close()
+        pool.close()
+        near.stop()
+        far.stop()
