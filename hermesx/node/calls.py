@@ -40,14 +40,7 @@ def serve_calls(
     listen = config.call_address()
     if listen is None:
         return None
-    # (Its handlers call yield_reader before they wait: replies may be held.)
-    server = CallServer(
-        f"node {config.name}",
-        workers=workers,
-        tls=tls,
-        limits=config.call_limits,
-        hold_replies=True,
-    )
+    server = CallServer(f"node {config.name}", workers=workers, tls=tls, limits=config.call_limits)
     name = config.name
 
     def invoke(call: Call) -> bytes:
