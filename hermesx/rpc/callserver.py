@@ -348,11 +348,16 @@ class CallServer:
         workers: int | Executor,
         tls: TLSIdentity | None,
         limits: CallLimits | None = None,
+        hold_replies: bool = False,
     ) -> None:
         """``workers``: how many threads run handlers, or the pool to run them on (a
-        process's one pool of workers, shared with its gRPC server; not shut down here)."""
+        process's one pool of workers, shared with its gRPC server; not shut down here).
+        ``hold_replies``: the replies of pipelined requests go out together (see
+        :mod:`hermesx.rpc.link`); only for handlers that call :func:`yield_reader`
+        before they wait."""
         self.name = name
         self.limits = limits or CallLimits()
+        self._hold_replies = hold_replies
         self._tls = tls
         self._context: ssl.SSLContext | None = (
             security.ssl_server_context(tls.directory, tls.name) if tls is not None else None
@@ -507,7 +512,7 @@ class CallServer:
             session,
             max_frame=self.limits.max_frame,
             write_stall_s=self.limits.write_stall_s,
-            hold_replies=True,
+            hold_replies=self._hold_replies,
         )
         if self._stopping.is_set():
             return None
@@ -522,7 +527,7 @@ class CallServer:
         reason = link.run(
             # (partial, not lambda: one Python frame less per request and per look.)
             functools.partial(self._received, True, connection, link),
-            reading=functools.partial(self._reading, connection, link),
+            reading=functools.partial(_reading, self, connection, link),
             first_frame_s=self.limits.first_frame_s,
             frame_s=self.limits.frame_s,
             frame_rate=self.limits.frame_rate,
@@ -533,15 +538,6 @@ class CallServer:
         return reason
 
     # ------------------------------------------------------------ requests
-
-    def _reading(self, connection: _Connection, link: Link) -> bool:
-        """Whether to read ``connection`` now: its requests in flight, the request bodies
-        held on all connections and its replies not yet sent are under their limits."""
-        return (
-            connection.in_flight < self.limits.max_in_flight
-            and self._held_bytes < self.limits.max_held_bytes
-            and len(link.outbox) < self.limits.max_backlog
-        )
 
     def _received(
         self, own_thread: bool, connection: _Connection, link: Link, frames: list[Frame]
@@ -625,7 +621,7 @@ class CallServer:
                 link.read_until(
                     functools.partial(self._received, False, connection, link),
                     stop.is_set,
-                    reading=functools.partial(self._reading, connection, link),
+                    reading=functools.partial(_reading, self, connection, link),
                     owner=False,
                 )
             except Exception:  # its own thread goes on reading; this one must not stop it
@@ -691,3 +687,13 @@ class CallServer:
                     woken = [c.link for c in self._connections if c.link is not None]
             for each in woken:
                 each.wake()
+
+
+def _reading(server: CallServer, connection: _Connection, link: Link) -> bool:
+    """Whether ``server`` reads ``connection`` now: its requests in flight, the request bodies
+    held on all connections and its replies not yet sent are under their limits."""
+    return (
+        connection.in_flight < server.limits.max_in_flight
+        and server._held_bytes < server.limits.max_held_bytes
+        and len(link.outbox) < server.limits.max_backlog
+    )

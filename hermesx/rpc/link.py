@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 from hermesx.rpc.frames import Frame, FrameError, FrameReader, encode_error
 
-__all__ = ["Link", "LinkClosed", "TLSSession", "handshake"]
+__all__ = ["Link", "LinkClosed", "TLSSession", "handshake", "send_held_here"]
 
 READ_CHUNK = 256 * 1024
 # A link's own buffers for what it receives and what TLS makes of it, reused by
@@ -53,6 +53,8 @@ POLL_MS = 1000
 HOLD_BYTES = 12 * 1024
 HOLD_FRAMES = 16
 _READ = select.POLLIN | select.POLLPRI
+# .link: the link whose frames this thread hands on, and whose replies it may hold.
+_holding = threading.local()
 _ERR = select.POLLERR | select.POLLHUP | select.POLLNVAL
 
 
@@ -247,10 +249,13 @@ class Link:
                     return  # that writer looks at _queued after it lets the lock go
                 lock.acquire()
             frame = b""
+        first = True
         while True:
             try:
                 if self.closed is not None or self._closing is not None:
-                    raise LinkClosed(self.closed or self._closing or "closed")
+                    if first:
+                        raise LinkClosed(self.closed or self._closing or "closed")
+                    return  # (the frames queued end with the link, as those in the outbox)
                 self._writing = True
                 if queued:
                     parts = [frame]
@@ -258,31 +263,19 @@ class Link:
                         while True:
                             parts.append(queued.popleft())
                     frame = b"".join(parts)
-                woken = bool(frame) and self._put(frame)
+                woken = bool(frame) and _put(self, frame)
             finally:
                 self._writing = False
                 lock.release()
             if woken:
                 self.wake()
-            # Frames queued while we sent, after we looked: ours to send.
-            if not queued or not lock.acquire(blocking=False):
+            # Frames queued while we sent, after we looked (their writers saw us writing
+            # and left them to us): ours to send, once whoever holds the lock now lets
+            # it go (a reader or a flush would not send them).
+            if not queued:
                 return
-            frame = b""
-
-    def _put(self, frame: bytes) -> bool:
-        """Under ``_lock``: hold ``frame`` back (see the module's docstring) or send it
-        with the frames held; whether the link's thread must be woken to flush."""
-        held = self._held
-        if self._holder and self._holder == threading.get_ident():
-            held += frame
-            self._held_count += 1
-            return False
-        if held:  # the held frames go first, in one record with this one
-            held += frame
-            frame = bytes(held)
-            held.clear()
-            self._held_count = 0
-        return self._send_locked(frame)
+            lock.acquire()
+            frame, first = b"", False
 
     def send_held(self) -> None:
         """Send the replies held back now (a handler is about to wait)."""
@@ -295,33 +288,11 @@ class Link:
             self._held.clear()
             self._held_count = 0
             try:
-                woken = self._send_locked(frame)
+                woken = _send(self, frame)
             except LinkClosed:
                 return
         if woken:
             self.wake()
-
-    def _send_locked(self, frame: bytes) -> bool:
-        """Under ``_lock``: encrypt ``frame`` and send what the kernel takes at once; the
-        rest waits in the outbox. Whether the link's thread must be woken to flush it."""
-        if self._session is not None:
-            self._session.raw.write(frame)
-            frame = self._session.outgoing.read()
-        if self.outbox:
-            self.outbox += frame
-            return False
-        try:
-            sent = self.sock.send(frame)
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:
-            self._close_locked(f"send failed: {exc}")
-            raise LinkClosed(self.closed or "closed") from None
-        if sent < len(frame):
-            self.outbox += frame[sent:]
-            self._stalled_since = time.monotonic()
-            return True
-        return False
 
     def close_after(self, frame: bytes, reason: str) -> None:
         """Send ``frame`` (a connection error) then close, telling :meth:`run` ``reason``."""
@@ -458,7 +429,7 @@ class Link:
             if self._held:  # (its request's run went on past the frames read)
                 self.send_held()
             # Frames held back while reading() was False go on once it is True.
-            if frames.whole is not None and self._hand_on(on_frames, reading, stop):
+            if frames.whole is not None and _hand_on(self, on_frames, reading, stop):
                 got_frame, clock.began = True, None
             if stop is not None and stop():
                 break
@@ -486,12 +457,12 @@ class Link:
                         os.read(self._wake_r, 4096)
                     continue
                 if event & select.POLLOUT:
-                    self._flush()
+                    _flush(self)
                 if event & (_READ | _ERR):
                     received = self._receive()
                     if received is None:
                         return
-                    if received and self._hand_on(on_frames, reading, stop):
+                    if received and _hand_on(self, on_frames, reading, stop):
                         got_frame, clock.began = True, None
             now = time.monotonic()
             pending = frames.pending
@@ -515,62 +486,6 @@ class Link:
             if stalled is not None and now - stalled > self._write_stall_s:
                 self.close(f"the peer read none of our replies for {self._write_stall_s:g} s")
 
-    def _hand_on(
-        self,
-        on_frames: Callable[[list[Frame]], None],
-        reading: Callable[[], bool],
-        stop: Callable[[], bool] | None = None,
-    ) -> bool:
-        """Hand on the whole frames received, one at a time while ``reading()`` says so (a
-        single read can hold hundreds: the rest wait as bytes). Whether any went on."""
-        handed = False
-        frames = self._frames
-        hold = self._hold_replies
-        try:
-            while (
-                frames.whole is not None
-                and self._closing is None
-                and reading()
-                and (stop is None or not stop())
-            ):
-                frame = frames.take()
-                if frame is None:
-                    break
-                if hold:
-                    # Another whole request waits behind this one: its reply may wait
-                    # for the next one's (within the bounds; see the module's docstring).
-                    self._holder = (
-                        threading.get_ident()
-                        if frames.whole is not None
-                        and (
-                            not self._held
-                            or (len(self._held) < HOLD_BYTES and self._held_count < HOLD_FRAMES)
-                        )
-                        else 0
-                    )
-                on_frames([frame])
-                handed = True
-        finally:
-            if hold:
-                self._holder = 0
-                if self._held:
-                    self.send_held()
-        return handed
-
-    def _flush(self) -> None:
-        with self._lock:
-            if not self.outbox or self.closed is not None:
-                return
-            try:
-                sent = self.sock.send(self.outbox)
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                self._close_locked(f"send failed: {exc}")
-                return
-            del self.outbox[:sent]
-            self._stalled_since = time.monotonic() if self.outbox else None
-
     def _inside_frame(self) -> str:
         pending = self._frames.pending
         return f" inside a frame ({pending} bytes of it received)" if pending else ""
@@ -592,6 +507,115 @@ class Link:
             self._frames.add(self._received_view[:size])
             return True
         return _decrypt(self, self._received_view[:size])
+
+
+def _hand_on(
+    link: Link,
+    on_frames: Callable[[list[Frame]], None],
+    reading: Callable[[], bool],
+    stop: Callable[[], bool] | None = None,
+) -> bool:
+    """Hand on ``link``'s whole frames received, one at a time while ``reading()`` says so (a
+    single read can hold hundreds: the rest wait as bytes). Whether any went on."""
+    handed = False
+    frames = link._frames
+    hold = link._hold_replies
+    if hold:
+        _holding.link = link
+    try:
+        while (
+            frames.whole is not None
+            and link._closing is None
+            and reading()
+            and (stop is None or not stop())
+        ):
+            frame = frames.take()
+            if frame is None:
+                break
+            if hold:
+                # Another whole request waits behind this one: its reply may wait
+                # for the next one's (within the bounds; see the module's docstring).
+                link._holder = (
+                    threading.get_ident()
+                    if frames.whole is not None
+                    and (
+                        not link._held
+                        or (len(link._held) < HOLD_BYTES and link._held_count < HOLD_FRAMES)
+                    )
+                    else 0
+                )
+            on_frames([frame])
+            handed = True
+    finally:
+        if hold:
+            _holding.link = None
+            link._holder = 0
+            if link._held:
+                link.send_held()
+    return handed
+
+
+def send_held_here() -> None:
+    """Send the replies this thread holds back: it is about to wait for another process
+    (a call it makes on a request's behalf, as a forward, which does not yield_reader)."""
+    link = getattr(_holding, "link", None)
+    if link is not None and link._held:
+        link.send_held()
+
+
+def _put(link: Link, frame: bytes) -> bool:
+    """Under ``link._lock``: hold ``frame`` back (see the module's docstring) or send it
+    with the frames held; whether the link's thread must be woken to flush."""
+    held = link._held
+    if link._holder and link._holder == threading.get_ident():
+        held += frame
+        link._held_count += 1
+        return False
+    if held:  # the held frames go first, in one record with this one
+        held += frame
+        frame = bytes(held)
+        held.clear()
+        link._held_count = 0
+    return _send(link, frame)
+
+
+def _send(link: Link, frame: bytes) -> bool:
+    """Under ``link._lock``: encrypt ``frame`` and send what the kernel takes at once; the
+    rest waits in the outbox. Whether the link's thread must be woken to flush it."""
+    if link._session is not None:
+        link._session.raw.write(frame)
+        frame = link._session.outgoing.read()
+    if link.outbox:
+        link.outbox += frame
+        return False
+    try:
+        sent = link.sock.send(frame)
+    except BlockingIOError:
+        sent = 0
+    except OSError as exc:
+        link._close_locked(f"send failed: {exc}")
+        raise LinkClosed(link.closed or "closed") from None
+    if sent < len(frame):
+        link.outbox += frame[sent:]
+        link._stalled_since = time.monotonic()
+        return True
+    return False
+
+
+def _flush(link: Link) -> None:
+    """Send what ``link``'s outbox holds, as much as the kernel takes."""
+    with link._lock:
+        if not link.outbox or link.closed is not None:
+            return
+        try:
+            sent = link.sock.send(link.outbox)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            link._close_locked(f"send failed: {exc}")
+            return
+        del link.outbox[:sent]
+        link._stalled_since = time.monotonic() if link.outbox else None
 
 
 def _decrypt(link: Link, data: memoryview | None) -> bool | None:
@@ -638,7 +662,7 @@ def _drain(link: Link, seconds: float) -> None:
             if not link.outbox or link.closed is not None:
                 break
         select.select([], [link.sock], [], 0.05)
-        link._flush()
+        _flush(link)
     with link._lock:
         link._close_locked(link._closing or "closed")
 
