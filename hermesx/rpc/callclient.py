@@ -45,7 +45,7 @@ from hermesx.rpc.frames import (
     Reply,
     encode_request,
 )
-from hermesx.rpc.link import Link, LinkClosed, handshake, send_held_here
+from hermesx.rpc.link import Link, LinkClosed, handshake
 from hermesx.rpc.status import transport_error
 
 if TYPE_CHECKING:
@@ -180,7 +180,6 @@ class CallConnection:
         except LinkClosed as exc:
             self._pending.pop(id, None)
             raise UnreachableError(f"{self.peer} is unreachable ({exc})") from None
-        send_held_here()  # (a listener's thread calling on a request's behalf: a forward)
         if not self._await(waiter, deadline):
             self._pending.pop(id, None)
             if self._link.stalled_for > WRITE_STALL_S:

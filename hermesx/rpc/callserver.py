@@ -84,9 +84,6 @@ def yield_reader() -> None:
     meanwhile."""
     run = getattr(_inline, "run", None)
     if run is not None:
-        link = run[1].link
-        if link is not None:
-            link.send_held()  # the replies held behind this request's go now
         run[0].rescue(run[1])
 
 
@@ -348,16 +345,11 @@ class CallServer:
         workers: int | Executor,
         tls: TLSIdentity | None,
         limits: CallLimits | None = None,
-        hold_replies: bool = False,
     ) -> None:
         """``workers``: how many threads run handlers, or the pool to run them on (a
-        process's one pool of workers, shared with its gRPC server; not shut down here).
-        ``hold_replies``: the replies of pipelined requests go out together (see
-        :mod:`hermesx.rpc.link`); only for handlers that call :func:`yield_reader`
-        before they wait."""
+        process's one pool of workers, shared with its gRPC server; not shut down here)."""
         self.name = name
         self.limits = limits or CallLimits()
-        self._hold_replies = hold_replies
         self._tls = tls
         self._context: ssl.SSLContext | None = (
             security.ssl_server_context(tls.directory, tls.name) if tls is not None else None
@@ -512,7 +504,6 @@ class CallServer:
             session,
             max_frame=self.limits.max_frame,
             write_stall_s=self.limits.write_stall_s,
-            hold_replies=self._hold_replies,
         )
         if self._stopping.is_set():
             return None

@@ -11,12 +11,6 @@ a time while its owner wants more (the frames of one read past that wait as
 bytes). A peer
 that stops reading for ``write_stall_s`` seconds loses the connection, so a
 slow reader costs a bounded outbox, never a blocked worker.
-
-A listener's link may hold replies back (``hold_replies``): while the thread
-handing frames on has another whole request behind the one it runs, the reply
-that request's run writes on that thread waits, and goes out with the next
-one written — one TLS record and one ``send`` for a batch of pipelined calls
-instead of one each (bounded: ``HOLD_BYTES``, ``HOLD_FRAMES``; docs/DESIGN.md §4.1).
 """
 
 from __future__ import annotations
@@ -35,7 +29,7 @@ from typing import Any, Protocol
 
 from hermesx.rpc.frames import Frame, FrameError, FrameReader, encode_error
 
-__all__ = ["Link", "LinkClosed", "TLSSession", "handshake", "send_held_here"]
+__all__ = ["Link", "LinkClosed", "TLSSession", "handshake"]
 
 READ_CHUNK = 256 * 1024
 # A link's own buffers for what it receives and what TLS makes of it, reused by
@@ -45,16 +39,7 @@ RECEIVE_BYTES = 32 * 1024
 KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_PROBES = 10, 5, 3
 # How often the link's thread looks at its timers (first frame, stalled peer).
 POLL_MS = 1000
-# Replies held back while pipelined requests wait behind them (see the module's
-# docstring): at most this many bytes (under one TLS record's 16 KiB) and frames, so
-# the first waits for at most HOLD_FRAMES - 1 quick runs. A run that turns out slow
-# does not keep them: a handler about to wait sends them (send_held), and after
-# SLOW_INLINE_S the listener's watch has the link read by another thread, which does.
-HOLD_BYTES = 12 * 1024
-HOLD_FRAMES = 16
 _READ = select.POLLIN | select.POLLPRI
-# .link: the link whose frames this thread hands on, and whose replies it may hold.
-_holding = threading.local()
 _ERR = select.POLLERR | select.POLLHUP | select.POLLNVAL
 
 
@@ -173,7 +158,6 @@ class Link:
         *,
         max_frame: int,
         write_stall_s: float = 30.0,
-        hold_replies: bool = False,
     ) -> None:
         sock.setblocking(False)
         with contextlib.suppress(OSError, AttributeError):
@@ -203,12 +187,6 @@ class Link:
         self._closing: str | None = None  # close once the outbox is flushed
         self._clock = _FrameClock()  # see run
         self._quick_poller: select.poll | None = None  # see _quick
-        self._hold_replies = hold_replies
-        # Frames written but held back (plain, not yet through TLS), under _lock; the
-        # thread whose writes are held now (0: none), and since when the first waits.
-        self._held = bytearray()
-        self._holder = 0
-        self._held_count = 0
         # Frames of writers that found another writer sending: it sends them along.
         self._queued: collections.deque[bytes] = collections.deque()
         self._writing = False  # a writer holds _lock
@@ -263,7 +241,7 @@ class Link:
                         while True:
                             parts.append(queued.popleft())
                     frame = b"".join(parts)
-                woken = bool(frame) and _put(self, frame)
+                woken = bool(frame) and _send(self, frame)
             finally:
                 self._writing = False
                 lock.release()
@@ -276,23 +254,6 @@ class Link:
                 return
             lock.acquire()
             frame, first = b"", False
-
-    def send_held(self) -> None:
-        """Send the replies held back now (a handler is about to wait)."""
-        if not self._held:
-            return
-        with self._lock:
-            if not self._held or self.closed is not None:
-                return
-            frame = bytes(self._held)
-            self._held.clear()
-            self._held_count = 0
-            try:
-                woken = _send(self, frame)
-            except LinkClosed:
-                return
-        if woken:
-            self.wake()
 
     def close_after(self, frame: bytes, reason: str) -> None:
         """Send ``frame`` (a connection error) then close, telling :meth:`run` ``reason``."""
@@ -323,8 +284,6 @@ class Link:
             return
         self.closed = reason
         self.outbox.clear()
-        self._held.clear()
-        self._held_count = 0
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
 
@@ -426,8 +385,6 @@ class Link:
         wait_ms = POLL_MS
         frames, clock = self._frames, self._clock
         while self.closed is None and (stop is None or not stop()):
-            if self._held:  # (its request's run went on past the frames read)
-                self.send_held()
             # Frames held back while reading() was False go on once it is True.
             if frames.whole is not None and _hand_on(self, on_frames, reading, stop):
                 got_frame, clock.began = True, None
@@ -519,64 +476,18 @@ def _hand_on(
     single read can hold hundreds: the rest wait as bytes). Whether any went on."""
     handed = False
     frames = link._frames
-    hold = link._hold_replies
-    if hold:
-        _holding.link = link
-    try:
-        while (
-            frames.whole is not None
-            and link._closing is None
-            and reading()
-            and (stop is None or not stop())
-        ):
-            frame = frames.take()
-            if frame is None:
-                break
-            if hold:
-                # Another whole request waits behind this one: its reply may wait
-                # for the next one's (within the bounds; see the module's docstring).
-                link._holder = (
-                    threading.get_ident()
-                    if frames.whole is not None
-                    and (
-                        not link._held
-                        or (len(link._held) < HOLD_BYTES and link._held_count < HOLD_FRAMES)
-                    )
-                    else 0
-                )
-            on_frames([frame])
-            handed = True
-    finally:
-        if hold:
-            _holding.link = None
-            link._holder = 0
-            if link._held:
-                link.send_held()
+    while (
+        frames.whole is not None
+        and link._closing is None
+        and reading()
+        and (stop is None or not stop())
+    ):
+        frame = frames.take()
+        if frame is None:
+            break
+        on_frames([frame])
+        handed = True
     return handed
-
-
-def send_held_here() -> None:
-    """Send the replies this thread holds back: it is about to wait for another process
-    (a call it makes on a request's behalf, as a forward, which does not yield_reader)."""
-    link = getattr(_holding, "link", None)
-    if link is not None and link._held:
-        link.send_held()
-
-
-def _put(link: Link, frame: bytes) -> bool:
-    """Under ``link._lock``: hold ``frame`` back (see the module's docstring) or send it
-    with the frames held; whether the link's thread must be woken to flush."""
-    held = link._held
-    if link._holder and link._holder == threading.get_ident():
-        held += frame
-        link._held_count += 1
-        return False
-    if held:  # the held frames go first, in one record with this one
-        held += frame
-        frame = bytes(held)
-        held.clear()
-        link._held_count = 0
-    return _send(link, frame)
 
 
 def _send(link: Link, frame: bytes) -> bool:

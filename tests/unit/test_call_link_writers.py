@@ -1,0 +1,114 @@
+"""Frames that several threads write at once on one call-channel link (docs/DESIGN.md §4.1).
+
+A writer that finds another writer sending leaves its frame to it: one
+``send`` (and one TLS record) for several threads' frames. What a caller
+would notice if that went wrong: a frame lost, sent twice or cut into
+another, or left behind when another thread takes the lock first.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable
+
+from hermesx.rpc.frames import FrameReader, encode_request
+from hermesx.rpc.link import Link
+
+
+def test_frames_written_by_many_threads_at_once_all_arrive_whole_and_once() -> None:
+    # Writers that find another writer sending leave their frames to it: none may be
+    # lost, sent twice or cut into another.
+    ours, theirs = socket.socketpair()
+    link = Link(ours, max_frame=1 << 20)
+    runner = threading.Thread(target=link.run, args=(lambda _frames: None,), daemon=True)
+    runner.start()
+    threads, each = 8, 400
+
+    def writer(t: int) -> None:
+        for i in range(each):
+            link.write(encode_request(t * each + i + 1, "echo", 5.0, b"x" * (i % 300)))
+
+    writers = [threading.Thread(target=writer, args=(t,)) for t in range(threads)]
+    got: list[int] = []
+    reader = FrameReader()
+    theirs.settimeout(10.0)
+    try:
+        for w in writers:
+            w.start()
+        while len(got) < threads * each:
+            data = theirs.recv(65536)
+            assert data, "the link closed"
+            got += [frame.id for frame in reader.feed(data)]
+        for w in writers:
+            w.join(10.0)
+    finally:
+        link.close("test over")
+        runner.join(10.0)
+        theirs.close()
+    assert sorted(got) == list(range(1, threads * each + 1))
+
+
+class _Contended:
+    """A lock whose next try without waiting fails once asked (another thread had it)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.fail_next_try = False
+
+    def acquire(self, blocking: bool = True) -> bool:
+        if not blocking and self.fail_next_try:
+            self.fail_next_try = False
+            return False
+        return self._lock.acquire(blocking)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    __enter__ = acquire
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
+
+
+class _SlowSend:
+    """A socket whose ``send`` first runs ``during`` (another thread writes meanwhile)."""
+
+    def __init__(self, sock: socket.socket, during: Callable[[], None]) -> None:
+        self._sock, self._during = sock, during
+
+    def send(self, data: bytes) -> int:
+        during, self._during = self._during, lambda: None
+        during()
+        return self._sock.send(data)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._sock, name)
+
+
+def test_a_frame_left_to_a_writer_goes_even_when_the_lock_is_taken_after_it() -> None:
+    # B writes while A sends: B leaves its frame to A. When A lets the lock go, another
+    # thread (a reader, which sends nothing) may take it first: A must still send B's.
+    ours, theirs = socket.socketpair()
+    link = Link(ours, max_frame=1 << 20)
+    lock = link._lock = _Contended()  # type: ignore[assignment]
+
+    def b_writes() -> None:
+        other = threading.Thread(target=link.write, args=(encode_request(2, "echo", 5.0, b"b"),))
+        other.start()
+        other.join(10.0)
+        lock.fail_next_try = True  # A's next try finds the lock taken
+
+    link.sock = _SlowSend(ours, b_writes)  # type: ignore[assignment]
+    theirs.settimeout(10.0)
+    reader, got = FrameReader(), []
+    try:
+        link.write(encode_request(1, "echo", 5.0, b"a"))
+        while len(got) < 2:
+            data = theirs.recv(65536)
+            assert data, "the link closed"
+            got += [frame.id for frame in reader.feed(data)]
+    finally:
+        link.release()
+        theirs.close()
+    assert sorted(got) == [1, 2]
