@@ -21,6 +21,7 @@ import os
 import pathlib
 import signal
 import threading
+from collections.abc import Callable
 
 import pytest
 
@@ -150,6 +151,47 @@ def small(cluster_factory: ClusterFactory) -> LocalCluster:
     return cluster_factory([SMALL_N1, "n2"], session_timeout=10.0)
 
 
+def _flood_while_stopped(
+    pid: int, senders: list[Client], guid: str, timeout: float, still_served: Callable[[], None]
+) -> list[str]:
+    """Six messages from each of ``senders`` to ``guid`` while process ``pid`` is stopped
+    (SIGSTOP): once those past the share came back refused, ``still_served`` runs (an
+    atom beside it must answer); then ``pid`` goes on. Each message's outcome kind."""
+    outcomes: list[str] = []
+
+    def send(sender: Client) -> None:
+        try:
+            sender.invoker.send(guid, 3, b"m", timeout=timeout)
+            outcomes.append("sent")
+        except HermesError as exc:
+            outcomes.append(exc.kind)
+
+    threads = [threading.Thread(target=send, args=(c,)) for c in senders * 6]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for thread in threads:
+            thread.start()
+        # Those refused came back at once (at least 24 - 12).
+        wait_until(lambda: len(outcomes) >= 12, 20.0, "the messages past a limit refused")
+        still_served()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        for thread in threads:
+            thread.join(60)
+    assert len(outcomes) == 6 * len(senders) and set(outcomes) <= {"sent", "capacity"}, outcomes
+    assert "capacity" in outcomes
+    return outcomes
+
+
+def _handled_once(client: Client, guid: str, first: int, outcomes: list[str]) -> None:
+    """The daemon ``guid`` handled each message acknowledged to its senders once: the
+    ``first`` sent before the flood and those of ``outcomes`` that were ``sent``."""
+    receiver = client.atom(guid)
+    handled = first + outcomes.count("sent")
+    wait_until(lambda: receiver.count() >= handled, 20.0, "the messages to be handled")
+    assert receiver.count() == handled
+
+
 def test_messages_waiting_on_one_durable_atom_leave_the_other_atoms_their_workers(
     small: LocalCluster, atoms: dict[str, pathlib.Path], unique_name: str
 ) -> None:
@@ -166,35 +208,17 @@ def test_messages_waiting_on_one_durable_atom_leave_the_other_atoms_their_worker
         client.create(atoms["daemon"], name=durable, on="n1", checkpoint="every-call")
         client.create(atoms["counter"], name=plain, on="n1", checkpoint="on-request")
         assert client.atom(plain).incr(1) == 1
-        storesite = cluster.procs["storesite-s1"]
-        outcomes: list[str] = []
-
-        def send(sender: Client) -> None:
-            try:
-                sender.invoker.send(durable, 3, b"m", timeout=30.0)
-                outcomes.append("sent")
-            except HermesError as exc:
-                outcomes.append(exc.kind)
-
         for sender in senders:  # each knows where the atom is (the storesite tells)
             sender.invoker.send(durable, 3, b"first")
-        threads = [threading.Thread(target=send, args=(c,)) for c in senders * 6]
-        os.kill(storesite, signal.SIGSTOP)
-        try:
-            for thread in threads:
-                thread.start()
-            # Those the node refused came back at once (at least 24 - 12).
-            wait_until(lambda: len(outcomes) >= 12, 20.0, "the messages past a limit refused")
-            assert client.atom(plain).incr(1) == 2
-        finally:
-            os.kill(storesite, signal.SIGCONT)
-            for thread in threads:
-                thread.join(60)
-        assert len(outcomes) == 24 and set(outcomes) == {"sent", "capacity"}, outcomes
-        receiver = client.atom(durable)
-        handled = len(senders) + outcomes.count("sent")
-        wait_until(lambda: receiver.count() >= handled, 20.0, "the messages to be handled")
-        assert receiver.count() == handled
+        outcomes = _flood_while_stopped(
+            cluster.procs["storesite-s1"],
+            senders,
+            durable,
+            30.0,
+            lambda: _expect(client.atom(plain).incr(1), 2),
+        )
+        assert "sent" in outcomes  # those within the share waited, and were acknowledged
+        _handled_once(client, durable, len(senders), outcomes)
 
 
 def test_messages_forwarded_to_a_frozen_node_leave_the_forwarders_atoms_their_workers(
@@ -214,31 +238,15 @@ def test_messages_forwarded_to_a_frozen_node_leave_the_forwarders_atoms_their_wo
         for sender in senders:  # each knows the atom on n1
             sender.invoker.send(moved, 3, b"first")
         client.migrate(moved, "n2")
-        outcomes: list[str] = []
+        outcomes = _flood_while_stopped(
+            cluster.procs["node-n2"],
+            senders,
+            moved,
+            40.0,
+            lambda: _expect(client.atom(plain).incr(1), 1),
+        )
+        _handled_once(client, moved, len(senders), outcomes)
 
-        def send(sender: Client) -> None:
-            try:
-                sender.invoker.send(moved, 3, b"m", timeout=40.0)
-                outcomes.append("sent")
-            except HermesError as exc:
-                outcomes.append(exc.kind)
 
-        threads = [threading.Thread(target=send, args=(c,)) for c in senders * 6]
-        n2 = cluster.procs["node-n2"]
-        os.kill(n2, signal.SIGSTOP)
-        try:
-            for thread in threads:
-                thread.start()
-            # Those refused came back at once (at least 24 - 12).
-            wait_until(lambda: len(outcomes) >= 12, 20.0, "the messages past a limit refused")
-            assert client.atom(plain).incr(1) == 1
-        finally:
-            os.kill(n2, signal.SIGCONT)
-            for thread in threads:
-                thread.join(60)
-        assert len(outcomes) == 24 and set(outcomes) <= {"sent", "capacity"}, outcomes
-        assert "capacity" in outcomes
-        receiver = client.atom(moved)
-        handled = len(senders) + outcomes.count("sent")
-        wait_until(lambda: receiver.count() >= handled, 20.0, "the messages to be handled")
-        assert receiver.count() == handled
+def _expect(got: object, want: object) -> None:
+    assert got == want, f"{got!r} != {want!r}"
