@@ -12,7 +12,7 @@ import socket
 import threading
 from collections.abc import Callable
 
-from hermesx.rpc.frames import FrameReader, encode_error, encode_request
+from hermesx.rpc.frames import Error, Frame, FrameReader, encode_error, encode_request
 from hermesx.rpc.link import Link
 from hermesx.testing.wait import wait_until
 
@@ -164,9 +164,9 @@ def test_a_goodbye_written_while_another_writer_sends_reaches_the_peer() -> None
         assert not closer.is_alive()
     finally:
         link.release()
-    reader, got = FrameReader(), []
+    reader, got = FrameReader(), list[Frame]()
     while data := theirs.recv(65536):
         got += reader.feed(data)
     theirs.close()
     assert [type(f).__name__ for f in got] == ["Request", "Error"]
-    assert got[1].message == "bad frame; closing"
+    assert isinstance(got[1], Error) and got[1].message == "bad frame; closing"
