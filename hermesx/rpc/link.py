@@ -236,11 +236,7 @@ class Link:
                     return  # (the frames queued end with the link, as those in the outbox)
                 self._writing = True
                 if queued:
-                    parts = [frame]
-                    with contextlib.suppress(IndexError):
-                        while True:
-                            parts.append(queued.popleft())
-                    frame = b"".join(parts)
+                    frame = _with_queued(queued, frame)
                 woken = bool(frame) and _send(self, frame)
             finally:
                 self._writing = False
@@ -261,6 +257,12 @@ class Link:
             self.write(frame)
         with self._lock:
             if self._closing is None:
+                # ``frame`` may have been left to a writer still sending (``_queued``),
+                # which finds the link closing when it comes back for it, and the link
+                # closes once its outbox is empty: what waits there goes now.
+                if self.closed is None and self._queued:
+                    with contextlib.suppress(LinkClosed):
+                        _send(self, _with_queued(self._queued, b""))
                 self._closing = reason
         self.wake()
 
@@ -488,6 +490,15 @@ def _hand_on(
         on_frames([frame])
         handed = True
     return handed
+
+
+def _with_queued(queued: collections.deque[bytes], frame: bytes) -> bytes:
+    """``frame`` and the frames ``queued`` (taken out of it), as one."""
+    parts = [frame]
+    with contextlib.suppress(IndexError):
+        while True:
+            parts.append(queued.popleft())
+    return b"".join(parts)
 
 
 def _send(link: Link, frame: bytes) -> bool:

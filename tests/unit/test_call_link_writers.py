@@ -12,8 +12,9 @@ import socket
 import threading
 from collections.abc import Callable
 
-from hermesx.rpc.frames import FrameReader, encode_request
+from hermesx.rpc.frames import Error, Frame, FrameReader, encode_error, encode_request
 from hermesx.rpc.link import Link
+from hermesx.testing.wait import wait_until
 
 
 def test_frames_written_by_many_threads_at_once_all_arrive_whole_and_once() -> None:
@@ -112,3 +113,60 @@ def test_a_frame_left_to_a_writer_goes_even_when_the_lock_is_taken_after_it() ->
         link.release()
         theirs.close()
     assert sorted(got) == [1, 2]
+
+
+class _CloserFirst:
+    """A lock that, once ``armed``, makes ``holder``'s next waiting acquire wait until the
+    link is closing (another thread took the lock first and began closing it)."""
+
+    def __init__(self, link: Link, holder: threading.Thread) -> None:
+        self._lock = threading.Lock()
+        self._link, self._holder = link, holder
+        self.armed = False
+
+    def acquire(self, blocking: bool = True) -> bool:
+        if blocking and self.armed and threading.current_thread() is self._holder:
+            self.armed = False
+            wait_until(lambda: self._link._closing is not None, 10.0, "close_after to begin")
+        return self._lock.acquire(blocking)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    __enter__ = acquire
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
+
+
+def test_a_goodbye_written_while_another_writer_sends_reaches_the_peer() -> None:
+    # The link's thread says goodbye (close_after: a bad frame, a frame too slow) while a
+    # worker sends a reply: the goodbye is left to the worker, and close_after marks the
+    # link closing before the worker comes back for it. The peer must still get it
+    # (the one line that tells it why its connection ends), after the reply.
+    ours, theirs = socket.socketpair()
+    link = Link(ours, max_frame=1 << 20)
+    lock = _CloserFirst(link, threading.current_thread())
+    link._lock = lock  # type: ignore[assignment]
+    goodbye = encode_error(0, "communication", "bad frame; closing")
+    closer = threading.Thread(target=link.close_after, args=(goodbye, "bad frame"))
+
+    def goodbye_meanwhile() -> None:
+        closer.start()
+        wait_until(lambda: len(link._queued) == 1, 10.0, "the goodbye to be left to us")
+        lock.armed = True
+
+    link.sock = _SlowSend(ours, goodbye_meanwhile)  # type: ignore[assignment]
+    theirs.settimeout(10.0)
+    try:
+        link.write(encode_request(1, "echo", 5.0, b"a"))
+        closer.join(10.0)
+        assert not closer.is_alive()
+    finally:
+        link.release()
+    reader, got = FrameReader(), list[Frame]()
+    while data := theirs.recv(65536):
+        got += reader.feed(data)
+    theirs.close()
+    assert [type(f).__name__ for f in got] == ["Request", "Error"]
+    assert isinstance(got[1], Error) and got[1].message == "bad frame; closing"
