@@ -21,7 +21,8 @@ chain only when its anchor's slot, its length and its last checkpoint's name
 (a CRC-32 chained through every delta from the anchor's, storesite.chain)
 are those of the record the store names as the delta's base. Anything else —
 a whole checkpoint from the node, a move, a chain dropped to keep the budget
-— leaves it unused, and the cut reads the store as before. The callers hold
+— leaves it unused, and the cut reads the store as before; a home that
+moves away or back (storesite.moves) drops it with the records. The callers hold
 the atom's lock, so one atom's chain changes one step at a time.
 
 Memory is bounded: at most :data:`DEFAULT_BUDGET` bytes in all, counted as

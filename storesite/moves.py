@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 from hermesx.core.errors import MigrationError, StorageError
@@ -37,9 +38,16 @@ log = logging.getLogger(__name__)
 class MoveRecords:
     """The participant's records of moves (of atoms between nodes, of homes between storesites)."""
 
-    def __init__(self, table: AtomTable, window: CheckpointWindow) -> None:
+    def __init__(
+        self,
+        table: AtomTable,
+        window: CheckpointWindow,
+        records_gone: Callable[[str], None] = lambda _guid: None,
+    ) -> None:
+        """``records_gone(guid)``: told once a home move deleted ``guid``'s checkpoints."""
         self._table = table
         self._window = window
+        self._records_gone = records_gone
         self.sid = table.sid
 
     def prepare(self, guid: str, source: TAD, destination: str) -> int:
@@ -153,6 +161,7 @@ class MoveRecords:
                     )
                 # The atom is coming back: its old forwarding record goes.
                 self._window.delete_all(txn, guid)
+                self._records_gone(guid)
             state = AtomState.first(
                 guid,
                 meta,
@@ -178,4 +187,5 @@ class MoveRecords:
                 state, forwarded_to=storesite, pending=None, checkpoint_no=0, anchors=()
             )
             self._table.put(txn, state)
+        self._records_gone(guid)
         return state

@@ -126,7 +126,8 @@ class AtomStore:
         self._window = CheckpointWindow(self._table)
         self.modules = ModuleStore(self._env)
         self.logs = LogStore(self._env)
-        self.moves = MoveRecords(self._table, self._window)
+        # A home that moves away or back drops the chain kept for it (storesite.chains).
+        self.moves = MoveRecords(self._table, self._window, lambda guid: self.chains.forget(guid))
         self.committer = GroupCommitter(self._env)
         self.deltas_written = 0
         # Chains kept in memory for their cuts (storesite.chains).

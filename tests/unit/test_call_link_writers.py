@@ -50,11 +50,30 @@ def test_frames_written_by_many_threads_at_once_all_arrive_whole_and_once() -> N
     assert sorted(got) == list(range(1, threads * each + 1))
 
 
-class _Contended:
-    """A lock whose next try without waiting fails once asked (another thread had it)."""
+class _Wrapped:
+    """A lock whose ``acquire`` a test shapes; the rest is a plain lock's."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+
+    def acquire(self, blocking: bool = True) -> bool:
+        return self._lock.acquire(blocking)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
+
+
+class _Contended(_Wrapped):
+    """A lock whose next try without waiting fails once asked (another thread had it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
         self.fail_next_try = False
 
     def acquire(self, blocking: bool = True) -> bool:
@@ -62,14 +81,6 @@ class _Contended:
             self.fail_next_try = False
             return False
         return self._lock.acquire(blocking)
-
-    def release(self) -> None:
-        self._lock.release()
-
-    __enter__ = acquire
-
-    def __exit__(self, *_exc: object) -> None:
-        self.release()
 
 
 class _SlowSend:
@@ -102,7 +113,7 @@ def test_a_frame_left_to_a_writer_goes_even_when_the_lock_is_taken_after_it() ->
 
     link.sock = _SlowSend(ours, b_writes)  # type: ignore[assignment]
     theirs.settimeout(10.0)
-    reader, got = FrameReader(), []
+    reader, got = FrameReader(), list[int]()
     try:
         link.write(encode_request(1, "echo", 5.0, b"a"))
         while len(got) < 2:
@@ -115,12 +126,12 @@ def test_a_frame_left_to_a_writer_goes_even_when_the_lock_is_taken_after_it() ->
     assert sorted(got) == [1, 2]
 
 
-class _CloserFirst:
+class _CloserFirst(_Wrapped):
     """A lock that, once ``armed``, makes ``holder``'s next waiting acquire wait until the
     link is closing (another thread took the lock first and began closing it)."""
 
     def __init__(self, link: Link, holder: threading.Thread) -> None:
-        self._lock = threading.Lock()
+        super().__init__()
         self._link, self._holder = link, holder
         self.armed = False
 
@@ -129,14 +140,6 @@ class _CloserFirst:
             self.armed = False
             wait_until(lambda: self._link._closing is not None, 10.0, "close_after to begin")
         return self._lock.acquire(blocking)
-
-    def release(self) -> None:
-        self._lock.release()
-
-    __enter__ = acquire
-
-    def __exit__(self, *_exc: object) -> None:
-        self.release()
 
 
 def test_a_goodbye_written_while_another_writer_sends_reaches_the_peer() -> None:

@@ -145,3 +145,16 @@ def test_a_state_of_many_small_items_is_counted_by_its_items_not_its_bytes() -> 
     small = ChainMemory(budget=4 * len(kv) * ITEM_COST)
     small.cut(state.guid, 1, snapshot_checksum(snapshot), state, len(snapshot))
     assert small.held == 0
+
+
+def test_a_home_moved_away_leaves_no_chain_kept(tmp_path: pathlib.Path) -> None:
+    # Its records are gone: the chain kept for them would only take memory (and, were
+    # the atom to come back with slots numbered again, stand beside records it is not).
+    guid = str(GUID.new(SID))
+    with AtomStore(SID, tmp_path / "data", init=True) as store:
+        name = _registered(store, guid)
+        for seq in range(1, CHAIN + 2):  # up to the first cut: the chain is kept from there
+            name = _put(store, guid, seq, seq, name)
+        assert store.chains.held > 0
+        store.moves.set_forwarded(guid, "s2")
+        assert store.chains.held == 0
