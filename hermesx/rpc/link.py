@@ -37,6 +37,10 @@ READ_CHUNK = 256 * 1024
 # several reads (and a link holds 64 KiB for them with TLS, 32 without).
 RECEIVE_BYTES = 32 * 1024
 KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_PROBES = 10, 5, 3
+# A frame a writer leaves to another writer sending (Link.write): at most one TLS
+# record's worth, and while fewer than this many are left (else it waits its turn).
+COMBINE_BYTES = 16 * 1024
+COMBINE_FRAMES = 16
 # How often the link's thread looks at its timers (first frame, stalled peer).
 POLL_MS = 1000
 _READ = select.POLLIN | select.POLLPRI
@@ -217,16 +221,21 @@ class Link:
 
         A writer that finds another writer sending leaves its frame to it (``_queued``):
         one TLS record and one ``send`` for the frames of several threads, and no
-        thread waiting for the lock meanwhile. Whoever sends looks at ``_queued`` again
+        thread waiting for the lock meanwhile. Only a small frame, while few are left
+        (``COMBINE_BYTES``, ``COMBINE_FRAMES``): what waits there is not in the outbox,
+        which the listener's bounds on unsent bytes count. Whoever sends looks at ``_queued`` again
         once it let the lock go, so no frame is left behind."""
         lock, queued = self._lock, self._queued
         if not lock.acquire(blocking=False):
-            queued.append(frame)
-            if not lock.acquire(blocking=False):
-                if self._writing:
-                    return  # that writer looks at _queued after it lets the lock go
-                lock.acquire()
-            frame = b""
+            if len(frame) > COMBINE_BYTES or len(queued) >= COMBINE_FRAMES:
+                lock.acquire()  # a large frame, or many left already: its turn, in order
+            else:
+                queued.append(frame)
+                if not lock.acquire(blocking=False):
+                    if self._writing:
+                        return  # that writer looks at _queued after it lets the lock go
+                    lock.acquire()
+                frame = b""
         first = True
         while True:
             try:

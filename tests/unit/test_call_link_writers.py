@@ -173,3 +173,37 @@ def test_a_goodbye_written_while_another_writer_sends_reaches_the_peer() -> None
     theirs.close()
     assert [type(f).__name__ for f in got] == ["Request", "Error"]
     assert isinstance(got[1], Error) and got[1].message == "bad frame; closing"
+
+
+def test_a_large_frame_waits_its_turn_instead_of_being_left_to_another_writer() -> None:
+    # What is left to another writer waits outside the outbox, which the listener's bounds
+    # on unsent bytes count: 1 MiB replies left so by many threads went past those bounds
+    # (60 MiB unsent on a connection bounded at 2 MiB).
+    ours, theirs = socket.socketpair()
+    link = Link(ours, max_frame=1 << 22)
+    runner = threading.Thread(target=link.run, args=(lambda _frames: None,), daemon=True)
+    runner.start()
+    big = encode_request(1, "echo", 5.0, b"x" * (1 << 20))
+    link._lock.acquire()
+    link._writing = True  # another writer is sending
+    writer = threading.Thread(target=link.write, args=(big,))
+    writer.start()
+    writer.join(0.2)
+    try:
+        assert not link._queued, "a 1 MiB frame was left to the other writer"
+    finally:
+        link._writing = False
+        link._lock.release()
+    reader, got = FrameReader(), list[int]()
+    theirs.settimeout(10.0)
+    try:
+        while not got:
+            data = theirs.recv(1 << 20)
+            assert data, "the link closed"
+            got += [frame.id for frame in reader.feed(data)]
+        writer.join(10.0)
+    finally:
+        link.close("test over")
+        runner.join(10.0)
+        theirs.close()
+    assert got == [1]
