@@ -221,32 +221,5 @@ def test_messages_waiting_on_one_durable_atom_leave_the_other_atoms_their_worker
         _handled_once(client, durable, len(senders), outcomes)
 
 
-def test_messages_forwarded_to_a_frozen_node_leave_the_forwarders_atoms_their_workers(
-    small: LocalCluster, atoms: dict[str, pathlib.Path], unique_name: str
-) -> None:
-    """A call forwarded to an atom on another node takes at most the atom's share of the
-    forwarding node's workers; a message took any number: with n2 frozen (SIGSTOP), 24
-    messages sent through n1 (the senders knew the atom there before it moved) held every
-    invocation n1 takes for 30 s each, and an atom living on n1 was refused ``capacity``.
-    A forwarded message now takes the atom's share too."""
-    cluster = small
-    moved, plain = f"{unique_name}-m", f"{unique_name}-p"
-    with contextlib.ExitStack() as stack:
-        client, *senders = (stack.enter_context(Client(cluster.zk, cluster.name)) for _ in range(5))
-        client.create(atoms["daemon"], name=moved, on="n1", checkpoint="on-request")
-        client.create(atoms["counter"], name=plain, on="n1", checkpoint="on-request")
-        for sender in senders:  # each knows the atom on n1
-            sender.invoker.send(moved, 3, b"first")
-        client.migrate(moved, "n2")
-        outcomes = _flood_while_stopped(
-            cluster.procs["node-n2"],
-            senders,
-            moved,
-            40.0,
-            lambda: _expect(client.atom(plain).incr(1), 1),
-        )
-        _handled_once(client, moved, len(senders), outcomes)
-
-
 def _expect(got: object, want: object) -> None:
     assert got == want, f"{got!r} != {want!r}"
