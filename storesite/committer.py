@@ -180,8 +180,15 @@ class GroupCommitter:
             self._fail(batch, exc)
             return
         try:
-            for pending in batch:
-                self._apply(env, txn, pending)
+            if len(batch) == 1:
+                # A lone write needs no nested transaction: its refusal aborts the whole
+                # one, which holds nothing else (a nested one costs LMDB a dirty-page
+                # list of its own and a copy of each page it touches).
+                if not self._apply_alone(txn, batch[0]):
+                    return
+            else:
+                for pending in batch:
+                    self._apply(env, txn, pending)
         except lmdb.Error as exc:
             txn.abort()
             self._fail(batch, exc)
@@ -198,6 +205,18 @@ class GroupCommitter:
             return
         self.commits += 1
         self.written += sum(1 for pending in batch if pending.error is None)
+
+    @staticmethod
+    def _apply_alone(txn: lmdb.Transaction, pending: _Pending) -> bool:
+        """The one write of a batch, in ``txn`` itself; False (``txn`` aborted, nothing to
+        commit) when it was refused."""
+        try:
+            pending.result = pending.apply(txn)
+        except HermesError as exc:
+            txn.abort()
+            pending.error = exc
+            return False
+        return True
 
     @staticmethod
     def _apply(env: lmdb.Environment, txn: lmdb.Transaction, pending: _Pending) -> None:

@@ -190,8 +190,9 @@ class Dispatcher:
         if refused is not None:
             return refused
         if active.calls > 1 or active.meta.checkpoint.mode == EVERY_CALL:
-            # It waits its turn, or for its checkpoint: not on its connection's reader.
-            yield_reader()
+            # It waits its turn, or for its checkpoint: not on its connection's reader
+            # (for a checkpoint only if the connection carries other calls: callserver).
+            yield_reader(shared_only=active.calls <= 1)
         try:
             return self._run_fixed(active, request)
         finally:

@@ -74,17 +74,33 @@ log.addFilter(Throttle())
 SLOW_INLINE_S = 0.01
 # The watch stops looking after this long without a request run inline.
 WATCH_LINGER_S = 0.5
+# A connection counts as shared (its peer sends requests while others run) for this long
+# after the last sign of it: a request read while another ran, or bytes waiting when a
+# request run inline without another reader is about to reply (yield_reader's shared_only).
+SHARED_S = 1.0
 
 _inline = threading.local()  # .run: the (server, connection) of the request this thread runs
 
 
-def yield_reader() -> None:
+def yield_reader(*, shared_only: bool = False) -> None:
     """Called by a handler about to wait (for the atom's turn, for a durable checkpoint):
     when it runs on its connection's own thread, another thread reads the connection
-    meanwhile."""
+    meanwhile.
+
+    ``shared_only`` (a wait that is short and ends by itself, a durable call's checkpoint):
+    only on a connection that carries other requests now or lately (``SHARED_S``). A
+    connection with one caller at a time needs no second reader, which costs a thread
+    woken and stopped again per request; a request that comes meanwhile waits for this
+    one (or for the watch of slow ones, ``SLOW_INLINE_S``), and marks the connection
+    shared for those after it."""
     run = getattr(_inline, "run", None)
-    if run is not None:
-        run[0].rescue(run[1])
+    if run is None:
+        return
+    connection = run[1]
+    if shared_only and connection.shared_until < time.monotonic():
+        connection.unwatched = True  # _dispatch looks for requests that came meanwhile
+        return
+    run[0].rescue(connection)
 
 
 class Call(NamedTuple):
@@ -234,6 +250,10 @@ class _Connection:
     # While it runs: the other thread reading meanwhile (stop it, then wait for done).
     rescue_stop: threading.Event | None = None
     rescue_done: threading.Event | None = None
+    # Until when (time.monotonic) it counts as shared (SHARED_S, yield_reader).
+    shared_until: float = 0.0
+    # A request run inline waits without another reader (yield_reader's shared_only).
+    unwatched: bool = False
 
 
 def _member(connection: _Connection) -> bool:
@@ -552,6 +572,8 @@ class CallServer:
                 link.write(encode_error(frame.id, refusal.kind, str(refusal)))
                 continue  # and no activity: refusals must not keep a slot from others
             connection.last_frame = now
+            if connection.in_flight:  # it came while another ran: the connection is shared
+                connection.shared_until = now + SHARED_S
             with self._lock:
                 connection.in_flight += 1
                 self._held_bytes += len(frame.body)
@@ -580,6 +602,7 @@ class CallServer:
             self._dispatch(connection, link, id, handler, call)
         finally:
             _inline.run = None
+            connection.unwatched = False
             pool = self._pool
             if isinstance(pool, WorkerPool):
                 pool.give_back()
@@ -660,6 +683,10 @@ class CallServer:
                 "payload_too_large",
                 f"{call.kind}: the reply is over {limits.max_frame} bytes",
             )
+        if connection.unwatched and link.waiting():
+            # Its peer sent more while it ran without another reader: shared after all.
+            # (Looked at before the reply leaves: what comes after may answer it.)
+            connection.shared_until = time.monotonic() + SHARED_S
         try:
             link.write(frame)
             if link.outbox:  # its peer is behind: are all of them together too far?

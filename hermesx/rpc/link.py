@@ -210,6 +210,19 @@ class Link:
         """Bytes written but not yet taken by the kernel."""
         return len(self.outbox)
 
+    def waiting(self) -> bool:
+        """Whether the peer sent bytes not handed on yet: a frame held, one begun, or the
+        socket readable now (a poll that does not wait)."""
+        if self._frames.whole is not None or self._frames.pending:
+            return True
+        if self._session is not None and self._session.incoming.pending:
+            return True
+        poller = select.poll()
+        with contextlib.suppress(OSError, ValueError):
+            poller.register(self.sock, _READ)
+            return bool(poller.poll(0))
+        return False
+
     @property
     def stalled_for(self) -> float:
         """Seconds since the kernel last took any of the bytes waiting to be sent (0: none wait)."""

@@ -32,12 +32,29 @@ def address() -> Iterator[str]:
         if how.startswith(b"yield"):
             yield_reader()
             how = how[len(b"yield") :]
+        if how.startswith(b"shared"):
+            yield_reader(shared_only=True)
+            how = how[len(b"shared") :]
         time.sleep(float(how))
         return text + threading.current_thread().name.encode()
 
     served.register("echo", echo, "Supervisor/Invoke", inline=True)
     yield served.start("127.0.0.1:0")
     served.stop()
+
+
+@pytest.fixture
+def rescues(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Every second reader a CallServer starts for a request run inline."""
+    started: list[object] = []
+    rescue = CallServer.rescue
+
+    def counted(self: CallServer, connection: object) -> None:
+        started.append(connection)
+        rescue(self, connection)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(CallServer, "rescue", counted)
+    return started
 
 
 def _slow_call_beside_quick_ones(address: str, slow: bytes) -> tuple[bytes, list[float]]:
@@ -82,6 +99,43 @@ def test_a_handler_that_says_it_will_wait_lets_the_quick_calls_pass(address: str
     slow, took = _slow_call_beside_quick_ones(address, b"yield2.0:slow ")
     assert slow.startswith(b"slow ")
     assert max(took) < 1.5, took
+
+
+def test_a_handler_waiting_only_on_a_shared_connection_lets_the_quick_calls_pass(
+    address: str,
+) -> None:
+    # Alone on its connection it has no second reader; the quick calls sent beside it
+    # still pass (the watch of slow requests reads for it), not after its 2 s.
+    slow, took = _slow_call_beside_quick_ones(address, b"shared2.0:slow ")
+    assert slow.startswith(b"slow call-link")
+    assert max(took) < 1.5, took
+
+
+def test_a_lone_caller_gets_no_second_reader_a_shared_connection_does(
+    address: str, rescues: list[object]
+) -> None:
+    pool = CallPool()
+    connection = pool.connection(address)
+    try:
+        for i in range(20):  # one at a time: nothing else to read while each waits
+            assert connection.call("echo", f"shared0:{i} ".encode(), 5.0).startswith(
+                f"{i} call-link".encode()
+            )
+        assert rescues == []
+        # Two threads at once: the connection is found shared, and its waits get a reader.
+        threads = [
+            threading.Thread(
+                target=lambda: [connection.call("echo", b"shared0.005:x ", 5.0) for _ in range(20)]
+            )
+            for _ in range(2)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30.0)
+        assert rescues
+    finally:
+        pool.close()
 
 
 def test_many_threads_on_one_connection_all_get_their_own_replies(address: str) -> None:

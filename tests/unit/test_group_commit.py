@@ -210,6 +210,31 @@ def test_a_refused_checkpoint_in_a_batch_refuses_that_one_only(store: AtomStore)
     assert store.get(stale).checkpoint_no == 1
 
 
+def test_a_lone_refused_checkpoint_changes_nothing_and_the_next_is_stored(
+    store: AtomStore,
+) -> None:
+    # A batch of one is written without a nested transaction: its refusal must undo
+    # all it wrote before the check that refused it, and leave the committer usable.
+    guid = _register(store)
+    snapshot = encode_state(_state(guid, fill=4, generation=1))
+    commits = store.committer.commits
+
+    def half_written(txn: lmdb.Transaction) -> None:
+        txn.put(b"stray", b"x", db=store._env.checkpoints)
+        raise MigrationError("refused after a write")
+
+    with pytest.raises(MigrationError, match="refused after a write"):
+        store.committer.submit(guid, half_written)
+    with pytest.raises(MigrationError, match="does not match its location"):
+        store.put_checkpoint(guid, TAD("n9", 1), 1, snapshot, _checked(snapshot, 1))
+    assert store.committer.commits == commits  # nothing to commit, no sync
+    with store._env.env.begin() as txn:
+        assert txn.get(b"stray", db=store._env.checkpoints) is None
+    assert store.put_checkpoint(guid, TAD("n1", 1), 1, snapshot, _checked(snapshot, 1))
+    assert store.latest_checkpoint(guid).snapshot == snapshot
+    assert store.committer.commits == commits + 1
+
+
 def test_a_failed_commit_fails_every_checkpoint_of_its_batch(store: AtomStore) -> None:
     guid = _register(store)
     snapshot = encode_state(_state(guid, fill=3, generation=1))
