@@ -77,7 +77,10 @@ WATCH_LINGER_S = 0.5
 # A connection counts as shared (its peer sends requests while others run) for this long
 # after the last sign of it: a request read while another ran, or bytes waiting when a
 # request run inline without another reader is about to reply (yield_reader's shared_only).
-SHARED_S = 1.0
+# A few durable calls' time: enough to bridge the gaps between concurrent callers' requests
+# (they refresh it with nearly every request), short enough that a connection whose other
+# callers went quiet soon stops paying for a second reader per call.
+SHARED_S = 0.05
 
 _inline = threading.local()  # .run: the (server, connection) of the request this thread runs
 
