@@ -159,7 +159,7 @@ def _flood_while_stopped(
     pid: int, requests: list[Callable[[], object]], still_served: Callable[[], None]
 ) -> list[str]:
     """``requests`` (24 messages or calls, each sent by one function) at once while process
-    ``pid`` is stopped (SIGSTOP): once those past the share came back refused,
+    ``pid`` is stopped (SIGSTOP): once those past the atom's share came back refused,
     ``still_served`` runs (an atom beside it must answer); then ``pid`` goes on. Each
     one's outcome: ``ok`` or its error's kind."""
     outcomes: list[str] = []
@@ -172,19 +172,19 @@ def _flood_while_stopped(
             outcomes.append(exc.kind)
 
     threads = [threading.Thread(target=run, args=(request,)) for request in requests]
+    refused = len(requests) - SHARE  # those past the atom's share, refused while the rest wait
     os.kill(pid, signal.SIGSTOP)
     try:
         for thread in threads:
             thread.start()
-        # Those refused came back at once (at least 24 - 12).
-        wait_until(lambda: len(outcomes) >= 12, 20.0, "the requests past a limit refused")
+        wait_until(lambda: len(outcomes) >= refused, 20.0, "the requests past the share refused")
         still_served()
     finally:
         os.kill(pid, signal.SIGCONT)
         for thread in threads:
             thread.join(60)
     assert len(outcomes) == len(requests) and set(outcomes) <= {"ok", "capacity"}, outcomes
-    assert outcomes.count("capacity") >= len(requests) - SHARE, outcomes
+    assert outcomes.count("capacity") >= refused, outcomes
     return outcomes
 
 
