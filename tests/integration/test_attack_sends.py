@@ -22,13 +22,16 @@ import pathlib
 import signal
 import threading
 from collections.abc import Callable
+from functools import partial
 
 import pytest
 
 from hermesx.client import Client
 from hermesx.core import codec
 from hermesx.core.errors import HermesError
+from hermesx.core.identity import TAD
 from hermesx.local.cluster import LocalCluster, NodeSpec
+from hermesx.routing.invoker import Invoker
 from hermesx.rpc.roles import TEST_CERT_NAME
 from hermesx.testing.clusters import part_log
 from hermesx.testing.plugin import ClusterFactory
@@ -143,6 +146,7 @@ def test_checkpoint_requests_flooding_a_busy_atom_do_not_starve_the_nodes_own_st
 
 
 SMALL_N1 = NodeSpec("n1", options=("--workers", "16"))  # 12 invocations at once, 4 per atom
+SHARE = 4  # an atom's share of n1's workers, running or forwarding its calls and messages
 
 
 @pytest.fixture(scope="module")
@@ -152,42 +156,43 @@ def small(cluster_factory: ClusterFactory) -> LocalCluster:
 
 
 def _flood_while_stopped(
-    pid: int, senders: list[Client], guid: str, timeout: float, still_served: Callable[[], None]
+    pid: int, requests: list[Callable[[], object]], still_served: Callable[[], None]
 ) -> list[str]:
-    """Six messages from each of ``senders`` to ``guid`` while process ``pid`` is stopped
-    (SIGSTOP): once those past the share came back refused, ``still_served`` runs (an
-    atom beside it must answer); then ``pid`` goes on. Each message's outcome kind."""
+    """``requests`` (24 messages or calls, each sent by one function) at once while process
+    ``pid`` is stopped (SIGSTOP): once those past the atom's share came back refused,
+    ``still_served`` runs (an atom beside it must answer); then ``pid`` goes on. Each
+    one's outcome: ``ok`` or its error's kind."""
     outcomes: list[str] = []
 
-    def send(sender: Client) -> None:
+    def run(request: Callable[[], object]) -> None:
         try:
-            sender.invoker.send(guid, 3, b"m", timeout=timeout)
-            outcomes.append("sent")
+            request()
+            outcomes.append("ok")
         except HermesError as exc:
             outcomes.append(exc.kind)
 
-    threads = [threading.Thread(target=send, args=(c,)) for c in senders * 6]
+    threads = [threading.Thread(target=run, args=(request,)) for request in requests]
+    refused = len(requests) - SHARE  # those past the atom's share, refused while the rest wait
     os.kill(pid, signal.SIGSTOP)
     try:
         for thread in threads:
             thread.start()
-        # Those refused came back at once (at least 24 - 12).
-        wait_until(lambda: len(outcomes) >= 12, 20.0, "the messages past a limit refused")
+        wait_until(lambda: len(outcomes) >= refused, 20.0, "the requests past the share refused")
         still_served()
     finally:
         os.kill(pid, signal.SIGCONT)
         for thread in threads:
             thread.join(60)
-    assert len(outcomes) == 6 * len(senders) and set(outcomes) <= {"sent", "capacity"}, outcomes
-    assert "capacity" in outcomes
+    assert len(outcomes) == len(requests) and set(outcomes) <= {"ok", "capacity"}, outcomes
+    assert outcomes.count("capacity") >= refused, outcomes
     return outcomes
 
 
 def _handled_once(client: Client, guid: str, first: int, outcomes: list[str]) -> None:
     """The daemon ``guid`` handled each message acknowledged to its senders once: the
-    ``first`` sent before the flood and those of ``outcomes`` that were ``sent``."""
+    ``first`` sent before the flood and those of ``outcomes`` that were acknowledged."""
     receiver = client.atom(guid)
-    handled = first + outcomes.count("sent")
+    handled = first + outcomes.count("ok")
     wait_until(lambda: receiver.count() >= handled, 20.0, "the messages to be handled")
     assert receiver.count() == handled
 
@@ -212,13 +217,66 @@ def test_messages_waiting_on_one_durable_atom_leave_the_other_atoms_their_worker
             sender.invoker.send(durable, 3, b"first")
         outcomes = _flood_while_stopped(
             cluster.procs["storesite-s1"],
-            senders,
-            durable,
-            30.0,
+            [partial(s.invoker.send, durable, 3, b"m", timeout=30.0) for s in senders * 6],
             lambda: _expect(client.atom(plain).incr(1), 2),
         )
-        assert "sent" in outcomes  # those within the share waited, and were acknowledged
+        assert "ok" in outcomes  # those within the share waited, and were acknowledged
         _handled_once(client, durable, len(senders), outcomes)
+
+
+def _moved_with_a_neighbour(
+    client: Client, atoms: dict[str, pathlib.Path], name: str
+) -> tuple[str, TAD, str]:
+    """A daemon created on n1 as ``name``-m and moved to n2 (n1 keeps a forwarding TAD),
+    and a counter ``name``-p living on n1: the daemon's GUID, its TAD on n1, the counter."""
+    moved = client.create(atoms["daemon"], name=f"{name}-m", on="n1", checkpoint="on-request")
+    plain = client.create(atoms["counter"], name=f"{name}-p", on="n1", checkpoint="on-request")
+    on_n1 = client.invoker.locate(moved)
+    client.migrate(moved, "n2")
+    return moved, on_n1, plain
+
+
+def test_messages_forwarded_to_a_frozen_node_leave_the_forwarders_atoms_their_workers(
+    small: LocalCluster, atoms: dict[str, pathlib.Path], unique_name: str
+) -> None:
+    """A call forwarded to an atom on another node takes at most the atom's share of the
+    forwarding node's workers; a message took any number: with n2 frozen (SIGSTOP), 24
+    messages sent through n1 (by senders who knew the atom there before it moved) held
+    every invocation n1 takes for 30 s each, and an atom living on n1 was refused
+    ``capacity``. A forwarded message now takes the atom's share too.
+
+    Each message has a sender of its own: a sender learns the atom's new node from any
+    reply (a refusal of n1 carries it) and sends its next message straight to n2,
+    frozen, where it waits; not what this test asks of n1."""
+    cluster = small
+    with contextlib.ExitStack() as stack:
+        client, *clients = (stack.enter_context(Client(cluster.zk, cluster.name)) for _ in range(5))
+        moved, on_n1, plain = _moved_with_a_neighbour(client, atoms, unique_name)
+        senders = []
+        for each in clients * 6:  # six senders on each client's connections
+            sender = Invoker(each.naming, each.channels, settle_outcome=True)
+            sender.stash.update(moved, on_n1)  # it knows the atom on n1 only
+            senders.append(partial(sender.send, moved, 3, b"m", timeout=40.0))
+        outcomes = _flood_while_stopped(
+            cluster.procs["node-n2"], senders, lambda: _expect(client.atom(plain).incr(1), 1)
+        )
+        _handled_once(client, moved, 0, outcomes)
+
+
+def test_calls_forwarded_to_a_frozen_node_leave_the_forwarders_atoms_their_workers(
+    small: LocalCluster, atoms: dict[str, pathlib.Path], unique_name: str
+) -> None:
+    """As messages above, calls: 24 calls forwarded through n1 (``via``) to an atom on a
+    frozen n2 hold at most the atom's share of n1's workers; the rest are refused
+    ``capacity`` at once, and an atom living on n1 answers meanwhile."""
+    cluster = small
+    with Client(cluster.zk, cluster.name) as client:
+        moved, _, plain = _moved_with_a_neighbour(client, atoms, unique_name)
+        call = partial(client.invoke, moved, "count", codec.pack(None), via="n1", timeout=40.0)
+        outcomes = _flood_while_stopped(
+            cluster.procs["node-n2"], [call] * 24, lambda: _expect(client.atom(plain).incr(1), 1)
+        )
+    assert "ok" in outcomes  # those within the share waited, and were answered
 
 
 def _expect(got: object, want: object) -> None:
