@@ -82,7 +82,14 @@ WATCH_LINGER_S = 0.5
 # callers went quiet soon stops paying for a second reader per call.
 SHARED_S = 0.05
 
-_inline = threading.local()  # .run: the (server, connection) of the request this thread runs
+
+class _Inline(threading.local):
+    """Per thread: ``run``, the (server, connection) of the request it runs inline."""
+
+    run: tuple[CallServer, _Connection] | None = None
+
+
+_inline = _Inline()
 
 
 def yield_reader(*, shared_only: bool = False) -> None:
@@ -96,7 +103,7 @@ def yield_reader(*, shared_only: bool = False) -> None:
     woken and stopped again per request; a request that comes meanwhile waits for this
     one (or for the watch of slow ones, ``SLOW_INLINE_S``), and marks the connection
     shared for those after it."""
-    run = getattr(_inline, "run", None)
+    run = _inline.run
     if run is None:
         return
     connection = run[1]
@@ -206,6 +213,10 @@ def _foreign(identity: security.PeerIdentity | None, cluster: str) -> str:
 def _room() -> bool:
     """Any pool but a WorkerPool has room for a request run inline."""
     return True
+
+
+def _nothing() -> None:
+    """Any pool but a WorkerPool has no place to give back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,8 +405,11 @@ class CallServer:
             max_workers=self.limits.max_connections, thread_name_prefix="call-reader"
         )
         self._watch = _SlowWatch(self._slow, self._stopping)
-        # Takes a worker's place for a request run inline (False: none is free).
-        self._borrow = self._pool.borrow if isinstance(self._pool, WorkerPool) else _room
+        # Takes a worker's place for a request run inline (False: none is free), and
+        # gives it back.
+        pool = self._pool
+        self._borrow = pool.borrow if isinstance(pool, WorkerPool) else _room
+        self._give_back = pool.give_back if isinstance(pool, WorkerPool) else _nothing
 
     def register(self, kind: str, handler: Handler, rpc: str, *, inline: Inline = False) -> None:
         """Serve requests of ``kind`` with ``handler``, to the roles that may call gRPC ``rpc``.
@@ -602,23 +616,22 @@ class CallServer:
         watch.last = now
         _inline.run = (self, connection)
         try:
+            # (It ends the run, under the lock it takes for the request's end anyway.)
             self._dispatch(connection, link, id, handler, call)
         finally:
             _inline.run = None
             connection.unwatched = False
-            pool = self._pool
-            if isinstance(pool, WorkerPool):
-                pool.give_back()
-            with self._lock:
-                connection.inline_since = None
-                stop, done = connection.rescue_stop, connection.rescue_done
-                connection.rescue_stop = connection.rescue_done = None
-            if stop is not None and done is not None:
-                stop.set()
-                link.wake()
-                # (A reader never started when the server stops: its links are closed.)
-                while not done.wait(1.0) and not self._stopping.is_set():
-                    pass
+            self._give_back()
+            # The run has ended (inline_since None): rescue() starts no reader now, so
+            # the one that read meanwhile, if any, is only this thread's to end.
+            stop, done = connection.rescue_stop, connection.rescue_done
+            connection.rescue_stop = connection.rescue_done = None
+        if stop is not None and done is not None:
+            stop.set()
+            link.wake()
+            # (A reader never started when the server stops: its links are closed.)
+            while not done.wait(1.0) and not self._stopping.is_set():
+                pass
 
     def rescue(self, connection: _Connection) -> None:
         """Have another thread read ``connection`` while its own thread runs a request."""
@@ -699,6 +712,8 @@ class CallServer:
         finally:
             size = len(call.body)
             with self._lock:
+                if _inline.run is not None:  # run inline: the run ends here
+                    connection.inline_since = None
                 connection.in_flight -= 1
                 held = self._held_bytes = self._held_bytes - size
                 resume = connection.in_flight == limits.max_in_flight - 1

@@ -409,6 +409,24 @@ class Link:
         wait_ms = POLL_MS
         frames, clock = self._frames, self._clock
         while self.closed is None and (stop is None or not stop()):
+            # The connection's own thread with nothing to time or flush: the quick loop
+            # (a lone request's read and hand-on, without this loop's looks at its timers).
+            if (
+                stop is None
+                and got_frame
+                and clock.began is None
+                and frames.whole is None
+                and not frames.pending
+                and not self.outbox
+                and self._closing is None
+                and reading()
+            ):
+                if registered != _READ:
+                    poller.register(fd, _READ | _ERR)
+                    registered = _READ
+                if _serve_quick(self, poller, on_frames, reading) is None:
+                    return
+                continue
             # Frames held back while reading() was False go on once it is True.
             if frames.whole is not None and _hand_on(self, on_frames, reading, stop):
                 got_frame, clock.began = True, None
@@ -609,6 +627,49 @@ def _drain(link: Link, seconds: float) -> None:
         _flush(link)
     with link._lock:
         link._close_locked(link._closing or "closed")
+
+
+def _serve_quick(
+    link: Link,
+    poller: select.poll,
+    on_frames: Callable[[list[Frame]], None],
+    reading: Callable[[], bool],
+) -> bool | None:
+    """``Link._loop`` of the link's own thread while it has nothing to time or flush (no
+    frame begun, an empty outbox, not closing, reading on; ``poller`` watches the socket
+    for reading and the wake-up pipe): wait, read, hand whole frames on. Back to the
+    whole loop (True) as soon as any of that changes, on a wake-up, or after ``POLL_MS``
+    without a byte; None when the peer closed."""
+    wake, frames = link._wake_r, link._frames
+    while True:
+        events = poller.poll(POLL_MS)
+        if not events:
+            return True
+        for fd, _event in events:
+            if fd == wake:
+                # Emptied here: the whole loop looks at what the wake-up was for (and
+                # comes back here when it finds nothing to do).
+                with contextlib.suppress(OSError):
+                    os.read(wake, 4096)
+                return True
+        received = link._receive()
+        if received is None:
+            return None
+        if received:
+            while frames.whole is not None and link._closing is None and reading():
+                frame = frames.take()
+                if frame is None:
+                    break
+                on_frames([frame])
+        if (
+            frames.whole is not None
+            or frames.pending
+            or link.outbox
+            or link._closing is not None
+            or link.closed is not None
+            or not reading()
+        ):
+            return True
 
 
 def _quick(
