@@ -48,7 +48,7 @@ from hermesx.rpc.frames import (
     encode_error,
     encode_reply,
 )
-from hermesx.rpc.link import Link, LinkClosed, handshake
+from hermesx.rpc.link import Link, LinkClosed, handshake, peer_waiting
 from hermesx.rpc.wire import TLSIdentity
 
 __all__ = [
@@ -627,11 +627,7 @@ class CallServer:
             stop, done = connection.rescue_stop, connection.rescue_done
             connection.rescue_stop = connection.rescue_done = None
         if stop is not None and done is not None:
-            stop.set()
-            link.wake()
-            # (A reader never started when the server stops: its links are closed.)
-            while not done.wait(1.0) and not self._stopping.is_set():
-                pass
+            _end_reader(link, stop, done, self._stopping)
 
     def rescue(self, connection: _Connection) -> None:
         """Have another thread read ``connection`` while its own thread runs a request."""
@@ -699,7 +695,7 @@ class CallServer:
                 "payload_too_large",
                 f"{call.kind}: the reply is over {limits.max_frame} bytes",
             )
-        if connection.unwatched and link.waiting():
+        if connection.unwatched and peer_waiting(link):
             # Its peer sent more while it ran without another reader: shared after all.
             # (Looked at before the reply leaves: what comes after may answer it.)
             connection.shared_until = time.monotonic() + SHARED_S
@@ -723,6 +719,17 @@ class CallServer:
                     woken = [c.link for c in self._connections if c.link is not None]
             for each in woken:
                 each.wake()
+
+
+def _end_reader(
+    link: Link, stop: threading.Event, done: threading.Event, stopping: threading.Event
+) -> None:
+    """Stop the thread that read ``link`` while a request ran inline, and wait for it."""
+    stop.set()
+    link.wake()
+    # (A reader never started when the server stops: its links are closed.)
+    while not done.wait(1.0) and not stopping.is_set():
+        pass
 
 
 def _reading(server: CallServer, connection: _Connection, link: Link) -> bool:

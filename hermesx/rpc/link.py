@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from hermesx.rpc.frames import Frame, FrameError, FrameReader, encode_error
 
-__all__ = ["Link", "LinkClosed", "TLSSession", "handshake"]
+__all__ = ["Link", "LinkClosed", "TLSSession", "handshake", "peer_waiting"]
 
 READ_CHUNK = 256 * 1024
 # A link's own buffers for what it receives and what TLS makes of it, reused by
@@ -209,19 +209,6 @@ class Link:
     def backlog(self) -> int:
         """Bytes written but not yet taken by the kernel."""
         return len(self.outbox)
-
-    def waiting(self) -> bool:
-        """Whether the peer sent bytes not handed on yet: a frame held, one begun, or the
-        socket readable now (a poll that does not wait)."""
-        if self._frames.whole is not None or self._frames.pending:
-            return True
-        if self._session is not None and self._session.incoming.pending:
-            return True
-        poller = select.poll()
-        with contextlib.suppress(OSError, ValueError):
-            poller.register(self.sock, _READ)
-            return bool(poller.poll(0))
-        return False
 
     @property
     def stalled_for(self) -> float:
@@ -506,6 +493,20 @@ class Link:
             self._frames.add(self._received_view[:size])
             return True
         return _decrypt(self, self._received_view[:size])
+
+
+def peer_waiting(link: Link) -> bool:
+    """Whether the peer sent bytes not handed on yet: a frame held, one begun, or the
+    socket readable now (a poll that does not wait)."""
+    if link._frames.whole is not None or link._frames.pending:
+        return True
+    if link._session is not None and link._session.incoming.pending:
+        return True
+    poller = select.poll()
+    with contextlib.suppress(OSError, ValueError):
+        poller.register(link.sock, _READ)
+        return bool(poller.poll(0))
+    return False
 
 
 def _hand_on(
