@@ -158,11 +158,23 @@ def api_routes(
         body = await guards.read_body(request, settings.max_body, settings.body_timeout)
         return guards.parse_json(body)
 
+    async def read_arguments(request: Request, method: str, keyed: bool) -> tuple[bytes, str]:
+        """A call's arguments as msgpack, and their digest when ``keyed``.
+
+        The parsed JSON value is dropped here, before the call waits for its
+        atom: it can take ~25 times the body's bytes (``[{},{},…]``), so a few
+        slow calls holding theirs would hold gigabytes (docs/DESIGN.md §13).
+        """
+        value = await read_json(request)
+        return codec.pack(value), idempotency.arguments_digest(method, value) if keyed else ""
+
     async def invoke(request: Request) -> Response:
         target = _target(request)
         method = str(request.path_params["method"])
-        value = await read_json(request)
-        args = codec.pack(value)
+        key = request.headers.get("idempotency-key")
+        if key is not None:
+            idempotency.check_key(key)
+        args, digest = await read_arguments(request, method, key is not None)
         timeout = settings.call_timeout
         if "timeout" in request.query_params:
             try:
@@ -171,11 +183,8 @@ def api_routes(
                 timeout = -1.0
             if not 0 < timeout <= 300:
                 raise Problem("configuration", "timeout must be more than 0 and at most 300 s")
-        key = request.headers.get("idempotency-key")
         request_id = ""
         if key is not None:
-            idempotency.check_key(key)
-            digest = idempotency.arguments_digest(method, value)
             guid = await blocking(client.guid_of, target)
             await blocking(keys.claim, guid, key, digest)
             request_id = idempotency.request_id_for(key, digest)
@@ -199,9 +208,11 @@ def api_routes(
     async def action(request: Request) -> Response:
         target = _target(request)
         name = request.path_params["action"]
+        # Only the node's name is kept from the body (not the parsed value: see read_arguments).
         body = await read_json(request)
+        node = body.get("node") if isinstance(body, dict) else None
+        del body
         if name == "migrate":
-            node = body.get("node") if isinstance(body, dict) else None
             if not isinstance(node, str):
                 raise Problem("configuration", 'migrate needs a JSON body {"node": "NAME"}')
             validate_name(node, "node name")
