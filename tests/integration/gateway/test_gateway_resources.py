@@ -1,4 +1,4 @@
-"""What HTTP callers can make the gateway hold in memory (docs/DESIGN.md §13).
+"""What HTTP callers can make the gateway hold (docs/DESIGN.md §13): memory, threads.
 
 A JSON body of 8 MiB (the limit) can parse to ~25 times its size in Python
 objects (``[{},{},...]``: a dict of ~64 bytes for every 3 bytes). A call's
@@ -13,6 +13,7 @@ import os
 import pathlib
 import signal
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -32,8 +33,9 @@ BOUND_MIB = 700
 
 @pytest.fixture(scope="module")
 def lone_gateway(cluster_factory: ClusterFactory) -> Iterator[Gateway]:
-    """A 1-node cluster with its gateway: the test freezes that node."""
-    gw = start_gateway(cluster_factory(1))
+    """A 2-node cluster with its gateway: the tests freeze n1 for a few seconds, less
+    than its 30 s session, so it stays a member."""
+    gw = start_gateway(cluster_factory(2, session_timeout=30.0))
     try:
         yield gw
     finally:
@@ -91,3 +93,54 @@ def test_calls_waiting_on_their_atom_do_not_hold_their_parsed_bodies(
     # Nothing else lost: the gateway and the atom answer as before.
     reply = gw.http.post(f"/v1/atoms/{unique_name}/get")
     assert reply.status_code == 200 and reply.json()["result"] == 0
+
+
+def _threads(pid: int) -> int:
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no Threads for process {pid}")
+
+
+def test_calls_waiting_on_a_frozen_node_leave_the_gateway_to_the_other_atoms(
+    lone_gateway: Gateway, atoms: dict[str, pathlib.Path], unique_name: str
+) -> None:
+    """~10 s. The gateway ran every call on one pool of 40 threads: 48 calls to an atom
+    whose node froze held all of them, and a call to an atom on a healthy node waited
+    until those timed out."""
+    gw = lone_gateway
+    stuck, healthy = f"{unique_name}-stuck", f"{unique_name}-ok"
+    with Client(gw.cluster.zk, gw.cluster.name) as client:
+        client.create(atoms["counter"], name=stuck, on="n1")
+        client.create(atoms["counter"], name=healthy, on="n2")
+    assert gw.http.post(f"/v1/atoms/{stuck}/get").status_code == 200
+    gateway_pid = gw.cluster.procs["gateway"]
+    node_pid = gw.cluster.procs["node-n1"]
+    ended: list[tuple[float, int]] = []  # (when, status) of the calls to the stuck atom
+
+    def call() -> None:
+        reply = gw.http.post(f"/v1/atoms/{stuck}/get", params={"timeout": "6"})
+        ended.append((time.monotonic(), reply.status_code))
+
+    threads = [threading.Thread(target=call) for _ in range(48)]
+    base = _threads(gateway_pid)
+    os.kill(node_pid, signal.SIGSTOP)
+    try:
+        for t in threads:
+            t.start()
+        wait_until(
+            lambda: _threads(gateway_pid) >= base + 16 or ended,
+            timeout=30.0,
+            what="the gateway waiting on the frozen node",
+        )
+        reply = gw.http.post(f"/v1/atoms/{healthy}/get", params={"timeout": "20"})
+        answered_at = time.monotonic()
+    finally:
+        os.kill(node_pid, signal.SIGCONT)
+        for t in threads:
+            t.join(timeout=60.0)
+    assert reply.status_code == 200 and reply.json()["result"] == 0, reply.text
+    waited = [at for at, status in ended if status != 503]
+    assert waited, ended
+    # Answered while the calls to the frozen node still waited, not after they gave up.
+    assert answered_at < min(waited), (answered_at, sorted(ended)[:3])
