@@ -17,7 +17,12 @@ import logging
 import time
 from collections.abc import Callable
 
-from hermesx.core.errors import DeadlineExceededError, HermesError, MemoryLimitError
+from hermesx.core.errors import (
+    CallCycleError,
+    DeadlineExceededError,
+    HermesError,
+    MemoryLimitError,
+)
 from hermesx.observe import atomlog
 from hermesx.runtime.abi import LOG_LEVELS, STATUS_ERROR, STATUS_OK, pack_strings
 from hermesx.runtime.host import CallContext
@@ -26,6 +31,7 @@ from hermesx.runtime.memory import KV_ENTRY_OVERHEAD
 from hermesx.runtime.scheduling import AtomScheduling
 
 __all__ = [
+    "MAX_CALL_DEPTH",
     "MAX_LOG_BYTES_PER_CALL",
     "MAX_LOG_LINES_PER_CALL",
     "MAX_OUTGOING_PER_ATOM",
@@ -43,6 +49,11 @@ MAX_LOG_BYTES_PER_CALL = 64 * 1024
 MAX_LOG_LINES_PER_CALL = 1000
 # Outgoing invokes one atom may have on the node's syscall pool at once.
 MAX_OUTGOING_PER_ATOM = 8
+# Atoms on one chain of calls, each waiting on the next. Every link holds a thread
+# of its node's syscall pool (32) while it waits: a chain of 40 atoms on one node
+# took all of them and waited on itself until its deadline, and the node's other
+# atoms' invokes queued behind it (docs/DESIGN.md §3).
+MAX_CALL_DEPTH = 16
 
 
 class AtomSyscalls(AtomScheduling):
@@ -137,6 +148,12 @@ class AtomSyscalls(AtomScheduling):
 
         def run() -> None:
             try:
+                if len(ctx.chain) >= MAX_CALL_DEPTH:
+                    raise CallCycleError(
+                        f"call chain too deep: atom {self.guid} calls {target}.{method} "
+                        f"with {len(ctx.chain)} atoms already waiting on one another "
+                        f"(at most {MAX_CALL_DEPTH} on a chain)"
+                    )
                 call_ctx = ctx
                 if end is not None:
                     # It may have waited for one of the atom's outgoing slots.
