@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Callable
 
 from hermesx.core.errors import (
     CallCycleError,
+    CapacityError,
     DeadlineExceededError,
     HermesError,
     MemoryLimitError,
@@ -54,6 +56,9 @@ MAX_OUTGOING_PER_ATOM = 8
 # took all of them and waited on itself until its deadline, and the node's other
 # atoms' invokes queued behind it (docs/DESIGN.md §3).
 MAX_CALL_DEPTH = 16
+
+# Set on the syscall pool's threads while they run an atom's outgoing invokes.
+_POOL = threading.local()
 
 
 class AtomSyscalls(AtomScheduling):
@@ -146,8 +151,12 @@ class AtomSyscalls(AtomScheduling):
                 # Registered before the request leaves (see _check_wait_cycle).
                 self._outgoing[future_id] = target
 
+        refused: list[HermesError] = []
+
         def run() -> None:
             try:
+                if refused:
+                    raise refused[0]
                 if len(ctx.chain) >= MAX_CALL_DEPTH:
                     raise CallCycleError(
                         f"call chain too deep: atom {self.guid} calls {target}.{method} "
@@ -187,44 +196,76 @@ class AtomSyscalls(AtomScheduling):
             if idle:
                 self._schedule_idle()
 
-        if not self._submit_outgoing(run):
+        submitted = self._submit_outgoing(run)
+        if submitted is None:
             logger.info(
                 "atom %s: invoke %s.%s not started: runtime closed", self.guid, target, method
             )
             with self._cv:
                 self._outgoing.pop(future_id, None)
             return -1
+        if not submitted:
+            refused.append(
+                CapacityError(
+                    f"atom {self.guid}: invoke of {target}.{method} refused: all "
+                    f"{self._rt.syscall_threads} threads of node {self.node_name} for "
+                    "outgoing calls are taken, and this call, itself on one of them, would "
+                    "wait on itself"
+                )
+            )
+            run()  # answers the refusal at once, as if it had run
         return future_id
 
-    def _submit_outgoing(self, run: Callable[[], None]) -> bool:
+    def _submit_outgoing(self, run: Callable[[], None]) -> bool | None:
         """Run ``run`` on the shared syscall pool, at most MAX_OUTGOING_PER_ATOM at once.
 
         An atom's further invokes wait in its own FIFO, not in the pool's
         queue: one atom calling a slow target cannot take the threads every
-        other atom of the node needs for its own outgoing calls.
+        other atom of the node needs for its own outgoing calls. False when
+        every thread of the pool is taken and this atom runs on one of them
+        (a link of a chain of calls): queued, it could wait on the very
+        calls waiting on it. None when the runtime is closed.
         """
         with self._cv:
             if self._outgoing_running >= MAX_OUTGOING_PER_ATOM:
                 self._outgoing_queue.append(run)
                 return True
             self._outgoing_running += 1
-        try:
-            self._rt.syscall_pool.submit(self._outgoing_slot, run)
-        except RuntimeError:
+        rt = self._rt
+        with rt.syscall_tasks_lock:
+            full = rt.syscall_tasks >= rt.syscall_threads and getattr(_POOL, "on", False)
+            if not full:
+                rt.syscall_tasks += 1
+        if full:
             with self._cv:
                 self._outgoing_running -= 1
             return False
+        try:
+            rt.syscall_pool.submit(self._outgoing_slot, run)
+        except RuntimeError:
+            with rt.syscall_tasks_lock:
+                rt.syscall_tasks -= 1
+            with self._cv:
+                self._outgoing_running -= 1
+            return None
         return True
 
     def _outgoing_slot(self, run: Callable[[], None] | None) -> None:
-        while run is not None:
-            try:
-                run()
-            finally:
-                with self._cv:
-                    run = self._outgoing_queue.popleft() if self._outgoing_queue else None
-                    if run is None:
-                        self._outgoing_running -= 1
+        _POOL.on = True
+        try:
+            while run is not None:
+                try:
+                    run()
+                finally:
+                    with self._cv:
+                        run = self._outgoing_queue.popleft() if self._outgoing_queue else None
+                        if run is None:
+                            self._outgoing_running -= 1
+        finally:
+            _POOL.on = False
+            rt = self._rt
+            with rt.syscall_tasks_lock:
+                rt.syscall_tasks -= 1
 
     def sys_invoke(self, target: str, method: str, args: bytes) -> tuple[int, bytes]:
         end = self._wait_deadline()

@@ -11,6 +11,7 @@ at ``MAX_CALL_DEPTH`` atoms with a clear error, at once.
 from __future__ import annotations
 
 import pathlib
+import threading
 from typing import Any
 
 import pytest
@@ -49,3 +50,38 @@ def test_a_chain_of_atoms_deeper_than_the_limit_fails_at_once_and_the_node_goes_
     assert codec.unpack(outcome.result) == 0
     outcome = client.invoke(callers[-1], "call", codec.pack([counter, "incr", 1]))
     assert codec.unpack(outcome.result) == 1
+
+
+def test_chains_at_the_limit_side_by_side_never_wait_on_one_another(
+    cluster: LocalCluster, client: Client, atoms: dict[str, pathlib.Path]
+) -> None:
+    """~6 s on the module's cluster: 4 x 16 atoms created on n2. Four chains of 16 atoms
+    need 60 of the node's 32 threads for outgoing calls at once."""
+    chains = [[client.create(atoms["caller"], on="n2") for _ in range(MAX_CALL_DEPTH - 1)]]
+    chains += [[client.create(atoms["caller"], on="n2") for _ in range(MAX_CALL_DEPTH - 1)]]
+    chains += [[client.create(atoms["caller"], on="n2") for _ in range(MAX_CALL_DEPTH - 1)]]
+    chains += [[client.create(atoms["caller"], on="n2") for _ in range(MAX_CALL_DEPTH - 1)]]
+    counter = client.create(atoms["counter"], on="n2")
+    outcomes: list[str] = []
+    start = threading.Barrier(len(chains))
+
+    def run(chain: list[str]) -> None:
+        start.wait(timeout=30)
+        try:
+            client.invoke(chain[0], "call", codec.pack(_chain(chain, counter)), timeout=20.0)
+            outcomes.append("ok")
+        except HermesError as exc:
+            outcomes.append(f"{exc.kind}: {str(exc)[-200:]}")
+
+    threads = [threading.Thread(target=run, args=(chain,)) for chain in chains]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(outcomes) == len(chains)
+    # Each went through or was refused at once (all four may be, when each had taken
+    # a quarter of the threads); none waited on the others until its deadline.
+    assert all(o == "ok" or "would wait on itself" in o for o in outcomes), outcomes
+    # And the node's threads are free again: a chain alone goes through.
+    outcome = client.invoke(chains[0][0], "call", codec.pack(_chain(chains[0], counter)))
+    assert codec.unpack(outcome.result) == 0
