@@ -81,7 +81,7 @@ def test_a_move_away_from_a_node_whose_disk_is_full_succeeds_and_frees_its_copy(
     atoms: dict[str, pathlib.Path],
     unique_name: str,
 ) -> None:
-    """~6 s: a cluster of its own (one node on a tmpfs)."""
+    """~2 s: a cluster of its own (one node on a tmpfs)."""
     cluster, data = small_disk_cluster
     with Client(cluster.zk, cluster.name) as client:
         client.create(atoms["counter"], name=unique_name, on="n1", checkpoint="every-call")
