@@ -45,6 +45,10 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 # Consoles (event streams) one gateway feeds at once.
 MAX_SUBSCRIBERS = 64
+# Threads for calls and actions (the rest share anyio's 40), and how many of them one
+# atom may hold (docs/DESIGN.md §13).
+CALL_THREADS = 64
+MAX_CALLS_PER_ATOM = 16
 # How long an event stream stays quiet before a keep-alive comment.
 KEEPALIVE_S = 15.0
 
@@ -154,15 +158,50 @@ def api_routes(
     def blocking(fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
         return anyio.to_thread.run_sync(lambda: fn(*args))
 
+    # Calls and actions wait on atoms and nodes up to their timeout: they run on threads
+    # of their own, at most MAX_CALLS_PER_ATOM at once for one atom, so calls stuck on a
+    # frozen node leave the other atoms' calls, names and the console their threads.
+    call_threads = anyio.CapacityLimiter(CALL_THREADS)
+    waiting: dict[str, int] = {}  # target -> calls of it running here (the loop's thread only)
+
+    async def calling(target: str, fn: Callable[[], Any]) -> Any:
+        count = waiting.get(target, 0)
+        if count >= MAX_CALLS_PER_ATOM:
+            raise Problem(
+                "busy",
+                f"atom {target!r} has {count} calls waiting at this gateway; "
+                "refused, not run: try again later",
+            )
+        waiting[target] = count + 1
+        try:
+            return await anyio.to_thread.run_sync(fn, limiter=call_threads)
+        finally:
+            if waiting[target] <= 1:
+                del waiting[target]
+            else:
+                waiting[target] -= 1
+
     async def read_json(request: Request) -> Any:
         body = await guards.read_body(request, settings.max_body, settings.body_timeout)
         return guards.parse_json(body)
 
+    async def read_arguments(request: Request, method: str, keyed: bool) -> tuple[bytes, str]:
+        """A call's arguments as msgpack, and their digest when ``keyed``.
+
+        The parsed JSON value is dropped here, before the call waits for its
+        atom: it can take ~25 times the body's bytes (``[{},{},…]``), so a few
+        slow calls holding theirs would hold gigabytes (docs/DESIGN.md §13).
+        """
+        value = await read_json(request)
+        return codec.pack(value), idempotency.arguments_digest(method, value) if keyed else ""
+
     async def invoke(request: Request) -> Response:
         target = _target(request)
         method = str(request.path_params["method"])
-        value = await read_json(request)
-        args = codec.pack(value)
+        key = request.headers.get("idempotency-key")
+        if key is not None:
+            idempotency.check_key(key)
+        args, digest = await read_arguments(request, method, key is not None)
         timeout = settings.call_timeout
         if "timeout" in request.query_params:
             try:
@@ -171,19 +210,17 @@ def api_routes(
                 timeout = -1.0
             if not 0 < timeout <= 300:
                 raise Problem("configuration", "timeout must be more than 0 and at most 300 s")
-        key = request.headers.get("idempotency-key")
         request_id = ""
         if key is not None:
-            idempotency.check_key(key)
-            digest = idempotency.arguments_digest(method, value)
             guid = await blocking(client.guid_of, target)
             await blocking(keys.claim, guid, key, digest)
             request_id = idempotency.request_id_for(key, digest)
         trace = _flag(request, "trace")
-        outcome = await anyio.to_thread.run_sync(
+        outcome = await calling(
+            target,
             lambda: client.invoke(
                 target, method, args, request_id=request_id, trace=trace, timeout=timeout
-            )
+            ),
         )
         data: dict[str, Any] = {
             "result": codec.msgpack_to_python(outcome.result),
@@ -199,13 +236,15 @@ def api_routes(
     async def action(request: Request) -> Response:
         target = _target(request)
         name = request.path_params["action"]
+        # Only the node's name is kept from the body (not the parsed value: see read_arguments).
         body = await read_json(request)
+        node = body.get("node") if isinstance(body, dict) else None
+        del body
         if name == "migrate":
-            node = body.get("node") if isinstance(body, dict) else None
             if not isinstance(node, str):
                 raise Problem("configuration", 'migrate needs a JSON body {"node": "NAME"}')
             validate_name(node, "node name")
-            moved = await blocking(client.migrate, target, node)
+            moved = await calling(target, lambda: client.migrate(target, node))
             return JSONResponse(
                 {
                     "guid": moved.guid,
@@ -216,9 +255,12 @@ def api_routes(
                 }
             )
         if name == "passivate":
-            return JSONResponse({"last_tad": _tad(await blocking(client.passivate, target))})
+            last = await calling(target, lambda: client.passivate(target))
+            return JSONResponse({"last_tad": _tad(last)})
         if name == "checkpoint":
-            return JSONResponse({"tad": _tad(await blocking(client.checkpoint, target))})
+            return JSONResponse(
+                {"tad": _tad(await calling(target, lambda: client.checkpoint(target)))}
+            )
         raise Problem("not_found", f"no action {name[:40]!r}: migrate, passivate or checkpoint")
 
     async def atoms(request: Request) -> Response:

@@ -193,11 +193,14 @@ class Catalog:
         with self._atoms_lock:
             if self.atoms.get(active.guid) is active:
                 del self.atoms[active.guid]
-        if forward_to is not None:
-            self._stash.update(active.guid, forward_to)
-        atomlog.BOOK.forget(active.guid)
-        active.retire()
-        self.changed()
+        try:
+            if forward_to is not None:
+                self._stash.update(active.guid, forward_to)
+        finally:
+            # Gone from here whatever the stash said: waiting calls go elsewhere.
+            atomlog.BOOK.forget(active.guid)
+            active.retire()
+            self.changed()
 
     def drop_all(self) -> int:
         """Drop every staged copy and every active atom (fenced); returns how many were active."""

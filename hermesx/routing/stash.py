@@ -4,6 +4,14 @@ Reads come from memory (the invocation path is the hot path); every change
 is written through to a node-local LMDB so that forwarding pointers survive a
 restart of the node. A TAD only ever replaces an older one: ages never go
 back, so late or reordered replies cannot make the stash stale.
+
+The disk copy is a cache of a cache: written without sync, so a crash may
+lose the last pointers, which costs a storesite lookup. A write the disk
+refuses (full, or the map full) is the same loss and is treated alike: the
+pointer is kept in memory and a warning logged. Failing instead would fail a
+call that ran or a move already committed (docs/DESIGN.md §5): its source
+answered the client `storage` and left the atom's frozen copy unretired, so
+the calls waiting on it hung until their deadline.
 """
 
 from __future__ import annotations
@@ -18,10 +26,13 @@ import lmdb
 from hermesx.core.errors import StorageError
 from hermesx.core.files import DIR_MODE, private_dir
 from hermesx.core.identity import TAD
+from hermesx.observe.logflood import Throttle
 
 __all__ = ["Stash"]
 
 log = logging.getLogger(__name__)
+# A full disk refuses every write of a busy node: bounded like a peer's warnings.
+log.addFilter(Throttle())
 
 _AGE = struct.Struct(">Q")
 
@@ -87,11 +98,19 @@ class Stash:
     def _write(self, guid: str, tad: TAD) -> None:
         if self._env is None:
             return
+        key = guid.encode()
+        if not key or len(key) > self._env.max_key_size():
+            # Never kept at all: a pointer served but forgotten at the next restart.
+            raise StorageError(
+                f"cannot keep a stash entry for atom {guid[:80]!r}: its key is empty or "
+                f"over {self._env.max_key_size()} bytes"
+            )
         try:
             with self._env.begin(write=True) as txn:
-                txn.put(guid.encode(), _AGE.pack(tad.age) + tad.node.encode())
+                txn.put(key, _AGE.pack(tad.age) + tad.node.encode())
         except lmdb.Error as exc:
-            raise StorageError(f"cannot write the stash entry of atom {guid}: {exc}") from exc
+            # Lost like an unsynced write at a crash (see the module's docstring).
+            log.warning("stash entry of atom %s kept in memory only: %s", guid, exc)
 
     def __len__(self) -> int:
         return len(self._tads)

@@ -34,7 +34,7 @@ from hermesx.runtime.atom import Atom
 from hermesx.runtime.host import AtomHost
 from hermesx.runtime.modules import PAGE, LoadedModule, check_abi_version, compile_module
 
-__all__ = ["MEMORY_GUARD_BYTES", "Runtime", "atom_capacity"]
+__all__ = ["MEMORY_GUARD_BYTES", "SYSCALL_THREADS", "Runtime", "atom_capacity"]
 
 # Address space per atom: a linear memory reserves exactly the memory cap
 # (rounded to whole pages) plus this guard, instead of wasmtime's default
@@ -43,6 +43,8 @@ __all__ = ["MEMORY_GUARD_BYTES", "Runtime", "atom_capacity"]
 # memory runs ~1.4x slower (`fill_1mib_ms` of `hermesx bench runtime`). The
 # memory can never grow past the cap.
 MEMORY_GUARD_BYTES = 64 * 1024
+# Threads of a runtime's syscall pool: atoms' outgoing invokes run there.
+SYSCALL_THREADS = 32
 # Each atom's memory costs the process two memory mappings (its accessible
 # pages and the reserved rest); vm.max_map_count bounds the mappings of a
 # process. Mappings kept free for everything else (threads, modules, LMDB, gRPC).
@@ -154,7 +156,15 @@ class Runtime:
         self._ticker.start()
         self._modules: dict[str, LoadedModule] = {}
         self._modules_lock = threading.Lock()
-        self.syscall_pool = ThreadPoolExecutor(32, thread_name_prefix=f"hx-syscall-{node_name}")
+        self.syscall_pool = ThreadPoolExecutor(
+            SYSCALL_THREADS, thread_name_prefix=f"hx-syscall-{node_name}"
+        )
+        # Tasks given to the pool and not finished (AtomSyscalls counts them): a link of a
+        # chain of calls, itself on the pool, that finds no thread free is refused rather
+        # than queued behind the links that wait on it (docs/DESIGN.md §3).
+        self.syscall_threads = SYSCALL_THREADS
+        self.syscall_tasks = 0
+        self.syscall_tasks_lock = threading.Lock()
         self.idle_pool = ThreadPoolExecutor(2, thread_name_prefix=f"hx-idle-{node_name}")
         self._atoms: weakref.WeakSet[Atom] = weakref.WeakSet()
         self._closed = False

@@ -14,10 +14,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Callable
 
-from hermesx.core.errors import DeadlineExceededError, HermesError, MemoryLimitError
+from hermesx.core.errors import (
+    CallCycleError,
+    CapacityError,
+    DeadlineExceededError,
+    HermesError,
+    MemoryLimitError,
+)
 from hermesx.observe import atomlog
 from hermesx.runtime.abi import LOG_LEVELS, STATUS_ERROR, STATUS_OK, pack_strings
 from hermesx.runtime.host import CallContext
@@ -26,6 +33,7 @@ from hermesx.runtime.memory import KV_ENTRY_OVERHEAD
 from hermesx.runtime.scheduling import AtomScheduling
 
 __all__ = [
+    "MAX_CALL_DEPTH",
     "MAX_LOG_BYTES_PER_CALL",
     "MAX_LOG_LINES_PER_CALL",
     "MAX_OUTGOING_PER_ATOM",
@@ -43,6 +51,14 @@ MAX_LOG_BYTES_PER_CALL = 64 * 1024
 MAX_LOG_LINES_PER_CALL = 1000
 # Outgoing invokes one atom may have on the node's syscall pool at once.
 MAX_OUTGOING_PER_ATOM = 8
+# Atoms on one chain of calls, each waiting on the next. Every link holds a thread
+# of its node's syscall pool (32) while it waits: a chain of 40 atoms on one node
+# took all of them and waited on itself until its deadline, and the node's other
+# atoms' invokes queued behind it (docs/DESIGN.md §3).
+MAX_CALL_DEPTH = 16
+
+# Set on the syscall pool's threads while they run an atom's outgoing invokes.
+_POOL = threading.local()
 
 
 class AtomSyscalls(AtomScheduling):
@@ -135,8 +151,18 @@ class AtomSyscalls(AtomScheduling):
                 # Registered before the request leaves (see _check_wait_cycle).
                 self._outgoing[future_id] = target
 
+        refused: list[HermesError] = []
+
         def run() -> None:
             try:
+                if refused:
+                    raise refused[0]
+                if len(ctx.chain) >= MAX_CALL_DEPTH:
+                    raise CallCycleError(
+                        f"call chain too deep: atom {self.guid} calls {target}.{method} "
+                        f"with {len(ctx.chain)} atoms already waiting on one another "
+                        f"(at most {MAX_CALL_DEPTH} on a chain)"
+                    )
                 call_ctx = ctx
                 if end is not None:
                     # It may have waited for one of the atom's outgoing slots.
@@ -170,44 +196,76 @@ class AtomSyscalls(AtomScheduling):
             if idle:
                 self._schedule_idle()
 
-        if not self._submit_outgoing(run):
+        submitted = self._submit_outgoing(run)
+        if submitted is None:
             logger.info(
                 "atom %s: invoke %s.%s not started: runtime closed", self.guid, target, method
             )
             with self._cv:
                 self._outgoing.pop(future_id, None)
             return -1
+        if not submitted:
+            refused.append(
+                CapacityError(
+                    f"atom {self.guid}: invoke of {target}.{method} refused: all "
+                    f"{self._rt.syscall_threads} threads of node {self.node_name} for "
+                    "outgoing calls are taken, and this call, itself on one of them, would "
+                    "wait on itself"
+                )
+            )
+            run()  # answers the refusal at once, as if it had run
         return future_id
 
-    def _submit_outgoing(self, run: Callable[[], None]) -> bool:
+    def _submit_outgoing(self, run: Callable[[], None]) -> bool | None:
         """Run ``run`` on the shared syscall pool, at most MAX_OUTGOING_PER_ATOM at once.
 
         An atom's further invokes wait in its own FIFO, not in the pool's
         queue: one atom calling a slow target cannot take the threads every
-        other atom of the node needs for its own outgoing calls.
+        other atom of the node needs for its own outgoing calls. False when
+        every thread of the pool is taken and this atom runs on one of them
+        (a link of a chain of calls): queued, it could wait on the very
+        calls waiting on it. None when the runtime is closed.
         """
         with self._cv:
             if self._outgoing_running >= MAX_OUTGOING_PER_ATOM:
                 self._outgoing_queue.append(run)
                 return True
             self._outgoing_running += 1
-        try:
-            self._rt.syscall_pool.submit(self._outgoing_slot, run)
-        except RuntimeError:
+        rt = self._rt
+        with rt.syscall_tasks_lock:
+            full = rt.syscall_tasks >= rt.syscall_threads and getattr(_POOL, "on", False)
+            if not full:
+                rt.syscall_tasks += 1
+        if full:
             with self._cv:
                 self._outgoing_running -= 1
             return False
+        try:
+            rt.syscall_pool.submit(self._outgoing_slot, run)
+        except RuntimeError:
+            with rt.syscall_tasks_lock:
+                rt.syscall_tasks -= 1
+            with self._cv:
+                self._outgoing_running -= 1
+            return None
         return True
 
     def _outgoing_slot(self, run: Callable[[], None] | None) -> None:
-        while run is not None:
-            try:
-                run()
-            finally:
-                with self._cv:
-                    run = self._outgoing_queue.popleft() if self._outgoing_queue else None
-                    if run is None:
-                        self._outgoing_running -= 1
+        _POOL.on = True
+        try:
+            while run is not None:
+                try:
+                    run()
+                finally:
+                    with self._cv:
+                        run = self._outgoing_queue.popleft() if self._outgoing_queue else None
+                        if run is None:
+                            self._outgoing_running -= 1
+        finally:
+            _POOL.on = False
+            rt = self._rt
+            with rt.syscall_tasks_lock:
+                rt.syscall_tasks -= 1
 
     def sys_invoke(self, target: str, method: str, args: bytes) -> tuple[int, bytes]:
         end = self._wait_deadline()
