@@ -29,6 +29,8 @@ that what its peer sends next is not held up behind a batch it is not in.
 from __future__ import annotations
 
 import logging
+import os
+import pathlib
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -51,8 +53,27 @@ T = TypeVar("T")
 MAX_BATCH = 256
 
 
+# Below this many free bytes in its data dir, a failed write is taken for a full disk.
+DISK_FULL_BYTES = 4 * 1024 * 1024
+
+
 def _nothing() -> None:
     pass
+
+
+def _disk_full(exc: BaseException, data_dir: pathlib.Path) -> str | None:
+    """What to say instead of ``exc`` when the disk under ``data_dir`` is full: LMDB
+    reports a short write as an I/O error ("Input/output error"), which names no cause."""
+    if not isinstance(exc, lmdb.Error) or isinstance(exc, lmdb.MapFullError):
+        return None
+    try:
+        found = os.statvfs(data_dir)
+    except OSError:
+        return None
+    free = found.f_bavail * found.f_frsize
+    if free >= DISK_FULL_BYTES:
+        return None
+    return f"{exc}: the disk holding {data_dir} is full ({free} bytes free)"
 
 
 class _Pending:
@@ -235,11 +256,12 @@ class GroupCommitter:
 
     def _fail(self, batch: list[_Pending], exc: BaseException) -> None:
         sid = self._env.sid
-        log.error("storesite %s: a group commit of %d checkpoints failed: %s", sid, len(batch), exc)
+        why = _disk_full(exc, self._env.data_dir) or str(exc)
+        log.error("storesite %s: a group commit of %d checkpoints failed: %s", sid, len(batch), why)
         for pending in batch:
             if pending.error is None:
                 pending.result = None
                 pending.error = StorageError(
                     f"storesite {sid}: checkpoint of atom {pending.guid} not stored: the "
-                    f"commit of {len(batch)} checkpoints written together failed: {exc}"
+                    f"commit of {len(batch)} checkpoints written together failed: {why}"
                 )

@@ -15,6 +15,7 @@ from hermesx.core.identity import GUID, TAD
 from hermesx.core.snapshot import CHUNK, AtomState, decode_state, encode_state, snapshot_checksum
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.testing.wait import wait_until
+from storesite import committer
 from storesite.deltas import put_delta
 from storesite.records import Provenance
 from storesite.store import AtomStore
@@ -257,6 +258,28 @@ def test_a_failed_commit_fails_every_checkpoint_of_its_batch(store: AtomStore) -
         assert "commit of 2 checkpoints written together failed" in str(outcome)
     # Nothing of the batch was kept.
     assert store.get(guid).checkpoint_no == 1
+
+
+def test_a_commit_failed_by_a_full_disk_says_the_disk_is_full(
+    store: AtomStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # LMDB reports a short write as "Input/output error": the sender must learn why.
+    guid = _register(store)
+
+    def short_write(_txn: lmdb.Transaction) -> None:
+        raise lmdb.Error("mdb_txn_commit: Input/output error")
+
+    class Full:
+        f_bavail, f_frsize = 3, 4096
+
+    with monkeypatch.context() as patched:
+        patched.setattr(committer.os, "statvfs", lambda _path: Full())
+        with pytest.raises(StorageError, match=r"the disk holding .* is full \(12288 bytes free\)"):
+            store.committer.submit(guid, short_write)
+    # With room on the disk, the error is LMDB's own.
+    with pytest.raises(StorageError) as room:
+        store.committer.submit(guid, short_write)
+    assert "Input/output error" in str(room.value) and "full" not in str(room.value)
 
 
 def _delta(guid: str, fill: int, generation: int) -> bytes:
