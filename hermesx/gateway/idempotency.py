@@ -39,6 +39,10 @@ __all__ = ["KeyStore", "arguments_digest", "check_key", "request_id_for"]
 _KEY: Final = re.compile(r"[\x21-\x7e]{1,255}")
 KEEP_SECONDS: Final = 24 * 3600.0
 MAX_KEYS: Final = 1_000_000
+# Without a data directory the keys live in memory (~810 bytes each at most): ~81 MiB.
+MAX_KEYS_IN_MEMORY: Final = 100_000
+# Keys written between two prunes: a store holds at most its most plus these.
+PRUNE_EVERY: Final = 1000
 
 
 def check_key(key: str) -> str:
@@ -69,12 +73,20 @@ def request_id_for(key: str, digest: str) -> str:
 class KeyStore:
     """Each key's digest, per atom: a key reused with other arguments is refused.
 
-    ``path`` None keeps them in memory (they then last as long as the process).
+    ``path`` None keeps them in memory (they then last as long as the process), at most
+    MAX_KEYS_IN_MEMORY of them; in a file, at most MAX_KEYS (``most`` overrides either).
     """
 
-    def __init__(self, path: pathlib.Path | None, *, keep_seconds: float = KEEP_SECONDS) -> None:
+    def __init__(
+        self,
+        path: pathlib.Path | None,
+        *,
+        keep_seconds: float = KEEP_SECONDS,
+        most: int | None = None,
+    ) -> None:
         self._lock = threading.Lock()
         self._keep = keep_seconds
+        self._most = most if most is not None else (MAX_KEYS if path else MAX_KEYS_IN_MEMORY)
         self._db = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False)
         # WAL with NORMAL sync: a key written survives the gateway's kill -9.
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -107,18 +119,23 @@ class KeyStore:
                 "INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)", (guid, key, digest, now)
             )
             self._writes += 1
-            if self._writes % 1000 == 0:
+            if self._writes % PRUNE_EVERY == 0:
                 self._prune(now)
             self._db.commit()
 
     def _prune(self, now: float) -> None:
         self._db.execute("DELETE FROM keys WHERE at < ?", (now - self._keep,))
         (count,) = self._db.execute("SELECT COUNT(*) FROM keys").fetchone()
-        if count > MAX_KEYS:
+        if count > self._most:
             self._db.execute(
                 "DELETE FROM keys WHERE rowid IN (SELECT rowid FROM keys ORDER BY at LIMIT ?)",
-                (count - MAX_KEYS,),
+                (count - self._most,),
             )
+
+    def __len__(self) -> int:
+        with self._lock:
+            (count,) = self._db.execute("SELECT COUNT(*) FROM keys").fetchone()
+        return int(count)
 
     def close(self) -> None:
         with self._lock:

@@ -12,7 +12,15 @@ import pytest
 
 from hermesx.core.errors import NameNotFoundError, OutcomeUnknownError, UnreachableError
 from hermesx.core.replies import MAX_REQUEST_ID_CHARS
-from hermesx.gateway.idempotency import KeyStore, arguments_digest, check_key, request_id_for
+from hermesx.gateway.idempotency import (
+    MAX_KEYS,
+    MAX_KEYS_IN_MEMORY,
+    PRUNE_EVERY,
+    KeyStore,
+    arguments_digest,
+    check_key,
+    request_id_for,
+)
 from hermesx.gateway.problems import Problem, problem_response, status_for_kind
 from hermesx.gateway.view import AtomRow, NodeRow, Reading, diff_readings
 
@@ -54,6 +62,19 @@ def test_a_key_reused_with_other_arguments_is_refused_also_after_a_restart(
     forgetful = KeyStore(path, keep_seconds=0.0)
     forgetful.claim("s1:" + "0" * 32, "k", "digest-b")
     forgetful.close()
+
+
+def test_the_keys_a_gateway_keeps_are_bounded() -> None:
+    # Every call with a new key adds one: a caller must not grow the gateway without end.
+    assert KeyStore(None)._most == MAX_KEYS_IN_MEMORY < MAX_KEYS
+    store = KeyStore(None, most=50)
+    for n in range(3 * PRUNE_EVERY):
+        store.claim("s1:" + "0" * 32, f"key-{n}", "digest")
+    assert len(store) <= 50 + PRUNE_EVERY
+    # The newest keys are the ones kept: a retry of the latest call is still recognised.
+    with pytest.raises(Problem):
+        store.claim("s1:" + "0" * 32, f"key-{3 * PRUNE_EVERY - 1}", "other")
+    store.close()
 
 
 def test_errors_become_problem_documents_with_their_kind_and_status() -> None:
