@@ -25,6 +25,7 @@ from hermesx.rpc.callserver import (
     _SlowWatch,
     yield_reader,
 )
+from hermesx.rpc.link import Link
 from hermesx.testing.wait import wait_until
 
 
@@ -321,3 +322,57 @@ def test_a_request_starting_as_the_watch_goes_idle_is_still_watched() -> None:
         pool.close()
         served.stop()
     assert outcome["durable"] == b"checkpoint"
+
+
+def test_one_thread_at_a_time_reads_a_connection_whose_runs_hand_the_reading_on(
+    address: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each run that waits has another thread read meanwhile (at once, or after a lone
+    # caller's wait turns out slow, or not at all), and ends that reader when it ends: two
+    # threads reading one link at once would cut its frames (and its TLS session) apart.
+    inside: dict[int, int] = {}  # readers in each link now (the caller's and the listener's)
+    overlaps = [0]
+    receive = Link._receive
+
+    counting = threading.Lock()
+
+    def counted(link: Link) -> bool | None:
+        key = id(link)
+        with counting:
+            inside[key] = inside.get(key, 0) + 1
+            overlaps[0] += inside[key] > 1
+        try:
+            time.sleep(0.0005)  # (a wider window for another reader to show)
+            return receive(link)
+        finally:
+            with counting:
+                inside[key] -= 1
+
+    monkeypatch.setattr(Link, "_receive", counted)
+    pool = CallPool()
+    connection = pool.connection(address)
+    wrong: list[object] = []
+
+    def caller(i: int) -> None:
+        for j in range(40):
+            how = ("yield0.002", "shared0.012", "0", "shared0")[(i + j) % 4]
+            try:
+                reply = connection.call("echo", f"{how}:{i}.{j} ".encode(), 10.0)
+            except Exception as exc:
+                wrong.append(exc)
+                continue
+            if not reply.startswith(f"{i}.{j} ".encode()):
+                wrong.append(reply)
+            if j % 8 == 0:
+                time.sleep(0.06)  # past SHARED_S: a lone caller again for a while
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(3)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60.0)
+    finally:
+        pool.close()
+    assert wrong == []
+    assert overlaps == [0]
