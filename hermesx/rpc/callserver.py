@@ -340,7 +340,9 @@ class _SlowWatch:
 
     def touch(self, now: float) -> None:
         """A request runs inline since ``now``: watch (wake up, or start). (The server
-        calls it only while the watch is idle or not started; else it sets ``last``.)"""
+        sets ``last``, then calls it only while the watch is idle or not started: in
+        that order, a watch going idle in between sees the new ``last`` and stays, or
+        is seen idle and is woken; the other way round it could sleep through a run.)"""
         self.last = now
         if self.idle or not self.started:
             with self._cond:
@@ -611,9 +613,9 @@ class CallServer:
         thread reads the connection (its requests go to the pool)."""
         now = connection.inline_since = connection.last_frame  # when the request came
         watch = self._watch
+        watch.last = now  # (first: see _SlowWatch.touch)
         if watch.idle or not watch.started:
             watch.touch(now)
-        watch.last = now
         _inline.run = (self, connection)
         try:
             # (It ends the run, under the lock it takes for the request's end anyway.)

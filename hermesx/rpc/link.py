@@ -670,6 +670,10 @@ def _serve_quick(
             or link.closed is not None
             or not reading()
         ):
+            if frames.pending and link._clock.began is None:
+                # A frame begun: its clock starts with its first bytes, not at the whole
+                # loop's next look (up to POLL_MS later).
+                link._clock.late(time.monotonic(), frames.pending, reading)
             return True
 
 

@@ -32,6 +32,7 @@ from hermesx.core.errors import HermesError
 from hermesx.core.identity import TAD
 from hermesx.local.cluster import LocalCluster, NodeSpec
 from hermesx.routing.invoker import Invoker
+from hermesx.rpc.node_client import call_address
 from hermesx.rpc.roles import TEST_CERT_NAME
 from hermesx.testing.clusters import part_log
 from hermesx.testing.plugin import ClusterFactory
@@ -277,6 +278,53 @@ def test_calls_forwarded_to_a_frozen_node_leave_the_forwarders_atoms_their_worke
             cluster.procs["node-n2"], [call] * 24, lambda: _expect(client.atom(plain).incr(1), 1)
         )
     assert "ok" in outcomes  # those within the share waited, and were answered
+
+
+def _bytes_waiting_at(port: int) -> int:
+    """Bytes received and not yet read on the connections accepted at local ``port``
+    (/proc/net/tcp's rx_queue): what a stopped process was sent meanwhile."""
+    waiting = 0
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(path) as table:
+            for line in table.readlines()[1:]:
+                fields = line.split()
+                # (Not the listening socket: its count is of connections not yet accepted.)
+                if int(fields[1].rpartition(":")[2], 16) == port and fields[3] != "0A":
+                    waiting += int(fields[4].partition(":")[2], 16)
+    return waiting
+
+
+def test_a_durable_call_waiting_on_a_frozen_storesite_holds_up_no_call_behind_it(
+    small: LocalCluster, atoms: dict[str, pathlib.Path], unique_name: str
+) -> None:
+    """A durable call alone on its connection waits for its checkpoint on the
+    connection's own thread, with no second reader; with the storesite stalled
+    (SIGSTOP) that wait lasts until the call's deadline. The next call its client
+    sends on the same connection, to a plain atom, must still be answered meanwhile
+    (the listener's watch of slow requests reads for it), not after the durable one."""
+    cluster = small
+    durable, plain = f"{unique_name}-d", f"{unique_name}-p"
+    with Client(cluster.zk, cluster.name) as client:
+        client.create(atoms["counter"], name=durable, on="n1", checkpoint="every-call")
+        client.create(atoms["counter"], name=plain, on="n1", checkpoint="on-request")
+        assert client.atom(durable).incr(1) == 1  # one at a time: a lone caller
+        assert client.atom(plain).incr(1) == 1
+        port = int((call_address(client.naming.storesites()["s1"]) or "").rpartition(":")[2])
+        outcome: dict[str, object] = {}
+        waiting = threading.Thread(
+            target=lambda: outcome.setdefault("durable", client.atom(durable).incr(1))
+        )
+        os.kill(cluster.procs["storesite-s1"], signal.SIGSTOP)
+        try:
+            waiting.start()
+            wait_until(lambda: _bytes_waiting_at(port) > 0, 20.0, "the durable call's checkpoint")
+            behind = client.invoke(plain, "incr", codec.pack(1), timeout=10.0)
+            assert codec.unpack(behind.result) == 2
+            assert waiting.is_alive()  # answered while the durable call waited
+        finally:
+            os.kill(cluster.procs["storesite-s1"], signal.SIGCONT)
+            waiting.join(60)
+    assert outcome["durable"] == 2
 
 
 def _expect(got: object, want: object) -> None:

@@ -11,13 +11,21 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from hermesx.core.errors import ConfigurationError
 from hermesx.rpc.callclient import CallPool
-from hermesx.rpc.callserver import Call, CallServer, WorkerPool, yield_reader
+from hermesx.rpc.callserver import (
+    WATCH_LINGER_S,
+    Call,
+    CallServer,
+    WorkerPool,
+    _SlowWatch,
+    yield_reader,
+)
+from hermesx.rpc.link import Link
 from hermesx.testing.wait import wait_until
 
 
@@ -240,3 +248,131 @@ def test_a_request_run_inline_takes_a_workers_place() -> None:
         callers.close()
         served.stop()
         pool.shutdown(wait=False)
+
+
+class _LingersOutMeanwhile(_SlowWatch):
+    """A watch of slow requests that ends its lingering (WATCH_LINGER_S without a request
+    run inline) just as a request run inline, once ``armed``, looks whether it is idle:
+    its last look (which finds that request not slow yet) and its going idle fall
+    between that look and the request's mark of its start. (A request marked first
+    keeps it from going idle: the look is held for less than the linger.)"""
+
+    def __init__(self, look: Callable[[float], None], stopping: threading.Event) -> None:
+        self.held = threading.Event()  # while set, its looks find nothing (see above)
+        self.armed = False
+        super().__init__(lambda now: None if self.held.is_set() else look(now), stopping)
+
+    @property
+    def idle(self) -> bool:
+        idle = self._idle
+        if self.armed and threading.current_thread().name == "call-link":
+            self.armed = False
+            self.held.set()
+            end = time.monotonic() + 0.7 * WATCH_LINGER_S
+            try:
+                while not self._idle and time.monotonic() < end:
+                    time.sleep(0.005)
+                if self._idle:
+                    time.sleep(0.02)  # into its wait to be woken
+            finally:
+                self.held.clear()
+        return idle
+
+    @idle.setter
+    def idle(self, value: bool) -> None:
+        self._idle = value
+
+
+def test_a_request_starting_as_the_watch_goes_idle_is_still_watched() -> None:
+    # A durable call alone on its connection waits for its checkpoint without a second
+    # reader: only the watch of slow requests lets the calls sent behind it pass. A
+    # request that began as the watch went idle was never watched: the call behind it
+    # waited until the checkpoint's end (a frozen storesite: the call's deadline).
+    served = CallServer("watched server", workers=4, tls=None)
+    watch = served._watch = _LingersOutMeanwhile(served._slow, served._stopping)
+    release = threading.Event()
+
+    def echo(call: Call) -> bytes:
+        if call.body == b"checkpoint":
+            yield_reader(shared_only=True)  # alone on its connection: no reader of its own
+            release.wait(10.0)
+        return call.body
+
+    served.register("echo", echo, "Supervisor/Invoke", inline=True)
+    pool = CallPool()
+    connection = pool.connection(served.start("127.0.0.1:0"))
+    durable = threading.Thread(
+        target=lambda: outcome.setdefault("durable", connection.call("echo", b"checkpoint", 10.0))
+    )
+    outcome: dict[str, bytes] = {}
+    try:
+        assert connection.call("echo", b"warm", 5.0) == b"warm"  # the watch runs
+        # Half its linger on: the durable call's look is held into the watch's going idle.
+        warm = watch.last
+        wait_until(lambda: time.monotonic() - warm > WATCH_LINGER_S / 2, 5.0, "half a linger")
+        watch.armed = True
+        durable.start()
+        wait_until(lambda: not watch.armed, 5.0, "the durable call to run")
+        assert connection.call("echo", b"behind", 5.0) == b"behind"
+        assert durable.is_alive()  # it passed the durable call, not after it
+    finally:
+        release.set()
+        if durable.ident is not None:
+            durable.join(10.0)
+        pool.close()
+        served.stop()
+    assert outcome["durable"] == b"checkpoint"
+
+
+def test_one_thread_at_a_time_reads_a_connection_whose_runs_hand_the_reading_on(
+    address: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each run that waits has another thread read meanwhile (at once, or after a lone
+    # caller's wait turns out slow, or not at all), and ends that reader when it ends: two
+    # threads reading one link at once would cut its frames (and its TLS session) apart.
+    inside: dict[int, int] = {}  # readers in each link now (the caller's and the listener's)
+    overlaps = [0]
+    receive = Link._receive
+
+    counting = threading.Lock()
+
+    def counted(link: Link) -> bool | None:
+        key = id(link)
+        with counting:
+            inside[key] = inside.get(key, 0) + 1
+            overlaps[0] += inside[key] > 1
+        try:
+            time.sleep(0.0005)  # (a wider window for another reader to show)
+            return receive(link)
+        finally:
+            with counting:
+                inside[key] -= 1
+
+    monkeypatch.setattr(Link, "_receive", counted)
+    pool = CallPool()
+    connection = pool.connection(address)
+    wrong: list[object] = []
+
+    def caller(i: int) -> None:
+        for j in range(40):
+            how = ("yield0.002", "shared0.012", "0", "shared0")[(i + j) % 4]
+            try:
+                reply = connection.call("echo", f"{how}:{i}.{j} ".encode(), 10.0)
+            except Exception as exc:
+                wrong.append(exc)
+                continue
+            if not reply.startswith(f"{i}.{j} ".encode()):
+                wrong.append(reply)
+            if j % 8 == 0:
+                time.sleep(0.06)  # past SHARED_S: a lone caller again for a while
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(3)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60.0)
+    finally:
+        pool.close()
+    assert wrong == []
+    assert overlaps == [0]

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from hermesx.rpc import link as link_module
 from hermesx.rpc import security
 from hermesx.rpc.callclient import CallPool
 from hermesx.rpc.callserver import Call, CallLimits, CallServer
@@ -375,3 +376,31 @@ def test_a_members_idle_connection_goes_after_every_clients(
         for each in clients:
             each.close()
         served.stop()
+
+
+def test_a_frame_begun_after_a_whole_one_starts_its_clock_with_its_first_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The link's thread reads a lone request in its quick loop, which has no frame clock;
+    # a frame begun in the same read must start the clock then, not at the whole loop's
+    # next look (up to POLL_MS later: a frame trickled or left half-sent kept its
+    # connection that much past frame_s).
+    monkeypatch.setattr(link_module, "POLL_MS", 5000)
+    ours, theirs = socket.socketpair()
+    link = Link(ours, max_frame=1 << 20)
+    got: list[Frame] = []
+    runner = threading.Thread(
+        target=link.run, args=(got.extend,), kwargs={"frame_s": 10.0}, daemon=True
+    )
+    runner.start()
+    request = encode_request(1, "echo", 5.0, b"x" * 100)
+    try:
+        theirs.sendall(request)
+        wait_until(lambda: len(got) == 1, 10.0, "the whole request")
+        theirs.sendall(request + request[:20])  # a whole one, and one begun
+        wait_until(lambda: link._frames.pending, 10.0, "the frame begun")
+        wait_until(lambda: link._clock.began is not None, 3.0, "the frame clock to start")
+    finally:
+        link.close("test over")
+        runner.join(10.0)
+        theirs.close()

@@ -236,6 +236,27 @@ def test_a_lone_refused_checkpoint_changes_nothing_and_the_next_is_stored(
     assert store.committer.commits == commits + 1
 
 
+def test_a_lone_checkpoint_failing_inside_lmdb_keeps_nothing_and_the_next_is_stored(
+    store: AtomStore,
+) -> None:
+    # Written without a nested transaction, a lone write that LMDB fails halfway (a full
+    # map) must leave nothing of what it wrote, fail as a StorageError, and not hold the
+    # write lock: the next checkpoint is stored.
+    guid = _register(store)
+    snapshot = encode_state(_state(guid, fill=5, generation=1))
+
+    def full_halfway(txn: lmdb.Transaction) -> None:
+        txn.put(b"stray", b"x", db=store._env.checkpoints)
+        raise lmdb.MapFullError("mdb_put: MDB_MAP_FULL")
+
+    with pytest.raises(StorageError, match="commit of 1 checkpoints written together failed"):
+        store.committer.submit(guid, full_halfway)
+    with store._env.env.begin() as txn:
+        assert txn.get(b"stray", db=store._env.checkpoints) is None
+    assert store.put_checkpoint(guid, TAD("n1", 1), 1, snapshot, _checked(snapshot, 1))
+    assert store.latest_checkpoint(guid).snapshot == snapshot
+
+
 def test_a_failed_commit_fails_every_checkpoint_of_its_batch(store: AtomStore) -> None:
     guid = _register(store)
     snapshot = encode_state(_state(guid, fill=3, generation=1))
