@@ -17,6 +17,7 @@ the node's lease holds and the incarnation is still ours.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from hermesx.core.errors import HermesError, MigrationError
@@ -110,6 +111,19 @@ class MigrationDestination:
         refusal = tags_refusal(guid, self._node, request.meta.tags, self._ctx.config.tags)
         if refusal:
             raise MigrationError(refusal)
+        # A move here past the node's budget is refused before the atom leaves its
+        # source; a storesite's activation (recovery, a dormant atom) never is, so
+        # recovery always finds a home (docs/DESIGN.md §6 "Recovery").
+        room = (
+            self._ctx.budget.taking(f"atom {guid} stays where it is")
+            if request.source
+            else contextlib.nullcontext()
+        )
+        with room:
+            self._stage_copy(request, tad, incarnation)
+
+    def _stage_copy(self, request: pb.CopyRequest, tad: TAD, incarnation: str) -> None:
+        guid = request.guid
         atom = self._restore(request, "staged")
         meta = pb.AtomMeta()
         meta.CopyFrom(request.meta)

@@ -43,6 +43,9 @@ _INVOKE, _SEND = "invoke", "send"
 # transfer at STAGE_BYTES_PER_S.
 STAGE_TIMEOUT_S = 5.0
 STAGE_BYTES_PER_S = 4 * 2**20
+# Added to a full node's load (NodeClient.active_atoms): a storesite places an
+# atom there only when no node with room takes it.
+FULL_NODE_LOAD = 2**32
 
 
 class Peer(Protocol):
@@ -326,13 +329,16 @@ class NodeClient:
         return (held.tad if held.active_here else None), held.incarnation
 
     def active_atoms(self, member: Peer) -> int | None:
-        """The node's active-atom count, or None when it does not answer."""
+        """The node's load for placement: its active-atom count, past every node with
+        room when it is full (its budget, docs/DESIGN.md §3), or None when it does not
+        answer."""
         try:
             status = self.status(member)
         except HermesError as err:
             log.warning("no load from node %s: %s", member.name, err)
             return None
-        return int(status.active_atoms)
+        full = status.HasField("atom_room") and status.atom_room == 0
+        return int(status.active_atoms) + (FULL_NODE_LOAD if full else 0)
 
     # ------------------------------------------------------------ test hooks
 

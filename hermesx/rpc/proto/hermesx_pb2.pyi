@@ -296,7 +296,7 @@ class Empty(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("name", "active_atoms", "stash_entries", "pid", "rss_bytes", "tags", "atom_calls", "invocations", "fenced", "draining")
+    __slots__ = ("name", "active_atoms", "stash_entries", "pid", "rss_bytes", "tags", "atom_calls", "invocations", "fenced", "max_atoms", "atom_room", "draining")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_ATOMS_FIELD_NUMBER: _ClassVar[int]
     STASH_ENTRIES_FIELD_NUMBER: _ClassVar[int]
@@ -306,6 +306,8 @@ class NodeStatus(_message.Message):
     ATOM_CALLS_FIELD_NUMBER: _ClassVar[int]
     INVOCATIONS_FIELD_NUMBER: _ClassVar[int]
     FENCED_FIELD_NUMBER: _ClassVar[int]
+    MAX_ATOMS_FIELD_NUMBER: _ClassVar[int]
+    ATOM_ROOM_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     name: str
     active_atoms: int
@@ -316,8 +318,10 @@ class NodeStatus(_message.Message):
     atom_calls: int
     invocations: int
     fenced: bool
+    max_atoms: int
+    atom_room: int
     draining: bool
-    def __init__(self, name: _Optional[str] = ..., active_atoms: _Optional[int] = ..., stash_entries: _Optional[int] = ..., pid: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., tags: _Optional[_Iterable[str]] = ..., atom_calls: _Optional[int] = ..., invocations: _Optional[int] = ..., fenced: _Optional[bool] = ..., draining: _Optional[bool] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., active_atoms: _Optional[int] = ..., stash_entries: _Optional[int] = ..., pid: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., tags: _Optional[_Iterable[str]] = ..., atom_calls: _Optional[int] = ..., invocations: _Optional[int] = ..., fenced: _Optional[bool] = ..., max_atoms: _Optional[int] = ..., atom_room: _Optional[int] = ..., draining: _Optional[bool] = ...) -> None: ...
 
 class AtomLogLines(_message.Message):
     __slots__ = ("guid", "lines")
