@@ -6,9 +6,10 @@ creating atoms in a loop could make the node's atoms, together, ask for far
 more than the machine holds. :class:`AtomBudget` bounds both the number of
 atoms a node holds (active, staged, being created) and the sum of their caps.
 A create or a move here past either is refused at once with ``capacity``,
-before anything is written or registered. A storesite's activation (of a
-dormant atom, or one recovered from a dead node) is counted but never
-refused: recovery must find every atom a home (docs/DESIGN.md §6 "Recovery").
+before anything is written or registered; so is a storesite's activation of a
+dormant atom. An atom recovered from a dead node is counted but never
+refused: recovery must find every atom a home (docs/DESIGN.md §6 "Activation
+and a node's budget").
 """
 
 from __future__ import annotations

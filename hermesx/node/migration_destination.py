@@ -53,8 +53,12 @@ class MigrationDestination:
 
     # ------------------------------------------------------------ a move's source
 
-    def accept(self, request: pb.CopyRequest, *, commit: bool) -> str:
-        """Stage a copy, or (``commit``) activate one; returns the incarnation that took it."""
+    def accept(self, request: pb.CopyRequest, *, commit: bool, budgeted: bool = True) -> str:
+        """Stage a copy, or (``commit``) activate one; returns the incarnation that took it.
+
+        ``budgeted``: a staged copy takes room in the node's budget, or is refused
+        (all but a recovery, docs/DESIGN.md §6).
+        """
         guid = request.guid
         tad = self._sent_here(guid, request.tad)
         if not commit and not request.snapshot:
@@ -75,7 +79,7 @@ class MigrationDestination:
                 f"{self._node}, which restarted as {incarnation}; it holds no staged copy"
             )
         if not commit:
-            self._stage(request, tad, incarnation)
+            self._stage(request, tad, incarnation, budgeted)
         else:
             self._activate(request, tad, incarnation)
         return incarnation
@@ -103,7 +107,7 @@ class MigrationDestination:
             raise
         return atom
 
-    def _stage(self, request: pb.CopyRequest, tad: TAD, incarnation: str) -> None:
+    def _stage(self, request: pb.CopyRequest, tad: TAD, incarnation: str, budgeted: bool) -> None:
         guid = request.guid
         if self._fencing.draining:
             # docs/DESIGN.md §5 "Drain": the mover or the storesite picks another node.
@@ -112,11 +116,13 @@ class MigrationDestination:
         if refusal:
             raise MigrationError(refusal)
         # A move here past the node's budget is refused before the atom leaves its
-        # source; a storesite's activation (recovery, a dormant atom) never is, so
-        # recovery always finds a home (docs/DESIGN.md §6 "Recovery").
+        # source, a dormant atom's activation too (another node is tried); a
+        # recovery never is, so it always finds a home (docs/DESIGN.md §6).
         room = (
-            self._ctx.budget.taking(f"atom {guid} stays where it is")
-            if request.source
+            self._ctx.budget.taking(
+                f"atom {guid} stays where it is" if request.source else f"atom {guid} not staged"
+            )
+            if budgeted
             else contextlib.nullcontext()
         )
         with room:
@@ -215,7 +221,7 @@ class MigrationDestination:
         if request.confirm and active is not None and active.tad == tad_from_pb(request.tad):
             # The staged copy already settled by asking the storesite.
             return pb.ActivateReply(tad=request.tad, incarnation=self._fencing.incarnation)
-        incarnation = self.accept(copy, commit=not request.stage)
+        incarnation = self.accept(copy, commit=not request.stage, budgeted=not request.recovery)
         if request.stage:
             log.info(
                 "atom %s staged here at %s; it serves once the storesite has recorded it",

@@ -282,11 +282,13 @@ class NodeClient:
         *,
         checksum: int | None = None,
         stage: bool = False,
+        recovery: bool = False,
     ) -> tuple[TAD, str]:
         """Ask ``member`` to run ``guid`` from ``snapshot`` at ``tad`` (``stage``: to stage it).
 
         The node checks ``checksum`` (of ``snapshot``) before it restores, and
-        refuses when it is not the incarnation the name service listed.
+        refuses when it is not the incarnation the name service listed, and a full
+        one refuses a dormant atom (not a ``recovery``: docs/DESIGN.md §6).
         Returns the TAD and the incarnation that holds it: the one the node
         reports, else the one the name service listed for it.
         """
@@ -298,6 +300,7 @@ class NodeClient:
             checksum=checksum,
             incarnation=member.incarnation,
             stage=stage,
+            recovery=recovery,
         )
         # Staging is only a restore: a node that does not answer soon is
         # given up and another one tried (its late copy can never serve).

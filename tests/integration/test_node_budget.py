@@ -5,14 +5,17 @@ nothing bounded a node's total but ``vm.max_map_count``. A node now holds at
 most ``--max-atoms`` atoms whose caps add up to at most ``--max-atom-memory``
 (docs/DESIGN.md §3): a create or a move past either is refused at once with
 ``capacity``, one line naming the node, what is full and the numbers, and
-nothing is left behind. One cluster for the module: n1 holds 2 atoms at most,
-n2's caps may add up to 128 MiB (two atoms), n3 has the defaults.
+nothing is left behind. A dormant atom goes to a node with room; a recovered
+one finds a home even when every node is full (docs/DESIGN.md §6). One
+cluster for the module (2 s sessions): n1 holds 2 atoms at most, n2's caps
+may add up to 128 MiB (two atoms), n3 has the defaults; the last test kills n3.
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
+import signal
 import uuid
 from collections.abc import Iterator
 
@@ -23,6 +26,7 @@ from hermesx.core.errors import CapacityError
 from hermesx.local.cluster import LocalCluster, NodeSpec
 from hermesx.rpc.storesite_client import StoresiteClient
 from hermesx.testing.cli import cluster_env, run_hermesx
+from hermesx.testing.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +38,7 @@ def budgeted(cluster_factory: object) -> LocalCluster:
         NodeSpec("n2", options=("--max-atom-memory", "128MiB")),
         NodeSpec("n3"),
     ]
-    return cluster_factory(specs)  # type: ignore[operator,no-any-return]
+    return cluster_factory(specs, session_timeout=2.0)  # type: ignore[operator,no-any-return]
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +124,36 @@ def test_the_cli_create_past_the_budget_prints_one_line_and_fails(
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("error: node n1 holds 2 atoms, its most (max_atoms 2)"), lines
     assert json.loads(done.stdout)["kind"] == "capacity"
+
+
+def test_a_dormant_atom_wakes_on_a_node_with_room(
+    client: Client, full: dict[str, list[str]]
+) -> None:
+    # n1 and n2 are the least loaded, but full: the storesite places it on n3.
+    guid = full["n3"][1]
+    before = client.atom(guid).get()
+    client.passivate(guid)
+    assert client.atom(guid).incr(1) == before + 1
+    assert client.locate(guid).node == "n3"
+    assert [client.node_status(n).active_atoms for n in ("n1", "n2")] == [2, 2]
+
+
+def test_recovery_onto_full_nodes_passes_their_budget_and_loses_no_atom(
+    budgeted: LocalCluster,
+    client: Client,
+    full: dict[str, list[str]],
+    atoms: dict[str, pathlib.Path],
+) -> None:
+    """Runs last: it kills n3, and every node left is full."""
+    recovered = full["n3"]
+    values = {guid: client.atom(guid).get() for guid in recovered}
+    budgeted.kill("node-n3", signal.SIGKILL)
+    wait_until(lambda: "n3" not in client.nodes(), 30, "n3 leaves the name service")
+    for guid, value in values.items():
+        assert client.atom(guid).get() == value  # recovered from its checkpoint
+        assert client.locate(guid).node in ("n1", "n2")
+    held = [client.node_status(n).active_atoms for n in ("n1", "n2")]
+    assert sum(held) >= 4 + len(recovered), held  # past 2 + 2
+    # Past their budget, the nodes still refuse new atoms.
+    with pytest.raises(CapacityError, match="its most"):
+        client.create(atoms["counter"], on="n1")

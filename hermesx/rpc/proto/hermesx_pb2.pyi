@@ -258,7 +258,7 @@ class DiscardCopyRequest(_message.Message):
     def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ...) -> None: ...
 
 class ActivateRequest(_message.Message):
-    __slots__ = ("guid", "tad", "snapshot", "meta", "checksum", "incarnation", "stage", "confirm")
+    __slots__ = ("guid", "tad", "snapshot", "meta", "checksum", "incarnation", "stage", "confirm", "recovery")
     GUID_FIELD_NUMBER: _ClassVar[int]
     TAD_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
@@ -267,6 +267,7 @@ class ActivateRequest(_message.Message):
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
     CONFIRM_FIELD_NUMBER: _ClassVar[int]
+    RECOVERY_FIELD_NUMBER: _ClassVar[int]
     guid: str
     tad: TAD
     snapshot: bytes
@@ -275,7 +276,8 @@ class ActivateRequest(_message.Message):
     incarnation: str
     stage: bool
     confirm: bool
-    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., meta: _Optional[_Union[AtomMeta, _Mapping]] = ..., checksum: _Optional[int] = ..., incarnation: _Optional[str] = ..., stage: _Optional[bool] = ..., confirm: _Optional[bool] = ...) -> None: ...
+    recovery: bool
+    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., meta: _Optional[_Union[AtomMeta, _Mapping]] = ..., checksum: _Optional[int] = ..., incarnation: _Optional[str] = ..., stage: _Optional[bool] = ..., confirm: _Optional[bool] = ..., recovery: _Optional[bool] = ...) -> None: ...
 
 class ActivateReply(_message.Message):
     __slots__ = ("tad", "incarnation")
