@@ -29,7 +29,17 @@ from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.status import unary_call
 from hermesx.rpc.wire import ChannelPool
 
-__all__ = ["CALL_ADDRESS", "Holding", "Member", "NodeAddress", "NodeClient", "Peer", "call_address"]
+__all__ = [
+    "CALL_ADDRESS",
+    "FULL_NODE_LOAD",
+    "Holding",
+    "Member",
+    "NodeAddress",
+    "NodeClient",
+    "Peer",
+    "call_address",
+    "placement_load",
+]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +56,13 @@ STAGE_BYTES_PER_S = 4 * 2**20
 # Added to a full node's load (NodeClient.active_atoms): a storesite places an
 # atom there only when no node with room takes it.
 FULL_NODE_LOAD = 2**32
+
+
+def placement_load(status: pb.NodeStatus) -> int:
+    """A node's load for placement: its active atoms, past every node with room when
+    it is full (its budget, docs/DESIGN.md §3)."""
+    full = status.HasField("atom_room") and status.atom_room == 0
+    return int(status.active_atoms) + (FULL_NODE_LOAD if full else 0)
 
 
 class Peer(Protocol):
@@ -340,8 +357,7 @@ class NodeClient:
         except HermesError as err:
             log.warning("no load from node %s: %s", member.name, err)
             return None
-        full = status.HasField("atom_room") and status.atom_room == 0
-        return int(status.active_atoms) + (FULL_NODE_LOAD if full else 0)
+        return placement_load(status)
 
     # ------------------------------------------------------------ test hooks
 
