@@ -23,9 +23,12 @@ from storesite.placement import LoadCache, rank_nodes
 from storesite.records import AtomState
 from storesite.store import AtomStore
 
-__all__ = ["Activator"]
+__all__ = ["DORMANT", "Activator"]
 
 log = logging.getLogger(__name__)
+
+# The reason of an activation of a dormant atom; any other is a recovery.
+DORMANT = "dormant"
 
 
 class Activator:
@@ -96,6 +99,8 @@ class Activator:
                     meta,
                     checksum=checkpoint.checksum,
                     stage=True,
+                    # A recovered atom is staged even on a full node: never stranded.
+                    recovery=reason != DORMANT,
                 )
             except CallTimeoutError as err:
                 # The node may still stage the copy, late; it serves only if

@@ -41,7 +41,7 @@ from hermesx.observe import metrics
 from hermesx.rpc.node_client import NodeClient
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.storesite_client import CheckpointInfo, StoredLocation, StoresiteClient
-from storesite.activation import Activator
+from storesite.activation import DORMANT, Activator
 from storesite.deltas import DeltaOutcome, put_delta
 from storesite.directory import Directory
 from storesite.locks import AtomLocks
@@ -228,7 +228,7 @@ class Storesite:
             if state.forwarded_to:
                 return StoredLocation(state.location, state.dormant, state.forwarded_to)
             if state.dormant:
-                return self._place(state, "dormant")
+                return self._place(state, DORMANT)
             held = self._activator.holder(state)
             if held is not None:
                 return StoredLocation(held.location, incarnation=held.incarnation)
@@ -237,7 +237,7 @@ class Storesite:
     def _place(self, state: AtomState, reason: str) -> StoredLocation:
         """Activate the atom on a live node. Caller holds the atom lock."""
         placed = self._activator.place(state, reason)
-        metrics.STORESITE_ACTIVATIONS.labels("dormant" if reason == "dormant" else "recovery").inc()
+        metrics.STORESITE_ACTIVATIONS.labels("dormant" if reason == DORMANT else "recovery").inc()
         self._recovery.look_again_if_gone(placed)
         return StoredLocation(placed.location, incarnation=placed.incarnation)
 

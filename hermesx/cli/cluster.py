@@ -119,6 +119,9 @@ def cmd_nodes(args: argparse.Namespace) -> None:
             try:
                 status = client.node_status(name, timeout=2.0)
                 row["atoms"] = status.active_atoms
+                # Its budget (docs/DESIGN.md §3): how many more atoms it takes now.
+                row["max_atoms"] = status.max_atoms or None
+                row["room"] = status.atom_room
             except HermesError:
                 row["atoms"] = None
             rows.append(row)
@@ -135,10 +138,11 @@ def cmd_nodes(args: argparse.Namespace) -> None:
                         ",".join(r["tags"]) or "-",
                         r.get("pid", "-"),
                         r["atoms"],
+                        "-" if r.get("room") is None else r["room"],
                     )
                     for r in rows
                 ],
-                ["NODE", "ADDRESS", "STATE", "TAGS", "PID", "ATOMS"],
+                ["NODE", "ADDRESS", "STATE", "TAGS", "PID", "ATOMS", "ROOM"],
             )
             if rows
             else "no nodes"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import re
 import signal
 import threading
 from collections.abc import Callable
@@ -78,6 +79,17 @@ def _call_limits(settings: list[str]) -> CallLimits:
     return replace(CallLimits(), **changed)
 
 
+_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def _size(text: str, flag: str) -> int:
+    """Bytes in ``text`` (``4096``, ``512MiB``, ``64G``)."""
+    found = re.fullmatch(r"(\d+)\s*(?:([kmgt])(?:i?b)?|b)?", text.strip(), re.IGNORECASE)
+    if found is None:
+        raise ConfigurationError(f"{flag} {text!r} is not a size such as 4096, 512MiB or 64GiB")
+    return int(found.group(1)) * _UNITS[(found.group(2) or "").lower()]
+
+
 def cmd_node_serve(args: argparse.Namespace) -> None:
     from hermesx.node.config import NodeConfig
     from hermesx.node.supervisor import Supervisor
@@ -99,6 +111,8 @@ def cmd_node_serve(args: argparse.Namespace) -> None:
         tls_dir=address.tls,
         workers=args.workers,
         max_calls_per_atom=args.max_calls_per_atom,
+        max_atoms=args.max_atoms,
+        max_atom_memory_bytes=_size(args.max_atom_memory, "--max-atom-memory"),
         unresponsive_limit_s=args.unresponsive_limit,
         metrics_listen=args.metrics_listen,
         otlp_endpoint=args.otlp_endpoint,
@@ -168,6 +182,20 @@ def register_node(node: Verbs) -> None:
         type=int,
         default=0,
         help="invocations one atom may have waiting or running (default: a quarter of --workers)",
+    )
+    p.add_argument(
+        "--max-atoms",
+        type=int,
+        default=0,
+        help="atoms the node holds at most; creates and moves past it are refused "
+        "(default: one per 256 KiB of the machine's memory, within what the process can map)",
+    )
+    p.add_argument(
+        "--max-atom-memory",
+        default="0",
+        metavar="SIZE",
+        help="the most the atoms' memory caps may add up to, e.g. 64GiB; creates and moves "
+        "past it are refused (default: 16 times the machine's memory)",
     )
     p.add_argument(
         "--unresponsive-limit",

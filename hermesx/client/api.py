@@ -243,22 +243,24 @@ class Client:
         return DrainResult(node, reply.moved, reply.remaining, tuple(reply.failures))
 
     def pick_node(self, tags: Sequence[str] = ()) -> str:
-        """A live node in service carrying ``tags``, the least loaded one."""
+        """A live node in service carrying ``tags``: one with room for an atom, least loaded."""
         candidates = [
             m for m in self.nodes().values() if set(tags) <= set(m.tags) and in_service(m)
         ]
         if not candidates:
             want = f" with tags {','.join(tags)}" if tags else ""
             raise UnreachableError(f"no live node{want} in cluster {self.address.cluster}")
-        loads: list[tuple[int, str]] = []
+        loads: list[tuple[bool, int, str]] = []
         for member in candidates:
             try:
-                loads.append((self.node_status(member.name).active_atoms, member.name))
+                status = self.node_status(member.name)
             except HermesError:
                 continue
+            # A full node goes last: its create would be refused (docs/DESIGN.md §3).
+            loads.append((status.atom_room == 0, status.active_atoms, member.name))
         if not loads:
             raise UnreachableError("no live node answered")
-        return min(loads)[1]
+        return min(loads)[2]
 
     # ------------------------------------------------------------ atoms
 

@@ -99,3 +99,5 @@ class NodeStatus:
     tags: tuple[str, ...]
     atom_calls: int  # invocations waiting for or running in an atom there
     draining: bool = False  # out of service: takes no new atoms (docs/DESIGN.md §5 "Drain")
+    max_atoms: int = 0  # the most atoms it holds (its budget, docs/DESIGN.md §3)
+    atom_room: int | None = None  # how many more it takes now (None: not said)

@@ -42,6 +42,12 @@ class NodeConfig:
     # Invocations one atom may have waiting for it or running in it at once
     # (0: a quarter of the workers), so one slow atom cannot take every worker.
     max_calls_per_atom: int = 0
+    # The atoms this node holds at most, and the most their memory caps
+    # (memory_limit_bytes each) may add up to; past either a create or a move
+    # here is refused with `capacity` (0: from the machine's memory,
+    # hermesx/node/budget.py; docs/DESIGN.md §3).
+    max_atoms: int = 0
+    max_atom_memory_bytes: int = 0
     # A node that cannot answer its own Status for this long gives up its
     # name-service session (0: three session timeouts, at least 10 s).
     unresponsive_limit_s: float = 0.0
@@ -73,6 +79,16 @@ class NodeConfig:
         if self.max_calls_per_atom < 0:
             raise ConfigurationError(
                 f"max_calls_per_atom must be 0 (default) or more, not {self.max_calls_per_atom}"
+            )
+        for limit in ("max_atoms", "max_atom_memory_bytes"):
+            if getattr(self, limit) < 0:
+                raise ConfigurationError(
+                    f"{limit} must be 0 (default) or more, not {getattr(self, limit)}"
+                )
+        if 0 < self.max_atom_memory_bytes < self.memory_limit_bytes:
+            raise ConfigurationError(
+                f"max_atom_memory_bytes {self.max_atom_memory_bytes} is less than one atom's "
+                f"memory cap ({self.memory_limit_bytes}): the node could hold no atom"
             )
         call = self.call_address()
         if call is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hermesx.node.budget import AtomBudget
 from hermesx.node.catalog import Catalog
 from hermesx.node.config import NodeConfig
 from hermesx.node.fencing import Fencing
@@ -34,6 +35,7 @@ class NodeContext:
     invoker: Invoker
     storesites: AtomStoresites
     hooks: TestHooks
+    budget: AtomBudget
 
     @property
     def name(self) -> str:

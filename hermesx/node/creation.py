@@ -1,6 +1,7 @@
 """Creating an atom on this node (docs/DESIGN.md §3, §4).
 
-The node checks the new atom's metadata, compiles its module, picks the
+The node checks that it has room for one more atom (its budget,
+:mod:`hermesx.node.budget`), the new atom's metadata, compiles its module, picks the
 storesite that will be its home (by the module's hash, among the live ones),
 binds its name, runs its ``init``, and registers the atom with its first
 checkpoint at the storesite — naming this node's incarnation — before it
@@ -41,6 +42,11 @@ class Creation:
                 f"node {self._ctx.name} is draining (out of service): create the atom on "
                 "another node"
             )
+        # Before anything is compiled, bound or recorded: a full node leaves nothing behind.
+        with self._ctx.budget.taking("the atom was not created; create it on another node"):
+            return self._create(request, incarnation)
+
+    def _create(self, request: pb.CreateRequest, incarnation: str) -> tuple[str, TAD]:
         meta = pb.AtomMeta()
         meta.CopyFrom(request.meta)
         aliases = [_parse_alias(a) for a in request.aliases]

@@ -6,12 +6,12 @@ so from then on no storesite places an atom here, no move chooses it and
 creates are refused (clients pick another node). Then it moves every atom
 it holds, each by the ordinary two-phase move of
 :mod:`hermesx.node.migration_source`, to the node :func:`rank_nodes` ranks
-first for that atom's tags (in service, least loaded); a refused move tries
-the next node. Calls that arrive meanwhile wait for the move and are
-forwarded, as in every move, so none fails. The drain ends when nothing is
-left here (no active atom, no staged copy) or when its time runs out; a
-node that is stopping after a drain that did not finish leaves the rest to
-recovery from their checkpoints.
+first for that atom's tags (in service, with room in its budget, least
+loaded); a refused move tries the next node. Calls that arrive meanwhile
+wait for the move and are forwarded, as in every move, so none fails. The
+drain ends when nothing is left here (no active atom, no staged copy) or
+when its time runs out; a node that is stopping after a drain that did
+not finish leaves the rest to recovery from their checkpoints.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from hermesx.core.errors import HermesError, NotActiveHereError
 from hermesx.node.context import NodeContext
 from hermesx.node.migration_source import MigrationSource
-from hermesx.rpc.node_client import Member
+from hermesx.rpc.node_client import Member, placement_load
 from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.ranking import rank_nodes
 
@@ -110,7 +110,7 @@ class Drainer:
             if name == self._node:
                 continue
             try:
-                loads[name] = int(self._ctx.invoker.nodes.status(member, timeout=2.0).active_atoms)
+                loads[name] = placement_load(self._ctx.invoker.nodes.status(member, timeout=2.0))
             except HermesError:
                 loads[name] = None
         return loads

@@ -17,6 +17,7 @@ the node's lease holds and the incarnation is still ours.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from hermesx.core.errors import HermesError, MigrationError
@@ -52,8 +53,12 @@ class MigrationDestination:
 
     # ------------------------------------------------------------ a move's source
 
-    def accept(self, request: pb.CopyRequest, *, commit: bool) -> str:
-        """Stage a copy, or (``commit``) activate one; returns the incarnation that took it."""
+    def accept(self, request: pb.CopyRequest, *, commit: bool, budgeted: bool = True) -> str:
+        """Stage a copy, or (``commit``) activate one; returns the incarnation that took it.
+
+        ``budgeted``: a staged copy takes room in the node's budget, or is refused
+        (all but a recovery, docs/DESIGN.md §6).
+        """
         guid = request.guid
         tad = self._sent_here(guid, request.tad)
         if not commit and not request.snapshot:
@@ -74,7 +79,7 @@ class MigrationDestination:
                 f"{self._node}, which restarted as {incarnation}; it holds no staged copy"
             )
         if not commit:
-            self._stage(request, tad, incarnation)
+            self._stage(request, tad, incarnation, budgeted)
         else:
             self._activate(request, tad, incarnation)
         return incarnation
@@ -102,7 +107,7 @@ class MigrationDestination:
             raise
         return atom
 
-    def _stage(self, request: pb.CopyRequest, tad: TAD, incarnation: str) -> None:
+    def _stage(self, request: pb.CopyRequest, tad: TAD, incarnation: str, budgeted: bool) -> None:
         guid = request.guid
         if self._fencing.draining:
             # docs/DESIGN.md §5 "Drain": the mover or the storesite picks another node.
@@ -110,6 +115,21 @@ class MigrationDestination:
         refusal = tags_refusal(guid, self._node, request.meta.tags, self._ctx.config.tags)
         if refusal:
             raise MigrationError(refusal)
+        # A move here past the node's budget is refused before the atom leaves its
+        # source, a dormant atom's activation too (another node is tried); a
+        # recovery never is, so it always finds a home (docs/DESIGN.md §6).
+        room = (
+            self._ctx.budget.taking(
+                f"atom {guid} stays where it is" if request.source else f"atom {guid} not staged"
+            )
+            if budgeted
+            else contextlib.nullcontext()
+        )
+        with room:
+            self._stage_copy(request, tad, incarnation)
+
+    def _stage_copy(self, request: pb.CopyRequest, tad: TAD, incarnation: str) -> None:
+        guid = request.guid
         atom = self._restore(request, "staged")
         meta = pb.AtomMeta()
         meta.CopyFrom(request.meta)
@@ -201,7 +221,7 @@ class MigrationDestination:
         if request.confirm and active is not None and active.tad == tad_from_pb(request.tad):
             # The staged copy already settled by asking the storesite.
             return pb.ActivateReply(tad=request.tad, incarnation=self._fencing.incarnation)
-        incarnation = self.accept(copy, commit=not request.stage)
+        incarnation = self.accept(copy, commit=not request.stage, budgeted=not request.recovery)
         if request.stage:
             log.info(
                 "atom %s staged here at %s; it serves once the storesite has recorded it",

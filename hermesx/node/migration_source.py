@@ -18,7 +18,7 @@ import logging
 import time
 from concurrent import futures
 
-from hermesx.core.errors import HermesError, MigrationError, NotActiveHereError
+from hermesx.core.errors import CapacityError, HermesError, MigrationError, NotActiveHereError
 from hermesx.core.identity import TAD, validate_name
 from hermesx.core.snapshot import snapshot_checksum
 from hermesx.node.aborts import UnsentAborts
@@ -107,6 +107,8 @@ class MigrationSource:
                 staging.result()
             self._abort(guid, new_tad, dst)
             active.thaw()
+            if isinstance(exc, CapacityError):  # the destination is full: say so as it did
+                raise CapacityError(f"atom {guid} was not moved: {exc}") from exc
             raise MigrationError(f"atom {guid}: move to {destination} failed: {exc}") from exc
         try:
             self._storesites.commit(guid, new_tad, copy.incarnation)

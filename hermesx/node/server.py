@@ -129,6 +129,8 @@ class NodeServicer(pbg.SupervisorServicer):
             invocations=self._dispatcher.invocations,
             fenced=self._ctx.fencing.fenced,
             draining=self._ctx.fencing.draining,
+            max_atoms=self._ctx.budget.max_atoms,
+            atom_room=self._ctx.budget.room(),
         )
 
     def AtomLogs(self, request: pb.GuidRequest, context: grpc.ServicerContext) -> pb.AtomLogLines:

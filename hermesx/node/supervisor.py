@@ -41,6 +41,7 @@ from hermesx.core.addresses import advertised_address, split_host_port
 from hermesx.core.errors import HermesError
 from hermesx.node.aborts import UnsentAborts
 from hermesx.node.admission import Admission
+from hermesx.node.budget import AtomBudget
 from hermesx.node.builder import AtomBuilder
 from hermesx.node.calls import serve_calls
 from hermesx.node.catalog import ActiveAtom, Catalog
@@ -153,6 +154,14 @@ class Supervisor:
             self.invoker,
             self.storesites,
             hooks,
+            AtomBudget(
+                config.name,
+                self.catalog,
+                atom_memory_bytes=config.memory_limit_bytes,
+                max_atoms=config.max_atoms,
+                max_memory_bytes=config.max_atom_memory_bytes,
+                runtime_atoms=self.runtime.max_atoms,
+            ),
         )
         builder = AtomBuilder(self.runtime, NodeHost(ctx), self.storesites)
         self._aborts = UnsentAborts(self.storesites)

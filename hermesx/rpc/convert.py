@@ -50,4 +50,6 @@ def node_status_from_pb(msg: pb.NodeStatus) -> NodeStatus:
         tuple(msg.tags),
         msg.atom_calls,
         msg.draining,
+        msg.max_atoms,
+        msg.atom_room if msg.HasField("atom_room") else None,
     )

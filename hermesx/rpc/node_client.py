@@ -29,7 +29,17 @@ from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.status import unary_call
 from hermesx.rpc.wire import ChannelPool
 
-__all__ = ["CALL_ADDRESS", "Holding", "Member", "NodeAddress", "NodeClient", "Peer", "call_address"]
+__all__ = [
+    "CALL_ADDRESS",
+    "FULL_NODE_LOAD",
+    "Holding",
+    "Member",
+    "NodeAddress",
+    "NodeClient",
+    "Peer",
+    "call_address",
+    "placement_load",
+]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +53,16 @@ _INVOKE, _SEND = "invoke", "send"
 # transfer at STAGE_BYTES_PER_S.
 STAGE_TIMEOUT_S = 5.0
 STAGE_BYTES_PER_S = 4 * 2**20
+# Added to a full node's load (NodeClient.active_atoms): a storesite places an
+# atom there only when no node with room takes it.
+FULL_NODE_LOAD = 2**32
+
+
+def placement_load(status: pb.NodeStatus) -> int:
+    """A node's load for placement: its active atoms, past every node with room when
+    it is full (its budget, docs/DESIGN.md §3)."""
+    full = status.HasField("atom_room") and status.atom_room == 0
+    return int(status.active_atoms) + (FULL_NODE_LOAD if full else 0)
 
 
 class Peer(Protocol):
@@ -279,11 +299,13 @@ class NodeClient:
         *,
         checksum: int | None = None,
         stage: bool = False,
+        recovery: bool = False,
     ) -> tuple[TAD, str]:
         """Ask ``member`` to run ``guid`` from ``snapshot`` at ``tad`` (``stage``: to stage it).
 
         The node checks ``checksum`` (of ``snapshot``) before it restores, and
-        refuses when it is not the incarnation the name service listed.
+        refuses when it is not the incarnation the name service listed, and a full
+        one refuses a dormant atom (not a ``recovery``: docs/DESIGN.md §6).
         Returns the TAD and the incarnation that holds it: the one the node
         reports, else the one the name service listed for it.
         """
@@ -295,6 +317,7 @@ class NodeClient:
             checksum=checksum,
             incarnation=member.incarnation,
             stage=stage,
+            recovery=recovery,
         )
         # Staging is only a restore: a node that does not answer soon is
         # given up and another one tried (its late copy can never serve).
@@ -326,13 +349,15 @@ class NodeClient:
         return (held.tad if held.active_here else None), held.incarnation
 
     def active_atoms(self, member: Peer) -> int | None:
-        """The node's active-atom count, or None when it does not answer."""
+        """The node's load for placement: its active-atom count, past every node with
+        room when it is full (its budget, docs/DESIGN.md §3), or None when it does not
+        answer."""
         try:
             status = self.status(member)
         except HermesError as err:
             log.warning("no load from node %s: %s", member.name, err)
             return None
-        return int(status.active_atoms)
+        return placement_load(status)
 
     # ------------------------------------------------------------ test hooks
 

@@ -258,7 +258,7 @@ class DiscardCopyRequest(_message.Message):
     def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ...) -> None: ...
 
 class ActivateRequest(_message.Message):
-    __slots__ = ("guid", "tad", "snapshot", "meta", "checksum", "incarnation", "stage", "confirm")
+    __slots__ = ("guid", "tad", "snapshot", "meta", "checksum", "incarnation", "stage", "confirm", "recovery")
     GUID_FIELD_NUMBER: _ClassVar[int]
     TAD_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
@@ -267,6 +267,7 @@ class ActivateRequest(_message.Message):
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
     CONFIRM_FIELD_NUMBER: _ClassVar[int]
+    RECOVERY_FIELD_NUMBER: _ClassVar[int]
     guid: str
     tad: TAD
     snapshot: bytes
@@ -275,7 +276,8 @@ class ActivateRequest(_message.Message):
     incarnation: str
     stage: bool
     confirm: bool
-    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., meta: _Optional[_Union[AtomMeta, _Mapping]] = ..., checksum: _Optional[int] = ..., incarnation: _Optional[str] = ..., stage: _Optional[bool] = ..., confirm: _Optional[bool] = ...) -> None: ...
+    recovery: bool
+    def __init__(self, guid: _Optional[str] = ..., tad: _Optional[_Union[TAD, _Mapping]] = ..., snapshot: _Optional[bytes] = ..., meta: _Optional[_Union[AtomMeta, _Mapping]] = ..., checksum: _Optional[int] = ..., incarnation: _Optional[str] = ..., stage: _Optional[bool] = ..., confirm: _Optional[bool] = ..., recovery: _Optional[bool] = ...) -> None: ...
 
 class ActivateReply(_message.Message):
     __slots__ = ("tad", "incarnation")
@@ -296,7 +298,7 @@ class Empty(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("name", "active_atoms", "stash_entries", "pid", "rss_bytes", "tags", "atom_calls", "invocations", "fenced", "draining")
+    __slots__ = ("name", "active_atoms", "stash_entries", "pid", "rss_bytes", "tags", "atom_calls", "invocations", "fenced", "max_atoms", "atom_room", "draining")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_ATOMS_FIELD_NUMBER: _ClassVar[int]
     STASH_ENTRIES_FIELD_NUMBER: _ClassVar[int]
@@ -306,6 +308,8 @@ class NodeStatus(_message.Message):
     ATOM_CALLS_FIELD_NUMBER: _ClassVar[int]
     INVOCATIONS_FIELD_NUMBER: _ClassVar[int]
     FENCED_FIELD_NUMBER: _ClassVar[int]
+    MAX_ATOMS_FIELD_NUMBER: _ClassVar[int]
+    ATOM_ROOM_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     name: str
     active_atoms: int
@@ -316,8 +320,10 @@ class NodeStatus(_message.Message):
     atom_calls: int
     invocations: int
     fenced: bool
+    max_atoms: int
+    atom_room: int
     draining: bool
-    def __init__(self, name: _Optional[str] = ..., active_atoms: _Optional[int] = ..., stash_entries: _Optional[int] = ..., pid: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., tags: _Optional[_Iterable[str]] = ..., atom_calls: _Optional[int] = ..., invocations: _Optional[int] = ..., fenced: _Optional[bool] = ..., draining: _Optional[bool] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., active_atoms: _Optional[int] = ..., stash_entries: _Optional[int] = ..., pid: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., tags: _Optional[_Iterable[str]] = ..., atom_calls: _Optional[int] = ..., invocations: _Optional[int] = ..., fenced: _Optional[bool] = ..., max_atoms: _Optional[int] = ..., atom_room: _Optional[int] = ..., draining: _Optional[bool] = ...) -> None: ...
 
 class AtomLogLines(_message.Message):
     __slots__ = ("guid", "lines")
