@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from hermesx.core.errors import ConfigurationError
-from hermesx.rpc.callclient import CallPool
+from hermesx.rpc.callclient import CallConnection, CallPool
 from hermesx.rpc.callserver import (
     WATCH_LINGER_S,
     Call,
@@ -148,29 +148,44 @@ def test_a_lone_caller_gets_no_second_reader_a_shared_connection_does(
 
 def test_many_threads_on_one_connection_all_get_their_own_replies(address: str) -> None:
     pool = CallPool()
-    connection = pool.connection(address)
+    try:
+        wrong = _echo_from_threads(
+            pool.connection(address), 8, 50, lambda i, j: "0.002" if j % 10 == 0 else "0"
+        )
+    finally:
+        pool.close()
+    assert wrong == []
+
+
+def _echo_from_threads(
+    connection: CallConnection,
+    threads: int,
+    calls: int,
+    how: Callable[[int, int], str],
+    pause_every: int = 0,
+) -> list[object]:
+    """``calls`` echo calls from each of ``threads`` threads on ``connection`` (call j of
+    thread i asks the handler for ``how(i, j)``); the errors and the wrong replies."""
     wrong: list[object] = []
 
     def caller(i: int) -> None:
-        for j in range(50):
-            body = f"{0.002 if j % 10 == 0 else 0}:{i}.{j} ".encode()
+        for j in range(calls):
             try:
-                reply = connection.call("echo", body, 10.0)
+                reply = connection.call("echo", f"{how(i, j)}:{i}.{j} ".encode(), 10.0)
             except Exception as exc:
                 wrong.append(exc)
                 continue
             if not reply.startswith(f"{i}.{j} ".encode()):
                 wrong.append(reply)
+            if pause_every and j % pause_every == 0:
+                time.sleep(0.06)  # past SHARED_S: a lone caller again for a while
 
-    threads = [threading.Thread(target=caller, args=(i,)) for i in range(8)]
-    try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60.0)
-    finally:
-        pool.close()
-    assert wrong == []
+    started = [threading.Thread(target=caller, args=(i,)) for i in range(threads)]
+    for thread in started:
+        thread.start()
+    for thread in started:
+        thread.join(60.0)
+    return wrong
 
 
 def test_a_handlers_error_answers_its_call_and_the_connection_goes_on(address: str) -> None:
@@ -350,28 +365,11 @@ def test_one_thread_at_a_time_reads_a_connection_whose_runs_hand_the_reading_on(
 
     monkeypatch.setattr(Link, "_receive", counted)
     pool = CallPool()
-    connection = pool.connection(address)
-    wrong: list[object] = []
-
-    def caller(i: int) -> None:
-        for j in range(40):
-            how = ("yield0.002", "shared0.012", "0", "shared0")[(i + j) % 4]
-            try:
-                reply = connection.call("echo", f"{how}:{i}.{j} ".encode(), 10.0)
-            except Exception as exc:
-                wrong.append(exc)
-                continue
-            if not reply.startswith(f"{i}.{j} ".encode()):
-                wrong.append(reply)
-            if j % 8 == 0:
-                time.sleep(0.06)  # past SHARED_S: a lone caller again for a while
-
-    threads = [threading.Thread(target=caller, args=(i,)) for i in range(3)]
+    hows = ("yield0.002", "shared0.012", "0", "shared0")
     try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60.0)
+        wrong = _echo_from_threads(
+            pool.connection(address), 3, 40, lambda i, j: hows[(i + j) % 4], pause_every=8
+        )
     finally:
         pool.close()
     assert wrong == []
