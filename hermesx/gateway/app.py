@@ -14,6 +14,7 @@ import contextlib
 import importlib.resources
 import json
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -160,26 +161,35 @@ def api_routes(
 
     # Calls and actions wait on atoms and nodes up to their timeout: they run on threads
     # of their own, at most MAX_CALLS_PER_ATOM at once for one atom, so calls stuck on a
-    # frozen node leave the other atoms' calls, names and the console their threads.
+    # frozen node leave the other atoms' calls, names and the console their threads. An
+    # atom is counted by its GUID, on the call's thread, whether it was named by its name
+    # or its GUID; a call past the limit gives its thread back at once.
     call_threads = anyio.CapacityLimiter(CALL_THREADS)
-    waiting: dict[str, int] = {}  # target -> calls of it running here (the loop's thread only)
+    waiting: dict[str, int] = {}  # GUID -> calls of that atom running here
+    waiting_lock = threading.Lock()
+
+    def counted(target: str, fn: Callable[[], Any]) -> Any:
+        guid = client.guid_of(target)
+        with waiting_lock:
+            count = waiting.get(guid, 0)
+            if count >= MAX_CALLS_PER_ATOM:
+                raise Problem(
+                    "busy",
+                    f"atom {target!r} has {count} calls waiting at this gateway; "
+                    "refused, not run: try again later",
+                )
+            waiting[guid] = count + 1
+        try:
+            return fn()
+        finally:
+            with waiting_lock:
+                if waiting[guid] <= 1:
+                    del waiting[guid]
+                else:
+                    waiting[guid] -= 1
 
     async def calling(target: str, fn: Callable[[], Any]) -> Any:
-        count = waiting.get(target, 0)
-        if count >= MAX_CALLS_PER_ATOM:
-            raise Problem(
-                "busy",
-                f"atom {target!r} has {count} calls waiting at this gateway; "
-                "refused, not run: try again later",
-            )
-        waiting[target] = count + 1
-        try:
-            return await anyio.to_thread.run_sync(fn, limiter=call_threads)
-        finally:
-            if waiting[target] <= 1:
-                del waiting[target]
-            else:
-                waiting[target] -= 1
+        return await anyio.to_thread.run_sync(counted, target, fn, limiter=call_threads)
 
     async def read_json(request: Request) -> Any:
         body = await guards.read_body(request, settings.max_body, settings.body_timeout)
