@@ -22,6 +22,7 @@ from hermesx.core.errors import CapacityError, HermesError, MigrationError, NotA
 from hermesx.core.identity import TAD, validate_name
 from hermesx.core.snapshot import snapshot_checksum
 from hermesx.node.aborts import UnsentAborts
+from hermesx.node.catalog import ActiveAtom
 from hermesx.node.context import NodeContext
 from hermesx.observe import atomlog, metrics
 from hermesx.rpc.atom_meta import tags_refusal
@@ -113,9 +114,14 @@ class MigrationSource:
         try:
             self._storesites.commit(guid, new_tad, copy.incarnation)
         except HermesError as exc:
-            self._abort(guid, new_tad, dst)
-            active.thaw()
-            raise MigrationError(f"atom {guid}: commit at the storesite failed: {exc}") from exc
+            committed = self._settle(active, new_tad)
+            if committed is None:  # dropped meanwhile (the node lost its session)
+                raise MigrationError(f"atom {guid}: commit at the storesite failed: {exc}") from exc
+            if not committed:
+                self._abort(guid, new_tad, dst)
+                active.thaw()
+                raise MigrationError(f"atom {guid}: commit at the storesite failed: {exc}") from exc
+            log.warning("atom %s: the commit's answer was lost, but it was written", guid)
         phases["commit"] = time.perf_counter()
         self._ctx.pause("committed")
         # Committed: the destination is where the atom lives now.
@@ -155,6 +161,28 @@ class MigrationSource:
         return pb.MigrateReply(
             tad=tad_to_pb(new_tad), state_bytes=len(snapshot), held_ms=held_ms, total_ms=total_ms
         )
+
+    def _settle(self, active: ActiveAtom, new_tad: TAD) -> bool | None:
+        """Whether a COMMIT that failed was written after all; None if the atom left meanwhile.
+
+        A COMMIT may be written and its answer lost (a timeout, a broken
+        connection). Thawing then would serve a second copy once the record's
+        destination is recovered (docs/DESIGN.md §5). An abort heard by the
+        storesite makes the record final (a COMMIT still on its way is
+        refused), so: abort, then read where the record puts the atom. Until
+        the storesite answers both the atom stays frozen: unavailable, never
+        twice.
+        """
+        guid, pause = active.guid, 0.1
+        while self._catalog.atoms.get(guid) is active:
+            try:
+                self._storesites.abort(guid, new_tad.age, 5.0)
+                return self._storesites.location(guid, 5.0) != active.tad
+            except HermesError as exc:
+                log.warning("atom %s: commit's outcome not known yet (%s); asking again", guid, exc)
+            time.sleep(pause)  # the storesite is away: ask again, less often
+            pause = min(pause * 2, 2.0)
+        return None
 
     def _abort(self, guid: str, tad: TAD, dst: Member | None) -> None:
         """Before COMMIT: the storesite forgets the move, the destination its staged copy."""
