@@ -114,12 +114,13 @@ class MigrationSource:
         try:
             self._storesites.commit(guid, new_tad, copy.incarnation)
         except HermesError as exc:
-            committed = self._settle(active, new_tad)
-            if committed is None:  # dropped meanwhile (the node lost its session)
-                raise MigrationError(f"atom {guid}: commit at the storesite failed: {exc}") from exc
-            if not committed:
+            recorded = self._settle(active, new_tad)
+            if recorded != new_tad:
                 self._abort(guid, new_tad, dst)
-                active.thaw()
+                if recorded == active.tad:
+                    active.thaw()  # aborted: the atom serves here again
+                elif recorded is not None:  # recovered elsewhere meanwhile: this copy is stale
+                    self._catalog.drop(active, recorded)
                 raise MigrationError(f"atom {guid}: commit at the storesite failed: {exc}") from exc
             log.warning("atom %s: the commit's answer was lost, but it was written", guid)
         phases["commit"] = time.perf_counter()
@@ -162,22 +163,23 @@ class MigrationSource:
             tad=tad_to_pb(new_tad), state_bytes=len(snapshot), held_ms=held_ms, total_ms=total_ms
         )
 
-    def _settle(self, active: ActiveAtom, new_tad: TAD) -> bool | None:
-        """Whether a COMMIT that failed was written after all; None if the atom left meanwhile.
+    def _settle(self, active: ActiveAtom, new_tad: TAD) -> TAD | None:
+        """Where the record puts the atom after a COMMIT that failed; None if this node
+        dropped the atom meanwhile (it lost its session).
 
         A COMMIT may be written and its answer lost (a timeout, a broken
-        connection). Thawing then would serve a second copy once the record's
-        destination is recovered (docs/DESIGN.md §5). An abort heard by the
-        storesite makes the record final (a COMMIT still on its way is
-        refused), so: abort, then read where the record puts the atom. Until
-        the storesite answers both the atom stays frozen: unavailable, never
-        twice.
+        connection). Thawing then would serve a second copy (docs/DESIGN.md
+        §5). An abort heard by the storesite makes the record final (a COMMIT
+        still on its way is refused), so: abort, then read the record: the
+        source's TAD (aborted), the destination's (committed), or a newer one
+        (recovered elsewhere meanwhile). Until the storesite answers both the
+        atom stays frozen: unavailable, never twice.
         """
         guid, pause = active.guid, 0.1
         while self._catalog.atoms.get(guid) is active:
             try:
                 self._storesites.abort(guid, new_tad.age, 5.0)
-                return self._storesites.location(guid, 5.0) != active.tad
+                return self._storesites.location(guid, 5.0)
             except HermesError as exc:
                 log.warning("atom %s: commit's outcome not known yet (%s); asking again", guid, exc)
             time.sleep(pause)  # the storesite is away: ask again, less often

@@ -44,12 +44,13 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def slowed(cluster_factory: ClusterFactory) -> Iterator[tuple[LocalCluster, TcpProxy]]:
-    """Nodes n1, n2, n3 and storesite s1 (restarted on its data) that peers reach by a proxy."""
-    cluster = cluster_factory(["n1", "n2", "n3"], session_timeout=2.0)
+    """Nodes n1, n2, n3 and storesite s1, which peers reach through a proxy."""
+    cluster = cluster_factory(["n1", "n2", "n3"], session_timeout=2.0, storesites=())
     port = _free_port()
     with Client(cluster.zk, cluster.name) as client, TcpProxy(f"127.0.0.1:{port}") as proxy:
-        cluster.kill("storesite-s1")
-        cluster.start_storesite("s1", listen=f"127.0.0.1:{port}", advertise=proxy.address)
+        cluster.start_storesite(
+            "s1", init=True, listen=f"127.0.0.1:{port}", advertise=proxy.address
+        )
 
         def behind() -> bool:
             member = client.naming.storesites().get("s1")
