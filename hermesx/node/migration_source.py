@@ -25,6 +25,7 @@ from hermesx.node.aborts import UnsentAborts
 from hermesx.node.catalog import ActiveAtom
 from hermesx.node.context import NodeContext
 from hermesx.observe import atomlog, metrics
+from hermesx.routing.peers import StoresiteAbsentError
 from hermesx.rpc.atom_meta import tags_refusal
 from hermesx.rpc.convert import tad_to_pb
 from hermesx.rpc.node_client import Member
@@ -114,7 +115,9 @@ class MigrationSource:
         try:
             self._storesites.commit(guid, new_tad, copy.incarnation)
         except HermesError as exc:
-            recorded = self._settle(active, new_tad)
+            # No storesite registered: the COMMIT was never sent, nothing to settle.
+            absent = isinstance(exc, StoresiteAbsentError)
+            recorded = active.tad if absent else self._settle(active, new_tad)
             if recorded != new_tad:
                 self._abort(guid, new_tad, dst)
                 if recorded == active.tad:

@@ -32,6 +32,7 @@ from hermesx.core.errors import (
 from hermesx.core.identity import TAD
 from hermesx.node.catalog import ActiveAtom
 from hermesx.node.context import NodeContext
+from hermesx.routing.peers import StoresiteAbsentError
 
 __all__ = ["Passivation"]
 
@@ -52,8 +53,11 @@ class _Unsettled:
 
 
 def _outcome_unknown(exc: HermesError) -> bool:
-    """Whether the storesite may have written what failed (no answer, or a lost one)."""
-    return isinstance(exc, CommunicationError) and not isinstance(exc, NotAuthorizedError)
+    """Whether the storesite may have written what failed (no answer, or a lost one);
+    not when nothing was sent (no storesite registered) or the answer was a refusal."""
+    if isinstance(exc, (NotAuthorizedError, StoresiteAbsentError)):
+        return False
+    return isinstance(exc, CommunicationError)
 
 
 class Passivation:
