@@ -241,8 +241,11 @@ class LocalCluster:
             args += ["--tls", str(self.tls_dir)]
         return args
 
-    def start_storesite(self, sid: str, *, init: bool = False) -> int:
-        """Start storesite ``sid`` on its data; ``init`` lets it create a new store."""
+    def start_storesite(
+        self, sid: str, *, init: bool = False, listen: str = "127.0.0.1:0", advertise: str = ""
+    ) -> int:
+        """Start storesite ``sid`` on its data; ``init`` lets it create a new store;
+        ``advertise`` is the address peers dial, if not ``listen`` (a test's proxy)."""
         self._ensure_cert(sid, roles.STORESITE)
         if sid not in self.storesite_ids:
             self.storesite_ids.append(sid)
@@ -255,7 +258,7 @@ class LocalCluster:
             "--id",
             sid,
             "--listen",
-            "127.0.0.1:0",
+            listen,
             "--data",
             str(self.dir / f"storesite-{sid}"),
             "--session-timeout",
@@ -264,6 +267,8 @@ class LocalCluster:
         ]
         if init:
             argv.append("--init")
+        if advertise:
+            argv += ["--advertise", advertise]
         return self._spawn(f"storesite-{sid}", argv)
 
     def _ensure_cert(self, name: str, role: str) -> None:

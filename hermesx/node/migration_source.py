@@ -22,8 +22,10 @@ from hermesx.core.errors import CapacityError, HermesError, MigrationError, NotA
 from hermesx.core.identity import TAD, validate_name
 from hermesx.core.snapshot import snapshot_checksum
 from hermesx.node.aborts import UnsentAborts
+from hermesx.node.catalog import ActiveAtom
 from hermesx.node.context import NodeContext
 from hermesx.observe import atomlog, metrics
+from hermesx.routing.peers import StoresiteAbsentError
 from hermesx.rpc.atom_meta import tags_refusal
 from hermesx.rpc.convert import tad_to_pb
 from hermesx.rpc.node_client import Member
@@ -113,9 +115,17 @@ class MigrationSource:
         try:
             self._storesites.commit(guid, new_tad, copy.incarnation)
         except HermesError as exc:
-            self._abort(guid, new_tad, dst)
-            active.thaw()
-            raise MigrationError(f"atom {guid}: commit at the storesite failed: {exc}") from exc
+            # No storesite registered: the COMMIT was never sent, nothing to settle.
+            absent = isinstance(exc, StoresiteAbsentError)
+            recorded = active.tad if absent else self._settle(active, new_tad)
+            if recorded != new_tad:
+                self._abort(guid, new_tad, dst)
+                if recorded == active.tad:
+                    active.thaw()  # aborted: the atom serves here again
+                elif recorded is not None:  # recovered elsewhere meanwhile: this copy is stale
+                    self._catalog.drop(active, recorded)
+                raise MigrationError(f"atom {guid}: commit at the storesite failed: {exc}") from exc
+            log.warning("atom %s: the commit's answer was lost, but it was written", guid)
         phases["commit"] = time.perf_counter()
         self._ctx.pause("committed")
         # Committed: the destination is where the atom lives now.
@@ -155,6 +165,29 @@ class MigrationSource:
         return pb.MigrateReply(
             tad=tad_to_pb(new_tad), state_bytes=len(snapshot), held_ms=held_ms, total_ms=total_ms
         )
+
+    def _settle(self, active: ActiveAtom, new_tad: TAD) -> TAD | None:
+        """Where the record puts the atom after a COMMIT that failed; None if this node
+        dropped the atom meanwhile (it lost its session).
+
+        A COMMIT may be written and its answer lost (a timeout, a broken
+        connection). Thawing then would serve a second copy (docs/DESIGN.md
+        §5). An abort heard by the storesite makes the record final (a COMMIT
+        still on its way is refused), so: abort, then read the record: the
+        source's TAD (aborted), the destination's (committed), or a newer one
+        (recovered elsewhere meanwhile). Until the storesite answers both the
+        atom stays frozen: unavailable, never twice.
+        """
+        guid, pause = active.guid, 0.1
+        while self._catalog.atoms.get(guid) is active:
+            try:
+                self._storesites.abort(guid, new_tad.age, 5.0)
+                return self._storesites.location(guid, 5.0)
+            except HermesError as exc:
+                log.warning("atom %s: commit's outcome not known yet (%s); asking again", guid, exc)
+            time.sleep(pause)  # the storesite is away: ask again, less often
+            pause = min(pause * 2, 2.0)
+        return None
 
     def _abort(self, guid: str, tad: TAD, dst: Member | None) -> None:
         """Before COMMIT: the storesite forgets the move, the destination its staged copy."""

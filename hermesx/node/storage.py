@@ -168,6 +168,10 @@ class AtomStoresites:
     def abort(self, guid: str, age: int, timeout: float) -> None:
         self.call(guid, lambda site: site.abort(guid, age), timeout)
 
+    def location(self, guid: str, timeout: float) -> TAD:
+        """Where the atom's storesite records it (it recovers one whose node is gone)."""
+        return self.call(guid, lambda site: site.locate(guid, timeout=timeout), timeout).tad
+
     def ship_logs(self, guid: str, lines: list[LogLine] | None = None) -> None:
         """Send the atom's storesite the log lines it has not seen (docs/DESIGN.md §12).
 

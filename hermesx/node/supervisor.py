@@ -311,6 +311,7 @@ class Supervisor:
             if self._aborts and not self.fencing.fenced:
                 self._aborts.retry()
             self.destination.settle_stale(now)
+            self._passivation.settle(now)
             for active in list(self.catalog.atoms.values()):
                 try:
                     self._atom_duties(active, now)

@@ -20,7 +20,9 @@ kill -9 and a recovery the lines up to the last checkpoint are still there.
 Everything is bounded: a line's text to :data:`MAX_LINE_BYTES`, an atom's
 ring (on a node, in a copy, at the storesite) to :data:`MAX_LINES` lines and
 :data:`MAX_BYTES` bytes, dropping the oldest; a node keeps rings only for
-the atoms active on it.
+the atoms active on it; what one atom writes to the node's own log, to
+:data:`NODE_LOG_BYTES` in each :data:`NODE_LOG_WINDOW_S` (the lines past it
+are kept in its ring only, and the next line written says how many).
 """
 
 from __future__ import annotations
@@ -58,6 +60,11 @@ MAX_LINE_BYTES = 1024
 # What one atom's ring holds, wherever it is kept: the newest lines within both bounds.
 MAX_LINES = 500
 MAX_BYTES = 64 * 1024
+# What one atom may write to its node's own log in each window; the rest goes only
+# into its ring (`hermesx logs`), so a client calling an atom that logs on every
+# call cannot grow the node's log faster than this (docs/DESIGN.md §12).
+NODE_LOG_BYTES = 256 * 1024
+NODE_LOG_WINDOW_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +142,7 @@ def decode_lines(data: bytes) -> list[LogLine]:
 class _Ring:
     """One atom's lines on this node."""
 
-    __slots__ = ("age", "bytes", "lines", "next_n", "shipped")
+    __slots__ = ("age", "bytes", "lines", "next_n", "shipped", "window", "withheld", "written")
 
     def __init__(self, age: int) -> None:
         self.age = age
@@ -143,6 +150,22 @@ class _Ring:
         self.bytes = 0
         self.next_n = 0
         self.shipped: tuple[int, int] = (-1, -1)
+        # The node's log: when this window began, bytes written in it, lines held back.
+        self.window = -NODE_LOG_WINDOW_S
+        self.written = 0
+        self.withheld = 0
+
+    def to_node_log(self, size: int, now: float) -> int:
+        """-1 if a line of ``size`` bytes stays out of the node's log; else how many
+        lines were held back since the last one written."""
+        if now - self.window >= NODE_LOG_WINDOW_S:
+            self.window, self.written = now, 0
+        if self.written + size > NODE_LOG_BYTES:
+            self.withheld += 1
+            return -1
+        self.written += size
+        withheld, self.withheld = self.withheld, 0
+        return withheld
 
     def add(self, line: LogLine) -> None:
         self.lines.append(line)
@@ -161,8 +184,10 @@ class LogBook:
         self._pending: collections.OrderedDict[str, _Ring] = collections.OrderedDict()
         self._lock = threading.Lock()
 
-    def record(self, guid: str, level: int, text: str) -> None:
-        """The atom ``guid`` logged ``text`` (the ``log`` syscall)."""
+    def record(self, guid: str, level: int, text: str) -> int:
+        """The atom ``guid`` logged ``text`` (the ``log`` syscall). Returns -1 when the
+        line must stay out of the node's own log (the atom's budget there is spent),
+        else how many of the atom's lines were held back from it before this one."""
         with self._lock:
             ring = self._rings.get(guid) or self._pending.get(guid)
             if ring is None:
@@ -171,6 +196,7 @@ class LogBook:
                     self._pending.popitem(last=False)
             ring.add(LogLine(ring.age, ring.next_n, time.time(), self.node, level, _cut(text)))
             ring.next_n += 1
+            return ring.to_node_log(len(text), time.monotonic())
 
     def arrived(self, guid: str, age: int, carried: bytes = b"") -> None:
         """Atom ``guid`` serves here from now on at ``age``, with the lines it ``carried``."""

@@ -101,8 +101,17 @@ class AtomSyscalls(AtomScheduling):
                     MAX_LOG_BYTES_PER_CALL,
                 )
                 return
-        atomlog.BOOK.record(self.guid, level, text)
-        atom_log.log(LOG_LEVELS.get(level, logging.INFO), "atom %s: %s", self.guid, text)
+        held_back = atomlog.BOOK.record(self.guid, level, text)
+        if held_back == 0:
+            atom_log.log(LOG_LEVELS.get(level, logging.INFO), "atom %s: %s", self.guid, text)
+        elif held_back > 0:  # the atom's budget in the node's log came back (§12)
+            atom_log.log(
+                LOG_LEVELS.get(level, logging.INFO),
+                "atom %s: %s [%d earlier lines of this atom not written here: over its share]",
+                self.guid,
+                text,
+                held_back,
+            )
 
     # -- the KV ----------------------------------------------------------------
 

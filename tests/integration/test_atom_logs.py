@@ -21,6 +21,8 @@ from hermesx.testing.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
+CHATTY_CALLS = 100  # 6.4 MiB of lines if nothing but the per-call bound held them
+
 
 def hermesx(cluster: LocalCluster, *argv: str) -> subprocess.CompletedProcess[str]:
     """``hermesx ARGV`` in this process; `logs --follow` below runs as its own process."""
@@ -141,3 +143,24 @@ def test_logs_of_an_unknown_atom_is_one_clear_error(recovering: LocalCluster) ->
     assert done.returncode != 0
     assert done.stderr.startswith("error: ") and "nobody-by-this-name" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_an_atom_logging_on_every_call_cannot_grow_its_nodes_log_without_end(
+    recovering: LocalCluster, atoms: dict[str, pathlib.Path]
+) -> None:
+    """The runtime bounds what one call logs (64 KiB); a client calling an atom that
+    logs that much on every call grew its node's log by 64 KiB a call, without end."""
+    cluster = recovering
+    node_log = cluster.dir / "node-n3.log"
+    with Client(cluster.zk, cluster.name) as client:
+        client.create(atoms["memhog"], name="loud", on="n3", checkpoint="on-request")
+        before = node_log.stat().st_size
+        for _ in range(CHATTY_CALLS):
+            assert client.atom("loud").log_flood(16, 4) == 16  # 16 lines of 4 KiB
+        grown = node_log.stat().st_size - before
+        print(f"node log grew {grown} bytes over {CHATTY_CALLS} calls")
+        assert grown < 1 * 2**20, f"the node's log grew {grown} bytes"
+        # The atom's own lines are still all kept where `hermesx logs` reads them.
+        lines = logged(cluster, "loud")
+        assert lines and all(node == "n3" for _, node, _ in lines)
+        assert client.atom("loud").log_flood(1, 1) == 1  # and the atom answers on

@@ -105,3 +105,16 @@ def test_a_storesite_keeps_the_lines_merged_bounded_across_a_restart_until_forgo
         assert len({x.key for x in kept}) == MAX_LINES
         store.forget(guid)
         assert store.logs.get(guid) == b""
+
+
+def test_an_atoms_share_of_its_nodes_log_is_bounded_in_each_window() -> None:
+    """Past NODE_LOG_BYTES in a window a line stays out of the node's log (-1); the
+    first line written in the next window says how many were held back."""
+    from hermesx.observe.atomlog import NODE_LOG_BYTES, NODE_LOG_WINDOW_S, _Ring
+
+    ring, line = _Ring(1), 4096
+    fits = NODE_LOG_BYTES // line
+    assert [ring.to_node_log(line, 100.0) for _ in range(fits)] == [0] * fits
+    assert [ring.to_node_log(line, 100.0 + i) for i in range(3)] == [-1, -1, -1]
+    assert ring.to_node_log(line, 100.0 + NODE_LOG_WINDOW_S) == 3
+    assert ring.to_node_log(line, 100.0 + NODE_LOG_WINDOW_S) == 0
