@@ -341,16 +341,6 @@ class Invoker(Attempts):
 
     # ------------------------------------------------------------ one node
 
-    def forward(self, node: str, request: pb.InvokeRequest, timeout: float) -> pb.InvokeReply:
-        """Send ``request``, which this node forwards along the atom's TAD, to ``node``
-        (docs/DESIGN.md §4): over the kept connection, to the record :meth:`route` keeps."""
-        member = self.route(node)
-        try:
-            return self.nodes.invoke(member, request, timeout)
-        except UnreachableError:
-            self.forget_route(node)
-            raise
-
     def _rpc_at(
         self, node: str, call: Call, rpc: NodeRpc, request: Any, local: Callable[[Any], Any] | None
     ) -> Any:

@@ -23,10 +23,12 @@ import time
 
 from hermesx.core.errors import HermesError, UnreachableError
 from hermesx.core.identity import GUID, TAD
+from hermesx.observe import tracing
 from hermesx.routing.naming import Member, Naming
 from hermesx.routing.stash import Stash
 from hermesx.rpc.callclient import CallConnection, CallPool
 from hermesx.rpc.node_client import NodeClient, call_address
+from hermesx.rpc.proto import hermesx_pb2 as pb
 from hermesx.rpc.proto import hermesx_pb2_grpc as pbg
 from hermesx.rpc.storesite_client import StoresiteClient
 from hermesx.rpc.wire import ChannelPool
@@ -96,6 +98,24 @@ class Peers:
             calls = self._calls = self.channels.calls
         connection = calls.open(found[2])
         return None if connection is None else (found[0], connection)
+
+    def forward(self, node: str, request: pb.InvokeRequest, timeout: float) -> pb.InvokeReply:
+        """Send ``request``, which this node forwards along the atom's TAD, to ``node``
+        (docs/DESIGN.md §4). On the warm road (:meth:`lane`) as a client's call: the
+        request's bytes straight onto the open connection, without the general road's
+        look-ups (record, call address, connection, clock); else to the record
+        :meth:`route` keeps, through :attr:`nodes`. With tracing on the general road
+        carries the trace context."""
+        lane = None if tracing.ON else self.lane(node)
+        try:
+            if lane is not None:
+                body = lane[1].call(INVOKE, request.SerializeToString(), timeout)
+                reply: pb.InvokeReply = pb.InvokeReply.FromString(body)
+                return reply
+            return self.nodes.invoke(self.route(node), request, timeout)
+        except UnreachableError:
+            self.forget_route(node)
+            raise
 
     def forget_route(self, node: str) -> None:
         """``node``'s record may be stale (its address did not answer): read it anew."""

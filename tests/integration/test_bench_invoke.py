@@ -32,6 +32,7 @@ FIGURES = [
     "forwarding_hop_us",
     "forwarding_hop_warm_us",
     "hop_warm_over_plain_ratio",
+    "hop_cold_over_plain_ratio",
     "hop_c1_p50_us",
     "hop_direct_c1_p50_us",
     *(f"first_call_{k}_hops_p50_us" for k in range(4)),
@@ -92,7 +93,7 @@ def test_bench_invoke_reports_every_figure_and_goal(tmp_path: pathlib.Path) -> N
         value = figures.get(name)
         assert isinstance(value, float) and math.isfinite(value), (name, value)
         # A hop may cost less than the noise.
-        if name not in ("forwarding_hop_us", "forwarding_hop_warm_us", "hop_warm_over_plain_ratio"):
+        if not name.startswith(("forwarding_hop_", "hop_warm_over", "hop_cold_over")):
             assert value > 0, (name, value)
     for goal in GOALS:
         assert isinstance(figures[f"goal_{goal}_ratio"], float), goal

@@ -15,7 +15,9 @@ FIGURES = {
     "durable_c1_p50_us": 500.0,
     "disk_sync_4k_p50_us": 100.0,
     "durable_c8_calls_per_s": 1_000.0,
-    "forwarding_hop_us": 140.0,
+    "forwarding_hop_us": 400.0,
+    "first_call_0_hops_p50_us": 500.0,
+    "forwarding_hop_warm_us": 140.0,
     "runtime_call_p50_us": 6.0,
 }
 
@@ -31,11 +33,28 @@ def test_each_goal_is_a_ratio_of_the_run_with_its_verdict() -> None:
     assert figures["goal_durable_p50_over_budget_ratio"] == 500 / (140 + 300)
     assert figures["goal_durable_p50_over_budget_met"] is False
     assert figures["goal_durable_c8_rate_over_plain_met"] is False  # 1/3 < 0.5
-    assert figures["goal_hop_over_plain_met"] is True  # exactly one plain call
+    # The dearer of a cold hop over a cold direct call (0.8) and a warm one over a warm
+    # call (exactly one plain call).
+    assert figures["goal_hop_over_plain_ratio"] == 1.0
+    assert figures["goal_hop_over_plain_met"] is True
     assert figures["goal_runtime_call_met"] is False
     text = report(figures, table)
     assert "plain call p50 <= 1.5 x TCP floor p50" in text
     assert "NOT met" in text and " met" in text
+
+
+def test_a_hop_is_judged_cold_against_a_cold_call_and_warm_against_a_warm_one() -> None:
+    # A cold hop of 400 us after a cold direct call of 300 us: over one plain call,
+    # though a warm hop costs less than a warm call.
+    figures = {**FIGURES, "first_call_0_hops_p50_us": 300.0, "forwarding_hop_warm_us": 100.0}
+    judge(figures)
+    assert abs(figures["goal_hop_over_plain_ratio"] - 4 / 3) < 1e-9
+    assert figures["goal_hop_over_plain_met"] is False
+    # A warm hop dearer than a warm call fails it whatever the cold one costs.
+    figures = {**FIGURES, "forwarding_hop_us": 100.0, "forwarding_hop_warm_us": 280.0}
+    judge(figures)
+    assert figures["goal_hop_over_plain_ratio"] == 2.0
+    assert figures["goal_hop_over_plain_met"] is False
 
 
 def test_a_goal_without_its_figures_is_left_out() -> None:
