@@ -9,7 +9,10 @@ called with ready ctypes objects and no declared argument types about 0.4 µs
 (docs/PERFORMANCE.md). An invocation crosses three times (``hx_alloc``,
 ``hx_invoke``, and ``hx.reply`` back), or once for an atom with an inbox
 (atoms/ABI.md "The inbox"): a call from idle writes its inputs there and
-reads the reply from its slot when ``hx_invoke`` returns.
+reads the reply from its slot when ``hx_invoke`` returns. That call, the one
+every call of such an atom from idle makes, runs in C when the runtime's C
+crossing could be built (hermesx/runtime/native.py, about 0.2 µs against
+about 1.2 µs of Python and ctypes); the Python path below does the same.
 
 A Python exception cannot cross wasm frames as such: a host function that fails
 stores the exception on the instance and returns a trap; the call that entered
@@ -30,6 +33,7 @@ from wasmtime._ffi import dll as _wasmtime_dll
 
 from hermesx.core.errors import BadModuleError
 from hermesx.runtime.abi import OPTIONAL_EXPORTS, REQUIRED_EXPORTS
+from hermesx.runtime.native import crossing_module
 
 __all__ = ["BadAllocError", "BadPointerError", "WasmFault", "WasmInstance"]
 
@@ -103,7 +107,49 @@ class BadPointerError(Exception):
     """An atom passed a pointer/length outside its memory: the syscall returns -1."""
 
 
-class WasmInstance:
+class _Faults:
+    """What a failed crossing leaves, and the WasmFault it becomes (WasmInstance's base)."""
+
+    host_error: BaseException | None
+    _trap_slot: Any
+    _slot_i32: memoryview | None
+
+    def clear_reply(self) -> None:
+        """Empty the reply slot (after a trap, a handler, a restore)."""
+        if self._slot_i32 is not None:
+            self._slot_i32[1] = _NO_REPLY
+
+    def _failure(self, export: str, error: int | None) -> WasmFault:
+        # What a trapped entry left in the reply slot is no reply.
+        self.clear_reply()
+        if error is not None:
+            err = wasmtime.WasmtimeError._from_ptr(ctypes.cast(error, _ErrorPtr))
+            cause = self._take_host_error()
+            # wasmtime's text is a backtrace plus the cause; the cause is the news.
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+            reason = str(cause) if cause is not None else (lines[-1] if lines else "failed")
+            return WasmFault(f"{export}: {reason}", interrupted=False, cause=cause)
+        trap = ctypes.cast(self._trap_slot.value or 0, _TrapPtr)
+        self._trap_slot.value = None  # the Trap owns it now; the slot serves the next call
+        cause = self._take_host_error()
+        if cause is not None:
+            return WasmFault(str(cause), interrupted=False, cause=cause)
+        return _trap_fault(export, wasmtime.Trap._from_ptr(trap))
+
+    def _take_host_error(self) -> BaseException | None:
+        cause = self.host_error
+        self.host_error = None
+        return cause
+
+    def host_trap(self, exc: BaseException) -> int:
+        """Record ``exc`` and return a trap for a host function to hand back."""
+        self.host_error = exc
+        msg = f"host function failed: {exc}".encode()
+        trap = _trap_new(msg, len(msg))
+        return ctypes.cast(trap, ctypes.c_void_p).value or 0
+
+
+class WasmInstance(_Faults):
     """One instantiated atom: calls into its exports and access to its memory.
 
     Not thread-safe: the runtime lets one thread at a time use an instance.
@@ -128,6 +174,16 @@ class WasmInstance:
         self._ctx_p = ctypes.c_void_p.from_param(ctypes.cast(self.ctx, ctypes.c_void_p).value)
         self._raw_p = ctypes.byref(self._raw)
         self._len_p = ctypes.c_size_t.from_param(_RAW_SLOTS)
+        # A call from idle into the inbox has an args array of its own: no other entry
+        # uses it (a nested entry is not idle), so it is there to read after the call.
+        self._in_raw = _RawArgs()
+        self._in_u32 = memoryview(self._in_raw).cast("B").cast("I")
+        self._in_i32 = memoryview(self._in_raw).cast("B").cast("i")
+        self._in_p = ctypes.byref(self._in_raw)
+        # That call in C (hermesx/runtime/native.py), when the atom has an inbox and
+        # the C crossing could be built; where it stores an error wasmtime returned.
+        self._crossing: Any = None
+        self._in_error = ctypes.c_void_p()
         # One trap slot for every call, nested ones included: wasmtime fills it
         # only when a call traps, and the fault handling empties it again.
         self._trap = _TrapPtr()
@@ -194,6 +250,23 @@ class WasmInstance:
         # Stays valid as the memory grows: its base never moves (memory_may_move off).
         self._slot_i32 = self._view[ptr : ptr + 8].cast("i")
         self.clear_reply()
+        native = crossing_module()
+        if native is not None:  # its arguments: the addresses it writes and reads
+            self._crossing = native.Crossing(
+                ctypes.cast(_call_unchecked, ctypes.c_void_p).value,
+                ctypes.cast(self.ctx, ctypes.c_void_p).value,
+                ctypes.addressof(self.exports["hx_invoke"]._func),
+                ctypes.addressof(self._in_raw),
+                _RAW_SLOTS,
+                ctypes.addressof(self._trap),
+                ctypes.addressof(self._in_error),
+                self._base,
+                self._inbox,
+                cap,
+                ptr,
+                self._size,
+                self.max_payload,
+            )
 
     @property
     def memory(self) -> wasmtime.Memory:
@@ -219,6 +292,8 @@ class WasmInstance:
             self._view = memoryview(chars if chars is not None else bytearray()).cast("B")
             if self._slot:  # the slot's own view, in case the memory did move
                 self._slot_i32 = self._view[self._slot : self._slot + 8].cast("i")
+            if self._crossing is not None:  # its base never moves: only the size
+                self._crossing.set_size(size)
         return size
 
     @property
@@ -329,37 +404,43 @@ class WasmInstance:
         split = len(method)
         end = split + len(args)
         if idle and end <= self._inbox_cap:
-            ptr = self._inbox  # inside the memory: checked when bound, and memory never shrinks
-            self._view[ptr : ptr + end] = method + args  # small: one copy into wasm, not two
+            crossing = self._crossing
+            if crossing is not None:  # the C crossing (hermesx/runtime/native.py)
+                reply = crossing.invoke(method, args)
+                if reply is not None:  # status 0 and a good reply, taken from the slot
+                    self.reply = reply
+                    return 0
+                error = self._in_error.value
+                self._in_error.value = None
+            else:
+                ptr = self._inbox  # inside the memory: checked when bound; it never shrinks
+                self._view[ptr : ptr + end] = method + args  # small: one copy in, not two
+                error = self._cross_invoke(self._in_u32, self._in_p, ptr, split, end)
+            results = self._in_i32
         else:
             ptr = self._alloc_inputs(method, args)
-        raw = self._raw_u32
+            error = self._cross_invoke(self._raw_u32, self._raw_p, ptr, split, end)
+            results = self._raw_i32
+        if error is not None or self._trap:
+            raise self._failure("hx_invoke", error)
+        self.reply = None
+        try:
+            self.reply = self.take_reply()
+        except BadPointerError as exc:
+            raise WasmFault(
+                f"hx_invoke: its reply slot is bad: {exc}", interrupted=False, cause=None
+            ) from None
+        status: int = results[0]
+        return status
+
+    def _cross_invoke(self, raw: memoryview, raw_p: Any, ptr: int, split: int, end: int) -> Any:
+        """``hx_invoke`` with its inputs at ``ptr`` (``split`` bytes of method, then the
+        arguments up to ``end``), through the args array ``raw``; wasmtime's error."""
         raw[0] = ptr
         raw[_ARG1] = split
         raw[_ARG2] = (ptr + split) & _U32
         raw[_ARG3] = end - split
-        error = _call_unchecked(
-            self._ctx_p, self._invoke_ref, self._raw_p, self._len_p, self._trap_ref
-        )
-        if error is not None or self._trap:
-            raise self._failure("hx_invoke", error)
-        reply: bytes | int | None = None
-        slot = self._slot_i32
-        if slot is not None:
-            length = slot[1]
-            if length != _NO_REPLY:
-                slot[1] = _NO_REPLY
-                ptr = slot[0] & _U32
-                if length > self.max_payload:
-                    reply = length
-                elif length >= 0 and ptr + length <= self._size:
-                    reply = self._chars[ptr : ptr + length]
-                else:
-                    self.reply = None
-                    reply = self._slot_read(ptr, length)
-        self.reply = reply
-        status: int = self._raw_i32[0]
-        return status
+        return _call_unchecked(self._ctx_p, self._invoke_ref, raw_p, self._len_p, self._trap_ref)
 
     def _alloc_inputs(self, method: bytes, args: bytes) -> int:
         """Method and arguments in a fresh buffer from ``hx_alloc`` (no inbox, a
@@ -376,15 +457,6 @@ class WasmInstance:
             view[ptr + split : ptr + end] = args
         return ptr & _U32
 
-    def _slot_read(self, ptr: int, length: int) -> bytes:
-        """A reply beyond the memory's known size (it grew), or a bad slot."""
-        try:
-            return self.read(ptr, length)
-        except BadPointerError as exc:
-            raise WasmFault(
-                f"hx_invoke: its reply slot is bad: {exc}", interrupted=False, cause=None
-            ) from None
-
     def take_reply(self) -> bytes | int | None:
         """The reply in the inbox's slot, and the slot emptied: its bytes, its length
         when over the payload limit, None when the slot holds none (or there is no
@@ -400,11 +472,6 @@ class WasmInstance:
         if length > self.max_payload:
             return length
         return self.read(slot[0] & _U32, length)
-
-    def clear_reply(self) -> None:
-        """Empty the reply slot (after a trap, a handler, a restore)."""
-        if self._slot_i32 is not None:
-            self._slot_i32[1] = _NO_REPLY
 
     def call(self, export: str, args: Sequence[int], has_result: bool) -> int | None:
         """Call an export taking and returning i32 values.
@@ -424,35 +491,6 @@ class WasmInstance:
             raise self._failure(export, error)
         result: int = _RESULT.unpack_from(self._raw_view)[0]
         return result
-
-    def _failure(self, export: str, error: int | None) -> WasmFault:
-        # What a trapped entry left in the reply slot is no reply.
-        self.clear_reply()
-        if error is not None:
-            err = wasmtime.WasmtimeError._from_ptr(ctypes.cast(error, _ErrorPtr))
-            cause = self._take_host_error()
-            # wasmtime's text is a backtrace plus the cause; the cause is the news.
-            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-            reason = str(cause) if cause is not None else (lines[-1] if lines else "failed")
-            return WasmFault(f"{export}: {reason}", interrupted=False, cause=cause)
-        trap = ctypes.cast(self._trap_slot.value or 0, _TrapPtr)
-        self._trap_slot.value = None  # the Trap owns it now; the slot serves the next call
-        cause = self._take_host_error()
-        if cause is not None:
-            return WasmFault(str(cause), interrupted=False, cause=cause)
-        return _trap_fault(export, wasmtime.Trap._from_ptr(trap))
-
-    def _take_host_error(self) -> BaseException | None:
-        cause = self.host_error
-        self.host_error = None
-        return cause
-
-    def host_trap(self, exc: BaseException) -> int:
-        """Record ``exc`` and return a trap for a host function to hand back."""
-        self.host_error = exc
-        msg = f"host function failed: {exc}".encode()
-        trap = _trap_new(msg, len(msg))
-        return ctypes.cast(trap, ctypes.c_void_p).value or 0
 
 
 def _trap_fault(export: str, trap: wasmtime.Trap) -> WasmFault:
