@@ -15,7 +15,10 @@ compare figures of the same run):
   activation's frame and deadlines, copying the inputs in and the reply out).
   The C atoms have an inbox (atoms/ABI.md), so a call crosses into wasm once;
   ``inbox`` says whether the atom measured has one (without it a call also
-  crosses for ``hx_alloc`` and for the ``hx.reply`` import back into Python).
+  crosses for ``hx_alloc`` and for the ``hx.reply`` import back into Python);
+  ``c_crossing`` whether that one crossing went through the runtime's C
+  crossing (hermesx/runtime/native.py; else through ctypes, as the bare
+  crossings measured here always do);
   docs/PERFORMANCE.md breaks the call down further;
 * snapshot and restore of an atom holding 1 MiB of non-zero state, restore
   going into a second runtime with its own engine, as a move does;
@@ -148,6 +151,7 @@ def _bench_calls(atom: Atom, iterations: int) -> dict[str, float]:
     msgpack_us = _loop_us(lambda: unpackb(packb(1)), n)
     raw_invoke = _loop_us(lambda: invoke("incr", one), n)
     inbox = inst.has("hx_inbox")
+    c_crossing = inst._crossing is not None
     # hx_invoke, and without an inbox hx_alloc and the hx.reply import too.
     wasm_part = crossing if inbox else alloc + crossing * 2
     return {
@@ -164,6 +168,7 @@ def _bench_calls(atom: Atom, iterations: int) -> dict[str, float]:
         "invoke_without_msgpack_us": raw_invoke,
         "runtime_bookkeeping_us": max(0.0, raw_invoke - wasm_part),
         "inbox": 1.0 if inbox else 0.0,
+        "c_crossing": 1.0 if c_crossing else 0.0,
     }
 
 
