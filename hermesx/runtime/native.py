@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 _SOURCE = pathlib.Path(__file__).with_name("crossing.c")
 _NAME = "hermesx_crossing"
 _BUILD_TIMEOUT_S = 120.0
+# No libc (the interpreter's is there at load), and the CPU's baseline, not this
+# machine's: a cache in a home directory may serve machines with other CPUs.
+_FLAGS = ("-O2", "-mcpu=baseline", "-shared", "-fPIC", "-nostdlib")
 _lock = threading.Lock()
 _loaded: list[ModuleType | None] = []  # empty until the first look, then [module or None]
 
@@ -52,6 +55,7 @@ def _target(source: bytes) -> pathlib.Path:
     """Where the build of ``source`` for this interpreter lives."""
     key = hashlib.sha256()
     key.update(source)
+    key.update(" ".join(_FLAGS).encode())
     key.update(sys.version.encode())
     key.update(sys.executable.encode())
     try:
@@ -73,7 +77,7 @@ def _build(target: pathlib.Path) -> None:
     # each build their own and the last rename wins, never a half-written file.
     fd, tmp = tempfile.mkstemp(prefix=f".{_NAME}-", suffix=".so", dir=target.parent)
     os.close(fd)
-    cmd = [sys.executable, "-m", "ziglang", "cc", "-O2", "-shared", "-fPIC", "-nostdlib"]
+    cmd = [sys.executable, "-m", "ziglang", "cc", *_FLAGS]
     cmd += [f"-I{include}", str(_SOURCE), "-o", tmp]
     try:
         done = subprocess.run(
