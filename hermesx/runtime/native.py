@@ -119,7 +119,11 @@ def _find() -> ModuleType | None:
         if not target.exists():
             _build(target)
             log.info("built the runtime's C crossing: %s", target)
-        return _load(target)
+        try:
+            return _load(target)
+        except ImportError:  # a damaged file in the cache: built again, once
+            _build(target)
+            return _load(target)
     except (OSError, ImportError, subprocess.SubprocessError) as exc:
         log.warning("the runtime calls atoms through ctypes (no C crossing): %s", exc)
         return None

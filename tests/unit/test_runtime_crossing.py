@@ -150,3 +150,15 @@ def test_every_ending_of_a_call_is_the_same_either_way(runtime: Runtime) -> None
         atom.invoke("spin", b"")
     assert atom.invoke("yes", b"") == b"\xc3"
     assert atom.generation == 6
+
+
+@pytest.mark.skipif(not _HEADERS, reason="this interpreter's C headers are not installed")
+def test_a_damaged_build_in_the_cache_is_built_again(
+    fresh_native: None, monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    monkeypatch.setenv("HERMESX_NATIVE_CACHE", str(tmp_path))
+    target = native._target(native._SOURCE.read_bytes())
+    target.write_bytes(b"not a shared object")
+    module = native.crossing_module()
+    assert module is not None and hasattr(module, "Crossing")
+    assert target.read_bytes().startswith(b"\x7fELF")
