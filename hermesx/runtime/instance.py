@@ -177,9 +177,7 @@ class WasmInstance(_Faults):
         # A call from idle into the inbox has an args array of its own: no other entry
         # uses it (a nested entry is not idle), so it is there to read after the call.
         self._in_raw = _RawArgs()
-        self._in_u32 = memoryview(self._in_raw).cast("B").cast("I")
         self._in_i32 = memoryview(self._in_raw).cast("B").cast("i")
-        self._in_p = ctypes.byref(self._in_raw)
         # That call in C (hermesx/runtime/native.py), when the atom has an inbox and
         # the C crossing could be built; where it stores an error wasmtime returned.
         self._crossing: Any = None
@@ -329,27 +327,8 @@ class WasmInstance(_Faults):
         _ONE_U32.pack_into(self._raw_view, 0, length)
         ptr = self._call(self._alloc_ref, "hx_alloc")
         if length and (ptr <= 0 or ptr + length > self._size):
-            self._check_alloc(ptr, length)
+            _check_alloc(self, ptr, length)
         return ptr
-
-    def _check_alloc(self, ptr: int, length: int) -> None:
-        """Raise WasmFault unless ``hx_alloc``'s ``ptr`` holds ``length`` bytes (the
-        memory may have grown)."""
-        if ptr == 0:
-            # ABI.md: hx_alloc returns 0 when the atom cannot get the memory.
-            raise WasmFault(
-                f"hx_alloc({length}) returned 0 (no memory)",
-                interrupted=False,
-                cause=MemoryError(f"hx_alloc({length}) failed"),
-            )
-        if ptr < 0 or (ptr + length > self._size and ptr + length > self.refresh_memory()):
-            raise WasmFault(
-                f"hx_alloc({length}) returned a bad pointer {ptr & 0xFFFFFFFF:#x}: the buffer "
-                f"would end at byte {(ptr & 0xFFFFFFFF) + length}, outside the atom's memory "
-                f"of {self._size} bytes",
-                interrupted=False,
-                cause=BadAllocError(ptr, length, self._size),
-            )
 
     def alloc_write(self, data: bytes) -> int:
         ptr = self.alloc(len(data))
@@ -406,41 +385,58 @@ class WasmInstance(_Faults):
         if idle and end <= self._inbox_cap:
             crossing = self._crossing
             if crossing is not None:  # the C crossing (hermesx/runtime/native.py)
-                reply = crossing.invoke(method, args)
-                if reply is not None:  # status 0 and a good reply, taken from the slot
-                    self.reply = reply
+                got = crossing.invoke(method, args)
+                if got is not None:  # status 0 and a good reply, taken from the slot
+                    self.reply = got
                     return 0
-                error = self._in_error.value
-                self._in_error.value = None
-            else:
-                ptr = self._inbox  # inside the memory: checked when bound; it never shrinks
-                self._view[ptr : ptr + end] = method + args  # small: one copy in, not two
-                error = self._cross_invoke(self._in_u32, self._in_p, ptr, split, end)
-            results = self._in_i32
+                return self._after_crossing()
+            ptr = self._inbox  # inside the memory: checked when bound, and memory never shrinks
+            self._view[ptr : ptr + end] = method + args  # small: one copy into wasm, not two
         else:
             ptr = self._alloc_inputs(method, args)
-            error = self._cross_invoke(self._raw_u32, self._raw_p, ptr, split, end)
-            results = self._raw_i32
-        if error is not None or self._trap:
-            raise self._failure("hx_invoke", error)
-        self.reply = None
-        try:
-            self.reply = self.take_reply()
-        except BadPointerError as exc:
-            raise WasmFault(
-                f"hx_invoke: its reply slot is bad: {exc}", interrupted=False, cause=None
-            ) from None
-        status: int = results[0]
-        return status
-
-    def _cross_invoke(self, raw: memoryview, raw_p: Any, ptr: int, split: int, end: int) -> Any:
-        """``hx_invoke`` with its inputs at ``ptr`` (``split`` bytes of method, then the
-        arguments up to ``end``), through the args array ``raw``; wasmtime's error."""
+        raw = self._raw_u32
         raw[0] = ptr
         raw[_ARG1] = split
         raw[_ARG2] = (ptr + split) & _U32
         raw[_ARG3] = end - split
-        return _call_unchecked(self._ctx_p, self._invoke_ref, raw_p, self._len_p, self._trap_ref)
+        error = _call_unchecked(
+            self._ctx_p, self._invoke_ref, self._raw_p, self._len_p, self._trap_ref
+        )
+        if error is not None or self._trap:
+            raise self._failure("hx_invoke", error)
+        reply: bytes | int | None = None
+        slot = self._slot_i32
+        if slot is not None:
+            length = slot[1]
+            if length != _NO_REPLY:
+                slot[1] = _NO_REPLY
+                ptr = slot[0] & _U32
+                if length > self.max_payload:
+                    reply = length
+                elif length >= 0 and ptr + length <= self._size:
+                    reply = self._chars[ptr : ptr + length]
+                else:
+                    self.reply = None
+                    reply = self._slot_read(ptr, length)
+        self.reply = reply
+        status: int = self._raw_i32[0]
+        return status
+
+    def _after_crossing(self) -> int:
+        """After the C crossing returned no reply: its error or trap raised, else the
+        status, with what the slot holds (or None) in :attr:`reply`."""
+        error = self._in_error.value
+        self._in_error.value = None
+        if error is not None or self._trap:
+            raise self._failure("hx_invoke", error)
+        self.reply = None
+        slot: Any = self._slot_i32
+        length = slot[1]
+        if length != _NO_REPLY:
+            slot[1] = _NO_REPLY
+            self.reply = self._slot_read(slot[0] & _U32, length)
+        status: int = self._in_i32[0]
+        return status
 
     def _alloc_inputs(self, method: bytes, args: bytes) -> int:
         """Method and arguments in a fresh buffer from ``hx_alloc`` (no inbox, a
@@ -451,11 +447,23 @@ class WasmInstance(_Faults):
         ptr = self._call(self._alloc_ref, "hx_alloc")
         if end:
             if ptr <= 0 or ptr + end > self._size:
-                self._check_alloc(ptr, end)
+                _check_alloc(self, ptr, end)
             view = self._view
             view[ptr : ptr + split] = method
             view[ptr + split : ptr + end] = args
         return ptr & _U32
+
+    def _slot_read(self, ptr: int, length: int) -> bytes | int:
+        """A reply the slot holds outside what the call's fast path reads: beyond the
+        memory's known size (it grew), over the payload limit (its length), or bad."""
+        if length > self.max_payload:
+            return length
+        try:
+            return self.read(ptr, length)
+        except BadPointerError as exc:
+            raise WasmFault(
+                f"hx_invoke: its reply slot is bad: {exc}", interrupted=False, cause=None
+            ) from None
 
     def take_reply(self) -> bytes | int | None:
         """The reply in the inbox's slot, and the slot emptied: its bytes, its length
@@ -491,6 +499,27 @@ class WasmInstance(_Faults):
             raise self._failure(export, error)
         result: int = _RESULT.unpack_from(self._raw_view)[0]
         return result
+
+
+def _check_alloc(inst: WasmInstance, ptr: int, length: int) -> None:
+    """Raise WasmFault unless ``hx_alloc``'s ``ptr`` holds ``length`` bytes in ``inst``'s
+    memory (which may have grown)."""
+    if ptr == 0:
+        # ABI.md: hx_alloc returns 0 when the atom cannot get the memory.
+        raise WasmFault(
+            f"hx_alloc({length}) returned 0 (no memory)",
+            interrupted=False,
+            cause=MemoryError(f"hx_alloc({length}) failed"),
+        )
+    size = inst.memory_size if ptr + length > inst._size else inst._size
+    if ptr < 0 or ptr + length > size:
+        raise WasmFault(
+            f"hx_alloc({length}) returned a bad pointer {ptr & 0xFFFFFFFF:#x}: the buffer "
+            f"would end at byte {(ptr & 0xFFFFFFFF) + length}, outside the atom's memory "
+            f"of {size} bytes",
+            interrupted=False,
+            cause=BadAllocError(ptr, length, size),
+        )
 
 
 def _trap_fault(export: str, trap: wasmtime.Trap) -> WasmFault:
