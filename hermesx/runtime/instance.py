@@ -11,8 +11,8 @@ called with ready ctypes objects and no declared argument types about 0.4 µs
 (atoms/ABI.md "The inbox"): a call from idle writes its inputs there and
 reads the reply from its slot when ``hx_invoke`` returns. That call, the one
 every call of such an atom from idle makes, runs in C when the runtime's C
-crossing could be built (hermesx/runtime/native.py, about 0.2 µs against
-about 1.2 µs of Python and ctypes); the Python path below does the same.
+crossing could be built (hermesx/runtime/native.py, about 0.4 µs against
+about 1.6 µs of Python and ctypes); the Python path below does the same.
 
 A Python exception cannot cross wasm frames as such: a host function that fails
 stores the exception on the instance and returns a trap; the call that entered
