@@ -19,6 +19,8 @@ command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 # The cross-host tests: one sshd per test host (a network namespace), and the ssh client.
 [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
 command -v ssh >/dev/null 2>&1 || need_apt+=(openssh-client)
+# The runtime's C crossing (hermesx/runtime/native.py) compiles against the interpreter's headers.
+"${PYTHON:-python3}" -c 'import os, sysconfig; raise SystemExit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' 2>/dev/null || need_apt+=(python3-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} (apt)"
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi

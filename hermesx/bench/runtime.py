@@ -15,7 +15,12 @@ compare figures of the same run):
   activation's frame and deadlines, copying the inputs in and the reply out).
   The C atoms have an inbox (atoms/ABI.md), so a call crosses into wasm once;
   ``inbox`` says whether the atom measured has one (without it a call also
-  crosses for ``hx_alloc`` and for the ``hx.reply`` import back into Python).
+  crosses for ``hx_alloc`` and for the ``hx.reply`` import back into Python);
+  ``c_crossing`` whether that one crossing went through the runtime's C
+  crossing (hermesx/runtime/native.py; else through ctypes, as the bare
+  crossings measured here always do). ``instance_invoke_us`` is
+  ``WasmInstance.invoke`` alone: the inputs in, the crossing, the reply out;
+  with the C crossing the bookkeeping is the call less that;
   docs/PERFORMANCE.md breaks the call down further;
 * snapshot and restore of an atom holding 1 MiB of non-zero state, restore
   going into a second runtime with its own engine, as a move does;
@@ -147,9 +152,15 @@ def _bench_calls(atom: Atom, iterations: int) -> dict[str, float]:
     alloc = _loop_us(lambda: inst.alloc(8), n)
     msgpack_us = _loop_us(lambda: unpackb(packb(1)), n)
     raw_invoke = _loop_us(lambda: invoke("incr", one), n)
+    ticks = atom._budget_ticks
+    instance_invoke = _loop_us(lambda: inst.invoke(b"incr", one, True, ticks), n)
     inbox = inst.has("hx_inbox")
-    # hx_invoke, and without an inbox hx_alloc and the hx.reply import too.
+    c_crossing = inst._crossing is not None
+    # hx_invoke, and without an inbox hx_alloc and the hx.reply import too; with the
+    # C crossing, that one C call, the copy in and the reply out included.
     wasm_part = crossing if inbox else alloc + crossing * 2
+    if c_crossing:
+        wasm_part = instance_invoke
     return {
         "call_p50_us": statistics.median(samples),
         "call_p99_us": _percentile(samples, 0.99),
@@ -162,8 +173,10 @@ def _bench_calls(atom: Atom, iterations: int) -> dict[str, float]:
         "alloc_crossing_us": alloc,
         "msgpack_us": msgpack_us,
         "invoke_without_msgpack_us": raw_invoke,
+        "instance_invoke_us": instance_invoke,
         "runtime_bookkeeping_us": max(0.0, raw_invoke - wasm_part),
         "inbox": 1.0 if inbox else 0.0,
+        "c_crossing": 1.0 if c_crossing else 0.0,
     }
 
 

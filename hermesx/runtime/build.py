@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hermesx.core.errors import ConfigurationError
+from hermesx.runtime.native import crossing_module
 
 __all__ = ["ABI_EXPORTS", "SDK_DIR", "build_atom", "build_examples", "main"]
 
@@ -191,6 +192,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.src is not None:
                 parser.error("give either --examples or SRC, not both")
             build_examples(args.out_dir, quiet=args.quiet)
+            # The runtime's C crossing too, so that no first atom waits for its build.
+            crossing = crossing_module()
+            if not args.quiet:
+                print(f"runtime's C crossing: {crossing.__file__ if crossing else 'unavailable'}")
             return 0
         if args.src is None:
             parser.error("SRC or --examples is required")

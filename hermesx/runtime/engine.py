@@ -33,6 +33,7 @@ from hermesx.core.snapshot import decode_state
 from hermesx.runtime.atom import Atom
 from hermesx.runtime.host import AtomHost
 from hermesx.runtime.modules import PAGE, LoadedModule, check_abi_version, compile_module
+from hermesx.runtime.native import crossing_module
 
 __all__ = ["MEMORY_GUARD_BYTES", "SYSCALL_THREADS", "Runtime", "atom_capacity"]
 
@@ -141,6 +142,7 @@ class Runtime:
         # mappings (see MAPS_PER_ATOM); atoms' data segments are small.
         config.memory_init_cow = False
         self.engine = wasmtime.Engine(config)
+        crossing_module()  # built now, on a machine's first runtime, not at its first atom
 
         # A tick of 1-10 ms keeps deadline granularity under ~5% of the deadline
         # without waking the ticker more than needed.

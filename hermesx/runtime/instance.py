@@ -9,7 +9,10 @@ called with ready ctypes objects and no declared argument types about 0.4 µs
 (docs/PERFORMANCE.md). An invocation crosses three times (``hx_alloc``,
 ``hx_invoke``, and ``hx.reply`` back), or once for an atom with an inbox
 (atoms/ABI.md "The inbox"): a call from idle writes its inputs there and
-reads the reply from its slot when ``hx_invoke`` returns.
+reads the reply from its slot when ``hx_invoke`` returns. That call, the one
+every call of such an atom from idle makes, runs in C when the runtime's C
+crossing could be built (hermesx/runtime/native.py, about 0.4 µs against
+about 1.6 µs of Python and ctypes); the Python path below does the same.
 
 A Python exception cannot cross wasm frames as such: a host function that fails
 stores the exception on the instance and returns a trap; the call that entered
@@ -30,6 +33,7 @@ from wasmtime._ffi import dll as _wasmtime_dll
 
 from hermesx.core.errors import BadModuleError
 from hermesx.runtime.abi import OPTIONAL_EXPORTS, REQUIRED_EXPORTS
+from hermesx.runtime.native import crossing_module
 
 __all__ = ["BadAllocError", "BadPointerError", "WasmFault", "WasmInstance"]
 
@@ -103,7 +107,49 @@ class BadPointerError(Exception):
     """An atom passed a pointer/length outside its memory: the syscall returns -1."""
 
 
-class WasmInstance:
+class _Faults:
+    """What a failed crossing leaves, and the WasmFault it becomes (WasmInstance's base)."""
+
+    host_error: BaseException | None
+    _trap_slot: Any
+    _slot_i32: memoryview | None
+
+    def clear_reply(self) -> None:
+        """Empty the reply slot (after a trap, a handler, a restore)."""
+        if self._slot_i32 is not None:
+            self._slot_i32[1] = _NO_REPLY
+
+    def _failure(self, export: str, error: int | None) -> WasmFault:
+        # What a trapped entry left in the reply slot is no reply.
+        self.clear_reply()
+        if error is not None:
+            err = wasmtime.WasmtimeError._from_ptr(ctypes.cast(error, _ErrorPtr))
+            cause = self._take_host_error()
+            # wasmtime's text is a backtrace plus the cause; the cause is the news.
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+            reason = str(cause) if cause is not None else (lines[-1] if lines else "failed")
+            return WasmFault(f"{export}: {reason}", interrupted=False, cause=cause)
+        trap = ctypes.cast(self._trap_slot.value or 0, _TrapPtr)
+        self._trap_slot.value = None  # the Trap owns it now; the slot serves the next call
+        cause = self._take_host_error()
+        if cause is not None:
+            return WasmFault(str(cause), interrupted=False, cause=cause)
+        return _trap_fault(export, wasmtime.Trap._from_ptr(trap))
+
+    def _take_host_error(self) -> BaseException | None:
+        cause = self.host_error
+        self.host_error = None
+        return cause
+
+    def host_trap(self, exc: BaseException) -> int:
+        """Record ``exc`` and return a trap for a host function to hand back."""
+        self.host_error = exc
+        msg = f"host function failed: {exc}".encode()
+        trap = _trap_new(msg, len(msg))
+        return ctypes.cast(trap, ctypes.c_void_p).value or 0
+
+
+class WasmInstance(_Faults):
     """One instantiated atom: calls into its exports and access to its memory.
 
     Not thread-safe: the runtime lets one thread at a time use an instance.
@@ -128,6 +174,14 @@ class WasmInstance:
         self._ctx_p = ctypes.c_void_p.from_param(ctypes.cast(self.ctx, ctypes.c_void_p).value)
         self._raw_p = ctypes.byref(self._raw)
         self._len_p = ctypes.c_size_t.from_param(_RAW_SLOTS)
+        # A call from idle into the inbox has an args array of its own: no other entry
+        # uses it (a nested entry is not idle), so it is there to read after the call.
+        self._in_raw = _RawArgs()
+        self._in_i32 = memoryview(self._in_raw).cast("B").cast("i")
+        # That call in C (hermesx/runtime/native.py), when the atom has an inbox and
+        # the C crossing could be built; where it stores an error wasmtime returned.
+        self._crossing: Any = None
+        self._in_error = ctypes.c_void_p()
         # One trap slot for every call, nested ones included: wasmtime fills it
         # only when a call traps, and the fault handling empties it again.
         self._trap = _TrapPtr()
@@ -194,6 +248,23 @@ class WasmInstance:
         # Stays valid as the memory grows: its base never moves (memory_may_move off).
         self._slot_i32 = self._view[ptr : ptr + 8].cast("i")
         self.clear_reply()
+        native = crossing_module()
+        if native is not None:  # its arguments: the addresses it writes and reads
+            self._crossing = native.Crossing(
+                ctypes.cast(_call_unchecked, ctypes.c_void_p).value,
+                ctypes.cast(self.ctx, ctypes.c_void_p).value,
+                ctypes.addressof(self.exports["hx_invoke"]._func),
+                ctypes.addressof(self._in_raw),
+                _RAW_SLOTS,
+                ctypes.addressof(self._trap),
+                ctypes.addressof(self._in_error),
+                self._base,
+                self._inbox,
+                cap,
+                ptr,
+                self._size,
+                self.max_payload,
+            )
 
     @property
     def memory(self) -> wasmtime.Memory:
@@ -219,6 +290,8 @@ class WasmInstance:
             self._view = memoryview(chars if chars is not None else bytearray()).cast("B")
             if self._slot:  # the slot's own view, in case the memory did move
                 self._slot_i32 = self._view[self._slot : self._slot + 8].cast("i")
+            if self._crossing is not None:  # its base never moves: only the size
+                self._crossing.set_size(size)
         return size
 
     @property
@@ -254,27 +327,8 @@ class WasmInstance:
         _ONE_U32.pack_into(self._raw_view, 0, length)
         ptr = self._call(self._alloc_ref, "hx_alloc")
         if length and (ptr <= 0 or ptr + length > self._size):
-            self._check_alloc(ptr, length)
+            _check_alloc(self, ptr, length)
         return ptr
-
-    def _check_alloc(self, ptr: int, length: int) -> None:
-        """Raise WasmFault unless ``hx_alloc``'s ``ptr`` holds ``length`` bytes (the
-        memory may have grown)."""
-        if ptr == 0:
-            # ABI.md: hx_alloc returns 0 when the atom cannot get the memory.
-            raise WasmFault(
-                f"hx_alloc({length}) returned 0 (no memory)",
-                interrupted=False,
-                cause=MemoryError(f"hx_alloc({length}) failed"),
-            )
-        if ptr < 0 or (ptr + length > self._size and ptr + length > self.refresh_memory()):
-            raise WasmFault(
-                f"hx_alloc({length}) returned a bad pointer {ptr & 0xFFFFFFFF:#x}: the buffer "
-                f"would end at byte {(ptr & 0xFFFFFFFF) + length}, outside the atom's memory "
-                f"of {self._size} bytes",
-                interrupted=False,
-                cause=BadAllocError(ptr, length, self._size),
-            )
 
     def alloc_write(self, data: bytes) -> int:
         ptr = self.alloc(len(data))
@@ -329,6 +383,13 @@ class WasmInstance:
         split = len(method)
         end = split + len(args)
         if idle and end <= self._inbox_cap:
+            crossing = self._crossing
+            if crossing is not None:  # the C crossing (hermesx/runtime/native.py)
+                got = crossing.invoke(method, args)
+                if got is not None:  # status 0 and a good reply, taken from the slot
+                    self.reply = got
+                    return 0
+                return self._after_crossing()
             ptr = self._inbox  # inside the memory: checked when bound, and memory never shrinks
             self._view[ptr : ptr + end] = method + args  # small: one copy into wasm, not two
         else:
@@ -361,6 +422,22 @@ class WasmInstance:
         status: int = self._raw_i32[0]
         return status
 
+    def _after_crossing(self) -> int:
+        """After the C crossing returned no reply: its error or trap raised, else the
+        status, with what the slot holds (or None) in :attr:`reply`."""
+        error = self._in_error.value
+        self._in_error.value = None
+        if error is not None or self._trap:
+            raise self._failure("hx_invoke", error)
+        self.reply = None
+        slot: Any = self._slot_i32
+        length = slot[1]
+        if length != _NO_REPLY:
+            slot[1] = _NO_REPLY
+            self.reply = self._slot_read(slot[0] & _U32, length)
+        status: int = self._in_i32[0]
+        return status
+
     def _alloc_inputs(self, method: bytes, args: bytes) -> int:
         """Method and arguments in a fresh buffer from ``hx_alloc`` (no inbox, a
         nested entry, or inputs beyond the inbox); the buffer's address, as u32."""
@@ -370,14 +447,17 @@ class WasmInstance:
         ptr = self._call(self._alloc_ref, "hx_alloc")
         if end:
             if ptr <= 0 or ptr + end > self._size:
-                self._check_alloc(ptr, end)
+                _check_alloc(self, ptr, end)
             view = self._view
             view[ptr : ptr + split] = method
             view[ptr + split : ptr + end] = args
         return ptr & _U32
 
-    def _slot_read(self, ptr: int, length: int) -> bytes:
-        """A reply beyond the memory's known size (it grew), or a bad slot."""
+    def _slot_read(self, ptr: int, length: int) -> bytes | int:
+        """A reply the slot holds outside what the call's fast path reads: beyond the
+        memory's known size (it grew), over the payload limit (its length), or bad."""
+        if length > self.max_payload:
+            return length
         try:
             return self.read(ptr, length)
         except BadPointerError as exc:
@@ -401,11 +481,6 @@ class WasmInstance:
             return length
         return self.read(slot[0] & _U32, length)
 
-    def clear_reply(self) -> None:
-        """Empty the reply slot (after a trap, a handler, a restore)."""
-        if self._slot_i32 is not None:
-            self._slot_i32[1] = _NO_REPLY
-
     def call(self, export: str, args: Sequence[int], has_result: bool) -> int | None:
         """Call an export taking and returning i32 values.
 
@@ -425,34 +500,26 @@ class WasmInstance:
         result: int = _RESULT.unpack_from(self._raw_view)[0]
         return result
 
-    def _failure(self, export: str, error: int | None) -> WasmFault:
-        # What a trapped entry left in the reply slot is no reply.
-        self.clear_reply()
-        if error is not None:
-            err = wasmtime.WasmtimeError._from_ptr(ctypes.cast(error, _ErrorPtr))
-            cause = self._take_host_error()
-            # wasmtime's text is a backtrace plus the cause; the cause is the news.
-            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-            reason = str(cause) if cause is not None else (lines[-1] if lines else "failed")
-            return WasmFault(f"{export}: {reason}", interrupted=False, cause=cause)
-        trap = ctypes.cast(self._trap_slot.value or 0, _TrapPtr)
-        self._trap_slot.value = None  # the Trap owns it now; the slot serves the next call
-        cause = self._take_host_error()
-        if cause is not None:
-            return WasmFault(str(cause), interrupted=False, cause=cause)
-        return _trap_fault(export, wasmtime.Trap._from_ptr(trap))
 
-    def _take_host_error(self) -> BaseException | None:
-        cause = self.host_error
-        self.host_error = None
-        return cause
-
-    def host_trap(self, exc: BaseException) -> int:
-        """Record ``exc`` and return a trap for a host function to hand back."""
-        self.host_error = exc
-        msg = f"host function failed: {exc}".encode()
-        trap = _trap_new(msg, len(msg))
-        return ctypes.cast(trap, ctypes.c_void_p).value or 0
+def _check_alloc(inst: WasmInstance, ptr: int, length: int) -> None:
+    """Raise WasmFault unless ``hx_alloc``'s ``ptr`` holds ``length`` bytes in ``inst``'s
+    memory (which may have grown)."""
+    if ptr == 0:
+        # ABI.md: hx_alloc returns 0 when the atom cannot get the memory.
+        raise WasmFault(
+            f"hx_alloc({length}) returned 0 (no memory)",
+            interrupted=False,
+            cause=MemoryError(f"hx_alloc({length}) failed"),
+        )
+    size = inst.memory_size if ptr + length > inst._size else inst._size
+    if ptr < 0 or ptr + length > size:
+        raise WasmFault(
+            f"hx_alloc({length}) returned a bad pointer {ptr & 0xFFFFFFFF:#x}: the buffer "
+            f"would end at byte {(ptr & 0xFFFFFFFF) + length}, outside the atom's memory "
+            f"of {size} bytes",
+            interrupted=False,
+            cause=BadAllocError(ptr, length, size),
+        )
 
 
 def _trap_fault(export: str, trap: wasmtime.Trap) -> WasmFault:

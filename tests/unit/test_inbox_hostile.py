@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 import wasmtime
+from test_runtime_crossing import CROSSINGS, use_crossing
 from wat.runtime_helpers import GUID_A, WAT_DIR, ScriptedHost
 
 from hermesx.core.errors import AtomTrapError, BadModuleError
@@ -29,8 +30,9 @@ HX_INBOX = """  (func (export "hx_inbox") (result i32)
       (then (i32.const 1024)) (else (i32.const 60000))))"""
 
 
-@pytest.fixture
-def runtime() -> Iterator[Runtime]:
+@pytest.fixture(params=CROSSINGS)
+def runtime(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Runtime]:
+    use_crossing(request.param, monkeypatch)  # each test both ways: in C and through ctypes
     rt = Runtime(deadline_ms=500, memory_limit_bytes=8 * 2**20, max_payload_bytes=2000)
     yield rt
     rt.close()

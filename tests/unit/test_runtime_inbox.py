@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 import wasmtime
+from test_runtime_crossing import CROSSINGS, use_crossing
 from wat.runtime_helpers import GUID_A, WAT_DIR, ScriptedHost, example, wat
 
 from hermesx.core import codec
@@ -23,8 +24,9 @@ from hermesx.runtime.host import CallContext, StandaloneHost
 INBOX = 1024
 
 
-@pytest.fixture
-def runtime() -> Iterator[Runtime]:
+@pytest.fixture(params=CROSSINGS)
+def runtime(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Runtime]:
+    use_crossing(request.param, monkeypatch)  # each test both ways: in C and through ctypes
     rt = Runtime(deadline_ms=2000, memory_limit_bytes=8 * 2**20, max_payload_bytes=2000)
     yield rt
     rt.close()
