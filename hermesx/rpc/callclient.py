@@ -265,9 +265,10 @@ class CallConnection:
                     # caller reads its own reply: with several threads calling, this
                     # thread reads nearly every reply.
                     link.read_until(self._received, drained.done, quick=drained)
-                if self._pending:
+                if self._pending and link._closing is None:
                     # A call that came after the last look, and found the token still
-                    # held, waits for its reply with nobody reading for it.
+                    # held, waits for its reply with nobody reading for it. (A link
+                    # closing is closed by the thread that began it.)
                     self._need_reader.set()
             elif (
                 not self._pending
