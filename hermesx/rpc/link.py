@@ -724,7 +724,8 @@ def _quick(
 ) -> bool:
     """``Link._loop`` for a caller's reply, without its per-read set-up: wait for the
     socket, read, hand frames on until ``awaited.finished`` or ``deadline``. False as soon as
-    something needs the whole loop (bytes to flush, a wake-up, a close under way)."""
+    something needs the whole loop (bytes to flush, a close under way; a wake-up is looked
+    at here)."""
     if link.closed is not None or link._closing is not None:
         return False
     poller = link._quick_poller
