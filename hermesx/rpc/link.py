@@ -194,9 +194,7 @@ class Link:
         self._quick_poller: select.poll | None = None  # see _quick
         # Frames of writers that found another writer sending: it sends them along.
         self._queued: collections.deque[bytes] = collections.deque()
-        # Whoever holds _lock sends what writers left in _queued once it lets it go (a
-        # writer, or the reader decrypting).
-        self._writing = False
+        self._writing = False  # a writer holds _lock
         self.closed: str | None = None  # why, once closed
 
     # ------------------------------------------------------------ any thread
@@ -222,13 +220,12 @@ class Link:
     def write(self, frame: bytes) -> None:
         """Queue ``frame`` to send; raises :class:`LinkClosed` on a closed link.
 
-        A writer that finds another writer sending, or the reader decrypting what came
-        (with TLS), leaves its frame to it (``_queued``): one TLS record and one ``send``
-        for the frames of several threads, and no thread waiting for the lock meanwhile.
-        Only a small frame, while few are left (``COMBINE_BYTES``, ``COMBINE_FRAMES``):
-        what waits there is not in the outbox, which the listener's bounds on unsent
-        bytes count. Whoever sends looks at ``_queued`` again once it let the lock go, so
-        no frame is left behind."""
+        A writer that finds another writer sending leaves its frame to it (``_queued``):
+        one TLS record and one ``send`` for the frames of several threads, and no
+        thread waiting for the lock meanwhile. Only a small frame, while few are left
+        (``COMBINE_BYTES``, ``COMBINE_FRAMES``): what waits there is not in the outbox,
+        which the listener's bounds on unsent bytes count. Whoever sends looks at ``_queued`` again
+        once it let the lock go, so no frame is left behind."""
         lock, queued = self._lock, self._queued
         if not lock.acquire(blocking=False):
             if len(frame) > COMBINE_BYTES or len(queued) >= COMBINE_FRAMES:
@@ -258,7 +255,7 @@ class Link:
                 self.wake()
             # Frames queued while we sent, after we looked (their writers saw us writing
             # and left them to us): ours to send, once whoever holds the lock now lets
-            # it go (a flush would not send them).
+            # it go (a reader or a flush would not send them).
             if not queued:
                 return
             lock.acquire()
@@ -596,12 +593,7 @@ def _decrypt(link: Link, data: memoryview | None) -> bool | None:
     tls, incoming, plain, frames = session.raw, session.incoming, link._plain, link._frames
     room = len(plain)
     got: bool | None = False
-    lock = link._lock
-    lock.acquire()
-    try:
-        # A writer finding the lock taken leaves its frame here, as to another writer
-        # (Link.write): it does not wait for the session while this thread decrypts.
-        link._writing = True
+    with link._lock:
         if data is not None:
             incoming.write(data)
         while True:
@@ -627,33 +619,7 @@ def _decrypt(link: Link, data: memoryview | None) -> bool | None:
                 break
         if got is not None and session.outgoing.pending:
             link.outbox += session.outgoing.read()
-    finally:
-        link._writing = False
-        lock.release()
-    if link._queued:
-        _send_left(link)
     return got
-
-
-def _send_left(link: Link) -> None:
-    """Send the frames writers left to this thread while it held ``link._lock`` (see
-    :meth:`Link.write`), and those left meanwhile."""
-    lock, queued = link._lock, link._queued
-    while queued:
-        lock.acquire()
-        try:
-            if link.closed is not None or link._closing is not None:
-                return  # (they end with the link, as those in the outbox)
-            link._writing = True
-            frame = _with_queued(queued, b"")
-            woken = bool(frame) and _send(link, frame)
-        except LinkClosed:
-            return  # (closed: this thread's loop sees it)
-        finally:
-            link._writing = False
-            lock.release()
-        if woken:
-            link.wake()
 
 
 def _drain(link: Link, seconds: float) -> None:
