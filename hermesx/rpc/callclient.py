@@ -87,6 +87,23 @@ class _Waiter:
         self.finished = False  # body or error set (``done`` released once, then)
 
 
+class _Drained:
+    """What the connection's thread waits for when it reads for the calls in flight: none
+    left (``finished``, as a caller's :class:`_Waiter` says its reply came)."""
+
+    __slots__ = ("_pending",)
+
+    def __init__(self, pending: dict[int, _Waiter]) -> None:
+        self._pending = pending
+
+    @property
+    def finished(self) -> bool:
+        return not self._pending
+
+    def done(self) -> bool:
+        return not self._pending
+
+
 class CallConnection:
     """One connection to the call listener at ``address``; thread-safe.
 
@@ -239,11 +256,20 @@ class CallConnection:
     def _run(self) -> None:
         """The connection's own thread: read for calls nobody reads for, and while idle."""
         link = self._link
+        drained = _Drained(self._pending)
         while link.closed is None:
             if self._need_reader.wait(IDLE_READ_S):
                 self._need_reader.clear()
                 with self._token:
-                    link.read_until(self._received, lambda: not self._pending)
+                    # Through the link's quick loop (a read, the replies handed on), as a
+                    # caller reads its own reply: with several threads calling, this
+                    # thread reads nearly every reply.
+                    link.read_until(self._received, drained.done, quick=drained)
+                if self._pending and link._closing is None:
+                    # A call that came after the last look, and found the token still
+                    # held, waits for its reply with nobody reading for it. (A link
+                    # closing is closed by the thread that began it.)
+                    self._need_reader.set()
             elif (
                 not self._pending
                 and time.monotonic() - self._last_call > IDLE_READ_S

@@ -50,7 +50,8 @@ _ERR = select.POLLERR | select.POLLHUP | select.POLLNVAL
 class Awaited(Protocol):
     """What a caller waits for (``finished`` once its reply or failure came)."""
 
-    finished: bool
+    @property
+    def finished(self) -> bool: ...
 
 
 class LinkClosed(Exception):
@@ -590,6 +591,7 @@ def _decrypt(link: Link, data: memoryview | None) -> bool | None:
     session = link._session
     assert session is not None
     tls, incoming, plain, frames = session.raw, session.incoming, link._plain, link._frames
+    room = len(plain)
     got: bool | None = False
     with link._lock:
         if data is not None:
@@ -597,7 +599,7 @@ def _decrypt(link: Link, data: memoryview | None) -> bool | None:
         while True:
             try:
                 # (Given a buffer, read fills it and says how much.)
-                size: int = tls.read(len(plain), plain)
+                size: int = tls.read(room, plain)
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:
@@ -609,8 +611,11 @@ def _decrypt(link: Link, data: memoryview | None) -> bool | None:
             frames.add(link._plain_view[:size])
             got = True
             # Nothing more to decrypt: stop without another read that would only say so
-            # (by raising).
-            if not tls.pending() and not incoming.pending:
+            # (by raising). A read returns one record at most, and the buffer holds a whole
+            # record's 16 KiB: only a full buffer can leave bytes of one in the session
+            # (``pending``, not asked otherwise: each call into the session lets the GIL go,
+            # and a calling thread woken meanwhile takes it).
+            if not incoming.pending and (size < room or not tls.pending()):
                 break
         if got is not None and session.outgoing.pending:
             link.outbox += session.outgoing.read()
@@ -685,7 +690,8 @@ def _quick(
 ) -> bool:
     """``Link._loop`` for a caller's reply, without its per-read set-up: wait for the
     socket, read, hand frames on until ``awaited.finished`` or ``deadline``. False as soon as
-    something needs the whole loop (bytes to flush, a wake-up, a close under way)."""
+    something needs the whole loop (bytes to flush, a close under way; a wake-up is looked
+    at here)."""
     if link.closed is not None or link._closing is not None:
         return False
     poller = link._quick_poller
@@ -714,8 +720,14 @@ def _quick(
                 return True
             wait_ms = min(POLL_MS, int(left * 1000) + 1)
         events = poller.poll(wait_ms)
+        readable = False
         for fd, _event in events:
             if fd == wake:
-                return False  # the whole loop reads the pipe and looks again
-        if events and link._receive() is None:  # (it hands what it read to the frames)
+                # Emptied here, and what it was for is looked at above (bytes to flush, a
+                # close under way: the whole loop's; a call finished: done).
+                with contextlib.suppress(OSError):
+                    os.read(wake, 4096)
+            else:
+                readable = True
+        if readable and link._receive() is None:  # (it hands what it read to the frames)
             return True
