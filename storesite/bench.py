@@ -47,6 +47,9 @@ class _NoNodes:
     def set_home(self, guid: str, sid: str) -> None:
         pass
 
+    def home(self, guid: str) -> str:
+        return SID
+
 
 def _percentile(samples: list[float], fraction: float) -> float:
     ordered = sorted(samples)

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from hermesx.core.errors import HermesError, NameNotFoundError, NamingError, error_from_wire
+from hermesx.core.identity import GUID
 from nameservice import NameService, NameServiceError
 from storesite.placement import Member
 
@@ -36,6 +37,10 @@ class Directory(Protocol):
         ...
 
     def set_home(self, guid: str, sid: str) -> None: ...
+
+    def home(self, guid: str) -> str:
+        """The storesite the name service names as ``guid``'s home (by default its GUID's)."""
+        ...
 
 
 class NameServiceDirectory:
@@ -75,6 +80,15 @@ class NameServiceDirectory:
             self._names.set_home(guid, sid)
         except NameServiceError as exc:
             raise naming_error(exc, f"cannot record storesite {sid} as home of {guid}") from exc
+
+    def home(self, guid: str) -> str:
+        # The watched cache: this storesite's own set_home is read back at
+        # once, another's within a watch notification (docs/DESIGN.md §6).
+        try:
+            moved = self._names.home(guid)
+        except NameServiceError as exc:
+            raise naming_error(exc, f"cannot read the home of {guid}") from exc
+        return moved or GUID.parse(guid).home
 
 
 def naming_error(exc: NameServiceError, what: str) -> HermesError:

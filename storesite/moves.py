@@ -147,19 +147,26 @@ class MoveRecords:
         *,
         dormant: bool,
         next_age: int | None = None,
+        replace_live: bool = False,
     ) -> AtomState:
-        """Take over an atom whose home moves here from another storesite."""
+        """Take over an atom whose home moves here from another storesite.
+
+        A record here is replaced when it only forwards, or with
+        ``replace_live`` (this storesite is not the atom's home: the record
+        is left by a home move that stopped half way).
+        """
         checksum = self._table.arriving(
             guid, snapshot, check, f"checkpoint of atom {guid} handed over at {tad}"
         )
         with self._table.write(guid) as txn:
             old = self._table.exists(txn, guid)
             if old is not None:
-                if not old.forwarded_to:
+                if not old.forwarded_to and not replace_live:
                     raise StorageError(
                         f"atom {guid} is already homed at storesite {self.sid}; cannot adopt it"
                     )
-                # The atom is coming back: its old forwarding record goes.
+                # The atom is coming back, or its move is made again: the old record goes.
+                next_age = max(next_age or 0, old.next_age)
                 self._window.delete_all(txn, guid)
                 self._records_gone(guid)
             state = AtomState.first(

@@ -8,6 +8,14 @@ At start every record is checked against the live incarnations, since
 nodes may have died or restarted while this storesite was down. An atom
 whose incarnation is alive is never recovered; one whose holder cannot be
 told now is looked at again every :data:`RECHECK_S`.
+
+Only the atom's home recovers it: the storesite the name service names
+(by default the GUID's). A record left here by a home move that stopped
+half way — an adoption the mover never recorded, or an old home that died
+before it forwarded — is not recovered, so it never makes a second copy;
+while the home may still be moving here (:data:`HOME_SETTLE_S`) it is
+looked at again, so an atom whose node died before its home flipped is
+recovered by its new home (docs/DESIGN.md §6 "Moving home").
 """
 
 from __future__ import annotations
@@ -28,12 +36,17 @@ from storesite.placement import Member
 from storesite.records import AtomState
 from storesite.store import AtomStore
 
-__all__ = ["RECHECK_S", "Recovery", "gone"]
+__all__ = ["HOME_SETTLE_S", "RECHECK_S", "Recovery", "gone"]
 
 log = logging.getLogger(__name__)
 
 # Seconds between looks at atoms whose holder could not be told.
 RECHECK_S = 2.0
+
+# Seconds an atom whose home is another storesite is still looked at here: a
+# home move adopts here and then names this storesite (its adopt waits up to
+# 30 s); after that, the next Locate here recovers it.
+HOME_SETTLE_S = 120.0
 
 
 class Recovery:
@@ -58,8 +71,9 @@ class Recovery:
         # None before the first.
         self._members: dict[str, tuple[str, str]] | None = None
         # Atoms whose holder could not be told (ZooKeeper or the node did not
-        # answer): looked at again every RECHECK_S.
-        self._rechecks: dict[str, TAD] = {}
+        # answer), or whose home is not settled here: looked at again every
+        # RECHECK_S, with when the home was first found elsewhere.
+        self._rechecks: dict[str, tuple[TAD, float | None]] = {}
         self._rechecker: threading.Thread | None = None
         self._closed = False
 
@@ -122,7 +136,7 @@ class Recovery:
                 return
             self.submit(self._recover_one, state.guid, state.location)
 
-    def _recover_one(self, guid: str, dead: TAD) -> None:
+    def _recover_one(self, guid: str, dead: TAD, elsewhere_since: float | None = None) -> None:
         started = time.monotonic()
         with self._locks.hold(guid):
             try:
@@ -141,7 +155,9 @@ class Recovery:
                     dead.node,
                     err,
                 )
-                self._look_again(guid, dead)
+                self._look_again(guid, dead, elsewhere_since)
+                return
+            if not self._is_home(guid, dead, elsewhere_since):
                 return
             try:
                 placed = self._activator.place(state, gone(state))
@@ -159,6 +175,29 @@ class Recovery:
             (time.monotonic() - started) * 1000,
         )
 
+    def _is_home(self, guid: str, dead: TAD, elsewhere_since: float | None) -> bool:
+        """Whether this storesite is ``guid``'s home; if not, look again while it may become it."""
+        try:
+            home = self.directory.home(guid)
+        except HermesError as err:
+            log.warning("atom %s: cannot read its home (%s); looking again", guid, err)
+            self._look_again(guid, dead, elsewhere_since)
+            return False
+        if home == self.sid:
+            return True
+        now = time.monotonic()
+        if elsewhere_since is None:
+            log.warning(
+                "atom %s: not recovered here, its home is storesite %s (a home move that "
+                "stopped half way left this record)",
+                guid,
+                home,
+            )
+            elsewhere_since = now
+        if now - elsewhere_since < HOME_SETTLE_S:
+            self._look_again(guid, dead, elsewhere_since)
+        return False
+
     def look_again_if_gone(self, state: AtomState) -> None:
         """After recording a holder: if its incarnation is not (or no longer) listed, look again.
 
@@ -172,9 +211,9 @@ class Recovery:
         if member is None or member.incarnation != state.incarnation:
             self.submit(self._recover_one, state.guid, state.location)
 
-    def _look_again(self, guid: str, tad: TAD) -> None:
+    def _look_again(self, guid: str, tad: TAD, elsewhere_since: float | None = None) -> None:
         with self._members_guard:
-            self._rechecks[guid] = tad
+            self._rechecks[guid] = (tad, elsewhere_since)
             if self._rechecker is None:
                 self._rechecker = threading.Thread(
                     target=self._run_rechecks, name="recheck", daemon=True
@@ -186,8 +225,8 @@ class Recovery:
             time.sleep(RECHECK_S)
             with self._members_guard:
                 due, self._rechecks = self._rechecks, {}
-            for guid, tad in due.items():
-                self.submit(self._recover_one, guid, tad)
+            for guid, (tad, elsewhere_since) in due.items():
+                self.submit(self._recover_one, guid, tad, elsewhere_since)
 
 
 def gone(state: AtomState) -> str:

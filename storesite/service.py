@@ -235,7 +235,15 @@ class Storesite:
             return self._place(state, gone(state))
 
     def _place(self, state: AtomState, reason: str) -> StoredLocation:
-        """Activate the atom on a live node. Caller holds the atom lock."""
+        """Activate the atom on a live node, if this storesite is its home.
+
+        A record here whose home the name service names elsewhere was left by
+        a home move that stopped half way: answered as forwarded there, never
+        activated (docs/DESIGN.md §6 "Moving home"). Caller holds the atom lock.
+        """
+        home = self.directory.home(state.guid)
+        if home != self.sid:
+            return StoredLocation(state.location, state.dormant, home)
         placed = self._activator.place(state, reason)
         metrics.STORESITE_ACTIVATIONS.labels("dormant" if reason == DORMANT else "recovery").inc()
         self._recovery.look_again_if_gone(placed)
@@ -289,6 +297,10 @@ class Storesite:
         """
         dormant = not data.tad.node
         with self._locks.hold(data.guid):
+            # A live record here is replaced only when it never became (or no
+            # longer is) the home: an adoption whose move stopped half way, or
+            # an old home that died before it forwarded. The move is retried.
+            stale = self.directory.home(data.guid) != self.sid
             state = self.store.moves.adopt_atom(
                 data.guid,
                 data.meta,
@@ -297,6 +309,7 @@ class Storesite:
                 data.snapshot,
                 Provenance(data.checksum, data.generation, data.incarnation),
                 dormant=dormant,
+                replace_live=stale,
             )
         if not dormant:
             self._recovery.look_again_if_gone(state)

@@ -72,6 +72,9 @@ class FakeDirectory:
     def set_home(self, guid: str, sid: str) -> None:
         self.homes[guid] = sid
 
+    def home(self, guid: str) -> str:
+        return self.homes.get(guid) or GUID.parse(guid).home
+
 
 class FakeSupervisor(pbg.SupervisorServicer):
     """Records activations; ``refuse`` makes it fail them like a real node would."""
