@@ -65,6 +65,10 @@ MAX_BYTES = 64 * 1024
 # call cannot grow the node's log faster than this (docs/DESIGN.md §12).
 NODE_LOG_BYTES = 256 * 1024
 NODE_LOG_WINDOW_S = 10.0
+# What a line costs there beside its text: the time, level, logger and the atom's GUID
+# (about 100 bytes). Counted, so that an atom logging many one-letter lines (a call
+# may log a thousand) spends its share as fast as the node's log grows.
+NODE_LOG_LINE_BYTES = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +96,14 @@ def _cut(text: str) -> str:
     if len(data) <= MAX_LINE_BYTES:
         return text
     return data[: MAX_LINE_BYTES - 3].decode("utf-8", "ignore") + "..."
+
+
+def _node_log_size(text: str) -> int:
+    """What a line of ``text`` adds to the node's log, in bytes (UTF-8, and its frame)."""
+    size = len(text)
+    if not text.isascii():
+        size = len(text.encode("utf-8", "replace"))
+    return size + NODE_LOG_LINE_BYTES
 
 
 def _bounded(lines: Iterable[LogLine]) -> list[LogLine]:
@@ -196,7 +208,14 @@ class LogBook:
                     self._pending.popitem(last=False)
             ring.add(LogLine(ring.age, ring.next_n, time.time(), self.node, level, _cut(text)))
             ring.next_n += 1
-            return ring.to_node_log(len(text), time.monotonic())
+            return ring.to_node_log(_node_log_size(text), time.monotonic())
+
+    def to_node_log(self, guid: str, text: str) -> bool:
+        """Whether the node's own line ``text`` about the atom ``guid`` (not one of the
+        atom's lines) fits the atom's share of the node's log; counted in it if so."""
+        with self._lock:
+            ring = self._rings.get(guid) or self._pending.get(guid)
+            return ring is None or ring.to_node_log(_node_log_size(text), time.monotonic()) >= 0
 
     def arrived(self, guid: str, age: int, carried: bytes = b"") -> None:
         """Atom ``guid`` serves here from now on at ``age``, with the lines it ``carried``."""
