@@ -62,13 +62,12 @@ MAX_LINES = 500
 MAX_BYTES = 64 * 1024
 # What one atom may write to its node's own log in each window; the rest goes only
 # into its ring (`hermesx logs`), so a client calling an atom that logs on every
-# call cannot grow the node's log faster than this (docs/DESIGN.md §12).
+# call cannot grow the node's log faster than this (docs/DESIGN.md §12). A line costs
+# its UTF-8 bytes and its frame there (time, level, logger, GUID: about 100 bytes), so
+# many one-letter lines (a call may log a thousand) spend it as fast as the log grows.
 NODE_LOG_BYTES = 256 * 1024
-NODE_LOG_WINDOW_S = 10.0
-# What a line costs there beside its text: the time, level, logger and the atom's GUID
-# (about 100 bytes). Counted, so that an atom logging many one-letter lines (a call
-# may log a thousand) spends its share as fast as the node's log grows.
 NODE_LOG_LINE_BYTES = 128
+NODE_LOG_WINDOW_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
