@@ -57,16 +57,17 @@ LINE_OVERHEAD = 48
 MAX_PENDING_ATOMS = 64
 # A line's text is cut to this many bytes (the runtime already bounds what one call logs).
 MAX_LINE_BYTES = 1024
+# What a line costs the node's log beside its UTF-8 bytes: its frame there (time, level,
+# logger, GUID: about 100 bytes). Counted in an atom's share of that log below, so many
+# one-letter lines (a call may log a thousand) spend it as fast as the log grows.
+NODE_LOG_LINE_BYTES = 128
 # What one atom's ring holds, wherever it is kept: the newest lines within both bounds.
 MAX_LINES = 500
 MAX_BYTES = 64 * 1024
 # What one atom may write to its node's own log in each window; the rest goes only
 # into its ring (`hermesx logs`), so a client calling an atom that logs on every
-# call cannot grow the node's log faster than this (docs/DESIGN.md §12). A line costs
-# its UTF-8 bytes and its frame there (time, level, logger, GUID: about 100 bytes), so
-# many one-letter lines (a call may log a thousand) spend it as fast as the log grows.
+# call cannot grow the node's log faster than this (docs/DESIGN.md §12).
 NODE_LOG_BYTES = 256 * 1024
-NODE_LOG_LINE_BYTES = 128
 NODE_LOG_WINDOW_S = 10.0
 
 
