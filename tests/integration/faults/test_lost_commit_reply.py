@@ -80,6 +80,10 @@ def test_a_commit_written_but_not_answered_leaves_one_copy_where_the_record_says
     wait_for_log(cluster, "node-n1", "paused at transferred")
     proxy.delay = DELAY_S  # from the COMMIT on
     wait_for_log(cluster, "storesite-s1", f"committed move of {guid}")
+    # While its outcome is not known the atom is held: a second move is refused in a line.
+    with pytest.raises(HermesError, match="not active on node n1") as second:
+        tester.node_client.migrate(tester.node_member("n1"), guid, "n3", timeout=10.0)
+    assert "\n" not in str(second.value)
     proxy.delay = 0.0
     mover.join(90)
     assert outcome == ["moved"], outcome
