@@ -7,7 +7,7 @@ ctypes call (docs/PERFORMANCE.md "Seventh round: the runtime call's two
 modes"). It is compiled here, on first use, with the ``ziglang`` package that
 already compiles the atoms, against this interpreter's headers, and kept in a
 cache directory keyed by the source, the interpreter and the compiler; every
-later process loads it from there.
+later process loads it from there, once its digest says it is whole.
 
 Nothing depends on it: when it cannot be built or loaded (no headers, no
 compiler, a read-only cache) the runtime logs why once and calls through
