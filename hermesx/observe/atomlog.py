@@ -170,14 +170,20 @@ class _Ring:
     def to_node_log(self, size: int, now: float) -> int:
         """-1 if a line of ``size`` bytes stays out of the node's log; else how many
         lines were held back since the last one written."""
+        if not self.fits(size, now):
+            self.withheld += 1
+            return -1
+        withheld, self.withheld = self.withheld, 0
+        return withheld
+
+    def fits(self, size: int, now: float) -> bool:
+        """Whether ``size`` more bytes fit this window's share; counted if so."""
         if now - self.window >= NODE_LOG_WINDOW_S:
             self.window, self.written = now, 0
         if self.written + size > NODE_LOG_BYTES:
-            self.withheld += 1
-            return -1
+            return False
         self.written += size
-        withheld, self.withheld = self.withheld, 0
-        return withheld
+        return True
 
     def add(self, line: LogLine) -> None:
         self.lines.append(line)
@@ -212,10 +218,11 @@ class LogBook:
 
     def to_node_log(self, guid: str, text: str) -> bool:
         """Whether the node's own line ``text`` about the atom ``guid`` (not one of the
-        atom's lines) fits the atom's share of the node's log; counted in it if so."""
+        atom's lines, nor counted as one held back) fits the atom's share of the node's
+        log; counted in it if so."""
         with self._lock:
             ring = self._rings.get(guid) or self._pending.get(guid)
-            return ring is None or ring.to_node_log(_node_log_size(text), time.monotonic()) >= 0
+            return ring is None or ring.fits(_node_log_size(text), time.monotonic())
 
     def arrived(self, guid: str, age: int, carried: bytes = b"") -> None:
         """Atom ``guid`` serves here from now on at ``age``, with the lines it ``carried``."""

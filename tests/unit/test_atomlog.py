@@ -139,3 +139,23 @@ def test_many_short_lines_spend_an_atoms_share_as_fast_as_they_grow_the_nodes_lo
         assert 0 < written <= NODE_LOG_BYTES
         book.forget(guid)
         book.arrived(guid, 1)
+
+
+def test_the_nodes_own_notes_about_an_atom_come_out_of_its_share_not_its_count() -> None:
+    """The warning that a call logged past its per-call bound is written once a call:
+    within the atom's share, and the count of its held-back lines still reaches the log."""
+    import logging
+
+    from hermesx.observe.atomlog import NODE_LOG_BYTES, LogBook
+
+    book, guid = LogBook("n1"), "s1:" + "d" * 32
+    book.arrived(guid, 1)
+    while book.record(guid, logging.INFO, "x" * 10) >= 0:
+        pass
+    assert not book.to_node_log(guid, "a call logged past its bound")
+    assert book.to_node_log("s1:" + "e" * 32, "an atom with no lines here") is True
+    ring = book._rings[guid]
+    ring.window -= 60.0  # the next window
+    assert book.to_node_log(guid, "a call logged past its bound")
+    assert book.record(guid, logging.INFO, "back") == 1  # the line held back, told
+    assert ring.written < NODE_LOG_BYTES
