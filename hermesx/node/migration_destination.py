@@ -249,6 +249,7 @@ class MigrationDestination:
         staged = self._catalog.staged.get(guid)
         if staged is None:
             return False
+        self._ctx.pause("resolve-staged")  # a storesite slow to answer
         try:
             where = self._ctx.invoker.locate(guid)
         except HermesError as exc:

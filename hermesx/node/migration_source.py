@@ -118,12 +118,19 @@ class MigrationSource:
             # No storesite registered: the COMMIT was never sent, nothing to settle.
             absent = isinstance(exc, StoresiteAbsentError)
             recorded = active.tad if absent else self._settle(active, new_tad)
-            if recorded != new_tad:
+            if recorded is None:
+                # This node let the atom go (its session) with the outcome unknown: the
+                # record may name the destination, whose staged copy is then the atom.
+                # Only the storesite forgets the move; the destination settles its copy
+                # from the record (docs/DESIGN.md §5).
+                self._aborts.abort(guid, new_tad.age)
+            elif recorded != new_tad:
                 self._abort(guid, new_tad, dst)
                 if recorded == active.tad:
                     active.thaw()  # aborted: the atom serves here again
-                elif recorded is not None:  # recovered elsewhere meanwhile: this copy is stale
+                else:  # recovered elsewhere meanwhile: this copy is stale
                     self._catalog.drop(active, recorded)
+            if recorded != new_tad:
                 raise MigrationError(f"atom {guid}: commit at the storesite failed: {exc}") from exc
             log.warning("atom %s: the commit's answer was lost, but it was written", guid)
         phases["commit"] = time.perf_counter()

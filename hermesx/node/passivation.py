@@ -13,7 +13,8 @@ outcome that is not known leaves the atom frozen, and the final checkpoint
 is sent again (the storesite takes it again from the same TAD) until the
 storesite answers: written, the atom is dropped; refused because the record
 is past this TAD (a caller had the dormant atom activated elsewhere), it is
-dropped too; refused otherwise, it thaws.
+dropped too; refused otherwise, it thaws. A retry never sent (no storesite
+registered now) is no answer: the first may be written.
 """
 
 from __future__ import annotations
@@ -98,7 +99,9 @@ class Passivation:
             try:
                 self._send(active, unsettled.snapshot)
             except HermesError as exc:
-                if _outcome_unknown(exc):
+                # A retry never sent (no storesite registered now) says nothing of the
+                # first, which may be written: still unknown.
+                if _outcome_unknown(exc) or isinstance(exc, StoresiteAbsentError):
                     unsettled.pause = min(unsettled.pause * 2, LAST_RETRY_S)
                     unsettled.due = time.monotonic() + unsettled.pause
                     continue

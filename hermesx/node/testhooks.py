@@ -34,6 +34,7 @@ PAUSE_STEPS = (
     "dropped",
     "checkpoint-snapshot",
     "activate-stage",
+    "resolve-staged",
 )
 
 

@@ -57,6 +57,10 @@ LINE_OVERHEAD = 48
 MAX_PENDING_ATOMS = 64
 # A line's text is cut to this many bytes (the runtime already bounds what one call logs).
 MAX_LINE_BYTES = 1024
+# What a line costs the node's log beside its UTF-8 bytes: its frame there (time, level,
+# logger, GUID: about 100 bytes). Counted in an atom's share of that log below, so many
+# one-letter lines (a call may log a thousand) spend it as fast as the log grows.
+NODE_LOG_LINE_BYTES = 128
 # What one atom's ring holds, wherever it is kept: the newest lines within both bounds.
 MAX_LINES = 500
 MAX_BYTES = 64 * 1024
@@ -92,6 +96,14 @@ def _cut(text: str) -> str:
     if len(data) <= MAX_LINE_BYTES:
         return text
     return data[: MAX_LINE_BYTES - 3].decode("utf-8", "ignore") + "..."
+
+
+def _node_log_size(text: str) -> int:
+    """What a line of ``text`` adds to the node's log, in bytes (UTF-8, and its frame)."""
+    size = len(text)
+    if not text.isascii():
+        size = len(text.encode("utf-8", "replace"))
+    return size + NODE_LOG_LINE_BYTES
 
 
 def _bounded(lines: Iterable[LogLine]) -> list[LogLine]:
@@ -158,14 +170,20 @@ class _Ring:
     def to_node_log(self, size: int, now: float) -> int:
         """-1 if a line of ``size`` bytes stays out of the node's log; else how many
         lines were held back since the last one written."""
+        if not self.fits(size, now):
+            self.withheld += 1
+            return -1
+        withheld, self.withheld = self.withheld, 0
+        return withheld
+
+    def fits(self, size: int, now: float) -> bool:
+        """Whether ``size`` more bytes fit this window's share; counted if so."""
         if now - self.window >= NODE_LOG_WINDOW_S:
             self.window, self.written = now, 0
         if self.written + size > NODE_LOG_BYTES:
-            self.withheld += 1
-            return -1
+            return False
         self.written += size
-        withheld, self.withheld = self.withheld, 0
-        return withheld
+        return True
 
     def add(self, line: LogLine) -> None:
         self.lines.append(line)
@@ -196,7 +214,15 @@ class LogBook:
                     self._pending.popitem(last=False)
             ring.add(LogLine(ring.age, ring.next_n, time.time(), self.node, level, _cut(text)))
             ring.next_n += 1
-            return ring.to_node_log(len(text), time.monotonic())
+            return ring.to_node_log(_node_log_size(text), time.monotonic())
+
+    def to_node_log(self, guid: str, text: str) -> bool:
+        """Whether the node's own line ``text`` about the atom ``guid`` (not one of the
+        atom's lines, nor counted as one held back) fits the atom's share of the node's
+        log; counted in it if so."""
+        with self._lock:
+            ring = self._rings.get(guid) or self._pending.get(guid)
+            return ring is None or ring.fits(_node_log_size(text), time.monotonic())
 
     def arrived(self, guid: str, age: int, carried: bytes = b"") -> None:
         """Atom ``guid`` serves here from now on at ``age``, with the lines it ``carried``."""

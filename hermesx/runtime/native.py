@@ -7,7 +7,7 @@ ctypes call (docs/PERFORMANCE.md "Seventh round: the runtime call's two
 modes"). It is compiled here, on first use, with the ``ziglang`` package that
 already compiles the atoms, against this interpreter's headers, and kept in a
 cache directory keyed by the source, the interpreter and the compiler; every
-later process loads it from there.
+later process loads it from there, once its digest says it is whole.
 
 Nothing depends on it: when it cannot be built or loaded (no headers, no
 compiler, a read-only cache) the runtime logs why once and calls through
@@ -36,6 +36,11 @@ log = logging.getLogger(__name__)
 _SOURCE = pathlib.Path(__file__).with_name("crossing.c")
 _NAME = "hermesx_crossing"
 _BUILD_TIMEOUT_S = 120.0
+# The build's own SHA-256 follows its last byte (the loader ignores what lies past
+# the ELF's contents): a file cut short or damaged in the cache (a machine that
+# died mid-write, a full disk) is built again instead of loaded, for loading a
+# truncated shared object kills the process with SIGBUS.
+_DIGEST_BYTES = 32
 # No libc (the interpreter's is there at load), and the CPU's baseline, not this
 # machine's: a cache in a home directory may serve machines with other CPUs.
 _FLAGS = ("-O2", "-mcpu=baseline", "-shared", "-fPIC", "-nostdlib")
@@ -86,6 +91,10 @@ def _build(target: pathlib.Path) -> None:
         if done.returncode != 0:
             lines = (done.stderr + done.stdout).strip().splitlines()
             raise OSError(f"the compiler failed: {lines[0] if lines else done.returncode}")
+        with open(tmp, "r+b") as built:
+            built.write(hashlib.sha256(built.read()).digest())
+            built.flush()
+            os.fsync(built.fileno())  # whole on disk before its name says it is there
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -93,6 +102,10 @@ def _build(target: pathlib.Path) -> None:
 
 
 def _load(target: pathlib.Path) -> ModuleType:
+    content = target.read_bytes()
+    body, digest = content[:-_DIGEST_BYTES], content[-_DIGEST_BYTES:]
+    if len(content) <= _DIGEST_BYTES or hashlib.sha256(body).digest() != digest:
+        raise ImportError(f"{target} is damaged (cut short or changed since it was built)")
     spec = importlib.util.spec_from_file_location(_NAME, target)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot load {target}")

@@ -92,14 +92,14 @@ class AtomSyscalls(AtomScheduling):
             frame.log_bytes += len(text)
             if frame.log_lines > MAX_LOG_LINES_PER_CALL or frame.log_bytes > MAX_LOG_BYTES_PER_CALL:
                 frame.log_cut = True
-                atom_log.warning(
-                    "atom %s: %s logged more than %d lines or %d bytes: the rest of its log "
-                    "output is dropped",
-                    self.guid,
-                    frame.method,
-                    MAX_LOG_LINES_PER_CALL,
-                    MAX_LOG_BYTES_PER_CALL,
+                note = (
+                    f"atom {self.guid}: {frame.method} logged more than {MAX_LOG_LINES_PER_CALL} "
+                    f"lines or {MAX_LOG_BYTES_PER_CALL} bytes: the rest of its log output is "
+                    "dropped"
                 )
+                # Once a call, and within the atom's share of the node's log (§12).
+                if atomlog.BOOK.to_node_log(self.guid, note):
+                    atom_log.warning("%s", note)
                 return
         held_back = atomlog.BOOK.record(self.guid, level, text)
         if held_back == 0:

@@ -118,3 +118,44 @@ def test_an_atoms_share_of_its_nodes_log_is_bounded_in_each_window() -> None:
     assert [ring.to_node_log(line, 100.0 + i) for i in range(3)] == [-1, -1, -1]
     assert ring.to_node_log(line, 100.0 + NODE_LOG_WINDOW_S) == 3
     assert ring.to_node_log(line, 100.0 + NODE_LOG_WINDOW_S) == 0
+
+
+def test_many_short_lines_spend_an_atoms_share_as_fast_as_they_grow_the_nodes_log() -> None:
+    """A call may log a thousand one-letter lines: each costs the node's log its frame
+    (time, level, logger, GUID) too, and a letter past ASCII two or more bytes."""
+    import logging
+
+    from hermesx.observe.atomlog import NODE_LOG_BYTES, LogBook
+
+    book, guid = LogBook("n1"), "s1:" + "c" * 32
+    book.arrived(guid, 1)
+    frame = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for text in ("x", "é" * 300):
+        line = frame.format(logging.makeLogRecord({"name": "hermesx.atom", "msg": text}))
+        written = 0
+        for _ in range(NODE_LOG_BYTES // 64):  # 4096 lines: past the share either way
+            if book.record(guid, logging.INFO, text) >= 0:
+                written += len(f"atom {guid}: {line}\n".encode())
+        assert 0 < written <= NODE_LOG_BYTES
+        book.forget(guid)
+        book.arrived(guid, 1)
+
+
+def test_the_nodes_own_notes_about_an_atom_come_out_of_its_share_not_its_count() -> None:
+    """The warning that a call logged past its per-call bound is written once a call:
+    within the atom's share, and the count of its held-back lines still reaches the log."""
+    import logging
+
+    from hermesx.observe.atomlog import NODE_LOG_BYTES, LogBook
+
+    book, guid = LogBook("n1"), "s1:" + "d" * 32
+    book.arrived(guid, 1)
+    while book.record(guid, logging.INFO, "x" * 10) >= 0:
+        pass
+    assert not book.to_node_log(guid, "a call logged past its bound")
+    assert book.to_node_log("s1:" + "e" * 32, "an atom with no lines here") is True
+    ring = book._rings[guid]
+    ring.window -= 60.0  # the next window
+    assert book.to_node_log(guid, "a call logged past its bound")
+    assert book.record(guid, logging.INFO, "back") == 1  # the line held back, told
+    assert ring.written < NODE_LOG_BYTES

@@ -9,7 +9,10 @@ working runtime, and that an atom's answers are the same either way.
 
 from __future__ import annotations
 
+import os
 import pathlib
+import subprocess
+import sys
 import sysconfig
 from collections.abc import Iterator
 
@@ -162,3 +165,25 @@ def test_a_damaged_build_in_the_cache_is_built_again(
     module = native.crossing_module()
     assert module is not None and hasattr(module, "Crossing")
     assert target.read_bytes().startswith(b"\x7fELF")
+
+
+@pytest.mark.skipif(not _HEADERS, reason="this interpreter's C headers are not installed")
+def test_a_build_cut_short_in_the_cache_is_built_again_not_loaded(tmp_path: pathlib.Path) -> None:
+    # A machine that died while the cache was written leaves a file cut short;
+    # loading one kills the process (SIGBUS), so each start of the node would die.
+    built = native.crossing_module()
+    assert built is not None and built.__file__ is not None
+    env = {**os.environ, "HERMESX_NATIVE_CACHE": str(tmp_path)}
+    code = "from hermesx.runtime import native; print(native._target(native._SOURCE.read_bytes()))"
+    target = pathlib.Path(
+        subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    )
+    target.write_bytes(pathlib.Path(built.__file__).read_bytes()[:4096])
+    code = "from hermesx.runtime import native; print(native.crossing_module() is not None)"
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "True"), done.stderr
+    assert target.stat().st_size > 4096

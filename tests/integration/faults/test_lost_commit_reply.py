@@ -11,12 +11,16 @@ again while the storesite's record said otherwise:
   from the record): two copies, for good;
 - a passivation's final checkpoint: the record said dormant, and the next
   caller that asked the storesite had the atom activated on another node:
-  two copies, each counting on.
+  two copies, each counting on;
+- a COMMIT whose outcome was unknown when the source lost its session: the
+  source had the destination discard the copy the record named (found nowhere).
 """
 
 from __future__ import annotations
 
+import os
 import pathlib
+import signal
 import socket
 import threading
 from collections.abc import Iterator
@@ -28,7 +32,7 @@ from hermesx.client import Client
 from hermesx.core.errors import HermesError
 from hermesx.local.cluster import LocalCluster
 from hermesx.rpc.roles import TEST_CERT_NAME
-from hermesx.testing.clusters import wait_for_log
+from hermesx.testing.clusters import part_log, wait_for_log
 from hermesx.testing.moves import active_copies, move_in_background
 from hermesx.testing.plugin import ClusterFactory
 from hermesx.testing.wait import wait_until
@@ -80,6 +84,10 @@ def test_a_commit_written_but_not_answered_leaves_one_copy_where_the_record_says
     wait_for_log(cluster, "node-n1", "paused at transferred")
     proxy.delay = DELAY_S  # from the COMMIT on
     wait_for_log(cluster, "storesite-s1", f"committed move of {guid}")
+    # While its outcome is not known the atom is held: a second move is refused in a line.
+    with pytest.raises(HermesError, match="not active on node n1") as second:
+        tester.node_client.migrate(tester.node_member("n1"), guid, "n3", timeout=10.0)
+    assert "\n" not in str(second.value)
     proxy.delay = 0.0
     mover.join(90)
     assert outcome == ["moved"], outcome
@@ -132,3 +140,43 @@ def test_a_passivation_written_but_not_answered_leaves_one_copy(
         assert fresh.atom("slept").incr(1) == 4
         assert tester.atom("slept").incr(1) == 5
         assert len(active_copies(fresh, guid)) == 1
+
+
+def test_a_commit_in_doubt_when_the_source_lost_its_session_leaves_the_copy_the_record_names(
+    slowed: tuple[LocalCluster, TcpProxy], tester: Client, atoms: dict[str, pathlib.Path]
+) -> None:
+    # The COMMIT is written and its answer lost; meanwhile the source loses its
+    # session (SIGSTOP past the 2 s session) and drops the atom, its outcome unknown.
+    # The record names the destination: its staged copy is the atom. The source told
+    # it to discard that copy, and the atom was found nowhere for good; it must leave
+    # the copy for the destination to settle from the record.
+    cluster, proxy = slowed
+    guid = tester.create(atoms["counter"], name="doubted", on="n1", checkpoint="on-request")
+    for _ in range(3):
+        tester.atom("doubted").incr(1)
+
+    def count(part: str, text: str) -> int:
+        return part_log(cluster, part).count(text)
+
+    paused = count("node-n1", "paused at transferred")
+    fenced = count("node-n1", "node n1 fenced")
+    tester.node_client.pause_at(tester.node_member("n1"), "transferred", 1.0)
+    # The destination settles its staged copy itself, from the record, only later.
+    tester.node_client.pause_at(tester.node_member("n3"), "resolve-staged", 15.0)
+    mover, outcome = move_in_background(tester, "doubted", "n3")
+    wait_until(lambda: count("node-n1", "paused at transferred") > paused, 30.0, "the pause")
+    proxy.delay = DELAY_S  # from the COMMIT on
+    wait_for_log(cluster, "storesite-s1", f"committed move of {guid}")
+    pid = cluster.procs["node-n1"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: "n1" not in tester.nodes(), 30.0, "n1's session to expire")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_until(lambda: count("node-n1", "node n1 fenced") > fenced, 30.0, "n1 to be fenced")
+    mover.join(90)
+    proxy.delay = 0.0
+    assert outcome and outcome[0].startswith("failed"), outcome
+    with Client(cluster.zk, cluster.name) as fresh:
+        wait_until(lambda: active_copies(fresh, guid) == ["n3"], 60.0, "the copy the record names")
+        assert fresh.atom("doubted").incr(1) == 4
